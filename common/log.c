@@ -1,0 +1,204 @@
+/* log.c: leveled key=value logging, one write(2) per line. */
+#include "common/log.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+
+#define LOG_LINE_MAX   8192
+#define LOG_TRUNC_MARK "..."
+
+static _Atomic int log_level = LOG_LEVEL_INFO;
+static _Atomic int log_fd = STDERR_FILENO;
+
+static const char *const level_names[] = {
+    [LOG_LEVEL_DEBUG] = "debug",
+    [LOG_LEVEL_INFO] = "info",
+    [LOG_LEVEL_WARN] = "warn",
+    [LOG_LEVEL_ERROR] = "error",
+};
+
+void log_set_level(enum log_level level)
+{
+    atomic_store(&log_level, (int)level);
+}
+
+enum log_level log_get_level(void)
+{
+    return (enum log_level)atomic_load(&log_level);
+}
+
+int log_level_parse(const char *s, enum log_level *ret)
+{
+    if (!s)
+        return -EINVAL;
+    for (size_t i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++) {
+        if (strcasecmp(s, level_names[i]) == 0) {
+            *ret = (enum log_level)i;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+const char *log_level_name(enum log_level level)
+{
+    if ((unsigned)level >= sizeof(level_names) / sizeof(level_names[0]))
+        return "unknown";
+    return level_names[level];
+}
+
+void log_set_fd(int fd)
+{
+    atomic_store(&log_fd, fd);
+}
+
+void log_emit(enum log_level level, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    log_emitv(level, fmt, ap);
+    va_end(ap);
+}
+
+void log_emitv(enum log_level level, const char *fmt, va_list ap)
+{
+    char line[LOG_LINE_MAX];
+    char ts[CLOCK_RFC3339_LEN];
+    size_t len, head;
+    int saved_errno = errno, n, fd;
+
+    if ((int)level < atomic_load(&log_level))
+        return;
+
+    if (clock_format_rfc3339(clock_real_ms(), ts, sizeof(ts)) < 0)
+        ts[0] = '\0';
+    n = snprintf(line, sizeof(line), "ts=%s level=%s ", ts, log_level_name(level));
+    if (n < 0)
+        goto out;
+    head = (size_t)n;
+
+    /* Leave room for the newline. */
+    n = vsnprintf(line + head, sizeof(line) - head - 1, fmt, ap);
+    if (n < 0)
+        goto out;
+    len = head + (size_t)n;
+    if (len > sizeof(line) - 2) {
+        len = sizeof(line) - 2;
+        memcpy(line + len - strlen(LOG_TRUNC_MARK), LOG_TRUNC_MARK, strlen(LOG_TRUNC_MARK));
+    }
+    /* One event is one line: drop the caller's trailing newlines and flatten inner ones so
+     * a value that slipped past log_quote() cannot forge a second event. */
+    while (len > head && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+        len--;
+    for (size_t i = head; i < len; i++)
+        if (line[i] == '\n' || line[i] == '\r')
+            line[i] = ' ';
+    line[len++] = '\n';
+
+    fd = atomic_load(&log_fd);
+    for (size_t off = 0; off < len;) {
+        ssize_t w = write(fd, line + off, len - off);
+
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        off += (size_t)w;
+    }
+out:
+    errno = saved_errno;
+}
+
+static bool log_safe_char(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '.' || c == ':' || c == '/' || c == '@' || c == '+' || c == '-';
+}
+
+/* Escape one byte into piece (at least 5 bytes); returns the escaped length. */
+static size_t log_escape(unsigned char c, char *piece)
+{
+    static const char hex[] = "0123456789abcdef";
+
+    switch (c) {
+    case '"':
+    case '\\':
+        piece[0] = '\\';
+        piece[1] = (char)c;
+        return 2;
+    case '\n':
+        piece[0] = '\\';
+        piece[1] = 'n';
+        return 2;
+    case '\t':
+        piece[0] = '\\';
+        piece[1] = 't';
+        return 2;
+    default:
+        break;
+    }
+    /* Bytes outside printable ASCII (controls, DEL, and any non-ASCII byte) are escaped. */
+    if (c < 0x20 || c >= 0x7f) {
+        piece[0] = '\\';
+        piece[1] = 'x';
+        piece[2] = hex[c >> 4];
+        piece[3] = hex[c & 0x0f];
+        return 4;
+    }
+    piece[0] = (char)c;
+    return 1;
+}
+
+const char *log_quote(const char *s, char *buf, size_t len)
+{
+    const unsigned char *p;
+    size_t total = 0, o = 0;
+    char piece[5];
+    bool safe = true;
+
+    if (!s)
+        return "-";
+    for (p = (const unsigned char *)s; *p; p++) {
+        if (!log_safe_char(*p))
+            safe = false;
+        total += log_escape(*p, piece);
+    }
+    if (safe && total > 0)
+        return s;
+
+    /* Smallest useful truncated form is "\"...\"" plus NUL. */
+    if (!buf || len < 6)
+        return "\"...\"";
+
+    buf[o++] = '"';
+    if (total + 3 <= len) {
+        for (p = (const unsigned char *)s; *p; p++) {
+            size_t k = log_escape(*p, piece);
+            memcpy(buf + o, piece, k);
+            o += k;
+        }
+    } else {
+        /* Keep whole escape sequences only, then the marker, quote and NUL. */
+        for (p = (const unsigned char *)s; *p; p++) {
+            size_t k = log_escape(*p, piece);
+            if (o + k + 3 + 2 > len)
+                break;
+            memcpy(buf + o, piece, k);
+            o += k;
+        }
+        memcpy(buf + o, LOG_TRUNC_MARK, 3);
+        o += 3;
+    }
+    buf[o++] = '"';
+    buf[o] = '\0';
+    return buf;
+}

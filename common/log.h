@@ -1,0 +1,46 @@
+/* log.h: leveled, structured logging to stderr.
+ *
+ * One line per event: `ts=<RFC 3339 UTC, ms> level=<lvl> <caller's key=value fields>`.
+ * Callers write their own fields in key=value form, e.g.
+ *     log_info("op=migrate version=%d tenant=%s", v, tenant_id);
+ * Values that may hold spaces or quotes go through log_quote(). Secrets are never logged.
+ * Library code (common/, proto/) logs at debug level only.
+ * Thread-safe: one write(2) per line.
+ */
+#pragma once
+
+#include <stdarg.h>
+#include <stdio.h>
+
+enum log_level {
+    LOG_LEVEL_DEBUG = 0,
+    LOG_LEVEL_INFO = 1,
+    LOG_LEVEL_WARN = 2,
+    LOG_LEVEL_ERROR = 3,
+};
+
+/* Messages below level are dropped. Default: LOG_LEVEL_INFO. */
+void log_set_level(enum log_level level);
+enum log_level log_get_level(void);
+
+/* Parse "debug", "info", "warn", "error" (case-insensitive). Returns 0 or -EINVAL;
+ * *ret untouched on failure. */
+int log_level_parse(const char *s, enum log_level *ret);
+const char *log_level_name(enum log_level level);
+
+/* Redirect output to fd (default 2). For tests. */
+void log_set_fd(int fd);
+
+void log_emit(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void log_emitv(enum log_level level, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+
+#define log_debug(...) log_emit(LOG_LEVEL_DEBUG, __VA_ARGS__)
+#define log_info(...)  log_emit(LOG_LEVEL_INFO, __VA_ARGS__)
+#define log_warn(...)  log_emit(LOG_LEVEL_WARN, __VA_ARGS__)
+#define log_error(...) log_emit(LOG_LEVEL_ERROR, __VA_ARGS__)
+
+/* Quote s for use as a log value: returns s itself when it has only safe characters
+ * ([A-Za-z0-9_.:/@+-]), otherwise a double-quoted, escaped copy written into buf
+ * (truncated to len). Never returns NULL; NULL s gives "-". */
+const char *log_quote(const char *s, char *buf, size_t len);
