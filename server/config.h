@@ -1,0 +1,26 @@
+/* config.h: orchd's configuration, described by one table (config.c). Read from the file
+ * named by --config (or ORCHD_CONFIG), then ORCHD_* environment variables. */
+#pragma once
+
+#include <stdint.h>
+
+#include "common/conf.h"
+
+struct orchd_config {
+    char *db_url;         /* db.url: the application role's connection (orch_app) */
+    char *db_migrate_url; /* db.migrate_url: the schema owner's, for `orchd migrate` */
+    int64_t db_pool_size; /* db.pool_size */
+    int64_t db_connect_timeout_ms;
+    int64_t db_acquire_timeout_ms;
+    int64_t db_statement_timeout_ms;
+    char *amqp_url; /* amqp.url */
+    int log_level;  /* log.level: enum log_level */
+};
+
+extern const struct conf_field orchd_config_fields[];
+extern const size_t orchd_config_nfields;
+
+/* Load defaults, the file at path (NULL: none) and the environment into cfg.
+ * Returns 0 or a negative errno with err filled. Free with orchd_config_free(). */
+int orchd_config_load(struct orchd_config *cfg, const char *path, struct conf_error *err);
+void orchd_config_free(struct orchd_config *cfg);

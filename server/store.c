@@ -1,0 +1,495 @@
+/* store.c: PostgreSQL connection pool and tenant-scoped transactions (see store.h). */
+#include "server/store.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/cleanup.h"
+#include "common/id.h"
+#include "common/log.h"
+
+/* Statements one connection can have prepared; more is a programming error. */
+#define STORE_MAX_PREPARED 512
+
+struct store_conn {
+    PGconn *pg;
+    const struct store_stmt **prepared; /* statements prepared on this connection */
+    size_t n_prepared;
+    bool broken; /* lost mid-transaction: reset before reuse */
+    struct store_conn *next_idle;
+};
+
+struct store {
+    char *url;
+    char *application_name;
+    int pool_size;
+    int64_t connect_timeout_ms;
+    int64_t acquire_timeout_ms;
+    int64_t statement_timeout_ms;
+
+    pthread_mutex_t lock;
+    pthread_cond_t freed;
+    struct store_conn *idle; /* stack of idle connections */
+    int open;                /* connections open or being opened */
+    int n_idle;
+    int waiting;
+    uint64_t acquired;
+    uint64_t reconnects;
+};
+
+struct store_tx {
+    struct store *store;
+    struct store_conn *conn;
+    int error; /* first error, 0 while the transaction is healthy */
+    char tenant[ID_STR_LEN];
+    char sqlstate[6];
+    char errmsg[256];
+};
+
+int store_error_from_sqlstate(const char *s)
+{
+    if (!s || strlen(s) != 5)
+        return -EIO;
+    if (strcmp(s, "23505") == 0)
+        return -EEXIST;
+    if (strcmp(s, "23503") == 0)
+        return -ENOENT;
+    if (strcmp(s, "23502") == 0 || strcmp(s, "23514") == 0 || strncmp(s, "22", 2) == 0)
+        return -EINVAL;
+    if (strcmp(s, "42501") == 0)
+        return -EACCES;
+    if (strcmp(s, "40001") == 0 || strcmp(s, "40P01") == 0)
+        return -EAGAIN;
+    if (strcmp(s, "57014") == 0)
+        return -ETIMEDOUT;
+    if (strncmp(s, "08", 2) == 0 || strncmp(s, "57P0", 4) == 0)
+        return -ECONNRESET;
+    if (strncmp(s, "53", 2) == 0)
+        return -ENOSPC;
+    return -EIO;
+}
+
+static void conn_free(struct store_conn *c)
+{
+    if (!c)
+        return;
+    PQfinish(c->pg);
+    free(c->prepared);
+    free(c);
+}
+
+/* Per-connection settings, applied after every (re)connect. */
+static int conn_setup(struct store *store, struct store_conn *c)
+{
+    char sql[128];
+    snprintf(sql, sizeof(sql), "SET statement_timeout = %lld",
+             (long long)store->statement_timeout_ms);
+    PGresult *r = PQexec(c->pg, sql);
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    c->n_prepared = 0;
+    c->broken = false;
+    return ok ? 0 : -ECONNRESET;
+}
+
+static int conn_open(struct store *store, struct store_conn **ret, char *err, size_t errlen)
+{
+    char timeout[32];
+    /* libpq takes whole seconds; round up so a sub-second setting still limits. */
+    snprintf(timeout, sizeof(timeout), "%lld",
+             (long long)((store->connect_timeout_ms + 999) / 1000));
+    const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
+    const char *vals[] = {store->url, timeout, store->application_name, NULL};
+
+    _cleanup_free_ struct store_conn *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    c->prepared = calloc(STORE_MAX_PREPARED, sizeof(*c->prepared));
+    if (!c->prepared)
+        return -ENOMEM;
+    /* expand_dbname: the URL's own parameters win over nothing, and ours fill the rest. */
+    c->pg = PQconnectdbParams(keys, vals, 1);
+    if (!c->pg) {
+        free(c->prepared);
+        return -ENOMEM;
+    }
+    if (PQstatus(c->pg) != CONNECTION_OK) {
+        if (err) {
+            /* The message never holds the password; trim its trailing newline. */
+            snprintf(err, errlen, "%s", PQerrorMessage(c->pg));
+            size_t n = strlen(err);
+            while (n > 0 && (err[n - 1] == '\n' || err[n - 1] == ' '))
+                err[--n] = '\0';
+        }
+        PQfinish(c->pg);
+        free(c->prepared);
+        return -ECONNREFUSED;
+    }
+    if (conn_setup(store, c) < 0) {
+        if (err)
+            snprintf(err, errlen, "could not apply session settings");
+        PQfinish(c->pg);
+        free(c->prepared);
+        return -ECONNRESET;
+    }
+    *ret = TAKE_PTR(c);
+    return 0;
+}
+
+int store_open(const struct store_options *opts, struct store **ret, char *err, size_t errlen)
+{
+    if (!opts || !opts->url || opts->pool_size < 1)
+        return -EINVAL;
+
+    _cleanup_free_ struct store *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->url = strdup(opts->url);
+    s->application_name = strdup(opts->application_name ? opts->application_name : "orchd");
+    if (!s->url || !s->application_name) {
+        free(s->url);
+        free(s->application_name);
+        return -ENOMEM;
+    }
+    s->pool_size = opts->pool_size;
+    s->connect_timeout_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 5000;
+    s->acquire_timeout_ms = opts->acquire_timeout_ms > 0 ? opts->acquire_timeout_ms : 5000;
+    s->statement_timeout_ms = opts->statement_timeout_ms > 0 ? opts->statement_timeout_ms : 0;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->freed, &ca);
+    pthread_condattr_destroy(&ca);
+
+    struct store_conn *c = NULL;
+    int r = conn_open(s, &c, err, errlen);
+    if (r < 0) {
+        store_close(TAKE_PTR(s));
+        return r;
+    }
+    s->idle = c;
+    s->open = 1;
+    s->n_idle = 1;
+    *ret = TAKE_PTR(s);
+    return 0;
+}
+
+void store_close(struct store *store)
+{
+    if (!store)
+        return;
+    while (store->idle) {
+        struct store_conn *c = store->idle;
+        store->idle = c->next_idle;
+        conn_free(c);
+    }
+    pthread_mutex_destroy(&store->lock);
+    pthread_cond_destroy(&store->freed);
+    free(store->url);
+    free(store->application_name);
+    free(store);
+}
+
+static void deadline_after(struct timespec *ts, int64_t ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+static int pool_acquire(struct store *s, struct store_conn **ret)
+{
+    struct timespec deadline;
+    deadline_after(&deadline, s->acquire_timeout_ms);
+
+    pthread_mutex_lock(&s->lock);
+    while (!s->idle && s->open >= s->pool_size) {
+        s->waiting++;
+        int r = pthread_cond_timedwait(&s->freed, &s->lock, &deadline);
+        s->waiting--;
+        if (r == ETIMEDOUT && !s->idle && s->open >= s->pool_size) {
+            pthread_mutex_unlock(&s->lock);
+            return -ETIMEDOUT;
+        }
+    }
+    struct store_conn *c = s->idle;
+    if (c) {
+        s->idle = c->next_idle;
+        s->n_idle--;
+        c->next_idle = NULL;
+    } else {
+        s->open++; /* reserve the slot; connect outside the lock */
+    }
+    s->acquired++;
+    pthread_mutex_unlock(&s->lock);
+
+    if (!c) {
+        char err[256] = "";
+        int r = conn_open(s, &c, err, sizeof(err));
+        if (r < 0) {
+            log_warn("op=store.connect error=%s", err[0] ? err : strerror(-r));
+            pthread_mutex_lock(&s->lock);
+            s->open--;
+            pthread_cond_signal(&s->freed);
+            pthread_mutex_unlock(&s->lock);
+            return r == -ECONNREFUSED ? -ECONNRESET : r;
+        }
+    } else if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
+        /* The server closed it (restart, idle timeout, admin kill): one reconnect. */
+        PQreset(c->pg);
+        pthread_mutex_lock(&s->lock);
+        s->reconnects++;
+        pthread_mutex_unlock(&s->lock);
+        if (PQstatus(c->pg) != CONNECTION_OK || conn_setup(s, c) < 0) {
+            log_warn("op=store.reconnect error=%s", PQerrorMessage(c->pg));
+            conn_free(c);
+            pthread_mutex_lock(&s->lock);
+            s->open--;
+            pthread_cond_signal(&s->freed);
+            pthread_mutex_unlock(&s->lock);
+            return -ECONNRESET;
+        }
+    }
+    *ret = c;
+    return 0;
+}
+
+static void pool_release(struct store *s, struct store_conn *c)
+{
+    pthread_mutex_lock(&s->lock);
+    c->next_idle = s->idle;
+    s->idle = c;
+    s->n_idle++;
+    pthread_cond_signal(&s->freed);
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Record the first failure of tx from a result (or from the connection when r is NULL). */
+static int tx_fail(struct store_tx *tx, const PGresult *r, const char *what)
+{
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    const char *msg = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    if (PQstatus(tx->conn->pg) != CONNECTION_OK) {
+        state = "08006";
+        tx->conn->broken = true;
+    }
+    if (!msg)
+        msg = PQerrorMessage(tx->conn->pg);
+    if (!state)
+        state = "XX000";
+    if (tx->error == 0) {
+        snprintf(tx->sqlstate, sizeof(tx->sqlstate), "%s", state);
+        snprintf(tx->errmsg, sizeof(tx->errmsg), "%s", msg);
+        size_t n = strlen(tx->errmsg);
+        while (n > 0 && tx->errmsg[n - 1] == '\n')
+            tx->errmsg[--n] = '\0';
+        tx->error = store_error_from_sqlstate(state);
+    }
+    if (tx->error == -EIO || tx->error == -ECONNRESET)
+        log_warn("op=store.%s tenant=%s sqlstate=%s error=\"%s\"", what,
+                 tx->tenant[0] ? tx->tenant : "system", tx->sqlstate, tx->errmsg);
+    else
+        log_debug("op=store.%s tenant=%s sqlstate=%s", what, tx->tenant[0] ? tx->tenant : "system",
+                  tx->sqlstate);
+    return tx->error;
+}
+
+static int tx_begin(struct store *s, const char *tenant_id, struct store_tx **ret)
+{
+    if (tenant_id && !id_is_valid(tenant_id))
+        return -EINVAL;
+
+    _cleanup_free_ struct store_tx *tx = calloc(1, sizeof(*tx));
+    if (!tx)
+        return -ENOMEM;
+    int r = pool_acquire(s, &tx->conn);
+    if (r < 0)
+        return r;
+    tx->store = s;
+
+    /* One round trip: BEGIN and the scope in one simple-protocol message. The tenant id
+     * was checked to be a canonical UUID above, so it is safe to place in the text. */
+    char sql[160];
+    if (tenant_id) {
+        snprintf(tx->tenant, sizeof(tx->tenant), "%s", tenant_id);
+        snprintf(sql, sizeof(sql), "BEGIN; SELECT set_config('app.tenant_id', '%s', true)",
+                 tenant_id);
+    } else {
+        snprintf(sql, sizeof(sql), "BEGIN; SELECT set_config('app.scope', 'system', true)");
+    }
+    PGresult *res = PQexec(tx->conn->pg, sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        r = tx_fail(tx, res, "begin");
+        PQclear(res);
+        store_tx_rollback(TAKE_PTR(tx));
+        return r;
+    }
+    PQclear(res);
+    *ret = TAKE_PTR(tx);
+    return 0;
+}
+
+int store_tx_begin_tenant(struct store *store, const char *tenant_id, struct store_tx **ret)
+{
+    if (!tenant_id)
+        return -EINVAL;
+    return tx_begin(store, tenant_id, ret);
+}
+
+int store_tx_begin_system(struct store *store, struct store_tx **ret)
+{
+    return tx_begin(store, NULL, ret);
+}
+
+static bool conn_has_prepared(const struct store_conn *c, const struct store_stmt *stmt)
+{
+    for (size_t i = 0; i < c->n_prepared; i++)
+        if (c->prepared[i] == stmt)
+            return true;
+    return false;
+}
+
+static int result_rows(PGresult *res)
+{
+    if (PQresultStatus(res) == PGRES_TUPLES_OK)
+        return PQntuples(res);
+    const char *n = PQcmdTuples(res);
+    if (!n || !*n)
+        return 0;
+    char *end = NULL;
+    long v = strtol(n, &end, 10);
+    return (end && *end == '\0' && v >= 0 && v <= INT32_MAX) ? (int)v : 0;
+}
+
+static int tx_finish_result(struct store_tx *tx, PGresult *res, PGresult **ret, const char *what)
+{
+    ExecStatusType st = PQresultStatus(res);
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+        int r = tx_fail(tx, res, what);
+        PQclear(res);
+        return r;
+    }
+    int rows = result_rows(res);
+    if (ret)
+        *ret = res;
+    else
+        PQclear(res);
+    return rows;
+}
+
+int store_tx_exec(struct store_tx *tx, const struct store_stmt *stmt, const char *const *params,
+                  PGresult **ret)
+{
+    if (tx->error)
+        return tx->error;
+
+    struct store_conn *c = tx->conn;
+    if (!conn_has_prepared(c, stmt)) {
+        if (c->n_prepared >= STORE_MAX_PREPARED)
+            return -E2BIG;
+        PGresult *p = PQprepare(c->pg, stmt->name, stmt->sql, stmt->nparams, NULL);
+        if (PQresultStatus(p) != PGRES_COMMAND_OK) {
+            int r = tx_fail(tx, p, "prepare");
+            log_error("op=store.prepare stmt=%s sqlstate=%s error=\"%s\"", stmt->name, tx->sqlstate,
+                      tx->errmsg);
+            PQclear(p);
+            return r;
+        }
+        PQclear(p);
+        c->prepared[c->n_prepared++] = stmt;
+    }
+    PGresult *res = PQexecPrepared(c->pg, stmt->name, stmt->nparams, params, NULL, NULL, 0);
+    return tx_finish_result(tx, res, ret, stmt->name);
+}
+
+int store_tx_exec_sql(struct store_tx *tx, const char *sql, PGresult **ret)
+{
+    if (tx->error)
+        return tx->error;
+    PGresult *res = PQexec(tx->conn->pg, sql);
+    return tx_finish_result(tx, res, ret, "exec_sql");
+}
+
+static void tx_end(struct store_tx *tx, const char *sql)
+{
+    PGresult *res = PQexec(tx->conn->pg, sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        tx_fail(tx, res, "end");
+    PQclear(res);
+    /* A connection left inside a transaction (end failed) must not be reused as is. */
+    if (PQtransactionStatus(tx->conn->pg) != PQTRANS_IDLE)
+        tx->conn->broken = true;
+    pool_release(tx->store, tx->conn);
+    tx->conn = NULL;
+}
+
+int store_tx_commit(struct store_tx *tx)
+{
+    if (!tx)
+        return -EINVAL;
+    int r = tx->error;
+    tx_end(tx, r ? "ROLLBACK" : "COMMIT");
+    if (r == 0)
+        r = tx->error; /* the COMMIT itself can fail (deferred constraint, serialization) */
+    free(tx);
+    return r;
+}
+
+void store_tx_rollback(struct store_tx *tx)
+{
+    if (!tx)
+        return;
+    if (tx->conn)
+        tx_end(tx, "ROLLBACK");
+    free(tx);
+}
+
+const char *store_tx_sqlstate(const struct store_tx *tx)
+{
+    return tx->sqlstate;
+}
+
+const char *store_tx_errmsg(const struct store_tx *tx)
+{
+    return tx->errmsg;
+}
+
+void store_stats(struct store *s, struct store_stats *ret)
+{
+    pthread_mutex_lock(&s->lock);
+    ret->size = s->open;
+    ret->idle = s->n_idle;
+    ret->waiting = s->waiting;
+    ret->acquired = s->acquired;
+    ret->reconnects = s->reconnects;
+    pthread_mutex_unlock(&s->lock);
+}
+
+int store_exec_once(struct store *store, const char *tenant_id, const struct store_stmt *stmt,
+                    const char *const *params, PGresult **ret)
+{
+    struct store_tx *tx = NULL;
+    int r = tenant_id ? store_tx_begin_tenant(store, tenant_id, &tx)
+                      : store_tx_begin_system(store, &tx);
+    if (r < 0)
+        return r;
+    PGresult *res = NULL;
+    int rows = store_tx_exec(tx, stmt, params, ret ? &res : NULL);
+    r = store_tx_commit(tx);
+    if (r < 0 || rows < 0) {
+        PQclear(res);
+        return r < 0 ? r : rows;
+    }
+    if (ret)
+        *ret = res;
+    return rows;
+}

@@ -1,0 +1,83 @@
+/* store.h: orchd's PostgreSQL access: a connection pool, tenant-scoped transactions,
+ * prepared statements, and libpq errors translated into -errno codes.
+ *
+ * Every transaction declares its scope when it begins, and the database enforces it
+ * through row-level security (sql/0001_init.sql):
+ *   store_tx_begin_tenant(): only the rows of one tenant are visible or writable;
+ *   store_tx_begin_system(): all rows; for cross-tenant work only (dispatcher, reaper,
+ *       operator API, the lookup of a credential before its tenant is known).
+ * The scope is set with set_config(..., true), so it ends with the transaction and a
+ * pooled connection never carries it into the next one.
+ *
+ * Threads: the pool is thread-safe; one store_tx is used by one thread at a time.
+ * Calls block (the connection pool is sized to the worker threads that use it).
+ */
+#pragma once
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "server/store-t.h"
+
+/* Open a pool of up to opts->pool_size connections to opts->url. One connection is made
+ * at once, so a wrong URL or password fails here, with the reason in err.
+ * Returns 0 with *ret set (free with store_close()), -ECONNREFUSED, -EINVAL, -ENOMEM. */
+int store_open(const struct store_options *opts, struct store **ret, char *err, size_t errlen);
+
+/* Close every connection. Accepts NULL. All transactions must have ended. */
+void store_close(struct store *store);
+
+/* Check out a connection (waiting at most opts->acquire_timeout_ms for one), BEGIN, and
+ * declare the scope. tenant_id must be a canonical UUID (else -EINVAL).
+ * Returns 0 with *ret set, -ETIMEDOUT when no connection came free, -ECONNRESET when the
+ * database cannot be reached, -EINVAL, -ENOMEM. */
+int store_tx_begin_tenant(struct store *store, const char *tenant_id, struct store_tx **ret);
+int store_tx_begin_system(struct store *store, struct store_tx **ret);
+
+/* Run a registered statement with text parameters (NULL = SQL NULL). Prepares it on the
+ * connection the first time. On success *ret (when ret is not NULL) holds the result,
+ * which the caller frees with PQclear(); commands that return no rows leave *ret NULL
+ * when ret is NULL. On failure the transaction is failed: later calls return the same
+ * error and store_tx_commit() rolls back.
+ * Returns the number of rows affected or returned (>= 0), or a store error (see
+ * store_error_from_sqlstate()). */
+int store_tx_exec(struct store_tx *tx, const struct store_stmt *stmt, const char *const *params,
+                  PGresult **ret);
+
+/* Run ad-hoc SQL without parameters (simple query protocol; several statements allowed).
+ * For migrations and tests, never with input from a request. Same returns as
+ * store_tx_exec(). */
+int store_tx_exec_sql(struct store_tx *tx, const char *sql, PGresult **ret);
+
+/* COMMIT (or ROLLBACK when the transaction failed) and return the connection to the pool.
+ * tx is freed in every case. Returns 0 or the error that failed the transaction. */
+int store_tx_commit(struct store_tx *tx);
+/* ROLLBACK and return the connection. Accepts NULL. */
+void store_tx_rollback(struct store_tx *tx);
+
+/* The SQLSTATE and primary message of the error that failed tx ("" when none). Borrowed,
+ * valid until tx ends. Never contains parameter values. */
+const char *store_tx_sqlstate(const struct store_tx *tx);
+const char *store_tx_errmsg(const struct store_tx *tx);
+
+/* Map a SQLSTATE to our error codes:
+ *   23505 unique violation           -EEXIST
+ *   23503 foreign key violation      -ENOENT
+ *   23502, 23514, 22xxx bad data     -EINVAL
+ *   42501 privilege / row security   -EACCES
+ *   40001, 40P01 serialization       -EAGAIN (retry the transaction)
+ *   57014 statement timeout          -ETIMEDOUT
+ *   08xxx, 57P0x connection lost     -ECONNRESET
+ *   53xxx out of resources           -ENOSPC
+ *   anything else                    -EIO */
+int store_error_from_sqlstate(const char *sqlstate);
+
+/* Pool statistics, for metrics and tests. */
+void store_stats(struct store *store, struct store_stats *ret);
+
+/* Callback-free convenience for one-off statements: begin with the given scope
+ * (tenant_id NULL = system), exec, commit. Same returns as store_tx_exec(). */
+int store_exec_once(struct store *store, const char *tenant_id, const struct store_stmt *stmt,
+                    const char *const *params, PGresult **ret);
