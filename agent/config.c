@@ -1,0 +1,40 @@
+/* config.c: the table of orch-agent's configuration keys. */
+#include "agent/config.h"
+
+#include <stddef.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
+
+#define F(field) offsetof(struct agent_config, field)
+
+const struct conf_field agent_config_fields[] = {
+    {"server.url", CONF_STRING, F(server_url), 0, 2048, "", NULL,
+     "orchd base URL, https://host[:port] (set by `orch-agent register`)"},
+    {"server.ca_file", CONF_STRING, F(ca_file), 0, 4096, "", NULL,
+     "CA bundle to verify the server with (empty: the system store)"},
+    {"state_dir", CONF_STRING, F(state_dir), 1, 4096, "/var/lib/orch-agent", NULL,
+     "where the credential, the spool and the package cache live"},
+    {"name", CONF_STRING, F(name), 0, 128, "", NULL, "agent name (empty: the host name)"},
+    {"labels", CONF_STRING, F(labels), 0, 4096, "", NULL,
+     "extra labels, comma-separated k=v pairs"},
+    {"slots", CONF_INT, F(slots), 1, 1024, "1", NULL, "jobs the agent runs at once"},
+    {"log.level", CONF_ENUM, F(log_level), 0, 0, "info", log_levels,
+     "least severe level logged: debug, info, warn or error"},
+};
+
+const size_t agent_config_nfields = sizeof(agent_config_fields) / sizeof(agent_config_fields[0]);
+
+int agent_config_load(struct agent_config *cfg, const char *path, struct conf_error *err)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    if (!path && access(AGENT_CONFIG_DEFAULT_PATH, F_OK) == 0)
+        path = AGENT_CONFIG_DEFAULT_PATH;
+    return conf_load(agent_config_fields, agent_config_nfields, cfg, path, "ORCH_AGENT", err);
+}
+
+void agent_config_free(struct agent_config *cfg)
+{
+    conf_free(agent_config_fields, agent_config_nfields, cfg);
+}

@@ -1,0 +1,27 @@
+/* config.h: orch-agent's configuration, described by one table (config.c). Read from
+ * /etc/orch-agent/agent.conf (or --config), then ORCH_AGENT_* environment variables. */
+#pragma once
+
+#include <stdint.h>
+
+#include "common/conf.h"
+
+#define AGENT_CONFIG_DEFAULT_PATH "/etc/orch-agent/agent.conf"
+
+struct agent_config {
+    char *server_url; /* server.url: https://orch.example.com */
+    char *ca_file;    /* server.ca_file: pinned CA bundle ("" = system store) */
+    char *state_dir;  /* state_dir: credential, spool, package cache */
+    char *name;       /* name: agent name ("" = host name) */
+    char *labels;     /* labels: "k=v,k2=v2" added to enrolment labels */
+    int64_t slots;    /* slots: jobs run at once */
+    int log_level;    /* log.level */
+};
+
+extern const struct conf_field agent_config_fields[];
+extern const size_t agent_config_nfields;
+
+/* Load defaults, path (NULL: the default path when it exists, else none) and the
+ * environment. Returns 0 or a negative errno with err filled. */
+int agent_config_load(struct agent_config *cfg, const char *path, struct conf_error *err);
+void agent_config_free(struct agent_config *cfg);

@@ -1,0 +1,79 @@
+/* main.c: the orch-agent command line. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "orch-config.h"
+#include "agent/config.h"
+#include "common/log.h"
+#include "proto/version.h"
+
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: orch-agent [--config FILE] COMMAND\n"
+               "\n"
+               "commands:\n"
+               "  check-config    load the configuration, report the first error, exit\n"
+               "  config          list every configuration key with its default\n"
+               "  version         print the version\n"
+               "\n"
+               "options:\n"
+               "  -c, --config FILE   configuration file (default: " AGENT_CONFIG_DEFAULT_PATH
+               " when present)\n"
+               "  -h, --help          this text\n"
+               "\n"
+               "Every key can also be set in the environment: slots is ORCH_AGENT_SLOTS.\n");
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *config_path = NULL;
+    int c;
+    while ((c = getopt_long(argc, argv, "+c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            config_path = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return EXIT_OK;
+        default:
+            usage(stderr);
+            return EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[optind];
+    if (strcmp(cmd, "version") == 0) {
+        printf("orch-agent %s (protocol %d)\n", ORCH_VERSION, ORCH_PROTO_VERSION);
+        return EXIT_OK;
+    }
+    if (strcmp(cmd, "config") == 0) {
+        conf_describe(agent_config_fields, agent_config_nfields, 1);
+        return EXIT_OK;
+    }
+    if (strcmp(cmd, "check-config") == 0) {
+        struct agent_config cfg;
+        struct conf_error err;
+        if (agent_config_load(&cfg, config_path, &err) < 0) {
+            fprintf(stderr, "orch-agent: %s\n", err.msg);
+            return EXIT_USAGE;
+        }
+        printf("configuration is valid\n");
+        agent_config_free(&cfg);
+        return EXIT_OK;
+    }
+    fprintf(stderr, "orch-agent: unknown command '%s' (see orch-agent --help)\n", cmd);
+    return EXIT_USAGE;
+}
