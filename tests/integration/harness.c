@@ -1,0 +1,196 @@
+/* harness.c: see harness.h. */
+#include "tests/integration/harness.h"
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/crypto.h"
+
+extern char **environ;
+
+const char *th_env(const char *name)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        cr_assert_fail("environment variable %s is not set: run the tests through tools/test.sh",
+                       name);
+    return v;
+}
+
+char *th_pg_url(const char *role, const char *db)
+{
+    char *url = NULL;
+    /* Passwords equal role names in the private test cluster (tools/lib.sh). */
+    if (asprintf(&url, "postgresql://%s:%s@127.0.0.1:%s/%s", role, role, th_env("ORCH_PG_PORT"),
+                 db) < 0)
+        cr_assert_fail("out of memory");
+    return url;
+}
+
+PGconn *th_pg_connect(const char *role, const char *db)
+{
+    char *url = th_pg_url(role, db);
+    PGconn *pg = PQconnectdb(url);
+    free(url);
+    if (PQstatus(pg) != CONNECTION_OK)
+        cr_assert_fail("connect as %s to %s: %s", role, db, PQerrorMessage(pg));
+    PQclear(PQexec(pg, "SET client_min_messages = warning"));
+    return pg;
+}
+
+PGresult *th_pg_ok(PGconn *pg, const char *sql)
+{
+    PGresult *r = PQexec(pg, sql);
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+        cr_assert_fail("SQL failed: %s\n  %s", PQerrorMessage(pg), sql);
+    return r;
+}
+
+long th_pg_long(PGconn *pg, const char *sql)
+{
+    PGresult *r = th_pg_ok(pg, sql);
+    if (PQntuples(r) != 1)
+        cr_assert_fail("expected one row from: %s", sql);
+    long v = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return v;
+}
+
+void th_db_create(char *name, size_t len)
+{
+    uint8_t rnd[6];
+    char hex[13];
+    cr_assert_eq(crypto_random(rnd, sizeof(rnd)), 0);
+    hex_encode(rnd, sizeof(rnd), hex);
+    snprintf(name, len, "orch_t_%s", hex);
+    PGconn *pg = th_pg_connect("orch_owner", "postgres");
+    char sql[128];
+    snprintf(sql, sizeof(sql), "CREATE DATABASE %s OWNER orch_owner", name);
+    PQclear(th_pg_ok(pg, sql));
+    PQfinish(pg);
+}
+
+void th_db_create_migrated(char *name, size_t len)
+{
+    th_db_create(name, len);
+    char *url = th_pg_url("orch_owner", name);
+    char *env_url = NULL;
+    cr_assert(asprintf(&env_url, "ORCHD_DB_MIGRATE_URL=%s", url) > 0);
+    const char *argv[] = {th_env("ORCH_TEST_ORCHD"), "migrate", NULL};
+    const char *env[] = {env_url, NULL};
+    struct th_run r;
+    th_run(&r, argv, env, 60000);
+    if (r.status != 0)
+        cr_assert_fail("orchd migrate failed (%d): %s", r.status, th_str(&r.err));
+    th_run_free(&r);
+    free(env_url);
+    free(url);
+}
+
+void th_db_drop(const char *name)
+{
+    PGconn *pg = th_pg_connect("orch_owner", "postgres");
+    char sql[128];
+    snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", name);
+    PQclear(th_pg_ok(pg, sql));
+    PQfinish(pg);
+}
+
+static char **merged_env(const char *const *extra)
+{
+    size_t n = 0, m = 0;
+    while (environ[n])
+        n++;
+    while (extra && extra[m])
+        m++;
+    char **envp = calloc(n + m + 1, sizeof(*envp));
+    cr_assert_not_null(envp);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        /* An extra entry replaces the inherited one of the same name. */
+        const char *eq = strchr(environ[i], '=');
+        size_t klen = eq ? (size_t)(eq - environ[i]) : strlen(environ[i]);
+        bool replaced = false;
+        for (size_t j = 0; j < m; j++)
+            if (strncmp(extra[j], environ[i], klen) == 0 && extra[j][klen] == '=')
+                replaced = true;
+        if (!replaced)
+            envp[k++] = environ[i];
+    }
+    for (size_t j = 0; j < m; j++)
+        envp[k++] = (char *)extra[j];
+    envp[k] = NULL;
+    return envp;
+}
+
+void th_run(struct th_run *r, const char *const *argv, const char *const *env, int timeout_ms)
+{
+    memset(r, 0, sizeof(*r));
+    int out[2], err[2];
+    cr_assert_eq(pipe(out), 0);
+    cr_assert_eq(pipe(err), 0);
+    char **envp = merged_env(env);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        dup2(out[1], 1);
+        dup2(err[1], 2);
+        close(out[0]);
+        close(err[0]);
+        close(out[1]);
+        close(err[1]);
+        execve(argv[0], (char *const *)argv, envp);
+        _exit(127);
+    }
+    free(envp);
+    close(out[1]);
+    close(err[1]);
+
+    uint64_t deadline = clock_mono_ns() + (uint64_t)timeout_ms * 1000000u;
+    struct pollfd fds[2] = {{.fd = out[0], .events = POLLIN}, {.fd = err[0], .events = POLLIN}};
+    int open_fds = 2;
+    while (open_fds > 0) {
+        uint64_t now = clock_mono_ns();
+        if (now >= deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            cr_assert_fail("%s did not finish within %d ms", argv[0], timeout_ms);
+        }
+        int n = poll(fds, 2, (int)((deadline - now) / 1000000u) + 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        cr_assert(n >= 0);
+        for (int i = 0; i < 2; i++) {
+            if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            char chunk[4096];
+            ssize_t got = read(fds[i].fd, chunk, sizeof(chunk));
+            if (got > 0) {
+                buf_append(i == 0 ? &r->out : &r->err, chunk, (size_t)got);
+            } else {
+                close(fds[i].fd);
+                fds[i].fd = -1;
+                open_fds--;
+            }
+        }
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+void th_run_free(struct th_run *r)
+{
+    buf_free(&r->out);
+    buf_free(&r->err);
+}

@@ -1,0 +1,55 @@
+/* harness.h: helpers for integration tests on the real PostgreSQL and RabbitMQ that
+ * tools/test.sh starts. Each test makes its own database (th_db_create) and drops it
+ * (th_db_drop), so tests never see each other's rows.
+ *
+ * Environment (exported by tools/test.sh, or by meson for binaries):
+ *   ORCH_PG_PORT    the private PostgreSQL's port (roles orch_owner, orch_app, postgres)
+ *   ORCH_AMQP_URL   the private RabbitMQ node's URL
+ *   ORCH_TEST_ORCHD path of the orchd binary under test
+ */
+#pragma once
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "common/buf.h"
+
+/* A required environment variable; fails the test with a hint when missing. */
+const char *th_env(const char *name);
+
+/* URL of database db for role ("orch_owner", "orch_app" or "postgres"), malloc'd. */
+char *th_pg_url(const char *role, const char *db);
+
+/* Create an empty database owned by orch_owner with a unique name written to name
+ * (at least 64 bytes). */
+void th_db_create(char *name, size_t len);
+/* Create and migrate with the real `orchd migrate`. */
+void th_db_create_migrated(char *name, size_t len);
+/* Drop it, closing whatever is still connected. */
+void th_db_drop(const char *name);
+
+/* Connect as role to db; fails the test on error. Caller PQfinish()es. */
+PGconn *th_pg_connect(const char *role, const char *db);
+/* Run sql that must succeed; return its result (caller PQclear()s). */
+PGresult *th_pg_ok(PGconn *pg, const char *sql);
+/* First column of the first row as a long (sql must return one row). */
+long th_pg_long(PGconn *pg, const char *sql);
+
+struct th_run {
+    int status;     /* exit status, or 128+signal */
+    struct buf out; /* stdout */
+    struct buf err; /* stderr */
+};
+
+/* Run argv with extra environment entries ("K=V", NULL-terminated; may be NULL) added
+ * to ours, wait at most timeout_ms (the child is killed and the test fails past it), and
+ * collect its output. Free with th_run_free(). */
+void th_run(struct th_run *r, const char *const *argv, const char *const *env, int timeout_ms);
+void th_run_free(struct th_run *r);
+
+/* The text of b, "" when empty (a struct buf holds NULL until something is appended). */
+static inline const char *th_str(const struct buf *b)
+{
+    return b->data ? b->data : "";
+}

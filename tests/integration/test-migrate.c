@@ -1,0 +1,290 @@
+/* Integration tests of `orchd migrate` and of the schema it leaves, on the real
+ * PostgreSQL. Every test runs the real orchd binary against a database of its own. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "server/migrate.h"
+#include "tests/integration/harness.h"
+
+static char db[64];
+
+static void setup(void)
+{
+    th_db_create(db, sizeof(db));
+}
+
+static void teardown(void)
+{
+    th_db_drop(db);
+}
+
+/* Run `orchd migrate` against db as the owner; extra is one more env entry or NULL. */
+static void run_migrate(struct th_run *r, const char *extra)
+{
+    char *url = th_pg_url("orch_owner", db);
+    char *env_url = NULL;
+    cr_assert(asprintf(&env_url, "ORCHD_DB_MIGRATE_URL=%s", url) > 0);
+    const char *argv[] = {th_env("ORCH_TEST_ORCHD"), "migrate", NULL};
+    const char *env[] = {env_url, extra, NULL};
+    th_run(r, argv, env, 60000);
+    free(env_url);
+    free(url);
+}
+
+TestSuite(migrate, .init = setup, .fini = teardown);
+
+Test(migrate, empty_database_reaches_latest_version)
+{
+    struct th_run r;
+    run_migrate(&r, NULL);
+    cr_assert_eq(r.status, 0, "stderr: %s", th_str(&r.err));
+    char want[64];
+    snprintf(want, sizeof(want), "from version 0 to %d", migrate_count);
+    cr_assert(strstr(th_str(&r.out), want), "stdout: %s", th_str(&r.out));
+    th_run_free(&r);
+
+    PGconn *pg = th_pg_connect("orch_owner", db);
+    cr_assert_eq(th_pg_long(pg, "SELECT max(version) FROM orch_schema_version"), migrate_count);
+    cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM orch_schema_version"), migrate_count);
+    PGresult *res = th_pg_ok(pg, "SELECT sha256 FROM orch_schema_version WHERE version = 1");
+    cr_assert_str_eq(PQgetvalue(res, 0, 0), migrate_list[0].sha256);
+    PQclear(res);
+    PQfinish(pg);
+}
+
+Test(migrate, second_run_changes_nothing)
+{
+    struct th_run r;
+    run_migrate(&r, NULL);
+    cr_assert_eq(r.status, 0);
+    th_run_free(&r);
+    run_migrate(&r, NULL);
+    cr_assert_eq(r.status, 0, "stderr: %s", th_str(&r.err));
+    cr_assert(strstr(th_str(&r.out), "up to date"), "stdout: %s", th_str(&r.out));
+    th_run_free(&r);
+
+    PGconn *pg = th_pg_connect("orch_owner", db);
+    cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM orch_schema_version"), migrate_count);
+    cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM tier_defaults"), 4);
+    PQfinish(pg);
+}
+
+Test(migrate, concurrent_runs_apply_once)
+{
+    /* Two nodes migrating at the same moment: the advisory lock queues one behind the
+     * other, and the second finds nothing left to do. */
+    pid_t kids[2];
+    for (int i = 0; i < 2; i++) {
+        kids[i] = fork();
+        cr_assert_neq(kids[i], -1);
+        if (kids[i] == 0) {
+            struct th_run r;
+            run_migrate(&r, NULL);
+            _exit(r.status);
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        int st;
+        cr_assert_eq(waitpid(kids[i], &st, 0), kids[i]);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "migrate %d failed", i);
+    }
+    PGconn *pg = th_pg_connect("orch_owner", db);
+    cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM orch_schema_version"), migrate_count);
+    PQfinish(pg);
+}
+
+Test(migrate, refuses_database_newer_than_binary)
+{
+    struct th_run r;
+    run_migrate(&r, NULL);
+    cr_assert_eq(r.status, 0);
+    th_run_free(&r);
+
+    PGconn *pg = th_pg_connect("orch_owner", db);
+    char sql[160];
+    snprintf(sql, sizeof(sql),
+             "INSERT INTO orch_schema_version (version, name, sha256) VALUES (%d, 'future', 'x')",
+             migrate_count + 1);
+    PQclear(th_pg_ok(pg, sql));
+
+    run_migrate(&r, NULL);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strstr(th_str(&r.err), "newer than this orchd"), "stderr: %s", th_str(&r.err));
+    th_run_free(&r);
+    /* Nothing was touched. */
+    cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM orch_schema_version"), migrate_count + 1);
+    PQfinish(pg);
+}
+
+Test(migrate, refuses_changed_migration)
+{
+    struct th_run r;
+    run_migrate(&r, NULL);
+    cr_assert_eq(r.status, 0);
+    th_run_free(&r);
+
+    PGconn *pg = th_pg_connect("orch_owner", db);
+    PQclear(th_pg_ok(pg, "UPDATE orch_schema_version SET sha256 = 'edited' WHERE version = 1"));
+    PQfinish(pg);
+
+    run_migrate(&r, NULL);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strstr(th_str(&r.err), "was changed after it was applied"), "stderr: %s",
+              th_str(&r.err));
+    th_run_free(&r);
+}
+
+Test(migrate, failed_migration_leaves_database_untouched)
+{
+    /* A table the migration wants to create already exists: the whole run rolls back. */
+    PGconn *pg = th_pg_connect("orch_owner", db);
+    PQclear(th_pg_ok(pg, "CREATE TABLE jobs (x int)"));
+
+    struct th_run r;
+    run_migrate(&r, NULL);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strstr(th_str(&r.err), "migration 1 (init)"), "stderr: %s", th_str(&r.err));
+    cr_assert(strstr(th_str(&r.err), "already exists"), "stderr: %s", th_str(&r.err));
+    th_run_free(&r);
+
+    cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                                " AND tablename IN ('tenants', 'orch_schema_version')"),
+                 0);
+    PQfinish(pg);
+}
+
+Test(migrate, unreachable_database_is_a_clear_error)
+{
+    const char *argv[] = {th_env("ORCH_TEST_ORCHD"), "migrate", NULL};
+    /* Port 1 is never a PostgreSQL. */
+    const char *env[] = {"ORCHD_DB_MIGRATE_URL=postgresql://orch_owner@127.0.0.1:1/orch", NULL};
+    struct th_run r;
+    th_run(&r, argv, env, 60000);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strstr(th_str(&r.err), "cannot connect to the database"), "stderr: %s",
+              th_str(&r.err));
+    th_run_free(&r);
+}
+
+Test(migrate, application_role_is_unprivileged)
+{
+    struct th_run r;
+    run_migrate(&r, NULL);
+    cr_assert_eq(r.status, 0);
+    th_run_free(&r);
+
+    PGconn *pg = th_pg_connect("orch_owner", db);
+    cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM pg_roles WHERE rolname = 'orch_app'"
+                                " AND NOT rolsuper AND NOT rolbypassrls"),
+                 1);
+    cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM pg_class c JOIN pg_roles r"
+                                " ON r.oid = c.relowner WHERE r.rolname = 'orch_app'"),
+                 0, "orch_app must own nothing");
+    /* The app role cannot rewrite the schema history or the tier table. */
+    PQfinish(pg);
+    pg = th_pg_connect("orch_app", db);
+    PGresult *res = PQexec(pg, "DELETE FROM orch_schema_version");
+    cr_assert_eq(PQresultStatus(res), PGRES_FATAL_ERROR);
+    cr_assert_str_eq(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
+    PQclear(res);
+    res = PQexec(pg, "UPDATE tier_defaults SET max_agents = 1000000");
+    cr_assert_eq(PQresultStatus(res), PGRES_FATAL_ERROR);
+    PQclear(res);
+    PQfinish(pg);
+}
+
+Test(migrate, tier_defaults_match_design)
+{
+    struct th_run r;
+    run_migrate(&r, NULL);
+    cr_assert_eq(r.status, 0);
+    th_run_free(&r);
+
+    PGconn *pg = th_pg_connect("orch_owner", db);
+    PGresult *res = th_pg_ok(
+        pg, "SELECT tier, max_agents, max_concurrent_jobs, max_schedules, max_queues,"
+            " max_storage_bytes >> 30, max_api_calls_day FROM tier_defaults ORDER BY rank");
+    static const char *const want[4][7] = {
+        {"free", "2", "5", "2", "2", "5", "1000"},
+        {"standard", "10", "25", "10", "5", "20", "5000"},
+        {"professional", "50", "100", "50", "20", "100", "20000"},
+        {"enterprise", "250", "500", "100", "50", "500", "100000"},
+    };
+    cr_assert_eq(PQntuples(res), 4);
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 7; j++)
+            cr_assert_str_eq(PQgetvalue(res, i, j), want[i][j], "tier %s column %d", want[i][0], j);
+    PQclear(res);
+    PQfinish(pg);
+}
+
+/* orchd's configuration errors: one line naming the key and the expected type, exit 2. */
+TestSuite(orchd_config);
+
+Test(orchd_config, bad_environment_value_names_key)
+{
+    const char *argv[] = {th_env("ORCH_TEST_ORCHD"), "check-config", NULL};
+    const char *env[] = {"ORCHD_DB_POOL_SIZE=lots", NULL};
+    struct th_run r;
+    th_run(&r, argv, env, 10000);
+    cr_assert_eq(r.status, 2);
+    const char *e = th_str(&r.err);
+    cr_assert(strstr(e, "ORCHD_DB_POOL_SIZE"), "stderr: %s", e);
+    cr_assert(strstr(e, "db.pool_size"), "stderr: %s", e);
+    cr_assert(strstr(e, "integer"), "stderr: %s", e);
+    cr_assert_eq(strchr(e, '\n'), e + strlen(e) - 1, "one line expected: %s", e);
+    th_run_free(&r);
+}
+
+Test(orchd_config, malformed_file_names_line_and_key)
+{
+    char path[] = "/tmp/orchd-conf-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_neq(fd, -1);
+    const char text[] = "# test\ndb.pool_size = 4\nlog.level = loud\n";
+    cr_assert_eq(write(fd, text, sizeof(text) - 1), (ssize_t)(sizeof(text) - 1));
+    close(fd);
+
+    const char *argv[] = {th_env("ORCH_TEST_ORCHD"), "--config", path, "check-config", NULL};
+    struct th_run r;
+    th_run(&r, argv, NULL, 10000);
+    unlink(path);
+    cr_assert_eq(r.status, 2);
+    const char *e = th_str(&r.err);
+    cr_assert(strstr(e, ":3:"), "stderr: %s", e);
+    cr_assert(strstr(e, "log.level"), "stderr: %s", e);
+    cr_assert(strstr(e, "loud"), "stderr: %s", e);
+    th_run_free(&r);
+}
+
+Test(orchd_config, unknown_key_is_refused)
+{
+    char path[] = "/tmp/orchd-conf-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_neq(fd, -1);
+    const char text[] = "db.pool_sise = 4\n";
+    cr_assert_eq(write(fd, text, sizeof(text) - 1), (ssize_t)(sizeof(text) - 1));
+    close(fd);
+
+    const char *argv[] = {th_env("ORCH_TEST_ORCHD"), "-c", path, "check-config", NULL};
+    struct th_run r;
+    th_run(&r, argv, NULL, 10000);
+    unlink(path);
+    cr_assert_eq(r.status, 2);
+    cr_assert(strstr(th_str(&r.err), "db.pool_sise"), "stderr: %s", th_str(&r.err));
+    th_run_free(&r);
+}
+
+Test(orchd_config, valid_configuration_accepted)
+{
+    const char *argv[] = {th_env("ORCH_TEST_ORCHD"), "check-config", NULL};
+    const char *env[] = {"ORCHD_DB_POOL_SIZE=8", "ORCHD_LOG_LEVEL=debug", NULL};
+    struct th_run r;
+    th_run(&r, argv, env, 10000);
+    cr_assert_eq(r.status, 0, "stderr: %s", th_str(&r.err));
+    th_run_free(&r);
+}

@@ -1,0 +1,306 @@
+/* Integration tests of the store layer (server/store.c) on the real PostgreSQL, connected
+ * as the application role orch_app, as orchd is. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/id.h"
+#include "server/store.h"
+#include "tests/integration/harness.h"
+
+static char db[64];
+static char tenant_a[ID_STR_LEN], tenant_b[ID_STR_LEN];
+
+static const struct store_stmt q_tenant_insert =
+    STORE_STMT("t_tenant_insert",
+               "INSERT INTO tenants (id, slug, display_name, tier) VALUES ($1, $2, $2, 'free')", 2);
+static const struct store_stmt q_queue_insert = STORE_STMT(
+    "t_queue_insert", "INSERT INTO queues (id, tenant_id, name) VALUES ($1, app_tenant(), $2)", 2);
+static const struct store_stmt q_queue_count =
+    STORE_STMT("t_queue_count", "SELECT count(*) FROM queues", 0);
+static const struct store_stmt q_queue_names =
+    STORE_STMT("t_queue_names", "SELECT name FROM queues ORDER BY name", 0);
+static const struct store_stmt q_job_bad_fk = STORE_STMT(
+    "t_job_bad_fk",
+    "INSERT INTO jobs (id, tenant_id, queue_id, command) VALUES ($1, app_tenant(), $2, 'true')", 2);
+static const struct store_stmt q_queue_bad_priority =
+    STORE_STMT("t_queue_bad_priority",
+               "INSERT INTO queues (id, tenant_id, name, default_priority) VALUES ($1, "
+               "app_tenant(), 'p', 1000)",
+               1);
+static const struct store_stmt q_settings =
+    STORE_STMT("t_settings",
+               "SELECT coalesce(current_setting('app.tenant_id', true), ''),"
+               " coalesce(current_setting('app.scope', true), ''), pg_backend_pid()",
+               0);
+static const struct store_stmt q_sleep = STORE_STMT("t_sleep", "SELECT pg_sleep(5)", 0);
+
+static struct store *open_store(int pool_size, int64_t statement_timeout_ms)
+{
+    char *url = th_pg_url("orch_app", db);
+    struct store_options o = {
+        .url = url,
+        .pool_size = pool_size,
+        .connect_timeout_ms = 5000,
+        .acquire_timeout_ms = 300,
+        .statement_timeout_ms = statement_timeout_ms,
+        .application_name = "orch-test",
+    };
+    struct store *s = NULL;
+    char err[256] = "";
+    int r = store_open(&o, &s, err, sizeof(err));
+    free(url);
+    cr_assert_eq(r, 0, "store_open: %d %s", r, err);
+    return s;
+}
+
+static void make_tenant(struct store *s, char *id, const char *slug)
+{
+    cr_assert_eq(id_uuid7_str(id), 0);
+    const char *p[] = {id, slug};
+    cr_assert_eq(store_exec_once(s, NULL, &q_tenant_insert, p, NULL), 1);
+}
+
+static void add_queue(struct store *s, const char *tenant, const char *name)
+{
+    char qid[ID_STR_LEN];
+    id_uuid7_str(qid);
+    const char *p[] = {qid, name};
+    cr_assert_eq(store_exec_once(s, tenant, &q_queue_insert, p, NULL), 1);
+}
+
+static long count_queues(struct store *s, const char *tenant)
+{
+    PGresult *res = NULL;
+    cr_assert_eq(store_exec_once(s, tenant, &q_queue_count, NULL, &res), 1);
+    long n = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    return n;
+}
+
+static void setup(void)
+{
+    th_db_create_migrated(db, sizeof(db));
+}
+
+static void teardown(void)
+{
+    th_db_drop(db);
+}
+
+TestSuite(store, .init = setup, .fini = teardown);
+
+Test(store, wrong_password_fails_at_open_with_reason)
+{
+    char url[256];
+    snprintf(url, sizeof(url), "postgresql://orch_app:wrong@127.0.0.1:%s/nosuchdb",
+             th_env("ORCH_PG_PORT"));
+    struct store_options o = {.url = url, .pool_size = 1};
+    struct store *s = NULL;
+    char err[256] = "";
+    cr_assert_eq(store_open(&o, &s, err, sizeof(err)), -ECONNREFUSED);
+    cr_assert_null(s);
+    cr_assert(strstr(err, "nosuchdb"), "err: %s", err);
+    cr_assert_null(strstr(err, "wrong"), "the password must not appear: %s", err);
+}
+
+Test(store, tenant_transactions_see_only_their_rows)
+{
+    struct store *s = open_store(2, 0);
+    make_tenant(s, tenant_a, "tenant-a");
+    make_tenant(s, tenant_b, "tenant-b");
+    add_queue(s, tenant_a, "a1");
+    add_queue(s, tenant_a, "a2");
+    add_queue(s, tenant_b, "b1");
+
+    cr_assert_eq(count_queues(s, tenant_a), 2);
+    cr_assert_eq(count_queues(s, tenant_b), 1);
+    cr_assert_eq(count_queues(s, NULL), 3, "the system scope sees every tenant");
+
+    PGresult *res = NULL;
+    cr_assert_eq(store_exec_once(s, tenant_b, &q_queue_names, NULL, &res), 1);
+    cr_assert_str_eq(PQgetvalue(res, 0, 0), "b1");
+    PQclear(res);
+    store_close(s);
+}
+
+Test(store, scope_ends_with_the_transaction)
+{
+    /* One connection: whatever one transaction declared must be gone in the next. */
+    struct store *s = open_store(1, 0);
+    make_tenant(s, tenant_a, "tenant-a");
+
+    struct store_tx *tx = NULL;
+    PGresult *res = NULL;
+    cr_assert_eq(store_tx_begin_tenant(s, tenant_a, &tx), 0);
+    cr_assert_eq(store_tx_exec(tx, &q_settings, NULL, &res), 1);
+    cr_assert_str_eq(PQgetvalue(res, 0, 0), tenant_a);
+    cr_assert_str_eq(PQgetvalue(res, 0, 1), "");
+    char pid[32];
+    snprintf(pid, sizeof(pid), "%s", PQgetvalue(res, 0, 2));
+    PQclear(res);
+    cr_assert_eq(store_tx_commit(tx), 0);
+
+    /* Outside any store transaction, on the same backend. */
+    cr_assert_eq(store_tx_begin_system(s, &tx), 0);
+    cr_assert_eq(store_tx_exec(tx, &q_settings, NULL, &res), 1);
+    cr_assert_str_eq(PQgetvalue(res, 0, 0), "", "tenant leaked into the next transaction");
+    cr_assert_str_eq(PQgetvalue(res, 0, 1), "system");
+    cr_assert_str_eq(PQgetvalue(res, 0, 2), pid, "expected the same pooled connection");
+    PQclear(res);
+    cr_assert_eq(store_tx_commit(tx), 0);
+    store_close(s);
+}
+
+Test(store, invalid_tenant_id_refused_before_sql)
+{
+    struct store *s = open_store(1, 0);
+    struct store_tx *tx = NULL;
+    cr_assert_eq(store_tx_begin_tenant(s, "x'); SELECT 1; --", &tx), -EINVAL);
+    cr_assert_eq(store_tx_begin_tenant(s, "", &tx), -EINVAL);
+    cr_assert_eq(store_tx_begin_tenant(s, NULL, &tx), -EINVAL);
+    cr_assert_null(tx);
+    store_close(s);
+}
+
+Test(store, errors_translate_and_roll_back)
+{
+    struct store *s = open_store(1, 0);
+    make_tenant(s, tenant_a, "tenant-a");
+    add_queue(s, tenant_a, "dup");
+
+    /* Unique violation: -EEXIST; the transaction is failed, and its earlier insert gone. */
+    struct store_tx *tx = NULL;
+    char q1[ID_STR_LEN], q2[ID_STR_LEN];
+    id_uuid7_str(q1);
+    id_uuid7_str(q2);
+    cr_assert_eq(store_tx_begin_tenant(s, tenant_a, &tx), 0);
+    const char *p1[] = {q1, "fresh"};
+    cr_assert_eq(store_tx_exec(tx, &q_queue_insert, p1, NULL), 1);
+    const char *p2[] = {q2, "dup"};
+    cr_assert_eq(store_tx_exec(tx, &q_queue_insert, p2, NULL), -EEXIST);
+    cr_assert_str_eq(store_tx_sqlstate(tx), "23505");
+    cr_assert_eq(store_tx_exec(tx, &q_queue_count, NULL, NULL), -EEXIST,
+                 "a failed transaction stays failed");
+    cr_assert_eq(store_tx_commit(tx), -EEXIST);
+    cr_assert_eq(count_queues(s, tenant_a), 1, "the rolled-back insert must not persist");
+
+    /* Foreign key: -ENOENT. Check constraint: -EINVAL. */
+    char job[ID_STR_LEN], missing[ID_STR_LEN];
+    id_uuid7_str(job);
+    id_uuid7_str(missing);
+    const char *p3[] = {job, missing};
+    cr_assert_eq(store_exec_once(s, tenant_a, &q_job_bad_fk, p3, NULL), -ENOENT);
+    const char *p4[] = {q2};
+    cr_assert_eq(store_exec_once(s, tenant_a, &q_queue_bad_priority, p4, NULL), -EINVAL);
+    /* A bad UUID parameter is data the server refuses: -EINVAL. */
+    const char *p5[] = {"not-a-uuid", "q"};
+    cr_assert_eq(store_exec_once(s, tenant_a, &q_queue_insert, p5, NULL), -EINVAL);
+
+    /* The pool is still healthy. */
+    cr_assert_eq(count_queues(s, tenant_a), 1);
+    store_close(s);
+}
+
+Test(store, statement_timeout_is_etimedout)
+{
+    struct store *s = open_store(1, 100);
+    cr_assert_eq(store_exec_once(s, NULL, &q_sleep, NULL, NULL), -ETIMEDOUT);
+    cr_assert_eq(count_queues(s, NULL), 0, "the connection is reusable afterwards");
+    store_close(s);
+}
+
+Test(store, exhausted_pool_times_out)
+{
+    struct store *s = open_store(1, 0);
+    struct store_tx *held = NULL, *tx = NULL;
+    cr_assert_eq(store_tx_begin_system(s, &held), 0);
+    cr_assert_eq(store_tx_begin_system(s, &tx), -ETIMEDOUT);
+    struct store_stats st;
+    store_stats(s, &st);
+    cr_assert_eq(st.size, 1);
+    cr_assert_eq(st.idle, 0);
+    cr_assert_eq(store_tx_commit(held), 0);
+    cr_assert_eq(store_tx_begin_system(s, &tx), 0, "free again once released");
+    store_tx_rollback(tx);
+    store_close(s);
+}
+
+Test(store, reconnects_after_backend_killed)
+{
+    struct store *s = open_store(1, 0);
+    PGresult *res = NULL;
+    cr_assert_eq(store_exec_once(s, NULL, &q_settings, NULL, &res), 1);
+    char pid[32], sql[128];
+    snprintf(pid, sizeof(pid), "%s", PQgetvalue(res, 0, 2));
+    PQclear(res);
+
+    PGconn *super = th_pg_connect("postgres", db);
+    snprintf(sql, sizeof(sql), "SELECT pg_terminate_backend(%s)", pid);
+    PQclear(th_pg_ok(super, sql));
+    /* Wait (bounded) until the backend is really gone. */
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", pid);
+    for (int tries = 0; th_pg_long(super, sql) != 0; tries++) {
+        cr_assert_lt(tries, 1000, "backend %s still alive", pid);
+        PQclear(th_pg_ok(super, "SELECT pg_sleep(0.01)"));
+    }
+    PQfinish(super);
+
+    /* The first use may find the dead connection mid-statement (-ECONNRESET); after that
+     * the pool must have reconnected by itself. */
+    int r = store_exec_once(s, NULL, &q_queue_count, NULL, NULL);
+    cr_assert(r == 1 || r == -ECONNRESET, "r=%d", r);
+    cr_assert_eq(store_exec_once(s, NULL, &q_queue_count, NULL, NULL), 1);
+    struct store_stats st;
+    store_stats(s, &st);
+    cr_assert_geq(st.reconnects, 1);
+    store_close(s);
+}
+
+struct worker {
+    struct store *s;
+    const char *tenant;
+    int ok;
+};
+
+static void *work(void *arg)
+{
+    struct worker *w = arg;
+    for (int i = 0; i < 100; i++) {
+        char qid[ID_STR_LEN], name[32];
+        id_uuid7_str(qid);
+        snprintf(name, sizeof(name), "q-%d", i);
+        const char *p[] = {qid, name};
+        if (store_exec_once(w->s, w->tenant, &q_queue_insert, p, NULL) == 1)
+            w->ok++;
+    }
+    return NULL;
+}
+
+Test(store, concurrent_threads_share_the_pool)
+{
+    /* Acquire waits up to 300 ms; eight threads on four connections stay well inside. */
+    struct store *s = open_store(4, 0);
+    char tenants[8][ID_STR_LEN];
+    struct worker w[8];
+    pthread_t th[8];
+    for (int i = 0; i < 8; i++) {
+        char slug[16];
+        snprintf(slug, sizeof(slug), "t%d", i);
+        make_tenant(s, tenants[i], slug);
+        w[i] = (struct worker){.s = s, .tenant = tenants[i]};
+        cr_assert_eq(pthread_create(&th[i], NULL, work, &w[i]), 0);
+    }
+    for (int i = 0; i < 8; i++) {
+        pthread_join(th[i], NULL);
+        cr_assert_eq(w[i].ok, 100, "thread %d: %d of 100", i, w[i].ok);
+        cr_assert_eq(count_queues(s, tenants[i]), 100);
+    }
+    struct store_stats st;
+    store_stats(s, &st);
+    cr_assert_leq(st.size, 4);
+    store_close(s);
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# tools/test.sh: the whole test suite, from a fresh Debian 12 machine (as root).
+#
+# Installs the packages, builds orch twice (a -Werror build, and one under
+# AddressSanitizer + UndefinedBehaviorSanitizer), starts a private PostgreSQL and a
+# private RabbitMQ node on free ports, runs every test suite of both builds against them,
+# and stops the services again. Exits non-zero when anything fails.
+#
+# Environment:
+#   ORCH_SKIP_APT=1       do not run apt-get (packages already there)
+#   ORCH_TEST_SUITES="unit integration"   suites to run (default: all)
+#   ORCH_NO_SANITIZE=1    skip the sanitizer build (quicker local runs; CI runs both)
+source "$(dirname "$0")/lib.sh"
+
+orch_install_deps
+
+cd "$ORCH_ROOT"
+say "building (-Werror)"
+orch_build build -Dwerror=true -Dtests=enabled
+if [ "${ORCH_NO_SANITIZE:-0}" != 1 ]; then
+    say "building with -Db_sanitize=address,undefined"
+    orch_build build-asan -Dwerror=true -Dtests=enabled -Db_sanitize=address,undefined \
+        -Db_lundef=false -Dbuildtype=debug
+fi
+
+ORCH_STATE_REMOVE=1
+orch_services_start "$(orch_state_dir "test-$$")"
+
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+suites=()
+for s in ${ORCH_TEST_SUITES:-unit integration}; do suites+=(--suite "$s"); done
+
+# Count the Criterion tests (not the meson test binaries) from meson's JSON log.
+count_tests() {
+    python3 - "$1/meson-logs/testlog.json" <<'PY'
+import json, re, sys
+passed = failed = 0
+for line in open(sys.argv[1]):
+    t = json.loads(line)
+    m = re.search(r"Synthesis: Tested: (\d+) \| Passing: (\d+) \| Failing: (\d+) \| Crashing: (\d+)",
+                  t.get("stdout", "") + t.get("stderr", ""))
+    if m:
+        passed += int(m.group(2)); failed += int(m.group(3)) + int(m.group(4))
+    elif t.get("result") != "OK":
+        failed += 1
+print(passed, failed)
+PY
+}
+
+status=0
+total_passed=0
+total_failed=0
+for b in build build-asan; do
+    [ -f "$b/build.ninja" ] || continue
+    [ "$b" = build-asan ] && [ "${ORCH_NO_SANITIZE:-0}" = 1 ] && continue
+    say "running tests ($b)"
+    if ! meson test -C "$b" "${suites[@]}" --print-errorlogs --num-processes 2; then
+        status=1
+    fi
+    read -r p f < <(count_tests "$b")
+    total_passed=$((total_passed + p))
+    total_failed=$((total_failed + f))
+done
+
+# Stop the services now, so that the summary below is the last line printed.
+orch_services_stop
+trap - EXIT
+ORCH_STATE=
+if [ $status = 0 ]; then say "all tests passed"; else say "TESTS FAILED"; fi
+[ $status = 0 ] || [ $total_failed -gt 0 ] || total_failed=1
+echo "tests: $total_passed passed, $total_failed failed"
+exit $status
