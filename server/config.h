@@ -13,8 +13,24 @@ struct orchd_config {
     int64_t db_connect_timeout_ms;
     int64_t db_acquire_timeout_ms;
     int64_t db_statement_timeout_ms;
-    char *amqp_url; /* amqp.url */
-    int log_level;  /* log.level: enum log_level */
+    char *amqp_url;  /* amqp.url */
+    int log_level;   /* log.level: enum log_level */
+    char *node_name; /* node.name: this node in logs and the audit trail */
+
+    char *http_address;   /* http.address */
+    int64_t http_port;    /* http.port */
+    int64_t http_threads; /* http.threads: event loops (0 = one per core) */
+    char *http_cert_file; /* http.cert_file: PEM chain ("" = plain HTTP, tests only) */
+    char *http_key_file;  /* http.key_file */
+    int64_t http_max_header_bytes;
+    int64_t http_max_body_bytes;
+    int64_t http_timeout_ms;
+
+    char *auth_key_dir;        /* auth.key_dir: ES256 signing keys, <kid>.pem, mode 0600 */
+    char *auth_issuer;         /* auth.issuer: JWT iss */
+    char *auth_audience;       /* auth.audience: JWT aud */
+    int64_t auth_token_ttl_ms; /* auth.token_ttl */
+    int64_t auth_leeway_ms;    /* auth.leeway: clock skew tolerated */
 };
 
 extern const struct conf_field orchd_config_fields[];

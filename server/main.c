@@ -1,12 +1,20 @@
 /* main.c: the orchd command line. */
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "orch-config.h"
+#include "common/id.h"
 #include "common/log.h"
+#include "server/api.h"
+#include "server/app.h"
+#include "server/auth-keys.h"
 #include "server/config.h"
 #include "server/migrate.h"
 
@@ -18,7 +26,12 @@ static void usage(FILE *f)
     fprintf(f, "usage: orchd [--config FILE] COMMAND\n"
                "\n"
                "commands:\n"
+               "  serve           run the server until SIGTERM or SIGINT\n"
                "  migrate         bring the database schema to this version (as db.migrate_url)\n"
+               "  admin gen-key   add a new token signing key to auth.key_dir (rotation)\n"
+               "  admin create-token NAME\n"
+               "                  create a platform operator token and print it once\n"
+               "  routes          list every route of the REST API\n"
                "  check-config    load the configuration, report the first error, exit\n"
                "  config          list every configuration key with its default\n"
                "  version         print the version\n"
@@ -61,6 +74,140 @@ static int cmd_migrate(struct orchd_config *cfg)
     return EXIT_OK;
 }
 
+static int cmd_serve(struct orchd_config *cfg)
+{
+    /* Signals go to this thread only (sigwait below), never to the event loops. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct app app;
+    char err[512] = "";
+    int r = app_open(&app, cfg, err, sizeof(err));
+    if (r < 0) {
+        fprintf(stderr, "orchd: %s\n", err);
+        return EXIT_FAIL;
+    }
+    char db_err[512] = "";
+    int v = migrate_db_version(cfg->db_url, db_err, sizeof(db_err));
+    if (v != migrate_count) {
+        if (v < 0)
+            fprintf(stderr, "orchd: %s\n", db_err);
+        else
+            fprintf(stderr,
+                    "orchd: the database schema is at version %d, this orchd needs %d: run "
+                    "`orchd migrate`\n",
+                    v, migrate_count);
+        app_close(&app);
+        return EXIT_FAIL;
+    }
+
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    struct http_options ho = {
+        .address = cfg->http_address,
+        .port = (int)cfg->http_port,
+        .threads = cfg->http_threads > 0 ? (int)cfg->http_threads : (int)(cores > 0 ? cores : 1),
+        .cert_file = cfg->http_cert_file[0] ? cfg->http_cert_file : NULL,
+        .key_file = cfg->http_key_file[0] ? cfg->http_key_file : NULL,
+        .max_header_bytes = (size_t)cfg->http_max_header_bytes,
+        .max_body_bytes = (size_t)cfg->http_max_body_bytes,
+        .timeout_ms = cfg->http_timeout_ms,
+        .routes = api_routes,
+        .nroutes = api_nroutes,
+        .hooks = {.app = &app, .authenticate = app_authenticate, .admit = app_admit},
+    };
+    if (!ho.cert_file)
+        log_warn("op=serve tls=off msg=\"plain HTTP: for tests only, set http.cert_file\"");
+    struct http_server *srv = NULL;
+    r = http_server_start(&ho, &srv, err, sizeof(err));
+    if (r < 0) {
+        fprintf(stderr, "orchd: %s\n", err);
+        app_close(&app);
+        return EXIT_FAIL;
+    }
+    /* The line tests and scripts wait for. */
+    log_info("op=serve state=ready address=%s port=%d threads=%d tls=%s node=%s", cfg->http_address,
+             http_server_port(srv), ho.threads, ho.cert_file ? "on" : "off", cfg->node_name);
+
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&set, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            log_info("op=serve msg=\"SIGHUP ignored: restart to reload keys and configuration\"");
+            continue;
+        }
+        log_info("op=serve state=stopping signal=%d", sig);
+        break;
+    }
+    http_server_stop(srv);
+    log_info("op=serve state=stopped");
+    app_close(&app);
+    return EXIT_OK;
+}
+
+static int cmd_gen_key(struct orchd_config *cfg)
+{
+    char kid[96], err[512] = "";
+    if (jwt_keygen(cfg->auth_key_dir, kid, sizeof(kid), err, sizeof(err)) < 0) {
+        fprintf(stderr, "orchd: admin gen-key: %s\n", err);
+        return EXIT_FAIL;
+    }
+    printf("new signing key %s in %s (restart orchd to start signing with it)\n", kid,
+           cfg->auth_key_dir);
+    return EXIT_OK;
+}
+
+static int cmd_create_token(struct orchd_config *cfg, const char *name)
+{
+    size_t n = strlen(name);
+    if (n < 1 || n > 100) {
+        fprintf(stderr, "orchd: admin create-token: NAME must be 1 to 100 characters\n");
+        return EXIT_USAGE;
+    }
+    struct authkey k;
+    char id[ID_STR_LEN];
+    if (authkey_new(AUTHKEY_OPERATOR, &k) < 0 || id_uuid7_str(id) < 0) {
+        fprintf(stderr, "orchd: admin create-token: no randomness available\n");
+        return EXIT_FAIL;
+    }
+    static const struct store_stmt q =
+        STORE_STMT("operator_token_insert",
+                   "INSERT INTO operator_tokens (id, name, prefix, secret_hash) VALUES ($1, $2, $3,"
+                   " decode($4, 'hex'))",
+                   4);
+    struct store_options so = {
+        .url = cfg->db_url, .pool_size = 1, .connect_timeout_ms = cfg->db_connect_timeout_ms};
+    struct store *st = NULL;
+    char err[512] = "";
+    if (store_open(&so, &st, err, sizeof(err)) < 0) {
+        fprintf(stderr, "orchd: admin create-token: %s\n", err);
+        return EXIT_FAIL;
+    }
+    const char *p[] = {id, name, k.prefix, k.hash_hex};
+    int r = store_exec_once(st, NULL, &q, p, NULL);
+    store_close(st);
+    if (r < 0) {
+        fprintf(stderr, "orchd: admin create-token: could not store the token (%s)\n",
+                strerror(-r));
+        return EXIT_FAIL;
+    }
+    log_info("op=admin.create-token id=%s name=%s prefix=%s", id, name, k.prefix);
+    /* stdout carries the secret alone, so scripts can capture it. */
+    printf("%s\n", k.key);
+    return EXIT_OK;
+}
+
+static void print_routes(void)
+{
+    for (size_t i = 0; i < api_nroutes; i++)
+        printf("%s %s\n", http_method_name(api_routes[i].method), api_routes[i].pattern);
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -91,9 +238,30 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
     const char *cmd = argv[optind];
-    if (optind + 1 < argc) {
-        fprintf(stderr, "orchd: %s: unexpected argument '%s'\n", cmd, argv[optind + 1]);
+    int nargs = argc - optind - 1;
+    char *const *args = argv + optind + 1;
+    bool is_admin = strcmp(cmd, "admin") == 0;
+    if (!is_admin && nargs > 0) {
+        fprintf(stderr, "orchd: %s: unexpected argument '%s'\n", cmd, args[0]);
         return EXIT_USAGE;
+    }
+    if (strcmp(cmd, "routes") == 0) {
+        print_routes();
+        return EXIT_OK;
+    }
+    if (is_admin) {
+        bool gen = nargs == 1 && strcmp(args[0], "gen-key") == 0;
+        bool tok = nargs == 2 && strcmp(args[0], "create-token") == 0;
+        if (!gen && !tok) {
+            fprintf(stderr, "usage: orchd admin gen-key | orchd admin create-token NAME\n");
+            return EXIT_USAGE;
+        }
+        struct orchd_config cfg;
+        if (load_config(config_path, &cfg) < 0)
+            return EXIT_USAGE;
+        int rc = gen ? cmd_gen_key(&cfg) : cmd_create_token(&cfg, args[1]);
+        orchd_config_free(&cfg);
+        return rc;
     }
 
     if (strcmp(cmd, "version") == 0) {
@@ -106,12 +274,15 @@ int main(int argc, char **argv)
     }
 
     struct orchd_config cfg;
-    if (strcmp(cmd, "check-config") == 0 || strcmp(cmd, "migrate") == 0) {
+    if (strcmp(cmd, "check-config") == 0 || strcmp(cmd, "migrate") == 0 ||
+        strcmp(cmd, "serve") == 0) {
         if (load_config(config_path, &cfg) < 0)
             return EXIT_USAGE;
         int rc = EXIT_OK;
         if (strcmp(cmd, "migrate") == 0)
             rc = cmd_migrate(&cfg);
+        else if (strcmp(cmd, "serve") == 0)
+            rc = cmd_serve(&cfg);
         else
             printf("configuration is valid\n");
         orchd_config_free(&cfg);

@@ -48,6 +48,7 @@ struct store_tx {
     char tenant[ID_STR_LEN];
     char sqlstate[6];
     char errmsg[256];
+    char errdetail[512];
 };
 
 int store_error_from_sqlstate(const char *s)
@@ -70,6 +71,8 @@ int store_error_from_sqlstate(const char *s)
         return -ECONNRESET;
     if (strncmp(s, "53", 2) == 0)
         return -ENOSPC;
+    if (strcmp(s, "OQ001") == 0) /* quota_acquire(): sql/0002_api.sql */
+        return -EDQUOT;
     return -EIO;
 }
 
@@ -86,7 +89,8 @@ static void conn_free(struct store_conn *c)
 static int conn_setup(struct store *store, struct store_conn *c)
 {
     char sql[128];
-    snprintf(sql, sizeof(sql), "SET statement_timeout = %lld",
+    /* UTC, so timestamps PostgreSQL formats into JSON read the same from every node. */
+    snprintf(sql, sizeof(sql), "SET statement_timeout = %lld; SET TimeZone = 'UTC'",
              (long long)store->statement_timeout_ms);
     PGresult *r = PQexec(c->pg, sql);
     int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
@@ -282,6 +286,7 @@ static int tx_fail(struct store_tx *tx, const PGresult *r, const char *what)
         state = "08006";
         tx->conn->broken = true;
     }
+    const char *detail = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL) : NULL;
     if (!msg)
         msg = PQerrorMessage(tx->conn->pg);
     if (!state)
@@ -289,6 +294,7 @@ static int tx_fail(struct store_tx *tx, const PGresult *r, const char *what)
     if (tx->error == 0) {
         snprintf(tx->sqlstate, sizeof(tx->sqlstate), "%s", state);
         snprintf(tx->errmsg, sizeof(tx->errmsg), "%s", msg);
+        snprintf(tx->errdetail, sizeof(tx->errdetail), "%s", detail ? detail : "");
         size_t n = strlen(tx->errmsg);
         while (n > 0 && tx->errmsg[n - 1] == '\n')
             tx->errmsg[--n] = '\0';
@@ -461,6 +467,11 @@ const char *store_tx_sqlstate(const struct store_tx *tx)
 const char *store_tx_errmsg(const struct store_tx *tx)
 {
     return tx->errmsg;
+}
+
+const char *store_tx_errdetail(const struct store_tx *tx)
+{
+    return tx->errdetail;
 }
 
 void store_stats(struct store *s, struct store_stats *ret)

@@ -61,6 +61,8 @@ void store_tx_rollback(struct store_tx *tx);
  * valid until tx ends. Never contains parameter values. */
 const char *store_tx_sqlstate(const struct store_tx *tx);
 const char *store_tx_errmsg(const struct store_tx *tx);
+/* The error's DETAIL field ("" when none); quota_acquire() puts JSON there. */
+const char *store_tx_errdetail(const struct store_tx *tx);
 
 /* Map a SQLSTATE to our error codes:
  *   23505 unique violation           -EEXIST
@@ -71,6 +73,7 @@ const char *store_tx_errmsg(const struct store_tx *tx);
  *   57014 statement timeout          -ETIMEDOUT
  *   08xxx, 57P0x connection lost     -ECONNRESET
  *   53xxx out of resources           -ENOSPC
+ *   OQ001 tenant quota exhausted     -EDQUOT (quota_acquire(), detail holds JSON)
  *   anything else                    -EIO */
 int store_error_from_sqlstate(const char *sqlstate);
 

@@ -10,6 +10,7 @@
 #   ORCH_SKIP_APT=1       do not run apt-get (packages already there)
 #   ORCH_TEST_SUITES="unit integration"   suites to run (default: all)
 #   ORCH_NO_SANITIZE=1    skip the sanitizer build (quicker local runs; CI runs both)
+#   ORCH_FUZZ_SECONDS=N   how long the libFuzzer target runs (default 30; 0 skips it)
 source "$(dirname "$0")/lib.sh"
 
 orch_install_deps
@@ -21,6 +22,13 @@ if [ "${ORCH_NO_SANITIZE:-0}" != 1 ]; then
     say "building with -Db_sanitize=address,undefined"
     orch_build build-asan -Dwerror=true -Dtests=enabled -Db_sanitize=address,undefined \
         -Db_lundef=false -Dbuildtype=debug
+fi
+
+fuzz_seconds=${ORCH_FUZZ_SECONDS:-30}
+if [ "$fuzz_seconds" != 0 ]; then
+    say "building the fuzz target (clang, libFuzzer + ASan + UBSan)"
+    CC=clang orch_build build-fuzz -Dfuzz=enabled -Dtests=disabled \
+        -Db_sanitize=address,undefined -Db_lundef=false
 fi
 
 ORCH_STATE_REMOVE=1
@@ -58,10 +66,33 @@ for b in build build-asan; do
     if ! meson test -C "$b" "${suites[@]}" --print-errorlogs --num-processes 2; then
         status=1
     fi
+    # A sanitizer report fails the run even where a test runner let it through.
+    if grep -qE "ERROR: (Address|Leak)Sanitizer|runtime error:" "$b/meson-logs/testlog.txt"; then
+        grep -nE "ERROR: (Address|Leak)Sanitizer|runtime error:" "$b/meson-logs/testlog.txt" | head
+        say "sanitizer reports in $b"
+        status=1
+    fi
     read -r p f < <(count_tests "$b")
     total_passed=$((total_passed + p))
     total_failed=$((total_failed + f))
 done
+
+if [ "$fuzz_seconds" != 0 ]; then
+    say "fuzzing request parsing, JSON validation and tokens for ${fuzz_seconds}s"
+    corpus=$(mktemp -d)
+    cp "$ORCH_ROOT"/tests/fuzz/corpus/* "$corpus"/
+    if build-fuzz/tests/fuzz/fuzz-api -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 \
+        -artifact_prefix=build-fuzz/ -print_final_stats=1 "$corpus" >build-fuzz/fuzz.log 2>&1; then
+        total_passed=$((total_passed + 1))
+        grep -E "stat::number_of_executed_units" build-fuzz/fuzz.log || true
+    else
+        tail -40 build-fuzz/fuzz.log
+        say "the fuzzer found a crash (input saved in build-fuzz/)"
+        total_failed=$((total_failed + 1))
+        status=1
+    fi
+    rm -rf "$corpus"
+fi
 
 # Stop the services now, so that the summary below is the last line printed.
 orch_services_stop

@@ -1,0 +1,152 @@
+/* api-common.c: helpers shared by the route handlers, and the health endpoints. */
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/id.h"
+#include "common/log.h"
+#include "server/api.h"
+#include "server/app.h"
+
+void api_reply_pg_json(struct http_req *req, int status, PGresult *res)
+{
+    if (!res || PQntuples(res) < 1 || PQgetisnull(res, 0, 0)) {
+        PQclear(res);
+        http_reply_error(req, -EIO, "the database returned no document");
+        return;
+    }
+    http_reply_json_text(req, status, PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0));
+    PQclear(res);
+}
+
+void api_reply_pg_json_or_404(struct http_req *req, int status, PGresult *res, const char *what)
+{
+    if (!res || PQntuples(res) < 1) {
+        PQclear(res);
+        char detail[128];
+        snprintf(detail, sizeof(detail), "no such %s", what);
+        http_reply_problem(req, PROBLEM_NOT_FOUND, detail, NULL);
+        return;
+    }
+    api_reply_pg_json(req, status, res);
+}
+
+int api_commit(struct http_req *req, struct store_tx *tx, const char *what)
+{
+    int r = store_tx_commit(tx);
+    if (r < 0)
+        http_reply_error(req, r, what);
+    return r;
+}
+
+const char *api_path_id(struct http_req *req, const char *name, const char *what)
+{
+    const char *id = http_req_param(req, name);
+    if (!id || !id_is_valid(id)) {
+        char detail[128];
+        snprintf(detail, sizeof(detail), "no such %s", what);
+        http_reply_problem(req, PROBLEM_NOT_FOUND, detail, NULL);
+        return NULL;
+    }
+    return id;
+}
+
+const char *api_json_str(const json_t *obj, const char *key)
+{
+    return json_string_value(json_object_get(obj, key));
+}
+
+int api_check_labels(struct http_req *req, const json_t *labels, const char *field)
+{
+    if (!labels || json_is_null(labels))
+        return 0;
+    char path[192];
+    if (!json_is_object(labels) || json_object_size(labels) > 32) {
+        http_reply_problem(req, PROBLEM_VALIDATION,
+                           "must be an object of at most 32 label: value strings", field);
+        return -EINVAL;
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)labels, k, v)
+    {
+        size_t n = strlen(k);
+        bool ok = n >= 1 && n <= 63;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = isalnum((unsigned char)k[i]) || strchr("_./-", k[i]);
+        snprintf(path, sizeof(path), "%s.%.63s", field, k);
+        if (!ok) {
+            http_reply_problem(req, PROBLEM_VALIDATION,
+                               "label names are 1 to 63 characters of A-Z a-z 0-9 _ . / -", path);
+            return -EINVAL;
+        }
+        if (!json_is_string(v) || json_string_length(v) > 255) {
+            http_reply_problem(req, PROBLEM_VALIDATION,
+                               "label values are strings of at most 255 bytes", path);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+void api_healthz(struct http_req *req)
+{
+    http_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));
+}
+
+static const struct store_stmt q_ping = STORE_STMT("ping", "SELECT 1", 0);
+
+/* RabbitMQ is reachable when an AMQP login on its URL succeeds within 2 s. */
+static int amqp_ping(const char *url_in, char *why, size_t whylen)
+{
+    char *url = strdup(url_in);
+    struct amqp_connection_info ci;
+    if (!url || amqp_parse_url(url, &ci) != AMQP_STATUS_OK) {
+        free(url);
+        snprintf(why, whylen, "amqp.url is not a valid AMQP URL");
+        return -EINVAL;
+    }
+    int r = 0;
+    amqp_connection_state_t conn = amqp_new_connection();
+    amqp_socket_t *sock = conn ? amqp_tcp_socket_new(conn) : NULL;
+    struct timeval tv = {.tv_sec = 2};
+    if (!sock || amqp_socket_open_noblock(sock, ci.host, ci.port, &tv) != AMQP_STATUS_OK) {
+        snprintf(why, whylen, "cannot connect to RabbitMQ");
+        r = -ECONNREFUSED;
+    } else {
+        amqp_set_handshake_timeout(conn, &tv);
+        amqp_rpc_reply_t rep =
+            amqp_login(conn, ci.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, ci.user, ci.password);
+        if (rep.reply_type != AMQP_RESPONSE_NORMAL) {
+            snprintf(why, whylen, "RabbitMQ refused the login");
+            r = -EACCES;
+        } else {
+            amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
+        }
+    }
+    if (conn)
+        amqp_destroy_connection(conn);
+    free(url);
+    return r;
+}
+
+void api_readyz(struct http_req *req)
+{
+    struct app *app = http_req_app(req);
+    int pg = store_exec_once(app->store, NULL, &q_ping, NULL, NULL);
+    char why[128] = "";
+    int mq = amqp_ping(app->cfg->amqp_url, why, sizeof(why));
+    json_t *body =
+        json_pack("{s:s, s:s, s:s}", "status", pg >= 0 && mq == 0 ? "ready" : "not ready",
+                  "postgresql", pg >= 0 ? "ok" : "unreachable", "rabbitmq", mq == 0 ? "ok" : why);
+    if (pg >= 0 && mq == 0) {
+        http_reply_json(req, 200, body);
+        return;
+    }
+    http_reply_header(req, "Retry-After", "1");
+    http_reply_problem_ext(req, PROBLEM_UNAVAILABLE, "a dependency is not reachable", NULL, body);
+}

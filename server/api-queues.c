@@ -1,0 +1,284 @@
+/* api-queues.c: a tenant's named job queues. Creating one is subject to the tier's queue
+ * quota (quota_acquire() in sql/0002_api.sql). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/cleanup.h"
+#include "common/id.h"
+#include "server/api.h"
+#include "server/app.h"
+
+static const struct store_stmt q_queue_doc =
+    STORE_STMT("queue_doc", "SELECT doc FROM queue_view WHERE id = $1", 1);
+
+static const struct store_stmt q_queue_list = STORE_STMT(
+    "queue_list",
+    "SELECT json_build_object('items', coalesce(json_agg(doc ORDER BY id), '[]'),"
+    " 'next_cursor', CASE WHEN count(*) = $2 THEN (array_agg(id ORDER BY id DESC))[1] END)"
+    " FROM (SELECT id, doc FROM queue_view WHERE ($1::uuid IS NULL OR id > $1::uuid)"
+    "        ORDER BY id LIMIT $2) s",
+    2);
+
+static const struct store_stmt q_quota_queues =
+    STORE_STMT("quota_queues", "SELECT quota_acquire('queues')", 0);
+
+static const struct store_stmt q_queue_insert =
+    STORE_STMT("queue_insert",
+               "INSERT INTO queues (id, tenant_id, name, default_priority, requirements, paused)"
+               " VALUES ($1, app_tenant(), $2, coalesce($3::int, 0), coalesce($4::jsonb, '{}'),"
+               " coalesce($5::bool, false))",
+               5);
+
+static const struct store_stmt q_queue_update = STORE_STMT(
+    "queue_update",
+    "UPDATE queues SET name = coalesce($2, name),"
+    " default_priority = coalesce($3::int, default_priority),"
+    " requirements = coalesce($4::jsonb, requirements), paused = coalesce($5::bool, paused),"
+    " updated_at = now() WHERE id = $1 RETURNING id",
+    5);
+
+static const struct store_stmt q_queue_delete =
+    STORE_STMT("queue_delete", "DELETE FROM queues WHERE id = $1 RETURNING name", 1);
+
+static bool valid_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > 64)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        if (!alnum && (i == 0 || !strchr("_.-", c)))
+            return false;
+    }
+    return true;
+}
+
+/* Shared validation of create and update bodies; fills the text parameters. */
+struct queue_input {
+    const char *name;
+    char prio[16];
+    char *requirements; /* malloc'd JSON text or NULL */
+    const char *paused;
+};
+
+static int queue_input(struct http_req *req, const json_t *body, struct queue_input *in)
+{
+    memset(in, 0, sizeof(*in));
+    in->name = api_json_str(body, "name");
+    if (in->name && !valid_name(in->name)) {
+        http_reply_problem(req, PROBLEM_VALIDATION,
+                           "must be 1 to 64 characters of A-Z a-z 0-9 _ . -, starting with a "
+                           "letter or digit",
+                           "name");
+        return -EINVAL;
+    }
+    json_t *prio = json_object_get(body, "default_priority");
+    if (prio)
+        snprintf(in->prio, sizeof(in->prio), "%lld", (long long)json_integer_value(prio));
+    json_t *reqs = json_object_get(body, "requirements");
+    if (api_check_labels(req, reqs, "requirements") < 0)
+        return -EINVAL;
+    if (reqs) {
+        in->requirements = json_dumps(reqs, JSON_COMPACT);
+        if (!in->requirements) {
+            http_reply_error(req, -ENOMEM, "encoding requirements");
+            return -ENOMEM;
+        }
+    }
+    json_t *paused = json_object_get(body, "paused");
+    if (paused)
+        in->paused = json_is_true(paused) ? "true" : "false";
+    return 0;
+}
+
+static const struct jsonv_field create_fields[] = {
+    {"name", JSONV_STRING, JSONV_REQUIRED, 1, 64},
+    {"default_priority", JSONV_INT, 0, -100, 100},
+    {"requirements", JSONV_OBJECT, 0, 0, 32},
+    {"paused", JSONV_BOOL, 0, 0, 0},
+};
+
+static const struct jsonv_field update_fields[] = {
+    {"name", JSONV_STRING, 0, 1, 64},
+    {"default_priority", JSONV_INT, 0, -100, 100},
+    {"requirements", JSONV_OBJECT, 0, 0, 32},
+    {"paused", JSONV_BOOL, 0, 0, 0},
+};
+
+/* Read the queue back in tx, commit, and reply. */
+static void reply_queue(struct http_req *req, struct store_tx *tx, const char *id, int status)
+{
+    PGresult *res = NULL;
+    const char *p[] = {id};
+    int r = store_tx_exec(tx, &q_queue_doc, p, &res);
+    if (r < 0) {
+        store_tx_rollback(tx);
+        http_reply_error(req, r, "reading the queue");
+        return;
+    }
+    if (api_commit(req, tx, "saving the queue") < 0) {
+        PQclear(res);
+        return;
+    }
+    api_reply_pg_json_or_404(req, status, res, "queue");
+}
+
+/* Reply to a failed queue write: name taken, quota exhausted, or other. Rolls tx back. */
+static void queue_write_failed(struct http_req *req, struct store_tx *tx, int r)
+{
+    if (r == -EDQUOT) {
+        json_error_t jerr;
+        json_t *ext = json_loads(store_tx_errdetail(tx), 0, &jerr);
+        store_tx_rollback(tx);
+        http_reply_problem_ext(req, PROBLEM_QUOTA_EXCEEDED,
+                               "the tenant's queue quota is exhausted; delete a queue or move "
+                               "to a larger tier",
+                               NULL, ext);
+        return;
+    }
+    store_tx_rollback(tx);
+    if (r == -EEXIST)
+        http_reply_problem(req, PROBLEM_CONFLICT, "a queue with this name exists", "name");
+    else
+        http_reply_error(req, r, "saving the queue");
+}
+
+void api_queues_create(struct http_req *req)
+{
+    json_t *body = NULL;
+    if (http_req_json(req, create_fields, ELEMENTSOF(create_fields), &body) < 0)
+        return;
+    struct queue_input in;
+    if (queue_input(req, body, &in) == 0) {
+        char id[ID_STR_LEN];
+        id_uuid7_str(id);
+        struct app *app = http_req_app(req);
+        struct store_tx *tx = NULL;
+        int r = app_tx_begin(app, req, &tx);
+        if (r < 0) {
+            http_reply_error(req, r, "creating the queue");
+        } else {
+            const char *p[] = {id, in.name, in.prio[0] ? in.prio : NULL, in.requirements,
+                               in.paused};
+            r = store_tx_exec(tx, &q_quota_queues, NULL, NULL);
+            if (r >= 0)
+                r = store_tx_exec(tx, &q_queue_insert, p, NULL);
+            if (r >= 0)
+                r = app_audit(tx, req, NULL, "queue.create", "queue", id, body);
+            if (r < 0)
+                queue_write_failed(req, tx, r);
+            else
+                reply_queue(req, tx, id, 201);
+        }
+    }
+    free(in.requirements);
+    json_decref(body);
+}
+
+void api_queues_update(struct http_req *req)
+{
+    const char *id = api_path_id(req, "id", "queue");
+    if (!id)
+        return;
+    json_t *body = NULL;
+    if (http_req_json(req, update_fields, ELEMENTSOF(update_fields), &body) < 0)
+        return;
+    struct queue_input in;
+    if (queue_input(req, body, &in) == 0) {
+        struct store_tx *tx = NULL;
+        int r = app_tx_begin(http_req_app(req), req, &tx);
+        if (r < 0) {
+            http_reply_error(req, r, "updating the queue");
+        } else {
+            const char *p[] = {id, in.name, in.prio[0] ? in.prio : NULL, in.requirements,
+                               in.paused};
+            r = store_tx_exec(tx, &q_queue_update, p, NULL);
+            if (r == 0) {
+                store_tx_rollback(tx);
+                http_reply_problem(req, PROBLEM_NOT_FOUND, "no such queue", NULL);
+            } else {
+                if (r > 0)
+                    r = app_audit(tx, req, NULL, "queue.update", "queue", id, body);
+                if (r < 0)
+                    queue_write_failed(req, tx, r);
+                else
+                    reply_queue(req, tx, id, 200);
+            }
+        }
+    }
+    free(in.requirements);
+    json_decref(body);
+}
+
+void api_queues_get(struct http_req *req)
+{
+    const char *id = api_path_id(req, "id", "queue");
+    if (!id)
+        return;
+    const char *p[] = {id};
+    PGresult *res = NULL;
+    int r = store_exec_once(((struct app *)http_req_app(req))->store,
+                            http_req_principal(req)->tenant_id, &q_queue_doc, p, &res);
+    if (r < 0) {
+        http_reply_error(req, r, "reading the queue");
+        return;
+    }
+    api_reply_pg_json_or_404(req, 200, res, "queue");
+}
+
+void api_queues_list(struct http_req *req)
+{
+    int limit;
+    const char *cursor;
+    if (http_req_page(req, 50, 500, &limit, &cursor) < 0)
+        return;
+    if (cursor && !id_is_valid(cursor)) {
+        http_reply_problem(req, PROBLEM_VALIDATION, "is not a cursor returned by this API",
+                           "cursor");
+        return;
+    }
+    char lim[16];
+    snprintf(lim, sizeof(lim), "%d", limit);
+    const char *p[] = {cursor, lim};
+    PGresult *res = NULL;
+    int r = store_exec_once(((struct app *)http_req_app(req))->store,
+                            http_req_principal(req)->tenant_id, &q_queue_list, p, &res);
+    if (r < 0) {
+        http_reply_error(req, r, "listing queues");
+        return;
+    }
+    api_reply_pg_json(req, 200, res);
+}
+
+void api_queues_delete(struct http_req *req)
+{
+    const char *id = api_path_id(req, "id", "queue");
+    if (!id)
+        return;
+    struct store_tx *tx = NULL;
+    int r = app_tx_begin(http_req_app(req), req, &tx);
+    if (r < 0) {
+        http_reply_error(req, r, "deleting the queue");
+        return;
+    }
+    const char *p[] = {id};
+    r = store_tx_exec(tx, &q_queue_delete, p, NULL);
+    if (r == 0) {
+        store_tx_rollback(tx);
+        http_reply_problem(req, PROBLEM_NOT_FOUND, "no such queue", NULL);
+        return;
+    }
+    if (r > 0)
+        r = app_audit(tx, req, NULL, "queue.delete", "queue", id, NULL);
+    if (r < 0) {
+        store_tx_rollback(tx);
+        http_reply_error(req, r, "deleting the queue");
+        return;
+    }
+    if (api_commit(req, tx, "deleting the queue") < 0)
+        return;
+    http_reply_json(req, 204, NULL);
+}

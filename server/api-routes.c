@@ -1,0 +1,38 @@
+/* api-routes.c: every route of the REST API, in one table. proto/openapi.yaml describes
+ * exactly these (tests/api/test-openapi.py checks both ways). */
+#include "server/api.h"
+
+#include "common/cleanup.h"
+
+#define V1 "/api/v1"
+
+const struct http_route api_routes[] = {
+    {HTTP_GET, "/healthz", HTTP_AUTH_NONE, api_healthz, 0},
+    {HTTP_GET, "/readyz", HTTP_AUTH_NONE, api_readyz, 0},
+
+    {HTTP_POST, V1 "/auth/token", HTTP_AUTH_NONE, api_auth_token, 4096},
+    {HTTP_POST, V1 "/auth/refresh", HTTP_AUTH_ANY, api_auth_refresh, 0},
+
+    {HTTP_GET, V1 "/tenants", HTTP_AUTH_PLATFORM, api_tenants_list, 0},
+    {HTTP_POST, V1 "/tenants", HTTP_AUTH_PLATFORM, api_tenants_create, 0},
+    {HTTP_GET, V1 "/tenants/{id}", HTTP_AUTH_PLATFORM, api_tenants_get, 0},
+    {HTTP_PATCH, V1 "/tenants/{id}", HTTP_AUTH_PLATFORM, api_tenants_update, 0},
+    {HTTP_DELETE, V1 "/tenants/{id}", HTTP_AUTH_PLATFORM, api_tenants_delete, 0},
+    {HTTP_POST, V1 "/tenants/{id}/api-keys", HTTP_AUTH_PLATFORM, api_keys_create_for_tenant, 0},
+
+    {HTTP_GET, V1 "/tenant", HTTP_AUTH_TENANT_VIEWER, api_tenant_self, 0},
+
+    {HTTP_GET, V1 "/api-keys", HTTP_AUTH_TENANT_ADMIN, api_keys_list, 0},
+    {HTTP_POST, V1 "/api-keys", HTTP_AUTH_TENANT_ADMIN, api_keys_create, 0},
+    {HTTP_DELETE, V1 "/api-keys/{id}", HTTP_AUTH_TENANT_ADMIN, api_keys_revoke, 0},
+
+    {HTTP_GET, V1 "/queues", HTTP_AUTH_TENANT_VIEWER, api_queues_list, 0},
+    {HTTP_POST, V1 "/queues", HTTP_AUTH_TENANT_OPERATOR, api_queues_create, 0},
+    {HTTP_GET, V1 "/queues/{id}", HTTP_AUTH_TENANT_VIEWER, api_queues_get, 0},
+    {HTTP_PATCH, V1 "/queues/{id}", HTTP_AUTH_TENANT_OPERATOR, api_queues_update, 0},
+    {HTTP_DELETE, V1 "/queues/{id}", HTTP_AUTH_TENANT_OPERATOR, api_queues_delete, 0},
+
+    {HTTP_GET, V1 "/audit", HTTP_AUTH_ADMIN_OR_PLATFORM, api_audit_list, 0},
+};
+
+const size_t api_nroutes = ELEMENTSOF(api_routes);

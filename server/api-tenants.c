@@ -1,0 +1,324 @@
+/* api-tenants.c: tenants, for platform operators (create, list, update, suspend, delete)
+ * and for a tenant itself (its own record, quotas and live usage). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/cleanup.h"
+#include "common/id.h"
+#include "server/api.h"
+#include "server/app.h"
+
+/* The quota names of the API, and their columns. */
+static const struct {
+    const char *name;
+    const char *column;
+} quotas[] = {
+    {"agents", "max_agents"},
+    {"concurrent_jobs", "max_concurrent_jobs"},
+    {"schedules", "max_schedules"},
+    {"queues", "max_queues"},
+    {"storage_bytes", "max_storage_bytes"},
+    {"api_calls_per_day", "max_api_calls_day"},
+};
+
+static const struct store_stmt q_tenant_doc =
+    STORE_STMT("tenant_doc", "SELECT doc FROM tenant_view WHERE id = $1", 1);
+
+static const struct store_stmt q_tenant_self =
+    STORE_STMT("tenant_self", "SELECT doc FROM tenant_view WHERE id = app_tenant()", 0);
+
+static const struct store_stmt q_tenant_list = STORE_STMT(
+    "tenant_list",
+    "SELECT json_build_object('items', coalesce(json_agg(doc ORDER BY id), '[]'),"
+    " 'next_cursor', CASE WHEN count(*) = $2 THEN (array_agg(id ORDER BY id DESC))[1] END)"
+    " FROM (SELECT id, doc FROM tenant_view WHERE ($1::uuid IS NULL OR id > $1::uuid)"
+    "        ORDER BY id LIMIT $2) s",
+    2);
+
+static const struct store_stmt q_tenant_insert =
+    STORE_STMT("tenant_insert",
+               "INSERT INTO tenants (id, slug, display_name, tier, max_agents, max_concurrent_jobs,"
+               " max_schedules, max_queues, max_storage_bytes, max_api_calls_day)"
+               " VALUES ($1, $2, $3, $4, $5::int, $6::int, $7::int, $8::int, $9::bigint, $10::int)",
+               10);
+
+/* For each quota: $n::bool "was given", $n+1 the value (NULL clears the override). */
+static const struct store_stmt q_tenant_update = STORE_STMT(
+    "tenant_update",
+    "UPDATE tenants SET display_name = coalesce($2, display_name), tier = coalesce($3, tier),"
+    " status = coalesce($4, status),"
+    " max_agents = CASE WHEN $5::bool THEN $6::int ELSE max_agents END,"
+    " max_concurrent_jobs = CASE WHEN $7::bool THEN $8::int ELSE max_concurrent_jobs END,"
+    " max_schedules = CASE WHEN $9::bool THEN $10::int ELSE max_schedules END,"
+    " max_queues = CASE WHEN $11::bool THEN $12::int ELSE max_queues END,"
+    " max_storage_bytes = CASE WHEN $13::bool THEN $14::bigint ELSE max_storage_bytes END,"
+    " max_api_calls_day = CASE WHEN $15::bool THEN $16::int ELSE max_api_calls_day END,"
+    " updated_at = now() WHERE id = $1 RETURNING id",
+    16);
+
+static const struct store_stmt q_tenant_delete =
+    STORE_STMT("tenant_delete", "DELETE FROM tenants WHERE id = $1 RETURNING slug", 1);
+
+static bool valid_tier(const char *t)
+{
+    return t && (strcmp(t, "free") == 0 || strcmp(t, "standard") == 0 ||
+                 strcmp(t, "professional") == 0 || strcmp(t, "enterprise") == 0);
+}
+
+static bool valid_slug(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > 63 || s[0] == '-')
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
+            return false;
+    return true;
+}
+
+/* Check the "quotas" object: known names, each a non-negative integer or null. Fills
+ * text[i] (empty = null) and given[i]. Replies 422 and returns < 0 when bad. */
+static int parse_quotas(struct http_req *req, const json_t *q, char text[][24], bool *given)
+{
+    for (size_t i = 0; i < ELEMENTSOF(quotas); i++) {
+        given[i] = false;
+        text[i][0] = '\0';
+    }
+    if (!q)
+        return 0;
+    if (!json_is_object(q)) {
+        http_reply_problem(req, PROBLEM_VALIDATION, "must be an object", "quotas");
+        return -EINVAL;
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)q, k, v)
+    {
+        size_t i = 0;
+        while (i < ELEMENTSOF(quotas) && strcmp(quotas[i].name, k) != 0)
+            i++;
+        char field[96];
+        snprintf(field, sizeof(field), "quotas.%.60s", k);
+        if (i == ELEMENTSOF(quotas)) {
+            http_reply_problem(req, PROBLEM_VALIDATION,
+                               "unknown quota (agents, concurrent_jobs, schedules, queues, "
+                               "storage_bytes, api_calls_per_day)",
+                               field);
+            return -EINVAL;
+        }
+        json_int_t max = strcmp(k, "storage_bytes") == 0 ? (json_int_t)1 << 50 : 100000000;
+        if (!json_is_null(v) &&
+            (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > max)) {
+            char detail[96];
+            snprintf(detail, sizeof(detail), "must be null or an integer between 0 and %lld",
+                     (long long)max);
+            http_reply_problem(req, PROBLEM_VALIDATION, detail, field);
+            return -EINVAL;
+        }
+        given[i] = true;
+        if (!json_is_null(v))
+            snprintf(text[i], 24, "%lld", (long long)json_integer_value(v));
+    }
+    return 0;
+}
+
+static void reply_tenant(struct http_req *req, struct store_tx *tx, const char *id, int status)
+{
+    PGresult *res = NULL;
+    const char *p[] = {id};
+    int r = store_tx_exec(tx, &q_tenant_doc, p, &res);
+    if (r < 0) {
+        store_tx_rollback(tx);
+        http_reply_error(req, r, "reading the tenant");
+        return;
+    }
+    if (api_commit(req, tx, "saving the tenant") < 0) {
+        PQclear(res);
+        return;
+    }
+    api_reply_pg_json_or_404(req, status, res, "tenant");
+}
+
+void api_tenants_create(struct http_req *req)
+{
+    static const struct jsonv_field fields[] = {
+        {"slug", JSONV_STRING, JSONV_REQUIRED, 1, 63},
+        {"display_name", JSONV_STRING, JSONV_REQUIRED, 1, 200},
+        {"tier", JSONV_STRING, JSONV_REQUIRED, 1, 16},
+        {"quotas", JSONV_OBJECT, JSONV_NULLABLE, 0, 6},
+    };
+    json_t *body = NULL;
+    if (http_req_json(req, fields, ELEMENTSOF(fields), &body) < 0)
+        return;
+    const char *slug = api_json_str(body, "slug");
+    char qt[ELEMENTSOF(quotas)][24];
+    bool given[ELEMENTSOF(quotas)];
+    if (!valid_slug(slug)) {
+        http_reply_problem(req, PROBLEM_VALIDATION,
+                           "must be 1 to 63 characters of a-z, 0-9 and -, not starting with -",
+                           "slug");
+    } else if (!valid_tier(api_json_str(body, "tier"))) {
+        http_reply_problem(req, PROBLEM_VALIDATION,
+                           "must be free, standard, professional or enterprise", "tier");
+    } else if (parse_quotas(req, json_object_get(body, "quotas"), qt, given) == 0) {
+        char id[ID_STR_LEN];
+        id_uuid7_str(id);
+        const char *p[10] = {id, slug, api_json_str(body, "display_name"),
+                             api_json_str(body, "tier")};
+        for (size_t i = 0; i < ELEMENTSOF(quotas); i++)
+            p[4 + i] = qt[i][0] ? qt[i] : NULL;
+        struct store_tx *tx = NULL;
+        int r = store_tx_begin_system(((struct app *)http_req_app(req))->store, &tx);
+        if (r >= 0)
+            r = store_tx_exec(tx, &q_tenant_insert, p, NULL);
+        if (r >= 0)
+            r = app_audit(tx, req, NULL, "tenant.create", "tenant", id, body);
+        if (r < 0) {
+            store_tx_rollback(tx);
+            if (r == -EEXIST)
+                http_reply_problem(req, PROBLEM_CONFLICT, "a tenant with this slug exists", "slug");
+            else
+                http_reply_error(req, r, "creating the tenant");
+        } else {
+            reply_tenant(req, tx, id, 201);
+        }
+    }
+    json_decref(body);
+}
+
+void api_tenants_list(struct http_req *req)
+{
+    int limit;
+    const char *cursor;
+    if (http_req_page(req, 50, 500, &limit, &cursor) < 0)
+        return;
+    if (cursor && !id_is_valid(cursor)) {
+        http_reply_problem(req, PROBLEM_VALIDATION, "is not a cursor returned by this API",
+                           "cursor");
+        return;
+    }
+    char lim[16];
+    snprintf(lim, sizeof(lim), "%d", limit);
+    const char *p[] = {cursor, lim};
+    PGresult *res = NULL;
+    int r =
+        store_exec_once(((struct app *)http_req_app(req))->store, NULL, &q_tenant_list, p, &res);
+    if (r < 0) {
+        http_reply_error(req, r, "listing tenants");
+        return;
+    }
+    api_reply_pg_json(req, 200, res);
+}
+
+void api_tenants_get(struct http_req *req)
+{
+    const char *id = api_path_id(req, "id", "tenant");
+    if (!id)
+        return;
+    const char *p[] = {id};
+    PGresult *res = NULL;
+    int r = store_exec_once(((struct app *)http_req_app(req))->store, NULL, &q_tenant_doc, p, &res);
+    if (r < 0) {
+        http_reply_error(req, r, "reading the tenant");
+        return;
+    }
+    api_reply_pg_json_or_404(req, 200, res, "tenant");
+}
+
+void api_tenants_update(struct http_req *req)
+{
+    static const struct jsonv_field fields[] = {
+        {"display_name", JSONV_STRING, 0, 1, 200},
+        {"tier", JSONV_STRING, 0, 1, 16},
+        {"status", JSONV_STRING, 0, 1, 16},
+        {"quotas", JSONV_OBJECT, 0, 0, 6},
+    };
+    const char *id = api_path_id(req, "id", "tenant");
+    if (!id)
+        return;
+    json_t *body = NULL;
+    if (http_req_json(req, fields, ELEMENTSOF(fields), &body) < 0)
+        return;
+    const char *tier = api_json_str(body, "tier");
+    const char *status = api_json_str(body, "status");
+    char qt[ELEMENTSOF(quotas)][24];
+    bool given[ELEMENTSOF(quotas)];
+    if (tier && !valid_tier(tier)) {
+        http_reply_problem(req, PROBLEM_VALIDATION,
+                           "must be free, standard, professional or enterprise", "tier");
+    } else if (status && strcmp(status, "active") != 0 && strcmp(status, "suspended") != 0) {
+        http_reply_problem(req, PROBLEM_VALIDATION, "must be active or suspended", "status");
+    } else if (parse_quotas(req, json_object_get(body, "quotas"), qt, given) == 0) {
+        const char *p[16] = {id, api_json_str(body, "display_name"), tier, status};
+        for (size_t i = 0; i < ELEMENTSOF(quotas); i++) {
+            p[4 + 2 * i] = given[i] ? "true" : "false";
+            p[5 + 2 * i] = qt[i][0] ? qt[i] : NULL;
+        }
+        struct store_tx *tx = NULL;
+        int r = store_tx_begin_system(((struct app *)http_req_app(req))->store, &tx);
+        if (r >= 0)
+            r = store_tx_exec(tx, &q_tenant_update, p, NULL);
+        if (r == 0) {
+            store_tx_rollback(tx);
+            http_reply_problem(req, PROBLEM_NOT_FOUND, "no such tenant", NULL);
+        } else {
+            if (r > 0)
+                r = app_audit(tx, req, id, "tenant.update", "tenant", id, body);
+            if (r < 0) {
+                store_tx_rollback(tx);
+                http_reply_error(req, r, "updating the tenant");
+            } else {
+                reply_tenant(req, tx, id, 200);
+            }
+        }
+    }
+    json_decref(body);
+}
+
+void api_tenants_delete(struct http_req *req)
+{
+    const char *id = api_path_id(req, "id", "tenant");
+    if (!id)
+        return;
+    struct store_tx *tx = NULL;
+    PGresult *res = NULL;
+    int r = store_tx_begin_system(((struct app *)http_req_app(req))->store, &tx);
+    const char *p[] = {id};
+    if (r >= 0)
+        r = store_tx_exec(tx, &q_tenant_delete, p, &res);
+    if (r == 0) {
+        PQclear(res);
+        store_tx_rollback(tx);
+        http_reply_problem(req, PROBLEM_NOT_FOUND, "no such tenant", NULL);
+        return;
+    }
+    if (r > 0) {
+        /* The tenant's own audit rows go with it; the deletion is a platform record. */
+        json_t *d = json_pack("{s:s}", "slug", PQgetvalue(res, 0, 0));
+        r = app_audit(tx, req, NULL, "tenant.delete", "tenant", id, d);
+        json_decref(d);
+    }
+    PQclear(res);
+    if (r < 0) {
+        store_tx_rollback(tx);
+        http_reply_error(req, r, "deleting the tenant");
+        return;
+    }
+    if (api_commit(req, tx, "deleting the tenant") < 0)
+        return;
+    http_reply_json(req, 204, NULL);
+}
+
+void api_tenant_self(struct http_req *req)
+{
+    PGresult *res = NULL;
+    int r = store_exec_once(((struct app *)http_req_app(req))->store,
+                            http_req_principal(req)->tenant_id, &q_tenant_self, NULL, &res);
+    if (r < 0) {
+        http_reply_error(req, r, "reading the tenant");
+        return;
+    }
+    api_reply_pg_json_or_404(req, 200, res, "tenant");
+}

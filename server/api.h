@@ -1,0 +1,53 @@
+/* api.h: the REST API's route handlers (server/api-*.c) and the table that maps routes
+ * to them (api-routes.c). Each handler replies exactly once, success or problem. */
+#pragma once
+
+#include <libpq-fe.h>
+
+#include "server/http.h"
+#include "server/store.h"
+
+extern const struct http_route api_routes[];
+extern const size_t api_nroutes;
+
+/* Reply with the JSON text PostgreSQL built in column 0 of row 0 of res (frees res). */
+void api_reply_pg_json(struct http_req *req, int status, PGresult *res);
+/* Reply 404 when res has no row, else as api_reply_pg_json(). */
+void api_reply_pg_json_or_404(struct http_req *req, int status, PGresult *res, const char *what);
+/* Commit tx; on failure reply with the mapped problem and return < 0. */
+int api_commit(struct http_req *req, struct store_tx *tx, const char *what);
+/* The path parameter "id" if it is a canonical UUID; otherwise reply 404 and return NULL
+ * (an id that cannot exist is simply not found). */
+const char *api_path_id(struct http_req *req, const char *name, const char *what);
+/* A JSON string member, or NULL when absent or null. */
+const char *api_json_str(const json_t *obj, const char *key);
+/* Check a label map ({"os": "linux"}): at most 32 entries, keys [A-Za-z0-9_./-]{1,63},
+ * string values of at most 255 bytes. Replies 422 naming field and returns < 0 when bad. */
+int api_check_labels(struct http_req *req, const json_t *labels, const char *field);
+
+/* health */
+void api_healthz(struct http_req *req);
+void api_readyz(struct http_req *req);
+/* auth */
+void api_auth_token(struct http_req *req);
+void api_auth_refresh(struct http_req *req);
+/* tenants */
+void api_tenants_list(struct http_req *req);
+void api_tenants_create(struct http_req *req);
+void api_tenants_get(struct http_req *req);
+void api_tenants_update(struct http_req *req);
+void api_tenants_delete(struct http_req *req);
+void api_tenant_self(struct http_req *req);
+/* API keys */
+void api_keys_list(struct http_req *req);
+void api_keys_create(struct http_req *req);
+void api_keys_revoke(struct http_req *req);
+void api_keys_create_for_tenant(struct http_req *req);
+/* queues */
+void api_queues_list(struct http_req *req);
+void api_queues_create(struct http_req *req);
+void api_queues_get(struct http_req *req);
+void api_queues_update(struct http_req *req);
+void api_queues_delete(struct http_req *req);
+/* audit */
+void api_audit_list(struct http_req *req);

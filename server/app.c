@@ -1,0 +1,262 @@
+/* app.c: the application context and the API's authentication and admission hooks. */
+#include "server/app.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/id.h"
+#include "common/log.h"
+#include "server/ratelimit.h"
+
+int app_open(struct app *app, const struct orchd_config *cfg, char *err, size_t errlen)
+{
+    memset(app, 0, sizeof(*app));
+    app->cfg = cfg;
+    app->node = cfg->node_name;
+    app->jwt = (struct jwt_params){
+        .issuer = cfg->auth_issuer,
+        .audience = cfg->auth_audience,
+        .ttl_s = cfg->auth_token_ttl_ms / 1000,
+        .leeway_s = cfg->auth_leeway_ms / 1000,
+    };
+    int r = jwt_ring_load(cfg->auth_key_dir, &app->ring, err, errlen);
+    if (r < 0)
+        return r;
+    struct store_options so = {
+        .url = cfg->db_url,
+        .pool_size = (int)cfg->db_pool_size,
+        .connect_timeout_ms = cfg->db_connect_timeout_ms,
+        .acquire_timeout_ms = cfg->db_acquire_timeout_ms,
+        .statement_timeout_ms = cfg->db_statement_timeout_ms,
+        .application_name = "orchd",
+    };
+    r = store_open(&so, &app->store, err, errlen);
+    if (r < 0) {
+        app_close(app);
+        return r;
+    }
+    app->rl = ratelimit_new();
+    if (!app->rl) {
+        app_close(app);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+void app_close(struct app *app)
+{
+    store_close(app->store);
+    jwt_ring_free(app->ring);
+    ratelimit_free(app->rl);
+    app->store = NULL;
+    app->ring = NULL;
+    app->rl = NULL;
+}
+
+int app_authenticate(void *ctx, const char *token, size_t len, struct http_principal *ret,
+                     const char **why)
+{
+    struct app *app = ctx;
+    struct jwt_claims c;
+    int r = jwt_verify(app->ring, &app->jwt, token, len, clock_real_ms() / 1000, &c, why);
+    if (r < 0)
+        return r;
+    memset(ret, 0, sizeof(*ret));
+    if (strcmp(c.role, "platform") == 0) {
+        ret->kind = HTTP_PRINCIPAL_PLATFORM;
+    } else {
+        ret->kind = HTTP_PRINCIPAL_TENANT;
+        memcpy(ret->tenant_id, c.tenant, sizeof(ret->tenant_id));
+    }
+    memcpy(ret->role, c.role, sizeof(ret->role));
+    snprintf(ret->subject, sizeof(ret->subject), "%s", c.sub);
+    memcpy(ret->token_id, c.jti, sizeof(ret->token_id));
+    ret->token_exp = c.exp;
+    return 0;
+}
+
+int64_t app_seconds_to_utc_midnight(int64_t now_s)
+{
+    return 86400 - (now_s % 86400);
+}
+
+/* One statement admits a tenant request: the API key still valid, the tenant active, and
+ * one more call counted for today unless the daily quota is spent. It returns the tier's
+ * rate limit too, for the node's token bucket. */
+static const struct store_stmt q_admit_tenant =
+    STORE_STMT("admit_tenant",
+               "WITH k AS (SELECT 1 FROM api_keys WHERE id = $1::uuid AND revoked_at IS NULL"
+               "             AND (expires_at IS NULL OR expires_at > now())),"
+               " t AS (SELECT t.status, q.max_api_calls_day, d.rate_per_sec, d.rate_burst"
+               "         FROM tenants t JOIN tenant_quotas q ON q.tenant_id = t.id"
+               "         JOIN tier_defaults d ON d.tier = t.tier WHERE t.id = app_tenant()),"
+               " u AS (INSERT INTO usage_counters AS c (tenant_id, day, api_calls)"
+               "         SELECT app_tenant(), (now() AT TIME ZONE 'UTC')::date, 1 FROM k, t"
+               "          WHERE t.status = 'active' AND t.max_api_calls_day > 0"
+               "       ON CONFLICT (tenant_id, day) DO UPDATE SET api_calls = c.api_calls + 1"
+               "          WHERE c.api_calls < (SELECT max_api_calls_day FROM t)"
+               "       RETURNING api_calls)"
+               " SELECT (SELECT count(*) FROM k), t.status, t.max_api_calls_day, t.rate_per_sec,"
+               "        t.rate_burst, (SELECT api_calls FROM u) FROM t",
+               1);
+
+static const struct store_stmt q_admit_platform =
+    STORE_STMT("admit_platform",
+               "SELECT count(*) FROM operator_tokens WHERE id = $1::uuid AND revoked_at IS NULL"
+               " AND (expires_at IS NULL OR expires_at > now())",
+               1);
+
+static void rate_headers(struct http_req *req, long limit, long remaining, int64_t reset)
+{
+    char v[32];
+    snprintf(v, sizeof(v), "%ld", limit);
+    http_reply_header(req, "RateLimit-Limit", v);
+    http_reply_header(req, "X-RateLimit-Limit", v);
+    snprintf(v, sizeof(v), "%ld", remaining < 0 ? 0 : remaining);
+    http_reply_header(req, "RateLimit-Remaining", v);
+    http_reply_header(req, "X-RateLimit-Remaining", v);
+    snprintf(v, sizeof(v), "%lld", (long long)reset);
+    http_reply_header(req, "RateLimit-Reset", v);
+    http_reply_header(req, "X-RateLimit-Reset", v);
+}
+
+static int admit_platform(struct app *app, struct http_req *req)
+{
+    const struct http_principal *p = http_req_principal(req);
+    const char *params[] = {p->subject};
+    PGresult *res = NULL;
+    int r = store_exec_once(app->store, NULL, &q_admit_platform, params, &res);
+    if (r < 0) {
+        http_reply_error(req, r, "checking the operator token");
+        return r;
+    }
+    bool ok = strcmp(PQgetvalue(res, 0, 0), "1") == 0;
+    PQclear(res);
+    if (!ok) {
+        http_reply_header(req, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
+        http_reply_problem(req, PROBLEM_UNAUTHENTICATED, "the operator token was revoked", NULL);
+        return -EACCES;
+    }
+    return 0;
+}
+
+int app_admit(void *ctx, struct http_req *req)
+{
+    struct app *app = ctx;
+    const struct http_principal *p = http_req_principal(req);
+    if (p->kind == HTTP_PRINCIPAL_PLATFORM)
+        return admit_platform(app, req);
+    if (p->kind != HTTP_PRINCIPAL_TENANT)
+        return 0;
+
+    uint64_t now_ns = clock_mono_ns();
+    int64_t retry_ms = 0;
+    if (!ratelimit_take(app->rl, p->tenant_id, now_ns, &retry_ms)) {
+        char v[32];
+        snprintf(v, sizeof(v), "%lld", (long long)((retry_ms + 999) / 1000));
+        http_reply_header(req, "Retry-After", v);
+        http_reply_problem_ext(req, PROBLEM_RATE_LIMITED,
+                               "request rate over the tier's limit; slow down", NULL,
+                               json_pack("{s:s}", "limit", "request_rate"));
+        return -EBUSY;
+    }
+
+    const char *params[] = {p->subject};
+    PGresult *res = NULL;
+    int r = store_exec_once(app->store, p->tenant_id, &q_admit_tenant, params, &res);
+    if (r < 0) {
+        http_reply_error(req, r, "admitting the request");
+        return r;
+    }
+    if (r == 0) { /* the tenant is gone */
+        PQclear(res);
+        http_reply_problem(req, PROBLEM_UNAUTHENTICATED, "the tenant no longer exists", NULL);
+        return -EACCES;
+    }
+    bool key_ok = strcmp(PQgetvalue(res, 0, 0), "1") == 0;
+    bool active = strcmp(PQgetvalue(res, 0, 1), "active") == 0;
+    long quota = strtol(PQgetvalue(res, 0, 2), NULL, 10);
+    double rate = strtod(PQgetvalue(res, 0, 3), NULL);
+    double burst = strtod(PQgetvalue(res, 0, 4), NULL);
+    bool counted = !PQgetisnull(res, 0, 5);
+    long calls = counted ? strtol(PQgetvalue(res, 0, 5), NULL, 10) : quota;
+    PQclear(res);
+    ratelimit_set(app->rl, p->tenant_id, rate, burst, now_ns);
+
+    if (!key_ok) {
+        http_reply_header(req, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
+        http_reply_problem(req, PROBLEM_UNAUTHENTICATED,
+                           "the API key behind this token was revoked or expired", NULL);
+        return -EACCES;
+    }
+    if (!active) {
+        http_reply_problem(req, PROBLEM_FORBIDDEN, "the tenant is suspended", NULL);
+        return -EACCES;
+    }
+    int64_t reset = app_seconds_to_utc_midnight(clock_real_ms() / 1000);
+    rate_headers(req, quota, quota - calls, reset);
+    if (!counted) {
+        char v[32];
+        snprintf(v, sizeof(v), "%lld", (long long)reset);
+        http_reply_header(req, "Retry-After", v);
+        http_reply_problem_ext(
+            req, PROBLEM_RATE_LIMITED,
+            "the tenant's daily API call quota is spent; it resets at 00:00 "
+            "UTC",
+            NULL,
+            json_pack("{s:s, s:i}", "limit", "api_calls_per_day", "quota", (json_int_t)quota));
+        return -EBUSY;
+    }
+    return 0;
+}
+
+int app_tx_begin(struct app *app, const struct http_req *req, struct store_tx **ret)
+{
+    const struct http_principal *p = http_req_principal(req);
+    if (p->kind == HTTP_PRINCIPAL_TENANT)
+        return store_tx_begin_tenant(app->store, p->tenant_id, ret);
+    if (p->kind == HTTP_PRINCIPAL_PLATFORM)
+        return store_tx_begin_system(app->store, ret);
+    return -EACCES;
+}
+
+static const struct store_stmt q_audit = STORE_STMT(
+    "audit_insert",
+    "INSERT INTO audit_log (id, tenant_id, actor_type, actor_id, action, object_type, object_id,"
+    " detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
+    8);
+
+int app_audit(struct store_tx *tx, const struct http_req *req, const char *tenant_id,
+              const char *action, const char *object_type, const char *object_id,
+              const json_t *detail)
+{
+    const struct http_principal *p = http_req_principal(req);
+    char id[ID_STR_LEN];
+    id_uuid7_str(id);
+    if (!tenant_id && p->kind == HTTP_PRINCIPAL_TENANT)
+        tenant_id = p->tenant_id;
+    char *d = NULL;
+    json_t *full = detail ? json_deep_copy(detail) : json_object();
+    if (full) {
+        json_object_set_new(full, "request_id", json_string(http_req_id(req)));
+        d = json_dumps(full, JSON_COMPACT);
+        json_decref(full);
+    }
+    const char *params[] = {
+        id,
+        tenant_id,
+        p->kind == HTTP_PRINCIPAL_PLATFORM ? "operator" : "api_key",
+        p->subject[0] ? p->subject : "anonymous",
+        action,
+        object_type,
+        object_id,
+        d,
+    };
+    int r = store_tx_exec(tx, &q_audit, params, NULL);
+    free(d);
+    return r < 0 ? r : 0;
+}

@@ -1,0 +1,47 @@
+/* app.h: orchd's application context, shared by the route handlers: configuration, store,
+ * token key ring, and the per-node rate limiter. One per process; handlers reach it with
+ * http_req_app(). */
+#pragma once
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "server/auth-jwt.h"
+#include "server/config.h"
+#include "server/http.h"
+#include "server/store.h"
+
+struct ratelimit;
+
+struct app {
+    const struct orchd_config *cfg; /* borrowed */
+    struct store *store;            /* owned */
+    struct jwt_ring *ring;          /* owned */
+    struct jwt_params jwt;
+    struct ratelimit *rl; /* owned */
+    const char *node;     /* this node's name, for logs and audit */
+};
+
+/* Open the store and load the key ring as cfg says. Returns 0 or < 0 with err filled. */
+int app_open(struct app *app, const struct orchd_config *cfg, char *err, size_t errlen);
+void app_close(struct app *app);
+
+/* The http_hooks of the API: bearer token verification and admission (key revocation,
+ * tenant status, daily API calls, request rate). */
+int app_authenticate(void *app, const char *token, size_t len, struct http_principal *ret,
+                     const char **why);
+int app_admit(void *app, struct http_req *req);
+
+/* Begin a transaction in the scope of the request's principal: the tenant's for a tenant
+ * token, the system scope for a platform operator. */
+int app_tx_begin(struct app *app, const struct http_req *req, struct store_tx **ret);
+
+/* Record a state-changing request in audit_log, inside tx (so it commits or rolls back
+ * with the change). tenant_id NULL = the principal's tenant (platform actions: none).
+ * detail is borrowed (may be NULL). */
+int app_audit(struct store_tx *tx, const struct http_req *req, const char *tenant_id,
+              const char *action, const char *object_type, const char *object_id,
+              const json_t *detail);
+
+/* Seconds until the next UTC midnight, when daily quotas reset. */
+int64_t app_seconds_to_utc_midnight(int64_t now_s);

@@ -1,0 +1,763 @@
+/* http-server.c: the HTTP(S) front: listeners, TLS, loops, routing, limits, replies
+ * (see http.h). */
+#include "server/http.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <sys/queue.h>
+#include <event2/listener.h>
+#include <event2/thread.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#include "common/cleanup.h"
+#include "common/clock.h"
+#include "common/id.h"
+#include "common/log.h"
+
+struct http_loop {
+    struct http_server *srv;
+    struct event_base *base;
+    struct evhttp *http;
+    struct evhttp_bound_socket *bound;
+    pthread_t thread;
+    bool started;
+};
+
+struct http_server {
+    struct http_options opts;
+    SSL_CTX *ssl;
+    int port;
+    int nloops;
+    struct http_loop *loops;
+    atomic_uint_fast64_t requests;
+};
+
+struct http_req {
+    struct evhttp_request *ev;
+    struct http_loop *loop;
+    const struct http_route *route;
+    struct http_principal principal;
+    char id[ID_STR_LEN];
+    struct http_match match;
+    struct evkeyvalq query;
+    bool query_parsed;
+    bool query_ok;
+    uint64_t start_ns;
+    int status;
+    bool replied;
+};
+
+static pthread_once_t evthread_once = PTHREAD_ONCE_INIT;
+
+static void evthread_init(void)
+{
+    evthread_use_pthreads();
+}
+
+/* --- method names ------------------------------------------------------------------------ */
+
+static const struct {
+    enum http_method m;
+    enum evhttp_cmd_type ev;
+    const char *name;
+} methods[] = {
+    {HTTP_GET, EVHTTP_REQ_GET, "GET"},
+    {HTTP_POST, EVHTTP_REQ_POST, "POST"},
+    {HTTP_PUT, EVHTTP_REQ_PUT, "PUT"},
+    {HTTP_PATCH, EVHTTP_REQ_PATCH, "PATCH"},
+    {HTTP_DELETE, EVHTTP_REQ_DELETE, "DELETE"},
+    {HTTP_HEAD, EVHTTP_REQ_HEAD, "HEAD"},
+    {HTTP_OPTIONS, EVHTTP_REQ_OPTIONS, "OPTIONS"},
+};
+
+const char *http_method_name(enum http_method m)
+{
+    for (size_t i = 0; i < ELEMENTSOF(methods); i++)
+        if (methods[i].m == m)
+            return methods[i].name;
+    return "?";
+}
+
+static enum http_method method_from_ev(enum evhttp_cmd_type t)
+{
+    for (size_t i = 0; i < ELEMENTSOF(methods); i++)
+        if (methods[i].ev == t)
+            return methods[i].m;
+    return 0;
+}
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 409:
+        return "Conflict";
+    case 413:
+        return "Content Too Large";
+    case 415:
+        return "Unsupported Media Type";
+    case 422:
+        return "Unprocessable Content";
+    case 429:
+        return "Too Many Requests";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Status";
+    }
+}
+
+/* --- replies ------------------------------------------------------------------------------ */
+
+void http_reply_header(struct http_req *req, const char *name, const char *value)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(req->ev), name, value);
+}
+
+static void send_body(struct http_req *req, int status, const char *ctype, const char *body,
+                      size_t len)
+{
+    if (req->replied) {
+        log_error("op=http.reply req=%s error=\"second reply\" status=%d", req->id, status);
+        return;
+    }
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req->ev);
+    if (ctype)
+        evhttp_add_header(h, "Content-Type", ctype);
+    evhttp_add_header(h, "X-Request-Id", req->id);
+    evhttp_add_header(h, "Cache-Control", "no-store");
+    struct evbuffer *buf = evbuffer_new();
+    if (buf && len > 0)
+        evbuffer_add(buf, body, len);
+    evhttp_send_reply(req->ev, status, reason_phrase(status), buf);
+    if (buf)
+        evbuffer_free(buf);
+    req->status = status;
+    req->replied = true;
+}
+
+static void send_json(struct http_req *req, int status, const char *ctype, json_t *body)
+{
+    if (!body) {
+        send_body(req, status, NULL, NULL, 0);
+        return;
+    }
+    char *text = json_dumps(body, JSON_COMPACT | JSON_ENSURE_ASCII);
+    json_decref(body);
+    if (!text) {
+        static const char oom[] = "{\"type\":\"urn:orch:problem:internal\",\"title\":\"Internal "
+                                  "error\",\"status\":500}";
+        send_body(req, 500, "application/problem+json", oom, sizeof(oom) - 1);
+        return;
+    }
+    send_body(req, status, ctype, text, strlen(text));
+    free(text);
+}
+
+void http_reply_json(struct http_req *req, int status, json_t *body)
+{
+    send_json(req, status, "application/json", body);
+}
+
+void http_reply_json_text(struct http_req *req, int status, const char *body, size_t len)
+{
+    send_body(req, status, "application/json", body, len);
+}
+
+void http_reply_problem_ext(struct http_req *req, enum problem_kind kind, const char *detail,
+                            const char *field, json_t *ext)
+{
+    json_t *p = problem_new(kind, detail, field);
+    if (p && ext)
+        json_object_update_missing(p, ext);
+    json_decref(ext);
+    if (p)
+        json_object_set_new(p, "request_id", json_string(req->id));
+    const struct problem_def *d = problem_def(kind);
+    send_json(req, d ? d->status : 500, "application/problem+json", p);
+}
+
+void http_reply_problem(struct http_req *req, enum problem_kind kind, const char *detail,
+                        const char *field)
+{
+    http_reply_problem_ext(req, kind, detail, field, NULL);
+}
+
+void http_reply_error(struct http_req *req, int err, const char *what)
+{
+    switch (err) {
+    case -ENOENT:
+        http_reply_problem(req, PROBLEM_NOT_FOUND, what, NULL);
+        return;
+    case -EEXIST:
+        http_reply_problem(req, PROBLEM_CONFLICT, what, NULL);
+        return;
+    case -EINVAL:
+        http_reply_problem(req, PROBLEM_VALIDATION, what, NULL);
+        return;
+    case -EACCES:
+        http_reply_problem(req, PROBLEM_FORBIDDEN, what, NULL);
+        return;
+    case -ETIMEDOUT:
+    case -ECONNRESET:
+    case -EAGAIN:
+        http_reply_header(req, "Retry-After", "1");
+        http_reply_problem(req, PROBLEM_UNAVAILABLE, "the database is busy or unreachable; retry",
+                           NULL);
+        return;
+    default:
+        log_error("op=http.error req=%s route=%s error=%d what=\"%s\"", req->id,
+                  req->route ? req->route->pattern : "-", err, what ? what : "");
+        http_reply_problem(req, PROBLEM_INTERNAL,
+                           "an internal error occurred; the request id "
+                           "identifies it in the server log",
+                           NULL);
+    }
+}
+
+/* --- request accessors ------------------------------------------------------------------- */
+
+void *http_req_app(struct http_req *req)
+{
+    return req->loop->srv->opts.hooks.app;
+}
+
+const struct http_principal *http_req_principal(const struct http_req *req)
+{
+    return &req->principal;
+}
+
+enum http_method http_req_method(const struct http_req *req)
+{
+    return method_from_ev(evhttp_request_get_command(req->ev));
+}
+
+const char *http_req_route(const struct http_req *req)
+{
+    return req->route ? req->route->pattern : "-";
+}
+
+const char *http_req_id(const struct http_req *req)
+{
+    return req->id;
+}
+
+const char *http_req_param(const struct http_req *req, const char *name)
+{
+    size_t len = strlen(name);
+    const struct http_match *m = &req->match;
+    for (int i = 0; i < m->nparams; i++)
+        if (m->name_lens[i] == len && memcmp(m->names[i], name, len) == 0)
+            return m->params[i];
+    return NULL;
+}
+
+const char *http_req_query(const struct http_req *req, const char *name)
+{
+    struct http_req *r = (struct http_req *)req;
+    if (!r->query_parsed) {
+        r->query_parsed = true;
+        TAILQ_INIT(&r->query);
+        const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(r->ev));
+        r->query_ok = !q || evhttp_parse_query_str(q, &r->query) == 0;
+    }
+    return r->query_ok ? evhttp_find_header(&r->query, name) : NULL;
+}
+
+const char *http_req_header(const struct http_req *req, const char *name)
+{
+    return evhttp_find_header(evhttp_request_get_input_headers(req->ev), name);
+}
+
+int http_req_page(struct http_req *req, int def, int max, int *limit, const char **cursor)
+{
+    const char *l = http_req_query(req, "limit");
+    *limit = def;
+    if (l) {
+        char *end = NULL;
+        errno = 0;
+        long v = strtol(l, &end, 10);
+        if (errno || !end || *end || end == l || v < 1 || v > max) {
+            char detail[96];
+            snprintf(detail, sizeof(detail), "must be an integer between 1 and %d", max);
+            http_reply_problem(req, PROBLEM_VALIDATION, detail, "limit");
+            return -EINVAL;
+        }
+        *limit = (int)v;
+    }
+    *cursor = http_req_query(req, "cursor");
+    if (*cursor && (strlen(*cursor) == 0 || strlen(*cursor) > 256)) {
+        http_reply_problem(req, PROBLEM_VALIDATION, "is not a cursor returned by this API",
+                           "cursor");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static bool content_type_is_json(const char *ct)
+{
+    if (!ct)
+        return false;
+    static const char want[] = "application/json";
+    if (strncasecmp(ct, want, sizeof(want) - 1) != 0)
+        return false;
+    char next = ct[sizeof(want) - 1];
+    return next == '\0' || next == ';' || next == ' ';
+}
+
+int http_req_json(struct http_req *req, const struct jsonv_field *fields, size_t n, json_t **ret)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req->ev);
+    size_t len = evbuffer_get_length(in);
+    size_t max = req->route && req->route->max_body ? req->route->max_body : HTTP_DEFAULT_MAX_BODY;
+    if (len > max) {
+        char detail[96];
+        snprintf(detail, sizeof(detail), "the body is %zu bytes; this route accepts at most %zu",
+                 len, max);
+        http_reply_problem(req, PROBLEM_TOO_LARGE, detail, NULL);
+        return -EMSGSIZE;
+    }
+    if (!content_type_is_json(http_req_header(req, "Content-Type"))) {
+        http_reply_problem(req, PROBLEM_UNSUPPORTED_MEDIA, "send the body as application/json",
+                           NULL);
+        return -EPROTO;
+    }
+    if (len == 0) {
+        http_reply_problem(req, PROBLEM_BAD_REQUEST,
+                           "the request body is empty; send a JSON "
+                           "object",
+                           NULL);
+        return -EINVAL;
+    }
+    const char *data = (const char *)evbuffer_pullup(in, -1);
+    json_t *doc = NULL;
+    struct jsonv_error err;
+    if (jsonv_parse(data, len, JSONV_MAX_DEPTH_DEFAULT, &doc, &err) < 0) {
+        http_reply_problem(req, PROBLEM_BAD_REQUEST, err.detail, err.field[0] ? err.field : NULL);
+        return -EINVAL;
+    }
+    if (!json_is_object(doc)) {
+        json_decref(doc);
+        http_reply_problem(req, PROBLEM_BAD_REQUEST, "the body must be a JSON object", NULL);
+        return -EINVAL;
+    }
+    if (jsonv_check(doc, fields, n, false, &err) < 0) {
+        json_decref(doc);
+        http_reply_problem(req, PROBLEM_VALIDATION, err.detail, err.field);
+        return -EINVAL;
+    }
+    *ret = doc;
+    return 0;
+}
+
+/* --- routing ----------------------------------------------------------------------------- */
+
+/* Match path against pattern; on success fill m's params (when m is not NULL). Segments
+ * are compared raw (percent-encoded), parameters are decoded. */
+static bool route_match(const char *pattern, const char *path, struct http_match *m)
+{
+    int np = 0;
+    const char *p = pattern, *s = path;
+    while (*p && *s) {
+        if (*p != '/' || *s != '/')
+            return false;
+        p++;
+        s++;
+        const char *pe = strchrnul(p, '/');
+        const char *se = strchrnul(s, '/');
+        if (*p == '{') {
+            if (se == s || np >= HTTP_MAX_PARAMS || (size_t)(se - s) > HTTP_MAX_PARAM_LEN * 3)
+                return false;
+            if (m) {
+                char raw[HTTP_MAX_PARAM_LEN * 3 + 1];
+                memcpy(raw, s, (size_t)(se - s));
+                raw[se - s] = '\0';
+                size_t dlen = 0;
+                char *dec = evhttp_uridecode(raw, 0, &dlen);
+                if (!dec || dlen > HTTP_MAX_PARAM_LEN || strlen(dec) != dlen || dlen == 0) {
+                    free(dec);
+                    return false;
+                }
+                memcpy(m->params[np], dec, dlen + 1);
+                free(dec);
+                m->names[np] = p + 1;
+                m->name_lens[np] = (size_t)(pe - p - 2);
+            }
+            np++;
+        } else if (pe - p != se - s || memcmp(p, s, (size_t)(pe - p)) != 0) {
+            return false;
+        }
+        p = pe;
+        s = se;
+    }
+    if (*p || *s)
+        return false;
+    if (m)
+        m->nparams = np;
+    return true;
+}
+
+const struct http_route *http_route_find(const struct http_route *routes, size_t n,
+                                         enum http_method method, const char *path,
+                                         struct http_match *m)
+{
+    m->route = NULL;
+    m->allowed = 0;
+    m->nparams = 0;
+    if (!path || !*path || strlen(path) > HTTP_MAX_PATH)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        const struct http_route *r = &routes[i];
+        if (!route_match(r->pattern, path, NULL))
+            continue;
+        m->allowed |= r->method;
+        if (r->method == method && route_match(r->pattern, path, m)) {
+            m->route = r;
+            break;
+        }
+    }
+    return m->route;
+}
+
+static bool auth_allows(enum http_auth need, const struct http_principal *pr)
+{
+    bool tenant = pr->kind == HTTP_PRINCIPAL_TENANT;
+    bool platform = pr->kind == HTTP_PRINCIPAL_PLATFORM;
+    switch (need) {
+    case HTTP_AUTH_NONE:
+        return true;
+    case HTTP_AUTH_ANY:
+        return tenant || platform;
+    case HTTP_AUTH_TENANT_VIEWER:
+        return tenant;
+    case HTTP_AUTH_TENANT_OPERATOR:
+        return tenant && (strcmp(pr->role, "operator") == 0 || strcmp(pr->role, "admin") == 0);
+    case HTTP_AUTH_TENANT_ADMIN:
+        return tenant && strcmp(pr->role, "admin") == 0;
+    case HTTP_AUTH_PLATFORM:
+        return platform;
+    case HTTP_AUTH_ADMIN_OR_PLATFORM:
+        return platform || (tenant && strcmp(pr->role, "admin") == 0);
+    }
+    return false;
+}
+
+static int authenticate(struct http_req *req)
+{
+    struct http_server *srv = req->loop->srv;
+    const char *h = http_req_header(req, "Authorization");
+    const char *why = "a bearer token is required";
+    if (h && strncasecmp(h, "Bearer ", 7) == 0) {
+        const char *tok = h + 7;
+        while (*tok == ' ')
+            tok++;
+        if (srv->opts.hooks.authenticate(srv->opts.hooks.app, tok, strlen(tok), &req->principal,
+                                         &why) == 0)
+            return 0;
+        http_reply_header(req, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
+    } else {
+        http_reply_header(req, "WWW-Authenticate", "Bearer");
+    }
+    memset(&req->principal, 0, sizeof(req->principal));
+    http_reply_problem(req, PROBLEM_UNAUTHENTICATED, why, NULL);
+    return -EACCES;
+}
+
+static void dispatch(struct http_req *req)
+{
+    struct http_server *srv = req->loop->srv;
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req->ev);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    enum http_method m = method_from_ev(evhttp_request_get_command(req->ev));
+    req->route = http_route_find(srv->opts.routes, srv->opts.nroutes, m, path, &req->match);
+    unsigned allowed = req->match.allowed;
+    if (!req->route) {
+        if (!allowed) {
+            http_reply_problem(req, PROBLEM_NOT_FOUND, "no such route", NULL);
+            return;
+        }
+        char allow[96] = "";
+        for (size_t i = 0; i < ELEMENTSOF(methods); i++) {
+            if (!(allowed & methods[i].m))
+                continue;
+            if (allow[0])
+                strncat(allow, ", ", sizeof(allow) - strlen(allow) - 1);
+            strncat(allow, methods[i].name, sizeof(allow) - strlen(allow) - 1);
+        }
+        http_reply_header(req, "Allow", allow);
+        char detail[160];
+        snprintf(detail, sizeof(detail), "this route accepts %s", allow);
+        http_reply_problem(req, PROBLEM_METHOD_NOT_ALLOWED, detail, NULL);
+        return;
+    }
+
+    if (req->route->auth != HTTP_AUTH_NONE) {
+        if (authenticate(req) < 0)
+            return;
+        if (!auth_allows(req->route->auth, &req->principal)) {
+            http_reply_problem(req, PROBLEM_FORBIDDEN, "your role does not allow this operation",
+                               NULL);
+            return;
+        }
+        if (srv->opts.hooks.admit && srv->opts.hooks.admit(srv->opts.hooks.app, req) < 0)
+            return;
+    }
+    req->route->handler(req);
+    if (!req->replied) {
+        log_error("op=http req=%s route=%s error=\"handler sent no reply\"", req->id,
+                  req->route->pattern);
+        http_reply_problem(req, PROBLEM_INTERNAL, NULL, NULL);
+    }
+}
+
+static void on_request(struct evhttp_request *ev, void *arg)
+{
+    struct http_loop *loop = arg;
+    struct http_req req = {.ev = ev, .loop = loop, .start_ns = clock_mono_ns()};
+    id_uuid7_str(req.id);
+
+    dispatch(&req);
+
+    if (req.query_parsed)
+        evhttp_clear_headers(&req.query);
+    atomic_fetch_add(&loop->srv->requests, 1);
+    double ms = (double)(clock_mono_ns() - req.start_ns) / 1e6;
+    const char *tenant = req.principal.kind == HTTP_PRINCIPAL_TENANT     ? req.principal.tenant_id
+                         : req.principal.kind == HTTP_PRINCIPAL_PLATFORM ? "platform"
+                                                                         : "-";
+    log_info("op=http method=%s route=%s status=%d dur_ms=%.3f tenant=%s req=%s",
+             http_method_name(method_from_ev(evhttp_request_get_command(ev))),
+             req.route ? req.route->pattern : "-", req.status, ms, tenant, req.id);
+}
+
+/* --- listeners, TLS and loops ------------------------------------------------------------ */
+
+static struct bufferevent *make_ssl_bev(struct event_base *base, void *arg)
+{
+    struct http_loop *loop = arg;
+    SSL *ssl = SSL_new(loop->srv->ssl);
+    if (!ssl)
+        return NULL;
+    struct bufferevent *bev = bufferevent_openssl_socket_new(
+        base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+    if (bev)
+        bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    return bev;
+}
+
+static int ssl_setup(struct http_server *srv, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx)
+        return -ENOMEM;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
+                                 SSL_OP_NO_COMPRESSION);
+    /* TLS 1.2 suites: forward secret AEAD only. TLS 1.3 keeps OpenSSL's defaults. */
+    SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20");
+    if (SSL_CTX_use_certificate_chain_file(ctx, srv->opts.cert_file) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, srv->opts.key_file, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+        char ossl[256];
+        ERR_error_string_n(ERR_get_error(), ossl, sizeof(ossl));
+        snprintf(err, errlen, "TLS certificate %s or key %s: %s", srv->opts.cert_file,
+                 srv->opts.key_file, ossl);
+        SSL_CTX_free(ctx);
+        return -EINVAL;
+    }
+    srv->ssl = ctx;
+    return 0;
+}
+
+static int bind_loop(struct http_server *srv, struct http_loop *loop, int port, char *err,
+                     size_t errlen)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    char portstr[16];
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    int r = getaddrinfo(srv->opts.address, portstr, &hints, &ai);
+    if (r != 0) {
+        snprintf(err, errlen, "listen address '%s': %s", srv->opts.address, gai_strerror(r));
+        return -EINVAL;
+    }
+    struct evconnlistener *l = evconnlistener_new_bind(
+        loop->base, NULL, NULL,
+        LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
+        srv->opts.backlog > 0 ? srv->opts.backlog : 1024, ai->ai_addr, (int)ai->ai_addrlen);
+    freeaddrinfo(ai);
+    if (!l) {
+        int e = errno ? errno : EADDRINUSE;
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", srv->opts.address, port, strerror(e));
+        return -e;
+    }
+    loop->bound = evhttp_bind_listener(loop->http, l);
+    if (!loop->bound) {
+        evconnlistener_free(l);
+        snprintf(err, errlen, "cannot attach the listener");
+        return -ENOMEM;
+    }
+    if (port == 0) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        getsockname(evconnlistener_get_fd(l), (struct sockaddr *)&ss, &sl);
+        srv->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                   : ((struct sockaddr_in *)&ss)->sin_port);
+    } else {
+        srv->port = port;
+    }
+    return 0;
+}
+
+static void *loop_main(void *arg)
+{
+    struct http_loop *loop = arg;
+    event_base_dispatch(loop->base);
+    return NULL;
+}
+
+static int loop_setup(struct http_server *srv, struct http_loop *loop, char *err, size_t errlen)
+{
+    loop->srv = srv;
+    loop->base = event_base_new();
+    if (!loop->base)
+        return -ENOMEM;
+    loop->http = evhttp_new(loop->base);
+    if (!loop->http)
+        return -ENOMEM;
+    evhttp_set_max_headers_size(loop->http, (ev_ssize_t)srv->opts.max_header_bytes);
+    evhttp_set_max_body_size(loop->http, (ev_ssize_t)srv->opts.max_body_bytes);
+    struct timeval tv = {.tv_sec = srv->opts.timeout_ms / 1000,
+                         .tv_usec = (srv->opts.timeout_ms % 1000) * 1000};
+    evhttp_set_timeout_tv(loop->http, &tv);
+    evhttp_set_allowed_methods(loop->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
+                                               EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE |
+                                               EVHTTP_REQ_HEAD | EVHTTP_REQ_OPTIONS);
+    evhttp_set_gencb(loop->http, on_request, loop);
+    if (srv->ssl)
+        evhttp_set_bevcb(loop->http, make_ssl_bev, loop);
+    return bind_loop(srv, loop, srv->port, err, errlen);
+}
+
+int http_server_start(const struct http_options *opts, struct http_server **ret, char *err,
+                      size_t errlen)
+{
+    if (!opts || opts->threads < 1 || opts->threads > 256 || !opts->routes ||
+        (!opts->cert_file) != (!opts->key_file) || !opts->hooks.authenticate) {
+        snprintf(err, errlen, "invalid HTTP server options");
+        return -EINVAL;
+    }
+    pthread_once(&evthread_once, evthread_init);
+
+    struct http_server *srv = calloc(1, sizeof(*srv));
+    if (!srv)
+        return -ENOMEM;
+    srv->opts = *opts;
+    srv->port = opts->port;
+    int r = 0;
+    if (opts->cert_file)
+        r = ssl_setup(srv, err, errlen);
+    if (r == 0) {
+        srv->loops = calloc((size_t)opts->threads, sizeof(*srv->loops));
+        if (!srv->loops)
+            r = -ENOMEM;
+    }
+    for (int i = 0; r == 0 && i < opts->threads; i++) {
+        r = loop_setup(srv, &srv->loops[i], err, errlen);
+        srv->nloops = i + 1;
+    }
+    for (int i = 0; r == 0 && i < srv->nloops; i++) {
+        if (pthread_create(&srv->loops[i].thread, NULL, loop_main, &srv->loops[i]) != 0)
+            r = -EAGAIN;
+        else
+            srv->loops[i].started = true;
+    }
+    if (r < 0) {
+        http_server_stop(srv);
+        return r;
+    }
+    *ret = srv;
+    return 0;
+}
+
+int http_server_port(const struct http_server *srv)
+{
+    return srv->port;
+}
+
+uint64_t http_server_requests(const struct http_server *srv)
+{
+    return atomic_load(&srv->requests);
+}
+
+/* Runs on the loop's own thread: stop accepting, then leave the loop once the events
+ * already active (requests being handled) are done. */
+static void loop_stop_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct http_loop *loop = arg;
+    if (loop->bound) {
+        evhttp_del_accept_socket(loop->http, loop->bound);
+        loop->bound = NULL;
+    }
+    event_base_loopexit(loop->base, NULL);
+}
+
+void http_server_stop(struct http_server *srv)
+{
+    if (!srv)
+        return;
+    for (int i = 0; i < srv->nloops; i++) {
+        struct http_loop *loop = &srv->loops[i];
+        if (loop->started)
+            event_base_once(loop->base, -1, EV_TIMEOUT, loop_stop_cb, loop, NULL);
+    }
+    for (int i = 0; i < srv->nloops; i++) {
+        struct http_loop *loop = &srv->loops[i];
+        if (loop->started)
+            pthread_join(loop->thread, NULL);
+        if (loop->http)
+            evhttp_free(loop->http);
+        if (loop->base)
+            event_base_free(loop->base);
+    }
+    free(srv->loops);
+    if (srv->ssl)
+        SSL_CTX_free(srv->ssl);
+    free(srv);
+}

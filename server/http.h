@@ -1,0 +1,174 @@
+/* http.h: orchd's HTTP(S) front on libevent's evhttp and OpenSSL, and the API that route
+ * handlers use to read requests and write replies.
+ *
+ * One event loop per thread, each with its own listening socket on the same port
+ * (SO_REUSEPORT), so the kernel spreads connections over the loops. Handlers run on the
+ * loop thread and may block on the store (the pool is sized to the loops).
+ *
+ * Every listener has limits: header bytes, body bytes, a read/write timeout, and JSON
+ * depth for bodies parsed with http_req_json(). Every error reply is
+ * application/problem+json (proto/problem.h), except the few that libevent itself sends
+ * before a request reaches us (a request line or headers it cannot parse, a body past the
+ * hard cap): those keep libevent's status code (400, 413) and close the connection.
+ */
+#pragma once
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/jsonv.h"
+#include "proto/problem.h"
+
+struct http_server;
+struct http_req;
+
+enum http_method {
+    HTTP_GET = 1 << 0,
+    HTTP_POST = 1 << 1,
+    HTTP_PUT = 1 << 2,
+    HTTP_PATCH = 1 << 3,
+    HTTP_DELETE = 1 << 4,
+    HTTP_HEAD = 1 << 5,
+    HTTP_OPTIONS = 1 << 6,
+};
+
+/* Who may call a route. Tenant roles are ordered: admin > operator > viewer. */
+enum http_auth {
+    HTTP_AUTH_NONE,              /* public: health, token exchange */
+    HTTP_AUTH_ANY,               /* any valid token, tenant or platform */
+    HTTP_AUTH_TENANT_VIEWER,     /* a tenant token of any role */
+    HTTP_AUTH_TENANT_OPERATOR,   /* a tenant token of role operator or admin */
+    HTTP_AUTH_TENANT_ADMIN,      /* a tenant token of role admin */
+    HTTP_AUTH_PLATFORM,          /* a platform operator's token */
+    HTTP_AUTH_ADMIN_OR_PLATFORM, /* tenant admin (own tenant) or platform (all) */
+};
+
+typedef void (*http_handler_fn)(struct http_req *req);
+
+struct http_route {
+    enum http_method method;
+    const char *pattern; /* "/api/v1/queues/{id}": {name} matches one path segment */
+    enum http_auth auth;
+    http_handler_fn handler;
+    size_t max_body; /* 0 = HTTP_DEFAULT_MAX_BODY; bodies past it get a 413 problem */
+};
+
+#define HTTP_DEFAULT_MAX_BODY (64 * 1024)
+#define HTTP_MAX_PATH         2048
+#define HTTP_MAX_PARAMS       4
+
+/* The authenticated caller of a request. */
+enum http_principal_kind { HTTP_PRINCIPAL_NONE, HTTP_PRINCIPAL_TENANT, HTTP_PRINCIPAL_PLATFORM };
+
+struct http_principal {
+    enum http_principal_kind kind;
+    char tenant_id[37]; /* tenant principals only */
+    char role[16];      /* admin | operator | viewer | platform */
+    char subject[129];  /* API key id or operator token id */
+    char token_id[37];  /* jti of the token used */
+    int64_t token_exp;  /* seconds since the epoch */
+};
+
+/* Hooks the application gives the front. All run on the loop thread. */
+struct http_hooks {
+    void *app; /* handed back by http_req_app() */
+    /* Verify a bearer token (len bytes). Fill *ret and return 0, or return < 0 and set
+     * *why to a static reason for the 401 detail. */
+    int (*authenticate)(void *app, const char *token, size_t len, struct http_principal *ret,
+                        const char **why);
+    /* After authentication, before the handler: quotas and rate limits. Return 0 to go
+     * on, or < 0 after replying (429, 403) itself. */
+    int (*admit)(void *app, struct http_req *req);
+};
+
+struct http_options {
+    const char *address;   /* "127.0.0.1", "::", "0.0.0.0" */
+    int port;              /* 0 = any free port (see http_server_port()) */
+    int threads;           /* event loops, >= 1 */
+    const char *cert_file; /* PEM chain; NULL with key_file NULL = plain HTTP (tests only) */
+    const char *key_file;
+    size_t max_header_bytes;
+    size_t max_body_bytes; /* hard cap enforced by libevent; routes' max_body must be below */
+    int64_t timeout_ms;    /* read/write timeout of a connection */
+    int backlog;
+    const struct http_route *routes; /* borrowed, must outlive the server */
+    size_t nroutes;
+    struct http_hooks hooks;
+};
+
+/* Bind and start the loops. Returns 0 with *ret set, or < 0 with err filled
+ * (-EADDRINUSE, -EACCES, -EINVAL for TLS files that do not load, -ENOMEM). */
+int http_server_start(const struct http_options *opts, struct http_server **ret, char *err,
+                      size_t errlen);
+/* The port bound (useful with port 0). */
+int http_server_port(const struct http_server *srv);
+/* Stop accepting, let requests being handled finish, close connections and join the
+ * loops. Safe to call from a signal-handling thread. Frees srv. Accepts NULL. */
+void http_server_stop(struct http_server *srv);
+/* Requests served since start (all loops). */
+uint64_t http_server_requests(const struct http_server *srv);
+
+/* --- for handlers ---------------------------------------------------------------------- */
+
+void *http_req_app(struct http_req *req);
+const struct http_principal *http_req_principal(const struct http_req *req);
+enum http_method http_req_method(const struct http_req *req);
+/* The matched route's pattern, e.g. "/api/v1/queues/{id}". */
+const char *http_req_route(const struct http_req *req);
+/* The request id (UUIDv7), also sent as X-Request-Id. */
+const char *http_req_id(const struct http_req *req);
+
+/* A path parameter by name ("id"), percent-decoded; NULL if the pattern has none. */
+const char *http_req_param(const struct http_req *req, const char *name);
+/* A query parameter, percent-decoded; NULL when absent. Borrowed until the reply. */
+const char *http_req_query(const struct http_req *req, const char *name);
+/* A request header; NULL when absent. */
+const char *http_req_header(const struct http_req *req, const char *name);
+
+/* Parse the body as JSON (Content-Type must be application/json) and check it against
+ * fields. On success *ret holds a new reference (caller json_decref()s it) and 0 is
+ * returned. On failure a 400/413/415/422 problem naming the offending field has been sent
+ * and < 0 is returned: the handler just returns. */
+int http_req_json(struct http_req *req, const struct jsonv_field *fields, size_t n, json_t **ret);
+
+/* Parse `limit` (1..max, default def) and `cursor` query parameters; replies 422 and
+ * returns < 0 on a bad value. *cursor is NULL when absent. */
+int http_req_page(struct http_req *req, int def, int max, int *limit, const char **cursor);
+
+/* Add a response header (before the reply). */
+void http_reply_header(struct http_req *req, const char *name, const char *value);
+/* Reply with body as application/json; steals the reference to body (NULL = no body). */
+void http_reply_json(struct http_req *req, int status, json_t *body);
+/* Reply with body, already JSON text (for instance built by PostgreSQL), len bytes. */
+void http_reply_json_text(struct http_req *req, int status, const char *body, size_t len);
+/* Reply with an RFC 9457 problem; detail and field may be NULL. */
+void http_reply_problem(struct http_req *req, enum problem_kind kind, const char *detail,
+                        const char *field);
+/* The same, with extra members merged into the problem object (reference stolen). */
+void http_reply_problem_ext(struct http_req *req, enum problem_kind kind, const char *detail,
+                            const char *field, json_t *ext);
+/* Map a store/-errno error to a problem reply (-ENOENT 404, -EEXIST 409, -EINVAL 422,
+ * -EACCES 403, -ETIMEDOUT/-ECONNRESET/-EAGAIN 503, else 500). */
+void http_reply_error(struct http_req *req, int err, const char *what);
+
+/* The outcome of matching a request path against a route table. */
+#define HTTP_MAX_PARAM_LEN 256
+struct http_match {
+    const struct http_route *route; /* NULL: no route for this method and path */
+    unsigned allowed;               /* methods of the routes whose pattern matches the path */
+    int nparams;
+    const char *names[HTTP_MAX_PARAMS]; /* into route->pattern, not NUL-terminated */
+    size_t name_lens[HTTP_MAX_PARAMS];
+    char params[HTTP_MAX_PARAMS][HTTP_MAX_PARAM_LEN + 1]; /* percent-decoded */
+};
+
+/* Match method and the raw (percent-encoded) path against routes. Pure: no I/O, safe on
+ * any input (it is fuzzed). Returns the route, also left in m->route, or NULL. */
+const struct http_route *http_route_find(const struct http_route *routes, size_t n,
+                                         enum http_method method, const char *path,
+                                         struct http_match *m);
+
+/* Route table introspection for `orchd routes` and the OpenAPI test. */
+const char *http_method_name(enum http_method m);

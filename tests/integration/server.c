@@ -1,0 +1,256 @@
+/* server.c: see server.h. */
+#include "tests/integration/server.h"
+
+#include <criterion/criterion.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/buf.h"
+#include "common/clock.h"
+#include "tests/integration/harness.h"
+
+extern char **environ;
+
+static void run_ok(const char *const *argv, const char *const *env, struct th_run *r)
+{
+    th_run(r, argv, env, 60000);
+    if (r->status != 0)
+        cr_assert_fail("%s %s failed (%d): %s", argv[0], argv[1], r->status, th_str(&r->err));
+}
+
+void th_server_start(struct th_server *s, const char *const *extra_env)
+{
+    memset(s, 0, sizeof(*s));
+    th_db_create_migrated(s->db, sizeof(s->db));
+    snprintf(s->dir, sizeof(s->dir), "/tmp/orch-test-XXXXXX");
+    cr_assert_not_null(mkdtemp(s->dir));
+
+    char *app_url = th_pg_url("orch_app", s->db);
+    char env_db[512], env_keys[128], env_cert[128], env_key[128], env_amqp[512];
+    snprintf(env_db, sizeof(env_db), "ORCHD_DB_URL=%s", app_url);
+    free(app_url);
+    snprintf(env_keys, sizeof(env_keys), "ORCHD_AUTH_KEY_DIR=%s/keys", s->dir);
+    snprintf(env_cert, sizeof(env_cert), "ORCHD_HTTP_CERT_FILE=%s/tls/server.pem", s->dir);
+    snprintf(env_key, sizeof(env_key), "ORCHD_HTTP_KEY_FILE=%s/tls/server.key", s->dir);
+    snprintf(env_amqp, sizeof(env_amqp), "ORCHD_AMQP_URL=%s", th_env("ORCH_AMQP_URL"));
+    const char *env[16] = {
+        env_db, env_keys, env_cert, env_key, env_amqp, "ORCHD_HTTP_PORT=0", "ORCHD_HTTP_THREADS=2"};
+    size_t n = 7;
+    for (size_t i = 0; extra_env && extra_env[i] && n < 15; i++)
+        env[n++] = extra_env[i];
+    env[n] = NULL;
+
+    const char *orchd = th_env("ORCH_TEST_ORCHD");
+    struct th_run r;
+    char tls[96];
+    snprintf(tls, sizeof(tls), "%s/tls", s->dir);
+    const char *gen_certs[] = {th_env("ORCH_TEST_GEN_CERTS"), tls, NULL};
+    run_ok(gen_certs, NULL, &r);
+    th_run_free(&r);
+    const char *gen_key[] = {orchd, "admin", "gen-key", NULL};
+    run_ok(gen_key, env, &r);
+    th_run_free(&r);
+    const char *create[] = {orchd, "admin", "create-token", "test-operator", NULL};
+    run_ok(create, env, &r);
+    snprintf(s->operator_token, sizeof(s->operator_token), "%.*s", 64, th_str(&r.out));
+    th_run_free(&r);
+
+    /* Start `orchd serve`, its stderr to a log file we read for the ready line. */
+    char log[96];
+    snprintf(log, sizeof(log), "%s/orchd.log", s->dir);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        FILE *f = freopen(log, "w", stderr);
+        (void)f;
+        for (size_t i = 0; env[i]; i++)
+            putenv((char *)env[i]);
+        execl(orchd, orchd, "serve", (char *)NULL);
+        _exit(127);
+    }
+    s->pid = pid;
+    uint64_t deadline = clock_mono_ns() + 30ull * 1000000000ull;
+    while (s->port == 0) {
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            s->pid = 0;
+            cr_assert_fail("orchd serve exited during start-up; see %s", log);
+        }
+        cr_assert(clock_mono_ns() < deadline, "orchd did not get ready in 30 s; see %s", log);
+        FILE *f = fopen(log, "r");
+        char line[1024];
+        while (f && fgets(line, sizeof(line), f)) {
+            const char *p = strstr(line, "state=ready");
+            const char *port = p ? strstr(p, " port=") : NULL;
+            if (port)
+                s->port = (int)strtol(port + 6, NULL, 10);
+        }
+        if (f)
+            fclose(f);
+        if (s->port == 0)
+            usleep(20000); /* polling the log for the condition, bounded above */
+    }
+    snprintf(s->base, sizeof(s->base), "https://127.0.0.1:%d", s->port);
+}
+
+void th_server_stop(struct th_server *s)
+{
+    if (s->pid > 0) {
+        kill(s->pid, SIGTERM);
+        int st = 0;
+        uint64_t deadline = clock_mono_ns() + 20ull * 1000000000ull;
+        pid_t w;
+        while ((w = waitpid(s->pid, &st, WNOHANG)) == 0 && clock_mono_ns() < deadline)
+            usleep(10000);
+        if (w == 0) {
+            kill(s->pid, SIGKILL);
+            waitpid(s->pid, &st, 0);
+            cr_assert_fail("orchd did not stop within 20 s of SIGTERM");
+        }
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "orchd exited with status %d", st);
+        s->pid = 0;
+    }
+    if (s->db[0])
+        th_db_drop(s->db);
+    if (s->dir[0]) {
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", s->dir);
+        if (system(cmd) != 0)
+            cr_log_warn("could not remove %s", s->dir);
+    }
+}
+
+static size_t collect(char *data, size_t size, size_t n, void *arg)
+{
+    buf_append(arg, data, size * n);
+    return size * n;
+}
+
+void th_http(struct th_server *s, const char *method, const char *path, const char *token,
+             const char *body, const char *ctype, struct th_resp *r)
+{
+    memset(r, 0, sizeof(*r));
+    CURL *c = curl_easy_init();
+    cr_assert_not_null(c);
+    char url[2048], ca[128], auth[8192 + 64], ct[128];
+    snprintf(url, sizeof(url), "%s%s", s->base, path);
+    snprintf(ca, sizeof(ca), "%s/tls/ca.pem", s->dir);
+    struct curl_slist *h = NULL;
+    if (token) {
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+        h = curl_slist_append(h, auth);
+    }
+    if (body) {
+        snprintf(ct, sizeof(ct), "Content-Type: %s", ctype ? ctype : "application/json");
+        h = curl_slist_append(h, ct);
+    }
+    struct buf rb = BUF_INIT, hb = BUF_INIT;
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CAINFO, ca);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &rb);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &hb);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    }
+    CURLcode rc = curl_easy_perform(c);
+    cr_assert_eq(rc, CURLE_OK, "%s %s: %s", method, path, curl_easy_strerror(rc));
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+    char *ctp = NULL;
+    curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ctp);
+    r->content_type = strdup(ctp ? ctp : "");
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    r->body = buf_steal(&rb);
+    r->headers = buf_steal(&hb);
+    if (r->body && r->body[0]) {
+        json_error_t e;
+        r->json = json_loads(r->body, 0, &e);
+    }
+}
+
+void th_resp_free(struct th_resp *r)
+{
+    json_decref(r->json);
+    free(r->body);
+    free(r->headers);
+    free(r->content_type);
+    memset(r, 0, sizeof(*r));
+}
+
+char *th_resp_header(const struct th_resp *r, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = r->headers; p && *p;) {
+        const char *eol = strchr(p, '\n');
+        if (strncasecmp(p, name, n) == 0 && p[n] == ':') {
+            const char *v = p + n + 1;
+            while (*v == ' ')
+                v++;
+            size_t len = eol ? (size_t)(eol - v) : strlen(v);
+            while (len > 0 && (v[len - 1] == '\r' || v[len - 1] == ' '))
+                len--;
+            return strndup(v, len);
+        }
+        p = eol ? eol + 1 : NULL;
+    }
+    return NULL;
+}
+
+const char *th_str_of(const struct th_resp *r, const char *key)
+{
+    const char *v = json_string_value(json_object_get(r->json, key));
+    return v ? v : "";
+}
+
+char *th_token(struct th_server *s, const char *key)
+{
+    char body[256];
+    snprintf(body, sizeof(body), "{\"key\":\"%s\"}", key);
+    struct th_resp r;
+    th_http(s, "POST", "/api/v1/auth/token", NULL, body, NULL, &r);
+    cr_assert_eq(r.status, 200, "token exchange: %ld %s", r.status, r.body);
+    char *t = strdup(th_str_of(&r, "access_token"));
+    th_resp_free(&r);
+    return t;
+}
+
+char *th_tenant(struct th_server *s, const char *op_token, const char *slug, const char *tier)
+{
+    char body[256];
+    snprintf(body, sizeof(body), "{\"slug\":\"%s\",\"display_name\":\"%s\",\"tier\":\"%s\"}", slug,
+             slug, tier);
+    struct th_resp r;
+    th_http(s, "POST", "/api/v1/tenants", op_token, body, NULL, &r);
+    cr_assert_eq(r.status, 201, "create tenant: %ld %s", r.status, r.body);
+    char *id = strdup(th_str_of(&r, "id"));
+    th_resp_free(&r);
+    return id;
+}
+
+char *th_tenant_token(struct th_server *s, const char *op_token, const char *tenant_id,
+                      const char *role)
+{
+    char path[128], body[128];
+    static int seq;
+    snprintf(path, sizeof(path), "/api/v1/tenants/%s/api-keys", tenant_id);
+    snprintf(body, sizeof(body), "{\"name\":\"%s-%d\",\"role\":\"%s\"}", role, ++seq, role);
+    struct th_resp r;
+    th_http(s, "POST", path, op_token, body, NULL, &r);
+    cr_assert_eq(r.status, 201, "create key: %ld %s", r.status, r.body);
+    char *t = th_token(s, th_str_of(&r, "key"));
+    th_resp_free(&r);
+    return t;
+}

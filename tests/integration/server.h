@@ -1,0 +1,51 @@
+/* server.h: run the real `orchd serve` for an integration test, and talk HTTPS to it.
+ *
+ * th_server_start() makes a migrated database of the test's own, a signing key, a TLS
+ * certificate from a development CA (tools/gen-certs.sh), an operator token, and starts
+ * orchd on a free port, waiting (bounded) for its ready line. th_server_stop() sends
+ * SIGTERM, checks it exits 0, and drops the database. */
+#pragma once
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <sys/types.h>
+
+struct th_server {
+    char db[64];
+    char dir[64]; /* temp dir: keys/, tls/, orchd.log */
+    int port;
+    pid_t pid;
+    char operator_token[80]; /* orch_op_... */
+    char base[64];           /* https://127.0.0.1:PORT */
+};
+
+/* extra_env: more "K=V" entries for orchd (NULL-terminated, may be NULL). */
+void th_server_start(struct th_server *s, const char *const *extra_env);
+void th_server_stop(struct th_server *s);
+
+struct th_resp {
+    long status;
+    json_t *json;  /* parsed body, NULL when empty or not JSON */
+    char *body;    /* raw body */
+    char *headers; /* raw response headers */
+    char *content_type;
+};
+
+/* Send method path (relative to s->base) with an optional bearer token and body. The
+ * content type is application/json unless ctype says otherwise. Fails the test on a
+ * transport error. Free with th_resp_free(). */
+void th_http(struct th_server *s, const char *method, const char *path, const char *token,
+             const char *body, const char *ctype, struct th_resp *r);
+void th_resp_free(struct th_resp *r);
+/* The value of response header name (case-insensitive), malloc'd, or NULL. */
+char *th_resp_header(const struct th_resp *r, const char *name);
+/* A string member of the response JSON, "" when absent. */
+const char *th_str_of(const struct th_resp *r, const char *key);
+
+/* Exchange a key (operator token or API key) for an access token (malloc'd). */
+char *th_token(struct th_server *s, const char *key);
+/* As operator: create a tenant of tier, return its id (malloc'd). */
+char *th_tenant(struct th_server *s, const char *op_token, const char *slug, const char *tier);
+/* As operator: create an API key of role for tenant and return an access token for it. */
+char *th_tenant_token(struct th_server *s, const char *op_token, const char *tenant_id,
+                      const char *role);
