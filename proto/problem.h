@@ -18,7 +18,7 @@ enum problem_kind {
     PROBLEM_METHOD_NOT_ALLOWED, /* 405 */
     PROBLEM_CONFLICT,           /* 409 already exists, or state does not allow it */
     PROBLEM_QUOTA_EXCEEDED,     /* 403 a tier quota would be exceeded */
-    PROBLEM_TOO_LARGE,          /* 413 body or header over its limit */
+    PROBLEM_TOO_LARGE,          /* 413 body over the route's limit */
     PROBLEM_UNSUPPORTED_MEDIA,  /* 415 */
     PROBLEM_RATE_LIMITED,       /* 429 */
     PROBLEM_INTERNAL,           /* 500 */

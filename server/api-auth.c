@@ -12,6 +12,11 @@
 #include "server/api.h"
 #include "server/app.h"
 #include "server/auth-keys.h"
+#include "server/ratelimit.h"
+
+/* Token exchanges per client address and node: 20 a second, bursts of 100. */
+#define AUTH_TOKEN_RATE  20.0
+#define AUTH_TOKEN_BURST 100.0
 
 static const struct store_stmt q_find_api_key =
     STORE_STMT("auth_find_api_key",
@@ -152,10 +157,27 @@ void api_auth_token(struct http_req *req)
     static const struct jsonv_field fields[] = {
         {"key", JSONV_STRING, JSONV_REQUIRED, 1, 256},
     };
+    struct app *app = http_req_app(req);
+    /* Keys are 256-bit secrets, so guessing is hopeless; the limit keeps a flood of
+     * attempts from one address from costing a database transaction each. */
+    char bucket[64];
+    snprintf(bucket, sizeof(bucket), "addr:%s", http_req_peer(req));
+    uint64_t now = clock_mono_ns();
+    int64_t retry_ms = 0;
+    if (!ratelimit_take(app->rl, bucket, now, &retry_ms)) {
+        char v[32];
+        snprintf(v, sizeof(v), "%lld", (long long)((retry_ms + 999) / 1000));
+        http_reply_header(req, "Retry-After", v);
+        http_reply_problem_ext(req, PROBLEM_RATE_LIMITED,
+                               "too many token requests from this address; slow down", NULL,
+                               json_pack("{s:s}", "quota", "token_requests"));
+        return;
+    }
+    ratelimit_set(app->rl, bucket, AUTH_TOKEN_RATE, AUTH_TOKEN_BURST, now);
+
     json_t *body = NULL;
     if (http_req_json(req, fields, ELEMENTSOF(fields), &body) < 0)
         return;
-    struct app *app = http_req_app(req);
     const char *key = api_json_str(body, "key");
     size_t len = json_string_length(json_object_get(body, "key"));
     if (strncmp(key, "orch_op_", 8) == 0)
@@ -199,7 +221,10 @@ static const struct store_stmt q_key_list = STORE_STMT(
 
 static const struct store_stmt q_key_revoke = STORE_STMT(
     "key_revoke",
-    "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING id", 1);
+    "WITH u AS (UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL"
+    "           RETURNING id)"
+    " SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM api_keys WHERE id = $1)",
+    1);
 
 static const struct jsonv_field key_fields[] = {
     {"name", JSONV_STRING, JSONV_REQUIRED, 1, 100},
@@ -343,13 +368,18 @@ void api_keys_revoke(struct http_req *req)
         return;
     }
     const char *p[] = {id};
-    r = store_tx_exec(tx, &q_key_revoke, p, NULL);
-    if (r == 0) {
+    PGresult *res = NULL;
+    r = store_tx_exec(tx, &q_key_revoke, p, &res);
+    bool revoked = r > 0 && strcmp(PQgetvalue(res, 0, 0), "1") == 0;
+    bool exists = r > 0 && strcmp(PQgetvalue(res, 0, 1), "1") == 0;
+    PQclear(res);
+    if (r >= 0 && !exists) {
         store_tx_rollback(tx);
         http_reply_problem(req, PROBLEM_NOT_FOUND, "no such API key", NULL);
         return;
     }
-    if (r > 0)
+    /* Revoking twice is not an error, and not a second audit record. */
+    if (r > 0 && revoked)
         r = app_audit(tx, req, NULL, "api_key.revoke", "api_key", id, NULL);
     if (r < 0) {
         store_tx_rollback(tx);

@@ -21,6 +21,8 @@ static const struct {
     {"queues", "max_queues"},
     {"storage_bytes", "max_storage_bytes"},
     {"api_calls_per_day", "max_api_calls_day"},
+    {"rate_per_second", "rate_per_sec"},
+    {"rate_burst", "rate_burst"},
 };
 
 static const struct store_stmt q_tenant_doc =
@@ -40,9 +42,10 @@ static const struct store_stmt q_tenant_list = STORE_STMT(
 static const struct store_stmt q_tenant_insert =
     STORE_STMT("tenant_insert",
                "INSERT INTO tenants (id, slug, display_name, tier, max_agents, max_concurrent_jobs,"
-               " max_schedules, max_queues, max_storage_bytes, max_api_calls_day)"
-               " VALUES ($1, $2, $3, $4, $5::int, $6::int, $7::int, $8::int, $9::bigint, $10::int)",
-               10);
+               " max_schedules, max_queues, max_storage_bytes, max_api_calls_day, rate_per_sec,"
+               " rate_burst) VALUES ($1, $2, $3, $4, $5::int, $6::int, $7::int, $8::int,"
+               " $9::bigint, $10::int, $11::int, $12::int)",
+               12);
 
 /* For each quota: $n::bool "was given", $n+1 the value (NULL clears the override). */
 static const struct store_stmt q_tenant_update = STORE_STMT(
@@ -55,8 +58,10 @@ static const struct store_stmt q_tenant_update = STORE_STMT(
     " max_queues = CASE WHEN $11::bool THEN $12::int ELSE max_queues END,"
     " max_storage_bytes = CASE WHEN $13::bool THEN $14::bigint ELSE max_storage_bytes END,"
     " max_api_calls_day = CASE WHEN $15::bool THEN $16::int ELSE max_api_calls_day END,"
+    " rate_per_sec = CASE WHEN $17::bool THEN $18::int ELSE rate_per_sec END,"
+    " rate_burst = CASE WHEN $19::bool THEN $20::int ELSE rate_burst END,"
     " updated_at = now() WHERE id = $1 RETURNING id",
-    16);
+    20);
 
 static const struct store_stmt q_tenant_delete =
     STORE_STMT("tenant_delete", "DELETE FROM tenants WHERE id = $1 RETURNING slug", 1);
@@ -86,7 +91,7 @@ static int parse_quotas(struct http_req *req, const json_t *q, char text[][24], 
         given[i] = false;
         text[i][0] = '\0';
     }
-    if (!q)
+    if (!q || json_is_null(q))
         return 0;
     if (!json_is_object(q)) {
         http_reply_problem(req, PROBLEM_VALIDATION, "must be an object", "quotas");
@@ -104,16 +109,17 @@ static int parse_quotas(struct http_req *req, const json_t *q, char text[][24], 
         if (i == ELEMENTSOF(quotas)) {
             http_reply_problem(req, PROBLEM_VALIDATION,
                                "unknown quota (agents, concurrent_jobs, schedules, queues, "
-                               "storage_bytes, api_calls_per_day)",
+                               "storage_bytes, api_calls_per_day, rate_per_second, rate_burst)",
                                field);
             return -EINVAL;
         }
         json_int_t max = strcmp(k, "storage_bytes") == 0 ? (json_int_t)1 << 50 : 100000000;
+        json_int_t min = strncmp(k, "rate_", 5) == 0 ? 1 : 0;
         if (!json_is_null(v) &&
-            (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > max)) {
+            (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max)) {
             char detail[96];
-            snprintf(detail, sizeof(detail), "must be null or an integer between 0 and %lld",
-                     (long long)max);
+            snprintf(detail, sizeof(detail), "must be null or an integer between %lld and %lld",
+                     (long long)min, (long long)max);
             http_reply_problem(req, PROBLEM_VALIDATION, detail, field);
             return -EINVAL;
         }
@@ -147,7 +153,7 @@ void api_tenants_create(struct http_req *req)
         {"slug", JSONV_STRING, JSONV_REQUIRED, 1, 63},
         {"display_name", JSONV_STRING, JSONV_REQUIRED, 1, 200},
         {"tier", JSONV_STRING, JSONV_REQUIRED, 1, 16},
-        {"quotas", JSONV_OBJECT, JSONV_NULLABLE, 0, 6},
+        {"quotas", JSONV_OBJECT, JSONV_NULLABLE, 0, 8},
     };
     json_t *body = NULL;
     if (http_req_json(req, fields, ELEMENTSOF(fields), &body) < 0)
@@ -165,7 +171,7 @@ void api_tenants_create(struct http_req *req)
     } else if (parse_quotas(req, json_object_get(body, "quotas"), qt, given) == 0) {
         char id[ID_STR_LEN];
         id_uuid7_str(id);
-        const char *p[10] = {id, slug, api_json_str(body, "display_name"),
+        const char *p[12] = {id, slug, api_json_str(body, "display_name"),
                              api_json_str(body, "tier")};
         for (size_t i = 0; i < ELEMENTSOF(quotas); i++)
             p[4 + i] = qt[i][0] ? qt[i] : NULL;
@@ -233,7 +239,7 @@ void api_tenants_update(struct http_req *req)
         {"display_name", JSONV_STRING, 0, 1, 200},
         {"tier", JSONV_STRING, 0, 1, 16},
         {"status", JSONV_STRING, 0, 1, 16},
-        {"quotas", JSONV_OBJECT, 0, 0, 6},
+        {"quotas", JSONV_OBJECT, 0, 0, 8},
     };
     const char *id = api_path_id(req, "id", "tenant");
     if (!id)
@@ -251,7 +257,7 @@ void api_tenants_update(struct http_req *req)
     } else if (status && strcmp(status, "active") != 0 && strcmp(status, "suspended") != 0) {
         http_reply_problem(req, PROBLEM_VALIDATION, "must be active or suspended", "status");
     } else if (parse_quotas(req, json_object_get(body, "quotas"), qt, given) == 0) {
-        const char *p[16] = {id, api_json_str(body, "display_name"), tier, status};
+        const char *p[20] = {id, api_json_str(body, "display_name"), tier, status};
         for (size_t i = 0; i < ELEMENTSOF(quotas); i++) {
             p[4 + 2 * i] = given[i] ? "true" : "false";
             p[5 + 2 * i] = qt[i][0] ? qt[i] : NULL;

@@ -87,22 +87,23 @@ int64_t app_seconds_to_utc_midnight(int64_t now_s)
 /* One statement admits a tenant request: the API key still valid, the tenant active, and
  * one more call counted for today unless the daily quota is spent. It returns the tier's
  * rate limit too, for the node's token bucket. */
-static const struct store_stmt q_admit_tenant =
-    STORE_STMT("admit_tenant",
-               "WITH k AS (SELECT 1 FROM api_keys WHERE id = $1::uuid AND revoked_at IS NULL"
-               "             AND (expires_at IS NULL OR expires_at > now())),"
-               " t AS (SELECT t.status, q.max_api_calls_day, d.rate_per_sec, d.rate_burst"
-               "         FROM tenants t JOIN tenant_quotas q ON q.tenant_id = t.id"
-               "         JOIN tier_defaults d ON d.tier = t.tier WHERE t.id = app_tenant()),"
-               " u AS (INSERT INTO usage_counters AS c (tenant_id, day, api_calls)"
-               "         SELECT app_tenant(), (now() AT TIME ZONE 'UTC')::date, 1 FROM k, t"
-               "          WHERE t.status = 'active' AND t.max_api_calls_day > 0"
-               "       ON CONFLICT (tenant_id, day) DO UPDATE SET api_calls = c.api_calls + 1"
-               "          WHERE c.api_calls < (SELECT max_api_calls_day FROM t)"
-               "       RETURNING api_calls)"
-               " SELECT (SELECT count(*) FROM k), t.status, t.max_api_calls_day, t.rate_per_sec,"
-               "        t.rate_burst, (SELECT api_calls FROM u) FROM t",
-               1);
+static const struct store_stmt q_admit_tenant = STORE_STMT(
+    "admit_tenant",
+    "WITH k AS (SELECT 1 FROM api_keys WHERE id = $1::uuid AND revoked_at IS NULL"
+    "             AND (expires_at IS NULL OR expires_at > now())),"
+    " t AS (SELECT t.status, q.max_api_calls_day, coalesce(t.rate_per_sec, d.rate_per_sec)"
+    "              AS rate_per_sec, coalesce(t.rate_burst, d.rate_burst) AS rate_burst"
+    "         FROM tenants t JOIN tenant_quotas q ON q.tenant_id = t.id"
+    "         JOIN tier_defaults d ON d.tier = t.tier WHERE t.id = app_tenant()),"
+    " u AS (INSERT INTO usage_counters AS c (tenant_id, day, api_calls)"
+    "         SELECT app_tenant(), (now() AT TIME ZONE 'UTC')::date, 1 FROM k, t"
+    "          WHERE t.status = 'active' AND t.max_api_calls_day > 0"
+    "       ON CONFLICT (tenant_id, day) DO UPDATE SET api_calls = c.api_calls + 1"
+    "          WHERE c.api_calls < (SELECT max_api_calls_day FROM t)"
+    "       RETURNING api_calls)"
+    " SELECT (SELECT count(*) FROM k), t.status, t.max_api_calls_day, t.rate_per_sec,"
+    "        t.rate_burst, (SELECT api_calls FROM u) FROM t",
+    1);
 
 static const struct store_stmt q_admit_platform =
     STORE_STMT("admit_platform",
@@ -161,7 +162,7 @@ int app_admit(void *ctx, struct http_req *req)
         http_reply_header(req, "Retry-After", v);
         http_reply_problem_ext(req, PROBLEM_RATE_LIMITED,
                                "request rate over the tier's limit; slow down", NULL,
-                               json_pack("{s:s}", "limit", "request_rate"));
+                               json_pack("{s:s}", "quota", "request_rate"));
         return -EBUSY;
     }
 
@@ -203,12 +204,12 @@ int app_admit(void *ctx, struct http_req *req)
         char v[32];
         snprintf(v, sizeof(v), "%lld", (long long)reset);
         http_reply_header(req, "Retry-After", v);
-        http_reply_problem_ext(
-            req, PROBLEM_RATE_LIMITED,
-            "the tenant's daily API call quota is spent; it resets at 00:00 "
-            "UTC",
-            NULL,
-            json_pack("{s:s, s:i}", "limit", "api_calls_per_day", "quota", (json_int_t)quota));
+        http_reply_problem_ext(req, PROBLEM_RATE_LIMITED,
+                               "the tenant's daily API call quota is spent; it resets at 00:00 "
+                               "UTC",
+                               NULL,
+                               json_pack("{s:s, s:I, s:I}", "quota", "api_calls_per_day", "limit",
+                                         (json_int_t)quota, "used", (json_int_t)calls));
         return -EBUSY;
     }
     return 0;

@@ -40,7 +40,7 @@ const struct conf_field orchd_config_fields[] = {
     {"http.key_file", CONF_STRING, F(http_key_file), 0, 4096, "", NULL, "TLS private key, PEM"},
     {"http.max_header_bytes", CONF_SIZE, F(http_max_header_bytes), 1024, 1048576, "16k", NULL,
      "largest request line plus headers"},
-    {"http.max_body_bytes", CONF_SIZE, F(http_max_body_bytes), 1024, 1073741824, "16M", NULL,
+    {"http.max_body_bytes", CONF_SIZE, F(http_max_body_bytes), 1048576, 1073741824, "16M", NULL,
      "hard cap on a request body (routes have lower limits of their own)"},
     {"http.timeout", CONF_DURATION, F(http_timeout_ms), 1000, 3600000, "30s", NULL,
      "read and write timeout of a connection"},

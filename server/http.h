@@ -124,6 +124,8 @@ const char *http_req_id(const struct http_req *req);
 const char *http_req_param(const struct http_req *req, const char *name);
 /* A query parameter, percent-decoded; NULL when absent. Borrowed until the reply. */
 const char *http_req_query(const struct http_req *req, const char *name);
+/* The client's address as text ("127.0.0.1", "::1"). Borrowed until the reply. */
+const char *http_req_peer(const struct http_req *req);
 /* A request header; NULL when absent. */
 const char *http_req_header(const struct http_req *req, const char *name);
 

@@ -9,6 +9,10 @@ UPDATE tier_defaults SET rate_per_sec = 5, rate_burst = 20 WHERE tier = 'free';
 UPDATE tier_defaults SET rate_per_sec = 20, rate_burst = 50 WHERE tier = 'standard';
 UPDATE tier_defaults SET rate_per_sec = 100, rate_burst = 200 WHERE tier = 'professional';
 UPDATE tier_defaults SET rate_per_sec = 500, rate_burst = 1000 WHERE tier = 'enterprise';
+-- ...overridable per tenant like the quotas (NULL = the tier's).
+ALTER TABLE tenants
+    ADD COLUMN rate_per_sec int CHECK (rate_per_sec > 0),
+    ADD COLUMN rate_burst int CHECK (rate_burst > 0);
 
 -- Operator tokens are found by their public prefix, like API keys, and the secret's hash
 -- is then compared in constant time.
@@ -87,8 +91,10 @@ SELECT t.id, json_build_object(
     'overrides', json_build_object('agents', t.max_agents, 'concurrent_jobs', t.max_concurrent_jobs,
                                    'schedules', t.max_schedules, 'queues', t.max_queues,
                                    'storage_bytes', t.max_storage_bytes,
-                                   'api_calls_per_day', t.max_api_calls_day),
-    'rate_limit', json_build_object('per_second', d.rate_per_sec, 'burst', d.rate_burst),
+                                   'api_calls_per_day', t.max_api_calls_day,
+                                   'rate_per_second', t.rate_per_sec, 'rate_burst', t.rate_burst),
+    'rate_limit', json_build_object('per_second', coalesce(t.rate_per_sec, d.rate_per_sec),
+                                    'burst', coalesce(t.rate_burst, d.rate_burst)),
     'usage', u.doc,
     'created_at', t.created_at, 'updated_at', t.updated_at) AS doc
   FROM tenants t

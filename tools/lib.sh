@@ -217,9 +217,15 @@ orch_rmq_start() {
 orch_rmq_stop() {
     local d=$1/rabbitmq
     [ -f "$d/env.sh" ] || return 0
+    local node
+    node=$(cat "$d/rabbitmq.pid" 2>/dev/null || true)
     runuser -u rabbitmq -- sh -c ". '$d/env.sh'
-        /usr/lib/rabbitmq/bin/rabbitmqctl -q stop '$d/rabbitmq.pid' >/dev/null 2>&1 || true
+        timeout 30 /usr/lib/rabbitmq/bin/rabbitmqctl -q stop '$d/rabbitmq.pid' >/dev/null 2>&1 || true
         epmd -port \$ERL_EPMD_PORT -kill >/dev/null 2>&1 || true" || true
+    # A node that would not stop in time is killed: nothing of it may outlive the run.
+    if [ -n "$node" ] && kill -0 "$node" 2>/dev/null; then
+        kill -9 "$node" 2>/dev/null || true
+    fi
     local pid
     pid=$(cat "$d/launcher.pid" 2>/dev/null || true)
     [ -n "$pid" ] && kill "$pid" 2>/dev/null || true

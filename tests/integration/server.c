@@ -25,6 +25,8 @@ static void run_ok(const char *const *argv, const char *const *env, struct th_ru
         cr_assert_fail("%s %s failed (%d): %s", argv[0], argv[1], r->status, th_str(&r->err));
 }
 
+static void spawn(struct th_server *s, const char *const *env, const char *logname);
+
 void th_server_start(struct th_server *s, const char *const *extra_env)
 {
     memset(s, 0, sizeof(*s));
@@ -62,9 +64,15 @@ void th_server_start(struct th_server *s, const char *const *extra_env)
     snprintf(s->operator_token, sizeof(s->operator_token), "%.*s", 64, th_str(&r.out));
     th_run_free(&r);
 
-    /* Start `orchd serve`, its stderr to a log file we read for the ready line. */
-    char log[96];
-    snprintf(log, sizeof(log), "%s/orchd.log", s->dir);
+    spawn(s, env, "orchd.log");
+}
+
+/* Start `orchd serve` with env, its stderr to dir/logname, and wait for its ready line. */
+static void spawn(struct th_server *s, const char *const *env, const char *logname)
+{
+    const char *orchd = th_env("ORCH_TEST_ORCHD");
+    char log[128];
+    snprintf(log, sizeof(log), "%s/%s", s->dir, logname);
     pid_t pid = fork();
     cr_assert_neq(pid, -1);
     if (pid == 0) {
@@ -100,23 +108,61 @@ void th_server_start(struct th_server *s, const char *const *extra_env)
     snprintf(s->base, sizeof(s->base), "https://127.0.0.1:%d", s->port);
 }
 
+static void server_env(const struct th_server *s, char bufs[5][512], const char **env)
+{
+    char *app_url = th_pg_url("orch_app", s->db);
+    snprintf(bufs[0], 512, "ORCHD_DB_URL=%s", app_url);
+    free(app_url);
+    snprintf(bufs[1], 512, "ORCHD_AUTH_KEY_DIR=%s/keys", s->dir);
+    snprintf(bufs[2], 512, "ORCHD_HTTP_CERT_FILE=%s/tls/server.pem", s->dir);
+    snprintf(bufs[3], 512, "ORCHD_HTTP_KEY_FILE=%s/tls/server.key", s->dir);
+    snprintf(bufs[4], 512, "ORCHD_AMQP_URL=%s", th_env("ORCH_AMQP_URL"));
+    for (int i = 0; i < 5; i++)
+        env[i] = bufs[i];
+    env[5] = "ORCHD_HTTP_PORT=0";
+    env[6] = "ORCHD_HTTP_THREADS=2";
+    env[7] = "ORCHD_NODE_NAME=peer";
+    env[8] = NULL;
+}
+
+void th_server_start_peer(struct th_server *peer, const struct th_server *s)
+{
+    *peer = *s;
+    peer->port = 0;
+    peer->pid = 0;
+    char bufs[5][512];
+    const char *env[9];
+    server_env(s, bufs, env);
+    spawn(peer, env, "orchd-peer.log");
+}
+
+static void stop_process(struct th_server *s)
+{
+    if (s->pid <= 0)
+        return;
+    kill(s->pid, SIGTERM);
+    int st = 0;
+    uint64_t deadline = clock_mono_ns() + 20ull * 1000000000ull;
+    pid_t w;
+    while ((w = waitpid(s->pid, &st, WNOHANG)) == 0 && clock_mono_ns() < deadline)
+        usleep(10000);
+    if (w == 0) {
+        kill(s->pid, SIGKILL);
+        waitpid(s->pid, &st, 0);
+        cr_assert_fail("orchd did not stop within 20 s of SIGTERM");
+    }
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "orchd exited with status %d", st);
+    s->pid = 0;
+}
+
+void th_server_stop_peer(struct th_server *peer)
+{
+    stop_process(peer);
+}
+
 void th_server_stop(struct th_server *s)
 {
-    if (s->pid > 0) {
-        kill(s->pid, SIGTERM);
-        int st = 0;
-        uint64_t deadline = clock_mono_ns() + 20ull * 1000000000ull;
-        pid_t w;
-        while ((w = waitpid(s->pid, &st, WNOHANG)) == 0 && clock_mono_ns() < deadline)
-            usleep(10000);
-        if (w == 0) {
-            kill(s->pid, SIGKILL);
-            waitpid(s->pid, &st, 0);
-            cr_assert_fail("orchd did not stop within 20 s of SIGTERM");
-        }
-        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "orchd exited with status %d", st);
-        s->pid = 0;
-    }
+    stop_process(s);
     if (s->db[0])
         th_db_drop(s->db);
     if (s->dir[0]) {

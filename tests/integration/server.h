@@ -22,6 +22,10 @@ struct th_server {
 /* extra_env: more "K=V" entries for orchd (NULL-terminated, may be NULL). */
 void th_server_start(struct th_server *s, const char *const *extra_env);
 void th_server_stop(struct th_server *s);
+/* Start a second orchd node sharing s's database, keys and certificate (a second node
+ * behind the same load balancer). Stop it with th_server_stop_peer() before s. */
+void th_server_start_peer(struct th_server *peer, const struct th_server *s);
+void th_server_stop_peer(struct th_server *peer);
 
 struct th_resp {
     long status;

@@ -345,7 +345,8 @@ Test(api, daily_api_call_quota_answers_429)
     struct th_resp r;
     th_http(&srv, "GET", "/api/v1/tenant", t, NULL, NULL, &r);
     cr_assert_eq(r.status, 429, "%s", r.body);
-    cr_assert_str_eq(th_str_of(&r, "limit"), "api_calls_per_day");
+    cr_assert_str_eq(th_str_of(&r, "quota"), "api_calls_per_day");
+    cr_assert_eq(json_integer_value(json_object_get(r.json, "limit")), 3);
     char *retry = th_resp_header(&r, "Retry-After");
     char *remaining = th_resp_header(&r, "RateLimit-Remaining");
     char *xlimit = th_resp_header(&r, "X-RateLimit-Limit");
@@ -373,7 +374,7 @@ Test(api, request_rate_limit_answers_429)
         th_http(&srv, "GET", "/api/v1/queues", t, NULL, NULL, &r);
         if (r.status == 429) {
             limited = true;
-            cr_assert_str_eq(th_str_of(&r, "limit"), "request_rate");
+            cr_assert_str_eq(th_str_of(&r, "quota"), "request_rate");
             char *retry = th_resp_header(&r, "Retry-After");
             cr_assert_not_null(retry);
             free(retry);
@@ -728,4 +729,31 @@ Test(api, sigterm_stops_cleanly)
      * keep-alive connection that has served requests. */
     cr_assert_eq(status_of("GET", "/healthz", NULL, NULL), 200);
     cr_assert_eq(status_of("GET", "/api/v1/tenants", op, NULL), 200);
+}
+
+Test(api, daily_quota_holds_across_two_nodes)
+{
+    /* Two orchd nodes on one database: the count is PostgreSQL's, so requests spread over
+     * both nodes still stop at the quota. */
+    struct th_server peer;
+    th_server_start_peer(&peer, &srv);
+    char *tenant = th_tenant(&srv, op, "shared", "standard");
+    char path[128];
+    snprintf(path, sizeof(path), "/api/v1/tenants/%s", tenant);
+    cr_assert_eq(status_of("PATCH", path, op, "{\"quotas\":{\"api_calls_per_day\":4}}"), 200);
+    char *t = th_tenant_token(&srv, op, tenant, "viewer");
+    struct th_resp r;
+    for (int i = 0; i < 4; i++) {
+        th_http(i % 2 ? &peer : &srv, "GET", "/api/v1/tenant", t, NULL, NULL, &r);
+        cr_assert_eq(r.status, 200, "call %d on node %d: %s", i + 1, i % 2, r.body);
+        th_resp_free(&r);
+    }
+    for (int node = 0; node < 2; node++) {
+        th_http(node ? &peer : &srv, "GET", "/api/v1/tenant", t, NULL, NULL, &r);
+        cr_assert_eq(r.status, 429, "node %d let call 5 through", node);
+        th_resp_free(&r);
+    }
+    th_server_stop_peer(&peer);
+    free(t);
+    free(tenant);
 }

@@ -304,3 +304,45 @@ Test(store, concurrent_threads_share_the_pool)
     cr_assert_leq(st.size, 4);
     store_close(s);
 }
+
+static const struct store_stmt q_quota_agents =
+    STORE_STMT("t_quota_agents", "SELECT quota_acquire('agents')", 0);
+static const struct store_stmt q_agent_insert = STORE_STMT(
+    "t_agent_insert", "INSERT INTO agents (id, tenant_id, name) VALUES ($1, app_tenant(), $2)", 2);
+
+Test(store, agent_quota_refused_by_database)
+{
+    /* The free tier allows two agents: the third creation, checked the way enrolment does
+     * (quota_acquire in the same transaction as the insert), is refused with the numbers. */
+    struct store *s = open_store(2, 0);
+    make_tenant(s, tenant_a, "tenant-a");
+    for (int i = 0; i < 3; i++) {
+        char id[ID_STR_LEN], name[16];
+        id_uuid7_str(id);
+        snprintf(name, sizeof(name), "agent-%d", i);
+        const char *p[] = {id, name};
+        struct store_tx *tx = NULL;
+        cr_assert_eq(store_tx_begin_tenant(s, tenant_a, &tx), 0);
+        int r = store_tx_exec(tx, &q_quota_agents, NULL, NULL);
+        if (r >= 0)
+            r = store_tx_exec(tx, &q_agent_insert, p, NULL);
+        if (i < 2) {
+            cr_assert_eq(r, 1, "agent %d: %d %s", i, r, store_tx_errmsg(tx));
+            cr_assert_eq(store_tx_commit(tx), 0);
+        } else {
+            cr_assert_eq(r, -EDQUOT, "agent %d: %d %s", i, r, store_tx_errmsg(tx));
+            cr_assert_str_eq(store_tx_sqlstate(tx), "OQ001");
+            cr_assert(strstr(store_tx_errdetail(tx), "\"quota\" : \"agents\""), "%s",
+                      store_tx_errdetail(tx));
+            cr_assert(strstr(store_tx_errdetail(tx), "\"limit\" : 2"), "%s",
+                      store_tx_errdetail(tx));
+            cr_assert_eq(store_tx_commit(tx), -EDQUOT);
+        }
+    }
+    /* Without a tenant in scope the function refuses to count anything. */
+    struct store_tx *tx = NULL;
+    cr_assert_eq(store_tx_begin_system(s, &tx), 0);
+    cr_assert_eq(store_tx_exec(tx, &q_quota_agents, NULL, NULL), -EACCES);
+    store_tx_rollback(tx);
+    store_close(s);
+}

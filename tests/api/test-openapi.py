@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""test-openapi.py ORCHD OPENAPI_YAML: proto/openapi.yaml describes exactly orchd's routes.
+
+Runs `ORCHD routes` (one "METHOD /path" line per route of server/api-routes.c), loads the
+OpenAPI document, and checks that both hold the same (METHOD, path) pairs, and that the
+document is sane: OpenAPI 3.1, every operation with a unique operationId, responses and
+an explicit security, every path parameter declared, and every $ref resolving. Prints one
+line per check and each mismatch, ends with "N passed, M failed", exits 1 on a failure.
+"""
+
+import subprocess
+import sys
+
+import yaml
+
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+PUBLIC_ROUTES = {
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("POST", "/api/v1/auth/token"),
+}
+
+passed = 0
+failed = 0
+
+
+def check(name, problems):
+    """Record one check: it passes when problems is empty; print each problem."""
+    global passed, failed
+    if problems:
+        failed += 1
+        print(f"FAIL {name}")
+        for p in problems:
+            print(f"     {p}")
+    else:
+        passed += 1
+        print(f"ok   {name}")
+
+
+def code_routes(orchd):
+    out = subprocess.run([orchd, "routes"], check=True, capture_output=True, text=True).stdout
+    routes = set()
+    for line in out.splitlines():
+        if not line.strip():
+            continue
+        method, _, path = line.strip().partition(" ")
+        routes.add((method.upper(), path.strip()))
+    return routes
+
+
+def operations(spec):
+    """Yield (METHOD, path, path_item, operation) for every operation of the document."""
+    paths = spec.get("paths") or {}
+    for path, item in paths.items():
+        if not isinstance(item, dict):
+            continue
+        for method in HTTP_METHODS:
+            op = item.get(method)
+            if op is not None:
+                yield method.upper(), path, item, op
+
+
+def resolve_pointer(doc, ref):
+    """Follow a local JSON pointer ("#/a/b~1c"); raise KeyError when it does not resolve."""
+    if not ref.startswith("#"):
+        raise KeyError("not a local reference")
+    node = doc
+    pointer = ref[1:]
+    if pointer == "":
+        return node
+    if not pointer.startswith("/"):
+        raise KeyError("not a JSON pointer")
+    for raw in pointer[1:].split("/"):
+        token = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and token in node:
+            node = node[token]
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            raise KeyError(token)
+    return node
+
+
+def all_refs(node, where="#"):
+    """Yield (location, ref) for every "$ref" string in the document, examples excluded
+    (an example value is data, where a "$ref" key would be literal)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            loc = f"{where}/{str(k).replace('~', '~0').replace('/', '~1')}"
+            if k == "$ref" and isinstance(v, str):
+                yield where, v
+            elif k in ("example",) or (k == "value" and "/examples/" in where):
+                continue
+            else:
+                yield from all_refs(v, loc)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from all_refs(v, f"{where}/{i}")
+
+
+def deref(spec, node, depth=0):
+    """node itself, or what its $ref points at (following chains)."""
+    while isinstance(node, dict) and "$ref" in node and depth < 20:
+        try:
+            node = resolve_pointer(spec, node["$ref"])
+        except KeyError:
+            return {}
+        depth += 1
+    return node
+
+
+def main():
+    if len(sys.argv) != 3:
+        print("usage: test-openapi.py ORCHD OPENAPI_YAML", file=sys.stderr)
+        return 2
+    orchd, spec_path = sys.argv[1], sys.argv[2]
+
+    try:
+        with open(spec_path, encoding="utf-8") as f:
+            spec = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        spec = e
+    if not isinstance(spec, dict):
+        why = spec if isinstance(spec, Exception) else "the document is not a mapping"
+        check(f"{spec_path} loads", [str(why)])
+        print(f"{passed} passed, {failed} failed")
+        return 1
+
+    # 1. The document is OpenAPI 3.1.
+    version = str(spec.get("openapi", ""))
+    check("openapi version is 3.1.x",
+          [] if version.startswith("3.1") else [f"openapi is '{version}', want 3.1.x"])
+
+    # 2, 3. Routes: code and spec hold the same (METHOD, path) pairs.
+    try:
+        code = code_routes(orchd)
+        code_err = []
+    except (OSError, subprocess.CalledProcessError) as e:
+        code, code_err = set(), [f"cannot run '{orchd} routes': {e}"]
+    ops = list(operations(spec))
+    documented = {(m, p) for m, p, _, _ in ops}
+    check("every route of orchd is in the spec", code_err + [
+        f"{m} {p}: route in the code (orchd routes) but not in {spec_path}"
+        for m, p in sorted(code - documented, key=lambda r: (r[1], r[0]))])
+    check("every operation of the spec is a route of orchd", code_err + [
+        f"{m} {p}: in {spec_path} but not a route in the code (orchd routes)"
+        for m, p in sorted(documented - code, key=lambda r: (r[1], r[0]))])
+    if not code_err and not code:
+        check("orchd lists routes", ["'orchd routes' printed nothing"])
+
+    # 4. operationId on every operation, and unique.
+    problems, seen = [], {}
+    for m, p, _, op in ops:
+        oid = op.get("operationId") if isinstance(op, dict) else None
+        if not oid:
+            problems.append(f"{m} {p}: no operationId")
+        elif oid in seen:
+            problems.append(f"{m} {p}: operationId '{oid}' also used by {seen[oid]}")
+        else:
+            seen[oid] = f"{m} {p}"
+    check("every operation has a unique operationId", problems)
+
+    # 5. responses on every operation, with a success status.
+    problems = []
+    for m, p, _, op in ops:
+        responses = op.get("responses") if isinstance(op, dict) else None
+        if not isinstance(responses, dict) or not responses:
+            problems.append(f"{m} {p}: no responses")
+        elif not any(str(code_).startswith("2") for code_ in responses):
+            problems.append(f"{m} {p}: no 2xx response")
+    check("every operation has responses, one of them 2xx", problems)
+
+    # 6. security: explicit on every operation; empty exactly on the public routes.
+    problems = []
+    for m, p, _, op in ops:
+        sec = op.get("security") if isinstance(op, dict) else None
+        if sec is None:
+            problems.append(f"{m} {p}: no explicit security")
+        elif (m, p) in PUBLIC_ROUTES and sec != []:
+            problems.append(f"{m} {p}: a public route must have security: []")
+        elif (m, p) not in PUBLIC_ROUTES and not sec:
+            problems.append(f"{m} {p}: needs bearerAuth security")
+    check("security is explicit, and empty only on public routes", problems)
+
+    # 7. Every {param} of a path is declared as a required path parameter.
+    problems = []
+    for m, p, item, op in ops:
+        declared = set()
+        for prm in list(item.get("parameters") or []) + list(op.get("parameters") or []):
+            prm = deref(spec, prm)
+            if isinstance(prm, dict) and prm.get("in") == "path":
+                declared.add(prm.get("name"))
+                if prm.get("required") is not True:
+                    problems.append(f"{m} {p}: path parameter '{prm.get('name')}' not required")
+        wanted = {seg[1:-1] for seg in p.split("/") if seg.startswith("{") and seg.endswith("}")}
+        for name in sorted(wanted - declared):
+            problems.append(f"{m} {p}: path parameter '{name}' not declared")
+        for name in sorted(declared - wanted):
+            problems.append(f"{m} {p}: declares path parameter '{name}' not in the path")
+    check("path parameters match the path templates", problems)
+
+    # 8. Every $ref resolves.
+    problems = []
+    for where, ref in all_refs(spec):
+        try:
+            resolve_pointer(spec, ref)
+        except KeyError:
+            problems.append(f"{where}: $ref '{ref}' does not resolve")
+    check("every $ref resolves", problems)
+
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

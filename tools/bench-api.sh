@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# tools/bench-api.sh: REST API latency and throughput, printed as a table.
+#
+# Starts private PostgreSQL and RabbitMQ, orchd over TLS, a tenant whose quotas and rate
+# limit are lifted (so that the numbers measure the server, not the limiter), and drives
+# it with wrk (keep-alive HTTPS connections) at increasing concurrency:
+#   GET  /api/v1/queues/{id}    authenticated read: token check, admission, one query
+#   POST /api/v1/auth/refresh   small authenticated POST: admission and an ES256 signature
+# Each request also passes admission, which counts the call in PostgreSQL.
+#
+# Environment: BENCH_SECONDS (per cell, default 10), BENCH_CONCURRENCY ("1 4 16 64"),
+# ORCH_SKIP_APT=1, ORCHD_HTTP_THREADS (default: one per core).
+source "$(dirname "$0")/lib.sh"
+orch_install_deps
+cd "$ORCH_ROOT"
+orch_build build-bench -Dwerror=true -Dtests=disabled -Dbuildtype=release
+ORCH_STATE_REMOVE=1
+orch_services_start "$(orch_state_dir "bench-$$")"
+
+secs=${BENCH_SECONDS:-10}
+conc=${BENCH_CONCURRENCY:-"1 4 16 64"}
+dir=$ORCH_STATE/orchd
+mkdir -p "$dir"
+./tools/gen-certs.sh "$dir/tls"
+export ORCHD_DB_URL=$ORCH_PG_APP_URL ORCHD_AMQP_URL=$ORCH_AMQP_URL
+export ORCHD_AUTH_KEY_DIR=$dir/keys ORCHD_HTTP_CERT_FILE=$dir/tls/server.pem
+export ORCHD_HTTP_KEY_FILE=$dir/tls/server.key ORCHD_HTTP_PORT=$(orch_free_port)
+export ORCHD_DB_POOL_SIZE=16 ORCHD_LOG_LEVEL=${ORCHD_LOG_LEVEL:-info}
+ORCHD_DB_MIGRATE_URL=$ORCH_PG_OWNER_URL ./build-bench/server/orchd migrate >/dev/null
+./build-bench/server/orchd admin gen-key >/dev/null
+optoken=$(./build-bench/server/orchd admin create-token bench 2>/dev/null)
+./build-bench/server/orchd serve 2>"$dir/orchd.log" &
+orchd_pid=$!
+trap 'kill $orchd_pid 2>/dev/null; wait $orchd_pid 2>/dev/null; orch_services_stop' EXIT
+base=https://127.0.0.1:$ORCHD_HTTP_PORT
+orch_wait_for 30 curl -sf --cacert "$dir/tls/ca.pem" "$base/healthz" || die "orchd did not start"
+
+api() { # METHOD PATH TOKEN [BODY]: print the body; on an error status, show it and fail
+    local out
+    out=$(curl -s -w '\n%{http_code}' --cacert "$dir/tls/ca.pem" -X "$1" "$base$2" \
+        -H "Authorization: Bearer $3" ${4:+-H 'Content-Type: application/json' -d "$4"})
+    local code=${out##*$'\n'}
+    [ "${code:0:1}" = 2 ] || die "$1 $2: HTTP $code: ${out%$'\n'*}"
+    printf '%s\n' "${out%$'\n'*}"
+}
+json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+op=$(api POST /api/v1/auth/token "" "{\"key\":\"$optoken\"}" | json '["access_token"]')
+tenant=$(api POST /api/v1/tenants "$op" '{"slug":"bench","display_name":"Bench","tier":"enterprise",
+  "quotas":{"api_calls_per_day":100000000,"rate_per_second":10000000,"rate_burst":10000000}}' |
+    json '["id"]')
+key=$(api POST "/api/v1/tenants/$tenant/api-keys" "$op" '{"name":"bench","role":"admin"}' | json '["key"]')
+token=$(api POST /api/v1/auth/token "" "{\"key\":\"$key\"}" | json '["access_token"]')
+queue=$(api POST /api/v1/queues "$token" '{"name":"bench"}' | json '["id"]')
+
+lua=$dir/post.lua
+cat >"$lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $token"
+wrk.body = ""
+LUA
+
+# "50%    1.23ms" -> milliseconds
+to_ms() { awk '{v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.3f", v}'; }
+
+rows=()
+run() { # NAME CONNS wrk-args...
+    local name=$1 c=$2
+    shift 2
+    local t=$((c < 2 ? 1 : 2))
+    local out
+    out=$(wrk -t"$t" -c"$c" -d"${secs}s" --latency "$@" 2>&1)
+    local rps p50 p99 non2xx
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    p50=$(grep -E '^ +50%' <<<"$out" | to_ms)
+    p99=$(grep -E '^ +99%' <<<"$out" | to_ms)
+    non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+    rows+=("$(printf '| %-32s | %5s | %10s | %9s | %9s | %7s |' "$name" "$c" "$rps" "$p50" "$p99" "${non2xx:-0}")")
+}
+say "benchmarking (${secs}s per cell)"
+if [ -n "${BENCH_DEBUG:-}" ]; then
+    cat >"$dir/dbg.lua" <<'LUA'
+local shown = 0
+response = function(status, headers, body)
+  if status ~= 200 and shown < 3 then shown = shown + 1; io.write(status, " ", body, "\n") end
+end
+LUA
+    wrk -t1 -c1 -d3s --latency "$base/api/v1/queues/$queue" -H "Authorization: Bearer $token" >/dev/null; wrk -t2 -c16 -d4s -s "$dir/dbg.lua" -H "Authorization: Bearer $token" "$base/api/v1/queues/$queue" | head -8
+fi
+for c in $conc; do
+    run "GET /api/v1/queues/{id}" "$c" -H "Authorization: Bearer $token" "$base/api/v1/queues/$queue"
+done
+for c in $conc; do
+    run "POST /api/v1/auth/refresh" "$c" -s "$lua" "$base/api/v1/auth/refresh"
+done
+echo
+echo "REST API on $(nproc) cores, orchd threads=${ORCHD_HTTP_THREADS:-$(nproc)}, TLS, keep-alive, PostgreSQL and RabbitMQ on the same box"
+echo
+echo "| request                          | conns |      req/s |  p50 (ms) |  p99 (ms) | non-2xx |"
+echo "|----------------------------------|-------|------------|-----------|-----------|---------|"
+printf '%s\n' "${rows[@]}"
+echo
+echo "responses by status (from the access log):"
+grep -o 'op=http method=[A-Z]* route=[^ ]* status=[0-9]*' "$dir/orchd.log" | sed 's/op=http //' |
+    sort | uniq -c | sort -rn | head -10
+grep -E 'level=(warn|error)' "$dir/orchd.log" | sed 's/^ts=[^ ]* //' | sort | uniq -c | sort -rn | head -5
