@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "orch-config.h"
+#include "agent/cli.h"
 #include "agent/config.h"
 #include "common/log.h"
 #include "proto/version.h"
@@ -16,6 +17,12 @@ static void usage(FILE *f)
     fprintf(f, "usage: orch-agent [--config FILE] COMMAND\n"
                "\n"
                "commands:\n"
+               "  register --server URL --token TOKEN [--name N] [--label k=v]... [--ca-file F]\n"
+               "           [--slots N] [--state-dir D]\n"
+               "                  enrol this host with an enrolment token\n"
+               "  status          enrolled? reachable? what the server knows of this agent\n"
+               "  unregister [--force]\n"
+               "                  remove this agent from the server and forget its credential\n"
                "  check-config    load the configuration, report the first error, exit\n"
                "  config          list every configuration key with its default\n"
                "  version         print the version\n"
@@ -62,6 +69,22 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "config") == 0) {
         conf_describe(agent_config_fields, agent_config_nfields, 1);
         return EXIT_OK;
+    }
+    if (strcmp(cmd, "register") == 0 || strcmp(cmd, "status") == 0 ||
+        strcmp(cmd, "unregister") == 0) {
+        struct agent_config cfg;
+        struct conf_error err;
+        if (agent_config_load(&cfg, config_path, &err) < 0) {
+            fprintf(stderr, "orch-agent: %s\n", err.msg);
+            return EXIT_USAGE;
+        }
+        int sub_argc = argc - optind;
+        char **sub_argv = argv + optind;
+        int rc = strcmp(cmd, "register") == 0 ? cli_register(sub_argc, sub_argv, &cfg)
+                 : strcmp(cmd, "status") == 0 ? cli_status(sub_argc, sub_argv, &cfg)
+                                              : cli_unregister(sub_argc, sub_argv, &cfg);
+        agent_config_free(&cfg);
+        return rc;
     }
     if (strcmp(cmd, "check-config") == 0) {
         struct agent_config cfg;

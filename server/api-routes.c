@@ -33,6 +33,24 @@ const struct http_route api_routes[] = {
     {HTTP_DELETE, V1 "/queues/{id}", HTTP_AUTH_TENANT_OPERATOR, api_queues_delete, 0},
 
     {HTTP_GET, V1 "/audit", HTTP_AUTH_ADMIN_OR_PLATFORM, api_audit_list, 0},
+
+    {HTTP_GET, V1 "/enrollment-tokens", HTTP_AUTH_TENANT_ADMIN, api_enroll_tokens_list, 0},
+    {HTTP_POST, V1 "/enrollment-tokens", HTTP_AUTH_TENANT_ADMIN, api_enroll_tokens_create, 0},
+    {HTTP_DELETE, V1 "/enrollment-tokens/{id}", HTTP_AUTH_TENANT_ADMIN, api_enroll_tokens_revoke,
+     0},
+
+    {HTTP_POST, V1 "/agents/register", HTTP_AUTH_NONE, api_agents_register, 0},
+    {HTTP_GET, V1 "/agents", HTTP_AUTH_TENANT_VIEWER, api_agents_list, 0},
+    {HTTP_GET, V1 "/agents/{id}", HTTP_AUTH_TENANT_VIEWER, api_agents_get, 0},
+    {HTTP_DELETE, V1 "/agents/{id}", HTTP_AUTH_TENANT_ADMIN, api_agents_delete, 0},
+    {HTTP_POST, V1 "/agents/{id}/disable", HTTP_AUTH_TENANT_OPERATOR, api_agents_disable, 0},
+    {HTTP_POST, V1 "/agents/{id}/enable", HTTP_AUTH_TENANT_OPERATOR, api_agents_enable, 0},
+    {HTTP_POST, V1 "/agents/{id}/drain", HTTP_AUTH_TENANT_OPERATOR, api_agents_drain, 0},
+    {HTTP_POST, V1 "/agents/{id}/revoke-credential", HTTP_AUTH_TENANT_ADMIN, api_agents_revoke, 0},
+
+    {HTTP_GET, V1 "/agent", HTTP_AUTH_AGENT, api_agent_self, 0},
+    {HTTP_DELETE, V1 "/agent", HTTP_AUTH_AGENT, api_agent_unregister, 0},
+    {HTTP_POST, V1 "/agent/rotate-credential", HTTP_AUTH_AGENT, api_agent_rotate, 0},
 };
 
 const size_t api_nroutes = ELEMENTSOF(api_routes);

@@ -51,3 +51,18 @@ void api_queues_update(struct http_req *req);
 void api_queues_delete(struct http_req *req);
 /* audit */
 void api_audit_list(struct http_req *req);
+/* enrolment and agents */
+void api_enroll_tokens_create(struct http_req *req);
+void api_enroll_tokens_list(struct http_req *req);
+void api_enroll_tokens_revoke(struct http_req *req);
+void api_agents_register(struct http_req *req);
+void api_agents_list(struct http_req *req);
+void api_agents_get(struct http_req *req);
+void api_agents_disable(struct http_req *req);
+void api_agents_drain(struct http_req *req);
+void api_agents_enable(struct http_req *req);
+void api_agents_revoke(struct http_req *req);
+void api_agents_delete(struct http_req *req);
+void api_agent_self(struct http_req *req);
+void api_agent_unregister(struct http_req *req);
+void api_agent_rotate(struct http_req *req);

@@ -10,6 +10,7 @@
 #include "common/clock.h"
 #include "common/id.h"
 #include "common/log.h"
+#include "server/auth-keys.h"
 #include "server/ratelimit.h"
 
 int app_open(struct app *app, const struct orchd_config *cfg, char *err, size_t errlen)
@@ -57,10 +58,53 @@ void app_close(struct app *app)
     app->rl = NULL;
 }
 
+static const struct store_stmt q_agent_auth =
+    STORE_STMT("agent_auth",
+               "SELECT id, tenant_id, credential_hash,"
+               "       credential_revoked_at IS NULL AND status <> 'disabled'"
+               "       AND (credential_expires_at IS NULL OR credential_expires_at > now()),"
+               "       extract(epoch FROM credential_expires_at)::bigint"
+               "  FROM agents WHERE credential_prefix = $1",
+               1);
+
+/* An agent presents its own long-lived credential (orch_ag_...) on every request: its
+ * connection is one long-lived HTTPS session, so a token exchange would buy nothing. */
+static int authenticate_agent(struct app *app, const char *token, size_t len,
+                              struct http_principal *ret, const char **why)
+{
+    char prefix[AUTHKEY_PREFIX_LEN + 1], hash[65];
+    *why = "the agent credential is not valid";
+    if (!authkey_parse(AUTHKEY_AGENT, token, len, prefix, hash))
+        return -EACCES;
+    const char *p[] = {prefix};
+    PGresult *res = NULL;
+    int r = store_exec_once(app->store, NULL, &q_agent_auth, p, &res);
+    if (r < 0) {
+        *why = "the credential could not be checked; retry";
+        return r;
+    }
+    bool ok = r == 1 && authkey_hash_matches(hash, PQgetvalue(res, 0, 2)) &&
+              strcmp(PQgetvalue(res, 0, 3), "t") == 0;
+    if (ok) {
+        memset(ret, 0, sizeof(*ret));
+        ret->kind = HTTP_PRINCIPAL_AGENT;
+        snprintf(ret->subject, sizeof(ret->subject), "%s", PQgetvalue(res, 0, 0));
+        snprintf(ret->tenant_id, sizeof(ret->tenant_id), "%s", PQgetvalue(res, 0, 1));
+        snprintf(ret->role, sizeof(ret->role), "agent");
+        ret->token_exp = PQgetisnull(res, 0, 4) ? 0 : strtoll(PQgetvalue(res, 0, 4), NULL, 10);
+    } else if (r == 1 && authkey_hash_matches(hash, PQgetvalue(res, 0, 2))) {
+        *why = "the agent credential was revoked or expired, or the agent is disabled";
+    }
+    PQclear(res);
+    return ok ? 0 : -EACCES;
+}
+
 int app_authenticate(void *ctx, const char *token, size_t len, struct http_principal *ret,
                      const char **why)
 {
     struct app *app = ctx;
+    if (len > 8 && strncmp(token, "orch_ag_", 8) == 0)
+        return authenticate_agent(app, token, len, ret, why);
     struct jwt_claims c;
     int r = jwt_verify(app->ring, &app->jwt, token, len, clock_real_ms() / 1000, &c, why);
     if (r < 0)
@@ -151,6 +195,8 @@ int app_admit(void *ctx, struct http_req *req)
     const struct http_principal *p = http_req_principal(req);
     if (p->kind == HTTP_PRINCIPAL_PLATFORM)
         return admit_platform(app, req);
+    /* Agents were checked against the database in authenticate_agent(); their heartbeats
+     * and reports are not the tenant's API calls. */
     if (p->kind != HTTP_PRINCIPAL_TENANT)
         return 0;
 
@@ -218,7 +264,7 @@ int app_admit(void *ctx, struct http_req *req)
 int app_tx_begin(struct app *app, const struct http_req *req, struct store_tx **ret)
 {
     const struct http_principal *p = http_req_principal(req);
-    if (p->kind == HTTP_PRINCIPAL_TENANT)
+    if (p->kind == HTTP_PRINCIPAL_TENANT || p->kind == HTTP_PRINCIPAL_AGENT)
         return store_tx_begin_tenant(app->store, p->tenant_id, ret);
     if (p->kind == HTTP_PRINCIPAL_PLATFORM)
         return store_tx_begin_system(app->store, ret);
@@ -236,10 +282,21 @@ int app_audit(struct store_tx *tx, const struct http_req *req, const char *tenan
               const json_t *detail)
 {
     const struct http_principal *p = http_req_principal(req);
+    const char *actor_type = p->kind == HTTP_PRINCIPAL_PLATFORM ? "operator"
+                             : p->kind == HTTP_PRINCIPAL_AGENT  ? "agent"
+                                                                : "api_key";
+    if (!tenant_id && (p->kind == HTTP_PRINCIPAL_TENANT || p->kind == HTTP_PRINCIPAL_AGENT))
+        tenant_id = p->tenant_id;
+    return app_audit_as(tx, req, tenant_id, actor_type, p->subject[0] ? p->subject : "anonymous",
+                        action, object_type, object_id, detail);
+}
+
+int app_audit_as(struct store_tx *tx, const struct http_req *req, const char *tenant_id,
+                 const char *actor_type, const char *actor_id, const char *action,
+                 const char *object_type, const char *object_id, const json_t *detail)
+{
     char id[ID_STR_LEN];
     id_uuid7_str(id);
-    if (!tenant_id && p->kind == HTTP_PRINCIPAL_TENANT)
-        tenant_id = p->tenant_id;
     char *d = NULL;
     json_t *full = detail ? json_deep_copy(detail) : json_object();
     if (full) {
@@ -248,14 +305,7 @@ int app_audit(struct store_tx *tx, const struct http_req *req, const char *tenan
         json_decref(full);
     }
     const char *params[] = {
-        id,
-        tenant_id,
-        p->kind == HTTP_PRINCIPAL_PLATFORM ? "operator" : "api_key",
-        p->subject[0] ? p->subject : "anonymous",
-        action,
-        object_type,
-        object_id,
-        d,
+        id, tenant_id, actor_type, actor_id, action, object_type, object_id, d,
     };
     int r = store_tx_exec(tx, &q_audit, params, NULL);
     free(d);

@@ -43,5 +43,11 @@ int app_audit(struct store_tx *tx, const struct http_req *req, const char *tenan
               const char *action, const char *object_type, const char *object_id,
               const json_t *detail);
 
+/* The same with an explicit actor (for requests made before anyone is authenticated, such
+ * as an agent enrolling with a token). */
+int app_audit_as(struct store_tx *tx, const struct http_req *req, const char *tenant_id,
+                 const char *actor_type, const char *actor_id, const char *action,
+                 const char *object_type, const char *object_id, const json_t *detail);
+
 /* Seconds until the next UTC midnight, when daily quotas reset. */
 int64_t app_seconds_to_utc_midnight(int64_t now_s);

@@ -8,7 +8,17 @@
 
 static const char *kind_start(enum authkey_kind kind)
 {
-    return kind == AUTHKEY_API ? "orch_ak_" : "orch_op_";
+    switch (kind) {
+    case AUTHKEY_API:
+        return "orch_ak_";
+    case AUTHKEY_OPERATOR:
+        return "orch_op_";
+    case AUTHKEY_ENROLL:
+        return "orch_et_";
+    case AUTHKEY_AGENT:
+        return "orch_ag_";
+    }
+    return "orch_xx_";
 }
 
 int authkey_new(enum authkey_kind kind, struct authkey *ret)

@@ -11,7 +11,12 @@
 #define AUTHKEY_LEN        64
 #define AUTHKEY_PREFIX_LEN 20
 
-enum authkey_kind { AUTHKEY_API, AUTHKEY_OPERATOR };
+enum authkey_kind {
+    AUTHKEY_API,      /* orch_ak_: tenant API key */
+    AUTHKEY_OPERATOR, /* orch_op_: platform operator token */
+    AUTHKEY_ENROLL,   /* orch_et_: agent enrolment token */
+    AUTHKEY_AGENT,    /* orch_ag_: an agent's own credential */
+};
 
 struct authkey {
     char key[AUTHKEY_LEN + 1];           /* the secret: show once, never log */

@@ -486,6 +486,8 @@ static bool auth_allows(enum http_auth need, const struct http_principal *pr)
         return platform;
     case HTTP_AUTH_ADMIN_OR_PLATFORM:
         return platform || (tenant && strcmp(pr->role, "admin") == 0);
+    case HTTP_AUTH_AGENT:
+        return pr->kind == HTTP_PRINCIPAL_AGENT;
     }
     return false;
 }
@@ -570,9 +572,11 @@ static void on_request(struct evhttp_request *ev, void *arg)
         evhttp_clear_headers(&req.query);
     atomic_fetch_add(&loop->srv->requests, 1);
     double ms = (double)(clock_mono_ns() - req.start_ns) / 1e6;
-    const char *tenant = req.principal.kind == HTTP_PRINCIPAL_TENANT     ? req.principal.tenant_id
-                         : req.principal.kind == HTTP_PRINCIPAL_PLATFORM ? "platform"
-                                                                         : "-";
+    const char *tenant = "-";
+    if (req.principal.kind == HTTP_PRINCIPAL_TENANT || req.principal.kind == HTTP_PRINCIPAL_AGENT)
+        tenant = req.principal.tenant_id;
+    else if (req.principal.kind == HTTP_PRINCIPAL_PLATFORM)
+        tenant = "platform";
     log_info("op=http method=%s route=%s status=%d dur_ms=%.3f tenant=%s req=%s",
              http_method_name(method_from_ev(evhttp_request_get_command(ev))),
              req.route ? req.route->pattern : "-", req.status, ms, tenant, req.id);

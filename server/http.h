@@ -43,6 +43,7 @@ enum http_auth {
     HTTP_AUTH_TENANT_ADMIN,      /* a tenant token of role admin */
     HTTP_AUTH_PLATFORM,          /* a platform operator's token */
     HTTP_AUTH_ADMIN_OR_PLATFORM, /* tenant admin (own tenant) or platform (all) */
+    HTTP_AUTH_AGENT,             /* an enrolled agent's credential */
 };
 
 typedef void (*http_handler_fn)(struct http_req *req);
@@ -60,7 +61,12 @@ struct http_route {
 #define HTTP_MAX_PARAMS       4
 
 /* The authenticated caller of a request. */
-enum http_principal_kind { HTTP_PRINCIPAL_NONE, HTTP_PRINCIPAL_TENANT, HTTP_PRINCIPAL_PLATFORM };
+enum http_principal_kind {
+    HTTP_PRINCIPAL_NONE,
+    HTTP_PRINCIPAL_TENANT,
+    HTTP_PRINCIPAL_PLATFORM,
+    HTTP_PRINCIPAL_AGENT, /* subject = agent id, tenant_id = its tenant */
+};
 
 struct http_principal {
     enum http_principal_kind kind;

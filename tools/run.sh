@@ -17,7 +17,7 @@ orch_install_deps
 
 cd "$ORCH_ROOT"
 say "building"
-orch_build build -Dwerror=true -Dtests=enabled
+orch_build build -Dwerror=true -Dtests=enabled -Dbuildtype=debugoptimized
 
 orch_services_start "$(orch_state_dir run)"
 state=$ORCH_STATE

@@ -17,7 +17,7 @@ orch_install_deps
 
 cd "$ORCH_ROOT"
 say "building (-Werror)"
-orch_build build -Dwerror=true -Dtests=enabled
+orch_build build -Dwerror=true -Dtests=enabled -Dbuildtype=debugoptimized
 if [ "${ORCH_NO_SANITIZE:-0}" != 1 ]; then
     say "building with -Db_sanitize=address,undefined"
     orch_build build-asan -Dwerror=true -Dtests=enabled -Db_sanitize=address,undefined \

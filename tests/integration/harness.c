@@ -99,7 +99,10 @@ void th_db_create_migrated(char *name, size_t len)
 
 void th_db_drop(const char *name)
 {
-    PGconn *pg = th_pg_connect("orch_owner", "postgres");
+    /* As the superuser: FORCE must end orch_app's backends too, which may still be exiting
+     * just after the orchd that owned them did, and only a superuser (or pg_signal_backend)
+     * may terminate another role's backends. */
+    PGconn *pg = th_pg_connect("postgres", "postgres");
     char sql[128];
     snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", name);
     PQclear(th_pg_ok(pg, sql));

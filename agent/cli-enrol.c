@@ -1,0 +1,256 @@
+/* cli-enrol.c: `orch-agent register`, `status` and `unregister` (see cli.h). */
+#include "agent/cli.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agent/facts.h"
+#include "agent/state.h"
+#include "agent/transport.h"
+#include "common/cleanup.h"
+
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
+
+/* "k=v" into labels; false (and a message) when malformed. */
+static bool add_label(json_t *labels, const char *kv)
+{
+    const char *eq = strchr(kv, '=');
+    if (!eq || eq == kv || strlen(eq + 1) > 255 || (size_t)(eq - kv) > 63) {
+        fprintf(stderr,
+                "orch-agent: --label '%s': expected key=value (key 1-63, value up to 255 "
+                "characters)\n",
+                kv);
+        return false;
+    }
+    char key[64];
+    snprintf(key, sizeof(key), "%.*s", (int)(eq - kv), kv);
+    json_object_set_new(labels, key, json_string(eq + 1));
+    return true;
+}
+
+int cli_register(int argc, char **argv, const struct agent_config *cfg)
+{
+    static const struct option opts[] = {
+        {"server", required_argument, NULL, 's'},  {"token", required_argument, NULL, 't'},
+        {"name", required_argument, NULL, 'n'},    {"label", required_argument, NULL, 'l'},
+        {"ca-file", required_argument, NULL, 'c'}, {"state-dir", required_argument, NULL, 'd'},
+        {"slots", required_argument, NULL, 'S'},   {NULL, 0, NULL, 0},
+    };
+    const char *server = cfg->server_url[0] ? cfg->server_url : NULL;
+    const char *token = getenv("ORCH_AGENT_ENROLL_TOKEN");
+    const char *name = cfg->name[0] ? cfg->name : NULL;
+    const char *ca = cfg->ca_file[0] ? cfg->ca_file : NULL;
+    const char *state_dir = cfg->state_dir;
+    long slots = (long)cfg->slots;
+    json_t *labels = json_object();
+    int rc = EXIT_USAGE;
+    /* Labels from the configuration first; --label adds to or overrides them. */
+    if (cfg->labels[0]) {
+        _cleanup_free_ char *copy = strdup(cfg->labels);
+        for (char *save = NULL, *p = copy ? strtok_r(copy, ",", &save) : NULL; p;
+             p = strtok_r(NULL, ",", &save))
+            if (!add_label(labels, p))
+                goto done;
+    }
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 's':
+            server = optarg;
+            break;
+        case 't':
+            token = optarg;
+            break;
+        case 'n':
+            name = optarg;
+            break;
+        case 'l':
+            if (!add_label(labels, optarg))
+                goto done;
+            break;
+        case 'c':
+            ca = optarg;
+            break;
+        case 'd':
+            state_dir = optarg;
+            break;
+        case 'S': {
+            char *end = NULL;
+            slots = strtol(optarg, &end, 10);
+            if (!end || *end || slots < 1 || slots > 1024) {
+                fprintf(stderr, "orch-agent: --slots: expected an integer in [1, 1024]\n");
+                goto done;
+            }
+            break;
+        }
+        default:
+            goto done;
+        }
+    }
+    if (!server || !token) {
+        fprintf(stderr, "usage: orch-agent register --server https://HOST[:PORT] --token TOKEN "
+                        "[--name NAME] [--label k=v ...] [--ca-file FILE] [--slots N] "
+                        "[--state-dir DIR]\n"
+                        "(the token may also come from $ORCH_AGENT_ENROLL_TOKEN)\n");
+        goto done;
+    }
+
+    struct agent_state old;
+    char err[512] = "";
+    int r = agent_state_load(state_dir, &old, err, sizeof(err));
+    if (r == 0) {
+        fprintf(stderr,
+                "orch-agent: already enrolled as '%s' (agent %s) with %s; run `orch-agent "
+                "unregister` first\n",
+                old.name, old.agent_id, old.server_url);
+        agent_state_free(&old);
+        rc = EXIT_FAIL;
+        goto done;
+    }
+
+    json_t *facts = facts_collect();
+    char host[256] = "";
+    gethostname(host, sizeof(host) - 1);
+    if (!name)
+        name = host;
+    json_t *body =
+        json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:O, s:O, s:i}", "token", token, "name", name,
+                  "hostname", host, "os", json_string_value(json_object_get(facts, "os")), "arch",
+                  json_string_value(json_object_get(facts, "arch")), "version",
+                  json_string_value(json_object_get(facts, "version")), "labels", labels,
+                  "capabilities", facts, "slots", (int)slots);
+    json_decref(facts);
+    struct transport *t = NULL;
+    struct transport_options to = {.server_url = server, .ca_file = ca, .timeout_ms = 30000};
+    if (!body || transport_new(&to, &t) < 0) {
+        fprintf(stderr, "orch-agent: --server must be an https:// URL\n");
+        json_decref(body);
+        goto done;
+    }
+    struct transport_reply rep;
+    r = transport_request(t, "POST", "/api/v1/agents/register", body, &rep);
+    json_decref(body);
+    transport_free(t);
+    rc = EXIT_FAIL;
+    if (r < 0) {
+        fprintf(stderr, "orch-agent: register: cannot reach the server: %s\n", rep.error);
+        goto done;
+    }
+    if (rep.status != 201) {
+        fprintf(stderr, "orch-agent: register: %s (HTTP %ld)\n", rep.error, rep.status);
+        json_decref(rep.body);
+        goto done;
+    }
+    struct agent_state st = {
+        .server_url = (char *)server,
+        .ca_file = (char *)(ca ? ca : ""),
+        .agent_id = (char *)json_string_value(json_object_get(rep.body, "id")),
+        .tenant_id = (char *)json_string_value(json_object_get(rep.body, "tenant_id")),
+        .name = (char *)json_string_value(json_object_get(rep.body, "name")),
+        .credential = (char *)json_string_value(json_object_get(rep.body, "credential")),
+    };
+    if (!st.agent_id || !st.name || !st.credential || !st.tenant_id) {
+        fprintf(stderr, "orch-agent: register: the server's answer is incomplete\n");
+    } else if ((r = agent_state_save(state_dir, &st)) < 0) {
+        fprintf(stderr, "orch-agent: register: cannot write %s/agent.json: %s\n", state_dir,
+                strerror(-r));
+    } else {
+        printf("enrolled as '%s' (agent %s, tenant %s); credential stored in %s/agent.json\n",
+               st.name, st.agent_id, st.tenant_id, state_dir);
+        rc = EXIT_OK;
+    }
+    json_decref(rep.body);
+done:
+    json_decref(labels);
+    return rc;
+}
+
+static int with_state(const struct agent_config *cfg, struct agent_state *st, struct transport **t)
+{
+    char err[512] = "";
+    int r = agent_state_load(cfg->state_dir, st, err, sizeof(err));
+    if (r == -ENOENT) {
+        printf("not enrolled (no %s/agent.json): run `orch-agent register`\n", cfg->state_dir);
+        return EXIT_NOT_ENROLLED;
+    }
+    if (r < 0) {
+        fprintf(stderr, "orch-agent: %s\n", err[0] ? err : strerror(-r));
+        return EXIT_FAIL;
+    }
+    struct transport_options to = {.server_url = st->server_url,
+                                   .ca_file = st->ca_file,
+                                   .credential = st->credential,
+                                   .timeout_ms = 15000};
+    if (transport_new(&to, t) < 0) {
+        agent_state_free(st);
+        fprintf(stderr, "orch-agent: the stored server URL is not https://\n");
+        return EXIT_FAIL;
+    }
+    return EXIT_OK;
+}
+
+int cli_status(int argc, char **argv, const struct agent_config *cfg)
+{
+    struct agent_state st;
+    struct transport *t = NULL;
+    int rc = with_state(cfg, &st, &t);
+    if (rc != EXIT_OK)
+        return rc;
+    printf("enrolled:   yes, as '%s' (agent %s, tenant %s)\n", st.name, st.agent_id, st.tenant_id);
+    printf("server:     %s\n", st.server_url);
+    struct transport_reply rep;
+    int r = transport_request(t, "GET", "/api/v1/agent", NULL, &rep);
+    if (r < 0) {
+        printf("reachable:  no (%s)\n", rep.error);
+        rc = EXIT_FAIL;
+    } else if (rep.status != 200) {
+        printf("reachable:  yes, but the server refuses this agent: %s (HTTP %ld)\n", rep.error,
+               rep.status);
+        rc = EXIT_FAIL;
+    } else {
+        json_t *b = rep.body;
+        printf("reachable:  yes\n");
+        printf("status:     %s (%s)\n", json_string_value(json_object_get(b, "status")),
+               json_is_true(json_object_get(b, "connected")) ? "connected" : "not connected");
+        printf("slots:      %lld\n", json_integer_value(json_object_get(b, "slots")));
+        const char *exp = json_string_value(json_object_get(b, "credential_expires_at"));
+        printf("credential: valid until %s\n", exp ? exp : "-");
+    }
+    json_decref(rep.body);
+    transport_free(t);
+    agent_state_free(&st);
+    return rc;
+}
+
+int cli_unregister(int argc, char **argv, const struct agent_config *cfg)
+{
+    bool force = argc > 1 && strcmp(argv[1], "--force") == 0;
+    struct agent_state st;
+    struct transport *t = NULL;
+    int rc = with_state(cfg, &st, &t);
+    if (rc != EXIT_OK)
+        return rc == EXIT_NOT_ENROLLED ? EXIT_OK : rc;
+    struct transport_reply rep;
+    int r = transport_request(t, "DELETE", "/api/v1/agent", NULL, &rep);
+    json_decref(rep.body);
+    transport_free(t);
+    bool removed = r == 0 && (rep.status == 204 || rep.status == 404);
+    if (!removed && !force) {
+        fprintf(stderr,
+                "orch-agent: unregister: the server did not remove the agent (%s%s); "
+                "`orch-agent unregister --force` forgets it locally anyway\n",
+                r < 0 ? "unreachable: " : "", rep.error);
+        agent_state_free(&st);
+        return EXIT_FAIL;
+    }
+    r = agent_state_remove(cfg->state_dir);
+    printf("unregistered '%s' (agent %s)%s\n", st.name, st.agent_id,
+           removed ? "" : "; the server still lists it: delete it there");
+    agent_state_free(&st);
+    return r < 0 ? EXIT_FAIL : EXIT_OK;
+}

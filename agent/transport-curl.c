@@ -1,0 +1,146 @@
+/* transport-curl.c: the agent's HTTPS client on libcurl (see transport.h). */
+#include "agent/transport.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/buf.h"
+#include "common/cleanup.h"
+
+/* Replies larger than this are refused: the server's answers to an agent are small. */
+#define TRANSPORT_MAX_REPLY (16u << 20)
+
+struct transport {
+    CURL *curl;
+    char *base;
+    char *ca_file;
+    char *auth_header;
+    int64_t timeout_ms;
+};
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+
+static void curl_init_once(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+int transport_new(const struct transport_options *o, struct transport **ret)
+{
+    if (!o->server_url || strncmp(o->server_url, "https://", 8) != 0)
+        return -EINVAL;
+    pthread_once(&curl_once, curl_init_once);
+    struct transport *t = calloc(1, sizeof(*t));
+    if (!t)
+        return -ENOMEM;
+    t->curl = curl_easy_init();
+    size_t n = strlen(o->server_url);
+    while (n > 0 && o->server_url[n - 1] == '/')
+        n--;
+    t->base = strndup(o->server_url, n);
+    t->ca_file = o->ca_file && o->ca_file[0] ? strdup(o->ca_file) : NULL;
+    t->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 30000;
+    if (!t->curl || !t->base || (o->ca_file && o->ca_file[0] && !t->ca_file) ||
+        transport_set_credential(t, o->credential) < 0) {
+        transport_free(t);
+        return -ENOMEM;
+    }
+    *ret = t;
+    return 0;
+}
+
+void transport_free(struct transport *t)
+{
+    if (!t)
+        return;
+    if (t->curl)
+        curl_easy_cleanup(t->curl);
+    free(t->base);
+    free(t->ca_file);
+    if (t->auth_header)
+        explicit_bzero(t->auth_header, strlen(t->auth_header));
+    free(t->auth_header);
+    free(t);
+}
+
+int transport_set_credential(struct transport *t, const char *credential)
+{
+    if (t->auth_header)
+        explicit_bzero(t->auth_header, strlen(t->auth_header));
+    FREE_AND_NULL(t->auth_header);
+    if (credential && asprintf(&t->auth_header, "Authorization: Bearer %s", credential) < 0) {
+        t->auth_header = NULL;
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+static size_t collect(char *data, size_t size, size_t n, void *arg)
+{
+    struct buf *b = arg;
+    return buf_append(b, data, size * n) == 0 ? size * n : 0;
+}
+
+int transport_request(struct transport *t, const char *method, const char *path, const json_t *body,
+                      struct transport_reply *r)
+{
+    memset(r, 0, sizeof(*r));
+    char url[4096];
+    snprintf(url, sizeof(url), "%s%s", t->base, path);
+    _cleanup_free_ char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    struct curl_slist *h = NULL;
+    if (t->auth_header)
+        h = curl_slist_append(h, t->auth_header);
+    if (text)
+        h = curl_slist_append(h, "Content-Type: application/json");
+    h = curl_slist_append(h, "Accept: application/json");
+    struct buf reply = BUF_INIT;
+    buf_init_max(&reply, TRANSPORT_MAX_REPLY);
+
+    CURL *c = t->curl;
+    curl_easy_reset(c);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &reply);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)t->timeout_ms);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_USERAGENT, "orch-agent");
+    if (t->ca_file)
+        curl_easy_setopt(c, CURLOPT_CAINFO, t->ca_file);
+    if (text) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, text);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(text));
+    }
+    CURLcode rc = curl_easy_perform(c);
+    curl_slist_free_all(h);
+    if (rc != CURLE_OK) {
+        snprintf(r->error, sizeof(r->error), "%s: %s", t->base, curl_easy_strerror(rc));
+        buf_free(&reply);
+        return rc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT
+               : rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE
+                   ? -EPROTO
+                   : -ECONNREFUSED;
+    }
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+    if (reply.len > 0) {
+        json_error_t e;
+        r->body = json_loadb(reply.data, reply.len, 0, &e);
+    }
+    buf_free(&reply);
+    if (r->status >= 400) {
+        const char *detail = json_string_value(json_object_get(r->body, "detail"));
+        snprintf(r->error, sizeof(r->error), "%s", detail ? detail : "the server refused");
+    }
+    return 0;
+}

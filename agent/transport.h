@@ -1,0 +1,34 @@
+/* transport.h: the agent's HTTPS client (libcurl). One connection to the server, reused
+ * (keep-alive); the server certificate is verified against the system store or a pinned CA
+ * file; HTTPS_PROXY / NO_PROXY (and the lower-case forms) are honoured, as corporate hosts
+ * need. */
+#pragma once
+
+#include <jansson.h>
+#include <stdint.h>
+
+struct transport;
+
+struct transport_options {
+    const char *server_url; /* https://host[:port]; borrowed */
+    const char *ca_file;    /* NULL or "" = the system store */
+    const char *credential; /* orch_ag_... sent as a bearer token; NULL = none */
+    int64_t timeout_ms;     /* whole request */
+};
+
+int transport_new(const struct transport_options *o, struct transport **ret);
+void transport_free(struct transport *t);
+/* Replace the bearer credential (after a rotation). */
+int transport_set_credential(struct transport *t, const char *credential);
+
+struct transport_reply {
+    long status;     /* HTTP status, 0 when no answer came */
+    json_t *body;    /* parsed JSON body or NULL; caller json_decref()s */
+    char error[256]; /* transport failure, or the problem's detail on an error status */
+};
+
+/* Send method path with an optional JSON body (borrowed). Returns 0 when an HTTP answer
+ * came (any status: see r->status), or -ECONNREFUSED / -ETIMEDOUT / -EPROTO with r->error
+ * saying why. */
+int transport_request(struct transport *t, const char *method, const char *path, const json_t *body,
+                      struct transport_reply *r);

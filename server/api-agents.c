@@ -1,0 +1,551 @@
+/* api-agents.c: enrolment tokens, agent registration, and the tenant's view and control of
+ * its agents.
+ *
+ * An agent enrols once with a token a tenant admin made (`orch-agent register`): the
+ * token is checked and its use counted, the tenant's agent quota is taken, and the agent
+ * gets its own credential (orch_ag_..., shown once, stored hashed) that it presents on
+ * every later request. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/cleanup.h"
+#include "common/clock.h"
+#include "common/id.h"
+#include "common/log.h"
+#include "server/api.h"
+#include "server/app.h"
+#include "server/auth-keys.h"
+
+/* How long an agent credential lives; agents rotate it well before (POST
+ * /api/v1/agent/rotate-credential). */
+#define AGENT_CREDENTIAL_DAYS "90"
+
+/* --- enrolment tokens ---------------------------------------------------------------------- */
+
+static const struct store_stmt q_et_insert = STORE_STMT(
+    "et_insert",
+    "INSERT INTO enrollment_tokens (id, tenant_id, name, prefix, token_hash, labels, max_uses,"
+    " expires_at, created_by) VALUES ($1, app_tenant(), $2, $3, decode($4, 'hex'),"
+    " coalesce($5::jsonb, '{}'), coalesce($6::int, 1),"
+    " now() + make_interval(secs => coalesce($7::int, 86400)), $8)",
+    8);
+
+static const struct store_stmt q_et_doc =
+    STORE_STMT("et_doc", "SELECT doc FROM enrollment_token_view WHERE id = $1", 1);
+
+static const struct store_stmt q_et_list = STORE_STMT(
+    "et_list",
+    "SELECT json_build_object('items', coalesce(json_agg(doc ORDER BY id), '[]'),"
+    " 'next_cursor', CASE WHEN count(*) = $2 THEN (array_agg(id ORDER BY id DESC))[1] END)"
+    " FROM (SELECT id, doc FROM enrollment_token_view WHERE ($1::uuid IS NULL OR id > $1::uuid)"
+    "        ORDER BY id LIMIT $2) s",
+    2);
+
+static const struct store_stmt q_et_revoke = STORE_STMT(
+    "et_revoke",
+    "WITH u AS (UPDATE enrollment_tokens SET revoked_at = now() WHERE id = $1"
+    "           AND revoked_at IS NULL RETURNING id)"
+    " SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM enrollment_tokens WHERE id = $1)",
+    1);
+
+/* Read a document back in tx, commit, reply; rolls back on failure. */
+static void reply_doc(struct http_req *req, struct store_tx *tx, const struct store_stmt *stmt,
+                      const char *id, int status, const char *what, const char *secret_key,
+                      const char *secret)
+{
+    PGresult *res = NULL;
+    const char *p[] = {id};
+    int r = store_tx_exec(tx, stmt, p, &res);
+    if (r < 0) {
+        store_tx_rollback(tx);
+        http_reply_error(req, r, what);
+        return;
+    }
+    if (api_commit(req, tx, what) < 0) {
+        PQclear(res);
+        return;
+    }
+    if (!secret) {
+        api_reply_pg_json_or_404(req, status, res, what);
+        return;
+    }
+    json_error_t jerr;
+    json_t *doc = r == 1 ? json_loads(PQgetvalue(res, 0, 0), 0, &jerr) : NULL;
+    PQclear(res);
+    if (!doc) {
+        http_reply_error(req, -EIO, what);
+        return;
+    }
+    /* The only time the secret is shown. */
+    json_object_set_new(doc, secret_key, json_string(secret));
+    http_reply_json(req, status, doc);
+}
+
+static int list_page(struct http_req *req, const struct store_stmt *stmt, const char *what)
+{
+    int limit;
+    const char *cursor;
+    if (http_req_page(req, 50, 500, &limit, &cursor) < 0)
+        return -EINVAL;
+    if (cursor && !id_is_valid(cursor)) {
+        http_reply_problem(req, PROBLEM_VALIDATION, "is not a cursor returned by this API",
+                           "cursor");
+        return -EINVAL;
+    }
+    char lim[16];
+    snprintf(lim, sizeof(lim), "%d", limit);
+    const char *p[] = {cursor, lim};
+    PGresult *res = NULL;
+    int r = store_exec_once(((struct app *)http_req_app(req))->store,
+                            http_req_principal(req)->tenant_id, stmt, p, &res);
+    if (r < 0) {
+        http_reply_error(req, r, what);
+        return r;
+    }
+    api_reply_pg_json(req, 200, res);
+    return 0;
+}
+
+void api_enroll_tokens_create(struct http_req *req)
+{
+    static const struct jsonv_field fields[] = {
+        {"name", JSONV_STRING, JSONV_REQUIRED, 1, 100},
+        {"max_uses", JSONV_INT, 0, 1, 100000},
+        {"expires_in", JSONV_INT, 0, 60, 30 * 86400},
+        {"labels", JSONV_OBJECT, 0, 0, 32},
+    };
+    json_t *body = NULL;
+    if (http_req_json(req, fields, ELEMENTSOF(fields), &body) < 0)
+        return;
+    json_t *labels = json_object_get(body, "labels");
+    if (api_check_labels(req, labels, "labels") < 0) {
+        json_decref(body);
+        return;
+    }
+    struct authkey k;
+    char id[ID_STR_LEN], uses[16] = "", ttl[16] = "";
+    id_uuid7_str(id);
+    if (authkey_new(AUTHKEY_ENROLL, &k) < 0) {
+        json_decref(body);
+        http_reply_error(req, -EIO, "generating the token");
+        return;
+    }
+    if (json_object_get(body, "max_uses"))
+        snprintf(uses, sizeof(uses), "%lld", json_integer_value(json_object_get(body, "max_uses")));
+    if (json_object_get(body, "expires_in"))
+        snprintf(ttl, sizeof(ttl), "%lld", json_integer_value(json_object_get(body, "expires_in")));
+    char *labels_text = labels ? json_dumps(labels, JSON_COMPACT) : NULL;
+    char creator[160];
+    snprintf(creator, sizeof(creator), "api_key:%s", http_req_principal(req)->subject);
+    const char *p[] = {id,
+                       api_json_str(body, "name"),
+                       k.prefix,
+                       k.hash_hex,
+                       labels_text,
+                       uses[0] ? uses : NULL,
+                       ttl[0] ? ttl : NULL,
+                       creator};
+    struct store_tx *tx = NULL;
+    int r = app_tx_begin(http_req_app(req), req, &tx);
+    if (r >= 0)
+        r = store_tx_exec(tx, &q_et_insert, p, NULL);
+    json_t *detail = json_pack("{s:s}", "name", api_json_str(body, "name"));
+    if (r >= 0)
+        r = app_audit(tx, req, NULL, "enrollment_token.create", "enrollment_token", id, detail);
+    json_decref(detail);
+    free(labels_text);
+    json_decref(body);
+    if (r < 0) {
+        store_tx_rollback(tx);
+        http_reply_error(req, r, "creating the enrolment token");
+        return;
+    }
+    reply_doc(req, tx, &q_et_doc, id, 201, "enrolment token", "token", k.key);
+}
+
+void api_enroll_tokens_list(struct http_req *req)
+{
+    list_page(req, &q_et_list, "listing enrolment tokens");
+}
+
+void api_enroll_tokens_revoke(struct http_req *req)
+{
+    const char *id = api_path_id(req, "id", "enrolment token");
+    if (!id)
+        return;
+    struct store_tx *tx = NULL;
+    int r = app_tx_begin(http_req_app(req), req, &tx);
+    PGresult *res = NULL;
+    const char *p[] = {id};
+    if (r >= 0)
+        r = store_tx_exec(tx, &q_et_revoke, p, &res);
+    bool revoked = r > 0 && strcmp(PQgetvalue(res, 0, 0), "1") == 0;
+    bool exists = r > 0 && strcmp(PQgetvalue(res, 0, 1), "1") == 0;
+    PQclear(res);
+    if (r >= 0 && !exists) {
+        store_tx_rollback(tx);
+        http_reply_problem(req, PROBLEM_NOT_FOUND, "no such enrolment token", NULL);
+        return;
+    }
+    if (r > 0 && revoked)
+        r = app_audit(tx, req, NULL, "enrollment_token.revoke", "enrollment_token", id, NULL);
+    if (r < 0) {
+        store_tx_rollback(tx);
+        http_reply_error(req, r, "revoking the enrolment token");
+        return;
+    }
+    if (api_commit(req, tx, "revoking the enrolment token") < 0)
+        return;
+    http_reply_json(req, 204, NULL);
+}
+
+/* --- registration -------------------------------------------------------------------------- */
+
+static const struct store_stmt q_et_find =
+    STORE_STMT("et_find", "SELECT id, tenant_id FROM enrollment_tokens WHERE prefix = $1", 1);
+
+static const struct store_stmt q_et_lock =
+    STORE_STMT("et_lock",
+               "SELECT token_hash, revoked_at IS NULL, expires_at > now(), uses < max_uses, labels"
+               "  FROM enrollment_tokens WHERE id = $1 FOR UPDATE",
+               1);
+
+static const struct store_stmt q_et_use =
+    STORE_STMT("et_use", "UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = $1", 1);
+
+static const struct store_stmt q_quota_agents =
+    STORE_STMT("quota_agents", "SELECT quota_acquire('agents')", 0);
+
+/* The enrolment labels win over the host's own: a tenant admin stamps them. */
+static const struct store_stmt q_agent_insert = STORE_STMT(
+    "agent_insert",
+    "INSERT INTO agents (id, tenant_id, name, hostname, os, arch, version, labels, capabilities,"
+    " slots, status, credential_prefix, credential_hash, credential_expires_at, enrolled_with)"
+    " VALUES ($1, app_tenant(), $2, $3, $4, $5, $6, coalesce($7::jsonb, '{}') || $8::jsonb,"
+    " coalesce($9::jsonb, '{}'), coalesce($10::int, 1), 'offline', $11, decode($12, 'hex'),"
+    " now() + interval '" AGENT_CREDENTIAL_DAYS " days', $13)",
+    13);
+
+static const struct store_stmt q_agent_doc =
+    STORE_STMT("agent_doc", "SELECT doc FROM agent_view WHERE id = $1", 1);
+
+static const struct jsonv_field register_fields[] = {
+    {"token", JSONV_STRING, JSONV_REQUIRED, 1, 128},
+    {"name", JSONV_STRING, JSONV_REQUIRED, 1, 128},
+    {"hostname", JSONV_STRING, 0, 0, 255},
+    {"os", JSONV_STRING, 0, 0, 32},
+    {"arch", JSONV_STRING, 0, 0, 32},
+    {"version", JSONV_STRING, 0, 0, 64},
+    {"labels", JSONV_OBJECT, 0, 0, 32},
+    {"capabilities", JSONV_OBJECT, 0, 0, 64},
+    {"slots", JSONV_INT, 0, 1, 1024},
+};
+
+/* One answer for a token that does not exist or does not match. */
+static void bad_token(struct http_req *req, const char *detail)
+{
+    http_reply_problem(req, PROBLEM_UNAUTHENTICATED, detail, "token");
+}
+
+void api_agents_register(struct http_req *req)
+{
+    json_t *body = NULL;
+    if (http_req_json(req, register_fields, ELEMENTSOF(register_fields), &body) < 0)
+        return;
+    struct app *app = http_req_app(req);
+    const char *token = api_json_str(body, "token");
+    char prefix[AUTHKEY_PREFIX_LEN + 1], hash[65];
+    json_t *labels = json_object_get(body, "labels");
+    json_t *caps = json_object_get(body, "capabilities");
+    char *labels_text = NULL, *caps_text = NULL, *et_labels = NULL;
+    struct store_tx *tx = NULL;
+    PGresult *res = NULL;
+
+    if (api_check_labels(req, labels, "labels") < 0)
+        goto done;
+    if (!authkey_parse(AUTHKEY_ENROLL, token, strlen(token), prefix, hash)) {
+        bad_token(req, "the enrolment token is not valid");
+        goto done;
+    }
+    /* Which tenant: the one lookup made before a tenant is known, in the system scope. */
+    const char *p1[] = {prefix};
+    int r = store_exec_once(app->store, NULL, &q_et_find, p1, &res);
+    if (r <= 0) {
+        if (r < 0)
+            http_reply_error(req, r, "looking up the enrolment token");
+        else
+            bad_token(req, "the enrolment token is not valid");
+        goto done;
+    }
+    char et_id[ID_STR_LEN], tenant[ID_STR_LEN];
+    snprintf(et_id, sizeof(et_id), "%s", PQgetvalue(res, 0, 0));
+    snprintf(tenant, sizeof(tenant), "%s", PQgetvalue(res, 0, 1));
+    PQclear(res);
+    res = NULL;
+
+    /* Everything else in the tenant's own transaction, the token row locked so that its
+     * uses cannot be overspent by agents enrolling at the same moment. */
+    r = store_tx_begin_tenant(app->store, tenant, &tx);
+    const char *p2[] = {et_id};
+    if (r >= 0)
+        r = store_tx_exec(tx, &q_et_lock, p2, &res);
+    if (r <= 0) {
+        store_tx_rollback(TAKE_PTR(tx));
+        if (r < 0)
+            http_reply_error(req, r, "checking the enrolment token");
+        else
+            bad_token(req, "the enrolment token is not valid");
+        goto done;
+    }
+    if (!authkey_hash_matches(hash, PQgetvalue(res, 0, 0))) {
+        store_tx_rollback(TAKE_PTR(tx));
+        bad_token(req, "the enrolment token is not valid");
+        goto done;
+    }
+    if (strcmp(PQgetvalue(res, 0, 1), "t") != 0 || strcmp(PQgetvalue(res, 0, 2), "t") != 0 ||
+        strcmp(PQgetvalue(res, 0, 3), "t") != 0) {
+        const char *why = strcmp(PQgetvalue(res, 0, 1), "t") != 0
+                              ? "the enrolment token was revoked"
+                          : strcmp(PQgetvalue(res, 0, 2), "t") != 0
+                              ? "the enrolment token has expired"
+                              : "the enrolment token has been used up (max_uses)";
+        store_tx_rollback(TAKE_PTR(tx));
+        bad_token(req, why);
+        goto done;
+    }
+    et_labels = strdup(PQgetvalue(res, 0, 4));
+    PQclear(res);
+    res = NULL;
+
+    struct authkey cred;
+    char agent_id[ID_STR_LEN], slots[16] = "";
+    id_uuid7_str(agent_id);
+    if (!et_labels || authkey_new(AUTHKEY_AGENT, &cred) < 0) {
+        store_tx_rollback(TAKE_PTR(tx));
+        http_reply_error(req, -EIO, "generating the agent credential");
+        goto done;
+    }
+    labels_text = labels ? json_dumps(labels, JSON_COMPACT) : NULL;
+    caps_text = caps ? json_dumps(caps, JSON_COMPACT) : NULL;
+    if (json_object_get(body, "slots"))
+        snprintf(slots, sizeof(slots), "%lld", json_integer_value(json_object_get(body, "slots")));
+    const char *p3[] = {agent_id,
+                        api_json_str(body, "name"),
+                        api_json_str(body, "hostname"),
+                        api_json_str(body, "os"),
+                        api_json_str(body, "arch"),
+                        api_json_str(body, "version"),
+                        labels_text,
+                        et_labels,
+                        caps_text,
+                        slots[0] ? slots : NULL,
+                        cred.prefix,
+                        cred.hash_hex,
+                        et_id};
+    r = store_tx_exec(tx, &q_quota_agents, NULL, NULL);
+    if (r >= 0)
+        r = store_tx_exec(tx, &q_agent_insert, p3, NULL);
+    if (r >= 0)
+        r = store_tx_exec(tx, &q_et_use, p2, NULL);
+    json_t *detail =
+        json_pack("{s:s, s:s}", "name", api_json_str(body, "name"), "enrollment_token", et_id);
+    if (r >= 0)
+        r = app_audit_as(tx, req, tenant, "agent", agent_id, "agent.register", "agent", agent_id,
+                         detail);
+    json_decref(detail);
+    if (r < 0) {
+        if (r == -EDQUOT) {
+            json_error_t jerr;
+            json_t *ext = json_loads(store_tx_errdetail(tx), 0, &jerr);
+            store_tx_rollback(TAKE_PTR(tx));
+            http_reply_problem_ext(req, PROBLEM_QUOTA_EXCEEDED,
+                                   "the tenant's agent quota is exhausted; remove an agent or "
+                                   "move to a larger tier",
+                                   NULL, ext);
+        } else if (r == -EEXIST) {
+            store_tx_rollback(TAKE_PTR(tx));
+            http_reply_problem(req, PROBLEM_CONFLICT,
+                               "an agent of this name is enrolled; unregister it or choose "
+                               "another name",
+                               "name");
+        } else {
+            store_tx_rollback(TAKE_PTR(tx));
+            http_reply_error(req, r, "registering the agent");
+        }
+        goto done;
+    }
+    log_info("op=agent.register tenant=%s agent=%s", tenant, agent_id);
+    reply_doc(req, TAKE_PTR(tx), &q_agent_doc, agent_id, 201, "agent", "credential", cred.key);
+
+done:
+    PQclear(res);
+    free(labels_text);
+    free(caps_text);
+    free(et_labels);
+    json_decref(body);
+}
+
+/* --- the tenant's agents ------------------------------------------------------------------- */
+
+static const struct store_stmt q_agent_list = STORE_STMT(
+    "agent_list",
+    "SELECT json_build_object('items', coalesce(json_agg(doc ORDER BY id), '[]'),"
+    " 'next_cursor', CASE WHEN count(*) = $2 THEN (array_agg(id ORDER BY id DESC))[1] END)"
+    " FROM (SELECT id, doc FROM agent_view WHERE ($1::uuid IS NULL OR id > $1::uuid)"
+    "        ORDER BY id LIMIT $2) s",
+    2);
+
+static const struct store_stmt q_agent_status =
+    STORE_STMT("agent_status",
+               "UPDATE agents SET status = $2, updated_at = now() WHERE id = $1 RETURNING id", 2);
+
+static const struct store_stmt q_agent_revoke =
+    STORE_STMT("agent_revoke",
+               "UPDATE agents SET credential_revoked_at = coalesce(credential_revoked_at, now()),"
+               " updated_at = now() WHERE id = $1 RETURNING id",
+               1);
+
+static const struct store_stmt q_agent_delete =
+    STORE_STMT("agent_delete", "DELETE FROM agents WHERE id = $1 RETURNING name", 1);
+
+void api_agents_list(struct http_req *req)
+{
+    list_page(req, &q_agent_list, "listing agents");
+}
+
+void api_agents_get(struct http_req *req)
+{
+    const char *id = api_path_id(req, "id", "agent");
+    if (!id)
+        return;
+    const char *p[] = {id};
+    PGresult *res = NULL;
+    int r = store_exec_once(((struct app *)http_req_app(req))->store,
+                            http_req_principal(req)->tenant_id, &q_agent_doc, p, &res);
+    if (r < 0) {
+        http_reply_error(req, r, "reading the agent");
+        return;
+    }
+    api_reply_pg_json_or_404(req, 200, res, "agent");
+}
+
+/* Run one UPDATE/DELETE on an agent (by path id or the calling agent), audit it, and reply
+ * with the agent (204 when deleted). */
+static void agent_change(struct http_req *req, const char *id, const struct store_stmt *stmt,
+                         const char *arg, const char *action, bool deleted)
+{
+    struct store_tx *tx = NULL;
+    int r = app_tx_begin(http_req_app(req), req, &tx);
+    const char *p[] = {id, arg};
+    if (r >= 0)
+        r = store_tx_exec(tx, stmt, p, NULL);
+    if (r == 0) {
+        store_tx_rollback(tx);
+        http_reply_problem(req, PROBLEM_NOT_FOUND, "no such agent", NULL);
+        return;
+    }
+    if (r > 0)
+        r = app_audit(tx, req, NULL, action, "agent", id, NULL);
+    if (r < 0) {
+        store_tx_rollback(tx);
+        http_reply_error(req, r, action);
+        return;
+    }
+    if (deleted) {
+        if (api_commit(req, tx, action) == 0)
+            http_reply_json(req, 204, NULL);
+        return;
+    }
+    reply_doc(req, tx, &q_agent_doc, id, 200, "agent", NULL, NULL);
+}
+
+void api_agents_disable(struct http_req *req)
+{
+    const char *id = api_path_id(req, "id", "agent");
+    if (id)
+        agent_change(req, id, &q_agent_status, "disabled", "agent.disable", false);
+}
+
+void api_agents_drain(struct http_req *req)
+{
+    const char *id = api_path_id(req, "id", "agent");
+    if (id)
+        agent_change(req, id, &q_agent_status, "draining", "agent.drain", false);
+}
+
+void api_agents_enable(struct http_req *req)
+{
+    /* Back in service; it shows online again with its next heartbeat. */
+    const char *id = api_path_id(req, "id", "agent");
+    if (id)
+        agent_change(req, id, &q_agent_status, "offline", "agent.enable", false);
+}
+
+void api_agents_revoke(struct http_req *req)
+{
+    const char *id = api_path_id(req, "id", "agent");
+    if (id)
+        agent_change(req, id, &q_agent_revoke, NULL, "agent.revoke_credential", false);
+}
+
+void api_agents_delete(struct http_req *req)
+{
+    const char *id = api_path_id(req, "id", "agent");
+    if (id)
+        agent_change(req, id, &q_agent_delete, NULL, "agent.delete", true);
+}
+
+/* --- the agent's own routes ------------------------------------------------------------------ */
+
+static const struct store_stmt q_agent_rotate =
+    STORE_STMT("agent_rotate",
+               "UPDATE agents SET credential_prefix = $2, credential_hash = decode($3, 'hex'),"
+               " credential_expires_at = now() + interval '" AGENT_CREDENTIAL_DAYS " days',"
+               " updated_at = now() WHERE id = $1 RETURNING id",
+               3);
+
+void api_agent_self(struct http_req *req)
+{
+    const char *p[] = {http_req_principal(req)->subject};
+    PGresult *res = NULL;
+    int r = store_exec_once(((struct app *)http_req_app(req))->store,
+                            http_req_principal(req)->tenant_id, &q_agent_doc, p, &res);
+    if (r < 0) {
+        http_reply_error(req, r, "reading the agent");
+        return;
+    }
+    api_reply_pg_json_or_404(req, 200, res, "agent");
+}
+
+void api_agent_unregister(struct http_req *req)
+{
+    agent_change(req, http_req_principal(req)->subject, &q_agent_delete, NULL, "agent.unregister",
+                 true);
+}
+
+void api_agent_rotate(struct http_req *req)
+{
+    /* The old credential stops working when this commits; the agent stores the new one
+     * (written before the reply is read, see orch-agent) and uses it from then on. */
+    const char *id = http_req_principal(req)->subject;
+    struct authkey cred;
+    if (authkey_new(AUTHKEY_AGENT, &cred) < 0) {
+        http_reply_error(req, -EIO, "generating the agent credential");
+        return;
+    }
+    struct store_tx *tx = NULL;
+    int r = app_tx_begin(http_req_app(req), req, &tx);
+    const char *p[] = {id, cred.prefix, cred.hash_hex};
+    if (r >= 0)
+        r = store_tx_exec(tx, &q_agent_rotate, p, NULL);
+    if (r > 0)
+        r = app_audit(tx, req, NULL, "agent.rotate_credential", "agent", id, NULL);
+    if (r <= 0) {
+        store_tx_rollback(tx);
+        http_reply_error(req, r == 0 ? -ENOENT : r, "rotating the credential");
+        return;
+    }
+    reply_doc(req, tx, &q_agent_doc, id, 200, "agent", "credential", cred.key);
+}
