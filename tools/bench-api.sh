@@ -9,7 +9,8 @@
 # Each request also passes admission, which counts the call in PostgreSQL.
 #
 # Environment: BENCH_SECONDS (per cell, default 10), BENCH_CONCURRENCY ("1 4 16 64"),
-# ORCH_SKIP_APT=1, ORCHD_HTTP_THREADS (default: one per core).
+# ORCH_SKIP_APT=1, ORCHD_HTTP_THREADS (default: one per core), BENCH_DEBUG=1 (print the
+# first non-200 answers of a short run first).
 source "$(dirname "$0")/lib.sh"
 orch_install_deps
 cd "$ORCH_ROOT"

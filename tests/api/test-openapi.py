@@ -18,6 +18,7 @@ PUBLIC_ROUTES = {
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("POST", "/api/v1/auth/token"),
+    ("POST", "/api/v1/agents/register"),
 }
 
 passed = 0
