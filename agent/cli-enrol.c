@@ -15,6 +15,45 @@
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 
+static void print_transport_error(const char *what, int r, const char *detail)
+{
+    if (r == -EPROTO)
+        fprintf(stderr,
+                "orch-agent: %s: TLS verification of the server failed (%s); pass --ca-file "
+                "with the CA that signed its certificate\n",
+                what, detail);
+    else
+        fprintf(stderr, "orch-agent: %s: cannot reach the server: %s\n", what, detail);
+}
+
+/* `--state-dir D` and `--force` for status and unregister. Returns 0 or EXIT_USAGE. */
+static int common_opts(int argc, char **argv, const char **state_dir, bool *force)
+{
+    static const struct option opts[] = {
+        {"state-dir", required_argument, NULL, 'd'},
+        {"force", no_argument, NULL, 'f'},
+        {NULL, 0, NULL, 0},
+    };
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'd') {
+            *state_dir = optarg;
+        } else if (c == 'f' && force) {
+            *force = true;
+        } else {
+            fprintf(stderr, "usage: orch-agent %s [--state-dir DIR]%s\n", argv[0],
+                    force ? " [--force]" : "");
+            return EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "orch-agent: %s: unexpected argument '%s'\n", argv[0], argv[optind]);
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
 /* "k=v" into labels; false (and a message) when malformed. */
 static bool add_label(json_t *labels, const char *kv)
 {
@@ -112,6 +151,23 @@ int cli_register(int argc, char **argv, const struct agent_config *cfg)
         rc = EXIT_FAIL;
         goto done;
     }
+    if (r != -ENOENT) {
+        /* Never overwrite a state file we cannot read: it may hold a live credential. */
+        fprintf(stderr,
+                "orch-agent: %s; fix it, or run `orch-agent unregister --force` to forget "
+                "it, before enrolling again\n",
+                err[0] ? err : strerror(-r));
+        rc = EXIT_FAIL;
+        goto done;
+    }
+    /* The credential comes back once: be sure it can be kept before asking for it. */
+    r = agent_state_probe(state_dir);
+    if (r < 0) {
+        fprintf(stderr, "orch-agent: cannot write to the state directory %s: %s\n", state_dir,
+                strerror(-r));
+        rc = EXIT_FAIL;
+        goto done;
+    }
 
     json_t *facts = facts_collect();
     char host[256] = "";
@@ -138,7 +194,7 @@ int cli_register(int argc, char **argv, const struct agent_config *cfg)
     transport_free(t);
     rc = EXIT_FAIL;
     if (r < 0) {
-        fprintf(stderr, "orch-agent: register: cannot reach the server: %s\n", rep.error);
+        print_transport_error("register", r, rep.error);
         goto done;
     }
     if (rep.status != 201) {
@@ -170,12 +226,12 @@ done:
     return rc;
 }
 
-static int with_state(const struct agent_config *cfg, struct agent_state *st, struct transport **t)
+static int with_state(const char *state_dir, struct agent_state *st, struct transport **t)
 {
     char err[512] = "";
-    int r = agent_state_load(cfg->state_dir, st, err, sizeof(err));
+    int r = agent_state_load(state_dir, st, err, sizeof(err));
     if (r == -ENOENT) {
-        printf("not enrolled (no %s/agent.json): run `orch-agent register`\n", cfg->state_dir);
+        printf("not enrolled (no %s/agent.json): run `orch-agent register`\n", state_dir);
         return EXIT_NOT_ENROLLED;
     }
     if (r < 0) {
@@ -196,9 +252,12 @@ static int with_state(const struct agent_config *cfg, struct agent_state *st, st
 
 int cli_status(int argc, char **argv, const struct agent_config *cfg)
 {
+    const char *state_dir = cfg->state_dir;
+    if (common_opts(argc, argv, &state_dir, NULL) != 0)
+        return EXIT_USAGE;
     struct agent_state st;
     struct transport *t = NULL;
-    int rc = with_state(cfg, &st, &t);
+    int rc = with_state(state_dir, &st, &t);
     if (rc != EXIT_OK)
         return rc;
     printf("enrolled:   yes, as '%s' (agent %s, tenant %s)\n", st.name, st.agent_id, st.tenant_id);
@@ -206,7 +265,8 @@ int cli_status(int argc, char **argv, const struct agent_config *cfg)
     struct transport_reply rep;
     int r = transport_request(t, "GET", "/api/v1/agent", NULL, &rep);
     if (r < 0) {
-        printf("reachable:  no (%s)\n", rep.error);
+        printf("reachable:  no (%s%s)\n", r == -EPROTO ? "TLS verification failed: " : "",
+               rep.error);
         rc = EXIT_FAIL;
     } else if (rep.status != 200) {
         printf("reachable:  yes, but the server refuses this agent: %s (HTTP %ld)\n", rep.error,
@@ -229,10 +289,24 @@ int cli_status(int argc, char **argv, const struct agent_config *cfg)
 
 int cli_unregister(int argc, char **argv, const struct agent_config *cfg)
 {
-    bool force = argc > 1 && strcmp(argv[1], "--force") == 0;
+    const char *state_dir = cfg->state_dir;
+    bool force = false;
+    if (common_opts(argc, argv, &state_dir, &force) != 0)
+        return EXIT_USAGE;
     struct agent_state st;
     struct transport *t = NULL;
-    int rc = with_state(cfg, &st, &t);
+    char err[512] = "";
+    int lr = agent_state_load(state_dir, &st, err, sizeof(err));
+    if (lr < 0 && lr != -ENOENT && force) {
+        /* A damaged state file: --force forgets it. */
+        int r = agent_state_remove(state_dir);
+        printf("removed the unreadable %s/agent.json; delete the agent on the server too\n",
+               state_dir);
+        return r < 0 ? EXIT_FAIL : EXIT_OK;
+    }
+    if (lr == 0)
+        agent_state_free(&st);
+    int rc = with_state(state_dir, &st, &t);
     if (rc != EXIT_OK)
         return rc == EXIT_NOT_ENROLLED ? EXIT_OK : rc;
     struct transport_reply rep;
@@ -248,7 +322,7 @@ int cli_unregister(int argc, char **argv, const struct agent_config *cfg)
         agent_state_free(&st);
         return EXIT_FAIL;
     }
-    r = agent_state_remove(cfg->state_dir);
+    r = agent_state_remove(state_dir);
     printf("unregistered '%s' (agent %s)%s\n", st.name, st.agent_id,
            removed ? "" : "; the server still lists it: delete it there");
     agent_state_free(&st);

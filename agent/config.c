@@ -11,7 +11,7 @@ static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL}
 
 const struct conf_field agent_config_fields[] = {
     {"server.url", CONF_STRING, F(server_url), 0, 2048, "", NULL,
-     "orchd base URL, https://host[:port] (set by `orch-agent register`)"},
+     "orchd base URL, https://host[:port] (the default of `register --server`)"},
     {"server.ca_file", CONF_STRING, F(ca_file), 0, 4096, "", NULL,
      "CA bundle to verify the server with (empty: the system store)"},
     {"state_dir", CONF_STRING, F(state_dir), 1, 4096, "/var/lib/orch-agent", NULL,

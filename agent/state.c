@@ -127,6 +127,20 @@ int agent_state_save(const char *dir, const struct agent_state *st)
     return r;
 }
 
+int agent_state_probe(const char *dir)
+{
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+        return -errno;
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/.probe", dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return -errno;
+    close(fd);
+    unlink(path);
+    return 0;
+}
+
 int agent_state_remove(const char *dir)
 {
     char path[4096];

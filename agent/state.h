@@ -21,4 +21,6 @@ int agent_state_load(const char *dir, struct agent_state *st, char *err, size_t 
 /* Write it atomically (tmp file 0600, fsync, rename, fsync dir); creates dir 0700. */
 int agent_state_save(const char *dir, const struct agent_state *st);
 int agent_state_remove(const char *dir);
+/* Check that dir can hold the state file (created 0700 when missing). */
+int agent_state_probe(const char *dir);
 void agent_state_free(struct agent_state *st);

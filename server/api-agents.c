@@ -206,11 +206,13 @@ void api_enroll_tokens_revoke(struct http_req *req)
 static const struct store_stmt q_et_find =
     STORE_STMT("et_find", "SELECT id, tenant_id FROM enrollment_tokens WHERE prefix = $1", 1);
 
-static const struct store_stmt q_et_lock =
-    STORE_STMT("et_lock",
-               "SELECT token_hash, revoked_at IS NULL, expires_at > now(), uses < max_uses, labels"
-               "  FROM enrollment_tokens WHERE id = $1 FOR UPDATE",
-               1);
+static const struct store_stmt q_et_lock = STORE_STMT(
+    "et_lock",
+    "SELECT e.token_hash, e.revoked_at IS NULL AND t.status = 'active', e.expires_at > now(),"
+    "       e.uses < e.max_uses, e.labels"
+    "  FROM enrollment_tokens e JOIN tenants t ON t.id = e.tenant_id"
+    " WHERE e.id = $1 FOR UPDATE OF e",
+    1);
 
 static const struct store_stmt q_et_use =
     STORE_STMT("et_use", "UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = $1", 1);
@@ -307,7 +309,7 @@ void api_agents_register(struct http_req *req)
     if (strcmp(PQgetvalue(res, 0, 1), "t") != 0 || strcmp(PQgetvalue(res, 0, 2), "t") != 0 ||
         strcmp(PQgetvalue(res, 0, 3), "t") != 0) {
         const char *why = strcmp(PQgetvalue(res, 0, 1), "t") != 0
-                              ? "the enrolment token was revoked"
+                              ? "the enrolment token was revoked, or its tenant is suspended"
                           : strcmp(PQgetvalue(res, 0, 2), "t") != 0
                               ? "the enrolment token has expired"
                               : "the enrolment token has been used up (max_uses)";

@@ -58,14 +58,14 @@ void app_close(struct app *app)
     app->rl = NULL;
 }
 
-static const struct store_stmt q_agent_auth =
-    STORE_STMT("agent_auth",
-               "SELECT id, tenant_id, credential_hash,"
-               "       credential_revoked_at IS NULL AND status <> 'disabled'"
-               "       AND (credential_expires_at IS NULL OR credential_expires_at > now()),"
-               "       extract(epoch FROM credential_expires_at)::bigint"
-               "  FROM agents WHERE credential_prefix = $1",
-               1);
+static const struct store_stmt q_agent_auth = STORE_STMT(
+    "agent_auth",
+    "SELECT a.id, a.tenant_id, a.credential_hash,"
+    "       a.credential_revoked_at IS NULL AND a.status <> 'disabled' AND t.status = 'active'"
+    "       AND (a.credential_expires_at IS NULL OR a.credential_expires_at > now()),"
+    "       extract(epoch FROM a.credential_expires_at)::bigint"
+    "  FROM agents a JOIN tenants t ON t.id = a.tenant_id WHERE a.credential_prefix = $1",
+    1);
 
 /* An agent presents its own long-lived credential (orch_ag_...) on every request: its
  * connection is one long-lived HTTPS session, so a token exchange would buy nothing. */
@@ -81,7 +81,7 @@ static int authenticate_agent(struct app *app, const char *token, size_t len,
     int r = store_exec_once(app->store, NULL, &q_agent_auth, p, &res);
     if (r < 0) {
         *why = "the credential could not be checked; retry";
-        return r;
+        return -EAGAIN;
     }
     bool ok = r == 1 && authkey_hash_matches(hash, PQgetvalue(res, 0, 2)) &&
               strcmp(PQgetvalue(res, 0, 3), "t") == 0;
@@ -93,7 +93,8 @@ static int authenticate_agent(struct app *app, const char *token, size_t len,
         snprintf(ret->role, sizeof(ret->role), "agent");
         ret->token_exp = PQgetisnull(res, 0, 4) ? 0 : strtoll(PQgetvalue(res, 0, 4), NULL, 10);
     } else if (r == 1 && authkey_hash_matches(hash, PQgetvalue(res, 0, 2))) {
-        *why = "the agent credential was revoked or expired, or the agent is disabled";
+        *why = "the agent credential was revoked or expired, the agent is disabled, or its "
+               "tenant is suspended";
     }
     PQclear(res);
     return ok ? 0 : -EACCES;
@@ -214,7 +215,20 @@ int app_admit(void *ctx, struct http_req *req)
 
     const char *params[] = {p->subject};
     PGresult *res = NULL;
-    int r = store_exec_once(app->store, p->tenant_id, &q_admit_tenant, params, &res);
+    /* Asynchronous commit: the count is exact across nodes, and a database crash can lose
+     * at most the last fraction of a second of increments; waiting for the WAL flush on
+     * every API call would cost more than the rest of the request. */
+    struct store_tx *tx = NULL;
+    int r = store_tx_begin(app->store, p->tenant_id, STORE_TX_ASYNC_COMMIT, &tx);
+    if (r >= 0) {
+        r = store_tx_exec(tx, &q_admit_tenant, params, &res);
+        int c = store_tx_commit(tx);
+        if (r >= 0 && c < 0) {
+            PQclear(res);
+            res = NULL;
+            r = c;
+        }
+    }
     if (r < 0) {
         http_reply_error(req, r, "admitting the request");
         return r;

@@ -501,9 +501,16 @@ static int authenticate(struct http_req *req)
         const char *tok = h + 7;
         while (*tok == ' ')
             tok++;
-        if (srv->opts.hooks.authenticate(srv->opts.hooks.app, tok, strlen(tok), &req->principal,
-                                         &why) == 0)
+        int r = srv->opts.hooks.authenticate(srv->opts.hooks.app, tok, strlen(tok), &req->principal,
+                                             &why);
+        if (r == 0)
             return 0;
+        if (r == -EAGAIN) { /* could not be checked: not the caller's fault */
+            memset(&req->principal, 0, sizeof(req->principal));
+            http_reply_header(req, "Retry-After", "1");
+            http_reply_problem(req, PROBLEM_UNAVAILABLE, why, NULL);
+            return r;
+        }
         http_reply_header(req, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
     } else {
         http_reply_header(req, "WWW-Authenticate", "Bearer");

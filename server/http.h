@@ -81,7 +81,8 @@ struct http_principal {
 struct http_hooks {
     void *app; /* handed back by http_req_app() */
     /* Verify a bearer token (len bytes). Fill *ret and return 0, or return < 0 and set
-     * *why to a static reason for the 401 detail. */
+     * *why to a static reason for the 401 detail; -EAGAIN (could not be checked) is
+     * answered 503. */
     int (*authenticate)(void *app, const char *token, size_t len, struct http_principal *ret,
                         const char **why);
     /* After authentication, before the handler: quotas and rate limits. Return 0 to go

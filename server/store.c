@@ -309,7 +309,7 @@ static int tx_fail(struct store_tx *tx, const PGresult *r, const char *what)
     return tx->error;
 }
 
-static int tx_begin(struct store *s, const char *tenant_id, struct store_tx **ret)
+static int tx_begin(struct store *s, const char *tenant_id, unsigned flags, struct store_tx **ret)
 {
     if (tenant_id && !id_is_valid(tenant_id))
         return -EINVAL;
@@ -322,15 +322,18 @@ static int tx_begin(struct store *s, const char *tenant_id, struct store_tx **re
         return r;
     tx->store = s;
 
-    /* One round trip: BEGIN and the scope in one simple-protocol message. The tenant id
-     * was checked to be a canonical UUID above, so it is safe to place in the text. */
-    char sql[160];
+    /* One round trip: BEGIN, the scope and the options in one simple-protocol message. The
+     * tenant id was checked to be a canonical UUID above, so it is safe in the text. */
+    char sql[256];
+    const char *async =
+        flags & STORE_TX_ASYNC_COMMIT ? ", set_config('synchronous_commit', 'off', true)" : "";
     if (tenant_id) {
         snprintf(tx->tenant, sizeof(tx->tenant), "%s", tenant_id);
-        snprintf(sql, sizeof(sql), "BEGIN; SELECT set_config('app.tenant_id', '%s', true)",
-                 tenant_id);
+        snprintf(sql, sizeof(sql), "BEGIN; SELECT set_config('app.tenant_id', '%s', true)%s",
+                 tenant_id, async);
     } else {
-        snprintf(sql, sizeof(sql), "BEGIN; SELECT set_config('app.scope', 'system', true)");
+        snprintf(sql, sizeof(sql), "BEGIN; SELECT set_config('app.scope', 'system', true)%s",
+                 async);
     }
     PGresult *res = PQexec(tx->conn->pg, sql);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -344,16 +347,22 @@ static int tx_begin(struct store *s, const char *tenant_id, struct store_tx **re
     return 0;
 }
 
+int store_tx_begin(struct store *store, const char *tenant_id, unsigned flags,
+                   struct store_tx **ret)
+{
+    return tx_begin(store, tenant_id, flags, ret);
+}
+
 int store_tx_begin_tenant(struct store *store, const char *tenant_id, struct store_tx **ret)
 {
     if (!tenant_id)
         return -EINVAL;
-    return tx_begin(store, tenant_id, ret);
+    return tx_begin(store, tenant_id, 0, ret);
 }
 
 int store_tx_begin_system(struct store *store, struct store_tx **ret)
 {
-    return tx_begin(store, NULL, ret);
+    return tx_begin(store, NULL, 0, ret);
 }
 
 static bool conn_has_prepared(const struct store_conn *c, const struct store_stmt *stmt)

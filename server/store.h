@@ -36,6 +36,19 @@ void store_close(struct store *store);
 int store_tx_begin_tenant(struct store *store, const char *tenant_id, struct store_tx **ret);
 int store_tx_begin_system(struct store *store, struct store_tx **ret);
 
+/* Transaction options for store_tx_begin(). */
+enum store_tx_flags {
+    /* COMMIT returns before the WAL reaches disk (synchronous_commit = off for this
+     * transaction): a database crash may lose the last few hundred milliseconds of such
+     * transactions, never corrupt anything. For counters that may lose a little on a crash,
+     * never for jobs. */
+    STORE_TX_ASYNC_COMMIT = 1 << 0,
+};
+
+/* The general form: tenant_id NULL = system scope. */
+int store_tx_begin(struct store *store, const char *tenant_id, unsigned flags,
+                   struct store_tx **ret);
+
 /* Run a registered statement with text parameters (NULL = SQL NULL). Prepares it on the
  * connection the first time. On success *ret (when ret is not NULL) holds the result,
  * which the caller frees with PQclear(); commands that return no rows leave *ret NULL

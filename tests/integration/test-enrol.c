@@ -294,3 +294,62 @@ Test(enrol, revoked_or_disabled_agent_is_refused_and_other_tenants_see_nothing)
     free(id);
     free(tok);
 }
+
+Test(enrol, suspended_tenant_can_neither_enrol_nor_connect)
+{
+    char *tok = enrol_token("{\"name\":\"ci\",\"max_uses\":2}", NULL);
+    struct th_run r;
+    cr_assert_eq(do_register(tok, "builder", NULL, &r), 0, "%s", th_str(&r.err));
+    th_run_free(&r);
+    char path[256];
+    snprintf(path, sizeof(path), "/api/v1/tenants/%s", tenant);
+    struct th_resp resp;
+    th_http(&srv, "PATCH", path, op, "{\"status\":\"suspended\"}", NULL, &resp);
+    cr_assert_eq(resp.status, 200);
+    th_resp_free(&resp);
+
+    const char *status[] = {"status", NULL};
+    agent(&r, NULL, status);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strstr(th_str(&r.out), "suspended"), "%s", th_str(&r.out));
+    th_run_free(&r);
+    char dir2[] = "/tmp/orch-agent-test3-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir2));
+    cr_assert_eq(do_register(tok, "second", dir2, &r), 1);
+    cr_assert(strstr(th_str(&r.err), "suspended"), "%s", th_str(&r.err));
+    th_run_free(&r);
+
+    th_http(&srv, "PATCH", path, op, "{\"status\":\"active\"}", NULL, &resp);
+    cr_assert_eq(resp.status, 200);
+    th_resp_free(&resp);
+    agent(&r, NULL, status);
+    cr_assert_eq(r.status, 0, "%s", th_str(&r.out));
+    th_run_free(&r);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir2);
+    cr_assert_eq(system(cmd), 0);
+    free(tok);
+}
+
+Test(enrol, damaged_state_file_is_not_overwritten)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/agent.json", statedir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs("{\"half\": ", f);
+    fclose(f);
+    chmod(path, 0600);
+    char *tok = enrol_token("{\"name\":\"ci\"}", NULL);
+    struct th_run r;
+    cr_assert_eq(do_register(tok, "builder", NULL, &r), 1);
+    cr_assert(strstr(th_str(&r.err), "damaged"), "%s", th_str(&r.err));
+    th_run_free(&r);
+    const char *force[] = {"unregister", "--force", NULL};
+    agent(&r, NULL, force);
+    cr_assert_eq(r.status, 0, "%s", th_str(&r.err));
+    th_run_free(&r);
+    cr_assert_eq(do_register(tok, "builder", NULL, &r), 0, "%s", th_str(&r.err));
+    th_run_free(&r);
+    free(tok);
+}

@@ -346,3 +346,26 @@ Test(store, agent_quota_refused_by_database)
     store_tx_rollback(tx);
     store_close(s);
 }
+
+static const struct store_stmt q_sync =
+    STORE_STMT("t_sync", "SELECT current_setting('synchronous_commit')", 0);
+
+Test(store, async_commit_is_per_transaction)
+{
+    struct store *s = open_store(1, 0);
+    make_tenant(s, tenant_a, "tenant-a");
+    struct store_tx *tx = NULL;
+    PGresult *res = NULL;
+    cr_assert_eq(store_tx_begin(s, tenant_a, STORE_TX_ASYNC_COMMIT, &tx), 0);
+    cr_assert_eq(store_tx_exec(tx, &q_sync, NULL, &res), 1);
+    cr_assert_str_eq(PQgetvalue(res, 0, 0), "off");
+    PQclear(res);
+    cr_assert_eq(store_tx_commit(tx), 0);
+    /* The same connection, next transaction: back to the durable default. */
+    cr_assert_eq(store_tx_begin(s, tenant_a, 0, &tx), 0);
+    cr_assert_eq(store_tx_exec(tx, &q_sync, NULL, &res), 1);
+    cr_assert_str_eq(PQgetvalue(res, 0, 0), "on");
+    PQclear(res);
+    cr_assert_eq(store_tx_commit(tx), 0);
+    store_close(s);
+}
