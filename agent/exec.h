@@ -1,0 +1,106 @@
+/* exec.h: running one job as a tree of child processes, behind one interface per OS.
+ *
+ * The daemon drives one job with one exec_ops.run() call on the slot's own thread; the call
+ * returns when the job is over: its main process has been reaped and its output pipes are
+ * closed (or abandoned, see below). run() is reentrant: several slots may run at once. It
+ * installs no signal handlers, never waits for any child but its own, and does not need
+ * SIGCHLD.
+ *
+ * A job's tree ends with the job: whatever is left of it when the main process has exited
+ * (background or daemonized processes) is killed with SIGKILL before run() returns.
+ *
+ * What the daemon must do for this to hold: keep SIGCHLD at its default (SIG_IGN would
+ * reap our children before we can read their status), never waitpid(-1), and, when it runs
+ * as PID 1 in a container, reap the orphans reparented to it by pid (or leave PID 1 to an
+ * init such as tini). Ignored signals and the signal mask of the calling thread do not
+ * reach the job: the child resets them.
+ */
+#pragma once
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define EXEC_DEFAULT_CHUNK    (64 * 1024)                       /* max_output_chunk when 0 */
+#define EXEC_DEFAULT_GRACE_MS 10000                             /* grace_ms when 0 */
+#define EXEC_DEFAULT_DRAIN_MS 2000                              /* drain_ms when 0 */
+#define EXEC_MAX_MS           (INT64_C(366) * 24 * 3600 * 1000) /* bound on the *_ms fields */
+#define EXEC_MAX_CHUNK        (16 * 1024 * 1024)                /* bound on max_output_chunk */
+
+/* Exit codes run() reports, like a shell, when the job's program could not be started. The
+ * reason is delivered as text on stream 2 through on_output. */
+#define EXEC_EXIT_NOT_FOUND 127 /* command not found, or the workdir could not be entered */
+#define EXEC_EXIT_NOEXEC    126 /* found but could not be executed (permission denied…) */
+
+/* What to run. Every pointer is borrowed for the duration of run() only. */
+struct exec_spec {
+    /* NULL-terminated, argv[0] non-empty. argv[0] without a '/' is looked up in the PATH of
+     * env (default "/bin:/usr/bin" when env has none), after the chdir to workdir, like
+     * execvpe(); a file without a #! line is run by /bin/sh. */
+    const char *const *argv;
+    /* NULL-terminated "K=V" entries: the job's whole environment; NULL = empty. */
+    const char *const *env;
+    /* The child chdirs there before exec; created by the caller. NULL = the agent's cwd. */
+    const char *workdir;
+    int64_t timeout_ms;      /* from the start; 0 = none */
+    int64_t grace_ms;        /* SIGTERM -> SIGKILL delay on timeout, cancel or sink error;
+                              * 0 = EXEC_DEFAULT_GRACE_MS */
+    int64_t drain_ms;        /* how long processes left behind by the main process may keep
+                              * the output pipes open before they are killed; 0 = default */
+    size_t max_output_chunk; /* max bytes per on_output call; 0 = EXEC_DEFAULT_CHUNK */
+    /* A cgroup v2 directory the agent may create children in, e.g.
+     * "/sys/fs/cgroup/orch-agent". When usable (a directory we can create
+     * "job-<job_id>" in, with cgroup.kill: Linux >= 5.14), the job runs in that child cgroup
+     * from before exec, and killing the job also kills the processes that left its process
+     * group (setsid). NULL or unusable: process group only (logged at debug). */
+    const char *cgroup_parent;
+    /* Required: [A-Za-z0-9._-]{1,64}, not "." or "..": names the cgroup, tags log lines. */
+    const char *job_id;
+};
+
+/* Callbacks, all called on run()'s thread, never after run() returns. Any may be NULL. */
+struct exec_sink {
+    void *arg;
+    /* Output in order per stream (1 stdout, 2 stderr), len in 1..max_output_chunk; data is
+     * valid during the call only. Return >= 0, or < 0 (e.g. -ENOSPC from the spool) to kill
+     * the job like a cancel: no more output is delivered and the value ends up in
+     * exec_result.output_error. */
+    int (*on_output)(void *arg, int stream, const char *data, size_t len);
+    /* Once, after the program has been exec'd, before any on_output: pid is the job's main
+     * process and its process group id. Not called when the program could not be started. */
+    void (*on_started)(void *arg, int pid);
+};
+
+struct exec_result {
+    int exit_code;        /* exit status when the main process exited, else -1 */
+    int term_signal;      /* signal that killed the main process, else 0 */
+    bool timed_out;       /* the job was killed because timeout_ms passed */
+    bool cancelled;       /* the job was killed because *cancel became true */
+    int output_error;     /* < 0: on_output returned this and the job was killed; else 0 */
+    bool started;         /* the program was exec'd (false: exit_code is 126/127) */
+    bool in_cgroup;       /* the job ran in its own cgroup */
+    bool abandoned_pipes; /* output pipes were still held by processes we could not kill
+                           * (they escaped the process group and no cgroup): we stopped
+                           * reading, the tail of their output is lost */
+    int64_t duration_ms;  /* from start until the main process was reaped */
+};
+
+struct exec_ops {
+    const char *name; /* "posix" */
+    /* Run spec to completion, see above. cancel may be NULL; when it becomes true (any thread
+     * may set it) the whole tree gets SIGTERM, then SIGKILL after grace_ms. Cancel and timeout
+     * are checked at least every 100 ms, except during the start (fork to exec), which could
+     * only hang on a workdir on a dead network filesystem.
+     * Returns 0 with *ret filled once the job has run, including when its program could not
+     * be started (exit 126/127, reason on stream 2). Returns -EINVAL for a bad spec (see the
+     * bounds above), or -errno when the agent could not set the job up (pipes, fork, memory);
+     * then no callback has run, no process is left and *ret is untouched. */
+    int (*run)(const struct exec_spec *spec, const struct exec_sink *sink, atomic_bool *cancel,
+               struct exec_result *ret);
+};
+
+extern const struct exec_ops exec_posix_ops;
+
+/* The implementation for the OS we were built for. Never NULL. */
+const struct exec_ops *exec_default_ops(void);

@@ -1,0 +1,872 @@
+/* Tests for agent/exec-posix.c: real processes, observed from outside (output, exit status,
+ * /proc). Waits are bounded polls of /proc, never sleeps used as synchronisation. */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent/exec.h"
+#include "common/buf.h"
+#include "common/clock.h"
+
+#ifndef CGROUP2_SUPER_MAGIC
+#define CGROUP2_SUPER_MAGIC 0x63677270
+#endif
+
+static const char *const test_env[] = {"PATH=/usr/bin:/bin", NULL};
+
+struct capture {
+    struct buf out, err;
+    size_t max_chunk;  /* largest chunk delivered */
+    int calls;         /* on_output calls */
+    int fail_at;       /* on_output returns -ENOSPC on this call (1-based); 0 = never */
+    int started_calls; /* on_started calls */
+    int pid;           /* from on_started */
+    bool output_before_start;
+    void (*started_hook)(struct capture *c, int pid);
+    sem_t started;
+    sem_t output; /* posted on the first on_output call */
+    char cgroup[512];
+};
+
+static int cap_output(void *arg, int stream, const char *data, size_t len)
+{
+    struct capture *c = arg;
+
+    if (c->calls++ == 0)
+        sem_post(&c->output);
+    if (c->started_calls == 0)
+        c->output_before_start = true;
+    if (len > c->max_chunk)
+        c->max_chunk = len;
+    cr_assert(stream == 1 || stream == 2);
+    cr_assert_gt(len, 0);
+    cr_assert_eq(buf_append(stream == 1 ? &c->out : &c->err, data, len), 0);
+    return c->fail_at && c->calls >= c->fail_at ? -ENOSPC : 0;
+}
+
+static void cap_started(void *arg, int pid)
+{
+    struct capture *c = arg;
+
+    c->started_calls++;
+    c->pid = pid;
+    if (c->started_hook)
+        c->started_hook(c, pid);
+    sem_post(&c->started);
+}
+
+static void cap_init(struct capture *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->out = (struct buf)BUF_INIT;
+    c->err = (struct buf)BUF_INIT;
+    sem_init(&c->started, 0, 0);
+    sem_init(&c->output, 0, 0);
+}
+
+static void cap_free(struct capture *c)
+{
+    buf_free(&c->out);
+    buf_free(&c->err);
+    sem_destroy(&c->started);
+    sem_destroy(&c->output);
+}
+
+static const char *out_of(struct capture *c)
+{
+    return c->out.data ? c->out.data : "";
+}
+
+static const char *err_of(struct capture *c)
+{
+    return c->err.data ? c->err.data : "";
+}
+
+static struct exec_spec spec_of(const char *const *argv)
+{
+    return (struct exec_spec){
+        .argv = argv,
+        .env = test_env,
+        .job_id = "test-job",
+        .grace_ms = 2000,
+    };
+}
+
+/* Run spec, fail the test unless run() itself succeeds. */
+static struct exec_result run(const struct exec_spec *spec, struct capture *c, atomic_bool *cancel)
+{
+    struct exec_sink sink = {.arg = c, .on_output = cap_output, .on_started = cap_started};
+    struct exec_result res;
+
+    memset(&res, 0xa5, sizeof(res));
+    cr_assert_eq(exec_default_ops()->run(spec, &sink, cancel, &res), 0);
+    return res;
+}
+
+static int64_t ms_since(uint64_t start_ns)
+{
+    return (int64_t)((clock_mono_ns() - start_ns) / 1000000);
+}
+
+/* The state letter of /proc/<pid>/stat and its process group, or 0 when there is no such
+ * process. */
+static char proc_state(pid_t pid, long *pgrp)
+{
+    char path[64], data[512];
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    n = read(fd, data, sizeof(data) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    data[n] = '\0';
+    /* comm may hold spaces and parentheses: the state follows the last ')'. */
+    char *p = strrchr(data, ')');
+    if (!p || p[1] != ' ')
+        return 0;
+    char state = p[2];
+    if (pgrp) {
+        char *end;
+        strtol(p + 4, &end, 10); /* ppid */
+        *pgrp = strtol(end, NULL, 10);
+    }
+    return state;
+}
+
+/* Running, as opposed to gone or a zombie nobody has reaped yet (PID 1 here may not). */
+static bool proc_running(pid_t pid)
+{
+    char s = proc_state(pid, NULL);
+    return s != 0 && s != 'Z' && s != 'X';
+}
+
+static int pgrp_running(pid_t pgid)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    int n = 0;
+
+    cr_assert_not_null(d);
+    while ((e = readdir(d))) {
+        char *end;
+        long pid = strtol(e->d_name, &end, 10);
+        long pgrp = -1;
+        if (*end || pid <= 0)
+            continue;
+        char s = proc_state((pid_t)pid, &pgrp);
+        if (s && s != 'Z' && s != 'X' && pgrp == pgid)
+            n++;
+    }
+    closedir(d);
+    return n;
+}
+
+/* Bounded wait: the kernel finishes a SIGKILLed process asynchronously. */
+static bool wait_not_running(pid_t pid, int ms)
+{
+    uint64_t start = clock_mono_ns();
+    struct timespec tick = {0, 5 * 1000 * 1000};
+
+    while (proc_running(pid)) {
+        if (ms_since(start) > ms)
+            return false;
+        nanosleep(&tick, NULL);
+    }
+    return true;
+}
+
+static bool wait_pgrp_empty(pid_t pgid, int ms)
+{
+    uint64_t start = clock_mono_ns();
+    struct timespec tick = {0, 5 * 1000 * 1000};
+
+    while (pgrp_running(pgid) > 0) {
+        if (ms_since(start) > ms)
+            return false;
+        nanosleep(&tick, NULL);
+    }
+    return true;
+}
+
+/* The pids a job printed, one per line. */
+static int parse_pids(const char *s, pid_t *pids, int max)
+{
+    int n = 0;
+
+    while (*s && n < max) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s)
+            break;
+        pids[n++] = (pid_t)v;
+        s = end;
+        while (*s == '\n')
+            s++;
+    }
+    return n;
+}
+
+Test(exec, exit_code_zero)
+{
+    const char *const argv[] = {"true", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0);
+    cr_assert_eq(res.term_signal, 0);
+    cr_assert(res.started);
+    cr_assert(!res.timed_out && !res.cancelled && !res.abandoned_pipes);
+    cr_assert_eq(res.output_error, 0);
+    cr_assert_eq(c.started_calls, 1);
+    cr_assert_gt(c.pid, 0);
+    cr_assert_eq(c.calls, 0);
+    cr_assert_geq(res.duration_ms, 0);
+    cr_assert_lt(res.duration_ms, 5000);
+    cap_free(&c);
+}
+
+Test(exec, exit_code_three)
+{
+    const char *const argv[] = {"sh", "-c", "exit 3", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 3);
+    cr_assert_eq(res.term_signal, 0);
+    cap_free(&c);
+}
+
+Test(exec, killed_by_signal_sets_term_signal)
+{
+    const char *const argv[] = {"sh", "-c", "kill -USR1 $$", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.term_signal, SIGUSR1);
+    cr_assert_eq(res.exit_code, -1);
+    cr_assert(!res.timed_out && !res.cancelled);
+    cap_free(&c);
+}
+
+Test(exec, both_streams_arrive_in_order_in_bounded_chunks)
+{
+    const char *const argv[] = {
+        "sh", "-c", "for i in $(seq 1 1000); do echo out $i; echo err $i >&2; done", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct buf want_out = BUF_INIT, want_err = BUF_INIT;
+    struct capture c;
+
+    spec.max_output_chunk = 100;
+    for (int i = 1; i <= 1000; i++) {
+        buf_printf(&want_out, "out %d\n", i);
+        buf_printf(&want_err, "err %d\n", i);
+    }
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0);
+    cr_assert(!c.output_before_start);
+    cr_assert_leq(c.max_chunk, 100);
+    cr_assert_str_eq(out_of(&c), want_out.data);
+    cr_assert_str_eq(err_of(&c), want_err.data);
+    buf_free(&want_out);
+    buf_free(&want_err);
+    cap_free(&c);
+}
+
+Test(exec, ten_megabytes_on_both_streams_without_deadlock)
+{
+    const char *const argv[] = {
+        "sh", "-c", "head -c 10485760 /dev/zero & head -c 10485760 /dev/zero >&2; wait", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+
+    spec.timeout_ms = 60000;
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0);
+    cr_assert(!res.timed_out);
+    cr_assert_eq(c.out.len, 10485760);
+    cr_assert_eq(c.err.len, 10485760);
+    cr_assert_leq(c.max_chunk, EXEC_DEFAULT_CHUNK);
+    for (size_t i = 0; i < c.out.len; i++)
+        if (c.out.data[i] != '\0')
+            cr_assert_fail("byte %zu of stdout is %d", i, c.out.data[i]);
+    cap_free(&c);
+}
+
+Test(exec, environment_is_exactly_the_given_one)
+{
+    const char *const argv[] = {"/usr/bin/env", NULL};
+    const char *const env[] = {"A=1", "B=two words", "EMPTY=", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+
+    spec.env = env;
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0);
+    cr_assert_str_eq(out_of(&c), "A=1\nB=two words\nEMPTY=\n");
+    cap_free(&c);
+
+    spec.env = NULL;
+    cap_init(&c);
+    res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0);
+    cr_assert_str_eq(out_of(&c), "");
+    cap_free(&c);
+}
+
+Test(exec, command_is_looked_up_in_the_jobs_path)
+{
+    const char *const argv[] = {"env", NULL};
+    const char *const env[] = {"PATH=/nonexistent::/usr/bin:/bin", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+
+    spec.env = env;
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0);
+    cr_assert_str_eq(out_of(&c), "PATH=/nonexistent::/usr/bin:/bin\n");
+    cap_free(&c);
+
+    /* Not the agent's PATH: sh is not found in this one. */
+    const char *const argv_sh[] = {"sh", "-c", "true", NULL};
+    const char *const env_bad[] = {"PATH=/nonexistent", NULL};
+    spec = spec_of(argv_sh);
+    spec.env = env_bad;
+    cap_init(&c);
+    res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, EXEC_EXIT_NOT_FOUND);
+    cr_assert(!res.started);
+    cap_free(&c);
+}
+
+Test(exec, workdir_is_honoured)
+{
+    char dir[] = "/tmp/orch-exec-XXXXXX", real[PATH_MAX], want[PATH_MAX + 1];
+    const char *const argv[] = {"/bin/pwd", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+
+    cr_assert_not_null(mkdtemp(dir));
+    cr_assert_not_null(realpath(dir, real));
+    snprintf(want, sizeof(want), "%s\n", real);
+    spec.workdir = dir;
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0);
+    cr_assert_str_eq(out_of(&c), want);
+    cap_free(&c);
+    rmdir(dir);
+}
+
+Test(exec, missing_workdir_is_exit_127_with_message)
+{
+    const char *const argv[] = {"true", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+
+    spec.workdir = "/nonexistent/orch-workdir";
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, EXEC_EXIT_NOT_FOUND);
+    cr_assert(!res.started);
+    cr_assert_eq(c.started_calls, 0);
+    cr_assert_not_null(strstr(err_of(&c), "/nonexistent/orch-workdir"), "%s", err_of(&c));
+    cr_assert_not_null(strstr(err_of(&c), "No such file or directory"), "%s", err_of(&c));
+    cr_assert_str_eq(out_of(&c), "");
+    cap_free(&c);
+}
+
+Test(exec, missing_command_is_exit_127_with_message)
+{
+    const char *const argv[] = {"orch-no-such-command", "x", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, EXEC_EXIT_NOT_FOUND);
+    cr_assert_eq(res.term_signal, 0);
+    cr_assert(!res.started);
+    cr_assert_eq(c.started_calls, 0);
+    cr_assert_str_eq(err_of(&c), "orch-agent: orch-no-such-command: command not found\n");
+    cap_free(&c);
+}
+
+Test(exec, unexecutable_file_is_exit_126)
+{
+    char dir[] = "/tmp/orch-exec-XXXXXX", file[64];
+    struct capture c;
+
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(file, sizeof(file), "%s/data", dir);
+    int fd = open(file, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    const char *const argv[] = {file, NULL};
+    struct exec_spec spec = spec_of(argv);
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, EXEC_EXIT_NOEXEC);
+    cr_assert_not_null(strstr(err_of(&c), "Permission denied"), "%s", err_of(&c));
+    cap_free(&c);
+    unlink(file);
+    rmdir(dir);
+}
+
+Test(exec, script_without_shebang_runs_with_sh)
+{
+    char dir[] = "/tmp/orch-exec-XXXXXX", file[64];
+    const char script[] = "echo from script \"$1\"\n";
+    struct capture c;
+
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(file, sizeof(file), "%s/script", dir);
+    int fd = open(file, O_WRONLY | O_CREAT | O_CLOEXEC, 0755);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, script, strlen(script)), (ssize_t)strlen(script));
+    close(fd);
+    /* Found through PATH, relative to nothing: the directory is in the job's PATH. */
+    char path_var[96];
+    snprintf(path_var, sizeof(path_var), "PATH=%s:/usr/bin:/bin", dir);
+    const char *const env[] = {path_var, NULL};
+    const char *const argv[] = {"script", "arg", NULL};
+    struct exec_spec spec = spec_of(argv);
+    spec.env = env;
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0, "%s", err_of(&c));
+    cr_assert_str_eq(out_of(&c), "from script arg\n");
+    cap_free(&c);
+    unlink(file);
+    rmdir(dir);
+}
+
+Test(exec, process_that_closes_its_pipes_is_still_waited_for)
+{
+    const char *const argv[] = {"sh", "-c", "exec >&- 2>&-; sleep 0.3; exit 4", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 4);
+    cr_assert_geq(res.duration_ms, 300);
+    cap_free(&c);
+}
+
+Test(exec, timeout_kills_the_whole_tree)
+{
+    const char *const argv[] = {"sh", "-c",
+                                "sleep 100 & echo $!; sleep 100 & echo $!; exec sleep 100", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+    pid_t pids[2];
+    uint64_t start = clock_mono_ns();
+
+    spec.timeout_ms = 300;
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert(res.timed_out);
+    cr_assert(!res.cancelled);
+    cr_assert_eq(res.term_signal, SIGTERM);
+    cr_assert_eq(res.exit_code, -1);
+    cr_assert_geq(res.duration_ms, 300);
+    cr_assert_lt(ms_since(start), 2000);
+    cr_assert_eq(parse_pids(out_of(&c), pids, 2), 2, "%s", out_of(&c));
+    cr_assert(wait_not_running(pids[0], 5000));
+    cr_assert(wait_not_running(pids[1], 5000));
+    cr_assert(wait_pgrp_empty(c.pid, 5000));
+    cap_free(&c);
+}
+
+Test(exec, term_ignoring_tree_is_killed_after_grace)
+{
+    const char *const argv[] = {"sh", "-c", "trap '' TERM; sleep 100 & echo $!; sleep 100", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+    pid_t pid;
+
+    spec.timeout_ms = 200;
+    spec.grace_ms = 300;
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert(res.timed_out);
+    cr_assert_eq(res.term_signal, SIGKILL);
+    cr_assert_geq(res.duration_ms, 500);
+    cr_assert_lt(res.duration_ms, 3000);
+    cr_assert_eq(parse_pids(out_of(&c), &pid, 1), 1);
+    cr_assert(wait_not_running(pid, 5000));
+    cr_assert(wait_pgrp_empty(c.pid, 5000));
+    cap_free(&c);
+}
+
+struct canceller {
+    struct capture *c;
+    atomic_bool *cancel;
+};
+
+static void *cancel_thread(void *arg)
+{
+    struct canceller *k = arg;
+
+    /* The job prints after its trap is set: cancelling earlier would test nothing. */
+    sem_wait(&k->c->output);
+    atomic_store(k->cancel, true);
+    return NULL;
+}
+
+Test(exec, cancel_from_another_thread_kills_the_tree)
+{
+    const char *const argv[] = {"sh", "-c", "trap '' TERM; sleep 100 & echo $!; sleep 100", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+    atomic_bool cancel = false;
+    pthread_t t;
+    pid_t pid;
+
+    spec.grace_ms = 300;
+    cap_init(&c);
+    struct canceller k = {&c, &cancel};
+    cr_assert_eq(pthread_create(&t, NULL, cancel_thread, &k), 0);
+    struct exec_result res = run(&spec, &c, &cancel);
+    pthread_join(t, NULL);
+    cr_assert(res.cancelled);
+    cr_assert(!res.timed_out);
+    cr_assert_eq(res.term_signal, SIGKILL);
+    cr_assert_geq(res.duration_ms, 300);
+    cr_assert_lt(res.duration_ms, 3000);
+    cr_assert_eq(parse_pids(out_of(&c), &pid, 1), 1);
+    cr_assert(wait_not_running(pid, 5000));
+    cr_assert(wait_pgrp_empty(c.pid, 5000));
+    cap_free(&c);
+}
+
+Test(exec, failing_output_sink_kills_the_job)
+{
+    const char *const argv[] = {"yes", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+
+    cap_init(&c);
+    c.fail_at = 3;
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.output_error, -ENOSPC);
+    cr_assert_eq(res.term_signal, SIGTERM);
+    cr_assert(!res.cancelled && !res.timed_out);
+    cr_assert_eq(c.calls, 3);
+    cap_free(&c);
+}
+
+Test(exec, background_child_holding_the_pipes_is_killed)
+{
+    const char *const argv[] = {"sh", "-c", "sleep 100 & echo $!", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+    uint64_t start = clock_mono_ns();
+    pid_t pid;
+
+    spec.drain_ms = 300;
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0);
+    cr_assert(!res.abandoned_pipes);
+    cr_assert_lt(ms_since(start), 3000);
+    cr_assert_eq(parse_pids(out_of(&c), &pid, 1), 1);
+    cr_assert(wait_not_running(pid, 5000));
+    cap_free(&c);
+}
+
+Test(exec, background_child_that_closed_the_pipes_is_killed_at_the_end)
+{
+    const char *const argv[] = {"sh", "-c", "sleep 100 >/dev/null 2>&1 & echo $!", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+    pid_t pid;
+
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0);
+    cr_assert_eq(parse_pids(out_of(&c), &pid, 1), 1);
+    cr_assert(wait_not_running(pid, 5000));
+    cap_free(&c);
+}
+
+Test(exec, daemonized_grandchild_holding_the_pipes_does_not_hang)
+{
+    /* setsid leaves the process group: without a cgroup it cannot be found, so the runner
+     * gives up on the pipes instead of waiting for it. */
+    const char *const argv[] = {"sh", "-c", "setsid sleep 100 & echo $!", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+    uint64_t start = clock_mono_ns();
+    pid_t pid;
+
+    spec.drain_ms = 300;
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0);
+    cr_assert(res.abandoned_pipes);
+    cr_assert_lt(ms_since(start), 5000);
+    cr_assert_eq(parse_pids(out_of(&c), &pid, 1), 1);
+    kill(pid, SIGKILL);
+    cap_free(&c);
+}
+
+Test(exec, child_sees_only_stdio_descriptors)
+{
+    /* ls lists its own descriptors; besides 0..2 it holds only the directory it reads. */
+    const char *const argv[] = {"ls", "-l", "/proc/self/fd/", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+    int leak[2], stdio = 0;
+
+    /* What another thread of the daemon might hold without O_CLOEXEC. */
+    cr_assert_eq(pipe(leak), 0);
+    int leak_file = open("/dev/null", O_RDONLY);
+    cr_assert_geq(leak_file, 0);
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0, "%s", err_of(&c));
+
+    /* Lines end in "<fd> -> <target>". */
+    for (const char *line = out_of(&c); *line;) {
+        const char *eol = strchrnul(line, '\n'), *arrow = strstr(line, " -> ");
+        if (arrow && arrow < eol) {
+            const char *num = arrow;
+            while (num > line && num[-1] != ' ')
+                num--;
+            long fd = strtol(num, NULL, 10);
+            const char *target = arrow + 4;
+            int tlen = (int)(eol - target);
+            if (fd <= 2)
+                stdio++;
+            else
+                cr_assert(tlen >= 3 && strncmp(eol - 3, "/fd", 3) == 0,
+                          "fd %ld -> %.*s leaked into the job", fd, tlen, target);
+            if (fd == 0)
+                cr_assert(strncmp(target, "/dev/null", (size_t)tlen) == 0);
+        }
+        line = *eol ? eol + 1 : eol;
+    }
+    cr_assert_eq(stdio, 3, "%s", out_of(&c));
+    close(leak[0]);
+    close(leak[1]);
+    close(leak_file);
+    cap_free(&c);
+}
+
+Test(exec, stdin_is_dev_null)
+{
+    const char *const argv[] = {"sh", "-c", "cat; readlink /proc/$$/fd/0", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0);
+    cr_assert_str_eq(out_of(&c), "/dev/null\n");
+    cap_free(&c);
+}
+
+Test(exec, agent_signal_mask_and_ignores_do_not_reach_the_job)
+{
+    const char *const argv[] = {"grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+    sigset_t set;
+
+    /* A daemon typically ignores SIGPIPE and blocks SIGTERM in its worker threads. */
+    signal(SIGPIPE, SIG_IGN);
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0);
+    cr_assert_str_eq(out_of(&c), "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n");
+    cap_free(&c);
+}
+
+Test(exec, invalid_spec_is_einval_and_leaves_result_untouched)
+{
+    const char *const empty[] = {"", NULL};
+    const char *const ok[] = {"true", NULL};
+    struct exec_result res, before;
+    struct exec_spec spec;
+
+    memset(&res, 0x5a, sizeof(res));
+    before = res;
+    spec = spec_of(NULL);
+    cr_assert_eq(exec_posix_ops.run(&spec, NULL, NULL, &res), -EINVAL);
+    spec = spec_of(empty);
+    cr_assert_eq(exec_posix_ops.run(&spec, NULL, NULL, &res), -EINVAL);
+    spec = spec_of(ok);
+    spec.job_id = "../escape";
+    cr_assert_eq(exec_posix_ops.run(&spec, NULL, NULL, &res), -EINVAL);
+    spec.job_id = NULL;
+    cr_assert_eq(exec_posix_ops.run(&spec, NULL, NULL, &res), -EINVAL);
+    spec = spec_of(ok);
+    spec.timeout_ms = -1;
+    cr_assert_eq(exec_posix_ops.run(&spec, NULL, NULL, &res), -EINVAL);
+    cr_assert_eq(memcmp(&res, &before, sizeof(res)), 0);
+    cr_assert_str_eq(exec_default_ops()->name, "posix");
+}
+
+Test(exec, no_sink_is_allowed)
+{
+    const char *const argv[] = {"sh", "-c", "echo discarded; exit 5", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct exec_result res;
+
+    cr_assert_eq(exec_posix_ops.run(&spec, NULL, NULL, &res), 0);
+    cr_assert_eq(res.exit_code, 5);
+}
+
+Test(exec, unusable_cgroup_parent_falls_back_to_the_process_group)
+{
+    char dir[] = "/tmp/orch-exec-XXXXXX", stray[64];
+    const char *const argv[] = {"sh", "-c", "echo ok", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+
+    cr_assert_not_null(mkdtemp(dir));
+    spec.cgroup_parent = dir;
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0);
+    cr_assert(!res.in_cgroup);
+    cr_assert_str_eq(out_of(&c), "ok\n");
+    snprintf(stray, sizeof(stray), "%s/job-test-job", dir);
+    cr_assert_neq(access(stray, F_OK), 0, "a directory was left in a non-cgroup parent");
+    cap_free(&c);
+
+    spec.cgroup_parent = "/nonexistent/cgroup";
+    cap_init(&c);
+    res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0);
+    cr_assert(!res.in_cgroup);
+    cap_free(&c);
+    rmdir(dir);
+}
+
+/* A writable cgroup2 directory for this test process, or skip: not every machine has one. */
+static char cg_parent[256];
+
+static void cgroup_parent_setup(void)
+{
+    static const char *const mounts[] = {"/sys/fs/cgroup", "/sys/fs/cgroup/unified"};
+    struct statfs sfs;
+
+    cg_parent[0] = '\0';
+    for (size_t i = 0; i < sizeof(mounts) / sizeof(mounts[0]); i++) {
+        char kill_file[300];
+        if (statfs(mounts[i], &sfs) < 0 || sfs.f_type != CGROUP2_SUPER_MAGIC)
+            continue;
+        snprintf(cg_parent, sizeof(cg_parent), "%s/orch-exec-test-%d", mounts[i], (int)getpid());
+        snprintf(kill_file, sizeof(kill_file), "%s/cgroup.kill", cg_parent);
+        if (mkdir(cg_parent, 0755) == 0 && access(kill_file, W_OK) == 0)
+            return;
+        rmdir(cg_parent);
+        cg_parent[0] = '\0';
+    }
+}
+
+static void cgroup_parent_teardown(void)
+{
+    if (cg_parent[0])
+        rmdir(cg_parent);
+}
+
+static void read_cgroup(struct capture *c, int pid)
+{
+    char path[64];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%d/cgroup", pid);
+    f = fopen(path, "re");
+    cr_assert_not_null(f);
+    size_t n = fread(c->cgroup, 1, sizeof(c->cgroup) - 1, f);
+    c->cgroup[n] = '\0';
+    fclose(f);
+}
+
+Test(exec, cgroup_holds_the_job_and_kills_escaped_processes, .init = cgroup_parent_setup,
+     .fini = cgroup_parent_teardown)
+{
+    const char *const argv[] = {"sh", "-c", "setsid sleep 100 >/dev/null 2>&1 & echo $!; sleep 100",
+                                NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+    char job_dir[300], want[128];
+    pid_t pid;
+
+    if (!cg_parent[0])
+        cr_skip_test("no writable cgroup2 hierarchy with cgroup.kill on this machine");
+    spec.cgroup_parent = cg_parent;
+    spec.timeout_ms = 300;
+    spec.job_id = "cg-1";
+    cap_init(&c);
+    c.started_hook = read_cgroup;
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert(res.in_cgroup);
+    cr_assert(res.timed_out);
+    cr_assert_eq(res.term_signal, SIGTERM);
+    /* The hierarchy line "0::<path>" names the job's own cgroup. */
+    snprintf(want, sizeof(want), "/orch-exec-test-%d/job-cg-1\n", (int)getpid());
+    cr_assert_not_null(strstr(c.cgroup, want), "%s", c.cgroup);
+    cr_assert_eq(parse_pids(out_of(&c), &pid, 1), 1);
+    cr_assert(wait_not_running(pid, 5000), "escaped process %d survived", (int)pid);
+    snprintf(job_dir, sizeof(job_dir), "%s/job-cg-1", cg_parent);
+    cr_assert_neq(access(job_dir, F_OK), 0, "job cgroup left behind");
+    cap_free(&c);
+}
+
+Test(exec, cgroup_catches_daemonized_grandchild_holding_the_pipes, .init = cgroup_parent_setup,
+     .fini = cgroup_parent_teardown)
+{
+    const char *const argv[] = {"sh", "-c", "setsid sleep 100 & echo $!", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+    uint64_t start = clock_mono_ns();
+    pid_t pid;
+
+    if (!cg_parent[0])
+        cr_skip_test("no writable cgroup2 hierarchy with cgroup.kill on this machine");
+    spec.cgroup_parent = cg_parent;
+    spec.drain_ms = 300;
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert(res.in_cgroup);
+    cr_assert_eq(res.exit_code, 0);
+    cr_assert(!res.abandoned_pipes);
+    cr_assert_lt(ms_since(start), 3000);
+    cr_assert_eq(parse_pids(out_of(&c), &pid, 1), 1);
+    cr_assert(wait_not_running(pid, 5000));
+    cap_free(&c);
+}
