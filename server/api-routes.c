@@ -51,6 +51,14 @@ const struct http_route api_routes[] = {
     {HTTP_GET, V1 "/agent", HTTP_AUTH_AGENT, api_agent_self, 0},
     {HTTP_DELETE, V1 "/agent", HTTP_AUTH_AGENT, api_agent_unregister, 0},
     {HTTP_POST, V1 "/agent/rotate-credential", HTTP_AUTH_AGENT, api_agent_rotate, 0},
+
+    {HTTP_GET, V1 "/jobs", HTTP_AUTH_TENANT_VIEWER, api_jobs_list, 0},
+    {HTTP_POST, V1 "/jobs", HTTP_AUTH_TENANT_OPERATOR, api_jobs_submit, 256 * 1024},
+    {HTTP_POST, V1 "/jobs/batch", HTTP_AUTH_TENANT_OPERATOR, api_jobs_submit_batch,
+     8 * 1024 * 1024},
+    {HTTP_GET, V1 "/jobs/{id}", HTTP_AUTH_TENANT_VIEWER, api_jobs_get, 0},
+    {HTTP_POST, V1 "/jobs/{id}/cancel", HTTP_AUTH_TENANT_OPERATOR, api_jobs_cancel, 0},
+    {HTTP_GET, V1 "/jobs/{id}/logs", HTTP_AUTH_TENANT_VIEWER, api_jobs_logs, 0},
 };
 
 const size_t api_nroutes = ELEMENTSOF(api_routes);

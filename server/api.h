@@ -66,3 +66,10 @@ void api_agents_delete(struct http_req *req);
 void api_agent_self(struct http_req *req);
 void api_agent_unregister(struct http_req *req);
 void api_agent_rotate(struct http_req *req);
+/* jobs */
+void api_jobs_submit(struct http_req *req);
+void api_jobs_submit_batch(struct http_req *req);
+void api_jobs_list(struct http_req *req);
+void api_jobs_get(struct http_req *req);
+void api_jobs_cancel(struct http_req *req);
+void api_jobs_logs(struct http_req *req);

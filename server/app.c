@@ -11,6 +11,7 @@
 #include "common/id.h"
 #include "common/log.h"
 #include "server/auth-keys.h"
+#include "server/bus.h"
 #include "server/ratelimit.h"
 
 int app_open(struct app *app, const struct orchd_config *cfg, char *err, size_t errlen)
@@ -41,7 +42,7 @@ int app_open(struct app *app, const struct orchd_config *cfg, char *err, size_t 
         return r;
     }
     app->rl = ratelimit_new();
-    if (!app->rl) {
+    if (!app->rl || bus_new(cfg->amqp_url, &app->bus) < 0) {
         app_close(app);
         return -ENOMEM;
     }
@@ -53,6 +54,8 @@ void app_close(struct app *app)
     store_close(app->store);
     jwt_ring_free(app->ring);
     ratelimit_free(app->rl);
+    bus_free(app->bus);
+    app->bus = NULL;
     app->store = NULL;
     app->ring = NULL;
     app->rl = NULL;

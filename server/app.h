@@ -19,6 +19,7 @@ struct app {
     struct jwt_ring *ring;          /* owned */
     struct jwt_params jwt;
     struct ratelimit *rl; /* owned */
+    struct bus *bus; /* owned: RabbitMQ, connected on first use */
     const char *node;     /* this node's name, for logs and audit */
 };
 

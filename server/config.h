@@ -15,6 +15,8 @@ struct orchd_config {
     int64_t db_statement_timeout_ms;
     char *amqp_url;  /* amqp.url */
     int log_level;   /* log.level: enum log_level */
+    char *bus_jobs_queue;           /* bus.jobs_queue: where submissions are announced */
+    int64_t bus_publish_timeout_ms; /* bus.publish_timeout */
     char *node_name; /* node.name: this node in logs and the audit trail */
 
     char *http_address;   /* http.address */

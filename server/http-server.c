@@ -194,6 +194,12 @@ void http_reply_json(struct http_req *req, int status, json_t *body)
     send_json(req, status, "application/json", body);
 }
 
+void http_reply_bytes(struct http_req *req, int status, const char *ctype, const char *body,
+                      size_t len)
+{
+    send_body(req, status, ctype, body, len);
+}
+
 void http_reply_json_text(struct http_req *req, int status, const char *body, size_t len)
 {
     send_body(req, status, "application/json", body, len);

@@ -150,6 +150,9 @@ int http_req_page(struct http_req *req, int def, int max, int *limit, const char
 void http_reply_header(struct http_req *req, const char *name, const char *value);
 /* Reply with body as application/json; steals the reference to body (NULL = no body). */
 void http_reply_json(struct http_req *req, int status, json_t *body);
+/* Reply with raw bytes of content type ctype. */
+void http_reply_bytes(struct http_req *req, int status, const char *ctype, const char *body,
+                      size_t len);
 /* Reply with body, already JSON text (for instance built by PostgreSQL), len bytes. */
 void http_reply_json_text(struct http_req *req, int status, const char *body, size_t len);
 /* Reply with an RFC 9457 problem; detail and field may be NULL. */

@@ -1,0 +1,621 @@
+/* api-jobs.c: submitting jobs (one or a batch of up to 1,000, with idempotency keys),
+ * reading, listing, cancelling them, and reading their output.
+ *
+ * A submission is committed to PostgreSQL first, then announced on the bus (queue
+ * bus.jobs_queue, publisher confirms) to wake the dispatcher. PostgreSQL decides: when
+ * the announcement fails the job is still accepted, and the dispatcher's periodic scan of
+ * queued jobs finds it. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/buf.h"
+#include "common/clock.h"
+#include "common/cleanup.h"
+#include "common/id.h"
+#include "common/log.h"
+#include "server/api.h"
+#include "server/app.h"
+#include "server/bus.h"
+
+#define JOBS_BATCH_MAX 1000
+
+static const struct store_stmt q_job_doc =
+    STORE_STMT("job_doc", "SELECT doc FROM job_view WHERE id = $1", 1);
+
+static const struct store_stmt q_queue_by_name =
+    STORE_STMT("job_queue_by_name",
+               "SELECT id, default_priority, requirements FROM queues WHERE name = $1", 1);
+
+/* ON CONFLICT on the idempotency key: a repeated submission inserts nothing and the caller
+ * reads back the job the key already names. */
+static const struct store_stmt q_job_insert = STORE_STMT(
+    "job_insert",
+    "INSERT INTO jobs (id, tenant_id, queue_id, priority, command, package_id, entrypoint, args,"
+    " env, params, requirements, timeout_ms, max_attempts, idempotency_key)"
+    " VALUES ($1, app_tenant(), $2::uuid, $3::int, $4, $5::uuid, $6, coalesce($7::jsonb, '[]'),"
+    " coalesce($8::jsonb, '{}'), $9::jsonb, coalesce($10::jsonb, '{}'),"
+    " coalesce($11::bigint, 3600000), coalesce($12::int, 3), $13)"
+    " ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+    " RETURNING id",
+    13);
+
+static const struct store_stmt q_job_by_key =
+    STORE_STMT("job_by_key", "SELECT id FROM jobs WHERE idempotency_key = $1", 1);
+
+static const struct jsonv_field job_fields[] = {
+    {"queue", JSONV_STRING, 0, 1, 64},
+    {"command", JSONV_STRING, 0, 1, 65536},
+    {"package_id", JSONV_UUID, 0, 0, 0},
+    {"entrypoint", JSONV_STRING, 0, 1, 1024},
+    {"args", JSONV_ARRAY, 0, 0, 256},
+    {"env", JSONV_OBJECT, 0, 0, 128},
+    {"params", JSONV_ANY, JSONV_NULLABLE, 0, 0},
+    {"requirements", JSONV_OBJECT, 0, 0, 32},
+    {"priority", JSONV_INT, 0, -100, 100},
+    {"timeout_ms", JSONV_INT, 0, 1000, 604800000},
+    {"max_attempts", JSONV_INT, 0, 1, 100},
+    {"idempotency_key", JSONV_STRING, 0, 1, 255},
+};
+
+/* A job's parameters, as text for the insert. */
+struct job_input {
+    char id[ID_STR_LEN];
+    char queue_id[ID_STR_LEN];
+    char priority[16];
+    char timeout[24];
+    char attempts[16];
+    char *args, *env, *params, *requirements; /* malloc'd JSON text or NULL */
+};
+
+static void job_input_free(struct job_input *in)
+{
+    free(in->args);
+    free(in->env);
+    free(in->params);
+    free(in->requirements);
+}
+
+/* Check one job object; on failure fill field/detail (prefix names the batch element). */
+static int job_check(const json_t *job, const char *prefix, char *field, size_t flen, char *detail,
+                     size_t dlen)
+{
+    struct jsonv_error err;
+    if (!json_is_object(job)) {
+        snprintf(field, flen, "%s", prefix[0] ? prefix : "");
+        snprintf(detail, dlen, "a job is a JSON object");
+        return -EINVAL;
+    }
+    if (jsonv_check(job, job_fields, ELEMENTSOF(job_fields), false, &err) < 0) {
+        snprintf(field, flen, "%s%s", prefix, err.field);
+        snprintf(detail, dlen, "%s", err.detail);
+        return -EINVAL;
+    }
+    bool cmd = json_object_get(job, "command") != NULL;
+    bool pkg = json_object_get(job, "package_id") != NULL;
+    if (cmd == pkg) {
+        snprintf(field, flen, "%scommand", prefix);
+        snprintf(detail, dlen, "give either command or package_id (with entrypoint)");
+        return -EINVAL;
+    }
+    if (pkg && !json_object_get(job, "entrypoint")) {
+        snprintf(field, flen, "%sentrypoint", prefix);
+        snprintf(detail, dlen, "is required with package_id");
+        return -EINVAL;
+    }
+    size_t i;
+    json_t *a;
+    json_array_foreach(json_object_get(job, "args"), i, a)
+    {
+        if (!json_is_string(a) || json_string_length(a) > 4096) {
+            snprintf(field, flen, "%sargs[%zu]", prefix, i);
+            snprintf(detail, dlen, "arguments are strings of at most 4096 bytes");
+            return -EINVAL;
+        }
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(json_object_get(job, "env"), k, v)
+    {
+        bool ok = (isalpha((unsigned char)k[0]) || k[0] == '_') && strlen(k) <= 128;
+        for (const char *p = k; ok && *p; p++)
+            ok = isalnum((unsigned char)*p) || *p == '_';
+        if (!ok || !json_is_string(v) || json_string_length(v) > 32768) {
+            snprintf(field, flen, "%senv.%.64s", prefix, k);
+            snprintf(detail, dlen,
+                     "variables are [A-Za-z_][A-Za-z0-9_]* (at most 128) with "
+                     "string values of at most 32 KiB");
+            return -EINVAL;
+        }
+    }
+    json_object_foreach(json_object_get(job, "requirements"), k, v)
+    {
+        if (!json_is_string(v) || json_string_length(v) > 255 || strlen(k) > 63 || !k[0]) {
+            snprintf(field, flen, "%srequirements.%.63s", prefix, k);
+            snprintf(detail, dlen, "requirements are label: value strings");
+            return -EINVAL;
+        }
+    }
+    json_t *params = json_object_get(job, "params");
+    if (params) {
+        char *t = json_dumps(params, JSON_COMPACT | JSON_ENCODE_ANY);
+        size_t n = t ? strlen(t) : 0;
+        free(t);
+        if (n > 65536) {
+            snprintf(field, flen, "%sparams", prefix);
+            snprintf(detail, dlen, "params are at most 64 KiB of JSON");
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* Insert one job in tx; *id_out gets the new (or, for a repeated idempotency key, the
+ * existing) job id and *created whether it is new. A queue named by the job supplies the
+ * default priority and requirements (the job's own requirements win). */
+static int job_insert(struct store_tx *tx, const json_t *job, char id_out[ID_STR_LEN],
+                      bool *created, char *field, size_t flen, char *detail, size_t dlen,
+                      const char *prefix)
+{
+    struct job_input in = {0};
+    id_uuid7_str(in.id);
+    int r = 0;
+    json_t *reqs = json_deep_copy(json_object_get(job, "requirements"));
+    if (!reqs)
+        reqs = json_object();
+    const char *queue = api_json_str(job, "queue");
+    if (queue) {
+        PGresult *res = NULL;
+        const char *p[] = {queue};
+        r = store_tx_exec(tx, &q_queue_by_name, p, &res);
+        if (r == 0) {
+            snprintf(field, flen, "%squeue", prefix);
+            snprintf(detail, dlen, "no queue of this name");
+            json_decref(reqs);
+            return -ENOENT;
+        }
+        if (r > 0) {
+            snprintf(in.queue_id, sizeof(in.queue_id), "%s", PQgetvalue(res, 0, 0));
+            snprintf(in.priority, sizeof(in.priority), "%s", PQgetvalue(res, 0, 1));
+            json_error_t je;
+            json_t *qreqs = json_loads(PQgetvalue(res, 0, 2), 0, &je);
+            if (qreqs)
+                json_object_update_missing(reqs, qreqs);
+            json_decref(qreqs);
+        }
+        PQclear(res);
+        if (r < 0) {
+            json_decref(reqs);
+            return r;
+        }
+    }
+    json_t *prio = json_object_get(job, "priority");
+    if (prio)
+        snprintf(in.priority, sizeof(in.priority), "%lld", json_integer_value(prio));
+    json_t *t = json_object_get(job, "timeout_ms");
+    if (t)
+        snprintf(in.timeout, sizeof(in.timeout), "%lld", json_integer_value(t));
+    json_t *m = json_object_get(job, "max_attempts");
+    if (m)
+        snprintf(in.attempts, sizeof(in.attempts), "%lld", json_integer_value(m));
+    if (json_object_get(job, "args"))
+        in.args = json_dumps(json_object_get(job, "args"), JSON_COMPACT);
+    if (json_object_get(job, "env"))
+        in.env = json_dumps(json_object_get(job, "env"), JSON_COMPACT);
+    if (json_object_get(job, "params"))
+        in.params = json_dumps(json_object_get(job, "params"), JSON_COMPACT | JSON_ENCODE_ANY);
+    in.requirements = json_dumps(reqs, JSON_COMPACT);
+    json_decref(reqs);
+
+    const char *key = api_json_str(job, "idempotency_key");
+    const char *p[] = {in.id,
+                       in.queue_id[0] ? in.queue_id : NULL,
+                       in.priority[0] ? in.priority : "0",
+                       api_json_str(job, "command"),
+                       api_json_str(job, "package_id"),
+                       api_json_str(job, "entrypoint"),
+                       in.args,
+                       in.env,
+                       in.params,
+                       in.requirements,
+                       in.timeout[0] ? in.timeout : NULL,
+                       in.attempts[0] ? in.attempts : NULL,
+                       key};
+    r = store_tx_exec(tx, &q_job_insert, p, NULL);
+    job_input_free(&in);
+    if (r < 0) {
+        if (r == -ENOENT) {
+            snprintf(field, flen, "%spackage_id", prefix);
+            snprintf(detail, dlen, "no package with this id");
+        }
+        return r;
+    }
+    if (r == 1) {
+        memcpy(id_out, in.id, ID_STR_LEN);
+        *created = true;
+        return 0;
+    }
+    /* Nothing inserted: the idempotency key names an existing job. */
+    PGresult *res = NULL;
+    const char *pk[] = {key};
+    r = store_tx_exec(tx, &q_job_by_key, pk, &res);
+    if (r == 1)
+        snprintf(id_out, ID_STR_LEN, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    *created = false;
+    return r == 1 ? 0 : -EIO;
+}
+
+/* Tell the dispatcher; failure is logged, the jobs are safe in PostgreSQL. */
+static void announce(struct http_req *req, const char *tenant, json_t *ids)
+{
+    struct app *app = http_req_app(req);
+    if (!app->bus || json_array_size(ids) == 0)
+        return;
+    json_t *msg =
+        json_pack("{s:s, s:s, s:O}", "type", "jobs.submitted", "tenant_id", tenant, "job_ids", ids);
+    char *text = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
+    json_decref(msg);
+    if (!text)
+        return;
+    int r = bus_publish(app->bus, app->cfg->bus_jobs_queue, text, strlen(text),
+                        app->cfg->bus_publish_timeout_ms);
+    if (r < 0)
+        log_warn("op=jobs.announce tenant=%s jobs=%zu req=%s error=%s "
+                 "msg=\"the dispatcher's scan will find them\"",
+                 tenant, json_array_size(ids), http_req_id(req), strerror(-r));
+    free(text);
+}
+
+/* Submit jobs (an array of job objects); reply with one document or a list. */
+static void submit(struct http_req *req, json_t *jobs, bool single)
+{
+    char field[192] = "", detail[256] = "";
+    size_t i;
+    json_t *job;
+    json_array_foreach(jobs, i, job)
+    {
+        char prefix[32] = "";
+        if (!single)
+            snprintf(prefix, sizeof(prefix), "jobs[%zu].", i);
+        if (job_check(job, prefix, field, sizeof(field), detail, sizeof(detail)) < 0) {
+            http_reply_problem(req, PROBLEM_VALIDATION, detail, field);
+            return;
+        }
+    }
+    struct app *app = http_req_app(req);
+    const char *tenant = http_req_principal(req)->tenant_id;
+    struct store_tx *tx = NULL;
+    int r = app_tx_begin(app, req, &tx);
+    if (r < 0) {
+        http_reply_error(req, r, "submitting jobs");
+        return;
+    }
+    json_t *ids = json_array(), *new_ids = json_array();
+    bool any_created = false;
+    json_array_foreach(jobs, i, job)
+    {
+        char prefix[32] = "", id[ID_STR_LEN] = "";
+        bool created = false;
+        if (!single)
+            snprintf(prefix, sizeof(prefix), "jobs[%zu].", i);
+        r = job_insert(tx, job, id, &created, field, sizeof(field), detail, sizeof(detail), prefix);
+        if (r < 0)
+            break;
+        json_array_append_new(ids, json_string(id));
+        if (created) {
+            json_array_append_new(new_ids, json_string(id));
+            any_created = true;
+        }
+    }
+    if (r >= 0 && any_created) {
+        json_t *d = json_pack("{s:O}", "job_ids", new_ids);
+        r = app_audit(tx, req, NULL, single ? "job.submit" : "job.submit_batch", "job",
+                      single ? json_string_value(json_array_get(new_ids, 0)) : NULL, d);
+        json_decref(d);
+    }
+    /* Read the documents back inside the transaction. */
+    json_t *docs = json_array();
+    for (size_t k = 0; r >= 0 && k < json_array_size(ids); k++) {
+        PGresult *res = NULL;
+        const char *p[] = {json_string_value(json_array_get(ids, k))};
+        r = store_tx_exec(tx, &q_job_doc, p, &res);
+        json_error_t je;
+        if (r == 1)
+            json_array_append_new(docs, json_loads(PQgetvalue(res, 0, 0), 0, &je));
+        PQclear(res);
+    }
+    if (r < 0) {
+        store_tx_rollback(tx);
+        if (field[0])
+            http_reply_problem(req, PROBLEM_VALIDATION, detail, field);
+        else
+            http_reply_error(req, r, "submitting jobs");
+    } else if (api_commit(req, tx, "submitting jobs") == 0) {
+        announce(req, tenant, new_ids);
+        if (single) {
+            if (!any_created)
+                http_reply_header(req, "Idempotent-Replayed", "true");
+            http_reply_json(req, any_created ? 201 : 200, json_incref(json_array_get(docs, 0)));
+        } else {
+            http_reply_json(req, 201, json_pack("{s:O}", "items", docs));
+        }
+    }
+    json_decref(docs);
+    json_decref(ids);
+    json_decref(new_ids);
+}
+
+void api_jobs_submit(struct http_req *req)
+{
+    /* The table check runs in submit() (it also serves batch elements). */
+    static const struct jsonv_field any[] = {
+        {"queue", JSONV_ANY, 0, 0, 0},        {"command", JSONV_ANY, 0, 0, 0},
+        {"package_id", JSONV_ANY, 0, 0, 0},   {"entrypoint", JSONV_ANY, 0, 0, 0},
+        {"args", JSONV_ANY, 0, 0, 0},         {"env", JSONV_ANY, 0, 0, 0},
+        {"params", JSONV_ANY, 0, 0, 0},       {"requirements", JSONV_ANY, 0, 0, 0},
+        {"priority", JSONV_ANY, 0, 0, 0},     {"timeout_ms", JSONV_ANY, 0, 0, 0},
+        {"max_attempts", JSONV_ANY, 0, 0, 0}, {"idempotency_key", JSONV_ANY, 0, 0, 0},
+    };
+    json_t *body = NULL;
+    if (http_req_json(req, any, ELEMENTSOF(any), &body) < 0)
+        return;
+    json_t *one = json_pack("[O]", body);
+    submit(req, one, true);
+    json_decref(one);
+    json_decref(body);
+}
+
+void api_jobs_submit_batch(struct http_req *req)
+{
+    static const struct jsonv_field fields[] = {
+        {"jobs", JSONV_ARRAY, JSONV_REQUIRED, 1, JOBS_BATCH_MAX},
+    };
+    json_t *body = NULL;
+    if (http_req_json(req, fields, ELEMENTSOF(fields), &body) < 0)
+        return;
+    submit(req, json_object_get(body, "jobs"), false);
+    json_decref(body);
+}
+
+void api_jobs_get(struct http_req *req)
+{
+    const char *id = api_path_id(req, "id", "job");
+    if (!id)
+        return;
+    const char *p[] = {id};
+    PGresult *res = NULL;
+    int r = store_exec_once(((struct app *)http_req_app(req))->store,
+                            http_req_principal(req)->tenant_id, &q_job_doc, p, &res);
+    if (r < 0) {
+        http_reply_error(req, r, "reading the job");
+        return;
+    }
+    api_reply_pg_json_or_404(req, 200, res, "job");
+}
+
+static const struct store_stmt q_job_list =
+    STORE_STMT("job_list",
+               "SELECT json_build_object('items', coalesce(json_agg(doc ORDER BY id DESC), '[]'),"
+               " 'next_cursor', CASE WHEN count(*) = $2 THEN (array_agg(id ORDER BY id))[1] END)"
+               " FROM (SELECT v.id, v.doc FROM job_view v"
+               "        WHERE ($1::uuid IS NULL OR v.id < $1::uuid)"
+               "          AND ($3::text IS NULL OR v.status = $3)"
+               "          AND ($4::uuid IS NULL OR v.queue_id = $4::uuid)"
+               "          AND ($5::uuid IS NULL OR v.agent_id = $5::uuid)"
+               "          AND ($6::timestamptz IS NULL OR v.created_at >= $6::timestamptz)"
+               "          AND ($7::timestamptz IS NULL OR v.created_at < $7::timestamptz)"
+               "        ORDER BY v.id DESC LIMIT $2) s",
+               7);
+
+static bool valid_status(const char *s)
+{
+    static const char *const all[] = {"queued", "assigned",  "running", "succeeded",
+                                      "failed", "cancelled", "dead"};
+    for (size_t i = 0; i < ELEMENTSOF(all); i++)
+        if (strcmp(all[i], s) == 0)
+            return true;
+    return false;
+}
+
+void api_jobs_list(struct http_req *req)
+{
+    int limit;
+    const char *cursor;
+    if (http_req_page(req, 50, 500, &limit, &cursor) < 0)
+        return;
+    const char *status = http_req_query(req, "status");
+    const char *queue = http_req_query(req, "queue_id");
+    const char *agent = http_req_query(req, "agent_id");
+    const char *since = http_req_query(req, "created_after");
+    const char *until = http_req_query(req, "created_before");
+    int64_t ms;
+    const char *bad = NULL, *why = NULL;
+    if (cursor && !id_is_valid(cursor))
+        bad = "cursor", why = "is not a cursor returned by this API";
+    else if (status && !valid_status(status))
+        bad = "status",
+        why = "must be queued, assigned, running, succeeded, failed, cancelled or dead";
+    else if (queue && !id_is_valid(queue))
+        bad = "queue_id", why = "must be a queue id";
+    else if (agent && !id_is_valid(agent))
+        bad = "agent_id", why = "must be an agent id";
+    else if (since && clock_parse_rfc3339(since, &ms) < 0)
+        bad = "created_after", why = "must be an RFC 3339 time";
+    else if (until && clock_parse_rfc3339(until, &ms) < 0)
+        bad = "created_before", why = "must be an RFC 3339 time";
+    if (bad) {
+        http_reply_problem(req, PROBLEM_VALIDATION, why, bad);
+        return;
+    }
+    char lim[16];
+    snprintf(lim, sizeof(lim), "%d", limit);
+    const char *p[] = {cursor, lim, status, queue, agent, since, until};
+    PGresult *res = NULL;
+    int r = store_exec_once(((struct app *)http_req_app(req))->store,
+                            http_req_principal(req)->tenant_id, &q_job_list, p, &res);
+    if (r < 0) {
+        http_reply_error(req, r, "listing jobs");
+        return;
+    }
+    api_reply_pg_json(req, 200, res);
+}
+
+/* A queued job is cancelled at once; an assigned or running one is marked, and its agent
+ * is told (the agent protocol's heartbeat answer) to stop it. A finished job is left as
+ * it is (409). */
+static const struct store_stmt q_job_cancel = STORE_STMT(
+    "job_cancel",
+    "WITH j AS (SELECT id, status FROM jobs WHERE id = $1 FOR UPDATE),"
+    " u AS (UPDATE jobs SET cancel_requested = true, updated_at = now(),"
+    "         status = CASE WHEN jobs.status = 'queued' THEN 'cancelled' ELSE jobs.status END,"
+    "         finished_at = CASE WHEN jobs.status = 'queued' THEN now() ELSE finished_at END"
+    "        FROM j WHERE jobs.id = j.id AND j.status IN ('queued', 'assigned', 'running')"
+    "        RETURNING jobs.id)"
+    " SELECT j.status, (SELECT count(*) FROM u) FROM j",
+    1);
+
+void api_jobs_cancel(struct http_req *req)
+{
+    const char *id = api_path_id(req, "id", "job");
+    if (!id)
+        return;
+    struct store_tx *tx = NULL;
+    int r = app_tx_begin(http_req_app(req), req, &tx);
+    PGresult *res = NULL;
+    const char *p[] = {id};
+    if (r >= 0)
+        r = store_tx_exec(tx, &q_job_cancel, p, &res);
+    if (r == 0) {
+        PQclear(res);
+        store_tx_rollback(tx);
+        http_reply_problem(req, PROBLEM_NOT_FOUND, "no such job", NULL);
+        return;
+    }
+    if (r > 0 && strcmp(PQgetvalue(res, 0, 1), "0") == 0) {
+        char detail[96];
+        snprintf(detail, sizeof(detail), "the job is already %s", PQgetvalue(res, 0, 0));
+        PQclear(res);
+        store_tx_rollback(tx);
+        http_reply_problem(req, PROBLEM_CONFLICT, detail, NULL);
+        return;
+    }
+    PQclear(res);
+    if (r > 0)
+        r = app_audit(tx, req, NULL, "job.cancel", "job", id, NULL);
+    if (r < 0) {
+        store_tx_rollback(tx);
+        http_reply_error(req, r, "cancelling the job");
+        return;
+    }
+    res = NULL;
+    r = store_tx_exec(tx, &q_job_doc, p, &res);
+    if (r < 0) {
+        store_tx_rollback(tx);
+        http_reply_error(req, r, "cancelling the job");
+        return;
+    }
+    if (api_commit(req, tx, "cancelling the job") < 0) {
+        PQclear(res);
+        return;
+    }
+    api_reply_pg_json(req, 202, res);
+}
+
+/* Output of the job's latest attempt (or ?epoch=), one stream, from ?offset=, at most
+ * ?limit_bytes= (default 64 KiB, at most 1 MiB). The body is the raw bytes; headers say
+ * where the next read starts and whether the attempt has finished. */
+static const struct store_stmt q_job_logs = STORE_STMT(
+    "job_logs",
+    "WITH j AS (SELECT id, epoch, status IN ('succeeded', 'failed', 'cancelled', 'dead') AS done"
+    "             FROM jobs WHERE id = $1),"
+    " e AS (SELECT coalesce($2::bigint, (SELECT epoch FROM j)) AS epoch),"
+    " c AS (SELECT l.\"offset\", l.data FROM job_logs l, e"
+    "        WHERE l.job_id = $1 AND l.epoch = e.epoch AND l.stream = $3"
+    "          AND l.\"offset\" + length(l.data) > $4::bigint"
+    "          AND l.\"offset\" < $4::bigint + $5::int"
+    "        ORDER BY l.\"offset\")"
+    " SELECT (SELECT epoch FROM e), (SELECT done FROM j),"
+    "        substring(coalesce(string_agg(c.data, ''::bytea ORDER BY c.\"offset\"), ''::bytea)"
+    "                  FROM (1 + greatest($4::bigint - coalesce(min(c.\"offset\"),"
+    "                                                          $4::bigint), 0))::int"
+    "                  FOR $5::int),"
+    "        greatest(coalesce(min(c.\"offset\"), $4::bigint), $4::bigint)"
+    " FROM c WHERE EXISTS (SELECT 1 FROM j)",
+    5);
+
+void api_jobs_logs(struct http_req *req)
+{
+    const char *id = api_path_id(req, "id", "job");
+    if (!id)
+        return;
+    const char *stream = http_req_query(req, "stream");
+    const char *offset = http_req_query(req, "offset");
+    const char *epoch = http_req_query(req, "epoch");
+    const char *limit = http_req_query(req, "limit_bytes");
+    char *end = NULL;
+    long long off = offset ? strtoll(offset, &end, 10) : 0;
+    if (!stream)
+        stream = "stdout";
+    if (strcmp(stream, "stdout") != 0 && strcmp(stream, "stderr") != 0 &&
+        strcmp(stream, "system") != 0) {
+        http_reply_problem(req, PROBLEM_VALIDATION, "must be stdout, stderr or system", "stream");
+        return;
+    }
+    if (offset && (!end || *end || off < 0)) {
+        http_reply_problem(req, PROBLEM_VALIDATION, "must be a byte offset >= 0", "offset");
+        return;
+    }
+    long long lim = 65536;
+    if (limit) {
+        lim = strtoll(limit, &end, 10);
+        if (!end || *end || lim < 1 || lim > 1048576) {
+            http_reply_problem(req, PROBLEM_VALIDATION, "must be between 1 and 1048576",
+                               "limit_bytes");
+            return;
+        }
+    }
+    if (epoch) {
+        long long e = strtoll(epoch, &end, 10);
+        if (!end || *end || e < 1) {
+            http_reply_problem(req, PROBLEM_VALIDATION, "must be an attempt epoch >= 1", "epoch");
+            return;
+        }
+    }
+    char offs[24], lims[24];
+    snprintf(offs, sizeof(offs), "%lld", off);
+    snprintf(lims, sizeof(lims), "%lld", lim);
+    const char *p[] = {id, epoch, stream, offs, lims};
+    PGresult *res = NULL;
+    struct app *app = http_req_app(req);
+    struct store_tx *tx = NULL;
+    int r = store_tx_begin_tenant(app->store, http_req_principal(req)->tenant_id, &tx);
+    if (r >= 0) {
+        /* Binary result: the bytes come back unescaped. */
+        r = store_tx_exec(tx, &q_job_logs, p, &res);
+        store_tx_commit(tx);
+    }
+    if (r < 0) {
+        http_reply_error(req, r, "reading the job's output");
+        return;
+    }
+    if (r == 0 || PQgetisnull(res, 0, 1)) {
+        PQclear(res);
+        http_reply_problem(req, PROBLEM_NOT_FOUND, "no such job", NULL);
+        return;
+    }
+    size_t n = 0;
+    unsigned char *data = PQunescapeBytea((const unsigned char *)PQgetvalue(res, 0, 2), &n);
+    long long start = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
+    char next[24];
+    snprintf(next, sizeof(next), "%lld", start + (long long)n);
+    http_reply_header(req, "X-Next-Offset", next);
+    http_reply_header(req, "X-Epoch", PQgetvalue(res, 0, 0));
+    http_reply_header(req, "X-Complete",
+                      strcmp(PQgetvalue(res, 0, 1), "t") == 0 ? "true" : "false");
+    http_reply_bytes(req, 200, "application/octet-stream", (const char *)data, n);
+    PQfreemem(data);
+    PQclear(res);
+}

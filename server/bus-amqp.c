@@ -1,0 +1,194 @@
+/* bus-amqp.c: publishing with confirms on librabbitmq-c (see bus.h). */
+#include "server/bus.h"
+
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+
+#define BUS_MAX_QUEUES 16
+
+struct bus {
+    pthread_mutex_t lock;
+    char *url;
+    amqp_connection_state_t conn; /* NULL while disconnected */
+    uint64_t next_attempt_ns;     /* no reconnect before this */
+    uint64_t delivery_tag;        /* of the last publish on this connection */
+    char *declared[BUS_MAX_QUEUES];
+    int ndeclared;
+};
+
+int bus_new(const char *url, struct bus **ret)
+{
+    struct bus *b = calloc(1, sizeof(*b));
+    if (!b)
+        return -ENOMEM;
+    b->url = strdup(url);
+    if (!b->url) {
+        free(b);
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&b->lock, NULL);
+    *ret = b;
+    return 0;
+}
+
+static void disconnect(struct bus *b)
+{
+    if (b->conn) {
+        amqp_connection_close(b->conn, AMQP_REPLY_SUCCESS);
+        amqp_destroy_connection(b->conn);
+        b->conn = NULL;
+    }
+    for (int i = 0; i < b->ndeclared; i++)
+        free(b->declared[i]);
+    b->ndeclared = 0;
+    b->delivery_tag = 0;
+}
+
+void bus_free(struct bus *b)
+{
+    if (!b)
+        return;
+    disconnect(b);
+    pthread_mutex_destroy(&b->lock);
+    free(b->url);
+    free(b);
+}
+
+static bool rpc_ok(amqp_connection_state_t c)
+{
+    return amqp_get_rpc_reply(c).reply_type == AMQP_RESPONSE_NORMAL;
+}
+
+static int connect_locked(struct bus *b)
+{
+    uint64_t now = clock_mono_ns();
+    if (now < b->next_attempt_ns)
+        return -ECONNREFUSED;
+    b->next_attempt_ns = now + 1000000000ull;
+
+    char *url = strdup(b->url);
+    struct amqp_connection_info ci;
+    if (!url || amqp_parse_url(url, &ci) != AMQP_STATUS_OK) {
+        free(url);
+        log_error("op=bus.connect error=\"amqp.url is not a valid AMQP URL\"");
+        return -EINVAL;
+    }
+    amqp_connection_state_t c = amqp_new_connection();
+    amqp_socket_t *s = c ? amqp_tcp_socket_new(c) : NULL;
+    struct timeval tv = {.tv_sec = 2};
+    int r = 0;
+    if (!s || amqp_socket_open_noblock(s, ci.host, ci.port, &tv) != AMQP_STATUS_OK) {
+        r = -ECONNREFUSED;
+    } else {
+        amqp_set_handshake_timeout(c, &tv);
+        amqp_set_rpc_timeout(c, &tv);
+        if (amqp_login(c, ci.vhost, 0, 131072, 30, AMQP_SASL_METHOD_PLAIN, ci.user, ci.password)
+                .reply_type != AMQP_RESPONSE_NORMAL)
+            r = -EACCES;
+        else if (!amqp_channel_open(c, 1) || !rpc_ok(c))
+            r = -EIO;
+        else if (!amqp_confirm_select(c, 1) || !rpc_ok(c))
+            r = -EIO;
+    }
+    free(url);
+    if (r < 0) {
+        log_warn("op=bus.connect error=%s", r == -EACCES ? "login-refused" : "unreachable");
+        if (c)
+            amqp_destroy_connection(c);
+        return r;
+    }
+    b->conn = c;
+    b->delivery_tag = 0;
+    log_info("op=bus.connect state=connected");
+    return 0;
+}
+
+static int declare_locked(struct bus *b, const char *queue)
+{
+    for (int i = 0; i < b->ndeclared; i++)
+        if (strcmp(b->declared[i], queue) == 0)
+            return 0;
+    amqp_table_entry_t arg = {
+        .key = amqp_cstring_bytes("x-queue-type"),
+        .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = amqp_cstring_bytes("quorum")}};
+    amqp_table_t args = {.num_entries = 1, .entries = &arg};
+    amqp_queue_declare(b->conn, 1, amqp_cstring_bytes(queue), 0, 1, 0, 0, args);
+    if (!rpc_ok(b->conn))
+        return -EIO;
+    if (b->ndeclared < BUS_MAX_QUEUES)
+        b->declared[b->ndeclared++] = strdup(queue);
+    return 0;
+}
+
+/* Wait for the confirm of delivery tag `tag` (acks may be multiple). */
+static int wait_confirm_locked(struct bus *b, uint64_t tag, int64_t timeout_ms)
+{
+    uint64_t deadline = clock_mono_ns() + (uint64_t)timeout_ms * 1000000u;
+    for (;;) {
+        uint64_t now = clock_mono_ns();
+        if (now >= deadline)
+            return -ETIMEDOUT;
+        uint64_t left_us = (deadline - now) / 1000u;
+        struct timeval tv = {.tv_sec = (time_t)(left_us / 1000000u),
+                             .tv_usec = (suseconds_t)(left_us % 1000000u)};
+        amqp_frame_t f;
+        int r = amqp_simple_wait_frame_noblock(b->conn, &f, &tv);
+        if (r == AMQP_STATUS_TIMEOUT)
+            return -ETIMEDOUT;
+        if (r != AMQP_STATUS_OK || f.frame_type != AMQP_FRAME_METHOD)
+            return -EIO;
+        if (f.payload.method.id == AMQP_BASIC_ACK_METHOD) {
+            amqp_basic_ack_t *ack = f.payload.method.decoded;
+            if (ack->delivery_tag == tag || (ack->multiple && ack->delivery_tag >= tag))
+                return 0;
+        } else if (f.payload.method.id == AMQP_BASIC_NACK_METHOD) {
+            return -EIO;
+        } else if (f.payload.method.id == AMQP_CHANNEL_CLOSE_METHOD ||
+                   f.payload.method.id == AMQP_CONNECTION_CLOSE_METHOD) {
+            return -EIO;
+        }
+    }
+}
+
+int bus_publish(struct bus *b, const char *queue, const char *body, size_t len, int64_t timeout_ms)
+{
+    pthread_mutex_lock(&b->lock);
+    int r = 0;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (!b->conn && (r = connect_locked(b)) < 0)
+            break;
+        r = declare_locked(b, queue);
+        if (r == 0) {
+            amqp_basic_properties_t props = {
+                ._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG,
+                .delivery_mode = 2,
+                .content_type = amqp_cstring_bytes("application/json"),
+            };
+            amqp_bytes_t bytes = {.len = len, .bytes = (void *)body};
+            r = amqp_basic_publish(b->conn, 1, amqp_empty_bytes, amqp_cstring_bytes(queue), 1, 0,
+                                   &props, bytes) == AMQP_STATUS_OK
+                    ? 0
+                    : -EIO;
+            if (r == 0)
+                r = wait_confirm_locked(b, ++b->delivery_tag, timeout_ms);
+        }
+        if (r == 0 || r == -ETIMEDOUT)
+            break;
+        /* The connection is broken: drop it and try once more on a fresh one. */
+        disconnect(b);
+        b->next_attempt_ns = 0;
+    }
+    if (r < 0 && r != -ETIMEDOUT && b->conn)
+        disconnect(b);
+    pthread_mutex_unlock(&b->lock);
+    return r;
+}

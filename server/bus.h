@@ -1,0 +1,23 @@
+/* bus.h: orchd's side of the internal bus on RabbitMQ: durable publishing with publisher
+ * confirms to quorum queues. RabbitMQ carries wake-ups and hand-offs; PostgreSQL decides,
+ * so a lost or duplicated message never loses or doubles a job (see docs/architecture.md).
+ *
+ * Thread-safe (one connection, a mutex around each publish). The connection is made on
+ * first use and remade after a failure, at most once a second, so a RabbitMQ outage costs
+ * a failed publish, not a stalled request. */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct bus;
+
+/* url: amqp://user:pass@host:port/vhost (borrowed). No connection is made yet. */
+int bus_new(const char *url, struct bus **ret);
+void bus_free(struct bus *b);
+
+/* Publish body (persistent) to the durable quorum queue named queue (declared on first
+ * use) and wait at most timeout_ms for the broker's confirm. Returns 0 when confirmed,
+ * -ECONNREFUSED (no connection), -ETIMEDOUT (no confirm in time), -EIO (nacked or the
+ * connection failed). */
+int bus_publish(struct bus *b, const char *queue, const char *body, size_t len, int64_t timeout_ms);
