@@ -1,6 +1,7 @@
 /* api-routes.c: every route of the REST API, in one table. proto/openapi.yaml describes
  * exactly these (tests/api/test-openapi.py checks both ways). */
 #include "server/api.h"
+#include "server/gateway.h"
 
 #include "common/cleanup.h"
 
@@ -51,6 +52,13 @@ const struct http_route api_routes[] = {
     {HTTP_GET, V1 "/agent", HTTP_AUTH_AGENT, api_agent_self, 0},
     {HTTP_DELETE, V1 "/agent", HTTP_AUTH_AGENT, api_agent_unregister, 0},
     {HTTP_POST, V1 "/agent/rotate-credential", HTTP_AUTH_AGENT, api_agent_rotate, 0},
+
+    {HTTP_POST, V1 "/agent/heartbeat", HTTP_AUTH_AGENT, api_agent_heartbeat, 128 * 1024},
+    {HTTP_GET, V1 "/agent/assignments", HTTP_AUTH_AGENT, gateway_poll, 0},
+    {HTTP_POST, V1 "/agent/jobs/{id}/started", HTTP_AUTH_AGENT, api_agent_job_started, 0},
+    {HTTP_POST, V1 "/agent/jobs/{id}/logs", HTTP_AUTH_AGENT, api_agent_job_logs, 128 * 1024},
+    {HTTP_POST, V1 "/agent/jobs/{id}/result", HTTP_AUTH_AGENT, api_agent_job_result,
+     2 * 1024 * 1024},
 
     {HTTP_GET, V1 "/jobs", HTTP_AUTH_TENANT_VIEWER, api_jobs_list, 0},
     {HTTP_POST, V1 "/jobs", HTTP_AUTH_TENANT_OPERATOR, api_jobs_submit, 256 * 1024},

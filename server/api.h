@@ -73,3 +73,8 @@ void api_jobs_list(struct http_req *req);
 void api_jobs_get(struct http_req *req);
 void api_jobs_cancel(struct http_req *req);
 void api_jobs_logs(struct http_req *req);
+/* the agent protocol (docs/agent-protocol.md) */
+void api_agent_heartbeat(struct http_req *req);
+void api_agent_job_started(struct http_req *req);
+void api_agent_job_logs(struct http_req *req);
+void api_agent_job_result(struct http_req *req);

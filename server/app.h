@@ -19,7 +19,8 @@ struct app {
     struct jwt_ring *ring;          /* owned */
     struct jwt_params jwt;
     struct ratelimit *rl; /* owned */
-    struct bus *bus; /* owned: RabbitMQ, connected on first use */
+    struct bus *bus;      /* owned: RabbitMQ, connected on first use */
+    struct gateway *gw;   /* owned: long-polls, dispatcher, reaper (orchd serve only) */
     const char *node;     /* this node's name, for logs and audit */
 };
 

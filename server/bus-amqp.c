@@ -192,3 +192,127 @@ int bus_publish(struct bus *b, const char *queue, const char *body, size_t len, 
     pthread_mutex_unlock(&b->lock);
     return r;
 }
+
+struct bus_sub {
+    char *url;
+    char *queue;
+    bool node_local;
+    amqp_connection_state_t conn;
+    uint64_t next_attempt_ns;
+};
+
+int bus_sub_new(const char *url, const char *queue, bool node_local, struct bus_sub **ret)
+{
+    struct bus_sub *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->url = strdup(url);
+    s->queue = strdup(queue);
+    s->node_local = node_local;
+    if (!s->url || !s->queue) {
+        bus_sub_free(s);
+        return -ENOMEM;
+    }
+    *ret = s;
+    return 0;
+}
+
+static void sub_disconnect(struct bus_sub *s)
+{
+    if (s->conn) {
+        amqp_connection_close(s->conn, AMQP_REPLY_SUCCESS);
+        amqp_destroy_connection(s->conn);
+        s->conn = NULL;
+    }
+}
+
+void bus_sub_free(struct bus_sub *s)
+{
+    if (!s)
+        return;
+    sub_disconnect(s);
+    free(s->url);
+    free(s->queue);
+    free(s);
+}
+
+static int sub_connect(struct bus_sub *s)
+{
+    uint64_t now = clock_mono_ns();
+    if (now < s->next_attempt_ns)
+        return -ECONNREFUSED;
+    s->next_attempt_ns = now + 1000000000ull;
+    char *url = strdup(s->url);
+    struct amqp_connection_info ci;
+    if (!url || amqp_parse_url(url, &ci) != AMQP_STATUS_OK) {
+        free(url);
+        return -EINVAL;
+    }
+    amqp_connection_state_t c = amqp_new_connection();
+    amqp_socket_t *sock = c ? amqp_tcp_socket_new(c) : NULL;
+    struct timeval tv = {.tv_sec = 2};
+    int r = 0;
+    if (!sock || amqp_socket_open_noblock(sock, ci.host, ci.port, &tv) != AMQP_STATUS_OK) {
+        r = -ECONNREFUSED;
+    } else {
+        amqp_set_handshake_timeout(c, &tv);
+        amqp_set_rpc_timeout(c, &tv);
+        amqp_table_entry_t arg = {
+            .key = amqp_cstring_bytes("x-queue-type"),
+            .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = amqp_cstring_bytes("quorum")}};
+        amqp_table_t args = {.num_entries = s->node_local ? 0 : 1, .entries = &arg};
+        if (amqp_login(c, ci.vhost, 0, 131072, 30, AMQP_SASL_METHOD_PLAIN, ci.user, ci.password)
+                .reply_type != AMQP_RESPONSE_NORMAL)
+            r = -EACCES;
+        else if (!amqp_channel_open(c, 1) || !rpc_ok(c))
+            r = -EIO;
+        else if ((amqp_queue_declare(c, 1, amqp_cstring_bytes(s->queue), 0, !s->node_local,
+                                     s->node_local, s->node_local, args),
+                  !rpc_ok(c)))
+            r = -EIO;
+        else if ((amqp_basic_consume(c, 1, amqp_cstring_bytes(s->queue), amqp_empty_bytes, 0, 1,
+                                     s->node_local, amqp_empty_table),
+                  !rpc_ok(c)))
+            r = -EIO;
+    }
+    free(url);
+    if (r < 0) {
+        if (c)
+            amqp_destroy_connection(c);
+        return r;
+    }
+    s->conn = c;
+    log_debug("op=bus.subscribe queue=%s", s->queue);
+    return 0;
+}
+
+int bus_sub_next(struct bus_sub *s, int timeout_ms, char **body, size_t *len)
+{
+    if (!s->conn) {
+        int r = sub_connect(s);
+        if (r < 0)
+            return r;
+    }
+    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+    amqp_envelope_t env;
+    amqp_maybe_release_buffers(s->conn);
+    amqp_rpc_reply_t rep = amqp_consume_message(s->conn, &env, &tv, 0);
+    if (rep.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+        rep.library_error == AMQP_STATUS_TIMEOUT)
+        return 0;
+    if (rep.reply_type != AMQP_RESPONSE_NORMAL) {
+        sub_disconnect(s);
+        return -ECONNRESET;
+    }
+    char *b = malloc(env.message.body.len + 1);
+    if (b) {
+        memcpy(b, env.message.body.bytes, env.message.body.len);
+        b[env.message.body.len] = '\0';
+        *len = env.message.body.len;
+    }
+    amqp_destroy_envelope(&env);
+    if (!b)
+        return -ENOMEM;
+    *body = b;
+    return 1;
+}

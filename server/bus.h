@@ -7,6 +7,7 @@
  * a failed publish, not a stalled request. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,3 +22,17 @@ void bus_free(struct bus *b);
  * -ECONNREFUSED (no connection), -ETIMEDOUT (no confirm in time), -EIO (nacked or the
  * connection failed). */
 int bus_publish(struct bus *b, const char *queue, const char *body, size_t len, int64_t timeout_ms);
+
+/* A subscription to one queue, for wake-up messages: messages are acknowledged when they
+ * are received (a lost wake-up only costs latency: the dispatcher and the gateway also
+ * poll PostgreSQL). Not thread-safe: one thread reads it. */
+struct bus_sub;
+
+/* node_local: a queue of this node only (exclusive, deleted with the connection), else a
+ * durable quorum queue shared by all nodes. No connection is made yet. */
+int bus_sub_new(const char *url, const char *queue, bool node_local, struct bus_sub **ret);
+void bus_sub_free(struct bus_sub *s);
+/* Wait at most timeout_ms for a message: 1 with *body (malloc'd, NUL-terminated) and *len,
+ * 0 when none came, < 0 when the connection failed (the next call reconnects, at most once
+ * a second). */
+int bus_sub_next(struct bus_sub *s, int timeout_ms, char **body, size_t *len);

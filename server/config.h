@@ -2,6 +2,7 @@
  * named by --config (or ORCHD_CONFIG), then ORCHD_* environment variables. */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "common/conf.h"
@@ -13,11 +14,16 @@ struct orchd_config {
     int64_t db_connect_timeout_ms;
     int64_t db_acquire_timeout_ms;
     int64_t db_statement_timeout_ms;
-    char *amqp_url;  /* amqp.url */
-    int log_level;   /* log.level: enum log_level */
+    char *amqp_url;                 /* amqp.url */
+    int log_level;                  /* log.level: enum log_level */
     char *bus_jobs_queue;           /* bus.jobs_queue: where submissions are announced */
     int64_t bus_publish_timeout_ms; /* bus.publish_timeout */
-    char *node_name; /* node.name: this node in logs and the audit trail */
+    int64_t agent_heartbeat_ms;     /* agent.heartbeat_interval */
+    int64_t agent_lease_ms;         /* agent.lease */
+    int64_t agent_online_ms;        /* agent.online_window */
+    bool dispatch_enabled;          /* dispatch.enabled */
+    int64_t dispatch_tick_ms;       /* dispatch.tick */
+    char *node_name;                /* node.name: this node in logs and the audit trail */
 
     char *http_address;   /* http.address */
     int64_t http_port;    /* http.port */

@@ -49,6 +49,7 @@ struct http_server {
 };
 
 struct http_req {
+    bool deferred;
     struct evhttp_request *ev;
     struct http_loop *loop;
     const struct http_route *route;
@@ -566,7 +567,7 @@ static void dispatch(struct http_req *req)
             return;
     }
     req->route->handler(req);
-    if (!req->replied) {
+    if (!req->replied && !req->deferred) {
         log_error("op=http req=%s route=%s error=\"handler sent no reply\"", req->id,
                   req->route->pattern);
         http_reply_problem(req, PROBLEM_INTERNAL, NULL, NULL);
@@ -583,6 +584,8 @@ static void on_request(struct evhttp_request *ev, void *arg)
 
     if (req.query_parsed)
         evhttp_clear_headers(&req.query);
+    if (req.deferred)
+        return; /* logged when the reply is sent */
     atomic_fetch_add(&loop->srv->requests, 1);
     double ms = (double)(clock_mono_ns() - req.start_ns) / 1e6;
     const char *tenant = "-";
@@ -593,6 +596,87 @@ static void on_request(struct evhttp_request *ev, void *arg)
     log_info("op=http method=%s route=%s status=%d dur_ms=%.3f tenant=%s req=%s",
              http_method_name(method_from_ev(evhttp_request_get_command(ev))),
              req.route ? req.route->pattern : "-", req.status, ms, tenant, req.id);
+}
+
+/* --- deferred replies ---------------------------------------------------------------------- */
+
+struct http_deferred {
+    struct http_req req; /* a copy: the original lived on the handler's stack */
+};
+
+struct http_deferred *http_req_defer(struct http_req *req)
+{
+    struct http_deferred *d = calloc(1, sizeof(*d));
+    if (!d)
+        return NULL;
+    if (req->query_parsed) {
+        evhttp_clear_headers(&req->query);
+        req->query_parsed = false;
+    }
+    d->req = *req;
+    d->req.match.nparams = 0; /* parameters are not kept */
+    req->deferred = true;
+    return d;
+}
+
+struct event_base *http_deferred_base(const struct http_deferred *d)
+{
+    return d->req.loop->base;
+}
+
+const struct http_principal *http_deferred_principal(const struct http_deferred *d)
+{
+    return &d->req.principal;
+}
+
+static void deferred_done(struct http_deferred *d)
+{
+    double ms = (double)(clock_mono_ns() - d->req.start_ns) / 1e6;
+    atomic_fetch_add(&d->req.loop->srv->requests, 1);
+    log_info("op=http method=%s route=%s status=%d dur_ms=%.3f tenant=%s req=%s",
+             http_method_name(method_from_ev(evhttp_request_get_command(d->req.ev))),
+             d->req.route ? d->req.route->pattern : "-", d->req.status, ms,
+             d->req.principal.tenant_id[0] ? d->req.principal.tenant_id : "-", d->req.id);
+    free(d);
+}
+
+void http_deferred_reply_json(struct http_deferred *d, int status, json_t *body)
+{
+    http_reply_json(&d->req, status, body);
+    deferred_done(d);
+}
+
+void http_deferred_reply_json_text(struct http_deferred *d, int status, const char *body,
+                                   size_t len)
+{
+    http_reply_json_text(&d->req, status, body, len);
+    deferred_done(d);
+}
+
+struct loop_post {
+    void (*fn)(void *arg);
+    void *arg;
+};
+
+static void loop_post_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct loop_post *p = arg;
+    p->fn(p->arg);
+    free(p);
+}
+
+int http_loop_post(struct event_base *base, void (*fn)(void *arg), void *arg)
+{
+    struct loop_post *p = malloc(sizeof(*p));
+    if (!p)
+        return -ENOMEM;
+    p->fn = fn;
+    p->arg = arg;
+    if (event_base_once(base, -1, EV_TIMEOUT, loop_post_cb, p, NULL) < 0) {
+        free(p);
+        return -ENOMEM;
+    }
+    return 0;
 }
 
 /* --- listeners, TLS and loops ------------------------------------------------------------ */

@@ -22,6 +22,7 @@
 #include "proto/problem.h"
 
 struct http_server;
+struct event_base;
 struct http_req;
 
 enum http_method {
@@ -164,6 +165,24 @@ void http_reply_problem_ext(struct http_req *req, enum problem_kind kind, const 
 /* Map a store/-errno error to a problem reply (-ENOENT 404, -EEXIST 409, -EINVAL 422,
  * -EACCES 403, -ETIMEDOUT/-ECONNRESET/-EAGAIN 503, else 500). */
 void http_reply_error(struct http_req *req, int err, const char *what);
+
+/* --- deferred replies (long-poll) -------------------------------------------------------- */
+
+/* A request whose reply comes later, on the same loop thread: the handler calls
+ * http_req_defer() and returns; the reply is sent with http_deferred_reply_*() from a
+ * callback running on that loop (a timer, or work posted with http_deferred_post()).
+ * Exactly one reply frees it. If the client has gone meanwhile, the reply is dropped. */
+struct http_deferred;
+
+struct http_deferred *http_req_defer(struct http_req *req);
+/* The loop's event_base (for timers on the right thread). */
+struct event_base *http_deferred_base(const struct http_deferred *d);
+const struct http_principal *http_deferred_principal(const struct http_deferred *d);
+void http_deferred_reply_json(struct http_deferred *d, int status, json_t *body);
+void http_deferred_reply_json_text(struct http_deferred *d, int status, const char *body,
+                                   size_t len);
+/* Run fn(arg) on the event loop of base soon. Thread-safe. Returns 0 or -ENOMEM. */
+int http_loop_post(struct event_base *base, void (*fn)(void *arg), void *arg);
 
 /* The outcome of matching a request path against a route table. */
 #define HTTP_MAX_PARAM_LEN 256

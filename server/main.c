@@ -16,6 +16,7 @@
 #include "server/app.h"
 #include "server/auth-keys.h"
 #include "server/config.h"
+#include "server/gateway.h"
 #include "server/migrate.h"
 
 /* Exit statuses: 0 done, 1 the operation failed, 2 bad usage or configuration. */
@@ -122,10 +123,17 @@ static int cmd_serve(struct orchd_config *cfg)
     };
     if (!ho.cert_file)
         log_warn("op=serve tls=off msg=\"plain HTTP: for tests only, set http.cert_file\"");
+    r = gateway_start(&app, &app.gw);
+    if (r < 0) {
+        fprintf(stderr, "orchd: cannot start the gateway and dispatcher\n");
+        app_close(&app);
+        return EXIT_FAIL;
+    }
     struct http_server *srv = NULL;
     r = http_server_start(&ho, &srv, err, sizeof(err));
     if (r < 0) {
         fprintf(stderr, "orchd: %s\n", err);
+        gateway_stop(app.gw);
         app_close(&app);
         return EXIT_FAIL;
     }
@@ -144,6 +152,9 @@ static int cmd_serve(struct orchd_config *cfg)
         log_info("op=serve state=stopping signal=%d", sig);
         break;
     }
+    /* Waiting long-polls get their answer first, then the loops stop. */
+    gateway_stop(app.gw);
+    app.gw = NULL;
     http_server_stop(srv);
     log_info("op=serve state=stopped");
     app_close(&app);

@@ -1,0 +1,599 @@
+/* gateway.c: long-polls, the dispatcher, the reaper and batched liveness (see gateway.h). */
+#include "server/gateway.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/buf.h"
+#include "common/clock.h"
+#include "common/id.h"
+#include "common/log.h"
+#include "server/api.h"
+#include "server/app.h"
+#include "server/bus.h"
+
+/* Key of the reaper's advisory lock ("orchreap"). */
+#define REAPER_LOCK_KEY "7957688149386658160"
+#define GW_MAX_WAITERS  65536
+#define GW_MAX_NOTES    65536
+
+struct waiter {
+    char agent_id[ID_STR_LEN];
+    char tenant_id[ID_STR_LEN];
+    struct http_deferred *d;
+    struct event *timer;
+    struct gateway *gw;
+};
+
+struct note {
+    char agent_id[ID_STR_LEN];
+    json_t *running; /* [{job_id, epoch}] */
+};
+
+struct gateway {
+    struct app *app;
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    struct waiter **waiters; /* agents waiting on this node; few enough for a linear scan */
+    int nwaiters;
+    struct note *notes; /* heartbeats since the last flush */
+    int nnotes;
+    char **seen; /* agents that heartbeated on this node since start */
+    int nseen;
+    atomic_bool stop;
+    pthread_t t_dispatch, t_reaper, t_checker, t_wakeups;
+    bool started;
+};
+
+/* --- long-polls ------------------------------------------------------------------------------ */
+
+static const struct store_stmt q_deliver = STORE_STMT(
+    "gw_deliver",
+    "WITH d AS (UPDATE jobs SET delivered_at = now() WHERE agent_id = $1 AND status = 'assigned'"
+    "           AND delivered_at IS NULL RETURNING id)"
+    " SELECT json_build_object('assignments', coalesce(json_agg(v.doc), '[]'), 'lease_s', $2::int),"
+    "        count(*) FROM assignment_view v JOIN d USING (id)",
+    2);
+
+/* Claim agent's undelivered assignments; *ret gets the reply text when there are any. */
+static int deliver(struct app *app, const char *tenant, const char *agent, char **ret)
+{
+    char lease[24];
+    snprintf(lease, sizeof(lease), "%lld", (long long)(app->cfg->agent_lease_ms / 1000));
+    const char *p[] = {agent, lease};
+    PGresult *res = NULL;
+    int r = store_exec_once(app->store, tenant, &q_deliver, p, &res);
+    if (r < 0)
+        return r;
+    *ret = NULL;
+    if (r == 1 && strcmp(PQgetvalue(res, 0, 1), "0") != 0)
+        *ret = strdup(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return 0;
+}
+
+/* Remove w from the registry (locked by the caller). */
+static void unregister_locked(struct gateway *gw, struct waiter *w)
+{
+    for (int i = 0; i < gw->nwaiters; i++) {
+        if (gw->waiters[i] == w) {
+            gw->waiters[i] = gw->waiters[--gw->nwaiters];
+            break;
+        }
+    }
+    pthread_cond_broadcast(&gw->changed);
+}
+
+/* Answer and free w. On w's loop thread, with w already unregistered. */
+static void finish(struct waiter *w, const char *body)
+{
+    static const char empty[] = "{\"assignments\":[]}";
+    if (body)
+        http_deferred_reply_json_text(w->d, 200, body, strlen(body));
+    else
+        http_deferred_reply_json_text(w->d, 200, empty, sizeof(empty) - 1);
+    if (w->timer)
+        event_free(w->timer);
+    free(w);
+}
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct waiter *w = arg;
+    struct gateway *gw = w->gw;
+    pthread_mutex_lock(&gw->lock);
+    unregister_locked(gw, w);
+    pthread_mutex_unlock(&gw->lock);
+    finish(w, NULL);
+}
+
+/* Posted to the loop of a waiting agent: look again. arg: malloc'd agent id. */
+static void on_wake(void *arg)
+{
+    char *agent = arg;
+    struct gateway *gw = NULL;
+    struct waiter *w = NULL;
+    /* The registry is global; find the waiter again (it may have gone since the post). */
+    extern struct gateway *gateway_self;
+    gw = gateway_self;
+    if (!gw) {
+        free(agent);
+        return;
+    }
+    pthread_mutex_lock(&gw->lock);
+    for (int i = 0; i < gw->nwaiters; i++)
+        if (strcmp(gw->waiters[i]->agent_id, agent) == 0)
+            w = gw->waiters[i];
+    pthread_mutex_unlock(&gw->lock);
+    free(agent);
+    if (!w)
+        return;
+    char *body = NULL;
+    if (deliver(gw->app, w->tenant_id, w->agent_id, &body) < 0 || !body)
+        return; /* keep waiting; the checker or the timeout answers */
+    pthread_mutex_lock(&gw->lock);
+    unregister_locked(gw, w);
+    pthread_mutex_unlock(&gw->lock);
+    finish(w, body);
+    free(body);
+}
+
+struct gateway *gateway_self;
+
+void gateway_wake(struct gateway *gw, const char *agent_id)
+{
+    if (!gw)
+        return;
+    pthread_mutex_lock(&gw->lock);
+    for (int i = 0; i < gw->nwaiters; i++) {
+        struct waiter *w = gw->waiters[i];
+        if (strcmp(w->agent_id, agent_id) == 0) {
+            char *copy = strdup(agent_id);
+            if (copy && http_loop_post(http_deferred_base(w->d), on_wake, copy) < 0)
+                free(copy);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&gw->lock);
+}
+
+void gateway_poll(struct http_req *req)
+{
+    struct app *app = http_req_app(req);
+    struct gateway *gw = app->gw;
+    const struct http_principal *p = http_req_principal(req);
+    const char *ws = http_req_query(req, "wait");
+    long wait = 25;
+    if (ws) {
+        char *end = NULL;
+        wait = strtol(ws, &end, 10);
+        if (!end || *end || wait < 0 || wait > 60) {
+            http_reply_problem(req, PROBLEM_VALIDATION, "must be 0 to 60 seconds", "wait");
+            return;
+        }
+    }
+    char *body = NULL;
+    int r = deliver(app, p->tenant_id, p->subject, &body);
+    if (r < 0) {
+        http_reply_error(req, r, "looking for assignments");
+        return;
+    }
+    if (body || wait == 0 || !gw) {
+        static const char empty[] = "{\"assignments\":[]}";
+        http_reply_json_text(req, 200, body ? body : empty,
+                             body ? strlen(body) : sizeof(empty) - 1);
+        free(body);
+        return;
+    }
+    struct waiter *w = calloc(1, sizeof(*w));
+    if (!w) {
+        http_reply_error(req, -ENOMEM, "waiting for assignments");
+        return;
+    }
+    snprintf(w->agent_id, sizeof(w->agent_id), "%.36s", p->subject);
+    snprintf(w->tenant_id, sizeof(w->tenant_id), "%s", p->tenant_id);
+    w->gw = gw;
+    w->d = http_req_defer(req);
+    if (!w->d) {
+        free(w);
+        http_reply_error(req, -ENOMEM, "waiting for assignments");
+        return;
+    }
+    w->timer = evtimer_new(http_deferred_base(w->d), on_timeout, w);
+    struct timeval tv = {.tv_sec = wait};
+    pthread_mutex_lock(&gw->lock);
+    /* An agent has one long-poll: an older one (a reconnect) gets its answer now. */
+    struct waiter *old = NULL;
+    for (int i = 0; i < gw->nwaiters; i++)
+        if (strcmp(gw->waiters[i]->agent_id, w->agent_id) == 0)
+            old = gw->waiters[i];
+    bool full = gw->nwaiters >= GW_MAX_WAITERS;
+    if (!full)
+        gw->waiters[gw->nwaiters++] = w;
+    pthread_mutex_unlock(&gw->lock);
+    if (full) {
+        finish(w, NULL);
+        return;
+    }
+    if (old) {
+        /* Its timer fires at once on its own loop and answers it. */
+        event_active(old->timer, EV_TIMEOUT, 0);
+    }
+    evtimer_add(w->timer, &tv);
+    /* An assignment made between the first look and the registration: look once more,
+     * on this loop, once the handler has returned. */
+    char *copy = strdup(w->agent_id);
+    if (copy && http_loop_post(http_deferred_base(w->d), on_wake, copy) < 0)
+        free(copy);
+}
+
+/* --- liveness ------------------------------------------------------------------------------ */
+
+bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json_t *running)
+{
+    bool first = true;
+    pthread_mutex_lock(&gw->lock);
+    for (int i = 0; i < gw->nseen; i++)
+        if (strcmp(gw->seen[i], agent_id) == 0)
+            first = false;
+    if (first && gw->nseen < GW_MAX_NOTES) {
+        char **n = realloc(gw->seen, sizeof(*n) * (size_t)(gw->nseen + 1));
+        if (n) {
+            gw->seen = n;
+            gw->seen[gw->nseen++] = strdup(agent_id);
+        }
+    }
+    struct note *slot = NULL;
+    for (int i = 0; i < gw->nnotes; i++)
+        if (strcmp(gw->notes[i].agent_id, agent_id) == 0)
+            slot = &gw->notes[i];
+    if (!slot && gw->nnotes < GW_MAX_NOTES) {
+        struct note *n = realloc(gw->notes, sizeof(*n) * (size_t)(gw->nnotes + 1));
+        if (n) {
+            gw->notes = n;
+            slot = &gw->notes[gw->nnotes++];
+            memset(slot, 0, sizeof(*slot));
+            snprintf(slot->agent_id, sizeof(slot->agent_id), "%s", agent_id);
+        }
+    }
+    if (slot) {
+        json_decref(slot->running);
+        slot->running = json_deep_copy(running);
+    }
+    pthread_mutex_unlock(&gw->lock);
+    return first;
+}
+
+/* One batch: every agent heard from since the last flush is online on this node, and the
+ * leases of the jobs it runs (as the server knows them) are renewed. */
+static const struct store_stmt q_flush_agents =
+    STORE_STMT("gw_flush_agents",
+               "UPDATE agents SET last_heartbeat_at = now(), gateway_node = $2,"
+               " status = CASE WHEN status = 'offline' THEN 'online' ELSE status END"
+               " WHERE id = ANY($1::uuid[])",
+               2);
+
+static const struct store_stmt q_renew_leases =
+    STORE_STMT("gw_renew_leases",
+               "UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4::int)"
+               "  FROM unnest($1::uuid[], $2::bigint[], $3::uuid[]) AS r(job_id, epoch, agent_id)"
+               " WHERE j.id = r.job_id AND j.epoch = r.epoch AND j.agent_id = r.agent_id"
+               "   AND j.status IN ('assigned', 'running')",
+               4);
+
+static void flush_liveness(struct gateway *gw)
+{
+    pthread_mutex_lock(&gw->lock);
+    struct note *notes = gw->notes;
+    int n = gw->nnotes;
+    gw->notes = NULL;
+    gw->nnotes = 0;
+    pthread_mutex_unlock(&gw->lock);
+    if (n == 0)
+        return;
+    struct buf agents = BUF_INIT, jobs = BUF_INIT, epochs = BUF_INIT, owners = BUF_INIT;
+    buf_append_str(&agents, "{");
+    buf_append_str(&jobs, "{");
+    buf_append_str(&epochs, "{");
+    buf_append_str(&owners, "{");
+    int nj = 0;
+    for (int i = 0; i < n; i++) {
+        buf_printf(&agents, "%s%s", i ? "," : "", notes[i].agent_id);
+        size_t k;
+        json_t *e;
+        json_array_foreach(notes[i].running, k, e)
+        {
+            const char *jid = json_string_value(json_object_get(e, "job_id"));
+            json_t *ep = json_object_get(e, "epoch");
+            if (!jid || !id_is_valid(jid) || !json_is_integer(ep))
+                continue;
+            buf_printf(&jobs, "%s%s", nj ? "," : "", jid);
+            buf_printf(&epochs, "%s%lld", nj ? "," : "", json_integer_value(ep));
+            buf_printf(&owners, "%s%s", nj ? "," : "", notes[i].agent_id);
+            nj++;
+        }
+        json_decref(notes[i].running);
+    }
+    free(notes);
+    buf_append_str(&agents, "}");
+    buf_append_str(&jobs, "}");
+    buf_append_str(&epochs, "}");
+    buf_append_str(&owners, "}");
+    struct store_tx *tx = NULL;
+    char lease[24];
+    snprintf(lease, sizeof(lease), "%lld", (long long)(gw->app->cfg->agent_lease_ms / 1000));
+    int r = store_tx_begin(gw->app->store, NULL, STORE_TX_ASYNC_COMMIT, &tx);
+    const char *p1[] = {agents.data, gw->app->cfg->node_name};
+    const char *p2[] = {jobs.data, epochs.data, owners.data, lease};
+    if (r >= 0)
+        r = store_tx_exec(tx, &q_flush_agents, p1, NULL);
+    if (r >= 0 && nj > 0)
+        r = store_tx_exec(tx, &q_renew_leases, p2, NULL);
+    if (r >= 0)
+        r = store_tx_commit(tx);
+    else
+        store_tx_rollback(tx);
+    if (r < 0)
+        log_warn("op=gateway.flush agents=%d error=%s", n, strerror(-r));
+    buf_free(&agents);
+    buf_free(&jobs);
+    buf_free(&epochs);
+    buf_free(&owners);
+}
+
+/* --- threads ------------------------------------------------------------------------------- */
+
+static void sleep_ms(struct gateway *gw, int64_t ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&gw->lock);
+    if (!atomic_load(&gw->stop))
+        pthread_cond_timedwait(&gw->changed, &gw->lock, &ts);
+    pthread_mutex_unlock(&gw->lock);
+}
+
+static const struct store_stmt q_dispatch =
+    STORE_STMT("gw_dispatch",
+               "SELECT job_id, tenant_id, agent_id, epoch, gateway_node"
+               "  FROM dispatch_round($1::int, $2::int, $3::int)",
+               3);
+
+static void *dispatch_main(void *arg)
+{
+    struct gateway *gw = arg;
+    struct app *app = gw->app;
+    struct bus_sub *sub = NULL;
+    bus_sub_new(app->cfg->amqp_url, app->cfg->bus_jobs_queue, false, &sub);
+    char lease[24], online[24];
+    snprintf(lease, sizeof(lease), "%lld", (long long)(app->cfg->agent_lease_ms / 1000));
+    snprintf(online, sizeof(online), "%lld", (long long)(app->cfg->agent_online_ms / 1000));
+    while (!atomic_load(&gw->stop)) {
+        /* A submission wakes us at once; otherwise a round every tick. */
+        char *body = NULL;
+        size_t len = 0;
+        int r = sub ? bus_sub_next(sub, (int)app->cfg->dispatch_tick_ms, &body, &len) : 0;
+        free(body);
+        if (r < 0 || !sub)
+            sleep_ms(gw, app->cfg->dispatch_tick_ms);
+        for (int round = 0; round < 100 && !atomic_load(&gw->stop); round++) {
+            const char *p[] = {"100", lease, online};
+            PGresult *res = NULL;
+            int n = store_exec_once(app->store, NULL, &q_dispatch, p, &res);
+            if (n < 0) {
+                log_warn("op=dispatch error=%s", strerror(-n));
+                break;
+            }
+            for (int i = 0; i < n; i++) {
+                const char *agent = PQgetvalue(res, i, 2);
+                const char *node = PQgetvalue(res, i, 4);
+                log_info("op=dispatch job=%s tenant=%s agent=%s epoch=%s", PQgetvalue(res, i, 0),
+                         PQgetvalue(res, i, 1), agent, PQgetvalue(res, i, 3));
+                if (PQgetisnull(res, i, 4) || strcmp(node, app->cfg->node_name) == 0) {
+                    gateway_wake(gw, agent);
+                } else {
+                    char queue[128], msg[96];
+                    snprintf(queue, sizeof(queue), "orch.gw.%s", node);
+                    snprintf(msg, sizeof(msg), "{\"agent_id\":\"%s\"}", agent);
+                    bus_publish(app->bus, queue, msg, strlen(msg), 2000);
+                }
+            }
+            PQclear(res);
+            if (n < 100)
+                break;
+        }
+    }
+    bus_sub_free(sub);
+    return NULL;
+}
+
+static const struct store_stmt q_reap =
+    STORE_STMT("gw_reap",
+               "SELECT pg_try_advisory_xact_lock(" REAPER_LOCK_KEY ")"
+               "   AND reap_expired_leases(1000) >= 0",
+               0);
+
+static const struct store_stmt q_offline =
+    STORE_STMT("gw_offline",
+               "UPDATE agents SET status = 'offline', gateway_node = NULL"
+               " WHERE status = 'online' AND (last_heartbeat_at IS NULL"
+               "       OR last_heartbeat_at < now() - make_interval(secs => $1::int))",
+               1);
+
+static void *reaper_main(void *arg)
+{
+    struct gateway *gw = arg;
+    struct app *app = gw->app;
+    char online[24];
+    snprintf(online, sizeof(online), "%lld", (long long)(app->cfg->agent_online_ms / 1000));
+    int64_t flush_ms =
+        app->cfg->agent_heartbeat_ms / 4 > 0 ? app->cfg->agent_heartbeat_ms / 4 : 1000;
+    uint64_t next_reap = 0;
+    while (!atomic_load(&gw->stop)) {
+        flush_liveness(gw);
+        if (clock_mono_ns() >= next_reap) {
+            next_reap = clock_mono_ns() + 1000000000ull;
+            struct store_tx *tx = NULL;
+            if (store_tx_begin_system(app->store, &tx) == 0) {
+                store_tx_exec(tx, &q_reap, NULL, NULL);
+                const char *p[] = {online};
+                store_tx_exec(tx, &q_offline, p, NULL);
+                int r = store_tx_commit(tx);
+                if (r < 0)
+                    log_warn("op=reaper error=%s", strerror(-r));
+            }
+        }
+        sleep_ms(gw, flush_ms);
+    }
+    flush_liveness(gw);
+    return NULL;
+}
+
+static const struct store_stmt q_pending = STORE_STMT(
+    "gw_pending",
+    "SELECT DISTINCT agent_id FROM jobs WHERE status = 'assigned' AND delivered_at IS NULL"
+    "   AND agent_id = ANY($1::uuid[])",
+    1);
+
+/* Once a second: any waiting agent with an undelivered assignment (a lost wake-up). */
+static void *checker_main(void *arg)
+{
+    struct gateway *gw = arg;
+    while (!atomic_load(&gw->stop)) {
+        sleep_ms(gw, 1000);
+        struct buf ids = BUF_INIT;
+        buf_append_str(&ids, "{");
+        pthread_mutex_lock(&gw->lock);
+        for (int i = 0; i < gw->nwaiters; i++)
+            buf_printf(&ids, "%s%s", i ? "," : "", gw->waiters[i]->agent_id);
+        int n = gw->nwaiters;
+        pthread_mutex_unlock(&gw->lock);
+        buf_append_str(&ids, "}");
+        if (n > 0) {
+            const char *p[] = {ids.data};
+            PGresult *res = NULL;
+            int r = store_exec_once(gw->app->store, NULL, &q_pending, p, &res);
+            for (int i = 0; i < r; i++)
+                gateway_wake(gw, PQgetvalue(res, i, 0));
+            PQclear(res);
+        }
+        buf_free(&ids);
+    }
+    return NULL;
+}
+
+/* Wake-ups from dispatchers on other nodes. */
+static void *wakeups_main(void *arg)
+{
+    struct gateway *gw = arg;
+    char queue[128];
+    snprintf(queue, sizeof(queue), "orch.gw.%s", gw->app->cfg->node_name);
+    struct bus_sub *sub = NULL;
+    if (bus_sub_new(gw->app->cfg->amqp_url, queue, true, &sub) < 0)
+        return NULL;
+    while (!atomic_load(&gw->stop)) {
+        char *body = NULL;
+        size_t len = 0;
+        int r = bus_sub_next(sub, 500, &body, &len);
+        if (r < 0) {
+            sleep_ms(gw, 1000);
+            continue;
+        }
+        if (r == 1) {
+            json_error_t e;
+            json_t *m = json_loadb(body, len, 0, &e);
+            const char *agent = json_string_value(json_object_get(m, "agent_id"));
+            if (agent && id_is_valid(agent))
+                gateway_wake(gw, agent);
+            json_decref(m);
+            free(body);
+        }
+    }
+    bus_sub_free(sub);
+    return NULL;
+}
+
+int gateway_start(struct app *app, struct gateway **ret)
+{
+    struct gateway *gw = calloc(1, sizeof(*gw));
+    if (!gw)
+        return -ENOMEM;
+    gw->app = app;
+    gw->waiters = calloc(GW_MAX_WAITERS, sizeof(*gw->waiters));
+    if (!gw->waiters) {
+        free(gw);
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&gw->lock, NULL);
+    pthread_cond_init(&gw->changed, NULL);
+    gateway_self = gw;
+    int r = 0;
+    if (app->cfg->dispatch_enabled)
+        r = pthread_create(&gw->t_dispatch, NULL, dispatch_main, gw);
+    if (r == 0)
+        r = pthread_create(&gw->t_reaper, NULL, reaper_main, gw);
+    if (r == 0)
+        r = pthread_create(&gw->t_checker, NULL, checker_main, gw);
+    if (r == 0)
+        r = pthread_create(&gw->t_wakeups, NULL, wakeups_main, gw);
+    if (r != 0) {
+        atomic_store(&gw->stop, true);
+        log_error("op=gateway.start error=\"cannot start threads\"");
+        return -EAGAIN; /* the process exits */
+    }
+    gw->started = true;
+    *ret = gw;
+    return 0;
+}
+
+static void answer_now(void *arg)
+{
+    struct waiter *w = arg;
+    finish(w, NULL);
+}
+
+void gateway_stop(struct gateway *gw)
+{
+    if (!gw)
+        return;
+    /* Every waiting long-poll gets its (empty) answer on its own loop. */
+    pthread_mutex_lock(&gw->lock);
+    atomic_store(&gw->stop, true);
+    for (int i = 0; i < gw->nwaiters; i++) {
+        struct waiter *w = gw->waiters[i];
+        event_del(w->timer);
+        http_loop_post(http_deferred_base(w->d), answer_now, w);
+    }
+    gw->nwaiters = 0;
+    pthread_cond_broadcast(&gw->changed);
+    pthread_mutex_unlock(&gw->lock);
+    if (gw->started) {
+        if (gw->app->cfg->dispatch_enabled)
+            pthread_join(gw->t_dispatch, NULL);
+        pthread_join(gw->t_reaper, NULL);
+        pthread_join(gw->t_checker, NULL);
+        pthread_join(gw->t_wakeups, NULL);
+    }
+    gateway_self = NULL;
+    for (int i = 0; i < gw->nnotes; i++)
+        json_decref(gw->notes[i].running);
+    free(gw->notes);
+    for (int i = 0; i < gw->nseen; i++)
+        free(gw->seen[i]);
+    free(gw->seen);
+    free(gw->waiters);
+    pthread_mutex_destroy(&gw->lock);
+    pthread_cond_destroy(&gw->changed);
+    free(gw);
+}

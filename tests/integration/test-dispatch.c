@@ -1,0 +1,287 @@
+/* The path of a job on the server side, driven by scripted agents that speak the agent
+ * protocol (docs/agent-protocol.md) over HTTPS to the real orchd on PostgreSQL and
+ * RabbitMQ: dispatch by labels, long-poll delivery, reports, results, stale epochs, lost
+ * leases and reassignment. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "tests/integration/harness.h"
+#include "tests/integration/server.h"
+
+static struct th_server srv;
+static char *op, *tenant, *admin;
+
+static void setup(void)
+{
+    /* Short leases so that a silent agent loses its job within the test's patience. */
+    const char *env[] = {"ORCHD_AGENT_LEASE=3s", "ORCHD_AGENT_ONLINE_WINDOW=3s",
+                         "ORCHD_AGENT_HEARTBEAT_INTERVAL=1s", NULL};
+    th_server_start(&srv, env);
+    op = th_token(&srv, srv.operator_token);
+    tenant = th_tenant(&srv, op, "acme", "standard");
+    admin = th_tenant_token(&srv, op, tenant, "admin");
+}
+
+static void teardown(void)
+{
+    free(admin);
+    free(tenant);
+    free(op);
+    th_server_stop(&srv);
+}
+
+TestSuite(dispatch, .init = setup, .fini = teardown, .timeout = 120);
+
+/* Enrol an agent with labels (JSON object text); returns its credential. */
+static char *enrol(const char *name, const char *labels)
+{
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/enrollment-tokens", admin, "{\"name\":\"t\",\"max_uses\":1}",
+            NULL, &r);
+    cr_assert_eq(r.status, 201);
+    char body[512];
+    snprintf(body, sizeof(body),
+             "{\"token\":\"%s\",\"name\":\"%s\",\"os\":\"linux\",\"arch\":\"x86_64\","
+             "\"labels\":%s,\"slots\":2}",
+             th_str_of(&r, "token"), name, labels);
+    th_resp_free(&r);
+    th_http(&srv, "POST", "/api/v1/agents/register", NULL, body, NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *cred = strdup(th_str_of(&r, "credential"));
+    th_resp_free(&r);
+    return cred;
+}
+
+static json_t *beat(const char *cred, const char *running)
+{
+    char body[512];
+    snprintf(body, sizeof(body),
+             "{\"status\":\"idle\",\"slots\":2,\"free_slots\":2,\"running\":%s}",
+             running ? running : "[]");
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/agent/heartbeat", cred, body, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    json_t *j = json_incref(r.json);
+    th_resp_free(&r);
+    return j;
+}
+
+/* Long-poll until an assignment arrives (the server answers when there is one). */
+static json_t *poll_one(const char *cred, int wait_s)
+{
+    struct th_resp r;
+    char path[64];
+    snprintf(path, sizeof(path), "/api/v1/agent/assignments?wait=%d", wait_s);
+    th_http(&srv, "GET", path, cred, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    json_t *a = json_incref(json_array_get(json_object_get(r.json, "assignments"), 0));
+    th_resp_free(&r);
+    return a;
+}
+
+static char *submit(const char *body)
+{
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/jobs", admin, body, NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *id = strdup(th_str_of(&r, "id"));
+    th_resp_free(&r);
+    return id;
+}
+
+static long report(const char *cred, const char *id, const char *what, const char *body)
+{
+    char path[160];
+    snprintf(path, sizeof(path), "/api/v1/agent/jobs/%s/%s", id, what);
+    struct th_resp r;
+    th_http(&srv, "POST", path, cred, body, NULL, &r);
+    long st = r.status;
+    th_resp_free(&r);
+    return st;
+}
+
+static json_t *job(const char *id)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/api/v1/jobs/%s", id);
+    struct th_resp r;
+    th_http(&srv, "GET", path, admin, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200);
+    json_t *j = json_incref(r.json);
+    th_resp_free(&r);
+    return j;
+}
+
+static const char *status_of(json_t *j)
+{
+    return json_string_value(json_object_get(j, "status"));
+}
+
+Test(dispatch, a_job_runs_on_the_matching_agent_and_reports_back)
+{
+    char *linux_agent = enrol("builder", "{\"team\":\"blue\"}");
+    char *gpu_agent = enrol("gpu", "{\"gpu\":\"yes\"}");
+    json_decref(beat(linux_agent, NULL));
+    json_decref(beat(gpu_agent, NULL));
+
+    char *id = submit("{\"command\":\"echo hi\",\"requirements\":{\"team\":\"blue\"}}");
+    uint64_t t0 = clock_mono_ns();
+    json_t *a = poll_one(linux_agent, 20);
+    double ms = (double)(clock_mono_ns() - t0) / 1e6;
+    cr_assert_not_null(a, "no assignment within the long-poll");
+    cr_log_info("submit -> assignment delivered in %.1f ms", ms);
+    cr_assert_str_eq(json_string_value(json_object_get(a, "job_id")), id);
+    cr_assert_str_eq(json_string_value(json_object_get(a, "command")), "echo hi");
+    json_int_t epoch = json_integer_value(json_object_get(a, "epoch"));
+    cr_assert_eq(epoch, 1);
+    json_decref(a);
+    /* The other agent gets nothing: it does not match. */
+    json_t *none = poll_one(gpu_agent, 0);
+    cr_assert_null(none);
+
+    cr_assert_eq(report(linux_agent, id, "started", "{\"epoch\":1}"), 200);
+    json_t *j = job(id);
+    cr_assert_str_eq(status_of(j), "running");
+    json_decref(j);
+    cr_assert_eq(report(linux_agent, id, "logs",
+                        "{\"epoch\":1,\"stream\":\"stdout\",\"offset\":0,\"data\":\"aGkK\"}"),
+                 200);
+    /* A resent chunk is harmless. */
+    cr_assert_eq(report(linux_agent, id, "logs",
+                        "{\"epoch\":1,\"stream\":\"stdout\",\"offset\":0,\"data\":\"aGkK\"}"),
+                 200);
+    /* The wrong agent, or a wrong epoch, is refused. */
+    cr_assert_eq(report(gpu_agent, id, "started", "{\"epoch\":1}"), 409);
+    cr_assert_eq(report(linux_agent, id, "result", "{\"epoch\":7,\"exit_code\":0}"), 409);
+
+    cr_assert_eq(report(linux_agent, id, "result",
+                        "{\"epoch\":1,\"exit_code\":0,\"result\":{\"artifacts\":3}}"),
+                 200);
+    cr_assert_eq(report(linux_agent, id, "result", "{\"epoch\":1,\"exit_code\":0}"), 200,
+                 "a repeated result is answered like the first");
+    j = job(id);
+    cr_assert_str_eq(status_of(j), "succeeded");
+    cr_assert_eq(json_integer_value(json_object_get(j, "exit_code")), 0);
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(j, "result"), "artifacts")), 3);
+    json_decref(j);
+    char path[160];
+    snprintf(path, sizeof(path), "/api/v1/jobs/%s/logs", id);
+    struct th_resp r;
+    th_http(&srv, "GET", path, admin, NULL, NULL, &r);
+    cr_assert_str_eq(r.body, "hi\n");
+    char *complete = th_resp_header(&r, "X-Complete");
+    cr_assert_str_eq(complete, "true");
+    free(complete);
+    th_resp_free(&r);
+
+    /* A job nobody can run waits. */
+    char *gpuless = submit("{\"command\":\"x\",\"requirements\":{\"os\":\"windows\"}}");
+    json_t *w = poll_one(linux_agent, 1);
+    cr_assert_null(w);
+    j = job(gpuless);
+    cr_assert_str_eq(status_of(j), "queued");
+    json_decref(j);
+    free(gpuless);
+    free(id);
+    free(gpu_agent);
+    free(linux_agent);
+}
+
+Test(dispatch, a_silent_agent_loses_its_job_to_another_and_its_late_report_is_refused)
+{
+    char *a1 = enrol("first", "{}");
+    char *a2 = enrol("second", "{}");
+    json_decref(beat(a1, NULL));
+    char *id = submit("{\"command\":\"long\",\"max_attempts\":3}");
+    json_t *as = poll_one(a1, 20);
+    cr_assert_not_null(as);
+    cr_assert_eq(report(a1, id, "started", "{\"epoch\":1}"), 200);
+    json_decref(as);
+
+    /* a1 goes silent (no heartbeats); a2 keeps beating and polling. Its lease (3 s) runs
+     * out, the reaper puts the job back (backoff 1-2 s), and it lands on a2. */
+    json_t *again = NULL;
+    uint64_t deadline = clock_mono_ns() + 40ull * 1000000000ull;
+    while (!again && clock_mono_ns() < deadline) {
+        json_decref(beat(a2, NULL));
+        again = poll_one(a2, 1);
+    }
+    cr_assert_not_null(again, "the job was not reassigned");
+    cr_assert_str_eq(json_string_value(json_object_get(again, "job_id")), id);
+    cr_assert_eq(json_integer_value(json_object_get(again, "epoch")), 2);
+    json_decref(again);
+
+    /* a1 comes back late: everything it says about epoch 1 is refused, and its heartbeat
+     * is told the job is no longer its own. */
+    cr_assert_eq(report(a1, id, "result", "{\"epoch\":1,\"exit_code\":0}"), 409);
+    char running[160];
+    snprintf(running, sizeof(running), "[{\"job_id\":\"%s\",\"epoch\":1}]", id);
+    json_t *hb = beat(a1, running);
+    cr_assert_eq(json_array_size(json_object_get(hb, "lost")), 1);
+    json_decref(hb);
+
+    cr_assert_eq(report(a2, id, "started", "{\"epoch\":2}"), 200);
+    cr_assert_eq(report(a2, id, "result", "{\"epoch\":2,\"exit_code\":0}"), 200);
+    json_t *j = job(id);
+    cr_assert_str_eq(status_of(j), "succeeded");
+    cr_assert_eq(json_integer_value(json_object_get(j, "attempt")), 2);
+    json_decref(j);
+    free(id);
+    free(a1);
+    free(a2);
+}
+
+Test(dispatch, failures_are_retried_then_dead_and_cancel_reaches_the_agent)
+{
+    char *a = enrol("worker", "{}");
+    json_decref(beat(a, NULL));
+    char *id = submit("{\"command\":\"false\",\"max_attempts\":2}");
+    for (int attempt = 1; attempt <= 2; attempt++) {
+        json_t *as = NULL;
+        uint64_t deadline = clock_mono_ns() + 30ull * 1000000000ull;
+        while (!as && clock_mono_ns() < deadline) {
+            json_decref(beat(a, NULL));
+            as = poll_one(a, 1);
+        }
+        cr_assert_not_null(as, "attempt %d not assigned", attempt);
+        cr_assert_eq(json_integer_value(json_object_get(as, "epoch")), attempt);
+        json_decref(as);
+        char body[64];
+        snprintf(body, sizeof(body), "{\"epoch\":%d,\"exit_code\":1}", attempt);
+        cr_assert_eq(report(a, id, "result", body), 200);
+    }
+    json_t *j = job(id);
+    cr_assert_str_eq(status_of(j), "dead", "two failures of a two-attempt job");
+    json_decref(j);
+
+    /* Cancel a running job: the agent hears it in its next heartbeat. */
+    char *c = submit("{\"command\":\"sleep 100\"}");
+    json_t *as = poll_one(a, 20);
+    cr_assert_not_null(as);
+    json_decref(as);
+    cr_assert_eq(report(a, c, "started", "{\"epoch\":1}"), 200);
+    char path[160];
+    snprintf(path, sizeof(path), "/api/v1/jobs/%s/cancel", c);
+    struct th_resp r;
+    th_http(&srv, "POST", path, admin, NULL, NULL, &r);
+    cr_assert_eq(r.status, 202);
+    th_resp_free(&r);
+    char running[160];
+    snprintf(running, sizeof(running), "[{\"job_id\":\"%s\",\"epoch\":1}]", c);
+    json_t *hb = beat(a, running);
+    cr_assert_eq(json_array_size(json_object_get(hb, "cancel")), 1);
+    json_decref(hb);
+    cr_assert_eq(report(a, c, "result",
+                        "{\"epoch\":1,\"exit_code\":-1,\"signal\":15,"
+                        "\"cancelled\":true}"),
+                 200);
+    j = job(c);
+    cr_assert_str_eq(status_of(j), "cancelled");
+    json_decref(j);
+    free(c);
+    free(id);
+    free(a);
+}
