@@ -7,6 +7,7 @@
 #include "orch-config.h"
 #include "agent/cli.h"
 #include "agent/config.h"
+#include "agent/daemon.h"
 #include "common/log.h"
 #include "proto/version.h"
 
@@ -24,6 +25,8 @@ static void usage(FILE *f)
                "                  enrolled? reachable? what the server knows of this agent\n"
                "  unregister [--force] [--state-dir D]\n"
                "                  remove this agent from the server and forget its credential\n"
+               "  run [--state-dir D]\n"
+               "                  run the agent: heartbeat, take jobs, run them, report\n"
                "  check-config    load the configuration, report the first error, exit\n"
                "  config          list every configuration key with its default\n"
                "  version         print the version\n"
@@ -72,7 +75,7 @@ int main(int argc, char **argv)
         return EXIT_OK;
     }
     if (strcmp(cmd, "register") == 0 || strcmp(cmd, "status") == 0 ||
-        strcmp(cmd, "unregister") == 0) {
+        strcmp(cmd, "unregister") == 0 || strcmp(cmd, "run") == 0) {
         struct agent_config cfg;
         struct conf_error err;
         if (agent_config_load(&cfg, config_path, &err) < 0) {
@@ -81,9 +84,10 @@ int main(int argc, char **argv)
         }
         int sub_argc = argc - optind;
         char **sub_argv = argv + optind;
-        int rc = strcmp(cmd, "register") == 0 ? cli_register(sub_argc, sub_argv, &cfg)
-                 : strcmp(cmd, "status") == 0 ? cli_status(sub_argc, sub_argv, &cfg)
-                                              : cli_unregister(sub_argc, sub_argv, &cfg);
+        int rc = strcmp(cmd, "run") == 0        ? daemon_run(sub_argc, sub_argv, &cfg)
+                 : strcmp(cmd, "register") == 0 ? cli_register(sub_argc, sub_argv, &cfg)
+                 : strcmp(cmd, "status") == 0   ? cli_status(sub_argc, sub_argv, &cfg)
+                                                : cli_unregister(sub_argc, sub_argv, &cfg);
         agent_config_free(&cfg);
         return rc;
     }

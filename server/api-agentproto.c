@@ -61,7 +61,7 @@ void api_agent_heartbeat(struct http_req *req)
         json_incref(running);
 
     int r = 0;
-    if (gateway_note_heartbeat(app->gw, p->subject, running)) {
+    if (!app->gw || gateway_note_heartbeat(app->gw, p->subject, running)) {
         /* First heartbeat on this node: write it now so the dispatcher sees the agent. */
         char slots[24] = "";
         if (json_object_get(body, "slots"))

@@ -1,0 +1,1245 @@
+/* daemon.c: `orch-agent run` (see daemon.h and docs/agent-protocol.md). */
+#include "agent/daemon.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/sysinfo.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent/exec.h"
+#include "agent/spool.h"
+#include "agent/state.h"
+#include "agent/transport.h"
+#include "common/cleanup.h"
+#include "common/crypto.h"
+#include "common/id.h"
+#include "common/jsonv.h"
+#include "common/log.h"
+
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
+
+#define POLL_WAIT_S         25
+#define POLL_TIMEOUT_MS     40000 /* must exceed POLL_WAIT_S */
+#define REQUEST_TIMEOUT_MS  30000
+#define HEARTBEAT_DEFAULT_S 10
+#define HEARTBEAT_MAX_S     3600
+#define BACKOFF_MIN_MS      1000
+#define BACKOFF_MAX_MS      60000
+#define FLUSH_MS            10000 /* how long the sender may flush at shutdown */
+#define JOIN_MS             1000  /* then how long a network thread may take to notice */
+#define JOB_GRACE_MS        10000
+#define IDLE_WAIT_MS        1000 /* sender: spool_sync_all() at least this often when idle */
+#define CGROUP_PARENT       "/sys/fs/cgroup/orch-agent"
+#define DEFAULT_PATH        "/usr/local/bin:/usr/bin:/bin"
+
+/* The bits of spool_result.flags: the protocol's result fields that are not the exit code. */
+#define RES_TIMED_OUT      0x01u
+#define RES_CANCELLED      0x02u
+#define RES_RESTARTED      0x04u
+#define RES_SETUP_FAILED   0x08u
+#define RES_OUTPUT_LOST    0x10u
+#define RES_BAD_ASSIGNMENT 0x20u
+#define RES_UNSUPPORTED    0x40u
+#define RES_SIGNAL_SHIFT   16 /* term signal in bits 16..23 */
+#define RES_SIGNAL_MASK    0xffu
+
+enum slot_state {
+    SLOT_FREE,
+    SLOT_RUNNING, /* a worker thread runs the job */
+    SLOT_DONE,    /* the worker has finished; its thread is still to be joined */
+};
+
+struct daemon;
+
+struct slot {
+    enum slot_state state;
+    char job_id[ID_STR_LEN];
+    int64_t epoch;
+    atomic_bool cancel;
+    bool lost;          /* not ours any more: drop what it spooled once it has stopped */
+    bool bad;           /* the assignment failed validation: report a failure, run nothing */
+    bool need_started;  /* `started` not yet accepted by the server */
+    bool thread_valid;  /* thread holds the worker (set once pthread_create() returned) */
+    json_t *assignment; /* owned while RUNNING */
+    pthread_t thread;
+    struct daemon *d;
+};
+
+struct daemon {
+    const struct agent_config *cfg;
+    const char *state_dir;
+    struct agent_state st;
+    struct spool *spool;
+    char *work_dir;
+    const char *cgroup_parent; /* NULL when CGROUP_PARENT does not exist */
+
+    pthread_mutex_t lock;     /* guards everything below and the slots */
+    pthread_cond_t wake;      /* stop, slot freed, heartbeat kick, sender idle (CLOCK_MONOTONIC) */
+    pthread_cond_t send_wake; /* new spooled data or `started` to report */
+    bool stopping;            /* SIGTERM: no new jobs, running ones cancelled */
+    bool sender_stop;         /* the flush time is over */
+    bool send_pending;
+    bool send_done; /* the sender has exited */
+    bool hb_kick;   /* another thread reconnected: heartbeat at once */
+    int net;        /* -1 unknown, 0 disconnected, 1 connected: logged on change */
+    int64_t heartbeat_s;
+    size_t nslots;
+    struct slot *slots;
+};
+
+/* --- small helpers ------------------------------------------------------------------ */
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Wait on c (lock held) until woken or ms have passed. */
+static void cond_wait_ms(pthread_cond_t *c, pthread_mutex_t *m, int64_t ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(c, m, &ts);
+}
+
+struct backoff {
+    int64_t next_ms;
+};
+
+/* Jittered exponential backoff: a delay in [cap/2, cap], cap doubling from 1 s to 60 s. */
+static int64_t backoff_next(struct backoff *b)
+{
+    int64_t cap = b->next_ms < BACKOFF_MIN_MS ? BACKOFF_MIN_MS : b->next_ms;
+    b->next_ms = cap * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : cap * 2;
+    uint32_t r = 0;
+    if (crypto_random(&r, sizeof(r)) < 0)
+        r = (uint32_t)mono_ms();
+    return cap / 2 + (int64_t)(r % (uint32_t)(cap / 2 + 1));
+}
+
+static void backoff_reset(struct backoff *b)
+{
+    b->next_ms = 0;
+}
+
+/* Sleep up to ms, or until the daemon stops (or *kick becomes true, when given). */
+static void daemon_sleep(struct daemon *d, int64_t ms, const bool *stop, bool *kick)
+{
+    int64_t end = mono_ms() + ms;
+    pthread_mutex_lock(&d->lock);
+    for (int64_t now = mono_ms(); now < end && !*stop && !(kick && *kick); now = mono_ms())
+        cond_wait_ms(&d->wake, &d->lock, end - now);
+    pthread_mutex_unlock(&d->lock);
+}
+
+static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    if (remove(path) < 0 && errno != ENOENT)
+        log_debug("op=cleanup path=%s error=%d", path, errno);
+    return 0;
+}
+
+static void rm_rf(const char *path)
+{
+    nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static const char *stream_name(int stream)
+{
+    return stream == SPOOL_STDOUT ? "stdout" : stream == SPOOL_STDERR ? "stderr" : "system";
+}
+
+/* --- connection state ---------------------------------------------------------------- */
+
+static void daemon_net_ok(struct daemon *d, bool from_heartbeat)
+{
+    pthread_mutex_lock(&d->lock);
+    bool changed = d->net != 1;
+    d->net = 1;
+    if (changed && !from_heartbeat) {
+        d->hb_kick = true;
+        pthread_cond_broadcast(&d->wake);
+    }
+    pthread_mutex_unlock(&d->lock);
+    if (changed)
+        log_info("op=connect state=connected server=%s", d->st.server_url);
+}
+
+static void daemon_net_failed(struct daemon *d, const char *op, int r, const char *detail)
+{
+    char q[320];
+    pthread_mutex_lock(&d->lock);
+    bool changed = d->net != 0;
+    d->net = 0;
+    pthread_mutex_unlock(&d->lock);
+    if (changed)
+        log_info("op=connect state=disconnected server=%s error=%s%s", d->st.server_url,
+                 r == -EPROTO ? "tls-verification-failed:" : "", log_quote(detail, q, sizeof(q)));
+    else
+        log_debug("op=%s error=%s", op, log_quote(detail, q, sizeof(q)));
+}
+
+static struct transport *daemon_transport(struct daemon *d, int64_t timeout_ms)
+{
+    struct transport_options o = {.server_url = d->st.server_url,
+                                  .ca_file = d->st.ca_file,
+                                  .credential = d->st.credential,
+                                  .timeout_ms = timeout_ms};
+    struct transport *t = NULL;
+    int r = transport_new(&o, &t);
+    if (r < 0) {
+        log_error("op=transport error=%s", strerror(-r));
+        return NULL;
+    }
+    return t;
+}
+
+/* --- slots --------------------------------------------------------------------------- */
+
+/* Lock held. A DONE slot whose `started` is still unsent stays taken, so that report is
+ * not lost when the slot is reused. */
+static size_t daemon_free_slots(struct daemon *d)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < d->nslots; i++)
+        if (d->slots[i].state == SLOT_FREE ||
+            (d->slots[i].state == SLOT_DONE && !d->slots[i].need_started))
+            n++;
+    return n;
+}
+
+/* Lock held. The RUNNING or DONE slot of an attempt, or NULL. */
+static struct slot *daemon_find(struct daemon *d, const char *job_id, int64_t epoch)
+{
+    for (size_t i = 0; i < d->nslots; i++) {
+        struct slot *s = &d->slots[i];
+        if (s->state != SLOT_FREE && s->epoch == epoch && strcasecmp(s->job_id, job_id) == 0)
+            return s;
+    }
+    return NULL;
+}
+
+static void daemon_kick_sender(struct daemon *d)
+{
+    pthread_mutex_lock(&d->lock);
+    d->send_pending = true;
+    pthread_cond_signal(&d->send_wake);
+    pthread_mutex_unlock(&d->lock);
+}
+
+/* The server does not want this attempt any more (409 stale epoch, 404, lost, or a report
+ * it cannot accept): stop it if it runs and drop what it spooled. */
+static void daemon_drop(struct daemon *d, const char *job_id, int64_t epoch, const char *why)
+{
+    pthread_mutex_lock(&d->lock);
+    struct slot *s = daemon_find(d, job_id, epoch);
+    bool running = s && s->state == SLOT_RUNNING;
+    if (s) {
+        s->need_started = false;
+        if (running) {
+            s->lost = true;
+            atomic_store(&s->cancel, true);
+        }
+    }
+    pthread_mutex_unlock(&d->lock);
+    log_info("op=drop job=%s epoch=%" PRId64 " reason=%s%s", job_id, epoch, why,
+             running ? " action=stop" : "");
+    int r = spool_discard(d->spool, job_id, epoch);
+    if (r < 0 && r != -ENOENT)
+        log_warn("op=spool-discard job=%s epoch=%" PRId64 " error=%s", job_id, epoch, strerror(-r));
+}
+
+/* --- jobs ---------------------------------------------------------------------------- */
+
+static int daemon_on_output(void *arg, int stream, const char *data, size_t len)
+{
+    struct slot *s = arg;
+    int r = spool_append(s->d->spool, s->job_id, s->epoch, stream, data, len, NULL);
+    if (r < 0) {
+        if (r != -ENOENT) /* ENOENT: dropped, the job is being stopped anyway */
+            log_warn("op=spool-append job=%s epoch=%" PRId64 " error=%s", s->job_id, s->epoch,
+                     strerror(-r));
+        return r;
+    }
+    daemon_kick_sender(s->d);
+    return 0;
+}
+
+static void daemon_on_started(void *arg, int pid)
+{
+    struct slot *s = arg;
+    log_info("op=job-start job=%s epoch=%" PRId64 " pid=%d", s->job_id, s->epoch, pid);
+}
+
+/* "K=V" entries of the job: its env, then the agent's PATH/HOME/LANG when it has none, then
+ * ORCH_JOB_* (which the job cannot override). Returns a NULL-terminated malloc'd array of
+ * malloc'd strings (free with strv_free), or NULL on ENOMEM. */
+static void strv_free(char **v)
+{
+    for (size_t i = 0; v && v[i]; i++)
+        free(v[i]);
+    free(v);
+}
+
+static char **daemon_job_env(const struct slot *s, const json_t *a, const char *workdir)
+{
+    const json_t *env = json_object_get(a, "env");
+    size_t n = json_is_object(env) ? json_object_size(env) : 0;
+    char **v = calloc(n + 7, sizeof(*v));
+    if (!v)
+        return NULL;
+    size_t i = 0;
+    const json_t *pv = json_object_get(a, "params");
+    _cleanup_free_ char *params = json_dumps(pv ? pv : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!params)
+        goto fail;
+    bool has_path = false, has_home = false, has_lang = false;
+    const char *k;
+    json_t *val;
+    if (json_is_object(env)) {
+        json_object_foreach((json_t *)env, k, val)
+        {
+            if (!json_is_string(val) || !k[0] || strchr(k, '=') || strncmp(k, "ORCH_JOB_", 9) == 0)
+                continue;
+            has_path |= strcmp(k, "PATH") == 0;
+            has_home |= strcmp(k, "HOME") == 0;
+            has_lang |= strcmp(k, "LANG") == 0;
+            if (asprintf(&v[i], "%s=%s", k, json_string_value(val)) < 0)
+                goto fail;
+            i++;
+        }
+    }
+    const char *path = getenv("PATH"), *home = getenv("HOME"), *lang = getenv("LANG");
+    if ((!has_path && asprintf(&v[i++], "PATH=%s", path && path[0] ? path : DEFAULT_PATH) < 0) ||
+        (!has_home && asprintf(&v[i++], "HOME=%s", home && home[0] ? home : workdir) < 0) ||
+        (!has_lang && asprintf(&v[i++], "LANG=%s", lang && lang[0] ? lang : "C.UTF-8") < 0) ||
+        asprintf(&v[i++], "ORCH_JOB_ID=%s", s->job_id) < 0 ||
+        asprintf(&v[i++], "ORCH_JOB_EPOCH=%" PRId64, s->epoch) < 0 ||
+        asprintf(&v[i++], "ORCH_JOB_PARAMS=%s", params) < 0) {
+        v[--i] = NULL; /* asprintf leaves the pointer undefined on failure */
+        goto fail;
+    }
+    return v;
+fail:
+    strv_free(v);
+    return NULL;
+}
+
+/* Run the job of slot s; fills *exit_code and *flags. */
+static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, uint32_t *flags)
+{
+    const json_t *a = s->assignment;
+    char workdir[PATH_MAX];
+    snprintf(workdir, sizeof(workdir), "%s/%s.%" PRId64, d->work_dir, s->job_id, s->epoch);
+    rm_rf(workdir);
+    if (mkdir(workdir, 0700) < 0) {
+        log_error("op=job-workdir job=%s epoch=%" PRId64 " path=%s error=%s", s->job_id, s->epoch,
+                  workdir, strerror(errno));
+        *flags |= RES_SETUP_FAILED;
+        return;
+    }
+    const json_t *args = json_object_get(a, "args");
+    size_t nargs = json_is_array(args) ? json_array_size(args) : 0;
+    _cleanup_free_ const char **argv = calloc(nargs + 5, sizeof(*argv));
+    char **env = daemon_job_env(s, a, workdir);
+    if (!argv || !env) {
+        *flags |= RES_SETUP_FAILED;
+        goto out;
+    }
+    argv[0] = "/bin/sh";
+    argv[1] = "-c";
+    argv[2] = json_string_value(json_object_get(a, "command"));
+    argv[3] = "orch-job";
+    for (size_t i = 0; i < nargs; i++)
+        argv[4 + i] = json_string_value(json_array_get(args, i));
+    const json_t *timeout = json_object_get(a, "timeout_ms");
+    struct exec_spec spec = {
+        .argv = argv,
+        .env = (const char *const *)env,
+        .workdir = workdir,
+        .timeout_ms = json_is_integer(timeout) ? json_integer_value(timeout) : 0,
+        .grace_ms = JOB_GRACE_MS,
+        .cgroup_parent = d->cgroup_parent,
+        .job_id = s->job_id,
+    };
+    struct exec_sink sink = {
+        .arg = s, .on_output = daemon_on_output, .on_started = daemon_on_started};
+    struct exec_result er;
+    int r = exec_default_ops()->run(&spec, &sink, &s->cancel, &er);
+    if (r < 0) {
+        log_error("op=job-start job=%s epoch=%" PRId64 " error=%s", s->job_id, s->epoch,
+                  strerror(-r));
+        *flags |= RES_SETUP_FAILED;
+        goto out;
+    }
+    *exit_code = er.exit_code;
+    *flags |= ((uint32_t)er.term_signal & RES_SIGNAL_MASK) << RES_SIGNAL_SHIFT;
+    if (er.timed_out)
+        *flags |= RES_TIMED_OUT;
+    if (er.cancelled)
+        *flags |= RES_CANCELLED;
+    if (er.output_error < 0 && er.output_error != -ENOENT)
+        *flags |= RES_OUTPUT_LOST;
+    log_info("op=job-end job=%s epoch=%" PRId64 " exit_code=%d signal=%d timed_out=%d "
+             "cancelled=%d duration_ms=%" PRId64,
+             s->job_id, s->epoch, er.exit_code, er.term_signal, er.timed_out, er.cancelled,
+             er.duration_ms);
+out:
+    strv_free(env);
+    rm_rf(workdir);
+}
+
+static void *daemon_job_main(void *arg)
+{
+    struct slot *s = arg;
+    struct daemon *d = s->d;
+    int exit_code = -1;
+    uint32_t flags = 0;
+    const json_t *pkg = json_object_get(s->assignment, "package_id");
+    if (s->bad)
+        flags |= RES_BAD_ASSIGNMENT;
+    else if (pkg && !json_is_null(pkg))
+        flags |= RES_UNSUPPORTED;
+    else
+        daemon_job_exec(d, s, &exit_code, &flags);
+
+    struct spool_result res = {.exit_code = exit_code, .flags = flags, .json = NULL};
+    int r = spool_finish(d->spool, s->job_id, s->epoch, &res);
+    if (r < 0 && r != -ENOENT)
+        log_error("op=spool-finish job=%s epoch=%" PRId64 " error=%s", s->job_id, s->epoch,
+                  strerror(-r));
+    pthread_mutex_lock(&d->lock);
+    bool lost = s->lost;
+    pthread_mutex_unlock(&d->lock);
+    if (lost) {
+        r = spool_discard(d->spool, s->job_id, s->epoch);
+        if (r < 0 && r != -ENOENT)
+            log_warn("op=spool-discard job=%s epoch=%" PRId64 " error=%s", s->job_id, s->epoch,
+                     strerror(-r));
+    }
+    pthread_mutex_lock(&d->lock);
+    json_decref(s->assignment);
+    s->assignment = NULL;
+    s->state = SLOT_DONE;
+    d->send_pending = true;
+    pthread_cond_signal(&d->send_wake);
+    pthread_cond_broadcast(&d->wake);
+    pthread_mutex_unlock(&d->lock);
+    return NULL;
+}
+
+static const struct jsonv_field assignment_fields[] = {
+    {"job_id", JSONV_UUID, JSONV_REQUIRED, 0, 0},
+    {"epoch", JSONV_INT, JSONV_REQUIRED, 1, INT64_MAX},
+    {"attempt", JSONV_INT, JSONV_NULLABLE, 0, INT32_MAX},
+    {"command", JSONV_STRING, JSONV_REQUIRED, 1, 128 * 1024},
+    {"args", JSONV_ARRAY, JSONV_NULLABLE, 0, 4096},
+    {"env", JSONV_OBJECT, JSONV_NULLABLE, 0, 1024},
+    {"params", JSONV_ANY, JSONV_NULLABLE, 0, 0},
+    {"package_id", JSONV_STRING, JSONV_NULLABLE, 0, 256},
+    {"entrypoint", JSONV_STRING, JSONV_NULLABLE, 0, 4096},
+    {"timeout_ms", JSONV_INT, JSONV_NULLABLE, 0, EXEC_MAX_MS},
+    {"lease_s", JSONV_INT, JSONV_NULLABLE, 0, 86400},
+};
+
+/* Fields the table cannot say: args are strings. false with why filled otherwise. */
+static bool assignment_valid(const json_t *a, char *why, size_t len)
+{
+    struct jsonv_error e;
+    if (jsonv_check(a, assignment_fields, ELEMENTSOF(assignment_fields), true, &e) < 0) {
+        snprintf(why, len, "%s %s", e.field, e.detail);
+        return false;
+    }
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(a, "args"), i, v)
+    {
+        if (!json_is_string(v)) {
+            snprintf(why, len, "args[%zu] must be a string", i);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Take one assignment: spool it and start its worker. Called by the poll thread. */
+static void daemon_take(struct daemon *d, json_t *a)
+{
+    const char *job_id = json_string_value(json_object_get(a, "job_id"));
+    json_t *je = json_object_get(a, "epoch");
+    int64_t epoch = json_is_integer(je) ? json_integer_value(je) : 0;
+    if (!job_id || !id_is_valid(job_id) || epoch < 1) {
+        log_warn("op=assignment error=\"no valid job_id and epoch: ignored\"");
+        return;
+    }
+    char why[512], q[600];
+    bool bad = !assignment_valid(a, why, sizeof(why));
+    if (bad)
+        log_warn("op=assignment job=%s epoch=%" PRId64 " error=%s", job_id, epoch,
+                 log_quote(why, q, sizeof(q)));
+
+    pthread_mutex_lock(&d->lock);
+    struct slot *s = NULL;
+    bool stopping = d->stopping;
+    if (stopping || daemon_find(d, job_id, epoch)) {
+        pthread_mutex_unlock(&d->lock);
+        log_info("op=assignment job=%s epoch=%" PRId64 " action=ignored reason=%s", job_id, epoch,
+                 stopping ? "stopping" : "already-running");
+        return;
+    }
+    for (size_t i = 0; i < d->nslots && !s; i++) {
+        struct slot *c = &d->slots[i];
+        if (c->state == SLOT_FREE || (c->state == SLOT_DONE && !c->need_started))
+            s = c;
+    }
+    if (!s) {
+        pthread_mutex_unlock(&d->lock);
+        log_warn("op=assignment job=%s epoch=%" PRId64 " action=ignored reason=no-free-slot",
+                 job_id, epoch);
+        return;
+    }
+    if (s->state == SLOT_DONE)
+        pthread_join(s->thread, NULL); /* it has finished: only its exit is left */
+    s->state = SLOT_RUNNING;
+    s->thread_valid = false;
+    snprintf(s->job_id, sizeof(s->job_id), "%s", job_id);
+    for (char *p = s->job_id; *p; p++)
+        *p = (char)(*p >= 'A' && *p <= 'F' ? *p - 'A' + 'a' : *p);
+    s->epoch = epoch;
+    atomic_store(&s->cancel, false);
+    s->lost = false;
+    s->bad = bad;
+    s->need_started = false;
+    s->assignment = json_incref(a);
+    s->d = d;
+    pthread_mutex_unlock(&d->lock);
+
+    _cleanup_free_ char *meta = json_dumps(a, JSON_COMPACT);
+    if (meta && strlen(meta) > SPOOL_META_MAX)
+        FREE_AND_NULL(meta);
+    int r = spool_begin(d->spool, s->job_id, epoch, meta);
+    if (r < 0) {
+        log_error("op=spool-begin job=%s epoch=%" PRId64 " error=%s", s->job_id, epoch,
+                  strerror(-r));
+        goto release;
+    }
+    pthread_mutex_lock(&d->lock);
+    s->need_started = true;
+    pthread_mutex_unlock(&d->lock);
+    log_info("op=assignment job=%s epoch=%" PRId64, s->job_id, epoch);
+    r = pthread_create(&s->thread, NULL, daemon_job_main, s);
+    if (r != 0) {
+        log_error("op=job-thread job=%s epoch=%" PRId64 " error=%s", s->job_id, epoch, strerror(r));
+        struct spool_result res = {.exit_code = -1, .flags = RES_SETUP_FAILED};
+        spool_finish(d->spool, s->job_id, epoch, &res);
+        daemon_kick_sender(d);
+        goto release;
+    }
+    pthread_mutex_lock(&d->lock);
+    s->thread_valid = true;
+    pthread_cond_broadcast(&d->wake);
+    pthread_mutex_unlock(&d->lock);
+    daemon_kick_sender(d);
+    return;
+release:
+    pthread_mutex_lock(&d->lock);
+    json_decref(s->assignment);
+    s->assignment = NULL;
+    s->need_started = false;
+    s->state = SLOT_FREE;
+    pthread_cond_broadcast(&d->wake);
+    pthread_mutex_unlock(&d->lock);
+}
+
+/* --- poll thread --------------------------------------------------------------------- */
+
+static void *daemon_poll_main(void *arg)
+{
+    struct daemon *d = arg;
+    struct transport *t = daemon_transport(d, POLL_TIMEOUT_MS);
+    if (!t)
+        return NULL;
+    struct backoff b = {0};
+    char path[64];
+    snprintf(path, sizeof(path), "/api/v1/agent/assignments?wait=%d", POLL_WAIT_S);
+    for (;;) {
+        pthread_mutex_lock(&d->lock);
+        while (!d->stopping && daemon_free_slots(d) == 0)
+            pthread_cond_wait(&d->wake, &d->lock);
+        bool stop = d->stopping;
+        pthread_mutex_unlock(&d->lock);
+        if (stop)
+            break;
+        struct transport_reply rep;
+        int64_t t0 = mono_ms();
+        int r = transport_request(t, "GET", path, NULL, &rep);
+        int64_t sleep_ms = 0;
+        if (r < 0) {
+            daemon_net_failed(d, "poll", r, rep.error);
+            sleep_ms = backoff_next(&b);
+        } else if (rep.status == 200) {
+            daemon_net_ok(d, false);
+            backoff_reset(&b);
+            json_t *list = json_object_get(rep.body, "assignments");
+            size_t i;
+            json_t *a;
+            json_array_foreach(list, i, a)
+            {
+                if (json_is_object(a))
+                    daemon_take(d, a);
+            }
+            /* a server that does not hold the request open must not make us spin */
+            if (json_array_size(list) == 0 && mono_ms() - t0 < 1000)
+                sleep_ms = 1000;
+        } else {
+            char q[320];
+            daemon_net_ok(d, false);
+            log_warn("op=poll status=%ld detail=%s", rep.status,
+                     log_quote(rep.error, q, sizeof(q)));
+            sleep_ms = backoff_next(&b);
+        }
+        json_decref(rep.body);
+        if (sleep_ms > 0)
+            daemon_sleep(d, sleep_ms, &d->stopping, NULL);
+    }
+    transport_free(t);
+    return NULL;
+}
+
+/* --- heartbeat thread ---------------------------------------------------------------- */
+
+struct cpu_sample {
+    uint64_t busy, total;
+};
+
+static bool cpu_read(struct cpu_sample *c)
+{
+    _cleanup_fclose_ FILE *f = fopen("/proc/stat", "re");
+    unsigned long long v[8] = {0};
+    if (!f || fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                     &v[4], &v[5], &v[6], &v[7]) < 4)
+        return false;
+    c->total = 0;
+    for (int i = 0; i < 8; i++)
+        c->total += v[i];
+    c->busy = c->total - v[3] - v[4]; /* minus idle and iowait */
+    return true;
+}
+
+static int64_t mem_used(void)
+{
+    _cleanup_fclose_ FILE *f = fopen("/proc/meminfo", "re");
+    char line[256];
+    long long total = -1, avail = -1;
+    while (f && fgets(line, sizeof(line), f)) {
+        if (sscanf(line, "MemTotal: %lld kB", &total) == 1 ||
+            sscanf(line, "MemAvailable: %lld kB", &avail) == 1)
+            continue;
+    }
+    if (total >= 0 && avail >= 0)
+        return (int64_t)(total - avail) * 1024;
+    struct sysinfo si;
+    if (sysinfo(&si) < 0)
+        return 0;
+    return (int64_t)(si.totalram - si.freeram - si.bufferram) * si.mem_unit;
+}
+
+static json_t *daemon_heartbeat_body(struct daemon *d, struct cpu_sample *prev)
+{
+    json_t *running = json_array();
+    /* Every attempt the spool holds: running jobs, and finished ones whose result is not
+     * yet delivered (their lease must hold until it is; after a restart the server answers
+     * `lost` for those that are no longer ours). */
+    struct spool_attempt *list = NULL;
+    size_t n = 0;
+    if (spool_list(d->spool, &list, &n) == 0) {
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(running, json_pack("{s:s, s:I}", "job_id", list[i].job_id,
+                                                     "epoch", (json_int_t)list[i].epoch));
+        spool_attempts_free(list, n);
+    }
+    pthread_mutex_lock(&d->lock);
+    size_t free_slots = daemon_free_slots(d);
+    const char *status = d->stopping ? "draining" : free_slots == 0 ? "busy" : "idle";
+    pthread_mutex_unlock(&d->lock);
+
+    double cpu = 0;
+    struct cpu_sample now;
+    if (cpu_read(&now)) {
+        if (prev->total && now.total > prev->total)
+            cpu = 100.0 * (double)(now.busy - prev->busy) / (double)(now.total - prev->total);
+        *prev = now;
+    }
+    struct statvfs vfs;
+    int64_t disk_free =
+        statvfs(d->state_dir, &vfs) == 0 ? (int64_t)vfs.f_bavail * (int64_t)vfs.f_frsize : 0;
+    return json_pack("{s:s, s:I, s:I, s:o, s:{s:f, s:I, s:I}, s:I}", "status", status, "slots",
+                     (json_int_t)d->nslots, "free_slots", (json_int_t)free_slots, "running",
+                     running, "load", "cpu_percent", cpu, "memory_used_bytes",
+                     (json_int_t)mem_used(), "disk_free_bytes", (json_int_t)disk_free,
+                     "spool_bytes", (json_int_t)spool_bytes(d->spool));
+}
+
+/* Stop what the heartbeat's answer lists under key (cancel or lost). */
+static void daemon_stop_listed(struct daemon *d, const json_t *list, bool lost)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(list, i, e)
+    {
+        const char *job_id = json_string_value(json_object_get(e, "job_id"));
+        json_t *je = json_object_get(e, "epoch");
+        if (!job_id || !id_is_valid(job_id) || !json_is_integer(je))
+            continue;
+        int64_t epoch = json_integer_value(je);
+        if (lost) {
+            daemon_drop(d, job_id, epoch, "lost");
+            continue;
+        }
+        pthread_mutex_lock(&d->lock);
+        struct slot *s = daemon_find(d, job_id, epoch);
+        bool running = s && s->state == SLOT_RUNNING && !atomic_load(&s->cancel);
+        if (running)
+            atomic_store(&s->cancel, true);
+        pthread_mutex_unlock(&d->lock);
+        if (running)
+            log_info("op=cancel job=%s epoch=%" PRId64, job_id, epoch);
+    }
+}
+
+static void *daemon_heartbeat_main(void *arg)
+{
+    struct daemon *d = arg;
+    struct transport *t = daemon_transport(d, REQUEST_TIMEOUT_MS);
+    if (!t)
+        return NULL;
+    struct backoff b = {0};
+    struct cpu_sample cpu = {0, 0};
+    cpu_read(&cpu);
+    for (;;) {
+        pthread_mutex_lock(&d->lock);
+        bool stop = d->stopping;
+        d->hb_kick = false;
+        pthread_mutex_unlock(&d->lock);
+        if (stop)
+            break;
+        json_t *body = daemon_heartbeat_body(d, &cpu);
+        struct transport_reply rep = {0};
+        int r =
+            body ? transport_request(t, "POST", "/api/v1/agent/heartbeat", body, &rep) : -ENOMEM;
+        json_decref(body);
+        int64_t sleep_ms;
+        if (r < 0) {
+            daemon_net_failed(d, "heartbeat", r, r == -ENOMEM ? "out of memory" : rep.error);
+            sleep_ms = backoff_next(&b);
+        } else if (rep.status == 200) {
+            daemon_net_ok(d, true);
+            backoff_reset(&b);
+            json_t *iv = json_object_get(rep.body, "heartbeat_interval_s");
+            if (json_is_integer(iv) && json_integer_value(iv) >= 1 &&
+                json_integer_value(iv) <= HEARTBEAT_MAX_S)
+                d->heartbeat_s = json_integer_value(iv);
+            daemon_stop_listed(d, json_object_get(rep.body, "cancel"), false);
+            daemon_stop_listed(d, json_object_get(rep.body, "lost"), true);
+            sleep_ms = d->heartbeat_s * 1000;
+        } else {
+            char q[320];
+            daemon_net_ok(d, true);
+            log_warn("op=heartbeat status=%ld detail=%s", rep.status,
+                     log_quote(rep.error, q, sizeof(q)));
+            sleep_ms = backoff_next(&b);
+        }
+        json_decref(rep.body);
+        daemon_sleep(d, sleep_ms, &d->stopping, &d->hb_kick);
+    }
+    transport_free(t);
+    return NULL;
+}
+
+/* --- sender thread ------------------------------------------------------------------- */
+
+enum send_outcome {
+    SEND_DONE = 0,  /* something was sent (or dropped): look for more */
+    SEND_IDLE = 1,  /* nothing due */
+    SEND_RETRY = 2, /* transport error or server trouble: back off, rewind */
+};
+
+/* Classify a report's answer; drops the attempt on a refusal. */
+static enum send_outcome daemon_report_status(struct daemon *d, const char *what,
+                                              const char *job_id, int64_t epoch,
+                                              const struct transport_reply *rep)
+{
+    char q[320];
+    if (rep->status == 409 || rep->status == 404) {
+        daemon_drop(d, job_id, epoch, rep->status == 409 ? "stale-epoch" : "unknown-job");
+        return SEND_DONE;
+    }
+    if (rep->status >= 500 || rep->status == 429 || rep->status == 408 || rep->status == 401 ||
+        rep->status == 403) {
+        log_warn("op=%s job=%s epoch=%" PRId64 " status=%ld detail=%s", what, job_id, epoch,
+                 rep->status, log_quote(rep->error, q, sizeof(q)));
+        return SEND_RETRY;
+    }
+    /* Any other refusal would refuse the same bytes forever: drop them, loudly. */
+    log_error("op=%s job=%s epoch=%" PRId64 " status=%ld detail=%s action=drop", what, job_id,
+              epoch, rep->status, log_quote(rep->error, q, sizeof(q)));
+    daemon_drop(d, job_id, epoch, "refused");
+    return SEND_DONE;
+}
+
+static enum send_outcome daemon_send_started(struct daemon *d, struct transport *t)
+{
+    char job_id[ID_STR_LEN] = "";
+    int64_t epoch = 0;
+    pthread_mutex_lock(&d->lock);
+    for (size_t i = 0; i < d->nslots && !job_id[0]; i++) {
+        struct slot *s = &d->slots[i];
+        if (s->state != SLOT_FREE && s->need_started) {
+            memcpy(job_id, s->job_id, sizeof(job_id));
+            epoch = s->epoch;
+        }
+    }
+    pthread_mutex_unlock(&d->lock);
+    if (!job_id[0])
+        return SEND_IDLE;
+    char path[128];
+    snprintf(path, sizeof(path), "/api/v1/agent/jobs/%s/started", job_id);
+    json_t *body = json_pack("{s:I}", "epoch", (json_int_t)epoch);
+    struct transport_reply rep = {0};
+    int r = body ? transport_request(t, "POST", path, body, &rep) : -ENOMEM;
+    json_decref(body);
+    enum send_outcome out;
+    if (r < 0) {
+        daemon_net_failed(d, "started", r, rep.error);
+        out = SEND_RETRY;
+    } else if (rep.status == 200 || rep.status == 204) {
+        daemon_net_ok(d, false);
+        pthread_mutex_lock(&d->lock);
+        struct slot *s = daemon_find(d, job_id, epoch);
+        if (s)
+            s->need_started = false;
+        pthread_cond_broadcast(&d->wake); /* a DONE slot may be free now */
+        pthread_mutex_unlock(&d->lock);
+        log_info("op=report kind=started job=%s epoch=%" PRId64, job_id, epoch);
+        out = SEND_DONE;
+    } else {
+        daemon_net_ok(d, false);
+        out = daemon_report_status(d, "report-started", job_id, epoch, &rep);
+    }
+    json_decref(rep.body);
+    return out;
+}
+
+static json_t *daemon_result_body(const struct spool_item *it)
+{
+    uint32_t f = it->flags;
+    const char *error = f & RES_RESTARTED        ? "agent restarted"
+                        : f & RES_SETUP_FAILED   ? "the agent could not set up the job"
+                        : f & RES_OUTPUT_LOST    ? "the agent's spool is full: job killed"
+                        : f & RES_BAD_ASSIGNMENT ? "the agent refused an invalid assignment"
+                        : f & RES_UNSUPPORTED    ? "packages are not supported by this agent"
+                                                 : NULL;
+    json_t *body = json_pack(
+        "{s:I, s:i, s:i, s:b, s:b, s:s?}", "epoch", (json_int_t)it->epoch, "exit_code",
+        it->exit_code, "signal", (int)((f >> RES_SIGNAL_SHIFT) & RES_SIGNAL_MASK), "timed_out",
+        (f & RES_TIMED_OUT) != 0, "cancelled", (f & RES_CANCELLED) != 0, "error", error);
+    if (!body)
+        return NULL;
+    if (!error)
+        json_object_set_new(body, "error", json_null());
+    if (it->data && it->len > 0) {
+        json_t *res = json_loadb(it->data, it->len, JSON_DECODE_ANY, NULL);
+        if (res)
+            json_object_set_new(body, "result", res);
+    }
+    return body;
+}
+
+static enum send_outcome daemon_send_item(struct daemon *d, struct transport *t,
+                                          const struct spool_item *it)
+{
+    char path[128];
+    json_t *body = NULL;
+    if (it->kind == SPOOL_CHUNK) {
+        snprintf(path, sizeof(path), "/api/v1/agent/jobs/%s/logs", it->job_id);
+        _cleanup_free_ unsigned char *b64 = malloc(4 * ((it->len + 2) / 3) + 1);
+        if (b64) {
+            EVP_EncodeBlock(b64, (const unsigned char *)it->data, (int)it->len);
+            body = json_pack("{s:I, s:s, s:I, s:s}", "epoch", (json_int_t)it->epoch, "stream",
+                             stream_name(it->stream), "offset", (json_int_t)it->offset, "data",
+                             (const char *)b64);
+        }
+    } else {
+        snprintf(path, sizeof(path), "/api/v1/agent/jobs/%s/result", it->job_id);
+        body = daemon_result_body(it);
+    }
+    if (!body) {
+        log_error("op=report job=%s error=\"out of memory\"", it->job_id);
+        return SEND_RETRY;
+    }
+    struct transport_reply rep = {0};
+    int r = transport_request(t, "POST", path, body, &rep);
+    json_decref(body);
+    enum send_outcome out;
+    const char *what = it->kind == SPOOL_CHUNK ? "report-logs" : "report-result";
+    if (r < 0) {
+        daemon_net_failed(d, what, r, rep.error);
+        out = SEND_RETRY;
+    } else if (rep.status == 200 || rep.status == 204) {
+        daemon_net_ok(d, false);
+        if (it->kind == SPOOL_CHUNK) {
+            r = spool_ack_chunk(d->spool, it->job_id, it->epoch, it->stream,
+                                it->offset + (int64_t)it->len);
+        } else {
+            r = spool_ack_result(d->spool, it->job_id, it->epoch);
+            log_info("op=report kind=result job=%s epoch=%" PRId64 " exit_code=%d", it->job_id,
+                     it->epoch, it->exit_code);
+        }
+        if (r < 0 && r != -ENOENT)
+            log_warn("op=spool-ack job=%s epoch=%" PRId64 " error=%s", it->job_id, it->epoch,
+                     strerror(-r));
+        out = SEND_DONE;
+    } else {
+        daemon_net_ok(d, false);
+        out = daemon_report_status(d, what, it->job_id, it->epoch, &rep);
+    }
+    json_decref(rep.body);
+    return out;
+}
+
+static bool daemon_jobs_running(struct daemon *d)
+{
+    for (size_t i = 0; i < d->nslots; i++)
+        if (d->slots[i].state == SLOT_RUNNING)
+            return true;
+    return false;
+}
+
+static void *daemon_send_main(void *arg)
+{
+    struct daemon *d = arg;
+    struct transport *t = daemon_transport(d, REQUEST_TIMEOUT_MS);
+    struct backoff b = {0};
+    for (; t;) {
+        pthread_mutex_lock(&d->lock);
+        bool stop = d->sender_stop;
+        d->send_pending = false;
+        pthread_mutex_unlock(&d->lock);
+        if (stop)
+            break;
+        enum send_outcome out = daemon_send_started(d, t);
+        if (out == SEND_IDLE) {
+            struct spool_item it;
+            int r = spool_next(d->spool, &it);
+            if (r == 0)
+                out = daemon_send_item(d, t, &it);
+            else if (r != -ENOENT)
+                log_error("op=spool-next error=%s", strerror(-r));
+            spool_item_free(&it);
+        }
+        if (out == SEND_RETRY) {
+            spool_rewind(d->spool);
+            pthread_mutex_lock(&d->lock);
+            /* at shutdown a dead server is not worth waiting for */
+            stop = d->stopping && !daemon_jobs_running(d);
+            pthread_mutex_unlock(&d->lock);
+            if (stop)
+                break;
+            daemon_sleep(d, backoff_next(&b), &d->sender_stop, NULL);
+            continue;
+        }
+        if (out == SEND_DONE)
+            backoff_reset(&b);
+        if (out != SEND_IDLE)
+            continue;
+        pthread_mutex_lock(&d->lock);
+        if (d->stopping && !daemon_jobs_running(d) && !d->send_pending) {
+            pthread_mutex_unlock(&d->lock);
+            break; /* flushed */
+        }
+        bool timed_out = false;
+        if (!d->send_pending && !d->sender_stop) {
+            int64_t t0 = mono_ms();
+            cond_wait_ms(&d->send_wake, &d->lock, IDLE_WAIT_MS);
+            timed_out = mono_ms() - t0 >= IDLE_WAIT_MS;
+        }
+        pthread_mutex_unlock(&d->lock);
+        if (timed_out)
+            spool_sync_all(d->spool); /* bound what a power loss can take while idle */
+    }
+    transport_free(t);
+    pthread_mutex_lock(&d->lock);
+    d->send_done = true;
+    pthread_cond_broadcast(&d->wake);
+    pthread_mutex_unlock(&d->lock);
+    return NULL;
+}
+
+/* --- startup and shutdown ------------------------------------------------------------ */
+
+/* Attempts the previous agent process left unfinished are reported as failed. */
+static int daemon_recover(struct daemon *d)
+{
+    struct spool_attempt *list = NULL;
+    size_t n = 0;
+    int r = spool_list(d->spool, &list, &n);
+    if (r < 0)
+        return r;
+    for (size_t i = 0; i < n; i++) {
+        if (list[i].finished)
+            continue;
+        struct spool_result res = {.exit_code = -1, .flags = RES_RESTARTED};
+        r = spool_finish(d->spool, list[i].job_id, list[i].epoch, &res);
+        log_info("op=recover job=%s epoch=%" PRId64 " result=\"agent restarted\"%s", list[i].job_id,
+                 list[i].epoch, r < 0 ? " error=spool-finish" : "");
+    }
+    spool_attempts_free(list, n);
+    return 0;
+}
+
+static bool join_within(pthread_t th, int64_t ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return pthread_timedjoin_np(th, NULL, &ts) == 0;
+}
+
+static void daemon_free(struct daemon *d)
+{
+    if (!d)
+        return;
+    spool_close(d->spool);
+    for (size_t i = 0; d->slots && i < d->nslots; i++)
+        json_decref(d->slots[i].assignment);
+    free(d->slots);
+    free(d->work_dir);
+    agent_state_free(&d->st);
+    pthread_cond_destroy(&d->wake);
+    pthread_cond_destroy(&d->send_wake);
+    pthread_mutex_destroy(&d->lock);
+    free(d);
+}
+
+static int daemon_opts(int argc, char **argv, const char **state_dir)
+{
+    static const struct option opts[] = {
+        {"state-dir", required_argument, NULL, 'd'},
+        {NULL, 0, NULL, 0},
+    };
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c != 'd') {
+            fprintf(stderr, "usage: orch-agent run [--state-dir DIR]\n");
+            return EXIT_USAGE;
+        }
+        *state_dir = optarg;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "orch-agent: run: unexpected argument '%s'\n", argv[optind]);
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
+/* Everything before the threads start: state, spool, work dir, recovery. */
+static int daemon_setup(struct daemon *d)
+{
+    char err[512] = "";
+    int r = agent_state_load(d->state_dir, &d->st, err, sizeof(err));
+    if (r == -ENOENT) {
+        fprintf(stderr, "orch-agent: not enrolled (no %s/agent.json): run `orch-agent register`\n",
+                d->state_dir);
+        return EXIT_NOT_ENROLLED;
+    }
+    if (r < 0) {
+        fprintf(stderr, "orch-agent: %s\n", err[0] ? err : strerror(-r));
+        return EXIT_FAIL;
+    }
+    if (strncmp(d->st.server_url, "https://", 8) != 0) {
+        fprintf(stderr, "orch-agent: the stored server URL is not https://\n");
+        return EXIT_FAIL;
+    }
+    _cleanup_free_ char *spool_dir = NULL;
+    if (asprintf(&spool_dir, "%s/spool", d->state_dir) < 0) {
+        spool_dir = NULL;
+        return EXIT_FAIL;
+    }
+    r = spool_open(spool_dir, 0, &d->spool);
+    if (r < 0) {
+        fprintf(stderr, "orch-agent: cannot open the spool %s: %s\n", spool_dir,
+                r == -EBUSY ? "another orch-agent uses this state directory" : strerror(-r));
+        return EXIT_FAIL;
+    }
+    if (asprintf(&d->work_dir, "%s/work", d->state_dir) < 0) {
+        d->work_dir = NULL;
+        return EXIT_FAIL;
+    }
+    rm_rf(d->work_dir); /* what a previous process left behind */
+    if (mkdir(d->work_dir, 0700) < 0 && errno != EEXIST) {
+        fprintf(stderr, "orch-agent: cannot create %s: %s\n", d->work_dir, strerror(errno));
+        return EXIT_FAIL;
+    }
+    struct stat sb;
+    d->cgroup_parent = stat(CGROUP_PARENT, &sb) == 0 && S_ISDIR(sb.st_mode) ? CGROUP_PARENT : NULL;
+    r = daemon_recover(d);
+    if (r < 0) {
+        fprintf(stderr, "orch-agent: cannot read the spool: %s\n", strerror(-r));
+        return EXIT_FAIL;
+    }
+    return EXIT_OK;
+}
+
+int daemon_run(int argc, char **argv, const struct agent_config *cfg)
+{
+    const char *state_dir = cfg->state_dir;
+    if (daemon_opts(argc, argv, &state_dir) != 0)
+        return EXIT_USAGE;
+    log_set_level((enum log_level)cfg->log_level);
+
+    /* Before any thread exists, so that every thread inherits the mask; only this thread
+     * takes the signals, with sigwait(). SIGCHLD stays at its default. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN); /* a closed socket is an error to handle, not a death */
+
+    struct daemon *d = calloc(1, sizeof(*d));
+    if (!d) {
+        fprintf(stderr, "orch-agent: out of memory\n");
+        return EXIT_FAIL;
+    }
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&d->lock, NULL);
+    pthread_cond_init(&d->wake, &ca);
+    pthread_cond_init(&d->send_wake, &ca);
+    pthread_condattr_destroy(&ca);
+    d->cfg = cfg;
+    d->state_dir = state_dir;
+    d->net = -1;
+    d->heartbeat_s = HEARTBEAT_DEFAULT_S;
+    d->nslots = cfg->slots > 0 ? (size_t)cfg->slots : 1;
+    d->slots = calloc(d->nslots, sizeof(*d->slots));
+    if (!d->slots) {
+        daemon_free(d);
+        return EXIT_FAIL;
+    }
+    int rc = daemon_setup(d);
+    if (rc != EXIT_OK) {
+        daemon_free(d);
+        return rc;
+    }
+    for (size_t i = 0; i < d->nslots; i++)
+        d->slots[i].d = d;
+
+    char q[300];
+    log_info("op=start agent=%s name=%s server=%s slots=%zu cgroup=%s", d->st.agent_id,
+             log_quote(d->st.name, q, sizeof(q)), d->st.server_url, d->nslots,
+             d->cgroup_parent ? d->cgroup_parent : "none");
+
+    pthread_t hb, poll, send;
+    bool hb_ok = pthread_create(&hb, NULL, daemon_heartbeat_main, d) == 0;
+    bool send_ok = hb_ok && pthread_create(&send, NULL, daemon_send_main, d) == 0;
+    bool poll_ok = send_ok && pthread_create(&poll, NULL, daemon_poll_main, d) == 0;
+    rc = EXIT_OK;
+    if (!poll_ok) {
+        log_error("op=start error=\"cannot create threads\"");
+        rc = EXIT_FAIL;
+    } else {
+        int sig = 0;
+        while (sigwait(&set, &sig) != 0)
+            ;
+        log_info("op=stop signal=%s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    }
+
+    /* Stop taking jobs, cancel the running ones (they get their grace period). */
+    pthread_mutex_lock(&d->lock);
+    d->stopping = true;
+    for (size_t i = 0; i < d->nslots; i++)
+        if (d->slots[i].state == SLOT_RUNNING)
+            atomic_store(&d->slots[i].cancel, true);
+    pthread_cond_broadcast(&d->wake);
+    pthread_cond_signal(&d->send_wake);
+    pthread_mutex_unlock(&d->lock);
+    /* The poll thread takes no slot once stopping is set, so the set of workers is final
+     * once the slot it may be filling right now has its thread. */
+    for (size_t i = 0; i < d->nslots; i++) {
+        struct slot *s = &d->slots[i];
+        pthread_mutex_lock(&d->lock);
+        while (s->state != SLOT_FREE && !s->thread_valid)
+            pthread_cond_wait(&d->wake, &d->lock);
+        bool joinable = s->state != SLOT_FREE;
+        pthread_mutex_unlock(&d->lock);
+        if (joinable) {
+            pthread_join(s->thread, NULL);
+            pthread_mutex_lock(&d->lock);
+            s->state = SLOT_FREE;
+            s->thread_valid = false;
+            pthread_mutex_unlock(&d->lock);
+        }
+    }
+    /* Let the sender flush what the jobs left, for a while. */
+    bool all_joined = true;
+    if (send_ok) {
+        int64_t end = mono_ms() + FLUSH_MS;
+        pthread_mutex_lock(&d->lock);
+        d->send_pending = true;
+        pthread_cond_signal(&d->send_wake);
+        for (int64_t now = mono_ms(); !d->send_done && now < end; now = mono_ms())
+            cond_wait_ms(&d->wake, &d->lock, end - now);
+        d->sender_stop = true;
+        pthread_cond_signal(&d->send_wake);
+        pthread_cond_broadcast(&d->wake);
+        pthread_mutex_unlock(&d->lock);
+        all_joined &= join_within(send, JOIN_MS);
+    }
+    if (hb_ok)
+        all_joined &= join_within(hb, JOIN_MS);
+    if (poll_ok)
+        all_joined &= join_within(poll, JOIN_MS);
+    if (!all_joined) {
+        /* A request is still in flight (a long poll, or a server that stopped answering);
+         * the transport cannot be interrupted, and the process is about to exit anyway:
+         * leave the shared state to that thread rather than free it under its feet. */
+        log_info("op=stop state=stopped detail=\"a request was still in flight\"");
+        return rc;
+    }
+    daemon_free(d);
+    log_info("op=stop state=stopped");
+    return rc;
+}

@@ -1,0 +1,327 @@
+/* End to end: the real orchd, PostgreSQL and RabbitMQ, and three real `orch-agent run`
+ * daemons enrolled with the CLI. Jobs land only on matching agents, run, and their output
+ * and results come back; cancel and timeout kill a whole process tree; an agent killed
+ * with SIGKILL mid-job loses it to another agent and its stale epoch is refused. */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "tests/integration/harness.h"
+#include "tests/integration/server.h"
+
+#define NAGENTS 3
+
+static struct th_server srv;
+static char *op, *tenant, *admin;
+static struct {
+    char dir[64];
+    pid_t pid;
+    char id[40];
+} agents[NAGENTS];
+
+static void agent_env(int i, char *buf, size_t len)
+{
+    snprintf(buf, len, "ORCH_AGENT_STATE_DIR=%.63s", agents[i].dir);
+}
+
+static void enrol(int i, const char *name, const char *label)
+{
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/enrollment-tokens", admin, "{\"name\":\"e2e\"}", NULL, &r);
+    cr_assert_eq(r.status, 201);
+    char *tok = strdup(th_str_of(&r, "token"));
+    th_resp_free(&r);
+    char ca[128], env[128];
+    snprintf(ca, sizeof(ca), "%s/tls/ca.pem", srv.dir);
+    agent_env(i, env, sizeof(env));
+    const char *argv[] = {th_env("ORCH_TEST_AGENT"),
+                          "register",
+                          "--server",
+                          srv.base,
+                          "--token",
+                          tok,
+                          "--name",
+                          name,
+                          "--label",
+                          label,
+                          "--ca-file",
+                          ca,
+                          "--slots",
+                          "2",
+                          NULL};
+    const char *envp[] = {env, NULL};
+    struct th_run run;
+    th_run(&run, argv, envp, 60000);
+    cr_assert_eq(run.status, 0, "register %s: %s", name, th_str(&run.err));
+    const char *p = strstr(th_str(&run.out), "(agent ");
+    cr_assert_not_null(p);
+    snprintf(agents[i].id, sizeof(agents[i].id), "%.36s", p + 7);
+    th_run_free(&run);
+    free(tok);
+}
+
+static void start_agent(int i)
+{
+    char env[128], log[128];
+    agent_env(i, env, sizeof(env));
+    snprintf(log, sizeof(log), "%.63s/agent.log", agents[i].dir);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        FILE *f = freopen(log, "a", stderr);
+        (void)f;
+        putenv(env);
+        putenv("ORCH_AGENT_LOG_LEVEL=debug");
+        execl(th_env("ORCH_TEST_AGENT"), "orch-agent", "run", (char *)NULL);
+        _exit(127);
+    }
+    agents[i].pid = pid;
+}
+
+static void stop_agent(int i, int sig)
+{
+    if (agents[i].pid <= 0)
+        return;
+    kill(agents[i].pid, sig);
+    int st;
+    uint64_t deadline = clock_mono_ns() + 30ull * 1000000000ull;
+    while (waitpid(agents[i].pid, &st, WNOHANG) == 0) {
+        if (clock_mono_ns() > deadline) {
+            kill(agents[i].pid, SIGKILL);
+            waitpid(agents[i].pid, &st, 0);
+            break;
+        }
+        usleep(20000);
+    }
+    agents[i].pid = 0;
+}
+
+static void setup(void)
+{
+    const char *env[] = {"ORCHD_AGENT_LEASE=4s", "ORCHD_AGENT_ONLINE_WINDOW=4s",
+                         "ORCHD_AGENT_HEARTBEAT_INTERVAL=1s", NULL};
+    th_server_start(&srv, env);
+    op = th_token(&srv, srv.operator_token);
+    tenant = th_tenant(&srv, op, "acme", "standard");
+    admin = th_tenant_token(&srv, op, tenant, "admin");
+    static const char *const labels[NAGENTS] = {"pool=red", "pool=blue", "pool=blue"};
+    for (int i = 0; i < NAGENTS; i++) {
+        snprintf(agents[i].dir, sizeof(agents[i].dir), "/tmp/orch-e2e-%d-XXXXXX", i);
+        cr_assert_not_null(mkdtemp(agents[i].dir));
+        char name[16];
+        snprintf(name, sizeof(name), "agent-%d", i);
+        enrol(i, name, labels[i]);
+        start_agent(i);
+    }
+}
+
+static void teardown(void)
+{
+    for (int i = 0; i < NAGENTS; i++) {
+        stop_agent(i, SIGTERM);
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "rm -rf '%.63s'", agents[i].dir);
+        if (system(cmd) != 0)
+            cr_log_warn("could not remove %s", agents[i].dir);
+    }
+    free(admin);
+    free(tenant);
+    free(op);
+    th_server_stop(&srv);
+}
+
+TestSuite(e2e, .init = setup, .fini = teardown, .timeout = 180);
+
+static char *submit(const char *body)
+{
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/jobs", admin, body, NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *id = strdup(th_str_of(&r, "id"));
+    th_resp_free(&r);
+    return id;
+}
+
+/* Poll the job (bounded) until its status is one of the final ones. */
+static json_t *wait_final(const char *id, int seconds)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/api/v1/jobs/%s", id);
+    uint64_t deadline = clock_mono_ns() + (uint64_t)seconds * 1000000000ull;
+    for (;;) {
+        struct th_resp r;
+        th_http(&srv, "GET", path, admin, NULL, NULL, &r);
+        cr_assert_eq(r.status, 200);
+        const char *st = th_str_of(&r, "status");
+        if (!strcmp(st, "succeeded") || !strcmp(st, "failed") || !strcmp(st, "dead") ||
+            !strcmp(st, "cancelled")) {
+            json_t *j = json_incref(r.json);
+            th_resp_free(&r);
+            return j;
+        }
+        th_resp_free(&r);
+        cr_assert(clock_mono_ns() < deadline, "job %s still %s after %d s", id, st, seconds);
+        usleep(100000); /* polling the condition, bounded by the deadline */
+    }
+}
+
+static char *logs(const char *id, const char *stream)
+{
+    char path[160];
+    snprintf(path, sizeof(path), "/api/v1/jobs/%s/logs?stream=%s", id, stream);
+    struct th_resp r;
+    th_http(&srv, "GET", path, admin, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200);
+    char *b = strdup(r.body ? r.body : "");
+    th_resp_free(&r);
+    return b;
+}
+
+static int agent_index(const char *agent_id)
+{
+    for (int i = 0; i < NAGENTS; i++)
+        if (agent_id && strcmp(agents[i].id, agent_id) == 0)
+            return i;
+    return -1;
+}
+
+Test(e2e, jobs_land_on_matching_agents_and_report_output_and_results)
+{
+    char *red[3], *blue[3];
+    for (int i = 0; i < 3; i++) {
+        red[i] = submit("{\"command\":\"echo out-$ORCH_JOB_ID; echo err >&2; exit 0\","
+                        "\"requirements\":{\"pool\":\"red\"}}");
+        blue[i] = submit("{\"command\":\"echo \\\"$1-$2\\\"; exit 3\",\"args\":[\"a\",\"b\"],"
+                         "\"requirements\":{\"pool\":\"blue\"},\"max_attempts\":1}");
+    }
+    for (int i = 0; i < 3; i++) {
+        json_t *j = wait_final(red[i], 60);
+        cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "succeeded");
+        cr_assert_eq(agent_index(json_string_value(json_object_get(j, "agent_id"))), 0,
+                     "a red job ran off the red agent");
+        json_decref(j);
+        char *out = logs(red[i], "stdout");
+        char want[80];
+        snprintf(want, sizeof(want), "out-%s\n", red[i]);
+        cr_assert_str_eq(out, want);
+        free(out);
+        char *err = logs(red[i], "stderr");
+        cr_assert_str_eq(err, "err\n");
+        free(err);
+
+        j = wait_final(blue[i], 60);
+        cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "dead",
+                         "exit 3 on its only attempt");
+        cr_assert_eq(json_integer_value(json_object_get(j, "exit_code")), 3);
+        int who = agent_index(json_string_value(json_object_get(j, "agent_id")));
+        cr_assert(who == 1 || who == 2, "a blue job ran on agent %d", who);
+        json_decref(j);
+        out = logs(blue[i], "stdout");
+        cr_assert_str_eq(out, "a-b\n");
+        free(out);
+        free(red[i]);
+        free(blue[i]);
+    }
+}
+
+/* Is any process with this marker in its command line still alive? */
+static bool marker_alive(const char *marker)
+{
+    char cmd[160];
+    snprintf(cmd, sizeof(cmd), "pgrep -f -- '%s' >/dev/null", marker);
+    return system(cmd) == 0;
+}
+
+Test(e2e, timeout_and_cancel_kill_the_whole_tree)
+{
+    /* A tree: the shell, a background sleeper and a foreground one, marked to find them. */
+    char *t = submit("{\"command\":\"sleep 300.11 & sleep 300.12; wait\","
+                     "\"timeout_ms\":2000,\"max_attempts\":1,\"requirements\":{\"pool\":\"red\"}}");
+    json_t *j = wait_final(t, 60);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "dead");
+    cr_assert(strstr(json_string_value(json_object_get(j, "error")), "timeout"), "%s",
+              json_string_value(json_object_get(j, "error")));
+    json_decref(j);
+    cr_assert(!marker_alive("sleep 300.1[12]"), "the timed-out tree survived");
+
+    char *c = submit("{\"command\":\"sleep 300.13 & sleep 300.14; wait\","
+                     "\"requirements\":{\"pool\":\"red\"}}");
+    char path[160];
+    snprintf(path, sizeof(path), "/api/v1/jobs/%s", c);
+    /* Wait until it runs. */
+    uint64_t deadline = clock_mono_ns() + 60ull * 1000000000ull;
+    for (;;) {
+        struct th_resp r;
+        th_http(&srv, "GET", path, admin, NULL, NULL, &r);
+        bool running = strcmp(th_str_of(&r, "status"), "running") == 0;
+        th_resp_free(&r);
+        if (running && marker_alive("sleep 300.1[34]"))
+            break;
+        cr_assert(clock_mono_ns() < deadline, "the job never started");
+        usleep(100000);
+    }
+    snprintf(path, sizeof(path), "/api/v1/jobs/%s/cancel", c);
+    struct th_resp r;
+    th_http(&srv, "POST", path, admin, NULL, NULL, &r);
+    cr_assert_eq(r.status, 202);
+    th_resp_free(&r);
+    j = wait_final(c, 60);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "cancelled");
+    json_decref(j);
+    cr_assert(!marker_alive("sleep 300.1[34]"), "the cancelled tree survived");
+    free(t);
+    free(c);
+}
+
+Test(e2e, an_agent_killed_mid_job_loses_it_to_another)
+{
+    /* Long enough to be mid-run when its agent dies; short enough to finish on the next. */
+    char *id = submit("{\"command\":\"echo start; sleep 3; echo done\","
+                      "\"requirements\":{\"pool\":\"blue\"},\"max_attempts\":3}");
+    char path[128];
+    snprintf(path, sizeof(path), "/api/v1/jobs/%s", id);
+    int first = -1;
+    uint64_t deadline = clock_mono_ns() + 60ull * 1000000000ull;
+    while (first < 0) {
+        struct th_resp r;
+        th_http(&srv, "GET", path, admin, NULL, NULL, &r);
+        if (strcmp(th_str_of(&r, "status"), "running") == 0)
+            first = agent_index(th_str_of(&r, "agent_id"));
+        th_resp_free(&r);
+        cr_assert(clock_mono_ns() < deadline, "the job never started");
+        if (first < 0)
+            usleep(50000);
+    }
+    stop_agent(first, SIGKILL);
+    json_t *j = wait_final(id, 90);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "succeeded");
+    int second = agent_index(json_string_value(json_object_get(j, "agent_id")));
+    cr_assert(second != first && second >= 1, "finished on agent %d after %d died", second, first);
+    cr_assert_geq(json_integer_value(json_object_get(j, "epoch")), 2);
+    json_decref(j);
+    /* The dead agent comes back: its stale epoch's spooled result is refused, and the job
+     * keeps the result of the attempt that finished. */
+    start_agent(first);
+    struct th_resp r;
+    char apath[128];
+    snprintf(apath, sizeof(apath), "/api/v1/agents/%s", agents[first].id);
+    deadline = clock_mono_ns() + 30ull * 1000000000ull;
+    for (bool back = false; !back;) {
+        th_http(&srv, "GET", apath, admin, NULL, NULL, &r);
+        back = strcmp(th_str_of(&r, "status"), "online") == 0;
+        th_resp_free(&r);
+        cr_assert(clock_mono_ns() < deadline, "the restarted agent did not come back online");
+        if (!back)
+            usleep(100000);
+    }
+    th_http(&srv, "GET", path, admin, NULL, NULL, &r);
+    cr_assert_str_eq(th_str_of(&r, "status"), "succeeded");
+    cr_assert_eq(agent_index(th_str_of(&r, "agent_id")), second);
+    th_resp_free(&r);
+    free(id);
+}
