@@ -4,8 +4,10 @@
 # Installs the packages, builds orch, starts a private PostgreSQL and RabbitMQ node in
 # .dev/run (data kept between runs), applies the schema migrations, makes a development
 # CA and server certificate and a token signing key, starts orchd over HTTPS, makes a
-# platform operator token and a demo tenant with an admin API key, prints how to reach the
-# API with curl, and keeps running until Ctrl-C, which stops everything it started.
+# platform operator token and a demo tenant with an admin API key, enrols a local agent
+# with `orch-agent register` and starts it, submits a demo job and prints its result and
+# output, prints how to reach the API with curl, and keeps running until Ctrl-C, which
+# stops everything it started.
 #
 # Environment:
 #   ORCH_SKIP_APT=1    do not run apt-get (packages already there)
@@ -41,7 +43,8 @@ fi
 say "starting orchd on https://127.0.0.1:$port"
 "$orchd" serve 2>>"$state/orchd.log" &
 orchd_pid=$!
-trap 'kill $orchd_pid 2>/dev/null; wait $orchd_pid 2>/dev/null; orch_services_stop' EXIT
+agent_pid=
+trap 'kill $agent_pid 2>/dev/null; wait $agent_pid 2>/dev/null; kill $orchd_pid 2>/dev/null; wait $orchd_pid 2>/dev/null; orch_services_stop' EXIT
 base=https://127.0.0.1:$port
 ca=$state/tls/ca.pem
 orch_wait_for 30 curl -sf --cacert "$ca" "$base/healthz" ||
@@ -72,6 +75,32 @@ if [ ! -s "$state/demo-admin-key" ]; then
 fi
 umask 022
 token=$(api POST /api/v1/auth/token "" "{\"key\":\"$(cat "$state/demo-admin-key")\"}" | field access_token)
+# A local agent, enrolled with the CLI like any other host (kept across runs).
+agent=$ORCH_ROOT/build/agent/orch-agent
+export ORCH_AGENT_STATE_DIR=$state/agent
+if ! "$agent" status >/dev/null 2>&1; then
+    "$agent" unregister --force >/dev/null 2>&1 || true
+    etok=$(api POST /api/v1/enrollment-tokens "$token" '{"name":"local agent"}' | field token)
+    "$agent" register --server "$base" --token "$etok" --name "$(hostname)-local" \
+        --label demo=yes --ca-file "$ca" --slots 2
+fi
+say "starting the local agent"
+"$agent" run 2>>"$state/agent.log" &
+agent_pid=$!
+
+say "submitting a demo job"
+job=$(api POST /api/v1/jobs "$token" \
+    '{"command":"echo \"hello from orch on $(hostname)\"; uname -srm","requirements":{"demo":"yes"}}' |
+    field id)
+status=queued
+for _ in $(seq 1 300); do
+    status=$(api GET "/api/v1/jobs/$job" "$token" | field status)
+    case $status in succeeded | failed | dead | cancelled) break ;; esac
+    sleep 0.1 # polling the job's state, bounded to 30 s
+done
+echo "demo job $job: $status"
+curl -s --cacert "$ca" "$base/api/v1/jobs/$job/logs" -H "Authorization: Bearer $token" | sed 's/^/  | /'
+
 # A queue to look at (409 on later runs: it is already there).
 curl -s -o /dev/null --cacert "$ca" -X POST "$base/api/v1/queues" -H "Authorization: Bearer $token" \
     -H 'Content-Type: application/json' -d '{"name":"default"}' || true
@@ -93,6 +122,11 @@ Try it (the token is valid for 15 minutes; exchange the key again for a new one)
       -d "{\"key\":\"\$(cat $state/demo-admin-key)\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
   curl -s --cacert \$CA \$ORCH/api/v1/tenant -H "Authorization: Bearer \$TOKEN"
   curl -s --cacert \$CA \$ORCH/api/v1/queues -H "Authorization: Bearer \$TOKEN"
+  curl -s --cacert \$CA \$ORCH/api/v1/jobs -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
+      -d '{"command":"echo hi from a job","requirements":{"demo":"yes"}}'
+  curl -s --cacert \$CA "\$ORCH/api/v1/jobs/JOB_ID/logs" -H "Authorization: Bearer \$TOKEN"
+
+  local agent: ORCH_AGENT_STATE_DIR=$state/agent ./build/agent/orch-agent status  (log: $state/agent.log)
 
 The API guide is docs/api.md.
 
@@ -103,5 +137,7 @@ if [ "${ORCH_RUN_ONCE:-0}" = 1 ]; then
     exit 0
 fi
 say "running; press Ctrl-C to stop"
-while kill -0 $orchd_pid 2>/dev/null; do sleep 1 & wait $! || true; done
-die "orchd stopped; see $state/orchd.log"
+while kill -0 $orchd_pid 2>/dev/null && kill -0 $agent_pid 2>/dev/null; do
+    sleep 1 & wait $! || true
+done
+die "orchd or the local agent stopped; see $state/orchd.log and $state/agent.log"

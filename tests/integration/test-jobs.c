@@ -26,7 +26,9 @@ static void setup(void)
     snprintf(jobs_queue, sizeof(jobs_queue), "orch.test.jobs.%s", hex);
     char env_queue[128];
     snprintf(env_queue, sizeof(env_queue), "ORCHD_BUS_JOBS_QUEUE=%s", jobs_queue);
-    const char *env[] = {env_queue, NULL};
+    /* No dispatcher on this node: the announcements stay in the queue for the test to read,
+     * and the jobs stay queued. */
+    const char *env[] = {env_queue, "ORCHD_DISPATCH_ENABLED=false", NULL};
     th_server_start(&srv, env);
     op = th_token(&srv, srv.operator_token);
     tenant = th_tenant(&srv, op, "acme", "professional");
