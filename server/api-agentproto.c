@@ -69,6 +69,7 @@ void api_agent_heartbeat(struct http_req *req)
                      json_integer_value(json_object_get(body, "slots")));
         const char *pp[] = {p->subject, app->cfg->node_name, slots[0] ? slots : NULL};
         r = store_exec_once(app->store, p->tenant_id, &q_first_beat, pp, NULL);
+        gateway_kick_dispatch(app->gw); /* a new agent: maybe jobs wait for it */
     }
     PGresult *res = NULL;
     const char *pj[] = {p->subject};
@@ -327,5 +328,7 @@ void api_agent_job_result(struct http_req *req)
     }
     log_info("op=job.result job=%s epoch=%s agent=%s outcome=%s status=%s", id, epoch, p->subject,
              outcome, status);
+    if (ended)
+        gateway_kick_dispatch(app->gw); /* a slot is free */
     http_reply_json(req, 200, json_pack("{s:s}", "status", status));
 }

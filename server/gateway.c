@@ -46,6 +46,7 @@ struct gateway {
     char **seen; /* agents that heartbeated on this node since start */
     int nseen;
     atomic_bool stop;
+    atomic_bool kick; /* a round is wanted now */
     pthread_t t_dispatch, t_reaper, t_checker, t_wakeups;
     bool started;
 };
@@ -144,6 +145,12 @@ static void on_wake(void *arg)
 }
 
 struct gateway *gateway_self;
+
+void gateway_kick_dispatch(struct gateway *gw)
+{
+    if (gw)
+        atomic_store(&gw->kick, true);
+}
 
 void gateway_wake(struct gateway *gw, const char *agent_id)
 {
@@ -379,14 +386,21 @@ static void *dispatch_main(void *arg)
     char lease[24], online[24];
     snprintf(lease, sizeof(lease), "%lld", (long long)(app->cfg->agent_lease_ms / 1000));
     snprintf(online, sizeof(online), "%lld", (long long)(app->cfg->agent_online_ms / 1000));
+    uint64_t next_tick = 0;
     while (!atomic_load(&gw->stop)) {
-        /* A submission wakes us at once; otherwise a round every tick. */
+        /* A submission (on the bus) or a kick (a slot came free) starts a round at once;
+         * otherwise one every tick. The bus is read in short waits so that a kick is seen
+         * within a few milliseconds. */
         char *body = NULL;
         size_t len = 0;
-        int r = sub ? bus_sub_next(sub, (int)app->cfg->dispatch_tick_ms, &body, &len) : 0;
+        int r = sub ? bus_sub_next(sub, 5, &body, &len) : 0;
         free(body);
         if (r < 0 || !sub)
-            sleep_ms(gw, app->cfg->dispatch_tick_ms);
+            sleep_ms(gw, 5);
+        bool kicked = atomic_exchange(&gw->kick, false);
+        if (r != 1 && !kicked && clock_mono_ns() < next_tick)
+            continue;
+        next_tick = clock_mono_ns() + (uint64_t)app->cfg->dispatch_tick_ms * 1000000u;
         for (int round = 0; round < 100 && !atomic_load(&gw->stop); round++) {
             const char *p[] = {"100", lease, online};
             PGresult *res = NULL;

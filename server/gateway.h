@@ -32,6 +32,10 @@ void gateway_stop(struct gateway *gw);
 /* Tell the gateway that agent_id may have an assignment. Thread-safe. */
 void gateway_wake(struct gateway *gw, const char *agent_id);
 
+/* A slot came free or an agent came online: run a dispatch round soon, without waiting for
+ * the next tick. Thread-safe, cheap. */
+void gateway_kick_dispatch(struct gateway *gw);
+
 /* The long-poll handler (GET /api/v1/agent/assignments). */
 void gateway_poll(struct http_req *req);
 

@@ -34,7 +34,7 @@ ORCHD_DB_MIGRATE_URL=$ORCH_PG_OWNER_URL ./build-bench/server/orchd migrate >/dev
 optoken=$(./build-bench/server/orchd admin create-token bench 2>/dev/null)
 ./build-bench/server/orchd serve 2>"$dir/orchd.log" &
 pids=($!)
-trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; orch_services_stop' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null; orch_services_stop' EXIT
 base=https://127.0.0.1:$ORCHD_HTTP_PORT
 ca=$dir/tls/ca.pem
 orch_wait_for 30 curl -sf --cacert "$ca" "$base/healthz" || die "orchd did not start"

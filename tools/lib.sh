@@ -234,7 +234,7 @@ orch_rmq_stop() {
 
 # Start both services under $1 and arrange for them to stop when the script exits.
 orch_services_start() {
-    ORCH_STATE=$1
+    export ORCH_STATE=$1
     mkdir -p "$ORCH_STATE"
     chmod 755 "$ORCH_STATE"
     export ORCH_PORTS_TAKEN=$ORCH_STATE/ports

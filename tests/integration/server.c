@@ -48,6 +48,9 @@ void th_server_start(struct th_server *s, const char *const *extra_env)
     for (size_t i = 0; extra_env && extra_env[i] && n < 15; i++)
         env[n++] = extra_env[i];
     env[n] = NULL;
+    for (size_t i = 0; i < n && i < 15; i++)
+        snprintf(s->env[i], sizeof(s->env[i]), "%s", env[i]);
+    s->nenv = n < 15 ? (int)n : 15;
 
     const char *orchd = th_env("ORCH_TEST_ORCHD");
     struct th_run r;
@@ -153,6 +156,26 @@ static void stop_process(struct th_server *s)
     }
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "orchd exited with status %d", st);
     s->pid = 0;
+}
+
+void th_server_restart(struct th_server *s, int sig)
+{
+    kill(s->pid, sig);
+    int st;
+    waitpid(s->pid, &st, 0);
+    s->pid = 0;
+    int port = s->port;
+    const char *env[18];
+    int n = 0;
+    for (int i = 0; i < s->nenv; i++)
+        env[n++] = s->env[i];
+    char fixed[64];
+    snprintf(fixed, sizeof(fixed), "ORCHD_HTTP_PORT=%d", port);
+    env[n++] = fixed; /* after the original's port=0: putenv lets the later one win */
+    env[n] = NULL;
+    s->port = 0;
+    spawn(s, env, "orchd-restarted.log");
+    cr_assert_eq(s->port, port, "orchd came back on another port");
 }
 
 void th_server_stop_peer(struct th_server *peer)

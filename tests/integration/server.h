@@ -17,7 +17,13 @@ struct th_server {
     pid_t pid;
     char operator_token[80]; /* orch_op_... */
     char base[64];           /* https://127.0.0.1:PORT */
+    char env[16][512];       /* orchd's environment, kept for restarts */
+    int nenv;
 };
+
+/* Kill orchd with sig (SIGKILL: a crash) and start it again on the same port and
+ * database. */
+void th_server_restart(struct th_server *s, int sig);
 
 /* extra_env: more "K=V" entries for orchd (NULL-terminated, may be NULL). */
 void th_server_start(struct th_server *s, const char *const *extra_env);

@@ -1,0 +1,197 @@
+/* Crashes and restarts, with two real agents: orchd killed with SIGKILL mid-run and
+ * started again, and RabbitMQ stopped and started, and every job is accounted for.
+ * Runs alone (it restarts the RabbitMQ node the other tests share). */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "tests/integration/harness.h"
+#include "tests/integration/server.h"
+
+#define NAGENTS 2
+#define NJOBS   12
+
+static struct th_server srv;
+static char *op, *tenant, *admin;
+static struct {
+    char dir[64];
+    pid_t pid;
+} agents[NAGENTS];
+
+static void start_agent(int i)
+{
+    char env[128], log[128];
+    snprintf(env, sizeof(env), "ORCH_AGENT_STATE_DIR=%.63s", agents[i].dir);
+    snprintf(log, sizeof(log), "%.63s/agent.log", agents[i].dir);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        FILE *f = freopen(log, "a", stderr);
+        (void)f;
+        putenv(env);
+        execl(th_env("ORCH_TEST_AGENT"), "orch-agent", "run", (char *)NULL);
+        _exit(127);
+    }
+    agents[i].pid = pid;
+}
+
+static void setup(void)
+{
+    const char *env[] = {"ORCHD_AGENT_LEASE=4s", "ORCHD_AGENT_ONLINE_WINDOW=4s",
+                         "ORCHD_AGENT_HEARTBEAT_INTERVAL=1s", NULL};
+    th_server_start(&srv, env);
+    op = th_token(&srv, srv.operator_token);
+    tenant = th_tenant(&srv, op, "acme", "standard");
+    admin = th_tenant_token(&srv, op, tenant, "admin");
+    for (int i = 0; i < NAGENTS; i++) {
+        snprintf(agents[i].dir, sizeof(agents[i].dir), "/tmp/orch-restart-%d-XXXXXX", i);
+        cr_assert_not_null(mkdtemp(agents[i].dir));
+        struct th_resp r;
+        th_http(&srv, "POST", "/api/v1/enrollment-tokens", admin, "{\"name\":\"r\"}", NULL, &r);
+        char *tok = strdup(th_str_of(&r, "token"));
+        th_resp_free(&r);
+        char ca[128], name[16], envd[128];
+        snprintf(ca, sizeof(ca), "%s/tls/ca.pem", srv.dir);
+        snprintf(name, sizeof(name), "agent-%d", i);
+        snprintf(envd, sizeof(envd), "ORCH_AGENT_STATE_DIR=%.63s", agents[i].dir);
+        const char *argv[] = {th_env("ORCH_TEST_AGENT"),
+                              "register",
+                              "--server",
+                              srv.base,
+                              "--token",
+                              tok,
+                              "--name",
+                              name,
+                              "--ca-file",
+                              ca,
+                              "--slots",
+                              "3",
+                              NULL};
+        const char *envp[] = {envd, NULL};
+        struct th_run run;
+        th_run(&run, argv, envp, 60000);
+        cr_assert_eq(run.status, 0, "%s", th_str(&run.err));
+        th_run_free(&run);
+        free(tok);
+        start_agent(i);
+    }
+}
+
+static void teardown(void)
+{
+    for (int i = 0; i < NAGENTS; i++) {
+        if (agents[i].pid > 0) {
+            kill(agents[i].pid, SIGTERM);
+            int st;
+            uint64_t deadline = clock_mono_ns() + 30ull * 1000000000ull;
+            while (waitpid(agents[i].pid, &st, WNOHANG) == 0) {
+                if (clock_mono_ns() > deadline) {
+                    kill(agents[i].pid, SIGKILL);
+                    waitpid(agents[i].pid, &st, 0);
+                    break;
+                }
+                usleep(20000);
+            }
+        }
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "rm -rf '%.63s'", agents[i].dir);
+        if (system(cmd) != 0)
+            cr_log_warn("could not remove %s", agents[i].dir);
+    }
+    free(admin);
+    free(tenant);
+    free(op);
+    th_server_stop(&srv);
+}
+
+TestSuite(restart, .init = setup, .fini = teardown, .timeout = 240);
+
+static void submit_n(char ids[][40], int n, const char *cmd)
+{
+    for (int i = 0; i < n; i++) {
+        char body[256];
+        snprintf(body, sizeof(body), "{\"command\":\"%s\",\"max_attempts\":5}", cmd);
+        struct th_resp r;
+        th_http(&srv, "POST", "/api/v1/jobs", admin, body, NULL, &r);
+        cr_assert_eq(r.status, 201, "%s", r.body);
+        snprintf(ids[i], 40, "%s", th_str_of(&r, "id"));
+        th_resp_free(&r);
+    }
+}
+
+/* Every job ends succeeded (bounded wait). */
+static void all_succeed(char ids[][40], int n, int seconds)
+{
+    uint64_t deadline = clock_mono_ns() + (uint64_t)seconds * 1000000000ull;
+    for (int i = 0; i < n; i++) {
+        char path[128];
+        snprintf(path, sizeof(path), "/api/v1/jobs/%s", ids[i]);
+        for (;;) {
+            struct th_resp r;
+            th_http(&srv, "GET", path, admin, NULL, NULL, &r);
+            cr_assert_eq(r.status, 200, "job %s is gone", ids[i]);
+            const char *st = th_str_of(&r, "status");
+            bool ok = strcmp(st, "succeeded") == 0;
+            bool bad = !strcmp(st, "dead") || !strcmp(st, "failed") || !strcmp(st, "cancelled");
+            char copy[16];
+            snprintf(copy, sizeof(copy), "%s", st);
+            th_resp_free(&r);
+            cr_assert(!bad, "job %s ended %s", ids[i], copy);
+            if (ok)
+                break;
+            cr_assert(clock_mono_ns() < deadline, "job %s still %s", ids[i], copy);
+            usleep(100000); /* polling the job's state, bounded */
+        }
+    }
+}
+
+Test(restart, orchd_killed_mid_run_loses_no_job)
+{
+    char ids[NJOBS][40];
+    submit_n(ids, NJOBS, "sleep 1; echo done");
+    /* Wait until some run, then crash the server. */
+    uint64_t deadline = clock_mono_ns() + 60ull * 1000000000ull;
+    for (bool running = false; !running;) {
+        struct th_resp r;
+        th_http(&srv, "GET", "/api/v1/jobs?status=running&limit=1", admin, NULL, NULL, &r);
+        running = json_array_size(json_object_get(r.json, "items")) > 0;
+        th_resp_free(&r);
+        cr_assert(clock_mono_ns() < deadline, "no job started");
+        if (!running)
+            usleep(50000);
+    }
+    th_server_restart(&srv, SIGKILL);
+    all_succeed(ids, NJOBS, 150);
+}
+
+static void rabbitmqctl(const char *what)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd),
+             "runuser -u rabbitmq -- sh -c \". '%s/rabbitmq/env.sh'; "
+             "/usr/lib/rabbitmq/bin/rabbitmqctl -q %s\" >/dev/null 2>&1",
+             th_env("ORCH_STATE"), what);
+    cr_assert_eq(system(cmd), 0, "rabbitmqctl %s failed", what);
+}
+
+Test(restart, rabbitmq_down_and_back_loses_no_job)
+{
+    char before[4][40], during[4][40];
+    submit_n(before, 4, "echo before");
+    rabbitmqctl("stop_app");
+    /* While RabbitMQ is down jobs are still accepted (PostgreSQL decides), and run: the
+     * dispatcher's rounds and the gateway's checks do not need the bus. */
+    submit_n(during, 4, "echo during");
+    all_succeed(during, 4, 120);
+    rabbitmqctl("start_app");
+    rabbitmqctl("await_startup");
+    all_succeed(before, 4, 120);
+    char after[4][40];
+    submit_n(after, 4, "echo after");
+    all_succeed(after, 4, 120);
+}
