@@ -50,64 +50,6 @@ static const struct store_stmt q_et_revoke = STORE_STMT(
     " SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM enrollment_tokens WHERE id = $1)",
     1);
 
-/* Read a document back in tx, commit, reply; rolls back on failure. */
-static void reply_doc(struct http_req *req, struct store_tx *tx, const struct store_stmt *stmt,
-                      const char *id, int status, const char *what, const char *secret_key,
-                      const char *secret)
-{
-    PGresult *res = NULL;
-    const char *p[] = {id};
-    int r = store_tx_exec(tx, stmt, p, &res);
-    if (r < 0) {
-        store_tx_rollback(tx);
-        http_reply_error(req, r, what);
-        return;
-    }
-    if (api_commit(req, tx, what) < 0) {
-        PQclear(res);
-        return;
-    }
-    if (!secret) {
-        api_reply_pg_json_or_404(req, status, res, what);
-        return;
-    }
-    json_error_t jerr;
-    json_t *doc = r == 1 ? json_loads(PQgetvalue(res, 0, 0), 0, &jerr) : NULL;
-    PQclear(res);
-    if (!doc) {
-        http_reply_error(req, -EIO, what);
-        return;
-    }
-    /* The only time the secret is shown. */
-    json_object_set_new(doc, secret_key, json_string(secret));
-    http_reply_json(req, status, doc);
-}
-
-static int list_page(struct http_req *req, const struct store_stmt *stmt, const char *what)
-{
-    int limit;
-    const char *cursor;
-    if (http_req_page(req, 50, 500, &limit, &cursor) < 0)
-        return -EINVAL;
-    if (cursor && !id_is_valid(cursor)) {
-        http_reply_problem(req, PROBLEM_VALIDATION, "is not a cursor returned by this API",
-                           "cursor");
-        return -EINVAL;
-    }
-    char lim[16];
-    snprintf(lim, sizeof(lim), "%d", limit);
-    const char *p[] = {cursor, lim};
-    PGresult *res = NULL;
-    int r = store_exec_once(((struct app *)http_req_app(req))->store,
-                            http_req_principal(req)->tenant_id, stmt, p, &res);
-    if (r < 0) {
-        http_reply_error(req, r, what);
-        return r;
-    }
-    api_reply_pg_json(req, 200, res);
-    return 0;
-}
-
 void api_enroll_tokens_create(struct http_req *req)
 {
     static const struct jsonv_field fields[] = {
@@ -162,12 +104,12 @@ void api_enroll_tokens_create(struct http_req *req)
         http_reply_error(req, r, "creating the enrolment token");
         return;
     }
-    reply_doc(req, tx, &q_et_doc, id, 201, "enrolment token", "token", k.key);
+    api_reply_doc_commit(req, tx, &q_et_doc, id, 201, "enrolment token", "token", k.key);
 }
 
 void api_enroll_tokens_list(struct http_req *req)
 {
-    list_page(req, &q_et_list, "listing enrolment tokens");
+    api_list_page(req, &q_et_list, http_req_principal(req)->tenant_id, "listing enrolment tokens");
 }
 
 void api_enroll_tokens_revoke(struct http_req *req)
@@ -379,7 +321,8 @@ void api_agents_register(struct http_req *req)
         goto done;
     }
     log_info("op=agent.register tenant=%s agent=%s", tenant, agent_id);
-    reply_doc(req, TAKE_PTR(tx), &q_agent_doc, agent_id, 201, "agent", "credential", cred.key);
+    api_reply_doc_commit(req, TAKE_PTR(tx), &q_agent_doc, agent_id, 201, "agent", "credential",
+                         cred.key);
 
 done:
     PQclear(res);
@@ -414,7 +357,7 @@ static const struct store_stmt q_agent_delete =
 
 void api_agents_list(struct http_req *req)
 {
-    list_page(req, &q_agent_list, "listing agents");
+    api_list_page(req, &q_agent_list, http_req_principal(req)->tenant_id, "listing agents");
 }
 
 void api_agents_get(struct http_req *req)
@@ -460,7 +403,7 @@ static void agent_change(struct http_req *req, const char *id, const struct stor
             http_reply_json(req, 204, NULL);
         return;
     }
-    reply_doc(req, tx, &q_agent_doc, id, 200, "agent", NULL, NULL);
+    api_reply_doc_commit(req, tx, &q_agent_doc, id, 200, "agent", NULL, NULL);
 }
 
 void api_agents_disable(struct http_req *req)
@@ -549,5 +492,5 @@ void api_agent_rotate(struct http_req *req)
         http_reply_error(req, r == 0 ? -ENOENT : r, "rotating the credential");
         return;
     }
-    reply_doc(req, tx, &q_agent_doc, id, 200, "agent", "credential", cred.key);
+    api_reply_doc_commit(req, tx, &q_agent_doc, id, 200, "agent", "credential", cred.key);
 }

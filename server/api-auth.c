@@ -285,14 +285,9 @@ static void create_key(struct http_req *req, const char *tenant_id, const char *
     if (r >= 0)
         r = app_audit(tx, req, tenant_id, "api_key.create", "api_key", id, detail);
     json_decref(detail);
-    PGresult *res = NULL;
-    const char *p2[] = {id};
-    if (r >= 0)
-        r = store_tx_exec(tx, &q_key_doc, p2, &res);
     if (r < 0) {
-        const char *state = store_tx_sqlstate(tx);
         bool dup = r == -EEXIST;
-        bool no_tenant = r == -ENOENT && strcmp(state, "23503") == 0;
+        bool no_tenant = r == -ENOENT && strcmp(store_tx_sqlstate(tx), "23503") == 0;
         store_tx_rollback(tx);
         if (dup)
             http_reply_problem(req, PROBLEM_CONFLICT, "a key with this name exists", "name");
@@ -302,20 +297,7 @@ static void create_key(struct http_req *req, const char *tenant_id, const char *
             http_reply_error(req, r, "creating the key");
         return;
     }
-    if (api_commit(req, tx, "creating the key") < 0) {
-        PQclear(res);
-        return;
-    }
-    json_error_t jerr;
-    json_t *doc = json_loads(PQgetvalue(res, 0, 0), 0, &jerr);
-    PQclear(res);
-    if (!doc) {
-        http_reply_error(req, -EIO, "reading the key back");
-        return;
-    }
-    /* The only time the secret is ever shown. */
-    json_object_set_new(doc, "key", json_string(k.key));
-    http_reply_json(req, 201, doc);
+    api_reply_doc_commit(req, tx, &q_key_doc, id, 201, "API key", "key", k.key);
 }
 
 void api_keys_create(struct http_req *req)
@@ -333,26 +315,7 @@ void api_keys_create_for_tenant(struct http_req *req)
 
 void api_keys_list(struct http_req *req)
 {
-    int limit;
-    const char *cursor;
-    if (http_req_page(req, 50, 500, &limit, &cursor) < 0)
-        return;
-    if (cursor && !id_is_valid(cursor)) {
-        http_reply_problem(req, PROBLEM_VALIDATION, "is not a cursor returned by this API",
-                           "cursor");
-        return;
-    }
-    char lim[16];
-    snprintf(lim, sizeof(lim), "%d", limit);
-    const char *p[] = {cursor, lim};
-    PGresult *res = NULL;
-    int r = store_exec_once(((struct app *)http_req_app(req))->store,
-                            http_req_principal(req)->tenant_id, &q_key_list, p, &res);
-    if (r < 0) {
-        http_reply_error(req, r, "listing keys");
-        return;
-    }
-    api_reply_pg_json(req, 200, res);
+    api_list_page(req, &q_key_list, http_req_principal(req)->tenant_id, "listing keys");
 }
 
 void api_keys_revoke(struct http_req *req)

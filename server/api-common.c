@@ -93,6 +93,64 @@ int api_check_labels(struct http_req *req, const json_t *labels, const char *fie
     return 0;
 }
 
+/* Read a document back in tx, commit, reply; rolls back on failure. */
+void api_reply_doc_commit(struct http_req *req, struct store_tx *tx, const struct store_stmt *stmt,
+                          const char *id, int status, const char *what, const char *secret_key,
+                          const char *secret)
+{
+    PGresult *res = NULL;
+    const char *p[] = {id};
+    int r = store_tx_exec(tx, stmt, p, &res);
+    if (r < 0) {
+        store_tx_rollback(tx);
+        http_reply_error(req, r, what);
+        return;
+    }
+    if (api_commit(req, tx, what) < 0) {
+        PQclear(res);
+        return;
+    }
+    if (!secret) {
+        api_reply_pg_json_or_404(req, status, res, what);
+        return;
+    }
+    json_error_t jerr;
+    json_t *doc = r == 1 ? json_loads(PQgetvalue(res, 0, 0), 0, &jerr) : NULL;
+    PQclear(res);
+    if (!doc) {
+        http_reply_error(req, -EIO, what);
+        return;
+    }
+    /* The only time the secret is shown. */
+    json_object_set_new(doc, secret_key, json_string(secret));
+    http_reply_json(req, status, doc);
+}
+
+int api_list_page(struct http_req *req, const struct store_stmt *stmt, const char *tenant_id,
+                  const char *what)
+{
+    int limit;
+    const char *cursor;
+    if (http_req_page(req, 50, 500, &limit, &cursor) < 0)
+        return -EINVAL;
+    if (cursor && !id_is_valid(cursor)) {
+        http_reply_problem(req, PROBLEM_VALIDATION, "is not a cursor returned by this API",
+                           "cursor");
+        return -EINVAL;
+    }
+    char lim[16];
+    snprintf(lim, sizeof(lim), "%d", limit);
+    const char *p[] = {cursor, lim};
+    PGresult *res = NULL;
+    int r = store_exec_once(((struct app *)http_req_app(req))->store, tenant_id, stmt, p, &res);
+    if (r < 0) {
+        http_reply_error(req, r, what);
+        return r;
+    }
+    api_reply_pg_json(req, 200, res);
+    return 0;
+}
+
 void api_healthz(struct http_req *req)
 {
     http_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));

@@ -111,19 +111,7 @@ static const struct jsonv_field update_fields[] = {
 /* Read the queue back in tx, commit, and reply. */
 static void reply_queue(struct http_req *req, struct store_tx *tx, const char *id, int status)
 {
-    PGresult *res = NULL;
-    const char *p[] = {id};
-    int r = store_tx_exec(tx, &q_queue_doc, p, &res);
-    if (r < 0) {
-        store_tx_rollback(tx);
-        http_reply_error(req, r, "reading the queue");
-        return;
-    }
-    if (api_commit(req, tx, "saving the queue") < 0) {
-        PQclear(res);
-        return;
-    }
-    api_reply_pg_json_or_404(req, status, res, "queue");
+    api_reply_doc_commit(req, tx, &q_queue_doc, id, status, "queue", NULL, NULL);
 }
 
 /* Reply to a failed queue write: name taken, quota exhausted, or other. Rolls tx back. */
@@ -231,26 +219,7 @@ void api_queues_get(struct http_req *req)
 
 void api_queues_list(struct http_req *req)
 {
-    int limit;
-    const char *cursor;
-    if (http_req_page(req, 50, 500, &limit, &cursor) < 0)
-        return;
-    if (cursor && !id_is_valid(cursor)) {
-        http_reply_problem(req, PROBLEM_VALIDATION, "is not a cursor returned by this API",
-                           "cursor");
-        return;
-    }
-    char lim[16];
-    snprintf(lim, sizeof(lim), "%d", limit);
-    const char *p[] = {cursor, lim};
-    PGresult *res = NULL;
-    int r = store_exec_once(((struct app *)http_req_app(req))->store,
-                            http_req_principal(req)->tenant_id, &q_queue_list, p, &res);
-    if (r < 0) {
-        http_reply_error(req, r, "listing queues");
-        return;
-    }
-    api_reply_pg_json(req, 200, res);
+    api_list_page(req, &q_queue_list, http_req_principal(req)->tenant_id, "listing queues");
 }
 
 void api_queues_delete(struct http_req *req)

@@ -132,19 +132,7 @@ static int parse_quotas(struct http_req *req, const json_t *q, char text[][24], 
 
 static void reply_tenant(struct http_req *req, struct store_tx *tx, const char *id, int status)
 {
-    PGresult *res = NULL;
-    const char *p[] = {id};
-    int r = store_tx_exec(tx, &q_tenant_doc, p, &res);
-    if (r < 0) {
-        store_tx_rollback(tx);
-        http_reply_error(req, r, "reading the tenant");
-        return;
-    }
-    if (api_commit(req, tx, "saving the tenant") < 0) {
-        PQclear(res);
-        return;
-    }
-    api_reply_pg_json_or_404(req, status, res, "tenant");
+    api_reply_doc_commit(req, tx, &q_tenant_doc, id, status, "tenant", NULL, NULL);
 }
 
 void api_tenants_create(struct http_req *req)
@@ -196,26 +184,7 @@ void api_tenants_create(struct http_req *req)
 
 void api_tenants_list(struct http_req *req)
 {
-    int limit;
-    const char *cursor;
-    if (http_req_page(req, 50, 500, &limit, &cursor) < 0)
-        return;
-    if (cursor && !id_is_valid(cursor)) {
-        http_reply_problem(req, PROBLEM_VALIDATION, "is not a cursor returned by this API",
-                           "cursor");
-        return;
-    }
-    char lim[16];
-    snprintf(lim, sizeof(lim), "%d", limit);
-    const char *p[] = {cursor, lim};
-    PGresult *res = NULL;
-    int r =
-        store_exec_once(((struct app *)http_req_app(req))->store, NULL, &q_tenant_list, p, &res);
-    if (r < 0) {
-        http_reply_error(req, r, "listing tenants");
-        return;
-    }
-    api_reply_pg_json(req, 200, res);
+    api_list_page(req, &q_tenant_list, NULL, "listing tenants");
 }
 
 void api_tenants_get(struct http_req *req)

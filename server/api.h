@@ -14,6 +14,17 @@ extern const size_t api_nroutes;
 void api_reply_pg_json(struct http_req *req, int status, PGresult *res);
 /* Reply 404 when res has no row, else as api_reply_pg_json(). */
 void api_reply_pg_json_or_404(struct http_req *req, int status, PGresult *res, const char *what);
+/* Read the document of id back with stmt inside tx, commit, and reply with it (status);
+ * when secret is not NULL it is added to the document as member secret_key (the one time
+ * a secret is shown). Rolls back and replies with a problem on failure. */
+void api_reply_doc_commit(struct http_req *req, struct store_tx *tx, const struct store_stmt *stmt,
+                          const char *id, int status, const char *what, const char *secret_key,
+                          const char *secret);
+/* A page of a list: the limit and cursor query parameters are checked, then stmt ($1
+ * cursor, $2 limit) runs in the scope of tenant_id (NULL: system) and its JSON is the
+ * reply. Returns 0, or < 0 after replying with a problem. */
+int api_list_page(struct http_req *req, const struct store_stmt *stmt, const char *tenant_id,
+                  const char *what);
 /* Commit tx; on failure reply with the mapped problem and return < 0. */
 int api_commit(struct http_req *req, struct store_tx *tx, const char *what);
 /* The path parameter "id" if it is a canonical UUID; otherwise reply 404 and return NULL
