@@ -104,4 +104,5 @@ echo
 echo "responses by status (from the access log):"
 grep -o 'op=http method=[A-Z]* route=[^ ]* status=[0-9]*' "$dir/orchd.log" | sed 's/op=http //' |
     sort | uniq -c | sort -rn | head -10
-grep -E 'level=(warn|error)' "$dir/orchd.log" | sed 's/^ts=[^ ]* //' | sort | uniq -c | sort -rn | head -5
+{ grep -E 'level=(warn|error)' "$dir/orchd.log" || true; } | sed 's/^ts=[^ ]* //' | sort | uniq -c |
+    sort -rn | head -5
