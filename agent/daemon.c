@@ -43,6 +43,8 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 #define JOIN_MS             1000  /* then how long a network thread may take to notice */
 #define JOB_GRACE_MS        10000
 #define IDLE_WAIT_MS        1000 /* sender: spool_sync_all() at least this often when idle */
+#define ROTATE_BEFORE_S     (30 * 86400) /* rotate the credential when it expires sooner */
+#define ROTATE_MIN_GAP_MS   3600000      /* at most one rotation attempt an hour */
 #define CGROUP_PARENT       "/sys/fs/cgroup/orch-agent"
 #define DEFAULT_PATH        "/usr/local/bin:/usr/bin:/bin"
 
@@ -97,6 +99,10 @@ struct daemon {
     bool hb_kick;   /* another thread reconnected: heartbeat at once */
     int net;        /* -1 unknown, 0 disconnected, 1 connected: logged on change */
     int64_t heartbeat_s;
+    /* st.credential may change (a rotation) while the threads run: read it with the lock
+     * held; cred_gen counts the changes, so each thread updates its own transport. */
+    uint64_t cred_gen;
+    int64_t rotate_before_s; /* ORCH_AGENT_ROTATE_BEFORE_S */
     size_t nslots;
     struct slot *slots;
 };
@@ -204,19 +210,88 @@ static void daemon_net_failed(struct daemon *d, const char *op, int r, const cha
         log_debug("op=%s error=%s", op, log_quote(detail, q, sizeof(q)));
 }
 
-static struct transport *daemon_transport(struct daemon *d, int64_t timeout_ms)
+static struct transport *daemon_transport(struct daemon *d, int64_t timeout_ms, uint64_t *gen)
 {
-    struct transport_options o = {.server_url = d->st.server_url,
-                                  .ca_file = d->st.ca_file,
-                                  .credential = d->st.credential,
-                                  .timeout_ms = timeout_ms};
+    struct transport_options o = {
+        .server_url = d->st.server_url, .ca_file = d->st.ca_file, .timeout_ms = timeout_ms};
     struct transport *t = NULL;
+    pthread_mutex_lock(&d->lock);
+    o.credential = d->st.credential;
+    *gen = d->cred_gen;
     int r = transport_new(&o, &t);
+    pthread_mutex_unlock(&d->lock);
     if (r < 0) {
         log_error("op=transport error=%s", strerror(-r));
         return NULL;
     }
     return t;
+}
+
+/* Before a request: take up the credential another thread rotated to since *gen. */
+static void daemon_transport_sync(struct daemon *d, struct transport *t, uint64_t *gen)
+{
+    pthread_mutex_lock(&d->lock);
+    if (*gen != d->cred_gen) {
+        if (transport_set_credential(t, d->st.credential) < 0)
+            log_error("op=rotate-credential error=\"out of memory\"");
+        else
+            *gen = d->cred_gen;
+    }
+    pthread_mutex_unlock(&d->lock);
+}
+
+/* Rotate the credential (the heartbeat found it expires soon). The new one is saved to
+ * agent.json before any thread uses it; when that fails, the old one stays in use (the
+ * server accepts it for 15 minutes after the rotation, and a rotation made with it keeps
+ * it that long again). Returns true when the next heartbeat should try again: the answer
+ * was lost or the new credential could not be saved; false after a rotation or a refusal
+ * (tried again an hour later). */
+static bool daemon_rotate(struct daemon *d, struct transport *t)
+{
+    char q[320];
+    struct transport_reply rep = {0};
+    int r = transport_request(t, "POST", "/api/v1/agent/rotate-credential", NULL, &rep);
+    if (r < 0) {
+        daemon_net_failed(d, "rotate-credential", r, rep.error);
+        return true;
+    }
+    const char *cred = json_string_value(json_object_get(rep.body, "credential"));
+    if (rep.status != 200 || !cred || strncmp(cred, "orch_ag_", 8) != 0) {
+        log_warn(
+            "op=rotate-credential status=%ld detail=%s", rep.status,
+            log_quote(rep.status == 200 ? "no credential in the answer" : rep.error, q, sizeof(q)));
+        json_decref(rep.body);
+        return rep.status >= 500;
+    }
+    char *copy = strdup(cred);
+    json_decref(rep.body); /* holds the secret: gone once copied */
+    if (!copy) {
+        log_error("op=rotate-credential error=\"out of memory\"");
+        return true;
+    }
+    /* Only this thread writes st.credential, so reading the rest without the lock is safe. */
+    struct agent_state next = d->st;
+    next.credential = copy;
+    r = agent_state_save(d->state_dir, &next);
+    if (r < 0) {
+        log_error("op=rotate-credential error=%s detail=\"cannot save the new credential; "
+                  "keeping the old one\"",
+                  log_quote(strerror(-r), q, sizeof(q)));
+        explicit_bzero(copy, strlen(copy));
+        free(copy);
+        return true;
+    }
+    pthread_mutex_lock(&d->lock);
+    char *old = d->st.credential;
+    d->st.credential = copy;
+    d->cred_gen++;
+    pthread_mutex_unlock(&d->lock);
+    if (old) {
+        explicit_bzero(old, strlen(old));
+        free(old);
+    }
+    log_info("op=rotate-credential state=rotated");
+    return false;
 }
 
 /* --- slots --------------------------------------------------------------------------- */
@@ -581,7 +656,8 @@ release:
 static void *daemon_poll_main(void *arg)
 {
     struct daemon *d = arg;
-    struct transport *t = daemon_transport(d, POLL_TIMEOUT_MS);
+    uint64_t gen = 0;
+    struct transport *t = daemon_transport(d, POLL_TIMEOUT_MS, &gen);
     if (!t)
         return NULL;
     struct backoff b = {0};
@@ -597,6 +673,7 @@ static void *daemon_poll_main(void *arg)
             break;
         struct transport_reply rep;
         int64_t t0 = mono_ms();
+        daemon_transport_sync(d, t, &gen);
         int r = transport_request(t, "GET", path, NULL, &rep);
         int64_t sleep_ms = 0;
         if (r < 0) {
@@ -735,10 +812,12 @@ static void daemon_stop_listed(struct daemon *d, const json_t *list, bool lost)
 static void *daemon_heartbeat_main(void *arg)
 {
     struct daemon *d = arg;
-    struct transport *t = daemon_transport(d, REQUEST_TIMEOUT_MS);
+    uint64_t gen = 0;
+    struct transport *t = daemon_transport(d, REQUEST_TIMEOUT_MS, &gen);
     if (!t)
         return NULL;
     struct backoff b = {0};
+    int64_t last_rotate_ms = INT64_MIN / 2;
     struct cpu_sample cpu = {0, 0};
     cpu_read(&cpu);
     for (;;) {
@@ -750,6 +829,7 @@ static void *daemon_heartbeat_main(void *arg)
             break;
         json_t *body = daemon_heartbeat_body(d, &cpu);
         struct transport_reply rep = {0};
+        daemon_transport_sync(d, t, &gen);
         int r =
             body ? transport_request(t, "POST", "/api/v1/agent/heartbeat", body, &rep) : -ENOMEM;
         json_decref(body);
@@ -767,6 +847,14 @@ static void *daemon_heartbeat_main(void *arg)
             daemon_stop_listed(d, json_object_get(rep.body, "cancel"), false);
             daemon_stop_listed(d, json_object_get(rep.body, "lost"), true);
             sleep_ms = d->heartbeat_s * 1000;
+            json_t *exp = json_object_get(rep.body, "credential_expires_in_s");
+            if (json_is_integer(exp) && json_integer_value(exp) < d->rotate_before_s &&
+                mono_ms() - last_rotate_ms >= ROTATE_MIN_GAP_MS) {
+                last_rotate_ms = mono_ms();
+                if (daemon_rotate(d, t))
+                    last_rotate_ms = INT64_MIN / 2; /* not done: again with the next heartbeat */
+                daemon_transport_sync(d, t, &gen);
+            }
         } else {
             char q[320];
             daemon_net_ok(d, true);
@@ -943,7 +1031,8 @@ static bool daemon_jobs_running(struct daemon *d)
 static void *daemon_send_main(void *arg)
 {
     struct daemon *d = arg;
-    struct transport *t = daemon_transport(d, REQUEST_TIMEOUT_MS);
+    uint64_t gen = 0;
+    struct transport *t = daemon_transport(d, REQUEST_TIMEOUT_MS, &gen);
     struct backoff b = {0};
     for (; t;) {
         pthread_mutex_lock(&d->lock);
@@ -952,6 +1041,7 @@ static void *daemon_send_main(void *arg)
         pthread_mutex_unlock(&d->lock);
         if (stop)
             break;
+        daemon_transport_sync(d, t, &gen);
         enum send_outcome out = daemon_send_started(d, t);
         if (out == SEND_IDLE) {
             struct spool_item it;
@@ -1153,6 +1243,16 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
     d->state_dir = state_dir;
     d->net = -1;
     d->heartbeat_s = HEARTBEAT_DEFAULT_S;
+    d->rotate_before_s = ROTATE_BEFORE_S;
+    const char *rb = getenv("ORCH_AGENT_ROTATE_BEFORE_S");
+    if (rb && *rb) {
+        char *end = NULL;
+        long long v = strtoll(rb, &end, 10);
+        if (*end == '\0' && v >= 0)
+            d->rotate_before_s = v;
+        else
+            log_warn("op=start detail=\"ignoring an invalid ORCH_AGENT_ROTATE_BEFORE_S\"");
+    }
     d->nslots = cfg->slots > 0 ? (size_t)cfg->slots : 1;
     d->slots = calloc(d->nslots, sizeof(*d->slots));
     if (!d->slots) {

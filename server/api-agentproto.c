@@ -105,11 +105,17 @@ void api_agent_heartbeat(struct http_req *req)
     PQclear(res);
     char now[CLOCK_RFC3339_LEN];
     clock_format_rfc3339(clock_real_ms(), now, sizeof(now));
-    http_reply_json(
-        req, 200,
+    json_t *ans =
         json_pack("{s:s, s:I, s:I, s:o, s:o}", "server_time", now, "heartbeat_interval_s",
                   (json_int_t)(app->cfg->agent_heartbeat_ms / 1000), "lease_s",
-                  (json_int_t)(app->cfg->agent_lease_ms / 1000), "cancel", cancel, "lost", lost));
+                  (json_int_t)(app->cfg->agent_lease_ms / 1000), "cancel", cancel, "lost", lost);
+    /* When the credential expires, so that the agent rotates it in time. */
+    int64_t exp = http_req_principal(req)->token_exp;
+    if (ans && exp > 0) {
+        int64_t left = exp - clock_real_ms() / 1000;
+        json_object_set_new(ans, "credential_expires_in_s", json_integer(left > 0 ? left : 0));
+    }
+    http_reply_json(req, 200, ans);
     json_decref(running);
     json_decref(body);
 }

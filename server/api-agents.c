@@ -349,7 +349,8 @@ static const struct store_stmt q_agent_status =
 static const struct store_stmt q_agent_revoke =
     STORE_STMT("agent_revoke",
                "UPDATE agents SET credential_revoked_at = coalesce(credential_revoked_at, now()),"
-               " updated_at = now() WHERE id = $1 RETURNING id",
+               " prev_credential_prefix = NULL, prev_credential_hash = NULL,"
+               " prev_credential_valid_until = NULL, updated_at = now() WHERE id = $1 RETURNING id",
                1);
 
 static const struct store_stmt q_agent_delete =
@@ -444,12 +445,23 @@ void api_agents_delete(struct http_req *req)
 
 /* --- the agent's own routes ------------------------------------------------------------------ */
 
-static const struct store_stmt q_agent_rotate =
-    STORE_STMT("agent_rotate",
-               "UPDATE agents SET credential_prefix = $2, credential_hash = decode($3, 'hex'),"
-               " credential_expires_at = now() + interval '" AGENT_CREDENTIAL_DAYS " days',"
-               " updated_at = now() WHERE id = $1 RETURNING id",
-               3);
+/* How long the previous credential keeps working after a rotation. */
+#define AGENT_ROTATION_GRACE_MINUTES "15"
+
+/* The credential presented ($4: its prefix) becomes the previous one: the current one, or
+ * the previous one again when the agent lost the answer of a rotation and retries. */
+static const struct store_stmt q_agent_rotate = STORE_STMT(
+    "agent_rotate",
+    "UPDATE agents SET"
+    " prev_credential_prefix = CASE WHEN prev_credential_prefix = $4 THEN prev_credential_prefix"
+    "                               ELSE credential_prefix END,"
+    " prev_credential_hash = CASE WHEN prev_credential_prefix = $4 THEN prev_credential_hash"
+    "                             ELSE credential_hash END,"
+    " prev_credential_valid_until = now() + interval '" AGENT_ROTATION_GRACE_MINUTES " minutes',"
+    " credential_prefix = $2, credential_hash = decode($3, 'hex'),"
+    " credential_expires_at = now() + interval '" AGENT_CREDENTIAL_DAYS " days',"
+    " updated_at = now() WHERE id = $1 RETURNING id",
+    4);
 
 void api_agent_self(struct http_req *req)
 {
@@ -472,8 +484,9 @@ void api_agent_unregister(struct http_req *req)
 
 void api_agent_rotate(struct http_req *req)
 {
-    /* The old credential stops working when this commits; the agent stores the new one
-     * (written before the reply is read, see orch-agent) and uses it from then on. */
+    /* The old credential keeps working for AGENT_ROTATION_GRACE_MINUTES after this commits
+     * (so a lost answer does not lock the agent out; it can rotate again with the old one);
+     * the agent saves the new one before it uses it (see orch-agent). */
     const char *id = http_req_principal(req)->subject;
     struct authkey cred;
     if (authkey_new(AUTHKEY_AGENT, &cred) < 0) {
@@ -482,14 +495,16 @@ void api_agent_rotate(struct http_req *req)
     }
     struct store_tx *tx = NULL;
     int r = app_tx_begin(http_req_app(req), req, &tx);
-    const char *p[] = {id, cred.prefix, cred.hash_hex};
+    const char *p[] = {id, cred.prefix, cred.hash_hex, http_req_principal(req)->token_id};
     if (r >= 0)
         r = store_tx_exec(tx, &q_agent_rotate, p, NULL);
+    if (r == 0)
+        r = -ENOENT;
     if (r > 0)
         r = app_audit(tx, req, NULL, "agent.rotate_credential", "agent", id, NULL);
-    if (r <= 0) {
+    if (r < 0) {
         store_tx_rollback(tx);
-        http_reply_error(req, r == 0 ? -ENOENT : r, "rotating the credential");
+        http_reply_error(req, r, "rotating the credential");
         return;
     }
     api_reply_doc_commit(req, tx, &q_agent_doc, id, 200, "agent", "credential", cred.key);

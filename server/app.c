@@ -61,13 +61,19 @@ void app_close(struct app *app)
     app->rl = NULL;
 }
 
+/* The current credential, or the previous one during the grace period after a rotation
+ * (sql/0006_rotation.sql): column 2 is the hash of the one whose prefix matched. */
 static const struct store_stmt q_agent_auth = STORE_STMT(
     "agent_auth",
-    "SELECT a.id, a.tenant_id, a.credential_hash,"
+    "SELECT a.id, a.tenant_id,"
+    "       CASE WHEN a.credential_prefix = $1 THEN a.credential_hash"
+    "            ELSE a.prev_credential_hash END,"
     "       a.credential_revoked_at IS NULL AND a.status <> 'disabled' AND t.status = 'active'"
-    "       AND (a.credential_expires_at IS NULL OR a.credential_expires_at > now()),"
+    "       AND (a.credential_expires_at IS NULL OR a.credential_expires_at > now())"
+    "       AND (a.credential_prefix = $1 OR a.prev_credential_valid_until > now()),"
     "       extract(epoch FROM a.credential_expires_at)::bigint"
-    "  FROM agents a JOIN tenants t ON t.id = a.tenant_id WHERE a.credential_prefix = $1",
+    "  FROM agents a JOIN tenants t ON t.id = a.tenant_id"
+    " WHERE a.credential_prefix = $1 OR a.prev_credential_prefix = $1",
     1);
 
 /* An agent presents its own long-lived credential (orch_ag_...) on every request: its
@@ -94,6 +100,7 @@ static int authenticate_agent(struct app *app, const char *token, size_t len,
         snprintf(ret->subject, sizeof(ret->subject), "%s", PQgetvalue(res, 0, 0));
         snprintf(ret->tenant_id, sizeof(ret->tenant_id), "%s", PQgetvalue(res, 0, 1));
         snprintf(ret->role, sizeof(ret->role), "agent");
+        snprintf(ret->token_id, sizeof(ret->token_id), "%s", prefix);
         ret->token_exp = PQgetisnull(res, 0, 4) ? 0 : strtoll(PQgetvalue(res, 0, 4), NULL, 10);
     } else if (r == 1 && authkey_hash_matches(hash, PQgetvalue(res, 0, 2))) {
         *why = "the agent credential was revoked or expired, the agent is disabled, or its "

@@ -74,7 +74,7 @@ struct http_principal {
     char tenant_id[37]; /* tenant principals only */
     char role[16];      /* admin | operator | viewer | platform */
     char subject[129];  /* API key id or operator token id */
-    char token_id[37];  /* jti of the token used */
+    char token_id[37];  /* jti of the token used; agents: the credential's public prefix */
     int64_t token_exp;  /* seconds since the epoch */
 };
 

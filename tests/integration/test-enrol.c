@@ -1,10 +1,13 @@
 /* Enrolment end to end: the real orch-agent CLI against the real orchd over HTTPS, with
  * enrolment tokens a tenant admin makes through the API. */
 #include <criterion/criterion.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "tests/integration/harness.h"
@@ -351,5 +354,180 @@ Test(enrol, damaged_state_file_is_not_overwritten)
     th_run_free(&r);
     cr_assert_eq(do_register(tok, "builder", NULL, &r), 0, "%s", th_str(&r.err));
     th_run_free(&r);
+    free(tok);
+}
+
+/* Status of POST /api/v1/agent/heartbeat with cred; *exp_s gets credential_expires_in_s
+ * (-1 when absent). */
+static long beat_status(const char *cred, json_int_t *exp_s)
+{
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/agent/heartbeat", cred,
+            "{\"status\":\"idle\",\"slots\":1,\"free_slots\":1,\"running\":[]}", NULL, &r);
+    long st = r.status;
+    if (exp_s) {
+        json_t *e = json_object_get(r.json, "credential_expires_in_s");
+        *exp_s = json_is_integer(e) ? json_integer_value(e) : -1;
+    }
+    th_resp_free(&r);
+    return st;
+}
+
+Test(enrol, rotated_credential_keeps_the_old_one_for_a_grace_period_until_revoked)
+{
+    char *tok = enrol_token("{\"name\":\"rot\"}", NULL);
+    char body[512];
+    snprintf(body, sizeof(body),
+             "{\"token\":\"%s\",\"name\":\"rot\",\"os\":\"linux\",\"arch\":\"x86_64\","
+             "\"labels\":{},\"slots\":1}",
+             tok);
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/agents/register", NULL, body, NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *old = strdup(th_str_of(&r, "credential"));
+    char *id = strdup(th_str_of(&r, "id"));
+    th_resp_free(&r);
+
+    json_int_t exp = 0;
+    cr_assert_eq(beat_status(old, &exp), 200);
+    cr_assert(exp > 89 * 86400 && exp <= 90 * 86400 + 5, "credential_expires_in_s=%lld",
+              (long long)exp);
+
+    th_http(&srv, "POST", "/api/v1/agent/rotate-credential", old, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    char *cred = strdup(th_str_of(&r, "credential"));
+    th_resp_free(&r);
+    cr_assert(strncmp(cred, "orch_ag_", 8) == 0);
+    cr_assert_str_neq(cred, old);
+
+    /* Both work: the new one, and the old one during its grace period. */
+    cr_assert_eq(beat_status(cred, &exp), 200);
+    cr_assert(exp > 0, "credential_expires_in_s=%lld", (long long)exp);
+    cr_assert_eq(beat_status(old, &exp), 200);
+    cr_assert(exp > 0);
+    th_http(&srv, "GET", "/api/v1/agent", old, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    cr_assert_str_eq(th_str_of(&r, "id"), id);
+    th_resp_free(&r);
+
+    /* A second rotation: the first credential is gone, the second is in its grace. */
+    th_http(&srv, "POST", "/api/v1/agent/rotate-credential", cred, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    char *third = strdup(th_str_of(&r, "credential"));
+    th_resp_free(&r);
+    cr_assert_eq(beat_status(old, NULL), 401);
+    cr_assert_eq(beat_status(cred, NULL), 200);
+    cr_assert_eq(beat_status(third, NULL), 200);
+
+    /* The answer was lost: rotating with the previous credential keeps it the previous one
+     * and replaces the unseen current one. */
+    th_http(&srv, "POST", "/api/v1/agent/rotate-credential", cred, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    char *fourth = strdup(th_str_of(&r, "credential"));
+    th_resp_free(&r);
+    cr_assert_eq(beat_status(third, NULL), 401);
+    cr_assert_eq(beat_status(cred, NULL), 200);
+    cr_assert_eq(beat_status(fourth, NULL), 200);
+
+    /* Revoking clears both the current and the previous credential. */
+    char path[256];
+    snprintf(path, sizeof(path), "/api/v1/agents/%s/revoke-credential", id);
+    th_http(&srv, "POST", path, admin, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    th_resp_free(&r);
+    cr_assert_eq(beat_status(fourth, NULL), 401);
+    cr_assert_eq(beat_status(cred, NULL), 401);
+    cr_assert_eq(beat_status(old, NULL), 401);
+
+    free(fourth);
+    free(third);
+    free(cred);
+    free(id);
+    free(old);
+    free(tok);
+}
+
+static char *state_credential(void)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/agent.json", statedir);
+    json_t *j = json_load_file(path, 0, NULL);
+    cr_assert_not_null(j, "cannot read %s", path);
+    char *c = strdup(json_string_value(json_object_get(j, "credential")));
+    json_decref(j);
+    return c;
+}
+
+Test(enrol, daemon_rotates_its_credential_and_stays_online)
+{
+    char *tok = enrol_token("{\"name\":\"ci\"}", NULL);
+    struct th_run r;
+    cr_assert_eq(do_register(tok, "rotor", NULL, &r), 0, "%s", th_str(&r.err));
+    th_run_free(&r);
+    char *old = state_credential();
+
+    char env_dir[128], log[128];
+    snprintf(env_dir, sizeof(env_dir), "ORCH_AGENT_STATE_DIR=%s", statedir);
+    snprintf(log, sizeof(log), "%s.log", statedir);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        FILE *f = freopen(log, "w", stderr);
+        (void)f;
+        putenv(env_dir);
+        putenv("ORCH_AGENT_ROTATE_BEFORE_S=99999999");
+        execl(th_env("ORCH_TEST_AGENT"), "orch-agent", "run", (char *)NULL);
+        _exit(127);
+    }
+
+    /* The first heartbeat answer says the credential expires within 99999999 s: the
+     * daemon rotates at once and saves the new credential. */
+    char *cred = NULL;
+    for (int i = 0; i < 300; i++) {
+        free(cred);
+        cred = state_credential();
+        if (strcmp(cred, old) != 0)
+            break;
+        usleep(100000);
+    }
+    cr_assert_str_neq(cred, old, "agent.json still holds the first credential");
+    cr_assert(strncmp(cred, "orch_ag_", 8) == 0);
+
+    /* It stays online with it (its next heartbeats use the new credential). */
+    struct th_resp resp;
+    th_http(&srv, "GET", "/api/v1/agent", cred, NULL, NULL, &resp);
+    cr_assert_eq(resp.status, 200, "%s", resp.body);
+    char path[128];
+    snprintf(path, sizeof(path), "/api/v1/agents/%s", th_str_of(&resp, "id"));
+    th_resp_free(&resp);
+    bool online = false;
+    for (int i = 0; i < 300 && !online; i++) {
+        th_http(&srv, "GET", path, admin, NULL, NULL, &resp);
+        online = strcmp(th_str_of(&resp, "status"), "online") == 0;
+        th_resp_free(&resp);
+        if (!online)
+            usleep(100000);
+    }
+    cr_assert(online, "the agent is not online after the rotation");
+
+    kill(pid, SIGTERM);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "orch-agent run exited %d", st);
+    /* Rotated once (at most once an hour), and no request was refused. */
+    FILE *f = fopen(log, "r");
+    cr_assert_not_null(f);
+    char line[1024];
+    int rotations = 0, refused = 0;
+    while (fgets(line, sizeof(line), f)) {
+        rotations += strstr(line, "op=rotate-credential state=rotated") != NULL;
+        refused += strstr(line, "status=401") != NULL;
+    }
+    fclose(f);
+    unlink(log);
+    cr_assert_eq(rotations, 1);
+    cr_assert_eq(refused, 0);
+    free(cred);
+    free(old);
     free(tok);
 }

@@ -238,7 +238,8 @@ Test(jobs, logs_read_incrementally)
              "UPDATE jobs SET epoch = 1, status = 'running' WHERE id = '%s';"
              "INSERT INTO job_logs (tenant_id, job_id, epoch, stream, \"offset\", data) VALUES"
              " ('%s', '%s', 1, 'stdout', 0, 'hello '), ('%s', '%s', 1, 'stdout', 6, 'wor'),"
-             " ('%s', '%s', 1, 'stdout', 9, convert_to(E'ld\\n', 'UTF8')), ('%s', '%s', 1, 'stderr', 0, 'oops')",
+             " ('%s', '%s', 1, 'stdout', 9, convert_to(E'ld\\n', 'UTF8')), ('%s', '%s', 1, "
+             "'stderr', 0, 'oops')",
              id, tenant, id, tenant, id, tenant, id, tenant, id);
     PQclear(th_pg_ok(pg, sql));
     PQfinish(pg);
