@@ -363,18 +363,7 @@ void api_agents_list(struct http_req *req)
 
 void api_agents_get(struct http_req *req)
 {
-    const char *id = api_path_id(req, "id", "agent");
-    if (!id)
-        return;
-    const char *p[] = {id};
-    PGresult *res = NULL;
-    int r = store_exec_once(((struct app *)http_req_app(req))->store,
-                            http_req_principal(req)->tenant_id, &q_agent_doc, p, &res);
-    if (r < 0) {
-        http_reply_error(req, r, "reading the agent");
-        return;
-    }
-    api_reply_pg_json_or_404(req, 200, res, "agent");
+    api_get_doc(req, &q_agent_doc, http_req_principal(req)->tenant_id, "agent");
 }
 
 /* Run one UPDATE/DELETE on an agent (by path id or the calling agent), audit it, and reply

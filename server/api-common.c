@@ -151,6 +151,24 @@ int api_list_page(struct http_req *req, const struct store_stmt *stmt, const cha
     return 0;
 }
 
+void api_get_doc(struct http_req *req, const struct store_stmt *stmt, const char *tenant_id,
+                 const char *what)
+{
+    const char *id = api_path_id(req, "id", what);
+    if (!id)
+        return;
+    const char *p[] = {id};
+    PGresult *res = NULL;
+    int r = store_exec_once(((struct app *)http_req_app(req))->store, tenant_id, stmt, p, &res);
+    if (r < 0) {
+        char detail[96];
+        snprintf(detail, sizeof(detail), "reading the %s", what);
+        http_reply_error(req, r, detail);
+        return;
+    }
+    api_reply_pg_json_or_404(req, 200, res, what);
+}
+
 void api_healthz(struct http_req *req)
 {
     http_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));

@@ -382,18 +382,7 @@ void api_jobs_submit_batch(struct http_req *req)
 
 void api_jobs_get(struct http_req *req)
 {
-    const char *id = api_path_id(req, "id", "job");
-    if (!id)
-        return;
-    const char *p[] = {id};
-    PGresult *res = NULL;
-    int r = store_exec_once(((struct app *)http_req_app(req))->store,
-                            http_req_principal(req)->tenant_id, &q_job_doc, p, &res);
-    if (r < 0) {
-        http_reply_error(req, r, "reading the job");
-        return;
-    }
-    api_reply_pg_json_or_404(req, 200, res, "job");
+    api_get_doc(req, &q_job_doc, http_req_principal(req)->tenant_id, "job");
 }
 
 static const struct store_stmt q_job_list =

@@ -203,18 +203,7 @@ void api_queues_update(struct http_req *req)
 
 void api_queues_get(struct http_req *req)
 {
-    const char *id = api_path_id(req, "id", "queue");
-    if (!id)
-        return;
-    const char *p[] = {id};
-    PGresult *res = NULL;
-    int r = store_exec_once(((struct app *)http_req_app(req))->store,
-                            http_req_principal(req)->tenant_id, &q_queue_doc, p, &res);
-    if (r < 0) {
-        http_reply_error(req, r, "reading the queue");
-        return;
-    }
-    api_reply_pg_json_or_404(req, 200, res, "queue");
+    api_get_doc(req, &q_queue_doc, http_req_principal(req)->tenant_id, "queue");
 }
 
 void api_queues_list(struct http_req *req)

@@ -189,17 +189,7 @@ void api_tenants_list(struct http_req *req)
 
 void api_tenants_get(struct http_req *req)
 {
-    const char *id = api_path_id(req, "id", "tenant");
-    if (!id)
-        return;
-    const char *p[] = {id};
-    PGresult *res = NULL;
-    int r = store_exec_once(((struct app *)http_req_app(req))->store, NULL, &q_tenant_doc, p, &res);
-    if (r < 0) {
-        http_reply_error(req, r, "reading the tenant");
-        return;
-    }
-    api_reply_pg_json_or_404(req, 200, res, "tenant");
+    api_get_doc(req, &q_tenant_doc, NULL, "tenant");
 }
 
 void api_tenants_update(struct http_req *req)

@@ -25,6 +25,10 @@ void api_reply_doc_commit(struct http_req *req, struct store_tx *tx, const struc
  * reply. Returns 0, or < 0 after replying with a problem. */
 int api_list_page(struct http_req *req, const struct store_stmt *stmt, const char *tenant_id,
                   const char *what);
+/* GET of one document: the path's {id} (404 unless a UUID), stmt ($1 = id) in the scope of
+ * tenant_id (NULL: system), 404 when no row, else 200 with the document. */
+void api_get_doc(struct http_req *req, const struct store_stmt *stmt, const char *tenant_id,
+                 const char *what);
 /* Commit tx; on failure reply with the mapped problem and return < 0. */
 int api_commit(struct http_req *req, struct store_tx *tx, const char *what);
 /* The path parameter "id" if it is a canonical UUID; otherwise reply 404 and return NULL
