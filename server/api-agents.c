@@ -114,33 +114,7 @@ void api_enroll_tokens_list(struct http_req *req)
 
 void api_enroll_tokens_revoke(struct http_req *req)
 {
-    const char *id = api_path_id(req, "id", "enrolment token");
-    if (!id)
-        return;
-    struct store_tx *tx = NULL;
-    int r = app_tx_begin(http_req_app(req), req, &tx);
-    PGresult *res = NULL;
-    const char *p[] = {id};
-    if (r >= 0)
-        r = store_tx_exec(tx, &q_et_revoke, p, &res);
-    bool revoked = r > 0 && strcmp(PQgetvalue(res, 0, 0), "1") == 0;
-    bool exists = r > 0 && strcmp(PQgetvalue(res, 0, 1), "1") == 0;
-    PQclear(res);
-    if (r >= 0 && !exists) {
-        store_tx_rollback(tx);
-        http_reply_problem(req, PROBLEM_NOT_FOUND, "no such enrolment token", NULL);
-        return;
-    }
-    if (r > 0 && revoked)
-        r = app_audit(tx, req, NULL, "enrollment_token.revoke", "enrollment_token", id, NULL);
-    if (r < 0) {
-        store_tx_rollback(tx);
-        http_reply_error(req, r, "revoking the enrolment token");
-        return;
-    }
-    if (api_commit(req, tx, "revoking the enrolment token") < 0)
-        return;
-    http_reply_json(req, 204, NULL);
+    api_revoke(req, &q_et_revoke, "enrolment token", "enrollment_token");
 }
 
 /* --- registration -------------------------------------------------------------------------- */

@@ -320,36 +320,5 @@ void api_keys_list(struct http_req *req)
 
 void api_keys_revoke(struct http_req *req)
 {
-    const char *id = api_path_id(req, "id", "API key");
-    if (!id)
-        return;
-    struct app *app = http_req_app(req);
-    struct store_tx *tx = NULL;
-    int r = app_tx_begin(app, req, &tx);
-    if (r < 0) {
-        http_reply_error(req, r, "revoking the key");
-        return;
-    }
-    const char *p[] = {id};
-    PGresult *res = NULL;
-    r = store_tx_exec(tx, &q_key_revoke, p, &res);
-    bool revoked = r > 0 && strcmp(PQgetvalue(res, 0, 0), "1") == 0;
-    bool exists = r > 0 && strcmp(PQgetvalue(res, 0, 1), "1") == 0;
-    PQclear(res);
-    if (r >= 0 && !exists) {
-        store_tx_rollback(tx);
-        http_reply_problem(req, PROBLEM_NOT_FOUND, "no such API key", NULL);
-        return;
-    }
-    /* Revoking twice is not an error, and not a second audit record. */
-    if (r > 0 && revoked)
-        r = app_audit(tx, req, NULL, "api_key.revoke", "api_key", id, NULL);
-    if (r < 0) {
-        store_tx_rollback(tx);
-        http_reply_error(req, r, "revoking the key");
-        return;
-    }
-    if (api_commit(req, tx, "revoking the key") < 0)
-        return;
-    http_reply_json(req, 204, NULL);
+    api_revoke(req, &q_key_revoke, "API key", "api_key");
 }

@@ -169,6 +169,47 @@ void api_get_doc(struct http_req *req, const struct store_stmt *stmt, const char
     api_reply_pg_json_or_404(req, 200, res, what);
 }
 
+void api_revoke(struct http_req *req, const struct store_stmt *stmt, const char *what,
+                const char *object_type)
+{
+    const char *id = api_path_id(req, "id", what);
+    if (!id)
+        return;
+    char detail[96], action[64];
+    snprintf(detail, sizeof(detail), "revoking the %s", what);
+    snprintf(action, sizeof(action), "%s.revoke", object_type);
+    struct store_tx *tx = NULL;
+    int r = app_tx_begin(http_req_app(req), req, &tx);
+    if (r < 0) {
+        http_reply_error(req, r, detail);
+        return;
+    }
+    const char *p[] = {id};
+    PGresult *res = NULL;
+    r = store_tx_exec(tx, stmt, p, &res);
+    bool revoked = r > 0 && strcmp(PQgetvalue(res, 0, 0), "1") == 0;
+    bool exists = r > 0 && strcmp(PQgetvalue(res, 0, 1), "1") == 0;
+    PQclear(res);
+    if (r >= 0 && !exists) {
+        store_tx_rollback(tx);
+        char nf[96];
+        snprintf(nf, sizeof(nf), "no such %s", what);
+        http_reply_problem(req, PROBLEM_NOT_FOUND, nf, NULL);
+        return;
+    }
+    /* Revoking twice is not an error, and not a second audit record. */
+    if (r > 0 && revoked)
+        r = app_audit(tx, req, NULL, action, object_type, id, NULL);
+    if (r < 0) {
+        store_tx_rollback(tx);
+        http_reply_error(req, r, detail);
+        return;
+    }
+    if (api_commit(req, tx, detail) < 0)
+        return;
+    http_reply_json(req, 204, NULL);
+}
+
 void api_healthz(struct http_req *req)
 {
     http_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));

@@ -29,6 +29,11 @@ int api_list_page(struct http_req *req, const struct store_stmt *stmt, const cha
  * tenant_id (NULL: system), 404 when no row, else 200 with the document. */
 void api_get_doc(struct http_req *req, const struct store_stmt *stmt, const char *tenant_id,
                  const char *what);
+/* Revoke the path's {id} with stmt ($1 = id; returns one row: (revoked now: 0|1,
+ * exists: 0|1)) in the principal's scope: 404 when it does not exist, 204 otherwise, and
+ * an audit record "<object_type>.revoke" only the first time. */
+void api_revoke(struct http_req *req, const struct store_stmt *stmt, const char *what,
+                const char *object_type);
 /* Commit tx; on failure reply with the mapped problem and return < 0. */
 int api_commit(struct http_req *req, struct store_tx *tx, const char *what);
 /* The path parameter "id" if it is a canonical UUID; otherwise reply 404 and return NULL

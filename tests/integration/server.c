@@ -323,3 +323,78 @@ char *th_tenant_token(struct th_server *s, const char *op_token, const char *ten
     th_resp_free(&r);
     return t;
 }
+
+void th_agent_enrol(struct th_server *s, const char *admin, const char *state_dir, const char *name,
+                    const char *label, const char *slots, char *agent_id)
+{
+    struct th_resp r;
+    th_http(s, "POST", "/api/v1/enrollment-tokens", admin, "{\"name\":\"test\"}", NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *tok = strdup(th_str_of(&r, "token"));
+    th_resp_free(&r);
+    char ca[128], env[128];
+    snprintf(ca, sizeof(ca), "%s/tls/ca.pem", s->dir);
+    snprintf(env, sizeof(env), "ORCH_AGENT_STATE_DIR=%.100s", state_dir);
+    const char *argv[16] = {th_env("ORCH_TEST_AGENT"),
+                            "register",
+                            "--server",
+                            s->base,
+                            "--token",
+                            tok,
+                            "--name",
+                            name,
+                            "--ca-file",
+                            ca,
+                            "--slots",
+                            slots};
+    int n = 12;
+    if (label) {
+        argv[n++] = "--label";
+        argv[n++] = label;
+    }
+    argv[n] = NULL;
+    const char *envp[] = {env, NULL};
+    struct th_run run;
+    th_run(&run, argv, envp, 60000);
+    cr_assert_eq(run.status, 0, "register %s: %s", name, th_str(&run.err));
+    const char *p = strstr(th_str(&run.out), "(agent ");
+    cr_assert_not_null(p, "%s", th_str(&run.out));
+    snprintf(agent_id, 37, "%.36s", p + 7);
+    th_run_free(&run);
+    free(tok);
+}
+
+pid_t th_agent_start(const char *state_dir)
+{
+    char env[128], log[128];
+    snprintf(env, sizeof(env), "ORCH_AGENT_STATE_DIR=%.100s", state_dir);
+    snprintf(log, sizeof(log), "%.100s/agent.log", state_dir);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        FILE *f = freopen(log, "a", stderr);
+        (void)f;
+        putenv(env);
+        putenv("ORCH_AGENT_LOG_LEVEL=debug");
+        execl(th_env("ORCH_TEST_AGENT"), "orch-agent", "run", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+void th_agent_stop(pid_t pid, int sig)
+{
+    if (pid <= 0)
+        return;
+    kill(pid, sig);
+    int st;
+    uint64_t deadline = clock_mono_ns() + 30ull * 1000000000ull;
+    while (waitpid(pid, &st, WNOHANG) == 0) {
+        if (clock_mono_ns() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            return;
+        }
+        usleep(20000); /* polling for the exit, bounded */
+    }
+}

@@ -59,3 +59,13 @@ char *th_tenant(struct th_server *s, const char *op_token, const char *slug, con
 /* As operator: create an API key of role for tenant and return an access token for it. */
 char *th_tenant_token(struct th_server *s, const char *op_token, const char *tenant_id,
                       const char *role);
+
+/* Enrol a real orch-agent in state_dir with the CLI, through a new enrolment token made
+ * with the tenant admin token admin. label ("k=v") may be NULL. The agent's id is written
+ * to agent_id (37 bytes). */
+void th_agent_enrol(struct th_server *s, const char *admin, const char *state_dir, const char *name,
+                    const char *label, const char *slots, char *agent_id);
+/* Start `orch-agent run` on state_dir, its log in state_dir/agent.log. */
+pid_t th_agent_start(const char *state_dir);
+/* Send sig and wait (bounded, 30 s; then SIGKILL) until it has exited. Accepts pid <= 0. */
+void th_agent_stop(pid_t pid, int sig);

@@ -24,80 +24,14 @@ static struct {
     char id[40];
 } agents[NAGENTS];
 
-static void agent_env(int i, char *buf, size_t len)
-{
-    snprintf(buf, len, "ORCH_AGENT_STATE_DIR=%.63s", agents[i].dir);
-}
-
-static void enrol(int i, const char *name, const char *label)
-{
-    struct th_resp r;
-    th_http(&srv, "POST", "/api/v1/enrollment-tokens", admin, "{\"name\":\"e2e\"}", NULL, &r);
-    cr_assert_eq(r.status, 201);
-    char *tok = strdup(th_str_of(&r, "token"));
-    th_resp_free(&r);
-    char ca[128], env[128];
-    snprintf(ca, sizeof(ca), "%s/tls/ca.pem", srv.dir);
-    agent_env(i, env, sizeof(env));
-    const char *argv[] = {th_env("ORCH_TEST_AGENT"),
-                          "register",
-                          "--server",
-                          srv.base,
-                          "--token",
-                          tok,
-                          "--name",
-                          name,
-                          "--label",
-                          label,
-                          "--ca-file",
-                          ca,
-                          "--slots",
-                          "2",
-                          NULL};
-    const char *envp[] = {env, NULL};
-    struct th_run run;
-    th_run(&run, argv, envp, 60000);
-    cr_assert_eq(run.status, 0, "register %s: %s", name, th_str(&run.err));
-    const char *p = strstr(th_str(&run.out), "(agent ");
-    cr_assert_not_null(p);
-    snprintf(agents[i].id, sizeof(agents[i].id), "%.36s", p + 7);
-    th_run_free(&run);
-    free(tok);
-}
-
 static void start_agent(int i)
 {
-    char env[128], log[128];
-    agent_env(i, env, sizeof(env));
-    snprintf(log, sizeof(log), "%.63s/agent.log", agents[i].dir);
-    pid_t pid = fork();
-    cr_assert_neq(pid, -1);
-    if (pid == 0) {
-        FILE *f = freopen(log, "a", stderr);
-        (void)f;
-        putenv(env);
-        putenv("ORCH_AGENT_LOG_LEVEL=debug");
-        execl(th_env("ORCH_TEST_AGENT"), "orch-agent", "run", (char *)NULL);
-        _exit(127);
-    }
-    agents[i].pid = pid;
+    agents[i].pid = th_agent_start(agents[i].dir);
 }
 
 static void stop_agent(int i, int sig)
 {
-    if (agents[i].pid <= 0)
-        return;
-    kill(agents[i].pid, sig);
-    int st;
-    uint64_t deadline = clock_mono_ns() + 30ull * 1000000000ull;
-    while (waitpid(agents[i].pid, &st, WNOHANG) == 0) {
-        if (clock_mono_ns() > deadline) {
-            kill(agents[i].pid, SIGKILL);
-            waitpid(agents[i].pid, &st, 0);
-            break;
-        }
-        usleep(20000);
-    }
+    th_agent_stop(agents[i].pid, sig);
     agents[i].pid = 0;
 }
 
@@ -115,7 +49,7 @@ static void setup(void)
         cr_assert_not_null(mkdtemp(agents[i].dir));
         char name[16];
         snprintf(name, sizeof(name), "agent-%d", i);
-        enrol(i, name, labels[i]);
+        th_agent_enrol(&srv, admin, agents[i].dir, name, labels[i], "2", agents[i].id);
         start_agent(i);
     }
 }

@@ -23,23 +23,6 @@ static struct {
     pid_t pid;
 } agents[NAGENTS];
 
-static void start_agent(int i)
-{
-    char env[128], log[128];
-    snprintf(env, sizeof(env), "ORCH_AGENT_STATE_DIR=%.63s", agents[i].dir);
-    snprintf(log, sizeof(log), "%.63s/agent.log", agents[i].dir);
-    pid_t pid = fork();
-    cr_assert_neq(pid, -1);
-    if (pid == 0) {
-        FILE *f = freopen(log, "a", stderr);
-        (void)f;
-        putenv(env);
-        execl(th_env("ORCH_TEST_AGENT"), "orch-agent", "run", (char *)NULL);
-        _exit(127);
-    }
-    agents[i].pid = pid;
-}
-
 static void setup(void)
 {
     const char *env[] = {"ORCHD_AGENT_LEASE=4s", "ORCHD_AGENT_ONLINE_WINDOW=4s",
@@ -51,53 +34,17 @@ static void setup(void)
     for (int i = 0; i < NAGENTS; i++) {
         snprintf(agents[i].dir, sizeof(agents[i].dir), "/tmp/orch-restart-%d-XXXXXX", i);
         cr_assert_not_null(mkdtemp(agents[i].dir));
-        struct th_resp r;
-        th_http(&srv, "POST", "/api/v1/enrollment-tokens", admin, "{\"name\":\"r\"}", NULL, &r);
-        char *tok = strdup(th_str_of(&r, "token"));
-        th_resp_free(&r);
-        char ca[128], name[16], envd[128];
-        snprintf(ca, sizeof(ca), "%s/tls/ca.pem", srv.dir);
+        char name[16], id[40];
         snprintf(name, sizeof(name), "agent-%d", i);
-        snprintf(envd, sizeof(envd), "ORCH_AGENT_STATE_DIR=%.63s", agents[i].dir);
-        const char *argv[] = {th_env("ORCH_TEST_AGENT"),
-                              "register",
-                              "--server",
-                              srv.base,
-                              "--token",
-                              tok,
-                              "--name",
-                              name,
-                              "--ca-file",
-                              ca,
-                              "--slots",
-                              "3",
-                              NULL};
-        const char *envp[] = {envd, NULL};
-        struct th_run run;
-        th_run(&run, argv, envp, 60000);
-        cr_assert_eq(run.status, 0, "%s", th_str(&run.err));
-        th_run_free(&run);
-        free(tok);
-        start_agent(i);
+        th_agent_enrol(&srv, admin, agents[i].dir, name, NULL, "3", id);
+        agents[i].pid = th_agent_start(agents[i].dir);
     }
 }
 
 static void teardown(void)
 {
     for (int i = 0; i < NAGENTS; i++) {
-        if (agents[i].pid > 0) {
-            kill(agents[i].pid, SIGTERM);
-            int st;
-            uint64_t deadline = clock_mono_ns() + 30ull * 1000000000ull;
-            while (waitpid(agents[i].pid, &st, WNOHANG) == 0) {
-                if (clock_mono_ns() > deadline) {
-                    kill(agents[i].pid, SIGKILL);
-                    waitpid(agents[i].pid, &st, 0);
-                    break;
-                }
-                usleep(20000);
-            }
-        }
+        th_agent_stop(agents[i].pid, SIGTERM);
         char cmd[128];
         snprintf(cmd, sizeof(cmd), "rm -rf '%.63s'", agents[i].dir);
         if (system(cmd) != 0)
