@@ -182,7 +182,11 @@ int cli_register(int argc, char **argv, const struct agent_config *cfg)
                   "capabilities", facts, "slots", (int)slots);
     json_decref(facts);
     struct transport *t = NULL;
-    struct transport_options to = {.server_url = server, .ca_file = ca, .timeout_ms = 30000};
+    struct transport_options to = {.server_url = server,
+                                   .ca_file = ca,
+                                   .timeout_ms = 30000,
+                                   .proxy = cfg->proxy,
+                                   .no_proxy = cfg->no_proxy};
     if (!body || transport_new(&to, &t) < 0) {
         fprintf(stderr, "orch-agent: --server must be an https:// URL\n");
         json_decref(body);
@@ -226,7 +230,8 @@ done:
     return rc;
 }
 
-static int with_state(const char *state_dir, struct agent_state *st, struct transport **t)
+static int with_state(const struct agent_config *cfg, const char *state_dir, struct agent_state *st,
+                      struct transport **t)
 {
     char err[512] = "";
     int r = agent_state_load(state_dir, st, err, sizeof(err));
@@ -241,7 +246,9 @@ static int with_state(const char *state_dir, struct agent_state *st, struct tran
     struct transport_options to = {.server_url = st->server_url,
                                    .ca_file = st->ca_file,
                                    .credential = st->credential,
-                                   .timeout_ms = 15000};
+                                   .timeout_ms = 15000,
+                                   .proxy = cfg->proxy,
+                                   .no_proxy = cfg->no_proxy};
     if (transport_new(&to, t) < 0) {
         agent_state_free(st);
         fprintf(stderr, "orch-agent: the stored server URL is not https://\n");
@@ -257,7 +264,7 @@ int cli_status(int argc, char **argv, const struct agent_config *cfg)
         return EXIT_USAGE;
     struct agent_state st;
     struct transport *t = NULL;
-    int rc = with_state(state_dir, &st, &t);
+    int rc = with_state(cfg, state_dir, &st, &t);
     if (rc != EXIT_OK)
         return rc;
     printf("enrolled:   yes, as '%s' (agent %s, tenant %s)\n", st.name, st.agent_id, st.tenant_id);
@@ -306,7 +313,7 @@ int cli_unregister(int argc, char **argv, const struct agent_config *cfg)
     }
     if (lr == 0)
         agent_state_free(&st);
-    int rc = with_state(state_dir, &st, &t);
+    int rc = with_state(cfg, state_dir, &st, &t);
     if (rc != EXIT_OK)
         return rc == EXIT_NOT_ENROLLED ? EXIT_OK : rc;
     struct transport_reply rep;

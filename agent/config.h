@@ -14,6 +14,8 @@ struct agent_config {
     char *state_dir;  /* state_dir: credential, spool, package cache */
     char *name;       /* name: agent name ("" = host name) */
     char *labels;     /* labels: "k=v,k2=v2" added to enrolment labels */
+    char *proxy;      /* server.proxy: http(s)://proxy:port ("" = HTTPS_PROXY etc.) */
+    char *no_proxy;   /* server.no_proxy: hosts reached directly ("" = NO_PROXY) */
     int64_t slots;    /* slots: jobs run at once */
     int log_level;    /* log.level */
 };

@@ -32,17 +32,19 @@
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 
-#define POLL_WAIT_S         25
-#define POLL_TIMEOUT_MS     40000 /* must exceed POLL_WAIT_S */
-#define REQUEST_TIMEOUT_MS  30000
+#define POLL_WAIT_S         25 /* hold an exchange open this long for assignments */
+#define LINK_BUSY_WAIT_S    1  /* or this long while jobs run, so their output flows */
+#define LINK_MAX_REPORTS    256
+#define LINK_MAX_BYTES      (2 * 1024 * 1024) /* of output in one exchange (about) */
+#define REQUEST_TIMEOUT_MS  30000 /* plus the hold */
 #define HEARTBEAT_DEFAULT_S 10
 #define HEARTBEAT_MAX_S     3600
 #define BACKOFF_MIN_MS      1000
 #define BACKOFF_MAX_MS      60000
-#define FLUSH_MS            10000 /* how long the sender may flush at shutdown */
-#define JOIN_MS             1000  /* then how long a network thread may take to notice */
+#define FLUSH_MS            10000 /* how long the link may flush at shutdown */
+#define JOIN_MS             1000  /* then how long the link may take to notice */
 #define JOB_GRACE_MS        10000
-#define IDLE_WAIT_MS        1000 /* sender: spool_sync_all() at least this often when idle */
+#define IDLE_WAIT_MS        1000 /* link: spool_sync_all() at least this often when idle */
 #define ROTATE_BEFORE_S     (30 * 86400) /* rotate the credential when it expires sooner */
 #define ROTATE_MIN_GAP_MS   3600000      /* at most one rotation attempt an hour */
 #define CGROUP_PARENT       "/sys/fs/cgroup/orch-agent"
@@ -90,13 +92,15 @@ struct daemon {
     const char *cgroup_parent; /* NULL when CGROUP_PARENT does not exist */
 
     pthread_mutex_t lock;     /* guards everything below and the slots */
-    pthread_cond_t wake;      /* stop, slot freed, heartbeat kick, sender idle (CLOCK_MONOTONIC) */
+    pthread_cond_t wake;      /* stop, slot freed, link done (CLOCK_MONOTONIC) */
     pthread_cond_t send_wake; /* new spooled data or `started` to report */
     bool stopping;            /* SIGTERM: no new jobs, running ones cancelled */
     bool sender_stop;         /* the flush time is over */
     bool send_pending;
-    bool send_done; /* the sender has exited */
-    bool hb_kick;   /* another thread reconnected: heartbeat at once */
+    bool urgent;    /* a `started` or a result to report: give up a held exchange */
+    bool send_done; /* the link thread has exited */
+    bool hb_kick;   /* reconnected without a heartbeat: heartbeat at once */
+    struct transport *link; /* the link thread's, for transport_wakeup(); NULL when none */
     int net;        /* -1 unknown, 0 disconnected, 1 connected: logged on change */
     int64_t heartbeat_s;
     /* st.credential may change (a rotation) while the threads run: read it with the lock
@@ -212,8 +216,11 @@ static void daemon_net_failed(struct daemon *d, const char *op, int r, const cha
 
 static struct transport *daemon_transport(struct daemon *d, int64_t timeout_ms, uint64_t *gen)
 {
-    struct transport_options o = {
-        .server_url = d->st.server_url, .ca_file = d->st.ca_file, .timeout_ms = timeout_ms};
+    struct transport_options o = {.server_url = d->st.server_url,
+                                  .ca_file = d->st.ca_file,
+                                  .timeout_ms = timeout_ms,
+                                  .proxy = d->cfg->proxy,
+                                  .no_proxy = d->cfg->no_proxy};
     struct transport *t = NULL;
     pthread_mutex_lock(&d->lock);
     o.credential = d->st.credential;
@@ -319,10 +326,17 @@ static struct slot *daemon_find(struct daemon *d, const char *job_id, int64_t ep
     return NULL;
 }
 
-static void daemon_kick_sender(struct daemon *d)
+/* Something to report. urgent: a `started` or a result, which does not wait for a held
+ * exchange to end; output does (at most LINK_BUSY_WAIT_S). */
+static void daemon_kick_link(struct daemon *d, bool urgent)
 {
     pthread_mutex_lock(&d->lock);
     d->send_pending = true;
+    if (urgent) {
+        d->urgent = true;
+        if (d->link)
+            transport_wakeup(d->link);
+    }
     pthread_cond_signal(&d->send_wake);
     pthread_mutex_unlock(&d->lock);
 }
@@ -361,7 +375,7 @@ static int daemon_on_output(void *arg, int stream, const char *data, size_t len)
                      strerror(-r));
         return r;
     }
-    daemon_kick_sender(s->d);
+    daemon_kick_link(s->d, false);
     return 0;
 }
 
@@ -521,10 +535,9 @@ static void *daemon_job_main(void *arg)
     json_decref(s->assignment);
     s->assignment = NULL;
     s->state = SLOT_DONE;
-    d->send_pending = true;
-    pthread_cond_signal(&d->send_wake);
     pthread_cond_broadcast(&d->wake);
     pthread_mutex_unlock(&d->lock);
+    daemon_kick_link(d, true);
     return NULL;
 }
 
@@ -562,7 +575,7 @@ static bool assignment_valid(const json_t *a, char *why, size_t len)
     return true;
 }
 
-/* Take one assignment: spool it and start its worker. Called by the poll thread. */
+/* Take one assignment: spool it and start its worker. Called by the link thread. */
 static void daemon_take(struct daemon *d, json_t *a)
 {
     const char *job_id = json_string_value(json_object_get(a, "job_id"));
@@ -632,14 +645,14 @@ static void daemon_take(struct daemon *d, json_t *a)
         log_error("op=job-thread job=%s epoch=%" PRId64 " error=%s", s->job_id, epoch, strerror(r));
         struct spool_result res = {.exit_code = -1, .flags = RES_SETUP_FAILED};
         spool_finish(d->spool, s->job_id, epoch, &res);
-        daemon_kick_sender(d);
+        daemon_kick_link(d, true);
         goto release;
     }
     pthread_mutex_lock(&d->lock);
     s->thread_valid = true;
     pthread_cond_broadcast(&d->wake);
     pthread_mutex_unlock(&d->lock);
-    daemon_kick_sender(d);
+    daemon_kick_link(d, true);
     return;
 release:
     pthread_mutex_lock(&d->lock);
@@ -650,65 +663,6 @@ release:
     pthread_cond_broadcast(&d->wake);
     pthread_mutex_unlock(&d->lock);
 }
-
-/* --- poll thread --------------------------------------------------------------------- */
-
-static void *daemon_poll_main(void *arg)
-{
-    struct daemon *d = arg;
-    uint64_t gen = 0;
-    struct transport *t = daemon_transport(d, POLL_TIMEOUT_MS, &gen);
-    if (!t)
-        return NULL;
-    struct backoff b = {0};
-    char path[64];
-    snprintf(path, sizeof(path), "/api/v1/agent/assignments?wait=%d", POLL_WAIT_S);
-    for (;;) {
-        pthread_mutex_lock(&d->lock);
-        while (!d->stopping && daemon_free_slots(d) == 0)
-            pthread_cond_wait(&d->wake, &d->lock);
-        bool stop = d->stopping;
-        pthread_mutex_unlock(&d->lock);
-        if (stop)
-            break;
-        struct transport_reply rep;
-        int64_t t0 = mono_ms();
-        daemon_transport_sync(d, t, &gen);
-        int r = transport_request(t, "GET", path, NULL, &rep);
-        int64_t sleep_ms = 0;
-        if (r < 0) {
-            daemon_net_failed(d, "poll", r, rep.error);
-            sleep_ms = backoff_next(&b);
-        } else if (rep.status == 200) {
-            daemon_net_ok(d, false);
-            backoff_reset(&b);
-            json_t *list = json_object_get(rep.body, "assignments");
-            size_t i;
-            json_t *a;
-            json_array_foreach(list, i, a)
-            {
-                if (json_is_object(a))
-                    daemon_take(d, a);
-            }
-            /* a server that does not hold the request open must not make us spin */
-            if (json_array_size(list) == 0 && mono_ms() - t0 < 1000)
-                sleep_ms = 1000;
-        } else {
-            char q[320];
-            daemon_net_ok(d, false);
-            log_warn("op=poll status=%ld detail=%s", rep.status,
-                     log_quote(rep.error, q, sizeof(q)));
-            sleep_ms = backoff_next(&b);
-        }
-        json_decref(rep.body);
-        if (sleep_ms > 0)
-            daemon_sleep(d, sleep_ms, &d->stopping, NULL);
-    }
-    transport_free(t);
-    return NULL;
-}
-
-/* --- heartbeat thread ---------------------------------------------------------------- */
 
 struct cpu_sample {
     uint64_t busy, total;
@@ -809,140 +763,6 @@ static void daemon_stop_listed(struct daemon *d, const json_t *list, bool lost)
     }
 }
 
-static void *daemon_heartbeat_main(void *arg)
-{
-    struct daemon *d = arg;
-    uint64_t gen = 0;
-    struct transport *t = daemon_transport(d, REQUEST_TIMEOUT_MS, &gen);
-    if (!t)
-        return NULL;
-    struct backoff b = {0};
-    int64_t last_rotate_ms = INT64_MIN / 2;
-    struct cpu_sample cpu = {0, 0};
-    cpu_read(&cpu);
-    for (;;) {
-        pthread_mutex_lock(&d->lock);
-        bool stop = d->stopping;
-        d->hb_kick = false;
-        pthread_mutex_unlock(&d->lock);
-        if (stop)
-            break;
-        json_t *body = daemon_heartbeat_body(d, &cpu);
-        struct transport_reply rep = {0};
-        daemon_transport_sync(d, t, &gen);
-        int r =
-            body ? transport_request(t, "POST", "/api/v1/agent/heartbeat", body, &rep) : -ENOMEM;
-        json_decref(body);
-        int64_t sleep_ms;
-        if (r < 0) {
-            daemon_net_failed(d, "heartbeat", r, r == -ENOMEM ? "out of memory" : rep.error);
-            sleep_ms = backoff_next(&b);
-        } else if (rep.status == 200) {
-            daemon_net_ok(d, true);
-            backoff_reset(&b);
-            json_t *iv = json_object_get(rep.body, "heartbeat_interval_s");
-            if (json_is_integer(iv) && json_integer_value(iv) >= 1 &&
-                json_integer_value(iv) <= HEARTBEAT_MAX_S)
-                d->heartbeat_s = json_integer_value(iv);
-            daemon_stop_listed(d, json_object_get(rep.body, "cancel"), false);
-            daemon_stop_listed(d, json_object_get(rep.body, "lost"), true);
-            sleep_ms = d->heartbeat_s * 1000;
-            json_t *exp = json_object_get(rep.body, "credential_expires_in_s");
-            if (json_is_integer(exp) && json_integer_value(exp) < d->rotate_before_s &&
-                mono_ms() - last_rotate_ms >= ROTATE_MIN_GAP_MS) {
-                last_rotate_ms = mono_ms();
-                if (daemon_rotate(d, t))
-                    last_rotate_ms = INT64_MIN / 2; /* not done: again with the next heartbeat */
-                daemon_transport_sync(d, t, &gen);
-            }
-        } else {
-            char q[320];
-            daemon_net_ok(d, true);
-            log_warn("op=heartbeat status=%ld detail=%s", rep.status,
-                     log_quote(rep.error, q, sizeof(q)));
-            sleep_ms = backoff_next(&b);
-        }
-        json_decref(rep.body);
-        daemon_sleep(d, sleep_ms, &d->stopping, &d->hb_kick);
-    }
-    transport_free(t);
-    return NULL;
-}
-
-/* --- sender thread ------------------------------------------------------------------- */
-
-enum send_outcome {
-    SEND_DONE = 0,  /* something was sent (or dropped): look for more */
-    SEND_IDLE = 1,  /* nothing due */
-    SEND_RETRY = 2, /* transport error or server trouble: back off, rewind */
-};
-
-/* Classify a report's answer; drops the attempt on a refusal. */
-static enum send_outcome daemon_report_status(struct daemon *d, const char *what,
-                                              const char *job_id, int64_t epoch,
-                                              const struct transport_reply *rep)
-{
-    char q[320];
-    if (rep->status == 409 || rep->status == 404) {
-        daemon_drop(d, job_id, epoch, rep->status == 409 ? "stale-epoch" : "unknown-job");
-        return SEND_DONE;
-    }
-    if (rep->status >= 500 || rep->status == 429 || rep->status == 408 || rep->status == 401 ||
-        rep->status == 403) {
-        log_warn("op=%s job=%s epoch=%" PRId64 " status=%ld detail=%s", what, job_id, epoch,
-                 rep->status, log_quote(rep->error, q, sizeof(q)));
-        return SEND_RETRY;
-    }
-    /* Any other refusal would refuse the same bytes forever: drop them, loudly. */
-    log_error("op=%s job=%s epoch=%" PRId64 " status=%ld detail=%s action=drop", what, job_id,
-              epoch, rep->status, log_quote(rep->error, q, sizeof(q)));
-    daemon_drop(d, job_id, epoch, "refused");
-    return SEND_DONE;
-}
-
-static enum send_outcome daemon_send_started(struct daemon *d, struct transport *t)
-{
-    char job_id[ID_STR_LEN] = "";
-    int64_t epoch = 0;
-    pthread_mutex_lock(&d->lock);
-    for (size_t i = 0; i < d->nslots && !job_id[0]; i++) {
-        struct slot *s = &d->slots[i];
-        if (s->state != SLOT_FREE && s->need_started) {
-            memcpy(job_id, s->job_id, sizeof(job_id));
-            epoch = s->epoch;
-        }
-    }
-    pthread_mutex_unlock(&d->lock);
-    if (!job_id[0])
-        return SEND_IDLE;
-    char path[128];
-    snprintf(path, sizeof(path), "/api/v1/agent/jobs/%s/started", job_id);
-    json_t *body = json_pack("{s:I}", "epoch", (json_int_t)epoch);
-    struct transport_reply rep = {0};
-    int r = body ? transport_request(t, "POST", path, body, &rep) : -ENOMEM;
-    json_decref(body);
-    enum send_outcome out;
-    if (r < 0) {
-        daemon_net_failed(d, "started", r, rep.error);
-        out = SEND_RETRY;
-    } else if (rep.status == 200 || rep.status == 204) {
-        daemon_net_ok(d, false);
-        pthread_mutex_lock(&d->lock);
-        struct slot *s = daemon_find(d, job_id, epoch);
-        if (s)
-            s->need_started = false;
-        pthread_cond_broadcast(&d->wake); /* a DONE slot may be free now */
-        pthread_mutex_unlock(&d->lock);
-        log_info("op=report kind=started job=%s epoch=%" PRId64, job_id, epoch);
-        out = SEND_DONE;
-    } else {
-        daemon_net_ok(d, false);
-        out = daemon_report_status(d, "report-started", job_id, epoch, &rep);
-    }
-    json_decref(rep.body);
-    return out;
-}
-
 static json_t *daemon_result_body(const struct spool_item *it)
 {
     uint32_t f = it->flags;
@@ -968,58 +788,6 @@ static json_t *daemon_result_body(const struct spool_item *it)
     return body;
 }
 
-static enum send_outcome daemon_send_item(struct daemon *d, struct transport *t,
-                                          const struct spool_item *it)
-{
-    char path[128];
-    json_t *body = NULL;
-    if (it->kind == SPOOL_CHUNK) {
-        snprintf(path, sizeof(path), "/api/v1/agent/jobs/%s/logs", it->job_id);
-        _cleanup_free_ unsigned char *b64 = malloc(4 * ((it->len + 2) / 3) + 1);
-        if (b64) {
-            EVP_EncodeBlock(b64, (const unsigned char *)it->data, (int)it->len);
-            body = json_pack("{s:I, s:s, s:I, s:s}", "epoch", (json_int_t)it->epoch, "stream",
-                             stream_name(it->stream), "offset", (json_int_t)it->offset, "data",
-                             (const char *)b64);
-        }
-    } else {
-        snprintf(path, sizeof(path), "/api/v1/agent/jobs/%s/result", it->job_id);
-        body = daemon_result_body(it);
-    }
-    if (!body) {
-        log_error("op=report job=%s error=\"out of memory\"", it->job_id);
-        return SEND_RETRY;
-    }
-    struct transport_reply rep = {0};
-    int r = transport_request(t, "POST", path, body, &rep);
-    json_decref(body);
-    enum send_outcome out;
-    const char *what = it->kind == SPOOL_CHUNK ? "report-logs" : "report-result";
-    if (r < 0) {
-        daemon_net_failed(d, what, r, rep.error);
-        out = SEND_RETRY;
-    } else if (rep.status == 200 || rep.status == 204) {
-        daemon_net_ok(d, false);
-        if (it->kind == SPOOL_CHUNK) {
-            r = spool_ack_chunk(d->spool, it->job_id, it->epoch, it->stream,
-                                it->offset + (int64_t)it->len);
-        } else {
-            r = spool_ack_result(d->spool, it->job_id, it->epoch);
-            log_info("op=report kind=result job=%s epoch=%" PRId64 " exit_code=%d", it->job_id,
-                     it->epoch, it->exit_code);
-        }
-        if (r < 0 && r != -ENOENT)
-            log_warn("op=spool-ack job=%s epoch=%" PRId64 " error=%s", it->job_id, it->epoch,
-                     strerror(-r));
-        out = SEND_DONE;
-    } else {
-        daemon_net_ok(d, false);
-        out = daemon_report_status(d, what, it->job_id, it->epoch, &rep);
-    }
-    json_decref(rep.body);
-    return out;
-}
-
 static bool daemon_jobs_running(struct daemon *d)
 {
     for (size_t i = 0; i < d->nslots; i++)
@@ -1028,65 +796,339 @@ static bool daemon_jobs_running(struct daemon *d)
     return false;
 }
 
-static void *daemon_send_main(void *arg)
+/* --- the link: one connection, one exchange at a time ---------------------------------- */
+
+/* What one exchange carried: a `started`, or a spool item, in the order of the answers. */
+struct sent {
+    bool started;
+    struct spool_item it; /* !started; it.job_id/epoch also name a started */
+};
+
+struct link {
+    struct daemon *d;
+    struct transport *t;
+    uint64_t gen;
+    struct cpu_sample cpu;
+    int64_t next_hb_ms;
+    int64_t last_rotate_ms;
+    bool resume;   /* ask the server to hand out again what it may have sent into a cut */
+    bool holding;  /* the exchange in flight may be given up for something urgent */
+    struct sent *sent;
+    size_t nsent;
+};
+
+/* The abort callback of an exchange: give up a held one when there is something urgent
+ * to say, any one when the flush time is over. */
+static bool link_abort(void *arg)
+{
+    struct link *l = arg;
+    struct daemon *d = l->d;
+    pthread_mutex_lock(&d->lock);
+    bool give_up = d->sender_stop || (l->holding && (d->urgent || d->stopping || d->hb_kick));
+    pthread_mutex_unlock(&d->lock);
+    return give_up;
+}
+
+static void link_sent_free(struct link *l)
+{
+    for (size_t i = 0; i < l->nsent; i++)
+        if (!l->sent[i].started)
+            spool_item_free(&l->sent[i].it);
+    l->nsent = 0;
+}
+
+static json_t *link_item_report(const struct spool_item *it)
+{
+    json_t *rep = NULL;
+    if (it->kind == SPOOL_CHUNK) {
+        _cleanup_free_ unsigned char *b64 = malloc(4 * ((it->len + 2) / 3) + 1);
+        if (b64) {
+            EVP_EncodeBlock(b64, (const unsigned char *)it->data, (int)it->len);
+            rep = json_pack("{s:s, s:I, s:s, s:I, s:s}", "kind", "logs", "epoch",
+                            (json_int_t)it->epoch, "stream", stream_name(it->stream), "offset",
+                            (json_int_t)it->offset, "data", (const char *)b64);
+        }
+    } else {
+        rep = daemon_result_body(it);
+        if (rep)
+            json_object_set_new(rep, "kind", json_string("result"));
+    }
+    if (rep)
+        json_object_set_new(rep, "job_id", json_string(it->job_id));
+    return rep;
+}
+
+/* Fill reports with what is due: every `started` not yet accepted, then spooled output
+ * and results, up to LINK_MAX_REPORTS items and about LINK_MAX_BYTES of data. */
+static void link_collect(struct link *l, json_t *reports)
+{
+    struct daemon *d = l->d;
+    pthread_mutex_lock(&d->lock);
+    for (size_t i = 0; i < d->nslots && l->nsent < LINK_MAX_REPORTS; i++) {
+        struct slot *s = &d->slots[i];
+        if (s->state == SLOT_FREE || !s->need_started)
+            continue;
+        struct sent *e = &l->sent[l->nsent++];
+        memset(e, 0, sizeof(*e));
+        e->started = true;
+        memcpy(e->it.job_id, s->job_id, sizeof(e->it.job_id));
+        e->it.epoch = s->epoch;
+        json_array_append_new(reports, json_pack("{s:s, s:s, s:I}", "kind", "started", "job_id",
+                                                 s->job_id, "epoch", (json_int_t)s->epoch));
+    }
+    pthread_mutex_unlock(&d->lock);
+    size_t bytes = 0;
+    while (l->nsent < LINK_MAX_REPORTS && bytes < LINK_MAX_BYTES) {
+        struct sent *e = &l->sent[l->nsent];
+        memset(e, 0, sizeof(*e));
+        int r = spool_next(d->spool, &e->it);
+        if (r < 0) {
+            if (r != -ENOENT)
+                log_error("op=spool-next error=%s", strerror(-r));
+            break;
+        }
+        json_t *rep = link_item_report(&e->it);
+        if (!rep) {
+            log_error("op=report job=%s error=\"out of memory\"", e->it.job_id);
+            spool_item_free(&e->it);
+            spool_rewind(d->spool);
+            break;
+        }
+        json_array_append_new(reports, rep);
+        bytes += e->it.len + 256;
+        l->nsent++;
+    }
+}
+
+/* A report's answer in a batch: {"code": 200, ...} or {"code": N, "problem": {...}}.
+ * Returns false when the report is to be sent again (the server had trouble). */
+static bool link_answer(struct link *l, const struct sent *e, const json_t *ans)
+{
+    struct daemon *d = l->d;
+    char q[320];
+    long code = json_is_integer(json_object_get(ans, "code"))
+                    ? (long)json_integer_value(json_object_get(ans, "code"))
+                    : 0;
+    const char *job_id = e->it.job_id;
+    int64_t epoch = e->it.epoch;
+    const char *what = e->started                ? "report-started"
+                       : e->it.kind == SPOOL_CHUNK ? "report-logs"
+                                                   : "report-result";
+    if (code == 200) {
+        int r = 0;
+        if (e->started) {
+            pthread_mutex_lock(&d->lock);
+            struct slot *s = daemon_find(d, job_id, epoch);
+            if (s)
+                s->need_started = false;
+            pthread_cond_broadcast(&d->wake); /* a DONE slot may be free now */
+            pthread_mutex_unlock(&d->lock);
+            log_info("op=report kind=started job=%s epoch=%" PRId64, job_id, epoch);
+        } else if (e->it.kind == SPOOL_CHUNK) {
+            r = spool_ack_chunk(d->spool, job_id, epoch, e->it.stream,
+                                e->it.offset + (int64_t)e->it.len);
+        } else {
+            r = spool_ack_result(d->spool, job_id, epoch);
+            log_info("op=report kind=result job=%s epoch=%" PRId64 " exit_code=%d", job_id, epoch,
+                     e->it.exit_code);
+        }
+        if (r < 0 && r != -ENOENT)
+            log_warn("op=spool-ack job=%s epoch=%" PRId64 " error=%s", job_id, epoch,
+                     strerror(-r));
+        return true;
+    }
+    const char *detail = json_string_value(
+        json_object_get(json_object_get(ans, "problem"), "detail"));
+    if (!detail)
+        detail = "no answer for this report";
+    if (code == 409 || code == 404) {
+        daemon_drop(d, job_id, epoch, code == 409 ? "stale-epoch" : "unknown-job");
+        return true;
+    }
+    if (code == 0 || code >= 500 || code == 429 || code == 408) {
+        log_warn("op=%s job=%s epoch=%" PRId64 " status=%ld detail=%s", what, job_id, epoch,
+                 code, log_quote(detail, q, sizeof(q)));
+        return false;
+    }
+    /* Any other refusal would refuse the same bytes forever: drop them, loudly. */
+    log_error("op=%s job=%s epoch=%" PRId64 " status=%ld detail=%s action=drop", what, job_id,
+              epoch, code, log_quote(detail, q, sizeof(q)));
+    daemon_drop(d, job_id, epoch, "refused");
+    return true;
+}
+
+/* The heartbeat's answer: interval, what to stop, and the credential's age. */
+static void link_heartbeat_answer(struct link *l, const json_t *hb)
+{
+    struct daemon *d = l->d;
+    json_t *iv = json_object_get(hb, "heartbeat_interval_s");
+    if (json_is_integer(iv) && json_integer_value(iv) >= 1 &&
+        json_integer_value(iv) <= HEARTBEAT_MAX_S)
+        d->heartbeat_s = json_integer_value(iv);
+    daemon_stop_listed(d, json_object_get(hb, "cancel"), false);
+    daemon_stop_listed(d, json_object_get(hb, "lost"), true);
+    json_t *exp = json_object_get(hb, "credential_expires_in_s");
+    if (json_is_integer(exp) && json_integer_value(exp) < d->rotate_before_s &&
+        mono_ms() - l->last_rotate_ms >= ROTATE_MIN_GAP_MS) {
+        l->last_rotate_ms = mono_ms();
+        if (daemon_rotate(d, l->t))
+            l->last_rotate_ms = INT64_MIN / 2; /* not done: again with the next heartbeat */
+        daemon_transport_sync(d, l->t, &l->gen);
+    }
+}
+
+enum link_next {
+    LINK_GO,      /* the next exchange at once */
+    LINK_BACKOFF, /* after a backoff: the server could not be reached or had trouble */
+    LINK_DONE,    /* stopping, and nothing is left to send */
+};
+
+/* One exchange with the server. */
+static enum link_next link_exchange(struct link *l)
+{
+    struct daemon *d = l->d;
+    pthread_mutex_lock(&d->lock);
+    bool stop = d->sender_stop, stopping = d->stopping;
+    bool hb_due = d->hb_kick || mono_ms() >= l->next_hb_ms;
+    d->hb_kick = false;
+    d->send_pending = false;
+    d->urgent = false;
+    bool running = daemon_jobs_running(d);
+    size_t free_slots = daemon_free_slots(d);
+    pthread_mutex_unlock(&d->lock);
+    if (stop)
+        return LINK_DONE;
+
+    _cleanup_json_ json_t *req = json_object();
+    json_t *reports = json_array();
+    if (!req || !reports) {
+        json_decref(reports);
+        return LINK_BACKOFF;
+    }
+    json_object_set_new(req, "reports", reports);
+    link_collect(l, reports);
+    bool assign = !stopping && free_slots > 0;
+    if (l->nsent == 0 && !hb_due && !assign) {
+        /* Nothing to say and nothing to ask: wait here for work or the next heartbeat. */
+        pthread_mutex_lock(&d->lock);
+        bool done = stopping && !daemon_jobs_running(d) && !d->send_pending;
+        int64_t left = l->next_hb_ms - mono_ms();
+        if (!done && !d->send_pending && !d->sender_stop && !d->hb_kick && left > 0)
+            cond_wait_ms(&d->send_wake, &d->lock, left < IDLE_WAIT_MS ? left : IDLE_WAIT_MS);
+        pthread_mutex_unlock(&d->lock);
+        if (!done)
+            spool_sync_all(d->spool); /* bound what a power loss can take while idle */
+        return done ? LINK_DONE : LINK_GO;
+    }
+    if (hb_due) {
+        json_t *hb = daemon_heartbeat_body(d, &l->cpu);
+        if (hb)
+            json_object_set_new(req, "heartbeat", hb);
+    }
+    /* Hold the exchange open for assignments only when it carries nothing else; while jobs
+     * run, their output goes out at least every LINK_BUSY_WAIT_S. */
+    int64_t wait_s = 0;
+    if (assign && l->nsent == 0 && !hb_due) {
+        int64_t to_hb = (l->next_hb_ms - mono_ms()) / 1000;
+        wait_s = running ? LINK_BUSY_WAIT_S : POLL_WAIT_S;
+        if (to_hb < wait_s)
+            wait_s = to_hb > 1 ? to_hb : 1;
+    }
+    json_object_set_new(req, "assign", json_boolean(assign));
+    json_object_set_new(req, "wait", json_integer(wait_s));
+    if (l->resume && assign)
+        json_object_set_new(req, "resume", json_true());
+
+    struct transport_reply rep = {0};
+    daemon_transport_sync(d, l->t, &l->gen);
+    l->holding = wait_s > 0;
+    int r = transport_request_ex(l->t, "POST", "/api/v1/agent/sync", req,
+                                 wait_s * 1000 + REQUEST_TIMEOUT_MS, link_abort, l, &rep);
+    l->holding = false;
+    enum link_next next = LINK_GO;
+    bool again = false;
+    if (r == -EINTR) {
+        /* Given up for something urgent: the server may have answered into the void. */
+        l->resume = true;
+        again = true;
+    } else if (r < 0) {
+        daemon_net_failed(d, "sync", r, rep.error);
+        l->resume = true;
+        again = true;
+        next = LINK_BACKOFF;
+    } else if (rep.status == 200) {
+        daemon_net_ok(d, hb_due);
+        json_t *answers = json_object_get(rep.body, "reports");
+        for (size_t i = 0; i < l->nsent; i++)
+            if (!link_answer(l, &l->sent[i], json_array_get(answers, i)))
+                again = true;
+        json_t *hb = json_object_get(rep.body, "heartbeat");
+        if (hb_due && json_is_object(hb)) {
+            link_heartbeat_answer(l, hb);
+            l->next_hb_ms = mono_ms() + d->heartbeat_s * 1000;
+        }
+        if (assign)
+            l->resume = false;
+        size_t i;
+        json_t *a;
+        json_array_foreach(json_object_get(rep.body, "assignments"), i, a)
+        {
+            if (json_is_object(a))
+                daemon_take(d, a);
+        }
+        if (again)
+            next = LINK_BACKOFF;
+    } else {
+        char q[320];
+        daemon_net_ok(d, hb_due);
+        log_warn("op=sync status=%ld detail=%s", rep.status, log_quote(rep.error, q, sizeof(q)));
+        l->resume = true;
+        again = true;
+        next = LINK_BACKOFF;
+    }
+    json_decref(rep.body);
+    link_sent_free(l);
+    if (again)
+        spool_rewind(d->spool);
+    if (r < 0 && r != -EINTR && hb_due)
+        l->next_hb_ms = 0; /* heartbeat first when the server is back */
+    return next;
+}
+
+static void *daemon_link_main(void *arg)
 {
     struct daemon *d = arg;
-    uint64_t gen = 0;
-    struct transport *t = daemon_transport(d, REQUEST_TIMEOUT_MS, &gen);
+    struct link l = {.d = d, .last_rotate_ms = INT64_MIN / 2, .resume = true};
+    l.sent = calloc(LINK_MAX_REPORTS, sizeof(*l.sent));
+    l.t = l.sent ? daemon_transport(d, REQUEST_TIMEOUT_MS, &l.gen) : NULL;
+    pthread_mutex_lock(&d->lock);
+    d->link = l.t;
+    pthread_mutex_unlock(&d->lock);
     struct backoff b = {0};
-    for (; t;) {
-        pthread_mutex_lock(&d->lock);
-        bool stop = d->sender_stop;
-        d->send_pending = false;
-        pthread_mutex_unlock(&d->lock);
-        if (stop)
+    cpu_read(&l.cpu);
+    for (; l.t;) {
+        enum link_next next = link_exchange(&l);
+        if (next == LINK_DONE)
             break;
-        daemon_transport_sync(d, t, &gen);
-        enum send_outcome out = daemon_send_started(d, t);
-        if (out == SEND_IDLE) {
-            struct spool_item it;
-            int r = spool_next(d->spool, &it);
-            if (r == 0)
-                out = daemon_send_item(d, t, &it);
-            else if (r != -ENOENT)
-                log_error("op=spool-next error=%s", strerror(-r));
-            spool_item_free(&it);
-        }
-        if (out == SEND_RETRY) {
-            spool_rewind(d->spool);
+        if (next == LINK_BACKOFF) {
             pthread_mutex_lock(&d->lock);
             /* at shutdown a dead server is not worth waiting for */
-            stop = d->stopping && !daemon_jobs_running(d);
+            bool stop = d->stopping && !daemon_jobs_running(d);
             pthread_mutex_unlock(&d->lock);
             if (stop)
                 break;
             daemon_sleep(d, backoff_next(&b), &d->sender_stop, NULL);
-            continue;
-        }
-        if (out == SEND_DONE)
+        } else {
             backoff_reset(&b);
-        if (out != SEND_IDLE)
-            continue;
-        pthread_mutex_lock(&d->lock);
-        if (d->stopping && !daemon_jobs_running(d) && !d->send_pending) {
-            pthread_mutex_unlock(&d->lock);
-            break; /* flushed */
         }
-        bool timed_out = false;
-        if (!d->send_pending && !d->sender_stop) {
-            int64_t t0 = mono_ms();
-            cond_wait_ms(&d->send_wake, &d->lock, IDLE_WAIT_MS);
-            timed_out = mono_ms() - t0 >= IDLE_WAIT_MS;
-        }
-        pthread_mutex_unlock(&d->lock);
-        if (timed_out)
-            spool_sync_all(d->spool); /* bound what a power loss can take while idle */
     }
-    transport_free(t);
     pthread_mutex_lock(&d->lock);
+    d->link = NULL;
     d->send_done = true;
     pthread_cond_broadcast(&d->wake);
     pthread_mutex_unlock(&d->lock);
+    transport_free(l.t);
+    free(l.sent);
     return NULL;
 }
 
@@ -1272,12 +1314,10 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
              log_quote(d->st.name, q, sizeof(q)), d->st.server_url, d->nslots,
              d->cgroup_parent ? d->cgroup_parent : "none");
 
-    pthread_t hb, poll, send;
-    bool hb_ok = pthread_create(&hb, NULL, daemon_heartbeat_main, d) == 0;
-    bool send_ok = hb_ok && pthread_create(&send, NULL, daemon_send_main, d) == 0;
-    bool poll_ok = send_ok && pthread_create(&poll, NULL, daemon_poll_main, d) == 0;
+    pthread_t link;
+    bool link_ok = pthread_create(&link, NULL, daemon_link_main, d) == 0;
     rc = EXIT_OK;
-    if (!poll_ok) {
+    if (!link_ok) {
         log_error("op=start error=\"cannot create threads\"");
         rc = EXIT_FAIL;
     } else {
@@ -1295,8 +1335,10 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
             atomic_store(&d->slots[i].cancel, true);
     pthread_cond_broadcast(&d->wake);
     pthread_cond_signal(&d->send_wake);
+    if (d->link)
+        transport_wakeup(d->link);
     pthread_mutex_unlock(&d->lock);
-    /* The poll thread takes no slot once stopping is set, so the set of workers is final
+    /* The link thread takes no slot once stopping is set, so the set of workers is final
      * once the slot it may be filling right now has its thread. */
     for (size_t i = 0; i < d->nslots; i++) {
         struct slot *s = &d->slots[i];
@@ -1313,9 +1355,9 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
             pthread_mutex_unlock(&d->lock);
         }
     }
-    /* Let the sender flush what the jobs left, for a while. */
+    /* Let the link flush what the jobs left, for a while. */
     bool all_joined = true;
-    if (send_ok) {
+    if (link_ok) {
         int64_t end = mono_ms() + FLUSH_MS;
         pthread_mutex_lock(&d->lock);
         d->send_pending = true;
@@ -1325,17 +1367,15 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
         d->sender_stop = true;
         pthread_cond_signal(&d->send_wake);
         pthread_cond_broadcast(&d->wake);
+        if (d->link)
+            transport_wakeup(d->link);
         pthread_mutex_unlock(&d->lock);
-        all_joined &= join_within(send, JOIN_MS);
+        all_joined &= join_within(link, JOIN_MS);
     }
-    if (hb_ok)
-        all_joined &= join_within(hb, JOIN_MS);
-    if (poll_ok)
-        all_joined &= join_within(poll, JOIN_MS);
     if (!all_joined) {
-        /* A request is still in flight (a long poll, or a server that stopped answering);
-         * the transport cannot be interrupted, and the process is about to exit anyway:
-         * leave the shared state to that thread rather than free it under its feet. */
+        /* A request is still in flight and did not notice in time (a DNS lookup or a TLS
+         * handshake can), and the process is about to exit anyway: leave the shared state
+         * to that thread rather than free it under its feet. */
         log_info("op=stop state=stopped detail=\"a request was still in flight\"");
         return rc;
     }

@@ -16,8 +16,11 @@
 
 struct transport {
     CURL *curl;
+    CURLM *multi; /* holds the connection between requests, and lets one be interrupted */
     char *base;
     char *ca_file;
+    char *proxy;
+    char *no_proxy;
     char *auth_header;
     int64_t timeout_ms;
 };
@@ -38,13 +41,17 @@ int transport_new(const struct transport_options *o, struct transport **ret)
     if (!t)
         return -ENOMEM;
     t->curl = curl_easy_init();
+    t->multi = curl_multi_init();
+    t->proxy = o->proxy && o->proxy[0] ? strdup(o->proxy) : NULL;
+    t->no_proxy = o->no_proxy && o->no_proxy[0] ? strdup(o->no_proxy) : NULL;
     size_t n = strlen(o->server_url);
     while (n > 0 && o->server_url[n - 1] == '/')
         n--;
     t->base = strndup(o->server_url, n);
     t->ca_file = o->ca_file && o->ca_file[0] ? strdup(o->ca_file) : NULL;
     t->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 30000;
-    if (!t->curl || !t->base || (o->ca_file && o->ca_file[0] && !t->ca_file) ||
+    if (!t->curl || !t->multi || !t->base || (o->ca_file && o->ca_file[0] && !t->ca_file) ||
+        (o->proxy && o->proxy[0] && !t->proxy) || (o->no_proxy && o->no_proxy[0] && !t->no_proxy) ||
         transport_set_credential(t, o->credential) < 0) {
         transport_free(t);
         return -ENOMEM;
@@ -59,8 +66,12 @@ void transport_free(struct transport *t)
         return;
     if (t->curl)
         curl_easy_cleanup(t->curl);
+    if (t->multi)
+        curl_multi_cleanup(t->multi);
     free(t->base);
     free(t->ca_file);
+    free(t->proxy);
+    free(t->no_proxy);
     if (t->auth_header)
         explicit_bzero(t->auth_header, strlen(t->auth_header));
     free(t->auth_header);
@@ -85,8 +96,59 @@ static size_t collect(char *data, size_t size, size_t n, void *arg)
     return buf_append(b, data, size * n) == 0 ? size * n : 0;
 }
 
+void transport_wakeup(struct transport *t)
+{
+    curl_multi_wakeup(t->multi);
+}
+
+/* Run the transfer on the multi handle; -EINTR when abort says so. */
+static CURLcode perform(struct transport *t, bool (*abort)(void *arg), void *arg, bool *aborted)
+{
+    CURL *c = t->curl;
+    CURLMcode mc = curl_multi_add_handle(t->multi, c);
+    if (mc != CURLM_OK)
+        return CURLE_OUT_OF_MEMORY;
+    CURLcode rc = CURLE_OK;
+    for (;;) {
+        int running = 0;
+        mc = curl_multi_perform(t->multi, &running);
+        if (mc != CURLM_OK) {
+            rc = CURLE_SEND_ERROR;
+            break;
+        }
+        int left = 0;
+        CURLMsg *m = NULL;
+        bool done = false;
+        while ((m = curl_multi_info_read(t->multi, &left)))
+            if (m->msg == CURLMSG_DONE && m->easy_handle == c) {
+                rc = m->data.result;
+                done = true;
+            }
+        if (done)
+            break;
+        if (abort && abort(arg)) {
+            *aborted = true;
+            break;
+        }
+        mc = curl_multi_poll(t->multi, NULL, 0, 1000, NULL);
+        if (mc != CURLM_OK) {
+            rc = CURLE_RECV_ERROR;
+            break;
+        }
+    }
+    curl_multi_remove_handle(t->multi, c); /* mid-transfer, this closes the connection */
+    return rc;
+}
+
 int transport_request(struct transport *t, const char *method, const char *path, const json_t *body,
                       struct transport_reply *r)
+{
+    return transport_request_ex(t, method, path, body, 0, NULL, NULL, r);
+}
+
+int transport_request_ex(struct transport *t, const char *method, const char *path,
+                         const json_t *body, int64_t timeout_ms, bool (*abort)(void *arg),
+                         void *arg, struct transport_reply *r)
 {
     memset(r, 0, sizeof(*r));
     char url[4096];
@@ -108,7 +170,7 @@ int transport_request(struct transport *t, const char *method, const char *path,
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &reply);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)t->timeout_ms);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)(timeout_ms > 0 ? timeout_ms : t->timeout_ms));
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
@@ -118,12 +180,22 @@ int transport_request(struct transport *t, const char *method, const char *path,
     curl_easy_setopt(c, CURLOPT_USERAGENT, "orch-agent");
     if (t->ca_file)
         curl_easy_setopt(c, CURLOPT_CAINFO, t->ca_file);
+    if (t->proxy)
+        curl_easy_setopt(c, CURLOPT_PROXY, t->proxy);
+    if (t->no_proxy)
+        curl_easy_setopt(c, CURLOPT_NOPROXY, t->no_proxy);
     if (text) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, text);
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(text));
     }
-    CURLcode rc = curl_easy_perform(c);
+    bool aborted = false;
+    CURLcode rc = perform(t, abort, arg, &aborted);
     curl_slist_free_all(h);
+    if (aborted) {
+        snprintf(r->error, sizeof(r->error), "%s: request given up", t->base);
+        buf_free(&reply);
+        return -EINTR;
+    }
     if (rc != CURLE_OK) {
         snprintf(r->error, sizeof(r->error), "%s: %s", t->base, curl_easy_strerror(rc));
         buf_free(&reply);

@@ -1,10 +1,12 @@
 /* transport.h: the agent's HTTPS client (libcurl). One connection to the server, reused
  * (keep-alive); the server certificate is verified against the system store or a pinned CA
- * file; HTTPS_PROXY / NO_PROXY (and the lower-case forms) are honoured, as corporate hosts
- * need. */
+ * file; a proxy from the options, else HTTPS_PROXY / NO_PROXY (and the lower-case forms),
+ * as corporate hosts need. A request in flight can be given up from another thread
+ * (transport_wakeup() and the request's `abort` callback), which closes the connection. */
 #pragma once
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 struct transport;
@@ -14,6 +16,8 @@ struct transport_options {
     const char *ca_file;    /* NULL or "" = the system store */
     const char *credential; /* orch_ag_... sent as a bearer token; NULL = none */
     int64_t timeout_ms;     /* whole request */
+    const char *proxy;      /* NULL or "" = from the environment; borrowed */
+    const char *no_proxy;   /* NULL or "" = from the environment; borrowed */
 };
 
 int transport_new(const struct transport_options *o, struct transport **ret);
@@ -32,3 +36,12 @@ struct transport_reply {
  * saying why. */
 int transport_request(struct transport *t, const char *method, const char *path, const json_t *body,
                       struct transport_reply *r);
+
+/* The same, giving up with -EINTR when abort(arg) returns true: it is asked after each
+ * transport_wakeup(). timeout_ms overrides the transport's (0 = the transport's). */
+int transport_request_ex(struct transport *t, const char *method, const char *path,
+                         const json_t *body, int64_t timeout_ms, bool (*abort)(void *arg),
+                         void *arg, struct transport_reply *r);
+
+/* Make a request in flight on t ask its abort callback now. Thread-safe. */
+void transport_wakeup(struct transport *t);

@@ -19,6 +19,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/cleanup.h"
+
+/* _cleanup_json_ json_t *v = ...;   json_decref()ed when v leaves scope (json_decrefp()
+ * comes with jansson) */
+#define _cleanup_json_ _cleanup_(json_decrefp)
+
 enum jsonv_type {
     JSONV_STRING, /* min/max: length in bytes (UTF-8, validated by jansson) */
     JSONV_INT,    /* min/max: value */

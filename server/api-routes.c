@@ -55,6 +55,7 @@ const struct http_route api_routes[] = {
 
     {HTTP_POST, V1 "/agent/heartbeat", HTTP_AUTH_AGENT, api_agent_heartbeat, 128 * 1024},
     {HTTP_GET, V1 "/agent/assignments", HTTP_AUTH_AGENT, gateway_poll, 0},
+    {HTTP_POST, V1 "/agent/sync", HTTP_AUTH_AGENT, api_agent_sync, 8 * 1024 * 1024},
     {HTTP_POST, V1 "/agent/jobs/{id}/started", HTTP_AUTH_AGENT, api_agent_job_started, 0},
     {HTTP_POST, V1 "/agent/jobs/{id}/logs", HTTP_AUTH_AGENT, api_agent_job_logs, 128 * 1024},
     {HTTP_POST, V1 "/agent/jobs/{id}/result", HTTP_AUTH_AGENT, api_agent_job_result,

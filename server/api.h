@@ -98,3 +98,5 @@ void api_agent_heartbeat(struct http_req *req);
 void api_agent_job_started(struct http_req *req);
 void api_agent_job_logs(struct http_req *req);
 void api_agent_job_result(struct http_req *req);
+/* POST /api/v1/agent/sync: heartbeat, reports and the long-poll in one exchange. */
+void api_agent_sync(struct http_req *req);

@@ -499,7 +499,7 @@ static ssize_t field_len(const char *s, size_t size)
 int jwt_issue(const struct jwt_ring *ring, const struct jwt_params *p, const struct jwt_claims *in,
               int64_t now, char **token, struct jwt_claims *claims_out)
 {
-    _cleanup_(json_decrefp) json_t *claims = NULL;
+    _cleanup_json_ json_t *claims = NULL;
     _cleanup_(jwt_freep) jwt_t *jwt = NULL;
     _cleanup_free_ char *claims_json = NULL;
     const struct jwt_key *k;
@@ -599,7 +599,7 @@ static const struct {
 static int check_header(const struct jwt_ring *ring, const char *h, size_t hlen,
                         const struct jwt_key **ret, const char **why)
 {
-    _cleanup_(json_decrefp) json_t *hdr = NULL;
+    _cleanup_json_ json_t *hdr = NULL;
     uint8_t dec[JWT_TOKEN_MAX];
     const char *key;
     json_t *v;
@@ -693,8 +693,8 @@ static int decode_claims(const struct jwt_key *k, const char *token, size_t len,
                          const char *payload, size_t plen, json_t **ret, const char **why)
 {
     _cleanup_(jwt_freep) jwt_t *jwt = NULL;
-    _cleanup_(json_decrefp) json_t *claims = NULL;
-    _cleanup_(json_decrefp) json_t *raw = NULL;
+    _cleanup_json_ json_t *claims = NULL;
+    _cleanup_json_ json_t *raw = NULL;
     _cleanup_free_ char *grants = NULL;
     char buf[JWT_TOKEN_MAX + 1];
     uint8_t dec[JWT_TOKEN_MAX];
@@ -881,7 +881,7 @@ static bool is_b64url(char c)
 static int verify(const struct jwt_ring *ring, const struct jwt_params *p, const char *token,
                   size_t len, int64_t now, struct jwt_claims *out, const char **w)
 {
-    _cleanup_(json_decrefp) json_t *claims = NULL;
+    _cleanup_json_ json_t *claims = NULL;
     const struct jwt_key *k = NULL;
     size_t dots[2], ndots = 0;
     int r;

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "common/buf.h"
+#include "common/cleanup.h"
 #include "common/clock.h"
 #include "common/id.h"
 #include "common/log.h"
@@ -26,6 +27,7 @@ struct waiter {
     char agent_id[ID_STR_LEN];
     char tenant_id[ID_STR_LEN];
     struct http_deferred *d;
+    json_t *base; /* a sync's answer so far (owned), or NULL for a plain long-poll */
     struct event *timer;
     struct gateway *gw;
 };
@@ -56,26 +58,57 @@ struct gateway {
 static const struct store_stmt q_deliver = STORE_STMT(
     "gw_deliver",
     "WITH d AS (UPDATE jobs SET delivered_at = now() WHERE agent_id = $1 AND status = 'assigned'"
-    "           AND delivered_at IS NULL RETURNING id)"
+    "           AND (delivered_at IS NULL OR $3::bool) RETURNING id)"
     " SELECT json_build_object('assignments', coalesce(json_agg(v.doc), '[]'), 'lease_s', $2::int),"
     "        count(*) FROM assignment_view v JOIN d USING (id)",
-    2);
+    3);
 
-/* Claim agent's undelivered assignments; *ret gets the reply text when there are any. */
-static int deliver(struct app *app, const char *tenant, const char *agent, char **ret)
+int gateway_claim(struct app *app, struct store_tx *tx, const char *agent_id, bool again,
+                  char **ret)
 {
     char lease[24];
     snprintf(lease, sizeof(lease), "%lld", (long long)(app->cfg->agent_lease_ms / 1000));
-    const char *p[] = {agent, lease};
+    const char *p[] = {agent_id, lease, again ? "true" : "false"};
     PGresult *res = NULL;
-    int r = store_exec_once(app->store, tenant, &q_deliver, p, &res);
+    *ret = NULL;
+    int r = store_tx_exec(tx, &q_deliver, p, &res);
     if (r < 0)
         return r;
-    *ret = NULL;
     if (r == 1 && strcmp(PQgetvalue(res, 0, 1), "0") != 0)
         *ret = strdup(PQgetvalue(res, 0, 0));
     PQclear(res);
     return 0;
+}
+
+/* gateway_claim() in a transaction of its own. */
+static int deliver(struct app *app, const char *tenant, const char *agent, char **ret)
+{
+    struct store_tx *tx = NULL;
+    *ret = NULL;
+    int r = store_tx_begin_tenant(app->store, tenant, &tx);
+    if (r < 0)
+        return r;
+    r = gateway_claim(app, tx, agent, false, ret);
+    int c = store_tx_commit(tx);
+    if (r >= 0 && c < 0) {
+        FREE_AND_NULL(*ret); /* not claimed after all */
+        r = c;
+    }
+    return r;
+}
+
+static const char no_assignments[] = "{\"assignments\":[]}";
+
+/* base (stolen; NULL for a plain long-poll) plus the claimed assignments' text (or none). */
+static json_t *answer_doc(json_t *base, const char *assigned)
+{
+    json_t *a = json_loads(assigned ? assigned : no_assignments, 0, NULL);
+    if (a && base)
+        json_object_update(base, a);
+    else if (!base)
+        return a;
+    json_decref(a);
+    return base;
 }
 
 /* Remove w from the registry (locked by the caller). */
@@ -93,11 +126,12 @@ static void unregister_locked(struct gateway *gw, struct waiter *w)
 /* Answer and free w. On w's loop thread, with w already unregistered. */
 static void finish(struct waiter *w, const char *body)
 {
-    static const char empty[] = "{\"assignments\":[]}";
-    if (body)
+    if (w->base)
+        http_deferred_reply_json(w->d, 200, answer_doc(TAKE_PTR(w->base), body));
+    else if (body)
         http_deferred_reply_json_text(w->d, 200, body, strlen(body));
     else
-        http_deferred_reply_json_text(w->d, 200, empty, sizeof(empty) - 1);
+        http_deferred_reply_json_text(w->d, 200, no_assignments, sizeof(no_assignments) - 1);
     if (w->timer)
         event_free(w->timer);
     free(w);
@@ -172,7 +206,6 @@ void gateway_wake(struct gateway *gw, const char *agent_id)
 void gateway_poll(struct http_req *req)
 {
     struct app *app = http_req_app(req);
-    struct gateway *gw = app->gw;
     const struct http_principal *p = http_req_principal(req);
     const char *ws = http_req_query(req, "wait");
     long wait = 25;
@@ -190,29 +223,43 @@ void gateway_poll(struct http_req *req)
         http_reply_error(req, r, "looking for assignments");
         return;
     }
-    if (body || wait == 0 || !gw) {
-        static const char empty[] = "{\"assignments\":[]}";
-        http_reply_json_text(req, 200, body ? body : empty,
-                             body ? strlen(body) : sizeof(empty) - 1);
-        free(body);
+    gateway_answer(req, NULL, body, wait);
+}
+
+void gateway_answer(struct http_req *req, json_t *base, char *assigned, long wait_s)
+{
+    struct app *app = http_req_app(req);
+    struct gateway *gw = app->gw;
+    const struct http_principal *p = http_req_principal(req);
+    if (assigned || wait_s <= 0 || !gw) {
+        if (base)
+            http_reply_json(req, 200, answer_doc(base, assigned));
+        else if (assigned)
+            http_reply_json_text(req, 200, assigned, strlen(assigned));
+        else
+            http_reply_json_text(req, 200, no_assignments, sizeof(no_assignments) - 1);
+        free(assigned);
         return;
     }
     struct waiter *w = calloc(1, sizeof(*w));
     if (!w) {
+        json_decref(base);
         http_reply_error(req, -ENOMEM, "waiting for assignments");
         return;
     }
     snprintf(w->agent_id, sizeof(w->agent_id), "%.36s", p->subject);
     snprintf(w->tenant_id, sizeof(w->tenant_id), "%s", p->tenant_id);
     w->gw = gw;
+    w->base = base;
     w->d = http_req_defer(req);
     if (!w->d) {
+        json_decref(w->base);
         free(w);
         http_reply_error(req, -ENOMEM, "waiting for assignments");
         return;
     }
     w->timer = evtimer_new(http_deferred_base(w->d), on_timeout, w);
-    struct timeval tv = {.tv_sec = wait};
+    struct timeval tv = {.tv_sec = wait_s};
     pthread_mutex_lock(&gw->lock);
     /* An agent has one long-poll: an older one (a reconnect) gets its answer now. */
     struct waiter *old = NULL;

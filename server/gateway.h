@@ -21,6 +21,7 @@
 #include <stdbool.h>
 
 #include "server/http.h"
+#include "server/store.h"
 
 struct app;
 struct gateway;
@@ -38,6 +39,19 @@ void gateway_kick_dispatch(struct gateway *gw);
 
 /* The long-poll handler (GET /api/v1/agent/assignments). */
 void gateway_poll(struct http_req *req);
+
+/* Claim agent_id's undelivered assignments in tx (they count as delivered once tx
+ * commits); again: also those delivered before but not yet reported started (the agent
+ * lost an answer). *ret gets the answer text {"assignments": [...], "lease_s": N} when
+ * there are any, else NULL. Returns 0 or a store error. */
+int gateway_claim(struct app *app, struct store_tx *tx, const char *agent_id, bool again,
+                  char **ret);
+
+/* Answer an agent's request with base (stolen; NULL = a plain long-poll's answer) plus
+ * the assignments claimed (text from gateway_claim(), stolen, or NULL). With none claimed
+ * and wait_s > 0, hold the request until one is made for this agent (then claim and
+ * answer) or wait_s seconds pass (then answer with an empty list). */
+void gateway_answer(struct http_req *req, json_t *base, char *assigned, long wait_s);
 
 /* Remember a heartbeat (for the batched write). running: JSON array of {job_id, epoch},
  * borrowed. Returns true when this is the agent's first heartbeat on this node (the caller

@@ -2,6 +2,7 @@
 #include "tests/integration/harness.h"
 
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -196,4 +197,59 @@ void th_run_free(struct th_run *r)
 {
     buf_free(&r->out);
     buf_free(&r->err);
+}
+
+int th_tcp_conns(pid_t pid, int port)
+{
+    /* The socket inodes among pid's file descriptors. */
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+    DIR *dir = opendir(path);
+    if (!dir)
+        return 0;
+    unsigned long inodes[256];
+    int ninodes = 0;
+    struct dirent *e;
+    while ((e = readdir(dir)) && ninodes < 256) {
+        char link[400], target[64];
+        snprintf(link, sizeof(link), "%s/%s", path, e->d_name);
+        ssize_t n = readlink(link, target, sizeof(target) - 1);
+        if (n <= 0)
+            continue;
+        target[n] = '\0';
+        unsigned long ino;
+        if (sscanf(target, "socket:[%lu]", &ino) == 1)
+            inodes[ninodes++] = ino;
+    }
+    closedir(dir);
+    int count = 0;
+    static const char *const tables[] = {"tcp", "tcp6"};
+    for (size_t t = 0; t < 2; t++) {
+        snprintf(path, sizeof(path), "/proc/%d/net/%s", (int)pid, tables[t]);
+        FILE *f = fopen(path, "re");
+        char line[512];
+        if (!f)
+            continue;
+        if (!fgets(line, sizeof(line), f)) { /* the header */
+            fclose(f);
+            continue;
+        }
+        while (fgets(line, sizeof(line), f)) {
+            char local[64], remote[64];
+            unsigned st;
+            unsigned long ino;
+            /* sl local rem st tx:rx tr:when retrnsmt uid timeout inode */
+            if (sscanf(line, " %*s %63s %63s %x %*s %*s %*s %*s %*s %lu", local, remote, &st,
+                       &ino) != 4)
+                continue;
+            const char *colon = strrchr(remote, ':');
+            if (!colon || (int)strtol(colon + 1, NULL, 16) != port || st != 1 /* ESTABLISHED */)
+                continue;
+            for (int i = 0; i < ninodes; i++)
+                if (inodes[i] == ino)
+                    count++;
+        }
+        fclose(f);
+    }
+    return count;
 }

@@ -9,6 +9,8 @@
  */
 #pragma once
 
+#include <sys/types.h>
+
 #include <libpq-fe.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -47,6 +49,9 @@ struct th_run {
  * collect its output. Free with th_run_free(). */
 void th_run(struct th_run *r, const char *const *argv, const char *const *env, int timeout_ms);
 void th_run_free(struct th_run *r);
+
+/* The established TCP connections process pid holds to remote port `port` (from /proc). */
+int th_tcp_conns(pid_t pid, int port);
 
 /* The text of b, "" when empty (a struct buf holds NULL until something is appended). */
 static inline const char *th_str(const struct buf *b)

@@ -3,11 +3,13 @@
  * RabbitMQ: dispatch by labels, long-poll delivery, reports, results, stale epochs, lost
  * leases and reassignment. */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/clock.h"
+#include "common/id.h"
 #include "tests/integration/harness.h"
 #include "tests/integration/server.h"
 
@@ -35,11 +37,12 @@ static void teardown(void)
 
 TestSuite(dispatch, .init = setup, .fini = teardown, .timeout = 120);
 
-/* Enrol an agent with labels (JSON object text); returns its credential. */
-static char *enrol(const char *name, const char *labels)
+/* Enrol an agent of the tenant whose admin token is adm, with labels (JSON object text);
+ * returns its credential. */
+static char *enrol_as(const char *adm, const char *name, const char *labels)
 {
     struct th_resp r;
-    th_http(&srv, "POST", "/api/v1/enrollment-tokens", admin, "{\"name\":\"t\",\"max_uses\":1}",
+    th_http(&srv, "POST", "/api/v1/enrollment-tokens", adm, "{\"name\":\"t\",\"max_uses\":1}",
             NULL, &r);
     cr_assert_eq(r.status, 201);
     char body[512];
@@ -53,6 +56,11 @@ static char *enrol(const char *name, const char *labels)
     char *cred = strdup(th_str_of(&r, "credential"));
     th_resp_free(&r);
     return cred;
+}
+
+static char *enrol(const char *name, const char *labels)
+{
+    return enrol_as(admin, name, labels);
 }
 
 static json_t *beat(const char *cred, const char *running)
@@ -282,6 +290,168 @@ Test(dispatch, failures_are_retried_then_dead_and_cancel_reaches_the_agent)
     cr_assert_str_eq(status_of(j), "cancelled");
     json_decref(j);
     free(c);
+    free(id);
+    free(a);
+}
+
+/* --- sync: heartbeat, reports and the long-poll in one exchange --------------------------- */
+
+static json_t *sync_ex(const char *cred, const char *body, long want)
+{
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/agent/sync", cred, body, NULL, &r);
+    cr_assert_eq(r.status, want, "%s", r.body);
+    json_t *j = json_incref(r.json);
+    th_resp_free(&r);
+    return j;
+}
+
+static long code_at(json_t *ans, size_t i)
+{
+    return (long)json_integer_value(
+        json_object_get(json_array_get(json_object_get(ans, "reports"), i), "code"));
+}
+
+static const char *problem_field_at(json_t *ans, size_t i)
+{
+    json_t *pr = json_object_get(json_array_get(json_object_get(ans, "reports"), i), "problem");
+    return json_string_value(json_object_get(pr, "field"));
+}
+
+struct held {
+    const char *cred;
+    json_t *ans;
+};
+
+static void *held_sync(void *arg)
+{
+    struct held *h = arg;
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/agent/sync", h->cred, "{\"assign\":true,\"wait\":30}", NULL,
+            &r);
+    h->ans = r.status == 200 ? json_incref(r.json) : NULL;
+    th_resp_free(&r);
+    return NULL;
+}
+
+Test(dispatch, sync_batches_reports_and_holds_for_assignments)
+{
+    char *a = enrol("syncer", "{\"pool\":\"sync\"}");
+    /* The body is checked as a whole first: the field at fault is named. */
+    json_t *ans = sync_ex(a, "{\"wait\":61}", 422);
+    cr_assert_str_eq(json_string_value(json_object_get(ans, "field")), "wait");
+    json_decref(ans);
+    ans = sync_ex(a, "{\"heartbeat\":{\"slots\":0}}", 422);
+    cr_assert_str_eq(json_string_value(json_object_get(ans, "field")), "heartbeat.slots");
+    json_decref(ans);
+
+    /* A heartbeat alone: its answer, no reports, no assignments asked for. */
+    ans = sync_ex(a, "{\"heartbeat\":{\"status\":\"idle\",\"slots\":2,\"free_slots\":2}}", 200);
+    cr_assert(json_is_object(json_object_get(ans, "heartbeat")));
+    cr_assert_eq(json_integer_value(
+                     json_object_get(json_object_get(ans, "heartbeat"), "heartbeat_interval_s")),
+                 1);
+    cr_assert_eq(json_array_size(json_object_get(ans, "reports")), 0);
+    cr_assert_eq(json_array_size(json_object_get(ans, "assignments")), 0);
+    json_decref(ans);
+
+    /* A job waiting is handed out at once. */
+    char *id = submit("{\"command\":\"echo hi\",\"requirements\":{\"pool\":\"sync\"}}");
+    ans = sync_ex(a, "{\"assign\":true,\"wait\":20}", 200);
+    json_t *as = json_array_get(json_object_get(ans, "assignments"), 0);
+    cr_assert_not_null(as, "%s", json_dumps(ans, 0));
+    cr_assert_str_eq(json_string_value(json_object_get(as, "job_id")), id);
+    int64_t epoch = json_integer_value(json_object_get(as, "epoch"));
+    json_decref(ans);
+
+    /* Seven reports in one exchange, each answered in its place. */
+    char other[ID_STR_LEN];
+    id_uuid7_str(other);
+    char body[2048];
+    snprintf(body, sizeof(body),
+             "{\"reports\":["
+             "{\"kind\":\"started\",\"job_id\":\"%s\",\"epoch\":%lld},"
+             "{\"kind\":\"logs\",\"job_id\":\"%s\",\"epoch\":%lld,\"stream\":\"stdout\","
+             "\"offset\":0,\"data\":\"aGkK\"},"
+             "{\"kind\":\"logs\",\"job_id\":\"%s\",\"epoch\":%lld,\"stream\":\"tty\","
+             "\"offset\":3,\"data\":\"aGkK\"},"
+             "{\"kind\":\"bogus\",\"job_id\":\"%s\"},"
+             "{\"kind\":\"started\",\"job_id\":\"%s\",\"epoch\":%lld},"
+             "{\"kind\":\"started\",\"job_id\":\"%s\",\"epoch\":1},"
+             "{\"kind\":\"result\",\"job_id\":\"%s\",\"epoch\":%lld,\"exit_code\":0,"
+             "\"result\":{\"n\":1}}]}",
+             id, (long long)epoch, id, (long long)epoch, id, (long long)epoch, id, id,
+             (long long)epoch + 1, other, id, (long long)epoch);
+    ans = sync_ex(a, body, 200);
+    cr_assert_eq(json_array_size(json_object_get(ans, "reports")), 7, "%s", json_dumps(ans, 0));
+    cr_assert_eq(code_at(ans, 0), 200);
+    cr_assert_eq(code_at(ans, 1), 200);
+    cr_assert_eq(json_integer_value(json_object_get(
+                     json_array_get(json_object_get(ans, "reports"), 1), "next_offset")),
+                 3);
+    cr_assert_eq(code_at(ans, 2), 422);
+    cr_assert_str_eq(problem_field_at(ans, 2), "reports[2].stream");
+    cr_assert_eq(code_at(ans, 3), 422);
+    cr_assert_str_eq(problem_field_at(ans, 3), "reports[3].kind");
+    cr_assert_eq(code_at(ans, 4), 409);
+    cr_assert_str_eq(problem_field_at(ans, 4), "reports[4].epoch");
+    cr_assert_eq(code_at(ans, 5), 404);
+    cr_assert_eq(code_at(ans, 6), 200);
+    json_decref(ans);
+    json_t *j = job(id);
+    cr_assert_str_eq(status_of(j), "succeeded");
+    json_decref(j);
+    char path[160];
+    snprintf(path, sizeof(path), "/api/v1/jobs/%s/logs?stream=stdout", id);
+    struct th_resp r;
+    th_http(&srv, "GET", path, admin, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    cr_assert_str_eq(r.body, "hi\n");
+    th_resp_free(&r);
+
+    /* Another tenant's agent cannot report on this tenant's job. */
+    char *t2 = th_tenant(&srv, op, "sync-other", "standard");
+    char *adm2 = th_tenant_token(&srv, op, t2, "admin");
+    char *b = enrol_as(adm2, "intruder", "{}");
+    snprintf(body, sizeof(body),
+             "{\"reports\":[{\"kind\":\"result\",\"job_id\":\"%s\",\"epoch\":%lld,"
+             "\"exit_code\":1}]}",
+             id, (long long)epoch);
+    ans = sync_ex(b, body, 200);
+    cr_assert_eq(code_at(ans, 0), 404);
+    json_decref(ans);
+
+    /* A held exchange is answered as soon as a job is made for the agent. */
+    struct held h = {.cred = a};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, held_sync, &h), 0);
+    char *id2 = submit("{\"command\":\"true\",\"requirements\":{\"pool\":\"sync\"}}");
+    pthread_join(th, NULL);
+    cr_assert_not_null(h.ans);
+    as = json_array_get(json_object_get(h.ans, "assignments"), 0);
+    cr_assert_not_null(as, "%s", json_dumps(h.ans, 0));
+    cr_assert_str_eq(json_string_value(json_object_get(as, "job_id")), id2);
+    epoch = json_integer_value(json_object_get(as, "epoch"));
+    json_decref(h.ans);
+
+    /* Handed out once; `resume` hands it out again (the agent lost that answer). */
+    ans = sync_ex(a, "{\"assign\":true}", 200);
+    cr_assert_eq(json_array_size(json_object_get(ans, "assignments")), 0);
+    json_decref(ans);
+    ans = sync_ex(b, "{\"assign\":true,\"resume\":true}", 200);
+    cr_assert_eq(json_array_size(json_object_get(ans, "assignments")), 0);
+    json_decref(ans);
+    ans = sync_ex(a, "{\"assign\":true,\"resume\":true}", 200);
+    as = json_array_get(json_object_get(ans, "assignments"), 0);
+    cr_assert_not_null(as, "%s", json_dumps(ans, 0));
+    cr_assert_str_eq(json_string_value(json_object_get(as, "job_id")), id2);
+    cr_assert_eq(json_integer_value(json_object_get(as, "epoch")), epoch);
+    json_decref(ans);
+
+    free(id2);
+    free(b);
+    free(adm2);
+    free(t2);
     free(id);
     free(a);
 }

@@ -163,6 +163,47 @@ Test(e2e, jobs_land_on_matching_agents_and_report_output_and_results)
     }
 }
 
+/* Each agent talks to orchd over one connection: idle (a held long-poll), and while a job
+ * streams output and ends (reports, results and the next poll share it). */
+Test(e2e, each_agent_keeps_one_connection)
+{
+    char *id = submit("{\"command\":\"for i in $(seq 1 30); do echo $i; sleep 0.05; done\","
+                      "\"requirements\":{\"pool\":\"red\"}}");
+    int most[NAGENTS] = {0}, samples = 0;
+    char path[128];
+    snprintf(path, sizeof(path), "/api/v1/jobs/%s", id);
+    uint64_t deadline = clock_mono_ns() + 60000000000ull;
+    for (bool done = false; !done; samples++) {
+        for (int i = 0; i < NAGENTS; i++) {
+            int n = th_tcp_conns(agents[i].pid, srv.port);
+            cr_assert_leq(n, 1, "agent %d holds %d connections to orchd", i, n);
+            if (n > most[i])
+                most[i] = n;
+        }
+        struct th_resp r;
+        th_http(&srv, "GET", path, admin, NULL, NULL, &r);
+        cr_assert_eq(r.status, 200);
+        const char *st = th_str_of(&r, "status");
+        done = strcmp(st, "succeeded") == 0;
+        cr_assert(done || strcmp(st, "queued") == 0 || strcmp(st, "assigned") == 0 ||
+                      strcmp(st, "running") == 0,
+                  "job ended %s", st);
+        th_resp_free(&r);
+        cr_assert(clock_mono_ns() < deadline, "job %s did not end in 60 s", id);
+        usleep(20000); /* between two samples, bounded by the deadline */
+    }
+    for (int i = 0; i < NAGENTS; i++)
+        cr_assert_eq(most[i], 1, "agent %d was never seen connected", i);
+    char *out = logs(id, "stdout");
+    char want[128] = "";
+    for (int i = 1; i <= 30; i++)
+        snprintf(want + strlen(want), sizeof(want) - strlen(want), "%d\n", i);
+    cr_assert_str_eq(out, want);
+    cr_log_info("%d samples, at most one connection per agent", samples);
+    free(out);
+    free(id);
+}
+
 /* Is any process with this marker in its command line still alive? */
 static bool marker_alive(const char *marker)
 {
