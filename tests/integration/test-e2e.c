@@ -12,6 +12,7 @@
 
 #include "common/clock.h"
 #include "tests/integration/harness.h"
+#include "tests/integration/proxy.h"
 #include "tests/integration/server.h"
 
 #define NAGENTS 3
@@ -202,6 +203,52 @@ Test(e2e, each_agent_keeps_one_connection)
     cr_log_info("%d samples, at most one connection per agent", samples);
     free(out);
     free(id);
+}
+
+/* A host that reaches orchd only through an HTTPS proxy: `server.proxy` is used for
+ * enrolment and by the daemon, through one CONNECT tunnel, with the certificate still
+ * checked end to end. */
+Test(e2e, an_agent_behind_a_proxy_enrols_and_runs_jobs)
+{
+    struct th_proxy px;
+    th_proxy_start(&px);
+    char proxy[64], dir[64] = "/tmp/orch-e2e-proxy-XXXXXX", id[40];
+    snprintf(proxy, sizeof(proxy), "http://127.0.0.1:%d", px.port);
+    cr_assert_not_null(mkdtemp(dir));
+    setenv("ORCH_AGENT_SERVER_PROXY", proxy, 1);
+    setenv("ORCH_AGENT_SERVER_NO_PROXY", "no-such-host.invalid", 1);
+    th_agent_enrol(&srv, admin, dir, "behind-proxy", "pool=green", "1", id);
+    cr_assert_geq(atomic_load(&px.tunnels), 1, "register did not go through the proxy");
+    pid_t pid = th_agent_start(dir);
+    char *job = submit("{\"command\":\"echo via-proxy\",\"requirements\":{\"pool\":\"green\"}}");
+    json_t *j = wait_final(job, 60);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "succeeded");
+    cr_assert_str_eq(json_string_value(json_object_get(j, "agent_id")), id);
+    json_decref(j);
+    char *out = logs(job, "stdout");
+    cr_assert_str_eq(out, "via-proxy\n");
+    free(out);
+    /* The daemon's one connection is the proxy's tunnel, to orchd's port. */
+    uint64_t deadline = clock_mono_ns() + 10ull * 1000000000ull;
+    int n;
+    while ((n = th_tcp_conns(pid, px.port)) != 1) {
+        cr_assert_eq(n, 0, "the agent holds %d connections", n);
+        cr_assert(clock_mono_ns() < deadline, "the agent has no connection to the proxy");
+        usleep(10000); /* waiting for the condition, bounded */
+    }
+    cr_assert_eq(th_tcp_conns(pid, srv.port), 0, "the agent bypassed the proxy");
+    char want[64];
+    snprintf(want, sizeof(want), "127.0.0.1:%d", srv.port);
+    cr_assert_str_eq(px.last_target, want);
+    th_agent_stop(pid, SIGTERM);
+    th_proxy_stop(&px);
+    unsetenv("ORCH_AGENT_SERVER_PROXY");
+    unsetenv("ORCH_AGENT_SERVER_NO_PROXY");
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%.63s'", dir);
+    if (system(cmd) != 0)
+        cr_log_warn("could not remove %s", dir);
+    free(job);
 }
 
 /* Is any process with this marker in its command line still alive? */
