@@ -142,3 +142,65 @@ Test(restart, rabbitmq_down_and_back_loses_no_job)
     submit_n(after, 4, "echo after");
     all_succeed(after, 4, 120);
 }
+
+static void pg_ctl(const char *what)
+{
+    char cmd[1024];
+    const char *state = th_env("ORCH_STATE");
+    snprintf(cmd, sizeof(cmd),
+             "runuser -u postgres -- \"$(cat '%s/pg.bindir')/pg_ctl\" -D '%s/pg' -l "
+             "'%s/postgres.log' -w -t 60 %s >/dev/null 2>&1",
+             state, state, state, what);
+    cr_assert_eq(system(cmd), 0, "pg_ctl %s failed", what);
+}
+
+/* GET /readyz until it answers want (bounded). */
+static void wait_ready(long want, int seconds)
+{
+    uint64_t deadline = clock_mono_ns() + (uint64_t)seconds * 1000000000ull;
+    for (;;) {
+        struct th_resp r;
+        th_http(&srv, "GET", "/readyz", NULL, NULL, NULL, &r);
+        long st = r.status;
+        th_resp_free(&r);
+        if (st == want)
+            return;
+        cr_assert(clock_mono_ns() < deadline, "/readyz still %ld, want %ld", st, want);
+        usleep(50000); /* polling the condition, bounded */
+    }
+}
+
+Test(restart, postgresql_down_and_back_loses_no_job)
+{
+    char ids[NJOBS][40];
+    submit_n(ids, NJOBS, "sleep 1; echo done");
+    uint64_t deadline = clock_mono_ns() + 60ull * 1000000000ull;
+    for (bool running = false; !running;) {
+        struct th_resp r;
+        th_http(&srv, "GET", "/api/v1/jobs?status=running&limit=1", admin, NULL, NULL, &r);
+        running = json_array_size(json_object_get(r.json, "items")) > 0;
+        th_resp_free(&r);
+        cr_assert(clock_mono_ns() < deadline, "no job started");
+        if (!running)
+            usleep(50000);
+    }
+    /* The database goes away under running jobs: the server says it is not ready, the
+     * agents keep their reports in the spool and retry. */
+    pg_ctl("stop -m fast");
+    wait_ready(503, 30);
+    struct th_resp r;
+    th_http(&srv, "GET", "/api/v1/jobs?limit=1", admin, NULL, NULL, &r);
+    cr_assert_eq(r.status, 503, "%s", r.body);
+    cr_assert_str_eq(th_str_of(&r, "type"), "urn:orch:problem:unavailable");
+    th_resp_free(&r);
+    char start[512];
+    snprintf(start, sizeof(start),
+             "start -o \"-p %s -k %s -c listen_addresses=127.0.0.1 -c max_connections=200\"",
+             th_env("ORCH_PG_PORT"), th_env("ORCH_PG_HOST"));
+    pg_ctl(start); /* as tools/lib.sh started it */
+    wait_ready(200, 60);
+    all_succeed(ids, NJOBS, 150);
+    char after[4][40];
+    submit_n(after, 4, "echo after");
+    all_succeed(after, 4, 120);
+}
