@@ -97,11 +97,9 @@ static void all_succeed(char ids[][40], int n, int seconds)
     }
 }
 
-Test(restart, orchd_killed_mid_run_loses_no_job)
+/* Wait (bounded) until some job runs. */
+static void some_running(void)
 {
-    char ids[NJOBS][40];
-    submit_n(ids, NJOBS, "sleep 1; echo done");
-    /* Wait until some run, then crash the server. */
     uint64_t deadline = clock_mono_ns() + 60ull * 1000000000ull;
     for (bool running = false; !running;) {
         struct th_resp r;
@@ -112,6 +110,13 @@ Test(restart, orchd_killed_mid_run_loses_no_job)
         if (!running)
             usleep(50000);
     }
+}
+
+Test(restart, orchd_killed_mid_run_loses_no_job)
+{
+    char ids[NJOBS][40];
+    submit_n(ids, NJOBS, "sleep 1; echo done");
+    some_running(); /* then crash the server */
     th_server_restart(&srv, SIGKILL);
     all_succeed(ids, NJOBS, 150);
 }
@@ -174,16 +179,7 @@ Test(restart, postgresql_down_and_back_loses_no_job)
 {
     char ids[NJOBS][40];
     submit_n(ids, NJOBS, "sleep 1; echo done");
-    uint64_t deadline = clock_mono_ns() + 60ull * 1000000000ull;
-    for (bool running = false; !running;) {
-        struct th_resp r;
-        th_http(&srv, "GET", "/api/v1/jobs?status=running&limit=1", admin, NULL, NULL, &r);
-        running = json_array_size(json_object_get(r.json, "items")) > 0;
-        th_resp_free(&r);
-        cr_assert(clock_mono_ns() < deadline, "no job started");
-        if (!running)
-            usleep(50000);
-    }
+    some_running();
     /* The database goes away under running jobs: the server says it is not ready, the
      * agents keep their reports in the spool and retry. */
     pg_ctl("stop -m fast");
