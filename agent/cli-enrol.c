@@ -84,7 +84,7 @@ int cli_register(int argc, char **argv, const struct agent_config *cfg)
     const char *name = cfg->name[0] ? cfg->name : NULL;
     const char *ca = cfg->ca_file[0] ? cfg->ca_file : NULL;
     const char *state_dir = cfg->state_dir;
-    long slots = (long)cfg->slots;
+    long slots = cfg->slots > 0 ? (long)cfg->slots : 1;
     json_t *labels = json_object();
     int rc = EXIT_USAGE;
     /* Labels from the configuration first; --label adds to or overrides them. */
@@ -213,6 +213,7 @@ int cli_register(int argc, char **argv, const struct agent_config *cfg)
         .tenant_id = (char *)json_string_value(json_object_get(rep.body, "tenant_id")),
         .name = (char *)json_string_value(json_object_get(rep.body, "name")),
         .credential = (char *)json_string_value(json_object_get(rep.body, "credential")),
+        .slots = (int)slots,
     };
     if (!st.agent_id || !st.name || !st.credential || !st.tenant_id) {
         fprintf(stderr, "orch-agent: register: the server's answer is incomplete\n");

@@ -23,7 +23,8 @@ const struct conf_field agent_config_fields[] = {
     {"name", CONF_STRING, F(name), 0, 128, "", NULL, "agent name (empty: the host name)"},
     {"labels", CONF_STRING, F(labels), 0, 4096, "", NULL,
      "extra labels, comma-separated k=v pairs"},
-    {"slots", CONF_INT, F(slots), 1, 1024, "1", NULL, "jobs the agent runs at once"},
+    {"slots", CONF_INT, F(slots), 0, 1024, "0", NULL,
+     "jobs the agent runs at once (0: as registered; register: 1)"},
     {"log.level", CONF_ENUM, F(log_level), 0, 0, "info", log_levels,
      "least severe level logged: debug, info, warn or error"},
 };

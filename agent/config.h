@@ -16,7 +16,7 @@ struct agent_config {
     char *labels;     /* labels: "k=v,k2=v2" added to enrolment labels */
     char *proxy;      /* server.proxy: http(s)://proxy:port ("" = HTTPS_PROXY etc.) */
     char *no_proxy;   /* server.no_proxy: hosts reached directly ("" = NO_PROXY) */
-    int64_t slots;    /* slots: jobs run at once */
+    int64_t slots;    /* slots: jobs run at once (0 = as registered, else 1) */
     int log_level;    /* log.level */
 };
 

@@ -1049,6 +1049,7 @@ static enum link_next link_exchange(struct link *l)
     bool again = false;
     if (r == -EINTR) {
         /* Given up for something urgent: the server may have answered into the void. */
+        log_debug("op=sync action=give-up reason=urgent");
         l->resume = true;
         again = true;
     } else if (r < 0) {
@@ -1295,16 +1296,17 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
         else
             log_warn("op=start detail=\"ignoring an invalid ORCH_AGENT_ROTATE_BEFORE_S\"");
     }
-    d->nslots = cfg->slots > 0 ? (size_t)cfg->slots : 1;
-    d->slots = calloc(d->nslots, sizeof(*d->slots));
-    if (!d->slots) {
-        daemon_free(d);
-        return EXIT_FAIL;
-    }
     int rc = daemon_setup(d);
     if (rc != EXIT_OK) {
         daemon_free(d);
         return rc;
+    }
+    /* The configuration's slots when set, else those registered. */
+    d->nslots = cfg->slots > 0 ? (size_t)cfg->slots : d->st.slots > 0 ? (size_t)d->st.slots : 1;
+    d->slots = calloc(d->nslots, sizeof(*d->slots));
+    if (!d->slots) {
+        daemon_free(d);
+        return EXIT_FAIL;
     }
     for (size_t i = 0; i < d->nslots; i++)
         d->slots[i].d = d;

@@ -57,6 +57,7 @@ int agent_state_load(const char *dir, struct agent_state *st, char *err, size_t 
         {"tenant_id", JSONV_UUID, JSONV_REQUIRED, 0, 0},
         {"name", JSONV_STRING, JSONV_REQUIRED, 1, 128},
         {"credential", JSONV_STRING, JSONV_REQUIRED, 64, 64},
+        {"slots", JSONV_INT, 0, 1, 1024},
     };
     json_t *doc = NULL;
     struct jsonv_error je;
@@ -74,6 +75,7 @@ int agent_state_load(const char *dir, struct agent_state *st, char *err, size_t 
     st->tenant_id = strdup(json_string_value(json_object_get(doc, "tenant_id")));
     st->name = strdup(json_string_value(json_object_get(doc, "name")));
     st->credential = strdup(json_string_value(json_object_get(doc, "credential")));
+    st->slots = (int)json_integer_value(json_object_get(doc, "slots"));
     explicit_bzero(buf, sizeof(buf));
     json_decref(doc);
     if (!st->server_url || !st->ca_file || !st->agent_id || !st->tenant_id || !st->name ||
@@ -92,6 +94,8 @@ int agent_state_save(const char *dir, const struct agent_state *st)
         json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "server_url", st->server_url, "ca_file",
                   st->ca_file ? st->ca_file : "", "agent_id", st->agent_id, "tenant_id",
                   st->tenant_id, "name", st->name, "credential", st->credential);
+    if (doc && st->slots > 0)
+        json_object_set_new(doc, "slots", json_integer(st->slots));
     if (!doc)
         return -ENOMEM;
     char *text = json_dumps(doc, JSON_INDENT(2));

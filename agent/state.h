@@ -13,6 +13,7 @@ struct agent_state {
     char *tenant_id;
     char *name;
     char *credential; /* orch_ag_... */
+    int slots;        /* as registered; 0 = not recorded (an older state file) */
 };
 
 /* Read <dir>/agent.json. Returns 0, -ENOENT (not enrolled), -EINVAL (damaged: err says

@@ -6,17 +6,22 @@
 # jobs (`true`) in batches of 1,000 and waits until all have finished. The latencies come
 # from PostgreSQL's own timestamps of each job:
 #   submit -> assign   jobs.created_at      -> job_attempts.assigned_at (dispatcher)
-#   assign -> start    job_attempts.assigned_at -> started_at (long-poll hand-off, process start)
+#   assign -> start    job_attempts.assigned_at -> started_at (hand-off, process start)
+#     of which assign -> delivered (jobs.delivered_at: the gateway handed it down)
+#   start -> done      job_attempts.started_at -> finished_at (run, output, result)
+#   result -> next     an attempt's finished_at -> the next assignment to the same agent
+#                      (how long a freed slot waits for work while jobs are queued)
 #   submit -> done     jobs.created_at      -> finished_at
 # and the throughput is jobs finished per second over the whole run.
 #
 # Environment: BENCH_JOBS (default 2000), BENCH_AGENTS (4), BENCH_SLOTS (4),
+# BENCH_KEEP=1 (keep the state directory: logs, database), BENCH_AGENT_LOG_LEVEL (warn),
 # ORCH_SKIP_APT=1.
 source "$(dirname "$0")/lib.sh"
 orch_install_deps
 cd "$ORCH_ROOT"
 orch_build build-bench -Dwerror=true -Dtests=disabled -Dbuildtype=release
-ORCH_STATE_REMOVE=1
+[ -n "${BENCH_KEEP:-}" ] || ORCH_STATE_REMOVE=1 # BENCH_KEEP=1: keep logs and data
 orch_services_start "$(orch_state_dir "bench-jobs-$$")"
 
 jobs=${BENCH_JOBS:-2000}
@@ -61,7 +66,7 @@ for i in $(seq 1 "$nagents"); do
     etok=$(api POST /api/v1/enrollment-tokens "$token" '{"name":"bench"}' | field token)
     ORCH_AGENT_STATE_DIR=$adir ./build-bench/agent/orch-agent register --server "$base" \
         --token "$etok" --name "bench-$i" --ca-file "$ca" --slots "$slots" >/dev/null
-    ORCH_AGENT_STATE_DIR=$adir ORCH_AGENT_LOG_LEVEL=warn ./build-bench/agent/orch-agent run \
+    ORCH_AGENT_STATE_DIR=$adir ORCH_AGENT_LOG_LEVEL=${BENCH_AGENT_LOG_LEVEL:-warn} ./build-bench/agent/orch-agent run \
         2>"$adir.log" &
     pids+=($!)
 done
@@ -91,6 +96,15 @@ stats() { # SQL expression in ms over the attempts
 ms() { echo "extract(epoch FROM ($1)) * 1000"; }
 read -r sa50 sa99 < <(stats "$(ms 'a.assigned_at - j.created_at')")
 read -r as50 as99 < <(stats "$(ms 'a.started_at - a.assigned_at')")
+read -r ad50 ad99 < <(stats "$(ms 'j.delivered_at - a.assigned_at')")
+read -r st50 st99 < <(stats "$(ms 'a.finished_at - a.started_at')")
+read -r rn50 rn99 < <(psql_q "SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY v)::numeric, 2)
+        || ' ' || round(percentile_cont(0.99) WITHIN GROUP (ORDER BY v)::numeric, 2)
+   FROM (SELECT extract(epoch FROM (n.assigned_at - a.finished_at)) * 1000 AS v
+           FROM job_attempts a
+           CROSS JOIN LATERAL (SELECT min(b.assigned_at) AS assigned_at FROM job_attempts b
+                                WHERE b.agent_id = a.agent_id AND b.assigned_at >= a.finished_at) n
+          WHERE n.assigned_at IS NOT NULL) s")
 read -r sd50 sd99 < <(stats "$(ms 'j.finished_at - j.created_at')")
 ok=$(psql_q "SELECT count(*) FROM jobs WHERE status = 'succeeded'")
 rate=$(python3 -c "print(round($jobs / ($finished - $start), 1))")
@@ -103,6 +117,9 @@ echo "| measure                       |     p50 (ms) |     p99 (ms) |"
 echo "|-------------------------------|--------------|--------------|"
 printf '| %-29s | %12s | %12s |\n' "submit -> assign" "$sa50" "$sa99"
 printf '| %-29s | %12s | %12s |\n' "assign -> start" "$as50" "$as99"
+printf '| %-29s | %12s | %12s |\n' "  of which assign -> delivered" "$ad50" "$ad99"
+printf '| %-29s | %12s | %12s |\n' "start -> done" "$st50" "$st99"
+printf '| %-29s | %12s | %12s |\n' "result -> next assign (agent)" "$rn50" "$rn99"
 printf '| %-29s | %12s | %12s |\n' "submit -> done" "$sd50" "$sd99"
 echo
 echo "| throughput                    |        jobs/s |"
