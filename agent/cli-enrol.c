@@ -1,4 +1,5 @@
 /* cli-enrol.c: `orch-agent register`, `status` and `unregister` (see cli.h). */
+#include "agent/cache.h"
 #include "agent/cli.h"
 
 #include <errno.h>
@@ -285,11 +286,18 @@ int cli_status(int argc, char **argv, const struct agent_config *cfg)
         printf("reachable:  yes\n");
         printf("status:     %s (%s)\n", json_string_value(json_object_get(b, "status")),
                json_is_true(json_object_get(b, "connected")) ? "connected" : "not connected");
-        printf("slots:      %lld\n", json_integer_value(json_object_get(b, "slots")));
+        printf("slots:      %lld (%lld running)\n", json_integer_value(json_object_get(b, "slots")),
+               json_integer_value(json_object_get(b, "running_jobs")));
         const char *exp = json_string_value(json_object_get(b, "credential_expires_at"));
         printf("credential: valid until %s\n", exp ? exp : "-");
     }
     json_decref(rep.body);
+    char cache_dir[4200];
+    snprintf(cache_dir, sizeof(cache_dir), "%s/cache", state_dir);
+    int npkg = 0;
+    int64_t bytes = cache_dir_bytes(cache_dir, &npkg);
+    printf("cache:      %d package(s), %.1f MiB in %s\n", npkg, (double)bytes / 1048576.0,
+           cache_dir);
     transport_free(t);
     agent_state_free(&st);
     return rc;

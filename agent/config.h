@@ -17,6 +17,7 @@ struct agent_config {
     char *proxy;      /* server.proxy: http(s)://proxy:port ("" = HTTPS_PROXY etc.) */
     char *no_proxy;   /* server.no_proxy: hosts reached directly ("" = NO_PROXY) */
     int64_t slots;    /* slots: jobs run at once (0 = as registered, else 1) */
+    int64_t cache_max_bytes; /* cache.max_bytes: package cache size */
     int log_level;    /* log.level */
 };
 

@@ -9,6 +9,7 @@
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,15 +21,18 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent/cache.h"
 #include "agent/exec.h"
 #include "agent/spool.h"
 #include "agent/state.h"
 #include "agent/transport.h"
+#include "common/buf.h"
 #include "common/cleanup.h"
 #include "common/crypto.h"
 #include "common/id.h"
 #include "common/jsonv.h"
 #include "common/log.h"
+#include "common/relpath.h"
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 
@@ -49,6 +53,8 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 #define ROTATE_MIN_GAP_MS   3600000      /* at most one rotation attempt an hour */
 #define CGROUP_PARENT       "/sys/fs/cgroup/orch-agent"
 #define DEFAULT_PATH        "/usr/local/bin:/usr/bin:/bin"
+#define PACKAGE_MAX_BYTES   (64 * 1024 * 1024) /* an archive fetched (the server caps lower) */
+#define UNPACK_TIMEOUT_MS   300000
 
 /* The bits of spool_result.flags: the protocol's result fields that are not the exit code. */
 #define RES_TIMED_OUT      0x01u
@@ -57,7 +63,7 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 #define RES_SETUP_FAILED   0x08u
 #define RES_OUTPUT_LOST    0x10u
 #define RES_BAD_ASSIGNMENT 0x20u
-#define RES_UNSUPPORTED    0x40u
+#define RES_PACKAGE        0x40u
 #define RES_SIGNAL_SHIFT   16 /* term signal in bits 16..23 */
 #define RES_SIGNAL_MASK    0xffu
 
@@ -68,6 +74,17 @@ enum slot_state {
 };
 
 struct daemon;
+
+/* A package a job waits for; the link thread fetches it (over the one connection). */
+struct fetch {
+    char package_id[ID_STR_LEN];
+    char sha256[CRYPTO_SHA256_HEX_LEN];
+    int state; /* FETCH_* */
+    char error[256];
+    struct fetch *next;
+};
+
+enum { FETCH_DONE = 0, FETCH_WAITING = 1, FETCH_BUSY = 2, FETCH_FAILED = 3 };
 
 struct slot {
     enum slot_state state;
@@ -109,6 +126,8 @@ struct daemon {
     int64_t rotate_before_s; /* ORCH_AGENT_ROTATE_BEFORE_S */
     size_t nslots;
     struct slot *slots;
+    struct cache *cache;
+    struct fetch *fetches; /* waiting for the link thread */
 };
 
 /* --- small helpers ------------------------------------------------------------------ */
@@ -439,6 +458,156 @@ fail:
     return NULL;
 }
 
+/* --- packages ------------------------------------------------------------------------ */
+
+/* A line on the job's stderr, for what the tenant must see (a package that failed). */
+__attribute__((format(printf, 2, 3))) static void daemon_job_note(struct slot *s, const char *fmt,
+                                                                  ...)
+{
+    char line[600];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    size_t len = strlen(line);
+    line[len++] = '\n';
+    spool_append(s->d->spool, s->job_id, s->epoch, SPOOL_STDERR, line, len, NULL);
+    daemon_kick_link(s->d, false);
+}
+
+/* The cached archive of the job's package in path, fetched by the link thread (over the
+ * agent's one connection) when missing. 0, or < 0 with the reason on the job's stderr. */
+static int daemon_package(struct daemon *d, struct slot *s, char *path, size_t len)
+{
+    const json_t *a = s->assignment;
+    const char *id = json_string_value(json_object_get(a, "package_id"));
+    const char *sha = json_string_value(json_object_get(a, "package_sha256"));
+    if (cache_lookup(d->cache, sha, path, len) == 0) {
+        log_info("op=package job=%s package=%s source=cache", s->job_id, id);
+        return 0;
+    }
+    struct fetch f = {.state = FETCH_WAITING};
+    snprintf(f.package_id, sizeof(f.package_id), "%s", id);
+    snprintf(f.sha256, sizeof(f.sha256), "%s", sha);
+    pthread_mutex_lock(&d->lock);
+    f.next = d->fetches;
+    d->fetches = &f;
+    d->send_pending = true;
+    d->urgent = true;
+    if (d->link)
+        transport_wakeup(d->link);
+    pthread_cond_signal(&d->send_wake);
+    /* A fetch under way is waited for (the link thread holds f); a waiting one is given up
+     * when the job is cancelled or the link has stopped. */
+    while (f.state == FETCH_BUSY ||
+           (f.state == FETCH_WAITING && !atomic_load(&s->cancel) && !d->send_done))
+        cond_wait_ms(&d->wake, &d->lock, 500);
+    if (f.state == FETCH_WAITING)
+        for (struct fetch **p = &d->fetches; *p; p = &(*p)->next)
+            if (*p == &f) {
+                *p = f.next;
+                break;
+            }
+    int state = f.state;
+    pthread_mutex_unlock(&d->lock);
+    if (state == FETCH_WAITING) {
+        daemon_job_note(s, "orch-agent: stopped while package %s was being fetched", id);
+        return -ECANCELED;
+    }
+    if (state == FETCH_FAILED) {
+        daemon_job_note(s, "orch-agent: cannot fetch package %s: %s", id, f.error);
+        return -EIO;
+    }
+    if (cache_lookup(d->cache, sha, path, len) < 0) {
+        daemon_job_note(s, "orch-agent: package %s left the cache before it was used", id);
+        return -ENOENT;
+    }
+    return 0;
+}
+
+/* Unpack archive into workdir with tar; its complaints go to the job's output. */
+static int daemon_unpack(struct daemon *d, struct slot *s, const char *archive,
+                         const char *workdir, char **env)
+{
+    const char *argv[] = {"tar", "-xf", archive, "--no-same-owner", "-C", workdir, NULL};
+    struct exec_spec spec = {
+        .argv = argv,
+        .env = (const char *const *)env,
+        .workdir = workdir,
+        .timeout_ms = UNPACK_TIMEOUT_MS,
+        .grace_ms = 1000,
+        .job_id = s->job_id,
+    };
+    struct exec_sink sink = {.arg = s, .on_output = daemon_on_output};
+    struct exec_result er;
+    cache_hold(d->cache);
+    int r = exec_default_ops()->run(&spec, &sink, &s->cancel, &er);
+    cache_release(d->cache);
+    if (r < 0 || er.exit_code != 0) {
+        daemon_job_note(s, "orch-agent: cannot unpack package %s (tar: %s)",
+                        json_string_value(json_object_get(s->assignment, "package_id")),
+                        r < 0 ? strerror(-r) : "failed");
+        return -EIO;
+    }
+    return 0;
+}
+
+/* The link thread: fetch the package a job waits for, if any. */
+static void link_fetch(struct daemon *d, struct transport *t)
+{
+    pthread_mutex_lock(&d->lock);
+    struct fetch *f = d->fetches;
+    if (f) {
+        d->fetches = f->next;
+        f->next = NULL;
+        f->state = FETCH_BUSY;
+    }
+    pthread_mutex_unlock(&d->lock);
+    if (!f)
+        return;
+    int state = FETCH_DONE;
+    char error[256] = "", path[PATH_MAX];
+    if (cache_lookup(d->cache, f->sha256, path, sizeof(path)) != 0) {
+        char url[128];
+        snprintf(url, sizeof(url), "/api/v1/agent/packages/%s/content", f->package_id);
+        struct buf body = BUF_INIT;
+        struct transport_reply rep;
+        int64_t t0 = mono_ms();
+        int r = transport_get_bytes(t, url, PACKAGE_MAX_BYTES, &body, &rep);
+        if (r < 0) {
+            state = FETCH_FAILED;
+            snprintf(error, sizeof(error), "%s", rep.error);
+        } else if (rep.status != 200) {
+            state = FETCH_FAILED;
+            snprintf(error, sizeof(error), "HTTP %ld: %.200s", rep.status, rep.error);
+        } else {
+            r = cache_store(d->cache, f->sha256, body.data, body.len);
+            if (r < 0) {
+                state = FETCH_FAILED;
+                snprintf(error, sizeof(error), "%s",
+                         r == -EBADMSG ? "the bytes received do not match the package's SHA-256"
+                                       : strerror(-r));
+            } else {
+                log_info("op=package-fetch package=%s bytes=%zu ms=%" PRId64, f->package_id,
+                         body.len, mono_ms() - t0);
+            }
+            buf_free(&body);
+        }
+        if (state == FETCH_FAILED) {
+            char q[320];
+            log_warn("op=package-fetch package=%s error=%s", f->package_id,
+                     log_quote(error, q, sizeof(q)));
+        }
+    }
+    pthread_mutex_lock(&d->lock);
+    memcpy(f->error, error, sizeof(f->error));
+    f->state = state;
+    pthread_cond_broadcast(&d->wake);
+    pthread_mutex_unlock(&d->lock);
+}
+
 /* Run the job of slot s; fills *exit_code and *flags. */
 static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, uint32_t *flags)
 {
@@ -460,9 +629,24 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
         *flags |= RES_SETUP_FAILED;
         goto out;
     }
+    /* A package job: its archive unpacked into the workdir, its entrypoint run from there
+     * (checked safe: a relative path of [A-Za-z0-9_./-], no ..). */
+    char command[RELPATH_MAX + 32];
+    const char *cmd = json_string_value(json_object_get(a, "command"));
+    if (json_string_value(json_object_get(a, "package_id"))) {
+        char archive[PATH_MAX];
+        if (daemon_package(d, s, archive, sizeof(archive)) < 0 ||
+            daemon_unpack(d, s, archive, workdir, env) < 0) {
+            *flags |= atomic_load(&s->cancel) ? RES_CANCELLED : RES_PACKAGE;
+            goto out;
+        }
+        snprintf(command, sizeof(command), "exec './%s' \"$@\"",
+                 json_string_value(json_object_get(a, "entrypoint")));
+        cmd = command;
+    }
     argv[0] = "/bin/sh";
     argv[1] = "-c";
-    argv[2] = json_string_value(json_object_get(a, "command"));
+    argv[2] = cmd;
     argv[3] = "orch-job";
     for (size_t i = 0; i < nargs; i++)
         argv[4 + i] = json_string_value(json_array_get(args, i));
@@ -509,11 +693,8 @@ static void *daemon_job_main(void *arg)
     struct daemon *d = s->d;
     int exit_code = -1;
     uint32_t flags = 0;
-    const json_t *pkg = json_object_get(s->assignment, "package_id");
     if (s->bad)
         flags |= RES_BAD_ASSIGNMENT;
-    else if (pkg && !json_is_null(pkg))
-        flags |= RES_UNSUPPORTED;
     else
         daemon_job_exec(d, s, &exit_code, &flags);
 
@@ -545,22 +726,36 @@ static const struct jsonv_field assignment_fields[] = {
     {"job_id", JSONV_UUID, JSONV_REQUIRED, 0, 0},
     {"epoch", JSONV_INT, JSONV_REQUIRED, 1, INT64_MAX},
     {"attempt", JSONV_INT, JSONV_NULLABLE, 0, INT32_MAX},
-    {"command", JSONV_STRING, JSONV_REQUIRED, 1, 128 * 1024},
+    {"command", JSONV_STRING, JSONV_NULLABLE, 1, 128 * 1024},
     {"args", JSONV_ARRAY, JSONV_NULLABLE, 0, 4096},
     {"env", JSONV_OBJECT, JSONV_NULLABLE, 0, 1024},
     {"params", JSONV_ANY, JSONV_NULLABLE, 0, 0},
-    {"package_id", JSONV_STRING, JSONV_NULLABLE, 0, 256},
-    {"entrypoint", JSONV_STRING, JSONV_NULLABLE, 0, 4096},
+    {"package_id", JSONV_UUID, JSONV_NULLABLE, 0, 0},
+    {"entrypoint", JSONV_STRING, JSONV_NULLABLE, 0, RELPATH_MAX},
+    {"package_sha256", JSONV_STRING, JSONV_NULLABLE, 64, 64},
+    {"package_size", JSONV_INT, JSONV_NULLABLE, 0, INT64_MAX},
     {"timeout_ms", JSONV_INT, JSONV_NULLABLE, 0, EXEC_MAX_MS},
     {"lease_s", JSONV_INT, JSONV_NULLABLE, 0, 86400},
 };
 
-/* Fields the table cannot say: args are strings. false with why filled otherwise. */
+/* Fields the table cannot say: a command, or a package with its digest and a safe
+ * entrypoint; args are strings. false with why filled otherwise. */
 static bool assignment_valid(const json_t *a, char *why, size_t len)
 {
     struct jsonv_error e;
     if (jsonv_check(a, assignment_fields, ELEMENTSOF(assignment_fields), true, &e) < 0) {
         snprintf(why, len, "%s %s", e.field, e.detail);
+        return false;
+    }
+    const char *pkg = json_string_value(json_object_get(a, "package_id"));
+    const char *entry = json_string_value(json_object_get(a, "entrypoint"));
+    if (!pkg && !json_string_value(json_object_get(a, "command"))) {
+        snprintf(why, len, "neither a command nor a package");
+        return false;
+    }
+    if (pkg && (!json_string_value(json_object_get(a, "package_sha256")) || !entry ||
+                !relpath_is_safe(entry))) {
+        snprintf(why, len, "a package needs package_sha256 and a safe relative entrypoint");
         return false;
     }
     size_t i;
@@ -770,7 +965,8 @@ static json_t *daemon_result_body(const struct spool_item *it)
                         : f & RES_SETUP_FAILED   ? "the agent could not set up the job"
                         : f & RES_OUTPUT_LOST    ? "the agent's spool is full: job killed"
                         : f & RES_BAD_ASSIGNMENT ? "the agent refused an invalid assignment"
-                        : f & RES_UNSUPPORTED    ? "packages are not supported by this agent"
+                        : f & RES_PACKAGE ? "the agent could not fetch or unpack the package "
+                                            "(see the job's stderr)"
                                                  : NULL;
     json_t *body = json_pack(
         "{s:I, s:i, s:i, s:b, s:b, s:s?}", "epoch", (json_int_t)it->epoch, "exit_code",
@@ -812,6 +1008,7 @@ struct link {
     int64_t next_hb_ms;
     int64_t last_rotate_ms;
     bool resume;   /* ask the server to hand out again what it may have sent into a cut */
+    uint64_t cache_gen_sent; /* the package cache as the server last heard of it */
     bool holding;  /* the exchange in flight may be given up for something urgent */
     struct sent *sent;
     size_t nsent;
@@ -987,6 +1184,8 @@ enum link_next {
 static enum link_next link_exchange(struct link *l)
 {
     struct daemon *d = l->d;
+    daemon_transport_sync(d, l->t, &l->gen);
+    link_fetch(d, l->t);
     pthread_mutex_lock(&d->lock);
     bool stop = d->sender_stop, stopping = d->stopping;
     bool hb_due = d->hb_kick || mono_ms() >= l->next_hb_ms;
@@ -1020,8 +1219,12 @@ static enum link_next link_exchange(struct link *l)
             spool_sync_all(d->spool); /* bound what a power loss can take while idle */
         return done ? LINK_DONE : LINK_GO;
     }
+    uint64_t cache_gen = l->cache_gen_sent;
     if (hb_due) {
         json_t *hb = daemon_heartbeat_body(d, &l->cpu);
+        /* The cached packages, when they changed since the server last heard. */
+        if (hb && cache_generation(d->cache) != l->cache_gen_sent)
+            json_object_set_new(hb, "packages", cache_list(d->cache, &cache_gen));
         if (hb)
             json_object_set_new(req, "heartbeat", hb);
     }
@@ -1065,6 +1268,7 @@ static enum link_next link_exchange(struct link *l)
                 again = true;
         json_t *hb = json_object_get(rep.body, "heartbeat");
         if (hb_due && json_is_object(hb)) {
+            l->cache_gen_sent = cache_gen;
             link_heartbeat_answer(l, hb);
             l->next_hb_ms = mono_ms() + d->heartbeat_s * 1000;
         }
@@ -1173,6 +1377,7 @@ static void daemon_free(struct daemon *d)
     if (!d)
         return;
     spool_close(d->spool);
+    cache_close(d->cache);
     for (size_t i = 0; d->slots && i < d->nslots; i++)
         json_decref(d->slots[i].assignment);
     free(d->slots);
@@ -1237,6 +1442,17 @@ static int daemon_setup(struct daemon *d)
     }
     if (asprintf(&d->work_dir, "%s/work", d->state_dir) < 0) {
         d->work_dir = NULL;
+        return EXIT_FAIL;
+    }
+    _cleanup_free_ char *cache_dir = NULL;
+    if (asprintf(&cache_dir, "%s/cache", d->state_dir) < 0) {
+        cache_dir = NULL;
+        return EXIT_FAIL;
+    }
+    r = cache_open(cache_dir, d->cfg->cache_max_bytes, &d->cache);
+    if (r < 0) {
+        fprintf(stderr, "orch-agent: cannot open the package cache %s: %s\n", cache_dir,
+                strerror(-r));
         return EXIT_FAIL;
     }
     rm_rf(d->work_dir); /* what a previous process left behind */

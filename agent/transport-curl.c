@@ -146,22 +146,23 @@ int transport_request(struct transport *t, const char *method, const char *path,
     return transport_request_ex(t, method, path, body, 0, NULL, NULL, r);
 }
 
-int transport_request_ex(struct transport *t, const char *method, const char *path,
-                         const json_t *body, int64_t timeout_ms, bool (*abort)(void *arg),
-                         void *arg, struct transport_reply *r)
+/* One request; the answer's bytes in *reply (at most max). Returns 0 with r->status set, or
+ * a transport error with r->error filled. */
+static int do_request(struct transport *t, const char *method, const char *path,
+                      const char *text, const char *accept, int64_t timeout_ms,
+                      bool (*abort)(void *arg), void *arg, struct buf *reply,
+                      struct transport_reply *r)
 {
-    memset(r, 0, sizeof(*r));
     char url[4096];
     snprintf(url, sizeof(url), "%s%s", t->base, path);
-    _cleanup_free_ char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    char accept_h[128];
+    snprintf(accept_h, sizeof(accept_h), "Accept: %s", accept);
     struct curl_slist *h = NULL;
     if (t->auth_header)
         h = curl_slist_append(h, t->auth_header);
     if (text)
         h = curl_slist_append(h, "Content-Type: application/json");
-    h = curl_slist_append(h, "Accept: application/json");
-    struct buf reply = BUF_INIT;
-    buf_init_max(&reply, TRANSPORT_MAX_REPLY);
+    h = curl_slist_append(h, accept_h);
 
     CURL *c = t->curl;
     curl_easy_reset(c);
@@ -169,7 +170,7 @@ int transport_request_ex(struct transport *t, const char *method, const char *pa
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &reply);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, reply);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)(timeout_ms > 0 ? timeout_ms : t->timeout_ms));
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
@@ -193,18 +194,35 @@ int transport_request_ex(struct transport *t, const char *method, const char *pa
     curl_slist_free_all(h);
     if (aborted) {
         snprintf(r->error, sizeof(r->error), "%s: request given up", t->base);
-        buf_free(&reply);
         return -EINTR;
     }
     if (rc != CURLE_OK) {
-        snprintf(r->error, sizeof(r->error), "%s: %s", t->base, curl_easy_strerror(rc));
-        buf_free(&reply);
+        snprintf(r->error, sizeof(r->error), "%s: %s", t->base,
+                 rc == CURLE_WRITE_ERROR ? "the answer is too large" : curl_easy_strerror(rc));
         return rc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT
                : rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE
                    ? -EPROTO
-                   : -ECONNREFUSED;
+               : rc == CURLE_WRITE_ERROR ? -EMSGSIZE
+                                         : -ECONNREFUSED;
     }
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+    return 0;
+}
+
+int transport_request_ex(struct transport *t, const char *method, const char *path,
+                         const json_t *body, int64_t timeout_ms, bool (*abort)(void *arg),
+                         void *arg, struct transport_reply *r)
+{
+    memset(r, 0, sizeof(*r));
+    _cleanup_free_ char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    struct buf reply = BUF_INIT;
+    buf_init_max(&reply, TRANSPORT_MAX_REPLY);
+    int rc = do_request(t, method, path, text, "application/json", timeout_ms, abort, arg, &reply,
+                        r);
+    if (rc < 0) {
+        buf_free(&reply);
+        return rc;
+    }
     if (reply.len > 0) {
         json_error_t e;
         r->body = json_loadb(reply.data, reply.len, 0, &e);
@@ -213,6 +231,26 @@ int transport_request_ex(struct transport *t, const char *method, const char *pa
     if (r->status >= 400) {
         const char *detail = json_string_value(json_object_get(r->body, "detail"));
         snprintf(r->error, sizeof(r->error), "%s", detail ? detail : "the server refused");
+    }
+    return 0;
+}
+
+int transport_get_bytes(struct transport *t, const char *path, size_t max, struct buf *out,
+                        struct transport_reply *r)
+{
+    memset(r, 0, sizeof(*r));
+    buf_init_max(out, max);
+    int rc = do_request(t, "GET", path, NULL, "application/octet-stream", 0, NULL, NULL, out, r);
+    if (rc < 0) {
+        buf_free(out);
+        return rc;
+    }
+    if (r->status >= 400) {
+        json_t *p = json_loadb(out->data ? out->data : "", out->len, 0, NULL);
+        const char *detail = json_string_value(json_object_get(p, "detail"));
+        snprintf(r->error, sizeof(r->error), "%s", detail ? detail : "the server refused");
+        json_decref(p);
+        buf_free(out);
     }
     return 0;
 }

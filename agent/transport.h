@@ -43,5 +43,13 @@ int transport_request_ex(struct transport *t, const char *method, const char *pa
                          const json_t *body, int64_t timeout_ms, bool (*abort)(void *arg),
                          void *arg, struct transport_reply *r);
 
+struct buf;
+/* GET path as bytes (Accept: application/octet-stream) into out (initialised here, at most
+ * max bytes: -EMSGSIZE beyond). Returns 0 when an HTTP answer came: on 200 out holds the
+ * body (caller buf_free()s it); on an error status out is empty and r->error has the
+ * problem's detail. Else a transport error, as transport_request(). */
+int transport_get_bytes(struct transport *t, const char *path, size_t max, struct buf *out,
+                        struct transport_reply *r);
+
 /* Make a request in flight on t ask its abort callback now. Thread-safe. */
 void transport_wakeup(struct transport *t);

@@ -60,7 +60,29 @@ static const struct jsonv_field heartbeat_fields[] = {
     {"status", JSONV_STRING, 0, 1, 16},    {"slots", JSONV_INT, 0, 1, 1024},
     {"free_slots", JSONV_INT, 0, 0, 1024}, {"running", JSONV_ARRAY, 0, 0, 1024},
     {"load", JSONV_OBJECT, 0, 0, 16},      {"spool_bytes", JSONV_INT, 0, 0, INT64_MAX},
+    {"packages", JSONV_ARRAY, 0, 0, 4096},
 };
+
+/* The package digests of a heartbeat: 64 lower-case hex digits each. */
+static bool packages_valid(const json_t *list)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(list, i, v)
+    {
+        const char *s = json_string_value(v);
+        if (!s || strlen(s) != 64 || strspn(s, "0123456789abcdef") != 64)
+            return false;
+    }
+    return true;
+}
+
+/* The agent's cache changed: the dispatcher prefers agents holding a job's package. */
+static const struct store_stmt q_packages =
+    STORE_STMT("ap_packages",
+               "UPDATE agents SET cached_packages ="
+               " ARRAY(SELECT jsonb_array_elements_text($2::jsonb)) WHERE id = $1",
+               2);
 
 static const struct store_stmt q_first_beat =
     STORE_STMT("ap_first_beat",
@@ -95,6 +117,12 @@ static int heartbeat(struct app *app, const struct http_principal *p, struct sto
         const char *pp[] = {p->subject, app->cfg->node_name, slots[0] ? slots : NULL};
         r = store_tx_exec(tx, &q_first_beat, pp, NULL);
         gateway_kick_dispatch(app->gw); /* a new agent: maybe jobs wait for it */
+    }
+    json_t *pkgs = json_object_get(body, "packages");
+    if (r >= 0 && pkgs) {
+        _cleanup_free_ char *text = json_dumps(pkgs, JSON_COMPACT);
+        const char *pp[] = {p->subject, text};
+        r = text ? store_tx_exec(tx, &q_packages, pp, NULL) : -ENOMEM;
     }
     PGresult *res = NULL;
     const char *pj[] = {p->subject};
@@ -146,6 +174,11 @@ void api_agent_heartbeat(struct http_req *req)
     _cleanup_json_ json_t *body = NULL;
     if (http_req_json(req, heartbeat_fields, ELEMENTSOF(heartbeat_fields), &body) < 0)
         return;
+    if (!packages_valid(json_object_get(body, "packages"))) {
+        http_reply_problem(req, PROBLEM_VALIDATION, "must be SHA-256 digests in lower-case hex",
+                           "packages");
+        return;
+    }
     struct app *app = http_req_app(req);
     const struct http_principal *p = http_req_principal(req);
     struct store_tx *tx = NULL;
@@ -500,6 +533,11 @@ void api_agent_sync(struct http_req *req)
         char field[160];
         snprintf(field, sizeof(field), "heartbeat.%.100s", e.field);
         http_reply_problem(req, PROBLEM_VALIDATION, e.detail, field);
+        return;
+    }
+    if (hb && !packages_valid(json_object_get(hb, "packages"))) {
+        http_reply_problem(req, PROBLEM_VALIDATION, "must be SHA-256 digests in lower-case hex",
+                           "heartbeat.packages");
         return;
     }
     bool assign = json_is_true(json_object_get(body, "assign"));

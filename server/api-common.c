@@ -129,6 +129,12 @@ void api_reply_doc_commit(struct http_req *req, struct store_tx *tx, const struc
 int api_list_page(struct http_req *req, const struct store_stmt *stmt, const char *tenant_id,
                   const char *what)
 {
+    return api_list_page_with(req, stmt, tenant_id, what, NULL);
+}
+
+int api_list_page_with(struct http_req *req, const struct store_stmt *stmt, const char *tenant_id,
+                       const char *what, const char *arg3)
+{
     int limit;
     const char *cursor;
     if (http_req_page(req, 50, 500, &limit, &cursor) < 0)
@@ -140,7 +146,7 @@ int api_list_page(struct http_req *req, const struct store_stmt *stmt, const cha
     }
     char lim[16];
     snprintf(lim, sizeof(lim), "%d", limit);
-    const char *p[] = {cursor, lim};
+    const char *p[] = {cursor, lim, arg3}; /* the statement takes 2 or 3 */
     PGresult *res = NULL;
     int r = store_exec_once(((struct app *)http_req_app(req))->store, tenant_id, stmt, p, &res);
     if (r < 0) {

@@ -16,6 +16,7 @@
 #include "common/cleanup.h"
 #include "common/id.h"
 #include "common/log.h"
+#include "common/relpath.h"
 #include "server/api.h"
 #include "server/app.h"
 #include "server/bus.h"
@@ -35,12 +36,16 @@ static const struct store_stmt q_job_insert = STORE_STMT(
     "job_insert",
     "INSERT INTO jobs (id, tenant_id, queue_id, priority, command, package_id, entrypoint, args,"
     " env, params, requirements, timeout_ms, max_attempts, idempotency_key)"
-    " VALUES ($1, app_tenant(), $2::uuid, $3::int, $4, $5::uuid, $6, coalesce($7::jsonb, '[]'),"
+    " VALUES ($1, app_tenant(), $2::uuid, $3::int, $4, $5::uuid,"
+    " coalesce($6, (SELECT entrypoint FROM packages WHERE id = $5::uuid)), coalesce($7::jsonb, '[]'),"
     " coalesce($8::jsonb, '{}'), $9::jsonb, coalesce($10::jsonb, '{}'),"
     " coalesce($11::bigint, 3600000), coalesce($12::int, 3), $13)"
     " ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
     " RETURNING id",
     13);
+
+static const struct store_stmt q_job_package =
+    STORE_STMT("job_package", "SELECT entrypoint FROM packages WHERE id = $1", 1);
 
 static const struct store_stmt q_job_by_key =
     STORE_STMT("job_by_key", "SELECT id FROM jobs WHERE idempotency_key = $1", 1);
@@ -97,12 +102,15 @@ static int job_check(const json_t *job, const char *prefix, char *field, size_t 
     bool pkg = json_object_get(job, "package_id") != NULL;
     if (cmd == pkg) {
         snprintf(field, flen, "%scommand", prefix);
-        snprintf(detail, dlen, "give either command or package_id (with entrypoint)");
+        snprintf(detail, dlen, "give either command or package_id");
         return -EINVAL;
     }
-    if (pkg && !json_object_get(job, "entrypoint")) {
+    const char *entry = api_json_str(job, "entrypoint");
+    if (entry && (!pkg || !relpath_is_safe(entry))) {
         snprintf(field, flen, "%sentrypoint", prefix);
-        snprintf(detail, dlen, "is required with package_id");
+        snprintf(detail, dlen, "%s",
+                 !pkg ? "only with package_id"
+                      : "must be a relative path in the package (A-Z a-z 0-9 _ . - /, no ..)");
         return -EINVAL;
     }
     size_t i;
@@ -186,6 +194,27 @@ static int job_insert(struct store_tx *tx, const json_t *job, char id_out[ID_STR
             json_decref(qreqs);
         }
         PQclear(res);
+        if (r < 0) {
+            json_decref(reqs);
+            return r;
+        }
+    }
+    /* A package job: the package must be the tenant's, and it or the job names the
+     * entrypoint. */
+    const char *pkg = api_json_str(job, "package_id");
+    if (pkg) {
+        PGresult *res = NULL;
+        const char *p[] = {pkg};
+        r = store_tx_exec(tx, &q_job_package, p, &res);
+        bool has_entry = r > 0 && !PQgetisnull(res, 0, 0);
+        PQclear(res);
+        if (r >= 0 && (r == 0 || (!has_entry && !api_json_str(job, "entrypoint")))) {
+            snprintf(field, flen, "%s%s", prefix, r == 0 ? "package_id" : "entrypoint");
+            snprintf(detail, dlen, "%s",
+                     r == 0 ? "no package with this id"
+                            : "is required: the package has no default entrypoint");
+            r = -EINVAL;
+        }
         if (r < 0) {
             json_decref(reqs);
             return r;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <libpq-fe.h>
+#include <stdbool.h>
 
 #include "server/http.h"
 #include "server/store.h"
@@ -25,6 +26,9 @@ void api_reply_doc_commit(struct http_req *req, struct store_tx *tx, const struc
  * reply. Returns 0, or < 0 after replying with a problem. */
 int api_list_page(struct http_req *req, const struct store_stmt *stmt, const char *tenant_id,
                   const char *what);
+/* The same for a statement with a third parameter (a filter; NULL = SQL NULL). */
+int api_list_page_with(struct http_req *req, const struct store_stmt *stmt, const char *tenant_id,
+                       const char *what, const char *arg3);
 /* GET of one document: the path's {id} (404 unless a UUID), stmt ($1 = id) in the scope of
  * tenant_id (NULL: system), 404 when no row, else 200 with the document. */
 void api_get_doc(struct http_req *req, const struct store_stmt *stmt, const char *tenant_id,
@@ -44,6 +48,14 @@ const char *api_json_str(const json_t *obj, const char *key);
 /* Check a label map ({"os": "linux"}): at most 32 entries, keys [A-Za-z0-9_./-]{1,63},
  * string values of at most 255 bytes. Replies 422 naming field and returns < 0 when bad. */
 int api_check_labels(struct http_req *req, const json_t *labels, const char *field);
+
+/* packages: archives up to PACKAGE_MAX_BYTES (below the HTTP server's hard cap) */
+#define PACKAGE_MAX_BYTES (15 * 1024 * 1024)
+void api_packages_create(struct http_req *req);
+void api_packages_list(struct http_req *req);
+void api_packages_get(struct http_req *req);
+void api_packages_content(struct http_req *req);
+void api_packages_delete(struct http_req *req);
 
 /* health */
 void api_healthz(struct http_req *req);

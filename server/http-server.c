@@ -349,30 +349,64 @@ int http_req_page(struct http_req *req, int def, int max, int *limit, const char
     return 0;
 }
 
-static bool content_type_is_json(const char *ct)
+/* Is ct (a Content-Type header, parameters allowed) the media type want? */
+static bool content_type_is(const char *ct, const char *want)
 {
     if (!ct)
         return false;
-    static const char want[] = "application/json";
-    if (strncasecmp(ct, want, sizeof(want) - 1) != 0)
+    size_t n = strlen(want);
+    if (strncasecmp(ct, want, n) != 0)
         return false;
-    char next = ct[sizeof(want) - 1];
+    char next = ct[n];
     return next == '\0' || next == ';' || next == ' ';
+}
+
+/* 413 when the body is over the route's limit. */
+static int body_within_limit(struct http_req *req, size_t len)
+{
+    size_t max = req->route && req->route->max_body ? req->route->max_body : HTTP_DEFAULT_MAX_BODY;
+    if (len <= max)
+        return 0;
+    char detail[96];
+    snprintf(detail, sizeof(detail), "the body is %zu bytes; this route accepts at most %zu", len,
+             max);
+    http_reply_problem(req, PROBLEM_TOO_LARGE, detail, NULL);
+    return -EMSGSIZE;
+}
+
+int http_req_body(struct http_req *req, const char *const *ctypes, const char **data, size_t *len)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req->ev);
+    *len = evbuffer_get_length(in);
+    if (body_within_limit(req, *len) < 0)
+        return -EMSGSIZE;
+    const char *ct = http_req_header(req, "Content-Type");
+    bool ok = false;
+    for (size_t i = 0; ctypes[i] && !ok; i++)
+        ok = content_type_is(ct, ctypes[i]);
+    if (!ok) {
+        char detail[256] = "send the body as";
+        for (size_t i = 0; ctypes[i]; i++)
+            snprintf(detail + strlen(detail), sizeof(detail) - strlen(detail), "%s %s",
+                     i == 0 ? "" : (ctypes[i + 1] ? "," : " or"), ctypes[i]);
+        http_reply_problem(req, PROBLEM_UNSUPPORTED_MEDIA, detail, NULL);
+        return -EPROTO;
+    }
+    if (*len == 0) {
+        http_reply_problem(req, PROBLEM_BAD_REQUEST, "the request body is empty", NULL);
+        return -EINVAL;
+    }
+    *data = (const char *)evbuffer_pullup(in, -1);
+    return 0;
 }
 
 int http_req_json(struct http_req *req, const struct jsonv_field *fields, size_t n, json_t **ret)
 {
     struct evbuffer *in = evhttp_request_get_input_buffer(req->ev);
     size_t len = evbuffer_get_length(in);
-    size_t max = req->route && req->route->max_body ? req->route->max_body : HTTP_DEFAULT_MAX_BODY;
-    if (len > max) {
-        char detail[96];
-        snprintf(detail, sizeof(detail), "the body is %zu bytes; this route accepts at most %zu",
-                 len, max);
-        http_reply_problem(req, PROBLEM_TOO_LARGE, detail, NULL);
+    if (body_within_limit(req, len) < 0)
         return -EMSGSIZE;
-    }
-    if (!content_type_is_json(http_req_header(req, "Content-Type"))) {
+    if (!content_type_is(http_req_header(req, "Content-Type"), "application/json")) {
         http_reply_problem(req, PROBLEM_UNSUPPORTED_MEDIA, "send the body as application/json",
                            NULL);
         return -EPROTO;

@@ -143,6 +143,11 @@ const char *http_req_header(const struct http_req *req, const char *name);
  * and < 0 is returned: the handler just returns. */
 int http_req_json(struct http_req *req, const struct jsonv_field *fields, size_t n, json_t **ret);
 
+/* The raw body, when its Content-Type is one of ctypes (a NULL-terminated list; 415
+ * otherwise), it is within the route's max_body (413) and not empty (400). *data points
+ * into the request, valid until the reply. Returns 0, or < 0 after replying. */
+int http_req_body(struct http_req *req, const char *const *ctypes, const char **data, size_t *len);
+
 /* Parse `limit` (1..max, default def) and `cursor` query parameters; replies 422 and
  * returns < 0 on a bad value. *cursor is NULL when absent. */
 int http_req_page(struct http_req *req, int def, int max, int *limit, const char **cursor);

@@ -404,6 +404,13 @@ static int tx_finish_result(struct store_tx *tx, PGresult *res, PGresult **ret, 
 int store_tx_exec(struct store_tx *tx, const struct store_stmt *stmt, const char *const *params,
                   PGresult **ret)
 {
+    return store_tx_exec_bin(tx, stmt, params, NULL, NULL, false, ret);
+}
+
+int store_tx_exec_bin(struct store_tx *tx, const struct store_stmt *stmt,
+                      const char *const *params, const int *lengths, const int *formats,
+                      bool binary_result, PGresult **ret)
+{
     if (tx->error)
         return tx->error;
 
@@ -422,7 +429,8 @@ int store_tx_exec(struct store_tx *tx, const struct store_stmt *stmt, const char
         PQclear(p);
         c->prepared[c->n_prepared++] = stmt;
     }
-    PGresult *res = PQexecPrepared(c->pg, stmt->name, stmt->nparams, params, NULL, NULL, 0);
+    PGresult *res = PQexecPrepared(c->pg, stmt->name, stmt->nparams, params, lengths, formats,
+                                   binary_result ? 1 : 0);
     return tx_finish_result(tx, res, ret, stmt->name);
 }
 

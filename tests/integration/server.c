@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "common/buf.h"
+#include "common/crypto.h"
 #include "common/clock.h"
 #include "tests/integration/harness.h"
 
@@ -205,6 +206,12 @@ static size_t collect(char *data, size_t size, size_t n, void *arg)
 void th_http(struct th_server *s, const char *method, const char *path, const char *token,
              const char *body, const char *ctype, struct th_resp *r)
 {
+    th_http_bytes(s, method, path, token, body, body ? strlen(body) : 0, ctype, r);
+}
+
+void th_http_bytes(struct th_server *s, const char *method, const char *path, const char *token,
+                   const char *body, size_t len, const char *ctype, struct th_resp *r)
+{
     memset(r, 0, sizeof(*r));
     CURL *c = curl_easy_init();
     cr_assert_not_null(c);
@@ -232,7 +239,7 @@ void th_http(struct th_server *s, const char *method, const char *path, const ch
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
     if (body) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)len);
     }
     CURLcode rc = curl_easy_perform(c);
     cr_assert_eq(rc, CURLE_OK, "%s %s: %s", method, path, curl_easy_strerror(rc));
@@ -242,6 +249,7 @@ void th_http(struct th_server *s, const char *method, const char *path, const ch
     r->content_type = strdup(ctp ? ctp : "");
     curl_slist_free_all(h);
     curl_easy_cleanup(c);
+    r->len = rb.len;
     r->body = buf_steal(&rb);
     r->headers = buf_steal(&hb);
     if (r->body && r->body[0]) {
@@ -397,4 +405,46 @@ void th_agent_stop(pid_t pid, int sig)
         }
         usleep(20000); /* polling for the exit, bounded */
     }
+}
+
+char *th_make_archive(const char *marker, size_t *len)
+{
+    char dir[] = "/tmp/orch-pkg-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "cd %s && mkdir src && printf '#!/bin/sh\\necho %s \"$@\"\\ncat data.txt\\n' "
+             ">src/run.sh && chmod 755 src/run.sh && echo data-%s >src/data.txt && "
+             "tar -czf pkg.tgz -C src run.sh data.txt",
+             dir, marker, marker);
+    cr_assert_eq(system(cmd), 0);
+    char path[128];
+    snprintf(path, sizeof(path), "%s/pkg.tgz", dir);
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f);
+    char *buf = malloc(1 << 20);
+    cr_assert_not_null(buf);
+    *len = fread(buf, 1, 1 << 20, f);
+    fclose(f);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+    return buf;
+}
+
+char *th_package(struct th_server *s, const char *token, const char *name, const char *marker,
+                 char sha[65])
+{
+    size_t len;
+    char *tgz = th_make_archive(marker, &len);
+    if (sha)
+        crypto_sha256_hex(tgz, len, sha);
+    char path[256];
+    snprintf(path, sizeof(path), "/api/v1/packages?name=%s&version=1&entrypoint=run.sh", name);
+    struct th_resp r;
+    th_http_bytes(s, "POST", path, token, tgz, len, "application/gzip", &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *id = strdup(th_str_of(&r, "id"));
+    th_resp_free(&r);
+    free(tgz);
+    return id;
 }

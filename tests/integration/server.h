@@ -36,7 +36,8 @@ void th_server_stop_peer(struct th_server *peer);
 struct th_resp {
     long status;
     json_t *json;  /* parsed body, NULL when empty or not JSON */
-    char *body;    /* raw body */
+    char *body;    /* raw body (NUL-terminated) */
+    size_t len;    /* its length */
     char *headers; /* raw response headers */
     char *content_type;
 };
@@ -46,6 +47,9 @@ struct th_resp {
  * transport error. Free with th_resp_free(). */
 void th_http(struct th_server *s, const char *method, const char *path, const char *token,
              const char *body, const char *ctype, struct th_resp *r);
+/* The same with a body of len bytes (binary). */
+void th_http_bytes(struct th_server *s, const char *method, const char *path, const char *token,
+                   const char *body, size_t len, const char *ctype, struct th_resp *r);
 void th_resp_free(struct th_resp *r);
 /* The value of response header name (case-insensitive), malloc'd, or NULL. */
 char *th_resp_header(const struct th_resp *r, const char *name);
@@ -69,3 +73,11 @@ void th_agent_enrol(struct th_server *s, const char *admin, const char *state_di
 pid_t th_agent_start(const char *state_dir);
 /* Send sig and wait (bounded, 30 s; then SIGKILL) until it has exited. Accepts pid <= 0. */
 void th_agent_stop(pid_t pid, int sig);
+
+/* A .tar.gz (malloc'd, *len bytes) holding run.sh, which prints marker and its arguments
+ * and then data.txt ("data-<marker>"). */
+char *th_make_archive(const char *marker, size_t *len);
+/* Upload such an archive as package name, version 1, entrypoint run.sh; returns its id
+ * (malloc'd) and, when sha is not NULL, its SHA-256 in hex. */
+char *th_package(struct th_server *s, const char *token, const char *name, const char *marker,
+                 char sha[65]);

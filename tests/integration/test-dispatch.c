@@ -455,3 +455,73 @@ Test(dispatch, sync_batches_reports_and_holds_for_assignments)
     free(id);
     free(a);
 }
+
+/* Among capable agents with a free slot, the one that holds the job's package in its cache
+ * (as its heartbeat said) gets the job; without a package the tie goes to the older agent. */
+Test(dispatch, a_package_job_prefers_the_agent_that_caches_it)
+{
+    char sha[65];
+    char *pkg = th_package(&srv, admin, "cached-tool", "loc", sha);
+    char *a = enrol("loc-a", "{\"pool\":\"loc\"}");
+    char *b = enrol("loc-b", "{\"pool\":\"loc\"}");
+    char body[512];
+    json_t *ans = sync_ex(a, "{\"heartbeat\":{\"status\":\"idle\",\"slots\":2,\"free_slots\":2}}",
+                          200);
+    json_decref(ans);
+    snprintf(body, sizeof(body),
+             "{\"heartbeat\":{\"status\":\"idle\",\"slots\":2,\"free_slots\":2,"
+             "\"packages\":[\"%s\"]}}",
+             sha);
+    ans = sync_ex(b, body, 200);
+    json_decref(ans);
+    /* A malformed digest list is refused, naming it. */
+    ans = sync_ex(b, "{\"heartbeat\":{\"packages\":[\"XYZ\"]}}", 422);
+    cr_assert_str_eq(json_string_value(json_object_get(ans, "field")), "heartbeat.packages");
+    json_decref(ans);
+
+    snprintf(body, sizeof(body),
+             "{\"package_id\":\"%s\",\"requirements\":{\"pool\":\"loc\"}}", pkg);
+    char *job_pkg = submit(body);
+    ans = sync_ex(b, "{\"assign\":true,\"wait\":20}", 200);
+    json_t *as = json_array_get(json_object_get(ans, "assignments"), 0);
+    cr_assert_not_null(as, "the agent caching the package got nothing: %s", json_dumps(ans, 0));
+    cr_assert_str_eq(json_string_value(json_object_get(as, "job_id")), job_pkg);
+    cr_assert_str_eq(json_string_value(json_object_get(as, "package_sha256")), sha);
+    cr_assert_str_eq(json_string_value(json_object_get(as, "entrypoint")), "run.sh");
+    cr_assert_null(json_string_value(json_object_get(as, "command")));
+    json_decref(ans);
+
+    /* The agent API shows what each holds. */
+    struct th_resp r;
+    th_http(&srv, "GET", "/api/v1/agents?limit=100", admin, NULL, NULL, &r);
+    size_t i;
+    json_t *ag;
+    int seen = 0;
+    json_array_foreach(json_object_get(r.json, "items"), i, ag)
+    {
+        const char *name = json_string_value(json_object_get(ag, "name"));
+        if (strcmp(name, "loc-b") == 0) {
+            cr_assert_eq(json_integer_value(json_object_get(ag, "cached_packages")), 1);
+            cr_assert_eq(json_integer_value(json_object_get(ag, "running_jobs")), 1);
+            seen++;
+        } else if (strcmp(name, "loc-a") == 0) {
+            cr_assert_eq(json_integer_value(json_object_get(ag, "cached_packages")), 0);
+            seen++;
+        }
+    }
+    cr_assert_eq(seen, 2);
+    th_resp_free(&r);
+
+    /* A command job: b is busier now, so a takes it. */
+    char *job_cmd = submit("{\"command\":\"true\",\"requirements\":{\"pool\":\"loc\"}}");
+    ans = sync_ex(a, "{\"assign\":true,\"wait\":20}", 200);
+    as = json_array_get(json_object_get(ans, "assignments"), 0);
+    cr_assert_not_null(as, "%s", json_dumps(ans, 0));
+    cr_assert_str_eq(json_string_value(json_object_get(as, "job_id")), job_cmd);
+    json_decref(ans);
+    free(job_cmd);
+    free(job_pkg);
+    free(b);
+    free(a);
+    free(pkg);
+}

@@ -251,6 +251,105 @@ Test(e2e, an_agent_behind_a_proxy_enrols_and_runs_jobs)
     free(job);
 }
 
+/* GET /api/v1/agents/{id} until its cached_packages is want (bounded). */
+static void wait_cached(int agent, long want)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/api/v1/agents/%s", agents[agent].id);
+    uint64_t deadline = clock_mono_ns() + 30ull * 1000000000ull;
+    for (;;) {
+        struct th_resp r;
+        th_http(&srv, "GET", path, admin, NULL, NULL, &r);
+        long n = (long)json_integer_value(json_object_get(r.json, "cached_packages"));
+        th_resp_free(&r);
+        if (n == want)
+            return;
+        cr_assert(clock_mono_ns() < deadline, "agent %d caches %ld packages, want %ld", agent, n,
+                  want);
+        usleep(50000); /* polling the condition, bounded */
+    }
+}
+
+/* A package job: the agent fetches the archive over its connection, unpacks it in the
+ * job's directory and runs the entrypoint with the job's arguments; the next job of that
+ * package goes to the agent that caches it and runs from the cache; bytes that do not
+ * match the package's digest are refused and the job fails saying why. */
+Test(e2e, package_jobs_fetch_cache_and_verify)
+{
+    char *pkg = th_package(&srv, admin, "greeter", "hello-from-package", NULL);
+    char body[256];
+    snprintf(body, sizeof(body),
+             "{\"package_id\":\"%s\",\"args\":[\"A\",\"B\"],\"requirements\":{\"pool\":\"red\"}}",
+             pkg);
+    char *job = submit(body);
+    json_t *j = wait_final(job, 60);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "succeeded", "%s",
+                     json_dumps(j, 0));
+    json_decref(j);
+    char *out = logs(job, "stdout");
+    cr_assert_str_eq(out, "hello-from-package A B\ndata-hello-from-package\n");
+    free(out);
+    free(job);
+    wait_cached(0, 1);
+
+    /* Blue: both blue agents are idle; the first run picks one, which then caches it, and
+     * the second run goes there too. */
+    snprintf(body, sizeof(body),
+             "{\"package_id\":\"%s\",\"requirements\":{\"pool\":\"blue\"}}", pkg);
+    char *b1 = submit(body);
+    j = wait_final(b1, 60);
+    int first = agent_index(json_string_value(json_object_get(j, "agent_id")));
+    json_decref(j);
+    wait_cached(first, 1);
+    char *b2 = submit(body);
+    j = wait_final(b2, 60);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "succeeded");
+    cr_assert_eq(agent_index(json_string_value(json_object_get(j, "agent_id"))), first,
+                 "the second run did not go to the agent caching the package");
+    json_decref(j);
+    wait_cached(3 - first, 0);
+    /* ... and ran from the cache, without fetching again. */
+    char logpath[128], want[128];
+    snprintf(logpath, sizeof(logpath), "%s/agent.log", agents[first].dir);
+    snprintf(want, sizeof(want), "op=package job=%s package=%s source=cache", b2, pkg);
+    FILE *lf = fopen(logpath, "re");
+    cr_assert_not_null(lf);
+    char line[1024];
+    bool from_cache = false;
+    while (!from_cache && fgets(line, sizeof(line), lf))
+        from_cache = strstr(line, want) != NULL;
+    fclose(lf);
+    cr_assert(from_cache, "no '%s' in %s", want, logpath);
+    free(b1);
+    free(b2);
+
+    /* Damaged bytes on the server: the agent that has no copy refuses them. */
+    char *bad = th_package(&srv, admin, "damaged", "damaged", NULL);
+    PGconn *pg = th_pg_connect("postgres", srv.db);
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "UPDATE package_blobs SET data = convert_to('not the archive', 'UTF8')"
+             " WHERE sha256 = (SELECT sha256 FROM packages WHERE id = '%s')",
+             bad);
+    PQclear(th_pg_ok(pg, sql));
+    PQfinish(pg);
+    snprintf(body, sizeof(body),
+             "{\"package_id\":\"%s\",\"max_attempts\":1,\"requirements\":{\"pool\":\"red\"}}",
+             bad);
+    job = submit(body);
+    j = wait_final(job, 60);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "dead");
+    cr_assert(strstr(json_string_value(json_object_get(j, "error")), "package"), "%s",
+              json_dumps(j, 0));
+    json_decref(j);
+    char *err = logs(job, "stderr");
+    cr_assert(strstr(err, "do not match the package's SHA-256"), "%s", err);
+    free(err);
+    free(job);
+    free(bad);
+    free(pkg);
+}
+
 /* Is any process with this marker in its command line still alive? */
 static bool marker_alive(const char *marker)
 {

@@ -1,0 +1,304 @@
+/* api-packages.c: a tenant's packages: tar archives (optionally gzip-compressed) that jobs
+ * run an entrypoint from. The bytes are stored once per tenant by SHA-256 (package_blobs)
+ * and count against the tier's storage quota; a package is a name and version naming a
+ * blob, with an optional default entrypoint. Agents fetch the bytes over their connection
+ * and keep them in their cache (docs/agent.md). */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/crypto.h"
+#include "common/id.h"
+#include "common/relpath.h"
+#include "server/api.h"
+#include "server/app.h"
+
+static const struct store_stmt q_pkg_doc =
+    STORE_STMT("pkg_doc", "SELECT doc FROM package_view WHERE id = $1", 1);
+
+static const struct store_stmt q_pkg_list = STORE_STMT(
+    "pkg_list",
+    "SELECT json_build_object('items', coalesce(json_agg(doc ORDER BY id), '[]'),"
+    " 'next_cursor', CASE WHEN count(*) = $2 THEN (array_agg(id ORDER BY id DESC))[1] END)"
+    " FROM (SELECT id, doc FROM package_view WHERE ($1::uuid IS NULL OR id > $1::uuid)"
+    "         AND ($3::text IS NULL OR name = $3)"
+    "        ORDER BY id LIMIT $2) s",
+    3);
+
+/* The storage quota counts a blob once: only new bytes are charged. */
+static const struct store_stmt q_pkg_quota = STORE_STMT(
+    "pkg_quota",
+    "SELECT quota_acquire('storage_bytes', $2::bigint)"
+    "  WHERE NOT EXISTS (SELECT 1 FROM package_blobs WHERE sha256 = decode($1, 'hex'))",
+    2);
+
+static const struct store_stmt q_blob_insert = STORE_STMT(
+    "pkg_blob_insert",
+    "INSERT INTO package_blobs (tenant_id, sha256, size_bytes, data)"
+    " VALUES (app_tenant(), decode($1, 'hex'), $2::bigint, $3::bytea) ON CONFLICT DO NOTHING",
+    3);
+
+static const struct store_stmt q_pkg_insert =
+    STORE_STMT("pkg_insert",
+               "INSERT INTO packages (id, tenant_id, name, version, sha256, size_bytes, entrypoint)"
+               " VALUES ($1, app_tenant(), $2, $3, decode($4, 'hex'), $5::bigint, $6)",
+               6);
+
+/* The package locked against new jobs referring to it, and how many do. */
+static const struct store_stmt q_pkg_lock =
+    STORE_STMT("pkg_lock",
+               "SELECT encode(sha256, 'hex'), (SELECT count(*) FROM jobs WHERE package_id = $1)"
+               "  FROM packages WHERE id = $1 FOR UPDATE",
+               1);
+
+static const struct store_stmt q_pkg_delete =
+    STORE_STMT("pkg_delete", "DELETE FROM packages WHERE id = $1", 1);
+
+/* The bytes go when no package names them any more. */
+static const struct store_stmt q_blob_gc =
+    STORE_STMT("pkg_blob_gc",
+               "DELETE FROM package_blobs WHERE sha256 = decode($1, 'hex')"
+               "   AND NOT EXISTS (SELECT 1 FROM packages WHERE sha256 = decode($1, 'hex'))",
+               1);
+
+/* Binary result: data is the raw bytes. */
+static const struct store_stmt q_pkg_content =
+    STORE_STMT("pkg_content",
+               "SELECT b.data, encode(p.sha256, 'hex'), p.name || '-' || p.version"
+               "  FROM packages p JOIN package_blobs b ON b.sha256 = p.sha256"
+               "   AND b.tenant_id = p.tenant_id WHERE p.id = $1",
+               1);
+
+static bool valid_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > 128 || !isalnum((unsigned char)s[0]))
+        return false;
+    for (size_t i = 1; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && !strchr("_.-", s[i]))
+            return false;
+    return true;
+}
+
+static bool valid_version(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > 64)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && !strchr("_.+-", s[i]))
+            return false;
+    return true;
+}
+
+/* A tar archive (ustar magic at 257) or a gzip stream (1f 8b). */
+static bool looks_like_archive(const unsigned char *d, size_t n)
+{
+    if (n >= 2 && d[0] == 0x1f && d[1] == 0x8b)
+        return true;
+    return n >= 512 && memcmp(d + 257, "ustar", 5) == 0;
+}
+
+static void write_failed(struct http_req *req, struct store_tx *tx, int r)
+{
+    if (r == -EDQUOT) {
+        json_error_t jerr;
+        json_t *ext = json_loads(store_tx_errdetail(tx), 0, &jerr);
+        store_tx_rollback(tx);
+        http_reply_problem_ext(req, PROBLEM_QUOTA_EXCEEDED,
+                               "the tenant's storage quota would be exceeded; delete packages "
+                               "or move to a larger tier",
+                               NULL, ext);
+        return;
+    }
+    store_tx_rollback(tx);
+    if (r == -EEXIST)
+        http_reply_problem(req, PROBLEM_CONFLICT, "this package already has this version",
+                           "version");
+    else
+        http_reply_error(req, r, "saving the package");
+}
+
+void api_packages_create(struct http_req *req)
+{
+    const char *name = http_req_query(req, "name");
+    const char *version = http_req_query(req, "version");
+    const char *entry = http_req_query(req, "entrypoint");
+    const char *want = http_req_query(req, "sha256");
+    if (!name || !valid_name(name)) {
+        http_reply_problem(req, PROBLEM_VALIDATION,
+                           "required: 1 to 128 characters of A-Z a-z 0-9 _ . -, starting with a "
+                           "letter or digit",
+                           "name");
+        return;
+    }
+    if (!version || !valid_version(version)) {
+        http_reply_problem(req, PROBLEM_VALIDATION,
+                           "required: 1 to 64 characters of A-Z a-z 0-9 _ . + -", "version");
+        return;
+    }
+    if (entry && !relpath_is_safe(entry)) {
+        http_reply_problem(req, PROBLEM_VALIDATION,
+                           "must be a relative path in the package (A-Z a-z 0-9 _ . - /, no ..)",
+                           "entrypoint");
+        return;
+    }
+    static const char *const types[] = {"application/gzip", "application/x-gzip",
+                                        "application/x-tar", "application/octet-stream", NULL};
+    const char *data = NULL;
+    size_t len = 0;
+    if (http_req_body(req, types, &data, &len) < 0)
+        return;
+    if (!looks_like_archive((const unsigned char *)data, len)) {
+        http_reply_problem(req, PROBLEM_VALIDATION,
+                           "the body must be a tar archive, optionally gzip-compressed", "body");
+        return;
+    }
+    char hex[CRYPTO_SHA256_HEX_LEN];
+    crypto_sha256_hex(data, len, hex);
+    if (want && strcasecmp(want, hex) != 0) {
+        http_reply_problem(req, PROBLEM_VALIDATION,
+                           "does not match the body's SHA-256: the upload was damaged", "sha256");
+        return;
+    }
+    char id[ID_STR_LEN], size[24];
+    id_uuid7_str(id);
+    snprintf(size, sizeof(size), "%zu", len);
+    struct store_tx *tx = NULL;
+    int r = app_tx_begin(http_req_app(req), req, &tx);
+    if (r < 0) {
+        http_reply_error(req, r, "saving the package");
+        return;
+    }
+    const char *pq[] = {hex, size};
+    r = store_tx_exec(tx, &q_pkg_quota, pq, NULL);
+    const char *pb[] = {hex, size, data};
+    const int lens[] = {0, 0, (int)len};
+    const int fmts[] = {0, 0, 1};
+    if (r >= 0)
+        r = store_tx_exec_bin(tx, &q_blob_insert, pb, lens, fmts, false, NULL);
+    const char *pp[] = {id, name, version, hex, size, entry};
+    if (r >= 0)
+        r = store_tx_exec(tx, &q_pkg_insert, pp, NULL);
+    if (r >= 0) {
+        json_t *detail = json_pack("{s:s, s:s, s:s, s:I}", "name", name, "version", version,
+                                   "sha256", hex, "size_bytes", (json_int_t)len);
+        r = app_audit(tx, req, NULL, "package.create", "package", id, detail);
+        json_decref(detail);
+    }
+    if (r < 0) {
+        write_failed(req, tx, r);
+        return;
+    }
+    api_reply_doc_commit(req, tx, &q_pkg_doc, id, 201, "package", NULL, NULL);
+}
+
+void api_packages_list(struct http_req *req)
+{
+    const char *name = http_req_query(req, "name");
+    if (name && !valid_name(name)) {
+        http_reply_problem(req, PROBLEM_VALIDATION, "is not a package name", "name");
+        return;
+    }
+    api_list_page_with(req, &q_pkg_list, http_req_principal(req)->tenant_id, "listing packages",
+                       name);
+}
+
+void api_packages_get(struct http_req *req)
+{
+    api_get_doc(req, &q_pkg_doc, http_req_principal(req)->tenant_id, "package");
+}
+
+/* The bytes, to a tenant (GET /packages/{id}/content) or to one of its agents
+ * (GET /agent/packages/{id}/content): the principal's tenant decides what is visible. */
+void api_packages_content(struct http_req *req)
+{
+    const char *id = api_path_id(req, "id", "package");
+    if (!id)
+        return;
+    struct app *app = http_req_app(req);
+    struct store_tx *tx = NULL;
+    int r = store_tx_begin_tenant(app->store, http_req_principal(req)->tenant_id, &tx);
+    if (r < 0) {
+        http_reply_error(req, r, "reading the package");
+        return;
+    }
+    const char *p[] = {id};
+    PGresult *res = NULL;
+    r = store_tx_exec_bin(tx, &q_pkg_content, p, NULL, NULL, true, &res);
+    int c = store_tx_commit(tx);
+    if (r < 0 || c < 0) {
+        PQclear(res);
+        http_reply_error(req, r < 0 ? r : c, "reading the package");
+        return;
+    }
+    if (r == 0) {
+        PQclear(res);
+        http_reply_problem(req, PROBLEM_NOT_FOUND, "no such package", NULL);
+        return;
+    }
+    /* Binary text columns are the text itself, not NUL-terminated. */
+    char hex[65], disp[256];
+    snprintf(hex, sizeof(hex), "%.*s", PQgetlength(res, 0, 1), PQgetvalue(res, 0, 1));
+    int dlen = PQgetlength(res, 0, 2);
+    snprintf(disp, sizeof(disp), "attachment; filename=\"%.*s.tar\"", dlen > 200 ? 200 : dlen,
+             PQgetvalue(res, 0, 2));
+    http_reply_header(req, "X-Content-SHA256", hex);
+    http_reply_header(req, "Content-Disposition", disp);
+    http_reply_bytes(req, 200, "application/octet-stream", PQgetvalue(res, 0, 0),
+                     (size_t)PQgetlength(res, 0, 0));
+    PQclear(res);
+}
+
+void api_packages_delete(struct http_req *req)
+{
+    const char *id = api_path_id(req, "id", "package");
+    if (!id)
+        return;
+    struct store_tx *tx = NULL;
+    int r = app_tx_begin(http_req_app(req), req, &tx);
+    if (r < 0) {
+        http_reply_error(req, r, "deleting the package");
+        return;
+    }
+    const char *p[] = {id};
+    PGresult *res = NULL;
+    r = store_tx_exec(tx, &q_pkg_lock, p, &res);
+    if (r == 0) {
+        store_tx_rollback(tx);
+        http_reply_problem(req, PROBLEM_NOT_FOUND, "no such package", NULL);
+        return;
+    }
+    char hex[65] = "";
+    long long jobs = 0;
+    if (r > 0) {
+        snprintf(hex, sizeof(hex), "%s", PQgetvalue(res, 0, 0));
+        jobs = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+    }
+    PQclear(res);
+    if (jobs > 0) {
+        store_tx_rollback(tx);
+        char detail[160];
+        snprintf(detail, sizeof(detail),
+                 "%lld job(s) refer to this package; it stays as long as they exist", jobs);
+        http_reply_problem(req, PROBLEM_CONFLICT, detail, NULL);
+        return;
+    }
+    if (r > 0)
+        r = store_tx_exec(tx, &q_pkg_delete, p, NULL);
+    const char *pg[] = {hex};
+    if (r >= 0)
+        r = store_tx_exec(tx, &q_blob_gc, pg, NULL);
+    if (r >= 0)
+        r = app_audit(tx, req, NULL, "package.delete", "package", id, NULL);
+    if (r < 0) {
+        store_tx_rollback(tx);
+        http_reply_error(req, r, "deleting the package");
+        return;
+    }
+    if (api_commit(req, tx, "deleting the package") < 0)
+        return;
+    http_reply_json(req, 204, NULL);
+}
