@@ -5,9 +5,9 @@
 # .dev/run (data kept between runs), applies the schema migrations, makes a development
 # CA and server certificate and a token signing key, starts orchd over HTTPS, makes a
 # platform operator token and a demo tenant with an admin API key, enrols a local agent
-# with `orch-agent register` and starts it, submits a demo job and prints its result and
-# output, prints how to reach the API with curl, and keeps running until Ctrl-C, which
-# stops everything it started.
+# with `orch-agent register` and starts it, submits a demo job and a demo package's job
+# and prints their results and output, prints how to reach the API with curl, and keeps
+# running until Ctrl-C, which stops everything it started.
 #
 # Environment:
 #   ORCH_SKIP_APT=1    do not run apt-get (packages already there)
@@ -88,18 +88,39 @@ say "starting the local agent"
 "$agent" run 2>>"$state/agent.log" &
 agent_pid=$!
 
+# Submit a job (JSON), wait (bounded) until it ends, print its status and output.
+demo_job() {
+    local job status=queued
+    job=$(api POST /api/v1/jobs "$token" "$1" | field id)
+    for _ in $(seq 1 300); do
+        status=$(api GET "/api/v1/jobs/$job" "$token" | field status)
+        case $status in succeeded | failed | dead | cancelled) break ;; esac
+        sleep 0.1 # polling the job's state, bounded to 30 s
+    done
+    echo "$2 $job: $status"
+    curl -s --cacert "$ca" "$base/api/v1/jobs/$job/logs" -H "Authorization: Bearer $token" | sed 's/^/  | /'
+}
+
 say "submitting a demo job"
-job=$(api POST /api/v1/jobs "$token" \
-    '{"command":"echo \"hello from orch on $(hostname)\"; uname -srm","requirements":{"demo":"yes"}}' |
-    field id)
-status=queued
-for _ in $(seq 1 300); do
-    status=$(api GET "/api/v1/jobs/$job" "$token" | field status)
-    case $status in succeeded | failed | dead | cancelled) break ;; esac
-    sleep 0.1 # polling the job's state, bounded to 30 s
-done
-echo "demo job $job: $status"
-curl -s --cacert "$ca" "$base/api/v1/jobs/$job/logs" -H "Authorization: Bearer $token" | sed 's/^/  | /'
+demo_job '{"command":"echo \"hello from orch on $(hostname)\"; uname -srm","requirements":{"demo":"yes"}}' \
+    "demo job"
+
+say "uploading a demo package and running it"
+pkgdir=$state/demo-package
+rm -rf "$pkgdir" && mkdir -p "$pkgdir/src"
+printf '#!/bin/sh\necho "hello from package demo-hello, args: $*"\n' >"$pkgdir/src/hello.sh"
+chmod 755 "$pkgdir/src/hello.sh"
+tar -czf "$pkgdir/hello.tgz" -C "$pkgdir/src" hello.sh
+pkg=$(curl -s --cacert "$ca" "$base/api/v1/packages?name=demo-hello" -H "Authorization: Bearer $token" |
+    python3 -c 'import json,sys; i=json.load(sys.stdin)["items"]; print(i[0]["id"] if i else "")')
+if [ -z "$pkg" ]; then
+    pkg=$(curl -sf --cacert "$ca" -X POST -H "Authorization: Bearer $token" \
+        -H 'Content-Type: application/gzip' --data-binary @"$pkgdir/hello.tgz" \
+        "$base/api/v1/packages?name=demo-hello&version=1&entrypoint=hello.sh" | field id) ||
+        die "the demo package upload failed"
+fi
+demo_job "{\"package_id\":\"$pkg\",\"args\":[\"a\",\"b\"],\"requirements\":{\"demo\":\"yes\"}}" \
+    "demo package job"
 
 # A queue to look at (409 on later runs: it is already there).
 curl -s -o /dev/null --cacert "$ca" -X POST "$base/api/v1/queues" -H "Authorization: Bearer $token" \
@@ -125,6 +146,10 @@ Try it (the token is valid for 15 minutes; exchange the key again for a new one)
   curl -s --cacert \$CA \$ORCH/api/v1/jobs -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
       -d '{"command":"echo hi from a job","requirements":{"demo":"yes"}}'
   curl -s --cacert \$CA "\$ORCH/api/v1/jobs/JOB_ID/logs" -H "Authorization: Bearer \$TOKEN"
+  curl -s --cacert \$CA -X POST -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/gzip' \\
+      --data-binary @$pkgdir/hello.tgz "\$ORCH/api/v1/packages?name=my-hello&version=1&entrypoint=hello.sh"
+  curl -s --cacert \$CA \$ORCH/api/v1/jobs -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
+      -d '{"package_id":"PACKAGE_ID","args":["x"],"requirements":{"demo":"yes"}}'
 
   local agent: ORCH_AGENT_STATE_DIR=$state/agent ./build/agent/orch-agent status  (log: $state/agent.log)
 
