@@ -23,6 +23,7 @@
 
 #include "agent/cache.h"
 #include "agent/exec.h"
+#include "agent/facts.h"
 #include "agent/spool.h"
 #include "agent/state.h"
 #include "agent/transport.h"
@@ -1009,6 +1010,7 @@ struct link {
     int64_t last_rotate_ms;
     bool resume;   /* ask the server to hand out again what it may have sent into a cut */
     uint64_t cache_gen_sent; /* the package cache as the server last heard of it */
+    bool facts_sent;         /* the host's facts went with an accepted heartbeat */
     bool holding;  /* the exchange in flight may be given up for something urgent */
     struct sent *sent;
     size_t nsent;
@@ -1225,6 +1227,9 @@ static enum link_next link_exchange(struct link *l)
         /* The cached packages, when they changed since the server last heard. */
         if (hb && cache_generation(d->cache) != l->cache_gen_sent)
             json_object_set_new(hb, "packages", cache_list(d->cache, &cache_gen));
+        /* The host's facts, once per start: an upgraded agent or host shows at once. */
+        if (hb && !l->facts_sent)
+            json_object_set_new(hb, "capabilities", facts_collect());
         if (hb)
             json_object_set_new(req, "heartbeat", hb);
     }
@@ -1269,6 +1274,7 @@ static enum link_next link_exchange(struct link *l)
         json_t *hb = json_object_get(rep.body, "heartbeat");
         if (hb_due && json_is_object(hb)) {
             l->cache_gen_sent = cache_gen;
+            l->facts_sent = true;
             link_heartbeat_answer(l, hb);
             l->next_hb_ms = mono_ms() + d->heartbeat_s * 1000;
         }

@@ -61,6 +61,7 @@ static const struct jsonv_field heartbeat_fields[] = {
     {"free_slots", JSONV_INT, 0, 0, 1024}, {"running", JSONV_ARRAY, 0, 0, 1024},
     {"load", JSONV_OBJECT, 0, 0, 16},      {"spool_bytes", JSONV_INT, 0, 0, INT64_MAX},
     {"packages", JSONV_ARRAY, 0, 0, 4096},
+    {"capabilities", JSONV_OBJECT, 0, 0, 64},
 };
 
 /* The package digests of a heartbeat: 64 lower-case hex digits each. */
@@ -76,6 +77,18 @@ static bool packages_valid(const json_t *list)
     }
     return true;
 }
+
+/* The host's facts (sent after each start of the agent): what the API shows, and os, arch,
+ * hostname and version, which requirements match against. */
+static const struct store_stmt q_capabilities = STORE_STMT(
+    "ap_capabilities",
+    "UPDATE agents SET capabilities = $2::jsonb,"
+    " os = coalesce(left($2::jsonb ->> 'os', 32), os),"
+    " arch = coalesce(left($2::jsonb ->> 'arch', 32), arch),"
+    " hostname = coalesce(left($2::jsonb ->> 'hostname', 255), hostname),"
+    " version = coalesce(left($2::jsonb ->> 'version', 64), version), updated_at = now()"
+    " WHERE id = $1",
+    2);
 
 /* The agent's cache changed: the dispatcher prefers agents holding a job's package. */
 static const struct store_stmt q_packages =
@@ -117,6 +130,12 @@ static int heartbeat(struct app *app, const struct http_principal *p, struct sto
         const char *pp[] = {p->subject, app->cfg->node_name, slots[0] ? slots : NULL};
         r = store_tx_exec(tx, &q_first_beat, pp, NULL);
         gateway_kick_dispatch(app->gw); /* a new agent: maybe jobs wait for it */
+    }
+    json_t *caps = json_object_get(body, "capabilities");
+    if (r >= 0 && caps) {
+        _cleanup_free_ char *text = json_dumps(caps, JSON_COMPACT);
+        const char *pp[] = {p->subject, text};
+        r = text ? store_tx_exec(tx, &q_capabilities, pp, NULL) : -ENOMEM;
     }
     json_t *pkgs = json_object_get(body, "packages");
     if (r >= 0 && pkgs) {

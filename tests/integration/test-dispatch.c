@@ -355,6 +355,28 @@ Test(dispatch, sync_batches_reports_and_holds_for_assignments)
     cr_assert_eq(json_array_size(json_object_get(ans, "assignments")), 0);
     json_decref(ans);
 
+    /* The host's facts in a heartbeat replace those of the enrolment. */
+    ans = sync_ex(a,
+                  "{\"heartbeat\":{\"capabilities\":{\"os\":\"linux\",\"arch\":\"aarch64\","
+                  "\"version\":\"9.9.9\",\"interpreters\":[\"sh\",\"pwsh\"]}}}",
+                  200);
+    json_decref(ans);
+    struct th_resp ar;
+    th_http(&srv, "GET", "/api/v1/agents?limit=100", admin, NULL, NULL, &ar);
+    size_t k;
+    json_t *ag, *me = NULL;
+    json_array_foreach(json_object_get(ar.json, "items"), k, ag)
+    {
+        if (strcmp(json_string_value(json_object_get(ag, "name")), "syncer") == 0)
+            me = ag;
+    }
+    cr_assert_not_null(me);
+    cr_assert_str_eq(json_string_value(json_object_get(me, "arch")), "aarch64");
+    cr_assert_str_eq(json_string_value(json_object_get(me, "version")), "9.9.9");
+    cr_assert_eq(json_array_size(json_object_get(json_object_get(me, "capabilities"), "interpreters")),
+                 2);
+    th_resp_free(&ar);
+
     /* A job waiting is handed out at once. */
     char *id = submit("{\"command\":\"echo hi\",\"requirements\":{\"pool\":\"sync\"}}");
     ans = sync_ex(a, "{\"assign\":true,\"wait\":20}", 200);
