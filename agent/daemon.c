@@ -1209,8 +1209,8 @@ static enum link_next link_exchange(struct link *l)
     json_object_set_new(req, "reports", reports);
     link_collect(l, reports);
     bool assign = !stopping && free_slots > 0;
-    if (l->nsent == 0 && !hb_due && !assign) {
-        /* Nothing to say and nothing to ask: wait here for work or the next heartbeat. */
+    if (l->nsent == 0 && !hb_due && stopping) {
+        /* Stopping with nothing to say: wait here for the jobs' last words. */
         pthread_mutex_lock(&d->lock);
         bool done = stopping && !daemon_jobs_running(d) && !d->send_pending;
         int64_t left = l->next_hb_ms - mono_ms();
@@ -1233,10 +1233,11 @@ static enum link_next link_exchange(struct link *l)
         if (hb)
             json_object_set_new(req, "heartbeat", hb);
     }
-    /* Hold the exchange open for assignments only when it carries nothing else; while jobs
-     * run, their output goes out at least every LINK_BUSY_WAIT_S. */
+    /* With nothing else to carry, the exchange is held open for assignments (when a slot
+     * is free) and cancels; while jobs run, their output goes out at least every
+     * LINK_BUSY_WAIT_S. */
     int64_t wait_s = 0;
-    if (assign && l->nsent == 0 && !hb_due) {
+    if (l->nsent == 0 && !hb_due) {
         int64_t to_hb = (l->next_hb_ms - mono_ms()) / 1000;
         wait_s = running ? LINK_BUSY_WAIT_S : POLL_WAIT_S;
         if (to_hb < wait_s)
@@ -1280,6 +1281,8 @@ static enum link_next link_exchange(struct link *l)
         }
         if (assign)
             l->resume = false;
+        /* Cancelled through the API since the last exchange (also in heartbeat answers). */
+        daemon_stop_listed(d, json_object_get(rep.body, "cancel"), false);
         size_t i;
         json_t *a;
         json_array_foreach(json_object_get(rep.body, "assignments"), i, a)

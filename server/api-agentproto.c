@@ -591,9 +591,9 @@ void api_agent_sync(struct http_req *req)
         json_decref(o.answer);
         json_decref(o.ext);
     }
-    if (r >= 0 && assign)
-        r = gateway_claim(app, tx, p->subject, json_is_true(json_object_get(body, "resume")),
-                          &assigned);
+    if (r >= 0)
+        r = gateway_claim(app, tx, p->subject, assign,
+                          json_is_true(json_object_get(body, "resume")), &assigned);
     if (tx) {
         int c = store_tx_commit(tx);
         r = r < 0 ? r : c;
@@ -608,5 +608,5 @@ void api_agent_sync(struct http_req *req)
     json_object_set_new(ans, "reports", outs);
     if (ended)
         gateway_kick_dispatch(app->gw); /* a slot is free */
-    gateway_answer(req, ans, assigned, assign ? wait : 0);
+    gateway_answer(req, ans, assigned, assign, wait);
 }

@@ -19,6 +19,7 @@
 #include "common/relpath.h"
 #include "server/api.h"
 #include "server/app.h"
+#include "server/gateway.h"
 #include "server/bus.h"
 
 #define JOBS_BATCH_MAX 1000
@@ -491,8 +492,11 @@ static const struct store_stmt q_job_cancel = STORE_STMT(
     "         status = CASE WHEN jobs.status = 'queued' THEN 'cancelled' ELSE jobs.status END,"
     "         finished_at = CASE WHEN jobs.status = 'queued' THEN now() ELSE finished_at END"
     "        FROM j WHERE jobs.id = j.id AND j.status IN ('queued', 'assigned', 'running')"
-    "        RETURNING jobs.id)"
-    " SELECT j.status, (SELECT count(*) FROM u) FROM j",
+    "        RETURNING jobs.id, jobs.agent_id)"
+    " SELECT j.status, (SELECT count(*) FROM u),"
+    "        (SELECT u.agent_id FROM u WHERE j.status <> 'queued'),"
+    "        (SELECT a.gateway_node FROM u JOIN agents a ON a.id = u.agent_id)"
+    "   FROM j",
     1);
 
 void api_jobs_cancel(struct http_req *req)
@@ -520,6 +524,12 @@ void api_jobs_cancel(struct http_req *req)
         http_reply_problem(req, PROBLEM_CONFLICT, detail, NULL);
         return;
     }
+    /* The agent running it hears at once (its held exchange is answered). */
+    char agent[ID_STR_LEN] = "", node[128] = "";
+    if (r > 0 && !PQgetisnull(res, 0, 2)) {
+        snprintf(agent, sizeof(agent), "%s", PQgetvalue(res, 0, 2));
+        snprintf(node, sizeof(node), "%s", PQgetvalue(res, 0, 3));
+    }
     PQclear(res);
     if (r > 0)
         r = app_audit(tx, req, NULL, "job.cancel", "job", id, NULL);
@@ -539,6 +549,8 @@ void api_jobs_cancel(struct http_req *req)
         PQclear(res);
         return;
     }
+    if (agent[0])
+        gateway_notify(((struct app *)http_req_app(req))->gw, agent, node[0] ? node : NULL);
     api_reply_pg_json(req, 202, res);
 }
 

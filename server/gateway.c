@@ -28,6 +28,7 @@ struct waiter {
     char tenant_id[ID_STR_LEN];
     struct http_deferred *d;
     json_t *base; /* a sync's answer so far (owned), or NULL for a plain long-poll */
+    bool assign;  /* waits for assignments too, not only cancels */
     struct event *timer;
     struct gateway *gw;
 };
@@ -58,17 +59,23 @@ struct gateway {
 static const struct store_stmt q_deliver = STORE_STMT(
     "gw_deliver",
     "WITH d AS (UPDATE jobs SET delivered_at = now() WHERE agent_id = $1 AND status = 'assigned'"
-    "           AND (delivered_at IS NULL OR $3::bool) RETURNING id)"
-    " SELECT json_build_object('assignments', coalesce(json_agg(v.doc), '[]'), 'lease_s', $2::int),"
-    "        count(*) FROM assignment_view v JOIN d USING (id)",
-    3);
+    "           AND $4::bool AND (delivered_at IS NULL OR $3::bool) RETURNING id),"
+    " c AS (UPDATE jobs SET cancel_sent = true WHERE agent_id = $1 AND cancel_requested"
+    "         AND NOT cancel_sent AND status IN ('assigned', 'running') RETURNING id, epoch),"
+    " a AS (SELECT v.doc FROM assignment_view v JOIN d USING (id))"
+    " SELECT json_build_object("
+    "   'assignments', coalesce((SELECT json_agg(doc) FROM a), '[]'), 'lease_s', $2::int,"
+    "   'cancel', coalesce((SELECT json_agg(json_build_object('job_id', id, 'epoch', epoch))"
+    "                         FROM c), '[]')),"
+    "  (SELECT count(*) FROM a) + (SELECT count(*) FROM c)",
+    4);
 
-int gateway_claim(struct app *app, struct store_tx *tx, const char *agent_id, bool again,
-                  char **ret)
+int gateway_claim(struct app *app, struct store_tx *tx, const char *agent_id, bool assign,
+                  bool again, char **ret)
 {
     char lease[24];
     snprintf(lease, sizeof(lease), "%lld", (long long)(app->cfg->agent_lease_ms / 1000));
-    const char *p[] = {agent_id, lease, again ? "true" : "false"};
+    const char *p[] = {agent_id, lease, again ? "true" : "false", assign ? "true" : "false"};
     PGresult *res = NULL;
     *ret = NULL;
     int r = store_tx_exec(tx, &q_deliver, p, &res);
@@ -81,14 +88,15 @@ int gateway_claim(struct app *app, struct store_tx *tx, const char *agent_id, bo
 }
 
 /* gateway_claim() in a transaction of its own. */
-static int deliver(struct app *app, const char *tenant, const char *agent, char **ret)
+static int deliver(struct app *app, const char *tenant, const char *agent, bool assign,
+                   char **ret)
 {
     struct store_tx *tx = NULL;
     *ret = NULL;
     int r = store_tx_begin_tenant(app->store, tenant, &tx);
     if (r < 0)
         return r;
-    r = gateway_claim(app, tx, agent, false, ret);
+    r = gateway_claim(app, tx, agent, assign, false, ret);
     int c = store_tx_commit(tx);
     if (r >= 0 && c < 0) {
         FREE_AND_NULL(*ret); /* not claimed after all */
@@ -169,7 +177,7 @@ static void on_wake(void *arg)
     if (!w)
         return;
     char *body = NULL;
-    if (deliver(gw->app, w->tenant_id, w->agent_id, &body) < 0 || !body)
+    if (deliver(gw->app, w->tenant_id, w->agent_id, w->assign, &body) < 0 || !body)
         return; /* keep waiting; the checker or the timeout answers */
     pthread_mutex_lock(&gw->lock);
     unregister_locked(gw, w);
@@ -184,6 +192,21 @@ void gateway_kick_dispatch(struct gateway *gw)
 {
     if (gw)
         atomic_store(&gw->kick, true);
+}
+
+void gateway_notify(struct gateway *gw, const char *agent_id, const char *node)
+{
+    if (!gw)
+        return;
+    struct app *app = gw->app;
+    if (!node || !node[0] || strcmp(node, app->cfg->node_name) == 0) {
+        gateway_wake(gw, agent_id);
+        return;
+    }
+    char queue[128], msg[96];
+    snprintf(queue, sizeof(queue), "orch.gw.%s", node);
+    snprintf(msg, sizeof(msg), "{\"agent_id\":\"%s\"}", agent_id);
+    bus_publish(app->bus, queue, msg, strlen(msg), 2000);
 }
 
 void gateway_wake(struct gateway *gw, const char *agent_id)
@@ -218,15 +241,16 @@ void gateway_poll(struct http_req *req)
         }
     }
     char *body = NULL;
-    int r = deliver(app, p->tenant_id, p->subject, &body);
+    int r = deliver(app, p->tenant_id, p->subject, true, &body);
     if (r < 0) {
         http_reply_error(req, r, "looking for assignments");
         return;
     }
-    gateway_answer(req, NULL, body, wait);
+    gateway_answer(req, NULL, body, true, wait);
 }
 
-void gateway_answer(struct http_req *req, json_t *base, char *assigned, long wait_s)
+void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool assign,
+                    long wait_s)
 {
     struct app *app = http_req_app(req);
     struct gateway *gw = app->gw;
@@ -251,6 +275,7 @@ void gateway_answer(struct http_req *req, json_t *base, char *assigned, long wai
     snprintf(w->tenant_id, sizeof(w->tenant_id), "%s", p->tenant_id);
     w->gw = gw;
     w->base = base;
+    w->assign = assign;
     w->d = http_req_defer(req);
     if (!w->d) {
         json_decref(w->base);
@@ -461,14 +486,7 @@ static void *dispatch_main(void *arg)
                 const char *node = PQgetvalue(res, i, 4);
                 log_info("op=dispatch job=%s tenant=%s agent=%s epoch=%s", PQgetvalue(res, i, 0),
                          PQgetvalue(res, i, 1), agent, PQgetvalue(res, i, 3));
-                if (PQgetisnull(res, i, 4) || strcmp(node, app->cfg->node_name) == 0) {
-                    gateway_wake(gw, agent);
-                } else {
-                    char queue[128], msg[96];
-                    snprintf(queue, sizeof(queue), "orch.gw.%s", node);
-                    snprintf(msg, sizeof(msg), "{\"agent_id\":\"%s\"}", agent);
-                    bus_publish(app->bus, queue, msg, strlen(msg), 2000);
-                }
+                gateway_notify(gw, agent, PQgetisnull(res, i, 4) ? NULL : node);
             }
             PQclear(res);
             if (n < 100)

@@ -30,8 +30,11 @@ int gateway_start(struct app *app, struct gateway **ret);
 /* Answer every waiting long-poll (empty), stop the threads, free. Call before
  * http_server_stop(). Accepts NULL. */
 void gateway_stop(struct gateway *gw);
-/* Tell the gateway that agent_id may have an assignment. Thread-safe. */
+/* Tell the gateway that agent_id may have an assignment (or a cancel). Thread-safe. */
 void gateway_wake(struct gateway *gw, const char *agent_id);
+/* The same for an agent whose connection node (agents.gateway_node) holds: this node
+ * directly, another through its queue orch.gw.<node>; NULL = this node. Thread-safe. */
+void gateway_notify(struct gateway *gw, const char *agent_id, const char *node);
 
 /* A slot came free or an agent came online: run a dispatch round soon, without waiting for
  * the next tick. Thread-safe, cheap. */
@@ -40,18 +43,21 @@ void gateway_kick_dispatch(struct gateway *gw);
 /* The long-poll handler (GET /api/v1/agent/assignments). */
 void gateway_poll(struct http_req *req);
 
-/* Claim agent_id's undelivered assignments in tx (they count as delivered once tx
- * commits); again: also those delivered before but not yet reported started (the agent
- * lost an answer). *ret gets the answer text {"assignments": [...], "lease_s": N} when
- * there are any, else NULL. Returns 0 or a store error. */
-int gateway_claim(struct app *app, struct store_tx *tx, const char *agent_id, bool again,
-                  char **ret);
+/* Claim agent_id's undelivered cancels and (when assign) assignments in tx (they count as
+ * delivered once tx commits); again: also assignments delivered before but not yet
+ * reported started (the agent lost an answer). *ret gets the answer text {"assignments": [...], "lease_s":
+ * N, "cancel": [{job_id, epoch}]} when there is anything, else NULL. Returns 0 or a store
+ * error. */
+int gateway_claim(struct app *app, struct store_tx *tx, const char *agent_id, bool assign,
+                  bool again, char **ret);
 
 /* Answer an agent's request with base (stolen; NULL = a plain long-poll's answer) plus
- * the assignments claimed (text from gateway_claim(), stolen, or NULL). With none claimed
- * and wait_s > 0, hold the request until one is made for this agent (then claim and
- * answer) or wait_s seconds pass (then answer with an empty list). */
-void gateway_answer(struct http_req *req, json_t *base, char *assigned, long wait_s);
+ * what was claimed (text from gateway_claim(), stolen, or NULL). With nothing claimed and
+ * wait_s > 0, hold the request until there is something for this agent (an assignment,
+ * when assign, or a cancel: then claim and answer) or wait_s seconds pass (then answer
+ * with empty lists). */
+void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool assign,
+                    long wait_s);
 
 /* Remember a heartbeat (for the batched write). running: JSON array of {job_id, epoch},
  * borrowed. Returns true when this is the agent's first heartbeat on this node (the caller

@@ -134,3 +134,7 @@ SELECT a.id, a.tenant_id, json_build_object(
     'credential_revoked', a.credential_revoked_at IS NOT NULL,
     'created_at', a.created_at, 'updated_at', a.updated_at) AS doc
   FROM agents a;
+
+-- A cancel is handed to the agent with its next exchange (or answers the one it holds):
+-- once, marked here; the heartbeat's answer keeps listing it until the job ends.
+ALTER TABLE jobs ADD COLUMN cancel_sent boolean NOT NULL DEFAULT false;

@@ -547,3 +547,69 @@ Test(dispatch, a_package_job_prefers_the_agent_that_caches_it)
     free(a);
     free(pkg);
 }
+
+struct held_body {
+    const char *cred;
+    const char *body;
+    json_t *ans;
+};
+
+static void *held_sync_body(void *arg)
+{
+    struct held_body *h = arg;
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/agent/sync", h->cred, h->body, NULL, &r);
+    h->ans = r.status == 200 ? json_incref(r.json) : NULL;
+    th_resp_free(&r);
+    return NULL;
+}
+
+/* A cancel through the API answers the exchange the agent holds, even one that asks for no
+ * assignment (every slot busy), without waiting for a heartbeat; it is handed out once. */
+Test(dispatch, a_cancel_answers_the_held_exchange)
+{
+    char *a = enrol("canceller", "{\"pool\":\"cancel\"}");
+    json_t *ans = sync_ex(a, "{\"heartbeat\":{\"slots\":1}}", 200);
+    json_decref(ans);
+    char *id = submit("{\"command\":\"sleep 100\",\"requirements\":{\"pool\":\"cancel\"}}");
+    ans = sync_ex(a, "{\"assign\":true,\"wait\":20}", 200);
+    json_t *as = json_array_get(json_object_get(ans, "assignments"), 0);
+    cr_assert_not_null(as, "%s", json_dumps(ans, 0));
+    long long epoch = json_integer_value(json_object_get(as, "epoch"));
+    json_decref(ans);
+    char body[256];
+    snprintf(body, sizeof(body),
+             "{\"reports\":[{\"kind\":\"started\",\"job_id\":\"%s\",\"epoch\":%lld}]}", id, epoch);
+    ans = sync_ex(a, body, 200);
+    cr_assert_eq(code_at(ans, 0), 200);
+    json_decref(ans);
+
+    struct held_body h = {.cred = a, .body = "{\"assign\":false,\"wait\":30}"};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, held_sync_body, &h), 0);
+    char path[128];
+    snprintf(path, sizeof(path), "/api/v1/jobs/%s/cancel", id);
+    struct th_resp r;
+    th_http(&srv, "POST", path, admin, NULL, NULL, &r);
+    cr_assert_eq(r.status, 202, "%s", r.body);
+    th_resp_free(&r);
+    pthread_join(th, NULL);
+    cr_assert_not_null(h.ans);
+    json_t *c = json_array_get(json_object_get(h.ans, "cancel"), 0);
+    cr_assert_not_null(c, "no cancel in %s", json_dumps(h.ans, 0));
+    cr_assert_str_eq(json_string_value(json_object_get(c, "job_id")), id);
+    cr_assert_eq(json_integer_value(json_object_get(c, "epoch")), epoch);
+    cr_assert_eq(json_array_size(json_object_get(h.ans, "assignments")), 0);
+    json_decref(h.ans);
+    /* Once: the next exchange does not list it again (the heartbeat still does). */
+    ans = sync_ex(a, "{\"assign\":false}", 200);
+    cr_assert_eq(json_array_size(json_object_get(ans, "cancel")), 0, "%s", json_dumps(ans, 0));
+    json_decref(ans);
+    snprintf(body, sizeof(body),
+             "{\"heartbeat\":{\"running\":[{\"job_id\":\"%s\",\"epoch\":%lld}]}}", id, epoch);
+    ans = sync_ex(a, body, 200);
+    cr_assert_eq(json_array_size(json_object_get(json_object_get(ans, "heartbeat"), "cancel")), 1);
+    json_decref(ans);
+    free(id);
+    free(a);
+}
