@@ -419,7 +419,7 @@ static char **daemon_job_env(const struct slot *s, const json_t *a, const char *
 {
     const json_t *env = json_object_get(a, "env");
     size_t n = json_is_object(env) ? json_object_size(env) : 0;
-    char **v = calloc(n + 7, sizeof(*v));
+    char **v = calloc(n + 8, sizeof(*v));
     if (!v)
         return NULL;
     size_t i = 0;
@@ -449,7 +449,8 @@ static char **daemon_job_env(const struct slot *s, const json_t *a, const char *
         (!has_lang && asprintf(&v[i++], "LANG=%s", lang && lang[0] ? lang : "C.UTF-8") < 0) ||
         asprintf(&v[i++], "ORCH_JOB_ID=%s", s->job_id) < 0 ||
         asprintf(&v[i++], "ORCH_JOB_EPOCH=%" PRId64, s->epoch) < 0 ||
-        asprintf(&v[i++], "ORCH_JOB_PARAMS=%s", params) < 0) {
+        asprintf(&v[i++], "ORCH_JOB_PARAMS=%s", params) < 0 ||
+        asprintf(&v[i++], "ORCH_JOB_RESULT=%s.result.json", workdir) < 0) {
         v[--i] = NULL; /* asprintf leaves the pointer undefined on failure */
         goto fail;
     }
@@ -609,8 +610,41 @@ static void link_fetch(struct daemon *d, struct transport *t)
     pthread_mutex_unlock(&d->lock);
 }
 
-/* Run the job of slot s; fills *exit_code and *flags. */
-static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, uint32_t *flags)
+/* The JSON a job left in $ORCH_JOB_RESULT, if any (malloc'd text; NULL when none). A file
+ * over SPOOL_RESULT_MAX bytes or that is not JSON is reported on the job's stderr and
+ * ignored. The file is removed. */
+static char *daemon_job_result(struct slot *s, const char *path)
+{
+    _cleanup_fclose_ FILE *f = fopen(path, "re");
+    if (!f)
+        return NULL;
+    char *text = malloc(SPOOL_RESULT_MAX + 2);
+    size_t n = text ? fread(text, 1, SPOOL_RESULT_MAX + 1, f) : 0;
+    unlink(path);
+    if (!text)
+        return NULL;
+    json_t *doc = NULL;
+    struct jsonv_error e;
+    if (n > SPOOL_RESULT_MAX) {
+        daemon_job_note(s, "orch-agent: the result in $ORCH_JOB_RESULT is over %d bytes: ignored",
+                        SPOOL_RESULT_MAX);
+    } else if (n > 0 && jsonv_parse(text, n, JSONV_MAX_DEPTH_DEFAULT, &doc, &e) < 0) {
+        daemon_job_note(s, "orch-agent: the result in $ORCH_JOB_RESULT is not JSON (%s): ignored",
+                        e.detail);
+    } else if (doc) {
+        char *compact = json_dumps(doc, JSON_COMPACT | JSON_ENCODE_ANY);
+        json_decref(doc);
+        free(text);
+        return compact;
+    }
+    free(text);
+    return NULL;
+}
+
+/* Run the job of slot s; fills *exit_code and *flags, and *result with the JSON it left
+ * (malloc'd) or NULL. */
+static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, uint32_t *flags,
+                            char **result)
 {
     const json_t *a = s->assignment;
     char workdir[PATH_MAX];
@@ -683,7 +717,10 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
              "cancelled=%d duration_ms=%" PRId64,
              s->job_id, s->epoch, er.exit_code, er.term_signal, er.timed_out, er.cancelled,
              er.duration_ms);
-out:
+out:;
+    char result_path[PATH_MAX + 16];
+    snprintf(result_path, sizeof(result_path), "%s.result.json", workdir);
+    *result = daemon_job_result(s, result_path);
     strv_free(env);
     rm_rf(workdir);
 }
@@ -694,12 +731,13 @@ static void *daemon_job_main(void *arg)
     struct daemon *d = s->d;
     int exit_code = -1;
     uint32_t flags = 0;
+    _cleanup_free_ char *result = NULL;
     if (s->bad)
         flags |= RES_BAD_ASSIGNMENT;
     else
-        daemon_job_exec(d, s, &exit_code, &flags);
+        daemon_job_exec(d, s, &exit_code, &flags, &result);
 
-    struct spool_result res = {.exit_code = exit_code, .flags = flags, .json = NULL};
+    struct spool_result res = {.exit_code = exit_code, .flags = flags, .json = result};
     int r = spool_finish(d->spool, s->job_id, s->epoch, &res);
     if (r < 0 && r != -ENOENT)
         log_error("op=spool-finish job=%s epoch=%" PRId64 " error=%s", s->job_id, s->epoch,

@@ -164,6 +164,32 @@ Test(e2e, jobs_land_on_matching_agents_and_report_output_and_results)
     }
 }
 
+/* A job returns JSON by writing it to $ORCH_JOB_RESULT; anything else there is reported
+ * on its stderr and ignored. */
+Test(e2e, a_job_returns_result_json)
+{
+    char *ok = submit("{\"command\":\"printf '{\\\"ok\\\": true, \\\"n\\\": 3}' >\\\"$ORCH_JOB_RESULT\\\"\","
+                      "\"requirements\":{\"pool\":\"red\"}}");
+    char *bad = submit("{\"command\":\"echo nope >\\\"$ORCH_JOB_RESULT\\\"\","
+                       "\"requirements\":{\"pool\":\"red\"}}");
+    json_t *j = wait_final(ok, 60);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "succeeded", "%s",
+                     json_dumps(j, 0));
+    json_t *res = json_object_get(j, "result");
+    cr_assert(json_is_true(json_object_get(res, "ok")), "%s", json_dumps(j, 0));
+    cr_assert_eq(json_integer_value(json_object_get(res, "n")), 3);
+    json_decref(j);
+    j = wait_final(bad, 60);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "succeeded");
+    cr_assert(json_is_null(json_object_get(j, "result")), "%s", json_dumps(j, 0));
+    json_decref(j);
+    char *err = logs(bad, "stderr");
+    cr_assert(strstr(err, "is not JSON"), "%s", err);
+    free(err);
+    free(ok);
+    free(bad);
+}
+
 /* Each agent talks to orchd over one connection: idle (a held long-poll), and while a job
  * streams output and ends (reports, results and the next poll share it). */
 Test(e2e, each_agent_keeps_one_connection)
