@@ -129,6 +129,10 @@ struct daemon {
     struct slot *slots;
     struct cache *cache;
     struct fetch *fetches; /* waiting for the link thread */
+    /* Assignments that came while their slot's worker was still finishing (its result
+     * already reported, so the server counted the slot free): started by the link thread
+     * as soon as the slot is. Only the link thread touches it. */
+    json_t *pending;
 };
 
 /* --- small helpers ------------------------------------------------------------------ */
@@ -841,8 +845,23 @@ static void daemon_take(struct daemon *d, json_t *a)
     }
     if (!s) {
         pthread_mutex_unlock(&d->lock);
-        log_warn("op=assignment job=%s epoch=%" PRId64 " action=ignored reason=no-free-slot",
-                 job_id, epoch);
+        bool queued = false, seen = false;
+        size_t i;
+        json_t *p;
+        json_array_foreach(d->pending, i, p)
+        {
+            seen = seen || (strcasecmp(json_string_value(json_object_get(p, "job_id")),
+                                       job_id) == 0 &&
+                            json_integer_value(json_object_get(p, "epoch")) == epoch);
+        }
+        if (!seen && json_array_size(d->pending) < d->nslots)
+            queued = json_array_append(d->pending, a) == 0;
+        if (queued || seen)
+            log_info("op=assignment job=%s epoch=%" PRId64 " action=queued reason=slot-finishing",
+                     job_id, epoch);
+        else
+            log_warn("op=assignment job=%s epoch=%" PRId64 " action=ignored reason=no-free-slot",
+                     job_id, epoch);
         return;
     }
     if (s->state == SLOT_DONE)
@@ -1221,11 +1240,28 @@ enum link_next {
 };
 
 /* One exchange with the server. */
+/* Start the queued assignments whose slots have come free. */
+static void link_start_pending(struct daemon *d)
+{
+    while (json_array_size(d->pending) > 0) {
+        pthread_mutex_lock(&d->lock);
+        size_t free_slots = daemon_free_slots(d);
+        pthread_mutex_unlock(&d->lock);
+        if (free_slots == 0)
+            return;
+        json_t *a = json_incref(json_array_get(d->pending, 0));
+        json_array_remove(d->pending, 0);
+        daemon_take(d, a);
+        json_decref(a);
+    }
+}
+
 static enum link_next link_exchange(struct link *l)
 {
     struct daemon *d = l->d;
     daemon_transport_sync(d, l->t, &l->gen);
     link_fetch(d, l->t);
+    link_start_pending(d);
     pthread_mutex_lock(&d->lock);
     bool stop = d->sender_stop, stopping = d->stopping;
     bool hb_due = d->hb_kick || mono_ms() >= l->next_hb_ms;
@@ -1235,6 +1271,8 @@ static enum link_next link_exchange(struct link *l)
     bool running = daemon_jobs_running(d);
     size_t free_slots = daemon_free_slots(d);
     pthread_mutex_unlock(&d->lock);
+    size_t queued = json_array_size(d->pending);
+    free_slots = free_slots > queued ? free_slots - queued : 0;
     if (stop)
         return LINK_DONE;
 
@@ -1425,6 +1463,7 @@ static void daemon_free(struct daemon *d)
         return;
     spool_close(d->spool);
     cache_close(d->cache);
+    json_decref(d->pending);
     for (size_t i = 0; d->slots && i < d->nslots; i++)
         json_decref(d->slots[i].assignment);
     free(d->slots);
@@ -1550,6 +1589,7 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
     d->net = -1;
     d->heartbeat_s = HEARTBEAT_DEFAULT_S;
     d->rotate_before_s = ROTATE_BEFORE_S;
+    d->pending = json_array();
     const char *rb = getenv("ORCH_AGENT_ROTATE_BEFORE_S");
     if (rb && *rb) {
         char *end = NULL;

@@ -180,6 +180,7 @@ static int job_insert(struct store_tx *tx, const json_t *job, char id_out[ID_STR
         const char *p[] = {queue};
         r = store_tx_exec(tx, &q_queue_by_name, p, &res);
         if (r == 0) {
+            PQclear(res);
             snprintf(field, flen, "%squeue", prefix);
             snprintf(detail, dlen, "no queue of this name");
             json_decref(reqs);

@@ -14,6 +14,7 @@
 #include "common/relpath.h"
 #include "server/api.h"
 #include "server/app.h"
+#include "server/blobcache.h"
 
 static const struct store_stmt q_pkg_doc =
     STORE_STMT("pkg_doc", "SELECT doc FROM package_view WHERE id = $1", 1);
@@ -63,13 +64,15 @@ static const struct store_stmt q_blob_gc =
                "   AND NOT EXISTS (SELECT 1 FROM packages WHERE sha256 = decode($1, 'hex'))",
                1);
 
-/* Binary result: data is the raw bytes. */
-static const struct store_stmt q_pkg_content =
-    STORE_STMT("pkg_content",
-               "SELECT b.data, encode(p.sha256, 'hex'), p.name || '-' || p.version"
-               "  FROM packages p JOIN package_blobs b ON b.sha256 = p.sha256"
-               "   AND b.tenant_id = p.tenant_id WHERE p.id = $1",
+/* What the content routes need before the bytes: RLS decides whether the tenant has it. */
+static const struct store_stmt q_pkg_meta =
+    STORE_STMT("pkg_meta",
+               "SELECT encode(sha256, 'hex'), name || '-' || version FROM packages WHERE id = $1",
                1);
+
+/* Binary result: data is the raw bytes. */
+static const struct store_stmt q_pkg_blob =
+    STORE_STMT("pkg_blob", "SELECT data FROM package_blobs WHERE sha256 = decode($1, 'hex')", 1);
 
 static bool valid_name(const char *s)
 {
@@ -211,45 +214,69 @@ void api_packages_get(struct http_req *req)
     api_get_doc(req, &q_pkg_doc, http_req_principal(req)->tenant_id, "package");
 }
 
+static void unref_blob(void *arg)
+{
+    blob_unref(arg);
+}
+
 /* The bytes, to a tenant (GET /packages/{id}/content) or to one of its agents
- * (GET /agent/packages/{id}/content): the principal's tenant decides what is visible. */
+ * (GET /agent/packages/{id}/content): the principal's tenant decides what is visible. The
+ * archive comes from the node's memory when an agent fetched it lately (the same package
+ * to many agents is read from PostgreSQL once) and is sent without a copy. */
 void api_packages_content(struct http_req *req)
 {
     const char *id = api_path_id(req, "id", "package");
     if (!id)
         return;
     struct app *app = http_req_app(req);
+    const char *tenant = http_req_principal(req)->tenant_id;
     struct store_tx *tx = NULL;
-    int r = store_tx_begin_tenant(app->store, http_req_principal(req)->tenant_id, &tx);
+    int r = store_tx_begin_tenant(app->store, tenant, &tx);
     if (r < 0) {
         http_reply_error(req, r, "reading the package");
         return;
     }
     const char *p[] = {id};
     PGresult *res = NULL;
-    r = store_tx_exec_bin(tx, &q_pkg_content, p, NULL, NULL, true, &res);
+    r = store_tx_exec(tx, &q_pkg_meta, p, &res);
+    if (r <= 0) {
+        PQclear(res);
+        store_tx_rollback(tx);
+        if (r == 0)
+            http_reply_problem(req, PROBLEM_NOT_FOUND, "no such package", NULL);
+        else
+            http_reply_error(req, r, "reading the package");
+        return;
+    }
+    char hex[CRYPTO_SHA256_HEX_LEN], disp[256], key[128];
+    snprintf(hex, sizeof(hex), "%s", PQgetvalue(res, 0, 0));
+    snprintf(disp, sizeof(disp), "attachment; filename=\"%.200s.tar\"", PQgetvalue(res, 0, 1));
+    PQclear(res);
+    snprintf(key, sizeof(key), "%s/%s", tenant, hex);
+    struct blob *b = blobcache_get(app->blobs, key);
+    if (!b) {
+        const char *pb[] = {hex};
+        res = NULL;
+        r = store_tx_exec_bin(tx, &q_pkg_blob, pb, NULL, NULL, true, &res);
+        if (r > 0)
+            b = blobcache_put(app->blobs, key, PQgetvalue(res, 0, 0),
+                              (size_t)PQgetlength(res, 0, 0));
+        PQclear(res);
+        if (r > 0 && !b)
+            r = -ENOMEM;
+    }
     int c = store_tx_commit(tx);
-    if (r < 0 || c < 0) {
-        PQclear(res);
-        http_reply_error(req, r < 0 ? r : c, "reading the package");
+    if (r < 0 || c < 0 || !b) {
+        blob_unref(b);
+        if (r == 0)
+            http_reply_problem(req, PROBLEM_NOT_FOUND, "no such package", NULL);
+        else
+            http_reply_error(req, r < 0 ? r : c, "reading the package");
         return;
     }
-    if (r == 0) {
-        PQclear(res);
-        http_reply_problem(req, PROBLEM_NOT_FOUND, "no such package", NULL);
-        return;
-    }
-    /* Binary text columns are the text itself, not NUL-terminated. */
-    char hex[65], disp[256];
-    snprintf(hex, sizeof(hex), "%.*s", PQgetlength(res, 0, 1), PQgetvalue(res, 0, 1));
-    int dlen = PQgetlength(res, 0, 2);
-    snprintf(disp, sizeof(disp), "attachment; filename=\"%.*s.tar\"", dlen > 200 ? 200 : dlen,
-             PQgetvalue(res, 0, 2));
     http_reply_header(req, "X-Content-SHA256", hex);
     http_reply_header(req, "Content-Disposition", disp);
-    http_reply_bytes(req, 200, "application/octet-stream", PQgetvalue(res, 0, 0),
-                     (size_t)PQgetlength(res, 0, 0));
-    PQclear(res);
+    http_reply_ref(req, 200, "application/octet-stream", blob_data(b), blob_len(b), unref_blob, b);
 }
 
 void api_packages_delete(struct http_req *req)
@@ -267,6 +294,7 @@ void api_packages_delete(struct http_req *req)
     PGresult *res = NULL;
     r = store_tx_exec(tx, &q_pkg_lock, p, &res);
     if (r == 0) {
+        PQclear(res);
         store_tx_rollback(tx);
         http_reply_problem(req, PROBLEM_NOT_FOUND, "no such package", NULL);
         return;

@@ -1,6 +1,8 @@
 /* app.c: the application context and the API's authentication and admission hooks. */
 #include "server/app.h"
 
+#include "server/blobcache.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,7 +44,8 @@ int app_open(struct app *app, const struct orchd_config *cfg, char *err, size_t 
         return r;
     }
     app->rl = ratelimit_new();
-    if (!app->rl || bus_new(cfg->amqp_url, &app->bus) < 0) {
+    if (!app->rl || bus_new(cfg->amqp_url, &app->bus) < 0 ||
+        blobcache_new((size_t)cfg->packages_cache_bytes, &app->blobs) < 0) {
         app_close(app);
         return -ENOMEM;
     }
@@ -55,6 +58,8 @@ void app_close(struct app *app)
     jwt_ring_free(app->ring);
     ratelimit_free(app->rl);
     bus_free(app->bus);
+    blobcache_free(app->blobs);
+    app->blobs = NULL;
     app->bus = NULL;
     app->store = NULL;
     app->ring = NULL;

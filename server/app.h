@@ -21,6 +21,7 @@ struct app {
     struct ratelimit *rl; /* owned */
     struct bus *bus;      /* owned: RabbitMQ, connected on first use */
     struct gateway *gw;   /* owned: long-polls, dispatcher, reaper (orchd serve only) */
+    struct blobcache *blobs; /* owned: package archives in memory */
     const char *node;     /* this node's name, for logs and audit */
 };
 

@@ -32,6 +32,7 @@ struct orchd_config {
     char *http_key_file;  /* http.key_file */
     int64_t http_max_header_bytes;
     int64_t http_max_body_bytes;
+    int64_t packages_cache_bytes; /* packages.cache_bytes */
     int64_t http_timeout_ms;
 
     char *auth_key_dir;        /* auth.key_dir: ES256 signing keys, <kid>.pem, mode 0600 */

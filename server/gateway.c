@@ -49,6 +49,7 @@ struct gateway {
     char **seen; /* agents that heartbeated on this node since start */
     int nseen;
     atomic_bool stop;
+    int answering; /* waiters gateway_stop() has posted an answer for, not yet answered */
     atomic_bool kick; /* a round is wanted now */
     pthread_t t_dispatch, t_reaper, t_checker, t_wakeups;
     bool started;
@@ -119,16 +120,20 @@ static json_t *answer_doc(json_t *base, const char *assigned)
     return base;
 }
 
-/* Remove w from the registry (locked by the caller). */
-static void unregister_locked(struct gateway *gw, struct waiter *w)
+/* Remove w from the registry (locked by the caller). Whoever removes a waiter owns it: it
+ * alone answers and frees it, on the waiter's loop thread. Returns false when w was not
+ * registered (another owns it). */
+static bool unregister_locked(struct gateway *gw, struct waiter *w)
 {
-    for (int i = 0; i < gw->nwaiters; i++) {
+    bool found = false;
+    for (int i = 0; i < gw->nwaiters && !found; i++) {
         if (gw->waiters[i] == w) {
             gw->waiters[i] = gw->waiters[--gw->nwaiters];
-            break;
+            found = true;
         }
     }
     pthread_cond_broadcast(&gw->changed);
+    return found;
 }
 
 /* Answer and free w. On w's loop thread, with w already unregistered. */
@@ -150,43 +155,113 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
     struct waiter *w = arg;
     struct gateway *gw = w->gw;
     pthread_mutex_lock(&gw->lock);
-    unregister_locked(gw, w);
+    bool mine = unregister_locked(gw, w);
     pthread_mutex_unlock(&gw->lock);
-    finish(w, NULL);
+    if (mine)
+        finish(w, NULL); /* else its owner has posted its answer to this loop */
 }
 
-/* Posted to the loop of a waiting agent: look again. arg: malloc'd agent id. */
+/* What gateway_wake() posts to the loop of a waiting agent. */
+struct wake {
+    char agent_id[ID_STR_LEN];
+    struct event_base *base;
+};
+
+/* The running gateway, for callbacks posted to the loops: they enter it (or find none,
+ * once gateway_stop() has begun) and leave it, and gateway_stop() frees it only after the
+ * last one has left. */
+static pthread_mutex_t self_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t self_left = PTHREAD_COND_INITIALIZER;
+static struct gateway *gateway_self;
+static int self_users;
+
+static struct gateway *self_enter(void)
+{
+    pthread_mutex_lock(&self_lock);
+    struct gateway *gw = gateway_self;
+    if (gw)
+        self_users++;
+    pthread_mutex_unlock(&self_lock);
+    return gw;
+}
+
+static void self_leave(struct gateway *gw)
+{
+    (void)gw;
+    pthread_mutex_lock(&self_lock);
+    self_users--;
+    pthread_cond_broadcast(&self_left);
+    pthread_mutex_unlock(&self_lock);
+}
+
+static void on_wake_with(struct gateway *gw, struct wake *wk);
+
+/* On the loop of base: look again for the agent's waiter of this loop. It is taken out of
+ * the registry while the database is asked (so that nobody else answers or frees it
+ * meanwhile), and put back when there is nothing for it, unless a newer request of the
+ * agent has come, which then holds on instead. */
 static void on_wake(void *arg)
 {
-    char *agent = arg;
-    struct gateway *gw = NULL;
-    struct waiter *w = NULL;
-    /* The registry is global; find the waiter again (it may have gone since the post). */
-    extern struct gateway *gateway_self;
-    gw = gateway_self;
+    struct wake *wk = arg;
+    struct gateway *gw = self_enter();
     if (!gw) {
-        free(agent);
+        free(wk);
         return;
     }
+    on_wake_with(gw, wk);
+    self_leave(gw);
+}
+
+static void on_wake_with(struct gateway *gw, struct wake *wk)
+{
+    struct waiter *w = NULL;
     pthread_mutex_lock(&gw->lock);
-    for (int i = 0; i < gw->nwaiters; i++)
-        if (strcmp(gw->waiters[i]->agent_id, agent) == 0)
+    for (int i = 0; i < gw->nwaiters && !w; i++)
+        if (strcmp(gw->waiters[i]->agent_id, wk->agent_id) == 0 &&
+            http_deferred_base(gw->waiters[i]->d) == wk->base)
             w = gw->waiters[i];
+    if (w)
+        unregister_locked(gw, w);
     pthread_mutex_unlock(&gw->lock);
-    free(agent);
+    free(wk);
     if (!w)
         return;
     char *body = NULL;
-    if (deliver(gw->app, w->tenant_id, w->agent_id, w->assign, &body) < 0 || !body)
-        return; /* keep waiting; the checker or the timeout answers */
+    if (deliver(gw->app, w->tenant_id, w->agent_id, w->assign, &body) == 0 && body) {
+        finish(w, body);
+        free(body);
+        return;
+    }
+    /* Nothing yet: wait on (the checker or the timeout answers), unless superseded. */
     pthread_mutex_lock(&gw->lock);
-    unregister_locked(gw, w);
+    bool newer = atomic_load(&gw->stop) || gw->nwaiters >= GW_MAX_WAITERS;
+    for (int i = 0; i < gw->nwaiters && !newer; i++)
+        newer = strcmp(gw->waiters[i]->agent_id, w->agent_id) == 0;
+    if (!newer)
+        gw->waiters[gw->nwaiters++] = w;
     pthread_mutex_unlock(&gw->lock);
-    finish(w, body);
-    free(body);
+    if (newer)
+        finish(w, NULL);
 }
 
-struct gateway *gateway_self;
+static void answer_now(void *arg)
+{
+    struct waiter *w = arg;
+    finish(w, NULL);
+}
+
+
+/* Post on_wake for w to w's loop. gw->lock held (w is registered). */
+static void post_wake(struct waiter *w)
+{
+    struct wake *wk = malloc(sizeof(*wk));
+    if (!wk)
+        return; /* the checker looks again within a second */
+    memcpy(wk->agent_id, w->agent_id, sizeof(wk->agent_id));
+    wk->base = http_deferred_base(w->d);
+    if (http_loop_post(wk->base, on_wake, wk) < 0)
+        free(wk);
+}
 
 void gateway_kick_dispatch(struct gateway *gw)
 {
@@ -217,9 +292,7 @@ void gateway_wake(struct gateway *gw, const char *agent_id)
     for (int i = 0; i < gw->nwaiters; i++) {
         struct waiter *w = gw->waiters[i];
         if (strcmp(w->agent_id, agent_id) == 0) {
-            char *copy = strdup(agent_id);
-            if (copy && http_loop_post(http_deferred_base(w->d), on_wake, copy) < 0)
-                free(copy);
+            post_wake(w);
             break;
         }
     }
@@ -285,30 +358,28 @@ void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool ass
     }
     w->timer = evtimer_new(http_deferred_base(w->d), on_timeout, w);
     struct timeval tv = {.tv_sec = wait_s};
-    pthread_mutex_lock(&gw->lock);
-    /* An agent has one long-poll: an older one (a reconnect) gets its answer now. */
-    struct waiter *old = NULL;
-    for (int i = 0; i < gw->nwaiters; i++)
-        if (strcmp(gw->waiters[i]->agent_id, w->agent_id) == 0)
-            old = gw->waiters[i];
-    bool full = gw->nwaiters >= GW_MAX_WAITERS;
-    if (!full)
-        gw->waiters[gw->nwaiters++] = w;
-    pthread_mutex_unlock(&gw->lock);
-    if (full) {
-        finish(w, NULL);
-        return;
-    }
-    if (old) {
-        /* Its timer fires at once on its own loop and answers it. */
-        event_active(old->timer, EV_TIMEOUT, 0);
-    }
     evtimer_add(w->timer, &tv);
-    /* An assignment made between the first look and the registration: look once more,
-     * on this loop, once the handler has returned. */
-    char *copy = strdup(w->agent_id);
-    if (copy && http_loop_post(http_deferred_base(w->d), on_wake, copy) < 0)
-        free(copy);
+    pthread_mutex_lock(&gw->lock);
+    /* An agent has one long-poll: an older one (a reconnect) is taken out and gets its
+     * answer now, on its own loop. */
+    for (int i = 0; i < gw->nwaiters; i++) {
+        struct waiter *old = gw->waiters[i];
+        if (strcmp(old->agent_id, w->agent_id) == 0 && unregister_locked(gw, old)) {
+            if (http_loop_post(http_deferred_base(old->d), answer_now, old) < 0)
+                log_error("op=gateway error=\"cannot answer a superseded long-poll\"");
+            break;
+        }
+    }
+    bool full = gw->nwaiters >= GW_MAX_WAITERS || atomic_load(&gw->stop);
+    if (!full) {
+        gw->waiters[gw->nwaiters++] = w;
+        /* An assignment made between the first look and the registration: look once
+         * more, on this loop, once the handler has returned. */
+        post_wake(w);
+    }
+    pthread_mutex_unlock(&gw->lock);
+    if (full)
+        finish(w, NULL);
 }
 
 /* --- liveness ------------------------------------------------------------------------------ */
@@ -616,7 +687,9 @@ int gateway_start(struct app *app, struct gateway **ret)
     }
     pthread_mutex_init(&gw->lock, NULL);
     pthread_cond_init(&gw->changed, NULL);
+    pthread_mutex_lock(&self_lock);
     gateway_self = gw;
+    pthread_mutex_unlock(&self_lock);
     int r = 0;
     if (app->cfg->dispatch_enabled)
         r = pthread_create(&gw->t_dispatch, NULL, dispatch_main, gw);
@@ -636,10 +709,16 @@ int gateway_start(struct app *app, struct gateway **ret)
     return 0;
 }
 
-static void answer_now(void *arg)
+/* gateway_stop()'s answer to a waiter: once all are given, no waiter's timer can fire. */
+static void answer_at_stop(void *arg)
 {
     struct waiter *w = arg;
+    struct gateway *gw = w->gw;
     finish(w, NULL);
+    pthread_mutex_lock(&gw->lock);
+    gw->answering--;
+    pthread_cond_broadcast(&gw->changed);
+    pthread_mutex_unlock(&gw->lock);
 }
 
 void gateway_stop(struct gateway *gw)
@@ -651,8 +730,8 @@ void gateway_stop(struct gateway *gw)
     atomic_store(&gw->stop, true);
     for (int i = 0; i < gw->nwaiters; i++) {
         struct waiter *w = gw->waiters[i];
-        event_del(w->timer);
-        http_loop_post(http_deferred_base(w->d), answer_now, w);
+        if (http_loop_post(http_deferred_base(w->d), answer_at_stop, w) == 0)
+            gw->answering++;
     }
     gw->nwaiters = 0;
     pthread_cond_broadcast(&gw->changed);
@@ -664,7 +743,33 @@ void gateway_stop(struct gateway *gw)
         pthread_join(gw->t_checker, NULL);
         pthread_join(gw->t_wakeups, NULL);
     }
+    /* No callback on a loop may still use gw: those posted find none now; those running
+     * are waited for, and so are the answers posted above (after them no waiter's timer
+     * can fire). */
+    pthread_mutex_lock(&self_lock);
     gateway_self = NULL;
+    while (self_users > 0)
+        pthread_cond_wait(&self_left, &self_lock);
+    pthread_mutex_unlock(&self_lock);
+    pthread_mutex_lock(&gw->lock);
+    int64_t deadline = clock_mono_ns() + 5000000000LL;
+    while (gw->answering > 0 && (int64_t)clock_mono_ns() < deadline) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&gw->changed, &gw->lock, &ts);
+    }
+    bool answered = gw->answering == 0;
+    pthread_mutex_unlock(&gw->lock);
+    if (!answered) {
+        /* A loop that does not run any more: leave gw to it rather than free it. */
+        log_error("op=gateway.stop error=\"long-polls still unanswered\"");
+        return;
+    }
     for (int i = 0; i < gw->nnotes; i++)
         json_decref(gw->notes[i].running);
     free(gw->notes);

@@ -172,6 +172,49 @@ static void send_body(struct http_req *req, int status, const char *ctype, const
     req->replied = true;
 }
 
+/* A reply body sent without a copy: released when libevent is done with it. */
+struct http_ref {
+    void (*release)(void *arg);
+    void *arg;
+};
+
+static void release_ref(const void *data, size_t len, void *arg)
+{
+    (void)data;
+    (void)len;
+    struct http_ref *ref = arg;
+    ref->release(ref->arg);
+    free(ref);
+}
+
+void http_reply_ref(struct http_req *req, int status, const char *ctype, const void *data,
+                    size_t len, void (*release)(void *arg), void *arg)
+{
+    struct http_ref *ref = malloc(sizeof(*ref));
+    if (!ref) {
+        release(arg);
+        http_reply_problem(req, PROBLEM_INTERNAL, "out of memory", NULL);
+        return;
+    }
+    *ref = (struct http_ref){.release = release, .arg = arg};
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req->ev);
+    evhttp_add_header(h, "Content-Type", ctype);
+    evhttp_add_header(h, "X-Request-Id", req->id);
+    evhttp_add_header(h, "Cache-Control", "no-store");
+    struct evbuffer *buf = evbuffer_new();
+    if (!buf || evbuffer_add_reference(buf, data, len, release_ref, ref) < 0) {
+        if (buf)
+            evbuffer_free(buf);
+        release_ref(data, len, ref);
+        http_reply_problem(req, PROBLEM_INTERNAL, "out of memory", NULL);
+        return;
+    }
+    evhttp_send_reply(req->ev, status, reason_phrase(status), buf);
+    evbuffer_free(buf);
+    req->status = status;
+    req->replied = true;
+}
+
 static void send_json(struct http_req *req, int status, const char *ctype, json_t *body)
 {
     if (!body) {
@@ -638,11 +681,27 @@ struct http_deferred {
     struct http_req req; /* a copy: the original lived on the handler's stack */
 };
 
+/* libevent 2.1 (fixed in 2.2) may read from a connection whose request awaits a deferred
+ * reply, and then exits the process ("evhttp_read_cb: illegal connection state 7"). As
+ * Bitcoin Core does, reading stops while the reply is deferred and resumes with it. */
+static void deferred_reading(struct evhttp_request *ev, bool on)
+{
+    struct evhttp_connection *conn = evhttp_request_get_connection(ev);
+    struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
+    if (!bev)
+        return;
+    if (on)
+        bufferevent_enable(bev, EV_READ | EV_WRITE);
+    else
+        bufferevent_disable(bev, EV_READ);
+}
+
 struct http_deferred *http_req_defer(struct http_req *req)
 {
     struct http_deferred *d = calloc(1, sizeof(*d));
     if (!d)
         return NULL;
+    deferred_reading(req->ev, false);
     if (req->query_parsed) {
         evhttp_clear_headers(&req->query);
         req->query_parsed = false;
@@ -676,6 +735,7 @@ static void deferred_done(struct http_deferred *d)
 
 void http_deferred_reply_json(struct http_deferred *d, int status, json_t *body)
 {
+    deferred_reading(d->req.ev, true);
     http_reply_json(&d->req, status, body);
     deferred_done(d);
 }
@@ -683,6 +743,7 @@ void http_deferred_reply_json(struct http_deferred *d, int status, json_t *body)
 void http_deferred_reply_json_text(struct http_deferred *d, int status, const char *body,
                                    size_t len)
 {
+    deferred_reading(d->req.ev, true);
     http_reply_json_text(&d->req, status, body, len);
     deferred_done(d);
 }

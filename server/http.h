@@ -159,6 +159,10 @@ void http_reply_json(struct http_req *req, int status, json_t *body);
 /* Reply with raw bytes of content type ctype. */
 void http_reply_bytes(struct http_req *req, int status, const char *ctype, const char *body,
                       size_t len);
+/* Reply with len bytes of data sent without a copy; release(arg) is called once libevent
+ * no longer needs them (also when the reply fails). */
+void http_reply_ref(struct http_req *req, int status, const char *ctype, const void *data,
+                    size_t len, void (*release)(void *arg), void *arg);
 /* Reply with body, already JSON text (for instance built by PostgreSQL), len bytes. */
 void http_reply_json_text(struct http_req *req, int status, const char *body, size_t len);
 /* Reply with an RFC 9457 problem; detail and field may be NULL. */

@@ -50,10 +50,10 @@ int store_tx_begin(struct store *store, const char *tenant_id, unsigned flags,
                    struct store_tx **ret);
 
 /* Run a registered statement with text parameters (NULL = SQL NULL). Prepares it on the
- * connection the first time. On success *ret (when ret is not NULL) holds the result,
- * which the caller frees with PQclear(); commands that return no rows leave *ret NULL
- * when ret is NULL. On failure the transaction is failed: later calls return the same
- * error and store_tx_commit() rolls back.
+ * connection the first time. On success, when ret is not NULL, *ret holds the result (also
+ * with 0 rows), which the caller frees with PQclear(). On failure *ret is untouched (start
+ * it at NULL) and the transaction is failed: later calls return the same error and
+ * store_tx_commit() rolls back.
  * Returns the number of rows affected or returned (>= 0), or a store error (see
  * store_error_from_sqlstate()). */
 int store_tx_exec(struct store_tx *tx, const struct store_stmt *stmt, const char *const *params,

@@ -18,62 +18,15 @@
 # BENCH_KEEP=1 (keep the state directory: logs, database), BENCH_AGENT_LOG_LEVEL (warn),
 # ORCH_SKIP_APT=1.
 source "$(dirname "$0")/lib.sh"
-orch_install_deps
-cd "$ORCH_ROOT"
-orch_build build-bench -Dwerror=true -Dtests=disabled -Dbuildtype=release
-[ -n "${BENCH_KEEP:-}" ] || ORCH_STATE_REMOVE=1 # BENCH_KEEP=1: keep logs and data
-orch_services_start "$(orch_state_dir "bench-jobs-$$")"
+source "$(dirname "$0")/bench-lib.sh"
 
 jobs=${BENCH_JOBS:-2000}
 nagents=${BENCH_AGENTS:-4}
 slots=${BENCH_SLOTS:-4}
-dir=$ORCH_STATE/orchd
-mkdir -p "$dir"
-./tools/gen-certs.sh "$dir/tls"
-export ORCHD_DB_URL=$ORCH_PG_APP_URL ORCHD_AMQP_URL=$ORCH_AMQP_URL
-export ORCHD_AUTH_KEY_DIR=$dir/keys ORCHD_HTTP_CERT_FILE=$dir/tls/server.pem
-export ORCHD_HTTP_KEY_FILE=$dir/tls/server.key ORCHD_HTTP_PORT=$(orch_free_port)
-export ORCHD_LOG_LEVEL=warn
-ORCHD_DB_MIGRATE_URL=$ORCH_PG_OWNER_URL ./build-bench/server/orchd migrate >/dev/null
-./build-bench/server/orchd admin gen-key >/dev/null
-optoken=$(./build-bench/server/orchd admin create-token bench 2>/dev/null)
-./build-bench/server/orchd serve 2>"$dir/orchd.log" &
-pids=($!)
-trap 'kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null; orch_services_stop' EXIT
-base=https://127.0.0.1:$ORCHD_HTTP_PORT
-ca=$dir/tls/ca.pem
-orch_wait_for 30 curl -sf --cacert "$ca" "$base/healthz" || die "orchd did not start"
-
-api() { # METHOD PATH TOKEN [BODY]
-    local out code
-    out=$(curl -s -w '\n%{http_code}' --cacert "$ca" -X "$1" "$base$2" \
-        ${3:+-H "Authorization: Bearer $3"} ${4:+-H 'Content-Type: application/json' --data-binary "$4"})
-    code=${out##*$'\n'}
-    [ "${code:0:1}" = 2 ] || die "$1 $2: HTTP $code: ${out%$'\n'*}"
-    printf '%s\n' "${out%$'\n'*}"
-}
-field() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
-op=$(api POST /api/v1/auth/token "" "{\"key\":\"$optoken\"}" | field access_token)
-tenant=$(api POST /api/v1/tenants "$op" "{\"slug\":\"bench\",\"display_name\":\"Bench\",
-  \"tier\":\"enterprise\",\"quotas\":{\"api_calls_per_day\":100000000,\"rate_per_second\":1000000,
-  \"rate_burst\":1000000,\"concurrent_jobs\":100000,\"agents\":1000}}" | field id)
-key=$(api POST "/api/v1/tenants/$tenant/api-keys" "$op" '{"name":"bench","role":"admin"}' | field key)
-token=$(api POST /api/v1/auth/token "" "{\"key\":\"$key\"}" | field access_token)
-
+bench_start bench-jobs
 say "starting $nagents agents with $slots slots each"
-for i in $(seq 1 "$nagents"); do
-    adir=$ORCH_STATE/agent-$i
-    etok=$(api POST /api/v1/enrollment-tokens "$token" '{"name":"bench"}' | field token)
-    ORCH_AGENT_STATE_DIR=$adir ./build-bench/agent/orch-agent register --server "$base" \
-        --token "$etok" --name "bench-$i" --ca-file "$ca" --slots "$slots" >/dev/null
-    ORCH_AGENT_STATE_DIR=$adir ORCH_AGENT_LOG_LEVEL=${BENCH_AGENT_LOG_LEVEL:-warn} ./build-bench/agent/orch-agent run \
-        2>"$adir.log" &
-    pids+=($!)
-done
-online() { [ "$(api GET /api/v1/agents "$token" | python3 -c 'import json,sys; print(sum(1 for a in json.load(sys.stdin)["items"] if a["status"]=="online"))')" = "$nagents" ]; }
-orch_wait_for 30 online || die "the agents did not come online"
+bench_agents "$nagents" "$slots"
 
-psql_q() { psql -X -q -A -t "postgresql://postgres@127.0.0.1:$ORCH_PG_PORT/orch" -c "$1"; }
 say "submitting $jobs no-op jobs in batches of 1000"
 start=$(date +%s.%N)
 left=$jobs
@@ -88,16 +41,10 @@ done_count() { [ "$(psql_q "SELECT count(*) FROM jobs WHERE status IN ('succeede
 orch_wait_for 600 done_count || die "not all jobs finished in 10 minutes"
 finished=$(date +%s.%N)
 
-stats() { # SQL expression in ms over the attempts
-    psql_q "SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY v)::numeric, 2) || ' ' ||
-                   round(percentile_cont(0.99) WITHIN GROUP (ORDER BY v)::numeric, 2)
-              FROM (SELECT $1 AS v FROM job_attempts a JOIN jobs j ON j.id = a.job_id) s"
-}
-ms() { echo "extract(epoch FROM ($1)) * 1000"; }
-read -r sa50 sa99 < <(stats "$(ms 'a.assigned_at - j.created_at')")
-read -r as50 as99 < <(stats "$(ms 'a.started_at - a.assigned_at')")
-read -r ad50 ad99 < <(stats "$(ms 'j.delivered_at - a.assigned_at')")
-read -r st50 st99 < <(stats "$(ms 'a.finished_at - a.started_at')")
+read -r sa50 sa99 < <(bench_stats "$(bench_ms 'a.assigned_at - j.created_at')")
+read -r as50 as99 < <(bench_stats "$(bench_ms 'a.started_at - a.assigned_at')")
+read -r ad50 ad99 < <(bench_stats "$(bench_ms 'j.delivered_at - a.assigned_at')")
+read -r st50 st99 < <(bench_stats "$(bench_ms 'a.finished_at - a.started_at')")
 read -r rn50 rn99 < <(psql_q "SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY v)::numeric, 2)
         || ' ' || round(percentile_cont(0.99) WITHIN GROUP (ORDER BY v)::numeric, 2)
    FROM (SELECT extract(epoch FROM (n.assigned_at - a.finished_at)) * 1000 AS v
@@ -105,7 +52,7 @@ read -r rn50 rn99 < <(psql_q "SELECT round(percentile_cont(0.5) WITHIN GROUP (OR
            CROSS JOIN LATERAL (SELECT min(b.assigned_at) AS assigned_at FROM job_attempts b
                                 WHERE b.agent_id = a.agent_id AND b.assigned_at >= a.finished_at) n
           WHERE n.assigned_at IS NOT NULL) s")
-read -r sd50 sd99 < <(stats "$(ms 'j.finished_at - j.created_at')")
+read -r sd50 sd99 < <(bench_stats "$(bench_ms 'j.finished_at - j.created_at')")
 ok=$(psql_q "SELECT count(*) FROM jobs WHERE status = 'succeeded'")
 rate=$(python3 -c "print(round($jobs / ($finished - $start), 1))")
 subrate=$(python3 -c "print(round($jobs / ($submitted - $start), 1))")

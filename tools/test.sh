@@ -66,15 +66,17 @@ for b in build build-asan; do
     if ! meson test -C "$b" "${suites[@]}" --print-errorlogs --num-processes 2; then
         status=1
     fi
-    # A sanitizer report fails the run even where a test runner let it through.
-    if grep -qE "ERROR: (Address|Leak)Sanitizer|runtime error:" "$b/meson-logs/testlog.txt"; then
-        grep -nE "ERROR: (Address|Leak)Sanitizer|runtime error:" "$b/meson-logs/testlog.txt" | head
-        say "sanitizer reports in $b"
+    # A sanitizer report (the tests print orchd's log when it exits badly), or a test whose
+    # teardown crashed, fails the run even where the test runner let it through.
+    bad='ERROR: (Address|Leak)Sanitizer|runtime error:|crashed during its setup or teardown'
+    if grep -qE "$bad" "$b/meson-logs/testlog.txt"; then
+        grep -nE "$bad" "$b/meson-logs/testlog.txt" | head
+        say "sanitizer reports or crashed teardowns in $b"
         status=1
     fi
     read -r p f < <(count_tests "$b")
     total_passed=$((total_passed + p))
-    total_failed=$((total_failed + f))
+    total_failed=$((total_failed + f + $(grep -cE "$bad" "$b/meson-logs/testlog.txt" || true)))
 done
 
 if [ "$fuzz_seconds" != 0 ]; then

@@ -155,6 +155,13 @@ static void stop_process(struct th_server *s)
         waitpid(s->pid, &st, 0);
         cr_assert_fail("orchd did not stop within 20 s of SIGTERM");
     }
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        /* Why: the end of its log, for whoever reads the test's output. */
+        char cmd[256];
+        snprintf(cmd, sizeof(cmd), "tail -n 40 '%s/orchd.log' >&2", s->dir);
+        if (system(cmd) != 0)
+            cr_log_warn("no orchd.log in %s", s->dir);
+    }
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "orchd exited with status %d", st);
     s->pid = 0;
 }

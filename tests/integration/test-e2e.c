@@ -152,7 +152,8 @@ Test(e2e, jobs_land_on_matching_agents_and_report_output_and_results)
         j = wait_final(blue[i], 60);
         cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "dead",
                          "exit 3 on its only attempt");
-        cr_assert_eq(json_integer_value(json_object_get(j, "exit_code")), 3);
+        cr_assert_eq(json_integer_value(json_object_get(j, "exit_code")), 3, "%s",
+                     json_dumps(j, 0));
         int who = agent_index(json_string_value(json_object_get(j, "agent_id")));
         cr_assert(who == 1 || who == 2, "a blue job ran on agent %d", who);
         json_decref(j);

@@ -1,0 +1,76 @@
+# tools/bench-lib.sh: what the job benchmarks share (sourced after tools/lib.sh):
+# a release build, private PostgreSQL and RabbitMQ, orchd over TLS, a tenant whose quotas
+# and rate limit are lifted, its admin token, and real orch-agent daemons enrolled with
+# the CLI. Everything started is stopped on exit; the state directory is removed unless
+# BENCH_KEEP=1.
+
+# bench_start NAME: build, services, orchd. Sets base, ca, token, dir; defines api, field,
+# psql_q.
+bench_start() {
+    orch_install_deps
+    cd "$ORCH_ROOT"
+    orch_build build-bench -Dwerror=true -Dtests=disabled -Dbuildtype=release
+    [ -n "${BENCH_KEEP:-}" ] || ORCH_STATE_REMOVE=1 # BENCH_KEEP=1: keep logs and data
+    orch_services_start "$(orch_state_dir "$1-$$")"
+    dir=$ORCH_STATE/orchd
+    mkdir -p "$dir"
+    ./tools/gen-certs.sh "$dir/tls"
+    export ORCHD_DB_URL=$ORCH_PG_APP_URL ORCHD_AMQP_URL=$ORCH_AMQP_URL
+    export ORCHD_AUTH_KEY_DIR=$dir/keys ORCHD_HTTP_CERT_FILE=$dir/tls/server.pem
+    export ORCHD_HTTP_KEY_FILE=$dir/tls/server.key ORCHD_HTTP_PORT=$(orch_free_port)
+    export ORCHD_LOG_LEVEL=warn
+    ORCHD_DB_MIGRATE_URL=$ORCH_PG_OWNER_URL ./build-bench/server/orchd migrate >/dev/null
+    ./build-bench/server/orchd admin gen-key >/dev/null
+    local optoken
+    optoken=$(./build-bench/server/orchd admin create-token bench 2>/dev/null)
+    ./build-bench/server/orchd serve 2>"$dir/orchd.log" &
+    bench_pids=($!)
+    trap 'kill "${bench_pids[@]}" 2>/dev/null; wait "${bench_pids[@]}" 2>/dev/null; orch_services_stop' EXIT
+    base=https://127.0.0.1:$ORCHD_HTTP_PORT
+    ca=$dir/tls/ca.pem
+    orch_wait_for 30 curl -sf --cacert "$ca" "$base/healthz" || die "orchd did not start"
+    local op tenant key
+    op=$(api POST /api/v1/auth/token "" "{\"key\":\"$optoken\"}" | field access_token)
+    tenant=$(api POST /api/v1/tenants "$op" "{\"slug\":\"bench\",\"display_name\":\"Bench\",
+      \"tier\":\"enterprise\",\"quotas\":{\"api_calls_per_day\":100000000,\"rate_per_second\":1000000,
+      \"rate_burst\":1000000,\"concurrent_jobs\":100000,\"agents\":1000}}" | field id)
+    key=$(api POST "/api/v1/tenants/$tenant/api-keys" "$op" '{"name":"bench","role":"admin"}' | field key)
+    token=$(api POST /api/v1/auth/token "" "{\"key\":\"$key\"}" | field access_token)
+}
+
+api() { # METHOD PATH TOKEN [BODY]
+    local out code
+    out=$(curl -s -w '\n%{http_code}' --cacert "$ca" -X "$1" "$base$2" \
+        ${3:+-H "Authorization: Bearer $3"} ${4:+-H 'Content-Type: application/json' --data-binary "$4"})
+    code=${out##*$'\n'}
+    [ "${code:0:1}" = 2 ] || die "$1 $2: HTTP $code: ${out%$'\n'*}"
+    printf '%s\n' "${out%$'\n'*}"
+}
+field() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
+psql_q() { psql -X -q -A -t "postgresql://postgres@127.0.0.1:$ORCH_PG_PORT/orch" -c "$1"; }
+
+# bench_agents N SLOTS: enrol and start N agents, wait until all are online.
+bench_agents() {
+    local i adir etok
+    for i in $(seq 1 "$1"); do
+        adir=$ORCH_STATE/agent-$i
+        etok=$(api POST /api/v1/enrollment-tokens "$token" '{"name":"bench"}' | field token)
+        ORCH_AGENT_STATE_DIR=$adir ./build-bench/agent/orch-agent register --server "$base" \
+            --token "$etok" --name "bench-$i" --ca-file "$ca" --slots "$2" >/dev/null
+        ORCH_AGENT_STATE_DIR=$adir ORCH_AGENT_LOG_LEVEL=${BENCH_AGENT_LOG_LEVEL:-warn} \
+            ./build-bench/agent/orch-agent run 2>"$adir.log" &
+        bench_pids+=($!)
+    done
+    online() {
+        [ "$(psql_q "SELECT count(*) FROM agents WHERE status = 'online'")" = "$1" ]
+    }
+    orch_wait_for 60 online "$1" || die "the agents did not come online"
+}
+
+# bench_stats EXPR: "p50 p99" of EXPR (milliseconds) over the attempts (a) of jobs (j).
+bench_stats() {
+    psql_q "SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY v)::numeric, 2) || ' ' ||
+                   round(percentile_cont(0.99) WITHIN GROUP (ORDER BY v)::numeric, 2)
+              FROM (SELECT $1 AS v FROM job_attempts a JOIN jobs j ON j.id = a.job_id) s"
+}
+bench_ms() { echo "extract(epoch FROM ($1)) * 1000"; }
