@@ -352,9 +352,8 @@ static struct slot *daemon_find(struct daemon *d, const char *job_id, int64_t ep
 
 /* Something to report. urgent: a `started` or a result, which does not wait for a held
  * exchange to end; output does (at most LINK_BUSY_WAIT_S). */
-static void daemon_kick_link(struct daemon *d, bool urgent)
+static void daemon_kick_link_locked(struct daemon *d, bool urgent)
 {
-    pthread_mutex_lock(&d->lock);
     d->send_pending = true;
     if (urgent) {
         d->urgent = true;
@@ -362,6 +361,12 @@ static void daemon_kick_link(struct daemon *d, bool urgent)
             transport_wakeup(d->link);
     }
     pthread_cond_signal(&d->send_wake);
+}
+
+static void daemon_kick_link(struct daemon *d, bool urgent)
+{
+    pthread_mutex_lock(&d->lock);
+    daemon_kick_link_locked(d, urgent);
     pthread_mutex_unlock(&d->lock);
 }
 
@@ -760,8 +765,10 @@ static void *daemon_job_main(void *arg)
     s->assignment = NULL;
     s->state = SLOT_DONE;
     pthread_cond_broadcast(&d->wake);
+    /* Still under the lock: once the slot is DONE, the link thread may join this thread
+     * while holding the lock, so this thread must not take it again. */
+    daemon_kick_link_locked(d, true);
     pthread_mutex_unlock(&d->lock);
-    daemon_kick_link(d, true);
     return NULL;
 }
 
