@@ -12,45 +12,13 @@
 # ORCH_SKIP_APT=1, ORCHD_HTTP_THREADS (default: one per core), BENCH_DEBUG=1 (print the
 # first non-200 answers of a short run first).
 source "$(dirname "$0")/lib.sh"
-orch_install_deps
-cd "$ORCH_ROOT"
-orch_build build-bench -Dwerror=true -Dtests=disabled -Dbuildtype=release
-ORCH_STATE_REMOVE=1
-orch_services_start "$(orch_state_dir "bench-$$")"
+source "$(dirname "$0")/bench-lib.sh"
 
 secs=${BENCH_SECONDS:-10}
 conc=${BENCH_CONCURRENCY:-"1 4 16 64"}
-dir=$ORCH_STATE/orchd
-mkdir -p "$dir"
-./tools/gen-certs.sh "$dir/tls"
-export ORCHD_DB_URL=$ORCH_PG_APP_URL ORCHD_AMQP_URL=$ORCH_AMQP_URL
-export ORCHD_AUTH_KEY_DIR=$dir/keys ORCHD_HTTP_CERT_FILE=$dir/tls/server.pem
-export ORCHD_HTTP_KEY_FILE=$dir/tls/server.key ORCHD_HTTP_PORT=$(orch_free_port)
 export ORCHD_DB_POOL_SIZE=16 ORCHD_LOG_LEVEL=${ORCHD_LOG_LEVEL:-info}
-ORCHD_DB_MIGRATE_URL=$ORCH_PG_OWNER_URL ./build-bench/server/orchd migrate >/dev/null
-./build-bench/server/orchd admin gen-key >/dev/null
-optoken=$(./build-bench/server/orchd admin create-token bench 2>/dev/null)
-./build-bench/server/orchd serve 2>"$dir/orchd.log" &
-orchd_pid=$!
-trap 'kill $orchd_pid 2>/dev/null; wait $orchd_pid 2>/dev/null; orch_services_stop' EXIT
-base=https://127.0.0.1:$ORCHD_HTTP_PORT
-orch_wait_for 30 curl -sf --cacert "$dir/tls/ca.pem" "$base/healthz" || die "orchd did not start"
-
-api() { # METHOD PATH TOKEN [BODY]: print the body; on an error status, show it and fail
-    local out
-    out=$(curl -s -w '\n%{http_code}' --cacert "$dir/tls/ca.pem" -X "$1" "$base$2" \
-        -H "Authorization: Bearer $3" ${4:+-H 'Content-Type: application/json' -d "$4"})
-    local code=${out##*$'\n'}
-    [ "${code:0:1}" = 2 ] || die "$1 $2: HTTP $code: ${out%$'\n'*}"
-    printf '%s\n' "${out%$'\n'*}"
-}
+bench_start bench-api
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
-op=$(api POST /api/v1/auth/token "" "{\"key\":\"$optoken\"}" | json '["access_token"]')
-tenant=$(api POST /api/v1/tenants "$op" '{"slug":"bench","display_name":"Bench","tier":"enterprise",
-  "quotas":{"api_calls_per_day":100000000,"rate_per_second":10000000,"rate_burst":10000000}}' |
-    json '["id"]')
-key=$(api POST "/api/v1/tenants/$tenant/api-keys" "$op" '{"name":"bench","role":"admin"}' | json '["key"]')
-token=$(api POST /api/v1/auth/token "" "{\"key\":\"$key\"}" | json '["access_token"]')
 queue=$(api POST /api/v1/queues "$token" '{"name":"bench"}' | json '["id"]')
 
 lua=$dir/post.lua

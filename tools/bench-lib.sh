@@ -18,7 +18,7 @@ bench_start() {
     export ORCHD_DB_URL=$ORCH_PG_APP_URL ORCHD_AMQP_URL=$ORCH_AMQP_URL
     export ORCHD_AUTH_KEY_DIR=$dir/keys ORCHD_HTTP_CERT_FILE=$dir/tls/server.pem
     export ORCHD_HTTP_KEY_FILE=$dir/tls/server.key ORCHD_HTTP_PORT=$(orch_free_port)
-    export ORCHD_LOG_LEVEL=warn
+    export ORCHD_LOG_LEVEL=${ORCHD_LOG_LEVEL:-warn}
     ORCHD_DB_MIGRATE_URL=$ORCH_PG_OWNER_URL ./build-bench/server/orchd migrate >/dev/null
     ./build-bench/server/orchd admin gen-key >/dev/null
     local optoken

@@ -318,8 +318,10 @@ static const char *problem_field_at(json_t *ans, size_t i)
     return json_string_value(json_object_get(pr, "field"));
 }
 
+/* An exchange held open on a thread of its own, while the test acts. */
 struct held {
     const char *cred;
+    const char *body;
     json_t *ans;
 };
 
@@ -327,8 +329,7 @@ static void *held_sync(void *arg)
 {
     struct held *h = arg;
     struct th_resp r;
-    th_http(&srv, "POST", "/api/v1/agent/sync", h->cred, "{\"assign\":true,\"wait\":30}", NULL,
-            &r);
+    th_http(&srv, "POST", "/api/v1/agent/sync", h->cred, h->body, NULL, &r);
     h->ans = r.status == 200 ? json_incref(r.json) : NULL;
     th_resp_free(&r);
     return NULL;
@@ -444,7 +445,7 @@ Test(dispatch, sync_batches_reports_and_holds_for_assignments)
     json_decref(ans);
 
     /* A held exchange is answered as soon as a job is made for the agent. */
-    struct held h = {.cred = a};
+    struct held h = {.cred = a, .body = "{\"assign\":true,\"wait\":30}"};
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, held_sync, &h), 0);
     char *id2 = submit("{\"command\":\"true\",\"requirements\":{\"pool\":\"sync\"}}");
@@ -548,21 +549,6 @@ Test(dispatch, a_package_job_prefers_the_agent_that_caches_it)
     free(pkg);
 }
 
-struct held_body {
-    const char *cred;
-    const char *body;
-    json_t *ans;
-};
-
-static void *held_sync_body(void *arg)
-{
-    struct held_body *h = arg;
-    struct th_resp r;
-    th_http(&srv, "POST", "/api/v1/agent/sync", h->cred, h->body, NULL, &r);
-    h->ans = r.status == 200 ? json_incref(r.json) : NULL;
-    th_resp_free(&r);
-    return NULL;
-}
 
 /* A cancel through the API answers the exchange the agent holds, even one that asks for no
  * assignment (every slot busy), without waiting for a heartbeat; it is handed out once. */
@@ -584,9 +570,9 @@ Test(dispatch, a_cancel_answers_the_held_exchange)
     cr_assert_eq(code_at(ans, 0), 200);
     json_decref(ans);
 
-    struct held_body h = {.cred = a, .body = "{\"assign\":false,\"wait\":30}"};
+    struct held h = {.cred = a, .body = "{\"assign\":false,\"wait\":30}"};
     pthread_t th;
-    cr_assert_eq(pthread_create(&th, NULL, held_sync_body, &h), 0);
+    cr_assert_eq(pthread_create(&th, NULL, held_sync, &h), 0);
     char path[128];
     snprintf(path, sizeof(path), "/api/v1/jobs/%s/cancel", id);
     struct th_resp r;
