@@ -141,10 +141,11 @@ int cache_lookup(struct cache *c, const char *sha, char *path, size_t len)
     return 0;
 }
 
-/* Remove the least recently used archives (not keep) until the cache fits. Lock held. */
-static void trim_locked(struct cache *c, const char *keep)
+/* Remove the least recently used archives (not keep) until the cache fits its bytes and
+ * has room for room more entries. Lock held. */
+static void trim_locked(struct cache *c, const char *keep, size_t room)
 {
-    while (c->bytes > c->max_bytes && c->holds == 0) {
+    while ((c->bytes > c->max_bytes || c->n + room > CACHE_MAX_ENTRIES) && c->holds == 0) {
         struct entry *old = NULL;
         for (size_t i = 0; i < c->n; i++)
             if (strcmp(c->entries[i].sha, keep) != 0 && (!old || c->entries[i].used < old->used))
@@ -207,16 +208,21 @@ int cache_store(struct cache *c, const char *sha, const void *data, size_t len)
     }
     pthread_mutex_lock(&c->lock);
     struct entry *e = find_locked(c, sha);
-    if (!e && c->n < CACHE_MAX_ENTRIES) {
+    if (!e) {
+        trim_locked(c, sha, 1);
+        if (c->n >= CACHE_MAX_ENTRIES) { /* full of archives in use */
+            pthread_mutex_unlock(&c->lock);
+            unlink(path);
+            return -ENOSPC;
+        }
         e = &c->entries[c->n++];
         memcpy(e->sha, sha, sizeof(e->sha));
         e->size = (int64_t)len;
         c->bytes += (int64_t)len;
         c->gen++;
     }
-    if (e)
-        e->used = ++c->clock;
-    trim_locked(c, sha);
+    e->used = ++c->clock;
+    trim_locked(c, sha, 0);
     pthread_mutex_unlock(&c->lock);
     return 0;
 }

@@ -553,9 +553,7 @@ static int daemon_unpack(struct daemon *d, struct slot *s, const char *archive,
     };
     struct exec_sink sink = {.arg = s, .on_output = daemon_on_output};
     struct exec_result er;
-    cache_hold(d->cache);
     int r = exec_default_ops()->run(&spec, &sink, &s->cancel, &er);
-    cache_release(d->cache);
     if (r < 0 || er.exit_code != 0) {
         daemon_job_note(s, "orch-agent: cannot unpack package %s (tar: %s)",
                         json_string_value(json_object_get(s->assignment, "package_id")),
@@ -678,9 +676,13 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
     char command[RELPATH_MAX + 32];
     const char *cmd = json_string_value(json_object_get(a, "command"));
     if (json_string_value(json_object_get(a, "package_id"))) {
+        /* The cache keeps its archives from the lookup until the unpack is done. */
         char archive[PATH_MAX];
-        if (daemon_package(d, s, archive, sizeof(archive)) < 0 ||
-            daemon_unpack(d, s, archive, workdir, env) < 0) {
+        cache_hold(d->cache);
+        bool ok = daemon_package(d, s, archive, sizeof(archive)) == 0 &&
+                  daemon_unpack(d, s, archive, workdir, env) == 0;
+        cache_release(d->cache);
+        if (!ok) {
             *flags |= atomic_load(&s->cancel) ? RES_CANCELLED : RES_PACKAGE;
             goto out;
         }
@@ -1072,7 +1074,6 @@ struct link {
     struct cpu_sample cpu;
     int64_t next_hb_ms;
     int64_t last_rotate_ms;
-    bool resume;   /* ask the server to hand out again what it may have sent into a cut */
     uint64_t cache_gen_sent; /* the package cache as the server last heard of it */
     bool facts_sent;         /* the host's facts went with an accepted heartbeat */
     bool holding;  /* the exchange in flight may be given up for something urgent */
@@ -1328,7 +1329,10 @@ static enum link_next link_exchange(struct link *l)
     }
     json_object_set_new(req, "assign", json_boolean(assign));
     json_object_set_new(req, "wait", json_integer(wait_s));
-    if (l->resume && assign)
+    /* Always "resume": an assignment the server answered into a connection this agent
+     * had given up (a held exchange it closed for something urgent) comes again, and one
+     * it already runs or holds is recognised and ignored. */
+    if (assign)
         json_object_set_new(req, "resume", json_true());
 
     struct transport_reply rep = {0};
@@ -1342,11 +1346,9 @@ static enum link_next link_exchange(struct link *l)
     if (r == -EINTR) {
         /* Given up for something urgent: the server may have answered into the void. */
         log_debug("op=sync action=give-up reason=urgent");
-        l->resume = true;
         again = true;
     } else if (r < 0) {
         daemon_net_failed(d, "sync", r, rep.error);
-        l->resume = true;
         again = true;
         next = LINK_BACKOFF;
     } else if (rep.status == 200) {
@@ -1362,8 +1364,6 @@ static enum link_next link_exchange(struct link *l)
             link_heartbeat_answer(l, hb);
             l->next_hb_ms = mono_ms() + d->heartbeat_s * 1000;
         }
-        if (assign)
-            l->resume = false;
         /* Cancelled through the API since the last exchange (also in heartbeat answers). */
         daemon_stop_listed(d, json_object_get(rep.body, "cancel"), false);
         size_t i;
@@ -1379,7 +1379,6 @@ static enum link_next link_exchange(struct link *l)
         char q[320];
         daemon_net_ok(d, hb_due);
         log_warn("op=sync status=%ld detail=%s", rep.status, log_quote(rep.error, q, sizeof(q)));
-        l->resume = true;
         again = true;
         next = LINK_BACKOFF;
     }
@@ -1395,7 +1394,7 @@ static enum link_next link_exchange(struct link *l)
 static void *daemon_link_main(void *arg)
 {
     struct daemon *d = arg;
-    struct link l = {.d = d, .last_rotate_ms = INT64_MIN / 2, .resume = true};
+    struct link l = {.d = d, .last_rotate_ms = INT64_MIN / 2};
     l.sent = calloc(LINK_MAX_REPORTS, sizeof(*l.sent));
     l.t = l.sent ? daemon_transport(d, REQUEST_TIMEOUT_MS, &l.gen) : NULL;
     pthread_mutex_lock(&d->lock);

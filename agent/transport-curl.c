@@ -245,10 +245,11 @@ int transport_get_bytes(struct transport *t, const char *path, size_t max, struc
         buf_free(out);
         return rc;
     }
-    if (r->status >= 400) {
+    if (r->status != 200) {
         json_t *p = json_loadb(out->data ? out->data : "", out->len, 0, NULL);
         const char *detail = json_string_value(json_object_get(p, "detail"));
-        snprintf(r->error, sizeof(r->error), "%s", detail ? detail : "the server refused");
+        snprintf(r->error, sizeof(r->error), "%s",
+                 detail ? detail : r->status >= 400 ? "the server refused" : "unexpected answer");
         json_decref(p);
         buf_free(out);
     }

@@ -563,6 +563,9 @@ void api_agent_sync(struct http_req *req)
     long wait = (long)json_integer_value(json_object_get(body, "wait"));
     struct app *app = http_req_app(req);
     const struct http_principal *p = http_req_principal(req);
+    /* A held exchange of this agent's was given up (it has one connection): it must not
+     * claim what this one is to carry. */
+    gateway_supersede(app->gw, p->subject);
 
     /* Everything in one transaction: one commit for the whole exchange. */
     json_t *ans = json_object(), *outs = json_array();

@@ -322,6 +322,22 @@ void gateway_poll(struct http_req *req)
     gateway_answer(req, NULL, body, true, wait);
 }
 
+void gateway_supersede(struct gateway *gw, const char *agent_id)
+{
+    if (!gw)
+        return;
+    pthread_mutex_lock(&gw->lock);
+    for (int i = 0; i < gw->nwaiters; i++) {
+        struct waiter *old = gw->waiters[i];
+        if (strcmp(old->agent_id, agent_id) == 0 && unregister_locked(gw, old)) {
+            if (http_loop_post(http_deferred_base(old->d), answer_now, old) < 0)
+                log_error("op=gateway error=\"cannot answer a superseded long-poll\"");
+            break;
+        }
+    }
+    pthread_mutex_unlock(&gw->lock);
+}
+
 void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool assign,
                     long wait_s)
 {
@@ -359,17 +375,8 @@ void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool ass
     w->timer = evtimer_new(http_deferred_base(w->d), on_timeout, w);
     struct timeval tv = {.tv_sec = wait_s};
     evtimer_add(w->timer, &tv);
+    gateway_supersede(gw, w->agent_id);
     pthread_mutex_lock(&gw->lock);
-    /* An agent has one long-poll: an older one (a reconnect) is taken out and gets its
-     * answer now, on its own loop. */
-    for (int i = 0; i < gw->nwaiters; i++) {
-        struct waiter *old = gw->waiters[i];
-        if (strcmp(old->agent_id, w->agent_id) == 0 && unregister_locked(gw, old)) {
-            if (http_loop_post(http_deferred_base(old->d), answer_now, old) < 0)
-                log_error("op=gateway error=\"cannot answer a superseded long-poll\"");
-            break;
-        }
-    }
     bool full = gw->nwaiters >= GW_MAX_WAITERS || atomic_load(&gw->stop);
     if (!full) {
         gw->waiters[gw->nwaiters++] = w;

@@ -51,6 +51,10 @@ void gateway_poll(struct http_req *req);
 int gateway_claim(struct app *app, struct store_tx *tx, const char *agent_id, bool assign,
                   bool again, char **ret);
 
+/* A new request of agent_id: its older held request, if any (the agent has one connection,
+ * so that one was given up), gets its empty answer now and claims nothing more. */
+void gateway_supersede(struct gateway *gw, const char *agent_id);
+
 /* Answer an agent's request with base (stolen; NULL = a plain long-poll's answer) plus
  * what was claimed (text from gateway_claim(), stolen, or NULL). With nothing claimed and
  * wait_s > 0, hold the request until there is something for this agent (an assignment,
