@@ -44,9 +44,8 @@ static bool sha_valid(const char *s)
 }
 
 /* Call fn for every "<sha>.pkg" in dir, and remove leftovers ("*.part") when clean. */
-static void scan(const char *dir, bool clean, void (*fn)(void *arg, const char *sha, int64_t size,
-                                                         int64_t mtime),
-                 void *arg)
+static void scan(const char *dir, bool clean,
+                 void (*fn)(void *arg, const char *sha, int64_t size, int64_t mtime), void *arg)
 {
     DIR *d = opendir(dir);
     if (!d)

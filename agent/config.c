@@ -25,9 +25,8 @@ const struct conf_field agent_config_fields[] = {
      "extra labels, comma-separated k=v pairs"},
     {"slots", CONF_INT, F(slots), 0, 1024, "0", NULL,
      "jobs the agent runs at once (0: as registered; register: 1)"},
-    {"cache.max_bytes", CONF_SIZE, F(cache_max_bytes), 16 * 1024 * 1024,
-     (int64_t)1 << 42, "10G", NULL,
-     "package cache size: the least recently used archives go beyond it"},
+    {"cache.max_bytes", CONF_SIZE, F(cache_max_bytes), 16 * 1024 * 1024, (int64_t)1 << 42, "10G",
+     NULL, "package cache size: the least recently used archives go beyond it"},
     {"log.level", CONF_ENUM, F(log_level), 0, 0, "info", log_levels,
      "least severe level logged: debug, info, warn or error"},
 };

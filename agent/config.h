@@ -9,16 +9,16 @@
 #define AGENT_CONFIG_DEFAULT_PATH "/etc/orch-agent/agent.conf"
 
 struct agent_config {
-    char *server_url; /* server.url: https://orch.example.com */
-    char *ca_file;    /* server.ca_file: pinned CA bundle ("" = system store) */
-    char *state_dir;  /* state_dir: credential, spool, package cache */
-    char *name;       /* name: agent name ("" = host name) */
-    char *labels;     /* labels: "k=v,k2=v2" added to enrolment labels */
-    char *proxy;      /* server.proxy: http(s)://proxy:port ("" = HTTPS_PROXY etc.) */
-    char *no_proxy;   /* server.no_proxy: hosts reached directly ("" = NO_PROXY) */
-    int64_t slots;    /* slots: jobs run at once (0 = as registered, else 1) */
+    char *server_url;        /* server.url: https://orch.example.com */
+    char *ca_file;           /* server.ca_file: pinned CA bundle ("" = system store) */
+    char *state_dir;         /* state_dir: credential, spool, package cache */
+    char *name;              /* name: agent name ("" = host name) */
+    char *labels;            /* labels: "k=v,k2=v2" added to enrolment labels */
+    char *proxy;             /* server.proxy: http(s)://proxy:port ("" = HTTPS_PROXY etc.) */
+    char *no_proxy;          /* server.no_proxy: hosts reached directly ("" = NO_PROXY) */
+    int64_t slots;           /* slots: jobs run at once (0 = as registered, else 1) */
     int64_t cache_max_bytes; /* cache.max_bytes: package cache size */
-    int log_level;    /* log.level */
+    int log_level;           /* log.level */
 };
 
 extern const struct conf_field agent_config_fields[];

@@ -41,7 +41,7 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 #define LINK_BUSY_WAIT_S    1  /* or this long while jobs run, so their output flows */
 #define LINK_MAX_REPORTS    256
 #define LINK_MAX_BYTES      (2 * 1024 * 1024) /* of output in one exchange (about) */
-#define REQUEST_TIMEOUT_MS  30000 /* plus the hold */
+#define REQUEST_TIMEOUT_MS  30000             /* plus the hold */
 #define HEARTBEAT_DEFAULT_S 10
 #define HEARTBEAT_MAX_S     3600
 #define BACKOFF_MIN_MS      1000
@@ -49,7 +49,7 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 #define FLUSH_MS            10000 /* how long the link may flush at shutdown */
 #define JOIN_MS             1000  /* then how long the link may take to notice */
 #define JOB_GRACE_MS        10000
-#define IDLE_WAIT_MS        1000 /* link: spool_sync_all() at least this often when idle */
+#define IDLE_WAIT_MS        1000         /* link: spool_sync_all() at least this often when idle */
 #define ROTATE_BEFORE_S     (30 * 86400) /* rotate the credential when it expires sooner */
 #define ROTATE_MIN_GAP_MS   3600000      /* at most one rotation attempt an hour */
 #define CGROUP_PARENT       "/sys/fs/cgroup/orch-agent"
@@ -115,11 +115,11 @@ struct daemon {
     bool stopping;            /* SIGTERM: no new jobs, running ones cancelled */
     bool sender_stop;         /* the flush time is over */
     bool send_pending;
-    bool urgent;    /* a `started` or a result to report: give up a held exchange */
-    bool send_done; /* the link thread has exited */
-    bool hb_kick;   /* reconnected without a heartbeat: heartbeat at once */
+    bool urgent;            /* a `started` or a result to report: give up a held exchange */
+    bool send_done;         /* the link thread has exited */
+    bool hb_kick;           /* reconnected without a heartbeat: heartbeat at once */
     struct transport *link; /* the link thread's, for transport_wakeup(); NULL when none */
-    int net;        /* -1 unknown, 0 disconnected, 1 connected: logged on change */
+    int net;                /* -1 unknown, 0 disconnected, 1 connected: logged on change */
     int64_t heartbeat_s;
     /* st.credential may change (a rotation) while the threads run: read it with the lock
      * held; cred_gen counts the changes, so each thread updates its own transport. */
@@ -539,8 +539,8 @@ static int daemon_package(struct daemon *d, struct slot *s, char *path, size_t l
 }
 
 /* Unpack archive into workdir with tar; its complaints go to the job's output. */
-static int daemon_unpack(struct daemon *d, struct slot *s, const char *archive,
-                         const char *workdir, char **env)
+static int daemon_unpack(struct daemon *d, struct slot *s, const char *archive, const char *workdir,
+                         char **env)
 {
     const char *argv[] = {"tar", "-xf", archive, "--no-same-owner", "-C", workdir, NULL};
     struct exec_spec spec = {
@@ -859,9 +859,9 @@ static void daemon_take(struct daemon *d, json_t *a)
         json_t *p;
         json_array_foreach(d->pending, i, p)
         {
-            seen = seen || (strcasecmp(json_string_value(json_object_get(p, "job_id")),
-                                       job_id) == 0 &&
-                            json_integer_value(json_object_get(p, "epoch")) == epoch);
+            seen =
+                seen || (strcasecmp(json_string_value(json_object_get(p, "job_id")), job_id) == 0 &&
+                         json_integer_value(json_object_get(p, "epoch")) == epoch);
         }
         if (!seen && json_array_size(d->pending) < d->nslots)
             queued = json_array_append(d->pending, a) == 0;
@@ -1034,7 +1034,7 @@ static json_t *daemon_result_body(const struct spool_item *it)
                         : f & RES_BAD_ASSIGNMENT ? "the agent refused an invalid assignment"
                         : f & RES_PACKAGE ? "the agent could not fetch or unpack the package "
                                             "(see the job's stderr)"
-                                                 : NULL;
+                                          : NULL;
     json_t *body = json_pack(
         "{s:I, s:i, s:i, s:b, s:b, s:s?}", "epoch", (json_int_t)it->epoch, "exit_code",
         it->exit_code, "signal", (int)((f >> RES_SIGNAL_SHIFT) & RES_SIGNAL_MASK), "timed_out",
@@ -1076,7 +1076,7 @@ struct link {
     int64_t last_rotate_ms;
     uint64_t cache_gen_sent; /* the package cache as the server last heard of it */
     bool facts_sent;         /* the host's facts went with an accepted heartbeat */
-    bool holding;  /* the exchange in flight may be given up for something urgent */
+    bool holding;            /* the exchange in flight may be given up for something urgent */
     struct sent *sent;
     size_t nsent;
 };
@@ -1175,7 +1175,7 @@ static bool link_answer(struct link *l, const struct sent *e, const json_t *ans)
                     : 0;
     const char *job_id = e->it.job_id;
     int64_t epoch = e->it.epoch;
-    const char *what = e->started                ? "report-started"
+    const char *what = e->started                  ? "report-started"
                        : e->it.kind == SPOOL_CHUNK ? "report-logs"
                                                    : "report-result";
     if (code == 200) {
@@ -1197,12 +1197,11 @@ static bool link_answer(struct link *l, const struct sent *e, const json_t *ans)
                      e->it.exit_code);
         }
         if (r < 0 && r != -ENOENT)
-            log_warn("op=spool-ack job=%s epoch=%" PRId64 " error=%s", job_id, epoch,
-                     strerror(-r));
+            log_warn("op=spool-ack job=%s epoch=%" PRId64 " error=%s", job_id, epoch, strerror(-r));
         return true;
     }
-    const char *detail = json_string_value(
-        json_object_get(json_object_get(ans, "problem"), "detail"));
+    const char *detail =
+        json_string_value(json_object_get(json_object_get(ans, "problem"), "detail"));
     if (!detail)
         detail = "no answer for this report";
     if (code == 409 || code == 404) {
@@ -1210,8 +1209,8 @@ static bool link_answer(struct link *l, const struct sent *e, const json_t *ans)
         return true;
     }
     if (code == 0 || code >= 500 || code == 429 || code == 408) {
-        log_warn("op=%s job=%s epoch=%" PRId64 " status=%ld detail=%s", what, job_id, epoch,
-                 code, log_quote(detail, q, sizeof(q)));
+        log_warn("op=%s job=%s epoch=%" PRId64 " status=%ld detail=%s", what, job_id, epoch, code,
+                 log_quote(detail, q, sizeof(q)));
         return false;
     }
     /* Any other refusal would refuse the same bytes forever: drop them, loudly. */

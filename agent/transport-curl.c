@@ -148,10 +148,9 @@ int transport_request(struct transport *t, const char *method, const char *path,
 
 /* One request; the answer's bytes in *reply (at most max). Returns 0 with r->status set, or
  * a transport error with r->error filled. */
-static int do_request(struct transport *t, const char *method, const char *path,
-                      const char *text, const char *accept, int64_t timeout_ms,
-                      bool (*abort)(void *arg), void *arg, struct buf *reply,
-                      struct transport_reply *r)
+static int do_request(struct transport *t, const char *method, const char *path, const char *text,
+                      const char *accept, int64_t timeout_ms, bool (*abort)(void *arg), void *arg,
+                      struct buf *reply, struct transport_reply *r)
 {
     char url[4096];
     snprintf(url, sizeof(url), "%s%s", t->base, path);
@@ -199,10 +198,9 @@ static int do_request(struct transport *t, const char *method, const char *path,
     if (rc != CURLE_OK) {
         snprintf(r->error, sizeof(r->error), "%s: %s", t->base,
                  rc == CURLE_WRITE_ERROR ? "the answer is too large" : curl_easy_strerror(rc));
-        return rc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT
-               : rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE
-                   ? -EPROTO
-               : rc == CURLE_WRITE_ERROR ? -EMSGSIZE
+        return rc == CURLE_OPERATION_TIMEDOUT                                           ? -ETIMEDOUT
+               : rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE ? -EPROTO
+               : rc == CURLE_WRITE_ERROR                                                ? -EMSGSIZE
                                          : -ECONNREFUSED;
     }
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
@@ -217,8 +215,8 @@ int transport_request_ex(struct transport *t, const char *method, const char *pa
     _cleanup_free_ char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     struct buf reply = BUF_INIT;
     buf_init_max(&reply, TRANSPORT_MAX_REPLY);
-    int rc = do_request(t, method, path, text, "application/json", timeout_ms, abort, arg, &reply,
-                        r);
+    int rc =
+        do_request(t, method, path, text, "application/json", timeout_ms, abort, arg, &reply, r);
     if (rc < 0) {
         buf_free(&reply);
         return rc;
@@ -249,7 +247,9 @@ int transport_get_bytes(struct transport *t, const char *path, size_t max, struc
         json_t *p = json_loadb(out->data ? out->data : "", out->len, 0, NULL);
         const char *detail = json_string_value(json_object_get(p, "detail"));
         snprintf(r->error, sizeof(r->error), "%s",
-                 detail ? detail : r->status >= 400 ? "the server refused" : "unexpected answer");
+                 detail             ? detail
+                 : r->status >= 400 ? "the server refused"
+                                    : "unexpected answer");
         json_decref(p);
         buf_free(out);
     }

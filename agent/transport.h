@@ -46,7 +46,8 @@ int transport_request_ex(struct transport *t, const char *method, const char *pa
 struct buf;
 /* GET path as bytes (Accept: application/octet-stream) into out (initialised here, at most
  * max bytes: -EMSGSIZE beyond). Returns 0 when an HTTP answer came: on 200 out holds the
- * body (caller buf_free()s it); on any other status out is empty and r->error says why. Else a transport error, as transport_request(). */
+ * body (caller buf_free()s it); on any other status out is empty and r->error says why. Else a
+ * transport error, as transport_request(). */
 int transport_get_bytes(struct transport *t, const char *path, size_t max, struct buf *out,
                         struct transport_reply *r);
 

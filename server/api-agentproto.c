@@ -60,8 +60,7 @@ static const struct jsonv_field heartbeat_fields[] = {
     {"status", JSONV_STRING, 0, 1, 16},    {"slots", JSONV_INT, 0, 1, 1024},
     {"free_slots", JSONV_INT, 0, 0, 1024}, {"running", JSONV_ARRAY, 0, 0, 1024},
     {"load", JSONV_OBJECT, 0, 0, 16},      {"spool_bytes", JSONV_INT, 0, 0, INT64_MAX},
-    {"packages", JSONV_ARRAY, 0, 0, 4096},
-    {"capabilities", JSONV_OBJECT, 0, 0, 64},
+    {"packages", JSONV_ARRAY, 0, 0, 4096}, {"capabilities", JSONV_OBJECT, 0, 0, 64},
 };
 
 /* The package digests of a heartbeat: 64 lower-case hex digits each. */
@@ -80,15 +79,15 @@ static bool packages_valid(const json_t *list)
 
 /* The host's facts (sent after each start of the agent): what the API shows, and os, arch,
  * hostname and version, which requirements match against. */
-static const struct store_stmt q_capabilities = STORE_STMT(
-    "ap_capabilities",
-    "UPDATE agents SET capabilities = $2::jsonb,"
-    " os = coalesce(left($2::jsonb ->> 'os', 32), os),"
-    " arch = coalesce(left($2::jsonb ->> 'arch', 32), arch),"
-    " hostname = coalesce(left($2::jsonb ->> 'hostname', 255), hostname),"
-    " version = coalesce(left($2::jsonb ->> 'version', 64), version), updated_at = now()"
-    " WHERE id = $1",
-    2);
+static const struct store_stmt q_capabilities =
+    STORE_STMT("ap_capabilities",
+               "UPDATE agents SET capabilities = $2::jsonb,"
+               " os = coalesce(left($2::jsonb ->> 'os', 32), os),"
+               " arch = coalesce(left($2::jsonb ->> 'arch', 32), arch),"
+               " hostname = coalesce(left($2::jsonb ->> 'hostname', 255), hostname),"
+               " version = coalesce(left($2::jsonb ->> 'version', 64), version), updated_at = now()"
+               " WHERE id = $1",
+               2);
 
 /* The agent's cache changed: the dispatcher prefers agents holding a job's package. */
 static const struct store_stmt q_packages =
@@ -534,10 +533,8 @@ static int sync_report(struct app *app, const struct http_principal *p, struct s
 }
 
 static const struct jsonv_field sync_fields[] = {
-    {"heartbeat", JSONV_OBJECT, 0, 0, 16},
-    {"reports", JSONV_ARRAY, 0, 0, SYNC_MAX_REPORTS},
-    {"assign", JSONV_BOOL, 0, 0, 0},
-    {"wait", JSONV_INT, 0, 0, SYNC_MAX_WAIT_S},
+    {"heartbeat", JSONV_OBJECT, 0, 0, 16}, {"reports", JSONV_ARRAY, 0, 0, SYNC_MAX_REPORTS},
+    {"assign", JSONV_BOOL, 0, 0, 0},       {"wait", JSONV_INT, 0, 0, SYNC_MAX_WAIT_S},
     {"resume", JSONV_BOOL, 0, 0, 0},
 };
 

@@ -29,11 +29,11 @@ static const struct store_stmt q_pkg_list = STORE_STMT(
     3);
 
 /* The storage quota counts a blob once: only new bytes are charged. */
-static const struct store_stmt q_pkg_quota = STORE_STMT(
-    "pkg_quota",
-    "SELECT quota_acquire('storage_bytes', $2::bigint)"
-    "  WHERE NOT EXISTS (SELECT 1 FROM package_blobs WHERE sha256 = decode($1, 'hex'))",
-    2);
+static const struct store_stmt q_pkg_quota =
+    STORE_STMT("pkg_quota",
+               "SELECT quota_acquire('storage_bytes', $2::bigint)"
+               "  WHERE NOT EXISTS (SELECT 1 FROM package_blobs WHERE sha256 = decode($1, 'hex'))",
+               2);
 
 static const struct store_stmt q_blob_insert = STORE_STMT(
     "pkg_blob_insert",
@@ -65,10 +65,9 @@ static const struct store_stmt q_blob_gc =
                1);
 
 /* What the content routes need before the bytes: RLS decides whether the tenant has it. */
-static const struct store_stmt q_pkg_meta =
-    STORE_STMT("pkg_meta",
-               "SELECT encode(sha256, 'hex'), name || '-' || version FROM packages WHERE id = $1",
-               1);
+static const struct store_stmt q_pkg_meta = STORE_STMT(
+    "pkg_meta", "SELECT encode(sha256, 'hex'), name || '-' || version FROM packages WHERE id = $1",
+    1);
 
 /* Binary result: data is the raw bytes. */
 static const struct store_stmt q_pkg_blob =

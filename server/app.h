@@ -18,11 +18,11 @@ struct app {
     struct store *store;            /* owned */
     struct jwt_ring *ring;          /* owned */
     struct jwt_params jwt;
-    struct ratelimit *rl; /* owned */
-    struct bus *bus;      /* owned: RabbitMQ, connected on first use */
-    struct gateway *gw;   /* owned: long-polls, dispatcher, reaper (orchd serve only) */
+    struct ratelimit *rl;    /* owned */
+    struct bus *bus;         /* owned: RabbitMQ, connected on first use */
+    struct gateway *gw;      /* owned: long-polls, dispatcher, reaper (orchd serve only) */
     struct blobcache *blobs; /* owned: package archives in memory */
-    const char *node;     /* this node's name, for logs and audit */
+    const char *node;        /* this node's name, for logs and audit */
 };
 
 /* Open the store and load the key ring as cfg says. Returns 0 or < 0 with err filled. */

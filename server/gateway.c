@@ -49,7 +49,7 @@ struct gateway {
     char **seen; /* agents that heartbeated on this node since start */
     int nseen;
     atomic_bool stop;
-    int answering; /* waiters gateway_stop() has posted an answer for, not yet answered */
+    int answering;    /* waiters gateway_stop() has posted an answer for, not yet answered */
     atomic_bool kick; /* a round is wanted now */
     pthread_t t_dispatch, t_reaper, t_checker, t_wakeups;
     bool started;
@@ -89,8 +89,7 @@ int gateway_claim(struct app *app, struct store_tx *tx, const char *agent_id, bo
 }
 
 /* gateway_claim() in a transaction of its own. */
-static int deliver(struct app *app, const char *tenant, const char *agent, bool assign,
-                   char **ret)
+static int deliver(struct app *app, const char *tenant, const char *agent, bool assign, char **ret)
 {
     struct store_tx *tx = NULL;
     *ret = NULL;
@@ -250,7 +249,6 @@ static void answer_now(void *arg)
     finish(w, NULL);
 }
 
-
 /* Post on_wake for w to w's loop. gw->lock held (w is registered). */
 static void post_wake(struct waiter *w)
 {
@@ -338,8 +336,7 @@ void gateway_supersede(struct gateway *gw, const char *agent_id)
     pthread_mutex_unlock(&gw->lock);
 }
 
-void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool assign,
-                    long wait_s)
+void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool assign, long wait_s)
 {
     struct app *app = http_req_app(req);
     struct gateway *gw = app->gw;

@@ -45,9 +45,9 @@ void gateway_poll(struct http_req *req);
 
 /* Claim agent_id's undelivered cancels and (when assign) assignments in tx (they count as
  * delivered once tx commits); again: also assignments delivered before but not yet
- * reported started (the agent lost an answer). *ret gets the answer text {"assignments": [...], "lease_s":
- * N, "cancel": [{job_id, epoch}]} when there is anything, else NULL. Returns 0 or a store
- * error. */
+ * reported started (the agent lost an answer). *ret gets the answer text {"assignments": [...],
+ * "lease_s": N, "cancel": [{job_id, epoch}]} when there is anything, else NULL. Returns 0 or a
+ * store error. */
 int gateway_claim(struct app *app, struct store_tx *tx, const char *agent_id, bool assign,
                   bool again, char **ret);
 
@@ -60,8 +60,7 @@ void gateway_supersede(struct gateway *gw, const char *agent_id);
  * wait_s > 0, hold the request until there is something for this agent (an assignment,
  * when assign, or a cancel: then claim and answer) or wait_s seconds pass (then answer
  * with empty lists). */
-void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool assign,
-                    long wait_s);
+void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool assign, long wait_s);
 
 /* Remember a heartbeat (for the batched write). running: JSON array of {job_id, epoch},
  * borrowed. Returns true when this is the agent's first heartbeat on this node (the caller

@@ -407,9 +407,8 @@ int store_tx_exec(struct store_tx *tx, const struct store_stmt *stmt, const char
     return store_tx_exec_bin(tx, stmt, params, NULL, NULL, false, ret);
 }
 
-int store_tx_exec_bin(struct store_tx *tx, const struct store_stmt *stmt,
-                      const char *const *params, const int *lengths, const int *formats,
-                      bool binary_result, PGresult **ret)
+int store_tx_exec_bin(struct store_tx *tx, const struct store_stmt *stmt, const char *const *params,
+                      const int *lengths, const int *formats, bool binary_result, PGresult **ret)
 {
     if (tx->error)
         return tx->error;

@@ -62,9 +62,8 @@ int store_tx_exec(struct store_tx *tx, const struct store_stmt *stmt, const char
 /* The same with binary parameters and results (libpq's PQexecPrepared): lengths and
  * formats per parameter (NULL: all text); binary_result: every column of the result in
  * binary form (a bytea is then its raw bytes). */
-int store_tx_exec_bin(struct store_tx *tx, const struct store_stmt *stmt,
-                      const char *const *params, const int *lengths, const int *formats,
-                      bool binary_result, PGresult **ret);
+int store_tx_exec_bin(struct store_tx *tx, const struct store_stmt *stmt, const char *const *params,
+                      const int *lengths, const int *formats, bool binary_result, PGresult **ret);
 
 /* Run ad-hoc SQL without parameters (simple query protocol; several statements allowed).
  * For migrations and tests, never with input from a request. Same returns as

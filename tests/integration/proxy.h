@@ -8,10 +8,10 @@
 #define TH_PROXY_MAX_CONNS 64
 
 struct th_proxy {
-    int port;                  /* where it listens (127.0.0.1) */
-    atomic_int tunnels;        /* CONNECTs answered 200 since start */
-    atomic_int open;           /* tunnels open now */
-    char last_target[128];     /* host:port of the last CONNECT */
+    int port;              /* where it listens (127.0.0.1) */
+    atomic_int tunnels;    /* CONNECTs answered 200 since start */
+    atomic_int open;       /* tunnels open now */
+    char last_target[128]; /* host:port of the last CONNECT */
     /* private */
     int fd;
     atomic_bool stop;

@@ -42,8 +42,8 @@ TestSuite(dispatch, .init = setup, .fini = teardown, .timeout = 120);
 static char *enrol_as(const char *adm, const char *name, const char *labels)
 {
     struct th_resp r;
-    th_http(&srv, "POST", "/api/v1/enrollment-tokens", adm, "{\"name\":\"t\",\"max_uses\":1}",
-            NULL, &r);
+    th_http(&srv, "POST", "/api/v1/enrollment-tokens", adm, "{\"name\":\"t\",\"max_uses\":1}", NULL,
+            &r);
     cr_assert_eq(r.status, 201);
     char body[512];
     snprintf(body, sizeof(body),
@@ -374,8 +374,8 @@ Test(dispatch, sync_batches_reports_and_holds_for_assignments)
     cr_assert_not_null(me);
     cr_assert_str_eq(json_string_value(json_object_get(me, "arch")), "aarch64");
     cr_assert_str_eq(json_string_value(json_object_get(me, "version")), "9.9.9");
-    cr_assert_eq(json_array_size(json_object_get(json_object_get(me, "capabilities"), "interpreters")),
-                 2);
+    cr_assert_eq(
+        json_array_size(json_object_get(json_object_get(me, "capabilities"), "interpreters")), 2);
     th_resp_free(&ar);
 
     /* A job waiting is handed out at once. */
@@ -488,8 +488,8 @@ Test(dispatch, a_package_job_prefers_the_agent_that_caches_it)
     char *a = enrol("loc-a", "{\"pool\":\"loc\"}");
     char *b = enrol("loc-b", "{\"pool\":\"loc\"}");
     char body[512];
-    json_t *ans = sync_ex(a, "{\"heartbeat\":{\"status\":\"idle\",\"slots\":2,\"free_slots\":2}}",
-                          200);
+    json_t *ans =
+        sync_ex(a, "{\"heartbeat\":{\"status\":\"idle\",\"slots\":2,\"free_slots\":2}}", 200);
     json_decref(ans);
     snprintf(body, sizeof(body),
              "{\"heartbeat\":{\"status\":\"idle\",\"slots\":2,\"free_slots\":2,"
@@ -502,8 +502,8 @@ Test(dispatch, a_package_job_prefers_the_agent_that_caches_it)
     cr_assert_str_eq(json_string_value(json_object_get(ans, "field")), "heartbeat.packages");
     json_decref(ans);
 
-    snprintf(body, sizeof(body),
-             "{\"package_id\":\"%s\",\"requirements\":{\"pool\":\"loc\"}}", pkg);
+    snprintf(body, sizeof(body), "{\"package_id\":\"%s\",\"requirements\":{\"pool\":\"loc\"}}",
+             pkg);
     char *job_pkg = submit(body);
     ans = sync_ex(b, "{\"assign\":true,\"wait\":20}", 200);
     json_t *as = json_array_get(json_object_get(ans, "assignments"), 0);
@@ -548,7 +548,6 @@ Test(dispatch, a_package_job_prefers_the_agent_that_caches_it)
     free(a);
     free(pkg);
 }
-
 
 /* A cancel through the API answers the exchange the agent holds, even one that asks for no
  * assignment (every slot busy), without waiting for a heartbeat; it is handed out once. */

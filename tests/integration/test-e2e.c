@@ -169,8 +169,9 @@ Test(e2e, jobs_land_on_matching_agents_and_report_output_and_results)
  * on its stderr and ignored. */
 Test(e2e, a_job_returns_result_json)
 {
-    char *ok = submit("{\"command\":\"printf '{\\\"ok\\\": true, \\\"n\\\": 3}' >\\\"$ORCH_JOB_RESULT\\\"\","
-                      "\"requirements\":{\"pool\":\"red\"}}");
+    char *ok = submit(
+        "{\"command\":\"printf '{\\\"ok\\\": true, \\\"n\\\": 3}' >\\\"$ORCH_JOB_RESULT\\\"\","
+        "\"requirements\":{\"pool\":\"red\"}}");
     char *bad = submit("{\"command\":\"echo nope >\\\"$ORCH_JOB_RESULT\\\"\","
                        "\"requirements\":{\"pool\":\"red\"}}");
     json_t *j = wait_final(ok, 60);
@@ -321,8 +322,8 @@ Test(e2e, package_jobs_fetch_cache_and_verify)
 
     /* Blue: both blue agents are idle; the first run picks one, which then caches it, and
      * the second run goes there too. */
-    snprintf(body, sizeof(body),
-             "{\"package_id\":\"%s\",\"requirements\":{\"pool\":\"blue\"}}", pkg);
+    snprintf(body, sizeof(body), "{\"package_id\":\"%s\",\"requirements\":{\"pool\":\"blue\"}}",
+             pkg);
     char *b1 = submit(body);
     j = wait_final(b1, 60);
     int first = agent_index(json_string_value(json_object_get(j, "agent_id")));
@@ -361,8 +362,7 @@ Test(e2e, package_jobs_fetch_cache_and_verify)
     PQclear(th_pg_ok(pg, sql));
     PQfinish(pg);
     snprintf(body, sizeof(body),
-             "{\"package_id\":\"%s\",\"max_attempts\":1,\"requirements\":{\"pool\":\"red\"}}",
-             bad);
+             "{\"package_id\":\"%s\",\"max_attempts\":1,\"requirements\":{\"pool\":\"red\"}}", bad);
     job = submit(body);
     j = wait_final(job, 60);
     cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "dead");

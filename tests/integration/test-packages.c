@@ -169,8 +169,7 @@ Test(packages, validation_names_the_field)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct th_resp r;
         upload(oper, cases[i].query, tgz, len, "application/gzip", 422, &r);
-        cr_assert_str_eq(th_str_of(&r, "field"), cases[i].field, "%s: %s", cases[i].query,
-                         r.body);
+        cr_assert_str_eq(th_str_of(&r, "field"), cases[i].field, "%s: %s", cases[i].query, r.body);
         th_resp_free(&r);
     }
     struct th_resp r;
@@ -215,8 +214,7 @@ Test(packages, other_tenants_see_and_touch_nothing)
     size_t len;
     char *tgz = th_make_archive("mine", &len);
     struct th_resp r;
-    upload(oper, "name=secret&version=1&entrypoint=run.sh", tgz, len, "application/gzip", 201,
-           &r);
+    upload(oper, "name=secret&version=1&entrypoint=run.sh", tgz, len, "application/gzip", 201, &r);
     char id[40];
     snprintf(id, sizeof(id), "%s", th_str_of(&r, "id"));
     th_resp_free(&r);

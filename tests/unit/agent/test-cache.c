@@ -96,7 +96,7 @@ Test(cache, the_least_recently_used_go_beyond_the_cap)
     cr_assert_eq(cache_store(c, s1, b1, 1000), 0);
     cr_assert_eq(cache_store(c, s2, b2, 1000), 0);
     cr_assert_eq(cache_lookup(c, s1, path, sizeof(path)), 0); /* 1 is now the newer */
-    cr_assert_eq(cache_store(c, s3, b3, 1000), 0);             /* 3000 > 2500: 2 goes */
+    cr_assert_eq(cache_store(c, s3, b3, 1000), 0);            /* 3000 > 2500: 2 goes */
     cr_assert_eq(cache_lookup(c, s2, path, sizeof(path)), -ENOENT);
     cr_assert_eq(cache_lookup(c, s1, path, sizeof(path)), 0);
     cr_assert_eq(cache_lookup(c, s3, path, sizeof(path)), 0);
