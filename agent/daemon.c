@@ -28,6 +28,7 @@
 #include "agent/state.h"
 #include "agent/transport.h"
 #include "common/buf.h"
+#include "common/clock.h"
 #include "common/cleanup.h"
 #include "common/crypto.h"
 #include "common/id.h"
@@ -148,13 +149,7 @@ static int64_t mono_ms(void)
 static void cond_wait_ms(pthread_cond_t *c, pthread_mutex_t *m, int64_t ms)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    clock_deadline(CLOCK_MONOTONIC, ms, &ts);
     pthread_cond_timedwait(c, m, &ts);
 }
 
@@ -1452,13 +1447,7 @@ static int daemon_recover(struct daemon *d)
 static bool join_within(pthread_t th, int64_t ms)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    clock_deadline(CLOCK_REALTIME, ms, &ts);
     return pthread_timedjoin_np(th, NULL, &ts) == 0;
 }
 

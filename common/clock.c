@@ -155,3 +155,14 @@ int clock_parse_rfc3339(const char *s, int64_t *ret)
     *ret = ((int64_t)t - off) * 1000 + ms;
     return 0;
 }
+
+void clock_deadline(clockid_t clk, int64_t ms, struct timespec *ts)
+{
+    clock_gettime(clk, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}

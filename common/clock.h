@@ -3,9 +3,13 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t clock_mono_ns(void);
+/* *ts = now on clock clk (CLOCK_MONOTONIC, CLOCK_REALTIME) plus ms milliseconds: an
+ * absolute deadline for pthread_cond_timedwait() and the like. */
+void clock_deadline(clockid_t clk, int64_t ms, struct timespec *ts);
 /* CLOCK_REALTIME in milliseconds since the Unix epoch. */
 int64_t clock_real_ms(void);
 

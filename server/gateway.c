@@ -505,13 +505,7 @@ static void flush_liveness(struct gateway *gw)
 static void sleep_ms(struct gateway *gw, int64_t ms)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    clock_deadline(CLOCK_REALTIME, ms, &ts);
     pthread_mutex_lock(&gw->lock);
     if (!atomic_load(&gw->stop))
         pthread_cond_timedwait(&gw->changed, &gw->lock, &ts);
@@ -759,12 +753,7 @@ void gateway_stop(struct gateway *gw)
     int64_t deadline = clock_mono_ns() + 5000000000LL;
     while (gw->answering > 0 && (int64_t)clock_mono_ns() < deadline) {
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 50000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        clock_deadline(CLOCK_REALTIME, 50, &ts);
         pthread_cond_timedwait(&gw->changed, &gw->lock, &ts);
     }
     bool answered = gw->answering == 0;

@@ -1,6 +1,8 @@
 /* store.c: PostgreSQL connection pool and tenant-scoped transactions (see store.h). */
 #include "server/store.h"
 
+#include "common/clock.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -199,21 +201,10 @@ void store_close(struct store *store)
     free(store);
 }
 
-static void deadline_after(struct timespec *ts, int64_t ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 static int pool_acquire(struct store *s, struct store_conn **ret)
 {
     struct timespec deadline;
-    deadline_after(&deadline, s->acquire_timeout_ms);
+    clock_deadline(CLOCK_MONOTONIC, s->acquire_timeout_ms, &deadline);
 
     pthread_mutex_lock(&s->lock);
     while (!s->idle && s->open >= s->pool_size) {

@@ -201,3 +201,13 @@ Test(clock, format_rejects_years_beyond_9999)
 
     cr_assert_lt(clock_format_rfc3339(INT64_C(253402300800000), buf, sizeof(buf)), 0);
 }
+
+Test(clock, deadline_carries_into_seconds)
+{
+    struct timespec now, d;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    clock_deadline(CLOCK_MONOTONIC, 1999, &d);
+    cr_assert(d.tv_nsec >= 0 && d.tv_nsec < 1000000000L);
+    int64_t diff_ms = (int64_t)(d.tv_sec - now.tv_sec) * 1000 + (d.tv_nsec - now.tv_nsec) / 1000000;
+    cr_assert(diff_ms >= 1999 && diff_ms < 2999, "%lld", (long long)diff_ms);
+}
