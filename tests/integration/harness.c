@@ -3,6 +3,7 @@
 
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <ftw.h>
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -252,4 +253,18 @@ int th_tcp_conns(pid_t pid, int port)
         fclose(f);
     }
     return count;
+}
+
+static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path) == 0 || errno == ENOENT ? 0 : -1;
+}
+
+void th_rm_rf(const char *dir)
+{
+    int r = nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    cr_assert(r == 0 || errno == ENOENT, "could not remove %s: %s", dir, strerror(errno));
 }

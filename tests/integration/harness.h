@@ -50,6 +50,9 @@ struct th_run {
 void th_run(struct th_run *r, const char *const *argv, const char *const *env, int timeout_ms);
 void th_run_free(struct th_run *r);
 
+/* Remove dir and everything below it (a missing dir is fine); fails the test otherwise. */
+void th_rm_rf(const char *dir);
+
 /* The established TCP connections process pid holds to remote port `port` (from /proc). */
 int th_tcp_conns(pid_t pid, int port);
 

@@ -197,10 +197,7 @@ void th_server_stop(struct th_server *s)
     if (s->db[0])
         th_db_drop(s->db);
     if (s->dir[0]) {
-        char cmd[128];
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", s->dir);
-        if (system(cmd) != 0)
-            cr_log_warn("could not remove %s", s->dir);
+        th_rm_rf(s->dir);
     }
 }
 
@@ -433,8 +430,7 @@ char *th_make_archive(const char *marker, size_t *len)
     cr_assert_not_null(buf);
     *len = fread(buf, 1, 1 << 20, f);
     fclose(f);
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-    cr_assert_eq(system(cmd), 0);
+    th_rm_rf(dir);
     return buf;
 }
 

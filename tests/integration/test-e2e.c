@@ -59,10 +59,7 @@ static void teardown(void)
 {
     for (int i = 0; i < NAGENTS; i++) {
         stop_agent(i, SIGTERM);
-        char cmd[128];
-        snprintf(cmd, sizeof(cmd), "rm -rf '%.63s'", agents[i].dir);
-        if (system(cmd) != 0)
-            cr_log_warn("could not remove %s", agents[i].dir);
+        th_rm_rf(agents[i].dir);
     }
     free(admin);
     free(tenant);
@@ -272,10 +269,7 @@ Test(e2e, an_agent_behind_a_proxy_enrols_and_runs_jobs)
     th_proxy_stop(&px);
     unsetenv("ORCH_AGENT_SERVER_PROXY");
     unsetenv("ORCH_AGENT_SERVER_NO_PROXY");
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%.63s'", dir);
-    if (system(cmd) != 0)
-        cr_log_warn("could not remove %s", dir);
+    th_rm_rf(dir);
     free(job);
 }
 

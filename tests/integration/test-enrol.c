@@ -31,10 +31,7 @@ static void setup(void)
 
 static void teardown(void)
 {
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", statedir);
-    if (system(cmd) != 0)
-        cr_log_warn("could not remove %s", statedir);
+    th_rm_rf(statedir);
     free(admin);
     free(tenant);
     free(op);
@@ -188,9 +185,7 @@ Test(enrol, used_up_expired_and_revoked_tokens_are_refused)
     cr_assert(strstr(th_str(&r.err), "not valid"), "%s", th_str(&r.err));
     th_run_free(&r);
 
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir2);
-    cr_assert_eq(system(cmd), 0);
+    th_rm_rf(dir2);
     free(once);
     free(revoked);
     free(expired);
@@ -229,9 +224,7 @@ Test(enrol, agent_quota_refuses_third_agent)
                  2);
     th_resp_free(&resp);
     for (int i = 0; i < 3; i++) {
-        char cmd[160];
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dirs[i]);
-        cr_assert_eq(system(cmd), 0);
+        th_rm_rf(dirs[i]);
     }
     free(tok);
 }
@@ -328,9 +321,7 @@ Test(enrol, suspended_tenant_can_neither_enrol_nor_connect)
     agent(&r, NULL, status);
     cr_assert_eq(r.status, 0, "%s", th_str(&r.out));
     th_run_free(&r);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir2);
-    cr_assert_eq(system(cmd), 0);
+    th_rm_rf(dir2);
     free(tok);
 }
 

@@ -45,10 +45,7 @@ static void teardown(void)
 {
     for (int i = 0; i < NAGENTS; i++) {
         th_agent_stop(agents[i].pid, SIGTERM);
-        char cmd[128];
-        snprintf(cmd, sizeof(cmd), "rm -rf '%.63s'", agents[i].dir);
-        if (system(cmd) != 0)
-            cr_log_warn("could not remove %s", agents[i].dir);
+        th_rm_rf(agents[i].dir);
     }
     free(admin);
     free(tenant);
