@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #define BLOBCACHE_MAX_ENTRIES 256
@@ -102,8 +103,7 @@ struct blob *blobcache_put(struct blobcache *c, const char *key, const void *dat
     if (!b)
         return NULL;
     atomic_init(&b->refs, 1);
-    strncpy(b->key, key, sizeof(b->key) - 1);
-    b->key[sizeof(b->key) - 1] = '\0';
+    snprintf(b->key, sizeof(b->key), "%s", key);
     b->len = len;
     memcpy(b->data, data, len);
     if (len == 0 || len > c->max_bytes / 4)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tools/test.sh: the whole test suite, from a fresh Debian 12 machine (as root).
 #
-# Installs the packages, builds orch twice (a -Werror build, and one under
+# Installs the packages, checks the sources (tools/check-source.py: banned functions and
+# clang-format), builds orch twice (a -Werror build, and one under
 # AddressSanitizer + UndefinedBehaviorSanitizer), starts a private PostgreSQL and a
 # private RabbitMQ node on free ports, runs every test suite of both builds against them,
 # and stops the services again. Exits non-zero when anything fails.
@@ -16,6 +17,11 @@ source "$(dirname "$0")/lib.sh"
 orch_install_deps
 
 cd "$ORCH_ROOT"
+# Banned functions and clang-format: checked first, reported with the totals at the end.
+say "checking sources (banned functions, clang-format)"
+source_status=0
+python3 tools/check-source.py || source_status=1
+
 say "building (-Werror)"
 orch_build build -Dwerror=true -Dtests=enabled -Dbuildtype=debugoptimized
 if [ "${ORCH_NO_SANITIZE:-0}" != 1 ]; then
@@ -56,9 +62,9 @@ print(passed, failed)
 PY
 }
 
-status=0
-total_passed=0
-total_failed=0
+status=$source_status
+total_passed=$((1 - source_status))
+total_failed=$source_status
 for b in build build-asan; do
     [ -f "$b/build.ninja" ] || continue
     [ "$b" = build-asan ] && [ "${ORCH_NO_SANITIZE:-0}" = 1 ] && continue
