@@ -9,12 +9,14 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "common/cleanup.h"
 #include "common/log.h"
@@ -22,6 +24,9 @@
 #define GUARD_BUCKETS 1024
 /* A request line longer than this is not looked at: the route's cap stays the default. */
 #define GUARD_MAX_LINE (HTTP_MAX_PATH + 64)
+/* After a 413, how long and how many sockets at most linger to drain the refused body. */
+#define GUARD_LINGER_MS  2000
+#define GUARD_MAX_LINGER 1024
 
 struct guard_addr {
     struct guard_addr *next;
@@ -39,6 +44,7 @@ struct guard_conn {
     struct evbuffer_cb_entry *watch;
     unsigned char addr[16];
     bool counted;
+    bool held;              /* our reference on bev, until set_up() */
     bool at_start;          /* the next input byte begins a request line */
     bool reading;           /* a request is being read: the request deadline runs */
     bool discard;           /* a refused body is arriving: drop it unread */
@@ -52,6 +58,8 @@ struct http_guard {
     int total;
     struct guard_addr *addrs[GUARD_BUCKETS];
     struct guard_conn *conns[GUARD_BUCKETS];
+    struct guard_linger *lingering;
+    int nlingering;
 };
 
 int http_guard_new(const struct http_guard_options *opts, struct http_guard **ret)
@@ -178,6 +186,8 @@ static void conn_free(struct guard_conn *c)
     }
     if (c->watch)
         evbuffer_remove_cb_entry(bufferevent_get_input(c->bev), c->watch);
+    if (c->held)
+        bufferevent_decref(c->bev);
     if (c->setup)
         event_free(c->setup);
     if (c->deadline)
@@ -224,8 +234,8 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     char peer[INET6_ADDRSTRLEN] = "-";
     inet_ntop(AF_INET6, c->addr, peer, sizeof(peer));
     log_info("op=http.deadline peer=%s phase=%s", peer, c->reading ? "request" : "idle");
-    /* Frees c through on_close(). */
-    evhttp_connection_free(c->evcon);
+    if (c->evcon)
+        evhttp_connection_free(c->evcon); /* frees c through on_close() */
 }
 
 /* The largest Content-Length among the header lines of head (NUL-terminated, the request
@@ -274,12 +284,10 @@ static void refuse_declared_body(struct guard_conn *c, size_t line_len, size_t m
     static const char close_hdr[] = "Connection: close\r\n\r\n";
     c->refused = declared;
     evbuffer_drain(in, evbuffer_get_length(in));
+    /* Out of memory, the head is gone: evhttp waits for one until the deadline closes. */
     if (evbuffer_prepend(in, close_hdr, sizeof(close_hdr) - 1) < 0 ||
-        evbuffer_prepend(in, head, line_len) < 0) {
+        evbuffer_prepend(in, head, line_len) < 0)
         c->refused = 0;
-        evhttp_connection_free(c->evcon); /* frees c */
-        return;
-    }
     c->discard = true;
 }
 
@@ -389,12 +397,12 @@ static void set_up(evutil_socket_t fd, short what, void *arg)
     void *cbarg = NULL;
     bufferevent_getcb(c->bev, &readcb, NULL, NULL, &cbarg);
     if (!readcb || !cbarg) { /* evhttp gave up on the connection already */
-        bufferevent_decref(c->bev);
         conn_free(c);
         return;
     }
     /* evhttp is the bufferevent's owner and passes its connection as the callbacks' arg. */
     c->evcon = cbarg;
+    c->held = false;
     bufferevent_decref(c->bev);
     evhttp_connection_set_closecb(c->evcon, on_close, c);
 
@@ -442,10 +450,96 @@ int http_guard_accept(struct http_guard *g, struct event_base *base, struct buff
     }
     /* Kept alive until set_up() has looked at it, whatever evhttp does meanwhile. */
     bufferevent_incref(bev);
+    c->held = true;
     /* From the accept: the TLS handshake and the first request. */
     arm_request(c, g->opts.request_timeout_ms, false);
     event_active(c->setup, EV_TIMEOUT, 0);
     return 0;
+}
+
+/* A socket kept open a little after its 413, to read and drop what the client still sends
+ * of the refused body: closing a socket with unread input sends a reset, and a client
+ * still sending (curl) may lose the answer it has not read yet. */
+struct guard_linger {
+    struct guard_linger *prev, *next; /* in the guard's list */
+    struct http_guard *g;
+    struct event *ev;
+    int fd;
+};
+
+static void linger_end(struct guard_linger *l)
+{
+    struct http_guard *g = l->g;
+    pthread_mutex_lock(&g->lock);
+    if (l->prev)
+        l->prev->next = l->next;
+    else
+        g->lingering = l->next;
+    if (l->next)
+        l->next->prev = l->prev;
+    g->nlingering--;
+    pthread_mutex_unlock(&g->lock);
+    event_free(l->ev);
+    close(l->fd);
+    free(l);
+}
+
+static void on_linger(evutil_socket_t fd, short what, void *arg)
+{
+    struct guard_linger *l = arg;
+    char scratch[16384];
+    ssize_t n = what & EV_READ ? recv(fd, scratch, sizeof(scratch), MSG_DONTWAIT) : 0;
+    if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR)))
+        return;
+    linger_end(l); /* the client closed, failed, or the linger time is up */
+}
+
+/* After the refusal has been written, before evhttp closes the connection. */
+static void linger_start(struct guard_conn *c)
+{
+    struct http_guard *g = c->g;
+    struct guard_linger *l = calloc(1, sizeof(*l));
+    if (!l)
+        return;
+    *l = (struct guard_linger){.g = g, .fd = -1};
+    pthread_mutex_lock(&g->lock);
+    bool room = g->nlingering < GUARD_MAX_LINGER;
+    pthread_mutex_unlock(&g->lock);
+    if (room)
+        l->fd = fcntl(bufferevent_getfd(c->bev), F_DUPFD_CLOEXEC, 0);
+    if (l->fd >= 0)
+        l->ev = event_new(event_get_base(c->deadline), l->fd, EV_READ | EV_PERSIST, on_linger, l);
+    struct timeval tv = {.tv_sec = GUARD_LINGER_MS / 1000, .tv_usec = 0};
+    if (!l->ev || event_add(l->ev, &tv) < 0) {
+        if (l->ev)
+            event_free(l->ev);
+        if (l->fd >= 0)
+            close(l->fd);
+        free(l);
+        return;
+    }
+    shutdown(l->fd, SHUT_WR); /* the answer is all there is */
+    pthread_mutex_lock(&g->lock);
+    l->next = g->lingering;
+    if (l->next)
+        l->next->prev = l;
+    g->lingering = l;
+    g->nlingering++;
+    pthread_mutex_unlock(&g->lock);
+}
+
+void http_guard_loop_stop(struct http_guard *g, struct event_base *base)
+{
+    for (;;) {
+        pthread_mutex_lock(&g->lock);
+        struct guard_linger *l = g->lingering;
+        while (l && event_get_base(l->ev) != base)
+            l = l->next;
+        pthread_mutex_unlock(&g->lock);
+        if (!l)
+            return;
+        linger_end(l);
+    }
 }
 
 static void on_reply_sent(struct evhttp_request *req, void *arg)
@@ -453,6 +547,10 @@ static void on_reply_sent(struct evhttp_request *req, void *arg)
     struct guard_conn *c = conn_of_request(arg, req);
     if (!c)
         return;
+    if (c->discard) {
+        linger_start(c); /* "Connection: close": evhttp closes it next */
+        return;
+    }
     c->reading = false;
     c->at_start = true;
     evhttp_connection_set_max_body_size(c->evcon, (ev_ssize_t)HTTP_DEFAULT_MAX_BODY);

@@ -57,5 +57,9 @@ int http_guard_accept(struct http_guard *g, struct event_base *base, struct buff
  * unread (the caller answers 413 and the connection closes after it), else 0. */
 int64_t http_guard_request_read(struct http_guard *g, struct evhttp_request *req);
 
+/* The loop of base has stopped: let go of what the guard still holds on it (sockets
+ * lingering after a 413). Call before event_base_free(). */
+void http_guard_loop_stop(struct http_guard *g, struct event_base *base);
+
 /* Open connections now (admitted ones), for tests and logs. */
 int http_guard_connections(struct http_guard *g);

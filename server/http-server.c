@@ -1002,6 +1002,8 @@ void http_server_stop(struct http_server *srv)
             pthread_join(loop->thread, NULL);
         if (loop->http)
             evhttp_free(loop->http);
+        if (loop->base && srv->guard)
+            http_guard_loop_stop(srv->guard, loop->base);
         if (loop->base)
             event_base_free(loop->base);
     }

@@ -10,8 +10,10 @@
  * client address and in total (http-guard.h), and JSON depth for bodies parsed with
  * http_req_json(). Every error reply is
  * application/problem+json (proto/problem.h), except the few that libevent itself sends
- * before a request reaches us (a request line or headers it cannot parse, a body past the
- * hard cap): those keep libevent's status code (400, 413) and close the connection.
+ * before a request reaches us (a request line or headers it cannot parse, a chunked body
+ * past the route's cap): those keep libevent's status code (400, 413) and close the
+ * connection. A request not read whole by its deadline, or a connection over a cap (TLS),
+ * gets no answer: the connection is closed.
  */
 #pragma once
 

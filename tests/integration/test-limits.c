@@ -76,24 +76,60 @@ static long rss_kib(pid_t pid)
     return kib;
 }
 
-/* Sockets open in pid (its listeners and pools included). */
-static int sockets_of(pid_t pid)
+/* The client connections pid has accepted on its port `port` and holds open (from /proc:
+ * its socket inodes among the established TCP entries of that local port). */
+static int accepted(pid_t pid, int port)
 {
+    static unsigned long inodes[8192];
+    int ninodes = 0;
     char path[64];
     snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
     DIR *dir = opendir(path);
     cr_assert_not_null(dir);
-    int n = 0;
     struct dirent *e;
-    while ((e = readdir(dir))) {
+    while ((e = readdir(dir)) && ninodes < (int)(sizeof(inodes) / sizeof(inodes[0]))) {
         char link[400], target[64];
         snprintf(link, sizeof(link), "%s/%s", path, e->d_name);
         ssize_t len = readlink(link, target, sizeof(target) - 1);
-        if (len > 7 && strncmp(target, "socket:", 7) == 0)
-            n++;
+        if (len <= 0)
+            continue;
+        target[len] = '\0';
+        if (sscanf(target, "socket:[%lu]", &inodes[ninodes]) == 1)
+            ninodes++;
     }
     closedir(dir);
-    return n;
+    int count = 0;
+    snprintf(path, sizeof(path), "/proc/%d/net/tcp", (int)pid);
+    FILE *f = fopen(path, "re");
+    cr_assert_not_null(f);
+    char line[512];
+    while (fgets(line, sizeof(line), f)) {
+        char local[64];
+        unsigned st;
+        unsigned long ino;
+        if (sscanf(line, " %*s %63s %*s %x %*s %*s %*s %*s %*s %lu", local, &st, &ino) != 3)
+            continue;
+        const char *colon = strrchr(local, ':');
+        if (!colon || (int)strtol(colon + 1, NULL, 16) != port || st != 1 /* ESTABLISHED */)
+            continue;
+        for (int i = 0; i < ninodes; i++)
+            if (inodes[i] == ino) {
+                count++;
+                break;
+            }
+    }
+    fclose(f);
+    return count;
+}
+
+/* Wait (bounded, 20 s) until orchd holds at least n accepted connections. */
+static void wait_accepted(int n)
+{
+    uint64_t until = clock_mono_ns() + 20 * SEC;
+    int have = 0;
+    while ((have = accepted(srv.pid, srv.port)) < n && clock_mono_ns() < until)
+        poll(NULL, 0, 10);
+    cr_assert_geq(have, n, "orchd accepted %d connections, not %d", have, n);
 }
 
 /* A blocking TCP connection to orchd from source address src (127.0.0.x). */
@@ -163,6 +199,8 @@ static int request_from(const char *src, const char *req, char *out, size_t cap)
     return st;
 }
 
+TestSuite(limits, .fini = stop, .timeout = 180);
+
 static const char healthz[] = "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
 
 struct slow {
@@ -172,12 +210,11 @@ struct slow {
     uint64_t cut;    /* ns, 0 while open */
 };
 
-Test(limits, slow_clients_are_cut_and_memory_stays_bounded, .init = raise_nofile, .fini = stop,
-     .timeout = 180)
+Test(limits, slow_clients_are_cut_and_memory_stays_bounded)
 {
+    raise_nofile();
     start_plain("2s", "1200", "150");
     long before = rss_kib(srv.pid);
-    int base_sockets = sockets_of(srv.pid);
 
     static struct slow c[NSLOW];
     for (int i = 0; i < NSLOW; i++) {
@@ -193,9 +230,7 @@ Test(limits, slow_clients_are_cut_and_memory_stays_bounded, .init = raise_nofile
         fcntl(c[i].fd, F_SETFL, O_NONBLOCK);
     }
     /* All accepted by orchd (bounded wait), then its memory under them. */
-    uint64_t until = clock_mono_ns() + 20 * SEC;
-    while (sockets_of(srv.pid) < base_sockets + NSLOW / 2 && clock_mono_ns() < until)
-        poll(NULL, 0, 20);
+    wait_accepted(NSLOW);
     long under = rss_kib(srv.pid);
 
     /* A normal request is answered meanwhile. */
@@ -207,7 +242,7 @@ Test(limits, slow_clients_are_cut_and_memory_stays_bounded, .init = raise_nofile
     /* Trickle a byte every 100 ms to each until orchd has cut them all (bounded). */
     static struct pollfd p[NSLOW];
     int open = NSLOW;
-    until = clock_mono_ns() + (DEADLINE_MS + 15000) * 1000000ull;
+    uint64_t until = clock_mono_ns() + (DEADLINE_MS + 15000) * 1000000ull;
     while (open > 0 && clock_mono_ns() < until) {
         int n = 0;
         for (int i = 0; i < NSLOW; i++)
@@ -246,8 +281,9 @@ Test(limits, slow_clients_are_cut_and_memory_stays_bounded, .init = raise_nofile
 
     /* The connections are gone from orchd (bounded wait), then its memory after them. */
     until = clock_mono_ns() + 10 * SEC;
-    while (sockets_of(srv.pid) > base_sockets + 5 && clock_mono_ns() < until)
+    while (accepted(srv.pid, srv.port) > 0 && clock_mono_ns() < until)
         poll(NULL, 0, 20);
+    cr_assert_eq(accepted(srv.pid, srv.port), 0);
     long after = rss_kib(srv.pid);
     cr_assert_eq(request_from("127.0.0.1", healthz, reply, sizeof(reply)), 200, "%s", reply);
 
@@ -263,7 +299,7 @@ Test(limits, slow_clients_are_cut_and_memory_stays_bounded, .init = raise_nofile
                  under - before, NSLOW);
 }
 
-Test(limits, oversized_body_is_refused_before_it_is_read, .fini = stop, .timeout = 120)
+Test(limits, oversized_body_is_refused_before_it_is_read)
 {
     start_plain("10s", "1200", "150");
     enum { NBIG = 10, SENT = 256 * 1024 };
@@ -331,8 +367,9 @@ Test(limits, oversized_body_is_refused_before_it_is_read, .fini = stop, .timeout
     cr_assert_eq(request_from("127.0.0.61", big, reply, sizeof(reply)), 401, "%s", reply);
 }
 
-Test(limits, connection_caps_answer_429_and_503, .init = raise_nofile, .fini = stop, .timeout = 120)
+Test(limits, connection_caps_answer_429_and_503)
 {
+    raise_nofile();
     start_plain("20s", "40", "10");
     char reply[4096];
     int held[40], nheld = 0;
@@ -340,10 +377,8 @@ Test(limits, connection_caps_answer_429_and_503, .init = raise_nofile, .fini = s
     /* Ten idle connections from one address fill its share; the eleventh gets 429. */
     for (int i = 0; i < 10; i++)
         held[nheld++] = connect_from("127.0.0.70");
-    uint64_t until = clock_mono_ns() + 10 * SEC;
-    int st = 0;
-    while (st != 429 && clock_mono_ns() < until) /* until orchd has accepted the ten */
-        st = request_from("127.0.0.70", healthz, reply, sizeof(reply));
+    wait_accepted(10);
+    int st = request_from("127.0.0.70", healthz, reply, sizeof(reply));
     cr_assert_eq(st, 429, "%s", reply);
     cr_assert(strstr(reply, "application/problem+json"), "%s", reply);
     cr_assert(strstr(reply, "Retry-After: 1"), "%s", reply);
@@ -358,10 +393,8 @@ Test(limits, connection_caps_answer_429_and_503, .init = raise_nofile, .fini = s
         for (int i = 0; i < 10; i++)
             held[nheld++] = connect_from(src);
     }
-    st = 0;
-    until = clock_mono_ns() + 10 * SEC;
-    while (st != 503 && clock_mono_ns() < until)
-        st = request_from("127.0.0.80", healthz, reply, sizeof(reply));
+    wait_accepted(40);
+    st = request_from("127.0.0.80", healthz, reply, sizeof(reply));
     cr_assert_eq(st, 503, "%s", reply);
     cr_assert(strstr(reply, "Retry-After: 1"), "%s", reply);
     cr_assert(strstr(reply, "urn:orch:problem:unavailable"), "%s", reply);
@@ -370,13 +403,13 @@ Test(limits, connection_caps_answer_429_and_503, .init = raise_nofile, .fini = s
     for (int i = 0; i < nheld; i++)
         close(held[i]);
     st = 0;
-    until = clock_mono_ns() + 10 * SEC;
+    uint64_t until = clock_mono_ns() + 10 * SEC;
     while (st != 200 && clock_mono_ns() < until)
         st = request_from("127.0.0.70", healthz, reply, sizeof(reply));
     cr_assert_eq(st, 200, "%s", reply);
 }
 
-Test(limits, tls_client_silent_before_its_handshake_is_cut, .fini = stop, .timeout = 120)
+Test(limits, tls_client_silent_before_its_handshake_is_cut)
 {
     const char *env[] = {"ORCHD_HTTP_REQUEST_TIMEOUT=2s", NULL};
     th_server_start(&srv, env);
@@ -399,4 +432,69 @@ Test(limits, tls_client_silent_before_its_handshake_is_cut, .fini = stop, .timeo
     double held = (double)(clock_mono_ns() - opened) / 1e6;
     cr_assert_geq(held, DEADLINE_MS - 50);
     cr_assert_lt(held, DEADLINE_MS + 10000, "held %.0f ms", held);
+}
+
+Test(limits, held_reply_outlives_the_request_deadline)
+{
+    const char *env[] = {"ORCHD_HTTP_REQUEST_TIMEOUT=1s", NULL};
+    th_server_start(&srv, env);
+    char *op = th_token(&srv, srv.operator_token);
+    char *tenant = th_tenant(&srv, op, "acme", "standard");
+    char *admin = th_tenant_token(&srv, op, tenant, "admin");
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/enrollment-tokens", admin, "{\"name\":\"t\",\"max_uses\":1}",
+            NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char body[512];
+    snprintf(body, sizeof(body),
+             "{\"token\":\"%s\",\"name\":\"a1\",\"os\":\"linux\",\"arch\":\"x86_64\","
+             "\"labels\":{},\"slots\":1}",
+             th_str_of(&r, "token"));
+    th_resp_free(&r);
+    th_http(&srv, "POST", "/api/v1/agents/register", NULL, body, NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *cred = strdup(th_str_of(&r, "credential"));
+    th_resp_free(&r);
+
+    /* The agents' long-poll holds its reply three times the request deadline. */
+    uint64_t t0 = clock_mono_ns();
+    th_http(&srv, "GET", "/api/v1/agent/assignments?wait=3", cred, NULL, NULL, &r);
+    double held_ms = (double)(clock_mono_ns() - t0) / 1e6;
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    cr_assert_eq(json_array_size(json_object_get(r.json, "assignments")), 0);
+    cr_assert_geq(held_ms, 2900, "answered after %.0f ms", held_ms);
+    th_resp_free(&r);
+    free(cred);
+    free(admin);
+    free(tenant);
+    free(op);
+}
+
+Test(limits, kept_alive_connection_may_idle_past_the_request_deadline)
+{
+    start_plain("1s", "100", "100");
+    static const char again[] = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    int fd = connect_from("127.0.0.1");
+    char reply[4096];
+    for (int i = 0; i < 2; i++) {
+        send_all(fd, again, strlen(again));
+        char *p = reply;
+        size_t got = 0;
+        /* One reply (Content-Length 15): read until its body is in. */
+        while (!(p = strstr(reply, "\r\n\r\n")) || strlen(p + 4) < 15) {
+            struct pollfd pf = {.fd = fd, .events = POLLIN};
+            cr_assert_eq(poll(&pf, 1, 5000), 1, "no reply to request %d", i);
+            ssize_t n = recv(fd, reply + got, sizeof(reply) - 1 - got, 0);
+            cr_assert_gt(n, 0, "connection closed before reply %d", i);
+            got += (size_t)n;
+            reply[got] = '\0';
+        }
+        cr_assert(strncmp(reply, "HTTP/1.1 200", 12) == 0, "%s", reply);
+        memset(reply, 0, sizeof(reply));
+        /* Idle twice the request deadline: the connection stays open (http.timeout). */
+        struct pollfd pf = {.fd = fd, .events = POLLIN};
+        if (i == 0)
+            cr_assert_eq(poll(&pf, 1, 2000), 0, "the idle connection was closed");
+    }
+    close(fd);
 }
