@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "common/cleanup.h"
+#include "common/clock.h"
 #include "common/log.h"
 
 #define GUARD_BUCKETS 1024
@@ -52,6 +53,14 @@ struct guard_conn {
     struct timeval started; /* when the request deadline started (event_base time) */
 };
 
+/* At most one log line a second for a kind of event, counting those since the last line:
+ * a flood of slow or refused clients must not flood the log as well. */
+struct guard_lograte {
+    pthread_mutex_t lock;
+    uint64_t last_ns;
+    int count;
+};
+
 struct http_guard {
     struct http_guard_options opts;
     pthread_mutex_t lock; /* the counters and both tables */
@@ -60,7 +69,24 @@ struct http_guard {
     struct guard_conn *conns[GUARD_BUCKETS];
     struct guard_linger *lingering;
     int nlingering;
+    struct guard_lograte deadline_log, refuse_log;
 };
+
+/* Count one event; returns how many to log now (this one included), or 0 to stay quiet. */
+static int lograte_take(struct guard_lograte *r)
+{
+    uint64_t now = clock_mono_ns();
+    int n = 0;
+    pthread_mutex_lock(&r->lock);
+    r->count++;
+    if (r->last_ns == 0 || now - r->last_ns >= 1000000000ull) {
+        n = r->count;
+        r->count = 0;
+        r->last_ns = now;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return n;
+}
 
 int http_guard_new(const struct http_guard_options *opts, struct http_guard **ret)
 {
@@ -69,6 +95,8 @@ int http_guard_new(const struct http_guard_options *opts, struct http_guard **re
         return -ENOMEM;
     g->opts = *opts;
     pthread_mutex_init(&g->lock, NULL);
+    pthread_mutex_init(&g->deadline_log.lock, NULL);
+    pthread_mutex_init(&g->refuse_log.lock, NULL);
     *ret = g;
     return 0;
 }
@@ -85,6 +113,8 @@ void http_guard_free(struct http_guard *g)
         }
     }
     pthread_mutex_destroy(&g->lock);
+    pthread_mutex_destroy(&g->deadline_log.lock);
+    pthread_mutex_destroy(&g->refuse_log.lock);
     free(g);
 }
 
@@ -233,7 +263,10 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     struct guard_conn *c = arg;
     char peer[INET6_ADDRSTRLEN] = "-";
     inet_ntop(AF_INET6, c->addr, peer, sizeof(peer));
-    log_info("op=http.deadline peer=%s phase=%s", peer, c->reading ? "request" : "idle");
+    int n = lograte_take(&c->g->deadline_log);
+    if (n > 0)
+        log_info("op=http.deadline peer=%s phase=%s count=%d", peer,
+                 c->reading ? "request" : "idle", n);
     if (c->evcon)
         evhttp_connection_free(c->evcon); /* frees c through on_close() */
 }
@@ -426,8 +459,10 @@ static void set_up(evutil_socket_t fd, short what, void *arg)
     if (status != 0) {
         char peer[INET6_ADDRSTRLEN] = "-";
         inet_ntop(AF_INET6, c->addr, peer, sizeof(peer));
-        log_warn("op=http.refuse peer=%s status=%d reason=%s", peer, status,
-                 status == 429 ? "max_connections_per_address" : "max_connections");
+        int n = lograte_take(&c->g->refuse_log);
+        if (n > 0)
+            log_warn("op=http.refuse peer=%s status=%d reason=%s count=%d", peer, status,
+                     status == 429 ? "max_connections_per_address" : "max_connections", n);
         refuse(c, status);
         evhttp_connection_free(c->evcon); /* frees c through on_close() */
         return;
