@@ -351,7 +351,9 @@ static void peek_request_line(struct guard_conn *c)
         if (end) {
             *sp = '\0';
             *end = '\0';
-            target[strcspn(target, "?#")] = '\0';
+            /* Parsed as evhttp parses it, so that the route is the one dispatch() finds. */
+            struct evhttp_uri *uri = evhttp_uri_parse_with_flags(target, EVHTTP_URI_NONCONFORMANT);
+            const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
             enum http_method m = 0;
             static const char *const names[] = {"GET",    "POST", "PUT",    "PATCH",
                                                 "DELETE", "HEAD", "OPTIONS"};
@@ -360,11 +362,14 @@ static void peek_request_line(struct guard_conn *c)
                     m = (enum http_method)(1u << i);
             struct http_match match;
             const struct http_route *r =
-                m ? http_route_find(g->opts.routes, g->opts.nroutes, m, target, &match) : NULL;
+                m && path ? http_route_find(g->opts.routes, g->opts.nroutes, m, path, &match)
+                          : NULL;
             if (r && r->max_body)
                 max_body = r->max_body;
             if (r)
                 timeout_ms = r->timeout_ms;
+            if (uri)
+                evhttp_uri_free(uri);
         }
     }
     if (max_body > g->opts.max_body_hard)

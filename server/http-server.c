@@ -619,7 +619,9 @@ static void dispatch(struct http_req *req)
     req->route = http_route_find(srv->opts.routes, srv->opts.nroutes, m, path, &req->match);
     if (req->refused_len > 0) { /* before anything else: the body was never read */
         http_reply_header(req, "Connection", "close");
-        body_within_limit(req, (size_t)req->refused_len);
+        /* The guard found the same route; should it ever not, the answer is still 413. */
+        if (body_within_limit(req, (size_t)req->refused_len) == 0)
+            http_reply_problem(req, PROBLEM_TOO_LARGE, "the body is over this route's limit", NULL);
         return;
     }
     unsigned allowed = req->match.allowed;

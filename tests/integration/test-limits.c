@@ -341,6 +341,17 @@ Test(limits, oversized_body_is_refused_before_it_is_read)
     /* Before: each body was buffered whole (+12 MiB each). */
     cr_assert_lt(after - before, 8 * 1024, "orchd grew %ld KiB", after - before);
 
+    /* A target in absolute form finds the same route, and the same limit. */
+    static const char absolute[] = "POST http://t/api/v1/auth/token?x=1 HTTP/1.1\r\nHost: t\r\n"
+                                   "Content-Type: application/json\r\n"
+                                   "Content-Length: 15728640\r\n\r\n";
+    char abs_reply[4096];
+    int afd = connect_from("127.0.0.62");
+    send_all(afd, absolute, strlen(absolute));
+    cr_assert_eq(read_reply(afd, abs_reply, sizeof(abs_reply), 10000), 413, "%s", abs_reply);
+    cr_assert(strstr(abs_reply, "this route accepts at most 4096"), "%s", abs_reply);
+    close(afd);
+
     /* A chunked body is cut at the route's limit too. */
     char reply[4096];
     char req[8192];
