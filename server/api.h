@@ -51,6 +51,8 @@ int api_check_labels(struct http_req *req, const json_t *labels, const char *fie
 
 /* packages: archives up to PACKAGE_MAX_BYTES (below the HTTP server's hard cap) */
 #define PACKAGE_MAX_BYTES (15 * 1024 * 1024)
+/* An upload's whole-request deadline: 15 MiB at 256 kbit/s. */
+#define PACKAGE_UPLOAD_TIMEOUT_MS (10 * 60 * 1000)
 void api_packages_create(struct http_req *req);
 void api_packages_list(struct http_req *req);
 void api_packages_get(struct http_req *req);

@@ -57,7 +57,18 @@ const struct conf_field orchd_config_fields[] = {
     {"http.max_body_bytes", CONF_SIZE, F(http_max_body_bytes), 1048576, 1073741824, "16M", NULL,
      "hard cap on a request body (routes have lower limits of their own)"},
     {"http.timeout", CONF_DURATION, F(http_timeout_ms), 1000, 3600000, "30s", NULL,
-     "read and write timeout of a connection"},
+     "read and write timeout of a connection (restarts on each byte); also how long a "
+     "kept-alive connection may idle between requests"},
+    {"http.request_timeout", CONF_DURATION, F(http_request_timeout_ms), 100, 3600000, "10s", NULL,
+     "whole-request deadline: a request's headers and body must arrive within it (the TLS "
+     "handshake too, for a connection's first request); package uploads get 10 minutes"},
+    {"http.max_connections", CONF_INT, F(http_max_connections), 1, 1000000, "4096", NULL,
+     "open connections in total; past it a new connection gets 503 (plain HTTP) or is closed "
+     "(TLS)"},
+    {"http.max_connections_per_address", CONF_INT, F(http_max_connections_per_address), 1, 1000000,
+     "256", NULL,
+     "open connections from one client address; past it 429 (plain HTTP) or closed (TLS); "
+     "raise it when many agents share one NAT or proxy address"},
     {"packages.cache_bytes", CONF_SIZE, F(packages_cache_bytes), 0, (int64_t)1 << 40, "256M", NULL,
      "package archives kept in memory for the agents fetching them (0 = none)"},
     {"auth.key_dir", CONF_STRING, F(auth_key_dir), 1, 4096, "/var/lib/orchd/keys", NULL,

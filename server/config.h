@@ -34,6 +34,9 @@ struct orchd_config {
     int64_t http_max_body_bytes;
     int64_t packages_cache_bytes; /* packages.cache_bytes */
     int64_t http_timeout_ms;
+    int64_t http_request_timeout_ms;          /* http.request_timeout */
+    int64_t http_max_connections;             /* http.max_connections */
+    int64_t http_max_connections_per_address; /* http.max_connections_per_address */
 
     char *auth_key_dir;        /* auth.key_dir: ES256 signing keys, <kid>.pem, mode 0600 */
     char *auth_issuer;         /* auth.issuer: JWT iss */

@@ -29,6 +29,7 @@
 #include "common/clock.h"
 #include "common/id.h"
 #include "common/log.h"
+#include "server/http-guard.h"
 
 struct http_loop {
     struct http_server *srv;
@@ -45,6 +46,7 @@ struct http_server {
     int port;
     int nloops;
     struct http_loop *loops;
+    struct http_guard *guard;
     atomic_uint_fast64_t requests;
 };
 
@@ -62,6 +64,7 @@ struct http_req {
     uint64_t start_ns;
     int status;
     bool replied;
+    int64_t refused_len; /* a body refused unread for its Content-Length (http-guard.h) */
 };
 
 static pthread_once_t evthread_once = PTHREAD_ONCE_INIT;
@@ -408,6 +411,9 @@ static bool content_type_is(const char *ct, const char *want)
 static int body_within_limit(struct http_req *req, size_t len)
 {
     size_t max = req->route && req->route->max_body ? req->route->max_body : HTTP_DEFAULT_MAX_BODY;
+    size_t hard = req->loop->srv->opts.max_body_bytes;
+    if (hard > 0 && max > hard)
+        max = hard;
     if (len <= max)
         return 0;
     char detail[96];
@@ -611,6 +617,13 @@ static void dispatch(struct http_req *req)
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     enum http_method m = method_from_ev(evhttp_request_get_command(req->ev));
     req->route = http_route_find(srv->opts.routes, srv->opts.nroutes, m, path, &req->match);
+    if (req->refused_len > 0) { /* before anything else: the body was never read */
+        http_reply_header(req, "Connection", "close");
+        /* The guard found the same route; should it ever not, the answer is still 413. */
+        if (body_within_limit(req, (size_t)req->refused_len) == 0)
+            http_reply_problem(req, PROBLEM_TOO_LARGE, "the body is over this route's limit", NULL);
+        return;
+    }
     unsigned allowed = req->match.allowed;
     if (!req->route) {
         if (!allowed) {
@@ -657,6 +670,7 @@ static void on_request(struct evhttp_request *ev, void *arg)
     struct http_loop *loop = arg;
     struct http_req req = {.ev = ev, .loop = loop, .start_ns = clock_mono_ns()};
     id_uuid7_str(req.id);
+    req.refused_len = http_guard_request_read(loop->srv->guard, ev);
 
     dispatch(&req);
 
@@ -777,16 +791,25 @@ int http_loop_post(struct event_base *base, void (*fn)(void *arg), void *arg)
 
 /* --- listeners, TLS and loops ------------------------------------------------------------ */
 
-static struct bufferevent *make_ssl_bev(struct event_base *base, void *arg)
+/* evhttp's bufferevent for a new connection: TLS or not, under the guard's deadline and
+ * caps. NULL lets evhttp make a plain one itself (only when out of memory). */
+static struct bufferevent *make_bev(struct event_base *base, void *arg)
 {
     struct http_loop *loop = arg;
-    SSL *ssl = SSL_new(loop->srv->ssl);
-    if (!ssl)
-        return NULL;
-    struct bufferevent *bev = bufferevent_openssl_socket_new(
-        base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
-    if (bev)
-        bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    struct bufferevent *bev = NULL;
+    if (loop->srv->ssl) {
+        SSL *ssl = SSL_new(loop->srv->ssl);
+        if (!ssl)
+            return NULL;
+        bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                             BEV_OPT_CLOSE_ON_FREE);
+        if (bev)
+            bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    } else {
+        bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    }
+    if (bev && http_guard_accept(loop->srv->guard, base, bev) < 0)
+        log_error("op=http.accept error=\"out of memory\" guard=off");
     return bev;
 }
 
@@ -885,8 +908,7 @@ static int loop_setup(struct http_server *srv, struct http_loop *loop, char *err
                                                EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE |
                                                EVHTTP_REQ_HEAD | EVHTTP_REQ_OPTIONS);
     evhttp_set_gencb(loop->http, on_request, loop);
-    if (srv->ssl)
-        evhttp_set_bevcb(loop->http, make_ssl_bev, loop);
+    evhttp_set_bevcb(loop->http, make_bev, loop);
     return bind_loop(srv, loop, srv->port, err, errlen);
 }
 
@@ -908,6 +930,21 @@ int http_server_start(const struct http_options *opts, struct http_server **ret,
     int r = 0;
     if (opts->cert_file)
         r = ssl_setup(srv, err, errlen);
+    if (r == 0) {
+        struct http_guard_options go = {
+            .request_timeout_ms = opts->request_timeout_ms > 0 ? opts->request_timeout_ms : 10000,
+            .idle_timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 30000,
+            .max_connections = opts->max_connections > 0 ? opts->max_connections : 4096,
+            .max_per_address =
+                opts->max_connections_per_address > 0 ? opts->max_connections_per_address : 256,
+            .max_body_hard = opts->max_body_bytes,
+            .max_header_bytes = opts->max_header_bytes,
+            .tls = srv->ssl != NULL,
+            .routes = opts->routes,
+            .nroutes = opts->nroutes,
+        };
+        r = http_guard_new(&go, &srv->guard);
+    }
     if (r == 0) {
         srv->loops = calloc((size_t)opts->threads, sizeof(*srv->loops));
         if (!srv->loops)
@@ -968,10 +1005,13 @@ void http_server_stop(struct http_server *srv)
             pthread_join(loop->thread, NULL);
         if (loop->http)
             evhttp_free(loop->http);
+        if (loop->base && srv->guard)
+            http_guard_loop_stop(srv->guard, loop->base);
         if (loop->base)
             event_base_free(loop->base);
     }
     free(srv->loops);
+    http_guard_free(srv->guard); /* after evhttp_free(): closing connections update it */
     if (srv->ssl)
         SSL_CTX_free(srv->ssl);
     free(srv);

@@ -5,11 +5,15 @@
  * (SO_REUSEPORT), so the kernel spreads connections over the loops. Handlers run on the
  * loop thread and may block on the store (the pool is sized to the loops).
  *
- * Every listener has limits: header bytes, body bytes, a read/write timeout, and JSON
- * depth for bodies parsed with http_req_json(). Every error reply is
+ * Every listener has limits: header bytes, body bytes (the route's, applied before the
+ * body is read), a read/write timeout, a whole-request deadline, open connections per
+ * client address and in total (http-guard.h), and JSON depth for bodies parsed with
+ * http_req_json(). Every error reply is
  * application/problem+json (proto/problem.h), except the few that libevent itself sends
- * before a request reaches us (a request line or headers it cannot parse, a body past the
- * hard cap): those keep libevent's status code (400, 413) and close the connection.
+ * before a request reaches us (a request line or headers it cannot parse, a chunked body
+ * past the route's cap): those keep libevent's status code (400, 413) and close the
+ * connection. A request not read whole by its deadline, or a connection over a cap (TLS),
+ * gets no answer: the connection is closed.
  */
 #pragma once
 
@@ -55,6 +59,9 @@ struct http_route {
     enum http_auth auth;
     http_handler_fn handler;
     size_t max_body; /* 0 = HTTP_DEFAULT_MAX_BODY; bodies past it get a 413 problem */
+    /* 0 = the server's request_timeout_ms; longer for routes taking big uploads. Counts
+     * from the request's first byte to its last body byte, not the reply. */
+    int64_t timeout_ms;
 };
 
 #define HTTP_DEFAULT_MAX_BODY (64 * 1024)
@@ -99,7 +106,11 @@ struct http_options {
     const char *key_file;
     size_t max_header_bytes;
     size_t max_body_bytes; /* hard cap enforced by libevent; routes' max_body must be below */
-    int64_t timeout_ms;    /* read/write timeout of a connection */
+    int64_t timeout_ms;    /* read/write timeout (restarts on each byte); keep-alive idle */
+    /* Whole-request deadline: headers and body must arrive within it (http-guard.h). */
+    int64_t request_timeout_ms;
+    int max_connections;             /* open connections in total; over it: 503 or close */
+    int max_connections_per_address; /* of one client address; over it: 429 or close */
     int backlog;
     const struct http_route *routes; /* borrowed, must outlive the server */
     size_t nroutes;
