@@ -185,9 +185,11 @@ static void teardown(void)
         FILE *f = fopen(path, "re");
         while (f && fgets(line, sizeof(line), f)) {
             int pid = 0;
+            /* The shell leads its process group (the agent starts a job in a session of
+             * its own): the group holds its sleep too. */
             if (sscanf(line, "%*s %*s start %*s %d", &pid) == 1 && pid > 1 &&
                 job_process_alive(pid))
-                kill(pid, SIGKILL);
+                kill(-pid, SIGKILL);
         }
         if (f)
             fclose(f);
@@ -420,6 +422,11 @@ static double recover(uint64_t t0)
     uint64_t deadline = t0 + (uint64_t)RECOVER_S * 1000000000ull;
     if (!wait_ready(deadline))
         return -1;
+    /* Ready means ready: the next request is served (issue 8, item 8). Not asserted here,
+     * where the retried submissions below would hide it, but said. */
+    long first = th_http_try(&srv, "GET", "/api/v1/jobs?limit=1", admin, NULL, NULL);
+    if (first != 200)
+        cr_log_warn("the first request after /readyz said 200 got %ld", first);
     char ids[NAGENTS][40];
     for (int i = 0; i < NAGENTS; i++) {
         char node[8];
