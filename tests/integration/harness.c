@@ -268,3 +268,39 @@ void th_rm_rf(const char *dir)
     int r = nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
     cr_assert(r == 0 || errno == ENOENT, "could not remove %s: %s", dir, strerror(errno));
 }
+
+static void pg_ctl(const char *what)
+{
+    char cmd[1024];
+    const char *state = th_env("ORCH_STATE");
+    snprintf(cmd, sizeof(cmd),
+             "runuser -u postgres -- \"$(cat '%s/pg.bindir')/pg_ctl\" -D '%s/pg' -l "
+             "'%s/postgres.log' -w -t 60 %s >/dev/null 2>&1",
+             state, state, state, what);
+    cr_assert_eq(system(cmd), 0, "pg_ctl %s failed", what);
+}
+
+void th_pg_stop(void)
+{
+    pg_ctl("stop -m fast");
+}
+
+void th_pg_start(void)
+{
+    char start[512];
+    /* The options tools/lib.sh's orch_pg_start gives it. */
+    snprintf(start, sizeof(start),
+             "start -o \"-p %s -k %s -c listen_addresses=127.0.0.1 -c max_connections=200\"",
+             th_env("ORCH_PG_PORT"), th_env("ORCH_PG_HOST"));
+    pg_ctl(start);
+}
+
+void th_rabbitmqctl(const char *what)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd),
+             "runuser -u rabbitmq -- sh -c \". '%s/rabbitmq/env.sh'; "
+             "/usr/lib/rabbitmq/bin/rabbitmqctl -q %s\" >/dev/null 2>&1",
+             th_env("ORCH_STATE"), what);
+    cr_assert_eq(system(cmd), 0, "rabbitmqctl %s failed", what);
+}

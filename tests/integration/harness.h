@@ -61,3 +61,13 @@ static inline const char *th_str(const struct buf *b)
 {
     return b->data ? b->data : "";
 }
+
+/* The shared services of tools/lib.sh, stopped and started from a test (which must then
+ * run alone: is_parallel false). Need ORCH_STATE, ORCH_PG_PORT and ORCH_PG_HOST. */
+/* Stop PostgreSQL (fast shutdown: sessions are ended) and wait until it has stopped. */
+void th_pg_stop(void);
+/* Start it again as tools/lib.sh did, and wait until it accepts connections. */
+void th_pg_start(void);
+/* Run `rabbitmqctl -q what` on the private node (e.g. "stop_app", "start_app",
+ * "await_startup"); fails the test when it fails. */
+void th_rabbitmqctl(const char *what);

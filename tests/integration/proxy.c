@@ -32,12 +32,26 @@ static int connect_local(int port)
     return -1;
 }
 
-static void relay(int a, int b)
+/* Wait while the proxy is blackholed. false when the proxy is stopping. */
+static bool pass(struct th_proxy *p)
+{
+    pthread_mutex_lock(&p->lock);
+    while (p->blackholed && !atomic_load(&p->stop))
+        pthread_cond_wait(&p->healed, &p->lock);
+    pthread_mutex_unlock(&p->lock);
+    return !atomic_load(&p->stop);
+}
+
+static void relay(struct th_proxy *p, int a, int b)
 {
     char buf[16384];
     struct pollfd pf[2] = {{.fd = a, .events = POLLIN}, {.fd = b, .events = POLLIN}};
     for (;;) {
         if (poll(pf, 2, 1000) < 0 && errno != EINTR)
+            return;
+        /* Readable, but during a partition the bytes stay where they are: not read, so
+         * not lost either, as TCP would retransmit them once the link is back. */
+        if (!pass(p))
             return;
         for (int i = 0; i < 2; i++) {
             if (!(pf[i].revents & (POLLIN | POLLHUP | POLLERR)))
@@ -62,6 +76,8 @@ static void *tunnel_main(void *arg)
     char req[8192];
     size_t len = 0;
     int upstream = -1;
+    if (!pass(p))
+        goto out;
     /* The request head: "CONNECT host:port HTTP/1.1" and headers, up to a blank line. */
     while (len < sizeof(req) - 1 && !memmem(req, len, "\r\n\r\n", 4)) {
         ssize_t n = read(t->client, req + len, sizeof(req) - 1 - len);
@@ -79,6 +95,8 @@ static void *tunnel_main(void *arg)
             goto out;
         goto out;
     }
+    if (!pass(p)) /* a partition that began while the head arrived */
+        goto out;
     upstream = connect_local(port);
     if (upstream < 0) {
         static const char bad[] = "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n";
@@ -97,7 +115,7 @@ static void *tunnel_main(void *arg)
     char *end = (char *)memmem(req, len, "\r\n\r\n", 4) + 4;
     if (end < req + len && write(upstream, end, (size_t)(req + len - end)) < 0)
         goto out;
-    relay(t->client, upstream);
+    relay(p, t->client, upstream);
 out:
     if (upstream >= 0)
         close(upstream);
@@ -155,6 +173,7 @@ void th_proxy_start(struct th_proxy *p)
 {
     memset(p, 0, sizeof(*p));
     pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->healed, NULL);
     for (int i = 0; i < TH_PROXY_MAX_CONNS; i++)
         p->conns[i] = -1;
     p->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -171,7 +190,10 @@ void th_proxy_start(struct th_proxy *p)
 
 void th_proxy_stop(struct th_proxy *p)
 {
+    pthread_mutex_lock(&p->lock);
     atomic_store(&p->stop, true);
+    pthread_cond_broadcast(&p->healed);
+    pthread_mutex_unlock(&p->lock);
     shutdown(p->fd, SHUT_RDWR);
     pthread_join(p->thread, NULL);
     close(p->fd);
@@ -184,5 +206,21 @@ void th_proxy_stop(struct th_proxy *p)
     while (atomic_load(&p->open) > 0 && clock_mono_ns() < deadline)
         usleep(10000); /* the relays notice the shutdown within one poll() */
     cr_assert_eq(atomic_load(&p->open), 0, "proxy tunnels still open");
+    pthread_cond_destroy(&p->healed);
     pthread_mutex_destroy(&p->lock);
+}
+
+void th_proxy_blackhole(struct th_proxy *p)
+{
+    pthread_mutex_lock(&p->lock);
+    p->blackholed = true;
+    pthread_mutex_unlock(&p->lock);
+}
+
+void th_proxy_heal(struct th_proxy *p)
+{
+    pthread_mutex_lock(&p->lock);
+    p->blackholed = false;
+    pthread_cond_broadcast(&p->healed);
+    pthread_mutex_unlock(&p->lock);
 }

@@ -451,3 +451,68 @@ char *th_package(struct th_server *s, const char *token, const char *name, const
     free(tgz);
     return id;
 }
+
+pid_t th_agent_start_env(const char *state_dir, const char *const *extra_env)
+{
+    char env[128], log[128];
+    snprintf(env, sizeof(env), "ORCH_AGENT_STATE_DIR=%.100s", state_dir);
+    snprintf(log, sizeof(log), "%.100s/agent.log", state_dir);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        FILE *f = freopen(log, "a", stderr);
+        (void)f;
+        putenv(env);
+        putenv("ORCH_AGENT_LOG_LEVEL=debug");
+        for (size_t i = 0; extra_env && extra_env[i]; i++)
+            putenv((char *)extra_env[i]);
+        execl(th_env("ORCH_TEST_AGENT"), "orch-agent", "run", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+long th_http_try(const struct th_server *s, const char *method, const char *path, const char *token,
+                 const char *body, json_t **json)
+{
+    if (json)
+        *json = NULL;
+    CURL *c = curl_easy_init();
+    if (!c)
+        return 0;
+    char url[2048], ca[128], auth[8192 + 64];
+    snprintf(url, sizeof(url), "%s%s", s->base, path);
+    snprintf(ca, sizeof(ca), "%s/tls/ca.pem", s->dir);
+    struct curl_slist *h = NULL, *n;
+    if (token) {
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+        if ((n = curl_slist_append(h, auth)))
+            h = n;
+    }
+    if (body && (n = curl_slist_append(h, "Content-Type: application/json")))
+        h = n;
+    struct buf rb = BUF_INIT;
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CAINFO, ca);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &rb);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    }
+    long status = 0;
+    if (curl_easy_perform(c) == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    if (status && json && rb.len > 0) {
+        json_error_t e;
+        *json = json_loadb(rb.data, rb.len, 0, &e);
+    }
+    buf_free(&rb);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    return status;
+}

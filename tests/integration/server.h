@@ -81,3 +81,16 @@ char *th_make_archive(const char *marker, size_t *len);
  * (malloc'd) and, when sha is not NULL, its SHA-256 in hex. */
 char *th_package(struct th_server *s, const char *token, const char *name, const char *marker,
                  char sha[65]);
+
+/* Like th_agent_start(), with more "K=V" entries for the agent (NULL-terminated; may be
+ * NULL), e.g. ORCH_AGENT_SERVER_PROXY for an agent that reaches orchd through a proxy. */
+pid_t th_agent_start_env(const char *state_dir, const char *const *extra_env);
+
+/* Send method path to s without failing the test on any outcome, for load generators and
+ * for requests made while orchd or its services are down: returns the HTTP status, or 0
+ * when orchd could not be reached or did not answer within 10 s. When json is not NULL it
+ * receives the parsed body (NULL when none; caller json_decref()s). Safe to call from
+ * several threads at once once curl_global_init() has run; reads s but never writes it
+ * (give each thread its own copy if another may restart the server meanwhile). */
+long th_http_try(const struct th_server *s, const char *method, const char *path, const char *token,
+                 const char *body, json_t **json);
