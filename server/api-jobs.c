@@ -454,9 +454,11 @@ void api_jobs_list(struct http_req *req)
     const char *until = http_req_query(req, "created_before");
     int64_t ms;
     const char *bad = NULL, *why = NULL;
-    if (cursor && !id_is_valid(cursor))
-        bad = "cursor", why = "is not a cursor returned by this API";
-    else if (status && !valid_status(status))
+    char after[ID_STR_LEN];
+    int c = api_page_cursor(req, cursor, after);
+    if (c < 0)
+        return;
+    if (status && !valid_status(status))
         bad = "status",
         why = "must be queued, assigned, running, succeeded, failed, cancelled or dead";
     else if (queue && !id_is_valid(queue))
@@ -473,7 +475,7 @@ void api_jobs_list(struct http_req *req)
     }
     char lim[16];
     snprintf(lim, sizeof(lim), "%d", limit);
-    const char *p[] = {cursor, lim, status, queue, agent, since, until};
+    const char *p[] = {c ? after : NULL, lim, status, queue, agent, since, until};
     PGresult *res = NULL;
     int r = store_exec_once(((struct app *)http_req_app(req))->store,
                             http_req_principal(req)->tenant_id, &q_job_list, p, &res);
@@ -481,7 +483,7 @@ void api_jobs_list(struct http_req *req)
         http_reply_error(req, r, "listing jobs");
         return;
     }
-    api_reply_pg_json(req, 200, res);
+    api_reply_page(req, res);
 }
 
 /* A queued job is cancelled at once; an assigned or running one is marked, and its agent
