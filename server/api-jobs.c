@@ -17,6 +17,7 @@
 #include "common/id.h"
 #include "common/log.h"
 #include "common/relpath.h"
+#include "proto/version.h"
 #include "server/api.h"
 #include "server/app.h"
 #include "server/gateway.h"
@@ -560,7 +561,8 @@ void api_jobs_cancel(struct http_req *req)
 
 /* Output of the job's latest attempt (or ?epoch=), one stream, from ?offset=, at most
  * ?limit_bytes= (default 64 KiB, at most 1 MiB). The body is the raw bytes; headers say
- * where the next read starts and whether the attempt has finished. */
+ * where the next read starts, whether the attempt has finished, and how much of the
+ * stream's start is no longer stored. */
 static const struct store_stmt q_job_logs = STORE_STMT(
     "job_logs",
     "WITH j AS (SELECT id, epoch, status IN ('succeeded', 'failed', 'cancelled', 'dead') AS done"
@@ -576,7 +578,9 @@ static const struct store_stmt q_job_logs = STORE_STMT(
     "                  FROM (1 + greatest($4::bigint - coalesce(min(c.\"offset\"),"
     "                                                          $4::bigint), 0))::int"
     "                  FOR $5::int),"
-    "        greatest(coalesce(min(c.\"offset\"), $4::bigint), $4::bigint)"
+    "        greatest(coalesce(min(c.\"offset\"), $4::bigint), $4::bigint),"
+    "        (SELECT ls.first_offset FROM job_log_streams ls, e"
+    "          WHERE ls.job_id = $1 AND ls.epoch = e.epoch AND ls.stream = $3)"
     " FROM c WHERE EXISTS (SELECT 1 FROM j)",
     5);
 
@@ -590,6 +594,7 @@ void api_jobs_logs(struct http_req *req)
     const char *epoch = http_req_query(req, "epoch");
     const char *limit = http_req_query(req, "limit_bytes");
     char *end = NULL;
+    errno = 0;
     long long off = offset ? strtoll(offset, &end, 10) : 0;
     if (!stream)
         stream = "stdout";
@@ -598,8 +603,10 @@ void api_jobs_logs(struct http_req *req)
         http_reply_problem(req, PROBLEM_VALIDATION, "must be stdout, stderr or system", "stream");
         return;
     }
-    if (offset && (!end || *end || off < 0)) {
-        http_reply_problem(req, PROBLEM_VALIDATION, "must be a byte offset >= 0", "offset");
+    if (offset &&
+        (errno || !end || end == offset || *end || off < 0 || off > ORCH_LOG_OFFSET_MAX)) {
+        http_reply_problem(req, PROBLEM_VALIDATION, "must be a byte offset between 0 and 2^53 - 1",
+                           "offset");
         return;
     }
     long long lim = 65536;
@@ -612,8 +619,9 @@ void api_jobs_logs(struct http_req *req)
         }
     }
     if (epoch) {
+        errno = 0;
         long long e = strtoll(epoch, &end, 10);
-        if (!end || *end || e < 1) {
+        if (errno || !end || end == epoch || *end || e < 1) {
             http_reply_problem(req, PROBLEM_VALIDATION, "must be an attempt epoch >= 1", "epoch");
             return;
         }
@@ -643,10 +651,17 @@ void api_jobs_logs(struct http_req *req)
     size_t n = 0;
     unsigned char *data = PQunescapeBytea((const unsigned char *)PQgetvalue(res, 0, 2), &n);
     long long start = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
+    long long first = PQgetisnull(res, 0, 4) ? 0 : strtoll(PQgetvalue(res, 0, 4), NULL, 10);
+    if (n == 0 && start < first)
+        start = first; /* nothing stored from here: the next read starts past the gap */
     char next[24];
     snprintf(next, sizeof(next), "%lld", start + (long long)n);
     http_reply_header(req, "X-Next-Offset", next);
     http_reply_header(req, "X-Epoch", PQgetvalue(res, 0, 0));
+    /* The marker of output no longer stored (the job's log limit kept the tail, or
+     * retention removed it): bytes [0, X-Dropped-Bytes) of the stream are gone, and a read
+     * from before there starts there. */
+    http_reply_header(req, "X-Dropped-Bytes", PQgetisnull(res, 0, 4) ? "0" : PQgetvalue(res, 0, 4));
     http_reply_header(req, "X-Complete",
                       strcmp(PQgetvalue(res, 0, 1), "t") == 0 ? "true" : "false");
     http_reply_bytes(req, 200, "application/octet-stream", (const char *)data, n);

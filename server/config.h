@@ -33,6 +33,7 @@ struct orchd_config {
     int64_t http_max_header_bytes;
     int64_t http_max_body_bytes;
     int64_t packages_cache_bytes; /* packages.cache_bytes */
+    int64_t logs_retention_ms;    /* logs.retention: finished jobs' output kept (0 = forever) */
     int64_t http_timeout_ms;
 
     char *auth_key_dir;        /* auth.key_dir: ES256 signing keys, <kid>.pem, mode 0600 */
