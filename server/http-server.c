@@ -666,12 +666,13 @@ static void dispatch(struct http_req *req)
             return;
         }
         char allow[96] = "";
-        for (size_t i = 0; i < ELEMENTSOF(methods); i++) {
+        size_t used = 0;
+        for (size_t i = 0; i < ELEMENTSOF(methods) && used < sizeof(allow); i++) {
             if (!(allowed & methods[i].m))
                 continue;
-            if (allow[0])
-                strncat(allow, ", ", sizeof(allow) - strlen(allow) - 1);
-            strncat(allow, methods[i].name, sizeof(allow) - strlen(allow) - 1);
+            int n = snprintf(allow + used, sizeof(allow) - used, "%s%s", used ? ", " : "",
+                             methods[i].name);
+            used += n > 0 ? (size_t)n : 0;
         }
         http_reply_header(req, "Allow", allow);
         char detail[160];
