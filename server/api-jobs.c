@@ -568,19 +568,22 @@ static const struct store_stmt q_job_logs = STORE_STMT(
     "WITH j AS (SELECT id, epoch, status IN ('succeeded', 'failed', 'cancelled', 'dead') AS done"
     "             FROM jobs WHERE id = $1),"
     " e AS (SELECT coalesce($2::bigint, (SELECT epoch FROM j)) AS epoch),"
-    " c AS (SELECT l.\"offset\", l.data FROM job_logs l, e"
+    /* Bytes before first_offset are no longer stored: a read from there starts at it. */
+    " s AS (SELECT ls.first_offset FROM job_log_streams ls, e"
+    "        WHERE ls.job_id = $1 AND ls.epoch = e.epoch AND ls.stream = $3),"
+    " o AS (SELECT greatest($4::bigint, coalesce((SELECT first_offset FROM s), 0)) AS off),"
+    " c AS (SELECT l.\"offset\", l.data FROM job_logs l, e, o"
     "        WHERE l.job_id = $1 AND l.epoch = e.epoch AND l.stream = $3"
-    "          AND l.\"offset\" + length(l.data) > $4::bigint"
-    "          AND l.\"offset\" < $4::bigint + $5::int"
+    "          AND l.\"offset\" + length(l.data) > o.off"
+    "          AND l.\"offset\" < o.off + $5::int"
     "        ORDER BY l.\"offset\")"
     " SELECT (SELECT epoch FROM e), (SELECT done FROM j),"
     "        substring(coalesce(string_agg(c.data, ''::bytea ORDER BY c.\"offset\"), ''::bytea)"
-    "                  FROM (1 + greatest($4::bigint - coalesce(min(c.\"offset\"),"
-    "                                                          $4::bigint), 0))::int"
+    "                  FROM (1 + greatest((SELECT off FROM o) - coalesce(min(c.\"offset\"),"
+    "                                                          (SELECT off FROM o)), 0))::int"
     "                  FOR $5::int),"
-    "        greatest(coalesce(min(c.\"offset\"), $4::bigint), $4::bigint),"
-    "        (SELECT ls.first_offset FROM job_log_streams ls, e"
-    "          WHERE ls.job_id = $1 AND ls.epoch = e.epoch AND ls.stream = $3)"
+    "        greatest(coalesce(min(c.\"offset\"), (SELECT off FROM o)), (SELECT off FROM o)),"
+    "        (SELECT first_offset FROM s)"
     " FROM c WHERE EXISTS (SELECT 1 FROM j)",
     5);
 
@@ -651,9 +654,6 @@ void api_jobs_logs(struct http_req *req)
     size_t n = 0;
     unsigned char *data = PQunescapeBytea((const unsigned char *)PQgetvalue(res, 0, 2), &n);
     long long start = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
-    long long first = PQgetisnull(res, 0, 4) ? 0 : strtoll(PQgetvalue(res, 0, 4), NULL, 10);
-    if (n == 0 && start < first)
-        start = first; /* nothing stored from here: the next read starts past the gap */
     char next[24];
     snprintf(next, sizeof(next), "%lld", start + (long long)n);
     http_reply_header(req, "X-Next-Offset", next);
