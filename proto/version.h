@@ -4,3 +4,7 @@
 
 #define ORCH_PROTO_VERSION 1
 #define ORCH_API_PREFIX    "/api/v1"
+
+/* Job output (agent protocol `logs` reports and GET /api/v1/jobs/{id}/logs): a stream
+ * offset, and the end of a chunk, are at most 2^53 - 1, exact in every JSON parser. */
+#define ORCH_LOG_OFFSET_MAX ((long long)9007199254740991)

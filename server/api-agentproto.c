@@ -13,11 +13,13 @@
 #include "common/clock.h"
 #include "common/id.h"
 #include "common/log.h"
+#include "proto/version.h"
 #include "server/api.h"
 #include "server/app.h"
 #include "server/gateway.h"
 
 #define LOG_CHUNK_MAX    (64 * 1024)
+#define LOG_OFFSET_MAX   ORCH_LOG_OFFSET_MAX
 #define RESULT_MAX       (1024 * 1024)
 #define SYNC_MAX_REPORTS 512
 #define SYNC_MAX_WAIT_S  60
@@ -230,26 +232,28 @@ static const struct store_stmt q_started = STORE_STMT(
     "        (SELECT count(*) FROM a)",
     4);
 
-static const struct store_stmt q_log_chunk = STORE_STMT(
-    "ap_log_chunk",
-    "WITH ok AS (SELECT tenant_id FROM jobs WHERE id = $1 AND epoch = $2 AND agent_id = $6"
-    "              AND status IN ('assigned', 'running')),"
-    " ins AS (INSERT INTO job_logs (tenant_id, job_id, epoch, stream, \"offset\", data)"
-    "           SELECT ok.tenant_id, $1, $2, $3, $4, decode($5, 'base64') FROM ok"
-    "         ON CONFLICT DO NOTHING RETURNING 1)"
-    " SELECT (SELECT count(*) FROM ok), (SELECT count(*) FROM jobs WHERE id = $1),"
-    "        (SELECT count(*) FROM ins)",
-    6);
+/* One chunk through job_log_append() (sql/0009_job_logs.sql): contiguous, idempotent for an
+ * identical retransmission, within the job's log limit. */
+static const struct store_stmt q_log_chunk =
+    STORE_STMT("ap_log_chunk",
+               "SELECT code, next_offset, first_offset"
+               "  FROM job_log_append($1, $2, $6, $3, $4, decode($5, 'base64'))",
+               6);
 
 /* Ends the attempt when (job, epoch) is this agent's; a repeat of a result already
- * recorded for this agent and epoch is answered like the first. */
+ * recorded for this agent and epoch is answered like the first. The status answered is the
+ * job's after this result: job_end_attempt()'s, since the statement's own snapshot still
+ * sees the status from before. */
 static const struct store_stmt q_result = STORE_STMT(
     "ap_result",
-    "SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND epoch = $2 AND agent_id = $3)"
-    "            THEN job_end_attempt($1, $2, $4, $5::int, $6, $7::jsonb) END,"
+    "WITH e AS MATERIALIZED ("
+    "  SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND epoch = $2 AND agent_id = $3)"
+    "              THEN job_end_attempt($1, $2, $4, $5::int, $6, $7::jsonb) END AS status)"
+    " SELECT e.status,"
     "       EXISTS (SELECT 1 FROM job_attempts WHERE job_id = $1 AND epoch = $2"
     "                 AND agent_id = $3 AND finished_at IS NOT NULL AND status <> 'lost'),"
-    "       (SELECT status FROM jobs WHERE id = $1)",
+    "       coalesce(e.status, (SELECT status FROM jobs WHERE id = $1))"
+    "  FROM e",
     7);
 
 static void epoch_text(const json_t *body, char *epoch, size_t len)
@@ -257,7 +261,7 @@ static void epoch_text(const json_t *body, char *epoch, size_t len)
     snprintf(epoch, len, "%lld", json_integer_value(json_object_get(body, "epoch")));
 }
 
-/* The first two columns of q_started and q_log_chunk: attempt ours, job exists. */
+/* The first two columns of q_started: attempt ours, job exists. */
 static void ours_or_not(PGresult *res, struct outcome *o, json_t *answer)
 {
     bool ok = strcmp(PQgetvalue(res, 0, 0), "1") == 0;
@@ -296,9 +300,25 @@ static int report_started(struct app *app, const struct http_principal *p, struc
 static const struct jsonv_field logs_fields[] = {
     {"epoch", JSONV_INT, JSONV_REQUIRED, 1, INT64_MAX},
     {"stream", JSONV_STRING, JSONV_REQUIRED, 1, 8},
-    {"offset", JSONV_INT, JSONV_REQUIRED, 0, INT64_MAX},
+    {"offset", JSONV_INT, JSONV_REQUIRED, 0, LOG_OFFSET_MAX},
     {"data", JSONV_STRING, JSONV_REQUIRED, 0, (LOG_CHUNK_MAX / 3 + 1) * 4},
 };
+
+/* A chunk is stored at the stream's end only: anything else would make the stream read
+ * back as something the job never wrote. */
+static void log_offset_refused(struct outcome *o, const char *code, long long end)
+{
+    bool gap = strcmp(code, "gap") == 0;
+    char detail[200];
+    snprintf(detail, sizeof(detail),
+             gap ? "the stream ends at %lld: a chunk must start there (no gap)"
+                 : "differs from the bytes already stored at this offset (the stream ends at "
+                   "%lld)",
+             end);
+    outcome_problem(o, PROBLEM_CONFLICT, detail, "offset");
+    o->ext = json_pack("{s:s, s:I}", "reason", gap ? "offset-gap" : "offset-conflict",
+                       "next_offset", (json_int_t)end);
+}
 
 static int report_logs(struct app *app, const struct http_principal *p, struct store_tx *tx,
                        const char *id, const json_t *body, struct outcome *o)
@@ -323,6 +343,14 @@ static int report_logs(struct app *app, const struct http_principal *p, struct s
     }
     int pad = (dlen >= 1 && data[dlen - 1] == '=') + (dlen >= 2 && data[dlen - 2] == '=');
     long long bytes = n - pad;
+    /* offset <= LOG_OFFSET_MAX (the table) and bytes <= LOG_CHUNK_MAX: no overflow here. */
+    if (offset > LOG_OFFSET_MAX - bytes) {
+        outcome_problem(o, PROBLEM_VALIDATION,
+                        "offset plus the chunk's length is past the largest stream offset "
+                        "(2^53 - 1)",
+                        "offset");
+        return 0;
+    }
     char epoch[24], off[24];
     epoch_text(body, epoch, sizeof(epoch));
     snprintf(off, sizeof(off), "%lld", (long long)offset);
@@ -331,7 +359,19 @@ static int report_logs(struct app *app, const struct http_principal *p, struct s
     int r = store_tx_exec(tx, &q_log_chunk, pp, &res);
     if (r < 0)
         return r;
-    ours_or_not(res, o, json_pack("{s:I}", "next_offset", (json_int_t)(offset + bytes)));
+    const char *code = r == 1 ? PQgetvalue(res, 0, 0) : "missing";
+    long long next = r == 1 ? strtoll(PQgetvalue(res, 0, 1), NULL, 10) : 0;
+    long long first = r == 1 ? strtoll(PQgetvalue(res, 0, 2), NULL, 10) : 0;
+    if (strcmp(code, "missing") == 0)
+        outcome_problem(o, PROBLEM_NOT_FOUND, "no such job", NULL);
+    else if (strcmp(code, "stale") == 0)
+        outcome_stale(o);
+    else if (strcmp(code, "ok") != 0)
+        log_offset_refused(o, code, next);
+    else
+        o->answer = json_pack("{s:I, s:I}", "next_offset", (json_int_t)next, "dropped_bytes",
+                              (json_int_t)first);
+    PQclear(res);
     return 0;
 }
 

@@ -411,20 +411,33 @@ void api_agents_delete(struct http_req *req)
 /* How long the previous credential keeps working after a rotation. */
 #define AGENT_ROTATION_GRACE_MINUTES "15"
 
-/* The credential presented ($4: its prefix) becomes the previous one: the current one, or
- * the previous one again when the agent lost the answer of a rotation and retries. */
+/* The current credential (its prefix: $4) becomes the previous one and a new one is made.
+ * Only the current credential may rotate: the previous one, still accepted during the grace
+ * period for the agent protocol, would otherwise let whoever stole it replace the current
+ * one and lock the agent out (0 rows: refused, see api_agent_rotate()). */
 static const struct store_stmt q_agent_rotate = STORE_STMT(
     "agent_rotate",
     "UPDATE agents SET"
-    " prev_credential_prefix = CASE WHEN prev_credential_prefix = $4 THEN prev_credential_prefix"
-    "                               ELSE credential_prefix END,"
-    " prev_credential_hash = CASE WHEN prev_credential_prefix = $4 THEN prev_credential_hash"
-    "                             ELSE credential_hash END,"
+    " prev_credential_prefix = credential_prefix, prev_credential_hash = credential_hash,"
     " prev_credential_valid_until = now() + interval '" AGENT_ROTATION_GRACE_MINUTES " minutes',"
     " credential_prefix = $2, credential_hash = decode($3, 'hex'),"
     " credential_expires_at = now() + interval '" AGENT_CREDENTIAL_DAYS " days',"
-    " updated_at = now() WHERE id = $1 RETURNING id",
+    " updated_at = now() WHERE id = $1 AND credential_prefix = $4 RETURNING id",
     4);
+
+/* Unregistering, likewise, takes the current credential. */
+static const struct store_stmt q_agent_unregister =
+    STORE_STMT("agent_unregister",
+               "DELETE FROM agents WHERE id = $1 AND credential_prefix = $2 RETURNING name", 2);
+
+/* The refusal of a change the previous credential asked for. */
+static void reply_previous_credential(struct http_req *req)
+{
+    http_reply_problem_ext(req, PROBLEM_CONFLICT,
+                           "this credential was replaced by a rotation and only works for the "
+                           "agent protocol until its grace period ends: use the current one",
+                           NULL, json_pack("{s:s}", "reason", "previous-credential"));
+}
 
 void api_agent_self(struct http_req *req)
 {
@@ -441,15 +454,33 @@ void api_agent_self(struct http_req *req)
 
 void api_agent_unregister(struct http_req *req)
 {
-    agent_change(req, http_req_principal(req)->subject, &q_agent_delete, NULL, "agent.unregister",
-                 true);
+    const struct http_principal *pr = http_req_principal(req);
+    struct store_tx *tx = NULL;
+    int r = app_tx_begin(http_req_app(req), req, &tx);
+    const char *p[] = {pr->subject, pr->token_id};
+    if (r >= 0)
+        r = store_tx_exec(tx, &q_agent_unregister, p, NULL);
+    if (r == 0) {
+        store_tx_rollback(tx);
+        reply_previous_credential(req);
+        return;
+    }
+    if (r > 0)
+        r = app_audit(tx, req, NULL, "agent.unregister", "agent", pr->subject, NULL);
+    if (r < 0) {
+        store_tx_rollback(tx);
+        http_reply_error(req, r, "unregistering the agent");
+        return;
+    }
+    if (api_commit(req, tx, "unregistering the agent") == 0)
+        http_reply_json(req, 204, NULL);
 }
 
 void api_agent_rotate(struct http_req *req)
 {
-    /* The old credential keeps working for AGENT_ROTATION_GRACE_MINUTES after this commits
-     * (so a lost answer does not lock the agent out; it can rotate again with the old one);
-     * the agent saves the new one before it uses it (see orch-agent). */
+    /* The old credential keeps working for the agent protocol for
+     * AGENT_ROTATION_GRACE_MINUTES after this commits (the agent's other connections switch
+     * over meanwhile); the agent saves the new one before it uses it (see orch-agent). */
     const char *id = http_req_principal(req)->subject;
     struct authkey cred;
     if (authkey_new(AUTHKEY_AGENT, &cred) < 0) {
@@ -461,8 +492,11 @@ void api_agent_rotate(struct http_req *req)
     const char *p[] = {id, cred.prefix, cred.hash_hex, http_req_principal(req)->token_id};
     if (r >= 0)
         r = store_tx_exec(tx, &q_agent_rotate, p, NULL);
-    if (r == 0)
-        r = -ENOENT;
+    if (r == 0) {
+        store_tx_rollback(tx);
+        reply_previous_credential(req);
+        return;
+    }
     if (r > 0)
         r = app_audit(tx, req, NULL, "agent.rotate_credential", "agent", id, NULL);
     if (r < 0) {

@@ -22,11 +22,10 @@ void api_audit_list(struct http_req *req)
     const char *cursor;
     if (http_req_page(req, 50, 500, &limit, &cursor) < 0)
         return;
-    if (cursor && !id_is_valid(cursor)) {
-        http_reply_problem(req, PROBLEM_VALIDATION, "is not a cursor returned by this API",
-                           "cursor");
+    char after[ID_STR_LEN];
+    int c = api_page_cursor(req, cursor, after);
+    if (c < 0)
         return;
-    }
     const struct http_principal *pr = http_req_principal(req);
     const char *tenant = http_req_query(req, "tenant_id");
     if (tenant && (!id_is_valid(tenant) || pr->kind != HTTP_PRINCIPAL_PLATFORM)) {
@@ -39,7 +38,7 @@ void api_audit_list(struct http_req *req)
     }
     char lim[16];
     snprintf(lim, sizeof(lim), "%d", limit);
-    const char *p[] = {cursor, lim, tenant};
+    const char *p[] = {c ? after : NULL, lim, tenant};
     PGresult *res = NULL;
     struct app *app = http_req_app(req);
     int r = store_exec_once(app->store, pr->kind == HTTP_PRINCIPAL_TENANT ? pr->tenant_id : NULL,
@@ -48,5 +47,5 @@ void api_audit_list(struct http_req *req)
         http_reply_error(req, r, "reading the audit log");
         return;
     }
-    api_reply_pg_json(req, 200, res);
+    api_reply_page(req, res);
 }

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/buf.h"
+#include "common/crypto.h"
 #include "common/id.h"
 #include "common/log.h"
 #include "server/api.h"
@@ -126,6 +128,98 @@ void api_reply_doc_commit(struct http_req *req, struct store_tx *tx, const struc
     http_reply_json(req, status, doc);
 }
 
+/* --- cursors ---------------------------------------------------------------------------- */
+
+/* A cursor is base64url(id || MAC(route, principal's tenant, id)): a cursor made by the
+ * server for one list and one tenant, on any node, is recognised; anything else (an id
+ * typed in, a cursor of another list or tenant) is refused with 422. */
+#define CURSOR_LABEL   "orch list cursor v1"
+#define CURSOR_RAW_LEN (16 + JWT_RING_MAC_LEN)
+
+static size_t cursor_msg(struct http_req *req, const uint8_t id[16], uint8_t *msg, size_t cap)
+{
+    const struct http_principal *pr = http_req_principal(req);
+    const char *scope = pr->kind == HTTP_PRINCIPAL_PLATFORM ? "platform" : pr->tenant_id;
+    int n = snprintf((char *)msg, cap, "%s\n%s\n", http_req_route(req), scope);
+    size_t len = n < 0 ? 0 : (size_t)n >= cap - 16 ? cap - 16 : (size_t)n;
+    memcpy(msg + len, id, 16);
+    return len + 16;
+}
+
+int api_cursor_seal(struct http_req *req, const char *id, char out[API_CURSOR_LEN])
+{
+    uint8_t raw[CURSOR_RAW_LEN], msg[512];
+    if (id_parse(id, raw) < 0)
+        return -EINVAL;
+    struct app *app = http_req_app(req);
+    jwt_ring_mac(app->ring, CURSOR_LABEL, msg, cursor_msg(req, raw, msg, sizeof(msg)), raw + 16);
+    return base64url_encode(raw, sizeof(raw), out, API_CURSOR_LEN) < 0 ? -ENOSPC : 0;
+}
+
+int api_cursor_open(struct http_req *req, const char *cursor, char id[ID_STR_LEN])
+{
+    uint8_t raw[CURSOR_RAW_LEN + 1], msg[512];
+    size_t len = strlen(cursor);
+    if (len != API_CURSOR_LEN - 1 ||
+        base64url_decode(cursor, len, raw, sizeof(raw)) != CURSOR_RAW_LEN)
+        return -EINVAL;
+    struct app *app = http_req_app(req);
+    if (!jwt_ring_mac_check(app->ring, CURSOR_LABEL, msg, cursor_msg(req, raw, msg, sizeof(msg)),
+                            raw + 16))
+        return -EINVAL;
+    id_format(raw, id);
+    return 0;
+}
+
+int api_page_cursor(struct http_req *req, const char *cursor, char id[ID_STR_LEN])
+{
+    if (!cursor)
+        return 0;
+    if (api_cursor_open(req, cursor, id) < 0) {
+        http_reply_problem(req, PROBLEM_VALIDATION, "is not a cursor returned by this API",
+                           "cursor");
+        return -EINVAL;
+    }
+    return 1;
+}
+
+void api_reply_page(struct http_req *req, PGresult *res)
+{
+    static const char key[] = "\"next_cursor\" : ";
+    if (!res || PQntuples(res) < 1 || PQgetisnull(res, 0, 0)) {
+        api_reply_pg_json(req, 200, res);
+        return;
+    }
+    /* json_build_object()'s text ends with the cursor member: '"next_cursor" : null}' or
+     * '"next_cursor" : "<id>"}'. Only the id is replaced, so the items are not parsed. */
+    const char *text = PQgetvalue(res, 0, 0);
+    size_t len = (size_t)PQgetlength(res, 0, 0);
+    size_t klen = sizeof(key) - 1, idpos = len - (ID_STR_LEN - 1) - 2;
+    bool has_id = len > klen + ID_STR_LEN + 2 && memcmp(text + idpos - 1 - klen, key, klen) == 0 &&
+                  text[idpos - 1] == '"' && text[len - 2] == '"' && text[len - 1] == '}';
+    char id[ID_STR_LEN], cursor[API_CURSOR_LEN];
+    if (has_id) {
+        memcpy(id, text + idpos, ID_STR_LEN - 1);
+        id[ID_STR_LEN - 1] = '\0';
+    }
+    if (!has_id || api_cursor_seal(req, id, cursor) < 0) {
+        api_reply_pg_json(req, 200, res);
+        return;
+    }
+    struct buf b = BUF_INIT;
+    int r = buf_append(&b, text, idpos);
+    if (r >= 0)
+        r = buf_printf(&b, "%s\"}", cursor);
+    PQclear(res);
+    if (r < 0) {
+        buf_free(&b);
+        http_reply_error(req, -ENOMEM, "listing");
+        return;
+    }
+    http_reply_json_text(req, 200, b.data, b.len);
+    buf_free(&b);
+}
+
 int api_list_page(struct http_req *req, const struct store_stmt *stmt, const char *tenant_id,
                   const char *what)
 {
@@ -137,23 +231,22 @@ int api_list_page_with(struct http_req *req, const struct store_stmt *stmt, cons
 {
     int limit;
     const char *cursor;
+    char after[ID_STR_LEN];
     if (http_req_page(req, 50, 500, &limit, &cursor) < 0)
         return -EINVAL;
-    if (cursor && !id_is_valid(cursor)) {
-        http_reply_problem(req, PROBLEM_VALIDATION, "is not a cursor returned by this API",
-                           "cursor");
-        return -EINVAL;
-    }
+    int c = api_page_cursor(req, cursor, after);
+    if (c < 0)
+        return c;
     char lim[16];
     snprintf(lim, sizeof(lim), "%d", limit);
-    const char *p[] = {cursor, lim, arg3}; /* the statement takes 2 or 3 */
+    const char *p[] = {c ? after : NULL, lim, arg3}; /* the statement takes 2 or 3 */
     PGresult *res = NULL;
     int r = store_exec_once(((struct app *)http_req_app(req))->store, tenant_id, stmt, p, &res);
     if (r < 0) {
         http_reply_error(req, r, what);
         return r;
     }
-    api_reply_pg_json(req, 200, res);
+    api_reply_page(req, res);
     return 0;
 }
 

@@ -17,6 +17,7 @@
 #include "common/id.h"
 #include "common/log.h"
 #include "common/relpath.h"
+#include "proto/version.h"
 #include "server/api.h"
 #include "server/app.h"
 #include "server/gateway.h"
@@ -454,9 +455,11 @@ void api_jobs_list(struct http_req *req)
     const char *until = http_req_query(req, "created_before");
     int64_t ms;
     const char *bad = NULL, *why = NULL;
-    if (cursor && !id_is_valid(cursor))
-        bad = "cursor", why = "is not a cursor returned by this API";
-    else if (status && !valid_status(status))
+    char after[ID_STR_LEN];
+    int c = api_page_cursor(req, cursor, after);
+    if (c < 0)
+        return;
+    if (status && !valid_status(status))
         bad = "status",
         why = "must be queued, assigned, running, succeeded, failed, cancelled or dead";
     else if (queue && !id_is_valid(queue))
@@ -473,7 +476,7 @@ void api_jobs_list(struct http_req *req)
     }
     char lim[16];
     snprintf(lim, sizeof(lim), "%d", limit);
-    const char *p[] = {cursor, lim, status, queue, agent, since, until};
+    const char *p[] = {c ? after : NULL, lim, status, queue, agent, since, until};
     PGresult *res = NULL;
     int r = store_exec_once(((struct app *)http_req_app(req))->store,
                             http_req_principal(req)->tenant_id, &q_job_list, p, &res);
@@ -481,7 +484,7 @@ void api_jobs_list(struct http_req *req)
         http_reply_error(req, r, "listing jobs");
         return;
     }
-    api_reply_pg_json(req, 200, res);
+    api_reply_page(req, res);
 }
 
 /* A queued job is cancelled at once; an assigned or running one is marked, and its agent
@@ -558,23 +561,29 @@ void api_jobs_cancel(struct http_req *req)
 
 /* Output of the job's latest attempt (or ?epoch=), one stream, from ?offset=, at most
  * ?limit_bytes= (default 64 KiB, at most 1 MiB). The body is the raw bytes; headers say
- * where the next read starts and whether the attempt has finished. */
+ * where the next read starts, whether the attempt has finished, and how much of the
+ * stream's start is no longer stored. */
 static const struct store_stmt q_job_logs = STORE_STMT(
     "job_logs",
     "WITH j AS (SELECT id, epoch, status IN ('succeeded', 'failed', 'cancelled', 'dead') AS done"
     "             FROM jobs WHERE id = $1),"
     " e AS (SELECT coalesce($2::bigint, (SELECT epoch FROM j)) AS epoch),"
-    " c AS (SELECT l.\"offset\", l.data FROM job_logs l, e"
+    /* Bytes before first_offset are no longer stored: a read from there starts at it. */
+    " s AS (SELECT ls.first_offset FROM job_log_streams ls, e"
+    "        WHERE ls.job_id = $1 AND ls.epoch = e.epoch AND ls.stream = $3),"
+    " o AS (SELECT greatest($4::bigint, coalesce((SELECT first_offset FROM s), 0)) AS off),"
+    " c AS (SELECT l.\"offset\", l.data FROM job_logs l, e, o"
     "        WHERE l.job_id = $1 AND l.epoch = e.epoch AND l.stream = $3"
-    "          AND l.\"offset\" + length(l.data) > $4::bigint"
-    "          AND l.\"offset\" < $4::bigint + $5::int"
+    "          AND l.\"offset\" + length(l.data) > o.off"
+    "          AND l.\"offset\" < o.off + $5::int"
     "        ORDER BY l.\"offset\")"
     " SELECT (SELECT epoch FROM e), (SELECT done FROM j),"
     "        substring(coalesce(string_agg(c.data, ''::bytea ORDER BY c.\"offset\"), ''::bytea)"
-    "                  FROM (1 + greatest($4::bigint - coalesce(min(c.\"offset\"),"
-    "                                                          $4::bigint), 0))::int"
+    "                  FROM (1 + greatest((SELECT off FROM o) - coalesce(min(c.\"offset\"),"
+    "                                                          (SELECT off FROM o)), 0))::int"
     "                  FOR $5::int),"
-    "        greatest(coalesce(min(c.\"offset\"), $4::bigint), $4::bigint)"
+    "        greatest(coalesce(min(c.\"offset\"), (SELECT off FROM o)), (SELECT off FROM o)),"
+    "        (SELECT first_offset FROM s)"
     " FROM c WHERE EXISTS (SELECT 1 FROM j)",
     5);
 
@@ -588,6 +597,7 @@ void api_jobs_logs(struct http_req *req)
     const char *epoch = http_req_query(req, "epoch");
     const char *limit = http_req_query(req, "limit_bytes");
     char *end = NULL;
+    errno = 0;
     long long off = offset ? strtoll(offset, &end, 10) : 0;
     if (!stream)
         stream = "stdout";
@@ -596,8 +606,10 @@ void api_jobs_logs(struct http_req *req)
         http_reply_problem(req, PROBLEM_VALIDATION, "must be stdout, stderr or system", "stream");
         return;
     }
-    if (offset && (!end || *end || off < 0)) {
-        http_reply_problem(req, PROBLEM_VALIDATION, "must be a byte offset >= 0", "offset");
+    if (offset &&
+        (errno || !end || end == offset || *end || off < 0 || off > ORCH_LOG_OFFSET_MAX)) {
+        http_reply_problem(req, PROBLEM_VALIDATION, "must be a byte offset between 0 and 2^53 - 1",
+                           "offset");
         return;
     }
     long long lim = 65536;
@@ -610,8 +622,9 @@ void api_jobs_logs(struct http_req *req)
         }
     }
     if (epoch) {
+        errno = 0;
         long long e = strtoll(epoch, &end, 10);
-        if (!end || *end || e < 1) {
+        if (errno || !end || end == epoch || *end || e < 1) {
             http_reply_problem(req, PROBLEM_VALIDATION, "must be an attempt epoch >= 1", "epoch");
             return;
         }
@@ -645,6 +658,10 @@ void api_jobs_logs(struct http_req *req)
     snprintf(next, sizeof(next), "%lld", start + (long long)n);
     http_reply_header(req, "X-Next-Offset", next);
     http_reply_header(req, "X-Epoch", PQgetvalue(res, 0, 0));
+    /* The marker of output no longer stored (the job's log limit kept the tail, or
+     * retention removed it): bytes [0, X-Dropped-Bytes) of the stream are gone, and a read
+     * from before there starts there. */
+    http_reply_header(req, "X-Dropped-Bytes", PQgetisnull(res, 0, 4) ? "0" : PQgetvalue(res, 0, 4));
     http_reply_header(req, "X-Complete",
                       strcmp(PQgetvalue(res, 0, 1), "t") == 0 ? "true" : "false");
     http_reply_bytes(req, 200, "application/octet-stream", (const char *)data, n);

@@ -23,6 +23,7 @@ static const struct {
     {"api_calls_per_day", "max_api_calls_day"},
     {"rate_per_second", "rate_per_sec"},
     {"rate_burst", "rate_burst"},
+    {"job_log_bytes", "max_job_log_bytes"},
 };
 
 static const struct store_stmt q_tenant_doc =
@@ -43,9 +44,9 @@ static const struct store_stmt q_tenant_insert =
     STORE_STMT("tenant_insert",
                "INSERT INTO tenants (id, slug, display_name, tier, max_agents, max_concurrent_jobs,"
                " max_schedules, max_queues, max_storage_bytes, max_api_calls_day, rate_per_sec,"
-               " rate_burst) VALUES ($1, $2, $3, $4, $5::int, $6::int, $7::int, $8::int,"
-               " $9::bigint, $10::int, $11::int, $12::int)",
-               12);
+               " rate_burst, max_job_log_bytes) VALUES ($1, $2, $3, $4, $5::int, $6::int, $7::int,"
+               " $8::int, $9::bigint, $10::int, $11::int, $12::int, $13::bigint)",
+               13);
 
 /* For each quota: $n::bool "was given", $n+1 the value (NULL clears the override). */
 static const struct store_stmt q_tenant_update = STORE_STMT(
@@ -60,8 +61,9 @@ static const struct store_stmt q_tenant_update = STORE_STMT(
     " max_api_calls_day = CASE WHEN $15::bool THEN $16::int ELSE max_api_calls_day END,"
     " rate_per_sec = CASE WHEN $17::bool THEN $18::int ELSE rate_per_sec END,"
     " rate_burst = CASE WHEN $19::bool THEN $20::int ELSE rate_burst END,"
+    " max_job_log_bytes = CASE WHEN $21::bool THEN $22::bigint ELSE max_job_log_bytes END,"
     " updated_at = now() WHERE id = $1 RETURNING id",
-    20);
+    22);
 
 static const struct store_stmt q_tenant_delete =
     STORE_STMT("tenant_delete", "DELETE FROM tenants WHERE id = $1 RETURNING slug", 1);
@@ -109,11 +111,13 @@ static int parse_quotas(struct http_req *req, const json_t *q, char text[][24], 
         if (i == ELEMENTSOF(quotas)) {
             http_reply_problem(req, PROBLEM_VALIDATION,
                                "unknown quota (agents, concurrent_jobs, schedules, queues, "
-                               "storage_bytes, api_calls_per_day, rate_per_second, rate_burst)",
+                               "storage_bytes, api_calls_per_day, rate_per_second, rate_burst, "
+                               "job_log_bytes)",
                                field);
             return -EINVAL;
         }
-        json_int_t max = strcmp(k, "storage_bytes") == 0 ? (json_int_t)1 << 50 : 100000000;
+        bool bytes = strcmp(k, "storage_bytes") == 0 || strcmp(k, "job_log_bytes") == 0;
+        json_int_t max = bytes ? (json_int_t)1 << 50 : 100000000;
         json_int_t min = strncmp(k, "rate_", 5) == 0 ? 1 : 0;
         if (!json_is_null(v) &&
             (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max)) {
@@ -141,7 +145,7 @@ void api_tenants_create(struct http_req *req)
         {"slug", JSONV_STRING, JSONV_REQUIRED, 1, 63},
         {"display_name", JSONV_STRING, JSONV_REQUIRED, 1, 200},
         {"tier", JSONV_STRING, JSONV_REQUIRED, 1, 16},
-        {"quotas", JSONV_OBJECT, JSONV_NULLABLE, 0, 8},
+        {"quotas", JSONV_OBJECT, JSONV_NULLABLE, 0, ELEMENTSOF(quotas)},
     };
     json_t *body = NULL;
     if (http_req_json(req, fields, ELEMENTSOF(fields), &body) < 0)
@@ -159,8 +163,8 @@ void api_tenants_create(struct http_req *req)
     } else if (parse_quotas(req, json_object_get(body, "quotas"), qt, given) == 0) {
         char id[ID_STR_LEN];
         id_uuid7_str(id);
-        const char *p[12] = {id, slug, api_json_str(body, "display_name"),
-                             api_json_str(body, "tier")};
+        const char *p[4 + ELEMENTSOF(quotas)] = {id, slug, api_json_str(body, "display_name"),
+                                                 api_json_str(body, "tier")};
         for (size_t i = 0; i < ELEMENTSOF(quotas); i++)
             p[4 + i] = qt[i][0] ? qt[i] : NULL;
         struct store_tx *tx = NULL;
@@ -198,7 +202,7 @@ void api_tenants_update(struct http_req *req)
         {"display_name", JSONV_STRING, 0, 1, 200},
         {"tier", JSONV_STRING, 0, 1, 16},
         {"status", JSONV_STRING, 0, 1, 16},
-        {"quotas", JSONV_OBJECT, 0, 0, 8},
+        {"quotas", JSONV_OBJECT, 0, 0, ELEMENTSOF(quotas)},
     };
     const char *id = api_path_id(req, "id", "tenant");
     if (!id)
@@ -216,7 +220,8 @@ void api_tenants_update(struct http_req *req)
     } else if (status && strcmp(status, "active") != 0 && strcmp(status, "suspended") != 0) {
         http_reply_problem(req, PROBLEM_VALIDATION, "must be active or suspended", "status");
     } else if (parse_quotas(req, json_object_get(body, "quotas"), qt, given) == 0) {
-        const char *p[20] = {id, api_json_str(body, "display_name"), tier, status};
+        const char *p[4 + 2 * ELEMENTSOF(quotas)] = {id, api_json_str(body, "display_name"), tier,
+                                                     status};
         for (size_t i = 0; i < ELEMENTSOF(quotas); i++) {
             p[4 + 2 * i] = given[i] ? "true" : "false";
             p[5 + 2 * i] = qt[i][0] ? qt[i] : NULL;

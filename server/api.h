@@ -5,6 +5,7 @@
 #include <libpq-fe.h>
 #include <stdbool.h>
 
+#include "common/id.h"
 #include "server/http.h"
 #include "server/store.h"
 
@@ -29,6 +30,20 @@ int api_list_page(struct http_req *req, const struct store_stmt *stmt, const cha
 /* The same for a statement with a third parameter (a filter; NULL = SQL NULL). */
 int api_list_page_with(struct http_req *req, const struct store_stmt *stmt, const char *tenant_id,
                        const char *what, const char *arg3);
+/* List cursors (api-common.c): opaque, bound by a MAC to the list's route and the
+ * principal's tenant. API_CURSOR_LEN counts the NUL. */
+#define API_CURSOR_LEN 44
+/* The cursor of the page after id. Returns 0, or -EINVAL when id is not a UUID. */
+int api_cursor_seal(struct http_req *req, const char *id, char out[API_CURSOR_LEN]);
+/* The id a cursor from api_cursor_seal() holds; -EINVAL for anything else. */
+int api_cursor_open(struct http_req *req, const char *cursor, char id[ID_STR_LEN]);
+/* The `cursor` query parameter (NULL: none): 0 when absent, 1 with id filled, or < 0 after
+ * replying 422 (field cursor). */
+int api_page_cursor(struct http_req *req, const char *cursor, char id[ID_STR_LEN]);
+/* Reply 200 with a list page PostgreSQL built ({"items": ..., "next_cursor": <id>|null}),
+ * its next_cursor sealed (frees res). */
+void api_reply_page(struct http_req *req, PGresult *res);
+
 /* GET of one document: the path's {id} (404 unless a UUID), stmt ($1 = id) in the scope of
  * tenant_id (NULL: system), 404 when no row, else 200 with the document. */
 void api_get_doc(struct http_req *req, const struct store_stmt *stmt, const char *tenant_id,

@@ -145,6 +145,35 @@ void jwt_ring_free(struct jwt_ring *ring)
     free(ring);
 }
 
+/* The MAC of msg under key k for label: HMAC(HMAC(private key PEM, label), msg). */
+static void key_mac(const struct jwt_key *k, const char *label, const void *msg, size_t len,
+                    uint8_t out[JWT_RING_MAC_LEN])
+{
+    uint8_t derived[CRYPTO_SHA256_LEN], full[CRYPTO_SHA256_LEN];
+    crypto_hmac_sha256(k->priv_pem, k->priv_pem_len, label, strlen(label), derived);
+    crypto_hmac_sha256(derived, sizeof(derived), msg, len, full);
+    memcpy(out, full, JWT_RING_MAC_LEN);
+    OPENSSL_cleanse(derived, sizeof(derived));
+}
+
+void jwt_ring_mac(const struct jwt_ring *ring, const char *label, const void *msg, size_t len,
+                  uint8_t out[JWT_RING_MAC_LEN])
+{
+    key_mac(&ring->keys[ring->n - 1], label, msg, len, out);
+}
+
+bool jwt_ring_mac_check(const struct jwt_ring *ring, const char *label, const void *msg, size_t len,
+                        const uint8_t mac[JWT_RING_MAC_LEN])
+{
+    bool ok = false;
+    for (size_t i = 0; i < ring->n; i++) {
+        uint8_t want[JWT_RING_MAC_LEN];
+        key_mac(&ring->keys[i], label, msg, len, want);
+        ok = crypto_equal(want, mac, JWT_RING_MAC_LEN) || ok;
+    }
+    return ok;
+}
+
 size_t jwt_ring_size(const struct jwt_ring *ring)
 {
     return ring ? ring->n : 0;

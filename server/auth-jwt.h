@@ -13,6 +13,7 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -50,6 +51,17 @@ size_t jwt_ring_size(const struct jwt_ring *ring);
 
 /* The kid new tokens are signed with. Borrowed: valid as long as ring. */
 const char *jwt_ring_signing_kid(const struct jwt_ring *ring);
+
+/* A MAC for values the server hands out and must recognise later (list cursors): every
+ * node loads the same keys, so any node checks what another made. HMAC-SHA256 of msg under
+ * a key derived from the signing key and label (which keeps uses apart), truncated to
+ * JWT_RING_MAC_LEN bytes. jwt_ring_mac_check() accepts a MAC made with any key of the ring,
+ * so values made before a key rotation stay valid while the old key is in the ring. */
+#define JWT_RING_MAC_LEN 16
+void jwt_ring_mac(const struct jwt_ring *ring, const char *label, const void *msg, size_t len,
+                  uint8_t out[JWT_RING_MAC_LEN]);
+bool jwt_ring_mac_check(const struct jwt_ring *ring, const char *label, const void *msg, size_t len,
+                        const uint8_t mac[JWT_RING_MAC_LEN]);
 
 /* Generate a new P-256 key and store it as dir/<kid>.pem (PKCS#8 PEM, mode 0600), creating
  * dir with mode 0700 when it does not exist (its parent must). The file appears atomically,

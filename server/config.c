@@ -71,6 +71,8 @@ const struct conf_field orchd_config_fields[] = {
      "raise it when many agents share one NAT or proxy address"},
     {"packages.cache_bytes", CONF_SIZE, F(packages_cache_bytes), 0, (int64_t)1 << 40, "256M", NULL,
      "package archives kept in memory for the agents fetching them (0 = none)"},
+    {"logs.retention", CONF_DURATION, F(logs_retention_ms), 0, (int64_t)87600 * 3600000, "720h",
+     NULL, "how long the output of a finished job is kept, e.g. 720h = 30 days (0 = forever)"},
     {"auth.key_dir", CONF_STRING, F(auth_key_dir), 1, 4096, "/var/lib/orchd/keys", NULL,
      "directory of ES256 token signing keys (<kid>.pem, mode 0600; `orchd admin gen-key`)"},
     {"auth.issuer", CONF_STRING, F(auth_issuer), 1, 256, "orch", NULL, "JWT issuer (iss)"},

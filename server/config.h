@@ -33,6 +33,7 @@ struct orchd_config {
     int64_t http_max_header_bytes;
     int64_t http_max_body_bytes;
     int64_t packages_cache_bytes; /* packages.cache_bytes */
+    int64_t logs_retention_ms;    /* logs.retention: finished jobs' output kept (0 = forever) */
     int64_t http_timeout_ms;
     int64_t http_request_timeout_ms;          /* http.request_timeout */
     int64_t http_max_connections;             /* http.max_connections */

@@ -17,6 +17,7 @@
 #include "server/api.h"
 #include "server/app.h"
 #include "server/bus.h"
+#include "server/logs-retention.h"
 
 /* Key of the reaper's advisory lock ("orchreap"). */
 #define REAPER_LOCK_KEY "7957688149386658160"
@@ -601,6 +602,7 @@ static void *reaper_main(void *arg)
                 if (r < 0)
                     log_warn("op=reaper error=%s", strerror(-r));
             }
+            logs_retention_tick(app);
         }
         sleep_ms(gw, flush_ms);
     }

@@ -491,7 +491,8 @@ int http_req_json(struct http_req *req, const struct jsonv_field *fields, size_t
 /* --- routing ----------------------------------------------------------------------------- */
 
 /* Match path against pattern; on success fill m's params (when m is not NULL). Segments
- * are compared raw (percent-encoded), parameters are decoded. */
+ * are compared raw (percent-encoded), parameters are decoded, and a parameter that does not
+ * decode (a NUL, an empty value, too long) matches nothing. */
 static bool route_match(const char *pattern, const char *path, struct http_match *m)
 {
     int np = 0;
@@ -506,21 +507,21 @@ static bool route_match(const char *pattern, const char *path, struct http_match
         if (*p == '{') {
             if (se == s || np >= HTTP_MAX_PARAMS || (size_t)(se - s) > HTTP_MAX_PARAM_LEN * 3)
                 return false;
-            if (m) {
-                char raw[HTTP_MAX_PARAM_LEN * 3 + 1];
-                memcpy(raw, s, (size_t)(se - s));
-                raw[se - s] = '\0';
-                size_t dlen = 0;
-                char *dec = evhttp_uridecode(raw, 0, &dlen);
-                if (!dec || dlen > HTTP_MAX_PARAM_LEN || strlen(dec) != dlen || dlen == 0) {
-                    free(dec);
-                    return false;
-                }
-                memcpy(m->params[np], dec, dlen + 1);
+            char raw[HTTP_MAX_PARAM_LEN * 3 + 1];
+            memcpy(raw, s, (size_t)(se - s));
+            raw[se - s] = '\0';
+            size_t dlen = 0;
+            char *dec = evhttp_uridecode(raw, 0, &dlen);
+            if (!dec || dlen > HTTP_MAX_PARAM_LEN || strlen(dec) != dlen || dlen == 0) {
                 free(dec);
+                return false;
+            }
+            if (m) {
+                memcpy(m->params[np], dec, dlen + 1);
                 m->names[np] = p + 1;
                 m->name_lens[np] = (size_t)(pe - p - 2);
             }
+            free(dec);
             np++;
         } else if (pe - p != se - s || memcmp(p, s, (size_t)(pe - p)) != 0) {
             return false;
@@ -546,6 +547,8 @@ const struct http_route *http_route_find(const struct http_route *routes, size_t
         return NULL;
     for (size_t i = 0; i < n; i++) {
         const struct http_route *r = &routes[i];
+        /* A parameter that does not decode (%00) names no resource: no method is allowed
+         * on such a path, and it is 404, not 405. */
         if (!route_match(r->pattern, path, NULL))
             continue;
         m->allowed |= r->method;
@@ -610,6 +613,51 @@ static int authenticate(struct http_req *req)
     return -EACCES;
 }
 
+/* Every query parameter is name=value and decodes to text without a NUL: a value that
+ * decoded to "queued\0x" would be read as "queued", and an unparsable query would be read
+ * as no parameters at all. Replies 422 naming the parameter and returns < 0 otherwise. */
+static int query_check(struct http_req *req)
+{
+    const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req->ev));
+    if (!q || !*q)
+        return 0;
+    char *copy = strdup(q);
+    if (!copy) {
+        http_reply_error(req, -ENOMEM, "reading the query");
+        return -ENOMEM;
+    }
+    int r = 0;
+    char *rest = copy;
+    while (r == 0 && rest) {
+        char *pair = rest;
+        char *amp = strchr(pair, '&');
+        rest = amp ? amp + 1 : NULL;
+        if (amp)
+            *amp = '\0';
+        char *eq = strchr(pair, '=');
+        if (eq)
+            *eq = '\0';
+        size_t nlen = 0, vlen = 0;
+        char *name = evhttp_uridecode(pair, 1, &nlen);
+        char *value = eq ? evhttp_uridecode(eq + 1, 1, &vlen) : NULL;
+        bool name_ok = name && nlen > 0 && strlen(name) == nlen;
+        char field[72];
+        snprintf(field, sizeof(field), "%.64s", name_ok ? name : "query");
+        if (!name_ok || !eq) {
+            http_reply_problem(req, PROBLEM_VALIDATION,
+                               "the query must be name=value pairs joined by &", field);
+            r = -EINVAL;
+        } else if (!value || strlen(value) != vlen) {
+            http_reply_problem(req, PROBLEM_VALIDATION, "must not contain a NUL (%00)", field);
+            r = -EINVAL;
+        }
+        free(name);
+        free(value);
+    }
+    free(copy);
+    return r;
+}
+
 static void dispatch(struct http_req *req)
 {
     struct http_server *srv = req->loop->srv;
@@ -657,6 +705,8 @@ static void dispatch(struct http_req *req)
         if (srv->opts.hooks.admit && srv->opts.hooks.admit(srv->opts.hooks.app, req) < 0)
             return;
     }
+    if (query_check(req) < 0)
+        return;
     req->route->handler(req);
     if (!req->replied && !req->deferred) {
         log_error("op=http req=%s route=%s error=\"handler sent no reply\"", req->id,

@@ -351,3 +351,73 @@ Test(jobs, submissions_are_announced_on_the_bus)
     free(url);
     json_decref(j);
 }
+
+/* GET path with the tenant operator's token: the status, and the problem's field (or ""). */
+static long get_field(const char *path, char *field, size_t flen)
+{
+    struct th_resp r;
+    th_http(&srv, "GET", path, oper, NULL, NULL, &r);
+    long st = r.status;
+    snprintf(field, flen, "%s", th_str_of(&r, "field"));
+    th_resp_free(&r);
+    return st;
+}
+
+Test(jobs, a_nul_in_the_path_or_the_query_is_refused_not_truncated)
+{
+    char field[64];
+    /* A path parameter that decodes to a NUL names no job: 404 (was 405). */
+    cr_assert_eq(get_field("/api/v1/jobs/%00", field, sizeof(field)), 404);
+    cr_assert_eq(get_field("/api/v1/jobs/%00/logs", field, sizeof(field)), 404);
+    /* A NUL in a query value would truncate it ("queued\0x" read as "queued"). */
+    cr_assert_eq(get_field("/api/v1/jobs?status=queued%00x", field, sizeof(field)), 422);
+    cr_assert_str_eq(field, "status");
+    cr_assert_eq(get_field("/api/v1/jobs?limit=1&cursor=%00", field, sizeof(field)), 422);
+    cr_assert_str_eq(field, "cursor");
+    /* A query that is not name=value pairs was read as no parameters at all. */
+    cr_assert_eq(get_field("/api/v1/jobs?status", field, sizeof(field)), 422);
+    cr_assert_str_eq(field, "status");
+    cr_assert_eq(get_field("/api/v1/jobs?status=queued", field, sizeof(field)), 200);
+}
+
+Test(jobs, only_cursors_the_api_returned_are_accepted)
+{
+    json_t *a = submit("{\"command\":\"a\"}", 201);
+    json_t *b = submit("{\"command\":\"b\"}", 201);
+    struct th_resp r;
+    th_http(&srv, "GET", "/api/v1/jobs?limit=1", oper, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200);
+    char *cursor = strdup(json_string_value(json_object_get(r.json, "next_cursor")));
+    th_resp_free(&r);
+    char path[256], field[64];
+    snprintf(path, sizeof(path), "/api/v1/jobs?limit=1&cursor=%s", cursor);
+    th_http(&srv, "GET", path, oper, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    cr_assert_str_eq(json_string_value(json_object_get(
+                         json_array_get(json_object_get(r.json, "items"), 0), "id")),
+                     json_string_value(json_object_get(a, "id")), "the next page");
+    th_resp_free(&r);
+
+    /* Forged: a job id, an id that names nothing, the real cursor with one bit changed,
+     * and a real cursor of another list. */
+    static const char *const forged[] = {"ffffffff-ffff-7fff-bfff-ffffffffffff", "AAAA"};
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(path, sizeof(path), "/api/v1/jobs?cursor=%s", forged[i]);
+        cr_assert_eq(get_field(path, field, sizeof(field)), 422, "%s", forged[i]);
+        cr_assert_str_eq(field, "cursor");
+    }
+    snprintf(path, sizeof(path), "/api/v1/jobs?cursor=%s",
+             json_string_value(json_object_get(b, "id")));
+    cr_assert_eq(get_field(path, field, sizeof(field)), 422);
+    char *flipped = strdup(cursor);
+    flipped[10] = flipped[10] == 'A' ? 'B' : 'A';
+    snprintf(path, sizeof(path), "/api/v1/jobs?cursor=%s", flipped);
+    cr_assert_eq(get_field(path, field, sizeof(field)), 422);
+    cr_assert_str_eq(field, "cursor");
+    snprintf(path, sizeof(path), "/api/v1/queues?cursor=%s", cursor);
+    cr_assert_eq(get_field(path, field, sizeof(field)), 422, "a cursor of another list");
+    free(flipped);
+    free(cursor);
+    json_decref(a);
+    json_decref(b);
+}

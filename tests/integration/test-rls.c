@@ -37,6 +37,8 @@ static const char fixture_sql[] =
     " SELECT gen_random_uuid(), '@T@', id, 1, 1, 'assigned' FROM jobs WHERE tenant_id = '@T@';"
     "INSERT INTO job_logs (tenant_id, job_id, epoch, stream, \"offset\", data)"
     " SELECT '@T@', id, 1, 'stdout', 0, 'hello' FROM jobs WHERE tenant_id = '@T@';"
+    "INSERT INTO job_log_streams (tenant_id, job_id, epoch, stream, end_offset, stored_bytes)"
+    " SELECT '@T@', id, 1, 'stdout', 5, 5 FROM jobs WHERE tenant_id = '@T@';"
     "INSERT INTO schedules (id, tenant_id, name, cron, job_template) VALUES"
     " (gen_random_uuid(), '@T@', 's', '0 * * * *', '{}');"
     "INSERT INTO usage_counters (tenant_id, day, api_calls) VALUES ('@T@', current_date, 1);"
@@ -44,8 +46,9 @@ static const char fixture_sql[] =
     " (gen_random_uuid(), '@T@', 'system', 'test', 'create');";
 
 static const char *const fixture_tables[] = {
-    "api_keys", "agents",       "enrollment_tokens", "queues",    "package_blobs",  "packages",
-    "jobs",     "job_attempts", "job_logs",          "schedules", "usage_counters", "audit_log",
+    "api_keys",       "agents",    "enrollment_tokens", "queues",   "package_blobs",
+    "packages",       "jobs",      "job_attempts",      "job_logs", "schedules",
+    "usage_counters", "audit_log", "job_log_streams",
 };
 #define N_TABLES (sizeof(fixture_tables) / sizeof(fixture_tables[0]))
 

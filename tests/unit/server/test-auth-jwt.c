@@ -976,3 +976,31 @@ Test(auth_jwt, concurrent_issue_and_verify)
         cr_assert_eq((intptr_t)bad, 0);
     }
 }
+
+Test(auth_jwt, ring_mac_is_checked_by_any_key_and_bound_to_its_label)
+{
+    uint8_t mac[JWT_RING_MAC_LEN];
+    jwt_ring_mac(ring, "cursor", "page-7", 6, mac);
+    cr_assert(jwt_ring_mac_check(ring, "cursor", "page-7", 6, mac));
+    cr_assert(!jwt_ring_mac_check(ring, "cursor", "page-8", 6, mac), "another message");
+    cr_assert(!jwt_ring_mac_check(ring, "other", "page-7", 6, mac), "another label");
+    uint8_t bad[JWT_RING_MAC_LEN];
+    memcpy(bad, mac, sizeof(bad));
+    bad[0] ^= 1;
+    cr_assert(!jwt_ring_mac_check(ring, "cursor", "page-7", 6, bad));
+
+    /* After a rotation (a newer key signs), a MAC made with the old key still checks, and
+     * the new key makes a different one. */
+    char k2[JWT_KEYGEN_KID_LEN], err[256];
+    cr_assert_eq(jwt_keygen(dir, k2, sizeof(k2), err, sizeof(err)), 0, "%s", err);
+    struct jwt_ring *r2 = NULL;
+    cr_assert_eq(jwt_ring_load(dir, &r2, err, sizeof(err)), 0, "%s", err);
+    cr_assert(jwt_ring_mac_check(r2, "cursor", "page-7", 6, mac));
+    uint8_t mac2[JWT_RING_MAC_LEN];
+    jwt_ring_mac(r2, "cursor", "page-7", 6, mac2);
+    cr_assert(jwt_ring_mac_check(r2, "cursor", "page-7", 6, mac2));
+    if (strcmp(jwt_ring_signing_kid(r2), kid) != 0)
+        cr_assert(!jwt_ring_mac_check(ring, "cursor", "page-7", 6, mac2),
+                  "a key the ring does not hold");
+    jwt_ring_free(r2);
+}
