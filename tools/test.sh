@@ -14,6 +14,7 @@
 source "$(dirname "$0")/lib.sh"
 
 orch_install_deps
+orch_job_user
 
 cd "$ORCH_ROOT"
 say "building (-Werror)"
