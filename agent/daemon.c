@@ -586,6 +586,7 @@ static int daemon_unpack(struct daemon *d, struct slot *s, const char *archive, 
         .job_id = s->job_id,
         .user = d->switch_user ? &d->job_user : NULL,
         .isolate = true,
+        .hide_dir = d->work_dir,
         .stdin_path = archive,
         .env_tag = tag,
     };
@@ -775,6 +776,8 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
         .job_id = cg_name,
         .user = d->switch_user ? &d->job_user : NULL,
         .isolate = true,
+        .hide_dir = d->work_dir,
+        .keep_file = result_path,
         .env_tag = tag,
     };
     struct exec_sink sink = {.arg = s,

@@ -81,7 +81,8 @@ struct child_ctx {
     bool has_user;
     uid_t uid;
     gid_t gid;
-    bool init;    /* isolated: this child is the namespace's init, the program its child */
+    bool init; /* isolated: this child is the namespace's init, the program its child */
+    const char *hide_dir, *keep_file;
     int status_w; /* init: where the program's wait status goes */
     pid_t parent; /* the program's expected parent, to catch a death before PDEATHSIG */
 };
@@ -673,6 +674,49 @@ static _Noreturn void child_exec(struct child_ctx *c)
     child_fail(c->report_w, STAGE_EXEC, err);
 }
 
+/* "/proc/self/fd/<fd>" into buf (>= 32 bytes), without snprintf (not async-signal-safe). */
+static const char *fd_path(char *buf, int fd)
+{
+    static const char prefix[] = "/proc/self/fd/";
+    char digits[12];
+    int n = 0;
+
+    memcpy(buf, prefix, sizeof(prefix) - 1);
+    do
+        digits[n++] = (char)('0' + fd % 10);
+    while ((fd /= 10) > 0 && n < (int)sizeof(digits));
+    for (int i = 0; i < n; i++)
+        buf[sizeof(prefix) - 1 + i] = digits[n - 1 - i];
+    buf[sizeof(prefix) - 1 + n] = '\0';
+    return buf;
+}
+
+/* In the init, with /proc mounted: cover hide_dir with an empty tmpfs and bind the job's
+ * workdir and keep_file back. A failure before the tmpfs is mounted leaves everything
+ * visible (noted); after it, the job cannot run (its workdir is gone): fatal. */
+static void child_hide(struct child_ctx *c)
+{
+    char p[32];
+    int wfd = open(c->workdir, O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    int kfd = c->keep_file ? open(c->keep_file, O_PATH | O_CLOEXEC | O_NOFOLLOW) : -2;
+    if (wfd < 0 || kfd == -1 ||
+        mount("tmpfs", c->hide_dir, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              "mode=0711,size=64k") < 0) {
+        child_note(c->report_w, STAGE_PROC, errno);
+        return;
+    }
+    if (mkdir(c->workdir, 0700) < 0 || mount(fd_path(p, wfd), c->workdir, NULL, MS_BIND, NULL) < 0)
+        child_fail(c->report_w, STAGE_SETUP, errno);
+    if (kfd >= 0) {
+        int fd = open(c->keep_file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0 || close(fd) < 0 ||
+            mount(fd_path(p, kfd), c->keep_file, NULL, MS_BIND, NULL) < 0)
+            child_fail(c->report_w, STAGE_SETUP, errno);
+        close(kfd);
+    }
+    close(wfd);
+}
+
 /* PID 1 of an isolated job's namespace (see the top of the file). Never returns. */
 static _Noreturn void child_init(struct child_ctx *c)
 {
@@ -680,9 +724,14 @@ static _Noreturn void child_init(struct child_ctx *c)
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     /* Private first: on a host where / is a shared mount, a /proc mounted without it would
      * propagate to the host's mount namespace. */
-    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
-        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) {
         child_note(c->report_w, STAGE_PROC, errno);
+    } else {
+        if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+            child_note(c->report_w, STAGE_PROC, errno);
+        if (c->hide_dir && c->workdir)
+            child_hide(c);
+    }
     c->parent = 1;
     pid_t pid = raw_clone(0);
     if (pid < 0)
@@ -878,6 +927,8 @@ static int exec_posix_run(const struct exec_spec *spec, const struct exec_sink *
         .gid = spec->user ? (gid_t)spec->user->gid : 0,
         .status_w = status_w,
         .parent = getpid(),
+        .hide_dir = spec->hide_dir,
+        .keep_file = spec->keep_file,
     };
     /* Block every signal across fork so that no daemon handler runs in the child before it
      * has reset the dispositions. The leader registry is locked across it so that an orphan

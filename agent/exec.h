@@ -83,6 +83,13 @@ struct exec_spec {
      * them die with its main process. Not allowed: a plain process group (logged at
      * debug, exec_result.isolated false). */
     bool isolate;
+    /* isolate only: the directory that holds workdir (the agent's work root), whose other
+     * entries (other jobs' workdirs) the job must not see. In the job's mount namespace an
+     * empty tmpfs covers it, with workdir and keep_file (when not NULL) bound back at their
+     * places; both must be direct entries of it. NULL: nothing hidden. Without a namespace
+     * nothing is hidden either (then only file modes protect other jobs' files). */
+    const char *hide_dir;
+    const char *keep_file;
     /* The job's stdin: this file, opened by the agent (so it may be one the job user could
      * not open). NULL: /dev/null. */
     const char *stdin_path;
