@@ -101,7 +101,7 @@ int exec_subreaper_enable(void)
 #endif
 }
 
-int exec_tree_stat(pid_t pid, pid_t *ppid, char *state, uint64_t *start_ticks)
+int exec_tree_stat(pid_t pid, pid_t *ppid, pid_t *pgrp, char *state, uint64_t *start_ticks)
 {
     char path[64], buf[1024];
     snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
@@ -119,12 +119,14 @@ int exec_tree_stat(pid_t pid, pid_t *ppid, char *state, uint64_t *start_ticks)
         return -EINVAL;
     p += 2;
     char st = *p;
-    long long pp = -1;
+    long long pp = -1, pg = -1;
     unsigned long long start = 0;
     int field = 3;
     for (char *tok = p; tok && *tok; field++) {
         if (field == 4)
             pp = strtoll(tok, NULL, 10);
+        else if (field == 5)
+            pg = strtoll(tok, NULL, 10);
         else if (field == 22) {
             start = strtoull(tok, NULL, 10);
             break;
@@ -137,6 +139,8 @@ int exec_tree_stat(pid_t pid, pid_t *ppid, char *state, uint64_t *start_ticks)
         return -EINVAL;
     if (ppid)
         *ppid = (pid_t)pp;
+    if (pgrp)
+        *pgrp = (pid_t)pg;
     if (state)
         *state = st;
     if (start_ticks)
@@ -161,7 +165,7 @@ static int boot_id(char out[40])
 int exec_tree_probe(int pid, struct exec_tree *tree)
 {
     uint64_t start;
-    int r = exec_tree_stat(pid, NULL, NULL, &start);
+    int r = exec_tree_stat(pid, NULL, NULL, NULL, &start);
     if (r < 0)
         return r;
     r = boot_id(tree->boot_id);
@@ -233,7 +237,7 @@ static void sweep_one(pid_t pid, void *arg)
     struct sweep *s = arg;
     pid_t ppid;
     char state;
-    if (exec_tree_stat(pid, &ppid, &state, NULL) < 0 || ppid != s->self)
+    if (exec_tree_stat(pid, &ppid, NULL, &state, NULL) < 0 || ppid != s->self)
         return;
     pthread_mutex_lock(&leaders_lock);
     bool leader = leader_locked(pid);
@@ -274,7 +278,8 @@ int exec_tree_sweep_orphans(const char *tag, const char *job_id)
 }
 
 struct tagged {
-    const char *tag;
+    const char *tag; /* may be NULL */
+    pid_t pgid;      /* the job's process group, 0 when it may not be signalled */
     int found;
 };
 
@@ -282,21 +287,27 @@ static void kill_tagged(pid_t pid, void *arg)
 {
     struct tagged *t = arg;
     char state;
-    if (exec_tree_stat(pid, NULL, &state, NULL) == 0 && state != 'Z' && environ_has(pid, t->tag)) {
+    pid_t pgrp;
+    if (exec_tree_stat(pid, NULL, &pgrp, &state, NULL) < 0 || state == 'Z')
+        return;
+    if ((t->pgid > 0 && pgrp == t->pgid) || (t->tag && environ_has(pid, t->tag))) {
         kill(pid, SIGKILL);
         t->found++;
     }
 }
 
-/* Is the recorded leader still the same process, and not yet a zombie? */
-static bool leader_alive(const struct exec_tree *tree)
+/* Is process group tree->pgid still the job's? While its leader is the same process
+ * (same boot, same start time); and once the leader is gone, while any process is left in
+ * it: the kernel does not give out a pid that is still a process group's id, so the group
+ * cannot be another's. A pid now held by another process is never signalled. */
+static bool group_ours(const struct exec_tree *tree)
 {
-    char state, now[40];
+    char now[40];
     uint64_t start;
     if (tree->pgid <= 1 || !tree->boot_id[0] || boot_id(now) < 0 || strcmp(now, tree->boot_id) != 0)
         return false;
-    return exec_tree_stat(tree->pgid, NULL, &state, &start) == 0 && start == tree->start_ticks &&
-           state != 'Z';
+    int r = exec_tree_stat(tree->pgid, NULL, NULL, NULL, &start);
+    return r == -ESRCH || (r == 0 && start == tree->start_ticks);
 }
 
 /* Kill every process of a cgroup (cgroup.kill, Linux 5.14). Returns whether it still has
@@ -332,26 +343,17 @@ int exec_tree_kill(const struct exec_tree *tree, const char *env_tag, int64_t wa
     bool cg = tree->cgroup && tree->cgroup[0] && access(tree->cgroup, F_OK) == 0;
     if (cg && cgroup_kill_dir(tree->cgroup, true))
         found++;
-    if (leader_alive(tree)) {
-        /* The group first: kill(-pgid) reaches every process still in it. */
-        kill(-tree->pgid, SIGKILL);
-        kill(tree->pgid, SIGKILL);
-        found++;
-    }
-    for (;;) {
-        struct tagged t = {.tag = env_tag};
-        if (env_tag)
-            for_each_pid(kill_tagged, &t);
+    for (bool first = true;; first = false) {
+        /* Every round: a process may fork until it is killed. */
+        struct tagged t = {.tag = env_tag, .pgid = group_ours(tree) ? tree->pgid : 0};
+        for_each_pid(kill_tagged, &t);
         bool cg_busy = cg && cgroup_kill_dir(tree->cgroup, t.found > 0);
-        bool alive = leader_alive(tree);
-        if (found == 0)
-            found = t.found;
-        if (!t.found && !cg_busy && !alive)
+        if (first)
+            found += t.found;
+        if (!t.found && !cg_busy)
             break;
         if (clock_mono_ns() >= until)
             return -ETIMEDOUT;
-        if (alive)
-            kill(-tree->pgid, SIGKILL);
         poll(NULL, 0, POLL_MS);
     }
     if (cg && rmdir(tree->cgroup) < 0 && errno != ENOENT)

@@ -16,9 +16,9 @@ int exec_tree_leader_reserve_locked(void);
 void exec_tree_leader_add_locked(pid_t pid);
 void exec_tree_leader_remove(pid_t pid);
 
-/* Read /proc/<pid>/stat: parent, state letter, start time in clock ticks since boot (each
- * may be NULL). Returns 0, -ESRCH (no such process) or -errno. */
-int exec_tree_stat(pid_t pid, pid_t *ppid, char *state, uint64_t *start_ticks);
+/* Read /proc/<pid>/stat: parent, process group, state letter, start time in clock ticks
+ * since boot (each may be NULL). Returns 0, -ESRCH (no such process) or -errno. */
+int exec_tree_stat(pid_t pid, pid_t *ppid, pid_t *pgrp, char *state, uint64_t *start_ticks);
 
 /* After a job (tag its env_tag, may be NULL): kill and reap the children of this process
  * that are not leaders and whose environment holds tag, and reap exited ones, until none is

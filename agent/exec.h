@@ -167,11 +167,12 @@ int exec_subreaper_enable(void);
 int exec_tree_probe(int pid, struct exec_tree *tree);
 
 /* End a tree recorded by a previous agent process (the agent was killed): kill its cgroup
- * (when it still exists), its process group when the leader is still the same process
- * (same boot, same start time), and every process whose initial environment holds env_tag
- * (may be NULL); then wait up to wait_ms for them to be gone. Returns the number of
- * processes (or cgroups) found and killed, or -ETIMEDOUT when some are still there at the
- * deadline. */
+ * (when it still exists), every process of its process group while that group is still the
+ * job's (its leader the same process: same boot, same start time; or the leader gone and
+ * the group not), and every process whose initial environment holds env_tag (may be NULL);
+ * then wait up to wait_ms for them to be gone (zombies count as gone). Returns the number
+ * of processes (and cgroups) found at first, or -ETIMEDOUT when some are still there at
+ * the deadline. */
 int exec_tree_kill(const struct exec_tree *tree, const char *env_tag, int64_t wait_ms);
 
 /* The implementation for the OS we were built for. Never NULL. */

@@ -1150,3 +1150,16 @@ Test(exec, tree_kill_finds_processes_by_their_job_tag)
     cr_assert_eq(count_marker("sleep 97.64"), 0);
     waitpid(pid, NULL, 0);
 }
+
+Test(exec, tree_kill_ends_the_group_its_dead_leader_left)
+{
+    /* The leader got its pdeathsig; its child, still in the group, did not. */
+    pid_t pid = orphan_tree("97.65");
+    struct exec_tree tree = {0};
+    cr_assert_eq(exec_tree_probe(pid, &tree), 0);
+    kill(pid, SIGKILL);
+    cr_assert_eq(waitpid(pid, NULL, 0), pid);
+    cr_assert_eq(count_marker("sleep 97.65"), 1);
+    cr_assert_eq(exec_tree_kill(&tree, NULL, 5000), 1);
+    cr_assert(wait_marker_gone("sleep 97.65", 5000));
+}
