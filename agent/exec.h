@@ -65,7 +65,8 @@ struct exec_spec {
     int64_t grace_ms;        /* SIGTERM -> SIGKILL delay on timeout, cancel or sink error;
                               * 0 = EXEC_DEFAULT_GRACE_MS */
     int64_t drain_ms;        /* how long processes left behind by the main process may keep
-                              * the output pipes open before they are killed; 0 = default */
+                              * the output pipes open before they are killed; 0 = default.
+                              * An isolated job's are killed with its main process. */
     size_t max_output_chunk; /* max bytes per on_output call; 0 = EXEC_DEFAULT_CHUNK */
     /* A cgroup v2 directory the agent may create children in, e.g.
      * "/sys/fs/cgroup/orch-agent". When usable (a directory we can create
