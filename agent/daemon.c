@@ -575,8 +575,10 @@ static int daemon_unpack(struct daemon *d, struct slot *s, const char *archive, 
     }
     if (magic[0] == 0x1f && magic[1] == 0x8b)
         argv[6] = "-z";
-    char tag[ID_STR_LEN + 16];
-    snprintf(tag, sizeof(tag), "ORCH_JOB_ID=%s", s->job_id);
+    char tag_id[ID_STR_LEN + 16], tag_epoch[48];
+    snprintf(tag_id, sizeof(tag_id), "ORCH_JOB_ID=%s", s->job_id);
+    snprintf(tag_epoch, sizeof(tag_epoch), "ORCH_JOB_EPOCH=%" PRId64, s->epoch);
+    const char *tags[] = {tag_id, tag_epoch, NULL};
     struct exec_spec spec = {
         .argv = argv,
         .env = (const char *const *)env,
@@ -588,7 +590,7 @@ static int daemon_unpack(struct daemon *d, struct slot *s, const char *archive, 
         .isolate = true,
         .hide_dir = d->work_dir,
         .stdin_path = archive,
-        .env_tag = tag,
+        .env_tags = tags,
     };
     struct exec_sink sink = {.arg = s, .on_output = daemon_on_output, .on_tree = daemon_on_tree};
     struct exec_result er;
@@ -762,8 +764,11 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
     for (size_t i = 0; i < nargs; i++)
         argv[4 + i] = json_string_value(json_array_get(args, i));
     const json_t *timeout = json_object_get(a, "timeout_ms");
-    char tag[ID_STR_LEN + 16], cg_name[ID_STR_LEN + 24];
-    snprintf(tag, sizeof(tag), "ORCH_JOB_ID=%s", s->job_id);
+    char tag_id[ID_STR_LEN + 16], tag_epoch[48], cg_name[ID_STR_LEN + 24];
+    snprintf(tag_id, sizeof(tag_id), "ORCH_JOB_ID=%s", s->job_id);
+    snprintf(tag_epoch, sizeof(tag_epoch), "ORCH_JOB_EPOCH=%" PRId64, s->epoch);
+    /* The attempt: another agent on this host may be running a later one of the job. */
+    const char *tags[] = {tag_id, tag_epoch, NULL};
     /* Per attempt: a successor's recovery must never kill a later attempt's cgroup. */
     snprintf(cg_name, sizeof(cg_name), "%s.%" PRId64, s->job_id, s->epoch);
     struct exec_spec spec = {
@@ -778,7 +783,7 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
         .isolate = true,
         .hide_dir = d->work_dir,
         .keep_file = result_path,
-        .env_tag = tag,
+        .env_tags = tags,
     };
     struct exec_sink sink = {.arg = s,
                              .on_output = daemon_on_output,
@@ -1523,10 +1528,13 @@ static void daemon_recover_tree(const struct spool_attempt *at)
         tree.cgroup = json_string_value(json_object_get(doc, "cgroup"));
         tree.pid_ns = json_is_true(json_object_get(doc, "pid_ns"));
     }
-    char tag[ID_STR_LEN + 16];
-    snprintf(tag, sizeof(tag), "ORCH_JOB_ID=%s", at->job_id);
+    /* The attempt, not the job: another agent on this host may run its next attempt. */
+    char tag_id[ID_STR_LEN + 16], tag_epoch[48];
+    snprintf(tag_id, sizeof(tag_id), "ORCH_JOB_ID=%s", at->job_id);
+    snprintf(tag_epoch, sizeof(tag_epoch), "ORCH_JOB_EPOCH=%" PRId64, at->epoch);
+    const char *tags[] = {tag_id, tag_epoch, NULL};
     int64_t t0 = mono_ms();
-    int r = exec_tree_kill(&tree, tag, RECOVER_KILL_MS);
+    int r = exec_tree_kill(&tree, tags, RECOVER_KILL_MS);
     if (r == -ETIMEDOUT)
         log_error("op=recover-kill job=%s epoch=%" PRId64 " pgid=%d error=\"processes survive "
                   "SIGKILL after %d ms\"",

@@ -1011,8 +1011,8 @@ static int exec_posix_run(const struct exec_spec *spec, const struct exec_sink *
         close(j.pidfd);
     if (j.status_r >= 0)
         close(j.status_r);
-    if (spec->env_tag)
-        exec_tree_sweep_orphans(spec->env_tag, spec->job_id);
+    if (spec->env_tags)
+        exec_tree_sweep_orphans(spec->env_tags, spec->job_id);
 
     if (j.status >= 0 && WIFEXITED(j.status)) {
         j.res.exit_code = WEXITSTATUS(j.status);

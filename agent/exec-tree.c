@@ -176,15 +176,21 @@ int exec_tree_probe(int pid, struct exec_tree *tree)
     return 0;
 }
 
-/* Does the initial environment of pid hold the entry tag? */
-static bool environ_has(pid_t pid, const char *tag)
+/* Does the initial environment of pid hold every entry of tags (NULL-terminated, not
+ * empty)? */
+static bool environ_has(pid_t pid, const char *const *tags)
 {
     char path[64];
     snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
     _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return false;
-    size_t tlen = strlen(tag), len = 0;
+    size_t ntags = 0, len = 0, seen = 0;
+    while (tags[ntags])
+        ntags++;
+    if (ntags == 0 || ntags > 8)
+        return false;
+    bool hit[8] = {false};
     _cleanup_free_ char *buf = malloc(ENVIRON_MAX + 1);
     if (!buf)
         return false;
@@ -199,13 +205,16 @@ static bool environ_has(pid_t pid, const char *tag)
             break;
     }
     buf[len] = '\0';
-    for (size_t i = 0; i < len;) {
+    for (size_t i = 0; i < len && seen < ntags;) {
         size_t e = strnlen(buf + i, len - i);
-        if (e == tlen && memcmp(buf + i, tag, tlen) == 0)
-            return true;
+        for (size_t k = 0; k < ntags; k++)
+            if (!hit[k] && strlen(tags[k]) == e && memcmp(buf + i, tags[k], e) == 0) {
+                hit[k] = true;
+                seen++;
+            }
         i += e + 1;
     }
-    return false;
+    return seen == ntags;
 }
 
 /* Call fn for every pid in /proc but ours. */
@@ -227,7 +236,7 @@ static void for_each_pid(void (*fn)(pid_t pid, void *arg), void *arg)
 }
 
 struct sweep {
-    const char *tag;
+    const char *const *tags;
     pid_t self;
     int live; /* tagged orphans still running in this round */
 };
@@ -244,7 +253,7 @@ static void sweep_one(pid_t pid, void *arg)
     if (!leader) {
         /* An orphan: a zombie is reaped whoever it belonged to; a live one only when it is
          * this job's (another job's orphans end with that job). */
-        if (state != 'Z' && s->tag && environ_has(pid, s->tag)) {
+        if (state != 'Z' && s->tags && environ_has(pid, s->tags)) {
             kill(pid, SIGKILL);
             s->live++;
         }
@@ -255,9 +264,9 @@ static void sweep_one(pid_t pid, void *arg)
     pthread_mutex_unlock(&leaders_lock);
 }
 
-int exec_tree_sweep_orphans(const char *tag, const char *job_id)
+int exec_tree_sweep_orphans(const char *const *tags, const char *job_id)
 {
-    struct sweep s = {.tag = tag, .self = getpid()};
+    struct sweep s = {.tags = tags, .self = getpid()};
     uint64_t until = clock_mono_ns() + (uint64_t)SWEEP_MS * 1000000u;
     int killed = 0;
     for (;;) {
@@ -278,8 +287,8 @@ int exec_tree_sweep_orphans(const char *tag, const char *job_id)
 }
 
 struct tagged {
-    const char *tag; /* may be NULL */
-    pid_t pgid;      /* the job's process group, 0 when it may not be signalled */
+    const char *const *tags; /* may be NULL */
+    pid_t pgid;              /* the job's process group, 0 when it may not be signalled */
     int found;
 };
 
@@ -290,7 +299,7 @@ static void kill_tagged(pid_t pid, void *arg)
     pid_t pgrp;
     if (exec_tree_stat(pid, NULL, &pgrp, &state, NULL) < 0 || state == 'Z')
         return;
-    if ((t->pgid > 0 && pgrp == t->pgid) || (t->tag && environ_has(pid, t->tag))) {
+    if ((t->pgid > 0 && pgrp == t->pgid) || (t->tags && environ_has(pid, t->tags))) {
         kill(pid, SIGKILL);
         t->found++;
     }
@@ -336,7 +345,7 @@ static bool cgroup_kill_dir(const char *dir, bool kill_it)
     return strstr(buf, "populated 1") != NULL;
 }
 
-int exec_tree_kill(const struct exec_tree *tree, const char *env_tag, int64_t wait_ms)
+int exec_tree_kill(const struct exec_tree *tree, const char *const *env_tags, int64_t wait_ms)
 {
     uint64_t until = clock_mono_ns() + (uint64_t)(wait_ms > 0 ? wait_ms : 0) * 1000000u;
     int found = 0;
@@ -345,7 +354,7 @@ int exec_tree_kill(const struct exec_tree *tree, const char *env_tag, int64_t wa
         found++;
     for (bool first = true;; first = false) {
         /* Every round: a process may fork until it is killed. */
-        struct tagged t = {.tag = env_tag, .pgid = group_ours(tree) ? tree->pgid : 0};
+        struct tagged t = {.tags = env_tags, .pgid = group_ours(tree) ? tree->pgid : 0};
         for_each_pid(kill_tagged, &t);
         bool cg_busy = cg && cgroup_kill_dir(tree->cgroup, t.found > 0);
         if (first)

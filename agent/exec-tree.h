@@ -20,7 +20,7 @@ void exec_tree_leader_remove(pid_t pid);
  * since boot (each may be NULL). Returns 0, -ESRCH (no such process) or -errno. */
 int exec_tree_stat(pid_t pid, pid_t *ppid, pid_t *pgrp, char *state, uint64_t *start_ticks);
 
-/* After a job (tag its env_tag, may be NULL): kill and reap the children of this process
- * that are not leaders and whose environment holds tag, and reap exited ones, until none is
- * left (bounded). Returns how many were killed, or -ETIMEDOUT. */
-int exec_tree_sweep_orphans(const char *tag, const char *job_id);
+/* After a job (tags its env_tags, may be NULL): kill and reap the children of this process
+ * that are not leaders and whose environment holds all tags, and reap exited ones, until
+ * none is left (bounded). Returns how many were killed, or -ETIMEDOUT. */
+int exec_tree_sweep_orphans(const char *const *tags, const char *job_id);

@@ -26,7 +26,7 @@
  * Orphans. A process that leaves the job's process group (setsid) and whose parent exits
  * is re-parented to the nearest subreaper. When the daemon called exec_subreaper_enable(),
  * that is the agent: after the job, run() kills and reaps the agent's children whose
- * initial environment holds spec->env_tag (the job's ORCH_JOB_ID=...), then reaps any
+ * initial environment holds all of spec->env_tags (the attempt's), then reaps any
  * other exited orphan; without a PID namespace or a cgroup this is what ends them.
  */
 #pragma once
@@ -94,8 +94,10 @@ struct exec_spec {
     /* The job's stdin: this file, opened by the agent (so it may be one the job user could
      * not open). NULL: /dev/null. */
     const char *stdin_path;
-    /* A "K=V" entry of env that marks the job's processes (see "Orphans"); NULL = none. */
-    const char *env_tag;
+    /* "K=V" entries of env that together mark the job's processes (see "Orphans"), e.g.
+     * its ORCH_JOB_ID and ORCH_JOB_EPOCH: the attempt, so that a re-run of the same job by
+     * another agent on this host is never taken for it. NULL-terminated; NULL = none. */
+    const char *const *env_tags;
 };
 
 /* Where a job's tree is, for a later agent process to end it after a crash. pgid is the
@@ -170,11 +172,12 @@ int exec_tree_probe(int pid, struct exec_tree *tree);
 /* End a tree recorded by a previous agent process (the agent was killed): kill its cgroup
  * (when it still exists), every process of its process group while that group is still the
  * job's (its leader the same process: same boot, same start time; or the leader gone and
- * the group not), and every process whose initial environment holds env_tag (may be NULL);
+ * the group not), and every process whose initial environment holds all of env_tags
+ * (NULL-terminated, may be NULL);
  * then wait up to wait_ms for them to be gone (zombies count as gone). Returns the number
  * of processes (and cgroups) found at first, or -ETIMEDOUT when some are still there at
  * the deadline. */
-int exec_tree_kill(const struct exec_tree *tree, const char *env_tag, int64_t wait_ms);
+int exec_tree_kill(const struct exec_tree *tree, const char *const *env_tags, int64_t wait_ms);
 
 /* The implementation for the OS we were built for. Never NULL. */
 const struct exec_ops *exec_default_ops(void);

@@ -1058,14 +1058,16 @@ Test(exec, subreaper_ends_a_jobs_setsid_orphans_without_namespace_or_cgroup)
     /* The fallback of a host without namespaces and cgroup v2: the orphan is re-parented to
      * us (a subreaper) and recognised by the job's tag in its environment. */
     cr_assert_eq(exec_subreaper_enable(), 0);
-    const char *const env[] = {"PATH=/usr/bin:/bin", "ORCH_JOB_ID=orphan-test", NULL};
+    const char *const env[] = {"PATH=/usr/bin:/bin", "ORCH_JOB_ID=orphan-test", "ORCH_JOB_EPOCH=1",
+                               NULL};
+    const char *const tags[] = {"ORCH_JOB_ID=orphan-test", "ORCH_JOB_EPOCH=1", NULL};
     const char *const argv[] = {"sh", "-c", "setsid sh -c 'sleep 97.62' >/dev/null 2>&1 & echo ok",
                                 NULL};
     struct exec_spec spec = spec_of(argv);
     struct capture c;
 
     spec.env = env;
-    spec.env_tag = "ORCH_JOB_ID=orphan-test";
+    spec.env_tags = tags;
     cap_init(&c);
     struct exec_result res = run(&spec, &c, NULL);
     cr_assert_eq(res.exit_code, 0);
@@ -1136,7 +1138,7 @@ Test(exec, tree_kill_finds_processes_by_their_job_tag)
     cr_assert_neq(pid, -1);
     if (pid == 0) {
         setsid();
-        char *const env[] = {"ORCH_JOB_ID=tagged-tree", NULL};
+        char *const env[] = {"ORCH_JOB_ID=tagged-tree", "ORCH_JOB_EPOCH=2", NULL};
         execle("/bin/sleep", "sleep", "97.64", (char *)NULL, env);
         _exit(127);
     }
@@ -1144,9 +1146,14 @@ Test(exec, tree_kill_finds_processes_by_their_job_tag)
     while (count_marker("sleep 97.64") == 0)
         cr_assert_lt(ms_since(start), 5000);
     struct exec_tree none = {0};
-    cr_assert_eq(exec_tree_kill(&none, "ORCH_JOB_ID=other-tree", 1000), 0);
+    /* Another job, or another attempt of this one (a re-run by another agent): spared. */
+    const char *const other_job[] = {"ORCH_JOB_ID=other-tree", "ORCH_JOB_EPOCH=2", NULL};
+    const char *const other_attempt[] = {"ORCH_JOB_ID=tagged-tree", "ORCH_JOB_EPOCH=3", NULL};
+    const char *const this_attempt[] = {"ORCH_JOB_ID=tagged-tree", "ORCH_JOB_EPOCH=2", NULL};
+    cr_assert_eq(exec_tree_kill(&none, other_job, 1000), 0);
+    cr_assert_eq(exec_tree_kill(&none, other_attempt, 1000), 0);
     cr_assert_eq(count_marker("sleep 97.64"), 1);
-    cr_assert_eq(exec_tree_kill(&none, "ORCH_JOB_ID=tagged-tree", 5000), 1);
+    cr_assert_eq(exec_tree_kill(&none, this_attempt, 5000), 1);
     cr_assert_eq(count_marker("sleep 97.64"), 0);
     waitpid(pid, NULL, 0);
 }
