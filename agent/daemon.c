@@ -692,22 +692,19 @@ static char *daemon_job_result(struct slot *s, const char *path)
 /* The job's private workdir (0700) and its $ORCH_JOB_RESULT file (0600, empty), both the
  * job user's. The result file is made here, in a directory the job cannot write, so the
  * job can only fill it: it cannot put a link there for the agent to follow. Returns 0 or
- * -1 with errno set. */
+ * -errno. */
 static int daemon_job_dirs(struct daemon *d, const char *workdir, const char *result_path)
 {
     if (mkdir(workdir, 0700) < 0)
-        return -1;
-    int fd = open(result_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        return -errno;
+    _cleanup_close_ int fd =
+        open(result_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
-        return -1;
-    int r = 0;
+        return -errno;
     if (d->switch_user && (fchown(fd, d->job_user.uid, d->job_user.gid) < 0 ||
                            chown(workdir, d->job_user.uid, d->job_user.gid) < 0))
-        r = -1;
-    int e = errno;
-    close(fd);
-    errno = e;
-    return r;
+        return -errno;
+    return 0;
 }
 
 /* Run the job of slot s; fills *exit_code and *flags, and *result with the JSON it left
@@ -722,9 +719,10 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
     snprintf(result_path, sizeof(result_path), "%s.result.json", workdir);
     rm_rf(workdir);
     unlink(result_path);
-    if (daemon_job_dirs(d, workdir, result_path) < 0) {
+    int dr = daemon_job_dirs(d, workdir, result_path);
+    if (dr < 0) {
         log_error("op=job-workdir job=%s epoch=%" PRId64 " path=%s error=%s", s->job_id, s->epoch,
-                  workdir, strerror(errno));
+                  workdir, strerror(-dr));
         *flags |= RES_SETUP_FAILED;
         rm_rf(workdir);
         unlink(result_path);
