@@ -27,6 +27,10 @@ const struct conf_field agent_config_fields[] = {
      "jobs the agent runs at once (0: as registered; register: 1)"},
     {"cache.max_bytes", CONF_SIZE, F(cache_max_bytes), 16 * 1024 * 1024, (int64_t)1 << 42, "10G",
      NULL, "package cache size: the least recently used archives go beyond it"},
+    {"exec.user", CONF_STRING, F(exec_user), 0, 64, "orch-job", NULL,
+     "unprivileged account jobs run as when the agent is root (not root: the agent's own)"},
+    {"exec.allow_root", CONF_BOOL, F(exec_allow_root), 0, 0, "false", NULL,
+     "let a root agent run jobs as root when exec.user is empty or missing (unsafe)"},
     {"log.level", CONF_ENUM, F(log_level), 0, 0, "info", log_levels,
      "least severe level logged: debug, info, warn or error"},
 };

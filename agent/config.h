@@ -2,6 +2,7 @@
  * /etc/orch-agent/agent.conf (or --config), then ORCH_AGENT_* environment variables. */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "common/conf.h"
@@ -18,6 +19,8 @@ struct agent_config {
     char *no_proxy;          /* server.no_proxy: hosts reached directly ("" = NO_PROXY) */
     int64_t slots;           /* slots: jobs run at once (0 = as registered, else 1) */
     int64_t cache_max_bytes; /* cache.max_bytes: package cache size */
+    char *exec_user;         /* exec.user: the jobs' account when root ("orch-job") */
+    bool exec_allow_root;    /* exec.allow_root: jobs may run as root without exec.user */
     int log_level;           /* log.level */
 };
 

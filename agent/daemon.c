@@ -2,12 +2,14 @@
 #include "agent/daemon.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -53,8 +55,8 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 #define IDLE_WAIT_MS        1000         /* link: spool_sync_all() at least this often when idle */
 #define ROTATE_BEFORE_S     (30 * 86400) /* rotate the credential when it expires sooner */
 #define ROTATE_MIN_GAP_MS   3600000      /* at most one rotation attempt an hour */
-#define CGROUP_PARENT       "/sys/fs/cgroup/orch-agent"
 #define DEFAULT_PATH        "/usr/local/bin:/usr/bin:/bin"
+#define RECOVER_KILL_MS     10000              /* bound on ending a predecessor's job tree */
 #define PACKAGE_MAX_BYTES   (64 * 1024 * 1024) /* an archive fetched (the server caps lower) */
 #define UNPACK_TIMEOUT_MS   300000
 
@@ -108,7 +110,11 @@ struct daemon {
     struct agent_state st;
     struct spool *spool;
     char *work_dir;
-    const char *cgroup_parent; /* NULL when CGROUP_PARENT does not exist */
+    char *cgroup_parent; /* this agent's cgroup v2 directory for jobs; NULL = none */
+    /* Who jobs run as: job_user when switch_user (a root agent), else the agent's user. */
+    bool switch_user;
+    struct exec_user job_user;
+    char job_user_name[72];
 
     pthread_mutex_t lock;     /* guards everything below and the slots */
     pthread_cond_t wake;      /* stop, slot freed, link done (CLOCK_MONOTONIC) */
@@ -409,9 +415,28 @@ static void daemon_on_started(void *arg, int pid)
     log_info("op=job-start job=%s epoch=%" PRId64 " pid=%d", s->job_id, s->epoch, pid);
 }
 
-/* "K=V" entries of the job: its env, then the agent's PATH/HOME/LANG when it has none, then
- * ORCH_JOB_* (which the job cannot override). Returns a NULL-terminated malloc'd array of
- * malloc'd strings (free with strv_free), or NULL on ENOMEM. */
+/* Where the job's processes are, durably in the spool before the job goes on: an agent
+ * killed now leaves the record its successor ends the tree with (daemon_recover). */
+static void daemon_on_tree(void *arg, const struct exec_tree *t)
+{
+    struct slot *s = arg;
+    json_t *doc = json_pack("{s:i, s:I, s:s, s:b}", "pgid", t->pgid, "start",
+                            (json_int_t)t->start_ticks, "boot_id", t->boot_id, "pid_ns", t->pid_ns);
+    if (doc && t->cgroup)
+        json_object_set_new(doc, "cgroup", json_string(t->cgroup));
+    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    json_decref(doc);
+    int r = text ? spool_set_proc(s->d->spool, s->job_id, s->epoch, text) : -ENOMEM;
+    free(text);
+    if (r < 0 && r != -ENOENT)
+        log_warn("op=spool-proc job=%s epoch=%" PRId64 " error=%s", s->job_id, s->epoch,
+                 strerror(-r));
+}
+
+/* "K=V" entries of the job: its env, then PATH (a fixed safe one), HOME (its workdir) and
+ * LANG when it has none, then ORCH_JOB_* (which the job cannot override). Nothing of the
+ * agent's own environment: it may hold what a job must not see. Returns a NULL-terminated
+ * malloc'd array of malloc'd strings (free with strv_free), or NULL on ENOMEM. */
 static void strv_free(char **v)
 {
     for (size_t i = 0; v && v[i]; i++)
@@ -447,10 +472,9 @@ static char **daemon_job_env(const struct slot *s, const json_t *a, const char *
             i++;
         }
     }
-    const char *path = getenv("PATH"), *home = getenv("HOME"), *lang = getenv("LANG");
-    if ((!has_path && asprintf(&v[i++], "PATH=%s", path && path[0] ? path : DEFAULT_PATH) < 0) ||
-        (!has_home && asprintf(&v[i++], "HOME=%s", home && home[0] ? home : workdir) < 0) ||
-        (!has_lang && asprintf(&v[i++], "LANG=%s", lang && lang[0] ? lang : "C.UTF-8") < 0) ||
+    if ((!has_path && asprintf(&v[i++], "PATH=%s", DEFAULT_PATH) < 0) ||
+        (!has_home && asprintf(&v[i++], "HOME=%s", workdir) < 0) ||
+        (!has_lang && asprintf(&v[i++], "LANG=%s", "C.UTF-8") < 0) ||
         asprintf(&v[i++], "ORCH_JOB_ID=%s", s->job_id) < 0 ||
         asprintf(&v[i++], "ORCH_JOB_EPOCH=%" PRId64, s->epoch) < 0 ||
         asprintf(&v[i++], "ORCH_JOB_PARAMS=%s", params) < 0 ||
@@ -537,7 +561,24 @@ static int daemon_package(struct daemon *d, struct slot *s, char *path, size_t l
 static int daemon_unpack(struct daemon *d, struct slot *s, const char *archive, const char *workdir,
                          char **env)
 {
-    const char *argv[] = {"tar", "-xf", archive, "--no-same-owner", "-C", workdir, NULL};
+    /* As the job's user, isolated like the job: the archive is the tenant's. It comes on
+     * stdin, opened by the agent: the job's user cannot read the cache. */
+    const char *argv[] = {"tar", "-xf", "-", "--no-same-owner", "-C", workdir, NULL, NULL};
+    /* tar guesses the compression of a file it opens, not of its stdin: say it (packages
+     * are tar, or tar in gzip, see api-packages.c). */
+    unsigned char magic[2] = {0, 0};
+    int afd = open(archive, O_RDONLY | O_CLOEXEC);
+    if (afd >= 0) {
+        if (read(afd, magic, sizeof(magic)) != (ssize_t)sizeof(magic))
+            magic[0] = 0;
+        close(afd);
+    }
+    if (magic[0] == 0x1f && magic[1] == 0x8b)
+        argv[6] = "-z";
+    char tag_id[ID_STR_LEN + 16], tag_epoch[48];
+    snprintf(tag_id, sizeof(tag_id), "ORCH_JOB_ID=%s", s->job_id);
+    snprintf(tag_epoch, sizeof(tag_epoch), "ORCH_JOB_EPOCH=%" PRId64, s->epoch);
+    const char *tags[] = {tag_id, tag_epoch, NULL};
     struct exec_spec spec = {
         .argv = argv,
         .env = (const char *const *)env,
@@ -545,8 +586,13 @@ static int daemon_unpack(struct daemon *d, struct slot *s, const char *archive, 
         .timeout_ms = UNPACK_TIMEOUT_MS,
         .grace_ms = 1000,
         .job_id = s->job_id,
+        .user = d->switch_user ? &d->job_user : NULL,
+        .isolate = true,
+        .hide_dir = d->work_dir,
+        .stdin_path = archive,
+        .env_tags = tags,
     };
-    struct exec_sink sink = {.arg = s, .on_output = daemon_on_output};
+    struct exec_sink sink = {.arg = s, .on_output = daemon_on_output, .on_tree = daemon_on_tree};
     struct exec_result er;
     int r = exec_default_ops()->run(&spec, &sink, &s->cancel, &er);
     if (r < 0 || er.exit_code != 0) {
@@ -643,6 +689,24 @@ static char *daemon_job_result(struct slot *s, const char *path)
     return NULL;
 }
 
+/* The job's private workdir (0700) and its $ORCH_JOB_RESULT file (0600, empty), both the
+ * job user's. The result file is made here, in a directory the job cannot write, so the
+ * job can only fill it: it cannot put a link there for the agent to follow. Returns 0 or
+ * -errno. */
+static int daemon_job_dirs(struct daemon *d, const char *workdir, const char *result_path)
+{
+    if (mkdir(workdir, 0700) < 0)
+        return -errno;
+    _cleanup_close_ int fd =
+        open(result_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return -errno;
+    if (d->switch_user && (fchown(fd, d->job_user.uid, d->job_user.gid) < 0 ||
+                           chown(workdir, d->job_user.uid, d->job_user.gid) < 0))
+        return -errno;
+    return 0;
+}
+
 /* Run the job of slot s; fills *exit_code and *flags, and *result with the JSON it left
  * (malloc'd) or NULL. */
 static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, uint32_t *flags,
@@ -651,11 +715,17 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
     const json_t *a = s->assignment;
     char workdir[PATH_MAX];
     snprintf(workdir, sizeof(workdir), "%s/%s.%" PRId64, d->work_dir, s->job_id, s->epoch);
+    char result_path[PATH_MAX + 16];
+    snprintf(result_path, sizeof(result_path), "%s.result.json", workdir);
     rm_rf(workdir);
-    if (mkdir(workdir, 0700) < 0) {
+    unlink(result_path);
+    int dr = daemon_job_dirs(d, workdir, result_path);
+    if (dr < 0) {
         log_error("op=job-workdir job=%s epoch=%" PRId64 " path=%s error=%s", s->job_id, s->epoch,
-                  workdir, strerror(errno));
+                  workdir, strerror(-dr));
         *flags |= RES_SETUP_FAILED;
+        rm_rf(workdir);
+        unlink(result_path);
         return;
     }
     const json_t *args = json_object_get(a, "args");
@@ -692,6 +762,13 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
     for (size_t i = 0; i < nargs; i++)
         argv[4 + i] = json_string_value(json_array_get(args, i));
     const json_t *timeout = json_object_get(a, "timeout_ms");
+    char tag_id[ID_STR_LEN + 16], tag_epoch[48], cg_name[ID_STR_LEN + 24];
+    snprintf(tag_id, sizeof(tag_id), "ORCH_JOB_ID=%s", s->job_id);
+    snprintf(tag_epoch, sizeof(tag_epoch), "ORCH_JOB_EPOCH=%" PRId64, s->epoch);
+    /* The attempt: another agent on this host may be running a later one of the job. */
+    const char *tags[] = {tag_id, tag_epoch, NULL};
+    /* Per attempt: a successor's recovery must never kill a later attempt's cgroup. */
+    snprintf(cg_name, sizeof(cg_name), "%s.%" PRId64, s->job_id, s->epoch);
     struct exec_spec spec = {
         .argv = argv,
         .env = (const char *const *)env,
@@ -699,10 +776,17 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
         .timeout_ms = json_is_integer(timeout) ? json_integer_value(timeout) : 0,
         .grace_ms = JOB_GRACE_MS,
         .cgroup_parent = d->cgroup_parent,
-        .job_id = s->job_id,
+        .job_id = cg_name,
+        .user = d->switch_user ? &d->job_user : NULL,
+        .isolate = true,
+        .hide_dir = d->work_dir,
+        .keep_file = result_path,
+        .env_tags = tags,
     };
-    struct exec_sink sink = {
-        .arg = s, .on_output = daemon_on_output, .on_started = daemon_on_started};
+    struct exec_sink sink = {.arg = s,
+                             .on_output = daemon_on_output,
+                             .on_started = daemon_on_started,
+                             .on_tree = daemon_on_tree};
     struct exec_result er;
     int r = exec_default_ops()->run(&spec, &sink, &s->cancel, &er);
     if (r < 0) {
@@ -723,12 +807,11 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
              "cancelled=%d duration_ms=%" PRId64,
              s->job_id, s->epoch, er.exit_code, er.term_signal, er.timed_out, er.cancelled,
              er.duration_ms);
-out:;
-    char result_path[PATH_MAX + 16];
-    snprintf(result_path, sizeof(result_path), "%s.result.json", workdir);
+out:
     *result = daemon_job_result(s, result_path);
     strv_free(env);
     rm_rf(workdir);
+    unlink(result_path);
 }
 
 static void *daemon_job_main(void *arg)
@@ -1424,7 +1507,45 @@ static void *daemon_link_main(void *arg)
 
 /* --- startup and shutdown ------------------------------------------------------------ */
 
-/* Attempts the previous agent process left unfinished are reported as failed. */
+/* End what is left of an attempt the previous agent process was running when it died: its
+ * recorded tree (cgroup, or process group when the leader is still the same process), and
+ * every process that still carries its ORCH_JOB_ID. Bounded; logged. */
+static void daemon_recover_tree(const struct spool_attempt *at)
+{
+    struct exec_tree tree = {0};
+    json_t *doc = at->proc ? json_loads(at->proc, 0, NULL) : NULL;
+    if (json_is_object(doc)) {
+        json_t *v = json_object_get(doc, "pgid");
+        tree.pgid = json_is_integer(v) ? (int)json_integer_value(v) : 0;
+        v = json_object_get(doc, "start");
+        tree.start_ticks = json_is_integer(v) ? (uint64_t)json_integer_value(v) : 0;
+        snprintf(tree.boot_id, sizeof(tree.boot_id), "%s",
+                 json_string_value(json_object_get(doc, "boot_id"))
+                     ? json_string_value(json_object_get(doc, "boot_id"))
+                     : "");
+        tree.cgroup = json_string_value(json_object_get(doc, "cgroup"));
+        tree.pid_ns = json_is_true(json_object_get(doc, "pid_ns"));
+    }
+    /* The attempt, not the job: another agent on this host may run its next attempt. */
+    char tag_id[ID_STR_LEN + 16], tag_epoch[48];
+    snprintf(tag_id, sizeof(tag_id), "ORCH_JOB_ID=%s", at->job_id);
+    snprintf(tag_epoch, sizeof(tag_epoch), "ORCH_JOB_EPOCH=%" PRId64, at->epoch);
+    const char *tags[] = {tag_id, tag_epoch, NULL};
+    int64_t t0 = mono_ms();
+    int r = exec_tree_kill(&tree, tags, RECOVER_KILL_MS);
+    if (r == -ETIMEDOUT)
+        log_error("op=recover-kill job=%s epoch=%" PRId64 " pgid=%d error=\"processes survive "
+                  "SIGKILL after %d ms\"",
+                  at->job_id, at->epoch, tree.pgid, RECOVER_KILL_MS);
+    else
+        log_info("op=recover-kill job=%s epoch=%" PRId64 " pgid=%d cgroup=%s found=%d ms=%" PRId64,
+                 at->job_id, at->epoch, tree.pgid, tree.cgroup ? tree.cgroup : "none", r,
+                 mono_ms() - t0);
+    json_decref(doc);
+}
+
+/* Attempts the previous agent process left unfinished are reported as failed, once their
+ * processes are gone: the server runs them again as soon as it hears. */
 static int daemon_recover(struct daemon *d)
 {
     struct spool_attempt *list = NULL;
@@ -1435,6 +1556,7 @@ static int daemon_recover(struct daemon *d)
     for (size_t i = 0; i < n; i++) {
         if (list[i].finished)
             continue;
+        daemon_recover_tree(&list[i]);
         struct spool_result res = {.exit_code = -1, .flags = RES_RESTARTED};
         r = spool_finish(d->spool, list[i].job_id, list[i].epoch, &res);
         log_info("op=recover job=%s epoch=%" PRId64 " result=\"agent restarted\"%s", list[i].job_id,
@@ -1462,6 +1584,9 @@ static void daemon_free(struct daemon *d)
         json_decref(d->slots[i].assignment);
     free(d->slots);
     free(d->work_dir);
+    if (d->cgroup_parent)
+        rmdir(d->cgroup_parent);
+    free(d->cgroup_parent);
     agent_state_free(&d->st);
     pthread_cond_destroy(&d->wake);
     pthread_cond_destroy(&d->send_wake);
@@ -1491,6 +1616,146 @@ static int daemon_opts(int argc, char **argv, const char **state_dir)
     return 0;
 }
 
+/* Who jobs run as. A root agent needs an unprivileged exec.user, or an explicit
+ * exec.allow_root; an agent that is not root cannot switch, and jobs run as itself. */
+static int daemon_job_user(struct daemon *d)
+{
+    const char *name = d->cfg->exec_user ? d->cfg->exec_user : "";
+    if (geteuid() != 0) {
+        struct passwd *self = getpwuid(geteuid());
+        snprintf(d->job_user_name, sizeof(d->job_user_name), "%s", self ? self->pw_name : "agent");
+        return EXIT_OK;
+    }
+    struct passwd pw, *res = NULL;
+    char buf[4096];
+    if (name[0] && getpwnam_r(name, &pw, buf, sizeof(buf), &res) != 0)
+        res = NULL;
+    if (res && res->pw_uid != 0) {
+        d->switch_user = true;
+        d->job_user = (struct exec_user){.uid = res->pw_uid, .gid = res->pw_gid};
+        snprintf(d->job_user_name, sizeof(d->job_user_name), "%s", name);
+        return EXIT_OK;
+    }
+    char why[160];
+    if (!name[0])
+        snprintf(why, sizeof(why), "exec.user is empty");
+    else if (!res)
+        snprintf(why, sizeof(why), "the job user '%s' (exec.user) does not exist", name);
+    else
+        snprintf(why, sizeof(why), "the job user '%s' (exec.user) is root", name);
+    if (d->cfg->exec_allow_root) {
+        log_warn("op=start detail=\"%s; jobs run as root (exec.allow_root=true)\"", why);
+        snprintf(d->job_user_name, sizeof(d->job_user_name), "root");
+        return EXIT_OK;
+    }
+    fprintf(stderr,
+            "orch-agent: refusing to run jobs as root: %s. Create it (useradd --system "
+            "--no-create-home --shell /usr/sbin/nologin %s), set exec.user to an unprivileged "
+            "account, or set exec.allow_root=true to let jobs run as root\n",
+            why, name[0] ? name : "orch-job");
+    return EXIT_FAIL;
+}
+
+/* A directory of the agent's: ours, not writable by others, then given mode. A job's user
+ * must not be able to replace what the agent reads there. */
+static int daemon_own_dir(const char *dir, mode_t mode)
+{
+    struct stat sb;
+    if (stat(dir, &sb) < 0)
+        return -errno;
+    if (!S_ISDIR(sb.st_mode))
+        return -ENOTDIR;
+    if (sb.st_uid != geteuid() || (sb.st_mode & 022))
+        return -EPERM;
+    return chmod(dir, mode) < 0 ? -errno : 0;
+}
+
+/* A cgroup v2 directory for this agent's jobs, under its own cgroup: the cgroup2 mount
+ * point (from mountinfo) plus our path (from /proc/self/cgroup) plus orch-agent.<id>.
+ * NULL when there is no cgroup v2 or it is not writable (jobs then go without). */
+static char *daemon_cgroup_dir(const char *agent_id)
+{
+    _cleanup_fclose_ FILE *mi = fopen("/proc/self/mountinfo", "re");
+    _cleanup_fclose_ FILE *cg = fopen("/proc/self/cgroup", "re");
+    char line[4096], mnt[4096] = "", own[4096] = "";
+    while (mi && fgets(line, sizeof(line), mi)) {
+        /* "id parent maj:min root mountpoint opts [optional...] - fstype source sopts" */
+        char *sep = strstr(line, " - cgroup2 ");
+        char point[4096];
+        if (sep && sscanf(line, "%*s %*s %*s %*s %4095s", point) == 1 && !mnt[0])
+            snprintf(mnt, sizeof(mnt), "%s", point);
+    }
+    while (cg && fgets(line, sizeof(line), cg))
+        if (strncmp(line, "0::", 3) == 0) {
+            line[strcspn(line, "\n")] = '\0';
+            snprintf(own, sizeof(own), "%s", strcmp(line + 3, "/") == 0 ? "" : line + 3);
+        }
+    if (!mnt[0] || strchr(mnt, '\\'))
+        return NULL; /* none, or an escaped (odd) mount point */
+    char *dir = NULL;
+    if (asprintf(&dir, "%s%s/orch-agent.%s", mnt, own, agent_id) < 0)
+        return NULL;
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+        log_debug("op=cgroup path=%s error=%d", dir, errno);
+        free(dir);
+        return NULL;
+    }
+    return dir;
+}
+
+struct probe_out {
+    char text[512];
+    size_t len;
+};
+
+static int probe_output(void *arg, int stream, const char *data, size_t len)
+{
+    struct probe_out *p = arg;
+    (void)stream;
+    size_t room = sizeof(p->text) - 1 - p->len;
+    memcpy(p->text + p->len, data, len < room ? len : room);
+    p->len += len < room ? len : room;
+    p->text[p->len] = '\0';
+    return 0;
+}
+
+/* Run a trivial job the way real ones run, to find out what isolation this host gives and
+ * that the job user can reach the work directory; one info line says what is in force. */
+static int daemon_probe_exec(struct daemon *d)
+{
+    const char *argv[] = {"/bin/sh", "-c", "exit 0", NULL};
+    const char *env[] = {"PATH=" DEFAULT_PATH, NULL};
+    struct exec_spec spec = {
+        .argv = argv,
+        .env = env,
+        .workdir = d->work_dir,
+        .timeout_ms = 30000,
+        .grace_ms = 1000,
+        .cgroup_parent = d->cgroup_parent,
+        .job_id = "orch-agent-probe",
+        .user = d->switch_user ? &d->job_user : NULL,
+        .isolate = true,
+    };
+    struct probe_out out = {.len = 0};
+    struct exec_sink sink = {.arg = &out, .on_output = probe_output};
+    struct exec_result er;
+    int r = exec_default_ops()->run(&spec, &sink, NULL, &er);
+    if (r < 0 || !er.started || er.exit_code != 0) {
+        fprintf(stderr, "orch-agent: cannot run jobs as '%s' in %s: %s\n", d->job_user_name,
+                d->work_dir,
+                r < 0     ? strerror(-r)
+                : out.len ? out.text
+                          : "the probe failed");
+        return EXIT_FAIL;
+    }
+    bool subreaper = exec_subreaper_enable() == 0;
+    log_info("op=isolation user=%s switched=%s pid_ns=%s cgroup=%s subreaper=%s "
+             "no_new_privs=yes fds=stdio-only workdir=private",
+             d->job_user_name, d->switch_user ? "yes" : "no", er.isolated ? "yes" : "no",
+             er.in_cgroup ? d->cgroup_parent : "none", subreaper ? "yes" : "no");
+    return EXIT_OK;
+}
+
 /* Everything before the threads start: state, spool, work dir, recovery. */
 static int daemon_setup(struct daemon *d)
 {
@@ -1507,6 +1772,15 @@ static int daemon_setup(struct daemon *d)
     }
     if (strncmp(d->st.server_url, "https://", 8) != 0) {
         fprintf(stderr, "orch-agent: the stored server URL is not https://\n");
+        return EXIT_FAIL;
+    }
+    /* Searchable but not listable by the job user (it must reach work/ below, nothing
+     * else): agent.json is 0600, spool/ and cache/ 0700. */
+    r = daemon_own_dir(d->state_dir, d->switch_user ? 0711 : 0700);
+    if (r < 0) {
+        fprintf(stderr, "orch-agent: state directory %s: %s\n", d->state_dir,
+                r == -EPERM ? "not owned by the agent's user, or writable by others"
+                            : strerror(-r));
         return EXIT_FAIL;
     }
     _cleanup_free_ char *spool_dir = NULL;
@@ -1535,19 +1809,25 @@ static int daemon_setup(struct daemon *d)
                 strerror(-r));
         return EXIT_FAIL;
     }
-    rm_rf(d->work_dir); /* what a previous process left behind */
-    if (mkdir(d->work_dir, 0700) < 0 && errno != EEXIST) {
-        fprintf(stderr, "orch-agent: cannot create %s: %s\n", d->work_dir, strerror(errno));
+    if (chmod(spool_dir, 0700) < 0 || chmod(cache_dir, 0700) < 0) {
+        fprintf(stderr, "orch-agent: cannot restrict %s: %s\n", d->state_dir, strerror(errno));
         return EXIT_FAIL;
     }
-    struct stat sb;
-    d->cgroup_parent = stat(CGROUP_PARENT, &sb) == 0 && S_ISDIR(sb.st_mode) ? CGROUP_PARENT : NULL;
+    d->cgroup_parent = daemon_cgroup_dir(d->st.agent_id);
+    /* Before the work dir is emptied and before anything is reported: a predecessor killed
+     * with its jobs running must not have them running while the server runs them again. */
     r = daemon_recover(d);
     if (r < 0) {
         fprintf(stderr, "orch-agent: cannot read the spool: %s\n", strerror(-r));
         return EXIT_FAIL;
     }
-    return EXIT_OK;
+    rm_rf(d->work_dir); /* what a previous process left behind */
+    /* Searchable by the job user, who owns only its own job's 0700 directory inside. */
+    if ((mkdir(d->work_dir, 0711) < 0 && errno != EEXIST) || chmod(d->work_dir, 0711) < 0) {
+        fprintf(stderr, "orch-agent: cannot create %s: %s\n", d->work_dir, strerror(errno));
+        return EXIT_FAIL;
+    }
+    return daemon_probe_exec(d);
 }
 
 int daemon_run(int argc, char **argv, const struct agent_config *cfg)
@@ -1593,7 +1873,9 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
         else
             log_warn("op=start detail=\"ignoring an invalid ORCH_AGENT_ROTATE_BEFORE_S\"");
     }
-    int rc = daemon_setup(d);
+    int rc = daemon_job_user(d);
+    if (rc == EXIT_OK)
+        rc = daemon_setup(d);
     if (rc != EXIT_OK) {
         daemon_free(d);
         return rc;
@@ -1609,9 +1891,8 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
         d->slots[i].d = d;
 
     char q[300];
-    log_info("op=start agent=%s name=%s server=%s slots=%zu cgroup=%s", d->st.agent_id,
-             log_quote(d->st.name, q, sizeof(q)), d->st.server_url, d->nslots,
-             d->cgroup_parent ? d->cgroup_parent : "none");
+    log_info("op=start agent=%s name=%s server=%s slots=%zu", d->st.agent_id,
+             log_quote(d->st.name, q, sizeof(q)), d->st.server_url, d->nslots);
 
     pthread_t link;
     bool link_ok = pthread_create(&link, NULL, daemon_link_main, d) == 0;

@@ -1,18 +1,28 @@
 /* exec-posix.c: exec_ops on POSIX systems: fork/exec into a new session, output through
  * two pipes read with poll(), the tree killed through its process group. On Linux, also a
- * cgroup v2 per job (catches processes that leave the process group) and a pidfd (notices
- * the main process's exit at once instead of at the next 100 ms tick). */
+ * cgroup v2 per job (catches processes that leave the process group), a pidfd (notices
+ * the main process's exit at once instead of at the next 100 ms tick) and, for an isolated
+ * job, a PID and mount namespace.
+ *
+ * An isolated job has two processes of ours: its leader is the init (PID 1) of the new
+ * namespace, which mounts a /proc of the namespace, forks the job's program and reaps
+ * whatever is re-parented to it, and writes the program's wait status to a pipe when it
+ * exits. The init is in the job's process group but, as a namespace init without handlers,
+ * ignores every signal but SIGKILL: a SIGTERM to the group reaches the program and its
+ * processes only. When the init exits (after the program, or SIGKILLed), the kernel kills
+ * everything left in the namespace: nothing a job starts outlives it. The child's side of
+ * all this, from fork to exec, is in exec-child.c. */
 #include "agent/exec.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -22,6 +32,8 @@
 #include <sys/vfs.h>
 #endif
 
+#include "agent/exec-child.h"
+#include "agent/exec-tree.h"
 #include "common/buf.h"
 #include "common/cleanup.h"
 #include "common/clock.h"
@@ -40,31 +52,6 @@
 #define CGROUP2_SUPER_MAGIC 0x63677270
 #endif
 
-/* Written by the child to the report pipe; at most PIPE_BUF bytes, so one atomic write. */
-enum child_stage {
-    STAGE_CGROUP = 1, /* not fatal: the job runs, just outside its cgroup */
-    STAGE_SETUP,
-    STAGE_CHDIR,
-    STAGE_EXEC,
-};
-
-struct child_report {
-    int stage;
-    int err;
-};
-
-/* Everything the child needs, prepared by the parent: between fork and exec in a
- * multi-threaded process only async-signal-safe calls are allowed (no malloc, no stdio). */
-struct child_ctx {
-    char *const *argv;
-    char *const *env;
-    const char *workdir;
-    char **paths;   /* candidate files for argv[0], NULL-terminated */
-    char **sh_argv; /* "/bin/sh", <slot for the file>, argv[1..], NULL: for ENOEXEC */
-    int devnull, out_w, err_w, report_w; /* all >= 3 */
-    int cgroup_procs;                    /* -1 = no cgroup */
-};
-
 struct cgroup {
     char *path;
     int procs_fd;
@@ -77,7 +64,8 @@ struct job {
     const struct exec_sink *sink;
     pid_t pid;
     int pidfd;
-    int fds[2]; /* read ends of stdout, stderr; -1 when closed */
+    int status_r; /* isolated: the init reports the program's status here; else -1 */
+    int fds[2];   /* read ends of stdout, stderr; -1 when closed */
     bool reaped;
     int status;
     uint64_t start_ns, reaped_ns;
@@ -413,6 +401,16 @@ static void job_reap(struct job *j, bool block)
         log_warn("op=exec_waitpid job=%s pid=%d error=%d", j->spec->job_id, (int)j->pid, errno);
         j->status = -1;
     }
+    exec_tree_leader_remove(j->pid);
+    if (j->status_r >= 0) {
+        /* The init has exited: its report is whole in the pipe, or missing when it was
+         * killed (then its own status, SIGKILL, stands for the program's). */
+        int st;
+        if (read(j->status_r, &st, sizeof(st)) == (ssize_t)sizeof(st))
+            j->status = st;
+        close(j->status_r);
+        j->status_r = -1;
+    }
     j->reaped = true;
     j->reaped_ns = clock_mono_ns();
     if (j->pidfd >= 0) {
@@ -538,100 +536,6 @@ static void job_loop(struct job *j, atomic_bool *cancel)
     }
 }
 
-static _Noreturn void child_fail(int fd, int stage, int err)
-{
-    struct child_report rep = {stage, err};
-    ssize_t n;
-
-    do
-        n = write(fd, &rep, sizeof(rep));
-    while (n < 0 && errno == EINTR);
-    _exit(stage == STAGE_EXEC && err != ENOENT && err != ENOTDIR ? EXEC_EXIT_NOEXEC
-                                                                 : EXEC_EXIT_NOT_FOUND);
-}
-
-static void child_close_fds(int keep)
-{
-#ifdef SYS_close_range
-    if ((keep == 3 || syscall(SYS_close_range, 3U, (unsigned)keep - 1, 0U) == 0) &&
-        syscall(SYS_close_range, (unsigned)keep + 1, ~0U, 0U) == 0)
-        return;
-#endif
-    /* Old kernel: close them one by one, up to a sane bound on the limit. */
-    struct rlimit rl;
-    int max = 65536;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)max)
-        max = (int)rl.rlim_cur;
-    for (int fd = 3; fd < max; fd++)
-        if (fd != keep)
-            close(fd);
-}
-
-/* In the child, after fork: async-signal-safe calls only. Never returns. */
-static _Noreturn void child_exec(struct child_ctx *c)
-{
-    struct sigaction sa;
-    sigset_t none;
-    int err = ENOENT;
-    bool eacces = false;
-
-    /* The daemon's handlers and ignored signals (SIGPIPE surely) must not leak into the job:
-     * ignored dispositions survive exec. Signals are still blocked here (see exec_run), so no
-     * daemon handler can run in the child. */
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = SIG_DFL;
-    sigemptyset(&sa.sa_mask);
-    for (int sig = 1; sig < NSIG; sig++)
-        if (sig != SIGKILL && sig != SIGSTOP)
-            sigaction(sig, &sa, NULL);
-
-    /* Own session and process group: kill(-pid) reaches the whole tree, and the job has no
-     * controlling terminal. */
-    if (setsid() < 0)
-        child_fail(c->report_w, STAGE_SETUP, errno);
-    /* Before exec, so that nothing the job forks can start outside the cgroup. */
-    if (c->cgroup_procs >= 0 && write(c->cgroup_procs, "0", 1) != 1) {
-        struct child_report rep = {STAGE_CGROUP, errno};
-        if (write(c->report_w, &rep, sizeof(rep)) < 0) {
-            /* The parent then believes the job is in the cgroup; cgroup.kill is a no-op. */
-        }
-    }
-    if (dup2(c->devnull, 0) < 0 || dup2(c->out_w, 1) < 0 || dup2(c->err_w, 2) < 0)
-        child_fail(c->report_w, STAGE_SETUP, errno);
-    if (c->workdir && chdir(c->workdir) < 0)
-        child_fail(c->report_w, STAGE_CHDIR, errno);
-    /* Descriptors another thread of the daemon opened without O_CLOEXEC must not reach the
-     * job; the report pipe closes on exec, which tells the parent that exec succeeded. */
-    child_close_fds(c->report_w);
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-
-    for (size_t i = 0; c->paths[i]; i++) {
-        execve(c->paths[i], c->argv, c->env);
-        switch (errno) {
-        case ENOEXEC:
-            /* A script without #!: run it with the shell, as execvpe() does. */
-            c->sh_argv[1] = c->paths[i];
-            execve("/bin/sh", c->sh_argv, c->env);
-            child_fail(c->report_w, STAGE_EXEC, errno);
-        case EACCES:
-            eacces = true;
-            continue;
-        case ENOENT:
-        case ENOTDIR:
-        case ESTALE:
-        case ENODEV:
-        case ETIMEDOUT:
-            continue;
-        default:
-            child_fail(c->report_w, STAGE_EXEC, errno);
-        }
-    }
-    if (eacces)
-        err = EACCES;
-    child_fail(c->report_w, STAGE_EXEC, err);
-}
-
 /* The reason the program did not start, on stream 2, as a shell would print it. */
 static void job_report_failure(struct job *j, const struct child_report *rep)
 {
@@ -646,6 +550,9 @@ static void job_report_failure(struct job *j, const struct child_report *rep)
     case STAGE_EXEC:
         buf_printf(&b, "orch-agent: %.*s: %s\n", MSG_ARG_MAX, what,
                    rep->err == ENOENT ? "command not found" : strerror(rep->err));
+        break;
+    case STAGE_USER:
+        buf_printf(&b, "orch-agent: cannot switch to the job's user: %s\n", strerror(rep->err));
         break;
     default:
         buf_printf(&b, "orch-agent: cannot set up the job's process: %s\n", strerror(rep->err));
@@ -668,6 +575,12 @@ static bool job_wait_exec(struct job *j, int fd, struct child_report *fatal)
             continue;
         if (n != (ssize_t)sizeof(rep))
             return true; /* EOF: exec'd, or the child died without reporting */
+        if (rep.stage == STAGE_PROC) {
+            log_debug("op=exec_ns_proc job=%s error=%d detail=\"the host's /proc is visible\"",
+                      j->spec->job_id, rep.err);
+            j->res.isolated = false;
+            continue;
+        }
         if (rep.stage != STAGE_CGROUP) {
             *fatal = rep;
             return false;
@@ -684,9 +597,9 @@ static int exec_posix_run(const struct exec_spec *spec, const struct exec_sink *
     _cleanup_(strv_freep) char **paths = NULL;
     _cleanup_free_ char **sh_argv = NULL;
     _cleanup_free_ char *chunk = NULL;
-    _cleanup_close_ int devnull = -1, report_r = -1, report_w = -1;
+    _cleanup_close_ int devnull = -1, report_r = -1, report_w = -1, status_w = -1;
     int out[2] = {-1, -1}, err[2] = {-1, -1};
-    struct job j = {.spec = spec, .sink = sink, .pidfd = -1, .fds = {-1, -1}};
+    struct job j = {.spec = spec, .sink = sink, .pidfd = -1, .status_r = -1, .fds = {-1, -1}};
     struct child_report fatal = {0, 0};
     sigset_t all, old;
     int r;
@@ -711,7 +624,8 @@ static int exec_posix_run(const struct exec_spec *spec, const struct exec_sink *
     if (r < 0)
         return r;
 
-    devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    /* Opened by the agent: the job's user may not be able to open it itself. */
+    devnull = open(spec->stdin_path ? spec->stdin_path : "/dev/null", O_RDONLY | O_CLOEXEC);
     if (devnull < 0)
         return -errno;
     r = fd_above_stdio(&devnull);
@@ -729,6 +643,19 @@ static int exec_posix_run(const struct exec_spec *spec, const struct exec_sink *
     r = pipe_new(err, true);
     if (r < 0)
         goto fail_pipes;
+    /* A PID namespace needs CAP_SYS_ADMIN: only root tries. */
+    bool isolate = spec->isolate && geteuid() == 0;
+    if (isolate) {
+        int sp[2];
+        r = pipe_new(sp, true);
+        if (r < 0) {
+            close(err[0]);
+            close(err[1]);
+            goto fail_pipes;
+        }
+        j.status_r = sp[0];
+        status_w = sp[1];
+    }
 
     if (spec->cgroup_parent) {
         r = cgroup_open(spec->cgroup_parent, spec->job_id, &j.cg);
@@ -744,28 +671,60 @@ static int exec_posix_run(const struct exec_spec *spec, const struct exec_sink *
         .workdir = spec->workdir,
         .paths = paths,
         .sh_argv = sh_argv,
-        .devnull = devnull,
+        .in_r = devnull,
         .out_w = out[1],
         .err_w = err[1],
         .report_w = report_w,
         .cgroup_procs = j.cg.procs_fd,
+        .has_user = spec->user != NULL,
+        .uid = spec->user ? (uid_t)spec->user->uid : 0,
+        .gid = spec->user ? (gid_t)spec->user->gid : 0,
+        .status_w = status_w,
+        .parent = getpid(),
+        .hide_dir = spec->hide_dir,
+        .keep_file = spec->keep_file,
     };
     /* Block every signal across fork so that no daemon handler runs in the child before it
-     * has reset the dispositions. */
+     * has reset the dispositions. The leader registry is locked across it so that an orphan
+     * sweep in another thread never takes the new child for an orphan. */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
+    exec_tree_leaders_lock();
+    r = exec_tree_leader_reserve_locked();
     j.start_ns = clock_mono_ns();
-    j.pid = fork();
-    if (j.pid == 0)
-        child_exec(&ctx);
-    r = j.pid < 0 ? -errno : 0;
+    if (r == 0 && isolate) {
+        ctx.init = true;
+        j.pid = exec_child_clone(CLONE_NEWPID | CLONE_NEWNS);
+        if (j.pid < 0) {
+            /* Not allowed here (a container without CAP_SYS_ADMIN, a seccomp filter):
+             * the job runs in a process group of its own only. */
+            log_debug("op=exec_isolate job=%s error=%d fallback=pgid", spec->job_id, errno);
+            ctx.init = false;
+        } else {
+            j.res.isolated = true;
+        }
+    }
+    if (r == 0 && !ctx.init)
+        j.pid = fork();
+    if (r == 0 && j.pid == 0)
+        exec_child_start(&ctx);
+    if (r == 0 && j.pid < 0)
+        r = -errno;
+    if (r == 0)
+        exec_tree_leader_add_locked(j.pid);
+    exec_tree_leaders_unlock();
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (r < 0) {
         cgroup_drop(&j.cg);
         close(err[0]);
         close(err[1]);
+        if (j.status_r >= 0)
+            close(j.status_r);
         goto fail_pipes;
     }
+    j.res.user_switched = spec->user != NULL;
+    if (status_w >= 0)
+        close(TAKE_FD(status_w));
 
     /* Only the child may hold the write ends, or we would never see EOF. */
     close(out[1]);
@@ -783,8 +742,15 @@ static int exec_posix_run(const struct exec_spec *spec, const struct exec_sink *
 
     if (job_wait_exec(&j, report_r, &fatal)) {
         j.res.started = true;
-        log_debug("op=exec_start job=%s pid=%d cgroup=%s", spec->job_id, (int)j.pid,
-                  j.res.in_cgroup ? "yes" : "no");
+        log_debug("op=exec_start job=%s pid=%d cgroup=%s pid_ns=%s user=%s", spec->job_id,
+                  (int)j.pid, j.res.in_cgroup ? "yes" : "no", j.res.isolated ? "yes" : "no",
+                  j.res.user_switched ? "switched" : "agent");
+        if (sink && sink->on_tree) {
+            struct exec_tree tree = {.cgroup = j.res.in_cgroup ? j.cg.path : NULL,
+                                     .pid_ns = ctx.init};
+            if (exec_tree_probe((int)j.pid, &tree) == 0)
+                sink->on_tree(sink->arg, &tree);
+        }
         if (sink && sink->on_started)
             sink->on_started(sink->arg, (int)j.pid);
         job_loop(&j, cancel);
@@ -797,6 +763,10 @@ static int exec_posix_run(const struct exec_spec *spec, const struct exec_sink *
     job_cleanup_tree(&j);
     if (j.pidfd >= 0)
         close(j.pidfd);
+    if (j.status_r >= 0)
+        close(j.status_r);
+    if (spec->env_tags)
+        exec_tree_sweep_orphans(spec->env_tags, spec->job_id);
 
     if (j.status >= 0 && WIFEXITED(j.status)) {
         j.res.exit_code = WEXITSTATUS(j.status);

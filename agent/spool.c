@@ -951,6 +951,7 @@ static int attempt_load(struct spool *s, const char *name, const uint8_t id[16],
     a->bytes += sb.st_size;
     (void)unlinkat(a->dfd, "acked.tmp", 0);
     (void)unlinkat(a->dfd, "result.tmp", 0);
+    (void)unlinkat(a->dfd, "proc.tmp", 0);
     ack_read(a, acked);
     for (int k = 0; k < 2; k++) {
         a->st[k].fd =
@@ -1307,6 +1308,28 @@ int spool_sync_all(struct spool *s)
     return r;
 }
 
+int spool_set_proc(struct spool *s, const char *job_id, int64_t epoch, const char *text)
+{
+    struct attempt *a;
+    size_t len = text ? strnlen(text, SPOOL_PROC_MAX + 1) : 0;
+    int r;
+
+    if (!text)
+        return -EINVAL;
+    if (len > SPOOL_PROC_MAX)
+        return -EMSGSIZE;
+    r = attempt_get(s, job_id, epoch, &a);
+    if (r < 0)
+        return r;
+    /* Under io: the rename must not race a removal of the attempt's directory. */
+    pthread_mutex_lock(&a->io);
+    r = a->finished ? -EALREADY
+                    : write_atomic(a->dfd, "proc", "proc.tmp", text, len, NULL, 0, true);
+    pthread_mutex_unlock(&a->io);
+    attempt_unref(s, a);
+    return r;
+}
+
 int spool_finish(struct spool *s, const char *job_id, int64_t epoch, const struct spool_result *res)
 {
     uint8_t h[RES_HDR];
@@ -1557,8 +1580,10 @@ void spool_attempts_free(struct spool_attempt *list, size_t n)
 {
     if (!list)
         return;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         free(list[i].meta);
+        free(list[i].proc);
+    }
     free(list);
 }
 
@@ -1597,6 +1622,15 @@ int spool_list(struct spool *s, struct spool_attempt **ret, size_t *ret_n)
         if (r == 0)
             r = read_small(refs[i]->dfd, "meta.json", SPOOL_META_MAX, &list[i].meta,
                            &list[i].meta_len);
+        if (r == 0) {
+            /* Replaced by rename only: a reader sees a whole record or none. */
+            size_t plen;
+            pthread_mutex_lock(&refs[i]->io);
+            int q = read_small(refs[i]->dfd, "proc", SPOOL_PROC_MAX, &list[i].proc, &plen);
+            pthread_mutex_unlock(&refs[i]->io);
+            if (q < 0 && q != -ENOENT)
+                r = q;
+        }
         attempt_unref(s, refs[i]);
     }
     if (r < 0) {

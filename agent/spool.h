@@ -20,6 +20,8 @@
  *   acked      the acknowledged offset of each stream (replaced by rename, not fsynced: a
  *              lost acknowledgement costs only a resend)
  *   result     exit code, flags and result JSON (tmp + fsync + rename + fsync dir)
+ *   proc       where the attempt's processes are (spool_set_proc()), for the next agent
+ *              process to end them after a crash (tmp + fsync + rename + fsync dir)
  * and <dir>/lock is flock()ed: a second process on the same spool gets -EBUSY. The spool
  * relies on fdatasync() and rename() meaning what POSIX says: keep it on a local file
  * system.
@@ -61,6 +63,7 @@
 
 #define SPOOL_META_MAX          (64 * 1024)           /* bytes of meta JSON */
 #define SPOOL_RESULT_MAX        (1024 * 1024)         /* bytes of result JSON */
+#define SPOOL_PROC_MAX          4096                  /* bytes of a spool_set_proc() record */
 #define SPOOL_CHUNK_MAX         (64 * 1024)           /* bytes in one offered chunk */
 #define SPOOL_SYNC_BYTES        (64 * 1024)           /* unsynced bytes that force a sync */
 #define SPOOL_SYNC_NS           (50 * 1000 * 1000ull) /* age of unsynced data that does */
@@ -110,6 +113,7 @@ struct spool_attempt {
     int64_t stderr_len;
     char *meta; /* meta JSON as given to spool_begin(), NUL-terminated; malloc'd */
     size_t meta_len;
+    char *proc; /* as given to spool_set_proc(), malloc'd; NULL when never set */
 };
 
 /* Open the spool in dir (created 0700 when missing; its parent must exist) and recover
@@ -134,6 +138,10 @@ int spool_begin(struct spool *s, const char *job_id, int64_t epoch, const char *
  * spool would exceed its cap (nothing written). */
 int spool_append(struct spool *s, const char *job_id, int64_t epoch, int stream, const void *data,
                  size_t len, int64_t *ret_offset);
+
+/* Record where the attempt's processes are (text <= SPOOL_PROC_MAX bytes, borrowed;
+ * replaces an earlier record). Durable on return. Not counted against the byte cap. */
+int spool_set_proc(struct spool *s, const char *job_id, int64_t epoch, const char *text);
 
 /* Make everything appended to one attempt durable. */
 int spool_sync(struct spool *s, const char *job_id, int64_t epoch);

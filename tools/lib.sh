@@ -47,6 +47,16 @@ orch_install_deps() {
     return 0
 }
 
+# The unprivileged account a root orch-agent runs jobs as (its exec.user default). The
+# Debian package will create it; tests and run.sh need it before that. Needs root when
+# missing; an agent that is not root runs jobs as itself and does not need it.
+orch_job_user() {
+    local user=${1:-orch-job}
+    getent passwd "$user" >/dev/null && return 0
+    [ "$(id -u)" = 0 ] || return 0
+    useradd --system --no-create-home --shell /usr/sbin/nologin "$user"
+}
+
 # Build into $1 with extra meson options after it. Reconfigures an existing build dir.
 orch_build() {
     local dir=$1

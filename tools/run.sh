@@ -16,6 +16,7 @@
 source "$(dirname "$0")/lib.sh"
 
 orch_install_deps
+orch_job_user
 
 cd "$ORCH_ROOT"
 say "building"
@@ -78,6 +79,8 @@ token=$(api POST /api/v1/auth/token "" "{\"key\":\"$(cat "$state/demo-admin-key"
 # A local agent, enrolled with the CLI like any other host (kept across runs).
 agent=$ORCH_ROOT/build/agent/orch-agent
 export ORCH_AGENT_STATE_DIR=$state/agent
+# Jobs run as the unprivileged job user (orch_job_user made it), never as root.
+export ORCH_AGENT_EXEC_USER=orch-job
 if ! "$agent" status >/dev/null 2>&1; then
     "$agent" unregister --force >/dev/null 2>&1 || true
     etok=$(api POST /api/v1/enrollment-tokens "$token" '{"name":"local agent"}' | field token)

@@ -15,6 +15,7 @@
 source "$(dirname "$0")/lib.sh"
 
 orch_install_deps
+orch_job_user
 
 cd "$ORCH_ROOT"
 # Banned functions and clang-format: checked first, reported with the totals at the end.

@@ -388,6 +388,8 @@ pid_t th_agent_start(const char *state_dir)
         (void)f;
         putenv(env);
         putenv("ORCH_AGENT_LOG_LEVEL=debug");
+        /* As in production: a root agent runs jobs as the unprivileged job user. */
+        putenv("ORCH_AGENT_EXEC_USER=orch-job");
         execl(th_env("ORCH_TEST_AGENT"), "orch-agent", "run", (char *)NULL);
         _exit(127);
     }

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -869,4 +870,303 @@ Test(exec, cgroup_catches_daemonized_grandchild_holding_the_pipes, .init = cgrou
     cr_assert_eq(parse_pids(out_of(&c), &pid, 1), 1);
     cr_assert(wait_not_running(pid, 5000));
     cap_free(&c);
+}
+
+/* --- identity, privileges, namespaces, orphans ------------------------------------------ */
+
+static void need_root(void)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root (user switch, namespaces)");
+}
+
+Test(exec, every_job_has_no_new_privs_and_umask_077)
+{
+    const char *const argv[] = {"sh", "-c", "grep NoNewPrivs /proc/self/status; umask", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0, "%s", err_of(&c));
+    cr_assert_str_eq(out_of(&c), "NoNewPrivs:\t1\n0077\n");
+    cap_free(&c);
+}
+
+Test(exec, user_switch_sets_uid_gid_and_drops_groups)
+{
+    need_root();
+    const char *const argv[] = {"sh", "-c", "id -u; id -g; id -G", NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct exec_user u = {.uid = 65534, .gid = 65534};
+    struct capture c;
+
+    spec.user = &u;
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0, "%s", err_of(&c));
+    cr_assert(res.user_switched);
+    cr_assert_str_eq(out_of(&c), "65534\n65534\n65534\n");
+    cap_free(&c);
+}
+
+Test(exec, stdin_path_is_opened_by_the_agent_for_a_user_who_cannot)
+{
+    need_root();
+    char path[] = "/tmp/orch-exec-stdin-XXXXXX";
+    int fd = mkstemp(path); /* 0600 root: the job's user could not open it */
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, "secret-for-tar\n", 15), 15);
+    close(fd);
+    const char *const argv[] = {"sh", "-c", "cat; cat \"$0\" 2>/dev/null || echo denied", path,
+                                NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct exec_user u = {.uid = 65534, .gid = 65534};
+    struct capture c;
+
+    spec.user = &u;
+    spec.stdin_path = path;
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0, "%s", err_of(&c));
+    cr_assert_str_eq(out_of(&c), "secret-for-tar\ndenied\n");
+    unlink(path);
+    cap_free(&c);
+}
+
+Test(exec, isolated_job_sees_only_its_own_processes)
+{
+    need_root();
+    /* The test process and the agent's others are not in the job's /proc; the job's shell
+     * is not PID 1 (the init is). */
+    char argv2[64];
+    snprintf(argv2, sizeof(argv2), "test -e /proc/%d && echo agent-visible; echo $$",
+             (int)getpid());
+    const char *const argv[] = {"sh", "-c", argv2, NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+
+    spec.isolate = true;
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0, "%s", err_of(&c));
+    if (!res.isolated)
+        cr_skip_test("no PID namespace here: %s", err_of(&c));
+    cr_assert_str_eq(out_of(&c), "2\n");
+    cap_free(&c);
+}
+
+Test(exec, isolated_job_exit_code_and_signals_are_the_programs)
+{
+    need_root();
+    const char *const exit3[] = {"sh", "-c", "exit 3", NULL};
+    struct exec_spec spec = spec_of(exit3);
+    struct capture c;
+
+    spec.isolate = true;
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 3);
+    cap_free(&c);
+
+    /* SIGTERM on timeout reaches the program at once (the init ignores it, the program
+     * does not): no wait for the grace period. */
+    const char *const sleeper[] = {"sleep", "100", NULL};
+    spec = spec_of(sleeper);
+    spec.isolate = true;
+    spec.timeout_ms = 200;
+    spec.grace_ms = 20000;
+    uint64_t start = clock_mono_ns();
+    cap_init(&c);
+    res = run(&spec, &c, NULL);
+    cr_assert(res.timed_out);
+    cr_assert_eq(res.term_signal, SIGTERM);
+    cr_assert_lt(ms_since(start), 5000);
+    cap_free(&c);
+
+    const char *const missing[] = {"no-such-command-xyz", NULL};
+    spec = spec_of(missing);
+    spec.isolate = true;
+    cap_init(&c);
+    res = run(&spec, &c, NULL);
+    cr_assert(!res.started);
+    cr_assert_eq(res.exit_code, EXEC_EXIT_NOT_FOUND);
+    cr_assert(strstr(err_of(&c), "command not found"), "%s", err_of(&c));
+    cap_free(&c);
+}
+
+static int count_marker(const char *marker)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    int n = 0;
+
+    cr_assert_not_null(d);
+    while ((e = readdir(d))) {
+        char path[300], buf[1024];
+        char *end;
+        long pid = strtol(e->d_name, &end, 10);
+        if (*end || pid <= 0 || !proc_running((pid_t)pid))
+            continue;
+        snprintf(path, sizeof(path), "/proc/%ld/cmdline", pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t len = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        for (ssize_t i = 0; i < len; i++)
+            if (!buf[i])
+                buf[i] = ' ';
+        buf[len > 0 ? len : 0] = '\0';
+        n += strstr(buf, marker) != NULL;
+    }
+    closedir(d);
+    return n;
+}
+
+static bool wait_marker_gone(const char *marker, int ms)
+{
+    uint64_t start = clock_mono_ns();
+    struct timespec tick = {0, 5 * 1000 * 1000};
+
+    while (count_marker(marker) > 0) {
+        if (ms_since(start) > ms)
+            return false;
+        nanosleep(&tick, NULL);
+    }
+    return true;
+}
+
+Test(exec, isolated_job_takes_its_setsid_processes_with_it)
+{
+    need_root();
+    const char *const argv[] = {"sh", "-c", "setsid sh -c 'sleep 97.61' >/dev/null 2>&1 & echo ok",
+                                NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+
+    spec.isolate = true;
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0);
+    cr_assert(wait_marker_gone("sleep 97.61", 5000), "a setsid process outlived its job");
+    cap_free(&c);
+}
+
+Test(exec, subreaper_ends_a_jobs_setsid_orphans_without_namespace_or_cgroup)
+{
+    /* The fallback of a host without namespaces and cgroup v2: the orphan is re-parented to
+     * us (a subreaper) and recognised by the job's tag in its environment. */
+    cr_assert_eq(exec_subreaper_enable(), 0);
+    const char *const env[] = {"PATH=/usr/bin:/bin", "ORCH_JOB_ID=orphan-test", "ORCH_JOB_EPOCH=1",
+                               NULL};
+    const char *const tags[] = {"ORCH_JOB_ID=orphan-test", "ORCH_JOB_EPOCH=1", NULL};
+    const char *const argv[] = {"sh", "-c", "setsid sh -c 'sleep 97.62' >/dev/null 2>&1 & echo ok",
+                                NULL};
+    struct exec_spec spec = spec_of(argv);
+    struct capture c;
+
+    spec.env = env;
+    spec.env_tags = tags;
+    cap_init(&c);
+    struct exec_result res = run(&spec, &c, NULL);
+    cr_assert_eq(res.exit_code, 0);
+    cr_assert(!res.isolated && !res.in_cgroup);
+    /* Gone when run() returns: nothing left to wait for. */
+    cr_assert_eq(count_marker("sleep 97.62"), 0, "the orphan outlived its job");
+    cap_free(&c);
+}
+
+/* A tree like one a killed agent left: a session leader with a child, not ours to reap
+ * once the leader exits (the child is re-parented away from us). */
+static pid_t orphan_tree(const char *marker_arg)
+{
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        close(p[0]);
+        setsid();
+        if (fork() == 0) {
+            execl("/bin/sleep", "sleep", marker_arg, (char *)NULL);
+            _exit(127);
+        }
+        if (write(p[1], "x", 1) < 0)
+            _exit(1);
+        execl("/bin/sleep", "sleep", "100", (char *)NULL);
+        _exit(127);
+    }
+    close(p[1]);
+    char x;
+    cr_assert_eq(read(p[0], &x, 1), 1);
+    close(p[0]);
+    /* Both exec'd (the child may still be the test binary for a moment). */
+    char marker[64];
+    snprintf(marker, sizeof(marker), "sleep %s", marker_arg);
+    uint64_t start = clock_mono_ns();
+    while (count_marker(marker) == 0 || count_marker("sleep 100") == 0)
+        cr_assert_lt(ms_since(start), 5000);
+    return pid;
+}
+
+Test(exec, tree_kill_ends_a_recorded_tree_but_never_a_reused_pid)
+{
+    pid_t pid = orphan_tree("97.63");
+    struct exec_tree tree = {0};
+    cr_assert_eq(exec_tree_probe(pid, &tree), 0);
+    cr_assert_eq(tree.pgid, pid);
+    cr_assert_gt(tree.start_ticks, 0);
+
+    /* Another start time: the pid was reused by an unrelated process; untouched. */
+    struct exec_tree other = tree;
+    other.start_ticks++;
+    cr_assert_eq(exec_tree_kill(&other, NULL, 1000), 0);
+    cr_assert(proc_running(pid));
+    cr_assert_eq(count_marker("sleep 97.63"), 1);
+
+    cr_assert_geq(exec_tree_kill(&tree, NULL, 5000), 1);
+    cr_assert(!proc_running(pid));
+    cr_assert(wait_marker_gone("sleep 97.63", 5000));
+    waitpid(pid, NULL, 0);
+}
+
+Test(exec, tree_kill_finds_processes_by_their_job_tag)
+{
+    /* Left its process group and no record of it: found by the environment. */
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        setsid();
+        char *const env[] = {"ORCH_JOB_ID=tagged-tree", "ORCH_JOB_EPOCH=2", NULL};
+        execle("/bin/sleep", "sleep", "97.64", (char *)NULL, env);
+        _exit(127);
+    }
+    uint64_t start = clock_mono_ns();
+    while (count_marker("sleep 97.64") == 0)
+        cr_assert_lt(ms_since(start), 5000);
+    struct exec_tree none = {0};
+    /* Another job, or another attempt of this one (a re-run by another agent): spared. */
+    const char *const other_job[] = {"ORCH_JOB_ID=other-tree", "ORCH_JOB_EPOCH=2", NULL};
+    const char *const other_attempt[] = {"ORCH_JOB_ID=tagged-tree", "ORCH_JOB_EPOCH=3", NULL};
+    const char *const this_attempt[] = {"ORCH_JOB_ID=tagged-tree", "ORCH_JOB_EPOCH=2", NULL};
+    cr_assert_eq(exec_tree_kill(&none, other_job, 1000), 0);
+    cr_assert_eq(exec_tree_kill(&none, other_attempt, 1000), 0);
+    cr_assert_eq(count_marker("sleep 97.64"), 1);
+    cr_assert_eq(exec_tree_kill(&none, this_attempt, 5000), 1);
+    cr_assert_eq(count_marker("sleep 97.64"), 0);
+    waitpid(pid, NULL, 0);
+}
+
+Test(exec, tree_kill_ends_the_group_its_dead_leader_left)
+{
+    /* The leader got its pdeathsig; its child, still in the group, did not. */
+    pid_t pid = orphan_tree("97.65");
+    struct exec_tree tree = {0};
+    cr_assert_eq(exec_tree_probe(pid, &tree), 0);
+    kill(pid, SIGKILL);
+    cr_assert_eq(waitpid(pid, NULL, 0), pid);
+    cr_assert_eq(count_marker("sleep 97.65"), 1);
+    cr_assert_eq(exec_tree_kill(&tree, NULL, 5000), 1);
+    cr_assert(wait_marker_gone("sleep 97.65", 5000));
 }

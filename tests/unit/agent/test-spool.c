@@ -837,3 +837,33 @@ Test(spool, concurrent_writers_and_drainer)
     cr_assert_eq(spool_bytes(s), 0);
     spool_close(s);
 }
+
+Test(spool, proc_record_survives_a_restart_until_the_attempt_finishes)
+{
+    struct spool *s = open_spool(0);
+    struct spool_attempt *list = NULL;
+    size_t n = 0;
+    const char *id = job(40);
+
+    cr_assert_eq(spool_begin(s, id, 2, "{}"), 0);
+    cr_assert_eq(spool_list(s, &list, &n), 0);
+    cr_assert_eq(n, 1);
+    cr_assert_null(list[0].proc);
+    spool_attempts_free(list, n);
+    cr_assert_eq(spool_set_proc(s, id, 2, "{\"pgid\":1}"), 0);
+    cr_assert_eq(spool_set_proc(s, id, 2, "{\"pgid\":42}"), 0); /* replaces */
+    cr_assert_eq(spool_set_proc(s, id, 3, "{}"), -ENOENT);
+    spool_close(s);
+
+    /* As after kill -9: the next process reads the last record. */
+    s = open_spool(0);
+    cr_assert_eq(spool_list(s, &list, &n), 0);
+    cr_assert_eq(n, 1);
+    cr_assert(!list[0].finished);
+    cr_assert_str_eq(list[0].proc, "{\"pgid\":42}");
+    spool_attempts_free(list, n);
+    struct spool_result res = {.exit_code = 0};
+    cr_assert_eq(spool_finish(s, id, 2, &res), 0);
+    cr_assert_eq(spool_set_proc(s, id, 2, "{}"), -EALREADY);
+    spool_close(s);
+}
