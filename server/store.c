@@ -380,6 +380,43 @@ static int tx_fail(struct store_tx *tx, const PGresult *r, const char *what)
     return tx->error;
 }
 
+/* Check out a connection of pool s into tx and run begin_sql (BEGIN and a SELECT) there.
+ * A connection the server closed while it sat idle in the pool (a restart, an idle timeout,
+ * an administrator's kill) is found out here, before anything of the transaction ran, so
+ * running it on another is safe: the dead one goes back marked broken, and its next
+ * checkout reconnects it (pool_acquire). Bounded by the pool's size, for a pool full of
+ * them; when the database is really down, that reconnect fails and so does this. Without
+ * it, every pool would need the readiness probe to walk through its dead connections before
+ * requests stopped failing after the database came back. On failure tx->conn is released
+ * by the caller's store_tx_rollback(). */
+static int pool_begin(struct store *s, const char *begin_sql, struct store_tx *tx)
+{
+    tx->store = s;
+    for (int attempt = 0;; attempt++) {
+        int r = pool_acquire(s, &tx->conn);
+        if (r < 0)
+            return r;
+        PGresult *res = PQexec(tx->conn->pg, begin_sql);
+        if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+            PQclear(res);
+            return 0;
+        }
+        bool lost =
+            PQstatus(tx->conn->pg) != CONNECTION_OK ||
+            store_error_from_sqlstate(PQresultErrorField(res, PG_DIAG_SQLSTATE)) == -ECONNRESET;
+        if (lost && attempt < s->pool_size) {
+            PQclear(res);
+            tx->conn->broken = true;
+            pool_release(s, tx->conn);
+            tx->conn = NULL;
+            continue;
+        }
+        r = tx_fail(tx, res, "begin");
+        PQclear(res);
+        return r;
+    }
+}
+
 static int tx_begin(struct store *s, const char *tenant_id, unsigned flags, struct store_tx **ret)
 {
     if (tenant_id && !id_is_valid(tenant_id))
@@ -394,10 +431,6 @@ static int tx_begin(struct store *s, const char *tenant_id, unsigned flags, stru
     _cleanup_free_ struct store_tx *tx = calloc(1, sizeof(*tx));
     if (!tx)
         return -ENOMEM;
-    int r = pool_acquire(s, &tx->conn);
-    if (r < 0)
-        return r;
-    tx->store = s;
 
     /* One round trip: BEGIN, the scope and the options in one simple-protocol message. The
      * tenant id was checked to be a canonical UUID above, so it is safe in the text. The
@@ -412,14 +445,11 @@ static int tx_begin(struct store *s, const char *tenant_id, unsigned flags, stru
     } else {
         snprintf(sql, sizeof(sql), "BEGIN; SELECT %s", is_async ? async : "true");
     }
-    PGresult *res = PQexec(tx->conn->pg, sql);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        r = tx_fail(tx, res, "begin");
-        PQclear(res);
+    int r = pool_begin(s, sql, tx);
+    if (r < 0) {
         store_tx_rollback(TAKE_PTR(tx));
         return r;
     }
-    PQclear(res);
     *ret = TAKE_PTR(tx);
     return 0;
 }
@@ -576,6 +606,25 @@ void store_stats(struct store *s, struct store_stats *ret)
     ret->acquired = s->acquired;
     ret->reconnects = s->reconnects;
     pthread_mutex_unlock(&s->lock);
+}
+
+int store_ping(struct store *store)
+{
+    struct store *pools[] = {store, store->system};
+    for (size_t i = 0; i < 2 && pools[i]; i++) {
+        struct store_tx *tx = calloc(1, sizeof(*tx));
+        if (!tx)
+            return -ENOMEM;
+        int r = pool_begin(pools[i], "BEGIN; SELECT true", tx);
+        if (r < 0) {
+            store_tx_rollback(tx);
+            return r;
+        }
+        r = store_tx_commit(tx);
+        if (r < 0)
+            return r;
+    }
+    return 0;
 }
 
 int store_exec_once(struct store *store, const char *tenant_id, const struct store_stmt *stmt,

@@ -109,6 +109,11 @@ int store_error_from_sqlstate(const char *sqlstate);
 /* Statistics of the tenant pool, for metrics and tests. */
 void store_stats(struct store *store, struct store_stats *ret);
 
+/* Whether the database answers on both pools: an empty transaction on a connection of the
+ * tenant pool, then of the system pool (when configured), in no scope. For readiness
+ * probes. Returns 0 or the first error, as store_tx_begin(). */
+int store_ping(struct store *store);
+
 /* Callback-free convenience for one-off statements: begin with the given scope
  * (tenant_id NULL = system), exec, commit. Same returns as store_tx_exec(). */
 int store_exec_once(struct store *store, const char *tenant_id, const struct store_stmt *stmt,
