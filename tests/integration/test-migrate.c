@@ -310,6 +310,13 @@ Test(migrate, system_role_is_the_scope_and_unprivileged)
     cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM pg_proc WHERE proname = 'app_system'"
                                 " AND prosrc LIKE '%current_setting%'"),
                  0);
+    /* Asked once per statement, not once per row, by every system_scope policy. */
+    cr_assert_geq(
+        th_pg_long(pg, "SELECT count(*) FROM pg_policies WHERE policyname = 'system_scope'"), 13);
+    cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM pg_policies WHERE policyname = 'system_scope'"
+                                " AND (qual NOT LIKE '%SELECT app_system()%'"
+                                "      OR with_check NOT LIKE '%SELECT app_system()%')"),
+                 0);
     PQfinish(pg);
 }
 
