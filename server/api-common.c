@@ -314,8 +314,6 @@ void api_healthz(struct http_req *req)
     http_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));
 }
 
-static const struct store_stmt q_ping = STORE_STMT("ping", "SELECT 1", 0);
-
 /* RabbitMQ is reachable when an AMQP login on its URL succeeds within 2 s. */
 static int amqp_ping(const char *url_in, char *why, size_t whylen)
 {
@@ -353,7 +351,8 @@ static int amqp_ping(const char *url_in, char *why, size_t whylen)
 void api_readyz(struct http_req *req)
 {
     struct app *app = http_req_app(req);
-    int pg = store_exec_once(app->store, NULL, &q_ping, NULL, NULL);
+    /* Both pools: the tenant and the system role each need their connection. */
+    int pg = store_ping(app->store);
     char why[128] = "";
     int mq = amqp_ping(app->cfg->amqp_url, why, sizeof(why));
     json_t *body =

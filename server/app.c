@@ -27,11 +27,15 @@ int app_open(struct app *app, const struct orchd_config *cfg, char *err, size_t 
         .ttl_s = cfg->auth_token_ttl_ms / 1000,
         .leeway_s = cfg->auth_leeway_ms / 1000,
     };
-    int r = jwt_ring_load(cfg->auth_key_dir, &app->ring, err, errlen);
+    int r = orchd_config_require_system(cfg, err, errlen);
+    if (r < 0)
+        return r;
+    r = jwt_ring_load(cfg->auth_key_dir, &app->ring, err, errlen);
     if (r < 0)
         return r;
     struct store_options so = {
         .url = cfg->db_url,
+        .system_url = cfg->db_system_url,
         .pool_size = (int)cfg->db_pool_size,
         .connect_timeout_ms = cfg->db_connect_timeout_ms,
         .acquire_timeout_ms = cfg->db_acquire_timeout_ms,

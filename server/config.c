@@ -2,7 +2,9 @@
  * loader, the environment overrides, the error messages and `orchd config` follow. */
 #include "server/config.h"
 
+#include <errno.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "common/log.h"
@@ -14,10 +16,13 @@ static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL}
 const struct conf_field orchd_config_fields[] = {
     {"db.url", CONF_STRING, F(db_url), 1, 4096, "postgresql://orch_app@127.0.0.1:5432/orch", NULL,
      "PostgreSQL connection of the application role (no BYPASSRLS, owns no table)"},
+    {"db.system_url", CONF_STRING, F(db_system_url), 0, 4096, "", NULL,
+     "PostgreSQL connection of the system role orch_system, for cross-tenant work (dispatcher, "
+     "reaper, credential lookup, operator API); required by serve"},
     {"db.migrate_url", CONF_STRING, F(db_migrate_url), 0, 4096, "", NULL,
      "PostgreSQL connection of the schema owner, used by `orchd migrate` (default: db.url)"},
     {"db.pool_size", CONF_INT, F(db_pool_size), 1, 1000, "16", NULL,
-     "connections at most in the pool"},
+     "connections at most in each pool (tenant and system)"},
     {"db.connect_timeout", CONF_DURATION, F(db_connect_timeout_ms), 100, 300000, "5s", NULL,
      "time to establish one connection"},
     {"db.acquire_timeout", CONF_DURATION, F(db_acquire_timeout_ms), 1, 300000, "5s", NULL,
@@ -90,6 +95,17 @@ int orchd_config_load(struct orchd_config *cfg, const char *path, struct conf_er
 {
     memset(cfg, 0, sizeof(*cfg));
     return conf_load(orchd_config_fields, orchd_config_nfields, cfg, path, "ORCHD", err);
+}
+
+int orchd_config_require_system(const struct orchd_config *cfg, char *err, size_t errlen)
+{
+    if (cfg->db_system_url && cfg->db_system_url[0])
+        return 0;
+    /* No fallback to db.url: the system scope is a role of its own, or nothing. */
+    snprintf(err, errlen,
+             "db.system_url is not set (ORCHD_DB_SYSTEM_URL): orchd's cross-tenant work needs "
+             "a connection as the role orch_system; see docs/operations.md");
+    return -EINVAL;
 }
 
 void orchd_config_free(struct orchd_config *cfg)

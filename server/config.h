@@ -9,6 +9,7 @@
 
 struct orchd_config {
     char *db_url;         /* db.url: the application role's connection (orch_app) */
+    char *db_system_url;  /* db.system_url: the system role's connection (orch_system) */
     char *db_migrate_url; /* db.migrate_url: the schema owner's, for `orchd migrate` */
     int64_t db_pool_size; /* db.pool_size */
     int64_t db_connect_timeout_ms;
@@ -53,3 +54,7 @@ extern const size_t orchd_config_nfields;
  * Returns 0 or a negative errno with err filled. Free with orchd_config_free(). */
 int orchd_config_load(struct orchd_config *cfg, const char *path, struct conf_error *err);
 void orchd_config_free(struct orchd_config *cfg);
+
+/* 0 when db.system_url is set; else -EINVAL with err saying what to set. For the commands
+ * that do system-scope work (serve, admin create-token). */
+int orchd_config_require_system(const struct orchd_config *cfg, char *err, size_t errlen);

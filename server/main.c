@@ -194,11 +194,14 @@ static int cmd_create_token(struct orchd_config *cfg, const char *name)
                    "INSERT INTO operator_tokens (id, name, prefix, secret_hash) VALUES ($1, $2, $3,"
                    " decode($4, 'hex'))",
                    4);
-    struct store_options so = {
-        .url = cfg->db_url, .pool_size = 1, .connect_timeout_ms = cfg->db_connect_timeout_ms};
+    struct store_options so = {.url = cfg->db_url,
+                               .system_url = cfg->db_system_url,
+                               .pool_size = 1,
+                               .connect_timeout_ms = cfg->db_connect_timeout_ms};
     struct store *st = NULL;
     char err[512] = "";
-    if (store_open(&so, &st, err, sizeof(err)) < 0) {
+    if (orchd_config_require_system(cfg, err, sizeof(err)) < 0 ||
+        store_open(&so, &st, err, sizeof(err)) < 0) {
         fprintf(stderr, "orchd: admin create-token: %s\n", err);
         return EXIT_FAIL;
     }

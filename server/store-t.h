@@ -7,8 +7,13 @@ struct store;
 struct store_tx;
 
 struct store_options {
-    const char *url;              /* libpq connection URI or key=value string; borrowed */
-    int pool_size;                /* connections at most, >= 1 */
+    const char *url; /* libpq connection URI or key=value string; borrowed. The
+                      * tenant-facing role (orch_app): tenant transactions run here */
+    /* The system role's connection (orch_system); borrowed. System transactions run here,
+     * on a pool of their own. NULL: this store has no system scope
+     * (store_tx_begin_system() returns -EPERM). */
+    const char *system_url;
+    int pool_size;                /* connections at most, per pool, >= 1 */
     int64_t connect_timeout_ms;   /* per connection attempt */
     int64_t acquire_timeout_ms;   /* waiting for a free connection */
     int64_t statement_timeout_ms; /* 0 = none; set on every connection */

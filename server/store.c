@@ -25,6 +25,9 @@ struct store_conn {
     struct store_conn *next_idle;
 };
 
+/* A store is one pool, of connections of one role. The store store_open() returns is the
+ * tenant-facing role's pool and owns a second one, of the system role, for system-scope
+ * transactions (store.h); a system pool has no system pool of its own. */
 struct store {
     char *url;
     char *application_name;
@@ -41,6 +44,9 @@ struct store {
     int waiting;
     uint64_t acquired;
     uint64_t reconnects;
+
+    bool is_system;       /* this pool's role is the system scope */
+    struct store *system; /* owned: the system role's pool; NULL when not configured */
 };
 
 struct store_tx {
@@ -146,15 +152,63 @@ static int conn_open(struct store *store, struct store_conn **ret, char *err, si
     return 0;
 }
 
-int store_open(const struct store_options *opts, struct store **ret, char *err, size_t errlen)
+/* The role a pool connects as decides what its transactions reach (sql/0008_system_role.sql),
+ * so a role that does not fit its pool is refused at open, not found out by a wrong answer
+ * later: a tenant pool that could reach the system scope would serve tenants with every
+ * tenant's rows, and a system pool that cannot would see nothing and fail quietly. */
+static int pool_check_role(struct store *s, struct store_conn *c, char *err, size_t errlen)
 {
-    if (!opts || !opts->url || opts->pool_size < 1)
-        return -EINVAL;
+    PGresult *r = PQexec(c->pg, "SELECT current_user, r.rolsuper OR r.rolbypassrls,"
+                                "       pg_has_role(current_user, 'orch_system', 'MEMBER')"
+                                "  FROM pg_roles r WHERE r.rolname = current_user");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+        if (err)
+            snprintf(err, errlen,
+                     "checking the %s connection's role: %s (the role orch_system must exist; "
+                     "see docs/operations.md)",
+                     s->is_system ? "system" : "tenant", msg ? msg : "no answer");
+        PQclear(r);
+        return -EPERM;
+    }
+    const char *role = PQgetvalue(r, 0, 0);
+    bool unbounded = strcmp(PQgetvalue(r, 0, 1), "t") == 0;
+    bool system = strcmp(PQgetvalue(r, 0, 2), "t") == 0;
+    int ret = 0;
+    if (unbounded) {
+        if (err)
+            snprintf(err, errlen,
+                     "the %s connection's role %s is a superuser or has BYPASSRLS: row-level "
+                     "security would not hold for it",
+                     s->is_system ? "system" : "tenant", role);
+        ret = -EPERM;
+    } else if (!s->is_system && system) {
+        if (err)
+            snprintf(err, errlen,
+                     "the tenant connection's role %s is a member of orch_system: it would "
+                     "reach every tenant's rows; connect as orch_app",
+                     role);
+        ret = -EPERM;
+    } else if (s->is_system && !system) {
+        if (err)
+            snprintf(err, errlen,
+                     "the system connection's role %s is not a member of orch_system: "
+                     "connect as orch_system",
+                     role);
+        ret = -EPERM;
+    }
+    PQclear(r);
+    return ret;
+}
 
+static int pool_open(const struct store_options *opts, const char *url, bool is_system,
+                     struct store **ret, char *err, size_t errlen)
+{
     _cleanup_free_ struct store *s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
-    s->url = strdup(opts->url);
+    s->is_system = is_system;
+    s->url = strdup(url);
     s->application_name = strdup(opts->application_name ? opts->application_name : "orchd");
     if (!s->url || !s->application_name) {
         free(s->url);
@@ -181,7 +235,32 @@ int store_open(const struct store_options *opts, struct store **ret, char *err, 
     s->idle = c;
     s->open = 1;
     s->n_idle = 1;
+    r = pool_check_role(s, c, err, errlen);
+    if (r < 0) {
+        store_close(TAKE_PTR(s));
+        return r;
+    }
     *ret = TAKE_PTR(s);
+    return 0;
+}
+
+int store_open(const struct store_options *opts, struct store **ret, char *err, size_t errlen)
+{
+    if (!opts || !opts->url || opts->pool_size < 1)
+        return -EINVAL;
+
+    struct store *s = NULL;
+    int r = pool_open(opts, opts->url, false, &s, err, errlen);
+    if (r < 0)
+        return r;
+    if (opts->system_url) {
+        r = pool_open(opts, opts->system_url, true, &s->system, err, errlen);
+        if (r < 0) {
+            store_close(s);
+            return r;
+        }
+    }
+    *ret = s;
     return 0;
 }
 
@@ -189,6 +268,7 @@ void store_close(struct store *store)
 {
     if (!store)
         return;
+    store_close(store->system);
     while (store->idle) {
         struct store_conn *c = store->idle;
         store->idle = c->next_idle;
@@ -300,40 +380,76 @@ static int tx_fail(struct store_tx *tx, const PGresult *r, const char *what)
     return tx->error;
 }
 
+/* Check out a connection of pool s into tx and run begin_sql (BEGIN and a SELECT) there.
+ * A connection the server closed while it sat idle in the pool (a restart, an idle timeout,
+ * an administrator's kill) is found out here, before anything of the transaction ran, so
+ * running it on another is safe: the dead one goes back marked broken, and its next
+ * checkout reconnects it (pool_acquire). Bounded by the pool's size, for a pool full of
+ * them; when the database is really down, that reconnect fails and so does this. Without
+ * it, every pool would need the readiness probe to walk through its dead connections before
+ * requests stopped failing after the database came back. On failure tx->conn is released
+ * by the caller's store_tx_rollback(). */
+static int pool_begin(struct store *s, const char *begin_sql, struct store_tx *tx)
+{
+    tx->store = s;
+    for (int attempt = 0;; attempt++) {
+        int r = pool_acquire(s, &tx->conn);
+        if (r < 0)
+            return r;
+        PGresult *res = PQexec(tx->conn->pg, begin_sql);
+        if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+            PQclear(res);
+            return 0;
+        }
+        bool lost =
+            PQstatus(tx->conn->pg) != CONNECTION_OK ||
+            store_error_from_sqlstate(PQresultErrorField(res, PG_DIAG_SQLSTATE)) == -ECONNRESET;
+        if (lost && attempt < s->pool_size) {
+            PQclear(res);
+            tx->conn->broken = true;
+            pool_release(s, tx->conn);
+            tx->conn = NULL;
+            continue;
+        }
+        r = tx_fail(tx, res, "begin");
+        PQclear(res);
+        return r;
+    }
+}
+
 static int tx_begin(struct store *s, const char *tenant_id, unsigned flags, struct store_tx **ret)
 {
     if (tenant_id && !id_is_valid(tenant_id))
         return -EINVAL;
+    /* The scope picks the pool, and so the role: no setting chooses it. */
+    if (!tenant_id) {
+        if (!s->system)
+            return -EPERM;
+        s = s->system;
+    }
 
     _cleanup_free_ struct store_tx *tx = calloc(1, sizeof(*tx));
     if (!tx)
         return -ENOMEM;
-    int r = pool_acquire(s, &tx->conn);
-    if (r < 0)
-        return r;
-    tx->store = s;
 
     /* One round trip: BEGIN, the scope and the options in one simple-protocol message. The
-     * tenant id was checked to be a canonical UUID above, so it is safe in the text. */
+     * tenant id was checked to be a canonical UUID above, so it is safe in the text. The
+     * system scope declares nothing: it is the pool's role. */
     char sql[256];
-    const char *async =
-        flags & STORE_TX_ASYNC_COMMIT ? ", set_config('synchronous_commit', 'off', true)" : "";
+    const char *async = "set_config('synchronous_commit', 'off', true)";
+    bool is_async = flags & STORE_TX_ASYNC_COMMIT;
     if (tenant_id) {
         snprintf(tx->tenant, sizeof(tx->tenant), "%s", tenant_id);
-        snprintf(sql, sizeof(sql), "BEGIN; SELECT set_config('app.tenant_id', '%s', true)%s",
-                 tenant_id, async);
+        snprintf(sql, sizeof(sql), "BEGIN; SELECT set_config('app.tenant_id', '%s', true)%s%s",
+                 tenant_id, is_async ? ", " : "", is_async ? async : "");
     } else {
-        snprintf(sql, sizeof(sql), "BEGIN; SELECT set_config('app.scope', 'system', true)%s",
-                 async);
+        snprintf(sql, sizeof(sql), "BEGIN; SELECT %s", is_async ? async : "true");
     }
-    PGresult *res = PQexec(tx->conn->pg, sql);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        r = tx_fail(tx, res, "begin");
-        PQclear(res);
+    int r = pool_begin(s, sql, tx);
+    if (r < 0) {
         store_tx_rollback(TAKE_PTR(tx));
         return r;
     }
-    PQclear(res);
     *ret = TAKE_PTR(tx);
     return 0;
 }
@@ -490,6 +606,25 @@ void store_stats(struct store *s, struct store_stats *ret)
     ret->acquired = s->acquired;
     ret->reconnects = s->reconnects;
     pthread_mutex_unlock(&s->lock);
+}
+
+int store_ping(struct store *store)
+{
+    struct store *pools[] = {store, store->system};
+    for (size_t i = 0; i < 2 && pools[i]; i++) {
+        struct store_tx *tx = calloc(1, sizeof(*tx));
+        if (!tx)
+            return -ENOMEM;
+        int r = pool_begin(pools[i], "BEGIN; SELECT true", tx);
+        if (r < 0) {
+            store_tx_rollback(tx);
+            return r;
+        }
+        r = store_tx_commit(tx);
+        if (r < 0)
+            return r;
+    }
+    return 0;
 }
 
 int store_exec_once(struct store *store, const char *tenant_id, const struct store_stmt *stmt,

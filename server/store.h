@@ -1,13 +1,17 @@
-/* store.h: orchd's PostgreSQL access: a connection pool, tenant-scoped transactions,
+/* store.h: orchd's PostgreSQL access: connection pools, tenant-scoped transactions,
  * prepared statements, and libpq errors translated into -errno codes.
  *
  * Every transaction declares its scope when it begins, and the database enforces it
- * through row-level security (sql/0001_init.sql):
- *   store_tx_begin_tenant(): only the rows of one tenant are visible or writable;
+ * through row-level security (sql/0001_init.sql, sql/0008_system_role.sql):
+ *   store_tx_begin_tenant(): only the rows of one tenant are visible or writable; runs on
+ *       the tenant-facing role's pool (orch_app), with the tenant set by
+ *       set_config('app.tenant_id', ..., true), so it ends with the transaction and a
+ *       pooled connection never carries it into the next one;
  *   store_tx_begin_system(): all rows; for cross-tenant work only (dispatcher, reaper,
- *       operator API, the lookup of a credential before its tenant is known).
- * The scope is set with set_config(..., true), so it ends with the transaction and a
- * pooled connection never carries it into the next one.
+ *       operator API, the lookup of a credential before its tenant is known). It runs on
+ *       a second pool, connected as the system role (orch_system): the system scope is
+ *       that role, not a setting, so nothing a tenant transaction sets can widen it.
+ * The two pools never lend each other a connection.
  *
  * Threads: the pool is thread-safe; one store_tx is used by one thread at a time.
  * Calls block (the connection pool is sized to the worker threads that use it).
@@ -21,18 +25,24 @@
 
 #include "server/store-t.h"
 
-/* Open a pool of up to opts->pool_size connections to opts->url. One connection is made
- * at once, so a wrong URL or password fails here, with the reason in err.
- * Returns 0 with *ret set (free with store_close()), -ECONNREFUSED, -EINVAL, -ENOMEM. */
+/* Open a pool of up to opts->pool_size connections to opts->url and, when
+ * opts->system_url is set, another of as many to it. One connection of each is made at
+ * once, so a wrong URL or password fails here, with the reason in err; so does a role
+ * that does not fit its pool: the tenant pool's role must not reach the system scope
+ * (superuser, BYPASSRLS, or member of orch_system), the system pool's must be a member of
+ * orch_system and neither superuser nor BYPASSRLS.
+ * Returns 0 with *ret set (free with store_close()), -ECONNREFUSED, -EPERM (a role does
+ * not fit, or orch_system does not exist), -EINVAL, -ENOMEM. */
 int store_open(const struct store_options *opts, struct store **ret, char *err, size_t errlen);
 
 /* Close every connection. Accepts NULL. All transactions must have ended. */
 void store_close(struct store *store);
 
-/* Check out a connection (waiting at most opts->acquire_timeout_ms for one), BEGIN, and
- * declare the scope. tenant_id must be a canonical UUID (else -EINVAL).
+/* Check out a connection of the scope's pool (waiting at most opts->acquire_timeout_ms for
+ * one), BEGIN, and declare the scope. tenant_id must be a canonical UUID (else -EINVAL).
  * Returns 0 with *ret set, -ETIMEDOUT when no connection came free, -ECONNRESET when the
- * database cannot be reached, -EINVAL, -ENOMEM. */
+ * database cannot be reached, -EPERM for the system scope of a store opened without
+ * system_url, -EINVAL, -ENOMEM. */
 int store_tx_begin_tenant(struct store *store, const char *tenant_id, struct store_tx **ret);
 int store_tx_begin_system(struct store *store, struct store_tx **ret);
 
@@ -96,8 +106,13 @@ const char *store_tx_errdetail(const struct store_tx *tx);
  *   anything else                    -EIO */
 int store_error_from_sqlstate(const char *sqlstate);
 
-/* Pool statistics, for metrics and tests. */
+/* Statistics of the tenant pool, for metrics and tests. */
 void store_stats(struct store *store, struct store_stats *ret);
+
+/* Whether the database answers on both pools: an empty transaction on a connection of the
+ * tenant pool, then of the system pool (when configured), in no scope. For readiness
+ * probes. Returns 0 or the first error, as store_tx_begin(). */
+int store_ping(struct store *store);
 
 /* Callback-free convenience for one-off statements: begin with the given scope
  * (tenant_id NULL = system), exec, commit. Same returns as store_tx_exec(). */

@@ -52,7 +52,7 @@ ALTER TABLE job_log_streams ENABLE ROW LEVEL SECURITY;
 ALTER TABLE job_log_streams FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON job_log_streams FOR ALL
     USING (tenant_id = app_tenant()) WITH CHECK (tenant_id = app_tenant());
-CREATE POLICY system_scope ON job_log_streams FOR ALL USING (app_system()) WITH CHECK (app_system());
+CREATE POLICY system_scope ON job_log_streams FOR ALL USING ((SELECT app_system())) WITH CHECK ((SELECT app_system()));
 GRANT SELECT, INSERT, UPDATE, DELETE ON job_log_streams TO orch_app;
 
 -- The streams of output stored so far. The migration runs as the owner, whom FORCE ROW

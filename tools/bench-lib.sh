@@ -15,7 +15,8 @@ bench_start() {
     dir=$ORCH_STATE/orchd
     mkdir -p "$dir"
     ./tools/gen-certs.sh "$dir/tls"
-    export ORCHD_DB_URL=$ORCH_PG_APP_URL ORCHD_AMQP_URL=$ORCH_AMQP_URL
+    export ORCHD_DB_URL=$ORCH_PG_APP_URL ORCHD_DB_SYSTEM_URL=$ORCH_PG_SYSTEM_URL
+    export ORCHD_AMQP_URL=$ORCH_AMQP_URL
     export ORCHD_AUTH_KEY_DIR=$dir/keys ORCHD_HTTP_CERT_FILE=$dir/tls/server.pem
     export ORCHD_HTTP_KEY_FILE=$dir/tls/server.key ORCHD_HTTP_PORT=$(orch_free_port)
     export ORCHD_LOG_LEVEL=${ORCHD_LOG_LEVEL:-warn}

@@ -121,7 +121,10 @@ orch_pg_bindir() {
 # Start PostgreSQL in $1/pg on a free port, with the roles orch needs:
 #   orch_owner: owns the database and the schema, runs migrations, may create databases
 #               (the integration tests make one per test file);
-#   orch_app:   what orchd runs as: NOSUPERUSER, NOBYPASSRLS, owns nothing.
+#   orch_app:   what orchd runs as for tenants: NOSUPERUSER, NOBYPASSRLS, owns nothing;
+#   orch_system: what orchd runs as for cross-tenant work (the system scope of the RLS
+#               policies, sql/0008_system_role.sql): a member of orch_app for its
+#               privileges, NOSUPERUSER, NOBYPASSRLS, owns nothing.
 # Exports ORCH_PG_PORT, ORCH_PG_HOST and the connection URLs.
 orch_pg_start() {
     local dir=$1/pg bin
@@ -150,6 +153,10 @@ DO $$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'orch_app') THEN
     CREATE ROLE orch_app LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD 'orch_app';
   END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'orch_system') THEN
+    CREATE ROLE orch_system LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE INHERIT
+      PASSWORD 'orch_system' IN ROLE orch_app;
+  END IF;
 END $$;
 SELECT 'CREATE DATABASE orch OWNER orch_owner'
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'orch') \gexec
@@ -163,6 +170,7 @@ orch_pg_env() {
     export ORCH_PG_SUPER_URL="postgresql://postgres@127.0.0.1:$ORCH_PG_PORT/postgres"
     export ORCH_PG_OWNER_URL="postgresql://orch_owner:orch_owner@127.0.0.1:$ORCH_PG_PORT/orch"
     export ORCH_PG_APP_URL="postgresql://orch_app:orch_app@127.0.0.1:$ORCH_PG_PORT/orch"
+    export ORCH_PG_SYSTEM_URL="postgresql://orch_system:orch_system@127.0.0.1:$ORCH_PG_PORT/orch"
 }
 
 orch_pg_stop() {

@@ -34,7 +34,8 @@ if ss -Htln "sport = :$port" | grep -q .; then
     port=$(orch_free_port)
 fi
 "$ORCH_ROOT/tools/gen-certs.sh" "$state/tls"
-export ORCHD_DB_URL=$ORCH_PG_APP_URL ORCHD_AMQP_URL=$ORCH_AMQP_URL
+export ORCHD_DB_URL=$ORCH_PG_APP_URL ORCHD_DB_SYSTEM_URL=$ORCH_PG_SYSTEM_URL
+export ORCHD_AMQP_URL=$ORCH_AMQP_URL
 export ORCHD_AUTH_KEY_DIR=$state/keys ORCHD_HTTP_PORT=$port
 export ORCHD_HTTP_CERT_FILE=$state/tls/server.pem ORCHD_HTTP_KEY_FILE=$state/tls/server.key
 if ! ls "$state/keys"/*.pem >/dev/null 2>&1; then
@@ -135,7 +136,7 @@ orch is up.
 
   API          $base   (TLS, development CA: $ca)
   log          $state/orchd.log
-  PostgreSQL   $ORCH_PG_APP_URL
+  PostgreSQL   $ORCH_PG_APP_URL (tenants), $ORCH_PG_SYSTEM_URL (system scope)
   RabbitMQ     $ORCH_AMQP_URL
   secrets      $state/operator-token (platform operator), $state/demo-admin-key (tenant "demo")
 

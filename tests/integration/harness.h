@@ -3,7 +3,8 @@
  * (th_db_drop), so tests never see each other's rows.
  *
  * Environment (exported by tools/test.sh, or by meson for binaries):
- *   ORCH_PG_PORT    the private PostgreSQL's port (roles orch_owner, orch_app, postgres)
+ *   ORCH_PG_PORT    the private PostgreSQL's port (roles orch_owner, orch_app, orch_system,
+ *                   postgres)
  *   ORCH_AMQP_URL   the private RabbitMQ node's URL
  *   ORCH_TEST_ORCHD path of the orchd binary under test
  */
@@ -20,7 +21,8 @@
 /* A required environment variable; fails the test with a hint when missing. */
 const char *th_env(const char *name);
 
-/* URL of database db for role ("orch_owner", "orch_app" or "postgres"), malloc'd. */
+/* URL of database db for role ("orch_owner", "orch_app", "orch_system" or "postgres"),
+ * malloc'd. */
 char *th_pg_url(const char *role, const char *db);
 
 /* Create an empty database owned by orch_owner with a unique name written to name

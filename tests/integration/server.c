@@ -36,16 +36,25 @@ void th_server_start(struct th_server *s, const char *const *extra_env)
     cr_assert_not_null(mkdtemp(s->dir));
 
     char *app_url = th_pg_url("orch_app", s->db);
-    char env_db[512], env_keys[128], env_cert[128], env_key[128], env_amqp[512];
+    char *system_url = th_pg_url("orch_system", s->db);
+    char env_db[512], env_sys[512], env_keys[128], env_cert[128], env_key[128], env_amqp[512];
     snprintf(env_db, sizeof(env_db), "ORCHD_DB_URL=%s", app_url);
+    snprintf(env_sys, sizeof(env_sys), "ORCHD_DB_SYSTEM_URL=%s", system_url);
     free(app_url);
+    free(system_url);
     snprintf(env_keys, sizeof(env_keys), "ORCHD_AUTH_KEY_DIR=%s/keys", s->dir);
     snprintf(env_cert, sizeof(env_cert), "ORCHD_HTTP_CERT_FILE=%s/tls/server.pem", s->dir);
     snprintf(env_key, sizeof(env_key), "ORCHD_HTTP_KEY_FILE=%s/tls/server.key", s->dir);
     snprintf(env_amqp, sizeof(env_amqp), "ORCHD_AMQP_URL=%s", th_env("ORCH_AMQP_URL"));
-    const char *env[16] = {
-        env_db, env_keys, env_cert, env_key, env_amqp, "ORCHD_HTTP_PORT=0", "ORCHD_HTTP_THREADS=2"};
-    size_t n = 7;
+    const char *env[16] = {env_db,
+                           env_sys,
+                           env_keys,
+                           env_cert,
+                           env_key,
+                           env_amqp,
+                           "ORCHD_HTTP_PORT=0",
+                           "ORCHD_HTTP_THREADS=2"};
+    size_t n = 8;
     for (size_t i = 0; extra_env && extra_env[i] && n < 15; i++)
         env[n++] = extra_env[i];
     env[n] = NULL;
@@ -112,21 +121,24 @@ static void spawn(struct th_server *s, const char *const *env, const char *logna
     snprintf(s->base, sizeof(s->base), "https://127.0.0.1:%d", s->port);
 }
 
-static void server_env(const struct th_server *s, char bufs[5][512], const char **env)
+static void server_env(const struct th_server *s, char bufs[6][512], const char **env)
 {
     char *app_url = th_pg_url("orch_app", s->db);
+    char *system_url = th_pg_url("orch_system", s->db);
     snprintf(bufs[0], 512, "ORCHD_DB_URL=%s", app_url);
+    snprintf(bufs[5], 512, "ORCHD_DB_SYSTEM_URL=%s", system_url);
     free(app_url);
+    free(system_url);
     snprintf(bufs[1], 512, "ORCHD_AUTH_KEY_DIR=%s/keys", s->dir);
     snprintf(bufs[2], 512, "ORCHD_HTTP_CERT_FILE=%s/tls/server.pem", s->dir);
     snprintf(bufs[3], 512, "ORCHD_HTTP_KEY_FILE=%s/tls/server.key", s->dir);
     snprintf(bufs[4], 512, "ORCHD_AMQP_URL=%s", th_env("ORCH_AMQP_URL"));
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 6; i++)
         env[i] = bufs[i];
-    env[5] = "ORCHD_HTTP_PORT=0";
-    env[6] = "ORCHD_HTTP_THREADS=2";
-    env[7] = "ORCHD_NODE_NAME=peer";
-    env[8] = NULL;
+    env[6] = "ORCHD_HTTP_PORT=0";
+    env[7] = "ORCHD_HTTP_THREADS=2";
+    env[8] = "ORCHD_NODE_NAME=peer";
+    env[9] = NULL;
 }
 
 void th_server_start_peer(struct th_server *peer, const struct th_server *s)
@@ -134,8 +146,8 @@ void th_server_start_peer(struct th_server *peer, const struct th_server *s)
     *peer = *s;
     peer->port = 0;
     peer->pid = 0;
-    char bufs[5][512];
-    const char *env[9];
+    char bufs[6][512];
+    const char *env[10];
     server_env(s, bufs, env);
     spawn(peer, env, "orchd-peer.log");
 }

@@ -288,3 +288,93 @@ Test(orchd_config, valid_configuration_accepted)
     cr_assert_eq(r.status, 0, "stderr: %s", th_str(&r.err));
     th_run_free(&r);
 }
+
+Test(migrate, system_role_is_the_scope_and_unprivileged)
+{
+    struct th_run r;
+    run_migrate(&r, NULL);
+    cr_assert_eq(r.status, 0, "stderr: %s", th_str(&r.err));
+    th_run_free(&r);
+
+    PGconn *pg = th_pg_connect("orch_owner", db);
+    cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM pg_roles WHERE rolname = 'orch_system'"
+                                " AND NOT rolsuper AND NOT rolbypassrls AND NOT rolcreaterole"),
+                 1);
+    cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM pg_class c JOIN pg_roles r"
+                                " ON r.oid = c.relowner WHERE r.rolname = 'orch_system'"),
+                 0, "orch_system must own nothing");
+    cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM pg_roles"
+                                " WHERE pg_has_role('orch_app', 'orch_system', 'MEMBER')"),
+                 0, "orch_app must not be able to become orch_system");
+    /* No setting is read to decide the system scope any more. */
+    cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM pg_proc WHERE proname = 'app_system'"
+                                " AND prosrc LIKE '%current_setting%'"),
+                 0);
+    /* Asked once per statement, not once per row, by every system_scope policy. */
+    cr_assert_geq(
+        th_pg_long(pg, "SELECT count(*) FROM pg_policies WHERE policyname = 'system_scope'"), 13);
+    cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM pg_policies WHERE policyname = 'system_scope'"
+                                " AND (qual NOT LIKE '%SELECT app_system()%'"
+                                "      OR with_check NOT LIKE '%SELECT app_system()%')"),
+                 0);
+    PQfinish(pg);
+}
+
+/* `orchd serve` refuses to start without a system role that fits, and says why. */
+TestSuite(orchd_serve, .init = setup, .fini = teardown);
+
+/* Run `orchd serve` with env (NULL-terminated) and a fresh signing key; it must exit 1
+ * before serving, with want in its stderr. */
+static void serve_refused(const char *const *env_extra, const char *want)
+{
+    char dir[] = "/tmp/orch-test-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char keys[64], *env[8];
+    snprintf(keys, sizeof(keys), "ORCHD_AUTH_KEY_DIR=%s/keys", dir);
+    size_t n = 0;
+    env[n++] = keys;
+    for (size_t i = 0; env_extra[i] && n < 7; i++)
+        env[n++] = (char *)env_extra[i];
+    env[n] = NULL;
+    struct th_run r;
+    const char *gen[] = {th_env("ORCH_TEST_ORCHD"), "admin", "gen-key", NULL};
+    th_run(&r, gen, (const char *const *)env, 30000);
+    cr_assert_eq(r.status, 0, "gen-key: %s", th_str(&r.err));
+    th_run_free(&r);
+    const char *serve[] = {th_env("ORCH_TEST_ORCHD"), "serve", NULL};
+    th_run(&r, serve, (const char *const *)env, 30000);
+    th_rm_rf(dir);
+    cr_assert_eq(r.status, 1, "stderr: %s", th_str(&r.err));
+    cr_assert(strstr(th_str(&r.err), want), "stderr: %s", th_str(&r.err));
+    th_run_free(&r);
+}
+
+Test(orchd_serve, without_system_role_fails_at_start)
+{
+    struct th_run r;
+    run_migrate(&r, NULL);
+    cr_assert_eq(r.status, 0, "stderr: %s", th_str(&r.err));
+    th_run_free(&r);
+
+    char *app = th_pg_url("orch_app", db), *sys = th_pg_url("orch_system", db);
+    char env_app[512], env_sys_app[512], env_app_sys[512];
+    snprintf(env_app, sizeof(env_app), "ORCHD_DB_URL=%s", app);
+    snprintf(env_sys_app, sizeof(env_sys_app), "ORCHD_DB_SYSTEM_URL=%s", app);
+    snprintf(env_app_sys, sizeof(env_app_sys), "ORCHD_DB_URL=%s", sys);
+    free(app);
+
+    /* Not configured: no fallback to the settable scope or to db.url. */
+    const char *none[] = {env_app, NULL};
+    serve_refused(none, "db.system_url is not set");
+    const char *empty[] = {env_app, "ORCHD_DB_SYSTEM_URL=", NULL};
+    serve_refused(empty, "db.system_url is not set");
+    /* The tenant-facing role given as the system one. */
+    const char *same[] = {env_app, env_sys_app, NULL};
+    serve_refused(same, "system connection's role orch_app is not a member of orch_system");
+    /* The system role given as the tenant-facing one. */
+    char env_sys[512];
+    snprintf(env_sys, sizeof(env_sys), "ORCHD_DB_SYSTEM_URL=%s", sys);
+    free(sys);
+    const char *swapped[] = {env_app_sys, env_sys, NULL};
+    serve_refused(swapped, "tenant connection's role orch_system is a member of orch_system");
+}

@@ -1,6 +1,8 @@
 /* Row-level security: connected as the application role orch_app, a transaction of
  * tenant A can neither read, change, delete nor create tenant B's rows in any tenant
- * table, and a transaction that declared no tenant sees nothing at all.
+ * table, a transaction that declared no tenant sees nothing at all, and nothing orch_app
+ * sets or switches to (app.scope, set_config, RESET ROLE, SET ROLE orch_system) gives it
+ * the system scope, which only the role orch_system has (sql/0008_system_role.sql).
  *
  * The list of tenant tables comes from the catalog (every table with a tenant_id
  * column), so a table added later without RLS, or without fixture rows here, fails. */
@@ -76,10 +78,13 @@ static void setup(void)
 {
     th_db_create_migrated(db, sizeof(db));
     char *url = th_pg_url("orch_app", db);
-    struct store_options o = {.url = url, .pool_size = 2, .acquire_timeout_ms = 5000};
+    char *system_url = th_pg_url("orch_system", db);
+    struct store_options o = {
+        .url = url, .system_url = system_url, .pool_size = 2, .acquire_timeout_ms = 5000};
     char err[256];
     cr_assert_eq(store_open(&o, &store, err, sizeof(err)), 0, "%s", err);
     free(url);
+    free(system_url);
     id_uuid7_str(tenant_a);
     id_uuid7_str(tenant_b);
     seed(tenant_a);
@@ -255,5 +260,165 @@ Test(rls, malformed_tenant_setting_fails_closed)
     PQclear(th_pg_ok(pg, "BEGIN; SELECT set_config('app.scope', 'System ', true)"));
     cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM jobs"), 0);
     PQclear(th_pg_ok(pg, "ROLLBACK"));
+    PQfinish(pg);
+}
+
+/* The tables a tenant transaction must not reach beyond its own rows, read from the
+ * catalog (every table with a tenant_id column, so a new one is covered without an edit
+ * here), plus tenants (keyed by id) and operator_tokens (no tenant at all). */
+static PGresult *tenant_tables(PGconn *pg)
+{
+    return th_pg_ok(pg, "SELECT c.relname::text, 'tenant_id'"
+                        "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                        " WHERE n.nspname = 'public' AND c.relkind = 'r'"
+                        "   AND EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = c.oid"
+                        "               AND a.attname = 'tenant_id' AND NOT a.attisdropped)"
+                        " UNION ALL SELECT 'tenants', 'id'"
+                        " UNION ALL SELECT 'operator_tokens', NULL ORDER BY 1");
+}
+
+/* Rows of tenant B in table (all rows for a table without a tenant column) that sql reaches
+ * on pg: "SELECT count(*)", "UPDATE" or "DELETE". */
+static long reach_b(PGconn *pg, const char *table, const char *column, const char *verb)
+{
+    char where[128] = "";
+    if (column)
+        snprintf(where, sizeof(where), " WHERE %s = '%s'", column, tenant_b);
+    char sql[512];
+    if (strcmp(verb, "SELECT") == 0)
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s%s", table, where);
+    else if (strcmp(verb, "UPDATE") == 0)
+        snprintf(sql, sizeof(sql), "UPDATE %s SET %s = %s%s", table, column ? column : "id",
+                 column ? column : "id", where);
+    else
+        snprintf(sql, sizeof(sql), "DELETE FROM %s%s", table, where);
+    /* A savepoint, so that a refused statement (a foreign key, say) leaves the transaction
+     * usable for the next one; a refusal reaches nothing. */
+    PQclear(th_pg_ok(pg, "SAVEPOINT probe"));
+    PGresult *res = PQexec(pg, sql);
+    long n = 0;
+    if (PQresultStatus(res) == PGRES_TUPLES_OK)
+        n = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+    else if (PQresultStatus(res) == PGRES_COMMAND_OK)
+        n = strtol(PQcmdTuples(res), NULL, 10);
+    PQclear(res);
+    PQclear(th_pg_ok(pg, "ROLLBACK TO SAVEPOINT probe"));
+    return n;
+}
+
+Test(rls, tenant_role_cannot_take_the_system_scope)
+{
+    /* One operator token, which a session with the system scope could read or mint. */
+    as_system("WITH t AS (INSERT INTO operator_tokens (id, name, prefix, secret_hash) VALUES"
+              " (gen_random_uuid(), 'op', 'orch_op_rlstest1', sha256('op')) RETURNING 1)"
+              " SELECT count(*) FROM t");
+
+    /* What the old system scope was (a setting), every way orch_app can set it, and the
+     * ways it might try to become another role. Each runs on a fresh connection, and the
+     * last statement opens the transaction the probes run in. */
+    char with_a[256];
+    snprintf(with_a, sizeof(with_a),
+             "BEGIN; SELECT set_config('app.tenant_id', '%s', true);"
+             " SET LOCAL app.scope = 'system'",
+             tenant_a);
+    const char *const attacks[] = {
+        "BEGIN; SET LOCAL app.scope = 'system'",
+        "BEGIN; SELECT set_config('app.scope', 'system', true)",
+        "SELECT set_config('app.scope', 'system', false); BEGIN",
+        "SET app.scope = 'system'; BEGIN",
+        "RESET ROLE; SET app.scope = 'system'; BEGIN",
+        "SET SESSION ROLE NONE; BEGIN; SET LOCAL app.scope = 'system'",
+        with_a,
+    };
+    PGconn *sys = th_pg_connect("orch_system", db);
+    PGresult *tables = tenant_tables(sys);
+    int nt = PQntuples(tables);
+    cr_assert_geq(nt, (int)N_TABLES + 2);
+    /* The probes below mean something only if there is something to reach. */
+    PQclear(th_pg_ok(sys, "BEGIN"));
+    for (int i = 0; i < nt; i++) {
+        const char *t = PQgetvalue(tables, i, 0);
+        const char *col = PQgetisnull(tables, i, 1) ? NULL : PQgetvalue(tables, i, 1);
+        cr_assert_geq(reach_b(sys, t, col, "SELECT"), 1, "%s: no row to attack", t);
+    }
+    PQclear(th_pg_ok(sys, "ROLLBACK"));
+
+    for (size_t a = 0; a < sizeof(attacks) / sizeof(attacks[0]); a++) {
+        PGconn *pg = th_pg_connect("orch_app", db);
+        PQclear(th_pg_ok(pg, attacks[a]));
+        cr_assert_str_eq(PQparameterStatus(pg, "session_authorization"), "orch_app");
+        for (int i = 0; i < nt; i++) {
+            const char *t = PQgetvalue(tables, i, 0);
+            const char *col = PQgetisnull(tables, i, 1) ? NULL : PQgetvalue(tables, i, 1);
+            cr_assert_eq(reach_b(pg, t, col, "SELECT"), 0, "%s: read B's rows after: %s", t,
+                         attacks[a]);
+            cr_assert_eq(reach_b(pg, t, col, "UPDATE"), 0, "%s: updated B's rows after: %s", t,
+                         attacks[a]);
+            cr_assert_eq(reach_b(pg, t, col, "DELETE"), 0, "%s: deleted B's rows after: %s", t,
+                         attacks[a]);
+        }
+        /* Nor can it create rows for another tenant, a tenant, or an operator token. */
+        char sql[512];
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO queues (id, tenant_id, name) VALUES (gen_random_uuid(), '%s', 'x')",
+                 tenant_b);
+        const char *const inserts[] = {
+            sql,
+            "INSERT INTO tenants (id, slug, display_name, tier) VALUES (gen_random_uuid(),"
+            " 'evil', 'E', 'enterprise')",
+            "INSERT INTO operator_tokens (id, name, prefix, secret_hash) VALUES"
+            " (gen_random_uuid(), 'evil', 'orch_op_evil0001', sha256('evil'))",
+        };
+        for (size_t k = 0; k < 3; k++) {
+            PQclear(th_pg_ok(pg, "SAVEPOINT probe"));
+            PGresult *res = PQexec(pg, inserts[k]);
+            cr_assert_eq(PQresultStatus(res), PGRES_FATAL_ERROR, "%s after: %s", inserts[k],
+                         attacks[a]);
+            cr_assert_str_eq(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
+            PQclear(res);
+            PQclear(th_pg_ok(pg, "ROLLBACK TO SAVEPOINT probe"));
+        }
+        PQclear(th_pg_ok(pg, "ROLLBACK"));
+        PQfinish(pg);
+    }
+    PQclear(tables);
+    PQfinish(sys);
+
+    /* orch_app cannot become orch_system, nor make itself a member of it. */
+    const char *const switches[] = {
+        "SET ROLE orch_system",
+        "BEGIN; SET LOCAL ROLE orch_system",
+        "SET SESSION AUTHORIZATION orch_system",
+        "GRANT orch_system TO orch_app",
+        "ALTER ROLE orch_app BYPASSRLS",
+    };
+    for (size_t k = 0; k < sizeof(switches) / sizeof(switches[0]); k++) {
+        PGconn *pg = th_pg_connect("orch_app", db);
+        PGresult *res = PQexec(pg, switches[k]);
+        cr_assert_eq(PQresultStatus(res), PGRES_FATAL_ERROR, "%s was allowed", switches[k]);
+        cr_assert_str_eq(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501", "%s", switches[k]);
+        PQclear(res);
+        PQclear(PQexec(pg, "ROLLBACK"));
+        cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM pg_auth_members m"
+                                    " JOIN pg_roles r ON r.oid = m.member"
+                                    " JOIN pg_roles g ON g.oid = m.roleid"
+                                    " WHERE r.rolname = 'orch_app' AND g.rolname = 'orch_system'"),
+                     0);
+        PQfinish(pg);
+    }
+}
+
+Test(rls, system_scope_is_the_role_and_only_while_it_is_current)
+{
+    PGconn *pg = th_pg_connect("orch_system", db);
+    char sql[256];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM jobs WHERE tenant_id IN ('%s', '%s')",
+             tenant_a, tenant_b);
+    cr_assert_eq(th_pg_long(pg, sql), 2, "orch_system sees every tenant without a setting");
+    /* Switched to the tenant-facing role, the same session is the tenant-facing role. */
+    PQclear(th_pg_ok(pg, "SET ROLE orch_app"));
+    cr_assert_eq(th_pg_long(pg, sql), 0);
+    PQclear(th_pg_ok(pg, "RESET ROLE"));
+    cr_assert_eq(th_pg_long(pg, sql), 2);
     PQfinish(pg);
 }

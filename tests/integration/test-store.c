@@ -1,5 +1,6 @@
 /* Integration tests of the store layer (server/store.c) on the real PostgreSQL, connected
- * as the application role orch_app, as orchd is. */
+ * as orchd is: tenant transactions as the application role orch_app, system ones as
+ * orch_system. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <pthread.h>
@@ -34,15 +35,19 @@ static const struct store_stmt q_queue_bad_priority =
 static const struct store_stmt q_settings =
     STORE_STMT("t_settings",
                "SELECT coalesce(current_setting('app.tenant_id', true), ''),"
-               " coalesce(current_setting('app.scope', true), ''), pg_backend_pid()",
+               " coalesce(current_setting('app.probe', true), ''), pg_backend_pid(), current_user",
                0);
+static const struct store_stmt q_set_probe =
+    STORE_STMT("t_set_probe", "SELECT set_config('app.probe', 'set', true)", 0);
 static const struct store_stmt q_sleep = STORE_STMT("t_sleep", "SELECT pg_sleep(5)", 0);
 
 static struct store *open_store(int pool_size, int64_t statement_timeout_ms)
 {
     char *url = th_pg_url("orch_app", db);
+    char *system_url = th_pg_url("orch_system", db);
     struct store_options o = {
         .url = url,
+        .system_url = system_url,
         .pool_size = pool_size,
         .connect_timeout_ms = 5000,
         .acquire_timeout_ms = 300,
@@ -53,6 +58,7 @@ static struct store *open_store(int pool_size, int64_t statement_timeout_ms)
     char err[256] = "";
     int r = store_open(&o, &s, err, sizeof(err));
     free(url);
+    free(system_url);
     cr_assert_eq(r, 0, "store_open: %d %s", r, err);
     return s;
 }
@@ -132,27 +138,99 @@ Test(store, scope_ends_with_the_transaction)
     /* One connection: whatever one transaction declared must be gone in the next. */
     struct store *s = open_store(1, 0);
     make_tenant(s, tenant_a, "tenant-a");
+    make_tenant(s, tenant_b, "tenant-b");
 
     struct store_tx *tx = NULL;
     PGresult *res = NULL;
     cr_assert_eq(store_tx_begin_tenant(s, tenant_a, &tx), 0);
+    cr_assert_eq(store_tx_exec(tx, &q_set_probe, NULL, NULL), 1);
     cr_assert_eq(store_tx_exec(tx, &q_settings, NULL, &res), 1);
     cr_assert_str_eq(PQgetvalue(res, 0, 0), tenant_a);
-    cr_assert_str_eq(PQgetvalue(res, 0, 1), "");
+    cr_assert_str_eq(PQgetvalue(res, 0, 1), "set");
     char pid[32];
     snprintf(pid, sizeof(pid), "%s", PQgetvalue(res, 0, 2));
     PQclear(res);
     cr_assert_eq(store_tx_commit(tx), 0);
 
-    /* Outside any store transaction, on the same backend. */
-    cr_assert_eq(store_tx_begin_system(s, &tx), 0);
+    /* The next transaction, on the same backend, declared B and nothing else. */
+    cr_assert_eq(store_tx_begin_tenant(s, tenant_b, &tx), 0);
     cr_assert_eq(store_tx_exec(tx, &q_settings, NULL, &res), 1);
-    cr_assert_str_eq(PQgetvalue(res, 0, 0), "", "tenant leaked into the next transaction");
-    cr_assert_str_eq(PQgetvalue(res, 0, 1), "system");
+    cr_assert_str_eq(PQgetvalue(res, 0, 0), tenant_b);
+    cr_assert_str_eq(PQgetvalue(res, 0, 1), "", "a setting leaked into the next transaction");
     cr_assert_str_eq(PQgetvalue(res, 0, 2), pid, "expected the same pooled connection");
     PQclear(res);
     cr_assert_eq(store_tx_commit(tx), 0);
     store_close(s);
+}
+
+Test(store, system_scope_has_its_own_role_and_pool)
+{
+    /* One connection per pool: a tenant transaction holding the tenant pool's only
+     * connection does not stop a system one, which runs as orch_system. */
+    struct store *s = open_store(1, 0);
+    id_uuid7_str(tenant_a);
+    struct store_tx *held = NULL, *tx = NULL;
+    PGresult *res = NULL;
+    cr_assert_eq(store_tx_begin_tenant(s, tenant_a, &held), 0);
+    cr_assert_eq(store_tx_exec(held, &q_settings, NULL, &res), 1);
+    cr_assert_str_eq(PQgetvalue(res, 0, 3), "orch_app");
+    PQclear(res);
+    res = NULL;
+    cr_assert_eq(store_tx_begin_system(s, &tx), 0);
+    cr_assert_eq(store_tx_exec(tx, &q_settings, NULL, &res), 1);
+    cr_assert_str_eq(PQgetvalue(res, 0, 0), "", "the system scope declares no tenant");
+    cr_assert_str_eq(PQgetvalue(res, 0, 3), "orch_system");
+    PQclear(res);
+    cr_assert_eq(store_tx_commit(tx), 0);
+    cr_assert_eq(store_tx_commit(held), 0);
+    store_close(s);
+
+    /* Without a system connection there is no system scope at all, rather than a weaker one. */
+    char *url = th_pg_url("orch_app", db);
+    struct store_options o = {.url = url, .pool_size = 1};
+    char err[256] = "";
+    cr_assert_eq(store_open(&o, &s, err, sizeof(err)), 0, "%s", err);
+    free(url);
+    tx = NULL;
+    cr_assert_eq(store_tx_begin_system(s, &tx), -EPERM);
+    cr_assert_null(tx);
+    cr_assert_eq(store_exec_once(s, NULL, &q_queue_count, NULL, NULL), -EPERM);
+    store_close(s);
+}
+
+/* Open a store with these roles; returns store_open()'s result with err filled. */
+static int open_roles(const char *role, const char *system_role, char *err, size_t errlen)
+{
+    char *url = th_pg_url(role, db);
+    char *system_url = system_role ? th_pg_url(system_role, db) : NULL;
+    struct store_options o = {.url = url, .system_url = system_url, .pool_size = 1};
+    struct store *s = NULL;
+    int r = store_open(&o, &s, err, errlen);
+    free(url);
+    free(system_url);
+    if (r < 0)
+        cr_assert_null(s);
+    store_close(s);
+    return r;
+}
+
+Test(store, role_that_does_not_fit_its_pool_is_refused_at_open)
+{
+    char err[512] = "";
+    cr_assert_eq(open_roles("orch_app", "orch_system", err, sizeof(err)), 0, "%s", err);
+
+    /* A tenant pool that would see every tenant. */
+    cr_assert_eq(open_roles("orch_system", "orch_system", err, sizeof(err)), -EPERM);
+    cr_assert(strstr(err, "tenant connection's role orch_system is a member of orch_system"),
+              "err: %s", err);
+    cr_assert_eq(open_roles("postgres", NULL, err, sizeof(err)), -EPERM);
+    cr_assert(strstr(err, "superuser or has BYPASSRLS"), "err: %s", err);
+    /* A system pool that would see nothing, or more than RLS allows. */
+    cr_assert_eq(open_roles("orch_app", "orch_app", err, sizeof(err)), -EPERM);
+    cr_assert(strstr(err, "system connection's role orch_app is not a member of orch_system"),
+              "err: %s", err);
+    cr_assert_eq(open_roles("orch_app", "postgres", err, sizeof(err)), -EPERM);
+    cr_assert(strstr(err, "system connection's role postgres is a superuser"), "err: %s", err);
 }
 
 Test(store, invalid_tenant_id_refused_before_sql)
@@ -217,46 +295,79 @@ Test(store, exhausted_pool_times_out)
 {
     struct store *s = open_store(1, 0);
     struct store_tx *held = NULL, *tx = NULL;
-    cr_assert_eq(store_tx_begin_system(s, &held), 0);
-    cr_assert_eq(store_tx_begin_system(s, &tx), -ETIMEDOUT);
+    id_uuid7_str(tenant_a);
+    cr_assert_eq(store_tx_begin_tenant(s, tenant_a, &held), 0);
+    cr_assert_eq(store_tx_begin_tenant(s, tenant_a, &tx), -ETIMEDOUT);
     struct store_stats st;
     store_stats(s, &st);
     cr_assert_eq(st.size, 1);
     cr_assert_eq(st.idle, 0);
     cr_assert_eq(store_tx_commit(held), 0);
-    cr_assert_eq(store_tx_begin_system(s, &tx), 0, "free again once released");
+    cr_assert_eq(store_tx_begin_tenant(s, tenant_a, &tx), 0, "free again once released");
     store_tx_rollback(tx);
     store_close(s);
 }
 
-Test(store, reconnects_after_backend_killed)
+/* Terminate the backends with these pids and wait (bounded) until they are gone. */
+static void kill_backends(const char *const *pids, size_t n)
 {
-    struct store *s = open_store(1, 0);
-    PGresult *res = NULL;
-    cr_assert_eq(store_exec_once(s, NULL, &q_settings, NULL, &res), 1);
-    char pid[32], sql[128];
-    snprintf(pid, sizeof(pid), "%s", PQgetvalue(res, 0, 2));
-    PQclear(res);
-
     PGconn *super = th_pg_connect("postgres", db);
-    snprintf(sql, sizeof(sql), "SELECT pg_terminate_backend(%s)", pid);
-    PQclear(th_pg_ok(super, sql));
-    /* Wait (bounded) until the backend is really gone. */
-    snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", pid);
-    for (int tries = 0; th_pg_long(super, sql) != 0; tries++) {
-        cr_assert_lt(tries, 1000, "backend %s still alive", pid);
-        PQclear(th_pg_ok(super, "SELECT pg_sleep(0.01)"));
+    char sql[128];
+    for (size_t i = 0; i < n; i++) {
+        snprintf(sql, sizeof(sql), "SELECT pg_terminate_backend(%s)", pids[i]);
+        PQclear(th_pg_ok(super, sql));
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", pids[i]);
+        for (int tries = 0; th_pg_long(super, sql) != 0; tries++) {
+            cr_assert_lt(tries, 1000, "backend %s still alive", pids[i]);
+            PQclear(th_pg_ok(super, "SELECT pg_sleep(0.01)"));
+        }
     }
     PQfinish(super);
+}
 
-    /* The first use may find the dead connection mid-statement (-ECONNRESET); after that
-     * the pool must have reconnected by itself. */
-    int r = store_exec_once(s, NULL, &q_queue_count, NULL, NULL);
-    cr_assert(r == 1 || r == -ECONNRESET, "r=%d", r);
-    cr_assert_eq(store_exec_once(s, NULL, &q_queue_count, NULL, NULL), 1);
+/* The pid of the backend a transaction of tenant (NULL: system) runs on. */
+static void backend_pid(struct store *s, const char *tenant, char *pid, size_t len)
+{
+    PGresult *res = NULL;
+    cr_assert_eq(store_exec_once(s, tenant, &q_settings, NULL, &res), 1);
+    snprintf(pid, len, "%s", PQgetvalue(res, 0, 2));
+    PQclear(res);
+}
+
+Test(store, reconnects_after_backend_killed)
+{
+    /* A connection that died while idle in the pool (a restart, an administrator's kill) is
+     * found out at BEGIN, before anything ran, and replaced: no transaction fails for it. */
+    struct store *s = open_store(1, 0);
+    id_uuid7_str(tenant_a);
+    char pid[32];
+    backend_pid(s, tenant_a, pid, sizeof(pid));
+    const char *pids[] = {pid};
+    kill_backends(pids, 1);
+
+    cr_assert_eq(store_exec_once(s, tenant_a, &q_queue_count, NULL, NULL), 1);
+    cr_assert_eq(store_exec_once(s, tenant_a, &q_queue_count, NULL, NULL), 1);
     struct store_stats st;
     store_stats(s, &st);
     cr_assert_geq(st.reconnects, 1);
+    store_close(s);
+}
+
+Test(store, ping_reaches_both_pools_after_their_backends_died)
+{
+    struct store *s = open_store(1, 0);
+    id_uuid7_str(tenant_a);
+    char tenant_pid[32], system_pid[32];
+    backend_pid(s, tenant_a, tenant_pid, sizeof(tenant_pid));
+    backend_pid(s, NULL, system_pid, sizeof(system_pid));
+    cr_assert_str_neq(tenant_pid, system_pid, "one connection per pool");
+    cr_assert_eq(store_ping(s), 0);
+    const char *pids[] = {tenant_pid, system_pid};
+    kill_backends(pids, 2);
+
+    cr_assert_eq(store_ping(s), 0, "the database is up: ready at the first probe");
+    cr_assert_eq(count_queues(s, tenant_a), 0);
+    cr_assert_eq(count_queues(s, NULL), 0);
     store_close(s);
 }
 
