@@ -47,6 +47,7 @@ struct gateway {
     pthread_cond_t tick;     /* the threads' sleeps: broadcast only when stopping */
     struct waiter **waiters; /* agents waiting on this node; few enough for a linear scan */
     int nwaiters;
+    int nlooking;       /* waiters on_wake() took out to look for work: their slots stay theirs */
     int max_waiters;    /* gateway.max_waiters */
     struct note *notes; /* heartbeats since the last flush */
     int nnotes;
@@ -249,31 +250,29 @@ static void on_wake_with(struct gateway *gw, struct wake *wk)
         if (strcmp(gw->waiters[i]->agent_id, wk->agent_id) == 0 &&
             http_deferred_base(gw->waiters[i]->d) == wk->base)
             w = gw->waiters[i];
-    if (w)
+    if (w) {
         unregister_locked(gw, w);
+        gw->nlooking++;
+    }
     pthread_mutex_unlock(&gw->lock);
     free(wk);
     if (!w)
         return;
     char *body = NULL;
-    if (deliver(gw->app, w->tenant_id, w->agent_id, w->assign, &body) == 0 && body) {
-        finish(w, body);
-        free(body);
-        return;
-    }
-    /* Nothing yet: wait on (the checker or the timeout answers), unless superseded. */
+    bool found = deliver(gw->app, w->tenant_id, w->agent_id, w->assign, &body) == 0 && body;
+    /* Nothing yet: wait on (the checker or the timeout answers), unless superseded. Its
+     * slot was kept (nlooking), so there is room. */
     pthread_mutex_lock(&gw->lock);
-    bool newer = atomic_load(&gw->stop);
+    gw->nlooking--;
+    bool newer = found || atomic_load(&gw->stop);
     for (int i = 0; i < gw->nwaiters && !newer; i++)
         newer = strcmp(gw->waiters[i]->agent_id, w->agent_id) == 0;
-    bool full = !newer && gw->nwaiters >= gw->max_waiters;
-    if (!newer && !full)
+    if (!newer)
         gw->waiters[gw->nwaiters++] = w;
     pthread_mutex_unlock(&gw->lock);
     if (newer)
-        finish(w, NULL);
-    else if (full)
-        finish_busy(w, registry_full);
+        finish(w, body);
+    free(body);
 }
 
 static void answer_now(void *arg)
@@ -413,7 +412,7 @@ void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool ass
     gateway_supersede(gw, w->agent_id);
     pthread_mutex_lock(&gw->lock);
     bool stop = atomic_load(&gw->stop);
-    bool full = !stop && gw->nwaiters >= gw->max_waiters;
+    bool full = !stop && gw->nwaiters + gw->nlooking >= gw->max_waiters;
     if (!stop && !full) {
         gw->waiters[gw->nwaiters++] = w;
         /* An assignment made between the first look and the registration: look once
@@ -425,6 +424,8 @@ void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool ass
         finish(w, NULL);
     else if (full)
         finish_busy(w, registry_full);
+    else
+        log_debug("op=gateway.hold agent=%s wait_s=%ld", p->subject, wait_s);
 }
 
 /* --- liveness ------------------------------------------------------------------------------ */

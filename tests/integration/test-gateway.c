@@ -26,10 +26,10 @@ static void setup_with(const char *const *env)
     admin = th_tenant_token(&srv, op, tenant, "admin");
 }
 
-/* One held long-poll fills this node. */
+/* One held long-poll fills this node (each one held is logged, at debug). */
 static void setup_tiny(void)
 {
-    const char *env[] = {"ORCHD_GATEWAY_MAX_WAITERS=1", NULL};
+    const char *env[] = {"ORCHD_GATEWAY_MAX_WAITERS=1", "ORCHD_LOG_LEVEL=debug", NULL};
     setup_with(env);
 }
 
@@ -90,12 +90,13 @@ Test(gateway, a_full_registry_answers_503_with_retry_after_and_the_agent_waits, 
     struct hold h = {.cred = holder, .wait_s = 28};
     cr_assert_eq(pthread_create(&h.t, NULL, hold_main, &h), 0);
 
-    /* Once the holder's long-poll is registered, any other one is refused at once (before
-     * that, it is held a second and answered empty). */
+    /* Once the holder's long-poll is held, any other one is refused at once. */
     uint64_t deadline = clock_mono_ns() + 10ull * 1000000000ull;
+    while (th_log_count(&srv, "op=gateway.hold ") == 0 && clock_mono_ns() < deadline)
+        usleep(20000); /* polling the log for the condition, bounded */
     long st = 0;
     char *ra = NULL, ctype[64] = "", type[64] = "";
-    while (st != 503 && clock_mono_ns() < deadline) {
+    if (clock_mono_ns() < deadline) {
         struct th_resp r;
         th_http(&srv, "GET", "/api/v1/agent/assignments?wait=1", other, NULL, NULL, &r);
         st = r.status;
