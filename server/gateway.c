@@ -97,8 +97,13 @@ int gateway_claim(struct app *app, struct store_tx *tx, const char *agent_id, bo
     int r = store_tx_exec(tx, &q_deliver, p, &res);
     if (r < 0)
         return r;
-    if (r == 1 && strcmp(PQgetvalue(res, 0, 1), "0") != 0)
+    if (r == 1 && strcmp(PQgetvalue(res, 0, 1), "0") != 0) {
         *ret = strdup(PQgetvalue(res, 0, 0));
+        if (!*ret) {
+            PQclear(res);
+            return -ENOMEM; /* the caller rolls back: what was claimed stays undelivered */
+        }
+    }
     PQclear(res);
     return 0;
 }
@@ -112,6 +117,10 @@ static int deliver(struct app *app, const char *tenant, const char *agent, bool 
     if (r < 0)
         return r;
     r = gateway_claim(app, tx, agent, assign, false, ret);
+    if (r < 0) {
+        store_tx_rollback(tx);
+        return r;
+    }
     int c = store_tx_commit(tx);
     if (r >= 0 && c < 0) {
         FREE_AND_NULL(*ret); /* not claimed after all */
