@@ -671,11 +671,13 @@ static void *reaper_main(void *arg)
 
 static const struct store_stmt q_pending = STORE_STMT(
     "gw_pending",
-    "SELECT DISTINCT agent_id FROM jobs WHERE status = 'assigned' AND delivered_at IS NULL"
-    "   AND agent_id = ANY($1::uuid[])",
+    "SELECT DISTINCT agent_id FROM jobs WHERE agent_id = ANY($1::uuid[])"
+    "   AND ((status = 'assigned' AND delivered_at IS NULL)"
+    "        OR (cancel_requested AND NOT cancel_sent AND status IN ('assigned', 'running')))",
     1);
 
-/* Once a second: any waiting agent with an undelivered assignment (a lost wake-up). */
+/* Once a second: any waiting agent with an undelivered assignment or cancel (a lost
+ * wake-up: one that came while on_wake() had the waiter out of the registry to look). */
 static void *checker_main(void *arg)
 {
     struct gateway *gw = arg;
