@@ -49,7 +49,8 @@ struct th_resp {
 
 /* Send method path (relative to s->base) with an optional bearer token and body. The
  * content type is application/json unless ctype says otherwise. Fails the test on a
- * transport error. Free with th_resp_free(). */
+ * transport error; on a thread other than the test's (where an assertion must not fail),
+ * answers status 0 with the reason as the body instead. Free with th_resp_free(). */
 void th_http(struct th_server *s, const char *method, const char *path, const char *token,
              const char *body, const char *ctype, struct th_resp *r);
 /* The same with a body of len bytes (binary). */
