@@ -179,6 +179,20 @@ static void backoff_reset(struct backoff *b)
     b->next_ms = 0;
 }
 
+/* The delay after a refusal that said Retry-After (retry_ms): at least that, plus up to
+ * half again so that agents told the same at once do not all come back together; never
+ * shorter than the backoff due anyway, never past BACKOFF_MAX_MS. */
+static int64_t backoff_retry_after(int64_t retry_ms, int64_t backoff_ms)
+{
+    uint32_t r = 0;
+    if (crypto_random(&r, sizeof(r)) < 0)
+        r = (uint32_t)mono_ms();
+    int64_t ms = retry_ms + (int64_t)(r % (uint32_t)(retry_ms / 2 + 1));
+    if (ms < backoff_ms)
+        ms = backoff_ms;
+    return ms > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : ms;
+}
+
 /* Sleep up to ms, or until the daemon stops (or *kick becomes true, when given). */
 static void daemon_sleep(struct daemon *d, int64_t ms, const bool *stop, bool *kick)
 {
@@ -1155,6 +1169,7 @@ struct link {
     uint64_t cache_gen_sent; /* the package cache as the server last heard of it */
     bool facts_sent;         /* the host's facts went with an accepted heartbeat */
     bool holding;            /* the exchange in flight may be given up for something urgent */
+    int64_t retry_after_ms;  /* the server's Retry-After on its last refusal, 0 when none */
     struct sent *sent;
     size_t nsent;
 };
@@ -1455,7 +1470,10 @@ static enum link_next link_exchange(struct link *l)
     } else {
         char q[320];
         daemon_net_ok(d, hb_due);
-        log_warn("op=sync status=%ld detail=%s", rep.status, log_quote(rep.error, q, sizeof(q)));
+        log_warn("op=sync status=%ld retry_after_s=%lld detail=%s", rep.status,
+                 (long long)rep.retry_after_s, log_quote(rep.error, q, sizeof(q)));
+        l->retry_after_ms =
+            rep.retry_after_s > BACKOFF_MAX_MS / 1000 ? BACKOFF_MAX_MS : rep.retry_after_s * 1000;
         again = true;
         next = LINK_BACKOFF;
     }
@@ -1490,7 +1508,11 @@ static void *daemon_link_main(void *arg)
             pthread_mutex_unlock(&d->lock);
             if (stop)
                 break;
-            daemon_sleep(d, backoff_next(&b), &d->sender_stop, NULL);
+            int64_t ms = backoff_next(&b);
+            if (l.retry_after_ms > 0)
+                ms = backoff_retry_after(l.retry_after_ms, ms);
+            l.retry_after_ms = 0;
+            daemon_sleep(d, ms, &d->sender_stop, NULL);
         } else {
             backoff_reset(&b);
         }

@@ -204,6 +204,9 @@ static int do_request(struct transport *t, const char *method, const char *path,
                                          : -ECONNREFUSED;
     }
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+    curl_off_t ra = 0;
+    if (curl_easy_getinfo(c, CURLINFO_RETRY_AFTER, &ra) == CURLE_OK && ra > 0)
+        r->retry_after_s = (int64_t)ra;
     return 0;
 }
 

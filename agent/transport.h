@@ -26,9 +26,10 @@ void transport_free(struct transport *t);
 int transport_set_credential(struct transport *t, const char *credential);
 
 struct transport_reply {
-    long status;     /* HTTP status, 0 when no answer came */
-    json_t *body;    /* parsed JSON body or NULL; caller json_decref()s */
-    char error[256]; /* transport failure, or the problem's detail on an error status */
+    long status;           /* HTTP status, 0 when no answer came */
+    json_t *body;          /* parsed JSON body or NULL; caller json_decref()s */
+    char error[256];       /* transport failure, or the problem's detail on an error status */
+    int64_t retry_after_s; /* the answer's Retry-After in seconds, 0 when none */
 };
 
 /* Send method path with an optional JSON body (borrowed). Returns 0 when an HTTP answer

@@ -634,10 +634,10 @@ void api_agent_sync(struct http_req *req)
     if (r >= 0)
         r = gateway_claim(app, tx, p->subject, assign,
                           json_is_true(json_object_get(body, "resume")), &assigned);
-    if (tx) {
-        int c = store_tx_commit(tx);
-        r = r < 0 ? r : c;
-    }
+    if (tx && r < 0)
+        store_tx_rollback(tx); /* also when the failure was not the database's (-ENOMEM) */
+    else if (tx)
+        r = store_tx_commit(tx);
     if (r < 0) {
         free(assigned);
         json_decref(ans);

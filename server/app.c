@@ -98,7 +98,8 @@ static int authenticate_agent(struct app *app, const char *token, size_t len,
     PGresult *res = NULL;
     int r = store_exec_once(app->store, NULL, &q_agent_auth, p, &res);
     if (r < 0) {
-        *why = "the credential could not be checked; retry";
+        /* Not the agent's fault: say what happened, not that its credential is in doubt. */
+        *why = r == -ECONNRESET ? HTTP_DB_UNREACHABLE : "the database is busy; retry";
         return -EAGAIN;
     }
     bool ok = r == 1 && authkey_hash_matches(hash, PQgetvalue(res, 0, 2)) &&

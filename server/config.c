@@ -47,6 +47,8 @@ const struct conf_field orchd_config_fields[] = {
      "run a dispatcher on this node"},
     {"dispatch.tick", CONF_DURATION, F(dispatch_tick_ms), 10, 10000, "250ms", NULL,
      "longest wait between dispatch rounds when no submission wakes the dispatcher"},
+    {"gateway.max_waiters", CONF_INT, F(gateway_max_waiters), 1, 1048576, "65536", NULL,
+     "long-polls one node holds at once; past it agents are told 503 and retry later"},
     {"node.name", CONF_STRING, F(node_name), 1, 64, "orchd", NULL,
      "this node's name in logs and the audit trail"},
     {"http.address", CONF_STRING, F(http_address), 1, 64, "127.0.0.1", NULL,

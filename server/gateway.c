@@ -21,8 +21,10 @@
 
 /* Key of the reaper's advisory lock ("orchreap"). */
 #define REAPER_LOCK_KEY "7957688149386658160"
-#define GW_MAX_WAITERS  65536
 #define GW_MAX_NOTES    65536
+/* What an agent is told to wait before it asks again when this node holds as many
+ * long-polls as gateway.max_waiters allows: a slot comes free as held ones are answered. */
+#define GW_BUSY_RETRY_AFTER "5"
 
 struct waiter {
     char agent_id[ID_STR_LEN];
@@ -42,9 +44,12 @@ struct note {
 struct gateway {
     struct app *app;
     pthread_mutex_t lock;
-    pthread_cond_t changed;
+    pthread_cond_t changed;  /* answering went down (gateway_stop() waits for 0) */
+    pthread_cond_t tick;     /* the threads' sleeps: broadcast only when stopping */
     struct waiter **waiters; /* agents waiting on this node; few enough for a linear scan */
     int nwaiters;
+    int nlooking;       /* waiters on_wake() took out to look for work: their slots stay theirs */
+    int max_waiters;    /* gateway.max_waiters */
     struct note *notes; /* heartbeats since the last flush */
     int nnotes;
     char **seen; /* agents that heartbeated on this node since start */
@@ -55,6 +60,16 @@ struct gateway {
     pthread_t t_dispatch, t_reaper, t_checker, t_wakeups;
     bool started;
 };
+
+/* A failure of the store: while the database is unreachable every round of every thread
+ * fails alike, and the store has said so once (op=store state=unreachable). */
+static void log_store_failure(const char *op, int r)
+{
+    if (r == -ECONNRESET)
+        log_debug("op=%s error=%s", op, strerror(-r));
+    else
+        log_warn("op=%s error=%s", op, strerror(-r));
+}
 
 /* --- long-polls ------------------------------------------------------------------------------ */
 
@@ -83,8 +98,13 @@ int gateway_claim(struct app *app, struct store_tx *tx, const char *agent_id, bo
     int r = store_tx_exec(tx, &q_deliver, p, &res);
     if (r < 0)
         return r;
-    if (r == 1 && strcmp(PQgetvalue(res, 0, 1), "0") != 0)
+    if (r == 1 && strcmp(PQgetvalue(res, 0, 1), "0") != 0) {
         *ret = strdup(PQgetvalue(res, 0, 0));
+        if (!*ret) {
+            PQclear(res);
+            return -ENOMEM; /* the caller rolls back: what was claimed stays undelivered */
+        }
+    }
     PQclear(res);
     return 0;
 }
@@ -98,6 +118,10 @@ static int deliver(struct app *app, const char *tenant, const char *agent, bool 
     if (r < 0)
         return r;
     r = gateway_claim(app, tx, agent, assign, false, ret);
+    if (r < 0) {
+        store_tx_rollback(tx);
+        return r;
+    }
     int c = store_tx_commit(tx);
     if (r >= 0 && c < 0) {
         FREE_AND_NULL(*ret); /* not claimed after all */
@@ -132,9 +156,27 @@ static bool unregister_locked(struct gateway *gw, struct waiter *w)
             found = true;
         }
     }
-    pthread_cond_broadcast(&gw->changed);
     return found;
 }
+
+/* Free w (unregistered, answered). */
+static void waiter_free(struct waiter *w)
+{
+    json_decref(w->base);
+    if (w->timer)
+        event_free(w->timer);
+    free(w);
+}
+
+/* Answer w 503 (it could not be held: the registry is full, or out of memory) and free it.
+ * A 200 with nothing in it would send the agent straight back: a hot loop. */
+static void finish_busy(struct waiter *w, const char *detail)
+{
+    http_deferred_reply_problem(w->d, PROBLEM_UNAVAILABLE, detail, GW_BUSY_RETRY_AFTER);
+    waiter_free(w);
+}
+
+static const char registry_full[] = "this node holds as many waiting agents as it may; retry later";
 
 /* Answer and free w. On w's loop thread, with w already unregistered. */
 static void finish(struct waiter *w, const char *body)
@@ -145,9 +187,7 @@ static void finish(struct waiter *w, const char *body)
         http_deferred_reply_json_text(w->d, 200, body, strlen(body));
     else
         http_deferred_reply_json_text(w->d, 200, no_assignments, sizeof(no_assignments) - 1);
-    if (w->timer)
-        event_free(w->timer);
-    free(w);
+    waiter_free(w);
 }
 
 static void on_timeout(evutil_socket_t fd, short what, void *arg)
@@ -220,28 +260,29 @@ static void on_wake_with(struct gateway *gw, struct wake *wk)
         if (strcmp(gw->waiters[i]->agent_id, wk->agent_id) == 0 &&
             http_deferred_base(gw->waiters[i]->d) == wk->base)
             w = gw->waiters[i];
-    if (w)
+    if (w) {
         unregister_locked(gw, w);
+        gw->nlooking++;
+    }
     pthread_mutex_unlock(&gw->lock);
     free(wk);
     if (!w)
         return;
     char *body = NULL;
-    if (deliver(gw->app, w->tenant_id, w->agent_id, w->assign, &body) == 0 && body) {
-        finish(w, body);
-        free(body);
-        return;
-    }
-    /* Nothing yet: wait on (the checker or the timeout answers), unless superseded. */
+    bool found = deliver(gw->app, w->tenant_id, w->agent_id, w->assign, &body) == 0 && body;
+    /* Nothing yet: wait on (the checker or the timeout answers), unless superseded. Its
+     * slot was kept (nlooking), so there is room. */
     pthread_mutex_lock(&gw->lock);
-    bool newer = atomic_load(&gw->stop) || gw->nwaiters >= GW_MAX_WAITERS;
+    gw->nlooking--;
+    bool newer = found || atomic_load(&gw->stop);
     for (int i = 0; i < gw->nwaiters && !newer; i++)
         newer = strcmp(gw->waiters[i]->agent_id, w->agent_id) == 0;
     if (!newer)
         gw->waiters[gw->nwaiters++] = w;
     pthread_mutex_unlock(&gw->lock);
     if (newer)
-        finish(w, NULL);
+        finish(w, body);
+    free(body);
 }
 
 static void answer_now(void *arg)
@@ -372,19 +413,29 @@ void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool ass
     }
     w->timer = evtimer_new(http_deferred_base(w->d), on_timeout, w);
     struct timeval tv = {.tv_sec = wait_s};
-    evtimer_add(w->timer, &tv);
+    if (!w->timer || evtimer_add(w->timer, &tv) < 0) {
+        /* Without its timer it would be held until something comes for it. */
+        log_error("op=gateway agent=%s error=\"cannot arm the long-poll timer\"", w->agent_id);
+        finish_busy(w, "the server cannot hold the request now; retry later");
+        return;
+    }
     gateway_supersede(gw, w->agent_id);
     pthread_mutex_lock(&gw->lock);
-    bool full = gw->nwaiters >= GW_MAX_WAITERS || atomic_load(&gw->stop);
-    if (!full) {
+    bool stop = atomic_load(&gw->stop);
+    bool full = !stop && gw->nwaiters + gw->nlooking >= gw->max_waiters;
+    if (!stop && !full) {
         gw->waiters[gw->nwaiters++] = w;
         /* An assignment made between the first look and the registration: look once
          * more, on this loop, once the handler has returned. */
         post_wake(w);
     }
     pthread_mutex_unlock(&gw->lock);
-    if (full)
+    if (stop)
         finish(w, NULL);
+    else if (full)
+        finish_busy(w, registry_full);
+    else
+        log_debug("op=gateway.hold agent=%s wait_s=%ld", p->subject, wait_s);
 }
 
 /* --- liveness ------------------------------------------------------------------------------ */
@@ -398,10 +449,13 @@ bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json
             first = false;
     if (first && gw->nseen < GW_MAX_NOTES) {
         char **n = realloc(gw->seen, sizeof(*n) * (size_t)(gw->nseen + 1));
-        if (n) {
+        char *copy = n ? strdup(agent_id) : NULL;
+        if (n)
             gw->seen = n;
-            gw->seen[gw->nseen++] = strdup(agent_id);
-        }
+        if (copy)
+            gw->seen[gw->nseen++] = copy;
+        else
+            first = false; /* out of memory: the next heartbeat counts as first again */
     }
     struct note *slot = NULL;
     for (int i = 0; i < gw->nnotes; i++)
@@ -494,7 +548,7 @@ static void flush_liveness(struct gateway *gw)
     else
         store_tx_rollback(tx);
     if (r < 0)
-        log_warn("op=gateway.flush agents=%d error=%s", n, strerror(-r));
+        log_store_failure("gateway.flush", r);
     buf_free(&agents);
     buf_free(&jobs);
     buf_free(&epochs);
@@ -503,13 +557,16 @@ static void flush_liveness(struct gateway *gw)
 
 /* --- threads ------------------------------------------------------------------------------- */
 
+/* Sleep ms, or until gateway_stop(). On gw->tick, which nothing else broadcasts, so that
+ * the once-a-second rounds stay once a second however many long-polls come and go; on the
+ * monotonic clock, so that a wall-clock step neither stalls nor hurries them. */
 static void sleep_ms(struct gateway *gw, int64_t ms)
 {
     struct timespec ts;
-    clock_deadline(CLOCK_REALTIME, ms, &ts);
+    clock_deadline(CLOCK_MONOTONIC, ms, &ts);
     pthread_mutex_lock(&gw->lock);
-    if (!atomic_load(&gw->stop))
-        pthread_cond_timedwait(&gw->changed, &gw->lock, &ts);
+    while (!atomic_load(&gw->stop) && pthread_cond_timedwait(&gw->tick, &gw->lock, &ts) == 0)
+        ; /* a spurious wake-up: sleep on to the deadline */
     pthread_mutex_unlock(&gw->lock);
 }
 
@@ -548,7 +605,7 @@ static void *dispatch_main(void *arg)
             PGresult *res = NULL;
             int n = store_exec_once(app->store, NULL, &q_dispatch, p, &res);
             if (n < 0) {
-                log_warn("op=dispatch error=%s", strerror(-n));
+                log_store_failure("dispatch", n);
                 break;
             }
             for (int i = 0; i < n; i++) {
@@ -590,18 +647,22 @@ static void *reaper_main(void *arg)
         app->cfg->agent_heartbeat_ms / 4 > 0 ? app->cfg->agent_heartbeat_ms / 4 : 1000;
     uint64_t next_reap = 0;
     while (!atomic_load(&gw->stop)) {
+        /* One line per round (debug): tests count them against the clock. */
+        log_debug("op=reaper round=flush");
         flush_liveness(gw);
         if (clock_mono_ns() >= next_reap) {
             next_reap = clock_mono_ns() + 1000000000ull;
+            log_debug("op=reaper round=reap");
             struct store_tx *tx = NULL;
-            if (store_tx_begin_system(app->store, &tx) == 0) {
+            int r = store_tx_begin_system(app->store, &tx);
+            if (r == 0) {
                 store_tx_exec(tx, &q_reap, NULL, NULL);
                 const char *p[] = {online};
                 store_tx_exec(tx, &q_offline, p, NULL);
-                int r = store_tx_commit(tx);
-                if (r < 0)
-                    log_warn("op=reaper error=%s", strerror(-r));
+                r = store_tx_commit(tx);
             }
+            if (r < 0)
+                log_store_failure("reaper", r);
             logs_retention_tick(app);
         }
         sleep_ms(gw, flush_ms);
@@ -612,11 +673,13 @@ static void *reaper_main(void *arg)
 
 static const struct store_stmt q_pending = STORE_STMT(
     "gw_pending",
-    "SELECT DISTINCT agent_id FROM jobs WHERE status = 'assigned' AND delivered_at IS NULL"
-    "   AND agent_id = ANY($1::uuid[])",
+    "SELECT DISTINCT agent_id FROM jobs WHERE agent_id = ANY($1::uuid[])"
+    "   AND ((status = 'assigned' AND delivered_at IS NULL)"
+    "        OR (cancel_requested AND NOT cancel_sent AND status IN ('assigned', 'running')))",
     1);
 
-/* Once a second: any waiting agent with an undelivered assignment (a lost wake-up). */
+/* Once a second: any waiting agent with an undelivered assignment or cancel (a lost
+ * wake-up: one that came while on_wake() had the waiter out of the registry to look). */
 static void *checker_main(void *arg)
 {
     struct gateway *gw = arg;
@@ -629,6 +692,8 @@ static void *checker_main(void *arg)
             buf_printf(&ids, "%s%s", i ? "," : "", gw->waiters[i]->agent_id);
         int n = gw->nwaiters;
         pthread_mutex_unlock(&gw->lock);
+        /* One line per round (debug): tests count them against the clock. */
+        log_debug("op=gateway.check waiters=%d", n);
         buf_append_str(&ids, "}");
         if (n > 0) {
             const char *p[] = {ids.data};
@@ -674,35 +739,99 @@ static void *wakeups_main(void *arg)
     return NULL;
 }
 
+/* Free gw and what it owns (its threads joined, no waiter left, no loop using it). */
+static void gateway_free(struct gateway *gw)
+{
+    for (int i = 0; i < gw->nnotes; i++)
+        json_decref(gw->notes[i].running);
+    free(gw->notes);
+    for (int i = 0; i < gw->nseen; i++)
+        free(gw->seen[i]);
+    free(gw->seen);
+    free(gw->waiters);
+    pthread_mutex_destroy(&gw->lock);
+    pthread_cond_destroy(&gw->changed);
+    pthread_cond_destroy(&gw->tick);
+    free(gw);
+}
+
+/* A condition variable whose timed waits run on CLOCK_MONOTONIC. */
+static int cond_init_mono(pthread_cond_t *c)
+{
+    pthread_condattr_t ca;
+    int r = pthread_condattr_init(&ca);
+    if (r != 0)
+        return -r;
+    r = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    if (r == 0)
+        r = pthread_cond_init(c, &ca);
+    pthread_condattr_destroy(&ca);
+    return -r;
+}
+
 int gateway_start(struct app *app, struct gateway **ret)
 {
     struct gateway *gw = calloc(1, sizeof(*gw));
     if (!gw)
         return -ENOMEM;
     gw->app = app;
-    gw->waiters = calloc(GW_MAX_WAITERS, sizeof(*gw->waiters));
+    gw->max_waiters = (int)app->cfg->gateway_max_waiters;
+    gw->waiters = calloc((size_t)gw->max_waiters, sizeof(*gw->waiters));
     if (!gw->waiters) {
         free(gw);
         return -ENOMEM;
     }
     pthread_mutex_init(&gw->lock, NULL);
-    pthread_cond_init(&gw->changed, NULL);
+    if (cond_init_mono(&gw->changed) < 0) {
+        pthread_mutex_destroy(&gw->lock);
+        free(gw->waiters);
+        free(gw);
+        return -ENOMEM;
+    }
+    if (cond_init_mono(&gw->tick) < 0) {
+        pthread_cond_destroy(&gw->changed);
+        pthread_mutex_destroy(&gw->lock);
+        free(gw->waiters);
+        free(gw);
+        return -ENOMEM;
+    }
     pthread_mutex_lock(&self_lock);
     gateway_self = gw;
     pthread_mutex_unlock(&self_lock);
+    /* Each thread started is listed, so that a failure stops and joins exactly those. */
+    struct {
+        pthread_t *t;
+        void *(*main)(void *);
+        bool want;
+    } threads[] = {
+        {&gw->t_dispatch, dispatch_main, app->cfg->dispatch_enabled},
+        {&gw->t_reaper, reaper_main, true},
+        {&gw->t_checker, checker_main, true},
+        {&gw->t_wakeups, wakeups_main, true},
+    };
+    size_t started = 0;
     int r = 0;
-    if (app->cfg->dispatch_enabled)
-        r = pthread_create(&gw->t_dispatch, NULL, dispatch_main, gw);
-    if (r == 0)
-        r = pthread_create(&gw->t_reaper, NULL, reaper_main, gw);
-    if (r == 0)
-        r = pthread_create(&gw->t_checker, NULL, checker_main, gw);
-    if (r == 0)
-        r = pthread_create(&gw->t_wakeups, NULL, wakeups_main, gw);
+    for (; started < ELEMENTSOF(threads) && r == 0; started++)
+        if (threads[started].want)
+            r = pthread_create(threads[started].t, NULL, threads[started].main, gw);
     if (r != 0) {
+        started--; /* the one that failed */
+        log_error("op=gateway.start error=\"cannot start threads: %s\"", strerror(r));
+        pthread_mutex_lock(&gw->lock);
         atomic_store(&gw->stop, true);
-        log_error("op=gateway.start error=\"cannot start threads\"");
-        return -EAGAIN; /* the process exits */
+        pthread_cond_broadcast(&gw->tick);
+        pthread_mutex_unlock(&gw->lock);
+        for (size_t i = 0; i < started; i++)
+            if (threads[i].want)
+                pthread_join(*threads[i].t, NULL);
+        /* No long-poll can have come yet (the HTTP server starts after this). */
+        pthread_mutex_lock(&self_lock);
+        gateway_self = NULL;
+        while (self_users > 0)
+            pthread_cond_wait(&self_left, &self_lock);
+        pthread_mutex_unlock(&self_lock);
+        gateway_free(gw);
+        return -r;
     }
     gw->started = true;
     *ret = gw;
@@ -734,7 +863,7 @@ void gateway_stop(struct gateway *gw)
             gw->answering++;
     }
     gw->nwaiters = 0;
-    pthread_cond_broadcast(&gw->changed);
+    pthread_cond_broadcast(&gw->tick);
     pthread_mutex_unlock(&gw->lock);
     if (gw->started) {
         if (gw->app->cfg->dispatch_enabled)
@@ -755,7 +884,7 @@ void gateway_stop(struct gateway *gw)
     int64_t deadline = clock_mono_ns() + 5000000000LL;
     while (gw->answering > 0 && (int64_t)clock_mono_ns() < deadline) {
         struct timespec ts;
-        clock_deadline(CLOCK_REALTIME, 50, &ts);
+        clock_deadline(CLOCK_MONOTONIC, 50, &ts);
         pthread_cond_timedwait(&gw->changed, &gw->lock, &ts);
     }
     bool answered = gw->answering == 0;
@@ -765,14 +894,5 @@ void gateway_stop(struct gateway *gw)
         log_error("op=gateway.stop error=\"long-polls still unanswered\"");
         return;
     }
-    for (int i = 0; i < gw->nnotes; i++)
-        json_decref(gw->notes[i].running);
-    free(gw->notes);
-    for (int i = 0; i < gw->nseen; i++)
-        free(gw->seen[i]);
-    free(gw->seen);
-    free(gw->waiters);
-    pthread_mutex_destroy(&gw->lock);
-    pthread_cond_destroy(&gw->changed);
-    free(gw);
+    gateway_free(gw);
 }

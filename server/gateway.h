@@ -47,7 +47,7 @@ void gateway_poll(struct http_req *req);
  * delivered once tx commits); again: also assignments delivered before but not yet
  * reported started (the agent lost an answer). *ret gets the answer text {"assignments": [...],
  * "lease_s": N, "cancel": [{job_id, epoch}]} when there is anything, else NULL. Returns 0 or a
- * store error. */
+ * store error, or -ENOMEM (then tx must be rolled back, not committed: the claim is in it). */
 int gateway_claim(struct app *app, struct store_tx *tx, const char *agent_id, bool assign,
                   bool again, char **ret);
 
@@ -59,7 +59,8 @@ void gateway_supersede(struct gateway *gw, const char *agent_id);
  * what was claimed (text from gateway_claim(), stolen, or NULL). With nothing claimed and
  * wait_s > 0, hold the request until there is something for this agent (an assignment,
  * when assign, or a cancel: then claim and answer) or wait_s seconds pass (then answer
- * with empty lists). */
+ * with empty lists). A node that holds gateway.max_waiters requests already answers 503
+ * unavailable with Retry-After instead: an empty 200 would bring the agent straight back. */
 void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool assign, long wait_s);
 
 /* Remember a heartbeat (for the batched write). running: JSON array of {job_id, epoch},

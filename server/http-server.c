@@ -289,12 +289,14 @@ void http_reply_error(struct http_req *req, int err, const char *what)
     case -EACCES:
         http_reply_problem(req, PROBLEM_FORBIDDEN, what, NULL);
         return;
-    case -ETIMEDOUT:
     case -ECONNRESET:
+        http_reply_header(req, "Retry-After", "1");
+        http_reply_problem(req, PROBLEM_UNAVAILABLE, HTTP_DB_UNREACHABLE, NULL);
+        return;
+    case -ETIMEDOUT:
     case -EAGAIN:
         http_reply_header(req, "Retry-After", "1");
-        http_reply_problem(req, PROBLEM_UNAVAILABLE, "the database is busy or unreachable; retry",
-                           NULL);
+        http_reply_problem(req, PROBLEM_UNAVAILABLE, "the database is busy; retry", NULL);
         return;
     default:
         log_error("op=http.error req=%s route=%s error=%d what=\"%s\"", req->id,
@@ -810,6 +812,16 @@ void http_deferred_reply_json_text(struct http_deferred *d, int status, const ch
 {
     deferred_reading(d->req.ev, true);
     http_reply_json_text(&d->req, status, body, len);
+    deferred_done(d);
+}
+
+void http_deferred_reply_problem(struct http_deferred *d, enum problem_kind kind,
+                                 const char *detail, const char *retry_after)
+{
+    deferred_reading(d->req.ev, true);
+    if (retry_after)
+        http_reply_header(&d->req, "Retry-After", retry_after);
+    http_reply_problem(&d->req, kind, detail, NULL);
     deferred_done(d);
 }
 

@@ -182,6 +182,9 @@ void http_reply_problem(struct http_req *req, enum problem_kind kind, const char
 /* The same, with extra members merged into the problem object (reference stolen). */
 void http_reply_problem_ext(struct http_req *req, enum problem_kind kind, const char *detail,
                             const char *field, json_t *ext);
+/* The 503 detail while PostgreSQL cannot be reached (-ECONNRESET from the store). */
+#define HTTP_DB_UNREACHABLE "the database is unreachable; retry"
+
 /* Map a store/-errno error to a problem reply (-ENOENT 404, -EEXIST 409, -EINVAL 422,
  * -EACCES 403, -ETIMEDOUT/-ECONNRESET/-EAGAIN 503, else 500). */
 void http_reply_error(struct http_req *req, int err, const char *what);
@@ -201,6 +204,10 @@ const struct http_principal *http_deferred_principal(const struct http_deferred 
 void http_deferred_reply_json(struct http_deferred *d, int status, json_t *body);
 void http_deferred_reply_json_text(struct http_deferred *d, int status, const char *body,
                                    size_t len);
+/* A problem reply (application/problem+json), with a Retry-After header when retry_after
+ * (seconds, as text) is not NULL. */
+void http_deferred_reply_problem(struct http_deferred *d, enum problem_kind kind,
+                                 const char *detail, const char *retry_after);
 /* Run fn(arg) on the event loop of base soon. Thread-safe. Returns 0 or -ENOMEM. */
 int http_loop_post(struct event_base *base, void (*fn)(void *arg), void *arg);
 

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,11 @@ struct store {
 
     bool is_system;       /* this pool's role is the system scope */
     struct store *system; /* owned: the system role's pool; NULL when not configured */
+    /* The database could not be reached at the last attempt: said once when it happens and
+     * once when it ends (store_mark_reachable()), never per retry. Both pools share the
+     * tenant pool's flag (reach), so an outage is one line, not one per pool. */
+    atomic_bool unreachable;
+    atomic_bool *reach;
 };
 
 struct store_tx {
@@ -91,6 +97,20 @@ static void conn_free(struct store_conn *c)
     PQfinish(c->pg);
     free(c->prepared);
     free(c);
+}
+
+/* Log the database's reachability when it changes: during an outage every round of every
+ * thread fails the same way, and one line per state change says it all. why: the failure
+ * (borrowed), NULL when reachable. */
+static void store_mark_reachable(struct store *s, const char *why)
+{
+    bool down = why != NULL;
+    if (atomic_exchange(s->reach, down) == down)
+        return;
+    if (down)
+        log_error("op=store state=unreachable error=\"database unreachable: %s\"", why);
+    else
+        log_info("op=store state=reachable msg=\"database reachable again\"");
 }
 
 /* Per-connection settings, applied after every (re)connect. */
@@ -208,6 +228,7 @@ static int pool_open(const struct store_options *opts, const char *url, bool is_
     if (!s)
         return -ENOMEM;
     s->is_system = is_system;
+    s->reach = &s->unreachable;
     s->url = strdup(url);
     s->application_name = strdup(opts->application_name ? opts->application_name : "orchd");
     if (!s->url || !s->application_name) {
@@ -259,6 +280,7 @@ int store_open(const struct store_options *opts, struct store **ret, char *err, 
             store_close(s);
             return r;
         }
+        s->system->reach = &s->unreachable;
     }
     *ret = s;
     return 0;
@@ -279,6 +301,38 @@ void store_close(struct store *store)
     free(store->url);
     free(store->application_name);
     free(store);
+}
+
+/* Give up c's slot (c closed, or never opened when c is NULL). */
+static void pool_discard(struct store *s, struct store_conn *c)
+{
+    conn_free(c);
+    pthread_mutex_lock(&s->lock);
+    s->open--;
+    pthread_cond_signal(&s->freed);
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Open c's connection again (the server closed it: restart, idle timeout, admin kill).
+ * Returns 0, or -ECONNRESET with c unusable (the caller discards it). */
+static int conn_revive(struct store *s, struct store_conn *c)
+{
+    PQreset(c->pg);
+    pthread_mutex_lock(&s->lock);
+    s->reconnects++;
+    pthread_mutex_unlock(&s->lock);
+    if (PQstatus(c->pg) != CONNECTION_OK || conn_setup(s, c) < 0) {
+        char why[256];
+        snprintf(why, sizeof(why), "%s", PQerrorMessage(c->pg));
+        size_t n = strlen(why);
+        while (n > 0 && (why[n - 1] == '\n' || why[n - 1] == ' '))
+            why[--n] = '\0';
+        log_debug("op=store.reconnect error=\"%s\"", why);
+        store_mark_reachable(s, why[0] ? why : "reconnect failed");
+        return -ECONNRESET;
+    }
+    store_mark_reachable(s, NULL);
+    return 0;
 }
 
 static int pool_acquire(struct store *s, struct store_conn **ret)
@@ -311,26 +365,17 @@ static int pool_acquire(struct store *s, struct store_conn **ret)
         char err[256] = "";
         int r = conn_open(s, &c, err, sizeof(err));
         if (r < 0) {
-            log_warn("op=store.connect error=%s", err[0] ? err : strerror(-r));
-            pthread_mutex_lock(&s->lock);
-            s->open--;
-            pthread_cond_signal(&s->freed);
-            pthread_mutex_unlock(&s->lock);
+            /* Said once per outage (store_mark_reachable()), not per attempt. */
+            log_debug("op=store.connect error=\"%s\"", err[0] ? err : strerror(-r));
+            if (r == -ECONNREFUSED)
+                store_mark_reachable(s, err[0] ? err : strerror(-r));
+            pool_discard(s, NULL);
             return r == -ECONNREFUSED ? -ECONNRESET : r;
         }
+        store_mark_reachable(s, NULL);
     } else if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
-        /* The server closed it (restart, idle timeout, admin kill): one reconnect. */
-        PQreset(c->pg);
-        pthread_mutex_lock(&s->lock);
-        s->reconnects++;
-        pthread_mutex_unlock(&s->lock);
-        if (PQstatus(c->pg) != CONNECTION_OK || conn_setup(s, c) < 0) {
-            log_warn("op=store.reconnect error=%s", PQerrorMessage(c->pg));
-            conn_free(c);
-            pthread_mutex_lock(&s->lock);
-            s->open--;
-            pthread_cond_signal(&s->freed);
-            pthread_mutex_unlock(&s->lock);
+        if (conn_revive(s, c) < 0) {
+            pool_discard(s, c);
             return -ECONNRESET;
         }
     }
@@ -399,6 +444,8 @@ static int pool_begin(struct store *s, const char *begin_sql, struct store_tx *t
         PGresult *res = PQexec(tx->conn->pg, begin_sql);
         if (PQresultStatus(res) == PGRES_TUPLES_OK) {
             PQclear(res);
+            if (atomic_load(s->reach))
+                store_mark_reachable(s, NULL); /* a pooled connection outlived the outage */
             return 0;
         }
         bool lost =

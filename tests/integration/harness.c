@@ -43,8 +43,12 @@ PGconn *th_pg_connect(const char *role, const char *db)
     char *url = th_pg_url(role, db);
     PGconn *pg = PQconnectdb(url);
     free(url);
-    if (PQstatus(pg) != CONNECTION_OK)
-        cr_assert_fail("connect as %s to %s: %s", role, db, PQerrorMessage(pg));
+    if (PQstatus(pg) != CONNECTION_OK) {
+        char why[512];
+        snprintf(why, sizeof(why), "%s", PQerrorMessage(pg));
+        PQfinish(pg);
+        cr_assert_fail("connect as %s to %s: %s", role, db, why);
+    }
     PQclear(PQexec(pg, "SET client_min_messages = warning"));
     return pg;
 }
@@ -53,16 +57,20 @@ PGresult *th_pg_ok(PGconn *pg, const char *sql)
 {
     PGresult *r = PQexec(pg, sql);
     ExecStatusType st = PQresultStatus(r);
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        PQclear(r); /* the connection is the caller's */
         cr_assert_fail("SQL failed: %s\n  %s", PQerrorMessage(pg), sql);
+    }
     return r;
 }
 
 long th_pg_long(PGconn *pg, const char *sql)
 {
     PGresult *r = th_pg_ok(pg, sql);
-    if (PQntuples(r) != 1)
+    if (PQntuples(r) != 1) {
+        PQclear(r);
         cr_assert_fail("expected one row from: %s", sql);
+    }
     long v = strtol(PQgetvalue(r, 0, 0), NULL, 10);
     PQclear(r);
     return v;
@@ -92,11 +100,16 @@ void th_db_create_migrated(char *name, size_t len)
     const char *env[] = {env_url, NULL};
     struct th_run r;
     th_run(&r, argv, env, 60000);
-    if (r.status != 0)
-        cr_assert_fail("orchd migrate failed (%d): %s", r.status, th_str(&r.err));
-    th_run_free(&r);
     free(env_url);
     free(url);
+    if (r.status != 0) {
+        char why[1024];
+        snprintf(why, sizeof(why), "%s", th_str(&r.err));
+        int st = r.status;
+        th_run_free(&r);
+        cr_assert_fail("orchd migrate failed (%d): %s", st, why);
+    }
+    th_run_free(&r);
 }
 
 void th_db_drop(const char *name)
@@ -169,6 +182,11 @@ void th_run(struct th_run *r, const char *const *argv, const char *const *env, i
         if (now >= deadline) {
             kill(pid, SIGKILL);
             waitpid(pid, NULL, 0);
+            /* Freed before asserting: a failed assertion does not come back. */
+            for (int i = 0; i < 2; i++)
+                if (fds[i].fd >= 0)
+                    close(fds[i].fd);
+            th_run_free(r);
             cr_assert_fail("%s did not finish within %d ms", argv[0], timeout_ms);
         }
         int n = poll(fds, 2, (int)((deadline - now) / 1000000u) + 1);

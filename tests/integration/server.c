@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,8 +29,15 @@ static void run_ok(const char *const *argv, const char *const *env, struct th_ru
 
 static void spawn(struct th_server *s, const char *const *env, const char *logname);
 
+/* The test's own thread: an assertion may fail only there (Criterion's abort longjmps to
+ * it, and from any other thread that corrupts the stack). */
+static pthread_t test_thread;
+static bool test_thread_known;
+
 void th_server_start(struct th_server *s, const char *const *extra_env)
 {
+    test_thread = pthread_self();
+    test_thread_known = true;
     memset(s, 0, sizeof(*s));
     th_db_create_migrated(s->db, sizeof(s->db));
     snprintf(s->dir, sizeof(s->dir), "/tmp/orch-test-XXXXXX");
@@ -86,6 +94,7 @@ static void spawn(struct th_server *s, const char *const *env, const char *logna
     const char *orchd = th_env("ORCH_TEST_ORCHD");
     char log[128];
     snprintf(log, sizeof(log), "%s/%s", s->dir, logname);
+    snprintf(s->log, sizeof(s->log), "%s", log);
     pid_t pid = fork();
     cr_assert_neq(pid, -1);
     if (pid == 0) {
@@ -205,12 +214,49 @@ void th_server_stop_peer(struct th_server *peer)
 
 void th_server_stop(struct th_server *s)
 {
+    th_resp_free_all();
     stop_process(s);
     if (s->db[0])
         th_db_drop(s->db);
     if (s->dir[0]) {
         th_rm_rf(s->dir);
     }
+}
+
+/* The responses not freed yet, each with what it owns. Some tests call th_http() from
+ * threads of their own: live_lock guards the list. */
+struct th_live {
+    json_t *json;
+    char *body, *headers, *content_type;
+    struct th_live *prev, *next;
+};
+static struct th_live *live_list;
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* live_lock held. */
+static void live_unlink(struct th_live *l)
+{
+    if (l->prev)
+        l->prev->next = l->next;
+    else
+        live_list = l->next;
+    if (l->next)
+        l->next->prev = l->prev;
+}
+
+void th_resp_free_all(void)
+{
+    pthread_mutex_lock(&live_lock);
+    while (live_list) {
+        struct th_live *l = live_list;
+        live_unlink(l);
+        json_decref(l->json);
+        free(l->body);
+        free(l->headers);
+        free(l->content_type);
+        free(l);
+    }
+    pthread_mutex_unlock(&live_lock);
 }
 
 static size_t collect(char *data, size_t size, size_t n, void *arg)
@@ -258,7 +304,6 @@ void th_http_bytes(struct th_server *s, const char *method, const char *path, co
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)len);
     }
     CURLcode rc = curl_easy_perform(c);
-    cr_assert_eq(rc, CURLE_OK, "%s %s: %s", method, path, curl_easy_strerror(rc));
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
     char *ctp = NULL;
     curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ctp);
@@ -268,14 +313,44 @@ void th_http_bytes(struct th_server *s, const char *method, const char *path, co
     r->len = rb.len;
     r->body = buf_steal(&rb);
     r->headers = buf_steal(&hb);
+    if (rc != CURLE_OK) {
+        /* Freed before asserting: a failed assertion does not come back. */
+        th_resp_free(r);
+        if (test_thread_known && !pthread_equal(pthread_self(), test_thread)) {
+            /* On a thread of the test's: status 0 and the reason as the body, for the
+             * test's thread to assert on. */
+            r->body = strdup(curl_easy_strerror(rc));
+            r->len = r->body ? strlen(r->body) : 0;
+            r->content_type = strdup("");
+            r->headers = strdup("");
+            return;
+        }
+        cr_assert_fail("%s %s: %s", method, path, curl_easy_strerror(rc));
+    }
     if (r->body && r->body[0]) {
         json_error_t e;
         r->json = json_loads(r->body, 0, &e);
     }
+    r->live = calloc(1, sizeof(*r->live));
+    cr_assert_not_null(r->live);
+    *r->live = (struct th_live){
+        .json = r->json, .body = r->body, .headers = r->headers, .content_type = r->content_type};
+    pthread_mutex_lock(&live_lock);
+    r->live->next = live_list;
+    if (live_list)
+        live_list->prev = r->live;
+    live_list = r->live;
+    pthread_mutex_unlock(&live_lock);
 }
 
 void th_resp_free(struct th_resp *r)
 {
+    if (r->live) {
+        pthread_mutex_lock(&live_lock);
+        live_unlink(r->live);
+        pthread_mutex_unlock(&live_lock);
+        free(r->live);
+    }
     json_decref(r->json);
     free(r->body);
     free(r->headers);
@@ -386,6 +461,39 @@ void th_agent_enrol(struct th_server *s, const char *admin, const char *state_di
     snprintf(agent_id, 37, "%.36s", p + 7);
     th_run_free(&run);
     free(tok);
+}
+
+int th_log_count(const struct th_server *s, const char *needle)
+{
+    FILE *f = fopen(s->log, "re");
+    if (!f)
+        return 0;
+    int n = 0;
+    char line[8192];
+    while (fgets(line, sizeof(line), f))
+        if (strstr(line, needle))
+            n++;
+    fclose(f);
+    return n;
+}
+
+char *th_agent_register(struct th_server *s, const char *admin, const char *name)
+{
+    struct th_resp r;
+    th_http(s, "POST", "/api/v1/enrollment-tokens", admin, "{\"name\":\"t\",\"max_uses\":1}", NULL,
+            &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char body[512];
+    snprintf(body, sizeof(body),
+             "{\"token\":\"%s\",\"name\":\"%s\",\"os\":\"linux\",\"arch\":\"x86_64\","
+             "\"labels\":{},\"slots\":2}",
+             th_str_of(&r, "token"), name);
+    th_resp_free(&r);
+    th_http(s, "POST", "/api/v1/agents/register", NULL, body, NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *cred = strdup(th_str_of(&r, "credential"));
+    th_resp_free(&r);
+    return cred;
 }
 
 pid_t th_agent_start(const char *state_dir)

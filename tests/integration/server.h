@@ -19,7 +19,11 @@ struct th_server {
     char base[64];           /* https://127.0.0.1:PORT */
     char env[16][512];       /* orchd's environment, kept for restarts */
     int nenv;
+    char log[128]; /* the running orchd's log file */
 };
+
+/* How many lines of the running orchd's log contain needle. */
+int th_log_count(const struct th_server *s, const char *needle);
 
 /* Kill orchd with sig (SIGKILL: a crash) and start it again on the same port and
  * database. */
@@ -40,17 +44,23 @@ struct th_resp {
     size_t len;    /* its length */
     char *headers; /* raw response headers */
     char *content_type;
+    struct th_live *live; /* the harness's record of it (see th_resp_free_all()) */
 };
 
 /* Send method path (relative to s->base) with an optional bearer token and body. The
  * content type is application/json unless ctype says otherwise. Fails the test on a
- * transport error. Free with th_resp_free(). */
+ * transport error; on a thread other than the test's (where an assertion must not fail),
+ * answers status 0 with the reason as the body instead. Free with th_resp_free(). */
 void th_http(struct th_server *s, const char *method, const char *path, const char *token,
              const char *body, const char *ctype, struct th_resp *r);
 /* The same with a body of len bytes (binary). */
 void th_http_bytes(struct th_server *s, const char *method, const char *path, const char *token,
                    const char *body, size_t len, const char *ctype, struct th_resp *r);
 void th_resp_free(struct th_resp *r);
+/* Free every response not freed yet. A failed cr_assert leaves the test by longjmp, past
+ * the th_resp_free() of whatever response its frame held: th_server_stop() (every suite's
+ * fini) calls this, so that a failure leaks nothing. */
+void th_resp_free_all(void);
 /* The value of response header name (case-insensitive), malloc'd, or NULL. */
 char *th_resp_header(const struct th_resp *r, const char *name);
 /* A string member of the response JSON, "" when absent. */
@@ -69,6 +79,9 @@ char *th_tenant_token(struct th_server *s, const char *op_token, const char *ten
  * to agent_id (37 bytes). */
 void th_agent_enrol(struct th_server *s, const char *admin, const char *state_dir, const char *name,
                     const char *label, const char *slots, char *agent_id);
+/* Register an agent through the API (a scripted agent: no process) with an enrolment
+ * token made with admin; returns its credential (malloc'd). */
+char *th_agent_register(struct th_server *s, const char *admin, const char *name);
 /* Start `orch-agent run` on state_dir, its log in state_dir/agent.log. */
 pid_t th_agent_start(const char *state_dir);
 /* Send sig and wait (bounded, 30 s; then SIGKILL) until it has exited. Accepts pid <= 0. */

@@ -2,6 +2,7 @@
  * started again, and RabbitMQ stopped and started, and every job is accounted for.
  * Runs alone (it restarts the RabbitMQ node the other tests share). */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,10 +24,10 @@ static struct {
     pid_t pid;
 } agents[NAGENTS];
 
-static void setup(void)
+static void setup_with(const char *threads)
 {
     const char *env[] = {"ORCHD_AGENT_LEASE=4s", "ORCHD_AGENT_ONLINE_WINDOW=4s",
-                         "ORCHD_AGENT_HEARTBEAT_INTERVAL=1s", NULL};
+                         "ORCHD_AGENT_HEARTBEAT_INTERVAL=1s", threads, NULL};
     th_server_start(&srv, env);
     op = th_token(&srv, srv.operator_token);
     tenant = th_tenant(&srv, op, "acme", "standard");
@@ -41,8 +42,24 @@ static void setup(void)
     }
 }
 
+static void setup(void)
+{
+    setup_with(NULL);
+}
+
+/* Eight event loops: enough requests at once to fill the database pool with connections. */
+static void setup_wide(void)
+{
+    setup_with("ORCHD_HTTP_THREADS=8");
+}
+
+static void pg_start(void);
+static bool pg_stopped; /* by the test: teardown starts it again whatever happened */
+
 static void teardown(void)
 {
+    if (pg_stopped)
+        pg_start();
     for (int i = 0; i < NAGENTS; i++) {
         th_agent_stop(agents[i].pid, SIGTERM);
         th_rm_rf(agents[i].dir);
@@ -53,7 +70,9 @@ static void teardown(void)
     th_server_stop(&srv);
 }
 
-TestSuite(restart, .init = setup, .fini = teardown, .timeout = 240);
+/* Each test names its .init: Criterion runs a suite's .init and then the test's own, so
+ * the suite has none (two servers would be started). */
+TestSuite(restart, .fini = teardown, .timeout = 240);
 
 static void submit_n(char ids[][40], int n, const char *cmd)
 {
@@ -78,7 +97,13 @@ static void all_succeed(char ids[][40], int n, int seconds)
         for (;;) {
             struct th_resp r;
             th_http(&srv, "GET", path, admin, NULL, NULL, &r);
-            cr_assert_eq(r.status, 200, "job %s is gone", ids[i]);
+            if (r.status != 200) {
+                /* Freed before asserting: a failed assertion does not come back. */
+                char why[512];
+                snprintf(why, sizeof(why), "%ld %s", r.status, r.body ? r.body : "");
+                th_resp_free(&r);
+                cr_assert_fail("job %s is gone: %s", ids[i], why);
+            }
             const char *st = th_str_of(&r, "status");
             bool ok = strcmp(st, "succeeded") == 0;
             bool bad = !strcmp(st, "dead") || !strcmp(st, "failed") || !strcmp(st, "cancelled");
@@ -109,7 +134,7 @@ static void some_running(void)
     }
 }
 
-Test(restart, orchd_killed_mid_run_loses_no_job)
+Test(restart, orchd_killed_mid_run_loses_no_job, .init = setup)
 {
     char ids[NJOBS][40];
     submit_n(ids, NJOBS, "sleep 1; echo done");
@@ -128,7 +153,7 @@ static void rabbitmqctl(const char *what)
     cr_assert_eq(system(cmd), 0, "rabbitmqctl %s failed", what);
 }
 
-Test(restart, rabbitmq_down_and_back_loses_no_job)
+Test(restart, rabbitmq_down_and_back_loses_no_job, .init = setup)
 {
     char before[4][40], during[4][40];
     submit_n(before, 4, "echo before");
@@ -156,6 +181,23 @@ static void pg_ctl(const char *what)
     cr_assert_eq(system(cmd), 0, "pg_ctl %s failed", what);
 }
 
+static void pg_stop(void)
+{
+    pg_stopped = true;
+    pg_ctl("stop -m fast");
+}
+
+/* Start it as tools/lib.sh did. */
+static void pg_start(void)
+{
+    char start[512];
+    snprintf(start, sizeof(start),
+             "start -o \"-p %s -k %s -c listen_addresses=127.0.0.1 -c max_connections=200\"",
+             th_env("ORCH_PG_PORT"), th_env("ORCH_PG_HOST"));
+    pg_ctl(start);
+    pg_stopped = false;
+}
+
 /* GET /readyz until it answers want (bounded). */
 static void wait_ready(long want, int seconds)
 {
@@ -172,28 +214,139 @@ static void wait_ready(long want, int seconds)
     }
 }
 
-Test(restart, postgresql_down_and_back_loses_no_job)
+Test(restart, postgresql_down_and_back_loses_no_job, .init = setup)
 {
     char ids[NJOBS][40];
     submit_n(ids, NJOBS, "sleep 1; echo done");
     some_running();
     /* The database goes away under running jobs: the server says it is not ready, the
      * agents keep their reports in the spool and retry. */
-    pg_ctl("stop -m fast");
+    pg_stop();
     wait_ready(503, 30);
     struct th_resp r;
     th_http(&srv, "GET", "/api/v1/jobs?limit=1", admin, NULL, NULL, &r);
     cr_assert_eq(r.status, 503, "%s", r.body);
     cr_assert_str_eq(th_str_of(&r, "type"), "urn:orch:problem:unavailable");
     th_resp_free(&r);
-    char start[512];
-    snprintf(start, sizeof(start),
-             "start -o \"-p %s -k %s -c listen_addresses=127.0.0.1 -c max_connections=200\"",
-             th_env("ORCH_PG_PORT"), th_env("ORCH_PG_HOST"));
-    pg_ctl(start); /* as tools/lib.sh started it */
+    pg_start();
     wait_ready(200, 60);
     all_succeed(ids, NJOBS, 150);
     char after[4][40];
     submit_n(after, 4, "echo after");
     all_succeed(after, 4, 120);
+}
+
+/* GETs of the tenant list as the operator (not rate-limited, unlike a tenant's calls)
+ * from a thread of its own; the statuses are checked by the test's thread (an assertion
+ * must not fail on another). */
+struct burst {
+    const char *token;
+    int n;
+    long status[8];
+};
+
+static void *burst_main(void *arg)
+{
+    struct burst *b = arg;
+    for (int i = 0; i < b->n; i++) {
+        struct th_resp r;
+        th_http(&srv, "GET", "/api/v1/tenants", b->token, NULL, NULL, &r);
+        b->status[i] = r.status;
+        th_resp_free(&r);
+    }
+    return NULL;
+}
+
+/* 16 threads x n requests; returns how many did not answer 200. */
+static int burst(int n)
+{
+    struct burst b[16];
+    pthread_t t[16];
+    for (int i = 0; i < 16; i++) {
+        b[i] = (struct burst){.token = op, .n = n};
+        cr_assert_eq(pthread_create(&t[i], NULL, burst_main, &b[i]), 0);
+    }
+    int bad = 0;
+    for (int i = 0; i < 16; i++) {
+        pthread_join(t[i], NULL);
+        for (int k = 0; k < n; k++) {
+            if (b[i].status[k] != 200)
+                cr_log_warn("a request answered %ld", b[i].status[k]);
+            bad += b[i].status[k] != 200;
+        }
+    }
+    return bad;
+}
+
+/* Once /readyz says ready, every request succeeds: the pooled connections the database
+ * closed while they sat idle are not handed to the requests that come right after. */
+Test(restart, every_request_succeeds_once_readyz_says_ready_after_postgresql_returns,
+     .init = setup_wide)
+{
+    cr_assert_eq(burst(4), 0, "requests failed before anything happened");
+    /* What a restart does to them, without the outage (during which the background
+     * threads would find some of them dead first): every backend of orchd's ends. */
+    PGconn *pg = th_pg_connect("postgres", "postgres");
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+             " WHERE datname = '%s' AND usename = 'orch_app'",
+             srv.db);
+    long ended = th_pg_long(pg, sql);
+    PQfinish(pg);
+    cr_assert_gt(ended, 0);
+    wait_ready(200, 60);
+    int bad = burst(4);
+    cr_assert_eq(bad, 0, "%d of 64 requests failed right after /readyz said ready", bad);
+    /* And a real restart. */
+    pg_stop();
+    pg_start();
+    wait_ready(200, 60);
+    bad = burst(4);
+    cr_assert_eq(bad, 0, "%d of 64 requests failed right after /readyz said ready", bad);
+}
+
+/* During an outage the log says once that the database is unreachable (not once per
+ * retry), and agents and API clients are told so; once it is back, the log says so once. */
+Test(restart, a_postgresql_outage_is_said_once_and_told_as_it_is, .init = setup)
+{
+    static char *cred; /* static: still reachable, not leaked, if an assertion ends the test */
+    cred = th_agent_register(&srv, admin, "scripted");
+    pg_stop();
+    wait_ready(503, 30);
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/agent/sync", cred, "{\"wait\":0}", NULL, &r);
+    long st = r.status;
+    char detail[256], type[64];
+    snprintf(detail, sizeof(detail), "%s", th_str_of(&r, "detail"));
+    snprintf(type, sizeof(type), "%s", th_str_of(&r, "type"));
+    th_resp_free(&r);
+    cr_assert_eq(st, 503);
+    cr_assert_str_eq(type, "urn:orch:problem:unavailable");
+    cr_assert(strstr(detail, "database is unreachable"), "agent told: %s", detail);
+    th_http(&srv, "GET", "/api/v1/jobs?limit=1", admin, NULL, NULL, &r);
+    st = r.status;
+    snprintf(detail, sizeof(detail), "%s", th_str_of(&r, "detail"));
+    th_resp_free(&r);
+    cr_assert_eq(st, 503);
+    cr_assert(strstr(detail, "database is unreachable"), "client told: %s", detail);
+    /* Retries, from the requests here and from the dispatcher (every 250 ms) meanwhile:
+     * at least 2 s of them. */
+    uint64_t until = clock_mono_ns() + 2000000000ull;
+    while (clock_mono_ns() < until) {
+        wait_ready(503, 30);
+        usleep(100000); /* pacing the retries, not waiting for anything */
+    }
+    int down = th_log_count(&srv, "op=store state=unreachable");
+    int dispatch = th_log_count(&srv, "op=dispatch error=");
+    int connect = th_log_count(&srv, "op=store.connect");
+    pg_start();
+    wait_ready(200, 60);
+    free(cred);
+    cr_assert_eq(down, 1, "%d 'database unreachable' lines, want 1", down);
+    cr_assert_eq(dispatch, 0, "the dispatcher logged each failed round (%d lines)", dispatch);
+    cr_assert_eq(connect, 0, "each failed connection was logged (%d lines)", connect);
+    int up = th_log_count(&srv, "database reachable again");
+    cr_assert_eq(up, 1, "%d 'database reachable again' lines, want 1", up);
+    cr_assert_eq(th_log_count(&srv, "op=store state=unreachable"), 1);
 }
