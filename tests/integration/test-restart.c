@@ -143,58 +143,32 @@ Test(restart, orchd_killed_mid_run_loses_no_job, .init = setup)
     all_succeed(ids, NJOBS, 150);
 }
 
-static void rabbitmqctl(const char *what)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof(cmd),
-             "runuser -u rabbitmq -- sh -c \". '%s/rabbitmq/env.sh'; "
-             "/usr/lib/rabbitmq/bin/rabbitmqctl -q %s\" >/dev/null 2>&1",
-             th_env("ORCH_STATE"), what);
-    cr_assert_eq(system(cmd), 0, "rabbitmqctl %s failed", what);
-}
-
 Test(restart, rabbitmq_down_and_back_loses_no_job, .init = setup)
 {
     char before[4][40], during[4][40];
     submit_n(before, 4, "echo before");
-    rabbitmqctl("stop_app");
+    th_rabbitmqctl("stop_app");
     /* While RabbitMQ is down jobs are still accepted (PostgreSQL decides), and run: the
      * dispatcher's rounds and the gateway's checks do not need the bus. */
     submit_n(during, 4, "echo during");
     all_succeed(during, 4, 120);
-    rabbitmqctl("start_app");
-    rabbitmqctl("await_startup");
+    th_rabbitmqctl("start_app");
+    th_rabbitmqctl("await_startup");
     all_succeed(before, 4, 120);
     char after[4][40];
     submit_n(after, 4, "echo after");
     all_succeed(after, 4, 120);
 }
 
-static void pg_ctl(const char *what)
-{
-    char cmd[1024];
-    const char *state = th_env("ORCH_STATE");
-    snprintf(cmd, sizeof(cmd),
-             "runuser -u postgres -- \"$(cat '%s/pg.bindir')/pg_ctl\" -D '%s/pg' -l "
-             "'%s/postgres.log' -w -t 60 %s >/dev/null 2>&1",
-             state, state, state, what);
-    cr_assert_eq(system(cmd), 0, "pg_ctl %s failed", what);
-}
-
 static void pg_stop(void)
 {
     pg_stopped = true;
-    pg_ctl("stop -m fast");
+    th_pg_stop();
 }
 
-/* Start it as tools/lib.sh did. */
 static void pg_start(void)
 {
-    char start[512];
-    snprintf(start, sizeof(start),
-             "start -o \"-p %s -k %s -c listen_addresses=127.0.0.1 -c max_connections=200\"",
-             th_env("ORCH_PG_PORT"), th_env("ORCH_PG_HOST"));
-    pg_ctl(start);
+    th_pg_start();
     pg_stopped = false;
 }
 
