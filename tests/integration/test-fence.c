@@ -20,12 +20,15 @@
 #include "tests/integration/proxy.h"
 #include "tests/integration/server.h"
 
-#define LEASE_S 4
-#define TICKS   80 /* of 100 ms: the job runs 8 s, longer than the time to fence it */
+/* Long enough for a loaded machine (sanitizers, parallel builds) to renew it in time: the
+ * agent's window is LEASE_S - 2 s, with a heartbeat a second. */
+#define LEASE_S 6
+#define TICKS   100 /* of 100 ms: the job runs 10 s, longer than the time to fence it */
 
 static struct th_server srv;
 static char *op, *tenant, *admin;
 static struct th_proxy px;
+static PGconn *pg; /* the test's, closed by the teardown (also after a failed assertion) */
 static char rec_dir[64];
 static struct {
     char dir[64];
@@ -63,6 +66,9 @@ static void setup(void)
 
 static void teardown(void)
 {
+    if (pg)
+        PQfinish(pg);
+    pg = NULL;
     if (px.port)
         th_proxy_heal(&px);
     for (int i = 0; i < 2; i++) {
@@ -87,11 +93,11 @@ static void teardown(void)
 
 TestSuite(fence, .init = setup, .fini = teardown, .timeout = 180);
 
-static long db_long(PGconn *pg, const char *sql, const char *id)
+static long db_long(PGconn *c, const char *sql, const char *id)
 {
     const char *p[] = {id};
-    PGresult *r = PQexecParams(pg, sql, 1, NULL, p, NULL, NULL, 0);
-    cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQerrorMessage(pg));
+    PGresult *r = PQexecParams(c, sql, 1, NULL, p, NULL, NULL, 0);
+    cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQerrorMessage(c));
     long v =
         PQntuples(r) == 1 && !PQgetisnull(r, 0, 0) ? strtol(PQgetvalue(r, 0, 0), NULL, 10) : -1;
     PQclear(r);
@@ -144,7 +150,7 @@ Test(fence, a_cut_off_agent_kills_its_job_before_the_server_runs_it_elsewhere)
     th_resp_free(&r);
 
     /* Running on agent 0 (its process seen), and its `started` accepted. */
-    PGconn *pg = th_pg_connect("postgres", srv.db);
+    pg = th_pg_connect("postgres", srv.db);
     uint64_t deadline = clock_mono_ns() + 60ull * 1000000000ull;
     while (th_job_procs(id, 1, NULL, 0) == 0 ||
            db_long(pg, "SELECT count(*) FROM jobs WHERE id = $1 AND status = 'running'", id) != 1) {
@@ -200,7 +206,20 @@ Test(fence, a_cut_off_agent_kills_its_job_before_the_server_runs_it_elsewhere)
         cr_assert(clock_mono_ns() < deadline, "the job did not end (status %s)", st);
         usleep(50000); /* polling the condition, bounded */
     }
-    cr_assert_str_eq(st, "succeeded");
+    /* The attempts, for the failure messages below. */
+    char attempts[1024] = "";
+    const char *pa[] = {id};
+    PGresult *ar = PQexecParams(pg,
+                                "SELECT string_agg(a.epoch || ':' || g.name || ':' || a.status ||"
+                                "                  ':' || coalesce(a.error, ''), '; '"
+                                "                  ORDER BY a.epoch)"
+                                "  FROM job_attempts a JOIN agents g ON g.id = a.agent_id"
+                                " WHERE a.job_id = $1",
+                                1, NULL, pa, NULL, NULL, 0);
+    if (PQresultStatus(ar) == PGRES_TUPLES_OK && PQntuples(ar) == 1)
+        snprintf(attempts, sizeof(attempts), "%s", PQgetvalue(ar, 0, 0));
+    PQclear(ar);
+    cr_assert_str_eq(st, "succeeded", "attempts: %s", attempts);
     /* Epoch 2 ran on agent 1 and succeeded; epoch 1 was lost (the server's reaper), and the
      * cut-off agent's late report of it was refused, not taken. */
     cr_assert_eq(db_long(pg,
@@ -208,14 +227,14 @@ Test(fence, a_cut_off_agent_kills_its_job_before_the_server_runs_it_elsewhere)
                          " WHERE a.job_id = $1 AND a.epoch = 2 AND a.status = 'succeeded'"
                          "   AND g.name = 'fence-1'",
                          id),
-                 1);
+                 1, "attempts: %s", attempts);
     cr_assert_eq(db_long(pg,
                          "SELECT count(*) FROM job_attempts WHERE job_id = $1 AND epoch = 1"
                          "   AND status = 'lost'",
                          id),
-                 1);
-    cr_assert_eq(db_long(pg, "SELECT epoch FROM jobs WHERE id = $1", id), 2);
-    PQfinish(pg);
+                 1, "attempts: %s", attempts);
+    cr_assert_eq(db_long(pg, "SELECT epoch FROM jobs WHERE id = $1", id), 2, "attempts: %s",
+                 attempts);
 
     /* From the job's own records: run 1 ended before run 2 began. */
     int64_t first[3], last[3];
@@ -235,4 +254,82 @@ Test(fence, a_cut_off_agent_kills_its_job_before_the_server_runs_it_elsewhere)
         said = said || (strstr(line, "op=lease_lapsed") && strstr(line, id));
     fclose(f);
     cr_assert(said, "no op=lease_lapsed line for job %s in %s", id, log);
+}
+
+/* A log chunk refused as `offset-conflict` when the server's stream already covers it
+ * (here: other bytes were stored there behind the agent's back) is skipped: the agent
+ * resyncs to the stream's end and the attempt goes on to its result, instead of being
+ * dropped as if its epoch were stale. */
+Test(fence, a_log_chunk_the_server_already_covers_is_skipped_not_the_job)
+{
+    if (geteuid() != 0 || !getpwnam("orch-job"))
+        cr_skip_test("needs root and the orch-job user (tools/lib.sh orch_job_user)");
+    char go[96], cmd[512];
+    snprintf(go, sizeof(go), "%s/go", rec_dir);
+    snprintf(cmd, sizeof(cmd),
+             "echo aaaa; i=0; while [ ! -e %s ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); "
+             "done; echo bbbb",
+             go);
+    json_t *body = json_pack("{s:s, s:i, s:{s:s}}", "command", cmd, "max_attempts", 3,
+                             "requirements", "node", "f1");
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/jobs", admin, text, NULL, &r);
+    free(text);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char id[40];
+    snprintf(id, sizeof(id), "%s", th_str_of(&r, "id"));
+    th_resp_free(&r);
+
+    /* "aaaa\n" stored; then 12 other bytes after it, as if from elsewhere. */
+    pg = th_pg_connect("postgres", srv.db);
+    uint64_t deadline = clock_mono_ns() + 60ull * 1000000000ull;
+    while (db_long(pg,
+                   "SELECT end_offset FROM job_log_streams WHERE job_id = $1 AND epoch = 1"
+                   "   AND stream = 'stdout'",
+                   id) != 5) {
+        cr_assert(clock_mono_ns() < deadline, "the first line was not stored");
+        usleep(20000); /* polling the condition, bounded */
+    }
+    const char *p[] = {id};
+    PGresult *u = PQexecParams(pg,
+                               "WITH i AS (INSERT INTO job_logs (tenant_id, job_id, epoch, stream,"
+                               "                                 \"offset\", data)"
+                               "           SELECT tenant_id, id, 1, 'stdout', 5, 'XXXXXXXXXXXX'"
+                               "             FROM jobs WHERE id = $1)"
+                               " UPDATE job_log_streams SET end_offset = 17,"
+                               "        stored_bytes = stored_bytes + 12"
+                               "  WHERE job_id = $1 AND epoch = 1 AND stream = 'stdout'",
+                               1, NULL, p, NULL, NULL, 0);
+    cr_assert_eq(PQresultStatus(u), PGRES_COMMAND_OK, "%s", PQerrorMessage(pg));
+    PQclear(u);
+    FILE *g = fopen(go, "we");
+    cr_assert_not_null(g);
+    fclose(g);
+
+    deadline = clock_mono_ns() + 60ull * 1000000000ull;
+    while (db_long(pg, "SELECT count(*) FROM jobs WHERE id = $1 AND status = 'succeeded'", id) !=
+           1) {
+        cr_assert(clock_mono_ns() < deadline, "the job did not succeed");
+        usleep(50000); /* polling the condition, bounded */
+    }
+    /* On its first attempt: the agent did not give it up. */
+    cr_assert_eq(db_long(pg, "SELECT epoch FROM jobs WHERE id = $1", id), 1);
+
+    char log[128], line[1024];
+    snprintf(log, sizeof(log), "%s/agent.log", agents[1].dir);
+    FILE *f = fopen(log, "re");
+    cr_assert_not_null(f);
+    bool resync = false, dropped = false;
+    while (fgets(line, sizeof(line), f)) {
+        if (!strstr(line, id))
+            continue;
+        resync = resync || (strstr(line, "reason=offset-conflict") &&
+                            strstr(line, "next_offset=17") && strstr(line, "action=resync"));
+        dropped = dropped || strstr(line, "op=drop");
+    }
+    fclose(f);
+    cr_assert(resync, "no action=resync line for job %s in %s", id, log);
+    cr_assert(!dropped, "the agent dropped job %s", id);
 }
