@@ -482,7 +482,12 @@ static void daemon_on_tree(void *arg, const struct exec_tree *t)
     s->tree_cgroup = cg;
     s->tree = *t;
     s->tree.cgroup = NULL;
+    bool given_up = s->lapsed || s->lost;
     pthread_mutex_unlock(&s->d->lock);
+    /* Given up while it was being started, after daemon_kill_tree() looked: not a moment
+     * of it may run (the grace of a cancel is for jobs still ours). */
+    if (given_up)
+        daemon_kill_tree(s->d, s->job_id, s->epoch);
     json_t *doc = json_pack("{s:i, s:I, s:s, s:b}", "pgid", t->pgid, "start",
                             (json_int_t)t->start_ticks, "boot_id", t->boot_id, "pid_ns", t->pid_ns);
     if (doc && t->cgroup)
@@ -851,6 +856,11 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
                              .on_started = daemon_on_started,
                              .on_tree = daemon_on_tree};
     struct exec_result er;
+    if (atomic_load(&s->cancel)) {
+        /* Cancelled, lost or lapsed while its package was prepared: nothing to start. */
+        *flags |= RES_CANCELLED;
+        goto out;
+    }
     int r = exec_default_ops()->run(&spec, &sink, &s->cancel, &er);
     if (r < 0) {
         log_error("op=job-start job=%s epoch=%" PRId64 " error=%s", s->job_id, s->epoch,
