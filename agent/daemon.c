@@ -59,6 +59,11 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 #define RECOVER_KILL_MS     10000              /* bound on ending a predecessor's job tree */
 #define PACKAGE_MAX_BYTES   (64 * 1024 * 1024) /* an archive fetched (the server caps lower) */
 #define UNPACK_TIMEOUT_MS   300000
+/* Self-fencing (see daemon_fence): a job whose lease no answered exchange renewed for the
+ * lease minus this margin is killed, before the server can take it back. */
+#define FENCE_MARGIN_MIN_MS 2000
+#define FENCE_KILL_MS       2000 /* bound on ending a job's tree (SIGKILL, no grace) */
+#define FENCE_CHECK_MS      1000 /* the main thread looks at least this often */
 
 /* The bits of spool_result.flags: the protocol's result fields that are not the exit code. */
 #define RES_TIMED_OUT      0x01u
@@ -68,7 +73,8 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 #define RES_OUTPUT_LOST    0x10u
 #define RES_BAD_ASSIGNMENT 0x20u
 #define RES_PACKAGE        0x40u
-#define RES_SIGNAL_SHIFT   16 /* term signal in bits 16..23 */
+#define RES_LEASE_LAPSED   0x80u /* killed by the agent: no exchange renewed its lease */
+#define RES_SIGNAL_SHIFT   16    /* term signal in bits 16..23 */
 #define RES_SIGNAL_MASK    0xffu
 
 enum slot_state {
@@ -95,10 +101,17 @@ struct slot {
     char job_id[ID_STR_LEN];
     int64_t epoch;
     atomic_bool cancel;
-    bool lost;          /* not ours any more: drop what it spooled once it has stopped */
-    bool bad;           /* the assignment failed validation: report a failure, run nothing */
-    bool need_started;  /* `started` not yet accepted by the server */
-    bool thread_valid;  /* thread holds the worker (set once pthread_create() returned) */
+    bool lost;         /* not ours any more: drop what it spooled once it has stopped */
+    bool bad;          /* the assignment failed validation: report a failure, run nothing */
+    bool need_started; /* `started` not yet accepted by the server */
+    bool thread_valid; /* thread holds the worker (set once pthread_create() returned) */
+    /* The lease, as the agent must assume it: renewed_ms is when the agent *sent* the last
+     * exchange whose answer renewed it (CLOCK_MONOTONIC ms), never later than the server's
+     * own renewal. lapsed: the agent gave the job up (daemon_fence). */
+    int64_t renewed_ms;
+    bool lapsed;
+    struct exec_tree tree; /* where its processes are (on_tree); tree.cgroup = tree_cgroup */
+    char *tree_cgroup;
     json_t *assignment; /* owned while RUNNING */
     pthread_t thread;
     struct daemon *d;
@@ -128,6 +141,7 @@ struct daemon {
     struct transport *link; /* the link thread's, for transport_wakeup(); NULL when none */
     int net;                /* -1 unknown, 0 disconnected, 1 connected: logged on change */
     int64_t heartbeat_s;
+    int64_t lease_ms; /* the server's agent.lease (lease_s of its answers); 0 = not known yet */
     /* st.credential may change (a rotation) while the threads run: read it with the lock
      * held; cred_gen counts the changes, so each thread updates its own transport. */
     uint64_t cred_gen;
@@ -385,8 +399,47 @@ static void daemon_kick_link(struct daemon *d, bool urgent)
     pthread_mutex_unlock(&d->lock);
 }
 
+/* How long before the server's lease expiry the agent gives a job up: enough to kill its
+ * tree (FENCE_KILL_MS at worst) and for the timer and the server's renewal flush to be
+ * late, a quarter of the lease when that is more. */
+static int64_t fence_margin_ms(int64_t lease_ms)
+{
+    return lease_ms / 4 > FENCE_MARGIN_MIN_MS ? lease_ms / 4 : FENCE_MARGIN_MIN_MS;
+}
+
+/* Kill the tree of the attempt now (SIGKILL, no grace: it may already run elsewhere) and
+ * wait for it to be gone, at most FENCE_KILL_MS. The slot's worker sees its cancel flag
+ * and its main process gone, and finishes as usual. Returns what exec_tree_kill() does. */
+static int daemon_kill_tree(struct daemon *d, const char *job_id, int64_t epoch)
+{
+    struct exec_tree tree = {0};
+    char cgroup[PATH_MAX] = "";
+    pthread_mutex_lock(&d->lock);
+    struct slot *s = daemon_find(d, job_id, epoch);
+    if (s) {
+        atomic_store(&s->cancel, true);
+        tree = s->tree;
+        if (s->tree_cgroup)
+            snprintf(cgroup, sizeof(cgroup), "%s", s->tree_cgroup);
+    }
+    pthread_mutex_unlock(&d->lock);
+    tree.cgroup = cgroup[0] ? cgroup : NULL;
+    /* The attempt's tags too: a process that left the group still carries them. */
+    char tag_id[ID_STR_LEN + 16], tag_epoch[48];
+    snprintf(tag_id, sizeof(tag_id), "ORCH_JOB_ID=%s", job_id);
+    snprintf(tag_epoch, sizeof(tag_epoch), "ORCH_JOB_EPOCH=%" PRId64, epoch);
+    const char *tags[] = {tag_id, tag_epoch, NULL};
+    int r = exec_tree_kill(&tree, tags, FENCE_KILL_MS);
+    if (r == -ETIMEDOUT)
+        log_error("op=kill job=%s epoch=%" PRId64 " error=\"processes survive SIGKILL after %d "
+                  "ms\"",
+                  job_id, epoch, FENCE_KILL_MS);
+    return r;
+}
+
 /* The server does not want this attempt any more (409 stale epoch, 404, lost, or a report
- * it cannot accept): stop it if it runs and drop what it spooled. */
+ * it cannot accept): stop it at once if it runs (the server may run it elsewhere already)
+ * and drop what it spooled. */
 static void daemon_drop(struct daemon *d, const char *job_id, int64_t epoch, const char *why)
 {
     pthread_mutex_lock(&d->lock);
@@ -402,6 +455,8 @@ static void daemon_drop(struct daemon *d, const char *job_id, int64_t epoch, con
     pthread_mutex_unlock(&d->lock);
     log_info("op=drop job=%s epoch=%" PRId64 " reason=%s%s", job_id, epoch, why,
              running ? " action=stop" : "");
+    if (running)
+        daemon_kill_tree(d, job_id, epoch);
     int r = spool_discard(d->spool, job_id, epoch);
     if (r < 0 && r != -ENOENT)
         log_warn("op=spool-discard job=%s epoch=%" PRId64 " error=%s", job_id, epoch, strerror(-r));
@@ -434,6 +489,19 @@ static void daemon_on_started(void *arg, int pid)
 static void daemon_on_tree(void *arg, const struct exec_tree *t)
 {
     struct slot *s = arg;
+    /* Also in the slot, for daemon_kill_tree(). */
+    char *cg = t->cgroup ? strdup(t->cgroup) : NULL;
+    pthread_mutex_lock(&s->d->lock);
+    free(s->tree_cgroup);
+    s->tree_cgroup = cg;
+    s->tree = *t;
+    s->tree.cgroup = NULL;
+    bool given_up = s->lapsed || s->lost;
+    pthread_mutex_unlock(&s->d->lock);
+    /* Given up while it was being started, after daemon_kill_tree() looked: not a moment
+     * of it may run (the grace of a cancel is for jobs still ours). */
+    if (given_up)
+        daemon_kill_tree(s->d, s->job_id, s->epoch);
     json_t *doc = json_pack("{s:i, s:I, s:s, s:b}", "pgid", t->pgid, "start",
                             (json_int_t)t->start_ticks, "boot_id", t->boot_id, "pid_ns", t->pid_ns);
     if (doc && t->cgroup)
@@ -802,6 +870,11 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
                              .on_started = daemon_on_started,
                              .on_tree = daemon_on_tree};
     struct exec_result er;
+    if (atomic_load(&s->cancel)) {
+        /* Cancelled, lost or lapsed while its package was prepared: nothing to start. */
+        *flags |= RES_CANCELLED;
+        goto out;
+    }
     int r = exec_default_ops()->run(&spec, &sink, &s->cancel, &er);
     if (r < 0) {
         log_error("op=job-start job=%s epoch=%" PRId64 " error=%s", s->job_id, s->epoch,
@@ -839,6 +912,16 @@ static void *daemon_job_main(void *arg)
         flags |= RES_BAD_ASSIGNMENT;
     else
         daemon_job_exec(d, s, &exit_code, &flags, &result);
+    pthread_mutex_lock(&d->lock);
+    bool lapsed = s->lapsed;
+    pthread_mutex_unlock(&d->lock);
+    if (lapsed) {
+        /* Given up by daemon_fence(): whatever the job did, it reports a failure (the server
+         * runs it again), never a success nor a cancel. */
+        exit_code = -1;
+        flags = RES_LEASE_LAPSED;
+        FREE_AND_NULL(result);
+    }
 
     struct spool_result res = {.exit_code = exit_code, .flags = flags, .json = result};
     int r = spool_finish(d->spool, s->job_id, s->epoch, &res);
@@ -914,8 +997,9 @@ static bool assignment_valid(const json_t *a, char *why, size_t len)
     return true;
 }
 
-/* Take one assignment: spool it and start its worker. Called by the link thread. */
-static void daemon_take(struct daemon *d, json_t *a)
+/* Take one assignment: spool it and start its worker. Called by the link thread.
+ * sent_ms: when the exchange that carried it was sent (its lease counts from then). */
+static void daemon_take(struct daemon *d, json_t *a, int64_t sent_ms)
 {
     const char *job_id = json_string_value(json_object_get(a, "job_id"));
     json_t *je = json_object_get(a, "epoch");
@@ -951,12 +1035,16 @@ static void daemon_take(struct daemon *d, json_t *a)
         json_t *p;
         json_array_foreach(d->pending, i, p)
         {
-            seen =
-                seen || (strcasecmp(json_string_value(json_object_get(p, "job_id")), job_id) == 0 &&
-                         json_integer_value(json_object_get(p, "epoch")) == epoch);
+            const json_t *pa = json_object_get(p, "assignment");
+            seen = seen ||
+                   (strcasecmp(json_string_value(json_object_get(pa, "job_id")), job_id) == 0 &&
+                    json_integer_value(json_object_get(pa, "epoch")) == epoch);
         }
+        /* With when its exchange was sent: its lease runs meanwhile. */
         if (!seen && json_array_size(d->pending) < d->nslots)
-            queued = json_array_append(d->pending, a) == 0;
+            queued =
+                json_array_append_new(d->pending, json_pack("{s:O, s:I}", "assignment", a,
+                                                            "sent_ms", (json_int_t)sent_ms)) == 0;
         if (queued || seen)
             log_info("op=assignment job=%s epoch=%" PRId64 " action=queued reason=slot-finishing",
                      job_id, epoch);
@@ -979,6 +1067,10 @@ static void daemon_take(struct daemon *d, json_t *a)
     s->need_started = false;
     s->assignment = json_incref(a);
     s->d = d;
+    s->renewed_ms = sent_ms;
+    s->lapsed = false;
+    s->tree = (struct exec_tree){0};
+    FREE_AND_NULL(s->tree_cgroup);
     pthread_mutex_unlock(&d->lock);
 
     _cleanup_free_ char *meta = json_dumps(a, JSON_COMPACT);
@@ -1124,9 +1216,11 @@ static json_t *daemon_result_body(const struct spool_item *it)
                         : f & RES_SETUP_FAILED   ? "the agent could not set up the job"
                         : f & RES_OUTPUT_LOST    ? "the agent's spool is full: job killed"
                         : f & RES_BAD_ASSIGNMENT ? "the agent refused an invalid assignment"
-                        : f & RES_PACKAGE ? "the agent could not fetch or unpack the package "
-                                            "(see the job's stderr)"
-                                          : NULL;
+                        : f & RES_PACKAGE      ? "the agent could not fetch or unpack the package "
+                                                 "(see the job's stderr)"
+                        : f & RES_LEASE_LAPSED ? "the agent could not reach the server for "
+                                                 "longer than the lease allows: job killed"
+                                               : NULL;
     json_t *body = json_pack(
         "{s:I, s:i, s:i, s:b, s:b, s:s?}", "epoch", (json_int_t)it->epoch, "exit_code",
         it->exit_code, "signal", (int)((f >> RES_SIGNAL_SHIFT) & RES_SIGNAL_MASK), "timed_out",
@@ -1170,6 +1264,7 @@ struct link {
     bool facts_sent;         /* the host's facts went with an accepted heartbeat */
     bool holding;            /* the exchange in flight may be given up for something urgent */
     int64_t retry_after_ms;  /* the server's Retry-After on its last refusal, 0 when none */
+    int64_t sent_ms;         /* when the exchange in flight was sent (CLOCK_MONOTONIC) */
     struct sent *sent;
     size_t nsent;
 };
@@ -1276,8 +1371,12 @@ static bool link_answer(struct link *l, const struct sent *e, const json_t *ans)
         if (e->started) {
             pthread_mutex_lock(&d->lock);
             struct slot *s = daemon_find(d, job_id, epoch);
-            if (s)
+            if (s) {
                 s->need_started = false;
+                /* The server renewed its lease when it took the report, after we sent it. */
+                if (s->renewed_ms < l->sent_ms)
+                    s->renewed_ms = l->sent_ms;
+            }
             pthread_cond_broadcast(&d->wake); /* a DONE slot may be free now */
             pthread_mutex_unlock(&d->lock);
             log_info("op=report kind=started job=%s epoch=%" PRId64, job_id, epoch);
@@ -1293,12 +1392,36 @@ static bool link_answer(struct link *l, const struct sent *e, const json_t *ans)
             log_warn("op=spool-ack job=%s epoch=%" PRId64 " error=%s", job_id, epoch, strerror(-r));
         return true;
     }
-    const char *detail =
-        json_string_value(json_object_get(json_object_get(ans, "problem"), "detail"));
+    const json_t *problem = json_object_get(ans, "problem");
+    const char *detail = json_string_value(json_object_get(problem, "detail"));
     if (!detail)
         detail = "no answer for this report";
+    /* What the refusal is about: stale-epoch, offset-gap, offset-conflict, ... */
+    const char *reason = json_string_value(json_object_get(problem, "reason"));
+    json_t *next = json_object_get(problem, "next_offset");
+    if (code == 409 && !e->started && e->it.kind == SPOOL_CHUNK && reason &&
+        (!strcmp(reason, "offset-gap") || !strcmp(reason, "offset-conflict")) &&
+        json_is_integer(next) && json_integer_value(next) >= e->it.offset + (json_int_t)e->it.len) {
+        /* The server's stream already covers this chunk's bytes (a retransmission after it
+         * stored other bytes there): resync past it rather than give the job up. */
+        int r = spool_ack_chunk(d->spool, job_id, epoch, e->it.stream,
+                                e->it.offset + (int64_t)e->it.len);
+        log_warn("op=%s job=%s epoch=%" PRId64 " stream=%s offset=%" PRId64 " status=409 "
+                 "reason=%s next_offset=%" PRId64 " action=resync%s",
+                 what, job_id, epoch, stream_name(e->it.stream), e->it.offset, reason,
+                 (int64_t)json_integer_value(next),
+                 r < 0 && r != -ENOENT ? " error=spool-ack" : "");
+        return true;
+    }
     if (code == 409 || code == 404) {
-        daemon_drop(d, job_id, epoch, code == 409 ? "stale-epoch" : "unknown-job");
+        /* A log chunk the server cannot place (a gap before it, or other bytes stored inside
+         * it) cannot be sent again differently: the spool's chunk bounds are fixed. */
+        if (reason && strncmp(reason, "offset-", 7) == 0)
+            log_error("op=%s job=%s epoch=%" PRId64 " stream=%s offset=%" PRId64 " status=409 "
+                      "reason=%s next_offset=%" PRId64 " detail=%s action=drop",
+                      what, job_id, epoch, stream_name(e->it.stream), e->it.offset, reason,
+                      (int64_t)json_integer_value(next), log_quote(detail, q, sizeof(q)));
+        daemon_drop(d, job_id, epoch, code == 404 ? "unknown-job" : reason ? reason : "conflict");
         return true;
     }
     if (code == 0 || code >= 500 || code == 429 || code == 408) {
@@ -1309,8 +1432,45 @@ static bool link_answer(struct link *l, const struct sent *e, const json_t *ans)
     /* Any other refusal would refuse the same bytes forever: drop them, loudly. */
     log_error("op=%s job=%s epoch=%" PRId64 " status=%ld detail=%s action=drop", what, job_id,
               epoch, code, log_quote(detail, q, sizeof(q)));
-    daemon_drop(d, job_id, epoch, "refused");
+    daemon_drop(d, job_id, epoch, reason ? reason : "refused");
     return true;
+}
+
+/* The server's lease, from an answer that names it (lease_s). */
+static void daemon_learn_lease(struct daemon *d, const json_t *doc)
+{
+    json_t *v = json_object_get(doc, "lease_s");
+    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 86400)
+        return;
+    pthread_mutex_lock(&d->lock);
+    d->lease_ms = (int64_t)json_integer_value(v) * 1000;
+    pthread_mutex_unlock(&d->lock);
+}
+
+/* A heartbeat sent at sent_ms was answered: the server renews the lease of every attempt
+ * it listed (all those of the running slots, see daemon_heartbeat_body), from when it
+ * received it or later. */
+static void daemon_renew_all(struct daemon *d, int64_t sent_ms)
+{
+    pthread_mutex_lock(&d->lock);
+    for (size_t i = 0; i < d->nslots; i++)
+        if (d->slots[i].state == SLOT_RUNNING && d->slots[i].renewed_ms < sent_ms)
+            d->slots[i].renewed_ms = sent_ms;
+    pthread_mutex_unlock(&d->lock);
+}
+
+/* The longest the link may go between heartbeats, or hold an exchange: half of what the
+ * lease leaves after the fence's margin, so that one lost heartbeat or a held exchange
+ * never fences a job by itself. 0 while the lease is not known. */
+static int64_t daemon_lease_step_ms(struct daemon *d)
+{
+    pthread_mutex_lock(&d->lock);
+    int64_t lease = d->lease_ms;
+    pthread_mutex_unlock(&d->lock);
+    if (lease <= 0)
+        return 0;
+    int64_t step = (lease - fence_margin_ms(lease)) / 2;
+    return step > 1000 ? step : 1000;
 }
 
 /* The heartbeat's answer: interval, what to stop, and the credential's age. */
@@ -1321,6 +1481,8 @@ static void link_heartbeat_answer(struct link *l, const json_t *hb)
     if (json_is_integer(iv) && json_integer_value(iv) >= 1 &&
         json_integer_value(iv) <= HEARTBEAT_MAX_S)
         d->heartbeat_s = json_integer_value(iv);
+    daemon_learn_lease(d, hb);
+    daemon_renew_all(d, l->sent_ms);
     daemon_stop_listed(d, json_object_get(hb, "cancel"), false);
     daemon_stop_listed(d, json_object_get(hb, "lost"), true);
     json_t *exp = json_object_get(hb, "credential_expires_in_s");
@@ -1349,10 +1511,11 @@ static void link_start_pending(struct daemon *d)
         pthread_mutex_unlock(&d->lock);
         if (free_slots == 0)
             return;
-        json_t *a = json_incref(json_array_get(d->pending, 0));
+        json_t *p = json_incref(json_array_get(d->pending, 0));
         json_array_remove(d->pending, 0);
-        daemon_take(d, a);
-        json_decref(a);
+        daemon_take(d, json_object_get(p, "assignment"),
+                    (int64_t)json_integer_value(json_object_get(p, "sent_ms")));
+        json_decref(p);
     }
 }
 
@@ -1418,6 +1581,10 @@ static enum link_next link_exchange(struct link *l)
         wait_s = running ? LINK_BUSY_WAIT_S : POLL_WAIT_S;
         if (to_hb < wait_s)
             wait_s = to_hb > 1 ? to_hb : 1;
+        /* An assignment's lease counts from when the exchange that carries it was sent. */
+        int64_t step_s = daemon_lease_step_ms(d) / 1000;
+        if (step_s > 0 && wait_s > step_s)
+            wait_s = step_s;
     }
     json_object_set_new(req, "assign", json_boolean(assign));
     json_object_set_new(req, "wait", json_integer(wait_s));
@@ -1430,6 +1597,7 @@ static enum link_next link_exchange(struct link *l)
     struct transport_reply rep = {0};
     daemon_transport_sync(d, l->t, &l->gen);
     l->holding = wait_s > 0;
+    l->sent_ms = mono_ms();
     int r = transport_request_ex(l->t, "POST", "/api/v1/agent/sync", req,
                                  wait_s * 1000 + REQUEST_TIMEOUT_MS, link_abort, l, &rep);
     l->holding = false;
@@ -1454,8 +1622,10 @@ static enum link_next link_exchange(struct link *l)
             l->cache_gen_sent = cache_gen;
             l->facts_sent = true;
             link_heartbeat_answer(l, hb);
-            l->next_hb_ms = mono_ms() + d->heartbeat_s * 1000;
+            int64_t every = d->heartbeat_s * 1000, step = daemon_lease_step_ms(d);
+            l->next_hb_ms = mono_ms() + (step > 0 && step < every ? step : every);
         }
+        daemon_learn_lease(d, rep.body);
         /* Cancelled through the API since the last exchange (also in heartbeat answers). */
         daemon_stop_listed(d, json_object_get(rep.body, "cancel"), false);
         size_t i;
@@ -1463,7 +1633,7 @@ static enum link_next link_exchange(struct link *l)
         json_array_foreach(json_object_get(rep.body, "assignments"), i, a)
         {
             if (json_is_object(a))
-                daemon_take(d, a);
+                daemon_take(d, a, l->sent_ms);
         }
         if (again)
             next = LINK_BACKOFF;
@@ -1525,6 +1695,54 @@ static void *daemon_link_main(void *arg)
     transport_free(l.t);
     free(l.sent);
     return NULL;
+}
+
+/* --- self-fencing ---------------------------------------------------------------------- */
+
+/* A job whose lease no answered exchange renewed for lease - fence_margin_ms() is given
+ * up: its whole tree is killed (SIGKILL) and its attempt ends as failed with
+ * RES_LEASE_LAPSED. The server, cut off from us, takes the job back only when the lease
+ * it last renewed expires, which it counts from when it received that exchange (or later:
+ * heartbeats are written in batches): never earlier than renewed_ms + lease. So the old
+ * run is over before the server can hand the job to another agent. Called by the main
+ * thread; returns how long it may wait before the next check (ms). */
+static int64_t daemon_fence(struct daemon *d)
+{
+    int64_t next = FENCE_CHECK_MS;
+    for (;;) {
+        char job_id[ID_STR_LEN] = "";
+        int64_t epoch = 0, silent = 0, lease = 0;
+        pthread_mutex_lock(&d->lock);
+        lease = d->lease_ms;
+        int64_t now = mono_ms();
+        struct slot *hit = NULL;
+        for (size_t i = 0; i < d->nslots && lease > 0 && !hit; i++) {
+            struct slot *s = &d->slots[i];
+            if (s->state != SLOT_RUNNING || s->lapsed || s->lost)
+                continue;
+            int64_t left = s->renewed_ms + lease - fence_margin_ms(lease) - now;
+            if (left <= 0)
+                hit = s;
+            else if (left < next)
+                next = left;
+        }
+        if (hit) {
+            hit->lapsed = true;
+            atomic_store(&hit->cancel, true);
+            memcpy(job_id, hit->job_id, sizeof(job_id));
+            epoch = hit->epoch;
+            silent = now - hit->renewed_ms;
+        }
+        pthread_mutex_unlock(&d->lock);
+        if (!hit)
+            break;
+        int64_t t0 = mono_ms();
+        int r = daemon_kill_tree(d, job_id, epoch);
+        log_warn("op=lease_lapsed job=%s epoch=%" PRId64 " silent_ms=%" PRId64 " lease_ms=%" PRId64
+                 " margin_ms=%" PRId64 " action=kill found=%d kill_ms=%" PRId64,
+                 job_id, epoch, silent, lease, fence_margin_ms(lease), r, mono_ms() - t0);
+    }
+    return next > 0 ? next : 1;
 }
 
 /* --- startup and shutdown ------------------------------------------------------------ */
@@ -1602,8 +1820,10 @@ static void daemon_free(struct daemon *d)
     spool_close(d->spool);
     cache_close(d->cache);
     json_decref(d->pending);
-    for (size_t i = 0; d->slots && i < d->nslots; i++)
+    for (size_t i = 0; d->slots && i < d->nslots; i++) {
         json_decref(d->slots[i].assignment);
+        free(d->slots[i].tree_cgroup);
+    }
     free(d->slots);
     free(d->work_dir);
     if (d->cgroup_parent)
@@ -1923,9 +2143,14 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
         log_error("op=start error=\"cannot create threads\"");
         rc = EXIT_FAIL;
     } else {
-        int sig = 0;
-        while (sigwait(&set, &sig) != 0)
-            ;
+        /* The main thread waits for a signal, and fences jobs meanwhile: the link thread may
+         * be stuck in an exchange with a server that does not answer. */
+        int sig;
+        do {
+            int64_t ms = daemon_fence(d);
+            struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
+            sig = sigtimedwait(&set, NULL, &ts);
+        } while (sig < 0);
         log_info("op=stop signal=%s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     }
 

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/buf.h"
 #include "common/cleanup.h"
 #include "common/clock.h"
 #include "common/id.h"
@@ -111,6 +112,55 @@ static const struct store_stmt q_my_jobs =
                " WHERE agent_id = $1 AND status IN ('assigned', 'running')",
                1);
 
+/* Leases of listed jobs that would expire within half a lease are renewed in the
+ * heartbeat's own transaction, before the agent is answered; the others are renewed by
+ * the gateway's next batch (server/gateway.c), which lands well before they expire. So an
+ * answered heartbeat has always renewed the lease, from a moment after the agent sent it,
+ * before the reaper could take the job: the agent's self-fencing counts on it
+ * (docs/agent.md, "Leases and self-fencing"). One that the reaper took first is not ours
+ * any more, and the answer says `lost`. */
+static const struct store_stmt q_renew_due =
+    STORE_STMT("ap_renew_due",
+               "UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4::int)"
+               "  FROM unnest($2::uuid[], $3::bigint[]) AS r(job_id, epoch)"
+               " WHERE j.id = r.job_id AND j.epoch = r.epoch AND j.agent_id = $1"
+               "   AND j.status IN ('assigned', 'running')"
+               "   AND j.lease_expires_at < now() + make_interval(secs => $4::int / 2.0)",
+               4);
+
+static int renew_due(struct app *app, const struct http_principal *p, struct store_tx *tx,
+                     const json_t *running)
+{
+    struct buf jobs = BUF_INIT, epochs = BUF_INIT;
+    buf_append_str(&jobs, "{");
+    buf_append_str(&epochs, "{");
+    int n = 0;
+    size_t k;
+    json_t *e;
+    json_array_foreach(running, k, e)
+    {
+        const char *jid = json_string_value(json_object_get(e, "job_id"));
+        json_t *ep = json_object_get(e, "epoch");
+        if (!jid || !id_is_valid(jid) || !json_is_integer(ep))
+            continue;
+        buf_printf(&jobs, "%s%s", n ? "," : "", jid);
+        buf_printf(&epochs, "%s%lld", n ? "," : "", json_integer_value(ep));
+        n++;
+    }
+    buf_append_str(&jobs, "}");
+    buf_append_str(&epochs, "}");
+    int r = 0;
+    if (n > 0) {
+        char lease[24];
+        snprintf(lease, sizeof(lease), "%lld", (long long)(app->cfg->agent_lease_ms / 1000));
+        const char *pp[] = {p->subject, jobs.data, epochs.data, lease};
+        r = jobs.data && epochs.data ? store_tx_exec(tx, &q_renew_due, pp, NULL) : -ENOMEM;
+    }
+    buf_free(&jobs);
+    buf_free(&epochs);
+    return r < 0 ? r : 0;
+}
+
 /* Record a heartbeat (body checked against heartbeat_fields) in tx and build its answer.
  * Returns 0 with *ret set, or a store error. */
 static int heartbeat(struct app *app, const struct http_principal *p, struct store_tx *tx,
@@ -132,6 +182,8 @@ static int heartbeat(struct app *app, const struct http_principal *p, struct sto
         r = store_tx_exec(tx, &q_first_beat, pp, NULL);
         gateway_kick_dispatch(app->gw); /* a new agent: maybe jobs wait for it */
     }
+    if (r >= 0)
+        r = renew_due(app, p, tx, running);
     json_t *caps = json_object_get(body, "capabilities");
     if (r >= 0 && caps) {
         _cleanup_free_ char *text = json_dumps(caps, JSON_COMPACT);

@@ -75,7 +75,9 @@ static void log_store_failure(const char *op, int r)
 
 static const struct store_stmt q_deliver = STORE_STMT(
     "gw_deliver",
-    "WITH d AS (UPDATE jobs SET delivered_at = now() WHERE agent_id = $1 AND status = 'assigned'"
+    "WITH d AS (UPDATE jobs SET delivered_at = now(),"
+    "                  lease_expires_at = now() + make_interval(secs => $2::int)"
+    "           WHERE agent_id = $1 AND status = 'assigned'"
     "           AND $4::bool AND (delivered_at IS NULL OR $3::bool) RETURNING id),"
     " c AS (UPDATE jobs SET cancel_sent = true WHERE agent_id = $1 AND cancel_requested"
     "         AND NOT cancel_sent AND status IN ('assigned', 'running') RETURNING id, epoch),"
@@ -479,7 +481,9 @@ bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json
 }
 
 /* One batch: every agent heard from since the last flush is online on this node, and the
- * leases of the jobs it runs (as the server knows them) are renewed. */
+ * leases of the jobs it runs (as the server knows them) are renewed. Always from after the
+ * agent sent its heartbeat, which is what the agent's self-fencing counts on
+ * (docs/agent.md, "Leases and self-fencing"). */
 static const struct store_stmt q_flush_agents =
     STORE_STMT("gw_flush_agents",
                "UPDATE agents SET last_heartbeat_at = now(), gateway_node = $2,"
@@ -494,6 +498,29 @@ static const struct store_stmt q_renew_leases =
                " WHERE j.id = r.job_id AND j.epoch = r.epoch AND j.agent_id = r.agent_id"
                "   AND j.status IN ('assigned', 'running')",
                4);
+
+/* After a flush: free the notes, or when it failed put back those of agents not heard
+ * from since, so that the renewal is not lost (an agent that was answered counts on it). */
+static void requeue_notes(struct gateway *gw, struct note *notes, int n, bool failed)
+{
+    pthread_mutex_lock(&gw->lock);
+    for (int i = 0; i < n; i++) {
+        bool newer = !failed;
+        for (int k = 0; k < gw->nnotes && !newer; k++)
+            newer = strcmp(gw->notes[k].agent_id, notes[i].agent_id) == 0;
+        struct note *v = newer || gw->nnotes >= GW_MAX_NOTES
+                             ? NULL
+                             : realloc(gw->notes, sizeof(*v) * (size_t)(gw->nnotes + 1));
+        if (v) {
+            gw->notes = v;
+            gw->notes[gw->nnotes++] = notes[i];
+        } else {
+            json_decref(notes[i].running);
+        }
+    }
+    pthread_mutex_unlock(&gw->lock);
+    free(notes);
+}
 
 static void flush_liveness(struct gateway *gw)
 {
@@ -526,9 +553,7 @@ static void flush_liveness(struct gateway *gw)
             buf_printf(&owners, "%s%s", nj ? "," : "", notes[i].agent_id);
             nj++;
         }
-        json_decref(notes[i].running);
     }
-    free(notes);
     buf_append_str(&agents, "}");
     buf_append_str(&jobs, "}");
     buf_append_str(&epochs, "}");
@@ -549,6 +574,7 @@ static void flush_liveness(struct gateway *gw)
         store_tx_rollback(tx);
     if (r < 0)
         log_store_failure("gateway.flush", r);
+    requeue_notes(gw, notes, n, r < 0);
     buf_free(&agents);
     buf_free(&jobs);
     buf_free(&epochs);

@@ -322,3 +322,52 @@ void th_rabbitmqctl(const char *what)
              th_env("ORCH_STATE"), what);
     cr_assert_eq(system(cmd), 0, "rabbitmqctl %s failed", what);
 }
+
+/* Does the NUL-separated environment env (n bytes) hold entry `kv` whole? */
+static bool env_has(const char *env, size_t n, const char *kv)
+{
+    size_t len = strlen(kv);
+    for (size_t i = 0; i < n; i += strlen(env + i) + 1)
+        if (n - i >= len && strncmp(env + i, kv, len) == 0 && (i + len == n || !env[i + len]))
+            return true;
+    return false;
+}
+
+int th_job_procs(const char *job_id, long long epoch, const char *tag, int sig)
+{
+    char want_id[80] = "", want_epoch[48] = "";
+    if (job_id) {
+        snprintf(want_id, sizeof(want_id), "ORCH_JOB_ID=%s", job_id);
+        if (epoch >= 0)
+            snprintf(want_epoch, sizeof(want_epoch), "ORCH_JOB_EPOCH=%lld", epoch);
+    } else {
+        snprintf(want_id, sizeof(want_id), "%s", tag);
+    }
+    DIR *d = opendir("/proc");
+    if (!d)
+        return 0;
+    char env[65536];
+    int found = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        char *end = NULL;
+        long pid = strtol(de->d_name, &end, 10);
+        if (*end || pid <= 1 || pid == getpid())
+            continue;
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/%ld/environ", pid);
+        FILE *f = fopen(path, "re");
+        if (!f)
+            continue;
+        size_t n = fread(env, 1, sizeof(env) - 1, f);
+        fclose(f);
+        env[n] = '\0';
+        if (n == 0 || !env_has(env, n, want_id) || (want_epoch[0] && !env_has(env, n, want_epoch)))
+            continue;
+        found++;
+        if (sig > 0)
+            kill((pid_t)pid, sig);
+    }
+    closedir(d);
+    return found;
+}

@@ -58,6 +58,14 @@ void th_rm_rf(const char *dir);
 /* The established TCP connections process pid holds to remote port `port` (from /proc). */
 int th_tcp_conns(pid_t pid, int port);
 
+/* The live processes (zombies do not count) of a job's attempt, found by the
+ * ORCH_JOB_ID=<job_id> and ORCH_JOB_EPOCH=<epoch> entries of their initial environment
+ * (root reads every process's): whatever user they run as, and whatever pid they see in
+ * their own PID namespace. epoch < 0: any attempt of the job; job_id NULL: any process
+ * that holds `tag` ("K=V") instead. Each one found gets signal sig when sig > 0. Returns
+ * how many were found. */
+int th_job_procs(const char *job_id, long long epoch, const char *tag, int sig);
+
 /* The text of b, "" when empty (a struct buf holds NULL until something is appended). */
 static inline const char *th_str(const struct buf *b)
 {

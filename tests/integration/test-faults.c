@@ -8,8 +8,10 @@
  * with its whole output and its result (nothing lost); it never ran twice at once, judged
  * from the job's own record of when its process really started and ended (each job
  * appends `<job_id> <epoch> start|tick|end <CLOCK_REALTIME ns> <pid>` lines to a file of
- * its own in a mode-1777 directory, so it works whichever user jobs run as), not from the
- * attempt records, which do not see a process that outlived its agent; and the system is
+ * its own in a mode-1777 directory, so it works whichever user jobs run as; the pid is the
+ * one the job sees, in its own PID namespace), not from the attempt records, which do not
+ * see a process that outlived its agent; whether a run is still alive is found from the
+ * ORCH_JOB_ID and ORCH_JOB_EPOCH of the processes' environment; and the system is
  * ready again, a fresh job running on every agent, within RECOVER_S. The table of
  * results is printed, then asserted.
  *
@@ -71,7 +73,8 @@ struct row {
 static struct th_server srv;
 static char *op, *tenant, *admin;
 static char jobs_dir[64];
-static char *pg_url; /* superuser, the test's database: sees every tenant's rows */
+static char run_tag[96]; /* ORCH_FAULTS_RUN=<jobs_dir>: in every job's environment */
+static char *pg_url;     /* superuser, the test's database: sees every tenant's rows */
 static struct th_proxy px;
 static char proxy_env[64];
 static bool pg_down, rmq_down;
@@ -117,6 +120,7 @@ static void setup(void)
     cr_assert_not_null(mkdtemp(jobs_dir));
     /* Whatever user the agent runs jobs as may append its records here. */
     cr_assert_eq(chmod(jobs_dir, 01777), 0);
+    snprintf(run_tag, sizeof(run_tag), "ORCH_FAULTS_RUN=%s", jobs_dir);
     th_proxy_start(&px);
     snprintf(proxy_env, sizeof(proxy_env), "ORCH_AGENT_SERVER_PROXY=http://127.0.0.1:%d", px.port);
     for (int i = 0; i < NAGENTS; i++) {
@@ -128,23 +132,6 @@ static void setup(void)
         th_agent_enrol(&srv, admin, agents[i].dir, name, label, SLOTS, agents[i].id);
         start_agent(i);
     }
-}
-
-/* Is pid one of our jobs' processes (its command line names jobs_dir)? */
-static bool job_process_alive(int pid)
-{
-    char path[64], cmd[4096];
-    snprintf(path, sizeof(path), "/proc/%d/cmdline", pid);
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return false;
-    size_t n = fread(cmd, 1, sizeof(cmd) - 1, f);
-    fclose(f);
-    for (size_t i = 0; i < n; i++)
-        if (cmd[i] == '\0')
-            cmd[i] = ' ';
-    cmd[n] = '\0';
-    return n > 0 && strstr(cmd, jobs_dir) != NULL;
 }
 
 static void *load_main(void *arg);
@@ -177,23 +164,11 @@ static void teardown(void)
     }
     if (px.port)
         th_proxy_stop(&px);
-    /* Processes our agents left behind (an agent killed with SIGKILL): found through the
-     * pid each job recorded, and only when their command line is one of this test's. */
-    for (size_t i = 0; i < jobs.n; i++) {
-        char path[160], line[256];
-        snprintf(path, sizeof(path), "%s/%s", jobs_dir, jobs.v[i].id);
-        FILE *f = fopen(path, "re");
-        while (f && fgets(line, sizeof(line), f)) {
-            int pid = 0;
-            /* The shell leads its process group (the agent starts a job in a session of
-             * its own): the group holds its sleep too. */
-            if (sscanf(line, "%*s %*s start %*s %d", &pid) == 1 && pid > 1 &&
-                job_process_alive(pid))
-                kill(-pid, SIGKILL);
-        }
-        if (f)
-            fclose(f);
-    }
+    /* Processes our agents left behind (an agent killed with SIGKILL): found by the tag
+     * of this run in their environment (the pids jobs record are those of their own PID
+     * namespace). */
+    if (run_tag[0])
+        th_job_procs(NULL, -1, run_tag, SIGKILL);
     if (jobs_dir[0])
         th_rm_rf(jobs_dir);
     free(jobs.v);
@@ -227,8 +202,9 @@ static char *job_body(int ticks, const char *requirements, int priority, const c
              "printf '{\"job\":\"%%s\",\"ticks\":%d}' \"$ORCH_JOB_ID\" >\"$ORCH_JOB_RESULT\"; "
              "r end",
              jobs_dir, ticks, TICK_MS / 1000, TICK_MS % 1000, ticks, ticks);
-    json_t *b = json_pack("{s:s, s:i, s:i, s:s}", "command", cmd, "max_attempts", 20, "priority",
-                          priority, "idempotency_key", key);
+    json_t *b =
+        json_pack("{s:s, s:i, s:i, s:s, s:{s:s}}", "command", cmd, "max_attempts", 20, "priority",
+                  priority, "idempotency_key", key, "env", "ORCH_FAULTS_RUN", jobs_dir);
     if (b && requirements)
         json_object_set_new(b, "requirements", json_pack("{s:s}", "node", requirements));
     char *text = b ? json_dumps(b, JSON_COMPACT) : NULL;
@@ -520,7 +496,7 @@ static int read_runs(const char *id, struct run *runs, int max)
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     for (int k = 0; k < n; k++)
-        if (!runs[k].ended && job_process_alive(runs[k].pid))
+        if (!runs[k].ended && th_job_procs(id, runs[k].epoch, NULL, 0) > 0)
             runs[k].end = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
     return n;
 }
