@@ -1519,15 +1519,27 @@ static void link_start_pending(struct daemon *d)
     }
 }
 
+#define HB_SLACK_MS 500
+
 static enum link_next link_exchange(struct link *l)
 {
     struct daemon *d = l->d;
     daemon_transport_sync(d, l->t, &l->gen);
     link_fetch(d, l->t);
     link_start_pending(d);
+    /* The next heartbeat was scheduled with what was known then: before the first answer
+     * taught the lease, that is the plain interval, which may be longer than the lease
+     * leaves a running job (it would fence itself). Never wait longer than the step. */
+    int64_t step = daemon_lease_step_ms(d);
+    if (step > 0 && l->next_hb_ms > mono_ms() + step)
+        l->next_hb_ms = mono_ms() + step;
     pthread_mutex_lock(&d->lock);
     bool stop = d->sender_stop, stopping = d->stopping;
-    bool hb_due = d->hb_kick || mono_ms() >= l->next_hb_ms;
+    /* A held exchange lasts whole seconds and ends about when the heartbeat falls due: one
+     * due within HB_SLACK_MS goes now rather than a whole hold late, and a job's lease
+     * renewal with it (the fence counts on renewals at most a step apart). Heartbeats are
+     * at least a second apart, so this never sends two in a row. */
+    bool hb_due = d->hb_kick || mono_ms() + HB_SLACK_MS >= l->next_hb_ms;
     d->hb_kick = false;
     d->send_pending = false;
     d->urgent = false;
@@ -1622,7 +1634,8 @@ static enum link_next link_exchange(struct link *l)
             l->cache_gen_sent = cache_gen;
             l->facts_sent = true;
             link_heartbeat_answer(l, hb);
-            int64_t every = d->heartbeat_s * 1000, step = daemon_lease_step_ms(d);
+            int64_t every = d->heartbeat_s * 1000;
+            step = daemon_lease_step_ms(d);
             l->next_hb_ms = mono_ms() + (step > 0 && step < every ? step : every);
         }
         daemon_learn_lease(d, rep.body);
