@@ -371,17 +371,10 @@ Test(e2e, package_jobs_fetch_cache_and_verify)
     free(pkg);
 }
 
-/* Is any process with this marker in its command line still alive? */
-static bool marker_alive(const char *marker)
-{
-    char cmd[160];
-    snprintf(cmd, sizeof(cmd), "pgrep -f -- '%s' >/dev/null", marker);
-    return system(cmd) == 0;
-}
-
 Test(e2e, timeout_and_cancel_kill_the_whole_tree)
 {
-    /* A tree: the shell, a background sleeper and a foreground one, marked to find them. */
+    /* A tree: the shell, a background sleeper and a foreground one. Its processes are found
+     * by the job id in their environment (th_job_procs()), which no other run shares. */
     char *t = submit("{\"command\":\"sleep 300.11 & sleep 300.12; wait\","
                      "\"timeout_ms\":2000,\"max_attempts\":1,\"requirements\":{\"pool\":\"red\"}}");
     json_t *j = wait_final(t, 60);
@@ -389,7 +382,7 @@ Test(e2e, timeout_and_cancel_kill_the_whole_tree)
     cr_assert(strstr(json_string_value(json_object_get(j, "error")), "timeout"), "%s",
               json_string_value(json_object_get(j, "error")));
     json_decref(j);
-    cr_assert(!marker_alive("sleep 300.1[12]"), "the timed-out tree survived");
+    cr_assert_eq(th_job_procs(t, -1, NULL, 0), 0, "the timed-out tree survived");
 
     char *c = submit("{\"command\":\"sleep 300.13 & sleep 300.14; wait\","
                      "\"requirements\":{\"pool\":\"red\"}}");
@@ -402,7 +395,7 @@ Test(e2e, timeout_and_cancel_kill_the_whole_tree)
         th_http(&srv, "GET", path, admin, NULL, NULL, &r);
         bool running = strcmp(th_str_of(&r, "status"), "running") == 0;
         th_resp_free(&r);
-        if (running && marker_alive("sleep 300.1[34]"))
+        if (running && th_job_procs(c, -1, NULL, 0) >= 3) /* the shell and both sleeps */
             break;
         cr_assert(clock_mono_ns() < deadline, "the job never started");
         usleep(100000);
@@ -415,7 +408,7 @@ Test(e2e, timeout_and_cancel_kill_the_whole_tree)
     j = wait_final(c, 60);
     cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "cancelled");
     json_decref(j);
-    cr_assert(!marker_alive("sleep 300.1[34]"), "the cancelled tree survived");
+    cr_assert_eq(th_job_procs(c, -1, NULL, 0), 0, "the cancelled tree survived");
     free(t);
     free(c);
 }
