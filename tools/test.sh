@@ -81,6 +81,8 @@ for b in build build-asan; do
         say "sanitizer reports or crashed teardowns in $b"
         status=1
     fi
+    # The fault-injection suite's table (tests/integration/test-faults.c), for the record.
+    awk '/^\| fault \|/{p=1} p&&/^\|/{print; next} p{exit}' "$b/meson-logs/testlog.txt" >&2
     read -r p f < <(count_tests "$b")
     total_passed=$((total_passed + p))
     total_failed=$((total_failed + f + $(grep -cE "$bad" "$b/meson-logs/testlog.txt" || true)))
