@@ -34,6 +34,8 @@ struct waiter {
     bool assign;  /* waits for assignments too, not only cancels */
     struct event *timer;
     struct gateway *gw;
+    struct waiter *next_looking; /* in gw->looking while on_wake() has it out */
+    bool woken;                  /* woken while out: look again before waiting on */
 };
 
 struct note {
@@ -48,9 +50,10 @@ struct gateway {
     pthread_cond_t tick;     /* the threads' sleeps: broadcast only when stopping */
     struct waiter **waiters; /* agents waiting on this node; few enough for a linear scan */
     int nwaiters;
-    int nlooking;       /* waiters on_wake() took out to look for work: their slots stay theirs */
-    int max_waiters;    /* gateway.max_waiters */
-    struct note *notes; /* heartbeats since the last flush */
+    int nlooking; /* waiters on_wake() took out to look for work: their slots stay theirs */
+    struct waiter *looking; /* those waiters, so that a wake-up meanwhile is not lost */
+    int max_waiters;        /* gateway.max_waiters */
+    struct note *notes;     /* heartbeats since the last flush */
     int nnotes;
     char **seen; /* agents that heartbeated on this node since start */
     int nseen;
@@ -254,6 +257,22 @@ static void on_wake(void *arg)
     self_leave(gw);
 }
 
+/* Take w out of gw->looking (locked by the caller). */
+static void looking_remove_locked(struct gateway *gw, struct waiter *w)
+{
+    for (struct waiter **p = &gw->looking; *p; p = &(*p)->next_looking) {
+        if (*p == w) {
+            *p = w->next_looking;
+            w->next_looking = NULL;
+            return;
+        }
+    }
+}
+
+/* Bound on looking again for a waiter woken while it was out; past it the checker's next
+ * round (within a second) finds what the wake-up was for. */
+#define WAKE_RELOOKS 3
+
 static void on_wake_with(struct gateway *gw, struct wake *wk)
 {
     struct waiter *w = NULL;
@@ -265,16 +284,30 @@ static void on_wake_with(struct gateway *gw, struct wake *wk)
     if (w) {
         unregister_locked(gw, w);
         gw->nlooking++;
+        w->woken = false;
+        w->next_looking = gw->looking;
+        gw->looking = w;
     }
     pthread_mutex_unlock(&gw->lock);
     free(wk);
     if (!w)
         return;
     char *body = NULL;
-    bool found = deliver(gw->app, w->tenant_id, w->agent_id, w->assign, &body) == 0 && body;
+    bool found = false;
+    for (int looks = 0;; looks++) {
+        found = deliver(gw->app, w->tenant_id, w->agent_id, w->assign, &body) == 0 && body;
+        /* A wake-up that came while the database was asked (a cancel or an assignment
+         * committed after this look began) would be lost: look again. */
+        pthread_mutex_lock(&gw->lock);
+        bool again = !found && w->woken && looks < WAKE_RELOOKS && !atomic_load(&gw->stop);
+        w->woken = false;
+        if (!again)
+            break; /* with the lock held */
+        pthread_mutex_unlock(&gw->lock);
+    }
     /* Nothing yet: wait on (the checker or the timeout answers), unless superseded. Its
      * slot was kept (nlooking), so there is room. */
-    pthread_mutex_lock(&gw->lock);
+    looking_remove_locked(gw, w);
     gw->nlooking--;
     bool newer = found || atomic_load(&gw->stop);
     for (int i = 0; i < gw->nwaiters && !newer; i++)
@@ -331,13 +364,18 @@ void gateway_wake(struct gateway *gw, const char *agent_id)
     if (!gw)
         return;
     pthread_mutex_lock(&gw->lock);
-    for (int i = 0; i < gw->nwaiters; i++) {
+    bool posted = false;
+    for (int i = 0; i < gw->nwaiters && !posted; i++) {
         struct waiter *w = gw->waiters[i];
         if (strcmp(w->agent_id, agent_id) == 0) {
             post_wake(w);
-            break;
+            posted = true;
         }
     }
+    /* Out for a look (on_wake()): it looks again before it waits on. */
+    for (struct waiter *w = gw->looking; w && !posted; w = w->next_looking)
+        if (strcmp(w->agent_id, agent_id) == 0)
+            w->woken = true;
     pthread_mutex_unlock(&gw->lock);
 }
 
