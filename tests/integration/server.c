@@ -383,6 +383,35 @@ const char *th_str_of(const struct th_resp *r, const char *key)
     return v ? v : "";
 }
 
+json_t *th_job(struct th_server *s, const char *token, const char *id)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/api/v1/jobs/%s", id);
+    struct th_resp r;
+    th_http(s, "GET", path, token, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200, "GET %s: %ld %s", path, r.status, r.body);
+    json_t *j = json_incref(r.json);
+    th_resp_free(&r);
+    return j;
+}
+
+json_t *th_job_wait_final(struct th_server *s, const char *token, const char *id, int seconds)
+{
+    uint64_t deadline = clock_mono_ns() + (uint64_t)seconds * 1000000000ull;
+    for (;;) {
+        json_t *j = th_job(s, token, id);
+        const char *st = json_string_value(json_object_get(j, "status"));
+        if (st && (!strcmp(st, "succeeded") || !strcmp(st, "failed") || !strcmp(st, "dead") ||
+                   !strcmp(st, "cancelled")))
+            return j;
+        char now[32];
+        snprintf(now, sizeof(now), "%s", st ? st : "?");
+        json_decref(j);
+        cr_assert(clock_mono_ns() < deadline, "job %s still %s after %d s", id, now, seconds);
+        usleep(100000); /* polling the condition, bounded by the deadline */
+    }
+}
+
 char *th_token(struct th_server *s, const char *key)
 {
     char body[256];

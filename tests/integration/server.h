@@ -66,6 +66,14 @@ char *th_resp_header(const struct th_resp *r, const char *name);
 /* A string member of the response JSON, "" when absent. */
 const char *th_str_of(const struct th_resp *r, const char *key);
 
+/* GET /api/v1/jobs/{id} with token, which must answer 200: the job (caller
+ * json_decref()s). */
+json_t *th_job(struct th_server *s, const char *token, const char *id);
+/* Poll the job (every 100 ms, at most seconds) until its status is final (succeeded,
+ * failed, dead or cancelled); fails the test past the bound. Returns the job (caller
+ * json_decref()s). */
+json_t *th_job_wait_final(struct th_server *s, const char *token, const char *id, int seconds);
+
 /* Exchange a key (operator token or API key) for an access token (malloc'd). */
 char *th_token(struct th_server *s, const char *key);
 /* As operator: create a tenant of tier, return its id (malloc'd). */

@@ -111,18 +111,6 @@ static long report(const char *cred, const char *id, const char *what, const cha
     return st;
 }
 
-static json_t *job(const char *id)
-{
-    char path[128];
-    snprintf(path, sizeof(path), "/api/v1/jobs/%s", id);
-    struct th_resp r;
-    th_http(&srv, "GET", path, admin, NULL, NULL, &r);
-    cr_assert_eq(r.status, 200);
-    json_t *j = json_incref(r.json);
-    th_resp_free(&r);
-    return j;
-}
-
 static const char *status_of(json_t *j)
 {
     return json_string_value(json_object_get(j, "status"));
@@ -151,7 +139,7 @@ Test(dispatch, a_job_runs_on_the_matching_agent_and_reports_back)
     cr_assert_null(none);
 
     cr_assert_eq(report(linux_agent, id, "started", "{\"epoch\":1}"), 200);
-    json_t *j = job(id);
+    json_t *j = th_job(&srv, admin, id);
     cr_assert_str_eq(status_of(j), "running");
     json_decref(j);
     cr_assert_eq(report(linux_agent, id, "logs",
@@ -170,7 +158,7 @@ Test(dispatch, a_job_runs_on_the_matching_agent_and_reports_back)
                  200);
     cr_assert_eq(report(linux_agent, id, "result", "{\"epoch\":1,\"exit_code\":0}"), 200,
                  "a repeated result is answered like the first");
-    j = job(id);
+    j = th_job(&srv, admin, id);
     cr_assert_str_eq(status_of(j), "succeeded");
     cr_assert_eq(json_integer_value(json_object_get(j, "exit_code")), 0);
     cr_assert_eq(json_integer_value(json_object_get(json_object_get(j, "result"), "artifacts")), 3);
@@ -189,7 +177,7 @@ Test(dispatch, a_job_runs_on_the_matching_agent_and_reports_back)
     char *gpuless = submit("{\"command\":\"x\",\"requirements\":{\"os\":\"windows\"}}");
     json_t *w = poll_one(linux_agent, 1);
     cr_assert_null(w);
-    j = job(gpuless);
+    j = th_job(&srv, admin, gpuless);
     cr_assert_str_eq(status_of(j), "queued");
     json_decref(j);
     free(gpuless);
@@ -233,7 +221,7 @@ Test(dispatch, a_silent_agent_loses_its_job_to_another_and_its_late_report_is_re
 
     cr_assert_eq(report(a2, id, "started", "{\"epoch\":2}"), 200);
     cr_assert_eq(report(a2, id, "result", "{\"epoch\":2,\"exit_code\":0}"), 200);
-    json_t *j = job(id);
+    json_t *j = th_job(&srv, admin, id);
     cr_assert_str_eq(status_of(j), "succeeded");
     cr_assert_eq(json_integer_value(json_object_get(j, "attempt")), 2);
     json_decref(j);
@@ -261,7 +249,7 @@ Test(dispatch, failures_are_retried_then_dead_and_cancel_reaches_the_agent)
         snprintf(body, sizeof(body), "{\"epoch\":%d,\"exit_code\":1}", attempt);
         cr_assert_eq(report(a, id, "result", body), 200);
     }
-    json_t *j = job(id);
+    json_t *j = th_job(&srv, admin, id);
     cr_assert_str_eq(status_of(j), "dead", "two failures of a two-attempt job");
     json_decref(j);
 
@@ -286,7 +274,7 @@ Test(dispatch, failures_are_retried_then_dead_and_cancel_reaches_the_agent)
                         "{\"epoch\":1,\"exit_code\":-1,\"signal\":15,"
                         "\"cancelled\":true}"),
                  200);
-    j = job(c);
+    j = th_job(&srv, admin, c);
     cr_assert_str_eq(status_of(j), "cancelled");
     json_decref(j);
     free(c);
@@ -421,7 +409,7 @@ Test(dispatch, sync_batches_reports_and_holds_for_assignments)
     cr_assert_eq(code_at(ans, 5), 404);
     cr_assert_eq(code_at(ans, 6), 200);
     json_decref(ans);
-    json_t *j = job(id);
+    json_t *j = th_job(&srv, admin, id);
     cr_assert_str_eq(status_of(j), "succeeded");
     json_decref(j);
     char path[160];

@@ -79,29 +79,6 @@ static char *submit(const char *body)
     return id;
 }
 
-/* Poll the job (bounded) until its status is one of the final ones. */
-static json_t *wait_final(const char *id, int seconds)
-{
-    char path[128];
-    snprintf(path, sizeof(path), "/api/v1/jobs/%s", id);
-    uint64_t deadline = clock_mono_ns() + (uint64_t)seconds * 1000000000ull;
-    for (;;) {
-        struct th_resp r;
-        th_http(&srv, "GET", path, admin, NULL, NULL, &r);
-        cr_assert_eq(r.status, 200);
-        const char *st = th_str_of(&r, "status");
-        if (!strcmp(st, "succeeded") || !strcmp(st, "failed") || !strcmp(st, "dead") ||
-            !strcmp(st, "cancelled")) {
-            json_t *j = json_incref(r.json);
-            th_resp_free(&r);
-            return j;
-        }
-        th_resp_free(&r);
-        cr_assert(clock_mono_ns() < deadline, "job %s still %s after %d s", id, st, seconds);
-        usleep(100000); /* polling the condition, bounded by the deadline */
-    }
-}
-
 static char *logs(const char *id, const char *stream)
 {
     char path[160];
@@ -132,7 +109,7 @@ Test(e2e, jobs_land_on_matching_agents_and_report_output_and_results)
                          "\"requirements\":{\"pool\":\"blue\"},\"max_attempts\":1}");
     }
     for (int i = 0; i < 3; i++) {
-        json_t *j = wait_final(red[i], 60);
+        json_t *j = th_job_wait_final(&srv, admin, red[i], 60);
         cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "succeeded");
         cr_assert_eq(agent_index(json_string_value(json_object_get(j, "agent_id"))), 0,
                      "a red job ran off the red agent");
@@ -146,7 +123,7 @@ Test(e2e, jobs_land_on_matching_agents_and_report_output_and_results)
         cr_assert_str_eq(err, "err\n");
         free(err);
 
-        j = wait_final(blue[i], 60);
+        j = th_job_wait_final(&srv, admin, blue[i], 60);
         cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "dead",
                          "exit 3 on its only attempt");
         cr_assert_eq(json_integer_value(json_object_get(j, "exit_code")), 3, "%s",
@@ -171,14 +148,14 @@ Test(e2e, a_job_returns_result_json)
         "\"requirements\":{\"pool\":\"red\"}}");
     char *bad = submit("{\"command\":\"echo nope >\\\"$ORCH_JOB_RESULT\\\"\","
                        "\"requirements\":{\"pool\":\"red\"}}");
-    json_t *j = wait_final(ok, 60);
+    json_t *j = th_job_wait_final(&srv, admin, ok, 60);
     cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "succeeded", "%s",
                      json_dumps(j, 0));
     json_t *res = json_object_get(j, "result");
     cr_assert(json_is_true(json_object_get(res, "ok")), "%s", json_dumps(j, 0));
     cr_assert_eq(json_integer_value(json_object_get(res, "n")), 3);
     json_decref(j);
-    j = wait_final(bad, 60);
+    j = th_job_wait_final(&srv, admin, bad, 60);
     cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "succeeded");
     cr_assert(json_is_null(json_object_get(j, "result")), "%s", json_dumps(j, 0));
     json_decref(j);
@@ -246,7 +223,7 @@ Test(e2e, an_agent_behind_a_proxy_enrols_and_runs_jobs)
     cr_assert_geq(atomic_load(&px.tunnels), 1, "register did not go through the proxy");
     pid_t pid = th_agent_start(dir);
     char *job = submit("{\"command\":\"echo via-proxy\",\"requirements\":{\"pool\":\"green\"}}");
-    json_t *j = wait_final(job, 60);
+    json_t *j = th_job_wait_final(&srv, admin, job, 60);
     cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "succeeded");
     cr_assert_str_eq(json_string_value(json_object_get(j, "agent_id")), id);
     json_decref(j);
@@ -304,7 +281,7 @@ Test(e2e, package_jobs_fetch_cache_and_verify)
              "{\"package_id\":\"%s\",\"args\":[\"A\",\"B\"],\"requirements\":{\"pool\":\"red\"}}",
              pkg);
     char *job = submit(body);
-    json_t *j = wait_final(job, 60);
+    json_t *j = th_job_wait_final(&srv, admin, job, 60);
     cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "succeeded", "%s",
                      json_dumps(j, 0));
     json_decref(j);
@@ -319,12 +296,12 @@ Test(e2e, package_jobs_fetch_cache_and_verify)
     snprintf(body, sizeof(body), "{\"package_id\":\"%s\",\"requirements\":{\"pool\":\"blue\"}}",
              pkg);
     char *b1 = submit(body);
-    j = wait_final(b1, 60);
+    j = th_job_wait_final(&srv, admin, b1, 60);
     int first = agent_index(json_string_value(json_object_get(j, "agent_id")));
     json_decref(j);
     wait_cached(first, 1);
     char *b2 = submit(body);
-    j = wait_final(b2, 60);
+    j = th_job_wait_final(&srv, admin, b2, 60);
     cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "succeeded");
     cr_assert_eq(agent_index(json_string_value(json_object_get(j, "agent_id"))), first,
                  "the second run did not go to the agent caching the package");
@@ -358,7 +335,7 @@ Test(e2e, package_jobs_fetch_cache_and_verify)
     snprintf(body, sizeof(body),
              "{\"package_id\":\"%s\",\"max_attempts\":1,\"requirements\":{\"pool\":\"red\"}}", bad);
     job = submit(body);
-    j = wait_final(job, 60);
+    j = th_job_wait_final(&srv, admin, job, 60);
     cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "dead");
     cr_assert(strstr(json_string_value(json_object_get(j, "error")), "package"), "%s",
               json_dumps(j, 0));
@@ -377,7 +354,7 @@ Test(e2e, timeout_and_cancel_kill_the_whole_tree)
      * by the job id in their environment (th_job_procs()), which no other run shares. */
     char *t = submit("{\"command\":\"sleep 300.11 & sleep 300.12; wait\","
                      "\"timeout_ms\":2000,\"max_attempts\":1,\"requirements\":{\"pool\":\"red\"}}");
-    json_t *j = wait_final(t, 60);
+    json_t *j = th_job_wait_final(&srv, admin, t, 60);
     cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "dead");
     cr_assert(strstr(json_string_value(json_object_get(j, "error")), "timeout"), "%s",
               json_string_value(json_object_get(j, "error")));
@@ -405,7 +382,7 @@ Test(e2e, timeout_and_cancel_kill_the_whole_tree)
     th_http(&srv, "POST", path, admin, NULL, NULL, &r);
     cr_assert_eq(r.status, 202);
     th_resp_free(&r);
-    j = wait_final(c, 60);
+    j = th_job_wait_final(&srv, admin, c, 60);
     cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "cancelled");
     json_decref(j);
     cr_assert_eq(th_job_procs(c, -1, NULL, 0), 0, "the cancelled tree survived");
@@ -433,7 +410,7 @@ Test(e2e, an_agent_killed_mid_job_loses_it_to_another)
             usleep(50000);
     }
     stop_agent(first, SIGKILL);
-    json_t *j = wait_final(id, 90);
+    json_t *j = th_job_wait_final(&srv, admin, id, 90);
     cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "succeeded");
     int second = agent_index(json_string_value(json_object_get(j, "agent_id")));
     cr_assert(second != first && second >= 1, "finished on agent %d after %d died", second, first);

@@ -82,39 +82,6 @@ static char *submit(const char *command, const char *const *args, int max_attemp
     return id;
 }
 
-static json_t *job_get(const char *id)
-{
-    char path[128];
-    snprintf(path, sizeof(path), "/api/v1/jobs/%s", id);
-    struct th_resp r;
-    th_http(&srv, "GET", path, admin, NULL, NULL, &r);
-    cr_assert_eq(r.status, 200);
-    json_t *j = json_incref(r.json);
-    th_resp_free(&r);
-    return j;
-}
-
-static bool final(const char *st)
-{
-    return !strcmp(st, "succeeded") || !strcmp(st, "failed") || !strcmp(st, "dead") ||
-           !strcmp(st, "cancelled");
-}
-
-/* Poll (bounded) until the job is final. */
-static json_t *wait_final(const char *id, int seconds)
-{
-    uint64_t deadline = clock_mono_ns() + (uint64_t)seconds * 1000000000ull;
-    for (;;) {
-        json_t *j = job_get(id);
-        const char *st = json_string_value(json_object_get(j, "status"));
-        if (final(st))
-            return j;
-        cr_assert(clock_mono_ns() < deadline, "job %s still %s after %d s", id, st, seconds);
-        json_decref(j);
-        usleep(100000); /* polling the condition, bounded by the deadline */
-    }
-}
-
 static char *logs(const char *id)
 {
     char path[160];
@@ -131,7 +98,7 @@ static char *logs(const char *id)
 static char *run_ok(const char *command, const char *const *args)
 {
     char *id = submit(command, args, 1);
-    json_t *j = wait_final(id, 60);
+    json_t *j = th_job_wait_final(&srv, admin, id, 60);
     char *out = logs(id);
     cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "succeeded", "%s", out);
     json_decref(j);
@@ -294,7 +261,7 @@ Test(isolation, a_job_inherits_no_descriptor_but_stdio)
     th_http(&srv, "POST", path, admin, NULL, NULL, &r);
     cr_assert_eq(r.status, 202);
     th_resp_free(&r);
-    json_decref(wait_final(id, 60));
+    json_decref(th_job_wait_final(&srv, admin, id, 60));
     free(id);
 }
 
@@ -328,7 +295,7 @@ Test(isolation, a_job_cannot_see_or_reach_another_jobs_processes_or_workdir)
     cr_assert(strstr(out, "pkill=1\n"), "%s", out);
     cr_assert(strstr(out, "workdir=hidden\n"), "%s", out);
     cr_assert(marker_alive("sleep 99.51"), "the other job's process was reached");
-    json_t *j = job_get(a);
+    json_t *j = th_job(&srv, admin, a);
     cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "running");
     json_decref(j);
     char path[160];
@@ -337,7 +304,7 @@ Test(isolation, a_job_cannot_see_or_reach_another_jobs_processes_or_workdir)
     th_http(&srv, "POST", path, admin, NULL, NULL, &r);
     cr_assert_eq(r.status, 202);
     th_resp_free(&r);
-    json_decref(wait_final(a, 60));
+    json_decref(th_job_wait_final(&srv, admin, a, 60));
     free(out);
     free(pwd);
     free(a);
@@ -396,7 +363,7 @@ Test(isolation, a_restarted_agent_ends_its_predecessors_job_before_it_runs_again
     }
     th_agent_stop(agent, SIGKILL);
     agent = th_agent_start(dir);
-    json_t *j = wait_final(id, 90);
+    json_t *j = th_job_wait_final(&srv, admin, id, 90);
     char *text = read_file(log);
     cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "succeeded", "%s", text);
     cr_assert_eq(json_integer_value(json_object_get(j, "epoch")), 2, "%s", text);
