@@ -383,6 +383,20 @@ const char *th_str_of(const struct th_resp *r, const char *key)
     return v ? v : "";
 }
 
+char *th_job_submit(struct th_server *s, const char *token, json_t *body)
+{
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    cr_assert_not_null(text);
+    struct th_resp r;
+    th_http(s, "POST", "/api/v1/jobs", token, text, NULL, &r);
+    free(text);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *id = strdup(th_str_of(&r, "id"));
+    th_resp_free(&r);
+    return id;
+}
+
 json_t *th_job(struct th_server *s, const char *token, const char *id)
 {
     char path[128];
@@ -527,22 +541,7 @@ char *th_agent_register(struct th_server *s, const char *admin, const char *name
 
 pid_t th_agent_start(const char *state_dir)
 {
-    char env[128], log[128];
-    snprintf(env, sizeof(env), "ORCH_AGENT_STATE_DIR=%.100s", state_dir);
-    snprintf(log, sizeof(log), "%.100s/agent.log", state_dir);
-    pid_t pid = fork();
-    cr_assert_neq(pid, -1);
-    if (pid == 0) {
-        FILE *f = freopen(log, "a", stderr);
-        (void)f;
-        putenv(env);
-        putenv("ORCH_AGENT_LOG_LEVEL=debug");
-        /* As in production: a root agent runs jobs as the unprivileged job user. */
-        putenv("ORCH_AGENT_EXEC_USER=orch-job");
-        execl(th_env("ORCH_TEST_AGENT"), "orch-agent", "run", (char *)NULL);
-        _exit(127);
-    }
-    return pid;
+    return th_agent_start_env(state_dir, NULL);
 }
 
 void th_agent_stop(pid_t pid, int sig)
@@ -615,6 +614,8 @@ pid_t th_agent_start_env(const char *state_dir, const char *const *extra_env)
         (void)f;
         putenv(env);
         putenv("ORCH_AGENT_LOG_LEVEL=debug");
+        /* As in production: a root agent runs jobs as the unprivileged job user. */
+        putenv("ORCH_AGENT_EXEC_USER=orch-job");
         for (size_t i = 0; extra_env && extra_env[i]; i++)
             putenv((char *)extra_env[i]);
         execl(th_env("ORCH_TEST_AGENT"), "orch-agent", "run", (char *)NULL);

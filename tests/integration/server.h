@@ -66,6 +66,9 @@ char *th_resp_header(const struct th_resp *r, const char *name);
 /* A string member of the response JSON, "" when absent. */
 const char *th_str_of(const struct th_resp *r, const char *key);
 
+/* POST /api/v1/jobs with body (taken: json_decref()ed here), which must answer 201; the
+ * new job's id (malloc'd). */
+char *th_job_submit(struct th_server *s, const char *token, json_t *body);
 /* GET /api/v1/jobs/{id} with token, which must answer 200: the job (caller
  * json_decref()s). */
 json_t *th_job(struct th_server *s, const char *token, const char *id);

@@ -139,15 +139,10 @@ Test(fence, a_cut_off_agent_kills_its_job_before_the_server_runs_it_elsewhere)
              rec_dir, TICKS);
     json_t *body = json_pack("{s:s, s:i, s:{s:s}, s:{s:s}}", "command", cmd, "max_attempts", 3,
                              "requirements", "node", "f0", "env", "ORCH_FENCE_RUN", rec_dir);
-    char *text = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    struct th_resp r;
-    th_http(&srv, "POST", "/api/v1/jobs", admin, text, NULL, &r);
-    free(text);
-    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *new_id = th_job_submit(&srv, admin, body);
     char id[40];
-    snprintf(id, sizeof(id), "%s", th_str_of(&r, "id"));
-    th_resp_free(&r);
+    snprintf(id, sizeof(id), "%s", new_id);
+    free(new_id);
 
     /* Running on agent 0 (its process seen), and its `started` accepted. */
     pg = th_pg_connect("postgres", srv.db);
@@ -272,15 +267,10 @@ Test(fence, a_log_chunk_the_server_already_covers_is_skipped_not_the_job)
              go);
     json_t *body = json_pack("{s:s, s:i, s:{s:s}}", "command", cmd, "max_attempts", 3,
                              "requirements", "node", "f1");
-    char *text = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    struct th_resp r;
-    th_http(&srv, "POST", "/api/v1/jobs", admin, text, NULL, &r);
-    free(text);
-    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *new_id = th_job_submit(&srv, admin, body);
     char id[40];
-    snprintf(id, sizeof(id), "%s", th_str_of(&r, "id"));
-    th_resp_free(&r);
+    snprintf(id, sizeof(id), "%s", new_id);
+    free(new_id);
 
     /* "aaaa\n" stored; then 12 other bytes after it, as if from elsewhere. */
     pg = th_pg_connect("postgres", srv.db);

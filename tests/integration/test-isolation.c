@@ -71,15 +71,7 @@ static char *submit(const char *command, const char *const *args, int max_attemp
         json_array_append_new(a, json_string(args[i]));
     json_t *body = json_pack("{s:s, s:o, s:i, s:{s:s}}", "command", command, "args", a,
                              "max_attempts", max_attempts, "env", "FOO", "bar");
-    char *text = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    struct th_resp r;
-    th_http(&srv, "POST", "/api/v1/jobs", admin, text, NULL, &r);
-    free(text);
-    cr_assert_eq(r.status, 201, "%s", r.body);
-    char *id = strdup(th_str_of(&r, "id"));
-    th_resp_free(&r);
-    return id;
+    return th_job_submit(&srv, admin, body);
 }
 
 static char *logs(const char *id)
