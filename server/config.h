@@ -24,6 +24,10 @@ struct orchd_config {
     int64_t agent_online_ms;        /* agent.online_window */
     bool dispatch_enabled;          /* dispatch.enabled */
     int64_t dispatch_tick_ms;       /* dispatch.tick */
+    int64_t dispatch_aging_ms;      /* dispatch.aging: one priority step per this much waited */
+    int64_t dispatch_batch;         /* dispatch.batch: proposals per assign_batch() */
+    int64_t dispatch_refresh_ms;    /* dispatch.refresh: agents, tenants, queues reread */
+    int64_t dispatch_resync_ms;     /* dispatch.resync: the whole index rebuilt */
     int64_t gateway_max_waiters;    /* gateway.max_waiters */
     char *node_name;                /* node.name: this node in logs and the audit trail */
 
