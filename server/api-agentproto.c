@@ -172,7 +172,8 @@ static int heartbeat(struct app *app, const struct http_principal *p, struct sto
         running = none;
 
     int r = 0;
-    if (!app->gw || gateway_note_heartbeat(app->gw, p->subject, running)) {
+    if (!app->gw ||
+        gateway_note_heartbeat(app->gw, p->subject, running, json_object_get(body, "load"))) {
         /* First heartbeat on this node: write it now so the dispatcher sees the agent. */
         char slots[24] = "";
         if (json_object_get(body, "slots"))

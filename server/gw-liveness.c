@@ -12,8 +12,17 @@
 #include "server/config.h"
 #include "server/gateway-internal.h"
 
-bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json_t *running)
+/* A byte count of a load object, or -1 when absent or not a count. */
+static long long load_bytes(const json_t *load, const char *key)
 {
+    json_t *v = json_object_get(load, key);
+    return json_is_integer(v) && json_integer_value(v) >= 0 ? (long long)json_integer_value(v) : -1;
+}
+
+bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json_t *running,
+                            const json_t *load)
+{
+    json_t *cpu = json_object_get(load, "cpu_percent");
     bool first = true;
     pthread_mutex_lock(&gw->lock);
     for (int i = 0; i < gw->nseen; i++)
@@ -45,6 +54,12 @@ bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json
     if (slot) {
         json_decref(slot->running);
         slot->running = json_deep_copy(running);
+        slot->memory_free = load_bytes(load, "memory_available_bytes");
+        slot->disk_free = load_bytes(load, "disk_free_bytes");
+        slot->cpu_percent =
+            json_is_number(cpu) && json_number_value(cpu) >= 0 && json_number_value(cpu) <= 100
+                ? json_number_value(cpu)
+                : -1;
     }
     pthread_mutex_unlock(&gw->lock);
     return first;
@@ -56,10 +71,15 @@ bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json
  * (docs/agent.md, "Leases and self-fencing"). */
 static const struct store_stmt q_flush_agents =
     STORE_STMT("gw_flush_agents",
-               "UPDATE agents SET last_heartbeat_at = now(), gateway_node = $2,"
-               " status = CASE WHEN status = 'offline' THEN 'online' ELSE status END"
-               " WHERE id = ANY($1::uuid[])",
-               2);
+               "UPDATE agents a SET last_heartbeat_at = now(), gateway_node = $2,"
+               " status = CASE WHEN a.status = 'offline' THEN 'online' ELSE a.status END,"
+               " memory_free_bytes = coalesce(r.memory_free, a.memory_free_bytes),"
+               " disk_free_bytes = coalesce(r.disk_free, a.disk_free_bytes),"
+               " cpu_percent = coalesce(r.cpu, a.cpu_percent)"
+               " FROM unnest($1::uuid[], $3::bigint[], $4::bigint[], $5::real[])"
+               "      AS r(id, memory_free, disk_free, cpu)"
+               " WHERE a.id = r.id",
+               5);
 
 static const struct store_stmt q_renew_leases =
     STORE_STMT("gw_renew_leases",
@@ -103,13 +123,30 @@ void gw_flush_liveness(struct gateway *gw)
     if (n == 0)
         return;
     struct buf agents = BUF_INIT, jobs = BUF_INIT, epochs = BUF_INIT, owners = BUF_INIT;
+    struct buf mems = BUF_INIT, disks = BUF_INIT, cpus = BUF_INIT;
+    buf_append_str(&mems, "{");
+    buf_append_str(&disks, "{");
+    buf_append_str(&cpus, "{");
     buf_append_str(&agents, "{");
     buf_append_str(&jobs, "{");
     buf_append_str(&epochs, "{");
     buf_append_str(&owners, "{");
     int nj = 0;
     for (int i = 0; i < n; i++) {
-        buf_printf(&agents, "%s%s", i ? "," : "", notes[i].agent_id);
+        const char *sep = i ? "," : "";
+        buf_printf(&agents, "%s%s", sep, notes[i].agent_id);
+        if (notes[i].memory_free >= 0)
+            buf_printf(&mems, "%s%lld", sep, notes[i].memory_free);
+        else
+            buf_printf(&mems, "%sNULL", sep);
+        if (notes[i].disk_free >= 0)
+            buf_printf(&disks, "%s%lld", sep, notes[i].disk_free);
+        else
+            buf_printf(&disks, "%sNULL", sep);
+        if (notes[i].cpu_percent >= 0)
+            buf_printf(&cpus, "%s%.2f", sep, notes[i].cpu_percent);
+        else
+            buf_printf(&cpus, "%sNULL", sep);
         size_t k;
         json_t *e;
         json_array_foreach(notes[i].running, k, e)
@@ -125,6 +162,9 @@ void gw_flush_liveness(struct gateway *gw)
         }
     }
     buf_append_str(&agents, "}");
+    buf_append_str(&mems, "}");
+    buf_append_str(&disks, "}");
+    buf_append_str(&cpus, "}");
     buf_append_str(&jobs, "}");
     buf_append_str(&epochs, "}");
     buf_append_str(&owners, "}");
@@ -132,7 +172,7 @@ void gw_flush_liveness(struct gateway *gw)
     char lease[24];
     snprintf(lease, sizeof(lease), "%lld", (long long)(gw->app->cfg->agent_lease_ms / 1000));
     int r = store_tx_begin(gw->app->store, NULL, STORE_TX_ASYNC_COMMIT, &tx);
-    const char *p1[] = {agents.data, gw->app->cfg->node_name};
+    const char *p1[] = {agents.data, gw->app->cfg->node_name, mems.data, disks.data, cpus.data};
     const char *p2[] = {jobs.data, epochs.data, owners.data, lease};
     if (r >= 0)
         r = store_tx_exec(tx, &q_flush_agents, p1, NULL);
@@ -146,6 +186,9 @@ void gw_flush_liveness(struct gateway *gw)
         gw_log_store_failure("gateway.flush", r);
     requeue_notes(gw, notes, n, r < 0);
     buf_free(&agents);
+    buf_free(&mems);
+    buf_free(&disks);
+    buf_free(&cpus);
     buf_free(&jobs);
     buf_free(&epochs);
     buf_free(&owners);

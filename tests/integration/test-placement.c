@@ -178,6 +178,54 @@ Test(placement, a_windows_job_never_lands_on_a_linux_agent)
     cr_assert_eq(sqlf_long("SELECT count(*) FROM job_attempts WHERE agent_id = '%s'", lin.id), 1);
 }
 
+/* A heartbeat of a carrying the load figures load (JSON object text). */
+static void beat_load(struct agent *a, const char *load)
+{
+    char body[512];
+    snprintf(body, sizeof(body),
+             "{\"status\":\"idle\",\"slots\":%d,\"free_slots\":%d,\"running\":[],"
+             "\"load\":%s}",
+             a->slots, a->slots, load);
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/agent/heartbeat", a->cred, body, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    th_resp_free(&r);
+}
+
+/* Free memory and disk come from heartbeats (the gateway's batched write); a job's minimum
+ * holds only on an agent that reported enough, never on one that reported nothing. */
+Test(placement, minimum_free_memory_and_disk_come_from_heartbeats)
+{
+    struct agent quiet, small, big;
+    agent_new(&quiet, admin, "quiet", "linux", 4, NULL);
+    agent_new(&small, admin, "small", "linux", 4, NULL);
+    agent_new(&big, admin, "big", "linux", 4, NULL);
+    beat_load(&small, "{\"memory_available_bytes\":536870912,\"disk_free_bytes\":"
+                      "107374182400,\"cpu_percent\":5}");
+    beat_load(&big, "{\"memory_available_bytes\":8589934592,\"disk_free_bytes\":"
+                    "107374182400,\"cpu_percent\":50}");
+    /* The batch lands within a flush interval (heartbeat interval / 4). */
+    uint64_t end = clock_mono_ns() + 15000000000ull;
+    while (sqlf_long("SELECT count(*) FROM agents WHERE memory_free_bytes IS NOT NULL") < 2 &&
+           clock_mono_ns() < end)
+        usleep(50000);
+    cr_assert_eq(sqlf_long("SELECT memory_free_bytes FROM agents WHERE id = '%s'", big.id),
+                 8589934592L);
+    cr_assert_eq(sqlf_long("SELECT cpu_percent::int FROM agents WHERE id = '%s'", big.id), 50);
+    /* Inserted directly: the API's acceptance of integer requirements is h-wait's part. */
+    char sql[512];
+    snprintf(sql, sizeof(sql),
+             "INSERT INTO jobs (id, tenant_id, command, requirements)"
+             " SELECT gen_random_uuid(), '%s', 'x',"
+             "        '{\"min_free_memory_mb\":1024,\"min_free_disk_mb\":1024}'"
+             "   FROM generate_series(1, 6)",
+             tenant);
+    PQclear(th_pg_ok(pg, sql));
+    cr_assert_eq(wait_active(big.id, 4, 10), 4);
+    cr_assert_eq(active_on(small.id), 0);
+    cr_assert_eq(active_on(quiet.id), 0);
+}
+
 Test(placement, of_two_equally_loaded_agents_the_one_caching_the_package_gets_the_job)
 {
     char sha[65], pkgs[80];
