@@ -394,7 +394,7 @@ static int commit_batch(struct dispatcher *d, const struct placement_proposal *p
 }
 
 /* One round: bring the index up to date, then place until a batch comes back short. */
-static void dispatch_round(struct dispatcher *d, struct placement_proposal *props, bool counts)
+static void round_run(struct dispatcher *d, struct placement_proposal *props, bool counts)
 {
     const struct orchd_config *cfg = d->app->cfg;
     uint64_t now = clock_mono_ns();
@@ -463,7 +463,7 @@ static void *dispatch_main(void *arg)
         if (r != 1 && !kicked && now < next_tick)
             continue;
         next_tick = now + (uint64_t)app->cfg->dispatch_tick_ms * 1000000u;
-        dispatch_round(d, props, now < d->fresh_until);
+        round_run(d, props, now < d->fresh_until);
     }
     free(props);
     placement_free(d->pl);

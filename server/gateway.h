@@ -7,9 +7,10 @@
  * dispatcher that made it; or, should a wake-up be lost, a once-a-second check of all the
  * agents waiting on this node.
  *
- * Dispatcher: wakes on the orch.jobs queue (job submissions) or every dispatch.tick, runs
- * a dispatch round in PostgreSQL (dispatch_round() in sql/0005_dispatch.sql) and wakes the
- * gateways holding the chosen agents.
+ * Dispatcher (server/dispatcher.h): wakes on the orch.jobs queue (job submissions), a kick
+ * or every dispatch.tick, places jobs with the in-memory placement engine, commits them
+ * with assign_batch() (sql/0011_placement.sql) and wakes the gateways holding the chosen
+ * agents.
  *
  * Reaper (one node at a time, by advisory lock): leases that ran out, agents gone silent.
  *
