@@ -76,14 +76,16 @@ static const struct jsonv_field assignment_list_fields[] = {
 };
 
 static const struct jsonv_field sync_fields[] = {
-    {"heartbeat", JSONV_OBJECT, 0, 0, 16}, {"reports", JSONV_ARRAY, 0, 0, PROTO_SYNC_MAX_REPORTS},
-    {"assign", JSONV_BOOL, 0, 0, 0},       {"wait", JSONV_INT, 0, 0, PROTO_SYNC_MAX_WAIT_S},
+    {"heartbeat", JSONV_OBJECT, 0, 0, 0},
+    /* bounded by its own table */ {"reports", JSONV_ARRAY, 0, 0, PROTO_SYNC_MAX_REPORTS},
+    {"assign", JSONV_BOOL, 0, 0, 0},
+    {"wait", JSONV_INT, 0, 0, PROTO_SYNC_MAX_WAIT_S},
     {"resume", JSONV_BOOL, 0, 0, 0},
 };
 
 /* The members a report has in a sync exchange besides its kind's own. */
 static const struct jsonv_field sync_report_fields[] = {
-    {"kind", JSONV_STRING, JSONV_REQUIRED, 1, 16},
+    {"kind", JSONV_STRING, JSONV_REQUIRED, 0, 0}, /* one of proto_report_kind_name()s */
     {"job_id", JSONV_UUID, JSONV_REQUIRED, 0, 0},
 };
 
@@ -99,7 +101,7 @@ static const struct jsonv_field sync_answer_fields[] = {
 static const struct jsonv_field report_answer_fields[] = {
     {"code", JSONV_INT, JSONV_REQUIRED, 100, 599},
     {"problem", JSONV_OBJECT, 0, 0, 0},
-    {"status", JSONV_STRING, 0, 1, 16},
+    {"status", JSONV_STRING, 0, 0, 0},
     {"next_offset", JSONV_INT, 0, 0, PROTO_LOG_OFFSET_MAX},
     {"dropped_bytes", JSONV_INT, 0, 0, PROTO_LOG_OFFSET_MAX},
 };
@@ -109,12 +111,12 @@ static const struct jsonv_field started_fields[] = {
 };
 
 static const struct jsonv_field started_answer_fields[] = {
-    {"status", JSONV_STRING, JSONV_REQUIRED, 1, 16},
+    {"status", JSONV_STRING, JSONV_REQUIRED, 0, 0},
 };
 
 static const struct jsonv_field logs_fields[] = {
     {"epoch", JSONV_INT, JSONV_REQUIRED, 1, INT64_MAX},
-    {"stream", JSONV_STRING, JSONV_REQUIRED, 1, 8},
+    {"stream", JSONV_STRING, JSONV_REQUIRED, 0, 0}, /* one of proto_stream_name()s */
     {"offset", JSONV_INT, JSONV_REQUIRED, 0, PROTO_LOG_OFFSET_MAX},
     {"data", JSONV_STRING, JSONV_REQUIRED, 0, PROTO_LOG_DATA_MAX},
 };
@@ -135,7 +137,7 @@ static const struct jsonv_field result_fields[] = {
 };
 
 static const struct jsonv_field result_answer_fields[] = {
-    {"status", JSONV_STRING, JSONV_REQUIRED, 1, 16},
+    {"status", JSONV_STRING, JSONV_REQUIRED, 0, 0},
 };
 
 /* What the agent sends is checked strictly (a typo is a bug to hear about); what the
