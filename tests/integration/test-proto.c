@@ -167,6 +167,91 @@ Test(proto, version_one_and_no_header_accepted)
     free(cred);
 }
 
+/* POST /api/v1/agent/sync with body: the answer, which must be 200 and decode through
+ * proto/ (caller json_decref()s). */
+static json_t *sync_decoded(const char *cred, const char *body)
+{
+    struct th_resp r;
+    th_http(&srv, "POST", PROTO_AGENT_PATH_SYNC, cred, body, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    json_t *j = json_incref(r.json);
+    th_resp_free(&r);
+    struct proto_sync_answer a;
+    struct jsonv_error e;
+    cr_assert_eq(proto_sync_answer_decode(j, &a, &e), 0, "%s %s: %s", e.field, e.detail, r.body);
+    if (a.heartbeat) {
+        struct proto_heartbeat_answer h;
+        cr_assert_eq(proto_heartbeat_answer_decode(a.heartbeat, &h, &e), 0, "%s %s", e.field,
+                     e.detail);
+        proto_heartbeat_answer_clear(&h);
+    }
+    proto_sync_answer_clear(&a);
+    return j;
+}
+
+/* The assignments orchd builds (in SQL, assignment_view) are what proto/ accepts, at the
+ * bounds a job may be submitted with. */
+Test(proto, assignments_orchd_builds_decode_through_proto)
+{
+    char *cred = th_agent_register(&srv, admin, "p3");
+    json_t *ans = sync_decoded(cred, "{\"heartbeat\":{\"status\":\"idle\",\"slots\":2,"
+                                     "\"free_slots\":2}}");
+    json_decref(ans);
+
+    /* A job at every submission bound proto/agent.h names. */
+    json_t *job = json_object();
+    char *command = malloc(PROTO_JOB_COMMAND_MAX + 1);
+    memset(command, ':', PROTO_JOB_COMMAND_MAX);
+    command[PROTO_JOB_COMMAND_MAX] = '\0';
+    json_object_set_new(job, "command", json_string(command));
+    free(command);
+    json_t *args = json_array(), *env = json_object();
+    for (int i = 0; i < PROTO_JOB_ARGS_MAX; i++)
+        json_array_append_new(args, json_string("a"));
+    for (int i = 0; i < PROTO_JOB_ENV_MAX; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "K%d", i);
+        json_object_set_new(env, k, json_string("v"));
+    }
+    json_object_set_new(job, "args", args);
+    json_object_set_new(job, "env", env);
+    json_object_set_new(job, "params", json_pack("{s:i}", "n", 1));
+    json_object_set_new(job, "timeout_ms", json_integer(PROTO_JOB_TIMEOUT_MAX_MS));
+    char *id1 = th_job_submit(&srv, admin, job);
+    char sha[65];
+    char *pkg = th_package(&srv, admin, "proto-pkg", "proto", sha);
+    char *id2 = th_job_submit(&srv, admin, json_pack("{s:s}", "package_id", pkg));
+
+    int found = 0;
+    for (int round = 0; round < 20 && found < 2; round++) {
+        ans = sync_decoded(cred, "{\"assign\":true,\"wait\":10}");
+        size_t i;
+        json_t *doc;
+        json_array_foreach(json_object_get(ans, "assignments"), i, doc)
+        {
+            struct proto_assignment a;
+            struct jsonv_error e;
+            cr_assert_eq(proto_assignment_decode(doc, &a, &e), 0, "%s %s", e.field, e.detail);
+            if (strcmp(a.job_id, id1) == 0) {
+                cr_assert_eq(json_array_size(a.args), PROTO_JOB_ARGS_MAX);
+                cr_assert_eq(a.timeout_ms, PROTO_JOB_TIMEOUT_MAX_MS);
+            } else {
+                cr_assert_str_eq(a.job_id, id2);
+                cr_assert_str_eq(a.package_sha256, sha);
+                cr_assert_str_eq(a.entrypoint, "run.sh");
+                cr_assert_gt(a.package_size, 0);
+            }
+            found++;
+        }
+        json_decref(ans);
+    }
+    cr_assert_eq(found, 2, "both jobs were assigned to the only agent");
+    free(id1);
+    free(id2);
+    free(pkg);
+    free(cred);
+}
+
 /* --- a server that speaks only version 7, for the real agent ------------------------------ */
 
 struct fake {
