@@ -66,7 +66,11 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 #define FENCE_KILL_MS       2000 /* bound on ending a job's tree (SIGKILL, no grace) */
 #define FENCE_CHECK_MS      1000 /* the main thread looks at least this often */
 
-/* The bits of spool_result.flags: the protocol's result fields that are not the exit code. */
+/* spool_result.flags holds PROTO_RES_* (proto/agent.h). What the spool holds must fit the
+ * protocol's reports. */
+_Static_assert(LINK_MAX_REPORTS <= PROTO_SYNC_MAX_REPORTS, "reports per exchange");
+_Static_assert(SPOOL_CHUNK_MAX <= PROTO_LOG_CHUNK_MAX, "a spooled chunk is one logs report");
+_Static_assert(SPOOL_RESULT_MAX <= PROTO_RESULT_MAX, "a spooled result is one result report");
 
 enum slot_state {
     SLOT_FREE,

@@ -92,6 +92,11 @@ int proto_agent_path(char *out, size_t len, const char *pattern, const char *id)
 #define PROTO_HEARTBEAT_MAX_S   3600
 #define PROTO_PACKAGE_MAX_BYTES (15 * 1024 * 1024) /* an archive, uploaded and fetched */
 #define PROTO_SHA256_HEX_LEN    64
+/* Request bodies, as the server's route table caps them (413 past them). */
+#define PROTO_HEARTBEAT_BODY_MAX (128 * 1024)
+#define PROTO_LOGS_BODY_MAX      (128 * 1024)
+#define PROTO_RESULT_BODY_MAX    (2 * 1024 * 1024)
+#define PROTO_SYNC_BODY_MAX      (8 * 1024 * 1024)
 /* A job as submitted and as assigned: the same bounds on both sides. */
 #define PROTO_JOB_COMMAND_MAX    65536
 #define PROTO_JOB_ARGS_MAX       256
@@ -240,7 +245,7 @@ struct proto_assignment {
     const char *package_sha256; /* 64 hex digits with a package */
     int64_t package_size;       /* -1 unknown */
     int64_t timeout_ms;         /* 0 none */
-    int64_t lease_s;            /* 0 not given */
+    int64_t lease_s; /* always 0: an assignment's lease is its answer's (proto_sync_answer) */
 };
 
 /* Check doc against the Assignment table (unknown members accepted: a newer server may add
