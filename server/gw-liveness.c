@@ -8,21 +8,14 @@
 #include "common/buf.h"
 #include "common/id.h"
 #include "common/log.h"
+#include "proto/agent.h"
 #include "server/app.h"
 #include "server/config.h"
 #include "server/gateway-internal.h"
 
-/* A byte count of a load object, or -1 when absent or not a count. */
-static long long load_bytes(const json_t *load, const char *key)
-{
-    json_t *v = json_object_get(load, key);
-    return json_is_integer(v) && json_integer_value(v) >= 0 ? (long long)json_integer_value(v) : -1;
-}
-
 bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json_t *running,
-                            const json_t *load)
+                            const struct proto_load *load)
 {
-    json_t *cpu = json_object_get(load, "cpu_percent");
     bool first = true;
     pthread_mutex_lock(&gw->lock);
     for (int i = 0; i < gw->nseen; i++)
@@ -54,12 +47,13 @@ bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json
     if (slot) {
         json_decref(slot->running);
         slot->running = json_deep_copy(running);
-        slot->memory_free = load_bytes(load, "memory_available_bytes");
-        slot->disk_free = load_bytes(load, "disk_free_bytes");
+        slot->memory_free = load && load->memory_available_bytes >= 0
+                                ? (long long)load->memory_available_bytes
+                                : -1;
+        slot->disk_free =
+            load && load->disk_free_bytes >= 0 ? (long long)load->disk_free_bytes : -1;
         slot->cpu_percent =
-            json_is_number(cpu) && json_number_value(cpu) >= 0 && json_number_value(cpu) <= 100
-                ? json_number_value(cpu)
-                : -1;
+            load && load->cpu_percent >= 0 && load->cpu_percent <= 100 ? load->cpu_percent : -1;
     }
     pthread_mutex_unlock(&gw->lock);
     return first;
