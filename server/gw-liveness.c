@@ -39,9 +39,11 @@ bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json
         struct note *n = realloc(gw->notes, sizeof(*n) * (size_t)(gw->nnotes + 1));
         if (n) {
             gw->notes = n;
-            slot = &gw->notes[gw->nnotes++];
+            slot = &n[gw->nnotes++];
             memset(slot, 0, sizeof(*slot));
-            snprintf(slot->agent_id, sizeof(slot->agent_id), "%s", agent_id);
+            /* memcpy, not snprintf: GCC's -Wformat-truncation under the sanitizers sees a
+             * null destination here that cannot be. */
+            memcpy(slot->agent_id, agent_id, strnlen(agent_id, sizeof(slot->agent_id) - 1));
         }
     }
     if (slot) {
