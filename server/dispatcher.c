@@ -38,10 +38,12 @@
 #define LOAD_PAGE 10000
 /* How far back the second look at new jobs reaches. */
 #define TRAIL_MS 1000
-/* After a kick, how long every round rereads the counts: a kick may come before the
- * transaction that caused it commits (a heartbeat's), and the round it starts would then
- * read the old state. */
-#define KICK_FRESH_MS 250
+/* After a kick, how long rounds reread the counts, and how often: a kick may come before
+ * the transaction that caused it commits (a new agent's first heartbeat), and the round it
+ * starts would then read the old state; the rounds that follow within the window, one
+ * every KICK_ROUND_MS, read the new. */
+#define KICK_FRESH_MS 500
+#define KICK_ROUND_MS 100
 
 struct dispatcher {
     struct app *app;
@@ -468,7 +470,10 @@ static void *dispatch_main(void *arg)
             d->fresh_until = now + KICK_FRESH_MS * 1000000u;
         if (r != 1 && !kicked && now < next_tick)
             continue;
-        next_tick = now + (uint64_t)app->cfg->dispatch_tick_ms * 1000000u;
+        uint64_t tick_ms = (uint64_t)app->cfg->dispatch_tick_ms;
+        if (now < d->fresh_until && tick_ms > KICK_ROUND_MS)
+            tick_ms = KICK_ROUND_MS;
+        next_tick = now + tick_ms * 1000000u;
         round_run(d, props, now < d->fresh_until);
     }
     free(props);

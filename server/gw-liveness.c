@@ -65,8 +65,13 @@ bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json
  * leases of the jobs it runs (as the server knows them) are renewed. Always from after the
  * agent sent its heartbeat, which is what the agent's self-fencing counts on
  * (docs/agent.md, "Leases and self-fencing"). */
+/* The rows are locked first, in id order, as assign_batch() locks agents
+ * (sql/0011_placement.sql): a flush and a dispatcher's batch never wait on each other in a
+ * cycle. */
 static const struct store_stmt q_flush_agents =
     STORE_STMT("gw_flush_agents",
+               "WITH lk AS (SELECT id FROM agents WHERE id = ANY($1::uuid[])"
+               "            ORDER BY id FOR NO KEY UPDATE)"
                "UPDATE agents a SET last_heartbeat_at = now(), gateway_node = $2,"
                " status = CASE WHEN a.status = 'offline' THEN 'online' ELSE a.status END,"
                " memory_free_bytes = coalesce(r.memory_free, a.memory_free_bytes),"
@@ -74,7 +79,7 @@ static const struct store_stmt q_flush_agents =
                " cpu_percent = coalesce(r.cpu, a.cpu_percent)"
                " FROM unnest($1::uuid[], $3::bigint[], $4::bigint[], $5::real[])"
                "      AS r(id, memory_free, disk_free, cpu)"
-               " WHERE a.id = r.id",
+               " WHERE a.id = r.id AND a.id IN (SELECT id FROM lk)",
                5);
 
 static const struct store_stmt q_renew_leases =
