@@ -835,13 +835,19 @@ int placement_pool_set(struct placement *pl, const char *id, const char *const *
         memcpy(nt[i], tiers[i], strnlen(tiers[i], TIER_LEN - 1));
     for (size_t i = 0; i < ntenants; i++)
         copy_id(nn[i], tenants[i]);
+    /* The dispatcher sets every pool at every refresh: only a change costs the shapes a
+     * recomputation. */
+    bool same = p->tiers && p->ntiers == ntiers && p->ntenants == ntenants &&
+                memcmp(p->tiers, nt, ntiers * sizeof(*nt)) == 0 &&
+                memcmp(p->tenants, nn, ntenants * sizeof(*nn)) == 0;
     free(p->tiers);
     free(p->tenants);
     p->tiers = nt;
     p->ntiers = ntiers;
     p->tenants = nn;
     p->ntenants = ntenants;
-    pl->gen++;
+    if (!same)
+        pl->gen++;
     return 0;
 }
 

@@ -480,3 +480,22 @@ Test(placement, random_never_oversubscribes)
     cr_assert_eq(placed, 3000, "placed=%d waiting=%zu delayed=%zu free=%lld", placed, st.jobs,
                  st.delayed, (long long)st.free_slots);
 }
+
+Test(placement, pool_admission_follows_changes)
+{
+    placement_tenant_set(pl, T1, "free", 1, 100, 0);
+    const char *tenants[] = {T1};
+    cr_assert_eq(placement_pool_set(pl, POOL, NULL, 0, tenants, 1), 0);
+    agent(1, NULL, POOL, "linux", 8, 0, NULL, -1);
+    job(T1, NULL);
+    job(T1, NULL);
+    struct placement_proposal p[4];
+    cr_assert_eq(plan_accept(p, 1), 1);
+    /* Set again unchanged, then without the tenant: the second job waits. */
+    cr_assert_eq(placement_pool_set(pl, POOL, NULL, 0, tenants, 1), 0);
+    cr_assert_eq(placement_pool_set(pl, POOL, NULL, 0, NULL, 0), 0);
+    cr_assert_eq(placement_plan(pl, NOW, p, 4), 0);
+    const char *tiers[] = {"free"};
+    cr_assert_eq(placement_pool_set(pl, POOL, tiers, 1, NULL, 0), 0);
+    cr_assert_eq(plan_accept(p, 4), 1);
+}
