@@ -205,6 +205,9 @@ static int heartbeat(struct app *app, const struct http_principal *p, struct sto
         _cleanup_free_ char *text = json_dumps(hb->packages, JSON_COMPACT);
         const char *pp[] = {p->subject, text};
         r = text ? store_tx_exec(tx, &q_packages, pp, NULL) : -ENOMEM;
+        /* The dispatcher's index learns of the cache within its kick window (after this
+         * transaction commits), not only at its next full refresh. */
+        gateway_kick_dispatch(app->gw);
     }
     PGresult *res = NULL;
     const char *pj[] = {p->subject};

@@ -118,19 +118,37 @@ static const struct store_stmt q_pools =
     STORE_STMT("dispatch_pools",
                "SELECT id, array_to_json(tiers)::text, array_to_json(tenants)::text FROM pools", 0);
 
-static const struct store_stmt q_agents =
-    STORE_STMT("dispatch_agents",
-               "SELECT a.id, CASE WHEN a.pool_id IS NULL THEN a.tenant_id END, a.pool_id,"
-               "       a.labels::text, a.os, a.arch, coalesce(a.memory_free_bytes, -1),"
-               "       coalesce(a.disk_free_bytes, -1), coalesce(a.cpu_percent, -1), a.slots,"
-               "       coalesce(c.n, 0), array_to_json(a.cached_packages)::text,"
-               "       a.status = 'online' AND a.credential_revoked_at IS NULL"
-               "       AND a.last_heartbeat_at > now() - make_interval(secs => $1::int)"
-               "  FROM agents a"
-               "  LEFT JOIN (SELECT agent_id, count(*) AS n FROM jobs"
-               "              WHERE status IN ('assigned', 'running') GROUP BY agent_id) c"
-               "         ON c.agent_id = a.id",
-               1);
+/* A stamp of what an agent offers but its counts and host figures: when it differs from
+ * the one the index holds, the agent is read whole. */
+#define AGENT_STAMP                                                                                \
+    "hashtextextended(concat_ws('|', a.tenant_id, a.pool_id, a.labels::text, a.os, a.arch,"        \
+    " a.slots, array_to_string(a.cached_packages, ',')), 0)"
+
+static const struct store_stmt q_agents = STORE_STMT(
+    "dispatch_agents",
+    "SELECT a.id, CASE WHEN a.pool_id IS NULL THEN a.tenant_id END, a.pool_id,"
+    "       a.labels::text, a.os, a.arch, coalesce(a.memory_free_bytes, -1),"
+    "       coalesce(a.disk_free_bytes, -1), coalesce(a.cpu_percent, -1), a.slots,"
+    "       coalesce(c.n, 0), array_to_json(a.cached_packages)::text,"
+    "       a.status = 'online' AND a.credential_revoked_at IS NULL"
+    "       AND a.last_heartbeat_at > now() - make_interval(secs => $1::int), " AGENT_STAMP
+    "  FROM agents a"
+    "  LEFT JOIN (SELECT agent_id, count(*) AS n FROM jobs"
+    "              WHERE status IN ('assigned', 'running') GROUP BY agent_id) c"
+    "         ON c.agent_id = a.id",
+    1);
+
+/* Between full refreshes: each agent's active jobs, whether it is online, and its stamp. */
+static const struct store_stmt q_agent_counts = STORE_STMT(
+    "dispatch_agent_counts",
+    "SELECT a.id, coalesce(c.n, 0),"
+    "       a.status = 'online' AND a.credential_revoked_at IS NULL"
+    "       AND a.last_heartbeat_at > now() - make_interval(secs => $1::int), " AGENT_STAMP
+    "  FROM agents a"
+    "  LEFT JOIN (SELECT agent_id, count(*) AS n FROM jobs"
+    "              WHERE status IN ('assigned', 'running') GROUP BY agent_id) c"
+    "         ON c.agent_id = a.id",
+    1);
 
 static const struct store_stmt q_jobs = STORE_STMT(
     "dispatch_jobs",
@@ -156,7 +174,11 @@ static size_t str_array(json_t *arr, const char **out, size_t max)
     return n;
 }
 
-static int load_counts(struct dispatcher *d, struct store_tx *tx)
+/* Tenants and queues with their counts; agents (and pools) whole when full, else only
+ * their counts and online state, unless one of them is new to the index or its stamp
+ * changed (labels, pool, slots, cached packages: a new agent's first heartbeat). Free
+ * memory, disk and CPU are read with the full refreshes only. */
+static int load_counts(struct dispatcher *d, struct store_tx *tx, bool full)
 {
     PGresult *res = NULL;
     int n = store_tx_exec(tx, &q_tenants, NULL, &res);
@@ -174,6 +196,18 @@ static int load_counts(struct dispatcher *d, struct store_tx *tx)
     PQclear(res);
     if (n < 0)
         return n;
+    const char *p[] = {d->online};
+    if (!full) {
+        res = NULL;
+        n = store_tx_exec(tx, &q_agent_counts, p, &res);
+        for (int i = 0; i < n && !full; i++)
+            full = placement_agent_update(d->pl, val(res, i, 0), (int)num(res, i, 1),
+                                          strcmp(val(res, i, 2) ? val(res, i, 2) : "f", "t") == 0,
+                                          num(res, i, 3)) < 0;
+        PQclear(res);
+        if (n < 0 || !full)
+            return n < 0 ? n : 0;
+    }
     res = NULL;
     n = store_tx_exec(tx, &q_pools, NULL, &res);
     for (int i = 0; i < n; i++) {
@@ -193,7 +227,6 @@ static int load_counts(struct dispatcher *d, struct store_tx *tx)
     if (n < 0)
         return n;
     res = NULL;
-    const char *p[] = {d->online};
     n = store_tx_exec(tx, &q_agents, p, &res);
     for (int i = 0; i < n; i++) {
         json_t *labels = json_loads(val(res, i, 3), 0, NULL);
@@ -215,6 +248,7 @@ static int load_counts(struct dispatcher *d, struct store_tx *tx)
             .packages = pk,
             .npackages = pk ? str_array(pkgs, pk, np) : 0,
             .online = strcmp(val(res, i, 12) ? val(res, i, 12) : "f", "t") == 0,
+            .stamp = num(res, i, 13),
         };
         placement_agent_set(d->pl, &a);
         free(pk);
@@ -278,7 +312,7 @@ static int resync(struct dispatcher *d)
     struct store_tx *tx = NULL;
     r = store_tx_begin_system(d->app->store, &tx);
     if (r >= 0)
-        r = load_counts(d, tx);
+        r = load_counts(d, tx, true);
     if (r >= 0)
         r = load_jobs(d, tx, 0);
     if (tx)
@@ -306,10 +340,11 @@ static int refresh(struct dispatcher *d, bool counts)
     int r = store_tx_begin_system(d->app->store, &tx);
     if (r < 0)
         return r;
-    if (counts || now >= d->next_refresh) {
-        r = load_counts(d, tx);
+    bool due = now >= d->next_refresh;
+    if (counts || due)
+        r = load_counts(d, tx, due);
+    if (due)
         d->next_refresh = now + (uint64_t)d->app->cfg->dispatch_refresh_ms * 1000000u;
-    }
     long long from = d->seq;
     if (now >= d->trail_at) {
         /* A job whose insert committed after a later number was loaded: seen now. */

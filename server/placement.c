@@ -176,6 +176,7 @@ struct agent {
     bool online;
     uint64_t version;
     uint64_t serial;       /* order of arrival: the last tie-break */
+    int64_t stamp;         /* the caller's, see placement_agent_update() */
     size_t list_pos;       /* in pl->agents */
     struct shape **shapes; /* shapes whose capable set held it once */
     size_t nshapes, capshapes;
@@ -969,11 +970,34 @@ int placement_agent_set(struct placement *pl, const struct placement_agent *in)
     a->slots = in->slots;
     a->active = in->active;
     a->online = in->online;
+    a->stamp = in->stamp;
     if (changed)
         a->version++;
     pl->free_slots += agent_free_slots(a);
     if (better || fresh)
         agent_improved(pl, a);
+    return 0;
+}
+
+int placement_agent_update(struct placement *pl, const char *id, int active, bool online,
+                           int64_t stamp)
+{
+    struct agent *a = map_get(&pl->agents_by_id, id);
+    if (!a)
+        return -ENOENT;
+    if (a->stamp != stamp)
+        return -ESTALE;
+    if (active < 0)
+        return -EINVAL;
+    if (online != a->online) {
+        pl->free_slots -= agent_free_slots(a);
+        a->online = online;
+        a->version++;
+        pl->gen++; /* what it can run: nothing, or what it could before */
+        pl->free_slots += agent_free_slots(a);
+    }
+    if (active != a->active)
+        agent_set_active(pl, a, active);
     return 0;
 }
 

@@ -42,7 +42,9 @@ struct placement_agent {
     int active;                                 /* jobs assigned or running on it */
     const char *const *packages;                /* cached package digests (hex) */
     size_t npackages;
-    bool online; /* online, not revoked, not draining, heartbeat fresh */
+    bool online;   /* online, not revoked, not draining, heartbeat fresh */
+    int64_t stamp; /* the caller's stamp of the facts above but counts (compared by
+                      placement_agent_update()) */
 };
 
 /* A queued job. */
@@ -99,6 +101,12 @@ int placement_pool_set(struct placement *pl, const char *id, const char *const *
                        size_t ntiers, const char *const *tenants, size_t ntenants);
 /* Add or update an agent. Returns 0, -EINVAL or -ENOMEM. */
 int placement_agent_set(struct placement *pl, const struct placement_agent *a);
+/* Update only what changes between full refreshes: an agent's active jobs and whether it
+ * is online. stamp: as placement_agent_set() was given it, for facts as they are now.
+ * Returns 0, -ENOENT for an agent not set yet or -ESTALE for one whose stamp differs (then
+ * set it whole; nothing was changed). */
+int placement_agent_update(struct placement *pl, const char *id, int active, bool online,
+                           int64_t stamp);
 /* Forget an agent. Returns 0 or -ENOENT. */
 int placement_agent_remove(struct placement *pl, const char *id);
 

@@ -481,6 +481,25 @@ Test(placement, random_never_oversubscribes)
                  st.delayed, (long long)st.free_slots);
 }
 
+Test(placement, agent_update_counts_and_online)
+{
+    placement_tenant_set(pl, T1, "standard", 1, 100, 0);
+    agent(1, T1, NULL, "linux", 2, 2, NULL, -1);
+    job(T1, NULL);
+    struct placement_proposal p[4];
+    char id[ID_STR_LEN];
+    make_id(id, 1, 1);
+    cr_assert_eq(placement_plan(pl, NOW, p, 4), 0);
+    cr_assert_eq(placement_agent_update(pl, id, 1, false, 0), 0);
+    cr_assert_eq(placement_plan(pl, NOW, p, 4), 0);
+    cr_assert_eq(placement_agent_update(pl, id, 1, true, 0), 0);
+    cr_assert_eq(plan_accept(p, 4), 1);
+    /* Its facts changed: set it whole. */
+    cr_assert_eq(placement_agent_update(pl, id, 0, true, 7), -ESTALE);
+    make_id(id, 1, 9);
+    cr_assert_eq(placement_agent_update(pl, id, 0, true, 0), -ENOENT);
+}
+
 Test(placement, pool_admission_follows_changes)
 {
     placement_tenant_set(pl, T1, "free", 1, 100, 0);
