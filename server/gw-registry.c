@@ -95,19 +95,56 @@ static json_t *answer_doc(json_t *base, const char *assigned)
     return base;
 }
 
-/* Remove w from the registry (locked by the caller). Whoever removes a waiter owns it: it
- * alone answers and frees it, on the waiter's loop thread. Returns false when w was not
- * registered (another owns it). */
-static bool unregister_locked(struct gateway *gw, struct waiter *w)
+/* The registry: gw->waiters for the checker's round and gateway_stop(), gw->buckets for
+ * the lookups of every wake-up, supersede and heartbeat's kick, so that none of them scans
+ * the whole registry under gw->lock. An agent normally has one waiter; two requests of
+ * the same agent racing on two loops may both be held for a moment. */
+static struct waiter **chain_of(struct gateway *gw, const char *agent_id)
 {
-    bool found = false;
-    for (int i = 0; i < gw->nwaiters && !found; i++) {
-        if (gw->waiters[i] == w) {
-            gw->waiters[i] = gw->waiters[--gw->nwaiters];
-            found = true;
+    return &gw->buckets[gw_hash_id(agent_id) & gw->bucket_mask];
+}
+
+void gw_registry_add_locked(struct gateway *gw, struct waiter *w)
+{
+    w->slot = gw->nwaiters;
+    gw->waiters[gw->nwaiters++] = w;
+    struct waiter **c = chain_of(gw, w->agent_id);
+    w->hnext = *c;
+    *c = w;
+}
+
+bool gw_registry_remove_locked(struct gateway *gw, struct waiter *w)
+{
+    if (w->slot < 0 || w->slot >= gw->nwaiters || gw->waiters[w->slot] != w)
+        return false;
+    for (struct waiter **p = chain_of(gw, w->agent_id); *p; p = &(*p)->hnext) {
+        if (*p == w) {
+            *p = w->hnext;
+            break;
         }
     }
-    return found;
+    struct waiter *last = gw->waiters[--gw->nwaiters];
+    gw->waiters[w->slot] = last;
+    last->slot = w->slot;
+    w->slot = -1;
+    w->hnext = NULL;
+    return true;
+}
+
+struct waiter *gw_registry_find_locked(struct gateway *gw, const char *agent_id,
+                                       struct event_base *base)
+{
+    for (struct waiter *w = *chain_of(gw, agent_id); w; w = w->hnext)
+        if (strcmp(w->agent_id, agent_id) == 0 && (!base || http_deferred_base(w->d) == base))
+            return w;
+    return NULL;
+}
+
+/* The waiters themselves are not touched: whoever took the list may be freeing them. */
+void gw_registry_clear_locked(struct gateway *gw)
+{
+    gw->nwaiters = 0;
+    memset(gw->buckets, 0, sizeof(*gw->buckets) * ((size_t)gw->bucket_mask + 1));
 }
 
 /* Free w (unregistered, answered). */
@@ -146,7 +183,7 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
     struct waiter *w = arg;
     struct gateway *gw = w->gw;
     pthread_mutex_lock(&gw->lock);
-    bool mine = unregister_locked(gw, w);
+    bool mine = gw_registry_remove_locked(gw, w);
     pthread_mutex_unlock(&gw->lock);
     if (mine)
         finish(w, NULL); /* else its owner has posted its answer to this loop */
@@ -232,12 +269,9 @@ static void on_wake_with(struct gateway *gw, struct wake *wk)
 {
     struct waiter *w = NULL;
     pthread_mutex_lock(&gw->lock);
-    for (int i = 0; i < gw->nwaiters && !w; i++)
-        if (strcmp(gw->waiters[i]->agent_id, wk->agent_id) == 0 &&
-            http_deferred_base(gw->waiters[i]->d) == wk->base)
-            w = gw->waiters[i];
+    w = gw_registry_find_locked(gw, wk->agent_id, wk->base);
     if (w) {
-        unregister_locked(gw, w);
+        gw_registry_remove_locked(gw, w);
         gw->nlooking++;
         w->woken = false;
         w->next_looking = gw->looking;
@@ -265,10 +299,10 @@ static void on_wake_with(struct gateway *gw, struct wake *wk)
     looking_remove_locked(gw, w);
     gw->nlooking--;
     bool newer = found || atomic_load(&gw->stop);
-    for (int i = 0; i < gw->nwaiters && !newer; i++)
-        newer = strcmp(gw->waiters[i]->agent_id, w->agent_id) == 0;
     if (!newer)
-        gw->waiters[gw->nwaiters++] = w;
+        newer = gw_registry_find_locked(gw, w->agent_id, NULL) != NULL;
+    if (!newer)
+        gw_registry_add_locked(gw, w);
     pthread_mutex_unlock(&gw->lock);
     if (newer)
         finish(w, body);
@@ -313,14 +347,10 @@ void gateway_wake(struct gateway *gw, const char *agent_id)
     if (!gw)
         return;
     pthread_mutex_lock(&gw->lock);
-    bool posted = false;
-    for (int i = 0; i < gw->nwaiters && !posted; i++) {
-        struct waiter *w = gw->waiters[i];
-        if (strcmp(w->agent_id, agent_id) == 0) {
-            post_wake(w);
-            posted = true;
-        }
-    }
+    struct waiter *held = gw_registry_find_locked(gw, agent_id, NULL);
+    bool posted = held != NULL;
+    if (held)
+        post_wake(held);
     /* Out for a look (on_wake()): it looks again before it waits on. */
     for (struct waiter *w = gw->looking; w && !posted; w = w->next_looking)
         if (strcmp(w->agent_id, agent_id) == 0)
@@ -356,14 +386,10 @@ void gateway_supersede(struct gateway *gw, const char *agent_id)
     if (!gw)
         return;
     pthread_mutex_lock(&gw->lock);
-    for (int i = 0; i < gw->nwaiters; i++) {
-        struct waiter *old = gw->waiters[i];
-        if (strcmp(old->agent_id, agent_id) == 0 && unregister_locked(gw, old)) {
-            if (http_loop_post(http_deferred_base(old->d), answer_now, old) < 0)
-                log_error("op=gateway error=\"cannot answer a superseded long-poll\"");
-            break;
-        }
-    }
+    struct waiter *old = gw_registry_find_locked(gw, agent_id, NULL);
+    if (old && gw_registry_remove_locked(gw, old) &&
+        http_loop_post(http_deferred_base(old->d), answer_now, old) < 0)
+        log_error("op=gateway error=\"cannot answer a superseded long-poll\"");
     pthread_mutex_unlock(&gw->lock);
 }
 
@@ -391,6 +417,7 @@ void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool ass
     snprintf(w->agent_id, sizeof(w->agent_id), "%.36s", p->subject);
     snprintf(w->tenant_id, sizeof(w->tenant_id), "%s", p->tenant_id);
     w->gw = gw;
+    w->slot = -1; /* not registered */
     w->base = base;
     w->assign = assign;
     w->d = http_req_defer(req);
@@ -413,7 +440,7 @@ void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool ass
     bool stop = atomic_load(&gw->stop);
     bool full = !stop && gw->nwaiters + gw->nlooking >= gw->max_waiters;
     if (!stop && !full) {
-        gw->waiters[gw->nwaiters++] = w;
+        gw_registry_add_locked(gw, w);
         /* An assignment made between the first look and the registration: look once
          * more, on this loop, once the handler has returned. */
         post_wake(w);
