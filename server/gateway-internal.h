@@ -1,5 +1,6 @@
 /* gateway-internal.h: what the gateway's files share (see gateway.h). Private to
- * gateway.c, gw-registry.c, gw-liveness.c, reaper.c and dispatcher.c.
+ * gateway.c, gw-hash.c, gw-registry.c, gw-liveness.c, and the gw_thread helper of
+ * reaper.c and dispatcher.c.
  *
  * Locking: gw->lock guards the registry (waiters, looking, nlooking), the notes and the
  * seen list, and answering; gw->tick and gw->changed wait on it. self_lock (gw-registry.c)
@@ -67,8 +68,8 @@ struct gateway {
     struct gw_idindex seen_index; /* seen by agent id */
     atomic_bool stop;
     int answering; /* waiters gateway_stop() has posted an answer for, not yet answered */
-    struct dispatcher *dispatcher; /* owned; NULL when dispatch.enabled is false */
-    pthread_t t_reaper, t_checker, t_wakeups;
+    struct dispatcher *dispatcher; /* borrowed (gateway_set_dispatcher()), or NULL */
+    pthread_t t_liveness, t_checker, t_wakeups;
     bool started;
 };
 
@@ -84,7 +85,23 @@ int32_t gw_idindex_find(const struct gw_idindex *x, const char *id, const void *
 /* Add id at pos (id not in x yet). */
 void gw_idindex_put(struct gw_idindex *x, const char *id, int32_t pos);
 
+/* A background thread that sleeps until its next round or until it is stopped (the
+ * dispatcher's, the reaper's). */
+struct gw_thread {
+    pthread_t t;
+    pthread_mutex_t lock;
+    pthread_cond_t tick; /* broadcast only when stopping */
+    atomic_bool stop;
+};
+
 /* gateway.c */
+/* Start main(arg) on th (caller-owned memory). Returns 0 or -errno (then nothing runs). */
+int gw_thread_start(struct gw_thread *th, void *(*main)(void *), void *arg);
+/* Sleep ms on the monotonic clock, or until gw_thread_stop(). */
+void gw_thread_sleep(struct gw_thread *th, int64_t ms);
+/* Tell the thread to stop, wake it, join it. */
+void gw_thread_stop(struct gw_thread *th);
+
 /* A gateway with its locks and tables, no thread started (app borrowed). *ret is untouched
  * on failure. Returns 0 or -ENOMEM. */
 int gw_new(struct app *app, int max_waiters, struct gateway **ret);
@@ -118,9 +135,7 @@ void *gw_checker_main(void *arg);
 void *gw_wakeups_main(void *arg);
 
 /* gw-liveness.c */
+/* Thread: the batched liveness flush, every quarter heartbeat interval. */
+void *gw_liveness_main(void *arg);
 /* Write the heartbeats noted since the last flush in one batch. */
 void gw_flush_liveness(struct gateway *gw);
-
-/* reaper.c */
-/* Thread: the liveness flush, expired leases, silent agents, log retention. */
-void *gw_reaper_main(void *arg);

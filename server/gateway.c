@@ -27,8 +27,58 @@ void gw_log_store_failure(const char *op, int r)
 
 void gateway_kick_dispatch(struct gateway *gw)
 {
-    if (gw)
-        dispatcher_kick(gw->dispatcher);
+    if (!gw)
+        return;
+    /* Under the lock: the dispatcher may be stopping (gateway_set_dispatcher(NULL)). */
+    pthread_mutex_lock(&gw->lock);
+    dispatcher_kick(gw->dispatcher);
+    pthread_mutex_unlock(&gw->lock);
+}
+
+void gateway_set_dispatcher(struct gateway *gw, struct dispatcher *d)
+{
+    if (!gw)
+        return;
+    pthread_mutex_lock(&gw->lock);
+    gw->dispatcher = d;
+    pthread_mutex_unlock(&gw->lock);
+}
+
+int gw_thread_start(struct gw_thread *th, void *(*main)(void *), void *arg)
+{
+    atomic_store(&th->stop, false);
+    int r = gw_cond_init_mono(&th->tick);
+    if (r < 0)
+        return r;
+    pthread_mutex_init(&th->lock, NULL);
+    r = pthread_create(&th->t, NULL, main, arg);
+    if (r != 0) {
+        pthread_mutex_destroy(&th->lock);
+        pthread_cond_destroy(&th->tick);
+        return -r;
+    }
+    return 0;
+}
+
+void gw_thread_sleep(struct gw_thread *th, int64_t ms)
+{
+    struct timespec ts;
+    clock_deadline(CLOCK_MONOTONIC, ms, &ts);
+    pthread_mutex_lock(&th->lock);
+    while (!atomic_load(&th->stop) && pthread_cond_timedwait(&th->tick, &th->lock, &ts) == 0)
+        ; /* a spurious wake-up: sleep on to the deadline */
+    pthread_mutex_unlock(&th->lock);
+}
+
+void gw_thread_stop(struct gw_thread *th)
+{
+    pthread_mutex_lock(&th->lock);
+    atomic_store(&th->stop, true);
+    pthread_cond_broadcast(&th->tick);
+    pthread_mutex_unlock(&th->lock);
+    pthread_join(th->t, NULL);
+    pthread_mutex_destroy(&th->lock);
+    pthread_cond_destroy(&th->tick);
 }
 
 /* Sleep ms, or until gateway_stop(). On gw->tick, which nothing else broadcasts, so that
@@ -119,7 +169,7 @@ int gateway_start(struct app *app, struct gateway **ret)
         void *(*main)(void *);
         bool want;
     } threads[] = {
-        {&gw->t_reaper, gw_reaper_main, true},
+        {&gw->t_liveness, gw_liveness_main, true},
         {&gw->t_checker, gw_checker_main, true},
         {&gw->t_wakeups, gw_wakeups_main, true},
     };
@@ -127,11 +177,8 @@ int gateway_start(struct app *app, struct gateway **ret)
     for (; started < ELEMENTSOF(threads) && r == 0; started++)
         if (threads[started].want)
             r = pthread_create(threads[started].t, NULL, threads[started].main, gw);
-    if (r != 0)
-        started--; /* the one that failed */
-    else if (app->cfg->dispatch_enabled)
-        r = -dispatcher_start(app, gw, &gw->dispatcher);
     if (r != 0) {
+        started--; /* the one that failed */
         log_error("op=gateway.start error=\"cannot start threads: %s\"", strerror(r));
         pthread_mutex_lock(&gw->lock);
         atomic_store(&gw->stop, true);
@@ -166,8 +213,7 @@ void gateway_stop(struct gateway *gw)
     pthread_cond_broadcast(&gw->tick);
     pthread_mutex_unlock(&gw->lock);
     if (gw->started) {
-        dispatcher_stop(gw->dispatcher);
-        pthread_join(gw->t_reaper, NULL);
+        pthread_join(gw->t_liveness, NULL);
         pthread_join(gw->t_checker, NULL);
         pthread_join(gw->t_wakeups, NULL);
     }

@@ -16,6 +16,7 @@
 #include "server/api.h"
 #include "server/app.h"
 #include "server/bus.h"
+#include "server/config.h"
 #include "server/gateway-internal.h"
 
 /* What an agent is told to wait before it asks again when this node holds as many
@@ -165,6 +166,16 @@ static void finish_busy(struct waiter *w, const char *detail)
 }
 
 static const char registry_full[] = "this node holds as many waiting agents as it may; retry later";
+
+static const char no_gateway[] = "this node does not hold agents' long-polls (node.roles has no "
+                                 "gateway); connect through a gateway node";
+
+/* A node without the gateway role (not one whose gateway is stopping: that one answers
+ * its long-polls empty, as it answers those it holds). */
+static bool refuses_long_polls(const struct app *app)
+{
+    return !app->gw && !orchd_config_has_role(app->cfg, NODE_ROLE_GATEWAY);
+}
 
 /* Answer and free w. On w's loop thread, with w already unregistered. */
 static void finish(struct waiter *w, const char *body)
@@ -327,11 +338,9 @@ static void post_wake(struct waiter *w)
         free(wk);
 }
 
-void gateway_notify(struct gateway *gw, const char *agent_id, const char *node)
+/* Wake agent_id on gw when node is this one, else through node's queue. */
+static void notify(struct app *app, struct gateway *gw, const char *agent_id, const char *node)
 {
-    if (!gw)
-        return;
-    struct app *app = gw->app;
     if (!node || !node[0] || strcmp(node, app->cfg->node_name) == 0) {
         gateway_wake(gw, agent_id);
         return;
@@ -340,6 +349,17 @@ void gateway_notify(struct gateway *gw, const char *agent_id, const char *node)
     snprintf(queue, sizeof(queue), "orch.gw.%s", node);
     snprintf(msg, sizeof(msg), "{\"agent_id\":\"%s\"}", agent_id);
     bus_publish(app->bus, queue, msg, strlen(msg), 2000);
+}
+
+void gateway_notify(struct gateway *gw, const char *agent_id, const char *node)
+{
+    if (gw)
+        notify(gw->app, gw, agent_id, node);
+}
+
+void gateway_notify_node(struct app *app, const char *agent_id, const char *node)
+{
+    notify(app, app->gw, agent_id, node);
 }
 
 void gateway_wake(struct gateway *gw, const char *agent_id)
@@ -372,6 +392,11 @@ void gateway_poll(struct http_req *req)
             return;
         }
     }
+    if (wait > 0 && refuses_long_polls(app)) {
+        http_reply_header(req, "Retry-After", GW_BUSY_RETRY_AFTER);
+        http_reply_problem(req, PROBLEM_UNAVAILABLE, no_gateway, NULL);
+        return;
+    }
     char *body = NULL;
     int r = deliver(app, p->tenant_id, p->subject, true, &body);
     if (r < 0) {
@@ -398,6 +423,13 @@ void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool ass
     struct app *app = http_req_app(req);
     struct gateway *gw = app->gw;
     const struct http_principal *p = http_req_principal(req);
+    if (!assigned && wait_s > 0 && refuses_long_polls(app)) {
+        /* What the exchange recorded is committed; the agent sends its reports again. */
+        json_decref(base);
+        http_reply_header(req, "Retry-After", GW_BUSY_RETRY_AFTER);
+        http_reply_problem(req, PROBLEM_UNAVAILABLE, no_gateway, NULL);
+        return;
+    }
     if (assigned || wait_s <= 0 || !gw) {
         if (base)
             http_reply_json(req, 200, answer_doc(base, assigned));
