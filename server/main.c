@@ -75,6 +75,8 @@ static int cmd_migrate(struct orchd_config *cfg)
     else
         printf("schema migrated from version %d to %d (%d applied)\n", rep.from_version,
                rep.to_version, rep.applied);
+    printf("functions and views of sql/functions/ applied (%d of %d files changed)\n",
+           rep.functions_changed, migrate_nfunctions);
     return EXIT_OK;
 }
 
