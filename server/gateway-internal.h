@@ -2,8 +2,9 @@
  * gateway.c, gw-hash.c, gw-registry.c, gw-liveness.c, and the gw_thread helper of
  * reaper.c and dispatcher.c.
  *
- * Locking: gw->lock guards the registry (waiters, looking, nlooking), the notes and the
- * seen list, and answering; gw->tick and gw->changed wait on it. self_lock (gw-registry.c)
+ * Locking: gw->lock guards the registry (waiters, buckets, looking, nlooking), the notes
+ * and the seen list with their indexes, answering and the dispatcher pointer; gw->tick and
+ * gw->changed wait on it. self_lock (gw-registry.c)
  * guards which gateway the callbacks posted to the loops may enter. */
 #pragma once
 
