@@ -1,0 +1,304 @@
+-- 0012_wait: the API side of scheduling: the tenant's weight and the queue's concurrency
+-- limit in their documents, "why is my job waiting?" (GET /api/v1/jobs/{id}) and the
+-- autoscaling signals (GET /api/v1/scaling/signals). docs/api.md describes both answers.
+--
+-- Both answers count agents the tenant cannot see: a pool agent belongs to the platform,
+-- so row-level security hides it from the tenant's scope. The functions below are plain
+-- (no SECURITY DEFINER: they widen nothing by themselves); they take the tenant as a
+-- parameter and orchd calls them in the system scope (the orch_system role), and only
+-- after a read in the tenant's own scope has proven that the job asked about is the
+-- caller's. What they return about pool agents is counts; about other tenants, nothing
+-- but the slots their jobs hold on the shared agents.
+--
+-- The rules are the placement engine's (server/placement.c, docs/scheduling.md): an agent
+-- counts when it is online with a heartbeat within the online window and its credential
+-- is not revoked; a requirement whose value is a string must equal the agent's label of
+-- that name (its labels plus os and arch); min_free_memory_mb and min_free_disk_mb are
+-- integers that must not exceed the agent's last reported free memory or disk in MiB (an
+-- agent that has reported none fails them); within a tenant, jobs are placed by the
+-- aging key created_at - priority * dispatch.aging_s, smallest first.
+
+-- The weight the tenant competes with (its override, else its tier's), and the override.
+CREATE OR REPLACE VIEW tenant_view WITH (security_invoker = true) AS
+SELECT t.id, json_build_object(
+    'id', t.id, 'slug', t.slug, 'display_name', t.display_name, 'tier', t.tier,
+    'status', t.status, 'weight', q.weight,
+    'quotas', json_build_object('agents', q.max_agents, 'concurrent_jobs', q.max_concurrent_jobs,
+                                'schedules', q.max_schedules, 'queues', q.max_queues,
+                                'storage_bytes', q.max_storage_bytes,
+                                'api_calls_per_day', q.max_api_calls_day,
+                                'job_log_bytes', q.max_job_log_bytes),
+    'overrides', json_build_object('agents', t.max_agents, 'concurrent_jobs', t.max_concurrent_jobs,
+                                   'schedules', t.max_schedules, 'queues', t.max_queues,
+                                   'storage_bytes', t.max_storage_bytes,
+                                   'api_calls_per_day', t.max_api_calls_day,
+                                   'rate_per_second', t.rate_per_sec, 'rate_burst', t.rate_burst,
+                                   'job_log_bytes', t.max_job_log_bytes, 'weight', t.weight),
+    'rate_limit', json_build_object('per_second', coalesce(t.rate_per_sec, d.rate_per_sec),
+                                    'burst', coalesce(t.rate_burst, d.rate_burst)),
+    'usage', u.doc,
+    'created_at', t.created_at, 'updated_at', t.updated_at) AS doc
+  FROM tenants t
+  JOIN tenant_quotas q ON q.tenant_id = t.id
+  JOIN tier_defaults d ON d.tier = t.tier
+  JOIN tenant_usage u ON u.tenant_id = t.id;
+
+CREATE OR REPLACE VIEW queue_view WITH (security_invoker = true) AS
+SELECT id, tenant_id, json_build_object(
+    'id', id, 'name', name, 'default_priority', default_priority, 'requirements', requirements,
+    'paused', paused, 'max_running', max_running, 'created_at', created_at,
+    'updated_at', updated_at) AS doc
+  FROM queues;
+
+-- The signals count waiting jobs per tenant and queue from this index alone.
+CREATE INDEX jobs_queued_tenant ON jobs (tenant_id, queue_id, not_before) WHERE status = 'queued';
+
+-- Whether the requirement k = wanted holds on an agent with labels lab (os and arch
+-- merged in) and last reported free memory and disk mem, disk (NULL: not reported).
+CREATE FUNCTION requirement_holds(k text, wanted jsonb, lab jsonb, mem bigint, disk bigint)
+    RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE k
+        WHEN 'min_free_memory_mb' THEN jsonb_typeof(wanted) = 'number'
+            AND coalesce(mem >= (wanted #>> '{}')::numeric * 1048576, false)
+        WHEN 'min_free_disk_mb' THEN jsonb_typeof(wanted) = 'number'
+            AND coalesce(disk >= (wanted #>> '{}')::numeric * 1048576, false)
+        ELSE coalesce(lab -> k = wanted, false)
+    END
+$$;
+
+-- Whether every requirement of req holds (an empty req holds everywhere).
+CREATE FUNCTION requirements_hold(req jsonb, lab jsonb, mem bigint, disk bigint)
+    RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT NOT EXISTS (SELECT 1 FROM jsonb_each(req) e
+                        WHERE NOT requirement_holds(e.key, e.value, lab, mem, disk))
+$$;
+
+-- The agents that may run tenant tid's jobs now: its own, and those of the pools that
+-- admit it (its tier in the pool's tiers, or its id in the pool's tenants); online within
+-- online_s, credential not revoked. in_use counts every tenant's jobs on the agent (a pool
+-- agent's slots are shared). Needs the system scope to see pool agents.
+CREATE FUNCTION serving_agents(tid uuid, online_s int)
+    RETURNS TABLE (agent_id uuid, pooled boolean, slots int, in_use int, lab jsonb, mem bigint,
+                   disk bigint)
+    LANGUAGE sql STABLE AS $$
+    SELECT a.id, a.pool_id IS NOT NULL, a.slots,
+           (SELECT count(*)::int FROM jobs r
+             WHERE r.agent_id = a.id AND r.status IN ('assigned', 'running')),
+           a.labels || jsonb_build_object('os', a.os, 'arch', a.arch),
+           a.memory_free_bytes, a.disk_free_bytes
+      FROM agents a
+     WHERE a.status = 'online' AND a.credential_revoked_at IS NULL
+       AND a.last_heartbeat_at > now() - make_interval(secs => online_s)
+       AND ((a.tenant_id = tid AND a.pool_id IS NULL)
+            OR a.pool_id IN (SELECT p.id FROM pools p JOIN tenants t ON t.id = tid
+                              WHERE t.tier = ANY (p.tiers) OR tid = ANY (p.tenants)))
+$$;
+
+-- Why job jid of tenant tid is still queued: NULL when it is not (any more) a queued job
+-- of that tenant, else the `waiting` object of docs/api.md. The reasons that hold are
+-- listed in this precedence, and the first is the reason:
+--   queue_paused       its queue is paused (nothing else matters until it is resumed)
+--   no_matching_agent  no agent that serves the tenant satisfies its requirements
+--   not_before         a retry's backoff has not run out
+--   queue_limit        its queue has max_running jobs assigned or running
+--   tenant_quota       the tenant has its max_concurrent_jobs assigned or running
+--   agents_busy        every matching agent's slots are in use
+--   behind_higher_priority  the tenant's eligible jobs before it in dispatch order take
+--                      every place free now (min of quota room, queue room, free slots)
+--   ready              nothing holds it: the next dispatch round places it
+-- Hard holds come first (they outlast any capacity), then time, then capacity.
+CREATE FUNCTION job_wait(tid uuid, jid uuid, online_s int, aging_s int) RETURNS json
+    LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    j record;
+    q_name text;
+    q_paused boolean := false;
+    q_max int;
+    q_running bigint := 0;
+    quota bigint;
+    t_running bigint;
+    considered bigint;
+    matching bigint;
+    slots bigint;
+    in_use bigint;
+    free bigint;
+    failing json;
+    worst text;
+    pos bigint;
+    room bigint;
+    why text[] := '{}';
+    detail text;
+    age interval := make_interval(secs => aging_s);
+BEGIN
+    SELECT * INTO j FROM jobs WHERE id = jid AND tenant_id = tid AND status = 'queued';
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF j.queue_id IS NOT NULL THEN
+        SELECT name, paused, max_running INTO q_name, q_paused, q_max
+          FROM queues WHERE id = j.queue_id;
+        SELECT count(*) INTO q_running FROM jobs x
+         WHERE x.queue_id = j.queue_id AND x.status IN ('assigned', 'running');
+    END IF;
+    SELECT max_concurrent_jobs INTO quota FROM tenant_quotas WHERE tenant_id = tid;
+    SELECT count(*) INTO t_running FROM jobs x
+     WHERE x.tenant_id = tid AND x.status IN ('assigned', 'running');
+
+    WITH sa AS MATERIALIZED (SELECT * FROM serving_agents(tid, online_s)),
+         m AS (SELECT sa.slots, sa.in_use FROM sa
+                WHERE requirements_hold(j.requirements, sa.lab, sa.mem, sa.disk)),
+         f AS (SELECT r.key, r.value,
+                      (SELECT count(*) FROM sa
+                        WHERE NOT requirement_holds(r.key, r.value, sa.lab, sa.mem, sa.disk)) AS n
+                 FROM jsonb_each(j.requirements) r)
+    SELECT (SELECT count(*) FROM sa), (SELECT count(*) FROM m),
+           (SELECT coalesce(sum(m.slots), 0) FROM m),
+           (SELECT coalesce(sum(least(m.in_use, m.slots)), 0) FROM m),
+           (SELECT coalesce(sum(greatest(m.slots - m.in_use, 0)), 0) FROM m),
+           (SELECT coalesce(json_agg(json_build_object('key', f.key, 'wanted', f.value,
+                                                       'agents_failing', f.n)
+                                     ORDER BY f.n DESC, f.key), '[]')
+              FROM f WHERE f.n > 0),
+           (SELECT format('%s=%s fails on %s of %s agents', f.key, f.value #>> '{}', f.n,
+                          (SELECT count(*) FROM sa))
+              FROM f WHERE f.n > 0 ORDER BY f.n DESC, f.key LIMIT 1)
+      INTO considered, matching, slots, in_use, free, failing, worst;
+
+    SELECT count(*) INTO pos
+      FROM jobs x LEFT JOIN queues xq ON xq.id = x.queue_id
+     WHERE x.tenant_id = tid AND x.status = 'queued' AND x.not_before <= now()
+       AND NOT x.cancel_requested AND NOT coalesce(xq.paused, false)
+       AND (x.created_at - x.priority * age, x.id) < (j.created_at - j.priority * age, j.id);
+
+    IF q_paused THEN
+        why := array_append(why, 'queue_paused');
+    END IF;
+    IF matching = 0 THEN
+        why := array_append(why, 'no_matching_agent');
+    END IF;
+    IF j.not_before > now() THEN
+        why := array_append(why, 'not_before');
+    END IF;
+    IF q_max IS NOT NULL AND q_running >= q_max THEN
+        why := array_append(why, 'queue_limit');
+    END IF;
+    IF t_running >= quota THEN
+        why := array_append(why, 'tenant_quota');
+    END IF;
+    IF matching > 0 AND free = 0 THEN
+        why := array_append(why, 'agents_busy');
+    END IF;
+    room := least(greatest(quota - t_running, 0), free,
+                  CASE WHEN q_max IS NULL THEN free ELSE greatest(q_max - q_running, 0) END);
+    IF cardinality(why) = 0 AND pos >= room THEN
+        why := array_append(why, 'behind_higher_priority');
+    END IF;
+
+    detail := CASE coalesce(why[1], 'ready')
+        WHEN 'queue_paused' THEN
+            format('the queue %s is paused; its jobs wait until it is resumed', q_name)
+        WHEN 'no_matching_agent' THEN
+            CASE WHEN considered = 0
+                 THEN 'no online agent serves this tenant (none of its own, and no shared '
+                      'pool that admits it)'
+                 ELSE format('no online agent satisfies every requirement: %s', worst) END
+        WHEN 'not_before' THEN
+            format('the job is retried after a backoff, not before %s',
+                   to_char(j.not_before AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))
+        WHEN 'queue_limit' THEN
+            format('the queue %s has %s of at most %s jobs running', q_name, q_running, q_max)
+        WHEN 'tenant_quota' THEN
+            format('the tenant has %s of its %s concurrent jobs running', t_running, quota)
+        WHEN 'agents_busy' THEN
+            format('all %s matching agents are busy (%s of %s slots in use)', matching, in_use,
+                   slots)
+        WHEN 'behind_higher_priority' THEN
+            format('%s of the tenant''s jobs come before it in dispatch order (priority, then '
+                   'age) for %s free place(s)', pos, room)
+        ELSE 'nothing holds the job back: the next dispatch round places it'
+    END;
+
+    RETURN json_build_object(
+        'reason', coalesce(why[1], 'ready'), 'detail', detail, 'blocked_by', to_json(why),
+        'position', pos,
+        'not_before', CASE WHEN j.not_before > now() THEN j.not_before END,
+        'agents_considered', considered, 'agents_matching', matching,
+        'slots', slots, 'slots_in_use', in_use, 'requirements', failing,
+        'tenant', json_build_object('running', t_running, 'quota', quota),
+        'queue', CASE WHEN j.queue_id IS NOT NULL THEN
+                     json_build_object('id', j.queue_id, 'name', q_name, 'paused', q_paused,
+                                       'running', q_running, 'max_running', q_max) END);
+END
+$$;
+
+-- The autoscaling signals of tenant tid (NULL: every tenant), for an external autoscaler
+-- (docs/api.md, "Autoscaling signals"): per queue, jobs queued (eligible now), delayed (a
+-- retry's not_before ahead), running (assigned or running); per distinct requirement set
+-- of the eligible jobs outside paused queues (at most max_sets per tenant, most waiting
+-- first), how many wait, how long the oldest has, and the agents that match with their
+-- free slots. Each count is one GROUP BY over a partial index (jobs_queued_tenant,
+-- jobs_active_tenant); the agents are matched once per requirement set.
+CREATE FUNCTION scaling_signals(tid uuid, online_s int, max_sets int) RETURNS json
+    LANGUAGE sql STABLE AS $$
+WITH ten AS (SELECT tq.tenant_id, tq.max_concurrent_jobs FROM tenant_quotas tq
+              WHERE tid IS NULL OR tq.tenant_id = tid),
+waiting AS (SELECT j.tenant_id, j.queue_id,
+                   count(*) FILTER (WHERE j.not_before <= now()) AS queued,
+                   count(*) FILTER (WHERE j.not_before > now()) AS delayed
+              FROM jobs j WHERE j.status = 'queued' AND (tid IS NULL OR j.tenant_id = tid)
+             GROUP BY j.tenant_id, j.queue_id),
+active AS (SELECT j.tenant_id, j.queue_id, count(*) AS running
+             FROM jobs j WHERE j.status IN ('assigned', 'running')
+              AND (tid IS NULL OR j.tenant_id = tid)
+            GROUP BY j.tenant_id, j.queue_id),
+sets AS (SELECT j.tenant_id, j.requirements, count(*) AS waiting, min(j.not_before) AS since,
+                row_number() OVER (PARTITION BY j.tenant_id
+                                   ORDER BY count(*) DESC, min(j.not_before)) AS rank
+           FROM jobs j LEFT JOIN queues q ON q.id = j.queue_id
+          WHERE j.status = 'queued' AND j.not_before <= now() AND NOT coalesce(q.paused, false)
+            AND (tid IS NULL OR j.tenant_id = tid)
+          GROUP BY j.tenant_id, j.requirements),
+sa AS MATERIALIZED (SELECT t.tenant_id, s.* FROM ten t
+                     CROSS JOIN LATERAL serving_agents(t.tenant_id, online_s) s
+                     WHERE EXISTS (SELECT 1 FROM sets WHERE sets.tenant_id = t.tenant_id))
+SELECT json_build_object('generated_at', now(), 'tenants', coalesce(json_agg(json_build_object(
+    'tenant_id', t.tenant_id,
+    'running', (SELECT coalesce(sum(a.running), 0) FROM active a WHERE a.tenant_id = t.tenant_id),
+    'quota', t.max_concurrent_jobs,
+    'queued', (SELECT coalesce(sum(w.queued), 0) FROM waiting w WHERE w.tenant_id = t.tenant_id),
+    'delayed', (SELECT coalesce(sum(w.delayed), 0) FROM waiting w WHERE w.tenant_id = t.tenant_id),
+    'queues', (SELECT coalesce(json_agg(json_build_object(
+                   'queue_id', q.id, 'name', q.name, 'queued', coalesce(w.queued, 0),
+                   'delayed', coalesce(w.delayed, 0), 'running', coalesce(a.running, 0),
+                   'paused', q.paused, 'max_running', q.max_running) ORDER BY q.name), '[]')
+                 FROM queues q
+                 LEFT JOIN waiting w ON w.tenant_id = q.tenant_id AND w.queue_id = q.id
+                 LEFT JOIN active a ON a.tenant_id = q.tenant_id AND a.queue_id = q.id
+                WHERE q.tenant_id = t.tenant_id),
+    'no_queue', json_build_object(
+        'queued', (SELECT coalesce(sum(w.queued), 0) FROM waiting w
+                    WHERE w.tenant_id = t.tenant_id AND w.queue_id IS NULL),
+        'delayed', (SELECT coalesce(sum(w.delayed), 0) FROM waiting w
+                     WHERE w.tenant_id = t.tenant_id AND w.queue_id IS NULL),
+        'running', (SELECT coalesce(sum(a.running), 0) FROM active a
+                     WHERE a.tenant_id = t.tenant_id AND a.queue_id IS NULL)),
+    'requirement_sets', (SELECT coalesce(json_agg(json_build_object(
+                             'requirements', s.requirements, 'waiting', s.waiting,
+                             'oldest_wait_s', greatest(floor(extract(epoch FROM now() - s.since)), 0)::bigint,
+                             'agents_matching', m.n, 'free_slots', m.free) ORDER BY s.rank), '[]')
+                           FROM sets s
+                           CROSS JOIN LATERAL (
+                               SELECT count(*) AS n,
+                                      coalesce(sum(greatest(sa.slots - sa.in_use, 0)), 0) AS free
+                                 FROM sa WHERE sa.tenant_id = t.tenant_id
+                                  AND requirements_hold(s.requirements, sa.lab, sa.mem, sa.disk)) m
+                          WHERE s.tenant_id = t.tenant_id AND s.rank <= max_sets),
+    'requirement_sets_truncated', (SELECT count(*) > max_sets FROM sets s
+                                    WHERE s.tenant_id = t.tenant_id)
+  ) ORDER BY t.tenant_id), '[]'))
+  FROM ten t
+$$;
+
+GRANT EXECUTE ON FUNCTION requirement_holds(text, jsonb, jsonb, bigint, bigint),
+    requirements_hold(jsonb, jsonb, bigint, bigint), serving_agents(uuid, int),
+    job_wait(uuid, uuid, int, int), scaling_signals(uuid, int, int) TO orch_app;
