@@ -50,8 +50,10 @@ SELECT id, tenant_id, json_build_object(
     'updated_at', updated_at) AS doc
   FROM queues;
 
--- The signals count waiting jobs per tenant and queue from this index alone.
-CREATE INDEX jobs_queued_tenant ON jobs (tenant_id, queue_id, not_before) WHERE status = 'queued';
+-- A tenant's queued jobs: the signals count them per queue, and a job's position is
+-- counted over them, both from the index alone (its aging key's columns are included).
+CREATE INDEX jobs_queued_tenant ON jobs (tenant_id, queue_id, not_before)
+    INCLUDE (priority, created_at, id) WHERE status = 'queued';
 
 -- Whether the requirement k = wanted holds on an agent with labels lab (os and arch
 -- merged in) and last reported free memory and disk mem, disk (NULL: not reported).
@@ -66,32 +68,56 @@ CREATE FUNCTION requirement_holds(k text, wanted jsonb, lab jsonb, mem bigint, d
     END
 $$;
 
--- Whether every requirement of req holds (an empty req holds everywhere).
+-- Whether every requirement of req holds (an empty req holds everywhere): the labels by
+-- containment, the two minimums one by one. One expression without a subquery, so that
+-- the planner inlines it: the signals match every requirement set against every agent,
+-- and a call per pair cost ~20 us, 1 s for 20 sets and 1,250 agents.
 CREATE FUNCTION requirements_hold(req jsonb, lab jsonb, mem bigint, disk bigint)
     RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT NOT EXISTS (SELECT 1 FROM jsonb_each(req) e
-                        WHERE NOT requirement_holds(e.key, e.value, lab, mem, disk))
+    SELECT lab @> (req - ARRAY['min_free_memory_mb', 'min_free_disk_mb'])
+       AND (NOT req ? 'min_free_memory_mb'
+            OR requirement_holds('min_free_memory_mb', req -> 'min_free_memory_mb', lab, mem,
+                                 disk))
+       AND (NOT req ? 'min_free_disk_mb'
+            OR requirement_holds('min_free_disk_mb', req -> 'min_free_disk_mb', lab, mem, disk))
 $$;
 
--- The agents that may run tenant tid's jobs now: its own, and those of the pools that
--- admit it (its tier in the pool's tiers, or its id in the pool's tenants); online within
--- online_s, credential not revoked. in_use counts every tenant's jobs on the agent (a pool
--- agent's slots are shared). Needs the system scope to see pool agents.
+-- Every agent that may be given a job now: online with a heartbeat within online_s, its
+-- credential not revoked; in_use counts the jobs it holds, of every tenant (a pool
+-- agent's slots are shared), in one pass over the active jobs' partial index.
+CREATE FUNCTION online_agents(online_s int)
+    RETURNS TABLE (agent_id uuid, tenant_id uuid, pool_id uuid, slots int, in_use int,
+                   lab jsonb, mem bigint, disk bigint)
+    LANGUAGE sql STABLE AS $$
+    SELECT a.id, a.tenant_id, a.pool_id, a.slots, coalesce(r.n, 0)::int,
+           a.labels || jsonb_build_object('os', a.os, 'arch', a.arch),
+           a.memory_free_bytes, a.disk_free_bytes
+      FROM agents a
+      LEFT JOIN (SELECT j.agent_id, count(*) AS n FROM jobs j
+                  WHERE j.status IN ('assigned', 'running') GROUP BY j.agent_id) r
+             ON r.agent_id = a.id
+     WHERE a.status = 'online' AND a.credential_revoked_at IS NULL
+       AND a.last_heartbeat_at > now() - make_interval(secs => online_s)
+$$;
+
+-- The pools whose agents serve tenant tid: its tier is in the pool's tiers, or its id in
+-- the pool's tenants.
+CREATE FUNCTION admitting_pools(tid uuid) RETURNS SETOF uuid LANGUAGE sql STABLE AS $$
+    SELECT p.id FROM pools p JOIN tenants t ON t.id = tid
+     WHERE t.tier = ANY (p.tiers) OR tid = ANY (p.tenants)
+$$;
+
+-- The online agents that may run tenant tid's jobs: its own (outside pools) and those of
+-- the pools that admit it. Needs the system scope to see pool agents. scaling_signals()
+-- applies the same rule to many tenants at once.
 CREATE FUNCTION serving_agents(tid uuid, online_s int)
     RETURNS TABLE (agent_id uuid, pooled boolean, slots int, in_use int, lab jsonb, mem bigint,
                    disk bigint)
     LANGUAGE sql STABLE AS $$
-    SELECT a.id, a.pool_id IS NOT NULL, a.slots,
-           (SELECT count(*)::int FROM jobs r
-             WHERE r.agent_id = a.id AND r.status IN ('assigned', 'running')),
-           a.labels || jsonb_build_object('os', a.os, 'arch', a.arch),
-           a.memory_free_bytes, a.disk_free_bytes
-      FROM agents a
-     WHERE a.status = 'online' AND a.credential_revoked_at IS NULL
-       AND a.last_heartbeat_at > now() - make_interval(secs => online_s)
-       AND ((a.tenant_id = tid AND a.pool_id IS NULL)
-            OR a.pool_id IN (SELECT p.id FROM pools p JOIN tenants t ON t.id = tid
-                              WHERE t.tier = ANY (p.tiers) OR tid = ANY (p.tenants)))
+    SELECT o.agent_id, o.pool_id IS NOT NULL, o.slots, o.in_use, o.lab, o.mem, o.disk
+      FROM online_agents(online_s) o
+     WHERE (o.tenant_id = tid AND o.pool_id IS NULL)
+        OR o.pool_id IN (SELECT admitting_pools(tid))
 $$;
 
 -- Why job jid of tenant tid is still queued: NULL when it is not (any more) a queued job
@@ -167,7 +193,7 @@ BEGIN
     SELECT count(*) INTO pos
       FROM jobs x LEFT JOIN queues xq ON xq.id = x.queue_id
      WHERE x.tenant_id = tid AND x.status = 'queued' AND x.not_before <= now()
-       AND NOT x.cancel_requested AND NOT coalesce(xq.paused, false)
+       AND NOT coalesce(xq.paused, false)
        AND (x.created_at - x.priority * age, x.id) < (j.created_at - j.priority * age, j.id);
 
     IF q_paused THEN
@@ -240,27 +266,32 @@ $$;
 -- jobs_active_tenant); the agents are matched once per requirement set.
 CREATE FUNCTION scaling_signals(tid uuid, online_s int, max_sets int) RETURNS json
     LANGUAGE sql STABLE AS $$
-WITH ten AS (SELECT tq.tenant_id, tq.max_concurrent_jobs FROM tenant_quotas tq
-              WHERE tid IS NULL OR tq.tenant_id = tid),
+-- (The jobs are filtered by a join with ten, not by "tid IS NULL OR tenant_id = tid":
+-- the function's plan is generic, and that test would make every scan a full one.)
+WITH ten AS MATERIALIZED (SELECT tq.tenant_id, tq.max_concurrent_jobs FROM tenant_quotas tq
+                           WHERE tid IS NULL OR tq.tenant_id = tid),
 waiting AS (SELECT j.tenant_id, j.queue_id,
                    count(*) FILTER (WHERE j.not_before <= now()) AS queued,
                    count(*) FILTER (WHERE j.not_before > now()) AS delayed
-              FROM jobs j WHERE j.status = 'queued' AND (tid IS NULL OR j.tenant_id = tid)
+              FROM jobs j WHERE j.status = 'queued' AND j.tenant_id IN (SELECT ten.tenant_id FROM ten)
              GROUP BY j.tenant_id, j.queue_id),
 active AS (SELECT j.tenant_id, j.queue_id, count(*) AS running
              FROM jobs j WHERE j.status IN ('assigned', 'running')
-              AND (tid IS NULL OR j.tenant_id = tid)
+              AND j.tenant_id IN (SELECT ten.tenant_id FROM ten)
             GROUP BY j.tenant_id, j.queue_id),
 sets AS (SELECT j.tenant_id, j.requirements, count(*) AS waiting, min(j.not_before) AS since,
                 row_number() OVER (PARTITION BY j.tenant_id
                                    ORDER BY count(*) DESC, min(j.not_before)) AS rank
            FROM jobs j LEFT JOIN queues q ON q.id = j.queue_id
           WHERE j.status = 'queued' AND j.not_before <= now() AND NOT coalesce(q.paused, false)
-            AND (tid IS NULL OR j.tenant_id = tid)
+            AND j.tenant_id IN (SELECT ten.tenant_id FROM ten)
           GROUP BY j.tenant_id, j.requirements),
-sa AS MATERIALIZED (SELECT t.tenant_id, s.* FROM ten t
-                     CROSS JOIN LATERAL serving_agents(t.tenant_id, online_s) s
-                     WHERE EXISTS (SELECT 1 FROM sets WHERE sets.tenant_id = t.tenant_id))
+-- The agents once, and each tenant's admitting pools: serving_agents() per tenant would
+-- count the shared pools' agents' jobs again for every tenant.
+ag AS MATERIALIZED (SELECT * FROM online_agents(online_s) o
+                     WHERE o.tenant_id IN (SELECT ten.tenant_id FROM ten) OR o.pool_id IS NOT NULL),
+adm AS MATERIALIZED (SELECT t.tenant_id, p.pool_id FROM ten t
+                      CROSS JOIN LATERAL admitting_pools(t.tenant_id) AS p(pool_id))
 SELECT json_build_object('generated_at', now(), 'tenants', coalesce(json_agg(json_build_object(
     'tenant_id', t.tenant_id,
     'running', (SELECT coalesce(sum(a.running), 0) FROM active a WHERE a.tenant_id = t.tenant_id),
@@ -289,9 +320,12 @@ SELECT json_build_object('generated_at', now(), 'tenants', coalesce(json_agg(jso
                            FROM sets s
                            CROSS JOIN LATERAL (
                                SELECT count(*) AS n,
-                                      coalesce(sum(greatest(sa.slots - sa.in_use, 0)), 0) AS free
-                                 FROM sa WHERE sa.tenant_id = t.tenant_id
-                                  AND requirements_hold(s.requirements, sa.lab, sa.mem, sa.disk)) m
+                                      coalesce(sum(greatest(ag.slots - ag.in_use, 0)), 0) AS free
+                                 FROM ag
+                                WHERE ((ag.tenant_id = t.tenant_id AND ag.pool_id IS NULL)
+                                       OR ag.pool_id IN (SELECT adm.pool_id FROM adm
+                                                          WHERE adm.tenant_id = t.tenant_id))
+                                  AND requirements_hold(s.requirements, ag.lab, ag.mem, ag.disk)) m
                           WHERE s.tenant_id = t.tenant_id AND s.rank <= max_sets),
     'requirement_sets_truncated', (SELECT count(*) > max_sets FROM sets s
                                     WHERE s.tenant_id = t.tenant_id)
@@ -300,5 +334,6 @@ SELECT json_build_object('generated_at', now(), 'tenants', coalesce(json_agg(jso
 $$;
 
 GRANT EXECUTE ON FUNCTION requirement_holds(text, jsonb, jsonb, bigint, bigint),
-    requirements_hold(jsonb, jsonb, bigint, bigint), serving_agents(uuid, int),
+    requirements_hold(jsonb, jsonb, bigint, bigint), online_agents(int), admitting_pools(uuid),
+    serving_agents(uuid, int),
     job_wait(uuid, uuid, int, int), scaling_signals(uuid, int, int) TO orch_app;
