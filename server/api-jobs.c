@@ -475,7 +475,7 @@ static int job_waiting(struct app *app, const char *tenant, const char *id, json
 {
     char online[24], aging[24];
     snprintf(online, sizeof(online), "%lld", (long long)(app->cfg->agent_online_ms / 1000));
-    snprintf(aging, sizeof(aging), "%lld", (long long)app->cfg->dispatch_aging_s);
+    snprintf(aging, sizeof(aging), "%lld", (long long)app->cfg->dispatch_aging_ms);
     const char *p[] = {tenant, id, online, aging};
     PGresult *res = NULL;
     int r = store_exec_once(app->store, NULL, &q_job_wait, p, &res);

@@ -47,9 +47,8 @@ const struct conf_field orchd_config_fields[] = {
      "run a dispatcher on this node"},
     {"dispatch.tick", CONF_DURATION, F(dispatch_tick_ms), 10, 10000, "250ms", NULL,
      "longest wait between dispatch rounds when no submission wakes the dispatcher"},
-    {"dispatch.aging_s", CONF_INT, F(dispatch_aging_s), 0, 86400, "60", NULL,
-     "seconds of waiting worth one priority step: within a tenant jobs are placed by "
-     "created_at - priority * aging_s, smallest first, so low priority is never starved"},
+    {"dispatch.aging", CONF_DURATION, F(dispatch_aging_ms), 0, 86400000, "60s", NULL,
+     "a waiting job gains one priority step per this much waited (0 = strict priority)"},
     {"gateway.max_waiters", CONF_INT, F(gateway_max_waiters), 1, 1048576, "65536", NULL,
      "long-polls one node holds at once; past it agents are told 503 and retry later"},
     {"node.name", CONF_STRING, F(node_name), 1, 64, "orchd", NULL,

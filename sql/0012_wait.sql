@@ -16,7 +16,7 @@
 -- that name (its labels plus os and arch); min_free_memory_mb and min_free_disk_mb are
 -- integers that must not exceed the agent's last reported free memory or disk in MiB (an
 -- agent that has reported none fails them); within a tenant, jobs are placed by the
--- aging key created_at - priority * dispatch.aging_s, smallest first.
+-- aging key created_at - priority * dispatch.aging, smallest first.
 
 -- The weight the tenant competes with (its override, else its tier's), and the override.
 CREATE OR REPLACE VIEW tenant_view WITH (security_invoker = true) AS
@@ -133,7 +133,7 @@ $$;
 --                      every place free now (min of quota room, queue room, free slots)
 --   ready              nothing holds it: the next dispatch round places it
 -- Hard holds come first (they outlast any capacity), then time, then capacity.
-CREATE FUNCTION job_wait(tid uuid, jid uuid, online_s int, aging_s int) RETURNS json
+CREATE FUNCTION job_wait(tid uuid, jid uuid, online_s int, aging_ms int) RETURNS json
     LANGUAGE plpgsql STABLE AS $$
 DECLARE
     j record;
@@ -154,7 +154,7 @@ DECLARE
     room bigint;
     why text[] := '{}';
     detail text;
-    age interval := make_interval(secs => aging_s);
+    age interval := make_interval(secs => aging_ms / 1000.0);
 BEGIN
     SELECT * INTO j FROM jobs WHERE id = jid AND tenant_id = tid AND status = 'queued';
     IF NOT FOUND THEN
