@@ -55,31 +55,28 @@ SELECT id, tenant_id, json_build_object(
 CREATE INDEX jobs_queued_tenant ON jobs (tenant_id, queue_id, not_before)
     INCLUDE (priority, created_at, id) WHERE status = 'queued';
 
--- Whether the requirement k = wanted holds on an agent with labels lab (os and arch
--- merged in) and last reported free memory and disk mem, disk (NULL: not reported).
-CREATE FUNCTION requirement_holds(k text, wanted jsonb, lab jsonb, mem bigint, disk bigint)
-    RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE k
-        WHEN 'min_free_memory_mb' THEN jsonb_typeof(wanted) = 'number'
-            AND coalesce(mem >= (wanted #>> '{}')::numeric * 1048576, false)
-        WHEN 'min_free_disk_mb' THEN jsonb_typeof(wanted) = 'number'
-            AND coalesce(disk >= (wanted #>> '{}')::numeric * 1048576, false)
-        ELSE coalesce(lab -> k = wanted, false)
-    END
-$$;
-
--- Whether every requirement of req holds (an empty req holds everywhere): the labels by
--- containment, the two minimums one by one. One expression without a subquery, so that
--- the planner inlines it: the signals match every requirement set against every agent,
--- and a call per pair cost ~20 us, 1 s for 20 sets and 1,250 agents.
+-- Whether every requirement of req holds (an empty req holds everywhere) on an agent with
+-- labels lab (os and arch merged in) and last reported free memory and disk mem, disk
+-- (NULL: not reported, which fails a minimum): the labels by containment, the two
+-- minimums in MiB. The rule of the placement engine (server/placement.c, agent_capable()),
+-- as sql/0011_placement.sql's agent_meets() writes it. One expression without a subquery,
+-- so that the planner inlines it: the signals match every requirement set against every
+-- agent, and a call per pair cost ~20 us, 1 s for 20 sets and 1,250 agents.
 CREATE FUNCTION requirements_hold(req jsonb, lab jsonb, mem bigint, disk bigint)
     RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT lab @> (req - ARRAY['min_free_memory_mb', 'min_free_disk_mb'])
        AND (NOT req ? 'min_free_memory_mb'
-            OR requirement_holds('min_free_memory_mb', req -> 'min_free_memory_mb', lab, mem,
-                                 disk))
+            OR (jsonb_typeof(req -> 'min_free_memory_mb') = 'number'
+                AND coalesce(mem >= (req ->> 'min_free_memory_mb')::numeric * 1048576, false)))
        AND (NOT req ? 'min_free_disk_mb'
-            OR requirement_holds('min_free_disk_mb', req -> 'min_free_disk_mb', lab, mem, disk))
+            OR (jsonb_typeof(req -> 'min_free_disk_mb') = 'number'
+                AND coalesce(disk >= (req ->> 'min_free_disk_mb')::numeric * 1048576, false)))
+$$;
+
+-- Whether the one requirement k = wanted holds (for "which requirement fails where").
+CREATE FUNCTION requirement_holds(k text, wanted jsonb, lab jsonb, mem bigint, disk bigint)
+    RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT requirements_hold(jsonb_build_object(k, wanted), lab, mem, disk)
 $$;
 
 -- Every agent that may be given a job now: online with a heartbeat within online_s, its
