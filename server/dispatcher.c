@@ -10,6 +10,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "proto/bus.h"
 #include "server/app.h"
 #include "server/bus.h"
 #include "server/gateway-internal.h"
@@ -58,6 +59,11 @@ static void *dispatch_main(void *arg)
         char *body = NULL;
         size_t len = 0;
         int r = sub ? bus_sub_next(sub, 5, &body, &len) : 0;
+        /* A submission only starts the round: what it names is a hint (proto/bus.h). */
+        struct proto_bus_jobs_submitted m = {0};
+        if (r == 1 && proto_bus_jobs_submitted_decode(body, len, &m, NULL) < 0)
+            log_debug("op=dispatch.bus error=\"not a jobs.submitted message\"");
+        proto_bus_jobs_submitted_clear(&m);
         free(body);
         if (r < 0 || !sub)
             sleep_ms(d, 5);

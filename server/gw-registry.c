@@ -13,6 +13,7 @@
 #include "common/cleanup.h"
 #include "common/id.h"
 #include "common/log.h"
+#include "proto/bus.h"
 #include "server/api.h"
 #include "server/app.h"
 #include "server/bus.h"
@@ -302,10 +303,10 @@ void gateway_notify(struct gateway *gw, const char *agent_id, const char *node)
         gateway_wake(gw, agent_id);
         return;
     }
-    char queue[128], msg[96];
-    snprintf(queue, sizeof(queue), "orch.gw.%s", node);
-    snprintf(msg, sizeof(msg), "{\"agent_id\":\"%s\"}", agent_id);
-    bus_publish(app->bus, queue, msg, strlen(msg), 2000);
+    char queue[128];
+    _cleanup_free_ char *msg = proto_bus_agent_wake_encode(agent_id);
+    if (msg && proto_bus_gateway_queue(queue, sizeof(queue), node) == 0)
+        bus_publish(app->bus, queue, msg, strlen(msg), 2000);
 }
 
 void gateway_wake(struct gateway *gw, const char *agent_id)
@@ -469,9 +470,9 @@ void *gw_wakeups_main(void *arg)
 {
     struct gateway *gw = arg;
     char queue[128];
-    snprintf(queue, sizeof(queue), "orch.gw.%s", gw->app->cfg->node_name);
     struct bus_sub *sub = NULL;
-    if (bus_sub_new(gw->app->cfg->amqp_url, queue, true, &sub) < 0)
+    if (proto_bus_gateway_queue(queue, sizeof(queue), gw->app->cfg->node_name) < 0 ||
+        bus_sub_new(gw->app->cfg->amqp_url, queue, true, &sub) < 0)
         return NULL;
     while (!atomic_load(&gw->stop)) {
         char *body = NULL;
@@ -482,12 +483,12 @@ void *gw_wakeups_main(void *arg)
             continue;
         }
         if (r == 1) {
-            json_error_t e;
-            json_t *m = json_loadb(body, len, 0, &e);
-            const char *agent = json_string_value(json_object_get(m, "agent_id"));
-            if (agent && id_is_valid(agent))
-                gateway_wake(gw, agent);
-            json_decref(m);
+            struct proto_bus_agent_wake m;
+            struct jsonv_error e;
+            if (proto_bus_agent_wake_decode(body, len, &m, &e) == 0)
+                gateway_wake(gw, m.agent_id);
+            else
+                log_debug("op=gateway.wake-up error=\"invalid message\" field=%s", e.field);
             free(body);
         }
     }
