@@ -48,6 +48,8 @@ const struct conf_field orchd_config_fields[] = {
      "false: no dispatcher on this node whatever node.roles says (the older spelling)"},
     {"dispatch.tick", CONF_DURATION, F(dispatch_tick_ms), 10, 10000, "250ms", NULL,
      "longest wait between dispatch rounds when no submission wakes the dispatcher"},
+    {"dispatch.aging", CONF_DURATION, F(dispatch_aging_ms), 0, 86400000, "60s", NULL,
+     "a waiting job gains one priority step per this much waited (0 = strict priority)"},
     {"gateway.max_waiters", CONF_INT, F(gateway_max_waiters), 1, 1048576, "65536", NULL,
      "long-polls one node holds at once; past it agents are told 503 and retry later"},
     {"node.name", CONF_STRING, F(node_name), 1, 64, "orchd", NULL,

@@ -36,6 +36,7 @@ struct orchd_config {
     int64_t agent_online_ms;        /* agent.online_window */
     bool dispatch_enabled;          /* dispatch.enabled: false removes the dispatcher role */
     int64_t dispatch_tick_ms;       /* dispatch.tick */
+    int64_t dispatch_aging_ms;      /* dispatch.aging: one priority step per this much waited */
     int64_t gateway_max_waiters;    /* gateway.max_waiters */
     char *node_name;                /* node.name: this node in logs and the audit trail */
     char *node_roles;               /* node.roles: as written, e.g. "api,gateway" */

@@ -5,7 +5,7 @@
 CREATE OR REPLACE VIEW tenant_view WITH (security_invoker = true) AS
 SELECT t.id, json_build_object(
     'id', t.id, 'slug', t.slug, 'display_name', t.display_name, 'tier', t.tier,
-    'status', t.status,
+    'status', t.status, 'weight', q.weight,
     'quotas', json_build_object('agents', q.max_agents, 'concurrent_jobs', q.max_concurrent_jobs,
                                 'schedules', q.max_schedules, 'queues', q.max_queues,
                                 'storage_bytes', q.max_storage_bytes,
@@ -16,7 +16,7 @@ SELECT t.id, json_build_object(
                                    'storage_bytes', t.max_storage_bytes,
                                    'api_calls_per_day', t.max_api_calls_day,
                                    'rate_per_second', t.rate_per_sec, 'rate_burst', t.rate_burst,
-                                   'job_log_bytes', t.max_job_log_bytes),
+                                   'job_log_bytes', t.max_job_log_bytes, 'weight', t.weight),
     'rate_limit', json_build_object('per_second', coalesce(t.rate_per_sec, d.rate_per_sec),
                                     'burst', coalesce(t.rate_burst, d.rate_burst)),
     'usage', u.doc,
@@ -30,7 +30,8 @@ SELECT t.id, json_build_object(
 CREATE OR REPLACE VIEW queue_view WITH (security_invoker = true) AS
 SELECT id, tenant_id, json_build_object(
     'id', id, 'name', name, 'default_priority', default_priority, 'requirements', requirements,
-    'paused', paused, 'created_at', created_at, 'updated_at', updated_at) AS doc
+    'paused', paused, 'max_running', max_running, 'created_at', created_at,
+    'updated_at', updated_at) AS doc
   FROM queues;
 
 -- api_key_view: from 0002_api.sql.
