@@ -6,9 +6,12 @@
  * way to interrupt an HTTP/1.1 request) and goes out on a new one. Jobs do not run: a job
  * "ends" run_ms after its assignment arrived.
  *
- * Unlike orch-agent, it holds exchanges for up to 25 s while jobs "run" unless it reports
- * output (log_bytes > 0, then 1 s as orch-agent): there is no output to carry otherwise,
- * and the results interrupt the hold. */
+ * Unlike orch-agent, a heartbeat with nothing else to carry goes in the held exchange
+ * (orch-agent sends it on its own, then holds): one exchange per heartbeat interval per idle
+ * agent, so that the upkeep of thousands of idle agents weighs on the server as little as
+ * the protocol allows. And it holds up to poll_wait_s (orch-agent: 25 s) while jobs "run"
+ * unless it reports output (log_bytes > 0, then 1 s as orch-agent): there is no output to
+ * carry otherwise, and the results interrupt the hold. */
 #include "tools/loadgen/lg.h"
 
 #include <errno.h>
@@ -19,7 +22,6 @@
 
 #include "common/clock.h"
 
-#define POLL_WAIT_S        25
 #define BUSY_WAIT_S        1
 #define REQUEST_SLACK_MS   15000 /* past the wait, before an exchange counts as lost */
 #define DEFAULT_HB_S       10
@@ -234,9 +236,11 @@ static void kick(struct lg_agent *a)
         running[nrunning++] = a->runs[i].job;
     int free_slots = a->cfg.slots - a->nruns;
     int wait = 0;
-    if (a->nsent == 0 && !hb) {
-        uint64_t to_hb_s = (a->next_hb_ns - now + 999999999ULL) / 1000000000ULL;
-        wait = a->nruns > 0 && a->log_b64 ? BUSY_WAIT_S : POLL_WAIT_S;
+    if (a->nsent == 0 && a->online) {
+        /* Never held past the next heartbeat, which this one may carry. */
+        uint64_t to_hb_s =
+            hb ? (uint64_t)a->hb_interval_s : (a->next_hb_ns - now + 999999999ULL) / 1000000000ULL;
+        wait = a->nruns > 0 && a->log_b64 ? BUSY_WAIT_S : a->cfg.poll_wait_s;
         if (to_hb_s < (uint64_t)wait)
             wait = to_hb_s > 1 ? (int)to_hb_s : 1;
     }

@@ -27,8 +27,9 @@
 struct opts {
     const char *url, *ca, *enrol_token, *api_key, *srcs, *state, *prefix, *job;
     int agents, slots, jobs, run_ms, log_bytes, batch, parallel, connect_parallel, duration_s;
+    int poll_wait_s;
     double rate;
-    bool json;
+    bool json, quiet;
 };
 
 struct cached {
@@ -54,6 +55,7 @@ struct lg {
 };
 
 static volatile sig_atomic_t interrupted;
+static struct event *progress;
 
 static void on_signal(int sig)
 {
@@ -67,13 +69,16 @@ static void usage(void)
             "         [--enrol-token TOKEN] [--state FILE] [--agents N] [--slots S] [--jobs M]\n"
             "         [--rate R] [--run-ms T] [--log-bytes B] [--batch B] [--parallel P]\n"
             "         [--connect-parallel C] [--source-addrs 127.0.0.2,127.0.0.3,...]\n"
-            "         [--name-prefix P] [--job JSON] [--duration S] [--json]\n"
+            "         [--name-prefix P] [--job JSON] [--poll-wait S] [--duration S] [--json]\n"
+            "         [--quiet]\n"
             "  --api-key       a tenant API key (orch_ak_..., exchanged) or an access token\n"
             "  --enrol-token   enrols the agents missing from --state (max_uses >= N)\n"
             "  --state FILE    enrolled agents' credentials, kept between runs\n"
             "  --rate R        jobs submitted per second (0 = all at once, in batches)\n"
             "  --run-ms T      how long each job \"runs\" on its agent (default 0)\n"
             "  --jobs 0        only enrol the agents missing from --state\n"
+            "  --poll-wait S   longest hold of an agent's exchange (default 25, as orch-agent)\n"
+            "  --quiet         no progress lines on stderr (every 5 s)\n"
             "  --duration S    give up after S seconds (default 600)\n");
 }
 
@@ -110,7 +115,9 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         {"name-prefix", required_argument, NULL, 'n'},
         {"job", required_argument, NULL, 'J'},
         {"duration", required_argument, NULL, 'd'},
+        {"poll-wait", required_argument, NULL, 'w'},
         {"json", no_argument, NULL, 'o'},
+        {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -121,6 +128,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
                        .parallel = 2,
                        .connect_parallel = 256,
                        .duration_s = 600,
+                       .poll_wait_s = 25,
                        .prefix = "lg",
                        .job = "{\"command\":\"true\",\"max_attempts\":1}"};
     int c, r = 0;
@@ -186,8 +194,14 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         case 'd':
             r = parse_int("--duration", optarg, 1, 86400, &o->duration_s);
             break;
+        case 'w':
+            r = parse_int("--poll-wait", optarg, 1, 60, &o->poll_wait_s);
+            break;
         case 'o':
             o->json = true;
+            break;
+        case 'q':
+            o->quiet = true;
             break;
         default:
             usage();
@@ -502,12 +516,26 @@ static struct run_state run_state;
 
 static bool run_done(struct lg *lg)
 {
-    struct lg_report r;
-    if (lg_submit_failed(run_state.sub))
-        return true;
-    if (lg_stats_report(lg->stats, &r) < 0)
-        return false;
-    return (int)r.completed >= run_state.jobs;
+    return lg_submit_failed(run_state.sub) ||
+           (int)lg_stats_completed_count(lg->stats) >= run_state.jobs;
+}
+
+/* Every 5 s on stderr, so that a long run shows where it is. */
+static void on_progress(evutil_socket_t fd, short what, void *arg)
+{
+    struct lg *lg = arg;
+    static uint64_t t0;
+    uint64_t now = clock_mono_ns();
+    if (!t0)
+        t0 = now;
+    fprintf(stderr,
+            "orch-loadgen: t=%.0fs online=%d/%d submitted=%d assigned=%zu completed=%zu "
+            "exchanges=%llu connections=%llu errors=%llu\n",
+            (double)(now - t0) / 1e9, online_count(lg), lg->o.agents,
+            run_state.sub ? lg_submit_accepted(run_state.sub) : 0,
+            lg_stats_assigned_count(lg->stats), lg_stats_completed_count(lg->stats),
+            (unsigned long long)lg_agent_counters.exchanges, (unsigned long long)lg_http_connects,
+            (unsigned long long)lg_agent_counters.errors);
 }
 
 static void print_report(const struct lg *lg, const struct lg_report *r, double connect_s,
@@ -576,8 +604,14 @@ int main(int argc, char **argv)
         rc = 0; /* --jobs 0: enrol (into --state) and stop */
         goto out;
     }
-    struct lg_agent_cfg acfg = {
-        .slots = lg.o.slots, .run_ms = lg.o.run_ms, .log_bytes = lg.o.log_bytes};
+    struct lg_agent_cfg acfg = {.slots = lg.o.slots,
+                                .run_ms = lg.o.run_ms,
+                                .log_bytes = lg.o.log_bytes,
+                                .poll_wait_s = lg.o.poll_wait_s};
+    struct timeval every = {.tv_sec = 5};
+    progress = lg.o.quiet ? NULL : event_new(lg.base, -1, EV_PERSIST, on_progress, &lg);
+    if (progress)
+        event_add(progress, &every);
     for (int i = 0; i < lg.o.agents; i++) {
         lg.agents[i] =
             lg_agent_new(&lg.http, lg.stats, &acfg, i, lg.cache[i].name, lg.cache[i].credential);
@@ -615,6 +649,8 @@ stop:
     for (int i = 0; i < lg.nstarted; i++)
         lg_agent_stop(lg.agents[i]);
 out:
+    if (progress)
+        event_free(progress);
     lg_submit_free(run_state.sub);
     for (int i = 0; lg.agents && i < lg.o.agents; i++)
         lg_agent_free(lg.agents[i]);

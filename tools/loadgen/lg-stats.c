@@ -107,6 +107,16 @@ void lg_stats_completed(struct lg_stats *s, const char *id, uint64_t t_ns)
         s->last_complete = t_ns;
 }
 
+size_t lg_stats_assigned_count(const struct lg_stats *s)
+{
+    return s->nassigned;
+}
+
+size_t lg_stats_completed_count(const struct lg_stats *s)
+{
+    return s->ncompleted;
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;

@@ -80,6 +80,10 @@ void lg_stats_assigned(struct lg_stats *s, const char *id, uint64_t t_ns);
 /* The server accepted job id's result at t_ns. */
 void lg_stats_completed(struct lg_stats *s, const char *id, uint64_t t_ns);
 
+/* Jobs whose assignment arrived, whose result was accepted. */
+size_t lg_stats_assigned_count(const struct lg_stats *s);
+size_t lg_stats_completed_count(const struct lg_stats *s);
+
 struct lg_report {
     size_t submitted, assigned, completed;
     double placements_per_s; /* assignments received / (last one - first submission) */
@@ -150,9 +154,10 @@ struct lg;
 
 struct lg_agent_cfg {
     int slots;
-    int run_ms;    /* how long a simulated job "runs" before its result */
-    int log_bytes; /* output each job reports (0 = none) */
-    int exit_code; /* of every job */
+    int run_ms;      /* how long a simulated job "runs" before its result */
+    int log_bytes;   /* output each job reports (0 = none) */
+    int exit_code;   /* of every job */
+    int poll_wait_s; /* longest hold of an exchange (1 to 60; orch-agent: 25) */
 };
 
 struct lg_agent;
