@@ -17,6 +17,7 @@
 #include "common/id.h"
 #include "common/log.h"
 #include "common/relpath.h"
+#include "proto/bus.h"
 #include "proto/version.h"
 #include "server/api.h"
 #include "server/app.h"
@@ -287,10 +288,7 @@ static void announce(struct http_req *req, const char *tenant, json_t *ids)
     struct app *app = http_req_app(req);
     if (!app->bus || json_array_size(ids) == 0)
         return;
-    json_t *msg =
-        json_pack("{s:s, s:s, s:O}", "type", "jobs.submitted", "tenant_id", tenant, "job_ids", ids);
-    char *text = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
-    json_decref(msg);
+    char *text = proto_bus_jobs_submitted_encode(tenant, ids);
     if (!text)
         return;
     int r = bus_publish(app->bus, app->cfg->bus_jobs_queue, text, strlen(text),

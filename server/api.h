@@ -6,6 +6,7 @@
 #include <stdbool.h>
 
 #include "common/id.h"
+#include "proto/agent.h"
 #include "server/http.h"
 #include "server/store.h"
 
@@ -64,8 +65,9 @@ const char *api_json_str(const json_t *obj, const char *key);
  * string values of at most 255 bytes. Replies 422 naming field and returns < 0 when bad. */
 int api_check_labels(struct http_req *req, const json_t *labels, const char *field);
 
-/* packages: archives up to PACKAGE_MAX_BYTES (below the HTTP server's hard cap) */
-#define PACKAGE_MAX_BYTES (15 * 1024 * 1024)
+/* packages: archives up to PACKAGE_MAX_BYTES (below the HTTP server's hard cap), the size
+ * agents accept (proto/agent.h) */
+#define PACKAGE_MAX_BYTES PROTO_PACKAGE_MAX_BYTES
 /* An upload's whole-request deadline: 15 MiB at 256 kbit/s. */
 #define PACKAGE_UPLOAD_TIMEOUT_MS (10 * 60 * 1000)
 void api_packages_create(struct http_req *req);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "proto/bus.h"
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
 
@@ -33,7 +34,7 @@ const struct conf_field orchd_config_fields[] = {
      "RabbitMQ connection"},
     {"log.level", CONF_ENUM, F(log_level), 0, 0, "info", log_levels,
      "least severe level logged: debug, info, warn or error"},
-    {"bus.jobs_queue", CONF_STRING, F(bus_jobs_queue), 1, 200, "orch.jobs", NULL,
+    {"bus.jobs_queue", CONF_STRING, F(bus_jobs_queue), 1, 200, PROTO_BUS_JOBS_QUEUE, NULL,
      "RabbitMQ quorum queue announcing submitted jobs to the dispatchers"},
     {"bus.publish_timeout", CONF_DURATION, F(bus_publish_timeout_ms), 100, 60000, "5s", NULL,
      "longest wait for RabbitMQ's publisher confirm"},
