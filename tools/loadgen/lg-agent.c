@@ -15,7 +15,6 @@
 #include "tools/loadgen/lg.h"
 
 #include <errno.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,7 +44,7 @@ struct lg_agent {
     int index;
     char name[64];
     char *credential;
-    char *log_b64; /* the output each job reports, base64 */
+    char *log; /* the output each job reports, cfg.log_bytes of it */
     struct lg_conn *conn;
     struct event *timer;
     bool online, stopped, caps_sent;
@@ -85,18 +84,13 @@ struct lg_agent *lg_agent_new(struct lg_http_ctx *http, struct lg_stats *stats,
     a->sent = calloc((size_t)cfg->slots * 2, sizeof(*a->sent));
     a->hb_interval_s = DEFAULT_HB_S;
     if (cfg->log_bytes > 0) {
-        unsigned char *raw = malloc((size_t)cfg->log_bytes);
-        a->log_b64 = malloc(((size_t)cfg->log_bytes + 2) / 3 * 4 + 1);
-        if (raw && a->log_b64) {
-            for (int i = 0; i < cfg->log_bytes; i++)
-                raw[i] = (unsigned char)(i % 64 == 63 ? '\n' : 'a' + i % 26);
-            EVP_EncodeBlock((unsigned char *)a->log_b64, raw, cfg->log_bytes);
-        }
-        free(raw);
-        if (!a->log_b64) {
+        a->log = malloc((size_t)cfg->log_bytes);
+        if (!a->log) {
             lg_agent_free(a);
             return NULL;
         }
+        for (int i = 0; i < cfg->log_bytes; i++)
+            a->log[i] = (char)(i % 64 == 63 ? '\n' : 'a' + i % 26);
     }
     if (!a->credential || !a->conn || !a->timer || !a->runs || !a->sent) {
         lg_agent_free(a);
@@ -122,7 +116,7 @@ void lg_agent_free(struct lg_agent *a)
     if (a->timer)
         event_free(a->timer);
     free(a->credential);
-    free(a->log_b64);
+    free(a->log);
     free(a->runs);
     free(a->sent);
     free(a);
@@ -153,7 +147,7 @@ static bool report_due(const struct lg_agent *a, uint64_t now)
 {
     for (int i = 0; i < a->nruns; i++) {
         const struct run *r = &a->runs[i];
-        if (!r->started || (a->log_b64 && !r->logged) || r->cancelled || now >= r->due_ns)
+        if (!r->started || (a->log && !r->logged) || r->cancelled || now >= r->due_ns)
             return true;
     }
     return false;
@@ -218,9 +212,12 @@ static void kick(struct lg_agent *a)
         struct run *r = &a->runs[i];
         if (!r->started)
             a->sent[a->nsent++] = (struct lg_msg_report){.kind = LG_REPORT_STARTED, .job = r->job};
-        else if (a->log_b64 && !r->logged)
-            a->sent[a->nsent++] = (struct lg_msg_report){
-                .kind = LG_REPORT_LOGS, .job = r->job, .data_b64 = a->log_b64, .offset = 0};
+        else if (a->log && !r->logged)
+            a->sent[a->nsent++] = (struct lg_msg_report){.kind = LG_REPORT_LOGS,
+                                                         .job = r->job,
+                                                         .data = a->log,
+                                                         .len = (size_t)a->cfg.log_bytes,
+                                                         .offset = 0};
         else if (r->cancelled || now >= r->due_ns)
             a->sent[a->nsent++] = (struct lg_msg_report){.kind = LG_REPORT_RESULT,
                                                          .job = r->job,
@@ -240,7 +237,7 @@ static void kick(struct lg_agent *a)
         /* Never held past the next heartbeat, which this one may carry. */
         uint64_t to_hb_s =
             hb ? (uint64_t)a->hb_interval_s : (a->next_hb_ns - now + 999999999ULL) / 1000000000ULL;
-        wait = a->nruns > 0 && a->log_b64 ? BUSY_WAIT_S : a->cfg.poll_wait_s;
+        wait = a->nruns > 0 && a->log ? BUSY_WAIT_S : a->cfg.poll_wait_s;
         if (to_hb_s < (uint64_t)wait)
             wait = to_hb_s > 1 ? (int)to_hb_s : 1;
     }
@@ -258,8 +255,9 @@ static void kick(struct lg_agent *a)
         .wait_s = wait,
     };
     char *body = lg_msg_sync(&m);
-    int r = body ? lg_conn_request(a->conn, "POST", lg_msg_sync_path, a->credential, body,
-                                   wait * 1000 + REQUEST_SLACK_MS, on_answer, a)
+    int r = body ? lg_conn_request(a->conn, "POST", lg_msg_sync_path, a->credential,
+                                   lg_msg_version_header, body, wait * 1000 + REQUEST_SLACK_MS,
+                                   on_answer, a)
                  : -ENOMEM;
     free(body);
     if (r < 0) {
@@ -407,7 +405,8 @@ int lg_agent_enrol(struct lg_conn *conn, const char *token, const char *name, in
         return -ENOMEM;
     }
     *e = (struct enrol){.done = done, .arg = arg};
-    int r = lg_conn_request(conn, "POST", lg_msg_register_path, NULL, body, 60000, on_enrolled, e);
+    int r = lg_conn_request(conn, "POST", lg_msg_register_path, NULL, lg_msg_version_header, body,
+                            60000, on_enrolled, e);
     free(body);
     if (r < 0)
         free(e);

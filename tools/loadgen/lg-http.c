@@ -326,7 +326,7 @@ static int conn_open(struct lg_conn *k)
 }
 
 int lg_conn_request(struct lg_conn *k, const char *method, const char *path, const char *auth,
-                    const char *body, int timeout_ms, lg_http_cb cb, void *arg)
+                    const char *header, const char *body, int timeout_ms, lg_http_cb cb, void *arg)
 {
     if (k->busy)
         return -EBUSY;
@@ -341,6 +341,8 @@ int lg_conn_request(struct lg_conn *k, const char *method, const char *path, con
                k->ctx->host);
     if (auth)
         buf_printf(&h, "Authorization: Bearer %s\r\n", auth);
+    if (header)
+        buf_printf(&h, "%s\r\n", header);
     if (body)
         buf_printf(&h, "Content-Type: application/json\r\nContent-Length: %zu\r\n", blen);
     else if (strcmp(method, "POST") == 0)

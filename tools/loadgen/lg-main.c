@@ -315,9 +315,9 @@ static int get_token(struct lg *lg)
     json_t *b = json_pack("{s:s}", "key", lg->o.api_key);
     char *body = b ? json_dumps(b, JSON_COMPACT) : NULL;
     json_decref(b);
-    int r = k && body
-                ? lg_conn_request(k, "POST", "/api/v1/auth/token", NULL, body, 30000, on_token, lg)
-                : -ENOMEM;
+    int r = k && body ? lg_conn_request(k, "POST", "/api/v1/auth/token", NULL, NULL, body, 30000,
+                                        on_token, lg)
+                      : -ENOMEM;
     free(body);
     if (r >= 0)
         r = run_until(lg, token_done, 60);

@@ -1,20 +1,21 @@
-/* lg-msg.c: the agent protocol's messages as the load generator sends and reads them
- * (docs/agent-protocol.md). Kept in this one file so that it moves to proto/'s codec in
- * one change once that exists. */
+/* lg-msg.c: the agent protocol's messages as the load generator sends and reads them,
+ * through proto/agent.h's codec (the one definition orchd and orch-agent use), so that the
+ * simulated agents speak exactly what a real one does. Only the registration body has no
+ * encoder there (orch-agent builds it from its host's facts). */
 #include "tools/loadgen/lg.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-const char lg_msg_sync_path[] = "/api/v1/agent/sync";
-const char lg_msg_register_path[] = "/api/v1/agents/register";
+#include "proto/agent.h"
 
-static const char *const report_kinds[] = {
-    [LG_REPORT_STARTED] = "started",
-    [LG_REPORT_LOGS] = "logs",
-    [LG_REPORT_RESULT] = "result",
-};
+const char lg_msg_sync_path[] = PROTO_AGENT_PATH_SYNC;
+const char lg_msg_register_path[] = PROTO_AGENT_PATH_REGISTER;
+#define STR_(x) #x
+#define STR(x)  STR_(x)
+const char lg_msg_version_header[] = PROTO_AGENT_VERSION_HEADER ": " STR(PROTO_AGENT_VERSION);
 
 /* The host's facts a simulated agent claims. */
 static json_t *capabilities(const char *hostname)
@@ -37,110 +38,113 @@ char *lg_msg_register(const char *token, const char *name, int slots)
                           "orch-loadgen", "capabilities", capabilities(name), "slots", slots));
 }
 
-static json_t *job_ref(const struct lg_job_ref *j)
-{
-    return json_pack("{s:s, s:I}", "job_id", j->id, "epoch", (json_int_t)j->epoch);
-}
-
 static json_t *report(const struct lg_msg_report *r)
 {
-    json_t *o = job_ref(&r->job);
-    if (!o)
-        return NULL;
-    json_object_set_new(o, "kind", json_string(report_kinds[r->kind]));
-    if (r->kind == LG_REPORT_LOGS) {
-        json_object_set_new(o, "stream", json_string("stdout"));
-        json_object_set_new(o, "offset", json_integer(r->offset));
-        json_object_set_new(o, "data", json_string(r->data_b64));
-    } else if (r->kind == LG_REPORT_RESULT) {
-        json_object_set_new(o, "exit_code", json_integer(r->exit_code));
-        json_object_set_new(o, "signal", json_integer(0));
-        json_object_set_new(o, "timed_out", json_false());
-        json_object_set_new(o, "cancelled", json_boolean(r->cancelled));
+    switch (r->kind) {
+    case LG_REPORT_STARTED:
+        return proto_started_encode(r->job.id, r->job.epoch);
+    case LG_REPORT_LOGS:
+        return proto_logs_encode(r->job.id, r->job.epoch, PROTO_STREAM_STDOUT, r->offset, r->data,
+                                 r->len);
+    case LG_REPORT_RESULT: {
+        struct proto_result res = {.exit_code = r->exit_code, .cancelled = r->cancelled};
+        return proto_result_encode(r->job.id, r->job.epoch, &res);
     }
-    return o;
+    }
+    return NULL;
 }
 
 char *lg_msg_sync(const struct lg_msg_sync *m)
 {
-    json_t *doc =
-        json_pack("{s:b, s:i, s:b}", "assign", m->assign, "wait", m->wait_s, "resume", true);
-    if (!doc)
-        return NULL;
+    json_t *hb = NULL, *reports = NULL;
+    struct proto_job_ref *running = NULL;
     if (m->heartbeat) {
-        json_t *running = json_array();
-        for (int i = 0; i < m->nrunning; i++)
-            json_array_append_new(running, job_ref(&m->running[i]));
-        json_t *hb = json_pack("{s:s, s:i, s:i, s:o, s:i}", "status", m->status, "slots", m->slots,
-                               "free_slots", m->free_slots, "running", running, "spool_bytes", 0);
-        if (hb && m->hostname)
-            json_object_set_new(hb, "capabilities", capabilities(m->hostname));
-        json_object_set_new(doc, "heartbeat", hb);
+        running = calloc((size_t)(m->nrunning > 0 ? m->nrunning : 1), sizeof(*running));
+        if (!running)
+            return NULL;
+        for (int i = 0; i < m->nrunning; i++) {
+            memcpy(running[i].job_id, m->running[i].id, sizeof(running[i].job_id));
+            running[i].epoch = m->running[i].epoch;
+        }
+        json_t *caps = m->hostname ? capabilities(m->hostname) : NULL;
+        struct proto_heartbeat h = {.status = m->status,
+                                    .slots = m->slots,
+                                    .free_slots = m->free_slots,
+                                    .running = running,
+                                    .nrunning = (size_t)m->nrunning,
+                                    .spool_bytes = 0,
+                                    .capabilities = caps};
+        hb = proto_heartbeat_encode(&h);
+        json_decref(caps);
+        free(running);
+        if (!hb)
+            return NULL;
     }
     if (m->nreports > 0) {
-        json_t *reports = json_array();
-        for (int i = 0; i < m->nreports; i++)
-            json_array_append_new(reports, report(&m->reports[i]));
-        json_object_set_new(doc, "reports", reports);
+        reports = json_array();
+        for (int i = 0; reports && i < m->nreports; i++) {
+            if (json_array_append_new(reports, report(&m->reports[i])) < 0) {
+                json_decref(reports);
+                reports = NULL;
+            }
+        }
+        if (!reports) {
+            json_decref(hb);
+            return NULL;
+        }
     }
-    return dump(doc);
-}
-
-/* A list of {job_id, epoch} into a malloc'd array; entries without both are skipped. */
-static int refs(const json_t *list, struct lg_job_ref **ret, int *n)
-{
-    *ret = NULL;
-    *n = 0;
-    size_t len = json_array_size(list);
-    if (len == 0)
-        return 0;
-    *ret = calloc(len, sizeof(**ret));
-    if (!*ret)
-        return -ENOMEM;
-    size_t i;
-    json_t *v;
-    json_array_foreach(list, i, v)
-    {
-        const char *id = json_string_value(json_object_get(v, "job_id"));
-        json_t *ep = json_object_get(v, "epoch");
-        if (!id || strlen(id) != LG_JOB_ID_LEN - 1 || !json_is_integer(ep))
-            continue;
-        memcpy((*ret)[*n].id, id, LG_JOB_ID_LEN);
-        (*ret)[*n].epoch = json_integer_value(ep);
-        (*n)++;
-    }
-    return 0;
+    /* resume: an assignment answered into a connection we closed comes again. */
+    return dump(proto_sync_encode(hb, reports, m->assign, m->wait_s, true));
 }
 
 int lg_msg_answer_parse(const json_t *body, struct lg_msg_answer *a)
 {
     memset(a, 0, sizeof(*a));
-    if (!json_is_object(body))
-        return -EPROTO;
-    json_t *hb = json_object_get(body, "heartbeat");
-    if (hb)
-        a->heartbeat_interval_s =
-            (int)json_integer_value(json_object_get(hb, "heartbeat_interval_s"));
-    json_t *reps = json_object_get(body, "reports");
-    size_t nrep = json_array_size(reps);
-    if (nrep > 0) {
-        a->report_codes = calloc(nrep, sizeof(int));
-        if (!a->report_codes)
-            return -ENOMEM;
-        size_t i;
-        json_t *v;
-        json_array_foreach(reps, i, v)
-        {
-            a->report_codes[i] = (int)json_integer_value(json_object_get(v, "code"));
-        }
-        a->nreport_codes = (int)nrep;
+    struct proto_sync_answer ans;
+    struct jsonv_error err;
+    int r = proto_sync_answer_decode(body, &ans, &err);
+    if (r < 0) {
+        if (r == -EINVAL)
+            fprintf(stderr, "orch-loadgen: a sync answer is malformed: %s: %s\n", err.field,
+                    err.detail);
+        return r;
     }
-    int r = refs(json_object_get(body, "assignments"), &a->assignments, &a->nassignments);
-    if (r >= 0)
-        r = refs(json_object_get(body, "cancel"), &a->cancel, &a->ncancel);
-    if (r < 0)
+    if (ans.heartbeat) {
+        struct proto_heartbeat_answer hba;
+        if (proto_heartbeat_answer_decode(ans.heartbeat, &hba, NULL) == 0) {
+            a->heartbeat_interval_s = (int)hba.heartbeat_interval_s;
+            proto_heartbeat_answer_clear(&hba);
+        }
+    }
+    size_t nrep = json_array_size(ans.reports), nas = json_array_size(ans.assignments);
+    a->report_codes = calloc(nrep + 1, sizeof(int));
+    a->assignments = calloc(nas + 1, sizeof(*a->assignments));
+    a->cancel = calloc(ans.ncancel + 1, sizeof(*a->cancel));
+    if (!a->report_codes || !a->assignments || !a->cancel) {
+        proto_sync_answer_clear(&ans);
         lg_msg_answer_free(a);
-    return r;
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < nrep; i++) {
+        struct proto_report_answer ra;
+        proto_report_answer_decode(json_array_get(ans.reports, i), &ra);
+        a->report_codes[a->nreport_codes++] = ra.code;
+    }
+    for (size_t i = 0; i < nas; i++) {
+        struct proto_assignment pa;
+        /* One an agent would refuse is still taken: it names its job and epoch. */
+        if (proto_assignment_decode(json_array_get(ans.assignments, i), &pa, NULL) < 0 &&
+            !pa.job_id[0])
+            continue;
+        memcpy(a->assignments[a->nassignments].id, pa.job_id, LG_JOB_ID_LEN);
+        a->assignments[a->nassignments++].epoch = pa.epoch;
+    }
+    for (size_t i = 0; i < ans.ncancel; i++) {
+        memcpy(a->cancel[a->ncancel].id, ans.cancel[i].job_id, LG_JOB_ID_LEN);
+        a->cancel[a->ncancel++].epoch = ans.cancel[i].epoch;
+    }
+    proto_sync_answer_clear(&ans);
+    return 0;
 }
 
 void lg_msg_answer_free(struct lg_msg_answer *a)

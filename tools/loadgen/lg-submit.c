@@ -160,7 +160,8 @@ static int send_jobs(struct lg_submit *s, struct slot *sl, int n)
         return -ENOMEM;
     sl->sent_ns = clock_mono_ns();
     sl->n = n;
-    int r = lg_conn_request(sl->conn, "POST", path, s->token, b.data, TIMEOUT_MS, on_answer, sl);
+    int r =
+        lg_conn_request(sl->conn, "POST", path, s->token, NULL, b.data, TIMEOUT_MS, on_answer, sl);
     buf_free(&b);
     if (r < 0) {
         sl->n = 0;

@@ -49,12 +49,12 @@ typedef void (*lg_http_cb)(void *arg, int status, json_t *body, int retry_after_
 /* src_index picks the source address (modulo their number). Caller frees with
  * lg_conn_free(). NULL on ENOMEM. */
 struct lg_conn *lg_conn_new(struct lg_http_ctx *c, int src_index);
-/* Send one request (none may be in flight): auth NULL or a bearer token, body NULL or JSON
- * text (copied). cb runs exactly once unless lg_conn_abort()/lg_conn_free() comes first.
- * Returns 0, -EBUSY (one in flight) or -errno when the connection cannot be opened (cb does
- * not run). */
+/* Send one request (none may be in flight): auth NULL or a bearer token, header NULL or
+ * one more header line (no CRLF), body NULL or JSON text (copied). cb runs exactly once
+ * unless lg_conn_abort()/lg_conn_free() comes first. Returns 0, -EBUSY (one in flight) or
+ * -errno when the connection cannot be opened (cb does not run). */
 int lg_conn_request(struct lg_conn *k, const char *method, const char *path, const char *auth,
-                    const char *body, int timeout_ms, lg_http_cb cb, void *arg);
+                    const char *header, const char *body, int timeout_ms, lg_http_cb cb, void *arg);
 /* Whether a request is in flight. */
 bool lg_conn_busy(const struct lg_conn *k);
 /* Close the connection, giving up the request in flight (its callback never runs): the
@@ -108,10 +108,11 @@ enum lg_report_kind { LG_REPORT_STARTED, LG_REPORT_LOGS, LG_REPORT_RESULT };
 struct lg_msg_report {
     enum lg_report_kind kind;
     struct lg_job_ref job;
-    const char *data_b64; /* logs: the chunk, base64 (borrowed) */
-    int64_t offset;       /* logs */
-    int exit_code;        /* result */
-    bool cancelled;       /* result */
+    const char *data; /* logs: the chunk (borrowed), len bytes */
+    size_t len;
+    int64_t offset; /* logs */
+    int exit_code;  /* result */
+    bool cancelled; /* result */
 };
 
 struct lg_msg_sync {
@@ -133,6 +134,8 @@ char *lg_msg_register(const char *token, const char *name, int slots);
 char *lg_msg_sync(const struct lg_msg_sync *m);
 extern const char lg_msg_sync_path[];
 extern const char lg_msg_register_path[];
+/* The protocol version header line (no CRLF) every agent request carries. */
+extern const char lg_msg_version_header[];
 
 /* What a sync answer says, read from body (borrowed). The arrays are malloc'd: free with
  * lg_msg_answer_free(). */
