@@ -135,7 +135,7 @@ static double quantile_ms(const uint64_t *v, size_t n, double q)
     return (double)v[i] / 1e6;
 }
 
-int lg_stats_report(const struct lg_stats *s, struct lg_report *r)
+int lg_stats_report(const struct lg_stats *s, uint64_t end_ns, struct lg_report *r)
 {
     memset(r, 0, sizeof(*r));
     r->submitted = s->nsubmitted;
@@ -147,8 +147,9 @@ int lg_stats_report(const struct lg_stats *s, struct lg_report *r)
     size_t n = 0;
     for (size_t i = 0; i < s->cap; i++) {
         const struct entry *e = &s->tab[i];
-        if (e->id[0] && e->submitted && e->assigned)
-            lat[n++] = e->assigned > e->submitted ? e->assigned - e->submitted : 0;
+        uint64_t at = e->assigned ? e->assigned : end_ns;
+        if (e->id[0] && e->submitted)
+            lat[n++] = at > e->submitted ? at - e->submitted : 0;
     }
     qsort(lat, n, sizeof(*lat), cmp_u64);
     r->assign_p50_ms = quantile_ms(lat, n, 0.50);
@@ -156,13 +157,15 @@ int lg_stats_report(const struct lg_stats *s, struct lg_report *r)
     r->assign_p99_ms = quantile_ms(lat, n, 0.99);
     r->assign_max_ms = n ? (double)lat[n - 1] / 1e6 : 0;
     free(lat);
-    if (s->first_submit && s->last_assign > s->first_submit)
-        r->placements_per_s =
-            (double)s->nassigned / ((double)(s->last_assign - s->first_submit) / 1e9);
-    if (s->first_submit && s->last_complete > s->first_submit)
-        r->completed_per_s =
-            (double)s->ncompleted / ((double)(s->last_complete - s->first_submit) / 1e9);
-    uint64_t last = s->last_complete > s->last_assign ? s->last_complete : s->last_assign;
+    /* Short of every job, the run's end is the denominator: a dispatcher that stalls must
+     * not look fast for what it placed before. */
+    uint64_t la = s->nassigned >= s->nsubmitted ? s->last_assign : end_ns;
+    uint64_t lc = s->ncompleted >= s->nsubmitted ? s->last_complete : end_ns;
+    if (s->first_submit && la > s->first_submit)
+        r->placements_per_s = (double)s->nassigned / ((double)(la - s->first_submit) / 1e9);
+    if (s->first_submit && lc > s->first_submit)
+        r->completed_per_s = (double)s->ncompleted / ((double)(lc - s->first_submit) / 1e9);
+    uint64_t last = lc > la ? lc : la;
     if (s->first_submit && last > s->first_submit)
         r->run_s = (double)(last - s->first_submit) / 1e9;
     return 0;

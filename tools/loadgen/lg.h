@@ -86,13 +86,15 @@ size_t lg_stats_completed_count(const struct lg_stats *s);
 
 struct lg_report {
     size_t submitted, assigned, completed;
-    double placements_per_s; /* assignments received / (last one - first submission) */
-    double completed_per_s;  /* results accepted / (last one - first submission) */
+    double placements_per_s; /* assignments received / (last one, or end - first submission) */
+    double completed_per_s;  /* results accepted / (last one, or end - first submission) */
     double assign_p50_ms, assign_p90_ms, assign_p99_ms, assign_max_ms; /* submit->assign */
     double run_s; /* first submit to last event */
 };
-/* Summarise. Returns 0 or -ENOMEM. */
-int lg_stats_report(const struct lg_stats *s, struct lg_report *r);
+/* Summarise a run that ended at end_ns. A job submitted but not assigned by then counts in
+ * the latencies with the time it had waited (a lower bound), and the rates are over the
+ * whole run unless every job was assigned (completed). Returns 0 or -ENOMEM. */
+int lg_stats_report(const struct lg_stats *s, uint64_t end_ns, struct lg_report *r);
 
 /* --- lg-msg.c: the agent protocol (docs/agent-protocol.md) ---------------------------------- */
 
