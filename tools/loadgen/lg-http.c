@@ -204,7 +204,6 @@ static int parse_header(struct lg_conn *k, const char *h, size_t len, bool *clos
     k->body_len = 0;
     k->retry_after_s = 0;
     *close_it = false;
-    bool have_len = false;
     const char *line = memchr(h, '\n', len);
     while (line && (size_t)(line - h) < len) {
         line++;
@@ -214,7 +213,6 @@ static int parse_header(struct lg_conn *k, const char *h, size_t len, bool *clos
         size_t ll = (size_t)(eol - line);
         if (ll >= 15 && strncasecmp(line, "Content-Length:", 15) == 0) {
             k->body_len = (size_t)strtoull(line + 15, NULL, 10);
-            have_len = true;
         } else if (ll >= 12 && strncasecmp(line, "Retry-After:", 12) == 0) {
             k->retry_after_s = (int)strtol(line + 12, NULL, 10);
         } else if (ll >= 17 && strncasecmp(line, "Connection: close", 17) == 0) {
@@ -226,7 +224,7 @@ static int parse_header(struct lg_conn *k, const char *h, size_t len, bool *clos
     }
     if (k->status < 100 || k->status > 599 || k->body_len > LG_MAX_BODY)
         return -EPROTO;
-    (void)have_len; /* no Content-Length: an empty body, as orchd's 204s */
+    /* No Content-Length: an empty body, as orchd's 204s. */
     return 0;
 }
 

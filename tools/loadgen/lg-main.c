@@ -3,12 +3,14 @@
  *   1. the submitter's access token, from --api-key;
  *   2. enrolment of the agents not in the --state cache yet, with --enrol-token;
  *   3. every agent connects and heartbeats (at most --connect-parallel at once, so the
- *      server's TLS handshakes do not pile up) until all are online;
+ *      server's TLS handshakes do not pile up) until all are online, or --duration passed
+ *      (the run goes on with those online);
  *   4. --jobs jobs are submitted (--rate per second, or in batches as fast as the server
  *      takes them) while the agents take assignments, "run" each for --run-ms and report
  *      the result; the run ends once every job's result was accepted, or after --duration;
  *   5. the report: submit->assign latency, placements/s, completed jobs/s.
- * Exit status 0 when every job completed, 1 otherwise, 2 for bad usage. */
+ * Exit status 0 when every agent came online and every job completed, 1 otherwise, 2 for
+ * bad usage. */
 #include "tools/loadgen/lg.h"
 
 #include <errno.h>
