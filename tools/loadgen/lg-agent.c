@@ -197,9 +197,6 @@ static void kick(struct lg_agent *a)
         }
         lg_conn_abort(a->conn);
         lg_agent_counters.interrupts++;
-        if (getenv("LG_TRACE"))
-            fprintf(stderr, "trace %llu agent=%d interrupt\n", (unsigned long long)(now / 1000000),
-                    a->index);
     }
     if (now < a->not_before_ns) {
         arm(a, a->not_before_ns);
@@ -267,9 +264,6 @@ static void kick(struct lg_agent *a)
         return;
     }
     lg_agent_counters.exchanges++;
-    if (getenv("LG_TRACE"))
-        fprintf(stderr, "trace %llu agent=%d send reports=%d hb=%d wait=%d runs=%d\n",
-                (unsigned long long)(now / 1000000), a->index, a->nsent, hb, wait, a->nruns);
     a->held = wait > 0;
     if (hb) {
         a->next_hb_ns = now + (uint64_t)a->hb_interval_s * 1000000000ULL;
@@ -310,10 +304,6 @@ static void on_answer(void *arg, int status, json_t *body, int retry_after_s)
     struct lg_agent *a = arg;
     uint64_t now = clock_mono_ns();
     a->held = false;
-    if (getenv("LG_TRACE"))
-        fprintf(stderr, "trace %llu agent=%d answer status=%d assignments=%zu\n",
-                (unsigned long long)(now / 1000000), a->index, status,
-                json_array_size(json_object_get(body, "assignments")));
     if (status != 200) {
         /* Reports are sent again (idempotent); the heartbeat too. */
         if (status == 503) {
