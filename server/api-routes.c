@@ -78,6 +78,8 @@ const struct http_route api_routes[] = {
     {HTTP_GET, V1 "/jobs/{id}", HTTP_AUTH_TENANT_VIEWER, api_jobs_get, 0, 0},
     {HTTP_POST, V1 "/jobs/{id}/cancel", HTTP_AUTH_TENANT_OPERATOR, api_jobs_cancel, 0, 0},
     {HTTP_GET, V1 "/jobs/{id}/logs", HTTP_AUTH_TENANT_VIEWER, api_jobs_logs, 0, 0},
+
+    {HTTP_GET, V1 "/scaling/signals", HTTP_AUTH_ANY, api_scaling_signals, 0, 0},
 };
 
 const size_t api_nroutes = ELEMENTSOF(api_routes);

@@ -82,6 +82,8 @@ void api_readyz(struct http_req *req);
 /* auth */
 void api_auth_token(struct http_req *req);
 void api_auth_refresh(struct http_req *req);
+/* autoscaling signals (api-scaling.c) */
+void api_scaling_signals(struct http_req *req);
 /* tenants */
 void api_tenants_list(struct http_req *req);
 void api_tenants_create(struct http_req *req);
@@ -118,6 +120,12 @@ void api_agent_self(struct http_req *req);
 void api_agent_unregister(struct http_req *req);
 void api_agent_rotate(struct http_req *req);
 /* jobs */
+/* Check a requirements object (of a job or a queue): at most 32 entries, names
+ * [A-Za-z0-9_./-]{1,63}; min_free_memory_mb and min_free_disk_mb integers 0..2^31, every
+ * other value a label string of at most 255 bytes. On failure fills field (named from
+ * field_prefix, e.g. "requirements.min_free_memory_mb") and detail, returns -EINVAL. */
+int api_jobs_check_requirements(const json_t *reqs, const char *field_prefix, char *field,
+                                size_t flen, char *detail, size_t dlen);
 void api_jobs_submit(struct http_req *req);
 void api_jobs_submit_batch(struct http_req *req);
 void api_jobs_list(struct http_req *req);

@@ -47,12 +47,8 @@
 
 struct dispatcher {
     struct app *app;
-    struct gateway *gw; /* borrowed, may be NULL */
-    pthread_mutex_t lock;
-    pthread_cond_t tick; /* the thread's sleeps: broadcast only when stopping */
-    atomic_bool stop;
+    struct gw_thread th;
     atomic_bool kick; /* a round is wanted now, with fresh counts */
-    pthread_t thread;
     /* Owned by the thread. */
     struct placement *pl;
     long long seq;       /* highest queued_seq loaded */
@@ -62,17 +58,6 @@ struct dispatcher {
     uint64_t fresh_until; /* rounds reread the counts until then (after a kick) */
     char lease[24], online[24];
 };
-
-/* Sleep ms, or until dispatcher_stop(); on the monotonic clock. */
-static void sleep_ms(struct dispatcher *d, int64_t ms)
-{
-    struct timespec ts;
-    clock_deadline(CLOCK_MONOTONIC, ms, &ts);
-    pthread_mutex_lock(&d->lock);
-    while (!atomic_load(&d->stop) && pthread_cond_timedwait(&d->tick, &d->lock, &ts) == 0)
-        ; /* a spurious wake-up: sleep on to the deadline */
-    pthread_mutex_unlock(&d->lock);
-}
 
 static int64_t wall_ms(void)
 {
@@ -425,7 +410,7 @@ static int commit_batch(struct dispatcher *d, const struct placement_proposal *p
         assigned++;
         log_debug("op=dispatch job=%s tenant=%s agent=%s epoch=%s", p[i].job_id, p[i].tenant_id,
                   p[i].agent_id, PQgetvalue(res, (int)i, 4));
-        gateway_notify(d->gw, p[i].agent_id, val(res, (int)i, 5));
+        gateway_notify_node(d->app, p[i].agent_id, val(res, (int)i, 5));
     }
     PQclear(res);
     return assigned;
@@ -450,7 +435,7 @@ static void round_run(struct dispatcher *d, struct placement_proposal *props, bo
             return;
     }
     size_t batch = (size_t)cfg->dispatch_batch;
-    while (!atomic_load(&d->stop)) {
+    while (!atomic_load(&d->th.stop)) {
         size_t n = placement_plan(d->pl, wall_ms(), props, batch);
         if (n == 0)
             return;
@@ -477,7 +462,7 @@ static void *dispatch_main(void *arg)
         return NULL;
     }
     uint64_t next_tick = 0;
-    while (!atomic_load(&d->stop)) {
+    while (!atomic_load(&d->th.stop)) {
         /* A submission (on the bus) or a kick (a slot came free) starts a round at once;
          * otherwise one every tick. The bus is read in short waits so that a kick is seen
          * within a few milliseconds; what else came meanwhile is drained, one round serves
@@ -498,7 +483,7 @@ static void *dispatch_main(void *arg)
             free(body);
         }
         if (r < 0 || !sub)
-            sleep_ms(d, 5);
+            gw_thread_sleep(&d->th, 5);
         bool kicked = atomic_exchange(&d->kick, false);
         uint64_t now = clock_mono_ns();
         if (kicked)
@@ -524,27 +509,18 @@ void dispatcher_kick(struct dispatcher *d)
         atomic_store(&d->kick, true);
 }
 
-int dispatcher_start(struct app *app, struct gateway *gw, struct dispatcher **ret)
+int dispatcher_start(struct app *app, struct dispatcher **ret)
 {
     struct dispatcher *d = calloc(1, sizeof(*d));
     if (!d)
         return -ENOMEM;
     d->app = app;
-    d->gw = gw;
     snprintf(d->lease, sizeof(d->lease), "%lld", (long long)(app->cfg->agent_lease_ms / 1000));
     snprintf(d->online, sizeof(d->online), "%lld", (long long)(app->cfg->agent_online_ms / 1000));
-    int r = gw_cond_init_mono(&d->tick);
+    int r = gw_thread_start(&d->th, dispatch_main, d);
     if (r < 0) {
         free(d);
         return r;
-    }
-    pthread_mutex_init(&d->lock, NULL);
-    r = pthread_create(&d->thread, NULL, dispatch_main, d);
-    if (r != 0) {
-        pthread_mutex_destroy(&d->lock);
-        pthread_cond_destroy(&d->tick);
-        free(d);
-        return -r;
     }
     *ret = d;
     return 0;
@@ -554,12 +530,6 @@ void dispatcher_stop(struct dispatcher *d)
 {
     if (!d)
         return;
-    pthread_mutex_lock(&d->lock);
-    atomic_store(&d->stop, true);
-    pthread_cond_broadcast(&d->tick);
-    pthread_mutex_unlock(&d->lock);
-    pthread_join(d->thread, NULL);
-    pthread_mutex_destroy(&d->lock);
-    pthread_cond_destroy(&d->tick);
+    gw_thread_stop(&d->th);
     free(d);
 }

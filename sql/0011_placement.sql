@@ -15,50 +15,8 @@ ALTER TABLE jobs ADD COLUMN queued_seq bigint NOT NULL DEFAULT nextval('jobs_que
 ALTER SEQUENCE jobs_queued_seq OWNED BY jobs.queued_seq;
 CREATE INDEX jobs_queued ON jobs (queued_seq) WHERE status = 'queued';
 
--- job_end_attempt() as in 0005, but a job queued again for a retry gets a new queued_seq,
--- so that the dispatchers' incremental load sees it.
-CREATE OR REPLACE FUNCTION job_end_attempt(jid uuid, ep bigint, outcome text, code int,
-                                           err text, res jsonb)
-    RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    j record;
-    next_status text;
-BEGIN
-    SELECT * INTO j FROM jobs WHERE id = jid FOR UPDATE;
-    IF NOT FOUND OR j.epoch <> ep OR j.status NOT IN ('assigned', 'running') THEN
-        RETURN NULL;
-    END IF;
-    IF j.cancel_requested THEN
-        next_status := 'cancelled';
-    ELSIF outcome = 'succeeded' THEN
-        next_status := 'succeeded';
-    ELSIF outcome = 'cancelled' THEN
-        next_status := 'cancelled';
-    ELSIF j.attempt < j.max_attempts THEN
-        next_status := 'queued';
-    ELSE
-        next_status := 'dead';
-    END IF;
-    UPDATE job_attempts SET status = CASE outcome WHEN 'succeeded' THEN 'succeeded'
-                                                  WHEN 'cancelled' THEN 'cancelled'
-                                                  WHEN 'timeout' THEN 'timeout'
-                                                  WHEN 'lost' THEN 'lost' ELSE 'failed' END,
-           finished_at = now(), exit_code = code, error = left(err, 4096)
-     WHERE job_id = jid AND epoch = ep;
-    UPDATE jobs SET status = next_status,
-           exit_code = code, error = left(err, 4096), result = res,
-           agent_id = CASE WHEN next_status = 'queued' THEN NULL ELSE agent_id END,
-           lease_expires_at = NULL,
-           not_before = CASE WHEN next_status = 'queued' THEN now() + retry_backoff(j.attempt)
-                             ELSE not_before END,
-           queued_seq = CASE WHEN next_status = 'queued' THEN nextval('jobs_queued_seq')
-                             ELSE queued_seq END,
-           finished_at = CASE WHEN next_status = 'queued' THEN NULL ELSE now() END,
-           updated_at = now()
-     WHERE id = jid;
-    RETURN next_status;
-END
-$$;
+-- job_end_attempt() (sql/functions/40_jobs.sql) gives a job queued again for a retry a
+-- new queued_seq, so that the dispatchers' incremental load sees it.
 
 -- True when an agent (its labels, os, arch and reported free memory and disk) meets a
 -- job's requirements: string values equal the agent's labels (os and arch from their
