@@ -408,8 +408,8 @@ static int commit_batch(struct dispatcher *d, const struct placement_proposal *p
         }
         placement_accepted(d->pl, p[i].job_id);
         assigned++;
-        log_debug("op=dispatch job=%s tenant=%s agent=%s epoch=%s", p[i].job_id, p[i].tenant_id,
-                  p[i].agent_id, PQgetvalue(res, (int)i, 4));
+        log_info("op=dispatch job=%s tenant=%s agent=%s epoch=%s", p[i].job_id, p[i].tenant_id,
+                 p[i].agent_id, PQgetvalue(res, (int)i, 4));
         gateway_notify_node(d->app, p[i].agent_id, val(res, (int)i, 5));
     }
     PQclear(res);
