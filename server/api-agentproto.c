@@ -126,8 +126,10 @@ static int renew_due(struct app *app, const struct http_principal *p, struct sto
 }
 
 /* The host's free memory and disk and its CPU use, which placement matches requirements
- * against: written when a figure moved enough to matter (a sixteenth of the memory or
- * disk, ten points of CPU), so that a steady agent's heartbeats do not rewrite its row. */
+ * against, from an agent's first heartbeat on this node (or every heartbeat on a node
+ * without the gateway role): written when a figure moved enough to matter (a sixteenth of
+ * the memory or disk, ten points of CPU). The gateway's batched liveness write
+ * (server/gw-liveness.c) carries the later ones. */
 static const struct store_stmt q_load = STORE_STMT(
     "ap_load",
     "UPDATE agents SET memory_free_bytes = coalesce($2::bigint, memory_free_bytes),"
@@ -190,12 +192,13 @@ static int heartbeat(struct app *app, const struct http_principal *p, struct sto
             snprintf(slots, sizeof(slots), "%lld", (long long)hb->slots);
         const char *pp[] = {p->subject, app->cfg->node_name, slots[0] ? slots : NULL};
         r = store_tx_exec(tx, &q_first_beat, pp, NULL);
+        /* Its host figures too, at once; later ones ride the gateway's batched write. */
+        if (r >= 0)
+            r = store_load(p, tx, hb);
         gateway_kick_dispatch(app->gw); /* a new agent: maybe jobs wait for it */
     }
     if (r >= 0)
         r = renew_due(app, p, tx, hb);
-    if (r >= 0)
-        r = store_load(p, tx, hb);
     if (r >= 0 && hb->capabilities) {
         _cleanup_free_ char *text = json_dumps(hb->capabilities, JSON_COMPACT);
         const char *pp[] = {p->subject, text};
