@@ -660,8 +660,10 @@ void api_jobs_cancel(struct http_req *req)
         PQclear(res);
         return;
     }
+    /* Through the agent's node's queue when this node holds no long-polls (an API-only
+     * node): gateway_notify() would need a gateway here. */
     if (agent[0])
-        gateway_notify(((struct app *)http_req_app(req))->gw, agent, node[0] ? node : NULL);
+        gateway_notify_node(http_req_app(req), agent, node[0] ? node : NULL);
     api_reply_pg_json(req, 202, res);
 }
 
