@@ -17,6 +17,7 @@
 #include "common/id.h"
 #include "common/log.h"
 #include "common/relpath.h"
+#include "proto/agent.h"
 #include "proto/bus.h"
 #include "proto/version.h"
 #include "server/api.h"
@@ -56,16 +57,16 @@ static const struct store_stmt q_job_by_key =
 
 static const struct jsonv_field job_fields[] = {
     {"queue", JSONV_STRING, 0, 1, 64},
-    {"command", JSONV_STRING, 0, 1, 65536},
+    {"command", JSONV_STRING, 0, 1, PROTO_JOB_COMMAND_MAX},
     {"package_id", JSONV_UUID, 0, 0, 0},
-    {"entrypoint", JSONV_STRING, 0, 1, 1024},
-    {"args", JSONV_ARRAY, 0, 0, 256},
-    {"env", JSONV_OBJECT, 0, 0, 128},
+    {"entrypoint", JSONV_STRING, 0, 1, PROTO_JOB_ENTRYPOINT_MAX},
+    {"args", JSONV_ARRAY, 0, 0, PROTO_JOB_ARGS_MAX},
+    {"env", JSONV_OBJECT, 0, 0, PROTO_JOB_ENV_MAX},
     {"params", JSONV_ANY, JSONV_NULLABLE, 0, 0},
     {"requirements", JSONV_OBJECT, 0, 0, 32},
     {"priority", JSONV_INT, 0, -100, 100},
-    {"timeout_ms", JSONV_INT, 0, 1000, 604800000},
-    {"max_attempts", JSONV_INT, 0, 1, 100},
+    {"timeout_ms", JSONV_INT, 0, PROTO_JOB_TIMEOUT_MIN_MS, PROTO_JOB_TIMEOUT_MAX_MS},
+    {"max_attempts", JSONV_INT, 0, 1, PROTO_JOB_ATTEMPT_MAX},
     {"idempotency_key", JSONV_STRING, 0, 1, 255},
 };
 
@@ -167,30 +168,12 @@ static int job_check(const json_t *job, const char *prefix, char *field, size_t 
                       : "must be a relative path in the package (A-Z a-z 0-9 _ . - /, no ..)");
         return -EINVAL;
     }
-    size_t i;
-    json_t *a;
-    json_array_foreach(json_object_get(job, "args"), i, a)
-    {
-        if (!json_is_string(a) || json_string_length(a) > 4096) {
-            snprintf(field, flen, "%sargs[%zu]", prefix, i);
-            snprintf(detail, dlen, "arguments are strings of at most 4096 bytes");
-            return -EINVAL;
-        }
-    }
-    const char *k;
-    json_t *v;
-    json_object_foreach(json_object_get(job, "env"), k, v)
-    {
-        bool ok = (isalpha((unsigned char)k[0]) || k[0] == '_') && strlen(k) <= 128;
-        for (const char *p = k; ok && *p; p++)
-            ok = isalnum((unsigned char)*p) || *p == '_';
-        if (!ok || !json_is_string(v) || json_string_length(v) > 32768) {
-            snprintf(field, flen, "%senv.%.64s", prefix, k);
-            snprintf(detail, dlen,
-                     "variables are [A-Za-z_][A-Za-z0-9_]* (at most 128) with "
-                     "string values of at most 32 KiB");
-            return -EINVAL;
-        }
+    /* The rules the agent holds its assignments to: a job it would refuse is refused here. */
+    if (proto_job_args_env_check(json_object_get(job, "args"), json_object_get(job, "env"), &err) <
+        0) {
+        snprintf(field, flen, "%s%s", prefix, err.field);
+        snprintf(detail, dlen, "%s", err.detail);
+        return -EINVAL;
     }
     char rprefix[64];
     snprintf(rprefix, sizeof(rprefix), "%srequirements", prefix);
@@ -202,9 +185,10 @@ static int job_check(const json_t *job, const char *prefix, char *field, size_t 
         char *t = json_dumps(params, JSON_COMPACT | JSON_ENCODE_ANY);
         size_t n = t ? strlen(t) : 0;
         free(t);
-        if (n > 65536) {
+        if (n > PROTO_JOB_PARAMS_MAX) {
             snprintf(field, flen, "%sparams", prefix);
-            snprintf(detail, dlen, "params are at most 64 KiB of JSON");
+            snprintf(detail, dlen, "params are at most %d bytes of compact JSON",
+                     PROTO_JOB_PARAMS_MAX);
             return -EINVAL;
         }
     }
