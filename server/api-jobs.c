@@ -5,7 +5,6 @@
  * bus.jobs_queue, publisher confirms) to wake the dispatcher. PostgreSQL decides: when
  * the announcement fails the job is still accepted, and the dispatcher's periodic scan of
  * queued jobs finds it. */
-#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,15 +55,15 @@ static const struct store_stmt q_job_by_key =
     STORE_STMT("job_by_key", "SELECT id FROM jobs WHERE idempotency_key = $1", 1);
 
 static const struct jsonv_field job_fields[] = {
-    {"queue", JSONV_STRING, 0, 1, 64},
+    {"queue", JSONV_STRING, 0, 1, API_QUEUE_NAME_MAX},
     {"command", JSONV_STRING, 0, 1, PROTO_JOB_COMMAND_MAX},
     {"package_id", JSONV_UUID, 0, 0, 0},
     {"entrypoint", JSONV_STRING, 0, 1, PROTO_JOB_ENTRYPOINT_MAX},
     {"args", JSONV_ARRAY, 0, 0, PROTO_JOB_ARGS_MAX},
     {"env", JSONV_OBJECT, 0, 0, PROTO_JOB_ENV_MAX},
     {"params", JSONV_ANY, JSONV_NULLABLE, 0, 0},
-    {"requirements", JSONV_OBJECT, 0, 0, 32},
-    {"priority", JSONV_INT, 0, -100, 100},
+    {"requirements", JSONV_OBJECT, 0, 0, API_LABELS_MAX},
+    {"priority", JSONV_INT, 0, API_PRIORITY_MIN, API_PRIORITY_MAX},
     {"timeout_ms", JSONV_INT, 0, PROTO_JOB_TIMEOUT_MIN_MS, PROTO_JOB_TIMEOUT_MAX_MS},
     {"max_attempts", JSONV_INT, 0, 1, PROTO_JOB_ATTEMPT_MAX},
     {"idempotency_key", JSONV_STRING, 0, 1, 255},
@@ -98,23 +97,20 @@ int api_jobs_check_requirements(const json_t *reqs, const char *field_prefix, ch
 {
     if (!reqs || json_is_null(reqs))
         return 0;
-    if (!json_is_object(reqs) || json_object_size(reqs) > 32) {
+    if (!json_is_object(reqs) || json_object_size(reqs) > API_LABELS_MAX) {
         snprintf(field, flen, "%s", field_prefix);
-        snprintf(detail, dlen, "must be an object of at most 32 requirements");
+        snprintf(detail, dlen, "must be an object of at most %d requirements", API_LABELS_MAX);
         return -EINVAL;
     }
     const char *k;
     json_t *v;
     json_object_foreach((json_t *)reqs, k, v)
     {
-        size_t n = strlen(k);
-        bool ok = n >= 1 && n <= 63;
-        for (size_t i = 0; ok && i < n; i++)
-            ok = isalnum((unsigned char)k[i]) || strchr("_./-", k[i]);
         snprintf(field, flen, "%s.%.63s", field_prefix, k);
-        if (!ok) {
+        if (!api_label_name_ok(k)) {
             snprintf(detail, dlen,
-                     "requirement names are 1 to 63 characters of A-Z a-z 0-9 _ . / -");
+                     "requirement names are 1 to %d characters of A-Z a-z 0-9 _ . / -",
+                     API_LABEL_NAME_MAX);
             return -EINVAL;
         }
         bool resource = false;
@@ -126,10 +122,11 @@ int api_jobs_check_requirements(const json_t *reqs, const char *field_prefix, ch
                      (long long)REQUIREMENT_MB_MAX);
             return -EINVAL;
         }
-        if (!resource && (!json_is_string(v) || json_string_length(v) > 255)) {
+        if (!resource && (!json_is_string(v) || json_string_length(v) > API_LABEL_VALUE_MAX)) {
             snprintf(detail, dlen,
-                     "must be a label value (a string of at most 255 bytes); only "
-                     "min_free_memory_mb and min_free_disk_mb take numbers");
+                     "must be a label value (a string of at most %d bytes); only "
+                     "min_free_memory_mb and min_free_disk_mb take numbers",
+                     API_LABEL_VALUE_MAX);
             return -EINVAL;
         }
     }
