@@ -1014,9 +1014,7 @@ static void daemon_take(struct daemon *d, json_t *a, int64_t sent_ms)
         pthread_join(s->thread, NULL); /* it has finished: only its exit is left */
     s->state = SLOT_RUNNING;
     s->thread_valid = false;
-    snprintf(s->job_id, sizeof(s->job_id), "%s", job_id);
-    for (char *p = s->job_id; *p; p++)
-        *p = (char)(*p >= 'A' && *p <= 'F' ? *p - 'A' + 'a' : *p);
+    snprintf(s->job_id, sizeof(s->job_id), "%s", job_id); /* lower case: the decoder's */
     s->epoch = epoch;
     atomic_store(&s->cancel, false);
     s->lost = false;

@@ -193,6 +193,16 @@ int proto_check(const json_t *doc, const struct proto_message *m, struct jsonv_e
     return jsonv_check(doc, m->fields, m->n, m->allow_unknown, err);
 }
 
+/* A valid job id into out, in lower case: ids are compared as text, so both sides spell
+ * them one way. */
+static void job_id_copy(char out[ID_STR_LEN], const char *id)
+{
+    snprintf(out, ID_STR_LEN, "%s", id);
+    for (char *p = out; *p; p++)
+        if (*p >= 'A' && *p <= 'F')
+            *p = (char)(*p - 'A' + 'a');
+}
+
 /* err's field prefixed with prefix ("heartbeat" + "slots" = "heartbeat.slots"). */
 static void err_prefix(struct jsonv_error *err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -411,12 +421,7 @@ int proto_job_refs_decode(const json_t *list, struct proto_job_ref **ret, size_t
             free(refs);
             return -EINVAL;
         }
-        snprintf(refs[i].job_id, sizeof(refs[i].job_id), "%s",
-                 json_string_value(json_object_get(e, "job_id")));
-        /* Ids are compared as text: one spelling (lower case) on both sides. */
-        for (char *p = refs[i].job_id; *p; p++)
-            if (*p >= 'A' && *p <= 'F')
-                *p = (char)(*p - 'A' + 'a');
+        job_id_copy(refs[i].job_id, json_string_value(json_object_get(e, "job_id")));
         refs[i].epoch = json_integer_value(json_object_get(e, "epoch"));
     }
     *ret = refs;
@@ -601,10 +606,7 @@ int proto_assignment_decode(const json_t *doc, struct proto_assignment *ret,
     memset(ret, 0, sizeof(*ret));
     ret->package_size = -1;
     if (id && id_is_valid(id) && epoch >= 1) {
-        snprintf(ret->job_id, sizeof(ret->job_id), "%s", id);
-        for (char *p = ret->job_id; *p; p++)
-            if (*p >= 'A' && *p <= 'F')
-                *p = (char)(*p - 'A' + 'a');
+        job_id_copy(ret->job_id, id);
         ret->epoch = epoch;
     }
     r = proto_check(doc, &proto_msg_assignment, err);

@@ -2,6 +2,7 @@
  * other decodes to the same values, and what breaks a table is refused naming the field. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/jsonv.h"
@@ -421,4 +422,29 @@ Test(agent, agent_created_refusals_name_the_field)
     struct jsonv_error e;
     struct proto_agent_created ac;
     cr_assert_eq(proto_agent_created_decode(NULL, &ac, &e), -EINVAL, "no JSON answer");
+}
+
+/* Ids are compared as text: an upper-case job id decodes in lower case, in an assignment
+ * and in a list of JobEpoch alike. */
+Test(agent, job_ids_decode_in_lower_case)
+{
+    const char *upper = "0190A0B0-0000-7000-8000-00000000000A";
+    const char *lower = "0190a0b0-0000-7000-8000-00000000000a";
+    json_t *doc = load(assignment);
+    json_object_set_new(doc, "job_id", json_string(upper));
+    struct proto_assignment a;
+    struct jsonv_error e;
+    cr_assert_eq(proto_assignment_decode(doc, &a, &e), 0, "%s %s", e.field, e.detail);
+    cr_assert_str_eq(a.job_id, lower);
+    json_decref(doc);
+
+    json_t *list = json_pack("[{s:s, s:i}]", "job_id", upper, "epoch", 2);
+    struct proto_job_ref *refs = NULL;
+    size_t n = 0;
+    cr_assert_eq(proto_job_refs_decode(list, &refs, &n, &e), 0, "%s %s", e.field, e.detail);
+    cr_assert_eq(n, 1);
+    cr_assert_str_eq(refs[0].job_id, lower);
+    cr_assert_eq(refs[0].epoch, 2);
+    free(refs);
+    json_decref(list);
 }
