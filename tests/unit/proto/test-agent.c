@@ -342,11 +342,10 @@ Test(agent, every_message_has_a_table)
 /* One rule for a job's args and env, on submission (server/api-jobs.c) and on assignment. */
 Test(agent, job_args_and_env_bounds)
 {
-    char arg[PROTO_JOB_ARG_MAX + 2], val[PROTO_JOB_ENV_VALUE_MAX + 2];
-    memset(arg, 'a', sizeof(arg) - 1);
-    arg[PROTO_JOB_ARG_MAX] = '\0';
-    memset(val, 'v', sizeof(val) - 1);
-    val[PROTO_JOB_ENV_VALUE_MAX] = '\0';
+    /* At the bound; one more byte each further down. */
+    char arg[PROTO_JOB_ARG_MAX + 2] = "", val[PROTO_JOB_ENV_VALUE_MAX + 2] = "";
+    memset(arg, 'a', PROTO_JOB_ARG_MAX);
+    memset(val, 'v', PROTO_JOB_ENV_VALUE_MAX);
     json_t *args = json_pack("[s, s]", "x", arg), *env = json_pack("{s:s}", "_K1", val);
     struct jsonv_error e;
     cr_assert_eq(proto_job_args_env_check(args, env, &e), 0, "%s %s", e.field, e.detail);
