@@ -208,17 +208,21 @@ int cli_register(int argc, char **argv, const struct agent_config *cfg)
         json_decref(rep.body);
         goto done;
     }
+    struct proto_agent_created ac = {0};
+    struct jsonv_error je;
+    r = proto_agent_created_decode(rep.body, &ac, &je);
     struct agent_state st = {
         .server_url = (char *)server,
         .ca_file = (char *)(ca ? ca : ""),
-        .agent_id = (char *)json_string_value(json_object_get(rep.body, "id")),
-        .tenant_id = (char *)json_string_value(json_object_get(rep.body, "tenant_id")),
-        .name = (char *)json_string_value(json_object_get(rep.body, "name")),
-        .credential = (char *)json_string_value(json_object_get(rep.body, "credential")),
+        .agent_id = (char *)ac.id,
+        .tenant_id = (char *)ac.tenant_id,
+        .name = (char *)ac.name,
+        .credential = (char *)ac.credential,
         .slots = (int)slots,
     };
-    if (!st.agent_id || !st.name || !st.credential || !st.tenant_id) {
-        fprintf(stderr, "orch-agent: register: the server's answer is incomplete\n");
+    if (r < 0) {
+        fprintf(stderr, "orch-agent: register: the server's answer is not valid: %s %s\n", je.field,
+                je.detail);
     } else if ((r = agent_state_save(state_dir, &st)) < 0) {
         fprintf(stderr, "orch-agent: register: cannot write %s/agent.json: %s\n", state_dir,
                 strerror(-r));

@@ -319,15 +319,16 @@ static bool daemon_rotate(struct daemon *d, struct transport *t)
         daemon_net_failed(d, "rotate-credential", r, rep.error);
         return true;
     }
-    const char *cred = json_string_value(json_object_get(rep.body, "credential"));
-    if (rep.status != 200 || !cred || strncmp(cred, "orch_ag_", 8) != 0) {
-        log_warn(
-            "op=rotate-credential status=%ld detail=%s", rep.status,
-            log_quote(rep.status == 200 ? "no credential in the answer" : rep.error, q, sizeof(q)));
+    struct proto_agent_created ac;
+    struct jsonv_error je = {.detail = "no credential in the answer"};
+    if (rep.status != 200 || proto_agent_created_decode(rep.body, &ac, &je) < 0) {
+        log_warn("op=rotate-credential status=%ld field=%s detail=%s", rep.status,
+                 rep.status == 200 ? je.field : "",
+                 log_quote(rep.status == 200 ? je.detail : rep.error, q, sizeof(q)));
         json_decref(rep.body);
         return rep.status >= 500;
     }
-    char *copy = strdup(cred);
+    char *copy = strdup(ac.credential);
     json_decref(rep.body); /* holds the secret: gone once copied */
     if (!copy) {
         log_error("op=rotate-credential error=\"out of memory\"");
@@ -1013,9 +1014,7 @@ static void daemon_take(struct daemon *d, json_t *a, int64_t sent_ms)
         pthread_join(s->thread, NULL); /* it has finished: only its exit is left */
     s->state = SLOT_RUNNING;
     s->thread_valid = false;
-    snprintf(s->job_id, sizeof(s->job_id), "%s", job_id);
-    for (char *p = s->job_id; *p; p++)
-        *p = (char)(*p >= 'A' && *p <= 'F' ? *p - 'A' + 'a' : *p);
+    snprintf(s->job_id, sizeof(s->job_id), "%s", job_id); /* lower case: the decoder's */
     s->epoch = epoch;
     atomic_store(&s->cancel, false);
     s->lost = false;

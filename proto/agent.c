@@ -1,6 +1,7 @@
 /* agent.c: the agent protocol's tables, encoders and decoders (see agent.h). */
 #include "proto/agent.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <openssl/evp.h>
 #include <stdarg.h>
@@ -14,7 +15,7 @@
 
 #define ELEMS(a) (sizeof(a) / sizeof((a)[0]))
 #define MSG(var, schema, table, unknown)                                                           \
-    const struct proto_message var = {schema, table, ELEMS(table), unknown}
+    const struct proto_message var = {schema, table, ELEMS(table), unknown, false}
 
 /* --- tables ------------------------------------------------------------------------------- */
 
@@ -136,6 +137,14 @@ static const struct jsonv_field result_fields[] = {
     {"result", JSONV_ANY, JSONV_NULLABLE, 0, 0},
 };
 
+/* What the agent keeps of its document when it enrols or rotates its credential. */
+static const struct jsonv_field agent_created_fields[] = {
+    {"id", JSONV_UUID, JSONV_REQUIRED, 0, 0},
+    {"tenant_id", JSONV_UUID, JSONV_REQUIRED, 0, 0},
+    {"name", JSONV_STRING, JSONV_REQUIRED, 1, 128},
+    {"credential", JSONV_STRING, JSONV_REQUIRED, 0, 0},
+};
+
 static const struct jsonv_field result_answer_fields[] = {
     {"status", JSONV_STRING, JSONV_REQUIRED, 0, 0},
 };
@@ -158,16 +167,19 @@ MSG(proto_msg_logs, "LogChunk", logs_fields, false);
 MSG(proto_msg_logs_answer, "LogChunkAnswer", logs_answer_fields, true);
 MSG(proto_msg_result, "JobResultReport", result_fields, false);
 MSG(proto_msg_result_answer, "JobResultAnswer", result_answer_fields, true);
+const struct proto_message proto_msg_agent_created = {"AgentCreated", agent_created_fields,
+                                                      ELEMS(agent_created_fields), true, true};
 
 static const struct proto_message *const messages[] = {
-    &proto_msg_job_epoch,   &proto_msg_load,
-    &proto_msg_heartbeat,   &proto_msg_heartbeat_answer,
-    &proto_msg_assignment,  &proto_msg_assignment_list,
-    &proto_msg_sync,        &proto_msg_sync_report,
-    &proto_msg_sync_answer, &proto_msg_report_answer,
-    &proto_msg_started,     &proto_msg_started_answer,
-    &proto_msg_logs,        &proto_msg_logs_answer,
-    &proto_msg_result,      &proto_msg_result_answer,
+    &proto_msg_job_epoch,     &proto_msg_load,
+    &proto_msg_heartbeat,     &proto_msg_heartbeat_answer,
+    &proto_msg_assignment,    &proto_msg_assignment_list,
+    &proto_msg_sync,          &proto_msg_sync_report,
+    &proto_msg_sync_answer,   &proto_msg_report_answer,
+    &proto_msg_started,       &proto_msg_started_answer,
+    &proto_msg_logs,          &proto_msg_logs_answer,
+    &proto_msg_result,        &proto_msg_result_answer,
+    &proto_msg_agent_created,
 };
 
 const struct proto_message *const *proto_agent_messages(size_t *n)
@@ -179,6 +191,16 @@ const struct proto_message *const *proto_agent_messages(size_t *n)
 int proto_check(const json_t *doc, const struct proto_message *m, struct jsonv_error *err)
 {
     return jsonv_check(doc, m->fields, m->n, m->allow_unknown, err);
+}
+
+/* A valid job id into out, in lower case: ids are compared as text, so both sides spell
+ * them one way. */
+static void job_id_copy(char out[ID_STR_LEN], const char *id)
+{
+    snprintf(out, ID_STR_LEN, "%s", id);
+    for (char *p = out; *p; p++)
+        if (*p >= 'A' && *p <= 'F')
+            *p = (char)(*p - 'A' + 'a');
 }
 
 /* err's field prefixed with prefix ("heartbeat" + "slots" = "heartbeat.slots"). */
@@ -399,12 +421,7 @@ int proto_job_refs_decode(const json_t *list, struct proto_job_ref **ret, size_t
             free(refs);
             return -EINVAL;
         }
-        snprintf(refs[i].job_id, sizeof(refs[i].job_id), "%s",
-                 json_string_value(json_object_get(e, "job_id")));
-        /* Ids are compared as text: one spelling (lower case) on both sides. */
-        for (char *p = refs[i].job_id; *p; p++)
-            if (*p >= 'A' && *p <= 'F')
-                *p = (char)(*p - 'A' + 'a');
+        job_id_copy(refs[i].job_id, json_string_value(json_object_get(e, "job_id")));
         refs[i].epoch = json_integer_value(json_object_get(e, "epoch"));
     }
     *ret = refs;
@@ -584,18 +601,12 @@ int proto_assignment_decode(const json_t *doc, struct proto_assignment *ret,
 {
     const char *id = json_string_value(json_object_get(doc, "job_id"));
     int64_t epoch = get_int(doc, "epoch", 0);
-    size_t i;
-    const char *k;
-    json_t *v;
     int r;
 
     memset(ret, 0, sizeof(*ret));
     ret->package_size = -1;
     if (id && id_is_valid(id) && epoch >= 1) {
-        snprintf(ret->job_id, sizeof(ret->job_id), "%s", id);
-        for (char *p = ret->job_id; *p; p++)
-            if (*p >= 'A' && *p <= 'F')
-                *p = (char)(*p - 'A' + 'a');
+        job_id_copy(ret->job_id, id);
         ret->epoch = epoch;
     }
     r = proto_check(doc, &proto_msg_assignment, err);
@@ -619,20 +630,39 @@ int proto_assignment_decode(const json_t *doc, struct proto_assignment *ret,
         return fail(err, "package_sha256", "a package needs its SHA-256 in lower-case hex");
     if (ret->package_id && (!ret->entrypoint || !relpath_is_safe(ret->entrypoint)))
         return fail(err, "entrypoint", "a package needs a safe relative entrypoint");
-    json_array_foreach(ret->args, i, v)
+    return proto_job_args_env_check(ret->args, ret->env, err);
+}
+
+int proto_job_args_env_check(const json_t *args, const json_t *env, struct jsonv_error *err)
+{
+    size_t i;
+    const char *k;
+    json_t *v;
+
+    json_array_foreach(args, i, v)
     {
-        if (!json_is_string(v)) {
-            char field[32];
-            snprintf(field, sizeof(field), "args[%zu]", i);
-            return fail(err, field, "must be a string");
+        if (!json_is_string(v) || json_string_length(v) > PROTO_JOB_ARG_MAX) {
+            if (err) {
+                snprintf(err->field, sizeof(err->field), "args[%zu]", i);
+                snprintf(err->detail, sizeof(err->detail),
+                         "arguments are strings of at most %d bytes", PROTO_JOB_ARG_MAX);
+            }
+            return -EINVAL;
         }
     }
-    json_object_foreach((json_t *)ret->env, k, v)
+    json_object_foreach((json_t *)env, k, v)
     {
-        if (!json_is_string(v)) {
+        bool ok =
+            (isalpha((unsigned char)k[0]) || k[0] == '_') && strlen(k) <= PROTO_JOB_ENV_NAME_MAX;
+        for (const char *p = k; ok && *p; p++)
+            ok = isalnum((unsigned char)*p) || *p == '_';
+        if (!ok || !json_is_string(v) || json_string_length(v) > PROTO_JOB_ENV_VALUE_MAX) {
             if (err) {
-                snprintf(err->field, sizeof(err->field), "env.%.100s", k);
-                snprintf(err->detail, sizeof(err->detail), "must be a string");
+                snprintf(err->field, sizeof(err->field), "env.%.64s", k);
+                snprintf(err->detail, sizeof(err->detail),
+                         "variables are [A-Za-z_][A-Za-z0-9_]* (at most %d bytes) with string "
+                         "values of at most %d bytes",
+                         PROTO_JOB_ENV_NAME_MAX, PROTO_JOB_ENV_VALUE_MAX);
             }
             return -EINVAL;
         }
@@ -934,4 +964,23 @@ void proto_sync_answer_clear(struct proto_sync_answer *a)
     free(a->cancel);
     a->cancel = NULL;
     a->ncancel = 0;
+}
+
+/* --- enrolment and credential rotation ---------------------------------------------------- */
+
+int proto_agent_created_decode(const json_t *doc, struct proto_agent_created *ret,
+                               struct jsonv_error *err)
+{
+    int r = proto_check(doc, &proto_msg_agent_created, err);
+    if (r < 0)
+        return r;
+    const char *cred = json_string_value(json_object_get(doc, "credential"));
+    if (strncmp(cred, PROTO_AGENT_CREDENTIAL_PREFIX, strlen(PROTO_AGENT_CREDENTIAL_PREFIX)) != 0)
+        return fail(err, "credential",
+                    "is not an agent credential (" PROTO_AGENT_CREDENTIAL_PREFIX "...)");
+    ret->id = json_string_value(json_object_get(doc, "id"));
+    ret->tenant_id = json_string_value(json_object_get(doc, "tenant_id"));
+    ret->name = json_string_value(json_object_get(doc, "name"));
+    ret->credential = cred;
+    return 0;
 }

@@ -100,21 +100,28 @@ int proto_agent_path(char *out, size_t len, const char *pattern, const char *id)
 /* A job as submitted and as assigned: the same bounds on both sides. */
 #define PROTO_JOB_COMMAND_MAX    65536
 #define PROTO_JOB_ARGS_MAX       256
+#define PROTO_JOB_ARG_MAX        4096 /* bytes of one argument */
 #define PROTO_JOB_ENV_MAX        128
+#define PROTO_JOB_ENV_NAME_MAX   128   /* bytes of a variable's name */
+#define PROTO_JOB_ENV_VALUE_MAX  32768 /* bytes of its value */
+#define PROTO_JOB_PARAMS_MAX     65536 /* `params`, compact JSON bytes */
 #define PROTO_JOB_ENTRYPOINT_MAX 1024
 #define PROTO_JOB_TIMEOUT_MIN_MS 1000
 #define PROTO_JOB_TIMEOUT_MAX_MS 604800000 /* 7 days */
-#define PROTO_JOB_ATTEMPT_MAX    100
+#define PROTO_JOB_ATTEMPT_MAX    100       /* a job's max_attempts */
 
 /* --- tables ------------------------------------------------------------------------------- */
 
-/* One message: its name (the schema's in proto/openapi.yaml), its fields, and whether keys
- * outside the table are accepted (forward compatibility, for what the server sends). */
+/* One message: its name (the schema's in proto/openapi.yaml), its fields, whether keys
+ * outside the table are accepted (forward compatibility, for what the server sends), and
+ * whether the table lists only the members its reader uses (partial: of a document that
+ * has more, such as an agent's; the contract test then holds only those to the spec). */
 struct proto_message {
     const char *name;
     const struct jsonv_field *fields;
     size_t n;
     bool allow_unknown;
+    bool partial;
 };
 
 extern const struct proto_message proto_msg_job_epoch;        /* JobEpoch: cancel/lost/running */
@@ -133,6 +140,7 @@ extern const struct proto_message proto_msg_logs;             /* LogChunk */
 extern const struct proto_message proto_msg_logs_answer;      /* LogChunkAnswer */
 extern const struct proto_message proto_msg_result;           /* JobResultReport */
 extern const struct proto_message proto_msg_result_answer;    /* JobResultAnswer */
+extern const struct proto_message proto_msg_agent_created;    /* AgentCreated (partial) */
 
 /* Every message above, for the contract test (tests/api/proto-dump.c). */
 const struct proto_message *const *proto_agent_messages(size_t *n);
@@ -256,6 +264,13 @@ struct proto_assignment {
 int proto_assignment_decode(const json_t *doc, struct proto_assignment *ret,
                             struct jsonv_error *err);
 
+/* A job's args (array of strings, NULL: none) and env (object of strings, NULL: none) as
+ * both a submission and an assignment must have them: at most PROTO_JOB_ARG_MAX bytes an
+ * argument, names [A-Za-z_][A-Za-z0-9_]* of at most PROTO_JOB_ENV_NAME_MAX bytes, values
+ * of at most PROTO_JOB_ENV_VALUE_MAX. The counts are the tables' (PROTO_JOB_ARGS_MAX,
+ * PROTO_JOB_ENV_MAX). -EINVAL with err naming "args[i]" or "env.NAME". */
+int proto_job_args_env_check(const json_t *args, const json_t *env, struct jsonv_error *err);
+
 /* Reports: started, logs, result, on their own routes or in a sync exchange. */
 enum proto_report_kind {
     PROTO_REPORT_STARTED,
@@ -366,3 +381,22 @@ struct proto_sync_answer {
 int proto_sync_answer_decode(const json_t *doc, struct proto_sync_answer *ret,
                              struct jsonv_error *err);
 void proto_sync_answer_clear(struct proto_sync_answer *a);
+
+/* --- enrolment and credential rotation ---------------------------------------------------- */
+
+/* An agent's credential: this prefix, 12 hex digits, '_', 43 base64url characters. */
+#define PROTO_AGENT_CREDENTIAL_PREFIX "orch_ag_"
+
+/* The answer to POST register (201) and to POST rotate-credential (200): the agent's
+ * document with its new credential (proto_msg_agent_created: the members the agent uses;
+ * the server builds the document in SQL, agent_view). Members borrowed. */
+struct proto_agent_created {
+    const char *id;
+    const char *tenant_id;
+    const char *name;
+    const char *credential; /* a secret: the caller wipes its copies */
+};
+
+/* Check doc against the table and the credential's prefix, and decode it into *ret. */
+int proto_agent_created_decode(const json_t *doc, struct proto_agent_created *ret,
+                               struct jsonv_error *err);

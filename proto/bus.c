@@ -22,9 +22,9 @@ static const struct jsonv_field agent_wake_fields[] = {
 };
 
 const struct proto_message proto_bus_msg_jobs_submitted = {
-    "BusJobsSubmitted", jobs_submitted_fields, ELEMS(jobs_submitted_fields), true};
+    "BusJobsSubmitted", jobs_submitted_fields, ELEMS(jobs_submitted_fields), true, false};
 const struct proto_message proto_bus_msg_agent_wake = {"BusAgentWake", agent_wake_fields,
-                                                       ELEMS(agent_wake_fields), true};
+                                                       ELEMS(agent_wake_fields), true, false};
 
 static const struct proto_message *const messages[] = {
     &proto_bus_msg_jobs_submitted,

@@ -56,7 +56,7 @@ void api_enroll_tokens_create(struct http_req *req)
         {"name", JSONV_STRING, JSONV_REQUIRED, 1, 100},
         {"max_uses", JSONV_INT, 0, 1, 100000},
         {"expires_in", JSONV_INT, 0, 60, 30 * 86400},
-        {"labels", JSONV_OBJECT, 0, 0, 32},
+        {"labels", JSONV_OBJECT, 0, 0, API_LABELS_MAX},
     };
     json_t *body = NULL;
     if (http_req_json(req, fields, ELEMENTSOF(fields), &body) < 0)
@@ -156,7 +156,7 @@ static const struct jsonv_field register_fields[] = {
     {"os", JSONV_STRING, 0, 0, 32},
     {"arch", JSONV_STRING, 0, 0, 32},
     {"version", JSONV_STRING, 0, 0, 64},
-    {"labels", JSONV_OBJECT, 0, 0, 32},
+    {"labels", JSONV_OBJECT, 0, 0, API_LABELS_MAX},
     {"capabilities", JSONV_OBJECT, 0, 0, 64},
     {"slots", JSONV_INT, 0, 1, 1024},
 };

@@ -62,33 +62,42 @@ const char *api_json_str(const json_t *obj, const char *key)
     return json_string_value(json_object_get(obj, key));
 }
 
+bool api_label_name_ok(const char *name)
+{
+    size_t n = strlen(name);
+    bool ok = n >= 1 && n <= API_LABEL_NAME_MAX;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = isalnum((unsigned char)name[i]) || strchr("_./-", name[i]);
+    return ok;
+}
+
 int api_check_labels(struct http_req *req, const json_t *labels, const char *field)
 {
     if (!labels || json_is_null(labels))
         return 0;
-    char path[192];
-    if (!json_is_object(labels) || json_object_size(labels) > 32) {
-        http_reply_problem(req, PROBLEM_VALIDATION,
-                           "must be an object of at most 32 label: value strings", field);
+    char path[192], detail[96];
+    if (!json_is_object(labels) || json_object_size(labels) > API_LABELS_MAX) {
+        snprintf(detail, sizeof(detail), "must be an object of at most %d label: value strings",
+                 API_LABELS_MAX);
+        http_reply_problem(req, PROBLEM_VALIDATION, detail, field);
         return -EINVAL;
     }
     const char *k;
     json_t *v;
     json_object_foreach((json_t *)labels, k, v)
     {
-        size_t n = strlen(k);
-        bool ok = n >= 1 && n <= 63;
-        for (size_t i = 0; ok && i < n; i++)
-            ok = isalnum((unsigned char)k[i]) || strchr("_./-", k[i]);
         snprintf(path, sizeof(path), "%s.%.63s", field, k);
-        if (!ok) {
-            http_reply_problem(req, PROBLEM_VALIDATION,
-                               "label names are 1 to 63 characters of A-Z a-z 0-9 _ . / -", path);
+        if (!api_label_name_ok(k)) {
+            snprintf(detail, sizeof(detail),
+                     "label names are 1 to %d characters of A-Z a-z 0-9 _ . / -",
+                     API_LABEL_NAME_MAX);
+            http_reply_problem(req, PROBLEM_VALIDATION, detail, path);
             return -EINVAL;
         }
-        if (!json_is_string(v) || json_string_length(v) > 255) {
-            http_reply_problem(req, PROBLEM_VALIDATION,
-                               "label values are strings of at most 255 bytes", path);
+        if (!json_is_string(v) || json_string_length(v) > API_LABEL_VALUE_MAX) {
+            snprintf(detail, sizeof(detail), "label values are strings of at most %d bytes",
+                     API_LABEL_VALUE_MAX);
+            http_reply_problem(req, PROBLEM_VALIDATION, detail, path);
             return -EINVAL;
         }
     }

@@ -5,7 +5,6 @@
  * bus.jobs_queue, publisher confirms) to wake the dispatcher. PostgreSQL decides: when
  * the announcement fails the job is still accepted, and the dispatcher's periodic scan of
  * queued jobs finds it. */
-#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +16,7 @@
 #include "common/id.h"
 #include "common/log.h"
 #include "common/relpath.h"
+#include "proto/agent.h"
 #include "proto/bus.h"
 #include "proto/version.h"
 #include "server/api.h"
@@ -55,17 +55,17 @@ static const struct store_stmt q_job_by_key =
     STORE_STMT("job_by_key", "SELECT id FROM jobs WHERE idempotency_key = $1", 1);
 
 static const struct jsonv_field job_fields[] = {
-    {"queue", JSONV_STRING, 0, 1, 64},
-    {"command", JSONV_STRING, 0, 1, 65536},
+    {"queue", JSONV_STRING, 0, 1, API_QUEUE_NAME_MAX},
+    {"command", JSONV_STRING, 0, 1, PROTO_JOB_COMMAND_MAX},
     {"package_id", JSONV_UUID, 0, 0, 0},
-    {"entrypoint", JSONV_STRING, 0, 1, 1024},
-    {"args", JSONV_ARRAY, 0, 0, 256},
-    {"env", JSONV_OBJECT, 0, 0, 128},
+    {"entrypoint", JSONV_STRING, 0, 1, PROTO_JOB_ENTRYPOINT_MAX},
+    {"args", JSONV_ARRAY, 0, 0, PROTO_JOB_ARGS_MAX},
+    {"env", JSONV_OBJECT, 0, 0, PROTO_JOB_ENV_MAX},
     {"params", JSONV_ANY, JSONV_NULLABLE, 0, 0},
-    {"requirements", JSONV_OBJECT, 0, 0, 32},
-    {"priority", JSONV_INT, 0, -100, 100},
-    {"timeout_ms", JSONV_INT, 0, 1000, 604800000},
-    {"max_attempts", JSONV_INT, 0, 1, 100},
+    {"requirements", JSONV_OBJECT, 0, 0, API_LABELS_MAX},
+    {"priority", JSONV_INT, 0, API_PRIORITY_MIN, API_PRIORITY_MAX},
+    {"timeout_ms", JSONV_INT, 0, PROTO_JOB_TIMEOUT_MIN_MS, PROTO_JOB_TIMEOUT_MAX_MS},
+    {"max_attempts", JSONV_INT, 0, 1, PROTO_JOB_ATTEMPT_MAX},
     {"idempotency_key", JSONV_STRING, 0, 1, 255},
 };
 
@@ -97,23 +97,20 @@ int api_jobs_check_requirements(const json_t *reqs, const char *field_prefix, ch
 {
     if (!reqs || json_is_null(reqs))
         return 0;
-    if (!json_is_object(reqs) || json_object_size(reqs) > 32) {
+    if (!json_is_object(reqs) || json_object_size(reqs) > API_LABELS_MAX) {
         snprintf(field, flen, "%s", field_prefix);
-        snprintf(detail, dlen, "must be an object of at most 32 requirements");
+        snprintf(detail, dlen, "must be an object of at most %d requirements", API_LABELS_MAX);
         return -EINVAL;
     }
     const char *k;
     json_t *v;
     json_object_foreach((json_t *)reqs, k, v)
     {
-        size_t n = strlen(k);
-        bool ok = n >= 1 && n <= 63;
-        for (size_t i = 0; ok && i < n; i++)
-            ok = isalnum((unsigned char)k[i]) || strchr("_./-", k[i]);
         snprintf(field, flen, "%s.%.63s", field_prefix, k);
-        if (!ok) {
+        if (!api_label_name_ok(k)) {
             snprintf(detail, dlen,
-                     "requirement names are 1 to 63 characters of A-Z a-z 0-9 _ . / -");
+                     "requirement names are 1 to %d characters of A-Z a-z 0-9 _ . / -",
+                     API_LABEL_NAME_MAX);
             return -EINVAL;
         }
         bool resource = false;
@@ -125,10 +122,11 @@ int api_jobs_check_requirements(const json_t *reqs, const char *field_prefix, ch
                      (long long)REQUIREMENT_MB_MAX);
             return -EINVAL;
         }
-        if (!resource && (!json_is_string(v) || json_string_length(v) > 255)) {
+        if (!resource && (!json_is_string(v) || json_string_length(v) > API_LABEL_VALUE_MAX)) {
             snprintf(detail, dlen,
-                     "must be a label value (a string of at most 255 bytes); only "
-                     "min_free_memory_mb and min_free_disk_mb take numbers");
+                     "must be a label value (a string of at most %d bytes); only "
+                     "min_free_memory_mb and min_free_disk_mb take numbers",
+                     API_LABEL_VALUE_MAX);
             return -EINVAL;
         }
     }
@@ -167,30 +165,12 @@ static int job_check(const json_t *job, const char *prefix, char *field, size_t 
                       : "must be a relative path in the package (A-Z a-z 0-9 _ . - /, no ..)");
         return -EINVAL;
     }
-    size_t i;
-    json_t *a;
-    json_array_foreach(json_object_get(job, "args"), i, a)
-    {
-        if (!json_is_string(a) || json_string_length(a) > 4096) {
-            snprintf(field, flen, "%sargs[%zu]", prefix, i);
-            snprintf(detail, dlen, "arguments are strings of at most 4096 bytes");
-            return -EINVAL;
-        }
-    }
-    const char *k;
-    json_t *v;
-    json_object_foreach(json_object_get(job, "env"), k, v)
-    {
-        bool ok = (isalpha((unsigned char)k[0]) || k[0] == '_') && strlen(k) <= 128;
-        for (const char *p = k; ok && *p; p++)
-            ok = isalnum((unsigned char)*p) || *p == '_';
-        if (!ok || !json_is_string(v) || json_string_length(v) > 32768) {
-            snprintf(field, flen, "%senv.%.64s", prefix, k);
-            snprintf(detail, dlen,
-                     "variables are [A-Za-z_][A-Za-z0-9_]* (at most 128) with "
-                     "string values of at most 32 KiB");
-            return -EINVAL;
-        }
+    /* The rules the agent holds its assignments to: a job it would refuse is refused here. */
+    if (proto_job_args_env_check(json_object_get(job, "args"), json_object_get(job, "env"), &err) <
+        0) {
+        snprintf(field, flen, "%s%s", prefix, err.field);
+        snprintf(detail, dlen, "%s", err.detail);
+        return -EINVAL;
     }
     char rprefix[64];
     snprintf(rprefix, sizeof(rprefix), "%srequirements", prefix);
@@ -202,9 +182,10 @@ static int job_check(const json_t *job, const char *prefix, char *field, size_t 
         char *t = json_dumps(params, JSON_COMPACT | JSON_ENCODE_ANY);
         size_t n = t ? strlen(t) : 0;
         free(t);
-        if (n > 65536) {
+        if (n > PROTO_JOB_PARAMS_MAX) {
             snprintf(field, flen, "%sparams", prefix);
-            snprintf(detail, dlen, "params are at most 64 KiB of JSON");
+            snprintf(detail, dlen, "params are at most %d bytes of compact JSON",
+                     PROTO_JOB_PARAMS_MAX);
             return -EINVAL;
         }
     }
@@ -660,8 +641,10 @@ void api_jobs_cancel(struct http_req *req)
         PQclear(res);
         return;
     }
+    /* Through the agent's node's queue when this node holds no long-polls (an API-only
+     * node): gateway_notify() would need a gateway here. */
     if (agent[0])
-        gateway_notify(((struct app *)http_req_app(req))->gw, agent, node[0] ? node : NULL);
+        gateway_notify_node(http_req_app(req), agent, node[0] ? node : NULL);
     api_reply_pg_json(req, 202, res);
 }
 

@@ -47,7 +47,7 @@ static const struct store_stmt q_queue_delete =
 static bool valid_name(const char *s)
 {
     size_t n = strlen(s);
-    if (n < 1 || n > 64)
+    if (n < 1 || n > API_QUEUE_NAME_MAX)
         return false;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
@@ -109,20 +109,37 @@ static int queue_input(struct http_req *req, const json_t *body, struct queue_in
     return 0;
 }
 
+/* The bound of the column queues.max_running (sql/0010_scheduling.sql). */
+#define QUEUE_MAX_RUNNING_MAX 100000
+
+/* The parameters of q_queue_insert and q_queue_update, in their order (borrowed from in). */
+#define QUEUE_PARAMS 7
+static void queue_params(const char *id, const struct queue_input *in, const char *p[QUEUE_PARAMS])
+{
+    p[0] = id;
+    p[1] = in->name;
+    p[2] = in->prio[0] ? in->prio : NULL;
+    p[3] = in->requirements;
+    p[4] = in->paused;
+    p[5] = in->max_running_given;
+    p[6] = in->max_running[0] ? in->max_running : NULL;
+}
+
+/* Create and update take the same members; only create requires the name. */
 static const struct jsonv_field create_fields[] = {
-    {"name", JSONV_STRING, JSONV_REQUIRED, 1, 64},
-    {"default_priority", JSONV_INT, 0, -100, 100},
-    {"requirements", JSONV_OBJECT, 0, 0, 32},
+    {"name", JSONV_STRING, JSONV_REQUIRED, 1, API_QUEUE_NAME_MAX},
+    {"default_priority", JSONV_INT, 0, API_PRIORITY_MIN, API_PRIORITY_MAX},
+    {"requirements", JSONV_OBJECT, 0, 0, API_LABELS_MAX},
     {"paused", JSONV_BOOL, 0, 0, 0},
-    {"max_running", JSONV_INT, JSONV_NULLABLE, 1, 100000},
+    {"max_running", JSONV_INT, JSONV_NULLABLE, 1, QUEUE_MAX_RUNNING_MAX},
 };
 
 static const struct jsonv_field update_fields[] = {
-    {"name", JSONV_STRING, 0, 1, 64},
-    {"default_priority", JSONV_INT, 0, -100, 100},
-    {"requirements", JSONV_OBJECT, 0, 0, 32},
+    {"name", JSONV_STRING, 0, 1, API_QUEUE_NAME_MAX},
+    {"default_priority", JSONV_INT, 0, API_PRIORITY_MIN, API_PRIORITY_MAX},
+    {"requirements", JSONV_OBJECT, 0, 0, API_LABELS_MAX},
     {"paused", JSONV_BOOL, 0, 0, 0},
-    {"max_running", JSONV_INT, JSONV_NULLABLE, 1, 100000},
+    {"max_running", JSONV_INT, JSONV_NULLABLE, 1, QUEUE_MAX_RUNNING_MAX},
 };
 
 /* Read the queue back in tx, commit, and reply. */
@@ -166,13 +183,8 @@ void api_queues_create(struct http_req *req)
         if (r < 0) {
             http_reply_error(req, r, "creating the queue");
         } else {
-            const char *p[] = {id,
-                               in.name,
-                               in.prio[0] ? in.prio : NULL,
-                               in.requirements,
-                               in.paused,
-                               in.max_running_given,
-                               in.max_running[0] ? in.max_running : NULL};
+            const char *p[QUEUE_PARAMS];
+            queue_params(id, &in, p);
             r = store_tx_exec(tx, &q_quota_queues, NULL, NULL);
             if (r >= 0)
                 r = store_tx_exec(tx, &q_queue_insert, p, NULL);
@@ -203,13 +215,8 @@ void api_queues_update(struct http_req *req)
         if (r < 0) {
             http_reply_error(req, r, "updating the queue");
         } else {
-            const char *p[] = {id,
-                               in.name,
-                               in.prio[0] ? in.prio : NULL,
-                               in.requirements,
-                               in.paused,
-                               in.max_running_given,
-                               in.max_running[0] ? in.max_running : NULL};
+            const char *p[QUEUE_PARAMS];
+            queue_params(id, &in, p);
             r = store_tx_exec(tx, &q_queue_update, p, NULL);
             if (r == 0) {
                 store_tx_rollback(tx);

@@ -61,9 +61,21 @@ int api_commit(struct http_req *req, struct store_tx *tx, const char *what);
 const char *api_path_id(struct http_req *req, const char *name, const char *what);
 /* A JSON string member, or NULL when absent or null. */
 const char *api_json_str(const json_t *obj, const char *key);
-/* Check a label map ({"os": "linux"}): at most 32 entries, keys [A-Za-z0-9_./-]{1,63},
- * string values of at most 255 bytes. Replies 422 naming field and returns < 0 when bad. */
+/* Labels (an agent's, an enrolment token's) and requirements (a job's, a queue's) have one
+ * shape: at most API_LABELS_MAX entries, names of 1 to API_LABEL_NAME_MAX characters of
+ * A-Z a-z 0-9 _ . / -, string values of at most API_LABEL_VALUE_MAX bytes. */
+#define API_LABELS_MAX      32
+#define API_LABEL_NAME_MAX  63
+#define API_LABEL_VALUE_MAX 255
+/* Whether name is a label's (or a requirement's) name. */
+bool api_label_name_ok(const char *name);
+/* Check a label map ({"os": "linux"}) of that shape. Replies 422 naming field and returns
+ * < 0 when bad. */
 int api_check_labels(struct http_req *req, const json_t *labels, const char *field);
+/* A job's priority and a queue's default one; a queue's name. */
+#define API_PRIORITY_MIN   (-100)
+#define API_PRIORITY_MAX   100
+#define API_QUEUE_NAME_MAX 64
 
 /* packages: archives up to PACKAGE_MAX_BYTES (below the HTTP server's hard cap), the size
  * agents accept (proto/agent.h) */
@@ -120,10 +132,9 @@ void api_agent_self(struct http_req *req);
 void api_agent_unregister(struct http_req *req);
 void api_agent_rotate(struct http_req *req);
 /* jobs */
-/* Check a requirements object (of a job or a queue): at most 32 entries, names
- * [A-Za-z0-9_./-]{1,63}; min_free_memory_mb and min_free_disk_mb integers 0..2^31, every
- * other value a label string of at most 255 bytes. On failure fills field (named from
- * field_prefix, e.g. "requirements.min_free_memory_mb") and detail, returns -EINVAL. */
+/* Check a requirements object (of a job or a queue): the labels' shape (API_LABELS_MAX),
+ * except that min_free_memory_mb and min_free_disk_mb are integers 0..2^31. On failure fills field
+ * (named from field_prefix, e.g. "requirements.min_free_memory_mb") and detail, returns -EINVAL. */
 int api_jobs_check_requirements(const json_t *reqs, const char *field_prefix, char *field,
                                 size_t flen, char *detail, size_t dlen);
 void api_jobs_submit(struct http_req *req);

@@ -20,7 +20,8 @@ struct app {
     struct jwt_params jwt;
     struct ratelimit *rl;    /* owned */
     struct bus *bus;         /* owned: RabbitMQ, connected on first use */
-    struct gateway *gw;      /* owned: long-polls, dispatcher, reaper (orchd serve only) */
+    struct gateway *gw;      /* owned: agents' long-polls (gateway_start()); NULL on a node without
+                              * the gateway role: wake agents with gateway_notify_node() */
     struct blobcache *blobs; /* owned: package archives in memory */
     const char *node;        /* this node's name, for logs and audit */
 };

@@ -160,23 +160,27 @@ static int wait_confirm_locked(struct bus *b, uint64_t tag, int64_t timeout_ms)
     }
 }
 
-int bus_publish(struct bus *b, const char *queue, const char *body, size_t len, int64_t timeout_ms)
+/* bus_publish() and bus_publish_node(): node_local, a queue its subscriber declared
+ * (exclusive): declaring it here would fail, a missing one drops the message, and nothing
+ * in it outlives the broker. */
+static int publish(struct bus *b, const char *queue, const char *body, size_t len,
+                   int64_t timeout_ms, bool node_local)
 {
     pthread_mutex_lock(&b->lock);
     int r = 0;
     for (int attempt = 0; attempt < 2; attempt++) {
         if (!b->conn && (r = connect_locked(b)) < 0)
             break;
-        r = declare_locked(b, queue);
+        r = node_local ? 0 : declare_locked(b, queue);
         if (r == 0) {
             amqp_basic_properties_t props = {
                 ._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG,
-                .delivery_mode = 2,
+                .delivery_mode = node_local ? 1 : 2,
                 .content_type = amqp_cstring_bytes("application/json"),
             };
             amqp_bytes_t bytes = {.len = len, .bytes = (void *)body};
-            r = amqp_basic_publish(b->conn, 1, amqp_empty_bytes, amqp_cstring_bytes(queue), 1, 0,
-                                   &props, bytes) == AMQP_STATUS_OK
+            r = amqp_basic_publish(b->conn, 1, amqp_empty_bytes, amqp_cstring_bytes(queue),
+                                   !node_local, 0, &props, bytes) == AMQP_STATUS_OK
                     ? 0
                     : -EIO;
             if (r == 0)
@@ -192,6 +196,17 @@ int bus_publish(struct bus *b, const char *queue, const char *body, size_t len, 
         disconnect(b);
     pthread_mutex_unlock(&b->lock);
     return r;
+}
+
+int bus_publish(struct bus *b, const char *queue, const char *body, size_t len, int64_t timeout_ms)
+{
+    return publish(b, queue, body, len, timeout_ms, false);
+}
+
+int bus_publish_node(struct bus *b, const char *queue, const char *body, size_t len,
+                     int64_t timeout_ms)
+{
+    return publish(b, queue, body, len, timeout_ms, true);
 }
 
 struct bus_sub {

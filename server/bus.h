@@ -26,6 +26,12 @@ void bus_free(struct bus *b);
  * connection failed). */
 int bus_publish(struct bus *b, const char *queue, const char *body, size_t len, int64_t timeout_ms);
 
+/* The same to a node's own queue (a bus_sub_new() node_local one, such as a gateway's
+ * orch.gw.<node>): not declared (its subscriber owns it), not persistent; when the node is
+ * gone the broker drops the message and this still returns 0. */
+int bus_publish_node(struct bus *b, const char *queue, const char *body, size_t len,
+                     int64_t timeout_ms);
+
 /* A subscription to one queue, for wake-up messages: messages are acknowledged when they
  * are received (a lost wake-up only costs latency: the dispatcher and the gateway also
  * poll PostgreSQL). Not thread-safe: one thread reads it. */

@@ -77,8 +77,8 @@ static json_t *message(const struct proto_message *m, const char *family)
             json_object_set_new(o, "enum", e);
         json_array_append_new(fields, o);
     }
-    return json_pack("{s:s, s:s, s:b, s:o}", "name", m->name, "family", family, "allow_unknown",
-                     m->allow_unknown, "fields", fields);
+    return json_pack("{s:s, s:s, s:b, s:b, s:o}", "name", m->name, "family", family,
+                     "allow_unknown", m->allow_unknown, "partial", m->partial, "fields", fields);
 }
 
 int main(void)
@@ -105,7 +105,8 @@ int main(void)
     /* The limits docs/agent-protocol.md states, in its order. */
     json_t *limits = json_pack(
         "[[s, I], [s, I], [s, I], [s, I], [s, I], [s, I], [s, I], [s, I], [s, I], [s, I], [s, I],"
-        " [s, I], [s, I], [s, I], [s, I], [s, I], [s, I], [s, I], [s, I], [s, I]]",
+        " [s, I], [s, I], [s, I], [s, I], [s, I], [s, I], [s, I], [s, I], [s, I], [s, I], [s, I],"
+        " [s, I], [s, I]]",
         "slots", (json_int_t)PROTO_SLOTS_MAX, "running", (json_int_t)PROTO_RUNNING_MAX, "packages",
         (json_int_t)PROTO_PACKAGES_LIST_MAX, "capabilities", (json_int_t)PROTO_CAPABILITIES_MAX,
         "load_keys", (json_int_t)PROTO_LOAD_KEYS_MAX, "log_chunk_bytes",
@@ -116,8 +117,11 @@ int main(void)
         "lease_s_max", (json_int_t)PROTO_LEASE_MAX_S, "heartbeat_interval_s_max",
         (json_int_t)PROTO_HEARTBEAT_MAX_S, "package_bytes", (json_int_t)PROTO_PACKAGE_MAX_BYTES,
         "job_command_bytes", (json_int_t)PROTO_JOB_COMMAND_MAX, "job_args",
-        (json_int_t)PROTO_JOB_ARGS_MAX, "job_env", (json_int_t)PROTO_JOB_ENV_MAX,
-        "job_entrypoint_bytes", (json_int_t)PROTO_JOB_ENTRYPOINT_MAX, "job_timeout_ms_max",
+        (json_int_t)PROTO_JOB_ARGS_MAX, "job_arg_bytes", (json_int_t)PROTO_JOB_ARG_MAX, "job_env",
+        (json_int_t)PROTO_JOB_ENV_MAX, "job_env_name_bytes", (json_int_t)PROTO_JOB_ENV_NAME_MAX,
+        "job_env_value_bytes", (json_int_t)PROTO_JOB_ENV_VALUE_MAX, "job_params_bytes",
+        (json_int_t)PROTO_JOB_PARAMS_MAX, "job_entrypoint_bytes",
+        (json_int_t)PROTO_JOB_ENTRYPOINT_MAX, "job_timeout_ms_max",
         (json_int_t)PROTO_JOB_TIMEOUT_MAX_MS);
 
     json_t *doc = json_pack(

@@ -174,6 +174,19 @@ Test(jobs, validation_names_the_field)
         cr_assert_str_eq(th_str_of(&r, "field"), cases[i].field, "%s", cases[i].body);
         th_resp_free(&r);
     }
+    /* An argument of 4097 bytes (one over), in a batch's second job: the field names it. */
+    static char body[4200];
+    int n = snprintf(body, sizeof(body),
+                     "{\"jobs\":[{\"command\":\"x\"},{\"command\":\"x\","
+                     "\"args\":[\"a\",\"%4097s\"]}]}",
+                     "b");
+    cr_assert(n > 0 && (size_t)n < sizeof(body));
+    struct th_resp rb;
+    th_http(&srv, "POST", "/api/v1/jobs/batch", oper, body, NULL, &rb);
+    cr_assert_eq(rb.status, 422, "%ld %.200s", rb.status, rb.body);
+    cr_assert_str_eq(th_str_of(&rb, "field"), "jobs[1].args[1]");
+    cr_assert_str_eq(th_str_of(&rb, "detail"), "arguments are strings of at most 4096 bytes");
+    th_resp_free(&rb);
     /* Viewers read, they do not submit. */
     char *viewer = th_tenant_token(&srv, op, tenant, "viewer");
     struct th_resp r;

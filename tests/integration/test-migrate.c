@@ -450,3 +450,47 @@ Test(orchd_serve, without_system_role_fails_at_start)
     const char *swapped[] = {env_app_sys, env_sys, NULL};
     serve_refused(swapped, "tenant connection's role orch_system is a member of orch_system");
 }
+
+/* Whether a file of sql/functions/ (as embedded in orchd) defines the function name. */
+static bool in_functions_folder(const char *name)
+{
+    char want[128];
+    snprintf(want, sizeof(want), "CREATE OR REPLACE FUNCTION %s(", name);
+    for (int i = 0; i < migrate_nfunctions; i++)
+        if (strstr(migrate_functions[i].sql, want))
+            return true;
+    return false;
+}
+
+/* The rule of sql/functions/README.md: a function's body lives in sql/functions/, where
+ * every migrate re-applies it. Only these, from before the folder existed, do not. */
+static const char *const functions_outside_the_folder[] = {
+    "dispatch_round", /* the placement engine replaces it */
+};
+
+Test(migrate, every_function_body_lives_in_the_functions_folder)
+{
+    struct th_run r;
+    run_migrate(&r, NULL);
+    cr_assert_eq(r.status, 0, "stderr: %s", th_str(&r.err));
+    th_run_free(&r);
+    PGconn *pg = th_pg_connect("orch_owner", db);
+    PGresult *res = th_pg_ok(pg, "SELECT DISTINCT p.proname FROM pg_proc p"
+                                 " JOIN pg_namespace n ON n.oid = p.pronamespace"
+                                 " WHERE n.nspname = 'public' ORDER BY 1");
+    cr_assert_gt(PQntuples(res), 10);
+    char outside[1024] = "";
+    for (int i = 0; i < PQntuples(res); i++) {
+        const char *name = PQgetvalue(res, i, 0);
+        bool known = false;
+        for (size_t k = 0; k < sizeof(functions_outside_the_folder) / sizeof(char *); k++)
+            known = known || strcmp(name, functions_outside_the_folder[k]) == 0;
+        if (!known && !in_functions_folder(name)) {
+            size_t n = strlen(outside);
+            snprintf(outside + n, sizeof(outside) - n, " %s", name);
+        }
+    }
+    PQclear(res);
+    PQfinish(pg);
+    cr_assert_str_eq(outside, "", "functions defined only by a migration:%s", outside);
+}

@@ -15,8 +15,9 @@ static char *op, *tenant, *admin;
 
 static void setup(void)
 {
+    /* Debug: the wake-ups the front node takes from its queue are counted. */
     const char *env[] = {"ORCHD_NODE_ROLES=api,gateway,reaper", "ORCHD_NODE_NAME=front",
-                         "ORCHD_AGENT_HEARTBEAT_INTERVAL=1s", NULL};
+                         "ORCHD_AGENT_HEARTBEAT_INTERVAL=1s", "ORCHD_LOG_LEVEL=debug", NULL};
     th_server_start(&srv, env);
     op = th_token(&srv, srv.operator_token);
     tenant = th_tenant(&srv, op, "acme", "standard");
@@ -55,6 +56,21 @@ static void beat(struct th_server *s, const char *cred)
     th_resp_free(&r);
 }
 
+/* The wake-ups the front node took from its queue orch.gw.front, once more than n or after
+ * ten of the agent's long-polls of a second each (which pace the look). */
+static int wakeups_above(const char *cred, int n)
+{
+    int seen = th_log_count(&srv, "op=gateway.wake-up ");
+    for (int i = 0; i < 10 && seen <= n; i++) {
+        struct th_resp r;
+        th_http(&srv, "GET", "/api/v1/agent/assignments?wait=1", cred, NULL, NULL, &r);
+        cr_assert_eq(r.status, 200, "%s", r.body);
+        th_resp_free(&r);
+        seen = th_log_count(&srv, "op=gateway.wake-up ");
+    }
+    return seen;
+}
+
 Test(roles, jobs_wait_for_a_node_with_the_dispatcher_role)
 {
     cr_assert_eq(th_log_count(&srv, "roles=api,gateway,reaper"), 1, "ready line names the roles");
@@ -90,6 +106,7 @@ Test(roles, jobs_wait_for_a_node_with_the_dispatcher_role)
     th_resp_free(&r);
     cr_assert_str_eq(status_of(&srv, id), "assigned");
     cr_assert_geq(th_log_count(&peer, "op=dispatch "), 1);
+    cr_assert_gt(wakeups_above(cred, 0), 0, "the dispatcher on the peer sent no wake-up");
 
     /* The peer has no gateway: it refuses long-polls (plain and in a sync), clearly. */
     th_http(&peer, "GET", "/api/v1/agent/assignments?wait=5", cred, NULL, NULL, &r);
@@ -106,6 +123,16 @@ Test(roles, jobs_wait_for_a_node_with_the_dispatcher_role)
     th_http(&peer, "GET", "/api/v1/agent/assignments?wait=0", cred, NULL, NULL, &r);
     cr_assert_eq(r.status, 200, "%s", r.body);
     th_resp_free(&r);
+
+    /* A cancel made on the peer (no gateway there) wakes the agent through orch.gw.front:
+     * its long-poll is answered with the cancel, not found by the checker's next look. */
+    int wakes = th_log_count(&srv, "op=gateway.wake-up ");
+    char path[128];
+    snprintf(path, sizeof(path), "/api/v1/jobs/%s/cancel", id);
+    th_http(&peer, "POST", path, admin, NULL, NULL, &r);
+    cr_assert_eq(r.status, 202, "%s", r.body);
+    th_resp_free(&r);
+    cr_assert_gt(wakeups_above(cred, wakes), wakes, "the cancel on the peer sent no wake-up");
 
     th_server_stop_peer(&peer);
     free(id);

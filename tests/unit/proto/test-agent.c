@@ -2,6 +2,7 @@
  * other decodes to the same values, and what breaks a table is refused naming the field. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/jsonv.h"
@@ -187,11 +188,9 @@ Test(agent, assignment_refusals_keep_the_attempt)
     struct {
         const char *key, *value, *field;
     } cases[] = {
-        {"command", "null", "command"},
-        {"args", "[1]", "args[0]"},
-        {"env", "{\"K\":1}", "env.K"},
-        {"timeout_ms", "1", "timeout_ms"},
-        {"package_id", "\"" JOB "\"", "package_sha256"},
+        {"command", "null", "command"},    {"args", "[1]", "args[0]"},
+        {"env", "{\"K\":1}", "env.K"},     {"env", "{\"1K\":\"v\"}", "env.1K"},
+        {"timeout_ms", "1", "timeout_ms"}, {"package_id", "\"" JOB "\"", "package_sha256"},
         {"command", "\"\"", "command"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -338,4 +337,113 @@ Test(agent, every_message_has_a_table)
         cr_assert_not_null(m[i]->name);
         cr_assert_gt(m[i]->n, 0, "%s", m[i]->name);
     }
+}
+
+/* One rule for a job's args and env, on submission (server/api-jobs.c) and on assignment. */
+Test(agent, job_args_and_env_bounds)
+{
+    /* At the bound; one more byte each further down. */
+    char arg[PROTO_JOB_ARG_MAX + 2] = "", val[PROTO_JOB_ENV_VALUE_MAX + 2] = "";
+    memset(arg, 'a', PROTO_JOB_ARG_MAX);
+    memset(val, 'v', PROTO_JOB_ENV_VALUE_MAX);
+    json_t *args = json_pack("[s, s]", "x", arg), *env = json_pack("{s:s}", "_K1", val);
+    struct jsonv_error e;
+    cr_assert_eq(proto_job_args_env_check(args, env, &e), 0, "%s %s", e.field, e.detail);
+    cr_assert_eq(proto_job_args_env_check(NULL, NULL, &e), 0);
+
+    arg[PROTO_JOB_ARG_MAX] = 'a';
+    json_array_set_new(args, 1, json_string(arg));
+    cr_assert_eq(proto_job_args_env_check(args, env, &e), -EINVAL);
+    cr_assert_str_eq(e.field, "args[1]");
+    cr_assert_str_eq(e.detail, "arguments are strings of at most 4096 bytes");
+
+    val[PROTO_JOB_ENV_VALUE_MAX] = 'v';
+    json_object_set_new(env, "_K1", json_string(val));
+    cr_assert_eq(proto_job_args_env_check(NULL, env, &e), -EINVAL);
+    cr_assert_str_eq(e.field, "env._K1");
+    cr_assert(strstr(e.detail, "at most 32768 bytes"), "%s", e.detail);
+
+    /* An assignment is held to the same rule. */
+    json_t *doc = load(assignment);
+    json_object_set(doc, "args", args);
+    struct proto_assignment a;
+    cr_assert_eq(proto_assignment_decode(doc, &a, &e), -EINVAL);
+    cr_assert_str_eq(e.field, "args[1]");
+    json_decref(doc);
+    json_decref(args);
+    json_decref(env);
+}
+
+#define CRED "orch_ag_0123456789ab_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ"
+
+Test(agent, agent_created_decodes)
+{
+    /* The whole document, with members the agent does not read and one a newer server adds. */
+    json_t *doc = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:b, s:s}", "id", JOB, "tenant_id", JOB,
+                            "name", "web-1", "credential", CRED, "status", "online", "slots", 4,
+                            "connected", 0, "new_member", "x");
+    struct proto_agent_created ac;
+    struct jsonv_error e;
+    cr_assert_eq(proto_agent_created_decode(doc, &ac, &e), 0, "%s %s", e.field, e.detail);
+    cr_assert_str_eq(ac.id, JOB);
+    cr_assert_str_eq(ac.tenant_id, JOB);
+    cr_assert_str_eq(ac.name, "web-1");
+    cr_assert_str_eq(ac.credential, CRED);
+    json_decref(doc);
+}
+
+Test(agent, agent_created_refusals_name_the_field)
+{
+    struct {
+        const char *key;
+        json_t *value; /* NULL: the member is removed */
+    } cases[] = {
+        {"credential", NULL},
+        {"credential", json_string("orch_et_0123456789ab_x")},
+        {"credential", json_integer(1)},
+        {"id", json_string("not-a-uuid")},
+        {"tenant_id", NULL},
+        {"name", json_string("")},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        json_t *doc = json_pack("{s:s, s:s, s:s, s:s}", "id", JOB, "tenant_id", JOB, "name", "a",
+                                "credential", CRED);
+        if (cases[i].value)
+            json_object_set_new(doc, cases[i].key, cases[i].value);
+        else
+            json_object_del(doc, cases[i].key);
+        struct proto_agent_created ac;
+        struct jsonv_error e;
+        cr_assert_eq(proto_agent_created_decode(doc, &ac, &e), -EINVAL, "case %zu", i);
+        cr_assert_str_eq(e.field, cases[i].key, "case %zu", i);
+        json_decref(doc);
+    }
+    struct jsonv_error e;
+    struct proto_agent_created ac;
+    cr_assert_eq(proto_agent_created_decode(NULL, &ac, &e), -EINVAL, "no JSON answer");
+}
+
+/* Ids are compared as text: an upper-case job id decodes in lower case, in an assignment
+ * and in a list of JobEpoch alike. */
+Test(agent, job_ids_decode_in_lower_case)
+{
+    const char *upper = "0190A0B0-0000-7000-8000-00000000000A";
+    const char *lower = "0190a0b0-0000-7000-8000-00000000000a";
+    json_t *doc = load(assignment);
+    json_object_set_new(doc, "job_id", json_string(upper));
+    struct proto_assignment a;
+    struct jsonv_error e;
+    cr_assert_eq(proto_assignment_decode(doc, &a, &e), 0, "%s %s", e.field, e.detail);
+    cr_assert_str_eq(a.job_id, lower);
+    json_decref(doc);
+
+    json_t *list = json_pack("[{s:s, s:i}]", "job_id", upper, "epoch", 2);
+    struct proto_job_ref *refs = NULL;
+    size_t n = 0;
+    cr_assert_eq(proto_job_refs_decode(list, &refs, &n, &e), 0, "%s %s", e.field, e.detail);
+    cr_assert_eq(n, 1);
+    cr_assert_str_eq(refs[0].job_id, lower);
+    cr_assert_eq(refs[0].epoch, 2);
+    free(refs);
+    json_decref(list);
 }
