@@ -24,7 +24,7 @@
 -- labels lab (os and arch merged in) and last reported free memory and disk mem, disk
 -- (NULL: not reported, which fails a minimum): the labels by containment, the two
 -- minimums in MiB. The rule of the placement engine (server/placement.c, agent_capable()),
--- as sql/0011_placement.sql's agent_meets() writes it. One expression without a subquery,
+-- which assign_batch() applies through agent_meets() (70_placement). One expression without a subquery,
 -- so that the planner inlines it: the signals match every requirement set against every
 -- agent, and a call per pair cost ~20 us, 1 s for 20 sets and 1,250 agents.
 CREATE OR REPLACE FUNCTION requirements_hold(req jsonb, lab jsonb, mem bigint, disk bigint)
