@@ -255,7 +255,7 @@ void api_agent_heartbeat(struct http_req *req)
     const struct http_principal *p = http_req_principal(req);
     struct store_tx *tx = NULL;
     json_t *ans = NULL;
-    int r = store_tx_begin_tenant(app->store, p->tenant_id, &tx);
+    int r = store_tx_begin(app->store, app_agent_scope(p), 0, &tx);
     if (r >= 0) {
         r = heartbeat(app, p, tx, body, &ans);
         int c = store_tx_commit(tx);
@@ -510,7 +510,7 @@ static void report_http(struct http_req *req, const struct jsonv_field *fields, 
     const struct http_principal *p = http_req_principal(req);
     struct outcome o = {0};
     struct store_tx *tx = NULL;
-    int r = store_tx_begin_tenant(app->store, p->tenant_id, &tx);
+    int r = store_tx_begin(app->store, app_agent_scope(p), 0, &tx);
     if (r >= 0) {
         r = fn(app, p, tx, id, body, &o);
         int c = store_tx_commit(tx);
@@ -661,7 +661,7 @@ void api_agent_sync(struct http_req *req)
     char *assigned = NULL;
     bool ended = false;
     struct store_tx *tx = NULL;
-    int r = ans && outs ? store_tx_begin_tenant(app->store, p->tenant_id, &tx) : -ENOMEM;
+    int r = ans && outs ? store_tx_begin(app->store, app_agent_scope(p), 0, &tx) : -ENOMEM;
     if (r >= 0 && hb) {
         json_t *hba = NULL;
         r = heartbeat(app, p, tx, hb, &hba);
