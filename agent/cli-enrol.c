@@ -215,6 +215,7 @@ int cli_register(int argc, char **argv, const struct agent_config *cfg)
         .name = (char *)json_string_value(json_object_get(rep.body, "name")),
         .credential = (char *)json_string_value(json_object_get(rep.body, "credential")),
         .slots = (int)slots,
+        .pool_id = (char *)json_string_value(json_object_get(rep.body, "pool_id")),
     };
     if (!st.agent_id || !st.name || !st.credential || !st.tenant_id) {
         fprintf(stderr, "orch-agent: register: the server's answer is incomplete\n");
@@ -224,6 +225,10 @@ int cli_register(int argc, char **argv, const struct agent_config *cfg)
     } else {
         printf("enrolled as '%s' (agent %s, tenant %s); credential stored in %s/agent.json\n",
                st.name, st.agent_id, st.tenant_id, state_dir);
+        if (st.pool_id)
+            printf("this agent serves the shared pool %s: it runs several tenants' jobs, each "
+                   "under a uid of its own from exec.uid_range, which it needs to start\n",
+                   st.pool_id);
         rc = EXIT_OK;
     }
     json_decref(rep.body);
