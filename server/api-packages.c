@@ -239,9 +239,9 @@ void api_packages_content(struct http_req *req)
         return;
     struct app *app = http_req_app(req);
     const struct http_principal *pr = http_req_principal(req);
-    bool pool = pr->kind == HTTP_PRINCIPAL_AGENT && pr->pool;
+    bool pool = pr->pool; /* an agent of a shared pool: system scope */
     struct store_tx *tx = NULL;
-    int r = store_tx_begin(app->store, pool ? NULL : pr->tenant_id, 0, &tx);
+    int r = store_tx_begin(app->store, app_agent_scope(pr), 0, &tx);
     if (r < 0) {
         http_reply_error(req, r, "reading the package");
         return;
