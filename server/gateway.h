@@ -15,7 +15,11 @@
  *
  * Liveness: heartbeats are kept in memory and written to PostgreSQL in one batch per
  * flush interval (agents' last_heartbeat_at and their running jobs' leases), so a
- * heartbeat costs no write of its own. */
+ * heartbeat costs no write of its own.
+ *
+ * Files: gateway.c (start, stop), gw-registry.c (long-polls, wake-ups, the checker),
+ * gw-liveness.c (heartbeats), dispatcher.c (dispatcher.h), reaper.c; what they share is in
+ * gateway-internal.h. */
 #pragma once
 
 #include <stdbool.h>

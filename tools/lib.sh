@@ -30,6 +30,11 @@ orch_install_deps() {
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
             missing+=("$p")
     done
+    # node and npm run the test tooling from npm (orch_npm_deps). Looked for as commands, not
+    # packages: a node of another origin that ships its own npm would conflict with Debian's
+    # npm package. Debian 12's nodejs is 18.x, which that tooling is pinned to support.
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
     say "apt-get update"
     apt-get update -qq
     if [ ${#missing[@]} -gt 0 ]; then
@@ -43,6 +48,29 @@ orch_install_deps() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             "${missing[@]}" >/dev/null
         [ $created_prc = 1 ] && rm -f "$prc"
+    fi
+    return 0
+}
+
+# The test tooling from npm (tests/api/lint: the OpenAPI linter of the openapi-lint test),
+# installed with `npm ci` from its lock file into node_modules there (not committed). Skipped
+# while that tree was installed from the same lock file by the same node; --prefer-offline
+# takes packages from npm's cache when it has them. A failed install leaves no tree, so the
+# test says the linter is missing instead of running a partial one.
+orch_npm_deps() {
+    local dir=$ORCH_ROOT/tests/api/lint stamp
+    if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+        say "node or npm missing: the openapi-lint test will fail (run without ORCH_SKIP_APT)"
+        return 0
+    fi
+    stamp="$(sha256sum "$dir/package-lock.json" | cut -c1-64) node-$(node --version)"
+    [ "$(cat "$dir/node_modules/.orch-installed" 2>/dev/null)" = "$stamp" ] && return 0
+    say "npm ci (tests/api/lint: the OpenAPI linter)"
+    if (cd "$dir" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error >/dev/null); then
+        echo "$stamp" >"$dir/node_modules/.orch-installed"
+    else
+        rm -rf "$dir/node_modules"
+        say "npm ci failed in $dir: the openapi-lint test will fail"
     fi
     return 0
 }

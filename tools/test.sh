@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # tools/test.sh: the whole test suite, from a fresh Debian 12 machine (as root).
 #
-# Installs the packages, checks the sources (tools/check-source.py: banned functions and
-# clang-format), builds orch twice (a -Werror build, and one under
-# AddressSanitizer + UndefinedBehaviorSanitizer), starts a private PostgreSQL and a
-# private RabbitMQ node on free ports, runs every test suite of both builds against them,
-# and stops the services again. Exits non-zero when anything fails.
+# Installs the packages and (npm ci) the OpenAPI linter, checks the sources
+# (tools/check-source.py: banned functions and clang-format), builds orch twice (a -Werror
+# build, and one under AddressSanitizer + UndefinedBehaviorSanitizer), starts a private
+# PostgreSQL and a private RabbitMQ node on free ports, runs every test suite of both builds
+# against them, and stops the services again. Exits non-zero when anything fails.
 #
 # Environment:
-#   ORCH_SKIP_APT=1       do not run apt-get (packages already there)
+#   ORCH_SKIP_APT=1       do not run apt-get (packages already there; npm ci still runs)
 #   ORCH_TEST_SUITES="unit integration"   suites to run (default: all)
 #   ORCH_NO_SANITIZE=1    skip the sanitizer build (quicker local runs; CI runs both)
 #   ORCH_FUZZ_SECONDS=N   how long the libFuzzer target runs (default 30; 0 skips it)
 source "$(dirname "$0")/lib.sh"
 
 orch_install_deps
+orch_npm_deps
 orch_job_user
 
 cd "$ORCH_ROOT"

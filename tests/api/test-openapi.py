@@ -4,8 +4,9 @@
 Runs `ORCHD routes` (one "METHOD /path" line per route of server/api-routes.c), loads the
 OpenAPI document, and checks that both hold the same (METHOD, path) pairs, and that the
 document is sane: OpenAPI 3.1, every operation with a unique operationId, responses and
-an explicit security, every path parameter declared, and every $ref resolving. Prints one
-line per check and each mismatch, ends with "N passed, M failed", exits 1 on a failure.
+an explicit security, every path parameter declared, every $ref resolving, and no key
+outside the keywords of its object (unknown_keys()). Prints one line per check and each
+mismatch, ends with "N passed, M failed", exits 1 on a failure.
 """
 
 import subprocess
@@ -110,6 +111,142 @@ def deref(spec, node, depth=0):
     return node
 
 
+# The keywords each kind of object may hold (OpenAPI 3.1 and JSON Schema 2020-12, which 3.1
+# schemas are); "x-" extensions are allowed everywhere. A key outside these is almost always a
+# YAML slip rather than intent: in a flow mapping, `{type: string, description: Ends (UTC, ms).}`
+# splits at the comma and makes "ms)." a key, and the description says less than was written.
+SCHEMA_KEYWORDS = frozenset("""
+    $schema $id $ref $anchor $dynamicRef $dynamicAnchor $vocabulary $comment $defs
+    allOf anyOf oneOf not if then else dependentSchemas prefixItems items contains properties
+    patternProperties additionalProperties propertyNames unevaluatedItems unevaluatedProperties
+    type const enum multipleOf maximum exclusiveMaximum minimum exclusiveMinimum maxLength
+    minLength pattern maxItems minItems uniqueItems maxContains minContains maxProperties
+    minProperties required dependentRequired format contentEncoding contentMediaType
+    contentSchema title description default deprecated readOnly writeOnly examples
+    discriminator xml externalDocs example""".split())
+REFERENCE_KEYWORDS = frozenset(("$ref", "summary", "description"))
+HEADER_KEYWORDS = frozenset("""
+    description required deprecated style explode schema example examples content""".split())
+PARAMETER_KEYWORDS = HEADER_KEYWORDS | {"name", "in", "allowEmptyValue", "allowReserved"}
+MEDIA_TYPE_KEYWORDS = frozenset(("schema", "example", "examples", "encoding"))
+RESPONSE_KEYWORDS = frozenset(("description", "headers", "content", "links"))
+REQUEST_BODY_KEYWORDS = frozenset(("description", "content", "required"))
+OPERATION_KEYWORDS = frozenset("""
+    tags summary description externalDocs operationId parameters requestBody responses
+    callbacks deprecated security servers""".split())
+# Keywords whose value is data, where null is a value like any other.
+DATA_KEYWORDS = frozenset(("default", "const", "example"))
+
+
+def unknown_keys(spec):
+    """Yield "location: problem" for every key of a schema, parameter, header, media type,
+    response, request body or operation object that is not a keyword of that object, and
+    for every keyword left without a value (`{description: a, type}` makes type null)."""
+
+    def keys_of(node, where, allowed):
+        if not isinstance(node, dict):
+            return
+        if "$ref" in node and allowed is not SCHEMA_KEYWORDS:
+            allowed = REFERENCE_KEYWORDS
+        for k, v in node.items():
+            if isinstance(k, str) and k.startswith("x-"):
+                continue
+            if k not in allowed:
+                yield f"{where}: unknown key {str(k)!r}"
+            elif v is None and k not in DATA_KEYWORDS:
+                yield f"{where}: {k} has no value"
+
+    def at(where, key):
+        return f"{where}/{str(key).replace('~', '~0').replace('/', '~1')}"
+
+    def schema(node, where):
+        if isinstance(node, bool):
+            return
+        yield from keys_of(node, where, SCHEMA_KEYWORDS)
+        if not isinstance(node, dict):
+            return
+        for k in ("not", "if", "then", "else", "items", "contains", "additionalProperties",
+                  "propertyNames", "unevaluatedItems", "unevaluatedProperties", "contentSchema"):
+            if k in node:
+                yield from schema(node[k], at(where, k))
+        for k in ("allOf", "anyOf", "oneOf", "prefixItems"):
+            for i, sub in enumerate(node.get(k) or []):
+                yield from schema(sub, at(at(where, k), i))
+        for k in ("properties", "patternProperties", "$defs", "dependentSchemas"):
+            sub = node.get(k)
+            for name, s in (sub.items() if isinstance(sub, dict) else ()):
+                yield from schema(s, at(at(where, k), name))
+
+    def content(node, where):
+        for mt, m in (node.items() if isinstance(node, dict) else ()):
+            w = at(where, mt)
+            yield from keys_of(m, w, MEDIA_TYPE_KEYWORDS)
+            if isinstance(m, dict) and "schema" in m:
+                yield from schema(m["schema"], at(w, "schema"))
+            enc = m.get("encoding") if isinstance(m, dict) else None
+            for name, e in (enc.items() if isinstance(enc, dict) else ()):
+                for h, hv in ((e.get("headers") or {}).items() if isinstance(e, dict) else ()):
+                    yield from header(hv, at(at(at(at(w, "encoding"), name), "headers"), h))
+
+    def header(node, where, allowed=HEADER_KEYWORDS):
+        yield from keys_of(node, where, allowed)
+        if isinstance(node, dict) and "$ref" not in node:
+            if "schema" in node:
+                yield from schema(node["schema"], at(where, "schema"))
+            yield from content(node.get("content"), at(where, "content"))
+
+    def parameters(node, where):
+        for i, prm in enumerate(node if isinstance(node, list) else []):
+            yield from header(prm, at(where, i), PARAMETER_KEYWORDS)
+
+    def response(node, where):
+        yield from keys_of(node, where, RESPONSE_KEYWORDS)
+        if isinstance(node, dict) and "$ref" not in node:
+            hs = node.get("headers")
+            for h, hv in (hs.items() if isinstance(hs, dict) else ()):
+                yield from header(hv, at(at(where, "headers"), h))
+            yield from content(node.get("content"), at(where, "content"))
+
+    def request_body(node, where):
+        yield from keys_of(node, where, REQUEST_BODY_KEYWORDS)
+        if isinstance(node, dict) and "$ref" not in node:
+            yield from content(node.get("content"), at(where, "content"))
+
+    def section(name):
+        sec = (spec.get("components") or {}).get(name)
+        return sec.items() if isinstance(sec, dict) else ()
+
+    for name, s in section("schemas"):
+        yield from schema(s, f"#/components/schemas/{name}")
+    for name, prm in section("parameters"):
+        yield from header(prm, f"#/components/parameters/{name}", PARAMETER_KEYWORDS)
+    for name, h in section("headers"):
+        yield from header(h, f"#/components/headers/{name}")
+    for name, r in section("responses"):
+        yield from response(r, f"#/components/responses/{name}")
+    for name, b in section("requestBodies"):
+        yield from request_body(b, f"#/components/requestBodies/{name}")
+    for path, item in (spec.get("paths") or {}).items():
+        if not isinstance(item, dict):
+            continue
+        w = at("#/paths", path)
+        yield from parameters(item.get("parameters"), at(w, "parameters"))
+        for method in HTTP_METHODS:
+            op = item.get(method)
+            if op is None:
+                continue
+            ow = at(w, method)
+            yield from keys_of(op, ow, OPERATION_KEYWORDS)
+            if not isinstance(op, dict):
+                continue
+            yield from parameters(op.get("parameters"), at(ow, "parameters"))
+            if "requestBody" in op:
+                yield from request_body(op["requestBody"], at(ow, "requestBody"))
+            rs = op.get("responses")
+            for code_, r in (rs.items() if isinstance(rs, dict) else ()):
+                yield from response(r, at(at(ow, "responses"), code_))
+
+
 def main():
     if len(sys.argv) != 3:
         print("usage: test-openapi.py ORCHD OPENAPI_YAML", file=sys.stderr)
@@ -208,6 +345,10 @@ def main():
         except KeyError:
             problems.append(f"{where}: $ref '{ref}' does not resolve")
     check("every $ref resolves", problems)
+
+    # 9. No key outside the OpenAPI 3.1 / JSON Schema keywords (a YAML slip, not intent).
+    check("schema, parameter and operation objects hold only their keywords",
+          list(unknown_keys(spec)))
 
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0

@@ -1,0 +1,511 @@
+/* gw-registry.c: the long-polls held on this node (see gateway.h): the registry of
+ * waiting agents, wake-ups (local, from other nodes' dispatchers through orch.gw.<node>,
+ * and the once-a-second check), supersede, answer and claim. */
+#include <errno.h>
+#include <event2/event.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/buf.h"
+#include "common/cleanup.h"
+#include "common/id.h"
+#include "common/log.h"
+#include "server/api.h"
+#include "server/app.h"
+#include "server/bus.h"
+#include "server/gateway-internal.h"
+
+/* What an agent is told to wait before it asks again when this node holds as many
+ * long-polls as gateway.max_waiters allows: a slot comes free as held ones are answered. */
+#define GW_BUSY_RETRY_AFTER "5"
+
+static const struct store_stmt q_deliver = STORE_STMT(
+    "gw_deliver",
+    "WITH d AS (UPDATE jobs SET delivered_at = now(),"
+    "                  lease_expires_at = now() + make_interval(secs => $2::int)"
+    "           WHERE agent_id = $1 AND status = 'assigned'"
+    "           AND $4::bool AND (delivered_at IS NULL OR $3::bool) RETURNING id),"
+    " c AS (UPDATE jobs SET cancel_sent = true WHERE agent_id = $1 AND cancel_requested"
+    "         AND NOT cancel_sent AND status IN ('assigned', 'running') RETURNING id, epoch),"
+    " a AS (SELECT v.doc FROM assignment_view v JOIN d USING (id))"
+    " SELECT json_build_object("
+    "   'assignments', coalesce((SELECT json_agg(doc) FROM a), '[]'), 'lease_s', $2::int,"
+    "   'cancel', coalesce((SELECT json_agg(json_build_object('job_id', id, 'epoch', epoch))"
+    "                         FROM c), '[]')),"
+    "  (SELECT count(*) FROM a) + (SELECT count(*) FROM c)",
+    4);
+
+int gateway_claim(struct app *app, struct store_tx *tx, const char *agent_id, bool assign,
+                  bool again, char **ret)
+{
+    char lease[24];
+    snprintf(lease, sizeof(lease), "%lld", (long long)(app->cfg->agent_lease_ms / 1000));
+    const char *p[] = {agent_id, lease, again ? "true" : "false", assign ? "true" : "false"};
+    PGresult *res = NULL;
+    *ret = NULL;
+    int r = store_tx_exec(tx, &q_deliver, p, &res);
+    if (r < 0)
+        return r;
+    if (r == 1 && strcmp(PQgetvalue(res, 0, 1), "0") != 0) {
+        *ret = strdup(PQgetvalue(res, 0, 0));
+        if (!*ret) {
+            PQclear(res);
+            return -ENOMEM; /* the caller rolls back: what was claimed stays undelivered */
+        }
+    }
+    PQclear(res);
+    return 0;
+}
+
+/* gateway_claim() in a transaction of its own, in the scope of tenant (NULL: system). */
+static int deliver(struct app *app, const char *tenant, const char *agent, bool assign, char **ret)
+{
+    struct store_tx *tx = NULL;
+    *ret = NULL;
+    int r = store_tx_begin(app->store, tenant, 0, &tx);
+    if (r < 0)
+        return r;
+    r = gateway_claim(app, tx, agent, assign, false, ret);
+    if (r < 0) {
+        store_tx_rollback(tx);
+        return r;
+    }
+    int c = store_tx_commit(tx);
+    if (r >= 0 && c < 0) {
+        FREE_AND_NULL(*ret); /* not claimed after all */
+        r = c;
+    }
+    return r;
+}
+
+static const char no_assignments[] = "{\"assignments\":[]}";
+
+/* base (stolen; NULL for a plain long-poll) plus the claimed assignments' text (or none). */
+static json_t *answer_doc(json_t *base, const char *assigned)
+{
+    json_t *a = json_loads(assigned ? assigned : no_assignments, 0, NULL);
+    if (a && base)
+        json_object_update(base, a);
+    else if (!base)
+        return a;
+    json_decref(a);
+    return base;
+}
+
+/* Remove w from the registry (locked by the caller). Whoever removes a waiter owns it: it
+ * alone answers and frees it, on the waiter's loop thread. Returns false when w was not
+ * registered (another owns it). */
+static bool unregister_locked(struct gateway *gw, struct waiter *w)
+{
+    bool found = false;
+    for (int i = 0; i < gw->nwaiters && !found; i++) {
+        if (gw->waiters[i] == w) {
+            gw->waiters[i] = gw->waiters[--gw->nwaiters];
+            found = true;
+        }
+    }
+    return found;
+}
+
+/* Free w (unregistered, answered). */
+static void waiter_free(struct waiter *w)
+{
+    json_decref(w->base);
+    if (w->timer)
+        event_free(w->timer);
+    free(w);
+}
+
+/* Answer w 503 (it could not be held: the registry is full, or out of memory) and free it.
+ * A 200 with nothing in it would send the agent straight back: a hot loop. */
+static void finish_busy(struct waiter *w, const char *detail)
+{
+    http_deferred_reply_problem(w->d, PROBLEM_UNAVAILABLE, detail, GW_BUSY_RETRY_AFTER);
+    waiter_free(w);
+}
+
+static const char registry_full[] = "this node holds as many waiting agents as it may; retry later";
+
+/* Answer and free w. On w's loop thread, with w already unregistered. */
+static void finish(struct waiter *w, const char *body)
+{
+    if (w->base)
+        http_deferred_reply_json(w->d, 200, answer_doc(TAKE_PTR(w->base), body));
+    else if (body)
+        http_deferred_reply_json_text(w->d, 200, body, strlen(body));
+    else
+        http_deferred_reply_json_text(w->d, 200, no_assignments, sizeof(no_assignments) - 1);
+    waiter_free(w);
+}
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct waiter *w = arg;
+    struct gateway *gw = w->gw;
+    pthread_mutex_lock(&gw->lock);
+    bool mine = unregister_locked(gw, w);
+    pthread_mutex_unlock(&gw->lock);
+    if (mine)
+        finish(w, NULL); /* else its owner has posted its answer to this loop */
+}
+
+/* What gateway_wake() posts to the loop of a waiting agent. */
+struct wake {
+    char agent_id[ID_STR_LEN];
+    struct event_base *base;
+};
+
+/* The running gateway, for callbacks posted to the loops: they enter it (or find none,
+ * once gateway_stop() has begun) and leave it, and gateway_stop() frees it only after the
+ * last one has left. */
+static pthread_mutex_t self_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t self_left = PTHREAD_COND_INITIALIZER;
+static struct gateway *gateway_self;
+static int self_users;
+
+static struct gateway *self_enter(void)
+{
+    pthread_mutex_lock(&self_lock);
+    struct gateway *gw = gateway_self;
+    if (gw)
+        self_users++;
+    pthread_mutex_unlock(&self_lock);
+    return gw;
+}
+
+static void self_leave(struct gateway *gw)
+{
+    (void)gw;
+    pthread_mutex_lock(&self_lock);
+    self_users--;
+    pthread_cond_broadcast(&self_left);
+    pthread_mutex_unlock(&self_lock);
+}
+
+void gw_self_set(struct gateway *gw)
+{
+    pthread_mutex_lock(&self_lock);
+    gateway_self = gw;
+    while (!gw && self_users > 0)
+        pthread_cond_wait(&self_left, &self_lock);
+    pthread_mutex_unlock(&self_lock);
+}
+
+static void on_wake_with(struct gateway *gw, struct wake *wk);
+
+/* On the loop of base: look again for the agent's waiter of this loop. It is taken out of
+ * the registry while the database is asked (so that nobody else answers or frees it
+ * meanwhile), and put back when there is nothing for it, unless a newer request of the
+ * agent has come, which then holds on instead. */
+static void on_wake(void *arg)
+{
+    struct wake *wk = arg;
+    struct gateway *gw = self_enter();
+    if (!gw) {
+        free(wk);
+        return;
+    }
+    on_wake_with(gw, wk);
+    self_leave(gw);
+}
+
+/* Take w out of gw->looking (locked by the caller). */
+static void looking_remove_locked(struct gateway *gw, struct waiter *w)
+{
+    for (struct waiter **p = &gw->looking; *p; p = &(*p)->next_looking) {
+        if (*p == w) {
+            *p = w->next_looking;
+            w->next_looking = NULL;
+            return;
+        }
+    }
+}
+
+/* Bound on looking again for a waiter woken while it was out; past it the checker's next
+ * round (within a second) finds what the wake-up was for. */
+#define WAKE_RELOOKS 3
+
+static void on_wake_with(struct gateway *gw, struct wake *wk)
+{
+    struct waiter *w = NULL;
+    pthread_mutex_lock(&gw->lock);
+    for (int i = 0; i < gw->nwaiters && !w; i++)
+        if (strcmp(gw->waiters[i]->agent_id, wk->agent_id) == 0 &&
+            http_deferred_base(gw->waiters[i]->d) == wk->base)
+            w = gw->waiters[i];
+    if (w) {
+        unregister_locked(gw, w);
+        gw->nlooking++;
+        w->woken = false;
+        w->next_looking = gw->looking;
+        gw->looking = w;
+    }
+    pthread_mutex_unlock(&gw->lock);
+    free(wk);
+    if (!w)
+        return;
+    char *body = NULL;
+    bool found = false;
+    for (int looks = 0;; looks++) {
+        found = deliver(gw->app, w->tenant_id[0] ? w->tenant_id : NULL, w->agent_id, w->assign,
+                        &body) == 0 &&
+                body;
+        /* A wake-up that came while the database was asked (a cancel or an assignment
+         * committed after this look began) would be lost: look again. */
+        pthread_mutex_lock(&gw->lock);
+        bool again = !found && w->woken && looks < WAKE_RELOOKS && !atomic_load(&gw->stop);
+        w->woken = false;
+        if (!again)
+            break; /* with the lock held */
+        pthread_mutex_unlock(&gw->lock);
+    }
+    /* Nothing yet: wait on (the checker or the timeout answers), unless superseded. Its
+     * slot was kept (nlooking), so there is room. */
+    looking_remove_locked(gw, w);
+    gw->nlooking--;
+    bool newer = found || atomic_load(&gw->stop);
+    for (int i = 0; i < gw->nwaiters && !newer; i++)
+        newer = strcmp(gw->waiters[i]->agent_id, w->agent_id) == 0;
+    if (!newer)
+        gw->waiters[gw->nwaiters++] = w;
+    pthread_mutex_unlock(&gw->lock);
+    if (newer)
+        finish(w, body);
+    free(body);
+}
+
+static void answer_now(void *arg)
+{
+    struct waiter *w = arg;
+    finish(w, NULL);
+}
+
+/* Post on_wake for w to w's loop. gw->lock held (w is registered). */
+static void post_wake(struct waiter *w)
+{
+    struct wake *wk = malloc(sizeof(*wk));
+    if (!wk)
+        return; /* the checker looks again within a second */
+    memcpy(wk->agent_id, w->agent_id, sizeof(wk->agent_id));
+    wk->base = http_deferred_base(w->d);
+    if (http_loop_post(wk->base, on_wake, wk) < 0)
+        free(wk);
+}
+
+void gateway_notify(struct gateway *gw, const char *agent_id, const char *node)
+{
+    if (!gw)
+        return;
+    struct app *app = gw->app;
+    if (!node || !node[0] || strcmp(node, app->cfg->node_name) == 0) {
+        gateway_wake(gw, agent_id);
+        return;
+    }
+    char queue[128], msg[96];
+    snprintf(queue, sizeof(queue), "orch.gw.%s", node);
+    snprintf(msg, sizeof(msg), "{\"agent_id\":\"%s\"}", agent_id);
+    bus_publish(app->bus, queue, msg, strlen(msg), 2000);
+}
+
+void gateway_wake(struct gateway *gw, const char *agent_id)
+{
+    if (!gw)
+        return;
+    pthread_mutex_lock(&gw->lock);
+    bool posted = false;
+    for (int i = 0; i < gw->nwaiters && !posted; i++) {
+        struct waiter *w = gw->waiters[i];
+        if (strcmp(w->agent_id, agent_id) == 0) {
+            post_wake(w);
+            posted = true;
+        }
+    }
+    /* Out for a look (on_wake()): it looks again before it waits on. */
+    for (struct waiter *w = gw->looking; w && !posted; w = w->next_looking)
+        if (strcmp(w->agent_id, agent_id) == 0)
+            w->woken = true;
+    pthread_mutex_unlock(&gw->lock);
+}
+
+void gateway_poll(struct http_req *req)
+{
+    struct app *app = http_req_app(req);
+    const struct http_principal *p = http_req_principal(req);
+    const char *ws = http_req_query(req, "wait");
+    long wait = 25;
+    if (ws) {
+        char *end = NULL;
+        wait = strtol(ws, &end, 10);
+        if (!end || *end || wait < 0 || wait > 60) {
+            http_reply_problem(req, PROBLEM_VALIDATION, "must be 0 to 60 seconds", "wait");
+            return;
+        }
+    }
+    char *body = NULL;
+    int r = deliver(app, app_agent_scope(p), p->subject, true, &body);
+    if (r < 0) {
+        http_reply_error(req, r, "looking for assignments");
+        return;
+    }
+    gateway_answer(req, NULL, body, true, wait);
+}
+
+void gateway_supersede(struct gateway *gw, const char *agent_id)
+{
+    if (!gw)
+        return;
+    pthread_mutex_lock(&gw->lock);
+    for (int i = 0; i < gw->nwaiters; i++) {
+        struct waiter *old = gw->waiters[i];
+        if (strcmp(old->agent_id, agent_id) == 0 && unregister_locked(gw, old)) {
+            if (http_loop_post(http_deferred_base(old->d), answer_now, old) < 0)
+                log_error("op=gateway error=\"cannot answer a superseded long-poll\"");
+            break;
+        }
+    }
+    pthread_mutex_unlock(&gw->lock);
+}
+
+void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool assign, long wait_s)
+{
+    struct app *app = http_req_app(req);
+    struct gateway *gw = app->gw;
+    const struct http_principal *p = http_req_principal(req);
+    if (assigned || wait_s <= 0 || !gw) {
+        if (base)
+            http_reply_json(req, 200, answer_doc(base, assigned));
+        else if (assigned)
+            http_reply_json_text(req, 200, assigned, strlen(assigned));
+        else
+            http_reply_json_text(req, 200, no_assignments, sizeof(no_assignments) - 1);
+        free(assigned);
+        return;
+    }
+    struct waiter *w = calloc(1, sizeof(*w));
+    if (!w) {
+        json_decref(base);
+        http_reply_error(req, -ENOMEM, "waiting for assignments");
+        return;
+    }
+    snprintf(w->agent_id, sizeof(w->agent_id), "%.36s", p->subject);
+    const char *scope = app_agent_scope(p);
+    snprintf(w->tenant_id, sizeof(w->tenant_id), "%s", scope ? scope : "");
+    w->gw = gw;
+    w->base = base;
+    w->assign = assign;
+    w->d = http_req_defer(req);
+    if (!w->d) {
+        json_decref(w->base);
+        free(w);
+        http_reply_error(req, -ENOMEM, "waiting for assignments");
+        return;
+    }
+    w->timer = evtimer_new(http_deferred_base(w->d), on_timeout, w);
+    struct timeval tv = {.tv_sec = wait_s};
+    if (!w->timer || evtimer_add(w->timer, &tv) < 0) {
+        /* Without its timer it would be held until something comes for it. */
+        log_error("op=gateway agent=%s error=\"cannot arm the long-poll timer\"", w->agent_id);
+        finish_busy(w, "the server cannot hold the request now; retry later");
+        return;
+    }
+    gateway_supersede(gw, w->agent_id);
+    pthread_mutex_lock(&gw->lock);
+    bool stop = atomic_load(&gw->stop);
+    bool full = !stop && gw->nwaiters + gw->nlooking >= gw->max_waiters;
+    if (!stop && !full) {
+        gw->waiters[gw->nwaiters++] = w;
+        /* An assignment made between the first look and the registration: look once
+         * more, on this loop, once the handler has returned. */
+        post_wake(w);
+    }
+    pthread_mutex_unlock(&gw->lock);
+    if (stop)
+        finish(w, NULL);
+    else if (full)
+        finish_busy(w, registry_full);
+    else
+        log_debug("op=gateway.hold agent=%s wait_s=%ld", p->subject, wait_s);
+}
+
+static const struct store_stmt q_pending = STORE_STMT(
+    "gw_pending",
+    "SELECT DISTINCT agent_id FROM jobs WHERE agent_id = ANY($1::uuid[])"
+    "   AND ((status = 'assigned' AND delivered_at IS NULL)"
+    "        OR (cancel_requested AND NOT cancel_sent AND status IN ('assigned', 'running')))",
+    1);
+
+/* Once a second: any waiting agent with an undelivered assignment or cancel (a lost
+ * wake-up: one that came while on_wake() had the waiter out of the registry to look). */
+void *gw_checker_main(void *arg)
+{
+    struct gateway *gw = arg;
+    while (!atomic_load(&gw->stop)) {
+        gw_sleep_ms(gw, 1000);
+        struct buf ids = BUF_INIT;
+        buf_append_str(&ids, "{");
+        pthread_mutex_lock(&gw->lock);
+        for (int i = 0; i < gw->nwaiters; i++)
+            buf_printf(&ids, "%s%s", i ? "," : "", gw->waiters[i]->agent_id);
+        int n = gw->nwaiters;
+        pthread_mutex_unlock(&gw->lock);
+        /* One line per round (debug): tests count them against the clock. */
+        log_debug("op=gateway.check waiters=%d", n);
+        buf_append_str(&ids, "}");
+        if (n > 0) {
+            const char *p[] = {ids.data};
+            PGresult *res = NULL;
+            int r = store_exec_once(gw->app->store, NULL, &q_pending, p, &res);
+            for (int i = 0; i < r; i++)
+                gateway_wake(gw, PQgetvalue(res, i, 0));
+            PQclear(res);
+        }
+        buf_free(&ids);
+    }
+    return NULL;
+}
+
+/* Wake-ups from dispatchers on other nodes. */
+void *gw_wakeups_main(void *arg)
+{
+    struct gateway *gw = arg;
+    char queue[128];
+    snprintf(queue, sizeof(queue), "orch.gw.%s", gw->app->cfg->node_name);
+    struct bus_sub *sub = NULL;
+    if (bus_sub_new(gw->app->cfg->amqp_url, queue, true, &sub) < 0)
+        return NULL;
+    while (!atomic_load(&gw->stop)) {
+        char *body = NULL;
+        size_t len = 0;
+        int r = bus_sub_next(sub, 500, &body, &len);
+        if (r < 0) {
+            gw_sleep_ms(gw, 1000);
+            continue;
+        }
+        if (r == 1) {
+            json_error_t e;
+            json_t *m = json_loadb(body, len, 0, &e);
+            const char *agent = json_string_value(json_object_get(m, "agent_id"));
+            if (agent && id_is_valid(agent))
+                gateway_wake(gw, agent);
+            json_decref(m);
+            free(body);
+        }
+    }
+    bus_sub_free(sub);
+    return NULL;
+}
+
+/* gateway_stop()'s answer to a waiter: once all are given, no waiter's timer can fire. */
+void gw_answer_at_stop(void *arg)
+{
+    struct waiter *w = arg;
+    struct gateway *gw = w->gw;
+    finish(w, NULL);
+    pthread_mutex_lock(&gw->lock);
+    gw->answering--;
+    pthread_cond_broadcast(&gw->changed);
+    pthread_mutex_unlock(&gw->lock);
+}
