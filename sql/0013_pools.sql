@@ -79,8 +79,10 @@ SELECT p.id, json_build_object(
 GRANT SELECT ON pool_view TO orch_app;
 
 -- The old dispatch round (0007), with the pools: a job goes to its tenant's own agents
--- first, else to an agent of a pool that admits its tenant. The placement engine
--- (server/placement.c) replaces this round and shares pools by weight.
+-- first, else to an agent of a pool that admits its tenant; tenants take turns by weight.
+-- An interim round: the placement engine (server/placement.c) replaces it. Its fair
+-- order numbers every waiting job each round (a scan of the queue, where 0007 read the
+-- head of an index): fine for the tests, not for a deep queue.
 CREATE OR REPLACE FUNCTION dispatch_round(max_jobs int, lease_s int, online_s int)
     RETURNS TABLE (job_id uuid, tenant_id uuid, agent_id uuid, epoch bigint, gateway_node text)
     LANGUAGE plpgsql AS $$
@@ -102,15 +104,27 @@ BEGIN
     IF free = 0 THEN
         RETURN;
     END IF;
+    -- Within a priority, tenants take turns by weight: the k-th waiting job of a tenant
+    -- with n jobs active is tagged (n + k) / weight, and lower tags go first, so tenants
+    -- competing for the same agents (a pool) get placements in proportion to their weights.
     FOR j IN
-        SELECT jb.id, jb.tenant_id AS tid, jb.requirements, encode(pk.sha256, 'hex') AS pkg,
-               tn AS tenant
-          FROM jobs jb JOIN tenants tn ON tn.id = jb.tenant_id
-               LEFT JOIN queues q ON q.id = jb.queue_id
-               LEFT JOIN packages pk ON pk.id = jb.package_id AND pk.tenant_id = jb.tenant_id
-         WHERE jb.status = 'queued' AND jb.not_before <= now() AND NOT jb.cancel_requested
-           AND NOT coalesce(q.paused, false)
-         ORDER BY jb.priority DESC, jb.created_at, jb.id
+        SELECT s.id, s.tid, s.requirements, s.pkg, s.tenant
+          FROM (SELECT jb.id, jb.tenant_id AS tid, jb.requirements, jb.priority, jb.created_at,
+                       encode(pk.sha256, 'hex') AS pkg, tn AS tenant,
+                       row_number() OVER (PARTITION BY jb.tenant_id, jb.priority
+                                          ORDER BY jb.created_at, jb.id) AS k
+                  FROM jobs jb JOIN tenants tn ON tn.id = jb.tenant_id
+                       LEFT JOIN queues q ON q.id = jb.queue_id
+                       LEFT JOIN packages pk ON pk.id = jb.package_id
+                                            AND pk.tenant_id = jb.tenant_id
+                 WHERE jb.status = 'queued' AND jb.not_before <= now()
+                   AND NOT jb.cancel_requested AND NOT coalesce(q.paused, false)) s
+          JOIN tenant_quotas tq ON tq.tenant_id = s.tid
+          LEFT JOIN (SELECT x.tenant_id, count(*) AS n FROM jobs x
+                      WHERE x.status IN ('assigned', 'running') GROUP BY x.tenant_id) act
+                 ON act.tenant_id = s.tid
+         ORDER BY s.priority DESC, (coalesce(act.n, 0) + s.k)::float8 / tq.weight,
+                  s.created_at, s.id
          LIMIT max_jobs * 4
     LOOP
         EXIT WHEN n >= max_jobs OR free <= 0;

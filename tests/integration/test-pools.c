@@ -493,3 +493,84 @@ Test(pools, admitted_tenants_share_a_pool_agent_under_distinct_uids_and_workdirs
     free(b);
     free(c);
 }
+
+/* Submit n jobs of command to the tenant of token in one batch. */
+static void flood(const char *token, int n, const char *command)
+{
+    json_t *jobs = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(jobs, json_pack("{s:s, s:i}", "command", command, "max_attempts", 1));
+    json_t *body = json_pack("{s:o}", "jobs", jobs);
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/jobs/batch", token, text, NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    th_resp_free(&r);
+    free(text);
+}
+
+/* Two tenants of weights 1 and 3, both with a backlog on one pool agent (and nothing else
+ * to run on): of the first FAIR_WINDOW placements, the heavier tenant gets 3/4, within
+ * FAIR_TOLERANCE placements (a round places up to the agent's 4 slots at one timestamp,
+ * so the window's edge blurs by that much; the rest is margin for jobs ending out of
+ * order). */
+#define FAIR_JOBS      200
+#define FAIR_WINDOW    200
+#define FAIR_TOLERANCE 15
+
+Test(pools, tenants_flooding_a_pool_get_placements_in_proportion_to_their_weights)
+{
+    if (geteuid() != 0 || !getpwnam("orch-job"))
+        cr_skip_test("needs root and the orch-job user (tools/lib.sh orch_job_user)");
+    char *a = th_tenant(&srv, op, "light", "professional");
+    char *b = th_tenant(&srv, op, "heavy", "professional");
+    char *a_admin = th_tenant_token(&srv, op, a, "admin");
+    char *b_admin = th_tenant_token(&srv, op, b, "admin");
+    char *pool = pool_create("{\"name\":\"fair\",\"tiers\":[\"professional\"]}");
+    PGconn *pg = th_pg_connect("orch_system", srv.db);
+    char sql[512];
+    snprintf(sql, sizeof(sql),
+             "UPDATE tenants SET weight = CASE id WHEN '%s' THEN 1 ELSE 3 END"
+             " WHERE id IN ('%s', '%s')",
+             a, a, b);
+    PQclear(th_pg_ok(pg, sql));
+
+    /* Both backlogs wait before the agent comes: no head start for either. */
+    flood(a_admin, FAIR_JOBS, "true");
+    flood(b_admin, FAIR_JOBS, "true");
+    char state[] = "/tmp/orch-pools-fair-XXXXXX", agent[40];
+    cr_assert_not_null(mkdtemp(state));
+    pool_enrol(pool, state, "4", agent);
+    const char *env[] = {"ORCH_AGENT_EXEC_UID_RANGE=200200-200209", NULL};
+    agent_pid = th_agent_start_env(state, env);
+
+    long placed = 0;
+    for (int i = 0; i < 1200 && placed < FAIR_WINDOW; i++) { /* at most 120 s */
+        placed = th_pg_long(pg, "SELECT count(*) FROM job_attempts");
+        if (placed < FAIR_WINDOW)
+            usleep(100000); /* polling the database, bounded */
+    }
+    cr_assert_geq(placed, FAIR_WINDOW, "only %ld placements", placed);
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FILTER (WHERE tenant_id = '%s') FROM (SELECT tenant_id"
+             "  FROM job_attempts ORDER BY assigned_at, id LIMIT %d) s",
+             b, FAIR_WINDOW);
+    long heavy = th_pg_long(pg, sql);
+    long want = FAIR_WINDOW * 3 / 4;
+    cr_log_info("fair: weights 1:3, first %d placements: light=%ld heavy=%ld (want %ld)",
+                FAIR_WINDOW, FAIR_WINDOW - heavy, heavy, want);
+    cr_assert(heavy >= want - FAIR_TOLERANCE && heavy <= want + FAIR_TOLERANCE,
+              "weights 1:3, first %d placements: heavy=%ld, want %ld +- %d", FAIR_WINDOW, heavy,
+              want, FAIR_TOLERANCE);
+
+    th_agent_stop(agent_pid, SIGTERM);
+    agent_pid = 0;
+    PQfinish(pg);
+    th_rm_rf(state);
+    free(pool);
+    free(a_admin);
+    free(b_admin);
+    free(a);
+    free(b);
+}
