@@ -276,6 +276,9 @@ int cli_status(int argc, char **argv, const struct agent_config *cfg)
         return rc;
     printf("enrolled:   yes, as '%s' (agent %s, tenant %s)\n", st.name, st.agent_id, st.tenant_id);
     printf("server:     %s\n", st.server_url);
+    if (st.pool_id)
+        printf("pool:       %s (several tenants' jobs, each under its own uid: exec.uid_range)\n",
+               st.pool_id);
     struct transport_reply rep;
     int r = transport_request(t, "GET", "/api/v1/agent", NULL, &rep);
     if (r < 0) {
