@@ -574,3 +574,69 @@ Test(pools, tenants_flooding_a_pool_get_placements_in_proportion_to_their_weight
     free(a);
     free(b);
 }
+
+/* The credential stored in state/agent.json (into cred, len bytes). */
+static void stored_credential(const char *state, char *cred, size_t len)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/agent.json", state);
+    json_error_t je;
+    json_t *doc = json_load_file(path, 0, &je);
+    cr_assert_not_null(doc, "%s", je.text);
+    snprintf(cred, len, "%s", json_string_value(json_object_get(doc, "credential")));
+    json_decref(doc);
+}
+
+Test(pools, a_pool_agent_rotates_its_credential_and_a_tenant_cancels_its_job_on_it)
+{
+    if (geteuid() != 0 || !getpwnam("orch-job"))
+        cr_skip_test("needs root and the orch-job user (tools/lib.sh orch_job_user)");
+    char *a = th_tenant(&srv, op, "alpha", "enterprise");
+    char *a_admin = th_tenant_token(&srv, op, a, "admin");
+    char *pool = pool_create("{\"name\":\"ent\",\"tiers\":[\"enterprise\"]}");
+    char state[] = "/tmp/orch-pools-rot-XXXXXX", agent[40], before[128], after[128];
+    cr_assert_not_null(mkdtemp(state));
+    pool_enrol(pool, state, "1", agent);
+    stored_credential(state, before, sizeof(before));
+    /* Rotate at once: the credential "expires" within the rotation margin. */
+    const char *env[] = {"ORCH_AGENT_EXEC_UID_RANGE=200300-200301",
+                         "ORCH_AGENT_ROTATE_BEFORE_S=99999999", NULL};
+    agent_pid = th_agent_start_env(state, env);
+
+    char *id = th_job_submit(
+        &srv, a_admin, json_pack("{s:s, s:i}", "command", "echo up; sleep 120", "max_attempts", 1));
+    json_t *j = NULL;
+    for (int i = 0; i < 600; i++) { /* at most 60 s */
+        json_decref(j);
+        j = th_job(&srv, a_admin, id);
+        if (strcmp(json_string_value(json_object_get(j, "status")), "running") == 0)
+            break;
+        usleep(100000); /* polling the API, bounded */
+    }
+    cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "running");
+    cr_assert_str_eq(json_string_value(json_object_get(j, "agent_id")), agent);
+    json_decref(j);
+    char path[160];
+    snprintf(path, sizeof(path), "/api/v1/jobs/%s/cancel", id);
+    struct th_resp r;
+    th_http(&srv, "POST", path, a_admin, NULL, NULL, &r);
+    cr_assert(r.status == 200 || r.status == 202, "%s", r.body);
+    th_resp_free(&r);
+    j = th_job_wait_final(&srv, a_admin, id, 60);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "cancelled");
+    json_decref(j);
+
+    stored_credential(state, after, sizeof(after));
+    cr_assert_str_neq(before, after, "the pool agent rotated its credential");
+    th_http(&srv, "GET", "/api/v1/agent", after, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    th_resp_free(&r);
+
+    th_agent_stop(agent_pid, SIGTERM);
+    agent_pid = 0;
+    th_rm_rf(state);
+    free(id);
+    free(pool);
+    free(a_admin);
+    free(a);
+}
