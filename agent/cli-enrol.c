@@ -13,6 +13,7 @@
 #include "agent/state.h"
 #include "agent/transport.h"
 #include "common/cleanup.h"
+#include "proto/agent.h"
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 
@@ -194,7 +195,7 @@ int cli_register(int argc, char **argv, const struct agent_config *cfg)
         goto done;
     }
     struct transport_reply rep;
-    r = transport_request(t, "POST", "/api/v1/agents/register", body, &rep);
+    r = transport_request(t, "POST", PROTO_AGENT_PATH_REGISTER, body, &rep);
     json_decref(body);
     transport_free(t);
     rc = EXIT_FAIL;
@@ -280,7 +281,7 @@ int cli_status(int argc, char **argv, const struct agent_config *cfg)
         printf("pool:       %s (several tenants' jobs, each under its own uid: exec.uid_range)\n",
                st.pool_id);
     struct transport_reply rep;
-    int r = transport_request(t, "GET", "/api/v1/agent", NULL, &rep);
+    int r = transport_request(t, "GET", PROTO_AGENT_PATH_SELF, NULL, &rep);
     if (r < 0) {
         printf("reachable:  no (%s%s)\n", r == -EPROTO ? "TLS verification failed: " : "",
                rep.error);
@@ -334,7 +335,7 @@ int cli_unregister(int argc, char **argv, const struct agent_config *cfg)
     if (rc != EXIT_OK)
         return rc == EXIT_NOT_ENROLLED ? EXIT_OK : rc;
     struct transport_reply rep;
-    int r = transport_request(t, "DELETE", "/api/v1/agent", NULL, &rep);
+    int r = transport_request(t, "DELETE", PROTO_AGENT_PATH_SELF, NULL, &rep);
     json_decref(rep.body);
     transport_free(t);
     bool removed = r == 0 && (rep.status == 204 || rep.status == 404);

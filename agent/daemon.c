@@ -7,7 +7,6 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <pwd.h>
 #include <signal.h>
@@ -38,6 +37,7 @@
 #include "common/jsonv.h"
 #include "common/log.h"
 #include "common/relpath.h"
+#include "proto/agent.h"
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 
@@ -47,7 +47,6 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 #define LINK_MAX_BYTES      (2 * 1024 * 1024) /* of output in one exchange (about) */
 #define REQUEST_TIMEOUT_MS  30000             /* plus the hold */
 #define HEARTBEAT_DEFAULT_S 10
-#define HEARTBEAT_MAX_S     3600
 #define BACKOFF_MIN_MS      1000
 #define BACKOFF_MAX_MS      60000
 #define FLUSH_MS            10000 /* how long the link may flush at shutdown */
@@ -57,26 +56,22 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 #define ROTATE_BEFORE_S     (30 * 86400) /* rotate the credential when it expires sooner */
 #define ROTATE_MIN_GAP_MS   3600000      /* at most one rotation attempt an hour */
 #define DEFAULT_PATH        "/usr/local/bin:/usr/bin:/bin"
-#define RECOVER_KILL_MS     10000              /* bound on ending a predecessor's job tree */
-#define PACKAGE_MAX_BYTES   (64 * 1024 * 1024) /* an archive fetched (the server caps lower) */
+#define RECOVER_KILL_MS     10000 /* bound on ending a predecessor's job tree */
 #define UNPACK_TIMEOUT_MS   300000
+/* Between exchanges while the server does not speak this agent's protocol version: an
+ * upgrade of one side is needed, which takes minutes at best. */
+#define PROTOCOL_RETRY_MS (10 * 60 * 1000)
 /* Self-fencing (see daemon_fence): a job whose lease no answered exchange renewed for the
  * lease minus this margin is killed, before the server can take it back. */
 #define FENCE_MARGIN_MIN_MS 2000
 #define FENCE_KILL_MS       2000 /* bound on ending a job's tree (SIGKILL, no grace) */
 #define FENCE_CHECK_MS      1000 /* the main thread looks at least this often */
 
-/* The bits of spool_result.flags: the protocol's result fields that are not the exit code. */
-#define RES_TIMED_OUT      0x01u
-#define RES_CANCELLED      0x02u
-#define RES_RESTARTED      0x04u
-#define RES_SETUP_FAILED   0x08u
-#define RES_OUTPUT_LOST    0x10u
-#define RES_BAD_ASSIGNMENT 0x20u
-#define RES_PACKAGE        0x40u
-#define RES_LEASE_LAPSED   0x80u /* killed by the agent: no exchange renewed its lease */
-#define RES_SIGNAL_SHIFT   16    /* term signal in bits 16..23 */
-#define RES_SIGNAL_MASK    0xffu
+/* spool_result.flags holds PROTO_RES_* (proto/agent.h). What the spool holds must fit the
+ * protocol's reports. */
+_Static_assert(LINK_MAX_REPORTS <= PROTO_SYNC_MAX_REPORTS, "reports per exchange");
+_Static_assert(SPOOL_CHUNK_MAX <= PROTO_LOG_CHUNK_MAX, "a spooled chunk is one logs report");
+_Static_assert(SPOOL_RESULT_MAX <= PROTO_RESULT_MAX, "a spooled result is one result report");
 
 enum slot_state {
     SLOT_FREE,
@@ -113,7 +108,8 @@ struct slot {
     bool lapsed;
     struct exec_tree tree; /* where its processes are (on_tree); tree.cgroup = tree_cgroup */
     char *tree_cgroup;
-    json_t *assignment; /* owned while RUNNING */
+    json_t *assignment;        /* owned while RUNNING */
+    struct proto_assignment a; /* assignment, decoded (borrows it); valid unless bad */
     pthread_t thread;
     struct daemon *d;
 };
@@ -236,9 +232,17 @@ static void rm_rf(const char *path)
     nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* The wire's stream of a spool stream. */
+static enum proto_stream wire_stream(int stream)
+{
+    return stream == SPOOL_STDOUT   ? PROTO_STREAM_STDOUT
+           : stream == SPOOL_STDERR ? PROTO_STREAM_STDERR
+                                    : PROTO_STREAM_SYSTEM;
+}
+
 static const char *stream_name(int stream)
 {
-    return stream == SPOOL_STDOUT ? "stdout" : stream == SPOOL_STDERR ? "stderr" : "system";
+    return proto_stream_name(wire_stream(stream));
 }
 
 /* --- connection state ---------------------------------------------------------------- */
@@ -314,7 +318,7 @@ static bool daemon_rotate(struct daemon *d, struct transport *t)
 {
     char q[320];
     struct transport_reply rep = {0};
-    int r = transport_request(t, "POST", "/api/v1/agent/rotate-credential", NULL, &rep);
+    int r = transport_request(t, "POST", PROTO_AGENT_PATH_ROTATE, NULL, &rep);
     if (r < 0) {
         daemon_net_failed(d, "rotate-credential", r, rep.error);
         return true;
@@ -530,15 +534,16 @@ static void strv_free(char **v)
     free(v);
 }
 
-static char **daemon_job_env(const struct slot *s, const json_t *a, const char *workdir)
+static char **daemon_job_env(const struct slot *s, const struct proto_assignment *a,
+                             const char *workdir)
 {
-    const json_t *env = json_object_get(a, "env");
+    const json_t *env = a->env;
     size_t n = json_is_object(env) ? json_object_size(env) : 0;
     char **v = calloc(n + 8, sizeof(*v));
     if (!v)
         return NULL;
     size_t i = 0;
-    const json_t *pv = json_object_get(a, "params");
+    const json_t *pv = a->params;
     _cleanup_free_ char *params = json_dumps(pv ? pv : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
     if (!params)
         goto fail;
@@ -597,9 +602,8 @@ __attribute__((format(printf, 2, 3))) static void daemon_job_note(struct slot *s
  * agent's one connection) when missing. 0, or < 0 with the reason on the job's stderr. */
 static int daemon_package(struct daemon *d, struct slot *s, char *path, size_t len)
 {
-    const json_t *a = s->assignment;
-    const char *id = json_string_value(json_object_get(a, "package_id"));
-    const char *sha = json_string_value(json_object_get(a, "package_sha256"));
+    const char *id = s->a.package_id;
+    const char *sha = s->a.package_sha256;
     if (cache_lookup(d->cache, sha, path, len) == 0) {
         log_info("op=package job=%s package=%s source=cache", s->job_id, id);
         return 0;
@@ -682,8 +686,7 @@ static int daemon_unpack(struct daemon *d, struct slot *s, const char *archive, 
     struct exec_result er;
     int r = exec_default_ops()->run(&spec, &sink, &s->cancel, &er);
     if (r < 0 || er.exit_code != 0) {
-        daemon_job_note(s, "orch-agent: cannot unpack package %s (tar: %s)",
-                        json_string_value(json_object_get(s->assignment, "package_id")),
+        daemon_job_note(s, "orch-agent: cannot unpack package %s (tar: %s)", s->a.package_id,
                         r < 0 ? strerror(-r) : "failed");
         return -EIO;
     }
@@ -707,11 +710,11 @@ static void link_fetch(struct daemon *d, struct transport *t)
     char error[256] = "", path[PATH_MAX];
     if (cache_lookup(d->cache, f->sha256, path, sizeof(path)) != 0) {
         char url[128];
-        snprintf(url, sizeof(url), "/api/v1/agent/packages/%s/content", f->package_id);
+        proto_agent_path(url, sizeof(url), PROTO_AGENT_PATH_PACKAGE, f->package_id);
         struct buf body = BUF_INIT;
         struct transport_reply rep;
         int64_t t0 = mono_ms();
-        int r = transport_get_bytes(t, url, PACKAGE_MAX_BYTES, &body, &rep);
+        int r = transport_get_bytes(t, url, PROTO_PACKAGE_MAX_BYTES, &body, &rep);
         if (r < 0) {
             state = FETCH_FAILED;
             snprintf(error, sizeof(error), "%s", rep.error);
@@ -798,7 +801,7 @@ static int daemon_job_dirs(const struct exec_user *user, const char *workdir,
 static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, uint32_t *flags,
                             char **result)
 {
-    const json_t *a = s->assignment;
+    const struct proto_assignment *a = &s->a;
     char workdir[PATH_MAX];
     snprintf(workdir, sizeof(workdir), "%s/%s.%" PRId64, d->work_dir, s->job_id, s->epoch);
     char result_path[PATH_MAX + 16];
@@ -814,7 +817,7 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
         if (ur < 0) {
             log_error("op=job-user job=%s epoch=%" PRId64 " error=%s", s->job_id, s->epoch,
                       strerror(-ur));
-            *flags |= RES_SETUP_FAILED;
+            *flags |= PROTO_RES_SETUP_FAILED;
             return;
         }
         user = &own;
@@ -824,26 +827,26 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
     if (dr < 0) {
         log_error("op=job-workdir job=%s epoch=%" PRId64 " path=%s error=%s", s->job_id, s->epoch,
                   workdir, strerror(-dr));
-        *flags |= RES_SETUP_FAILED;
+        *flags |= PROTO_RES_SETUP_FAILED;
         rm_rf(workdir);
         unlink(result_path);
         if (d->uids)
             exec_uids_put(d->uids, own.uid);
         return;
     }
-    const json_t *args = json_object_get(a, "args");
-    size_t nargs = json_is_array(args) ? json_array_size(args) : 0;
+    const json_t *args = a->args;
+    size_t nargs = json_array_size(args);
     _cleanup_free_ const char **argv = calloc(nargs + 5, sizeof(*argv));
     char **env = daemon_job_env(s, a, workdir);
     if (!argv || !env) {
-        *flags |= RES_SETUP_FAILED;
+        *flags |= PROTO_RES_SETUP_FAILED;
         goto out;
     }
     /* A package job: its archive unpacked into the workdir, its entrypoint run from there
      * (checked safe: a relative path of [A-Za-z0-9_./-], no ..). */
     char command[RELPATH_MAX + 32];
-    const char *cmd = json_string_value(json_object_get(a, "command"));
-    if (json_string_value(json_object_get(a, "package_id"))) {
+    const char *cmd = a->command;
+    if (a->package_id) {
         /* The cache keeps its archives from the lookup until the unpack is done. */
         char archive[PATH_MAX];
         cache_hold(d->cache);
@@ -851,11 +854,10 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
                   daemon_unpack(d, s, archive, workdir, env, user) == 0;
         cache_release(d->cache);
         if (!ok) {
-            *flags |= atomic_load(&s->cancel) ? RES_CANCELLED : RES_PACKAGE;
+            *flags |= atomic_load(&s->cancel) ? PROTO_RES_CANCELLED : PROTO_RES_PACKAGE;
             goto out;
         }
-        snprintf(command, sizeof(command), "exec './%s' \"$@\"",
-                 json_string_value(json_object_get(a, "entrypoint")));
+        snprintf(command, sizeof(command), "exec './%s' \"$@\"", a->entrypoint);
         cmd = command;
     }
     argv[0] = "/bin/sh";
@@ -864,7 +866,6 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
     argv[3] = "orch-job";
     for (size_t i = 0; i < nargs; i++)
         argv[4 + i] = json_string_value(json_array_get(args, i));
-    const json_t *timeout = json_object_get(a, "timeout_ms");
     char tag_id[ID_STR_LEN + 16], tag_epoch[48], cg_name[ID_STR_LEN + 24];
     snprintf(tag_id, sizeof(tag_id), "ORCH_JOB_ID=%s", s->job_id);
     snprintf(tag_epoch, sizeof(tag_epoch), "ORCH_JOB_EPOCH=%" PRId64, s->epoch);
@@ -876,7 +877,7 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
         .argv = argv,
         .env = (const char *const *)env,
         .workdir = workdir,
-        .timeout_ms = json_is_integer(timeout) ? json_integer_value(timeout) : 0,
+        .timeout_ms = a->timeout_ms,
         .grace_ms = JOB_GRACE_MS,
         .cgroup_parent = d->cgroup_parent,
         .job_id = cg_name,
@@ -893,24 +894,24 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
     struct exec_result er;
     if (atomic_load(&s->cancel)) {
         /* Cancelled, lost or lapsed while its package was prepared: nothing to start. */
-        *flags |= RES_CANCELLED;
+        *flags |= PROTO_RES_CANCELLED;
         goto out;
     }
     int r = exec_default_ops()->run(&spec, &sink, &s->cancel, &er);
     if (r < 0) {
         log_error("op=job-start job=%s epoch=%" PRId64 " error=%s", s->job_id, s->epoch,
                   strerror(-r));
-        *flags |= RES_SETUP_FAILED;
+        *flags |= PROTO_RES_SETUP_FAILED;
         goto out;
     }
     *exit_code = er.exit_code;
-    *flags |= ((uint32_t)er.term_signal & RES_SIGNAL_MASK) << RES_SIGNAL_SHIFT;
+    *flags |= ((uint32_t)er.term_signal & PROTO_RES_SIGNAL_MASK) << PROTO_RES_SIGNAL_SHIFT;
     if (er.timed_out)
-        *flags |= RES_TIMED_OUT;
+        *flags |= PROTO_RES_TIMED_OUT;
     if (er.cancelled)
-        *flags |= RES_CANCELLED;
+        *flags |= PROTO_RES_CANCELLED;
     if (er.output_error < 0 && er.output_error != -ENOENT)
-        *flags |= RES_OUTPUT_LOST;
+        *flags |= PROTO_RES_OUTPUT_LOST;
     log_info("op=job-end job=%s epoch=%" PRId64 " exit_code=%d signal=%d timed_out=%d "
              "cancelled=%d duration_ms=%" PRId64,
              s->job_id, s->epoch, er.exit_code, er.term_signal, er.timed_out, er.cancelled,
@@ -933,7 +934,7 @@ static void *daemon_job_main(void *arg)
     uint32_t flags = 0;
     _cleanup_free_ char *result = NULL;
     if (s->bad)
-        flags |= RES_BAD_ASSIGNMENT;
+        flags |= PROTO_RES_BAD_ASSIGNMENT;
     else
         daemon_job_exec(d, s, &exit_code, &flags, &result);
     pthread_mutex_lock(&d->lock);
@@ -943,7 +944,7 @@ static void *daemon_job_main(void *arg)
         /* Given up by daemon_fence(): whatever the job did, it reports a failure (the server
          * runs it again), never a success nor a cancel. */
         exit_code = -1;
-        flags = RES_LEASE_LAPSED;
+        flags = PROTO_RES_LEASE_LAPSED;
         FREE_AND_NULL(result);
     }
 
@@ -964,6 +965,7 @@ static void *daemon_job_main(void *arg)
     pthread_mutex_lock(&d->lock);
     json_decref(s->assignment);
     s->assignment = NULL;
+    s->a = (struct proto_assignment){0};
     s->state = SLOT_DONE;
     pthread_cond_broadcast(&d->wake);
     /* Still under the lock: once the slot is DONE, the link thread may join this thread
@@ -973,70 +975,25 @@ static void *daemon_job_main(void *arg)
     return NULL;
 }
 
-static const struct jsonv_field assignment_fields[] = {
-    {"job_id", JSONV_UUID, JSONV_REQUIRED, 0, 0},
-    {"epoch", JSONV_INT, JSONV_REQUIRED, 1, INT64_MAX},
-    {"attempt", JSONV_INT, JSONV_NULLABLE, 0, INT32_MAX},
-    {"command", JSONV_STRING, JSONV_NULLABLE, 1, 128 * 1024},
-    {"args", JSONV_ARRAY, JSONV_NULLABLE, 0, 4096},
-    {"env", JSONV_OBJECT, JSONV_NULLABLE, 0, 1024},
-    {"params", JSONV_ANY, JSONV_NULLABLE, 0, 0},
-    {"package_id", JSONV_UUID, JSONV_NULLABLE, 0, 0},
-    {"entrypoint", JSONV_STRING, JSONV_NULLABLE, 0, RELPATH_MAX},
-    {"package_sha256", JSONV_STRING, JSONV_NULLABLE, 64, 64},
-    {"package_size", JSONV_INT, JSONV_NULLABLE, 0, INT64_MAX},
-    {"timeout_ms", JSONV_INT, JSONV_NULLABLE, 0, EXEC_MAX_MS},
-    {"lease_s", JSONV_INT, JSONV_NULLABLE, 0, 86400},
-};
-
-/* Fields the table cannot say: a command, or a package with its digest and a safe
- * entrypoint; args are strings. false with why filled otherwise. */
-static bool assignment_valid(const json_t *a, char *why, size_t len)
-{
-    struct jsonv_error e;
-    if (jsonv_check(a, assignment_fields, ELEMENTSOF(assignment_fields), true, &e) < 0) {
-        snprintf(why, len, "%s %s", e.field, e.detail);
-        return false;
-    }
-    const char *pkg = json_string_value(json_object_get(a, "package_id"));
-    const char *entry = json_string_value(json_object_get(a, "entrypoint"));
-    if (!pkg && !json_string_value(json_object_get(a, "command"))) {
-        snprintf(why, len, "neither a command nor a package");
-        return false;
-    }
-    if (pkg && (!json_string_value(json_object_get(a, "package_sha256")) || !entry ||
-                !relpath_is_safe(entry))) {
-        snprintf(why, len, "a package needs package_sha256 and a safe relative entrypoint");
-        return false;
-    }
-    size_t i;
-    json_t *v;
-    json_array_foreach(json_object_get(a, "args"), i, v)
-    {
-        if (!json_is_string(v)) {
-            snprintf(why, len, "args[%zu] must be a string", i);
-            return false;
-        }
-    }
-    return true;
-}
-
 /* Take one assignment: spool it and start its worker. Called by the link thread.
  * sent_ms: when the exchange that carried it was sent (its lease counts from then). */
 static void daemon_take(struct daemon *d, json_t *a, int64_t sent_ms)
 {
-    const char *job_id = json_string_value(json_object_get(a, "job_id"));
-    json_t *je = json_object_get(a, "epoch");
-    int64_t epoch = json_is_integer(je) ? json_integer_value(je) : 0;
-    if (!job_id || !id_is_valid(job_id) || epoch < 1) {
+    struct proto_assignment pa;
+    struct jsonv_error e;
+    bool bad = proto_assignment_decode(a, &pa, &e) < 0;
+    const char *job_id = pa.job_id;
+    int64_t epoch = pa.epoch;
+    if (epoch < 1) {
         log_warn("op=assignment error=\"no valid job_id and epoch: ignored\"");
         return;
     }
     char why[512], q[600];
-    bool bad = !assignment_valid(a, why, sizeof(why));
-    if (bad)
+    if (bad) {
+        snprintf(why, sizeof(why), "%s %s", e.field, e.detail);
         log_warn("op=assignment job=%s epoch=%" PRId64 " error=%s", job_id, epoch,
                  log_quote(why, q, sizeof(q)));
+    }
 
     pthread_mutex_lock(&d->lock);
     struct slot *s = NULL;
@@ -1059,10 +1016,9 @@ static void daemon_take(struct daemon *d, json_t *a, int64_t sent_ms)
         json_t *p;
         json_array_foreach(d->pending, i, p)
         {
-            const json_t *pa = json_object_get(p, "assignment");
-            seen = seen ||
-                   (strcasecmp(json_string_value(json_object_get(pa, "job_id")), job_id) == 0 &&
-                    json_integer_value(json_object_get(pa, "epoch")) == epoch);
+            struct proto_assignment other;
+            proto_assignment_decode(json_object_get(p, "assignment"), &other, NULL);
+            seen = seen || (strcmp(other.job_id, job_id) == 0 && other.epoch == epoch);
         }
         /* With when its exchange was sent: its lease runs meanwhile. */
         if (!seen && json_array_size(d->pending) < d->nslots)
@@ -1090,6 +1046,7 @@ static void daemon_take(struct daemon *d, json_t *a, int64_t sent_ms)
     s->bad = bad;
     s->need_started = false;
     s->assignment = json_incref(a);
+    s->a = pa;
     s->d = d;
     s->renewed_ms = sent_ms;
     s->lapsed = false;
@@ -1113,7 +1070,7 @@ static void daemon_take(struct daemon *d, json_t *a, int64_t sent_ms)
     r = pthread_create(&s->thread, NULL, daemon_job_main, s);
     if (r != 0) {
         log_error("op=job-thread job=%s epoch=%" PRId64 " error=%s", s->job_id, epoch, strerror(r));
-        struct spool_result res = {.exit_code = -1, .flags = RES_SETUP_FAILED};
+        struct spool_result res = {.exit_code = -1, .flags = PROTO_RES_SETUP_FAILED};
         spool_finish(d->spool, s->job_id, epoch, &res);
         daemon_kick_link(d, true);
         goto release;
@@ -1128,6 +1085,7 @@ release:
     pthread_mutex_lock(&d->lock);
     json_decref(s->assignment);
     s->assignment = NULL;
+    s->a = (struct proto_assignment){0};
     s->need_started = false;
     s->state = SLOT_FREE;
     pthread_cond_broadcast(&d->wake);
@@ -1152,7 +1110,9 @@ static bool cpu_read(struct cpu_sample *c)
     return true;
 }
 
-static int64_t mem_used(void)
+/* The host's memory in use and available (MemAvailable: what a new job can have without
+ * swapping, which placement matches a job's minimum against), in bytes. */
+static void mem_read(struct proto_load *load)
 {
     _cleanup_fclose_ FILE *f = fopen("/proc/meminfo", "re");
     char line[256];
@@ -1162,62 +1122,67 @@ static int64_t mem_used(void)
             sscanf(line, "MemAvailable: %lld kB", &avail) == 1)
             continue;
     }
-    if (total >= 0 && avail >= 0)
-        return (int64_t)(total - avail) * 1024;
+    if (total >= 0 && avail >= 0) {
+        load->memory_used_bytes = (int64_t)(total - avail) * 1024;
+        load->memory_available_bytes = (int64_t)avail * 1024;
+        return;
+    }
     struct sysinfo si;
-    if (sysinfo(&si) < 0)
-        return 0;
-    return (int64_t)(si.totalram - si.freeram - si.bufferram) * si.mem_unit;
+    if (sysinfo(&si) < 0) {
+        load->memory_used_bytes = load->memory_available_bytes = -1;
+        return;
+    }
+    load->memory_used_bytes = (int64_t)(si.totalram - si.freeram - si.bufferram) * si.mem_unit;
+    load->memory_available_bytes = (int64_t)(si.freeram + si.bufferram) * si.mem_unit;
 }
 
 static json_t *daemon_heartbeat_body(struct daemon *d, struct cpu_sample *prev)
 {
-    json_t *running = json_array();
+    struct proto_heartbeat hb = {.slots = (int64_t)d->nslots, .has_load = true};
     /* Every attempt the spool holds: running jobs, and finished ones whose result is not
      * yet delivered (their lease must hold until it is; after a restart the server answers
      * `lost` for those that are no longer ours). */
     struct spool_attempt *list = NULL;
     size_t n = 0;
+    _cleanup_free_ struct proto_job_ref *running = NULL;
     if (spool_list(d->spool, &list, &n) == 0) {
-        for (size_t i = 0; i < n; i++)
-            json_array_append_new(running, json_pack("{s:s, s:I}", "job_id", list[i].job_id,
-                                                     "epoch", (json_int_t)list[i].epoch));
+        running = calloc(n + 1, sizeof(*running));
+        for (size_t i = 0; running && i < n; i++) {
+            memcpy(running[i].job_id, list[i].job_id, sizeof(running[i].job_id));
+            running[i].epoch = list[i].epoch;
+        }
+        hb.running = running;
+        hb.nrunning = running ? n : 0;
         spool_attempts_free(list, n);
     }
     pthread_mutex_lock(&d->lock);
     size_t free_slots = daemon_free_slots(d);
-    const char *status = d->stopping ? "draining" : free_slots == 0 ? "busy" : "idle";
+    hb.status = d->stopping ? "draining" : free_slots == 0 ? "busy" : "idle";
     pthread_mutex_unlock(&d->lock);
+    hb.free_slots = (int64_t)free_slots;
 
-    double cpu = 0;
     struct cpu_sample now;
     if (cpu_read(&now)) {
-        if (prev->total && now.total > prev->total)
-            cpu = 100.0 * (double)(now.busy - prev->busy) / (double)(now.total - prev->total);
+        if (prev->total && now.total > prev->total && now.busy >= prev->busy)
+            hb.load.cpu_percent =
+                100.0 * (double)(now.busy - prev->busy) / (double)(now.total - prev->total);
         *prev = now;
     }
+    mem_read(&hb.load);
     struct statvfs vfs;
-    int64_t disk_free =
+    hb.load.disk_free_bytes =
         statvfs(d->state_dir, &vfs) == 0 ? (int64_t)vfs.f_bavail * (int64_t)vfs.f_frsize : 0;
-    return json_pack("{s:s, s:I, s:I, s:o, s:{s:f, s:I, s:I}, s:I}", "status", status, "slots",
-                     (json_int_t)d->nslots, "free_slots", (json_int_t)free_slots, "running",
-                     running, "load", "cpu_percent", cpu, "memory_used_bytes",
-                     (json_int_t)mem_used(), "disk_free_bytes", (json_int_t)disk_free,
-                     "spool_bytes", (json_int_t)spool_bytes(d->spool));
+    hb.spool_bytes = spool_bytes(d->spool);
+    return proto_heartbeat_encode(&hb);
 }
 
-/* Stop what the heartbeat's answer lists under key (cancel or lost). */
-static void daemon_stop_listed(struct daemon *d, const json_t *list, bool lost)
+/* Stop the attempts an answer lists: cancelled through the API, or lost (no longer ours). */
+static void daemon_stop_listed(struct daemon *d, const struct proto_job_ref *list, size_t n,
+                               bool lost)
 {
-    size_t i;
-    json_t *e;
-    json_array_foreach(list, i, e)
-    {
-        const char *job_id = json_string_value(json_object_get(e, "job_id"));
-        json_t *je = json_object_get(e, "epoch");
-        if (!job_id || !id_is_valid(job_id) || !json_is_integer(je))
-            continue;
-        int64_t epoch = json_integer_value(je);
+    for (size_t i = 0; i < n; i++) {
+        const char *job_id = list[i].job_id;
+        int64_t epoch = list[i].epoch;
         if (lost) {
             daemon_drop(d, job_id, epoch, "lost");
             continue;
@@ -1233,32 +1198,16 @@ static void daemon_stop_listed(struct daemon *d, const json_t *list, bool lost)
     }
 }
 
-static json_t *daemon_result_body(const struct spool_item *it)
+/* A spooled result as its report. */
+static json_t *daemon_result_report(const struct spool_item *it)
 {
-    uint32_t f = it->flags;
-    const char *error = f & RES_RESTARTED        ? "agent restarted"
-                        : f & RES_SETUP_FAILED   ? "the agent could not set up the job"
-                        : f & RES_OUTPUT_LOST    ? "the agent's spool is full: job killed"
-                        : f & RES_BAD_ASSIGNMENT ? "the agent refused an invalid assignment"
-                        : f & RES_PACKAGE      ? "the agent could not fetch or unpack the package "
-                                                 "(see the job's stderr)"
-                        : f & RES_LEASE_LAPSED ? "the agent could not reach the server for "
-                                                 "longer than the lease allows: job killed"
-                                               : NULL;
-    json_t *body = json_pack(
-        "{s:I, s:i, s:i, s:b, s:b, s:s?}", "epoch", (json_int_t)it->epoch, "exit_code",
-        it->exit_code, "signal", (int)((f >> RES_SIGNAL_SHIFT) & RES_SIGNAL_MASK), "timed_out",
-        (f & RES_TIMED_OUT) != 0, "cancelled", (f & RES_CANCELLED) != 0, "error", error);
-    if (!body)
-        return NULL;
-    if (!error)
-        json_object_set_new(body, "error", json_null());
-    if (it->data && it->len > 0) {
-        json_t *res = json_loadb(it->data, it->len, JSON_DECODE_ANY, NULL);
-        if (res)
-            json_object_set_new(body, "result", res);
-    }
-    return body;
+    struct proto_result res;
+    proto_result_from_flags(it->flags, it->exit_code, &res);
+    _cleanup_json_ json_t *doc = NULL;
+    if (it->data && it->len > 0)
+        doc = json_loadb(it->data, it->len, JSON_DECODE_ANY, NULL);
+    res.result = doc;
+    return proto_result_encode(it->job_id, it->epoch, &res);
 }
 
 static bool daemon_jobs_running(struct daemon *d)
@@ -1289,6 +1238,7 @@ struct link {
     bool holding;            /* the exchange in flight may be given up for something urgent */
     int64_t retry_after_ms;  /* the server's Retry-After on its last refusal, 0 when none */
     int64_t sent_ms;         /* when the exchange in flight was sent (CLOCK_MONOTONIC) */
+    bool protocol_refused;   /* the server said it does not speak this agent's version */
     struct sent *sent;
     size_t nsent;
 };
@@ -1315,23 +1265,10 @@ static void link_sent_free(struct link *l)
 
 static json_t *link_item_report(const struct spool_item *it)
 {
-    json_t *rep = NULL;
-    if (it->kind == SPOOL_CHUNK) {
-        _cleanup_free_ unsigned char *b64 = malloc(4 * ((it->len + 2) / 3) + 1);
-        if (b64) {
-            EVP_EncodeBlock(b64, (const unsigned char *)it->data, (int)it->len);
-            rep = json_pack("{s:s, s:I, s:s, s:I, s:s}", "kind", "logs", "epoch",
-                            (json_int_t)it->epoch, "stream", stream_name(it->stream), "offset",
-                            (json_int_t)it->offset, "data", (const char *)b64);
-        }
-    } else {
-        rep = daemon_result_body(it);
-        if (rep)
-            json_object_set_new(rep, "kind", json_string("result"));
-    }
-    if (rep)
-        json_object_set_new(rep, "job_id", json_string(it->job_id));
-    return rep;
+    if (it->kind == SPOOL_CHUNK)
+        return proto_logs_encode(it->job_id, it->epoch, wire_stream(it->stream), it->offset,
+                                 it->data, it->len);
+    return daemon_result_report(it);
 }
 
 /* Fill reports with what is due: every `started` not yet accepted, then spooled output
@@ -1349,8 +1286,7 @@ static void link_collect(struct link *l, json_t *reports)
         e->started = true;
         memcpy(e->it.job_id, s->job_id, sizeof(e->it.job_id));
         e->it.epoch = s->epoch;
-        json_array_append_new(reports, json_pack("{s:s, s:s, s:I}", "kind", "started", "job_id",
-                                                 s->job_id, "epoch", (json_int_t)s->epoch));
+        json_array_append_new(reports, proto_started_encode(s->job_id, s->epoch));
     }
     pthread_mutex_unlock(&d->lock);
     size_t bytes = 0;
@@ -1382,9 +1318,9 @@ static bool link_answer(struct link *l, const struct sent *e, const json_t *ans)
 {
     struct daemon *d = l->d;
     char q[320];
-    long code = json_is_integer(json_object_get(ans, "code"))
-                    ? (long)json_integer_value(json_object_get(ans, "code"))
-                    : 0;
+    struct proto_report_answer ra;
+    proto_report_answer_decode(ans, &ra);
+    long code = ra.code;
     const char *job_id = e->it.job_id;
     int64_t epoch = e->it.epoch;
     const char *what = e->started                  ? "report-started"
@@ -1416,24 +1352,20 @@ static bool link_answer(struct link *l, const struct sent *e, const json_t *ans)
             log_warn("op=spool-ack job=%s epoch=%" PRId64 " error=%s", job_id, epoch, strerror(-r));
         return true;
     }
-    const json_t *problem = json_object_get(ans, "problem");
-    const char *detail = json_string_value(json_object_get(problem, "detail"));
-    if (!detail)
-        detail = "no answer for this report";
+    const char *detail = ra.detail ? ra.detail : "no answer for this report";
     /* What the refusal is about: stale-epoch, offset-gap, offset-conflict, ... */
-    const char *reason = json_string_value(json_object_get(problem, "reason"));
-    json_t *next = json_object_get(problem, "next_offset");
+    const char *reason = ra.reason;
+    int64_t next = ra.problem_next_offset;
     if (code == 409 && !e->started && e->it.kind == SPOOL_CHUNK && reason &&
         (!strcmp(reason, "offset-gap") || !strcmp(reason, "offset-conflict")) &&
-        json_is_integer(next) && json_integer_value(next) >= e->it.offset + (json_int_t)e->it.len) {
+        next >= e->it.offset + (int64_t)e->it.len) {
         /* The server's stream already covers this chunk's bytes (a retransmission after it
          * stored other bytes there): resync past it rather than give the job up. */
         int r = spool_ack_chunk(d->spool, job_id, epoch, e->it.stream,
                                 e->it.offset + (int64_t)e->it.len);
         log_warn("op=%s job=%s epoch=%" PRId64 " stream=%s offset=%" PRId64 " status=409 "
                  "reason=%s next_offset=%" PRId64 " action=resync%s",
-                 what, job_id, epoch, stream_name(e->it.stream), e->it.offset, reason,
-                 (int64_t)json_integer_value(next),
+                 what, job_id, epoch, stream_name(e->it.stream), e->it.offset, reason, next,
                  r < 0 && r != -ENOENT ? " error=spool-ack" : "");
         return true;
     }
@@ -1443,8 +1375,8 @@ static bool link_answer(struct link *l, const struct sent *e, const json_t *ans)
         if (reason && strncmp(reason, "offset-", 7) == 0)
             log_error("op=%s job=%s epoch=%" PRId64 " stream=%s offset=%" PRId64 " status=409 "
                       "reason=%s next_offset=%" PRId64 " detail=%s action=drop",
-                      what, job_id, epoch, stream_name(e->it.stream), e->it.offset, reason,
-                      (int64_t)json_integer_value(next), log_quote(detail, q, sizeof(q)));
+                      what, job_id, epoch, stream_name(e->it.stream), e->it.offset, reason, next,
+                      log_quote(detail, q, sizeof(q)));
         daemon_drop(d, job_id, epoch, code == 404 ? "unknown-job" : reason ? reason : "conflict");
         return true;
     }
@@ -1460,14 +1392,14 @@ static bool link_answer(struct link *l, const struct sent *e, const json_t *ans)
     return true;
 }
 
-/* The server's lease, from an answer that names it (lease_s). */
-static void daemon_learn_lease(struct daemon *d, const json_t *doc)
+/* The server's lease, from an answer that names it (lease_s, checked by its decoder; 0 when
+ * the answer did not name it). */
+static void daemon_learn_lease(struct daemon *d, int64_t lease_s)
 {
-    json_t *v = json_object_get(doc, "lease_s");
-    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 86400)
+    if (lease_s < 1)
         return;
     pthread_mutex_lock(&d->lock);
-    d->lease_ms = (int64_t)json_integer_value(v) * 1000;
+    d->lease_ms = lease_s * 1000;
     pthread_mutex_unlock(&d->lock);
 }
 
@@ -1498,19 +1430,15 @@ static int64_t daemon_lease_step_ms(struct daemon *d)
 }
 
 /* The heartbeat's answer: interval, what to stop, and the credential's age. */
-static void link_heartbeat_answer(struct link *l, const json_t *hb)
+static void link_heartbeat_answer(struct link *l, const struct proto_heartbeat_answer *hb)
 {
     struct daemon *d = l->d;
-    json_t *iv = json_object_get(hb, "heartbeat_interval_s");
-    if (json_is_integer(iv) && json_integer_value(iv) >= 1 &&
-        json_integer_value(iv) <= HEARTBEAT_MAX_S)
-        d->heartbeat_s = json_integer_value(iv);
-    daemon_learn_lease(d, hb);
+    d->heartbeat_s = hb->heartbeat_interval_s;
+    daemon_learn_lease(d, hb->lease_s);
     daemon_renew_all(d, l->sent_ms);
-    daemon_stop_listed(d, json_object_get(hb, "cancel"), false);
-    daemon_stop_listed(d, json_object_get(hb, "lost"), true);
-    json_t *exp = json_object_get(hb, "credential_expires_in_s");
-    if (json_is_integer(exp) && json_integer_value(exp) < d->rotate_before_s &&
+    daemon_stop_listed(d, hb->cancel, hb->ncancel, false);
+    daemon_stop_listed(d, hb->lost, hb->nlost, true);
+    if (hb->credential_expires_in_s >= 0 && hb->credential_expires_in_s < d->rotate_before_s &&
         mono_ms() - l->last_rotate_ms >= ROTATE_MIN_GAP_MS) {
         l->last_rotate_ms = mono_ms();
         if (daemon_rotate(d, l->t))
@@ -1545,6 +1473,86 @@ static void link_start_pending(struct daemon *d)
 
 #define HB_SLACK_MS 500
 
+/* The server answered 400 unsupported-protocol: it does not speak this agent's protocol
+ * version. Said once, as an error naming both sides' versions, then the link retries only
+ * every PROTOCOL_RETRY_MS (an upgrade is needed; a fast retry would only flood the server).
+ * Returns false for any other answer. */
+static bool link_protocol_refused(struct link *l, const struct transport_reply *rep)
+{
+    int versions[8];
+    size_t n = 0;
+    if (!proto_agent_unsupported_decode(rep->body, versions, ELEMENTSOF(versions), &n))
+        return false;
+    char list[64] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < n && used < sizeof(list); i++) {
+        int w = snprintf(list + used, sizeof(list) - used, "%s%d", i ? "," : "", versions[i]);
+        used = w < 0 ? sizeof(list) : used + (size_t)w;
+    }
+    if (!l->protocol_refused) {
+        char q[320];
+        log_error("op=sync error=unsupported-protocol agent_protocol=%d server_protocols=%s "
+                  "retry_s=%d detail=%s",
+                  PROTO_AGENT_VERSION, list[0] ? list : "unknown", PROTOCOL_RETRY_MS / 1000,
+                  log_quote(rep->error, q, sizeof(q)));
+        l->protocol_refused = true;
+    }
+    l->retry_after_ms = PROTOCOL_RETRY_MS;
+    return true;
+}
+
+/* An answer came in the agent's protocol: say so when it had been refused. */
+static void link_protocol_ok(struct link *l)
+{
+    if (l->protocol_refused)
+        log_info("op=sync protocol=%d action=accepted", PROTO_AGENT_VERSION);
+    l->protocol_refused = false;
+}
+
+/* A 200 answer to a sync exchange (doc, borrowed): the reports' answers, the heartbeat's,
+ * cancels and assignments. Returns false when a report is to be sent again. */
+static bool link_sync_answer(struct link *l, const json_t *doc, bool hb_due, uint64_t cache_gen)
+{
+    struct daemon *d = l->d;
+    struct proto_sync_answer sa;
+    struct jsonv_error e;
+    char q[320];
+    if (proto_sync_answer_decode(doc, &sa, &e) < 0) {
+        /* Nothing in it can be trusted: every report goes again (they are idempotent). */
+        log_warn("op=sync error=\"invalid answer\" field=%s detail=%s", e.field,
+                 log_quote(e.detail, q, sizeof(q)));
+        return false;
+    }
+    bool ok = true;
+    for (size_t i = 0; i < l->nsent; i++)
+        if (!link_answer(l, &l->sent[i], json_array_get(sa.reports, i)))
+            ok = false;
+    struct proto_heartbeat_answer ha;
+    if (hb_due && sa.heartbeat && proto_heartbeat_answer_decode(sa.heartbeat, &ha, &e) == 0) {
+        l->cache_gen_sent = cache_gen;
+        l->facts_sent = true;
+        link_heartbeat_answer(l, &ha);
+        proto_heartbeat_answer_clear(&ha);
+        int64_t every = d->heartbeat_s * 1000;
+        int64_t step = daemon_lease_step_ms(d);
+        l->next_hb_ms = mono_ms() + (step > 0 && step < every ? step : every);
+    } else if (hb_due && sa.heartbeat) {
+        log_warn("op=heartbeat error=\"invalid answer\" field=heartbeat.%s detail=%s", e.field,
+                 log_quote(e.detail, q, sizeof(q)));
+    }
+    daemon_learn_lease(d, sa.lease_s);
+    /* Cancelled through the API since the last exchange (also in heartbeat answers). */
+    daemon_stop_listed(d, sa.cancel, sa.ncancel, false);
+    size_t i;
+    json_t *a;
+    json_array_foreach(sa.assignments, i, a)
+    {
+        daemon_take(d, a, l->sent_ms);
+    }
+    proto_sync_answer_clear(&sa);
+    return ok;
+}
+
 static enum link_next link_exchange(struct link *l)
 {
     struct daemon *d = l->d;
@@ -1575,16 +1583,13 @@ static enum link_next link_exchange(struct link *l)
     if (stop)
         return LINK_DONE;
 
-    _cleanup_json_ json_t *req = json_object();
     json_t *reports = json_array();
-    if (!req || !reports) {
-        json_decref(reports);
+    if (!reports)
         return LINK_BACKOFF;
-    }
-    json_object_set_new(req, "reports", reports);
     link_collect(l, reports);
     bool assign = !stopping && free_slots > 0;
     if (l->nsent == 0 && !hb_due && stopping) {
+        json_decref(reports);
         /* Stopping with nothing to say: wait here for the jobs' last words. */
         pthread_mutex_lock(&d->lock);
         bool done = stopping && !daemon_jobs_running(d) && !d->send_pending;
@@ -1597,16 +1602,15 @@ static enum link_next link_exchange(struct link *l)
         return done ? LINK_DONE : LINK_GO;
     }
     uint64_t cache_gen = l->cache_gen_sent;
+    json_t *hb = NULL;
     if (hb_due) {
-        json_t *hb = daemon_heartbeat_body(d, &l->cpu);
+        hb = daemon_heartbeat_body(d, &l->cpu);
         /* The cached packages, when they changed since the server last heard. */
         if (hb && cache_generation(d->cache) != l->cache_gen_sent)
             json_object_set_new(hb, "packages", cache_list(d->cache, &cache_gen));
         /* The host's facts, once per start: an upgraded agent or host shows at once. */
         if (hb && !l->facts_sent)
             json_object_set_new(hb, "capabilities", facts_collect());
-        if (hb)
-            json_object_set_new(req, "heartbeat", hb);
     }
     /* With nothing else to carry, the exchange is held open for assignments (when a slot
      * is free) and cancels; while jobs run, their output goes out at least every
@@ -1622,19 +1626,21 @@ static enum link_next link_exchange(struct link *l)
         if (step_s > 0 && wait_s > step_s)
             wait_s = step_s;
     }
-    json_object_set_new(req, "assign", json_boolean(assign));
-    json_object_set_new(req, "wait", json_integer(wait_s));
     /* Always "resume": an assignment the server answered into a connection this agent
      * had given up (a held exchange it closed for something urgent) comes again, and one
      * it already runs or holds is recognised and ignored. */
-    if (assign)
-        json_object_set_new(req, "resume", json_true());
+    _cleanup_json_ json_t *req = proto_sync_encode(hb, reports, assign, wait_s, assign);
+    if (!req) {
+        link_sent_free(l);
+        spool_rewind(d->spool);
+        return LINK_BACKOFF;
+    }
 
     struct transport_reply rep = {0};
     daemon_transport_sync(d, l->t, &l->gen);
     l->holding = wait_s > 0;
     l->sent_ms = mono_ms();
-    int r = transport_request_ex(l->t, "POST", "/api/v1/agent/sync", req,
+    int r = transport_request_ex(l->t, "POST", PROTO_AGENT_PATH_SYNC, req,
                                  wait_s * 1000 + REQUEST_TIMEOUT_MS, link_abort, l, &rep);
     l->holding = false;
     enum link_next next = LINK_GO;
@@ -1649,31 +1655,14 @@ static enum link_next link_exchange(struct link *l)
         next = LINK_BACKOFF;
     } else if (rep.status == 200) {
         daemon_net_ok(d, hb_due);
-        json_t *answers = json_object_get(rep.body, "reports");
-        for (size_t i = 0; i < l->nsent; i++)
-            if (!link_answer(l, &l->sent[i], json_array_get(answers, i)))
-                again = true;
-        json_t *hb = json_object_get(rep.body, "heartbeat");
-        if (hb_due && json_is_object(hb)) {
-            l->cache_gen_sent = cache_gen;
-            l->facts_sent = true;
-            link_heartbeat_answer(l, hb);
-            int64_t every = d->heartbeat_s * 1000;
-            step = daemon_lease_step_ms(d);
-            l->next_hb_ms = mono_ms() + (step > 0 && step < every ? step : every);
-        }
-        daemon_learn_lease(d, rep.body);
-        /* Cancelled through the API since the last exchange (also in heartbeat answers). */
-        daemon_stop_listed(d, json_object_get(rep.body, "cancel"), false);
-        size_t i;
-        json_t *a;
-        json_array_foreach(json_object_get(rep.body, "assignments"), i, a)
-        {
-            if (json_is_object(a))
-                daemon_take(d, a, l->sent_ms);
-        }
+        link_protocol_ok(l);
+        again = !link_sync_answer(l, rep.body, hb_due, cache_gen);
         if (again)
             next = LINK_BACKOFF;
+    } else if (link_protocol_refused(l, &rep)) {
+        daemon_net_ok(d, hb_due);
+        again = true;
+        next = LINK_BACKOFF;
     } else {
         char q[320];
         daemon_net_ok(d, hb_due);
@@ -1716,7 +1705,9 @@ static void *daemon_link_main(void *arg)
             if (stop)
                 break;
             int64_t ms = backoff_next(&b);
-            if (l.retry_after_ms > 0)
+            if (l.protocol_refused)
+                ms = PROTOCOL_RETRY_MS;
+            else if (l.retry_after_ms > 0)
                 ms = backoff_retry_after(l.retry_after_ms, ms);
             l.retry_after_ms = 0;
             daemon_sleep(d, ms, &d->sender_stop, NULL);
@@ -1738,7 +1729,7 @@ static void *daemon_link_main(void *arg)
 
 /* A job whose lease no answered exchange renewed for lease - fence_margin_ms() is given
  * up: its whole tree is killed (SIGKILL) and its attempt ends as failed with
- * RES_LEASE_LAPSED. The server, cut off from us, takes the job back only when the lease
+ * PROTO_RES_LEASE_LAPSED. The server, cut off from us, takes the job back only when the lease
  * it last renewed expires, which it counts from when it received that exchange (or later:
  * heartbeats are written in batches): never earlier than renewed_ms + lease. So the old
  * run is over before the server can hand the job to another agent. Called by the main
@@ -1834,7 +1825,7 @@ static int daemon_recover(struct daemon *d)
         if (list[i].finished)
             continue;
         daemon_recover_tree(&list[i]);
-        struct spool_result res = {.exit_code = -1, .flags = RES_RESTARTED};
+        struct spool_result res = {.exit_code = -1, .flags = PROTO_RES_RESTARTED};
         r = spool_finish(d->spool, list[i].job_id, list[i].epoch, &res);
         log_info("op=recover job=%s epoch=%" PRId64 " result=\"agent restarted\"%s", list[i].job_id,
                  list[i].epoch, r < 0 ? " error=spool-finish" : "");

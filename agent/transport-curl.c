@@ -10,6 +10,7 @@
 
 #include "common/buf.h"
 #include "common/cleanup.h"
+#include "proto/agent.h"
 
 /* Replies larger than this are refused: the server's answers to an agent are small. */
 #define TRANSPORT_MAX_REPLY (16u << 20)
@@ -162,6 +163,11 @@ static int do_request(struct transport *t, const char *method, const char *path,
     if (text)
         h = curl_slist_append(h, "Content-Type: application/json");
     h = curl_slist_append(h, accept_h);
+    /* Every request says which agent protocol it speaks (proto/agent.h). */
+    char version_h[64];
+    snprintf(version_h, sizeof(version_h), "%s: %d", PROTO_AGENT_VERSION_HEADER,
+             PROTO_AGENT_VERSION);
+    h = curl_slist_append(h, version_h);
 
     CURL *c = t->curl;
     curl_easy_reset(c);

@@ -2,6 +2,7 @@
 #include "proto/problem.h"
 
 #include <stddef.h>
+#include <string.h>
 
 #define P(kind, status, slug, title) [kind] = {status, slug, "urn:orch:problem:" slug, title}
 
@@ -19,6 +20,8 @@ static const struct problem_def problems[PROBLEM__COUNT] = {
     P(PROBLEM_RATE_LIMITED, 429, "rate-limited", "Too many requests"),
     P(PROBLEM_INTERNAL, 500, "internal", "Internal error"),
     P(PROBLEM_UNAVAILABLE, 503, "unavailable", "Service unavailable"),
+    P(PROBLEM_UNSUPPORTED_PROTOCOL, 400, "unsupported-protocol",
+      "Unsupported agent protocol version"),
 };
 
 const struct problem_def *problem_def(enum problem_kind kind)
@@ -43,4 +46,16 @@ json_t *problem_new(enum problem_kind kind, const char *detail, const char *fiel
         return NULL;
     }
     return o;
+}
+
+int problem_kind_of(const json_t *doc)
+{
+    const char *type = json_string_value(json_object_get(doc, "type"));
+
+    if (!type)
+        return -1;
+    for (int k = 0; k < PROBLEM__COUNT; k++)
+        if (strcmp(problems[k].type, type) == 0)
+            return k;
+    return -1;
 }

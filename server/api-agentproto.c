@@ -4,7 +4,6 @@
  * (409 stale-epoch), which is how a job never counts two agents' work. */
 #include <errno.h>
 #include <stdint.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,16 +13,10 @@
 #include "common/clock.h"
 #include "common/id.h"
 #include "common/log.h"
-#include "proto/version.h"
+#include "proto/agent.h"
 #include "server/api.h"
 #include "server/app.h"
 #include "server/gateway.h"
-
-#define LOG_CHUNK_MAX    (64 * 1024)
-#define LOG_OFFSET_MAX   ORCH_LOG_OFFSET_MAX
-#define RESULT_MAX       (1024 * 1024)
-#define SYNC_MAX_REPORTS 512
-#define SYNC_MAX_WAIT_S  60
 
 /* The outcome of one report: 200 with an answer, or a problem. */
 struct outcome {
@@ -52,33 +45,12 @@ static void outcome_stale(struct outcome *o)
     o->ext = json_pack("{s:s}", "reason", "stale-epoch");
 }
 
-/* A report's function: the job id and the (checked) body; < 0 is a store error that
+/* A report's function: the job id and the decoded report; < 0 is a store error that
  * failed tx, else *o says what to answer. */
 typedef int (*report_fn)(struct app *app, const struct http_principal *p, struct store_tx *tx,
-                         const char *job_id, const json_t *body, struct outcome *o);
+                         const char *job_id, const struct proto_report *rep, struct outcome *o);
 
 /* --- heartbeat ------------------------------------------------------------------------------ */
-
-static const struct jsonv_field heartbeat_fields[] = {
-    {"status", JSONV_STRING, 0, 1, 16},    {"slots", JSONV_INT, 0, 1, 1024},
-    {"free_slots", JSONV_INT, 0, 0, 1024}, {"running", JSONV_ARRAY, 0, 0, 1024},
-    {"load", JSONV_OBJECT, 0, 0, 16},      {"spool_bytes", JSONV_INT, 0, 0, INT64_MAX},
-    {"packages", JSONV_ARRAY, 0, 0, 4096}, {"capabilities", JSONV_OBJECT, 0, 0, 64},
-};
-
-/* The package digests of a heartbeat: 64 lower-case hex digits each. */
-static bool packages_valid(const json_t *list)
-{
-    size_t i;
-    json_t *v;
-    json_array_foreach(list, i, v)
-    {
-        const char *s = json_string_value(v);
-        if (!s || strlen(s) != 64 || strspn(s, "0123456789abcdef") != 64)
-            return false;
-    }
-    return true;
-}
 
 /* The host's facts (sent after each start of the agent): what the API shows, and os, arch,
  * hostname and version, which requirements match against. */
@@ -129,23 +101,15 @@ static const struct store_stmt q_renew_due =
                4);
 
 static int renew_due(struct app *app, const struct http_principal *p, struct store_tx *tx,
-                     const json_t *running)
+                     const struct proto_heartbeat *hb)
 {
     struct buf jobs = BUF_INIT, epochs = BUF_INIT;
     buf_append_str(&jobs, "{");
     buf_append_str(&epochs, "{");
-    int n = 0;
-    size_t k;
-    json_t *e;
-    json_array_foreach(running, k, e)
-    {
-        const char *jid = json_string_value(json_object_get(e, "job_id"));
-        json_t *ep = json_object_get(e, "epoch");
-        if (!jid || !id_is_valid(jid) || !json_is_integer(ep))
-            continue;
-        buf_printf(&jobs, "%s%s", n ? "," : "", jid);
-        buf_printf(&epochs, "%s%lld", n ? "," : "", json_integer_value(ep));
-        n++;
+    size_t n = hb->nrunning;
+    for (size_t k = 0; k < n; k++) {
+        buf_printf(&jobs, "%s%s", k ? "," : "", hb->running[k].job_id);
+        buf_printf(&epochs, "%s%lld", k ? "," : "", (long long)hb->running[k].epoch);
     }
     buf_append_str(&jobs, "}");
     buf_append_str(&epochs, "}");
@@ -161,12 +125,58 @@ static int renew_due(struct app *app, const struct http_principal *p, struct sto
     return r < 0 ? r : 0;
 }
 
-/* Record a heartbeat (body checked against heartbeat_fields) in tx and build its answer.
- * Returns 0 with *ret set, or a store error. */
-static int heartbeat(struct app *app, const struct http_principal *p, struct store_tx *tx,
-                     const json_t *body, json_t **ret)
+/* The host's free memory and disk and its CPU use, which placement matches requirements
+ * against: written when a figure moved enough to matter (a sixteenth of the memory or
+ * disk, ten points of CPU), so that a steady agent's heartbeats do not rewrite its row. */
+static const struct store_stmt q_load = STORE_STMT(
+    "ap_load",
+    "UPDATE agents SET memory_free_bytes = coalesce($2::bigint, memory_free_bytes),"
+    "       disk_free_bytes = coalesce($3::bigint, disk_free_bytes),"
+    "       cpu_percent = coalesce($4::real, cpu_percent)"
+    " WHERE id = $1 AND ("
+    "   ($2::bigint IS NOT NULL AND (memory_free_bytes IS NULL"
+    "      OR abs(memory_free_bytes - $2::bigint) * 16 > memory_free_bytes))"
+    "   OR ($3::bigint IS NOT NULL AND (disk_free_bytes IS NULL"
+    "      OR abs(disk_free_bytes - $3::bigint) * 16 > disk_free_bytes))"
+    "   OR ($4::real IS NOT NULL AND (cpu_percent IS NULL OR abs(cpu_percent - $4::real) >= 10)))",
+    4);
+
+static int store_load(const struct http_principal *p, struct store_tx *tx,
+                      const struct proto_heartbeat *hb)
 {
-    json_t *running = json_object_get(body, "running");
+    char mem[24] = "", disk[24] = "", cpu[32] = "";
+    if (!hb->has_load)
+        return 0;
+    if (hb->load.memory_available_bytes >= 0)
+        snprintf(mem, sizeof(mem), "%lld", (long long)hb->load.memory_available_bytes);
+    if (hb->load.disk_free_bytes >= 0)
+        snprintf(disk, sizeof(disk), "%lld", (long long)hb->load.disk_free_bytes);
+    if (hb->load.cpu_percent >= 0)
+        snprintf(cpu, sizeof(cpu), "%.1f", hb->load.cpu_percent);
+    if (!mem[0] && !disk[0] && !cpu[0])
+        return 0;
+    const char *pp[] = {p->subject, mem[0] ? mem : NULL, disk[0] ? disk : NULL,
+                        cpu[0] ? cpu : NULL};
+    int r = store_tx_exec(tx, &q_load, pp, NULL);
+    return r < 0 ? r : 0;
+}
+
+/* Whether (job, epoch) is among the rows of q_my_jobs. */
+static bool is_mine(PGresult *res, int n, const struct proto_job_ref *ref)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(PQgetvalue(res, i, 0), ref->job_id) == 0 &&
+            strtoll(PQgetvalue(res, i, 1), NULL, 10) == ref->epoch)
+            return true;
+    return false;
+}
+
+/* Record a heartbeat (doc, decoded as hb) in tx and build its answer. Returns 0 with *ret
+ * set, or a store error. */
+static int heartbeat(struct app *app, const struct http_principal *p, struct store_tx *tx,
+                     const json_t *doc, const struct proto_heartbeat *hb, json_t **ret)
+{
+    json_t *running = json_object_get(doc, "running");
     _cleanup_json_ json_t *none = json_array();
     if (!running)
         running = none;
@@ -175,24 +185,23 @@ static int heartbeat(struct app *app, const struct http_principal *p, struct sto
     if (!app->gw || gateway_note_heartbeat(app->gw, p->subject, running)) {
         /* First heartbeat on this node: write it now so the dispatcher sees the agent. */
         char slots[24] = "";
-        if (json_object_get(body, "slots"))
-            snprintf(slots, sizeof(slots), "%lld",
-                     json_integer_value(json_object_get(body, "slots")));
+        if (hb->slots > 0)
+            snprintf(slots, sizeof(slots), "%lld", (long long)hb->slots);
         const char *pp[] = {p->subject, app->cfg->node_name, slots[0] ? slots : NULL};
         r = store_tx_exec(tx, &q_first_beat, pp, NULL);
         gateway_kick_dispatch(app->gw); /* a new agent: maybe jobs wait for it */
     }
     if (r >= 0)
-        r = renew_due(app, p, tx, running);
-    json_t *caps = json_object_get(body, "capabilities");
-    if (r >= 0 && caps) {
-        _cleanup_free_ char *text = json_dumps(caps, JSON_COMPACT);
+        r = renew_due(app, p, tx, hb);
+    if (r >= 0)
+        r = store_load(p, tx, hb);
+    if (r >= 0 && hb->capabilities) {
+        _cleanup_free_ char *text = json_dumps(hb->capabilities, JSON_COMPACT);
         const char *pp[] = {p->subject, text};
         r = text ? store_tx_exec(tx, &q_capabilities, pp, NULL) : -ENOMEM;
     }
-    json_t *pkgs = json_object_get(body, "packages");
-    if (r >= 0 && pkgs) {
-        _cleanup_free_ char *text = json_dumps(pkgs, JSON_COMPACT);
+    if (r >= 0 && hb->packages) {
+        _cleanup_free_ char *text = json_dumps(hb->packages, JSON_COMPACT);
         const char *pp[] = {p->subject, text};
         r = text ? store_tx_exec(tx, &q_packages, pp, NULL) : -ENOMEM;
     }
@@ -204,63 +213,71 @@ static int heartbeat(struct app *app, const struct http_principal *p, struct sto
         return r;
     /* cancel: ours and cancelled through the API. lost: reported running, but not (or no
      * longer at that epoch) ours. */
-    json_t *cancel = json_array(), *lost = json_array();
-    for (int i = 0; i < r; i++)
-        if (strcmp(PQgetvalue(res, i, 2), "t") == 0)
-            json_array_append_new(cancel,
-                                  json_pack("{s:s, s:I}", "job_id", PQgetvalue(res, i, 0), "epoch",
-                                            (json_int_t)strtoll(PQgetvalue(res, i, 1), NULL, 10)));
-    size_t k;
-    json_t *e;
-    json_array_foreach(running, k, e)
-    {
-        const char *jid = json_string_value(json_object_get(e, "job_id"));
-        json_int_t ep = json_integer_value(json_object_get(e, "epoch"));
-        bool mine = false;
-        for (int i = 0; jid && i < r; i++)
-            mine = mine || (strcmp(PQgetvalue(res, i, 0), jid) == 0 &&
-                            strtoll(PQgetvalue(res, i, 1), NULL, 10) == ep);
-        if (jid && !mine)
-            json_array_append_new(lost, json_pack("{s:s, s:I}", "job_id", jid, "epoch", ep));
+    struct proto_heartbeat_answer a = {.credential_expires_in_s = -1};
+    _cleanup_free_ struct proto_job_ref *cancel = calloc((size_t)r + 1, sizeof(*cancel));
+    _cleanup_free_ struct proto_job_ref *lost = calloc(hb->nrunning + 1, sizeof(*lost));
+    if (!cancel || !lost) {
+        PQclear(res);
+        return -ENOMEM;
     }
+    for (int i = 0; i < r; i++) {
+        if (strcmp(PQgetvalue(res, i, 2), "t") != 0)
+            continue;
+        struct proto_job_ref *c = &cancel[a.ncancel++];
+        snprintf(c->job_id, sizeof(c->job_id), "%s", PQgetvalue(res, i, 0));
+        c->epoch = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+    }
+    for (size_t k = 0; k < hb->nrunning; k++)
+        if (!is_mine(res, r, &hb->running[k]))
+            lost[a.nlost++] = hb->running[k];
     PQclear(res);
     char now[CLOCK_RFC3339_LEN];
     clock_format_rfc3339(clock_real_ms(), now, sizeof(now));
-    json_t *ans =
-        json_pack("{s:s, s:I, s:I, s:o, s:o}", "server_time", now, "heartbeat_interval_s",
-                  (json_int_t)(app->cfg->agent_heartbeat_ms / 1000), "lease_s",
-                  (json_int_t)(app->cfg->agent_lease_ms / 1000), "cancel", cancel, "lost", lost);
-    if (!ans)
-        return -ENOMEM;
+    a.server_time = now;
+    a.heartbeat_interval_s = app->cfg->agent_heartbeat_ms / 1000;
+    a.lease_s = app->cfg->agent_lease_ms / 1000;
+    a.cancel = cancel;
+    a.lost = lost;
     /* When the credential expires, so that the agent rotates it in time. */
     if (p->token_exp > 0) {
         int64_t left = p->token_exp - clock_real_ms() / 1000;
-        json_object_set_new(ans, "credential_expires_in_s", json_integer(left > 0 ? left : 0));
+        a.credential_expires_in_s = left > 0 ? left : 0;
     }
-    *ret = ans;
-    return 0;
+    *ret = proto_heartbeat_answer_encode(&a);
+    return *ret ? 0 : -ENOMEM;
+}
+
+/* Decode a checked body; false after answering 422. */
+static bool heartbeat_decode(struct http_req *req, const json_t *doc, struct proto_heartbeat *hb)
+{
+    struct jsonv_error e;
+    int r = proto_heartbeat_decode(doc, hb, &e);
+    if (r == -EINVAL)
+        http_reply_problem(req, PROBLEM_VALIDATION, e.detail, e.field);
+    else if (r < 0)
+        http_reply_error(req, r, "reading the heartbeat");
+    return r >= 0;
 }
 
 void api_agent_heartbeat(struct http_req *req)
 {
     _cleanup_json_ json_t *body = NULL;
-    if (http_req_json(req, heartbeat_fields, ELEMENTSOF(heartbeat_fields), &body) < 0)
+    if (http_req_json(req, proto_msg_heartbeat.fields, proto_msg_heartbeat.n, &body) < 0)
         return;
-    if (!packages_valid(json_object_get(body, "packages"))) {
-        http_reply_problem(req, PROBLEM_VALIDATION, "must be SHA-256 digests in lower-case hex",
-                           "packages");
+    struct proto_heartbeat hb;
+    if (!heartbeat_decode(req, body, &hb))
         return;
-    }
     struct app *app = http_req_app(req);
     const struct http_principal *p = http_req_principal(req);
     struct store_tx *tx = NULL;
     json_t *ans = NULL;
     int r = store_tx_begin(app->store, app_agent_scope(p), 0, &tx);
     if (r >= 0) {
-        r = heartbeat(app, p, tx, body, &ans);
+        r = heartbeat(app, p, tx, body, &hb, &ans);
         int c = store_tx_commit(tx);
         r = r < 0 ? r : c;
     }
+    proto_heartbeat_clear(&hb);
     if (r < 0) {
         json_decref(ans);
         http_reply_error(req, r, "recording the heartbeat");
@@ -308,9 +325,9 @@ static const struct store_stmt q_result = STORE_STMT(
     "  FROM e",
     7);
 
-static void epoch_text(const json_t *body, char *epoch, size_t len)
+static void epoch_text(const struct proto_report *rep, char *epoch, size_t len)
 {
-    snprintf(epoch, len, "%lld", json_integer_value(json_object_get(body, "epoch")));
+    snprintf(epoch, len, "%lld", (long long)rep->epoch);
 }
 
 /* The first two columns of q_started: attempt ours, job exists. */
@@ -330,15 +347,11 @@ static void ours_or_not(PGresult *res, struct outcome *o, json_t *answer)
     json_decref(answer);
 }
 
-static const struct jsonv_field started_fields[] = {
-    {"epoch", JSONV_INT, JSONV_REQUIRED, 1, INT64_MAX},
-};
-
 static int report_started(struct app *app, const struct http_principal *p, struct store_tx *tx,
-                          const char *id, const json_t *body, struct outcome *o)
+                          const char *id, const struct proto_report *rep, struct outcome *o)
 {
     char epoch[24], lease[24];
-    epoch_text(body, epoch, sizeof(epoch));
+    epoch_text(rep, epoch, sizeof(epoch));
     snprintf(lease, sizeof(lease), "%lld", (long long)(app->cfg->agent_lease_ms / 1000));
     const char *pp[] = {id, epoch, p->subject, lease};
     PGresult *res = NULL;
@@ -348,13 +361,6 @@ static int report_started(struct app *app, const struct http_principal *p, struc
     ours_or_not(res, o, json_pack("{s:s}", "status", "running"));
     return 0;
 }
-
-static const struct jsonv_field logs_fields[] = {
-    {"epoch", JSONV_INT, JSONV_REQUIRED, 1, INT64_MAX},
-    {"stream", JSONV_STRING, JSONV_REQUIRED, 1, 8},
-    {"offset", JSONV_INT, JSONV_REQUIRED, 0, LOG_OFFSET_MAX},
-    {"data", JSONV_STRING, JSONV_REQUIRED, 0, (LOG_CHUNK_MAX / 3 + 1) * 4},
-};
 
 /* A chunk is stored at the stream's end only: anything else would make the stream read
  * back as something the job never wrote. */
@@ -372,39 +378,17 @@ static void log_offset_refused(struct outcome *o, const char *code, long long en
                        "next_offset", (json_int_t)end);
 }
 
+/* The chunk was checked by proto_report_decode(): a known stream, base64 data, its end
+ * within the largest stream offset. */
 static int report_logs(struct app *app, const struct http_principal *p, struct store_tx *tx,
-                       const char *id, const json_t *body, struct outcome *o)
+                       const char *id, const struct proto_report *rep, struct outcome *o)
 {
     (void)app;
-    const char *stream = api_json_str(body, "stream");
-    json_int_t offset = json_integer_value(json_object_get(body, "offset"));
-    const char *data = api_json_str(body, "data");
-    size_t dlen = json_string_length(json_object_get(body, "data"));
-    /* Check the base64 and learn the decoded size (PostgreSQL decodes it again). */
-    _cleanup_free_ unsigned char *raw = malloc(dlen / 4 * 3 + 4);
-    int n =
-        raw && dlen % 4 == 0 ? EVP_DecodeBlock(raw, (const unsigned char *)data, (int)dlen) : -1;
-    if (strcmp(stream, "stdout") != 0 && strcmp(stream, "stderr") != 0 &&
-        strcmp(stream, "system") != 0) {
-        outcome_problem(o, PROBLEM_VALIDATION, "must be stdout, stderr or system", "stream");
-        return 0;
-    }
-    if (n < 0) {
-        outcome_problem(o, PROBLEM_VALIDATION, "must be base64 (RFC 4648, padded)", "data");
-        return 0;
-    }
-    int pad = (dlen >= 1 && data[dlen - 1] == '=') + (dlen >= 2 && data[dlen - 2] == '=');
-    long long bytes = n - pad;
-    /* offset <= LOG_OFFSET_MAX (the table) and bytes <= LOG_CHUNK_MAX: no overflow here. */
-    if (offset > LOG_OFFSET_MAX - bytes) {
-        outcome_problem(o, PROBLEM_VALIDATION,
-                        "offset plus the chunk's length is past the largest stream offset "
-                        "(2^53 - 1)",
-                        "offset");
-        return 0;
-    }
+    const char *stream = proto_stream_name(rep->stream);
+    int64_t offset = rep->offset;
+    const char *data = rep->data;
     char epoch[24], off[24];
-    epoch_text(body, epoch, sizeof(epoch));
+    epoch_text(rep, epoch, sizeof(epoch));
     snprintf(off, sizeof(off), "%lld", (long long)offset);
     const char *pp[] = {id, epoch, stream, off, data, p->subject};
     PGresult *res = NULL;
@@ -427,48 +411,30 @@ static int report_logs(struct app *app, const struct http_principal *p, struct s
     return 0;
 }
 
-static const struct jsonv_field result_fields[] = {
-    {"epoch", JSONV_INT, JSONV_REQUIRED, 1, INT64_MAX},
-    {"exit_code", JSONV_INT, JSONV_NULLABLE, -1, 255},
-    {"signal", JSONV_INT, 0, 0, 128},
-    {"timed_out", JSONV_BOOL, 0, 0, 0},
-    {"cancelled", JSONV_BOOL, 0, 0, 0},
-    {"error", JSONV_STRING, JSONV_NULLABLE, 0, 4096},
-    {"result", JSONV_ANY, JSONV_NULLABLE, 0, 0},
-};
-
 static int report_result(struct app *app, const struct http_principal *p, struct store_tx *tx,
-                         const char *id, const json_t *body, struct outcome *o)
+                         const char *id, const struct proto_report *rep, struct outcome *o)
 {
     (void)app;
+    const struct proto_result *res_in = &rep->result;
     char epoch[24], code[16] = "";
-    epoch_text(body, epoch, sizeof(epoch));
-    json_t *ec = json_object_get(body, "exit_code");
-    bool timed_out = json_is_true(json_object_get(body, "timed_out"));
-    bool cancelled = json_is_true(json_object_get(body, "cancelled"));
-    json_int_t sig = json_integer_value(json_object_get(body, "signal"));
-    if (json_is_integer(ec))
-        snprintf(code, sizeof(code), "%lld", json_integer_value(ec));
-    const char *outcome = cancelled   ? "cancelled"
-                          : timed_out ? "timeout"
-                          : (json_is_integer(ec) && json_integer_value(ec) == 0 && sig == 0)
-                              ? "succeeded"
-                              : "failed";
-    json_t *result = json_object_get(body, "result");
+    epoch_text(rep, epoch, sizeof(epoch));
+    bool timed_out = res_in->timed_out;
+    long long sig = res_in->signal;
+    if (!res_in->exit_code_null)
+        snprintf(code, sizeof(code), "%d", res_in->exit_code);
+    const char *outcome = proto_result_outcome(res_in);
     _cleanup_free_ char *result_text =
-        result && !json_is_null(result) ? json_dumps(result, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-    if (result_text && strlen(result_text) > RESULT_MAX) {
-        outcome_problem(o, PROBLEM_VALIDATION, "the result is at most 1 MiB of JSON", "result");
-        return 0;
-    }
+        res_in->result ? json_dumps(res_in->result, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    if (res_in->result && !result_text)
+        return -ENOMEM;
     char err[4200] = "";
-    const char *e = api_json_str(body, "error");
+    const char *e = res_in->error;
     if (e)
         snprintf(err, sizeof(err), "%s", e);
     else if (timed_out)
         snprintf(err, sizeof(err), "the job ran past its timeout and was killed");
     else if (sig)
-        snprintf(err, sizeof(err), "the job was killed by signal %lld", (long long)sig);
+        snprintf(err, sizeof(err), "the job was killed by signal %lld", sig);
     const char *pp[] = {
         id, epoch, p->subject, outcome, code[0] ? code : NULL, err[0] ? err : NULL, result_text};
     PGresult *res = NULL;
@@ -497,12 +463,23 @@ static int report_result(struct app *app, const struct http_principal *p, struct
 }
 
 /* One report on its own route (POST /agent/jobs/{id}/<kind>): one transaction. */
-static void report_http(struct http_req *req, const struct jsonv_field *fields, size_t n,
-                        report_fn fn, const char *what)
+static void report_http(struct http_req *req, enum proto_report_kind kind, report_fn fn,
+                        const char *what)
 {
+    const struct proto_message *m = proto_report_message(kind);
     _cleanup_json_ json_t *body = NULL;
-    if (http_req_json(req, fields, n, &body) < 0)
+    if (http_req_json(req, m->fields, m->n, &body) < 0)
         return;
+    struct proto_report rep;
+    struct jsonv_error e;
+    int r = proto_report_decode(body, (int)kind, &rep, &e);
+    if (r < 0) {
+        if (r == -EINVAL)
+            http_reply_problem(req, PROBLEM_VALIDATION, e.detail, e.field);
+        else
+            http_reply_error(req, r, what);
+        return;
+    }
     const char *id = api_path_id(req, "id", "job");
     if (!id)
         return;
@@ -510,9 +487,9 @@ static void report_http(struct http_req *req, const struct jsonv_field *fields, 
     const struct http_principal *p = http_req_principal(req);
     struct outcome o = {0};
     struct store_tx *tx = NULL;
-    int r = store_tx_begin(app->store, app_agent_scope(p), 0, &tx);
+    r = store_tx_begin(app->store, app_agent_scope(p), 0, &tx);
     if (r >= 0) {
-        r = fn(app, p, tx, id, body, &o);
+        r = fn(app, p, tx, id, &rep, &o);
         int c = store_tx_commit(tx);
         r = r < 0 ? r : c;
     }
@@ -532,32 +509,25 @@ static void report_http(struct http_req *req, const struct jsonv_field *fields, 
 
 void api_agent_job_started(struct http_req *req)
 {
-    report_http(req, started_fields, ELEMENTSOF(started_fields), report_started,
-                "recording the start");
+    report_http(req, PROTO_REPORT_STARTED, report_started, "recording the start");
 }
 
 void api_agent_job_logs(struct http_req *req)
 {
-    report_http(req, logs_fields, ELEMENTSOF(logs_fields), report_logs, "storing the output");
+    report_http(req, PROTO_REPORT_LOGS, report_logs, "storing the output");
 }
 
 void api_agent_job_result(struct http_req *req)
 {
-    report_http(req, result_fields, ELEMENTSOF(result_fields), report_result,
-                "recording the result");
+    report_http(req, PROTO_REPORT_RESULT, report_result, "recording the result");
 }
 
 /* --- sync: everything in one exchange ------------------------------------------------------- */
 
-static const struct {
-    const char *kind;
-    const struct jsonv_field *fields;
-    size_t n;
-    report_fn fn;
-} report_kinds[] = {
-    {"started", started_fields, ELEMENTSOF(started_fields), report_started},
-    {"logs", logs_fields, ELEMENTSOF(logs_fields), report_logs},
-    {"result", result_fields, ELEMENTSOF(result_fields), report_result},
+static const report_fn report_fns[PROTO_REPORT__COUNT] = {
+    [PROTO_REPORT_STARTED] = report_started,
+    [PROTO_REPORT_LOGS] = report_logs,
+    [PROTO_REPORT_RESULT] = report_result,
 };
 
 /* The answer to one report of a batch: {"code": 200, ...the route's answer} or
@@ -584,39 +554,17 @@ static int sync_report(struct app *app, const struct http_principal *p, struct s
                        const json_t *item, size_t idx, struct outcome *o)
 {
     char field[160];
-    if (!json_is_object(item)) {
-        snprintf(field, sizeof(field), "reports[%zu]", idx);
-        outcome_problem(o, PROBLEM_VALIDATION, "must be an object", field);
-        return 0;
-    }
-    const char *kind = json_string_value(json_object_get(item, "kind"));
-    const char *id = json_string_value(json_object_get(item, "job_id"));
-    size_t k = 0;
-    while (kind && k < ELEMENTSOF(report_kinds) && strcmp(report_kinds[k].kind, kind) != 0)
-        k++;
-    if (!kind || k == ELEMENTSOF(report_kinds)) {
-        snprintf(field, sizeof(field), "reports[%zu].kind", idx);
-        outcome_problem(o, PROBLEM_VALIDATION, "must be started, logs or result", field);
-        return 0;
-    }
-    if (!id || !id_is_valid(id)) {
-        snprintf(field, sizeof(field), "reports[%zu].job_id", idx);
-        outcome_problem(o, PROBLEM_VALIDATION, "must be a job id (UUID)", field);
-        return 0;
-    }
-    /* The kind's own fields, as on its route; kind and job_id belong to the batch. */
-    _cleanup_json_ json_t *body = json_copy((json_t *)item);
-    if (!body)
-        return -ENOMEM;
-    json_object_del(body, "kind");
-    json_object_del(body, "job_id");
+    struct proto_report rep;
     struct jsonv_error e;
-    if (jsonv_check(body, report_kinds[k].fields, report_kinds[k].n, false, &e) < 0) {
-        snprintf(field, sizeof(field), "reports[%zu].%.100s", idx, e.field);
+    int r = proto_report_decode(item, -1, &rep, &e);
+    if (r == -EINVAL) {
+        snprintf(field, sizeof(field), "reports[%zu]%s%.100s", idx, e.field[0] ? "." : "", e.field);
         outcome_problem(o, PROBLEM_VALIDATION, e.detail, field);
         return 0;
     }
-    int r = report_kinds[k].fn(app, p, tx, id, body, o);
+    if (r < 0)
+        return r;
+    r = report_fns[rep.kind](app, p, tx, rep.job_id, &rep, o);
     if (r >= 0 && !o->answer && o->field[0]) {
         snprintf(field, sizeof(field), "reports[%zu].%.100s", idx, o->field);
         snprintf(o->field, sizeof(o->field), "%s", field);
@@ -624,32 +572,23 @@ static int sync_report(struct app *app, const struct http_principal *p, struct s
     return r;
 }
 
-static const struct jsonv_field sync_fields[] = {
-    {"heartbeat", JSONV_OBJECT, 0, 0, 16}, {"reports", JSONV_ARRAY, 0, 0, SYNC_MAX_REPORTS},
-    {"assign", JSONV_BOOL, 0, 0, 0},       {"wait", JSONV_INT, 0, 0, SYNC_MAX_WAIT_S},
-    {"resume", JSONV_BOOL, 0, 0, 0},
-};
-
 void api_agent_sync(struct http_req *req)
 {
     _cleanup_json_ json_t *body = NULL;
-    if (http_req_json(req, sync_fields, ELEMENTSOF(sync_fields), &body) < 0)
+    if (http_req_json(req, proto_msg_sync.fields, proto_msg_sync.n, &body) < 0)
         return;
-    json_t *hb = json_object_get(body, "heartbeat");
+    struct proto_sync sync;
     struct jsonv_error e;
-    if (hb && jsonv_check(hb, heartbeat_fields, ELEMENTSOF(heartbeat_fields), false, &e) < 0) {
-        char field[160];
-        snprintf(field, sizeof(field), "heartbeat.%.100s", e.field);
-        http_reply_problem(req, PROBLEM_VALIDATION, e.detail, field);
+    int r = proto_sync_decode(body, &sync, &e);
+    if (r < 0) {
+        if (r == -EINVAL)
+            http_reply_problem(req, PROBLEM_VALIDATION, e.detail, e.field);
+        else
+            http_reply_error(req, r, "reading the agent's reports");
         return;
     }
-    if (hb && !packages_valid(json_object_get(hb, "packages"))) {
-        http_reply_problem(req, PROBLEM_VALIDATION, "must be SHA-256 digests in lower-case hex",
-                           "heartbeat.packages");
-        return;
-    }
-    bool assign = json_is_true(json_object_get(body, "assign"));
-    long wait = (long)json_integer_value(json_object_get(body, "wait"));
+    bool assign = sync.assign;
+    long wait = (long)sync.wait_s;
     struct app *app = http_req_app(req);
     const struct http_principal *p = http_req_principal(req);
     /* A held exchange of this agent's was given up (it has one connection): it must not
@@ -661,16 +600,16 @@ void api_agent_sync(struct http_req *req)
     char *assigned = NULL;
     bool ended = false;
     struct store_tx *tx = NULL;
-    int r = ans && outs ? store_tx_begin(app->store, app_agent_scope(p), 0, &tx) : -ENOMEM;
-    if (r >= 0 && hb) {
+    r = ans && outs ? store_tx_begin(app->store, app_agent_scope(p), 0, &tx) : -ENOMEM;
+    if (r >= 0 && sync.has_heartbeat) {
         json_t *hba = NULL;
-        r = heartbeat(app, p, tx, hb, &hba);
+        r = heartbeat(app, p, tx, json_object_get(body, "heartbeat"), &sync.heartbeat, &hba);
         if (r >= 0)
             json_object_set_new(ans, "heartbeat", hba);
     }
     size_t i;
     json_t *item;
-    json_array_foreach(json_object_get(body, "reports"), i, item)
+    json_array_foreach(sync.reports, i, item)
     {
         if (r < 0)
             break;
@@ -684,12 +623,12 @@ void api_agent_sync(struct http_req *req)
         json_decref(o.ext);
     }
     if (r >= 0)
-        r = gateway_claim(app, tx, p->subject, assign,
-                          json_is_true(json_object_get(body, "resume")), &assigned);
+        r = gateway_claim(app, tx, p->subject, assign, sync.resume, &assigned);
     if (tx && r < 0)
         store_tx_rollback(tx); /* also when the failure was not the database's (-ENOMEM) */
     else if (tx)
         r = store_tx_commit(tx);
+    proto_sync_clear(&sync);
     if (r < 0) {
         free(assigned);
         json_decref(ans);

@@ -17,6 +17,7 @@
 #include "common/id.h"
 #include "common/log.h"
 #include "common/relpath.h"
+#include "proto/bus.h"
 #include "proto/version.h"
 #include "server/api.h"
 #include "server/app.h"
@@ -86,6 +87,56 @@ static void job_input_free(struct job_input *in)
     free(in->requirements);
 }
 
+/* The requirements whose value is a number, not a label: a minimum of the agent's last
+ * reported free memory or disk, in MiB (sql/0012_wait.sql, server/placement.c). */
+static const char *const resource_requirements[] = {"min_free_memory_mb", "min_free_disk_mb"};
+#define REQUIREMENT_MB_MAX ((json_int_t)1 << 31)
+
+int api_jobs_check_requirements(const json_t *reqs, const char *field_prefix, char *field,
+                                size_t flen, char *detail, size_t dlen)
+{
+    if (!reqs || json_is_null(reqs))
+        return 0;
+    if (!json_is_object(reqs) || json_object_size(reqs) > 32) {
+        snprintf(field, flen, "%s", field_prefix);
+        snprintf(detail, dlen, "must be an object of at most 32 requirements");
+        return -EINVAL;
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)reqs, k, v)
+    {
+        size_t n = strlen(k);
+        bool ok = n >= 1 && n <= 63;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = isalnum((unsigned char)k[i]) || strchr("_./-", k[i]);
+        snprintf(field, flen, "%s.%.63s", field_prefix, k);
+        if (!ok) {
+            snprintf(detail, dlen,
+                     "requirement names are 1 to 63 characters of A-Z a-z 0-9 _ . / -");
+            return -EINVAL;
+        }
+        bool resource = false;
+        for (size_t i = 0; i < ELEMENTSOF(resource_requirements); i++)
+            resource = resource || strcmp(k, resource_requirements[i]) == 0;
+        if (resource && (!json_is_integer(v) || json_integer_value(v) < 0 ||
+                         json_integer_value(v) > REQUIREMENT_MB_MAX)) {
+            snprintf(detail, dlen, "must be an integer number of MiB between 0 and %lld",
+                     (long long)REQUIREMENT_MB_MAX);
+            return -EINVAL;
+        }
+        if (!resource && (!json_is_string(v) || json_string_length(v) > 255)) {
+            snprintf(detail, dlen,
+                     "must be a label value (a string of at most 255 bytes); only "
+                     "min_free_memory_mb and min_free_disk_mb take numbers");
+            return -EINVAL;
+        }
+    }
+    field[0] = '\0';
+    detail[0] = '\0';
+    return 0;
+}
+
 /* Check one job object; on failure fill field/detail (prefix names the batch element). */
 static int job_check(const json_t *job, const char *prefix, char *field, size_t flen, char *detail,
                      size_t dlen)
@@ -141,14 +192,11 @@ static int job_check(const json_t *job, const char *prefix, char *field, size_t 
             return -EINVAL;
         }
     }
-    json_object_foreach(json_object_get(job, "requirements"), k, v)
-    {
-        if (!json_is_string(v) || json_string_length(v) > 255 || strlen(k) > 63 || !k[0]) {
-            snprintf(field, flen, "%srequirements.%.63s", prefix, k);
-            snprintf(detail, dlen, "requirements are label: value strings");
-            return -EINVAL;
-        }
-    }
+    char rprefix[64];
+    snprintf(rprefix, sizeof(rprefix), "%srequirements", prefix);
+    if (api_jobs_check_requirements(json_object_get(job, "requirements"), rprefix, field, flen,
+                                    detail, dlen) < 0)
+        return -EINVAL;
     json_t *params = json_object_get(job, "params");
     if (params) {
         char *t = json_dumps(params, JSON_COMPACT | JSON_ENCODE_ANY);
@@ -287,10 +335,7 @@ static void announce(struct http_req *req, const char *tenant, json_t *ids)
     struct app *app = http_req_app(req);
     if (!app->bus || json_array_size(ids) == 0)
         return;
-    json_t *msg =
-        json_pack("{s:s, s:s, s:O}", "type", "jobs.submitted", "tenant_id", tenant, "job_ids", ids);
-    char *text = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
-    json_decref(msg);
+    char *text = proto_bus_jobs_submitted_encode(tenant, ids);
     if (!text)
         return;
     int r = bus_publish(app->bus, app->cfg->bus_jobs_queue, text, strlen(text),
@@ -413,9 +458,70 @@ void api_jobs_submit_batch(struct http_req *req)
     json_decref(body);
 }
 
+static const struct store_stmt q_job_get =
+    STORE_STMT("job_get", "SELECT doc, status FROM job_view WHERE id = $1", 1);
+
+static const struct store_stmt q_job_wait =
+    STORE_STMT("job_wait", "SELECT job_wait($1, $2, $3::int, $4::int)", 4);
+
+/* Why queued job id of tenant waits: *ret gets the `waiting` object (docs/api.md), or
+ * NULL when the job is no longer queued. job_wait() counts the agents of shared pools,
+ * which the tenant's scope cannot see, so it runs in the system scope; the caller has
+ * read the job in the tenant's scope first, and the tenant's id bounds the function to
+ * that tenant's job. Returns 0 or a store error. */
+static int job_waiting(struct app *app, const char *tenant, const char *id, json_t **ret)
+{
+    char online[24], aging[24];
+    snprintf(online, sizeof(online), "%lld", (long long)(app->cfg->agent_online_ms / 1000));
+    snprintf(aging, sizeof(aging), "%lld", (long long)app->cfg->dispatch_aging_ms);
+    const char *p[] = {tenant, id, online, aging};
+    PGresult *res = NULL;
+    int r = store_exec_once(app->store, NULL, &q_job_wait, p, &res);
+    *ret = NULL;
+    if (r > 0 && !PQgetisnull(res, 0, 0)) {
+        json_error_t je;
+        *ret = json_loads(PQgetvalue(res, 0, 0), 0, &je);
+        if (!*ret)
+            r = -EIO;
+    }
+    PQclear(res);
+    return r < 0 ? r : 0;
+}
+
 void api_jobs_get(struct http_req *req)
 {
-    api_get_doc(req, &q_job_doc, http_req_principal(req)->tenant_id, "job");
+    const char *id = api_path_id(req, "id", "job");
+    if (!id)
+        return;
+    struct app *app = http_req_app(req);
+    const char *tenant = http_req_principal(req)->tenant_id;
+    const char *p[] = {id};
+    PGresult *res = NULL;
+    int r = store_exec_once(app->store, tenant, &q_job_get, p, &res);
+    if (r < 0) {
+        http_reply_error(req, r, "reading the job");
+        return;
+    }
+    if (r == 0 || strcmp(PQgetvalue(res, 0, 1), "queued") != 0) {
+        api_reply_pg_json_or_404(req, 200, res, "job");
+        return;
+    }
+    json_error_t je;
+    json_t *doc = json_loads(PQgetvalue(res, 0, 0), 0, &je);
+    PQclear(res);
+    if (!doc) {
+        http_reply_error(req, -EIO, "reading the job");
+        return;
+    }
+    json_t *waiting = NULL;
+    r = job_waiting(app, tenant, id, &waiting);
+    /* The job is the answer; its explanation is an aid: without it, say why in the log. */
+    if (r < 0)
+        log_warn("op=jobs.waiting tenant=%s job=%s req=%s error=%s", tenant, id, http_req_id(req),
+                 strerror(-r));
+    if (waiting)
+        json_object_set_new(doc, "waiting", waiting);
+    http_reply_json(req, 200, doc);
 }
 
 static const struct store_stmt q_job_list =

@@ -26,18 +26,20 @@ static const struct store_stmt q_quota_queues =
 
 static const struct store_stmt q_queue_insert =
     STORE_STMT("queue_insert",
-               "INSERT INTO queues (id, tenant_id, name, default_priority, requirements, paused)"
-               " VALUES ($1, app_tenant(), $2, coalesce($3::int, 0), coalesce($4::jsonb, '{}'),"
-               " coalesce($5::bool, false))",
-               5);
+               "INSERT INTO queues (id, tenant_id, name, default_priority, requirements, paused,"
+               " max_running) VALUES ($1, app_tenant(), $2, coalesce($3::int, 0),"
+               " coalesce($4::jsonb, '{}'), coalesce($5::bool, false),"
+               " CASE WHEN $6::bool THEN $7::int END)",
+               7);
 
 static const struct store_stmt q_queue_update = STORE_STMT(
     "queue_update",
     "UPDATE queues SET name = coalesce($2, name),"
     " default_priority = coalesce($3::int, default_priority),"
     " requirements = coalesce($4::jsonb, requirements), paused = coalesce($5::bool, paused),"
+    " max_running = CASE WHEN $6::bool THEN $7::int ELSE max_running END,"
     " updated_at = now() WHERE id = $1 RETURNING id",
-    5);
+    7);
 
 static const struct store_stmt q_queue_delete =
     STORE_STMT("queue_delete", "DELETE FROM queues WHERE id = $1 RETURNING name", 1);
@@ -62,6 +64,8 @@ struct queue_input {
     char prio[16];
     char *requirements; /* malloc'd JSON text or NULL */
     const char *paused;
+    const char *max_running_given; /* "true" when the body has max_running (null clears it) */
+    char max_running[16];          /* "" = null */
 };
 
 static int queue_input(struct http_req *req, const json_t *body, struct queue_input *in)
@@ -79,8 +83,12 @@ static int queue_input(struct http_req *req, const json_t *body, struct queue_in
     if (prio)
         snprintf(in->prio, sizeof(in->prio), "%lld", (long long)json_integer_value(prio));
     json_t *reqs = json_object_get(body, "requirements");
-    if (api_check_labels(req, reqs, "requirements") < 0)
+    char field[96], detail[160];
+    if (api_jobs_check_requirements(reqs, "requirements", field, sizeof(field), detail,
+                                    sizeof(detail)) < 0) {
+        http_reply_problem(req, PROBLEM_VALIDATION, detail, field);
         return -EINVAL;
+    }
     if (reqs) {
         in->requirements = json_dumps(reqs, JSON_COMPACT);
         if (!in->requirements) {
@@ -91,6 +99,13 @@ static int queue_input(struct http_req *req, const json_t *body, struct queue_in
     json_t *paused = json_object_get(body, "paused");
     if (paused)
         in->paused = json_is_true(paused) ? "true" : "false";
+    /* At most this many of the queue's jobs assigned or running (null: no limit of its
+     * own); the table's bounds are the column's. */
+    json_t *maxr = json_object_get(body, "max_running");
+    in->max_running_given = maxr ? "true" : "false";
+    if (json_is_integer(maxr))
+        snprintf(in->max_running, sizeof(in->max_running), "%lld",
+                 (long long)json_integer_value(maxr));
     return 0;
 }
 
@@ -99,6 +114,7 @@ static const struct jsonv_field create_fields[] = {
     {"default_priority", JSONV_INT, 0, -100, 100},
     {"requirements", JSONV_OBJECT, 0, 0, 32},
     {"paused", JSONV_BOOL, 0, 0, 0},
+    {"max_running", JSONV_INT, JSONV_NULLABLE, 1, 100000},
 };
 
 static const struct jsonv_field update_fields[] = {
@@ -106,6 +122,7 @@ static const struct jsonv_field update_fields[] = {
     {"default_priority", JSONV_INT, 0, -100, 100},
     {"requirements", JSONV_OBJECT, 0, 0, 32},
     {"paused", JSONV_BOOL, 0, 0, 0},
+    {"max_running", JSONV_INT, JSONV_NULLABLE, 1, 100000},
 };
 
 /* Read the queue back in tx, commit, and reply. */
@@ -149,8 +166,13 @@ void api_queues_create(struct http_req *req)
         if (r < 0) {
             http_reply_error(req, r, "creating the queue");
         } else {
-            const char *p[] = {id, in.name, in.prio[0] ? in.prio : NULL, in.requirements,
-                               in.paused};
+            const char *p[] = {id,
+                               in.name,
+                               in.prio[0] ? in.prio : NULL,
+                               in.requirements,
+                               in.paused,
+                               in.max_running_given,
+                               in.max_running[0] ? in.max_running : NULL};
             r = store_tx_exec(tx, &q_quota_queues, NULL, NULL);
             if (r >= 0)
                 r = store_tx_exec(tx, &q_queue_insert, p, NULL);
@@ -181,8 +203,13 @@ void api_queues_update(struct http_req *req)
         if (r < 0) {
             http_reply_error(req, r, "updating the queue");
         } else {
-            const char *p[] = {id, in.name, in.prio[0] ? in.prio : NULL, in.requirements,
-                               in.paused};
+            const char *p[] = {id,
+                               in.name,
+                               in.prio[0] ? in.prio : NULL,
+                               in.requirements,
+                               in.paused,
+                               in.max_running_given,
+                               in.max_running[0] ? in.max_running : NULL};
             r = store_tx_exec(tx, &q_queue_update, p, NULL);
             if (r == 0) {
                 store_tx_rollback(tx);

@@ -4,6 +4,7 @@
 #include "server/gateway.h"
 
 #include "common/cleanup.h"
+#include "proto/agent.h"
 
 #define V1 "/api/v1"
 
@@ -54,7 +55,7 @@ const struct http_route api_routes[] = {
     {HTTP_DELETE, V1 "/enrollment-tokens/{id}", HTTP_AUTH_TENANT_ADMIN, api_enroll_tokens_revoke, 0,
      0},
 
-    {HTTP_POST, V1 "/agents/register", HTTP_AUTH_NONE, api_agents_register, 0, 0},
+    {HTTP_POST, PROTO_AGENT_PATH_REGISTER, HTTP_AUTH_NONE, api_agents_register, 0, 0},
     {HTTP_GET, V1 "/agents", HTTP_AUTH_TENANT_VIEWER, api_agents_list, 0, 0},
     {HTTP_GET, V1 "/agents/{id}", HTTP_AUTH_TENANT_VIEWER, api_agents_get, 0, 0},
     {HTTP_DELETE, V1 "/agents/{id}", HTTP_AUTH_TENANT_ADMIN, api_agents_delete, 0, 0},
@@ -64,18 +65,19 @@ const struct http_route api_routes[] = {
     {HTTP_POST, V1 "/agents/{id}/revoke-credential", HTTP_AUTH_TENANT_ADMIN, api_agents_revoke, 0,
      0},
 
-    {HTTP_GET, V1 "/agent", HTTP_AUTH_AGENT, api_agent_self, 0, 0},
-    {HTTP_DELETE, V1 "/agent", HTTP_AUTH_AGENT, api_agent_unregister, 0, 0},
-    {HTTP_POST, V1 "/agent/rotate-credential", HTTP_AUTH_AGENT, api_agent_rotate, 0, 0},
+    {HTTP_GET, PROTO_AGENT_PATH_SELF, HTTP_AUTH_AGENT, api_agent_self, 0, 0},
+    {HTTP_DELETE, PROTO_AGENT_PATH_SELF, HTTP_AUTH_AGENT, api_agent_unregister, 0, 0},
+    {HTTP_POST, PROTO_AGENT_PATH_ROTATE, HTTP_AUTH_AGENT, api_agent_rotate, 0, 0},
 
-    {HTTP_POST, V1 "/agent/heartbeat", HTTP_AUTH_AGENT, api_agent_heartbeat, 128 * 1024, 0},
-    {HTTP_GET, V1 "/agent/assignments", HTTP_AUTH_AGENT, gateway_poll, 0, 0},
-    {HTTP_POST, V1 "/agent/sync", HTTP_AUTH_AGENT, api_agent_sync, 8 * 1024 * 1024, 0},
-    {HTTP_GET, V1 "/agent/packages/{id}/content", HTTP_AUTH_AGENT, api_packages_content, 0, 0},
-    {HTTP_POST, V1 "/agent/jobs/{id}/started", HTTP_AUTH_AGENT, api_agent_job_started, 0, 0},
-    {HTTP_POST, V1 "/agent/jobs/{id}/logs", HTTP_AUTH_AGENT, api_agent_job_logs, 128 * 1024, 0},
-    {HTTP_POST, V1 "/agent/jobs/{id}/result", HTTP_AUTH_AGENT, api_agent_job_result,
-     2 * 1024 * 1024, 0},
+    {HTTP_POST, PROTO_AGENT_PATH_HEARTBEAT, HTTP_AUTH_AGENT, api_agent_heartbeat,
+     PROTO_HEARTBEAT_BODY_MAX, 0},
+    {HTTP_GET, PROTO_AGENT_PATH_ASSIGNMENTS, HTTP_AUTH_AGENT, gateway_poll, 0, 0},
+    {HTTP_POST, PROTO_AGENT_PATH_SYNC, HTTP_AUTH_AGENT, api_agent_sync, PROTO_SYNC_BODY_MAX, 0},
+    {HTTP_GET, PROTO_AGENT_PATH_PACKAGE, HTTP_AUTH_AGENT, api_packages_content, 0, 0},
+    {HTTP_POST, PROTO_AGENT_PATH_STARTED, HTTP_AUTH_AGENT, api_agent_job_started, 0, 0},
+    {HTTP_POST, PROTO_AGENT_PATH_LOGS, HTTP_AUTH_AGENT, api_agent_job_logs, PROTO_LOGS_BODY_MAX, 0},
+    {HTTP_POST, PROTO_AGENT_PATH_RESULT, HTTP_AUTH_AGENT, api_agent_job_result,
+     PROTO_RESULT_BODY_MAX, 0},
 
     {HTTP_GET, V1 "/jobs", HTTP_AUTH_TENANT_VIEWER, api_jobs_list, 0, 0},
     {HTTP_POST, V1 "/jobs", HTTP_AUTH_TENANT_OPERATOR, api_jobs_submit, 256 * 1024, 0},
@@ -84,6 +86,8 @@ const struct http_route api_routes[] = {
     {HTTP_GET, V1 "/jobs/{id}", HTTP_AUTH_TENANT_VIEWER, api_jobs_get, 0, 0},
     {HTTP_POST, V1 "/jobs/{id}/cancel", HTTP_AUTH_TENANT_OPERATOR, api_jobs_cancel, 0, 0},
     {HTTP_GET, V1 "/jobs/{id}/logs", HTTP_AUTH_TENANT_VIEWER, api_jobs_logs, 0, 0},
+
+    {HTTP_GET, V1 "/scaling/signals", HTTP_AUTH_ANY, api_scaling_signals, 0, 0},
 };
 
 const size_t api_nroutes = ELEMENTSOF(api_routes);

@@ -1,5 +1,6 @@
-/* api-tenants.c: tenants, for platform operators (create, list, update, suspend, delete)
- * and for a tenant itself (its own record, quotas and live usage). */
+/* api-tenants.c: tenants, for platform operators (create, list, update, suspend, delete,
+ * quota and fairness weight overrides) and for a tenant itself (its own record, quotas and
+ * live usage). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,9 +47,10 @@ static const struct store_stmt q_tenant_insert =
     STORE_STMT("tenant_insert",
                "INSERT INTO tenants (id, slug, display_name, tier, max_agents, max_concurrent_jobs,"
                " max_schedules, max_queues, max_storage_bytes, max_api_calls_day, rate_per_sec,"
-               " rate_burst, max_job_log_bytes) VALUES ($1, $2, $3, $4, $5::int, $6::int, $7::int,"
-               " $8::int, $9::bigint, $10::int, $11::int, $12::int, $13::bigint)",
-               13);
+               " rate_burst, max_job_log_bytes, weight) VALUES ($1, $2, $3, $4, $5::int, $6::int,"
+               " $7::int, $8::int, $9::bigint, $10::int, $11::int, $12::int, $13::bigint,"
+               " $14::int)",
+               14);
 
 /* For each quota: $n::bool "was given", $n+1 the value (NULL clears the override). */
 static const struct store_stmt q_tenant_update = STORE_STMT(
@@ -64,8 +66,9 @@ static const struct store_stmt q_tenant_update = STORE_STMT(
     " rate_per_sec = CASE WHEN $17::bool THEN $18::int ELSE rate_per_sec END,"
     " rate_burst = CASE WHEN $19::bool THEN $20::int ELSE rate_burst END,"
     " max_job_log_bytes = CASE WHEN $21::bool THEN $22::bigint ELSE max_job_log_bytes END,"
+    " weight = CASE WHEN $23::bool THEN $24::int ELSE weight END,"
     " updated_at = now() WHERE id = $1 RETURNING id",
-    22);
+    24);
 
 static const struct store_stmt q_tenant_delete =
     STORE_STMT("tenant_delete", "DELETE FROM tenants WHERE id = $1 RETURNING slug", 1);
@@ -136,6 +139,17 @@ static int parse_quotas(struct http_req *req, const json_t *q, char text[][24], 
     return 0;
 }
 
+/* The fairness weight override (top-level `weight`: 1..1000, null = the tier's): fills
+ * text ("" = null) and *given. */
+static void parse_weight(const json_t *body, char text[24], bool *given)
+{
+    json_t *w = json_object_get(body, "weight");
+    *given = w != NULL;
+    text[0] = '\0';
+    if (json_is_integer(w))
+        snprintf(text, 24, "%lld", (long long)json_integer_value(w));
+}
+
 static void reply_tenant(struct http_req *req, struct store_tx *tx, const char *id, int status)
 {
     api_reply_doc_commit(req, tx, &q_tenant_doc, id, status, "tenant", NULL, NULL);
@@ -148,6 +162,7 @@ void api_tenants_create(struct http_req *req)
         {"display_name", JSONV_STRING, JSONV_REQUIRED, 1, 200},
         {"tier", JSONV_STRING, JSONV_REQUIRED, 1, 16},
         {"quotas", JSONV_OBJECT, JSONV_NULLABLE, 0, ELEMENTSOF(quotas)},
+        {"weight", JSONV_INT, JSONV_NULLABLE, 1, 1000},
     };
     json_t *body = NULL;
     if (http_req_json(req, fields, ELEMENTSOF(fields), &body) < 0)
@@ -165,10 +180,14 @@ void api_tenants_create(struct http_req *req)
     } else if (parse_quotas(req, json_object_get(body, "quotas"), qt, given) == 0) {
         char id[ID_STR_LEN];
         id_uuid7_str(id);
-        const char *p[4 + ELEMENTSOF(quotas)] = {id, slug, api_json_str(body, "display_name"),
+        const char *p[5 + ELEMENTSOF(quotas)] = {id, slug, api_json_str(body, "display_name"),
                                                  api_json_str(body, "tier")};
         for (size_t i = 0; i < ELEMENTSOF(quotas); i++)
             p[4 + i] = qt[i][0] ? qt[i] : NULL;
+        char weight[24];
+        bool wgiven;
+        parse_weight(body, weight, &wgiven);
+        p[4 + ELEMENTSOF(quotas)] = weight[0] ? weight : NULL;
         struct store_tx *tx = NULL;
         int r = store_tx_begin_system(((struct app *)http_req_app(req))->store, &tx);
         if (r >= 0)
@@ -205,6 +224,7 @@ void api_tenants_update(struct http_req *req)
         {"tier", JSONV_STRING, 0, 1, 16},
         {"status", JSONV_STRING, 0, 1, 16},
         {"quotas", JSONV_OBJECT, 0, 0, ELEMENTSOF(quotas)},
+        {"weight", JSONV_INT, JSONV_NULLABLE, 1, 1000},
     };
     const char *id = api_path_id(req, "id", "tenant");
     if (!id)
@@ -222,12 +242,17 @@ void api_tenants_update(struct http_req *req)
     } else if (status && strcmp(status, "active") != 0 && strcmp(status, "suspended") != 0) {
         http_reply_problem(req, PROBLEM_VALIDATION, "must be active or suspended", "status");
     } else if (parse_quotas(req, json_object_get(body, "quotas"), qt, given) == 0) {
-        const char *p[4 + 2 * ELEMENTSOF(quotas)] = {id, api_json_str(body, "display_name"), tier,
+        const char *p[6 + 2 * ELEMENTSOF(quotas)] = {id, api_json_str(body, "display_name"), tier,
                                                      status};
         for (size_t i = 0; i < ELEMENTSOF(quotas); i++) {
             p[4 + 2 * i] = given[i] ? "true" : "false";
             p[5 + 2 * i] = qt[i][0] ? qt[i] : NULL;
         }
+        char weight[24];
+        bool wgiven;
+        parse_weight(body, weight, &wgiven);
+        p[4 + 2 * ELEMENTSOF(quotas)] = wgiven ? "true" : "false";
+        p[5 + 2 * ELEMENTSOF(quotas)] = weight[0] ? weight : NULL;
         struct store_tx *tx = NULL;
         int r = store_tx_begin_system(((struct app *)http_req_app(req))->store, &tx);
         if (r >= 0)

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 
 #include "common/id.h"
+#include "proto/agent.h"
 #include "server/http.h"
 #include "server/store.h"
 
@@ -64,8 +65,9 @@ const char *api_json_str(const json_t *obj, const char *key);
  * string values of at most 255 bytes. Replies 422 naming field and returns < 0 when bad. */
 int api_check_labels(struct http_req *req, const json_t *labels, const char *field);
 
-/* packages: archives up to PACKAGE_MAX_BYTES (below the HTTP server's hard cap) */
-#define PACKAGE_MAX_BYTES (15 * 1024 * 1024)
+/* packages: archives up to PACKAGE_MAX_BYTES (below the HTTP server's hard cap), the size
+ * agents accept (proto/agent.h) */
+#define PACKAGE_MAX_BYTES PROTO_PACKAGE_MAX_BYTES
 /* An upload's whole-request deadline: 15 MiB at 256 kbit/s. */
 #define PACKAGE_UPLOAD_TIMEOUT_MS (10 * 60 * 1000)
 void api_packages_create(struct http_req *req);
@@ -80,6 +82,8 @@ void api_readyz(struct http_req *req);
 /* auth */
 void api_auth_token(struct http_req *req);
 void api_auth_refresh(struct http_req *req);
+/* autoscaling signals (api-scaling.c) */
+void api_scaling_signals(struct http_req *req);
 /* tenants */
 void api_tenants_list(struct http_req *req);
 void api_tenants_create(struct http_req *req);
@@ -123,6 +127,12 @@ void api_agent_self(struct http_req *req);
 void api_agent_unregister(struct http_req *req);
 void api_agent_rotate(struct http_req *req);
 /* jobs */
+/* Check a requirements object (of a job or a queue): at most 32 entries, names
+ * [A-Za-z0-9_./-]{1,63}; min_free_memory_mb and min_free_disk_mb integers 0..2^31, every
+ * other value a label string of at most 255 bytes. On failure fills field (named from
+ * field_prefix, e.g. "requirements.min_free_memory_mb") and detail, returns -EINVAL. */
+int api_jobs_check_requirements(const json_t *reqs, const char *field_prefix, char *field,
+                                size_t flen, char *detail, size_t dlen);
 void api_jobs_submit(struct http_req *req);
 void api_jobs_submit_batch(struct http_req *req);
 void api_jobs_list(struct http_req *req);

@@ -12,6 +12,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "proto/bus.h"
 
 #define BUS_MAX_QUEUES 16
 
@@ -303,6 +304,13 @@ int bus_sub_next(struct bus_sub *s, int timeout_ms, char **body, size_t *len)
     if (rep.reply_type != AMQP_RESPONSE_NORMAL) {
         sub_disconnect(s);
         return -ECONNRESET;
+    }
+    if (env.message.body.len > PROTO_BUS_MSG_MAX) {
+        /* No message of ours is that large (proto/bus.h): dropped, unread. */
+        log_warn("op=bus.receive queue=%s bytes=%zu error=\"message too large: dropped\"", s->queue,
+                 env.message.body.len);
+        amqp_destroy_envelope(&env);
+        return 0;
     }
     char *b = malloc(env.message.body.len + 1);
     if (b) {

@@ -4,7 +4,10 @@
  *
  * Thread-safe (one connection, a mutex around each publish). The connection is made on
  * first use and remade after a failure, at most once a second, so a RabbitMQ outage costs
- * a failed publish, not a stalled request. */
+ * a failed publish, not a stalled request.
+ *
+ * What travels on it, the queues' names and every message's schema, is defined in
+ * proto/bus.h: publishers encode and consumers decode through it, nothing else. */
 #pragma once
 
 #include <stdbool.h>

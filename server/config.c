@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "proto/bus.h"
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
 
@@ -33,7 +34,7 @@ const struct conf_field orchd_config_fields[] = {
      "RabbitMQ connection"},
     {"log.level", CONF_ENUM, F(log_level), 0, 0, "info", log_levels,
      "least severe level logged: debug, info, warn or error"},
-    {"bus.jobs_queue", CONF_STRING, F(bus_jobs_queue), 1, 200, "orch.jobs", NULL,
+    {"bus.jobs_queue", CONF_STRING, F(bus_jobs_queue), 1, 200, PROTO_BUS_JOBS_QUEUE, NULL,
      "RabbitMQ quorum queue announcing submitted jobs to the dispatchers"},
     {"bus.publish_timeout", CONF_DURATION, F(bus_publish_timeout_ms), 100, 60000, "5s", NULL,
      "longest wait for RabbitMQ's publisher confirm"},
@@ -44,13 +45,18 @@ const struct conf_field orchd_config_fields[] = {
     {"agent.online_window", CONF_DURATION, F(agent_online_ms), 2000, 3600000, "25s", NULL,
      "an agent is offline (gets no new jobs) when silent this long"},
     {"dispatch.enabled", CONF_BOOL, F(dispatch_enabled), 0, 0, "true", NULL,
-     "run a dispatcher on this node"},
+     "false: no dispatcher on this node whatever node.roles says (the older spelling)"},
     {"dispatch.tick", CONF_DURATION, F(dispatch_tick_ms), 10, 10000, "250ms", NULL,
      "longest wait between dispatch rounds when no submission wakes the dispatcher"},
+    {"dispatch.aging", CONF_DURATION, F(dispatch_aging_ms), 0, 86400000, "60s", NULL,
+     "a waiting job gains one priority step per this much waited (0 = strict priority)"},
     {"gateway.max_waiters", CONF_INT, F(gateway_max_waiters), 1, 1048576, "65536", NULL,
      "long-polls one node holds at once; past it agents are told 503 and retry later"},
     {"node.name", CONF_STRING, F(node_name), 1, 64, "orchd", NULL,
      "this node's name in logs and the audit trail"},
+    {"node.roles", CONF_STRING, F(node_roles), 1, 200, "api,gateway,dispatcher,reaper", NULL,
+     "what this node runs, comma-separated: api (the HTTP server), gateway (agents' "
+     "long-polls; needs api), dispatcher, reaper"},
     {"http.address", CONF_STRING, F(http_address), 1, 64, "127.0.0.1", NULL,
      "listen address (0.0.0.0 or :: for all)"},
     {"http.port", CONF_INT, F(http_port), 0, 65535, "8443", NULL, "listen port (0 = any free)"},
@@ -93,10 +99,67 @@ const struct conf_field orchd_config_fields[] = {
 
 const size_t orchd_config_nfields = sizeof(orchd_config_fields) / sizeof(orchd_config_fields[0]);
 
+const char *const node_role_names[NODE_ROLE__COUNT] = {
+    [NODE_ROLE_API] = "api",
+    [NODE_ROLE_GATEWAY] = "gateway",
+    [NODE_ROLE_DISPATCHER] = "dispatcher",
+    [NODE_ROLE_REAPER] = "reaper",
+};
+
+/* node.roles into cfg->node_roles_mask. Returns 0 or -EINVAL with err filled. */
+static int parse_roles(struct orchd_config *cfg, struct conf_error *err)
+{
+    unsigned mask = 0;
+    const char *p = cfg->node_roles;
+    while (*p) {
+        p += strspn(p, " \t,");
+        size_t n = strcspn(p, " \t,");
+        if (n == 0)
+            break;
+        int role = -1;
+        for (int i = 0; i < NODE_ROLE__COUNT && role < 0; i++)
+            if (strlen(node_role_names[i]) == n && strncmp(p, node_role_names[i], n) == 0)
+                role = i;
+        if (role < 0) {
+            snprintf(err->msg, sizeof(err->msg),
+                     "config: key 'node.roles': unknown role '%.*s' (expected api, gateway, "
+                     "dispatcher, reaper)",
+                     (int)(n > 64 ? 64 : n), p);
+            return -EINVAL;
+        }
+        mask |= 1u << role;
+        p += n;
+    }
+    if (mask == 0) {
+        snprintf(err->msg, sizeof(err->msg), "config: key 'node.roles': no role given");
+        return -EINVAL;
+    }
+    if ((mask & (1u << NODE_ROLE_GATEWAY)) && !(mask & (1u << NODE_ROLE_API))) {
+        snprintf(err->msg, sizeof(err->msg),
+                 "config: key 'node.roles': gateway needs api (agents reach it over HTTP)");
+        return -EINVAL;
+    }
+    if (!cfg->dispatch_enabled)
+        mask &= ~(1u << NODE_ROLE_DISPATCHER);
+    cfg->node_roles_mask = mask;
+    return 0;
+}
+
 int orchd_config_load(struct orchd_config *cfg, const char *path, struct conf_error *err)
 {
     memset(cfg, 0, sizeof(*cfg));
-    return conf_load(orchd_config_fields, orchd_config_nfields, cfg, path, "ORCHD", err);
+    int r = conf_load(orchd_config_fields, orchd_config_nfields, cfg, path, "ORCHD", err);
+    if (r < 0)
+        return r;
+    r = parse_roles(cfg, err);
+    if (r < 0)
+        orchd_config_free(cfg);
+    return r;
+}
+
+bool orchd_config_has_role(const struct orchd_config *cfg, enum node_role role)
+{
+    return (cfg->node_roles_mask & (1u << role)) != 0;
 }
 
 int orchd_config_require_system(const struct orchd_config *cfg, char *err, size_t errlen)

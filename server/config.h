@@ -7,6 +7,18 @@
 
 #include "common/conf.h"
 
+/* What a node runs (node.roles); started in the order of main.c's role table. */
+enum node_role {
+    NODE_ROLE_API,        /* the HTTP server: REST API and agent protocol */
+    NODE_ROLE_GATEWAY,    /* holds agents' long-polls; batched heartbeats */
+    NODE_ROLE_DISPATCHER, /* assigns queued jobs to agents */
+    NODE_ROLE_REAPER,     /* expired leases, silent agents, old logs */
+    NODE_ROLE__COUNT
+};
+
+/* The roles' names in node.roles, by enum node_role. */
+extern const char *const node_role_names[NODE_ROLE__COUNT];
+
 struct orchd_config {
     char *db_url;         /* db.url: the application role's connection (orch_app) */
     char *db_system_url;  /* db.system_url: the system role's connection (orch_system) */
@@ -22,10 +34,13 @@ struct orchd_config {
     int64_t agent_heartbeat_ms;     /* agent.heartbeat_interval */
     int64_t agent_lease_ms;         /* agent.lease */
     int64_t agent_online_ms;        /* agent.online_window */
-    bool dispatch_enabled;          /* dispatch.enabled */
+    bool dispatch_enabled;          /* dispatch.enabled: false removes the dispatcher role */
     int64_t dispatch_tick_ms;       /* dispatch.tick */
+    int64_t dispatch_aging_ms;      /* dispatch.aging: one priority step per this much waited */
     int64_t gateway_max_waiters;    /* gateway.max_waiters */
     char *node_name;                /* node.name: this node in logs and the audit trail */
+    char *node_roles;               /* node.roles: as written, e.g. "api,gateway" */
+    unsigned node_roles_mask;       /* the same parsed: bits 1u << enum node_role */
 
     char *http_address;   /* http.address */
     int64_t http_port;    /* http.port */
@@ -55,6 +70,10 @@ extern const size_t orchd_config_nfields;
  * Returns 0 or a negative errno with err filled. Free with orchd_config_free(). */
 int orchd_config_load(struct orchd_config *cfg, const char *path, struct conf_error *err);
 void orchd_config_free(struct orchd_config *cfg);
+
+/* Whether this node runs role (node.roles, less the dispatcher when dispatch.enabled is
+ * false). */
+bool orchd_config_has_role(const struct orchd_config *cfg, enum node_role role);
 
 /* 0 when db.system_url is set; else -EINVAL with err saying what to set. For the commands
  * that do system-scope work (serve, admin create-token). */

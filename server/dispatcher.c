@@ -10,30 +10,16 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "proto/bus.h"
 #include "server/app.h"
 #include "server/bus.h"
 #include "server/gateway-internal.h"
 
 struct dispatcher {
     struct app *app;
-    struct gateway *gw; /* borrowed, may be NULL */
-    pthread_mutex_t lock;
-    pthread_cond_t tick; /* the thread's sleeps: broadcast only when stopping */
-    atomic_bool stop;
+    struct gw_thread th;
     atomic_bool kick; /* a round is wanted now */
-    pthread_t thread;
 };
-
-/* Sleep ms, or until dispatcher_stop(); on the monotonic clock. */
-static void sleep_ms(struct dispatcher *d, int64_t ms)
-{
-    struct timespec ts;
-    clock_deadline(CLOCK_MONOTONIC, ms, &ts);
-    pthread_mutex_lock(&d->lock);
-    while (!atomic_load(&d->stop) && pthread_cond_timedwait(&d->tick, &d->lock, &ts) == 0)
-        ; /* a spurious wake-up: sleep on to the deadline */
-    pthread_mutex_unlock(&d->lock);
-}
 
 static const struct store_stmt q_dispatch =
     STORE_STMT("gw_dispatch",
@@ -51,21 +37,26 @@ static void *dispatch_main(void *arg)
     snprintf(lease, sizeof(lease), "%lld", (long long)(app->cfg->agent_lease_ms / 1000));
     snprintf(online, sizeof(online), "%lld", (long long)(app->cfg->agent_online_ms / 1000));
     uint64_t next_tick = 0;
-    while (!atomic_load(&d->stop)) {
+    while (!atomic_load(&d->th.stop)) {
         /* A submission (on the bus) or a kick (a slot came free) starts a round at once;
          * otherwise one every tick. The bus is read in short waits so that a kick is seen
          * within a few milliseconds. */
         char *body = NULL;
         size_t len = 0;
         int r = sub ? bus_sub_next(sub, 5, &body, &len) : 0;
+        /* A submission only starts the round: what it names is a hint (proto/bus.h). */
+        struct proto_bus_jobs_submitted m = {0};
+        if (r == 1 && proto_bus_jobs_submitted_decode(body, len, &m, NULL) < 0)
+            log_debug("op=dispatch.bus error=\"not a jobs.submitted message\"");
+        proto_bus_jobs_submitted_clear(&m);
         free(body);
         if (r < 0 || !sub)
-            sleep_ms(d, 5);
+            gw_thread_sleep(&d->th, 5);
         bool kicked = atomic_exchange(&d->kick, false);
         if (r != 1 && !kicked && clock_mono_ns() < next_tick)
             continue;
         next_tick = clock_mono_ns() + (uint64_t)app->cfg->dispatch_tick_ms * 1000000u;
-        for (int round = 0; round < 100 && !atomic_load(&d->stop); round++) {
+        for (int round = 0; round < 100 && !atomic_load(&d->th.stop); round++) {
             const char *p[] = {"100", lease, online};
             PGresult *res = NULL;
             int n = store_exec_once(app->store, NULL, &q_dispatch, p, &res);
@@ -78,7 +69,7 @@ static void *dispatch_main(void *arg)
                 const char *node = PQgetvalue(res, i, 4);
                 log_info("op=dispatch job=%s tenant=%s agent=%s epoch=%s", PQgetvalue(res, i, 0),
                          PQgetvalue(res, i, 1), agent, PQgetvalue(res, i, 3));
-                gateway_notify(d->gw, agent, PQgetisnull(res, i, 4) ? NULL : node);
+                gateway_notify_node(app, agent, PQgetisnull(res, i, 4) ? NULL : node);
             }
             PQclear(res);
             if (n < 100)
@@ -95,25 +86,16 @@ void dispatcher_kick(struct dispatcher *d)
         atomic_store(&d->kick, true);
 }
 
-int dispatcher_start(struct app *app, struct gateway *gw, struct dispatcher **ret)
+int dispatcher_start(struct app *app, struct dispatcher **ret)
 {
     struct dispatcher *d = calloc(1, sizeof(*d));
     if (!d)
         return -ENOMEM;
     d->app = app;
-    d->gw = gw;
-    int r = gw_cond_init_mono(&d->tick);
+    int r = gw_thread_start(&d->th, dispatch_main, d);
     if (r < 0) {
         free(d);
         return r;
-    }
-    pthread_mutex_init(&d->lock, NULL);
-    r = pthread_create(&d->thread, NULL, dispatch_main, d);
-    if (r != 0) {
-        pthread_mutex_destroy(&d->lock);
-        pthread_cond_destroy(&d->tick);
-        free(d);
-        return -r;
     }
     *ret = d;
     return 0;
@@ -123,12 +105,6 @@ void dispatcher_stop(struct dispatcher *d)
 {
     if (!d)
         return;
-    pthread_mutex_lock(&d->lock);
-    atomic_store(&d->stop, true);
-    pthread_cond_broadcast(&d->tick);
-    pthread_mutex_unlock(&d->lock);
-    pthread_join(d->thread, NULL);
-    pthread_mutex_destroy(&d->lock);
-    pthread_cond_destroy(&d->tick);
+    gw_thread_stop(&d->th);
     free(d);
 }

@@ -27,8 +27,58 @@ void gw_log_store_failure(const char *op, int r)
 
 void gateway_kick_dispatch(struct gateway *gw)
 {
-    if (gw)
-        dispatcher_kick(gw->dispatcher);
+    if (!gw)
+        return;
+    /* Under the lock: the dispatcher may be stopping (gateway_set_dispatcher(NULL)). */
+    pthread_mutex_lock(&gw->lock);
+    dispatcher_kick(gw->dispatcher);
+    pthread_mutex_unlock(&gw->lock);
+}
+
+void gateway_set_dispatcher(struct gateway *gw, struct dispatcher *d)
+{
+    if (!gw)
+        return;
+    pthread_mutex_lock(&gw->lock);
+    gw->dispatcher = d;
+    pthread_mutex_unlock(&gw->lock);
+}
+
+int gw_thread_start(struct gw_thread *th, void *(*main)(void *), void *arg)
+{
+    atomic_store(&th->stop, false);
+    int r = gw_cond_init_mono(&th->tick);
+    if (r < 0)
+        return r;
+    pthread_mutex_init(&th->lock, NULL);
+    r = pthread_create(&th->t, NULL, main, arg);
+    if (r != 0) {
+        pthread_mutex_destroy(&th->lock);
+        pthread_cond_destroy(&th->tick);
+        return -r;
+    }
+    return 0;
+}
+
+void gw_thread_sleep(struct gw_thread *th, int64_t ms)
+{
+    struct timespec ts;
+    clock_deadline(CLOCK_MONOTONIC, ms, &ts);
+    pthread_mutex_lock(&th->lock);
+    while (!atomic_load(&th->stop) && pthread_cond_timedwait(&th->tick, &th->lock, &ts) == 0)
+        ; /* a spurious wake-up: sleep on to the deadline */
+    pthread_mutex_unlock(&th->lock);
+}
+
+void gw_thread_stop(struct gw_thread *th)
+{
+    pthread_mutex_lock(&th->lock);
+    atomic_store(&th->stop, true);
+    pthread_cond_broadcast(&th->tick);
+    pthread_mutex_unlock(&th->lock);
+    pthread_join(th->t, NULL);
+    pthread_mutex_destroy(&th->lock);
+    pthread_cond_destroy(&th->tick);
 }
 
 /* Sleep ms, or until gateway_stop(). On gw->tick, which nothing else broadcasts, so that
@@ -44,16 +94,16 @@ void gw_sleep_ms(struct gateway *gw, int64_t ms)
     pthread_mutex_unlock(&gw->lock);
 }
 
-/* Free gw and what it owns (its threads joined, no waiter left, no loop using it). */
-static void gateway_free(struct gateway *gw)
+void gw_free(struct gateway *gw)
 {
     for (int i = 0; i < gw->nnotes; i++)
         json_decref(gw->notes[i].running);
     free(gw->notes);
-    for (int i = 0; i < gw->nseen; i++)
-        free(gw->seen[i]);
     free(gw->seen);
+    gw_idindex_free(&gw->note_index);
+    gw_idindex_free(&gw->seen_index);
     free(gw->waiters);
+    free(gw->buckets);
     pthread_mutex_destroy(&gw->lock);
     pthread_cond_destroy(&gw->changed);
     pthread_cond_destroy(&gw->tick);
@@ -73,32 +123,45 @@ int gw_cond_init_mono(pthread_cond_t *c)
     return -r;
 }
 
-int gateway_start(struct app *app, struct gateway **ret)
+int gw_new(struct app *app, int max_waiters, struct gateway **ret)
 {
     struct gateway *gw = calloc(1, sizeof(*gw));
     if (!gw)
         return -ENOMEM;
     gw->app = app;
-    gw->max_waiters = (int)app->cfg->gateway_max_waiters;
-    gw->waiters = calloc((size_t)gw->max_waiters, sizeof(*gw->waiters));
-    if (!gw->waiters) {
-        free(gw);
-        return -ENOMEM;
-    }
-    pthread_mutex_init(&gw->lock, NULL);
+    gw->max_waiters = max_waiters;
+    uint32_t nbuckets = 16;
+    while (nbuckets < (uint32_t)max_waiters)
+        nbuckets *= 2;
+    gw->bucket_mask = nbuckets - 1;
+    /* Conditions first: gw_free() destroys them. */
     if (gw_cond_init_mono(&gw->changed) < 0) {
-        pthread_mutex_destroy(&gw->lock);
-        free(gw->waiters);
         free(gw);
         return -ENOMEM;
     }
     if (gw_cond_init_mono(&gw->tick) < 0) {
         pthread_cond_destroy(&gw->changed);
-        pthread_mutex_destroy(&gw->lock);
-        free(gw->waiters);
         free(gw);
         return -ENOMEM;
     }
+    pthread_mutex_init(&gw->lock, NULL);
+    gw->waiters = calloc((size_t)gw->max_waiters, sizeof(*gw->waiters));
+    gw->buckets = calloc(nbuckets, sizeof(*gw->buckets));
+    if (!gw->waiters || !gw->buckets || gw_idindex_init(&gw->note_index, GW_MAX_NOTES) < 0 ||
+        gw_idindex_init(&gw->seen_index, GW_MAX_NOTES) < 0) {
+        gw_free(gw);
+        return -ENOMEM;
+    }
+    *ret = gw;
+    return 0;
+}
+
+int gateway_start(struct app *app, struct gateway **ret)
+{
+    struct gateway *gw = NULL;
+    int r = gw_new(app, (int)app->cfg->gateway_max_waiters, &gw);
+    if (r < 0)
+        return r;
     gw_self_set(gw);
     /* Each thread started is listed, so that a failure stops and joins exactly those. */
     struct {
@@ -106,20 +169,16 @@ int gateway_start(struct app *app, struct gateway **ret)
         void *(*main)(void *);
         bool want;
     } threads[] = {
-        {&gw->t_reaper, gw_reaper_main, true},
+        {&gw->t_liveness, gw_liveness_main, true},
         {&gw->t_checker, gw_checker_main, true},
         {&gw->t_wakeups, gw_wakeups_main, true},
     };
     size_t started = 0;
-    int r = 0;
     for (; started < ELEMENTSOF(threads) && r == 0; started++)
         if (threads[started].want)
             r = pthread_create(threads[started].t, NULL, threads[started].main, gw);
-    if (r != 0)
-        started--; /* the one that failed */
-    else if (app->cfg->dispatch_enabled)
-        r = -dispatcher_start(app, gw, &gw->dispatcher);
     if (r != 0) {
+        started--; /* the one that failed */
         log_error("op=gateway.start error=\"cannot start threads: %s\"", strerror(r));
         pthread_mutex_lock(&gw->lock);
         atomic_store(&gw->stop, true);
@@ -130,7 +189,7 @@ int gateway_start(struct app *app, struct gateway **ret)
                 pthread_join(*threads[i].t, NULL);
         /* No long-poll can have come yet (the HTTP server starts after this). */
         gw_self_set(NULL);
-        gateway_free(gw);
+        gw_free(gw);
         return -r;
     }
     gw->started = true;
@@ -150,12 +209,11 @@ void gateway_stop(struct gateway *gw)
         if (http_loop_post(http_deferred_base(w->d), gw_answer_at_stop, w) == 0)
             gw->answering++;
     }
-    gw->nwaiters = 0;
+    gw_registry_clear_locked(gw);
     pthread_cond_broadcast(&gw->tick);
     pthread_mutex_unlock(&gw->lock);
     if (gw->started) {
-        dispatcher_stop(gw->dispatcher);
-        pthread_join(gw->t_reaper, NULL);
+        pthread_join(gw->t_liveness, NULL);
         pthread_join(gw->t_checker, NULL);
         pthread_join(gw->t_wakeups, NULL);
     }
@@ -177,5 +235,5 @@ void gateway_stop(struct gateway *gw)
         log_error("op=gateway.stop error=\"long-polls still unanswered\"");
         return;
     }
-    gateway_free(gw);
+    gw_free(gw);
 }

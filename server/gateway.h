@@ -7,18 +7,16 @@
  * dispatcher that made it; or, should a wake-up be lost, a once-a-second check of all the
  * agents waiting on this node.
  *
- * Dispatcher: wakes on the orch.jobs queue (job submissions) or every dispatch.tick, runs
- * a dispatch round in PostgreSQL (dispatch_round() in sql/0005_dispatch.sql) and wakes the
- * gateways holding the chosen agents.
- *
- * Reaper (one node at a time, by advisory lock): leases that ran out, agents gone silent.
+ * The dispatcher (dispatcher.h) and the reaper (reaper.h) are roles of their own
+ * (node.roles); a node without the gateway role has no struct gateway (app->gw is NULL)
+ * and refuses agents' long-polls with 503.
  *
  * Liveness: heartbeats are kept in memory and written to PostgreSQL in one batch per
  * flush interval (agents' last_heartbeat_at and their running jobs' leases), so a
  * heartbeat costs no write of its own.
  *
  * Files: gateway.c (start, stop), gw-registry.c (long-polls, wake-ups, the checker),
- * gw-liveness.c (heartbeats), dispatcher.c (dispatcher.h), reaper.c; what they share is in
+ * gw-liveness.c (heartbeats), gw-hash.c (agent-id tables); what they share is in
  * gateway-internal.h. */
 #pragma once
 
@@ -28,6 +26,7 @@
 #include "server/store.h"
 
 struct app;
+struct dispatcher;
 struct gateway;
 
 int gateway_start(struct app *app, struct gateway **ret);
@@ -40,9 +39,18 @@ void gateway_wake(struct gateway *gw, const char *agent_id);
  * directly, another through its queue orch.gw.<node>; NULL = this node. Thread-safe. */
 void gateway_notify(struct gateway *gw, const char *agent_id, const char *node);
 
+/* Wake agent_id's gateway from anywhere on this node: through app->gw when this node has
+ * the gateway role (as gateway_notify()), else through node's queue (NULL: nobody to
+ * wake; the agent's gateway finds the work within a second). Thread-safe. */
+void gateway_notify_node(struct app *app, const char *agent_id, const char *node);
+
 /* A slot came free or an agent came online: run a dispatch round soon, without waiting for
- * the next tick. Thread-safe, cheap. */
+ * the next tick. Thread-safe, cheap. Accepts NULL. A node without the dispatcher role
+ * kicks nobody (dispatchers elsewhere run every dispatch.tick). */
 void gateway_kick_dispatch(struct gateway *gw);
+/* The local dispatcher gateway_kick_dispatch() kicks (borrowed; NULL: none). Set it to
+ * NULL before stopping the dispatcher. Accepts gw NULL. */
+void gateway_set_dispatcher(struct gateway *gw, struct dispatcher *d);
 
 /* The long-poll handler (GET /api/v1/agent/assignments). */
 void gateway_poll(struct http_req *req);

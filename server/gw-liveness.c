@@ -1,47 +1,77 @@
 /* gw-liveness.c: heartbeats noted in memory and written to PostgreSQL in one batch per
  * flush interval (see gateway.h). */
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/buf.h"
+#include "common/cleanup.h"
 #include "common/id.h"
 #include "common/log.h"
 #include "server/app.h"
 #include "server/config.h"
 #include "server/gateway-internal.h"
 
+/* Room in gw->notes for one more (gw->lock held). Returns 0 or -ENOMEM. */
+static int notes_reserve(struct gateway *gw)
+{
+    if (gw->nnotes < gw->capnotes)
+        return 0;
+    int cap = gw->capnotes ? gw->capnotes * 2 : 64;
+    struct note *n = realloc(gw->notes, sizeof(*n) * (size_t)cap);
+    if (!n)
+        return -ENOMEM;
+    gw->notes = n;
+    gw->capnotes = cap;
+    return 0;
+}
+
+/* Add a note (gw->lock held, room reserved, none for the agent yet). */
+static struct note *notes_add(struct gateway *gw, const char *agent_id)
+{
+    struct note *slot = &gw->notes[gw->nnotes];
+    memset(slot, 0, sizeof(*slot));
+    snprintf(slot->agent_id, sizeof(slot->agent_id), "%s", agent_id);
+    gw_idindex_put(&gw->note_index, slot->agent_id, gw->nnotes++);
+    return slot;
+}
+
+static struct note *notes_find(struct gateway *gw, const char *agent_id)
+{
+    int32_t k = gw_idindex_find(&gw->note_index, agent_id, gw->notes, sizeof(*gw->notes));
+    return k < 0 ? NULL : &gw->notes[k];
+}
+
+/* Remember agent_id as seen (gw->lock held). Returns true when it was not seen before. */
+static bool seen_add(struct gateway *gw, const char *agent_id)
+{
+    if (gw_idindex_find(&gw->seen_index, agent_id, gw->seen, sizeof(*gw->seen)) >= 0)
+        return false;
+    if (gw->nseen >= GW_MAX_NOTES)
+        return true; /* not remembered: every heartbeat counts as first */
+    if (gw->nseen == gw->capseen) {
+        int cap = gw->capseen ? gw->capseen * 2 : 64;
+        char(*n)[ID_STR_LEN] = realloc(gw->seen, sizeof(*n) * (size_t)cap);
+        if (!n)
+            return false; /* out of memory: the next heartbeat counts as first again */
+        gw->seen = n;
+        gw->capseen = cap;
+    }
+    snprintf(gw->seen[gw->nseen], sizeof(*gw->seen), "%s", agent_id);
+    gw_idindex_put(&gw->seen_index, gw->seen[gw->nseen], gw->nseen);
+    gw->nseen++;
+    return true;
+}
+
 bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json_t *running)
 {
-    bool first = true;
     pthread_mutex_lock(&gw->lock);
-    for (int i = 0; i < gw->nseen; i++)
-        if (strcmp(gw->seen[i], agent_id) == 0)
-            first = false;
-    if (first && gw->nseen < GW_MAX_NOTES) {
-        char **n = realloc(gw->seen, sizeof(*n) * (size_t)(gw->nseen + 1));
-        char *copy = n ? strdup(agent_id) : NULL;
-        if (n)
-            gw->seen = n;
-        if (copy)
-            gw->seen[gw->nseen++] = copy;
-        else
-            first = false; /* out of memory: the next heartbeat counts as first again */
-    }
-    struct note *slot = NULL;
-    for (int i = 0; i < gw->nnotes; i++)
-        if (strcmp(gw->notes[i].agent_id, agent_id) == 0)
-            slot = &gw->notes[i];
-    if (!slot && gw->nnotes < GW_MAX_NOTES) {
-        struct note *n = realloc(gw->notes, sizeof(*n) * (size_t)(gw->nnotes + 1));
-        if (n) {
-            gw->notes = n;
-            slot = &gw->notes[gw->nnotes++];
-            memset(slot, 0, sizeof(*slot));
-            snprintf(slot->agent_id, sizeof(slot->agent_id), "%s", agent_id);
-        }
-    }
+    bool first = seen_add(gw, agent_id);
+    struct note *slot = notes_find(gw, agent_id);
+    if (!slot && gw->nnotes < GW_MAX_NOTES && notes_reserve(gw) == 0)
+        slot = notes_add(gw, agent_id);
     if (slot) {
         json_decref(slot->running);
         slot->running = json_deep_copy(running);
@@ -75,18 +105,11 @@ static void requeue_notes(struct gateway *gw, struct note *notes, int n, bool fa
 {
     pthread_mutex_lock(&gw->lock);
     for (int i = 0; i < n; i++) {
-        bool newer = !failed;
-        for (int k = 0; k < gw->nnotes && !newer; k++)
-            newer = strcmp(gw->notes[k].agent_id, notes[i].agent_id) == 0;
-        struct note *v = newer || gw->nnotes >= GW_MAX_NOTES
-                             ? NULL
-                             : realloc(gw->notes, sizeof(*v) * (size_t)(gw->nnotes + 1));
-        if (v) {
-            gw->notes = v;
-            gw->notes[gw->nnotes++] = notes[i];
-        } else {
+        bool newer = !failed || notes_find(gw, notes[i].agent_id);
+        if (!newer && gw->nnotes < GW_MAX_NOTES && notes_reserve(gw) == 0)
+            notes_add(gw, notes[i].agent_id)->running = TAKE_PTR(notes[i].running);
+        else
             json_decref(notes[i].running);
-        }
     }
     pthread_mutex_unlock(&gw->lock);
     free(notes);
@@ -97,8 +120,11 @@ void gw_flush_liveness(struct gateway *gw)
     pthread_mutex_lock(&gw->lock);
     struct note *notes = gw->notes;
     int n = gw->nnotes;
-    gw->notes = NULL;
-    gw->nnotes = 0;
+    if (n > 0) {
+        gw->notes = NULL;
+        gw->nnotes = gw->capnotes = 0;
+        gw_idindex_clear(&gw->note_index);
+    }
     pthread_mutex_unlock(&gw->lock);
     if (n == 0)
         return;
@@ -149,4 +175,20 @@ void gw_flush_liveness(struct gateway *gw)
     buf_free(&jobs);
     buf_free(&epochs);
     buf_free(&owners);
+}
+
+void *gw_liveness_main(void *arg)
+{
+    struct gateway *gw = arg;
+    struct app *app = gw->app;
+    int64_t flush_ms =
+        app->cfg->agent_heartbeat_ms / 4 > 0 ? app->cfg->agent_heartbeat_ms / 4 : 1000;
+    while (!atomic_load(&gw->stop)) {
+        /* One line per round (debug): tests count them against the clock. */
+        log_debug("op=gateway round=flush");
+        gw_flush_liveness(gw);
+        gw_sleep_ms(gw, flush_ms);
+    }
+    gw_flush_liveness(gw);
+    return NULL;
 }

@@ -13,9 +13,11 @@
 #include "common/cleanup.h"
 #include "common/id.h"
 #include "common/log.h"
+#include "proto/bus.h"
 #include "server/api.h"
 #include "server/app.h"
 #include "server/bus.h"
+#include "server/config.h"
 #include "server/gateway-internal.h"
 
 /* What an agent is told to wait before it asks again when this node holds as many
@@ -95,19 +97,56 @@ static json_t *answer_doc(json_t *base, const char *assigned)
     return base;
 }
 
-/* Remove w from the registry (locked by the caller). Whoever removes a waiter owns it: it
- * alone answers and frees it, on the waiter's loop thread. Returns false when w was not
- * registered (another owns it). */
-static bool unregister_locked(struct gateway *gw, struct waiter *w)
+/* The registry: gw->waiters for the checker's round and gateway_stop(), gw->buckets for
+ * the lookups of every wake-up, supersede and heartbeat's kick, so that none of them scans
+ * the whole registry under gw->lock. An agent normally has one waiter; two requests of
+ * the same agent racing on two loops may both be held for a moment. */
+static struct waiter **chain_of(struct gateway *gw, const char *agent_id)
 {
-    bool found = false;
-    for (int i = 0; i < gw->nwaiters && !found; i++) {
-        if (gw->waiters[i] == w) {
-            gw->waiters[i] = gw->waiters[--gw->nwaiters];
-            found = true;
+    return &gw->buckets[gw_hash_id(agent_id) & gw->bucket_mask];
+}
+
+void gw_registry_add_locked(struct gateway *gw, struct waiter *w)
+{
+    w->slot = gw->nwaiters;
+    gw->waiters[gw->nwaiters++] = w;
+    struct waiter **c = chain_of(gw, w->agent_id);
+    w->hnext = *c;
+    *c = w;
+}
+
+bool gw_registry_remove_locked(struct gateway *gw, struct waiter *w)
+{
+    if (w->slot < 0 || w->slot >= gw->nwaiters || gw->waiters[w->slot] != w)
+        return false;
+    for (struct waiter **p = chain_of(gw, w->agent_id); *p; p = &(*p)->hnext) {
+        if (*p == w) {
+            *p = w->hnext;
+            break;
         }
     }
-    return found;
+    struct waiter *last = gw->waiters[--gw->nwaiters];
+    gw->waiters[w->slot] = last;
+    last->slot = w->slot;
+    w->slot = -1;
+    w->hnext = NULL;
+    return true;
+}
+
+struct waiter *gw_registry_find_locked(struct gateway *gw, const char *agent_id,
+                                       struct event_base *base)
+{
+    for (struct waiter *w = *chain_of(gw, agent_id); w; w = w->hnext)
+        if (strcmp(w->agent_id, agent_id) == 0 && (!base || http_deferred_base(w->d) == base))
+            return w;
+    return NULL;
+}
+
+/* The waiters themselves are not touched: whoever took the list may be freeing them. */
+void gw_registry_clear_locked(struct gateway *gw)
+{
+    gw->nwaiters = 0;
+    memset(gw->buckets, 0, sizeof(*gw->buckets) * ((size_t)gw->bucket_mask + 1));
 }
 
 /* Free w (unregistered, answered). */
@@ -129,6 +168,16 @@ static void finish_busy(struct waiter *w, const char *detail)
 
 static const char registry_full[] = "this node holds as many waiting agents as it may; retry later";
 
+static const char no_gateway[] = "this node does not hold agents' long-polls (node.roles has no "
+                                 "gateway); connect through a gateway node";
+
+/* A node without the gateway role (not one whose gateway is stopping: that one answers
+ * its long-polls empty, as it answers those it holds). */
+static bool refuses_long_polls(const struct app *app)
+{
+    return !app->gw && !orchd_config_has_role(app->cfg, NODE_ROLE_GATEWAY);
+}
+
 /* Answer and free w. On w's loop thread, with w already unregistered. */
 static void finish(struct waiter *w, const char *body)
 {
@@ -146,7 +195,7 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
     struct waiter *w = arg;
     struct gateway *gw = w->gw;
     pthread_mutex_lock(&gw->lock);
-    bool mine = unregister_locked(gw, w);
+    bool mine = gw_registry_remove_locked(gw, w);
     pthread_mutex_unlock(&gw->lock);
     if (mine)
         finish(w, NULL); /* else its owner has posted its answer to this loop */
@@ -232,12 +281,9 @@ static void on_wake_with(struct gateway *gw, struct wake *wk)
 {
     struct waiter *w = NULL;
     pthread_mutex_lock(&gw->lock);
-    for (int i = 0; i < gw->nwaiters && !w; i++)
-        if (strcmp(gw->waiters[i]->agent_id, wk->agent_id) == 0 &&
-            http_deferred_base(gw->waiters[i]->d) == wk->base)
-            w = gw->waiters[i];
+    w = gw_registry_find_locked(gw, wk->agent_id, wk->base);
     if (w) {
-        unregister_locked(gw, w);
+        gw_registry_remove_locked(gw, w);
         gw->nlooking++;
         w->woken = false;
         w->next_looking = gw->looking;
@@ -267,10 +313,10 @@ static void on_wake_with(struct gateway *gw, struct wake *wk)
     looking_remove_locked(gw, w);
     gw->nlooking--;
     bool newer = found || atomic_load(&gw->stop);
-    for (int i = 0; i < gw->nwaiters && !newer; i++)
-        newer = strcmp(gw->waiters[i]->agent_id, w->agent_id) == 0;
     if (!newer)
-        gw->waiters[gw->nwaiters++] = w;
+        newer = gw_registry_find_locked(gw, w->agent_id, NULL) != NULL;
+    if (!newer)
+        gw_registry_add_locked(gw, w);
     pthread_mutex_unlock(&gw->lock);
     if (newer)
         finish(w, body);
@@ -295,19 +341,28 @@ static void post_wake(struct waiter *w)
         free(wk);
 }
 
-void gateway_notify(struct gateway *gw, const char *agent_id, const char *node)
+/* Wake agent_id on gw when node is this one, else through node's queue. */
+static void notify(struct app *app, struct gateway *gw, const char *agent_id, const char *node)
 {
-    if (!gw)
-        return;
-    struct app *app = gw->app;
     if (!node || !node[0] || strcmp(node, app->cfg->node_name) == 0) {
         gateway_wake(gw, agent_id);
         return;
     }
-    char queue[128], msg[96];
-    snprintf(queue, sizeof(queue), "orch.gw.%s", node);
-    snprintf(msg, sizeof(msg), "{\"agent_id\":\"%s\"}", agent_id);
-    bus_publish(app->bus, queue, msg, strlen(msg), 2000);
+    char queue[128];
+    _cleanup_free_ char *msg = proto_bus_agent_wake_encode(agent_id);
+    if (msg && proto_bus_gateway_queue(queue, sizeof(queue), node) == 0)
+        bus_publish(app->bus, queue, msg, strlen(msg), 2000);
+}
+
+void gateway_notify(struct gateway *gw, const char *agent_id, const char *node)
+{
+    if (gw)
+        notify(gw->app, gw, agent_id, node);
+}
+
+void gateway_notify_node(struct app *app, const char *agent_id, const char *node)
+{
+    notify(app, app->gw, agent_id, node);
 }
 
 void gateway_wake(struct gateway *gw, const char *agent_id)
@@ -315,14 +370,10 @@ void gateway_wake(struct gateway *gw, const char *agent_id)
     if (!gw)
         return;
     pthread_mutex_lock(&gw->lock);
-    bool posted = false;
-    for (int i = 0; i < gw->nwaiters && !posted; i++) {
-        struct waiter *w = gw->waiters[i];
-        if (strcmp(w->agent_id, agent_id) == 0) {
-            post_wake(w);
-            posted = true;
-        }
-    }
+    struct waiter *held = gw_registry_find_locked(gw, agent_id, NULL);
+    bool posted = held != NULL;
+    if (held)
+        post_wake(held);
     /* Out for a look (on_wake()): it looks again before it waits on. */
     for (struct waiter *w = gw->looking; w && !posted; w = w->next_looking)
         if (strcmp(w->agent_id, agent_id) == 0)
@@ -344,6 +395,11 @@ void gateway_poll(struct http_req *req)
             return;
         }
     }
+    if (wait > 0 && refuses_long_polls(app)) {
+        http_reply_header(req, "Retry-After", GW_BUSY_RETRY_AFTER);
+        http_reply_problem(req, PROBLEM_UNAVAILABLE, no_gateway, NULL);
+        return;
+    }
     char *body = NULL;
     int r = deliver(app, app_agent_scope(p), p->subject, true, &body);
     if (r < 0) {
@@ -358,14 +414,10 @@ void gateway_supersede(struct gateway *gw, const char *agent_id)
     if (!gw)
         return;
     pthread_mutex_lock(&gw->lock);
-    for (int i = 0; i < gw->nwaiters; i++) {
-        struct waiter *old = gw->waiters[i];
-        if (strcmp(old->agent_id, agent_id) == 0 && unregister_locked(gw, old)) {
-            if (http_loop_post(http_deferred_base(old->d), answer_now, old) < 0)
-                log_error("op=gateway error=\"cannot answer a superseded long-poll\"");
-            break;
-        }
-    }
+    struct waiter *old = gw_registry_find_locked(gw, agent_id, NULL);
+    if (old && gw_registry_remove_locked(gw, old) &&
+        http_loop_post(http_deferred_base(old->d), answer_now, old) < 0)
+        log_error("op=gateway error=\"cannot answer a superseded long-poll\"");
     pthread_mutex_unlock(&gw->lock);
 }
 
@@ -374,6 +426,13 @@ void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool ass
     struct app *app = http_req_app(req);
     struct gateway *gw = app->gw;
     const struct http_principal *p = http_req_principal(req);
+    if (!assigned && wait_s > 0 && refuses_long_polls(app)) {
+        /* What the exchange recorded is committed; the agent sends its reports again. */
+        json_decref(base);
+        http_reply_header(req, "Retry-After", GW_BUSY_RETRY_AFTER);
+        http_reply_problem(req, PROBLEM_UNAVAILABLE, no_gateway, NULL);
+        return;
+    }
     if (assigned || wait_s <= 0 || !gw) {
         if (base)
             http_reply_json(req, 200, answer_doc(base, assigned));
@@ -394,6 +453,7 @@ void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool ass
     const char *scope = app_agent_scope(p);
     snprintf(w->tenant_id, sizeof(w->tenant_id), "%s", scope ? scope : "");
     w->gw = gw;
+    w->slot = -1; /* not registered */
     w->base = base;
     w->assign = assign;
     w->d = http_req_defer(req);
@@ -416,7 +476,7 @@ void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool ass
     bool stop = atomic_load(&gw->stop);
     bool full = !stop && gw->nwaiters + gw->nlooking >= gw->max_waiters;
     if (!stop && !full) {
-        gw->waiters[gw->nwaiters++] = w;
+        gw_registry_add_locked(gw, w);
         /* An assignment made between the first look and the registration: look once
          * more, on this loop, once the handler has returned. */
         post_wake(w);
@@ -472,9 +532,9 @@ void *gw_wakeups_main(void *arg)
 {
     struct gateway *gw = arg;
     char queue[128];
-    snprintf(queue, sizeof(queue), "orch.gw.%s", gw->app->cfg->node_name);
     struct bus_sub *sub = NULL;
-    if (bus_sub_new(gw->app->cfg->amqp_url, queue, true, &sub) < 0)
+    if (proto_bus_gateway_queue(queue, sizeof(queue), gw->app->cfg->node_name) < 0 ||
+        bus_sub_new(gw->app->cfg->amqp_url, queue, true, &sub) < 0)
         return NULL;
     while (!atomic_load(&gw->stop)) {
         char *body = NULL;
@@ -485,12 +545,12 @@ void *gw_wakeups_main(void *arg)
             continue;
         }
         if (r == 1) {
-            json_error_t e;
-            json_t *m = json_loadb(body, len, 0, &e);
-            const char *agent = json_string_value(json_object_get(m, "agent_id"));
-            if (agent && id_is_valid(agent))
-                gateway_wake(gw, agent);
-            json_decref(m);
+            struct proto_bus_agent_wake m;
+            struct jsonv_error e;
+            if (proto_bus_agent_wake_decode(body, len, &m, &e) == 0)
+                gateway_wake(gw, m.agent_id);
+            else
+                log_debug("op=gateway.wake-up error=\"invalid message\" field=%s", e.field);
             free(body);
         }
     }

@@ -29,6 +29,7 @@
 #include "common/clock.h"
 #include "common/id.h"
 #include "common/log.h"
+#include "proto/agent.h"
 #include "server/http-guard.h"
 
 struct http_loop {
@@ -660,6 +661,22 @@ static int query_check(struct http_req *req)
     return r;
 }
 
+/* The agent protocol's version (proto/agent.h) on the routes of the agent protocol: 0, or
+ * < 0 after answering 400 unsupported-protocol. */
+static int agent_version_check(struct http_req *req)
+{
+    const char *v = http_req_header(req, PROTO_AGENT_VERSION_HEADER);
+    char detail[256], q[64];
+    if (proto_agent_version_check(v, NULL, detail, sizeof(detail)) == 0)
+        return 0;
+    log_warn("op=agent.protocol req=%s route=%s version=%s supported=%d-%d", req->id,
+             req->route->pattern, log_quote(v, q, sizeof(q)), PROTO_AGENT_VERSION_MIN,
+             PROTO_AGENT_VERSION_MAX);
+    http_reply_problem_ext(req, PROBLEM_UNSUPPORTED_PROTOCOL, detail, NULL,
+                           proto_agent_unsupported_new(detail));
+    return -EPROTONOSUPPORT;
+}
+
 static void dispatch(struct http_req *req)
 {
     struct http_server *srv = req->loop->srv;
@@ -696,6 +713,10 @@ static void dispatch(struct http_req *req)
         return;
     }
 
+    /* Before authentication: an agent too old or too new for this server is told that,
+     * whatever else may be wrong with its request. */
+    if (proto_agent_route(req->route->pattern) && agent_version_check(req) < 0)
+        return;
     if (req->route->auth != HTTP_AUTH_NONE) {
         if (authenticate(req) < 0)
             return;

@@ -10,14 +10,17 @@
 #include <unistd.h>
 
 #include "orch-config.h"
+#include "common/cleanup.h"
 #include "common/id.h"
 #include "common/log.h"
 #include "server/api.h"
 #include "server/app.h"
 #include "server/auth-keys.h"
 #include "server/config.h"
+#include "server/dispatcher.h"
 #include "server/gateway.h"
 #include "server/migrate.h"
+#include "server/reaper.h"
 
 /* Exit statuses: 0 done, 1 the operation failed, 2 bad usage or configuration. */
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
@@ -72,7 +75,114 @@ static int cmd_migrate(struct orchd_config *cfg)
     else
         printf("schema migrated from version %d to %d (%d applied)\n", rep.from_version,
                rep.to_version, rep.applied);
+    printf("functions and views of sql/functions/ applied (%d of %d files changed)\n",
+           rep.functions_changed, migrate_nfunctions);
     return EXIT_OK;
+}
+
+/* A node being served: what its roles started. */
+struct node {
+    struct app *app;
+    const struct http_options *ho;
+    struct http_server *srv;
+    struct dispatcher *dispatcher;
+    struct reaper *reaper;
+    char err[512]; /* why a role did not start */
+};
+
+static int gateway_role_start(struct node *n)
+{
+    return gateway_start(n->app, &n->app->gw);
+}
+
+static void gateway_role_stop(struct node *n)
+{
+    gateway_stop(n->app->gw);
+    n->app->gw = NULL;
+}
+
+static int dispatcher_role_start(struct node *n)
+{
+    int r = dispatcher_start(n->app, &n->dispatcher);
+    if (r == 0)
+        gateway_set_dispatcher(n->app->gw, n->dispatcher);
+    return r;
+}
+
+static void dispatcher_role_stop(struct node *n)
+{
+    gateway_set_dispatcher(n->app->gw, NULL);
+    dispatcher_stop(n->dispatcher);
+    n->dispatcher = NULL;
+}
+
+static int reaper_role_start(struct node *n)
+{
+    return reaper_start(n->app, &n->reaper);
+}
+
+static void reaper_role_stop(struct node *n)
+{
+    reaper_stop(n->reaper);
+    n->reaper = NULL;
+}
+
+static int api_role_start(struct node *n)
+{
+    return http_server_start(n->ho, &n->srv, n->err, sizeof(n->err));
+}
+
+static void api_role_stop(struct node *n)
+{
+    http_server_stop(n->srv);
+    n->srv = NULL;
+}
+
+/* The roles a node may run (node.roles), in the order they start. They stop in the
+ * reverse order, but for those marked last. */
+static const struct role {
+    enum node_role role;
+    int (*start)(struct node *n);
+    void (*stop)(struct node *n);
+    bool stop_last;
+} roles[] = {
+    /* First: the dispatcher wakes it (app->gw), the API hands it long-polls. */
+    {NODE_ROLE_GATEWAY, gateway_role_start, gateway_role_stop, false},
+    {NODE_ROLE_DISPATCHER, dispatcher_role_start, dispatcher_role_stop, false},
+    {NODE_ROLE_REAPER, reaper_role_start, reaper_role_stop, false},
+    /* Started last, so that no request comes before what it hands work to runs; stopped
+     * last too, since the gateway answers the long-polls it holds on the server's loops. */
+    {NODE_ROLE_API, api_role_start, api_role_stop, true},
+};
+
+/* Stop the roles of the first started rows of roles[] that this node runs. */
+static void node_stop(struct node *n, size_t started)
+{
+    const struct orchd_config *cfg = n->app->cfg;
+    for (size_t i = started; i-- > 0;)
+        if (!roles[i].stop_last && orchd_config_has_role(cfg, roles[i].role))
+            roles[i].stop(n);
+    for (size_t i = started; i-- > 0;)
+        if (roles[i].stop_last && orchd_config_has_role(cfg, roles[i].role))
+            roles[i].stop(n);
+}
+
+/* Start this node's roles in order; on a failure, stop those started. Returns 0 or -errno. */
+static int node_start(struct node *n)
+{
+    const struct orchd_config *cfg = n->app->cfg;
+    for (size_t i = 0; i < ELEMENTSOF(roles); i++) {
+        if (!orchd_config_has_role(cfg, roles[i].role))
+            continue;
+        int r = roles[i].start(n);
+        if (r < 0) {
+            fprintf(stderr, "orchd: cannot start the %s role: %s\n", node_role_names[roles[i].role],
+                    n->err[0] ? n->err : strerror(-r));
+            node_stop(n, i);
+            return r;
+        }
+    }
+    return 0;
 }
 
 static int cmd_serve(struct orchd_config *cfg)
@@ -126,23 +236,20 @@ static int cmd_serve(struct orchd_config *cfg)
     };
     if (!ho.cert_file)
         log_warn("op=serve tls=off msg=\"plain HTTP: for tests only, set http.cert_file\"");
-    r = gateway_start(&app, &app.gw);
-    if (r < 0) {
-        fprintf(stderr, "orchd: cannot start the gateway and dispatcher\n");
+    struct node node = {.app = &app, .ho = &ho};
+    if (node_start(&node) < 0) {
         app_close(&app);
         return EXIT_FAIL;
     }
-    struct http_server *srv = NULL;
-    r = http_server_start(&ho, &srv, err, sizeof(err));
-    if (r < 0) {
-        fprintf(stderr, "orchd: %s\n", err);
-        gateway_stop(app.gw);
-        app_close(&app);
-        return EXIT_FAIL;
-    }
-    /* The line tests and scripts wait for. */
-    log_info("op=serve state=ready address=%s port=%d threads=%d tls=%s node=%s", cfg->http_address,
-             http_server_port(srv), ho.threads, ho.cert_file ? "on" : "off", cfg->node_name);
+    char running[64] = "";
+    for (int i = 0; i < NODE_ROLE__COUNT; i++)
+        if (orchd_config_has_role(cfg, (enum node_role)i))
+            snprintf(running + strlen(running), sizeof(running) - strlen(running), "%s%s",
+                     running[0] ? "," : "", node_role_names[i]);
+    /* The line tests and scripts wait for (port=0: no api role, no HTTP server). */
+    log_info("op=serve state=ready address=%s port=%d threads=%d tls=%s node=%s roles=%s",
+             cfg->http_address, node.srv ? http_server_port(node.srv) : 0, ho.threads,
+             ho.cert_file ? "on" : "off", cfg->node_name, running);
 
     for (;;) {
         int sig = 0;
@@ -156,9 +263,7 @@ static int cmd_serve(struct orchd_config *cfg)
         break;
     }
     /* Waiting long-polls get their answer first, then the loops stop. */
-    gateway_stop(app.gw);
-    app.gw = NULL;
-    http_server_stop(srv);
+    node_stop(&node, ELEMENTSOF(roles));
     log_info("op=serve state=stopped");
     app_close(&app);
     return EXIT_OK;

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <libpq-fe.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,6 +117,48 @@ static int check_applied(PGconn *pg, char *err, size_t errlen)
     return current;
 }
 
+static const char create_functions_table[] = "CREATE TABLE IF NOT EXISTS orch_schema_functions ("
+                                             " name text PRIMARY KEY,"
+                                             " sha256 text NOT NULL,"
+                                             " applied_at timestamptz NOT NULL DEFAULT now())";
+
+/* Apply every sql/functions/ file and record its checksum. Returns how many files changed
+ * since the last run (or -EIO). In the caller's transaction, under its lock. */
+static int apply_functions(PGconn *pg, char *err, size_t errlen)
+{
+    int r = exec_ok(pg, create_functions_table, "creating orch_schema_functions", err, errlen);
+    int changed = 0;
+    for (int i = 0; r == 0 && i < migrate_nfunctions; i++) {
+        const struct migration *f = &migrate_functions[i];
+        char what[128];
+        snprintf(what, sizeof(what), "sql/functions/%s.sql", f->name);
+        r = exec_ok(pg, f->sql, what, err, errlen);
+        if (r < 0)
+            break;
+        /* The row before the upsert: whether this file's text is new to the database. */
+        const char *params[] = {f->name, f->sha256};
+        PGresult *res =
+            PQexecParams(pg,
+                         "WITH old AS (SELECT sha256 FROM orch_schema_functions WHERE name = $1)"
+                         " INSERT INTO orch_schema_functions AS s (name, sha256) VALUES ($1, $2)"
+                         " ON CONFLICT (name) DO UPDATE SET sha256 = $2, applied_at = now()"
+                         " RETURNING coalesce((SELECT sha256 FROM old), '')",
+                         2, NULL, params, NULL, NULL, 0);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+            set_err(err, errlen, "recording %s: %s", what, PQerrorMessage(pg));
+            PQclear(res);
+            r = -EIO;
+            break;
+        }
+        bool same = strcmp(PQgetvalue(res, 0, 0), f->sha256) == 0;
+        PQclear(res);
+        changed += !same;
+        log_info("op=migrate functions=%s sha256=%s changed=%s", f->name, f->sha256,
+                 same ? "no" : "yes");
+    }
+    return r < 0 ? r : changed;
+}
+
 int migrate_run(const char *url, struct migrate_report *rep, char *err, size_t errlen)
 {
     PGconn *pg = connect_db(url, err, errlen);
@@ -167,6 +210,14 @@ int migrate_run(const char *url, struct migrate_report *rep, char *err, size_t e
         applied++;
     }
 
+    /* Every run: a function or view body changed in sql/functions/ takes effect without a
+     * migration of its own, and one changed by hand in the database is put back. */
+    int changed = 0;
+    if (r == 0) {
+        changed = apply_functions(pg, err, errlen);
+        if (changed < 0)
+            r = changed;
+    }
     if (r == 0)
         r = exec_ok(pg, "COMMIT", "COMMIT", err, errlen);
     else
@@ -178,6 +229,7 @@ int migrate_run(const char *url, struct migrate_report *rep, char *err, size_t e
         rep->from_version = current;
         rep->to_version = migrate_count;
         rep->applied = applied;
+        rep->functions_changed = changed;
     }
     return 0;
 }

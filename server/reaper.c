@@ -1,9 +1,10 @@
-/* reaper.c: leases that ran out, agents gone silent (one node at a time, by advisory
- * lock), and the liveness flush and log retention on the same clock (see gateway.h). */
+/* reaper.c: leases that ran out, agents gone silent, old logs (see reaper.h). */
+#include "server/reaper.h"
+
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "common/clock.h"
 #include "common/log.h"
 #include "server/app.h"
 #include "server/config.h"
@@ -26,36 +27,55 @@ static const struct store_stmt q_offline =
                "       OR last_heartbeat_at < now() - make_interval(secs => $1::int))",
                1);
 
-void *gw_reaper_main(void *arg)
+struct reaper {
+    struct app *app;
+    struct gw_thread th;
+};
+
+static void *reaper_main(void *arg)
 {
-    struct gateway *gw = arg;
-    struct app *app = gw->app;
+    struct reaper *rp = arg;
+    struct app *app = rp->app;
     char online[24];
     snprintf(online, sizeof(online), "%lld", (long long)(app->cfg->agent_online_ms / 1000));
-    int64_t flush_ms =
-        app->cfg->agent_heartbeat_ms / 4 > 0 ? app->cfg->agent_heartbeat_ms / 4 : 1000;
-    uint64_t next_reap = 0;
-    while (!atomic_load(&gw->stop)) {
+    while (!atomic_load(&rp->th.stop)) {
         /* One line per round (debug): tests count them against the clock. */
-        log_debug("op=reaper round=flush");
-        gw_flush_liveness(gw);
-        if (clock_mono_ns() >= next_reap) {
-            next_reap = clock_mono_ns() + 1000000000ull;
-            log_debug("op=reaper round=reap");
-            struct store_tx *tx = NULL;
-            int r = store_tx_begin_system(app->store, &tx);
-            if (r == 0) {
-                store_tx_exec(tx, &q_reap, NULL, NULL);
-                const char *p[] = {online};
-                store_tx_exec(tx, &q_offline, p, NULL);
-                r = store_tx_commit(tx);
-            }
-            if (r < 0)
-                gw_log_store_failure("reaper", r);
-            logs_retention_tick(app);
+        log_debug("op=reaper round=reap");
+        struct store_tx *tx = NULL;
+        int r = store_tx_begin_system(app->store, &tx);
+        if (r == 0) {
+            store_tx_exec(tx, &q_reap, NULL, NULL);
+            const char *p[] = {online};
+            store_tx_exec(tx, &q_offline, p, NULL);
+            r = store_tx_commit(tx);
         }
-        gw_sleep_ms(gw, flush_ms);
+        if (r < 0)
+            gw_log_store_failure("reaper", r);
+        logs_retention_tick(app);
+        gw_thread_sleep(&rp->th, 1000);
     }
-    gw_flush_liveness(gw);
     return NULL;
+}
+
+int reaper_start(struct app *app, struct reaper **ret)
+{
+    struct reaper *rp = calloc(1, sizeof(*rp));
+    if (!rp)
+        return -ENOMEM;
+    rp->app = app;
+    int r = gw_thread_start(&rp->th, reaper_main, rp);
+    if (r < 0) {
+        free(rp);
+        return r;
+    }
+    *ret = rp;
+    return 0;
+}
+
+void reaper_stop(struct reaper *rp)
+{
+    if (!rp)
+        return;
+    gw_thread_stop(&rp->th);
+    free(rp);
 }

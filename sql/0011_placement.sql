@@ -1,3 +1,3 @@
--- 0011_placement: placeholder on the h-pools branch so that migration versions have no gap; the
--- real file comes from its own branch (on a merge conflict take the other side).
+-- 0011_placement: placeholder on the h-wait branch so that 0012 has no gap; the placement
+-- engine's migration (h-engine) replaces this file when the branches meet.
 SELECT 1;

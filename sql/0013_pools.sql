@@ -14,9 +14,9 @@
 -- `orch-agent register` with one makes an agent of that pool.
 --
 -- Which jobs. A pool admits a tenant when the tenant's tier is in its tiers or its id in
--- its tenants. A pool agent runs jobs of every admitted tenant; the agent protocol of a
--- pool agent runs in the system scope, each statement bound to the calling agent's id
--- (server/app.c, app_agent_scope()).
+-- its tenants (admitting_pools(), sql/0012_wait.sql). A pool agent runs jobs of every
+-- admitted tenant; the agent protocol of a pool agent runs in the system scope, each
+-- statement bound to the calling agent's id (server/app.c, app_agent_scope()).
 
 CREATE FUNCTION platform_tenant() RETURNS uuid
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -63,12 +63,6 @@ ALTER TABLE enrollment_tokens ADD COLUMN pool_id uuid REFERENCES pools (id) ON D
 ALTER TABLE enrollment_tokens ADD CONSTRAINT enrollment_tokens_pool_platform
     CHECK ((pool_id IS NOT NULL) = (tenant_id = '00000000-0000-4000-8000-000000000001'::uuid));
 
--- Whether pool p admits tenant t.
-CREATE FUNCTION pool_admits(p pools, t tenants) RETURNS boolean
-    LANGUAGE sql STABLE PARALLEL SAFE
-    AS $$ SELECT t.id = ANY (p.tenants) OR t.tier = ANY (p.tiers) $$;
-GRANT EXECUTE ON FUNCTION pool_admits(pools, tenants) TO orch_app;
-
 -- A pool as the operator API shows it.
 CREATE VIEW pool_view WITH (security_invoker = true) AS
 SELECT p.id, json_build_object(
@@ -108,13 +102,12 @@ BEGIN
     -- with n jobs active is tagged (n + k) / weight, and lower tags go first, so tenants
     -- competing for the same agents (a pool) get placements in proportion to their weights.
     FOR j IN
-        SELECT s.id, s.tid, s.requirements, s.pkg, s.tenant
+        SELECT s.id, s.tid, s.requirements, s.pkg
           FROM (SELECT jb.id, jb.tenant_id AS tid, jb.requirements, jb.priority, jb.created_at,
-                       encode(pk.sha256, 'hex') AS pkg, tn AS tenant,
+                       encode(pk.sha256, 'hex') AS pkg,
                        row_number() OVER (PARTITION BY jb.tenant_id, jb.priority
                                           ORDER BY jb.created_at, jb.id) AS k
-                  FROM jobs jb JOIN tenants tn ON tn.id = jb.tenant_id
-                       LEFT JOIN queues q ON q.id = jb.queue_id
+                  FROM jobs jb LEFT JOIN queues q ON q.id = jb.queue_id
                        LEFT JOIN packages pk ON pk.id = jb.package_id
                                             AND pk.tenant_id = jb.tenant_id
                  WHERE jb.status = 'queued' AND jb.not_before <= now()
@@ -134,8 +127,8 @@ BEGIN
             CONTINUE;
         END IF;
         SELECT ag.id, ag.gateway_node INTO a
-          FROM agents ag LEFT JOIN pools pl ON pl.id = ag.pool_id
-         WHERE (ag.tenant_id = j.tid OR (pl.id IS NOT NULL AND pool_admits(pl, j.tenant)))
+          FROM agents ag
+         WHERE (ag.tenant_id = j.tid OR ag.pool_id IN (SELECT admitting_pools(j.tid)))
            AND ag.status = 'online'
            AND ag.credential_revoked_at IS NULL
            AND ag.last_heartbeat_at > now() - make_interval(secs => online_s)

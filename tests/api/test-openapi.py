@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""test-openapi.py ORCHD OPENAPI_YAML: proto/openapi.yaml describes exactly orchd's routes.
+"""test-openapi.py ORCHD OPENAPI_YAML [PROTO_DUMP AGENT_PROTOCOL_MD]: proto/openapi.yaml
+describes exactly orchd's routes, and proto/'s wire contracts.
 
 Runs `ORCHD routes` (one "METHOD /path" line per route of server/api-routes.c), loads the
 OpenAPI document, and checks that both hold the same (METHOD, path) pairs, and that the
@@ -7,8 +8,17 @@ document is sane: OpenAPI 3.1, every operation with a unique operationId, respon
 an explicit security, every path parameter declared, every $ref resolving, and no key
 outside the keywords of its object (unknown_keys()). Prints one line per check and each
 mismatch, ends with "N passed, M failed", exits 1 on a failure.
+
+With PROTO_DUMP (tests/api/proto-dump.c, which prints proto/'s tables as JSON) it also
+checks that every message table of the agent protocol and its schema in the document agree
+(members, types, nullability, required, bounds, enums, unknown members), that the problem
+types are the spec's, that every agent-protocol route declares the version header, and
+that AGENT_PROTOCOL_MD's table of limits is the one proto/ defines (contract_*()).
 """
 
+import json
+
+import re
 import subprocess
 import sys
 
@@ -247,11 +257,169 @@ def unknown_keys(spec):
                 yield from response(r, at(at(ow, "responses"), code_))
 
 
+# --- proto/ against the spec --------------------------------------------------------------
+
+INT64_MAX = 2**63 - 1
+BASE_TYPES = {
+    "string": ("string", None), "integer": ("integer", None), "number": ("number", None),
+    "boolean": ("boolean", None), "object": ("object", None), "array": ("array", None),
+    "uuid": ("string", "uuid"), "date-time": ("string", "date-time"), "any": (None, None),
+}
+BOUND_KEYS = {
+    "string": ("minLength", "maxLength"), "array": ("minItems", "maxItems"),
+    "object": ("minProperties", "maxProperties"), "integer": ("minimum", "maximum"),
+    "number": ("minimum", "maximum"),
+}
+
+
+def effective(spec, node):
+    """A property's schema: what its $ref points at, with the property's own keywords over
+    it (OpenAPI 3.1 allows keywords beside $ref)."""
+    if not isinstance(node, dict):
+        return {}
+    eff = dict(deref(spec, node)) if "$ref" in node else {}
+    eff.update({k: v for k, v in node.items() if k != "$ref"})
+    return eff
+
+
+def compare_field(spec, where, f, node):
+    """Problems between one table field (from proto-dump) and its property's schema."""
+    problems = []
+    eff = effective(spec, node)
+    want_type, want_format = BASE_TYPES[f["type"]]
+    t = eff.get("type")
+    have = set(t if isinstance(t, list) else [t] if t else [])
+    want = set()
+    if want_type:
+        want.add(want_type)
+        if f["nullable"]:
+            want.add("null")
+    if have != want:
+        problems.append(f"{where}: type {sorted(have) or 'any'} in the spec, "
+                        f"{sorted(want) or 'any'} in proto/")
+    if want_format and eff.get("format") != want_format:
+        problems.append(f"{where}: format {eff.get('format')!r} in the spec, "
+                        f"{want_format!r} in proto/")
+    if "enum" in f:
+        if set(eff.get("enum") or []) - {None} != set(f["enum"]):
+            problems.append(f"{where}: enum {eff.get('enum')} in the spec, {f['enum']} in proto/")
+    keys = BOUND_KEYS.get(f["type"])
+    if keys:
+        lo, hi = f["min"], f["max"]
+        bounded = lo != 0 or hi != 0
+        counted = f["type"] in ("string", "array", "object")
+        # A count's minimum 0 says nothing; a number's minimum 0 does.
+        want_lo = lo if bounded and (lo != 0 or not counted) else None
+        want_hi = hi if bounded and hi not in (0, INT64_MAX) else None
+        have_lo, have_hi = eff.get(keys[0]), eff.get(keys[1])
+        if counted and have_lo == 0:
+            have_lo = None
+        if have_lo != want_lo:
+            problems.append(f"{where}: {keys[0]} {have_lo} in the spec, {want_lo} in proto/")
+        if have_hi != want_hi:
+            problems.append(f"{where}: {keys[1]} {have_hi} in the spec, {want_hi} in proto/")
+    return problems
+
+
+def compare_message(spec, msg):
+    """Problems between one message table and components/schemas/<name>."""
+    name = msg["name"]
+    schemas = (spec.get("components") or {}).get("schemas") or {}
+    if name not in schemas:
+        return [f"{name}: proto/ has the table, the spec no schema #/components/schemas/{name}"]
+    s = deref(spec, schemas[name])
+    problems = []
+    props = s.get("properties") or {}
+    table = {f["name"]: f for f in msg["fields"]}
+    for k in sorted(set(table) - set(props)):
+        problems.append(f"{name}.{k}: in proto/'s table, not in the spec")
+    for k in sorted(set(props) - set(table)):
+        problems.append(f"{name}.{k}: in the spec, not in proto/'s table")
+    if not msg["allow_unknown"] and s.get("additionalProperties") is not False:
+        problems.append(f"{name}: proto/ refuses unknown members, the spec must say "
+                        "additionalProperties: false")
+    req_t = {k for k, f in table.items() if f["required"]}
+    req_s = set(s.get("required") or [])
+    for k in sorted(req_t - req_s):
+        problems.append(f"{name}.{k}: required in proto/, optional in the spec")
+    for k in sorted(req_s - req_t):
+        problems.append(f"{name}.{k}: required in the spec, optional in proto/")
+    for k in sorted(set(table) & set(props)):
+        problems.extend(compare_field(spec, f"{name}.{k}", table[k], props[k]))
+    return problems
+
+
+def contract_checks(spec, dump, doc_path):
+    agent = [m for m in dump["messages"] if m["family"] == "agent"]
+    for m in agent:
+        check(f"proto/ table {m['name']} agrees with the spec", compare_message(spec, m))
+
+    problem = deref(spec, ((spec.get("components") or {}).get("schemas") or {}).get("Problem"))
+    types = set(((problem.get("properties") or {}).get("type") or {}).get("enum") or [])
+    want = set(dump["problem_types"])
+    check("the spec's problem types are proto/problem.c's",
+          [f"{t}: in proto/problem.c, not in the spec's Problem.type" for t in sorted(want - types)]
+          + [f"{t}: in the spec's Problem.type, not in proto/problem.c"
+             for t in sorted(types - want)])
+
+    # The version header: one parameter, on every route of the agent protocol.
+    v = dump["version"]
+    problems = []
+    prm = ((spec.get("components") or {}).get("parameters") or {}).get("OrchProtocol")
+    if not isinstance(prm, dict):
+        problems.append("no #/components/parameters/OrchProtocol")
+    else:
+        sch = prm.get("schema") or {}
+        if (prm.get("name"), prm.get("in")) != (v["header"], "header"):
+            problems.append(f"OrchProtocol: is {prm.get('in')} {prm.get('name')}, "
+                            f"want header {v['header']}")
+        if (sch.get("minimum"), sch.get("maximum")) != (v["min"], v["max"]):
+            problems.append(f"OrchProtocol: versions {sch.get('minimum')}..{sch.get('maximum')}"
+                            f" in the spec, {v['min']}..{v['max']} in proto/agent.h")
+    routes = set(dump["routes"])
+    for m, p, item, op in operations(spec):
+        if p not in routes:
+            continue
+        refs = [x.get("$ref") for x in list(item.get("parameters") or [])
+                + list(op.get("parameters") or []) if isinstance(x, dict)]
+        if "#/components/parameters/OrchProtocol" not in refs:
+            problems.append(f"{m} {p}: a route of the agent protocol without the OrchProtocol "
+                            "parameter")
+    documented = {p for _, p, _, _ in operations(spec)}
+    for p in sorted(routes - documented):
+        problems.append(f"{p}: a route of proto/agent.h not in the spec")
+    check("every agent-protocol route declares the protocol version header", problems)
+
+    # docs/agent-protocol.md states proto/'s limits, between its two markers, as generated.
+    if doc_path:
+        want_lines = [f"| `{k}` | {val} |" for k, val in dump["limits"]]
+        try:
+            with open(doc_path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            text, problems = "", [str(e)]
+        m = re.search(r"<!-- proto-limits:begin -->\n(.*?)<!-- proto-limits:end -->", text,
+                      re.S)
+        problems = []
+        if not m:
+            problems.append(f"{doc_path}: no <!-- proto-limits:begin --> ... end --> section")
+        else:
+            have = [ln for ln in m.group(1).splitlines() if ln.startswith("| `")]
+            if have != want_lines:
+                problems.append(f"{doc_path}: the limits table differs from proto/agent.h; "
+                                "it should read:")
+                problems.extend(want_lines)
+        check("docs/agent-protocol.md states proto/'s limits", problems)
+
+
 def main():
-    if len(sys.argv) != 3:
-        print("usage: test-openapi.py ORCHD OPENAPI_YAML", file=sys.stderr)
+    if len(sys.argv) not in (3, 4, 5):
+        print("usage: test-openapi.py ORCHD OPENAPI_YAML [PROTO_DUMP [AGENT_PROTOCOL_MD]]",
+              file=sys.stderr)
         return 2
     orchd, spec_path = sys.argv[1], sys.argv[2]
+    dump_exe = sys.argv[3] if len(sys.argv) > 3 else None
+    doc_path = sys.argv[4] if len(sys.argv) > 4 else None
 
     try:
         with open(spec_path, encoding="utf-8") as f:
@@ -349,6 +517,17 @@ def main():
     # 9. No key outside the OpenAPI 3.1 / JSON Schema keywords (a YAML slip, not intent).
     check("schema, parameter and operation objects hold only their keywords",
           list(unknown_keys(spec)))
+
+    # 10. proto/'s tables and the spec's schemas agree.
+    if dump_exe:
+        try:
+            dump = json.loads(subprocess.run([dump_exe], check=True, capture_output=True,
+                                             text=True).stdout)
+        except (OSError, subprocess.CalledProcessError, ValueError) as e:
+            dump = None
+            check("proto-dump runs", [str(e)])
+        if dump:
+            contract_checks(spec, dump, doc_path)
 
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0

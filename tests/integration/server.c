@@ -152,12 +152,22 @@ static void server_env(const struct th_server *s, char bufs[6][512], const char 
 
 void th_server_start_peer(struct th_server *peer, const struct th_server *s)
 {
+    th_server_start_peer_env(peer, s, NULL);
+}
+
+void th_server_start_peer_env(struct th_server *peer, const struct th_server *s,
+                              const char *const *extra_env)
+{
     *peer = *s;
     peer->port = 0;
     peer->pid = 0;
     char bufs[6][512];
-    const char *env[10];
+    const char *env[16];
     server_env(s, bufs, env);
+    size_t n = 9;
+    for (size_t i = 0; extra_env && extra_env[i] && n < 15; i++)
+        env[n++] = extra_env[i];
+    env[n] = NULL;
     spawn(peer, env, "orchd-peer.log");
 }
 

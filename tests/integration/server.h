@@ -35,6 +35,10 @@ void th_server_stop(struct th_server *s);
 /* Start a second orchd node sharing s's database, keys and certificate (a second node
  * behind the same load balancer). Stop it with th_server_stop_peer() before s. */
 void th_server_start_peer(struct th_server *peer, const struct th_server *s);
+/* The same with more "K=V" entries for the peer (NULL-terminated; may be NULL), e.g.
+ * ORCHD_NODE_ROLES. */
+void th_server_start_peer_env(struct th_server *peer, const struct th_server *s,
+                              const char *const *extra_env);
 void th_server_stop_peer(struct th_server *peer);
 
 struct th_resp {

@@ -179,7 +179,7 @@ Test(gateway, background_rounds_keep_their_pace_whatever_the_long_polls_do, .ini
         c[i] = (struct churn){.cred = th_agent_register(&srv, admin, name)};
     }
     int checks0 = th_log_count(&srv, "op=gateway.check ");
-    int reaps0 = th_log_count(&srv, "op=reaper round=flush");
+    int reaps0 = th_log_count(&srv, "op=gateway round=flush");
     uint64_t t0 = clock_mono_ns();
     for (int i = 0; i < N; i++) {
         c[i].until = t0 + 4000000000ull;
@@ -193,7 +193,7 @@ Test(gateway, background_rounds_keep_their_pace_whatever_the_long_polls_do, .ini
     }
     double secs = (double)(clock_mono_ns() - t0) / 1e9;
     int checks = th_log_count(&srv, "op=gateway.check ") - checks0;
-    int reaps = th_log_count(&srv, "op=reaper round=flush") - reaps0;
+    int reaps = th_log_count(&srv, "op=gateway round=flush") - reaps0;
     cr_assert_geq(answers, 2 * N, "only %d long-polls answered", answers);
     /* Once a second (and one more at either end); they ran once per answer before. */
     cr_assert_leq(checks, (int)secs + 2, "%d checker rounds in %.1f s for %d answers", checks, secs,

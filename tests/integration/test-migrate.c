@@ -73,6 +73,78 @@ Test(migrate, second_run_changes_nothing)
     PQfinish(pg);
 }
 
+/* The definitions of every function and view of the schema, as one text. */
+static const char schema_bodies[] =
+    "SELECT md5(coalesce(string_agg(d, E'\\n' ORDER BY d), '')) FROM ("
+    " SELECT pg_get_functiondef(p.oid) AS d FROM pg_proc p"
+    "   JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'"
+    " UNION ALL SELECT c.relname || pg_get_viewdef(c.oid) FROM pg_class c"
+    "   JOIN pg_namespace n ON n.oid = c.relnamespace"
+    "  WHERE n.nspname = 'public' AND c.relkind = 'v') x";
+
+static char *bodies_md5(PGconn *pg)
+{
+    PGresult *res = th_pg_ok(pg, schema_bodies);
+    char *md5 = strdup(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return md5;
+}
+
+Test(migrate, functions_are_applied_on_every_run_and_recorded)
+{
+    struct th_run r;
+    run_migrate(&r, NULL);
+    cr_assert_eq(r.status, 0, "stderr: %s", th_str(&r.err));
+    char want[96];
+    snprintf(want, sizeof(want), "(%d of %d files changed)", migrate_nfunctions,
+             migrate_nfunctions);
+    cr_assert(strstr(th_str(&r.out), want), "stdout: %s", th_str(&r.out));
+    th_run_free(&r);
+    PGconn *pg = th_pg_connect("orch_owner", db);
+    cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM orch_schema_functions"), migrate_nfunctions);
+    for (int i = 0; i < migrate_nfunctions; i++) {
+        char q[256];
+        snprintf(q, sizeof(q),
+                 "SELECT count(*) FROM orch_schema_functions WHERE name = '%s'"
+                 " AND sha256 = '%s'",
+                 migrate_functions[i].name, migrate_functions[i].sha256);
+        cr_assert_eq(th_pg_long(pg, q), 1, "%s not recorded", migrate_functions[i].name);
+    }
+    char *before = bodies_md5(pg);
+
+    /* Idempotent: a second run leaves every body and the version as they were. */
+    run_migrate(&r, NULL);
+    cr_assert_eq(r.status, 0, "stderr: %s", th_str(&r.err));
+    cr_assert(strstr(th_str(&r.out), "up to date"), "stdout: %s", th_str(&r.out));
+    snprintf(want, sizeof(want), "(0 of %d files changed)", migrate_nfunctions);
+    cr_assert(strstr(th_str(&r.out), want), "stdout: %s", th_str(&r.out));
+    th_run_free(&r);
+    char *after = bodies_md5(pg);
+    cr_assert_str_eq(before, after);
+    free(after);
+    cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM orch_schema_version"), migrate_count);
+
+    /* A function whose body differs from sql/functions/ (as after an older orchd's migrate,
+     * whose copy had another checksum): the next run puts the binary's body back. */
+    PQclear(th_pg_ok(pg, "CREATE OR REPLACE FUNCTION retry_backoff(n int) RETURNS interval"
+                         " LANGUAGE sql VOLATILE AS $$ SELECT interval '42 seconds' $$"));
+    PQclear(th_pg_ok(pg, "UPDATE orch_schema_functions SET sha256 = 'older'"
+                         " WHERE name = '40_jobs'"));
+    cr_assert_eq(th_pg_long(pg, "SELECT extract(epoch FROM retry_backoff(1))::int"), 42);
+    run_migrate(&r, NULL);
+    cr_assert_eq(r.status, 0, "stderr: %s", th_str(&r.err));
+    snprintf(want, sizeof(want), "(1 of %d files changed)", migrate_nfunctions);
+    cr_assert(strstr(th_str(&r.out), want), "stdout: %s", th_str(&r.out));
+    cr_assert(strstr(th_str(&r.err), "functions=40_jobs"), "stderr: %s", th_str(&r.err));
+    th_run_free(&r);
+    cr_assert_eq(th_pg_long(pg, "SELECT (retry_backoff(1) <= interval '2 seconds')::int"), 1);
+    after = bodies_md5(pg);
+    cr_assert_str_eq(before, after, "the bodies differ from a fresh migrate's");
+    free(after);
+    free(before);
+    PQfinish(pg);
+}
+
 Test(migrate, concurrent_runs_apply_once)
 {
     /* Two nodes migrating at the same moment: the advisory lock queues one behind the

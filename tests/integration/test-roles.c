@@ -1,0 +1,138 @@
+/* Node roles (node.roles): a node runs only the roles it is given. A node with api and
+ * gateway holds agents' long-polls but assigns nothing; a second node with the dispatcher
+ * role assigns the queued jobs and wakes the first node's gateway through RabbitMQ; a node
+ * without the gateway role refuses long-polls with 503. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/integration/harness.h"
+#include "tests/integration/server.h"
+
+static struct th_server srv, peer;
+static char *op, *tenant, *admin;
+
+static void setup(void)
+{
+    const char *env[] = {"ORCHD_NODE_ROLES=api,gateway,reaper", "ORCHD_NODE_NAME=front",
+                         "ORCHD_AGENT_HEARTBEAT_INTERVAL=1s", NULL};
+    th_server_start(&srv, env);
+    op = th_token(&srv, srv.operator_token);
+    tenant = th_tenant(&srv, op, "acme", "standard");
+    admin = th_tenant_token(&srv, op, tenant, "admin");
+}
+
+static void teardown(void)
+{
+    /* Also when a failed assertion left the test before it stopped the peer, which would
+     * hold the database open. */
+    if (peer.pid > 0)
+        th_server_stop_peer(&peer);
+    free(admin);
+    free(tenant);
+    free(op);
+    th_server_stop(&srv);
+}
+
+TestSuite(roles, .init = setup, .fini = teardown, .timeout = 120);
+
+static const char *status_of(struct th_server *s, const char *id)
+{
+    static char st[32];
+    json_t *j = th_job(s, admin, id);
+    snprintf(st, sizeof(st), "%s", json_string_value(json_object_get(j, "status")));
+    json_decref(j);
+    return st;
+}
+
+static void beat(struct th_server *s, const char *cred)
+{
+    struct th_resp r;
+    th_http(s, "POST", "/api/v1/agent/heartbeat", cred,
+            "{\"status\":\"idle\",\"slots\":2,\"free_slots\":2,\"running\":[]}", NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    th_resp_free(&r);
+}
+
+Test(roles, jobs_wait_for_a_node_with_the_dispatcher_role)
+{
+    cr_assert_eq(th_log_count(&srv, "roles=api,gateway,reaper"), 1, "ready line names the roles");
+    char *cred = th_agent_register(&srv, admin, "a1");
+    beat(&srv, cred);
+    char *id = th_job_submit(&srv, admin, json_pack("{s:s}", "command", "echo hi"));
+
+    /* No dispatcher anywhere: the job stays queued. The agent's long-polls, held a second
+     * each by the gateway, pace the look (eight dispatch ticks each): nothing comes. */
+    for (int i = 0; i < 2; i++) {
+        struct th_resp r;
+        th_http(&srv, "GET", "/api/v1/agent/assignments?wait=1", cred, NULL, NULL, &r);
+        cr_assert_eq(r.status, 200, "%s", r.body);
+        cr_assert_eq(json_array_size(json_object_get(r.json, "assignments")), 0, "%s", r.body);
+        th_resp_free(&r);
+        cr_assert_str_eq(status_of(&srv, id), "queued");
+    }
+    cr_assert_eq(th_log_count(&srv, "op=dispatch "), 0);
+
+    /* A node with the dispatcher role (and api, no gateway) joins. */
+    const char *penv[] = {"ORCHD_NODE_ROLES=api,dispatcher", NULL};
+    th_server_start_peer_env(&peer, &srv, penv);
+    cr_assert_eq(th_log_count(&peer, "roles=api,dispatcher"), 1);
+
+    /* The agent's long-poll on the gateway node is answered with the job: the dispatcher
+     * on the peer woke it through orch.gw.front. */
+    struct th_resp r;
+    th_http(&srv, "GET", "/api/v1/agent/assignments?wait=20", cred, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    json_t *a = json_array_get(json_object_get(r.json, "assignments"), 0);
+    cr_assert_not_null(a, "no assignment within 20 s: %s", r.body);
+    cr_assert_str_eq(json_string_value(json_object_get(a, "job_id")), id);
+    th_resp_free(&r);
+    cr_assert_str_eq(status_of(&srv, id), "assigned");
+    cr_assert_geq(th_log_count(&peer, "op=dispatch "), 1);
+
+    /* The peer has no gateway: it refuses long-polls (plain and in a sync), clearly. */
+    th_http(&peer, "GET", "/api/v1/agent/assignments?wait=5", cred, NULL, NULL, &r);
+    cr_assert_eq(r.status, 503, "%s", r.body);
+    cr_assert(strstr(th_str_of(&r, "detail"), "gateway"), "%s", r.body);
+    char *retry = th_resp_header(&r, "Retry-After");
+    cr_assert_not_null(retry);
+    free(retry);
+    th_resp_free(&r);
+    th_http(&peer, "POST", "/api/v1/agent/sync", cred, "{\"assign\":true,\"wait\":5}", NULL, &r);
+    cr_assert_eq(r.status, 503, "%s", r.body);
+    th_resp_free(&r);
+    /* Without waiting, the peer answers as any node does. */
+    th_http(&peer, "GET", "/api/v1/agent/assignments?wait=0", cred, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    th_resp_free(&r);
+
+    th_server_stop_peer(&peer);
+    free(id);
+    free(cred);
+}
+
+Test(roles, bad_role_lists_are_refused)
+{
+    const char *orchd = getenv("ORCH_TEST_ORCHD");
+    const char *argv[] = {orchd, "check-config", NULL};
+    struct {
+        const char *env, *says;
+        int status;
+    } cases[] = {
+        {"ORCHD_NODE_ROLES=api,gateway,dispatcher,reaper", "configuration is valid", 0},
+        {"ORCHD_NODE_ROLES=api, reaper", "configuration is valid", 0},
+        {"ORCHD_NODE_ROLES=gateway", "gateway needs api", 2},
+        {"ORCHD_NODE_ROLES=api,scheduler", "unknown role 'scheduler'", 2},
+        {"ORCHD_NODE_ROLES=,", "no role", 2},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const char *env[] = {cases[i].env, NULL};
+        struct th_run r;
+        th_run(&r, argv, env, 30000);
+        cr_assert_eq(r.status, cases[i].status, "%s: status %d", cases[i].env, r.status);
+        const char *out = cases[i].status ? r.err.data : r.out.data;
+        cr_assert(out && strstr(out, cases[i].says), "%s: %s", cases[i].env, out ? out : "");
+        th_run_free(&r);
+    }
+}
