@@ -4,8 +4,8 @@
 # the CLI. Everything started is stopped on exit; the state directory is removed unless
 # BENCH_KEEP=1.
 
-# bench_start NAME: build, services, orchd. Sets base, ca, token, dir; defines api, field,
-# psql_q.
+# bench_start NAME: build, services, orchd. Sets base, ca, token, dir, op (a platform
+# token), tenant (the tenant's id) and key (its admin API key); defines api, field, psql_q.
 bench_start() {
     orch_install_deps
     cd "$ORCH_ROOT"
@@ -30,7 +30,6 @@ bench_start() {
     base=https://127.0.0.1:$ORCHD_HTTP_PORT
     ca=$dir/tls/ca.pem
     orch_wait_for 30 curl -sf --cacert "$ca" "$base/healthz" || die "orchd did not start"
-    local op tenant key
     op=$(api POST /api/v1/auth/token "" "{\"key\":\"$optoken\"}" | field access_token)
     tenant=$(api POST /api/v1/tenants "$op" "{\"slug\":\"bench\",\"display_name\":\"Bench\",
       \"tier\":\"enterprise\",\"quotas\":{\"api_calls_per_day\":100000000,\"rate_per_second\":1000000,

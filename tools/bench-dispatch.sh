@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# tools/bench-dispatch.sh: how fast orchd places jobs on many agents, printed as a table.
+#
+# Starts private PostgreSQL and RabbitMQ and orchd over TLS (tools/bench-lib.sh), lifts the
+# bench tenant's quotas (agents 20,000, concurrent jobs 100,000) through the operator API,
+# makes one enrolment token, then runs tools/loadgen (orch-loadgen: simulated agents in one
+# process, speaking the real agent protocol over HTTPS, and a submitter) once per cell:
+#
+#   agents   jobs    (BENCH_CELLS, "AGENTS:JOBS ...")
+#        1    200
+#      100   1000
+#     1000   2000
+#    10000    200
+#
+# (fewer jobs at 10,000 agents: main's dispatcher places a few per second there, and the
+# whole bench must stay near 10 minutes on 2 cores, enrolling 10,000 agents included).
+# Each agent has BENCH_SLOTS slots (default 4); each job "runs" BENCH_RUN_MS (default 100)
+# on its agent; the jobs are submitted at BENCH_RATE per second (default 0: all at once, in
+# batches of 1,000, so placements/s is the dispatcher's capacity and the latencies include
+# the time a job queues behind the others). The cells share one set of enrolled agents
+# (each cell's agents are a superset of the last one's), so no job is ever placed on an
+# agent of an earlier cell that went away.
+#
+# Agents heartbeat every BENCH_HEARTBEAT seconds (default 60; orchd's agent.heartbeat_interval,
+# with agent.online_window and agent.lease raised to match) and hold each exchange up to
+# 60 s, so that 10,000 idle agents cost the server about 170 exchanges a second rather than
+# the 2,000 of orch-agent's defaults (10 s, 25 s, heartbeat apart): the table measures
+# placement, not the upkeep of idle connections.
+#
+# Columns: placements/s = assignments received by the agents per second, from the first
+# submission to the last assignment; submit->assign = from the submitting request's send
+# to the agent's receipt of the assignment; lifecycle jobs/s = results accepted per second.
+# The last line is the largest cell:
+#   result: agents=N placements_per_s=X submit_assign_p50_ms=Y submit_assign_p99_ms=Z
+#
+# Environment: BENCH_CELLS, BENCH_SLOTS, BENCH_RUN_MS, BENCH_RATE, BENCH_HEARTBEAT,
+# BENCH_CELL_TIMEOUT (seconds per phase of a cell, default 240),
+# BENCH_KEEP=1 (keep the state directory), ORCH_SKIP_APT=1. Needs about 10 minutes on 2
+# cores.
+source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/bench-lib.sh"
+
+cells=${BENCH_CELLS:-"1:200 100:1000 1000:2000 10000:200"}
+hb_s=${BENCH_HEARTBEAT:-60}
+slots=${BENCH_SLOTS:-4}
+run_ms=${BENCH_RUN_MS:-100}
+rate=${BENCH_RATE:-0}
+duration=${BENCH_CELL_TIMEOUT:-240} # per phase of a cell: connecting, then the jobs
+incomplete=
+max_agents=0
+for c in $cells; do
+    a=${c%%:*}
+    [ "$a" -gt "$max_agents" ] && max_agents=$a
+done
+
+# One connection per agent on both sides: orchd and the load generator need the file
+# descriptors, and orchd's connection limits must let them in (127.0.0.x sources spread the
+# ports).
+ulimit -n "$(ulimit -Hn)"
+[ "$(ulimit -n)" -gt $((max_agents + 512)) ] || die "ulimit -n $(ulimit -n) is too low for $max_agents agents"
+export ORCHD_AGENT_HEARTBEAT_INTERVAL=${hb_s}s
+export ORCHD_AGENT_ONLINE_WINDOW=$((hb_s * 5 / 2))s ORCHD_AGENT_LEASE=$((hb_s * 3))s
+export ORCHD_HTTP_MAX_CONNECTIONS=$((max_agents + 1024))
+export ORCHD_HTTP_MAX_CONNECTIONS_PER_ADDRESS=$((max_agents + 1024))
+srcs=127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5
+
+bench_start bench-dispatch
+loadgen=$ORCH_ROOT/build-bench/tools/loadgen/orch-loadgen
+api PATCH "/api/v1/tenants/$tenant" "$op" "{\"quotas\":{\"agents\":$((max_agents + 100)),
+  \"concurrent_jobs\":100000,\"api_calls_per_day\":100000000,\"rate_per_second\":1000000,
+  \"rate_burst\":1000000}}" >/dev/null
+etok=$(api POST /api/v1/enrollment-tokens "$token" \
+    "{\"name\":\"bench-dispatch\",\"max_uses\":$max_agents,\"expires_in\":86400}" | field token)
+
+say "enrolling $max_agents simulated agents"
+"$loadgen" --url "$base" --ca "$ca" --api-key "$key" --enrol-token "$etok" \
+    --state "$ORCH_STATE/loadgen.json" --agents "$max_agents" --slots "$slots" --jobs 0 \
+    --source-addrs "$srcs" --quiet >/dev/null || die "enrolment failed"
+
+rows=()
+last=
+for c in $cells; do
+    a=${c%%:*}
+    j=${c##*:}
+    say "cell: $a agents x $slots slots, $j jobs of $run_ms ms"
+    # A cell that does not finish within --duration still reports what it measured (its
+    # jobs not placed count with the time they waited): the table says how many completed.
+    out=$("$loadgen" --url "$base" --ca "$ca" --api-key "$key" --state "$ORCH_STATE/loadgen.json" \
+        --agents "$a" --slots "$slots" --jobs "$j" --run-ms "$run_ms" --rate "$rate" \
+        --poll-wait 60 --source-addrs "$srcs" --duration "$duration" --json) ||
+        say "not every job completed at $a agents within $duration s"
+    row=$(python3 -c '
+import json, sys
+r = json.loads(sys.argv[1])
+print("%d %d %d %.1f %.1f %.1f %.1f" % (r["agents"], r["jobs"], r["completed"],
+      r["placements_per_s"], r["submit_assign_p50_ms"], r["submit_assign_p99_ms"],
+      r["completed_per_s"]))' "$out") || die "the load generator failed at $a agents: $out"
+    read -r _ _ done_jobs _ <<<"$row"
+    [ "$done_jobs" = "$j" ] || incomplete=1
+    rows+=("$row")
+    last=$row
+done
+
+echo
+echo "Dispatch on $(nproc) cores: orchd, PostgreSQL, RabbitMQ and orch-loadgen on one box, TLS;"
+how="all at once, in batches of 1,000"
+[ "$rate" = 0 ] || how="at $rate jobs/s"
+echo "$slots slots per agent, jobs of $run_ms ms, heartbeat ${hb_s} s, jobs submitted $how"
+echo
+echo "| agents |  jobs | completed | placements/s | submit->assign p50 ms |   p99 ms | lifecycle jobs/s |"
+echo "|--------|-------|-----------|--------------|-----------------------|----------|------------------|"
+for row in "${rows[@]}"; do
+    read -r a j c p p50 p99 l <<<"$row"
+    printf '| %6s | %5s | %9s | %12s | %21s | %8s | %16s |\n' "$a" "$j" "$c" "$p" "$p50" "$p99" "$l"
+done
+read -r a j c p p50 p99 l <<<"$last"
+echo
+[ -z "$incomplete" ] || echo "(a cell short of its jobs: its rates count the whole cell, and its latencies the jobs never placed with the time they waited)"
+echo "result: agents=$a placements_per_s=$p submit_assign_p50_ms=$p50 submit_assign_p99_ms=$p99"
