@@ -126,8 +126,10 @@ static int renew_due(struct app *app, const struct http_principal *p, struct sto
 }
 
 /* The host's free memory and disk and its CPU use, which placement matches requirements
- * against: written when a figure moved enough to matter (a sixteenth of the memory or
- * disk, ten points of CPU), so that a steady agent's heartbeats do not rewrite its row. */
+ * against, from an agent's first heartbeat on this node (or every heartbeat on a node
+ * without the gateway role): written when a figure moved enough to matter (a sixteenth of
+ * the memory or disk, ten points of CPU). The gateway's batched liveness write
+ * (server/gw-liveness.c) carries the later ones. */
 static const struct store_stmt q_load = STORE_STMT(
     "ap_load",
     "UPDATE agents SET memory_free_bytes = coalesce($2::bigint, memory_free_bytes),"
@@ -182,19 +184,21 @@ static int heartbeat(struct app *app, const struct http_principal *p, struct sto
         running = none;
 
     int r = 0;
-    if (!app->gw || gateway_note_heartbeat(app->gw, p->subject, running)) {
+    if (!app->gw ||
+        gateway_note_heartbeat(app->gw, p->subject, running, hb->has_load ? &hb->load : NULL)) {
         /* First heartbeat on this node: write it now so the dispatcher sees the agent. */
         char slots[24] = "";
         if (hb->slots > 0)
             snprintf(slots, sizeof(slots), "%lld", (long long)hb->slots);
         const char *pp[] = {p->subject, app->cfg->node_name, slots[0] ? slots : NULL};
         r = store_tx_exec(tx, &q_first_beat, pp, NULL);
+        /* Its host figures too, at once; later ones ride the gateway's batched write. */
+        if (r >= 0)
+            r = store_load(p, tx, hb);
         gateway_kick_dispatch(app->gw); /* a new agent: maybe jobs wait for it */
     }
     if (r >= 0)
         r = renew_due(app, p, tx, hb);
-    if (r >= 0)
-        r = store_load(p, tx, hb);
     if (r >= 0 && hb->capabilities) {
         _cleanup_free_ char *text = json_dumps(hb->capabilities, JSON_COMPACT);
         const char *pp[] = {p->subject, text};
@@ -204,6 +208,9 @@ static int heartbeat(struct app *app, const struct http_principal *p, struct sto
         _cleanup_free_ char *text = json_dumps(hb->packages, JSON_COMPACT);
         const char *pp[] = {p->subject, text};
         r = text ? store_tx_exec(tx, &q_packages, pp, NULL) : -ENOMEM;
+        /* The dispatcher's index learns of the cache within its kick window (after this
+         * transaction commits), not only at its next full refresh. */
+        gateway_kick_dispatch(app->gw);
     }
     PGresult *res = NULL;
     const char *pj[] = {p->subject};

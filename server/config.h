@@ -37,6 +37,9 @@ struct orchd_config {
     bool dispatch_enabled;          /* dispatch.enabled: false removes the dispatcher role */
     int64_t dispatch_tick_ms;       /* dispatch.tick */
     int64_t dispatch_aging_ms;      /* dispatch.aging: one priority step per this much waited */
+    int64_t dispatch_batch;         /* dispatch.batch: proposals per assign_batch() */
+    int64_t dispatch_refresh_ms;    /* dispatch.refresh: agents, tenants, queues reread */
+    int64_t dispatch_resync_ms;     /* dispatch.resync: the whole index rebuilt */
     int64_t gateway_max_waiters;    /* gateway.max_waiters */
     char *node_name;                /* node.name: this node in logs and the audit trail */
     char *node_roles;               /* node.roles: as written, e.g. "api,gateway" */

@@ -1,4 +1,20 @@
-/* dispatcher.c: the dispatch loop (see dispatcher.h). */
+/* dispatcher.c: the dispatch loop (see dispatcher.h and docs/scheduling.md).
+ *
+ * One thread owns a placement engine (server/placement.c) and keeps it current:
+ *   - a full load at start and every dispatch.resync (a new engine: what the increments
+ *     missed, jobs other dispatchers took, agents deleted, all go);
+ *   - newly queued jobs by jobs.queued_seq after every wake-up (a submission on the bus, a
+ *     kick, the tick), and once a second again from a mark a second old, for the jobs
+ *     whose transactions committed after a later number was read;
+ *   - agents, tenants, queues and pools with their counts of active jobs every
+ *     dispatch.refresh and at once on a kick (a slot came free): one query each, counts
+ *     from the partial indexes of active jobs, O(agents + tenants + queues), never per job.
+ * Then it plans, commits the proposals with assign_batch() in batches of dispatch.batch,
+ * reports each outcome back to the engine and wakes the gateways holding the agents.
+ *
+ * Several dispatchers may run at once on several nodes: each proposes from its own index
+ * and PostgreSQL decides, so they never oversubscribe; each sees every queued job, so a
+ * dispatcher that dies strands nothing. */
 #include "server/dispatcher.h"
 
 #include <errno.h>
@@ -7,25 +23,431 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "common/buf.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "proto/bus.h"
 #include "server/app.h"
 #include "server/bus.h"
 #include "server/gateway-internal.h"
+#include "server/placement.h"
+
+/* Rows per page of the job load. */
+#define LOAD_PAGE 10000
+/* How far back the second look at new jobs reaches. */
+#define TRAIL_MS 1000
+/* After a kick, how long rounds reread the counts, and how often: a kick may come before
+ * the transaction that caused it commits (a new agent's first heartbeat), and the round it
+ * starts would then read the old state; the rounds that follow within the window, one
+ * every KICK_ROUND_MS, read the new. */
+#define KICK_FRESH_MS 500
+#define KICK_ROUND_MS 100
 
 struct dispatcher {
     struct app *app;
     struct gw_thread th;
-    atomic_bool kick; /* a round is wanted now */
+    atomic_bool kick; /* a round is wanted now, with fresh counts */
+    /* Owned by the thread. */
+    struct placement *pl;
+    long long seq;       /* highest queued_seq loaded */
+    long long trail_seq; /* seq as it was at trail_at */
+    uint64_t trail_at;   /* when the next second look is due */
+    uint64_t next_refresh, next_resync;
+    uint64_t fresh_until; /* rounds reread the counts until then (after a kick) */
+    char lease[24], online[24];
 };
 
-static const struct store_stmt q_dispatch =
-    STORE_STMT("gw_dispatch",
-               "SELECT job_id, tenant_id, agent_id, epoch, gateway_node"
-               "  FROM dispatch_round($1::int, $2::int, $3::int)",
-               3);
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static const char *val(const PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? NULL : PQgetvalue(res, row, col);
+}
+
+static long long num(const PGresult *res, int row, int col)
+{
+    const char *s = val(res, row, col);
+    return s ? strtoll(s, NULL, 10) : 0;
+}
+
+/* --- loading --------------------------------------------------------------------------------- */
+
+static const struct store_stmt q_tenants =
+    STORE_STMT("dispatch_tenants",
+               "SELECT tq.tenant_id, tq.tier, tq.weight,"
+               "       CASE WHEN t.status = 'active' THEN tq.max_concurrent_jobs ELSE 0 END,"
+               "       coalesce(c.n, 0)"
+               "  FROM tenant_quotas tq JOIN tenants t ON t.id = tq.tenant_id"
+               "  LEFT JOIN (SELECT tenant_id, count(*) AS n FROM jobs"
+               "              WHERE status IN ('assigned', 'running') GROUP BY tenant_id) c"
+               "         ON c.tenant_id = tq.tenant_id",
+               0);
+
+static const struct store_stmt q_queues =
+    STORE_STMT("dispatch_queues",
+               "SELECT q.id, q.paused, coalesce(q.max_running, 0), coalesce(c.n, 0)"
+               "  FROM queues q"
+               "  LEFT JOIN (SELECT queue_id, count(*) AS n FROM jobs"
+               "              WHERE status IN ('assigned', 'running') AND queue_id IS NOT NULL"
+               "              GROUP BY queue_id) c ON c.queue_id = q.id",
+               0);
+
+static const struct store_stmt q_pools =
+    STORE_STMT("dispatch_pools",
+               "SELECT id, array_to_json(tiers)::text, array_to_json(tenants)::text FROM pools", 0);
+
+/* A stamp of what an agent offers but its counts and host figures: when it differs from
+ * the one the index holds, the agent is read whole. */
+#define AGENT_STAMP                                                                                \
+    "hashtextextended(concat_ws('|', a.tenant_id, a.pool_id, a.labels::text, a.os, a.arch,"        \
+    " a.slots, array_to_string(a.cached_packages, ',')), 0)"
+
+static const struct store_stmt q_agents = STORE_STMT(
+    "dispatch_agents",
+    "SELECT a.id, CASE WHEN a.pool_id IS NULL THEN a.tenant_id END, a.pool_id,"
+    "       a.labels::text, a.os, a.arch, coalesce(a.memory_free_bytes, -1),"
+    "       coalesce(a.disk_free_bytes, -1), coalesce(a.cpu_percent, -1), a.slots,"
+    "       coalesce(c.n, 0), array_to_json(a.cached_packages)::text,"
+    "       a.status = 'online' AND a.credential_revoked_at IS NULL"
+    "       AND a.last_heartbeat_at > now() - make_interval(secs => $1::int), " AGENT_STAMP
+    "  FROM agents a"
+    "  LEFT JOIN (SELECT agent_id, count(*) AS n FROM jobs"
+    "              WHERE status IN ('assigned', 'running') GROUP BY agent_id) c"
+    "         ON c.agent_id = a.id",
+    1);
+
+/* Between full refreshes: each agent's active jobs, whether it is online, and its stamp. */
+static const struct store_stmt q_agent_counts = STORE_STMT(
+    "dispatch_agent_counts",
+    "SELECT a.id, coalesce(c.n, 0),"
+    "       a.status = 'online' AND a.credential_revoked_at IS NULL"
+    "       AND a.last_heartbeat_at > now() - make_interval(secs => $1::int), " AGENT_STAMP
+    "  FROM agents a"
+    "  LEFT JOIN (SELECT agent_id, count(*) AS n FROM jobs"
+    "              WHERE status IN ('assigned', 'running') GROUP BY agent_id) c"
+    "         ON c.agent_id = a.id",
+    1);
+
+static const struct store_stmt q_jobs = STORE_STMT(
+    "dispatch_jobs",
+    "SELECT j.id, j.tenant_id, j.queue_id, j.priority,"
+    "       (extract(epoch FROM j.created_at) * 1000)::bigint,"
+    "       (extract(epoch FROM j.not_before) * 1000)::bigint, j.requirements::text,"
+    "       encode(p.sha256, 'hex'), j.queued_seq"
+    "  FROM jobs j LEFT JOIN packages p ON p.id = j.package_id AND p.tenant_id = j.tenant_id"
+    " WHERE j.status = 'queued' AND NOT j.cancel_requested AND j.queued_seq > $1::bigint"
+    " ORDER BY j.queued_seq LIMIT $2::int",
+    2);
+
+/* A JSON array of strings as a C array (pointers into arr, which the caller keeps). */
+static size_t str_array(json_t *arr, const char **out, size_t max)
+{
+    size_t n = 0, i;
+    json_t *v;
+    json_array_foreach(arr, i, v)
+    {
+        if (json_is_string(v) && n < max)
+            out[n++] = json_string_value(v);
+    }
+    return n;
+}
+
+/* Tenants and queues with their counts; agents (and pools) whole when full, else only
+ * their counts and online state, unless one of them is new to the index or its stamp
+ * changed (labels, pool, slots, cached packages: a new agent's first heartbeat). Free
+ * memory, disk and CPU are read with the full refreshes only. */
+static int load_counts(struct dispatcher *d, struct store_tx *tx, bool full)
+{
+    PGresult *res = NULL;
+    int n = store_tx_exec(tx, &q_tenants, NULL, &res);
+    for (int i = 0; i < n; i++)
+        placement_tenant_set(d->pl, val(res, i, 0), val(res, i, 1), (int)num(res, i, 2),
+                             (int)num(res, i, 3), (int)num(res, i, 4));
+    PQclear(res);
+    if (n < 0)
+        return n;
+    res = NULL;
+    n = store_tx_exec(tx, &q_queues, NULL, &res);
+    for (int i = 0; i < n; i++)
+        placement_queue_set(d->pl, val(res, i, 0), strcmp(val(res, i, 1), "t") == 0,
+                            (int)num(res, i, 2), (int)num(res, i, 3));
+    PQclear(res);
+    if (n < 0)
+        return n;
+    const char *p[] = {d->online};
+    if (!full) {
+        res = NULL;
+        n = store_tx_exec(tx, &q_agent_counts, p, &res);
+        for (int i = 0; i < n && !full; i++)
+            full = placement_agent_update(d->pl, val(res, i, 0), (int)num(res, i, 1),
+                                          strcmp(val(res, i, 2) ? val(res, i, 2) : "f", "t") == 0,
+                                          num(res, i, 3)) < 0;
+        PQclear(res);
+        if (n < 0 || !full)
+            return n < 0 ? n : 0;
+    }
+    res = NULL;
+    n = store_tx_exec(tx, &q_pools, NULL, &res);
+    for (int i = 0; i < n; i++) {
+        json_t *tiers = json_loads(val(res, i, 1), 0, NULL);
+        json_t *tenants = json_loads(val(res, i, 2), 0, NULL);
+        size_t nt = json_array_size(tiers), nn = json_array_size(tenants);
+        const char **t = calloc(nt + 1, sizeof(*t)), **m = calloc(nn + 1, sizeof(*m));
+        if (t && m)
+            placement_pool_set(d->pl, val(res, i, 0), t, str_array(tiers, t, nt), m,
+                               str_array(tenants, m, nn));
+        free(t);
+        free(m);
+        json_decref(tiers);
+        json_decref(tenants);
+    }
+    PQclear(res);
+    if (n < 0)
+        return n;
+    res = NULL;
+    n = store_tx_exec(tx, &q_agents, p, &res);
+    for (int i = 0; i < n; i++) {
+        json_t *labels = json_loads(val(res, i, 3), 0, NULL);
+        json_t *pkgs = json_loads(val(res, i, 11), 0, NULL);
+        size_t np = json_array_size(pkgs);
+        const char **pk = calloc(np + 1, sizeof(*pk));
+        struct placement_agent a = {
+            .id = val(res, i, 0),
+            .tenant_id = val(res, i, 1),
+            .pool_id = val(res, i, 2),
+            .labels = json_is_object(labels) ? labels : NULL,
+            .os = val(res, i, 4),
+            .arch = val(res, i, 5),
+            .memory_free_bytes = num(res, i, 6),
+            .disk_free_bytes = num(res, i, 7),
+            .cpu_percent = strtod(val(res, i, 8), NULL),
+            .slots = (int)num(res, i, 9),
+            .active = (int)num(res, i, 10),
+            .packages = pk,
+            .npackages = pk ? str_array(pkgs, pk, np) : 0,
+            .online = strcmp(val(res, i, 12) ? val(res, i, 12) : "f", "t") == 0,
+            .stamp = num(res, i, 13),
+        };
+        placement_agent_set(d->pl, &a);
+        free(pk);
+        json_decref(labels);
+        json_decref(pkgs);
+    }
+    PQclear(res);
+    return n < 0 ? n : 0;
+}
+
+/* Jobs queued with a number above from, page by page. Returns how many were new, or a
+ * store error. */
+static int load_jobs(struct dispatcher *d, struct store_tx *tx, long long from)
+{
+    int added = 0;
+    for (;;) {
+        char after[24], page[24];
+        snprintf(after, sizeof(after), "%lld", from);
+        snprintf(page, sizeof(page), "%d", LOAD_PAGE);
+        const char *p[] = {after, page};
+        PGresult *res = NULL;
+        int n = store_tx_exec(tx, &q_jobs, p, &res);
+        if (n < 0)
+            return n;
+        for (int i = 0; i < n; i++) {
+            json_t *req = json_loads(val(res, i, 6), 0, NULL);
+            struct placement_job j = {
+                .id = val(res, i, 0),
+                .tenant_id = val(res, i, 1),
+                .queue_id = val(res, i, 2),
+                .priority = (int)num(res, i, 3),
+                .created_ms = num(res, i, 4),
+                .not_before_ms = num(res, i, 5),
+                .requirements = json_is_object(req) ? req : NULL,
+                .package_digest = val(res, i, 7),
+            };
+            if (placement_job_add(d->pl, &j) == 0)
+                added++;
+            json_decref(req);
+            from = num(res, i, 8);
+            if (from > d->seq)
+                d->seq = from;
+        }
+        PQclear(res);
+        if (n < LOAD_PAGE)
+            return added;
+    }
+}
+
+/* A new engine loaded from scratch, replacing the old one only when the load succeeded. */
+static int resync(struct dispatcher *d)
+{
+    struct placement_config cfg = {.aging_ms = d->app->cfg->dispatch_aging_ms};
+    struct placement *old = d->pl, *pl = NULL;
+    long long old_seq = d->seq;
+    int r = placement_new(&cfg, &pl);
+    if (r < 0)
+        return r;
+    d->pl = pl;
+    d->seq = 0;
+    struct store_tx *tx = NULL;
+    r = store_tx_begin_system(d->app->store, &tx);
+    if (r >= 0)
+        r = load_counts(d, tx, true);
+    if (r >= 0)
+        r = load_jobs(d, tx, 0);
+    if (tx)
+        r = r >= 0 ? store_tx_commit(tx) : (store_tx_rollback(tx), r);
+    if (r < 0) {
+        placement_free(pl);
+        d->pl = old;
+        d->seq = old_seq;
+        return r;
+    }
+    placement_free(old);
+    d->trail_seq = d->seq;
+    struct placement_stats st;
+    placement_stats(d->pl, &st);
+    log_debug("op=dispatch.resync agents=%zu tenants=%zu jobs=%zu delayed=%zu", st.agents,
+              st.tenants, st.jobs, st.delayed);
+    return 0;
+}
+
+/* Counts (when due or wanted) and the jobs queued since the last look. */
+static int refresh(struct dispatcher *d, bool counts)
+{
+    uint64_t now = clock_mono_ns();
+    struct store_tx *tx = NULL;
+    int r = store_tx_begin_system(d->app->store, &tx);
+    if (r < 0)
+        return r;
+    bool due = now >= d->next_refresh;
+    if (counts || due)
+        r = load_counts(d, tx, due);
+    if (due)
+        d->next_refresh = now + (uint64_t)d->app->cfg->dispatch_refresh_ms * 1000000u;
+    long long from = d->seq;
+    if (now >= d->trail_at) {
+        /* A job whose insert committed after a later number was loaded: seen now. */
+        from = d->trail_seq;
+        d->trail_seq = d->seq;
+        d->trail_at = now + (uint64_t)TRAIL_MS * 1000000u;
+    }
+    if (r >= 0)
+        r = load_jobs(d, tx, from);
+    return r >= 0 ? store_tx_commit(tx) : (store_tx_rollback(tx), r);
+}
+
+static const struct store_stmt q_assign =
+    STORE_STMT("dispatch_assign",
+               "SELECT job_id, agent_id, tenant_id, outcome, epoch, gateway_node"
+               "  FROM assign_batch($1::uuid[], $2::uuid[], $3::int, $4::int)",
+               4);
+
+static const struct {
+    const char *outcome;
+    enum placement_refusal why;
+} refusals[] = {
+    {"job_gone", PLACEMENT_JOB_GONE},       {"job_busy", PLACEMENT_JOB_LATER},
+    {"job_later", PLACEMENT_JOB_LATER},     {"queue_paused", PLACEMENT_QUEUE_FULL},
+    {"queue_full", PLACEMENT_QUEUE_FULL},   {"agent_gone", PLACEMENT_AGENT_GONE},
+    {"agent_unfit", PLACEMENT_AGENT_GONE},  {"agent_full", PLACEMENT_AGENT_FULL},
+    {"tenant_full", PLACEMENT_TENANT_FULL},
+};
+
+static enum placement_refusal refusal_of(const char *outcome)
+{
+    for (size_t i = 0; i < ELEMENTSOF(refusals); i++)
+        if (strcmp(refusals[i].outcome, outcome) == 0)
+            return refusals[i].why;
+    return PLACEMENT_JOB_LATER;
+}
+
+/* Decide n proposals in one transaction and report each outcome to the engine. Returns
+ * how many were assigned, or a store error (then every proposal waits again). */
+static int commit_batch(struct dispatcher *d, const struct placement_proposal *p, size_t n)
+{
+    struct buf jobs = BUF_INIT, agents = BUF_INIT;
+    buf_append_str(&jobs, "{");
+    buf_append_str(&agents, "{");
+    for (size_t i = 0; i < n; i++) {
+        buf_printf(&jobs, "%s%s", i ? "," : "", p[i].job_id);
+        buf_printf(&agents, "%s%s", i ? "," : "", p[i].agent_id);
+    }
+    buf_append_str(&jobs, "}");
+    buf_append_str(&agents, "}");
+    const char *params[] = {jobs.data, agents.data, d->lease, d->online};
+    PGresult *res = NULL;
+    struct store_tx *tx = NULL;
+    int r = store_tx_begin_system(d->app->store, &tx);
+    int rows = r >= 0 ? store_tx_exec(tx, &q_assign, params, &res) : r;
+    if (tx)
+        r = rows >= 0 ? store_tx_commit(tx) : (store_tx_rollback(tx), rows);
+    buf_free(&jobs);
+    buf_free(&agents);
+    if (r >= 0 && (size_t)rows != n)
+        r = -EIO; /* one row per proposal, always */
+    if (r < 0) {
+        PQclear(res);
+        for (size_t i = 0; i < n; i++)
+            placement_refused(d->pl, p[i].job_id, PLACEMENT_JOB_LATER);
+        return r;
+    }
+    int assigned = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *outcome = PQgetvalue(res, (int)i, 3);
+        if (strcmp(outcome, "assigned") != 0) {
+            log_debug("op=dispatch.refused job=%s tenant=%s agent=%s outcome=%s", p[i].job_id,
+                      p[i].tenant_id, p[i].agent_id, outcome);
+            placement_refused(d->pl, p[i].job_id, refusal_of(outcome));
+            continue;
+        }
+        placement_accepted(d->pl, p[i].job_id);
+        assigned++;
+        log_info("op=dispatch job=%s tenant=%s agent=%s epoch=%s", p[i].job_id, p[i].tenant_id,
+                 p[i].agent_id, PQgetvalue(res, (int)i, 4));
+        gateway_notify_node(d->app, p[i].agent_id, val(res, (int)i, 5));
+    }
+    PQclear(res);
+    return assigned;
+}
+
+/* One round: bring the index up to date, then place until a batch comes back short. */
+static void round_run(struct dispatcher *d, struct placement_proposal *props, bool counts)
+{
+    const struct orchd_config *cfg = d->app->cfg;
+    uint64_t now = clock_mono_ns();
+    int r;
+    if (!d->pl || now >= d->next_resync) {
+        r = resync(d);
+        d->next_resync = now + (uint64_t)cfg->dispatch_resync_ms * 1000000u;
+        d->next_refresh = now + (uint64_t)cfg->dispatch_refresh_ms * 1000000u;
+    } else {
+        r = refresh(d, counts);
+    }
+    if (r < 0) {
+        gw_log_store_failure("dispatch", r);
+        if (!d->pl)
+            return;
+    }
+    size_t batch = (size_t)cfg->dispatch_batch;
+    while (!atomic_load(&d->th.stop)) {
+        size_t n = placement_plan(d->pl, wall_ms(), props, batch);
+        if (n == 0)
+            return;
+        r = commit_batch(d, props, n);
+        if (r < 0) {
+            gw_log_store_failure("dispatch", r);
+            return;
+        }
+        if (n < batch)
+            return;
+    }
+}
 
 static void *dispatch_main(void *arg)
 {
@@ -33,14 +455,18 @@ static void *dispatch_main(void *arg)
     struct app *app = d->app;
     struct bus_sub *sub = NULL;
     bus_sub_new(app->cfg->amqp_url, app->cfg->bus_jobs_queue, false, &sub);
-    char lease[24], online[24];
-    snprintf(lease, sizeof(lease), "%lld", (long long)(app->cfg->agent_lease_ms / 1000));
-    snprintf(online, sizeof(online), "%lld", (long long)(app->cfg->agent_online_ms / 1000));
+    struct placement_proposal *props = calloc((size_t)app->cfg->dispatch_batch, sizeof(*props));
+    if (!props) {
+        log_error("op=dispatch error=\"out of memory\"");
+        bus_sub_free(sub);
+        return NULL;
+    }
     uint64_t next_tick = 0;
     while (!atomic_load(&d->th.stop)) {
         /* A submission (on the bus) or a kick (a slot came free) starts a round at once;
          * otherwise one every tick. The bus is read in short waits so that a kick is seen
-         * within a few milliseconds. */
+         * within a few milliseconds; what else came meanwhile is drained, one round serves
+         * it all. */
         char *body = NULL;
         size_t len = 0;
         int r = sub ? bus_sub_next(sub, 5, &body, &len) : 0;
@@ -50,32 +476,29 @@ static void *dispatch_main(void *arg)
             log_debug("op=dispatch.bus error=\"not a jobs.submitted message\"");
         proto_bus_jobs_submitted_clear(&m);
         free(body);
+        while (r == 1) {
+            body = NULL;
+            if (bus_sub_next(sub, 0, &body, &len) != 1)
+                break;
+            free(body);
+        }
         if (r < 0 || !sub)
             gw_thread_sleep(&d->th, 5);
         bool kicked = atomic_exchange(&d->kick, false);
-        if (r != 1 && !kicked && clock_mono_ns() < next_tick)
+        uint64_t now = clock_mono_ns();
+        if (kicked)
+            d->fresh_until = now + KICK_FRESH_MS * 1000000u;
+        if (r != 1 && !kicked && now < next_tick)
             continue;
-        next_tick = clock_mono_ns() + (uint64_t)app->cfg->dispatch_tick_ms * 1000000u;
-        for (int round = 0; round < 100 && !atomic_load(&d->th.stop); round++) {
-            const char *p[] = {"100", lease, online};
-            PGresult *res = NULL;
-            int n = store_exec_once(app->store, NULL, &q_dispatch, p, &res);
-            if (n < 0) {
-                gw_log_store_failure("dispatch", n);
-                break;
-            }
-            for (int i = 0; i < n; i++) {
-                const char *agent = PQgetvalue(res, i, 2);
-                const char *node = PQgetvalue(res, i, 4);
-                log_info("op=dispatch job=%s tenant=%s agent=%s epoch=%s", PQgetvalue(res, i, 0),
-                         PQgetvalue(res, i, 1), agent, PQgetvalue(res, i, 3));
-                gateway_notify_node(app, agent, PQgetisnull(res, i, 4) ? NULL : node);
-            }
-            PQclear(res);
-            if (n < 100)
-                break;
-        }
+        uint64_t tick_ms = (uint64_t)app->cfg->dispatch_tick_ms;
+        if (now < d->fresh_until && tick_ms > KICK_ROUND_MS)
+            tick_ms = KICK_ROUND_MS;
+        next_tick = now + tick_ms * 1000000u;
+        round_run(d, props, now < d->fresh_until);
     }
+    free(props);
+    placement_free(d->pl);
+    d->pl = NULL;
     bus_sub_free(sub);
     return NULL;
 }
@@ -92,6 +515,8 @@ int dispatcher_start(struct app *app, struct dispatcher **ret)
     if (!d)
         return -ENOMEM;
     d->app = app;
+    snprintf(d->lease, sizeof(d->lease), "%lld", (long long)(app->cfg->agent_lease_ms / 1000));
+    snprintf(d->online, sizeof(d->online), "%lld", (long long)(app->cfg->agent_online_ms / 1000));
     int r = gw_thread_start(&d->th, dispatch_main, d);
     if (r < 0) {
         free(d);

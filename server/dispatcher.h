@@ -1,8 +1,9 @@
 /* dispatcher.h: the dispatch loop of a node (node.roles "dispatcher").
  *
- * Wakes on the orch.jobs queue (job submissions), on a kick, or every dispatch.tick; runs
- * a dispatch round in PostgreSQL (dispatch_round() in sql/0005_dispatch.sql) and wakes the
- * gateways holding the chosen agents (gateway_notify_node()). */
+ * Wakes on the orch.jobs queue (job submissions), on a kick, or every dispatch.tick; keeps
+ * the placement engine's index (server/placement.h) current from PostgreSQL, commits its
+ * proposals with assign_batch() (sql/0011_placement.sql) and wakes the gateways holding
+ * the chosen agents (gateway_notify_node()). See docs/scheduling.md. */
 #pragma once
 
 struct app;
@@ -13,5 +14,6 @@ struct dispatcher;
 int dispatcher_start(struct app *app, struct dispatcher **ret);
 /* Stop the thread (a round under way finishes first) and free. Accepts NULL. */
 void dispatcher_stop(struct dispatcher *d);
-/* Run a round soon, without waiting for the next tick. Thread-safe, cheap. Accepts NULL. */
+/* Run a round soon, with fresh counts of active jobs (a slot came free), without waiting
+ * for the next tick. Thread-safe, cheap. Accepts NULL. */
 void dispatcher_kick(struct dispatcher *d);

@@ -20,6 +20,8 @@
  * gateway-internal.h. */
 #pragma once
 
+struct proto_load;
+
 #include <stdbool.h>
 
 #include "server/http.h"
@@ -76,6 +78,11 @@ void gateway_supersede(struct gateway *gw, const char *agent_id);
 void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool assign, long wait_s);
 
 /* Remember a heartbeat (for the batched write). running: JSON array of {job_id, epoch},
- * borrowed. Returns true when this is the agent's first heartbeat on this node (the caller
- * then writes it at once, so the dispatcher sees the agent without waiting for a flush). */
-bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json_t *running);
+ * borrowed. load: the heartbeat's load figures (borrowed), or NULL: its free memory
+ * (memory_available_bytes), free disk and CPU are written with the batch (the placement
+ * engine checks jobs' minimum free memory and disk against them); a figure that is absent
+ * (negative) or out of bounds leaves the stored one as it was. Returns true when this is
+ * the agent's first heartbeat on this node (the caller then writes it at once, so the
+ * dispatcher sees the agent without waiting for a flush). */
+bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json_t *running,
+                            const struct proto_load *load);

@@ -10,6 +10,7 @@
 #include "common/cleanup.h"
 #include "common/id.h"
 #include "common/log.h"
+#include "proto/agent.h"
 #include "server/app.h"
 #include "server/config.h"
 #include "server/gateway-internal.h"
@@ -65,7 +66,8 @@ static bool seen_add(struct gateway *gw, const char *agent_id)
     return true;
 }
 
-bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json_t *running)
+bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json_t *running,
+                            const struct proto_load *load)
 {
     pthread_mutex_lock(&gw->lock);
     bool first = seen_add(gw, agent_id);
@@ -75,6 +77,13 @@ bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json
     if (slot) {
         json_decref(slot->running);
         slot->running = json_deep_copy(running);
+        slot->memory_free = load && load->memory_available_bytes >= 0
+                                ? (long long)load->memory_available_bytes
+                                : -1;
+        slot->disk_free =
+            load && load->disk_free_bytes >= 0 ? (long long)load->disk_free_bytes : -1;
+        slot->cpu_percent =
+            load && load->cpu_percent >= 0 && load->cpu_percent <= 100 ? load->cpu_percent : -1;
     }
     pthread_mutex_unlock(&gw->lock);
     return first;
@@ -84,12 +93,23 @@ bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json
  * leases of the jobs it runs (as the server knows them) are renewed. Always from after the
  * agent sent its heartbeat, which is what the agent's self-fencing counts on
  * (docs/agent.md, "Leases and self-fencing"). */
+/* With the agents' free memory and disk and CPU (NULL: not reported, the stored figure
+ * stays). The rows are locked first, in id order, as assign_batch() locks agents
+ * (sql/0011_placement.sql): a flush and a dispatcher's batch never wait on each other in a
+ * cycle. */
 static const struct store_stmt q_flush_agents =
     STORE_STMT("gw_flush_agents",
-               "UPDATE agents SET last_heartbeat_at = now(), gateway_node = $2,"
-               " status = CASE WHEN status = 'offline' THEN 'online' ELSE status END"
-               " WHERE id = ANY($1::uuid[])",
-               2);
+               "WITH lk AS (SELECT id FROM agents WHERE id = ANY($1::uuid[])"
+               "            ORDER BY id FOR NO KEY UPDATE)"
+               "UPDATE agents a SET last_heartbeat_at = now(), gateway_node = $2,"
+               " status = CASE WHEN a.status = 'offline' THEN 'online' ELSE a.status END,"
+               " memory_free_bytes = coalesce(r.memory_free, a.memory_free_bytes),"
+               " disk_free_bytes = coalesce(r.disk_free, a.disk_free_bytes),"
+               " cpu_percent = coalesce(r.cpu, a.cpu_percent)"
+               " FROM unnest($1::uuid[], $3::bigint[], $4::bigint[], $5::real[])"
+               "      AS r(id, memory_free, disk_free, cpu)"
+               " WHERE a.id = r.id AND a.id IN (SELECT id FROM lk)",
+               5);
 
 static const struct store_stmt q_renew_leases =
     STORE_STMT("gw_renew_leases",
@@ -129,13 +149,30 @@ void gw_flush_liveness(struct gateway *gw)
     if (n == 0)
         return;
     struct buf agents = BUF_INIT, jobs = BUF_INIT, epochs = BUF_INIT, owners = BUF_INIT;
+    struct buf mems = BUF_INIT, disks = BUF_INIT, cpus = BUF_INIT;
+    buf_append_str(&mems, "{");
+    buf_append_str(&disks, "{");
+    buf_append_str(&cpus, "{");
     buf_append_str(&agents, "{");
     buf_append_str(&jobs, "{");
     buf_append_str(&epochs, "{");
     buf_append_str(&owners, "{");
     int nj = 0;
     for (int i = 0; i < n; i++) {
-        buf_printf(&agents, "%s%s", i ? "," : "", notes[i].agent_id);
+        const char *sep = i ? "," : "";
+        buf_printf(&agents, "%s%s", sep, notes[i].agent_id);
+        if (notes[i].memory_free >= 0)
+            buf_printf(&mems, "%s%lld", sep, notes[i].memory_free);
+        else
+            buf_printf(&mems, "%sNULL", sep);
+        if (notes[i].disk_free >= 0)
+            buf_printf(&disks, "%s%lld", sep, notes[i].disk_free);
+        else
+            buf_printf(&disks, "%sNULL", sep);
+        if (notes[i].cpu_percent >= 0)
+            buf_printf(&cpus, "%s%.2f", sep, notes[i].cpu_percent);
+        else
+            buf_printf(&cpus, "%sNULL", sep);
         size_t k;
         json_t *e;
         json_array_foreach(notes[i].running, k, e)
@@ -151,6 +188,9 @@ void gw_flush_liveness(struct gateway *gw)
         }
     }
     buf_append_str(&agents, "}");
+    buf_append_str(&mems, "}");
+    buf_append_str(&disks, "}");
+    buf_append_str(&cpus, "}");
     buf_append_str(&jobs, "}");
     buf_append_str(&epochs, "}");
     buf_append_str(&owners, "}");
@@ -158,7 +198,7 @@ void gw_flush_liveness(struct gateway *gw)
     char lease[24];
     snprintf(lease, sizeof(lease), "%lld", (long long)(gw->app->cfg->agent_lease_ms / 1000));
     int r = store_tx_begin(gw->app->store, NULL, STORE_TX_ASYNC_COMMIT, &tx);
-    const char *p1[] = {agents.data, gw->app->cfg->node_name};
+    const char *p1[] = {agents.data, gw->app->cfg->node_name, mems.data, disks.data, cpus.data};
     const char *p2[] = {jobs.data, epochs.data, owners.data, lease};
     if (r >= 0)
         r = store_tx_exec(tx, &q_flush_agents, p1, NULL);
@@ -172,6 +212,9 @@ void gw_flush_liveness(struct gateway *gw)
         gw_log_store_failure("gateway.flush", r);
     requeue_notes(gw, notes, n, r < 0);
     buf_free(&agents);
+    buf_free(&mems);
+    buf_free(&disks);
+    buf_free(&cpus);
     buf_free(&jobs);
     buf_free(&epochs);
     buf_free(&owners);

@@ -8,7 +8,7 @@ CREATE OR REPLACE FUNCTION retry_backoff(n int) RETURNS interval LANGUAGE sql VO
                                  * (0.5 + random() * 0.5))
 $$;
 
--- job_end_attempt: from 0005_dispatch.sql.
+-- job_end_attempt: from 0005_dispatch.sql; a retry gets a new queued_seq (0011_placement.sql).
 -- End the current attempt of a job: the one place a job leaves `assigned`/`running`.
 -- outcome: succeeded | failed | timeout | lost | cancelled. A failed, timed-out or lost
 -- attempt is retried (queued after a backoff) while attempts remain, else the job is
@@ -47,6 +47,8 @@ BEGIN
            lease_expires_at = NULL,
            not_before = CASE WHEN next_status = 'queued' THEN now() + retry_backoff(j.attempt)
                              ELSE not_before END,
+           queued_seq = CASE WHEN next_status = 'queued' THEN nextval('jobs_queued_seq')
+                             ELSE queued_seq END,
            finished_at = CASE WHEN next_status = 'queued' THEN NULL ELSE now() END,
            updated_at = now()
      WHERE id = jid;

@@ -73,14 +73,14 @@ static void bench_notes(int n)
     int first = 0;
     for (int i = 0; i < n; i++) {
         agent_id(i, id);
-        first += gateway_note_heartbeat(gw, id, running);
+        first += gateway_note_heartbeat(gw, id, running, NULL);
     }
     double once = ns_per(t0, n);
     t0 = clock_mono_ns();
     int again = 0;
     for (int i = 0; i < n; i++) {
         agent_id((i * 7919) % n, id);
-        again += gateway_note_heartbeat(gw, id, running);
+        again += gateway_note_heartbeat(gw, id, running, NULL);
     }
     double twice = ns_per(t0, n);
     int kept = n < GW_MAX_NOTES ? n : GW_MAX_NOTES;
