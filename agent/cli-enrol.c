@@ -219,6 +219,7 @@ int cli_register(int argc, char **argv, const struct agent_config *cfg)
         .name = (char *)ac.name,
         .credential = (char *)ac.credential,
         .slots = (int)slots,
+        .pool_id = (char *)json_string_value(json_object_get(rep.body, "pool_id")),
     };
     if (r < 0) {
         fprintf(stderr, "orch-agent: register: the server's answer is not valid: %s %s\n", je.field,
@@ -229,6 +230,10 @@ int cli_register(int argc, char **argv, const struct agent_config *cfg)
     } else {
         printf("enrolled as '%s' (agent %s, tenant %s); credential stored in %s/agent.json\n",
                st.name, st.agent_id, st.tenant_id, state_dir);
+        if (st.pool_id)
+            printf("this agent serves the shared pool %s: it runs several tenants' jobs, each "
+                   "under a uid of its own from exec.uid_range, which it needs to start\n",
+                   st.pool_id);
         rc = EXIT_OK;
     }
     json_decref(rep.body);
@@ -276,6 +281,9 @@ int cli_status(int argc, char **argv, const struct agent_config *cfg)
         return rc;
     printf("enrolled:   yes, as '%s' (agent %s, tenant %s)\n", st.name, st.agent_id, st.tenant_id);
     printf("server:     %s\n", st.server_url);
+    if (st.pool_id)
+        printf("pool:       %s (several tenants' jobs, each under its own uid: exec.uid_range)\n",
+               st.pool_id);
     struct transport_reply rep;
     int r = transport_request(t, "GET", PROTO_AGENT_PATH_SELF, NULL, &rep);
     if (r < 0) {

@@ -1,9 +1,13 @@
 /* config.c: the table of orch-agent's configuration keys. */
 #include "agent/config.h"
 
+#include <errno.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "agent/exec-uids.h"
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
 
@@ -31,6 +35,9 @@ const struct conf_field agent_config_fields[] = {
      "unprivileged account jobs run as when the agent is root (not root: the agent's own)"},
     {"exec.allow_root", CONF_BOOL, F(exec_allow_root), 0, 0, "false", NULL,
      "let a root agent run jobs as root when exec.user is empty or missing (unsafe)"},
+    {"exec.uid_range", CONF_STRING, F(exec_uid_range), 0, 32, "", NULL,
+     "FIRST-LAST: each running job gets its own uid (and gid) from this range, for a root agent "
+     "that runs several tenants' jobs (a shared pool's agent must have it)"},
     {"log.level", CONF_ENUM, F(log_level), 0, 0, "info", log_levels,
      "least severe level logged: debug, info, warn or error"},
 };
@@ -42,7 +49,18 @@ int agent_config_load(struct agent_config *cfg, const char *path, struct conf_er
     memset(cfg, 0, sizeof(*cfg));
     if (!path && access(AGENT_CONFIG_DEFAULT_PATH, F_OK) == 0)
         path = AGENT_CONFIG_DEFAULT_PATH;
-    return conf_load(agent_config_fields, agent_config_nfields, cfg, path, "ORCH_AGENT", err);
+    int r = conf_load(agent_config_fields, agent_config_nfields, cfg, path, "ORCH_AGENT", err);
+    if (r < 0 || !cfg->exec_uid_range || !cfg->exec_uid_range[0])
+        return r;
+    if (exec_uids_parse(cfg->exec_uid_range, &cfg->exec_uid_first, &cfg->exec_uid_last) < 0) {
+        snprintf(err->msg, sizeof(err->msg),
+                 "config: key 'exec.uid_range': expected FIRST-LAST, a range of at most %d uids "
+                 "without 0, e.g. 200000-200999, got '%.32s'",
+                 EXEC_UIDS_MAX, cfg->exec_uid_range);
+        agent_config_free(cfg); /* as a failed conf_load() leaves nothing to free */
+        return -EINVAL;
+    }
+    return 0;
 }
 
 void agent_config_free(struct agent_config *cfg)

@@ -21,7 +21,9 @@ struct agent_config {
     int64_t cache_max_bytes; /* cache.max_bytes: package cache size */
     char *exec_user;         /* exec.user: the jobs' account when root ("orch-job") */
     bool exec_allow_root;    /* exec.allow_root: jobs may run as root without exec.user */
-    int log_level;           /* log.level */
+    char *exec_uid_range;    /* exec.uid_range: "FIRST-LAST", a uid per running job ("" = no) */
+    unsigned exec_uid_first, exec_uid_last; /* exec.uid_range parsed (0, 0 when "") */
+    int log_level;                          /* log.level */
 };
 
 extern const struct conf_field agent_config_fields[];

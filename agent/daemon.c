@@ -24,6 +24,7 @@
 
 #include "agent/cache.h"
 #include "agent/exec.h"
+#include "agent/exec-uids.h"
 #include "agent/facts.h"
 #include "agent/spool.h"
 #include "agent/state.h"
@@ -124,6 +125,9 @@ struct daemon {
     bool switch_user;
     struct exec_user job_user;
     char job_user_name[72];
+    /* exec.uid_range: each running job has a uid of its own from it (job_user is then only
+     * the probe's); NULL: every job runs as job_user. */
+    struct exec_uids *uids;
 
     pthread_mutex_t lock;     /* guards everything below and the slots */
     pthread_cond_t wake;      /* stop, slot freed, link done (CLOCK_MONOTONIC) */
@@ -646,7 +650,7 @@ static int daemon_package(struct daemon *d, struct slot *s, char *path, size_t l
 
 /* Unpack archive into workdir with tar; its complaints go to the job's output. */
 static int daemon_unpack(struct daemon *d, struct slot *s, const char *archive, const char *workdir,
-                         char **env)
+                         char **env, const struct exec_user *user)
 {
     /* As the job's user, isolated like the job: the archive is the tenant's. It comes on
      * stdin, opened by the agent: the job's user cannot read the cache. */
@@ -673,7 +677,7 @@ static int daemon_unpack(struct daemon *d, struct slot *s, const char *archive, 
         .timeout_ms = UNPACK_TIMEOUT_MS,
         .grace_ms = 1000,
         .job_id = s->job_id,
-        .user = d->switch_user ? &d->job_user : NULL,
+        .user = user,
         .isolate = true,
         .hide_dir = d->work_dir,
         .stdin_path = archive,
@@ -776,10 +780,11 @@ static char *daemon_job_result(struct slot *s, const char *path)
 }
 
 /* The job's private workdir (0700) and its $ORCH_JOB_RESULT file (0600, empty), both the
- * job user's. The result file is made here, in a directory the job cannot write, so the
- * job can only fill it: it cannot put a link there for the agent to follow. Returns 0 or
- * -errno. */
-static int daemon_job_dirs(struct daemon *d, const char *workdir, const char *result_path)
+ * job user's (user; NULL: the agent's). The result file is made here, in a directory the
+ * job cannot write, so the job can only fill it: it cannot put a link there for the agent
+ * to follow. Returns 0 or -errno. */
+static int daemon_job_dirs(const struct exec_user *user, const char *workdir,
+                           const char *result_path)
 {
     if (mkdir(workdir, 0700) < 0)
         return -errno;
@@ -787,8 +792,7 @@ static int daemon_job_dirs(struct daemon *d, const char *workdir, const char *re
         open(result_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
         return -errno;
-    if (d->switch_user && (fchown(fd, d->job_user.uid, d->job_user.gid) < 0 ||
-                           chown(workdir, d->job_user.uid, d->job_user.gid) < 0))
+    if (user && (fchown(fd, user->uid, user->gid) < 0 || chown(workdir, user->uid, user->gid) < 0))
         return -errno;
     return 0;
 }
@@ -805,13 +809,30 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
     snprintf(result_path, sizeof(result_path), "%s.result.json", workdir);
     rm_rf(workdir);
     unlink(result_path);
-    int dr = daemon_job_dirs(d, workdir, result_path);
+    /* Its own uid while it runs when the agent serves several tenants (exec.uid_range):
+     * the slots never outnumber the range (daemon_run()), so one is free. */
+    struct exec_user own;
+    const struct exec_user *user = d->switch_user ? &d->job_user : NULL;
+    if (d->uids) {
+        int ur = exec_uids_take(d->uids, &own);
+        if (ur < 0) {
+            log_error("op=job-user job=%s epoch=%" PRId64 " error=%s", s->job_id, s->epoch,
+                      strerror(-ur));
+            *flags |= PROTO_RES_SETUP_FAILED;
+            return;
+        }
+        user = &own;
+        log_debug("op=job-user job=%s epoch=%" PRId64 " uid=%u", s->job_id, s->epoch, own.uid);
+    }
+    int dr = daemon_job_dirs(user, workdir, result_path);
     if (dr < 0) {
         log_error("op=job-workdir job=%s epoch=%" PRId64 " path=%s error=%s", s->job_id, s->epoch,
                   workdir, strerror(-dr));
         *flags |= PROTO_RES_SETUP_FAILED;
         rm_rf(workdir);
         unlink(result_path);
+        if (d->uids)
+            exec_uids_put(d->uids, own.uid);
         return;
     }
     const json_t *args = a->args;
@@ -831,7 +852,7 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
         char archive[PATH_MAX];
         cache_hold(d->cache);
         bool ok = daemon_package(d, s, archive, sizeof(archive)) == 0 &&
-                  daemon_unpack(d, s, archive, workdir, env) == 0;
+                  daemon_unpack(d, s, archive, workdir, env, user) == 0;
         cache_release(d->cache);
         if (!ok) {
             *flags |= atomic_load(&s->cancel) ? PROTO_RES_CANCELLED : PROTO_RES_PACKAGE;
@@ -861,7 +882,7 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
         .grace_ms = JOB_GRACE_MS,
         .cgroup_parent = d->cgroup_parent,
         .job_id = cg_name,
-        .user = d->switch_user ? &d->job_user : NULL,
+        .user = user,
         .isolate = true,
         .hide_dir = d->work_dir,
         .keep_file = result_path,
@@ -901,6 +922,9 @@ out:
     strv_free(env);
     rm_rf(workdir);
     unlink(result_path);
+    /* run() has ended the job's whole tree: nothing runs under the uid any more. */
+    if (d->uids)
+        exec_uids_put(d->uids, own.uid);
 }
 
 static void *daemon_job_main(void *arg)
@@ -1829,6 +1853,7 @@ static void daemon_free(struct daemon *d)
     }
     free(d->slots);
     free(d->work_dir);
+    exec_uids_free(d->uids);
     if (d->cgroup_parent)
         rmdir(d->cgroup_parent);
     free(d->cgroup_parent);
@@ -1865,7 +1890,24 @@ static int daemon_opts(int argc, char **argv, const char **state_dir)
  * exec.allow_root; an agent that is not root cannot switch, and jobs run as itself. */
 static int daemon_job_user(struct daemon *d)
 {
-    const char *name = d->cfg->exec_user ? d->cfg->exec_user : "";
+    const struct agent_config *cfg = d->cfg;
+    if (cfg->exec_uid_range && cfg->exec_uid_range[0]) {
+        if (geteuid() != 0) {
+            fprintf(stderr, "orch-agent: exec.uid_range needs an agent that runs as root (it "
+                            "switches each job to a uid of its own)\n");
+            return EXIT_FAIL;
+        }
+        if (exec_uids_new(cfg->exec_uid_first, cfg->exec_uid_last, &d->uids) < 0) {
+            fprintf(stderr, "orch-agent: out of memory\n");
+            return EXIT_FAIL;
+        }
+        d->switch_user = true;
+        d->job_user = (struct exec_user){.uid = cfg->exec_uid_first, .gid = cfg->exec_uid_first};
+        snprintf(d->job_user_name, sizeof(d->job_user_name), "uid %u-%u", cfg->exec_uid_first,
+                 cfg->exec_uid_last);
+        return EXIT_OK;
+    }
+    const char *name = cfg->exec_user ? cfg->exec_user : "";
     if (geteuid() != 0) {
         struct passwd *self = getpwuid(geteuid());
         snprintf(d->job_user_name, sizeof(d->job_user_name), "%s", self ? self->pw_name : "agent");
@@ -2019,6 +2061,16 @@ static int daemon_setup(struct daemon *d)
         fprintf(stderr, "orch-agent: the stored server URL is not https://\n");
         return EXIT_FAIL;
     }
+    /* Several tenants' jobs under one job user could reach each other while they run. */
+    if (d->st.pool_id && !d->uids && !d->cfg->exec_allow_root) {
+        fprintf(stderr,
+                "orch-agent: this agent serves the shared pool %s and runs several tenants' "
+                "jobs: set exec.uid_range (e.g. exec.uid_range = 200000-200999, uids no account "
+                "uses) so that each job runs under a uid of its own, or exec.allow_root=true to "
+                "run them all as one user (unsafe)\n",
+                d->st.pool_id);
+        return EXIT_FAIL;
+    }
     /* Searchable but not listable by the job user (it must reach work/ below, nothing
      * else): agent.json is 0600, spool/ and cache/ 0700. */
     r = daemon_own_dir(d->state_dir, d->switch_user ? 0711 : 0700);
@@ -2127,6 +2179,12 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
     }
     /* The configuration's slots when set, else those registered. */
     d->nslots = cfg->slots > 0 ? (size_t)cfg->slots : d->st.slots > 0 ? (size_t)d->st.slots : 1;
+    if (d->uids && exec_uids_size(d->uids) < d->nslots) {
+        fprintf(stderr, "orch-agent: exec.uid_range holds %zu uids, fewer than the %zu slots\n",
+                exec_uids_size(d->uids), d->nslots);
+        daemon_free(d);
+        return EXIT_FAIL;
+    }
     d->slots = calloc(d->nslots, sizeof(*d->slots));
     if (!d->slots) {
         daemon_free(d);

@@ -25,6 +25,7 @@ void agent_state_free(struct agent_state *st)
     free(st->tenant_id);
     free(st->name);
     free(st->credential);
+    free(st->pool_id);
     memset(st, 0, sizeof(*st));
 }
 
@@ -58,6 +59,7 @@ int agent_state_load(const char *dir, struct agent_state *st, char *err, size_t 
         {"name", JSONV_STRING, JSONV_REQUIRED, 1, 128},
         {"credential", JSONV_STRING, JSONV_REQUIRED, 64, 64},
         {"slots", JSONV_INT, 0, 1, 1024},
+        {"pool_id", JSONV_UUID, 0, 0, 0},
     };
     json_t *doc = NULL;
     struct jsonv_error je;
@@ -76,10 +78,12 @@ int agent_state_load(const char *dir, struct agent_state *st, char *err, size_t 
     st->name = strdup(json_string_value(json_object_get(doc, "name")));
     st->credential = strdup(json_string_value(json_object_get(doc, "credential")));
     st->slots = (int)json_integer_value(json_object_get(doc, "slots"));
+    const char *pool = json_string_value(json_object_get(doc, "pool_id"));
+    st->pool_id = pool ? strdup(pool) : NULL;
     explicit_bzero(buf, sizeof(buf));
     json_decref(doc);
     if (!st->server_url || !st->ca_file || !st->agent_id || !st->tenant_id || !st->name ||
-        !st->credential) {
+        !st->credential || (pool && !st->pool_id)) {
         agent_state_free(st);
         return -ENOMEM;
     }
@@ -96,6 +100,8 @@ int agent_state_save(const char *dir, const struct agent_state *st)
                   st->tenant_id, "name", st->name, "credential", st->credential);
     if (doc && st->slots > 0)
         json_object_set_new(doc, "slots", json_integer(st->slots));
+    if (doc && st->pool_id)
+        json_object_set_new(doc, "pool_id", json_string(st->pool_id));
     if (!doc)
         return -ENOMEM;
     char *text = json_dumps(doc, JSON_INDENT(2));

@@ -14,6 +14,7 @@ struct agent_state {
     char *name;
     char *credential; /* orch_ag_... */
     int slots;        /* as registered; 0 = not recorded (an older state file) */
+    char *pool_id;    /* the shared pool it serves (several tenants' jobs); NULL = none */
 };
 
 /* Read <dir>/agent.json. Returns 0, -ENOENT (not enrolled), -EINVAL (damaged: err says

@@ -278,7 +278,7 @@ void api_agent_heartbeat(struct http_req *req)
     const struct http_principal *p = http_req_principal(req);
     struct store_tx *tx = NULL;
     json_t *ans = NULL;
-    int r = store_tx_begin_tenant(app->store, p->tenant_id, &tx);
+    int r = store_tx_begin(app->store, app_agent_scope(p), 0, &tx);
     if (r >= 0) {
         r = heartbeat(app, p, tx, body, &hb, &ans);
         int c = store_tx_commit(tx);
@@ -494,7 +494,7 @@ static void report_http(struct http_req *req, enum proto_report_kind kind, repor
     const struct http_principal *p = http_req_principal(req);
     struct outcome o = {0};
     struct store_tx *tx = NULL;
-    r = store_tx_begin_tenant(app->store, p->tenant_id, &tx);
+    r = store_tx_begin(app->store, app_agent_scope(p), 0, &tx);
     if (r >= 0) {
         r = fn(app, p, tx, id, &rep, &o);
         int c = store_tx_commit(tx);
@@ -607,7 +607,7 @@ void api_agent_sync(struct http_req *req)
     char *assigned = NULL;
     bool ended = false;
     struct store_tx *tx = NULL;
-    r = ans && outs ? store_tx_begin_tenant(app->store, p->tenant_id, &tx) : -ENOMEM;
+    r = ans && outs ? store_tx_begin(app->store, app_agent_scope(p), 0, &tx) : -ENOMEM;
     if (r >= 0 && sync.has_heartbeat) {
         json_t *hba = NULL;
         r = heartbeat(app, p, tx, json_object_get(body, "heartbeat"), &sync.heartbeat, &hba);

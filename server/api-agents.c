@@ -4,7 +4,11 @@
  * An agent enrols once with a token a tenant admin made (`orch-agent register`): the
  * token is checked and its use counted, the tenant's agent quota is taken, and the agent
  * gets its own credential (orch_ag_..., shown once, stored hashed) that it presents on
- * every later request. */
+ * every later request.
+ *
+ * A platform operator makes enrolment tokens for a shared pool (POST /pools/{id}/
+ * enrollment-tokens): the agents they enrol are the platform tenant's, in that pool
+ * (sql/0013_pools.sql), and take no tenant's agent quota. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,10 +31,11 @@
 static const struct store_stmt q_et_insert = STORE_STMT(
     "et_insert",
     "INSERT INTO enrollment_tokens (id, tenant_id, name, prefix, token_hash, labels, max_uses,"
-    " expires_at, created_by) VALUES ($1, app_tenant(), $2, $3, decode($4, 'hex'),"
-    " coalesce($5::jsonb, '{}'), coalesce($6::int, 1),"
-    " now() + make_interval(secs => coalesce($7::int, 86400)), $8)",
-    8);
+    " expires_at, created_by, pool_id) VALUES ($1,"
+    " CASE WHEN $9::uuid IS NULL THEN app_tenant() ELSE platform_tenant() END, $2, $3,"
+    " decode($4, 'hex'), coalesce($5::jsonb, '{}'), coalesce($6::int, 1),"
+    " now() + make_interval(secs => coalesce($7::int, 86400)), $8, $9)",
+    9);
 
 static const struct store_stmt q_et_doc =
     STORE_STMT("et_doc", "SELECT doc FROM enrollment_token_view WHERE id = $1", 1);
@@ -50,7 +55,8 @@ static const struct store_stmt q_et_revoke = STORE_STMT(
     " SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM enrollment_tokens WHERE id = $1)",
     1);
 
-void api_enroll_tokens_create(struct http_req *req)
+/* Make an enrolment token: the tenant's (pool NULL), or, for an operator, a pool's. */
+static void enroll_token_create(struct http_req *req, const char *pool)
 {
     static const struct jsonv_field fields[] = {
         {"name", JSONV_STRING, JSONV_REQUIRED, 1, 100},
@@ -80,7 +86,8 @@ void api_enroll_tokens_create(struct http_req *req)
         snprintf(ttl, sizeof(ttl), "%lld", json_integer_value(json_object_get(body, "expires_in")));
     char *labels_text = labels ? json_dumps(labels, JSON_COMPACT) : NULL;
     char creator[160];
-    snprintf(creator, sizeof(creator), "api_key:%s", http_req_principal(req)->subject);
+    snprintf(creator, sizeof(creator), "%s:%s", pool ? "operator" : "api_key",
+             http_req_principal(req)->subject);
     const char *p[] = {id,
                        api_json_str(body, "name"),
                        k.prefix,
@@ -88,12 +95,13 @@ void api_enroll_tokens_create(struct http_req *req)
                        labels_text,
                        uses[0] ? uses : NULL,
                        ttl[0] ? ttl : NULL,
-                       creator};
+                       creator,
+                       pool};
     struct store_tx *tx = NULL;
     int r = app_tx_begin(http_req_app(req), req, &tx);
     if (r >= 0)
         r = store_tx_exec(tx, &q_et_insert, p, NULL);
-    json_t *detail = json_pack("{s:s}", "name", api_json_str(body, "name"));
+    json_t *detail = json_pack("{s:s, s:s?}", "name", api_json_str(body, "name"), "pool", pool);
     if (r >= 0)
         r = app_audit(tx, req, NULL, "enrollment_token.create", "enrollment_token", id, detail);
     json_decref(detail);
@@ -101,10 +109,25 @@ void api_enroll_tokens_create(struct http_req *req)
     json_decref(body);
     if (r < 0) {
         store_tx_rollback(tx);
-        http_reply_error(req, r, "creating the enrolment token");
+        if (r == -ENOENT && pool)
+            http_reply_problem(req, PROBLEM_NOT_FOUND, "no such pool", NULL);
+        else
+            http_reply_error(req, r, "creating the enrolment token");
         return;
     }
     api_reply_doc_commit(req, tx, &q_et_doc, id, 201, "enrolment token", "token", k.key);
+}
+
+void api_enroll_tokens_create(struct http_req *req)
+{
+    enroll_token_create(req, NULL);
+}
+
+void api_pool_enroll_tokens_create(struct http_req *req)
+{
+    const char *pool = api_path_id(req, "id", "pool");
+    if (pool)
+        enroll_token_create(req, pool);
 }
 
 void api_enroll_tokens_list(struct http_req *req)
@@ -125,7 +148,7 @@ static const struct store_stmt q_et_find =
 static const struct store_stmt q_et_lock = STORE_STMT(
     "et_lock",
     "SELECT e.token_hash, e.revoked_at IS NULL AND t.status = 'active', e.expires_at > now(),"
-    "       e.uses < e.max_uses, e.labels"
+    "       e.uses < e.max_uses, e.labels, e.pool_id"
     "  FROM enrollment_tokens e JOIN tenants t ON t.id = e.tenant_id"
     " WHERE e.id = $1 FOR UPDATE OF e",
     1);
@@ -140,14 +163,23 @@ static const struct store_stmt q_quota_agents =
 static const struct store_stmt q_agent_insert = STORE_STMT(
     "agent_insert",
     "INSERT INTO agents (id, tenant_id, name, hostname, os, arch, version, labels, capabilities,"
-    " slots, status, credential_prefix, credential_hash, credential_expires_at, enrolled_with)"
-    " VALUES ($1, app_tenant(), $2, $3, $4, $5, $6, coalesce($7::jsonb, '{}') || $8::jsonb,"
-    " coalesce($9::jsonb, '{}'), coalesce($10::int, 1), 'offline', $11, decode($12, 'hex'),"
-    " now() + interval '" AGENT_CREDENTIAL_DAYS " days', $13)",
-    13);
+    " slots, status, credential_prefix, credential_hash, credential_expires_at, enrolled_with,"
+    " pool_id) VALUES ($1, app_tenant(), $2, $3, $4, $5, $6,"
+    " coalesce($7::jsonb, '{}') || $8::jsonb, coalesce($9::jsonb, '{}'), coalesce($10::int, 1),"
+    " 'offline', $11, decode($12, 'hex'), now() + interval '" AGENT_CREDENTIAL_DAYS " days', $13,"
+    " $14)",
+    14);
 
 static const struct store_stmt q_agent_doc =
     STORE_STMT("agent_doc", "SELECT doc FROM agent_view WHERE id = $1", 1);
+
+/* The registration's answer says which pool the agent serves (null: its tenant's own), so
+ * that the agent knows it will run several tenants' jobs (orch-agent: exec.uid_range). */
+static const struct store_stmt q_agent_registered =
+    STORE_STMT("agent_registered",
+               "SELECT v.doc::jsonb || jsonb_build_object('pool_id', a.pool_id)"
+               "  FROM agent_view v JOIN agents a ON a.id = v.id WHERE v.id = $1",
+               1);
 
 static const struct jsonv_field register_fields[] = {
     {"token", JSONV_STRING, JSONV_REQUIRED, 1, 128},
@@ -177,7 +209,7 @@ void api_agents_register(struct http_req *req)
     char prefix[AUTHKEY_PREFIX_LEN + 1], hash[65];
     json_t *labels = json_object_get(body, "labels");
     json_t *caps = json_object_get(body, "capabilities");
-    char *labels_text = NULL, *caps_text = NULL, *et_labels = NULL;
+    char *labels_text = NULL, *caps_text = NULL, *et_labels = NULL, *pool = NULL;
     struct store_tx *tx = NULL;
     PGresult *res = NULL;
 
@@ -234,13 +266,16 @@ void api_agents_register(struct http_req *req)
         goto done;
     }
     et_labels = strdup(PQgetvalue(res, 0, 4));
+    if (!PQgetisnull(res, 0, 5))
+        pool = strdup(PQgetvalue(res, 0, 5));
+    bool pooled = !PQgetisnull(res, 0, 5);
     PQclear(res);
     res = NULL;
 
     struct authkey cred;
     char agent_id[ID_STR_LEN], slots[16] = "";
     id_uuid7_str(agent_id);
-    if (!et_labels || authkey_new(AUTHKEY_AGENT, &cred) < 0) {
+    if (!et_labels || (pooled && !pool) || authkey_new(AUTHKEY_AGENT, &cred) < 0) {
         store_tx_rollback(TAKE_PTR(tx));
         http_reply_error(req, -EIO, "generating the agent credential");
         goto done;
@@ -261,8 +296,10 @@ void api_agents_register(struct http_req *req)
                         slots[0] ? slots : NULL,
                         cred.prefix,
                         cred.hash_hex,
-                        et_id};
-    r = store_tx_exec(tx, &q_quota_agents, NULL, NULL);
+                        et_id,
+                        pool};
+    /* A pool agent is the platform's: no tenant's quota pays for it. */
+    r = pool ? 0 : store_tx_exec(tx, &q_quota_agents, NULL, NULL);
     if (r >= 0)
         r = store_tx_exec(tx, &q_agent_insert, p3, NULL);
     if (r >= 0)
@@ -294,15 +331,17 @@ void api_agents_register(struct http_req *req)
         }
         goto done;
     }
-    log_info("op=agent.register tenant=%s agent=%s", tenant, agent_id);
-    api_reply_doc_commit(req, TAKE_PTR(tx), &q_agent_doc, agent_id, 201, "agent", "credential",
-                         cred.key);
+    log_info("op=agent.register tenant=%s agent=%s pool=%s", tenant, agent_id,
+             pool ? pool : "none");
+    api_reply_doc_commit(req, TAKE_PTR(tx), &q_agent_registered, agent_id, 201, "agent",
+                         "credential", cred.key);
 
 done:
     PQclear(res);
     free(labels_text);
     free(caps_text);
     free(et_labels);
+    free(pool);
     json_decref(body);
 }
 

@@ -65,13 +65,22 @@ static const struct store_stmt q_blob_gc =
                1);
 
 /* What the content routes need before the bytes: RLS decides whether the tenant has it. */
-static const struct store_stmt q_pkg_meta = STORE_STMT(
-    "pkg_meta", "SELECT encode(sha256, 'hex'), name || '-' || version FROM packages WHERE id = $1",
-    1);
+/* $2: an agent of a shared pool (its transaction is in the system scope), which may read
+ * only the package of a job assigned to it now; NULL for a tenant or a tenant's agent,
+ * whose scope already bounds what it sees. */
+static const struct store_stmt q_pkg_meta =
+    STORE_STMT("pkg_meta",
+               "SELECT encode(p.sha256, 'hex'), p.name || '-' || p.version, p.tenant_id"
+               "  FROM packages p WHERE p.id = $1"
+               "   AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM jobs j"
+               "         WHERE j.agent_id = $2 AND j.package_id = p.id"
+               "           AND j.tenant_id = p.tenant_id AND j.status IN ('assigned', 'running')))",
+               2);
 
 /* Binary result: data is the raw bytes. */
-static const struct store_stmt q_pkg_blob =
-    STORE_STMT("pkg_blob", "SELECT data FROM package_blobs WHERE sha256 = decode($1, 'hex')", 1);
+static const struct store_stmt q_pkg_blob = STORE_STMT(
+    "pkg_blob",
+    "SELECT data FROM package_blobs WHERE sha256 = decode($1, 'hex') AND tenant_id = $2", 2);
 
 static bool valid_name(const char *s)
 {
@@ -219,7 +228,8 @@ static void unref_blob(void *arg)
 }
 
 /* The bytes, to a tenant (GET /packages/{id}/content) or to one of its agents
- * (GET /agent/packages/{id}/content): the principal's tenant decides what is visible. The
+ * (GET /agent/packages/{id}/content): the principal's tenant decides what is visible; to an
+ * agent of a shared pool, the package of a job it holds now, whatever its tenant. The
  * archive comes from the node's memory when an agent fetched it lately (the same package
  * to many agents is read from PostgreSQL once) and is sent without a copy. */
 void api_packages_content(struct http_req *req)
@@ -228,14 +238,15 @@ void api_packages_content(struct http_req *req)
     if (!id)
         return;
     struct app *app = http_req_app(req);
-    const char *tenant = http_req_principal(req)->tenant_id;
+    const struct http_principal *pr = http_req_principal(req);
+    bool pool = pr->pool; /* an agent of a shared pool: system scope */
     struct store_tx *tx = NULL;
-    int r = store_tx_begin_tenant(app->store, tenant, &tx);
+    int r = store_tx_begin(app->store, app_agent_scope(pr), 0, &tx);
     if (r < 0) {
         http_reply_error(req, r, "reading the package");
         return;
     }
-    const char *p[] = {id};
+    const char *p[] = {id, pool ? pr->subject : NULL};
     PGresult *res = NULL;
     r = store_tx_exec(tx, &q_pkg_meta, p, &res);
     if (r <= 0) {
@@ -247,14 +258,15 @@ void api_packages_content(struct http_req *req)
             http_reply_error(req, r, "reading the package");
         return;
     }
-    char hex[CRYPTO_SHA256_HEX_LEN], disp[256], key[128];
+    char hex[CRYPTO_SHA256_HEX_LEN], disp[256], key[128], tenant[ID_STR_LEN];
     snprintf(hex, sizeof(hex), "%s", PQgetvalue(res, 0, 0));
     snprintf(disp, sizeof(disp), "attachment; filename=\"%.200s.tar\"", PQgetvalue(res, 0, 1));
+    snprintf(tenant, sizeof(tenant), "%s", PQgetvalue(res, 0, 2));
     PQclear(res);
     snprintf(key, sizeof(key), "%s/%s", tenant, hex);
     struct blob *b = blobcache_get(app->blobs, key);
     if (!b) {
-        const char *pb[] = {hex};
+        const char *pb[] = {hex, tenant};
         res = NULL;
         r = store_tx_exec_bin(tx, &q_pkg_blob, pb, NULL, NULL, true, &res);
         if (r > 0)

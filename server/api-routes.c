@@ -22,6 +22,14 @@ const struct http_route api_routes[] = {
     {HTTP_DELETE, V1 "/tenants/{id}", HTTP_AUTH_PLATFORM, api_tenants_delete, 0, 0},
     {HTTP_POST, V1 "/tenants/{id}/api-keys", HTTP_AUTH_PLATFORM, api_keys_create_for_tenant, 0, 0},
 
+    {HTTP_GET, V1 "/pools", HTTP_AUTH_PLATFORM, api_pools_list, 0, 0},
+    {HTTP_POST, V1 "/pools", HTTP_AUTH_PLATFORM, api_pools_create, 0, 0},
+    {HTTP_GET, V1 "/pools/{id}", HTTP_AUTH_PLATFORM, api_pools_get, 0, 0},
+    {HTTP_PATCH, V1 "/pools/{id}", HTTP_AUTH_PLATFORM, api_pools_update, 0, 0},
+    {HTTP_DELETE, V1 "/pools/{id}", HTTP_AUTH_PLATFORM, api_pools_delete, 0, 0},
+    {HTTP_POST, V1 "/pools/{id}/enrollment-tokens", HTTP_AUTH_PLATFORM,
+     api_pool_enroll_tokens_create, 0, 0},
+
     {HTTP_GET, V1 "/tenant", HTTP_AUTH_TENANT_VIEWER, api_tenant_self, 0, 0},
 
     {HTTP_GET, V1 "/api-keys", HTTP_AUTH_TENANT_ADMIN, api_keys_list, 0, 0},

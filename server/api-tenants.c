@@ -27,8 +27,10 @@ static const struct {
     {"job_log_bytes", "max_job_log_bytes"},
 };
 
-static const struct store_stmt q_tenant_doc =
-    STORE_STMT("tenant_doc", "SELECT doc FROM tenant_view WHERE id = $1", 1);
+/* The platform tenant, which holds the shared pools' agents (sql/0013_pools.sql), is not a
+ * customer: the operator API neither lists nor shows it (and cannot change it). */
+static const struct store_stmt q_tenant_doc = STORE_STMT(
+    "tenant_doc", "SELECT doc FROM tenant_view WHERE id = $1 AND id <> platform_tenant()", 1);
 
 static const struct store_stmt q_tenant_self =
     STORE_STMT("tenant_self", "SELECT doc FROM tenant_view WHERE id = app_tenant()", 0);
@@ -38,7 +40,7 @@ static const struct store_stmt q_tenant_list = STORE_STMT(
     "SELECT json_build_object('items', coalesce(json_agg(doc ORDER BY id), '[]'),"
     " 'next_cursor', CASE WHEN count(*) = $2 THEN (array_agg(id ORDER BY id DESC))[1] END)"
     " FROM (SELECT id, doc FROM tenant_view WHERE ($1::uuid IS NULL OR id > $1::uuid)"
-    "        ORDER BY id LIMIT $2) s",
+    "        AND id <> platform_tenant() ORDER BY id LIMIT $2) s",
     2);
 
 static const struct store_stmt q_tenant_insert =

@@ -114,12 +114,19 @@ void api_queues_create(struct http_req *req);
 void api_queues_get(struct http_req *req);
 void api_queues_update(struct http_req *req);
 void api_queues_delete(struct http_req *req);
+/* shared agent pools (operators) */
+void api_pools_list(struct http_req *req);
+void api_pools_create(struct http_req *req);
+void api_pools_get(struct http_req *req);
+void api_pools_update(struct http_req *req);
+void api_pools_delete(struct http_req *req);
 /* audit */
 void api_audit_list(struct http_req *req);
 /* enrolment and agents */
 void api_enroll_tokens_create(struct http_req *req);
 void api_enroll_tokens_list(struct http_req *req);
 void api_enroll_tokens_revoke(struct http_req *req);
+void api_pool_enroll_tokens_create(struct http_req *req);
 void api_agents_register(struct http_req *req);
 void api_agents_list(struct http_req *req);
 void api_agents_get(struct http_req *req);

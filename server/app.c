@@ -80,7 +80,7 @@ static const struct store_stmt q_agent_auth = STORE_STMT(
     "       a.credential_revoked_at IS NULL AND a.status <> 'disabled' AND t.status = 'active'"
     "       AND (a.credential_expires_at IS NULL OR a.credential_expires_at > now())"
     "       AND (a.credential_prefix = $1 OR a.prev_credential_valid_until > now()),"
-    "       extract(epoch FROM a.credential_expires_at)::bigint"
+    "       extract(epoch FROM a.credential_expires_at)::bigint, a.pool_id IS NOT NULL"
     "  FROM agents a JOIN tenants t ON t.id = a.tenant_id"
     " WHERE a.credential_prefix = $1 OR a.prev_credential_prefix = $1",
     1);
@@ -112,6 +112,7 @@ static int authenticate_agent(struct app *app, const char *token, size_t len,
         snprintf(ret->role, sizeof(ret->role), "agent");
         snprintf(ret->token_id, sizeof(ret->token_id), "%s", prefix);
         ret->token_exp = PQgetisnull(res, 0, 4) ? 0 : strtoll(PQgetvalue(res, 0, 4), NULL, 10);
+        ret->pool = strcmp(PQgetvalue(res, 0, 5), "t") == 0;
     } else if (r == 1 && authkey_hash_matches(hash, PQgetvalue(res, 0, 2))) {
         *why = "the agent credential was revoked or expired, the agent is disabled, or its "
                "tenant is suspended";
@@ -303,6 +304,11 @@ int app_tx_begin(struct app *app, const struct http_req *req, struct store_tx **
     if (p->kind == HTTP_PRINCIPAL_PLATFORM)
         return store_tx_begin_system(app->store, ret);
     return -EACCES;
+}
+
+const char *app_agent_scope(const struct http_principal *p)
+{
+    return p->pool ? NULL : p->tenant_id;
 }
 
 static const struct store_stmt q_audit = STORE_STMT(

@@ -40,6 +40,13 @@ int app_admit(void *app, struct http_req *req);
  * token, the system scope for a platform operator. */
 int app_tx_begin(struct app *app, const struct http_req *req, struct store_tx **ret);
 
+/* The scope of an agent's exchanges about jobs (heartbeat, reports, claims, package
+ * downloads): its tenant's (p->tenant_id), or NULL, the system scope, for an agent of a
+ * shared pool, whose jobs are of several tenants (sql/0013_pools.sql). Every statement run
+ * in that scope names the calling agent (agent_id = p->subject), so it reaches only the
+ * jobs assigned to it. Borrowed from p. */
+const char *app_agent_scope(const struct http_principal *p);
+
 /* Record a state-changing request in audit_log, inside tx (so it commits or rolls back
  * with the change). tenant_id NULL = the principal's tenant (platform actions: none).
  * detail is borrowed (may be NULL). */

@@ -24,7 +24,7 @@ struct event_base;
 
 struct waiter {
     char agent_id[ID_STR_LEN];
-    char tenant_id[ID_STR_LEN];
+    char tenant_id[ID_STR_LEN]; /* the scope of its claims (app_agent_scope()); "" = system */
     struct http_deferred *d;
     json_t *base; /* a sync's answer so far (owned), or NULL for a plain long-poll */
     bool assign;  /* waits for assignments too, not only cancels */

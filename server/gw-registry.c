@@ -62,12 +62,12 @@ int gateway_claim(struct app *app, struct store_tx *tx, const char *agent_id, bo
     return 0;
 }
 
-/* gateway_claim() in a transaction of its own. */
+/* gateway_claim() in a transaction of its own, in the scope of tenant (NULL: system). */
 static int deliver(struct app *app, const char *tenant, const char *agent, bool assign, char **ret)
 {
     struct store_tx *tx = NULL;
     *ret = NULL;
-    int r = store_tx_begin_tenant(app->store, tenant, &tx);
+    int r = store_tx_begin(app->store, tenant, 0, &tx);
     if (r < 0)
         return r;
     r = gateway_claim(app, tx, agent, assign, false, ret);
@@ -296,7 +296,9 @@ static void on_wake_with(struct gateway *gw, struct wake *wk)
     char *body = NULL;
     bool found = false;
     for (int looks = 0;; looks++) {
-        found = deliver(gw->app, w->tenant_id, w->agent_id, w->assign, &body) == 0 && body;
+        found = deliver(gw->app, w->tenant_id[0] ? w->tenant_id : NULL, w->agent_id, w->assign,
+                        &body) == 0 &&
+                body;
         /* A wake-up that came while the database was asked (a cancel or an assignment
          * committed after this look began) would be lost: look again. */
         pthread_mutex_lock(&gw->lock);
@@ -399,7 +401,7 @@ void gateway_poll(struct http_req *req)
         return;
     }
     char *body = NULL;
-    int r = deliver(app, p->tenant_id, p->subject, true, &body);
+    int r = deliver(app, app_agent_scope(p), p->subject, true, &body);
     if (r < 0) {
         http_reply_error(req, r, "looking for assignments");
         return;
@@ -448,7 +450,8 @@ void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool ass
         return;
     }
     snprintf(w->agent_id, sizeof(w->agent_id), "%.36s", p->subject);
-    snprintf(w->tenant_id, sizeof(w->tenant_id), "%s", p->tenant_id);
+    const char *scope = app_agent_scope(p);
+    snprintf(w->tenant_id, sizeof(w->tenant_id), "%s", scope ? scope : "");
     w->gw = gw;
     w->slot = -1; /* not registered */
     w->base = base;

@@ -83,6 +83,7 @@ struct http_principal {
     char subject[129];  /* API key id or operator token id */
     char token_id[37];  /* jti of the token used; agents: the credential's public prefix */
     int64_t token_exp;  /* seconds since the epoch */
+    bool pool;          /* agents: of a shared pool, holding jobs of several tenants */
 };
 
 /* Hooks the application gives the front. All run on the loop thread. */

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "agent/exec.h"
+#include "agent/exec-uids.h"
 #include "common/buf.h"
 #include "common/clock.h"
 
@@ -908,6 +909,82 @@ Test(exec, user_switch_sets_uid_gid_and_drops_groups)
     cr_assert(res.user_switched);
     cr_assert_str_eq(out_of(&c), "65534\n65534\n65534\n");
     cap_free(&c);
+}
+
+/* --- job users from exec.uid_range ------------------------------------------------------ */
+
+Test(exec_uids, parses_ranges_and_refuses_root_and_oversized_ones)
+{
+    unsigned a = 7, b = 7;
+    cr_assert_eq(exec_uids_parse("200000-200999", &a, &b), 0);
+    cr_assert_eq(a, 200000);
+    cr_assert_eq(b, 200999);
+    cr_assert_eq(exec_uids_parse("5-5", &a, &b), 0);
+    const char *bad[] = {"",     "200000", "0-10", "10-9",         "1-65537",       "a-b",
+                         "1-2x", " 1-2",   "-1-2", "1-4294967295", "99999999999-1", "1--2"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        a = b = 7;
+        cr_assert_eq(exec_uids_parse(bad[i], &a, &b), -EINVAL, "%s", bad[i]);
+        cr_assert(a == 7 && b == 7, "%s: untouched on failure", bad[i]);
+    }
+    cr_assert_eq(exec_uids_parse("1-65536", &a, &b), 0, "the largest range");
+}
+
+Test(exec_uids, running_jobs_never_share_a_uid_and_a_freed_one_comes_back_last)
+{
+    struct exec_uids *u = NULL;
+    cr_assert_eq(exec_uids_new(300, 302, &u), 0);
+    cr_assert_eq(exec_uids_size(u), 3);
+    struct exec_user x, y, z, w = {.uid = 1, .gid = 1};
+    cr_assert_eq(exec_uids_take(u, &x), 0);
+    cr_assert_eq(exec_uids_take(u, &y), 0);
+    cr_assert_eq(exec_uids_take(u, &z), 0);
+    cr_assert(x.uid == 300 && y.uid == 301 && z.uid == 302, "in turn");
+    cr_assert(x.gid == x.uid && z.gid == z.uid);
+    cr_assert_eq(exec_uids_take(u, &w), -EBUSY, "all three run");
+    cr_assert_eq(w.uid, 1, "untouched when none is free");
+    exec_uids_put(u, y.uid);
+    exec_uids_put(u, 12345); /* not ours: ignored */
+    cr_assert_eq(exec_uids_take(u, &w), 0);
+    cr_assert_eq(w.uid, y.uid, "the only free one");
+    /* Round-robin: a freed uid is reused as late as possible. */
+    exec_uids_put(u, x.uid);
+    exec_uids_put(u, z.uid);
+    struct exec_user n1, n2;
+    cr_assert_eq(exec_uids_take(u, &n1), 0);
+    cr_assert_eq(exec_uids_take(u, &n2), 0);
+    cr_assert_eq(n1.uid, 302, "the one after the last taken (301), not the lowest free");
+    cr_assert_eq(n2.uid, 300);
+    exec_uids_free(u);
+    cr_assert_eq(exec_uids_new(0, 5, &u), -EINVAL);
+    exec_uids_free(NULL);
+}
+
+Test(exec_uids, two_jobs_at_once_run_as_their_own_uids)
+{
+    need_root();
+    struct exec_uids *u = NULL;
+    cr_assert_eq(exec_uids_new(200500, 200509, &u), 0);
+    struct exec_user ua, ub;
+    cr_assert_eq(exec_uids_take(u, &ua), 0);
+    cr_assert_eq(exec_uids_take(u, &ub), 0);
+    const char *const argv[] = {"sh", "-c", "id -u; id -g", NULL};
+    char want[64];
+    const struct exec_user *users[] = {&ua, &ub};
+    for (int i = 0; i < 2; i++) {
+        struct exec_spec spec = spec_of(argv);
+        struct capture c;
+        spec.user = users[i];
+        cap_init(&c);
+        struct exec_result res = run(&spec, &c, NULL);
+        cr_assert_eq(res.exit_code, 0, "%s", err_of(&c));
+        cr_assert(res.user_switched);
+        snprintf(want, sizeof(want), "%u\n%u\n", users[i]->uid, users[i]->uid);
+        cr_assert_str_eq(out_of(&c), want);
+        cap_free(&c);
+    }
+    cr_assert_neq(ua.uid, ub.uid);
+    exec_uids_free(u);
 }
 
 Test(exec, stdin_path_is_opened_by_the_agent_for_a_user_who_cannot)
