@@ -304,7 +304,9 @@ static const struct store_stmt q_started = STORE_STMT(
     "             AND status IN ('assigned', 'running') RETURNING id),"
     " a AS (UPDATE job_attempts SET status = 'running', started_at = coalesce(started_at, now())"
     "        WHERE job_id = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM u) RETURNING id)"
-    " SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM jobs WHERE id = $1),"
+    " SELECT (SELECT count(*) FROM u),"
+    "        (SELECT count(*) FROM (SELECT 1 FROM job_attempts"
+    "                                WHERE job_id = $1 AND agent_id = $3 LIMIT 1) h),"
     "        (SELECT count(*) FROM a)",
     4);
 
@@ -328,7 +330,8 @@ static const struct store_stmt q_result = STORE_STMT(
     " SELECT e.status,"
     "       EXISTS (SELECT 1 FROM job_attempts WHERE job_id = $1 AND epoch = $2"
     "                 AND agent_id = $3 AND finished_at IS NOT NULL AND status <> 'lost'),"
-    "       coalesce(e.status, (SELECT status FROM jobs WHERE id = $1))"
+    "       coalesce(e.status, (SELECT status FROM jobs WHERE id = $1 AND EXISTS ("
+    "           SELECT 1 FROM job_attempts WHERE job_id = $1 AND agent_id = $3)))"
     "  FROM e",
     7);
 

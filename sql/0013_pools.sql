@@ -18,6 +18,7 @@
 -- admitted tenant; the agent protocol of a pool agent runs in the system scope, each
 -- statement bound to the calling agent's id (server/app.c, app_agent_scope()).
 
+DROP FUNCTION IF EXISTS platform_tenant();
 CREATE FUNCTION platform_tenant() RETURNS uuid
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$ SELECT '00000000-0000-4000-8000-000000000001'::uuid $$;
@@ -33,6 +34,7 @@ SELECT platform_tenant(),
        'Platform (shared agent pools)', 'enterprise';
 ALTER TABLE tenants FORCE ROW LEVEL SECURITY;
 
+DROP FUNCTION IF EXISTS tenants_platform_fixed();
 CREATE FUNCTION tenants_platform_fixed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF OLD.id = platform_tenant() THEN
@@ -45,6 +47,7 @@ CREATE TRIGGER tenants_platform_fixed BEFORE UPDATE OR DELETE ON tenants
     FOR EACH ROW EXECUTE FUNCTION tenants_platform_fixed();
 
 -- The platform tenant has no API keys: 23503, which the API answers "no such tenant".
+DROP FUNCTION IF EXISTS api_keys_not_platform();
 CREATE FUNCTION api_keys_not_platform() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.tenant_id = platform_tenant() THEN
@@ -64,6 +67,7 @@ ALTER TABLE enrollment_tokens ADD CONSTRAINT enrollment_tokens_pool_platform
     CHECK ((pool_id IS NOT NULL) = (tenant_id = '00000000-0000-4000-8000-000000000001'::uuid));
 
 -- A pool as the operator API shows it.
+DROP VIEW IF EXISTS pool_view;
 CREATE VIEW pool_view WITH (security_invoker = true) AS
 SELECT p.id, json_build_object(
     'id', p.id, 'name', p.name, 'tiers', p.tiers, 'tenants', p.tenants,

@@ -7,7 +7,7 @@
 -- does not overflow. code says what happened:
 --   ok        stored, or a retransmission identical to what is stored (next_offset is
 --             off + length(chunk), as the first answer said)
---   missing   no such job                 stale     not this agent's current attempt
+--   missing   no such job (for this agent)  stale     not this agent's current attempt
 --   gap       off is past the stream's end (next_offset: the end)
 --   conflict  off is before the end and the bytes differ from those stored
 -- first_offset is where the stored bytes of the stream now begin: the bytes before it
@@ -34,8 +34,11 @@ BEGIN
      WHERE j.id = jid AND j.epoch = ep AND j.agent_id = agent
        AND j.status IN ('assigned', 'running');
     IF NOT FOUND THEN
-        code := CASE WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.id = jid) THEN 'stale'
-                     ELSE 'missing' END;
+        -- 'stale' only for a job this agent held once: a pool agent, in the system scope,
+        -- must not learn whether another tenant's job id exists.
+        code := CASE WHEN EXISTS (SELECT 1 FROM job_attempts a
+                                   WHERE a.job_id = jid AND a.agent_id = agent)
+                     THEN 'stale' ELSE 'missing' END;
         RETURN NEXT;
         RETURN;
     END IF;

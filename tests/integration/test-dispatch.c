@@ -149,8 +149,9 @@ Test(dispatch, a_job_runs_on_the_matching_agent_and_reports_back)
     cr_assert_eq(report(linux_agent, id, "logs",
                         "{\"epoch\":1,\"stream\":\"stdout\",\"offset\":0,\"data\":\"aGkK\"}"),
                  200);
-    /* The wrong agent, or a wrong epoch, is refused. */
-    cr_assert_eq(report(gpu_agent, id, "started", "{\"epoch\":1}"), 409);
+    /* An agent that never held the job is told there is no such job (404: whether a job
+     * exists is not an agent's to learn); a wrong epoch is refused as stale. */
+    cr_assert_eq(report(gpu_agent, id, "started", "{\"epoch\":1}"), 404);
     cr_assert_eq(report(linux_agent, id, "result", "{\"epoch\":7,\"exit_code\":0}"), 409);
 
     cr_assert_eq(report(linux_agent, id, "result",

@@ -287,6 +287,22 @@ Test(pools, a_pool_agent_is_the_platforms_and_reads_only_packages_of_jobs_it_hol
     cr_assert_str_eq(th_str_of(&r, "id"), agent);
     th_resp_free(&r);
 
+    /* It works in the system scope, yet reports about a job it never held (another
+     * tenant's, queued) answer as for a job that does not exist: not even the job's
+     * existence leaks. */
+    char *other = th_job_submit(&srv, b_admin, json_pack("{s:s}", "command", "true"));
+    const char *kinds[] = {"started", "logs", "result"};
+    const char *bodies[] = {"{\"epoch\":1}",
+                            "{\"epoch\":1,\"stream\":\"stdout\",\"offset\":0,\"data\":\"aGk=\"}",
+                            "{\"epoch\":1,\"exit_code\":0}"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "/api/v1/agent/jobs/%s/%s", other, kinds[i]);
+        th_http(&srv, "POST", path, cred, bodies[i], NULL, &r);
+        cr_assert_eq(r.status, 404, "%s: %s", kinds[i], r.body);
+        th_resp_free(&r);
+    }
+    free(other);
+
     free(pkg);
     free(cred);
     free(tok);
