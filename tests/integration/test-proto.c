@@ -189,7 +189,7 @@ static json_t *sync_decoded(const char *cred, const char *body)
     return j;
 }
 
-/* The assignments orchd builds (in SQL, assignment_view) are what proto/ accepts, at the
+/* The assignments orchd builds (proto_assignment_encode()) are what proto/ accepts, at the
  * bounds a job may be submitted with. */
 Test(proto, assignments_orchd_builds_decode_through_proto)
 {
