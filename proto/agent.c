@@ -53,7 +53,7 @@ static const struct jsonv_field heartbeat_answer_fields[] = {
     {"credential_expires_in_s", JSONV_INT, 0, 0, INT64_MAX},
 };
 
-/* What assignment_view (sql/) builds: every member is there, null when it does not apply,
+/* What proto_assignment_encode() builds: every member is there, null when it does not apply,
  * except the package's digest and size, which only a package job has. */
 static const struct jsonv_field assignment_fields[] = {
     {"job_id", JSONV_UUID, JSONV_REQUIRED, 0, 0},
@@ -595,6 +595,29 @@ void proto_heartbeat_answer_clear(struct proto_heartbeat_answer *a)
 }
 
 /* --- assignment --------------------------------------------------------------------------- */
+
+/* s as a JSON string, or null when s is NULL. */
+static json_t *string_or_null(const char *s)
+{
+    return s ? json_string(s) : json_null();
+}
+
+json_t *proto_assignment_encode(const struct proto_assignment *a)
+{
+    /* Every member the table requires is there, null when it does not apply; so are the
+     * package's digest and size (null without a package), as the agents in the field
+     * have always received them. */
+    json_t *o = json_pack(
+        "{s:s, s:I, s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:o, s:o}", "job_id", a->job_id,
+        "epoch", (json_int_t)a->epoch, "attempt", (json_int_t)a->attempt, "command",
+        string_or_null(a->command), "args", a->args ? json_incref((json_t *)a->args) : json_array(),
+        "env", a->env ? json_incref((json_t *)a->env) : json_object(), "params",
+        a->params ? json_incref((json_t *)a->params) : json_null(), "package_id",
+        string_or_null(a->package_id), "entrypoint", string_or_null(a->entrypoint), "timeout_ms",
+        (json_int_t)a->timeout_ms, "package_sha256", string_or_null(a->package_sha256),
+        "package_size", a->package_size < 0 ? json_null() : json_integer(a->package_size));
+    return o; /* json_pack() steals its "o" references on failure too */
+}
 
 int proto_assignment_decode(const json_t *doc, struct proto_assignment *ret,
                             struct jsonv_error *err)

@@ -238,8 +238,9 @@ int proto_job_refs_decode(const json_t *list, struct proto_job_ref **ret, size_t
 /* A list of JobEpoch from refs. */
 json_t *proto_job_refs_encode(const struct proto_job_ref *refs, size_t n);
 
-/* A job assigned to the agent. Decoded only (the server builds it in SQL, assignment_view;
- * the contract test holds both to this table). Absent or null members: NULL / 0 / -1. */
+/* A job assigned to the agent: the server encodes it (server/gw-registry.c), the agent
+ * decodes it; the contract test holds both to this table. Absent or null members:
+ * NULL / 0 / -1. */
 struct proto_assignment {
     char job_id[ID_STR_LEN];
     int64_t epoch;
@@ -263,6 +264,11 @@ struct proto_assignment {
  * the refusal can be reported about the right attempt. */
 int proto_assignment_decode(const json_t *doc, struct proto_assignment *ret,
                             struct jsonv_error *err);
+/* a as the Assignment table has it: every required member, null when it does not apply
+ * (args and env: empty when NULL), package_sha256 and package_size null without a package;
+ * a's json members are referenced, not copied. lease_s is not a member. NULL: no memory
+ * (or a string that is not UTF-8). */
+json_t *proto_assignment_encode(const struct proto_assignment *a);
 
 /* A job's args (array of strings, NULL: none) and env (object of strings, NULL: none) as
  * both a submission and an assignment must have them: at most PROTO_JOB_ARG_MAX bytes an

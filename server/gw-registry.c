@@ -13,6 +13,7 @@
 #include "common/cleanup.h"
 #include "common/id.h"
 #include "common/log.h"
+#include "proto/agent.h"
 #include "proto/bus.h"
 #include "server/api.h"
 #include "server/app.h"
@@ -24,42 +25,131 @@
  * long-polls as gateway.max_waiters allows: a slot comes free as held ones are answered. */
 #define GW_BUSY_RETRY_AFTER "5"
 
+/* One row a claimed assignment (kind 'a') or cancel ('c', only id and epoch); the answer is
+ * built in C with proto/'s encoders, the one definition of what the agent decodes. A
+ * package job gets its package's digest and size (so that the agent can use its cache)
+ * and the package's entrypoint when the job names none. */
 static const struct store_stmt q_deliver = STORE_STMT(
     "gw_deliver",
     "WITH d AS (UPDATE jobs SET delivered_at = now(),"
     "                  lease_expires_at = now() + make_interval(secs => $2::int)"
     "           WHERE agent_id = $1 AND status = 'assigned'"
-    "           AND $4::bool AND (delivered_at IS NULL OR $3::bool) RETURNING id),"
+    "           AND $4::bool AND (delivered_at IS NULL OR $3::bool)"
+    "           RETURNING id, tenant_id, epoch, attempt, command, args, env, params, package_id,"
+    "                     entrypoint, timeout_ms),"
     " c AS (UPDATE jobs SET cancel_sent = true WHERE agent_id = $1 AND cancel_requested"
-    "         AND NOT cancel_sent AND status IN ('assigned', 'running') RETURNING id, epoch),"
-    " a AS (SELECT v.doc FROM assignment_view v JOIN d USING (id))"
-    " SELECT json_build_object("
-    "   'assignments', coalesce((SELECT json_agg(doc) FROM a), '[]'), 'lease_s', $2::int,"
-    "   'cancel', coalesce((SELECT json_agg(json_build_object('job_id', id, 'epoch', epoch))"
-    "                         FROM c), '[]')),"
-    "  (SELECT count(*) FROM a) + (SELECT count(*) FROM c)",
+    "         AND NOT cancel_sent AND status IN ('assigned', 'running') RETURNING id, epoch)"
+    " SELECT 'a', d.id, d.epoch, d.attempt, d.command, d.args::text, d.env::text,"
+    "        d.params::text, d.package_id, coalesce(d.entrypoint, p.entrypoint), d.timeout_ms,"
+    "        encode(p.sha256, 'hex'), p.size_bytes"
+    "   FROM d LEFT JOIN packages p ON p.id = d.package_id AND p.tenant_id = d.tenant_id"
+    " UNION ALL"
+    " SELECT 'c', c.id, c.epoch, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+    "   FROM c",
     4);
+
+enum {
+    DELIVER_KIND,
+    DELIVER_ID,
+    DELIVER_EPOCH,
+    DELIVER_ATTEMPT,
+    DELIVER_COMMAND,
+    DELIVER_ARGS,
+    DELIVER_ENV,
+    DELIVER_PARAMS,
+    DELIVER_PACKAGE_ID,
+    DELIVER_ENTRYPOINT,
+    DELIVER_TIMEOUT_MS,
+    DELIVER_SHA256,
+    DELIVER_SIZE,
+};
+
+/* Column c of row i: NULL when SQL NULL. */
+static const char *col(const PGresult *res, int i, int c)
+{
+    return PQgetisnull(res, i, c) ? NULL : PQgetvalue(res, i, c);
+}
+
+/* Column c of row i (jsonb as text) parsed, or NULL when SQL NULL; -ENOMEM when it
+ * cannot be parsed (the database's own JSON: only memory can fail it). */
+static int col_json(const PGresult *res, int i, int c, json_t **ret)
+{
+    const char *text = col(res, i, c);
+    *ret = text ? json_loads(text, JSON_DECODE_ANY, NULL) : NULL;
+    return text && !*ret ? -ENOMEM : 0;
+}
+
+/* The assignment of row i of q_deliver, appended to list. */
+static int append_assignment(json_t *list, const PGresult *res, int i)
+{
+    _cleanup_json_ json_t *args = NULL;
+    _cleanup_json_ json_t *env = NULL;
+    _cleanup_json_ json_t *params = NULL;
+    const char *size = col(res, i, DELIVER_SIZE);
+    struct proto_assignment a = {
+        .epoch = strtoll(PQgetvalue(res, i, DELIVER_EPOCH), NULL, 10),
+        .attempt = strtoll(PQgetvalue(res, i, DELIVER_ATTEMPT), NULL, 10),
+        .command = col(res, i, DELIVER_COMMAND),
+        .package_id = col(res, i, DELIVER_PACKAGE_ID),
+        .entrypoint = col(res, i, DELIVER_ENTRYPOINT),
+        .package_sha256 = col(res, i, DELIVER_SHA256),
+        .package_size = size ? strtoll(size, NULL, 10) : -1,
+        .timeout_ms = strtoll(PQgetvalue(res, i, DELIVER_TIMEOUT_MS), NULL, 10),
+    };
+    snprintf(a.job_id, sizeof(a.job_id), "%s", PQgetvalue(res, i, DELIVER_ID));
+    if (col_json(res, i, DELIVER_ARGS, &args) < 0 || col_json(res, i, DELIVER_ENV, &env) < 0 ||
+        col_json(res, i, DELIVER_PARAMS, &params) < 0)
+        return -ENOMEM;
+    a.args = args;
+    a.env = env;
+    a.params = params;
+    json_t *doc = proto_assignment_encode(&a);
+    return doc && json_array_append_new(list, doc) == 0 ? 0 : -ENOMEM;
+}
+
+/* The answer to the claim in res: {"assignments": [...], "lease_s": N, "cancel": [...]},
+ * as text into *ret. */
+static int claim_answer(const PGresult *res, long long lease_s, char **ret)
+{
+    int n = PQntuples(res);
+    _cleanup_free_ struct proto_job_ref *cancel = calloc((size_t)n, sizeof(*cancel));
+    _cleanup_json_ json_t *list = json_array();
+    _cleanup_json_ json_t *doc = NULL;
+    size_t ncancel = 0;
+
+    if (!cancel || !list)
+        return -ENOMEM;
+    for (int i = 0; i < n; i++) {
+        if (PQgetvalue(res, i, DELIVER_KIND)[0] == 'c') {
+            struct proto_job_ref *ref = &cancel[ncancel++];
+            snprintf(ref->job_id, sizeof(ref->job_id), "%s", PQgetvalue(res, i, DELIVER_ID));
+            ref->epoch = strtoll(PQgetvalue(res, i, DELIVER_EPOCH), NULL, 10);
+        } else if (append_assignment(list, res, i) < 0) {
+            return -ENOMEM;
+        }
+    }
+    doc = json_pack("{s:O, s:I, s:o}", "assignments", list, "lease_s", (json_int_t)lease_s,
+                    "cancel", proto_job_refs_encode(cancel, ncancel));
+    *ret = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    return *ret ? 0 : -ENOMEM;
+}
 
 int gateway_claim(struct app *app, struct store_tx *tx, const char *agent_id, bool assign,
                   bool again, char **ret)
 {
+    long long lease_s = (long long)(app->cfg->agent_lease_ms / 1000);
     char lease[24];
-    snprintf(lease, sizeof(lease), "%lld", (long long)(app->cfg->agent_lease_ms / 1000));
+    snprintf(lease, sizeof(lease), "%lld", lease_s);
     const char *p[] = {agent_id, lease, again ? "true" : "false", assign ? "true" : "false"};
     PGresult *res = NULL;
     *ret = NULL;
     int r = store_tx_exec(tx, &q_deliver, p, &res);
     if (r < 0)
         return r;
-    if (r == 1 && strcmp(PQgetvalue(res, 0, 1), "0") != 0) {
-        *ret = strdup(PQgetvalue(res, 0, 0));
-        if (!*ret) {
-            PQclear(res);
-            return -ENOMEM; /* the caller rolls back: what was claimed stays undelivered */
-        }
-    }
+    /* On -ENOMEM the caller rolls back: what was claimed stays undelivered. */
+    r = r > 0 ? claim_answer(res, lease_s, ret) : 0;
     PQclear(res);
-    return 0;
+    return r;
 }
 
 /* gateway_claim() in a transaction of its own, in the scope of tenant (NULL: system). */

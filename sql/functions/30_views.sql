@@ -96,14 +96,3 @@ SELECT p.id, p.tenant_id, p.name, p.version, json_build_object(
     'id', p.id, 'name', p.name, 'version', p.version, 'sha256', encode(p.sha256, 'hex'),
     'size_bytes', p.size_bytes, 'entrypoint', p.entrypoint, 'created_at', p.created_at) AS doc
   FROM packages p;
-
--- assignment_view: from 0007_packages_dispatch.sql.
--- An assignment as the agent receives it: with a package, its digest and size (so that
--- the agent can use its cache) and the package's entrypoint when the job names none.
-CREATE OR REPLACE VIEW assignment_view WITH (security_invoker = true) AS
-SELECT j.id, j.tenant_id, j.agent_id, j.epoch, json_build_object(
-    'job_id', j.id, 'epoch', j.epoch, 'attempt', j.attempt, 'command', j.command,
-    'args', j.args, 'env', j.env, 'params', j.params, 'package_id', j.package_id,
-    'entrypoint', coalesce(j.entrypoint, p.entrypoint), 'timeout_ms', j.timeout_ms,
-    'package_sha256', encode(p.sha256, 'hex'), 'package_size', p.size_bytes) AS doc
-  FROM jobs j LEFT JOIN packages p ON p.id = j.package_id AND p.tenant_id = j.tenant_id;

@@ -53,6 +53,9 @@ Test(migrate, empty_database_reaches_latest_version)
     PGresult *res = th_pg_ok(pg, "SELECT sha256 FROM orch_schema_version WHERE version = 1");
     cr_assert_str_eq(PQgetvalue(res, 0, 0), migrate_list[0].sha256);
     PQclear(res);
+    /* 0014 dropped it: the server encodes an assignment with proto/ (gw-registry.c). */
+    cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM pg_views WHERE viewname = 'assignment_view'"),
+                 0);
     PQfinish(pg);
 }
 

@@ -189,7 +189,7 @@ static json_t *sync_decoded(const char *cred, const char *body)
     return j;
 }
 
-/* The assignments orchd builds (in SQL, assignment_view) are what proto/ accepts, at the
+/* The assignments orchd builds (proto_assignment_encode()) are what proto/ accepts, at the
  * bounds a job may be submitted with. */
 Test(proto, assignments_orchd_builds_decode_through_proto)
 {
@@ -232,8 +232,17 @@ Test(proto, assignments_orchd_builds_decode_through_proto)
             struct proto_assignment a;
             struct jsonv_error e;
             cr_assert_eq(proto_assignment_decode(doc, &a, &e), 0, "%s %s", e.field, e.detail);
+            /* Exactly the table's members, every one of them (null when it does not apply). */
+            cr_assert_eq(
+                jsonv_check(doc, proto_msg_assignment.fields, proto_msg_assignment.n, false, &e), 0,
+                "%s %s", e.field, e.detail);
+            cr_assert_eq(json_object_size(doc), proto_msg_assignment.n);
             if (strcmp(a.job_id, id1) == 0) {
                 cr_assert_eq(json_array_size(a.args), PROTO_JOB_ARGS_MAX);
+                cr_assert_eq(json_object_size(a.env), PROTO_JOB_ENV_MAX);
+                cr_assert_eq(json_integer_value(json_object_get(a.params, "n")), 1);
+                cr_assert_null(a.package_id);
+                cr_assert_eq(a.package_size, -1);
                 cr_assert_eq(a.timeout_ms, PROTO_JOB_TIMEOUT_MAX_MS);
             } else {
                 cr_assert_str_eq(a.job_id, id2);

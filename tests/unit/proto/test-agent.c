@@ -217,6 +217,108 @@ Test(agent, assignment_refusals_keep_the_attempt)
     json_decref(doc);
 }
 
+/* What the server encodes (proto_assignment_encode()) decodes to the same values on the
+ * agent, at the bounds of every member, and is exactly the table: every member, nothing
+ * else (allow_unknown off). */
+static void assignment_round_trip(const struct proto_assignment *in)
+{
+    json_t *doc = proto_assignment_encode(in);
+    cr_assert_not_null(doc);
+    struct jsonv_error e;
+    cr_assert_eq(jsonv_check(doc, proto_msg_assignment.fields, proto_msg_assignment.n, false, &e),
+                 0, "%s %s", e.field, e.detail);
+    cr_assert_eq(json_object_size(doc), proto_msg_assignment.n, "every member, null or not");
+    struct proto_assignment out;
+    cr_assert_eq(proto_assignment_decode(doc, &out, &e), 0, "%s %s", e.field, e.detail);
+    cr_assert_str_eq(out.job_id, in->job_id);
+    cr_assert_eq(out.epoch, in->epoch);
+    cr_assert_eq(out.attempt, in->attempt);
+    cr_assert_eq(out.timeout_ms, in->timeout_ms);
+    cr_assert_eq(out.package_size, in->package_size);
+    cr_assert_eq(!out.command, !in->command);
+    if (in->command)
+        cr_assert_str_eq(out.command, in->command);
+    cr_assert_eq(!out.package_id, !in->package_id);
+    if (in->package_id) {
+        cr_assert_str_eq(out.package_id, in->package_id);
+        cr_assert_str_eq(out.entrypoint, in->entrypoint);
+        cr_assert_str_eq(out.package_sha256, in->package_sha256);
+    } else {
+        cr_assert_null(out.package_sha256);
+        cr_assert(json_is_null(json_object_get(doc, "package_sha256")));
+        cr_assert(json_is_null(json_object_get(doc, "package_size")));
+    }
+    cr_assert(in->args ? json_equal(out.args, in->args) : json_array_size(out.args) == 0);
+    cr_assert(in->env ? json_equal(out.env, in->env) : json_object_size(out.env) == 0);
+    cr_assert(in->params ? json_equal(out.params, in->params) : json_is_null(out.params));
+    json_decref(doc);
+}
+
+Test(agent, assignment_round_trip)
+{
+    char *command = malloc(PROTO_JOB_COMMAND_MAX + 1);
+    char *entrypoint = malloc(PROTO_JOB_ENTRYPOINT_MAX + 1);
+    cr_assert(command && entrypoint);
+    memset(command, 'c', PROTO_JOB_COMMAND_MAX);
+    command[PROTO_JOB_COMMAND_MAX] = '\0';
+    memset(entrypoint, 'e', PROTO_JOB_ENTRYPOINT_MAX);
+    entrypoint[PROTO_JOB_ENTRYPOINT_MAX] = '\0';
+    json_t *args = load("[\"a\", \"\"]");
+    json_t *env = load("{\"K\":\"v\", \"_x1\":\"\"}");
+    json_t *params = load("{\"n\":[1, 2.5, null, \"s\"]}");
+    const char *sha = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /* A command job at the upper bounds, with everything a command job may have. */
+    struct proto_assignment a = {.job_id = JOB,
+                                 .epoch = INT64_MAX,
+                                 .attempt = INT32_MAX,
+                                 .command = command,
+                                 .args = args,
+                                 .env = env,
+                                 .params = params,
+                                 .package_size = -1,
+                                 .timeout_ms = PROTO_JOB_TIMEOUT_MAX_MS};
+    assignment_round_trip(&a);
+    /* At the lower bounds, with nothing optional: args and env go out empty, params null. */
+    a = (struct proto_assignment){.job_id = JOB,
+                                  .epoch = 1,
+                                  .attempt = 1,
+                                  .command = "x",
+                                  .package_size = -1,
+                                  .timeout_ms = PROTO_JOB_TIMEOUT_MIN_MS};
+    assignment_round_trip(&a);
+    /* Package jobs: the largest package and entrypoint, then an empty package. */
+    a = (struct proto_assignment){.job_id = JOB,
+                                  .epoch = 2,
+                                  .attempt = 3,
+                                  .args = args,
+                                  .package_id = JOB,
+                                  .entrypoint = entrypoint,
+                                  .package_sha256 = sha,
+                                  .package_size = PROTO_PACKAGE_MAX_BYTES,
+                                  .timeout_ms = 60000};
+    assignment_round_trip(&a);
+    a.entrypoint = "bin/run.sh";
+    a.package_size = 0;
+    a.command = "also a command";
+    assignment_round_trip(&a);
+
+    /* Out of the table's bounds, the encoded doc is refused by the agent, naming it. */
+    a.timeout_ms = PROTO_JOB_TIMEOUT_MAX_MS + 1;
+    json_t *doc = proto_assignment_encode(&a);
+    struct proto_assignment out;
+    struct jsonv_error e;
+    cr_assert_eq(proto_assignment_decode(doc, &out, &e), -EINVAL);
+    cr_assert_str_eq(e.field, "timeout_ms");
+    json_decref(doc);
+
+    json_decref(args);
+    json_decref(env);
+    json_decref(params);
+    free(command);
+    free(entrypoint);
+}
+
 Test(agent, reports_round_trip)
 {
     json_t *doc = proto_logs_encode(JOB, 4, PROTO_STREAM_STDERR, 10, "hello", 5);
