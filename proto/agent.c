@@ -693,6 +693,50 @@ int proto_job_args_env_check(const json_t *args, const json_t *env, struct jsonv
     return 0;
 }
 
+/* Whether every number in v is below 2^63 in magnitude. */
+static bool numbers_in_range(const json_t *v)
+{
+    size_t i;
+    const char *k;
+    json_t *e;
+    if (json_is_real(v)) {
+        double x = json_real_value(v);
+        return x < 9223372036854775808.0 && x > -9223372036854775808.0;
+    }
+    json_array_foreach((json_t *)v, i, e)
+    {
+        if (!numbers_in_range(e))
+            return false;
+    }
+    json_object_foreach((json_t *)v, k, e)
+    {
+        if (!numbers_in_range(e))
+            return false;
+    }
+    return true;
+}
+
+int proto_job_params_check(const json_t *params, struct jsonv_error *err)
+{
+    if (!params)
+        return 0;
+    char *t = json_dumps(params, JSON_COMPACT | JSON_ENCODE_ANY);
+    size_t n = t ? strlen(t) : SIZE_MAX;
+    free(t);
+    if (n <= PROTO_JOB_PARAMS_MAX && numbers_in_range(params))
+        return 0;
+    if (err) {
+        snprintf(err->field, sizeof(err->field), "params");
+        if (n > PROTO_JOB_PARAMS_MAX)
+            snprintf(err->detail, sizeof(err->detail),
+                     "params are at most %d bytes of compact JSON", PROTO_JOB_PARAMS_MAX);
+        else
+            snprintf(err->detail, sizeof(err->detail),
+                     "numbers in params are below 2^63 in magnitude");
+    }
+    return -EINVAL;
+}
+
 /* --- reports ------------------------------------------------------------------------------ */
 
 /* A report's body with, in a sync exchange, its kind and job id. Takes o. */

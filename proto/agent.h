@@ -276,6 +276,12 @@ json_t *proto_assignment_encode(const struct proto_assignment *a);
  * of at most PROTO_JOB_ENV_VALUE_MAX. The counts are the tables' (PROTO_JOB_ARGS_MAX,
  * PROTO_JOB_ENV_MAX). -EINVAL with err naming "args[i]" or "env.NAME". */
 int proto_job_args_env_check(const json_t *args, const json_t *env, struct jsonv_error *err);
+/* A job's params as submission and delivery need them: at most PROTO_JOB_PARAMS_MAX bytes of
+ * compact JSON, and no number of magnitude 2^63 or more (PostgreSQL's jsonb hands such a
+ * real back as an integer of hundreds of digits, which no JSON parser of ours reads, so
+ * the assignment could never be delivered). Returns 0 or -EINVAL with err (field
+ * "params") filled when err is not NULL. */
+int proto_job_params_check(const json_t *params, struct jsonv_error *err);
 
 /* Reports: started, logs, result, on their own routes or in a sync exchange. */
 enum proto_report_kind {

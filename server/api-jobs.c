@@ -177,17 +177,11 @@ static int job_check(const json_t *job, const char *prefix, char *field, size_t 
     if (api_jobs_check_requirements(json_object_get(job, "requirements"), rprefix, field, flen,
                                     detail, dlen) < 0)
         return -EINVAL;
-    json_t *params = json_object_get(job, "params");
-    if (params) {
-        char *t = json_dumps(params, JSON_COMPACT | JSON_ENCODE_ANY);
-        size_t n = t ? strlen(t) : 0;
-        free(t);
-        if (n > PROTO_JOB_PARAMS_MAX) {
-            snprintf(field, flen, "%sparams", prefix);
-            snprintf(detail, dlen, "params are at most %d bytes of compact JSON",
-                     PROTO_JOB_PARAMS_MAX);
-            return -EINVAL;
-        }
+    struct jsonv_error perr;
+    if (proto_job_params_check(json_object_get(job, "params"), &perr) < 0) {
+        snprintf(field, flen, "%s%s", prefix, perr.field);
+        snprintf(detail, dlen, "%s", perr.detail);
+        return -EINVAL;
     }
     return 0;
 }

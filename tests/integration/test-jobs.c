@@ -164,6 +164,8 @@ Test(jobs, validation_names_the_field)
         {"{\"command\":\"x\",\"max_attempts\":0}", "max_attempts"},
         {"{\"command\":\"x\",\"queue\":\"missing\"}", "queue"},
         {"{\"command\":\"x\",\"colour\":\"red\"}", "colour"},
+        /* PostgreSQL would hand 1e300 back as a 301-digit integer: undeliverable. */
+        {"{\"command\":\"x\",\"params\":{\"a\":[1.5,-1e300]}}", "params"},
         {"{\"package_id\":\"01a201d6-c84b-7611-8d12-6ddb814c3026\",\"entrypoint\":\"run\"}",
          "package_id"},
     };
