@@ -66,12 +66,17 @@ orch_npm_deps() {
     stamp="$(sha256sum "$dir/package-lock.json" | cut -c1-64) node-$(node --version)"
     [ "$(cat "$dir/node_modules/.orch-installed" 2>/dev/null)" = "$stamp" ] && return 0
     say "npm ci (tests/api/lint: the OpenAPI linter)"
-    if (cd "$dir" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error >/dev/null); then
-        echo "$stamp" >"$dir/node_modules/.orch-installed"
-    else
+    # Twice at most: a registry hiccup or a half-written node_modules left by an interrupted
+    # run fails the first, which leaves nothing behind for the second.
+    local try
+    for try in 1 2; do
+        if (cd "$dir" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error >/dev/null); then
+            echo "$stamp" >"$dir/node_modules/.orch-installed"
+            return 0
+        fi
         rm -rf "$dir/node_modules"
-        say "npm ci failed in $dir: the openapi-lint test will fail"
-    fi
+    done
+    say "npm ci failed in $dir: the openapi-lint test will fail"
     return 0
 }
 
