@@ -71,6 +71,25 @@ bool api_label_name_ok(const char *name)
     return ok;
 }
 
+bool api_slug_ok(const char *s)
+{
+    size_t n = strlen(s);
+    bool ok = n >= 1 && n <= 63 && s[0] != '-';
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-';
+    return ok;
+}
+
+const char *const api_tiers[API_TIERS_N] = {"free", "standard", "professional", "enterprise"};
+
+bool api_tier_ok(const char *t)
+{
+    for (size_t k = 0; t && k < API_TIERS_N; k++)
+        if (strcmp(api_tiers[k], t) == 0)
+            return true;
+    return false;
+}
+
 int api_check_labels(struct http_req *req, const json_t *labels, const char *field)
 {
     if (!labels || json_is_null(labels))

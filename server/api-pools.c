@@ -72,8 +72,6 @@ static const struct store_stmt q_pool_lock =
 static const struct store_stmt q_pool_delete =
     STORE_STMT("pool_delete", "DELETE FROM pools WHERE id = $1 RETURNING name", 1);
 
-static const char *const tiers[] = {"free", "standard", "professional", "enterprise"};
-
 /* What a create or update body asks for, as statement parameters. */
 struct pool_input {
     const char *name;
@@ -85,25 +83,6 @@ static void pool_input_free(struct pool_input *in)
 {
     free(in->tiers);
     free(in->tenants);
-}
-
-static bool valid_pool_name(const char *s)
-{
-    size_t n = strlen(s);
-    if (n < 1 || n > 63 || s[0] == '-')
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
-            return false;
-    return true;
-}
-
-static bool is_tier(const char *t)
-{
-    for (size_t k = 0; k < ELEMENTSOF(tiers); k++)
-        if (strcmp(tiers[k], t) == 0)
-            return true;
-    return false;
 }
 
 /* The PostgreSQL array literal ("{a,b}", malloc'd in *ret) of the JSON array list, whose
@@ -141,7 +120,7 @@ static int pool_input(struct http_req *req, const json_t *body, struct pool_inpu
 {
     memset(in, 0, sizeof(*in));
     in->name = api_json_str(body, "name");
-    if (in->name && !valid_pool_name(in->name)) {
+    if (in->name && !api_slug_ok(in->name)) {
         http_reply_problem(req, PROBLEM_VALIDATION,
                            "must be 1 to 63 characters of a-z, 0-9 and -, not starting with -",
                            "name");
@@ -150,7 +129,7 @@ static int pool_input(struct http_req *req, const json_t *body, struct pool_inpu
     char field[64];
     size_t bad = 0;
     const json_t *list = json_object_get(body, "tiers");
-    int r = list ? array_literal(list, is_tier, &in->tiers, &bad) : 0;
+    int r = list ? array_literal(list, api_tier_ok, &in->tiers, &bad) : 0;
     if (r == -EINVAL) {
         snprintf(field, sizeof(field), "tiers[%zu]", bad);
         http_reply_problem(req, PROBLEM_VALIDATION,
@@ -192,13 +171,13 @@ static int pool_check_tenants(struct http_req *req, struct store_tx *tx, const c
 
 static const struct jsonv_field create_fields[] = {
     {"name", JSONV_STRING, JSONV_REQUIRED, 1, 63},
-    {"tiers", JSONV_ARRAY, 0, 0, ELEMENTSOF(tiers)},
+    {"tiers", JSONV_ARRAY, 0, 0, API_TIERS_N},
     {"tenants", JSONV_ARRAY, 0, 0, POOL_MAX_TENANTS},
 };
 
 static const struct jsonv_field update_fields[] = {
     {"name", JSONV_STRING, 0, 1, 63},
-    {"tiers", JSONV_ARRAY, 0, 0, ELEMENTSOF(tiers)},
+    {"tiers", JSONV_ARRAY, 0, 0, API_TIERS_N},
     {"tenants", JSONV_ARRAY, 0, 0, POOL_MAX_TENANTS},
 };
 

@@ -73,23 +73,6 @@ static const struct store_stmt q_tenant_update = STORE_STMT(
 static const struct store_stmt q_tenant_delete =
     STORE_STMT("tenant_delete", "DELETE FROM tenants WHERE id = $1 RETURNING slug", 1);
 
-static bool valid_tier(const char *t)
-{
-    return t && (strcmp(t, "free") == 0 || strcmp(t, "standard") == 0 ||
-                 strcmp(t, "professional") == 0 || strcmp(t, "enterprise") == 0);
-}
-
-static bool valid_slug(const char *s)
-{
-    size_t n = strlen(s);
-    if (n < 1 || n > 63 || s[0] == '-')
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
-            return false;
-    return true;
-}
-
 /* Check the "quotas" object: known names, each a non-negative integer or null. Fills
  * text[i] (empty = null) and given[i]. Replies 422 and returns < 0 when bad. */
 static int parse_quotas(struct http_req *req, const json_t *q, char text[][24], bool *given)
@@ -170,11 +153,11 @@ void api_tenants_create(struct http_req *req)
     const char *slug = api_json_str(body, "slug");
     char qt[ELEMENTSOF(quotas)][24];
     bool given[ELEMENTSOF(quotas)];
-    if (!valid_slug(slug)) {
+    if (!api_slug_ok(slug)) {
         http_reply_problem(req, PROBLEM_VALIDATION,
                            "must be 1 to 63 characters of a-z, 0-9 and -, not starting with -",
                            "slug");
-    } else if (!valid_tier(api_json_str(body, "tier"))) {
+    } else if (!api_tier_ok(api_json_str(body, "tier"))) {
         http_reply_problem(req, PROBLEM_VALIDATION,
                            "must be free, standard, professional or enterprise", "tier");
     } else if (parse_quotas(req, json_object_get(body, "quotas"), qt, given) == 0) {
@@ -236,7 +219,7 @@ void api_tenants_update(struct http_req *req)
     const char *status = api_json_str(body, "status");
     char qt[ELEMENTSOF(quotas)][24];
     bool given[ELEMENTSOF(quotas)];
-    if (tier && !valid_tier(tier)) {
+    if (tier && !api_tier_ok(tier)) {
         http_reply_problem(req, PROBLEM_VALIDATION,
                            "must be free, standard, professional or enterprise", "tier");
     } else if (status && strcmp(status, "active") != 0 && strcmp(status, "suspended") != 0) {

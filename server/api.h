@@ -69,6 +69,13 @@ const char *api_json_str(const json_t *obj, const char *key);
 #define API_LABEL_VALUE_MAX 255
 /* Whether name is a label's (or a requirement's) name. */
 bool api_label_name_ok(const char *name);
+/* A tenant's slug and a pool's name: 1 to 63 of a-z 0-9 -, not starting with -
+ * (the CHECKs on tenants.slug and pools.name). */
+bool api_slug_ok(const char *s);
+/* The tiers (tier_defaults), and whether t (may be NULL) is one of them. */
+#define API_TIERS_N 4
+extern const char *const api_tiers[API_TIERS_N];
+bool api_tier_ok(const char *t);
 /* Check a label map ({"os": "linux"}) of that shape. Replies 422 naming field and returns
  * < 0 when bad. */
 int api_check_labels(struct http_req *req, const json_t *labels, const char *field);
