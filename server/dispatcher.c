@@ -109,31 +109,32 @@ static const struct store_stmt q_pools =
     "hashtextextended(concat_ws('|', a.tenant_id, a.pool_id, a.labels::text, a.os, a.arch,"        \
     " a.slots, array_to_string(a.cached_packages, ',')), 0)"
 
-static const struct store_stmt q_agents = STORE_STMT(
-    "dispatch_agents",
-    "SELECT a.id, CASE WHEN a.pool_id IS NULL THEN a.tenant_id END, a.pool_id,"
-    "       a.labels::text, a.os, a.arch, coalesce(a.memory_free_bytes, -1),"
-    "       coalesce(a.disk_free_bytes, -1), coalesce(a.cpu_percent, -1), a.slots,"
-    "       coalesce(c.n, 0), array_to_json(a.cached_packages)::text,"
-    "       a.status = 'online' AND a.credential_revoked_at IS NULL"
-    "       AND a.last_heartbeat_at > now() - make_interval(secs => $1::int), " AGENT_STAMP
-    "  FROM agents a"
-    "  LEFT JOIN (SELECT agent_id, count(*) AS n FROM jobs"
-    "              WHERE status IN ('assigned', 'running') GROUP BY agent_id) c"
-    "         ON c.agent_id = a.id",
-    1);
+/* Whether the agent may be given a job now ($1: agent.online_window in seconds), and the
+ * agents with their active jobs (c.n), counted in one pass over the partial index. */
+#define AGENT_ONLINE                                                                               \
+    "a.status = 'online' AND a.credential_revoked_at IS NULL"                                      \
+    " AND a.last_heartbeat_at > now() - make_interval(secs => $1::int)"
+#define AGENT_FROM                                                                                 \
+    "  FROM agents a"                                                                              \
+    "  LEFT JOIN (SELECT agent_id, count(*) AS n FROM jobs"                                        \
+    "              WHERE status IN ('assigned', 'running') GROUP BY agent_id) c"                   \
+    "         ON c.agent_id = a.id"
+
+static const struct store_stmt q_agents =
+    STORE_STMT("dispatch_agents",
+               "SELECT a.id, CASE WHEN a.pool_id IS NULL THEN a.tenant_id END, a.pool_id,"
+               "       a.labels::text, a.os, a.arch, coalesce(a.memory_free_bytes, -1),"
+               "       coalesce(a.disk_free_bytes, -1), coalesce(a.cpu_percent, -1), a.slots,"
+               "       coalesce(c.n, 0), array_to_json(a.cached_packages)::text,"
+               "       " AGENT_ONLINE ", " AGENT_STAMP AGENT_FROM,
+               1);
 
 /* Between full refreshes: each agent's active jobs, whether it is online, and its stamp. */
-static const struct store_stmt q_agent_counts = STORE_STMT(
-    "dispatch_agent_counts",
-    "SELECT a.id, coalesce(c.n, 0),"
-    "       a.status = 'online' AND a.credential_revoked_at IS NULL"
-    "       AND a.last_heartbeat_at > now() - make_interval(secs => $1::int), " AGENT_STAMP
-    "  FROM agents a"
-    "  LEFT JOIN (SELECT agent_id, count(*) AS n FROM jobs"
-    "              WHERE status IN ('assigned', 'running') GROUP BY agent_id) c"
-    "         ON c.agent_id = a.id",
-    1);
+static const struct store_stmt q_agent_counts =
+    STORE_STMT("dispatch_agent_counts",
+               "SELECT a.id, coalesce(c.n, 0),"
+               "       " AGENT_ONLINE ", " AGENT_STAMP AGENT_FROM,
+               1);
 
 static const struct store_stmt q_jobs = STORE_STMT(
     "dispatch_jobs",
