@@ -159,6 +159,7 @@ struct exec_ops {
 };
 
 extern const struct exec_ops exec_posix_ops;
+extern const struct exec_ops exec_win_ops; /* Windows: see exec-win.c for what differs */
 
 /* Make this process a child subreaper (Linux), so that orphans of jobs are re-parented to
  * it and run() can end them (see "Orphans"). Returns 0, or -errno (then orphans go to PID
