@@ -69,6 +69,8 @@ static DWORD spawn(const wchar_t *self, long ms, BOOL inherit)
     return pi.dwProcessId;
 }
 
+int wmain(int argc, wchar_t **argv); /* -municode: the entry point, with UTF-16 argv */
+
 int wmain(int argc, wchar_t **argv)
 {
     HANDLE out = GetStdHandle(STD_OUTPUT_HANDLE), err = GetStdHandle(STD_ERROR_HANDLE);
