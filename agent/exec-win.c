@@ -39,13 +39,21 @@
  *   - a default DACL {the token's user, SYSTEM, the per-job SID}: the job can open the
  *     processes and objects it creates itself, other jobs cannot;
  *   - integrity level Medium when the agent's is higher: the agent's process (System) is
- *     out of the job's reach for writing and reading even if a DACL were to let it.
+ *     out of the job's reach for writing and reading even if a DACL were to let it;
+ *   - a desktop of the agent's own (window station orch-jobs-<agent pid>, desktop
+ *     Default) that RESTRICTED may use: a restricted process cannot open the service's
+ *     desktop, and any program that loads user32.dll would fail to start (0xC0000142)
+ *     on it. Jobs share that desktop (they may see each other's windows, if they make
+ *     any: CREATE_NO_WINDOW, a service's session 0, there are none to see). Made once;
+ *     when it cannot be, jobs get the agent's desktop and a warning is logged.
  * A restricted version of the caller's own token needs no SeAssignPrimaryTokenPrivilege,
  * so a by-hand agent under an ordinary account works the same way. This step is
  * fail-closed: when the token or the grants cannot be made, run() returns an error and
- * nothing is started. Wine keeps the token (IsTokenRestricted() is true in the job) but
- * enforces no ACL on files, so under wine the job can still read the state dir; the tests
- * check the token, not the fence.
+ * nothing is started. Wine (8.0) enforces none of it: its CreateRestrictedToken keeps
+ * neither the restricting SIDs nor the removal of privileges (IsTokenRestricted() is
+ * false in the job), and it checks no ACL on files. Under wine a job can read the state
+ * dir; the fence holds on Windows only, and the tests check what wine can show (the
+ * token calls succeed, the workdir's grant is in its DACL, the job starts on the desktop).
  *
  * Start. argv[0] is looked up like exec.h says (the PATH of spec->env, default
  * %SystemRoot%\System32;%SystemRoot%, relative entries from the workdir; ".exe" added
@@ -675,6 +683,121 @@ static int grant(const char *path, PSID sid, bool inherit)
     return e == ERROR_SUCCESS ? 0 : -errno_from_win(e);
 }
 
+/* Take sid's ACE off path again, on path itself only: what the job made there keeps its
+ * inherited copy (the daemon deletes it all), and no tree walk slows the job's end. */
+static void revoke(const char *path, PSID sid)
+{
+    _cleanup_free_ wchar_t *w = wide(path);
+    PSECURITY_DESCRIPTOR sd = NULL;
+    PACL old = NULL, acl = NULL;
+    HANDLE h = w ? CreateFileW(w, READ_CONTROL | WRITE_DAC,
+                               FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, NULL,
+                               OPEN_EXISTING, FILE_FLAG_BACKUP_SEMANTICS, NULL)
+                 : INVALID_HANDLE_VALUE;
+
+    if (h == INVALID_HANDLE_VALUE)
+        return;
+    DWORD e =
+        GetSecurityInfo(h, SE_FILE_OBJECT, DACL_SECURITY_INFORMATION, NULL, NULL, &old, NULL, &sd);
+    if (e == ERROR_SUCCESS) {
+        EXPLICIT_ACCESS_W ea = {
+            .grfAccessMode = REVOKE_ACCESS,
+            .Trustee = {.TrusteeForm = TRUSTEE_IS_SID, .ptstrName = (LPWSTR)sid},
+        };
+        e = SetEntriesInAclW(1, &ea, old, &acl);
+    }
+    if (e == ERROR_SUCCESS)
+        e = SetSecurityInfo(h, SE_FILE_OBJECT, DACL_SECURITY_INFORMATION, NULL, NULL, acl, NULL);
+    if (e != ERROR_SUCCESS)
+        log_debug("op=exec_revoke path=%s error=%lu", path, (unsigned long)e);
+    if (acl)
+        LocalFree(acl);
+    if (sd)
+        LocalFree(sd);
+    CloseHandle(h);
+}
+
+/* The jobs' desktop, see the top of the file: "orch-jobs-<pid>\\Default", or NULL. */
+static INIT_ONCE desktop_once = INIT_ONCE_STATIC_INIT;
+static wchar_t desktop_name[64];
+static bool desktop_ok;
+
+static BOOL CALLBACK desktop_init(PINIT_ONCE once, PVOID arg, PVOID *ctx)
+{
+    BYTE sys[SECURITY_MAX_SID_SIZE], adm[SECURITY_MAX_SID_SIZE], rst[SECURITY_MAX_SID_SIZE];
+    BYTE user_buf[256];
+    TOKEN_USER *user = (TOKEN_USER *)user_buf;
+    PSID who[4] = {well_known(WinLocalSystemSid, sys), well_known(WinBuiltinAdministratorsSid, adm),
+                   well_known(WinRestrictedCodeSid, rst), NULL};
+    HANDLE own = NULL;
+    PACL dacl = NULL;
+    DWORD len, e = ERROR_SUCCESS;
+    wchar_t ws_name[32];
+
+    (void)once;
+    (void)arg;
+    (void)ctx;
+    /* Our own user too, for an agent that is not SYSTEM (run by hand). */
+    if (OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &own) &&
+        GetTokenInformation(own, TokenUser, user_buf, sizeof(user_buf), &len))
+        who[3] = user->User.Sid;
+    if (!who[0] || !who[1] || !who[2])
+        e = GetLastError();
+    EXPLICIT_ACCESS_W ea[4];
+    DWORD n = 0;
+    for (int i = 0; i < 4 && e == ERROR_SUCCESS; i++)
+        if (who[i])
+            ea[n++] = (EXPLICIT_ACCESS_W){
+                /* The jobs may use it, not change who may. */
+                .grfAccessPermissions =
+                    i == 2 ? GENERIC_READ | GENERIC_WRITE | GENERIC_EXECUTE : GENERIC_ALL,
+                .grfAccessMode = GRANT_ACCESS,
+                .grfInheritance = NO_INHERITANCE,
+                .Trustee = {.TrusteeForm = TRUSTEE_IS_SID, .ptstrName = (LPWSTR)who[i]},
+            };
+    if (e == ERROR_SUCCESS)
+        e = SetEntriesInAclW(n, ea, NULL, &dacl);
+    SECURITY_DESCRIPTOR sd;
+    SECURITY_ATTRIBUTES sa = {sizeof(sa), &sd, FALSE};
+    if (e == ERROR_SUCCESS && (!InitializeSecurityDescriptor(&sd, SECURITY_DESCRIPTOR_REVISION) ||
+                               !SetSecurityDescriptorDacl(&sd, TRUE, dacl, FALSE)))
+        e = GetLastError();
+    if (e == ERROR_SUCCESS) {
+        swprintf(ws_name, 32, L"orch-jobs-%lu", (unsigned long)GetCurrentProcessId());
+        /* Kept open for the agent's life: the last handle's close would destroy it. */
+        HWINSTA ws = CreateWindowStationW(ws_name, 0, GENERIC_ALL, &sa);
+        HWINSTA cur = GetProcessWindowStation();
+        /* CreateDesktopW makes it in the process's window station: switched for that call
+         * only (the agent has no window that would care). */
+        HDESK d = ws && cur && SetProcessWindowStation(ws)
+                      ? CreateDesktopW(L"Default", NULL, NULL, 0, GENERIC_ALL, &sa)
+                      : NULL;
+        if (!d)
+            e = GetLastError();
+        if (cur)
+            SetProcessWindowStation(cur);
+        if (d)
+            swprintf(desktop_name, 64, L"%ls\\Default", ws_name);
+        else if (ws)
+            CloseWindowStation(ws);
+    }
+    if (e != ERROR_SUCCESS)
+        log_warn("op=exec_desktop error=%lu detail=\"jobs that use user32 may not start\"",
+                 (unsigned long)e);
+    desktop_ok = e == ERROR_SUCCESS;
+    if (dacl)
+        LocalFree(dacl);
+    if (own)
+        CloseHandle(own);
+    return TRUE;
+}
+
+static wchar_t *job_desktop(void)
+{
+    InitOnceExecuteOnce(&desktop_once, desktop_init, NULL, NULL);
+    return desktop_ok ? desktop_name : NULL;
+}
+
 /* --- the job -------------------------------------------------------------------------- */
 
 /* An inbound pipe: the read end ours (overlapped), the write end inheritable for the child.
@@ -968,6 +1091,7 @@ static int job_object_new(struct job *j, char *name, size_t name_len)
 struct start {
     HANDLE in, out_w, err_w, token;
     PSID sid;
+    bool granted_workdir, granted_keep;
     wchar_t *cmdline, *app, *workdir;
     struct env env;
     LPPROC_THREAD_ATTRIBUTE_LIST attrs;
@@ -1110,8 +1234,11 @@ static int exec_win_run(const struct exec_spec *spec, const struct exec_sink *si
     }
     if (workdir_ok && spec->workdir) {
         r = grant(spec->workdir, st.sid, true);
-        if (r >= 0 && spec->keep_file)
+        st.granted_workdir = r >= 0;
+        if (r >= 0 && spec->keep_file) {
             r = grant(spec->keep_file, st.sid, false);
+            st.granted_keep = r >= 0;
+        }
         if (r < 0) {
             log_error("op=exec_grant job=%s path=%s error=%d", spec->job_id, spec->workdir, -r);
             goto fail;
@@ -1164,6 +1291,7 @@ static int exec_win_run(const struct exec_spec *spec, const struct exec_sink *si
     si.StartupInfo.hStdInput = st.in;
     si.StartupInfo.hStdOutput = st.out_w;
     si.StartupInfo.hStdError = st.err_w;
+    si.StartupInfo.lpDesktop = job_desktop();
     si.lpAttributeList = st.attrs;
     if (!CreateProcessAsUserW(st.token, st.app, st.cmdline, NULL, NULL, TRUE,
                               CREATE_SUSPENDED | CREATE_NO_WINDOW | CREATE_UNICODE_ENVIRONMENT |
@@ -1228,6 +1356,11 @@ done:
     *ret = j.res;
     r = 0;
 fail:
+    /* The tree is gone: its SID will never be seen again. */
+    if (st.granted_workdir)
+        revoke(spec->workdir, st.sid);
+    if (st.granted_keep)
+        revoke(spec->keep_file, st.sid);
     start_free(&st);
     job_free(&j);
     return r;

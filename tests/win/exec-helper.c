@@ -12,6 +12,7 @@
  *                     pid, exit with EXIT
  *   spawn-wait MS     like spawn, then sleep forever
  *   handle H          write "leak" to H (a handle value) when it is a pipe here
+ *   desktop           print "<window station>\\<desktop> user32=<ok|failed>"
  *   token             print "restricted=<0|1> privileges=<n>"
  * Output goes through WriteFile on the std handles, unbuffered. */
 #include <windows.h>
@@ -139,6 +140,15 @@ int wmain(int argc, wchar_t **argv)
         DWORD f;
         if (h != out && h != err && GetHandleInformation(h, &f) && GetFileType(h) == FILE_TYPE_PIPE)
             put(h, "leak", 4);
+    } else if (!wcscmp(m, L"desktop")) {
+        wchar_t ws[128] = L"?", dt[128] = L"?";
+        GetUserObjectInformationW(GetProcessWindowStation(), UOI_NAME, ws, sizeof(ws), NULL);
+        GetUserObjectInformationW(GetThreadDesktop(GetCurrentThreadId()), UOI_NAME, dt, sizeof(dt),
+                                  NULL);
+        put_wide(out, ws);
+        put(out, "\\", 1);
+        put_wide(out, dt);
+        outf(" user32=%s\n", GetDesktopWindow() ? "ok" : "failed");
     } else if (!wcscmp(m, L"token")) {
         HANDLE t;
         BYTE pb[4096];

@@ -4,6 +4,8 @@
 #include "tests/win/wtest.h"
 
 #include <windows.h>
+#include <aclapi.h>
+#include <sddl.h>
 
 #include <errno.h>
 #include <pthread.h>
@@ -577,6 +579,93 @@ WTEST(exec, restricted_token)
         WT_ASSERT(strcmp(o.o.data, "restricted=1 privileges=1\n") == 0, "token: %s", o.o.data);
     }
     out_free(&o);
+}
+
+WTEST(exec, job_desktop)
+{
+    /* The agent's own desktop, which the restricted token may use (user32 starts). */
+    struct out o = {0};
+    struct exec_spec spec = {0};
+    struct exec_result res;
+    const char *args[] = {"desktop", NULL};
+    WT_ASSERT(run_helper(args, &spec, &o, &res) == 0 && res.exit_code == 0, "run");
+    char want[64];
+    snprintf(want, sizeof(want), "orch-jobs-%lu\\Default user32=ok\n",
+             (unsigned long)GetCurrentProcessId());
+    WT_ASSERT(o.o.data && strcmp(o.o.data, want) == 0, "desktop: %s", o.o.data);
+    out_free(&o);
+}
+
+/* Does path's DACL hold an allow ACE for a per-job SID (S-1-9-...)? Its flags in *flags. */
+static bool has_job_ace(const char *path, DWORD *flags)
+{
+    PACL dacl = NULL;
+    PSECURITY_DESCRIPTOR sd = NULL;
+    bool found = false;
+    if (GetNamedSecurityInfoA(path, SE_FILE_OBJECT, DACL_SECURITY_INFORMATION, NULL, NULL, &dacl,
+                              NULL, &sd) != ERROR_SUCCESS)
+        return false;
+    for (DWORD i = 0; dacl && i < dacl->AceCount && !found; i++) {
+        ACCESS_ALLOWED_ACE *ace;
+        LPSTR str = NULL;
+        if (!GetAce(dacl, i, (void **)&ace) || ace->Header.AceType != ACCESS_ALLOWED_ACE_TYPE)
+            continue;
+        if (ConvertSidToStringSidA((PSID)&ace->SidStart, &str) && strncmp(str, "S-1-9-", 6) == 0) {
+            found = true;
+            *flags = ace->Header.AceFlags;
+        }
+        LocalFree(str);
+    }
+    LocalFree(sd);
+    return found;
+}
+
+struct acl_seen {
+    struct out o;
+    const char *dir, *keep;
+    bool dir_ace, keep_ace;
+    DWORD dir_flags, keep_flags;
+};
+
+static void acl_started(void *arg, int pid)
+{
+    struct acl_seen *a = arg;
+    (void)pid;
+    a->dir_ace = has_job_ace(a->dir, &a->dir_flags);
+    a->keep_ace = has_job_ace(a->keep, &a->keep_flags);
+}
+
+WTEST(exec, workdir_granted_to_the_job)
+{
+    char dir[MAX_PATH], keep[MAX_PATH + 16];
+    mkdtemp_w(dir, sizeof(dir), "acl");
+    snprintf(keep, sizeof(keep), "%s.result.json", dir);
+    FILE *f = fopen(keep, "wb");
+    WT_ASSERT(f, "fopen");
+    fclose(f);
+    struct acl_seen a = {.dir = dir, .keep = keep};
+    const char *argv[] = {helper, "exit", "0", NULL};
+    struct exec_spec spec = {.argv = argv, .job_id = "acl", .workdir = dir, .keep_file = keep};
+    struct exec_sink sink = {&a, on_output, acl_started, NULL};
+    struct exec_result res;
+    WT_ASSERT(exec_default_ops()->run(&spec, &sink, NULL, &res) == 0 && res.exit_code == 0, "run");
+    DWORD fl;
+    bool dir_after = has_job_ace(dir, &fl), keep_after = has_job_ace(keep, &fl);
+    DeleteFileA(keep);
+    RemoveDirectoryA(dir);
+    if (under_wine && !a.dir_ace) {
+        /* Wine's SetNamedSecurityInfo succeeds and keeps nothing: nothing to look at. */
+        printf("# wine: file DACLs are not kept, the grant is not visible\n");
+        return;
+    }
+    /* While it ran: full control for its SID, inherited in the workdir, not on the file. */
+    WT_ASSERT(a.dir_ace && (a.dir_flags & (OBJECT_INHERIT_ACE | CONTAINER_INHERIT_ACE)) ==
+                               (OBJECT_INHERIT_ACE | CONTAINER_INHERIT_ACE),
+              "workdir ace %d flags %lx", a.dir_ace, (unsigned long)a.dir_flags);
+    WT_ASSERT(a.keep_ace && a.keep_flags == 0, "result file ace %d flags %lx", a.keep_ace,
+              (unsigned long)a.keep_flags);
+    /* Gone with the job. */
+    WT_ASSERT(!dir_after && !keep_after, "ACE left behind");
 }
 
 struct killer {
