@@ -1023,6 +1023,10 @@ static void job_loop(struct job *j, atomic_bool *cancel)
             h[n] = j->proc;
             idx[n++] = -1;
         }
+        if (n == 0) {
+            Sleep((DWORD)timeout); /* not expected: an open pipe always has a read pending */
+            continue;
+        }
         DWORD w = WaitForMultipleObjects((DWORD)n, h, FALSE, (DWORD)timeout);
         if (w >= WAIT_OBJECT_0 + (DWORD)n)
             continue; /* timeout: the checks above run again */
