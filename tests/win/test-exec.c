@@ -719,7 +719,9 @@ WTEST(exec, tree_kill_by_pid_and_start_time)
     SetHandleInformation(rd, HANDLE_FLAG_INHERIT, 0);
     si.dwFlags = STARTF_USESTDHANDLES;
     si.hStdOutput = wr;
-    WT_ASSERT(CreateProcessW(wh, cmd, NULL, NULL, TRUE, CREATE_NO_WINDOW, NULL, NULL, &si, &pi),
+    /* DETACHED_PROCESS: no console, so no conhost.exe of ours (wine's, for a process it
+     * kills, sometimes lingers with this program's stdout and meson waits for it). */
+    WT_ASSERT(CreateProcessW(wh, cmd, NULL, NULL, TRUE, DETACHED_PROCESS, NULL, NULL, &si, &pi),
               "start");
     CloseHandle(wr);
     char line[64] = "";
