@@ -3,13 +3,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
-#include <pwd.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -17,8 +14,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
-#include <sys/sysinfo.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,6 +21,8 @@
 #include "agent/exec.h"
 #include "agent/exec-uids.h"
 #include "agent/facts.h"
+#include "agent/host.h"
+#include "agent/service.h"
 #include "agent/spool.h"
 #include "agent/state.h"
 #include "agent/transport.h"
@@ -216,21 +213,6 @@ static void daemon_sleep(struct daemon *d, int64_t ms, const bool *stop, bool *k
     for (int64_t now = mono_ms(); now < end && !*stop && !(kick && *kick); now = mono_ms())
         cond_wait_ms(&d->wake, &d->lock, end - now);
     pthread_mutex_unlock(&d->lock);
-}
-
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    if (remove(path) < 0 && errno != ENOENT)
-        log_debug("op=cleanup path=%s error=%d", path, errno);
-    return 0;
-}
-
-static void rm_rf(const char *path)
-{
-    nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* The wire's stream of a spool stream. */
@@ -807,7 +789,7 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
     snprintf(workdir, sizeof(workdir), "%s/%s.%" PRId64, d->work_dir, s->job_id, s->epoch);
     char result_path[PATH_MAX + 16];
     snprintf(result_path, sizeof(result_path), "%s.result.json", workdir);
-    rm_rf(workdir);
+    host_rm_rf(workdir);
     unlink(result_path);
     /* Its own uid while it runs when the agent serves several tenants (exec.uid_range):
      * the slots never outnumber the range (daemon_run()), so one is free. */
@@ -829,7 +811,7 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
         log_error("op=job-workdir job=%s epoch=%" PRId64 " path=%s error=%s", s->job_id, s->epoch,
                   workdir, strerror(-dr));
         *flags |= PROTO_RES_SETUP_FAILED;
-        rm_rf(workdir);
+        host_rm_rf(workdir);
         unlink(result_path);
         if (d->uids)
             exec_uids_put(d->uids, own.uid);
@@ -920,7 +902,7 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
 out:
     *result = daemon_job_result(s, result_path);
     strv_free(env);
-    rm_rf(workdir);
+    host_rm_rf(workdir);
     unlink(result_path);
     /* run() has ended the job's whole tree: nothing runs under the uid any more. */
     if (d->uids)
@@ -1091,51 +1073,7 @@ release:
     pthread_mutex_unlock(&d->lock);
 }
 
-struct cpu_sample {
-    uint64_t busy, total;
-};
-
-static bool cpu_read(struct cpu_sample *c)
-{
-    _cleanup_fclose_ FILE *f = fopen("/proc/stat", "re");
-    unsigned long long v[8] = {0};
-    if (!f || fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
-                     &v[4], &v[5], &v[6], &v[7]) < 4)
-        return false;
-    c->total = 0;
-    for (int i = 0; i < 8; i++)
-        c->total += v[i];
-    c->busy = c->total - v[3] - v[4]; /* minus idle and iowait */
-    return true;
-}
-
-/* The host's memory in use and available (MemAvailable: what a new job can have without
- * swapping, which placement matches a job's minimum against), in bytes. */
-static void mem_read(struct proto_load *load)
-{
-    _cleanup_fclose_ FILE *f = fopen("/proc/meminfo", "re");
-    char line[256];
-    long long total = -1, avail = -1;
-    while (f && fgets(line, sizeof(line), f)) {
-        if (sscanf(line, "MemTotal: %lld kB", &total) == 1 ||
-            sscanf(line, "MemAvailable: %lld kB", &avail) == 1)
-            continue;
-    }
-    if (total >= 0 && avail >= 0) {
-        load->memory_used_bytes = (int64_t)(total - avail) * 1024;
-        load->memory_available_bytes = (int64_t)avail * 1024;
-        return;
-    }
-    struct sysinfo si;
-    if (sysinfo(&si) < 0) {
-        load->memory_used_bytes = load->memory_available_bytes = -1;
-        return;
-    }
-    load->memory_used_bytes = (int64_t)(si.totalram - si.freeram - si.bufferram) * si.mem_unit;
-    load->memory_available_bytes = (int64_t)(si.freeram + si.bufferram) * si.mem_unit;
-}
-
-static json_t *daemon_heartbeat_body(struct daemon *d, struct cpu_sample *prev)
+static json_t *daemon_heartbeat_body(struct daemon *d, struct facts_cpu *prev)
 {
     struct proto_heartbeat hb = {.slots = (int64_t)d->nslots, .has_load = true};
     /* Every attempt the spool holds: running jobs, and finished ones whose result is not
@@ -1160,17 +1098,7 @@ static json_t *daemon_heartbeat_body(struct daemon *d, struct cpu_sample *prev)
     pthread_mutex_unlock(&d->lock);
     hb.free_slots = (int64_t)free_slots;
 
-    struct cpu_sample now;
-    if (cpu_read(&now)) {
-        if (prev->total && now.total > prev->total && now.busy >= prev->busy)
-            hb.load.cpu_percent =
-                100.0 * (double)(now.busy - prev->busy) / (double)(now.total - prev->total);
-        *prev = now;
-    }
-    mem_read(&hb.load);
-    struct statvfs vfs;
-    hb.load.disk_free_bytes =
-        statvfs(d->state_dir, &vfs) == 0 ? (int64_t)vfs.f_bavail * (int64_t)vfs.f_frsize : 0;
+    facts_load(d->state_dir, prev, &hb.load);
     hb.spool_bytes = spool_bytes(d->spool);
     return proto_heartbeat_encode(&hb);
 }
@@ -1229,7 +1157,7 @@ struct link {
     struct daemon *d;
     struct transport *t;
     uint64_t gen;
-    struct cpu_sample cpu;
+    struct facts_cpu cpu;
     int64_t next_hb_ms;
     int64_t last_rotate_ms;
     uint64_t cache_gen_sent; /* the package cache as the server last heard of it */
@@ -1691,7 +1619,7 @@ static void *daemon_link_main(void *arg)
     d->link = l.t;
     pthread_mutex_unlock(&d->lock);
     struct backoff b = {0};
-    cpu_read(&l.cpu);
+    facts_cpu_sample(&l.cpu);
     for (; l.t;) {
         enum link_next next = link_exchange(&l);
         if (next == LINK_DONE)
@@ -1886,110 +1814,6 @@ static int daemon_opts(int argc, char **argv, const char **state_dir)
     return 0;
 }
 
-/* Who jobs run as. A root agent needs an unprivileged exec.user, or an explicit
- * exec.allow_root; an agent that is not root cannot switch, and jobs run as itself. */
-static int daemon_job_user(struct daemon *d)
-{
-    const struct agent_config *cfg = d->cfg;
-    if (cfg->exec_uid_range && cfg->exec_uid_range[0]) {
-        if (geteuid() != 0) {
-            fprintf(stderr, "orch-agent: exec.uid_range needs an agent that runs as root (it "
-                            "switches each job to a uid of its own)\n");
-            return EXIT_FAIL;
-        }
-        if (exec_uids_new(cfg->exec_uid_first, cfg->exec_uid_last, &d->uids) < 0) {
-            fprintf(stderr, "orch-agent: out of memory\n");
-            return EXIT_FAIL;
-        }
-        d->switch_user = true;
-        d->job_user = (struct exec_user){.uid = cfg->exec_uid_first, .gid = cfg->exec_uid_first};
-        snprintf(d->job_user_name, sizeof(d->job_user_name), "uid %u-%u", cfg->exec_uid_first,
-                 cfg->exec_uid_last);
-        return EXIT_OK;
-    }
-    const char *name = cfg->exec_user ? cfg->exec_user : "";
-    if (geteuid() != 0) {
-        struct passwd *self = getpwuid(geteuid());
-        snprintf(d->job_user_name, sizeof(d->job_user_name), "%s", self ? self->pw_name : "agent");
-        return EXIT_OK;
-    }
-    struct passwd pw, *res = NULL;
-    char buf[4096];
-    if (name[0] && getpwnam_r(name, &pw, buf, sizeof(buf), &res) != 0)
-        res = NULL;
-    if (res && res->pw_uid != 0) {
-        d->switch_user = true;
-        d->job_user = (struct exec_user){.uid = res->pw_uid, .gid = res->pw_gid};
-        snprintf(d->job_user_name, sizeof(d->job_user_name), "%s", name);
-        return EXIT_OK;
-    }
-    char why[160];
-    if (!name[0])
-        snprintf(why, sizeof(why), "exec.user is empty");
-    else if (!res)
-        snprintf(why, sizeof(why), "the job user '%s' (exec.user) does not exist", name);
-    else
-        snprintf(why, sizeof(why), "the job user '%s' (exec.user) is root", name);
-    if (d->cfg->exec_allow_root) {
-        log_warn("op=start detail=\"%s; jobs run as root (exec.allow_root=true)\"", why);
-        snprintf(d->job_user_name, sizeof(d->job_user_name), "root");
-        return EXIT_OK;
-    }
-    fprintf(stderr,
-            "orch-agent: refusing to run jobs as root: %s. Create it (useradd --system "
-            "--no-create-home --shell /usr/sbin/nologin %s), set exec.user to an unprivileged "
-            "account, or set exec.allow_root=true to let jobs run as root\n",
-            why, name[0] ? name : "orch-job");
-    return EXIT_FAIL;
-}
-
-/* A directory of the agent's: ours, not writable by others, then given mode. A job's user
- * must not be able to replace what the agent reads there. */
-static int daemon_own_dir(const char *dir, mode_t mode)
-{
-    struct stat sb;
-    if (stat(dir, &sb) < 0)
-        return -errno;
-    if (!S_ISDIR(sb.st_mode))
-        return -ENOTDIR;
-    if (sb.st_uid != geteuid() || (sb.st_mode & 022))
-        return -EPERM;
-    return chmod(dir, mode) < 0 ? -errno : 0;
-}
-
-/* A cgroup v2 directory for this agent's jobs, under its own cgroup: the cgroup2 mount
- * point (from mountinfo) plus our path (from /proc/self/cgroup) plus orch-agent.<id>.
- * NULL when there is no cgroup v2 or it is not writable (jobs then go without). */
-static char *daemon_cgroup_dir(const char *agent_id)
-{
-    _cleanup_fclose_ FILE *mi = fopen("/proc/self/mountinfo", "re");
-    _cleanup_fclose_ FILE *cg = fopen("/proc/self/cgroup", "re");
-    char line[4096], mnt[4096] = "", own[4096] = "";
-    while (mi && fgets(line, sizeof(line), mi)) {
-        /* "id parent maj:min root mountpoint opts [optional...] - fstype source sopts" */
-        char *sep = strstr(line, " - cgroup2 ");
-        char point[4096];
-        if (sep && sscanf(line, "%*s %*s %*s %*s %4095s", point) == 1 && !mnt[0])
-            snprintf(mnt, sizeof(mnt), "%s", point);
-    }
-    while (cg && fgets(line, sizeof(line), cg))
-        if (strncmp(line, "0::", 3) == 0) {
-            line[strcspn(line, "\n")] = '\0';
-            snprintf(own, sizeof(own), "%s", strcmp(line + 3, "/") == 0 ? "" : line + 3);
-        }
-    if (!mnt[0] || strchr(mnt, '\\'))
-        return NULL; /* none, or an escaped (odd) mount point */
-    char *dir = NULL;
-    if (asprintf(&dir, "%s%s/orch-agent.%s", mnt, own, agent_id) < 0)
-        return NULL;
-    if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
-        log_debug("op=cgroup path=%s error=%d", dir, errno);
-        free(dir);
-        return NULL;
-    }
-    return dir;
-}
-
 struct probe_out {
     char text[512];
     size_t len;
@@ -2073,7 +1897,7 @@ static int daemon_setup(struct daemon *d)
     }
     /* Searchable but not listable by the job user (it must reach work/ below, nothing
      * else): agent.json is 0600, spool/ and cache/ 0700. */
-    r = daemon_own_dir(d->state_dir, d->switch_user ? 0711 : 0700);
+    r = host_own_dir(d->state_dir, d->switch_user ? 0711 : 0700);
     if (r < 0) {
         fprintf(stderr, "orch-agent: state directory %s: %s\n", d->state_dir,
                 r == -EPERM ? "not owned by the agent's user, or writable by others"
@@ -2110,7 +1934,7 @@ static int daemon_setup(struct daemon *d)
         fprintf(stderr, "orch-agent: cannot restrict %s: %s\n", d->state_dir, strerror(errno));
         return EXIT_FAIL;
     }
-    d->cgroup_parent = daemon_cgroup_dir(d->st.agent_id);
+    d->cgroup_parent = host_cgroup_dir(d->st.agent_id);
     /* Before the work dir is emptied and before anything is reported: a predecessor killed
      * with its jobs running must not have them running while the server runs them again. */
     r = daemon_recover(d);
@@ -2118,7 +1942,7 @@ static int daemon_setup(struct daemon *d)
         fprintf(stderr, "orch-agent: cannot read the spool: %s\n", strerror(-r));
         return EXIT_FAIL;
     }
-    rm_rf(d->work_dir); /* what a previous process left behind */
+    host_rm_rf(d->work_dir); /* what a previous process left behind */
     /* Searchable by the job user, who owns only its own job's 0700 directory inside. */
     if ((mkdir(d->work_dir, 0711) < 0 && errno != EEXIST) || chmod(d->work_dir, 0711) < 0) {
         fprintf(stderr, "orch-agent: cannot create %s: %s\n", d->work_dir, strerror(errno));
@@ -2134,14 +1958,11 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
         return EXIT_USAGE;
     log_set_level((enum log_level)cfg->log_level);
 
-    /* Before any thread exists, so that every thread inherits the mask; only this thread
-     * takes the signals, with sigwait(). SIGCHLD stays at its default. */
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-    signal(SIGPIPE, SIG_IGN); /* a closed socket is an error to handle, not a death */
+    /* Before any thread exists: on POSIX every thread inherits the blocked signals. */
+    if (service_stop_init() < 0) {
+        fprintf(stderr, "orch-agent: cannot set up the stop signals\n");
+        return EXIT_FAIL;
+    }
 
     struct daemon *d = calloc(1, sizeof(*d));
     if (!d) {
@@ -2170,7 +1991,14 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
         else
             log_warn("op=start detail=\"ignoring an invalid ORCH_AGENT_ROTATE_BEFORE_S\"");
     }
-    int rc = daemon_job_user(d);
+    struct host_job_identity who;
+    int rc = host_job_identity(cfg, &who) < 0 ? EXIT_FAIL : EXIT_OK;
+    if (rc == EXIT_OK) {
+        d->switch_user = who.switch_user;
+        d->job_user = who.user;
+        d->uids = who.uids;
+        snprintf(d->job_user_name, sizeof(d->job_user_name), "%s", who.name);
+    }
     if (rc == EXIT_OK)
         rc = daemon_setup(d);
     if (rc != EXIT_OK) {
@@ -2204,15 +2032,12 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
         log_error("op=start error=\"cannot create threads\"");
         rc = EXIT_FAIL;
     } else {
-        /* The main thread waits for a signal, and fences jobs meanwhile: the link thread may
-         * be stuck in an exchange with a server that does not answer. */
-        int sig;
-        do {
-            int64_t ms = daemon_fence(d);
-            struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
-            sig = sigtimedwait(&set, NULL, &ts);
-        } while (sig < 0);
-        log_info("op=stop signal=%s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        /* The main thread waits to be told to stop, and fences jobs meanwhile: the link
+         * thread may be stuck in an exchange with a server that does not answer. */
+        const char *why = NULL;
+        while (service_stop_wait(daemon_fence(d), &why) == 0)
+            ;
+        log_info("op=stop signal=%s", why);
     }
 
     /* Stop taking jobs, cancel the running ones (they get their grace period). */
