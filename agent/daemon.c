@@ -36,6 +36,7 @@
 #include "common/relpath.h"
 #include "common/printf.h"
 #include "proto/agent.h"
+#include "common/compat.h"
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 
@@ -53,8 +54,7 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 #define IDLE_WAIT_MS        1000         /* link: spool_sync_all() at least this often when idle */
 #define ROTATE_BEFORE_S     (30 * 86400) /* rotate the credential when it expires sooner */
 #define ROTATE_MIN_GAP_MS   3600000      /* at most one rotation attempt an hour */
-#define DEFAULT_PATH        "/usr/local/bin:/usr/bin:/bin"
-#define RECOVER_KILL_MS     10000 /* bound on ending a predecessor's job tree */
+#define RECOVER_KILL_MS     10000        /* bound on ending a predecessor's job tree */
 #define UNPACK_TIMEOUT_MS   300000
 /* Between exchanges while the server does not speak this agent's protocol version: an
  * upgrade of one side is needed, which takes minutes at best. */
@@ -167,7 +167,7 @@ static int64_t mono_ms(void)
 static void cond_wait_ms(pthread_cond_t *c, pthread_mutex_t *m, int64_t ms)
 {
     struct timespec ts;
-    clock_deadline(CLOCK_MONOTONIC, ms, &ts);
+    clock_deadline(CLOCK_COND, ms, &ts);
     pthread_cond_timedwait(c, m, &ts);
 }
 
@@ -518,20 +518,32 @@ static void strv_free(char **v)
     free(v);
 }
 
+/* Free the n entries of v, some of which may be NULL (taken), and v. */
+static void strv_free_n(char **v, size_t n)
+{
+    for (size_t i = 0; v && i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
 static char **daemon_job_env(const struct slot *s, const struct proto_assignment *a,
                              const char *workdir)
 {
     const json_t *env = a->env;
-    size_t n = json_is_object(env) ? json_object_size(env) : 0;
-    char **v = calloc(n + 8, sizeof(*v));
-    if (!v)
+    size_t n = json_is_object(env) ? json_object_size(env) : 0, ndef = 0;
+    char **defaults = host_env_defaults(workdir);
+    while (defaults && defaults[ndef])
+        ndef++;
+    char **v = defaults ? calloc(n + ndef + 5, sizeof(*v)) : NULL;
+    if (!v) {
+        strv_free_n(defaults, ndef);
         return NULL;
+    }
     size_t i = 0;
     const json_t *pv = a->params;
     _cleanup_free_ char *params = json_dumps(pv ? pv : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
     if (!params)
         goto fail;
-    bool has_path = false, has_home = false, has_lang = false;
     const char *k;
     json_t *val;
     if (json_is_object(env)) {
@@ -539,27 +551,36 @@ static char **daemon_job_env(const struct slot *s, const struct proto_assignment
         {
             if (!json_is_string(val) || !k[0] || strchr(k, '=') || strncmp(k, "ORCH_JOB_", 9) == 0)
                 continue;
-            has_path |= strcmp(k, "PATH") == 0;
-            has_home |= strcmp(k, "HOME") == 0;
-            has_lang |= strcmp(k, "LANG") == 0;
             if (asprintf(&v[i], "%s=%s", k, json_string_value(val)) < 0)
                 goto fail;
             i++;
         }
     }
-    if ((!has_path && asprintf(&v[i++], "PATH=%s", DEFAULT_PATH) < 0) ||
-        (!has_home && asprintf(&v[i++], "HOME=%s", workdir) < 0) ||
-        (!has_lang && asprintf(&v[i++], "LANG=%s", "C.UTF-8") < 0) ||
-        asprintf(&v[i++], "ORCH_JOB_ID=%s", s->job_id) < 0 ||
+    /* The host's defaults (PATH, HOME, ...) for what the job's env does not set. */
+    for (size_t j = 0; j < ndef; j++) {
+        size_t klen = strcspn(defaults[j], "=");
+        bool set = false;
+        json_object_foreach((json_t *)env, k, val)
+        {
+            set |= json_is_string(val) && host_env_name_eq(defaults[j], klen, k);
+        }
+        if (!set) {
+            v[i++] = defaults[j];
+            defaults[j] = NULL;
+        }
+    }
+    if (asprintf(&v[i++], "ORCH_JOB_ID=%s", s->job_id) < 0 ||
         asprintf(&v[i++], "ORCH_JOB_EPOCH=%" PRId64, s->epoch) < 0 ||
         asprintf(&v[i++], "ORCH_JOB_PARAMS=%s", params) < 0 ||
         asprintf(&v[i++], "ORCH_JOB_RESULT=%s.result.json", workdir) < 0) {
         v[--i] = NULL; /* asprintf leaves the pointer undefined on failure */
         goto fail;
     }
+    strv_free_n(defaults, ndef);
     return v;
 fail:
     strv_free(v);
+    strv_free_n(defaults, ndef);
     return NULL;
 }
 
@@ -636,7 +657,13 @@ static int daemon_unpack(struct daemon *d, struct slot *s, const char *archive, 
 {
     /* As the job's user, isolated like the job: the archive is the tenant's. It comes on
      * stdin, opened by the agent: the job's user cannot read the cache. */
-    const char *argv[] = {"tar", "-xf", "-", "--no-same-owner", "-C", workdir, NULL, NULL};
+    char tar[PATH_MAX];
+    if (host_tar(tar, sizeof(tar)) < 0) {
+        daemon_job_note(s, "orch-agent: cannot unpack package %s: no tar.exe on this host",
+                        s->a.package_id);
+        return -ENOENT;
+    }
+    const char *argv[] = {tar, "-xf", "-", "--no-same-owner", "-C", workdir, NULL, NULL};
     /* tar guesses the compression of a file it opens, not of its stdin: say it (packages
      * are tar, or tar in gzip, see api-packages.c). */
     unsigned char magic[2] = {0, 0};
@@ -774,9 +801,7 @@ static int daemon_job_dirs(const struct exec_user *user, const char *workdir,
         open(result_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
         return -errno;
-    if (user && (fchown(fd, user->uid, user->gid) < 0 || chown(workdir, user->uid, user->gid) < 0))
-        return -errno;
-    return 0;
+    return host_give_to_job(workdir, fd, user);
 }
 
 /* Run the job of slot s; fills *exit_code and *flags, and *result with the JSON it left
@@ -819,16 +844,18 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
     }
     const json_t *args = a->args;
     size_t nargs = json_array_size(args);
-    _cleanup_free_ const char **argv = calloc(nargs + 5, sizeof(*argv));
+    _cleanup_free_ const char **argv = calloc(nargs + HOST_ARGV_EXTRA, sizeof(*argv));
+    _cleanup_free_ const char **args_v = calloc(nargs + 1, sizeof(*args_v));
     char **env = daemon_job_env(s, a, workdir);
-    if (!argv || !env) {
+    if (!argv || !args_v || !env) {
         *flags |= PROTO_RES_SETUP_FAILED;
         goto out;
     }
+    for (size_t i = 0; i < nargs; i++)
+        args_v[i] = json_string_value(json_array_get(args, i));
     /* A package job: its archive unpacked into the workdir, its entrypoint run from there
      * (checked safe: a relative path of [A-Za-z0-9_./-], no ..). */
     char command[RELPATH_MAX + 32];
-    const char *cmd = a->command;
     if (a->package_id) {
         /* The cache keeps its archives from the lookup until the unpack is done. */
         char archive[PATH_MAX];
@@ -840,15 +867,9 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
             *flags |= atomic_load(&s->cancel) ? PROTO_RES_CANCELLED : PROTO_RES_PACKAGE;
             goto out;
         }
-        snprintf(command, sizeof(command), "exec './%s' \"$@\"", a->entrypoint);
-        cmd = command;
     }
-    argv[0] = "/bin/sh";
-    argv[1] = "-c";
-    argv[2] = cmd;
-    argv[3] = "orch-job";
-    for (size_t i = 0; i < nargs; i++)
-        argv[4 + i] = json_string_value(json_array_get(args, i));
+    host_job_argv(argv, a->command, a->package_id ? a->entrypoint : NULL, args_v, nargs, command,
+                  sizeof(command));
     char tag_id[ID_STR_LEN + 16], tag_epoch[48], cg_name[ID_STR_LEN + 24];
     snprintf(tag_id, sizeof(tag_id), "ORCH_JOB_ID=%s", s->job_id);
     snprintf(tag_epoch, sizeof(tag_epoch), "ORCH_JOB_EPOCH=%" PRId64, s->epoch);
@@ -1834,11 +1855,17 @@ static int probe_output(void *arg, int stream, const char *data, size_t len)
  * that the job user can reach the work directory; one info line says what is in force. */
 static int daemon_probe_exec(struct daemon *d)
 {
-    const char *argv[] = {"/bin/sh", "-c", "exit 0", NULL};
-    const char *env[] = {"PATH=" DEFAULT_PATH, NULL};
+    const char *argv[HOST_ARGV_EXTRA];
+    char buf[RELPATH_MAX + 32];
+    host_job_argv(argv, "exit 0", NULL, NULL, 0, buf, sizeof(buf));
+    char **env = host_env_defaults(d->work_dir);
+    if (!env) {
+        fprintf(stderr, "orch-agent: out of memory\n");
+        return EXIT_FAIL;
+    }
     struct exec_spec spec = {
         .argv = argv,
-        .env = env,
+        .env = (const char *const *)env,
         .workdir = d->work_dir,
         .timeout_ms = 30000,
         .grace_ms = 1000,
@@ -1851,6 +1878,7 @@ static int daemon_probe_exec(struct daemon *d)
     struct exec_sink sink = {.arg = &out, .on_output = probe_output};
     struct exec_result er;
     int r = exec_default_ops()->run(&spec, &sink, NULL, &er);
+    strv_free(env);
     if (r < 0 || !er.started || er.exit_code != 0) {
         fprintf(stderr, "orch-agent: cannot run jobs as '%s' in %s: %s\n", d->job_user_name,
                 d->work_dir,
@@ -1930,8 +1958,9 @@ static int daemon_setup(struct daemon *d)
                 strerror(-r));
         return EXIT_FAIL;
     }
-    if (chmod(spool_dir, 0700) < 0 || chmod(cache_dir, 0700) < 0) {
-        fprintf(stderr, "orch-agent: cannot restrict %s: %s\n", d->state_dir, strerror(errno));
+    if ((r = host_restrict_dir(spool_dir, 0700)) < 0 ||
+        (r = host_restrict_dir(cache_dir, 0700)) < 0) {
+        fprintf(stderr, "orch-agent: cannot restrict %s: %s\n", d->state_dir, strerror(-r));
         return EXIT_FAIL;
     }
     d->cgroup_parent = host_cgroup_dir(d->st.agent_id);
@@ -1944,8 +1973,12 @@ static int daemon_setup(struct daemon *d)
     }
     host_rm_rf(d->work_dir); /* what a previous process left behind */
     /* Searchable by the job user, who owns only its own job's 0700 directory inside. */
-    if ((mkdir(d->work_dir, 0711) < 0 && errno != EEXIST) || chmod(d->work_dir, 0711) < 0) {
+    if (mkdir(d->work_dir, 0711) < 0 && errno != EEXIST) {
         fprintf(stderr, "orch-agent: cannot create %s: %s\n", d->work_dir, strerror(errno));
+        return EXIT_FAIL;
+    }
+    if ((r = host_restrict_dir(d->work_dir, 0711)) < 0) {
+        fprintf(stderr, "orch-agent: cannot restrict %s: %s\n", d->work_dir, strerror(-r));
         return EXIT_FAIL;
     }
     return daemon_probe_exec(d);
@@ -1971,7 +2004,7 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
     }
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_condattr_setclock(&ca, CLOCK_COND);
     pthread_mutex_init(&d->lock, NULL);
     pthread_cond_init(&d->wake, &ca);
     pthread_cond_init(&d->send_wake, &ca);

@@ -2,6 +2,7 @@
 #include "agent/host.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <ftw.h>
 #include <pwd.h>
 #include <stdio.h>
@@ -130,4 +131,69 @@ static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW 
 void host_rm_rf(const char *path)
 {
     nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+int host_restrict_dir(const char *dir, mode_t mode)
+{
+    return chmod(dir, mode) < 0 ? -errno : 0;
+}
+
+int host_give_to_job(const char *workdir, int fd, const struct exec_user *user)
+{
+    if (user && (fchown(fd, user->uid, user->gid) < 0 || chown(workdir, user->uid, user->gid) < 0))
+        return -errno;
+    return 0;
+}
+
+void host_job_argv(const char **argv, const char *command, const char *entrypoint,
+                   const char *const *args, size_t nargs, char *buf, size_t len)
+{
+    /* A package job runs its entrypoint from the workdir, with the job's arguments. */
+    if (entrypoint) {
+        snprintf(buf, len, "exec './%s' \"$@\"", entrypoint);
+        command = buf;
+    }
+    argv[0] = "/bin/sh";
+    argv[1] = "-c";
+    argv[2] = command;
+    argv[3] = "orch-job"; /* $0 */
+    for (size_t i = 0; i < nargs; i++)
+        argv[4 + i] = args[i];
+    argv[4 + nargs] = NULL;
+}
+
+/* "k=v", malloc'd; NULL on ENOMEM. */
+static char *env_kv(const char *k, const char *v)
+{
+    char *s;
+    return asprintf(&s, "%s=%s", k, v) < 0 ? NULL : s;
+}
+
+char **host_env_defaults(const char *workdir)
+{
+    char **v = calloc(4, sizeof(*v));
+    if (!v)
+        return NULL;
+    v[0] = env_kv("PATH", "/usr/local/bin:/usr/bin:/bin");
+    v[1] = env_kv("HOME", workdir);
+    v[2] = env_kv("LANG", "C.UTF-8");
+    if (!v[0] || !v[1] || !v[2]) {
+        for (int i = 0; i < 3; i++)
+            free(v[i]);
+        free(v);
+        return NULL;
+    }
+    return v;
+}
+
+bool host_env_name_eq(const char *a, size_t alen, const char *b)
+{
+    return strlen(b) == alen && memcmp(a, b, alen) == 0;
+}
+
+int host_tar(char *path, size_t len)
+{
+    /* Looked up in the job's PATH (host_env_defaults()'s, or its own). */
+    snprintf(path, len, "tar");
+    return 0;
 }
