@@ -1782,11 +1782,20 @@ static int daemon_recover(struct daemon *d)
     return 0;
 }
 
-static bool join_within(pthread_t th, int64_t ms)
+/* Join the link thread if it ends within ms. It sets send_done once it is done with the
+ * shared state, just before it frees its own and returns: then the join is prompt. (Not
+ * pthread_timedjoin_np(): winpthreads has none.) */
+static bool link_join_within(struct daemon *d, pthread_t th, int64_t ms)
 {
-    struct timespec ts;
-    clock_deadline(CLOCK_REALTIME, ms, &ts);
-    return pthread_timedjoin_np(th, NULL, &ts) == 0;
+    int64_t end = mono_ms() + ms;
+    pthread_mutex_lock(&d->lock);
+    for (int64_t now = mono_ms(); !d->send_done && now < end; now = mono_ms())
+        cond_wait_ms(&d->wake, &d->lock, end - now);
+    bool done = d->send_done;
+    pthread_mutex_unlock(&d->lock);
+    if (done)
+        pthread_join(th, NULL);
+    return done;
 }
 
 static void daemon_free(struct daemon *d)
@@ -2116,7 +2125,7 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
         if (d->link)
             transport_wakeup(d->link);
         pthread_mutex_unlock(&d->lock);
-        all_joined &= join_within(link, JOIN_MS);
+        all_joined &= link_join_within(d, link, JOIN_MS);
     }
     if (!all_joined) {
         /* A request is still in flight and did not notice in time (a DNS lookup or a TLS

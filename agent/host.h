@@ -74,3 +74,7 @@ bool host_env_name_eq(const char *a, size_t alen, const char *b);
 /* The unpacker for packages (tar, or tar in gzip): its path into path. Returns 0, or
  * -ENOENT when the host has none (Windows without %SystemRoot%\System32\tar.exe). */
 int host_tar(char *path, size_t len);
+
+/* s with the OS's variables expanded (Windows: %ProgramData% and the like; POSIX: s as
+ * is), malloc'd; NULL on ENOMEM. */
+char *host_expand(const char *s);

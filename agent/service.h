@@ -23,8 +23,17 @@ int service_stop_wait(int64_t ms, const char **why);
 /* Ask the agent to stop, from any thread. */
 void service_stop_request(const char *why);
 
+/* What the service runs, given by main.c (so that this file links without the daemon). */
+struct service_ops {
+    /* daemon_run(). */
+    int (*run)(int argc, char **argv, const struct agent_config *cfg);
+    /* enrol_from_registry() (enrol-win.h): 0 when enrolled or nothing to do, < 0 to retry
+     * later. NULL: wait for `orch-agent register`. */
+    int (*enrol)(const struct agent_config *cfg);
+};
+
 /* `orch-agent service` (Windows only): run as the OrchAgent service under the SCM: report
- * the service's states, set its failure actions, enrol from the registry when not enrolled
- * (enrol-win.h), log to the state directory's agent.log, and run the agent until the SCM
- * stops it. cfg is borrowed. Returns the process exit status. */
-int service_run(const struct agent_config *cfg);
+ * the service's states, set its failure actions, log to the state directory's agent.log,
+ * enrol (ops->enrol) while not enrolled, and run the agent (ops->run) until the SCM stops
+ * it. cfg and ops are borrowed. Returns the process exit status. */
+int service_run(const struct agent_config *cfg, const struct service_ops *ops);
