@@ -233,7 +233,14 @@ static void win_strerror(DWORD e, char *out, size_t len)
     size_t l = strlen(s);
     while (l > 0 && (s[l - 1] == '\n' || s[l - 1] == '\r' || s[l - 1] == ' ' || s[l - 1] == '.'))
         l--;
-    snprintf(out, len, "%.*s (error %lu)", (int)l, s, (unsigned long)e);
+    s[l] = '\0';
+    /* Messages with an insert ("%1 is not a valid Win32 application") name the program. */
+    char *ins = strstr(s, "%1");
+    if (ins)
+        snprintf(out, len, "%.*sthe program%s (error %lu)", (int)(ins - s), s, ins + 2,
+                 (unsigned long)e);
+    else
+        snprintf(out, len, "%s (error %lu)", s, (unsigned long)e);
     free(s);
 }
 
@@ -369,7 +376,8 @@ static int env_add(struct env *e, wchar_t *s)
 {
     if (!s)
         return -ENOMEM;
-    const wchar_t *eq = wcschr(s + 1, L'='); /* a name may begin with '=' ("=C:") */
+    /* A name may begin with '=' ("=C:"), so the first '=' after the first character. */
+    const wchar_t *eq = s[0] ? wcschr(s + 1, L'=') : NULL;
     if (!eq) {
         free(s);
         return 0; /* not K=V: nothing CreateProcess could pass */

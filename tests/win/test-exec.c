@@ -92,13 +92,16 @@ static int run_helper(const char *const *args, struct exec_spec *spec, struct ou
     return run(spec, o, NULL, res);
 }
 
-/* Is process pid gone, or gone within ms? */
+/* Is process pid gone, or gone within ms? When it is not, it is killed, so that a failed
+ * test leaves no process behind (one holding our stdout would keep meson waiting). */
 static bool gone_within(unsigned long pid, DWORD ms)
 {
-    HANDLE h = OpenProcess(SYNCHRONIZE, FALSE, (DWORD)pid);
+    HANDLE h = OpenProcess(SYNCHRONIZE | PROCESS_TERMINATE, FALSE, (DWORD)pid);
     if (!h)
         return true;
     bool gone = WaitForSingleObject(h, ms) == WAIT_OBJECT_0;
+    if (!gone)
+        TerminateProcess(h, 1);
     CloseHandle(h);
     return gone;
 }
@@ -750,6 +753,74 @@ WTEST(exec, tree_kill_by_pid_and_start_time)
     CloseHandle(rd);
 }
 
+/* --agent-sim: an agent that runs one job whose main process starts a child, says both
+ * pids on stdout, and waits to be killed. */
+static int sim_output(void *arg, int stream, const char *data, size_t len)
+{
+    (void)arg;
+    (void)stream;
+    fwrite(data, 1, len, stdout);
+    fflush(stdout);
+    return 0;
+}
+
+static void sim_started(void *arg, int pid)
+{
+    (void)arg;
+    printf("main=%d\n", pid);
+    fflush(stdout);
+}
+
+static int agent_sim(void)
+{
+    const char *argv[] = {helper, "spawn-wait", "60000", NULL};
+    struct exec_spec spec = {.argv = argv, .job_id = "sim"};
+    struct exec_sink sink = {NULL, sim_output, sim_started, NULL};
+    struct exec_result res;
+    return exec_default_ops()->run(&spec, &sink, NULL, &res) == 0 ? 0 : 1;
+}
+
+WTEST(exec, tree_dies_with_the_agent)
+{
+    /* JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE: the agent killed (TerminateProcess, as a crash
+     * would), its job's main process and that one's child go with it. */
+    char self[MAX_PATH];
+    wchar_t cmd[MAX_PATH + 32];
+    GetModuleFileNameA(NULL, self, MAX_PATH);
+    swprintf(cmd, MAX_PATH + 32, L"\"%hs\" --agent-sim", self);
+    SECURITY_ATTRIBUTES sa = {sizeof(sa), NULL, TRUE};
+    HANDLE rd, wr;
+    WT_ASSERT(CreatePipe(&rd, &wr, &sa, 0), "pipe");
+    SetHandleInformation(rd, HANDLE_FLAG_INHERIT, 0);
+    STARTUPINFOW si = {.cb = sizeof(si), .dwFlags = STARTF_USESTDHANDLES, .hStdOutput = wr};
+    PROCESS_INFORMATION pi;
+    WT_ASSERT(CreateProcessW(NULL, cmd, NULL, NULL, TRUE, DETACHED_PROCESS, NULL, NULL, &si, &pi),
+              "start the agent");
+    CloseHandle(wr);
+    char text[256] = "";
+    size_t have = 0;
+    DWORD n;
+    /* Until both pids are there (the agent's output ends when it is killed anyway). */
+    while (
+        (!strstr(text, "main=") || !strstr(text, "pid=") || !strchr(strstr(text, "pid="), '\n')) &&
+        have < sizeof(text) - 1 &&
+        ReadFile(rd, text + have, (DWORD)(sizeof(text) - 1 - have), &n, NULL) && n > 0) {
+        have += n;
+        text[have] = '\0';
+    }
+    const char *m = strstr(text, "main=");
+    unsigned long main_pid = m ? strtoul(m + 5, NULL, 10) : 0, gc = pid_in(text);
+    WT_ASSERT(main_pid && gc, "pids in: %s", text);
+    TerminateProcess(pi.hProcess, 9);
+    WaitForSingleObject(pi.hProcess, 5000);
+    CloseHandle(pi.hProcess);
+    CloseHandle(pi.hThread);
+    CloseHandle(rd);
+    bool main_gone = gone_within(main_pid, 5000), gc_gone = gone_within(gc, 5000);
+    WT_ASSERT(main_gone, "main process %lu outlived the agent", main_pid);
+    WT_ASSERT(gc_gone, "its child %lu outlived the agent", gc);
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -785,6 +856,8 @@ int main(int argc, char **argv)
         *slash = '\0';
     snprintf(helper, sizeof(helper), "%s\\exec-helper.exe", self);
     under_wine = GetProcAddress(GetModuleHandleA("ntdll.dll"), "wine_get_version") != NULL;
+    if (argc > 1 && strcmp(argv[1], "--agent-sim") == 0)
+        return agent_sim();
     DWORD n = GetTempPathA(sizeof(tmpdir), tmpdir);
     if (n > 0 && tmpdir[n - 1] == '\\')
         tmpdir[n - 1] = '\0';
