@@ -12,11 +12,15 @@
  *                     pid, exit with EXIT
  *   spawn-wait MS     like spawn, then sleep forever
  *   handle H          write "leak" to H (a handle value) when it is a pipe here
+ *   write PATH        create PATH (relative: in the current directory), write "x" to it,
+ *                     print "written" or "denied <error>"
+ *   read PATH         print "read" when PATH can be opened for reading, else "denied <error>"
  *   desktop           print "<window station>\\<desktop> user32=<ok|failed>"
  *   token             print "restricted=<0|1> privileges=<n>"
  * Output goes through WriteFile on the std handles, unbuffered. */
 #include <windows.h>
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,6 +144,18 @@ int wmain(int argc, wchar_t **argv)
         DWORD f;
         if (h != out && h != err && GetHandleInformation(h, &f) && GetFileType(h) == FILE_TYPE_PIPE)
             put(h, "leak", 4);
+    } else if (!wcscmp(m, L"write") || !wcscmp(m, L"read")) {
+        bool w = !wcscmp(m, L"write");
+        HANDLE h = CreateFileW(argv[2], w ? GENERIC_WRITE : GENERIC_READ, FILE_SHARE_READ, NULL,
+                               w ? OPEN_ALWAYS : OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, NULL);
+        if (h == INVALID_HANDLE_VALUE) {
+            outf("denied %lu\n", (unsigned long)GetLastError());
+        } else {
+            if (w)
+                put(h, "x", 1);
+            CloseHandle(h);
+            outf("%s\n", w ? "written" : "read");
+        }
     } else if (!wcscmp(m, L"desktop")) {
         wchar_t ws[128] = L"?", dt[128] = L"?";
         GetUserObjectInformationW(GetProcessWindowStation(), UOI_NAME, ws, sizeof(ws), NULL);

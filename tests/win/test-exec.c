@@ -1,5 +1,10 @@
 /* test-exec.c: exec-win.c (exec_ops on Job Objects) under wine or Windows. The jobs run
- * exec-helper.exe (tests/win/exec-helper.c), which sits next to this program. */
+ * exec-helper.exe (tests/win/exec-helper.c), which sits next to this program.
+ *
+ * On Windows the jobs run with the restricted token, which reads only what Everyone or
+ * Users may: the build directory must be such a place (not under a user profile), or every
+ * job fails to start (exit 126, access denied). Under wine, which checks no ACL and keeps
+ * no restricting SID, the assertions on the fence itself are skipped (and say so). */
 #define WTEST_MAIN
 #include "tests/win/wtest.h"
 
@@ -670,6 +675,115 @@ WTEST(exec, workdir_granted_to_the_job)
               (unsigned long)a.keep_flags);
     /* Gone with the job. */
     WT_ASSERT(!dir_after && !keep_after, "ACE left behind");
+}
+
+WTEST(exec, job_writes_its_workdir_not_the_agents_files)
+{
+    /* The job fills its workdir and result file; a file only the agent's account may read
+     * (a DACL like the state dir's) is closed to it: on Windows, where ACLs are checked. */
+    char dir[MAX_PATH], keep[MAX_PATH + 16], secret_dir[MAX_PATH], secret[MAX_PATH + 16];
+    mkdtemp_w(dir, sizeof(dir), "own");
+    snprintf(keep, sizeof(keep), "%s.result.json", dir);
+    FILE *f = fopen(keep, "wb");
+    WT_ASSERT(f, "fopen");
+    fclose(f);
+    mkdtemp_w(secret_dir, sizeof(secret_dir), "secret");
+    snprintf(secret, sizeof(secret), "%s\\agent.json", secret_dir);
+    f = fopen(secret, "wb");
+    WT_ASSERT(f, "fopen");
+    fputs("{}", f);
+    fclose(f);
+    /* Protected DACL: our own account only, as SYSTEM + Administrators is the state dir's. */
+    HANDLE tok;
+    BYTE ub[256];
+    DWORD len;
+    WT_ASSERT(OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &tok) &&
+                  GetTokenInformation(tok, TokenUser, ub, sizeof(ub), &len),
+              "token");
+    CloseHandle(tok);
+    EXPLICIT_ACCESS_A ea = {.grfAccessPermissions = GENERIC_ALL,
+                            .grfAccessMode = SET_ACCESS,
+                            .grfInheritance = SUB_CONTAINERS_AND_OBJECTS_INHERIT,
+                            .Trustee = {.TrusteeForm = TRUSTEE_IS_SID,
+                                        .ptstrName = (LPSTR)((TOKEN_USER *)ub)->User.Sid}};
+    PACL acl = NULL;
+    WT_ASSERT(SetEntriesInAclA(1, &ea, NULL, &acl) == ERROR_SUCCESS, "acl");
+    WT_ASSERT(SetNamedSecurityInfoA(secret_dir, SE_FILE_OBJECT,
+                                    DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
+                                    NULL, NULL, acl, NULL) == ERROR_SUCCESS,
+              "protect");
+    LocalFree(acl);
+
+    const char *outs[3];
+    static const char *const modes[3][2] = {
+        {"write", "made-here.txt"}, {"write", NULL}, {"read", NULL}};
+    struct out o[3];
+    memset(o, 0, sizeof(o));
+    for (int i = 0; i < 3; i++) {
+        const char *argv[] = {helper, modes[i][0],
+                              modes[i][1] ? modes[i][1]
+                              : i == 1    ? keep
+                                          : secret,
+                              NULL};
+        struct exec_spec spec = {.argv = argv, .workdir = dir, .keep_file = keep};
+        struct exec_result res;
+        WT_ASSERT(run(&spec, &o[i], NULL, &res) == 0 && res.exit_code == 0, "run %d", i);
+        outs[i] = o[i].o.data ? o[i].o.data : "";
+    }
+    char made[MAX_PATH + 32];
+    snprintf(made, sizeof(made), "%s\\made-here.txt", dir);
+    WT_ASSERT(strcmp(outs[0], "written\n") == 0, "workdir: %s", outs[0]);
+    WT_ASSERT(strcmp(outs[1], "written\n") == 0, "result file: %s", outs[1]);
+    if (under_wine)
+        printf("# wine: ACLs not checked, the agent's file: %s", outs[2]);
+    else
+        WT_ASSERT(strncmp(outs[2], "denied", 6) == 0, "the agent's file: %s", outs[2]);
+    DeleteFileA(made);
+    DeleteFileA(keep);
+    DeleteFileA(secret);
+    RemoveDirectoryA(secret_dir);
+    RemoveDirectoryA(dir);
+    for (int i = 0; i < 3; i++)
+        out_free(&o[i]);
+}
+
+struct para {
+    int n;
+    int ok;
+};
+
+static void *para_main(void *arg)
+{
+    struct para *p = arg;
+    char jid[32];
+    snprintf(jid, sizeof(jid), "para-%d", p->n);
+    const char *argv[] = {helper, "interleave", "300", NULL};
+    struct exec_spec spec = {.argv = argv, .job_id = jid, .max_output_chunk = 100};
+    struct out o = {0};
+    struct exec_result res;
+    struct buf want = BUF_INIT;
+    for (int i = 0; i < 300; i++)
+        buf_printf(&want, "o%d\n", i);
+    p->ok = run(&spec, &o, NULL, &res) == 0 && res.exit_code == 0 && o.o.len == want.len &&
+            memcmp(o.o.data, want.data, want.len) == 0 && o.max_chunk <= 100;
+    buf_free(&want);
+    out_free(&o);
+    return NULL;
+}
+
+WTEST(exec, jobs_at_once)
+{
+    /* Slots run jobs on their own threads: run() is reentrant. */
+    pthread_t t[4];
+    struct para p[4];
+    for (int i = 0; i < 4; i++) {
+        p[i] = (struct para){i, 0};
+        pthread_create(&t[i], NULL, para_main, &p[i]);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    for (int i = 0; i < 4; i++)
+        WT_ASSERT(p[i].ok, "job %d", i);
 }
 
 struct killer {
