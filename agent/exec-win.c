@@ -1197,6 +1197,11 @@ static int exec_win_run(const struct exec_spec *spec, const struct exec_sink *si
             r = -errno;
             goto fail;
         }
+        /* Windows' separators (the daemon joins paths with '/'): the job sees this path
+         * as its current directory, and the lookup joins names to it. */
+        for (wchar_t *c = st.workdir; *c; c++)
+            if (*c == L'/')
+                *c = L'\\';
     }
 
     /* Opened by the agent: the job may not be able to open it itself. */

@@ -279,6 +279,19 @@ WTEST(exec, workdir_and_stdin)
               dir);
     out_free(&o);
 
+    /* A workdir written with '/' (as the daemon joins paths) is the same directory. */
+    char slashed[MAX_PATH];
+    snprintf(slashed, sizeof(slashed), "%s", dir);
+    for (char *c = slashed; *c; c++)
+        if (*c == '\\')
+            *c = '/';
+    struct out sl = {0};
+    struct exec_spec s1 = {.workdir = slashed};
+    WT_ASSERT(run_helper(args, &s1, &sl, &res) == 0 && res.exit_code == 0, "run");
+    WT_ASSERT(sl.o.data && strncmp(sl.o.data, dir, strlen(dir)) == 0, "cwd %s, want %s", sl.o.data,
+              dir);
+    out_free(&sl);
+
     struct out c = {0};
     struct exec_spec s2 = {.workdir = dir, .stdin_path = in};
     const char *cat[] = {"cat", NULL};
