@@ -4,7 +4,9 @@
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "agent/transport-impl.h"
 #include "common/buf.h"
@@ -64,4 +66,119 @@ int transport_get_bytes(struct transport *t, const char *path, size_t max, struc
         buf_free(out);
     }
     return 0;
+}
+
+/* Days from 1970-01-01 to y-m-d of the proleptic Gregorian calendar (H. Hinnant's
+ * days_from_civil): no timegm() on every platform the agent runs on. */
+static int64_t days_from_civil(int64_t y, int m, int d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+int64_t transport_retry_after(const char *value, int64_t now_s)
+{
+    if (!value)
+        return 0;
+    while (*value == ' ' || *value == '\t')
+        value++;
+    if (*value >= '0' && *value <= '9') {
+        char *end = NULL;
+        errno = 0;
+        long long s = strtoll(value, &end, 10);
+        while (*end == ' ' || *end == '\t')
+            end++;
+        return errno == 0 && *end == '\0' && s > 0 ? (int64_t)s : 0;
+    }
+    static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+    char wday[4], mon[4];
+    int d, y, hh, mm, ss, n = 0;
+    if (sscanf(value, "%3s, %d %3s %d %d:%d:%d GMT%n", wday, &d, mon, &y, &hh, &mm, &ss, &n) != 7 ||
+        n == 0 || value[n] != '\0' || strlen(wday) != 3)
+        return 0;
+    const char *mp = strstr(months, mon);
+    if (!mp || strlen(mon) != 3 || (mp - months) % 3 != 0 || d < 1 || d > 31 || hh > 23 ||
+        mm > 59 || ss > 60 || hh < 0 || mm < 0 || ss < 0)
+        return 0;
+    int64_t at =
+        days_from_civil(y, (int)(mp - months) / 3 + 1, d) * 86400 + hh * 3600 + mm * 60 + ss;
+    return at > now_s ? at - now_s : 0;
+}
+
+/* a.b.c.d into *ip (host order); false when s is not exactly that. */
+static bool parse_ipv4(const char *s, size_t len, uint32_t *ip)
+{
+    uint32_t v = 0;
+    int parts = 0;
+    size_t i = 0;
+    while (parts < 4) {
+        if (i >= len || s[i] < '0' || s[i] > '9')
+            return false;
+        unsigned part = 0;
+        size_t digits = 0;
+        while (i < len && s[i] >= '0' && s[i] <= '9' && digits < 4) {
+            part = part * 10 + (unsigned)(s[i++] - '0');
+            digits++;
+        }
+        if (part > 255)
+            return false;
+        v = v << 8 | part;
+        if (++parts < 4 && (i >= len || s[i++] != '.'))
+            return false;
+    }
+    *ip = v;
+    return i == len;
+}
+
+static bool no_proxy_entry(const char *e, size_t len, const char *host, size_t hlen)
+{
+    if (len == 1 && e[0] == '*')
+        return true;
+    uint32_t hip, eip;
+    const char *slash = memchr(e, '/', len);
+    if (parse_ipv4(host, hlen, &hip) && parse_ipv4(e, slash ? (size_t)(slash - e) : len, &eip)) {
+        long bits = 32;
+        if (slash) {
+            char tmp[8] = "";
+            size_t blen = len - (size_t)(slash - e) - 1;
+            if (blen == 0 || blen >= sizeof(tmp))
+                return false;
+            memcpy(tmp, slash + 1, blen);
+            char *end = NULL;
+            bits = strtol(tmp, &end, 10);
+            if (*end != '\0' || bits < 0 || bits > 32)
+                return false;
+        }
+        uint32_t mask = bits == 0 ? 0 : 0xffffffffu << (32 - bits);
+        return (hip & mask) == (eip & mask);
+    }
+    if (len > 0 && e[0] == '.') {
+        e++;
+        len--;
+    }
+    if (len == 0 || hlen < len || strncasecmp(host + hlen - len, e, len) != 0)
+        return false;
+    return hlen == len || host[hlen - len - 1] == '.';
+}
+
+bool transport_no_proxy(const char *no_proxy, const char *host)
+{
+    if (!no_proxy || !host || !host[0])
+        return false;
+    size_t hlen = strlen(host);
+    if (hlen > 0 && host[hlen - 1] == '.')
+        hlen--;
+    for (const char *p = no_proxy; *p;) {
+        while (*p == ',' || *p == ' ' || *p == '\t')
+            p++;
+        size_t len = strcspn(p, ", \t");
+        if (len > 0 && no_proxy_entry(p, len, host, hlen))
+            return true;
+        p += len;
+    }
+    return false;
 }
