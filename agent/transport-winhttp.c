@@ -124,7 +124,22 @@ static void wipe_free(wchar_t *w)
     free(w);
 }
 
-/* WinHTTP's own words for err (winhttp.dll's message table), else its number. */
+/* Words for the errors a transport meets, where winhttp.dll has no message table (wine). */
+static const struct {
+    DWORD err;
+    const char *text;
+} winhttp_errors[] = {
+    {ERROR_WINHTTP_TIMEOUT, "the operation timed out"},
+    {ERROR_WINHTTP_NAME_NOT_RESOLVED, "the server name could not be resolved"},
+    {ERROR_WINHTTP_CANNOT_CONNECT, "cannot connect to the server"},
+    {ERROR_WINHTTP_CONNECTION_ERROR, "the connection was reset or closed"},
+    {ERROR_WINHTTP_INVALID_SERVER_RESPONSE, "the server's answer could not be read"},
+    {ERROR_WINHTTP_SECURE_CHANNEL_ERROR, "the TLS handshake with the server failed"},
+    {ERROR_WINHTTP_SECURE_FAILURE, "the server certificate was refused"},
+    {ERROR_WINHTTP_OPERATION_CANCELLED, "the request was cancelled"},
+};
+
+/* WinHTTP's own words for err (winhttp.dll's message table), else ours, else its number. */
 static void winhttp_strerror(DWORD err, char *out, size_t size)
 {
     char msg[200] = "";
@@ -134,6 +149,9 @@ static void winhttp_strerror(DWORD err, char *out, size_t size)
     while (n > 0 &&
            (msg[n - 1] == '\r' || msg[n - 1] == '\n' || msg[n - 1] == ' ' || msg[n - 1] == '.'))
         msg[--n] = '\0';
+    for (size_t i = 0; n == 0 && i < ELEMENTSOF(winhttp_errors); i++)
+        if (winhttp_errors[i].err == err)
+            n = (DWORD)snprintf(msg, sizeof(msg), "%s", winhttp_errors[i].text);
     if (n > 0)
         snprintf(out, size, "%s (WinHTTP error %lu)", msg, (unsigned long)err);
     else
@@ -272,7 +290,9 @@ static int pin_check(const struct pin *p, PCCERT_CONTEXT cert, char *why, size_t
     if (!pinned || (chain->TrustStatus.dwErrorStatus &
                     (CERT_TRUST_IS_UNTRUSTED_ROOT | CERT_TRUST_IS_PARTIAL_CHAIN |
                      CERT_TRUST_IS_NOT_SIGNATURE_VALID | CERT_TRUST_IS_CYCLIC))) {
-        snprintf(why, size, "server certificate not signed by the pinned CA %s", p->ca_file);
+        snprintf(why, size,
+                 "server certificate not signed by the pinned CA %s (chain status 0x%lx)",
+                 p->ca_file, (unsigned long)chain->TrustStatus.dwErrorStatus);
         r = -EPROTO;
     } else if (!CertVerifyCertificateChainPolicy(CERT_CHAIN_POLICY_SSL, chain, &pp, &ps) ||
                ps.dwError != 0) {

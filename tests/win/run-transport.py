@@ -7,8 +7,8 @@ certificate signed by the pinned CA for a name that is not localhost, in a priva
 folder; starts the servers on loopback ports picked at run time; hands the test their URLs
 and the pinned CA through the environment (ORCH_TEST_URL, ORCH_TEST_OTHER_URL,
 ORCH_TEST_WRONGNAME_URL, ORCH_TEST_REFUSED_URL, ORCH_TEST_CA); runs EXE under WINE_RUN
-(tools/wine-run by default); stops the servers and removes the folder. Exits with the test's
-exit code.
+(tools/wine-run by default); stops the servers and removes the folder (kept when the test
+fails and ORCH_TEST_KEEP is set). Exits with the test's exit code.
 """
 import json
 import os
@@ -50,6 +50,34 @@ def wrong_name_cert(d):
                 out.write(f.read())
 
 
+def full_size_signature(pem):
+    """Whether the ECDSA signature on pem's (first) certificate has r and s of the full 32
+    bytes. wine 8's crypt32 refuses a P-256 signature whose r or s is shorter (about one in
+    128 signatures), which real Windows accepts; the test's certificates avoid those."""
+    text = subprocess.run(["openssl", "x509", "-in", pem, "-noout", "-text"], check=True,
+                          capture_output=True, text=True).stdout
+    hexpart = text.split("Signature Value:")[-1]
+    sig = bytes.fromhex("".join(c for c in hexpart if c in "0123456789abcdef"))
+    i = 2 if sig[1] < 0x80 else 3  # past the SEQUENCE header
+    for _ in range(2):
+        n = sig[i + 1]
+        value = sig[i + 2:i + 2 + n].lstrip(b"\0")
+        if len(value) < 32:
+            return False
+        i += 2 + n
+    return True
+
+
+def gen_certs(d):
+    """tools/gen-certs.sh into d, again until wine can verify its signatures (bounded)."""
+    for _ in range(50):
+        subprocess.run([f"{ROOT}/tools/gen-certs.sh", d], check=True)
+        if full_size_signature(f"{d}/ca.pem") and full_size_signature(f"{d}/server.pem"):
+            return
+        shutil.rmtree(d)
+    sys.exit(f"run-transport: no certificate wine can verify in {d} after 50 tries")
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -66,7 +94,7 @@ def main():
     server = None
     try:
         for name in ("good", "other"):
-            subprocess.run([f"{ROOT}/tools/gen-certs.sh", f"{tmp}/{name}"], check=True)
+            gen_certs(f"{tmp}/{name}")
         wrong_name_cert(tmp)
         server = subprocess.Popen([sys.executable, f"{HERE}/tls-server.py", "--certs", tmp],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -83,6 +111,9 @@ def main():
             "ORCH_TEST_CA": wine_path(f"{tmp}/good/ca.pem"),
         })
         rc = subprocess.run([wine_run, exe] + extra, env=env, timeout=900).returncode
+        if rc != 0 and os.environ.get("ORCH_TEST_KEEP"):
+            print(f"run-transport: certificates kept in {tmp}", file=sys.stderr)
+            tmp = None
         sys.exit(rc)
     finally:
         if server:
@@ -92,7 +123,8 @@ def main():
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

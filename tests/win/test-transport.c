@@ -133,6 +133,7 @@ WTEST(transport, another_ca_is_refused_before_the_credential_or_body_goes_out)
     WT_ASSERT(rc == -EPROTO, "rc %d status %ld: %s", rc, r.status, r.error);
     WT_ASSERT(strstr(r.error, "server certificate not signed by the pinned CA"), "%s", r.error);
     WT_ASSERT(strstr(r.error, env("ORCH_TEST_CA")), "the message names the CA file: %s", r.error);
+    fprintf(stdout, "# %s\n", r.error);
 
     size_t n, with;
     count_seen("other", "/echo", "authorization", &n, &with);
@@ -159,6 +160,7 @@ WTEST(transport, the_system_store_refuses_an_unknown_ca)
     int rc = transport_request(t, "GET", "/echo?system-store", NULL, &r);
     transport_free(t);
     WT_ASSERT(rc == -EPROTO, "rc %d status %ld: %s", rc, r.status, r.error);
+    fprintf(stdout, "# %s\n", r.error);
     size_t n, with;
     count_seen("good", "/echo?system-store", NULL, &n, &with);
     WT_ASSERT(n == 0, "the server read %zu requests", n);
@@ -172,6 +174,7 @@ WTEST(transport, a_wrong_host_name_is_refused)
     int rc = transport_request(t, "GET", "/echo", NULL, &r);
     transport_free(t);
     WT_ASSERT(rc == -EPROTO, "rc %d status %ld: %s", rc, r.status, r.error);
+    fprintf(stdout, "# %s\n", r.error);
     size_t n, with;
     count_seen("wrongname", "/echo", "authorization", &n, &with);
     WT_ASSERT(with == 0, "the server saw the credential (%zu of %zu requests)", with, n);
@@ -256,6 +259,30 @@ WTEST(transport, connection_refused)
     transport_free(t);
     WT_ASSERT(rc == -ECONNREFUSED, "rc %d status %ld: %s", rc, r.status, r.error);
     WT_ASSERT(r.error[0], "no reason given");
+    fprintf(stdout, "# %s\n", r.error);
+}
+
+WTEST(transport, an_unreadable_ca_file_fails_every_request)
+{
+    struct transport *t =
+        open_t(env("ORCH_TEST_URL"), "Z:\\no\\such\\dir\\ca.pem", "orch_ag_x", 10000);
+    struct transport_reply r;
+    int rc = transport_request(t, "GET", "/echo?no-ca", NULL, &r);
+    transport_free(t);
+    WT_ASSERT(rc == -EPROTO, "rc %d status %ld: %s", rc, r.status, r.error);
+    WT_ASSERT(strstr(r.error, "cannot read a CA certificate"), "%s", r.error);
+    size_t n, with;
+    count_seen("good", "/echo?no-ca", NULL, &n, &with);
+    WT_ASSERT(n == 0, "the server read %zu requests", n);
+}
+
+WTEST(transport, only_https_urls)
+{
+    struct transport_options o = {.server_url = "http://localhost:1"};
+    struct transport *t = NULL;
+    WT_ASSERT(transport_new(&o, &t) == -EINVAL, "http:// accepted");
+    o.server_url = "https://";
+    WT_ASSERT(transport_new(&o, &t) == -EINVAL, "no host accepted");
 }
 
 WTEST(transport, a_proxy_is_skipped_for_no_proxy_hosts)
