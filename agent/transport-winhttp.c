@@ -23,7 +23,11 @@
  * read yet (CONNECTED_TO_SERVER), its Authorization header is removed, and once the
  * connection passed the check the request is made again, with the credential, on that now
  * verified, kept-alive connection. Where the certificate is readable at CONNECTED_TO_SERVER
- * the check runs there and nothing is sent twice. */
+ * the check runs there and nothing is sent twice.
+ * wine also pools connections process-wide by host name and port, whatever the security
+ * flags they were opened with, and checks nothing when it reuses one: a process should use
+ * one CA setting per server, as the agent does. A request given up there finishes in the
+ * background (wine does not cancel a call when its handle is closed) until its timeout. */
 #include "agent/transport.h"
 
 #include <windows.h>
@@ -509,7 +513,14 @@ int transport_new(const struct transport_options *o, struct transport **ret)
         transport_free(t);
         return -ENOMEM;
     }
-    if (o->ca_file && o->ca_file[0] && pin_new(o->ca_file, host, &t->pin) < 0) {
+    /* The certificate names an IPv6 address without the URL's brackets. */
+    wchar_t *name = host;
+    size_t hl = wcslen(host);
+    if (hl > 2 && host[0] == L'[' && host[hl - 1] == L']') {
+        host[hl - 1] = L'\0';
+        name = host + 1;
+    }
+    if (o->ca_file && o->ca_file[0] && pin_new(o->ca_file, name, &t->pin) < 0) {
         transport_free(t);
         return -ENOMEM;
     }
