@@ -14,6 +14,7 @@
 #include "agent/transport.h"
 #include "common/cleanup.h"
 #include "proto/agent.h"
+#include "common/compat.h"
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 

@@ -3,13 +3,16 @@
 #
 # Installs the packages and (npm ci) the OpenAPI linter, checks the sources
 # (tools/check-source.py: banned functions and clang-format), builds orch twice (a -Werror
-# build, and one under AddressSanitizer + UndefinedBehaviorSanitizer), starts a private
+# build, and one under AddressSanitizer + UndefinedBehaviorSanitizer), cross-builds the
+# Windows agent and runs its unit tests under wine (the windows suite), starts a private
 # PostgreSQL and a private RabbitMQ node on free ports, runs every test suite of both builds
 # against them, and stops the services again. Exits non-zero when anything fails.
 #
 # Environment:
 #   ORCH_SKIP_APT=1       do not run apt-get (packages already there; npm ci still runs)
-#   ORCH_TEST_SUITES="unit integration"   suites to run (default: all)
+#   ORCH_TEST_SUITES="unit integration windows"   suites to run (default: all); windows
+#                         cross-builds orch-agent.exe (mingw-w64) and runs its unit tests
+#                         under wine
 #   ORCH_NO_SANITIZE=1    skip the sanitizer build (quicker local runs; CI runs both)
 #   ORCH_FUZZ_SECONDS=N   how long the libFuzzer target runs (default 30; 0 skips it)
 source "$(dirname "$0")/lib.sh"
@@ -39,13 +42,45 @@ if [ "$fuzz_seconds" != 0 ]; then
         -Db_sanitize=address,undefined -Db_lundef=false
 fi
 
+all_suites=${ORCH_TEST_SUITES:-unit integration windows}
+win_passed=0
+win_failed=0
+win_status=0
+if [[ " $all_suites " == *" windows "* ]]; then
+    say "Windows agent: mingw-w64 build (-Werror), unit tests under wine"
+    win_start=$SECONDS
+    if orch_win_deps && orch_win_build build-win; then
+        meson test -C build-win --print-errorlogs --num-processes 2 || win_status=1
+        # Each Windows test program prints "# N passed, M failed" (tests/win/wtest.h).
+        read -r win_passed win_failed < <(python3 - build-win/meson-logs/testlog.json <<'PY'
+import json, re, sys
+passed = failed = 0
+for line in open(sys.argv[1]):
+    t = json.loads(line)
+    m = re.search(r"# (\d+) passed, (\d+) failed", t.get("stdout", ""))
+    if m:
+        passed += int(m.group(1)); failed += int(m.group(2))
+    if t.get("result") != "OK" and not (m and int(m.group(2))):
+        failed += 1
+print(passed, failed)
+PY
+        )
+    else
+        win_status=1
+        win_failed=1
+    fi
+    say "Windows stage: $win_passed passed, $win_failed failed in $((SECONDS - win_start)) s"
+fi
+
 ORCH_STATE_REMOVE=1
 orch_services_start "$(orch_state_dir "test-$$")"
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 suites=()
-for s in ${ORCH_TEST_SUITES:-unit integration}; do suites+=(--suite "$s"); done
+for s in $all_suites; do
+    [ "$s" = windows ] || suites+=(--suite "$s")
+done
 
 # Count the Criterion tests (not the meson test binaries) from meson's JSON log.
 count_tests() {
@@ -64,10 +99,11 @@ print(passed, failed)
 PY
 }
 
-status=$source_status
-total_passed=$((1 - source_status))
-total_failed=$source_status
+status=$((source_status | win_status))
+total_passed=$((1 - source_status + win_passed))
+total_failed=$((source_status + win_failed))
 for b in build build-asan; do
+    [ ${#suites[@]} -gt 0 ] || break
     [ -f "$b/build.ninja" ] || continue
     [ "$b" = build-asan ] && [ "${ORCH_NO_SANITIZE:-0}" = 1 ] && continue
     say "running tests ($b)"
