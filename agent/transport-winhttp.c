@@ -494,8 +494,11 @@ int transport_new(const struct transport_options *o, struct transport **ret)
     if (!WinHttpSetOption(t->session, WINHTTP_OPTION_SECURE_PROTOCOLS, &protocols,
                           sizeof(protocols))) {
         protocols = WINHTTP_FLAG_SECURE_PROTOCOL_TLS1_2;
-        WinHttpSetOption(t->session, WINHTTP_OPTION_SECURE_PROTOCOLS, &protocols,
-                         sizeof(protocols));
+        if (!WinHttpSetOption(t->session, WINHTTP_OPTION_SECURE_PROTOCOLS, &protocols,
+                              sizeof(protocols))) {
+            transport_free(t); /* never fall back to what this Windows allows by default */
+            return -EINVAL;
+        }
     }
     /* A redirect would carry the credential elsewhere: libcurl does not follow them either. */
     DWORD policy = WINHTTP_OPTION_REDIRECT_POLICY_NEVER;
