@@ -37,6 +37,7 @@
 #include "common/jsonv.h"
 #include "common/log.h"
 #include "common/relpath.h"
+#include "common/printf.h"
 #include "proto/agent.h"
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
@@ -583,8 +584,7 @@ fail:
 /* --- packages ------------------------------------------------------------------------ */
 
 /* A line on the job's stderr, for what the tenant must see (a package that failed). */
-__attribute__((format(printf, 2, 3))) static void daemon_job_note(struct slot *s, const char *fmt,
-                                                                  ...)
+ORCH_PRINTF(2, 3) static void daemon_job_note(struct slot *s, const char *fmt, ...)
 {
     char line[600];
     va_list ap;

@@ -9,6 +9,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 
+#include "common/printf.h"
+
 struct buf {
     char *data; /* NUL-terminated when non-NULL */
     size_t len; /* bytes used, excluding the NUL */
@@ -26,8 +28,8 @@ void buf_init_max(struct buf *b, size_t max);
 /* Append. Return 0, -ENOMEM, or -EMSGSIZE when max would be exceeded (b unchanged). */
 int buf_append(struct buf *b, const void *data, size_t len);
 int buf_append_str(struct buf *b, const char *s);
-int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int buf_vprintf(struct buf *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+int buf_printf(struct buf *b, const char *fmt, ...) ORCH_PRINTF(2, 3);
+int buf_vprintf(struct buf *b, const char *fmt, va_list ap) ORCH_PRINTF(2, 0);
 
 /* Forget the contents, keep the allocation. */
 void buf_reset(struct buf *b);

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <time.h>
 
+#include "common/compat.h"
+
 uint64_t clock_mono_ns(void)
 {
     struct timespec ts;

@@ -13,13 +13,14 @@
 #include <unistd.h>
 
 #include "common/buf.h"
+#include "common/compat.h"
 #include "common/cleanup.h"
+#include "common/printf.h"
 
 #define CONF_STRING_MAX_DEFAULT 4096
 #define CONF_SHOW_MAX           64 /* longest value or key echoed in an error */
 
-static void conf_fail(struct conf_error *err, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+static void conf_fail(struct conf_error *err, const char *fmt, ...) ORCH_PRINTF(2, 3);
 
 static void conf_fail(struct conf_error *err, const char *fmt, ...)
 {

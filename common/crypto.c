@@ -1,4 +1,6 @@
-/* crypto.c: hashing, randomness, encodings and comparisons for secrets (OpenSSL 3). */
+/* crypto.c: what of crypto.h is the same on every platform: tokens, constant-time
+ * comparison, base64 and hex. The primitives (SHA-256, HMAC, random bytes, cleansing) come
+ * from crypto-openssl.c on POSIX and crypto-bcrypt.c on Windows. */
 #include "common/crypto.h"
 
 #include <errno.h>
@@ -6,58 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
-#include <openssl/rand.h>
-
-void crypto_sha256(const void *data, size_t len, uint8_t out[CRYPTO_SHA256_LEN])
-{
-    unsigned int outlen = 0;
-
-    /* The void API gives no way to report failure, and a wrong digest must never be used:
-     * a failing SHA-256 means a broken OpenSSL install. */
-    if (EVP_Digest(len ? data : "", len, out, &outlen, EVP_sha256(), NULL) != 1 ||
-        outlen != CRYPTO_SHA256_LEN)
-        abort();
-}
-
 void crypto_sha256_hex(const void *data, size_t len, char out[CRYPTO_SHA256_HEX_LEN])
 {
     uint8_t md[CRYPTO_SHA256_LEN];
 
     crypto_sha256(data, len, md);
     hex_encode(md, sizeof(md), out);
-}
-
-void crypto_hmac_sha256(const void *key, size_t keylen, const void *data, size_t len,
-                        uint8_t out[CRYPTO_SHA256_LEN])
-{
-    static const uint8_t empty[1];
-    unsigned int outlen = 0;
-
-    if (keylen > INT_MAX)
-        abort();
-    /* HMAC() rejects a NULL key even when keylen is 0; the empty key is valid HMAC. */
-    if (!HMAC(EVP_sha256(), keylen ? key : empty, (int)keylen, len ? data : empty, len, out,
-              &outlen) ||
-        outlen != CRYPTO_SHA256_LEN)
-        abort();
-}
-
-int crypto_random(void *out, size_t len)
-{
-    unsigned char *p = out;
-
-    while (len > 0) {
-        int chunk = len > INT_MAX ? INT_MAX : (int)len;
-
-        if (RAND_bytes(p, chunk) != 1)
-            return -EIO;
-        p += chunk;
-        len -= (size_t)chunk;
-    }
-    return 0;
 }
 
 int crypto_token_new(const char *prefix, size_t nbytes, char **ret)
@@ -78,13 +34,13 @@ int crypto_token_new(const char *prefix, size_t nbytes, char **ret)
         return r;
     s = malloc(total);
     if (!s) {
-        OPENSSL_cleanse(raw, sizeof(raw));
+        crypto_cleanse(raw, sizeof(raw));
         return -ENOMEM;
     }
     memcpy(s, prefix, plen);
     s[plen] = '_';
     r = base64url_encode(raw, nbytes, s + plen + 1, total - plen - 1);
-    OPENSSL_cleanse(raw, sizeof(raw));
+    crypto_cleanse(raw, sizeof(raw));
     if (r < 0) {
         free(s);
         return r;
@@ -95,9 +51,14 @@ int crypto_token_new(const char *prefix, size_t nbytes, char **ret)
 
 bool crypto_equal(const void *a, const void *b, size_t len)
 {
-    if (len == 0)
-        return true;
-    return CRYPTO_memcmp(a, b, len) == 0;
+    const volatile uint8_t *x = a, *y = b;
+    uint8_t diff = 0;
+
+    /* Every byte is read whatever the earlier ones held, through volatile so that the
+     * compiler cannot stop at the first difference. */
+    for (size_t i = 0; i < len; i++)
+        diff |= x[i] ^ y[i];
+    return diff == 0;
 }
 
 bool crypto_streq(const char *a, const char *b)
@@ -205,6 +166,94 @@ int base64url_decode(const char *s, size_t slen, uint8_t *out, size_t outlen)
     /* Leftover bits must be zero: only the canonical encoding is accepted. */
     if (v != 0)
         return -EINVAL;
+    return (int)o;
+}
+
+static const char b64_alphabet[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+size_t base64_encoded_len(size_t n)
+{
+    return (n + 2) / 3 * 4;
+}
+
+size_t base64_decoded_max(size_t slen)
+{
+    return slen / 4 * 3;
+}
+
+int base64_encode(const void *data, size_t len, char *out, size_t outlen)
+{
+    const uint8_t *in = data;
+    size_t elen, o = 0, i;
+
+    if (len > (SIZE_MAX - 2) / 4 * 3)
+        return -ENOSPC;
+    elen = base64_encoded_len(len);
+    if (elen >= outlen || elen > INT_MAX)
+        return -ENOSPC;
+    for (i = 0; i + 3 <= len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        out[o++] = b64_alphabet[v >> 18 & 0x3f];
+        out[o++] = b64_alphabet[v >> 12 & 0x3f];
+        out[o++] = b64_alphabet[v >> 6 & 0x3f];
+        out[o++] = b64_alphabet[v & 0x3f];
+    }
+    if (len - i >= 1) {
+        uint32_t v = (uint32_t)in[i] << 16 | (len - i == 2 ? (uint32_t)in[i + 1] << 8 : 0);
+        out[o++] = b64_alphabet[v >> 18 & 0x3f];
+        out[o++] = b64_alphabet[v >> 12 & 0x3f];
+        out[o++] = len - i == 2 ? b64_alphabet[v >> 6 & 0x3f] : '=';
+        out[o++] = '=';
+    }
+    out[o] = '\0';
+    return (int)o;
+}
+
+static int b64_value(char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+int base64_decode(const char *s, size_t slen, uint8_t *out, size_t outlen)
+{
+    size_t n = slen, dlen, o = 0;
+
+    if (slen % 4 != 0 || slen / 4 * 3 > INT_MAX)
+        return -EINVAL;
+    if (n > 0 && s[n - 1] == '=')
+        n--;
+    if (n > 0 && s[n - 1] == '=')
+        n--;
+    dlen = n / 4 * 3 + (n % 4 ? n % 4 - 1 : 0);
+    if (dlen > outlen)
+        return -ENOSPC;
+    /* Trailing bits of a short group are ignored, as OpenSSL's EVP_DecodeBlock (which this
+     * replaces on the wire) ignores them: the same text decodes to the same bytes. */
+    for (size_t i = 0; i < n; i += 4) {
+        uint32_t v = 0;
+        size_t k, m = n - i < 4 ? n - i : 4;
+
+        for (k = 0; k < 4; k++) {
+            int c = k < m ? b64_value(s[i + k]) : 0;
+
+            if (c < 0)
+                return -EINVAL;
+            v = v << 6 | (uint32_t)c;
+        }
+        for (k = 0; k + 1 < m && o < dlen; k++)
+            out[o++] = (uint8_t)(v >> (16 - 8 * k));
+    }
     return (int)o;
 }
 

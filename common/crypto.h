@@ -1,4 +1,6 @@
-/* crypto.h: hashing, randomness, encodings and comparisons for secrets (OpenSSL). */
+/* crypto.h: hashing, randomness, encodings and comparisons for secrets.
+ * The primitives (sha256, hmac, random, cleanse) are OpenSSL's on POSIX (crypto-openssl.c)
+ * and BCrypt's on Windows (crypto-bcrypt.c); the rest is portable C (crypto.c). */
 #pragma once
 
 #include <stdbool.h>
@@ -16,6 +18,8 @@ void crypto_hmac_sha256(const void *key, size_t keylen, const void *data, size_t
 
 /* Cryptographically secure random bytes. Returns 0 or -EIO. */
 int crypto_random(void *out, size_t len);
+/* Overwrite len bytes at p with zeros in a way the compiler cannot drop (secrets). */
+void crypto_cleanse(void *p, size_t len);
 
 /* A new secret token "<prefix>_<base64url of nbytes random bytes>", e.g. prefix "orch_ak".
  * nbytes in [16, 64]. *ret is malloc'd, caller frees. Returns 0, -EINVAL, -EIO or -ENOMEM. */
@@ -33,6 +37,17 @@ int base64url_encode(const void *data, size_t len, char *out, size_t outlen);
 /* Decode (padding tolerated, nothing else) into out. Returns decoded length, -EINVAL on a
  * bad character or impossible length, -ENOSPC when out is too small. */
 int base64url_decode(const char *s, size_t slen, uint8_t *out, size_t outlen);
+
+/* Standard base64 with padding (RFC 4648 §4), the encoding of log chunks on the wire.
+ * Encoded length = base64_encoded_len(n), a multiple of 4. */
+size_t base64_encoded_len(size_t n);
+/* Write the encoding plus NUL into out (outlen >= encoded_len + 1). Returns length or -ENOSPC. */
+int base64_encode(const void *data, size_t len, char *out, size_t outlen);
+/* Decode padded base64 into out. The length must be a multiple of 4 and '=' may only be the
+ * last one or two characters; no whitespace. Returns the decoded length, -EINVAL when s is
+ * not that, -ENOSPC when out is too small (base64_decoded_max(slen) always suffices). */
+int base64_decode(const char *s, size_t slen, uint8_t *out, size_t outlen);
+size_t base64_decoded_max(size_t slen);
 
 /* Hex (lower-case) encode; out needs 2*len+1. */
 void hex_encode(const void *data, size_t len, char *out);

@@ -9,9 +9,10 @@
 
 #include "common/clock.h"
 #include "common/id.h"
+#include "common/printf.h"
 
 static void jsonv_fail(struct jsonv_error *err, const char *field, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+    ORCH_PRINTF(3, 4);
 
 static void jsonv_fail(struct jsonv_error *err, const char *field, const char *fmt, ...)
 {

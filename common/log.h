@@ -12,6 +12,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+#include "common/printf.h"
+
 enum log_level {
     LOG_LEVEL_DEBUG = 0,
     LOG_LEVEL_INFO = 1,
@@ -31,9 +33,8 @@ const char *log_level_name(enum log_level level);
 /* Redirect output to fd (default 2). For tests. */
 void log_set_fd(int fd);
 
-void log_emit(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void log_emitv(enum log_level level, const char *fmt, va_list ap)
-    __attribute__((format(printf, 2, 0)));
+void log_emit(enum log_level level, const char *fmt, ...) ORCH_PRINTF(2, 3);
+void log_emitv(enum log_level level, const char *fmt, va_list ap) ORCH_PRINTF(2, 0);
 
 #define log_debug(...) log_emit(LOG_LEVEL_DEBUG, __VA_ARGS__)
 #define log_info(...)  log_emit(LOG_LEVEL_INFO, __VA_ARGS__)

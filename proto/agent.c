@@ -3,14 +3,15 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/cleanup.h"
+#include "common/crypto.h"
 #include "common/relpath.h"
+#include "common/printf.h"
 #include "proto/problem.h"
 
 #define ELEMS(a) (sizeof(a) / sizeof((a)[0]))
@@ -204,8 +205,7 @@ static void job_id_copy(char out[ID_STR_LEN], const char *id)
 }
 
 /* err's field prefixed with prefix ("heartbeat" + "slots" = "heartbeat.slots"). */
-static void err_prefix(struct jsonv_error *err, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+static void err_prefix(struct jsonv_error *err, const char *fmt, ...) ORCH_PRINTF(2, 3);
 
 static void err_prefix(struct jsonv_error *err, const char *fmt, ...)
 {
@@ -760,15 +760,17 @@ json_t *proto_started_encode(const char *job_id, int64_t epoch)
 json_t *proto_logs_encode(const char *job_id, int64_t epoch, enum proto_stream stream,
                           int64_t offset, const void *data, size_t len)
 {
-    _cleanup_free_ unsigned char *b64 = NULL;
+    _cleanup_free_ char *b64 = NULL;
     const char *name = proto_stream_name(stream);
+    size_t b64len = base64_encoded_len(len) + 1;
 
     if (!name || len > PROTO_LOG_CHUNK_MAX)
         return NULL;
-    b64 = malloc(4 * ((len + 2) / 3) + 1);
+    b64 = malloc(b64len);
     if (!b64)
         return NULL;
-    EVP_EncodeBlock(b64, data ? data : (const void *)"", (int)len);
+    if (base64_encode(data ? data : (const void *)"", len, b64, b64len) < 0)
+        return NULL;
     return report_wrap(json_pack("{s:I, s:s, s:I, s:s}", "epoch", (json_int_t)epoch, "stream", name,
                                  "offset", (json_int_t)offset, "data", (const char *)b64),
                        PROTO_REPORT_LOGS, job_id);
@@ -820,21 +822,18 @@ const char *proto_result_outcome(const struct proto_result *r)
 /* The decoded length of base64 text (RFC 4648, padded), or -1 when it is not that. */
 static long long base64_decoded_len(const char *data, size_t len)
 {
-    _cleanup_free_ unsigned char *raw = NULL;
-    int n, pad;
+    _cleanup_free_ uint8_t *raw = NULL;
+    int n;
 
     if (len % 4 != 0)
         return -1;
     if (len == 0)
         return 0;
-    raw = malloc(len / 4 * 3 + 4);
+    raw = malloc(base64_decoded_max(len));
     if (!raw)
         return -2;
-    n = EVP_DecodeBlock(raw, (const unsigned char *)data, (int)len);
-    if (n < 0)
-        return -1;
-    pad = (data[len - 1] == '=') + (data[len - 2] == '=');
-    return n - pad;
+    n = base64_decode(data, len, raw, base64_decoded_max(len));
+    return n < 0 ? -1 : n;
 }
 
 int proto_report_decode(const json_t *doc, int kind, struct proto_report *ret,

@@ -9,8 +9,26 @@
 set -euo pipefail
 out=$(realpath -m "${1:?usage: tools/win-deps.sh DIR}")
 stamp=$out/.jansson-ready
-[ -f "$stamp" ] && exit 0
 say() { printf '== win-deps: %s\n' "$*"; }
+
+# deps.ini: pkg-config finds the mingw jansson here, and the tests' exe wrapper is named by
+# its absolute path (meson 1.0 does not expand @DIRNAME@ in the cross file). Rewritten on
+# every run, so a moved tree stays right.
+write_ini() {
+    mkdir -p "$out"
+    cat >"$out/deps.ini" <<INI
+# Written by tools/win-deps.sh: where the mingw build of jansson is, and how tests run.
+[binaries]
+exe_wrapper = '$(realpath "$(dirname "$0")")/wine-run'
+
+[properties]
+pkg_config_libdir = ['$out/prefix/lib/pkgconfig']
+INI
+}
+if [ -f "$stamp" ]; then
+    write_ini
+    exit 0
+fi
 
 src_list=/etc/apt/sources.list.d/orch-deb-src.sources
 if [ ! -f "$src_list" ] && ! grep -rqs '^Types:.*deb-src\|^deb-src' /etc/apt/sources.list /etc/apt/sources.list.d/; then
@@ -50,10 +68,6 @@ cmake -S "$out/src" -B "$out/build" -DCMAKE_TOOLCHAIN_FILE="$out/toolchain.cmake
 cmake --build "$out/build" -j"$(nproc)" >>"$out/cmake.log" 2>&1 || { cat "$out/cmake.log"; exit 1; }
 cmake --install "$out/build" >>"$out/cmake.log" 2>&1
 
-cat >"$out/deps.ini" <<INI
-# Written by tools/win-deps.sh: where the mingw build of jansson is.
-[properties]
-pkg_config_libdir = ['$out/prefix/lib/pkgconfig']
-INI
+write_ini
 touch "$stamp"
 say "jansson ready in $out/prefix"

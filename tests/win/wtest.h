@@ -67,8 +67,9 @@ void wtest_register(const char *name, wtest_fn fn)
 int wtest_main(int argc, char **argv)
 {
     const char *filter = argc > 1 ? argv[1] : NULL;
-    int run = 0, failed = 0;
-    for (int i = 0; i < wtest_count; i++) {
+    /* volatile: they live across setjmp()/longjmp(). */
+    volatile int run = 0, failed = 0;
+    for (volatile int i = 0; i < wtest_count; i++) {
         if (filter && !strstr(wtest_list[i].name, filter))
             continue;
         run++;

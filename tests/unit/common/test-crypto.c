@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+
 #include "common/crypto.h"
 
 static void to_hex(const uint8_t *d, size_t n, char *out)
@@ -269,4 +271,75 @@ Test(crypto, hex_encode_lower)
     cr_assert_str_eq(out, "01abff00");
     hex_encode("", 0, out);
     cr_assert_str_eq(out, "");
+}
+
+Test(crypto, base64_rfc4648_vectors)
+{
+    static const char *const vec[][2] = {
+        {"", ""},
+        {"f", "Zg=="},
+        {"fo", "Zm8="},
+        {"foo", "Zm9v"},
+        {"foob", "Zm9vYg=="},
+        {"fooba", "Zm9vYmE="},
+        {"foobar", "Zm9vYmFy"},
+    };
+    char enc[16];
+    uint8_t dec[16];
+
+    for (size_t i = 0; i < sizeof(vec) / sizeof(vec[0]); i++) {
+        size_t n = strlen(vec[i][0]);
+
+        cr_assert_eq(base64_encode(vec[i][0], n, enc, sizeof(enc)), (int)strlen(vec[i][1]));
+        cr_assert_str_eq(enc, vec[i][1]);
+        cr_assert_eq(base64_decode(enc, strlen(enc), dec, sizeof(dec)), (int)n);
+        cr_assert_eq(memcmp(dec, vec[i][0], n), 0);
+    }
+    cr_assert_eq(base64_encode("foo", 3, enc, 4), -ENOSPC, "NUL needs room");
+    cr_assert_eq(base64_decode("Zm9v", 4, dec, 2), -ENOSPC);
+}
+
+/* proto/agent.c used OpenSSL's EVP_EncodeBlock/EVP_DecodeBlock on the wire: the portable
+ * code gives the same text, and the same bytes back, for every length and byte value. */
+Test(crypto, base64_same_as_openssl)
+{
+    uint8_t data[300], back[300], evp_back[300 + 3];
+    char enc[420];
+    unsigned char evp[420];
+
+    for (size_t i = 0; i < sizeof(data); i++)
+        data[i] = (uint8_t)(i * 7 + 3);
+    cr_assert_eq(crypto_random(data + 256, 44), 0);
+    for (size_t n = 0; n <= sizeof(data); n++) {
+        int e = base64_encode(data, n, enc, sizeof(enc));
+        int ev = EVP_EncodeBlock(evp, data, (int)n);
+
+        cr_assert_eq(e, ev, "length %zu", n);
+        cr_assert_eq(e, (int)base64_encoded_len(n));
+        cr_assert_str_eq(enc, (const char *)evp, "length %zu", n);
+        cr_assert_eq(base64_decode(enc, (size_t)e, back, sizeof(back)), (int)n);
+        cr_assert_eq(memcmp(back, data, n), 0);
+        if (n > 0) {
+            int d = EVP_DecodeBlock(evp_back, (const unsigned char *)enc, e);
+            int pad = (enc[e - 1] == '=') + (enc[e - 2] == '=');
+
+            cr_assert_eq(d - pad, (int)n);
+            cr_assert_eq(memcmp(evp_back, back, n), 0);
+        }
+    }
+}
+
+Test(crypto, base64_refuses_what_is_not_padded_base64)
+{
+    uint8_t out[16];
+
+    cr_assert_eq(base64_decode("Zm9", 3, out, sizeof(out)), -EINVAL, "length not a multiple of 4");
+    cr_assert_eq(base64_decode("Zm9v\n", 5, out, sizeof(out)), -EINVAL);
+    cr_assert_eq(base64_decode("Zm-v", 4, out, sizeof(out)), -EINVAL, "base64url alphabet");
+    cr_assert_eq(base64_decode("Z===", 4, out, sizeof(out)), -EINVAL, "three pads");
+    cr_assert_eq(base64_decode("Zg==Zg==", 8, out, sizeof(out)), -EINVAL, "pad in the middle");
+    cr_assert_eq(base64_decode("Zm 9", 4, out, sizeof(out)), -EINVAL, "space");
+    /* Like EVP_DecodeBlock, unused trailing bits are not checked. */
+    cr_assert_eq(base64_decode("Zh==", 4, out, sizeof(out)), 1);
+    cr_assert_eq(out[0], 'f');
 }
