@@ -68,7 +68,10 @@ wixl --arch x64 -D "Version=$version" -o "$msi.tmp" "$stage/orch-agent.wxs"
 # - the properties the install's server side may take from the command line
 #   (WiX's Property/@Secure);
 # - the log line of WriteRegistryValues without the value's data (ActionText), so that
-#   the enrolment token stays out of a verbose log.
+#   the enrolment token stays out of a verbose log;
+# - HKLM\SOFTWARE\Orch\Agent readable and writable by SYSTEM and Administrators only
+#   (MsiLockPermissionsEx, Windows Installer 5; WiX's PermissionEx), where HKLM\SOFTWARE
+#   lets every user read: the token waits there for the service's first start.
 sql() { msibuild "$msi.tmp" -q "$1"; }
 for pair in ServerUrl:SERVERURL Token:TOKEN CaFile:CAFILE Name:NAME Labels:LABELS; do
     sql "UPDATE \`Component\` SET \`Condition\` = '${pair#*:}' WHERE \`Component\` = 'Reg${pair%:*}'"
@@ -77,10 +80,20 @@ sql "UPDATE \`Property\` SET \`Value\` = 'WIX_DOWNGRADE_DETECTED;WIX_UPGRADE_DET
 printf 'Action\tDescription\tTemplate\ns72\tL0\tL0\nActionText\tAction\nWriteRegistryValues\tWriting system registry values\tKey: [1], Name: [2]\n' \
     >"$stage/ActionText.idt"
 msibuild "$msi.tmp" -i "$stage/ActionText.idt"
+{
+    printf 'MsiLockPermissionsEx\tLockObject\tTable\tSDDLText\tCondition\n'
+    printf 's72\ts72\ts32\ts0\tS255\nMsiLockPermissionsEx\tMsiLockPermissionsEx\n'
+    for v in ServerUrl EnrollmentToken CaFile Name Labels; do
+        printf 'Lock%s\tReg%sValue\tRegistry\tD:P(A;;GA;;;SY)(A;;GA;;;BA)\t\n' "$v" "$v"
+    done
+} >"$stage/MsiLockPermissionsEx.idt"
+msibuild "$msi.tmp" -i "$stage/MsiLockPermissionsEx.idt"
 
 # Check that the edits took: a silent no-op would write empty values or log the token.
 [[ $(msiinfo export "$msi.tmp" Component) == *$'\tTOKEN\t'* ]] || die "the component conditions were not set"
 [[ $(msiinfo export "$msi.tmp" ActionText) == *$'Name: [2]\r'* ]] || die "the ActionText table was not set"
+[[ $(msiinfo export "$msi.tmp" MsiLockPermissionsEx) == *RegEnrollmentTokenValue* ]] ||
+    die "the MsiLockPermissionsEx table was not set"
 mv "$msi.tmp" "$msi"
 say "done: $msi ($(stat -c %s "$msi") bytes)"
 echo "$msi"
