@@ -24,12 +24,15 @@ source "$(dirname "$0")/../../tools/lib.sh"
 t0=$SECONDS
 step_t=$SECONDS
 timings=()
-step() { # name of the step that just ended
-    timings+=("$(printf '%-34s %4ds' "$1" $((SECONDS - step_t)))")
+passed=0
+step() { # name of the step that just ended (each step is one test for tools/test.sh)
+    timings+=("$(printf '%-38s %4ds' "$1" $((SECONDS - step_t)))")
     step_t=$SECONDS
+    passed=$((passed + 1))
 }
 fail() {
     printf 'test-msi: FAIL: %s\n' "$*" >&2
+    echo "result: $passed passed, 1 failed"
     if [ -n "${tmp:-}" ]; then
         [ -f "$tmp/orchd.log" ] && { echo "--- orchd.log (tail, without requests)"; grep -v " op=http " "$tmp/orchd.log" | tail -n 30; } >&2
         local alog="${WINEPREFIX:-/nonexistent}/drive_c/ProgramData/Orch/Agent/agent.log"
@@ -240,3 +243,4 @@ step "msiexec /x removes service and files"
 
 say "test-msi: OK in $((SECONDS - t0)) s"
 printf '  %s\n' "${timings[@]}" >&2
+echo "result: $passed passed, 0 failed"
