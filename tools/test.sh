@@ -5,11 +5,14 @@
 # (tools/check-source.py: banned functions and clang-format), builds orch twice (a -Werror
 # build, and one under AddressSanitizer + UndefinedBehaviorSanitizer), starts a private
 # PostgreSQL and a private RabbitMQ node on free ports, runs every test suite of both builds
-# against them, and stops the services again. Exits non-zero when anything fails.
+# against them, and stops the services again; then the packaging stage builds the Debian
+# packages, installs, uses, upgrades and purges them on this machine (tests/packaging/
+# test-deb.sh), and tests the .msi under wine (tests/packaging/test-msi.sh, when present).
+# Exits non-zero when anything fails.
 #
 # Environment:
 #   ORCH_SKIP_APT=1       do not run apt-get (packages already there; npm ci still runs)
-#   ORCH_TEST_SUITES="unit integration"   suites to run (default: all)
+#   ORCH_TEST_SUITES="unit integration packaging"   suites to run (default: all)
 #   ORCH_NO_SANITIZE=1    skip the sanitizer build (quicker local runs; CI runs both)
 #   ORCH_FUZZ_SECONDS=N   how long the libFuzzer target runs (default 30; 0 skips it)
 source "$(dirname "$0")/lib.sh"
@@ -44,8 +47,12 @@ orch_services_start "$(orch_state_dir "test-$$")"
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+# "packaging" is a stage of this script, not a meson suite.
 suites=()
-for s in ${ORCH_TEST_SUITES:-unit integration}; do suites+=(--suite "$s"); done
+packaging=0
+for s in ${ORCH_TEST_SUITES:-unit integration packaging}; do
+    if [ "$s" = packaging ]; then packaging=1; else suites+=(--suite "$s"); fi
+done
 
 # Count the Criterion tests (not the meson test binaries) from meson's JSON log.
 count_tests() {
@@ -70,6 +77,7 @@ total_failed=$source_status
 for b in build build-asan; do
     [ -f "$b/build.ninja" ] || continue
     [ "$b" = build-asan ] && [ "${ORCH_NO_SANITIZE:-0}" = 1 ] && continue
+    [ ${#suites[@]} -gt 0 ] || continue
     say "running tests ($b)"
     if ! meson test -C "$b" "${suites[@]}" --print-errorlogs --num-processes 2; then
         status=1
@@ -106,10 +114,38 @@ if [ "$fuzz_seconds" != 0 ]; then
     rm -rf "$corpus"
 fi
 
-# Stop the services now, so that the summary below is the last line printed.
+# Stop the services now, so that the summary below is the last line printed (and the
+# packaging tests, which start their own, do not run beside them).
 orch_services_stop
 trap - EXIT
 ORCH_STATE=
+
+# The packaging stage: each script prints "result: N passed, M failed" last; a script that
+# ends without it counts as one test, failed or passed by its exit status.
+if [ $packaging = 1 ]; then
+    for t in tests/packaging/test-deb.sh tests/packaging/test-msi.sh; do
+        if [ ! -x "$t" ]; then
+            say "packaging: $t is not there yet, skipped"
+            continue
+        fi
+        say "packaging: $t"
+        log=$(mktemp)
+        # The packages the stage needs came with the others (orch_install_deps above).
+        if ORCH_SKIP_APT=1 "$t" 2>&1 | tee "$log"; then rc=0; else rc=${PIPESTATUS[0]}; fi
+        if read -r p f < <(sed -nE 's/^result: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$log" | tail -1) &&
+            [ -n "$p" ]; then
+            total_passed=$((total_passed + p))
+            total_failed=$((total_failed + f))
+            [ "$rc" = 0 ] || [ "$f" -gt 0 ] || total_failed=$((total_failed + 1))
+        elif [ "$rc" = 0 ]; then
+            total_passed=$((total_passed + 1))
+        else
+            total_failed=$((total_failed + 1))
+        fi
+        [ "$rc" = 0 ] || status=1
+        rm -f "$log"
+    done
+fi
 if [ $status = 0 ]; then say "all tests passed"; else say "TESTS FAILED"; fi
 [ $status = 0 ] || [ $total_failed -gt 0 ] || total_failed=1
 echo "tests: $total_passed passed, $total_failed failed"
