@@ -322,6 +322,22 @@ run_job() { # MARKER: submit, wait (bounded) until it ends, check status and out
     check "job $1 wrote to a private /tmp, not the host's" test ! -e "/tmp/orch-test-deb-$1"
     rm -f "/run/lock/orch-test-deb-$1" "/tmp/orch-test-deb-$1"
 }
+# A job past its timeout gets SIGTERM first, sent by the agent (root) to processes of another
+# uid: that takes CAP_KILL in the unit's bounding set (the kill after the grace period goes
+# through cgroup.kill and would not show its absence).
+timeout_job() {
+    local job status=queued i out
+    job=$(api POST /api/v1/jobs "$token" \
+        '{"command": "trap \"echo term; exit 3\" TERM; echo started; sleep 60 & wait", "timeout_ms": 1000, "max_attempts": 1}' |
+        field id) || { bad "submit the timeout job"; return; }
+    for i in $(seq 1 300); do
+        status=$(api GET "/api/v1/jobs/$job" "$token" | field status)
+        case $status in succeeded | failed | dead | cancelled) break ;; esac
+        sleep 0.1 # polling the job's state, bounded to 30 s
+    done
+    out=$(curl -s --cacert $ca "$base/api/v1/jobs/$job/logs?stream=stdout" -H "Authorization: Bearer $token")
+    eq "a job past its timeout gets SIGTERM from the agent ($status)" "$(printf '%s' "$out" | tr '\n' ' ')" "started term"
+}
 agent_online() {
     curl -s --cacert $ca "$base/api/v1/agents" -H "Authorization: Bearer $token" |
         python3 -c 'import json,sys; sys.exit(not any(a["status"] == "online" for a in json.load(sys.stdin)["items"]))'
@@ -331,6 +347,7 @@ orch_wait_for 30 agent_online || { svc_log orch-agent; fatal "the agent did not 
 ok "the agent (the unit's ExecStart) is online"
 eq "the agent's capability bounding set and no_new_privs" "$(privs proc "$(svc_pid orch-agent)")" "$(privs unit orch-agent)"
 run_job first
+timeout_job
 check "the agent logged its isolation: job user switched, PID namespace, cgroup" \
     bash -c "grep -E 'op=isolation user=orch-job switched=yes pid_ns=yes cgroup=/' '$work/orch-agent.log' ||
              journalctl -u orch-agent.service | grep -E 'op=isolation user=orch-job switched=yes pid_ns=yes cgroup=/'"
