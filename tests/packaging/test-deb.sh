@@ -40,7 +40,28 @@ eq() { # DESCRIPTION GOT WANT
     if [ "$2" = "$3" ]; then ok "$1"; else bad "$1: got '$2', want '$3'"; fi
 }
 
-# --- refuse to clobber ---------------------------------------------------------------
+# --- one at a time, and refuse to clobber ---------------------------------------------
+# Two runs on one machine would install, upgrade and purge each other's packages: the
+# second waits for the first (at most 15 minutes). A directory, not flock: the services this
+# script starts would inherit a lock descriptor. A lock whose owner is gone is taken over.
+lock=/run/lock/orch-test-deb
+have_lock=0
+for i in $(seq 1 900); do
+    if mkdir "$lock" 2>/dev/null; then
+        echo $$ >"$lock/pid"
+        have_lock=1
+        break
+    fi
+    owner=$(cat "$lock/pid" 2>/dev/null)
+    if [ -n "$owner" ] && ! kill -0 "$owner" 2>/dev/null; then
+        rm -rf "$lock"
+        continue
+    fi
+    [ $i = 1 ] && say "waiting for another test-deb.sh (pid ${owner:-?}) to finish"
+    sleep 1 # polling the lock, bounded to 15 minutes
+done
+[ $have_lock = 1 ] || die "another tests/packaging/test-deb.sh holds $lock"
+trap 'rm -rf "$lock"' EXIT
 for p in orch-agent orchd; do
     s=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)
     [ -z "$s" ] || [ "$s" = not-installed ] ||
@@ -64,11 +85,12 @@ cleanup() {
         # What the operator added to the packages' directories goes first, as an operator
         # would remove it, so that the purge can remove the directories.
         rm -rf /etc/orch/tls /etc/orch-agent/ca.pem
-        DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq orch-agent orchd >"$work/purge.log" 2>&1 ||
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 purge -y -qq orch-agent orchd >"$work/purge.log" 2>&1 ||
             { cat "$work/purge.log"; rc=1; }
     fi
     orch_services_stop
     [ "${ORCH_DEB_KEEP:-0}" = 1 ] && echo "work directory kept: $work" || rm -rf "$work"
+    rm -rf "$lock"
     exit $rc
 }
 trap cleanup EXIT
@@ -170,7 +192,7 @@ trap cleanup EXIT # orch_services_start set its own; cleanup stops the services 
 say "apt-get install $(basename "$orchd_deb") $(basename "$agent_deb")"
 job_user_before=$(getent passwd orch-job) && job_user_existed=1 || job_user_existed=0
 installed=1
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends \
     "$orchd_deb" "$agent_deb" >"$work/install.log" 2>&1 ||
     { cat "$work/install.log"; fatal "apt-get install of the packages"; }
 ok "apt-get install of orchd and orch-agent"
@@ -365,7 +387,7 @@ repack() { # DEB: the same package at new_version, into $work/up
         dpkg-deb -b "$d" "$work/up/" >/dev/null
 }
 repack "$agent_deb" && repack "$orchd_deb" || fatal "repack the packages at $new_version"
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends \
     "$work"/up/orchd_*.deb "$work"/up/orch-agent_*.deb >"$work/upgrade.log" 2>&1 ||
     { cat "$work/upgrade.log"; fatal "apt-get install of $new_version"; }
 eq "orch-agent upgraded" "$(dpkg-query -W -f='${Version}' orch-agent)" "$new_version"
@@ -385,7 +407,7 @@ say "stopping and purging"
 svc_stop orch-agent
 svc_stop orchd
 rm -rf /etc/orch/tls /etc/orch-agent/ca.pem
-DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq orch-agent orchd >"$work/purge.log" 2>&1 ||
+DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 purge -y -qq orch-agent orchd >"$work/purge.log" 2>&1 ||
     { cat "$work/purge.log"; fatal "apt-get purge"; }
 installed=0
 ok "apt-get purge of orch-agent and orchd"
