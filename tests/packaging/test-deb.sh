@@ -25,43 +25,15 @@
 source "$(dirname "$0")/../../tools/lib.sh"
 set +e # the checks count failures and go on; every step that the next depend on is fatal
 
+source "$(dirname "$0")/deb-lib.sh"
+
 [ "$(id -u)" = 0 ] || die "test-deb.sh needs root (it installs packages)"
 t_start=$SECONDS
-passed=0 failed=0
-ok() { passed=$((passed + 1)); printf '  ok    %s\n' "$*"; }
-bad() { failed=$((failed + 1)); printf '  FAIL  %s\n' "$*"; }
-check() { # DESCRIPTION COMMAND...
-    local what=$1
-    shift
-    if "$@" >/dev/null 2>&1; then ok "$what"; else bad "$what"; fi
-}
-fatal() { bad "$*"; exit 1; }
-eq() { # DESCRIPTION GOT WANT
-    if [ "$2" = "$3" ]; then ok "$1"; else bad "$1: got '$2', want '$3'"; fi
-}
 
 # --- one at a time, and refuse to clobber ---------------------------------------------
-# Two runs on one machine would install, upgrade and purge each other's packages: the
-# second waits for the first (at most 15 minutes). A directory, not flock: the services this
-# script starts would inherit a lock descriptor. A lock whose owner is gone is taken over.
-lock=/run/lock/orch-test-deb
-have_lock=0
-for i in $(seq 1 900); do
-    if mkdir "$lock" 2>/dev/null; then
-        echo $$ >"$lock/pid"
-        have_lock=1
-        break
-    fi
-    owner=$(cat "$lock/pid" 2>/dev/null)
-    if [ -n "$owner" ] && ! kill -0 "$owner" 2>/dev/null; then
-        rm -rf "$lock"
-        continue
-    fi
-    [ $i = 1 ] && say "waiting for another test-deb.sh (pid ${owner:-?}) to finish"
-    sleep 1 # polling the lock, bounded to 15 minutes
-done
-[ $have_lock = 1 ] || die "another tests/packaging/test-deb.sh holds $lock"
-trap 'rm -rf "$lock"' EXIT
+# Two runs on one machine would install, upgrade and purge each other's packages.
+deb_lock_take
+trap deb_lock_drop EXIT
 for p in orch-agent orchd; do
     s=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)
     [ -z "$s" ] || [ "$s" = not-installed ] ||
@@ -90,7 +62,7 @@ cleanup() {
     fi
     orch_services_stop
     [ "${ORCH_DEB_KEEP:-0}" = 1 ] && echo "work directory kept: $work" || rm -rf "$work"
-    rm -rf "$lock"
+    deb_lock_drop
     exit $rc
 }
 trap cleanup EXIT
@@ -126,35 +98,6 @@ svc_pid() { # UNIT: the main process
     if [ $use_systemd = 1 ]; then systemctl show -p MainPID --value "$1.service"
     elif [ "$1" = orchd ]; then echo "$orchd_pid"; else echo "$agent_pid"; fi
 }
-# A capability bounding set and no_new_privs as "CAP_X CAP_Y ... nnp=N" (capabilities in the
-# kernel's order): "proc PID" what a running process has, "unit NAME" what the installed
-# unit's CapabilityBoundingSet= and NoNewPrivileges= ask for.
-privs() { # proc PID | unit NAME
-    python3 - "$1" "$2" <<'PY'
-import sys
-order = ("chown dac_override dac_read_search fowner fsetid kill setgid setuid setpcap "
-         "linux_immutable net_bind_service net_broadcast net_admin net_raw ipc_lock ipc_owner "
-         "sys_module sys_rawio sys_chroot sys_ptrace sys_pacct sys_admin sys_boot sys_nice "
-         "sys_resource sys_time sys_tty_config mknod lease audit_write audit_control setfcap "
-         "mac_override mac_admin syslog wake_alarm block_suspend audit_read perfmon bpf "
-         "checkpoint_restore").split()
-names = [f"CAP_{n.upper()}" for n in order]
-if sys.argv[1] == "proc":
-    st = dict(l.split(":", 1) for l in open(f"/proc/{sys.argv[2]}/status"))
-    bnd = int(st["CapBnd"], 16)
-    caps = {n for i, n in enumerate(names) if bnd >> i & 1}
-    nnp = st["NoNewPrivs"].strip()
-else:
-    caps, nnp = set(names), "0"
-    for line in open(f"/lib/systemd/system/{sys.argv[2]}.service"):
-        k, _, v = line.strip().partition("=")
-        if k == "CapabilityBoundingSet":
-            caps = (caps if caps != set(names) else set()) | set(v.split()) if v else set()
-        elif k == "NoNewPrivileges":
-            nnp = "1" if v == "yes" else "0"
-print(" ".join([n for n in names if n in caps] + [f"nnp={nnp}"]))
-PY
-}
 svc_log() { # UNIT
     if [ $use_systemd = 1 ]; then journalctl -u "$1.service" --no-pager | tail -30; else tail -30 "$work/$1.log"; fi
 }
@@ -164,13 +107,10 @@ debdir=${1:-}
 if [ -z "$debdir" ]; then
     debdir=$work/out
     say "building the packages (tools/package.sh deb)"
-    "$ORCH_ROOT/tools/package.sh" deb "$debdir" >"$work/package.log" 2>&1 ||
-        { tail -30 "$work/package.log"; fatal "tools/package.sh deb"; }
+    deb_build "$debdir" "$work/package.log" || fatal "tools/package.sh deb"
     ok "tools/package.sh deb built the packages ($((SECONDS - t_start)) s)"
 fi
-agent_deb=$(ls "$debdir"/orch-agent_*.deb 2>/dev/null | grep -v dbgsym | sort -V | tail -1)
-orchd_deb=$(ls "$debdir"/orchd_*.deb 2>/dev/null | grep -v dbgsym | sort -V | tail -1)
-[ -f "$agent_deb" ] && [ -f "$orchd_deb" ] || fatal "no orch-agent_*.deb and orchd_*.deb in $debdir"
+deb_find "$debdir" || fatal "no orch-agent_*.deb and orchd_*.deb in $debdir"
 
 say "lintian"
 # Errors and warnings fail; every one that is expected is overridden, with its reason, in
@@ -254,10 +194,6 @@ done
 
 # --- configure orchd as docs/install.md says ------------------------------------------
 say "configuring orchd (/etc/orch/orchd.conf), migrating, starting it"
-conf_set() { # FILE KEY VALUE: uncomment KEY and set it
-    sed -i "s|^#$2 = .*|$2 = $3|; s|^#$2 =\$|$2 = $3|" "$1"
-    grep -qx "$2 = $3" "$1" || fatal "could not set $2 in $1"
-}
 port=$(orch_free_port)
 "$ORCH_ROOT/tools/gen-certs.sh" /etc/orch/tls >/dev/null
 chgrp orchd /etc/orch/tls /etc/orch/tls/server.key
@@ -284,28 +220,12 @@ base=https://127.0.0.1:$port
 ca=/etc/orch/tls/ca.pem
 orch_wait_for 30 curl -sf --cacert $ca "$base/readyz" || { svc_log orchd; fatal "orchd is not ready"; }
 ok "orchd (the unit's ExecStart, as orchd) is ready on $base"
-eq "orchd's capability bounding set and no_new_privs" "$(privs proc "$(svc_pid orchd)")" "$(privs unit orchd)"
+eq "orchd's capability bounding set and no_new_privs" "$(privs proc <"/proc/$(svc_pid orchd)/status")" \
+    "$(privs unit </lib/systemd/system/orchd.service)"
 check "orchd runs as the user orchd" \
     bash -c "[ \"\$(ps -o user= -p \$(pgrep -xf '/usr/bin/orchd --config /etc/orch/orchd.conf serve' | head -1))\" = orchd ]"
 
-api() { # METHOD PATH TOKEN [BODY]: the body of a 2xx answer, else fails
-    local out code
-    out=$(curl -s -w '\n%{http_code}' --cacert $ca -X "$1" "$base$2" \
-        ${3:+-H "Authorization: Bearer $3"} ${4:+-H 'Content-Type: application/json' -d "$4"})
-    code=${out##*$'\n'}
-    [ "${code:0:1}" = 2 ] || { echo "$1 $2: HTTP $code: ${out%$'\n'*}" >&2; return 1; }
-    printf '%s\n' "${out%$'\n'*}"
-}
-field() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
-op=$(api POST /api/v1/auth/token "" "{\"key\":\"$operator\"}" | field access_token) || fatal "operator token"
-tenant=$(api POST /api/v1/tenants "$op" '{"slug":"debtest","display_name":"deb test","tier":"standard"}' |
-    field id) || fatal "create a tenant"
-key=$(api POST "/api/v1/tenants/$tenant/api-keys" "$op" '{"name":"deb-admin","role":"admin"}' | field key) ||
-    fatal "create an API key"
-token=$(api POST /api/v1/auth/token "" "{\"key\":\"$key\"}" | field access_token) || fatal "tenant token"
-etok=$(api POST /api/v1/enrollment-tokens "$token" '{"name":"deb test"}' | field token) ||
-    fatal "create an enrolment token"
-ok "tenant, API key and enrolment token made through the API"
+deb_tenant "$operator" debtest
 
 # --- enrol and run the packaged agent ---------------------------------------------------
 say "enrolling the packaged agent and running a job"
@@ -319,57 +239,13 @@ eq "agent.json mode" "$(mode /var/lib/orch-agent/agent.json)" "600 root:root"
 eq "/var/lib/orch-agent mode after enrolment" "$(mode /var/lib/orch-agent)" "711 root:root"
 json_sum=$(sha256sum /var/lib/orch-agent/agent.json | cut -c1-64)
 
-# A job that says who it runs as, whether it can read the credential, whether it can write
-# a world-writable directory of the host (not under ProtectSystem=strict), and which /tmp it
-# has (PrivateTmp=yes: not the host's), then prints its marker.
-job_cmd='id -un
-if cat /var/lib/orch-agent/agent.json >/dev/null 2>&1; then echo credential=readable; else echo credential=hidden; fi
-if touch /run/lock/orch-test-deb-$MARK 2>/dev/null; then echo run-lock=writable; else echo run-lock=readonly; fi
-echo private >/tmp/orch-test-deb-$MARK
-echo "done $MARK"'
-run_job() { # MARKER: submit, wait (bounded) until it ends, check status and output
-    local job status=queued i out
-    job=$(api POST /api/v1/jobs "$token" \
-        "$(python3 -c 'import json,sys; print(json.dumps({"command": sys.argv[1], "env": {"MARK": sys.argv[2]}}))' "$job_cmd" "$1")" |
-        field id) || { bad "submit job $1"; return; }
-    for i in $(seq 1 600); do
-        status=$(api GET "/api/v1/jobs/$job" "$token" | field status)
-        case $status in succeeded | failed | dead | cancelled) break ;; esac
-        sleep 0.1 # polling the job's state, bounded to 60 s
-    done
-    eq "job $1 status" "$status" succeeded
-    out=$(curl -s --cacert $ca "$base/api/v1/jobs/$job/logs?stream=stdout" -H "Authorization: Bearer $token")
-    eq "job $1 output (user, credential, ProtectSystem)" "$(printf '%s' "$out" | tr '\n' ' ')" \
-        "orch-job credential=hidden run-lock=readonly done $1"
-    check "job $1 wrote to a private /tmp, not the host's" test ! -e "/tmp/orch-test-deb-$1"
-    rm -f "/run/lock/orch-test-deb-$1" "/tmp/orch-test-deb-$1"
-}
-# A job past its timeout gets SIGTERM first, sent by the agent (root) to processes of another
-# uid: that takes CAP_KILL in the unit's bounding set (the kill after the grace period goes
-# through cgroup.kill and would not show its absence).
-timeout_job() {
-    local job status=queued i out
-    job=$(api POST /api/v1/jobs "$token" \
-        '{"command": "trap \"echo term; exit 3\" TERM; echo started; sleep 60 & wait", "timeout_ms": 1000, "max_attempts": 1}' |
-        field id) || { bad "submit the timeout job"; return; }
-    for i in $(seq 1 300); do
-        status=$(api GET "/api/v1/jobs/$job" "$token" | field status)
-        case $status in succeeded | failed | dead | cancelled) break ;; esac
-        sleep 0.1 # polling the job's state, bounded to 30 s
-    done
-    out=$(curl -s --cacert $ca "$base/api/v1/jobs/$job/logs?stream=stdout" -H "Authorization: Bearer $token")
-    eq "a job past its timeout gets SIGTERM from the agent ($status)" "$(printf '%s' "$out" | tr '\n' ' ')" "started term"
-}
-agent_online() {
-    curl -s --cacert $ca "$base/api/v1/agents" -H "Authorization: Bearer $token" |
-        python3 -c 'import json,sys; sys.exit(not any(a["status"] == "online" for a in json.load(sys.stdin)["items"]))'
-}
 svc_start orch-agent
 orch_wait_for 30 agent_online || { svc_log orch-agent; fatal "the agent did not come online"; }
 ok "the agent (the unit's ExecStart) is online"
-eq "the agent's capability bounding set and no_new_privs" "$(privs proc "$(svc_pid orch-agent)")" "$(privs unit orch-agent)"
-run_job first
-timeout_job
+eq "the agent's capability bounding set and no_new_privs" "$(privs proc <"/proc/$(svc_pid orch-agent)/status")" \
+    "$(privs unit </lib/systemd/system/orch-agent.service)"
+deb_job first
+deb_timeout_job
 check "the agent logged its isolation: job user switched, PID namespace, cgroup" \
     bash -c "grep -E 'op=isolation user=orch-job switched=yes pid_ns=yes cgroup=/' '$work/orch-agent.log' ||
              journalctl -u orch-agent.service | grep -E 'op=isolation user=orch-job switched=yes pid_ns=yes cgroup=/'"
@@ -379,14 +255,9 @@ say "upgrading both packages"
 svc_stop orch-agent
 old_version=$(dpkg-query -W -f='${Version}' orch-agent)
 new_version=$old_version+upgradetest1
-repack() { # DEB: the same package at new_version, into $work/up
-    local d=$work/up/$(basename "$1" .deb)
-    rm -rf "$d" && mkdir -p "$d"
-    dpkg-deb -R "$1" "$d" &&
-        sed -i "s/^Version: .*/Version: $new_version/" "$d/DEBIAN/control" &&
-        dpkg-deb -b "$d" "$work/up/" >/dev/null
-}
-repack "$agent_deb" && repack "$orchd_deb" || fatal "repack the packages at $new_version"
+mkdir -p "$work/up"
+deb_repack "$agent_deb" "$new_version" "$work/up" && deb_repack "$orchd_deb" "$new_version" "$work/up" ||
+    fatal "repack the packages at $new_version"
 DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends \
     "$work"/up/orchd_*.deb "$work"/up/orch-agent_*.deb >"$work/upgrade.log" 2>&1 ||
     { cat "$work/upgrade.log"; fatal "apt-get install of $new_version"; }
@@ -400,7 +271,7 @@ check "the edited agent.conf kept by the upgrade" grep -qx "server.url = $base" 
 check "the edited orchd.conf kept by the upgrade" grep -qx "http.port = $port" /etc/orch/orchd.conf
 check "the signing key kept by the upgrade" bash -c 'ls /var/lib/orchd/keys/*.pem'
 svc_start orch-agent
-run_job after-upgrade
+deb_job after-upgrade
 
 # --- purge ---------------------------------------------------------------------------------
 say "stopping and purging"
@@ -422,6 +293,4 @@ for f in /var/lib/orch-agent /var/lib/orchd /etc/orch /etc/orch-agent /usr/bin/o
 done
 
 echo "test-deb.sh took $((SECONDS - t_start)) s"
-[ $failed = 0 ] && say "test-deb: all checks passed" || say "test-deb: CHECKS FAILED"
-echo "result: $passed passed, $failed failed"
-[ $failed = 0 ]
+deb_result test-deb
