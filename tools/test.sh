@@ -7,7 +7,8 @@
 # PostgreSQL and a private RabbitMQ node on free ports, runs every test suite of both builds
 # against them, and stops the services again; then the packaging stage builds the Debian
 # packages, installs, uses, upgrades and purges them on this machine (tests/packaging/
-# test-deb.sh), and tests the .msi under wine (tests/packaging/test-msi.sh, when present).
+# test-deb.sh) and under systemd in a Debian container (test-deb-systemd.sh), and tests
+# the .msi under wine (tests/packaging/test-msi.sh, when present).
 # Exits non-zero when anything fails.
 #
 # Environment:
@@ -120,32 +121,51 @@ orch_services_stop
 trap - EXIT
 ORCH_STATE=
 
-# The packaging stage: each script prints "result: N passed, M failed" last; a script that
-# ends without it counts as one test, failed or passed by its exit status.
+# The packaging stage: the .debs are built once (tools/package.sh) for both Debian tests.
+# Each script prints "result: N passed, M failed" last; a script that ends without it counts
+# as one test, failed or passed by its exit status.
+packaging_test() { # SCRIPT [ARGS...]
+    local t=$1 log rc p f
+    shift
+    if [ ! -x "$t" ]; then
+        say "packaging: $t is not there yet, skipped"
+        return 0
+    fi
+    say "packaging: $t"
+    log=$(mktemp)
+    # The packages the stage needs came with the others (orch_install_deps above).
+    if ORCH_SKIP_APT=1 "$t" "$@" 2>&1 | tee "$log"; then rc=0; else rc=${PIPESTATUS[0]}; fi
+    if read -r p f < <(sed -nE 's/^result: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$log" | tail -1) &&
+        [ -n "$p" ]; then
+        total_passed=$((total_passed + p))
+        total_failed=$((total_failed + f))
+        [ "$rc" = 0 ] || [ "$f" -gt 0 ] || total_failed=$((total_failed + 1))
+    elif [ "$rc" = 0 ]; then
+        total_passed=$((total_passed + 1))
+    else
+        total_failed=$((total_failed + 1))
+    fi
+    [ "$rc" = 0 ] || status=1
+    rm -f "$log"
+}
 if [ $packaging = 1 ]; then
-    for t in tests/packaging/test-deb.sh tests/packaging/test-msi.sh; do
-        if [ ! -x "$t" ]; then
-            say "packaging: $t is not there yet, skipped"
-            continue
-        fi
-        say "packaging: $t"
-        log=$(mktemp)
-        # The packages the stage needs came with the others (orch_install_deps above).
-        if ORCH_SKIP_APT=1 "$t" 2>&1 | tee "$log"; then rc=0; else rc=${PIPESTATUS[0]}; fi
-        if read -r p f < <(sed -nE 's/^result: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$log" | tail -1) &&
-            [ -n "$p" ]; then
-            total_passed=$((total_passed + p))
-            total_failed=$((total_failed + f))
-            [ "$rc" = 0 ] || [ "$f" -gt 0 ] || total_failed=$((total_failed + 1))
-        elif [ "$rc" = 0 ]; then
-            total_passed=$((total_passed + 1))
-        else
-            total_failed=$((total_failed + 1))
-        fi
-        [ "$rc" = 0 ] || status=1
-        rm -f "$log"
-    done
+    debs=$(mktemp -d /var/tmp/orch-debs.XXXXXX)
+    say "packaging: tools/package.sh deb $debs"
+    if ORCH_SKIP_APT=1 tools/package.sh deb "$debs" >"$debs/package.log" 2>&1; then
+        total_passed=$((total_passed + 1))
+        packaging_test tests/packaging/test-deb.sh "$debs"
+        # The units under a real systemd in a container (skips itself where it cannot boot one).
+        packaging_test tests/packaging/test-deb-systemd.sh "$debs"
+    else
+        tail -30 "$debs/package.log"
+        say "packaging: the Debian packages did not build"
+        total_failed=$((total_failed + 1))
+        status=1
+    fi
+    rm -rf "$debs"
+    packaging_test tests/packaging/test-msi.sh
 fi
+
 if [ $status = 0 ]; then say "all tests passed"; else say "TESTS FAILED"; fi
 [ $status = 0 ] || [ $total_failed -gt 0 ] || total_failed=1
 echo "tests: $total_passed passed, $total_failed failed"
