@@ -111,6 +111,9 @@ if [ -z "$debdir" ]; then
     ok "tools/package.sh deb built the packages ($((SECONDS - t_start)) s)"
 fi
 deb_find "$debdir" || fatal "no orch-agent_*.deb and orchd_*.deb in $debdir"
+# debian/changelog carries the version: it must follow meson.build's.
+eq "the packages' version is meson's project version" "$(dpkg-deb -f "$agent_deb" Version)" \
+    "$(sed -nE "s/^ *version *: *'([^']+)',?/\1/p" "$ORCH_ROOT/meson.build" | head -1)"
 
 say "lintian"
 # Errors and warnings fail; every one that is expected is overridden, with its reason, in
