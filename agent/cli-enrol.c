@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "agent/facts.h"
+#include "agent/host.h"
 #include "agent/state.h"
 #include "agent/transport.h"
 #include "common/cleanup.h"
@@ -163,8 +164,12 @@ int cli_register(int argc, char **argv, const struct agent_config *cfg)
         rc = EXIT_FAIL;
         goto done;
     }
-    /* The credential comes back once: be sure it can be kept before asking for it. */
-    r = agent_state_probe(state_dir);
+    /* The credential comes back once: be sure it can be kept before asking for it, in a
+     * directory only the agent may read (Windows: its protected DACL, before agent.json
+     * exists; POSIX: the daemon checks the modes at start). */
+    r = host_state_dir_init(state_dir);
+    if (r == 0)
+        r = agent_state_probe(state_dir);
     if (r < 0) {
         fprintf(stderr, "orch-agent: cannot write to the state directory %s: %s\n", state_dir,
                 strerror(-r));

@@ -134,6 +134,34 @@ int host_own_dir(const char *dir, mode_t mode)
     return 0;
 }
 
+/* mkdir -p: the state directory's parents may not exist yet (%ProgramData%\Orch). */
+static int mkdir_parents(const char *dir)
+{
+    char path[4096];
+    size_t n = strlen(dir);
+
+    if (n >= sizeof(path))
+        return -ENAMETOOLONG;
+    memcpy(path, dir, n + 1);
+    for (size_t i = 3; i <= n; i++) {
+        if (path[i] != '\\' && path[i] != '/' && path[i] != '\0')
+            continue;
+        char c = path[i];
+        path[i] = '\0';
+        if (mkdir(path, 0700) < 0 && errno != EEXIST)
+            return -errno;
+        path[i] = c;
+    }
+    return 0;
+}
+
+int host_state_dir_init(const char *dir)
+{
+    int r = mkdir_parents(dir);
+
+    return r < 0 ? r : host_own_dir(dir, 0700);
+}
+
 int host_restrict_dir(const char *dir, mode_t mode)
 {
     (void)dir;

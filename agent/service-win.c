@@ -181,27 +181,6 @@ static void set_failure_actions(void)
         CloseServiceHandle(scm);
 }
 
-/* mkdir -p: the state directory's parents may not exist yet (%ProgramData%\Orch). */
-static int mkdir_parents(const char *dir)
-{
-    char path[4096];
-    size_t n = strlen(dir);
-
-    if (n >= sizeof(path))
-        return -ENAMETOOLONG;
-    memcpy(path, dir, n + 1);
-    for (size_t i = 3; i <= n; i++) {
-        if (path[i] != '\\' && path[i] != '/' && path[i] != '\0')
-            continue;
-        char c = path[i];
-        path[i] = '\0';
-        if (mkdir(path, 0700) < 0 && errno != EEXIST)
-            return -errno;
-        path[i] = c;
-    }
-    return 0;
-}
-
 /* A CRT call on a descriptor that is not open (stderr, under the SCM) must fail with EBADF,
  * not end the process, which is what the default invalid-parameter handler does. */
 static void ignore_invalid_parameter(const wchar_t *expr, const wchar_t *func, const wchar_t *file,
@@ -220,10 +199,8 @@ static void ignore_invalid_parameter(const wchar_t *expr, const wchar_t *func, c
 static void prepare_state_dir(const char *dir)
 {
     char path[4096];
-    int r = mkdir_parents(dir);
+    int r = host_state_dir_init(dir);
 
-    if (r == 0)
-        r = host_own_dir(dir, 0700);
     snprintf(path, sizeof(path), "%s\\agent.log", dir);
     if (log_open_file(path, true) < 0)
         log_open_file("NUL", true);
