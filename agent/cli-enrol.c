@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "agent/facts.h"
+#include "agent/host.h"
 #include "agent/state.h"
 #include "agent/transport.h"
 #include "common/cleanup.h"
@@ -17,17 +18,6 @@
 #include "common/compat.h"
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
-
-static void print_transport_error(const char *what, int r, const char *detail)
-{
-    if (r == -EPROTO)
-        fprintf(stderr,
-                "orch-agent: %s: TLS verification of the server failed (%s); pass --ca-file "
-                "with the CA that signed its certificate\n",
-                what, detail);
-    else
-        fprintf(stderr, "orch-agent: %s: cannot reach the server: %s\n", what, detail);
-}
 
 /* `--state-dir D` and `--force` for status and unregister. Returns 0 or EXIT_USAGE. */
 static int common_opts(int argc, char **argv, const char **state_dir, bool *force)
@@ -74,6 +64,136 @@ static bool add_label(json_t *labels, const char *kv)
     return true;
 }
 
+/* "k=v,k2=v2" into labels; false (and a message) when an entry is malformed. */
+bool cli_labels_add(json_t *labels, const char *csv)
+{
+    _cleanup_free_ char *copy = strdup(csv);
+    if (!copy)
+        return false;
+    for (char *save = NULL, *p = strtok_r(copy, ",", &save); p; p = strtok_r(NULL, ",", &save))
+        if (!add_label(labels, p))
+            return false;
+    return true;
+}
+
+int cli_enrol(const struct cli_enrolment *e, const struct agent_config *cfg, char *msg,
+              size_t msglen)
+{
+    struct agent_state old;
+    char err[512] = "";
+    int r = agent_state_load(e->state_dir, &old, err, sizeof(err));
+    if (r == 0) {
+        snprintf(msg, msglen,
+                 "already enrolled as '%s' (agent %s) with %s; run `orch-agent unregister` "
+                 "first",
+                 old.name, old.agent_id, old.server_url);
+        agent_state_free(&old);
+        return -EEXIST;
+    }
+    if (r != -ENOENT) {
+        /* Never overwrite a state file we cannot read: it may hold a live credential. */
+        snprintf(msg, msglen,
+                 "%s; fix it, or run `orch-agent unregister --force` to forget it, before "
+                 "enrolling again",
+                 err[0] ? err : strerror(-r));
+        return r;
+    }
+    /* The credential comes back once: be sure it can be kept before asking for it, in a
+     * directory only the agent may read (Windows: its protected DACL, before agent.json
+     * exists; POSIX: the daemon checks the modes at start). */
+    r = host_state_dir_init(e->state_dir);
+    if (r == 0)
+        r = agent_state_probe(e->state_dir);
+    if (r < 0) {
+        snprintf(msg, msglen, "cannot write to the state directory %s: %s", e->state_dir,
+                 strerror(-r));
+        return r;
+    }
+
+    json_t *facts = facts_collect();
+    char host[256] = "";
+    gethostname(host, sizeof(host) - 1);
+    const char *name = e->name ? e->name : host;
+    json_t *body =
+        json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:O, s:O, s:i}", "token", e->token, "name", name,
+                  "hostname", host, "os", json_string_value(json_object_get(facts, "os")), "arch",
+                  json_string_value(json_object_get(facts, "arch")), "version",
+                  json_string_value(json_object_get(facts, "version")), "labels", e->labels,
+                  "capabilities", facts, "slots", e->slots);
+    json_decref(facts);
+    if (!body) {
+        snprintf(msg, msglen, "register: out of memory");
+        return -ENOMEM;
+    }
+    struct transport *t = NULL;
+    struct transport_options to = {.server_url = e->server_url,
+                                   .ca_file = e->ca_file,
+                                   .timeout_ms = 30000,
+                                   .proxy = cfg->proxy,
+                                   .no_proxy = cfg->no_proxy};
+    if (transport_new(&to, &t) < 0) {
+        snprintf(msg, msglen, "--server must be an https:// URL");
+        json_decref(body);
+        return -EPROTONOSUPPORT;
+    }
+    struct transport_reply rep;
+    r = transport_request(t, "POST", PROTO_AGENT_PATH_REGISTER, body, &rep);
+    json_decref(body);
+    transport_free(t);
+    if (r < 0) {
+        if (r == -EPROTO)
+            snprintf(msg, msglen,
+                     "register: TLS verification of the server failed (%s); pass --ca-file "
+                     "with the CA that signed its certificate",
+                     rep.error);
+        else
+            snprintf(msg, msglen, "register: cannot reach the server: %s", rep.error);
+        return r;
+    }
+    if (rep.status != 201) {
+        snprintf(msg, msglen, "register: %s (HTTP %ld)", rep.error, rep.status);
+        json_decref(rep.body);
+        /* A 4xx is the server's answer to this token and request, which asking again will
+         * not change; a 408 or 429 (and any 5xx) is its state of the moment. */
+        bool refused =
+            rep.status >= 400 && rep.status < 500 && rep.status != 408 && rep.status != 429;
+        return refused ? -EACCES : -EAGAIN;
+    }
+    struct proto_agent_created ac = {0};
+    struct jsonv_error je;
+    r = proto_agent_created_decode(rep.body, &ac, &je);
+    struct agent_state st = {
+        .server_url = (char *)e->server_url,
+        .ca_file = (char *)(e->ca_file ? e->ca_file : ""),
+        .agent_id = (char *)ac.id,
+        .tenant_id = (char *)ac.tenant_id,
+        .name = (char *)ac.name,
+        .credential = (char *)ac.credential,
+        .slots = e->slots,
+        .pool_id = (char *)json_string_value(json_object_get(rep.body, "pool_id")),
+    };
+    if (r < 0) {
+        snprintf(msg, msglen, "register: the server's answer is not valid: %s %s", je.field,
+                 je.detail);
+        r = -EBADMSG;
+    } else if ((r = agent_state_save(e->state_dir, &st)) < 0) {
+        snprintf(msg, msglen, "register: cannot write %s/agent.json: %s", e->state_dir,
+                 strerror(-r));
+    } else {
+        int n = snprintf(msg, msglen,
+                         "enrolled as '%s' (agent %s, tenant %s); credential stored in "
+                         "%s/agent.json",
+                         st.name, st.agent_id, st.tenant_id, e->state_dir);
+        if (st.pool_id && n >= 0 && (size_t)n < msglen)
+            snprintf(msg + n, msglen - (size_t)n,
+                     "\nthis agent serves the shared pool %s: it runs several tenants' jobs, "
+                     "each under a uid of its own from exec.uid_range, which it needs to start",
+                     st.pool_id);
+    }
+    json_decref(rep.body);
+    return r;
+}
+
 int cli_register(int argc, char **argv, const struct agent_config *cfg)
 {
     static const struct option opts[] = {
@@ -91,13 +211,8 @@ int cli_register(int argc, char **argv, const struct agent_config *cfg)
     json_t *labels = json_object();
     int rc = EXIT_USAGE;
     /* Labels from the configuration first; --label adds to or overrides them. */
-    if (cfg->labels[0]) {
-        _cleanup_free_ char *copy = strdup(cfg->labels);
-        for (char *save = NULL, *p = copy ? strtok_r(copy, ",", &save) : NULL; p;
-             p = strtok_r(NULL, ",", &save))
-            if (!add_label(labels, p))
-                goto done;
-    }
+    if (!labels || (cfg->labels[0] && !cli_labels_add(labels, cfg->labels)))
+        goto done;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -142,102 +257,22 @@ int cli_register(int argc, char **argv, const struct agent_config *cfg)
         goto done;
     }
 
-    struct agent_state old;
-    char err[512] = "";
-    int r = agent_state_load(state_dir, &old, err, sizeof(err));
+    struct cli_enrolment e = {.server_url = server,
+                              .token = token,
+                              .name = name,
+                              .ca_file = ca,
+                              .state_dir = state_dir,
+                              .slots = (int)slots,
+                              .labels = labels};
+    char msg[1024] = "";
+    int r = cli_enrol(&e, cfg, msg, sizeof(msg));
     if (r == 0) {
-        fprintf(stderr,
-                "orch-agent: already enrolled as '%s' (agent %s) with %s; run `orch-agent "
-                "unregister` first\n",
-                old.name, old.agent_id, old.server_url);
-        agent_state_free(&old);
-        rc = EXIT_FAIL;
-        goto done;
-    }
-    if (r != -ENOENT) {
-        /* Never overwrite a state file we cannot read: it may hold a live credential. */
-        fprintf(stderr,
-                "orch-agent: %s; fix it, or run `orch-agent unregister --force` to forget "
-                "it, before enrolling again\n",
-                err[0] ? err : strerror(-r));
-        rc = EXIT_FAIL;
-        goto done;
-    }
-    /* The credential comes back once: be sure it can be kept before asking for it. */
-    r = agent_state_probe(state_dir);
-    if (r < 0) {
-        fprintf(stderr, "orch-agent: cannot write to the state directory %s: %s\n", state_dir,
-                strerror(-r));
-        rc = EXIT_FAIL;
-        goto done;
-    }
-
-    json_t *facts = facts_collect();
-    char host[256] = "";
-    gethostname(host, sizeof(host) - 1);
-    if (!name)
-        name = host;
-    json_t *body =
-        json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:O, s:O, s:i}", "token", token, "name", name,
-                  "hostname", host, "os", json_string_value(json_object_get(facts, "os")), "arch",
-                  json_string_value(json_object_get(facts, "arch")), "version",
-                  json_string_value(json_object_get(facts, "version")), "labels", labels,
-                  "capabilities", facts, "slots", (int)slots);
-    json_decref(facts);
-    struct transport *t = NULL;
-    struct transport_options to = {.server_url = server,
-                                   .ca_file = ca,
-                                   .timeout_ms = 30000,
-                                   .proxy = cfg->proxy,
-                                   .no_proxy = cfg->no_proxy};
-    if (!body || transport_new(&to, &t) < 0) {
-        fprintf(stderr, "orch-agent: --server must be an https:// URL\n");
-        json_decref(body);
-        goto done;
-    }
-    struct transport_reply rep;
-    r = transport_request(t, "POST", PROTO_AGENT_PATH_REGISTER, body, &rep);
-    json_decref(body);
-    transport_free(t);
-    rc = EXIT_FAIL;
-    if (r < 0) {
-        print_transport_error("register", r, rep.error);
-        goto done;
-    }
-    if (rep.status != 201) {
-        fprintf(stderr, "orch-agent: register: %s (HTTP %ld)\n", rep.error, rep.status);
-        json_decref(rep.body);
-        goto done;
-    }
-    struct proto_agent_created ac = {0};
-    struct jsonv_error je;
-    r = proto_agent_created_decode(rep.body, &ac, &je);
-    struct agent_state st = {
-        .server_url = (char *)server,
-        .ca_file = (char *)(ca ? ca : ""),
-        .agent_id = (char *)ac.id,
-        .tenant_id = (char *)ac.tenant_id,
-        .name = (char *)ac.name,
-        .credential = (char *)ac.credential,
-        .slots = (int)slots,
-        .pool_id = (char *)json_string_value(json_object_get(rep.body, "pool_id")),
-    };
-    if (r < 0) {
-        fprintf(stderr, "orch-agent: register: the server's answer is not valid: %s %s\n", je.field,
-                je.detail);
-    } else if ((r = agent_state_save(state_dir, &st)) < 0) {
-        fprintf(stderr, "orch-agent: register: cannot write %s/agent.json: %s\n", state_dir,
-                strerror(-r));
-    } else {
-        printf("enrolled as '%s' (agent %s, tenant %s); credential stored in %s/agent.json\n",
-               st.name, st.agent_id, st.tenant_id, state_dir);
-        if (st.pool_id)
-            printf("this agent serves the shared pool %s: it runs several tenants' jobs, each "
-                   "under a uid of its own from exec.uid_range, which it needs to start\n",
-                   st.pool_id);
+        printf("%s\n", msg);
         rc = EXIT_OK;
+    } else {
+        fprintf(stderr, "orch-agent: %s\n", msg);
+        rc = r == -EPROTONOSUPPORT ? EXIT_USAGE : EXIT_FAIL;
     }
-    json_decref(rep.body);
 done:
     json_decref(labels);
     return rc;

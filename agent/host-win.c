@@ -19,6 +19,7 @@
 
 #include <aclapi.h>
 #include <sddl.h>
+#include <shlobj.h>
 
 #include "common/compat.h"
 #include "common/log.h"
@@ -131,6 +132,34 @@ int host_own_dir(const char *dir, mode_t mode)
     if (err != ERROR_SUCCESS)
         return err == ERROR_ACCESS_DENIED ? -EPERM : -compat_errno_from_win32(err);
     return 0;
+}
+
+/* mkdir -p: the state directory's parents may not exist yet (%ProgramData%\Orch). */
+static int mkdir_parents(const char *dir)
+{
+    char path[4096];
+    size_t n = strlen(dir);
+
+    if (n >= sizeof(path))
+        return -ENAMETOOLONG;
+    memcpy(path, dir, n + 1);
+    for (size_t i = 3; i <= n; i++) {
+        if (path[i] != '\\' && path[i] != '/' && path[i] != '\0')
+            continue;
+        char c = path[i];
+        path[i] = '\0';
+        if (mkdir(path, 0700) < 0 && errno != EEXIST)
+            return -errno;
+        path[i] = c;
+    }
+    return 0;
+}
+
+int host_state_dir_init(const char *dir)
+{
+    int r = mkdir_parents(dir);
+
+    return r < 0 ? r : host_own_dir(dir, 0700);
 }
 
 int host_restrict_dir(const char *dir, mode_t mode)
@@ -341,22 +370,49 @@ int host_tar(char *path, size_t len)
     return attrs != INVALID_FILE_ATTRIBUTES && !(attrs & FILE_ATTRIBUTE_DIRECTORY) ? 0 : -ENOENT;
 }
 
+/* %ProgramData% from the shell's known folder: the environment of a service may say
+ * otherwise (wine's does), and the MSI installs to the known folder. malloc'd or NULL. */
+static char *program_data(void)
+{
+    wchar_t *w = NULL;
+    char *s = NULL;
+
+    if (SUCCEEDED(SHGetKnownFolderPath(&FOLDERID_ProgramData, 0, NULL, &w)))
+        s = compat_wide_to_utf8(w);
+    CoTaskMemFree(w);
+    return s;
+}
+
 char *host_expand(const char *s)
 {
-    wchar_t *w = compat_utf8_to_wide(s), *x;
+    static const char pd[] = "%ProgramData%";
+    wchar_t *w, *x;
+    char *out, *known = NULL, *joined = NULL;
     DWORD n;
-    char *out;
 
-    if (!w)
-        return errno == ENOMEM ? NULL : strdup(s);
+    if (!_strnicmp(s, pd, sizeof(pd) - 1) && (known = program_data()) &&
+        asprintf(&joined, "%s%s", known, s + sizeof(pd) - 1) < 0)
+        joined = NULL;
+    free(known);
+    if (joined)
+        s = joined;
+    w = compat_utf8_to_wide(s);
+    if (!w) {
+        out = errno == ENOMEM ? NULL : strdup(s);
+        free(joined);
+        return out;
+    }
     n = ExpandEnvironmentStringsW(w, NULL, 0);
     x = n ? malloc(n * sizeof(*x)) : NULL;
     if (!x || ExpandEnvironmentStringsW(w, x, n) == 0 || ExpandEnvironmentStringsW(w, x, n) > n) {
+        out = n ? NULL : strdup(s); /* nothing to expand with: as is */
         free(x);
         free(w);
-        return n ? NULL : strdup(s); /* nothing to expand with: as is */
+        free(joined);
+        return out;
     }
     free(w);
+    free(joined);
     out = compat_wide_to_utf8(x);
     free(x);
     return out;

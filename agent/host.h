@@ -33,6 +33,12 @@ int host_job_identity(const struct agent_config *cfg, struct host_job_identity *
  * -EPERM (someone else's, writable by others, a link) or -errno. */
 int host_own_dir(const char *dir, mode_t mode);
 
+/* Before `register` writes the credential: POSIX: nothing (the directory is made by
+ * agent_state_probe(), its modes checked by the daemon); Windows: create the state
+ * directory and its parents, and give it its protected DACL (host_own_dir()) so that
+ * agent.json never inherits ProgramData's. Returns 0 or -errno. */
+int host_state_dir_init(const char *dir);
+
 /* A directory inside the state directory, restricted to mode (POSIX chmod; Windows: it
  * inherits the state directory's DACL, nothing to do). Returns 0 or -errno. */
 int host_restrict_dir(const char *dir, mode_t mode);

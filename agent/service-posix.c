@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <time.h>
 #include <unistd.h>
@@ -50,4 +51,12 @@ void service_stop_request(const char *why)
     atomic_compare_exchange_strong(&stop_why, &expected, why);
     /* Wakes the waiter: SIGTERM is blocked in every thread, so it stays pending for it. */
     kill(getpid(), SIGTERM);
+}
+
+int service_run(const struct agent_config *cfg, const struct service_ops *ops)
+{
+    (void)cfg;
+    (void)ops;
+    fprintf(stderr, "orch-agent: `service` exists on Windows only; use `orch-agent run`\n");
+    return 2;
 }

@@ -20,9 +20,13 @@
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <io.h>
+#include <unistd.h>
 
 #include <windows.h>
 
@@ -39,6 +43,7 @@
 #define ENROL_RETRY_MAX_MS 300000
 
 static HANDLE stop_event;
+static bool in_service; /* set by service_run() before anything else */
 static INIT_ONCE stop_once = INIT_ONCE_STATIC_INIT;
 static _Atomic(const char *) stop_why;
 
@@ -52,8 +57,6 @@ static BOOL WINAPI console_ctrl(DWORD type)
         service_stop_request("ctrl-break");
         return TRUE;
     case CTRL_CLOSE_EVENT:
-    case CTRL_LOGOFF_EVENT:
-    case CTRL_SHUTDOWN_EVENT:
         service_stop_request("console-close");
         return TRUE;
     default:
@@ -69,8 +72,10 @@ static BOOL CALLBACK stop_init_once(PINIT_ONCE once, PVOID param, PVOID *ctx)
     stop_event = CreateEventW(NULL, TRUE, FALSE, NULL);
     if (!stop_event)
         return FALSE;
-    /* Harmless under the SCM (no console); by hand, Ctrl+C stops the agent cleanly. */
-    SetConsoleCtrlHandler(console_ctrl, TRUE);
+    /* By hand, Ctrl+C stops the agent cleanly. Not under the SCM: a service hears of a
+     * shutdown from the SCM, and must not stop when a user logs off. */
+    if (!in_service)
+        SetConsoleCtrlHandler(console_ctrl, TRUE);
     return TRUE;
 }
 
@@ -176,21 +181,42 @@ static void set_failure_actions(void)
         CloseServiceHandle(scm);
 }
 
+/* A CRT call on a descriptor that is not open (stderr, under the SCM) must fail with EBADF,
+ * not end the process, which is what the default invalid-parameter handler does. */
+static void ignore_invalid_parameter(const wchar_t *expr, const wchar_t *func, const wchar_t *file,
+                                     unsigned line, uintptr_t reserved)
+{
+    (void)expr;
+    (void)func;
+    (void)file;
+    (void)line;
+    (void)reserved;
+}
+
 /* The state directory exists, is protected, and holds the log from now on (with the
- * agent's stderr, so that a refusal to start is there too). */
+ * agent's stderr, so that a refusal to start is there too). Without it, the log goes
+ * nowhere (the SCM gave the service no stderr). */
 static void prepare_state_dir(const char *dir)
 {
     char path[4096];
-    int r;
+    int r = host_state_dir_init(dir);
 
-    if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-        return; /* daemon_run() says why, on stderr: nowhere yet, the event log has it */
-    r = host_own_dir(dir, 0700);
     snprintf(path, sizeof(path), "%s\\agent.log", dir);
-    log_open_file(path, true);
+    if (log_open_file(path, true) < 0)
+        log_open_file("NUL", true);
+    /* The C runtime gave the stderr stream no descriptor (a service has no console) and
+     * will not freopen() such a stream, so the agent's own messages (why it cannot start)
+     * would be lost: point the stream at descriptor 2, the log, now that it is one. */
+    if (_fileno(stderr) < 0) {
+        FILE *f = _fdopen(_dup(STDERR_FILENO), "a");
+        if (f) {
+            *stderr = *f;
+            setvbuf(stderr, NULL, _IONBF, 0);
+        }
+    }
     if (r < 0)
-        log_warn("op=service-start path=%s error=%d detail=\"cannot protect the state "
-                 "directory\"",
+        log_warn("op=service-start path=%s error=%d detail=\"cannot create or protect the "
+                 "state directory\"",
                  dir, -r);
 }
 
@@ -236,6 +262,7 @@ static void WINAPI service_main(DWORD argc, LPWSTR *argv)
     if (!status_handle)
         return;
     report(SERVICE_START_PENDING, 0, START_WAIT_HINT_MS);
+    _set_invalid_parameter_handler(ignore_invalid_parameter);
     log_set_level((enum log_level)service_cfg->log_level);
     if (service_stop_init() < 0) {
         report(SERVICE_STOPPED, 1, 0);
@@ -265,6 +292,7 @@ int service_run(const struct agent_config *cfg, const struct service_ops *ops)
     InitializeCriticalSection(&status_lock);
     service_cfg = cfg;
     service_ops = ops;
+    in_service = true;
     if (!StartServiceCtrlDispatcherW(table)) {
         DWORD e = GetLastError();
 

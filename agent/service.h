@@ -32,8 +32,8 @@ struct service_ops {
     int (*enrol)(const struct agent_config *cfg);
 };
 
-/* `orch-agent service` (Windows only): run as the OrchAgent service under the SCM: report
- * the service's states, set its failure actions, log to the state directory's agent.log,
- * enrol (ops->enrol) while not enrolled, and run the agent (ops->run) until the SCM stops
- * it. cfg and ops are borrowed. Returns the process exit status. */
+/* `orch-agent service` (Windows only; elsewhere it says so and returns 2): run as the OrchAgent
+ * service under the SCM: report the service's states, set its failure actions, log to the state
+ * directory's agent.log, enrol (ops->enrol) while not enrolled, and run the agent (ops->run) until
+ * the SCM stops it. cfg and ops are borrowed. Returns the process exit status. */
 int service_run(const struct agent_config *cfg, const struct service_ops *ops);

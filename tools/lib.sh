@@ -15,6 +15,7 @@ ORCH_APT_PACKAGES=(
     libcriterion-dev libcurl4-openssl-dev python3-yaml wrk clang-format
     postgresql postgresql-contrib rabbitmq-server
     curl procps iproute2
+    debhelper dpkg-dev fakeroot lintian
 )
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

@@ -94,6 +94,19 @@ WTEST(host, state_dir_gets_a_protected_dacl)
     WT_ASSERT(wt_rm_rf(root) == 0, "cleanup");
 }
 
+WTEST(host, state_dir_init_makes_the_parents)
+{
+    char dir[600];
+    struct stat sb;
+
+    wt_tmpdir(root, sizeof(root), "host");
+    snprintf(dir, sizeof(dir), "%s\\Orch\\Agent", root);
+    WT_ASSERT(host_state_dir_init(dir) == 0, "init %s", dir);
+    WT_ASSERT(compat_stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode), "made");
+    WT_ASSERT(host_state_dir_init(dir) == 0, "again");
+    WT_ASSERT(wt_rm_rf(root) == 0, "cleanup");
+}
+
 WTEST(host, rm_rf_removes_a_tree_but_not_what_a_link_points_to)
 {
     char p[600], outside[600], keep[600];
