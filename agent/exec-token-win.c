@@ -71,6 +71,38 @@ static PSID well_known(WELL_KNOWN_SID_TYPE t, BYTE *buf)
     return CreateWellKnownSid(t, NULL, buf, &len) ? (PSID)buf : NULL;
 }
 
+/* The token object's own DACL is the agent's default one: the job could not even query its
+ * own token (OpenProcessToken, which runtimes and GetUserProfileDirectory call), the second
+ * check finding none of its restricting SIDs there. Let its SID read, duplicate and
+ * impersonate it (ImpersonateSelf), not change it. A failure costs the job only that:
+ * logged. */
+static void token_let_job_read(HANDLE tok, PSID job_sid)
+{
+    PSECURITY_DESCRIPTOR sd = NULL;
+    PACL old = NULL, acl = NULL;
+    DWORD e = GetSecurityInfo(tok, SE_KERNEL_OBJECT, DACL_SECURITY_INFORMATION, NULL, NULL, &old,
+                              NULL, &sd);
+    if (e == ERROR_SUCCESS) {
+        EXPLICIT_ACCESS_W ea = {
+            .grfAccessPermissions = TOKEN_QUERY | TOKEN_QUERY_SOURCE | TOKEN_DUPLICATE |
+                                    TOKEN_IMPERSONATE | READ_CONTROL,
+            .grfAccessMode = GRANT_ACCESS,
+            .grfInheritance = NO_INHERITANCE,
+            .Trustee = {.TrusteeForm = TRUSTEE_IS_SID, .ptstrName = (LPWSTR)job_sid},
+        };
+        e = SetEntriesInAclW(1, &ea, old, &acl);
+    }
+    if (e == ERROR_SUCCESS)
+        e = SetSecurityInfo(tok, SE_KERNEL_OBJECT, DACL_SECURITY_INFORMATION, NULL, NULL, acl,
+                            NULL);
+    if (e != ERROR_SUCCESS)
+        log_debug("op=exec_token_dacl error=%lu", (unsigned long)e);
+    if (acl)
+        LocalFree(acl);
+    if (sd)
+        LocalFree(sd);
+}
+
 /* The job's token, see the top of the file. Returns 0 or -errno. */
 int exec_win_token_make(PSID job_sid, HANDLE *ret)
 {
@@ -90,9 +122,11 @@ int exec_win_token_make(PSID job_sid, HANDLE *ret)
     PSID local_admin = NULL;
     int r = 0;
 
-    if (!OpenProcessToken(
-            GetCurrentProcess(),
-            TOKEN_DUPLICATE | TOKEN_QUERY | TOKEN_ASSIGN_PRIMARY | TOKEN_ADJUST_DEFAULT, &own))
+    /* The new token's handle gets this handle's rights: READ_CONTROL and WRITE_DAC for
+     * token_let_job_read(), without which it is made all the same. */
+    const DWORD need = TOKEN_DUPLICATE | TOKEN_QUERY | TOKEN_ASSIGN_PRIMARY | TOKEN_ADJUST_DEFAULT;
+    if (!OpenProcessToken(GetCurrentProcess(), need | READ_CONTROL | WRITE_DAC, &own) &&
+        !OpenProcessToken(GetCurrentProcess(), need, &own))
         return -exec_win_errno(GetLastError());
     for (size_t i = 0; i < ELEMENTSOF(disable); i++) {
         PSID s = well_known(disable[i], dis_buf[ndis]);
@@ -143,6 +177,7 @@ int exec_win_token_make(PSID job_sid, HANDLE *ret)
         r = -exec_win_errno(GetLastError());
         goto out;
     }
+    token_let_job_read(tok, job_sid);
 
     /* Medium integrity, when ours is higher (a service's is System). */
     BYTE cur[64];
