@@ -11,7 +11,8 @@
 #   - a job that outlives its timeout is ended with the process it started;
 #   - the token is neither in the registry nor in the installer's log nor the agent's;
 #   - the next version installs over it: same agent id, the new version running;
-#   - `msiexec /x` removes the service and the program folder, and keeps the state.
+#   - `msiexec /x` removes the service and the program folder, and keeps the state;
+#   - a reinstall is the same agent (the state in ProgramData), and uninstalls cleanly.
 # Waits are bounded polls of a condition. Prints the time of each step.
 #
 # Environment:
@@ -26,7 +27,7 @@ step_t=$SECONDS
 timings=()
 passed=0
 step() { # name of the step that just ended (each step is one test for tools/test.sh)
-    timings+=("$(printf '%-38s %4ds' "$1" $((SECONDS - step_t)))")
+    timings+=("$(printf '%-42s %4ds' "$1" $((SECONDS - step_t)))")
     step_t=$SECONDS
     passed=$((passed + 1))
 }
@@ -143,8 +144,10 @@ msi_ok() { # LOG
 }
 service_running() { wine sc query OrchAgent 2>/dev/null | grep -aq 'STATE.*RUNNING'; }
 
+# localhost, not 127.0.0.1: wine's WinHTTP checks the certificate's DNS names only, not its
+# IP addresses (Windows checks both); the certificate has both (tools/gen-certs.sh).
 wine msiexec /i "$(winpath "$msi1")" /qn /l*v "$(winpath "$tmp/install.log")" \
-    "SERVERURL=$base" "TOKEN=$etok" "CAFILE=$(winpath "$ca")" NAME=wine-agent LABELS=test=msi \
+    "SERVERURL=https://localhost:$port" "TOKEN=$etok" "CAFILE=$(winpath "$ca")" NAME=wine-agent LABELS=test=msi \
     >/dev/null 2>&1 || true
 msi_ok "$tmp/install.log" || fail "msiexec /i failed: $(grep -a 'Return value 3' "$tmp/install.log" | head -3)"
 [ -f "$progfiles/orch-agent.exe" ] || fail "no orch-agent.exe in Program Files"
@@ -170,7 +173,8 @@ token_gone() { ! token_in_registry; }
 orch_wait_for 10 token_gone || fail "EnrollmentToken is still in the registry"
 wine reg query 'HKLM\SOFTWARE\Orch\Agent' /reg:64 2>/dev/null | grep -aq ServerUrl ||
     fail "ServerUrl is not in the registry: the values were not written"
-secret=${etok##*_}
+secret=${etok#orch_et_*_} # the random part (base64url, so it may hold '_' itself)
+[ ${#secret} -ge 40 ] || fail "unexpected enrolment token format"
 for f in "$tmp/install.log" "$agent_log" "$WINEPREFIX"/*.reg; do
     [ -f "$f" ] || continue
     ! grep -aqF "$secret" "$f" || fail "the enrolment token is in $f"
@@ -237,9 +241,25 @@ msi_ok "$tmp/uninstall.log" || fail "msiexec /x failed"
 ! wine sc query OrchAgent >/dev/null 2>&1 || fail "the OrchAgent service is still there"
 [ ! -e "$progfiles" ] || fail "$progfiles is still there: $(ls "$progfiles")"
 [ -f "$programdata/agent.json" ] || fail "the uninstall removed the state in ProgramData"
-! wine reg query 'HKLM\SOFTWARE\Orch\Agent' /reg:64 2>/dev/null | grep -aq ServerUrl ||
-    fail "the uninstall left the registry values"
-step "msiexec /x removes service and files"
+left=$(wine reg query 'HKLM\SOFTWARE\Orch\Agent' /reg:64 2>/dev/null | grep -a REG_ || true)
+[ -z "$left" ] || fail "the uninstall left registry values: $left"
+step "msiexec /x removes service, files, values"
+
+# --- reinstall: the state kept in ProgramData makes it the same agent -------------------
+wine msiexec /i "$(winpath "$msi2")" /qn /l*v "$(winpath "$tmp/reinstall.log")" \
+    "SERVERURL=https://localhost:$port" "CAFILE=$(winpath "$ca")" NAME=wine-agent LABELS=test=msi \
+    >/dev/null 2>&1 || true
+msi_ok "$tmp/reinstall.log" || fail "the reinstall failed"
+orch_wait_for 30 service_running || fail "the service is not running after the reinstall"
+grep -q "$agent_id" "$programdata/agent.json" || fail "the reinstall is not the same agent"
+orch_wait_for 60 agent_online || fail "the reinstalled agent did not come online"
+[ "$(api GET /api/v1/agents "$token" | json 'len(j["items"])')" = 1 ] || fail "the reinstall enrolled a second agent"
+wine msiexec /x "$(winpath "$msi2")" /qn /l*v "$(winpath "$tmp/uninstall2.log")" >/dev/null 2>&1 || true
+msi_ok "$tmp/uninstall2.log" || fail "the second msiexec /x failed"
+left=$(wine reg query 'HKLM\SOFTWARE\Orch\Agent' /reg:64 2>/dev/null | grep -a REG_ || true)
+[ -z "$left" ] || fail "the uninstall left registry values: $left"
+! wine sc query OrchAgent >/dev/null 2>&1 || fail "the OrchAgent service is still there"
+step "reinstall is the same agent"
 
 say "test-msi: OK in $((SECONDS - t0)) s"
 printf '  %s\n' "${timings[@]}" >&2
