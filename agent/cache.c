@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/crypto.h"
+#include "common/compat.h"
 
 struct entry {
     char sha[CRYPTO_SHA256_HEX_LEN];

@@ -10,10 +10,12 @@
 #include <unistd.h>
 
 #include "agent/facts.h"
+#include "agent/host.h"
 #include "agent/state.h"
 #include "agent/transport.h"
 #include "common/cleanup.h"
 #include "proto/agent.h"
+#include "common/compat.h"
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 
@@ -96,8 +98,12 @@ int cli_enrol(const struct cli_enrolment *e, const struct agent_config *cfg, cha
                  err[0] ? err : strerror(-r));
         return r;
     }
-    /* The credential comes back once: be sure it can be kept before asking for it. */
-    r = agent_state_probe(e->state_dir);
+    /* The credential comes back once: be sure it can be kept before asking for it, in a
+     * directory only the agent may read (Windows: its protected DACL, before agent.json
+     * exists; POSIX: the daemon checks the modes at start). */
+    r = host_state_dir_init(e->state_dir);
+    if (r == 0)
+        r = agent_state_probe(e->state_dir);
     if (r < 0) {
         snprintf(msg, msglen, "cannot write to the state directory %s: %s", e->state_dir,
                  strerror(-r));

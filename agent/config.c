@@ -4,10 +4,13 @@
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "agent/exec-uids.h"
+#include "agent/host.h"
+#include "common/compat.h"
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
 
@@ -22,7 +25,7 @@ const struct conf_field agent_config_fields[] = {
      "HTTPS proxy, http://host:port (empty: HTTPS_PROXY / https_proxy / ALL_PROXY)"},
     {"server.no_proxy", CONF_STRING, F(no_proxy), 0, 4096, "", NULL,
      "comma-separated hosts reached without the proxy (empty: NO_PROXY / no_proxy)"},
-    {"state_dir", CONF_STRING, F(state_dir), 1, 4096, "/var/lib/orch-agent", NULL,
+    {"state_dir", CONF_STRING, F(state_dir), 1, 4096, AGENT_STATE_DIR_DEFAULT, NULL,
      "where the credential, the spool and the package cache live"},
     {"name", CONF_STRING, F(name), 0, 128, "", NULL, "agent name (empty: the host name)"},
     {"labels", CONF_STRING, F(labels), 0, 4096, "", NULL,
@@ -31,8 +34,9 @@ const struct conf_field agent_config_fields[] = {
      "jobs the agent runs at once (0: as registered; register: 1)"},
     {"cache.max_bytes", CONF_SIZE, F(cache_max_bytes), 16 * 1024 * 1024, (int64_t)1 << 42, "10G",
      NULL, "package cache size: the least recently used archives go beyond it"},
-    {"exec.user", CONF_STRING, F(exec_user), 0, 64, "orch-job", NULL,
-     "unprivileged account jobs run as when the agent is root (not root: the agent's own)"},
+    {"exec.user", CONF_STRING, F(exec_user), 0, 64, AGENT_EXEC_USER_DEFAULT, NULL,
+     "unprivileged account jobs run as when the agent is root (not root: the agent's own; "
+     "Windows: none, must stay empty)"},
     {"exec.allow_root", CONF_BOOL, F(exec_allow_root), 0, 0, "false", NULL,
      "let a root agent run jobs as root when exec.user is empty or missing (unsafe)"},
     {"exec.uid_range", CONF_STRING, F(exec_uid_range), 0, 32, "", NULL,
@@ -47,11 +51,27 @@ const size_t agent_config_nfields = sizeof(agent_config_fields) / sizeof(agent_c
 int agent_config_load(struct agent_config *cfg, const char *path, struct conf_error *err)
 {
     memset(cfg, 0, sizeof(*cfg));
-    if (!path && access(AGENT_CONFIG_DEFAULT_PATH, F_OK) == 0)
-        path = AGENT_CONFIG_DEFAULT_PATH;
+    char *default_path = host_expand(AGENT_CONFIG_DEFAULT_PATH);
+    if (!default_path) {
+        snprintf(err->msg, sizeof(err->msg), "config: out of memory");
+        return -ENOMEM;
+    }
+    if (!path && access(default_path, F_OK) == 0)
+        path = default_path;
     int r = conf_load(agent_config_fields, agent_config_nfields, cfg, path, "ORCH_AGENT", err);
-    if (r < 0 || !cfg->exec_uid_range || !cfg->exec_uid_range[0])
+    free(default_path);
+    if (r < 0)
         return r;
+    char *dir = host_expand(cfg->state_dir);
+    if (!dir) {
+        snprintf(err->msg, sizeof(err->msg), "config: out of memory");
+        agent_config_free(cfg);
+        return -ENOMEM;
+    }
+    free(cfg->state_dir);
+    cfg->state_dir = dir;
+    if (!cfg->exec_uid_range || !cfg->exec_uid_range[0])
+        return 0;
     if (exec_uids_parse(cfg->exec_uid_range, &cfg->exec_uid_first, &cfg->exec_uid_last) < 0) {
         snprintf(err->msg, sizeof(err->msg),
                  "config: key 'exec.uid_range': expected FIRST-LAST, a range of at most %d uids "

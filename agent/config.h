@@ -1,5 +1,5 @@
 /* config.h: orch-agent's configuration, described by one table (config.c). Read from
- * /etc/orch-agent/agent.conf (or --config), then ORCH_AGENT_* environment variables. */
+ * AGENT_CONFIG_DEFAULT_PATH (or --config), then ORCH_AGENT_* environment variables. */
 #pragma once
 
 #include <stdbool.h>
@@ -7,7 +7,17 @@
 
 #include "common/conf.h"
 
+/* Per OS. On Windows, %VAR% in state_dir and in the default path is expanded at load
+ * (%ProgramData% is C:\ProgramData), and there is no job user (exec.user is refused). */
+#ifdef _WIN32
+#define AGENT_CONFIG_DEFAULT_PATH "%ProgramData%\\Orch\\Agent\\agent.conf"
+#define AGENT_STATE_DIR_DEFAULT   "%ProgramData%\\Orch\\Agent"
+#define AGENT_EXEC_USER_DEFAULT   ""
+#else
 #define AGENT_CONFIG_DEFAULT_PATH "/etc/orch-agent/agent.conf"
+#define AGENT_STATE_DIR_DEFAULT   "/var/lib/orch-agent"
+#define AGENT_EXEC_USER_DEFAULT   "orch-job"
+#endif
 
 struct agent_config {
     char *server_url;        /* server.url: https://orch.example.com */

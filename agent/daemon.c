@@ -3,13 +3,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
-#include <pwd.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -17,8 +14,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
-#include <sys/sysinfo.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,6 +21,8 @@
 #include "agent/exec.h"
 #include "agent/exec-uids.h"
 #include "agent/facts.h"
+#include "agent/host.h"
+#include "agent/service.h"
 #include "agent/spool.h"
 #include "agent/state.h"
 #include "agent/transport.h"
@@ -39,6 +36,7 @@
 #include "common/relpath.h"
 #include "common/printf.h"
 #include "proto/agent.h"
+#include "common/compat.h"
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 
@@ -56,8 +54,7 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 #define IDLE_WAIT_MS        1000         /* link: spool_sync_all() at least this often when idle */
 #define ROTATE_BEFORE_S     (30 * 86400) /* rotate the credential when it expires sooner */
 #define ROTATE_MIN_GAP_MS   3600000      /* at most one rotation attempt an hour */
-#define DEFAULT_PATH        "/usr/local/bin:/usr/bin:/bin"
-#define RECOVER_KILL_MS     10000 /* bound on ending a predecessor's job tree */
+#define RECOVER_KILL_MS     10000        /* bound on ending a predecessor's job tree */
 #define UNPACK_TIMEOUT_MS   300000
 /* Between exchanges while the server does not speak this agent's protocol version: an
  * upgrade of one side is needed, which takes minutes at best. */
@@ -170,7 +167,7 @@ static int64_t mono_ms(void)
 static void cond_wait_ms(pthread_cond_t *c, pthread_mutex_t *m, int64_t ms)
 {
     struct timespec ts;
-    clock_deadline(CLOCK_MONOTONIC, ms, &ts);
+    clock_deadline(CLOCK_COND, ms, &ts);
     pthread_cond_timedwait(c, m, &ts);
 }
 
@@ -216,21 +213,6 @@ static void daemon_sleep(struct daemon *d, int64_t ms, const bool *stop, bool *k
     for (int64_t now = mono_ms(); now < end && !*stop && !(kick && *kick); now = mono_ms())
         cond_wait_ms(&d->wake, &d->lock, end - now);
     pthread_mutex_unlock(&d->lock);
-}
-
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    if (remove(path) < 0 && errno != ENOENT)
-        log_debug("op=cleanup path=%s error=%d", path, errno);
-    return 0;
-}
-
-static void rm_rf(const char *path)
-{
-    nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* The wire's stream of a spool stream. */
@@ -536,20 +518,32 @@ static void strv_free(char **v)
     free(v);
 }
 
+/* Free the n entries of v, some of which may be NULL (taken), and v. */
+static void strv_free_n(char **v, size_t n)
+{
+    for (size_t i = 0; v && i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
 static char **daemon_job_env(const struct slot *s, const struct proto_assignment *a,
                              const char *workdir)
 {
     const json_t *env = a->env;
-    size_t n = json_is_object(env) ? json_object_size(env) : 0;
-    char **v = calloc(n + 8, sizeof(*v));
-    if (!v)
+    size_t n = json_is_object(env) ? json_object_size(env) : 0, ndef = 0;
+    char **defaults = host_env_defaults(workdir);
+    while (defaults && defaults[ndef])
+        ndef++;
+    char **v = defaults ? calloc(n + ndef + 5, sizeof(*v)) : NULL;
+    if (!v) {
+        strv_free_n(defaults, ndef);
         return NULL;
+    }
     size_t i = 0;
     const json_t *pv = a->params;
     _cleanup_free_ char *params = json_dumps(pv ? pv : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
     if (!params)
         goto fail;
-    bool has_path = false, has_home = false, has_lang = false;
     const char *k;
     json_t *val;
     if (json_is_object(env)) {
@@ -557,27 +551,36 @@ static char **daemon_job_env(const struct slot *s, const struct proto_assignment
         {
             if (!json_is_string(val) || !k[0] || strchr(k, '=') || strncmp(k, "ORCH_JOB_", 9) == 0)
                 continue;
-            has_path |= strcmp(k, "PATH") == 0;
-            has_home |= strcmp(k, "HOME") == 0;
-            has_lang |= strcmp(k, "LANG") == 0;
             if (asprintf(&v[i], "%s=%s", k, json_string_value(val)) < 0)
                 goto fail;
             i++;
         }
     }
-    if ((!has_path && asprintf(&v[i++], "PATH=%s", DEFAULT_PATH) < 0) ||
-        (!has_home && asprintf(&v[i++], "HOME=%s", workdir) < 0) ||
-        (!has_lang && asprintf(&v[i++], "LANG=%s", "C.UTF-8") < 0) ||
-        asprintf(&v[i++], "ORCH_JOB_ID=%s", s->job_id) < 0 ||
+    /* The host's defaults (PATH, HOME, ...) for what the job's env does not set. */
+    for (size_t j = 0; j < ndef; j++) {
+        size_t klen = strcspn(defaults[j], "=");
+        bool set = false;
+        json_object_foreach((json_t *)env, k, val)
+        {
+            set |= json_is_string(val) && host_env_name_eq(defaults[j], klen, k);
+        }
+        if (!set) {
+            v[i++] = defaults[j];
+            defaults[j] = NULL;
+        }
+    }
+    if (asprintf(&v[i++], "ORCH_JOB_ID=%s", s->job_id) < 0 ||
         asprintf(&v[i++], "ORCH_JOB_EPOCH=%" PRId64, s->epoch) < 0 ||
         asprintf(&v[i++], "ORCH_JOB_PARAMS=%s", params) < 0 ||
         asprintf(&v[i++], "ORCH_JOB_RESULT=%s.result.json", workdir) < 0) {
         v[--i] = NULL; /* asprintf leaves the pointer undefined on failure */
         goto fail;
     }
+    strv_free_n(defaults, ndef);
     return v;
 fail:
     strv_free(v);
+    strv_free_n(defaults, ndef);
     return NULL;
 }
 
@@ -654,7 +657,13 @@ static int daemon_unpack(struct daemon *d, struct slot *s, const char *archive, 
 {
     /* As the job's user, isolated like the job: the archive is the tenant's. It comes on
      * stdin, opened by the agent: the job's user cannot read the cache. */
-    const char *argv[] = {"tar", "-xf", "-", "--no-same-owner", "-C", workdir, NULL, NULL};
+    char tar[PATH_MAX];
+    if (host_tar(tar, sizeof(tar)) < 0) {
+        daemon_job_note(s, "orch-agent: cannot unpack package %s: no tar.exe on this host",
+                        s->a.package_id);
+        return -ENOENT;
+    }
+    const char *argv[] = {tar, "-xf", "-", "--no-same-owner", "-C", workdir, NULL, NULL};
     /* tar guesses the compression of a file it opens, not of its stdin: say it (packages
      * are tar, or tar in gzip, see api-packages.c). */
     unsigned char magic[2] = {0, 0};
@@ -792,9 +801,7 @@ static int daemon_job_dirs(const struct exec_user *user, const char *workdir,
         open(result_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
         return -errno;
-    if (user && (fchown(fd, user->uid, user->gid) < 0 || chown(workdir, user->uid, user->gid) < 0))
-        return -errno;
-    return 0;
+    return host_give_to_job(workdir, fd, user);
 }
 
 /* Run the job of slot s; fills *exit_code and *flags, and *result with the JSON it left
@@ -807,7 +814,7 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
     snprintf(workdir, sizeof(workdir), "%s/%s.%" PRId64, d->work_dir, s->job_id, s->epoch);
     char result_path[PATH_MAX + 16];
     snprintf(result_path, sizeof(result_path), "%s.result.json", workdir);
-    rm_rf(workdir);
+    host_rm_rf(workdir);
     unlink(result_path);
     /* Its own uid while it runs when the agent serves several tenants (exec.uid_range):
      * the slots never outnumber the range (daemon_run()), so one is free. */
@@ -829,7 +836,7 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
         log_error("op=job-workdir job=%s epoch=%" PRId64 " path=%s error=%s", s->job_id, s->epoch,
                   workdir, strerror(-dr));
         *flags |= PROTO_RES_SETUP_FAILED;
-        rm_rf(workdir);
+        host_rm_rf(workdir);
         unlink(result_path);
         if (d->uids)
             exec_uids_put(d->uids, own.uid);
@@ -837,16 +844,18 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
     }
     const json_t *args = a->args;
     size_t nargs = json_array_size(args);
-    _cleanup_free_ const char **argv = calloc(nargs + 5, sizeof(*argv));
+    _cleanup_free_ const char **argv = calloc(nargs + HOST_ARGV_EXTRA, sizeof(*argv));
+    _cleanup_free_ const char **args_v = calloc(nargs + 1, sizeof(*args_v));
     char **env = daemon_job_env(s, a, workdir);
-    if (!argv || !env) {
+    if (!argv || !args_v || !env) {
         *flags |= PROTO_RES_SETUP_FAILED;
         goto out;
     }
+    for (size_t i = 0; i < nargs; i++)
+        args_v[i] = json_string_value(json_array_get(args, i));
     /* A package job: its archive unpacked into the workdir, its entrypoint run from there
      * (checked safe: a relative path of [A-Za-z0-9_./-], no ..). */
     char command[RELPATH_MAX + 32];
-    const char *cmd = a->command;
     if (a->package_id) {
         /* The cache keeps its archives from the lookup until the unpack is done. */
         char archive[PATH_MAX];
@@ -858,15 +867,9 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
             *flags |= atomic_load(&s->cancel) ? PROTO_RES_CANCELLED : PROTO_RES_PACKAGE;
             goto out;
         }
-        snprintf(command, sizeof(command), "exec './%s' \"$@\"", a->entrypoint);
-        cmd = command;
     }
-    argv[0] = "/bin/sh";
-    argv[1] = "-c";
-    argv[2] = cmd;
-    argv[3] = "orch-job";
-    for (size_t i = 0; i < nargs; i++)
-        argv[4 + i] = json_string_value(json_array_get(args, i));
+    host_job_argv(argv, a->command, a->package_id ? a->entrypoint : NULL, args_v, nargs, command,
+                  sizeof(command));
     char tag_id[ID_STR_LEN + 16], tag_epoch[48], cg_name[ID_STR_LEN + 24];
     snprintf(tag_id, sizeof(tag_id), "ORCH_JOB_ID=%s", s->job_id);
     snprintf(tag_epoch, sizeof(tag_epoch), "ORCH_JOB_EPOCH=%" PRId64, s->epoch);
@@ -920,7 +923,7 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
 out:
     *result = daemon_job_result(s, result_path);
     strv_free(env);
-    rm_rf(workdir);
+    host_rm_rf(workdir);
     unlink(result_path);
     /* run() has ended the job's whole tree: nothing runs under the uid any more. */
     if (d->uids)
@@ -1091,51 +1094,7 @@ release:
     pthread_mutex_unlock(&d->lock);
 }
 
-struct cpu_sample {
-    uint64_t busy, total;
-};
-
-static bool cpu_read(struct cpu_sample *c)
-{
-    _cleanup_fclose_ FILE *f = fopen("/proc/stat", "re");
-    unsigned long long v[8] = {0};
-    if (!f || fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
-                     &v[4], &v[5], &v[6], &v[7]) < 4)
-        return false;
-    c->total = 0;
-    for (int i = 0; i < 8; i++)
-        c->total += v[i];
-    c->busy = c->total - v[3] - v[4]; /* minus idle and iowait */
-    return true;
-}
-
-/* The host's memory in use and available (MemAvailable: what a new job can have without
- * swapping, which placement matches a job's minimum against), in bytes. */
-static void mem_read(struct proto_load *load)
-{
-    _cleanup_fclose_ FILE *f = fopen("/proc/meminfo", "re");
-    char line[256];
-    long long total = -1, avail = -1;
-    while (f && fgets(line, sizeof(line), f)) {
-        if (sscanf(line, "MemTotal: %lld kB", &total) == 1 ||
-            sscanf(line, "MemAvailable: %lld kB", &avail) == 1)
-            continue;
-    }
-    if (total >= 0 && avail >= 0) {
-        load->memory_used_bytes = (int64_t)(total - avail) * 1024;
-        load->memory_available_bytes = (int64_t)avail * 1024;
-        return;
-    }
-    struct sysinfo si;
-    if (sysinfo(&si) < 0) {
-        load->memory_used_bytes = load->memory_available_bytes = -1;
-        return;
-    }
-    load->memory_used_bytes = (int64_t)(si.totalram - si.freeram - si.bufferram) * si.mem_unit;
-    load->memory_available_bytes = (int64_t)(si.freeram + si.bufferram) * si.mem_unit;
-}
-
-static json_t *daemon_heartbeat_body(struct daemon *d, struct cpu_sample *prev)
+static json_t *daemon_heartbeat_body(struct daemon *d, struct facts_cpu *prev)
 {
     struct proto_heartbeat hb = {.slots = (int64_t)d->nslots, .has_load = true};
     /* Every attempt the spool holds: running jobs, and finished ones whose result is not
@@ -1160,17 +1119,7 @@ static json_t *daemon_heartbeat_body(struct daemon *d, struct cpu_sample *prev)
     pthread_mutex_unlock(&d->lock);
     hb.free_slots = (int64_t)free_slots;
 
-    struct cpu_sample now;
-    if (cpu_read(&now)) {
-        if (prev->total && now.total > prev->total && now.busy >= prev->busy)
-            hb.load.cpu_percent =
-                100.0 * (double)(now.busy - prev->busy) / (double)(now.total - prev->total);
-        *prev = now;
-    }
-    mem_read(&hb.load);
-    struct statvfs vfs;
-    hb.load.disk_free_bytes =
-        statvfs(d->state_dir, &vfs) == 0 ? (int64_t)vfs.f_bavail * (int64_t)vfs.f_frsize : 0;
+    facts_load(d->state_dir, prev, &hb.load);
     hb.spool_bytes = spool_bytes(d->spool);
     return proto_heartbeat_encode(&hb);
 }
@@ -1229,7 +1178,7 @@ struct link {
     struct daemon *d;
     struct transport *t;
     uint64_t gen;
-    struct cpu_sample cpu;
+    struct facts_cpu cpu;
     int64_t next_hb_ms;
     int64_t last_rotate_ms;
     uint64_t cache_gen_sent; /* the package cache as the server last heard of it */
@@ -1691,7 +1640,7 @@ static void *daemon_link_main(void *arg)
     d->link = l.t;
     pthread_mutex_unlock(&d->lock);
     struct backoff b = {0};
-    cpu_read(&l.cpu);
+    facts_cpu_sample(&l.cpu);
     for (; l.t;) {
         enum link_next next = link_exchange(&l);
         if (next == LINK_DONE)
@@ -1833,11 +1782,20 @@ static int daemon_recover(struct daemon *d)
     return 0;
 }
 
-static bool join_within(pthread_t th, int64_t ms)
+/* Join the link thread if it ends within ms. It sets send_done once it is done with the
+ * shared state, just before it frees its own and returns: then the join is prompt. (Not
+ * pthread_timedjoin_np(): winpthreads has none.) */
+static bool link_join_within(struct daemon *d, pthread_t th, int64_t ms)
 {
-    struct timespec ts;
-    clock_deadline(CLOCK_REALTIME, ms, &ts);
-    return pthread_timedjoin_np(th, NULL, &ts) == 0;
+    int64_t end = mono_ms() + ms;
+    pthread_mutex_lock(&d->lock);
+    for (int64_t now = mono_ms(); !d->send_done && now < end; now = mono_ms())
+        cond_wait_ms(&d->wake, &d->lock, end - now);
+    bool done = d->send_done;
+    pthread_mutex_unlock(&d->lock);
+    if (done)
+        pthread_join(th, NULL);
+    return done;
 }
 
 static void daemon_free(struct daemon *d)
@@ -1886,110 +1844,6 @@ static int daemon_opts(int argc, char **argv, const char **state_dir)
     return 0;
 }
 
-/* Who jobs run as. A root agent needs an unprivileged exec.user, or an explicit
- * exec.allow_root; an agent that is not root cannot switch, and jobs run as itself. */
-static int daemon_job_user(struct daemon *d)
-{
-    const struct agent_config *cfg = d->cfg;
-    if (cfg->exec_uid_range && cfg->exec_uid_range[0]) {
-        if (geteuid() != 0) {
-            fprintf(stderr, "orch-agent: exec.uid_range needs an agent that runs as root (it "
-                            "switches each job to a uid of its own)\n");
-            return EXIT_FAIL;
-        }
-        if (exec_uids_new(cfg->exec_uid_first, cfg->exec_uid_last, &d->uids) < 0) {
-            fprintf(stderr, "orch-agent: out of memory\n");
-            return EXIT_FAIL;
-        }
-        d->switch_user = true;
-        d->job_user = (struct exec_user){.uid = cfg->exec_uid_first, .gid = cfg->exec_uid_first};
-        snprintf(d->job_user_name, sizeof(d->job_user_name), "uid %u-%u", cfg->exec_uid_first,
-                 cfg->exec_uid_last);
-        return EXIT_OK;
-    }
-    const char *name = cfg->exec_user ? cfg->exec_user : "";
-    if (geteuid() != 0) {
-        struct passwd *self = getpwuid(geteuid());
-        snprintf(d->job_user_name, sizeof(d->job_user_name), "%s", self ? self->pw_name : "agent");
-        return EXIT_OK;
-    }
-    struct passwd pw, *res = NULL;
-    char buf[4096];
-    if (name[0] && getpwnam_r(name, &pw, buf, sizeof(buf), &res) != 0)
-        res = NULL;
-    if (res && res->pw_uid != 0) {
-        d->switch_user = true;
-        d->job_user = (struct exec_user){.uid = res->pw_uid, .gid = res->pw_gid};
-        snprintf(d->job_user_name, sizeof(d->job_user_name), "%s", name);
-        return EXIT_OK;
-    }
-    char why[160];
-    if (!name[0])
-        snprintf(why, sizeof(why), "exec.user is empty");
-    else if (!res)
-        snprintf(why, sizeof(why), "the job user '%s' (exec.user) does not exist", name);
-    else
-        snprintf(why, sizeof(why), "the job user '%s' (exec.user) is root", name);
-    if (d->cfg->exec_allow_root) {
-        log_warn("op=start detail=\"%s; jobs run as root (exec.allow_root=true)\"", why);
-        snprintf(d->job_user_name, sizeof(d->job_user_name), "root");
-        return EXIT_OK;
-    }
-    fprintf(stderr,
-            "orch-agent: refusing to run jobs as root: %s. Create it (useradd --system "
-            "--no-create-home --shell /usr/sbin/nologin %s), set exec.user to an unprivileged "
-            "account, or set exec.allow_root=true to let jobs run as root\n",
-            why, name[0] ? name : "orch-job");
-    return EXIT_FAIL;
-}
-
-/* A directory of the agent's: ours, not writable by others, then given mode. A job's user
- * must not be able to replace what the agent reads there. */
-static int daemon_own_dir(const char *dir, mode_t mode)
-{
-    struct stat sb;
-    if (stat(dir, &sb) < 0)
-        return -errno;
-    if (!S_ISDIR(sb.st_mode))
-        return -ENOTDIR;
-    if (sb.st_uid != geteuid() || (sb.st_mode & 022))
-        return -EPERM;
-    return chmod(dir, mode) < 0 ? -errno : 0;
-}
-
-/* A cgroup v2 directory for this agent's jobs, under its own cgroup: the cgroup2 mount
- * point (from mountinfo) plus our path (from /proc/self/cgroup) plus orch-agent.<id>.
- * NULL when there is no cgroup v2 or it is not writable (jobs then go without). */
-static char *daemon_cgroup_dir(const char *agent_id)
-{
-    _cleanup_fclose_ FILE *mi = fopen("/proc/self/mountinfo", "re");
-    _cleanup_fclose_ FILE *cg = fopen("/proc/self/cgroup", "re");
-    char line[4096], mnt[4096] = "", own[4096] = "";
-    while (mi && fgets(line, sizeof(line), mi)) {
-        /* "id parent maj:min root mountpoint opts [optional...] - fstype source sopts" */
-        char *sep = strstr(line, " - cgroup2 ");
-        char point[4096];
-        if (sep && sscanf(line, "%*s %*s %*s %*s %4095s", point) == 1 && !mnt[0])
-            snprintf(mnt, sizeof(mnt), "%s", point);
-    }
-    while (cg && fgets(line, sizeof(line), cg))
-        if (strncmp(line, "0::", 3) == 0) {
-            line[strcspn(line, "\n")] = '\0';
-            snprintf(own, sizeof(own), "%s", strcmp(line + 3, "/") == 0 ? "" : line + 3);
-        }
-    if (!mnt[0] || strchr(mnt, '\\'))
-        return NULL; /* none, or an escaped (odd) mount point */
-    char *dir = NULL;
-    if (asprintf(&dir, "%s%s/orch-agent.%s", mnt, own, agent_id) < 0)
-        return NULL;
-    if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
-        log_debug("op=cgroup path=%s error=%d", dir, errno);
-        free(dir);
-        return NULL;
-    }
-    return dir;
-}
-
 struct probe_out {
     char text[512];
     size_t len;
@@ -2010,11 +1864,17 @@ static int probe_output(void *arg, int stream, const char *data, size_t len)
  * that the job user can reach the work directory; one info line says what is in force. */
 static int daemon_probe_exec(struct daemon *d)
 {
-    const char *argv[] = {"/bin/sh", "-c", "exit 0", NULL};
-    const char *env[] = {"PATH=" DEFAULT_PATH, NULL};
+    const char *argv[HOST_ARGV_EXTRA];
+    char buf[RELPATH_MAX + 32];
+    host_job_argv(argv, "exit 0", NULL, NULL, 0, buf, sizeof(buf));
+    char **env = host_env_defaults(d->work_dir);
+    if (!env) {
+        fprintf(stderr, "orch-agent: out of memory\n");
+        return EXIT_FAIL;
+    }
     struct exec_spec spec = {
         .argv = argv,
-        .env = env,
+        .env = (const char *const *)env,
         .workdir = d->work_dir,
         .timeout_ms = 30000,
         .grace_ms = 1000,
@@ -2027,6 +1887,7 @@ static int daemon_probe_exec(struct daemon *d)
     struct exec_sink sink = {.arg = &out, .on_output = probe_output};
     struct exec_result er;
     int r = exec_default_ops()->run(&spec, &sink, NULL, &er);
+    strv_free(env);
     if (r < 0 || !er.started || er.exit_code != 0) {
         fprintf(stderr, "orch-agent: cannot run jobs as '%s' in %s: %s\n", d->job_user_name,
                 d->work_dir,
@@ -2073,7 +1934,7 @@ static int daemon_setup(struct daemon *d)
     }
     /* Searchable but not listable by the job user (it must reach work/ below, nothing
      * else): agent.json is 0600, spool/ and cache/ 0700. */
-    r = daemon_own_dir(d->state_dir, d->switch_user ? 0711 : 0700);
+    r = host_own_dir(d->state_dir, d->switch_user ? 0711 : 0700);
     if (r < 0) {
         fprintf(stderr, "orch-agent: state directory %s: %s\n", d->state_dir,
                 r == -EPERM ? "not owned by the agent's user, or writable by others"
@@ -2106,11 +1967,12 @@ static int daemon_setup(struct daemon *d)
                 strerror(-r));
         return EXIT_FAIL;
     }
-    if (chmod(spool_dir, 0700) < 0 || chmod(cache_dir, 0700) < 0) {
-        fprintf(stderr, "orch-agent: cannot restrict %s: %s\n", d->state_dir, strerror(errno));
+    if ((r = host_restrict_dir(spool_dir, 0700)) < 0 ||
+        (r = host_restrict_dir(cache_dir, 0700)) < 0) {
+        fprintf(stderr, "orch-agent: cannot restrict %s: %s\n", d->state_dir, strerror(-r));
         return EXIT_FAIL;
     }
-    d->cgroup_parent = daemon_cgroup_dir(d->st.agent_id);
+    d->cgroup_parent = host_cgroup_dir(d->st.agent_id);
     /* Before the work dir is emptied and before anything is reported: a predecessor killed
      * with its jobs running must not have them running while the server runs them again. */
     r = daemon_recover(d);
@@ -2118,10 +1980,14 @@ static int daemon_setup(struct daemon *d)
         fprintf(stderr, "orch-agent: cannot read the spool: %s\n", strerror(-r));
         return EXIT_FAIL;
     }
-    rm_rf(d->work_dir); /* what a previous process left behind */
+    host_rm_rf(d->work_dir); /* what a previous process left behind */
     /* Searchable by the job user, who owns only its own job's 0700 directory inside. */
-    if ((mkdir(d->work_dir, 0711) < 0 && errno != EEXIST) || chmod(d->work_dir, 0711) < 0) {
+    if (mkdir(d->work_dir, 0711) < 0 && errno != EEXIST) {
         fprintf(stderr, "orch-agent: cannot create %s: %s\n", d->work_dir, strerror(errno));
+        return EXIT_FAIL;
+    }
+    if ((r = host_restrict_dir(d->work_dir, 0711)) < 0) {
+        fprintf(stderr, "orch-agent: cannot restrict %s: %s\n", d->work_dir, strerror(-r));
         return EXIT_FAIL;
     }
     return daemon_probe_exec(d);
@@ -2134,14 +2000,11 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
         return EXIT_USAGE;
     log_set_level((enum log_level)cfg->log_level);
 
-    /* Before any thread exists, so that every thread inherits the mask; only this thread
-     * takes the signals, with sigwait(). SIGCHLD stays at its default. */
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-    signal(SIGPIPE, SIG_IGN); /* a closed socket is an error to handle, not a death */
+    /* Before any thread exists: on POSIX every thread inherits the blocked signals. */
+    if (service_stop_init() < 0) {
+        fprintf(stderr, "orch-agent: cannot set up the stop signals\n");
+        return EXIT_FAIL;
+    }
 
     struct daemon *d = calloc(1, sizeof(*d));
     if (!d) {
@@ -2150,7 +2013,7 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
     }
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_condattr_setclock(&ca, CLOCK_COND);
     pthread_mutex_init(&d->lock, NULL);
     pthread_cond_init(&d->wake, &ca);
     pthread_cond_init(&d->send_wake, &ca);
@@ -2170,7 +2033,14 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
         else
             log_warn("op=start detail=\"ignoring an invalid ORCH_AGENT_ROTATE_BEFORE_S\"");
     }
-    int rc = daemon_job_user(d);
+    struct host_job_identity who;
+    int rc = host_job_identity(cfg, &who) < 0 ? EXIT_FAIL : EXIT_OK;
+    if (rc == EXIT_OK) {
+        d->switch_user = who.switch_user;
+        d->job_user = who.user;
+        d->uids = who.uids;
+        snprintf(d->job_user_name, sizeof(d->job_user_name), "%s", who.name);
+    }
     if (rc == EXIT_OK)
         rc = daemon_setup(d);
     if (rc != EXIT_OK) {
@@ -2204,15 +2074,12 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
         log_error("op=start error=\"cannot create threads\"");
         rc = EXIT_FAIL;
     } else {
-        /* The main thread waits for a signal, and fences jobs meanwhile: the link thread may
-         * be stuck in an exchange with a server that does not answer. */
-        int sig;
-        do {
-            int64_t ms = daemon_fence(d);
-            struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
-            sig = sigtimedwait(&set, NULL, &ts);
-        } while (sig < 0);
-        log_info("op=stop signal=%s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        /* The main thread waits to be told to stop, and fences jobs meanwhile: the link
+         * thread may be stuck in an exchange with a server that does not answer. */
+        const char *why = NULL;
+        while (service_stop_wait(daemon_fence(d), &why) == 0)
+            ;
+        log_info("op=stop signal=%s", why);
     }
 
     /* Stop taking jobs, cancel the running ones (they get their grace period). */
@@ -2258,7 +2125,7 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
         if (d->link)
             transport_wakeup(d->link);
         pthread_mutex_unlock(&d->lock);
-        all_joined &= join_within(link, JOIN_MS);
+        all_joined &= link_join_within(d, link, JOIN_MS);
     }
     if (!all_joined) {
         /* A request is still in flight and did not notice in time (a DNS lookup or a TLS

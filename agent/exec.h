@@ -23,6 +23,15 @@
  * What the spec may add: another user (uid/gid), a PID and mount namespace with its own
  * /proc (isolate), a cgroup (cgroup_parent). See docs/agent.md for the model.
  *
+ * On Windows (exec-win.c, exec_win_ops) the same interface holds with Windows' means: a
+ * Job Object instead of the process group, cgroup and namespaces (KILL_ON_JOB_CLOSE ends
+ * the tree when the agent dies; nothing a job starts can leave it); a restricted token
+ * instead of spec->user (ignored; user_switched says the token was in force); no polite
+ * signal: a timeout or cancel terminates the job object at once (grace_ms unused);
+ * term_signal is 0, exit_code the process's exit code; exec_tree.cgroup is the job
+ * object's name, pgid the main process's pid, start_ticks its creation FILETIME; env_tags
+ * are not read. See exec-win.c's opening comment.
+ *
  * Orphans. A process that leaves the job's process group (setsid) and whose parent exits
  * is re-parented to the nearest subreaper. When the daemon called exec_subreaper_enable(),
  * that is the agent: after the job, run() kills and reaps the agent's children whose
@@ -159,6 +168,7 @@ struct exec_ops {
 };
 
 extern const struct exec_ops exec_posix_ops;
+extern const struct exec_ops exec_win_ops; /* Windows: see exec-win.c for what differs */
 
 /* Make this process a child subreaper (Linux), so that orphans of jobs are re-parented to
  * it and run() can end them (see "Orphans"). Returns 0, or -errno (then orphans go to PID

@@ -5,11 +5,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/sysinfo.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
 #include "orch-config.h"
+#include "common/cleanup.h"
 
 /* Interpreters jobs commonly need; reported when found on PATH. */
 static const char *const interpreters[] = {"sh",   "bash", "python3", "pwsh",
@@ -62,4 +64,59 @@ json_t *facts_collect(void)
                      "hostname", host, "kernel", u.release, "cpus", (json_int_t)cpus,
                      "memory_bytes", (json_int_t)mem, "version", ORCH_VERSION, "interpreters",
                      interp);
+}
+
+bool facts_cpu_sample(struct facts_cpu *c)
+{
+    _cleanup_fclose_ FILE *f = fopen("/proc/stat", "re");
+    unsigned long long v[8] = {0};
+    if (!f || fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                     &v[4], &v[5], &v[6], &v[7]) < 4)
+        return false;
+    c->total = 0;
+    for (int i = 0; i < 8; i++)
+        c->total += v[i];
+    c->busy = c->total - v[3] - v[4]; /* minus idle and iowait */
+    return true;
+}
+
+/* The host's memory in use and available (MemAvailable: what a new job can have without
+ * swapping, which placement matches a job's minimum against), in bytes. */
+static void mem_read(struct proto_load *load)
+{
+    _cleanup_fclose_ FILE *f = fopen("/proc/meminfo", "re");
+    char line[256];
+    long long total = -1, avail = -1;
+    while (f && fgets(line, sizeof(line), f)) {
+        if (sscanf(line, "MemTotal: %lld kB", &total) == 1 ||
+            sscanf(line, "MemAvailable: %lld kB", &avail) == 1)
+            continue;
+    }
+    if (total >= 0 && avail >= 0) {
+        load->memory_used_bytes = (int64_t)(total - avail) * 1024;
+        load->memory_available_bytes = (int64_t)avail * 1024;
+        return;
+    }
+    struct sysinfo si;
+    if (sysinfo(&si) < 0) {
+        load->memory_used_bytes = load->memory_available_bytes = -1;
+        return;
+    }
+    load->memory_used_bytes = (int64_t)(si.totalram - si.freeram - si.bufferram) * si.mem_unit;
+    load->memory_available_bytes = (int64_t)(si.freeram + si.bufferram) * si.mem_unit;
+}
+
+void facts_load(const char *dir, struct facts_cpu *prev, struct proto_load *load)
+{
+    struct facts_cpu now;
+    if (facts_cpu_sample(&now)) {
+        if (prev->total && now.total > prev->total && now.busy >= prev->busy)
+            load->cpu_percent =
+                100.0 * (double)(now.busy - prev->busy) / (double)(now.total - prev->total);
+        *prev = now;
+    }
+    mem_read(load);
+    struct statvfs vfs;
+    load->disk_free_bytes =
+        statvfs(dir, &vfs) == 0 ? (int64_t)vfs.f_bavail * (int64_t)vfs.f_frsize : 0;
 }

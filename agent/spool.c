@@ -26,6 +26,7 @@
 #include "common/cleanup.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/compat.h"
 
 /* Stream record: magic, payload length, CRC32C of the payload, CRC32C of the first 12
  * bytes; all little-endian. A CUT has no payload. */
@@ -1192,7 +1193,8 @@ int spool_begin(struct spool *s, const char *job_id, int64_t epoch, const char *
     }
 
     /* Built under a temporary name and renamed into place, so an attempt on disk always has
-     * its metadata and both streams. */
+     * its metadata and both streams. The streams are opened after the rename: Windows
+     * refuses to rename a directory while a file in it is open. */
     if (mkdirat(s->dfd, tmp, 0700) < 0) {
         r = -errno;
         attempt_destroy(s, a);
@@ -1204,16 +1206,10 @@ int spool_begin(struct spool *s, const char *job_id, int64_t epoch, const char *
         goto fail;
     }
     r = write_new(a->dfd, "meta.json", meta_json, mlen);
+    for (int k = 0; k < 2 && r == 0; k++)
+        r = write_new(a->dfd, stream_files[k], NULL, 0);
     if (r < 0)
         goto fail;
-    for (int k = 0; k < 2; k++) {
-        a->st[k].fd = openat(a->dfd, stream_files[k],
-                             O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (a->st[k].fd < 0) {
-            r = -errno;
-            goto fail;
-        }
-    }
     if (fsync(a->dfd) < 0) {
         r = -errno;
         goto fail;
@@ -1225,9 +1221,14 @@ int spool_begin(struct spool *s, const char *job_id, int64_t epoch, const char *
     if (fsync(s->dfd) < 0) {
         /* In place but perhaps not durable: undo, so failure means "no attempt". */
         r = -errno;
-        attempt_destroy(s, a);
-        remove_tree(s->dfd, canon_name);
-        return r;
+        goto fail_placed;
+    }
+    for (int k = 0; k < 2; k++) {
+        a->st[k].fd = openat(a->dfd, stream_files[k], O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+        if (a->st[k].fd < 0) {
+            r = -errno;
+            goto fail_placed;
+        }
     }
     pthread_mutex_lock(&s->lock);
     a->refs = 1;
@@ -1239,6 +1240,11 @@ int spool_begin(struct spool *s, const char *job_id, int64_t epoch, const char *
 fail:
     attempt_destroy(s, a);
     remove_tree(s->dfd, tmp);
+    return r;
+
+fail_placed:
+    attempt_destroy(s, a);
+    remove_tree(s->dfd, canon_name);
     return r;
 }
 

@@ -12,6 +12,7 @@
 
 #include "common/cleanup.h"
 #include "common/jsonv.h"
+#include "common/compat.h"
 
 #define STATE_FILE "agent.json"
 

@@ -1,8 +1,10 @@
-/* transport.h: the agent's HTTPS client (libcurl). One connection to the server, reused
- * (keep-alive); the server certificate is verified against the system store or a pinned CA
- * file; a proxy from the options, else HTTPS_PROXY / NO_PROXY (and the lower-case forms),
- * as corporate hosts need. A request in flight can be given up from another thread
- * (transport_wakeup() and the request's `abort` callback), which closes the connection. */
+/* transport.h: the agent's HTTPS client: libcurl on POSIX (transport-curl.c), WinHTTP on
+ * Windows (transport-winhttp.c), their shared part in transport-common.c. One connection to
+ * the server, reused (keep-alive); the server certificate is verified against the system
+ * store or a pinned CA file; a proxy from the options, else HTTPS_PROXY / NO_PROXY (and the
+ * lower-case forms; on Windows the system's proxy settings instead), as corporate hosts
+ * need. A request in flight can be given up from another thread (transport_wakeup() and the
+ * request's `abort` callback), which closes the connection. */
 #pragma once
 
 #include <jansson.h>

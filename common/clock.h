@@ -10,6 +10,15 @@ uint64_t clock_mono_ns(void);
 /* *ts = now on clock clk (CLOCK_MONOTONIC, CLOCK_REALTIME) plus ms milliseconds: an
  * absolute deadline for pthread_cond_timedwait() and the like. */
 void clock_deadline(clockid_t clk, int64_t ms, struct timespec *ts);
+/* The clock pthread condition variables wait on (pthread_condattr_setclock() and the
+ * deadline given to pthread_cond_timedwait()): CLOCK_MONOTONIC, except on Windows, where
+ * winpthreads' condition variables know only CLOCK_REALTIME. */
+#ifdef _WIN32
+#define CLOCK_COND CLOCK_REALTIME
+#else
+#define CLOCK_COND CLOCK_MONOTONIC
+#endif
+
 /* CLOCK_REALTIME in milliseconds since the Unix epoch. */
 int64_t clock_real_ms(void);
 

@@ -2,17 +2,21 @@
 #include "common/log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/compat.h"
 
 #define LOG_LINE_MAX   8192
 #define LOG_TRUNC_MARK "..."
+#define LOG_FILE_MAX   (16 * 1024 * 1024) /* agent.log moves to agent.log.1 past this, at open */
 
 static _Atomic int log_level = LOG_LEVEL_INFO;
 static _Atomic int log_fd = STDERR_FILENO;
@@ -54,9 +58,44 @@ const char *log_level_name(enum log_level level)
     return level_names[level];
 }
 
-void log_set_fd(int fd)
+int log_set_fd(int fd)
 {
-    atomic_store(&log_fd, fd);
+    return atomic_exchange(&log_fd, fd);
+}
+
+int log_open_file(const char *path, bool take_stderr)
+{
+    char old[4096];
+    struct stat sb;
+    int fd, prev;
+
+    if (snprintf(old, sizeof(old), "%s.1", path) >= (int)sizeof(old))
+        return -ENAMETOOLONG;
+    for (int pass = 0; pass < 2; pass++) {
+        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+            return -errno;
+        if (pass == 1 || fstat(fd, &sb) < 0 || sb.st_size < LOG_FILE_MAX)
+            break;
+        /* One old generation is kept: the file is moved aside at open, never mid-run. */
+        close(fd);
+        fd = -1;
+        if (rename(path, old) < 0)
+            return -errno;
+    }
+    if (take_stderr) {
+        if (dup2(fd, STDERR_FILENO) < 0) {
+            int e = errno;
+            close(fd);
+            return -e;
+        }
+        close(fd);
+        fd = STDERR_FILENO;
+    }
+    prev = atomic_exchange(&log_fd, fd);
+    if (prev != STDERR_FILENO && prev != fd && prev >= 0)
+        close(prev);
+    return 0;
 }
 
 void log_emit(enum log_level level, const char *fmt, ...)

@@ -1,4 +1,4 @@
-/* log.h: leveled, structured logging to stderr.
+/* log.h: leveled, structured logging to stderr (or a file, log_open_file()).
  *
  * One line per event: `ts=<RFC 3339 UTC, ms> level=<lvl> <caller's key=value fields>`.
  * Callers write their own fields in key=value form, e.g.
@@ -10,6 +10,7 @@
 #pragma once
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 
 #include "common/printf.h"
@@ -30,8 +31,14 @@ enum log_level log_get_level(void);
 int log_level_parse(const char *s, enum log_level *ret);
 const char *log_level_name(enum log_level level);
 
-/* Redirect output to fd (default 2). For tests. */
-void log_set_fd(int fd);
+/* Redirect output to fd (default 2); returns the previous one. For tests. */
+int log_set_fd(int fd);
+
+/* Log to the file at path from now on, appended to (created 0600; a file over 16 MiB is
+ * first moved to path.1, replacing the one there). take_stderr: also point stderr (fd 2)
+ * at it, for a process whose stderr goes nowhere (a Windows service). Call before other
+ * threads log. Returns 0 or -errno (logging unchanged). */
+int log_open_file(const char *path, bool take_stderr);
 
 void log_emit(enum log_level level, const char *fmt, ...) ORCH_PRINTF(2, 3);
 void log_emitv(enum log_level level, const char *fmt, va_list ap) ORCH_PRINTF(2, 0);

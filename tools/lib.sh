@@ -15,6 +15,7 @@ ORCH_APT_PACKAGES=(
     libcriterion-dev libcurl4-openssl-dev python3-yaml wrk clang-format
     postgresql postgresql-contrib rabbitmq-server
     curl procps iproute2
+    debhelper dpkg-dev fakeroot lintian
 )
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -100,6 +101,44 @@ orch_build() {
         meson setup "$dir" "$ORCH_ROOT" "$@" >/dev/null
     fi
     ninja -C "$dir" >/dev/null || ninja -C "$dir"
+}
+
+# The Windows agent (orch-agent.exe): cross-compiled with mingw-w64 (the -posix compilers:
+# winpthreads), its unit tests run under wine, jansson built from Debian's source package
+# by tools/win-deps.sh (which needs cmake and dpkg-dev's dpkg-source).
+ORCH_APT_PACKAGES_WIN=(
+    gcc-mingw-w64-x86-64-posix mingw-w64-tools wine64 cmake dpkg-dev
+)
+
+# Install the Windows toolchain when missing (ORCH_SKIP_APT=1 skips this), then jansson for
+# mingw into build-win-deps (once; tools/win-deps.sh does nothing when it is there).
+orch_win_deps() {
+    if [ "${ORCH_SKIP_APT:-0}" != 1 ]; then
+        local missing=() p
+        for p in "${ORCH_APT_PACKAGES_WIN[@]}"; do
+            dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+                missing+=("$p")
+        done
+        if [ ${#missing[@]} -gt 0 ]; then
+            [ "$(id -u)" = 0 ] || die "run as root (apt-get)"
+            say "installing: ${missing[*]}"
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                "${missing[@]}" >/dev/null
+        fi
+    fi
+    "$ORCH_ROOT/tools/win-deps.sh" "$ORCH_ROOT/build-win-deps"
+}
+
+# Build the Windows agent and its tests into $1 (default build-win), -Werror, through the
+# cross file and the one tools/win-deps.sh wrote.
+orch_win_build() {
+    local dir=${1:-build-win}
+    if [ ! -f "$ORCH_ROOT/$dir/build.ninja" ]; then
+        meson setup "$ORCH_ROOT/$dir" "$ORCH_ROOT" \
+            --cross-file "$ORCH_ROOT/packaging/win/mingw-w64-x86_64.ini" \
+            --cross-file "$ORCH_ROOT/build-win-deps/deps.ini" -Dwerror=true >/dev/null
+    fi
+    ninja -C "$ORCH_ROOT/$dir" >/dev/null || ninja -C "$ORCH_ROOT/$dir"
 }
 
 # A directory the service users (postgres, rabbitmq) can reach. $1 names the instance.

@@ -3,13 +3,20 @@
 #
 # Installs the packages and (npm ci) the OpenAPI linter, checks the sources
 # (tools/check-source.py: banned functions and clang-format), builds orch twice (a -Werror
-# build, and one under AddressSanitizer + UndefinedBehaviorSanitizer), starts a private
+# build, and one under AddressSanitizer + UndefinedBehaviorSanitizer), cross-builds the
+# Windows agent and runs its unit tests under wine (the windows suite), starts a private
 # PostgreSQL and a private RabbitMQ node on free ports, runs every test suite of both builds
-# against them, and stops the services again. Exits non-zero when anything fails.
+# against them, and stops the services again; then the packaging stage builds the Debian
+# packages, installs, uses, upgrades and purges them on this machine (tests/packaging/
+# test-deb.sh) and under systemd in a Debian container (test-deb-systemd.sh), and tests
+# the .msi under wine (tests/packaging/test-msi.sh, when present).
+# Exits non-zero when anything fails.
 #
 # Environment:
 #   ORCH_SKIP_APT=1       do not run apt-get (packages already there; npm ci still runs)
-#   ORCH_TEST_SUITES="unit integration"   suites to run (default: all)
+#   ORCH_TEST_SUITES="unit integration windows packaging"   suites to run (default: all);
+#                         windows cross-builds orch-agent.exe (mingw-w64) and runs its
+#                         unit tests under wine; packaging builds and tests the packages
 #   ORCH_NO_SANITIZE=1    skip the sanitizer build (quicker local runs; CI runs both)
 #   ORCH_FUZZ_SECONDS=N   how long the libFuzzer target runs (default 30; 0 skips it)
 source "$(dirname "$0")/lib.sh"
@@ -39,13 +46,51 @@ if [ "$fuzz_seconds" != 0 ]; then
         -Db_sanitize=address,undefined -Db_lundef=false
 fi
 
+all_suites=${ORCH_TEST_SUITES:-unit integration windows packaging}
+win_passed=0
+win_failed=0
+win_status=0
+if [[ " $all_suites " == *" windows "* ]]; then
+    say "Windows agent: mingw-w64 build (-Werror), unit tests under wine"
+    win_start=$SECONDS
+    if orch_win_deps && orch_win_build build-win; then
+        meson test -C build-win --print-errorlogs --num-processes 2 || win_status=1
+        # Each Windows test program prints "# N passed, M failed" (tests/win/wtest.h).
+        read -r win_passed win_failed < <(python3 - build-win/meson-logs/testlog.json <<'PY'
+import json, re, sys
+passed = failed = 0
+for line in open(sys.argv[1]):
+    t = json.loads(line)
+    m = re.search(r"# (\d+) passed, (\d+) failed", t.get("stdout", ""))
+    if m:
+        passed += int(m.group(1)); failed += int(m.group(2))
+    if t.get("result") != "OK" and not (m and int(m.group(2))):
+        failed += 1
+print(passed, failed)
+PY
+        )
+    else
+        win_status=1
+        win_failed=1
+    fi
+    say "Windows stage: $win_passed passed, $win_failed failed in $((SECONDS - win_start)) s"
+fi
+
 ORCH_STATE_REMOVE=1
 orch_services_start "$(orch_state_dir "test-$$")"
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+# "packaging" is a stage of this script, not a meson suite.
 suites=()
-for s in ${ORCH_TEST_SUITES:-unit integration}; do suites+=(--suite "$s"); done
+packaging=0
+for s in $all_suites; do
+    case $s in
+    windows) ;;
+    packaging) packaging=1 ;;
+    *) suites+=(--suite "$s") ;;
+    esac
+done
 
 # Count the Criterion tests (not the meson test binaries) from meson's JSON log.
 count_tests() {
@@ -64,10 +109,11 @@ print(passed, failed)
 PY
 }
 
-status=$source_status
-total_passed=$((1 - source_status))
-total_failed=$source_status
+status=$((source_status | win_status))
+total_passed=$((1 - source_status + win_passed))
+total_failed=$((source_status + win_failed))
 for b in build build-asan; do
+    [ ${#suites[@]} -gt 0 ] || break
     [ -f "$b/build.ninja" ] || continue
     [ "$b" = build-asan ] && [ "${ORCH_NO_SANITIZE:-0}" = 1 ] && continue
     say "running tests ($b)"
@@ -106,10 +152,57 @@ if [ "$fuzz_seconds" != 0 ]; then
     rm -rf "$corpus"
 fi
 
-# Stop the services now, so that the summary below is the last line printed.
+# Stop the services now, so that the summary below is the last line printed (and the
+# packaging tests, which start their own, do not run beside them).
 orch_services_stop
 trap - EXIT
 ORCH_STATE=
+
+# The packaging stage: the .debs are built once (tools/package.sh) for both Debian tests.
+# Each script prints "result: N passed, M failed" last; a script that ends without it counts
+# as one test, failed or passed by its exit status.
+packaging_test() { # SCRIPT [ARGS...]
+    local t=$1 log rc p f
+    shift
+    if [ ! -x "$t" ]; then
+        say "packaging: $t is not there yet, skipped"
+        return 0
+    fi
+    say "packaging: $t"
+    log=$(mktemp)
+    # The packages the stage needs came with the others (orch_install_deps above).
+    if ORCH_SKIP_APT=1 "$t" "$@" 2>&1 | tee "$log"; then rc=0; else rc=${PIPESTATUS[0]}; fi
+    if read -r p f < <(sed -nE 's/^result: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$log" | tail -1) &&
+        [ -n "$p" ]; then
+        total_passed=$((total_passed + p))
+        total_failed=$((total_failed + f))
+        [ "$rc" = 0 ] || [ "$f" -gt 0 ] || total_failed=$((total_failed + 1))
+    elif [ "$rc" = 0 ]; then
+        total_passed=$((total_passed + 1))
+    else
+        total_failed=$((total_failed + 1))
+    fi
+    [ "$rc" = 0 ] || status=1
+    rm -f "$log"
+}
+if [ $packaging = 1 ]; then
+    debs=$(mktemp -d /var/tmp/orch-debs.XXXXXX)
+    say "packaging: tools/package.sh deb $debs"
+    if ORCH_SKIP_APT=1 tools/package.sh deb "$debs" >"$debs/package.log" 2>&1; then
+        total_passed=$((total_passed + 1))
+        packaging_test tests/packaging/test-deb.sh "$debs"
+        # The units under a real systemd in a container (skips itself where it cannot boot one).
+        packaging_test tests/packaging/test-deb-systemd.sh "$debs"
+    else
+        tail -30 "$debs/package.log"
+        say "packaging: the Debian packages did not build"
+        total_failed=$((total_failed + 1))
+        status=1
+    fi
+    rm -rf "$debs"
+    packaging_test tests/packaging/test-msi.sh
+fi
+
 if [ $status = 0 ]; then say "all tests passed"; else say "TESTS FAILED"; fi
 [ $status = 0 ] || [ $total_failed -gt 0 ] || total_failed=1
 echo "tests: $total_passed passed, $total_failed failed"
