@@ -63,6 +63,7 @@ orch_services_stop() {
         wait "$orchd_pid" 2>/dev/null || true
         orchd_pid=
     fi
+    exec 8>&- 2>/dev/null || true # the session keeper's pipe
     # Only this prefix's wineserver (and every wine process of it: the service, its jobs).
     if [ -d "$WINEPREFIX" ]; then
         wineserver -k 2>/dev/null || true
@@ -113,7 +114,7 @@ orch_wait_for 30 curl -sf --cacert "$ca" "$base/healthz" || fail "orchd did not 
 # API helper: prints the body, fails on an error status. api METHOD PATH TOKEN [BODY]
 api() {
     local out code
-    out=$(curl -s -w '\n%{http_code}' --cacert "$ca" -X "$1" "$base$2" \
+    out=$(curl -s -m 30 -w '\n%{http_code}' --cacert "$ca" -X "$1" "$base$2" \
         ${3:+-H "Authorization: Bearer $3"} ${4:+-H 'Content-Type: application/json' -d "$4"})
     code=${out##*$'\n'}
     [ "${code:0:1}" = 2 ] || fail "$1 $2: HTTP $code: ${out%$'\n'*}"
@@ -131,6 +132,13 @@ token=$(api POST /api/v1/auth/token "" "{\"key\":\"$key\"}" | json 'j["access_to
 etok=$(api POST /api/v1/enrollment-tokens "$token" '{"name":"msi test"}' | json 'j["token"]')
 [[ $etok == orch_et_* ]] || fail "no enrolment token"
 wait $wineboot_pid || fail "wineboot --init: $(tail -n 5 "$tmp/wineboot.log")"
+# Wine ends a prefix's session, the services with it (a service's process counts as a
+# system one), a few seconds after its last ordinary process has exited; the next wine
+# command starts them all again. On Windows a service outlives every logon: here one
+# ordinary process (cmd.exe waiting on a pipe nobody writes to) lasts the whole run.
+mkfifo "$tmp/keep"
+wine cmd.exe /q /k <"$tmp/keep" >/dev/null 2>&1 &
+exec 8>"$tmp/keep"
 step "services, orchd, tenant, wine prefix"
 
 # --- install ------------------------------------------------------------------------
@@ -230,13 +238,18 @@ pings_gone() { [ "$(wine_pings)" = 0 ]; }
 orch_wait_for 10 pings_gone || fail "$(wine_pings) ping.exe of the timed-out job are still running"
 step "timeout ends the job and its child"
 
+# One service start so far: the agent neither crashed nor was restarted under the jobs.
+starts=$(grep -c 'op=service-start ' "$agent_log" || true)
+[ "$starts" = 1 ] || fail "the service started $starts times before the upgrade, not once"
+step "one service start until now"
+
 # --- upgrade --------------------------------------------------------------------------
 msiexec_ok /i "$msi2" upgrade
 orch_wait_for 30 service_running || fail "the service is not running after the upgrade"
 grep -q "$agent_id" "$programdata/agent.json" || fail "the upgrade lost agent.json's enrolment"
 agent_upgraded() { [ "$(agent_field 'a["version"]')" = "$v2" ] && agent_online; }
 orch_wait_for 60 agent_upgraded ||
-    fail "the agent does not report $v2 after the upgrade: $(agent_field 'a["version"], a["status"]')"
+    fail "the agent does not report $v2 after the upgrade: $(agent_field '(a["version"], a["status"])')"
 [ "$(api GET /api/v1/agents "$token" | json 'len(j["items"])')" = 1 ] || fail "the upgrade enrolled a second agent"
 id=$(api POST /api/v1/jobs "$token" '{"command":"echo upgraded","max_attempts":1}' | json 'j["id"]')
 j=$(job_wait "$id" 60)
