@@ -63,7 +63,7 @@ orch_services_stop() {
         wait "$orchd_pid" 2>/dev/null || true
         orchd_pid=
     fi
-    exec 8>&- 2>/dev/null || true # the session keeper's pipe
+    exec 8>&- # the session keeper's pipe
     # Only this prefix's wineserver (and every wine process of it: the service, its jobs).
     if [ -d "$WINEPREFIX" ]; then
         wineserver -k 2>/dev/null || true
@@ -151,6 +151,17 @@ msi_ok() { # LOG
     grep -aq 'INSTALL\. Return value 1\.' "$1" && ! grep -aq 'Return value 3\.' "$1"
 }
 service_running() { wine sc query OrchAgent 2>/dev/null | grep -aq 'STATE.*RUNNING'; }
+service_stopped() { wine sc query OrchAgent 2>/dev/null | grep -aq 'STATE.*STOPPED'; }
+# Stop the service and wait until it has, as Windows Installer does for a ServiceControl
+# with Wait="yes" (up to 30 s); wine's msi sends the stop but does not wait, and then
+# fails to start the new service over the old one still stopping. Prints the ms it took.
+stop_service() {
+    local t0_ns
+    t0_ns=$(date +%s%N)
+    wine sc stop OrchAgent >/dev/null 2>&1 || true
+    orch_wait_for 30 service_stopped || fail "the service did not stop within 30 s"
+    echo $((($(date +%s%N) - t0_ns) / 1000000))
+}
 # msiexec_ok /i|/x MSI NAME [PROPERTY=VALUE...]: silently, logged to $tmp/NAME.log.
 msiexec_ok() {
     local action=$1 msi=$2 log=$tmp/$3.log rc=0 why
@@ -244,6 +255,7 @@ starts=$(grep -c 'op=service-start ' "$agent_log" || true)
 step "one service start until now"
 
 # --- upgrade --------------------------------------------------------------------------
+stop_ms=$(stop_service)
 msiexec_ok /i "$msi2" upgrade
 orch_wait_for 30 service_running || fail "the service is not running after the upgrade"
 grep -q "$agent_id" "$programdata/agent.json" || fail "the upgrade lost agent.json's enrolment"
@@ -260,7 +272,7 @@ installed=$(wine reg query 'HKLM\Software\Microsoft\Windows\CurrentVersion\Unins
 # No downgrade check here: after an upgrade wine's msi has lost the upgrade code (removing
 # the old product deletes the whole UpgradeCodes entry, the new product's with it), so it
 # would let an older version in, where Windows refuses it (MajorUpgrade's launch condition).
-step "upgrade keeps the enrolment"
+step "upgrade keeps the enrolment (stop: ${stop_ms} ms)"
 
 # --- uninstall ------------------------------------------------------------------------
 msiexec_ok /x "$msi2" uninstall
