@@ -30,6 +30,8 @@
  * background (wine does not cancel a call when its handle is closed) until its timeout. */
 #include "agent/transport.h"
 
+#include <winsock2.h>
+#include <ws2tcpip.h>
 #include <windows.h>
 #include <wincrypt.h>
 #include <winhttp.h>
@@ -56,7 +58,9 @@ struct pin {
     volatile LONG refs;
     HCERTSTORE store;        /* the CA file's certificates */
     HCERTCHAINENGINE engine; /* chains ending at those alone */
-    wchar_t *host;           /* the name the server's certificate must carry */
+    wchar_t *host;           /* the name the certificate must carry */
+    BYTE ip[16];             /* host as an address (IPv4 or IPv6), when it is one */
+    size_t ip_len;           /* 0: host is a DNS name */
     char *ca_file;
     char load_error[160]; /* why the CA file is unusable; "" when it is usable */
 };
@@ -231,6 +235,10 @@ static int pin_new(const char *ca_file, const wchar_t *host, struct pin **ret)
     p->refs = 1;
     p->ca_file = strdup(ca_file);
     p->host = _wcsdup(host);
+    if (InetPtonW(AF_INET, host, p->ip) == 1)
+        p->ip_len = 4;
+    else if (InetPtonW(AF_INET6, host, p->ip) == 1)
+        p->ip_len = 16;
     p->store = CertOpenStore(CERT_STORE_PROV_MEMORY, 0, 0, CERT_STORE_CREATE_NEW_FLAG, NULL);
     if (!p->ca_file || !p->host || !p->store) {
         pin_unref(p);
@@ -261,6 +269,27 @@ static int pin_new(const char *ca_file, const wchar_t *host, struct pin **ret)
     return 0;
 }
 
+/* Whether cert's subjectAltName lists the address ip (ip_len bytes). The SSL policy is
+ * not asked: wine's matches DNS names only. */
+static bool cert_names_ip(PCCERT_CONTEXT cert, const BYTE *ip, size_t ip_len)
+{
+    PCERT_EXTENSION ext = CertFindExtension(szOID_SUBJECT_ALT_NAME2, cert->pCertInfo->cExtension,
+                                            cert->pCertInfo->rgExtension);
+    CERT_ALT_NAME_INFO *names = NULL;
+    DWORD n = 0;
+    if (!ext || !CryptDecodeObjectEx(X509_ASN_ENCODING, X509_ALTERNATE_NAME, ext->Value.pbData,
+                                     ext->Value.cbData, CRYPT_DECODE_ALLOC_FLAG, NULL, &names, &n))
+        return false;
+    bool found = false;
+    for (DWORD i = 0; !found && i < names->cAltEntry; i++) {
+        const CERT_ALT_NAME_ENTRY *e = &names->rgAltEntry[i];
+        found = e->dwAltNameChoice == CERT_ALT_NAME_IP_ADDRESS && e->IPAddress.cbData == ip_len &&
+                memcmp(e->IPAddress.pbData, ip, ip_len) == 0;
+    }
+    LocalFree(names);
+    return found;
+}
+
 /* Check cert against the pin: its chain ends at a pinned CA, is fit for a TLS server, and it
  * names the host. Returns 0, or -EPROTO with why. */
 static int pin_check(const struct pin *p, PCCERT_CONTEXT cert, char *why, size_t size)
@@ -287,8 +316,10 @@ static int pin_check(const struct pin *p, PCCERT_CONTEXT cert, char *why, size_t
     PCCERT_CONTEXT pinned = root ? CertFindCertificateInStore(p->store, X509_ASN_ENCODING, 0,
                                                               CERT_FIND_EXISTING, root, NULL)
                                  : NULL;
-    HTTPSPolicyCallbackData ssl = {
-        .cbSize = sizeof(ssl), .dwAuthType = AUTHTYPE_SERVER, .pwszServerName = p->host};
+    /* An address is matched here (cert_names_ip), a name by the policy. */
+    HTTPSPolicyCallbackData ssl = {.cbSize = sizeof(ssl),
+                                   .dwAuthType = AUTHTYPE_SERVER,
+                                   .pwszServerName = p->ip_len ? NULL : p->host};
     CERT_CHAIN_POLICY_PARA pp = {.cbSize = sizeof(pp), .pvExtraPolicyPara = &ssl};
     CERT_CHAIN_POLICY_STATUS ps = {.cbSize = sizeof(ps)};
     if (!pinned || (chain->TrustStatus.dwErrorStatus &
@@ -310,6 +341,9 @@ static int pin_check(const struct pin *p, PCCERT_CONTEXT cert, char *why, size_t
         else
             snprintf(why, size, "server certificate refused (policy error 0x%08lx)",
                      (unsigned long)e);
+        r = -EPROTO;
+    } else if (p->ip_len && !cert_names_ip(cert, p->ip, p->ip_len)) {
+        snprintf(why, size, "server certificate does not name %ls", p->host);
         r = -EPROTO;
     }
     if (pinned)
@@ -494,8 +528,11 @@ int transport_new(const struct transport_options *o, struct transport **ret)
     if (!WinHttpSetOption(t->session, WINHTTP_OPTION_SECURE_PROTOCOLS, &protocols,
                           sizeof(protocols))) {
         protocols = WINHTTP_FLAG_SECURE_PROTOCOL_TLS1_2;
-        WinHttpSetOption(t->session, WINHTTP_OPTION_SECURE_PROTOCOLS, &protocols,
-                         sizeof(protocols));
+        if (!WinHttpSetOption(t->session, WINHTTP_OPTION_SECURE_PROTOCOLS, &protocols,
+                              sizeof(protocols))) {
+            transport_free(t); /* never fall back to what this Windows allows by default */
+            return -EINVAL;
+        }
     }
     /* A redirect would carry the credential elsewhere: libcurl does not follow them either. */
     DWORD policy = WINHTTP_OPTION_REDIRECT_POLICY_NEVER;
@@ -712,8 +749,10 @@ static int exchange_once(struct transport *t, const wchar_t *method, const wchar
         WINHTTP_DISABLE_REDIRECTS | WINHTTP_DISABLE_COOKIES | WINHTTP_DISABLE_AUTHENTICATION;
     WinHttpSetOption(q->h, WINHTTP_OPTION_DISABLE_FEATURE, &off, sizeof(off));
     if (t->pin) {
-        /* Only the unknown CA is let through: the chain is checked in the callbacks. */
-        DWORD sec = SECURITY_FLAG_IGNORE_UNKNOWN_CA;
+        /* Only the unknown CA is let through (and, for an address, the name, which wine
+         * cannot match): the chain is checked in the callbacks. */
+        DWORD sec = SECURITY_FLAG_IGNORE_UNKNOWN_CA |
+                    (t->pin->ip_len ? SECURITY_FLAG_IGNORE_CERT_CN_INVALID : 0);
         if (!WinHttpSetOption(q->h, WINHTTP_OPTION_SECURITY_FLAGS, &sec, sizeof(sec))) {
             rc = fail(t, NULL, GetLastError(), r);
             goto out;

@@ -6,7 +6,8 @@ Makes two development CAs with tools/gen-certs.sh (the pinned one, "good", and "
 certificate signed by the pinned CA for a name that is not localhost, in a private temporary
 folder; starts the servers on loopback ports picked at run time; hands the test their URLs
 and the pinned CA through the environment (ORCH_TEST_URL, ORCH_TEST_OTHER_URL,
-ORCH_TEST_WRONGNAME_URL, ORCH_TEST_REFUSED_URL, ORCH_TEST_CA); runs EXE under WINE_RUN
+ORCH_TEST_WRONGNAME_URL, ORCH_TEST_ADDR_URL, ORCH_TEST_WRONGADDR_URL, ORCH_TEST_REFUSED_URL,
+ORCH_TEST_CA); runs EXE under WINE_RUN
 (tools/wine-run by default); stops the servers and removes the folder (kept when the test
 fails and ORCH_TEST_KEEP is set). Exits with the test's exit code.
 """
@@ -107,6 +108,8 @@ def main():
             "ORCH_TEST_URL": f"https://localhost:{ports['good']}",
             "ORCH_TEST_OTHER_URL": f"https://localhost:{ports['other']}",
             "ORCH_TEST_WRONGNAME_URL": f"https://localhost:{ports['wrongname']}",
+            "ORCH_TEST_ADDR_URL": f"https://127.0.0.1:{ports['addr']}",
+            "ORCH_TEST_WRONGADDR_URL": f"https://127.0.0.1:{ports['wrongname']}",
             "ORCH_TEST_REFUSED_URL": f"https://localhost:{free_port()}",
             "ORCH_TEST_CA": wine_path(f"{tmp}/good/ca.pem"),
         })

@@ -180,6 +180,31 @@ WTEST(transport, a_wrong_host_name_is_refused)
     WT_ASSERT(with == 0, "the server saw the credential (%zu of %zu requests)", with, n);
 }
 
+WTEST(transport, an_address_is_checked_against_the_certificate)
+{
+    /* https://127.0.0.1: the pinned CA's certificate lists IP:127.0.0.1 */
+    struct transport *t =
+        open_t(env("ORCH_TEST_ADDR_URL"), env("ORCH_TEST_CA"), "orch_ag_addr", 10000);
+    struct transport_reply r;
+    int rc = transport_request(t, "GET", "/echo", NULL, &r);
+    transport_free(t);
+    WT_ASSERT(rc == 0 && r.status == 200, "%d %ld %s", rc, r.status, r.error);
+    const char *auth =
+        json_string_value(json_object_get(json_object_get(r.body, "headers"), "authorization"));
+    WT_ASSERT(auth && strcmp(auth, "Bearer orch_ag_addr") == 0, "authorization %s", auth);
+    json_decref(r.body);
+
+    /* The same CA, a certificate without that address: refused, nothing sent. */
+    t = open_t(env("ORCH_TEST_WRONGADDR_URL"), env("ORCH_TEST_CA"), "orch_ag_secret", 10000);
+    rc = transport_request(t, "GET", "/echo?by-address", NULL, &r);
+    transport_free(t);
+    WT_ASSERT(rc == -EPROTO, "rc %d status %ld: %s", rc, r.status, r.error);
+    WT_ASSERT(strstr(r.error, "does not name 127.0.0.1"), "%s", r.error);
+    size_t n, with;
+    count_seen("wrongname", "/echo?by-address", "authorization", &n, &with);
+    WT_ASSERT(with == 0, "the server saw the credential (%zu of %zu requests)", with, n);
+}
+
 WTEST(transport, a_problem_gives_its_detail)
 {
     struct transport *t = open_t(env("ORCH_TEST_URL"), env("ORCH_TEST_CA"), "orch_ag_x", 10000);

@@ -7,6 +7,8 @@ reaches it whichever address the resolver gives first):
   good       DIR/good/server.pem    (signed by DIR/good/ca.pem, the CA the test pins)
   other      DIR/other/server.pem   (signed by another CA)
   wrongname  DIR/wrongname.pem      (signed by the pinned CA, for a name that is not localhost)
+  addr       as good, for the test reached by address (wine pools connections process-wide
+             by host and port, so it gets a port of its own)
 When they listen it prints one JSON line, {"good": PORT, ...}, and serves until stdin closes.
 
 Every server records each request it reads (server, method, path, headers, connection number)
@@ -171,6 +173,7 @@ def main():
     ports = {}
     for name, cert, key in (
         ("good", f"{d}/good/server.pem", f"{d}/good/server.key"),
+        ("addr", f"{d}/good/server.pem", f"{d}/good/server.key"),
         ("other", f"{d}/other/server.pem", f"{d}/other/server.key"),
         ("wrongname", f"{d}/wrongname.pem", f"{d}/wrongname.key"),
     ):
