@@ -177,9 +177,7 @@ msiexec_ok() {
     fail "msiexec $action ${msi##*/} failed (exit code $rc, 8 bits of it): $why"
 }
 
-# localhost, not 127.0.0.1: wine's WinHTTP checks the certificate's DNS names only, not its
-# IP addresses (Windows checks both); the certificate has both (tools/gen-certs.sh).
-msiexec_ok /i "$msi1" install "SERVERURL=https://localhost:$port" "TOKEN=$etok" \
+msiexec_ok /i "$msi1" install "SERVERURL=$base" "TOKEN=$etok" \
     "CAFILE=$(winpath "$ca")" NAME=wine-agent LABELS=test=msi
 [ -f "$progfiles/orch-agent.exe" ] || fail "no orch-agent.exe in Program Files"
 orch_wait_for 30 service_running || fail "the OrchAgent service is not running: $(wine sc query OrchAgent)"
@@ -284,7 +282,7 @@ left=$(wine reg query 'HKLM\SOFTWARE\Orch\Agent' /reg:64 2>/dev/null | grep -a R
 step "msiexec /x removes service, files, values"
 
 # --- reinstall: the state kept in ProgramData makes it the same agent -------------------
-msiexec_ok /i "$msi2" reinstall "SERVERURL=https://localhost:$port" "CAFILE=$(winpath "$ca")" \
+msiexec_ok /i "$msi2" reinstall "SERVERURL=$base" "CAFILE=$(winpath "$ca")" \
     NAME=wine-agent LABELS=test=msi
 orch_wait_for 30 service_running || fail "the service is not running after the reinstall"
 grep -q "$agent_id" "$programdata/agent.json" || fail "the reinstall is not the same agent"
