@@ -64,7 +64,9 @@ wixl --arch x64 -D "Version=$version" -o "$msi.tmp" "$stage/orch-agent.wxs"
 
 # What wixl 0.101 has no element for, set in the tables it wrote:
 # - a condition on each registry component, so that a value is written only when its
-#   property was given (WiX's Component/Condition, which wixl does not know);
+#   property was given (WiX's Component/Condition, which wixl does not know); or when
+#   the product is removed, since a component whose condition is false then is left
+#   installed, its value behind;
 # - the properties the install's server side may take from the command line
 #   (WiX's Property/@Secure);
 # - the log line of WriteRegistryValues without the value's data (ActionText), so that
@@ -74,7 +76,7 @@ wixl --arch x64 -D "Version=$version" -o "$msi.tmp" "$stage/orch-agent.wxs"
 #   lets every user read: the token waits there for the service's first start.
 sql() { msibuild "$msi.tmp" -q "$1"; }
 for pair in ServerUrl:SERVERURL Token:TOKEN CaFile:CAFILE Name:NAME Labels:LABELS; do
-    sql "UPDATE \`Component\` SET \`Condition\` = '${pair#*:}' WHERE \`Component\` = 'Reg${pair%:*}'"
+    sql "UPDATE \`Component\` SET \`Condition\` = '${pair#*:} OR REMOVE~=\"ALL\"' WHERE \`Component\` = 'Reg${pair%:*}'"
 done
 sql "UPDATE \`Property\` SET \`Value\` = 'WIX_DOWNGRADE_DETECTED;WIX_UPGRADE_DETECTED;SERVERURL;TOKEN;CAFILE;NAME;LABELS' WHERE \`Property\` = 'SecureCustomProperties'"
 printf 'Action\tDescription\tTemplate\ns72\tL0\tL0\nActionText\tAction\nWriteRegistryValues\tWriting system registry values\tKey: [1], Name: [2]\n' \
@@ -90,7 +92,7 @@ msibuild "$msi.tmp" -i "$stage/ActionText.idt"
 msibuild "$msi.tmp" -i "$stage/MsiLockPermissionsEx.idt"
 
 # Check that the edits took: a silent no-op would write empty values or log the token.
-[[ $(msiinfo export "$msi.tmp" Component) == *$'\tTOKEN\t'* ]] || die "the component conditions were not set"
+[[ $(msiinfo export "$msi.tmp" Component) == *$'\tTOKEN OR REMOVE~="ALL"\t'* ]] || die "the component conditions were not set"
 [[ $(msiinfo export "$msi.tmp" ActionText) == *$'Name: [2]\r'* ]] || die "the ActionText table was not set"
 [[ $(msiinfo export "$msi.tmp" MsiLockPermissionsEx) == *RegEnrollmentTokenValue* ]] ||
     die "the MsiLockPermissionsEx table was not set"
