@@ -909,6 +909,13 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
         goto out;
     }
     *exit_code = er.exit_code;
+    if (er.exit_code < -1 || er.exit_code > PROTO_EXIT_CODE_MAX) {
+        /* Windows: 32 bits (an NTSTATUS such as 0xC0000005 negative as an int), which the
+         * wire does not carry: a failure all the same, the whole code in the job's output. */
+        daemon_job_note(s, "orch-agent: the job exited with code %d (0x%08X), reported as %d",
+                        er.exit_code, (unsigned)er.exit_code, PROTO_EXIT_CODE_MAX);
+        *exit_code = PROTO_EXIT_CODE_MAX;
+    }
     *flags |= ((uint32_t)er.term_signal & PROTO_RES_SIGNAL_MASK) << PROTO_RES_SIGNAL_SHIFT;
     if (er.timed_out)
         *flags |= PROTO_RES_TIMED_OUT;

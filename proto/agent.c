@@ -130,7 +130,7 @@ static const struct jsonv_field logs_answer_fields[] = {
 
 static const struct jsonv_field result_fields[] = {
     {"epoch", JSONV_INT, JSONV_REQUIRED, 1, INT64_MAX},
-    {"exit_code", JSONV_INT, JSONV_NULLABLE, -1, 255},
+    {"exit_code", JSONV_INT, JSONV_NULLABLE, -1, PROTO_EXIT_CODE_MAX},
     {"signal", JSONV_INT, 0, 0, PROTO_SIGNAL_MAX},
     {"timed_out", JSONV_BOOL, 0, 0, 0},
     {"cancelled", JSONV_BOOL, 0, 0, 0},

@@ -86,6 +86,7 @@ int proto_agent_path(char *out, size_t len, const char *pattern, const char *id)
 #define PROTO_RESULT_MAX        (1024 * 1024) /* a result's `result`, compact JSON bytes */
 #define PROTO_ERROR_MAX         4096          /* a result's `error` */
 #define PROTO_SIGNAL_MAX        128
+#define PROTO_EXIT_CODE_MAX     255 /* exit_code's bound, a POSIX exit status's */
 #define PROTO_SYNC_MAX_REPORTS  512
 #define PROTO_SYNC_MAX_WAIT_S   60
 #define PROTO_LEASE_MAX_S       86400
