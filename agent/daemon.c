@@ -1904,9 +1904,11 @@ static int daemon_probe_exec(struct daemon *d)
         return EXIT_FAIL;
     }
     bool subreaper = exec_subreaper_enable() == 0;
+    /* switched: the probe ran under another identity than the agent's (POSIX: the job
+     * user; Windows: the restricted token). */
     log_info("op=isolation user=%s switched=%s pid_ns=%s cgroup=%s subreaper=%s "
              "no_new_privs=yes fds=stdio-only workdir=private",
-             d->job_user_name, d->switch_user ? "yes" : "no", er.isolated ? "yes" : "no",
+             d->job_user_name, er.user_switched ? "yes" : "no", er.isolated ? "yes" : "no",
              er.in_cgroup ? d->cgroup_parent : "none", subreaper ? "yes" : "no");
     return EXIT_OK;
 }

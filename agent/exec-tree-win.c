@@ -86,7 +86,7 @@ int exec_tree_probe(int pid, struct exec_tree *tree)
     HANDLE h = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, FALSE, (DWORD)pid);
     if (!h)
         return GetLastError() == ERROR_INVALID_PARAMETER ? -ESRCH : -exec_win_errno(GetLastError());
-    uint64_t ct;
+    uint64_t ct = 0;
     int r = process_ctime(h, &ct);
     CloseHandle(h);
     if (r < 0)
@@ -117,7 +117,7 @@ static void walk_add(struct tree_walk *w, DWORD pid, uint64_t want_ctime, bool e
             return;
     HANDLE h = OpenProcess(PROCESS_TERMINATE | PROCESS_QUERY_LIMITED_INFORMATION | SYNCHRONIZE,
                            FALSE, pid);
-    uint64_t ct;
+    uint64_t ct = 0;
     if (!h)
         return;
     if (process_ctime(h, &ct) < 0 || (exact ? ct != want_ctime : ct < want_ctime) ||

@@ -232,6 +232,16 @@ out=$(job_log "$id")
 [[ $out == hello* ]] || fail "job output '$out', not hello"
 step "cmd /c job: output, exit code 3"
 
+# Windows exit codes are 32 bits, the wire's 0..255: the agent reports 255 and says the
+# whole code in the job's stderr.
+id=$(api POST /api/v1/jobs "$token" '{"command":"cmd /c exit /b 300","max_attempts":1,"timeout_ms":60000}' |
+    json 'j["id"]')
+j=$(job_wait "$id" 60)
+[ "$(json 'j["exit_code"]' <<<"$j")" = 255 ] || fail "exit code $(json 'j["exit_code"]' <<<"$j"), not 255: $j"
+job_log "$id" stderr | grep -q 'exited with code 300 (0x0000012C), reported as 255' ||
+    fail "no note of the whole exit code in stderr: $(job_log "$id" stderr)"
+step "exit code 300 reported as 255, whole code in stderr"
+
 # A job whose process starts another (start /b) and outlives its 4 s timeout: the job
 # object ends both, the service reports a timeout.
 wine_pings() { wine wmic process get name 2>/dev/null | tr -d '\0\r' | grep -aci '^ping\.exe' || true; }
