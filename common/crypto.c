@@ -85,35 +85,37 @@ size_t base64url_encoded_len(size_t n)
     return n / 3 * 4 + tail[n % 3];
 }
 
-int base64url_encode(const void *data, size_t len, char *out, size_t outlen)
+/* The 4-for-3 encoding of both alphabets; pad: complete a short group with '=' (RFC 4648
+ * §4) or end it there (§5). out has room for the encoding and its NUL. */
+static size_t b64_encode_with(const char *alphabet, bool pad, const uint8_t *in, size_t len,
+                              char *out)
 {
-    const uint8_t *in = data;
-    size_t elen = base64url_encoded_len(len), o = 0, i;
+    size_t o = 0, i;
 
-    if (elen >= outlen || elen > INT_MAX)
-        return -ENOSPC;
     for (i = 0; i + 3 <= len; i += 3) {
         uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        out[o++] = b64url_alphabet[v >> 18 & 0x3f];
-        out[o++] = b64url_alphabet[v >> 12 & 0x3f];
-        out[o++] = b64url_alphabet[v >> 6 & 0x3f];
-        out[o++] = b64url_alphabet[v & 0x3f];
+        out[o++] = alphabet[v >> 18 & 0x3f];
+        out[o++] = alphabet[v >> 12 & 0x3f];
+        out[o++] = alphabet[v >> 6 & 0x3f];
+        out[o++] = alphabet[v & 0x3f];
     }
-    if (len - i == 1) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        out[o++] = b64url_alphabet[v >> 18 & 0x3f];
-        out[o++] = b64url_alphabet[v >> 12 & 0x3f];
-    } else if (len - i == 2) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
-        out[o++] = b64url_alphabet[v >> 18 & 0x3f];
-        out[o++] = b64url_alphabet[v >> 12 & 0x3f];
-        out[o++] = b64url_alphabet[v >> 6 & 0x3f];
+    if (len - i >= 1) {
+        uint32_t v = (uint32_t)in[i] << 16 | (len - i == 2 ? (uint32_t)in[i + 1] << 8 : 0);
+        out[o++] = alphabet[v >> 18 & 0x3f];
+        out[o++] = alphabet[v >> 12 & 0x3f];
+        if (len - i == 2)
+            out[o++] = alphabet[v >> 6 & 0x3f];
+        else if (pad)
+            out[o++] = '=';
+        if (pad)
+            out[o++] = '=';
     }
     out[o] = '\0';
-    return (int)o;
+    return o;
 }
 
-static int b64url_value(char c)
+/* The value of one digit of an alphabet whose last two digits are c62 and c63, or -1. */
+static int b64_value(char c, char c62, char c63)
 {
     if (c >= 'A' && c <= 'Z')
         return c - 'A';
@@ -121,11 +123,20 @@ static int b64url_value(char c)
         return c - 'a' + 26;
     if (c >= '0' && c <= '9')
         return c - '0' + 52;
-    if (c == '-')
+    if (c == c62)
         return 62;
-    if (c == '_')
+    if (c == c63)
         return 63;
     return -1;
+}
+
+int base64url_encode(const void *data, size_t len, char *out, size_t outlen)
+{
+    size_t elen = base64url_encoded_len(len);
+
+    if (elen >= outlen || elen > INT_MAX)
+        return -ENOSPC;
+    return (int)b64_encode_with(b64url_alphabet, false, data, len, out);
 }
 
 int base64url_decode(const char *s, size_t slen, uint8_t *out, size_t outlen)
@@ -151,7 +162,7 @@ int base64url_decode(const char *s, size_t slen, uint8_t *out, size_t outlen)
         return -ENOSPC;
 
     for (i = 0; i < n; i++) {
-        int c = b64url_value(s[i]);
+        int c = b64_value(s[i], '-', '_');
 
         if (c < 0)
             return -EINVAL;
@@ -184,45 +195,14 @@ size_t base64_decoded_max(size_t slen)
 
 int base64_encode(const void *data, size_t len, char *out, size_t outlen)
 {
-    const uint8_t *in = data;
-    size_t elen, o = 0, i;
+    size_t elen;
 
     if (len > (SIZE_MAX - 2) / 4 * 3)
         return -ENOSPC;
     elen = base64_encoded_len(len);
     if (elen >= outlen || elen > INT_MAX)
         return -ENOSPC;
-    for (i = 0; i + 3 <= len; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        out[o++] = b64_alphabet[v >> 18 & 0x3f];
-        out[o++] = b64_alphabet[v >> 12 & 0x3f];
-        out[o++] = b64_alphabet[v >> 6 & 0x3f];
-        out[o++] = b64_alphabet[v & 0x3f];
-    }
-    if (len - i >= 1) {
-        uint32_t v = (uint32_t)in[i] << 16 | (len - i == 2 ? (uint32_t)in[i + 1] << 8 : 0);
-        out[o++] = b64_alphabet[v >> 18 & 0x3f];
-        out[o++] = b64_alphabet[v >> 12 & 0x3f];
-        out[o++] = len - i == 2 ? b64_alphabet[v >> 6 & 0x3f] : '=';
-        out[o++] = '=';
-    }
-    out[o] = '\0';
-    return (int)o;
-}
-
-static int b64_value(char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
+    return (int)b64_encode_with(b64_alphabet, true, data, len, out);
 }
 
 int base64_decode(const char *s, size_t slen, uint8_t *out, size_t outlen)
@@ -245,7 +225,7 @@ int base64_decode(const char *s, size_t slen, uint8_t *out, size_t outlen)
         size_t k, m = n - i < 4 ? n - i : 4;
 
         for (k = 0; k < 4; k++) {
-            int c = k < m ? b64_value(s[i + k]) : 0;
+            int c = k < m ? b64_value(s[i + k], '+', '/') : 0;
 
             if (c < 0)
                 return -EINVAL;
