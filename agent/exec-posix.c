@@ -13,6 +13,7 @@
  * everything left in the namespace: nothing a job starts outlives it. The child's side of
  * all this, from fork to exec, is in exec-child.c. */
 #include "agent/exec.h"
+#include "agent/exec-impl.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -44,8 +45,7 @@
  * the process group (with no cgroup to find them) survive it, and we stop waiting for them. */
 #define ABANDON_MS      1000
 #define CGROUP_EMPTY_MS 2000 /* bound on waiting for a killed cgroup to empty before rmdir */
-#define JOB_ID_MAX      64
-#define MSG_ARG_MAX     200 /* a tenant's argv[0] or workdir is cut to this in messages */
+#define MSG_ARG_MAX     200  /* a tenant's argv[0] or workdir is cut to this in messages */
 #define DEFAULT_PATH    "/bin:/usr/bin" /* what execvpe() uses when PATH is unset */
 
 #ifndef CGROUP2_SUPER_MAGIC
@@ -79,11 +79,6 @@ struct job {
     struct exec_result res;
 };
 
-static uint64_t ms_to_ns(int64_t ms)
-{
-    return (uint64_t)ms * UINT64_C(1000000);
-}
-
 static void strv_free(char **v)
 {
     if (!v)
@@ -96,21 +91,6 @@ static void strv_free(char **v)
 static inline void strv_freep(char ***v)
 {
     strv_free(*v);
-}
-
-static bool job_id_valid(const char *id)
-{
-    size_t n = id ? strlen(id) : 0;
-
-    if (n == 0 || n > JOB_ID_MAX || strcmp(id, ".") == 0 || strcmp(id, "..") == 0)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = id[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
-            return false;
-    }
-    return true;
 }
 
 static const char *env_get(const char *const *env, const char *name)
@@ -365,7 +345,7 @@ static void job_cleanup_tree(struct job *j)
     job_signal(j, SIGKILL);
     if (!j->cg.path)
         return;
-    uint64_t until = clock_mono_ns() + ms_to_ns(CGROUP_EMPTY_MS);
+    uint64_t until = clock_mono_ns() + exec_ms_to_ns(CGROUP_EMPTY_MS);
     for (;;) {
         if (rmdir(j->cg.path) == 0 || errno != EBUSY)
             break;
@@ -451,23 +431,13 @@ static void job_read(struct job *j, int i)
         job_close_pipe(j, i);
 }
 
-static int ms_until(uint64_t now, uint64_t when, int cur)
-{
-    uint64_t ms;
-
-    if (when <= now)
-        return 0;
-    ms = (when - now + 999999) / 1000000;
-    return ms < (uint64_t)cur ? (int)ms : cur;
-}
-
 /* Drive the started job until its main process is reaped and its pipes are closed. */
 static void job_loop(struct job *j, atomic_bool *cancel)
 {
     const struct exec_spec *s = j->spec;
-    uint64_t grace = ms_to_ns(s->grace_ms ? s->grace_ms : EXEC_DEFAULT_GRACE_MS);
-    uint64_t drain = ms_to_ns(s->drain_ms ? s->drain_ms : EXEC_DEFAULT_DRAIN_MS);
-    uint64_t deadline = s->timeout_ms ? j->start_ns + ms_to_ns(s->timeout_ms) : 0;
+    uint64_t grace = exec_ms_to_ns(s->grace_ms ? s->grace_ms : EXEC_DEFAULT_GRACE_MS);
+    uint64_t drain = exec_ms_to_ns(s->drain_ms ? s->drain_ms : EXEC_DEFAULT_DRAIN_MS);
+    uint64_t deadline = s->timeout_ms ? j->start_ns + exec_ms_to_ns(s->timeout_ms) : 0;
 
     for (;;) {
         job_reap(j, false);
@@ -484,7 +454,7 @@ static void job_loop(struct job *j, atomic_bool *cancel)
                 j->res.timed_out = true;
                 job_terminate(j, now, "timeout");
             } else if (deadline) {
-                timeout = ms_until(now, deadline, timeout);
+                timeout = exec_ms_until(now, deadline, timeout);
             }
         }
         if (j->kill_stage == KILL_TERM) {
@@ -493,7 +463,7 @@ static void job_loop(struct job *j, atomic_bool *cancel)
                 job_signal(j, SIGKILL);
                 j->kill_stage = KILL_KILL;
             } else {
-                timeout = ms_until(now, j->term_ns + grace, timeout);
+                timeout = exec_ms_until(now, j->term_ns + grace, timeout);
             }
         }
         if (j->reaped) {
@@ -504,17 +474,18 @@ static void job_loop(struct job *j, atomic_bool *cancel)
                 j->stragglers_killed = true;
                 j->stragglers_ns = now;
             }
-            if (j->stragglers_killed && now >= j->stragglers_ns + ms_to_ns(ABANDON_MS)) {
+            if (j->stragglers_killed && now >= j->stragglers_ns + exec_ms_to_ns(ABANDON_MS)) {
                 log_warn("op=exec_abandon_pipes job=%s pid=%d", s->job_id, (int)j->pid);
                 j->res.abandoned_pipes = true;
                 job_close_pipe(j, 0);
                 job_close_pipe(j, 1);
                 continue;
             }
-            timeout = ms_until(now,
-                               j->stragglers_killed ? j->stragglers_ns + ms_to_ns(ABANDON_MS)
-                                                    : j->reaped_ns + drain,
-                               timeout);
+            timeout =
+                exec_ms_until(now,
+                              j->stragglers_killed ? j->stragglers_ns + exec_ms_to_ns(ABANDON_MS)
+                                                   : j->reaped_ns + drain,
+                              timeout);
         }
 
         struct pollfd pfd[3];
@@ -605,10 +576,7 @@ static int exec_posix_run(const struct exec_spec *spec, const struct exec_sink *
     int r;
 
     j.cg = (struct cgroup){NULL, -1, -1, -1};
-    if (!spec || !ret || !spec->argv || !spec->argv[0] || !spec->argv[0][0] ||
-        !job_id_valid(spec->job_id) || spec->timeout_ms < 0 || spec->grace_ms < 0 ||
-        spec->drain_ms < 0 || spec->timeout_ms > EXEC_MAX_MS || spec->grace_ms > EXEC_MAX_MS ||
-        spec->drain_ms > EXEC_MAX_MS || spec->max_output_chunk > EXEC_MAX_CHUNK)
+    if (!ret || !exec_spec_valid(spec))
         return -EINVAL;
     const char *const *env = spec->env ? spec->env : empty_env;
 

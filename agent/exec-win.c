@@ -42,6 +42,7 @@
  * most max_output_chunk bytes, in order per stream.
  */
 #include "agent/exec.h"
+#include "agent/exec-impl.h"
 #include "agent/exec-win.h"
 
 #include <errno.h>
@@ -59,10 +60,9 @@
 #define TICK_MS        100 /* the promised latency for cancel and timeout */
 #define ABANDON_MS     1000
 #define JOB_EMPTY_MS   5000 /* bound on waiting for a terminated job object to empty */
-#define JOB_ID_MAX     64
 #define MSG_ARG_MAX    200
 #define PIPE_BUF_BYTES (64 * 1024)
-#define JOB_NAME_MAX   (sizeof(EXEC_WIN_JOB_PREFIX) + JOB_ID_MAX + 32) /* ".<pid>.<n>" */
+#define JOB_NAME_MAX   (sizeof(EXEC_WIN_JOB_PREFIX) + EXEC_JOB_ID_MAX + 32) /* ".<pid>.<n>" */
 
 struct pipe_rd {
     HANDLE h;
@@ -87,11 +87,6 @@ struct job {
     struct exec_result res;
 };
 
-static uint64_t ms_to_ns(int64_t ms)
-{
-    return (uint64_t)ms * UINT64_C(1000000);
-}
-
 int exec_win_errno(DWORD e)
 {
     switch (e) {
@@ -114,21 +109,6 @@ int exec_win_errno(DWORD e)
     default:
         return EIO;
     }
-}
-
-static bool job_id_valid(const char *id)
-{
-    size_t n = id ? strlen(id) : 0;
-
-    if (n == 0 || n > JOB_ID_MAX || strcmp(id, ".") == 0 || strcmp(id, "..") == 0)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = id[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
-            return false;
-    }
-    return true;
 }
 
 /* UTF-16 (len units, or -1: NUL-terminated) to a malloc'd UTF-8 string, or NULL. */
@@ -303,22 +283,12 @@ static void job_reap(struct job *j)
     j->reaped_ns = clock_mono_ns();
 }
 
-static int ms_until(uint64_t now, uint64_t when, int cur)
-{
-    uint64_t ms;
-
-    if (when <= now)
-        return 0;
-    ms = (when - now + 999999) / 1000000;
-    return ms < (uint64_t)cur ? (int)ms : cur;
-}
-
 /* Drive the started job until its main process has exited and its pipes are closed. */
 static void job_loop(struct job *j, atomic_bool *cancel)
 {
     const struct exec_spec *s = j->spec;
-    uint64_t drain = ms_to_ns(s->drain_ms ? s->drain_ms : EXEC_DEFAULT_DRAIN_MS);
-    uint64_t deadline = s->timeout_ms ? j->start_ns + ms_to_ns(s->timeout_ms) : 0;
+    uint64_t drain = exec_ms_to_ns(s->drain_ms ? s->drain_ms : EXEC_DEFAULT_DRAIN_MS);
+    uint64_t deadline = s->timeout_ms ? j->start_ns + exec_ms_to_ns(s->timeout_ms) : 0;
 
     pipe_arm(j, 0);
     pipe_arm(j, 1);
@@ -337,7 +307,7 @@ static void job_loop(struct job *j, atomic_bool *cancel)
                 j->res.timed_out = true;
                 job_terminate(j, "timeout");
             } else if (deadline) {
-                timeout = ms_until(now, deadline, timeout);
+                timeout = exec_ms_until(now, deadline, timeout);
             }
         }
         if (j->reaped) {
@@ -349,7 +319,7 @@ static void job_loop(struct job *j, atomic_bool *cancel)
                 j->stragglers_killed = true;
                 j->stragglers_ns = now;
             }
-            if (j->stragglers_killed && now >= j->stragglers_ns + ms_to_ns(ABANDON_MS)) {
+            if (j->stragglers_killed && now >= j->stragglers_ns + exec_ms_to_ns(ABANDON_MS)) {
                 /* Only a process outside the job can hold them now: one the job gave a
                  * duplicate of its handle to. */
                 log_warn("op=exec_abandon_pipes job=%s pid=%lu", s->job_id, (unsigned long)j->pid);
@@ -358,10 +328,11 @@ static void job_loop(struct job *j, atomic_bool *cancel)
                 pipe_close(&j->p[1]);
                 continue;
             }
-            timeout = ms_until(now,
-                               j->stragglers_killed ? j->stragglers_ns + ms_to_ns(ABANDON_MS)
-                                                    : j->reaped_ns + drain,
-                               timeout);
+            timeout =
+                exec_ms_until(now,
+                              j->stragglers_killed ? j->stragglers_ns + exec_ms_to_ns(ABANDON_MS)
+                                                   : j->reaped_ns + drain,
+                              timeout);
         }
 
         HANDLE h[3];
@@ -506,10 +477,7 @@ static int exec_win_run(const struct exec_spec *spec, const struct exec_sink *si
     _cleanup_free_ wchar_t *in_path = NULL, *argv0 = NULL;
     int r;
 
-    if (!spec || !ret || !spec->argv || !spec->argv[0] || !spec->argv[0][0] ||
-        !job_id_valid(spec->job_id) || spec->timeout_ms < 0 || spec->grace_ms < 0 ||
-        spec->drain_ms < 0 || spec->timeout_ms > EXEC_MAX_MS || spec->grace_ms > EXEC_MAX_MS ||
-        spec->drain_ms > EXEC_MAX_MS || spec->max_output_chunk > EXEC_MAX_CHUNK)
+    if (!ret || !exec_spec_valid(spec))
         return -EINVAL;
     j.chunk_len = spec->max_output_chunk ? spec->max_output_chunk : EXEC_DEFAULT_CHUNK;
     for (int i = 0; i < 2; i++) {
