@@ -15,7 +15,7 @@ ORCH_APT_PACKAGES=(
     libcriterion-dev libcurl4-openssl-dev python3-yaml wrk clang-format
     postgresql postgresql-contrib rabbitmq-server
     curl procps iproute2
-    debhelper dpkg-dev fakeroot lintian
+    debhelper dpkg-dev fakeroot lintian debootstrap
 )
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -106,8 +106,10 @@ orch_build() {
 # The Windows agent (orch-agent.exe): cross-compiled with mingw-w64 (the -posix compilers:
 # winpthreads), its unit tests run under wine, jansson built from Debian's source package
 # by tools/win-deps.sh (which needs cmake and dpkg-dev's dpkg-source).
+# wine: /usr/bin/wine and wineserver (wine64 alone, without its recommends, has neither);
+# wixl and msitools (msibuild, msiinfo): the .msi (packaging/msi/build.sh).
 ORCH_APT_PACKAGES_WIN=(
-    gcc-mingw-w64-x86-64-posix mingw-w64-tools wine64 cmake dpkg-dev
+    gcc-mingw-w64-x86-64-posix mingw-w64-tools wine64 wine cmake dpkg-dev wixl msitools
 )
 
 # Install the Windows toolchain when missing (ORCH_SKIP_APT=1 skips this), then jansson for

@@ -200,6 +200,9 @@ if [ $packaging = 1 ]; then
         status=1
     fi
     rm -rf "$debs"
+    # The .msi needs the Windows toolchain, wixl and msitools (the windows stage installs
+    # them; without it, here).
+    [[ " $all_suites " == *" windows "* ]] || orch_win_deps
     packaging_test tests/packaging/test-msi.sh
 fi
 
