@@ -14,7 +14,7 @@ ORCH_APT_PACKAGES=(
     libevent-dev libssl-dev libpq-dev librabbitmq-dev libjwt-dev libjansson-dev
     libcriterion-dev libcurl4-openssl-dev python3-yaml wrk clang-format
     postgresql postgresql-contrib rabbitmq-server
-    curl procps iproute2
+    curl procps iproute2 tzdata
     debhelper dpkg-dev fakeroot lintian debootstrap
 )
 

@@ -166,6 +166,18 @@ Test(cron_tz, agrees_with_glibc_southern_and_odd)
     compare_with_glibc("Pacific/Chatham");
 }
 
+/* Footers that stretch the POSIX rule: a negative time (Nuuk "/-1"), a time past 24h
+ * (Jerusalem "/26"), DST in winter (Dublin's negative DST: the rule "ends" before it
+ * "starts" in each year), a two-hour change (Troll), southern rules (Santiago). */
+Test(cron_tz, agrees_with_glibc_unusual_footers)
+{
+    compare_with_glibc("America/Nuuk");
+    compare_with_glibc("Asia/Jerusalem");
+    compare_with_glibc("Europe/Dublin");
+    compare_with_glibc("Antarctica/Troll");
+    compare_with_glibc("America/Santiago");
+}
+
 static void *get_many(void *arg)
 {
     static const char *const names[] = {"Europe/Paris", "Asia/Tokyo", "America/Chicago"};

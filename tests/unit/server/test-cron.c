@@ -105,7 +105,11 @@ Test(cron, parses_shortcuts)
     };
     for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
         struct cron a = parse_ok(pairs[i][0]), b = parse_ok(pairs[i][1]);
-        cr_expect(memcmp(&a, &b, sizeof(a)) == 0, "%s", pairs[i][0]);
+        /* Field by field: padding bytes are not part of the value. */
+        cr_expect(a.minute == b.minute && a.hour == b.hour && a.mday == b.mday &&
+                      a.month == b.month && a.wday == b.wday && a.mday_star == b.mday_star &&
+                      a.wday_star == b.wday_star,
+                  "%s", pairs[i][0]);
     }
 }
 
