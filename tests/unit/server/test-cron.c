@@ -219,6 +219,8 @@ Test(cron, berlin_spring_forward)
     /* A gap firing and a firing at the end of the gap are one firing. */
     check_next("30 2,3 * * *", "Europe/Berlin", "2026-03-29T00:00:00Z", 2, "2026-03-29T01:00:00Z",
                "2026-03-29T01:30:00Z");
+    check_next("*/10 2 * * *", "Europe/Berlin", "2026-03-28T23:00:00Z", 2, "2026-03-29T01:00:00Z",
+               "2026-03-30T00:00:00Z");
     check_next("0,30 2-3 * * *", "Europe/Berlin", "2026-03-29T00:00:00Z", 3, "2026-03-29T01:00:00Z",
                "2026-03-29T01:30:00Z", "2026-03-30T00:00:00Z");
 }
@@ -288,6 +290,16 @@ Test(cron, sydney_southern_hemisphere)
                "2026-04-05T16:30:00Z");
     /* Summer in January: 09:00 AEDT is 22:00Z the day before. */
     check_next("0 9 * * *", "Australia/Sydney", "2027-01-10T00:00:00Z", 1, "2027-01-10T22:00:00Z");
+}
+
+Test(cron, a_skipped_day_fires_once_after_it)
+{
+    /* Samoa skipped 30 December 2011: 23:59:59 on the 29th (-10) was followed by 00:00 on
+     * the 31st (+14), at 10:00Z. */
+    check_next("0 12 * * *", "Pacific/Apia", "2011-12-29T00:00:00Z", 3, "2011-12-29T22:00:00Z",
+               "2011-12-30T10:00:00Z", "2011-12-30T22:00:00Z");
+    check_next("0 * * * *", "Pacific/Apia", "2011-12-30T08:30:00Z", 3, "2011-12-30T09:00:00Z",
+               "2011-12-30T10:00:00Z", "2011-12-30T11:00:00Z");
 }
 
 Test(cron, year_2100_uses_the_footer_rule)
