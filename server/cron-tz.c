@@ -20,6 +20,8 @@
 #define TZIF_MAX_SIZE (512 * 1024) /* the largest Debian zone file is under 4 KiB */
 #define OFFSET_MAX    (26 * 3600)  /* RFC 8536: |utoff| <= 25:59:59 */
 #define POSIX_TZ_MAX  128
+#define YEAR1_UTC     INT64_C(-62135596800) /* 0001-01-01T00:00:00Z */
+#define YEAR9999_UTC  INT64_C(253402300799) /* 9999-12-31T23:59:59Z */
 
 /* A POSIX TZ rule date: Jn (1-365, no 29 Feb), n (0-365) or Mm.w.d. */
 struct rule_date {
@@ -264,7 +266,10 @@ static void footer_span(const struct cron_tz *z, int64_t utc, int64_t lo, int32_
     }
     int64_t at[6];
     int32_t to[6];
-    int n = footer_transitions(f, year_of(utc), at, to);
+    /* Clamped to years 1-9999 so the calendar arithmetic cannot overflow; past the ends the
+     * nearest year's rule holds. */
+    int64_t y = year_of(utc < YEAR1_UTC ? YEAR1_UTC : utc > YEAR9999_UTC ? YEAR9999_UTC : utc);
+    int n = footer_transitions(f, y, at, to);
     if (lo == INT64_MIN) /* the rule repeats yearly: before the first, the last is in force */
         *off = *prev_off = to[n - 1];
     for (int i = 0; i < n; i++) {

@@ -96,6 +96,16 @@ Test(cron_tz, spans_around_a_change)
     cr_expect_eq(prev, 3600);
 }
 
+Test(cron_tz, any_instant_has_an_offset)
+{
+    /* The ends of int64: no overflow (UBSan checks), the rule of the nearest year. */
+    const struct cron_tz *z = get("Europe/Berlin");
+    cr_expect_eq(cron_tz_offset(z, INT64_MAX), 3600);
+    cr_expect_eq(cron_tz_offset(z, INT64_MIN), cron_tz_offset(z, ts("1800-01-01T00:00:00Z")));
+    /* Southern: the last change of a year starts DST. */
+    cr_expect_eq(cron_tz_offset(get("Pacific/Chatham"), INT64_MAX), 13 * 3600 + 45 * 60);
+}
+
 Test(cron_tz, from_local_in_gaps_and_repeats)
 {
     const struct cron_tz *z = get("Europe/Berlin");
