@@ -1,6 +1,7 @@
 /* fuzz-api.c: libFuzzer target for what a request's bytes reach before any handler runs:
  * URI parsing and route matching, query strings, JSON bodies (bounded parse and table
- * validation), bearer tokens (the JWT verification wrapper) and the key formats.
+ * validation), bearer tokens (the JWT verification wrapper), the key formats, and schedules'
+ * cron expressions with their next firings.
  *
  * The first input byte picks the surface; the rest is the data. Built with clang
  * (-Dfuzz=enabled), run for a bounded time by tools/test.sh. */
@@ -17,6 +18,7 @@
 #include "server/api.h"
 #include "server/auth-jwt.h"
 #include "server/auth-keys.h"
+#include "server/cron.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -47,7 +49,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    uint8_t which = data[0] % 4;
+    uint8_t which = data[0] % 5;
     const char *in = (const char *)data + 1;
     size_t len = size - 1;
     char *s = malloc(len + 1);
@@ -100,6 +102,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         authkey_parse(AUTHKEY_API, in, len, prefix, hash);
         authkey_parse(AUTHKEY_OPERATOR, in, len, prefix, hash);
         authkey_hash_matches("00", s);
+        break;
+    }
+    case 4: { /* a schedule's cron expression, and its next firings across DST changes */
+        struct cron c;
+        const struct cron_tz *z;
+        char err[256];
+        int64_t next[8];
+        if (cron_parse(s, &c, err, sizeof(err)) == 0 &&
+            cron_tz_get(len % 2 ? "Europe/Berlin" : "Australia/Lord_Howe", &z, err, sizeof(err)) ==
+                0)
+            cron_next_n(&c, z, 1774000000 + (int64_t)len * 86400 * 7, 8, next);
         break;
     }
     }
