@@ -235,7 +235,9 @@ Test(cron, berlin_fall_back)
                "2026-10-25T01:45:00Z");
     check_next("0 * * * *", "Europe/Berlin", "2026-10-24T23:30:00Z", 3, "2026-10-25T00:00:00Z",
                "2026-10-25T01:00:00Z", "2026-10-25T02:00:00Z");
-    /* Every 5 minutes in the 2 o'clock hour: only its first occurrence. */
+    /* Asked between the two occurrences: the repeat does not fire. */
+    check_next("30 2 * * *", "Europe/Berlin", "2026-10-25T00:45:00Z", 1, "2026-10-26T01:30:00Z");
+    /* Every 20 minutes in the 2 o'clock hour: only its first occurrence. */
     check_next("*/20 2 * * *", "Europe/Berlin", "2026-10-24T23:00:00Z", 4, "2026-10-25T00:00:00Z",
                "2026-10-25T00:20:00Z", "2026-10-25T00:40:00Z", "2026-10-26T01:00:00Z");
 }
