@@ -16,6 +16,7 @@
 #include "proto/agent.h"
 #include "server/api.h"
 #include "server/app.h"
+#include "server/metrics-orch.h"
 #include "server/gateway.h"
 
 /* The outcome of one report: 200 with an answer, or a problem. */
@@ -424,7 +425,6 @@ static int report_logs(struct app *app, const struct http_principal *p, struct s
 static int report_result(struct app *app, const struct http_principal *p, struct store_tx *tx,
                          const char *id, const struct proto_report *rep, struct outcome *o)
 {
-    (void)app;
     const struct proto_result *res_in = &rep->result;
     char epoch[24], code[16] = "";
     epoch_text(rep, epoch, sizeof(epoch));
@@ -467,6 +467,8 @@ static int report_result(struct app *app, const struct http_principal *p, struct
     }
     log_info("op=job.result job=%s epoch=%s agent=%s outcome=%s status=%s", id, epoch, p->subject,
              outcome, status);
+    if (ended && !repeat)
+        metrics_orch_finished(app->metrics, status);
     o->ended = ended;
     o->answer = json_pack("{s:s}", "status", status);
     return 0;

@@ -22,8 +22,10 @@ struct metrics_series {
     const struct metrics_family *f;
     char values[METRICS_MAX_LABELS][METRICS_LABEL_VALUE_MAX + 1];
     enum metrics_type type;
-    atomic_uint_fast64_t count; /* counters */
-    atomic_uint_fast64_t bits;  /* gauges: the value; histograms: the sum (double bits) */
+    atomic_uint_fast64_t count; /* counters: metrics_counter_add()'s */
+    /* gauges: the value; histograms: the sum; counters: metrics_counter_set()'s (double
+     * bits) */
+    atomic_uint_fast64_t bits;
     /* histograms: observations per bucket (not cumulative), the last one past every bound */
     atomic_uint_fast64_t buckets[METRICS_MAX_BUCKETS + 1];
 };
@@ -239,6 +241,12 @@ void metrics_counter_add(struct metrics_series *s, uint64_t n)
 {
     if (s->type == METRICS_COUNTER)
         atomic_fetch_add_explicit(&s->count, n, memory_order_relaxed);
+}
+
+void metrics_counter_set(struct metrics_series *s, double v)
+{
+    if (s->type == METRICS_COUNTER)
+        atomic_store_explicit(&s->bits, dbits(v), memory_order_relaxed);
 }
 
 void metrics_gauge_set(struct metrics_series *s, double v)

@@ -57,6 +57,9 @@ struct metrics_series *metrics_series(struct metrics_family *f, const char *cons
 /* Counters: add n. Gauges: set or add to v. Histograms: observe v. Each is a no-op on a
  * series of another type. */
 void metrics_counter_add(struct metrics_series *s, uint64_t n);
+/* Counters kept elsewhere (the kernel's CPU time): set the value, which the source keeps
+ * monotonic; it is added to what metrics_counter_add() counted. */
+void metrics_counter_set(struct metrics_series *s, double v);
 void metrics_gauge_set(struct metrics_series *s, double v);
 void metrics_gauge_add(struct metrics_series *s, double v);
 void metrics_observe(struct metrics_series *s, double v);
