@@ -27,6 +27,9 @@ struct outcome {
     char field[160]; /* "" = none */
     json_t *ext;     /* extra problem members (owned) or NULL */
     bool ended;      /* a result ended the attempt: a slot is free */
+    /* The job's final status when this report finished it (not a repeat): counted in the
+     * metrics once the transaction has committed. "" = none. */
+    char finished[16];
 };
 
 static void outcome_problem(struct outcome *o, enum problem_kind kind, const char *detail,
@@ -425,6 +428,7 @@ static int report_logs(struct app *app, const struct http_principal *p, struct s
 static int report_result(struct app *app, const struct http_principal *p, struct store_tx *tx,
                          const char *id, const struct proto_report *rep, struct outcome *o)
 {
+    (void)app;
     const struct proto_result *res_in = &rep->result;
     char epoch[24], code[16] = "";
     epoch_text(rep, epoch, sizeof(epoch));
@@ -468,7 +472,7 @@ static int report_result(struct app *app, const struct http_principal *p, struct
     log_info("op=job.result job=%s epoch=%s agent=%s outcome=%s status=%s", id, epoch, p->subject,
              outcome, status);
     if (ended && !repeat)
-        metrics_orch_finished(app->metrics, status);
+        snprintf(o->finished, sizeof(o->finished), "%s", status);
     o->ended = ended;
     o->answer = json_pack("{s:s}", "status", status);
     return 0;
@@ -511,6 +515,8 @@ static void report_http(struct http_req *req, enum proto_report_kind kind, repor
         http_reply_error(req, r, what);
         return;
     }
+    if (o.finished[0])
+        metrics_orch_finished(app->metrics, o.finished);
     if (o.ended)
         gateway_kick_dispatch(app->gw); /* a slot is free */
     if (o.answer)
@@ -609,6 +615,7 @@ void api_agent_sync(struct http_req *req)
 
     /* Everything in one transaction: one commit for the whole exchange. */
     json_t *ans = json_object(), *outs = json_array();
+    json_t *finished = json_array(); /* final statuses, counted after the commit */
     char *assigned = NULL;
     bool ended = false;
     struct store_tx *tx = NULL;
@@ -629,6 +636,8 @@ void api_agent_sync(struct http_req *req)
         r = sync_report(app, p, tx, item, i, &o);
         if (r >= 0) {
             ended = ended || o.ended;
+            if (o.finished[0])
+                json_array_append_new(finished, json_string(o.finished));
             json_array_append_new(outs, outcome_json(&o));
         }
         json_decref(o.answer);
@@ -645,9 +654,17 @@ void api_agent_sync(struct http_req *req)
         free(assigned);
         json_decref(ans);
         json_decref(outs);
+        json_decref(finished);
         http_reply_error(req, r, "recording the agent's reports");
         return;
     }
+    size_t k;
+    json_t *st;
+    json_array_foreach(finished, k, st)
+    {
+        metrics_orch_finished(app->metrics, json_string_value(st));
+    }
+    json_decref(finished);
     json_object_set_new(ans, "reports", outs);
     if (ended)
         gateway_kick_dispatch(app->gw); /* a slot is free */
