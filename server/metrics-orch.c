@@ -24,6 +24,7 @@ struct metrics_orch {
     struct metrics_family *cpu, *rss, *vsz, *fds, *max_fds, *start_time;
     struct metrics_family *http_requests, *http_duration;
     struct metrics_family *submitted, *assigned, *finished, *submit_assign;
+    struct metrics_family *assign_start, *run_time, *heartbeats;
     struct metrics_family *queue_depth, *agents, *tenant_info, *db_up;
     struct metrics_family *pool_conns, *pool_max, *pool_waiting, *bus_connected;
 };
@@ -34,6 +35,10 @@ static const double http_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 /* Seconds: 1 ms to 10 minutes for a job's wait before its assignment. */
 static const double wait_buckets[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1,
                                       2,     5,     10,   30,   60,  300, 600};
+
+/* Seconds: 10 ms to 6 hours for a job's run. */
+static const double run_buckets[] = {0.01, 0.1, 0.5, 1,    5,    10,   30,
+                                     60,   300, 900, 1800, 3600, 7200, 21600};
 
 static const char *const agent_statuses[] = {"online", "offline", "draining", "disabled"};
 
@@ -89,6 +94,15 @@ int metrics_orch_new(struct metrics_orch **ret)
         {&m->submit_assign, METRICS_HISTOGRAM, "orch_job_submit_to_assign_seconds",
          "Time from a job's submission to its assignment by this node's dispatcher.", NULL, 1,
          wait_buckets, ELEMENTSOF(wait_buckets)},
+        {&m->assign_start, METRICS_HISTOGRAM, "orch_job_assign_to_start_seconds",
+         "Time from a job's assignment to its agent's first report that it started, as "
+         "received by this node.",
+         NULL, 1, wait_buckets, ELEMENTSOF(wait_buckets)},
+        {&m->run_time, METRICS_HISTOGRAM, "orch_job_run_seconds",
+         "Time from a job's start to its result, by final status, as received by this node.",
+         L("outcome"), 16, run_buckets, ELEMENTSOF(run_buckets)},
+        {&m->heartbeats, METRICS_COUNTER, "orch_agent_heartbeats_total",
+         "Agents' heartbeats received by this node.", NULL, 1, NULL, 0},
         {&m->queue_depth, METRICS_GAUGE, "orch_job_queue_depth",
          "Jobs waiting (queued), by tenant id and queue name (\"\" = no queue).",
          L("tenant_id", "queue"), tcap, NULL, 0},
@@ -163,10 +177,25 @@ void metrics_orch_assigned(struct metrics_orch *m, const char *tenant_id, double
         metrics_observe(metrics_series(m->submit_assign, NULL), wait_s);
 }
 
-void metrics_orch_finished(struct metrics_orch *m, const char *outcome)
+void metrics_orch_finished(struct metrics_orch *m, const char *outcome, double run_s)
+{
+    if (!m)
+        return;
+    metrics_inc(m->finished, L(outcome));
+    if (run_s >= 0)
+        metrics_observe(metrics_series(m->run_time, L(outcome)), run_s);
+}
+
+void metrics_orch_started(struct metrics_orch *m, double wait_s)
 {
     if (m)
-        metrics_inc(m->finished, L(outcome));
+        metrics_observe(metrics_series(m->assign_start, NULL), wait_s);
+}
+
+void metrics_orch_heartbeat(struct metrics_orch *m)
+{
+    if (m)
+        metrics_inc(m->heartbeats, NULL);
 }
 
 /* --- computed at scrape ------------------------------------------------------------------ */

@@ -36,8 +36,12 @@ void metrics_orch_submitted(struct metrics_orch *m, const char *tenant_id, const
 /* A job assigned to an agent, wait_s seconds after it was submitted (< 0: unknown). */
 void metrics_orch_assigned(struct metrics_orch *m, const char *tenant_id, double wait_s);
 /* A job finished with status outcome (succeeded, failed, cancelled, ...), as reported by
- * its agent. */
-void metrics_orch_finished(struct metrics_orch *m, const char *outcome);
+ * its agent, after running run_s seconds (< 0: unknown, never started). */
+void metrics_orch_finished(struct metrics_orch *m, const char *outcome, double run_s);
+/* A job's first start report, wait_s seconds after its assignment. */
+void metrics_orch_started(struct metrics_orch *m, double wait_s);
+/* An agent's heartbeat received. */
+void metrics_orch_heartbeat(struct metrics_orch *m);
 
 /* The operators' listener (metrics.address, metrics.port; metrics.port -1 = none): a
  * plain-HTTP server of its own with the one route GET /metrics, the limits and timeouts

@@ -201,6 +201,9 @@ Test(metrics, values_move_as_jobs_run)
                   (ok0 < 0 ? 0 : ok0) + 3,
               "%s", text);
     cr_assert(sample(text, "orch_agents{status=\"online\"}") >= 1, "%s", text);
+    cr_assert(sample(text, "orch_job_assign_to_start_seconds_count") >= 3, "%s", text);
+    cr_assert(sample(text, "orch_job_run_seconds_count{outcome=\"succeeded\"}") >= 3, "%s", text);
+    cr_assert(sample(text, "orch_agent_heartbeats_total") >= 1, "%s", text);
     char out[8192];
     int st = promtool_check(text, out, sizeof(out));
     cr_assert_eq(st, 0, "promtool check metrics failed (%d):\n%s", st, out);
