@@ -26,6 +26,7 @@ struct metrics_orch {
     struct metrics_family *submitted, *assigned, *finished, *submit_assign;
     struct metrics_family *assign_start, *run_time, *heartbeats;
     struct metrics_family *queue_depth, *agents, *tenant_info, *db_up;
+    struct metrics_family *quota_used, *quota_limit;
     struct metrics_family *pool_conns, *pool_max, *pool_waiting, *bus_connected;
 };
 
@@ -111,6 +112,13 @@ int metrics_orch_new(struct metrics_orch **ret)
         {&m->tenant_info, METRICS_GAUGE, "orch_tenant_info",
          "Always 1: a tenant's slug by its id, to join on tenant_id.", L("tenant_id", "tenant"),
          tcap, NULL, 0},
+        {&m->quota_used, METRICS_GAUGE, "orch_tenant_quota_used",
+         "A tenant's use of a quota resource (agents, concurrent_jobs, schedules, queues, "
+         "storage_bytes, api_calls_day).",
+         L("tenant_id", "resource"), 6 * tcap, NULL, 0},
+        {&m->quota_limit, METRICS_GAUGE, "orch_tenant_quota_limit",
+         "A tenant's quota of a resource (its override, else its tier's).",
+         L("tenant_id", "resource"), 6 * tcap, NULL, 0},
         {&m->db_up, METRICS_GAUGE, "orch_db_up",
          "1 when this scrape's queries to PostgreSQL succeeded, else 0.", NULL, 1, NULL, 0},
         {&m->pool_conns, METRICS_GAUGE, "orch_db_pool_connections",
@@ -279,10 +287,29 @@ static const struct store_stmt q_agents =
 static const struct store_stmt q_tenants =
     STORE_STMT("metrics_tenants", "SELECT id, slug FROM tenants ORDER BY slug LIMIT 1000", 0);
 
+/* Quotas and their use, from the views the tenants' API reads (tenant_quotas,
+ * tenant_usage), one row per tenant and resource. */
+static const struct store_stmt q_quotas = STORE_STMT(
+    "metrics_quotas",
+    "SELECT q.tenant_id, r.resource, r.used, r.lim"
+    "  FROM (SELECT * FROM tenant_quotas ORDER BY tenant_id LIMIT 1000) q"
+    "  JOIN tenant_usage u ON u.tenant_id = q.tenant_id"
+    "  CROSS JOIN LATERAL (VALUES"
+    "    ('agents', (u.doc->>'agents')::bigint, q.max_agents::bigint),"
+    "    ('concurrent_jobs', (u.doc->>'concurrent_jobs')::bigint, q.max_concurrent_jobs::bigint),"
+    "    ('schedules', (u.doc->>'schedules')::bigint, q.max_schedules::bigint),"
+    "    ('queues', (u.doc->>'queues')::bigint, q.max_queues::bigint),"
+    "    ('storage_bytes', (u.doc->>'storage_bytes')::bigint, q.max_storage_bytes::bigint),"
+    "    ('api_calls_day', (u.doc->>'api_calls_today')::bigint, q.max_api_calls_day::bigint)"
+    "  ) r(resource, used, lim)",
+    0);
+
 static int collect_db(struct metrics_orch *m, struct app *app)
 {
     metrics_family_clear(m->queue_depth);
     metrics_family_clear(m->tenant_info);
+    metrics_family_clear(m->quota_used);
+    metrics_family_clear(m->quota_limit);
     for (size_t i = 0; i < ELEMENTSOF(agent_statuses); i++)
         metrics_set(m->agents, L(agent_statuses[i]), 0);
     struct store_tx *tx = NULL;
@@ -309,6 +336,15 @@ static int collect_db(struct metrics_orch *m, struct app *app)
         r = store_tx_exec(tx, &q_tenants, NULL, &res);
     for (int i = 0; r >= 0 && i < PQntuples(res); i++)
         metrics_set(m->tenant_info, L(PQgetvalue(res, i, 0), PQgetvalue(res, i, 1)), 1);
+    PQclear(res);
+    res = NULL;
+    if (r >= 0)
+        r = store_tx_exec(tx, &q_quotas, NULL, &res);
+    for (int i = 0; r >= 0 && i < PQntuples(res); i++) {
+        const char *const l[] = {PQgetvalue(res, i, 0), PQgetvalue(res, i, 1)};
+        metrics_gauge_add(metrics_series(m->quota_used, l), strtod(PQgetvalue(res, i, 2), NULL));
+        metrics_gauge_add(metrics_series(m->quota_limit, l), strtod(PQgetvalue(res, i, 3), NULL));
+    }
     PQclear(res);
     if (tx)
         r = r >= 0 ? store_tx_commit(tx) : (store_tx_rollback(tx), r);

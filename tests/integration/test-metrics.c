@@ -125,6 +125,14 @@ Test(metrics, output_passes_promtool)
     snprintf(tinfo, sizeof(tinfo), "orch_tenant_info{tenant_id=\"%s\",tenant=\"metrics-co\"}",
              tenant);
     cr_assert(sample(text, tinfo) == 1, "%s", text);
+    /* The professional tier: 100 concurrent jobs, 50 agents (DESIGN.md). */
+    char quota[200];
+    snprintf(quota, sizeof(quota),
+             "orch_tenant_quota_limit{tenant_id=\"%s\",resource=\"concurrent_jobs\"}", tenant);
+    cr_assert(sample(text, quota) == 100, "%s", text);
+    snprintf(quota, sizeof(quota),
+             "orch_tenant_quota_used{tenant_id=\"%s\",resource=\"api_calls_day\"}", tenant);
+    cr_assert(sample(text, quota) >= 1, "%s", text);
     char out[8192];
     int st = promtool_check(text, out, sizeof(out));
     cr_assert_eq(st, 0, "promtool check metrics failed (%d):\n%s", st, out);
