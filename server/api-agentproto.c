@@ -16,6 +16,7 @@
 #include "proto/agent.h"
 #include "server/api.h"
 #include "server/app.h"
+#include "server/metrics-orch.h"
 #include "server/gateway.h"
 
 /* The outcome of one report: 200 with an answer, or a problem. */
@@ -26,7 +27,35 @@ struct outcome {
     char field[160]; /* "" = none */
     json_t *ext;     /* extra problem members (owned) or NULL */
     bool ended;      /* a result ended the attempt: a slot is free */
+    /* For the metrics, recorded once the transaction has committed (record_metrics()):
+     * the job's final status when this report finished it (not a repeat; "" = none) and
+     * its run time, and the wait from assignment to a first start report (< 0 = none). */
+    char finished[16];
+    double run_s;
+    double start_wait_s;
 };
+
+#define OUTCOME_INIT                                                                               \
+    {                                                                                              \
+        .run_s = -1, .start_wait_s = -1                                                            \
+    }
+
+/* What o says for the metrics, as JSON for a batch's outcomes (NULL = nothing). */
+static json_t *outcome_metrics(const struct outcome *o)
+{
+    if (!o->finished[0] && o->start_wait_s < 0)
+        return NULL;
+    return json_pack("{s:s, s:f, s:f}", "finished", o->finished, "run_s", o->run_s, "start_wait_s",
+                     o->start_wait_s);
+}
+
+static void record_metrics(struct app *app, const char *finished, double run_s, double start_wait_s)
+{
+    if (finished[0])
+        metrics_orch_finished(app->metrics, finished, run_s);
+    if (start_wait_s >= 0)
+        metrics_orch_started(app->metrics, start_wait_s);
+}
 
 static void outcome_problem(struct outcome *o, enum problem_kind kind, const char *detail,
                             const char *field)
@@ -184,6 +213,7 @@ static int heartbeat(struct app *app, const struct http_principal *p, struct sto
         running = none;
 
     int r = 0;
+    metrics_orch_heartbeat(app->metrics);
     if (!app->gw ||
         gateway_note_heartbeat(app->gw, p->subject, running, hb->has_load ? &hb->load : NULL)) {
         /* First heartbeat on this node: write it now so the dispatcher sees the agent. */
@@ -303,11 +333,16 @@ static const struct store_stmt q_started = STORE_STMT(
     "           WHERE id = $1 AND epoch = $2 AND agent_id = $3"
     "             AND status IN ('assigned', 'running') RETURNING id),"
     " a AS (UPDATE job_attempts SET status = 'running', started_at = coalesce(started_at, now())"
-    "        WHERE job_id = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM u) RETURNING id)"
+    "        WHERE job_id = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM u) RETURNING id),"
+    /* The statement's snapshot: the attempt as it was, not yet started on a first report. */
+    " s AS (SELECT assigned_at FROM job_attempts WHERE job_id = $1 AND epoch = $2"
+    "         AND started_at IS NULL)"
     " SELECT (SELECT count(*) FROM u),"
     "        (SELECT count(*) FROM (SELECT 1 FROM job_attempts"
     "                                WHERE job_id = $1 AND agent_id = $3 LIMIT 1) h),"
-    "        (SELECT count(*) FROM a)",
+    "        (SELECT count(*) FROM a),"
+    "        (SELECT extract(epoch FROM clock_timestamp() - assigned_at) FROM s"
+    "          WHERE EXISTS (SELECT 1 FROM a))",
     4);
 
 /* One chunk through job_log_append() (sql/0009_job_logs.sql): contiguous, idempotent for an
@@ -331,7 +366,9 @@ static const struct store_stmt q_result = STORE_STMT(
     "       EXISTS (SELECT 1 FROM job_attempts WHERE job_id = $1 AND epoch = $2"
     "                 AND agent_id = $3 AND finished_at IS NOT NULL AND status <> 'lost'),"
     "       coalesce(e.status, (SELECT status FROM jobs WHERE id = $1 AND EXISTS ("
-    "           SELECT 1 FROM job_attempts WHERE job_id = $1 AND agent_id = $3)))"
+    "           SELECT 1 FROM job_attempts WHERE job_id = $1 AND agent_id = $3))),"
+    "       (SELECT extract(epoch FROM clock_timestamp() - started_at) FROM job_attempts"
+    "         WHERE job_id = $1 AND epoch = $2 AND agent_id = $3)"
     "  FROM e",
     7);
 
@@ -368,6 +405,8 @@ static int report_started(struct app *app, const struct http_principal *p, struc
     int r = store_tx_exec(tx, &q_started, pp, &res);
     if (r < 0)
         return r;
+    if (r == 1 && !PQgetisnull(res, 0, 3))
+        o->start_wait_s = strtod(PQgetvalue(res, 0, 3), NULL);
     ours_or_not(res, o, json_pack("{s:s}", "status", "running"));
     return 0;
 }
@@ -458,6 +497,7 @@ static int report_result(struct app *app, const struct http_principal *p, struct
     }
     bool ended = !PQgetisnull(res, 0, 0);
     bool repeat = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+    double run_s = PQgetisnull(res, 0, 3) ? -1 : strtod(PQgetvalue(res, 0, 3), NULL);
     char status[16];
     snprintf(status, sizeof(status), "%s", PQgetvalue(res, 0, 2));
     PQclear(res);
@@ -467,6 +507,10 @@ static int report_result(struct app *app, const struct http_principal *p, struct
     }
     log_info("op=job.result job=%s epoch=%s agent=%s outcome=%s status=%s", id, epoch, p->subject,
              outcome, status);
+    if (ended && !repeat) {
+        snprintf(o->finished, sizeof(o->finished), "%s", status);
+        o->run_s = run_s;
+    }
     o->ended = ended;
     o->answer = json_pack("{s:s}", "status", status);
     return 0;
@@ -495,7 +539,7 @@ static void report_http(struct http_req *req, enum proto_report_kind kind, repor
         return;
     struct app *app = http_req_app(req);
     const struct http_principal *p = http_req_principal(req);
-    struct outcome o = {0};
+    struct outcome o = OUTCOME_INIT;
     struct store_tx *tx = NULL;
     r = store_tx_begin(app->store, app_agent_scope(p), 0, &tx);
     if (r >= 0) {
@@ -509,6 +553,7 @@ static void report_http(struct http_req *req, enum proto_report_kind kind, repor
         http_reply_error(req, r, what);
         return;
     }
+    record_metrics(app, o.finished, o.run_s, o.start_wait_s);
     if (o.ended)
         gateway_kick_dispatch(app->gw); /* a slot is free */
     if (o.answer)
@@ -607,6 +652,7 @@ void api_agent_sync(struct http_req *req)
 
     /* Everything in one transaction: one commit for the whole exchange. */
     json_t *ans = json_object(), *outs = json_array();
+    json_t *finished = json_array(); /* outcome_metrics(), recorded after the commit */
     char *assigned = NULL;
     bool ended = false;
     struct store_tx *tx = NULL;
@@ -623,10 +669,13 @@ void api_agent_sync(struct http_req *req)
     {
         if (r < 0)
             break;
-        struct outcome o = {0};
+        struct outcome o = OUTCOME_INIT;
         r = sync_report(app, p, tx, item, i, &o);
         if (r >= 0) {
             ended = ended || o.ended;
+            json_t *om = outcome_metrics(&o);
+            if (om)
+                json_array_append_new(finished, om);
             json_array_append_new(outs, outcome_json(&o));
         }
         json_decref(o.answer);
@@ -643,9 +692,19 @@ void api_agent_sync(struct http_req *req)
         free(assigned);
         json_decref(ans);
         json_decref(outs);
+        json_decref(finished);
         http_reply_error(req, r, "recording the agent's reports");
         return;
     }
+    size_t k;
+    json_t *st;
+    json_array_foreach(finished, k, st)
+    {
+        record_metrics(app, json_string_value(json_object_get(st, "finished")),
+                       json_real_value(json_object_get(st, "run_s")),
+                       json_real_value(json_object_get(st, "start_wait_s")));
+    }
+    json_decref(finished);
     json_object_set_new(ans, "reports", outs);
     if (ended)
         gateway_kick_dispatch(app->gw); /* a slot is free */

@@ -21,6 +21,7 @@
 #include "proto/version.h"
 #include "server/api.h"
 #include "server/app.h"
+#include "server/metrics-orch.h"
 #include "server/gateway.h"
 #include "server/bus.h"
 
@@ -346,7 +347,7 @@ static void submit(struct http_req *req, json_t *jobs, bool single)
         http_reply_error(req, r, "submitting jobs");
         return;
     }
-    json_t *ids = json_array(), *new_ids = json_array();
+    json_t *ids = json_array(), *new_ids = json_array(), *new_queues = json_array();
     bool any_created = false;
     json_array_foreach(jobs, i, job)
     {
@@ -360,6 +361,8 @@ static void submit(struct http_req *req, json_t *jobs, bool single)
         json_array_append_new(ids, json_string(id));
         if (created) {
             json_array_append_new(new_ids, json_string(id));
+            const char *queue = api_json_str(job, "queue");
+            json_array_append_new(new_queues, json_string(queue ? queue : ""));
             any_created = true;
         }
     }
@@ -388,6 +391,12 @@ static void submit(struct http_req *req, json_t *jobs, bool single)
             http_reply_error(req, r, "submitting jobs");
     } else if (api_commit(req, tx, "submitting jobs") == 0) {
         announce(req, tenant, new_ids);
+        size_t k;
+        json_t *q;
+        json_array_foreach(new_queues, k, q)
+        {
+            metrics_orch_submitted(app->metrics, tenant, json_string_value(q), 1);
+        }
         if (single) {
             if (!any_created)
                 http_reply_header(req, "Idempotent-Replayed", "true");
@@ -399,6 +408,7 @@ static void submit(struct http_req *req, json_t *jobs, bool single)
     json_decref(docs);
     json_decref(ids);
     json_decref(new_ids);
+    json_decref(new_queues);
 }
 
 void api_jobs_submit(struct http_req *req)

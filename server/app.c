@@ -1,5 +1,6 @@
 /* app.c: the application context and the API's authentication and admission hooks. */
 #include "server/app.h"
+#include "server/metrics-orch.h"
 
 #include "server/blobcache.h"
 
@@ -49,7 +50,8 @@ int app_open(struct app *app, const struct orchd_config *cfg, char *err, size_t 
     }
     app->rl = ratelimit_new();
     if (!app->rl || bus_new(cfg->amqp_url, &app->bus) < 0 ||
-        blobcache_new((size_t)cfg->packages_cache_bytes, &app->blobs) < 0) {
+        blobcache_new((size_t)cfg->packages_cache_bytes, &app->blobs) < 0 ||
+        metrics_orch_new(&app->metrics) < 0) {
         app_close(app);
         return -ENOMEM;
     }
@@ -63,6 +65,8 @@ void app_close(struct app *app)
     ratelimit_free(app->rl);
     bus_free(app->bus);
     blobcache_free(app->blobs);
+    metrics_orch_free(app->metrics);
+    app->metrics = NULL;
     app->blobs = NULL;
     app->bus = NULL;
     app->store = NULL;

@@ -11,6 +11,7 @@
 #include "server/http.h"
 #include "server/store.h"
 
+struct metrics_orch;
 struct ratelimit;
 
 struct app {
@@ -24,6 +25,7 @@ struct app {
                               * the gateway role: wake agents with gateway_notify_node() */
     struct blobcache *blobs; /* owned: package archives in memory */
     const char *node;        /* this node's name, for logs and audit */
+    struct metrics_orch *metrics; /* owned: this node's metrics (metrics-orch.h) */
 };
 
 /* Open the store and load the key ring as cfg says. Returns 0 or < 0 with err filled. */

@@ -4,6 +4,7 @@
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -24,6 +25,7 @@ struct bus {
     uint64_t delivery_tag;        /* of the last publish on this connection */
     char *declared[BUS_MAX_QUEUES];
     int ndeclared;
+    atomic_bool connected; /* conn != NULL, readable without the lock (metrics) */
 };
 
 int bus_new(const char *url, struct bus **ret)
@@ -47,11 +49,17 @@ static void disconnect(struct bus *b)
         amqp_connection_close(b->conn, AMQP_REPLY_SUCCESS);
         amqp_destroy_connection(b->conn);
         b->conn = NULL;
+        atomic_store(&b->connected, false);
     }
     for (int i = 0; i < b->ndeclared; i++)
         free(b->declared[i]);
     b->ndeclared = 0;
     b->delivery_tag = 0;
+}
+
+bool bus_connected(struct bus *b)
+{
+    return atomic_load(&b->connected);
 }
 
 void bus_free(struct bus *b)
@@ -109,6 +117,7 @@ static int connect_locked(struct bus *b)
     }
     b->conn = c;
     b->delivery_tag = 0;
+    atomic_store(&b->connected, true);
     log_info("op=bus.connect state=connected");
     return 0;
 }

@@ -19,6 +19,8 @@ struct bus;
 /* url: amqp://user:pass@host:port/vhost (borrowed). No connection is made yet. */
 int bus_new(const char *url, struct bus **ret);
 void bus_free(struct bus *b);
+/* Whether the publishing connection is open now (it opens on first use). Lock-free. */
+bool bus_connected(struct bus *b);
 
 /* Publish body (persistent) to the durable quorum queue named queue (declared on first
  * use) and wait at most timeout_ms for the broker's confirm. Returns 0 when confirmed,

@@ -92,6 +92,11 @@ const struct conf_field orchd_config_fields[] = {
      "package archives kept in memory for the agents fetching them (0 = none)"},
     {"logs.retention", CONF_DURATION, F(logs_retention_ms), 0, (int64_t)87600 * 3600000, "720h",
      NULL, "how long the output of a finished job is kept, e.g. 720h = 30 days (0 = forever)"},
+    {"metrics.address", CONF_STRING, F(metrics_address), 1, 64, "127.0.0.1", NULL,
+     "listen address of the Prometheus /metrics listener: keep it on loopback or a "
+     "management network, it has no authentication (docs/operations.md, Metrics)"},
+    {"metrics.port", CONF_INT, F(metrics_port), -1, 65535, "-1", NULL,
+     "port of the /metrics listener (plain HTTP; -1 = none, 0 = any free port)"},
     {"auth.key_dir", CONF_STRING, F(auth_key_dir), 1, 4096, "/var/lib/orchd/keys", NULL,
      "directory of ES256 token signing keys (<kid>.pem, mode 0600; `orchd admin gen-key`)"},
     {"auth.issuer", CONF_STRING, F(auth_issuer), 1, 256, "orch", NULL, "JWT issuer (iss)"},

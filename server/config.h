@@ -59,6 +59,9 @@ struct orchd_config {
     int64_t http_max_connections;             /* http.max_connections */
     int64_t http_max_connections_per_address; /* http.max_connections_per_address */
 
+    char *metrics_address; /* metrics.address: the operators' /metrics listener */
+    int64_t metrics_port;  /* metrics.port: -1 = no listener, 0 = any free port */
+
     char *auth_key_dir;        /* auth.key_dir: ES256 signing keys, <kid>.pem, mode 0600 */
     char *auth_issuer;         /* auth.issuer: JWT iss */
     char *auth_audience;       /* auth.audience: JWT aud */

@@ -16,6 +16,7 @@
  * and PostgreSQL decides, so they never oversubscribe; each sees every queued job, so a
  * dispatcher that dies strands nothing. */
 #include "server/dispatcher.h"
+#include "server/metrics-orch.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -345,8 +346,10 @@ static int refresh(struct dispatcher *d, bool counts)
 
 static const struct store_stmt q_assign =
     STORE_STMT("dispatch_assign",
-               "SELECT job_id, agent_id, tenant_id, outcome, epoch, gateway_node"
-               "  FROM assign_batch($1::uuid[], $2::uuid[], $3::int, $4::int)",
+               "SELECT job_id, agent_id, tenant_id, outcome, epoch, gateway_node,"
+               "       (SELECT extract(epoch FROM clock_timestamp() - j.created_at)"
+               "          FROM jobs j WHERE j.id = a.job_id)"
+               "  FROM assign_batch($1::uuid[], $2::uuid[], $3::int, $4::int) a",
                4);
 
 static const struct {
@@ -409,6 +412,9 @@ static int commit_batch(struct dispatcher *d, const struct placement_proposal *p
         }
         placement_accepted(d->pl, p[i].job_id);
         assigned++;
+        metrics_orch_assigned(
+            d->app->metrics, p[i].tenant_id,
+            PQgetisnull(res, (int)i, 6) ? -1 : strtod(PQgetvalue(res, (int)i, 6), NULL));
         log_info("op=dispatch job=%s tenant=%s agent=%s epoch=%s", p[i].job_id, p[i].tenant_id,
                  p[i].agent_id, PQgetvalue(res, (int)i, 4));
         gateway_notify_node(d->app, p[i].agent_id, val(res, (int)i, 5));

@@ -738,6 +738,15 @@ static void dispatch(struct http_req *req)
     }
 }
 
+/* Tell the observe hook, if any, that req has been answered. */
+static void observe(struct http_req *req, uint64_t dur_ns)
+{
+    const struct http_hooks *h = &req->loop->srv->opts.hooks;
+    if (h->observe)
+        h->observe(h->app, method_from_ev(evhttp_request_get_command(req->ev)),
+                   req->route ? req->route->pattern : "-", req->status, dur_ns);
+}
+
 static void on_request(struct evhttp_request *ev, void *arg)
 {
     struct http_loop *loop = arg;
@@ -752,7 +761,9 @@ static void on_request(struct evhttp_request *ev, void *arg)
     if (req.deferred)
         return; /* logged when the reply is sent */
     atomic_fetch_add(&loop->srv->requests, 1);
-    double ms = (double)(clock_mono_ns() - req.start_ns) / 1e6;
+    uint64_t dur_ns = clock_mono_ns() - req.start_ns;
+    double ms = (double)dur_ns / 1e6;
+    observe(&req, dur_ns);
     const char *tenant = "-";
     if (req.principal.kind == HTTP_PRINCIPAL_TENANT || req.principal.kind == HTTP_PRINCIPAL_AGENT)
         tenant = req.principal.tenant_id;
@@ -812,7 +823,9 @@ const struct http_principal *http_deferred_principal(const struct http_deferred 
 
 static void deferred_done(struct http_deferred *d)
 {
-    double ms = (double)(clock_mono_ns() - d->req.start_ns) / 1e6;
+    uint64_t dur_ns = clock_mono_ns() - d->req.start_ns;
+    double ms = (double)dur_ns / 1e6;
+    observe(&d->req, dur_ns);
     atomic_fetch_add(&d->req.loop->srv->requests, 1);
     log_info("op=http method=%s route=%s status=%d dur_ms=%.3f tenant=%s req=%s",
              http_method_name(method_from_ev(evhttp_request_get_command(d->req.ev))),

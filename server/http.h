@@ -97,6 +97,10 @@ struct http_hooks {
     /* After authentication, before the handler: quotas and rate limits. Return 0 to go
      * on, or < 0 after replying (429, 403) itself. */
     int (*admit)(void *app, struct http_req *req);
+    /* Optional: a request has been answered (status) after dur_ns since its first byte was
+     * handled; route is the matched pattern, or "-" for none. For metrics; must not block. */
+    void (*observe)(void *app, enum http_method method, const char *route, int status,
+                    uint64_t dur_ns);
 };
 
 struct http_options {

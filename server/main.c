@@ -19,6 +19,7 @@
 #include "server/config.h"
 #include "server/dispatcher.h"
 #include "server/gateway.h"
+#include "server/metrics-orch.h"
 #include "server/migrate.h"
 #include "server/reaper.h"
 
@@ -85,6 +86,7 @@ struct node {
     struct app *app;
     const struct http_options *ho;
     struct http_server *srv;
+    struct http_server *metrics_srv; /* the operators' /metrics listener, or NULL */
     struct dispatcher *dispatcher;
     struct reaper *reaper;
     char err[512]; /* why a role did not start */
@@ -136,6 +138,17 @@ static void api_role_stop(struct node *n)
 {
     http_server_stop(n->srv);
     n->srv = NULL;
+}
+
+static int metrics_role_start(struct node *n)
+{
+    return metrics_orch_listen(n->app, &n->metrics_srv, n->err, sizeof(n->err));
+}
+
+static void metrics_role_stop(struct node *n)
+{
+    http_server_stop(n->metrics_srv);
+    n->metrics_srv = NULL;
 }
 
 /* The roles a node may run (node.roles), in the order they start. They stop in the
@@ -236,8 +249,16 @@ static int cmd_serve(struct orchd_config *cfg)
     };
     if (!ho.cert_file)
         log_warn("op=serve tls=off msg=\"plain HTTP: for tests only, set http.cert_file\"");
+    ho.hooks.observe = metrics_orch_http;
     struct node node = {.app = &app, .ho = &ho};
     if (node_start(&node) < 0) {
+        app_close(&app);
+        return EXIT_FAIL;
+    }
+    /* On every node, whatever its roles: each node's counters are its own. */
+    if (metrics_role_start(&node) < 0) {
+        fprintf(stderr, "orchd: cannot start the metrics listener: %s\n", node.err);
+        node_stop(&node, ELEMENTSOF(roles));
         app_close(&app);
         return EXIT_FAIL;
     }
@@ -247,9 +268,11 @@ static int cmd_serve(struct orchd_config *cfg)
             snprintf(running + strlen(running), sizeof(running) - strlen(running), "%s%s",
                      running[0] ? "," : "", node_role_names[i]);
     /* The line tests and scripts wait for (port=0: no api role, no HTTP server). */
-    log_info("op=serve state=ready address=%s port=%d threads=%d tls=%s node=%s roles=%s",
+    log_info("op=serve state=ready address=%s port=%d threads=%d tls=%s node=%s roles=%s "
+             "metrics_port=%d",
              cfg->http_address, node.srv ? http_server_port(node.srv) : 0, ho.threads,
-             ho.cert_file ? "on" : "off", cfg->node_name, running);
+             ho.cert_file ? "on" : "off", cfg->node_name, running,
+             node.metrics_srv ? http_server_port(node.metrics_srv) : -1);
 
     for (;;) {
         int sig = 0;
@@ -262,6 +285,7 @@ static int cmd_serve(struct orchd_config *cfg)
         log_info("op=serve state=stopping signal=%d", sig);
         break;
     }
+    metrics_role_stop(&node);
     /* Waiting long-polls get their answer first, then the loops stop. */
     node_stop(&node, ELEMENTSOF(roles));
     log_info("op=serve state=stopped");

@@ -655,6 +655,21 @@ void store_stats(struct store *s, struct store_stats *ret)
     pthread_mutex_unlock(&s->lock);
 }
 
+bool store_stats_system(struct store *s, struct store_stats *ret)
+{
+    if (!s->system) {
+        memset(ret, 0, sizeof(*ret));
+        return false;
+    }
+    store_stats(s->system, ret);
+    return true;
+}
+
+int store_pool_size(const struct store *s)
+{
+    return s->pool_size;
+}
+
 int store_ping(struct store *store)
 {
     struct store *pools[] = {store, store->system};

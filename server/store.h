@@ -108,6 +108,10 @@ int store_error_from_sqlstate(const char *sqlstate);
 
 /* Statistics of the tenant pool, for metrics and tests. */
 void store_stats(struct store *store, struct store_stats *ret);
+/* The same of the system pool; false (and *ret zeroed) when there is none. */
+bool store_stats_system(struct store *store, struct store_stats *ret);
+/* Connections at most in each pool (store_options.pool_size). */
+int store_pool_size(const struct store *store);
 
 /* Whether the database answers on both pools: an empty transaction on a connection of the
  * tenant pool, then of the system pool (when configured), in no scope. For readiness

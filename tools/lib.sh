@@ -8,13 +8,15 @@ set -euo pipefail
 
 ORCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-# Debian 12 packages the build, the tests and the services need.
+# Debian 12 packages the build, the tests and the services need. prometheus is there for
+# promtool (the metrics tests); policy-rc.d below keeps its server from starting.
 ORCH_APT_PACKAGES=(
     build-essential meson ninja-build pkg-config clang python3 openssl ca-certificates
     libevent-dev libssl-dev libpq-dev librabbitmq-dev libjwt-dev libjansson-dev
     libcriterion-dev libcurl4-openssl-dev python3-yaml wrk clang-format
     postgresql postgresql-contrib rabbitmq-server
     curl procps iproute2 tzdata
+    prometheus
     debhelper dpkg-dev fakeroot lintian debootstrap
 )
 

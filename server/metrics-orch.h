@@ -1,0 +1,50 @@
+/* metrics-orch.h: orchd's own metrics (docs/operations.md, "Metrics") on the registry of
+ * metrics.h, and the operators' listener that serves them at GET /metrics.
+ *
+ * Counters and histograms are updated where things happen (the HTTP front's observe hook,
+ * job submission, the dispatcher, agents' results); gauges are computed at each scrape:
+ * process figures from /proc/self, pool and bus state from memory, queue depth, agents by
+ * status and tenant names by a few bounded queries as the system role. Labels are bounded:
+ * route patterns, status classes, outcome names, and tenants and queues capped at
+ * METRICS_ORCH_MAX_TENANT_SERIES label sets with an "other" overflow; never a job or agent
+ * id. Every function is thread-safe. */
+#pragma once
+
+#include <stdint.h>
+
+#include "server/http.h"
+
+struct app;
+struct metrics_orch;
+
+/* Label sets kept per family fed by tenants (tenant id x queue name). */
+#define METRICS_ORCH_MAX_TENANT_SERIES 1000
+
+/* Register orchd's families. Returns 0 with *ret (free with metrics_orch_free(), accepts
+ * NULL) or -ENOMEM. */
+int metrics_orch_new(struct metrics_orch **ret);
+void metrics_orch_free(struct metrics_orch *m);
+
+/* An HTTP request answered: the http_hooks.observe of the API listener (app is the
+ * struct app *). */
+void metrics_orch_http(void *app, enum http_method method, const char *route, int status,
+                       uint64_t dur_ns);
+
+/* n jobs newly submitted by tenant_id to the queue named queue ("" = none). */
+void metrics_orch_submitted(struct metrics_orch *m, const char *tenant_id, const char *queue,
+                            uint64_t n);
+/* A job assigned to an agent, wait_s seconds after it was submitted (< 0: unknown). */
+void metrics_orch_assigned(struct metrics_orch *m, const char *tenant_id, double wait_s);
+/* A job finished with status outcome (succeeded, failed, cancelled, ...), as reported by
+ * its agent, after running run_s seconds (< 0: unknown, never started). */
+void metrics_orch_finished(struct metrics_orch *m, const char *outcome, double run_s);
+/* A job's first start report, wait_s seconds after its assignment. */
+void metrics_orch_started(struct metrics_orch *m, double wait_s);
+/* An agent's heartbeat received. */
+void metrics_orch_heartbeat(struct metrics_orch *m);
+
+/* The operators' listener (metrics.address, metrics.port; metrics.port -1 = none): a
+ * plain-HTTP server of its own with the one route GET /metrics, the limits and timeouts
+ * of the API's (http.*), one event loop and a few connections. Returns 0 with *ret NULL
+ * when disabled, 0 with *ret (stop with http_server_stop()), or < 0 with err filled. */
+int metrics_orch_listen(struct app *app, struct http_server **ret, char *err, size_t errlen);
