@@ -24,6 +24,7 @@ struct app {
                               * the gateway role: wake agents with gateway_notify_node() */
     struct blobcache *blobs; /* owned: package archives in memory */
     const char *node;        /* this node's name, for logs and audit */
+    uint8_t webhook_key[32]; /* seals webhook secrets (webhook-secret.h) */
 };
 
 /* Open the store and load the key ring as cfg says. Returns 0 or < 0 with err filled. */
