@@ -2,8 +2,8 @@
 --
 -- A subscription (webhooks) names an HTTPS URL and the event types it wants. An event is
 -- written, in the transaction that makes it happen, as one row of webhook_deliveries per
--- enabled subscription that wants it (the outbox): a job's state change by the statement
--- triggers below, other events by webhook_emit(). The webhooks role's workers claim due
+-- enabled subscription that wants it (the outbox): a job's status change and an agent's
+-- going online or offline by the statement triggers below, other events by webhook_emit(). The webhooks role's workers claim due
 -- rows (webhook_claim(): at most one in flight per subscription, so one slow endpoint holds
 -- only its own), POST them and record the outcome (webhook_finish(): retry with exponential
 -- backoff and full jitter, then failed).
@@ -86,7 +86,7 @@ SELECT id, tenant_id, webhook_id, created_at, json_build_object(
   FROM webhook_deliveries;
 GRANT SELECT ON webhook_delivery_view TO orch_app;
 
--- The job triggers' functions first (sql/functions/90_webhooks.sql re-applies them).
+-- The job and agent triggers' functions first (sql/functions/90_webhooks.sql re-applies them).
 DROP FUNCTION IF EXISTS webhook_jobs_inserted();
 CREATE FUNCTION webhook_jobs_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -99,6 +99,15 @@ BEGIN
     RETURN NULL;
 END
 $$;
+DROP FUNCTION IF EXISTS webhook_agents_updated();
+CREATE FUNCTION webhook_agents_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER webhook_agents_updated AFTER UPDATE ON agents
+    REFERENCING OLD TABLE AS o NEW TABLE AS n FOR EACH STATEMENT
+    EXECUTE FUNCTION webhook_agents_updated();
 CREATE TRIGGER webhook_jobs_inserted AFTER INSERT ON jobs
     REFERENCING NEW TABLE AS n FOR EACH STATEMENT EXECUTE FUNCTION webhook_jobs_inserted();
 CREATE TRIGGER webhook_jobs_updated AFTER UPDATE ON jobs

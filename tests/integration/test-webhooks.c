@@ -160,13 +160,10 @@ static void setup(void)
     make_certs();
     static char ca[128];
     snprintf(ca, sizeof(ca), "ORCHD_WEBHOOKS_CA_FILE=%s/ca.pem", certdir);
-    const char *env[] = {"ORCHD_WEBHOOKS_ALLOW_PRIVATE=true",
-                         ca,
-                         "ORCHD_WEBHOOKS_RETRY_BASE=20ms",
-                         "ORCHD_WEBHOOKS_RETRY_MAX=100ms",
-                         "ORCHD_WEBHOOKS_POLL=20ms",
-                         "ORCHD_WEBHOOKS_MAX_ATTEMPTS=3",
-                         NULL};
+    const char *env[] = {"ORCHD_WEBHOOKS_ALLOW_PRIVATE=true", ca,
+                         "ORCHD_WEBHOOKS_RETRY_BASE=20ms",    "ORCHD_WEBHOOKS_RETRY_MAX=100ms",
+                         "ORCHD_WEBHOOKS_POLL=20ms",          "ORCHD_WEBHOOKS_MAX_ATTEMPTS=3",
+                         "ORCHD_AGENT_ONLINE_WINDOW=2s",      NULL};
     th_server_start(&srv, env);
     op = th_token(&srv, srv.operator_token);
     rx_start();
@@ -420,6 +417,37 @@ Test(webhooks, an_endpoint_that_keeps_failing_ends_failed)
     cr_assert_eq(rx_count(), 3);
     json_decref(items);
     free(job), free(hook), free(tenant), free(admin);
+}
+
+Test(webhooks, agents_going_online_and_offline_are_delivered)
+{
+    char *tenant = th_tenant(&srv, op, "wh-f", "standard");
+    char *admin = th_tenant_token(&srv, op, tenant, "admin");
+    struct th_resp r;
+    hook_create(admin, "/agents", "[\"agent.online\", \"agent.offline\"]", &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *hook = strdup(th_str_of(&r, "id"));
+    th_resp_free(&r);
+    char *agent = th_agent_register(&srv, admin, "runner");
+    th_http(&srv, "POST", "/api/v1/agent/heartbeat", agent,
+            "{\"status\":\"idle\",\"slots\":1,\"free_slots\":1}", NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    th_resp_free(&r);
+    /* online now; offline once silent past agent.online_window (2 s here) */
+    rx_wait(2);
+    pthread_mutex_lock(&rx.mu);
+    const char *want[] = {"agent.online", "agent.offline"};
+    for (int i = 0; i < 2; i++) {
+        json_error_t jerr;
+        json_t *ev = json_loads(rx.reqs[i].body, 0, &jerr);
+        cr_assert(ev, "%s", jerr.text);
+        cr_assert_str_eq(json_string_value(json_object_get(ev, "type")), want[i]);
+        cr_assert_str_eq(json_string_value(json_object_get(json_object_get(ev, "data"), "name")),
+                         "runner");
+        json_decref(ev);
+    }
+    pthread_mutex_unlock(&rx.mu);
+    free(agent), free(hook), free(tenant), free(admin);
 }
 
 Test(webhooks, bad_subscriptions_are_refused_naming_the_field)
