@@ -105,8 +105,11 @@ BEGIN
     RETURN NULL;
 END
 $$;
-CREATE TRIGGER webhook_agents_updated AFTER UPDATE ON agents
-    REFERENCING OLD TABLE AS o NEW TABLE AS n FOR EACH STATEMENT
+-- Per row, and only when the status changes: heartbeats update agents all the time, and
+-- the WHEN clause keeps them from calling anything (a trigger with transition tables could
+-- not name the column).
+CREATE TRIGGER webhook_agents_updated AFTER UPDATE OF status ON agents
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
     EXECUTE FUNCTION webhook_agents_updated();
 CREATE TRIGGER webhook_jobs_inserted AFTER INSERT ON jobs
     REFERENCING NEW TABLE AS n FOR EACH STATEMENT EXECUTE FUNCTION webhook_jobs_inserted();

@@ -88,24 +88,17 @@ BEGIN
 END
 $$;
 
--- An agent's going online or offline as agent.online / agent.offline. It runs after every
--- UPDATE of agents (heartbeats too: a trigger with transition tables cannot name columns): it
--- returns after one index probe unless a subscription exists.
+-- An agent's going online or offline as agent.online / agent.offline: a row trigger that
+-- fires only when the status changed (sql/0016_webhooks.sql).
 CREATE OR REPLACE FUNCTION webhook_agents_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM webhooks WHERE enabled) THEN
+    IF NEW.status NOT IN ('online', 'offline') THEN
         RETURN NULL;
     END IF;
-    INSERT INTO webhook_deliveries (id, tenant_id, webhook_id, event_id, event_type, payload)
-    SELECT webhook_uuid7(), e.tenant_id, w.id, e.event_id, e.type,
-           jsonb_build_object('id', e.event_id, 'type', e.type, 'created_at', now(),
-                              'tenant_id', e.tenant_id, 'data', e.data)
-      FROM (SELECT n.tenant_id, gen_random_uuid() AS event_id, 'agent.' || n.status AS type,
-                   jsonb_build_object('agent_id', n.id, 'name', n.name, 'status', n.status,
-                                      'previous_status', o.status) AS data
-              FROM n JOIN o ON o.id = n.id
-             WHERE n.status IS DISTINCT FROM o.status AND n.status IN ('online', 'offline')) e
-      JOIN webhooks w ON w.tenant_id = e.tenant_id AND w.enabled AND e.type = ANY (w.events);
+    PERFORM webhook_emit(NEW.tenant_id, 'agent.' || NEW.status,
+                         jsonb_build_object('agent_id', NEW.id, 'name', NEW.name,
+                                            'status', NEW.status,
+                                            'previous_status', OLD.status));
     RETURN NULL;
 END
 $$;
