@@ -120,6 +120,9 @@ const struct conf_field orchd_config_fields[] = {
      "longest wait of an idle delivery worker before it looks for due deliveries again"},
     {"webhooks.timeout", CONF_DURATION, F(webhooks_timeout_ms), 1000, 60000, "10s", NULL,
      "one delivery attempt in total (connecting: at most 5s of it)"},
+    {"webhooks.retention", CONF_DURATION, F(webhooks_retention_ms), 0, (int64_t)87600 * 3600000,
+     "720h", NULL,
+     "how long a succeeded or failed delivery stays in the delivery log (0 = forever)"},
     {"webhooks.ca_file", CONF_STRING, F(webhooks_ca_file), 0, 4096, "", NULL,
      "CA certificates (PEM) that webhook endpoints' certificates must chain to (empty = the "
      "system's)"},

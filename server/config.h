@@ -75,6 +75,7 @@ struct orchd_config {
     int64_t webhooks_poll_ms;       /* webhooks.poll */
     int64_t webhooks_timeout_ms;    /* webhooks.timeout: one attempt, in total */
     char *webhooks_ca_file;         /* webhooks.ca_file: "" = the system's CAs */
+    int64_t webhooks_retention_ms;  /* webhooks.retention: ended deliveries kept (0: forever) */
 };
 
 extern const struct conf_field orchd_config_fields[];

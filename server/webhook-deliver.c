@@ -1,6 +1,7 @@
 /* webhook-deliver.c: see webhook-deliver.h.
  *
- * Locking: wd->lock guards wd->stop and is what the idle workers' condition waits on;
+ * Locking: wd->lock guards wd->stop and wd->running and is what the idle workers'
+ * condition waits on; wd->nthreads and threads[] are the starting thread's alone;
  * everything else a worker uses is its own (its curl handle, its claimed row) or read-only
  * (the app's configuration and key). */
 #include "server/webhook-deliver.h"
@@ -35,11 +36,24 @@ static const struct store_stmt q_claim =
 static const struct store_stmt q_finish = STORE_STMT(
     "webhook_finish", "SELECT webhook_finish($1, $2::bool, $3::int, $4, $5::int, $6, $7)", 7);
 
+/* Ended deliveries past webhooks.retention, deleted by the first worker at most this often,
+ * in batches (any node with the role does it; two at once only repeat each other). */
+#define PRUNE_EVERY_MS 1000
+#define PRUNE_BATCH    "1000"
+
+static const struct store_stmt q_prune =
+    STORE_STMT("webhook_prune",
+               "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries"
+               " WHERE status IN ('succeeded', 'failed')"
+               "   AND updated_at < now() - $1::bigint * interval '1 millisecond' LIMIT $2::int)",
+               2);
+
 struct webhook_deliver {
     struct app *app;
     pthread_mutex_t lock;
     pthread_cond_t wake;
     bool stop;
+    unsigned running; /* workers that have started (the first one prunes) */
     size_t nthreads;
     pthread_t threads[];
 };
@@ -209,10 +223,35 @@ static void idle(struct webhook_deliver *wd, int64_t ms)
     pthread_mutex_unlock(&wd->lock);
 }
 
+/* The retention of the delivery log (webhooks.retention; 0 = forever). */
+static void prune(struct webhook_deliver *wd)
+{
+    int64_t keep = wd->app->cfg->webhooks_retention_ms;
+    if (keep <= 0)
+        return;
+    char ms[24];
+    snprintf(ms, sizeof(ms), "%lld", (long long)keep);
+    const char *p[] = {ms, PRUNE_BATCH};
+    int r = store_exec_once(wd->app->store, NULL, &q_prune, p, NULL);
+    if (r > 0)
+        log_debug("op=webhook.prune deleted=%d", r);
+    else if (r < 0)
+        log_warn("op=webhook.prune error=%d", r);
+}
+
 static void *worker_main(void *arg)
 {
     struct webhook_deliver *wd = arg;
+    /* One worker prunes: the first to get here. */
+    pthread_mutex_lock(&wd->lock);
+    bool pruner = wd->running++ == 0;
+    pthread_mutex_unlock(&wd->lock);
+    uint64_t next_prune = 0;
     while (!stopping(wd)) {
+        if (pruner && clock_mono_ns() >= next_prune) {
+            prune(wd);
+            next_prune = clock_mono_ns() + (uint64_t)PRUNE_EVERY_MS * 1000000u;
+        }
         int r = deliver_one(wd);
         if (r < 0)
             log_warn("op=webhook.claim error=%d", r);

@@ -47,6 +47,8 @@ CREATE TABLE webhook_deliveries (
 );
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
     WHERE status IN ('pending', 'delivering');
+CREATE INDEX webhook_deliveries_ended ON webhook_deliveries (updated_at)
+    WHERE status IN ('succeeded', 'failed');
 CREATE INDEX webhook_deliveries_by_hook ON webhook_deliveries (webhook_id, created_at DESC, id);
 
 DO $$

@@ -488,7 +488,8 @@ static struct th_server dsrv;
 
 static void dsetup(void)
 {
-    th_server_start(&dsrv, NULL);
+    const char *env[] = {"ORCHD_WEBHOOKS_RETENTION=2s", NULL};
+    th_server_start(&dsrv, env);
 }
 
 static void dteardown(void)
@@ -523,4 +524,41 @@ Test(webhooks_default, loopback_and_private_urls_are_refused)
     cr_assert_eq(json_array_size(json_object_get(r.json, "items")), 0);
     th_resp_free(&r);
     free(dop), free(tenant), free(admin);
+}
+
+/* webhooks.retention (2 s here): ended deliveries leave the log, pending ones stay. */
+Test(webhooks_default, ended_deliveries_are_pruned_after_the_retention)
+{
+    char *dop = th_token(&dsrv, dsrv.operator_token);
+    char *tenant = th_tenant(&dsrv, dop, "wh-g", "standard");
+    PGconn *pg = th_pg_connect("postgres", dsrv.db);
+    char sql[1024];
+    /* A subscription that is disabled (so nothing tries to deliver), with one ended and
+     * one pending delivery. */
+    snprintf(sql, sizeof(sql),
+             "INSERT INTO webhooks (id, tenant_id, url, events, enabled, secret_sealed,"
+             " secret_prefix) VALUES (gen_random_uuid(), '%s', 'https://example.com/',"
+             " '{job.failed}', false, '\\x00', 'p');"
+             "INSERT INTO webhook_deliveries (id, tenant_id, webhook_id, event_id, event_type,"
+             " payload, status) SELECT gen_random_uuid(), '%s', id, gen_random_uuid(),"
+             " 'job.failed', '{}', s FROM webhooks, unnest('{succeeded,pending}'::text[]) s"
+             " WHERE tenant_id = '%s'",
+             tenant, tenant, tenant);
+    PQclear(th_pg_ok(pg, sql));
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM webhook_deliveries WHERE tenant_id = '%s'"
+             " AND status = 'succeeded'",
+             tenant);
+    uint64_t deadline = clock_mono_ns() + 30ull * 1000000000ull;
+    while (th_pg_long(pg, sql) != 0) {
+        cr_assert(clock_mono_ns() < deadline, "the ended delivery was not pruned");
+        usleep(100000);
+    }
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM webhook_deliveries WHERE tenant_id = '%s'"
+             " AND status = 'pending'",
+             tenant);
+    cr_assert_eq(th_pg_long(pg, sql), 1, "a pending delivery was pruned");
+    PQfinish(pg);
+    free(dop), free(tenant);
 }
