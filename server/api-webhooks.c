@@ -56,6 +56,13 @@ static const struct store_stmt q_webhook_insert = STORE_STMT(
     " WHERE (SELECT count(*) FROM webhooks) < $7::int",
     8);
 
+static const struct store_stmt q_webhook_update =
+    STORE_STMT("webhook_update",
+               "UPDATE webhooks SET events = coalesce($2::text[], events),"
+               " description = coalesce($3, description), enabled = coalesce($4::bool, enabled),"
+               " updated_at = now() WHERE id = $1 RETURNING id",
+               4);
+
 static const struct store_stmt q_webhook_delete =
     STORE_STMT("webhook_delete", "DELETE FROM webhooks WHERE id = $1 RETURNING id", 1);
 
@@ -76,6 +83,14 @@ static const struct store_stmt q_delivery_doc =
 static const struct jsonv_field create_fields[] = {
     {"url", JSONV_STRING, JSONV_REQUIRED, 1, URL_GUARD_URL_MAX},
     {"events", JSONV_ARRAY, JSONV_REQUIRED, 1, WEBHOOK_EVENTS_N},
+    {"description", JSONV_STRING, 0, 0, WEBHOOK_DESCRIPTION_MAX},
+    {"enabled", JSONV_BOOL, 0, 0, 0},
+};
+
+/* What a PATCH may change; the URL is not among them (a new URL is a new subscription,
+ * with a new secret). */
+static const struct jsonv_field update_fields[] = {
+    {"events", JSONV_ARRAY, 0, 1, WEBHOOK_EVENTS_N},
     {"description", JSONV_STRING, 0, 0, WEBHOOK_DESCRIPTION_MAX},
     {"enabled", JSONV_BOOL, 0, 0, 0},
 };
@@ -225,6 +240,43 @@ void api_webhooks_get(struct http_req *req)
 void api_webhooks_list(struct http_req *req)
 {
     api_list_page(req, &q_webhook_list, http_req_principal(req)->tenant_id, "listing webhooks");
+}
+
+void api_webhooks_update(struct http_req *req)
+{
+    const char *id = api_path_id(req, "id", "webhook");
+    if (!id)
+        return;
+    _cleanup_json_ json_t *body = NULL;
+    if (http_req_json(req, update_fields, ELEMENTSOF(update_fields), &body) < 0)
+        return;
+    char events[WEBHOOK_EVENTS_N * 20 + 4];
+    json_t *ev = json_object_get(body, "events");
+    if (ev && events_literal(req, ev, events, sizeof(events)) < 0)
+        return;
+    json_t *enabled = json_object_get(body, "enabled");
+    const char *p[] = {id, ev ? events : NULL, api_json_str(body, "description"),
+                       enabled ? (json_is_true(enabled) ? "true" : "false") : NULL};
+    struct store_tx *tx = NULL;
+    int r = app_tx_begin(http_req_app(req), req, &tx);
+    if (r < 0) {
+        http_reply_error(req, r, "updating the webhook");
+        return;
+    }
+    r = store_tx_exec(tx, &q_webhook_update, p, NULL);
+    if (r == 0) {
+        store_tx_rollback(tx);
+        http_reply_problem(req, PROBLEM_NOT_FOUND, "no such webhook", NULL);
+        return;
+    }
+    if (r > 0)
+        r = app_audit(tx, req, NULL, "webhook.update", "webhook", id, body);
+    if (r < 0) {
+        store_tx_rollback(tx);
+        http_reply_error(req, r, "updating the webhook");
+        return;
+    }
+    api_reply_doc_commit(req, tx, &q_webhook_doc, id, 200, "webhook", NULL, NULL);
 }
 
 void api_webhooks_delete(struct http_req *req)

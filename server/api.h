@@ -131,6 +131,7 @@ void api_pools_delete(struct http_req *req);
 void api_webhooks_list(struct http_req *req);
 void api_webhooks_create(struct http_req *req);
 void api_webhooks_get(struct http_req *req);
+void api_webhooks_update(struct http_req *req);
 void api_webhooks_delete(struct http_req *req);
 void api_webhooks_deliveries(struct http_req *req);
 void api_webhooks_resend(struct http_req *req);

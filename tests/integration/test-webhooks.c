@@ -371,6 +371,10 @@ Test(webhooks, job_events_are_signed_retried_logged_and_resent)
     cr_assert_eq(r.status, 200);
     cr_assert_eq(json_array_size(json_object_get(r.json, "items")), 0);
     th_resp_free(&r);
+    snprintf(path, sizeof(path), "/api/v1/webhooks/%s", hook);
+    th_http(&srv, "PATCH", path, oadmin, "{\"enabled\": false}", NULL, &r);
+    cr_assert_eq(r.status, 404, "%s", r.body);
+    th_resp_free(&r);
     /* Its own job makes no delivery to A's subscription. */
     free(th_job_submit(&srv, oadmin, json_pack("{s:s}", "command", "true")));
 
@@ -379,8 +383,24 @@ Test(webhooks, job_events_are_signed_retried_logged_and_resent)
     cr_assert_eq(json_array_size(items), 2);
     json_decref(items);
 
-    /* The owner deletes it: 204, then 404. */
+    /* Disabled, it gets no new events. */
     snprintf(path, sizeof(path), "/api/v1/webhooks/%s", hook);
+    th_http(&srv, "PATCH", path, admin, "{\"enabled\": false, \"description\": \"off\"}", NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    cr_assert(json_is_false(json_object_get(r.json, "enabled")));
+    cr_assert_str_eq(th_str_of(&r, "description"), "off");
+    th_resp_free(&r);
+    th_http(&srv, "PATCH", path, admin, "{\"events\": [\"job.nope\"]}", NULL, &r);
+    cr_assert_eq(r.status, 422);
+    cr_assert_str_eq(th_str_of(&r, "field"), "events[0]");
+    th_resp_free(&r);
+    /* The outbox row would be written by the submission's own transaction: none now. */
+    free(th_job_submit(&srv, admin, json_pack("{s:s}", "command", "true")));
+    items = deliveries_wait(admin, hook, "succeeded");
+    cr_assert_eq(json_array_size(items), 2, "a disabled subscription got an event");
+    json_decref(items);
+
+    /* The owner deletes it: 204, then 404. */
     th_http(&srv, "DELETE", path, admin, NULL, NULL, &r);
     cr_assert_eq(r.status, 204);
     th_resp_free(&r);
