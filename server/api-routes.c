@@ -48,6 +48,16 @@ const struct http_route api_routes[] = {
     {HTTP_PATCH, V1 "/queues/{id}", HTTP_AUTH_TENANT_OPERATOR, api_queues_update, 0, 0},
     {HTTP_DELETE, V1 "/queues/{id}", HTTP_AUTH_TENANT_OPERATOR, api_queues_delete, 0, 0},
 
+    {HTTP_GET, V1 "/webhooks", HTTP_AUTH_TENANT_VIEWER, api_webhooks_list, 0, 0},
+    {HTTP_POST, V1 "/webhooks", HTTP_AUTH_TENANT_ADMIN, api_webhooks_create, 16384, 0},
+    {HTTP_GET, V1 "/webhooks/{id}", HTTP_AUTH_TENANT_VIEWER, api_webhooks_get, 0, 0},
+    {HTTP_PATCH, V1 "/webhooks/{id}", HTTP_AUTH_TENANT_ADMIN, api_webhooks_update, 16384, 0},
+    {HTTP_DELETE, V1 "/webhooks/{id}", HTTP_AUTH_TENANT_ADMIN, api_webhooks_delete, 0, 0},
+    {HTTP_GET, V1 "/webhooks/{id}/deliveries", HTTP_AUTH_TENANT_VIEWER, api_webhooks_deliveries, 0,
+     0},
+    {HTTP_POST, V1 "/webhooks/{id}/deliveries/{delivery_id}/resend", HTTP_AUTH_TENANT_ADMIN,
+     api_webhooks_resend, 0, 0},
+
     {HTTP_GET, V1 "/audit", HTTP_AUTH_ADMIN_OR_PLATFORM, api_audit_list, 0, 0},
 
     {HTTP_GET, V1 "/enrollment-tokens", HTTP_AUTH_TENANT_ADMIN, api_enroll_tokens_list, 0, 0},

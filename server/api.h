@@ -127,6 +127,14 @@ void api_pools_create(struct http_req *req);
 void api_pools_get(struct http_req *req);
 void api_pools_update(struct http_req *req);
 void api_pools_delete(struct http_req *req);
+/* event webhooks (api-webhooks.c) */
+void api_webhooks_list(struct http_req *req);
+void api_webhooks_create(struct http_req *req);
+void api_webhooks_get(struct http_req *req);
+void api_webhooks_update(struct http_req *req);
+void api_webhooks_delete(struct http_req *req);
+void api_webhooks_deliveries(struct http_req *req);
+void api_webhooks_resend(struct http_req *req);
 /* audit */
 void api_audit_list(struct http_req *req);
 /* enrolment and agents */

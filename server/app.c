@@ -11,11 +11,13 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/crypto.h"
 #include "common/id.h"
 #include "common/log.h"
 #include "server/auth-keys.h"
 #include "server/bus.h"
 #include "server/ratelimit.h"
+#include "server/webhook-secret.h"
 
 int app_open(struct app *app, const struct orchd_config *cfg, char *err, size_t errlen)
 {
@@ -34,6 +36,11 @@ int app_open(struct app *app, const struct orchd_config *cfg, char *err, size_t 
     r = jwt_ring_load(cfg->auth_key_dir, &app->ring, err, errlen);
     if (r < 0)
         return r;
+    r = webhook_key_load(cfg, app->webhook_key, err, errlen);
+    if (r < 0) {
+        app_close(app);
+        return r;
+    }
     struct store_options so = {
         .url = cfg->db_url,
         .system_url = cfg->db_system_url,
@@ -72,6 +79,7 @@ void app_close(struct app *app)
     app->store = NULL;
     app->ring = NULL;
     app->rl = NULL;
+    crypto_cleanse(app->webhook_key, sizeof(app->webhook_key));
 }
 
 /* The current credential, or the previous one during the grace period after a rotation

@@ -26,6 +26,7 @@ struct app {
     struct blobcache *blobs; /* owned: package archives in memory */
     const char *node;        /* this node's name, for logs and audit */
     struct metrics_orch *metrics; /* owned: this node's metrics (metrics-orch.h) */
+    uint8_t webhook_key[32];      /* seals webhook secrets (webhook-secret.h) */
 };
 
 /* Open the store and load the key ring as cfg says. Returns 0 or < 0 with err filled. */

@@ -60,9 +60,10 @@ const struct conf_field orchd_config_fields[] = {
      "long-polls one node holds at once; past it agents are told 503 and retry later"},
     {"node.name", CONF_STRING, F(node_name), 1, 64, "orchd", NULL,
      "this node's name in logs and the audit trail"},
-    {"node.roles", CONF_STRING, F(node_roles), 1, 200, "api,gateway,dispatcher,reaper", NULL,
+    {"node.roles", CONF_STRING, F(node_roles), 1, 200, "api,gateway,dispatcher,reaper,webhooks",
+     NULL,
      "what this node runs, comma-separated: api (the HTTP server), gateway (agents' "
-     "long-polls; needs api), dispatcher, reaper"},
+     "long-polls; needs api), dispatcher, reaper, webhooks (event deliveries)"},
     {"http.address", CONF_STRING, F(http_address), 1, 64, "127.0.0.1", NULL,
      "listen address (0.0.0.0 or :: for all)"},
     {"http.port", CONF_INT, F(http_port), 0, 65535, "8443", NULL, "listen port (0 = any free)"},
@@ -106,6 +107,30 @@ const struct conf_field orchd_config_fields[] = {
      "lifetime of access tokens"},
     {"auth.leeway", CONF_DURATION, F(auth_leeway_ms), 0, 300000, "30s", NULL,
      "clock skew tolerated when checking exp and nbf"},
+    {"webhooks.allow_private", CONF_BOOL, F(webhooks_allow_private), 0, 0, "false", NULL,
+     "allow webhook URLs that resolve to loopback, private, link-local or other non-public "
+     "addresses (server-side request forgery: leave false unless every tenant is trusted)"},
+    {"webhooks.key_file", CONF_STRING, F(webhooks_key_file), 0, 4096, "", NULL,
+     "32-byte key sealing webhook signing secrets (AES-256-GCM), created mode 0600 when "
+     "absent; empty = <auth.key_dir>/webhooks.key; every node needs the same one"},
+    {"webhooks.workers", CONF_INT, F(webhooks_workers), 1, 256, "4", NULL,
+     "webhook deliveries one node makes at once (the webhooks role)"},
+    {"webhooks.max_attempts", CONF_INT, F(webhooks_max_attempts), 1, 100, "8", NULL,
+     "attempts of one delivery before it is marked failed"},
+    {"webhooks.retry_base", CONF_DURATION, F(webhooks_retry_base_ms), 1, 3600000, "30s", NULL,
+     "first retry within this; each later one within twice the previous (full jitter)"},
+    {"webhooks.retry_max", CONF_DURATION, F(webhooks_retry_max_ms), 1, 86400000, "1h", NULL,
+     "longest wait between two attempts of a delivery"},
+    {"webhooks.poll", CONF_DURATION, F(webhooks_poll_ms), 10, 60000, "1s", NULL,
+     "longest wait of an idle delivery worker before it looks for due deliveries again"},
+    {"webhooks.timeout", CONF_DURATION, F(webhooks_timeout_ms), 1000, 60000, "10s", NULL,
+     "one delivery attempt in total (connecting: at most 5s of it)"},
+    {"webhooks.retention", CONF_DURATION, F(webhooks_retention_ms), 0, (int64_t)87600 * 3600000,
+     "720h", NULL,
+     "how long a succeeded or failed delivery stays in the delivery log (0 = forever)"},
+    {"webhooks.ca_file", CONF_STRING, F(webhooks_ca_file), 0, 4096, "", NULL,
+     "CA certificates (PEM) that webhook endpoints' certificates must chain to (empty = the "
+     "system's)"},
 };
 
 const size_t orchd_config_nfields = sizeof(orchd_config_fields) / sizeof(orchd_config_fields[0]);
@@ -115,6 +140,7 @@ const char *const node_role_names[NODE_ROLE__COUNT] = {
     [NODE_ROLE_GATEWAY] = "gateway",
     [NODE_ROLE_DISPATCHER] = "dispatcher",
     [NODE_ROLE_REAPER] = "reaper",
+    [NODE_ROLE_WEBHOOKS] = "webhooks",
 };
 
 /* node.roles into cfg->node_roles_mask. Returns 0 or -EINVAL with err filled. */
@@ -134,7 +160,7 @@ static int parse_roles(struct orchd_config *cfg, struct conf_error *err)
         if (role < 0) {
             snprintf(err->msg, sizeof(err->msg),
                      "config: key 'node.roles': unknown role '%.*s' (expected api, gateway, "
-                     "dispatcher, reaper)",
+                     "dispatcher, reaper, webhooks)",
                      (int)(n > 64 ? 64 : n), p);
             return -EINVAL;
         }

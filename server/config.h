@@ -13,6 +13,7 @@ enum node_role {
     NODE_ROLE_GATEWAY,    /* holds agents' long-polls; batched heartbeats */
     NODE_ROLE_DISPATCHER, /* assigns queued jobs to agents */
     NODE_ROLE_REAPER,     /* expired leases, silent agents, old logs */
+    NODE_ROLE_WEBHOOKS,   /* delivers event webhooks (server/webhook-deliver.c) */
     NODE_ROLE__COUNT
 };
 
@@ -67,6 +68,17 @@ struct orchd_config {
     char *auth_audience;       /* auth.audience: JWT aud */
     int64_t auth_token_ttl_ms; /* auth.token_ttl */
     int64_t auth_leeway_ms;    /* auth.leeway: clock skew tolerated */
+
+    bool webhooks_allow_private;    /* webhooks.allow_private: skip the SSRF address rule */
+    char *webhooks_key_file;        /* webhooks.key_file: "" = <auth.key_dir>/webhooks.key */
+    int64_t webhooks_workers;       /* webhooks.workers: deliveries in flight per node */
+    int64_t webhooks_max_attempts;  /* webhooks.max_attempts */
+    int64_t webhooks_retry_base_ms; /* webhooks.retry_base */
+    int64_t webhooks_retry_max_ms;  /* webhooks.retry_max */
+    int64_t webhooks_poll_ms;       /* webhooks.poll */
+    int64_t webhooks_timeout_ms;    /* webhooks.timeout: one attempt, in total */
+    char *webhooks_ca_file;         /* webhooks.ca_file: "" = the system's CAs */
+    int64_t webhooks_retention_ms;  /* webhooks.retention: ended deliveries kept (0: forever) */
 };
 
 extern const struct conf_field orchd_config_fields[];

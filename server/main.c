@@ -22,6 +22,7 @@
 #include "server/metrics-orch.h"
 #include "server/migrate.h"
 #include "server/reaper.h"
+#include "server/webhook-deliver.h"
 
 /* Exit statuses: 0 done, 1 the operation failed, 2 bad usage or configuration. */
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
@@ -89,6 +90,7 @@ struct node {
     struct http_server *metrics_srv; /* the operators' /metrics listener, or NULL */
     struct dispatcher *dispatcher;
     struct reaper *reaper;
+    struct webhook_deliver *webhooks;
     char err[512]; /* why a role did not start */
 };
 
@@ -129,6 +131,17 @@ static void reaper_role_stop(struct node *n)
     n->reaper = NULL;
 }
 
+static int webhooks_role_start(struct node *n)
+{
+    return webhook_deliver_start(n->app, &n->webhooks);
+}
+
+static void webhooks_role_stop(struct node *n)
+{
+    webhook_deliver_stop(n->webhooks);
+    n->webhooks = NULL;
+}
+
 static int api_role_start(struct node *n)
 {
     return http_server_start(n->ho, &n->srv, n->err, sizeof(n->err));
@@ -163,6 +176,7 @@ static const struct role {
     {NODE_ROLE_GATEWAY, gateway_role_start, gateway_role_stop, false},
     {NODE_ROLE_DISPATCHER, dispatcher_role_start, dispatcher_role_stop, false},
     {NODE_ROLE_REAPER, reaper_role_start, reaper_role_stop, false},
+    {NODE_ROLE_WEBHOOKS, webhooks_role_start, webhooks_role_stop, false},
     /* Started last, so that no request comes before what it hands work to runs; stopped
      * last too, since the gateway answers the long-polls it holds on the server's loops. */
     {NODE_ROLE_API, api_role_start, api_role_stop, true},

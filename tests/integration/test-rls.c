@@ -45,12 +45,17 @@ static const char fixture_sql[] =
     " (gen_random_uuid(), '@T@', 's', '0 * * * *', '{}');"
     "INSERT INTO usage_counters (tenant_id, day, api_calls) VALUES ('@T@', current_date, 1);"
     "INSERT INTO audit_log (id, tenant_id, actor_type, actor_id, action) VALUES"
-    " (gen_random_uuid(), '@T@', 'system', 'test', 'create');";
+    " (gen_random_uuid(), '@T@', 'system', 'test', 'create');"
+    "INSERT INTO webhooks (id, tenant_id, url, events, secret_sealed, secret_prefix) VALUES"
+    " (gen_random_uuid(), '@T@', 'https://example.com/', '{job.failed}', '\\x00', 'p');"
+    "INSERT INTO webhook_deliveries (id, tenant_id, webhook_id, event_id, event_type, payload)"
+    " SELECT gen_random_uuid(), '@T@', id, gen_random_uuid(), 'job.failed', '{}'"
+    " FROM webhooks WHERE tenant_id = '@T@';";
 
 static const char *const fixture_tables[] = {
     "api_keys",       "agents",    "enrollment_tokens", "queues",   "package_blobs",
     "packages",       "jobs",      "job_attempts",      "job_logs", "schedules",
-    "usage_counters", "audit_log", "job_log_streams",
+    "usage_counters", "audit_log", "job_log_streams",   "webhooks", "webhook_deliveries",
 };
 #define N_TABLES (sizeof(fixture_tables) / sizeof(fixture_tables[0]))
 
