@@ -1,6 +1,6 @@
--- 90_webhooks: event webhooks' views and functions (tables in sql/0016_webhooks.sql).
+-- 90_webhooks: event webhooks' views and functions (tables in sql/0015_webhooks.sql).
 
--- webhook_view, webhook_delivery_view: from 0016_webhooks.sql.
+-- webhook_view, webhook_delivery_view: from 0015_webhooks.sql.
 CREATE OR REPLACE VIEW webhook_view WITH (security_invoker = true) AS
 SELECT id, tenant_id, json_build_object(
     'id', id, 'url', url, 'events', events, 'description', description, 'enabled', enabled,
@@ -89,7 +89,7 @@ END
 $$;
 
 -- An agent's going online or offline as agent.online / agent.offline: a row trigger that
--- fires only when the status changed (sql/0016_webhooks.sql).
+-- fires only when the status changed (sql/0015_webhooks.sql).
 CREATE OR REPLACE FUNCTION webhook_agents_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.status NOT IN ('online', 'offline') THEN

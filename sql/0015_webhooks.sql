@@ -1,4 +1,4 @@
--- 0016_webhooks: event webhooks (server/api-webhooks.c, server/webhook-*.c, docs/api.md).
+-- 0015_webhooks: event webhooks (server/api-webhooks.c, server/webhook-*.c, docs/api.md).
 --
 -- A subscription (webhooks) names an HTTPS URL and the event types it wants. An event is
 -- written, in the transaction that makes it happen, as one row of webhook_deliveries per
