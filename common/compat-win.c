@@ -549,24 +549,34 @@ int compat_fsync(int fd)
 }
 
 /* ReadFile/WriteFile at an offset: on a handle opened for synchronous I/O the OVERLAPPED
- * offset is honoured and the call waits. */
+ * offset is honoured and the call waits. Returns the handle with *ov set for off and *len
+ * cut to what one call can move, or INVALID_HANDLE_VALUE with errno set. */
+static HANDLE at_offset(int fd, int64_t off, OVERLAPPED *ov, size_t *len)
+{
+    HANDLE h = fd_handle(fd);
+
+    if (h == INVALID_HANDLE_VALUE)
+        return h;
+    if (off < 0) {
+        errno = EINVAL;
+        return INVALID_HANDLE_VALUE;
+    }
+    memset(ov, 0, sizeof(*ov));
+    ov->Offset = (DWORD)((uint64_t)off & 0xffffffffu);
+    ov->OffsetHigh = (DWORD)((uint64_t)off >> 32);
+    if (*len > 0x40000000)
+        *len = 0x40000000;
+    return h;
+}
+
 ssize_t compat_pread(int fd, void *buf, size_t len, int64_t off)
 {
     OVERLAPPED ov;
-    HANDLE h = fd_handle(fd);
     DWORD got = 0;
+    HANDLE h = at_offset(fd, off, &ov, &len);
 
     if (h == INVALID_HANDLE_VALUE)
         return -1;
-    if (off < 0) {
-        errno = EINVAL;
-        return -1;
-    }
-    memset(&ov, 0, sizeof(ov));
-    ov.Offset = (DWORD)((uint64_t)off & 0xffffffffu);
-    ov.OffsetHigh = (DWORD)((uint64_t)off >> 32);
-    if (len > 0x40000000)
-        len = 0x40000000;
     if (!ReadFile(h, buf, (DWORD)len, &got, &ov)) {
         if (GetLastError() == ERROR_HANDLE_EOF)
             return 0;
@@ -578,20 +588,11 @@ ssize_t compat_pread(int fd, void *buf, size_t len, int64_t off)
 ssize_t compat_pwrite(int fd, const void *buf, size_t len, int64_t off)
 {
     OVERLAPPED ov;
-    HANDLE h = fd_handle(fd);
     DWORD put = 0;
+    HANDLE h = at_offset(fd, off, &ov, &len);
 
     if (h == INVALID_HANDLE_VALUE)
         return -1;
-    if (off < 0) {
-        errno = EINVAL;
-        return -1;
-    }
-    memset(&ov, 0, sizeof(ov));
-    ov.Offset = (DWORD)((uint64_t)off & 0xffffffffu);
-    ov.OffsetHigh = (DWORD)((uint64_t)off >> 32);
-    if (len > 0x40000000)
-        len = 0x40000000;
     if (!WriteFile(h, buf, (DWORD)len, &put, &ov))
         return fail_win32();
     return (ssize_t)put;
