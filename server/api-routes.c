@@ -48,6 +48,13 @@ const struct http_route api_routes[] = {
     {HTTP_PATCH, V1 "/queues/{id}", HTTP_AUTH_TENANT_OPERATOR, api_queues_update, 0, 0},
     {HTTP_DELETE, V1 "/queues/{id}", HTTP_AUTH_TENANT_OPERATOR, api_queues_delete, 0, 0},
 
+    {HTTP_GET, V1 "/schedules", HTTP_AUTH_TENANT_VIEWER, api_schedules_list, 0, 0},
+    {HTTP_POST, V1 "/schedules", HTTP_AUTH_TENANT_OPERATOR, api_schedules_create, 256 * 1024, 0},
+    {HTTP_GET, V1 "/schedules/{id}", HTTP_AUTH_TENANT_VIEWER, api_schedules_get, 0, 0},
+    {HTTP_PATCH, V1 "/schedules/{id}", HTTP_AUTH_TENANT_OPERATOR, api_schedules_update, 256 * 1024,
+     0},
+    {HTTP_DELETE, V1 "/schedules/{id}", HTTP_AUTH_TENANT_OPERATOR, api_schedules_delete, 0, 0},
+
     {HTTP_GET, V1 "/audit", HTTP_AUTH_ADMIN_OR_PLATFORM, api_audit_list, 0, 0},
 
     {HTTP_GET, V1 "/enrollment-tokens", HTTP_AUTH_TENANT_ADMIN, api_enroll_tokens_list, 0, 0},
