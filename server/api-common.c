@@ -71,6 +71,20 @@ bool api_label_name_ok(const char *name)
     return ok;
 }
 
+bool api_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > API_QUEUE_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        if (!alnum && (i == 0 || !strchr("_.-", c)))
+            return false;
+    }
+    return true;
+}
+
 bool api_slug_ok(const char *s)
 {
     size_t n = strlen(s);

@@ -136,9 +136,8 @@ int api_jobs_check_requirements(const json_t *reqs, const char *field_prefix, ch
     return 0;
 }
 
-/* Check one job object; on failure fill field/detail (prefix names the batch element). */
-static int job_check(const json_t *job, const char *prefix, char *field, size_t flen, char *detail,
-                     size_t dlen)
+int api_jobs_check(const json_t *job, const char *prefix, char *field, size_t flen, char *detail,
+                   size_t dlen)
 {
     struct jsonv_error err;
     if (!json_is_object(job)) {
@@ -187,12 +186,8 @@ static int job_check(const json_t *job, const char *prefix, char *field, size_t 
     return 0;
 }
 
-/* Insert one job in tx; *id_out gets the new (or, for a repeated idempotency key, the
- * existing) job id and *created whether it is new. A queue named by the job supplies the
- * default priority and requirements (the job's own requirements win). */
-static int job_insert(struct store_tx *tx, const json_t *job, char id_out[ID_STR_LEN],
-                      bool *created, char *field, size_t flen, char *detail, size_t dlen,
-                      const char *prefix)
+int api_jobs_insert(struct store_tx *tx, const json_t *job, char id_out[ID_STR_LEN], bool *created,
+                    char *field, size_t flen, char *detail, size_t dlen, const char *prefix)
 {
     struct job_input in = {0};
     id_uuid7_str(in.id);
@@ -334,7 +329,7 @@ static void submit(struct http_req *req, json_t *jobs, bool single)
         char prefix[32] = "";
         if (!single)
             snprintf(prefix, sizeof(prefix), "jobs[%zu].", i);
-        if (job_check(job, prefix, field, sizeof(field), detail, sizeof(detail)) < 0) {
+        if (api_jobs_check(job, prefix, field, sizeof(field), detail, sizeof(detail)) < 0) {
             http_reply_problem(req, PROBLEM_VALIDATION, detail, field);
             return;
         }
@@ -355,7 +350,8 @@ static void submit(struct http_req *req, json_t *jobs, bool single)
         bool created = false;
         if (!single)
             snprintf(prefix, sizeof(prefix), "jobs[%zu].", i);
-        r = job_insert(tx, job, id, &created, field, sizeof(field), detail, sizeof(detail), prefix);
+        r = api_jobs_insert(tx, job, id, &created, field, sizeof(field), detail, sizeof(detail),
+                            prefix);
         if (r < 0)
             break;
         json_array_append_new(ids, json_string(id));

@@ -44,20 +44,6 @@ static const struct store_stmt q_queue_update = STORE_STMT(
 static const struct store_stmt q_queue_delete =
     STORE_STMT("queue_delete", "DELETE FROM queues WHERE id = $1 RETURNING name", 1);
 
-static bool valid_name(const char *s)
-{
-    size_t n = strlen(s);
-    if (n < 1 || n > API_QUEUE_NAME_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-        if (!alnum && (i == 0 || !strchr("_.-", c)))
-            return false;
-    }
-    return true;
-}
-
 /* Shared validation of create and update bodies; fills the text parameters. */
 struct queue_input {
     const char *name;
@@ -72,7 +58,7 @@ static int queue_input(struct http_req *req, const json_t *body, struct queue_in
 {
     memset(in, 0, sizeof(*in));
     in->name = api_json_str(body, "name");
-    if (in->name && !valid_name(in->name)) {
+    if (in->name && !api_name_ok(in->name)) {
         http_reply_problem(req, PROBLEM_VALIDATION,
                            "must be 1 to 64 characters of A-Z a-z 0-9 _ . -, starting with a "
                            "letter or digit",

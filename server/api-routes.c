@@ -48,6 +48,12 @@ const struct http_route api_routes[] = {
     {HTTP_PATCH, V1 "/queues/{id}", HTTP_AUTH_TENANT_OPERATOR, api_queues_update, 0, 0},
     {HTTP_DELETE, V1 "/queues/{id}", HTTP_AUTH_TENANT_OPERATOR, api_queues_delete, 0, 0},
 
+    {HTTP_GET, V1 "/schedules", HTTP_AUTH_TENANT_VIEWER, api_schedules_list, 0, 0},
+    {HTTP_POST, V1 "/schedules", HTTP_AUTH_TENANT_OPERATOR, api_schedules_create, 256 * 1024, 0},
+    {HTTP_GET, V1 "/schedules/{id}", HTTP_AUTH_TENANT_VIEWER, api_schedules_get, 0, 0},
+    {HTTP_PATCH, V1 "/schedules/{id}", HTTP_AUTH_TENANT_OPERATOR, api_schedules_update, 256 * 1024,
+     0},
+    {HTTP_DELETE, V1 "/schedules/{id}", HTTP_AUTH_TENANT_OPERATOR, api_schedules_delete, 0, 0},
     {HTTP_GET, V1 "/webhooks", HTTP_AUTH_TENANT_VIEWER, api_webhooks_list, 0, 0},
     {HTTP_POST, V1 "/webhooks", HTTP_AUTH_TENANT_ADMIN, api_webhooks_create, 16384, 0},
     {HTTP_GET, V1 "/webhooks/{id}", HTTP_AUTH_TENANT_VIEWER, api_webhooks_get, 0, 0},

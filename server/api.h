@@ -79,6 +79,9 @@ bool api_tier_ok(const char *t);
 /* Check a label map ({"os": "linux"}) of that shape. Replies 422 naming field and returns
  * < 0 when bad. */
 int api_check_labels(struct http_req *req, const json_t *labels, const char *field);
+/* A queue's and a schedule's name: 1 to API_QUEUE_NAME_MAX of A-Z a-z 0-9 _ . -, starting
+ * with a letter or digit (the CHECKs on queues.name and schedules.name). */
+bool api_name_ok(const char *s);
 /* A job's priority and a queue's default one; a queue's name. */
 #define API_PRIORITY_MIN   (-100)
 #define API_PRIORITY_MAX   100
@@ -159,12 +162,31 @@ void api_agent_rotate(struct http_req *req);
  * (named from field_prefix, e.g. "requirements.min_free_memory_mb") and detail, returns -EINVAL. */
 int api_jobs_check_requirements(const json_t *reqs, const char *field_prefix, char *field,
                                 size_t flen, char *detail, size_t dlen);
+/* Check one job object as POST /jobs takes it (the member table, command or package,
+ * args/env/params as the agent holds them, requirements). On failure fills field (prefixed
+ * by prefix: "jobs[3].", "job.") and detail, and returns -EINVAL. */
+int api_jobs_check(const json_t *job, const char *prefix, char *field, size_t flen, char *detail,
+                   size_t dlen);
+/* Insert one job, checked by api_jobs_check(), in tx (a tenant's scope): POST /jobs' one
+ * path into the jobs table, which the scheduler's firings take too. *id_out gets the new
+ * (or, for a repeated idempotency key, the existing) job id and *created whether it is
+ * new. A queue named by the job supplies the default priority and requirements (the job's
+ * own requirements win). On a fault of the job (no such queue or package) fills field and
+ * detail. Returns 0 or < 0. */
+int api_jobs_insert(struct store_tx *tx, const json_t *job, char id_out[ID_STR_LEN], bool *created,
+                    char *field, size_t flen, char *detail, size_t dlen, const char *prefix);
 void api_jobs_submit(struct http_req *req);
 void api_jobs_submit_batch(struct http_req *req);
 void api_jobs_list(struct http_req *req);
 void api_jobs_get(struct http_req *req);
 void api_jobs_cancel(struct http_req *req);
 void api_jobs_logs(struct http_req *req);
+/* schedules (api-schedules.c) */
+void api_schedules_list(struct http_req *req);
+void api_schedules_create(struct http_req *req);
+void api_schedules_get(struct http_req *req);
+void api_schedules_update(struct http_req *req);
+void api_schedules_delete(struct http_req *req);
 /* the agent protocol (docs/agent-protocol.md) */
 void api_agent_heartbeat(struct http_req *req);
 void api_agent_job_started(struct http_req *req);

@@ -60,10 +60,11 @@ const struct conf_field orchd_config_fields[] = {
      "long-polls one node holds at once; past it agents are told 503 and retry later"},
     {"node.name", CONF_STRING, F(node_name), 1, 64, "orchd", NULL,
      "this node's name in logs and the audit trail"},
-    {"node.roles", CONF_STRING, F(node_roles), 1, 200, "api,gateway,dispatcher,reaper,webhooks",
-     NULL,
+    {"node.roles", CONF_STRING, F(node_roles), 1, 200,
+     "api,gateway,dispatcher,reaper,webhooks,scheduler", NULL,
      "what this node runs, comma-separated: api (the HTTP server), gateway (agents' "
-     "long-polls; needs api), dispatcher, reaper, webhooks (event deliveries)"},
+     "long-polls; needs api), dispatcher, reaper, webhooks (event deliveries), "
+     "scheduler (fires cron schedules)"},
     {"http.address", CONF_STRING, F(http_address), 1, 64, "127.0.0.1", NULL,
      "listen address (0.0.0.0 or :: for all)"},
     {"http.port", CONF_INT, F(http_port), 0, 65535, "8443", NULL, "listen port (0 = any free)"},
@@ -91,6 +92,10 @@ const struct conf_field orchd_config_fields[] = {
      "raise it when many agents share one NAT or proxy address"},
     {"packages.cache_bytes", CONF_SIZE, F(packages_cache_bytes), 0, (int64_t)1 << 40, "256M", NULL,
      "package archives kept in memory for the agents fetching them (0 = none)"},
+    {"scheduler.clock_offset", CONF_DURATION, F(sched_clock_offset_ms), 0, (int64_t)366 * 86400000,
+     "0s", NULL,
+     "a test aid: the scheduler acts as if the time were this much later (never set it in "
+     "production; docs/scheduling.md)"},
     {"logs.retention", CONF_DURATION, F(logs_retention_ms), 0, (int64_t)87600 * 3600000, "720h",
      NULL, "how long the output of a finished job is kept, e.g. 720h = 30 days (0 = forever)"},
     {"metrics.address", CONF_STRING, F(metrics_address), 1, 64, "127.0.0.1", NULL,
@@ -141,6 +146,7 @@ const char *const node_role_names[NODE_ROLE__COUNT] = {
     [NODE_ROLE_DISPATCHER] = "dispatcher",
     [NODE_ROLE_REAPER] = "reaper",
     [NODE_ROLE_WEBHOOKS] = "webhooks",
+    [NODE_ROLE_SCHEDULER] = "scheduler",
 };
 
 /* node.roles into cfg->node_roles_mask. Returns 0 or -EINVAL with err filled. */
@@ -160,7 +166,7 @@ static int parse_roles(struct orchd_config *cfg, struct conf_error *err)
         if (role < 0) {
             snprintf(err->msg, sizeof(err->msg),
                      "config: key 'node.roles': unknown role '%.*s' (expected api, gateway, "
-                     "dispatcher, reaper, webhooks)",
+                     "dispatcher, reaper, webhooks, scheduler)",
                      (int)(n > 64 ? 64 : n), p);
             return -EINVAL;
         }

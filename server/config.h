@@ -14,6 +14,7 @@ enum node_role {
     NODE_ROLE_DISPATCHER, /* assigns queued jobs to agents */
     NODE_ROLE_REAPER,     /* expired leases, silent agents, old logs */
     NODE_ROLE_WEBHOOKS,   /* delivers event webhooks (server/webhook-deliver.c) */
+    NODE_ROLE_SCHEDULER,  /* fires cron schedules (server/cron-fire.c) */
     NODE_ROLE__COUNT
 };
 
@@ -53,8 +54,9 @@ struct orchd_config {
     char *http_key_file;  /* http.key_file */
     int64_t http_max_header_bytes;
     int64_t http_max_body_bytes;
-    int64_t packages_cache_bytes; /* packages.cache_bytes */
-    int64_t logs_retention_ms;    /* logs.retention: finished jobs' output kept (0 = forever) */
+    int64_t packages_cache_bytes;  /* packages.cache_bytes */
+    int64_t sched_clock_offset_ms; /* scheduler.clock_offset: a test aid, 0 in production */
+    int64_t logs_retention_ms;     /* logs.retention: finished jobs' output kept (0 = forever) */
     int64_t http_timeout_ms;
     int64_t http_request_timeout_ms;          /* http.request_timeout */
     int64_t http_max_connections;             /* http.max_connections */

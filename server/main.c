@@ -23,6 +23,7 @@
 #include "server/migrate.h"
 #include "server/reaper.h"
 #include "server/webhook-deliver.h"
+#include "server/cron-fire.h"
 
 /* Exit statuses: 0 done, 1 the operation failed, 2 bad usage or configuration. */
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
@@ -91,6 +92,7 @@ struct node {
     struct dispatcher *dispatcher;
     struct reaper *reaper;
     struct webhook_deliver *webhooks;
+    struct cron_fire *scheduler;
     char err[512]; /* why a role did not start */
 };
 
@@ -142,6 +144,17 @@ static void webhooks_role_stop(struct node *n)
     n->webhooks = NULL;
 }
 
+static int scheduler_role_start(struct node *n)
+{
+    return cron_fire_start(n->app, &n->scheduler);
+}
+
+static void scheduler_role_stop(struct node *n)
+{
+    cron_fire_stop(n->scheduler);
+    n->scheduler = NULL;
+}
+
 static int api_role_start(struct node *n)
 {
     return http_server_start(n->ho, &n->srv, n->err, sizeof(n->err));
@@ -177,6 +190,7 @@ static const struct role {
     {NODE_ROLE_DISPATCHER, dispatcher_role_start, dispatcher_role_stop, false},
     {NODE_ROLE_REAPER, reaper_role_start, reaper_role_stop, false},
     {NODE_ROLE_WEBHOOKS, webhooks_role_start, webhooks_role_stop, false},
+    {NODE_ROLE_SCHEDULER, scheduler_role_start, scheduler_role_stop, false},
     /* Started last, so that no request comes before what it hands work to runs; stopped
      * last too, since the gateway answers the long-polls it holds on the server's loops. */
     {NODE_ROLE_API, api_role_start, api_role_stop, true},

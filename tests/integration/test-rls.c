@@ -43,6 +43,8 @@ static const char fixture_sql[] =
     " SELECT '@T@', id, 1, 'stdout', 5, 5 FROM jobs WHERE tenant_id = '@T@';"
     "INSERT INTO schedules (id, tenant_id, name, cron, job_template) VALUES"
     " (gen_random_uuid(), '@T@', 's', '0 * * * *', '{}');"
+    "INSERT INTO schedule_firings (schedule_id, tenant_id, scheduled_for, status)"
+    " SELECT id, '@T@', now(), 'fired' FROM schedules WHERE tenant_id = '@T@';"
     "INSERT INTO usage_counters (tenant_id, day, api_calls) VALUES ('@T@', current_date, 1);"
     "INSERT INTO audit_log (id, tenant_id, actor_type, actor_id, action) VALUES"
     " (gen_random_uuid(), '@T@', 'system', 'test', 'create');"
@@ -53,9 +55,10 @@ static const char fixture_sql[] =
     " FROM webhooks WHERE tenant_id = '@T@';";
 
 static const char *const fixture_tables[] = {
-    "api_keys",       "agents",    "enrollment_tokens", "queues",   "package_blobs",
-    "packages",       "jobs",      "job_attempts",      "job_logs", "schedules",
-    "usage_counters", "audit_log", "job_log_streams",   "webhooks", "webhook_deliveries",
+    "api_keys",         "agents",    "enrollment_tokens", "queues",   "package_blobs",
+    "packages",         "jobs",      "job_attempts",      "job_logs", "schedules",
+    "usage_counters",   "audit_log", "job_log_streams",   "webhooks", "webhook_deliveries",
+    "schedule_firings",
 };
 #define N_TABLES (sizeof(fixture_tables) / sizeof(fixture_tables[0]))
 
