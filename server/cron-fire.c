@@ -67,6 +67,16 @@ static const struct store_stmt q_advance =
                " last_run_at = now() WHERE id = $1",
                2);
 
+/* The schedule.fired or schedule.skipped event, in the firing's transaction: a webhook
+ * subscriber hears of every recorded firing, and of none that rolled back. */
+static const struct store_stmt q_event =
+    STORE_STMT("cron_event",
+               "SELECT webhook_emit(app_tenant(), $1, jsonb_build_object('schedule_id', $2::uuid,"
+               " 'name', (SELECT name FROM schedules WHERE id = $2::uuid),"
+               " 'scheduled_for', to_timestamp($3::bigint), 'job_id', $4::uuid, 'reason', $5::text,"
+               " 'next_run_at', to_timestamp($6::bigint)))",
+               6);
+
 struct cron_fire {
     struct app *app;
     struct gw_thread th;
@@ -80,10 +90,8 @@ struct firing {
     char job_id[ID_STR_LEN];
 };
 
-/* The events for webhooks (schedule.fired, schedule.skipped) are emitted here, after the
- * commit: the log line is the call point until the webhook module's event function is
- * wired in. */
-static void cron_fire_event(const char *tenant, const char *id, const struct firing *f)
+/* The log line of a committed firing (its webhook event is recorded by record()). */
+static void cron_fire_log(const char *tenant, const char *id, const struct firing *f)
 {
     char at[CLOCK_RFC3339_LEN];
     clock_format_rfc3339(f->scheduled_for * 1000, at, sizeof(at));
@@ -152,18 +160,22 @@ static int plan(const struct cron *c, const struct cron_tz *z, int64_t due, int6
     return 0;
 }
 
-/* Record f and advance the schedule, in tx. */
+/* Record f, advance the schedule and queue its event, in tx. */
 static int record(struct store_tx *tx, const char *id, const struct firing *f)
 {
-    char at[24], next[24];
+    char at[24], next[24], type[32];
     snprintf(at, sizeof(at), "%" PRId64, f->scheduled_for);
     snprintf(next, sizeof(next), "%" PRId64, f->next);
-    const char *p[] = {id, at, f->status, f->reason[0] ? f->reason : NULL,
-                       f->job_id[0] ? f->job_id : NULL};
+    snprintf(type, sizeof(type), "schedule.%s", f->status);
+    const char *reason = f->reason[0] ? f->reason : NULL, *job = f->job_id[0] ? f->job_id : NULL;
+    const char *p[] = {id, at, f->status, reason, job};
     int r = store_tx_exec(tx, &q_record, p, NULL);
     const char *pa[] = {id, next};
     if (r >= 0)
         r = store_tx_exec(tx, &q_advance, pa, NULL);
+    const char *pe[] = {type, id, at, job, reason, next};
+    if (r >= 0)
+        r = store_tx_exec(tx, &q_event, pe, NULL);
     return r;
 }
 
@@ -192,7 +204,9 @@ static int fire_one(struct app *app, const char *tenant, const char *id, int64_t
     json_error_t je;
     json_t *job = json_loads(PQgetvalue(res, 0, 5), 0, &je);
     bool run_once = strcmp(PQgetvalue(res, 0, 2), "run_once") == 0;
-    const char *overlap = PQgetvalue(res, 0, 3);
+    /* Copied: res is cleared before the overlap check. */
+    char overlap[16];
+    snprintf(overlap, sizeof(overlap), "%s", PQgetvalue(res, 0, 3));
     int64_t due = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
     r = cron_parse(PQgetvalue(res, 0, 0), &c, err, sizeof(err));
     if (r >= 0)
@@ -247,7 +261,7 @@ static int fire_one(struct app *app, const char *tenant, const char *id, int64_t
          * is recorded as skipped, with the reason, and the schedule moves on. */
         f.status = "skipped";
         f.job_id[0] = '\0';
-        snprintf(f.reason, sizeof(f.reason), "the job was refused: %s: %s", field, detail);
+        snprintf(f.reason, sizeof(f.reason), "the job was refused: %.80s: %.150s", field, detail);
         r = store_tx_begin_tenant(app->store, tenant, &tx);
         if (r >= 0) {
             r = record(tx, id, &f);
@@ -260,7 +274,7 @@ static int fire_one(struct app *app, const char *tenant, const char *id, int64_t
     json_decref(job);
     if (r < 0)
         return r;
-    cron_fire_event(tenant, id, &f);
+    cron_fire_log(tenant, id, &f);
     if (f.job_id[0])
         announce(app, tenant, f.job_id);
     return 1;

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/buf.h"
+#include "common/cleanup.h"
 #include "common/crypto.h"
 #include "common/clock.h"
 #include "tests/integration/harness.h"
@@ -155,6 +156,42 @@ void th_server_start_peer(struct th_server *peer, const struct th_server *s)
     th_server_start_peer_env(peer, s, NULL);
 }
 
+/* The peers started and not stopped yet. A failed assertion leaves its test before
+ * th_server_stop_peer(): th_server_stop() kills them, or their connections would hold
+ * the test's database open and its drop would wait for ever. */
+static pid_t live_peers[16];
+
+static void peer_track(pid_t pid)
+{
+    for (size_t i = 0; i < ELEMENTSOF(live_peers); i++)
+        if (live_peers[i] == 0) {
+            live_peers[i] = pid;
+            return;
+        }
+    cr_assert_fail("more than %zu peers at once", ELEMENTSOF(live_peers));
+}
+
+static void peer_untrack(pid_t pid)
+{
+    for (size_t i = 0; i < ELEMENTSOF(live_peers); i++)
+        if (pid > 0 && live_peers[i] == pid)
+            live_peers[i] = 0;
+}
+
+/* Kill the peers still running. One a test killed and reaped itself is no child of ours
+ * any more (waitpid fails): its pid is left alone, whoever has it now. */
+static void peers_kill(void)
+{
+    for (size_t i = 0; i < ELEMENTSOF(live_peers); i++) {
+        pid_t pid = live_peers[i];
+        live_peers[i] = 0;
+        if (pid <= 0 || waitpid(pid, NULL, WNOHANG) != 0)
+            continue;
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+}
+
 void th_server_start_peer_env(struct th_server *peer, const struct th_server *s,
                               const char *const *extra_env)
 {
@@ -169,6 +206,7 @@ void th_server_start_peer_env(struct th_server *peer, const struct th_server *s,
         env[n++] = extra_env[i];
     env[n] = NULL;
     spawn(peer, env, "orchd-peer.log");
+    peer_track(peer->pid);
 }
 
 static void stop_process(struct th_server *s)
@@ -219,12 +257,14 @@ void th_server_restart(struct th_server *s, int sig)
 
 void th_server_stop_peer(struct th_server *peer)
 {
+    peer_untrack(peer->pid);
     stop_process(peer);
 }
 
 void th_server_stop(struct th_server *s)
 {
     th_resp_free_all();
+    peers_kill();
     stop_process(s);
     if (s->db[0])
         th_db_drop(s->db);
