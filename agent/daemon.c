@@ -1598,6 +1598,9 @@ static enum link_next link_exchange(struct link *l)
     int r = transport_request_ex(l->t, "POST", PROTO_AGENT_PATH_SYNC, req,
                                  wait_s * 1000 + REQUEST_TIMEOUT_MS, link_abort, l, &rep);
     l->holding = false;
+    /* What this exchange's answer makes us log (reports taken, assignments received) carries
+     * its id, the req= of the server's lines for the same exchange. */
+    size_t log_mark = log_ctx_push("req", rep.request_id);
     enum link_next next = LINK_GO;
     bool again = false;
     if (r == -EINTR) {
@@ -1634,6 +1637,7 @@ static enum link_next link_exchange(struct link *l)
         spool_rewind(d->spool);
     if (r < 0 && r != -EINTR && hb_due)
         l->next_hb_ms = 0; /* heartbeat first when the server is back */
+    log_ctx_pop(log_mark);
     return next;
 }
 

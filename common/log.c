@@ -21,6 +21,14 @@
 static _Atomic int log_level = LOG_LEVEL_INFO;
 static _Atomic int log_fd = STDERR_FILENO;
 
+/* This thread's context: " key=value" fields, NUL-terminated (see log_ctx_push()). Threads
+ * are event loops or worker threads that set it on entry to a request or a job and pop it
+ * before they take the next, so it never leaks from one unit of work into another. */
+static _Thread_local struct {
+    char text[LOG_CTX_MAX];
+    size_t len;
+} log_ctx;
+
 static const char *const level_names[] = {
     [LOG_LEVEL_DEBUG] = "debug",
     [LOG_LEVEL_INFO] = "info",
@@ -98,6 +106,116 @@ int log_open_file(const char *path, bool take_stderr)
     return 0;
 }
 
+/* Does the caller's part of a line (s, n bytes) hold a field named key (klen bytes)? The
+ * fields are walked as key=value with double-quoted values skipped whole, so text inside a
+ * quoted value ("detail=\"req=x\"") is not taken for a field. */
+static bool fields_have_key(const char *s, size_t n, const char *key, size_t klen)
+{
+    size_t i = 0;
+
+    while (i < n) {
+        while (i < n && s[i] == ' ')
+            i++;
+        size_t start = i;
+        while (i < n && s[i] != '=' && s[i] != ' ')
+            i++;
+        if (i - start == klen && i < n && s[i] == '=' && memcmp(s + start, key, klen) == 0)
+            return true;
+        if (i < n && s[i] == '=')
+            i++;
+        if (i < n && s[i] == '"') {
+            for (i++; i < n && s[i] != '"'; i++)
+                if (s[i] == '\\')
+                    i++;
+            i++;
+        }
+        while (i < n && s[i] != ' ')
+            i++;
+    }
+    return false;
+}
+
+/* Append this thread's context fields to line (caller's fields from head to len) within
+ * cap bytes, leaving out any key the caller wrote itself or that a later push repeats. Returns the
+ * new length; past cap - 1 means it was cut (the caller marks it). */
+static size_t ctx_append(char *line, size_t len, size_t head, size_t cap)
+{
+    const char *c = log_ctx.text, *end = log_ctx.text + log_ctx.len;
+    size_t caller = len;
+
+    while (c < end) {
+        /* c points at " key=value"; a value is quoted without spaces outside its quotes. */
+        const char *k = c + 1, *eq = memchr(k, '=', (size_t)(end - k));
+        const char *next = eq ? eq + 1 : end;
+        if (next < end && *next == '"') {
+            for (next++; next < end && *next != '"'; next++)
+                if (*next == '\\')
+                    next++;
+            if (next < end)
+                next++;
+        }
+        while (next < end && *next != ' ')
+            next++;
+        /* Inner pushes win over outer ones of the same key: only the last is kept. */
+        if (eq && !fields_have_key(line + head, caller - head, k, (size_t)(eq - k)) &&
+            !fields_have_key(next, (size_t)(end - next), k, (size_t)(eq - k))) {
+            size_t n = (size_t)(next - c);
+            if (len + n > cap) {
+                memcpy(line + len, c, cap - len);
+                return cap;
+            }
+            memcpy(line + len, c, n);
+            len += n;
+        }
+        c = next;
+    }
+    return len;
+}
+
+static bool log_key_char(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '.' || c == '-';
+}
+
+size_t log_ctx_push(const char *key, const char *value)
+{
+    size_t mark = log_ctx.len, klen;
+    char q[LOG_CTX_MAX];
+    const char *v;
+    int n;
+
+    if (!key || !value || !*value)
+        return mark;
+    klen = strlen(key);
+    if (klen == 0)
+        return mark;
+    for (size_t i = 0; i < klen; i++)
+        if (!log_key_char((unsigned char)key[i]))
+            return mark;
+    v = log_quote(value, q, sizeof(q));
+    n = snprintf(log_ctx.text + mark, sizeof(log_ctx.text) - mark, " %s=%s", key, v);
+    if (n < 0 || (size_t)n >= sizeof(log_ctx.text) - mark) {
+        log_ctx.text[mark] = '\0'; /* a field is whole or absent */
+        return mark;
+    }
+    log_ctx.len = mark + (size_t)n;
+    return mark;
+}
+
+void log_ctx_pop(size_t mark)
+{
+    if (mark >= log_ctx.len)
+        return;
+    log_ctx.len = mark;
+    log_ctx.text[mark] = '\0';
+}
+
+const char *log_ctx_get(void)
+{
+    return log_ctx.text;
+}
+
 void log_emit(enum log_level level, const char *fmt, ...)
 {
     va_list ap;
@@ -129,6 +247,8 @@ void log_emitv(enum log_level level, const char *fmt, va_list ap)
     if (n < 0)
         goto out;
     len = head + (size_t)n;
+    if (len <= sizeof(line) - 2 && log_ctx.len > 0)
+        len = ctx_append(line, len, head, sizeof(line) - 1);
     if (len > sizeof(line) - 2) {
         len = sizeof(line) - 2;
         memcpy(line + len - strlen(LOG_TRUNC_MARK), LOG_TRUNC_MARK, strlen(LOG_TRUNC_MARK));
