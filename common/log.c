@@ -29,6 +29,12 @@ static _Thread_local struct {
     size_t len;
 } log_ctx;
 
+/* Fields of the whole process (log_set_process_field()), written once before threads log. */
+static struct {
+    char text[128];
+    size_t len;
+} log_proc;
+
 static const char *const level_names[] = {
     [LOG_LEVEL_DEBUG] = "debug",
     [LOG_LEVEL_INFO] = "info",
@@ -135,12 +141,14 @@ static bool fields_have_key(const char *s, size_t n, const char *key, size_t kle
     return false;
 }
 
-/* Append this thread's context fields to line (caller's fields from head to len) within
- * cap bytes, leaving out any key the caller wrote itself or that a later push repeats. Returns the
- * new length; past cap - 1 means it was cut (the caller marks it). */
-static size_t ctx_append(char *line, size_t len, size_t head, size_t cap)
+/* Append the " key=value" fields of src (n_src bytes) to line (fields so far from head to
+ * len) within cap bytes, leaving out any key the line already has or that a later field of
+ * src repeats (an inner push wins). Returns the new length; cap means it was cut (the
+ * caller marks it). */
+static size_t ctx_append(char *line, size_t len, size_t head, size_t cap, const char *src,
+                         size_t n_src)
 {
-    const char *c = log_ctx.text, *end = log_ctx.text + log_ctx.len;
+    const char *c = src, *end = src + n_src;
     size_t caller = len;
 
     while (c < end) {
@@ -211,6 +219,27 @@ void log_ctx_pop(size_t mark)
     log_ctx.text[mark] = '\0';
 }
 
+int log_set_process_field(const char *key, const char *value)
+{
+    char q[128];
+    size_t klen = key ? strlen(key) : 0;
+    int n;
+
+    if (klen == 0 || !value || !*value)
+        return -EINVAL;
+    for (size_t i = 0; i < klen; i++)
+        if (!log_key_char((unsigned char)key[i]))
+            return -EINVAL;
+    n = snprintf(log_proc.text + log_proc.len, sizeof(log_proc.text) - log_proc.len, " %s=%s", key,
+                 log_quote(value, q, sizeof(q)));
+    if (n < 0 || (size_t)n >= sizeof(log_proc.text) - log_proc.len) {
+        log_proc.text[log_proc.len] = '\0';
+        return -ENOSPC;
+    }
+    log_proc.len += (size_t)n;
+    return 0;
+}
+
 const char *log_ctx_get(void)
 {
     return log_ctx.text;
@@ -248,7 +277,9 @@ void log_emitv(enum log_level level, const char *fmt, va_list ap)
         goto out;
     len = head + (size_t)n;
     if (len <= sizeof(line) - 2 && log_ctx.len > 0)
-        len = ctx_append(line, len, head, sizeof(line) - 1);
+        len = ctx_append(line, len, head, sizeof(line) - 1, log_ctx.text, log_ctx.len);
+    if (len <= sizeof(line) - 2 && log_proc.len > 0)
+        len = ctx_append(line, len, head, sizeof(line) - 1, log_proc.text, log_proc.len);
     if (len > sizeof(line) - 2) {
         len = sizeof(line) - 2;
         memcpy(line + len - strlen(LOG_TRUNC_MARK), LOG_TRUNC_MARK, strlen(LOG_TRUNC_MARK));

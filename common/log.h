@@ -68,6 +68,12 @@ void log_ctx_pop(size_t mark);
  * the next push or pop on this thread. */
 const char *log_ctx_get(void);
 
+/* Add key=value to every line this process logs from now on, after the thread's context
+ * (orchd: node=<node.name>); a key the line already has wins. Call before other threads
+ * log (it is not locked). Returns 0, -EINVAL (bad key, empty value) or -ENOSPC (the
+ * process's fields are full: 128 bytes). */
+int log_set_process_field(const char *key, const char *value);
+
 /* Quote s for use as a log value: returns s itself when it has only safe characters
  * ([A-Za-z0-9_.:/@+-]), otherwise a double-quoted, escaped copy written into buf
  * (truncated to len). Never returns NULL; NULL s gives "-". */

@@ -132,6 +132,9 @@ Test(trace, job_followed_from_request_to_report)
     /* The request's own line carries the same id. */
     const char *http[] = {"op=http method=POST route=/api/v1/jobs status=201", req_kv, NULL};
     free(wait_line(srv.log, http));
+    /* Every line of orchd's names its node. */
+    const char *node[] = {"op=job.submit ", job_kv, " node=orchd", NULL};
+    free(wait_line(srv.log, node));
     /* The dispatcher's assignment: job, tenant, agent. */
     const char *dispatch[] = {"op=dispatch ", job_kv, tenant_kv, agent_kv, NULL};
     free(wait_line(srv.log, dispatch));
@@ -191,7 +194,7 @@ Test(trace, incoming_request_ids)
     got = th_resp_header(&r, "X-Request-Id");
     cr_assert_eq(strlen(got), 64);
     cr_assert_eq(memcmp(got, long_id, 64), 0);
-    snprintf(want, sizeof(want), " req=%s\n", got);
+    snprintf(want, sizeof(want), " req=%s ", got);
     cr_assert(file_has(srv.log, want), "the cut id is the one logged");
     free(got);
     th_resp_free(&r);
@@ -201,7 +204,8 @@ Test(trace, incoming_request_ids)
     cr_assert_eq(r.status, 200, "%s", r.body);
     got = th_resp_header(&r, "X-Request-Id");
     cr_assert(id_is_valid(got), "replaced by a new id: %s", got);
-    snprintf(want, sizeof(want), "route=/api/v1/queues status=200");
+    snprintf(want, sizeof(want), " req=%s ", got);
+    cr_assert(file_has(srv.log, want), "the new id is the one logged");
     cr_assert_not(file_has(srv.log, "forged=1"), "a refused id never reaches the log");
     free(got);
     th_resp_free(&r);

@@ -340,3 +340,31 @@ Test(log, ctx_per_thread)
     cr_assert_eq((uintptr_t)len, 0);
     log_ctx_pop(m);
 }
+
+/* A process field rides on every line, after the thread's context; a line's own key wins. */
+Test(log, process_field)
+{
+    char out[512];
+
+    cr_assert_eq(log_set_process_field("bad key", "x"), -EINVAL);
+    cr_assert_eq(log_set_process_field("node", ""), -EINVAL);
+    cr_assert_eq(log_set_process_field("node", "orchd-1"), 0);
+    size_t m = log_ctx_push("req", "r-1");
+    log_info("op=a");
+    drain(out, sizeof(out));
+    cr_assert_not_null(strstr(out, " op=a req=r-1 node=orchd-1\n"), "%s", out);
+    log_info("op=b node=other");
+    drain(out, sizeof(out));
+    cr_assert_not_null(strstr(out, " op=b node=other req=r-1\n"), "%s", out);
+    log_ctx_pop(m);
+    log_info("op=c");
+    drain(out, sizeof(out));
+    cr_assert_not_null(strstr(out, " op=c node=orchd-1\n"), "%s", out);
+    char big[200];
+    memset(big, 'n', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    cr_assert_eq(log_set_process_field("big", big), -ENOSPC);
+    log_info("op=d");
+    drain(out, sizeof(out));
+    cr_assert_not_null(strstr(out, " op=d node=orchd-1\n"), "%s", out);
+}
