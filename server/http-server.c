@@ -367,10 +367,14 @@ bool http_req_id_choose(const char *in, char out[HTTP_REQ_ID_MAX + 1])
 }
 
 /* Push req's fields onto this thread's log context: req=, and once authenticated tenant=
- * (agent= too for an agent). Returns the mark to pop them with. */
+ * (agent= too for an agent); job= on a job's routes (REST and agent protocol), so that the
+ * request's own line and what its handler logs name the job. Returns the mark to pop
+ * them with. */
 static size_t req_log_push(const struct http_req *req)
 {
     size_t mark = log_ctx_push("req", req->id);
+    if (req->route && strstr(req->route->pattern, "/jobs/{id}"))
+        log_ctx_push("job", http_req_param(req, "id"));
     const struct http_principal *p = &req->principal;
     if (p->kind == HTTP_PRINCIPAL_TENANT || p->kind == HTTP_PRINCIPAL_AGENT)
         log_ctx_push("tenant", p->tenant_id);
@@ -729,6 +733,8 @@ static void dispatch(struct http_req *req)
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     enum http_method m = method_from_ev(evhttp_request_get_command(req->ev));
     req->route = http_route_find(srv->opts.routes, srv->opts.nroutes, m, path, &req->match);
+    log_ctx_pop(req->log_mark);
+    req_log_push(req);
     if (req->refused_len > 0) { /* before anything else: the body was never read */
         http_reply_header(req, "Connection", "close");
         /* The guard found the same route; should it ever not, the answer is still 413. */

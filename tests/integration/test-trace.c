@@ -135,6 +135,9 @@ Test(trace, job_followed_from_request_to_report)
     /* Every line of orchd's names its node. */
     const char *node[] = {"op=job.submit ", job_kv, " node=orchd", NULL};
     free(wait_line(srv.log, node));
+    /* Requests on the job's routes name it: th_job_wait_final() read it. */
+    const char *get[] = {"op=http method=GET route=/api/v1/jobs/{id} status=200", job_kv, NULL};
+    free(wait_line(srv.log, get));
     /* The dispatcher's assignment: job, tenant, agent. */
     const char *dispatch[] = {"op=dispatch ", job_kv, tenant_kv, agent_kv, NULL};
     free(wait_line(srv.log, dispatch));
