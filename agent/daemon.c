@@ -944,6 +944,8 @@ static void *daemon_job_main(void *arg)
     int exit_code = -1;
     uint32_t flags = 0;
     _cleanup_free_ char *result = NULL;
+    /* Whatever this thread logs is about this job. */
+    size_t log_mark = log_ctx_push("job", s->job_id);
     if (s->bad)
         flags |= PROTO_RES_BAD_ASSIGNMENT;
     else
@@ -983,6 +985,7 @@ static void *daemon_job_main(void *arg)
      * while holding the lock, so this thread must not take it again. */
     daemon_kick_link_locked(d, true);
     pthread_mutex_unlock(&d->lock);
+    log_ctx_pop(log_mark);
     return NULL;
 }
 

@@ -359,10 +359,9 @@ bool http_req_id_choose(const char *in, char out[HTTP_REQ_ID_MAX + 1])
         out[n] = '\0';
         return true;
     }
-    char id[ID_STR_LEN];
-    if (id_uuid7_str(id) < 0)
-        snprintf(id, sizeof(id), "-");
-    memcpy(out, id, sizeof(id));
+    char id[ID_STR_LEN] = "-"; /* only when the RNG fails */
+    id_uuid7_str(id);
+    memcpy(out, id, strlen(id) + 1);
     return false;
 }
 
