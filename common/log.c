@@ -112,12 +112,33 @@ int log_open_file(const char *path, bool take_stderr)
     return 0;
 }
 
+/* Whether pat (plen >= 1 bytes) occurs in s (n bytes): memmem(), which mingw lacks. */
+static bool bytes_find(const char *s, size_t n, const char *pat, size_t plen)
+{
+    const char *end = s + n;
+
+    while ((size_t)(end - s) >= plen) {
+        const char *c = memchr(s, pat[0], (size_t)(end - s) - plen + 1);
+        if (!c)
+            return false;
+        if (memcmp(c, pat, plen) == 0)
+            return true;
+        s = c + 1;
+    }
+    return false;
+}
+
 /* Does the caller's part of a line (s, n bytes) hold a field named key (klen bytes)? The
  * fields are walked as key=value with double-quoted values skipped whole, so text inside a
  * quoted value ("detail=\"req=x\"") is not taken for a field. */
 static bool fields_have_key(const char *s, size_t n, const char *key, size_t klen)
 {
     size_t i = 0;
+
+    /* The common case, cheaply: "key=" is nowhere in the text. key is followed by its '='
+     * where it comes from (a context field). */
+    if (!bytes_find(s, n, key, klen + 1))
+        return false;
 
     while (i < n) {
         while (i < n && s[i] == ' ')
@@ -188,10 +209,9 @@ static bool log_key_char(unsigned char c)
 
 size_t log_ctx_push(const char *key, const char *value)
 {
-    size_t mark = log_ctx.len, klen;
-    char q[LOG_CTX_MAX];
+    size_t mark = log_ctx.len, klen, vlen;
+    char q[LOG_CTX_MAX], *p;
     const char *v;
-    int n;
 
     if (!key || !value || !*value)
         return mark;
@@ -202,12 +222,18 @@ size_t log_ctx_push(const char *key, const char *value)
         if (!log_key_char((unsigned char)key[i]))
             return mark;
     v = log_quote(value, q, sizeof(q));
-    n = snprintf(log_ctx.text + mark, sizeof(log_ctx.text) - mark, " %s=%s", key, v);
-    if (n < 0 || (size_t)n >= sizeof(log_ctx.text) - mark) {
-        log_ctx.text[mark] = '\0'; /* a field is whole or absent */
+    vlen = strlen(v);
+    /* " key=value" and the NUL, whole or not at all. */
+    if (mark + 1 + klen + 1 + vlen + 1 > sizeof(log_ctx.text))
         return mark;
-    }
-    log_ctx.len = mark + (size_t)n;
+    p = log_ctx.text + mark;
+    *p++ = ' ';
+    memcpy(p, key, klen);
+    p += klen;
+    *p++ = '=';
+    memcpy(p, v, vlen);
+    p[vlen] = '\0';
+    log_ctx.len = mark + 1 + klen + 1 + vlen;
     return mark;
 }
 

@@ -369,11 +369,14 @@ bool http_req_id_choose(const char *in, char out[HTTP_REQ_ID_MAX + 1])
  * (agent= too for an agent); job= on a job's routes (REST and agent protocol), so that the
  * request's own line and what its handler logs name the job. Returns the mark to pop
  * them with. */
-static size_t req_log_push(const struct http_req *req)
+static void req_log_push_route(const struct http_req *req)
 {
-    size_t mark = log_ctx_push("req", req->id);
     if (req->route && strstr(req->route->pattern, "/jobs/{id}"))
         log_ctx_push("job", http_req_param(req, "id"));
+}
+
+static void req_log_push_principal(const struct http_req *req)
+{
     const struct http_principal *p = &req->principal;
     if (p->kind == HTTP_PRINCIPAL_TENANT || p->kind == HTTP_PRINCIPAL_AGENT)
         log_ctx_push("tenant", p->tenant_id);
@@ -381,6 +384,13 @@ static size_t req_log_push(const struct http_req *req)
         log_ctx_push("tenant", "platform");
     if (p->kind == HTTP_PRINCIPAL_AGENT)
         log_ctx_push("agent", p->subject);
+}
+
+static size_t req_log_push(const struct http_req *req)
+{
+    size_t mark = log_ctx_push("req", req->id);
+    req_log_push_route(req);
+    req_log_push_principal(req);
     return mark;
 }
 
@@ -732,8 +742,7 @@ static void dispatch(struct http_req *req)
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     enum http_method m = method_from_ev(evhttp_request_get_command(req->ev));
     req->route = http_route_find(srv->opts.routes, srv->opts.nroutes, m, path, &req->match);
-    log_ctx_pop(req->log_mark);
-    req_log_push(req);
+    req_log_push_route(req);    /* on top of req=, popped with it */
     if (req->refused_len > 0) { /* before anything else: the body was never read */
         http_reply_header(req, "Connection", "close");
         /* The guard found the same route; should it ever not, the answer is still 413. */
@@ -770,8 +779,7 @@ static void dispatch(struct http_req *req)
     if (req->route->auth != HTTP_AUTH_NONE) {
         if (authenticate(req) < 0)
             return;
-        log_ctx_pop(req->log_mark);
-        req_log_push(req);
+        req_log_push_principal(req);
         if (!auth_allows(req->route->auth, &req->principal)) {
             http_reply_problem(req, PROBLEM_FORBIDDEN, "your role does not allow this operation",
                                NULL);
@@ -806,7 +814,7 @@ static void on_request(struct evhttp_request *ev, void *arg)
     http_req_id_choose(evhttp_find_header(evhttp_request_get_input_headers(ev), "X-Request-Id"),
                        req.id);
     req.refused_len = http_guard_request_read(loop->srv->guard, ev);
-    req.log_mark = req_log_push(&req);
+    req.log_mark = log_ctx_push("req", req.id);
 
     dispatch(&req);
 
