@@ -944,6 +944,8 @@ static void *daemon_job_main(void *arg)
     int exit_code = -1;
     uint32_t flags = 0;
     _cleanup_free_ char *result = NULL;
+    /* Whatever this thread logs is about this job. */
+    size_t log_mark = log_ctx_push("job", s->job_id);
     if (s->bad)
         flags |= PROTO_RES_BAD_ASSIGNMENT;
     else
@@ -983,6 +985,7 @@ static void *daemon_job_main(void *arg)
      * while holding the lock, so this thread must not take it again. */
     daemon_kick_link_locked(d, true);
     pthread_mutex_unlock(&d->lock);
+    log_ctx_pop(log_mark);
     return NULL;
 }
 
@@ -1598,6 +1601,9 @@ static enum link_next link_exchange(struct link *l)
     int r = transport_request_ex(l->t, "POST", PROTO_AGENT_PATH_SYNC, req,
                                  wait_s * 1000 + REQUEST_TIMEOUT_MS, link_abort, l, &rep);
     l->holding = false;
+    /* What this exchange's answer makes us log (reports taken, assignments received) carries
+     * its id, the req= of the server's lines for the same exchange. */
+    size_t log_mark = log_ctx_push("req", rep.request_id);
     enum link_next next = LINK_GO;
     bool again = false;
     if (r == -EINTR) {
@@ -1634,6 +1640,7 @@ static enum link_next link_exchange(struct link *l)
         spool_rewind(d->spool);
     if (r < 0 && r != -EINTR && hb_due)
         l->next_hb_ms = 0; /* heartbeat first when the server is back */
+    log_ctx_pop(log_mark);
     return next;
 }
 

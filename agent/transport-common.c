@@ -12,6 +12,13 @@
 #include "common/buf.h"
 #include "common/cleanup.h"
 
+/* Each exchange has its own id; without randomness it goes without one ("-" in the log). */
+static void request_id_new(struct transport_reply *r)
+{
+    if (id_uuid7_str(r->request_id) < 0)
+        r->request_id[0] = '\0';
+}
+
 int transport_request(struct transport *t, const char *method, const char *path, const json_t *body,
                       struct transport_reply *r)
 {
@@ -23,6 +30,7 @@ int transport_request_ex(struct transport *t, const char *method, const char *pa
                          void *arg, struct transport_reply *r)
 {
     memset(r, 0, sizeof(*r));
+    request_id_new(r);
     _cleanup_free_ char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     struct buf reply = BUF_INIT;
     buf_init_max(&reply, TRANSPORT_MAX_REPLY);
@@ -48,6 +56,7 @@ int transport_get_bytes(struct transport *t, const char *path, size_t max, struc
                         struct transport_reply *r)
 {
     memset(r, 0, sizeof(*r));
+    request_id_new(r);
     buf_init_max(out, max);
     int rc =
         transport_exchange(t, "GET", path, NULL, "application/octet-stream", 0, NULL, NULL, out, r);

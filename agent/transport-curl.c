@@ -159,6 +159,11 @@ int transport_exchange(struct transport *t, const char *method, const char *path
     snprintf(version_h, sizeof(version_h), "%s: %d", PROTO_AGENT_VERSION_HEADER,
              PROTO_AGENT_VERSION);
     h = curl_slist_append(h, version_h);
+    char rid_h[64];
+    if (r->request_id[0]) {
+        snprintf(rid_h, sizeof(rid_h), "X-Request-Id: %s", r->request_id);
+        h = curl_slist_append(h, rid_h);
+    }
 
     CURL *c = t->curl;
     curl_easy_reset(c);

@@ -841,9 +841,12 @@ int transport_exchange(struct transport *t, const char *method, const char *path
     size_t plen = wcslen(t->prefix), n = wpath0 ? plen + wcslen(wpath0) + 1 : 0;
     _cleanup_free_ wchar_t *wpath = n ? malloc(n * sizeof(wchar_t)) : NULL;
     /* Every request says which agent protocol it speaks (proto/agent.h). */
-    char fixed[256];
-    snprintf(fixed, sizeof(fixed), "Accept: %s\r\n%s: %d\r\n%s", accept, PROTO_AGENT_VERSION_HEADER,
-             PROTO_AGENT_VERSION, text ? "Content-Type: application/json\r\n" : "");
+    char fixed[320];
+    snprintf(fixed, sizeof(fixed), "Accept: %s\r\n%s: %d\r\n%s%s%s%s", accept,
+             PROTO_AGENT_VERSION_HEADER, PROTO_AGENT_VERSION,
+             text ? "Content-Type: application/json\r\n" : "",
+             r->request_id[0] ? "X-Request-Id: " : "", r->request_id,
+             r->request_id[0] ? "\r\n" : "");
     _cleanup_free_ wchar_t *wfixed = wide(fixed);
     size_t alen = t->auth ? wcslen(t->auth) : 0;
     size_t hlen = wfixed ? wcslen(wfixed) + alen + 1 : 0;

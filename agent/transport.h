@@ -11,6 +11,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "common/id.h"
+
 struct transport;
 
 struct transport_options {
@@ -32,6 +34,9 @@ struct transport_reply {
     json_t *body;          /* parsed JSON body or NULL; caller json_decref()s */
     char error[256];       /* transport failure, or the problem's detail on an error status */
     int64_t retry_after_s; /* the answer's Retry-After in seconds, 0 when none */
+    /* The id this exchange was sent with as X-Request-Id (a new UUIDv7 each time): the
+     * server logs its side of the exchange with req= this id. */
+    char request_id[ID_STR_LEN];
 };
 
 /* Send method path with an optional JSON body (borrowed). Returns 0 when an HTTP answer

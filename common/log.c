@@ -21,6 +21,20 @@
 static _Atomic int log_level = LOG_LEVEL_INFO;
 static _Atomic int log_fd = STDERR_FILENO;
 
+/* This thread's context: " key=value" fields, NUL-terminated (see log_ctx_push()). Threads
+ * are event loops or worker threads that set it on entry to a request or a job and pop it
+ * before they take the next, so it never leaks from one unit of work into another. */
+static _Thread_local struct {
+    char text[LOG_CTX_MAX];
+    size_t len;
+} log_ctx;
+
+/* Fields of the whole process (log_set_process_field()), written once before threads log. */
+static struct {
+    char text[128];
+    size_t len;
+} log_proc;
+
 static const char *const level_names[] = {
     [LOG_LEVEL_DEBUG] = "debug",
     [LOG_LEVEL_INFO] = "info",
@@ -98,6 +112,165 @@ int log_open_file(const char *path, bool take_stderr)
     return 0;
 }
 
+/* Whether pat (plen >= 1 bytes) occurs in s (n bytes): memmem(), which mingw lacks. */
+static bool bytes_find(const char *s, size_t n, const char *pat, size_t plen)
+{
+    const char *end = s + n;
+
+    while ((size_t)(end - s) >= plen) {
+        const char *c = memchr(s, pat[0], (size_t)(end - s) - plen + 1);
+        if (!c)
+            return false;
+        if (memcmp(c, pat, plen) == 0)
+            return true;
+        s = c + 1;
+    }
+    return false;
+}
+
+/* Does the caller's part of a line (s, n bytes) hold a field named key (klen bytes)? The
+ * fields are walked as key=value with double-quoted values skipped whole, so text inside a
+ * quoted value ("detail=\"req=x\"") is not taken for a field. */
+static bool fields_have_key(const char *s, size_t n, const char *key, size_t klen)
+{
+    size_t i = 0;
+
+    /* The common case, cheaply: "key=" is nowhere in the text. key is followed by its '='
+     * where it comes from (a context field). */
+    if (!bytes_find(s, n, key, klen + 1))
+        return false;
+
+    while (i < n) {
+        while (i < n && s[i] == ' ')
+            i++;
+        size_t start = i;
+        while (i < n && s[i] != '=' && s[i] != ' ')
+            i++;
+        if (i - start == klen && i < n && s[i] == '=' && memcmp(s + start, key, klen) == 0)
+            return true;
+        if (i < n && s[i] == '=')
+            i++;
+        if (i < n && s[i] == '"') {
+            for (i++; i < n && s[i] != '"'; i++)
+                if (s[i] == '\\')
+                    i++;
+            i++;
+        }
+        while (i < n && s[i] != ' ')
+            i++;
+    }
+    return false;
+}
+
+/* Append the " key=value" fields of src (n_src bytes) to line (fields so far from head to
+ * len) within cap bytes, leaving out any key the line already has or that a later field of
+ * src repeats (an inner push wins). Returns the new length; cap means it was cut (the
+ * caller marks it). */
+static size_t ctx_append(char *line, size_t len, size_t head, size_t cap, const char *src,
+                         size_t n_src)
+{
+    const char *c = src, *end = src + n_src;
+    size_t caller = len;
+
+    while (c < end) {
+        /* c points at " key=value"; a value is quoted without spaces outside its quotes. */
+        const char *k = c + 1, *eq = memchr(k, '=', (size_t)(end - k));
+        const char *next = eq ? eq + 1 : end;
+        if (next < end && *next == '"') {
+            for (next++; next < end && *next != '"'; next++)
+                if (*next == '\\')
+                    next++;
+            if (next < end)
+                next++;
+        }
+        while (next < end && *next != ' ')
+            next++;
+        /* Inner pushes win over outer ones of the same key: only the last is kept. */
+        if (eq && !fields_have_key(line + head, caller - head, k, (size_t)(eq - k)) &&
+            !fields_have_key(next, (size_t)(end - next), k, (size_t)(eq - k))) {
+            size_t n = (size_t)(next - c);
+            if (len + n > cap) {
+                memcpy(line + len, c, cap - len);
+                return cap;
+            }
+            memcpy(line + len, c, n);
+            len += n;
+        }
+        c = next;
+    }
+    return len;
+}
+
+static bool log_key_char(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '.' || c == '-';
+}
+
+size_t log_ctx_push(const char *key, const char *value)
+{
+    size_t mark = log_ctx.len, klen, vlen;
+    char q[LOG_CTX_MAX], *p;
+    const char *v;
+
+    if (!key || !value || !*value)
+        return mark;
+    klen = strlen(key);
+    if (klen == 0)
+        return mark;
+    for (size_t i = 0; i < klen; i++)
+        if (!log_key_char((unsigned char)key[i]))
+            return mark;
+    v = log_quote(value, q, sizeof(q));
+    vlen = strlen(v);
+    /* " key=value" and the NUL, whole or not at all. */
+    if (mark + 1 + klen + 1 + vlen + 1 > sizeof(log_ctx.text))
+        return mark;
+    p = log_ctx.text + mark;
+    *p++ = ' ';
+    memcpy(p, key, klen);
+    p += klen;
+    *p++ = '=';
+    memcpy(p, v, vlen);
+    p[vlen] = '\0';
+    log_ctx.len = mark + 1 + klen + 1 + vlen;
+    return mark;
+}
+
+void log_ctx_pop(size_t mark)
+{
+    if (mark >= log_ctx.len)
+        return;
+    log_ctx.len = mark;
+    log_ctx.text[mark] = '\0';
+}
+
+int log_set_process_field(const char *key, const char *value)
+{
+    char q[128];
+    size_t klen = key ? strlen(key) : 0;
+    int n;
+
+    if (klen == 0 || !value || !*value)
+        return -EINVAL;
+    for (size_t i = 0; i < klen; i++)
+        if (!log_key_char((unsigned char)key[i]))
+            return -EINVAL;
+    n = snprintf(log_proc.text + log_proc.len, sizeof(log_proc.text) - log_proc.len, " %s=%s", key,
+                 log_quote(value, q, sizeof(q)));
+    if (n < 0 || (size_t)n >= sizeof(log_proc.text) - log_proc.len) {
+        log_proc.text[log_proc.len] = '\0';
+        return -ENOSPC;
+    }
+    log_proc.len += (size_t)n;
+    return 0;
+}
+
+const char *log_ctx_get(void)
+{
+    return log_ctx.text;
+}
+
 void log_emit(enum log_level level, const char *fmt, ...)
 {
     va_list ap;
@@ -129,6 +302,10 @@ void log_emitv(enum log_level level, const char *fmt, va_list ap)
     if (n < 0)
         goto out;
     len = head + (size_t)n;
+    if (len <= sizeof(line) - 2 && log_ctx.len > 0)
+        len = ctx_append(line, len, head, sizeof(line) - 1, log_ctx.text, log_ctx.len);
+    if (len <= sizeof(line) - 2 && log_proc.len > 0)
+        len = ctx_append(line, len, head, sizeof(line) - 1, log_proc.text, log_proc.len);
     if (len > sizeof(line) - 2) {
         len = sizeof(line) - 2;
         memcpy(line + len - strlen(LOG_TRUNC_MARK), LOG_TRUNC_MARK, strlen(LOG_TRUNC_MARK));

@@ -6,6 +6,12 @@
  * Values that may hold spaces or quotes go through log_quote(). Secrets are never logged.
  * Library code (common/, proto/) logs at debug level only.
  * Thread-safe: one write(2) per line.
+ *
+ * A thread may also hold a log context (log_ctx_push()): fields such as req=, tenant=,
+ * job=, agent= that are appended to every line it logs until they are popped, so that the
+ * lines written while handling one request or one job can be found together. A field the
+ * caller wrote itself wins: the context's field of the same key is then left out; of two
+ * pushes of one key, the later (inner) wins.
  */
 #pragma once
 
@@ -47,6 +53,26 @@ void log_emitv(enum log_level level, const char *fmt, va_list ap) ORCH_PRINTF(2,
 #define log_info(...)  log_emit(LOG_LEVEL_INFO, __VA_ARGS__)
 #define log_warn(...)  log_emit(LOG_LEVEL_WARN, __VA_ARGS__)
 #define log_error(...) log_emit(LOG_LEVEL_ERROR, __VA_ARGS__)
+
+/* The per-thread log context: at most LOG_CTX_MAX bytes of " key=value" fields. */
+#define LOG_CTX_MAX 320
+
+/* Append key=value (value quoted with log_quote(); NULL or "" adds nothing) to this
+ * thread's context. Returns the mark to give log_ctx_pop() to remove it and whatever was
+ * pushed after it. A field that does not fit whole is left out (the mark still pops
+ * correctly). key must be safe characters ([A-Za-z0-9_.-]). No allocation. */
+size_t log_ctx_push(const char *key, const char *value);
+/* Restore this thread's context to what it was when mark was returned (0: empty). */
+void log_ctx_pop(size_t mark);
+/* This thread's context as text (" req=... tenant=..."), "" when empty. Borrowed until
+ * the next push or pop on this thread. */
+const char *log_ctx_get(void);
+
+/* Add key=value to every line this process logs from now on, after the thread's context
+ * (orchd: node=<node.name>); a key the line already has wins. Call before other threads
+ * log (it is not locked). Returns 0, -EINVAL (bad key, empty value) or -ENOSPC (the
+ * process's fields are full: 128 bytes). */
+int log_set_process_field(const char *key, const char *value);
 
 /* Quote s for use as a log value: returns s itself when it has only safe characters
  * ([A-Za-z0-9_.:/@+-]), otherwise a double-quoted, escaped copy written into buf

@@ -405,8 +405,10 @@ static int report_started(struct app *app, const struct http_principal *p, struc
     int r = store_tx_exec(tx, &q_started, pp, &res);
     if (r < 0)
         return r;
-    if (r == 1 && !PQgetisnull(res, 0, 3))
+    if (r == 1 && !PQgetisnull(res, 0, 3)) { /* the first report of this start */
         o->start_wait_s = strtod(PQgetvalue(res, 0, 3), NULL);
+        log_info("op=job.started job=%s epoch=%s agent=%s", id, epoch, p->subject);
+    }
     ours_or_not(res, o, json_pack("{s:s}", "status", "running"));
     return 0;
 }

@@ -391,7 +391,12 @@ static void submit(struct http_req *req, json_t *jobs, bool single)
         json_t *q;
         json_array_foreach(new_queues, k, q)
         {
+            char qq[160];
             metrics_orch_submitted(app->metrics, tenant, json_string_value(q), 1);
+            /* req= and tenant= come from the request's log context. */
+            const char *qname = json_string_value(q);
+            log_info("op=job.submit job=%s queue=%s", json_string_value(json_array_get(new_ids, k)),
+                     qname && *qname ? log_quote(qname, qq, sizeof(qq)) : "-");
         }
         if (single) {
             if (!any_created)

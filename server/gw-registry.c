@@ -148,6 +148,10 @@ int gateway_claim(struct app *app, struct store_tx *tx, const char *agent_id, bo
         return r;
     /* On -ENOMEM the caller rolls back: what was claimed stays undelivered. */
     r = r > 0 ? claim_answer(res, lease_s, ret) : 0;
+    for (int i = 0; r == 0 && i < PQntuples(res); i++)
+        log_info("op=%s job=%s epoch=%s agent=%s",
+                 PQgetvalue(res, i, DELIVER_KIND)[0] == 'c' ? "job.cancel-sent" : "job.deliver",
+                 PQgetvalue(res, i, DELIVER_ID), PQgetvalue(res, i, DELIVER_EPOCH), agent_id);
     PQclear(res);
     return r;
 }
@@ -383,6 +387,7 @@ static void on_wake_with(struct gateway *gw, struct wake *wk)
     free(wk);
     if (!w)
         return;
+    size_t log_mark = http_deferred_log_push(w->d);
     char *body = NULL;
     bool found = false;
     for (int looks = 0;; looks++) {
@@ -411,6 +416,7 @@ static void on_wake_with(struct gateway *gw, struct wake *wk)
     if (newer)
         finish(w, body);
     free(body);
+    log_ctx_pop(log_mark);
 }
 
 static void answer_now(void *arg)

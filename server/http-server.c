@@ -57,7 +57,8 @@ struct http_req {
     struct http_loop *loop;
     const struct http_route *route;
     struct http_principal principal;
-    char id[ID_STR_LEN];
+    char id[HTTP_REQ_ID_MAX + 1];
+    size_t log_mark; /* this thread's log context before the request's fields were pushed */
     struct http_match match;
     struct evkeyvalq query;
     bool query_parsed;
@@ -334,6 +335,63 @@ const char *http_req_route(const struct http_req *req)
 const char *http_req_id(const struct http_req *req)
 {
     return req->id;
+}
+
+static bool req_id_char(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == ':' || c == '-';
+}
+
+bool http_req_id_choose(const char *in, char out[HTTP_REQ_ID_MAX + 1])
+{
+    size_t n = 0;
+    bool ok = in && *in;
+    /* The whole value is checked, not just the part kept: a value that is not an id is
+     * not one when cut either. It is bounded by the header limit. */
+    for (const char *p = in; ok && *p; p++)
+        ok = req_id_char((unsigned char)*p);
+    if (ok) {
+        n = strlen(in);
+        if (n > HTTP_REQ_ID_MAX)
+            n = HTTP_REQ_ID_MAX;
+        memcpy(out, in, n);
+        out[n] = '\0';
+        return true;
+    }
+    char id[ID_STR_LEN] = "-"; /* only when the RNG fails */
+    id_uuid7_str(id);
+    memcpy(out, id, strlen(id) + 1);
+    return false;
+}
+
+/* Push req's fields onto this thread's log context: req=, and once authenticated tenant=
+ * (agent= too for an agent); job= on a job's routes (REST and agent protocol), so that the
+ * request's own line and what its handler logs name the job. Returns the mark to pop
+ * them with. */
+static void req_log_push_route(const struct http_req *req)
+{
+    if (req->route && strstr(req->route->pattern, "/jobs/{id}"))
+        log_ctx_push("job", http_req_param(req, "id"));
+}
+
+static void req_log_push_principal(const struct http_req *req)
+{
+    const struct http_principal *p = &req->principal;
+    if (p->kind == HTTP_PRINCIPAL_TENANT || p->kind == HTTP_PRINCIPAL_AGENT)
+        log_ctx_push("tenant", p->tenant_id);
+    else if (p->kind == HTTP_PRINCIPAL_PLATFORM)
+        log_ctx_push("tenant", "platform");
+    if (p->kind == HTTP_PRINCIPAL_AGENT)
+        log_ctx_push("agent", p->subject);
+}
+
+static size_t req_log_push(const struct http_req *req)
+{
+    size_t mark = log_ctx_push("req", req->id);
+    req_log_push_route(req);
+    req_log_push_principal(req);
+    return mark;
 }
 
 const char *http_req_param(const struct http_req *req, const char *name)
@@ -684,6 +742,7 @@ static void dispatch(struct http_req *req)
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     enum http_method m = method_from_ev(evhttp_request_get_command(req->ev));
     req->route = http_route_find(srv->opts.routes, srv->opts.nroutes, m, path, &req->match);
+    req_log_push_route(req);    /* on top of req=, popped with it */
     if (req->refused_len > 0) { /* before anything else: the body was never read */
         http_reply_header(req, "Connection", "close");
         /* The guard found the same route; should it ever not, the answer is still 413. */
@@ -720,6 +779,7 @@ static void dispatch(struct http_req *req)
     if (req->route->auth != HTTP_AUTH_NONE) {
         if (authenticate(req) < 0)
             return;
+        req_log_push_principal(req);
         if (!auth_allows(req->route->auth, &req->principal)) {
             http_reply_problem(req, PROBLEM_FORBIDDEN, "your role does not allow this operation",
                                NULL);
@@ -751,15 +811,19 @@ static void on_request(struct evhttp_request *ev, void *arg)
 {
     struct http_loop *loop = arg;
     struct http_req req = {.ev = ev, .loop = loop, .start_ns = clock_mono_ns()};
-    id_uuid7_str(req.id);
+    http_req_id_choose(evhttp_find_header(evhttp_request_get_input_headers(ev), "X-Request-Id"),
+                       req.id);
     req.refused_len = http_guard_request_read(loop->srv->guard, ev);
+    req.log_mark = log_ctx_push("req", req.id);
 
     dispatch(&req);
 
     if (req.query_parsed)
         evhttp_clear_headers(&req.query);
-    if (req.deferred)
+    if (req.deferred) {
+        log_ctx_pop(req.log_mark);
         return; /* logged when the reply is sent */
+    }
     atomic_fetch_add(&loop->srv->requests, 1);
     uint64_t dur_ns = clock_mono_ns() - req.start_ns;
     double ms = (double)dur_ns / 1e6;
@@ -772,6 +836,7 @@ static void on_request(struct evhttp_request *ev, void *arg)
     log_info("op=http method=%s route=%s status=%d dur_ms=%.3f tenant=%s req=%s",
              http_method_name(method_from_ev(evhttp_request_get_command(ev))),
              req.route ? req.route->pattern : "-", req.status, ms, tenant, req.id);
+    log_ctx_pop(req.log_mark);
 }
 
 /* --- deferred replies ---------------------------------------------------------------------- */
@@ -821,6 +886,11 @@ const struct http_principal *http_deferred_principal(const struct http_deferred 
     return &d->req.principal;
 }
 
+size_t http_deferred_log_push(const struct http_deferred *d)
+{
+    return req_log_push(&d->req);
+}
+
 static void deferred_done(struct http_deferred *d)
 {
     uint64_t dur_ns = clock_mono_ns() - d->req.start_ns;
@@ -836,27 +906,33 @@ static void deferred_done(struct http_deferred *d)
 
 void http_deferred_reply_json(struct http_deferred *d, int status, json_t *body)
 {
+    size_t mark = req_log_push(&d->req);
     deferred_reading(d->req.ev, true);
     http_reply_json(&d->req, status, body);
     deferred_done(d);
+    log_ctx_pop(mark);
 }
 
 void http_deferred_reply_json_text(struct http_deferred *d, int status, const char *body,
                                    size_t len)
 {
+    size_t mark = req_log_push(&d->req);
     deferred_reading(d->req.ev, true);
     http_reply_json_text(&d->req, status, body, len);
     deferred_done(d);
+    log_ctx_pop(mark);
 }
 
 void http_deferred_reply_problem(struct http_deferred *d, enum problem_kind kind,
                                  const char *detail, const char *retry_after)
 {
+    size_t mark = req_log_push(&d->req);
     deferred_reading(d->req.ev, true);
     if (retry_after)
         http_reply_header(&d->req, "Retry-After", retry_after);
     http_reply_problem(&d->req, kind, detail, NULL);
     deferred_done(d);
+    log_ctx_pop(mark);
 }
 
 struct loop_post {

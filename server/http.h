@@ -141,8 +141,18 @@ const struct http_principal *http_req_principal(const struct http_req *req);
 enum http_method http_req_method(const struct http_req *req);
 /* The matched route's pattern, e.g. "/api/v1/queues/{id}". */
 const char *http_req_route(const struct http_req *req);
-/* The request id (UUIDv7), also sent as X-Request-Id. */
+/* The request id, also sent as X-Request-Id and on every log line written while the
+ * request is handled (req=; see http_req_id_choose()). */
 const char *http_req_id(const struct http_req *req);
+
+/* Longest request id taken from a client's X-Request-Id (longer ones are cut to it). */
+#define HTTP_REQ_ID_MAX 64
+/* Choose the id of a request that came with X-Request-Id: in (NULL: none). A value of
+ * [A-Za-z0-9._:-] only is taken, cut to its first HTTP_REQ_ID_MAX characters; anything
+ * else (empty, a space, a quote, a control or non-ASCII byte) is refused and a new UUIDv7
+ * is made instead, so that an id is always safe to log unquoted and to send back. Returns
+ * true when in was taken. */
+bool http_req_id_choose(const char *in, char out[HTTP_REQ_ID_MAX + 1]);
 
 /* A path parameter by name ("id"), percent-decoded; NULL if the pattern has none. */
 const char *http_req_param(const struct http_req *req, const char *name);
@@ -206,6 +216,9 @@ struct http_deferred *http_req_defer(struct http_req *req);
 /* The loop's event_base (for timers on the right thread). */
 struct event_base *http_deferred_base(const struct http_deferred *d);
 const struct http_principal *http_deferred_principal(const struct http_deferred *d);
+/* Put d's request fields (req=, tenant=, agent=) on this thread's log context, for work done
+ * for it outside its handler. Returns the mark to give log_ctx_pop() when done. */
+size_t http_deferred_log_push(const struct http_deferred *d);
 void http_deferred_reply_json(struct http_deferred *d, int status, json_t *body);
 void http_deferred_reply_json_text(struct http_deferred *d, int status, const char *body,
                                    size_t len);

@@ -236,6 +236,10 @@ static int cmd_serve(struct orchd_config *cfg)
     sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* Every line says which node wrote it: several nodes' logs end up in one place. Before
+     * any thread starts. */
+    if (log_set_process_field("node", cfg->node_name) < 0)
+        log_warn("op=serve detail=\"node.name is not added to log lines\"");
 
     struct app app;
     char err[512] = "";

@@ -321,8 +321,10 @@ void th_http(struct th_server *s, const char *method, const char *path, const ch
     th_http_bytes(s, method, path, token, body, body ? strlen(body) : 0, ctype, r);
 }
 
-void th_http_bytes(struct th_server *s, const char *method, const char *path, const char *token,
-                   const char *body, size_t len, const char *ctype, struct th_resp *r)
+/* th_http_bytes() with one more request header ("Name: value"; NULL: none). */
+static void http_do(struct th_server *s, const char *method, const char *path, const char *token,
+                    const char *body, size_t len, const char *ctype, const char *header,
+                    struct th_resp *r)
 {
     memset(r, 0, sizeof(*r));
     CURL *c = curl_easy_init();
@@ -339,6 +341,8 @@ void th_http_bytes(struct th_server *s, const char *method, const char *path, co
         snprintf(ct, sizeof(ct), "Content-Type: %s", ctype ? ctype : "application/json");
         h = curl_slist_append(h, ct);
     }
+    if (header)
+        h = curl_slist_append(h, header);
     struct buf rb = BUF_INIT, hb = BUF_INIT;
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_CAINFO, ca);
@@ -391,6 +395,18 @@ void th_http_bytes(struct th_server *s, const char *method, const char *path, co
         live_list->prev = r->live;
     live_list = r->live;
     pthread_mutex_unlock(&live_lock);
+}
+
+void th_http_bytes(struct th_server *s, const char *method, const char *path, const char *token,
+                   const char *body, size_t len, const char *ctype, struct th_resp *r)
+{
+    http_do(s, method, path, token, body, len, ctype, NULL, r);
+}
+
+void th_http_hdr(struct th_server *s, const char *method, const char *path, const char *token,
+                 const char *body, const char *header, struct th_resp *r)
+{
+    http_do(s, method, path, token, body, body ? strlen(body) : 0, NULL, header, r);
 }
 
 void th_resp_free(struct th_resp *r)

@@ -60,6 +60,9 @@ void th_http(struct th_server *s, const char *method, const char *path, const ch
 /* The same with a body of len bytes (binary). */
 void th_http_bytes(struct th_server *s, const char *method, const char *path, const char *token,
                    const char *body, size_t len, const char *ctype, struct th_resp *r);
+/* th_http() (JSON body) with one more request header, "Name: value" (e.g. X-Request-Id). */
+void th_http_hdr(struct th_server *s, const char *method, const char *path, const char *token,
+                 const char *body, const char *header, struct th_resp *r);
 void th_resp_free(struct th_resp *r);
 /* Free every response not freed yet. A failed cr_assert leaves the test by longjmp, past
  * the th_resp_free() of whatever response its frame held: th_server_stop() (every suite's

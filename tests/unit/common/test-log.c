@@ -1,6 +1,8 @@
 /* Tests for common/log.c: output captured through a pipe. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
@@ -213,4 +215,156 @@ Test(log, quote_exact_fit)
 
     /* "a b" quoted is 5 chars + NUL. */
     cr_assert_str_eq(log_quote("a b", buf, sizeof(buf)), "\"a b\"");
+}
+
+/* The per-thread context: pushed fields ride on every line, popped ones leave it. */
+Test(log, ctx_nested_push_pop)
+{
+    char out[512];
+
+    cr_assert_str_eq(log_ctx_get(), "");
+    size_t m0 = log_ctx_push("req", "r-1");
+    cr_assert_eq(m0, 0);
+    size_t m1 = log_ctx_push("tenant", "t-1");
+    log_info("op=a");
+    drain(out, sizeof(out));
+    cr_assert_not_null(strstr(out, "level=info op=a req=r-1 tenant=t-1\n"), "%s", out);
+
+    size_t m2 = log_ctx_push("job", "j-1");
+    log_info("op=b");
+    drain(out, sizeof(out));
+    cr_assert_not_null(strstr(out, " op=b req=r-1 tenant=t-1 job=j-1\n"), "%s", out);
+    /* An inner push of a key already there replaces it until popped. */
+    size_t m3 = log_ctx_push("job", "j-2");
+    log_info("op=b2");
+    drain(out, sizeof(out));
+    cr_assert_not_null(strstr(out, " op=b2 req=r-1 tenant=t-1 job=j-2\n"), "%s", out);
+    log_ctx_pop(m3);
+    log_info("op=b3");
+    drain(out, sizeof(out));
+    cr_assert_not_null(strstr(out, " op=b3 req=r-1 tenant=t-1 job=j-1\n"), "%s", out);
+    log_ctx_pop(m2);
+    log_info("op=c");
+    drain(out, sizeof(out));
+    cr_assert_not_null(strstr(out, " op=c req=r-1 tenant=t-1\n"), "%s", out);
+
+    log_ctx_pop(m1);
+    cr_assert_str_eq(log_ctx_get(), " req=r-1");
+    log_ctx_pop(m0);
+    cr_assert_str_eq(log_ctx_get(), "");
+    log_info("op=d");
+    drain(out, sizeof(out));
+    cr_assert_not_null(strstr(out, " op=d\n"), "%s", out);
+    log_ctx_pop(0); /* popping an empty context is harmless */
+    cr_assert_str_eq(log_ctx_get(), "");
+}
+
+/* A field the caller wrote itself is not repeated from the context; text inside a quoted
+ * value is not taken for a field. */
+Test(log, ctx_caller_field_wins)
+{
+    char out[512];
+
+    size_t m = log_ctx_push("req", "r-ctx");
+    log_ctx_push("job", "j-ctx");
+    log_info("op=x job=j-own");
+    drain(out, sizeof(out));
+    cr_assert_not_null(strstr(out, " op=x job=j-own req=r-ctx\n"), "%s", out);
+    log_info("op=y detail=\"req=fake job=fake\"");
+    drain(out, sizeof(out));
+    cr_assert_not_null(strstr(out, " op=y detail=\"req=fake job=fake\" req=r-ctx job=j-ctx\n"),
+                       "%s", out);
+    log_ctx_pop(m);
+}
+
+/* Values are quoted as log_quote() does; bad keys, empty values and a field that would
+ * overflow the context are left out whole. */
+Test(log, ctx_quoting_and_bounds)
+{
+    char out[1024], big[LOG_CTX_MAX + 8];
+
+    size_t m = log_ctx_push("tenant", "a b\"c\nd");
+    cr_assert_str_eq(log_ctx_get(), " tenant=\"a b\\\"c\\nd\"");
+    log_info("op=q");
+    drain(out, sizeof(out));
+    cr_assert_not_null(strstr(out, " op=q tenant=\"a b\\\"c\\nd\"\n"), "%s", out);
+    cr_assert_eq(strchr(out, '\n'), out + strlen(out) - 1);
+
+    log_ctx_push("bad key", "v");
+    log_ctx_push("k=v", "v");
+    log_ctx_push("empty", "");
+    log_ctx_push("null", NULL);
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    size_t before = strlen(log_ctx_get());
+    size_t mb = log_ctx_push("big", big);
+    cr_assert_eq(mb, before);
+    cr_assert_str_eq(log_ctx_get(), " tenant=\"a b\\\"c\\nd\"");
+    log_ctx_pop(m);
+    cr_assert_str_eq(log_ctx_get(), "");
+}
+
+/* A long line is still cut at the line limit with the context on it, and stays one line. */
+Test(log, ctx_on_long_line)
+{
+    static char big[9000], out[16384];
+    size_t n;
+
+    size_t m = log_ctx_push("req", "r-1");
+    memset(big, 'v', 8145);
+    big[8145] = '\0';
+    log_info("k=%s", big);
+    n = drain(out, sizeof(out));
+    cr_assert_leq(n, 8192);
+    cr_assert_eq(out[n - 1], '\n');
+    cr_assert_eq(strchr(out, '\n'), out + n - 1);
+    cr_assert_eq(strncmp(out + n - 4, "...", 3), 0, "%s", out + n - 20);
+    log_ctx_pop(m);
+}
+
+static void *ctx_other_thread(void *arg)
+{
+    (void)arg;
+    return (void *)(uintptr_t)strlen(log_ctx_get());
+}
+
+/* The context is the thread's own. */
+Test(log, ctx_per_thread)
+{
+    pthread_t t;
+    void *len = NULL;
+
+    size_t m = log_ctx_push("req", "r-main");
+    cr_assert_eq(pthread_create(&t, NULL, ctx_other_thread, NULL), 0);
+    cr_assert_eq(pthread_join(t, &len), 0);
+    cr_assert_eq((uintptr_t)len, 0);
+    log_ctx_pop(m);
+}
+
+/* A process field rides on every line, after the thread's context; a line's own key wins. */
+Test(log, process_field)
+{
+    char out[512];
+
+    cr_assert_eq(log_set_process_field("bad key", "x"), -EINVAL);
+    cr_assert_eq(log_set_process_field("node", ""), -EINVAL);
+    cr_assert_eq(log_set_process_field("node", "orchd-1"), 0);
+    size_t m = log_ctx_push("req", "r-1");
+    log_info("op=a");
+    drain(out, sizeof(out));
+    cr_assert_not_null(strstr(out, " op=a req=r-1 node=orchd-1\n"), "%s", out);
+    log_info("op=b node=other");
+    drain(out, sizeof(out));
+    cr_assert_not_null(strstr(out, " op=b node=other req=r-1\n"), "%s", out);
+    log_ctx_pop(m);
+    log_info("op=c");
+    drain(out, sizeof(out));
+    cr_assert_not_null(strstr(out, " op=c node=orchd-1\n"), "%s", out);
+    char big[200];
+    memset(big, 'n', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    cr_assert_eq(log_set_process_field("big", big), -ENOSPC);
+    log_info("op=d");
+    drain(out, sizeof(out));
+    cr_assert_not_null(strstr(out, " op=d node=orchd-1\n"), "%s", out);
 }
