@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # tools/test.sh: the whole test suite, from a fresh Debian 12 machine (as root).
 #
-# Installs the packages and (npm ci) the OpenAPI linter, checks the sources
-# (tools/check-source.py: banned functions and clang-format), builds orch twice (a -Werror
+# Installs the packages and (npm ci) the OpenAPI linter and the console's npm packages,
+# checks the sources (tools/check-source.py: banned functions and clang-format), builds orch
+# twice, the admin console bundled in (a -Werror
 # build, and one under AddressSanitizer + UndefinedBehaviorSanitizer), cross-builds the
 # Windows agent and runs its unit tests under wine (the windows suite), starts a private
 # PostgreSQL and a private RabbitMQ node on free ports, runs every test suite of both builds
@@ -32,10 +33,10 @@ source_status=0
 python3 tools/check-source.py || source_status=1
 
 say "building (-Werror)"
-orch_build build -Dwerror=true -Dtests=enabled -Dbuildtype=debugoptimized
+orch_build build -Dwerror=true -Dtests=enabled -Dbuildtype=debugoptimized -Dconsole=enabled
 if [ "${ORCH_NO_SANITIZE:-0}" != 1 ]; then
     say "building with -Db_sanitize=address,undefined"
-    orch_build build-asan -Dwerror=true -Dtests=enabled -Db_sanitize=address,undefined \
+    orch_build build-asan -Dwerror=true -Dtests=enabled -Dconsole=enabled -Db_sanitize=address,undefined \
         -Db_lundef=false -Dbuildtype=debug
 fi
 
