@@ -15,7 +15,8 @@
 #
 # Environment:
 #   ORCH_SKIP_APT=1       do not run apt-get (packages already there; npm ci still runs)
-#   ORCH_TEST_SUITES="unit integration windows packaging"   suites to run (default: all);
+#   ORCH_TEST_SUITES="unit integration browser windows packaging"   suites to run (default:
+#                         all); browser drives the admin console in headless Chromium;
 #                         windows cross-builds orch-agent.exe (mingw-w64) and runs its
 #                         unit tests under wine; packaging builds and tests the packages
 #   ORCH_NO_SANITIZE=1    skip the sanitizer build (quicker local runs; CI runs both)
@@ -47,7 +48,7 @@ if [ "$fuzz_seconds" != 0 ]; then
         -Db_sanitize=address,undefined -Db_lundef=false
 fi
 
-all_suites=${ORCH_TEST_SUITES:-unit integration windows packaging}
+all_suites=${ORCH_TEST_SUITES:-unit integration browser windows packaging}
 win_passed=0
 win_failed=0
 win_status=0

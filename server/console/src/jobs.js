@@ -66,36 +66,41 @@ function wanted(f, d) {
   return true;
 }
 
+/* The latest event seen per job: a job read after an event is applied only if no newer
+ * event came meanwhile, so a slow read never puts an older status back. */
+const latest = new Map();
+
+function replaceRow(j) {
+  const k = jobs.value.findIndex((x) => x.id === j.id);
+  if (k < 0) return;
+  const next = jobs.value.slice();
+  next[k] = j;
+  jobs.value = next;
+}
+
 /* A job event: update the row in place; a job new to the list is fetched and put first. */
 async function onJobEvent(ev) {
-  const d = ev.data && ev.data.data;
-  if (!ev.type.startsWith('job.') || !d || !d.job_id) return;
-  const i = jobs.value.findIndex((j) => j.id === d.job_id);
-  if (i >= 0) {
-    const next = jobs.value.slice();
-    next[i] = { ...next[i], status: d.status };
-    jobs.value = next;
-    /* The rest (agent, exit code, times) from the job itself. */
-    try {
-      const j = await api('GET', `/api/v1/jobs/${d.job_id}`);
-      const k = jobs.value.findIndex((x) => x.id === j.id);
-      if (k >= 0) {
-        const n2 = jobs.value.slice();
-        n2[k] = j;
-        jobs.value = n2;
-      }
-    } catch (e) {
-      /* the row keeps the status the event gave */
-    }
+  if (ev.type === 'resync') {
+    load(false);
     return;
   }
-  if (!wanted(filters.value, d)) return;
+  const d = ev.data && ev.data.data;
+  if (!ev.type.startsWith('job.') || !d || !d.job_id) return;
+  const seq = (latest.get(d.job_id) || 0) + 1;
+  latest.set(d.job_id, seq);
+  const i = jobs.value.findIndex((j) => j.id === d.job_id);
+  if (i >= 0) replaceRow({ ...jobs.value[i], status: d.status });
+  else if (!wanted(filters.value, d)) return;
+  /* The rest (agent, exit code, times) from the job itself. */
+  let j;
   try {
-    const j = await api('GET', `/api/v1/jobs/${d.job_id}`);
-    if (!jobs.value.some((x) => x.id === j.id)) jobs.value = [j, ...jobs.value];
+    j = await api('GET', `/api/v1/jobs/${d.job_id}`);
   } catch (e) {
-    /* gone already */
+    return; /* the row keeps the status the event gave */
   }
+  if (latest.get(d.job_id) !== seq) return;
+  if (jobs.value.some((x) => x.id === j.id)) replaceRow(j);
+  else jobs.value = [j, ...jobs.value];
 }
 
 function Filters() {
