@@ -1,6 +1,7 @@
 /* The console in Debian's Chromium, headless, through playwright-core: sign in with an API
  * key, submit a job and watch its row go queued -> running -> succeeded without a reload
- * (the live event stream), sign out. Screenshots go to the directory given.
+ * (the live event stream), sign out; sign in again and see the "session ended" page once
+ * the key is revoked. Screenshots go to the directory given.
  *
  * usage: node jobs.cjs BASE_URL API_KEY SCREENSHOT_DIR
  * Run by test-browser.c, which starts orchd, PostgreSQL, RabbitMQ and an agent. Exits 0
@@ -15,6 +16,27 @@ const STEP_MS = 15000;
 
 function step(name) {
   process.stdout.write(`step: ${name}\n`);
+}
+
+/* Revoke the key behind the page's session through the REST API, as another client would
+ * (node's fetch trusts the tests' CA through NODE_EXTRA_CA_CERTS). */
+async function revokeKey() {
+  const call = async (method, p, token, body) => {
+    const res = await fetch(`${base}${p}`, {
+      method,
+      headers: {
+        'Content-Type': 'application/json',
+        ...(token ? { Authorization: `Bearer ${token}` } : {}),
+      },
+      body: body && JSON.stringify(body),
+    });
+    if (!res.ok) throw new Error(`${method} ${p}: ${res.status}`);
+    return res.status === 204 ? null : res.json();
+  };
+  const { access_token: t } = await call('POST', '/api/v1/auth/token', null, { key });
+  const keys = await call('GET', '/api/v1/api-keys', t);
+  const mine = keys.items.find((k) => key.startsWith(k.prefix));
+  await call('DELETE', `/api/v1/api-keys/${mine.id}`, t);
 }
 
 async function main() {
@@ -113,6 +135,15 @@ async function main() {
     await page.click('#signout');
     await page.waitForSelector('#key');
     await page.waitForSelector('text=You have signed out');
+
+    step('a revoked key ends the session with a clear page');
+    await page.fill('#key', key);
+    await page.click('button[type=submit]');
+    await page.waitForSelector('h1#jobs-h');
+    await revokeKey();
+    await page.click('form.filters button[type=submit]'); /* the next call gets the 401 */
+    await page.waitForSelector('#expired');
+    await page.screenshot({ path: path.join(shots, 'expired.png') });
 
     if (problems.length) throw new Error(problems.join('\n'));
     step(`done in ${Date.now() - t0} ms`);

@@ -48,7 +48,7 @@ Test(browser, sign_in_submit_watch_sign_out)
 {
     char path[128], body[96];
     snprintf(path, sizeof(path), "/api/v1/tenants/%s/api-keys", tenant);
-    snprintf(body, sizeof(body), "{\"name\":\"console\",\"role\":\"operator\"}");
+    snprintf(body, sizeof(body), "{\"name\":\"console\",\"role\":\"admin\"}");
     struct th_resp r;
     th_http(&srv, "POST", path, op, body, NULL, &r);
     cr_assert_eq(r.status, 201, "%s", r.body);
@@ -64,8 +64,9 @@ Test(browser, sign_in_submit_watch_sign_out)
                         X_OK),
                  0, "Chromium is missing: apt-get install chromium (tools/lib.sh does)");
     char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "mkdir -p '%s' && '%s' '%s' '%s' '%s' '%s' 2>&1", shots, node,
-             script, srv.base, key, shots);
+    snprintf(cmd, sizeof(cmd),
+             "mkdir -p '%s' && NODE_EXTRA_CA_CERTS='%s/tls/ca.pem' '%s' '%s' '%s' '%s' '%s' 2>&1",
+             shots, srv.dir, node, script, srv.base, key, shots);
     FILE *p = popen(cmd, "r");
     cr_assert_not_null(p);
     char line[4096], out[16384] = "";
