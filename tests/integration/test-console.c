@@ -417,3 +417,17 @@ Test(console, events_bounded_per_tenant)
     free(tok);
     free(t);
 }
+
+Test(console, events_heartbeat)
+{
+    char *t = th_tenant(&srv, op, "ev-hb", "professional");
+    char *tok = th_tenant_token(&srv, op, t, "viewer");
+    struct stream s;
+    stream_open(&s, tok);
+    stream_ready(&s);
+    /* Every 15 s: a comment, which keeps proxies from closing an idle stream. */
+    cr_assert(stream_wait(&s, ": heartbeat\n\n", 20000), "no heartbeat within 20 s: %s", s.buf);
+    stream_close(&s);
+    free(tok);
+    free(t);
+}
