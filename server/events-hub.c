@@ -112,9 +112,7 @@ post:
     s->scheduled = true;
 }
 
-/* One notification's payload: {tenant_id, type, created_at, data}, made by
- * events_notify() (sql/functions/97_events.sql). */
-static void dispatch(struct events_hub *h, const char *payload)
+void events_hub_publish(struct events_hub *h, const char *payload)
 {
     json_error_t jerr;
     json_t *doc = json_loads(payload, 0, &jerr);
@@ -210,7 +208,7 @@ static void *listen_main(void *arg)
                 break;
             PGnotify *n;
             while ((n = PQnotifies(pg))) {
-                dispatch(h, n->extra);
+                events_hub_publish(h, n->extra);
                 PQfreemem(n);
             }
             if (PQstatus(pg) != CONNECTION_OK)

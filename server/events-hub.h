@@ -41,6 +41,12 @@ void events_hub_stop(struct events_hub *h);
 /* Whether the LISTEN connection is up (a test waits for it before counting on events). */
 bool events_hub_listening(struct events_hub *h);
 
+/* Hand one notification's payload ({tenant_id, type, created_at, data}, as
+ * events_notify() in sql/functions/97_events.sql makes it; borrowed) to the streams of its
+ * tenant: what the listener thread does with each. Malformed payloads are dropped with a
+ * warning. Thread-safe; exported for the tests. */
+void events_hub_publish(struct events_hub *h, const char *payload);
+
 /* Flags of a delivery. */
 #define EVENTS_OVERFLOWED 1 /* some events were dropped: the queue was full */
 #define EVENTS_END        2 /* the node is stopping: end the stream (and leave) */
