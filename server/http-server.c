@@ -878,7 +878,17 @@ int http_deferred_stream_start(struct http_deferred *d, const char *ctype)
     evhttp_add_header(h, "Cache-Control", "no-store");
     evhttp_add_header(h, "X-Accel-Buffering", "no"); /* a proxy in front: do not buffer */
     /* Reading stays off (http_req_defer()): the client sends nothing more on a stream's
-     * connection, and libevent 2.1 must not parse a request behind this one. */
+     * connection, and libevent 2.1 must not parse a request behind this one. The read
+     * timeout goes too: evhttp re-enables reading with each chunk (to see a close), and a
+     * client that rightly sends nothing for http.timeout would be cut off. The write
+     * timeout stays: a client that stops reading is. */
+    struct evhttp_connection *conn = evhttp_request_get_connection(ev);
+    struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
+    if (bev) {
+        int64_t ms = d->req.loop->srv->opts.timeout_ms;
+        struct timeval wtv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+        bufferevent_set_timeouts(bev, NULL, ms > 0 ? &wtv : NULL);
+    }
     evhttp_send_reply_start(ev, 200, reason_phrase(200));
     d->req.status = 200;
     d->req.replied = true;
@@ -933,8 +943,13 @@ void http_deferred_stream_end(struct http_deferred *d, bool close)
         return;
     }
     struct evhttp_request *ev = d->req.ev;
-    if (conn)
+    struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
+    if (bev) { /* the connection may carry more requests: their timeouts as before */
+        int64_t ms = d->req.loop->srv->opts.timeout_ms;
+        struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+        bufferevent_set_timeouts(bev, ms > 0 ? &tv : NULL, ms > 0 ? &tv : NULL);
         deferred_reading(ev, true);
+    }
     deferred_done(d);
     /* With the connection gone, libevent frees the request here. */
     evhttp_send_reply_end(ev);

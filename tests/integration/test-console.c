@@ -21,7 +21,10 @@ static char *op;
 
 static void setup(void)
 {
-    th_server_start(&srv, NULL);
+    /* A short read/write timeout: an event stream, whose client sends nothing after its
+     * request, must outlive it (the heartbeat test waits 15 s). */
+    const char *env[] = {"ORCHD_HTTP_TIMEOUT=2s", NULL};
+    th_server_start(&srv, env);
     op = th_token(&srv, srv.operator_token);
 }
 
