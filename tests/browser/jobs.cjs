@@ -77,10 +77,19 @@ async function main() {
     await page.click('button[type=submit]');
     await page.waitForSelector('.signin .err');
 
+    const fcp = await page.evaluate(() => {
+      const e = performance.getEntriesByName('first-contentful-paint')[0];
+      return e ? Math.round(e.startTime) : -1;
+    });
+    step(`timing: first contentful paint of the sign-in page ${fcp} ms`);
+
     step('sign in');
     await page.fill('#key', key);
+    const t1 = Date.now();
     await page.click('button[type=submit]');
     await page.waitForSelector('h1#jobs-h');
+    await page.waitForFunction(() => !document.querySelector('button[disabled]'));
+    step(`timing: sign-in to jobs list ${Date.now() - t1} ms`);
     await page.waitForSelector('#live.live');
     /* The token is in memory only. */
     const stored = await page.evaluate(() => localStorage.length + sessionStorage.length +

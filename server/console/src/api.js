@@ -111,6 +111,7 @@ function dispatch(block) {
 
 async function runStream(s) {
   let delay = 500;
+  let first = true;
   while (session.value === s) {
     liveState.value = 'connecting';
     try {
@@ -126,6 +127,9 @@ async function runStream(s) {
       if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
       liveState.value = 'live';
       delay = 500;
+      /* Back after a break: what happened meanwhile was not streamed; reread. */
+      if (!first) for (const fn of listeners) fn({ type: 'resync', data: {} });
+      first = false;
       const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
       let buf = '';
       for (;;) {
