@@ -84,7 +84,7 @@ static void sub_push_locked(struct events_sub *s, const char *text, size_t len)
         return;
     if (s->qlen + len > EVENTS_MAX_PENDING) {
         s->overflowed = true;
-    } else {
+    } else if (len > 0) { /* none: only a delivery to post (EVENTS_END) */
         if (s->qlen + len > s->qcap) {
             size_t cap = s->qcap ? s->qcap : 1024;
             while (cap < s->qlen + len)
