@@ -222,6 +222,7 @@ Test(console, unknown_and_traversal_refused)
 /* --- the event stream -------------------------------------------------------------------- */
 
 struct stream {
+    const struct th_server *srv;
     char token[2048];
     pthread_t th;
     pthread_mutex_t mu;
@@ -256,8 +257,8 @@ static void *stream_main(void *arg)
 {
     struct stream *s = arg;
     char url[512], ca[128], auth[2100];
-    snprintf(url, sizeof(url), "%s/api/v1/events", srv.base);
-    snprintf(ca, sizeof(ca), "%s/tls/ca.pem", srv.dir);
+    snprintf(url, sizeof(url), "%s/api/v1/events", s->srv->base);
+    snprintf(ca, sizeof(ca), "%s/tls/ca.pem", s->srv->dir);
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", s->token);
     struct curl_slist *h = curl_slist_append(NULL, auth);
     CURL *c = curl_easy_init();
@@ -279,12 +280,18 @@ static void *stream_main(void *arg)
     return NULL;
 }
 
-static void stream_open(struct stream *s, const char *token)
+static void stream_open_on(struct stream *s, const struct th_server *on, const char *token)
 {
     memset(s, 0, sizeof(*s));
+    s->srv = on;
     pthread_mutex_init(&s->mu, NULL);
     snprintf(s->token, sizeof(s->token), "%s", token);
     cr_assert_eq(pthread_create(&s->th, NULL, stream_main, s), 0);
+}
+
+static void stream_open(struct stream *s, const char *token)
+{
+    stream_open_on(s, &srv, token);
 }
 
 static void stream_close(struct stream *s)
@@ -430,6 +437,27 @@ Test(console, events_heartbeat)
     stream_ready(&s);
     /* Every 15 s: a comment, which keeps proxies from closing an idle stream. */
     cr_assert(stream_wait(&s, ": heartbeat\n\n", 20000), "no heartbeat within 20 s: %s", s.buf);
+    stream_close(&s);
+    free(tok);
+    free(t);
+}
+
+Test(console, events_end_when_the_node_stops)
+{
+    char *t = th_tenant(&srv, op, "ev-stop", "professional");
+    char *tok = th_tenant_token(&srv, op, t, "viewer");
+    struct th_server peer;
+    th_server_start_peer(&peer, &srv);
+    struct stream s;
+    stream_open_on(&s, &peer, tok);
+    stream_ready(&s);
+    /* SIGTERM: the node ends its streams, then stops, and exits 0 (under ASan: no leak). */
+    th_server_stop_peer(&peer);
+    uint64_t until = clock_mono_ns() + 10 * 1000000000ULL;
+    while (!atomic_load(&s.done) && clock_mono_ns() < until)
+        usleep(20000);
+    cr_assert(atomic_load(&s.done), "the stream outlived its node");
+    cr_assert_eq(s.status, 200);
     stream_close(&s);
     free(tok);
     free(t);
