@@ -154,8 +154,12 @@ static void broadcast_resync(struct events_hub *h)
 
 static PGconn *listen_connect(struct events_hub *h)
 {
-    const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
-    const char *vals[] = {h->url, "5", "orchd-events", NULL};
+    /* TCP keep-alives: a connection that only listens sends nothing, and would not notice
+     * a server that vanished without a reset. */
+    const char *keys[] = {
+        "dbname",          "connect_timeout",     "application_name", "keepalives",
+        "keepalives_idle", "keepalives_interval", "keepalives_count", NULL};
+    const char *vals[] = {h->url, "5", "orchd-events", "1", "30", "10", "3", NULL};
     PGconn *pg = PQconnectdbParams(keys, vals, 1);
     if (!pg)
         return NULL;
@@ -200,7 +204,6 @@ static void *listen_main(void *arg)
         broadcast_resync(h);
         bool stop = false;
         while (!stop) {
-            /* A keep-alive query now and then notices a dead server (no RST on a cut). */
             stop = wait_or_stop(h, PQsocket(pg), 30000);
             if (stop)
                 break;
