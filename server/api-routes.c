@@ -104,6 +104,13 @@ const struct http_route api_routes[] = {
     {HTTP_GET, V1 "/jobs/{id}/logs", HTTP_AUTH_TENANT_VIEWER, api_jobs_logs, 0, 0},
 
     {HTTP_GET, V1 "/scaling/signals", HTTP_AUTH_ANY, api_scaling_signals, 0, 0},
+
+    /* The admin console (docs/console.md): its files, outside the API (not in openapi.yaml),
+     * and the live events it shows. */
+    {HTTP_GET, "/console", HTTP_AUTH_NONE, api_console_root, 0, 0},
+    {HTTP_GET, "/console/", HTTP_AUTH_NONE, api_console_index, 0, 0},
+    {HTTP_GET, "/console/{asset}", HTTP_AUTH_NONE, api_console_asset, 0, 0},
+    {HTTP_GET, V1 "/events", HTTP_AUTH_TENANT_VIEWER, api_events_stream, 0, 0},
 };
 
 const size_t api_nroutes = ELEMENTSOF(api_routes);

@@ -187,6 +187,11 @@ void api_schedules_create(struct http_req *req);
 void api_schedules_get(struct http_req *req);
 void api_schedules_update(struct http_req *req);
 void api_schedules_delete(struct http_req *req);
+/* the admin console (api-console.c): its files, and the live events it shows (api-events.c) */
+void api_console_root(struct http_req *req);
+void api_console_index(struct http_req *req);
+void api_console_asset(struct http_req *req);
+void api_events_stream(struct http_req *req);
 /* the agent protocol (docs/agent-protocol.md) */
 void api_agent_heartbeat(struct http_req *req);
 void api_agent_job_started(struct http_req *req);

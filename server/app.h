@@ -13,6 +13,7 @@
 
 struct metrics_orch;
 struct ratelimit;
+struct events_hub;
 
 struct app {
     const struct orchd_config *cfg; /* borrowed */
@@ -27,6 +28,7 @@ struct app {
     const char *node;        /* this node's name, for logs and audit */
     struct metrics_orch *metrics; /* owned: this node's metrics (metrics-orch.h) */
     uint8_t webhook_key[32];      /* seals webhook secrets (webhook-secret.h) */
+    struct events_hub *events;    /* owned: live events for the console (api role), or NULL */
 };
 
 /* Open the store and load the key ring as cfg says. Returns 0 or < 0 with err filled. */

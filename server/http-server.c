@@ -119,6 +119,10 @@ static const char *reason_phrase(int status)
         return "Accepted";
     case 204:
         return "No Content";
+    case 301:
+        return "Moved Permanently";
+    case 304:
+        return "Not Modified";
     case 400:
         return "Bad Request";
     case 401:
@@ -166,7 +170,8 @@ static void send_body(struct http_req *req, int status, const char *ctype, const
     if (ctype)
         evhttp_add_header(h, "Content-Type", ctype);
     evhttp_add_header(h, "X-Request-Id", req->id);
-    evhttp_add_header(h, "Cache-Control", "no-store");
+    if (!evhttp_find_header(h, "Cache-Control")) /* the console's assets set their own */
+        evhttp_add_header(h, "Cache-Control", "no-store");
     struct evbuffer *buf = evbuffer_new();
     if (buf && len > 0)
         evbuffer_add(buf, body, len);
@@ -205,7 +210,8 @@ void http_reply_ref(struct http_req *req, int status, const char *ctype, const v
     struct evkeyvalq *h = evhttp_request_get_output_headers(req->ev);
     evhttp_add_header(h, "Content-Type", ctype);
     evhttp_add_header(h, "X-Request-Id", req->id);
-    evhttp_add_header(h, "Cache-Control", "no-store");
+    if (!evhttp_find_header(h, "Cache-Control")) /* the console's assets set their own */
+        evhttp_add_header(h, "Cache-Control", "no-store");
     struct evbuffer *buf = evbuffer_new();
     if (!buf || evbuffer_add_reference(buf, data, len, release_ref, ref) < 0) {
         if (buf)
@@ -933,6 +939,103 @@ void http_deferred_reply_problem(struct http_deferred *d, enum problem_kind kind
     http_reply_problem(&d->req, kind, detail, NULL);
     deferred_done(d);
     log_ctx_pop(mark);
+}
+
+/* --- streamed replies ---------------------------------------------------------------------- */
+
+int http_deferred_stream_start(struct http_deferred *d, const char *ctype)
+{
+    struct evhttp_request *ev = d->req.ev;
+    if (!evhttp_request_get_connection(ev))
+        return -EPIPE;
+    struct evkeyvalq *h = evhttp_request_get_output_headers(ev);
+    evhttp_add_header(h, "Content-Type", ctype);
+    evhttp_add_header(h, "X-Request-Id", d->req.id);
+    evhttp_add_header(h, "Cache-Control", "no-store");
+    evhttp_add_header(h, "X-Accel-Buffering", "no"); /* a proxy in front: do not buffer */
+    /* Reading stays off (http_req_defer()): the client sends nothing more on a stream's
+     * connection, and libevent 2.1 must not parse a request behind this one. The read
+     * timeout goes too: evhttp re-enables reading with each chunk (to see a close), and a
+     * client that rightly sends nothing for http.timeout would be cut off. The write
+     * timeout stays: a client that stops reading is. */
+    struct evhttp_connection *conn = evhttp_request_get_connection(ev);
+    struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
+    if (bev) {
+        int64_t ms = d->req.loop->srv->opts.timeout_ms;
+        struct timeval wtv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+        bufferevent_set_timeouts(bev, NULL, ms > 0 ? &wtv : NULL);
+    }
+    evhttp_send_reply_start(ev, 200, reason_phrase(200));
+    d->req.status = 200;
+    d->req.replied = true;
+    return 0;
+}
+
+int http_deferred_stream_write(struct http_deferred *d, const char *data, size_t len,
+                               size_t max_pending)
+{
+    struct evhttp_connection *conn = evhttp_request_get_connection(d->req.ev);
+    struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
+    if (!bev)
+        return -EPIPE; /* libevent has let go of the connection: the client has gone */
+    if (evbuffer_get_length(bufferevent_get_output(bev)) > max_pending)
+        return -ENOBUFS;
+    struct evbuffer *buf = evbuffer_new();
+    if (!buf || evbuffer_add(buf, data, len) < 0) {
+        if (buf)
+            evbuffer_free(buf);
+        return -ENOMEM;
+    }
+    evhttp_send_reply_chunk(d->req.ev, buf);
+    evbuffer_free(buf);
+    return 0;
+}
+
+bool http_deferred_stream_closed(struct http_deferred *d)
+{
+    struct evhttp_connection *conn = evhttp_request_get_connection(d->req.ev);
+    struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
+    if (!bev)
+        return true;
+    int fd = bufferevent_getfd(bev);
+    /* The TCP state, not a read: over TLS the client's close_notify comes before its FIN,
+     * and those bytes must stay unread. */
+    struct tcp_info ti;
+    socklen_t tl = sizeof(ti);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0)
+        return ti.tcpi_state != TCP_ESTABLISHED;
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+void http_deferred_stream_end(struct http_deferred *d, bool close)
+{
+    struct evhttp_connection *conn = evhttp_request_get_connection(d->req.ev);
+    if (close && conn) {
+        /* Frees the request with the connection: d->req.ev is not touched again. */
+        deferred_done(d);
+        evhttp_connection_free(conn);
+        return;
+    }
+    struct evhttp_request *ev = d->req.ev;
+    struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
+    if (bev) { /* the connection may carry more requests: their timeouts as before */
+        int64_t ms = d->req.loop->srv->opts.timeout_ms;
+        struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+        bufferevent_set_timeouts(bev, ms > 0 ? &tv : NULL, ms > 0 ? &tv : NULL);
+        deferred_reading(ev, true);
+    }
+    deferred_done(d);
+    /* With the connection gone, libevent frees the request here. */
+    evhttp_send_reply_end(ev);
+}
+
+int http_deferred_stream_fd(struct http_deferred *d)
+{
+    struct evhttp_connection *conn = evhttp_request_get_connection(d->req.ev);
+    struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
+    return bev ? bufferevent_getfd(bev) : -1;
 }
 
 struct loop_post {

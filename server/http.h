@@ -226,6 +226,25 @@ void http_deferred_reply_json_text(struct http_deferred *d, int status, const ch
  * (seconds, as text) is not NULL. */
 void http_deferred_reply_problem(struct http_deferred *d, enum problem_kind kind,
                                  const char *detail, const char *retry_after);
+/* A streamed reply (Server-Sent Events) on a deferred request: a 200 with ctype, sent
+ * chunked, written to as long as the client reads. Returns 0, or -EPIPE when the client
+ * has gone already (end it all the same). */
+int http_deferred_stream_start(struct http_deferred *d, const char *ctype);
+/* Send len bytes of the stream now. Returns 0; -EPIPE when the client has gone; -ENOBUFS
+ * when more than max_pending bytes of it are still unsent (a client that does not read:
+ * end it with close, rather than hold its backlog in memory). */
+int http_deferred_stream_write(struct http_deferred *d, const char *data, size_t len,
+                               size_t max_pending);
+/* Whether the client has closed its side of the stream's connection (seen at once, not
+ * at the next write). */
+bool http_deferred_stream_closed(struct http_deferred *d);
+/* End the stream and free d: the last chunk, or with close, the connection is dropped
+ * (what is unsent is lost). */
+void http_deferred_stream_end(struct http_deferred *d, bool close);
+/* The stream's socket, to watch for the client closing it (then see
+ * http_deferred_stream_closed()); -1 when the connection is gone. Borrowed. */
+int http_deferred_stream_fd(struct http_deferred *d);
+
 /* Run fn(arg) on the event loop of base soon. Thread-safe. Returns 0 or -ENOMEM. */
 int http_loop_post(struct event_base *base, void (*fn)(void *arg), void *arg);
 

@@ -18,6 +18,7 @@
 #include "server/auth-keys.h"
 #include "server/config.h"
 #include "server/dispatcher.h"
+#include "server/events-hub.h"
 #include "server/gateway.h"
 #include "server/metrics-orch.h"
 #include "server/migrate.h"
@@ -157,13 +158,27 @@ static void scheduler_role_stop(struct node *n)
 
 static int api_role_start(struct node *n)
 {
-    return http_server_start(n->ho, &n->srv, n->err, sizeof(n->err));
+    int r = events_hub_start(n->app->cfg->db_url, &n->app->events);
+    if (r < 0) {
+        snprintf(n->err, sizeof(n->err), "cannot start the live events: %s", strerror(-r));
+        return r;
+    }
+    r = http_server_start(n->ho, &n->srv, n->err, sizeof(n->err));
+    if (r < 0) {
+        events_hub_stop(n->app->events);
+        n->app->events = NULL;
+    }
+    return r;
 }
 
 static void api_role_stop(struct node *n)
 {
+    /* The console's event streams end first: the loops they are held on stop next. */
+    events_hub_shutdown(n->app->events, 5000);
     http_server_stop(n->srv);
     n->srv = NULL;
+    events_hub_stop(n->app->events);
+    n->app->events = NULL;
 }
 
 static int metrics_role_start(struct node *n)

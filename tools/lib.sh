@@ -9,7 +9,8 @@ set -euo pipefail
 ORCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Debian 12 packages the build, the tests and the services need. prometheus is there for
-# promtool (the metrics tests); policy-rc.d below keeps its server from starting.
+# promtool (the metrics tests); policy-rc.d below keeps its server from starting. chromium:
+# the console's browser tests drive it headless (tests/browser/).
 ORCH_APT_PACKAGES=(
     build-essential meson ninja-build pkg-config clang python3 openssl ca-certificates
     libevent-dev libssl-dev libpq-dev librabbitmq-dev libjwt-dev libjansson-dev
@@ -18,6 +19,7 @@ ORCH_APT_PACKAGES=(
     curl procps iproute2 tzdata
     prometheus
     debhelper dpkg-dev fakeroot lintian debootstrap
+    chromium
 )
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -55,31 +57,38 @@ orch_install_deps() {
     return 0
 }
 
-# The test tooling from npm (tests/api/lint: the OpenAPI linter of the openapi-lint test),
-# installed with `npm ci` from its lock file into node_modules there (not committed). Skipped
-# while that tree was installed from the same lock file by the same node; --prefer-offline
-# takes packages from npm's cache when it has them. A failed install leaves no tree, so the
-# test says the linter is missing instead of running a partial one.
+# What comes from npm, each folder installed with `npm ci` from its own lock file into its
+# node_modules (not committed): tests/api/lint (the OpenAPI linter of the openapi-lint test)
+# and server/console (the admin console's libraries, esbuild that bundles them into orchd,
+# and playwright-core for the browser tests). A folder is skipped while its tree was
+# installed from the same lock file by the same node; --prefer-offline takes packages from
+# npm's cache when it has them, so a machine that has installed them once builds offline.
+# A failed install leaves no tree, so the linter test says it is missing, and the console
+# is built without (-Dconsole=auto) or the build stops (-Dconsole=enabled).
 orch_npm_deps() {
-    local dir=$ORCH_ROOT/tests/api/lint stamp
+    local dir stamp what
     if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
-        say "node or npm missing: the openapi-lint test will fail (run without ORCH_SKIP_APT)"
+        say "node or npm missing: no console, and the openapi-lint test will fail (run without ORCH_SKIP_APT)"
         return 0
     fi
-    stamp="$(sha256sum "$dir/package-lock.json" | cut -c1-64) node-$(node --version)"
-    [ "$(cat "$dir/node_modules/.orch-installed" 2>/dev/null)" = "$stamp" ] && return 0
-    say "npm ci (tests/api/lint: the OpenAPI linter)"
-    # Twice at most: a registry hiccup or a half-written node_modules left by an interrupted
-    # run fails the first, which leaves nothing behind for the second.
-    local try
-    for try in 1 2; do
-        if (cd "$dir" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error >/dev/null); then
-            echo "$stamp" >"$dir/node_modules/.orch-installed"
-            return 0
-        fi
-        rm -rf "$dir/node_modules"
+    for dir in "$ORCH_ROOT/tests/api/lint" "$ORCH_ROOT/server/console"; do
+        what=${dir#"$ORCH_ROOT"/}
+        stamp="$(sha256sum "$dir/package-lock.json" | cut -c1-64) node-$(node --version)"
+        [ "$(cat "$dir/node_modules/.orch-installed" 2>/dev/null)" = "$stamp" ] && continue
+        say "npm ci ($what)"
+        # Twice at most: a registry hiccup or a half-written node_modules left by an
+        # interrupted run fails the first, which leaves nothing behind for the second.
+        local try ok=0
+        for try in 1 2; do
+            if (cd "$dir" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error >/dev/null); then
+                echo "$stamp" >"$dir/node_modules/.orch-installed"
+                ok=1
+                break
+            fi
+            rm -rf "$dir/node_modules"
+        done
+        [ $ok = 1 ] || say "npm ci failed in $dir"
     done
-    say "npm ci failed in $dir: the openapi-lint test will fail"
     return 0
 }
 

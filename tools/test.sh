@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # tools/test.sh: the whole test suite, from a fresh Debian 12 machine (as root).
 #
-# Installs the packages and (npm ci) the OpenAPI linter, checks the sources
-# (tools/check-source.py: banned functions and clang-format), builds orch twice (a -Werror
+# Installs the packages and (npm ci) the OpenAPI linter and the console's npm packages,
+# checks the sources (tools/check-source.py: banned functions and clang-format), builds orch
+# twice, the admin console bundled in (a -Werror
 # build, and one under AddressSanitizer + UndefinedBehaviorSanitizer), cross-builds the
 # Windows agent and runs its unit tests under wine (the windows suite), starts a private
 # PostgreSQL and a private RabbitMQ node on free ports, runs every test suite of both builds
@@ -14,7 +15,8 @@
 #
 # Environment:
 #   ORCH_SKIP_APT=1       do not run apt-get (packages already there; npm ci still runs)
-#   ORCH_TEST_SUITES="unit integration windows packaging"   suites to run (default: all);
+#   ORCH_TEST_SUITES="unit integration browser windows packaging"   suites to run (default:
+#                         all); browser drives the admin console in headless Chromium;
 #                         windows cross-builds orch-agent.exe (mingw-w64) and runs its
 #                         unit tests under wine; packaging builds and tests the packages
 #   ORCH_NO_SANITIZE=1    skip the sanitizer build (quicker local runs; CI runs both)
@@ -32,10 +34,10 @@ source_status=0
 python3 tools/check-source.py || source_status=1
 
 say "building (-Werror)"
-orch_build build -Dwerror=true -Dtests=enabled -Dbuildtype=debugoptimized
+orch_build build -Dwerror=true -Dtests=enabled -Dbuildtype=debugoptimized -Dconsole=enabled
 if [ "${ORCH_NO_SANITIZE:-0}" != 1 ]; then
     say "building with -Db_sanitize=address,undefined"
-    orch_build build-asan -Dwerror=true -Dtests=enabled -Db_sanitize=address,undefined \
+    orch_build build-asan -Dwerror=true -Dtests=enabled -Dconsole=enabled -Db_sanitize=address,undefined \
         -Db_lundef=false -Dbuildtype=debug
 fi
 
@@ -46,7 +48,7 @@ if [ "$fuzz_seconds" != 0 ]; then
         -Db_sanitize=address,undefined -Db_lundef=false
 fi
 
-all_suites=${ORCH_TEST_SUITES:-unit integration windows packaging}
+all_suites=${ORCH_TEST_SUITES:-unit integration browser windows packaging}
 win_passed=0
 win_failed=0
 win_status=0

@@ -53,6 +53,11 @@ $$;
 -- nearly free for a tenant without subscriptions (one index probe of webhooks_enabled).
 CREATE OR REPLACE FUNCTION webhook_jobs_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- The console's live events (97_events.sql), whether or not anyone subscribed.
+    PERFORM events_notify(n.tenant_id, 'job.' || n.status,
+                          jsonb_build_object('job_id', n.id, 'queue_id', n.queue_id,
+                                             'status', n.status, 'previous_status', NULL))
+       FROM n;
     IF NOT EXISTS (SELECT 1 FROM webhooks WHERE enabled) THEN
         RETURN NULL;
     END IF;
@@ -71,6 +76,12 @@ $$;
 
 CREATE OR REPLACE FUNCTION webhook_jobs_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM events_notify(n.tenant_id, 'job.' || n.status,
+                          jsonb_build_object('job_id', n.id, 'queue_id', n.queue_id,
+                                             'status', n.status, 'previous_status', o.status,
+                                             'agent_id', n.agent_id))
+       FROM n JOIN o ON o.id = n.id
+      WHERE n.status IS DISTINCT FROM o.status;
     IF NOT EXISTS (SELECT 1 FROM webhooks WHERE enabled) THEN
         RETURN NULL;
     END IF;
@@ -92,6 +103,10 @@ $$;
 -- fires only when the status changed (sql/0015_webhooks.sql).
 CREATE OR REPLACE FUNCTION webhook_agents_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM events_notify(NEW.tenant_id, 'agent.' || NEW.status,
+                          jsonb_build_object('agent_id', NEW.id, 'name', NEW.name,
+                                             'status', NEW.status,
+                                             'previous_status', OLD.status));
     IF NEW.status NOT IN ('online', 'offline') THEN
         RETURN NULL;
     END IF;

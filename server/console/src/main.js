@@ -1,0 +1,78 @@
+/* main.js: the console's shell: sign-in, the page chosen by the URL's fragment (#/jobs),
+ * the header with the live indicator and sign-out. docs/console.md says what exists. */
+import './style.css';
+import { html } from 'htm/preact';
+import { render } from 'preact';
+import { useEffect, useState } from 'preact/hooks';
+import { signal } from '@preact/signals';
+import { ended, liveState, session, signIn, signOut } from './api.js';
+import { JobsPage } from './jobs.js';
+
+const PAGES = { jobs: { title: 'Jobs', view: JobsPage } };
+const route = signal(location.hash.replace(/^#\/?/, '') || 'jobs');
+addEventListener('hashchange', () => {
+  route.value = location.hash.replace(/^#\/?/, '') || 'jobs';
+});
+
+function SignIn() {
+  const [key, setKey] = useState('');
+  const [err, setErr] = useState(null);
+  const [busy, setBusy] = useState(false);
+  const submit = async (e) => {
+    e.preventDefault();
+    setBusy(true);
+    setErr(null);
+    try {
+      await signIn(key.trim());
+      setKey('');
+    } catch (x) {
+      setErr(x.message);
+    } finally {
+      setBusy(false);
+    }
+  };
+  const why = ended.value;
+  return html`<main class="signin">
+    <h1>orch console</h1>
+    ${why === 'expired' && html`<div class="notice" role="alert" id="expired">
+      <strong>Your session has ended.</strong> The token expired or its API key was revoked.
+      Sign in again to go on.</div>`}
+    ${why === 'signed-out' && html`<p class="notice" role="status">You have signed out.</p>`}
+    <form onSubmit=${submit}>
+      <label for="key">API key</label>
+      <input id="key" name="key" type="password" autocomplete="off" required
+        value=${key} onInput=${(e) => setKey(e.target.value)} placeholder="orch_ak_…" />
+      <button type="submit" disabled=${busy}>Sign in</button>
+      ${err && html`<p class="err" role="alert">${err}</p>`}
+      <p class="hint">The key is exchanged for a short-lived token, kept in this tab's memory
+        only: reloading or closing the tab signs you out.</p>
+    </form>
+  </main>`;
+}
+
+function Shell() {
+  const page = PAGES[route.value] || PAGES.jobs;
+  const s = session.value;
+  useEffect(() => {
+    document.title = `${page.title} · orch console`;
+  }, [page]);
+  return html`<div class="shell">
+    <header>
+      <a class="brand" href="#/jobs">orch</a>
+      <nav aria-label="Pages">
+        ${Object.entries(PAGES).map(([k, p]) => html`<a href=${`#/${k}`}
+          aria-current=${page === p ? 'page' : undefined}>${p.title}</a>`)}
+      </nav>
+      <span class=${`live ${liveState.value}`} id="live" title="Live updates">${liveState.value}</span>
+      <span class="who">${s.role}${s.tenant_id ? '' : ' (platform)'}</span>
+      <button onClick=${() => signOut()} id="signout">Sign out</button>
+    </header>
+    <main><${page.view} /></main>
+  </div>`;
+}
+
+function App() {
+  return session.value ? html`<${Shell} />` : html`<${SignIn} />`;
+}
+
+render(html`<${App} />`, document.getElementById('app'));

@@ -1,0 +1,83 @@
+/* The admin console in a real browser (tests/browser/jobs.cjs: Debian's Chromium, headless,
+ * through playwright-core) against the real orchd, PostgreSQL, RabbitMQ and an enrolled
+ * orch-agent: this file starts them, makes a tenant and its API key, and runs the script. */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "tests/integration/harness.h"
+#include "tests/integration/server.h"
+
+static struct th_server srv;
+static char *op, *tenant, *admin;
+static char agent_dir[64];
+static pid_t agent = -1;
+
+static void setup(void)
+{
+    const char *env[] = {"ORCHD_AGENT_HEARTBEAT_INTERVAL=1s", NULL};
+    th_server_start(&srv, env);
+    op = th_token(&srv, srv.operator_token);
+    tenant = th_tenant(&srv, op, "browser", "standard");
+    admin = th_tenant_token(&srv, op, tenant, "admin");
+    snprintf(agent_dir, sizeof(agent_dir), "/tmp/orch-browser-XXXXXX");
+    cr_assert_not_null(mkdtemp(agent_dir));
+    char id[37];
+    th_agent_enrol(&srv, admin, agent_dir, "browser-agent", NULL, "2", id);
+    agent = th_agent_start(agent_dir);
+}
+
+static void teardown(void)
+{
+    th_agent_stop(agent, SIGTERM);
+    if (agent_dir[0])
+        th_rm_rf(agent_dir);
+    free(admin);
+    free(tenant);
+    free(op);
+    th_server_stop(&srv);
+}
+
+TestSuite(browser, .init = setup, .fini = teardown, .timeout = 120);
+
+Test(browser, sign_in_submit_watch_sign_out)
+{
+    char path[128], body[96];
+    snprintf(path, sizeof(path), "/api/v1/tenants/%s/api-keys", tenant);
+    snprintf(body, sizeof(body), "{\"name\":\"console\",\"role\":\"admin\"}");
+    struct th_resp r;
+    th_http(&srv, "POST", path, op, body, NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *key = strdup(th_str_of(&r, "key"));
+    th_resp_free(&r);
+
+    const char *node = getenv("ORCH_TEST_NODE");
+    const char *script = getenv("ORCH_TEST_BROWSER_SCRIPT");
+    const char *shots = getenv("ORCH_TEST_SCREENSHOTS");
+    cr_assert(node && script && shots, "run through meson (the environment names node)");
+    cr_assert_eq(access(getenv("ORCH_TEST_CHROMIUM") ? getenv("ORCH_TEST_CHROMIUM")
+                                                     : "/usr/lib/chromium/chromium",
+                        X_OK),
+                 0, "Chromium is missing: apt-get install chromium (tools/lib.sh does)");
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "mkdir -p '%s' && NODE_EXTRA_CA_CERTS='%s/tls/ca.pem' '%s' '%s' '%s' '%s' '%s' 2>&1",
+             shots, srv.dir, node, script, srv.base, key, shots);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    char line[4096], out[16384] = "";
+    size_t used = 0;
+    while (fgets(line, sizeof(line), p)) {
+        fputs(line, stderr);
+        int n = snprintf(out + used, sizeof(out) - used, "%s", line);
+        if (n > 0 && used + (size_t)n < sizeof(out))
+            used += (size_t)n;
+    }
+    int st = pclose(p);
+    free(key);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the browser script failed:\n%s", out);
+}
