@@ -7,7 +7,8 @@
 # platform operator token and a demo tenant with an admin API key, enrols a local agent
 # with `orch-agent register` and starts it, submits a demo job and a demo package's job
 # and prints their results and output, prints how to reach the API with curl, and keeps
-# running until Ctrl-C, which stops everything it started.
+# running until Ctrl-C, which stops everything it started. The admin console is at
+# /console/ on the same port.
 #
 # Environment:
 #   ORCH_SKIP_APT=1    do not run apt-get (packages already there)
@@ -17,10 +18,11 @@ source "$(dirname "$0")/lib.sh"
 
 orch_install_deps
 orch_job_user
+orch_npm_deps # the admin console's packages (server/console), bundled into orchd
 
 cd "$ORCH_ROOT"
 say "building"
-orch_build build -Dwerror=true -Dtests=enabled -Dbuildtype=debugoptimized
+orch_build build -Dwerror=true -Dtests=enabled -Dbuildtype=debugoptimized -Dconsole=enabled
 
 orch_services_start "$(orch_state_dir run)"
 state=$ORCH_STATE
@@ -135,6 +137,7 @@ cat <<EOF2
 orch is up.
 
   API          $base   (TLS, development CA: $ca)
+  console      $base/console/   (sign in with the key in $state/demo-admin-key; docs/console.md)
   log          $state/orchd.log
   PostgreSQL   $ORCH_PG_APP_URL (tenants), $ORCH_PG_SYSTEM_URL (system scope)
   RabbitMQ     $ORCH_AMQP_URL
