@@ -1,0 +1,63 @@
+-- 97_scaling: scaling policies' views and the inputs of their evaluation (tables in
+-- sql/0017_scaling.sql; the evaluator is server/scaling-eval.c).
+
+-- A policy as the API shows it.
+CREATE OR REPLACE VIEW scaling_policy_view WITH (security_invoker = true) AS
+SELECT p.id, p.tenant_id, json_build_object(
+    'id', p.id, 'name', p.name,
+    'queue', (SELECT q.name FROM queues q WHERE q.id = p.queue_id),
+    'requirements', p.requirements,
+    'up_depth_per_agent', p.up_depth_per_agent, 'up_utilisation', p.up_utilisation,
+    'up_step', p.up_step, 'up_cooldown_s', p.up_cooldown_s,
+    'down_depth_per_agent', p.down_depth_per_agent, 'down_utilisation', p.down_utilisation,
+    'down_step', p.down_step, 'down_cooldown_s', p.down_cooldown_s,
+    'min_agents', p.min_agents, 'max_agents', p.max_agents, 'enabled', p.enabled,
+    'desired_agents', p.desired_agents, 'last_up_at', p.last_up_at,
+    'last_down_at', p.last_down_at, 'evaluations', p.evaluations,
+    'last_evaluated_at', p.last_evaluated_at,
+    'last_evaluation', CASE WHEN p.last_evaluated_at IS NULL THEN NULL ELSE json_build_object(
+        'queue_depth', p.last_depth, 'agents', p.last_agents,
+        'utilisation', p.last_utilisation) END,
+    'created_at', p.created_at, 'updated_at', p.updated_at) AS doc
+  FROM scaling_policies p;
+
+CREATE OR REPLACE VIEW scaling_history_view WITH (security_invoker = true) AS
+SELECT h.id, h.tenant_id, h.policy_id, json_build_object(
+    'id', h.id, 'policy_id', h.policy_id, 'created_at', h.created_at,
+    'type', 'scale.' || h.direction, 'previous_agents', h.previous_agents,
+    'desired_agents', h.desired_agents, 'reason', h.reason, 'inputs', h.data) AS doc
+  FROM scaling_history h;
+
+-- The inputs of up to max_policies enabled policies, those evaluated longest ago first:
+-- per policy, its queued jobs (eligible now, outside paused queues; of its queue when it
+-- names one, of exactly its requirement set when it names one: the sets of
+-- scaling_signals()), and the online agents that may run them (the tenant's own and its
+-- admitting pools', meeting the policy's requirements) with their slots and the slots in
+-- use. The agents are read once for every policy, as scaling_signals() does.
+CREATE OR REPLACE FUNCTION scaling_policy_inputs(online_s int, max_policies int)
+    RETURNS TABLE (policy_id uuid, depth bigint, agents bigint, slots bigint, in_use bigint)
+    LANGUAGE sql STABLE AS $$
+WITH p AS MATERIALIZED (SELECT sp.id, sp.tenant_id, sp.queue_id, sp.requirements
+                          FROM scaling_policies sp WHERE sp.enabled
+                         ORDER BY sp.last_evaluated_at NULLS FIRST LIMIT max_policies),
+ag AS MATERIALIZED (SELECT * FROM online_agents(online_s) o
+                     WHERE o.tenant_id IN (SELECT p.tenant_id FROM p) OR o.pool_id IS NOT NULL),
+adm AS MATERIALIZED (SELECT t.tenant_id, a.pool_id
+                       FROM (SELECT DISTINCT p.tenant_id FROM p) t
+                       CROSS JOIN LATERAL admitting_pools(t.tenant_id) AS a(pool_id))
+SELECT p.id,
+       (SELECT count(*) FROM jobs j LEFT JOIN queues q ON q.id = j.queue_id
+         WHERE j.tenant_id = p.tenant_id AND j.status = 'queued' AND j.not_before <= now()
+           AND NOT coalesce(q.paused, false)
+           AND (p.queue_id IS NULL OR j.queue_id = p.queue_id)
+           AND (p.requirements IS NULL OR j.requirements = p.requirements)),
+       m.n, m.slots, m.in_use
+  FROM p
+  CROSS JOIN LATERAL (
+      SELECT count(*) AS n, coalesce(sum(ag.slots), 0)::bigint AS slots,
+             coalesce(sum(least(ag.in_use, ag.slots)), 0)::bigint AS in_use
+        FROM ag
+       WHERE ((ag.tenant_id = p.tenant_id AND ag.pool_id IS NULL)
+              OR ag.pool_id IN (SELECT adm.pool_id FROM adm WHERE adm.tenant_id = p.tenant_id))
+         AND requirements_hold(coalesce(p.requirements, '{}'), ag.lab, ag.mem, ag.disk)) m
+$$;
