@@ -76,3 +76,35 @@ CREATE POLICY tenant_isolation ON scaling_history FOR ALL
 CREATE POLICY system_scope ON scaling_history FOR ALL
     USING ((SELECT app_system())) WITH CHECK ((SELECT app_system()));
 GRANT SELECT, INSERT, UPDATE, DELETE ON scaling_history TO orch_app;
+
+-- The API's views (the same bodies are in sql/functions/97_scaling.sql, which the grants
+-- need to exist first).
+DROP VIEW IF EXISTS scaling_policy_view;
+CREATE VIEW scaling_policy_view WITH (security_invoker = true) AS
+SELECT p.id, p.tenant_id, json_build_object(
+    'id', p.id, 'name', p.name,
+    'queue', (SELECT q.name FROM queues q WHERE q.id = p.queue_id),
+    'requirements', p.requirements,
+    'up_depth_per_agent', p.up_depth_per_agent, 'up_utilisation', p.up_utilisation,
+    'up_step', p.up_step, 'up_cooldown_s', p.up_cooldown_s,
+    'down_depth_per_agent', p.down_depth_per_agent, 'down_utilisation', p.down_utilisation,
+    'down_step', p.down_step, 'down_cooldown_s', p.down_cooldown_s,
+    'min_agents', p.min_agents, 'max_agents', p.max_agents, 'enabled', p.enabled,
+    'desired_agents', p.desired_agents, 'last_up_at', p.last_up_at,
+    'last_down_at', p.last_down_at, 'evaluations', p.evaluations,
+    'last_evaluated_at', p.last_evaluated_at,
+    'last_evaluation', CASE WHEN p.last_evaluated_at IS NULL THEN NULL ELSE json_build_object(
+        'queue_depth', p.last_depth, 'agents', p.last_agents,
+        'utilisation', p.last_utilisation) END,
+    'created_at', p.created_at, 'updated_at', p.updated_at) AS doc
+  FROM scaling_policies p;
+GRANT SELECT ON scaling_policy_view TO orch_app;
+
+DROP VIEW IF EXISTS scaling_history_view;
+CREATE VIEW scaling_history_view WITH (security_invoker = true) AS
+SELECT h.id, h.tenant_id, h.policy_id, json_build_object(
+    'id', h.id, 'policy_id', h.policy_id, 'created_at', h.created_at,
+    'type', 'scale.' || h.direction, 'previous_agents', h.previous_agents,
+    'desired_agents', h.desired_agents, 'reason', h.reason, 'inputs', h.data) AS doc
+  FROM scaling_history h;
+GRANT SELECT ON scaling_history_view TO orch_app;

@@ -1,6 +1,8 @@
 -- 97_scaling: scaling policies' views and the inputs of their evaluation (tables in
 -- sql/0017_scaling.sql; the evaluator is server/scaling-eval.c).
 
+-- scaling_policy_view, scaling_history_view: from 0017_scaling.sql (with their grants).
+
 -- A policy as the API shows it.
 CREATE OR REPLACE VIEW scaling_policy_view WITH (security_invoker = true) AS
 SELECT p.id, p.tenant_id, json_build_object(
