@@ -6,9 +6,13 @@
  * HTTPS receiver with a signature Python's hmac verifies. Then validation, the per-tenant
  * limit, the audit trail, and tenant isolation. */
 #include <criterion/criterion.h>
+#include <pwd.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/clock.h"
@@ -18,6 +22,8 @@
 
 static struct th_server srv;
 static char *op;
+static pid_t prov;         /* the provisioner, while a test runs it */
+static char prov_root[64]; /* its state root */
 
 static void setup(void)
 {
@@ -34,6 +40,13 @@ static void setup(void)
 
 static void teardown(void)
 {
+    if (prov > 0) {
+        /* A failed test left it running: it stops its agents when it exits. */
+        kill(prov, SIGTERM);
+        waitpid(prov, NULL, 0);
+    }
+    if (prov_root[0])
+        th_rm_rf(prov_root);
     free(op);
     th_server_stop(&srv);
     rx_stop();
@@ -395,4 +408,156 @@ Test(scaling, another_tenant_cannot_see_or_touch_a_policy)
     cr_assert_eq(json_array_size(json_object_get(l, "items")), 1);
     json_decref(l);
     free(a), free(b), free(ta), free(tb);
+}
+
+/* Fail the test showing the provisioner's log and its agents'. */
+static void logs_fail(const char *log, const char *what)
+{
+    struct th_run r;
+    const char *argv[] = {"/bin/sh", "-c", "tail -n 30 \"$0\" $(dirname \"$0\")/*/agent.log", log,
+                          NULL};
+    th_run(&r, argv, NULL, 10000);
+    cr_assert_fail("%s: never %s:\n%s", log, what, th_str(&r.out));
+}
+
+/* Wait (bounded) until file holds needle; returns the text after it on its line (static). */
+static const char *file_wait(const char *file, const char *needle)
+{
+    static char line[512];
+    uint64_t deadline = clock_mono_ns() + 60ull * 1000000000ull;
+    for (;;) {
+        FILE *f = fopen(file, "r");
+        while (f && fgets(line, sizeof(line), f)) {
+            char *at = strstr(line, needle);
+            if (at) {
+                fclose(f);
+                return at + strlen(needle);
+            }
+        }
+        if (f)
+            fclose(f);
+        if (clock_mono_ns() >= deadline)
+            logs_fail(file, needle);
+        usleep(50000);
+    }
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f, "%s", path);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* docs/operations.md's provisioner (tools/provisioner.py) as the receiver: scale.up makes
+ * it enrol and start real agents, which run the queue's jobs; the drained queue's
+ * scale.down makes it stop them. */
+Test(scaling, the_provisioner_starts_and_stops_real_agents)
+{
+    if (geteuid() != 0 || !getpwnam("orch-job"))
+        cr_skip_test("needs root and the orch-job user (tools/lib.sh orch_job_user)");
+    char *tenant = th_tenant(&srv, op, "sc-e", "standard");
+    char *admin = th_tenant_token(&srv, op, tenant, "admin");
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/queues", admin, "{\"name\":\"auto\"}", NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    th_resp_free(&r);
+    th_http(&srv, "POST", "/api/v1/enrollment-tokens", admin,
+            "{\"name\": \"provisioner\", \"max_uses\": 10}", NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char root[128], file[192], secretf[192], log[192], cert[160], key[160], ca[160], url[96];
+    /* Not under rx_certdir (0700): the job user must pass through to the agents' work/. */
+    snprintf(prov_root, sizeof(prov_root), "/tmp/orch-prov-XXXXXX");
+    cr_assert_not_null(mkdtemp(prov_root));
+    cr_assert_eq(chmod(prov_root, 0711), 0);
+    snprintf(root, sizeof(root), "%s", prov_root);
+    snprintf(file, sizeof(file), "%s/enrol-token", root);
+    write_file(file, th_str_of(&r, "token"));
+    th_resp_free(&r);
+    snprintf(secretf, sizeof(secretf), "%s/secret", root);
+    write_file(secretf, "not yet");
+    snprintf(log, sizeof(log), "%s/provisioner.log", root);
+    snprintf(cert, sizeof(cert), "%s/server.pem", rx_certdir);
+    snprintf(key, sizeof(key), "%s/server.key", rx_certdir);
+    snprintf(ca, sizeof(ca), "%s/tls/ca.pem", srv.dir);
+
+    prov = fork();
+    cr_assert_neq(prov, -1);
+    if (prov == 0) {
+        FILE *f = freopen(log, "a", stderr);
+        (void)f;
+        putenv("ORCH_AGENT_LOG_LEVEL=debug");
+        execl("/usr/bin/python3", "python3", th_env("ORCH_TEST_PROVISIONER"), "--listen",
+              "127.0.0.1:0", "--cert", cert, "--key", key, "--secret-file", secretf, "--server",
+              srv.base, "--ca-file", ca, "--enroll-token-file", file, "--state-root", root,
+              "--agent", th_env("ORCH_TEST_AGENT"), "--name-prefix", "auto", (char *)NULL);
+        _exit(127);
+    }
+    int port = (int)strtol(file_wait(log, "op=listen address=127.0.0.1 port="), NULL, 10);
+    cr_assert_gt(port, 0);
+
+    snprintf(url, sizeof(url), "https://127.0.0.1:%d/orch", port);
+    json_t *hb = json_pack("{s:s, s:[ss]}", "url", url, "events", "scale.up", "scale.down");
+    char *hbs = json_dumps(hb, 0);
+    json_decref(hb);
+    th_http(&srv, "POST", "/api/v1/webhooks", admin, hbs, NULL, &r);
+    free(hbs);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    write_file(secretf, th_str_of(&r, "secret"));
+    th_resp_free(&r);
+
+    char *jobs[3];
+    for (int i = 0; i < 3; i++)
+        jobs[i] =
+            th_job_submit(&srv, admin, json_pack("{s:s, s:s}", "command", "true", "queue", "auto"));
+    th_http(&srv, "POST", "/api/v1/scaling/policies", admin,
+            "{\"name\": \"auto\", \"queue\": \"auto\", \"up_depth_per_agent\": 1, \"up_step\": 2,"
+            " \"up_cooldown_s\": 0, \"down_depth_per_agent\": 0, \"down_utilisation\": 0,"
+            " \"down_step\": 2, \"down_cooldown_s\": 0, \"min_agents\": 0, \"max_agents\": 2}",
+            NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *id = strdup(th_str_of(&r, "id"));
+    th_resp_free(&r);
+
+    /* scale.up to 2: the provisioner starts two agents, which run the three jobs. */
+    file_wait(log, "op=event type=scale.up desired=2");
+    file_wait(log, "op=start agent=1");
+    uint64_t deadline = clock_mono_ns() + 60ull * 1000000000ull;
+    for (int i = 0; i < 3; i++) {
+        for (;;) {
+            json_t *j = th_job(&srv, admin, jobs[i]);
+            bool done = strcmp(json_string_value(json_object_get(j, "status")), "succeeded") == 0;
+            json_decref(j);
+            if (done)
+                break;
+            if (clock_mono_ns() >= deadline)
+                logs_fail(log, "were the jobs run");
+            usleep(100000);
+        }
+    }
+    /* The queue drained and the agents idle: scale.down to 0, and both are stopped. */
+    file_wait(log, "op=event type=scale.down desired=0");
+    file_wait(log, "op=stop agent=1");
+    file_wait(log, "op=stop agent=0");
+    json_t *h = get(admin, "/api/v1/agents");
+    cr_assert_eq(json_array_size(json_object_get(h, "items")), 2, "two agents enrolled");
+    json_decref(h);
+    snprintf(file, sizeof(file), "/api/v1/scaling/policies/%s/history", id);
+    h = get(admin, file);
+    json_t *items = json_object_get(h, "items");
+    cr_assert_eq(json_array_size(items), 2);
+    check_decision(json_array_get(items, 1), "scale.up", 0, 2, 3);
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(items, 0), "type")),
+                     "scale.down");
+    json_decref(h);
+
+    kill(prov, SIGTERM);
+    int st;
+    cr_assert_eq(waitpid(prov, &st, 0), prov);
+    prov = 0;
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the provisioner exited %d", st);
+    for (int i = 0; i < 3; i++)
+        free(jobs[i]);
+    free(id), free(admin), free(tenant);
 }
