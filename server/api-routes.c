@@ -104,6 +104,17 @@ const struct http_route api_routes[] = {
     {HTTP_GET, V1 "/jobs/{id}/logs", HTTP_AUTH_TENANT_VIEWER, api_jobs_logs, 0, 0},
 
     {HTTP_GET, V1 "/scaling/signals", HTTP_AUTH_ANY, api_scaling_signals, 0, 0},
+    {HTTP_GET, V1 "/scaling/policies", HTTP_AUTH_TENANT_VIEWER, api_scaling_policies_list, 0, 0},
+    {HTTP_POST, V1 "/scaling/policies", HTTP_AUTH_TENANT_ADMIN, api_scaling_policies_create, 16384,
+     0},
+    {HTTP_GET, V1 "/scaling/policies/{id}", HTTP_AUTH_TENANT_VIEWER, api_scaling_policies_get, 0,
+     0},
+    {HTTP_PATCH, V1 "/scaling/policies/{id}", HTTP_AUTH_TENANT_ADMIN, api_scaling_policies_update,
+     16384, 0},
+    {HTTP_DELETE, V1 "/scaling/policies/{id}", HTTP_AUTH_TENANT_ADMIN, api_scaling_policies_delete,
+     0, 0},
+    {HTTP_GET, V1 "/scaling/policies/{id}/history", HTTP_AUTH_TENANT_VIEWER,
+     api_scaling_policies_history, 0, 0},
 
     /* The admin console (docs/console.md): its files, outside the API (not in openapi.yaml),
      * and the live events it shows. */

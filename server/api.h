@@ -106,6 +106,13 @@ void api_auth_token(struct http_req *req);
 void api_auth_refresh(struct http_req *req);
 /* autoscaling signals (api-scaling.c) */
 void api_scaling_signals(struct http_req *req);
+/* scaling policies (api-scaling.c) */
+void api_scaling_policies_list(struct http_req *req);
+void api_scaling_policies_create(struct http_req *req);
+void api_scaling_policies_get(struct http_req *req);
+void api_scaling_policies_update(struct http_req *req);
+void api_scaling_policies_delete(struct http_req *req);
+void api_scaling_policies_history(struct http_req *req);
 /* tenants */
 void api_tenants_list(struct http_req *req);
 void api_tenants_create(struct http_req *req);

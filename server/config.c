@@ -136,6 +136,9 @@ const struct conf_field orchd_config_fields[] = {
     {"webhooks.ca_file", CONF_STRING, F(webhooks_ca_file), 0, 4096, "", NULL,
      "CA certificates (PEM) that webhook endpoints' certificates must chain to (empty = the "
      "system's)"},
+    {"scaling.interval", CONF_DURATION, F(scaling_interval_ms), 100, 3600000, "10s", NULL,
+     "how often the scheduler role evaluates the scaling policies (docs/operations.md, "
+     "Scaling policies)"},
 };
 
 const size_t orchd_config_nfields = sizeof(orchd_config_fields) / sizeof(orchd_config_fields[0]);

@@ -81,6 +81,8 @@ struct orchd_config {
     int64_t webhooks_timeout_ms;    /* webhooks.timeout: one attempt, in total */
     char *webhooks_ca_file;         /* webhooks.ca_file: "" = the system's CAs */
     int64_t webhooks_retention_ms;  /* webhooks.retention: ended deliveries kept (0: forever) */
+
+    int64_t scaling_interval_ms; /* scaling.interval: scaling policies evaluated this often */
 };
 
 extern const struct conf_field orchd_config_fields[];

@@ -25,6 +25,7 @@
 #include "server/reaper.h"
 #include "server/webhook-deliver.h"
 #include "server/cron-fire.h"
+#include "server/scaling-eval.h"
 
 /* Exit statuses: 0 done, 1 the operation failed, 2 bad usage or configuration. */
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
@@ -94,6 +95,7 @@ struct node {
     struct reaper *reaper;
     struct webhook_deliver *webhooks;
     struct cron_fire *scheduler;
+    struct scaling_eval *scaling;
     char err[512]; /* why a role did not start */
 };
 
@@ -147,11 +149,21 @@ static void webhooks_role_stop(struct node *n)
 
 static int scheduler_role_start(struct node *n)
 {
-    return cron_fire_start(n->app, &n->scheduler);
+    int r = cron_fire_start(n->app, &n->scheduler);
+    if (r < 0)
+        return r;
+    r = scaling_eval_start(n->app, &n->scaling);
+    if (r < 0) {
+        cron_fire_stop(n->scheduler);
+        n->scheduler = NULL;
+    }
+    return r;
 }
 
 static void scheduler_role_stop(struct node *n)
 {
+    scaling_eval_stop(n->scaling);
+    n->scaling = NULL;
     cron_fire_stop(n->scheduler);
     n->scheduler = NULL;
 }

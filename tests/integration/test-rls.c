@@ -52,13 +52,34 @@ static const char fixture_sql[] =
     " (gen_random_uuid(), '@T@', 'https://example.com/', '{job.failed}', '\\x00', 'p');"
     "INSERT INTO webhook_deliveries (id, tenant_id, webhook_id, event_id, event_type, payload)"
     " SELECT gen_random_uuid(), '@T@', id, gen_random_uuid(), 'job.failed', '{}'"
-    " FROM webhooks WHERE tenant_id = '@T@';";
+    " FROM webhooks WHERE tenant_id = '@T@';"
+    "INSERT INTO scaling_policies (id, tenant_id, name, up_depth_per_agent, up_step, down_step,"
+    " up_cooldown_s, down_cooldown_s, min_agents, max_agents) VALUES"
+    " (gen_random_uuid(), '@T@', 'p', 1, 1, 1, 60, 300, 0, 3);"
+    "INSERT INTO scaling_history (id, tenant_id, policy_id, direction, previous_agents,"
+    " desired_agents, reason, data)"
+    " SELECT gen_random_uuid(), '@T@', id, 'up', 0, 1, 'queue_depth', '{}'"
+    " FROM scaling_policies WHERE tenant_id = '@T@';";
 
 static const char *const fixture_tables[] = {
-    "api_keys",         "agents",    "enrollment_tokens", "queues",   "package_blobs",
-    "packages",         "jobs",      "job_attempts",      "job_logs", "schedules",
-    "usage_counters",   "audit_log", "job_log_streams",   "webhooks", "webhook_deliveries",
+    "api_keys",
+    "agents",
+    "enrollment_tokens",
+    "queues",
+    "package_blobs",
+    "packages",
+    "jobs",
+    "job_attempts",
+    "job_logs",
+    "schedules",
+    "usage_counters",
+    "audit_log",
+    "job_log_streams",
+    "webhooks",
+    "webhook_deliveries",
     "schedule_firings",
+    "scaling_policies",
+    "scaling_history",
 };
 #define N_TABLES (sizeof(fixture_tables) / sizeof(fixture_tables[0]))
 

@@ -3,163 +3,28 @@
  * retries after the endpoint fails, a delivery marked failed past webhooks.max_attempts,
  * the delivery log, a resend, and another tenant refused everything. A second suite runs
  * orchd with the default configuration, where a loopback URL is refused (SSRF). */
-#include <arpa/inet.h>
 #include <criterion/criterion.h>
-#include <netinet/in.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "common/clock.h"
 #include "tests/integration/harness.h"
+#include "tests/integration/rx-https.h"
 #include "tests/integration/server.h"
 
-/* The receiver: one TLS connection at a time, each request recorded; requests to a path
- * with "/fail" always get 500, the others get fail_first 500s and then 200. */
-#define RX_MAX 32
-struct rx_req {
-    char path[128];
-    char id[96];
-    char sig[160];
-    char *body;
-};
-
-static struct {
-    int fd, port;
-    SSL_CTX *ctx;
-    pthread_t th;
-    atomic_bool stop;
-    pthread_mutex_t mu;
-    int n, fail_first;
-    struct rx_req reqs[RX_MAX];
-} rx = {.mu = PTHREAD_MUTEX_INITIALIZER};
-
-static char certdir[64];
 static struct th_server srv;
 static char *op;
 
-static void header(const char *head, const char *name, char *out, size_t outlen)
-{
-    out[0] = '\0';
-    const char *p = strcasestr(head, name);
-    if (!p)
-        return;
-    p += strlen(name);
-    p += strspn(p, ": ");
-    size_t n = strcspn(p, "\r\n");
-    snprintf(out, outlen, "%.*s", (int)n, p);
-}
-
-static void rx_serve(int c)
-{
-    SSL *ssl = SSL_new(rx.ctx);
-    SSL_set_fd(ssl, c);
-    char buf[65536];
-    size_t used = 0;
-    if (SSL_accept(ssl) == 1) {
-        char *end = NULL;
-        long clen = -1;
-        for (;;) {
-            int n = SSL_read(ssl, buf + used, (int)(sizeof(buf) - 1 - used));
-            if (n <= 0)
-                break;
-            used += (size_t)n;
-            buf[used] = '\0';
-            if (!end && (end = strstr(buf, "\r\n\r\n"))) {
-                char cl[32];
-                header(buf, "Content-Length", cl, sizeof(cl));
-                clen = strtol(cl, NULL, 10);
-            }
-            if (end && (long)(used - (size_t)(end + 4 - buf)) >= clen)
-                break;
-        }
-        if (end) {
-            pthread_mutex_lock(&rx.mu);
-            int i = rx.n;
-            struct rx_req *r = &rx.reqs[i < RX_MAX ? i : RX_MAX - 1];
-            sscanf(buf, "POST %127s", r->path);
-            header(buf, "Orch-Webhook-Id", r->id, sizeof(r->id));
-            header(buf, "Orch-Signature", r->sig, sizeof(r->sig));
-            free(r->body);
-            r->body = strndup(end + 4, (size_t)clen);
-            int status = 200;
-            if (strstr(r->path, "/fail"))
-                status = 500;
-            else if (rx.fail_first > 0) {
-                rx.fail_first--;
-                status = 500;
-            }
-            rx.n++;
-            pthread_mutex_unlock(&rx.mu);
-            char reply[128];
-            int rn =
-                snprintf(reply, sizeof(reply),
-                         "HTTP/1.1 %d X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", status);
-            SSL_write(ssl, reply, rn);
-        }
-        SSL_shutdown(ssl);
-    }
-    SSL_free(ssl);
-    close(c);
-}
-
-static void *rx_main(void *arg)
-{
-    (void)arg;
-    while (!atomic_load(&rx.stop)) {
-        struct pollfd p = {.fd = rx.fd, .events = POLLIN};
-        if (poll(&p, 1, 50) <= 0)
-            continue;
-        int c = accept(rx.fd, NULL, NULL);
-        if (c >= 0)
-            rx_serve(c);
-    }
-    return NULL;
-}
-
-static void rx_start(void)
-{
-    char cert[128], key[128];
-    snprintf(cert, sizeof(cert), "%s/server.pem", certdir);
-    snprintf(key, sizeof(key), "%s/server.key", certdir);
-    rx.ctx = SSL_CTX_new(TLS_server_method());
-    cr_assert(rx.ctx);
-    cr_assert_eq(SSL_CTX_use_certificate_chain_file(rx.ctx, cert), 1);
-    cr_assert_eq(SSL_CTX_use_PrivateKey_file(rx.ctx, key, SSL_FILETYPE_PEM), 1);
-    rx.fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert_eq(bind(rx.fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    cr_assert_eq(listen(rx.fd, 16), 0);
-    socklen_t al = sizeof(a);
-    getsockname(rx.fd, (struct sockaddr *)&a, &al);
-    rx.port = ntohs(a.sin_port);
-    cr_assert_eq(pthread_create(&rx.th, NULL, rx_main, NULL), 0);
-}
-
-static void make_certs(void)
-{
-    snprintf(certdir, sizeof(certdir), "/tmp/orch-wh-XXXXXX");
-    cr_assert(mkdtemp(certdir));
-    struct th_run r;
-    const char *gen[] = {th_env("ORCH_TEST_GEN_CERTS"), certdir, NULL};
-    th_run(&r, gen, NULL, 60000);
-    cr_assert_eq(r.status, 0, "gen-certs: %s", th_str(&r.err));
-    th_run_free(&r);
-}
-
 static void setup(void)
 {
-    make_certs();
+    rx_make_certs();
     static char ca[128];
-    snprintf(ca, sizeof(ca), "ORCHD_WEBHOOKS_CA_FILE=%s/ca.pem", certdir);
+    snprintf(ca, sizeof(ca), "ORCHD_WEBHOOKS_CA_FILE=%s/ca.pem", rx_certdir);
     const char *env[] = {"ORCHD_WEBHOOKS_ALLOW_PRIVATE=true", ca,
                          "ORCHD_WEBHOOKS_RETRY_BASE=20ms",    "ORCHD_WEBHOOKS_RETRY_MAX=100ms",
                          "ORCHD_WEBHOOKS_POLL=20ms",          "ORCHD_WEBHOOKS_MAX_ATTEMPTS=3",
@@ -171,73 +36,12 @@ static void setup(void)
 
 static void teardown(void)
 {
-    atomic_store(&rx.stop, true);
-    if (rx.th)
-        pthread_join(rx.th, NULL);
-    if (rx.fd > 0)
-        close(rx.fd);
-    SSL_CTX_free(rx.ctx);
-    for (int i = 0; i < RX_MAX; i++)
-        free(rx.reqs[i].body);
     free(op);
     th_server_stop(&srv);
-    if (certdir[0])
-        th_rm_rf(certdir);
+    rx_stop();
 }
 
 TestSuite(webhooks, .init = setup, .fini = teardown, .timeout = 240);
-
-static int rx_count(void)
-{
-    pthread_mutex_lock(&rx.mu);
-    int n = rx.n;
-    pthread_mutex_unlock(&rx.mu);
-    return n;
-}
-
-/* Wait (bounded) until the receiver has had n requests. */
-static void rx_wait(int n)
-{
-    uint64_t deadline = clock_mono_ns() + 30ull * 1000000000ull;
-    while (rx_count() < n) {
-        cr_assert(clock_mono_ns() < deadline, "the receiver had %d requests, not %d", rx_count(),
-                  n);
-        usleep(10000);
-    }
-}
-
-/* Check the signature of request i with Python's hmac, as docs/api.md shows a receiver do. */
-static void verify_with_python(const char *secret, int i)
-{
-    char bodyf[160];
-    snprintf(bodyf, sizeof(bodyf), "%s/body-%d", certdir, i);
-    FILE *f = fopen(bodyf, "w");
-    cr_assert(f);
-    fputs(rx.reqs[i].body, f);
-    fclose(f);
-    static const char script[] =
-        "import hmac, hashlib, sys, time\n"
-        "secret, header, path = sys.argv[1], sys.argv[2], sys.argv[3]\n"
-        "body = open(path, 'rb').read()\n"
-        "parts = dict(p.split('=', 1) for p in header.split(','))\n"
-        "t = parts['t']\n"
-        "want = hmac.new(secret.encode(), t.encode() + b'.' + body, hashlib.sha256).hexdigest()\n"
-        "assert hmac.compare_digest(want, parts['v1']), 'bad signature'\n"
-        "assert abs(time.time() - int(t)) < 300, 'stale'\n"
-        "print('ok')\n";
-    const char *argv[] = {"/usr/bin/python3", "-c", script, secret, rx.reqs[i].sig, bodyf, NULL};
-    struct th_run r;
-    th_run(&r, argv, NULL, 30000);
-    cr_assert_eq(r.status, 0, "python verifier: %s %s", th_str(&r.out), th_str(&r.err));
-    cr_assert_str_eq(th_str(&r.out), "ok\n");
-    th_run_free(&r);
-    /* The same check must fail for another secret: the verifier is not a rubber stamp. */
-    const char *bad[] = {"/usr/bin/python3", "-c",  script, "orch_whsec_wrong",
-                         rx.reqs[i].sig,     bodyf, NULL};
-    th_run(&r, bad, NULL, 30000);
-    cr_assert_neq(r.status, 0);
-    th_run_free(&r);
-}
 
 /* POST /webhooks as admin with body; returns the response (caller frees). */
 static void hook_create(const char *admin, const char *path, const char *events, struct th_resp *r)
@@ -333,7 +137,7 @@ Test(webhooks, job_events_are_signed_retried_logged_and_resent)
     cr_assert_str_eq(json_string_value(json_object_get(data, "status")), "queued");
     json_decref(ev);
     for (int i = 0; i < 3; i++)
-        verify_with_python(secret, i);
+        rx_verify_with_python(secret, i);
 
     /* Resend: a new delivery of the same event. */
     snprintf(path, sizeof(path), "/api/v1/webhooks/%s/deliveries/%s/resend", hook, delivery);
@@ -346,7 +150,7 @@ Test(webhooks, job_events_are_signed_retried_logged_and_resent)
     pthread_mutex_lock(&rx.mu);
     cr_assert_str_eq(rx.reqs[3].id, event);
     pthread_mutex_unlock(&rx.mu);
-    verify_with_python(secret, 3);
+    rx_verify_with_python(secret, 3);
 
     /* Another tenant sees none of it and can do nothing to it. */
     char *other = th_tenant(&srv, op, "wh-b", "standard");
