@@ -52,13 +52,15 @@ static const char fixture_sql[] =
     " (gen_random_uuid(), '@T@', 'https://example.com/', '{job.failed}', '\\x00', 'p');"
     "INSERT INTO webhook_deliveries (id, tenant_id, webhook_id, event_id, event_type, payload)"
     " SELECT gen_random_uuid(), '@T@', id, gen_random_uuid(), 'job.failed', '{}'"
-    " FROM webhooks WHERE tenant_id = '@T@';";
+    " FROM webhooks WHERE tenant_id = '@T@';"
+    "INSERT INTO quota_events (tenant_id, resource, kind, last_sent_at) VALUES"
+    " ('@T@', 'queues', 'exceeded', now());";
 
 static const char *const fixture_tables[] = {
-    "api_keys",         "agents",    "enrollment_tokens", "queues",   "package_blobs",
-    "packages",         "jobs",      "job_attempts",      "job_logs", "schedules",
-    "usage_counters",   "audit_log", "job_log_streams",   "webhooks", "webhook_deliveries",
-    "schedule_firings",
+    "api_keys",         "agents",       "enrollment_tokens", "queues",   "package_blobs",
+    "packages",         "jobs",         "job_attempts",      "job_logs", "schedules",
+    "usage_counters",   "audit_log",    "job_log_streams",   "webhooks", "webhook_deliveries",
+    "schedule_firings", "quota_events",
 };
 #define N_TABLES (sizeof(fixture_tables) / sizeof(fixture_tables[0]))
 
