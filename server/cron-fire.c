@@ -17,6 +17,7 @@
 #include "server/config.h"
 #include "server/cron.h"
 #include "server/gateway-internal.h"
+#include "server/metrics-orch.h"
 
 /* Key of the scheduler's advisory lock ("orchcron"). */
 #define CRON_FIRE_LOCK_KEY "8030602234734326382"
@@ -225,8 +226,8 @@ static int fire_one(struct app *app, const char *tenant, const char *id, int64_t
         PQclear(res);
     }
     char field[192] = "", detail[256] = "";
+    bool created = false;
     if (r >= 0 && strcmp(f.status, "fired") == 0) {
-        bool created = false;
         r = api_jobs_insert(tx, job, f.job_id, &created, field, sizeof(field), detail,
                             sizeof(detail), "job.");
     }
@@ -256,6 +257,11 @@ static int fire_one(struct app *app, const char *tenant, const char *id, int64_t
             else
                 store_tx_rollback(tx);
         }
+    }
+    /* Counted as the API counts its submissions (orch_jobs_submitted_total). */
+    if (r >= 0 && created && f.job_id[0]) {
+        const char *queue = job ? json_string_value(json_object_get(job, "queue")) : NULL;
+        metrics_orch_submitted(app->metrics, tenant, queue ? queue : "", 1);
     }
     json_decref(job);
     if (r < 0)

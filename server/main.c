@@ -157,11 +157,15 @@ static void scheduler_role_stop(struct node *n)
 
 static int api_role_start(struct node *n)
 {
-    return http_server_start(n->ho, &n->srv, n->err, sizeof(n->err));
+    int r = http_server_start(n->ho, &n->srv, n->err, sizeof(n->err));
+    if (r >= 0)
+        metrics_orch_watch_api(n->app->metrics, n->srv);
+    return r;
 }
 
 static void api_role_stop(struct node *n)
 {
+    metrics_orch_watch_api(n->app->metrics, NULL);
     http_server_stop(n->srv);
     n->srv = NULL;
 }
