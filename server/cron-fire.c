@@ -193,7 +193,9 @@ static int fire_one(struct app *app, const char *tenant, const char *id, int64_t
     json_error_t je;
     json_t *job = json_loads(PQgetvalue(res, 0, 5), 0, &je);
     bool run_once = strcmp(PQgetvalue(res, 0, 2), "run_once") == 0;
-    const char *overlap = PQgetvalue(res, 0, 3);
+    /* Copied: res is cleared before the overlap policy is read. */
+    char overlap[16];
+    snprintf(overlap, sizeof(overlap), "%s", PQgetvalue(res, 0, 3));
     int64_t due = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
     r = cron_parse(PQgetvalue(res, 0, 0), &c, err, sizeof(err));
     if (r >= 0)
