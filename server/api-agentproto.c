@@ -29,8 +29,11 @@ struct outcome {
     bool ended;      /* a result ended the attempt: a slot is free */
     /* For the metrics, recorded once the transaction has committed (record_metrics()):
      * the job's final status when this report finished it (not a repeat; "" = none) and
-     * its run time, and the wait from assignment to a first start report (< 0 = none). */
+     * its run time, its tenant and queue name ("" = none), and the wait from assignment to
+     * a first start report (< 0 = none). */
     char finished[16];
+    char tenant_id[ID_STR_LEN];
+    char queue[API_QUEUE_NAME_MAX + 1];
     double run_s;
     double start_wait_s;
 };
@@ -45,14 +48,16 @@ static json_t *outcome_metrics(const struct outcome *o)
 {
     if (!o->finished[0] && o->start_wait_s < 0)
         return NULL;
-    return json_pack("{s:s, s:f, s:f}", "finished", o->finished, "run_s", o->run_s, "start_wait_s",
+    return json_pack("{s:s, s:s, s:s, s:f, s:f}", "finished", o->finished, "tenant_id",
+                     o->tenant_id, "queue", o->queue, "run_s", o->run_s, "start_wait_s",
                      o->start_wait_s);
 }
 
-static void record_metrics(struct app *app, const char *finished, double run_s, double start_wait_s)
+static void record_metrics(struct app *app, const char *finished, const char *tenant_id,
+                           const char *queue, double run_s, double start_wait_s)
 {
-    if (finished[0])
-        metrics_orch_finished(app->metrics, finished, run_s);
+    if (finished && finished[0])
+        metrics_orch_finished(app->metrics, tenant_id ? tenant_id : "", queue, finished, run_s);
     if (start_wait_s >= 0)
         metrics_orch_started(app->metrics, start_wait_s);
 }
@@ -368,8 +373,11 @@ static const struct store_stmt q_result = STORE_STMT(
     "       coalesce(e.status, (SELECT status FROM jobs WHERE id = $1 AND EXISTS ("
     "           SELECT 1 FROM job_attempts WHERE job_id = $1 AND agent_id = $3))),"
     "       (SELECT extract(epoch FROM clock_timestamp() - started_at) FROM job_attempts"
-    "         WHERE job_id = $1 AND epoch = $2 AND agent_id = $3)"
-    "  FROM e",
+    "         WHERE job_id = $1 AND epoch = $2 AND agent_id = $3),"
+    "       jq.tenant_id, jq.queue"
+    "  FROM e LEFT JOIN LATERAL (SELECT j.tenant_id, q.name AS queue FROM jobs j"
+    "       LEFT JOIN queues q ON q.id = j.queue_id WHERE j.id = $1 AND e.status IS NOT NULL)"
+    "       jq ON true",
     7);
 
 static void epoch_text(const struct proto_report *rep, char *epoch, size_t len)
@@ -502,6 +510,8 @@ static int report_result(struct app *app, const struct http_principal *p, struct
     double run_s = PQgetisnull(res, 0, 3) ? -1 : strtod(PQgetvalue(res, 0, 3), NULL);
     char status[16];
     snprintf(status, sizeof(status), "%s", PQgetvalue(res, 0, 2));
+    snprintf(o->tenant_id, sizeof(o->tenant_id), "%s", PQgetvalue(res, 0, 4));
+    snprintf(o->queue, sizeof(o->queue), "%s", PQgetvalue(res, 0, 5));
     PQclear(res);
     if (!ended && !repeat) {
         outcome_stale(o);
@@ -555,7 +565,7 @@ static void report_http(struct http_req *req, enum proto_report_kind kind, repor
         http_reply_error(req, r, what);
         return;
     }
-    record_metrics(app, o.finished, o.run_s, o.start_wait_s);
+    record_metrics(app, o.finished, o.tenant_id, o.queue, o.run_s, o.start_wait_s);
     if (o.ended)
         gateway_kick_dispatch(app->gw); /* a slot is free */
     if (o.answer)
@@ -703,6 +713,8 @@ void api_agent_sync(struct http_req *req)
     json_array_foreach(finished, k, st)
     {
         record_metrics(app, json_string_value(json_object_get(st, "finished")),
+                       json_string_value(json_object_get(st, "tenant_id")),
+                       json_string_value(json_object_get(st, "queue")),
                        json_real_value(json_object_get(st, "run_s")),
                        json_real_value(json_object_get(st, "start_wait_s")));
     }

@@ -312,13 +312,9 @@ void api_agents_register(struct http_req *req)
     json_decref(detail);
     if (r < 0) {
         if (r == -EDQUOT) {
-            json_error_t jerr;
-            json_t *ext = json_loads(store_tx_errdetail(tx), 0, &jerr);
-            store_tx_rollback(TAKE_PTR(tx));
-            http_reply_problem_ext(req, PROBLEM_QUOTA_EXCEEDED,
-                                   "the tenant's agent quota is exhausted; remove an agent or "
-                                   "move to a larger tier",
-                                   NULL, ext);
+            app_reply_quota_refused(req, TAKE_PTR(tx), tenant,
+                                    "the tenant's agent quota is exhausted; remove an agent or "
+                                    "move to a larger tier");
         } else if (r == -EEXIST) {
             store_tx_rollback(TAKE_PTR(tx));
             http_reply_problem(req, PROBLEM_CONFLICT,

@@ -138,13 +138,9 @@ static void reply_queue(struct http_req *req, struct store_tx *tx, const char *i
 static void queue_write_failed(struct http_req *req, struct store_tx *tx, int r)
 {
     if (r == -EDQUOT) {
-        json_error_t jerr;
-        json_t *ext = json_loads(store_tx_errdetail(tx), 0, &jerr);
-        store_tx_rollback(tx);
-        http_reply_problem_ext(req, PROBLEM_QUOTA_EXCEEDED,
-                               "the tenant's queue quota is exhausted; delete a queue or move "
-                               "to a larger tier",
-                               NULL, ext);
+        app_reply_quota_refused(req, tx, NULL,
+                                "the tenant's queue quota is exhausted; delete a queue or move "
+                                "to a larger tier");
         return;
     }
     store_tx_rollback(tx);

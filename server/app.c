@@ -164,7 +164,9 @@ int64_t app_seconds_to_utc_midnight(int64_t now_s)
 
 /* One statement admits a tenant request: the API key still valid, the tenant active, and
  * one more call counted for today unless the daily quota is spent. It returns the tier's
- * rate limit too, for the node's token bucket. */
+ * rate limit too, for the node's token bucket. The same statement records the daily quota's
+ * events (quota_note_api_calls(): the call that reaches the threshold, a refused call), so
+ * neither an admitted nor a refused call pays another round trip for them. */
 static const struct store_stmt q_admit_tenant = STORE_STMT(
     "admit_tenant",
     "WITH k AS (SELECT 1 FROM api_keys WHERE id = $1::uuid AND revoked_at IS NULL"
@@ -180,7 +182,9 @@ static const struct store_stmt q_admit_tenant = STORE_STMT(
     "          WHERE c.api_calls < (SELECT max_api_calls_day FROM t)"
     "       RETURNING api_calls)"
     " SELECT (SELECT count(*) FROM k), t.status, t.max_api_calls_day, t.rate_per_sec,"
-    "        t.rate_burst, (SELECT api_calls FROM u) FROM t",
+    "        t.rate_burst, (SELECT api_calls FROM u),"
+    "        quota_note_api_calls((SELECT count(*) FROM k) = 1 AND t.status = 'active',"
+    "                             t.max_api_calls_day, (SELECT api_calls FROM u)) FROM t",
     1);
 
 static const struct store_stmt q_admit_platform =
@@ -321,6 +325,34 @@ int app_tx_begin(struct app *app, const struct http_req *req, struct store_tx **
 const char *app_agent_scope(const struct http_principal *p)
 {
     return p->pool ? NULL : p->tenant_id;
+}
+
+/* Deduplicated in SQL: at most one event per tenant, resource and period
+ * (sql/functions/20_quotas.sql), and a refusal within the period reads one row. */
+static const struct store_stmt q_quota_exceeded =
+    STORE_STMT("quota_exceeded", "SELECT quota_note_exceeded($1::jsonb)", 1);
+
+void app_reply_quota_refused(struct http_req *req, struct store_tx *tx, const char *tenant_id,
+                             const char *detail)
+{
+    const struct http_principal *p = http_req_principal(req);
+    const char *tenant = tenant_id ? tenant_id : p->tenant_id;
+    char *why = strdup(store_tx_errdetail(tx));
+    json_error_t jerr;
+    json_t *ext = why ? json_loads(why, 0, &jerr) : NULL;
+    bool parsed = ext != NULL;
+    store_tx_rollback(tx);
+    http_reply_problem_ext(req, PROBLEM_QUOTA_EXCEEDED, detail, NULL, ext);
+    if (!parsed || !tenant || !tenant[0])
+        goto done;
+    struct app *app = http_req_app(req);
+    const char *params[] = {why};
+    int r = store_exec_once(app->store, tenant, &q_quota_exceeded, params, NULL);
+    if (r < 0)
+        log_warn("op=quota.exceeded tenant=%s err=%d msg=\"recording the event failed\"", tenant,
+                 r);
+done:
+    free(why);
 }
 
 static const struct store_stmt q_audit = STORE_STMT(

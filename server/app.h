@@ -65,5 +65,14 @@ int app_audit_as(struct store_tx *tx, const struct http_req *req, const char *te
                  const char *actor_type, const char *actor_id, const char *action,
                  const char *object_type, const char *object_id, const json_t *detail);
 
+/* Answer a write that quota_acquire() refused (tx failed with -EDQUOT): a 403 quota-exceeded
+ * problem carrying the refusal's JSON detail {quota, limit, used, requested} and the text
+ * detail, then the quota.exceeded event for tenant_id (NULL = the principal's tenant) in a
+ * transaction of its own, since the refused one is rolled back and would take the event
+ * with it. tx is consumed (rolled back). A failure to record the event is logged, never
+ * changes the reply. */
+void app_reply_quota_refused(struct http_req *req, struct store_tx *tx, const char *tenant_id,
+                             const char *detail);
+
 /* Seconds until the next UTC midnight, when daily quotas reset. */
 int64_t app_seconds_to_utc_midnight(int64_t now_s);

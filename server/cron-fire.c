@@ -17,6 +17,7 @@
 #include "server/config.h"
 #include "server/cron.h"
 #include "server/gateway-internal.h"
+#include "server/metrics-orch.h"
 
 /* Key of the scheduler's advisory lock ("orchcron"). */
 #define CRON_FIRE_LOCK_KEY "8030602234734326382"
@@ -204,7 +205,7 @@ static int fire_one(struct app *app, const char *tenant, const char *id, int64_t
     json_error_t je;
     json_t *job = json_loads(PQgetvalue(res, 0, 5), 0, &je);
     bool run_once = strcmp(PQgetvalue(res, 0, 2), "run_once") == 0;
-    /* Copied: res is cleared before the overlap check. */
+    /* Copied: res is cleared before the overlap policy is read. */
     char overlap[16];
     snprintf(overlap, sizeof(overlap), "%s", PQgetvalue(res, 0, 3));
     int64_t due = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
@@ -239,8 +240,8 @@ static int fire_one(struct app *app, const char *tenant, const char *id, int64_t
         PQclear(res);
     }
     char field[192] = "", detail[256] = "";
+    bool created = false;
     if (r >= 0 && strcmp(f.status, "fired") == 0) {
-        bool created = false;
         r = api_jobs_insert(tx, job, f.job_id, &created, field, sizeof(field), detail,
                             sizeof(detail), "job.");
     }
@@ -261,6 +262,7 @@ static int fire_one(struct app *app, const char *tenant, const char *id, int64_t
          * is recorded as skipped, with the reason, and the schedule moves on. */
         f.status = "skipped";
         f.job_id[0] = '\0';
+        /* Cut to fit the reason (256 bytes): gcc -O0 rejects a possible truncation. */
         snprintf(f.reason, sizeof(f.reason), "the job was refused: %.80s: %.150s", field, detail);
         r = store_tx_begin_tenant(app->store, tenant, &tx);
         if (r >= 0) {
@@ -270,6 +272,11 @@ static int fire_one(struct app *app, const char *tenant, const char *id, int64_t
             else
                 store_tx_rollback(tx);
         }
+    }
+    /* Counted as the API counts its submissions (orch_jobs_submitted_total). */
+    if (r >= 0 && created && f.job_id[0]) {
+        const char *queue = job ? json_string_value(json_object_get(job, "queue")) : NULL;
+        metrics_orch_submitted(app->metrics, tenant, queue ? queue : "", 1);
     }
     json_decref(job);
     if (r < 0)

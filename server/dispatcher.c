@@ -348,7 +348,9 @@ static const struct store_stmt q_assign =
     STORE_STMT("dispatch_assign",
                "SELECT job_id, agent_id, tenant_id, outcome, epoch, gateway_node,"
                "       (SELECT extract(epoch FROM clock_timestamp() - j.created_at)"
-               "          FROM jobs j WHERE j.id = a.job_id)"
+               "          FROM jobs j WHERE j.id = a.job_id),"
+               "       (SELECT q.name FROM jobs j JOIN queues q ON q.id = j.queue_id"
+               "         WHERE j.id = a.job_id AND a.outcome = 'assigned')"
                "  FROM assign_batch($1::uuid[], $2::uuid[], $3::int, $4::int) a",
                4);
 
@@ -413,7 +415,7 @@ static int commit_batch(struct dispatcher *d, const struct placement_proposal *p
         placement_accepted(d->pl, p[i].job_id);
         assigned++;
         metrics_orch_assigned(
-            d->app->metrics, p[i].tenant_id,
+            d->app->metrics, p[i].tenant_id, PQgetvalue(res, (int)i, 7),
             PQgetisnull(res, (int)i, 6) ? -1 : strtod(PQgetvalue(res, (int)i, 6), NULL));
         log_info("op=dispatch job=%s tenant=%s agent=%s epoch=%s", p[i].job_id, p[i].tenant_id,
                  p[i].agent_id, PQgetvalue(res, (int)i, 4));

@@ -1253,6 +1253,11 @@ uint64_t http_server_requests(const struct http_server *srv)
     return atomic_load(&srv->requests);
 }
 
+int http_server_connections(const struct http_server *srv)
+{
+    return srv->guard ? http_guard_connections(srv->guard) : 0;
+}
+
 /* Runs on the loop's own thread: stop accepting, then leave the loop once the events
  * already active (requests being handled) are done. */
 static void loop_stop_cb(evutil_socket_t fd, short what, void *arg)

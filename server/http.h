@@ -133,6 +133,8 @@ int http_server_port(const struct http_server *srv);
 void http_server_stop(struct http_server *srv);
 /* Requests served since start (all loops). */
 uint64_t http_server_requests(const struct http_server *srv);
+/* Connections open now (admitted ones, long-polls included), from any thread. */
+int http_server_connections(const struct http_server *srv);
 
 /* --- for handlers ---------------------------------------------------------------------- */
 

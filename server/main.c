@@ -179,12 +179,15 @@ static int api_role_start(struct node *n)
     if (r < 0) {
         events_hub_stop(n->app->events);
         n->app->events = NULL;
+    } else {
+        metrics_orch_watch_api(n->app->metrics, n->srv);
     }
     return r;
 }
 
 static void api_role_stop(struct node *n)
 {
+    metrics_orch_watch_api(n->app->metrics, NULL);
     /* The console's event streams end first: the loops they are held on stop next. */
     events_hub_shutdown(n->app->events, 5000);
     http_server_stop(n->srv);

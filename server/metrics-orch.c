@@ -28,6 +28,8 @@ struct metrics_orch {
     struct metrics_family *queue_depth, *agents, *tenant_info, *db_up;
     struct metrics_family *quota_used, *quota_limit;
     struct metrics_family *pool_conns, *pool_max, *pool_waiting, *bus_connected;
+    struct metrics_family *http_conns;
+    struct http_server *api; /* borrowed; read and written under the registry's lock */
 };
 
 /* Seconds: 0.5 ms to 10 s for API requests. */
@@ -80,18 +82,20 @@ int metrics_orch_new(struct metrics_orch **ret)
          "REST and agent API requests answered, by method, route pattern and status class.",
          L("method", "route", "status"), 1024, NULL, 0},
         {&m->http_duration, METRICS_HISTOGRAM, "orch_http_request_duration_seconds",
-         "Time from reading a request to answering it (long-polls included), by method and "
-         "route pattern.",
-         L("method", "route"), 256, http_buckets, ELEMENTSOF(http_buckets)},
+         "Time from reading a request to answering it (long-polls included), by method, route "
+         "pattern and status class.",
+         L("method", "route", "status"), 1024, http_buckets, ELEMENTSOF(http_buckets)},
         {&m->submitted, METRICS_COUNTER, "orch_jobs_submitted_total",
          "Jobs submitted through this node, by tenant id and queue name (\"\" = no queue).",
          L("tenant_id", "queue"), tcap, NULL, 0},
         {&m->assigned, METRICS_COUNTER, "orch_jobs_assigned_total",
-         "Jobs assigned to an agent by this node's dispatcher, by tenant id.", L("tenant_id"), tcap,
-         NULL, 0},
+         "Jobs assigned to an agent by this node's dispatcher, by tenant id and queue name "
+         "(\"\" = no queue).",
+         L("tenant_id", "queue"), tcap, NULL, 0},
         {&m->finished, METRICS_COUNTER, "orch_jobs_finished_total",
-         "Jobs whose result an agent reported through this node, by final status.", L("outcome"),
-         16, NULL, 0},
+         "Job attempts whose result an agent reported through this node, by tenant id, queue "
+         "name (\"\" = no queue) and the job's status after it (queued: it will be retried).",
+         L("tenant_id", "queue", "outcome"), METRICS_ORCH_OUTCOMES * tcap, NULL, 0},
         {&m->submit_assign, METRICS_HISTOGRAM, "orch_job_submit_to_assign_seconds",
          "Time from a job's submission to its assignment by this node's dispatcher.", NULL, 1,
          wait_buckets, ELEMENTSOF(wait_buckets)},
@@ -132,6 +136,9 @@ int metrics_orch_new(struct metrics_orch **ret)
          "1 when this node's publishing connection to RabbitMQ is open (it opens on first "
          "use), else 0.",
          NULL, 1, NULL, 0},
+        {&m->http_conns, METRICS_GAUGE, "orch_http_connections",
+         "Connections open to this node's API listener (clients and agents' long-polls).", NULL, 1,
+         NULL, 0},
     };
     for (size_t i = 0; i < ELEMENTSOF(defs); i++) {
         int r = metrics_family_new(m->reg, defs[i].type, defs[i].name, defs[i].help, defs[i].labels,
@@ -166,7 +173,7 @@ void metrics_orch_http(void *ctx, enum http_method method, const char *route, in
     const char *cls = classes[c < 1 ? 5 : c > 5 ? 5 : c]; /* no status: it failed */
     const char *meth = http_method_name(method);
     metrics_inc(m->http_requests, L(meth, route, cls));
-    metrics_observe(metrics_series(m->http_duration, L(meth, route)), (double)dur_ns / 1e9);
+    metrics_observe(metrics_series(m->http_duration, L(meth, route, cls)), (double)dur_ns / 1e9);
 }
 
 void metrics_orch_submitted(struct metrics_orch *m, const char *tenant_id, const char *queue,
@@ -176,20 +183,22 @@ void metrics_orch_submitted(struct metrics_orch *m, const char *tenant_id, const
         metrics_counter_add(metrics_series(m->submitted, L(tenant_id, queue ? queue : "")), n);
 }
 
-void metrics_orch_assigned(struct metrics_orch *m, const char *tenant_id, double wait_s)
+void metrics_orch_assigned(struct metrics_orch *m, const char *tenant_id, const char *queue,
+                           double wait_s)
 {
     if (!m)
         return;
-    metrics_inc(m->assigned, L(tenant_id));
+    metrics_inc(m->assigned, L(tenant_id, queue ? queue : ""));
     if (wait_s >= 0)
         metrics_observe(metrics_series(m->submit_assign, NULL), wait_s);
 }
 
-void metrics_orch_finished(struct metrics_orch *m, const char *outcome, double run_s)
+void metrics_orch_finished(struct metrics_orch *m, const char *tenant_id, const char *queue,
+                           const char *outcome, double run_s)
 {
     if (!m)
         return;
-    metrics_inc(m->finished, L(outcome));
+    metrics_inc(m->finished, L(tenant_id, queue ? queue : "", outcome));
     if (run_s >= 0)
         metrics_observe(metrics_series(m->run_time, L(outcome)), run_s);
 }
@@ -269,6 +278,16 @@ static void collect_pools(struct metrics_orch *m, struct app *app)
         metrics_set(m->pool_waiting, L(pools[i]), st[i].waiting);
     }
     metrics_set(m->bus_connected, NULL, app->bus && bus_connected(app->bus) ? 1 : 0);
+    metrics_set(m->http_conns, NULL, m->api ? http_server_connections(m->api) : 0);
+}
+
+void metrics_orch_watch_api(struct metrics_orch *m, struct http_server *srv)
+{
+    if (!m)
+        return;
+    metrics_lock(m->reg);
+    m->api = srv;
+    metrics_unlock(m->reg);
 }
 
 /* Waiting jobs of every queue (zero included, so a drained queue reads 0) and of no queue;

@@ -19,6 +19,9 @@ struct metrics_orch;
 
 /* Label sets kept per family fed by tenants (tenant id x queue name). */
 #define METRICS_ORCH_MAX_TENANT_SERIES 1000
+/* Label sets kept per tenant and queue in a family that adds a job's outcome: the statuses
+ * an attempt can end in (succeeded, failed, cancelled, dead, queued), and a spare. */
+#define METRICS_ORCH_OUTCOMES 6
 
 /* Register orchd's families. Returns 0 with *ret (free with metrics_orch_free(), accepts
  * NULL) or -ENOMEM. */
@@ -33,15 +36,23 @@ void metrics_orch_http(void *app, enum http_method method, const char *route, in
 /* n jobs newly submitted by tenant_id to the queue named queue ("" = none). */
 void metrics_orch_submitted(struct metrics_orch *m, const char *tenant_id, const char *queue,
                             uint64_t n);
-/* A job assigned to an agent, wait_s seconds after it was submitted (< 0: unknown). */
-void metrics_orch_assigned(struct metrics_orch *m, const char *tenant_id, double wait_s);
-/* A job finished with status outcome (succeeded, failed, cancelled, ...), as reported by
- * its agent, after running run_s seconds (< 0: unknown, never started). */
-void metrics_orch_finished(struct metrics_orch *m, const char *outcome, double run_s);
+/* A job of tenant_id in the queue named queue ("" = none) assigned to an agent, wait_s
+ * seconds after it was submitted (< 0: unknown). */
+void metrics_orch_assigned(struct metrics_orch *m, const char *tenant_id, const char *queue,
+                           double wait_s);
+/* A job of tenant_id in the queue named queue ("" = none) whose attempt ended with the job
+ * in status outcome (succeeded, failed, cancelled, dead; queued when it is retried), as
+ * reported by its agent, after running run_s seconds (< 0: unknown, never started). */
+void metrics_orch_finished(struct metrics_orch *m, const char *tenant_id, const char *queue,
+                           const char *outcome, double run_s);
 /* A job's first start report, wait_s seconds after its assignment. */
 void metrics_orch_started(struct metrics_orch *m, double wait_s);
 /* An agent's heartbeat received. */
 void metrics_orch_heartbeat(struct metrics_orch *m);
+/* The API listener whose open connections orch_http_connections shows (borrowed; NULL:
+ * none). Waits for a scrape in progress, so once it returns with NULL the listener may be
+ * stopped. */
+void metrics_orch_watch_api(struct metrics_orch *m, struct http_server *srv);
 
 /* The operators' listener (metrics.address, metrics.port; metrics.port -1 = none): a
  * plain-HTTP server of its own with the one route GET /metrics, the limits and timeouts

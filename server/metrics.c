@@ -41,6 +41,13 @@ struct metrics_family {
     size_t nbounds;
     size_t max_series;
     struct metrics_series *series; /* max_series + 1: the last is the overflow series */
+    /* The series by their label values, so finding one costs a hash and a probe or two
+     * however many a family holds: open addressing over a power of two of slots at least
+     * twice max_series (so a probe always ends on an empty slot), each holding a series'
+     * index + 1, 0 when empty. Filled under lock, after the series' values are written, and
+     * read without (release/acquire). NULL for a family without labels. */
+    atomic_uint_fast32_t *slots;
+    size_t slot_mask;
     atomic_size_t nseries;
     atomic_bool overflowed;
     pthread_mutex_t lock; /* creation of series */
@@ -68,6 +75,7 @@ void metrics_registry_free(struct metrics_registry *r)
     for (struct metrics_family *f = r->head, *next; f; f = next) {
         next = f->next;
         pthread_mutex_destroy(&f->lock);
+        free(f->slots);
         free(f->series);
         free(f);
     }
@@ -158,10 +166,19 @@ int metrics_family_new(struct metrics_registry *r, enum metrics_type type, const
     if (!f)
         return -ENOMEM;
     f->series = calloc(max_series + 1, sizeof(*f->series));
-    if (!f->series) {
+    size_t nslots = 4;
+    while (nslots < 2 * max_series)
+        nslots *= 2;
+    f->slots = nlabels ? calloc(nslots, sizeof(*f->slots)) : NULL;
+    if (!f->series || (nlabels && !f->slots)) {
+        free(f->slots);
+        free(f->series);
         free(f);
         return -ENOMEM;
     }
+    f->slot_mask = nslots - 1;
+    for (size_t i = 0; f->slots && i < nslots; i++)
+        atomic_init(&f->slots[i], 0);
     f->type = type;
     f->name = name;
     f->help = help;
@@ -199,6 +216,41 @@ static bool series_is(const struct metrics_series *s, size_t nlabels,
     return true;
 }
 
+/* FNV-1a over the values, each with its terminating NUL (so "a","bc" and "ab","c" differ). */
+static uint64_t series_hash(size_t nlabels, char want[][METRICS_LABEL_VALUE_MAX + 1])
+{
+    uint64_t h = 14695981039346656037ull;
+    for (size_t i = 0; i < nlabels; i++) {
+        const unsigned char *p = (const unsigned char *)want[i];
+        do {
+            h ^= *p;
+            h *= 1099511628211ull;
+        } while (*p++);
+    }
+    return h;
+}
+
+static struct metrics_series *series_find(struct metrics_family *f, uint64_t h,
+                                          char want[][METRICS_LABEL_VALUE_MAX + 1])
+{
+    for (size_t i = (size_t)h & f->slot_mask;; i = (i + 1) & f->slot_mask) {
+        uint_fast32_t v = atomic_load_explicit(&f->slots[i], memory_order_acquire);
+        if (v == 0)
+            return NULL;
+        if (series_is(&f->series[v - 1], f->nlabels, want))
+            return &f->series[v - 1];
+    }
+}
+
+/* Under f->lock. */
+static void series_index(struct metrics_family *f, uint64_t h, size_t idx)
+{
+    size_t i = (size_t)h & f->slot_mask;
+    while (atomic_load_explicit(&f->slots[i], memory_order_relaxed) != 0)
+        i = (i + 1) & f->slot_mask;
+    atomic_store_explicit(&f->slots[i], (uint_fast32_t)idx + 1, memory_order_release);
+}
+
 struct metrics_series *metrics_series(struct metrics_family *f, const char *const *values)
 {
     if (f->nlabels == 0) {
@@ -213,21 +265,19 @@ struct metrics_series *metrics_series(struct metrics_family *f, const char *cons
     for (size_t i = 0; i < f->nlabels; i++)
         value_copy(want[i], values && values[i] ? values[i] : "");
 
-    size_t n = atomic_load_explicit(&f->nseries, memory_order_acquire);
-    for (size_t i = 0; i < n; i++)
-        if (series_is(&f->series[i], f->nlabels, want))
-            return &f->series[i];
+    uint64_t h = series_hash(f->nlabels, want);
+    struct metrics_series *s = series_find(f, h, want);
+    if (s)
+        return s;
 
     pthread_mutex_lock(&f->lock);
     size_t m = atomic_load_explicit(&f->nseries, memory_order_relaxed);
-    struct metrics_series *s = NULL;
-    for (size_t i = n; i < m && !s; i++)
-        if (series_is(&f->series[i], f->nlabels, want))
-            s = &f->series[i];
+    s = series_find(f, h, want);
     if (!s && m < f->max_series) {
         s = &f->series[m];
         memcpy(s->values, want, sizeof(want));
         atomic_store_explicit(&f->nseries, m + 1, memory_order_release);
+        series_index(f, h, m);
     }
     pthread_mutex_unlock(&f->lock);
     if (!s) {
@@ -305,6 +355,8 @@ void metrics_family_clear(struct metrics_family *f)
         if (i < n || i == f->max_series)
             series_init(&f->series[i], f);
     }
+    for (size_t i = 0; f->slots && i <= f->slot_mask; i++)
+        atomic_store_explicit(&f->slots[i], 0, memory_order_relaxed);
     atomic_store_explicit(&f->nseries, 0, memory_order_release);
     atomic_store_explicit(&f->overflowed, false, memory_order_relaxed);
     pthread_mutex_unlock(&f->lock);

@@ -72,10 +72,125 @@ BEGIN
         RAISE EXCEPTION 'unknown quota resource %', resource USING ERRCODE = '22023';
     END IF;
     IF used + amount > lim THEN
+        -- The refusal rolls this transaction back, and an event recorded here with it: the
+        -- caller records quota.exceeded afterwards, in a transaction of its own
+        -- (quota_note_exceeded()).
         RAISE EXCEPTION 'the tenant''s % quota is exhausted (% of %)', resource, used, lim
             USING ERRCODE = 'OQ001',
                   DETAIL = json_build_object('quota', resource, 'limit', lim, 'used', used,
                                              'requested', amount)::text;
     END IF;
+    -- Commits or rolls back with the creation: a creation that fails later sends nothing.
+    PERFORM quota_note_usage(resource, lim, used + amount);
+END
+$$;
+
+-- The quota events (webhook types quota.near and quota.exceeded; state in
+-- sql/0018_quota_events.sql; rules in docs/operations.md, "Webhooks"):
+--   quota.near      a tenant's use of a resource reaches quota_near_fraction() of its limit
+--                   or more, coming from below it (seen when a creation acquires the quota,
+--                   and by the daily API call counter as it counts);
+--   quota.exceeded  a request is refused because of a quota;
+-- each at most once per tenant, resource and kind per quota_event_period(), and quota.near
+-- only again after the use went back below the threshold. The data: {resource, limit,
+-- used, requested (exceeded), threshold (near)}.
+CREATE OR REPLACE FUNCTION quota_near_fraction() RETURNS numeric
+    LANGUAGE sql IMMUTABLE AS $$ SELECT 0.8 $$;
+CREATE OR REPLACE FUNCTION quota_event_period() RETURNS interval
+    LANGUAGE sql IMMUTABLE AS $$ SELECT interval '1 hour' $$;
+
+-- Send the tenant in scope's quota.<p_kind> event about p_resource unless one was sent less
+-- than quota_event_period() ago. Returns whether it was sent. The first check reads only,
+-- so a refusal repeated within the period writes nothing; the upsert's condition is what
+-- makes concurrent callers on several nodes send once.
+CREATE OR REPLACE FUNCTION quota_event_send(p_resource text, p_kind text, p_data jsonb)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM quota_events
+                WHERE tenant_id = app_tenant() AND resource = p_resource AND kind = p_kind
+                  AND last_sent_at > now() - quota_event_period()) THEN
+        RETURN false;
+    END IF;
+    INSERT INTO quota_events AS e (tenant_id, resource, kind, last_sent_at)
+    VALUES (app_tenant(), p_resource, p_kind, now())
+    ON CONFLICT (tenant_id, resource, kind) DO UPDATE SET last_sent_at = now()
+     WHERE e.last_sent_at IS NULL OR e.last_sent_at <= now() - quota_event_period();
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM webhook_emit(app_tenant(), 'quota.' || p_kind, p_data);
+    RETURN true;
+END
+$$;
+
+-- Record the tenant in scope's use p_used of p_resource (limit p_limit) after a creation:
+-- quota.near when the use crossed the threshold upward. Writes only when the use crosses
+-- the threshold either way. Callers hold quota_acquire()'s lock on the resource.
+CREATE OR REPLACE FUNCTION quota_note_usage(p_resource text, p_limit bigint, p_used bigint)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    was_above boolean;
+    is_above boolean := p_limit > 0 AND p_used >= p_limit * quota_near_fraction();
+BEGIN
+    SELECT above INTO was_above FROM quota_events
+     WHERE tenant_id = app_tenant() AND resource = p_resource AND kind = 'near';
+    IF coalesce(was_above, false) = is_above THEN
+        RETURN false;
+    END IF;
+    IF NOT is_above THEN
+        UPDATE quota_events SET above = false
+         WHERE tenant_id = app_tenant() AND resource = p_resource AND kind = 'near';
+        RETURN false;
+    END IF;
+    INSERT INTO quota_events AS e (tenant_id, resource, kind, above)
+    VALUES (app_tenant(), p_resource, 'near', true)
+    ON CONFLICT (tenant_id, resource, kind) DO UPDATE SET above = true;
+    RETURN quota_event_send(p_resource, 'near',
+                            jsonb_build_object('resource', p_resource, 'limit', p_limit,
+                                               'used', p_used,
+                                               'threshold', quota_near_fraction()));
+END
+$$;
+
+-- Record a refusal by a quota, from the JSON detail quota_acquire() raised (p_detail:
+-- {quota, limit, used, requested}) or one of the same shape: quota.exceeded. For a
+-- transaction of its own, after the refused one rolled back.
+CREATE OR REPLACE FUNCTION quota_note_exceeded(p_detail jsonb) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+BEGIN
+    IF app_tenant() IS NULL OR jsonb_typeof(p_detail->'quota') IS DISTINCT FROM 'string' THEN
+        RETURN false;
+    END IF;
+    RETURN quota_event_send(p_detail->>'quota', 'exceeded',
+                            jsonb_build_object('resource', p_detail->'quota',
+                                               'limit', p_detail->'limit',
+                                               'used', p_detail->'used',
+                                               'requested', p_detail->'requested'));
+END
+$$;
+
+-- The daily API call counter's events, from the statement that admits a tenant's request
+-- (server/app.c): p_counted is the count after this call, NULL when the call was refused
+-- because the day's quota is spent. The counter grows by one and restarts each day, so
+-- exactly one call a day sees the threshold's value: that call sends quota.near.
+CREATE OR REPLACE FUNCTION quota_note_api_calls(p_admitted boolean, p_limit bigint,
+                                                p_counted bigint)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT p_admitted OR p_limit IS NULL OR p_limit <= 0 THEN
+        RETURN false;
+    END IF;
+    IF p_counted IS NULL THEN
+        RETURN quota_note_exceeded(jsonb_build_object('quota', 'api_calls_per_day',
+                                                      'limit', p_limit, 'used', p_limit,
+                                                      'requested', 1));
+    END IF;
+    IF p_counted <> ceil(p_limit * quota_near_fraction()) THEN
+        RETURN false;
+    END IF;
+    RETURN quota_event_send('api_calls_per_day', 'near',
+                            jsonb_build_object('resource', 'api_calls_per_day',
+                                               'limit', p_limit, 'used', p_counted,
+                                               'threshold', quota_near_fraction()));
 END
 $$;

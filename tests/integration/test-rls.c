@@ -59,7 +59,9 @@ static const char fixture_sql[] =
     "INSERT INTO scaling_history (id, tenant_id, policy_id, direction, previous_agents,"
     " desired_agents, reason, data)"
     " SELECT gen_random_uuid(), '@T@', id, 'up', 0, 1, 'queue_depth', '{}'"
-    " FROM scaling_policies WHERE tenant_id = '@T@';";
+    " FROM scaling_policies WHERE tenant_id = '@T@';"
+    "INSERT INTO quota_events (tenant_id, resource, kind, last_sent_at) VALUES"
+    " ('@T@', 'queues', 'exceeded', now());";
 
 static const char *const fixture_tables[] = {
     "api_keys",
@@ -80,6 +82,7 @@ static const char *const fixture_tables[] = {
     "schedule_firings",
     "scaling_policies",
     "scaling_history",
+    "quota_events",
 };
 #define N_TABLES (sizeof(fixture_tables) / sizeof(fixture_tables[0]))
 

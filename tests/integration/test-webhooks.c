@@ -1,7 +1,8 @@
 /* Event webhooks on the real services: a job's state changes delivered to an HTTPS
  * receiver in this test, the signature checked by an independent verifier (Python's hmac),
  * retries after the endpoint fails, a delivery marked failed past webhooks.max_attempts,
- * the delivery log, a resend, and another tenant refused everything. A second suite runs
+ * the delivery log, a resend, another tenant refused everything, and the quota events
+ * (quota.near, quota.exceeded) sent once and only to their tenant. A second suite runs
  * orchd with the default configuration, where a loopback URL is refused (SSRF). */
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -305,6 +306,184 @@ Test(webhooks, bad_subscriptions_are_refused_naming_the_field)
     cr_assert_eq(r.status, 403);
     th_resp_free(&r);
     free(viewer), free(tenant), free(admin);
+}
+
+/* The deliveries made so far of tenant's events of type: they are written before the
+ * request that causes them is answered (in its transaction, or for a refusal in one of
+ * their own before the reply), so the count is exact once the reply is in. */
+static long events_of(PGconn *pg, const char *tenant, const char *type)
+{
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM webhook_deliveries WHERE tenant_id = '%s'"
+             " AND event_type = '%s'",
+             tenant, type);
+    return th_pg_long(pg, sql);
+}
+
+/* The data of the one event of type the receiver had on path (caller json_decref()s);
+ * fails when there is none or more than one. Delivery is at least once (a reply slower
+ * than the sender's timeout is retried), so a repeat of the same event id is not another
+ * event. */
+static json_t *rx_event_data(const char *path, const char *type)
+{
+    json_t *data = NULL;
+    char id[64] = "";
+    pthread_mutex_lock(&rx.mu);
+    for (int i = 0; i < rx.n && i < RX_MAX; i++) {
+        json_error_t jerr;
+        json_t *ev = json_loads(rx.reqs[i].body, 0, &jerr);
+        cr_assert(ev, "%s", jerr.text);
+        const char *ev_id = json_string_value(json_object_get(ev, "id"));
+        if (strcmp(rx.reqs[i].path, path) == 0 &&
+            strcmp(json_string_value(json_object_get(ev, "type")), type) == 0 &&
+            strcmp(ev_id, id) != 0) {
+            cr_assert_null(data, "a second %s on %s: %s", type, path, rx.reqs[i].body);
+            data = json_incref(json_object_get(ev, "data"));
+            snprintf(id, sizeof(id), "%s", ev_id);
+        }
+        json_decref(ev);
+    }
+    pthread_mutex_unlock(&rx.mu);
+    cr_assert(data, "no %s on %s", type, path);
+    return data;
+}
+
+static long int_of(const json_t *o, const char *key)
+{
+    const json_t *v = json_object_get(o, key);
+    cr_assert(json_is_integer(v), "%s is not an integer", key);
+    return (long)json_integer_value(v);
+}
+
+static void set_quota(const char *tenant, const char *name, int value)
+{
+    char path[128], body[96];
+    snprintf(path, sizeof(path), "/api/v1/tenants/%s", tenant);
+    snprintf(body, sizeof(body), "{\"quotas\":{\"%s\":%d}}", name, value);
+    struct th_resp r;
+    th_http(&srv, "PATCH", path, op, body, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    th_resp_free(&r);
+}
+
+/* Queues up to 80% of the quota send quota.near once; a refused queue sends quota.exceeded
+ * with the refusal's numbers, and a second refusal within the hour nothing; another tenant,
+ * subscribed to the same events, gets none of them. */
+Test(webhooks, quota_near_and_exceeded_are_sent_once_to_their_tenant)
+{
+    static const char events[] = "[\"quota.near\", \"quota.exceeded\"]";
+    char *ta = th_tenant(&srv, op, "wh-qa", "standard");
+    char *a = th_tenant_token(&srv, op, ta, "admin");
+    char *tb = th_tenant(&srv, op, "wh-qb", "standard");
+    char *b = th_tenant_token(&srv, op, tb, "admin");
+    PGconn *pg = th_pg_connect("postgres", srv.db);
+    set_quota(ta, "queues", 5);
+    struct th_resp r;
+    hook_create(a, "/qa", events, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    th_resp_free(&r);
+    hook_create(b, "/qb", events, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    th_resp_free(&r);
+
+    th_http(&srv, "GET", "/api/v1/tenant", a, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    long used = int_of(json_object_get(r.json, "usage"), "queues");
+    th_resp_free(&r);
+    cr_assert_lt(used, 3);
+    int n = 0;
+    char body[64];
+    for (; used < 3; used++) { /* 3 of 5: below 80% */
+        snprintf(body, sizeof(body), "{\"name\":\"q%d\"}", n++);
+        th_http(&srv, "POST", "/api/v1/queues", a, body, NULL, &r);
+        cr_assert_eq(r.status, 201, "%s", r.body);
+        th_resp_free(&r);
+    }
+    cr_assert_eq(events_of(pg, ta, "quota.near"), 0);
+    /* The 4th (80%) sends quota.near, the 5th nothing, the 6th and 7th are refused. */
+    static const int want[] = {201, 201, 403, 403};
+    static const long near_after[] = {1, 1, 1, 1}, exceeded_after[] = {0, 0, 1, 1};
+    for (int i = 0; i < 4; i++) {
+        snprintf(body, sizeof(body), "{\"name\":\"q%d\"}", n++);
+        th_http(&srv, "POST", "/api/v1/queues", a, body, NULL, &r);
+        cr_assert_eq(r.status, want[i], "queue %d: %s", i, r.body);
+        th_resp_free(&r);
+        cr_assert_eq(events_of(pg, ta, "quota.near"), near_after[i], "after queue %d", i);
+        cr_assert_eq(events_of(pg, ta, "quota.exceeded"), exceeded_after[i], "after queue %d", i);
+    }
+
+    rx_wait(2);
+    json_t *near = rx_event_data("/qa", "quota.near");
+    cr_assert_str_eq(json_string_value(json_object_get(near, "resource")), "queues");
+    cr_assert_eq(int_of(near, "limit"), 5);
+    cr_assert_eq(int_of(near, "used"), 4);
+    cr_assert_float_eq(json_number_value(json_object_get(near, "threshold")), 0.8, 1e-9);
+    json_decref(near);
+    json_t *ex = rx_event_data("/qa", "quota.exceeded");
+    cr_assert_str_eq(json_string_value(json_object_get(ex, "resource")), "queues");
+    cr_assert_eq(int_of(ex, "limit"), 5);
+    cr_assert_eq(int_of(ex, "used"), 5);
+    cr_assert_eq(int_of(ex, "requested"), 1);
+    json_decref(ex);
+
+    /* B's subscription wants the same types and got none of A's. */
+    cr_assert_eq(events_of(pg, tb, "quota.near") + events_of(pg, tb, "quota.exceeded"), 0);
+    pthread_mutex_lock(&rx.mu);
+    for (int i = 0; i < rx.n && i < RX_MAX; i++)
+        cr_assert_str_neq(rx.reqs[i].path, "/qb");
+    pthread_mutex_unlock(&rx.mu);
+    PQfinish(pg);
+    free(a), free(ta), free(b), free(tb);
+}
+
+/* The daily API call quota: the call that reaches 80% sends quota.near, the first refused
+ * call quota.exceeded, the next refused call nothing. */
+Test(webhooks, the_daily_api_call_quota_sends_near_and_exceeded_once)
+{
+    char *tc = th_tenant(&srv, op, "wh-qc", "standard");
+    char *c = th_tenant_token(&srv, op, tc, "admin");
+    PGconn *pg = th_pg_connect("postgres", srv.db);
+    struct th_resp r;
+    hook_create(c, "/qc", "[\"quota.near\", \"quota.exceeded\"]", &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    th_resp_free(&r);
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "SELECT coalesce(sum(api_calls), 0) FROM usage_counters WHERE tenant_id = '%s'", tc);
+    long used = th_pg_long(pg, sql);
+    set_quota(tc, "api_calls_per_day", (int)used + 5);
+    long limit = used + 5, at = (limit * 8 + 9) / 10; /* ceil(80%) */
+    int refused = 0;
+    while (refused < 2) {
+        th_http(&srv, "GET", "/api/v1/queues", c, NULL, NULL, &r);
+        if (r.status == 429) {
+            refused++;
+            cr_assert_eq(events_of(pg, tc, "quota.exceeded"), 1);
+        } else {
+            cr_assert_eq(r.status, 200, "%s", r.body);
+            used++;
+            cr_assert_eq(events_of(pg, tc, "quota.near"), used >= at, "after call %ld", used);
+            cr_assert_eq(events_of(pg, tc, "quota.exceeded"), 0);
+        }
+        th_resp_free(&r);
+        cr_assert_leq(used, limit);
+    }
+    cr_assert_eq(used, limit);
+    cr_assert_eq(events_of(pg, tc, "quota.near"), 1);
+    rx_wait(2);
+    json_t *near = rx_event_data("/qc", "quota.near");
+    cr_assert_str_eq(json_string_value(json_object_get(near, "resource")), "api_calls_per_day");
+    cr_assert_eq(int_of(near, "limit"), limit);
+    cr_assert_eq(int_of(near, "used"), at);
+    json_decref(near);
+    json_t *ex = rx_event_data("/qc", "quota.exceeded");
+    cr_assert_str_eq(json_string_value(json_object_get(ex, "resource")), "api_calls_per_day");
+    cr_assert_eq(int_of(ex, "limit"), limit);
+    cr_assert_eq(int_of(ex, "used"), limit);
+    json_decref(ex);
+    PQfinish(pg);
+    free(c), free(tc);
 }
 
 /* The default configuration: loopback, private and link-local URLs are refused. */

@@ -1,6 +1,7 @@
 /* Tests for server/metrics.c: the text exposition (HELP and TYPE, escaping, cumulative
  * histogram buckets with +Inf, _sum and _count), the label cap with its "other" series,
- * registration checks, and counts that add up under concurrent updates. */
+ * the index that finds a series among thousands, registration checks, and counts that add
+ * up under concurrent updates. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <pthread.h>
@@ -108,6 +109,51 @@ Test(metrics, label_sets_past_the_cap_go_to_other)
     cr_assert_null(strstr(text, "t1"));
     cr_assert_null(strstr(text, "other"));
     free(text);
+    metrics_registry_free(r);
+}
+
+/* Many label sets (the index of series by their values): each set keeps its own series,
+ * a repeat finds it again, sets that differ only in where one value ends are two, and
+ * after a clear the same sets are indexed anew. */
+Test(metrics, many_label_sets_each_find_their_series)
+{
+    struct metrics_registry *r = NULL;
+    struct metrics_family *c = NULL;
+    cr_assert_eq(metrics_registry_new(&r), 0);
+    cr_assert_eq(metrics_family_new(r, METRICS_COUNTER, "orch_many_total", "Many.",
+                                    (const char *const[]){"a", "b", NULL}, 3000, NULL, 0, &c),
+                 0);
+    enum { N = 3000 };
+    static struct metrics_series *got[N];
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < N; i++) {
+            char t[16], q[16];
+            snprintf(t, sizeof(t), "t%d", i / 10);
+            snprintf(q, sizeof(q), "q%d", i % 10);
+            struct metrics_series *s = metrics_series(c, (const char *const[]){t, q});
+            if (round == 0) {
+                got[i] = s;
+                for (int k = 0; k < i && k < 20; k++)
+                    cr_assert_neq(got[i - 1 - k], s, "set %d shares a series", i);
+            } else {
+                cr_assert_eq(got[i], s, "set %d found another series", i);
+            }
+            metrics_counter_add(s, 1);
+        }
+    }
+    char *text = render(r);
+    cr_assert(strstr(text, "orch_many_total{a=\"t299\",b=\"q9\"} 2\n"));
+    cr_assert_null(strstr(text, "other"));
+    free(text);
+    /* "ab","c" and "a","bc": two label sets, not one. */
+    metrics_lock(r);
+    metrics_family_clear(c);
+    metrics_unlock(r);
+    struct metrics_series *x = metrics_series(c, (const char *const[]){"ab", "c"});
+    struct metrics_series *y = metrics_series(c, (const char *const[]){"a", "bc"});
+    cr_assert_neq(x, y);
+    cr_assert_eq(metrics_series(c, (const char *const[]){"ab", "c"}), x);
+    cr_assert_eq(metrics_series(c, (const char *const[]){"a", "bc"}), y);
     metrics_registry_free(r);
 }
 
