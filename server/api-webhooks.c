@@ -1,5 +1,7 @@
 /* api-webhooks.c: a tenant's event webhook subscriptions and their delivery log
- * (sql/0015_webhooks.sql; deliveries are made by webhook-deliver.c).
+ * (sql/0015_webhooks.sql; deliveries are made by webhook-deliver.c). A platform operator
+ * manages the platform tenant's own (app_own_tenant()), which receive the events of its
+ * pool scaling policies (api-scaling.c).
  *
  * The URL is judged by url-guard.h when the subscription is made (and again before every
  * delivery, since what a name resolves to changes). The signing secret is made here, shown
