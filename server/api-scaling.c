@@ -306,8 +306,8 @@ static int policy_queue(struct store_tx *tx, struct policy *p)
     return r < 0 ? r : r == 1 ? 0 : -ENOENT;
 }
 
-/* Text of the statements' parameters $1..$17 (the pool, then the limit, last) for p; reqs is p's
- * requirements' JSON text (malloc'd by the caller) or NULL. */
+/* Text of the statements' parameters $1..$17 (the pool, then the limit, last) for p;
+ * reqs is p's requirements' JSON text (malloc'd by the caller) or NULL. */
 struct policy_text {
     char trig[4][32];
     char ints[6][24];
