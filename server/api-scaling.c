@@ -6,7 +6,12 @@
  * The matching agents include the shared pools' that admit the tenant, which the tenant's
  * scope cannot see: scaling_signals() (sql/0012_wait.sql) runs in the system scope with
  * the tenant's id from the caller's token as its bound, and says nothing of a pool agent
- * but counts. */
+ * but counts.
+ *
+ * The policies (/api/v1/scaling/policies) are those of the caller's own tenant
+ * (app_own_tenant()): a tenant's watch its jobs; a platform operator's are the platform
+ * tenant's rows, each naming a shared pool, and watch the jobs of every tenant the pool
+ * admits against the pool's agents (sql/0018_pool_scaling.sql). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,20 +96,21 @@ static const struct store_stmt q_policy_current = STORE_STMT(
     "scaling_policy_current",
     "SELECT name, (SELECT q.name FROM queues q WHERE q.id = p.queue_id), requirements,"
     " up_depth_per_agent, up_utilisation, down_depth_per_agent, down_utilisation, up_step,"
-    " down_step, up_cooldown_s, down_cooldown_s, min_agents, max_agents, enabled"
+    " down_step, up_cooldown_s, down_cooldown_s, min_agents, max_agents, enabled, pool_id"
     " FROM scaling_policies p WHERE id = $1 FOR UPDATE",
     1);
 
-/* At most SCALING_POLICIES_MAX ($16): no row inserted past it. */
+/* At most SCALING_POLICIES_MAX ($17): no row inserted past it. A pool ($16) that does
+ * not exist fails the foreign key (-ENOENT). */
 static const struct store_stmt q_policy_insert = STORE_STMT(
     "scaling_policy_insert",
     "INSERT INTO scaling_policies (id, tenant_id, name, queue_id, requirements,"
     " up_depth_per_agent, up_utilisation, down_depth_per_agent, down_utilisation, up_step,"
-    " down_step, up_cooldown_s, down_cooldown_s, min_agents, max_agents, enabled)"
+    " down_step, up_cooldown_s, down_cooldown_s, min_agents, max_agents, enabled, pool_id)"
     " SELECT $1, app_tenant(), $2, $3::uuid, $4::jsonb, $5::numeric, $6::numeric, $7::numeric,"
-    " $8::numeric, $9::int, $10::int, $11::int, $12::int, $13::int, $14::int, $15::bool"
-    " WHERE (SELECT count(*) FROM scaling_policies) < $16::int",
-    16);
+    " $8::numeric, $9::int, $10::int, $11::int, $12::int, $13::int, $14::int, $15::bool,"
+    " $16::uuid WHERE (SELECT count(*) FROM scaling_policies) < $17::int",
+    17);
 
 static const struct store_stmt q_policy_update = STORE_STMT(
     "scaling_policy_update",
@@ -112,9 +118,9 @@ static const struct store_stmt q_policy_update = STORE_STMT(
     " up_depth_per_agent = $5::numeric, up_utilisation = $6::numeric,"
     " down_depth_per_agent = $7::numeric, down_utilisation = $8::numeric, up_step = $9::int,"
     " down_step = $10::int, up_cooldown_s = $11::int, down_cooldown_s = $12::int,"
-    " min_agents = $13::int, max_agents = $14::int, enabled = $15::bool, updated_at = now()"
-    " WHERE id = $1 RETURNING id",
-    15);
+    " min_agents = $13::int, max_agents = $14::int, enabled = $15::bool, pool_id = $16::uuid,"
+    " updated_at = now() WHERE id = $1 RETURNING id",
+    16);
 
 static const struct store_stmt q_policy_delete = STORE_STMT(
     "scaling_policy_delete", "DELETE FROM scaling_policies WHERE id = $1 RETURNING id", 1);
@@ -133,6 +139,7 @@ static const struct store_stmt q_policy_delete = STORE_STMT(
         {"down_cooldown_s", JSONV_INT, 0, 0, SCALING_COOLDOWN_MAX},                                \
         {"min_agents", JSONV_INT, 0, 0, SCALING_AGENTS_MAX},                                       \
         {"max_agents", JSONV_INT, req, 1, SCALING_AGENTS_MAX},                                     \
+        {"pool", JSONV_STRING, JSONV_NULLABLE, 1, ID_STR_LEN - 1},                                 \
     {                                                                                              \
         "enabled", JSONV_BOOL, 0, 0, 0                                                             \
     }
@@ -152,6 +159,7 @@ struct policy {
     char name[API_QUEUE_NAME_MAX + 1];
     char queue[API_QUEUE_NAME_MAX + 1]; /* "" = none */
     char queue_id[ID_STR_LEN];          /* resolved from queue */
+    char pool[ID_STR_LEN];              /* "" = none: a tenant's policy */
     json_t *requirements;               /* owned; NULL = none */
     double trig[4];                     /* < 0 = not set */
     int64_t ints[6];
@@ -184,6 +192,8 @@ static void policy_from_row(struct policy *p, const PGresult *res)
     for (int i = 0; i < 6; i++)
         p->ints[i] = strtoll(PQgetvalue(res, 0, 7 + i), NULL, 10);
     p->enabled = strcmp(PQgetvalue(res, 0, 13), "t") == 0;
+    if (!PQgetisnull(res, 0, 14))
+        snprintf(p->pool, sizeof(p->pool), "%s", PQgetvalue(res, 0, 14));
 }
 
 /* Lay what body (checked by the field table) gives over p, then check the whole. Replies
@@ -228,6 +238,31 @@ static int policy_apply(struct http_req *req, const json_t *body, struct policy 
     v = json_object_get(body, "enabled");
     if (v)
         p->enabled = json_is_true(v);
+    /* A pool's policy is the platform operator's alone (rows of the platform tenant,
+     * sql/0018_pool_scaling.sql), and the operator's policies are all of pools. */
+    bool platform = http_req_principal(req)->kind == HTTP_PRINCIPAL_PLATFORM;
+    v = json_object_get(body, "pool");
+    if (v && json_is_string(v) && !platform) {
+        http_reply_problem(req, PROBLEM_VALIDATION,
+                           "only a platform operator's policy names a pool", "pool");
+        return -EINVAL;
+    }
+    if (v && json_is_string(v) && !id_is_valid(json_string_value(v))) {
+        http_reply_problem(req, PROBLEM_VALIDATION, "must be a pool id", "pool");
+        return -EINVAL;
+    }
+    if (v)
+        snprintf(p->pool, sizeof(p->pool), "%s", json_is_string(v) ? json_string_value(v) : "");
+    if (platform && !p->pool[0]) {
+        http_reply_problem(req, PROBLEM_VALIDATION,
+                           "a platform operator's policy must name a pool (its id)", "pool");
+        return -EINVAL;
+    }
+    if (platform && p->queue[0]) {
+        http_reply_problem(req, PROBLEM_VALIDATION,
+                           "a pool's policy names no queue: queues are a tenant's", "queue");
+        return -EINVAL;
+    }
 
     /* The rules across members, each named by the member the body is most likely to have
      * got wrong. */
@@ -271,8 +306,8 @@ static int policy_queue(struct store_tx *tx, struct policy *p)
     return r < 0 ? r : r == 1 ? 0 : -ENOENT;
 }
 
-/* Text of the statements' parameters $1..$16 (the limit last) for p; reqs is p's
- * requirements' JSON text (malloc'd by the caller) or NULL. */
+/* Text of the statements' parameters $1..$17 (the pool, then the limit, last) for p;
+ * reqs is p's requirements' JSON text (malloc'd by the caller) or NULL. */
 struct policy_text {
     char trig[4][32];
     char ints[6][24];
@@ -280,7 +315,7 @@ struct policy_text {
 };
 
 static void policy_params(const char *id, const struct policy *p, const char *reqs,
-                          struct policy_text *t, const char *out[16])
+                          struct policy_text *t, const char *out[17])
 {
     out[0] = id;
     out[1] = p->name;
@@ -295,16 +330,20 @@ static void policy_params(const char *id, const struct policy *p, const char *re
         out[8 + i] = t->ints[i];
     }
     out[14] = p->enabled ? "true" : "false";
+    out[15] = p->pool[0] ? p->pool : NULL;
     snprintf(t->limit, sizeof(t->limit), "%d", SCALING_POLICIES_MAX);
-    out[15] = t->limit;
+    out[16] = t->limit;
 }
 
 /* Reply to a failed write (rolls tx back). */
-static void policy_write_failed(struct http_req *req, struct store_tx *tx, int r)
+static void policy_write_failed(struct http_req *req, struct store_tx *tx, const struct policy *p,
+                                int r)
 {
     store_tx_rollback(tx);
     if (r == -EEXIST)
         http_reply_problem(req, PROBLEM_CONFLICT, "a scaling policy with this name exists", "name");
+    else if (r == -ENOENT && p && p->pool[0])
+        http_reply_problem(req, PROBLEM_VALIDATION, "no such pool", "pool");
     else if (r == -ENOENT)
         http_reply_problem(req, PROBLEM_VALIDATION, "no queue of this name", "queue");
     else
@@ -325,13 +364,13 @@ void api_scaling_policies_create(struct http_req *req)
     char id[ID_STR_LEN];
     id_uuid7_str(id);
     struct store_tx *tx = NULL;
-    int r = app_tx_begin(http_req_app(req), req, &tx);
+    int r = app_tx_begin_own(http_req_app(req), req, &tx);
     if (r < 0) {
         http_reply_error(req, r, "creating the scaling policy");
         goto out;
     }
     struct policy_text t;
-    const char *params[16];
+    const char *params[17];
     r = policy_queue(tx, &p);
     policy_params(id, &p, reqs, &t, params);
     if (r >= 0)
@@ -345,9 +384,10 @@ void api_scaling_policies_create(struct http_req *req)
         goto out;
     }
     if (r > 0)
-        r = app_audit(tx, req, NULL, "scaling_policy.create", "scaling_policy", id, body);
+        r = app_audit(tx, req, app_own_tenant(http_req_principal(req)), "scaling_policy.create",
+                      "scaling_policy", id, body);
     if (r < 0)
-        policy_write_failed(req, tx, r);
+        policy_write_failed(req, tx, &p, r);
     else
         api_reply_doc_commit(req, tx, &q_policy_doc, id, 201, "scaling policy", NULL, NULL);
 out:
@@ -364,7 +404,7 @@ void api_scaling_policies_update(struct http_req *req)
     if (http_req_json(req, update_fields, ELEMENTSOF(update_fields), &body) < 0)
         return;
     struct store_tx *tx = NULL;
-    int r = app_tx_begin(http_req_app(req), req, &tx);
+    int r = app_tx_begin_own(http_req_app(req), req, &tx);
     if (r < 0) {
         http_reply_error(req, r, "updating the scaling policy");
         return;
@@ -378,7 +418,7 @@ void api_scaling_policies_update(struct http_req *req)
             store_tx_rollback(tx);
             http_reply_problem(req, PROBLEM_NOT_FOUND, "no such scaling policy", NULL);
         } else {
-            policy_write_failed(req, tx, r);
+            policy_write_failed(req, tx, NULL, r);
         }
         return;
     }
@@ -392,15 +432,16 @@ void api_scaling_policies_update(struct http_req *req)
     }
     reqs = p.requirements ? json_dumps(p.requirements, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     struct policy_text t;
-    const char *params[16];
+    const char *params[17];
     r = policy_queue(tx, &p);
     policy_params(id, &p, reqs, &t, params);
     if (r >= 0)
         r = store_tx_exec(tx, &q_policy_update, params, NULL);
     if (r >= 0)
-        r = app_audit(tx, req, NULL, "scaling_policy.update", "scaling_policy", id, body);
+        r = app_audit(tx, req, app_own_tenant(http_req_principal(req)), "scaling_policy.update",
+                      "scaling_policy", id, body);
     if (r < 0)
-        policy_write_failed(req, tx, r);
+        policy_write_failed(req, tx, &p, r);
     else
         api_reply_doc_commit(req, tx, &q_policy_doc, id, 200, "scaling policy", NULL, NULL);
 out:
@@ -410,12 +451,12 @@ out:
 
 void api_scaling_policies_get(struct http_req *req)
 {
-    api_get_doc(req, &q_policy_doc, http_req_principal(req)->tenant_id, "scaling policy");
+    api_get_doc(req, &q_policy_doc, app_own_tenant(http_req_principal(req)), "scaling policy");
 }
 
 void api_scaling_policies_list(struct http_req *req)
 {
-    api_list_page(req, &q_policy_list, http_req_principal(req)->tenant_id,
+    api_list_page(req, &q_policy_list, app_own_tenant(http_req_principal(req)),
                   "listing scaling policies");
 }
 
@@ -425,7 +466,7 @@ void api_scaling_policies_delete(struct http_req *req)
     if (!id)
         return;
     struct store_tx *tx = NULL;
-    int r = app_tx_begin(http_req_app(req), req, &tx);
+    int r = app_tx_begin_own(http_req_app(req), req, &tx);
     if (r < 0) {
         http_reply_error(req, r, "deleting the scaling policy");
         return;
@@ -438,7 +479,8 @@ void api_scaling_policies_delete(struct http_req *req)
         return;
     }
     if (r > 0)
-        r = app_audit(tx, req, NULL, "scaling_policy.delete", "scaling_policy", id, NULL);
+        r = app_audit(tx, req, app_own_tenant(http_req_principal(req)), "scaling_policy.delete",
+                      "scaling_policy", id, NULL);
     if (r < 0) {
         store_tx_rollback(tx);
         http_reply_error(req, r, "deleting the scaling policy");
@@ -454,7 +496,7 @@ void api_scaling_policies_history(struct http_req *req)
     const char *id = api_path_id(req, "id", "scaling policy");
     if (!id)
         return;
-    const char *tenant = http_req_principal(req)->tenant_id;
+    const char *tenant = app_own_tenant(http_req_principal(req));
     const char *p[] = {id};
     struct app *app = http_req_app(req);
     int r = store_exec_once(app->store, tenant, &q_policy_exists, p, NULL);

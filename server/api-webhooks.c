@@ -1,5 +1,7 @@
 /* api-webhooks.c: a tenant's event webhook subscriptions and their delivery log
- * (sql/0015_webhooks.sql; deliveries are made by webhook-deliver.c).
+ * (sql/0015_webhooks.sql; deliveries are made by webhook-deliver.c). A platform operator
+ * manages the platform tenant's own (app_own_tenant()), which receive the events of its
+ * pool scaling policies (api-scaling.c).
  *
  * The URL is judged by url-guard.h when the subscription is made (and again before every
  * delivery, since what a name resolves to changes). The signing secret is made here, shown
@@ -201,7 +203,7 @@ void api_webhooks_create(struct http_req *req)
                        prefix};
 
     struct store_tx *tx = NULL;
-    r = app_tx_begin(app, req, &tx);
+    r = app_tx_begin_own(app, req, &tx);
     if (r < 0) {
         crypto_cleanse(secret, slen);
         http_reply_error(req, r, "creating the webhook");
@@ -220,7 +222,8 @@ void api_webhooks_create(struct http_req *req)
     if (r > 0) {
         _cleanup_json_ json_t *detail =
             json_pack("{s:s, s:O}", "url", url, "events", json_object_get(body, "events"));
-        r = app_audit(tx, req, NULL, "webhook.create", "webhook", id, detail);
+        r = app_audit(tx, req, app_own_tenant(http_req_principal(req)), "webhook.create", "webhook",
+                      id, detail);
     }
     if (r < 0) {
         store_tx_rollback(tx);
@@ -234,12 +237,13 @@ void api_webhooks_create(struct http_req *req)
 
 void api_webhooks_get(struct http_req *req)
 {
-    api_get_doc(req, &q_webhook_doc, http_req_principal(req)->tenant_id, "webhook");
+    api_get_doc(req, &q_webhook_doc, app_own_tenant(http_req_principal(req)), "webhook");
 }
 
 void api_webhooks_list(struct http_req *req)
 {
-    api_list_page(req, &q_webhook_list, http_req_principal(req)->tenant_id, "listing webhooks");
+    api_list_page(req, &q_webhook_list, app_own_tenant(http_req_principal(req)),
+                  "listing webhooks");
 }
 
 void api_webhooks_update(struct http_req *req)
@@ -258,7 +262,7 @@ void api_webhooks_update(struct http_req *req)
     const char *p[] = {id, ev ? events : NULL, api_json_str(body, "description"),
                        enabled ? (json_is_true(enabled) ? "true" : "false") : NULL};
     struct store_tx *tx = NULL;
-    int r = app_tx_begin(http_req_app(req), req, &tx);
+    int r = app_tx_begin_own(http_req_app(req), req, &tx);
     if (r < 0) {
         http_reply_error(req, r, "updating the webhook");
         return;
@@ -270,7 +274,8 @@ void api_webhooks_update(struct http_req *req)
         return;
     }
     if (r > 0)
-        r = app_audit(tx, req, NULL, "webhook.update", "webhook", id, body);
+        r = app_audit(tx, req, app_own_tenant(http_req_principal(req)), "webhook.update", "webhook",
+                      id, body);
     if (r < 0) {
         store_tx_rollback(tx);
         http_reply_error(req, r, "updating the webhook");
@@ -285,7 +290,7 @@ void api_webhooks_delete(struct http_req *req)
     if (!id)
         return;
     struct store_tx *tx = NULL;
-    int r = app_tx_begin(http_req_app(req), req, &tx);
+    int r = app_tx_begin_own(http_req_app(req), req, &tx);
     if (r < 0) {
         http_reply_error(req, r, "deleting the webhook");
         return;
@@ -298,7 +303,8 @@ void api_webhooks_delete(struct http_req *req)
         return;
     }
     if (r > 0)
-        r = app_audit(tx, req, NULL, "webhook.delete", "webhook", id, NULL);
+        r = app_audit(tx, req, app_own_tenant(http_req_principal(req)), "webhook.delete", "webhook",
+                      id, NULL);
     if (r < 0) {
         store_tx_rollback(tx);
         http_reply_error(req, r, "deleting the webhook");
@@ -314,8 +320,8 @@ static int webhook_visible(struct http_req *req, const char *id)
 {
     const char *p[] = {id};
     struct app *app = http_req_app(req);
-    int r =
-        store_exec_once(app->store, http_req_principal(req)->tenant_id, &q_webhook_exists, p, NULL);
+    int r = store_exec_once(app->store, app_own_tenant(http_req_principal(req)), &q_webhook_exists,
+                            p, NULL);
     if (r < 0) {
         http_reply_error(req, r, "reading the webhook");
         return r;
@@ -332,7 +338,7 @@ void api_webhooks_deliveries(struct http_req *req)
     const char *id = api_path_id(req, "id", "webhook");
     if (!id || webhook_visible(req, id) < 0)
         return;
-    api_list_page_with(req, &q_delivery_list, http_req_principal(req)->tenant_id,
+    api_list_page_with(req, &q_delivery_list, app_own_tenant(http_req_principal(req)),
                        "listing deliveries", id);
 }
 
@@ -347,7 +353,7 @@ void api_webhooks_resend(struct http_req *req)
     char nid[ID_STR_LEN];
     id_uuid7_str(nid);
     struct store_tx *tx = NULL;
-    int r = app_tx_begin(http_req_app(req), req, &tx);
+    int r = app_tx_begin_own(http_req_app(req), req, &tx);
     if (r < 0) {
         http_reply_error(req, r, "resending the delivery");
         return;
@@ -364,7 +370,8 @@ void api_webhooks_resend(struct http_req *req)
     }
     if (r >= 0) {
         _cleanup_json_ json_t *detail = json_pack("{s:s}", "resent", did);
-        r = app_audit(tx, req, NULL, "webhook.resend", "webhook", id, detail);
+        r = app_audit(tx, req, app_own_tenant(http_req_principal(req)), "webhook.resend", "webhook",
+                      id, detail);
     }
     if (r < 0) {
         store_tx_rollback(tx);

@@ -322,6 +322,19 @@ int app_tx_begin(struct app *app, const struct http_req *req, struct store_tx **
     return -EACCES;
 }
 
+const char *app_own_tenant(const struct http_principal *p)
+{
+    if (p->kind == HTTP_PRINCIPAL_TENANT)
+        return p->tenant_id;
+    return p->kind == HTTP_PRINCIPAL_PLATFORM ? APP_PLATFORM_TENANT : NULL;
+}
+
+int app_tx_begin_own(struct app *app, const struct http_req *req, struct store_tx **ret)
+{
+    const char *tenant = app_own_tenant(http_req_principal(req));
+    return tenant ? store_tx_begin_tenant(app->store, tenant, ret) : -EACCES;
+}
+
 const char *app_agent_scope(const struct http_principal *p)
 {
     return p->pool ? NULL : p->tenant_id;

@@ -45,6 +45,19 @@ int app_admit(void *app, struct http_req *req);
  * token, the system scope for a platform operator. */
 int app_tx_begin(struct app *app, const struct http_req *req, struct store_tx **ret);
 
+/* The platform tenant's id (platform_tenant(), sql/0013_pools.sql): the owner of the
+ * shared pools' agents, and of a platform operator's own scaling policies and webhooks. */
+#define APP_PLATFORM_TENANT "00000000-0000-4000-8000-000000000001"
+
+/* The tenant whose own things (scaling policies, webhooks) the principal manages: a
+ * tenant's own, the platform tenant for a platform operator; NULL for others. Borrowed
+ * from p or static. */
+const char *app_own_tenant(const struct http_principal *p);
+
+/* Begin a transaction in the scope of app_own_tenant() (never the system scope), or
+ * -EACCES. */
+int app_tx_begin_own(struct app *app, const struct http_req *req, struct store_tx **ret);
+
 /* The scope of an agent's exchanges about jobs (heartbeat, reports, claims, package
  * downloads): its tenant's (p->tenant_id), or NULL, the system scope, for an agent of a
  * shared pool, whose jobs are of several tenants (sql/0013_pools.sql). Every statement run

@@ -41,8 +41,8 @@ static const struct store_stmt q_inputs = STORE_STMT(
     " u.down_utilisation, u.up_step, u.down_step, u.up_cooldown_s, u.down_cooldown_s,"
     " u.min_agents, u.max_agents, u.desired_agents, u.depth, u.agents, u.slots, u.in_use,"
     " floor(extract(epoch FROM now() - u.last_up_at))::bigint,"
-    " floor(extract(epoch FROM now() - greatest(u.last_up_at, u.last_down_at)))::bigint"
-    " FROM u",
+    " floor(extract(epoch FROM now() - greatest(u.last_up_at, u.last_down_at)))::bigint,"
+    " u.pool_id FROM u",
     1);
 
 enum {
@@ -68,6 +68,7 @@ enum {
     C_IN_USE,
     C_SINCE_UP,
     C_SINCE_SCALED,
+    C_POOL,
 };
 
 /* $1 history id, $2 tenant, $3 policy, $4 'up'|'down', $5 previous, $6 desired, $7 reason,
@@ -109,7 +110,8 @@ static json_t *trigger(double v)
     return v < 0 ? json_null() : json_real(v);
 }
 
-/* The event's data: the numbers that fired it, the rule's thresholds and bounds. */
+/* The event's data: the numbers that fired it, the rule's thresholds and bounds, and
+ * pool_id for a pool's policy (the platform tenant's, sql/0018_pool_scaling.sql). */
 static json_t *event_data(const PGresult *res, int i, const struct scaling_rule *r,
                           const struct scaling_input *in, const struct scaling_decision *d)
 {
@@ -118,7 +120,7 @@ static json_t *event_data(const PGresult *res, int i, const struct scaling_rule 
         PQgetisnull(res, i, C_REQS) ? json_null() : json_loads(PQgetvalue(res, i, C_REQS), 0, &je);
     json_t *queue =
         PQgetisnull(res, i, C_QUEUE) ? json_null() : json_string(PQgetvalue(res, i, C_QUEUE));
-    return json_pack(
+    json_t *data = json_pack(
         "{s:s, s:s, s:o*, s:o*, s:s, s:s, s:I, s:I, s:I, s:I,"
         " s:I, s:I, s:I, s:I, s:f, s:f,"
         " s:{s:o, s:o, s:I, s:I, s:o, s:o, s:I, s:I}}",
@@ -134,6 +136,12 @@ static json_t *event_data(const PGresult *res, int i, const struct scaling_rule 
         "up_cooldown_s", (json_int_t)r->up_cooldown_s, "down_depth_per_agent",
         trigger(r->down_depth_per_agent), "down_utilisation", trigger(r->down_utilisation),
         "down_step", (json_int_t)r->down_step, "down_cooldown_s", (json_int_t)r->down_cooldown_s);
+    if (data && !PQgetisnull(res, i, C_POOL) &&
+        json_object_set_new(data, "pool_id", json_string(PQgetvalue(res, i, C_POOL))) < 0) {
+        json_decref(data);
+        return NULL;
+    }
+    return data;
 }
 
 /* Decide for row i and record a decision in tx. Returns 1 decided, 0 held, or < 0. */
@@ -163,9 +171,10 @@ static int evaluate_one(struct store_tx *tx, const PGresult *res, int i)
     struct scaling_decision d;
     scaling_decide(&r, &in, &d);
     const char *tenant = PQgetvalue(res, i, C_TENANT), *policy = PQgetvalue(res, i, C_ID);
-    log_debug("op=scaling-evaluate tenant=%s policy=%s depth=%lld agents=%lld current=%lld "
+    const char *pool = PQgetisnull(res, i, C_POOL) ? "-" : PQgetvalue(res, i, C_POOL);
+    log_debug("op=scaling-evaluate tenant=%s pool=%s policy=%s depth=%lld agents=%lld current=%lld "
               "outcome=%s reason=%s",
-              tenant, policy, (long long)in.depth, (long long)in.agents, (long long)d.current,
+              tenant, pool, policy, (long long)in.depth, (long long)in.agents, (long long)d.current,
               d.direction == SCALING_HOLD ? "hold" : "decided", d.reason);
     if (d.direction == SCALING_HOLD)
         return 0;
@@ -185,10 +194,11 @@ static int evaluate_one(struct store_tx *tx, const PGresult *res, int i)
     free(text);
     if (rc < 0)
         return rc;
-    log_info("op=scale tenant=%s policy=%s direction=%s previous=%lld desired=%lld reason=%s "
-             "depth=%lld agents=%lld utilisation=%.3f",
-             tenant, policy, dir, (long long)d.current, (long long)d.desired, d.reason,
-             (long long)in.depth, (long long)in.agents, d.utilisation);
+    log_info(
+        "op=scale tenant=%s pool=%s policy=%s direction=%s previous=%lld desired=%lld reason=%s "
+        "depth=%lld agents=%lld utilisation=%.3f",
+        tenant, pool, policy, dir, (long long)d.current, (long long)d.desired, d.reason,
+        (long long)in.depth, (long long)in.agents, d.utilisation);
     return 1;
 }
 

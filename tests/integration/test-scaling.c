@@ -561,3 +561,158 @@ Test(scaling, the_provisioner_starts_and_stops_real_agents)
         free(jobs[i]);
     free(id), free(admin), free(tenant);
 }
+
+/* A platform operator's policy for a shared pool: it counts the queued jobs of every tenant
+ * the pool admits (and of no other) against the pool's agents, fires scale.up through the
+ * operator's own webhook (the platform tenant's) with the pool's id, and keeps its history
+ * for the operator. Tenants can neither name a pool nor see or touch the operator's policy,
+ * and the operator sees no tenant's. */
+Test(scaling, an_operators_pool_policy_scales_on_admitted_tenants_jobs)
+{
+    char *ta = th_tenant(&srv, op, "sc-pa", "standard");
+    char *tb = th_tenant(&srv, op, "sc-pb", "free");
+    char *a = th_tenant_token(&srv, op, ta, "admin");
+    char *b = th_tenant_token(&srv, op, tb, "admin");
+    static const char *const P = "/api/v1/scaling/policies";
+    struct th_resp r;
+    char body[512];
+    snprintf(body, sizeof(body), "{\"name\": \"shared\", \"tenants\": [\"%s\"]}", ta);
+    th_http(&srv, "POST", "/api/v1/pools", op, body, NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *pool = strdup(th_str_of(&r, "id"));
+    th_resp_free(&r);
+
+    /* The operator subscribes its own webhook. */
+    snprintf(body, sizeof(body),
+             "{\"url\": \"https://127.0.0.1:%d/pool\", \"events\": [\"scale.up\"]}", rx.port);
+    th_http(&srv, "POST", "/api/v1/webhooks", op, body, NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *secret = strdup(th_str_of(&r, "secret"));
+    char *hook = strdup(th_str_of(&r, "id"));
+    th_resp_free(&r);
+
+    /* Four jobs of the admitted tenant, none with an agent of its own; two of a tenant
+     * the pool does not admit, which the pool's policy must not count. */
+    char *jobs[6];
+    for (int i = 0; i < 6; i++)
+        jobs[i] = th_job_submit(&srv, i < 4 ? a : b, json_pack("{s:s}", "command", "true"));
+
+    /* What a policy may name, by who makes it. */
+    snprintf(body, sizeof(body),
+             "{\"name\": \"p\", \"pool\": \"%s\", \"max_agents\": 3, \"up_depth_per_agent\": 1}",
+             pool);
+    refused(a, "POST", P, body, 422, "pool");
+    refused(op, "POST", P, "{\"name\": \"p\", \"max_agents\": 3, \"up_depth_per_agent\": 1}", 422,
+            "pool");
+    refused(op, "POST", P,
+            "{\"name\": \"p\", \"pool\": \"0190a0c0-0000-7000-8000-000000000000\","
+            " \"max_agents\": 3, \"up_depth_per_agent\": 1}",
+            422, "pool");
+    refused(op, "POST", P,
+            "{\"name\": \"p\", \"pool\": \"nope\", \"max_agents\": 3,"
+            " \"up_depth_per_agent\": 1}",
+            422, "pool");
+    snprintf(body, sizeof(body),
+             "{\"name\": \"p\", \"pool\": \"%s\", \"queue\": \"work\", \"max_agents\": 3,"
+             " \"up_depth_per_agent\": 1}",
+             pool);
+    refused(op, "POST", P, body, 422, "queue");
+
+    snprintf(body, sizeof(body),
+             "{\"name\": \"shared-up\", \"pool\": \"%s\", \"up_depth_per_agent\": 2,"
+             " \"up_step\": 3, \"up_cooldown_s\": 3600, \"max_agents\": 5}",
+             pool);
+    th_http(&srv, "POST", P, op, body, NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *id = strdup(th_str_of(&r, "id"));
+    cr_assert_str_eq(th_str_of(&r, "pool"), pool);
+    th_resp_free(&r);
+
+    /* 4 queued of the admitted tenant, no pool agent: up by the step, 0 to 3. */
+    json_t *h = history_wait(op, id, 1);
+    check_decision(json_array_get(h, 0), "scale.up", 0, 3, 4);
+    json_decref(h);
+
+    /* The event reached the operator's receiver, signed, naming the pool. */
+    rx_wait(1);
+    pthread_mutex_lock(&rx.mu);
+    json_error_t je;
+    json_t *ev = json_loads(rx.reqs[0].body, 0, &je);
+    pthread_mutex_unlock(&rx.mu);
+    cr_assert_not_null(ev);
+    cr_assert_str_eq(json_string_value(json_object_get(ev, "type")), "scale.up");
+    const json_t *data = json_object_get(ev, "data");
+    cr_assert_str_eq(json_string_value(json_object_get(data, "pool_id")), pool);
+    cr_assert_str_eq(json_string_value(json_object_get(data, "policy_id")), id);
+    cr_assert_eq(num(data, "queue_depth"), 4);
+    cr_assert_eq(num(data, "desired_agents"), 3);
+    cr_assert(json_is_null(json_object_get(data, "queue")));
+    json_decref(ev);
+    rx_verify_with_python(secret, 0);
+    char path[200];
+    snprintf(path, sizeof(path), "/api/v1/webhooks/%s/deliveries", hook);
+    json_t *d = get(op, path);
+    cr_assert_eq(json_array_size(json_object_get(d, "items")), 1);
+    json_decref(d);
+
+    /* Tenants see neither the operator's policy nor its webhook. */
+    char ppath[160], hist[200], hpath[160];
+    snprintf(ppath, sizeof(ppath), "%s/%s", P, id);
+    snprintf(hist, sizeof(hist), "%s/history", ppath);
+    snprintf(hpath, sizeof(hpath), "/api/v1/webhooks/%s", hook);
+    const char *tenants[] = {a, b};
+    for (int i = 0; i < 2; i++) {
+        refused(tenants[i], "GET", ppath, NULL, 404, NULL);
+        refused(tenants[i], "GET", hist, NULL, 404, NULL);
+        refused(tenants[i], "PATCH", ppath, "{\"max_agents\": 9}", 404, NULL);
+        refused(tenants[i], "DELETE", ppath, NULL, 404, NULL);
+        refused(tenants[i], "GET", hpath, NULL, 404, NULL);
+        json_t *l = get(tenants[i], P);
+        cr_assert_eq(json_array_size(json_object_get(l, "items")), 0);
+        json_decref(l);
+        l = get(tenants[i], "/api/v1/webhooks");
+        cr_assert_eq(json_array_size(json_object_get(l, "items")), 0);
+        json_decref(l);
+    }
+    /* Nor the operator a tenant's (its own are the pools'). */
+    th_http(&srv, "POST", P, a, "{\"name\": \"own\", \"max_agents\": 3, \"up_depth_per_agent\": 1}",
+            NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char tpath[160];
+    snprintf(tpath, sizeof(tpath), "%s/%s", P, th_str_of(&r, "id"));
+    th_resp_free(&r);
+    refused(op, "GET", tpath, NULL, 404, NULL);
+    json_t *l = get(op, P);
+    cr_assert_eq(json_array_size(json_object_get(l, "items")), 1);
+    json_decref(l);
+
+    /* The policy is the platform tenant's row, and so is its delivery. */
+    PGconn *pg = th_pg_connect("postgres", srv.db);
+    char sql[256];
+    snprintf(sql, sizeof(sql), "SELECT tenant_id, pool_id FROM scaling_policies WHERE id = '%s'",
+             id);
+    PGresult *res = th_pg_ok(pg, sql);
+    cr_assert_str_eq(PQgetvalue(res, 0, 0), "00000000-0000-4000-8000-000000000001");
+    cr_assert_str_eq(PQgetvalue(res, 0, 1), pool);
+    PQclear(res);
+    snprintf(sql, sizeof(sql), "SELECT tenant_id FROM webhook_deliveries WHERE webhook_id = '%s'",
+             hook);
+    res = th_pg_ok(pg, sql);
+    cr_assert_eq(PQntuples(res), 1);
+    cr_assert_str_eq(PQgetvalue(res, 0, 0), "00000000-0000-4000-8000-000000000001");
+    PQclear(res);
+    PQfinish(pg);
+
+    /* The operator updates and deletes it; deleting the pool would too. */
+    th_http(&srv, "PATCH", ppath, op, "{\"max_agents\": 9}", NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    cr_assert_eq(num(r.json, "max_agents"), 9);
+    th_resp_free(&r);
+    refused(op, "PATCH", ppath, "{\"pool\": null}", 422, "pool");
+    refused(op, "DELETE", ppath, NULL, 204, NULL);
+    refused(op, "GET", ppath, NULL, 404, NULL);
+
+    for (int i = 0; i < 6; i++)
+        free(jobs[i]);
+    free(id), free(hook), free(secret), free(pool), free(a), free(b), free(ta), free(tb);
+}
