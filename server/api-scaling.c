@@ -11,7 +11,7 @@
  * The policies (/api/v1/scaling/policies) are those of the caller's own tenant
  * (app_own_tenant()): a tenant's watch its jobs; a platform operator's are the platform
  * tenant's rows, each naming a shared pool, and watch the jobs of every tenant the pool
- * admits against the pool's agents (sql/0018_pool_scaling.sql). */
+ * admits against the pool's agents (sql/0019_pool_scaling.sql). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -239,7 +239,7 @@ static int policy_apply(struct http_req *req, const json_t *body, struct policy 
     if (v)
         p->enabled = json_is_true(v);
     /* A pool's policy is the platform operator's alone (rows of the platform tenant,
-     * sql/0018_pool_scaling.sql), and the operator's policies are all of pools. */
+     * sql/0019_pool_scaling.sql), and the operator's policies are all of pools. */
     bool platform = http_req_principal(req)->kind == HTTP_PRINCIPAL_PLATFORM;
     v = json_object_get(body, "pool");
     if (v && json_is_string(v) && !platform) {

@@ -111,7 +111,7 @@ static json_t *trigger(double v)
 }
 
 /* The event's data: the numbers that fired it, the rule's thresholds and bounds, and
- * pool_id for a pool's policy (the platform tenant's, sql/0018_pool_scaling.sql). */
+ * pool_id for a pool's policy (the platform tenant's, sql/0019_pool_scaling.sql). */
 static json_t *event_data(const PGresult *res, int i, const struct scaling_rule *r,
                           const struct scaling_input *in, const struct scaling_decision *d)
 {

@@ -35,7 +35,7 @@ SELECT h.id, h.tenant_id, h.policy_id, json_build_object(
 -- names one, of exactly its requirement set when it names one: the sets of
 -- scaling_signals()), and the online agents that may run them (the tenant's own and its
 -- admitting pools', meeting the policy's requirements) with their slots and the slots in
--- use. A pool policy (a platform tenant's row naming pool_id, sql/0018_pool_scaling.sql)
+-- use. A pool policy (a platform tenant's row naming pool_id, sql/0019_pool_scaling.sql)
 -- counts instead the queued jobs of every tenant its pool admits, and only its pool's
 -- online agents. Set-based, as scaling_signals() is: the agents are read once, the waiting
 -- jobs grouped once, and each distinct (tenant, requirements) of the policies is matched
