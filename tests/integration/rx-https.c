@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,6 +141,34 @@ void rx_wait(int n)
     while (rx_count() < n) {
         cr_assert(clock_mono_ns() < deadline, "the receiver had %d requests, not %d", rx_count(),
                   n);
+        usleep(10000);
+    }
+}
+
+int rx_distinct(int *idx, int max)
+{
+    int k = 0;
+    for (int i = 0; i < rx.n && i < RX_MAX && k < max; i++) {
+        bool seen = false;
+        for (int j = 0; j < k && !seen; j++)
+            seen = strcmp(rx.reqs[idx[j]].id, rx.reqs[i].id) == 0;
+        if (!seen)
+            idx[k++] = i;
+    }
+    return k;
+}
+
+void rx_wait_distinct(int n)
+{
+    uint64_t deadline = clock_mono_ns() + 30ull * 1000000000ull;
+    for (;;) {
+        int idx[RX_MAX];
+        pthread_mutex_lock(&rx.mu);
+        int k = rx_distinct(idx, RX_MAX);
+        pthread_mutex_unlock(&rx.mu);
+        if (k >= n)
+            return;
+        cr_assert(clock_mono_ns() < deadline, "the receiver had %d distinct events, not %d", k, n);
         usleep(10000);
     }
 }

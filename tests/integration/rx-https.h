@@ -47,6 +47,13 @@ void rx_stop(void);
 int rx_count(void);
 /* Wait (bounded, 30 s) until the receiver has had n requests; fails the test past it. */
 void rx_wait(int n);
+/* Delivery is at least once: a reply slower than the sender's timeout is retried, so an
+ * event may arrive twice. Fills idx with the index in rx.reqs of the first request of each
+ * distinct event (Orch-Webhook-Id), in arrival order, at most max; returns their number.
+ * Call with rx.mu held. */
+int rx_distinct(int *idx, int max);
+/* Wait (at most 30 s) until the receiver had n distinct events. */
+void rx_wait_distinct(int n);
 /* Check the signature of request i with Python's hmac, as docs/api.md shows a receiver
  * do, and that the same check fails for another secret. */
 void rx_verify_with_python(const char *secret, int i);
