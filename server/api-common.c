@@ -45,6 +45,43 @@ int api_commit(struct http_req *req, struct store_tx *tx, const char *what)
     return r;
 }
 
+void api_delete_by_id(struct http_req *req, const struct store_stmt *stmt, const char *noun,
+                      const char *object_type)
+{
+    char what[96], action[64];
+    snprintf(what, sizeof(what), "deleting the %s", noun);
+    snprintf(action, sizeof(action), "%s.delete", object_type);
+    const char *id = api_path_id(req, "id", noun);
+    if (!id)
+        return;
+    struct store_tx *tx = NULL;
+    int r = app_tx_begin_own(http_req_app(req), req, &tx);
+    if (r < 0) {
+        http_reply_error(req, r, what);
+        return;
+    }
+    const char *p[] = {id};
+    r = store_tx_exec(tx, stmt, p, NULL);
+    if (r == 0) {
+        store_tx_rollback(tx);
+        char detail[96];
+        snprintf(detail, sizeof(detail), "no such %s", noun);
+        http_reply_problem(req, PROBLEM_NOT_FOUND, detail, NULL);
+        return;
+    }
+    if (r > 0)
+        r = app_audit(tx, req, app_own_tenant(http_req_principal(req)), action, object_type, id,
+                      NULL);
+    if (r < 0) {
+        store_tx_rollback(tx);
+        http_reply_error(req, r, what);
+        return;
+    }
+    if (api_commit(req, tx, what) < 0)
+        return;
+    http_reply_json(req, 204, NULL);
+}
+
 const char *api_path_id(struct http_req *req, const char *name, const char *what)
 {
     const char *id = http_req_param(req, name);

@@ -229,30 +229,5 @@ void api_queues_list(struct http_req *req)
 
 void api_queues_delete(struct http_req *req)
 {
-    const char *id = api_path_id(req, "id", "queue");
-    if (!id)
-        return;
-    struct store_tx *tx = NULL;
-    int r = app_tx_begin(http_req_app(req), req, &tx);
-    if (r < 0) {
-        http_reply_error(req, r, "deleting the queue");
-        return;
-    }
-    const char *p[] = {id};
-    r = store_tx_exec(tx, &q_queue_delete, p, NULL);
-    if (r == 0) {
-        store_tx_rollback(tx);
-        http_reply_problem(req, PROBLEM_NOT_FOUND, "no such queue", NULL);
-        return;
-    }
-    if (r > 0)
-        r = app_audit(tx, req, NULL, "queue.delete", "queue", id, NULL);
-    if (r < 0) {
-        store_tx_rollback(tx);
-        http_reply_error(req, r, "deleting the queue");
-        return;
-    }
-    if (api_commit(req, tx, "deleting the queue") < 0)
-        return;
-    http_reply_json(req, 204, NULL);
+    api_delete_by_id(req, &q_queue_delete, "queue", "queue");
 }

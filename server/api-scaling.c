@@ -462,33 +462,7 @@ void api_scaling_policies_list(struct http_req *req)
 
 void api_scaling_policies_delete(struct http_req *req)
 {
-    const char *id = api_path_id(req, "id", "scaling policy");
-    if (!id)
-        return;
-    struct store_tx *tx = NULL;
-    int r = app_tx_begin_own(http_req_app(req), req, &tx);
-    if (r < 0) {
-        http_reply_error(req, r, "deleting the scaling policy");
-        return;
-    }
-    const char *p[] = {id};
-    r = store_tx_exec(tx, &q_policy_delete, p, NULL);
-    if (r == 0) {
-        store_tx_rollback(tx);
-        http_reply_problem(req, PROBLEM_NOT_FOUND, "no such scaling policy", NULL);
-        return;
-    }
-    if (r > 0)
-        r = app_audit(tx, req, app_own_tenant(http_req_principal(req)), "scaling_policy.delete",
-                      "scaling_policy", id, NULL);
-    if (r < 0) {
-        store_tx_rollback(tx);
-        http_reply_error(req, r, "deleting the scaling policy");
-        return;
-    }
-    if (api_commit(req, tx, "deleting the scaling policy") < 0)
-        return;
-    http_reply_json(req, 204, NULL);
+    api_delete_by_id(req, &q_policy_delete, "scaling policy", "scaling_policy");
 }
 
 void api_scaling_policies_history(struct http_req *req)

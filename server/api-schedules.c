@@ -442,30 +442,5 @@ void api_schedules_list(struct http_req *req)
 
 void api_schedules_delete(struct http_req *req)
 {
-    const char *id = api_path_id(req, "id", "schedule");
-    if (!id)
-        return;
-    struct store_tx *tx = NULL;
-    int r = app_tx_begin(http_req_app(req), req, &tx);
-    if (r < 0) {
-        http_reply_error(req, r, "deleting the schedule");
-        return;
-    }
-    const char *p[] = {id};
-    r = store_tx_exec(tx, &q_sched_delete, p, NULL);
-    if (r == 0) {
-        store_tx_rollback(tx);
-        http_reply_problem(req, PROBLEM_NOT_FOUND, "no such schedule", NULL);
-        return;
-    }
-    if (r > 0)
-        r = app_audit(tx, req, NULL, "schedule.delete", "schedule", id, NULL);
-    if (r < 0) {
-        store_tx_rollback(tx);
-        http_reply_error(req, r, "deleting the schedule");
-        return;
-    }
-    if (api_commit(req, tx, "deleting the schedule") < 0)
-        return;
-    http_reply_json(req, 204, NULL);
+    api_delete_by_id(req, &q_sched_delete, "schedule", "schedule");
 }

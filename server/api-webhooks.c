@@ -286,33 +286,7 @@ void api_webhooks_update(struct http_req *req)
 
 void api_webhooks_delete(struct http_req *req)
 {
-    const char *id = api_path_id(req, "id", "webhook");
-    if (!id)
-        return;
-    struct store_tx *tx = NULL;
-    int r = app_tx_begin_own(http_req_app(req), req, &tx);
-    if (r < 0) {
-        http_reply_error(req, r, "deleting the webhook");
-        return;
-    }
-    const char *p[] = {id};
-    r = store_tx_exec(tx, &q_webhook_delete, p, NULL);
-    if (r == 0) {
-        store_tx_rollback(tx);
-        http_reply_problem(req, PROBLEM_NOT_FOUND, "no such webhook", NULL);
-        return;
-    }
-    if (r > 0)
-        r = app_audit(tx, req, app_own_tenant(http_req_principal(req)), "webhook.delete", "webhook",
-                      id, NULL);
-    if (r < 0) {
-        store_tx_rollback(tx);
-        http_reply_error(req, r, "deleting the webhook");
-        return;
-    }
-    if (api_commit(req, tx, "deleting the webhook") < 0)
-        return;
-    http_reply_json(req, 204, NULL);
+    api_delete_by_id(req, &q_webhook_delete, "webhook", "webhook");
 }
 
 /* 0 when the path's webhook is visible to the principal, else < 0 after replying 404. */

@@ -54,6 +54,11 @@ void api_get_doc(struct http_req *req, const struct store_stmt *stmt, const char
  * an audit record "<object_type>.revoke" only the first time. */
 void api_revoke(struct http_req *req, const struct store_stmt *stmt, const char *what,
                 const char *object_type);
+/* Delete the path's {id} with stmt ($1 = id; a row back when it existed) in the
+ * principal's own tenant (app_tx_begin_own()): 404 "no such <noun>" when it does not
+ * exist, else an audit record "<object_type>.delete" and 204. */
+void api_delete_by_id(struct http_req *req, const struct store_stmt *stmt, const char *noun,
+                      const char *object_type);
 /* Commit tx; on failure reply with the mapped problem and return < 0. */
 int api_commit(struct http_req *req, struct store_tx *tx, const char *what);
 /* The path parameter "id" if it is a canonical UUID; otherwise reply 404 and return NULL
