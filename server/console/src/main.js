@@ -7,8 +7,12 @@ import { useEffect, useState } from 'preact/hooks';
 import { signal } from '@preact/signals';
 import { ended, liveState, session, signIn, signOut } from './api.js';
 import { JobsPage } from './jobs.js';
+import { AgentsPage } from './agents.js';
+import { QueuesPage } from './queues.js';
 
 const PAGES = { jobs: { title: 'Jobs', view: JobsPage } };
+PAGES.agents = { title: 'Agents', view: AgentsPage };
+PAGES.queues = { title: 'Queues', view: QueuesPage };
 const route = signal(location.hash.replace(/^#\/?/, '') || 'jobs');
 addEventListener('hashchange', () => {
   route.value = location.hash.replace(/^#\/?/, '') || 'jobs';
