@@ -81,3 +81,45 @@ Test(browser, sign_in_submit_watch_sign_out)
     free(key);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the browser script failed:\n%s", out);
 }
+
+/* A new API key of the browser tenant with this role; caller frees. */
+static char *agents_key(const char *role)
+{
+    char path[128], body[96];
+    snprintf(path, sizeof(path), "/api/v1/tenants/%s/api-keys", tenant);
+    snprintf(body, sizeof(body), "{\"name\":\"console-%s\",\"role\":\"%s\"}", role, role);
+    struct th_resp r;
+    th_http(&srv, "POST", path, op, body, NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *key = strdup(th_str_of(&r, "key"));
+    th_resp_free(&r);
+    return key;
+}
+
+Test(browser, agents_drain_queues_pause_viewer_sees_no_buttons)
+{
+    char *key = agents_key("admin"), *viewer = agents_key("viewer");
+    const char *node = getenv("ORCH_TEST_NODE");
+    const char *script = getenv("ORCH_TEST_BROWSER_AGENTS");
+    const char *shots = getenv("ORCH_TEST_SCREENSHOTS");
+    cr_assert(node && script && shots, "run through meson (the environment names node)");
+    char cmd[1280];
+    snprintf(cmd, sizeof(cmd),
+             "mkdir -p '%s' && NODE_EXTRA_CA_CERTS='%s/tls/ca.pem' '%s' '%s' '%s' '%s' '%s' '%s' "
+             "2>&1",
+             shots, srv.dir, node, script, srv.base, key, viewer, shots);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    char line[4096], out[16384] = "";
+    size_t used = 0;
+    while (fgets(line, sizeof(line), p)) {
+        fputs(line, stderr);
+        int n = snprintf(out + used, sizeof(out) - used, "%s", line);
+        if (n > 0 && used + (size_t)n < sizeof(out))
+            used += (size_t)n;
+    }
+    int st = pclose(p);
+    free(viewer);
+    free(key);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the browser script failed:\n%s", out);
+}

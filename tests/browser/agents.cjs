@@ -1,0 +1,177 @@
+/* The console's agents and queues pages in Debian's Chromium, headless, through
+ * playwright-core: drain the real agent and see it shown as draining, enable it and see it
+ * come back online from the event stream; create a queue, pause it, see a job wait in it,
+ * resume it and see the job leave it, each change checked through the REST API as well; a
+ * viewer's console shows no action buttons. Screenshots go to the directory given.
+ *
+ * usage: node agents.cjs BASE_URL ADMIN_KEY VIEWER_KEY SCREENSHOT_DIR
+ * Run by test-browser.c, which starts orchd, PostgreSQL, RabbitMQ and an agent. Exits 0
+ * when every step passed; prints what failed otherwise. */
+'use strict';
+const { chromium } = require('playwright-core');
+const path = require('path');
+
+const [base, adminKey, viewerKey, shots] = process.argv.slice(2);
+const CHROMIUM = process.env.ORCH_TEST_CHROMIUM || '/usr/lib/chromium/chromium';
+const STEP_MS = 15000;
+
+function step(name) {
+  process.stdout.write(`step: ${name}\n`);
+}
+
+/* The REST API as another client sees it (node's fetch trusts the tests' CA through
+ * NODE_EXTRA_CA_CERTS). */
+let token = null;
+async function call(method, p, body) {
+  const res = await fetch(`${base}${p}`, {
+    method,
+    headers: {
+      'Content-Type': 'application/json',
+      ...(token ? { Authorization: `Bearer ${token}` } : {}),
+    },
+    body: body && JSON.stringify(body),
+  });
+  if (!res.ok) throw new Error(`${method} ${p}: ${res.status} ${await res.text()}`);
+  return res.status === 204 ? null : res.json();
+}
+
+/* Polls the API (not the page) until check() holds: the server's view, bounded. */
+async function apiUntil(what, get, check) {
+  const end = Date.now() + STEP_MS;
+  for (;;) {
+    const v = await get();
+    if (check(v)) return v;
+    if (Date.now() > end) throw new Error(`${what}: ${JSON.stringify(v)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function signIn(page, key) {
+  await page.goto(`${base}/console/`);
+  await page.fill('#key', key);
+  await page.click('button[type=submit]');
+  await page.waitForSelector('h1#jobs-h');
+  await page.waitForSelector('#live.live');
+}
+
+function watch(page, problems) {
+  page.setDefaultTimeout(STEP_MS);
+  page.on('console', (m) => {
+    if (m.type() === 'error') problems.push(`console: ${m.text()} (${JSON.stringify(m.location())})`);
+  });
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+}
+
+async function main() {
+  const t0 = Date.now();
+  ({ access_token: token } = await call('POST', '/api/v1/auth/token', { key: adminKey }));
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
+  });
+  const problems = [];
+  try {
+    const opts = { ignoreHTTPSErrors: true, viewport: { width: 1100, height: 520 },
+      timezoneId: 'Europe/Paris' };
+    const context = await browser.newContext(opts);
+    const page = await context.newPage();
+    watch(page, problems);
+
+    step('the agents page lists the real agent, online, with its slots');
+    await signIn(page, adminKey);
+    await page.click('nav a[href="#/agents"]');
+    await page.waitForSelector('h1#agents-h');
+    const row = 'tr[data-name="browser-agent"]';
+    await page.waitForSelector(`${row} [data-status=online]`);
+    const slots = (await page.textContent(`${row} [data-slots]`)).trim();
+    if (!/^\d+ \/ 2$/.test(slots)) throw new Error(`slots shown: "${slots}"`);
+    const agentId = await page.getAttribute(row, 'data-agent');
+
+    step('drain it: the page and the API say draining');
+    await page.click(`${row} button[data-action=drain]`);
+    await page.waitForSelector(`${row} [data-status=draining]`);
+    await apiUntil('the agent is not draining', () => call('GET', `/api/v1/agents/${agentId}`),
+      (a) => a.status === 'draining');
+    await page.waitForSelector(`${row} button[data-action=enable]`);
+    await page.screenshot({ path: path.join(shots, 'agents.png') });
+
+    step('enable it: it comes back online through the event stream, without a reload');
+    await page.evaluate(() => { window.__noReload = true; });
+    await page.click(`${row} button[data-action=enable]`);
+    await page.waitForSelector(`${row} [data-status=online]`);
+    if (!(await page.evaluate(() => window.__noReload === true))) throw new Error('the page reloaded');
+
+    step('create a queue from the page');
+    await page.click('nav a[href="#/queues"]');
+    await page.waitForSelector('h1#queues-h');
+    await page.fill('input[name=qname]', 'console-q');
+    await page.fill('input[name=max_running]', '3');
+    await page.click('form.submit button[type=submit]');
+    await page.waitForSelector('form.submit p.ok');
+    const qrow = 'tr[data-name="console-q"]';
+    await page.waitForSelector(`${qrow} [data-paused=false]`);
+    const queueId = await page.getAttribute(qrow, 'data-queue');
+
+    step('pause it: the page and the API say paused');
+    await page.click(`${qrow} button[data-action=pause]`);
+    await page.waitForSelector(`${qrow} [data-paused=true]`);
+    await apiUntil('the queue is not paused', () => call('GET', `/api/v1/queues/${queueId}`),
+      (q) => q.paused === true);
+
+    step('a job submitted to the paused queue shows in its depth, live');
+    const job = await call('POST', '/api/v1/jobs', { queue: 'console-q', command: 'true' });
+    await page.waitForFunction((sel) => {
+      const td = document.querySelector(`${sel} [data-queued]`);
+      return td && td.textContent.trim().startsWith('1');
+    }, qrow);
+    await page.screenshot({ path: path.join(shots, 'queues.png') });
+
+    step('resume it: the job runs and the depth goes back to 0');
+    await page.click(`${qrow} button[data-action=resume]`);
+    await page.waitForSelector(`${qrow} [data-paused=false]`);
+    await apiUntil('the queue is still paused', () => call('GET', `/api/v1/queues/${queueId}`),
+      (q) => q.paused === false);
+    await apiUntil('the job did not succeed', () => call('GET', `/api/v1/jobs/${job.id}`),
+      (j) => j.status === 'succeeded');
+    await page.waitForFunction((sel) => {
+      const q = document.querySelector(`${sel} [data-queued]`);
+      const r = document.querySelector(`${sel} [data-running]`);
+      return q && r && q.textContent.trim() === '0' && r.textContent.trim() === '0';
+    }, qrow);
+    await context.close();
+
+    step('a viewer sees both pages and no action button');
+    const vctx = await browser.newContext(opts);
+    const vpage = await vctx.newPage();
+    watch(vpage, problems);
+    await signIn(vpage, viewerKey);
+    await vpage.click('nav a[href="#/agents"]');
+    await vpage.waitForSelector(`${row} [data-status]`);
+    await vpage.click('nav a[href="#/queues"]');
+    await vpage.waitForSelector(`${qrow} [data-paused]`);
+    const buttons = await vpage.evaluate(() =>
+      document.querySelectorAll('main button, main form.submit').length);
+    if (buttons !== 0) throw new Error(`a viewer sees ${buttons} buttons or forms`);
+    await vpage.click('nav a[href="#/agents"]');
+    await vpage.waitForSelector(`${row} [data-status]`);
+    const abuttons = await vpage.evaluate(() => document.querySelectorAll('main button').length);
+    if (abuttons !== 0) throw new Error(`a viewer sees ${abuttons} buttons on the agents page`);
+    await vctx.close();
+
+    step('clean up');
+    await call('DELETE', `/api/v1/queues/${queueId}`);
+    if (problems.length) throw new Error(problems.join('\n'));
+    step(`done in ${Date.now() - t0} ms`);
+  } finally {
+    await browser.close();
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (e) => {
+    process.stdout.write(`FAILED: ${e.message}\n`);
+    process.exit(1);
+  },
+);
