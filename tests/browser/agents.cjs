@@ -87,6 +87,7 @@ async function main() {
     const slots = (await page.textContent(`${row} [data-slots]`)).trim();
     if (!/^\d+ \/ 2$/.test(slots)) throw new Error(`slots shown: "${slots}"`);
     const agentId = await page.getAttribute(row, 'data-agent');
+    await page.waitForSelector(`${row} button[data-action=revoke-credential]`); /* an admin's */
 
     step('drain it: the page and the API say draining');
     await page.click(`${row} button[data-action=drain]`);

@@ -14,13 +14,17 @@ const cursor = signal(null);
 const loading = signal(false);
 const error = signal(null);
 
+/* Redraws the relative heartbeat times; a clock in the page, no request. */
+const now = signal(Date.now());
+const TICK_MS = 10000;
+
 const isAdmin = () => session.value && session.value.role === 'admin';
 
-/* "12 s ago", "3 min ago": how long since an instant, for a heartbeat. */
+/* "12 sec. ago", "3 min. ago": how long before `at` an instant was, for a heartbeat. */
 const rel = new Intl.RelativeTimeFormat(undefined, { numeric: 'always', style: 'short' });
-export function ago(iso) {
+export function ago(iso, at = Date.now()) {
   if (!iso) return 'never';
-  const s = Math.round((Date.now() - Date.parse(iso)) / 1000);
+  const s = Math.round((at - Date.parse(iso)) / 1000);
   if (s < 60) return rel.format(-Math.max(s, 0), 'second');
   if (s < 3600) return rel.format(-Math.floor(s / 60), 'minute');
   if (s < 86400) return rel.format(-Math.floor(s / 3600), 'hour');
@@ -134,19 +138,26 @@ function Row({ a }) {
     <td><span class=${`status a-${a.status}`} data-status=${a.status}>${a.status}</span>
       ${a.credential_revoked ? html` <small class="err">credential revoked</small>` : ''}</td>
     <td><time datetime=${a.last_heartbeat_at || ''}
-      title=${a.last_heartbeat_at ? localTime(a.last_heartbeat_at) : ''}>${ago(a.last_heartbeat_at)}</time></td>
+      title=${a.last_heartbeat_at ? localTime(a.last_heartbeat_at) : ''}>${ago(a.last_heartbeat_at, now.value)}</time></td>
     <td class="num" data-slots>${a.running_jobs ?? 0} / ${a.slots}</td>
     <td class="num">${a.cached_packages ?? 0}</td>
     <td class="wrap"><${Labels} obj=${a.labels} /></td>
     <td class="wrap"><small><${Facts} c=${a.capabilities} /></small></td>
-    <td><${Actions} a=${a} /></td>
+    <td class="acts"><${Actions} a=${a} /></td>
   </tr>`;
 }
 
 export function AgentsPage() {
   useEffect(() => {
     load(false);
-    return onEvent(onAgentEvent);
+    const off = onEvent(onAgentEvent);
+    const tick = setInterval(() => {
+      now.value = Date.now();
+    }, TICK_MS);
+    return () => {
+      off();
+      clearInterval(tick);
+    };
   }, []);
   return html`<section aria-labelledby="agents-h">
     <h1 id="agents-h">Agents</h1>
