@@ -3,7 +3,8 @@
  * final status and exit code, and its raw log downloads whole; a queued job that no agent
  * can take says why it waits; a running job is cancelled from the page (checked through
  * the REST API); a 200,000-line log opens at its tail with only a window of lines in the
- * page. Screenshots go to the directory given.
+ * page, and "Load earlier" puts the lines before it above. Screenshots go to the directory
+ * given.
  *
  * usage: node jobdetail.cjs BASE_URL API_KEY SCREENSHOT_DIR
  * Run by test-browser.c, which starts orchd, PostgreSQL, RabbitMQ and an agent. Exits 0
@@ -134,6 +135,23 @@ async function main() {
     if (!(shown.lines > 1000 && shown.lines < 200000))
       throw new Error(`${shown.lines} lines read: not the tail`);
     await page.screenshot({ path: path.join(shots, 'jobdetail-big.png') });
+
+    step('"Load earlier" puts the bytes before the tail above it, lines whole');
+    const top = await page.evaluate(async () => {
+      document.querySelector('#log').scrollTop = 0;
+      await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+      return Number(document.querySelector('.log-line').textContent);
+    });
+    await page.click('#earlier');
+    await page.waitForFunction((n) => Number(document.querySelector('#log').dataset.lines) > n,
+      shown.lines);
+    const rendered = await page.evaluate(async () => {
+      await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+      return [...document.querySelectorAll('.log-line')].map((e) => e.textContent);
+    });
+    const consecutive = rendered.every((t, i) => i === 0 || Number(t) === Number(rendered[i - 1]) + 1);
+    if (!consecutive || !rendered.includes(String(top)) || !rendered.includes(String(top - 1)))
+      throw new Error(`after "Load earlier" (top was ${top}): ${rendered.join(' ')}`);
 
     if (problems.length) throw new Error(problems.join('\n'));
     step(`done in ${Date.now() - t0} ms`);

@@ -48,26 +48,66 @@ async function readLog(id, q) {
 
 /* The lines of one stream of one attempt, read from the tail and then forward. Plain
  * object (not a signal): 200,000 lines must not be copied on every chunk; `version`
- * tells the view to draw again. */
+ * tells the view to draw again. `before` is the first byte read, `dropped` where the
+ * stored bytes begin, and `head` the bytes from `before` to the first newline (`headOpen`
+ * until that newline is read): the end of a line that began earlier, kept until "Load
+ * earlier" reads its start. */
 function newLog() {
   return { lines: [], partial: '', offset: 0, skipped: 0, complete: false, epoch: 0,
-    decoder: new TextDecoder(), trimFirst: false, before: 0 };
+    decoder: new TextDecoder(), before: 0, dropped: 0, head: new Uint8Array(0), headOpen: false,
+    shift: 0 };
+}
+
+function concat(a, b) {
+  const c = new Uint8Array(a.length + b.length);
+  c.set(a);
+  c.set(b, a.length);
+  return c;
 }
 
 function append(log, bytes) {
-  let text = log.partial + log.decoder.decode(bytes, { stream: true });
+  if (log.headOpen) {
+    /* A newline byte (0x0a) is never inside a UTF-8 sequence: cut before decoding. */
+    const nl = bytes.indexOf(10);
+    log.head = concat(log.head, nl < 0 ? bytes : bytes.subarray(0, nl));
+    if (nl < 0) return;
+    log.headOpen = false;
+    bytes = bytes.subarray(nl + 1);
+  }
+  const text = log.partial + log.decoder.decode(bytes, { stream: true });
   const parts = text.split('\n');
   log.partial = parts.pop();
-  if (log.trimFirst && parts.length) {
-    parts.shift(); /* the first line began before the tail we read */
-    log.trimFirst = false;
-  }
   for (const p of parts) log.lines.push(p);
   if (log.lines.length > MAX_LINES) {
     const n = log.lines.length - MAX_LINES;
     log.lines.splice(0, n);
     log.skipped += n;
   }
+}
+
+/* Puts the TAIL_BYTES before what is shown above it, joined to the line cut at `before`. */
+async function loadEarlier(id, stream, log) {
+  const start = Math.max(log.dropped, log.before - TAIL_BYTES);
+  const r = await readLog(id, { stream, epoch: String(log.epoch), offset: String(start),
+    limit_bytes: String(log.before - start) });
+  let bytes = concat(r.bytes, log.head);
+  let head = new Uint8Array(0);
+  if (start > log.dropped) {
+    const nl = bytes.indexOf(10);
+    head = nl < 0 ? bytes : bytes.slice(0, nl);
+    bytes = nl < 0 ? new Uint8Array(0) : bytes.subarray(nl + 1);
+  }
+  const parts = bytes.length ? new TextDecoder().decode(bytes).split('\n') : [];
+  log.lines = parts.concat(log.lines);
+  log.head = head;
+  log.before = start;
+  log.shift += parts.length;
+}
+
+function size(n) {
+  if (n < 1024) return `${n} bytes`;
+  if (n < 1048576) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1048576).toFixed(1)} MiB`;
 }
 
 /* The job's events' statuses as this page saw them arrive, with the time. */
@@ -152,7 +192,12 @@ function LogView({ log, version }) {
   useEffect(() => {
     const el = box.current;
     setHeight(el.clientHeight);
-    if (follow.current) {
+    if (log.shift) {
+      /* Lines put above: the same lines stay in view. */
+      el.scrollTop += log.shift * LINE_PX;
+      log.shift = 0;
+      setTop(el.scrollTop);
+    } else if (follow.current) {
       el.scrollTop = el.scrollHeight;
       setTop(el.scrollTop);
     }
@@ -224,9 +269,10 @@ function Output({ j }) {
         const probe = await readLog(j.id, { ...q, limit_bytes: '1' });
         if (!probe.epoch) return; /* never assigned: nothing to read yet */
         log.epoch = probe.epoch;
+        log.dropped = probe.dropped;
         log.offset = Math.max(probe.dropped, probe.end - TAIL_BYTES);
-        log.trimFirst = log.offset > probe.dropped;
         log.before = log.offset;
+        log.headOpen = log.offset > probe.dropped;
       }
       q.epoch = String(log.epoch);
       for (;;) {
@@ -281,8 +327,11 @@ function Output({ j }) {
         <option value="0">latest</option>
         ${epochs.map((e) => html`<option value=${e}>${e}</option>`)}</select></label>`}
       <span class="muted" id="log-state">${log.complete ? 'complete' : running ? 'following' : ''}
-        ${log.before > 0 ? ` · the first ${log.before} bytes are not shown` : ''}
+        ${log.before > 0 ? ` · the first ${size(log.before)} are not shown` : ''}
         ${log.skipped > 0 ? ` · ${log.skipped} older lines dropped from view` : ''}</span>
+      ${log.before > log.dropped && !log.headOpen && html`<button class="small plain" id="earlier"
+        onClick=${() => loadEarlier(j.id, stream, log).then(() => setVersion((v) => v + 1),
+          (e) => setErr(e.message))}>Load earlier</button>`}
       <button class="small plain" id="download" disabled=${!log.epoch}
         onClick=${() => download(j.id, stream, log.epoch).catch((e) => setErr(e.message))}>
         Download raw</button>
