@@ -98,6 +98,10 @@ async function main() {
     if (exit.trim() !== '0') throw new Error(`exit code shown: ${exit}`);
     if (!(await page.evaluate(() => window.__noReload === true))) throw new Error('the page reloaded');
     await page.screenshot({ path: path.join(shots, 'jobdetail.png') });
+    /* A smaller one for docs/console.md. */
+    await page.setViewportSize({ width: 860, height: 600 });
+    await page.screenshot({ path: path.join(shots, 'jobdetail-small.png') });
+    await page.setViewportSize({ width: 1100, height: 760 });
 
     step('the raw log downloads whole');
     const [dl] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
