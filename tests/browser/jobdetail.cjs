@@ -2,9 +2,9 @@
  * a job that prints a line every 0.1 s shows its lines arriving without a reload, then its
  * final status and exit code, and its raw log downloads whole; a queued job that no agent
  * can take says why it waits; a running job is cancelled from the page (checked through
- * the REST API); a 200,000-line log opens at its tail with only a window of lines in the
- * page, and "Load earlier" puts the lines before it above. Screenshots go to the directory
- * given.
+ * the REST API), and a viewer's page of it has no cancel button; a 200,000-line log opens
+ * at its tail with only a window of lines in the page, and "Load earlier" puts the lines
+ * before it above. Screenshots go to the directory given.
  *
  * usage: node jobdetail.cjs BASE_URL API_KEY SCREENSHOT_DIR
  * Run by test-browser.c, which starts orchd, PostgreSQL, RabbitMQ and an agent. Exits 0
@@ -121,6 +121,17 @@ async function main() {
     jobs.push(sleeper);
     await open(sleeper);
     await page.waitForSelector('#job-status[data-status=running]');
+    /* A viewer's page of the same running job has no button. */
+    const viewerKey = (await call('POST', '/api/v1/api-keys', { name: 'viewer', role: 'viewer' }))
+      .key;
+    const vpage = await context.newPage();
+    vpage.setDefaultTimeout(STEP_MS);
+    await vpage.goto(`${base}/console/#/jobs/${sleeper}`);
+    await vpage.fill('#key', viewerKey);
+    await vpage.click('button[type=submit]');
+    await vpage.waitForSelector('#job-status[data-status=running]');
+    if (await vpage.$('#cancel')) throw new Error('a viewer is offered "Cancel job"');
+    await vpage.close();
     await page.click('#cancel');
     await page.waitForSelector('#job-status[data-status=cancelled]');
     const after = await call('GET', `/api/v1/jobs/${sleeper}`);

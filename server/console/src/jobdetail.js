@@ -51,9 +51,11 @@ async function readLog(id, q) {
  * tells the view to draw again. `before` is the first byte read, `dropped` where the
  * stored bytes begin, and `head` the bytes from `before` to the first newline (`headOpen`
  * until that newline is read): the end of a line that began earlier, kept until "Load
- * earlier" reads its start. */
-function newLog() {
-  return { lines: [], partial: '', offset: 0, skipped: 0, complete: false, epoch: 0,
+ * earlier" reads its start. `want` is the epoch asked for (0: the latest), `epoch` the
+ * one being read. */
+function newLog(stream, epoch) {
+  return { stream, want: epoch, lines: [], partial: '', offset: 0, skipped: 0, complete: false,
+    epoch: 0,
     decoder: new TextDecoder(), before: 0, dropped: 0, head: new Uint8Array(0), headOpen: false,
     shift: 0 };
 }
@@ -86,10 +88,10 @@ function append(log, bytes) {
 }
 
 /* Puts the TAIL_BYTES before what is shown above it, joined to the line cut at `before`. */
-async function loadEarlier(id, stream, log) {
+async function loadEarlier(id, log) {
   const start = Math.max(log.dropped, log.before - TAIL_BYTES);
-  const r = await readLog(id, { stream, epoch: String(log.epoch), offset: String(start),
-    limit_bytes: String(log.before - start) });
+  const r = await readLog(id, { stream: log.stream, epoch: String(log.epoch),
+    offset: String(start), limit_bytes: String(log.before - start) });
   let bytes = concat(r.bytes, log.head);
   let head = new Uint8Array(0);
   if (start > log.dropped) {
@@ -158,7 +160,8 @@ function Waiting({ w, reload }) {
     <h2 id="wait-h">Why is it waiting?</h2>
     <p><strong data-reason=${w.reason}>${w.reason.replace(/_/g, ' ')}</strong>: ${w.detail}</p>
     ${w.blocked_by && w.blocked_by.length > 1 &&
-      html`<p>Also held by: ${w.blocked_by.slice(1).map((b) => b.replace(/_/g, ' ')).join(', ')}</p>`}
+      html`<p>Also held by: ${
+        w.blocked_by.slice(1).map((b) => b.replace(/_/g, ' ')).join(', ')}</p>`}
     ${nums.length > 0 && html`<ul>${nums.map((n) => html`<li>${n}</li>`)}</ul>`}
     ${w.requirements && w.requirements.length > 0 && html`<table>
       <thead><tr><th scope="col">Requirement</th><th scope="col">Wanted</th>
@@ -174,7 +177,8 @@ function Result({ j }) {
   return html`<section aria-labelledby="res-h" class="panel">
     <h2 id="res-h">Result</h2>
     <dl class="kv">
-      <dt>Status</dt><dd><span class=${`status s-${j.status}`} id="final-status">${j.status}</span></dd>
+      <dt>Status</dt>
+      <dd><span class=${`status s-${j.status}`} id="final-status">${j.status}</span></dd>
       <dt>Exit code</dt><dd id="exit-code">${j.exit_code ?? '—'}</dd>
       ${j.error && html`<dt>Error</dt><dd class="err">${j.error}</dd>`}
     </dl>
@@ -254,7 +258,8 @@ function Output({ j }) {
   const again = useRef(false);
   const running = !ENDED.has(j.status) && j.status !== 'queued';
 
-  /* Read what is new since the last offset; the first read starts at the tail. */
+  /* Read what is new since the last offset; the first read starts at the tail. What to
+   * read is the log's own (not this render's), so a late call reads the current log. */
   const pull = async () => {
     if (busy.current) {
       again.current = true;
@@ -263,8 +268,8 @@ function Output({ j }) {
     busy.current = true;
     const log = logRef.current;
     try {
-      const q = { stream };
-      if (epoch) q.epoch = String(epoch);
+      const q = { stream: log.stream };
+      if (log.want) q.epoch = String(log.want);
       if (!log.epoch) {
         const probe = await readLog(j.id, { ...q, limit_bytes: '1' });
         if (!probe.epoch) return; /* never assigned: nothing to read yet */
@@ -300,7 +305,7 @@ function Output({ j }) {
 
   /* A new stream or attempt starts over from its tail. */
   useEffect(() => {
-    logRef.current = newLog();
+    logRef.current = newLog(stream, epoch);
     setVersion((v) => v + 1);
     pull();
   }, [j.id, j.epoch, stream, epoch]);
@@ -313,13 +318,14 @@ function Output({ j }) {
     return () => clearInterval(t);
   }, [j.updated_at, j.status, running, stream, epoch]);
 
-  const log = logRef.current || newLog();
+  const log = logRef.current || newLog(stream, epoch);
   const epochs = [];
   for (let e = j.epoch; e >= 1; e--) epochs.push(e);
   return html`<section aria-labelledby="out-h" class="panel output">
     <h2 id="out-h">Output</h2>
     <div class="log-bar">
-      <label>Stream <select name="stream" value=${stream} onChange=${(e) => setStream(e.target.value)}>
+      <label>Stream <select name="stream" value=${stream}
+          onChange=${(e) => setStream(e.target.value)}>
         <option value="stdout">stdout</option><option value="stderr">stderr</option>
         <option value="system">system</option></select></label>
       ${epochs.length > 1 && html`<label>Attempt (epoch) <select name="epoch" value=${epoch}
@@ -330,10 +336,10 @@ function Output({ j }) {
         ${log.before > 0 ? ` · the first ${size(log.before)} are not shown` : ''}
         ${log.skipped > 0 ? ` · ${log.skipped} older lines dropped from view` : ''}</span>
       ${log.before > log.dropped && !log.headOpen && html`<button class="small plain" id="earlier"
-        onClick=${() => loadEarlier(j.id, stream, log).then(() => setVersion((v) => v + 1),
+        onClick=${() => loadEarlier(j.id, log).then(() => setVersion((v) => v + 1),
           (e) => setErr(e.message))}>Load earlier</button>`}
       <button class="small plain" id="download" disabled=${!log.epoch}
-        onClick=${() => download(j.id, stream, log.epoch).catch((e) => setErr(e.message))}>
+        onClick=${() => download(j.id, log.stream, log.epoch).catch((e) => setErr(e.message))}>
         Download raw</button>
     </div>
     ${err && html`<p class="err" role="alert">${err}</p>`}
@@ -361,7 +367,8 @@ export function JobPage({ arg }) {
       if (ev.type === 'resync') return load();
       const d = ev.data && ev.data.data;
       if (!d || d.job_id !== arg) return undefined;
-      setSeen((s) => [...s, { status: d.status, at: ev.data.created_at || new Date().toISOString() }]);
+      const at = ev.data.created_at || new Date().toISOString();
+      setSeen((s) => [...s, { status: d.status, at }]);
       return load();
     });
   }, [arg]);
@@ -379,7 +386,8 @@ export function JobPage({ arg }) {
   return html`<section aria-labelledby="job-h" class="job" data-job=${j.id}>
     <p><a href="#/jobs">← Jobs</a></p>
     <h1 id="job-h">Job <code class="id">${j.id}</code>
-      <span class=${`status s-${j.status}`} data-status=${j.status} id="job-status">${j.status}</span>
+      <span class=${`status s-${j.status}`} data-status=${j.status}
+        id="job-status">${j.status}</span>
       ${j.cancel_requested && !ENDED.has(j.status) ? html` <small>(cancelling)</small>` : ''}</h1>
     <p class="cmd"><code>${j.command || `${j.entrypoint} (package ${j.package_id})`}</code></p>
     ${canOperate() && !ENDED.has(j.status) && !j.cancel_requested &&
