@@ -96,7 +96,8 @@ async function main() {
       [...document.querySelectorAll('.log-line')].map((e) => e.textContent).join('\n').trim()));
     const exit = await page.textContent('#exit-code');
     if (exit.trim() !== '0') throw new Error(`exit code shown: ${exit}`);
-    if (!(await page.evaluate(() => window.__noReload === true))) throw new Error('the page reloaded');
+    if (!(await page.evaluate(() => window.__noReload === true)))
+      throw new Error('the page reloaded');
     await page.screenshot({ path: path.join(shots, 'jobdetail.png') });
     /* A smaller one for docs/console.md. */
     await page.setViewportSize({ width: 860, height: 600 });
@@ -164,7 +165,8 @@ async function main() {
       await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
       return [...document.querySelectorAll('.log-line')].map((e) => e.textContent);
     });
-    const consecutive = rendered.every((t, i) => i === 0 || Number(t) === Number(rendered[i - 1]) + 1);
+    const consecutive = rendered.every((t, i) =>
+      i === 0 || Number(t) === Number(rendered[i - 1]) + 1);
     if (!consecutive || !rendered.includes(String(top)) || !rendered.includes(String(top - 1)))
       throw new Error(`after "Load earlier" (top was ${top}): ${rendered.join(' ')}`);
 
