@@ -655,8 +655,8 @@ void api_jobs_cancel(struct http_req *req)
 
 /* Output of the job's latest attempt (or ?epoch=), one stream, from ?offset=, at most
  * ?limit_bytes= (default 64 KiB, at most 1 MiB). The body is the raw bytes; headers say
- * where the next read starts, whether the attempt has finished, and how much of the
- * stream's start is no longer stored. */
+ * where the next read starts, where the stream ends now, whether the attempt has finished,
+ * and how much of the stream's start is no longer stored. */
 static const struct store_stmt q_job_logs = STORE_STMT(
     "job_logs",
     "WITH j AS (SELECT id, epoch, status IN ('succeeded', 'failed', 'cancelled', 'dead') AS done"
@@ -677,7 +677,15 @@ static const struct store_stmt q_job_logs = STORE_STMT(
     "                                                          (SELECT off FROM o)), 0))::int"
     "                  FOR $5::int),"
     "        greatest(coalesce(min(c.\"offset\"), (SELECT off FROM o)), (SELECT off FROM o)),"
-    "        (SELECT first_offset FROM s)"
+    "        (SELECT first_offset FROM s),"
+    /* Where the stream ends now, so a reader can start at its tail: the stream's own
+     * count, or the last stored chunk's end (one probe of the primary key). */
+    "        greatest(coalesce((SELECT ls.end_offset FROM job_log_streams ls, e"
+    "                            WHERE ls.job_id = $1 AND ls.epoch = e.epoch"
+    "                              AND ls.stream = $3), 0),"
+    "                 coalesce((SELECT l.\"offset\" + length(l.data) FROM job_logs l, e"
+    "                            WHERE l.job_id = $1 AND l.epoch = e.epoch AND l.stream = $3"
+    "                            ORDER BY l.\"offset\" DESC LIMIT 1), 0))"
     " FROM c WHERE EXISTS (SELECT 1 FROM j)",
     5);
 
@@ -756,6 +764,7 @@ void api_jobs_logs(struct http_req *req)
      * retention removed it): bytes [0, X-Dropped-Bytes) of the stream are gone, and a read
      * from before there starts there. */
     http_reply_header(req, "X-Dropped-Bytes", PQgetisnull(res, 0, 4) ? "0" : PQgetvalue(res, 0, 4));
+    http_reply_header(req, "X-End-Offset", PQgetvalue(res, 0, 5));
     http_reply_header(req, "X-Complete",
                       strcmp(PQgetvalue(res, 0, 1), "t") == 0 ? "true" : "false");
     http_reply_bytes(req, 200, "application/octet-stream", (const char *)data, n);

@@ -123,3 +123,47 @@ Test(browser, agents_drain_queues_pause_viewer_sees_no_buttons)
     free(key);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the browser script failed:\n%s", out);
 }
+
+/* Runs tests/browser/<name> (beside ORCH_TEST_BROWSER_SCRIPT) with a new admin key of the
+ * tenant; fails the test with the script's output when it does not exit 0. */
+static void browser_run(const char *name)
+{
+    char path[128], body[96];
+    snprintf(path, sizeof(path), "/api/v1/tenants/%s/api-keys", tenant);
+    snprintf(body, sizeof(body), "{\"name\":\"console\",\"role\":\"admin\"}");
+    struct th_resp r;
+    th_http(&srv, "POST", path, op, body, NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *key = strdup(th_str_of(&r, "key"));
+    th_resp_free(&r);
+
+    const char *node = getenv("ORCH_TEST_NODE");
+    const char *first = getenv("ORCH_TEST_BROWSER_SCRIPT");
+    const char *shots = getenv("ORCH_TEST_SCREENSHOTS");
+    cr_assert(node && first && shots, "run through meson (the environment names node)");
+    const char *slash = strrchr(first, '/');
+    int dir = slash ? (int)(slash - first) : 1;
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "mkdir -p '%s' && NODE_EXTRA_CA_CERTS='%s/tls/ca.pem' '%s' '%.*s/%s' '%s' '%s' "
+             "'%s' 2>&1",
+             shots, srv.dir, node, dir, slash ? first : ".", name, srv.base, key, shots);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    char line[4096], out[16384] = "";
+    size_t used = 0;
+    while (fgets(line, sizeof(line), p)) {
+        fputs(line, stderr);
+        int n = snprintf(out + used, sizeof(out) - used, "%s", line);
+        if (n > 0 && used + (size_t)n < sizeof(out))
+            used += (size_t)n;
+    }
+    int st = pclose(p);
+    free(key);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s failed:\n%s", name, out);
+}
+
+Test(browser, job_page_live_log_cancel_tail)
+{
+    browser_run("jobdetail.cjs");
+}

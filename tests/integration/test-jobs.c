@@ -279,6 +279,9 @@ Test(jobs, logs_read_incrementally)
     next = th_resp_header(&r, "X-Next-Offset");
     cr_assert_str_eq(next, "10");
     free(next);
+    next = th_resp_header(&r, "X-End-Offset");
+    cr_assert_str_eq(next, "12", "the stream's end, whatever was read");
+    free(next);
     th_resp_free(&r);
 
     snprintf(path, sizeof(path), "/api/v1/jobs/%s/logs?offset=12", id);

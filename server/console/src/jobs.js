@@ -175,7 +175,8 @@ function Row({ j }) {
     ? (j.finished_at ? Date.parse(j.finished_at) : Date.now()) - Date.parse(j.started_at)
     : null;
   return html`<tr data-job=${j.id}>
-    <td><code title=${j.id}>${j.id.slice(0, 8)}</code></td>
+    <td><a href=${`#/jobs/${j.id}`} aria-label=${`Job ${j.id}`}>
+      <code title=${j.id}>${j.id.slice(0, 8)}</code></a></td>
     <td>${j.queue || ''}</td>
     <td><span class=${`status s-${j.status}`} data-status=${j.status}>${j.status}</span>
       ${j.cancel_requested && !ENDED.has(j.status) ? html` <small>(cancelling)</small>` : ''}</td>

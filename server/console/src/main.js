@@ -9,8 +9,11 @@ import { ended, liveState, session, signIn, signOut } from './api.js';
 import { JobsPage } from './jobs.js';
 import { AgentsPage } from './agents.js';
 import { QueuesPage } from './queues.js';
+import { JobPage } from './jobdetail.js';
 
-const PAGES = { jobs: { title: 'Jobs', view: JobsPage } };
+const PAGES = { jobs: { title: 'Jobs', view: JobsPage },
+  /* #/jobs/<id>: a page under another, not in the navigation. */
+  'jobs/': { title: 'Job', view: JobPage, under: 'jobs' } };
 PAGES.agents = { title: 'Agents', view: AgentsPage };
 PAGES.queues = { title: 'Queues', view: QueuesPage };
 const route = signal(location.hash.replace(/^#\/?/, '') || 'jobs');
@@ -55,7 +58,9 @@ function SignIn() {
 }
 
 function Shell() {
-  const page = PAGES[route.value] || PAGES.jobs;
+  const [name, ...rest] = route.value.split('/');
+  const arg = rest.join('/');
+  const page = (arg && PAGES[`${name}/`]) || PAGES[route.value] || PAGES.jobs;
   const s = session.value;
   useEffect(() => {
     document.title = `${page.title} · orch console`;
@@ -64,14 +69,14 @@ function Shell() {
     <header>
       <a class="brand" href="#/jobs">orch</a>
       <nav aria-label="Pages">
-        ${Object.entries(PAGES).map(([k, p]) => html`<a href=${`#/${k}`}
-          aria-current=${page === p ? 'page' : undefined}>${p.title}</a>`)}
+        ${Object.entries(PAGES).filter(([, p]) => !p.under).map(([k, p]) => html`<a href=${`#/${k}`}
+          aria-current=${page === p || page.under === k ? 'page' : undefined}>${p.title}</a>`)}
       </nav>
       <span class=${`live ${liveState.value}`} id="live" title="Live updates">${liveState.value}</span>
       <span class="who">${s.role}${s.tenant_id ? '' : ' (platform)'}</span>
       <button onClick=${() => signOut()} id="signout">Sign out</button>
     </header>
-    <main><${page.view} /></main>
+    <main><${page.view} arg=${arg} /></main>
   </div>`;
 }
 
