@@ -2,7 +2,8 @@
  * playwright-core: drain the real agent and see it shown as draining, enable it and see it
  * come back online from the event stream; create a queue, pause it, see a job wait in it,
  * resume it and see the job leave it, each change checked through the REST API as well; a
- * viewer's console shows no action buttons. Screenshots go to the directory given.
+ * queue past the tenant's quota refused with a clear message; a viewer's console shows no
+ * action buttons. Screenshots go to the directory given.
  *
  * usage: node agents.cjs BASE_URL ADMIN_KEY VIEWER_KEY SCREENSHOT_DIR
  * Run by test-browser.c, which starts orchd, PostgreSQL, RabbitMQ and an agent. Exits 0
@@ -140,6 +141,31 @@ async function main() {
       const r = document.querySelector(`${sel} [data-running]`);
       return q && r && q.textContent.trim() === '0' && r.textContent.trim() === '0';
     }, qrow);
+
+    step('a quota refusal reads as a clear message naming the quota');
+    const filled = [];
+    for (let i = 0; i < 200; i++) {
+      const res = await fetch(`${base}/api/v1/queues`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
+        body: JSON.stringify({ name: `fill-${i}` }),
+      });
+      if (res.status === 403) break;
+      if (res.status !== 201) throw new Error(`filling the queues quota: ${res.status} ${await res.text()}`);
+      filled.push((await res.json()).id);
+    }
+    const before = problems.length;
+    await page.fill('input[name=qname]', 'one-too-many');
+    await page.click('form.submit button[type=submit]');
+    const refusal = await (await page.waitForSelector('form.submit p.err')).textContent();
+    if (!/queue quota is exhausted/.test(refusal)) {
+      throw new Error(`the refusal reads: ${refusal}`);
+    }
+    await page.screenshot({ path: path.join(shots, 'quota-refused.png') });
+    /* Chromium logs the 403 itself as a console error: expected here, and only here. */
+    const later = problems.splice(before);
+    problems.push(...later.filter((m) => !/status of 403/.test(m)));
+    for (const id of filled) await call('DELETE', `/api/v1/queues/${id}`);
     await context.close();
 
     step('a viewer sees both pages and no action button');
