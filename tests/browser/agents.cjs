@@ -3,16 +3,17 @@
  * come back online from the event stream; create a queue, pause it, see a job wait in it,
  * resume it and see the job leave it, each change checked through the REST API as well; a
  * queue past the tenant's quota refused with a clear message; a viewer's console shows no
- * action buttons. Screenshots go to the directory given.
+ * action buttons, and nothing of another tenant's (its queue, its job, its job's page). Screenshots go to the directory given.
  *
- * usage: node agents.cjs BASE_URL ADMIN_KEY VIEWER_KEY SCREENSHOT_DIR
+ * usage: node agents.cjs BASE_URL ADMIN_KEY VIEWER_KEY SCREENSHOT_DIR OTHER_JOB OTHER_QUEUE
+ * (a job and a queue of another tenant, which this tenant's console must not show)
  * Run by test-browser.c, which starts orchd, PostgreSQL, RabbitMQ and an agent. Exits 0
  * when every step passed; prints what failed otherwise. */
 'use strict';
 const { chromium } = require('playwright-core');
 const path = require('path');
 
-const [base, adminKey, viewerKey, shots] = process.argv.slice(2);
+const [base, adminKey, viewerKey, shots, otherJob, otherQueue] = process.argv.slice(2);
 const CHROMIUM = process.env.ORCH_TEST_CHROMIUM || '/usr/lib/chromium/chromium';
 const STEP_MS = 15000;
 
@@ -184,6 +185,21 @@ async function main() {
     await vpage.waitForSelector(`${row} [data-status]`);
     const abuttons = await vpage.evaluate(() => document.querySelectorAll('main button').length);
     if (abuttons !== 0) throw new Error(`a viewer sees ${abuttons} buttons on the agents page`);
+
+    step("another tenant's queue, job and job page are not in this console");
+    await vpage.click('nav a[href="#/queues"]');
+    await vpage.waitForSelector(`${qrow} [data-paused]`);
+    if (await vpage.$(`tr[data-name="${otherQueue}"]`)) throw new Error('the other tenant\'s queue is listed');
+    await vpage.click('nav a[href="#/jobs"]');
+    await vpage.waitForSelector(`tr[data-job="${job.id}"]`);
+    if (await vpage.$(`tr[data-job="${otherJob}"]`)) throw new Error('the other tenant\'s job is listed');
+    const seen = problems.length;
+    await vpage.evaluate((id) => { location.hash = `#/jobs/${id}`; }, otherJob);
+    const notFound = await (await vpage.waitForSelector('main p.err')).textContent();
+    if (!/no such job/i.test(notFound)) throw new Error(`the other tenant's job page reads: ${notFound}`);
+    /* Chromium logs the 404 itself as a console error: expected here, and only here. */
+    const got = problems.splice(seen);
+    problems.push(...got.filter((m) => !/status of 404/.test(m)));
     await vctx.close();
 
     step('clean up');

@@ -99,15 +99,29 @@ static char *agents_key(const char *role)
 Test(browser, agents_drain_queues_pause_viewer_sees_no_buttons)
 {
     char *key = agents_key("admin"), *viewer = agents_key("viewer");
+    /* Another tenant's queue and waiting job, which the browser tenant's console must not
+     * show. */
+    char *other = th_tenant(&srv, op, "other", "standard");
+    char *other_admin = th_tenant_token(&srv, op, other, "admin");
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/queues", other_admin, "{\"name\":\"other-q\"}", NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    th_resp_free(&r);
+    th_http(&srv, "POST", "/api/v1/jobs", other_admin,
+            "{\"queue\":\"other-q\",\"command\":\"true\",\"requirements\":{\"nowhere\":\"x\"}}",
+            NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *other_job = strdup(th_str_of(&r, "id"));
+    th_resp_free(&r);
     const char *node = getenv("ORCH_TEST_NODE");
     const char *script = getenv("ORCH_TEST_BROWSER_AGENTS");
     const char *shots = getenv("ORCH_TEST_SCREENSHOTS");
     cr_assert(node && script && shots, "run through meson (the environment names node)");
-    char cmd[1280];
+    char cmd[1400];
     snprintf(cmd, sizeof(cmd),
              "mkdir -p '%s' && NODE_EXTRA_CA_CERTS='%s/tls/ca.pem' '%s' '%s' '%s' '%s' '%s' '%s' "
-             "2>&1",
-             shots, srv.dir, node, script, srv.base, key, viewer, shots);
+             "'%s' other-q 2>&1",
+             shots, srv.dir, node, script, srv.base, key, viewer, shots, other_job);
     FILE *p = popen(cmd, "r");
     cr_assert_not_null(p);
     char line[4096], out[16384] = "";
@@ -119,6 +133,9 @@ Test(browser, agents_drain_queues_pause_viewer_sees_no_buttons)
             used += (size_t)n;
     }
     int st = pclose(p);
+    free(other_job);
+    free(other_admin);
+    free(other);
     free(viewer);
     free(key);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the browser script failed:\n%s", out);
