@@ -41,7 +41,7 @@ static const struct store_stmt q_lock_one = STORE_STMT(
     "cron_lock_one",
     "SELECT cron, timezone, missed_policy, overlap_policy,"
     " extract(epoch FROM next_run_at)::bigint, job_template,"
-    " (SELECT q.name FROM queues q WHERE q.id = s.queue_id)"
+    " (SELECT q.name FROM queues q WHERE q.id = s.queue_id), name"
     " FROM schedules s WHERE id = $1 AND enabled AND next_run_at <= to_timestamp($2::bigint)"
     " FOR UPDATE SKIP LOCKED",
     2);
@@ -73,10 +73,10 @@ static const struct store_stmt q_advance =
 static const struct store_stmt q_event =
     STORE_STMT("cron_event",
                "SELECT webhook_emit(app_tenant(), $1, jsonb_build_object('schedule_id', $2::uuid,"
-               " 'name', (SELECT name FROM schedules WHERE id = $2::uuid),"
+               " 'name', $7::text,"
                " 'scheduled_for', to_timestamp($3::bigint), 'job_id', $4::uuid, 'reason', $5::text,"
                " 'next_run_at', to_timestamp($6::bigint)))",
-               6);
+               7);
 
 struct cron_fire {
     struct app *app;
@@ -89,6 +89,7 @@ struct firing {
     const char *status; /* "fired" | "skipped" */
     char reason[256];
     char job_id[ID_STR_LEN];
+    char name[72]; /* the schedule's, for its event */
 };
 
 /* The log line of a committed firing (its webhook event is recorded by record()). */
@@ -174,7 +175,7 @@ static int record(struct store_tx *tx, const char *id, const struct firing *f)
     const char *pa[] = {id, next};
     if (r >= 0)
         r = store_tx_exec(tx, &q_advance, pa, NULL);
-    const char *pe[] = {type, id, at, job, reason, next};
+    const char *pe[] = {type, id, at, job, reason, next, f->name};
     if (r >= 0)
         r = store_tx_exec(tx, &q_event, pe, NULL);
     return r;
@@ -216,6 +217,7 @@ static int fire_one(struct app *app, const char *tenant, const char *id, int64_t
         r = plan(&c, z, due, now, run_once, &f);
     if (r >= 0 && !job)
         r = -EINVAL;
+    snprintf(f.name, sizeof(f.name), "%s", PQgetvalue(res, 0, 7));
     if (r >= 0 && !PQgetisnull(res, 0, 6))
         json_object_set_new(job, "queue", json_string(PQgetvalue(res, 0, 6)));
     PQclear(res);
