@@ -12,7 +12,10 @@ SELECT s.id, s.tenant_id, json_build_object(
     'last_fired_at', f.fired_at,
     'last_firing', CASE WHEN f.schedule_id IS NULL THEN NULL ELSE json_build_object(
         'scheduled_for', f.scheduled_for, 'fired_at', f.fired_at, 'status', f.status,
-        'reason', f.reason, 'job_id', f.job_id) END,
+        'reason', f.reason, 'job_id', f.job_id,
+        -- The fired job's status now (null when skipped, or the job is gone): the console
+        -- shows a schedule's last result without a read per job.
+        'job_status', (SELECT j.status FROM jobs j WHERE j.id = f.job_id)) END,
     'created_at', s.created_at, 'updated_at', s.updated_at) AS doc
   FROM schedules s
   LEFT JOIN LATERAL (SELECT * FROM schedule_firings x WHERE x.schedule_id = s.id

@@ -385,6 +385,10 @@ Test(firing, fires_on_time_with_the_job_recorded)
     const char *jid =
         json_string_value(json_object_get(json_object_get(r.json, "last_firing"), "job_id"));
     cr_assert_not_null(jid);
+    /* The job's status comes with it: queued, as this server runs no agent. */
+    cr_assert_str_eq(
+        json_string_value(json_object_get(json_object_get(r.json, "last_firing"), "job_status")),
+        "queued", "%s", r.body);
     char job[ID_STR_LEN];
     snprintf(job, sizeof(job), "%s", jid);
     json_t *j = th_job(&srv, t, job);
