@@ -138,3 +138,90 @@ Test(browser, job_page_live_log_cancel_tail)
     browser_run("jobdetail.cjs", args, "");
     free(key);
 }
+
+/* The schedules page (schedules.cjs): a schedule that has fired, its job waiting in a paused
+ * queue (the script resumes it and watches the result change live), and another tenant's
+ * schedule, which must not show. */
+Test(browser, schedules_next_runs_disable_viewer_other_tenant)
+{
+    char *key = tenant_key("admin"), *viewer = tenant_key("viewer");
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/queues", admin, "{\"name\":\"sched-q\"}", NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *queue = strdup(th_str_of(&r, "id"));
+    th_resp_free(&r);
+    char path[128];
+    snprintf(path, sizeof(path), "/api/v1/queues/%s", queue);
+    th_http(&srv, "PATCH", path, admin, "{\"paused\":true}", NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    th_resp_free(&r);
+    /* Once a year, made due now: the scheduler fires it within its next round. */
+    th_http(&srv, "POST", "/api/v1/schedules", admin,
+            "{\"name\":\"fired-once\",\"cron\":\"0 0 1 1 *\",\"queue\":\"sched-q\","
+            "\"job\":{\"command\":\"true\"},\"overlap_policy\":\"skip\"}",
+            NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *fired = strdup(th_str_of(&r, "id"));
+    th_resp_free(&r);
+    PGconn *pg = th_pg_connect("orch_system", srv.db);
+    char q[256];
+    snprintf(q, sizeof(q), "UPDATE schedules SET next_run_at = now() WHERE id = '%s'", fired);
+    PQclear(th_pg_ok(pg, q));
+    snprintf(q, sizeof(q),
+             "SELECT count(*) FROM schedule_firings WHERE schedule_id = '%s' AND status = 'fired'",
+             fired);
+    for (int i = 0; i < 300 && th_pg_long(pg, q) < 1; i++) /* 15 s at most */
+        usleep(50000);
+    cr_assert_eq(th_pg_long(pg, q), 1, "the schedule did not fire within 15 s");
+    PQfinish(pg);
+
+    char *other = th_tenant(&srv, op, "other-s", "standard");
+    char *other_admin = th_tenant_token(&srv, op, other, "admin");
+    th_http(&srv, "POST", "/api/v1/schedules", other_admin,
+            "{\"name\":\"other-sched\",\"cron\":\"@daily\",\"job\":{\"command\":\"true\"}}", NULL,
+            &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    th_resp_free(&r);
+
+    char args[512], more[256];
+    snprintf(args, sizeof(args), "'%s' '%s'", key, viewer);
+    snprintf(more, sizeof(more), "'%s' '%s' other-sched", fired, queue);
+    browser_run("schedules.cjs", args, more);
+    free(other_admin);
+    free(other);
+    free(fired);
+    free(queue);
+    free(viewer);
+    free(key);
+}
+
+/* The webhooks page (webhooks.cjs): orchd again with private URLs allowed (the subscription
+ * points at a closed port on loopback) and two attempts a delivery, 1 s apart at most; another
+ * tenant's subscription, which must not show. */
+Test(browser, webhooks_deliveries_failures_resend_viewer_other_tenant)
+{
+    const char *extra[] = {"ORCHD_WEBHOOKS_ALLOW_PRIVATE=true", "ORCHD_WEBHOOKS_MAX_ATTEMPTS=2",
+                           "ORCHD_WEBHOOKS_RETRY_BASE=1s", "ORCHD_WEBHOOKS_POLL=100ms"};
+    for (size_t i = 0; i < sizeof(extra) / sizeof(extra[0]); i++)
+        snprintf(srv.env[srv.nenv++], sizeof(srv.env[0]), "%s", extra[i]);
+    th_server_restart(&srv, SIGTERM);
+    char *key = tenant_key("admin"), *viewer = tenant_key("viewer");
+    char *other = th_tenant(&srv, op, "other-w", "standard");
+    char *other_admin = th_tenant_token(&srv, op, other, "admin");
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/webhooks", other_admin,
+            "{\"url\":\"https://127.0.0.1:2/other-tenant\",\"events\":[\"job.queued\"]}", NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *other_hook = strdup(th_str_of(&r, "id"));
+    th_resp_free(&r);
+
+    char args[512], more[256];
+    snprintf(args, sizeof(args), "'%s' '%s'", key, viewer);
+    snprintf(more, sizeof(more), "'%s' other-tenant", other_hook);
+    browser_run("webhooks.cjs", args, more);
+    free(other_hook);
+    free(other_admin);
+    free(other);
+    free(viewer);
+    free(key);
+}

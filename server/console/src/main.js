@@ -10,12 +10,18 @@ import { JobsPage } from './jobs.js';
 import { AgentsPage } from './agents.js';
 import { QueuesPage } from './queues.js';
 import { JobPage } from './jobdetail.js';
+import { SchedulesPage } from './schedules.js';
+import { WebhooksPage } from './webhooks.js';
 
 const PAGES = { jobs: { title: 'Jobs', view: JobsPage },
   /* #/jobs/<id>: a page under another, not in the navigation. */
   'jobs/': { title: 'Job', view: JobPage, under: 'jobs' } };
 PAGES.agents = { title: 'Agents', view: AgentsPage };
 PAGES.queues = { title: 'Queues', view: QueuesPage };
+PAGES.schedules = { title: 'Schedules', view: SchedulesPage };
+PAGES.webhooks = { title: 'Webhooks', view: WebhooksPage };
+/* #/webhooks/<id>: the same page with that subscription's deliveries. */
+PAGES['webhooks/'] = { title: 'Webhooks', view: WebhooksPage, under: 'webhooks' };
 const route = signal(location.hash.replace(/^#\/?/, '') || 'jobs');
 addEventListener('hashchange', () => {
   route.value = location.hash.replace(/^#\/?/, '') || 'jobs';
