@@ -66,6 +66,15 @@ function watch(page, problems) {
 const parisHm = (iso) => new Intl.DateTimeFormat('en-GB', { timeZone: 'Europe/Paris',
   hour: '2-digit', minute: '2-digit', hourCycle: 'h23' }).format(new Date(iso));
 
+/* A screenshot of the page down to the end of main's content (the docs use these: no empty
+ * space below). */
+async function shot(page, name) {
+  const h = await page.evaluate(() => Math.ceil(document.querySelector('main').getBoundingClientRect().bottom));
+  const vp = page.viewportSize();
+  await page.screenshot({ path: path.join(shots, name),
+    clip: { x: 0, y: 0, width: vp.width, height: Math.min(vp.height, h) } });
+}
+
 async function main() {
   const t0 = Date.now();
   ({ access_token: token } = await call('POST', '/api/v1/auth/token', { key: adminKey }));
@@ -125,7 +134,7 @@ async function main() {
     await call('PATCH', `/api/v1/queues/${queueId}`, { paused: false });
     await page.waitForSelector(`${frow} [data-job-status=succeeded]`);
     if (!(await page.evaluate(() => window.__noReload === true))) throw new Error('the page reloaded');
-    await page.screenshot({ path: path.join(shots, 'schedules.png') });
+    await shot(page, 'schedules.png');
 
     step('disable it in the page: the API says disabled, with no next run');
     await page.click(`${row} button[data-action=disable]`);

@@ -282,7 +282,7 @@ function DeliveryRow({ d }) {
       : html`<span class="empty">none</span>`}</td>
     <td><time datetime=${d.created_at}>${localTime(d.created_at)}</time></td>
     <td>${d.delivered_at ? html`<time datetime=${d.delivered_at}>${localTime(d.delivered_at)}</time>`
-      : html`<span class="empty">not yet</span>`}</td>
+      : html`<span class="empty">${d.status === 'failed' ? 'never' : 'not yet'}</span>`}</td>
     <td class="acts">${canAdmin() && html`<button class="small alt" data-action="resend"
       onClick=${() => resend(d)} aria-label=${`Resend the ${d.type} event`}>Resend</button>`}</td>
   </tr>`;
