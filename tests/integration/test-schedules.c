@@ -522,6 +522,17 @@ Test(firing, missed_runs_skip_or_run_once)
              " AND payload->'data'->>'reason' LIKE 'missed: 4 firing times%%'"
              " AND payload->'data'->>'job_id' IS NULL");
     cr_assert_eq(th_pg_long(pg, q), 1, "the skipped event says why");
+    /* Through the API: a skip has no job, and so no job status. */
+    char path[128];
+    snprintf(path, sizeof(path), "/api/v1/schedules/%s", skip);
+    struct th_resp r;
+    th_http(&srv, "GET", path, t, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    json_t *last = json_object_get(r.json, "last_firing");
+    cr_assert_str_eq(json_string_value(json_object_get(last, "status")), "skipped", "%s", r.body);
+    cr_assert(json_is_null(json_object_get(last, "job_id")), "%s", r.body);
+    cr_assert(json_is_null(json_object_get(last, "job_status")), "%s", r.body);
+    th_resp_free(&r);
     th_server_stop_peer(&sched);
     PQfinish(pg);
     free(skip);
