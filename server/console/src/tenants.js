@@ -93,7 +93,7 @@ function Create() {
     html`<span class="err field-err" id=${`err-${k}`} data-field-error=${k}>${fieldErr[k]}</span>`;
   return html`<form class="submit" onSubmit=${submit} aria-label="Create a tenant">
     <label>Name (slug) <input name="slug" required maxlength="63" value=${v.slug}
-      onInput=${set('slug')} placeholder="acme" size="14" ...${field('slug')} />${errOf('slug')}</label>
+      onInput=${set('slug')} placeholder="acme" size="20" ...${field('slug')} />${errOf('slug')}</label>
     <label>Display name <input name="display_name" maxlength="200" value=${v.display_name}
       onInput=${set('display_name')} placeholder="Acme Corp" size="18"
       ...${field('display_name')} />${errOf('display_name')}</label>
