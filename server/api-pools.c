@@ -21,7 +21,7 @@
 static const struct store_stmt q_pool_doc =
     STORE_STMT("pool_doc", "SELECT doc FROM pool_view WHERE id = $1", 1);
 
-/* The pool with its agents, how busy each is. */
+/* The pool with its agents, how busy each is, and their labels. */
 static const struct store_stmt q_pool_detail = STORE_STMT(
     "pool_detail",
     "SELECT v.doc::jsonb || jsonb_build_object('agents', coalesce((SELECT jsonb_agg("
@@ -29,7 +29,7 @@ static const struct store_stmt q_pool_detail = STORE_STMT(
     "   'connected', a.gateway_node IS NOT NULL, 'slots', a.slots,"
     "   'slots_in_use', (SELECT count(*) FROM jobs j WHERE j.agent_id = a.id"
     "                     AND j.status IN ('assigned', 'running')),"
-    "   'last_heartbeat_at', a.last_heartbeat_at) ORDER BY a.name)"
+    "   'last_heartbeat_at', a.last_heartbeat_at, 'labels', a.labels) ORDER BY a.name)"
     "  FROM agents a WHERE a.pool_id = v.id), '[]'))"
     " FROM pool_view v WHERE v.id = $1",
     1);

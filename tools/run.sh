@@ -138,6 +138,7 @@ orch is up.
 
   API          $base   (TLS, development CA: $ca)
   console      $base/console/   (sign in with the key in $state/demo-admin-key; docs/console.md)
+               (or, as the platform operator, with $state/operator-token: tenants and pools)
   log          $state/orchd.log
   PostgreSQL   $ORCH_PG_APP_URL (tenants), $ORCH_PG_SYSTEM_URL (system scope)
   RabbitMQ     $ORCH_AMQP_URL

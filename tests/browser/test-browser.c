@@ -223,5 +223,15 @@ Test(browser, webhooks_deliveries_failures_resend_viewer_other_tenant)
     free(other_admin);
     free(other);
     free(viewer);
+/* The platform operator's console: signed in with the operator token itself (orch_op_…),
+ * the tenants and pools pages, and a tenant's console without them (tests/browser/
+ * operator.cjs). */
+Test(browser, operator_tenants_pools_suspend_resume)
+{
+    char *key = tenant_key("admin");
+    char args[512], more[64];
+    snprintf(args, sizeof(args), "'%s' '%s'", srv.operator_token, key);
+    snprintf(more, sizeof(more), "'%s'", tenant);
+    browser_run("operator.cjs", args, more);
     free(key);
 }

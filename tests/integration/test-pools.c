@@ -235,7 +235,9 @@ Test(pools, a_pool_agent_is_the_platforms_and_reads_only_packages_of_jobs_it_hol
 
     /* A scripted agent (no process, never online): registered through the API. */
     char reg[512];
-    snprintf(reg, sizeof(reg), "{\"token\":\"%s\",\"name\":\"scripted\",\"slots\":2}", tok);
+    snprintf(reg, sizeof(reg),
+             "{\"token\":\"%s\",\"name\":\"scripted\",\"slots\":2,\"labels\":{\"site\":\"fra1\"}}",
+             tok);
     struct th_resp r;
     th_http(&srv, "POST", "/api/v1/agents/register", NULL, reg, NULL, &r);
     cr_assert_eq(r.status, 201, "%s", r.body);
@@ -269,6 +271,8 @@ Test(pools, a_pool_agent_is_the_platforms_and_reads_only_packages_of_jobs_it_hol
     cr_assert_eq(json_integer_value(json_object_get(a0, "slots")), 2);
     cr_assert_eq(json_integer_value(json_object_get(a0, "slots_in_use")), 0);
     cr_assert_str_eq(json_string_value(json_object_get(a0, "status")), "offline");
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(a0, "labels"), "site")),
+                     "fra1", "%s", r.body);
     th_resp_free(&r);
     th_http(&srv, "DELETE", path, op, NULL, NULL, &r);
     cr_assert_eq(r.status, 409, "%s", r.body);

@@ -70,6 +70,11 @@ export async function api(method, path, body) {
   return res.json();
 }
 
+/* A platform operator's session (an operator token, `orch_op_…`): no tenant, so none of the
+ * tenant routes (jobs, agents, queues, the event stream) answer it; the tenants and pools
+ * pages do. */
+export const isPlatform = () => !!session.value && session.value.role === 'platform';
+
 export const canOperate = () => {
   const r = session.value && session.value.role;
   return r === 'operator' || r === 'admin';
@@ -161,7 +166,8 @@ async function runStream(s) {
 
 session.subscribe((s) => {
   if (streamFor && streamFor !== s && streamAbort) streamAbort.abort();
-  if (s && streamFor !== s) {
+  /* The stream is a tenant's: a platform token gets 403, so it is not opened at all. */
+  if (s && streamFor !== s && s.role !== 'platform') {
     streamFor = s;
     runStream(s);
   }

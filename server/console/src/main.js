@@ -5,13 +5,15 @@ import { html } from 'htm/preact';
 import { render } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
 import { signal } from '@preact/signals';
-import { ended, liveState, session, signIn, signOut } from './api.js';
+import { ended, isPlatform, liveState, session, signIn, signOut } from './api.js';
 import { JobsPage } from './jobs.js';
 import { AgentsPage } from './agents.js';
 import { QueuesPage } from './queues.js';
 import { JobPage } from './jobdetail.js';
 import { SchedulesPage } from './schedules.js';
 import { WebhooksPage } from './webhooks.js';
+import { TenantsPage } from './tenants.js';
+import { PoolsPage } from './pools.js';
 
 const PAGES = { jobs: { title: 'Jobs', view: JobsPage },
   /* #/jobs/<id>: a page under another, not in the navigation. */
@@ -22,10 +24,21 @@ PAGES.schedules = { title: 'Schedules', view: SchedulesPage };
 PAGES.webhooks = { title: 'Webhooks', view: WebhooksPage };
 /* #/webhooks/<id>: the same page with that subscription's deliveries. */
 PAGES['webhooks/'] = { title: 'Webhooks', view: WebhooksPage, under: 'webhooks' };
+/* A page's `scope`: 'platform' (an operator token's session only), 'any', or by default
+ * 'tenant' (the tenant routes answer a platform token 403, so it never sees those pages). */
+PAGES.tenants = { title: 'Tenants', view: TenantsPage, scope: 'platform' };
+PAGES.pools = { title: 'Pools', view: PoolsPage, scope: 'platform' };
 const route = signal(location.hash.replace(/^#\/?/, '') || 'jobs');
 addEventListener('hashchange', () => {
   route.value = location.hash.replace(/^#\/?/, '') || 'jobs';
 });
+
+/* Whether this session may see the page, and the page it starts on: the first it may see. */
+function forSession(p) {
+  const scope = p.scope || 'tenant';
+  return scope === 'any' || scope === (isPlatform() ? 'platform' : 'tenant');
+}
+const home = () => Object.keys(PAGES).find((k) => !PAGES[k].under && forSession(PAGES[k]));
 
 function SignIn() {
   const [key, setKey] = useState('');
@@ -52,9 +65,9 @@ function SignIn() {
       Sign in again to go on.</div>`}
     ${why === 'signed-out' && html`<p class="notice" role="status">You have signed out.</p>`}
     <form onSubmit=${submit}>
-      <label for="key">API key</label>
+      <label for="key">API key or operator token</label>
       <input id="key" name="key" type="password" autocomplete="off" required
-        value=${key} onInput=${(e) => setKey(e.target.value)} placeholder="orch_ak_…" />
+        value=${key} onInput=${(e) => setKey(e.target.value)} placeholder="orch_ak_… or orch_op_…" />
       <button type="submit" disabled=${busy}>Sign in</button>
       ${err && html`<p class="err" role="alert">${err}</p>`}
       <p class="hint">The key is exchanged for a short-lived token, kept in this tab's memory
@@ -66,20 +79,23 @@ function SignIn() {
 function Shell() {
   const [name, ...rest] = route.value.split('/');
   const arg = rest.join('/');
-  const page = (arg && PAGES[`${name}/`]) || PAGES[route.value] || PAGES.jobs;
   const s = session.value;
+  const start = home();
+  let page = (arg && PAGES[`${name}/`]) || PAGES[route.value];
+  if (!page || !forSession(page)) page = PAGES[start];
   useEffect(() => {
     document.title = `${page.title} · orch console`;
   }, [page]);
   return html`<div class="shell">
     <header>
-      <a class="brand" href="#/jobs">orch</a>
+      <a class="brand" href=${`#/${start}`}>orch</a>
       <nav aria-label="Pages">
-        ${Object.entries(PAGES).filter(([, p]) => !p.under).map(([k, p]) => html`<a href=${`#/${k}`}
+        ${Object.entries(PAGES).filter(([, p]) => !p.under && forSession(p)).map(([k, p]) => html`<a href=${`#/${k}`}
           aria-current=${page === p || page.under === k ? 'page' : undefined}>${p.title}</a>`)}
       </nav>
-      <span class=${`live ${liveState.value}`} id="live" title="Live updates">${liveState.value}</span>
-      <span class="who">${s.role}${s.tenant_id ? '' : ' (platform)'}</span>
+      ${!isPlatform() && html`<span class=${`live ${liveState.value}`} id="live"
+        title="Live updates">${liveState.value}</span>`}
+      <span class="who" id="who">${isPlatform() ? 'platform operator' : s.role}</span>
       <button onClick=${() => signOut()} id="signout">Sign out</button>
     </header>
     <main><${page.view} arg=${arg} /></main>
