@@ -223,6 +223,9 @@ Test(browser, webhooks_deliveries_failures_resend_viewer_other_tenant)
     free(other_admin);
     free(other);
     free(viewer);
+    free(key);
+}
+
 /* The platform operator's console: signed in with the operator token itself (orch_op_…),
  * the tenants and pools pages, and a tenant's console without them (tests/browser/
  * operator.cjs). */
