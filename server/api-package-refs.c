@@ -277,6 +277,15 @@ void api_package_channel_put(struct http_req *req)
     const char *pu[] = {name, channel, id};
     if (r >= 0)
         r = store_tx_exec(tx, &q_chan_upsert, pu, NULL);
+    if (r == -ENOENT) {
+        /* The version was deleted since it was read (its foreign key said so). */
+        store_tx_rollback(tx);
+        char detail[256];
+        snprintf(detail, sizeof(detail), "package %s has no version %s", name, version);
+        http_reply_problem(req, PROBLEM_VALIDATION, detail, "version");
+        json_decref(body);
+        return;
+    }
     if (r >= 0) {
         char obj[PKGREF_NAME_MAX + PKGREF_CHANNEL_MAX + 2];
         snprintf(obj, sizeof(obj), "%s@%s", name, channel);
