@@ -544,3 +544,29 @@ Test(pkgrefs, another_tenants_references_resolve_to_nothing)
     free(t2);
     free(mine);
 }
+
+/* PostgreSQL's sort key orders versions as the SemVer 2.0 specification's own examples
+ * (section 11), whatever order they come in; build metadata does not count, and a string
+ * that is not a semantic version has no key. */
+Test(pkgrefs, the_sort_key_is_semver_precedence)
+{
+    PGconn *pg = th_pg_connect("orch_system", srv.db);
+    PGresult *res = th_pg_ok(
+        pg, "SELECT string_agg(v, ' ' ORDER BY package_semver_key(v), v) FROM unnest(ARRAY["
+            "'1.0.0-beta.11', '1.0.0', '2.1.1', '1.0.0-alpha.beta', '1.0.0-rc.1', '2.0.0',"
+            " '1.0.0-alpha', '1.0.0-beta', '1.0.0-beta.2', '1.0.0-alpha.1', '2.1.0',"
+            " '1.0.0-alpha.10', '1.0.0-alpha.9', '1.9.0', '1.10.0', '1.0.0-1', '1.0.0-a-b']) v");
+    cr_assert_str_eq(PQgetvalue(res, 0, 0),
+                     "1.0.0-1 1.0.0-a-b 1.0.0-alpha 1.0.0-alpha.1 1.0.0-alpha.9 1.0.0-alpha.10 "
+                     "1.0.0-alpha.beta 1.0.0-beta 1.0.0-beta.2 1.0.0-beta.11 1.0.0-rc.1 1.0.0 "
+                     "1.9.0 1.10.0 2.0.0 2.1.0 2.1.1");
+    PQclear(res);
+    cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM (SELECT 1 WHERE package_semver_key("
+                                "'1.0.0+build.1') = package_semver_key('1.0.0+zzz')) x"),
+                 1);
+    cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM unnest(ARRAY['1', '1.0', 'v1.0.0',"
+                                " '01.0.0', '1.0.0-01', '1.0.0-']) v"
+                                " WHERE package_semver_key(v) IS NULL"),
+                 6);
+    PQfinish(pg);
+}
