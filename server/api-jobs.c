@@ -23,6 +23,7 @@
 #include "server/app.h"
 #include "server/metrics-orch.h"
 #include "server/gateway.h"
+#include "server/pkgref.h"
 #include "server/bus.h"
 
 #define JOBS_BATCH_MAX 1000
@@ -39,15 +40,15 @@ static const struct store_stmt q_queue_by_name =
 static const struct store_stmt q_job_insert = STORE_STMT(
     "job_insert",
     "INSERT INTO jobs (id, tenant_id, queue_id, priority, command, package_id, entrypoint, args,"
-    " env, params, requirements, timeout_ms, max_attempts, idempotency_key)"
+    " env, params, requirements, timeout_ms, max_attempts, idempotency_key, package_ref)"
     " VALUES ($1, app_tenant(), $2::uuid, $3::int, $4, $5::uuid,"
     " coalesce($6, (SELECT entrypoint FROM packages WHERE id = $5::uuid)), coalesce($7::jsonb, "
     "'[]'),"
     " coalesce($8::jsonb, '{}'), $9::jsonb, coalesce($10::jsonb, '{}'),"
-    " coalesce($11::bigint, 3600000), coalesce($12::int, 3), $13)"
+    " coalesce($11::bigint, 3600000), coalesce($12::int, 3), $13, $14)"
     " ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
     " RETURNING id",
-    13);
+    14);
 
 static const struct store_stmt q_job_package =
     STORE_STMT("job_package", "SELECT entrypoint FROM packages WHERE id = $1", 1);
@@ -59,6 +60,7 @@ static const struct jsonv_field job_fields[] = {
     {"queue", JSONV_STRING, 0, 1, API_QUEUE_NAME_MAX},
     {"command", JSONV_STRING, 0, 1, PROTO_JOB_COMMAND_MAX},
     {"package_id", JSONV_UUID, 0, 0, 0},
+    {"package", JSONV_STRING, 0, 1, PKGREF_MAX},
     {"entrypoint", JSONV_STRING, 0, 1, PROTO_JOB_ENTRYPOINT_MAX},
     {"args", JSONV_ARRAY, 0, 0, PROTO_JOB_ARGS_MAX},
     {"env", JSONV_OBJECT, 0, 0, PROTO_JOB_ENV_MAX},
@@ -151,17 +153,29 @@ int api_jobs_check(const json_t *job, const char *prefix, char *field, size_t fl
         return -EINVAL;
     }
     bool cmd = json_object_get(job, "command") != NULL;
-    bool pkg = json_object_get(job, "package_id") != NULL;
+    bool by_id = json_object_get(job, "package_id") != NULL;
+    const char *ref = api_json_str(job, "package");
+    bool pkg = by_id || ref;
+    if (by_id && ref) {
+        snprintf(field, flen, "%spackage", prefix);
+        snprintf(detail, dlen, "give package or package_id, not both");
+        return -EINVAL;
+    }
     if (cmd == pkg) {
         snprintf(field, flen, "%scommand", prefix);
-        snprintf(detail, dlen, "give either command or package_id");
+        snprintf(detail, dlen, "give either command or a package (package or package_id)");
+        return -EINVAL;
+    }
+    struct pkgref pr;
+    if (ref && pkgref_parse(ref, &pr, detail, dlen) < 0) {
+        snprintf(field, flen, "%spackage", prefix);
         return -EINVAL;
     }
     const char *entry = api_json_str(job, "entrypoint");
     if (entry && (!pkg || !relpath_is_safe(entry))) {
         snprintf(field, flen, "%sentrypoint", prefix);
         snprintf(detail, dlen, "%s",
-                 !pkg ? "only with package_id"
+                 !pkg ? "only with a package"
                       : "must be a relative path in the package (A-Z a-z 0-9 _ . - /, no ..)");
         return -EINVAL;
     }
@@ -223,8 +237,21 @@ int api_jobs_insert(struct store_tx *tx, const json_t *job, char id_out[ID_STR_L
         }
     }
     /* A package job: the package must be the tenant's, and it or the job names the
-     * entrypoint. */
+     * entrypoint. A reference is resolved now, once: the job keeps the reference as given
+     * and runs the exact package it named at this moment. */
     const char *pkg = api_json_str(job, "package_id");
+    const char *ref = api_json_str(job, "package");
+    char ref_id[ID_STR_LEN];
+    if (ref) {
+        r = api_package_ref_resolve(tx, ref, ref_id, detail, dlen);
+        if (r == -EINVAL)
+            snprintf(field, flen, "%spackage", prefix);
+        if (r < 0) {
+            json_decref(reqs);
+            return r;
+        }
+        pkg = ref_id;
+    }
     if (pkg) {
         PGresult *res = NULL;
         const char *p[] = {pkg};
@@ -232,7 +259,10 @@ int api_jobs_insert(struct store_tx *tx, const json_t *job, char id_out[ID_STR_L
         bool has_entry = r > 0 && !PQgetisnull(res, 0, 0);
         PQclear(res);
         if (r >= 0 && (r == 0 || (!has_entry && !api_json_str(job, "entrypoint")))) {
-            snprintf(field, flen, "%s%s", prefix, r == 0 ? "package_id" : "entrypoint");
+            snprintf(field, flen, "%s%s", prefix,
+                     r != 0 ? "entrypoint"
+                     : ref  ? "package"
+                            : "package_id");
             snprintf(detail, dlen, "%s",
                      r == 0 ? "no package with this id"
                             : "is required: the package has no default entrypoint");
@@ -266,7 +296,7 @@ int api_jobs_insert(struct store_tx *tx, const json_t *job, char id_out[ID_STR_L
                        in.queue_id[0] ? in.queue_id : NULL,
                        in.priority[0] ? in.priority : "0",
                        api_json_str(job, "command"),
-                       api_json_str(job, "package_id"),
+                       pkg,
                        api_json_str(job, "entrypoint"),
                        in.args,
                        in.env,
@@ -274,12 +304,13 @@ int api_jobs_insert(struct store_tx *tx, const json_t *job, char id_out[ID_STR_L
                        in.requirements,
                        in.timeout[0] ? in.timeout : NULL,
                        in.attempts[0] ? in.attempts : NULL,
-                       key};
+                       key,
+                       ref};
     r = store_tx_exec(tx, &q_job_insert, p, NULL);
     job_input_free(&in);
     if (r < 0) {
         if (r == -ENOENT) {
-            snprintf(field, flen, "%spackage_id", prefix);
+            snprintf(field, flen, "%s%s", prefix, ref ? "package" : "package_id");
             snprintf(detail, dlen, "no package with this id");
         }
         return r;
@@ -422,6 +453,7 @@ void api_jobs_submit(struct http_req *req)
         {"params", JSONV_ANY, 0, 0, 0},       {"requirements", JSONV_ANY, 0, 0, 0},
         {"priority", JSONV_ANY, 0, 0, 0},     {"timeout_ms", JSONV_ANY, 0, 0, 0},
         {"max_attempts", JSONV_ANY, 0, 0, 0}, {"idempotency_key", JSONV_ANY, 0, 0, 0},
+        {"package", JSONV_ANY, 0, 0, 0},
     };
     json_t *body = NULL;
     if (http_req_json(req, any, ELEMENTSOF(any), &body) < 0)

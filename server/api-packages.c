@@ -3,7 +3,6 @@
  * and count against the tier's storage quota; a package is a name and version naming a
  * blob, with an optional default entrypoint. Agents fetch the bytes over their connection
  * and keep them in their cache (docs/agent.md). */
-#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +14,7 @@
 #include "server/api.h"
 #include "server/app.h"
 #include "server/blobcache.h"
+#include "server/pkgref.h"
 
 static const struct store_stmt q_pkg_doc =
     STORE_STMT("pkg_doc", "SELECT doc FROM package_view WHERE id = $1", 1);
@@ -26,6 +26,24 @@ static const struct store_stmt q_pkg_list = STORE_STMT(
     " FROM (SELECT id, doc FROM package_view WHERE ($1::uuid IS NULL OR id > $1::uuid)"
     "         AND ($3::text IS NULL OR name = $3)"
     "        ORDER BY id LIMIT $2) s",
+    3);
+
+/* The versions of one package, newest first by semantic-version precedence
+ * (package_semver_key(), sql/functions/45_packages.sql; a version that is not a semantic
+ * one, from before 0020, sorts last), then by the version's text; the cursor is the last
+ * package of the page. */
+#define PKG_ORDER_KEY "coalesce(package_semver_key(v.version), ''), v.version COLLATE \"C\", v.id"
+static const struct store_stmt q_pkg_list_name = STORE_STMT(
+    "pkg_list_name",
+    "SELECT json_build_object('items', coalesce(json_agg(doc ORDER BY k DESC, ver DESC, id DESC),"
+    " '[]'), 'next_cursor', CASE WHEN count(*) = $2 THEN"
+    " (array_agg(id ORDER BY k, ver, id))[1] END)"
+    " FROM (SELECT v.id, v.doc, coalesce(package_semver_key(v.version), '') AS k,"
+    "              v.version COLLATE \"C\" AS ver FROM package_view v"
+    "        WHERE v.name = $3 AND ($1::uuid IS NULL OR (" PKG_ORDER_KEY ") <"
+    "              (SELECT coalesce(package_semver_key(c.version), ''), c.version COLLATE \"C\","
+    "                      c.id FROM packages c WHERE c.id = $1::uuid))"
+    "        ORDER BY k DESC, ver DESC, v.id DESC LIMIT $2) s",
     3);
 
 /* The storage quota counts a blob once: only new bytes are charged. */
@@ -47,12 +65,10 @@ static const struct store_stmt q_pkg_insert =
                " VALUES ($1, app_tenant(), $2, $3, decode($4, 'hex'), $5::bigint, $6)",
                6);
 
-/* The package locked against new jobs referring to it, and how many do. */
-static const struct store_stmt q_pkg_lock =
-    STORE_STMT("pkg_lock",
-               "SELECT encode(sha256, 'hex'), (SELECT count(*) FROM jobs WHERE package_id = $1)"
-               "  FROM packages WHERE id = $1 FOR UPDATE",
-               1);
+/* The package locked against new jobs and channels referring to it (their foreign keys
+ * wait for this lock), so that what api_package_refs_holding() counts stays true. */
+static const struct store_stmt q_pkg_lock = STORE_STMT(
+    "pkg_lock", "SELECT encode(sha256, 'hex') FROM packages WHERE id = $1 FOR UPDATE", 1);
 
 static const struct store_stmt q_pkg_delete =
     STORE_STMT("pkg_delete", "DELETE FROM packages WHERE id = $1", 1);
@@ -84,24 +100,12 @@ static const struct store_stmt q_pkg_blob = STORE_STMT(
 
 static bool valid_name(const char *s)
 {
-    size_t n = strlen(s);
-    if (n < 1 || n > 128 || !isalnum((unsigned char)s[0]))
-        return false;
-    for (size_t i = 1; i < n; i++)
-        if (!isalnum((unsigned char)s[i]) && !strchr("_.-", s[i]))
-            return false;
-    return true;
+    return pkgref_name_valid(s);
 }
 
 static bool valid_version(const char *s)
 {
-    size_t n = strlen(s);
-    if (n < 1 || n > 64)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!isalnum((unsigned char)s[i]) && !strchr("_.+-", s[i]))
-            return false;
-    return true;
+    return pkgref_version_valid(s);
 }
 
 /* A tar archive (ustar magic at 257) or a gzip stream (1f 8b). */
@@ -143,7 +147,10 @@ void api_packages_create(struct http_req *req)
     }
     if (!version || !valid_version(version)) {
         http_reply_problem(req, PROBLEM_VALIDATION,
-                           "required: 1 to 64 characters of A-Z a-z 0-9 _ . + -", "version");
+                           "required: a semantic version of at most 64 characters "
+                           "(MAJOR.MINOR.PATCH, optionally -PRERELEASE and +BUILD: 1.4.0, "
+                           "2.0.0-rc.1)",
+                           "version");
         return;
     }
     if (entry && !relpath_is_safe(entry)) {
@@ -209,8 +216,8 @@ void api_packages_list(struct http_req *req)
         http_reply_problem(req, PROBLEM_VALIDATION, "is not a package name", "name");
         return;
     }
-    api_list_page_with(req, &q_pkg_list, http_req_principal(req)->tenant_id, "listing packages",
-                       name);
+    api_list_page_with(req, name ? &q_pkg_list_name : &q_pkg_list,
+                       http_req_principal(req)->tenant_id, "listing packages", name);
 }
 
 void api_packages_get(struct http_req *req)
@@ -307,20 +314,19 @@ void api_packages_delete(struct http_req *req)
         return;
     }
     char hex[65] = "";
-    long long jobs = 0;
-    if (r > 0) {
+    if (r > 0)
         snprintf(hex, sizeof(hex), "%s", PQgetvalue(res, 0, 0));
-        jobs = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
-    }
     PQclear(res);
-    if (jobs > 0) {
+    char detail[512];
+    if (r > 0)
+        r = api_package_refs_holding(tx, id, detail, sizeof(detail));
+    if (r > 0) {
         store_tx_rollback(tx);
-        char detail[160];
-        snprintf(detail, sizeof(detail),
-                 "%lld job(s) refer to this package; it stays as long as they exist", jobs);
         http_reply_problem(req, PROBLEM_CONFLICT, detail, NULL);
         return;
     }
+    if (r == 0)
+        r = 1;
     if (r > 0)
         r = store_tx_exec(tx, &q_pkg_delete, p, NULL);
     const char *pg[] = {hex};

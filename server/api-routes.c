@@ -120,6 +120,14 @@ const struct http_route api_routes[] = {
     {HTTP_GET, "/console/", HTTP_AUTH_NONE, api_console_index, 0, 0},
     {HTTP_GET, "/console/{asset}", HTTP_AUTH_NONE, api_console_asset, 0, 0},
     {HTTP_GET, V1 "/events", HTTP_AUTH_TENANT_VIEWER, api_events_stream, 0, 0},
+
+    /* A package's channels (docs/packages.md, "References and channels"). */
+    {HTTP_GET, V1 "/packages/{name}/channels", HTTP_AUTH_TENANT_VIEWER, api_package_channels_list,
+     0, 0},
+    {HTTP_PUT, V1 "/packages/{name}/channels/{channel}", HTTP_AUTH_TENANT_OPERATOR,
+     api_package_channel_put, 4096, 0},
+    {HTTP_DELETE, V1 "/packages/{name}/channels/{channel}", HTTP_AUTH_TENANT_OPERATOR,
+     api_package_channel_delete, 0, 0},
 };
 
 const size_t api_nroutes = ELEMENTSOF(api_routes);

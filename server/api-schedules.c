@@ -308,6 +308,23 @@ static int sched_queue(struct store_tx *tx, struct sched_input *in)
     return r < 0 ? r : r == 1 ? 0 : -ENOENT;
 }
 
+/* The package reference of the body's job template, if any, must resolve now (each firing
+ * resolves it again: a moved channel or a new latest is what that firing runs). Returns 0,
+ * 1 after rolling back and replying 422 (job.package), or a store error. */
+static int sched_package(struct http_req *req, struct store_tx *tx, const json_t *body)
+{
+    const char *ref = api_json_str(json_object_get(body, "job"), "package");
+    if (!ref)
+        return 0;
+    char id[ID_STR_LEN], detail[256];
+    int r = api_package_ref_resolve(tx, ref, id, detail, sizeof(detail));
+    if (r != -EINVAL)
+        return r;
+    store_tx_rollback(tx);
+    http_reply_problem(req, PROBLEM_VALIDATION, detail, "job.package");
+    return 1;
+}
+
 #define SCHED_PARAMS 12
 static void sched_params(const char *id, const struct sched_input *in, const char *p[SCHED_PARAMS])
 {
@@ -351,6 +368,8 @@ void api_schedules_create(struct http_req *req)
     r = store_tx_exec(tx, &q_quota_schedules, NULL, NULL);
     if (r >= 0)
         r = sched_queue(tx, &in);
+    if (r >= 0 && (r = sched_package(req, tx, body)) > 0)
+        goto out;
     sched_params(id, &in, p);
     if (r >= 0)
         r = store_tx_exec(tx, &q_sched_insert, p, NULL);
@@ -404,6 +423,8 @@ void api_schedules_update(struct http_req *req)
     PQclear(cur);
     if (r >= 0)
         r = sched_queue(tx, &in);
+    if (r >= 0 && (r = sched_package(req, tx, body)) > 0)
+        goto out;
     const char *p[SCHED_PARAMS];
     sched_params(id, &in, p);
     if (r >= 0)

@@ -211,3 +211,18 @@ void api_agent_job_logs(struct http_req *req);
 void api_agent_job_result(struct http_req *req);
 /* POST /api/v1/agent/sync: heartbeat, reports and the long-poll in one exchange. */
 void api_agent_sync(struct http_req *req);
+
+/* package references and channels (api-package-refs.c, docs/packages.md) */
+/* The package the reference ref names (name@version|latest|<channel>|sha256:<hex>), in tx
+ * (a tenant's scope). 0 with id_out filled; -EINVAL with detail saying why (bad syntax, no
+ * such name, version, channel or digest); or a store error. */
+int api_package_ref_resolve(struct store_tx *tx, const char *ref, char id_out[ID_STR_LEN],
+                            char *detail, size_t dlen);
+/* Whether anything holds the package version package_id: jobs that may still run it,
+ * schedules whose reference resolves to it (not through @latest), channels pointing at it.
+ * 1 with detail naming them, 0 when nothing does, or a store error. */
+int api_package_refs_holding(struct store_tx *tx, const char *package_id, char *detail,
+                             size_t dlen);
+void api_package_channels_list(struct http_req *req);
+void api_package_channel_put(struct http_req *req);
+void api_package_channel_delete(struct http_req *req);

@@ -29,7 +29,7 @@ chmod 755 "$src/run.sh"
 tar -cf "$ORCH_STATE/pkg.tar" -C "$src" run.sh payload.bin
 pkg=$(curl -sf --cacert "$ca" -X POST -H "Authorization: Bearer $token" \
     -H 'Content-Type: application/x-tar' --data-binary @"$ORCH_STATE/pkg.tar" \
-    "$base/api/v1/packages?name=bench&version=1&entrypoint=run.sh" | field id) || die "upload failed"
+    "$base/api/v1/packages?name=bench&version=1.0.0&entrypoint=run.sh" | field id) || die "upload failed"
 size=$(stat -c %s "$ORCH_STATE/pkg.tar")
 
 round() { # ROUND: one job per agent, all at once; prints "p50 p99 all_ms"

@@ -122,7 +122,7 @@ pkg=$(curl -s --cacert "$ca" "$base/api/v1/packages?name=demo-hello" -H "Authori
 if [ -z "$pkg" ]; then
     pkg=$(curl -sf --cacert "$ca" -X POST -H "Authorization: Bearer $token" \
         -H 'Content-Type: application/gzip' --data-binary @"$pkgdir/hello.tgz" \
-        "$base/api/v1/packages?name=demo-hello&version=1&entrypoint=hello.sh" | field id) ||
+        "$base/api/v1/packages?name=demo-hello&version=1.0.0&entrypoint=hello.sh" | field id) ||
         die "the demo package upload failed"
 fi
 demo_job "{\"package_id\":\"$pkg\",\"args\":[\"a\",\"b\"],\"requirements\":{\"demo\":\"yes\"}}" \
@@ -155,7 +155,7 @@ Try it (the token is valid for 15 minutes; exchange the key again for a new one)
       -d '{"command":"echo hi from a job","requirements":{"demo":"yes"}}'
   curl -s --cacert \$CA "\$ORCH/api/v1/jobs/JOB_ID/logs" -H "Authorization: Bearer \$TOKEN"
   curl -s --cacert \$CA -X POST -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/gzip' \\
-      --data-binary @$pkgdir/hello.tgz "\$ORCH/api/v1/packages?name=my-hello&version=1&entrypoint=hello.sh"
+      --data-binary @$pkgdir/hello.tgz "\$ORCH/api/v1/packages?name=my-hello&version=1.0.0&entrypoint=hello.sh"
   curl -s --cacert \$CA \$ORCH/api/v1/jobs -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
       -d '{"package_id":"PACKAGE_ID","args":["x"],"requirements":{"demo":"yes"}}'
 

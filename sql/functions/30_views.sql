@@ -79,7 +79,7 @@ CREATE OR REPLACE VIEW job_view WITH (security_invoker = true) AS
 SELECT j.id, j.tenant_id, j.status, j.queue_id, j.agent_id, j.created_at, json_build_object(
     'id', j.id, 'queue_id', j.queue_id, 'queue', q.name, 'status', j.status,
     'priority', j.priority, 'command', j.command, 'package_id', j.package_id,
-    'entrypoint', j.entrypoint, 'args', j.args, 'env', j.env, 'params', j.params,
+    'package', j.package_ref, 'entrypoint', j.entrypoint, 'args', j.args, 'env', j.env, 'params', j.params,
     'requirements', j.requirements, 'timeout_ms', j.timeout_ms,
     'max_attempts', j.max_attempts, 'attempt', j.attempt, 'epoch', j.epoch,
     'agent_id', j.agent_id, 'idempotency_key', j.idempotency_key,

@@ -658,7 +658,7 @@ char *th_package(struct th_server *s, const char *token, const char *name, const
     if (sha)
         crypto_sha256_hex(tgz, len, sha);
     char path[256];
-    snprintf(path, sizeof(path), "/api/v1/packages?name=%s&version=1&entrypoint=run.sh", name);
+    snprintf(path, sizeof(path), "/api/v1/packages?name=%s&version=1.0.0&entrypoint=run.sh", name);
     struct th_resp r;
     th_http_bytes(s, "POST", path, token, tgz, len, "application/gzip", &r);
     cr_assert_eq(r.status, 201, "%s", r.body);

@@ -108,7 +108,7 @@ Test(packages, upload_read_download_and_delete)
     th_resp_free(&r);
 
     /* A viewer cannot upload or delete. */
-    upload(viewer, "name=tool&version=2", tgz, len, "application/gzip", 403, &r);
+    upload(viewer, "name=tool&version=2.0.0", tgz, len, "application/gzip", 403, &r);
     th_resp_free(&r);
     snprintf(path, sizeof(path), "/api/v1/packages/%s", id);
     th_http(&srv, "DELETE", path, viewer, NULL, NULL, &r);
@@ -158,13 +158,16 @@ Test(packages, validation_names_the_field)
         const char *query;
         const char *field;
     } cases[] = {
-        {"version=1", "name"},
-        {"name=-x&version=1", "name"},
+        {"version=1.0.0", "name"},
+        {"name=-x&version=1.0.0", "name"},
         {"name=x", "version"},
         {"name=x&version=a%20b", "version"},
-        {"name=x&version=1&entrypoint=../up.sh", "entrypoint"},
-        {"name=x&version=1&entrypoint=/bin/sh", "entrypoint"},
-        {"name=x&version=1&sha256=00", "sha256"},
+        {"name=x&version=1", "version"},
+        {"name=x&version=01.0.0", "version"},
+        {"name=x&version=1.0.0-", "version"},
+        {"name=x&version=1.0.0&entrypoint=../up.sh", "entrypoint"},
+        {"name=x&version=1.0.0&entrypoint=/bin/sh", "entrypoint"},
+        {"name=x&version=1.0.0&sha256=00", "sha256"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct th_resp r;
@@ -173,12 +176,12 @@ Test(packages, validation_names_the_field)
         th_resp_free(&r);
     }
     struct th_resp r;
-    upload(oper, "name=x&version=1", "not an archive", 14, "application/gzip", 422, &r);
+    upload(oper, "name=x&version=1.0.0", "not an archive", 14, "application/gzip", 422, &r);
     cr_assert_str_eq(th_str_of(&r, "field"), "body");
     th_resp_free(&r);
-    upload(oper, "name=x&version=1", "{}", 2, "application/json", 415, &r);
+    upload(oper, "name=x&version=1.0.0", "{}", 2, "application/json", 415, &r);
     th_resp_free(&r);
-    upload(oper, "name=x&version=1", "", 0, "application/gzip", 400, &r);
+    upload(oper, "name=x&version=1.0.0", "", 0, "application/gzip", 400, &r);
     th_resp_free(&r);
     free(tgz);
 }
@@ -194,14 +197,14 @@ Test(packages, the_storage_quota_counts_new_bytes)
     th_http(&srv, "PATCH", path, op, body, NULL, &r);
     cr_assert_eq(r.status, 200, "%s", r.body);
     th_resp_free(&r);
-    upload(oper, "name=q&version=1", tgz, len, "application/gzip", 201, &r);
+    upload(oper, "name=q&version=1.0.0", tgz, len, "application/gzip", 201, &r);
     th_resp_free(&r);
     /* The same bytes again cost nothing; other bytes do not fit. */
-    upload(oper, "name=q&version=2", tgz, len, "application/gzip", 201, &r);
+    upload(oper, "name=q&version=2.0.0", tgz, len, "application/gzip", 201, &r);
     th_resp_free(&r);
     size_t len2;
     char *other = th_make_archive("quota-other", &len2);
-    upload(oper, "name=q&version=3", other, len2, "application/gzip", 403, &r);
+    upload(oper, "name=q&version=3.0.0", other, len2, "application/gzip", 403, &r);
     cr_assert_str_eq(th_str_of(&r, "type"), "urn:orch:problem:quota-exceeded");
     cr_assert_str_eq(th_str_of(&r, "quota"), "storage_bytes");
     th_resp_free(&r);
@@ -214,7 +217,8 @@ Test(packages, other_tenants_see_and_touch_nothing)
     size_t len;
     char *tgz = th_make_archive("mine", &len);
     struct th_resp r;
-    upload(oper, "name=secret&version=1&entrypoint=run.sh", tgz, len, "application/gzip", 201, &r);
+    upload(oper, "name=secret&version=1.0.0&entrypoint=run.sh", tgz, len, "application/gzip", 201,
+           &r);
     char id[40];
     snprintf(id, sizeof(id), "%s", th_str_of(&r, "id"));
     th_resp_free(&r);
@@ -242,7 +246,7 @@ Test(packages, other_tenants_see_and_touch_nothing)
     cr_assert_str_eq(th_str_of(&r, "field"), "package_id");
     th_resp_free(&r);
     /* The same bytes uploaded by the other tenant are its own copy, charged to it. */
-    upload(o2, "name=secret&version=1", tgz, len, "application/gzip", 201, &r);
+    upload(o2, "name=secret&version=1.0.0", tgz, len, "application/gzip", 201, &r);
     th_resp_free(&r);
     cr_assert_eq(storage_used(o2), (long)len);
     free(o2);

@@ -419,8 +419,8 @@ Test(pools, admitted_tenants_share_a_pool_agent_under_distinct_uids_and_workdirs
     size_t len;
     char *tgz = archive_of("#!/bin/sh\n" REPORT_AND_MEET "\n", &len);
     struct th_resp r;
-    th_http_bytes(&srv, "POST", "/api/v1/packages?name=meet&version=1&entrypoint=run.sh", b_admin,
-                  tgz, len, "application/gzip", &r);
+    th_http_bytes(&srv, "POST", "/api/v1/packages?name=meet&version=1.0.0&entrypoint=run.sh",
+                  b_admin, tgz, len, "application/gzip", &r);
     cr_assert_eq(r.status, 201, "%s", r.body);
     char *pkg = strdup(th_str_of(&r, "id"));
     th_resp_free(&r);

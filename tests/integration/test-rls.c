@@ -61,7 +61,9 @@ static const char fixture_sql[] =
     " SELECT gen_random_uuid(), '@T@', id, 'up', 0, 1, 'queue_depth', '{}'"
     " FROM scaling_policies WHERE tenant_id = '@T@';"
     "INSERT INTO quota_events (tenant_id, resource, kind, last_sent_at) VALUES"
-    " ('@T@', 'queues', 'exceeded', now());";
+    " ('@T@', 'queues', 'exceeded', now());"
+    "INSERT INTO package_channels (tenant_id, name, channel, package_id)"
+    " SELECT '@T@', 'p', 'stable', id FROM packages WHERE tenant_id = '@T@';";
 
 static const char *const fixture_tables[] = {
     "api_keys",
@@ -83,6 +85,7 @@ static const char *const fixture_tables[] = {
     "scaling_policies",
     "scaling_history",
     "quota_events",
+    "package_channels",
 };
 #define N_TABLES (sizeof(fixture_tables) / sizeof(fixture_tables[0]))
 
@@ -221,9 +224,10 @@ Test(rls, tenant_cannot_update_or_delete_other_tenant)
         snprintf(sql, sizeof(sql), "DELETE FROM %s WHERE tenant_id = '%s'", t, tenant_b);
         cr_assert_eq(as_tenant(tenant_a, sql, NULL), 0, "%s: delete reached B's rows", t);
         /* An unqualified delete reaches only A's one row (package_blobs' row is still
-         * referenced by A's package, which the foreign key reports). */
+         * referenced by A's package, and the package by A's channel, which the foreign
+         * keys report). */
         snprintf(sql, sizeof(sql), "DELETE FROM %s", t);
-        int want = strcmp(t, "package_blobs") == 0 ? -ENOENT : 1;
+        int want = strcmp(t, "package_blobs") == 0 || strcmp(t, "packages") == 0 ? -ENOENT : 1;
         cr_assert_eq(as_tenant(tenant_a, sql, NULL), want, "%s: unqualified delete", t);
     }
     /* A tenant cannot change its own tenant row (tier, quotas, status). */
