@@ -10,12 +10,17 @@ import { JobsPage } from './jobs.js';
 import { AgentsPage } from './agents.js';
 import { QueuesPage } from './queues.js';
 import { JobPage } from './jobdetail.js';
+import { QuotasPage } from './quotas.js';
+import { AuditPage, canReadAudit } from './audit.js';
 
 const PAGES = { jobs: { title: 'Jobs', view: JobsPage },
   /* #/jobs/<id>: a page under another, not in the navigation. */
   'jobs/': { title: 'Job', view: JobPage, under: 'jobs' } };
 PAGES.agents = { title: 'Agents', view: AgentsPage };
 PAGES.queues = { title: 'Queues', view: QueuesPage };
+PAGES.quotas = { title: 'Quotas', view: QuotasPage };
+/* can: whether the session's role may use the page; the navigation leaves it out if not. */
+PAGES.audit = { title: 'Audit log', view: AuditPage, can: canReadAudit };
 const route = signal(location.hash.replace(/^#\/?/, '') || 'jobs');
 addEventListener('hashchange', () => {
   route.value = location.hash.replace(/^#\/?/, '') || 'jobs';
@@ -69,7 +74,7 @@ function Shell() {
     <header>
       <a class="brand" href="#/jobs">orch</a>
       <nav aria-label="Pages">
-        ${Object.entries(PAGES).filter(([, p]) => !p.under).map(([k, p]) => html`<a href=${`#/${k}`}
+        ${Object.entries(PAGES).filter(([, p]) => !p.under && (!p.can || p.can())).map(([k, p]) => html`<a href=${`#/${k}`}
           aria-current=${page === p || page.under === k ? 'page' : undefined}>${p.title}</a>`)}
       </nav>
       <span class=${`live ${liveState.value}`} id="live" title="Live updates">${liveState.value}</span>
