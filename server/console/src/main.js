@@ -18,8 +18,9 @@ const PAGES = { jobs: { title: 'Jobs', view: JobsPage },
   'jobs/': { title: 'Job', view: JobPage, under: 'jobs' } };
 PAGES.agents = { title: 'Agents', view: AgentsPage };
 PAGES.queues = { title: 'Queues', view: QueuesPage };
-PAGES.quotas = { title: 'Quotas', view: QuotasPage };
-/* can: whether the session's role may use the page; the navigation leaves it out if not. */
+/* can: whether the session may use the page; the navigation leaves it out if not. A platform
+ * token has no tenant of its own (GET /api/v1/tenant is 403). */
+PAGES.quotas = { title: 'Quotas', view: QuotasPage, can: () => !!(session.value && session.value.tenant_id) };
 PAGES.audit = { title: 'Audit log', view: AuditPage, can: canReadAudit };
 const route = signal(location.hash.replace(/^#\/?/, '') || 'jobs');
 addEventListener('hashchange', () => {
