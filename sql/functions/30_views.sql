@@ -42,12 +42,13 @@ SELECT id, tenant_id, json_build_object(
     'revoked_at', revoked_at) AS doc
   FROM api_keys;
 
--- audit_view: from 0002_api.sql.
+-- audit_view: from 0002_api.sql. The columns after doc are what GET /api/v1/audit filters on.
 CREATE OR REPLACE VIEW audit_view WITH (security_invoker = true) AS
 SELECT id, tenant_id, json_build_object(
     'id', id, 'tenant_id', tenant_id, 'actor_type', actor_type, 'actor_id', actor_id,
     'action', action, 'object_type', object_type, 'object_id', object_id, 'detail', detail,
-    'created_at', created_at) AS doc
+    'created_at', created_at) AS doc,
+    action, object_type, object_id, actor_type, actor_id, created_at
   FROM audit_log;
 
 -- agent_view: from 0007_packages_dispatch.sql.

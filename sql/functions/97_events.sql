@@ -10,3 +10,24 @@ RETURNS void LANGUAGE sql AS $$
         'tenant_id', p_tenant, 'type', p_type, 'created_at', now(), 'data', p_data)::text)
      WHERE p_tenant IS NOT NULL -- an agent of a shared pool belongs to no tenant
 $$;
+
+-- A queue created, changed (paused, resumed, its limits) or deleted, as queue.created,
+-- queue.updated and queue.deleted: a row trigger of sql/0021_queue_events.sql.
+CREATE OR REPLACE FUNCTION events_queues_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    q queues;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        q := OLD;
+    ELSE
+        q := NEW;
+    END IF;
+    PERFORM events_notify(q.tenant_id,
+                          'queue.' || CASE TG_OP WHEN 'INSERT' THEN 'created'
+                                                 WHEN 'UPDATE' THEN 'updated'
+                                                 ELSE 'deleted' END,
+                          jsonb_build_object('queue_id', q.id, 'name', q.name,
+                                             'paused', q.paused));
+    RETURN NULL;
+END
+$$;

@@ -1,5 +1,5 @@
 /* The platform operator's console in Debian's Chromium, headless, through playwright-core:
- * sign in with an operator token (orch_op_…) and see only the Tenants and Pools pages; the
+ * sign in with an operator token (orch_op_…) and see only the Tenants, Pools and Audit log pages; the
  * tenants list shows the browser tenant with its usage against its tier; a bad name is
  * refused at that field; create a tenant, suspend it (after a confirmation; a dismissed one
  * changes nothing) and see the API report it suspended and refuse its key, resume it with
@@ -93,13 +93,13 @@ async function main() {
     const page = await context.newPage();
     watch(page, problems, requests);
 
-    step('an operator token signs in; only the Tenants and Pools pages are offered');
+    step('an operator token signs in; only the Tenants, Pools and Audit log pages are offered');
     await page.goto(`${base}/console/`);
     await page.fill('#key', opToken);
     await page.click('button[type=submit]');
     await page.waitForSelector('h1#tenants-h');
     const nav = await navTitles(page);
-    if (nav.join(',') !== 'Tenants,Pools') throw new Error(`a platform session's pages: ${nav}`);
+    if (nav.join(',') !== 'Tenants,Pools,Audit log') throw new Error(`a platform session's pages: ${nav}`);
     if (!/platform operator/.test(await page.textContent('#who'))) throw new Error('the header does not say platform');
     if (await page.$('#live')) throw new Error('a platform session shows the tenant event stream');
 

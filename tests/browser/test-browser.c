@@ -238,3 +238,41 @@ Test(browser, operator_tenants_pools_suspend_resume)
     browser_run("operator.cjs", args, more);
     free(key);
 }
+
+Test(browser, quotas_usage_live_marks_override)
+{
+    char *key = tenant_key("admin");
+    /* An operator's override of the agents quota, which the page must mark. */
+    char path[128];
+    snprintf(path, sizeof(path), "/api/v1/tenants/%s", tenant);
+    struct th_resp r;
+    th_http(&srv, "PATCH", path, op, "{\"quotas\":{\"agents\":4}}", NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    th_resp_free(&r);
+    char args[256];
+    snprintf(args, sizeof(args), "'%s'", key);
+    browser_run("quotas.cjs", args, "");
+    free(key);
+}
+
+Test(browser, audit_log_pages_filters_viewer_other_tenant)
+{
+    char *key = tenant_key("admin"), *viewer = tenant_key("viewer");
+    /* Another tenant's queue, whose audit record this tenant's console must never show. */
+    char *other = th_tenant(&srv, op, "other", "standard");
+    char *other_admin = th_tenant_token(&srv, op, other, "admin");
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/queues", other_admin, "{\"name\":\"other-audited\"}", NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *other_queue = strdup(th_str_of(&r, "id"));
+    th_resp_free(&r);
+    char args[512], more[128];
+    snprintf(args, sizeof(args), "'%s' '%s'", key, viewer);
+    snprintf(more, sizeof(more), "'%s'", other_queue);
+    browser_run("audit.cjs", args, more);
+    free(other_queue);
+    free(other_admin);
+    free(other);
+    free(viewer);
+    free(key);
+}

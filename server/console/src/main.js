@@ -14,6 +14,8 @@ import { SchedulesPage } from './schedules.js';
 import { WebhooksPage } from './webhooks.js';
 import { TenantsPage } from './tenants.js';
 import { PoolsPage } from './pools.js';
+import { QuotasPage } from './quotas.js';
+import { AuditPage, canReadAudit } from './audit.js';
 
 const PAGES = { jobs: { title: 'Jobs', view: JobsPage },
   /* #/jobs/<id>: a page under another, not in the navigation. */
@@ -28,6 +30,10 @@ PAGES['webhooks/'] = { title: 'Webhooks', view: WebhooksPage, under: 'webhooks' 
  * 'tenant' (the tenant routes answer a platform token 403, so it never sees those pages). */
 PAGES.tenants = { title: 'Tenants', view: TenantsPage, scope: 'platform' };
 PAGES.pools = { title: 'Pools', view: PoolsPage, scope: 'platform' };
+/* can: whether the session may use the page; the navigation leaves it out if not. A platform
+ * token has no tenant of its own (GET /api/v1/tenant is 403). */
+PAGES.quotas = { title: 'Quotas', view: QuotasPage, can: () => !!(session.value && session.value.tenant_id) };
+PAGES.audit = { title: 'Audit log', view: AuditPage, scope: 'any', can: canReadAudit };
 const route = signal(location.hash.replace(/^#\/?/, '') || 'jobs');
 addEventListener('hashchange', () => {
   route.value = location.hash.replace(/^#\/?/, '') || 'jobs';
@@ -90,7 +96,8 @@ function Shell() {
     <header>
       <a class="brand" href=${`#/${start}`}>orch</a>
       <nav aria-label="Pages">
-        ${Object.entries(PAGES).filter(([, p]) => !p.under && forSession(p)).map(([k, p]) => html`<a href=${`#/${k}`}
+        ${Object.entries(PAGES).filter(([, p]) => !p.under && forSession(p) && (!p.can || p.can()))
+          .map(([k, p]) => html`<a href=${`#/${k}`}
           aria-current=${page === p || page.under === k ? 'page' : undefined}>${p.title}</a>`)}
       </nav>
       ${!isPlatform() && html`<span class=${`live ${liveState.value}`} id="live"
