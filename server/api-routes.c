@@ -120,6 +120,9 @@ const struct http_route api_routes[] = {
     {HTTP_GET, "/console/", HTTP_AUTH_NONE, api_console_index, 0, 0},
     {HTTP_GET, "/console/{asset}", HTTP_AUTH_NONE, api_console_asset, 0, 0},
     {HTTP_GET, V1 "/events", HTTP_AUTH_TENANT_VIEWER, api_events_stream, 0, 0},
+
+    /* The figures of the console's overview (api-stats.c). */
+    {HTTP_GET, V1 "/stats/jobs", HTTP_AUTH_ANY, api_stats_jobs, 0, 0},
 };
 
 const size_t api_nroutes = ELEMENTSOF(api_routes);
