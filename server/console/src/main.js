@@ -10,15 +10,19 @@ import { JobsPage } from './jobs.js';
 import { AgentsPage } from './agents.js';
 import { QueuesPage } from './queues.js';
 import { JobPage } from './jobdetail.js';
+import { OverviewPage } from './overview.js';
 
 const PAGES = { jobs: { title: 'Jobs', view: JobsPage },
   /* #/jobs/<id>: a page under another, not in the navigation. */
   'jobs/': { title: 'Job', view: JobPage, under: 'jobs' } };
 PAGES.agents = { title: 'Agents', view: AgentsPage };
 PAGES.queues = { title: 'Queues', view: QueuesPage };
-const route = signal(location.hash.replace(/^#\/?/, '') || 'jobs');
+/* The overview is the landing page (#/ and the brand link), first in the navigation. */
+PAGES.overview = { title: 'Overview', view: OverviewPage, first: true };
+const HOME = 'overview';
+const route = signal(location.hash.replace(/^#\/?/, '') || HOME);
 addEventListener('hashchange', () => {
-  route.value = location.hash.replace(/^#\/?/, '') || 'jobs';
+  route.value = location.hash.replace(/^#\/?/, '') || HOME;
 });
 
 function SignIn() {
@@ -60,16 +64,17 @@ function SignIn() {
 function Shell() {
   const [name, ...rest] = route.value.split('/');
   const arg = rest.join('/');
-  const page = (arg && PAGES[`${name}/`]) || PAGES[route.value] || PAGES.jobs;
+  const page = (arg && PAGES[`${name}/`]) || PAGES[route.value] || PAGES[HOME];
   const s = session.value;
   useEffect(() => {
     document.title = `${page.title} · orch console`;
   }, [page]);
   return html`<div class="shell">
     <header>
-      <a class="brand" href="#/jobs">orch</a>
+      <a class="brand" href=${`#/${HOME}`}>orch</a>
       <nav aria-label="Pages">
-        ${Object.entries(PAGES).filter(([, p]) => !p.under).map(([k, p]) => html`<a href=${`#/${k}`}
+        ${Object.entries(PAGES).filter(([, p]) => !p.under)
+          .sort(([, a], [, b]) => (b.first ? 1 : 0) - (a.first ? 1 : 0)).map(([k, p]) => html`<a href=${`#/${k}`}
           aria-current=${page === p || page.under === k ? 'page' : undefined}>${p.title}</a>`)}
       </nav>
       <span class=${`live ${liveState.value}`} id="live" title="Live updates">${liveState.value}</span>
