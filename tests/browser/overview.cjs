@@ -3,17 +3,19 @@
  * online) and two charts; a job submitted through the REST API moves the succeeded tile and
  * the throughput chart (its pixels and its table) without a reload; another tenant's jobs
  * count nowhere; the charts' tables open from the keyboard; a narrow window does not
- * scroll sideways. Screenshots go to the directory given.
+ * scroll sideways; a platform operator's overview counts every tenant's jobs. Screenshots
+ * go to the directory given.
  *
- * usage: node overview.cjs BASE_URL API_KEY SCREENSHOT_DIR OTHER_JOBS
- * (OTHER_JOBS: how many jobs another tenant has queued, which this console must not count)
+ * usage: node overview.cjs BASE_URL API_KEY SCREENSHOT_DIR OTHER_JOBS OPERATOR_KEY
+ * (OTHER_JOBS: how many jobs another tenant has queued, which this console must not count
+ * and the platform operator's, signed in with OPERATOR_KEY, must)
  * Run by test-browser.c, which starts orchd, PostgreSQL, RabbitMQ and an agent. Exits 0
  * when every step passed; prints what failed otherwise. */
 'use strict';
 const { chromium } = require('playwright-core');
 const path = require('path');
 
-const [base, key, shots, otherJobs] = process.argv.slice(2);
+const [base, key, shots, otherJobs, operatorKey] = process.argv.slice(2);
 const CHROMIUM = process.env.ORCH_TEST_CHROMIUM || '/usr/lib/chromium/chromium';
 const STEP_MS = 15000;
 
@@ -164,6 +166,23 @@ async function main() {
     const wide = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     if (wide > 0) throw new Error(`the page scrolls sideways by ${wide} px`);
     await page.screenshot({ path: path.join(shots, 'overview-narrow.png') });
+
+    step("the platform operator's overview counts every tenant");
+    const opage = await context.newPage();
+    opage.setDefaultTimeout(STEP_MS);
+    opage.on('console', (m) => {
+      if (m.type() === 'error') problems.push(`operator console: ${m.text()}`);
+    });
+    opage.on('pageerror', (e) => problems.push(`operator page error: ${e.message}`));
+    await opage.goto(`${base}/console/`);
+    await opage.fill('#key', operatorKey);
+    await opage.click('button[type=submit]');
+    await opage.waitForSelector('h1#overview-h');
+    await opage.waitForSelector('text=The whole platform');
+    await tileIs(opage, 'queued', Number(otherJobs));
+    await tileIs(opage, 'succeeded', 3);
+    await tileIs(opage, 'failed', 1);
+    await tileIs(opage, 'agents', 1);
 
     if (problems.length) throw new Error(problems.join('\n'));
     step(`done in ${Date.now() - t0} ms`);

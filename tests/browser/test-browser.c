@@ -154,7 +154,9 @@ Test(browser, overview_tiles_and_charts_move_live_other_tenant_hidden)
     }
     char args[256];
     snprintf(args, sizeof(args), "'%s'", key);
-    browser_run("overview.cjs", args, "3");
+    char more[128];
+    snprintf(more, sizeof(more), "3 '%s'", srv.operator_token);
+    browser_run("overview.cjs", args, more);
     free(other_admin);
     free(other);
     free(key);

@@ -161,7 +161,8 @@ async function runStream(s) {
 
 session.subscribe((s) => {
   if (streamFor && streamFor !== s && streamAbort) streamAbort.abort();
-  if (s && streamFor !== s) {
+  /* The stream is a tenant's: a platform operator's token would be refused (403). */
+  if (s && s.tenant_id && streamFor !== s) {
     streamFor = s;
     runStream(s);
   }
