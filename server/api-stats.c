@@ -26,23 +26,28 @@
 
 /* $1 window (s), $2 step (s), $3 the online window of agents (s). Buckets are aligned to
  * multiples of the step since the epoch, the last one holding now, so that two reads a
- * moment apart agree on their buckets. J and A are the scope's conditions on the tables
- * aliased j and a. */
+ * moment apart agree on their buckets. STATS_T0, the first bucket's start, is written out
+ * in each condition rather than read from b: the planner then sees the range's bound (now()
+ * is folded when a plan is made for the parameters) and picks the time indexes. J and A
+ * are the scope's conditions on the tables aliased j and a. */
+#define STATS_T0                                                                                   \
+    "to_timestamp((floor(date_part('epoch', now()) / $2::int) + 1) * $2::int - $1::int)"
 #define STATS_SQL(J, A)                                                                            \
     "WITH b AS MATERIALIZED (SELECT to_timestamp(e0) AS t0, e0, $1::int / $2::int AS n FROM"       \
     "            (SELECT (floor(date_part('epoch', now()) / $2::int) + 1) * $2::int - $1::int"     \
     "             AS e0) e),"                                                                      \
     " sub AS (SELECT floor((date_part('epoch', j.created_at) - b.e0) / $2::int)::int AS i,"        \
-    "                count(*) AS n FROM jobs j, b WHERE " J " j.created_at >= b.t0 GROUP BY 1),"   \
+    "                count(*) AS n FROM jobs j, b WHERE " J " j.created_at >= " STATS_T0           \
+    " GROUP BY 1),"                                                                                \
     " fin AS (SELECT floor((date_part('epoch', j.finished_at) - b.e0) / $2::int)::int AS i,"       \
     "                count(*) FILTER (WHERE j.status = 'succeeded') AS ok,"                        \
     "                count(*) FILTER (WHERE j.status IN ('failed', 'dead')) AS bad"                \
-    "           FROM jobs j, b WHERE " J " j.finished_at >= b.t0 GROUP BY 1),"                     \
+    "           FROM jobs j, b WHERE " J " j.finished_at >= " STATS_T0 " GROUP BY 1),"             \
     " wt AS (SELECT floor((date_part('epoch', a.assigned_at) - b.e0) / $2::int)::int AS i,"        \
     "               percentile_disc(ARRAY[0.5, 0.95]) WITHIN GROUP"                                \
     "                 (ORDER BY a.assigned_at - j.created_at) AS p"                                \
     "          FROM job_attempts a JOIN jobs j ON j.tenant_id = a.tenant_id AND j.id = a.job_id,"  \
-    "               b WHERE " A " a.attempt = 1 AND a.assigned_at >= b.t0 GROUP BY 1),"            \
+    "               b WHERE " A " a.attempt = 1 AND a.assigned_at >= " STATS_T0 " GROUP BY 1),"    \
     " s AS (SELECT i AS g, sum(n) AS submitted, sum(ok) AS ok, sum(bad) AS bad,"                   \
     "              round(extract(epoch FROM max(p[1])) * 1000) AS p50,"                            \
     "              round(extract(epoch FROM max(p[2])) * 1000) AS p95"                             \
