@@ -100,7 +100,7 @@ async function main() {
     await tileIs(page, 'agents', 1);
     await tileIs(page, 'succeeded', 0);
     const unit = await page.textContent('[data-tile=agents] small');
-    if (unit.trim() !== 'agents') throw new Error(`the agents tile's unit: ${unit}`);
+    if (unit.trim() !== 'agent') throw new Error(`the agents tile's unit: ${unit}`);
 
     step(`another tenant's ${otherJobs} queued jobs count nowhere`);
     await tileIs(page, 'queued', 0);

@@ -60,6 +60,8 @@ function times(s) {
   return s.submitted.map((_, i) => from + i * s.step);
 }
 
+const JOBS = ['job', 'jobs'];
+const AGENTS = ['agent', 'agents'];
 const count = (n) => `${n} ${n === 1 ? 'job' : 'jobs'}`;
 const waitMs = (v) => (v == null ? '–' : duration(v));
 const clock = new Intl.DateTimeFormat(undefined, { timeStyle: 'short' });
@@ -113,7 +115,7 @@ function Chart({ kind }) {
           }))],
         axes: [{ values: (_, ticks) => ticks.map((t) => clock.format(new Date(t * 1000))) },
           { values: (_, ticks) => ticks.map(c.fmt), size: 60 }],
-        scales: { y: { range: (_, lo, hi) => [0, Math.max(hi, kind === 'wait' ? 10 : 1)] } },
+        scales: { y: { range: (_, lo, hi) => [0, Math.max(hi * 1.15, kind === 'wait' ? 10 : 1)] } },
         cursor: { drag: { x: false, y: false } },
       },
       [[]],
@@ -156,11 +158,12 @@ function Chart({ kind }) {
   </figure>`;
 }
 
+/* unit: [one, many]. */
 function Tile({ name, label, value, unit, bad }) {
   return html`<div class=${`tile${bad && value > 0 ? ' bad' : ''}`} data-tile=${name}>
     <span class="tile-label">${label}</span>
     <span class="tile-value"><data value=${value ?? ''}>${value ?? '…'}</data>
-      <small> ${unit}</small></span>
+      <small> ${value === 1 ? unit[0] : unit[1]}</small></span>
   </div>`;
 }
 
@@ -185,11 +188,11 @@ export function OverviewPage() {
       ${s && html`, from ${localTime(s.from)} to ${localTime(s.to)}`}</p>
     ${error.value && html`<p class="err" role="alert">${error.value}</p>`}
     <div class="tiles" role="group" aria-label="Now and in the last hour">
-      <${Tile} name="running" label="Running" value=${t && t.running} unit="jobs" />
-      <${Tile} name="queued" label="Queued" value=${t && t.queued} unit="jobs" />
-      <${Tile} name="succeeded" label="Succeeded, last hour" value=${t && t.succeeded} unit="jobs" />
-      <${Tile} name="failed" label="Failed, last hour" value=${t && t.failed} unit="jobs" bad />
-      <${Tile} name="agents" label="Agents online" value=${t && t.agents_online} unit="agents" />
+      <${Tile} name="running" label="Running" value=${t && t.running} unit=${JOBS} />
+      <${Tile} name="queued" label="Queued" value=${t && t.queued} unit=${JOBS} />
+      <${Tile} name="succeeded" label="Succeeded, last hour" value=${t && t.succeeded} unit=${JOBS} />
+      <${Tile} name="failed" label="Failed, last hour" value=${t && t.failed} unit=${JOBS} bad />
+      <${Tile} name="agents" label="Agents online" value=${t && t.agents_online} unit=${AGENTS} />
     </div>
     <div class="charts">
       <${Chart} kind="throughput" />
