@@ -27,7 +27,12 @@ let lastRead = 0;
 let reading = false;
 
 async function load() {
-  if (reading) return;
+  /* A read asked for while one is under way follows it: what it was asked for may have
+   * happened after the first read's snapshot. */
+  if (reading) {
+    soon();
+    return;
+  }
   reading = true;
   lastRead = Date.now();
   try {
@@ -180,6 +185,8 @@ export function OverviewPage() {
       clearInterval(every);
       clearTimeout(timer);
       timer = null;
+      /* Not shown to the next session of this tab (another key may sign in). */
+      stats.value = null;
     };
   }, [platform]);
   return html`<section aria-labelledby="overview-h" class="overview">
