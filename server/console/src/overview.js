@@ -35,8 +35,12 @@ async function load() {
   }
   reading = true;
   lastRead = Date.now();
+  const who = session.value;
   try {
-    stats.value = await api('GET', `/api/v1/stats/jobs?window=${WINDOW_S}&step=${STEP_S}`);
+    const got = await api('GET', `/api/v1/stats/jobs?window=${WINDOW_S}&step=${STEP_S}`);
+    /* An answer that arrives after sign-out is not shown to the next session. */
+    if (session.value !== who) return;
+    stats.value = got;
     error.value = null;
   } catch (e) {
     error.value = e.message;
