@@ -204,6 +204,8 @@ void api_console_root(struct http_req *req);
 void api_console_index(struct http_req *req);
 void api_console_asset(struct http_req *req);
 void api_events_stream(struct http_req *req);
+/* the jobs' figures for charts (api-stats.c) */
+void api_stats_jobs(struct http_req *req);
 /* the agent protocol (docs/agent-protocol.md) */
 void api_agent_heartbeat(struct http_req *req);
 void api_agent_job_started(struct http_req *req);

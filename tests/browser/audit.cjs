@@ -55,7 +55,7 @@ async function apply(page, want) {
 }
 
 async function signIn(page, key) {
-  await page.goto(`${base}/console/`);
+  await page.goto(`${base}/console/#/jobs`);
   await page.fill('#key', key);
   await page.click('button[type=submit]');
   await page.waitForSelector('h1#jobs-h');

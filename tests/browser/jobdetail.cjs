@@ -74,7 +74,7 @@ async function main() {
     };
 
     step('sign in, open the job page from the jobs list');
-    await page.goto(`${base}/console/`);
+    await page.goto(`${base}/console/#/jobs`);
     await page.fill('#key', key);
     await page.click('button[type=submit]');
     await page.waitForSelector('#live.live');

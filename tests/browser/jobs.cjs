@@ -65,7 +65,7 @@ async function main() {
     page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
 
     step('open the sign-in page');
-    const nav = await page.goto(`${base}/console/`);
+    const nav = await page.goto(`${base}/console/#/jobs`); /* the overview is the landing page */
     if (!nav.ok()) throw new Error(`GET /console/ answered ${nav.status()}`);
     const csp = nav.headers()['content-security-policy'] || '';
     if (!csp.includes("default-src 'self'")) throw new Error(`no strict CSP: ${csp}`);

@@ -1,5 +1,5 @@
 /* The platform operator's console in Debian's Chromium, headless, through playwright-core:
- * sign in with an operator token (orch_op_…) and see only the Tenants, Pools and Audit log pages; the
+ * sign in with an operator token (orch_op_…) and see only the Overview, Tenants, Pools and Audit log pages; the
  * tenants list shows the browser tenant with its usage against its tier; a bad name is
  * refused at that field; create a tenant, suspend it (after a confirmation; a dismissed one
  * changes nothing) and see the API report it suspended and refuse its key, resume it with
@@ -93,13 +93,15 @@ async function main() {
     const page = await context.newPage();
     watch(page, problems, requests);
 
-    step('an operator token signs in; only the Tenants, Pools and Audit log pages are offered');
+    step('an operator token signs in; only the Overview, Tenants, Pools and Audit log pages are offered');
     await page.goto(`${base}/console/`);
     await page.fill('#key', opToken);
     await page.click('button[type=submit]');
-    await page.waitForSelector('h1#tenants-h');
+    await page.waitForSelector('h1#overview-h');
     const nav = await navTitles(page);
-    if (nav.join(',') !== 'Tenants,Pools,Audit log') throw new Error(`a platform session's pages: ${nav}`);
+    if (nav.join(',') !== 'Overview,Tenants,Pools,Audit log') throw new Error(`a platform session's pages: ${nav}`);
+    await page.click('nav a[href="#/tenants"]');
+    await page.waitForSelector('h1#tenants-h');
     if (!/platform operator/.test(await page.textContent('#who'))) throw new Error('the header does not say platform');
     if (await page.$('#live')) throw new Error('a platform session shows the tenant event stream');
 
@@ -205,11 +207,13 @@ async function main() {
     clearInterval(beat);
     beat = null;
 
-    step("a tenant page's address shows the operator's home, and no tenant route is called");
+    step("a tenant page's address shows the overview, and no tenant route is called");
     await page.evaluate(() => { location.hash = '#/jobs'; });
-    await page.waitForSelector('h1#tenants-h');
+    await page.waitForSelector('h1#overview-h');
     const tenantCalls = requests.filter((r) => /\/api\/v1\/(jobs|agents|queues|events|tenant$)/.test(r));
     if (tenantCalls.length) throw new Error(`a platform session called tenant routes: ${tenantCalls}`);
+    await page.evaluate(() => { location.hash = '#/tenants'; });
+    await page.waitForSelector('h1#tenants-h');
 
     step('readable in a narrow window');
     await page.setViewportSize({ width: 420, height: 760 });
@@ -233,14 +237,14 @@ async function main() {
     await tpage.goto(`${base}/console/`);
     await tpage.fill('#key', tenantKey);
     await tpage.click('button[type=submit]');
-    await tpage.waitForSelector('h1#jobs-h');
+    await tpage.waitForSelector('h1#overview-h');
     const tnav = await navTitles(tpage);
     if (tnav.includes('Tenants') || tnav.includes('Pools')) throw new Error(`a tenant's pages: ${tnav}`);
     await tpage.evaluate(() => { location.hash = '#/tenants'; });
-    await tpage.waitForSelector('h1#jobs-h');
+    await tpage.waitForSelector('h1#overview-h');
     if (await tpage.$('h1#tenants-h')) throw new Error('a tenant sees the tenants page');
     await tpage.evaluate(() => { location.hash = '#/pools'; });
-    await tpage.waitForSelector('h1#jobs-h');
+    await tpage.waitForSelector('h1#overview-h');
     const platformCalls = trequests.filter((r) => /\/api\/v1\/(tenants|pools)/.test(r));
     if (platformCalls.length) throw new Error(`a tenant session called platform routes: ${platformCalls}`);
     await tctx.close();

@@ -47,7 +47,7 @@ async function apiUntil(what, get, check) {
 }
 
 async function signIn(page, key) {
-  await page.goto(`${base}/console/`);
+  await page.goto(`${base}/console/#/jobs`);
   await page.fill('#key', key);
   await page.click('button[type=submit]');
   await page.waitForSelector('h1#jobs-h');

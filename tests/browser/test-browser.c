@@ -276,3 +276,26 @@ Test(browser, audit_log_pages_filters_viewer_other_tenant)
     free(viewer);
     free(key);
 }
+
+Test(browser, overview_tiles_and_charts_move_live_other_tenant_hidden)
+{
+    char *key = tenant_key("admin");
+    /* Another tenant's queued jobs, which the browser tenant's overview must not count. */
+    char *other = th_tenant(&srv, op, "stranger", "standard");
+    char *other_admin = th_tenant_token(&srv, op, other, "admin");
+    for (int i = 0; i < 3; i++) {
+        struct th_resp r;
+        th_http(&srv, "POST", "/api/v1/jobs", other_admin,
+                "{\"command\":\"true\",\"requirements\":{\"nowhere\":\"x\"}}", NULL, &r);
+        cr_assert_eq(r.status, 201, "%s", r.body);
+        th_resp_free(&r);
+    }
+    char args[256];
+    snprintf(args, sizeof(args), "'%s'", key);
+    char more[128];
+    snprintf(more, sizeof(more), "3 '%s'", srv.operator_token);
+    browser_run("overview.cjs", args, more);
+    free(other_admin);
+    free(other);
+    free(key);
+}

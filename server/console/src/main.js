@@ -16,6 +16,7 @@ import { TenantsPage } from './tenants.js';
 import { PoolsPage } from './pools.js';
 import { QuotasPage } from './quotas.js';
 import { AuditPage, canReadAudit } from './audit.js';
+import { OverviewPage } from './overview.js';
 
 const PAGES = { jobs: { title: 'Jobs', view: JobsPage },
   /* #/jobs/<id>: a page under another, not in the navigation. */
@@ -34,9 +35,13 @@ PAGES.pools = { title: 'Pools', view: PoolsPage, scope: 'platform' };
  * token has no tenant of its own (GET /api/v1/tenant is 403). */
 PAGES.quotas = { title: 'Quotas', view: QuotasPage, can: () => !!(session.value && session.value.tenant_id) };
 PAGES.audit = { title: 'Audit log', view: AuditPage, scope: 'any', can: canReadAudit };
-const route = signal(location.hash.replace(/^#\/?/, '') || 'jobs');
+/* The overview is the landing page (#/ and the brand link) of every session, tenant or
+ * platform, first in the navigation. */
+PAGES.overview = { title: 'Overview', view: OverviewPage, scope: 'any', first: true };
+const HOME = 'overview';
+const route = signal(location.hash.replace(/^#\/?/, '') || HOME);
 addEventListener('hashchange', () => {
-  route.value = location.hash.replace(/^#\/?/, '') || 'jobs';
+  route.value = location.hash.replace(/^#\/?/, '') || HOME;
 });
 
 /* Whether this session may see the page, and the page it starts on: the first it may see. */
@@ -44,7 +49,8 @@ function forSession(p) {
   const scope = p.scope || 'tenant';
   return scope === 'any' || scope === (isPlatform() ? 'platform' : 'tenant');
 }
-const home = () => Object.keys(PAGES).find((k) => !PAGES[k].under && forSession(PAGES[k]));
+const home = () => (forSession(PAGES[HOME]) ? HOME
+  : Object.keys(PAGES).find((k) => !PAGES[k].under && forSession(PAGES[k])));
 
 function SignIn() {
   const [key, setKey] = useState('');
@@ -97,7 +103,7 @@ function Shell() {
       <a class="brand" href=${`#/${start}`}>orch</a>
       <nav aria-label="Pages">
         ${Object.entries(PAGES).filter(([, p]) => !p.under && forSession(p) && (!p.can || p.can()))
-          .map(([k, p]) => html`<a href=${`#/${k}`}
+          .sort(([, a], [, b]) => (b.first ? 1 : 0) - (a.first ? 1 : 0)).map(([k, p]) => html`<a href=${`#/${k}`}
           aria-current=${page === p || page.under === k ? 'page' : undefined}>${p.title}</a>`)}
       </nav>
       ${!isPlatform() && html`<span class=${`live ${liveState.value}`} id="live"
