@@ -674,7 +674,7 @@ static int daemon_unpack(struct daemon *d, struct slot *s, const char *archive, 
         char q[700];
         log_warn("op=package-unpack job=%s package=%s error=%s", s->job_id, s->a.package_id,
                  log_quote(err, q, sizeof(q)));
-        daemon_job_note(s, "orch-agent: %s %s: %s", what, s->a.package_id, err);
+        daemon_job_note(s, "orch-agent: %s: %s (package %s)", what, err, s->a.package_id);
         if (asprintf(why, "%s: %s", what, err) < 0)
             *why = NULL;
         return r;
