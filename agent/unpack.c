@@ -165,6 +165,24 @@ static void empty_dir(const char *dir)
     closedir(d);
 }
 
+/* The writer's last error, with the job directory's path taken out of it (the agent's
+ * directories are none of the tenant's business): in buf. */
+static const char *write_error(struct archive *out, const char *root, char *buf, size_t len)
+{
+    const char *m = archive_error_string(out);
+    size_t rl = strlen(root), o = 0;
+    if (!m)
+        m = "unknown error";
+    while (*m && o + 1 < len) {
+        if (!strncmp(m, root, rl) && m[rl] == '/')
+            m += rl + 1;
+        else
+            buf[o++] = *m++;
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
 /* dir's canonical path: no link in it for libarchive's symlink check to stop at. */
 static int canonical(const char *dir, char *out, size_t len)
 {
@@ -185,6 +203,7 @@ struct unpack_run {
     const struct unpack_limits *lim;
     const atomic_bool *cancel;
     uint64_t deadline_ns;
+    const char *root; /* the job directory, canonical */
     struct unpack_stats st;
     char *err;
     size_t errlen;
@@ -230,8 +249,9 @@ static int copy_data(struct unpack_run *u, struct archive *in, struct archive *o
                           size_str(u->lim->max_bytes, s, sizeof(s)), name);
         }
         if (archive_write_data_block(out, buf, size, offset) < ARCHIVE_WARN) {
-            snprintf(u->err, u->errlen, "entry %.200s cannot be written: %.200s", name,
-                     archive_error_string(out));
+            char m[256];
+            snprintf(u->err, u->errlen, "entry %.200s cannot be written: %s", name,
+                     write_error(out, u->root, m, sizeof(m)));
             return -EIO;
         }
         u->st.bytes += grow;
@@ -292,17 +312,18 @@ static int unpack_entry(struct unpack_run *u, struct archive *in, struct archive
         archive_entry_set_uid(e, user->uid);
         archive_entry_set_gid(e, user->gid);
     }
+    char m[256];
     if (archive_write_header(out, e) < ARCHIVE_WARN)
-        return refuse(u->err, u->errlen, "entry %.200s refused: %.200s", name,
-                      archive_error_string(out));
+        return refuse(u->err, u->errlen, "entry %.200s refused: %s", name,
+                      write_error(out, root, m, sizeof(m)));
     if (archive_entry_size_is_set(e) || type == AE_IFREG) {
         r = copy_data(u, in, out, name);
         if (r < 0)
             return r;
     }
     if (archive_write_finish_entry(out) < ARCHIVE_WARN) {
-        snprintf(u->err, u->errlen, "entry %.200s cannot be written: %.200s", name,
-                 archive_error_string(out));
+        snprintf(u->err, u->errlen, "entry %.200s cannot be written: %s", name,
+                 write_error(out, root, m, sizeof(m)));
         return -EIO;
     }
     return 0;
@@ -318,6 +339,7 @@ int unpack_archive(const char *path, const char *dir, const struct unpack_limits
     err[0] = '\0';
     char root[PATH_MAX];
     int r = canonical(dir, root, sizeof(root));
+    u.root = root;
     if (r < 0) {
         snprintf(err, errlen, "the job directory: %s", strerror(-r));
         return r;
@@ -364,7 +386,8 @@ int unpack_archive(const char *path, const char *dir, const struct unpack_limits
     /* Directories' modes and times are set last, here. */
     if (archive_write_close(out) < ARCHIVE_WARN) {
         r = -EIO;
-        snprintf(err, errlen, "cannot finish unpacking: %.200s", archive_error_string(out));
+        char m[256];
+        snprintf(err, errlen, "cannot finish unpacking: %s", write_error(out, root, m, sizeof(m)));
     }
 done:
     if (r == -ECANCELED)
