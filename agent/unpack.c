@@ -27,6 +27,10 @@
 #include "common/printf.h"
 
 #define UNPACK_BLOCK (64 * 1024)
+/* Room for any entry path the limits allow (packages.max_path_bytes <= 4000), on every OS
+ * (mingw's PATH_MAX is 260). */
+#define REL_MAX  4096
+#define FULL_MAX (REL_MAX + 1024)
 
 ORCH_PRINTF(3, 4) static int refuse(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -136,7 +140,7 @@ static int check_path(const char *name, const struct unpack_limits *lim, char *r
 static int check_symlink(const char *name, const char *target, int64_t depth, char *err,
                          size_t errlen)
 {
-    char norm[PATH_MAX];
+    char norm[REL_MAX];
     int64_t tdepth, dotdot, inner;
     if (!target[0] || strlen(target) >= sizeof(norm) || is_absolute(target))
         goto out;
@@ -259,30 +263,42 @@ static int copy_data(struct unpack_run *u, struct archive *in, struct archive *o
     }
 }
 
+static int too_long(struct unpack_run *u, const char *name)
+{
+    snprintf(u->err, u->errlen, "entry %.200s: its path under the job directory is too long", name);
+    return -ENAMETOOLONG;
+}
+
 /* One entry: checked, renamed under root, written. */
 static int unpack_entry(struct unpack_run *u, struct archive *in, struct archive *out,
                         struct archive_entry *e, const char *root, const struct exec_user *user)
 {
     const struct unpack_limits *lim = u->lim;
-    const char *name = archive_entry_pathname_utf8(e);
-    if (!name)
-        name = archive_entry_pathname(e);
-    if (!name)
+    const char *raw = archive_entry_pathname_utf8(e);
+    if (!raw)
+        raw = archive_entry_pathname(e);
+    if (!raw)
         return refuse(u->err, u->errlen, "an entry has no readable name");
+    /* A copy: the entry's own is replaced below. One cut short is over packages.max_path_bytes
+     * all the same. */
+    char name[REL_MAX];
+    snprintf(name, sizeof(name), "%s", raw);
     if (++u->st.files > lim->max_files)
         return refuse(u->err, u->errlen, "more than %" PRId64 " entries (agent packages.max_files)",
                       lim->max_files);
-    char rel[PATH_MAX], full[PATH_MAX * 2];
+    char rel[REL_MAX], full[FULL_MAX];
     int64_t depth;
     int r = check_path(name, lim, rel, sizeof(rel), &depth, u->err, u->errlen);
     if (r < 0)
         return r;
     if (depth == 0) /* "./": the job directory itself, there already */
         return 0;
-    const char *hard = archive_entry_hardlink(e);
+    const char *hard = archive_entry_hardlink_utf8(e);
+    if (!hard)
+        hard = archive_entry_hardlink(e);
     mode_t type = archive_entry_filetype(e);
     if (hard) {
-        char hrel[PATH_MAX];
+        char hrel[REL_MAX];
         int64_t hdepth;
         if (check_path(hard, lim, hrel, sizeof(hrel), &hdepth, u->err, u->errlen) < 0 ||
             hdepth == 0)
@@ -290,10 +306,13 @@ static int unpack_entry(struct unpack_run *u, struct archive *in, struct archive
                           "hard link %.200s points outside the job directory "
                           "(to %.200s)",
                           name, hard);
-        snprintf(full, sizeof(full), "%s/%s", root, hrel);
-        archive_entry_copy_hardlink(e, full);
+        if (snprintf(full, sizeof(full), "%s/%s", root, hrel) >= (int)sizeof(full))
+            return too_long(u, name);
+        archive_entry_update_hardlink_utf8(e, full);
     } else if (type == AE_IFLNK) {
-        const char *target = archive_entry_symlink(e);
+        const char *target = archive_entry_symlink_utf8(e);
+        if (!target)
+            target = archive_entry_symlink(e);
         r = check_symlink(name, target ? target : "", depth, u->err, u->errlen);
         if (r < 0)
             return r;
@@ -303,8 +322,9 @@ static int unpack_entry(struct unpack_run *u, struct archive *in, struct archive
                       "directories and links only",
                       name);
     }
-    snprintf(full, sizeof(full), "%s/%s", root, rel);
-    archive_entry_copy_pathname(e, full);
+    if (snprintf(full, sizeof(full), "%s/%s", root, rel) >= (int)sizeof(full))
+        return too_long(u, name);
+    archive_entry_update_pathname_utf8(e, full);
     /* The archive's permission bits, without set-id or sticky, the owner's own always. */
     mode_t perm = archive_entry_perm(e) & 0777;
     archive_entry_set_perm(e, perm | (type == AE_IFDIR ? 0700 : 0600));
