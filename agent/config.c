@@ -10,6 +10,7 @@
 
 #include "agent/exec-uids.h"
 #include "agent/host.h"
+#include "agent/unpack.h"
 #include "common/compat.h"
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
@@ -44,6 +45,16 @@ const struct conf_field agent_config_fields[] = {
      "that runs several tenants' jobs (a shared pool's agent must have it)"},
     {"log.level", CONF_ENUM, F(log_level), 0, 0, "info", log_levels,
      "least severe level logged: debug, info, warn or error"},
+    {"packages.max_unpacked_bytes", CONF_SIZE, F(packages_max_bytes), 1024 * 1024, (int64_t)1 << 42,
+     UNPACK_MAX_BYTES_DEFAULT, NULL,
+     "a package's unpacked size (bytes written, sparse holes included): a job whose package "
+     "unpacks to more fails"},
+    {"packages.max_files", CONF_INT, F(packages_max_files), 1, 10000000, UNPACK_MAX_FILES_DEFAULT,
+     NULL, "entries (files, directories, links) in a package's archive"},
+    {"packages.max_path_depth", CONF_INT, F(packages_max_depth), 1, 1024, UNPACK_MAX_DEPTH_DEFAULT,
+     NULL, "directories deep an entry of a package's archive may be"},
+    {"packages.max_path_bytes", CONF_INT, F(packages_max_path), 16, 4000, UNPACK_MAX_PATH_DEFAULT,
+     NULL, "bytes of an entry's path in a package's archive"},
 };
 
 const size_t agent_config_nfields = sizeof(agent_config_fields) / sizeof(agent_config_fields[0]);

@@ -34,6 +34,10 @@ struct agent_config {
     char *exec_uid_range;    /* exec.uid_range: "FIRST-LAST", a uid per running job ("" = no) */
     unsigned exec_uid_first, exec_uid_last; /* exec.uid_range parsed (0, 0 when "") */
     int log_level;                          /* log.level */
+    int64_t packages_max_bytes;             /* packages.max_unpacked_bytes */
+    int64_t packages_max_files;             /* packages.max_files */
+    int64_t packages_max_depth;             /* packages.max_path_depth */
+    int64_t packages_max_path;              /* packages.max_path_bytes */
 };
 
 extern const struct conf_field agent_config_fields[];

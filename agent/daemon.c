@@ -26,6 +26,7 @@
 #include "agent/spool.h"
 #include "agent/state.h"
 #include "agent/transport.h"
+#include "agent/unpack.h"
 #include "common/buf.h"
 #include "common/clock.h"
 #include "common/cleanup.h"
@@ -651,56 +652,46 @@ static int daemon_package(struct daemon *d, struct slot *s, char *path, size_t l
     return 0;
 }
 
-/* Unpack archive into workdir with tar; its complaints go to the job's output. */
+/* Unpack archive into workdir (agent/unpack.c), under the agent's packages.* limits. A
+ * refusal goes to the job's stderr and, in *why (malloc'd), to the job's error. */
 static int daemon_unpack(struct daemon *d, struct slot *s, const char *archive, const char *workdir,
-                         char **env, const struct exec_user *user)
+                         const struct exec_user *user, char **why)
 {
-    /* As the job's user, isolated like the job: the archive is the tenant's. It comes on
-     * stdin, opened by the agent: the job's user cannot read the cache. */
-    char tar[PATH_MAX];
-    if (host_tar(tar, sizeof(tar)) < 0) {
-        daemon_job_note(s, "orch-agent: cannot unpack package %s: no tar.exe on this host",
-                        s->a.package_id);
-        return -ENOENT;
+    const struct agent_config *cfg = d->cfg;
+    struct unpack_limits lim = {.max_bytes = cfg->packages_max_bytes,
+                                .max_files = cfg->packages_max_files,
+                                .max_depth = cfg->packages_max_depth,
+                                .max_path = cfg->packages_max_path,
+                                .timeout_ms = UNPACK_TIMEOUT_MS};
+    struct unpack_stats st;
+    char err[600];
+    int64_t t0 = mono_ms();
+    int r = unpack_archive(archive, workdir, &lim, user, &s->cancel, &st, err, sizeof(err));
+    if (r == -ECANCELED)
+        return r;
+    if (r < 0) {
+        const char *what = r == -EPERM ? "package archive refused" : "cannot unpack package";
+        char q[700];
+        log_warn("op=package-unpack job=%s package=%s error=%s", s->job_id, s->a.package_id,
+                 log_quote(err, q, sizeof(q)));
+        daemon_job_note(s, "orch-agent: %s: %s (package %s)", what, err, s->a.package_id);
+        if (asprintf(why, "%s: %s", what, err) < 0)
+            *why = NULL;
+        return r;
     }
-    const char *argv[] = {tar, "-xf", "-", "--no-same-owner", "-C", workdir, NULL, NULL};
-    /* tar guesses the compression of a file it opens, not of its stdin: say it (packages
-     * are tar, or tar in gzip, see api-packages.c). */
-    unsigned char magic[2] = {0, 0};
-    int afd = open(archive, O_RDONLY | O_CLOEXEC);
-    if (afd >= 0) {
-        if (read(afd, magic, sizeof(magic)) != (ssize_t)sizeof(magic))
-            magic[0] = 0;
-        close(afd);
-    }
-    if (magic[0] == 0x1f && magic[1] == 0x8b)
-        argv[6] = "-z";
-    char tag_id[ID_STR_LEN + 16], tag_epoch[48];
-    snprintf(tag_id, sizeof(tag_id), "ORCH_JOB_ID=%s", s->job_id);
-    snprintf(tag_epoch, sizeof(tag_epoch), "ORCH_JOB_EPOCH=%" PRId64, s->epoch);
-    const char *tags[] = {tag_id, tag_epoch, NULL};
-    struct exec_spec spec = {
-        .argv = argv,
-        .env = (const char *const *)env,
-        .workdir = workdir,
-        .timeout_ms = UNPACK_TIMEOUT_MS,
-        .grace_ms = 1000,
-        .job_id = s->job_id,
-        .user = user,
-        .isolate = true,
-        .hide_dir = d->work_dir,
-        .stdin_path = archive,
-        .env_tags = tags,
-    };
-    struct exec_sink sink = {.arg = s, .on_output = daemon_on_output, .on_tree = daemon_on_tree};
-    struct exec_result er;
-    int r = exec_default_ops()->run(&spec, &sink, &s->cancel, &er);
-    if (r < 0 || er.exit_code != 0) {
-        daemon_job_note(s, "orch-agent: cannot unpack package %s (tar: %s)", s->a.package_id,
-                        r < 0 ? strerror(-r) : "failed");
-        return -EIO;
-    }
+    log_info("op=package-unpack job=%s package=%s files=%" PRId64 " bytes=%" PRId64 " ms=%" PRId64,
+             s->job_id, s->a.package_id, st.files, st.bytes, mono_ms() - t0);
     return 0;
+}
+
+/* The result a package failure spools in place of the job's JSON (the job never ran): the
+ * reason, which daemon_result_report() sends as the result's error. */
+#define PACKAGE_ERROR_KEY "package_error"
+
+static char *daemon_package_error_json(const char *why)
+{
+    _cleanup_json_ json_t *o = json_pack("{s:s}", PACKAGE_ERROR_KEY, why);
+    return o ? json_dumps(o, JSON_COMPACT) : NULL;
 }
 
 /* The link thread: fetch the package a job waits for, if any. */
@@ -810,6 +801,7 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
                             char **result)
 {
     const struct proto_assignment *a = &s->a;
+    _cleanup_free_ char *why = NULL; /* a package refused: the reason */
     char workdir[PATH_MAX];
     snprintf(workdir, sizeof(workdir), "%s/%s.%" PRId64, d->work_dir, s->job_id, s->epoch);
     char result_path[PATH_MAX + 16];
@@ -861,7 +853,7 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
         char archive[PATH_MAX];
         cache_hold(d->cache);
         bool ok = daemon_package(d, s, archive, sizeof(archive)) == 0 &&
-                  daemon_unpack(d, s, archive, workdir, env, user) == 0;
+                  daemon_unpack(d, s, archive, workdir, user, &why) == 0;
         cache_release(d->cache);
         if (!ok) {
             *flags |= atomic_load(&s->cancel) ? PROTO_RES_CANCELLED : PROTO_RES_PACKAGE;
@@ -928,7 +920,9 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
              s->job_id, s->epoch, er.exit_code, er.term_signal, er.timed_out, er.cancelled,
              er.duration_ms);
 out:
-    *result = daemon_job_result(s, result_path);
+    /* A refused package's reason, in place of a result the job never had a chance to leave. */
+    *result = why && (*flags & PROTO_RES_PACKAGE) ? daemon_package_error_json(why)
+                                                  : daemon_job_result(s, result_path);
     strv_free(env);
     host_rm_rf(workdir);
     unlink(result_path);
@@ -1165,6 +1159,17 @@ static json_t *daemon_result_report(const struct spool_item *it)
     if (it->data && it->len > 0)
         doc = json_loadb(it->data, it->len, JSON_DECODE_ANY, NULL);
     res.result = doc;
+    /* A package failure's reason (daemon_package_error_json()), in place of the static
+     * sentence: the job never ran, so it left no result. */
+    const char *why = (it->flags & PROTO_RES_PACKAGE)
+                          ? json_string_value(json_object_get(doc, PACKAGE_ERROR_KEY))
+                          : NULL;
+    char error[PROTO_ERROR_MAX];
+    if (why) {
+        snprintf(error, sizeof(error), "the agent could not run the package: %s", why);
+        res.error = error;
+        res.result = NULL;
+    }
     return proto_result_encode(it->job_id, it->epoch, &res);
 }
 

@@ -191,13 +191,6 @@ bool host_env_name_eq(const char *a, size_t alen, const char *b)
     return strlen(b) == alen && memcmp(a, b, alen) == 0;
 }
 
-int host_tar(char *path, size_t len)
-{
-    /* Looked up in the job's PATH (host_env_defaults()'s, or its own). */
-    snprintf(path, len, "tar");
-    return 0;
-}
-
 char *host_expand(const char *s)
 {
     return strdup(s);

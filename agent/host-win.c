@@ -353,23 +353,6 @@ bool host_env_name_eq(const char *a, size_t alen, const char *b)
     return strlen(b) == alen && _strnicmp(a, b, alen) == 0;
 }
 
-int host_tar(char *path, size_t len)
-{
-    char root[MAX_PATH];
-    wchar_t *w;
-    DWORD attrs;
-
-    /* Windows 10 1803 and later ship bsdtar as System32\tar.exe. */
-    system_root(root, sizeof(root));
-    snprintf(path, len, "%s\\System32\\tar.exe", root);
-    w = compat_utf8_to_wide(path);
-    if (!w)
-        return -ENOMEM;
-    attrs = GetFileAttributesW(w);
-    free(w);
-    return attrs != INVALID_FILE_ATTRIBUTES && !(attrs & FILE_ATTRIBUTE_DIRECTORY) ? 0 : -ENOENT;
-}
-
 /* %ProgramData% from the shell's known folder: the environment of a service may say
  * otherwise (wine's does), and the MSI installs to the known folder. malloc'd or NULL. */
 static char *program_data(void)

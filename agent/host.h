@@ -1,6 +1,6 @@
 /* host.h: what the daemon does differently per OS, behind one small interface: who jobs
  * run as, the agent's own directories, removing a job's files, a job's command line and
- * default environment, the unpacker. One implementation per OS: host-posix.c (Linux and
+ * default environment. One implementation per OS: host-posix.c (Linux and
  * other POSIX systems) and host-win.c. */
 #pragma once
 
@@ -76,10 +76,6 @@ char **host_env_defaults(const char *workdir);
 /* Whether the variable names a (alen bytes) and b (NUL-terminated) are the same variable:
  * case-sensitive on POSIX, not on Windows. */
 bool host_env_name_eq(const char *a, size_t alen, const char *b);
-
-/* The unpacker for packages (tar, or tar in gzip): its path into path. Returns 0, or
- * -ENOENT when the host has none (Windows without %SystemRoot%\System32\tar.exe). */
-int host_tar(char *path, size_t len);
 
 /* s with the OS's variables expanded (Windows: %ProgramData% and the like; POSIX: s as
  * is), malloc'd; NULL on ENOMEM. */

@@ -1,4 +1,4 @@
-/* api-packages.c: a tenant's packages: tar archives (optionally gzip-compressed) that jobs
+/* api-packages.c: a tenant's packages: tar (optionally gzip-compressed) or zip archives that jobs
  * run an entrypoint from. The bytes are stored once per tenant by SHA-256 (package_blobs)
  * and count against the tier's storage quota; a package is a name and version naming a
  * blob, with an optional default entrypoint. Agents fetch the bytes over their connection
@@ -108,10 +108,14 @@ static bool valid_version(const char *s)
     return pkgref_version_valid(s);
 }
 
-/* A tar archive (ustar magic at 257) or a gzip stream (1f 8b). */
+/* A tar archive (ustar magic at 257), a gzip stream (1f 8b) or a zip archive (its first
+ * local file header, PK 03 04). The agent reads the archive itself and refuses what is not
+ * one of these (agent/unpack.c): this only turns away the obvious mistakes early. */
 static bool looks_like_archive(const unsigned char *d, size_t n)
 {
     if (n >= 2 && d[0] == 0x1f && d[1] == 0x8b)
+        return true;
+    if (n >= 4 && memcmp(d, "PK\x03\x04", 4) == 0)
         return true;
     return n >= 512 && memcmp(d + 257, "ustar", 5) == 0;
 }
@@ -159,15 +163,18 @@ void api_packages_create(struct http_req *req)
                            "entrypoint");
         return;
     }
-    static const char *const types[] = {"application/gzip", "application/x-gzip",
-                                        "application/x-tar", "application/octet-stream", NULL};
+    static const char *const types[] = {"application/gzip",  "application/x-gzip",
+                                        "application/x-tar", "application/octet-stream",
+                                        "application/zip",   NULL};
     const char *data = NULL;
     size_t len = 0;
     if (http_req_body(req, types, &data, &len) < 0)
         return;
     if (!looks_like_archive((const unsigned char *)data, len)) {
         http_reply_problem(req, PROBLEM_VALIDATION,
-                           "the body must be a tar archive, optionally gzip-compressed", "body");
+                           "the body must be a tar archive, optionally gzip-compressed, or a zip "
+                           "archive",
+                           "body");
         return;
     }
     char hex[CRYPTO_SHA256_HEX_LEN];

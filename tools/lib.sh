@@ -13,7 +13,7 @@ ORCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # the console's browser tests drive it headless (tests/browser/).
 ORCH_APT_PACKAGES=(
     build-essential meson ninja-build pkg-config clang python3 openssl ca-certificates
-    libevent-dev libssl-dev libpq-dev librabbitmq-dev libjwt-dev libjansson-dev
+    libevent-dev libssl-dev libpq-dev librabbitmq-dev libjwt-dev libjansson-dev libarchive-dev
     libcriterion-dev libcurl4-openssl-dev python3-yaml wrk clang-format
     postgresql postgresql-contrib rabbitmq-server
     curl procps iproute2 tzdata
@@ -118,9 +118,11 @@ orch_build() {
 # winpthreads), its unit tests run under wine, jansson built from Debian's source package
 # by tools/win-deps.sh (which needs cmake and dpkg-dev's dpkg-source).
 # wine: /usr/bin/wine and wineserver (wine64 alone, without its recommends, has neither);
-# wixl and msitools (msibuild, msiinfo): the .msi (packaging/msi/build.sh).
+# wixl and msitools (msibuild, msiinfo): the .msi (packaging/msi/build.sh); libz-mingw-w64-dev:
+# the zlib tools/win-deps.sh builds libarchive with.
 ORCH_APT_PACKAGES_WIN=(
     gcc-mingw-w64-x86-64-posix mingw-w64-tools wine64 wine cmake dpkg-dev wixl msitools
+    libz-mingw-w64-dev
 )
 
 # Install the Windows toolchain when missing (ORCH_SKIP_APT=1 skips this), then jansson for

@@ -154,6 +154,38 @@ if [ "$fuzz_seconds" != 0 ]; then
     rm -rf "$corpus"
 fi
 
+if [ "$fuzz_seconds" != 0 ]; then
+    say "fuzzing the agent's unpacker (tar, tar.gz, zip) for ${fuzz_seconds}s"
+    corpus=$(mktemp -d)
+    # Seeds made here: a tar, a tar.gz and a zip with a file, a directory and a link.
+    python3 - "$corpus" <<'PY'
+import io, sys, tarfile, zipfile
+d = sys.argv[1]
+for name, mode in (("seed.tar", "w"), ("seed.tgz", "w:gz")):
+    with tarfile.open(f"{d}/{name}", mode) as t:
+        for n, data in (("bin/run.sh", b"#!/bin/sh\necho hi\n"), ("data/a.txt", b"a" * 100)):
+            i = tarfile.TarInfo(n); i.size = len(data); i.mode = 0o755
+            t.addfile(i, io.BytesIO(data))
+        i = tarfile.TarInfo("bin/link"); i.type = tarfile.SYMTYPE; i.linkname = "run.sh"
+        t.addfile(i)
+with zipfile.ZipFile(f"{d}/seed.zip", "w", zipfile.ZIP_DEFLATED) as z:
+    z.writestr("bin/run.sh", "#!/bin/sh\necho hi\n")
+    z.writestr("data/a.txt", "a" * 100)
+PY
+    if build-fuzz/tests/fuzz/fuzz-unpack -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 \
+        -artifact_prefix=build-fuzz/unpack- -print_final_stats=1 "$corpus" \
+        >build-fuzz/fuzz-unpack.log 2>&1; then
+        total_passed=$((total_passed + 1))
+        grep -E "stat::number_of_executed_units" build-fuzz/fuzz-unpack.log || true
+    else
+        tail -40 build-fuzz/fuzz-unpack.log
+        say "the unpacker's fuzzer found a crash (input saved in build-fuzz/)"
+        total_failed=$((total_failed + 1))
+        status=1
+    fi
+    rm -rf "$corpus"
+fi
+
 # Stop the services now, so that the summary below is the last line printed (and the
 # packaging tests, which start their own, do not run beside them).
 orch_services_stop

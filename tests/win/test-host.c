@@ -1,5 +1,5 @@
 /* Tests for the agent's Windows platform files: host-win.c (state directory DACL, rm -rf,
- * job argv and environment, tar.exe), facts-win.c, the stop event of service-win.c, the
+ * job argv and environment), facts-win.c, the stop event of service-win.c, the
  * Windows defaults of config.c, log_open_file() and CLOCK_COND. */
 #define WTEST_MAIN
 #include "tests/win/wtest.h"
@@ -181,18 +181,6 @@ WTEST(host, env_defaults_and_names)
               path_set, temp_ok);
     WT_ASSERT(host_env_name_eq("Path=x", 4, "PATH"), "names are case-insensitive");
     WT_ASSERT(!host_env_name_eq("PATH=x", 4, "PATHEXT"), "a longer name");
-}
-
-WTEST(host, tar_is_system32_tar_or_missing)
-{
-    char path[600];
-    int r = host_tar(path, sizeof(path));
-
-    WT_ASSERT(strstr(path, "\\System32\\tar.exe") != NULL, "%s", path);
-    WT_ASSERT((r == 0) == exists(path), "host_tar %d but exists %d", r, exists(path));
-    if (r < 0)
-        WT_ASSERT(r == -ENOENT, "%d", r);
-    printf("# tar.exe on this host: %s\n", r == 0 ? "yes" : "no");
 }
 
 WTEST(host, config_defaults_and_job_identity)
