@@ -98,7 +98,7 @@ static char *upload(const char *name, bool zip, const struct ent *e, size_t n)
     size_t len;
     char *data = build(zip, e, n, &len);
     char path[256];
-    snprintf(path, sizeof(path), "/api/v1/packages?name=%s&version=1&entrypoint=run.sh", name);
+    snprintf(path, sizeof(path), "/api/v1/packages?name=%s&version=1.0.0&entrypoint=run.sh", name);
     struct th_resp r;
     th_http_bytes(&srv, "POST", path, admin, data, len,
                   zip ? "application/zip" : "application/gzip", &r);
