@@ -120,6 +120,9 @@ const struct http_route api_routes[] = {
     {HTTP_GET, "/console/", HTTP_AUTH_NONE, api_console_index, 0, 0},
     {HTTP_GET, "/console/{asset}", HTTP_AUTH_NONE, api_console_asset, 0, 0},
     {HTTP_GET, V1 "/events", HTTP_AUTH_TENANT_VIEWER, api_events_stream, 0, 0},
+
+    /* The console's retry (issue 12): a finished job submitted again. */
+    {HTTP_POST, V1 "/jobs/{id}/retry", HTTP_AUTH_TENANT_OPERATOR, api_jobs_retry, 0, 0},
 };
 
 const size_t api_nroutes = ELEMENTSOF(api_routes);

@@ -122,6 +122,13 @@ BEGIN
            updated_at = now()
      WHERE ls.job_id = jid AND ls.epoch = ep AND ls.stream = strm
     RETURNING ls.first_offset INTO first_offset;
+    -- The console's live log (97_events.sql): the stream's new end. Sent at commit with
+    -- every stored chunk; the api nodes' hub coalesces a chatty job's (server/events-hub.c).
+    IF n > 0 THEN
+        PERFORM events_notify(tid, 'job.output',
+                              jsonb_build_object('job_id', jid, 'epoch', ep, 'stream', strm,
+                                                 'end_offset', off + skip + n));
+    END IF;
     code := 'ok';
     next_offset := off + skip + n;
     RETURN NEXT;

@@ -10,3 +10,21 @@ RETURNS void LANGUAGE sql AS $$
         'tenant_id', p_tenant, 'type', p_type, 'created_at', now(), 'data', p_data)::text)
      WHERE p_tenant IS NOT NULL -- an agent of a shared pool belongs to no tenant
 $$;
+
+-- A queue's changes as queue.created, queue.paused, queue.resumed, queue.updated (any other
+-- change) and queue.deleted (trigger events_queues_changed, sql/0020_console_live.sql).
+CREATE OR REPLACE FUNCTION events_queues_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    q queues%ROWTYPE := CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+BEGIN
+    PERFORM events_notify(q.tenant_id,
+                          CASE WHEN TG_OP = 'INSERT' THEN 'queue.created'
+                               WHEN TG_OP = 'DELETE' THEN 'queue.deleted'
+                               WHEN NEW.paused AND NOT OLD.paused THEN 'queue.paused'
+                               WHEN OLD.paused AND NOT NEW.paused THEN 'queue.resumed'
+                               ELSE 'queue.updated' END,
+                          jsonb_build_object('queue_id', q.id, 'name', q.name,
+                                             'paused', q.paused));
+    RETURN NULL;
+END
+$$;
