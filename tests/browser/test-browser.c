@@ -138,3 +138,13 @@ Test(browser, job_page_live_log_cancel_tail)
     browser_run("jobdetail.cjs", args, "");
     free(key);
 }
+
+Test(browser, retry_live_queues_pushed_log)
+{
+    char *key = tenant_key("admin"), *viewer = tenant_key("viewer");
+    char args[512];
+    snprintf(args, sizeof(args), "'%s' '%s'", key, viewer);
+    browser_run("live.cjs", args, "");
+    free(viewer);
+    free(key);
+}
