@@ -382,8 +382,10 @@ export function JobPage({ arg }) {
   const [retries, setRetries] = useState([]);
   const load = async () => {
     try {
-      const [doc, r] = await Promise.all([api('GET', `/api/v1/jobs/${arg}`),
-        api('GET', `/api/v1/jobs?retry_of=${arg}&limit=10`)]);
+      const doc = await api('GET', `/api/v1/jobs/${arg}`);
+      /* Only a finished job can have been retried: a running one costs no second read. */
+      const r = ENDED.has(doc.status)
+        ? await api('GET', `/api/v1/jobs?retry_of=${arg}&limit=10`) : { items: [] };
       setJ(doc);
       setRetries(r.items);
       setErr(null);
