@@ -20,3 +20,8 @@ CREATE TRIGGER events_queues_changed AFTER INSERT OR UPDATE OR DELETE ON queues
 
 -- GET /api/v1/jobs?retry_of=: a job's retries (the console's job page names them).
 CREATE INDEX jobs_retry_of ON jobs (retry_of) WHERE retry_of IS NOT NULL;
+
+-- When job_log_append() last sent the stream's job.output event: it sends at most one per
+-- 250 ms per stream (sql/functions/50_logs.sql), as a NOTIFY serialises the commits of the
+-- transactions that send one.
+ALTER TABLE job_log_streams ADD COLUMN notified_at timestamptz;

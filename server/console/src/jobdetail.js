@@ -18,6 +18,8 @@ const LINE_PX = 18; /* must match .log-line's height in style.css */
 const MARGIN = 30; /* rows rendered above and below the view */
 /* Only while the event stream is down (its job.output events are missed): a slow read. */
 const FALLBACK_MS = 5000;
+/* After a job.output event: one more read, for the rest of its 250 ms interval. */
+const TRAIL_MS = 500;
 
 /* One read of the log API with the session's token: {bytes, next, end, epoch, dropped,
  * complete}. A 401 ends the session, as api() does. */
@@ -316,16 +318,26 @@ function Output({ j }) {
     pull();
   }, [j.updated_at, j.status, stream, epoch]);
   /* New output: the stream's job.output event carries its new end; read when it is past
-   * what was read. The hub sends at most 4 a second per job and stream, and always the
-   * last one. */
-  useEffect(() => onEvent((ev) => {
-    const d = ev.data && ev.data.data;
-    if (ev.type !== 'job.output' || !d || d.job_id !== j.id) return;
-    const log = logRef.current;
-    if (!log || d.stream !== log.stream) return;
-    if (log.epoch && d.epoch !== log.epoch) return; /* another attempt than the one shown */
-    if (!log.epoch || d.end_offset > log.offset) pull();
-  }), [j.id, stream, epoch]);
+   * what was read. An event is sent for the first chunk of each 250 ms of a stream, so one
+   * more read TRAIL_MS after the last event picks up the chunks that followed it in its
+   * interval (a job that then goes quiet sends no further event). */
+  const trail = useRef(null);
+  useEffect(() => {
+    const off = onEvent((ev) => {
+      const d = ev.data && ev.data.data;
+      if (ev.type !== 'job.output' || !d || d.job_id !== j.id) return;
+      const log = logRef.current;
+      if (!log || d.stream !== log.stream) return;
+      if (log.epoch && d.epoch !== log.epoch) return; /* another attempt than the one shown */
+      if (!log.epoch || d.end_offset > log.offset) pull();
+      clearTimeout(trail.current);
+      trail.current = setTimeout(pull, TRAIL_MS);
+    });
+    return () => {
+      off();
+      clearTimeout(trail.current);
+    };
+  }, [j.id, stream, epoch]);
   /* The fallback: a slow read only while the stream is down and the job runs. */
   const live = liveState.value === 'live';
   useEffect(() => {
