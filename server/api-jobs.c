@@ -1,5 +1,5 @@
 /* api-jobs.c: submitting jobs (one or a batch of up to 1,000, with idempotency keys),
- * reading, listing, cancelling them, and reading their output.
+ * reading, listing, cancelling and retrying them, and reading their output.
  *
  * A submission is committed to PostgreSQL first, then announced on the bus (queue
  * bus.jobs_queue, publisher confirms) to wake the dispatcher. PostgreSQL decides: when
@@ -553,8 +553,9 @@ static const struct store_stmt q_job_list =
                "          AND ($5::uuid IS NULL OR v.agent_id = $5::uuid)"
                "          AND ($6::timestamptz IS NULL OR v.created_at >= $6::timestamptz)"
                "          AND ($7::timestamptz IS NULL OR v.created_at < $7::timestamptz)"
+               "          AND ($8::uuid IS NULL OR v.retry_of = $8::uuid)"
                "        ORDER BY v.id DESC LIMIT $2) s",
-               7);
+               8);
 
 static bool valid_status(const char *s)
 {
@@ -577,6 +578,7 @@ void api_jobs_list(struct http_req *req)
     const char *agent = http_req_query(req, "agent_id");
     const char *since = http_req_query(req, "created_after");
     const char *until = http_req_query(req, "created_before");
+    const char *retry_of = http_req_query(req, "retry_of");
     int64_t ms;
     const char *bad = NULL, *why = NULL;
     char after[ID_STR_LEN];
@@ -590,6 +592,8 @@ void api_jobs_list(struct http_req *req)
         bad = "queue_id", why = "must be a queue id";
     else if (agent && !id_is_valid(agent))
         bad = "agent_id", why = "must be an agent id";
+    else if (retry_of && !id_is_valid(retry_of))
+        bad = "retry_of", why = "must be a job id";
     else if (since && clock_parse_rfc3339(since, &ms) < 0)
         bad = "created_after", why = "must be an RFC 3339 time";
     else if (until && clock_parse_rfc3339(until, &ms) < 0)
@@ -600,7 +604,7 @@ void api_jobs_list(struct http_req *req)
     }
     char lim[16];
     snprintf(lim, sizeof(lim), "%d", limit);
-    const char *p[] = {c ? after : NULL, lim, status, queue, agent, since, until};
+    const char *p[] = {c ? after : NULL, lim, status, queue, agent, since, until, retry_of};
     PGresult *res = NULL;
     int r = store_exec_once(((struct app *)http_req_app(req))->store,
                             http_req_principal(req)->tenant_id, &q_job_list, p, &res);
@@ -683,6 +687,86 @@ void api_jobs_cancel(struct http_req *req)
     if (agent[0])
         gateway_notify_node(http_req_app(req), agent, node[0] ? node : NULL);
     api_reply_pg_json(req, 202, res);
+}
+
+/* A finished job submitted again as a new job with the same spec (queue, command or
+ * package and entrypoint, args, env, params, requirements as stored, priority, timeout,
+ * attempts), recording retry_of. Its idempotency key is not copied: the retry is a job of
+ * its own. Row-level security keeps another tenant's job out of the select (404). */
+static const struct store_stmt q_job_retry = STORE_STMT(
+    "job_retry",
+    "WITH o AS (SELECT * FROM jobs WHERE id = $2),"
+    " i AS (INSERT INTO jobs (id, tenant_id, queue_id, priority, command, package_id, entrypoint,"
+    "         args, env, params, requirements, timeout_ms, max_attempts, retry_of)"
+    "       SELECT $1, app_tenant(), o.queue_id, o.priority, o.command, o.package_id,"
+    "              o.entrypoint, o.args, o.env, o.params, o.requirements, o.timeout_ms,"
+    "              o.max_attempts, o.id"
+    "         FROM o WHERE o.status IN ('succeeded', 'failed', 'cancelled', 'dead')"
+    "       RETURNING id)"
+    " SELECT o.status, (SELECT count(*) FROM i), q.name FROM o"
+    "   LEFT JOIN queues q ON q.id = o.queue_id",
+    2);
+
+void api_jobs_retry(struct http_req *req)
+{
+    const char *id = api_path_id(req, "id", "job");
+    if (!id)
+        return;
+    struct app *app = http_req_app(req);
+    const char *tenant = http_req_principal(req)->tenant_id;
+    char new_id[ID_STR_LEN], queue[API_QUEUE_NAME_MAX + 1] = "";
+    id_uuid7_str(new_id);
+    struct store_tx *tx = NULL;
+    int r = app_tx_begin(app, req, &tx);
+    PGresult *res = NULL;
+    const char *p[] = {new_id, id};
+    if (r >= 0)
+        r = store_tx_exec(tx, &q_job_retry, p, &res);
+    if (r == 0) {
+        PQclear(res);
+        store_tx_rollback(tx);
+        http_reply_problem(req, PROBLEM_NOT_FOUND, "no such job", NULL);
+        return;
+    }
+    if (r > 0 && strcmp(PQgetvalue(res, 0, 1), "0") == 0) {
+        char detail[128];
+        snprintf(detail, sizeof(detail), "the job is still %s: only a finished job is retried",
+                 PQgetvalue(res, 0, 0));
+        PQclear(res);
+        store_tx_rollback(tx);
+        http_reply_problem(req, PROBLEM_CONFLICT, detail, NULL);
+        return;
+    }
+    if (r > 0 && !PQgetisnull(res, 0, 2))
+        snprintf(queue, sizeof(queue), "%s", PQgetvalue(res, 0, 2));
+    PQclear(res);
+    res = NULL;
+    if (r > 0) {
+        json_t *d = json_pack("{s:s}", "retry_of", id);
+        r = app_audit(tx, req, NULL, "job.retry", "job", new_id, d);
+        json_decref(d);
+    }
+    const char *pn[] = {new_id};
+    if (r >= 0)
+        r = store_tx_exec(tx, &q_job_doc, pn, &res);
+    if (r < 0) {
+        PQclear(res);
+        store_tx_rollback(tx);
+        http_reply_error(req, r, "retrying the job");
+        return;
+    }
+    if (api_commit(req, tx, "retrying the job") < 0) {
+        PQclear(res);
+        return;
+    }
+    json_t *ids = json_pack("[s]", new_id);
+    announce(req, tenant, ids);
+    json_decref(ids);
+    metrics_orch_submitted(app->metrics, tenant, queue, 1);
+    char qq[160];
+    log_info("op=job.retry job=%s retry_of=%s queue=%s", new_id, id,
+             queue[0] ? log_quote(queue, qq, sizeof(qq)) : "-");
+    api_reply_pg_json(req, 201, res);
 }
 
 /* Output of the job's latest attempt (or ?epoch=), one stream, from ?offset=, at most

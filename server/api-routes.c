@@ -121,6 +121,9 @@ const struct http_route api_routes[] = {
     {HTTP_GET, "/console/{asset}", HTTP_AUTH_NONE, api_console_asset, 0, 0},
     {HTTP_GET, V1 "/events", HTTP_AUTH_TENANT_VIEWER, api_events_stream, 0, 0},
 
+    /* The console's retry (issue 12): a finished job submitted again. */
+    {HTTP_POST, V1 "/jobs/{id}/retry", HTTP_AUTH_TENANT_OPERATOR, api_jobs_retry, 0, 0},
+
     /* The figures of the console's overview (api-stats.c). */
     {HTTP_GET, V1 "/stats/jobs", HTTP_AUTH_ANY, api_stats_jobs, 0, 0},
 

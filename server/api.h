@@ -192,6 +192,8 @@ void api_jobs_submit_batch(struct http_req *req);
 void api_jobs_list(struct http_req *req);
 void api_jobs_get(struct http_req *req);
 void api_jobs_cancel(struct http_req *req);
+/* POST /jobs/{id}/retry: a finished job submitted again as a new job (docs/api.md). */
+void api_jobs_retry(struct http_req *req);
 void api_jobs_logs(struct http_req *req);
 /* schedules (api-schedules.c) */
 void api_schedules_list(struct http_req *req);

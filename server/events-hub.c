@@ -2,7 +2,8 @@
  *
  * Locking: h->lock guards the list of subs, the counts, and each sub's queue, scheduled
  * flag, left flag and reference count. A sub is referenced by the list (until it leaves)
- * and by each delivery posted to its loop; the last reference frees it. */
+ * and by each delivery posted to its loop; the last reference frees it. h->out_lock guards
+ * the job.output slots (taken before h->lock, never inside it). */
 #include "server/events-hub.h"
 
 #include <errno.h>
@@ -34,7 +35,18 @@ struct events_sub {
     int refs;
 };
 
+/* One job's stream whose job.output was published less than EVENTS_OUTPUT_INTERVAL_MS ago:
+ * the time it was, and the latest event since (NULL: none). */
+struct out_slot {
+    char key[48]; /* job id '/' stream */
+    long long sent_ms;
+    char *pending;
+};
+
 struct events_hub {
+    pthread_mutex_t out_lock;
+    struct out_slot *out; /* EVENTS_OUTPUT_SLOTS; the first nout in use */
+    int nout;
     pthread_mutex_t lock;
     pthread_cond_t gone; /* signalled when a sub leaves while closing */
     struct events_sub *subs;
@@ -141,6 +153,90 @@ void events_hub_publish(struct events_hub *h, const char *payload)
     json_decref(doc);
 }
 
+/* The slot key of a job.output payload, or false when it is not one (or has no job id). */
+static bool output_key(const char *payload, char key[48])
+{
+    /* Most notifications are not output: skip parsing those. */
+    if (!strstr(payload, "\"job.output\""))
+        return false;
+    json_error_t jerr;
+    json_t *doc = json_loads(payload, 0, &jerr);
+    const char *type = json_string_value(json_object_get(doc, "type"));
+    json_t *d = json_object_get(doc, "data");
+    const char *job = json_string_value(json_object_get(d, "job_id"));
+    const char *stream = json_string_value(json_object_get(d, "stream"));
+    bool ok = type && strcmp(type, "job.output") == 0 && job && strlen(job) == 36;
+    if (ok)
+        snprintf(key, 48, "%s/%.10s", job, stream ? stream : "");
+    json_decref(doc);
+    return ok;
+}
+
+void events_hub_offer(struct events_hub *h, const char *payload, long long now_ms)
+{
+    char key[48];
+    if (!output_key(payload, key)) {
+        events_hub_publish(h, payload);
+        return;
+    }
+    pthread_mutex_lock(&h->out_lock);
+    struct out_slot *o = NULL;
+    for (int i = 0; i < h->nout && !o; i++)
+        if (strcmp(h->out[i].key, key) == 0)
+            o = &h->out[i];
+    if (o) {
+        /* Within the interval: hold the latest back (events_hub_flush() sends it). */
+        char *copy = strdup(payload);
+        if (copy) {
+            free(o->pending);
+            o->pending = copy;
+            pthread_mutex_unlock(&h->out_lock);
+            return;
+        }
+    } else if (h->out && h->nout < EVENTS_OUTPUT_SLOTS) {
+        o = &h->out[h->nout++];
+        snprintf(o->key, sizeof(o->key), "%s", key);
+        o->pending = NULL;
+        o->sent_ms = now_ms;
+    }
+    pthread_mutex_unlock(&h->out_lock);
+    events_hub_publish(h, payload);
+}
+
+int events_hub_flush(struct events_hub *h, long long now_ms)
+{
+    int next = -1;
+    for (;;) {
+        char *send = NULL;
+        pthread_mutex_lock(&h->out_lock);
+        for (int i = 0; i < h->nout && !send; i++) {
+            struct out_slot *o = &h->out[i];
+            long long due = o->sent_ms + EVENTS_OUTPUT_INTERVAL_MS;
+            if (due > now_ms) {
+                int in = (int)(due - now_ms);
+                next = next < 0 || in < next ? in : next;
+                continue;
+            }
+            if (o->pending) {
+                /* Sent now: the slot stays, for the next interval. */
+                send = o->pending;
+                o->pending = NULL;
+                o->sent_ms = now_ms;
+                next =
+                    next < 0 || EVENTS_OUTPUT_INTERVAL_MS < next ? EVENTS_OUTPUT_INTERVAL_MS : next;
+            } else {
+                /* A quiet interval: the job's next output goes out at once. */
+                h->out[i--] = h->out[--h->nout];
+            }
+        }
+        pthread_mutex_unlock(&h->out_lock);
+        if (!send)
+            return next;
+        events_hub_publish(h, send);
+        free(send);
+    }
+}
+
 /* After the LISTEN connection was (re)made: events may have been missed meanwhile, so
  * every stream is told to reread what it shows. */
 static void broadcast_resync(struct events_hub *h)
@@ -187,6 +283,13 @@ static bool wait_or_stop(struct events_hub *h, int fd, int ms)
     return n > 0 && (p[0].revents & POLLIN);
 }
 
+static long long mono_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
 static void *listen_main(void *arg)
 {
     struct events_hub *h = arg;
@@ -203,17 +306,19 @@ static void *listen_main(void *arg)
          * connecting. */
         broadcast_resync(h);
         bool stop = false;
+        int due = -1;
         while (!stop) {
-            stop = wait_or_stop(h, PQsocket(pg), 30000);
+            stop = wait_or_stop(h, PQsocket(pg), due < 0 ? 30000 : due);
             if (stop)
                 break;
             if (PQconsumeInput(pg) != 1)
                 break;
             PGnotify *n;
             while ((n = PQnotifies(pg))) {
-                events_hub_publish(h, n->extra);
+                events_hub_offer(h, n->extra, mono_ms());
                 PQfreemem(n);
             }
+            due = events_hub_flush(h, mono_ms());
             if (PQstatus(pg) != CONNECTION_OK)
                 break;
         }
@@ -232,15 +337,19 @@ int events_hub_start(const char *db_url, struct events_hub **ret)
         return -ENOMEM;
     h->wake[0] = h->wake[1] = -1;
     h->url = strdup(db_url);
-    if (!h->url || pipe(h->wake) < 0) {
+    h->out = calloc(EVENTS_OUTPUT_SLOTS, sizeof(*h->out));
+    if (!h->url || !h->out || pipe(h->wake) < 0) {
         events_hub_stop(h);
         return -ENOMEM;
     }
     pthread_mutex_init(&h->lock, NULL);
+    pthread_mutex_init(&h->out_lock, NULL);
     pthread_cond_init(&h->gone, NULL);
     int r = pthread_create(&h->thread, NULL, listen_main, h);
     if (r != 0) {
         pthread_mutex_destroy(&h->lock);
+        pthread_mutex_destroy(&h->out_lock);
+        free(h->out);
         pthread_cond_destroy(&h->gone);
         close(h->wake[0]);
         close(h->wake[1]);
@@ -260,12 +369,16 @@ void events_hub_stop(struct events_hub *h)
         (void)!write(h->wake[1], "x", 1);
         pthread_join(h->thread, NULL);
         pthread_mutex_destroy(&h->lock);
+        pthread_mutex_destroy(&h->out_lock);
         pthread_cond_destroy(&h->gone);
     }
     if (h->wake[0] >= 0)
         close(h->wake[0]);
     if (h->wake[1] >= 0)
         close(h->wake[1]);
+    for (int i = 0; h->out && i < h->nout; i++)
+        free(h->out[i].pending);
+    free(h->out);
     free(h->url);
     free(h);
 }

@@ -1,5 +1,5 @@
-/* events-hub.h: the tenants' live events (job, agent) for the console's stream
- * (GET /api/v1/events, api-events.c), from PostgreSQL.
+/* events-hub.h: the tenants' live events (jobs, agents, queues, job output) for the
+ * console's stream (GET /api/v1/events, api-events.c), from PostgreSQL.
  *
  * The source is the database, not the bus: a job changes state in SQL on whichever node
  * (or in PostgreSQL itself, the reaper's functions), and the triggers that already watch
@@ -46,6 +46,25 @@ bool events_hub_listening(struct events_hub *h);
  * tenant: what the listener thread does with each. Malformed payloads are dropped with a
  * warning. Thread-safe; exported for the tests. */
 void events_hub_publish(struct events_hub *h, const char *payload);
+
+/* job.output (new output of a job, from job_log_append()) is sent with every stored chunk;
+ * a chatty job makes many. The listener coalesces them per job and stream: the first is
+ * published at once, those within EVENTS_OUTPUT_INTERVAL_MS after it are merged (the
+ * latest, whose end_offset covers the others, is kept) and published when the interval
+ * ends, so a stream gets at most 1000 / EVENTS_OUTPUT_INTERVAL_MS of them a second per job
+ * and stream, and the last output is always announced. At most EVENTS_OUTPUT_SLOTS jobs
+ * and streams are held back at a time; past that, events go out uncoalesced. */
+#define EVENTS_OUTPUT_INTERVAL_MS 250
+#define EVENTS_OUTPUT_SLOTS       4096
+
+/* What the listener thread does with each notification: job.output through the
+ * coalescing above, anything else straight to events_hub_publish(). now_ms is a monotonic
+ * clock in ms. Thread-safe; exported for the tests. */
+void events_hub_offer(struct events_hub *h, const char *payload, long long now_ms);
+/* Publish the held-back job.output events whose interval has ended by now_ms. Returns the
+ * ms until the next one is due, or -1 when none is held. Thread-safe; exported for the
+ * tests. */
+int events_hub_flush(struct events_hub *h, long long now_ms);
 
 /* Flags of a delivery. */
 #define EVENTS_OVERFLOWED 1 /* some events were dropped: the queue was full */

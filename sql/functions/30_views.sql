@@ -87,7 +87,8 @@ SELECT j.id, j.tenant_id, j.status, j.queue_id, j.agent_id, j.created_at, json_b
     'exit_code', j.exit_code, 'result', j.result, 'error', j.error,
     'cancel_requested', j.cancel_requested, 'not_before', j.not_before,
     'created_at', j.created_at, 'updated_at', j.updated_at, 'started_at', j.started_at,
-    'finished_at', j.finished_at) AS doc
+    'finished_at', j.finished_at, 'retry_of', j.retry_of) AS doc,
+       j.retry_of -- last: CREATE OR REPLACE VIEW can only add columns at the end
   FROM jobs j LEFT JOIN queues q ON q.id = j.queue_id;
 
 -- package_view: from 0007_packages_dispatch.sql.

@@ -29,6 +29,7 @@ DECLARE
     skip bigint;
     total bigint;
     need bigint;
+    tick boolean;
 BEGIN
     SELECT j.tenant_id INTO tid FROM jobs j
      WHERE j.id = jid AND j.epoch = ep AND j.agent_id = agent
@@ -116,12 +117,25 @@ BEGIN
         INSERT INTO job_logs (tenant_id, job_id, epoch, stream, "offset", data)
         VALUES (tid, jid, ep, strm, off + skip, chunk);
     END IF;
+    -- The console's live log (97_events.sql): the stream's new end, at most once per
+    -- 250 ms per stream (the first chunk of each interval; the row is locked above, so
+    -- appends to one stream decide in turn). A NOTIFY serialises the commits of the
+    -- transactions that send one: a chatty job must not send one per chunk. The page reads
+    -- once more after each event, for what came later in its interval.
+    tick := n > 0 AND (s.notified_at IS NULL
+                       OR clock_timestamp() - s.notified_at >= interval '250 milliseconds');
     UPDATE job_log_streams ls
        SET end_offset = off + skip + n, stored_bytes = ls.stored_bytes + n,
            first_offset = CASE WHEN ls.stored_bytes = 0 THEN off + skip ELSE ls.first_offset END,
-           updated_at = now()
+           updated_at = now(),
+           notified_at = CASE WHEN tick THEN clock_timestamp() ELSE ls.notified_at END
      WHERE ls.job_id = jid AND ls.epoch = ep AND ls.stream = strm
     RETURNING ls.first_offset INTO first_offset;
+    IF tick THEN
+        PERFORM events_notify(tid, 'job.output',
+                              jsonb_build_object('job_id', jid, 'epoch', ep, 'stream', strm,
+                                                 'end_offset', off + skip + n));
+    END IF;
     code := 'ok';
     next_offset := off + skip + n;
     RETURN NEXT;

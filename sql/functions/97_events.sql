@@ -11,21 +11,18 @@ RETURNS void LANGUAGE sql AS $$
      WHERE p_tenant IS NOT NULL -- an agent of a shared pool belongs to no tenant
 $$;
 
--- A queue created, changed (paused, resumed, its limits) or deleted, as queue.created,
--- queue.updated and queue.deleted: a row trigger of sql/0021_queue_events.sql.
+-- A queue's changes as queue.created, queue.paused, queue.resumed, queue.updated (any other
+-- change) and queue.deleted (trigger events_queues_changed, sql/0021_queue_events.sql).
 CREATE OR REPLACE FUNCTION events_queues_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    q queues;
+    q queues%ROWTYPE := CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        q := OLD;
-    ELSE
-        q := NEW;
-    END IF;
     PERFORM events_notify(q.tenant_id,
-                          'queue.' || CASE TG_OP WHEN 'INSERT' THEN 'created'
-                                                 WHEN 'UPDATE' THEN 'updated'
-                                                 ELSE 'deleted' END,
+                          CASE WHEN TG_OP = 'INSERT' THEN 'queue.created'
+                               WHEN TG_OP = 'DELETE' THEN 'queue.deleted'
+                               WHEN NEW.paused AND NOT OLD.paused THEN 'queue.paused'
+                               WHEN OLD.paused AND NOT NEW.paused THEN 'queue.resumed'
+                               ELSE 'queue.updated' END,
                           jsonb_build_object('queue_id', q.id, 'name', q.name,
                                              'paused', q.paused));
     RETURN NULL;

@@ -299,3 +299,13 @@ Test(browser, overview_tiles_and_charts_move_live_other_tenant_hidden)
     free(other);
     free(key);
 }
+
+Test(browser, retry_live_queues_pushed_log)
+{
+    char *key = tenant_key("admin"), *viewer = tenant_key("viewer");
+    char args[512];
+    snprintf(args, sizeof(args), "'%s' '%s'", key, viewer);
+    browser_run("live.cjs", args, "");
+    free(viewer);
+    free(key);
+}

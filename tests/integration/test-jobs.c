@@ -439,3 +439,108 @@ Test(jobs, only_cursors_the_api_returned_are_accepted)
     json_decref(a);
     json_decref(b);
 }
+
+/* POST /jobs/{id}/retry: a finished job is submitted again as a new job with the same spec
+ * and retry_of; a job still waiting or running is 409, another tenant's 404, a viewer 403;
+ * the retry is audited and listed by ?retry_of=. */
+Test(jobs, retry_submits_a_finished_job_again)
+{
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/queues", oper,
+            "{\"name\":\"again\",\"default_priority\":5,\"requirements\":{\"os\":\"linux\"}}", NULL,
+            &r);
+    cr_assert_eq(r.status, 201);
+    th_resp_free(&r);
+    json_t *j = submit("{\"queue\":\"again\",\"command\":\"make\",\"args\":[\"all\"],"
+                       "\"env\":{\"CC\":\"cc\"},\"params\":{\"ref\":\"main\"},\"max_attempts\":2,"
+                       "\"timeout_ms\":60000,\"idempotency_key\":\"retry-me\"}",
+                       201);
+    const char *id = json_string_value(json_object_get(j, "id"));
+    char path[256];
+    snprintf(path, sizeof(path), "/api/v1/jobs/%s/retry", id);
+    th_http(&srv, "POST", path, oper, NULL, NULL, &r);
+    cr_assert_eq(r.status, 409, "a queued job is not retried: %ld %s", r.status, r.body);
+    cr_assert_not_null(strstr(r.body, "still queued"), "%s", r.body);
+    th_resp_free(&r);
+
+    char cpath[256];
+    snprintf(cpath, sizeof(cpath), "/api/v1/jobs/%s/cancel", id);
+    th_http(&srv, "POST", cpath, oper, NULL, NULL, &r);
+    cr_assert_eq(r.status, 202);
+    th_resp_free(&r);
+
+    char *other = th_tenant(&srv, op, "retry-other", "standard");
+    char *o = th_tenant_token(&srv, op, other, "admin");
+    th_http(&srv, "POST", path, o, NULL, NULL, &r);
+    cr_assert_eq(r.status, 404, "another tenant's job: %ld %s", r.status, r.body);
+    cr_assert_null(strstr(r.body, "make"));
+    th_resp_free(&r);
+    char *viewer = th_tenant_token(&srv, op, tenant, "viewer");
+    th_http(&srv, "POST", path, viewer, NULL, NULL, &r);
+    cr_assert_eq(r.status, 403);
+    th_resp_free(&r);
+    th_http(&srv, "POST", "/api/v1/jobs/not-a-uuid/retry", oper, NULL, NULL, &r);
+    cr_assert_eq(r.status, 404, "%ld %s", r.status, r.body);
+    th_resp_free(&r);
+
+    th_http(&srv, "POST", path, oper, NULL, NULL, &r);
+    cr_assert_eq(r.status, 201, "%ld %s", r.status, r.body);
+    const char *nid = th_str_of(&r, "id");
+    cr_assert_str_neq(nid, id, "a new job");
+    cr_assert_str_eq(th_str_of(&r, "retry_of"), id);
+    cr_assert_str_eq(th_str_of(&r, "status"), "queued");
+    cr_assert_str_eq(th_str_of(&r, "queue"), "again");
+    cr_assert_str_eq(th_str_of(&r, "command"), "make");
+    cr_assert_eq(json_integer_value(json_object_get(r.json, "priority")), 5);
+    cr_assert_eq(json_integer_value(json_object_get(r.json, "max_attempts")), 2);
+    cr_assert_eq(json_integer_value(json_object_get(r.json, "timeout_ms")), 60000);
+    cr_assert_eq(json_integer_value(json_object_get(r.json, "attempt")), 0);
+    cr_assert(json_equal(json_object_get(r.json, "args"), json_object_get(j, "args")));
+    cr_assert(json_equal(json_object_get(r.json, "env"), json_object_get(j, "env")));
+    cr_assert(json_equal(json_object_get(r.json, "params"), json_object_get(j, "params")));
+    cr_assert(
+        json_equal(json_object_get(r.json, "requirements"), json_object_get(j, "requirements")));
+    cr_assert(json_is_null(json_object_get(r.json, "idempotency_key")), "the key is not copied");
+    char *new_id = strdup(nid);
+    th_resp_free(&r);
+    cr_assert(json_is_null(json_object_get(j, "retry_of")), "a submitted job retries nothing");
+
+    /* Read back, found by ?retry_of=, and the retry of the retry is refused while it waits. */
+    snprintf(path, sizeof(path), "/api/v1/jobs/%s", new_id);
+    th_http(&srv, "GET", path, oper, NULL, NULL, &r);
+    cr_assert_str_eq(th_str_of(&r, "retry_of"), id);
+    th_resp_free(&r);
+    snprintf(path, sizeof(path), "/api/v1/jobs?retry_of=%s", id);
+    th_http(&srv, "GET", path, viewer, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200);
+    json_t *items = json_object_get(r.json, "items");
+    cr_assert_eq(json_array_size(items), 1, "%s", r.body);
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(items, 0), "id")), new_id);
+    th_resp_free(&r);
+    th_http(&srv, "GET", path, o, NULL, NULL, &r);
+    cr_assert_eq(json_array_size(json_object_get(r.json, "items")), 0);
+    th_resp_free(&r);
+    th_http(&srv, "GET", "/api/v1/jobs?retry_of=nope", oper, NULL, NULL, &r);
+    cr_assert_eq(r.status, 422);
+    cr_assert_not_null(strstr(r.body, "retry_of"));
+    th_resp_free(&r);
+
+    /* Audited, by whom and of what. */
+    char *admin = th_tenant_token(&srv, op, tenant, "admin");
+    th_http(&srv, "GET", "/api/v1/audit?limit=50", admin, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200);
+    const char *at = strstr(r.body, "job.retry");
+    cr_assert_not_null(at, "no audit record: %s", r.body);
+    cr_assert_not_null(strstr(r.body, new_id));
+    th_resp_free(&r);
+    th_http(&srv, "GET", "/api/v1/audit?limit=50", o, NULL, NULL, &r);
+    cr_assert_null(strstr(r.body, "job.retry"), "the other tenant's audit log shows it");
+    th_resp_free(&r);
+
+    free(admin);
+    free(new_id);
+    free(viewer);
+    free(o);
+    free(other);
+    json_decref(j);
+}

@@ -1,12 +1,13 @@
 /* jobdetail.js: one job (#/jobs/<id>): its state timeline, why it is waiting, its result,
- * cancel, and its output. The output is read from its tail (GET .../logs' X-End-Offset),
- * only the lines in view are in the page (a window over a fixed line height), and it is
- * followed while the job runs; a job that is not running is read again only when one of
- * its events arrives. The API has no retry of a job and no history of attempts beyond the
- * job's `attempt`/`epoch` and each epoch's logs, so neither is shown. */
+ * cancel and retry (with the job it retries and its retries), and its output. The output is
+ * read from its tail (GET .../logs' X-End-Offset), only the lines in view are in the page
+ * (a window over a fixed line height), and it is followed while the job runs: the event
+ * stream's job.output (the stream's new end) says when there is more to read, so nothing
+ * polls while the stream is up. The API has no history of attempts beyond the job's
+ * `attempt`/`epoch` and each epoch's logs, so none is shown. */
 import { html } from 'htm/preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { api, ApiError, canOperate, onEvent, session, signOut } from './api.js';
+import { api, ApiError, canOperate, liveState, onEvent, session, signOut } from './api.js';
 import { duration, localTime } from './jobs.js';
 
 const ENDED = new Set(['succeeded', 'failed', 'cancelled', 'dead']);
@@ -15,7 +16,10 @@ const CHUNK = 1024 * 1024; /* the API's largest limit_bytes */
 const MAX_LINES = 200000; /* kept in memory; the oldest go first (the raw file has all) */
 const LINE_PX = 18; /* must match .log-line's height in style.css */
 const MARGIN = 30; /* rows rendered above and below the view */
-const FOLLOW_MS = 1000; /* the API has no push for output: read again while running */
+/* Only while the event stream is down (its job.output events are missed): a slow read. */
+const FALLBACK_MS = 5000;
+/* After a job.output event: one more read, for the rest of its 250 ms interval. */
+const TRAIL_MS = 500;
 
 /* One read of the log API with the session's token: {bytes, next, end, epoch, dropped,
  * complete}. A 401 ends the session, as api() does. */
@@ -309,14 +313,38 @@ function Output({ j }) {
     setVersion((v) => v + 1);
     pull();
   }, [j.id, j.epoch, stream, epoch]);
-  /* Every change of the job (its events) reads what is new; while it runs, also a read
-   * each FOLLOW_MS, as the API has no push for output. */
+  /* Every change of the job (its events) reads what is new. */
   useEffect(() => {
     pull();
-    if (!running) return undefined;
-    const t = setInterval(pull, FOLLOW_MS);
+  }, [j.updated_at, j.status, stream, epoch]);
+  /* New output: the stream's job.output event carries its new end; read when it is past
+   * what was read. An event is sent for the first chunk of each 250 ms of a stream, so one
+   * more read TRAIL_MS after the last event picks up the chunks that followed it in its
+   * interval (a job that then goes quiet sends no further event). */
+  const trail = useRef(null);
+  useEffect(() => {
+    const off = onEvent((ev) => {
+      const d = ev.data && ev.data.data;
+      if (ev.type !== 'job.output' || !d || d.job_id !== j.id) return;
+      const log = logRef.current;
+      if (!log || d.stream !== log.stream) return;
+      if (log.epoch && d.epoch !== log.epoch) return; /* another attempt than the one shown */
+      if (!log.epoch || d.end_offset > log.offset) pull();
+      clearTimeout(trail.current);
+      trail.current = setTimeout(pull, TRAIL_MS);
+    });
+    return () => {
+      off();
+      clearTimeout(trail.current);
+    };
+  }, [j.id, stream, epoch]);
+  /* The fallback: a slow read only while the stream is down and the job runs. */
+  const live = liveState.value === 'live';
+  useEffect(() => {
+    if (!running || live) return undefined;
+    const t = setInterval(pull, FALLBACK_MS);
     return () => clearInterval(t);
-  }, [j.updated_at, j.status, running, stream, epoch]);
+  }, [running, live, stream, epoch]);
 
   const log = logRef.current || newLog(stream, epoch);
   const epochs = [];
@@ -347,26 +375,52 @@ function Output({ j }) {
   </section>`;
 }
 
+/* The job this one retries, and the jobs that retry it (GET /api/v1/jobs?retry_of=). */
+function Retries({ j, retries }) {
+  if (!j.retry_of && !retries.length) return null;
+  return html`<p class="retries" id="retries">
+    ${j.retry_of && html`Retry of <a href=${`#/jobs/${j.retry_of}`} id="retry-of"
+      data-job=${j.retry_of}><code>${j.retry_of.slice(0, 8)}</code></a>. `}
+    ${retries.length > 0 && html`Retried as ${retries.map((r, i) => html`${i ? ', ' : ''}<a
+      href=${`#/jobs/${r.id}`} data-job=${r.id} class="retried-as"><code>${r.id.slice(0, 8)}</code></a>
+      <span class=${`status s-${r.status}`}>${r.status}</span>`)}.`}
+  </p>`;
+}
+
 export function JobPage({ arg }) {
   const [j, setJ] = useState(null);
   const [err, setErr] = useState(null);
   const [seen, setSeen] = useState([]);
+  const [retries, setRetries] = useState([]);
   const load = async () => {
     try {
-      setJ(await api('GET', `/api/v1/jobs/${arg}`));
+      const doc = await api('GET', `/api/v1/jobs/${arg}`);
+      /* Only a finished job can have been retried: a running one costs no second read. */
+      const r = ENDED.has(doc.status)
+        ? await api('GET', `/api/v1/jobs?retry_of=${arg}&limit=10`) : { items: [] };
+      setJ(doc);
+      setRetries(r.items);
       setErr(null);
     } catch (e) {
       setErr(e.message);
     }
   };
+  const retriesRef = useRef(retries);
+  retriesRef.current = retries;
   useEffect(() => {
     setJ(null);
     setSeen([]);
+    setRetries([]);
     load();
     return onEvent((ev) => {
       if (ev.type === 'resync') return load();
       const d = ev.data && ev.data.data;
-      if (!d || d.job_id !== arg) return undefined;
+      /* job.output is read by the output panel; a retry's events change its status here. */
+      if (!d || ev.type === 'job.output') return undefined;
+      if (d.job_id !== arg) {
+        if (retriesRef.current.some((r) => r.id === d.job_id)) return load();
+        return undefined;
+      }
       const at = ev.data.created_at || new Date().toISOString();
       setSeen((s) => [...s, { status: d.status, at }]);
       return load();
@@ -375,6 +429,15 @@ export function JobPage({ arg }) {
   const cancel = async () => {
     try {
       setJ(await api('POST', `/api/v1/jobs/${arg}/cancel`));
+    } catch (e) {
+      setErr(e.message);
+    }
+  };
+  /* The new job's own page: that is what runs now. */
+  const retry = async () => {
+    try {
+      const n = await api('POST', `/api/v1/jobs/${arg}/retry`);
+      location.hash = `#/jobs/${n.id}`;
     } catch (e) {
       setErr(e.message);
     }
@@ -390,8 +453,12 @@ export function JobPage({ arg }) {
         id="job-status">${j.status}</span>
       ${j.cancel_requested && !ENDED.has(j.status) ? html` <small>(cancelling)</small>` : ''}</h1>
     <p class="cmd"><code>${j.command || `${j.entrypoint} (package ${j.package_id})`}</code></p>
+    <${Retries} j=${j} retries=${retries} />
     ${canOperate() && !ENDED.has(j.status) && !j.cancel_requested &&
       html`<p><button class="small" id="cancel" onClick=${cancel}>Cancel job</button></p>`}
+    ${canOperate() && ENDED.has(j.status) &&
+      html`<p><button class="small alt" id="retry" onClick=${retry}>Retry job</button>
+        <small class="muted">runs it again as a new job</small></p>`}
     ${err && html`<p class="err" role="alert">${err}</p>`}
     <div class="job-grid">
       <${Timeline} j=${j} seen=${seen} />

@@ -1,6 +1,6 @@
 /* jobs.js: the jobs page: filters applied by the server (GET /api/v1/jobs' status,
- * queue_id, agent_id, created_after, created_before), cursor paging, submit and cancel, and
- * rows kept current by the event stream (no polling). */
+ * queue_id, agent_id, created_after, created_before), cursor paging, submit, cancel and
+ * retry, and rows kept current by the event stream (no polling). */
 import { html } from 'htm/preact';
 import { useEffect, useState } from 'preact/hooks';
 import { signal } from '@preact/signals';
@@ -85,7 +85,8 @@ async function onJobEvent(ev) {
     return;
   }
   const d = ev.data && ev.data.data;
-  if (!ev.type.startsWith('job.') || !d || !d.job_id) return;
+  /* job.output is new output, not a change of status (the job page reads it). */
+  if (!ev.type.startsWith('job.') || ev.type === 'job.output' || !d || !d.job_id) return;
   const seq = (latest.get(d.job_id) || 0) + 1;
   latest.set(d.job_id, seq);
   const i = jobs.value.findIndex((j) => j.id === d.job_id);
@@ -170,13 +171,37 @@ async function cancel(id) {
   }
 }
 
+/* A finished job submitted again (POST /api/v1/jobs/{id}/retry): the new job goes first
+ * when the filters want it; its events keep it current. */
+async function retry(id) {
+  try {
+    const j = await api('POST', `/api/v1/jobs/${id}/retry`);
+    error.value = null;
+    if (!jobs.value.some((x) => x.id === j.id) && wanted(filters.value, { ...j, job_id: j.id }))
+      jobs.value = [j, ...jobs.value];
+  } catch (e) {
+    error.value = e.message;
+  }
+}
+
+function Actions({ j }) {
+  if (!canOperate()) return '';
+  if (ENDED.has(j.status))
+    return html`<button class="small alt" data-action="retry" onClick=${() => retry(j.id)}
+      aria-label=${`Retry job ${j.id.slice(0, 8)}`}>Retry</button>`;
+  if (j.cancel_requested) return '';
+  return html`<button class="small" data-action="cancel" onClick=${() => cancel(j.id)}
+    aria-label=${`Cancel job ${j.id.slice(0, 8)}`}>Cancel</button>`;
+}
+
 function Row({ j }) {
   const ran = j.started_at
     ? (j.finished_at ? Date.parse(j.finished_at) : Date.now()) - Date.parse(j.started_at)
     : null;
   return html`<tr data-job=${j.id}>
     <td><a href=${`#/jobs/${j.id}`} aria-label=${`Job ${j.id}`}>
-      <code title=${j.id}>${j.id.slice(0, 8)}</code></a></td>
+      <code title=${j.id}>${j.id.slice(0, 8)}</code></a>${j.retry_of &&
+      html` <small class="muted" title=${`retry of ${j.retry_of}`}>retry</small>`}</td>
     <td>${j.queue || ''}</td>
     <td><span class=${`status s-${j.status}`} data-status=${j.status}>${j.status}</span>
       ${j.cancel_requested && !ENDED.has(j.status) ? html` <small>(cancelling)</small>` : ''}</td>
@@ -185,10 +210,7 @@ function Row({ j }) {
     <td><time datetime=${j.created_at}>${localTime(j.created_at)}</time></td>
     <td class="num">${duration(ran)}</td>
     <td>${j.exit_code ?? ''}</td>
-    <td>${canOperate() && !ENDED.has(j.status) && !j.cancel_requested
-      ? html`<button class="small" onClick=${() => cancel(j.id)}
-          aria-label=${`Cancel job ${j.id.slice(0, 8)}`}>Cancel</button>`
-      : ''}</td>
+    <td><${Actions} j=${j} /></td>
   </tr>`;
 }
 

@@ -60,6 +60,7 @@ function soon() {
 }
 
 function onOverviewEvent(ev) {
+  if (ev.type === 'job.output') return; /* output, not a change of the figures */
   if (ev.type === 'resync' || ev.type.startsWith('job.') || ev.type.startsWith('agent.')) soon();
 }
 

@@ -1,7 +1,8 @@
 /* queues.js: the queues page: GET /api/v1/queues with its cursor, each queue's depth and
  * running jobs from GET /api/v1/scaling/signals (the queue itself does not carry them), its
  * limits; pause, resume and create (operator and admin) through the same REST API. Job events
- * re-read the counts, at most once a second: no timer polls. */
+ * re-read the counts, at most once a second; queue.* events change, add or remove the queue's
+ * row: no timer polls. */
 import { html } from 'htm/preact';
 import { useEffect, useState } from 'preact/hooks';
 import { signal } from '@preact/signals';
@@ -42,13 +43,45 @@ async function load(more) {
   }
 }
 
+/* The latest queue.* event per queue: a read after an event is applied only if no newer one
+ * came meanwhile. */
+const latest = new Map();
+
+/* A queue changed (queue.created, .updated, .paused, .resumed, .deleted): the row takes the
+ * event's state at once, then the queue is read again for the rest. */
+async function onQueueChange(ev) {
+  const d = ev.data && ev.data.data;
+  if (!d || !d.queue_id) return;
+  const seq = (latest.get(d.queue_id) || 0) + 1;
+  latest.set(d.queue_id, seq);
+  if (ev.type === 'queue.deleted') {
+    queues.value = queues.value.filter((q) => q.id !== d.queue_id);
+    return;
+  }
+  const i = queues.value.findIndex((q) => q.id === d.queue_id);
+  if (i >= 0 && typeof d.paused === 'boolean') replace({ ...queues.value[i], paused: d.paused });
+  let q;
+  try {
+    q = await api('GET', `/api/v1/queues/${d.queue_id}`);
+  } catch (e) {
+    return; /* the row keeps what the event said */
+  }
+  if (latest.get(d.queue_id) !== seq) return;
+  if (queues.value.some((x) => x.id === q.id)) replace(q);
+  else if (!cursor.value) queues.value = [...queues.value, q]; /* new, and the list is whole */
+}
+
 let countsTimer = null;
 function onQueueEvent(ev) {
   if (ev.type === 'resync') {
     load(false);
     return;
   }
-  if (!ev.type.startsWith('job.') || countsTimer) return;
+  if (ev.type.startsWith('queue.')) {
+    onQueueChange(ev);
+    return;
+  }
+  if (!ev.type.startsWith('job.') || ev.type === 'job.output' || countsTimer) return;
   /* A burst of job events makes one read, a second after the first of them. */
   countsTimer = setTimeout(() => {
     countsTimer = null;
@@ -85,7 +118,8 @@ function Create() {
       setMsg({ ok: true, text: `Created queue ${q.name}` });
       setName('');
       setMax('');
-      if (!cursor.value) queues.value = [...queues.value, q];
+      if (!cursor.value && !queues.value.some((x) => x.id === q.id))
+        queues.value = [...queues.value, q];
     } catch (err) {
       setMsg({ ok: false, text: err.message });
     } finally {

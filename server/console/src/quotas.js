@@ -66,7 +66,7 @@ function onQuotaEvent(ev) {
     load();
     return;
   }
-  if (!/^(job|agent|queue)\./.test(ev.type) || timer) return;
+  if (!/^(job|agent|queue)\./.test(ev.type) || ev.type === 'job.output' || timer) return;
   /* A burst of events makes one read, a second after the first of them. */
   timer = setTimeout(() => {
     timer = null;

@@ -104,7 +104,8 @@ function onScheduleEvent(ev) {
     return;
   }
   const d = ev.data && ev.data.data;
-  if (!ev.type.startsWith('job.') || !d || !d.job_id) return;
+  /* job.output says a job wrote, not that its status changed. */
+  if (!ev.type.startsWith('job.') || ev.type === 'job.output' || !d || !d.job_id) return;
   let known = false;
   const next = schedules.value.map((s) => {
     if (!s.last_firing || s.last_firing.job_id !== d.job_id) return s;

@@ -166,3 +166,70 @@ Test(events_hub, shutdown_ends_every_stream)
     events_hub_stop(h);
     event_base_free(base);
 }
+
+static void output_payload(char *out, size_t len, const char *job, long long end)
+{
+    snprintf(out, len,
+             "{\"data\": {\"job_id\": \"%s\", \"epoch\": 1, \"stream\": \"stdout\", "
+             "\"end_offset\": %lld}, \"type\": \"job.output\", \"tenant_id\": \"%s\", "
+             "\"created_at\": \"2026-12-01T03:24:45+00:00\"}",
+             job, end, TENANT_A);
+}
+
+static int count(const char *text, const char *needle)
+{
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, needle)); p++)
+        n++;
+    return n;
+}
+
+/* A chatty job's job.output events: the first goes at once, the rest of the interval are
+ * merged into the latest, sent when the interval ends; other events are never held. */
+Test(events_hub, output_events_are_coalesced_per_job)
+{
+    struct event_base *base = event_base_new();
+    struct events_hub *h = NULL;
+    cr_assert_eq(events_hub_start(NO_DB, &h), 0);
+    struct got a = {0};
+    struct events_sub *sa;
+    cr_assert_eq(events_sub_join(h, TENANT_A, base, deliver, &a, &sa), 0);
+    const char *j1 = "01a22fa2-27ec-7676-be40-65c1d36cc611";
+    const char *j2 = "01a22fa2-27ec-7676-be40-65c1d36cc612";
+    char p[512];
+    long long t = 1000000;
+    for (int i = 1; i <= 100; i++) { /* 100 chunks in 100 ms */
+        output_payload(p, sizeof(p), j1, i * 10);
+        events_hub_offer(h, p, t + i);
+    }
+    output_payload(p, sizeof(p), j2, 7);
+    events_hub_offer(h, p, t + 50); /* another job: not held back by the first */
+    payload(p, sizeof(p), TENANT_A, "job.succeeded");
+    events_hub_offer(h, p, t + 60);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    cr_assert_eq(count(a.text, "event: job.output"), 2, "%s", a.text);
+    cr_assert(strstr(a.text, "\"end_offset\": 10}"), "the first at once: %s", a.text);
+    cr_assert(strstr(a.text, "\"end_offset\": 7}"), "%s", a.text);
+    cr_assert_eq(count(a.text, "event: job.succeeded"), 1, "never held: %s", a.text);
+
+    /* Not yet due: nothing; then the latest of the interval, once. */
+    int due = events_hub_flush(h, t + 100);
+    cr_assert(due > 0 && due <= EVENTS_OUTPUT_INTERVAL_MS, "due in %d ms", due);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    cr_assert_eq(count(a.text, "event: job.output"), 2);
+    events_hub_flush(h, t + 1 + EVENTS_OUTPUT_INTERVAL_MS);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    cr_assert_eq(count(a.text, "event: job.output"), 3, "%s", a.text);
+    cr_assert(strstr(a.text, "\"end_offset\": 1000}"), "the latest offset: %s", a.text);
+    cr_assert_null(strstr(a.text, "\"end_offset\": 990}"), "merged away");
+
+    /* Quiet intervals free the slots: the next output goes at once. */
+    cr_assert_eq(events_hub_flush(h, t + 10000), -1, "nothing held");
+    output_payload(p, sizeof(p), j1, 2000);
+    events_hub_offer(h, p, t + 10001);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    cr_assert(strstr(a.text, "\"end_offset\": 2000}"), "%s", a.text);
+    events_sub_leave(sa);
+    events_hub_stop(h);
+    event_base_free(base);
+}
