@@ -27,13 +27,22 @@ async function loadCounts() {
   }
 }
 
+/* queue.* events applied so far: a list read while one came in may predate it, and would
+ * undo it (a queue created then would vanish), so such a read is made again. */
+let changes = 0;
+
 async function load(more) {
   loading.value = true;
   error.value = null;
   try {
     const q = new URLSearchParams({ limit: String(PAGE) });
     if (more && cursor.value) q.set('cursor', cursor.value);
-    const [page] = await Promise.all([api('GET', `/api/v1/queues?${q}`), loadCounts()]);
+    let page;
+    for (let tries = 0; tries < 3; tries++) {
+      const before = changes;
+      [page] = await Promise.all([api('GET', `/api/v1/queues?${q}`), loadCounts()]);
+      if (changes === before) break;
+    }
     queues.value = more ? [...queues.value, ...page.items] : page.items;
     cursor.value = page.next_cursor || null;
   } catch (e) {
@@ -52,6 +61,7 @@ const latest = new Map();
 async function onQueueChange(ev) {
   const d = ev.data && ev.data.data;
   if (!d || !d.queue_id) return;
+  changes++;
   const seq = (latest.get(d.queue_id) || 0) + 1;
   latest.set(d.queue_id, seq);
   if (ev.type === 'queue.deleted') {
