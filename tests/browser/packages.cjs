@@ -207,6 +207,7 @@ async function main() {
     if ((await page.textContent('#package-ref [data-ref]')) !== 'tool@stable')
       throw new Error('the job page does not show the reference');
     await page.waitForSelector('#final-status');
+    await shot(page, 'jobdetail-package.png');
     await page.click('#package-ref a[data-resolved]');
     await page.waitForSelector('h1#packages-h code');
     if (await page.evaluate(() => location.hash) !== '#/packages/tool')

@@ -253,7 +253,9 @@ async function remove(p) {
     await api('DELETE', `/api/v1/packages/${p.id}`);
   } catch (e) {
     setRowErr(p.name, p.id, e.status === 409
-      ? `Not deleted: ${e.message}.` : `Not deleted: ${e.message}`);
+      ? `Not deleted: ${e.message}. Move the channels elsewhere, let the jobs end (or cancel ` +
+        'them) and change the schedules first.'
+      : `Not deleted: ${e.message}`);
     return;
   }
   await loadName(p.name, false);
@@ -270,7 +272,8 @@ function MoveChannel({ name, g }) {
   const [fieldErr, setFieldErr] = useState({});
   const [busy, setBusy] = useState(false);
   const [msg, setMsg] = useState(null);
-  const ver = version || (g.versions[0] && g.versions[0].version) || '';
+  const first = g.versions.find((p) => isRelease(p.version)) || g.versions[0];
+  const ver = version || (first && first.version) || '';
   const submit = async (e) => {
     e.preventDefault();
     setBusy(true);
@@ -389,8 +392,8 @@ export function PackagesPage({ arg }) {
     ${only && html`<p><a href="#/packages">← All packages</a></p>`}
     ${canOperate() && html`<${Upload} key=${only || ''} />`}
     ${error.value && html`<p class="err" role="alert">${error.value}</p>`}
-    <p class="muted read-at">Read at ${readAt.value ? localTime(readAt.value) : '…'}; sizes
-      in KiB and MiB, times in your zone. Nothing pushes package changes: read again with
+    <p class="muted read-at">Read at ${readAt.value ? localTime(readAt.value) : '…'}.
+      Changes made elsewhere show when read again.
       <button class="small alt" onClick=${() => load(false)} disabled=${loading.value}
         id="packages-refresh">Refresh</button></p>
     ${names.value.map((n) => html`<${Group} key=${n} name=${n} />`)}
