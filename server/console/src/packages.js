@@ -303,7 +303,8 @@ function MoveChannel({ name, g }) {
     <datalist id=${`${id}-list`}>${g.channels.map((c) => html`<option value=${c.channel} />`)}</datalist>
     <label>to version <select name="channel-version" value=${ver}
         onChange=${(e) => setVersion(e.target.value)}
-        aria-invalid=${fieldErr.version ? 'true' : undefined}>
+        aria-invalid=${fieldErr.version ? 'true' : undefined}
+        aria-describedby=${fieldErr.version ? `${id}-err-version` : undefined}>
       ${g.versions.map((p) => html`<option value=${p.version}>${p.version}</option>`)}
     </select>${errOf('version')}</label>
     <button type="submit" class="alt" disabled=${busy || !ver}>Move channel</button>
@@ -377,9 +378,18 @@ function Group({ name }) {
   </section>`;
 }
 
+/* The name in #/packages/<name>, or null. */
+function nameOf(arg) {
+  try {
+    return arg ? decodeURIComponent(arg) : null;
+  } catch (e) {
+    return arg; /* not %-encoded properly: the API says it is not a name */
+  }
+}
+
 export function PackagesPage({ arg }) {
+  only = nameOf(arg);
   useEffect(() => {
-    only = arg ? decodeURIComponent(arg) : null;
     names.value = [];
     groups.value = new Map();
     load(false);
