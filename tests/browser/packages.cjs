@@ -1,7 +1,7 @@
 /* The console's packages page in Debian's Chromium, headless, through playwright-core: two
  * versions uploaded through the page (tar.gz files made here with tar(1)), with their
  * SHA-256 computed in the browser and sent with the right content type; `latest` moves, a
- * pre-release never takes it; a version uploaded twice is refused at the version field; the
+ * pre-release never takes it; a 3 MiB upload shows its progress; a version uploaded twice is refused at the version field; the
  * channel `stable` moved in the page is what the API says; a job run by `tool@stable` shows
  * the reference and the version it resolved to on its page; a version a queued job needs
  * cannot be deleted (the API's 409 shown at its row), and can once nothing refers to it; a
@@ -244,6 +244,24 @@ async function main() {
     await page.waitForSelector(row1, { state: 'detached' });
     const gone = await raw('GET', `/api/v1/packages/${v1id}`);
     if (gone.status !== 404) throw new Error(`the deleted version reads ${gone.status}`);
+
+    step('a 3 MiB version: its progress shown while it is sent, its size in MiB');
+    const big = makeArchive(tmp, '3.0.0', 3 * 1024 * 1024);
+    await page.evaluate(() => {
+      window.__progress = [];
+      new MutationObserver(() => {
+        const p = document.querySelector('#upload-progress');
+        if (p) window.__progress.push([Number(p.max), Number(p.value)]);
+      }).observe(document.body, { subtree: true, childList: true, attributes: true });
+    });
+    await upload(page, '3.0.0', big.file, 'run.sh');
+    const row3 = 'section.pkg[data-name=tool] tr[data-version="3.0.0"]';
+    await page.waitForSelector(`${row3} [data-latest]`);
+    const seen = await page.evaluate(() => window.__progress);
+    if (!seen.length || seen.some(([max]) => max !== big.size))
+      throw new Error(`upload progress seen: ${JSON.stringify(seen.slice(0, 5))}, size ${big.size}`);
+    const mib = (await page.textContent(`${row3} td[data-size]`)).trim();
+    if (mib !== '3.0 MiB') throw new Error(`3.0.0's size reads "${mib}"`);
 
     step('at 400 px the page does not scroll sideways');
     await page.goto(`${base}/console/#/packages`);
