@@ -309,3 +309,27 @@ Test(browser, retry_live_queues_pushed_log)
     free(viewer);
     free(key);
 }
+
+/* The packages page (packages.cjs, which makes its own tar.gz files) and a job's package on
+ * its page; another tenant's package, uploaded here (a minimal tar: one ustar header), must
+ * not show. */
+Test(browser, packages_upload_latest_channel_delete_viewer_other_tenant)
+{
+    char *key = tenant_key("admin"), *viewer = tenant_key("viewer");
+    char *other = th_tenant(&srv, op, "other-p", "standard");
+    char *other_admin = th_tenant_token(&srv, op, other, "admin");
+    char tar[1536] = {0};
+    memcpy(tar + 257, "ustar", 5);
+    struct th_resp r;
+    th_http_bytes(&srv, "POST", "/api/v1/packages?name=secret-tool&version=1.0.0", other_admin, tar,
+                  sizeof(tar), "application/x-tar", &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    th_resp_free(&r);
+    char args[512];
+    snprintf(args, sizeof(args), "'%s' '%s'", key, viewer);
+    browser_run("packages.cjs", args, "secret-tool");
+    free(other_admin);
+    free(other);
+    free(viewer);
+    free(key);
+}

@@ -375,6 +375,30 @@ function Output({ j }) {
   </section>`;
 }
 
+/* The job's package: the reference as submitted (`report@latest`) and the exact version it
+ * resolved to then (package_id, read once: GET /api/v1/packages/{id}), linked to that
+ * package's page. A finished job whose version was since deleted has no package_id. */
+function PackageRef({ j }) {
+  const [p, setP] = useState(null);
+  const [err, setErr] = useState(null);
+  useEffect(() => {
+    setP(null);
+    setErr(null);
+    if (!j.package_id) return;
+    api('GET', `/api/v1/packages/${j.package_id}`).then(setP, (e) => setErr(e.message));
+  }, [j.package_id]);
+  if (!j.package && !j.package_id) return null;
+  const name = p ? p.name : j.package && j.package.split('@')[0];
+  return html`<p class="pkg-ref" id="package-ref">Package
+    ${j.package && html` <code data-ref>${j.package}</code> →`}
+    ${' '}${p ? html`<a href=${`#/packages/${encodeURIComponent(name)}`} data-resolved=${p.version}>
+        ${p.name} <strong>${p.version}</strong></a>
+        <small class="muted"> sha256 <code title=${p.sha256}>${p.sha256.slice(0, 12)}…</code></small>`
+      : j.package_id ? html`<span class="muted">${err || 'reading…'}</span>`
+      : html`<span class="muted" data-resolved="">the version has been deleted</span>`}
+    ${!p && name && html` <a href=${`#/packages/${encodeURIComponent(name)}`}>the package</a>`}</p>`;
+}
+
 /* The job this one retries, and the jobs that retry it (GET /api/v1/jobs?retry_of=). */
 function Retries({ j, retries }) {
   if (!j.retry_of && !retries.length) return null;
@@ -452,7 +476,8 @@ export function JobPage({ arg }) {
       <span class=${`status s-${j.status}`} data-status=${j.status}
         id="job-status">${j.status}</span>
       ${j.cancel_requested && !ENDED.has(j.status) ? html` <small>(cancelling)</small>` : ''}</h1>
-    <p class="cmd"><code>${j.command || `${j.entrypoint} (package ${j.package_id})`}</code></p>
+    <p class="cmd"><code>${j.command || j.entrypoint}</code></p>
+    <${PackageRef} j=${j} />
     <${Retries} j=${j} retries=${retries} />
     ${canOperate() && !ENDED.has(j.status) && !j.cancel_requested &&
       html`<p><button class="small" id="cancel" onClick=${cancel}>Cancel job</button></p>`}

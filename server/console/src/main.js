@@ -17,6 +17,7 @@ import { PoolsPage } from './pools.js';
 import { QuotasPage } from './quotas.js';
 import { AuditPage, canReadAudit } from './audit.js';
 import { OverviewPage } from './overview.js';
+import { PackagesPage } from './packages.js';
 
 const PAGES = { jobs: { title: 'Jobs', view: JobsPage },
   /* #/jobs/<id>: a page under another, not in the navigation. */
@@ -38,6 +39,9 @@ PAGES.audit = { title: 'Audit log', view: AuditPage, scope: 'any', can: canReadA
 /* The overview is the landing page (#/ and the brand link) of every session, tenant or
  * platform, first in the navigation. */
 PAGES.overview = { title: 'Overview', view: OverviewPage, scope: 'any', first: true };
+/* #/packages, and #/packages/<name>: that package's versions alone. */
+PAGES.packages = { title: 'Packages', view: PackagesPage };
+PAGES['packages/'] = { title: 'Packages', view: PackagesPage, under: 'packages' };
 const HOME = 'overview';
 const route = signal(location.hash.replace(/^#\/?/, '') || HOME);
 addEventListener('hashchange', () => {
