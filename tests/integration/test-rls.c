@@ -61,7 +61,10 @@ static const char fixture_sql[] =
     " SELECT gen_random_uuid(), '@T@', id, 'up', 0, 1, 'queue_depth', '{}'"
     " FROM scaling_policies WHERE tenant_id = '@T@';"
     "INSERT INTO quota_events (tenant_id, resource, kind, last_sent_at) VALUES"
-    " ('@T@', 'queues', 'exceeded', now());";
+    " ('@T@', 'queues', 'exceeded', now());"
+    "INSERT INTO blob_chunks (tenant_id, blob_key, off, data) VALUES ('@T@', 'pkg/b', 0, '\\x00');"
+    "INSERT INTO package_uploads (id, tenant_id, name, version, size_bytes, sha256, expires_at)"
+    " VALUES (gen_random_uuid(), '@T@', 'p', '2', 1, sha256('u@T@'), now() + interval '1 day');";
 
 static const char *const fixture_tables[] = {
     "api_keys",
@@ -83,6 +86,8 @@ static const char *const fixture_tables[] = {
     "scaling_policies",
     "scaling_history",
     "quota_events",
+    "blob_chunks",
+    "package_uploads",
 };
 #define N_TABLES (sizeof(fixture_tables) / sizeof(fixture_tables[0]))
 
