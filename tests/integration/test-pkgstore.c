@@ -519,3 +519,54 @@ Test(pkgstore, another_tenants_uploads_and_packages_are_not_found)
     free(tok);
     free(other);
 }
+
+/* tools/pkg-upload.sh, the one-command upload of docs/packages.md: 20 MiB in 4 MiB parts,
+ * the last one short, then the package downloads whole. */
+Test(pkgstore, the_upload_script_sends_a_file_in_parts)
+{
+    char dir[] = "/tmp/orch-pkgup-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char file[96];
+    snprintf(file, sizeof(file), "%s/big.tgz", dir);
+    const size_t size = (20u << 20) + 12345;
+    unsigned char *buf = malloc(size);
+    fill(buf, size, 0);
+    FILE *f = fopen(file, "we");
+    cr_assert_not_null(f);
+    cr_assert_eq(fwrite(buf, 1, size, f), size);
+    fclose(f);
+    char sha[CRYPTO_SHA256_HEX_LEN];
+    crypto_sha256_hex(buf, size, sha);
+    free(buf);
+
+    char script[512], orch[128], token[8300], ca[128];
+    snprintf(script, sizeof(script), "%s", th_env("ORCH_TEST_GEN_CERTS"));
+    char *slash = strrchr(script, '/');
+    cr_assert_not_null(slash);
+    snprintf(slash + 1, sizeof(script) - (size_t)(slash + 1 - script), "pkg-upload.sh");
+    snprintf(orch, sizeof(orch), "ORCH=%s", srv.base);
+    snprintf(token, sizeof(token), "TOKEN=%s", admin);
+    snprintf(ca, sizeof(ca), "CA=%s/tls/ca.pem", srv.dir);
+    const char *argv[] = {"/bin/bash", script, file, "scripted", "1.0", "run.sh", NULL};
+    const char *env[] = {orch, token, ca, "PART_MIB=4", NULL};
+    struct th_run run;
+    th_run(&run, argv, env, 120000);
+    cr_assert_eq(run.status, 0, "status %d: %s %s", run.status, th_str(&run.err), th_str(&run.out));
+    json_t *pkg = json_loads(th_str(&run.out), 0, NULL);
+    cr_assert_not_null(pkg, "%s", th_str(&run.out));
+    cr_assert_str_eq(json_string_value(json_object_get(pkg, "sha256")), sha);
+    char path[160];
+    snprintf(path, sizeof(path), "/api/v1/packages/%s/content",
+             json_string_value(json_object_get(pkg, "id")));
+    struct xfer x = {0};
+    xfer("GET", path, admin, NULL, 0, NULL, NULL, &x);
+    cr_assert_eq(x.status, 200);
+    cr_assert_eq(x.got, size);
+    char hex[CRYPTO_SHA256_HEX_LEN];
+    xfer_hex(&x, hex);
+    cr_assert_str_eq(hex, sha);
+    xfer_free(&x);
+    json_decref(pkg);
+    th_run_free(&run);
+    th_rm_rf(dir);
+}
