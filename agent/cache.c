@@ -227,6 +227,74 @@ int cache_store(struct cache *c, const char *sha, const void *data, size_t len)
     return 0;
 }
 
+static void partial_path(struct cache *c, const char *sha, char *path, size_t len)
+{
+    snprintf(path, len, "%s/%s.dl", c->dir, sha);
+}
+
+int64_t cache_partial_size(struct cache *c, const char *sha)
+{
+    if (!sha_valid(sha))
+        return 0;
+    char path[4200];
+    partial_path(c, sha, path, sizeof(path));
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode) ? (int64_t)sb.st_size : 0;
+}
+
+int cache_partial_append(struct cache *c, const char *sha, const void *data, size_t len)
+{
+    if (!sha_valid(sha))
+        return -EINVAL;
+    char path[4200];
+    partial_path(c, sha, path, sizeof(path));
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    int r = lseek(fd, 0, SEEK_END) < 0 ? -errno : write_all(fd, data, len);
+    close(fd);
+    return r;
+}
+
+void cache_partial_drop(struct cache *c, const char *sha)
+{
+    if (!sha_valid(sha))
+        return;
+    char path[4200];
+    partial_path(c, sha, path, sizeof(path));
+    unlink(path);
+}
+
+int cache_partial_finish(struct cache *c, const char *sha)
+{
+    if (!sha_valid(sha))
+        return -EINVAL;
+    char path[4200];
+    partial_path(c, sha, path, sizeof(path));
+    int64_t size = cache_partial_size(c, sha);
+    char *data = malloc(size > 0 ? (size_t)size : 1);
+    int r = data ? 0 : -ENOMEM;
+    int fd = r == 0 ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+    if (r == 0 && fd < 0)
+        r = -errno;
+    for (int64_t got = 0; r == 0 && got < size;) {
+        ssize_t n = read(fd, data + got, (size_t)(size - got));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            r = n < 0 ? -errno : -EIO;
+        else
+            got += n;
+    }
+    if (fd >= 0)
+        close(fd);
+    if (r == 0)
+        r = cache_store(c, sha, data, (size_t)size);
+    free(data);
+    unlink(path);
+    return r;
+}
+
 void cache_hold(struct cache *c)
 {
     pthread_mutex_lock(&c->lock);

@@ -26,6 +26,16 @@ int cache_lookup(struct cache *c, const char *sha, char *path, size_t len);
  * not while an archive is held). */
 int cache_store(struct cache *c, const char *sha, const void *data, size_t len);
 
+/* A download in progress, kept as <dir>/<sha>.dl across broken connections and restarts
+ * so that it resumes where it stopped (a Range request): its size (0 when none), more
+ * bytes at its end, and its end: cache_partial_finish() stores it as archive sha as
+ * cache_store() does (-EBADMSG when the whole has another SHA-256) and removes the
+ * download whatever the outcome, so that a damaged one starts again from nothing. */
+int64_t cache_partial_size(struct cache *c, const char *sha);
+int cache_partial_append(struct cache *c, const char *sha, const void *data, size_t len);
+int cache_partial_finish(struct cache *c, const char *sha);
+void cache_partial_drop(struct cache *c, const char *sha);
+
 /* While held, no archive is removed (a job is unpacking one). */
 void cache_hold(struct cache *c);
 void cache_release(struct cache *c);

@@ -694,6 +694,58 @@ static char *daemon_package_error_json(const char *why)
     return o ? json_dumps(o, JSON_COMPACT) : NULL;
 }
 
+/* A package fetched in pieces of LINK_FETCH_PIECE bytes appended to the cache's partial
+ * download (cache_partial_*()), each a Range request with If-Range: the digest, so that a
+ * fetch cut short (a broken connection, an agent restart) goes on from the bytes it has.
+ * The end: a short piece, or 416 at the end. A 200 (the server ignored the range) brings
+ * the whole archive: the partial download starts again from it. *have: the bytes held. 0,
+ * or < 0 with error filled (the partial download stays, for the next try). */
+#define LINK_FETCH_PIECE (8u << 20)
+
+static int link_fetch_pieces(struct daemon *d, struct transport *t, const char *url,
+                             const char *etag, int64_t *have, char *error, size_t errlen)
+{
+    const char *sha = etag + 1; /* "\"<sha>\"" */
+    char hex[CRYPTO_SHA256_HEX_LEN];
+    snprintf(hex, sizeof(hex), "%.64s", sha);
+    for (;;) {
+        struct buf body = BUF_INIT;
+        struct transport_reply rep;
+        int r = transport_get_range(t, url, (uint64_t)*have, LINK_FETCH_PIECE, etag, &body, &rep);
+        if (r == -EMSGSIZE) { /* a 200 past a piece: the server does not resume */
+            snprintf(error, errlen, "the server sent the whole archive, over %u bytes",
+                     LINK_FETCH_PIECE);
+            cache_partial_drop(d->cache, hex);
+            *have = 0;
+            return r;
+        }
+        if (r < 0) {
+            snprintf(error, errlen, "%s", rep.error);
+            return r;
+        }
+        if (rep.status == 416 && *have > 0) /* the range starts at the end: all here */
+            return 0;
+        if (rep.status != 200 && rep.status != 206) {
+            snprintf(error, errlen, "HTTP %ld: %.200s", rep.status, rep.error);
+            return -EIO;
+        }
+        if (rep.status == 200) { /* the whole archive, whatever we held */
+            cache_partial_drop(d->cache, hex);
+            *have = 0;
+        }
+        r = body.len > 0 ? cache_partial_append(d->cache, hex, body.data, body.len) : 0;
+        size_t got = body.len;
+        buf_free(&body);
+        if (r < 0) {
+            snprintf(error, errlen, "%s", strerror(-r));
+            return r;
+        }
+        *have += (int64_t)got;
+        if (rep.status == 200 || got < LINK_FETCH_PIECE)
+            return 0;
+    }
+}
+
 /* The link thread: fetch the package a job waits for, if any. */
 static void link_fetch(struct daemon *d, struct transport *t)
 {
@@ -710,30 +762,24 @@ static void link_fetch(struct daemon *d, struct transport *t)
     int state = FETCH_DONE;
     char error[256] = "", path[PATH_MAX];
     if (cache_lookup(d->cache, f->sha256, path, sizeof(path)) != 0) {
-        char url[128];
+        char url[128], etag[72];
         proto_agent_path(url, sizeof(url), PROTO_AGENT_PATH_PACKAGE, f->package_id);
-        struct buf body = BUF_INIT;
-        struct transport_reply rep;
-        int64_t t0 = mono_ms();
-        int r = transport_get_bytes(t, url, PROTO_PACKAGE_MAX_BYTES, &body, &rep);
-        if (r < 0) {
-            state = FETCH_FAILED;
-            snprintf(error, sizeof(error), "%s", rep.error);
-        } else if (rep.status != 200) {
-            state = FETCH_FAILED;
-            snprintf(error, sizeof(error), "HTTP %ld: %.200s", rep.status, rep.error);
-        } else {
-            r = cache_store(d->cache, f->sha256, body.data, body.len);
-            if (r < 0) {
-                state = FETCH_FAILED;
+        snprintf(etag, sizeof(etag), "\"%s\"", f->sha256);
+        int64_t t0 = mono_ms(), have = cache_partial_size(d->cache, f->sha256), from = have;
+        int r = link_fetch_pieces(d, t, url, etag, &have, error, sizeof(error));
+        if (r == 0) {
+            r = cache_partial_finish(d->cache, f->sha256);
+            if (r < 0)
                 snprintf(error, sizeof(error), "%s",
                          r == -EBADMSG ? "the bytes received do not match the package's SHA-256"
                                        : strerror(-r));
-            } else {
-                log_info("op=package-fetch package=%s bytes=%zu ms=%" PRId64, f->package_id,
-                         body.len, mono_ms() - t0);
-            }
-            buf_free(&body);
+        }
+        if (r < 0) {
+            state = FETCH_FAILED;
+        } else {
+            log_info("op=package-fetch package=%s bytes=%" PRId64 " resumed_at=%" PRId64
+                     " ms=%" PRId64,
+                     f->package_id, have, from, mono_ms() - t0);
         }
         if (state == FETCH_FAILED) {
             char q[320];

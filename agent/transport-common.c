@@ -34,8 +34,8 @@ int transport_request_ex(struct transport *t, const char *method, const char *pa
     _cleanup_free_ char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     struct buf reply = BUF_INIT;
     buf_init_max(&reply, TRANSPORT_MAX_REPLY);
-    int rc = transport_exchange(t, method, path, text, "application/json", timeout_ms, abort, arg,
-                                &reply, r);
+    int rc = transport_exchange(t, method, path, text, "application/json", NULL, timeout_ms, abort,
+                                arg, &reply, r);
     if (rc < 0) {
         buf_free(&reply);
         return rc;
@@ -52,19 +52,21 @@ int transport_request_ex(struct transport *t, const char *method, const char *pa
     return 0;
 }
 
-int transport_get_bytes(struct transport *t, const char *path, size_t max, struct buf *out,
-                        struct transport_reply *r)
+/* GET path as bytes with the header lines extra (NULL: none); ok: the status that brings
+ * the bytes (200, or 206 for a range). */
+static int get_bytes(struct transport *t, const char *path, const char *extra, size_t max,
+                     struct buf *out, struct transport_reply *r)
 {
     memset(r, 0, sizeof(*r));
     request_id_new(r);
     buf_init_max(out, max);
-    int rc =
-        transport_exchange(t, "GET", path, NULL, "application/octet-stream", 0, NULL, NULL, out, r);
+    int rc = transport_exchange(t, "GET", path, NULL, "application/octet-stream", extra, 0, NULL,
+                                NULL, out, r);
     if (rc < 0) {
         buf_free(out);
         return rc;
     }
-    if (r->status != 200) {
+    if (r->status != 200 && (!extra || r->status != 206)) {
         json_t *p = json_loadb(out->data ? out->data : "", out->len, 0, NULL);
         const char *detail = json_string_value(json_object_get(p, "detail"));
         snprintf(r->error, sizeof(r->error), "%s",
@@ -75,6 +77,22 @@ int transport_get_bytes(struct transport *t, const char *path, size_t max, struc
         buf_free(out);
     }
     return 0;
+}
+
+int transport_get_bytes(struct transport *t, const char *path, size_t max, struct buf *out,
+                        struct transport_reply *r)
+{
+    return get_bytes(t, path, NULL, max, out, r);
+}
+
+int transport_get_range(struct transport *t, const char *path, uint64_t off, size_t max,
+                        const char *etag, struct buf *out, struct transport_reply *r)
+{
+    char extra[192];
+    snprintf(extra, sizeof(extra), "Range: bytes=%llu-%llu\r\n%s%s%s", (unsigned long long)off,
+             (unsigned long long)(off + max - 1), etag ? "If-Range: " : "", etag ? etag : "",
+             etag ? "\r\n" : "");
+    return get_bytes(t, path, extra, max, out, r);
 }
 
 /* Days from 1970-01-01 to y-m-d of the proleptic Gregorian calendar (H. Hinnant's

@@ -141,8 +141,9 @@ static CURLcode perform(struct transport *t, bool (*abort)(void *arg), void *arg
 
 /* transport-impl.h */
 int transport_exchange(struct transport *t, const char *method, const char *path, const char *text,
-                       const char *accept, int64_t timeout_ms, bool (*abort)(void *arg), void *arg,
-                       struct buf *reply, struct transport_reply *r)
+                       const char *accept, const char *extra, int64_t timeout_ms,
+                       bool (*abort)(void *arg), void *arg, struct buf *reply,
+                       struct transport_reply *r)
 {
     char url[4096];
     snprintf(url, sizeof(url), "%s%s", t->base, path);
@@ -154,6 +155,17 @@ int transport_exchange(struct transport *t, const char *method, const char *path
     if (text)
         h = curl_slist_append(h, "Content-Type: application/json");
     h = curl_slist_append(h, accept_h);
+    char line[256];
+    for (const char *e = extra; e && *e;) {
+        size_t n = strcspn(e, "\r\n");
+        if (n > 0 && n < sizeof(line)) {
+            memcpy(line, e, n);
+            line[n] = '\0';
+            h = curl_slist_append(h, line);
+        }
+        e += n;
+        e += strspn(e, "\r\n");
+    }
     /* Every request says which agent protocol it speaks (proto/agent.h). */
     char version_h[64];
     snprintf(version_h, sizeof(version_h), "%s: %d", PROTO_AGENT_VERSION_HEADER,

@@ -14,14 +14,16 @@ struct buf;
 #define TRANSPORT_MAX_REPLY (16u << 20)
 
 /* Send one request: method path with text (a JSON document, or NULL for no body),
- * `Accept: accept` and `X-Request-Id: r->request_id` (set by the caller), giving up with -EINTR
+ * `Accept: accept`, the header lines of extra ("Name: value", each ended by "\r\n"; NULL
+ * for none) and `X-Request-Id: r->request_id` (set by the caller), giving up with -EINTR
  * when abort(arg) says so after a wakeup, within timeout_ms (0 = the transport's). The answer's
  * bytes go to reply (its max is the limit: -EMSGSIZE beyond). Returns 0 with r->status and
  * r->retry_after_s set, or -ECONNREFUSED / -ETIMEDOUT / -EPROTO / -EMSGSIZE / -EINTR with r->error
  * filled. Implemented by each transport. */
 int transport_exchange(struct transport *t, const char *method, const char *path, const char *text,
-                       const char *accept, int64_t timeout_ms, bool (*abort)(void *arg), void *arg,
-                       struct buf *reply, struct transport_reply *r);
+                       const char *accept, const char *extra, int64_t timeout_ms,
+                       bool (*abort)(void *arg), void *arg, struct buf *reply,
+                       struct transport_reply *r);
 
 /* The seconds a Retry-After value asks for at now_s (Unix time): delta-seconds, or an HTTP
  * date (IMF-fixdate, "Sun, 06 Nov 1994 08:49:37 GMT"); 0 when none, in the past or unreadable.

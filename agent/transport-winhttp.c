@@ -828,8 +828,9 @@ out:
 
 /* transport-impl.h */
 int transport_exchange(struct transport *t, const char *method, const char *path, const char *text,
-                       const char *accept, int64_t timeout_ms, bool (*abort)(void *arg), void *arg,
-                       struct buf *reply, struct transport_reply *r)
+                       const char *accept, const char *extra, int64_t timeout_ms,
+                       bool (*abort)(void *arg), void *arg, struct buf *reply,
+                       struct transport_reply *r)
 {
     int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : t->timeout_ms);
     if (t->pin && t->pin->load_error[0]) {
@@ -841,8 +842,8 @@ int transport_exchange(struct transport *t, const char *method, const char *path
     size_t plen = wcslen(t->prefix), n = wpath0 ? plen + wcslen(wpath0) + 1 : 0;
     _cleanup_free_ wchar_t *wpath = n ? malloc(n * sizeof(wchar_t)) : NULL;
     /* Every request says which agent protocol it speaks (proto/agent.h). */
-    char fixed[320];
-    snprintf(fixed, sizeof(fixed), "Accept: %s\r\n%s: %d\r\n%s%s%s%s", accept,
+    char fixed[640];
+    snprintf(fixed, sizeof(fixed), "Accept: %s\r\n%s%s: %d\r\n%s%s%s%s", accept, extra ? extra : "",
              PROTO_AGENT_VERSION_HEADER, PROTO_AGENT_VERSION,
              text ? "Content-Type: application/json\r\n" : "",
              r->request_id[0] ? "X-Request-Id: " : "", r->request_id,

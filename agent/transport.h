@@ -59,5 +59,11 @@ struct buf;
 int transport_get_bytes(struct transport *t, const char *path, size_t max, struct buf *out,
                         struct transport_reply *r);
 
+/* GET bytes off to off + max - 1 of path (Range, with If-Range: etag when not NULL): as
+ * transport_get_bytes(), out holding the bytes on 206 (the range) and on 200 (the whole:
+ * the server ignored the range, or etag is not the resource's; -EMSGSIZE when over max). */
+int transport_get_range(struct transport *t, const char *path, uint64_t off, size_t max,
+                        const char *etag, struct buf *out, struct transport_reply *r);
+
 /* Make a request in flight on t ask its abort callback now. Thread-safe. */
 void transport_wakeup(struct transport *t);

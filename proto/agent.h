@@ -91,7 +91,7 @@ int proto_agent_path(char *out, size_t len, const char *pattern, const char *id)
 #define PROTO_SYNC_MAX_WAIT_S   60
 #define PROTO_LEASE_MAX_S       86400
 #define PROTO_HEARTBEAT_MAX_S   3600
-#define PROTO_PACKAGE_MAX_BYTES (15 * 1024 * 1024) /* an archive, uploaded and fetched */
+#define PROTO_PACKAGE_MAX_BYTES ((int64_t)1 << 40) /* an archive (packages.max_bytes caps it) */
 #define PROTO_SHA256_HEX_LEN    64
 /* Request bodies, as the server's route table caps them (413 past them). */
 #define PROTO_HEARTBEAT_BODY_MAX (128 * 1024)

@@ -22,6 +22,7 @@ static const struct problem_def problems[PROBLEM__COUNT] = {
     P(PROBLEM_UNAVAILABLE, 503, "unavailable", "Service unavailable"),
     P(PROBLEM_UNSUPPORTED_PROTOCOL, 400, "unsupported-protocol",
       "Unsupported agent protocol version"),
+    P(PROBLEM_RANGE_NOT_SATISFIABLE, 416, "range-not-satisfiable", "Range not satisfiable"),
 };
 
 const struct problem_def *problem_def(enum problem_kind kind)

@@ -10,22 +10,23 @@
 #include <jansson.h>
 
 enum problem_kind {
-    PROBLEM_BAD_REQUEST,          /* 400 malformed request or JSON */
-    PROBLEM_VALIDATION,           /* 422 a field is missing, of the wrong type or out of bounds */
-    PROBLEM_UNAUTHENTICATED,      /* 401 no, bad or expired credential */
-    PROBLEM_FORBIDDEN,            /* 403 authenticated but not allowed */
-    PROBLEM_NOT_FOUND,            /* 404 */
-    PROBLEM_METHOD_NOT_ALLOWED,   /* 405 */
-    PROBLEM_CONFLICT,             /* 409 already exists, or state does not allow it */
-    PROBLEM_QUOTA_EXCEEDED,       /* 403 a tier quota would be exceeded */
-    PROBLEM_TOO_LARGE,            /* 413 body over the route's limit */
-    PROBLEM_UNSUPPORTED_MEDIA,    /* 415 */
-    PROBLEM_RATE_LIMITED,         /* 429 */
-    PROBLEM_INTERNAL,             /* 500 */
-    PROBLEM_UNAVAILABLE,          /* 503 a dependency is down; retry */
-    PROBLEM_UNSUPPORTED_PROTOCOL, /* 400 the agent speaks a protocol version the server does
-                                   * not (proto/agent.h); `supported_versions` lists those it
-                                   * does */
+    PROBLEM_BAD_REQUEST,           /* 400 malformed request or JSON */
+    PROBLEM_VALIDATION,            /* 422 a field is missing, of the wrong type or out of bounds */
+    PROBLEM_UNAUTHENTICATED,       /* 401 no, bad or expired credential */
+    PROBLEM_FORBIDDEN,             /* 403 authenticated but not allowed */
+    PROBLEM_NOT_FOUND,             /* 404 */
+    PROBLEM_METHOD_NOT_ALLOWED,    /* 405 */
+    PROBLEM_CONFLICT,              /* 409 already exists, or state does not allow it */
+    PROBLEM_QUOTA_EXCEEDED,        /* 403 a tier quota would be exceeded */
+    PROBLEM_TOO_LARGE,             /* 413 body over the route's limit */
+    PROBLEM_UNSUPPORTED_MEDIA,     /* 415 */
+    PROBLEM_RATE_LIMITED,          /* 429 */
+    PROBLEM_INTERNAL,              /* 500 */
+    PROBLEM_UNAVAILABLE,           /* 503 a dependency is down; retry */
+    PROBLEM_UNSUPPORTED_PROTOCOL,  /* 400 the agent speaks a protocol version the server does
+                                    * not (proto/agent.h); `supported_versions` lists those it
+                                    * does */
+    PROBLEM_RANGE_NOT_SATISFIABLE, /* 416 a Range past the end of the resource */
     PROBLEM__COUNT
 };
 

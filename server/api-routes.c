@@ -37,8 +37,8 @@ const struct http_route api_routes[] = {
     {HTTP_DELETE, V1 "/api-keys/{id}", HTTP_AUTH_TENANT_ADMIN, api_keys_revoke, 0, 0},
 
     {HTTP_GET, V1 "/packages", HTTP_AUTH_TENANT_VIEWER, api_packages_list, 0, 0},
-    {HTTP_POST, V1 "/packages", HTTP_AUTH_TENANT_OPERATOR, api_packages_create, PACKAGE_MAX_BYTES,
-     PACKAGE_UPLOAD_TIMEOUT_MS},
+    {HTTP_POST, V1 "/packages", HTTP_AUTH_TENANT_OPERATOR, api_packages_create,
+     PACKAGE_SINGLE_MAX_BYTES, PACKAGE_UPLOAD_TIMEOUT_MS},
     {HTTP_GET, V1 "/packages/{id}", HTTP_AUTH_TENANT_VIEWER, api_packages_get, 0, 0},
     {HTTP_GET, V1 "/packages/{id}/content", HTTP_AUTH_TENANT_VIEWER, api_packages_content, 0, 0},
     {HTTP_DELETE, V1 "/packages/{id}", HTTP_AUTH_TENANT_OPERATOR, api_packages_delete, 0, 0},
@@ -113,6 +113,18 @@ const struct http_route api_routes[] = {
      api_scaling_policies_delete, 0, 0},
     {HTTP_GET, V1 "/scaling/policies/{id}/history", HTTP_AUTH_ANY, api_scaling_policies_history, 0,
      0},
+
+    /* Packages uploaded in parts (docs/packages.md, "Storage and upload"). */
+    {HTTP_POST, V1 "/packages/uploads", HTTP_AUTH_TENANT_OPERATOR, api_packages_upload_create, 4096,
+     0},
+    {HTTP_GET, V1 "/packages/uploads/{id}", HTTP_AUTH_TENANT_OPERATOR, api_packages_upload_get, 0,
+     0},
+    {HTTP_PATCH, V1 "/packages/uploads/{id}", HTTP_AUTH_TENANT_OPERATOR, api_packages_upload_part,
+     PACKAGE_PART_MAX_BYTES, PACKAGE_UPLOAD_TIMEOUT_MS},
+    {HTTP_POST, V1 "/packages/uploads/{id}/commit", HTTP_AUTH_TENANT_OPERATOR,
+     api_packages_upload_commit, 0, 0},
+    {HTTP_DELETE, V1 "/packages/uploads/{id}", HTTP_AUTH_TENANT_OPERATOR,
+     api_packages_upload_delete, 0, 0},
 
     /* The admin console (docs/console.md): its files, outside the API (not in openapi.yaml),
      * and the live events it shows. */

@@ -92,9 +92,14 @@ bool api_name_ok(const char *s);
 #define API_PRIORITY_MAX   100
 #define API_QUEUE_NAME_MAX 64
 
-/* packages: archives up to PACKAGE_MAX_BYTES (below the HTTP server's hard cap), the size
- * agents accept (proto/agent.h) */
-#define PACKAGE_MAX_BYTES PROTO_PACKAGE_MAX_BYTES
+/* packages: an archive in one request up to PACKAGE_SINGLE_MAX_BYTES (the route's cap;
+ * packages.single_upload_max_bytes and http.max_body_bytes may lower it), larger ones in
+ * parts of at most PACKAGE_PART_MAX_BYTES (packages.max_bytes in all). Archives up to
+ * PACKAGE_HOT_MAX_BYTES are served from the node's memory (blobcache.h), larger ones
+ * streamed from the blob store. */
+#define PACKAGE_SINGLE_MAX_BYTES (64 * 1024 * 1024)
+#define PACKAGE_PART_MAX_BYTES   (8 * 1024 * 1024)
+#define PACKAGE_HOT_MAX_BYTES    (16 * 1024 * 1024)
 /* An upload's whole-request deadline: 15 MiB at 256 kbit/s. */
 #define PACKAGE_UPLOAD_TIMEOUT_MS (10 * 60 * 1000)
 void api_packages_create(struct http_req *req);
@@ -102,6 +107,11 @@ void api_packages_list(struct http_req *req);
 void api_packages_get(struct http_req *req);
 void api_packages_content(struct http_req *req);
 void api_packages_delete(struct http_req *req);
+void api_packages_upload_create(struct http_req *req);
+void api_packages_upload_get(struct http_req *req);
+void api_packages_upload_part(struct http_req *req);
+void api_packages_upload_commit(struct http_req *req);
+void api_packages_upload_delete(struct http_req *req);
 
 /* health */
 void api_healthz(struct http_req *req);

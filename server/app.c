@@ -2,6 +2,7 @@
 #include "server/app.h"
 #include "server/metrics-orch.h"
 
+#include "server/blob-store.h"
 #include "server/blobcache.h"
 
 #include <errno.h>
@@ -58,7 +59,7 @@ int app_open(struct app *app, const struct orchd_config *cfg, char *err, size_t 
     app->rl = ratelimit_new();
     if (!app->rl || bus_new(cfg->amqp_url, &app->bus) < 0 ||
         blobcache_new((size_t)cfg->packages_cache_bytes, &app->blobs) < 0 ||
-        metrics_orch_new(&app->metrics) < 0) {
+        blob_store_pg_new(app->store, &app->blobstore) < 0 || metrics_orch_new(&app->metrics) < 0) {
         app_close(app);
         return -ENOMEM;
     }
@@ -72,6 +73,8 @@ void app_close(struct app *app)
     ratelimit_free(app->rl);
     bus_free(app->bus);
     blobcache_free(app->blobs);
+    blob_store_free(app->blobstore);
+    app->blobstore = NULL;
     metrics_orch_free(app->metrics);
     app->metrics = NULL;
     app->blobs = NULL;

@@ -14,6 +14,7 @@
 struct metrics_orch;
 struct ratelimit;
 struct events_hub;
+struct blob_store;
 
 struct app {
     const struct orchd_config *cfg; /* borrowed */
@@ -25,7 +26,8 @@ struct app {
     struct gateway *gw;      /* owned: agents' long-polls (gateway_start()); NULL on a node without
                               * the gateway role: wake agents with gateway_notify_node() */
     struct blobcache *blobs; /* owned: package archives in memory */
-    const char *node;        /* this node's name, for logs and audit */
+    struct blob_store *blobstore; /* owned: where package bytes live (blob-store.h) */
+    const char *node;             /* this node's name, for logs and audit */
     struct metrics_orch *metrics; /* owned: this node's metrics (metrics-orch.h) */
     uint8_t webhook_key[32];      /* seals webhook secrets (webhook-secret.h) */
     struct events_hub *events;    /* owned: live events for the console (api role), or NULL */

@@ -92,6 +92,20 @@ const struct conf_field orchd_config_fields[] = {
      "raise it when many agents share one NAT or proxy address"},
     {"packages.cache_bytes", CONF_SIZE, F(packages_cache_bytes), 0, (int64_t)1 << 40, "256M", NULL,
      "package archives kept in memory for the agents fetching them (0 = none)"},
+    {"packages.max_bytes", CONF_SIZE, F(packages_max_bytes), 1024, (int64_t)1 << 40, "1G", NULL,
+     "the largest package archive, uploaded in parts (POST /api/v1/packages/uploads)"},
+    {"packages.single_upload_max_bytes", CONF_SIZE, F(packages_single_max_bytes), 1024,
+     64 * 1024 * 1024, "15M", NULL,
+     "the largest archive uploaded in one request (POST /api/v1/packages); also bounded by "
+     "http.max_body_bytes"},
+    {"packages.upload_ttl", CONF_DURATION, F(packages_upload_ttl_ms), 1000, (int64_t)720 * 3600000,
+     "24h", NULL,
+     "how long an upload session may stay unfinished before it and its parts are removed"},
+    {"packages.gc_interval", CONF_DURATION, F(packages_gc_interval_ms), 100, 86400000, "60s", NULL,
+     "how often the collector removes expired uploads and package bytes nothing names"},
+    {"packages.gc_grace", CONF_DURATION, F(packages_gc_grace_ms), 0, 86400000, "10m", NULL,
+     "package bytes nothing names are removed once this old (a publication in progress "
+     "names them moments later)"},
     {"scheduler.clock_offset", CONF_DURATION, F(sched_clock_offset_ms), 0, (int64_t)366 * 86400000,
      "0s", NULL,
      "a test aid: the scheduler acts as if the time were this much later (never set it in "

@@ -54,9 +54,14 @@ struct orchd_config {
     char *http_key_file;  /* http.key_file */
     int64_t http_max_header_bytes;
     int64_t http_max_body_bytes;
-    int64_t packages_cache_bytes;  /* packages.cache_bytes */
-    int64_t sched_clock_offset_ms; /* scheduler.clock_offset: a test aid, 0 in production */
-    int64_t logs_retention_ms;     /* logs.retention: finished jobs' output kept (0 = forever) */
+    int64_t packages_cache_bytes;      /* packages.cache_bytes */
+    int64_t packages_max_bytes;        /* packages.max_bytes: an archive uploaded in parts */
+    int64_t packages_single_max_bytes; /* packages.single_upload_max_bytes: one-request POST */
+    int64_t packages_upload_ttl_ms;    /* packages.upload_ttl: an upload session's life */
+    int64_t packages_gc_interval_ms;   /* packages.gc_interval: the collector's period */
+    int64_t packages_gc_grace_ms;      /* packages.gc_grace: unnamed bytes kept that long */
+    int64_t sched_clock_offset_ms;     /* scheduler.clock_offset: a test aid, 0 in production */
+    int64_t logs_retention_ms; /* logs.retention: finished jobs' output kept (0 = forever) */
     int64_t http_timeout_ms;
     int64_t http_request_timeout_ms;          /* http.request_timeout */
     int64_t http_max_connections;             /* http.max_connections */

@@ -3,6 +3,7 @@
 #include "server/http.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
@@ -119,6 +120,8 @@ static const char *reason_phrase(int status)
         return "Accepted";
     case 204:
         return "No Content";
+    case 206:
+        return "Partial Content";
     case 301:
         return "Moved Permanently";
     case 304:
@@ -139,6 +142,8 @@ static const char *reason_phrase(int status)
         return "Content Too Large";
     case 415:
         return "Unsupported Media Type";
+    case 416:
+        return "Range Not Satisfiable";
     case 422:
         return "Unprocessable Content";
     case 429:
@@ -1036,6 +1041,138 @@ int http_deferred_stream_fd(struct http_deferred *d)
     struct evhttp_connection *conn = evhttp_request_get_connection(d->req.ev);
     struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
     return bev ? bufferevent_getfd(bev) : -1;
+}
+
+/* --- replies read from a source ------------------------------------------------------------ */
+
+#define PUMP_INFLIGHT 2 /* windows queued for the socket at a time */
+
+struct http_pump {
+    struct http_deferred *d; /* NULL once the reply has ended */
+    struct evhttp_request *ev;
+    struct event *wake;
+    struct http_source src;
+    uint64_t len, queued;
+    size_t window;
+    int inflight; /* windows queued and not yet taken by the client (or dropped) */
+};
+
+static void pump_free_if_done(struct http_pump *p)
+{
+    if (p->d || p->inflight > 0)
+        return;
+    if (p->src.release)
+        p->src.release(p->src.arg);
+    event_free(p->wake);
+    free(p);
+}
+
+/* The end of the reply: its last byte queued (close false), or cut short (close true). */
+static void pump_end(struct http_pump *p, bool close)
+{
+    struct http_deferred *d = p->d;
+    p->d = NULL;
+    p->inflight++; /* windows dropped with the connection must not free p under us */
+    http_deferred_stream_end(d, close);
+    p->inflight--;
+    pump_free_if_done(p);
+}
+
+/* A window has left the output buffer: taken by the socket, or dropped with the
+ * connection. Runs inside libevent's buffer code: the next window is read from the loop. */
+static void pump_window_done(const void *data, size_t len, void *arg)
+{
+    (void)len;
+    struct http_pump *p = arg;
+    free((void *)data);
+    p->inflight--;
+    if (p->d)
+        event_active(p->wake, EV_TIMEOUT, 0);
+    else
+        pump_free_if_done(p);
+}
+
+static void pump_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct http_pump *p = arg;
+    if (!p->d)
+        return;
+    while (p->inflight < PUMP_INFLIGHT && p->queued < p->len) {
+        if (!evhttp_request_get_connection(p->ev)) { /* the client has gone */
+            pump_end(p, false);
+            return;
+        }
+        size_t n = p->len - p->queued < p->window ? (size_t)(p->len - p->queued) : p->window;
+        char *buf = malloc(n);
+        long got = buf ? p->src.read(p->src.arg, p->queued, buf, n) : -ENOMEM;
+        if (got <= 0 || (size_t)got > n) {
+            free(buf);
+            log_warn("op=http.source req=%s error=%ld sent=%" PRIu64 " len=%" PRIu64, p->d->req.id,
+                     got, p->queued, p->len);
+            pump_end(p, true);
+            return;
+        }
+        struct evbuffer *b = evbuffer_new();
+        if (!b || evbuffer_add_reference(b, buf, (size_t)got, pump_window_done, p) < 0) {
+            if (b)
+                evbuffer_free(b);
+            free(buf);
+            pump_end(p, true);
+            return;
+        }
+        p->inflight++;
+        p->queued += (uint64_t)got;
+        evhttp_send_reply_chunk(p->ev, b);
+        evbuffer_free(b);
+    }
+    /* The reply ends once its last window has left the output buffer: ended with windows
+     * still queued, the last of them were seen not to reach the client (libevent 2.1.12
+     * over TLS). */
+    if (p->queued >= p->len && p->inflight == 0)
+        pump_end(p, false);
+}
+
+void http_reply_source(struct http_req *req, int status, const char *ctype, uint64_t len,
+                       size_t window, const struct http_source *src)
+{
+    struct http_pump *p = calloc(1, sizeof(*p));
+    struct event *wake = p ? event_new(req->loop->base, -1, 0, pump_cb, p) : NULL;
+    struct http_deferred *d = wake ? http_req_defer(req) : NULL;
+    if (!d) {
+        if (wake)
+            event_free(wake);
+        free(p);
+        if (src->release)
+            src->release(src->arg);
+        http_reply_problem(req, PROBLEM_INTERNAL, "out of memory", NULL);
+        return;
+    }
+    *p = (struct http_pump){
+        .d = d, .ev = d->req.ev, .wake = wake, .src = *src, .len = len, .window = window};
+    struct evkeyvalq *h = evhttp_request_get_output_headers(p->ev);
+    char cl[24];
+    snprintf(cl, sizeof(cl), "%" PRIu64, len);
+    evhttp_add_header(h, "Content-Type", ctype);
+    evhttp_add_header(h, "Content-Length", cl);
+    evhttp_add_header(h, "X-Request-Id", d->req.id);
+    if (!evhttp_find_header(h, "Cache-Control"))
+        evhttp_add_header(h, "Cache-Control", "no-store");
+    /* evhttp turns reading on with each window (to see a close), and its read timeout
+     * would cut a long reply off: only the write timeout stays, for a client that stops
+     * reading (http_deferred_stream_end() puts both back). */
+    struct evhttp_connection *conn = evhttp_request_get_connection(p->ev);
+    struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
+    if (bev) {
+        int64_t ms = d->req.loop->srv->opts.timeout_ms;
+        struct timeval wtv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+        bufferevent_set_timeouts(bev, NULL, ms > 0 ? &wtv : NULL);
+    }
+    evhttp_send_reply_start(p->ev, status, reason_phrase(status));
+    d->req.status = status;
+    d->req.replied = true;
+    pump_cb(-1, 0, p);
 }
 
 struct loop_post {

@@ -191,6 +191,22 @@ void http_reply_bytes(struct http_req *req, int status, const char *ctype, const
  * no longer needs them (also when the reply fails). */
 void http_reply_ref(struct http_req *req, int status, const char *ctype, const void *data,
                     size_t len, void (*release)(void *arg), void *arg);
+/* A reply body produced as the client takes it (http_reply_source()). */
+struct http_source {
+    /* Fill buf with up to cap bytes of the body from offset off: the number written (> 0),
+     * or < 0 on an error, which cuts the reply short (the connection is closed, so the
+     * client sees fewer bytes than Content-Length said). */
+    long (*read)(void *arg, uint64_t off, char *buf, size_t cap);
+    void (*release)(void *arg); /* once, when the reply has ended whatever its outcome */
+    void *arg;
+};
+/* Reply with len bytes (sent with Content-Length, not chunked) read from src a window of
+ * at most `window` bytes at a time, the next one only once the client has taken the one
+ * before: the memory a reply holds is two windows whatever len is. Reads run on the
+ * request's loop, between other events; the handler returns after this call. A client
+ * that goes away ends it (release is called). */
+void http_reply_source(struct http_req *req, int status, const char *ctype, uint64_t len,
+                       size_t window, const struct http_source *src);
 /* Reply with body, already JSON text (for instance built by PostgreSQL), len bytes. */
 void http_reply_json_text(struct http_req *req, int status, const char *body, size_t len);
 /* Reply with an RFC 9457 problem; detail and field may be NULL. */

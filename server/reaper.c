@@ -7,6 +7,7 @@
 
 #include "common/log.h"
 #include "server/app.h"
+#include "server/blob-gc.h"
 #include "server/config.h"
 #include "server/gateway-internal.h"
 #include "server/logs-retention.h"
@@ -52,6 +53,7 @@ static void *reaper_main(void *arg)
         if (r < 0)
             gw_log_store_failure("reaper", r);
         logs_retention_tick(app);
+        blob_gc_tick(app);
         gw_thread_sleep(&rp->th, 1000);
     }
     return NULL;

@@ -24,6 +24,8 @@ SELECT t.id AS tenant_id, json_build_object(
     'queues', (SELECT count(*) FROM queues q WHERE q.tenant_id = t.id),
     'storage_bytes', (SELECT coalesce(sum(size_bytes), 0) FROM package_blobs b
                        WHERE b.tenant_id = t.id)
+                     + (SELECT coalesce(sum(size_bytes), 0) FROM package_uploads u
+                         WHERE u.tenant_id = t.id)
                      + (SELECT coalesce(sum(stored_bytes), 0) FROM job_log_streams ls
                          WHERE ls.tenant_id = t.id AND ls.stored_bytes > 0),
     'job_log_bytes', (SELECT coalesce(sum(stored_bytes), 0) FROM job_log_streams ls
@@ -33,8 +35,8 @@ SELECT t.id AS tenant_id, json_build_object(
   ) AS doc
   FROM tenants t;
 
--- quota_acquire: from 0009_job_logs.sql (0002_api.sql, with storage: packages and job
--- output).
+-- quota_acquire: from 0009_job_logs.sql (0002_api.sql, with storage: packages, the sizes
+-- declared by uploads in progress (0024_blob_store.sql) and job output).
 -- Quotas on created things. quota_acquire('queues') (or 'agents', 'schedules',
 -- 'storage_bytes' with an amount) runs in the caller's tenant transaction, before the
 -- insert: it serialises the tenant's creators of that resource with an advisory lock,
@@ -65,6 +67,7 @@ BEGIN
                 WHEN 'schedules' THEN (SELECT count(*) FROM schedules)
                 WHEN 'storage_bytes' THEN
                     (SELECT coalesce(sum(size_bytes), 0) FROM package_blobs)
+                    + (SELECT coalesce(sum(size_bytes), 0) FROM package_uploads)
                     + (SELECT coalesce(sum(stored_bytes), 0) FROM job_log_streams
                         WHERE stored_bytes > 0)
             END;

@@ -327,8 +327,9 @@ Test(e2e, package_jobs_fetch_cache_and_verify)
     PGconn *pg = th_pg_connect("postgres", srv.db);
     char sql[256];
     snprintf(sql, sizeof(sql),
-             "UPDATE package_blobs SET data = convert_to('not the archive', 'UTF8')"
-             " WHERE sha256 = (SELECT sha256 FROM packages WHERE id = '%s')",
+             "UPDATE blob_chunks SET data = overlay(data PLACING '\\x00000000' FROM 1)"
+             " WHERE blob_key = (SELECT 'pkg/' || encode(sha256, 'hex') FROM packages"
+             "                    WHERE id = '%s')",
              bad);
     PQclear(th_pg_ok(pg, sql));
     PQfinish(pg);

@@ -63,7 +63,10 @@ static const char fixture_sql[] =
     "INSERT INTO quota_events (tenant_id, resource, kind, last_sent_at) VALUES"
     " ('@T@', 'queues', 'exceeded', now());"
     "INSERT INTO package_channels (tenant_id, name, channel, package_id)"
-    " SELECT '@T@', 'p', 'stable', id FROM packages WHERE tenant_id = '@T@';";
+    " SELECT '@T@', 'p', 'stable', id FROM packages WHERE tenant_id = '@T@';"
+    "INSERT INTO blob_chunks (tenant_id, blob_key, off, data) VALUES ('@T@', 'pkg/b', 0, '\\x00');"
+    "INSERT INTO package_uploads (id, tenant_id, name, version, size_bytes, sha256, expires_at)"
+    " VALUES (gen_random_uuid(), '@T@', 'p', '2.0.0', 1, sha256('u@T@'), now() + interval '1 day');";
 
 static const char *const fixture_tables[] = {
     "api_keys",
@@ -86,6 +89,8 @@ static const char *const fixture_tables[] = {
     "scaling_history",
     "quota_events",
     "package_channels",
+    "blob_chunks",
+    "package_uploads",
 };
 #define N_TABLES (sizeof(fixture_tables) / sizeof(fixture_tables[0]))
 
