@@ -330,7 +330,7 @@ Test(pkgstore, big_package_streams_with_flat_memory_range_and_resume)
     long rss0 = vm_kib(srv.pid, "VmRSS:"), hwm0 = vm_kib(srv.pid, "VmHWM:");
     struct th_resp r;
     uint64_t t0 = clock_mono_ns();
-    char *id = declare(admin, "big", "1", size, sha, 201, &r);
+    char *id = declare(admin, "big", "1.0.0", size, sha, 201, &r);
     th_resp_free(&r);
     struct xfer x = {0};
     for (size_t off = 0; off < size; off += partsz) {
@@ -435,7 +435,7 @@ Test(pkgstore, quota_refuses_before_storing_and_gc_frees_it)
     th_resp_free(&r);
     char sha[CRYPTO_SHA256_HEX_LEN];
     crypto_sha256_hex("x", 1, sha);
-    free(declare(tok, "huge", "1", 2u << 20, sha, 403, &r));
+    free(declare(tok, "huge", "1.0.0", 2u << 20, sha, 403, &r));
     cr_assert_str_eq(th_str_of(&r, "type"), "urn:orch:problem:quota-exceeded");
     cr_assert_str_eq(th_str_of(&r, "quota"), "storage_bytes");
     th_resp_free(&r);
@@ -450,7 +450,7 @@ Test(pkgstore, quota_refuses_before_storing_and_gc_frees_it)
     long before = storage_used();
     unsigned char data[4096];
     fill(data, sizeof(data), 0);
-    char *id = declare(admin, "expiring", "1", 100000, sha, 201, &r);
+    char *id = declare(admin, "expiring", "1.0.0", 100000, sha, 201, &r);
     th_resp_free(&r);
     struct xfer x = {0};
     cr_assert_eq(part(admin, id, 0, data, sizeof(data), &x), 200);
@@ -499,7 +499,7 @@ Test(pkgstore, another_tenants_uploads_and_packages_are_not_found)
     char sha[CRYPTO_SHA256_HEX_LEN];
     crypto_sha256_hex(tgz, len, sha);
     struct th_resp r;
-    char *id = declare(admin, "mine", "1", len, sha, 201, &r);
+    char *id = declare(admin, "mine", "1.0.0", len, sha, 201, &r);
     th_resp_free(&r);
     char path[160];
     snprintf(path, sizeof(path), "/api/v1/packages/uploads/%s", id);
@@ -558,7 +558,7 @@ Test(pkgstore, the_upload_script_sends_a_file_in_parts)
     snprintf(orch, sizeof(orch), "ORCH=%s", srv.base);
     snprintf(token, sizeof(token), "TOKEN=%s", admin);
     snprintf(ca, sizeof(ca), "CA=%s/tls/ca.pem", srv.dir);
-    const char *argv[] = {"/bin/bash", script, file, "scripted", "1.0", "run.sh", NULL};
+    const char *argv[] = {"/bin/bash", script, file, "scripted", "1.0.0", "run.sh", NULL};
     const char *env[] = {orch, token, ca, "PART_MIB=4", NULL};
     struct th_run run;
     th_run(&run, argv, env, 120000);
@@ -628,7 +628,7 @@ Test(pkgstore, the_agent_resumes_a_fetch_cut_short)
     crypto_sha256_hex(tgz, len, sha);
 
     struct th_resp r;
-    char *id = declare(admin, "resumable", "1", len, sha, 201, &r);
+    char *id = declare(admin, "resumable", "1.0.0", len, sha, 201, &r);
     th_resp_free(&r);
     struct xfer x = {0};
     const size_t partsz = 8u << 20;
