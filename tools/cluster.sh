@@ -13,7 +13,9 @@
 #   tools/cluster.sh scale orchd=N                       start or stop orchd nodes
 #   tools/cluster.sh scale agents=N                      start or stop real orch-agent daemons
 #   tools/cluster.sh status                              a table of what runs
-#   tools/cluster.sh load-test JOBS=N                    N jobs through HAProxy: jobs/s, latency
+#   tools/cluster.sh load-test JOBS=N [SIM=M]            N jobs through HAProxy: jobs/s, latency
+#                                                        (SIM=M: to M simulated agents of
+#                                                        tools/loadgen instead of the real ones)
 #   tools/cluster.sh fault-test [JOBS=N]                 kill -9 an orchd node, then stop a
 #                                                        RabbitMQ node, under load: recovery times
 #   tools/cluster.sh kill-orchd I                        kill -9 orchd node I (left down)
@@ -38,10 +40,15 @@ alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 psql_q() { psql -X -q -A -t -F '|' "postgresql://postgres@127.0.0.1:$(st pg.port)/orch" -c "$1"; }
 base() { echo "https://127.0.0.1:$(st lb.port)"; }
 api() { # METHOD PATH TOKEN [BODY]: through HAProxy; the body on stdout, dies on an error
-    local out code
-    out=$(curl -s -w '\n%{http_code}' --cacert "$D/tls/ca.pem" -X "$1" "$(base)$2" \
-        ${3:+-H "Authorization: Bearer $3"} ${4:+-H 'Content-Type: application/json' --data-binary "$4"})
-    code=${out##*$'\n'}
+    local out code try
+    # A connection cut (a node going away, HAProxy reloading): tried again, 5 times at most.
+    for try in 1 2 3 4 5; do
+        out=$(curl -s -w '\n%{http_code}' --cacert "$D/tls/ca.pem" -X "$1" "$(base)$2" \
+            ${3:+-H "Authorization: Bearer $3"} ${4:+-H 'Content-Type: application/json' --data-binary "$4"})
+        code=${out##*$'\n'}
+        [ "$code" != 000 ] && break
+        sleep 0.2 # before the next attempt; bounded by the loop
+    done
     [ "${code:0:1}" = 2 ] || die "$1 $2: HTTP $code: ${out%$'\n'*}"
     printf '%s\n' "${out%$'\n'*}"
 }
@@ -510,13 +517,15 @@ load_figures() {
 
 cmd_load_test() {
     need_up
-    local n=1000 a tag tok
+    local n=1000 a tag tok sim=0
     for a in "$@"; do
         case $a in
         JOBS=* | jobs=*) n=${a#*=} ;;
+        SIM=* | sim=*) sim=${a#*=} ;;
         *) die "load-test: unknown argument $a" ;;
         esac
     done
+    [ "$sim" = 0 ] || { sim_load_test "$n" "$sim"; return; }
     [ "$(st agents.count)" -gt 0 ] 2>/dev/null || die "load-test: no agents (scale agents=N)"
     tag=lt-$(date +%s%N)
     tok=$(token)
@@ -534,6 +543,21 @@ cmd_load_test() {
     echo "result: orchd=$(st orchd.count) agents=$(st agents.count) slots=$(st slots) jobs=${f[0]} succeeded=${f[4]} jobs_per_s=${f[1]} p50_ms=${f[2]} p99_ms=${f[3]}"
     rm -f "$D/$tag.ids"
     [ "${f[4]}" = "$n" ] || die "load-test: ${f[4]} of $n jobs succeeded"
+}
+
+# sim_load_test N M: N jobs to M simulated agents of tools/loadgen (orch-loadgen), which
+# connect through HAProxy like real ones; the jobs require the label sim=1 that only they
+# carry, so the real agents take none. Prints orch-loadgen's report.
+sim_load_test() {
+    local lg=$BUILD/tools/loadgen/orch-loadgen tok etok
+    [ -x "$lg" ] || die "no $lg (ninja -C build)"
+    tok=$(token)
+    etok=$(api POST /api/v1/enrollment-tokens "$tok" \
+        "{\"name\":\"sim\",\"max_uses\":$2,\"labels\":{\"sim\":\"1\"}}" | field token)
+    ulimit -n "$(ulimit -Hn)"
+    "$lg" --url "$(base)" --ca "$D/tls/ca.pem" --api-key "$(st tenant.key)" --enrol-token "$etok" \
+        --state "$D/sim-agents.json" --agents "$2" --slots "$(st slots)" --jobs "$1" --quiet \
+        --name-prefix sim --job '{"command":"true","max_attempts":1,"requirements":{"sim":"1"}}'
 }
 
 # ---- faults -------------------------------------------------------------------------------
