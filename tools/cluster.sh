@@ -324,7 +324,7 @@ cmd_up() {
         esac
     done
     [ -f "$D/up" ] && die "a cluster is already up in $D (tools/cluster.sh down first)"
-    command -v haproxy >/dev/null || ORCH_APT_PACKAGES=(haproxy) orch_install_deps
+    command -v haproxy >/dev/null || orch_install_deps # haproxy is in its list
     command -v haproxy >/dev/null || die "haproxy is not installed (apt-get install haproxy)"
     [ -x "$ORCHD" ] && [ -x "$AGENT" ] || die "no orchd or orch-agent in $BUILD (ninja -C build)"
     orch_job_user
