@@ -170,8 +170,10 @@ frontend amqp
     default_backend rabbitmq
 backend rabbitmq
     balance leastconn
-    option redispatch
-    retries 3
+    # A connection refused (a dead node not marked down yet) is retried on another node at
+    # once: plain `option redispatch` would first retry the same node, 1 s apart.
+    option redispatch 1
+    retries 2
     # A node that goes down: its connections are cut at once, and the clients reconnect to
     # another (a stopped node closes them anyway; a hung one would not).
     default-server inter 1s fall 2 rise 2 on-marked-down shutdown-sessions
@@ -202,8 +204,10 @@ frontend orchd
     default_backend orchd
 backend orchd
     balance leastconn
-    option redispatch
-    retries 3
+    # A connection refused (a dead node not marked down yet) is retried on another node at
+    # once: plain `option redispatch` would first retry the same node, 1 s apart.
+    option redispatch 1
+    retries 2
     # /readyz over TLS: 200 only while the node reaches PostgreSQL and RabbitMQ.
     option httpchk
     http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host localhost
