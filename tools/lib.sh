@@ -10,7 +10,8 @@ ORCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Debian 12 packages the build, the tests and the services need. prometheus is there for
 # promtool (the metrics tests); policy-rc.d below keeps its server from starting. chromium:
-# the console's browser tests drive it headless (tests/browser/).
+# the console's browser tests drive it headless (tests/browser/). haproxy: the load balancer of
+# tools/cluster.sh (in front of the orchd nodes and of the RabbitMQ cluster; docs/scaling.md).
 ORCH_APT_PACKAGES=(
     build-essential meson ninja-build pkg-config clang python3 openssl ca-certificates
     libevent-dev libssl-dev libpq-dev librabbitmq-dev libjwt-dev libjansson-dev libarchive-dev
@@ -20,6 +21,7 @@ ORCH_APT_PACKAGES=(
     prometheus
     debhelper dpkg-dev fakeroot lintian debootstrap
     chromium
+    haproxy
 )
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
