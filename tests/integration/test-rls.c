@@ -66,7 +66,8 @@ static const char fixture_sql[] =
     " SELECT '@T@', 'p', 'stable', id FROM packages WHERE tenant_id = '@T@';"
     "INSERT INTO blob_chunks (tenant_id, blob_key, off, data) VALUES ('@T@', 'pkg/b', 0, '\\x00');"
     "INSERT INTO package_uploads (id, tenant_id, name, version, size_bytes, sha256, expires_at)"
-    " VALUES (gen_random_uuid(), '@T@', 'p', '2.0.0', 1, sha256('u@T@'), now() + interval '1 day');";
+    " VALUES (gen_random_uuid(), '@T@', 'p', '2.0.0', 1, sha256('u@T@'), now() + interval '1 "
+    "day');";
 
 static const char *const fixture_tables[] = {
     "api_keys",
