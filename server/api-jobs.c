@@ -693,19 +693,22 @@ void api_jobs_cancel(struct http_req *req)
  * package and entrypoint, args, env, params, requirements as stored, priority, timeout,
  * attempts), recording retry_of. Its idempotency key is not copied: the retry is a job of
  * its own. Row-level security keeps another tenant's job out of the select (404). */
-static const struct store_stmt q_job_retry = STORE_STMT(
-    "job_retry",
-    "WITH o AS (SELECT * FROM jobs WHERE id = $2),"
-    " i AS (INSERT INTO jobs (id, tenant_id, queue_id, priority, command, package_id, entrypoint,"
-    "         args, env, params, requirements, timeout_ms, max_attempts, retry_of)"
-    "       SELECT $1, app_tenant(), o.queue_id, o.priority, o.command, o.package_id,"
-    "              o.entrypoint, o.args, o.env, o.params, o.requirements, o.timeout_ms,"
-    "              o.max_attempts, o.id"
-    "         FROM o WHERE o.status IN ('succeeded', 'failed', 'cancelled', 'dead')"
-    "       RETURNING id)"
-    " SELECT o.status, (SELECT count(*) FROM i), q.name FROM o"
-    "   LEFT JOIN queues q ON q.id = o.queue_id",
-    2);
+static const struct store_stmt q_job_retry =
+    STORE_STMT("job_retry",
+               "WITH o AS (SELECT * FROM jobs WHERE id = $2),"
+               " i AS (INSERT INTO jobs (id, tenant_id, queue_id, priority, command, package_id,"
+               "         package_ref, entrypoint, args, env, params, requirements, timeout_ms,"
+               "         max_attempts, retry_of)"
+               "       SELECT $1, app_tenant(), o.queue_id, o.priority, o.command, o.package_id,"
+               "              o.package_ref, o.entrypoint, o.args, o.env, o.params, o.requirements,"
+               "              o.timeout_ms, o.max_attempts, o.id"
+               "         FROM o WHERE o.status IN ('succeeded', 'failed', 'cancelled', 'dead')"
+               "          AND (o.command IS NOT NULL OR o.package_id IS NOT NULL)"
+               "       RETURNING id)"
+               " SELECT o.status, (SELECT count(*) FROM i), q.name,"
+               "        o.command IS NULL AND o.package_id IS NULL, o.package_ref FROM o"
+               "   LEFT JOIN queues q ON q.id = o.queue_id",
+               2);
 
 void api_jobs_retry(struct http_req *req)
 {
@@ -729,9 +732,15 @@ void api_jobs_retry(struct http_req *req)
         return;
     }
     if (r > 0 && strcmp(PQgetvalue(res, 0, 1), "0") == 0) {
-        char detail[128];
-        snprintf(detail, sizeof(detail), "the job is still %s: only a finished job is retried",
-                 PQgetvalue(res, 0, 0));
+        char detail[160];
+        if (strcmp(PQgetvalue(res, 0, 3), "t") == 0) /* its package version was deleted */
+            snprintf(detail, sizeof(detail),
+                     "the package version this job ran (%s) was deleted: submit it again "
+                     "by reference",
+                     PQgetisnull(res, 0, 4) ? "-" : PQgetvalue(res, 0, 4));
+        else
+            snprintf(detail, sizeof(detail), "the job is still %s: only a finished job is retried",
+                     PQgetvalue(res, 0, 0));
         PQclear(res);
         store_tx_rollback(tx);
         http_reply_problem(req, PROBLEM_CONFLICT, detail, NULL);

@@ -467,6 +467,12 @@ Test(pkgrefs, a_version_is_deleted_only_once_nothing_refers_to_it)
     cr_assert_str_eq(json_string_value(json_object_get(j, "package")), "del@1.0.0");
     json_decref(j);
     refused_ref(admin, "del@1.0.0", "has no version 1.0.0");
+    /* Its retry has nothing to run: a 409 that says why, not a job without a package. */
+    snprintf(path, sizeof(path), "/api/v1/jobs/%s/retry", job);
+    th_http(&srv, "POST", path, admin, NULL, NULL, &r);
+    cr_assert_eq(r.status, 409, "%s", r.body);
+    cr_assert(strstr(th_str_of(&r, "detail"), "(del@1.0.0) was deleted"), "%s", r.body);
+    th_resp_free(&r);
 
     /* A channel, then a schedule naming the channel. */
     cr_assert_eq(channel_put(admin, "del", "stable", "2.0.0"), 201);
