@@ -78,21 +78,26 @@ int proto_agent_path(char *out, size_t len, const char *pattern, const char *id)
 #define PROTO_RUNNING_MAX       1024 /* entries of a heartbeat's `running` */
 #define PROTO_PACKAGES_LIST_MAX 4096 /* digests in a heartbeat's `packages` */
 #define PROTO_CAPABILITIES_MAX  64   /* keys of a heartbeat's `capabilities` */
-#define PROTO_LOAD_KEYS_MAX     16
-#define PROTO_STATUS_MAX        16
-#define PROTO_LOG_CHUNK_MAX     (64 * 1024) /* decoded bytes of one `logs` report */
-#define PROTO_LOG_DATA_MAX      ((PROTO_LOG_CHUNK_MAX / 3 + 1) * 4) /* its base64 */
-#define PROTO_LOG_OFFSET_MAX    ORCH_LOG_OFFSET_MAX
-#define PROTO_RESULT_MAX        (1024 * 1024) /* a result's `result`, compact JSON bytes */
-#define PROTO_ERROR_MAX         4096          /* a result's `error` */
-#define PROTO_SIGNAL_MAX        128
-#define PROTO_EXIT_CODE_MAX     255 /* exit_code's bound, a POSIX exit status's */
-#define PROTO_SYNC_MAX_REPORTS  512
-#define PROTO_SYNC_MAX_WAIT_S   60
-#define PROTO_LEASE_MAX_S       86400
-#define PROTO_HEARTBEAT_MAX_S   3600
-#define PROTO_PACKAGE_MAX_BYTES (15 * 1024 * 1024) /* an archive, uploaded and fetched */
-#define PROTO_SHA256_HEX_LEN    64
+/* Deployments (docs/packages.md, "Deploying a version to agents"): entries of a heartbeat's
+ * and of its answer's `prefetch`, a failure's reason, a target's start spread. */
+#define PROTO_PREFETCH_MAX           16
+#define PROTO_PREFETCH_REASON_MAX    512
+#define PROTO_PREFETCH_SPREAD_MAX_MS 600000
+#define PROTO_LOAD_KEYS_MAX          16
+#define PROTO_STATUS_MAX             16
+#define PROTO_LOG_CHUNK_MAX          (64 * 1024) /* decoded bytes of one `logs` report */
+#define PROTO_LOG_DATA_MAX           ((PROTO_LOG_CHUNK_MAX / 3 + 1) * 4) /* its base64 */
+#define PROTO_LOG_OFFSET_MAX         ORCH_LOG_OFFSET_MAX
+#define PROTO_RESULT_MAX             (1024 * 1024) /* a result's `result`, compact JSON bytes */
+#define PROTO_ERROR_MAX              4096          /* a result's `error` */
+#define PROTO_SIGNAL_MAX             128
+#define PROTO_EXIT_CODE_MAX          255 /* exit_code's bound, a POSIX exit status's */
+#define PROTO_SYNC_MAX_REPORTS       512
+#define PROTO_SYNC_MAX_WAIT_S        60
+#define PROTO_LEASE_MAX_S            86400
+#define PROTO_HEARTBEAT_MAX_S        3600
+#define PROTO_PACKAGE_MAX_BYTES      (15 * 1024 * 1024) /* an archive, uploaded and fetched */
+#define PROTO_SHA256_HEX_LEN         64
 /* Request bodies, as the server's route table caps them (413 past them). */
 #define PROTO_HEARTBEAT_BODY_MAX (128 * 1024)
 #define PROTO_LOGS_BODY_MAX      (128 * 1024)
@@ -129,6 +134,8 @@ extern const struct proto_message proto_msg_job_epoch;        /* JobEpoch: cance
 extern const struct proto_message proto_msg_load;             /* HeartbeatLoad */
 extern const struct proto_message proto_msg_heartbeat;        /* Heartbeat */
 extern const struct proto_message proto_msg_heartbeat_answer; /* HeartbeatAnswer */
+extern const struct proto_message proto_msg_prefetch_report;  /* PrefetchReport */
+extern const struct proto_message proto_msg_prefetch;         /* Prefetch */
 extern const struct proto_message proto_msg_assignment;       /* Assignment */
 extern const struct proto_message proto_msg_assignment_list;  /* AssignmentList */
 extern const struct proto_message proto_msg_sync;             /* AgentSync */
@@ -207,6 +214,7 @@ struct proto_heartbeat {
     int64_t spool_bytes;
     json_t *packages;     /* array of SHA-256 hex digests; borrowed */
     json_t *capabilities; /* the host's facts (object); borrowed */
+    json_t *prefetch;     /* decoded: PrefetchReport entries, checked; borrowed */
 };
 
 json_t *proto_heartbeat_encode(const struct proto_heartbeat *hb);
@@ -225,6 +233,7 @@ struct proto_heartbeat_answer {
     struct proto_job_ref *lost; /* idem */
     size_t nlost;
     int64_t credential_expires_in_s;
+    json_t *prefetch; /* Prefetch entries (checked when decoded); borrowed; NULL = none */
 };
 
 json_t *proto_heartbeat_answer_encode(const struct proto_heartbeat_answer *a);
