@@ -5,6 +5,7 @@
  * an agent already holding the digest is cached at once; bad input is a 422 naming the
  * field, a viewer cannot deploy, and another tenant sees nothing. */
 #include <criterion/criterion.h>
+#include <libpq-fe.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +27,7 @@ static void setup(void)
     const char *env[] = {"ORCHD_AGENT_HEARTBEAT_INTERVAL=1s", NULL};
     th_server_start(&srv, env);
     op = th_token(&srv, srv.operator_token);
-    tenant = th_tenant(&srv, op, "acme", "standard");
+    tenant = th_tenant(&srv, op, "acme", "enterprise");
     admin = th_tenant_token(&srv, op, tenant, "admin");
     viewer = th_tenant_token(&srv, op, tenant, "viewer");
     const char *labels[3] = {"role=web", "role=web", "role=db"};
@@ -88,7 +89,7 @@ static json_t *wait_done(const char *id, long long *max_fetching)
         if (strcmp(st, "running") != 0 || clock_real_ms() > end)
             return doc;
         json_decref(doc);
-        usleep(20000);
+        usleep(100000); /* pacing within the rate limit, not synchronisation */
     }
 }
 
@@ -213,6 +214,50 @@ Test(deployments, validation_roles_and_isolation)
     th_resp_free(&r);
     free(a2);
     free(t2);
+    free(id);
+    free(pkg);
+}
+
+/* The stored bytes are damaged behind orchd's back (as a bad disk would): the agent's
+ * check against the digest refuses them, and the target fails with the agent's reason. */
+Test(deployments, a_failure_shows_its_reason)
+{
+    char sha[65];
+    char *pkg = th_package(&srv, admin, "broken", "b", sha);
+    char *url = th_pg_url("postgres", srv.db);
+    PGconn *pg = PQconnectdb(url);
+    cr_assert_eq(PQstatus(pg), CONNECTION_OK, "%s", PQerrorMessage(pg));
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "UPDATE package_blobs SET data = 'not the archive' WHERE sha256 = decode('%s', 'hex')",
+             sha);
+    PGresult *res = PQexec(pg, sql);
+    cr_assert_eq(PQresultStatus(res), PGRES_COMMAND_OK, "%s", PQerrorMessage(pg));
+    cr_assert_str_eq(PQcmdTuples(res), "1");
+    PQclear(res);
+    PQfinish(pg);
+    free(url);
+
+    char *id = deploy("{\"package\":\"broken@1.0.0\",\"labels\":{\"role\":\"db\"},"
+                      "\"spread_ms\":0}",
+                      201);
+    long long maxf;
+    json_t *doc = wait_done(id, &maxf);
+    cr_assert_eq(count_of(doc, "failed"), 1, "%s", json_dumps(doc, 0));
+    json_decref(doc);
+    char path[160];
+    snprintf(path, sizeof(path), "/api/v1/packages/deployments/%s/targets", id);
+    struct th_resp r;
+    th_http(&srv, "GET", path, viewer, NULL, NULL, &r);
+    json_t *page = json_loads(r.body, 0, NULL);
+    json_t *t = json_array_get(json_object_get(page, "items"), 0);
+    cr_assert_str_eq(json_string_value(json_object_get(t, "state")), "failed", "%s", r.body);
+    const char *why = json_string_value(json_object_get(t, "reason"));
+    cr_assert(why && why[0], "a reason: %s", r.body);
+    cr_log_info("failure reason: %s", why);
+    th_resp_free(&r);
+    json_decref(page);
+    cr_assert(!cached_on(2, sha), "nothing damaged was cached");
     free(id);
     free(pkg);
 }

@@ -63,7 +63,13 @@ static const char fixture_sql[] =
     "INSERT INTO quota_events (tenant_id, resource, kind, last_sent_at) VALUES"
     " ('@T@', 'queues', 'exceeded', now());"
     "INSERT INTO package_channels (tenant_id, name, channel, package_id)"
-    " SELECT '@T@', 'p', 'stable', id FROM packages WHERE tenant_id = '@T@';";
+    " SELECT '@T@', 'p', 'stable', id FROM packages WHERE tenant_id = '@T@';"
+    "INSERT INTO package_deployments (id, tenant_id, package_id, package_ref, labels,"
+    " max_parallel, spread_ms)"
+    " SELECT gen_random_uuid(), '@T@', id, 'p@1', '{}', 1, 0 FROM packages WHERE tenant_id = '@T@';"
+    "INSERT INTO package_deployment_targets (deployment_id, tenant_id, agent_id)"
+    " SELECT d.id, '@T@', a.id FROM package_deployments d, agents a"
+    "  WHERE d.tenant_id = '@T@' AND a.tenant_id = '@T@';";
 
 static const char *const fixture_tables[] = {
     "api_keys",
@@ -86,6 +92,8 @@ static const char *const fixture_tables[] = {
     "scaling_history",
     "quota_events",
     "package_channels",
+    "package_deployments",
+    "package_deployment_targets",
 };
 #define N_TABLES (sizeof(fixture_tables) / sizeof(fixture_tables[0]))
 
