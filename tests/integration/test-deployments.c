@@ -261,3 +261,21 @@ Test(deployments, a_failure_shows_its_reason)
     free(id);
     free(pkg);
 }
+
+/* The state is PostgreSQL's: a deployment created before orchd restarts goes on after. */
+Test(deployments, progress_survives_an_orchd_restart)
+{
+    char sha[65];
+    char *pkg = th_package(&srv, admin, "steady", "s", sha);
+    char *id = deploy("{\"package\":\"steady@1.0.0\",\"labels\":{\"role\":\"web\"},"
+                      "\"max_parallel\":1,\"spread_ms\":1500}",
+                      201);
+    th_server_restart(&srv, SIGTERM);
+    long long maxf;
+    json_t *doc = wait_done(id, &maxf);
+    cr_assert_eq(count_of(doc, "cached"), 2, "%s", json_dumps(doc, 0));
+    json_decref(doc);
+    cr_assert(cached_on(0, sha) && cached_on(1, sha) && !cached_on(2, sha));
+    free(id);
+    free(pkg);
+}
