@@ -98,7 +98,15 @@ static char *deploy(const char *body, long expect)
     struct th_resp r;
     th_http(&srv, "POST", "/api/v1/packages/deployments", admin, body, NULL, &r);
     cr_assert_eq(r.status, expect, "%s: %s", body, r.body);
-    char *id = expect == 201 ? strdup(th_str_of(&r, "id")) : NULL;
+    char *id = NULL;
+    if (expect == 201) {
+        /* Created with every target pending: the agents learn of it in a heartbeat. */
+        json_t *doc = json_loads(r.body, 0, NULL);
+        cr_assert_eq(count_of(doc, "pending"), count_of(doc, "total"), "%s", r.body);
+        cr_assert_str_eq(json_string_value(json_object_get(doc, "status")), "running");
+        json_decref(doc);
+        id = strdup(th_str_of(&r, "id"));
+    }
     th_resp_free(&r);
     return id;
 }
