@@ -588,7 +588,10 @@ int proto_heartbeat_decode(const json_t *doc, struct proto_heartbeat *ret, struc
     ret->packages = json_object_get(doc, "packages");
     ret->capabilities = json_object_get(doc, "capabilities");
     ret->prefetch = json_object_get(doc, "prefetch");
-    return prefetch_items_check(ret->prefetch, &proto_msg_prefetch_report, "prefetch", err);
+    r = prefetch_items_check(ret->prefetch, &proto_msg_prefetch_report, "prefetch", err);
+    if (r < 0)
+        proto_heartbeat_clear(ret); /* nothing is left to free on failure */
+    return r;
 }
 
 void proto_heartbeat_clear(struct proto_heartbeat *hb)
