@@ -192,25 +192,16 @@ const struct proto_message proto_msg_agent_created = {"AgentCreated", agent_crea
                                                       ELEMS(agent_created_fields), true, true};
 
 static const struct proto_message *const messages[] = {
-    &proto_msg_job_epoch,
-    &proto_msg_load,
-    &proto_msg_heartbeat,
-    &proto_msg_heartbeat_answer,
-    &proto_msg_prefetch_report,
+    &proto_msg_job_epoch,     &proto_msg_load,
+    &proto_msg_heartbeat,     &proto_msg_heartbeat_answer,
+    &proto_msg_assignment,    &proto_msg_assignment_list,
+    &proto_msg_sync,          &proto_msg_sync_report,
+    &proto_msg_sync_answer,   &proto_msg_report_answer,
+    &proto_msg_started,       &proto_msg_started_answer,
+    &proto_msg_logs,          &proto_msg_logs_answer,
+    &proto_msg_result,        &proto_msg_result_answer,
+    &proto_msg_agent_created, &proto_msg_prefetch_report,
     &proto_msg_prefetch,
-    &proto_msg_assignment,
-    &proto_msg_assignment_list,
-    &proto_msg_sync,
-    &proto_msg_sync_report,
-    &proto_msg_sync_answer,
-    &proto_msg_report_answer,
-    &proto_msg_started,
-    &proto_msg_started_answer,
-    &proto_msg_logs,
-    &proto_msg_logs_answer,
-    &proto_msg_result,
-    &proto_msg_result_answer,
-    &proto_msg_agent_created,
 };
 
 const struct proto_message *const *proto_agent_messages(size_t *n)

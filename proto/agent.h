@@ -78,26 +78,21 @@ int proto_agent_path(char *out, size_t len, const char *pattern, const char *id)
 #define PROTO_RUNNING_MAX       1024 /* entries of a heartbeat's `running` */
 #define PROTO_PACKAGES_LIST_MAX 4096 /* digests in a heartbeat's `packages` */
 #define PROTO_CAPABILITIES_MAX  64   /* keys of a heartbeat's `capabilities` */
-/* Deployments (docs/packages.md, "Deploying a version to agents"): entries of a heartbeat's
- * and of its answer's `prefetch`, a failure's reason, a target's start spread. */
-#define PROTO_PREFETCH_MAX           16
-#define PROTO_PREFETCH_REASON_MAX    512
-#define PROTO_PREFETCH_SPREAD_MAX_MS 600000
-#define PROTO_LOAD_KEYS_MAX          16
-#define PROTO_STATUS_MAX             16
-#define PROTO_LOG_CHUNK_MAX          (64 * 1024) /* decoded bytes of one `logs` report */
-#define PROTO_LOG_DATA_MAX           ((PROTO_LOG_CHUNK_MAX / 3 + 1) * 4) /* its base64 */
-#define PROTO_LOG_OFFSET_MAX         ORCH_LOG_OFFSET_MAX
-#define PROTO_RESULT_MAX             (1024 * 1024) /* a result's `result`, compact JSON bytes */
-#define PROTO_ERROR_MAX              4096          /* a result's `error` */
-#define PROTO_SIGNAL_MAX             128
-#define PROTO_EXIT_CODE_MAX          255 /* exit_code's bound, a POSIX exit status's */
-#define PROTO_SYNC_MAX_REPORTS       512
-#define PROTO_SYNC_MAX_WAIT_S        60
-#define PROTO_LEASE_MAX_S            86400
-#define PROTO_HEARTBEAT_MAX_S        3600
-#define PROTO_PACKAGE_MAX_BYTES      (15 * 1024 * 1024) /* an archive, uploaded and fetched */
-#define PROTO_SHA256_HEX_LEN         64
+#define PROTO_LOAD_KEYS_MAX     16
+#define PROTO_STATUS_MAX        16
+#define PROTO_LOG_CHUNK_MAX     (64 * 1024) /* decoded bytes of one `logs` report */
+#define PROTO_LOG_DATA_MAX      ((PROTO_LOG_CHUNK_MAX / 3 + 1) * 4) /* its base64 */
+#define PROTO_LOG_OFFSET_MAX    ORCH_LOG_OFFSET_MAX
+#define PROTO_RESULT_MAX        (1024 * 1024) /* a result's `result`, compact JSON bytes */
+#define PROTO_ERROR_MAX         4096          /* a result's `error` */
+#define PROTO_SIGNAL_MAX        128
+#define PROTO_EXIT_CODE_MAX     255 /* exit_code's bound, a POSIX exit status's */
+#define PROTO_SYNC_MAX_REPORTS  512
+#define PROTO_SYNC_MAX_WAIT_S   60
+#define PROTO_LEASE_MAX_S       86400
+#define PROTO_HEARTBEAT_MAX_S   3600
+#define PROTO_PACKAGE_MAX_BYTES (15 * 1024 * 1024) /* an archive, uploaded and fetched */
+#define PROTO_SHA256_HEX_LEN    64
 /* Request bodies, as the server's route table caps them (413 past them). */
 #define PROTO_HEARTBEAT_BODY_MAX (128 * 1024)
 #define PROTO_LOGS_BODY_MAX      (128 * 1024)
@@ -115,6 +110,12 @@ int proto_agent_path(char *out, size_t len, const char *pattern, const char *id)
 #define PROTO_JOB_TIMEOUT_MIN_MS 1000
 #define PROTO_JOB_TIMEOUT_MAX_MS 604800000 /* 7 days */
 #define PROTO_JOB_ATTEMPT_MAX    100       /* a job's max_attempts */
+
+/* Deployments (docs/packages.md, "Deploying a version to agents"): entries of a heartbeat's
+ * and of its answer's `prefetch`, a failure's reason, a target's start spread. */
+#define PROTO_PREFETCH_MAX           16
+#define PROTO_PREFETCH_REASON_MAX    512
+#define PROTO_PREFETCH_SPREAD_MAX_MS 600000
 
 /* --- tables ------------------------------------------------------------------------------- */
 
