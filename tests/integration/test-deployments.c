@@ -24,7 +24,7 @@ static char ids[3][40];
 
 static void setup(void)
 {
-    const char *env[] = {"ORCHD_AGENT_HEARTBEAT_INTERVAL=1s", NULL};
+    const char *env[] = {"ORCHD_AGENT_HEARTBEAT_INTERVAL=1s", "ORCHD_AGENT_LEASE=4s", NULL};
     th_server_start(&srv, env);
     op = th_token(&srv, srv.operator_token);
     tenant = th_tenant(&srv, op, "acme", "enterprise");
@@ -284,6 +284,73 @@ Test(deployments, progress_survives_an_orchd_restart)
     cr_assert_eq(count_of(doc, "cached"), 2, "%s", json_dumps(doc, 0));
     json_decref(doc);
     cr_assert(cached_on(0, sha) && cached_on(1, sha) && !cached_on(2, sha));
+    free(id);
+    free(pkg);
+}
+
+/* An agent that goes away mid-fetch gives its place back: after a lease without a
+ * heartbeat its target is pending again and the next agent is handed one. A ten-minute
+ * spread keeps each handed-out agent waiting, so what is seen is only the handover. */
+Test(deployments, an_agent_gone_mid_fetch_gives_its_place_back)
+{
+    char *pkg = th_package(&srv, admin, "slow", "s", NULL);
+    char *id = deploy("{\"package\":\"slow@1.0.0\",\"labels\":{\"role\":\"web\"},"
+                      "\"max_parallel\":1,\"spread_ms\":600000}",
+                      201);
+    char path[160];
+    snprintf(path, sizeof(path), "/api/v1/packages/deployments/%s/targets", id);
+    /* Wait (bounded) for the one place to be taken; then stop that agent. */
+    char first[40] = "";
+    int64_t end = clock_real_ms() + 30000;
+    while (!first[0] && clock_real_ms() < end) {
+        struct th_resp r;
+        th_http(&srv, "GET", path, viewer, NULL, NULL, &r);
+        json_t *page = json_loads(r.body, 0, NULL);
+        th_resp_free(&r);
+        size_t i;
+        json_t *t;
+        json_array_foreach(json_object_get(page, "items"), i, t)
+        {
+            if (strcmp(json_string_value(json_object_get(t, "state")), "fetching") == 0)
+                snprintf(first, sizeof(first), "%s",
+                         json_string_value(json_object_get(t, "agent_id")));
+        }
+        json_decref(page);
+        if (!first[0])
+            usleep(100000); /* pacing, not synchronisation */
+    }
+    cr_assert(first[0], "one target was handed out");
+    int gone = strcmp(first, ids[0]) == 0 ? 0 : 1;
+    th_agent_stop(pids[gone], SIGKILL);
+    pids[gone] = 0;
+
+    /* The other agent takes the place; the gone one's target is pending again. */
+    bool handed_over = false;
+    end = clock_real_ms() + 60000;
+    while (!handed_over && clock_real_ms() < end) {
+        struct th_resp r;
+        th_http(&srv, "GET", path, viewer, NULL, NULL, &r);
+        json_t *page = json_loads(r.body, 0, NULL);
+        th_resp_free(&r);
+        size_t i;
+        json_t *t;
+        int ok = 0;
+        json_array_foreach(json_object_get(page, "items"), i, t)
+        {
+            const char *agent = json_string_value(json_object_get(t, "agent_id"));
+            const char *st = json_string_value(json_object_get(t, "state"));
+            if (strcmp(agent, ids[gone]) == 0 && strcmp(st, "pending") == 0 &&
+                json_integer_value(json_object_get(t, "attempts")) == 1)
+                ok++;
+            if (strcmp(agent, ids[1 - gone]) == 0 && strcmp(st, "fetching") == 0)
+                ok++;
+        }
+        json_decref(page);
+        handed_over = ok == 2;
+        if (!handed_over)
+            usleep(200000); /* pacing, not synchronisation */
+    }
+    cr_assert(handed_over, "the place went to the other agent");
     free(id);
     free(pkg);
 }
