@@ -746,6 +746,40 @@ static int link_fetch_pieces(struct daemon *d, struct transport *t, const char *
     }
 }
 
+/* Fetch package_id (archive sha256) into the cache over t unless it is there: FETCH_DONE,
+ * or FETCH_FAILED with why in error (elen bytes). Link thread. */
+static int link_download(struct daemon *d, struct transport *t, const char *package_id,
+                         const char *sha256, char *error, size_t elen)
+{
+    int state = FETCH_DONE;
+    char path[PATH_MAX];
+    if (cache_lookup(d->cache, sha256, path, sizeof(path)) != 0) {
+        char url[128], etag[72];
+        proto_agent_path(url, sizeof(url), PROTO_AGENT_PATH_PACKAGE, package_id);
+        snprintf(etag, sizeof(etag), "\"%s\"", sha256);
+        int64_t t0 = mono_ms(), have = cache_partial_size(d->cache, sha256), from = have;
+        int r = link_fetch_pieces(d, t, url, etag, &have, error, elen);
+        if (r == 0) {
+            r = cache_partial_finish(d->cache, sha256);
+            if (r < 0)
+                snprintf(error, elen, "%s",
+                         r == -EBADMSG ? "the bytes received do not match the package's SHA-256"
+                                       : strerror(-r));
+        }
+        if (r < 0) {
+            state = FETCH_FAILED;
+            char q[320];
+            log_warn("op=package-fetch package=%s error=%s", package_id,
+                     log_quote(error, q, sizeof(q)));
+        } else {
+            log_info("op=package-fetch package=%s bytes=%" PRId64 " resumed_at=%" PRId64
+                     " ms=%" PRId64,
+                     package_id, have, from, mono_ms() - t0);
+        }
+    }
+    return state;
+}
+
 /* The link thread: fetch the package a job waits for, if any. */
 static void link_fetch(struct daemon *d, struct transport *t)
 {
@@ -759,34 +793,8 @@ static void link_fetch(struct daemon *d, struct transport *t)
     pthread_mutex_unlock(&d->lock);
     if (!f)
         return;
-    int state = FETCH_DONE;
-    char error[256] = "", path[PATH_MAX];
-    if (cache_lookup(d->cache, f->sha256, path, sizeof(path)) != 0) {
-        char url[128], etag[72];
-        proto_agent_path(url, sizeof(url), PROTO_AGENT_PATH_PACKAGE, f->package_id);
-        snprintf(etag, sizeof(etag), "\"%s\"", f->sha256);
-        int64_t t0 = mono_ms(), have = cache_partial_size(d->cache, f->sha256), from = have;
-        int r = link_fetch_pieces(d, t, url, etag, &have, error, sizeof(error));
-        if (r == 0) {
-            r = cache_partial_finish(d->cache, f->sha256);
-            if (r < 0)
-                snprintf(error, sizeof(error), "%s",
-                         r == -EBADMSG ? "the bytes received do not match the package's SHA-256"
-                                       : strerror(-r));
-        }
-        if (r < 0) {
-            state = FETCH_FAILED;
-        } else {
-            log_info("op=package-fetch package=%s bytes=%" PRId64 " resumed_at=%" PRId64
-                     " ms=%" PRId64,
-                     f->package_id, have, from, mono_ms() - t0);
-        }
-        if (state == FETCH_FAILED) {
-            char q[320];
-            log_warn("op=package-fetch package=%s error=%s", f->package_id,
-                     log_quote(error, q, sizeof(q)));
-        }
-    }
+    char error[256] = "";
+    int state = link_download(d, t, f->package_id, f->sha256, error, sizeof(error));
     pthread_mutex_lock(&d->lock);
     memcpy(f->error, error, sizeof(f->error));
     f->state = state;
@@ -1250,6 +1258,11 @@ struct link {
     bool protocol_refused;   /* the server said it does not speak this agent's version */
     struct sent *sent;
     size_t nsent;
+    /* Deployments (docs/packages.md, "Deploying a version to agents"): the targets handed
+     * out ({deployment_id, package_id, sha256, due_ms}), the reports not yet sent, and those
+     * riding the heartbeat in flight. Link thread only. */
+    json_t *prefetch_todo, *prefetch_done;
+    size_t prefetch_nsent; /* the first reports of prefetch_done, in the heartbeat in flight */
 };
 
 /* The abort callback of an exchange: give up a held one when there is something urgent
@@ -1438,6 +1451,100 @@ static int64_t daemon_lease_step_ms(struct daemon *d)
     return step > 1000 ? step : 1000;
 }
 
+/* --- deployments: packages fetched ahead of any job --------------------------------------- */
+
+static bool prefetch_listed(const json_t *list, const char *dep)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(list, i, e)
+    {
+        if (strcmp(json_string_value(json_object_get(e, "deployment_id")), dep) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The heartbeat answer's targets (checked by proto_heartbeat_answer_decode()) that are new:
+ * one already cached is reported at once; the others wait a random delay of up to their
+ * spread_ms, so that many agents handed a target together do not all start together. */
+static void link_prefetch_take(struct link *l, const json_t *list)
+{
+    size_t i;
+    json_t *it;
+    json_array_foreach(list, i, it)
+    {
+        const char *dep = json_string_value(json_object_get(it, "deployment_id"));
+        const char *pkg = json_string_value(json_object_get(it, "package_id"));
+        const char *sha = json_string_value(json_object_get(it, "sha256"));
+        if (prefetch_listed(l->prefetch_todo, dep) || prefetch_listed(l->prefetch_done, dep))
+            continue;
+        char path[PATH_MAX];
+        if (cache_lookup(l->d->cache, sha, path, sizeof(path)) == 0) {
+            json_array_append_new(l->prefetch_done,
+                                  json_pack("{s:s, s:s}", "deployment_id", dep, "state", "cached"));
+            log_info("op=prefetch deployment=%s package=%s source=cache", dep, pkg);
+            continue;
+        }
+        int64_t spread = json_integer_value(json_object_get(it, "spread_ms"));
+        uint32_t rnd = 0;
+        if (crypto_random(&rnd, sizeof(rnd)) < 0)
+            rnd = 0;
+        int64_t delay = spread > 0 ? (int64_t)(rnd % ((uint32_t)spread + 1)) : 0;
+        json_array_append_new(l->prefetch_todo,
+                              json_pack("{s:s, s:s, s:s, s:I}", "deployment_id", dep, "package_id",
+                                        pkg, "sha256", sha, "due_ms",
+                                        (json_int_t)(mono_ms() + delay)));
+        log_info("op=prefetch deployment=%s package=%s delay_ms=%" PRId64, dep, pkg, delay);
+    }
+}
+
+/* Fetch the first target that is due, through the same download as a job's package, and
+ * queue its report for the next heartbeat, which goes at once. */
+static void link_prefetch_run(struct link *l)
+{
+    struct daemon *d = l->d;
+    size_t i;
+    json_t *e;
+    json_array_foreach(l->prefetch_todo, i, e)
+    {
+        if (json_integer_value(json_object_get(e, "due_ms")) > mono_ms())
+            continue;
+        const char *dep = json_string_value(json_object_get(e, "deployment_id"));
+        char error[256] = "";
+        int state =
+            link_download(d, l->t, json_string_value(json_object_get(e, "package_id")),
+                          json_string_value(json_object_get(e, "sha256")), error, sizeof(error));
+        json_t *rep = json_pack("{s:s, s:s}", "deployment_id", dep, "state",
+                                state == FETCH_DONE ? "cached" : "failed");
+        if (rep && state != FETCH_DONE)
+            json_object_set_new(rep, "reason", json_string(error[0] ? error : "fetch failed"));
+        log_info("op=prefetch deployment=%s state=%s", dep,
+                 state == FETCH_DONE ? "cached" : "failed");
+        json_array_append_new(l->prefetch_done, rep);
+        json_array_remove(l->prefetch_todo, i);
+        pthread_mutex_lock(&d->lock);
+        d->hb_kick = true;
+        pthread_mutex_unlock(&d->lock);
+        return;
+    }
+}
+
+/* Milliseconds until the next target is due (INT64_MAX when none). */
+static int64_t link_prefetch_next_ms(const struct link *l)
+{
+    int64_t next = INT64_MAX, now = mono_ms();
+    size_t i;
+    json_t *e;
+    json_array_foreach(l->prefetch_todo, i, e)
+    {
+        int64_t due = json_integer_value(json_object_get(e, "due_ms")) - now;
+        if (due < next)
+            next = due > 0 ? due : 0;
+    }
+    return next;
+}
+
 /* The heartbeat's answer: interval, what to stop, and the credential's age. */
 static void link_heartbeat_answer(struct link *l, const struct proto_heartbeat_answer *hb)
 {
@@ -1541,6 +1648,10 @@ static bool link_sync_answer(struct link *l, const json_t *doc, bool hb_due, uin
         l->cache_gen_sent = cache_gen;
         l->facts_sent = true;
         link_heartbeat_answer(l, &ha);
+        for (size_t k = 0; k < l->prefetch_nsent; k++)
+            json_array_remove(l->prefetch_done, 0);
+        l->prefetch_nsent = 0;
+        link_prefetch_take(l, ha.prefetch);
         proto_heartbeat_answer_clear(&ha);
         int64_t every = d->heartbeat_s * 1000;
         int64_t step = daemon_lease_step_ms(d);
@@ -1567,6 +1678,7 @@ static enum link_next link_exchange(struct link *l)
     struct daemon *d = l->d;
     daemon_transport_sync(d, l->t, &l->gen);
     link_fetch(d, l->t);
+    link_prefetch_run(l);
     link_start_pending(d);
     /* The next heartbeat was scheduled with what was known then: before the first answer
      * taught the lease, that is the plain interval, which may be longer than the lease
@@ -1617,6 +1729,16 @@ static enum link_next link_exchange(struct link *l)
         /* The cached packages, when they changed since the server last heard. */
         if (hb && cache_generation(d->cache) != l->cache_gen_sent)
             json_object_set_new(hb, "packages", cache_list(d->cache, &cache_gen));
+        /* Finished deployment targets, until a heartbeat carrying them is answered. */
+        l->prefetch_nsent = 0;
+        if (hb && json_array_size(l->prefetch_done) > 0) {
+            json_t *reps = json_array();
+            for (size_t k = 0;
+                 reps && k < json_array_size(l->prefetch_done) && k < PROTO_PREFETCH_MAX; k++)
+                json_array_append(reps, json_array_get(l->prefetch_done, k));
+            l->prefetch_nsent = json_array_size(reps);
+            json_object_set_new(hb, "prefetch", reps);
+        }
         /* The host's facts, once per start: an upgraded agent or host shows at once. */
         if (hb && !l->facts_sent)
             json_object_set_new(hb, "capabilities", facts_collect());
@@ -1634,6 +1756,10 @@ static enum link_next link_exchange(struct link *l)
         int64_t step_s = daemon_lease_step_ms(d) / 1000;
         if (step_s > 0 && wait_s > step_s)
             wait_s = step_s;
+        /* A deployment target falls due: the exchange ends in time for it. */
+        int64_t pf = link_prefetch_next_ms(l);
+        if (pf != INT64_MAX && wait_s > pf / 1000)
+            wait_s = pf / 1000 > 1 ? pf / 1000 : 1;
     }
     /* Always "resume": an assignment the server answered into a connection this agent
      * had given up (a held exchange it closed for something urgent) comes again, and one
@@ -1699,7 +1825,9 @@ static void *daemon_link_main(void *arg)
 {
     struct daemon *d = arg;
     struct link l = {.d = d, .last_rotate_ms = INT64_MIN / 2};
-    l.sent = calloc(LINK_MAX_REPORTS, sizeof(*l.sent));
+    l.prefetch_todo = json_array();
+    l.prefetch_done = json_array();
+    l.sent = l.prefetch_todo && l.prefetch_done ? calloc(LINK_MAX_REPORTS, sizeof(*l.sent)) : NULL;
     l.t = l.sent ? daemon_transport(d, REQUEST_TIMEOUT_MS, &l.gen) : NULL;
     pthread_mutex_lock(&d->lock);
     d->link = l.t;
@@ -1735,6 +1863,8 @@ static void *daemon_link_main(void *arg)
     pthread_mutex_unlock(&d->lock);
     transport_free(l.t);
     free(l.sent);
+    json_decref(l.prefetch_todo);
+    json_decref(l.prefetch_done);
     return NULL;
 }
 

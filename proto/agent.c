@@ -43,6 +43,23 @@ static const struct jsonv_field heartbeat_fields[] = {
     {"spool_bytes", JSONV_INT, 0, 0, INT64_MAX},
     {"packages", JSONV_ARRAY, 0, 0, PROTO_PACKAGES_LIST_MAX},
     {"capabilities", JSONV_OBJECT, 0, 0, PROTO_CAPABILITIES_MAX},
+    {"prefetch", JSONV_ARRAY, 0, 0, PROTO_PREFETCH_MAX},
+};
+
+/* A deployment's target done on the agent (docs/packages.md, "Deploying a version"). */
+static const struct jsonv_field prefetch_report_fields[] = {
+    {"deployment_id", JSONV_UUID, JSONV_REQUIRED, 0, 0},
+    {"state", JSONV_STRING, JSONV_REQUIRED, 1, 16}, /* cached | failed */
+    {"reason", JSONV_STRING, 0, 0, PROTO_PREFETCH_REASON_MAX},
+};
+
+/* A package the agent is to fetch into its cache for a deployment. */
+static const struct jsonv_field prefetch_fields[] = {
+    {"deployment_id", JSONV_UUID, JSONV_REQUIRED, 0, 0},
+    {"package_id", JSONV_UUID, JSONV_REQUIRED, 0, 0},
+    {"sha256", JSONV_STRING, JSONV_REQUIRED, PROTO_SHA256_HEX_LEN, PROTO_SHA256_HEX_LEN},
+    {"size", JSONV_INT, JSONV_REQUIRED, 0, INT64_MAX},
+    {"spread_ms", JSONV_INT, JSONV_REQUIRED, 0, PROTO_PREFETCH_SPREAD_MAX_MS},
 };
 
 static const struct jsonv_field heartbeat_answer_fields[] = {
@@ -52,6 +69,7 @@ static const struct jsonv_field heartbeat_answer_fields[] = {
     {"cancel", JSONV_ARRAY, JSONV_REQUIRED, 0, 0},
     {"lost", JSONV_ARRAY, JSONV_REQUIRED, 0, 0},
     {"credential_expires_in_s", JSONV_INT, 0, 0, INT64_MAX},
+    {"prefetch", JSONV_ARRAY, 0, 0, PROTO_PREFETCH_MAX},
 };
 
 /* What proto_assignment_encode() builds: every member is there, null when it does not apply,
@@ -156,6 +174,8 @@ MSG(proto_msg_job_epoch, "JobEpoch", job_epoch_fields, false);
 MSG(proto_msg_load, "HeartbeatLoad", load_fields, true);
 MSG(proto_msg_heartbeat, "Heartbeat", heartbeat_fields, false);
 MSG(proto_msg_heartbeat_answer, "HeartbeatAnswer", heartbeat_answer_fields, true);
+MSG(proto_msg_prefetch_report, "PrefetchReport", prefetch_report_fields, false);
+MSG(proto_msg_prefetch, "Prefetch", prefetch_fields, true);
 MSG(proto_msg_assignment, "Assignment", assignment_fields, true);
 MSG(proto_msg_assignment_list, "AssignmentList", assignment_list_fields, true);
 MSG(proto_msg_sync, "AgentSync", sync_fields, false);
@@ -180,7 +200,8 @@ static const struct proto_message *const messages[] = {
     &proto_msg_started,       &proto_msg_started_answer,
     &proto_msg_logs,          &proto_msg_logs_answer,
     &proto_msg_result,        &proto_msg_result_answer,
-    &proto_msg_agent_created,
+    &proto_msg_agent_created, &proto_msg_prefetch_report,
+    &proto_msg_prefetch,
 };
 
 const struct proto_message *const *proto_agent_messages(size_t *n)
@@ -493,6 +514,31 @@ static int packages_check(const json_t *list, struct jsonv_error *err)
     return 0;
 }
 
+/* Each entry of list (may be NULL) against m; errors name "<what>[i].<field>". */
+static int prefetch_items_check(const json_t *list, const struct proto_message *m, const char *what,
+                                struct jsonv_error *err)
+{
+    size_t i;
+    const json_t *it;
+    json_array_foreach(list, i, it)
+    {
+        if (proto_check(it, m, err) < 0) {
+            char pre[48];
+            snprintf(pre, sizeof(pre), "%s[%zu]", what, i);
+            err_prefix(err, "%s", pre);
+            return -EINVAL;
+        }
+        const char *st = json_string_value(json_object_get(it, "state"));
+        if (m == &proto_msg_prefetch_report && strcmp(st, "cached") != 0 &&
+            strcmp(st, "failed") != 0) {
+            char f[48];
+            snprintf(f, sizeof(f), "%s[%zu].state", what, i);
+            return fail(err, f, "is cached or failed");
+        }
+    }
+    return 0;
+}
+
 int proto_heartbeat_decode(const json_t *doc, struct proto_heartbeat *ret, struct jsonv_error *err)
 {
     const json_t *load;
@@ -532,7 +578,11 @@ int proto_heartbeat_decode(const json_t *doc, struct proto_heartbeat *ret, struc
     }
     ret->packages = json_object_get(doc, "packages");
     ret->capabilities = json_object_get(doc, "capabilities");
-    return 0;
+    ret->prefetch = json_object_get(doc, "prefetch");
+    r = prefetch_items_check(ret->prefetch, &proto_msg_prefetch_report, "prefetch", err);
+    if (r < 0)
+        proto_heartbeat_clear(ret); /* nothing is left to free on failure */
+    return r;
 }
 
 void proto_heartbeat_clear(struct proto_heartbeat *hb)
@@ -551,6 +601,11 @@ json_t *proto_heartbeat_answer_encode(const struct proto_heartbeat_answer *a)
                   "lost", proto_job_refs_encode(a->lost, a->nlost));
 
     if (o && set_int(o, "credential_expires_in_s", a->credential_expires_in_s) < 0) {
+        json_decref(o);
+        return NULL;
+    }
+    if (o && a->prefetch && json_array_size(a->prefetch) > 0 &&
+        json_object_set(o, "prefetch", a->prefetch) < 0) {
         json_decref(o);
         return NULL;
     }
@@ -583,7 +638,11 @@ int proto_heartbeat_answer_decode(const json_t *doc, struct proto_heartbeat_answ
     ret->heartbeat_interval_s = get_int(doc, "heartbeat_interval_s", 0);
     ret->lease_s = get_int(doc, "lease_s", 0);
     ret->credential_expires_in_s = get_int(doc, "credential_expires_in_s", -1);
-    return 0;
+    ret->prefetch = json_object_get(doc, "prefetch");
+    r = prefetch_items_check(ret->prefetch, &proto_msg_prefetch, "prefetch", err);
+    if (r < 0)
+        proto_heartbeat_answer_clear(ret);
+    return r;
 }
 
 void proto_heartbeat_answer_clear(struct proto_heartbeat_answer *a)

@@ -111,6 +111,12 @@ int proto_agent_path(char *out, size_t len, const char *pattern, const char *id)
 #define PROTO_JOB_TIMEOUT_MAX_MS 604800000 /* 7 days */
 #define PROTO_JOB_ATTEMPT_MAX    100       /* a job's max_attempts */
 
+/* Deployments (docs/packages.md, "Deploying a version to agents"): entries of a heartbeat's
+ * and of its answer's `prefetch`, a failure's reason, a target's start spread. */
+#define PROTO_PREFETCH_MAX           16
+#define PROTO_PREFETCH_REASON_MAX    512
+#define PROTO_PREFETCH_SPREAD_MAX_MS 600000
+
 /* --- tables ------------------------------------------------------------------------------- */
 
 /* One message: its name (the schema's in proto/openapi.yaml), its fields, whether keys
@@ -129,6 +135,8 @@ extern const struct proto_message proto_msg_job_epoch;        /* JobEpoch: cance
 extern const struct proto_message proto_msg_load;             /* HeartbeatLoad */
 extern const struct proto_message proto_msg_heartbeat;        /* Heartbeat */
 extern const struct proto_message proto_msg_heartbeat_answer; /* HeartbeatAnswer */
+extern const struct proto_message proto_msg_prefetch_report;  /* PrefetchReport */
+extern const struct proto_message proto_msg_prefetch;         /* Prefetch */
 extern const struct proto_message proto_msg_assignment;       /* Assignment */
 extern const struct proto_message proto_msg_assignment_list;  /* AssignmentList */
 extern const struct proto_message proto_msg_sync;             /* AgentSync */
@@ -207,6 +215,7 @@ struct proto_heartbeat {
     int64_t spool_bytes;
     json_t *packages;     /* array of SHA-256 hex digests; borrowed */
     json_t *capabilities; /* the host's facts (object); borrowed */
+    json_t *prefetch;     /* decoded: PrefetchReport entries, checked; borrowed */
 };
 
 json_t *proto_heartbeat_encode(const struct proto_heartbeat *hb);
@@ -225,6 +234,7 @@ struct proto_heartbeat_answer {
     struct proto_job_ref *lost; /* idem */
     size_t nlost;
     int64_t credential_expires_in_s;
+    json_t *prefetch; /* Prefetch entries (checked when decoded); borrowed; NULL = none */
 };
 
 json_t *proto_heartbeat_answer_encode(const struct proto_heartbeat_answer *a);

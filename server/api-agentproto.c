@@ -197,6 +197,43 @@ static int store_load(const struct http_principal *p, struct store_tx *tx,
     return r < 0 ? r : 0;
 }
 
+/* Deployments (docs/packages.md, "Deploying a version to agents"): the agent's reports
+ * end its targets, and the targets it is to fetch now come back (bounded by each
+ * deployment's max_parallel; one already cached is done at once). A target whose agent
+ * stays silent for a lease goes back to pending. */
+static const struct store_stmt q_deploy_step =
+    STORE_STMT("ap_deploy_step",
+               "SELECT deployment_id, package_id, sha256, size_bytes, spread_ms"
+               "  FROM deployment_agent_step($1, $2::jsonb, $3::int)",
+               3);
+
+static int deploy_step(struct app *app, const struct http_principal *p, struct store_tx *tx,
+                       const struct proto_heartbeat *hb, json_t **ret)
+{
+    _cleanup_free_ char *reports = hb->prefetch ? json_dumps(hb->prefetch, JSON_COMPACT) : NULL;
+    if (hb->prefetch && !reports)
+        return -ENOMEM;
+    char stale[24];
+    snprintf(stale, sizeof(stale), "%lld", (long long)(app->cfg->agent_lease_ms / 1000));
+    const char *pp[] = {p->subject, reports, stale};
+    PGresult *res = NULL;
+    int r = store_tx_exec(tx, &q_deploy_step, pp, &res);
+    if (r <= 0) {
+        PQclear(res);
+        return r;
+    }
+    json_t *list = json_array();
+    for (int i = 0; list && i < r; i++)
+        json_array_append_new(
+            list, json_pack("{s:s, s:s, s:s, s:I, s:I}", "deployment_id", PQgetvalue(res, i, 0),
+                            "package_id", PQgetvalue(res, i, 1), "sha256", PQgetvalue(res, i, 2),
+                            "size", (json_int_t)strtoll(PQgetvalue(res, i, 3), NULL, 10),
+                            "spread_ms", (json_int_t)strtoll(PQgetvalue(res, i, 4), NULL, 10)));
+    PQclear(res);
+    *ret = list;
+    return list ? 0 : -ENOMEM;
+}
+
 /* Whether (job, epoch) is among the rows of q_my_jobs. */
 static bool is_mine(PGresult *res, int n, const struct proto_job_ref *ref)
 {
@@ -247,6 +284,9 @@ static int heartbeat(struct app *app, const struct http_principal *p, struct sto
          * transaction commits), not only at its next full refresh. */
         gateway_kick_dispatch(app->gw);
     }
+    _cleanup_json_ json_t *prefetch = NULL;
+    if (r >= 0 && !p->pool)
+        r = deploy_step(app, p, tx, hb, &prefetch);
     PGresult *res = NULL;
     const char *pj[] = {p->subject};
     if (r >= 0)
@@ -280,6 +320,7 @@ static int heartbeat(struct app *app, const struct http_principal *p, struct sto
     a.lease_s = app->cfg->agent_lease_ms / 1000;
     a.cancel = cancel;
     a.lost = lost;
+    a.prefetch = prefetch;
     /* When the credential expires, so that the agent rotates it in time. */
     if (p->token_exp > 0) {
         int64_t left = p->token_exp - clock_real_ms() / 1000;

@@ -39,6 +39,16 @@ const struct http_route api_routes[] = {
     {HTTP_GET, V1 "/packages", HTTP_AUTH_TENANT_VIEWER, api_packages_list, 0, 0},
     {HTTP_POST, V1 "/packages", HTTP_AUTH_TENANT_OPERATOR, api_packages_create,
      PACKAGE_SINGLE_MAX_BYTES, PACKAGE_UPLOAD_TIMEOUT_MS},
+    /* Deployments (api-deployments.c, docs/packages.md): before /packages/{id}, which the
+     * first-match router would otherwise take "deployments" for. */
+    {HTTP_POST, V1 "/packages/deployments", HTTP_AUTH_TENANT_OPERATOR, api_deployments_create,
+     16384, 0},
+    {HTTP_GET, V1 "/packages/deployments", HTTP_AUTH_TENANT_VIEWER, api_deployments_list, 0, 0},
+    {HTTP_GET, V1 "/packages/deployments/{id}", HTTP_AUTH_TENANT_VIEWER, api_deployments_get, 0, 0},
+    {HTTP_GET, V1 "/packages/deployments/{id}/targets", HTTP_AUTH_TENANT_VIEWER,
+     api_deployments_targets, 0, 0},
+    {HTTP_DELETE, V1 "/packages/deployments/{id}", HTTP_AUTH_TENANT_OPERATOR,
+     api_deployments_cancel, 0, 0},
     {HTTP_GET, V1 "/packages/{id}", HTTP_AUTH_TENANT_VIEWER, api_packages_get, 0, 0},
     {HTTP_GET, V1 "/packages/{id}/content", HTTP_AUTH_TENANT_VIEWER, api_packages_content, 0, 0},
     {HTTP_DELETE, V1 "/packages/{id}", HTTP_AUTH_TENANT_OPERATOR, api_packages_delete, 0, 0},

@@ -240,3 +240,10 @@ int api_package_refs_holding(struct store_tx *tx, const char *package_id, char *
 void api_package_channels_list(struct http_req *req);
 void api_package_channel_put(struct http_req *req);
 void api_package_channel_delete(struct http_req *req);
+
+/* package deployments (api-deployments.c, docs/packages.md "Deploying a version to agents") */
+void api_deployments_create(struct http_req *req);
+void api_deployments_list(struct http_req *req);
+void api_deployments_get(struct http_req *req);
+void api_deployments_targets(struct http_req *req);
+void api_deployments_cancel(struct http_req *req);

@@ -49,12 +49,13 @@ api() { # METHOD PATH TOKEN [BODY]
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
 psql_q() { psql -X -q -A -t "postgresql://postgres@127.0.0.1:$ORCH_PG_PORT/orch" -c "$1"; }
 
-# bench_agents N SLOTS: enrol and start N agents, wait until all are online.
+# bench_agents N SLOTS [LABELS]: enrol and start N agents (with LABELS, a JSON object, when
+# given), wait until all are online.
 bench_agents() {
     local i adir etok
     for i in $(seq 1 "$1"); do
         adir=$ORCH_STATE/agent-$i
-        etok=$(api POST /api/v1/enrollment-tokens "$token" '{"name":"bench"}' | field token)
+        etok=$(api POST /api/v1/enrollment-tokens "$token" "{\"name\":\"bench\"${3:+,\"labels\":$3}}" | field token)
         ORCH_AGENT_STATE_DIR=$adir ./build-bench/agent/orch-agent register --server "$base" \
             --token "$etok" --name "bench-$i" --ca-file "$ca" --slots "$2" >/dev/null
         ORCH_AGENT_STATE_DIR=$adir ORCH_AGENT_LOG_LEVEL=${BENCH_AGENT_LOG_LEVEL:-warn} \

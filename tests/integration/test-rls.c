@@ -67,7 +67,13 @@ static const char fixture_sql[] =
     "INSERT INTO blob_chunks (tenant_id, blob_key, off, data) VALUES ('@T@', 'pkg/b', 0, '\\x00');"
     "INSERT INTO package_uploads (id, tenant_id, name, version, size_bytes, sha256, expires_at)"
     " VALUES (gen_random_uuid(), '@T@', 'p', '2.0.0', 1, sha256('u@T@'), now() + interval '1 "
-    "day');";
+    "day');"
+    "INSERT INTO package_deployments (id, tenant_id, package_id, package_ref, labels,"
+    " max_parallel, spread_ms)"
+    " SELECT gen_random_uuid(), '@T@', id, 'p@1', '{}', 1, 0 FROM packages WHERE tenant_id = '@T@';"
+    "INSERT INTO package_deployment_targets (deployment_id, tenant_id, agent_id)"
+    " SELECT d.id, '@T@', a.id FROM package_deployments d, agents a"
+    "  WHERE d.tenant_id = '@T@' AND a.tenant_id = '@T@';";
 
 static const char *const fixture_tables[] = {
     "api_keys",
@@ -92,6 +98,8 @@ static const char *const fixture_tables[] = {
     "package_channels",
     "blob_chunks",
     "package_uploads",
+    "package_deployments",
+    "package_deployment_targets",
 };
 #define N_TABLES (sizeof(fixture_tables) / sizeof(fixture_tables[0]))
 

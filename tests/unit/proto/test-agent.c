@@ -123,6 +123,13 @@ Test(agent, heartbeat_refusals_name_the_field)
         {"{\"running\":[{\"job_id\":\"x\",\"epoch\":1}]}", "running[0].job_id"},
         {"{\"packages\":[\"ABC\"]}", "packages"},
         {"{\"load\":{\"memory_available_bytes\":-1}}", "load.memory_available_bytes"},
+        {"{\"running\":[{\"job_id\":\"" JOB "\",\"epoch\":1}],"
+         "\"prefetch\":[{\"deployment_id\":\"" JOB "\",\"state\":\"fetching\"}]}",
+         "prefetch[0].state"},
+        {"{\"prefetch\":[{\"deployment_id\":\"x\",\"state\":\"cached\"}]}",
+         "prefetch[0].deployment_id"},
+        {"{\"prefetch\":[{\"deployment_id\":\"" JOB "\",\"state\":\"failed\",\"bogus\":1}]}",
+         "prefetch[0].bogus"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         json_t *doc = load(cases[i].doc);
