@@ -8,7 +8,13 @@
 #   POST /api/v1/auth/refresh   small authenticated POST: admission and an ES256 signature
 # Each request also passes admission, which counts the call in PostgreSQL.
 #
+# The GET is also driven at fixed offered loads (BENCH_RATES, req/s): 64 connections that
+# each wait 64/rate seconds between requests (wrk's delay(); a closed loop with think time,
+# so the offered rate is an upper bound when the server falls behind). The "max" rows are
+# the open throttle.
+#
 # Environment: BENCH_SECONDS (per cell, default 10), BENCH_CONCURRENCY ("1 4 16 64"),
+# BENCH_RATES ("1000 2000 5000"),
 # ORCH_SKIP_APT=1, ORCHD_HTTP_THREADS (default: one per core), BENCH_DEBUG=1 (print the
 # first non-200 answers of a short run first).
 source "$(dirname "$0")/lib.sh"
@@ -56,6 +62,13 @@ end
 LUA
     wrk -t1 -c1 -d3s --latency "$base/api/v1/queues/$queue" -H "Authorization: Bearer $token" >/dev/null; wrk -t2 -c16 -d4s -s "$dir/dbg.lua" -H "Authorization: Bearer $token" "$base/api/v1/queues/$queue" | head -8
 fi
+for rate in ${BENCH_RATES-1000 2000 5000}; do
+    cat >"$dir/rate.lua" <<LUA
+wrk.headers["Authorization"] = "Bearer $token"
+function delay() return math.random(0, 2 * 64000 / $rate) end
+LUA
+    run "GET /api/v1/queues/{id} @${rate}/s" 64 -s "$dir/rate.lua" "$base/api/v1/queues/$queue"
+done
 for c in $conc; do
     run "GET /api/v1/queues/{id}" "$c" -H "Authorization: Bearer $token" "$base/api/v1/queues/$queue"
 done
