@@ -62,6 +62,14 @@ end
 LUA
     wrk -t1 -c1 -d3s --latency "$base/api/v1/queues/$queue" -H "Authorization: Bearer $token" >/dev/null; wrk -t2 -c16 -d4s -s "$dir/dbg.lua" -H "Authorization: Bearer $token" "$base/api/v1/queues/$queue" | head -8
 fi
+# What PostgreSQL does for the GETs: commits and WAL bytes per request (load-independent).
+pg_counters() {
+    psql_q "SELECT xact_commit || ' ' || pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')
+              FROM pg_stat_database WHERE datname = current_database()"
+}
+gets_done() { grep -c 'op=http method=GET route=/api/v1/queues/{id} status=200' "$dir/orchd.log" || true; }
+read -r pg_c0 pg_w0 <<<"$(pg_counters)"
+gets0=$(gets_done)
 for rate in ${BENCH_RATES-1000 2000 5000}; do
     cat >"$dir/rate.lua" <<LUA
 wrk.headers["Authorization"] = "Bearer $token"
@@ -72,6 +80,8 @@ done
 for c in $conc; do
     run "GET /api/v1/queues/{id}" "$c" -H "Authorization: Bearer $token" "$base/api/v1/queues/$queue"
 done
+read -r pg_c1 pg_w1 <<<"$(pg_counters)"
+gets1=$(gets_done)
 for c in $conc; do
     run "POST /api/v1/auth/refresh" "$c" -s "$lua" "$base/api/v1/auth/refresh"
 done
@@ -81,6 +91,9 @@ echo
 echo "| request                          | conns |      req/s |  p50 (ms) |  p99 (ms) | non-2xx |"
 echo "|----------------------------------|-------|------------|-----------|-----------|---------|"
 printf '%s\n' "${rows[@]}"
+echo
+awk -v c="$((pg_c1 - pg_c0))" -v w="$((pg_w1 - pg_w0))" -v n="$((gets1 - gets0))" 'BEGIN {
+    if (n > 0) printf "PostgreSQL per GET: %.2f commits, %.0f bytes of WAL (%d GETs)\n", c / n, w / n, n }'
 echo
 echo "responses by status (from the access log):"
 grep -o 'op=http method=[A-Z]* route=[^ ]* status=[0-9]*' "$dir/orchd.log" | sed 's/op=http //' |
