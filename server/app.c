@@ -326,7 +326,9 @@ int app_admit(void *ctx, struct http_req *req)
 
     int64_t now_s = clock_real_ms() / 1000, day = now_s / 86400;
     struct authcache_entry e;
-    bool have = authcache_get(app->auth, p->subject, now_ns, &e);
+    /* Keyed by the key id; the tenant is checked too (a signed token names both). */
+    bool have =
+        authcache_get(app->auth, p->subject, now_ns, &e) && strcmp(e.tenant_id, p->tenant_id) == 0;
     enum authcache_take t = AUTHCACHE_EMPTY;
     long remaining = 0;
     for (int round = 0; round < 4; round++) {

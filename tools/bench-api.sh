@@ -68,8 +68,12 @@ pg_counters() {
               FROM pg_stat_database WHERE datname = current_database()"
 }
 gets_done() { grep -c 'op=http method=GET route=/api/v1/queues/{id} status=200' "$dir/orchd.log" || true; }
+# orchd's CPU time (user + system, clock ticks), to divide by the GETs: less sensitive to
+# other load on the box than req/s.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/${bench_pids[0]}/stat"; }
 read -r pg_c0 pg_w0 <<<"$(pg_counters)"
 gets0=$(gets_done)
+cpu0=$(cpu_ticks)
 for rate in ${BENCH_RATES-1000 2000 5000}; do
     cat >"$dir/rate.lua" <<LUA
 wrk.headers["Authorization"] = "Bearer $token"
@@ -82,6 +86,7 @@ for c in $conc; do
 done
 read -r pg_c1 pg_w1 <<<"$(pg_counters)"
 gets1=$(gets_done)
+cpu1=$(cpu_ticks)
 for c in $conc; do
     run "POST /api/v1/auth/refresh" "$c" -s "$lua" "$base/api/v1/auth/refresh"
 done
@@ -92,8 +97,10 @@ echo "| request                          | conns |      req/s |  p50 (ms) |  p99
 echo "|----------------------------------|-------|------------|-----------|-----------|---------|"
 printf '%s\n' "${rows[@]}"
 echo
-awk -v c="$((pg_c1 - pg_c0))" -v w="$((pg_w1 - pg_w0))" -v n="$((gets1 - gets0))" 'BEGIN {
-    if (n > 0) printf "PostgreSQL per GET: %.2f commits, %.0f bytes of WAL (%d GETs)\n", c / n, w / n, n }'
+awk -v c="$((pg_c1 - pg_c0))" -v w="$((pg_w1 - pg_w0))" -v n="$((gets1 - gets0))" \
+    -v t="$((cpu1 - cpu0))" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+    if (n > 0) printf "per GET: orchd CPU %.0f us; PostgreSQL %.2f commits, %.0f bytes of WAL (%d GETs)\n",
+        t / hz * 1e6 / n, c / n, w / n, n }'
 echo
 echo "responses by status (from the access log):"
 grep -o 'op=http method=[A-Z]* route=[^ ]* status=[0-9]*' "$dir/orchd.log" | sed 's/op=http //' |
