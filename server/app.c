@@ -256,7 +256,8 @@ static int admit_platform(struct app *app, struct http_req *req)
 
 /* Read p's key and tenant into *e (and the node's cache), reserving a block of up to want
  * calls of `day` when want > 0. A reservation commits asynchronously: a database crash may
- * lose the last fraction of a second of reservations, which only gives those calls back.
+ * lose the last fraction of a second of reservations, whose calls may then be reserved
+ * again (the quota's only excess, bounded by those blocks).
  * Returns 0, -ENOENT (no such tenant), or a store error. */
 static int admit_fetch(struct app *app, const struct http_principal *p, long want, int64_t day,
                        struct authcache_entry *e)
