@@ -21,6 +21,14 @@ static const struct jsonv_field agent_wake_fields[] = {
     {"agent_id", JSONV_UUID, JSONV_REQUIRED, 0, 0},
 };
 
+static const struct jsonv_field auth_invalidate_fields[] = {
+    {"type", JSONV_STRING, JSONV_REQUIRED, 1, 64},
+    {"key_id", JSONV_UUID, 0, 0, 0},
+    {"tenant_id", JSONV_UUID, 0, 0, 0},
+};
+
+const struct proto_message proto_bus_msg_auth_invalidate = {
+    "BusAuthInvalidate", auth_invalidate_fields, ELEMS(auth_invalidate_fields), true, false};
 const struct proto_message proto_bus_msg_jobs_submitted = {
     "BusJobsSubmitted", jobs_submitted_fields, ELEMS(jobs_submitted_fields), true, false};
 const struct proto_message proto_bus_msg_agent_wake = {"BusAgentWake", agent_wake_fields,
@@ -29,6 +37,7 @@ const struct proto_message proto_bus_msg_agent_wake = {"BusAgentWake", agent_wak
 static const struct proto_message *const messages[] = {
     &proto_bus_msg_jobs_submitted,
     &proto_bus_msg_agent_wake,
+    &proto_bus_msg_auth_invalidate,
 };
 
 const struct proto_message *const *proto_bus_messages(size_t *n)
@@ -173,5 +182,40 @@ int proto_bus_agent_wake_decode(const char *body, size_t len, struct proto_bus_a
     snprintf(ret->agent_id, sizeof(ret->agent_id), "%s",
              json_string_value(json_object_get(doc, "agent_id")));
     lower(ret->agent_id);
+    return 0;
+}
+
+char *proto_bus_auth_invalidate_encode(const char *key_id, const char *tenant_id)
+{
+    if ((!key_id && !tenant_id) || (key_id && !id_is_valid(key_id)) ||
+        (tenant_id && !id_is_valid(tenant_id)))
+        return NULL;
+    json_t *doc = json_pack("{s:s}", "type", PROTO_BUS_TYPE_AUTH_INVALIDATE);
+    if (doc && key_id)
+        json_object_set_new(doc, "key_id", json_string(key_id));
+    if (doc && tenant_id)
+        json_object_set_new(doc, "tenant_id", json_string(tenant_id));
+    return dump(doc);
+}
+
+int proto_bus_auth_invalidate_decode(const char *body, size_t len,
+                                     struct proto_bus_auth_invalidate *ret, struct jsonv_error *err)
+{
+    _cleanup_json_ json_t *doc = NULL;
+    int r;
+
+    memset(ret, 0, sizeof(*ret));
+    r = parse(body, len, &proto_bus_msg_auth_invalidate, PROTO_BUS_TYPE_AUTH_INVALIDATE, false,
+              &doc, err);
+    if (r < 0)
+        return r;
+    const char *k = json_string_value(json_object_get(doc, "key_id"));
+    const char *t = json_string_value(json_object_get(doc, "tenant_id"));
+    if (!k && !t)
+        return fail(err, "key_id", "key_id or tenant_id is required");
+    snprintf(ret->key_id, sizeof(ret->key_id), "%s", k ? k : "");
+    snprintf(ret->tenant_id, sizeof(ret->tenant_id), "%s", t ? t : "");
+    lower(ret->key_id);
+    lower(ret->tenant_id);
     return 0;
 }

@@ -320,5 +320,7 @@ void api_keys_list(struct http_req *req)
 
 void api_keys_revoke(struct http_req *req)
 {
-    api_revoke(req, &q_key_revoke, "API key", "api_key");
+    /* Every node forgets the key at once (and within auth.cache_ttl without the bus). */
+    if (api_revoke(req, &q_key_revoke, "API key", "api_key"))
+        app_auth_invalidate(http_req_app(req), http_req_param(req, "id"), NULL);
 }

@@ -347,12 +347,12 @@ void api_get_doc(struct http_req *req, const struct store_stmt *stmt, const char
     api_reply_pg_json_or_404(req, 200, res, what);
 }
 
-void api_revoke(struct http_req *req, const struct store_stmt *stmt, const char *what,
+bool api_revoke(struct http_req *req, const struct store_stmt *stmt, const char *what,
                 const char *object_type)
 {
     const char *id = api_path_id(req, "id", what);
     if (!id)
-        return;
+        return false;
     char detail[96], action[64];
     snprintf(detail, sizeof(detail), "revoking the %s", what);
     snprintf(action, sizeof(action), "%s.revoke", object_type);
@@ -360,7 +360,7 @@ void api_revoke(struct http_req *req, const struct store_stmt *stmt, const char 
     int r = app_tx_begin(http_req_app(req), req, &tx);
     if (r < 0) {
         http_reply_error(req, r, detail);
-        return;
+        return false;
     }
     const char *p[] = {id};
     PGresult *res = NULL;
@@ -373,7 +373,7 @@ void api_revoke(struct http_req *req, const struct store_stmt *stmt, const char 
         char nf[96];
         snprintf(nf, sizeof(nf), "no such %s", what);
         http_reply_problem(req, PROBLEM_NOT_FOUND, nf, NULL);
-        return;
+        return false;
     }
     /* Revoking twice is not an error, and not a second audit record. */
     if (r > 0 && revoked)
@@ -381,11 +381,12 @@ void api_revoke(struct http_req *req, const struct store_stmt *stmt, const char 
     if (r < 0) {
         store_tx_rollback(tx);
         http_reply_error(req, r, detail);
-        return;
+        return false;
     }
     if (api_commit(req, tx, detail) < 0)
-        return;
+        return false;
     http_reply_json(req, 204, NULL);
+    return revoked;
 }
 
 void api_healthz(struct http_req *req)

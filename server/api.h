@@ -51,8 +51,9 @@ void api_get_doc(struct http_req *req, const struct store_stmt *stmt, const char
                  const char *what);
 /* Revoke the path's {id} with stmt ($1 = id; returns one row: (revoked now: 0|1,
  * exists: 0|1)) in the principal's scope: 404 when it does not exist, 204 otherwise, and
- * an audit record "<object_type>.revoke" only the first time. */
-void api_revoke(struct http_req *req, const struct store_stmt *stmt, const char *what,
+ * an audit record "<object_type>.revoke" only the first time. Returns true when this call
+ * revoked it (committed). */
+bool api_revoke(struct http_req *req, const struct store_stmt *stmt, const char *what,
                 const char *object_type);
 /* Delete the path's {id} with stmt ($1 = id; a row back when it existed) in the
  * principal's own tenant (app_tx_begin_own()): 404 "no such <noun>" when it does not

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/clock.h"
@@ -16,9 +17,13 @@
 #include "common/id.h"
 #include "common/log.h"
 #include "server/auth-keys.h"
+#include "server/authcache.h"
 #include "server/bus.h"
 #include "server/ratelimit.h"
 #include "server/webhook-secret.h"
+
+static const struct store_stmt q_release =
+    STORE_STMT("api_calls_release", "SELECT api_calls_release($1::bigint, $2::date)", 2);
 
 int app_open(struct app *app, const struct orchd_config *cfg, char *err, size_t errlen)
 {
@@ -57,7 +62,9 @@ int app_open(struct app *app, const struct orchd_config *cfg, char *err, size_t 
         return r;
     }
     app->rl = ratelimit_new();
-    if (!app->rl || bus_new(cfg->amqp_url, &app->bus) < 0 ||
+    if (!app->rl ||
+        authcache_new(cfg->auth_cache_ttl_ms, (long)cfg->auth_quota_block, &app->auth) < 0 ||
+        bus_new(cfg->amqp_url, &app->bus) < 0 ||
         blobcache_new((size_t)cfg->packages_cache_bytes, &app->blobs) < 0 ||
         blob_store_pg_new(app->store, &app->blobstore) < 0 || metrics_orch_new(&app->metrics) < 0) {
         app_close(app);
@@ -66,8 +73,34 @@ int app_open(struct app *app, const struct orchd_config *cfg, char *err, size_t 
     return 0;
 }
 
+static void release_block(void *arg, const char *tenant_id, int64_t day, long unused)
+{
+    struct app *app = arg;
+    char n[24], d[16];
+    snprintf(n, sizeof(n), "%ld", unused);
+    time_t t = (time_t)(day * 86400);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(d, sizeof(d), "%Y-%m-%d", &tm);
+    const char *params[] = {n, d};
+    int r = store_exec_once(app->store, tenant_id, &q_release, params, NULL);
+    if (r < 0)
+        log_warn(
+            "op=quota.release tenant=%s calls=%ld err=%d msg=\"the unused calls stay counted\"",
+            tenant_id, unused, r);
+}
+
+void app_release_quota_blocks(struct app *app)
+{
+    if (app->auth && app->store)
+        authcache_drain(app->auth, release_block, app);
+}
+
 void app_close(struct app *app)
 {
+    app_release_quota_blocks(app);
+    authcache_free(app->auth);
+    app->auth = NULL;
     store_close(app->store);
     jwt_ring_free(app->ring);
     ratelimit_free(app->rl);
@@ -165,11 +198,10 @@ int64_t app_seconds_to_utc_midnight(int64_t now_s)
     return 86400 - (now_s % 86400);
 }
 
-/* One statement admits a tenant request: the API key still valid, the tenant active, and
- * one more call counted for today unless the daily quota is spent. It returns the tier's
- * rate limit too, for the node's token bucket. The same statement records the daily quota's
- * events (quota_note_api_calls(): the call that reaches the threshold, a refused call), so
- * neither an admitted nor a refused call pays another round trip for them. */
+/* What a node needs to admit a tenant's requests (server/authcache.h), in one statement: the
+ * API key still valid, the tenant active, its daily quota and request rate, and, when $2 >
+ * 0 and both hold, a block of up to $2 calls reserved for today (api_calls_reserve(), which
+ * also records the daily quota's events). With $2 = 0 it only reads. */
 static const struct store_stmt q_admit_tenant = STORE_STMT(
     "admit_tenant",
     "WITH k AS (SELECT 1 FROM api_keys WHERE id = $1::uuid AND revoked_at IS NULL"
@@ -177,18 +209,13 @@ static const struct store_stmt q_admit_tenant = STORE_STMT(
     " t AS (SELECT t.status, q.max_api_calls_day, coalesce(t.rate_per_sec, d.rate_per_sec)"
     "              AS rate_per_sec, coalesce(t.rate_burst, d.rate_burst) AS rate_burst"
     "         FROM tenants t JOIN tenant_quotas q ON q.tenant_id = t.id"
-    "         JOIN tier_defaults d ON d.tier = t.tier WHERE t.id = app_tenant()),"
-    " u AS (INSERT INTO usage_counters AS c (tenant_id, day, api_calls)"
-    "         SELECT app_tenant(), (now() AT TIME ZONE 'UTC')::date, 1 FROM k, t"
-    "          WHERE t.status = 'active' AND t.max_api_calls_day > 0"
-    "       ON CONFLICT (tenant_id, day) DO UPDATE SET api_calls = c.api_calls + 1"
-    "          WHERE c.api_calls < (SELECT max_api_calls_day FROM t)"
-    "       RETURNING api_calls)"
+    "         JOIN tier_defaults d ON d.tier = t.tier WHERE t.id = app_tenant())"
     " SELECT (SELECT count(*) FROM k), t.status, t.max_api_calls_day, t.rate_per_sec,"
-    "        t.rate_burst, (SELECT api_calls FROM u),"
-    "        quota_note_api_calls((SELECT count(*) FROM k) = 1 AND t.status = 'active',"
-    "                             t.max_api_calls_day, (SELECT api_calls FROM u)) FROM t",
-    1);
+    "        t.rate_burst, r.granted, r.used"
+    "   FROM t, LATERAL api_calls_reserve(CASE WHEN (SELECT count(*) FROM k) = 1"
+    "                                          AND t.status = 'active' THEN $2::bigint"
+    "                                          ELSE 0 END, t.max_api_calls_day) r",
+    2);
 
 static const struct store_stmt q_admit_platform =
     STORE_STMT("admit_platform",
@@ -230,6 +257,54 @@ static int admit_platform(struct app *app, struct http_req *req)
     return 0;
 }
 
+/* Read p's key and tenant into *e (and the node's cache), reserving a block of up to want
+ * calls of `day` when want > 0. A reservation commits asynchronously: a database crash may
+ * lose the last fraction of a second of reservations, whose calls may then be reserved
+ * again (the quota's only excess, bounded by those blocks).
+ * Returns 0, -ENOENT (no such tenant), or a store error. */
+static int admit_fetch(struct app *app, const struct http_principal *p, long want, int64_t day,
+                       struct authcache_entry *e)
+{
+    char wants[24];
+    snprintf(wants, sizeof(wants), "%ld", want);
+    const char *params[] = {p->subject, wants};
+    uint64_t gen = authcache_gen(app->auth);
+    PGresult *res = NULL;
+    struct store_tx *tx = NULL;
+    int r = store_tx_begin(app->store, p->tenant_id,
+                           want > 0 ? STORE_TX_ASYNC_COMMIT : STORE_TX_READ_ONLY, &tx);
+    if (r >= 0) {
+        r = store_tx_exec(tx, &q_admit_tenant, params, &res);
+        int c = store_tx_commit(tx);
+        if (r >= 0 && c < 0) {
+            PQclear(res);
+            res = NULL;
+            r = c;
+        }
+    }
+    if (r < 0)
+        return r;
+    if (r == 0) {
+        PQclear(res);
+        return -ENOENT;
+    }
+    memset(e, 0, sizeof(*e));
+    snprintf(e->tenant_id, sizeof(e->tenant_id), "%s", p->tenant_id);
+    e->key_ok = strcmp(PQgetvalue(res, 0, 0), "1") == 0;
+    e->active = strcmp(PQgetvalue(res, 0, 1), "active") == 0;
+    e->quota = strtol(PQgetvalue(res, 0, 2), NULL, 10);
+    e->rate = strtod(PQgetvalue(res, 0, 3), NULL);
+    e->burst = strtod(PQgetvalue(res, 0, 4), NULL);
+    long granted = strtol(PQgetvalue(res, 0, 5), NULL, 10);
+    long used = strtol(PQgetvalue(res, 0, 6), NULL, 10);
+    PQclear(res);
+    uint64_t now_ns = clock_mono_ns();
+    authcache_put(app->auth, p->subject, e, gen, now_ns);
+    if (want > 0 && e->key_ok && e->active)
+        authcache_give(app->auth, p->tenant_id, day, granted, used, now_ns);
+    return 0;
+}
+
 int app_admit(void *ctx, struct http_req *req)
 {
     struct app *app = ctx;
@@ -253,54 +328,52 @@ int app_admit(void *ctx, struct http_req *req)
         return -EBUSY;
     }
 
-    const char *params[] = {p->subject};
-    PGresult *res = NULL;
-    /* Asynchronous commit: the count is exact across nodes, and a database crash can lose
-     * at most the last fraction of a second of increments; waiting for the WAL flush on
-     * every API call would cost more than the rest of the request. */
-    struct store_tx *tx = NULL;
-    int r = store_tx_begin(app->store, p->tenant_id, STORE_TX_ASYNC_COMMIT, &tx);
-    if (r >= 0) {
-        r = store_tx_exec(tx, &q_admit_tenant, params, &res);
-        int c = store_tx_commit(tx);
-        if (r >= 0 && c < 0) {
-            PQclear(res);
-            res = NULL;
-            r = c;
+    int64_t now_s = clock_real_ms() / 1000, day = now_s / 86400;
+    struct authcache_entry e;
+    /* Keyed by the key id; the tenant is checked too (a signed token names both). */
+    bool have =
+        authcache_get(app->auth, p->subject, now_ns, &e) && strcmp(e.tenant_id, p->tenant_id) == 0;
+    enum authcache_take t = AUTHCACHE_EMPTY;
+    long remaining = 0;
+    for (int round = 0; round < 4; round++) {
+        bool reserved = false;
+        if (!have) {
+            long want = authcache_left(app->auth, p->tenant_id, day) > 0
+                            ? 0
+                            : authcache_block_max(app->auth);
+            int r = admit_fetch(app, p, want, day, &e);
+            if (r == -ENOENT) {
+                http_reply_problem(req, PROBLEM_UNAUTHENTICATED, "the tenant no longer exists",
+                                   NULL);
+                return -EACCES;
+            }
+            if (r < 0) {
+                http_reply_error(req, r, "admitting the request");
+                return r;
+            }
+            have = true;
+            reserved = want > 0;
         }
+        if (!e.key_ok) {
+            http_reply_header(req, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
+            http_reply_problem(req, PROBLEM_UNAUTHENTICATED,
+                               "the API key behind this token was revoked or expired", NULL);
+            return -EACCES;
+        }
+        if (!e.active) {
+            http_reply_problem(req, PROBLEM_FORBIDDEN, "the tenant is suspended", NULL);
+            return -EACCES;
+        }
+        ratelimit_set(app->rl, p->tenant_id, e.rate, e.burst, now_ns);
+        t = authcache_take(app->auth, p->tenant_id, day, now_ns, e.quota, &remaining);
+        if (t != AUTHCACHE_EMPTY || reserved)
+            break;
+        /* The block is used up: reserve another (and read the key and tenant afresh). */
+        have = false;
     }
-    if (r < 0) {
-        http_reply_error(req, r, "admitting the request");
-        return r;
-    }
-    if (r == 0) { /* the tenant is gone */
-        PQclear(res);
-        http_reply_problem(req, PROBLEM_UNAUTHENTICATED, "the tenant no longer exists", NULL);
-        return -EACCES;
-    }
-    bool key_ok = strcmp(PQgetvalue(res, 0, 0), "1") == 0;
-    bool active = strcmp(PQgetvalue(res, 0, 1), "active") == 0;
-    long quota = strtol(PQgetvalue(res, 0, 2), NULL, 10);
-    double rate = strtod(PQgetvalue(res, 0, 3), NULL);
-    double burst = strtod(PQgetvalue(res, 0, 4), NULL);
-    bool counted = !PQgetisnull(res, 0, 5);
-    long calls = counted ? strtol(PQgetvalue(res, 0, 5), NULL, 10) : quota;
-    PQclear(res);
-    ratelimit_set(app->rl, p->tenant_id, rate, burst, now_ns);
-
-    if (!key_ok) {
-        http_reply_header(req, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
-        http_reply_problem(req, PROBLEM_UNAUTHENTICATED,
-                           "the API key behind this token was revoked or expired", NULL);
-        return -EACCES;
-    }
-    if (!active) {
-        http_reply_problem(req, PROBLEM_FORBIDDEN, "the tenant is suspended", NULL);
-        return -EACCES;
-    }
-    int64_t reset = app_seconds_to_utc_midnight(clock_real_ms() / 1000);
-    rate_headers(req, quota, quota - calls, reset);
-    if (!counted) {
+    int64_t reset = app_seconds_to_utc_midnight(now_s);
+    if (t != AUTHCACHE_TAKEN) {
+        rate_headers(req, e.quota, 0, reset);
         char v[32];
         snprintf(v, sizeof(v), "%lld", (long long)reset);
         http_reply_header(req, "Retry-After", v);
@@ -309,19 +382,24 @@ int app_admit(void *ctx, struct http_req *req)
                                "UTC",
                                NULL,
                                json_pack("{s:s, s:I, s:I}", "quota", "api_calls_per_day", "limit",
-                                         (json_int_t)quota, "used", (json_int_t)calls));
+                                         (json_int_t)e.quota, "used", (json_int_t)e.quota));
         return -EBUSY;
     }
+    rate_headers(req, e.quota, remaining, reset);
     return 0;
 }
 
 int app_tx_begin(struct app *app, const struct http_req *req, struct store_tx **ret)
 {
     const struct http_principal *p = http_req_principal(req);
-    if (p->kind == HTTP_PRINCIPAL_TENANT || p->kind == HTTP_PRINCIPAL_AGENT)
+    /* A tenant's or an operator's GET only reads: READ ONLY, so its COMMIT writes nothing. */
+    unsigned ro = http_req_method(req) == HTTP_GET ? STORE_TX_READ_ONLY : 0;
+    if (p->kind == HTTP_PRINCIPAL_TENANT)
+        return store_tx_begin(app->store, p->tenant_id, ro, ret);
+    if (p->kind == HTTP_PRINCIPAL_AGENT)
         return store_tx_begin_tenant(app->store, p->tenant_id, ret);
     if (p->kind == HTTP_PRINCIPAL_PLATFORM)
-        return store_tx_begin_system(app->store, ret);
+        return store_tx_begin(app->store, NULL, ro, ret);
     return -EACCES;
 }
 

@@ -15,6 +15,8 @@ struct metrics_orch;
 struct ratelimit;
 struct events_hub;
 struct blob_store;
+struct authcache;
+struct auth_bus;
 
 struct app {
     const struct orchd_config *cfg; /* borrowed */
@@ -31,6 +33,8 @@ struct app {
     struct metrics_orch *metrics; /* owned: this node's metrics (metrics-orch.h) */
     uint8_t webhook_key[32];      /* seals webhook secrets (webhook-secret.h) */
     struct events_hub *events;    /* owned: live events for the console (api role), or NULL */
+    struct authcache *auth;       /* owned: admitted keys and reserved call blocks */
+    struct auth_bus *auth_bus;    /* owned: auth.invalidate listener (api role), or NULL */
 };
 
 /* Open the store and load the key ring as cfg says. Returns 0 or < 0 with err filled. */
@@ -43,8 +47,19 @@ int app_authenticate(void *app, const char *token, size_t len, struct http_princ
                      const char **why);
 int app_admit(void *app, struct http_req *req);
 
+/* Give the unused calls of this node's reserved blocks back to PostgreSQL (at shutdown,
+ * once no request runs; app_close() does it too). After a crash they stay counted: a
+ * tenant loses at most one block per node and day (docs/scaling.md, "REST API"). */
+void app_release_quota_blocks(struct app *app);
+
+/* An API key was revoked (key_id) or a tenant suspended, changed or deleted (tenant_id;
+ * either may be NULL): drop it from this node's cache now and tell every node over the bus
+ * (auth-bus.c). Call after the change committed. A failed publish is logged: the other
+ * nodes then see the change within auth.cache_ttl. */
+void app_auth_invalidate(struct app *app, const char *key_id, const char *tenant_id);
+
 /* Begin a transaction in the scope of the request's principal: the tenant's for a tenant
- * token, the system scope for a platform operator. */
+ * token, the system scope for a platform operator. A GET's is READ ONLY. */
 int app_tx_begin(struct app *app, const struct http_req *req, struct store_tx **ret);
 
 /* The platform tenant's id (platform_tenant(), sql/0013_pools.sql): the owner of the

@@ -139,6 +139,24 @@ static int declare_locked(struct bus *b, const char *queue)
     return 0;
 }
 
+/* A fanout exchange (durable: it outlives the nodes that bind to it). Remembered among the
+ * declared queues as "x:" and its name. */
+static int declare_exchange_locked(struct bus *b, const char *exchange)
+{
+    char key[160];
+    snprintf(key, sizeof(key), "x:%s", exchange);
+    for (int i = 0; i < b->ndeclared; i++)
+        if (strcmp(b->declared[i], key) == 0)
+            return 0;
+    amqp_exchange_declare(b->conn, 1, amqp_cstring_bytes(exchange), amqp_cstring_bytes("fanout"), 0,
+                          1, 0, 0, amqp_empty_table);
+    if (!rpc_ok(b->conn))
+        return -EIO;
+    if (b->ndeclared < BUS_MAX_QUEUES)
+        b->declared[b->ndeclared++] = strdup(key);
+    return 0;
+}
+
 /* Wait for the confirm of delivery tag `tag` (acks may be multiple). */
 static int wait_confirm_locked(struct bus *b, uint64_t tag, int64_t timeout_ms)
 {
@@ -172,15 +190,17 @@ static int wait_confirm_locked(struct bus *b, uint64_t tag, int64_t timeout_ms)
 /* bus_publish() and bus_publish_node(): node_local, a queue its subscriber declared
  * (exclusive): declaring it here would fail, a missing one drops the message, and nothing
  * in it outlives the broker. */
-static int publish(struct bus *b, const char *queue, const char *body, size_t len,
-                   int64_t timeout_ms, bool node_local)
+static int publish(struct bus *b, const char *exchange, const char *queue, const char *body,
+                   size_t len, int64_t timeout_ms, bool node_local)
 {
     pthread_mutex_lock(&b->lock);
     int r = 0;
     for (int attempt = 0; attempt < 2; attempt++) {
         if (!b->conn && (r = connect_locked(b)) < 0)
             break;
-        r = node_local ? 0 : declare_locked(b, queue);
+        r = exchange     ? declare_exchange_locked(b, exchange)
+            : node_local ? 0
+                         : declare_locked(b, queue);
         if (r == 0) {
             amqp_basic_properties_t props = {
                 ._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG,
@@ -188,8 +208,9 @@ static int publish(struct bus *b, const char *queue, const char *body, size_t le
                 .content_type = amqp_cstring_bytes("application/json"),
             };
             amqp_bytes_t bytes = {.len = len, .bytes = (void *)body};
-            r = amqp_basic_publish(b->conn, 1, amqp_empty_bytes, amqp_cstring_bytes(queue),
-                                   !node_local, 0, &props, bytes) == AMQP_STATUS_OK
+            r = amqp_basic_publish(
+                    b->conn, 1, exchange ? amqp_cstring_bytes(exchange) : amqp_empty_bytes,
+                    amqp_cstring_bytes(queue), !node_local, 0, &props, bytes) == AMQP_STATUS_OK
                     ? 0
                     : -EIO;
             if (r == 0)
@@ -209,18 +230,25 @@ static int publish(struct bus *b, const char *queue, const char *body, size_t le
 
 int bus_publish(struct bus *b, const char *queue, const char *body, size_t len, int64_t timeout_ms)
 {
-    return publish(b, queue, body, len, timeout_ms, false);
+    return publish(b, NULL, queue, body, len, timeout_ms, false);
 }
 
 int bus_publish_node(struct bus *b, const char *queue, const char *body, size_t len,
                      int64_t timeout_ms)
 {
-    return publish(b, queue, body, len, timeout_ms, true);
+    return publish(b, NULL, queue, body, len, timeout_ms, true);
+}
+
+int bus_broadcast(struct bus *b, const char *exchange, const char *body, size_t len,
+                  int64_t timeout_ms)
+{
+    return publish(b, exchange, "", body, len, timeout_ms, true);
 }
 
 struct bus_sub {
     char *url;
     char *queue;
+    char *exchange; /* NULL, or the fanout exchange the queue is bound to */
     bool node_local;
     amqp_connection_state_t conn;
     uint64_t next_attempt_ns;
@@ -242,6 +270,21 @@ int bus_sub_new(const char *url, const char *queue, bool node_local, struct bus_
     return 0;
 }
 
+int bus_sub_new_fanout(const char *url, const char *exchange, const char *queue,
+                       struct bus_sub **ret)
+{
+    int r = bus_sub_new(url, queue, true, ret);
+    if (r < 0)
+        return r;
+    (*ret)->exchange = strdup(exchange);
+    if (!(*ret)->exchange) {
+        bus_sub_free(*ret);
+        *ret = NULL;
+        return -ENOMEM;
+    }
+    return 0;
+}
+
 static void sub_disconnect(struct bus_sub *s)
 {
     if (s->conn) {
@@ -258,6 +301,7 @@ void bus_sub_free(struct bus_sub *s)
     sub_disconnect(s);
     free(s->url);
     free(s->queue);
+    free(s->exchange);
     free(s);
 }
 
@@ -294,6 +338,15 @@ static int sub_connect(struct bus_sub *s)
         else if ((amqp_queue_declare(c, 1, amqp_cstring_bytes(s->queue), 0, !s->node_local,
                                      s->node_local, s->node_local, args),
                   !rpc_ok(c)))
+            r = -EIO;
+        else if (s->exchange && ((amqp_exchange_declare(c, 1, amqp_cstring_bytes(s->exchange),
+                                                        amqp_cstring_bytes("fanout"), 0, 1, 0, 0,
+                                                        amqp_empty_table),
+                                  !rpc_ok(c)) ||
+                                 (amqp_queue_bind(c, 1, amqp_cstring_bytes(s->queue),
+                                                  amqp_cstring_bytes(s->exchange), amqp_empty_bytes,
+                                                  amqp_empty_table),
+                                  !rpc_ok(c))))
             r = -EIO;
         else if ((amqp_basic_consume(c, 1, amqp_cstring_bytes(s->queue), amqp_empty_bytes, 0, 1,
                                      s->node_local, amqp_empty_table),

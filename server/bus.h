@@ -34,6 +34,12 @@ int bus_publish(struct bus *b, const char *queue, const char *body, size_t len, 
 int bus_publish_node(struct bus *b, const char *queue, const char *body, size_t len,
                      int64_t timeout_ms);
 
+/* The same to every queue bound to the fanout exchange `exchange` (declared on first use,
+ * durable), not persistent: every node that listens gets it; a node that does not listen
+ * at that moment never will (its cache entries expire instead, server/authcache.h). */
+int bus_broadcast(struct bus *b, const char *exchange, const char *body, size_t len,
+                  int64_t timeout_ms);
+
 /* A subscription to one queue, for wake-up messages: messages are acknowledged when they
  * are received (a lost wake-up only costs latency: the dispatcher and the gateway also
  * poll PostgreSQL). Not thread-safe: one thread reads it. */
@@ -42,6 +48,10 @@ struct bus_sub;
 /* node_local: a queue of this node only (exclusive, deleted with the connection), else a
  * durable quorum queue shared by all nodes. No connection is made yet. */
 int bus_sub_new(const char *url, const char *queue, bool node_local, struct bus_sub **ret);
+/* A node_local queue bound to the fanout exchange `exchange` (both declared on connect):
+ * this node's copy of every bus_broadcast() to it. */
+int bus_sub_new_fanout(const char *url, const char *exchange, const char *queue,
+                       struct bus_sub **ret);
 void bus_sub_free(struct bus_sub *s);
 /* Wait at most timeout_ms for a message: 1 with *body (malloc'd, NUL-terminated) and *len,
  * 0 when none came, < 0 when the connection failed (the next call reconnects, at most once

@@ -126,6 +126,12 @@ const struct conf_field orchd_config_fields[] = {
      "lifetime of access tokens"},
     {"auth.leeway", CONF_DURATION, F(auth_leeway_ms), 0, 300000, "30s", NULL,
      "clock skew tolerated when checking exp and nbf"},
+    {"auth.cache_ttl", CONF_DURATION, F(auth_cache_ttl_ms), 0, 60000, "2s", NULL,
+     "how long a node trusts what it read about an API key and its tenant (revoked, suspended, "
+     "quotas) before reading it again; revocations and suspensions also reach every node over "
+     "the bus at once; 0 = read on every request"},
+    {"auth.quota_block", CONF_INT, F(auth_quota_block), 1, 100000, "100", NULL,
+     "largest block of daily API calls a node reserves for a tenant at once"},
     {"webhooks.allow_private", CONF_BOOL, F(webhooks_allow_private), 0, 0, "false", NULL,
      "allow webhook URLs that resolve to loopback, private, link-local or other non-public "
      "addresses (server-side request forgery: leave false unless every tenant is trusted)"},

@@ -75,6 +75,8 @@ struct orchd_config {
     char *auth_audience;       /* auth.audience: JWT aud */
     int64_t auth_token_ttl_ms; /* auth.token_ttl */
     int64_t auth_leeway_ms;    /* auth.leeway: clock skew tolerated */
+    int64_t auth_cache_ttl_ms; /* auth.cache_ttl: staleness bound of server/authcache.h */
+    int64_t auth_quota_block;  /* auth.quota_block: daily API calls reserved at once */
 
     bool webhooks_allow_private;    /* webhooks.allow_private: skip the SSRF address rule */
     char *webhooks_key_file;        /* webhooks.key_file: "" = <auth.key_dir>/webhooks.key */

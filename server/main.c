@@ -18,6 +18,7 @@
 #include "server/auth-keys.h"
 #include "server/config.h"
 #include "server/dispatcher.h"
+#include "server/auth-bus.h"
 #include "server/events-hub.h"
 #include "server/gateway.h"
 #include "server/metrics-orch.h"
@@ -175,8 +176,17 @@ static int api_role_start(struct node *n)
         snprintf(n->err, sizeof(n->err), "cannot start the live events: %s", strerror(-r));
         return r;
     }
+    r = auth_bus_start(n->app, &n->app->auth_bus);
+    if (r < 0) {
+        snprintf(n->err, sizeof(n->err), "cannot start the auth listener: %s", strerror(-r));
+        events_hub_stop(n->app->events);
+        n->app->events = NULL;
+        return r;
+    }
     r = http_server_start(n->ho, &n->srv, n->err, sizeof(n->err));
     if (r < 0) {
+        auth_bus_stop(n->app->auth_bus);
+        n->app->auth_bus = NULL;
         events_hub_stop(n->app->events);
         n->app->events = NULL;
     } else {
@@ -192,6 +202,10 @@ static void api_role_stop(struct node *n)
     events_hub_shutdown(n->app->events, 5000);
     http_server_stop(n->srv);
     n->srv = NULL;
+    /* No request runs now: give the unused calls of the reserved blocks back. */
+    app_release_quota_blocks(n->app);
+    auth_bus_stop(n->app->auth_bus);
+    n->app->auth_bus = NULL;
     events_hub_stop(n->app->events);
     n->app->events = NULL;
 }

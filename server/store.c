@@ -485,12 +485,13 @@ static int tx_begin(struct store *s, const char *tenant_id, unsigned flags, stru
     char sql[256];
     const char *async = "set_config('synchronous_commit', 'off', true)";
     bool is_async = flags & STORE_TX_ASYNC_COMMIT;
+    const char *begin = flags & STORE_TX_READ_ONLY ? "BEGIN READ ONLY" : "BEGIN";
     if (tenant_id) {
         snprintf(tx->tenant, sizeof(tx->tenant), "%s", tenant_id);
-        snprintf(sql, sizeof(sql), "BEGIN; SELECT set_config('app.tenant_id', '%s', true)%s%s",
+        snprintf(sql, sizeof(sql), "%s; SELECT set_config('app.tenant_id', '%s', true)%s%s", begin,
                  tenant_id, is_async ? ", " : "", is_async ? async : "");
     } else {
-        snprintf(sql, sizeof(sql), "BEGIN; SELECT %s", is_async ? async : "true");
+        snprintf(sql, sizeof(sql), "%s; SELECT %s", begin, is_async ? async : "true");
     }
     int r = pool_begin(s, sql, tx);
     if (r < 0) {

@@ -53,6 +53,9 @@ enum store_tx_flags {
      * transactions, never corrupt anything. For counters that may lose a little on a crash,
      * never for jobs. */
     STORE_TX_ASYNC_COMMIT = 1 << 0,
+    /* BEGIN READ ONLY: a write fails (SQLSTATE 25006, -EIO). Its COMMIT writes no WAL and
+     * waits for no flush. For the requests that only read (GET). */
+    STORE_TX_READ_ONLY = 1 << 1,
 };
 
 /* The general form: tenant_id NULL = system scope. */

@@ -8,7 +8,13 @@
 #   POST /api/v1/auth/refresh   small authenticated POST: admission and an ES256 signature
 # Each request also passes admission, which counts the call in PostgreSQL.
 #
+# The GET is also driven at fixed offered loads (BENCH_RATES, req/s): 64 connections that
+# each wait 64/rate seconds between requests (wrk's delay(); a closed loop with think time,
+# so the offered rate is an upper bound when the server falls behind). The "max" rows are
+# the open throttle.
+#
 # Environment: BENCH_SECONDS (per cell, default 10), BENCH_CONCURRENCY ("1 4 16 64"),
+# BENCH_RATES ("1000 2000 5000"),
 # ORCH_SKIP_APT=1, ORCHD_HTTP_THREADS (default: one per core), BENCH_DEBUG=1 (print the
 # first non-200 answers of a short run first).
 source "$(dirname "$0")/lib.sh"
@@ -56,9 +62,31 @@ end
 LUA
     wrk -t1 -c1 -d3s --latency "$base/api/v1/queues/$queue" -H "Authorization: Bearer $token" >/dev/null; wrk -t2 -c16 -d4s -s "$dir/dbg.lua" -H "Authorization: Bearer $token" "$base/api/v1/queues/$queue" | head -8
 fi
+# What PostgreSQL does for the GETs: commits and WAL bytes per request (load-independent).
+pg_counters() {
+    psql_q "SELECT xact_commit || ' ' || pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')
+              FROM pg_stat_database WHERE datname = current_database()"
+}
+gets_done() { grep -c 'op=http method=GET route=/api/v1/queues/{id} status=200' "$dir/orchd.log" || true; }
+# orchd's CPU time (user + system, clock ticks), to divide by the GETs: less sensitive to
+# other load on the box than req/s.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/${bench_pids[0]}/stat"; }
+read -r pg_c0 pg_w0 <<<"$(pg_counters)"
+gets0=$(gets_done)
+cpu0=$(cpu_ticks)
+for rate in ${BENCH_RATES-1000 2000 5000}; do
+    cat >"$dir/rate.lua" <<LUA
+wrk.headers["Authorization"] = "Bearer $token"
+function delay() return math.random(0, 2 * 64000 / $rate) end
+LUA
+    run "GET /api/v1/queues/{id} @${rate}/s" 64 -s "$dir/rate.lua" "$base/api/v1/queues/$queue"
+done
 for c in $conc; do
     run "GET /api/v1/queues/{id}" "$c" -H "Authorization: Bearer $token" "$base/api/v1/queues/$queue"
 done
+read -r pg_c1 pg_w1 <<<"$(pg_counters)"
+gets1=$(gets_done)
+cpu1=$(cpu_ticks)
 for c in $conc; do
     run "POST /api/v1/auth/refresh" "$c" -s "$lua" "$base/api/v1/auth/refresh"
 done
@@ -68,6 +96,11 @@ echo
 echo "| request                          | conns |      req/s |  p50 (ms) |  p99 (ms) | non-2xx |"
 echo "|----------------------------------|-------|------------|-----------|-----------|---------|"
 printf '%s\n' "${rows[@]}"
+echo
+awk -v c="$((pg_c1 - pg_c0))" -v w="$((pg_w1 - pg_w0))" -v n="$((gets1 - gets0))" \
+    -v t="$((cpu1 - cpu0))" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+    if (n > 0) printf "per GET: orchd CPU %.0f us; PostgreSQL %.2f commits, %.0f bytes of WAL (%d GETs)\n",
+        t / hz * 1e6 / n, c / n, w / n, n }'
 echo
 echo "responses by status (from the access log):"
 grep -o 'op=http method=[A-Z]* route=[^ ]* status=[0-9]*' "$dir/orchd.log" | sed 's/op=http //' |

@@ -197,3 +197,58 @@ BEGIN
                                                'threshold', quota_near_fraction()));
 END
 $$;
+
+-- The daily API call quota, counted in blocks (server/authcache.h, docs/scaling.md "REST
+-- API"): a node reserves up to p_max calls of the caller's tenant (app_tenant()) for today
+-- in one short transaction, and counts them in memory. usage_counters.api_calls counts
+-- calls reserved, so the sum of every node's blocks never exceeds p_limit. Near the end a
+-- block is an eighth of what is left (at least 1), so the calls still unused in other
+-- nodes' blocks stay few. p_max 0 reserves nothing and only reads the count. A reservation
+-- that reaches the 'near' threshold sends that event, one that finds the quota spent
+-- records quota.exceeded (each once per period, quota_event_send()).
+CREATE OR REPLACE FUNCTION api_calls_reserve(p_max bigint, p_limit bigint)
+RETURNS TABLE (granted bigint, used bigint) LANGUAGE plpgsql AS $$
+DECLARE
+    v_day date := (now() AT TIME ZONE 'UTC')::date;
+    v_old bigint;
+    v_near bigint;
+BEGIN
+    IF p_max IS NULL OR p_max <= 0 OR p_limit IS NULL OR p_limit <= 0 THEN
+        SELECT c.api_calls INTO v_old FROM usage_counters c
+         WHERE c.tenant_id = app_tenant() AND c.day = v_day;
+        granted := 0;
+        used := coalesce(v_old, 0);
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    INSERT INTO usage_counters AS c (tenant_id, day, api_calls) VALUES (app_tenant(), v_day, 0)
+        ON CONFLICT (tenant_id, day) DO NOTHING;
+    SELECT c.api_calls INTO v_old FROM usage_counters c
+     WHERE c.tenant_id = app_tenant() AND c.day = v_day FOR UPDATE;
+    granted := greatest(0, least(p_max, greatest(1, (p_limit - v_old) / 8), p_limit - v_old));
+    used := v_old + granted;
+    IF granted > 0 THEN
+        UPDATE usage_counters c SET api_calls = v_old + granted
+         WHERE c.tenant_id = app_tenant() AND c.day = v_day;
+        v_near := ceil(p_limit * quota_near_fraction());
+        IF v_old + granted >= v_near THEN -- once per period (quota_event_send())
+            PERFORM quota_event_send('api_calls_per_day', 'near',
+                                     jsonb_build_object('resource', 'api_calls_per_day',
+                                                        'limit', p_limit, 'used', v_near,
+                                                        'threshold', quota_near_fraction()));
+        END IF;
+    ELSE
+        PERFORM quota_note_exceeded(jsonb_build_object('quota', 'api_calls_per_day',
+                                                       'limit', p_limit, 'used', v_old,
+                                                       'requested', 1));
+    END IF;
+    RETURN NEXT;
+END
+$$;
+
+-- Give back p_n calls of a block reserved on p_day and not used (a node that stops).
+CREATE OR REPLACE FUNCTION api_calls_release(p_n bigint, p_day date)
+RETURNS void LANGUAGE sql AS $$
+    UPDATE usage_counters c SET api_calls = greatest(0, c.api_calls - p_n)
+     WHERE c.tenant_id = app_tenant() AND c.day = p_day AND p_n > 0;
+$$;
