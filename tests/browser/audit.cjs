@@ -57,11 +57,7 @@ async function main() {
   try {
     const context = await browser.newContext(opts);
     const page = await context.newPage();
-    page.setDefaultTimeout(STEP_MS);
-    page.on('console', (m) => {
-      if (m.type() === 'error') problems.push(`console: ${m.text()}`);
-    });
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    lib.watch(page, problems);
 
     step("an admin's navigation has the audit log; newest first");
     await signIn(page, adminKey);

@@ -44,12 +44,8 @@ async function main() {
       timezoneId: 'Europe/Paris',
     });
     const page = await context.newPage();
-    page.setDefaultTimeout(STEP_MS);
     const problems = [];
-    page.on('console', (m) => {
-      if (m.type() === 'error') problems.push(`console: ${m.text()}`);
-    });
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    lib.watch(page, problems);
     const open = async (id) => {
       await page.evaluate((h) => { location.hash = h; }, `#/jobs/${id}`);
       await page.waitForSelector(`section.job[data-job="${id}"]`);

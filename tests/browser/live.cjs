@@ -80,12 +80,8 @@ async function main() {
       timezoneId: 'Europe/Paris',
     });
     const page = await context.newPage();
-    page.setDefaultTimeout(STEP_MS);
     const problems = [];
-    page.on('console', (m) => {
-      if (m.type() === 'error') problems.push(`console: ${m.text()}`);
-    });
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    lib.watch(page, problems);
     const logReads = [];
     page.on('request', (r) => {
       if (r.url().includes('/logs?')) logReads.push({ at: Date.now(), url: r.url() });

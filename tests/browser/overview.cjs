@@ -57,11 +57,7 @@ async function main() {
     const context = await browser.newContext({ ignoreHTTPSErrors: true,
       viewport: { width: 1100, height: 700 }, timezoneId: 'Europe/Paris', locale: 'en-GB' });
     const page = await context.newPage();
-    page.setDefaultTimeout(STEP_MS);
-    page.on('console', (m) => {
-      if (m.type() === 'error') problems.push(`console: ${m.text()} (${JSON.stringify(m.location())})`);
-    });
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    lib.watch(page, problems);
     /* Every read of the figures the page makes: live updates must not poll. */
     const reads = [];
     page.on('request', (r) => {

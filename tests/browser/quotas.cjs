@@ -13,7 +13,6 @@ const lib = require('./lib.cjs');
 const path = require('path');
 
 const [base, adminKey, shots] = process.argv.slice(2);
-const { STEP_MS } = lib;
 const ZONE = 'America/New_York';
 
 const step = lib.step;
@@ -39,11 +38,7 @@ async function main() {
     const context = await browser.newContext({ ignoreHTTPSErrors: true, locale: 'en-US',
       viewport: { width: 1100, height: 760 }, timezoneId: ZONE });
     const page = await context.newPage();
-    page.setDefaultTimeout(STEP_MS);
-    page.on('console', (m) => {
-      if (m.type() === 'error') problems.push(`console: ${m.text()}`);
-    });
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    lib.watch(page, problems);
     let reads = 0;
     page.on('request', (r) => {
       if (new URL(r.url()).pathname === '/api/v1/tenant') reads++;
