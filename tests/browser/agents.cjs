@@ -10,68 +10,26 @@
  * Run by test-browser.c, which starts orchd, PostgreSQL, RabbitMQ and an agent. Exits 0
  * when every step passed; prints what failed otherwise. */
 'use strict';
-const { chromium } = require('playwright-core');
+const lib = require('./lib.cjs');
 const path = require('path');
 
 const [base, adminKey, viewerKey, shots, otherJob, otherQueue] = process.argv.slice(2);
-const CHROMIUM = process.env.ORCH_TEST_CHROMIUM || '/usr/lib/chromium/chromium';
-const STEP_MS = 15000;
 
-function step(name) {
-  process.stdout.write(`step: ${name}\n`);
-}
+const step = lib.step;
 
-/* The REST API as another client sees it (node's fetch trusts the tests' CA through
- * NODE_EXTRA_CA_CERTS). */
-let token = null;
-async function call(method, p, body) {
-  const res = await fetch(`${base}${p}`, {
-    method,
-    headers: {
-      'Content-Type': 'application/json',
-      ...(token ? { Authorization: `Bearer ${token}` } : {}),
-    },
-    body: body && JSON.stringify(body),
-  });
-  if (!res.ok) throw new Error(`${method} ${p}: ${res.status} ${await res.text()}`);
-  return res.status === 204 ? null : res.json();
-}
+const api = lib.client(base);
+const call = api.call;
 
-/* Polls the API (not the page) until check() holds: the server's view, bounded. */
-async function apiUntil(what, get, check) {
-  const end = Date.now() + STEP_MS;
-  for (;;) {
-    const v = await get();
-    if (check(v)) return v;
-    if (Date.now() > end) throw new Error(`${what}: ${JSON.stringify(v)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const apiUntil = lib.apiUntil;
 
-async function signIn(page, key) {
-  await page.goto(`${base}/console/#/jobs`);
-  await page.fill('#key', key);
-  await page.click('button[type=submit]');
-  await page.waitForSelector('h1#jobs-h');
-  await page.waitForSelector('#live.live');
-}
+const signIn = (page, key) => lib.signIn(page, base, key);
 
-function watch(page, problems) {
-  page.setDefaultTimeout(STEP_MS);
-  page.on('console', (m) => {
-    if (m.type() === 'error') problems.push(`console: ${m.text()} (${JSON.stringify(m.location())})`);
-  });
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-}
+const watch = lib.watch;
 
 async function main() {
   const t0 = Date.now();
-  ({ access_token: token } = await call('POST', '/api/v1/auth/token', { key: adminKey }));
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
-  });
+  await api.login(adminKey);
+  const browser = await lib.launch();
   const problems = [];
   try {
     const opts = { ignoreHTTPSErrors: true, viewport: { width: 1100, height: 520 },
@@ -148,7 +106,7 @@ async function main() {
     for (let i = 0; i < 200; i++) {
       const res = await fetch(`${base}/api/v1/queues`, {
         method: 'POST',
-        headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
+        headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${api.token}` },
         body: JSON.stringify({ name: `fill-${i}` }),
       });
       if (res.status === 403) break;
@@ -211,10 +169,4 @@ async function main() {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    process.stdout.write(`FAILED: ${e.message}\n`);
-    process.exit(1);
-  },
-);
+lib.run(main);

@@ -9,32 +9,18 @@
  * (OTHER_QUEUE: a queue another tenant created, whose record must not show). Exits 0 when
  * every step passed; prints what failed otherwise. */
 'use strict';
-const { chromium } = require('playwright-core');
+const lib = require('./lib.cjs');
 const path = require('path');
 
 const [base, adminKey, viewerKey, shots, otherQueue] = process.argv.slice(2);
-const CHROMIUM = process.env.ORCH_TEST_CHROMIUM || '/usr/lib/chromium/chromium';
-const STEP_MS = 15000;
+const { STEP_MS } = lib;
 const ZONE = 'Asia/Tokyo';
 const UPDATES = 11; /* with the creation: 12 records about the queue */
 
-function step(name) {
-  process.stdout.write(`step: ${name}\n`);
-}
+const step = lib.step;
 
-let token = null;
-async function call(method, p, body) {
-  const res = await fetch(`${base}${p}`, {
-    method,
-    headers: {
-      'Content-Type': 'application/json',
-      ...(token ? { Authorization: `Bearer ${token}` } : {}),
-    },
-    body: body && JSON.stringify(body),
-  });
-  if (!res.ok) throw new Error(`${method} ${p}: ${res.status} ${await res.text()}`);
-  return res.status === 204 ? null : res.json();
-}
+const api = lib.client(base);
+const call = api.call;
 
 const rows = (page) => page.$$eval('table.audit tbody tr[data-entry]', (trs) =>
   trs.map((tr) => ({ action: tr.dataset.action, object: tr.dataset.object })));
@@ -54,37 +40,24 @@ async function apply(page, want) {
   return q;
 }
 
-async function signIn(page, key) {
-  await page.goto(`${base}/console/#/jobs`);
-  await page.fill('#key', key);
-  await page.click('button[type=submit]');
-  await page.waitForSelector('h1#jobs-h');
-}
+const signIn = (page, key) => lib.signIn(page, base, key, 'jobs', false);
 
 async function main() {
   const t0 = Date.now();
-  ({ access_token: token } = await call('POST', '/api/v1/auth/token', { key: adminKey }));
+  await api.login(adminKey);
   step('a queue created and updated through the API');
   const q = await call('POST', '/api/v1/queues', { name: 'audited' });
   for (let i = 0; i < UPDATES; i++)
     await call('PATCH', `/api/v1/queues/${q.id}`, { paused: i % 2 === 0 });
 
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
-  });
+  const browser = await lib.launch();
   const problems = [];
   const opts = { ignoreHTTPSErrors: true, locale: 'en-US', viewport: { width: 1100, height: 700 },
     timezoneId: ZONE };
   try {
     const context = await browser.newContext(opts);
     const page = await context.newPage();
-    page.setDefaultTimeout(STEP_MS);
-    page.on('console', (m) => {
-      if (m.type() === 'error') problems.push(`console: ${m.text()}`);
-    });
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    lib.watch(page, problems);
 
     step("an admin's navigation has the audit log; newest first");
     await signIn(page, adminKey);
@@ -187,10 +160,4 @@ async function main() {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    process.stdout.write(`FAILED: ${e.message}\n`);
-    process.exit(1);
-  },
-);
+lib.run(main);

@@ -10,35 +10,21 @@
  * Run by test-browser.c, which starts orchd, PostgreSQL, RabbitMQ and an agent. Exits 0
  * when every step passed; prints what failed otherwise. */
 'use strict';
-const { chromium } = require('playwright-core');
+const lib = require('./lib.cjs');
 const fs = require('fs');
 const path = require('path');
 
 const [base, key, shots] = process.argv.slice(2);
-const CHROMIUM = process.env.ORCH_TEST_CHROMIUM || '/usr/lib/chromium/chromium';
-const STEP_MS = 15000;
+const { STEP_MS } = lib;
 
-function step(name) {
-  process.stdout.write(`step: ${name}\n`);
-}
+const step = lib.step;
 
-let token = null;
-async function call(method, p, body) {
-  const res = await fetch(`${base}${p}`, {
-    method,
-    headers: {
-      'Content-Type': 'application/json',
-      ...(token ? { Authorization: `Bearer ${token}` } : {}),
-    },
-    body: body && JSON.stringify(body),
-  });
-  if (!res.ok) throw new Error(`${method} ${p}: ${res.status} ${await res.text()}`);
-  return res.json();
-}
+const api = lib.client(base);
+const call = api.call;
 
 async function main() {
   const t0 = Date.now();
-  token = (await call('POST', '/api/v1/auth/token', { key })).access_token;
+  await api.login(key);
   const submit = async (body) => (await call('POST', '/api/v1/jobs', body)).id;
   /* The big log first: it runs while the rest is checked. */
   const big = await submit({ command: 'seq 1 200000', max_attempts: 1 });
@@ -48,11 +34,7 @@ async function main() {
   });
   const waiting = await submit({ command: 'true', requirements: { os: 'windows' } });
 
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
-  });
+  const browser = await lib.launch();
   const jobs = [big, lines, waiting];
   try {
     const context = await browser.newContext({
@@ -62,12 +44,8 @@ async function main() {
       timezoneId: 'Europe/Paris',
     });
     const page = await context.newPage();
-    page.setDefaultTimeout(STEP_MS);
     const problems = [];
-    page.on('console', (m) => {
-      if (m.type() === 'error') problems.push(`console: ${m.text()}`);
-    });
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    lib.watch(page, problems);
     const open = async (id) => {
       await page.evaluate((h) => { location.hash = h; }, `#/jobs/${id}`);
       await page.waitForSelector(`section.job[data-job="${id}"]`);
@@ -184,10 +162,4 @@ async function main() {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    process.stdout.write(`FAILED: ${e.message}\n`);
-    process.exit(1);
-  },
-);
+lib.run(main);

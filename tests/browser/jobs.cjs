@@ -7,16 +7,13 @@
  * Run by test-browser.c, which starts orchd, PostgreSQL, RabbitMQ and an agent. Exits 0
  * when every step passed; prints what failed otherwise. */
 'use strict';
-const { chromium } = require('playwright-core');
+const lib = require('./lib.cjs');
 const path = require('path');
 
 const [base, key, shots] = process.argv.slice(2);
-const CHROMIUM = process.env.ORCH_TEST_CHROMIUM || '/usr/lib/chromium/chromium';
-const STEP_MS = 15000;
+const { STEP_MS } = lib;
 
-function step(name) {
-  process.stdout.write(`step: ${name}\n`);
-}
+const step = lib.step;
 
 /* Revoke the key behind the page's session through the REST API, as another client would
  * (node's fetch trusts the tests' CA through NODE_EXTRA_CA_CERTS). */
@@ -41,12 +38,7 @@ async function revokeKey() {
 
 async function main() {
   const t0 = Date.now();
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    /* Root in a container has no user namespaces for the sandbox. */
-    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
-  });
+  const browser = await lib.launch();
   try {
     /* orchd's certificate is from the tests' own CA. */
     const context = await browser.newContext({
@@ -161,10 +153,4 @@ async function main() {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    process.stdout.write(`FAILED: ${e.message}\n`);
-    process.exit(1);
-  },
-);
+lib.run(main);

@@ -15,30 +15,16 @@
  * Run by test-browser.c, which starts orchd, PostgreSQL, RabbitMQ and an agent. Exits 0
  * when every step passed; prints what failed otherwise. */
 'use strict';
-const { chromium } = require('playwright-core');
+const lib = require('./lib.cjs');
 const path = require('path');
 
 const [base, key, viewerKey, shots] = process.argv.slice(2);
-const CHROMIUM = process.env.ORCH_TEST_CHROMIUM || '/usr/lib/chromium/chromium';
-const STEP_MS = 15000;
+const { STEP_MS } = lib;
 
-function step(name) {
-  process.stdout.write(`step: ${name}\n`);
-}
+const step = lib.step;
 
-let token = null;
-async function call(method, p, body) {
-  const res = await fetch(`${base}${p}`, {
-    method,
-    headers: {
-      'Content-Type': 'application/json',
-      ...(token ? { Authorization: `Bearer ${token}` } : {}),
-    },
-    body: body && JSON.stringify(body),
-  });
-  if (!res.ok) throw new Error(`${method} ${p}: ${res.status} ${await res.text()}`);
-  return res.status === 204 ? null : res.json();
-}
+const api = lib.client(base);
+const call = api.call;
 
 async function until(what, fn, ms = STEP_MS) {
   const end = Date.now() + ms;
@@ -57,7 +43,7 @@ function countOutputEvents(jobId) {
   const done = (async () => {
     const res = await fetch(`${base}/api/v1/events`, {
       signal: ctl.signal,
-      headers: { Authorization: `Bearer ${token}`, Accept: 'text/event-stream' },
+      headers: { Authorization: `Bearer ${api.token}`, Accept: 'text/event-stream' },
     });
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
     let buf = '';
@@ -83,13 +69,9 @@ function countOutputEvents(jobId) {
 
 async function main() {
   const t0 = Date.now();
-  token = (await call('POST', '/api/v1/auth/token', { key })).access_token;
+  await api.login(key);
   const submit = async (body) => (await call('POST', '/api/v1/jobs', body)).id;
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
-  });
+  const browser = await lib.launch();
   const jobs = [];
   try {
     const context = await browser.newContext({
@@ -98,12 +80,8 @@ async function main() {
       timezoneId: 'Europe/Paris',
     });
     const page = await context.newPage();
-    page.setDefaultTimeout(STEP_MS);
     const problems = [];
-    page.on('console', (m) => {
-      if (m.type() === 'error') problems.push(`console: ${m.text()}`);
-    });
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    lib.watch(page, problems);
     const logReads = [];
     page.on('request', (r) => {
       if (r.url().includes('/logs?')) logReads.push({ at: Date.now(), url: r.url() });
@@ -239,10 +217,4 @@ async function main() {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    process.stdout.write(`FAILED: ${e.message}\n`);
-    process.exit(1);
-  },
-);
+lib.run(main);

@@ -12,16 +12,12 @@
  * Run by test-browser.c, which starts orchd, PostgreSQL, RabbitMQ and an agent. Exits 0
  * when every step passed; prints what failed otherwise. */
 'use strict';
-const { chromium } = require('playwright-core');
+const lib = require('./lib.cjs');
 const path = require('path');
 
 const [base, opToken, tenantKey, shots, tenantId] = process.argv.slice(2);
-const CHROMIUM = process.env.ORCH_TEST_CHROMIUM || '/usr/lib/chromium/chromium';
-const STEP_MS = 15000;
 
-function step(name) {
-  process.stdout.write(`step: ${name}\n`);
-}
+const step = lib.step;
 
 /* The REST API as another client sees it (node's fetch trusts the tests' CA through
  * NODE_EXTRA_CA_CERTS): {status, body}. */
@@ -51,25 +47,9 @@ async function call(method, p, body) {
   return r.body;
 }
 
-/* Polls the API (not the page) until check() holds: the server's view, bounded. */
-async function apiUntil(what, get, check) {
-  const end = Date.now() + STEP_MS;
-  for (;;) {
-    const v = await get();
-    if (check(v)) return v;
-    if (Date.now() > end) throw new Error(`${what}: ${JSON.stringify(v)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const apiUntil = lib.apiUntil;
 
-function watch(page, problems, requests) {
-  page.setDefaultTimeout(STEP_MS);
-  page.on('console', (m) => {
-    if (m.type() === 'error') problems.push(`console: ${m.text()} (${JSON.stringify(m.location())})`);
-  });
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  page.on('request', (r) => requests.push(`${r.method()} ${new URL(r.url()).pathname}`));
-}
+const watch = lib.watch;
 
 async function navTitles(page) {
   return page.$$eval('nav[aria-label=Pages] a', (as) => as.map((a) => a.textContent.trim()));
@@ -78,11 +58,7 @@ async function navTitles(page) {
 async function main() {
   const t0 = Date.now();
   ({ access_token: token } = await call('POST', '/api/v1/auth/token', { key: opToken }));
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
-  });
+  const browser = await lib.launch();
   const problems = [];
   const requests = [];
   let beat = null;
@@ -257,10 +233,4 @@ async function main() {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    process.stdout.write(`FAILED: ${e.message}\n`);
-    process.exit(1);
-  },
-);
+lib.run(main);

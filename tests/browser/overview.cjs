@@ -12,30 +12,16 @@
  * Run by test-browser.c, which starts orchd, PostgreSQL, RabbitMQ and an agent. Exits 0
  * when every step passed; prints what failed otherwise. */
 'use strict';
-const { chromium } = require('playwright-core');
+const lib = require('./lib.cjs');
 const path = require('path');
 
 const [base, key, shots, otherJobs, operatorKey] = process.argv.slice(2);
-const CHROMIUM = process.env.ORCH_TEST_CHROMIUM || '/usr/lib/chromium/chromium';
-const STEP_MS = 15000;
+const { STEP_MS } = lib;
 
-function step(name) {
-  process.stdout.write(`step: ${name}\n`);
-}
+const step = lib.step;
 
-let token = null;
-async function call(method, p, body) {
-  const res = await fetch(`${base}${p}`, {
-    method,
-    headers: {
-      'Content-Type': 'application/json',
-      ...(token ? { Authorization: `Bearer ${token}` } : {}),
-    },
-    body: body && JSON.stringify(body),
-  });
-  if (!res.ok) throw new Error(`${method} ${p}: ${res.status} ${await res.text()}`);
-  return res.json();
-}
+const api = lib.client(base);
+const call = api.call;
 
 /* Submits a job and waits (through the API, bounded) until it has ended. */
 async function runJob(body) {
@@ -64,22 +50,14 @@ const canvas = (page, kind) => page.evaluate((k) =>
 
 async function main() {
   const t0 = Date.now();
-  token = (await call('POST', '/api/v1/auth/token', { key })).access_token;
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
-  });
+  await api.login(key);
+  const browser = await lib.launch();
   const problems = [];
   try {
     const context = await browser.newContext({ ignoreHTTPSErrors: true,
       viewport: { width: 1100, height: 700 }, timezoneId: 'Europe/Paris', locale: 'en-GB' });
     const page = await context.newPage();
-    page.setDefaultTimeout(STEP_MS);
-    page.on('console', (m) => {
-      if (m.type() === 'error') problems.push(`console: ${m.text()} (${JSON.stringify(m.location())})`);
-    });
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    lib.watch(page, problems);
     /* Every read of the figures the page makes: live updates must not poll. */
     const reads = [];
     page.on('request', (r) => {
@@ -191,10 +169,4 @@ async function main() {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    process.stdout.write(`FAILED: ${e.message}\n`);
-    process.exit(1);
-  },
-);
+lib.run(main);

@@ -12,7 +12,7 @@
  * Run by test-browser.c, which starts orchd, PostgreSQL, RabbitMQ and an agent, and uploaded
  * OTHER_PACKAGE_NAME for another tenant. Exits 0 when every step passed. */
 'use strict';
-const { chromium } = require('playwright-core');
+const lib = require('./lib.cjs');
 const { execFileSync } = require('child_process');
 const crypto = require('crypto');
 const fs = require('fs');
@@ -20,13 +20,9 @@ const os = require('os');
 const path = require('path');
 
 const [base, adminKey, viewerKey, shots, otherName] = process.argv.slice(2);
-const CHROMIUM = process.env.ORCH_TEST_CHROMIUM || '/usr/lib/chromium/chromium';
-const STEP_MS = 15000;
+const { STEP_MS } = lib;
 
-const started = Date.now();
-function step(name) {
-  process.stdout.write(`step: +${Date.now() - started} ms ${name}\n`);
-}
+const step = lib.timedStep();
 
 let token = null;
 async function raw(method, p, body, type = 'application/json') {
@@ -42,23 +38,9 @@ async function call(method, p, body, type) {
   return res.status === 204 ? null : res.json();
 }
 
-async function apiUntil(what, get, check) {
-  const end = Date.now() + STEP_MS;
-  for (;;) {
-    const v = await get();
-    if (check(v)) return v;
-    if (Date.now() > end) throw new Error(`${what}: ${JSON.stringify(v)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const apiUntil = lib.apiUntil;
 
-async function signIn(page, key) {
-  await page.goto(`${base}/console/#/packages`);
-  await page.fill('#key', key);
-  await page.click('button[type=submit]');
-  await page.waitForSelector('h1#packages-h');
-  await page.waitForSelector('#live.live');
-}
+const signIn = (page, key) => lib.signIn(page, base, key, 'packages');
 
 /* Console errors fail the test, but for the refusals this test asks for (Chromium logs
  * each refused request itself), counted in `expected`. */
@@ -73,12 +55,7 @@ function watch(page, problems, expected) {
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
 }
 
-async function shot(page, name) {
-  const h = await page.evaluate(() => Math.ceil(document.querySelector('main').getBoundingClientRect().bottom));
-  const vp = page.viewportSize();
-  await page.screenshot({ path: path.join(shots, name),
-    clip: { x: 0, y: 0, width: vp.width, height: Math.min(vp.height, h) } });
-}
+const shot = (page, name) => lib.shot(page, shots, name);
 
 /* A tool-<version>.tar.gz whose run.sh prints its version, with `pad` random bytes beside it
  * (so that the size reads in KiB). */
@@ -110,11 +87,7 @@ async function main() {
   const t0 = Date.now();
   ({ access_token: token } = await call('POST', '/api/v1/auth/token', { key: adminKey }));
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'orch-pkgpage-'));
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
-  });
+  const browser = await lib.launch();
   const problems = [];
   const expected = { 409: 0 };
   try {
@@ -296,10 +269,4 @@ async function main() {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    process.stdout.write(`FAILED: ${e.message}\n`);
-    process.exit(1);
-  },
-);
+lib.run(main);

@@ -9,31 +9,16 @@
  * Run by test-browser.c, which sets the tenant's agents quota to 4 (an override). Exits 0
  * when every step passed; prints what failed otherwise. */
 'use strict';
-const { chromium } = require('playwright-core');
+const lib = require('./lib.cjs');
 const path = require('path');
 
 const [base, adminKey, shots] = process.argv.slice(2);
-const CHROMIUM = process.env.ORCH_TEST_CHROMIUM || '/usr/lib/chromium/chromium';
-const STEP_MS = 15000;
 const ZONE = 'America/New_York';
 
-function step(name) {
-  process.stdout.write(`step: ${name}\n`);
-}
+const step = lib.step;
 
-let token = null;
-async function call(method, p, body) {
-  const res = await fetch(`${base}${p}`, {
-    method,
-    headers: {
-      'Content-Type': 'application/json',
-      ...(token ? { Authorization: `Bearer ${token}` } : {}),
-    },
-    body: body && JSON.stringify(body),
-  });
-  if (!res.ok) throw new Error(`${method} ${p}: ${res.status} ${await res.text()}`);
-  return res.status === 204 ? null : res.json();
-}
+const api = lib.client(base);
+const call = api.call;
 
 const quota = (k) => `li[data-quota="${k}"]`;
 
@@ -45,23 +30,15 @@ async function expectText(page, sel, re) {
 
 async function main() {
   const t0 = Date.now();
-  ({ access_token: token } = await call('POST', '/api/v1/auth/token', { key: adminKey }));
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
-  });
+  await api.login(adminKey);
+  const browser = await lib.launch();
   const problems = [];
   const made = [];
   try {
     const context = await browser.newContext({ ignoreHTTPSErrors: true, locale: 'en-US',
       viewport: { width: 1100, height: 760 }, timezoneId: ZONE });
     const page = await context.newPage();
-    page.setDefaultTimeout(STEP_MS);
-    page.on('console', (m) => {
-      if (m.type() === 'error') problems.push(`console: ${m.text()}`);
-    });
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    lib.watch(page, problems);
     let reads = 0;
     page.on('request', (r) => {
       if (new URL(r.url()).pathname === '/api/v1/tenant') reads++;
@@ -142,10 +119,4 @@ async function main() {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    process.stdout.write(`FAILED: ${e.message}\n`);
-    process.exit(1);
-  },
-);
+lib.run(main);

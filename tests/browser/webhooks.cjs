@@ -10,76 +10,29 @@
  *        OTHER_URL_PART
  * Run by test-browser.c. Exits 0 when every step passed; prints what failed otherwise. */
 'use strict';
-const { chromium } = require('playwright-core');
+const lib = require('./lib.cjs');
 const path = require('path');
 
 const [base, adminKey, viewerKey, shots, otherHook, otherPart] = process.argv.slice(2);
-const CHROMIUM = process.env.ORCH_TEST_CHROMIUM || '/usr/lib/chromium/chromium';
-const STEP_MS = 15000;
 const HOOK_URL = 'https://127.0.0.1:1/orch-hook';
 
-const started = Date.now();
-function step(name) {
-  process.stdout.write(`step: +${Date.now() - started} ms ${name}\n`);
-}
+const step = lib.timedStep();
 
-let token = null;
-async function call(method, p, body) {
-  const res = await fetch(`${base}${p}`, {
-    method,
-    headers: {
-      'Content-Type': 'application/json',
-      ...(token ? { Authorization: `Bearer ${token}` } : {}),
-    },
-    body: body && JSON.stringify(body),
-  });
-  if (!res.ok) throw new Error(`${method} ${p}: ${res.status} ${await res.text()}`);
-  return res.status === 204 ? null : res.json();
-}
+const api = lib.client(base);
+const call = api.call;
 
-async function apiUntil(what, get, check) {
-  const end = Date.now() + STEP_MS;
-  for (;;) {
-    const v = await get();
-    if (check(v)) return v;
-    if (Date.now() > end) throw new Error(`${what}: ${JSON.stringify(v)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const apiUntil = lib.apiUntil;
 
-async function signIn(page, key) {
-  await page.goto(`${base}/console/#/jobs`);
-  await page.fill('#key', key);
-  await page.click('button[type=submit]');
-  await page.waitForSelector('h1#jobs-h');
-  await page.waitForSelector('#live.live');
-}
+const signIn = (page, key) => lib.signIn(page, base, key);
 
-function watch(page, problems) {
-  page.setDefaultTimeout(STEP_MS);
-  page.on('console', (m) => {
-    if (m.type() === 'error') problems.push(`console: ${m.text()} (${JSON.stringify(m.location())})`);
-  });
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-}
+const watch = lib.watch;
 
-/* A screenshot of the page down to the end of main's content (the docs use these: no empty
- * space below). */
-async function shot(page, name) {
-  const h = await page.evaluate(() => Math.ceil(document.querySelector('main').getBoundingClientRect().bottom));
-  const vp = page.viewportSize();
-  await page.screenshot({ path: path.join(shots, name),
-    clip: { x: 0, y: 0, width: vp.width, height: Math.min(vp.height, h) } });
-}
+const shot = (page, name) => lib.shot(page, shots, name);
 
 async function main() {
   const t0 = Date.now();
-  ({ access_token: token } = await call('POST', '/api/v1/auth/token', { key: adminKey }));
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
-  });
+  await api.login(adminKey);
+  const browser = await lib.launch();
   const problems = [];
   try {
     const opts = { ignoreHTTPSErrors: true, viewport: { width: 1100, height: 640 },
@@ -186,7 +139,7 @@ async function main() {
     await page.click(`${hrow} button[data-action=delete]`);
     await page.waitForSelector(hrow, { state: 'detached' });
     const gone = await fetch(`${base}/api/v1/webhooks/${hook.id}`,
-      { headers: { Authorization: `Bearer ${token}` } });
+      { headers: { Authorization: `Bearer ${api.token}` } });
     if (gone.status !== 404) throw new Error(`the deleted subscription reads ${gone.status}`);
     await context.close();
 
@@ -199,10 +152,4 @@ async function main() {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    process.stdout.write(`FAILED: ${e.message}\n`);
-    process.exit(1);
-  },
-);
+lib.run(main);

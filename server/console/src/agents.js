@@ -7,6 +7,7 @@ import { useEffect } from 'preact/hooks';
 import { signal } from '@preact/signals';
 import { api, canOperate, onEvent, session } from './api.js';
 import { localTime } from './jobs.js';
+import { loadPaged, pageQuery } from './ui.js';
 
 const PAGE = 50;
 const agents = signal([]);
@@ -43,20 +44,9 @@ export function bytes(n) {
   return `${i ? n.toFixed(n < 10 ? 1 : 0) : n} ${units[i]}`;
 }
 
-async function load(more) {
-  loading.value = true;
-  error.value = null;
-  try {
-    const q = new URLSearchParams({ limit: String(PAGE) });
-    if (more && cursor.value) q.set('cursor', cursor.value);
-    const page = await api('GET', `/api/v1/agents?${q}`);
-    agents.value = more ? [...agents.value, ...page.items] : page.items;
-    cursor.value = page.next_cursor || null;
-  } catch (e) {
-    error.value = e.message;
-  } finally {
-    loading.value = false;
-  }
+function load(more) {
+  return loadPaged({ list: agents, cursor, loading, error },
+    (c) => api('GET', `/api/v1/agents?${pageQuery(PAGE, c)}`), more);
 }
 
 function replace(a) {

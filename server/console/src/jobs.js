@@ -5,6 +5,7 @@ import { html } from 'htm/preact';
 import { useEffect, useState } from 'preact/hooks';
 import { signal } from '@preact/signals';
 import { api, canOperate, onEvent } from './api.js';
+import { loadPaged } from './ui.js';
 
 const STATUSES = ['queued', 'assigned', 'running', 'succeeded', 'failed', 'cancelled', 'dead'];
 const ENDED = new Set(['succeeded', 'failed', 'cancelled', 'dead']);
@@ -44,18 +45,9 @@ function query(f, after) {
   return `/api/v1/jobs?${q}`;
 }
 
-async function load(more) {
-  loading.value = true;
-  error.value = null;
-  try {
-    const page = await api('GET', query(filters.value, more ? cursor.value : null));
-    jobs.value = more ? [...jobs.value, ...page.items] : page.items;
-    cursor.value = page.next_cursor || null;
-  } catch (e) {
-    error.value = e.message;
-  } finally {
-    loading.value = false;
-  }
+function load(more) {
+  return loadPaged({ list: jobs, cursor, loading, error },
+    (c) => api('GET', query(filters.value, c)), more);
 }
 
 /* Whether a job (as an event describes it) belongs in the list the filters ask for. */

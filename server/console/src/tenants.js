@@ -9,6 +9,7 @@ import { signal } from '@preact/signals';
 import { api } from './api.js';
 import { bytes } from './agents.js';
 import { localTime } from './jobs.js';
+import { loadPaged, pageQuery } from './ui.js';
 
 const PAGE = 50;
 const TIERS = ['free', 'standard', 'professional', 'enterprise'];
@@ -20,21 +21,9 @@ const readAt = signal(null);
 
 const count = new Intl.NumberFormat();
 
-async function load(more) {
-  loading.value = true;
-  error.value = null;
-  try {
-    const q = new URLSearchParams({ limit: String(PAGE) });
-    if (more && cursor.value) q.set('cursor', cursor.value);
-    const page = await api('GET', `/api/v1/tenants?${q}`);
-    tenants.value = more ? [...tenants.value, ...page.items] : page.items;
-    cursor.value = page.next_cursor || null;
-    readAt.value = new Date().toISOString();
-  } catch (e) {
-    error.value = e.message;
-  } finally {
-    loading.value = false;
-  }
+function load(more) {
+  return loadPaged({ list: tenants, cursor, loading, error, readAt },
+    (c) => api('GET', `/api/v1/tenants?${pageQuery(PAGE, c)}`), more);
 }
 
 function replace(t) {

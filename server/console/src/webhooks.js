@@ -10,6 +10,7 @@ import { signal } from '@preact/signals';
 import { api, onEvent, session } from './api.js';
 import { localTime } from './jobs.js';
 import { until, viewerZone } from './schedules.js';
+import { loadPaged, pageQuery } from './ui.js';
 
 const PAGE = 50;
 const PAGE_MAX = 500;
@@ -42,20 +43,9 @@ const canAdmin = () => {
   return !!s && (s.role === 'admin' || !s.tenant_id);
 };
 
-async function loadHooks(more) {
-  loading.value = true;
-  error.value = null;
-  try {
-    const q = new URLSearchParams({ limit: String(PAGE) });
-    if (more && hooksCursor.value) q.set('cursor', hooksCursor.value);
-    const page = await api('GET', `/api/v1/webhooks?${q}`);
-    hooks.value = more ? [...hooks.value, ...page.items] : page.items;
-    hooksCursor.value = page.next_cursor || null;
-  } catch (e) {
-    error.value = e.message;
-  } finally {
-    loading.value = false;
-  }
+function loadHooks(more) {
+  return loadPaged({ list: hooks, cursor: hooksCursor, loading, error },
+    (c) => api('GET', `/api/v1/webhooks?${pageQuery(PAGE, c)}`), more);
 }
 
 let chosenId = null;
