@@ -20,7 +20,7 @@
 #                         windows cross-builds orch-agent.exe (mingw-w64) and runs its
 #                         unit tests under wine; packaging builds and tests the packages
 #   ORCH_NO_SANITIZE=1    skip the sanitizer build (quicker local runs; CI runs both)
-#   ORCH_FUZZ_SECONDS=N   how long the libFuzzer target runs (default 30; 0 skips it)
+#   ORCH_FUZZ_SECONDS=N   how long each libFuzzer target runs (default 15; 0 skips them)
 source "$(dirname "$0")/lib.sh"
 
 orch_install_deps
@@ -41,7 +41,7 @@ if [ "${ORCH_NO_SANITIZE:-0}" != 1 ]; then
         -Db_lundef=false -Dbuildtype=debug
 fi
 
-fuzz_seconds=${ORCH_FUZZ_SECONDS:-30}
+fuzz_seconds=${ORCH_FUZZ_SECONDS:-15}
 if [ "$fuzz_seconds" != 0 ]; then
     say "building the fuzz target (clang, libFuzzer + ASan + UBSan)"
     CC=clang orch_build build-fuzz -Dfuzz=enabled -Dtests=disabled \
@@ -119,7 +119,18 @@ for b in build build-asan; do
     [ -f "$b/build.ninja" ] || continue
     [ "$b" = build-asan ] && [ "${ORCH_NO_SANITIZE:-0}" = 1 ] && continue
     say "running tests ($b)"
-    if ! meson test -C "$b" "${suites[@]}" --print-errorlogs --num-processes 2; then
+    # The browser suite runs once, in the -Werror build: what it adds is the console's
+    # scripts in Chromium; orchd's side of it (the API, the event stream) runs under the
+    # sanitizers in the integration suite. It keeps the whole run under CI's 25 minutes.
+    run=("${suites[@]}")
+    if [ "$b" = build-asan ]; then
+        run=()
+        for ((i = 0; i < ${#suites[@]}; i += 2)); do
+            [ "${suites[i + 1]}" = browser ] || run+=("${suites[i]}" "${suites[i + 1]}")
+        done
+        [ ${#run[@]} -gt 0 ] || continue
+    fi
+    if ! meson test -C "$b" "${run[@]}" --print-errorlogs --num-processes 2; then
         status=1
     fi
     # A sanitizer report (the tests print orchd's log when it exits badly), or a test whose
