@@ -1,6 +1,6 @@
 /* The job page (#/jobs/<id>) in Debian's Chromium, headless, through playwright-core:
- * a job that prints a line every 0.1 s shows its lines arriving without a reload, then its
- * final status and exit code, and its raw log downloads whole; a queued job that no agent
+ * a job that prints five lines, waits for the test, then prints 45 more shows its lines
+ * arriving without a reload, then its final status and exit code, and its raw log downloads whole; a queued job that no agent
  * can take says why it waits; a running job is cancelled from the page (checked through
  * the REST API), and a viewer's page of it has no cancel button; a 200,000-line log opens
  * at its tail with only a window of lines in the page, and "Load earlier" puts the lines
@@ -13,6 +13,7 @@
 const lib = require('./lib.cjs');
 const fs = require('fs');
 const path = require('path');
+const os = require('os');
 
 const [base, key, shots] = process.argv.slice(2);
 const { STEP_MS } = lib;
@@ -28,8 +29,13 @@ async function main() {
   const submit = async (body) => (await call('POST', '/api/v1/jobs', body)).id;
   /* The big log first: it runs while the rest is checked. */
   const big = await submit({ command: 'seq 1 200000', max_attempts: 1 });
+  /* Lines 1 to 5, then it waits for the test (a file), however long the browser took to
+   * start, so the page sees it running with part of its output; then lines 6 to 50. */
+  const gate = path.join(os.tmpdir(), `orch-jobdetail-gate-${process.pid}-${Date.now()}`);
   const lines = await submit({
-    command: 'for i in $(seq 1 50); do echo line $i; sleep 0.1; done',
+    command: 'for i in $(seq 1 5); do echo line $i; done; ' +
+      `i=0; while [ ! -e ${gate} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; ` +
+      'for i in $(seq 6 50); do echo line $i; sleep 0.02; done',
     max_attempts: 1,
   });
   const waiting = await submit({ command: 'true', requirements: { os: 'windows' } });
@@ -69,6 +75,7 @@ async function main() {
         !shown.includes('line 50');
     });
     await page.screenshot({ path: path.join(shots, 'jobdetail-running.png') });
+    fs.writeFileSync(gate, '');
     await page.waitForSelector('#final-status:text-is("succeeded")', { timeout: 30000 });
     await page.waitForFunction(() => /line 50$/.test(
       [...document.querySelectorAll('.log-line')].map((e) => e.textContent).join('\n').trim()));
@@ -158,6 +165,7 @@ async function main() {
         /* already ended (409) */
       }
     }
+    fs.rmSync(gate, { force: true });
     await browser.close();
   }
 }
