@@ -23,15 +23,41 @@
 #   ORCH_FUZZ_SECONDS=N   how long each libFuzzer target runs (default 15; 0 skips them)
 source "$(dirname "$0")/lib.sh"
 
+# What failed and how long each stage took, printed again just before the totals, so that
+# the end of a long log says it.
+failures=()
+stage_times=()
+stage_start=$SECONDS
+stage_done() { # NAME: the time since the previous stage ended
+    stage_times+=("$(printf '%-44s %5d s' "$1" $((SECONDS - stage_start)))")
+    stage_start=$SECONDS
+}
+# The failed tests of a meson build dir: Criterion's "[FAIL] suite::name" lines, and the
+# test programs that did not end OK with no such line.
+meson_failures() { # BUILD_DIR
+    python3 - "$1/meson-logs/testlog.json" <<'PY2'
+import json, re, sys
+for line in open(sys.argv[1]):
+    t = json.loads(line)
+    out = t.get("stdout", "") + t.get("stderr", "")
+    names = sorted(set(re.findall(r"\[FAIL\] (\S+): \(", out)))
+    for n in names:
+        print(f"{t['name']}: {n}")
+    if t.get("result") != "OK" and not names:
+        print(f"{t['name']}: {t.get('result')}")
+PY2
+}
+
 orch_install_deps
 orch_npm_deps
 orch_job_user
+stage_done "packages (apt-get, npm ci)"
 
 cd "$ORCH_ROOT"
 # Banned functions and clang-format: checked first, reported with the totals at the end.
 say "checking sources (banned functions, clang-format)"
 source_status=0
-python3 tools/check-source.py || source_status=1
+python3 tools/check-source.py || { source_status=1; failures+=("tools/check-source.py"); }
 
 say "building (-Werror)"
 orch_build build -Dwerror=true -Dtests=enabled -Dbuildtype=debugoptimized -Dconsole=enabled
@@ -47,6 +73,7 @@ if [ "$fuzz_seconds" != 0 ]; then
     CC=clang orch_build build-fuzz -Dfuzz=enabled -Dtests=disabled \
         -Db_sanitize=address,undefined -Db_lundef=false
 fi
+stage_done "builds"
 
 all_suites=${ORCH_TEST_SUITES:-unit integration browser windows packaging}
 win_passed=0
@@ -75,11 +102,14 @@ PY
         win_status=1
         win_failed=1
     fi
+    [ "$win_failed" = 0 ] || failures+=("windows: $win_failed (see the windows stage above)")
     say "Windows stage: $win_passed passed, $win_failed failed in $((SECONDS - win_start)) s"
+    stage_done "windows (mingw build, tests under wine)"
 fi
 
 ORCH_STATE_REMOVE=1
 orch_services_start "$(orch_state_dir "test-$$")"
+stage_done "PostgreSQL and RabbitMQ started"
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
@@ -146,6 +176,9 @@ for b in build build-asan; do
     read -r p f < <(count_tests "$b")
     total_passed=$((total_passed + p))
     total_failed=$((total_failed + f + $(grep -cE "$bad" "$b/meson-logs/testlog.txt" || true)))
+    while IFS= read -r line; do failures+=("$b: $line"); done < <(meson_failures "$b")
+    grep -qE "$bad" "$b/meson-logs/testlog.txt" && failures+=("$b: sanitizer report or crashed teardown")
+    stage_done "tests ($b: ${run[*]//--suite /})"
 done
 
 if [ "$fuzz_seconds" != 0 ]; then
@@ -159,6 +192,7 @@ if [ "$fuzz_seconds" != 0 ]; then
     else
         tail -40 build-fuzz/fuzz.log
         say "the fuzzer found a crash (input saved in build-fuzz/)"
+        failures+=("fuzz-api")
         total_failed=$((total_failed + 1))
         status=1
     fi
@@ -191,11 +225,13 @@ PY
     else
         tail -40 build-fuzz/fuzz-unpack.log
         say "the unpacker's fuzzer found a crash (input saved in build-fuzz/)"
+        failures+=("fuzz-unpack")
         total_failed=$((total_failed + 1))
         status=1
     fi
     rm -rf "$corpus"
 fi
+[ "$fuzz_seconds" = 0 ] || stage_done "fuzzers"
 
 # Stop the services now, so that the summary below is the last line printed (and the
 # packaging tests, which start their own, do not run beside them).
@@ -228,19 +264,24 @@ packaging_test() { # SCRIPT [ARGS...]
         total_failed=$((total_failed + 1))
     fi
     [ "$rc" = 0 ] || status=1
+    while IFS= read -r line; do failures+=("$t: $line"); done < <(grep -E '^  FAIL  |: FAIL: ' "$log")
+    [ "$rc" = 0 ] || failures+=("$t: exit $rc")
     rm -f "$log"
+    stage_done "packaging: ${t##*/}"
 }
 if [ $packaging = 1 ]; then
     debs=$(mktemp -d /var/tmp/orch-debs.XXXXXX)
     say "packaging: tools/package.sh deb $debs"
     if ORCH_SKIP_APT=1 tools/package.sh deb "$debs" >"$debs/package.log" 2>&1; then
         total_passed=$((total_passed + 1))
+        stage_done "packaging: tools/package.sh deb"
         packaging_test tests/packaging/test-deb.sh "$debs"
         # The units under a real systemd in a container (skips itself where it cannot boot one).
         packaging_test tests/packaging/test-deb-systemd.sh "$debs"
     else
         tail -30 "$debs/package.log"
         say "packaging: the Debian packages did not build"
+        failures+=("tools/package.sh deb")
         total_failed=$((total_failed + 1))
         status=1
     fi
@@ -251,6 +292,12 @@ if [ $packaging = 1 ]; then
     packaging_test tests/packaging/test-msi.sh
 fi
 
+say "time by stage (${SECONDS} s in all)"
+printf '  %s\n' "${stage_times[@]}"
+if [ ${#failures[@]} -gt 0 ]; then
+    say "failed"
+    printf '  %s\n' "${failures[@]}"
+fi
 if [ $status = 0 ]; then say "all tests passed"; else say "TESTS FAILED"; fi
 [ $status = 0 ] || [ $total_failed -gt 0 ] || total_failed=1
 echo "tests: $total_passed passed, $total_failed failed"
