@@ -104,6 +104,11 @@ bench_profile_end() {
     [ -n "${profile_pid:-}" ] || return 0
     kill -INT "$profile_pid" 2>/dev/null || true
     wait "$profile_pid" 2>/dev/null || true
+    # Out of the list the exit trap waits for: bash's `wait` on a child that died of SIGINT
+    # acts as if the shell had got it, and would cut the trap short.
+    local p keep=()
+    for p in "${bench_pids[@]}"; do [ "$p" = "$profile_pid" ] || keep+=("$p"); done
+    bench_pids=("${keep[@]}")
     profile_pid=
     local data=$profile_dir/$profile_name.perf.data secs
     secs=$(($(date +%s) - profile_t0))
@@ -131,11 +136,11 @@ for line in open(top_f):
     if len(t) == 5 and not t[4].strip().startswith("0x") and not t[2].startswith("[kernel"):
         syms[t[1]].append((float(t[0].rstrip("%")), re.sub(r"@.*", "", t[4].strip())))
 parts = []
-for comm, n in comm_n.most_common(3):
+for comm, n in [c for c in comm_n.most_common() if not c[0].startswith(":")][:3]:
     tot = comm_pct[comm] or 1
     d = ", ".join("%s %.0f%%" % (name, 100 * p / tot) for p, name in sorted(dsos[comm], reverse=True)[:3])
     s = ", ".join("%s %.0f%%" % (name, 100 * p / tot) for p, name in syms[comm][:2])
-    parts.append("%s %.1f of %s cores (%s; %s)" % (comm, n / hz / secs, cores, d, s))
+    parts.append("%s %.2f of %s cores (%s; %s)" % (comm, n / hz / secs, cores, d, s))
 print("; ".join(parts))
 PY
     say "profile: $(cat "$profile_dir/$profile_name-summary.txt" 2>/dev/null)"
