@@ -153,8 +153,21 @@ print(", ".join("%s %.0f%%" % (n, v / cap) for n, v in zip(names, d[:4])) +
 PY
 }
 
+# cluster_figures SINCE: "jobs jobs_per_s p50_ms p99_ms" of the jobs created since SINCE, from
+# PostgreSQL's timestamps (created_at -> finished_at), so that the figure does not depend on
+# the load generator seeing every answer (under heavy load its requests time out).
+cluster_figures() {
+    psql -X -q -A -t -F ' ' "postgresql://postgres@127.0.0.1:$(cat "$cdir/pg.port")/orch" -c "
+        SELECT count(*),
+               round((count(*) / greatest(extract(epoch FROM max(finished_at) - min(created_at)), 0.001))::numeric, 1),
+               round((percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)) * 1000)::numeric, 0),
+               round((percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)) * 1000)::numeric, 0)
+          FROM jobs WHERE created_at >= '$1' AND status = 'succeeded'"
+}
+cluster_now() { psql -X -q -A -t "postgresql://postgres@127.0.0.1:$(cat "$cdir/pg.port")/orch" -c "SELECT now()"; }
+
 nodes_list=${BENCH_CLUSTER_NODES:-1 2 3}
-declare -A cluster_rate cluster_cpu
+declare -A cluster_rate cluster_cpu cluster_lat
 if [[ $parts = *" cluster "* ]] || [[ $parts = *" faults "* ]]; then
     first=${nodes_list%% *}
     [[ $parts = *" cluster "* ]] || first=2
@@ -165,9 +178,13 @@ if [[ $parts = *" cluster "* ]] && [ -f "$cdir/up" ]; then
         cluster scale orchd="$n" >>"$out/cluster-up.log" 2>&1 || say "scale orchd=$n failed"
         c0=$(cpu_ticks)
         t0=$(date +%s.%N)
+        since=$(cluster_now)
         run_part "cluster-$n" cluster load-test JOBS="${BENCH_CLUSTER_JOBS:-2000}" SIM="${BENCH_CLUSTER_SIM:-20}"
         cluster_cpu[$n]=$(cpu_split "$c0" "$(cpu_ticks)" "$(python3 -c "import time; print(time.time() - $t0)")")
-        cluster_rate[$n]=$(res "cluster-$n" completed_per_s)
+        read -r cj cr c50 c99 <<<"$(cluster_figures "$since")"
+        cluster_rate[$n]=$cr
+        cluster_lat[$n]="$c50/$c99"
+        echo "result: jobs=$cj jobs_per_s=$cr submit_done_p50_ms=$c50 submit_done_p99_ms=$c99" >"$out/cluster-$n.db"
     done
 fi
 fault_cpu=
@@ -243,14 +260,15 @@ row "heartbeat intake; PostgreSQL writes per agent per 30 s" "${hb/na/not run}/s
     "≥ 50,000/s; ≤ 1" "$(ok "$hb >= 50000 and $pw <= 1")" "$alim"
 
 cl_vals=
+cl_lats=
 for n in $nodes_list; do
-    v=${cluster_rate[$n]:-na}
-    cl_vals="$cl_vals${cl_vals:+ / }$v"
+    cl_vals="$cl_vals${cl_vals:+ / }${cluster_rate[$n]:-na}"
+    cl_lats="$cl_lats${cl_lats:+, }${cluster_lat[$n]:-na}"
 done
 cl_first=${cluster_rate[${nodes_list%% *}]:-na}
 cl_last=${cluster_rate[${nodes_list##* }]:-na}
-cl_lim="one box: every node shares its cores with PostgreSQL and 3 RabbitMQ nodes; during the ${nodes_list##* }-node run: ${cluster_cpu[${nodes_list##* }]:-not run}"
-row "cluster throughput, ${nodes_list// / \/ } orchd nodes (jobs/s, $(res "cluster-${nodes_list%% *}" sim_agents) simulated agents)" \
+cl_lim="one box: every node shares its cores with PostgreSQL and 3 RabbitMQ nodes; during the ${nodes_list##* }-node run: ${cluster_cpu[${nodes_list##* }]:-not run}; submit→finish p50/p99 ms by node count: $cl_lats; load generator's wire errors: $(res "cluster-${nodes_list##* }" wire_errors)"
+row "cluster throughput, ${nodes_list// / \/ } orchd nodes (jobs/s from PostgreSQL, $(res "cluster-${nodes_list%% *}" sim_agents) simulated agents)" \
     "$cl_vals" "rises with nodes (stateless, horizontal)" "$(ok "$cl_last > $cl_first")" "$cl_lim"
 ka=$(res faults orchd_kill_agents_ms)
 kr=$(res faults orchd_kill_recovery_ms)

@@ -553,7 +553,9 @@ cmd_load_test() {
 # connect through HAProxy like real ones; the jobs require the label sim=1 that only they
 # carry, so the real agents take none. Prints orch-loadgen's report, then
 #   result: orchd=N sim_agents=M slots=S jobs=J completed=C placements_per_s=X
-#           completed_per_s=Y submit_assign_p50_ms=P submit_assign_p99_ms=Q
+#           completed_per_s=Y submit_assign_p50_ms=P submit_assign_p99_ms=Q wire_errors=E
+# (the rates as the load generator saw them: an answer cut or timed out counts as an error
+# and its jobs are not counted as submitted)
 sim_load_test() {
     local lg=$BUILD/tools/loadgen/orch-loadgen tok etok
     [ -x "$lg" ] || die "no $lg (ninja -C build)"
@@ -570,7 +572,8 @@ sim_load_test() {
         /^placements\/s:/ { p = $2 }
         /^completed\/s:/ { r = $2 }
         /^submit->assign:/ { p50 = $3; p99 = $9 }
-        END { printf "result: orchd=%s sim_agents=%s slots=%s jobs=%s completed=%s placements_per_s=%s completed_per_s=%s submit_assign_p50_ms=%s submit_assign_p99_ms=%s\n", n, m, s, j, c, p, r, p50, p99 }' \
+        /^wire:/ { e = $(NF - 1) }
+        END { printf "result: orchd=%s sim_agents=%s slots=%s jobs=%s completed=%s placements_per_s=%s completed_per_s=%s submit_assign_p50_ms=%s submit_assign_p99_ms=%s wire_errors=%s\n", n, m, s, j, c, p, r, p50, p99, e }' \
         "$D/sim-report.txt"
 }
 
