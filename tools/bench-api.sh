@@ -16,7 +16,11 @@
 # Environment: BENCH_SECONDS (per cell, default 10), BENCH_CONCURRENCY ("1 4 16 64"),
 # BENCH_RATES ("1000 2000 5000"),
 # ORCH_SKIP_APT=1, ORCHD_HTTP_THREADS (default: one per core), BENCH_DEBUG=1 (print the
-# first non-200 answers of a short run first).
+# first non-200 answers of a short run first), BENCH_PROFILE=1 (perf record on orchd and
+# PostgreSQL during the cells: tools/bench-lib.sh).
+# The last line: the highest offered rate's row, the best closed-loop GET and POST rows,
+#   result: offered_rps=R rps=X p50_ms=Y p99_ms=Z get_rps_max=A get_rps_max_conns=C
+#           refresh_rps_max=B cpu_us_per_get=U
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/bench-lib.sh"
 
@@ -51,6 +55,14 @@ run() { # NAME CONNS wrk-args...
     p99=$(grep -E '^ +99%' <<<"$out" | to_ms)
     non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
     rows+=("$(printf '| %-32s | %5s | %10s | %9s | %9s | %7s |' "$name" "$c" "$rps" "$p50" "$p99" "${non2xx:-0}")")
+    last_row=("$rps" "$p50" "$p99")
+}
+# best_rps VAR CONNS: keep in VAR ("rps conns") the better of it and the last row
+best_rps() {
+    local cur=${!1:-"0 0"}
+    awk -v a="${cur%% *}" -v b="${last_row[0]}" 'BEGIN { exit !(b + 0 > a + 0) }' &&
+        printf -v "$1" '%s %s' "${last_row[0]}" "$2"
+    return 0
 }
 say "benchmarking (${secs}s per cell)"
 if [ -n "${BENCH_DEBUG:-}" ]; then
@@ -74,22 +86,30 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/${bench_pids[0]}/stat"; }
 read -r pg_c0 pg_w0 <<<"$(pg_counters)"
 gets0=$(gets_done)
 cpu0=$(cpu_ticks)
+bench_profile_begin api
+rate_res=
 for rate in ${BENCH_RATES-1000 2000 5000}; do
     cat >"$dir/rate.lua" <<LUA
 wrk.headers["Authorization"] = "Bearer $token"
 function delay() return math.random(0, 2 * 64000 / $rate) end
 LUA
     run "GET /api/v1/queues/{id} @${rate}/s" 64 -s "$dir/rate.lua" "$base/api/v1/queues/$queue"
+    rate_res="offered_rps=$rate rps=${last_row[0]} p50_ms=${last_row[1]} p99_ms=${last_row[2]}"
 done
+get_best=
 for c in $conc; do
     run "GET /api/v1/queues/{id}" "$c" -H "Authorization: Bearer $token" "$base/api/v1/queues/$queue"
+    best_rps get_best "$c"
 done
 read -r pg_c1 pg_w1 <<<"$(pg_counters)"
 gets1=$(gets_done)
 cpu1=$(cpu_ticks)
+refresh_best=
 for c in $conc; do
     run "POST /api/v1/auth/refresh" "$c" -s "$lua" "$base/api/v1/auth/refresh"
+    best_rps refresh_best "$c"
 done
+bench_profile_end
 echo
 echo "REST API on $(nproc) cores, orchd threads=${ORCHD_HTTP_THREADS:-$(nproc)}, TLS, keep-alive, PostgreSQL and RabbitMQ on the same box"
 echo
@@ -97,6 +117,8 @@ echo "| request                          | conns |      req/s |  p50 (ms) |  p99
 echo "|----------------------------------|-------|------------|-----------|-----------|---------|"
 printf '%s\n' "${rows[@]}"
 echo
+cpu_us=$(awk -v n="$((gets1 - gets0))" -v t="$((cpu1 - cpu0))" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e6 / n; else print "na" }')
 awk -v c="$((pg_c1 - pg_c0))" -v w="$((pg_w1 - pg_w0))" -v n="$((gets1 - gets0))" \
     -v t="$((cpu1 - cpu0))" -v hz="$(getconf CLK_TCK)" 'BEGIN {
     if (n > 0) printf "per GET: orchd CPU %.0f us; PostgreSQL %.2f commits, %.0f bytes of WAL (%d GETs)\n",
@@ -104,6 +126,9 @@ awk -v c="$((pg_c1 - pg_c0))" -v w="$((pg_w1 - pg_w0))" -v n="$((gets1 - gets0))
 echo
 echo "responses by status (from the access log):"
 grep -o 'op=http method=[A-Z]* route=[^ ]* status=[0-9]*' "$dir/orchd.log" | sed 's/op=http //' |
-    sort | uniq -c | sort -rn | head -10
+    sort | uniq -c | sort -rn | head -10 || true
 { grep -E 'level=(warn|error)' "$dir/orchd.log" || true; } | sed 's/^ts=[^ ]* //' | sort | uniq -c |
-    sort -rn | head -5
+    sort -rn | head -5 || true
+read -r gb gbc <<<"${get_best:-na na}"
+refresh_best=${refresh_best%% *}
+echo "result: ${rate_res:-offered_rps=na rps=na p50_ms=na p99_ms=na} get_rps_max=$gb get_rps_max_conns=$gbc refresh_rps_max=${refresh_best:-na} cpu_us_per_get=$cpu_us"

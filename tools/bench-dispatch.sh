@@ -31,10 +31,12 @@
 # to the agent's receipt of the assignment; lifecycle jobs/s = results accepted per second.
 # The last line is the largest cell:
 #   result: agents=N placements_per_s=X submit_assign_p50_ms=Y submit_assign_p99_ms=Z
+#           lifecycle_per_s=L jobs=J completed=C rate=R
 #
 # Environment: BENCH_CELLS, BENCH_SLOTS, BENCH_RUN_MS, BENCH_RATE, BENCH_HEARTBEAT,
 # BENCH_CELL_TIMEOUT (seconds per phase of a cell, default 240),
-# BENCH_KEEP=1 (keep the state directory), ORCH_SKIP_APT=1. Needs about 10 minutes on 2
+# BENCH_KEEP=1 (keep the state directory), ORCH_SKIP_APT=1, BENCH_PROFILE=1 (perf record on
+# orchd and PostgreSQL during the cells: tools/bench-lib.sh). Needs about 10 minutes on 2
 # cores.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/bench-lib.sh"
@@ -78,6 +80,7 @@ say "enrolling $max_agents simulated agents"
 
 rows=()
 last=
+bench_profile_begin dispatch
 for c in $cells; do
     a=${c%%:*}
     j=${c##*:}
@@ -99,6 +102,7 @@ print("%d %d %d %.1f %.1f %.1f %.1f" % (r["agents"], r["jobs"], r["completed"],
     rows+=("$row")
     last=$row
 done
+bench_profile_end
 
 echo
 echo "Dispatch on $(nproc) cores: orchd, PostgreSQL, RabbitMQ and orch-loadgen on one box, TLS;"
@@ -115,4 +119,4 @@ done
 read -r a j c p p50 p99 l <<<"$last"
 echo
 [ -z "$incomplete" ] || echo "(a cell short of its jobs: its rates count the whole cell, and its latencies the jobs never placed with the time they waited)"
-echo "result: agents=$a placements_per_s=$p submit_assign_p50_ms=$p50 submit_assign_p99_ms=$p99"
+echo "result: agents=$a placements_per_s=$p submit_assign_p50_ms=$p50 submit_assign_p99_ms=$p99 lifecycle_per_s=$l jobs=$j completed=$c rate=$rate"

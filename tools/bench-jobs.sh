@@ -12,11 +12,15 @@
 #   result -> next     an attempt's finished_at -> the next assignment to the same agent
 #                      (how long a freed slot waits for work while jobs are queued)
 #   submit -> done     jobs.created_at      -> finished_at
-# and the throughput is jobs finished per second over the whole run.
+# and the throughput is jobs finished per second over the whole run. The last line:
+#   result: agents=N slots=S jobs=J succeeded=K jobs_per_s=X submit_assign_p50_ms=..
+#           submit_assign_p99_ms=.. assign_start_p50_ms=.. start_done_p50_ms=..
+#           result_next_p50_ms=.. submit_done_p50_ms=.. submit_done_p99_ms=..
 #
 # Environment: BENCH_JOBS (default 2000), BENCH_AGENTS (4), BENCH_SLOTS (4),
 # BENCH_KEEP=1 (keep the state directory: logs, database), BENCH_AGENT_LOG_LEVEL (warn),
-# ORCH_SKIP_APT=1.
+# ORCH_SKIP_APT=1, BENCH_PROFILE=1 (perf record on orchd, PostgreSQL and the agents with their
+# jobs while the jobs run: tools/bench-lib.sh).
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/bench-lib.sh"
 
@@ -28,6 +32,7 @@ say "starting $nagents agents with $slots slots each"
 bench_agents "$nagents" "$slots"
 
 say "submitting $jobs no-op jobs in batches of 1000"
+bench_profile_begin jobs "${bench_pids[@]:1}"
 start=$(date +%s.%N)
 left=$jobs
 while [ "$left" -gt 0 ]; do
@@ -40,6 +45,7 @@ submitted=$(date +%s.%N)
 done_count() { [ "$(psql_q "SELECT count(*) FROM jobs WHERE status IN ('succeeded','failed','dead')")" = "$jobs" ]; }
 orch_wait_for 600 done_count || die "not all jobs finished in 10 minutes"
 finished=$(date +%s.%N)
+bench_profile_end
 
 read -r sa50 sa99 < <(bench_stats "$(bench_ms 'a.assigned_at - j.created_at')")
 read -r as50 as99 < <(bench_stats "$(bench_ms 'a.started_at - a.assigned_at')")
@@ -73,3 +79,7 @@ echo "| throughput                    |        jobs/s |"
 echo "|-------------------------------|---------------|"
 printf '| %-29s | %13s |\n' "submission (batches of 1000)" "$subrate"
 printf '| %-29s | %13s |\n' "full lifecycle ($ok of $jobs ok)" "$rate"
+echo
+echo "result: agents=$nagents slots=$slots jobs=$jobs succeeded=$ok jobs_per_s=$rate" \
+    "submit_assign_p50_ms=$sa50 submit_assign_p99_ms=$sa99 assign_start_p50_ms=$as50" \
+    "start_done_p50_ms=$st50 result_next_p50_ms=$rn50 submit_done_p50_ms=$sd50 submit_done_p99_ms=$sd99"

@@ -75,3 +75,73 @@ bench_stats() {
               FROM (SELECT $1 AS v FROM job_attempts a JOIN jobs j ON j.id = a.job_id) s"
 }
 bench_ms() { echo "extract(epoch FROM ($1)) * 1000"; }
+
+# bench_profile_begin NAME [PID...]: with BENCH_PROFILE=1, `perf record -g` (BENCH_PROFILE_HZ
+# samples a second, default 499) on orchd, on PostgreSQL (the postmaster, its processes, and
+# the ones it starts later) and on the PIDs given (and what they start) until
+# bench_profile_end, which writes what took the CPU to
+# $BENCH_PROFILE_DIR (default build-bench/profile): NAME.perf.data, NAME-top.txt (the top
+# symbols by process, self time) and NAME-summary.txt (one line: each process's share and
+# its top symbols). BENCH_PROFILE_NAME overrides NAME. Without BENCH_PROFILE both do nothing.
+bench_profile_begin() {
+    [ "${BENCH_PROFILE:-0}" = 1 ] || return 0
+    command -v perf >/dev/null || die "BENCH_PROFILE=1 needs perf (apt-get install linux-perf)"
+    local pm pids
+    profile_dir=${BENCH_PROFILE_DIR:-$ORCH_ROOT/build-bench/profile}
+    profile_name=${BENCH_PROFILE_NAME:-$1}
+    mkdir -p "$profile_dir"
+    pm=$(head -1 "$ORCH_STATE/pg/postmaster.pid")
+    shift
+    pids=$(echo "${bench_pids[0]}" "$pm" $(pgrep -P "$pm") "$@" | tr ' ' ,)
+    perf record -g -F "${BENCH_PROFILE_HZ:-499}" -p "$pids" -o "$profile_dir/$profile_name.perf.data" \
+        >"$profile_dir/$profile_name.perf.log" 2>&1 &
+    profile_pid=$!
+    profile_t0=$(date +%s)
+    bench_pids+=("$profile_pid")
+}
+
+bench_profile_end() {
+    [ -n "${profile_pid:-}" ] || return 0
+    kill -INT "$profile_pid" 2>/dev/null || true
+    wait "$profile_pid" 2>/dev/null || true
+    # Out of the list the exit trap waits for: bash's `wait` on a child that died of SIGINT
+    # acts as if the shell had got it, and would cut the trap short.
+    local p keep=()
+    for p in "${bench_pids[@]}"; do [ "$p" = "$profile_pid" ] || keep+=("$p"); done
+    bench_pids=("${keep[@]}")
+    profile_pid=
+    local data=$profile_dir/$profile_name.perf.data secs
+    secs=$(($(date +%s) - profile_t0))
+    perf report -i "$data" --stdio --no-children --sort comm,dso,sym -g none --percent-limit 0.3 \
+        2>/dev/null | grep -E '^ +[0-9.]+%' | head -60 >"$profile_dir/$profile_name-top.txt" || true
+    perf report -i "$data" --stdio --no-children --sort comm,dso -n -g none 2>/dev/null |
+        grep -E '^ +[0-9.]+%' >"$profile_dir/$profile_name-dso.txt" || true
+    # One line: "orchd 1.2 of 2 cores (libcrypto.so.3 31%, libc.so.6 25%, kernel 20%;
+    # pthread_rwlock_rdlock 6%, malloc 3%); postgres 0.4 of 2 cores (...)", the shares being
+    # of that process's samples.
+    python3 - "$profile_dir/$profile_name-dso.txt" "$profile_dir/$profile_name-top.txt" \
+        "${BENCH_PROFILE_HZ:-499}" "$secs" "$(nproc)" >"$profile_dir/$profile_name-summary.txt" <<'PY' || true
+import collections, re, sys
+dso_f, top_f, hz, secs, cores = sys.argv[1], sys.argv[2], float(sys.argv[3]), max(float(sys.argv[4]), 1), sys.argv[5]
+short = lambda d: "kernel" if d.startswith("[kernel") else d
+comm_n, comm_pct, dsos = collections.Counter(), collections.Counter(), collections.defaultdict(list)
+for line in open(dso_f):
+    pct, n, comm, dso = line.split(None, 3)
+    comm_n[comm] += int(n)
+    comm_pct[comm] += float(pct.rstrip("%"))
+    dsos[comm].append((float(pct.rstrip("%")), short(dso.strip())))
+syms = collections.defaultdict(list)
+for line in open(top_f):
+    t = line.split(None, 4)
+    if len(t) == 5 and not t[4].strip().startswith("0x") and not t[2].startswith("[kernel"):
+        syms[t[1]].append((float(t[0].rstrip("%")), re.sub(r"@.*", "", t[4].strip())))
+parts = []
+for comm, n in [c for c in comm_n.most_common() if not c[0].startswith(":")][:3]:
+    tot = comm_pct[comm] or 1
+    d = ", ".join("%s %.0f%%" % (name, 100 * p / tot) for p, name in sorted(dsos[comm], reverse=True)[:3])
+    s = ", ".join("%s %.0f%%" % (name, 100 * p / tot) for p, name in syms[comm][:2])
+    parts.append("%s %.2f of %s cores (%s; %s)" % (comm, n / hz / secs, cores, d, s))
+print("; ".join(parts))
+PY
+    say "profile: $(cat "$profile_dir/$profile_name-summary.txt" 2>/dev/null)"
+}

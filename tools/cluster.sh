@@ -551,7 +551,11 @@ cmd_load_test() {
 
 # sim_load_test N M: N jobs to M simulated agents of tools/loadgen (orch-loadgen), which
 # connect through HAProxy like real ones; the jobs require the label sim=1 that only they
-# carry, so the real agents take none. Prints orch-loadgen's report.
+# carry, so the real agents take none. Prints orch-loadgen's report, then
+#   result: orchd=N sim_agents=M slots=S jobs=J completed=C placements_per_s=X
+#           completed_per_s=Y submit_assign_p50_ms=P submit_assign_p99_ms=Q wire_errors=E
+# (the rates as the load generator saw them: an answer cut or timed out counts as an error
+# and its jobs are not counted as submitted)
 sim_load_test() {
     local lg=$BUILD/tools/loadgen/orch-loadgen tok etok
     [ -x "$lg" ] || die "no $lg (ninja -C build)"
@@ -561,7 +565,16 @@ sim_load_test() {
     ulimit -n "$(ulimit -Hn)"
     "$lg" --url "$(base)" --ca "$D/tls/ca.pem" --api-key "$(st tenant.key)" --enrol-token "$etok" \
         --state "$D/sim-agents.json" --agents "$2" --slots "$(st slots)" --jobs "$1" --quiet \
-        --name-prefix sim --job '{"command":"true","max_attempts":1,"requirements":{"sim":"1"}}'
+        --name-prefix sim --job '{"command":"true","max_attempts":1,"requirements":{"sim":"1"}}' |
+        tee "$D/sim-report.txt"
+    awk -v n="$(st orchd.count)" -v m="$2" -v s="$(st slots)" '
+        /^jobs:/ { j = $9; c = $6 }
+        /^placements\/s:/ { p = $2 }
+        /^completed\/s:/ { r = $2 }
+        /^submit->assign:/ { p50 = $3; p99 = $9 }
+        /^wire:/ { e = $(NF - 1) }
+        END { printf "result: orchd=%s sim_agents=%s slots=%s jobs=%s completed=%s placements_per_s=%s completed_per_s=%s submit_assign_p50_ms=%s submit_assign_p99_ms=%s wire_errors=%s\n", n, m, s, j, c, p, r, p50, p99, e }' \
+        "$D/sim-report.txt"
 }
 
 # ---- faults -------------------------------------------------------------------------------
