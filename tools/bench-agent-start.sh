@@ -12,7 +12,8 @@
 #
 # Environment: BENCH_JOBS (default 1000), BENCH_AGENTS (4), BENCH_SLOTS (4),
 # BENCH_AGENT_BIN (the orch-agent to measure; default the release build's, for A/B runs),
-# BENCH_KEEP=1, ORCH_SKIP_APT=1. Needs perf with the syscalls tracepoints (root).
+# BENCH_PROFILE=1 (also sample the first agent's CPU with `perf record` and print where it
+# goes), BENCH_KEEP=1, ORCH_SKIP_APT=1. Needs perf with the syscalls tracepoints (root).
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/bench-lib.sh"
 
@@ -53,6 +54,10 @@ for p in "${agent_pids[@]}"; do
     own0=$((own0 + o)) kids0=$((kids0 + k))
 done
 
+if [ -n "${BENCH_PROFILE:-}" ]; then
+    perf record -q -F 499 -p "${agent_pids[0]}" -o "$ORCH_STATE/agent-1.data" 2>/dev/null &
+    record_pid=$!
+fi
 say "submitting $jobs no-op jobs in batches of 1000"
 load0=$(cut -d' ' -f1 /proc/loadavg)
 start=$(date +%s.%N)
@@ -72,6 +77,10 @@ for p in "${agent_pids[@]}"; do
     read -r o k < <(cpu_ticks "$p")
     own1=$((own1 + o)) kids1=$((kids1 + k))
 done
+if [ -n "${BENCH_PROFILE:-}" ]; then
+    kill -INT "$record_pid"
+    wait "$record_pid" 2>/dev/null || true
+fi
 # The counters are written when the agents exit (the idle time before and after adds a few
 # heartbeats: negligible against the jobs).
 kill -TERM "${agent_pids[@]}"
@@ -111,3 +120,9 @@ echo "result: jobs=$jobs syncs_per_job=$(per_job "$(count syscalls:sys_enter_fsy
     "threads_per_job=$(per_job "$(count syscalls:sys_enter_clone3)")" \
     "agent_cpu_ms_per_job=$(per_job "($own1 - $own0) * 1000 / $hz")" "jobs_per_s=$rate" \
     "load=$load0-$load1"
+if [ -n "${BENCH_PROFILE:-}" ]; then
+    echo
+    echo "Where agent-1's CPU went (perf record, share of its samples):"
+    perf report -q -i "$ORCH_STATE/agent-1.data" --no-children --sort dso,sym 2>/dev/null |
+        grep -v '^$' | head -30
+fi
