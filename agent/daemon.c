@@ -74,8 +74,8 @@ _Static_assert(SPOOL_RESULT_MAX <= PROTO_RESULT_MAX, "a spooled result is one re
 
 enum slot_state {
     SLOT_FREE,
-    SLOT_RUNNING, /* a worker thread runs the job */
-    SLOT_DONE,    /* the worker has finished; its thread is still to be joined */
+    SLOT_RUNNING, /* the slot's worker thread runs the job (or is about to) */
+    SLOT_DONE,    /* the job has finished; its `started` may still be to report */
 };
 
 struct daemon;
@@ -99,7 +99,12 @@ struct slot {
     bool lost;         /* not ours any more: drop what it spooled once it has stopped */
     bool bad;          /* the assignment failed validation: report a failure, run nothing */
     bool need_started; /* `started` not yet accepted by the server */
+    /* The slot's worker: created with its first job, then kept for the next ones (a thread
+     * per job would cost a clone, a stack mapping and a join each time). go: a job has been
+     * handed to it; it waits on go_cond for one. Both under daemon.lock. */
     bool thread_valid; /* thread holds the worker (set once pthread_create() returned) */
+    bool go;
+    pthread_cond_t go_cond;
     /* The lease, as the agent must assume it: renewed_ms is when the agent *sent* the last
      * exchange whose answer renewed it (CLOCK_MONOTONIC ms), never later than the server's
      * own renewal. lapsed: the agent gave the job up (daemon_fence). */
@@ -985,15 +990,40 @@ out:
         exec_uids_put(d->uids, own.uid);
 }
 
-static void *daemon_job_main(void *arg)
+/* Run the job handed to slot s (RUNNING) to its end: spool it, run it, spool its result;
+ * then the slot is DONE (FREE when it could not be spooled). Called by the slot's worker. */
+static void daemon_job_run(struct slot *s)
 {
-    struct slot *s = arg;
     struct daemon *d = s->d;
     int exit_code = -1;
     uint32_t flags = 0;
     _cleanup_free_ char *result = NULL;
-    /* Whatever this thread logs is about this job. */
+    /* Whatever this thread logs now is about this job. */
     size_t log_mark = log_ctx_push("job", s->job_id);
+    /* Spooled here rather than by the link thread, whose every exchange would wait for
+     * the syncs; the slots' syncs overlap. `started` is reported once it is durable. */
+    _cleanup_free_ char *meta = json_dumps(s->assignment, JSON_COMPACT);
+    if (meta && strlen(meta) > SPOOL_META_MAX)
+        FREE_AND_NULL(meta);
+    int r = spool_begin(d->spool, s->job_id, s->epoch, meta);
+    if (r < 0) {
+        log_error("op=spool-begin job=%s epoch=%" PRId64 " error=%s", s->job_id, s->epoch,
+                  strerror(-r));
+        pthread_mutex_lock(&d->lock);
+        json_decref(s->assignment);
+        s->assignment = NULL;
+        s->a = (struct proto_assignment){0};
+        s->need_started = false;
+        s->state = SLOT_FREE;
+        pthread_cond_broadcast(&d->wake);
+        pthread_mutex_unlock(&d->lock);
+        log_ctx_pop(log_mark);
+        return;
+    }
+    pthread_mutex_lock(&d->lock);
+    s->need_started = !s->lost; /* a dropped one has nothing to say */
+    daemon_kick_link_locked(d, true);
+    pthread_mutex_unlock(&d->lock);
     if (s->bad)
         flags |= PROTO_RES_BAD_ASSIGNMENT;
     else
@@ -1010,7 +1040,7 @@ static void *daemon_job_main(void *arg)
     }
 
     struct spool_result res = {.exit_code = exit_code, .flags = flags, .json = result};
-    int r = spool_finish(d->spool, s->job_id, s->epoch, &res);
+    r = spool_finish(d->spool, s->job_id, s->epoch, &res);
     if (r < 0 && r != -ENOENT)
         log_error("op=spool-finish job=%s epoch=%" PRId64 " error=%s", s->job_id, s->epoch,
                   strerror(-r));
@@ -1029,15 +1059,34 @@ static void *daemon_job_main(void *arg)
     s->a = (struct proto_assignment){0};
     s->state = SLOT_DONE;
     pthread_cond_broadcast(&d->wake);
-    /* Still under the lock: once the slot is DONE, the link thread may join this thread
-     * while holding the lock, so this thread must not take it again. */
     daemon_kick_link_locked(d, true);
     pthread_mutex_unlock(&d->lock);
     log_ctx_pop(log_mark);
+}
+
+/* A slot's worker: runs the jobs handed to the slot, one at a time, until the daemon stops
+ * and none is left. */
+static void *daemon_worker_main(void *arg)
+{
+    struct slot *s = arg;
+    struct daemon *d = s->d;
+    pthread_mutex_lock(&d->lock);
+    for (;;) {
+        while (!s->go && !d->stopping)
+            pthread_cond_wait(&s->go_cond, &d->lock);
+        if (!s->go)
+            break;
+        s->go = false;
+        pthread_mutex_unlock(&d->lock);
+        daemon_job_run(s);
+        pthread_mutex_lock(&d->lock);
+    }
+    pthread_mutex_unlock(&d->lock);
     return NULL;
 }
 
-/* Take one assignment: spool it and start its worker. Called by the link thread.
+/* Take one assignment: hand it to a free slot's worker (which spools it). Called by the link
+ * thread.
  * sent_ms: when the exchange that carried it was sent (its lease counts from then). */
 static void daemon_take(struct daemon *d, json_t *a, int64_t sent_ms)
 {
@@ -1095,10 +1144,7 @@ static void daemon_take(struct daemon *d, json_t *a, int64_t sent_ms)
                      job_id, epoch);
         return;
     }
-    if (s->state == SLOT_DONE)
-        pthread_join(s->thread, NULL); /* it has finished: only its exit is left */
     s->state = SLOT_RUNNING;
-    s->thread_valid = false;
     snprintf(s->job_id, sizeof(s->job_id), "%s", job_id); /* lower case: the decoder's */
     s->epoch = epoch;
     atomic_store(&s->cancel, false);
@@ -1112,37 +1158,33 @@ static void daemon_take(struct daemon *d, json_t *a, int64_t sent_ms)
     s->lapsed = false;
     s->tree = (struct exec_tree){0};
     FREE_AND_NULL(s->tree_cgroup);
+    s->go = true;
+    bool have_thread = s->thread_valid;
+    if (have_thread)
+        pthread_cond_signal(&s->go_cond);
     pthread_mutex_unlock(&d->lock);
-
+    log_info("op=assignment job=%s epoch=%" PRId64, s->job_id, epoch);
+    if (have_thread)
+        return;
+    int r = pthread_create(&s->thread, NULL, daemon_worker_main, s);
+    if (r == 0) {
+        pthread_mutex_lock(&d->lock);
+        s->thread_valid = true;
+        pthread_cond_broadcast(&d->wake);
+        pthread_mutex_unlock(&d->lock);
+        return;
+    }
+    log_error("op=job-thread job=%s epoch=%" PRId64 " error=%s", s->job_id, epoch, strerror(r));
     _cleanup_free_ char *meta = json_dumps(a, JSON_COMPACT);
     if (meta && strlen(meta) > SPOOL_META_MAX)
         FREE_AND_NULL(meta);
-    int r = spool_begin(d->spool, s->job_id, epoch, meta);
-    if (r < 0) {
-        log_error("op=spool-begin job=%s epoch=%" PRId64 " error=%s", s->job_id, epoch,
-                  strerror(-r));
-        goto release;
-    }
-    pthread_mutex_lock(&d->lock);
-    s->need_started = true;
-    pthread_mutex_unlock(&d->lock);
-    log_info("op=assignment job=%s epoch=%" PRId64, s->job_id, epoch);
-    r = pthread_create(&s->thread, NULL, daemon_job_main, s);
-    if (r != 0) {
-        log_error("op=job-thread job=%s epoch=%" PRId64 " error=%s", s->job_id, epoch, strerror(r));
+    if (spool_begin(d->spool, s->job_id, epoch, meta) == 0) {
         struct spool_result res = {.exit_code = -1, .flags = PROTO_RES_SETUP_FAILED};
         spool_finish(d->spool, s->job_id, epoch, &res);
         daemon_kick_link(d, true);
-        goto release;
     }
     pthread_mutex_lock(&d->lock);
-    s->thread_valid = true;
-    pthread_cond_broadcast(&d->wake);
-    pthread_mutex_unlock(&d->lock);
-    daemon_kick_link(d, true);
-    return;
-release:
-    pthread_mutex_lock(&d->lock);
+    s->go = false;
     json_decref(s->assignment);
     s->assignment = NULL;
     s->a = (struct proto_assignment){0};
@@ -2003,6 +2045,7 @@ static void daemon_free(struct daemon *d)
     for (size_t i = 0; d->slots && i < d->nslots; i++) {
         json_decref(d->slots[i].assignment);
         free(d->slots[i].tree_cgroup);
+        pthread_cond_destroy(&d->slots[i].go_cond);
     }
     free(d->slots);
     free(d->work_dir);
@@ -2257,8 +2300,10 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
         daemon_free(d);
         return EXIT_FAIL;
     }
-    for (size_t i = 0; i < d->nslots; i++)
+    for (size_t i = 0; i < d->nslots; i++) {
         d->slots[i].d = d;
+        pthread_cond_init(&d->slots[i].go_cond, NULL);
+    }
 
     char q[300];
     log_info("op=start agent=%s name=%s server=%s slots=%zu", d->st.agent_id,
@@ -2282,22 +2327,25 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
     /* Stop taking jobs, cancel the running ones (they get their grace period). */
     pthread_mutex_lock(&d->lock);
     d->stopping = true;
-    for (size_t i = 0; i < d->nslots; i++)
+    for (size_t i = 0; i < d->nslots; i++) {
         if (d->slots[i].state == SLOT_RUNNING)
             atomic_store(&d->slots[i].cancel, true);
+        pthread_cond_signal(&d->slots[i].go_cond); /* an idle worker exits */
+    }
     pthread_cond_broadcast(&d->wake);
     pthread_cond_signal(&d->send_wake);
     if (d->link)
         transport_wakeup(d->link);
     pthread_mutex_unlock(&d->lock);
     /* The link thread takes no slot once stopping is set, so the set of workers is final
-     * once the slot it may be filling right now has its thread. */
+     * once the slot it may be filling right now has its thread. A worker runs the job it
+     * was handed (cancelled), then exits. */
     for (size_t i = 0; i < d->nslots; i++) {
         struct slot *s = &d->slots[i];
         pthread_mutex_lock(&d->lock);
-        while (s->state != SLOT_FREE && !s->thread_valid)
+        while (s->state == SLOT_RUNNING && !s->thread_valid)
             pthread_cond_wait(&d->wake, &d->lock);
-        bool joinable = s->state != SLOT_FREE;
+        bool joinable = s->thread_valid;
         pthread_mutex_unlock(&d->lock);
         if (joinable) {
             pthread_join(s->thread, NULL);

@@ -36,7 +36,9 @@
  * is re-parented to the nearest subreaper. When the daemon called exec_subreaper_enable(),
  * that is the agent: after the job, run() kills and reaps the agent's children whose
  * initial environment holds all of spec->env_tags (the attempt's), then reaps any
- * other exited orphan; without a PID namespace or a cgroup this is what ends them.
+ * other exited orphan; without a PID namespace or a cgroup this is what ends them. A job
+ * in a PID namespace of its own (isolate) leaves no orphan to the agent (they go to its
+ * init and die with it): then this scan of the host's processes is skipped.
  */
 #pragma once
 

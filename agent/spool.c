@@ -966,7 +966,9 @@ static int attempt_load(struct spool *s, const char *name, const uint8_t id[16],
             goto fail;
     }
     r = read_small(a->dfd, "result", RES_HDR + SPOOL_RESULT_MAX, &res, &len);
-    if (r == 0) {
+    if (r == 0 && len == 0) {
+        /* Made by spool_begin(), not filled yet: unfinished. */
+    } else if (r == 0) {
         int exit_code;
         uint32_t flags;
         size_t jlen;
@@ -975,8 +977,8 @@ static int attempt_load(struct spool *s, const char *name, const uint8_t id[16],
             a->finished = true;
             a->bytes += (int64_t)len;
         } else {
-            /* Cannot happen short of disk corruption (the file is renamed into place). The
-             * attempt reads as unfinished, so the daemon finishes it again. */
+            /* Torn: the agent died (or the power went) before spool_finish() returned.
+             * The attempt reads as unfinished, so the daemon finishes it again. */
             log_warn("op=spool_recover job=%s epoch=%" PRId64 " result=invalid", a->job_id,
                      a->epoch);
         }
@@ -1145,7 +1147,7 @@ void spool_close(struct spool *s)
     free(s);
 }
 
-static int write_new(int dfd, const char *name, const void *data, size_t len)
+static int write_new(int dfd, const char *name, const void *data, size_t len, bool durable)
 {
     int fd, r;
 
@@ -1153,7 +1155,7 @@ static int write_new(int dfd, const char *name, const void *data, size_t len)
     if (fd < 0)
         return -errno;
     r = pwrite_all(fd, data, len, 0);
-    if (r == 0 && fdatasync(fd) < 0)
+    if (r == 0 && durable && fdatasync(fd) < 0)
         r = -errno;
     if (close(fd) < 0 && r == 0)
         r = -errno;
@@ -1205,9 +1207,16 @@ int spool_begin(struct spool *s, const char *job_id, int64_t epoch, const char *
         r = -errno;
         goto fail;
     }
-    r = write_new(a->dfd, "meta.json", meta_json, mlen);
+    /* Three syncs: the metadata, then the directory's entries, then its name. The empty
+     * files need none of their own: the directory's sync covers their names, nothing is in
+     * them yet, and recovery creates a missing stream and reads an empty result as "not
+     * finished". The result file is made now so that spool_finish() only fills it: one
+     * sync, where a new name would need the directory's too. */
+    r = write_new(a->dfd, "meta.json", meta_json, mlen, true);
     for (int k = 0; k < 2 && r == 0; k++)
-        r = write_new(a->dfd, stream_files[k], NULL, 0);
+        r = write_new(a->dfd, stream_files[k], NULL, 0, false);
+    if (r == 0)
+        r = write_new(a->dfd, "result", NULL, 0, false);
     if (r < 0)
         goto fail;
     if (fsync(a->dfd) < 0) {
@@ -1329,10 +1338,41 @@ int spool_set_proc(struct spool *s, const char *job_id, int64_t epoch, const cha
         return r;
     /* Under io: the rename must not race a removal of the attempt's directory. */
     pthread_mutex_lock(&a->io);
+    /* Not synced: the record is for the next agent process after this one dies, and the
+     * page cache outlives a killed process. A power loss ends the processes it names, and
+     * a successor sees from the boot id that they are gone. */
     r = a->finished ? -EALREADY
-                    : write_atomic(a->dfd, "proc", "proc.tmp", text, len, NULL, 0, true);
+                    : write_atomic(a->dfd, "proc", "proc.tmp", text, len, NULL, 0, false);
     pthread_mutex_unlock(&a->io);
     attempt_unref(s, a);
+    return r;
+}
+
+/* Fill the result file spool_begin() made: one sync, as its name is durable already. An
+ * attempt begun by an older agent has none and gets one through tmp + rename. A failure
+ * empties it again (best effort: a torn or unsynced record fails its CRC on recovery
+ * anyway), so the attempt reads as unfinished. Under io. */
+static int result_write(struct attempt *a, const uint8_t h[RES_HDR], const char *json, size_t jlen)
+{
+    int fd, r;
+
+    fd = openat(a->dfd, "result", O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0 && errno == ENOENT)
+        return write_atomic(a->dfd, "result", "result.tmp", h, RES_HDR, json, jlen, true);
+    if (fd < 0)
+        return -errno;
+    r = pwrite_all(fd, h, RES_HDR, 0);
+    if (r == 0 && jlen > 0)
+        r = pwrite_all(fd, json, jlen, RES_HDR);
+    /* A recovered attempt that is finished again may hold a torn record: cut it. */
+    if (r == 0 && ftruncate(fd, (off_t)(RES_HDR + jlen)) < 0)
+        r = -errno;
+    if (r == 0 && fdatasync(fd) < 0)
+        r = -errno;
+    if (r < 0 && ftruncate(fd, 0) < 0)
+        log_warn("op=spool_result job=%s epoch=%" PRId64 " errno=%d", a->job_id, a->epoch, errno);
+    if (close(fd) < 0 && r == 0)
+        r = -errno;
     return r;
 }
 
@@ -1365,7 +1405,7 @@ int spool_finish(struct spool *s, const char *job_id, int64_t epoch, const struc
         put32(h + 12, (uint32_t)jlen);
         put32(h + 16, crc32c(res->json, jlen));
         put32(h + 20, crc32c(h, 20));
-        r = write_atomic(a->dfd, "result", "result.tmp", h, RES_HDR, res->json, jlen, true);
+        r = result_write(a, h, res->json, jlen);
     }
     if (r == 0) {
         pthread_mutex_lock(&s->lock);

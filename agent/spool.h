@@ -19,9 +19,12 @@
  *              and trimmed on open.
  *   acked      the acknowledged offset of each stream (replaced by rename, not fsynced: a
  *              lost acknowledgement costs only a resend)
- *   result     exit code, flags and result JSON (tmp + fsync + rename + fsync dir)
+ *   result     exit code, flags and result JSON, with a CRC32C: created empty by
+ *              spool_begin(), filled and fdatasync()ed by spool_finish(). Empty or torn
+ *              (the CRC fails): not finished. (A spool of an older agent may lack it until
+ *              spool_finish(), which then writes tmp + fsync + rename + fsync dir.)
  *   proc       where the attempt's processes are (spool_set_proc()), for the next agent
- *              process to end them after a crash (tmp + fsync + rename + fsync dir)
+ *              process to end them after a crash (tmp + rename, not synced: see there)
  * and <dir>/lock is flock()ed: a second process on the same spool gets -EBUSY. The spool
  * relies on fdatasync() and rename() meaning what POSIX says: keep it on a local file
  * system.
@@ -34,7 +37,9 @@
  *     agent could lose;
  *   - by spool_sync() / spool_sync_all() and spool_finish().
  * A daemon that wants a hard time bound while disconnected calls spool_sync_all() on a
- * timer (e.g. every SPOOL_SYNC_NS). spool_begin() and spool_finish() are durable on return.
+ * timer (e.g. every SPOOL_SYNC_NS). spool_begin() and spool_finish() are durable on return:
+ * spool_begin() costs three syncs (the metadata, the attempt's directory, the spool's),
+ * spool_finish() one (the result) plus one per stream with unsynced output.
  *
  * Sending. spool_next() moves a send cursor: each chunk is offered once, so the transport
  * may take several before acknowledging any. After a reconnect (or any send failure) call
@@ -140,7 +145,10 @@ int spool_append(struct spool *s, const char *job_id, int64_t epoch, int stream,
                  size_t len, int64_t *ret_offset);
 
 /* Record where the attempt's processes are (text <= SPOOL_PROC_MAX bytes, borrowed;
- * replaces an earlier record). Durable on return. Not counted against the byte cap. */
+ * replaces an earlier record). On return the next process to open the spool reads it,
+ * whole, even when this one is killed (kill -9) the next instant; it is not synced, as a
+ * power loss ends the processes it names (the record's boot id tells). Not counted against
+ * the byte cap. */
 int spool_set_proc(struct spool *s, const char *job_id, int64_t epoch, const char *text);
 
 /* Make everything appended to one attempt durable. */

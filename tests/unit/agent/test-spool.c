@@ -867,3 +867,142 @@ Test(spool, proc_record_survives_a_restart_until_the_attempt_finishes)
     cr_assert_eq(spool_set_proc(s, id, 2, "{}"), -EALREADY);
     spool_close(s);
 }
+
+/* The path of an attempt's file. */
+static void attempt_file(char *path, size_t len, const char *id, int64_t epoch, const char *name)
+{
+    snprintf(path, len, "%s/%s.%lld/%s", dir, id, (long long)epoch, name);
+}
+
+/* kill -9 of the agent at each step of a job's life: what spool_begin(), spool_set_proc()
+ * and spool_finish() returned is there for the next process, whole, and a job killed
+ * before its finish reads as unfinished. */
+Test(spool, kill_at_each_step_keeps_what_returned)
+{
+    const char *ids[3] = {job(50), job(51), job(52)};
+
+    for (int step = 0; step < 3; step++) {
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+            struct spool *s;
+            struct spool_result res = {.exit_code = 3, .flags = 5, .json = "{\"ok\":true}"};
+
+            if (spool_open(dir, 0, &s) < 0 || spool_begin(s, ids[step], 1, "{\"m\":1}") < 0)
+                _exit(1);
+            if (step >= 1 && spool_set_proc(s, ids[step], 1, "{\"pgid\":7}") < 0)
+                _exit(1);
+            if (step >= 2 && spool_finish(s, ids[step], 1, &res) < 0)
+                _exit(1);
+            raise(SIGKILL);
+            _exit(1);
+        }
+        int status;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "step %d", step);
+    }
+
+    struct spool *s = open_spool(0);
+    struct spool_attempt *list;
+    size_t n;
+    cr_assert_eq(spool_list(s, &list, &n), 0);
+    cr_assert_eq(n, 3);
+    for (size_t i = 0; i < n; i++) {
+        int step = strcmp(list[i].job_id, ids[0]) == 0   ? 0
+                   : strcmp(list[i].job_id, ids[1]) == 0 ? 1
+                                                         : 2;
+        cr_assert_str_eq(list[i].meta, "{\"m\":1}");
+        cr_assert_eq(list[i].finished, step == 2, "step %d", step);
+        if (step == 0)
+            cr_assert_null(list[i].proc);
+        else
+            cr_assert_str_eq(list[i].proc, "{\"pgid\":7}");
+    }
+    spool_attempts_free(list, n);
+
+    struct spool_item it;
+    cr_assert_eq(spool_next(s, &it), 0);
+    cr_assert_eq(it.kind, SPOOL_RESULT);
+    cr_assert_str_eq(it.job_id, ids[2]);
+    cr_assert_eq(it.exit_code, 3);
+    cr_assert_eq(it.flags, 5);
+    cr_assert_str_eq(it.data, "{\"ok\":true}");
+    spool_item_free(&it);
+    cr_assert_eq(spool_next(s, &it), -ENOENT, "the unfinished ones have no result");
+    /* The unfinished ones can still be finished (the daemon reports them as restarted). */
+    struct spool_result res = {.exit_code = -1};
+    cr_assert_eq(spool_finish(s, ids[0], 1, &res), 0);
+    cr_assert_eq(spool_finish(s, ids[2], 1, &res), -EALREADY);
+    spool_close(s);
+}
+
+/* A result cut short (the agent or the power died inside spool_finish()) fails its CRC:
+ * the attempt reads as unfinished, and finishing it again leaves exactly the new result
+ * even when it is shorter than what was there. */
+Test(spool, torn_result_reads_unfinished_and_is_replaced)
+{
+    struct spool *s = open_spool(0);
+    char path[1024], big[2000];
+    const char *id = job(53);
+    struct stat sb;
+
+    memset(big, 'x', sizeof(big));
+    memcpy(big, "\"", 1);
+    big[sizeof(big) - 2] = '"';
+    big[sizeof(big) - 1] = '\0';
+    cr_assert_eq(spool_begin(s, id, 1, "{}"), 0);
+    struct spool_result res = {.exit_code = 0, .json = big};
+    cr_assert_eq(spool_finish(s, id, 1, &res), 0);
+    spool_close(s);
+    attempt_file(path, sizeof(path), id, 1, "result");
+    cr_assert_eq(stat(path, &sb), 0);
+    cr_assert_eq(truncate(path, sb.st_size / 2), 0);
+
+    s = open_spool(0);
+    struct spool_attempt *list;
+    size_t n;
+    cr_assert_eq(spool_list(s, &list, &n), 0);
+    cr_assert_eq(n, 1);
+    cr_assert(!list[0].finished);
+    spool_attempts_free(list, n);
+    struct spool_item it;
+    cr_assert_eq(spool_next(s, &it), -ENOENT);
+    struct spool_result again = {.exit_code = -1, .flags = 2, .json = "{\"n\":2}"};
+    cr_assert_eq(spool_finish(s, id, 1, &again), 0);
+    spool_close(s);
+
+    s = open_spool(0);
+    cr_assert_eq(spool_next(s, &it), 0);
+    cr_assert_eq(it.kind, SPOOL_RESULT);
+    cr_assert_eq(it.exit_code, -1);
+    cr_assert_eq(it.flags, 2);
+    cr_assert_str_eq(it.data, "{\"n\":2}");
+    spool_item_free(&it);
+    spool_close(s);
+}
+
+/* An attempt begun by an older agent has no result file until its finish, which then makes
+ * one. */
+Test(spool, attempt_without_result_file_is_finished_through_a_new_file)
+{
+    struct spool *s = open_spool(0);
+    char path[1024];
+    const char *id = job(54);
+
+    cr_assert_eq(spool_begin(s, id, 4, "{}"), 0);
+    spool_close(s);
+    attempt_file(path, sizeof(path), id, 4, "result");
+    cr_assert_eq(unlink(path), 0);
+
+    s = open_spool(0);
+    struct spool_result res = {.exit_code = 9, .json = "[1]"};
+    cr_assert_eq(spool_finish(s, id, 4, &res), 0);
+    spool_close(s);
+    s = open_spool(0);
+    struct spool_item it;
+    cr_assert_eq(spool_next(s, &it), 0);
+    cr_assert_eq(it.exit_code, 9);
+    cr_assert_str_eq(it.data, "[1]");
+    spool_item_free(&it);
+    spool_close(s);
+}
