@@ -18,6 +18,7 @@
 #include "server/app.h"
 #include "server/metrics-orch.h"
 #include "server/gateway.h"
+#include "server/report-batch.h"
 
 /* The outcome of one report: 200 with an answer, or a problem. */
 struct outcome {
@@ -244,20 +245,36 @@ static bool is_mine(PGresult *res, int n, const struct proto_job_ref *ref)
     return false;
 }
 
-/* Record a heartbeat (doc, decoded as hb) in tx and build its answer. Returns 0 with *ret
- * set, or a store error. */
-static int heartbeat(struct app *app, const struct http_principal *p, struct store_tx *tx,
-                     const json_t *doc, const struct proto_heartbeat *hb, json_t **ret)
+/* Take note of a heartbeat (doc, decoded as hb) in memory, once, before its transaction
+ * (which may run twice, report-batch.h). Returns true when it is to be written at once: the
+ * agent's first on this node, or any on a node without the gateway role. */
+static bool heartbeat_note(struct app *app, const struct http_principal *p, const json_t *doc,
+                           const struct proto_heartbeat *hb)
 {
     json_t *running = json_object_get(doc, "running");
     _cleanup_json_ json_t *none = json_array();
     if (!running)
         running = none;
-
-    int r = 0;
     metrics_orch_heartbeat(app->metrics);
-    if (!app->gw ||
-        gateway_note_heartbeat(app->gw, p->subject, running, hb->has_load ? &hb->load : NULL)) {
+    return !app->gw ||
+           gateway_note_heartbeat(app->gw, p->subject, running, hb->has_load ? &hb->load : NULL);
+}
+
+/* After the heartbeat's commit: the dispatcher learns of a new agent, or of its cache,
+ * within its kick window, not only at its next full refresh. */
+static void heartbeat_committed(struct app *app, bool first, const struct proto_heartbeat *hb)
+{
+    if (first || hb->packages)
+        gateway_kick_dispatch(app->gw);
+}
+
+/* Record a heartbeat (decoded as hb; first: heartbeat_note()'s) in tx and build its answer.
+ * Returns 0 with *ret set, or a store error. */
+static int heartbeat(struct app *app, const struct http_principal *p, struct store_tx *tx,
+                     bool first, const struct proto_heartbeat *hb, json_t **ret)
+{
+    int r = 0;
+    if (first) {
         /* First heartbeat on this node: write it now so the dispatcher sees the agent. */
         char slots[24] = "";
         if (hb->slots > 0)
@@ -267,7 +284,6 @@ static int heartbeat(struct app *app, const struct http_principal *p, struct sto
         /* Its host figures too, at once; later ones ride the gateway's batched write. */
         if (r >= 0)
             r = store_load(p, tx, hb);
-        gateway_kick_dispatch(app->gw); /* a new agent: maybe jobs wait for it */
     }
     if (r >= 0)
         r = renew_due(app, p, tx, hb);
@@ -280,9 +296,6 @@ static int heartbeat(struct app *app, const struct http_principal *p, struct sto
         _cleanup_free_ char *text = json_dumps(hb->packages, JSON_COMPACT);
         const char *pp[] = {p->subject, text};
         r = text ? store_tx_exec(tx, &q_packages, pp, NULL) : -ENOMEM;
-        /* The dispatcher's index learns of the cache within its kick window (after this
-         * transaction commits), not only at its next full refresh. */
-        gateway_kick_dispatch(app->gw);
     }
     _cleanup_json_ json_t *prefetch = NULL;
     if (r >= 0 && !p->pool)
@@ -342,31 +355,65 @@ static bool heartbeat_decode(struct http_req *req, const json_t *doc, struct pro
     return r >= 0;
 }
 
+/* A heartbeat on its own route, committed by the agents' group commit (report-batch.h). */
+struct hb_work {
+    struct app *app;
+    struct http_principal p;
+    json_t *body; /* owned: hb borrows from it */
+    struct proto_heartbeat hb;
+    bool first;     /* heartbeat_note()'s */
+    json_t *answer; /* run's (owned) */
+};
+
+static void hb_work_free(struct hb_work *w)
+{
+    json_decref(w->answer);
+    proto_heartbeat_clear(&w->hb);
+    json_decref(w->body);
+    free(w);
+}
+
+static int hb_run(struct store_tx *tx, void *arg)
+{
+    struct hb_work *w = arg;
+    json_decref(w->answer);
+    w->answer = NULL;
+    return heartbeat(w->app, &w->p, tx, w->first, &w->hb, &w->answer);
+}
+
+static void hb_done(struct http_req *req, int r, void *arg)
+{
+    struct hb_work *w = arg;
+    if (r < 0) {
+        http_reply_error(req, r, "recording the heartbeat");
+    } else {
+        heartbeat_committed(w->app, w->first, &w->hb);
+        http_reply_json(req, 200, TAKE_PTR(w->answer));
+    }
+    hb_work_free(w);
+}
+
+static const struct report_batch_ops hb_ops = {.run = hb_run, .done = hb_done};
+
 void api_agent_heartbeat(struct http_req *req)
 {
     _cleanup_json_ json_t *body = NULL;
     if (http_req_json(req, proto_msg_heartbeat.fields, proto_msg_heartbeat.n, &body) < 0)
         return;
-    struct proto_heartbeat hb;
-    if (!heartbeat_decode(req, body, &hb))
-        return;
-    struct app *app = http_req_app(req);
-    const struct http_principal *p = http_req_principal(req);
-    struct store_tx *tx = NULL;
-    json_t *ans = NULL;
-    int r = store_tx_begin(app->store, app_agent_scope(p), 0, &tx);
-    if (r >= 0) {
-        r = heartbeat(app, p, tx, body, &hb, &ans);
-        int c = store_tx_commit(tx);
-        r = r < 0 ? r : c;
-    }
-    proto_heartbeat_clear(&hb);
-    if (r < 0) {
-        json_decref(ans);
-        http_reply_error(req, r, "recording the heartbeat");
+    struct hb_work *w = calloc(1, sizeof(*w));
+    if (!w) {
+        http_reply_error(req, -ENOMEM, "recording the heartbeat");
         return;
     }
-    http_reply_json(req, 200, ans);
+    if (!heartbeat_decode(req, body, &w->hb)) {
+        free(w);
+        return;
+    }
+    w->app = http_req_app(req);
+    w->p = *http_req_principal(req);
+    w->body = TAKE_PTR(body);
+    w->first = heartbeat_note(w->app, &w->p, w->body, &w->hb);
+    report_batch_submit(w->app->reports, w->app->store, req, app_agent_scope(&w->p), &hb_ops, w);
 }
 
 /* --- reports -------------------------------------------------------------------------------- */
@@ -569,7 +616,56 @@ static int report_result(struct app *app, const struct http_principal *p, struct
     return 0;
 }
 
-/* One report on its own route (POST /agent/jobs/{id}/<kind>): one transaction. */
+/* One report on its own route (POST /agent/jobs/{id}/<kind>), committed by the agents'
+ * group commit (report-batch.h). */
+struct report_work {
+    struct app *app;
+    struct http_principal p;
+    json_t *body; /* owned: rep borrows from it */
+    struct proto_report rep;
+    char id[ID_STR_LEN];
+    report_fn fn;
+    const char *what;
+    struct outcome o; /* run's */
+};
+
+static void outcome_clear(struct outcome *o)
+{
+    json_decref(o->answer);
+    json_decref(o->ext);
+    *o = (struct outcome)OUTCOME_INIT;
+}
+
+static int report_run(struct store_tx *tx, void *arg)
+{
+    struct report_work *w = arg;
+    outcome_clear(&w->o);
+    return w->fn(w->app, &w->p, tx, w->id, &w->rep, &w->o);
+}
+
+static void report_done(struct http_req *req, int r, void *arg)
+{
+    struct report_work *w = arg;
+    struct outcome *o = &w->o;
+    if (r < 0) {
+        http_reply_error(req, r, w->what);
+    } else {
+        record_metrics(w->app, o->finished, o->tenant_id, o->queue, o->run_s, o->start_wait_s);
+        if (o->ended)
+            gateway_kick_dispatch(w->app->gw); /* a slot is free */
+        if (o->answer)
+            http_reply_json(req, 200, TAKE_PTR(o->answer));
+        else
+            http_reply_problem_ext(req, o->kind, o->detail, o->field[0] ? o->field : NULL,
+                                   TAKE_PTR(o->ext));
+    }
+    outcome_clear(o);
+    json_decref(w->body);
+    free(w);
+}
+
+static const struct report_batch_ops report_ops = {.run = report_run, .done = report_done};
+
 static void report_http(struct http_req *req, enum proto_report_kind kind, report_fn fn,
                         const char *what)
 {
@@ -590,29 +686,21 @@ static void report_http(struct http_req *req, enum proto_report_kind kind, repor
     const char *id = api_path_id(req, "id", "job");
     if (!id)
         return;
-    struct app *app = http_req_app(req);
-    const struct http_principal *p = http_req_principal(req);
-    struct outcome o = OUTCOME_INIT;
-    struct store_tx *tx = NULL;
-    r = store_tx_begin(app->store, app_agent_scope(p), 0, &tx);
-    if (r >= 0) {
-        r = fn(app, p, tx, id, &rep, &o);
-        int c = store_tx_commit(tx);
-        r = r < 0 ? r : c;
-    }
-    if (r < 0) {
-        json_decref(o.answer);
-        json_decref(o.ext);
-        http_reply_error(req, r, what);
+    struct report_work *w = calloc(1, sizeof(*w));
+    if (!w) {
+        http_reply_error(req, -ENOMEM, what);
         return;
     }
-    record_metrics(app, o.finished, o.tenant_id, o.queue, o.run_s, o.start_wait_s);
-    if (o.ended)
-        gateway_kick_dispatch(app->gw); /* a slot is free */
-    if (o.answer)
-        http_reply_json(req, 200, o.answer);
-    else
-        http_reply_problem_ext(req, o.kind, o.detail, o.field[0] ? o.field : NULL, o.ext);
+    w->app = http_req_app(req);
+    w->p = *http_req_principal(req);
+    w->body = TAKE_PTR(body);
+    w->rep = rep;
+    snprintf(w->id, sizeof(w->id), "%s", id);
+    w->fn = fn;
+    w->what = what;
+    w->o = (struct outcome)OUTCOME_INIT;
+    report_batch_submit(w->app->reports, w->app->store, req, app_agent_scope(&w->p), &report_ops,
+                        w);
 }
 
 void api_agent_job_started(struct http_req *req)
@@ -680,78 +768,84 @@ static int sync_report(struct app *app, const struct http_principal *p, struct s
     return r;
 }
 
-void api_agent_sync(struct http_req *req)
-{
-    _cleanup_json_ json_t *body = NULL;
-    if (http_req_json(req, proto_msg_sync.fields, proto_msg_sync.n, &body) < 0)
-        return;
+/* A sync exchange: everything in one transaction (one item of the group commit). */
+struct sync_work {
+    struct app *app;
+    struct http_principal p;
+    json_t *body; /* owned: sync borrows from it */
     struct proto_sync sync;
-    struct jsonv_error e;
-    int r = proto_sync_decode(body, &sync, &e);
-    if (r < 0) {
-        if (r == -EINVAL)
-            http_reply_problem(req, PROBLEM_VALIDATION, e.detail, e.field);
-        else
-            http_reply_error(req, r, "reading the agent's reports");
-        return;
-    }
-    bool assign = sync.assign;
-    long wait = (long)sync.wait_s;
-    struct app *app = http_req_app(req);
-    const struct http_principal *p = http_req_principal(req);
-    /* A held exchange of this agent's was given up (it has one connection): it must not
-     * claim what this one is to carry. */
-    gateway_supersede(app->gw, p->subject);
+    bool first; /* heartbeat_note()'s, when it has a heartbeat */
+    /* run's: the answer so far, the reports' outcomes, outcome_metrics() to record after
+     * the commit, what gateway_claim() claimed, whether a slot came free */
+    json_t *ans, *outs, *finished;
+    char *assigned;
+    bool ended;
+};
 
-    /* Everything in one transaction: one commit for the whole exchange. */
-    json_t *ans = json_object(), *outs = json_array();
-    json_t *finished = json_array(); /* outcome_metrics(), recorded after the commit */
-    char *assigned = NULL;
-    bool ended = false;
-    struct store_tx *tx = NULL;
-    r = ans && outs ? store_tx_begin(app->store, app_agent_scope(p), 0, &tx) : -ENOMEM;
-    if (r >= 0 && sync.has_heartbeat) {
+static void sync_work_reset(struct sync_work *w)
+{
+    json_decref(w->ans);
+    json_decref(w->outs);
+    json_decref(w->finished);
+    free(w->assigned);
+    w->ans = w->outs = w->finished = NULL;
+    w->assigned = NULL;
+    w->ended = false;
+}
+
+static int sync_run(struct store_tx *tx, void *arg)
+{
+    struct sync_work *w = arg;
+    struct app *app = w->app;
+    const struct http_principal *p = &w->p;
+    sync_work_reset(w);
+    w->ans = json_object();
+    w->outs = json_array();
+    w->finished = json_array();
+    if (!w->ans || !w->outs || !w->finished)
+        return -ENOMEM;
+    int r = 0;
+    if (w->sync.has_heartbeat) {
         json_t *hba = NULL;
-        r = heartbeat(app, p, tx, json_object_get(body, "heartbeat"), &sync.heartbeat, &hba);
+        r = heartbeat(app, p, tx, w->first, &w->sync.heartbeat, &hba);
         if (r >= 0)
-            json_object_set_new(ans, "heartbeat", hba);
+            json_object_set_new(w->ans, "heartbeat", hba);
     }
     size_t i;
     json_t *item;
-    json_array_foreach(sync.reports, i, item)
+    json_array_foreach(w->sync.reports, i, item)
     {
         if (r < 0)
             break;
         struct outcome o = OUTCOME_INIT;
         r = sync_report(app, p, tx, item, i, &o);
         if (r >= 0) {
-            ended = ended || o.ended;
+            w->ended = w->ended || o.ended;
             json_t *om = outcome_metrics(&o);
             if (om)
-                json_array_append_new(finished, om);
-            json_array_append_new(outs, outcome_json(&o));
+                json_array_append_new(w->finished, om);
+            json_array_append_new(w->outs, outcome_json(&o));
         }
         json_decref(o.answer);
         json_decref(o.ext);
     }
+    /* On -ENOMEM too the transaction rolls back: the claim is in it. */
     if (r >= 0)
-        r = gateway_claim(app, tx, p->subject, assign, sync.resume, &assigned);
-    if (tx && r < 0)
-        store_tx_rollback(tx); /* also when the failure was not the database's (-ENOMEM) */
-    else if (tx)
-        r = store_tx_commit(tx);
-    proto_sync_clear(&sync);
+        r = gateway_claim(app, tx, p->subject, w->sync.assign, w->sync.resume, &w->assigned);
+    return r;
+}
+
+static void sync_done(struct http_req *req, int r, void *arg)
+{
+    struct sync_work *w = arg;
+    struct app *app = w->app;
     if (r < 0) {
-        free(assigned);
-        json_decref(ans);
-        json_decref(outs);
-        json_decref(finished);
         http_reply_error(req, r, "recording the agent's reports");
-        return;
+        goto done;
     }
     size_t k;
     json_t *st;
-    json_array_foreach(finished, k, st)
+    json_array_foreach(w->finished, k, st)
     {
         record_metrics(app, json_string_value(json_object_get(st, "finished")),
                        json_string_value(json_object_get(st, "tenant_id")),
@@ -759,9 +853,50 @@ void api_agent_sync(struct http_req *req)
                        json_real_value(json_object_get(st, "run_s")),
                        json_real_value(json_object_get(st, "start_wait_s")));
     }
-    json_decref(finished);
-    json_object_set_new(ans, "reports", outs);
-    if (ended)
+    if (w->sync.has_heartbeat)
+        heartbeat_committed(app, w->first, &w->sync.heartbeat);
+    if (w->ended)
         gateway_kick_dispatch(app->gw); /* a slot is free */
-    gateway_answer(req, ans, assigned, assign, wait);
+    json_object_set_new(w->ans, "reports", TAKE_PTR(w->outs));
+    gateway_answer(req, TAKE_PTR(w->ans), TAKE_PTR(w->assigned), w->sync.assign,
+                   (long)w->sync.wait_s);
+done:
+    sync_work_reset(w);
+    proto_sync_clear(&w->sync);
+    json_decref(w->body);
+    free(w);
+}
+
+static const struct report_batch_ops sync_ops = {.run = sync_run, .done = sync_done};
+
+void api_agent_sync(struct http_req *req)
+{
+    _cleanup_json_ json_t *body = NULL;
+    if (http_req_json(req, proto_msg_sync.fields, proto_msg_sync.n, &body) < 0)
+        return;
+    struct sync_work *w = calloc(1, sizeof(*w));
+    if (!w) {
+        http_reply_error(req, -ENOMEM, "reading the agent's reports");
+        return;
+    }
+    struct jsonv_error e;
+    int r = proto_sync_decode(body, &w->sync, &e);
+    if (r < 0) {
+        if (r == -EINVAL)
+            http_reply_problem(req, PROBLEM_VALIDATION, e.detail, e.field);
+        else
+            http_reply_error(req, r, "reading the agent's reports");
+        free(w);
+        return;
+    }
+    w->app = http_req_app(req);
+    w->p = *http_req_principal(req);
+    w->body = TAKE_PTR(body);
+    /* A held exchange of this agent's was given up (it has one connection): it must not
+     * claim what this one is to carry. */
+    gateway_supersede(w->app->gw, w->p.subject);
+    if (w->sync.has_heartbeat)
+        w->first = heartbeat_note(w->app, &w->p, json_object_get(w->body, "heartbeat"),
+                                  &w->sync.heartbeat);
+    report_batch_submit(w->app->reports, w->app->store, req, app_agent_scope(&w->p), &sync_ops, w);
 }

@@ -17,6 +17,7 @@ struct events_hub;
 struct blob_store;
 struct authcache;
 struct auth_bus;
+struct report_batch;
 
 struct app {
     const struct orchd_config *cfg; /* borrowed */
@@ -35,6 +36,9 @@ struct app {
     struct events_hub *events;    /* owned: live events for the console (api role), or NULL */
     struct authcache *auth;       /* owned: admitted keys and reserved call blocks */
     struct auth_bus *auth_bus;    /* owned: auth.invalidate listener (api role), or NULL */
+    /* owned: the agents' group commit (api role, agent.commit_threads > 0), or NULL: each
+     * agent exchange commits alone on its loop (report-batch.h) */
+    struct report_batch *reports;
 };
 
 /* Open the store and load the key ring as cfg says. Returns 0 or < 0 with err filled. */

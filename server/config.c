@@ -44,6 +44,14 @@ const struct conf_field orchd_config_fields[] = {
      "an agent silent this long loses its jobs, which are retried elsewhere"},
     {"agent.online_window", CONF_DURATION, F(agent_online_ms), 2000, 3600000, "25s", NULL,
      "an agent is offline (gets no new jobs) when silent this long"},
+    {"agent.commit_threads", CONF_INT, F(agent_commit_threads), 0, 64, "2", NULL,
+     "threads committing agents' heartbeats and reports in shared transactions "
+     "(0 = each exchange commits alone on its event loop)"},
+    {"agent.batch_window_us", CONF_INT, F(agent_batch_window_us), 0, 100000, "0", NULL,
+     "microseconds a committer waits for more agents' exchanges before it commits "
+     "(0 = only those that came while the previous commit ran)"},
+    {"agent.batch_max", CONF_INT, F(agent_batch_max), 1, 4096, "128", NULL,
+     "agents' exchanges at most in one shared transaction"},
     {"dispatch.enabled", CONF_BOOL, F(dispatch_enabled), 0, 0, "true", NULL,
      "false: no dispatcher on this node whatever node.roles says (the older spelling)"},
     {"dispatch.tick", CONF_DURATION, F(dispatch_tick_ms), 10, 10000, "250ms", NULL,

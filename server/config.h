@@ -36,6 +36,9 @@ struct orchd_config {
     int64_t agent_heartbeat_ms;     /* agent.heartbeat_interval */
     int64_t agent_lease_ms;         /* agent.lease */
     int64_t agent_online_ms;        /* agent.online_window */
+    int64_t agent_commit_threads;   /* agent.commit_threads */
+    int64_t agent_batch_window_us;  /* agent.batch_window_us */
+    int64_t agent_batch_max;        /* agent.batch_max */
     bool dispatch_enabled;          /* dispatch.enabled: false removes the dispatcher role */
     int64_t dispatch_tick_ms;       /* dispatch.tick */
     int64_t dispatch_aging_ms;      /* dispatch.aging: one priority step per this much waited */

@@ -946,6 +946,26 @@ void http_deferred_reply_problem(struct http_deferred *d, enum problem_kind kind
     log_ctx_pop(mark);
 }
 
+void http_deferred_resume(struct http_deferred *d, void (*fn)(struct http_req *req, void *arg),
+                          void *arg)
+{
+    size_t mark = req_log_push(&d->req);
+    deferred_reading(d->req.ev, true);
+    fn(&d->req, arg);
+    if (d->req.deferred) { /* deferred again: the new one holds a copy of the request */
+        free(d);
+        log_ctx_pop(mark);
+        return;
+    }
+    if (!d->req.replied) {
+        log_error("op=http req=%s route=%s error=\"handler sent no reply\"", d->req.id,
+                  d->req.route ? d->req.route->pattern : "-");
+        http_reply_problem(&d->req, PROBLEM_INTERNAL, NULL, NULL);
+    }
+    deferred_done(d);
+    log_ctx_pop(mark);
+}
+
 /* --- streamed replies ---------------------------------------------------------------------- */
 
 int http_deferred_stream_start(struct http_deferred *d, const char *ctype)

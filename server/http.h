@@ -263,6 +263,13 @@ void http_deferred_stream_end(struct http_deferred *d, bool close);
  * http_deferred_stream_closed()); -1 when the connection is gone. Borrowed. */
 int http_deferred_stream_fd(struct http_deferred *d);
 
+/* Go on with d's request on its loop thread (call it there): fn(req, arg) runs as a handler
+ * would, with the request d was made from (its path parameters are not kept), and replies
+ * with http_reply_*() or defers it again with http_req_defer(). One that sent no reply gets
+ * a 500. Frees d. */
+void http_deferred_resume(struct http_deferred *d, void (*fn)(struct http_req *req, void *arg),
+                          void *arg);
+
 /* Run fn(arg) on the event loop of base soon. Thread-safe. Returns 0 or -ENOMEM. */
 int http_loop_post(struct event_base *base, void (*fn)(void *arg), void *arg);
 

@@ -24,6 +24,7 @@
 #include "server/metrics-orch.h"
 #include "server/migrate.h"
 #include "server/reaper.h"
+#include "server/report-batch.h"
 #include "server/webhook-deliver.h"
 #include "server/cron-fire.h"
 #include "server/scaling-eval.h"
@@ -183,8 +184,21 @@ static int api_role_start(struct node *n)
         n->app->events = NULL;
         return r;
     }
-    r = http_server_start(n->ho, &n->srv, n->err, sizeof(n->err));
+    const struct orchd_config *cfg = n->app->cfg;
+    if (cfg->agent_commit_threads > 0) {
+        struct report_batch_options ro = {.threads = (int)cfg->agent_commit_threads,
+                                          .window_us = cfg->agent_batch_window_us,
+                                          .max_items = (int)cfg->agent_batch_max};
+        r = report_batch_start(n->app->store, n->app->metrics, &ro, &n->app->reports);
+        if (r < 0)
+            snprintf(n->err, sizeof(n->err), "cannot start the agents' committers: %s",
+                     strerror(-r));
+    }
+    if (r >= 0)
+        r = http_server_start(n->ho, &n->srv, n->err, sizeof(n->err));
     if (r < 0) {
+        report_batch_free(n->app->reports);
+        n->app->reports = NULL;
         auth_bus_stop(n->app->auth_bus);
         n->app->auth_bus = NULL;
         events_hub_stop(n->app->events);
@@ -200,8 +214,13 @@ static void api_role_stop(struct node *n)
     metrics_orch_watch_api(n->app->metrics, NULL);
     /* The console's event streams end first: the loops they are held on stop next. */
     events_hub_shutdown(n->app->events, 5000);
+    /* What the committers hold is committed and answered while the loops still run; what
+     * comes after commits on its loop. */
+    report_batch_stop(n->app->reports);
     http_server_stop(n->srv);
     n->srv = NULL;
+    report_batch_free(n->app->reports);
+    n->app->reports = NULL;
     /* No request runs now: give the unused calls of the reserved blocks back. */
     app_release_quota_blocks(n->app);
     auth_bus_stop(n->app->auth_bus);

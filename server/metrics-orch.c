@@ -25,6 +25,7 @@ struct metrics_orch {
     struct metrics_family *http_requests, *http_duration;
     struct metrics_family *submitted, *assigned, *finished, *submit_assign;
     struct metrics_family *assign_start, *run_time, *heartbeats;
+    struct metrics_family *commit_items, *commit_redone;
     struct metrics_family *queue_depth, *agents, *tenant_info, *db_up;
     struct metrics_family *quota_used, *quota_limit;
     struct metrics_family *pool_conns, *pool_max, *pool_waiting, *bus_connected;
@@ -42,6 +43,9 @@ static const double wait_buckets[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1,
 /* Seconds: 10 ms to 6 hours for a job's run. */
 static const double run_buckets[] = {0.01, 0.1, 0.5, 1,    5,    10,   30,
                                      60,   300, 900, 1800, 3600, 7200, 21600};
+
+/* Exchanges in one transaction of the agents' group commit: 1 to agent.batch_max's bound. */
+static const double commit_buckets[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
 
 static const char *const agent_statuses[] = {"online", "offline", "draining", "disabled"};
 
@@ -108,6 +112,13 @@ int metrics_orch_new(struct metrics_orch **ret)
          L("outcome"), 16, run_buckets, ELEMENTSOF(run_buckets)},
         {&m->heartbeats, METRICS_COUNTER, "orch_agent_heartbeats_total",
          "Agents' heartbeats received by this node.", NULL, 1, NULL, 0},
+        {&m->commit_items, METRICS_HISTOGRAM, "orch_agent_commit_items",
+         "Agents' exchanges (heartbeats, reports, syncs) committed in one transaction by this "
+         "node's group commit.",
+         NULL, 1, commit_buckets, ELEMENTSOF(commit_buckets)},
+        {&m->commit_redone, METRICS_COUNTER, "orch_agent_commit_redone_total",
+         "Group-commit transactions that failed and whose exchanges were each redone alone.", NULL,
+         1, NULL, 0},
         {&m->queue_depth, METRICS_GAUGE, "orch_job_queue_depth",
          "Jobs waiting (queued), by tenant id and queue name (\"\" = no queue).",
          L("tenant_id", "queue"), tcap, NULL, 0},
@@ -207,6 +218,18 @@ void metrics_orch_started(struct metrics_orch *m, double wait_s)
 {
     if (m)
         metrics_observe(metrics_series(m->assign_start, NULL), wait_s);
+}
+
+void metrics_orch_agent_commit(struct metrics_orch *m, unsigned items)
+{
+    if (m)
+        metrics_observe(metrics_series(m->commit_items, NULL), items);
+}
+
+void metrics_orch_agent_commit_redone(struct metrics_orch *m)
+{
+    if (m)
+        metrics_inc(m->commit_redone, NULL);
 }
 
 void metrics_orch_heartbeat(struct metrics_orch *m)

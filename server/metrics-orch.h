@@ -47,6 +47,10 @@ void metrics_orch_finished(struct metrics_orch *m, const char *tenant_id, const 
                            const char *outcome, double run_s);
 /* A job's first start report, wait_s seconds after its assignment. */
 void metrics_orch_started(struct metrics_orch *m, double wait_s);
+/* A transaction of the agents' group commit (report-batch.h) committed items exchanges. */
+void metrics_orch_agent_commit(struct metrics_orch *m, unsigned items);
+/* One of them failed, and its exchanges are redone one by one. */
+void metrics_orch_agent_commit_redone(struct metrics_orch *m);
 /* An agent's heartbeat received. */
 void metrics_orch_heartbeat(struct metrics_orch *m);
 /* The API listener whose open connections orch_http_connections shows (borrowed; NULL:

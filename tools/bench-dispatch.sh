@@ -28,7 +28,10 @@
 #
 # Columns: placements/s = assignments received by the agents per second, from the first
 # submission to the last assignment; submit->assign = from the submitting request's send
-# to the agent's receipt of the assignment; lifecycle jobs/s = results accepted per second.
+# to the agent's receipt of the assignment; lifecycle jobs/s = results accepted per second;
+# commits/job = the database's commits during the cell (every component's, from
+# pg_stat_database) per job; agent exchanges/commit = the agents' exchanges that shared one
+# transaction of the group commit (orch_agent_commit_items, docs/scaling.md).
 # The last line is the largest cell:
 #   result: agents=N placements_per_s=X submit_assign_p50_ms=Y submit_assign_p99_ms=Z
 #           lifecycle_per_s=L jobs=J completed=C rate=R
@@ -85,6 +88,8 @@ for c in $cells; do
     a=${c%%:*}
     j=${c##*:}
     say "cell: $a agents x $slots slots, $j jobs of $run_ms ms"
+    x0=$(bench_commits) i0=$(bench_metric orch_agent_commit_items_sum)
+    c0=$(bench_metric orch_agent_commit_items_count)
     # A cell that does not finish within --duration still reports what it measured (its
     # jobs not placed count with the time they waited): the table says how many completed.
     out=$("$loadgen" --url "$base" --ca "$ca" --api-key "$key" --state "$ORCH_STATE/loadgen.json" \
@@ -97,6 +102,9 @@ r = json.loads(sys.argv[1])
 print("%d %d %d %.1f %.1f %.1f %.1f" % (r["agents"], r["jobs"], r["completed"],
       r["placements_per_s"], r["submit_assign_p50_ms"], r["submit_assign_p99_ms"],
       r["completed_per_s"]))' "$out") || die "the load generator failed at $a agents: $out"
+    x1=$(bench_commits) i1=$(bench_metric orch_agent_commit_items_sum)
+    c1=$(bench_metric orch_agent_commit_items_count)
+    row="$row $(bench_per "$x0" "$x1" 0 "$j") $(bench_per "$i0" "$i1" "$c0" "$c1")"
     read -r _ _ done_jobs _ <<<"$row"
     [ "$done_jobs" = "$j" ] || incomplete=1
     rows+=("$row")
@@ -110,13 +118,13 @@ how="all at once, in batches of 1,000"
 [ "$rate" = 0 ] || how="at $rate jobs/s"
 echo "$slots slots per agent, jobs of $run_ms ms, heartbeat ${hb_s} s, jobs submitted $how"
 echo
-echo "| agents |  jobs | completed | placements/s | submit->assign p50 ms |   p99 ms | lifecycle jobs/s |"
-echo "|--------|-------|-----------|--------------|-----------------------|----------|------------------|"
+echo "| agents |  jobs | completed | placements/s | submit->assign p50 ms |   p99 ms | lifecycle jobs/s | commits/job | agent exchanges/commit |"
+echo "|--------|-------|-----------|--------------|-----------------------|----------|------------------|-------------|------------------------|"
 for row in "${rows[@]}"; do
-    read -r a j c p p50 p99 l <<<"$row"
-    printf '| %6s | %5s | %9s | %12s | %21s | %8s | %16s |\n' "$a" "$j" "$c" "$p" "$p50" "$p99" "$l"
+    read -r a j c p p50 p99 l cj ec <<<"$row"
+    printf '| %6s | %5s | %9s | %12s | %21s | %8s | %16s | %11s | %22s |\n' "$a" "$j" "$c" "$p" "$p50" "$p99" "$l" "$cj" "$ec"
 done
-read -r a j c p p50 p99 l <<<"$last"
+read -r a j c p p50 p99 l cj ec <<<"$last"
 echo
 [ -z "$incomplete" ] || echo "(a cell short of its jobs: its rates count the whole cell, and its latencies the jobs never placed with the time they waited)"
-echo "result: agents=$a placements_per_s=$p submit_assign_p50_ms=$p50 submit_assign_p99_ms=$p99 lifecycle_per_s=$l jobs=$j completed=$c rate=$rate"
+echo "result: agents=$a placements_per_s=$p submit_assign_p50_ms=$p50 submit_assign_p99_ms=$p99 lifecycle_per_s=$l jobs=$j completed=$c rate=$rate commits_per_job=$cj agent_exchanges_per_commit=$ec"

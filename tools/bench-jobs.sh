@@ -19,6 +19,7 @@
 #
 # Environment: BENCH_JOBS (default 2000), BENCH_AGENTS (4), BENCH_SLOTS (4),
 # BENCH_KEEP=1 (keep the state directory: logs, database), BENCH_AGENT_LOG_LEVEL (warn),
+# ORCHD_* (orchd settings, e.g. ORCHD_AGENT_COMMIT_THREADS=0 for no group commit),
 # ORCH_SKIP_APT=1, BENCH_PROFILE=1 (perf record on orchd, PostgreSQL and the agents with their
 # jobs while the jobs run: tools/bench-lib.sh).
 source "$(dirname "$0")/lib.sh"
@@ -30,6 +31,11 @@ slots=${BENCH_SLOTS:-4}
 bench_start bench-jobs
 say "starting $nagents agents with $slots slots each"
 bench_agents "$nagents" "$slots"
+
+# Commits in the whole database (every component's) and the agents' group commit's
+# transactions (orch_agent_commit_items), before and after the run.
+x0=$(bench_commits) i0=$(bench_metric orch_agent_commit_items_sum)
+c0=$(bench_metric orch_agent_commit_items_count)
 
 say "submitting $jobs no-op jobs in batches of 1000"
 bench_profile_begin jobs "${bench_pids[@]:1}"
@@ -46,6 +52,10 @@ done_count() { [ "$(psql_q "SELECT count(*) FROM jobs WHERE status IN ('succeede
 orch_wait_for 600 done_count || die "not all jobs finished in 10 minutes"
 finished=$(date +%s.%N)
 bench_profile_end
+x1=$(bench_commits) i1=$(bench_metric orch_agent_commit_items_sum)
+c1=$(bench_metric orch_agent_commit_items_count)
+per_job=$(bench_per "$x0" "$x1" 0 "$jobs")
+per_commit=$(bench_per "$i0" "$i1" "$c0" "$c1")
 
 read -r sa50 sa99 < <(bench_stats "$(bench_ms 'a.assigned_at - j.created_at')")
 read -r as50 as99 < <(bench_stats "$(bench_ms 'a.started_at - a.assigned_at')")
@@ -80,6 +90,11 @@ echo "|-------------------------------|---------------|"
 printf '| %-29s | %13s |\n' "submission (batches of 1000)" "$subrate"
 printf '| %-29s | %13s |\n' "full lifecycle ($ok of $jobs ok)" "$rate"
 echo
+echo "| commits                       |         count |"
+echo "|-------------------------------|---------------|"
+printf '| %-29s | %13s |\n' "per job (pg_stat_database)" "$per_job"
+printf '| %-29s | %13s |\n' "agent exchanges per commit" "$per_commit"
 echo "result: agents=$nagents slots=$slots jobs=$jobs succeeded=$ok jobs_per_s=$rate" \
     "submit_assign_p50_ms=$sa50 submit_assign_p99_ms=$sa99 assign_start_p50_ms=$as50" \
-    "start_done_p50_ms=$st50 result_next_p50_ms=$rn50 submit_done_p50_ms=$sd50 submit_done_p99_ms=$sd99"
+    "start_done_p50_ms=$st50 result_next_p50_ms=$rn50 submit_done_p50_ms=$sd50 submit_done_p99_ms=$sd99" \
+    "commits_per_job=$per_job agent_exchanges_per_commit=$per_commit"

@@ -20,6 +20,8 @@ bench_start() {
     export ORCHD_AUTH_KEY_DIR=$dir/keys ORCHD_HTTP_CERT_FILE=$dir/tls/server.pem
     export ORCHD_HTTP_KEY_FILE=$dir/tls/server.key ORCHD_HTTP_PORT=$(orch_free_port)
     export ORCHD_LOG_LEVEL=${ORCHD_LOG_LEVEL:-warn}
+    # The operators' metrics listener, for bench_metric.
+    export ORCHD_METRICS_ADDRESS=127.0.0.1 ORCHD_METRICS_PORT=$(orch_free_port)
     ORCHD_DB_MIGRATE_URL=$ORCH_PG_OWNER_URL ./build-bench/server/orchd migrate >/dev/null
     ./build-bench/server/orchd admin gen-key >/dev/null
     local optoken
@@ -48,6 +50,22 @@ api() { # METHOD PATH TOKEN [BODY]
 }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
 psql_q() { psql -X -q -A -t "postgresql://postgres@127.0.0.1:$ORCH_PG_PORT/orch" -c "$1"; }
+# bench_commits: the database's commits so far (every component's, pg_stat_database).
+# PostgreSQL 15 publishes a backend's counts within 10 s of its last transaction: the
+# reading waits that long first.
+bench_commits() {
+    sleep 11
+    psql_q "SELECT xact_commit FROM pg_stat_database WHERE datname = 'orch'"
+}
+# bench_metric NAME: a metric of orchd's without labels (0 when absent).
+bench_metric() {
+    curl -s "http://127.0.0.1:$ORCHD_METRICS_PORT/metrics" |
+        awk -v n="$1" '$1 == n {v = $2} END {print v + 0}'
+}
+# bench_per A0 A1 B0 B1: (A1 - A0) / (B1 - B0) to two decimals, "-" when B did not move.
+bench_per() {
+    python3 -c "import sys; a0, a1, b0, b1 = map(float, sys.argv[1:]); print(round((a1 - a0) / (b1 - b0), 2) if b1 != b0 else '-')" "$@"
+}
 
 # bench_agents N SLOTS [LABELS]: enrol and start N agents (with LABELS, a JSON object, when
 # given), wait until all are online.
