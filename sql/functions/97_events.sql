@@ -28,3 +28,40 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+-- A deployment's creation and cancellation as deployment.created and deployment.cancelled
+-- (trigger events_deployments_changed, sql/0026_deployment_events.sql). data: the
+-- deployment's id and its package's name and version: the console reads the rest.
+CREATE OR REPLACE FUNCTION events_deployments_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' OR (OLD.cancelled_at IS NULL AND NEW.cancelled_at IS NOT NULL) THEN
+        PERFORM events_notify(NEW.tenant_id,
+                              CASE WHEN TG_OP = 'INSERT' THEN 'deployment.created'
+                                   ELSE 'deployment.cancelled' END,
+                              jsonb_build_object('deployment_id', NEW.id,
+                                                 'package_id', NEW.package_id));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Targets that changed state (pending -> fetching -> cached or failed, or cancelled) as one
+-- deployment.progress a deployment and statement (trigger events_deployment_targets_changed,
+-- a statement trigger with transition tables): data holds the deployment's id and how many
+-- of its targets this statement moved to each state; the console reads the counts.
+CREATE OR REPLACE FUNCTION events_deployment_targets_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM events_notify(c.tenant_id, 'deployment.progress',
+                          jsonb_build_object('deployment_id', c.deployment_id,
+                                             'moved', c.moved))
+       FROM (SELECT n.tenant_id, n.deployment_id, jsonb_object_agg(n.state, n.k) AS moved
+               FROM (SELECT nt.tenant_id, nt.deployment_id, nt.state, count(*) AS k
+                       FROM new_targets nt
+                       JOIN old_targets ot USING (deployment_id, agent_id)
+                      WHERE nt.state IS DISTINCT FROM ot.state
+                      GROUP BY 1, 2, 3) n
+              GROUP BY 1, 2) c;
+    RETURN NULL;
+END
+$$;

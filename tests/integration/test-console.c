@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "proto/agent.h"
 #include "server/events-hub.h"
 #include "tests/integration/harness.h"
 #include "tests/integration/server.h"
@@ -508,6 +509,88 @@ Test(console, queue_events_reach_the_tenant)
     stream_close(&sa);
     stream_close(&sb);
     free(qid);
+    free(a);
+    free(b);
+    free(ta);
+    free(tb);
+}
+
+/* A scripted agent of the tenant of admin (an access token of its admin) labelled role=live:
+ * registered through the API, no process. Returns its credential (malloc'd). */
+static char *live_agent(const char *admin)
+{
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/enrollment-tokens", admin, "{\"name\":\"t\",\"max_uses\":1}",
+            NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char body[512];
+    snprintf(body, sizeof(body),
+             "{\"token\":\"%s\",\"name\":\"live-1\",\"os\":\"linux\",\"arch\":\"x86_64\","
+             "\"labels\":{\"role\":\"live\"},\"slots\":1}",
+             th_str_of(&r, "token"));
+    th_resp_free(&r);
+    th_http(&srv, "POST", "/api/v1/agents/register", NULL, body, NULL, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    char *cred = strdup(th_str_of(&r, "credential"));
+    th_resp_free(&r);
+    return cred;
+}
+
+/* A deployment's creation, its targets' progress (the agent's heartbeat hands its target
+ * out: pending -> fetching) and its cancellation reach its tenant's stream as deployment.*
+ * events naming it, and nothing of them another tenant's. */
+Test(console, deployment_events_reach_the_tenant)
+{
+    char *ta = th_tenant(&srv, op, "evd-a", "professional");
+    char *tb = th_tenant(&srv, op, "evd-b", "professional");
+    char *a = th_tenant_token(&srv, op, ta, "admin");
+    char *b = th_tenant_token(&srv, op, tb, "viewer");
+    char *cred = live_agent(a);
+    size_t len = 0;
+    char *tgz = th_make_archive("evd", &len);
+    struct th_resp r;
+    th_http_bytes(&srv, "POST", "/api/v1/packages?name=dtool&version=1.0.0", a, tgz, len,
+                  "application/gzip", &r);
+    cr_assert_eq(r.status, 201, "%ld %s", r.status, r.body);
+    th_resp_free(&r);
+    free(tgz);
+    struct stream sa, sb;
+    stream_open(&sa, a);
+    stream_open(&sb, b);
+    stream_ready(&sa);
+    stream_ready(&sb);
+
+    th_http(&srv, "POST", "/api/v1/packages/deployments", a,
+            "{\"package\":\"dtool@1.0.0\",\"labels\":{\"role\":\"live\"},\"spread_ms\":0}", NULL,
+            &r);
+    cr_assert_eq(r.status, 201, "%ld %s", r.status, r.body);
+    char *did = strdup(th_str_of(&r, "id"));
+    th_resp_free(&r);
+    cr_assert(stream_wait(&sa, "event: deployment.created", 15000), "%s", sa.buf);
+    cr_assert(stream_has(&sa, did));
+
+    /* The agent's heartbeat hands its target out. */
+    th_http(&srv, "POST", PROTO_AGENT_PATH_SYNC, cred,
+            "{\"heartbeat\":{\"status\":\"idle\",\"slots\":1,\"free_slots\":1}}", NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    cr_assert(strstr(r.body, did), "the heartbeat's answer hands out no prefetch: %s", r.body);
+    th_resp_free(&r);
+    cr_assert(stream_wait(&sa, "event: deployment.progress", 15000), "%s", sa.buf);
+    cr_assert(stream_wait(&sa, "\"fetching\": 1", 15000), "%s", sa.buf);
+
+    char path[128];
+    snprintf(path, sizeof(path), "/api/v1/packages/deployments/%s", did);
+    th_http(&srv, "DELETE", path, a, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    th_resp_free(&r);
+    cr_assert(stream_wait(&sa, "event: deployment.cancelled", 15000), "%s", sa.buf);
+
+    cr_assert(!stream_has(&sb, did) && !stream_has(&sb, "deployment.") && !stream_has(&sb, ta),
+              "B saw: %s", sb.buf);
+    stream_close(&sa);
+    stream_close(&sb);
+    free(did);
+    free(cred);
     free(a);
     free(b);
     free(ta);
