@@ -28,7 +28,7 @@ static void setup(void)
     snprintf(agent_dir, sizeof(agent_dir), "/tmp/orch-browser-XXXXXX");
     cr_assert_not_null(mkdtemp(agent_dir));
     char id[37];
-    th_agent_enrol(&srv, admin, agent_dir, "browser-agent", NULL, "2", id);
+    th_agent_enrol(&srv, admin, agent_dir, "browser-agent", "role=console", "2", id);
     agent = th_agent_start(agent_dir);
 }
 
@@ -328,6 +328,23 @@ Test(browser, packages_upload_latest_channel_delete_viewer_other_tenant)
     char args[512];
     snprintf(args, sizeof(args), "'%s' '%s'", key, viewer);
     browser_run("packages.cjs", args, "secret-tool");
+    free(other_admin);
+    free(other);
+    free(viewer);
+    free(key);
+}
+
+/* The deployments page (deployments.cjs): a version deployed to the agent's label set
+ * (role=console) reaches it live; another tenant, whose admin token the script uses to make a
+ * deployment of its own, must not show. */
+Test(browser, deployments_deploy_live_cancel_viewer_other_tenant)
+{
+    char *key = tenant_key("admin"), *viewer = tenant_key("viewer");
+    char *other = th_tenant(&srv, op, "other-d", "standard");
+    char *other_admin = th_tenant_token(&srv, op, other, "admin");
+    char args[512];
+    snprintf(args, sizeof(args), "'%s' '%s'", key, viewer);
+    browser_run("deployments.cjs", args, other_admin);
     free(other_admin);
     free(other);
     free(viewer);

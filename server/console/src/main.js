@@ -18,6 +18,7 @@ import { QuotasPage } from './quotas.js';
 import { AuditPage, canReadAudit } from './audit.js';
 import { OverviewPage } from './overview.js';
 import { PackagesPage } from './packages.js';
+import { DeploymentsPage } from './deployments.js';
 
 const PAGES = { jobs: { title: 'Jobs', view: JobsPage },
   /* #/jobs/<id>: a page under another, not in the navigation. */
@@ -42,6 +43,9 @@ PAGES.overview = { title: 'Overview', view: OverviewPage, scope: 'any', first: t
 /* #/packages, and #/packages/<name>: that package's versions alone. */
 PAGES.packages = { title: 'Packages', view: PackagesPage };
 PAGES['packages/'] = { title: 'Packages', view: PackagesPage, under: 'packages' };
+/* #/deployments, and #/deployments/<id>: that deployment and its agents. */
+PAGES.deployments = { title: 'Deployments', view: DeploymentsPage };
+PAGES['deployments/'] = { title: 'Deployments', view: DeploymentsPage, under: 'deployments' };
 const HOME = 'overview';
 const route = signal(location.hash.replace(/^#\/?/, '') || HOME);
 addEventListener('hashchange', () => {
