@@ -413,7 +413,8 @@ void api_agent_heartbeat(struct http_req *req)
     w->p = *http_req_principal(req);
     w->body = TAKE_PTR(body);
     w->first = heartbeat_note(w->app, &w->p, w->body, &w->hb);
-    report_batch_submit(w->app->reports, w->app->store, req, app_agent_scope(&w->p), &hb_ops, w);
+    report_batch_submit(w->app->reports, w->app->store, req, app_agent_scope(&w->p), w->p.subject,
+                        &hb_ops, w);
 }
 
 /* --- reports -------------------------------------------------------------------------------- */
@@ -699,8 +700,8 @@ static void report_http(struct http_req *req, enum proto_report_kind kind, repor
     w->fn = fn;
     w->what = what;
     w->o = (struct outcome)OUTCOME_INIT;
-    report_batch_submit(w->app->reports, w->app->store, req, app_agent_scope(&w->p), &report_ops,
-                        w);
+    report_batch_submit(w->app->reports, w->app->store, req, app_agent_scope(&w->p), w->p.subject,
+                        &report_ops, w);
 }
 
 void api_agent_job_started(struct http_req *req)
@@ -898,5 +899,6 @@ void api_agent_sync(struct http_req *req)
     if (w->sync.has_heartbeat)
         w->first = heartbeat_note(w->app, &w->p, json_object_get(w->body, "heartbeat"),
                                   &w->sync.heartbeat);
-    report_batch_submit(w->app->reports, w->app->store, req, app_agent_scope(&w->p), &sync_ops, w);
+    report_batch_submit(w->app->reports, w->app->store, req, app_agent_scope(&w->p), w->p.subject,
+                        &sync_ops, w);
 }

@@ -19,6 +19,9 @@
 #include "server/metrics-orch.h"
 #include "server/report-batch.h"
 
+/* How many batches' worth of items may wait for a committer (report_batch_submit()). */
+#define RB_QUEUE_BATCHES 16
+
 struct rb_item {
     struct rb_item *next;
     struct http_deferred *d;
@@ -27,6 +30,7 @@ struct rb_item {
     void *arg;
     bool system; /* the system scope; else tenant */
     char tenant[ID_STR_LEN];
+    char order[ID_STR_LEN]; /* the agent's id: the order its group locks agents in */
     int r;
 };
 
@@ -103,10 +107,27 @@ static int run_alone(struct store *store, struct rb_item *it)
     return store_tx_commit(tx);
 }
 
-/* n items of one scope (n >= 1) in one transaction; on any failure, each alone. Answers
- * them all. */
+/* Sort a group by agent id, keeping the order in which one agent's items came (an insertion
+ * sort: stable, and a group holds at most opts.max_items). Each item writes its own agent's
+ * row; assign_batch() (sql/functions/70_placement.sql) and the gateway's heartbeat flush
+ * lock agents in id order, so a group that locked them in arrival order could wait on
+ * either of them in a cycle (a deadlock, broken by PostgreSQL only after deadlock_timeout). */
+static void sort_group(struct rb_item **items, int n)
+{
+    for (int i = 1; i < n; i++) {
+        struct rb_item *it = items[i];
+        int j = i;
+        for (; j > 0 && strcmp(items[j - 1]->order, it->order) > 0; j--)
+            items[j] = items[j - 1];
+        items[j] = it;
+    }
+}
+
+/* n items of one scope (n >= 1) in one transaction, in agent id order; on any failure, each
+ * alone. Answers them all. */
 static void run_group(struct report_batch *b, struct rb_item **items, int n)
 {
+    sort_group(items, n);
     struct store_tx *tx = NULL;
     int r = store_tx_begin(b->store, item_scope(items[0]), 0, &tx);
     if (r < 0) { /* no connection, or the database is gone: the same for each of them */
@@ -141,8 +162,7 @@ static void run_group(struct report_batch *b, struct rb_item **items, int n)
     }
 }
 
-/* Run the taken items (at most opts.max_items), one transaction per scope, in the order
- * they came within a scope. */
+/* Run the taken items (at most opts.max_items), one transaction per scope. */
 static void run_batch(struct report_batch *b, struct rb_item *list, struct rb_item **group)
 {
     while (list) {
@@ -312,7 +332,8 @@ static void submit_inline(struct store *store, struct http_req *req, const char 
 }
 
 void report_batch_submit(struct report_batch *b, struct store *store, struct http_req *req,
-                         const char *tenant_id, const struct report_batch_ops *ops, void *arg)
+                         const char *tenant_id, const char *agent_id,
+                         const struct report_batch_ops *ops, void *arg)
 {
     struct rb_item *it = b ? calloc(1, sizeof(*it)) : NULL;
     if (!it) {
@@ -324,10 +345,14 @@ void report_batch_submit(struct report_batch *b, struct store *store, struct htt
     it->system = tenant_id == NULL;
     if (tenant_id)
         snprintf(it->tenant, sizeof(it->tenant), "%s", tenant_id);
+    snprintf(it->order, sizeof(it->order), "%s", agent_id);
     pthread_mutex_lock(&b->lock);
-    bool stopping = b->stopping;
+    /* Past RB_QUEUE_BATCHES batches queued (the database is slower than the agents), the
+     * exchange commits alone on its loop: the loop then stops reading new requests while
+     * it waits, which is the back-pressure a queue without bound would take away. */
+    bool alone = b->stopping || b->queued >= RB_QUEUE_BATCHES * b->opts.max_items;
     pthread_mutex_unlock(&b->lock);
-    if (stopping || !(it->d = http_req_defer(req))) {
+    if (alone || !(it->d = http_req_defer(req))) {
         free(it);
         submit_inline(store, req, tenant_id, ops, arg);
         return;

@@ -5,9 +5,9 @@
  * handler checks the request, defers it and queues its work; a few committer threads each
  * take what is queued (what came while the previous commit was in flight, plus what comes
  * within agent.batch_window_us, at most agent.batch_max items) and run the items of one
- * tenant scope in ONE transaction, so that many agents share one commit. Each item is
- * answered on its request's loop once that COMMIT has returned, never before: an
- * acknowledged report is durable.
+ * tenant scope in ONE transaction (in agent id order), so that many agents share one
+ * commit. Each item is answered on its request's loop once that COMMIT has returned, never
+ * before: an acknowledged report is durable.
  *
  * Items never share a transaction across scopes (RLS: a tenant's statements run in its
  * scope, a shared pool's agents in the system scope). When an item fails (a store error)
@@ -60,7 +60,11 @@ void report_batch_free(struct report_batch *b);
 
 /* Run ops on req's exchange in the scope tenant_id (copied; NULL = the system scope): on
  * b's committers, or, when b is NULL, stopping, or out of memory, at once on this thread in
- * a transaction of its own. Either way ops->done() runs exactly once and replies; the
- * handler returns after this call. Call it from req's handler. */
+ * a transaction of its own. agent_id (copied): the calling agent's id; the items of one
+ * transaction run in agent id order (the order in which the dispatcher and the heartbeat
+ * flush lock agents), one agent's in the order they came. Either way ops->done() runs
+ * exactly once and replies; the handler returns after this call. Call it from req's
+ * handler. */
 void report_batch_submit(struct report_batch *b, struct store *store, struct http_req *req,
-                         const char *tenant_id, const struct report_batch_ops *ops, void *arg);
+                         const char *tenant_id, const char *agent_id,
+                         const struct report_batch_ops *ops, void *arg);
