@@ -704,7 +704,8 @@ static char *daemon_package_error_json(const char *why)
  * fetch cut short (a broken connection, an agent restart) goes on from the bytes it has.
  * The end: a short piece, or 416 at the end. A 200 (the server ignored the range) brings
  * the whole archive: the partial download starts again from it. *have: the bytes held. 0,
- * or < 0 with error filled (the partial download stays, for the next try). */
+ * or < 0 with error filled (the partial download stays, for the next try): -EAGAIN when
+ * another try may succeed (no connection, a broken one, HTTP 5xx or 429). */
 #define LINK_FETCH_PIECE (8u << 20)
 
 static int link_fetch_pieces(struct daemon *d, struct transport *t, const char *url,
@@ -724,15 +725,15 @@ static int link_fetch_pieces(struct daemon *d, struct transport *t, const char *
             *have = 0;
             return r;
         }
-        if (r < 0) {
+        if (r < 0) { /* no connection, or it broke: worth another try */
             snprintf(error, errlen, "%s", rep.error);
-            return r;
+            return -EAGAIN;
         }
         if (rep.status == 416 && *have > 0) /* the range starts at the end: all here */
             return 0;
         if (rep.status != 200 && rep.status != 206) {
             snprintf(error, errlen, "HTTP %ld: %.200s", rep.status, rep.error);
-            return -EIO;
+            return rep.status >= 500 || rep.status == 429 ? -EAGAIN : -EIO;
         }
         if (rep.status == 200) { /* the whole archive, whatever we held */
             cache_partial_drop(d->cache, hex);
@@ -752,11 +753,14 @@ static int link_fetch_pieces(struct daemon *d, struct transport *t, const char *
 }
 
 /* Fetch package_id (archive sha256) into the cache over t unless it is there: FETCH_DONE,
- * or FETCH_FAILED with why in error (elen bytes). Link thread. */
+ * or FETCH_FAILED with why in error (elen bytes) and, when transient is not NULL, whether
+ * another try may succeed (link_fetch_pieces()'s -EAGAIN). Link thread. */
 static int link_download(struct daemon *d, struct transport *t, const char *package_id,
-                         const char *sha256, char *error, size_t elen)
+                         const char *sha256, char *error, size_t elen, bool *transient)
 {
     int state = FETCH_DONE;
+    if (transient)
+        *transient = false;
     char path[PATH_MAX];
     if (cache_lookup(d->cache, sha256, path, sizeof(path)) != 0) {
         char url[128], etag[72];
@@ -773,6 +777,8 @@ static int link_download(struct daemon *d, struct transport *t, const char *pack
         }
         if (r < 0) {
             state = FETCH_FAILED;
+            if (transient)
+                *transient = r == -EAGAIN;
             char q[320];
             log_warn("op=package-fetch package=%s error=%s", package_id,
                      log_quote(error, q, sizeof(q)));
@@ -799,7 +805,7 @@ static void link_fetch(struct daemon *d, struct transport *t)
     if (!f)
         return;
     char error[256] = "";
-    int state = link_download(d, t, f->package_id, f->sha256, error, sizeof(error));
+    int state = link_download(d, t, f->package_id, f->sha256, error, sizeof(error), NULL);
     pthread_mutex_lock(&d->lock);
     memcpy(f->error, error, sizeof(f->error));
     f->state = state;
@@ -1541,6 +1547,15 @@ static void link_prefetch_take(struct link *l, const json_t *list)
     }
 }
 
+/* A target's fetch that failed for a reason that may pass (orchd restarting, a broken
+ * connection, a 5xx) is tried again, PREFETCH_TRIES times at most, after a delay that doubles
+ * from PREFETCH_RETRY_MS up to PREFETCH_RETRY_MAX_MS (1 + 2 + 4 + 8 s: an orchd restart or
+ * failover is well within it). Meanwhile the target stays `fetching` on the server: each
+ * heartbeat keeps it fresh (deployment_agent_step()). */
+#define PREFETCH_TRIES        5
+#define PREFETCH_RETRY_MS     1000
+#define PREFETCH_RETRY_MAX_MS 30000
+
 /* Fetch the first target that is due, through the same download as a job's package, and
  * queue its report for the next heartbeat, which goes at once. */
 static void link_prefetch_run(struct link *l)
@@ -1554,9 +1569,22 @@ static void link_prefetch_run(struct link *l)
             continue;
         const char *dep = json_string_value(json_object_get(e, "deployment_id"));
         char error[256] = "";
-        int state =
-            link_download(d, l->t, json_string_value(json_object_get(e, "package_id")),
-                          json_string_value(json_object_get(e, "sha256")), error, sizeof(error));
+        bool transient = false;
+        int state = link_download(d, l->t, json_string_value(json_object_get(e, "package_id")),
+                                  json_string_value(json_object_get(e, "sha256")), error,
+                                  sizeof(error), &transient);
+        int tries = (int)json_integer_value(json_object_get(e, "tries")) + 1;
+        if (state != FETCH_DONE && transient && tries < PREFETCH_TRIES) {
+            int64_t wait = (int64_t)PREFETCH_RETRY_MS << (tries - 1);
+            if (wait > PREFETCH_RETRY_MAX_MS)
+                wait = PREFETCH_RETRY_MAX_MS;
+            json_object_set_new(e, "tries", json_integer(tries));
+            json_object_set_new(e, "due_ms", json_integer((json_int_t)(mono_ms() + wait)));
+            char q[320];
+            log_warn("op=prefetch deployment=%s try=%d retry_ms=%" PRId64 " error=%s", dep, tries,
+                     wait, log_quote(error, q, sizeof(q)));
+            return;
+        }
         json_t *rep = json_pack("{s:s, s:s}", "deployment_id", dep, "state",
                                 state == FETCH_DONE ? "cached" : "failed");
         if (rep && state != FETCH_DONE)
