@@ -48,7 +48,7 @@ static void setup(void)
     for (int i = 0; i < NAGENTS; i++) {
         snprintf(agents[i].dir, sizeof(agents[i].dir), "/tmp/orch-e2e-%d-XXXXXX", i);
         cr_assert_not_null(mkdtemp(agents[i].dir));
-        char name[16];
+        char name[24];
         snprintf(name, sizeof(name), "agent-%d", i);
         th_agent_enrol(&srv, admin, agents[i].dir, name, labels[i], "2", agents[i].id);
         start_agent(i);

@@ -201,7 +201,7 @@ Test(enrol, agent_quota_refuses_third_agent)
     for (int i = 0; i < 3; i++) {
         snprintf(dirs[i], sizeof(dirs[i]), "/tmp/orch-agent-q%d-XXXXXX", i);
         cr_assert_not_null(mkdtemp(dirs[i]));
-        char name[16];
+        char name[24];
         snprintf(name, sizeof(name), "agent-%d", i);
         int st = do_register(tok, name, dirs[i], &r);
         if (i < 2) {

@@ -126,7 +126,7 @@ static void setup(void)
     for (int i = 0; i < NAGENTS; i++) {
         snprintf(agents[i].dir, sizeof(agents[i].dir), "/tmp/orch-faults-%d-XXXXXX", i);
         cr_assert_not_null(mkdtemp(agents[i].dir));
-        char name[16], label[16];
+        char name[24], label[24];
         snprintf(name, sizeof(name), "agent-%d", i);
         snprintf(label, sizeof(label), "node=a%d", i);
         th_agent_enrol(&srv, admin, agents[i].dir, name, label, SLOTS, agents[i].id);
@@ -405,7 +405,7 @@ static double recover(uint64_t t0)
         cr_log_warn("the first request after /readyz said 200 got %ld", first);
     char ids[NAGENTS][40];
     for (int i = 0; i < NAGENTS; i++) {
-        char node[8];
+        char node[16];
         snprintf(node, sizeof(node), "a%d", i);
         uint64_t now = clock_mono_ns();
         if (now >= deadline ||

@@ -56,7 +56,7 @@ static void setup(void)
     for (int i = 0; i < 2; i++) {
         snprintf(agents[i].dir, sizeof(agents[i].dir), "/tmp/orch-fence-%d-XXXXXX", i);
         cr_assert_not_null(mkdtemp(agents[i].dir));
-        char name[16], label[16];
+        char name[24], label[24];
         snprintf(name, sizeof(name), "fence-%d", i);
         snprintf(label, sizeof(label), "node=f%d", i);
         th_agent_enrol(&srv, admin, agents[i].dir, name, label, "1", agents[i].id);

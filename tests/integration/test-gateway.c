@@ -174,7 +174,7 @@ Test(gateway, background_rounds_keep_their_pace_whatever_the_long_polls_do, .ini
     enum { N = 6 };
     struct churn c[N];
     for (int i = 0; i < N; i++) {
-        char name[16];
+        char name[24];
         snprintf(name, sizeof(name), "churn-%d", i);
         c[i] = (struct churn){.cred = th_agent_register(&srv, admin, name)};
     }

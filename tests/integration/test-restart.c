@@ -35,7 +35,7 @@ static void setup_with(const char *threads)
     for (int i = 0; i < NAGENTS; i++) {
         snprintf(agents[i].dir, sizeof(agents[i].dir), "/tmp/orch-restart-%d-XXXXXX", i);
         cr_assert_not_null(mkdtemp(agents[i].dir));
-        char name[16], id[40];
+        char name[24], id[40];
         snprintf(name, sizeof(name), "agent-%d", i);
         th_agent_enrol(&srv, admin, agents[i].dir, name, NULL, "3", id);
         agents[i].pid = th_agent_start(agents[i].dir);

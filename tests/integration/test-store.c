@@ -428,7 +428,7 @@ Test(store, agent_quota_refused_by_database)
     struct store *s = open_store(2, 0);
     make_tenant(s, tenant_a, "tenant-a");
     for (int i = 0; i < 3; i++) {
-        char id[ID_STR_LEN], name[16];
+        char id[ID_STR_LEN], name[24];
         id_uuid7_str(id);
         snprintf(name, sizeof(name), "agent-%d", i);
         const char *p[] = {id, name};
