@@ -236,6 +236,16 @@ struct waiter *gw_registry_find_locked(struct gateway *gw, const char *agent_id,
     return NULL;
 }
 
+int gateway_held(struct gateway *gw)
+{
+    if (!gw)
+        return 0;
+    pthread_mutex_lock(&gw->lock);
+    int n = gw->nwaiters + gw->nlooking;
+    pthread_mutex_unlock(&gw->lock);
+    return n;
+}
+
 /* The waiters themselves are not touched: whoever took the list may be freeing them. */
 void gw_registry_clear_locked(struct gateway *gw)
 {
