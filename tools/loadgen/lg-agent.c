@@ -266,6 +266,7 @@ static void kick(struct lg_agent *a)
     lg_agent_counters.exchanges++;
     a->held = wait > 0;
     if (hb) {
+        lg_agent_counters.heartbeats++;
         a->next_hb_ns = now + (uint64_t)a->hb_interval_s * 1000000000ULL;
         a->caps_sent = true;
     }
