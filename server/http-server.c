@@ -887,6 +887,13 @@ struct http_deferred *http_req_defer(struct http_req *req)
     return d;
 }
 
+void http_deferred_release_body(struct http_deferred *d)
+{
+    struct evbuffer *body = evhttp_request_get_input_buffer(d->req.ev);
+    if (body)
+        evbuffer_drain(body, evbuffer_get_length(body));
+}
+
 struct event_base *http_deferred_base(const struct http_deferred *d)
 {
     return d->req.loop->base;
