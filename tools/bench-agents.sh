@@ -42,7 +42,9 @@
 # BENCH_SETTLE_S (default 15), BENCH_HEARTBEAT (seconds; orchd's agent.heartbeat_interval,
 # with agent.online_window and agent.lease raised to match; default: orchd's own, 10 s),
 # BENCH_CONNECT_TIMEOUT (seconds for every agent to come online, default 900),
-# BENCH_CONNECT_PARALLEL (first exchanges in flight at once, default 256), BENCH_KEEP=1
+# BENCH_CONNECT_PARALLEL (first exchanges in flight at once, default 256), BENCH_ENROL (api:
+# through POST /api/v1/agents/register, the default up to 5,000 agents; sql: written
+# straight into PostgreSQL with their credentials, the default above), BENCH_KEEP=1
 # (keep the state directory), ORCH_SKIP_APT=1, ORCHD_* (orchd settings).
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/bench-lib.sh"
@@ -72,13 +74,46 @@ orchd_pid=${bench_pids[0]}
 loadgen=$ORCH_ROOT/build-bench/tools/loadgen/orch-loadgen
 api PATCH "/api/v1/tenants/$tenant" "$op" "{\"quotas\":{\"agents\":$((nagents + 100))}}" >/dev/null
 etok=$(api POST /api/v1/enrollment-tokens "$token" \
-    "{\"name\":\"bench-agents\",\"max_uses\":$nagents,\"expires_in\":86400}" | field token)
+    "{\"name\":\"bench-agents\",\"max_uses\":$((nagents < 100000 ? nagents : 100000)),\"expires_in\":86400}" |
+    field token)
 
-say "enrolling $nagents simulated agents"
+# seed_agents: the agents written straight into PostgreSQL, as POST /api/v1/agents/register
+# writes them (credential orch_ag_<12 hex>_<43 characters>, its SHA-256 stored), and their
+# credentials into the load generator's --state file. The API enrols one agent per
+# transaction behind the token's row lock (about 100 a second on this box): 100,000 would
+# take longer than the measurement.
+seed_agents() {
+    psql_q "CREATE TEMP TABLE g AS
+              SELECT 'lg-' || lpad(i::text, 6, '0') AS name,
+                     'orch_ag_' || lpad(to_hex(i), 12, '0') || '_' ||
+                     substr(encode(sha256(convert_to('$$-' || i || '-' || random(), 'UTF8')), 'hex'), 1, 43) AS cred
+                FROM generate_series(0, $nagents - 1) i;
+            INSERT INTO agents (id, tenant_id, name, hostname, os, arch, version, capabilities,
+                                slots, status, credential_prefix, credential_hash,
+                                credential_expires_at)
+              SELECT gen_random_uuid(), '$tenant', name, name, 'linux', 'x86_64', 'orch-loadgen',
+                     jsonb_build_object('os', 'linux', 'arch', 'x86_64', 'hostname', name),
+                     1, 'offline', substr(cred, 1, 20), sha256(convert_to(cred, 'UTF8')),
+                     now() + interval '90 days'
+                FROM g;
+            SELECT name || ' ' || cred FROM g ORDER BY name" |
+        python3 -c '
+import json, sys
+agents = [dict(zip(("name", "credential"), l.split())) for l in sys.stdin if l.strip()]
+json.dump({"url": sys.argv[1], "agents": agents}, open(sys.argv[2], "w"))
+print(len(agents))' "$base" "$ORCH_STATE/loadgen.json"
+}
+
+enrol=${BENCH_ENROL:-$([ "$nagents" -le 5000 ] && echo api || echo sql)}
+say "enrolling $nagents simulated agents ($enrol)"
 t=$SECONDS
-"$loadgen" --url "$base" --ca "$ca" --api-key "$key" --enrol-token "$etok" \
-    --state "$ORCH_STATE/loadgen.json" --agents "$nagents" --jobs 0 --source-addrs "$srcs" \
-    --quiet >/dev/null || die "enrolment failed"
+if [ "$enrol" = sql ]; then
+    [ "$(seed_agents)" = "$nagents" ] || die "seeding the agents failed"
+else
+    "$loadgen" --url "$base" --ca "$ca" --api-key "$key" --enrol-token "$etok" \
+        --state "$ORCH_STATE/loadgen.json" --agents "$nagents" --jobs 0 --source-addrs "$srcs" \
+        --quiet >/dev/null || die "enrolment failed"
+fi
 enrol_s=$((SECONDS - t))
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$orchd_pid/status"; }
@@ -148,7 +183,7 @@ print(r["heartbeats_per_s"], r["reconnects"], r["errors"] + r["busy_503"])' "$lg
 echo
 echo "Idle agents on one orchd node, $(nproc) cores: orchd, PostgreSQL, RabbitMQ and orch-loadgen on one box, TLS;"
 echo "heartbeat ${hb_s:-10} s (in the held exchange), ${hold_s} s window after ${settle_s} s settling;" \
-    "enrolment ${enrol_s} s, all online after ${online_s} s"
+    "enrolment ($enrol) ${enrol_s} s, all online after ${online_s} s"
 echo
 echo "| measure                                        |        value |"
 echo "|------------------------------------------------|--------------|"
