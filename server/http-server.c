@@ -1263,9 +1263,9 @@ static int ssl_setup(struct http_server *srv, char *err, size_t errlen)
     /* TLS 1.2 suites: forward secret AEAD only. TLS 1.3 keeps OpenSSL's defaults. */
     SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20");
     /* An idle connection (an agent's held long-poll) keeps no TLS record buffers: they are
-     * allocated for a record and freed once it is read or written. About 34 KiB less per
-     * held agent, for a malloc and a free per record (docs/operations.md, "Holding many
-     * agents"). */
+     * allocated for a record and freed once it is read or written. About 14 KiB less RSS
+     * per held agent, for a malloc and a free per record (docs/operations.md, "Holding
+     * many agents"). */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     if (SSL_CTX_use_certificate_chain_file(ctx, srv->opts.cert_file) != 1 ||
         SSL_CTX_use_PrivateKey_file(ctx, srv->opts.key_file, SSL_FILETYPE_PEM) != 1 ||

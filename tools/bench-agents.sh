@@ -21,7 +21,8 @@
 #   RSS             orchd's VmRSS (/proc/PID/status) before the agents connected and at the
 #                   end of the window; per agent = the difference / connections open
 #   heartbeats/s    orchd's orch_agent_heartbeats_total over the window (each one is part of
-#                   a committed group-commit transaction before its answer goes out)
+#                   a committed group-commit transaction before its answer goes out), and the
+#                   CPU orchd spent meanwhile (process_cpu_seconds_total)
 #   PG row writes   pg_stat_database tup_inserted + tup_updated + tup_deleted over the window,
 #                   per agent, scaled to 30 s; commits per second and WAL bytes per agent per
 #                   30 s beside them. PostgreSQL publishes a backend's counts up to 10 s late
@@ -148,6 +149,7 @@ sleep "$settle_s"
 
 # The window: the gauge every second, RSS at its end, counters at both ends.
 hb0=$(bench_metric orch_agent_heartbeats_total)
+cpu0=$(bench_metric process_cpu_seconds_total)
 read -r rows0 commits0 wal0 < <(pg_counts)
 t0=$(date +%s.%N)
 hmin= hmax=0
@@ -159,6 +161,7 @@ while [ "$SECONDS" -lt "$end" ]; do
     sleep 1
 done
 hb1=$(bench_metric orch_agent_heartbeats_total)
+cpu1=$(bench_metric process_cpu_seconds_total)
 t1=$(date +%s.%N)
 read -r rows1 commits1 wal1 < <(pg_counts)
 rss1=$(rss_kib)
@@ -173,6 +176,7 @@ per_agent=$(calc "round(($rss1 - $rss0) / max($conns, 1), 1)")
 hb_rate=$(calc "round(($hb1 - $hb0) / $win, 1)")
 writes=$(calc "round(($rows1 - $rows0) / max($hmax, 1) * 30 / $win, 3)")
 commit_rate=$(calc "round(($commits1 - $commits0) / $win, 1)")
+cpu=$(calc "round(($cpu1 - $cpu0) / $win, 2)")
 wal=$(calc "round(($wal1 - $wal0) / max($hmax, 1) * 30 / $win)")
 read -r lg_hb lg_rec lg_err_n < <(python3 -c '
 import json, sys
@@ -193,6 +197,7 @@ printf '| %-46s | %12s |\n' "connections open to orchd" "$conns"
 printf '| %-46s | %12s |\n' "orchd VmRSS before / held (MiB)" "$((rss0 / 1024)) / $((rss1 / 1024))"
 printf '| %-46s | %12s |\n' "orchd RSS per idle agent (KiB)" "$per_agent"
 printf '| %-46s | %12s |\n' "heartbeats/s, orchd (loadgen sent)" "$hb_rate ($lg_hb)"
+printf '| %-46s | %12s |\n' "orchd CPU (cores busy)" "$cpu"
 printf '| %-46s | %12s |\n' "PostgreSQL row writes per agent per 30 s" "$writes"
 printf '| %-46s | %12s |\n' "PostgreSQL commits/s" "$commit_rate"
 printf '| %-46s | %12s |\n' "WAL bytes per agent per 30 s" "$wal"
@@ -200,5 +205,5 @@ printf '| %-46s | %12s |\n' "reconnects, errors during the hold (loadgen)" "$lg_
 echo
 echo "result: agents_held=$hmax rss_per_idle_kib=$per_agent heartbeats_per_s=$hb_rate" \
     "pg_writes_per_agent_30s=$writes agents=$nagents held_min=$hmin connections=$conns" \
-    "rss_before_kib=$rss0 rss_held_kib=$rss1 commits_per_s=$commit_rate" \
+    "rss_before_kib=$rss0 rss_held_kib=$rss1 orchd_cpu_cores=$cpu commits_per_s=$commit_rate" \
     "wal_bytes_per_agent_30s=$wal reconnects=$lg_rec errors=$lg_err_n"

@@ -106,8 +106,8 @@ int lg_http_ctx_init(struct lg_http_ctx *c, struct event_base *base, const char 
     if (!c->ssl)
         goto fail;
     SSL_CTX_set_verify(c->ssl, SSL_VERIFY_PEER, NULL);
-    /* An idle agent's connection keeps no TLS buffers (about 34 KiB each otherwise): the
-     * load generator holds up to 100,000 of them. */
+    /* An idle agent's connection keeps no TLS record buffers: the load generator holds up
+     * to 100,000 of them. */
     SSL_CTX_set_mode(c->ssl, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_session_cache_mode(c->ssl, SSL_SESS_CACHE_CLIENT);
     if (ca && *ca ? SSL_CTX_load_verify_locations(c->ssl, ca, NULL) != 1
