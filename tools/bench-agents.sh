@@ -22,7 +22,7 @@
 #                   end of the window; per agent = the difference / connections open
 #   heartbeats/s    orchd's orch_agent_heartbeats_total over the window (each one is part of
 #                   a committed group-commit transaction before its answer goes out), and the
-#                   CPU orchd spent meanwhile (process_cpu_seconds_total)
+#                   CPU orchd spent meanwhile (/proc/PID/stat)
 #   PG row writes   pg_stat_database tup_inserted + tup_updated + tup_deleted over the window,
 #                   per agent, scaled to 30 s; commits per second and WAL bytes per agent per
 #                   30 s beside them. PostgreSQL publishes a backend's counts up to 10 s late
@@ -118,6 +118,8 @@ fi
 enrol_s=$((SECONDS - t))
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$orchd_pid/status"; }
+# cpu_s: orchd's user and system CPU time so far, seconds.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$orchd_pid/stat"; }
 # pg_counts: "rows commits wal_bytes" of the database so far.
 pg_counts() {
     psql_q "SELECT d.tup_inserted + d.tup_updated + d.tup_deleted, d.xact_commit,
@@ -149,7 +151,7 @@ sleep "$settle_s"
 
 # The window: the gauge every second, RSS at its end, counters at both ends.
 hb0=$(bench_metric orch_agent_heartbeats_total)
-cpu0=$(bench_metric process_cpu_seconds_total)
+cpu0=$(cpu_s)
 read -r rows0 commits0 wal0 < <(pg_counts)
 t0=$(date +%s.%N)
 hmin= hmax=0
@@ -161,7 +163,7 @@ while [ "$SECONDS" -lt "$end" ]; do
     sleep 1
 done
 hb1=$(bench_metric orch_agent_heartbeats_total)
-cpu1=$(bench_metric process_cpu_seconds_total)
+cpu1=$(cpu_s)
 t1=$(date +%s.%N)
 read -r rows1 commits1 wal1 < <(pg_counts)
 rss1=$(rss_kib)
