@@ -143,7 +143,7 @@ t=$SECONDS
 all_online() {
     grep -q 'agents online after' "$lg_err" || ! kill -0 "$lg_pid" 2>/dev/null
 }
-orch_wait_for "$connect_s" all_online || die "the agents did not come online: $lg_err"
+orch_wait_for $((connect_s + 60)) all_online || die "the agents did not come online: $lg_err"
 kill -0 "$lg_pid" 2>/dev/null || die "the load generator stopped: $(tail -5 "$lg_err")"
 online_s=$((SECONDS - t))
 say "$(grep 'agents online after' "$lg_err" | tail -1)"

@@ -330,6 +330,8 @@ static void on_answer(void *arg, int status, json_t *body, int retry_after_s)
         kick(a);
         return;
     }
+    if (!a->online)
+        lg_agent_counters.online++;
     a->online = true;
     if (ans.heartbeat_interval_s > 0)
         a->hb_interval_s = ans.heartbeat_interval_s;
