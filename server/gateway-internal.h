@@ -68,6 +68,8 @@ struct gateway {
     struct gw_idindex note_index; /* notes by agent id */
     char (*seen)[ID_STR_LEN];     /* agents that heartbeated on this node since start */
     int nseen, capseen;
+    int maxseen; /* seen's bound: room for every agent the node may hold, and as many again
+                  * that came and went (past it, every heartbeat is written as a first) */
     struct gw_idindex seen_index; /* seen by agent id */
     atomic_bool stop;
     int answering; /* waiters gateway_stop() has posted an answer for, not yet answered */

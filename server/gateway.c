@@ -134,6 +134,7 @@ int gw_new(struct app *app, int max_waiters, struct gateway **ret)
     while (nbuckets < (uint32_t)max_waiters)
         nbuckets *= 2;
     gw->bucket_mask = nbuckets - 1;
+    gw->maxseen = max_waiters > GW_MAX_NOTES / 2 ? 2 * max_waiters : GW_MAX_NOTES;
     /* Conditions first: gw_free() destroys them. */
     if (gw_cond_init_mono(&gw->changed) < 0) {
         free(gw);
@@ -148,7 +149,7 @@ int gw_new(struct app *app, int max_waiters, struct gateway **ret)
     gw->waiters = calloc((size_t)gw->max_waiters, sizeof(*gw->waiters));
     gw->buckets = calloc(nbuckets, sizeof(*gw->buckets));
     if (!gw->waiters || !gw->buckets || gw_idindex_init(&gw->note_index, GW_MAX_NOTES) < 0 ||
-        gw_idindex_init(&gw->seen_index, GW_MAX_NOTES) < 0) {
+        gw_idindex_init(&gw->seen_index, (uint32_t)gw->maxseen) < 0) {
         gw_free(gw);
         return -ENOMEM;
     }

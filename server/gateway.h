@@ -54,6 +54,10 @@ void gateway_kick_dispatch(struct gateway *gw);
  * NULL before stopping the dispatcher. Accepts gw NULL. */
 void gateway_set_dispatcher(struct gateway *gw, struct dispatcher *d);
 
+/* Agents' requests held on this node now (long-polls waiting for work, those being looked
+ * at for it included). Thread-safe. Accepts NULL (0). */
+int gateway_held(struct gateway *gw);
+
 /* The long-poll handler (GET /api/v1/agent/assignments). */
 void gateway_poll(struct http_req *req);
 

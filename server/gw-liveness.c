@@ -50,7 +50,7 @@ static bool seen_add(struct gateway *gw, const char *agent_id)
 {
     if (gw_idindex_find(&gw->seen_index, agent_id, gw->seen, sizeof(*gw->seen)) >= 0)
         return false;
-    if (gw->nseen >= GW_MAX_NOTES)
+    if (gw->nseen >= gw->maxseen)
         return true; /* not remembered: every heartbeat counts as first */
     if (gw->nseen == gw->capseen) {
         int cap = gw->capseen ? gw->capseen * 2 : 64;

@@ -236,6 +236,16 @@ struct waiter *gw_registry_find_locked(struct gateway *gw, const char *agent_id,
     return NULL;
 }
 
+int gateway_held(struct gateway *gw)
+{
+    if (!gw)
+        return 0;
+    pthread_mutex_lock(&gw->lock);
+    int n = gw->nwaiters + gw->nlooking;
+    pthread_mutex_unlock(&gw->lock);
+    return n;
+}
+
 /* The waiters themselves are not touched: whoever took the list may be freeing them. */
 void gw_registry_clear_locked(struct gateway *gw)
 {
@@ -559,6 +569,8 @@ void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool ass
         http_reply_error(req, -ENOMEM, "waiting for assignments");
         return;
     }
+    /* What the exchange carried is decoded and recorded: only its answer is to come. */
+    http_deferred_release_body(w->d);
     w->timer = evtimer_new(http_deferred_base(w->d), on_timeout, w);
     struct timeval tv = {.tv_sec = wait_s};
     if (!w->timer || evtimer_add(w->timer, &tv) < 0) {

@@ -231,6 +231,11 @@ void http_reply_error(struct http_req *req, int err, const char *what);
 struct http_deferred;
 
 struct http_deferred *http_req_defer(struct http_req *req);
+/* The handler has done with the request's body (nothing reads it again): free it while the
+ * reply waits. libevent reads a request into chunks of up to 16 KiB and hands the request
+ * the whole chunk, however short its body: an agent's held long-poll keeps about 8 KiB
+ * less. */
+void http_deferred_release_body(struct http_deferred *d);
 /* The loop's event_base (for timers on the right thread). */
 struct event_base *http_deferred_base(const struct http_deferred *d);
 const struct http_principal *http_deferred_principal(const struct http_deferred *d);

@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "server/app.h"
 #include "server/bus.h"
+#include "server/gateway.h"
 #include "server/metrics.h"
 #include "server/store.h"
 
@@ -29,7 +30,7 @@ struct metrics_orch {
     struct metrics_family *queue_depth, *agents, *tenant_info, *db_up;
     struct metrics_family *quota_used, *quota_limit;
     struct metrics_family *pool_conns, *pool_max, *pool_waiting, *bus_connected;
-    struct metrics_family *http_conns;
+    struct metrics_family *http_conns, *held;
     struct http_server *api; /* borrowed; read and written under the registry's lock */
 };
 
@@ -150,6 +151,9 @@ int metrics_orch_new(struct metrics_orch **ret)
         {&m->http_conns, METRICS_GAUGE, "orch_http_connections",
          "Connections open to this node's API listener (clients and agents' long-polls).", NULL, 1,
          NULL, 0},
+        {&m->held, METRICS_GAUGE, "orch_gateway_held_requests",
+         "Agents' requests this node holds open now, waiting for work (long-polls).", NULL, 1, NULL,
+         0},
     };
     for (size_t i = 0; i < ELEMENTSOF(defs); i++) {
         int r = metrics_family_new(m->reg, defs[i].type, defs[i].name, defs[i].help, defs[i].labels,
@@ -302,6 +306,7 @@ static void collect_pools(struct metrics_orch *m, struct app *app)
     }
     metrics_set(m->bus_connected, NULL, app->bus && bus_connected(app->bus) ? 1 : 0);
     metrics_set(m->http_conns, NULL, m->api ? http_server_connections(m->api) : 0);
+    metrics_set(m->held, NULL, gateway_held(app->gw));
 }
 
 void metrics_orch_watch_api(struct metrics_orch *m, struct http_server *srv)

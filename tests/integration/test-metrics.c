@@ -124,6 +124,7 @@ Test(metrics, output_passes_promtool)
                            "v1/jobs\",status=\"2xx\"}") >= 1,
               "%s", text);
     cr_assert(sample(text, "orch_http_connections") >= 0, "%s", text);
+    cr_assert(sample(text, "orch_gateway_held_requests") == 0, "no agent yet:\n%s", text);
     char tinfo[200];
     snprintf(tinfo, sizeof(tinfo), "orch_tenant_info{tenant_id=\"%s\",tenant=\"metrics-co\"}",
              tenant);
@@ -229,6 +230,14 @@ Test(metrics, values_move_as_jobs_run)
     cr_assert(sample(text, "orch_job_assign_to_start_seconds_count") >= 3, "%s", text);
     cr_assert(sample(text, "orch_job_run_seconds_count{outcome=\"succeeded\"}") >= 3, "%s", text);
     cr_assert(sample(text, "orch_agent_heartbeats_total") >= 1, "%s", text);
+    /* The idle agent holds a long-poll nearly all the time: between two of its exchanges
+     * the gauge may read 0 for a moment. */
+    for (int i = 0; i < 50 && sample(text, "orch_gateway_held_requests") < 1; i++) {
+        free(text);
+        usleep(100000);
+        text = scrape();
+    }
+    cr_assert(sample(text, "orch_gateway_held_requests") == 1, "the agent's long-poll:\n%s", text);
     char out[8192];
     int st = promtool_check(text, out, sizeof(out));
     cr_assert_eq(st, 0, "promtool check metrics failed (%d):\n%s", st, out);

@@ -266,6 +266,7 @@ static void kick(struct lg_agent *a)
     lg_agent_counters.exchanges++;
     a->held = wait > 0;
     if (hb) {
+        lg_agent_counters.heartbeats++;
         a->next_hb_ns = now + (uint64_t)a->hb_interval_s * 1000000000ULL;
         a->caps_sent = true;
     }
@@ -329,6 +330,8 @@ static void on_answer(void *arg, int status, json_t *body, int retry_after_s)
         kick(a);
         return;
     }
+    if (!a->online)
+        lg_agent_counters.online++;
     a->online = true;
     if (ans.heartbeat_interval_s > 0)
         a->hb_interval_s = ans.heartbeat_interval_s;

@@ -8,7 +8,10 @@
  *   4. --jobs jobs are submitted (--rate per second, or in batches as fast as the server
  *      takes them) while the agents take assignments, "run" each for --run-ms and report
  *      the result; the run ends once every job's result was accepted, or after --duration;
- *   5. the report: submit->assign latency, placements/s, completed jobs/s.
+ *   5. the report: submit->assign latency, placements/s, completed jobs/s;
+ * or, with --hold S instead of 4 and 5, the agents stay idle and connected for S seconds
+ * (a long-poll held open each, a heartbeat every interval the server gives), and the
+ * report says what the agents saw: tools/bench-agents.sh reads the server's side.
  * Exit status 0 when every agent came online and every job completed, 1 otherwise, 2 for
  * bad usage. */
 #include "tools/loadgen/lg.h"
@@ -29,7 +32,7 @@
 struct opts {
     const char *url, *ca, *enrol_token, *api_key, *srcs, *state, *prefix, *job;
     int agents, slots, jobs, run_ms, log_bytes, batch, parallel, connect_parallel, duration_s;
-    int poll_wait_s;
+    int poll_wait_s, hold_s;
     double rate;
     bool json, quiet;
 };
@@ -72,7 +75,7 @@ static void usage(void)
             "         [--rate R] [--run-ms T] [--log-bytes B] [--batch B] [--parallel P]\n"
             "         [--connect-parallel C] [--source-addrs 127.0.0.2,127.0.0.3,...]\n"
             "         [--name-prefix P] [--job JSON] [--poll-wait S] [--duration S] [--json]\n"
-            "         [--quiet]\n"
+            "         [--hold S] [--quiet]\n"
             "  --api-key       a tenant API key (orch_ak_..., exchanged) or an access token\n"
             "  --enrol-token   enrols the agents missing from --state (max_uses >= N)\n"
             "  --state FILE    enrolled agents' credentials, kept between runs\n"
@@ -80,6 +83,7 @@ static void usage(void)
             "  --run-ms T      how long each job \"runs\" on its agent (default 0)\n"
             "  --jobs 0        only enrol the agents missing from --state\n"
             "  --poll-wait S   longest hold of an agent's exchange (default 25, as orch-agent)\n"
+            "  --hold S        submit nothing: hold the agents idle, connected, for S seconds\n"
             "  --quiet         no progress lines on stderr (every 5 s)\n"
             "  --duration S    give up after S seconds (default 600)\n");
 }
@@ -118,6 +122,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         {"job", required_argument, NULL, 'J'},
         {"duration", required_argument, NULL, 'd'},
         {"poll-wait", required_argument, NULL, 'w'},
+        {"hold", required_argument, NULL, 'H'},
         {"json", no_argument, NULL, 'o'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
@@ -198,6 +203,9 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             break;
         case 'w':
             r = parse_int("--poll-wait", optarg, 1, 60, &o->poll_wait_s);
+            break;
+        case 'H':
+            r = parse_int("--hold", optarg, 1, 86400, &o->hold_s);
             break;
         case 'o':
             o->json = true;
@@ -490,12 +498,11 @@ static int enrol(struct lg *lg)
 /* --- 3. connect ----------------------------------------------------------------------------------
  */
 
+/* Counted as they come online: checked every 10 ms, a walk over 100,000 agents would cost
+ * the load generator a good part of its core. */
 static int online_count(const struct lg *lg)
 {
-    int n = 0;
-    for (int i = 0; i < lg->nstarted; i++)
-        n += lg_agent_online(lg->agents[i]);
-    return n;
+    return (int)lg_agent_counters.online;
 }
 
 static bool all_online(struct lg *lg)
@@ -576,6 +583,50 @@ static void print_report(const struct lg *lg, const struct lg_report *r, double 
            (unsigned long long)c->stale_409, (unsigned long long)c->errors);
 }
 
+/* --- --hold: idle agents, connected ------------------------------------------------------------
+ */
+
+static bool never(struct lg *lg)
+{
+    return false;
+}
+
+/* Hold the agents lg->o.hold_s seconds (SIGINT or SIGTERM ends it early, as planned: the
+ * caller has measured what it wanted) and report what they did meanwhile. Returns 0 when
+ * every agent stayed online throughout, else -EIO. */
+static int hold(struct lg *lg, double connect_s)
+{
+    int online = online_count(lg);
+    if (!lg->o.quiet)
+        fprintf(stderr, "orch-loadgen: %d of %d agents online after %.1f s; holding %d s\n", online,
+                lg->o.agents, connect_s, lg->o.hold_s);
+    struct lg_agent_counters c0 = lg_agent_counters;
+    uint64_t connects0 = lg_http_connects, t0 = clock_mono_ns();
+    int r = run_until(lg, never, lg->o.hold_s);
+    double held_s = (double)(clock_mono_ns() - t0) / 1e9;
+    const struct lg_agent_counters *c = &lg_agent_counters;
+    /* During the hold only: a reconnect or an error means the server dropped an agent. */
+    unsigned long long hb = c->heartbeats - c0.heartbeats, ex = c->exchanges - c0.exchanges,
+                       rec = lg_http_connects - connects0, err = c->errors - c0.errors,
+                       busy = c->busy_503 - c0.busy_503;
+    int still = online_count(lg);
+    if (lg->o.json)
+        printf("{\"agents\":%d,\"online\":%d,\"connect_s\":%.2f,\"held_s\":%.2f,"
+               "\"heartbeats\":%llu,\"heartbeats_per_s\":%.1f,\"exchanges\":%llu,"
+               "\"reconnects\":%llu,\"busy_503\":%llu,\"errors\":%llu}\n",
+               lg->o.agents, still, connect_s, held_s, hb, (double)hb / held_s, ex, rec, busy, err);
+    else
+        printf("agents:      %d online of %d (all online after %.1f s), held %.1f s\n"
+               "heartbeats:  %llu sent, %.1f/s; %llu exchanges\n"
+               "wire:        %llu reconnects, %llu 503, %llu errors during the hold\n",
+               still, lg->o.agents, connect_s, held_s, hb, (double)hb / held_s, ex, rec, busy, err);
+    fflush(stdout);
+    return (r == 0 || r == -ETIMEDOUT || r == -EINTR) && online == lg->o.agents && rec == 0 &&
+                   err == 0
+               ? 0
+               : -EIO;
+}
+
 int main(int argc, char **argv)
 {
     struct lg lg = {0};
@@ -602,7 +653,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "orch-loadgen: enrolment failed\n");
         goto out;
     }
-    if (lg.o.jobs == 0) {
+    if (lg.o.jobs == 0 && lg.o.hold_s == 0) {
         rc = 0; /* --jobs 0: enrol (into --state) and stop */
         goto out;
     }
@@ -630,6 +681,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "orch-loadgen: only %d of %d agents came online within %d s\n",
                 online_count(&lg), lg.o.agents, lg.o.duration_s);
     double connect_s = (double)(clock_mono_ns() - t0) / 1e9;
+    if (lg.o.hold_s > 0) {
+        rc = hold(&lg, connect_s) == 0 ? 0 : 1;
+        goto stop;
+    }
     struct lg_submit_cfg scfg = {.jobs = lg.o.jobs,
                                  .rate = lg.o.rate,
                                  .batch = lg.o.batch,

@@ -180,7 +180,8 @@ bool lg_agent_online(const struct lg_agent *a);
 void lg_agent_stop(struct lg_agent *a);
 
 struct lg_agent_counters {
-    uint64_t exchanges, interrupts, errors, busy_503, stale_409;
+    uint64_t exchanges, heartbeats, interrupts, errors, busy_503, stale_409;
+    uint64_t online; /* agents whose first heartbeat was answered */
 };
 extern struct lg_agent_counters lg_agent_counters;
 
