@@ -56,18 +56,7 @@ async function ghostAgent(call, name, labels) {
   if (res.status !== 201) throw new Error(`register ${name}: ${res.status} ${await res.text()}`);
 }
 
-/* Console errors fail the test, but for the refusals it asks for (Chromium logs each refused
- * request), counted in `expected`. */
-function watch(page, problems, expected) {
-  page.setDefaultTimeout(lib.STEP_MS);
-  page.on('console', (m) => {
-    if (m.type() !== 'error') return;
-    const s = /status of (\d+)/.exec(m.text());
-    if (s && expected[s[1]] > 0) expected[s[1]]--;
-    else problems.push(`console: ${m.text()} (${JSON.stringify(m.location())})`);
-  });
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-}
+const watch = lib.watchRefusals;
 
 async function deploy(page, pkg, labels, spread = '0') {
   await page.fill('input[name=dep-package]', pkg);

@@ -81,6 +81,20 @@ function watch(page, problems, requests) {
   if (requests) page.on('request', (r) => requests.push(`${r.method()} ${new URL(r.url()).pathname}`));
 }
 
+/* watch(), but for the refusals a test asks for (Chromium logs each refused request as a
+ * console error "... status of 409 ..."): expected counts them by status ({409: 2}), and
+ * only those past the count are problems. */
+function watchRefusals(page, problems, expected) {
+  page.setDefaultTimeout(STEP_MS);
+  page.on('console', (m) => {
+    if (m.type() !== 'error') return;
+    const s = /status of (\d+)/.exec(m.text());
+    if (s && expected[s[1]] > 0) expected[s[1]]--;
+    else problems.push(`console: ${m.text()} (${JSON.stringify(m.location())})`);
+  });
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+}
+
 /* A screenshot of the page down to the end of main's content (the docs use these: no empty
  * space below). */
 async function shot(page, dir, name) {
@@ -101,4 +115,5 @@ function run(main) {
   );
 }
 
-module.exports = { CHROMIUM, STEP_MS, step, timedStep, client, apiUntil, launch, signIn, watch, shot, run };
+module.exports = { CHROMIUM, STEP_MS, step, timedStep, client, apiUntil, launch, signIn, watch,
+  watchRefusals, shot, run };

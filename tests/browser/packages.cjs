@@ -42,18 +42,7 @@ const apiUntil = lib.apiUntil;
 
 const signIn = (page, key) => lib.signIn(page, base, key, 'packages');
 
-/* Console errors fail the test, but for the refusals this test asks for (Chromium logs
- * each refused request itself), counted in `expected`. */
-function watch(page, problems, expected) {
-  page.setDefaultTimeout(STEP_MS);
-  page.on('console', (m) => {
-    if (m.type() !== 'error') return;
-    const s = /status of (\d+)/.exec(m.text());
-    if (s && expected[s[1]] > 0) expected[s[1]]--;
-    else problems.push(`console: ${m.text()} (${JSON.stringify(m.location())})`);
-  });
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-}
+const watch = lib.watchRefusals;
 
 const shot = (page, name) => lib.shot(page, shots, name);
 

@@ -588,15 +588,21 @@ int th_log_count(const struct th_server *s, const char *needle)
 
 char *th_agent_register(struct th_server *s, const char *admin, const char *name)
 {
+    return th_agent_register_labelled(s, admin, name, "{}");
+}
+
+char *th_agent_register_labelled(struct th_server *s, const char *admin, const char *name,
+                                 const char *labels)
+{
     struct th_resp r;
     th_http(s, "POST", "/api/v1/enrollment-tokens", admin, "{\"name\":\"t\",\"max_uses\":1}", NULL,
             &r);
     cr_assert_eq(r.status, 201, "%s", r.body);
-    char body[512];
+    char body[1024];
     snprintf(body, sizeof(body),
              "{\"token\":\"%s\",\"name\":\"%s\",\"os\":\"linux\",\"arch\":\"x86_64\","
-             "\"labels\":{},\"slots\":2}",
-             th_str_of(&r, "token"), name);
+             "\"labels\":%s,\"slots\":2}",
+             th_str_of(&r, "token"), name, labels);
     th_resp_free(&r);
     th_http(s, "POST", "/api/v1/agents/register", NULL, body, NULL, &r);
     cr_assert_eq(r.status, 201, "%s", r.body);

@@ -100,6 +100,9 @@ void th_agent_enrol(struct th_server *s, const char *admin, const char *state_di
 /* Register an agent through the API (a scripted agent: no process) with an enrolment
  * token made with admin; returns its credential (malloc'd). */
 char *th_agent_register(struct th_server *s, const char *admin, const char *name);
+/* The same with labels, a JSON object ("{\"role\":\"web\"}"). */
+char *th_agent_register_labelled(struct th_server *s, const char *admin, const char *name,
+                                 const char *labels);
 /* Start `orch-agent run` on state_dir, its log in state_dir/agent.log. */
 pid_t th_agent_start(const char *state_dir);
 /* Send sig and wait (bounded, 30 s; then SIGKILL) until it has exited. Accepts pid <= 0. */

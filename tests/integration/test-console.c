@@ -515,27 +515,6 @@ Test(console, queue_events_reach_the_tenant)
     free(tb);
 }
 
-/* A scripted agent of the tenant of admin (an access token of its admin) labelled role=live:
- * registered through the API, no process. Returns its credential (malloc'd). */
-static char *live_agent(const char *admin)
-{
-    struct th_resp r;
-    th_http(&srv, "POST", "/api/v1/enrollment-tokens", admin, "{\"name\":\"t\",\"max_uses\":1}",
-            NULL, &r);
-    cr_assert_eq(r.status, 201, "%s", r.body);
-    char body[512];
-    snprintf(body, sizeof(body),
-             "{\"token\":\"%s\",\"name\":\"live-1\",\"os\":\"linux\",\"arch\":\"x86_64\","
-             "\"labels\":{\"role\":\"live\"},\"slots\":1}",
-             th_str_of(&r, "token"));
-    th_resp_free(&r);
-    th_http(&srv, "POST", "/api/v1/agents/register", NULL, body, NULL, &r);
-    cr_assert_eq(r.status, 201, "%s", r.body);
-    char *cred = strdup(th_str_of(&r, "credential"));
-    th_resp_free(&r);
-    return cred;
-}
-
 /* A deployment's creation, its targets' progress (the agent's heartbeat hands its target
  * out: pending -> fetching) and its cancellation reach its tenant's stream as deployment.*
  * events naming it, and nothing of them another tenant's. */
@@ -545,7 +524,7 @@ Test(console, deployment_events_reach_the_tenant)
     char *tb = th_tenant(&srv, op, "evd-b", "professional");
     char *a = th_tenant_token(&srv, op, ta, "admin");
     char *b = th_tenant_token(&srv, op, tb, "viewer");
-    char *cred = live_agent(a);
+    char *cred = th_agent_register_labelled(&srv, a, "live-1", "{\"role\":\"live\"}");
     size_t len = 0;
     char *tgz = th_make_archive("evd", &len);
     struct th_resp r;
