@@ -56,10 +56,13 @@ settle_s=${BENCH_SETTLE_S:-15}
 connect_s=${BENCH_CONNECT_TIMEOUT:-900}
 hb_s=${BENCH_HEARTBEAT:-}
 
-# One descriptor per agent on both sides, and room for the rest.
-need=$((nagents + 4096))
+# One descriptor per agent on both sides, and room for the rest (orchd's PostgreSQL pool,
+# RabbitMQ, listeners, files: under 200).
+need=$((nagents + 512))
 [ "$(ulimit -Hn)" -ge "$need" ] || ulimit -Hn "$need" 2>/dev/null ||
-    die "ulimit -n: $nagents agents need $need descriptors; the hard limit is $(ulimit -Hn) (run as root)"
+    die "ulimit -n: $nagents agents need $need descriptors; the hard limit is $(ulimit -Hn)" \
+        "and raising it takes CAP_SYS_RESOURCE (root outside a container, or a higher limit" \
+        "from whoever starts this shell): at most $(($(ulimit -Hn) - 512)) agents here"
 ulimit -n "$need"
 srcs=$(seq -s, -f '127.0.0.%g' 2 $((nagents / 20000 + 2)))
 export ORCHD_HTTP_MAX_CONNECTIONS=$need ORCHD_HTTP_MAX_CONNECTIONS_PER_ADDRESS=$need
