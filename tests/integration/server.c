@@ -586,6 +586,22 @@ int th_log_count(const struct th_server *s, const char *needle)
     return n;
 }
 
+int th_metrics_port(const struct th_server *s)
+{
+    FILE *f = fopen(s->log, "re");
+    cr_assert_not_null(f);
+    char line[1024];
+    int port = -1;
+    while (fgets(line, sizeof(line), f)) {
+        const char *p = strstr(line, "state=ready");
+        const char *m = p ? strstr(p, " metrics_port=") : NULL;
+        if (m)
+            port = (int)strtol(m + 14, NULL, 10);
+    }
+    fclose(f);
+    return port;
+}
+
 char *th_agent_register(struct th_server *s, const char *admin, const char *name)
 {
     return th_agent_register_labelled(s, admin, name, "{}");

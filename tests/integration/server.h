@@ -92,6 +92,9 @@ char *th_tenant(struct th_server *s, const char *op_token, const char *slug, con
 char *th_tenant_token(struct th_server *s, const char *op_token, const char *tenant_id,
                       const char *role);
 
+/* The metrics listener's port from the running orchd's ready line (metrics_port=), or -1. */
+int th_metrics_port(const struct th_server *s);
+
 /* Enrol a real orch-agent in state_dir with the CLI, through a new enrolment token made
  * with the tenant admin token admin. label ("k=v") may be NULL. The agent's id is written
  * to agent_id (37 bytes). */

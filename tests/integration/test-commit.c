@@ -24,23 +24,6 @@ static char *creds[AGENTS];
 static char ids[AGENTS][40];
 static PGconn *pg; /* the schema owner's, for the faults this test injects */
 
-/* The metrics port from orchd's ready line. */
-static int metrics_port(void)
-{
-    FILE *f = fopen(srv.log, "re");
-    cr_assert_not_null(f);
-    char line[1024];
-    int port = -1;
-    while (fgets(line, sizeof(line), f)) {
-        const char *p = strstr(line, "state=ready");
-        const char *m = p ? strstr(p, " metrics_port=") : NULL;
-        if (m)
-            port = (int)strtol(m + 14, NULL, 10);
-    }
-    fclose(f);
-    return port;
-}
-
 static void setup(void)
 {
     /* A long window and a batch of AGENTS items: exchanges sent together are committed
@@ -54,7 +37,7 @@ static void setup(void)
                          max,
                          NULL};
     th_server_start(&srv, env);
-    int port = metrics_port();
+    int port = th_metrics_port(&srv);
     cr_assert(port > 0, "no metrics_port in the ready line of %s", srv.log);
     msrv = srv;
     snprintf(msrv.base, sizeof(msrv.base), "http://127.0.0.1:%d", port);

@@ -20,28 +20,11 @@ static struct th_server srv;
 static struct th_server msrv; /* the same orchd, its base the metrics listener */
 static char *op, *tenant, *admin;
 
-/* The metrics port from orchd's ready line. */
-static int metrics_port(void)
-{
-    FILE *f = fopen(srv.log, "re");
-    cr_assert_not_null(f);
-    char line[1024];
-    int port = -1;
-    while (fgets(line, sizeof(line), f)) {
-        const char *p = strstr(line, "state=ready");
-        const char *m = p ? strstr(p, " metrics_port=") : NULL;
-        if (m)
-            port = (int)strtol(m + 14, NULL, 10);
-    }
-    fclose(f);
-    return port;
-}
-
 static void setup(void)
 {
     const char *env[] = {"ORCHD_METRICS_PORT=0", "ORCHD_METRICS_ADDRESS=127.0.0.1", NULL};
     th_server_start(&srv, env);
-    int port = metrics_port();
+    int port = th_metrics_port(&srv);
     cr_assert(port > 0 && port != srv.port, "no metrics_port in the ready line of %s", srv.log);
     msrv = srv;
     snprintf(msrv.base, sizeof(msrv.base), "http://127.0.0.1:%d", port);
