@@ -25,6 +25,7 @@ static const struct jsonv_field auth_invalidate_fields[] = {
     {"type", JSONV_STRING, JSONV_REQUIRED, 1, 64},
     {"key_id", JSONV_UUID, 0, 0, 0},
     {"tenant_id", JSONV_UUID, 0, 0, 0},
+    {"agent_id", JSONV_UUID, 0, 0, 0},
 };
 
 const struct proto_message proto_bus_msg_auth_invalidate = {
@@ -185,16 +186,19 @@ int proto_bus_agent_wake_decode(const char *body, size_t len, struct proto_bus_a
     return 0;
 }
 
-char *proto_bus_auth_invalidate_encode(const char *key_id, const char *tenant_id)
+char *proto_bus_auth_invalidate_encode(const char *key_id, const char *tenant_id,
+                                       const char *agent_id)
 {
-    if ((!key_id && !tenant_id) || (key_id && !id_is_valid(key_id)) ||
-        (tenant_id && !id_is_valid(tenant_id)))
+    if ((!key_id && !tenant_id && !agent_id) || (key_id && !id_is_valid(key_id)) ||
+        (tenant_id && !id_is_valid(tenant_id)) || (agent_id && !id_is_valid(agent_id)))
         return NULL;
     json_t *doc = json_pack("{s:s}", "type", PROTO_BUS_TYPE_AUTH_INVALIDATE);
     if (doc && key_id)
         json_object_set_new(doc, "key_id", json_string(key_id));
     if (doc && tenant_id)
         json_object_set_new(doc, "tenant_id", json_string(tenant_id));
+    if (doc && agent_id)
+        json_object_set_new(doc, "agent_id", json_string(agent_id));
     return dump(doc);
 }
 
@@ -211,11 +215,14 @@ int proto_bus_auth_invalidate_decode(const char *body, size_t len,
         return r;
     const char *k = json_string_value(json_object_get(doc, "key_id"));
     const char *t = json_string_value(json_object_get(doc, "tenant_id"));
-    if (!k && !t)
-        return fail(err, "key_id", "key_id or tenant_id is required");
+    const char *a = json_string_value(json_object_get(doc, "agent_id"));
+    if (!k && !t && !a)
+        return fail(err, "key_id", "key_id, tenant_id or agent_id is required");
     snprintf(ret->key_id, sizeof(ret->key_id), "%s", k ? k : "");
     snprintf(ret->tenant_id, sizeof(ret->tenant_id), "%s", t ? t : "");
+    snprintf(ret->agent_id, sizeof(ret->agent_id), "%s", a ? a : "");
     lower(ret->key_id);
     lower(ret->tenant_id);
+    lower(ret->agent_id);
     return 0;
 }

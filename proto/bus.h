@@ -69,8 +69,10 @@ int proto_bus_agent_wake_decode(const char *body, size_t len, struct proto_bus_a
 
 /* auth.invalidate, on the fanout exchange PROTO_BUS_AUTH_EXCHANGE, which every api node
  * binds its own exclusive queue (PROTO_BUS_AUTH_QUEUE_PREFIX, its name, "." and its pid) to: an API
- * key was revoked (key_id), or a tenant was suspended, changed or deleted (tenant_id), so each node
- * drops what it remembers of it (server/authcache.h). At least one member is set. */
+ * key was revoked (key_id), a tenant was suspended, changed or deleted (tenant_id), or an agent's
+ * credential was revoked or rotated, or the agent disabled or deleted (agent_id), so each node
+ * drops what it remembers of it (server/authcache.h, server/agentcache.h). At least one member
+ * is set. */
 #define PROTO_BUS_AUTH_EXCHANGE        "orch.auth"
 #define PROTO_BUS_AUTH_QUEUE_PREFIX    "orch.auth."
 #define PROTO_BUS_TYPE_AUTH_INVALIDATE "auth.invalidate"
@@ -80,10 +82,12 @@ extern const struct proto_message proto_bus_msg_auth_invalidate;
 struct proto_bus_auth_invalidate {
     char key_id[ID_STR_LEN];    /* "" when absent */
     char tenant_id[ID_STR_LEN]; /* "" when absent */
+    char agent_id[ID_STR_LEN];  /* "" when absent */
 };
 
-/* key_id, tenant_id: UUIDs or NULL, not both NULL. */
-char *proto_bus_auth_invalidate_encode(const char *key_id, const char *tenant_id);
+/* key_id, tenant_id, agent_id: UUIDs or NULL, not all NULL. */
+char *proto_bus_auth_invalidate_encode(const char *key_id, const char *tenant_id,
+                                       const char *agent_id);
 int proto_bus_auth_invalidate_decode(const char *body, size_t len,
                                      struct proto_bus_auth_invalidate *ret,
                                      struct jsonv_error *err);

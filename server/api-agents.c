@@ -376,10 +376,14 @@ void api_agents_get(struct http_req *req)
 }
 
 /* Run one UPDATE/DELETE on an agent (by path id or the calling agent), audit it, and reply
- * with the agent (204 when deleted). */
+ * with the agent (204 when deleted). Every node then forgets what it remembered of the
+ * agent's credentials (server/agentcache.h): the next request reads them again. */
 static void agent_change(struct http_req *req, const char *id, const struct store_stmt *stmt,
                          const char *arg, const char *action, bool deleted)
 {
+    struct app *app = http_req_app(req);
+    char agent[ID_STR_LEN]; /* id may live in req, which the reply may end */
+    snprintf(agent, sizeof(agent), "%s", id);
     struct store_tx *tx = NULL;
     int r = app_tx_begin(http_req_app(req), req, &tx);
     const char *p[] = {id, arg};
@@ -400,9 +404,10 @@ static void agent_change(struct http_req *req, const char *id, const struct stor
     if (deleted) {
         if (api_commit(req, tx, action) == 0)
             http_reply_json(req, 204, NULL);
-        return;
+    } else {
+        api_reply_doc_commit(req, tx, &q_agent_doc, id, 200, "agent", NULL, NULL);
     }
-    api_reply_doc_commit(req, tx, &q_agent_doc, id, 200, "agent", NULL, NULL);
+    app_auth_invalidate(app, NULL, NULL, agent);
 }
 
 void api_agents_disable(struct http_req *req)
@@ -507,8 +512,12 @@ void api_agent_unregister(struct http_req *req)
         http_reply_error(req, r, "unregistering the agent");
         return;
     }
+    char agent[sizeof(pr->subject)]; /* pr lives in req, which the reply may end */
+    snprintf(agent, sizeof(agent), "%s", pr->subject);
+    struct app *app = http_req_app(req);
     if (api_commit(req, tx, "unregistering the agent") == 0)
         http_reply_json(req, 204, NULL);
+    app_auth_invalidate(app, NULL, NULL, agent);
 }
 
 void api_agent_rotate(struct http_req *req)
@@ -539,5 +548,10 @@ void api_agent_rotate(struct http_req *req)
         http_reply_error(req, r, "rotating the credential");
         return;
     }
+    char agent[sizeof(http_req_principal(req)->subject)]; /* in req, which the reply may end */
+    snprintf(agent, sizeof(agent), "%s", id);
+    struct app *app = http_req_app(req);
     api_reply_doc_commit(req, tx, &q_agent_doc, id, 200, "agent", "credential", cred.key);
+    /* A credential rotated out twice in its grace period is refused from now on. */
+    app_auth_invalidate(app, NULL, NULL, agent);
 }

@@ -322,5 +322,5 @@ void api_keys_revoke(struct http_req *req)
 {
     /* Every node forgets the key at once (and within auth.cache_ttl without the bus). */
     if (api_revoke(req, &q_key_revoke, "API key", "api_key"))
-        app_auth_invalidate(http_req_app(req), http_req_param(req, "id"), NULL);
+        app_auth_invalidate(http_req_app(req), http_req_param(req, "id"), NULL, NULL);
 }

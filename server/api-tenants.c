@@ -252,7 +252,7 @@ void api_tenants_update(struct http_req *req)
             } else {
                 reply_tenant(req, tx, id, 200);
                 /* Suspended, or its quotas or rate changed: every node reads it afresh. */
-                app_auth_invalidate(http_req_app(req), NULL, id);
+                app_auth_invalidate(http_req_app(req), NULL, id, NULL);
             }
         }
     }
@@ -290,7 +290,7 @@ void api_tenants_delete(struct http_req *req)
     }
     if (api_commit(req, tx, "deleting the tenant") < 0)
         return;
-    app_auth_invalidate(http_req_app(req), NULL, id);
+    app_auth_invalidate(http_req_app(req), NULL, id, NULL);
     http_reply_json(req, 204, NULL);
 }
 

@@ -16,6 +16,7 @@
 #include "common/crypto.h"
 #include "common/id.h"
 #include "common/log.h"
+#include "server/agentcache.h"
 #include "server/auth-keys.h"
 #include "server/authcache.h"
 #include "server/bus.h"
@@ -64,6 +65,8 @@ int app_open(struct app *app, const struct orchd_config *cfg, char *err, size_t 
     app->rl = ratelimit_new();
     if (!app->rl ||
         authcache_new(cfg->auth_cache_ttl_ms, (long)cfg->auth_quota_block, &app->auth) < 0 ||
+        agentcache_new(cfg->auth_agent_cache_ttl_ms, (long)cfg->auth_agent_cache_max,
+                       &app->agents) < 0 ||
         bus_new(cfg->amqp_url, &app->bus) < 0 ||
         blobcache_new((size_t)cfg->packages_cache_bytes, &app->blobs) < 0 ||
         blob_store_pg_new(app->store, &app->blobstore) < 0 || metrics_orch_new(&app->metrics) < 0) {
@@ -101,6 +104,8 @@ void app_close(struct app *app)
     app_release_quota_blocks(app);
     authcache_free(app->auth);
     app->auth = NULL;
+    agentcache_free(app->agents);
+    app->agents = NULL;
     store_close(app->store);
     jwt_ring_free(app->ring);
     ratelimit_free(app->rl);
@@ -119,7 +124,8 @@ void app_close(struct app *app)
 }
 
 /* The current credential, or the previous one during the grace period after a rotation
- * (sql/0006_rotation.sql): column 2 is the hash of the one whose prefix matched. */
+ * (sql/0006_rotation.sql): column 2 is the hash of the one whose prefix matched, column 4
+ * when it stops being valid (its expiry, or the end of the grace period), or NULL. */
 static const struct store_stmt q_agent_auth = STORE_STMT(
     "agent_auth",
     "SELECT a.id, a.tenant_id,"
@@ -128,13 +134,35 @@ static const struct store_stmt q_agent_auth = STORE_STMT(
     "       a.credential_revoked_at IS NULL AND a.status <> 'disabled' AND t.status = 'active'"
     "       AND (a.credential_expires_at IS NULL OR a.credential_expires_at > now())"
     "       AND (a.credential_prefix = $1 OR a.prev_credential_valid_until > now()),"
-    "       extract(epoch FROM a.credential_expires_at)::bigint, a.pool_id IS NOT NULL"
+    "       extract(epoch FROM a.credential_expires_at)::bigint, a.pool_id IS NOT NULL,"
+    "       extract(epoch FROM CASE WHEN a.credential_prefix = $1 THEN a.credential_expires_at"
+    "            ELSE least(a.credential_expires_at, a.prev_credential_valid_until) END)::bigint"
     "  FROM agents a JOIN tenants t ON t.id = a.tenant_id"
     " WHERE a.credential_prefix = $1 OR a.prev_credential_prefix = $1",
     1);
 
+static void agent_principal(const struct agentcache_entry *e, const char *prefix,
+                            struct http_principal *ret)
+{
+    memset(ret, 0, sizeof(*ret));
+    ret->kind = HTTP_PRINCIPAL_AGENT;
+    snprintf(ret->subject, sizeof(ret->subject), "%s", e->agent_id);
+    snprintf(ret->tenant_id, sizeof(ret->tenant_id), "%s", e->tenant_id);
+    snprintf(ret->role, sizeof(ret->role), "agent");
+    snprintf(ret->token_id, sizeof(ret->token_id), "%s", prefix);
+    ret->token_exp = e->expires_s;
+    ret->pool = e->pool;
+}
+
+static int64_t pg_epoch(const PGresult *res, int col)
+{
+    return PQgetisnull(res, 0, col) ? 0 : strtoll(PQgetvalue(res, 0, col), NULL, 10);
+}
+
 /* An agent presents its own long-lived credential (orch_ag_...) on every request: its
- * connection is one long-lived HTTPS session, so a token exchange would buy nothing. */
+ * connection is one long-lived HTTPS session, so a token exchange would buy nothing. What
+ * PostgreSQL said of an admitted credential is remembered (server/agentcache.h), so that
+ * an agent's exchanges cost no query; the secret is hashed and compared every time. */
 static int authenticate_agent(struct app *app, const char *token, size_t len,
                               struct http_principal *ret, const char **why)
 {
@@ -142,7 +170,16 @@ static int authenticate_agent(struct app *app, const char *token, size_t len,
     *why = "the agent credential is not valid";
     if (!authkey_parse(AUTHKEY_AGENT, token, len, prefix, hash))
         return -EACCES;
+    struct agentcache_entry e;
+    if (agentcache_get(app->agents, prefix, clock_mono_ns(), &e) &&
+        crypto_streq(hash, e.hash_hex) &&
+        (e.valid_until_s == 0 || clock_real_ms() / 1000 < e.valid_until_s)) {
+        agent_principal(&e, prefix, ret);
+        metrics_orch_agent_auth(app->metrics, true);
+        return 0;
+    }
     const char *p[] = {prefix};
+    uint64_t gen = agentcache_gen(app->agents);
     PGresult *res = NULL;
     int r = store_exec_once(app->store, NULL, &q_agent_auth, p, &res);
     if (r < 0) {
@@ -150,18 +187,20 @@ static int authenticate_agent(struct app *app, const char *token, size_t len,
         *why = r == -ECONNRESET ? HTTP_DB_UNREACHABLE : "the database is busy; retry";
         return -EAGAIN;
     }
-    bool ok = r == 1 && authkey_hash_matches(hash, PQgetvalue(res, 0, 2)) &&
-              strcmp(PQgetvalue(res, 0, 3), "t") == 0;
+    bool matches = r == 1 && authkey_hash_matches(hash, PQgetvalue(res, 0, 2));
+    bool ok = matches && strcmp(PQgetvalue(res, 0, 3), "t") == 0;
     if (ok) {
-        memset(ret, 0, sizeof(*ret));
-        ret->kind = HTTP_PRINCIPAL_AGENT;
-        snprintf(ret->subject, sizeof(ret->subject), "%s", PQgetvalue(res, 0, 0));
-        snprintf(ret->tenant_id, sizeof(ret->tenant_id), "%s", PQgetvalue(res, 0, 1));
-        snprintf(ret->role, sizeof(ret->role), "agent");
-        snprintf(ret->token_id, sizeof(ret->token_id), "%s", prefix);
-        ret->token_exp = PQgetisnull(res, 0, 4) ? 0 : strtoll(PQgetvalue(res, 0, 4), NULL, 10);
-        ret->pool = strcmp(PQgetvalue(res, 0, 5), "t") == 0;
-    } else if (r == 1 && authkey_hash_matches(hash, PQgetvalue(res, 0, 2))) {
+        memset(&e, 0, sizeof(e));
+        snprintf(e.agent_id, sizeof(e.agent_id), "%s", PQgetvalue(res, 0, 0));
+        snprintf(e.tenant_id, sizeof(e.tenant_id), "%s", PQgetvalue(res, 0, 1));
+        snprintf(e.hash_hex, sizeof(e.hash_hex), "%s", hash);
+        e.expires_s = pg_epoch(res, 4);
+        e.pool = strcmp(PQgetvalue(res, 0, 5), "t") == 0;
+        e.valid_until_s = pg_epoch(res, 6);
+        agentcache_put(app->agents, prefix, &e, gen, clock_mono_ns());
+        agent_principal(&e, prefix, ret);
+        metrics_orch_agent_auth(app->metrics, false);
+    } else if (matches) {
         *why = "the agent credential was revoked or expired, the agent is disabled, or its "
                "tenant is suspended";
     }

@@ -15,6 +15,7 @@ struct metrics_orch;
 struct ratelimit;
 struct events_hub;
 struct blob_store;
+struct agentcache;
 struct authcache;
 struct auth_bus;
 struct report_batch;
@@ -35,6 +36,7 @@ struct app {
     uint8_t webhook_key[32];      /* seals webhook secrets (webhook-secret.h) */
     struct events_hub *events;    /* owned: live events for the console (api role), or NULL */
     struct authcache *auth;       /* owned: admitted keys and reserved call blocks */
+    struct agentcache *agents;    /* owned: admitted agent credentials */
     struct auth_bus *auth_bus;    /* owned: auth.invalidate listener (api role), or NULL */
     /* owned: the agents' group commit (api role, agent.commit_threads > 0), or NULL: each
      * agent exchange commits alone on its loop (report-batch.h) */
@@ -56,11 +58,13 @@ int app_admit(void *app, struct http_req *req);
  * tenant loses at most one block per node and day (docs/scaling.md, "REST API"). */
 void app_release_quota_blocks(struct app *app);
 
-/* An API key was revoked (key_id) or a tenant suspended, changed or deleted (tenant_id;
- * either may be NULL): drop it from this node's cache now and tell every node over the bus
+/* An API key was revoked (key_id), a tenant suspended, changed or deleted (tenant_id), an
+ * agent's credential revoked or rotated or the agent disabled or deleted (agent_id; each
+ * may be NULL): drop it from this node's caches now and tell every node over the bus
  * (auth-bus.c). Call after the change committed. A failed publish is logged: the other
- * nodes then see the change within auth.cache_ttl. */
-void app_auth_invalidate(struct app *app, const char *key_id, const char *tenant_id);
+ * nodes then see the change within auth.cache_ttl (agents: auth.agent_cache_ttl). */
+void app_auth_invalidate(struct app *app, const char *key_id, const char *tenant_id,
+                         const char *agent_id);
 
 /* Begin a transaction in the scope of the request's principal: the tenant's for a tenant
  * token, the system scope for a platform operator. A GET's is READ ONLY. */

@@ -13,6 +13,7 @@
 
 #include "common/log.h"
 #include "proto/bus.h"
+#include "server/agentcache.h"
 #include "server/app.h"
 #include "server/authcache.h"
 #include "server/bus.h"
@@ -24,13 +25,18 @@ struct auth_bus {
     struct bus_sub *sub;
 };
 
-void app_auth_invalidate(struct app *app, const char *key_id, const char *tenant_id)
+void app_auth_invalidate(struct app *app, const char *key_id, const char *tenant_id,
+                         const char *agent_id)
 {
     if (key_id)
         authcache_drop_key(app->auth, key_id);
-    if (tenant_id)
+    if (tenant_id) {
         authcache_drop_tenant(app->auth, tenant_id);
-    char *msg = proto_bus_auth_invalidate_encode(key_id, tenant_id);
+        agentcache_drop_tenant(app->agents, tenant_id);
+    }
+    if (agent_id)
+        agentcache_drop_agent(app->agents, agent_id);
+    char *msg = proto_bus_auth_invalidate_encode(key_id, tenant_id, agent_id);
     if (!msg)
         return;
     int r = bus_broadcast(app->bus, PROTO_BUS_AUTH_EXCHANGE, msg, strlen(msg),
@@ -38,7 +44,7 @@ void app_auth_invalidate(struct app *app, const char *key_id, const char *tenant
     free(msg);
     if (r < 0)
         log_warn("op=auth.invalidate err=%d msg=\"not pushed to the other nodes: they see the "
-                 "change within auth.cache_ttl\"",
+                 "change within auth.cache_ttl (agents: auth.agent_cache_ttl)\"",
                  r);
 }
 
@@ -52,10 +58,14 @@ static void handle(struct auth_bus *ab, const char *body, size_t len)
     }
     if (m.key_id[0])
         authcache_drop_key(ab->app->auth, m.key_id);
-    if (m.tenant_id[0])
+    if (m.tenant_id[0]) {
         authcache_drop_tenant(ab->app->auth, m.tenant_id);
-    log_debug("op=auth.bus key=%s tenant=%s state=dropped", m.key_id[0] ? m.key_id : "-",
-              m.tenant_id[0] ? m.tenant_id : "-");
+        agentcache_drop_tenant(ab->app->agents, m.tenant_id);
+    }
+    if (m.agent_id[0])
+        agentcache_drop_agent(ab->app->agents, m.agent_id);
+    log_debug("op=auth.bus key=%s tenant=%s agent=%s state=dropped", m.key_id[0] ? m.key_id : "-",
+              m.tenant_id[0] ? m.tenant_id : "-", m.agent_id[0] ? m.agent_id : "-");
 }
 
 static void *run(void *arg)
@@ -68,9 +78,10 @@ static void *run(void *arg)
         int r = bus_sub_next(ab->sub, 200, &body, &len);
         if (r < 0) {
             if (up) {
-                log_warn("op=auth.bus state=lost msg=\"cache dropped; entries expire after "
-                         "auth.cache_ttl until the bus is back\"");
+                log_warn("op=auth.bus state=lost msg=\"caches dropped; entries expire after "
+                         "auth.cache_ttl (agents: auth.agent_cache_ttl) until the bus is back\"");
                 authcache_drop_all(ab->app->auth);
+                agentcache_drop_all(ab->app->agents);
             }
             up = false;
             struct timespec ts = {0, 100 * 1000 * 1000};
@@ -80,6 +91,7 @@ static void *run(void *arg)
         if (!up) {
             /* Messages sent while we were not listening are lost: forget everything. */
             authcache_drop_all(ab->app->auth);
+            agentcache_drop_all(ab->app->agents);
             log_info("op=auth.bus state=listening");
             up = true;
         }

@@ -140,6 +140,12 @@ const struct conf_field orchd_config_fields[] = {
      "the bus at once; 0 = read on every request"},
     {"auth.quota_block", CONF_INT, F(auth_quota_block), 1, 100000, "100", NULL,
      "largest block of daily API calls a node reserves for a tenant at once"},
+    {"auth.agent_cache_ttl", CONF_DURATION, F(auth_agent_cache_ttl_ms), 0, 600000, "30s", NULL,
+     "how long a node trusts what it read about an agent credential (revoked, expired, agent "
+     "disabled, tenant suspended) before reading it again; those changes also reach every node "
+     "over the bus at once; 0 = read on every agent request"},
+    {"auth.agent_cache_max", CONF_INT, F(auth_agent_cache_max), 1, 10000000, "200000", NULL,
+     "most agent credentials a node remembers (about 250 bytes each)"},
     {"webhooks.allow_private", CONF_BOOL, F(webhooks_allow_private), 0, 0, "false", NULL,
      "allow webhook URLs that resolve to loopback, private, link-local or other non-public "
      "addresses (server-side request forgery: leave false unless every tenant is trusted)"},

@@ -73,13 +73,15 @@ struct orchd_config {
     char *metrics_address; /* metrics.address: the operators' /metrics listener */
     int64_t metrics_port;  /* metrics.port: -1 = no listener, 0 = any free port */
 
-    char *auth_key_dir;        /* auth.key_dir: ES256 signing keys, <kid>.pem, mode 0600 */
-    char *auth_issuer;         /* auth.issuer: JWT iss */
-    char *auth_audience;       /* auth.audience: JWT aud */
-    int64_t auth_token_ttl_ms; /* auth.token_ttl */
-    int64_t auth_leeway_ms;    /* auth.leeway: clock skew tolerated */
-    int64_t auth_cache_ttl_ms; /* auth.cache_ttl: staleness bound of server/authcache.h */
-    int64_t auth_quota_block;  /* auth.quota_block: daily API calls reserved at once */
+    char *auth_key_dir;              /* auth.key_dir: ES256 signing keys, <kid>.pem, mode 0600 */
+    char *auth_issuer;               /* auth.issuer: JWT iss */
+    char *auth_audience;             /* auth.audience: JWT aud */
+    int64_t auth_token_ttl_ms;       /* auth.token_ttl */
+    int64_t auth_leeway_ms;          /* auth.leeway: clock skew tolerated */
+    int64_t auth_cache_ttl_ms;       /* auth.cache_ttl: staleness bound of server/authcache.h */
+    int64_t auth_quota_block;        /* auth.quota_block: daily API calls reserved at once */
+    int64_t auth_agent_cache_ttl_ms; /* auth.agent_cache_ttl: bound of server/agentcache.h */
+    int64_t auth_agent_cache_max;    /* auth.agent_cache_max: agent credentials remembered */
 
     bool webhooks_allow_private;    /* webhooks.allow_private: skip the SSRF address rule */
     char *webhooks_key_file;        /* webhooks.key_file: "" = <auth.key_dir>/webhooks.key */

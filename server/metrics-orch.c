@@ -25,7 +25,7 @@ struct metrics_orch {
     struct metrics_family *cpu, *rss, *vsz, *fds, *max_fds, *start_time;
     struct metrics_family *http_requests, *http_duration;
     struct metrics_family *submitted, *assigned, *finished, *submit_assign;
-    struct metrics_family *assign_start, *run_time, *heartbeats;
+    struct metrics_family *assign_start, *run_time, *heartbeats, *agent_auth;
     struct metrics_family *commit_items, *commit_redone;
     struct metrics_family *queue_depth, *agents, *tenant_info, *db_up;
     struct metrics_family *quota_used, *quota_limit;
@@ -113,6 +113,10 @@ int metrics_orch_new(struct metrics_orch **ret)
          L("outcome"), 16, run_buckets, ELEMENTSOF(run_buckets)},
         {&m->heartbeats, METRICS_COUNTER, "orch_agent_heartbeats_total",
          "Agents' heartbeats received by this node.", NULL, 1, NULL, 0},
+        {&m->agent_auth, METRICS_COUNTER, "orch_agent_auth_total",
+         "Agent requests this node admitted, by where their credential was checked: cache "
+         "(what it remembered, auth.agent_cache_ttl) or database.",
+         L("source"), 2, NULL, 0},
         {&m->commit_items, METRICS_HISTOGRAM, "orch_agent_commit_items",
          "Agents' exchanges (heartbeats, reports, syncs) committed in one transaction by this "
          "node's group commit.",
@@ -240,6 +244,13 @@ void metrics_orch_heartbeat(struct metrics_orch *m)
 {
     if (m)
         metrics_inc(m->heartbeats, NULL);
+}
+
+void metrics_orch_agent_auth(struct metrics_orch *m, bool cached)
+{
+    const char *v[] = {cached ? "cache" : "database"};
+    if (m)
+        metrics_inc(m->agent_auth, v);
 }
 
 /* --- computed at scrape ------------------------------------------------------------------ */

@@ -10,6 +10,7 @@
  * id. Every function is thread-safe. */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "server/http.h"
@@ -53,6 +54,9 @@ void metrics_orch_agent_commit(struct metrics_orch *m, unsigned items);
 void metrics_orch_agent_commit_redone(struct metrics_orch *m);
 /* An agent's heartbeat received. */
 void metrics_orch_heartbeat(struct metrics_orch *m);
+/* An agent request admitted, its credential checked from the node's cache or the database
+ * (server/agentcache.h). */
+void metrics_orch_agent_auth(struct metrics_orch *m, bool cached);
 /* The API listener whose open connections orch_http_connections shows (borrowed; NULL:
  * none). Waits for a scrape in progress, so once it returns with NULL the listener may be
  * stopped. */

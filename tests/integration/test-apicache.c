@@ -1,6 +1,7 @@
-/* test-apicache.c: what two orchd nodes on one database remember of API keys and tenants
- * (server/authcache.h) and how they count the daily API call quota in blocks, on the real
- * PostgreSQL and RabbitMQ. Every wait is bounded, and the bound is the assertion. */
+/* test-apicache.c: what two orchd nodes on one database remember of API keys, tenants
+ * (server/authcache.h) and agent credentials (server/agentcache.h), and how they count the
+ * daily API call quota in blocks, on the real PostgreSQL and RabbitMQ. Every wait is
+ * bounded, and the bound is the assertion. */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <netinet/in.h>
@@ -168,6 +169,173 @@ Test(apicache, without_the_bus_the_other_node_refuses_within_the_cache_ttl)
     th_server_stop_peer(&peer);
     free(admin);
     free(viewer);
+    free(tenant);
+}
+
+/* --- agent credentials (server/agentcache.h) ------------------------------------------- */
+
+/* GET /api/v1/agent on s with an agent credential until it answers want, for at most
+ * bound_ms; returns the milliseconds it took, or fails the test. */
+static int64_t agent_answers_within(struct th_server *s, const char *cred, long want,
+                                    int64_t bound_ms)
+{
+    uint64_t t0 = clock_mono_ns();
+    for (;;) {
+        long st = status_on(s, "GET", "/api/v1/agent", cred, NULL);
+        int64_t ms = (int64_t)((clock_mono_ns() - t0) / 1000000u);
+        if (st == want)
+            return ms;
+        cr_assert(st == 200 || st == 401, "unexpected status %ld", st);
+        cr_assert_leq(ms, bound_ms, "node still answers %ld after %lld ms (bound %lld ms)", st,
+                      (long long)ms, (long long)bound_ms);
+    }
+}
+
+/* The agent's id, asked of s with its credential. */
+static void agent_id_of(struct th_server *s, const char *cred, char id[64])
+{
+    struct th_resp r;
+    th_http(s, "GET", "/api/v1/agent", cred, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    snprintf(id, 64, "%s", th_str_of(&r, "id"));
+    th_resp_free(&r);
+}
+
+/* orch_agent_auth_total{source="<source>"} on the metrics listener at port. */
+static double agent_auths(const struct th_server *s, int port, const char *source)
+{
+    struct th_server m = *s;
+    snprintf(m.base, sizeof(m.base), "http://127.0.0.1:%d", port);
+    struct th_resp r;
+    th_http(&m, "GET", "/metrics", NULL, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200);
+    char name[96];
+    snprintf(name, sizeof(name), "orch_agent_auth_total{source=\"%s\"} ", source);
+    const char *l = strstr(r.body, name);
+    double v = l ? strtod(l + strlen(name), NULL) : 0;
+    th_resp_free(&r);
+    return v;
+}
+
+static char *agent_rotate(struct th_server *s, const char *cred)
+{
+    struct th_resp r;
+    th_http(s, "POST", "/api/v1/agent/rotate-credential", cred, "{}", NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    char *c = strdup(th_str_of(&r, "credential"));
+    th_resp_free(&r);
+    return c;
+}
+
+/* Node B remembers agent credentials for ten minutes: its agents' requests cost it no
+ * query, and only the bus can make it refuse at once. */
+Test(apicache, agent_credentials_are_remembered_and_changes_reach_the_other_node_over_the_bus)
+{
+    const char *env[] = {"ORCHD_AUTH_AGENT_CACHE_TTL=10m", "ORCHD_METRICS_PORT=0",
+                         "ORCHD_METRICS_ADDRESS=127.0.0.1", NULL};
+    struct th_server peer;
+    th_server_start_peer_env(&peer, &srv, env);
+    int mport = th_metrics_port(&peer);
+    cr_assert(mport > 0, "no metrics_port in the ready line of %s", peer.log);
+    wait_listening(&srv);
+    wait_listening(&peer);
+    char *tenant = th_tenant(&srv, op, "bus-agents", "standard");
+    char *admin = th_tenant_token(&srv, op, tenant, "admin");
+    char *revoked = th_agent_register(&srv, admin, "revoked");
+    char *disabled = th_agent_register(&srv, admin, "disabled");
+    char *rotated = th_agent_register(&srv, admin, "rotated");
+    char revoked_id[64], disabled_id[64];
+    agent_id_of(&peer, revoked, revoked_id);
+    agent_id_of(&peer, disabled, disabled_id);
+    cr_assert_eq(status_on(&peer, "GET", "/api/v1/agent", rotated, NULL), 200);
+
+    /* Remembered: ten more requests, ten more admitted from the cache. */
+    double cached = agent_auths(&peer, mport, "cache");
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(status_on(&peer, "GET", "/api/v1/agent", revoked, NULL), 200);
+    cr_assert_geq(agent_auths(&peer, mport, "cache") - cached, 10);
+    /* A wrong secret under a remembered prefix is still refused. */
+    char *forged = strdup(revoked);
+    size_t n = strlen(forged);
+    forged[n - 1] = forged[n - 1] == 'A' ? 'B' : 'A';
+    cr_assert_eq(status_on(&peer, "GET", "/api/v1/agent", forged, NULL), 401);
+    free(forged);
+
+    char path[128];
+    snprintf(path, sizeof(path), "/api/v1/agents/%s/revoke-credential", revoked_id);
+    cr_assert_eq(status_on(&srv, "POST", path, admin, NULL), 200);
+    int64_t ms = agent_answers_within(&peer, revoked, 401, 2000);
+    cr_log_info("revoked agent credential refused by node B after %lld ms", (long long)ms);
+
+    snprintf(path, sizeof(path), "/api/v1/agents/%s/disable", disabled_id);
+    cr_assert_eq(status_on(&srv, "POST", path, admin, NULL), 200);
+    ms = agent_answers_within(&peer, disabled, 401, 2000);
+    cr_log_info("disabled agent refused by node B after %lld ms", (long long)ms);
+    snprintf(path, sizeof(path), "/api/v1/agents/%s/enable", disabled_id);
+    cr_assert_eq(status_on(&srv, "POST", path, admin, NULL), 200);
+    agent_answers_within(&peer, disabled, 200, 2000);
+
+    /* Rotated once, the old credential keeps its grace period; rotated again, the first
+     * one is neither current nor previous and is refused at once. */
+    char *second = agent_rotate(&srv, rotated);
+    cr_assert_eq(status_on(&peer, "GET", "/api/v1/agent", rotated, NULL), 200);
+    cr_assert_eq(status_on(&peer, "GET", "/api/v1/agent", second, NULL), 200);
+    char *third = agent_rotate(&srv, second);
+    ms = agent_answers_within(&peer, rotated, 401, 2000);
+    cr_log_info("credential rotated out twice refused by node B after %lld ms", (long long)ms);
+    cr_assert_eq(status_on(&peer, "GET", "/api/v1/agent", second, NULL), 200);
+    cr_assert_eq(status_on(&peer, "GET", "/api/v1/agent", third, NULL), 200);
+
+    snprintf(path, sizeof(path), "/api/v1/tenants/%s", tenant);
+    cr_assert_eq(status_on(&srv, "PATCH", path, op, "{\"status\":\"suspended\"}"), 200);
+    ms = agent_answers_within(&peer, third, 401, 2000);
+    cr_log_info("agent of a suspended tenant refused by node B after %lld ms", (long long)ms);
+
+    th_server_stop_peer(&peer);
+    free(revoked);
+    free(disabled);
+    free(rotated);
+    free(second);
+    free(third);
+    free(admin);
+    free(tenant);
+}
+
+/* Node B cannot reach RabbitMQ: it still refuses a revoked agent credential within
+ * auth.agent_cache_ttl (1 s here), since its entries expire. */
+Test(apicache, without_the_bus_the_other_node_refuses_an_agent_within_its_cache_ttl)
+{
+    int dead = free_port();
+    char amqp[128];
+    snprintf(amqp, sizeof(amqp), "ORCHD_AMQP_URL=amqp://guest:guest@127.0.0.1:%d/", dead);
+    const char *env[] = {"ORCHD_AUTH_AGENT_CACHE_TTL=1s", amqp, NULL};
+    struct th_server peer;
+    th_server_start_peer_env(&peer, &srv, env);
+    char *tenant = th_tenant(&srv, op, "nobus-agents", "standard");
+    char *admin = th_tenant_token(&srv, op, tenant, "admin");
+    char *cred = th_agent_register(&srv, admin, "a");
+    char *other = th_agent_register(&srv, admin, "b");
+    char id[64];
+    agent_id_of(&peer, cred, id);
+    cr_assert_eq(status_on(&peer, "GET", "/api/v1/agent", other, NULL), 200);
+
+    char path[128];
+    snprintf(path, sizeof(path), "/api/v1/agents/%s/revoke-credential", id);
+    cr_assert_eq(status_on(&srv, "POST", path, admin, NULL), 200);
+    /* The bound: the TTL, and a request's time on a loaded box. */
+    int64_t ms = agent_answers_within(&peer, cred, 401, 1000 + 500);
+    cr_log_info("revoked agent credential refused by node B (no bus) after %lld ms", (long long)ms);
+
+    snprintf(path, sizeof(path), "/api/v1/tenants/%s", tenant);
+    cr_assert_eq(status_on(&srv, "PATCH", path, op, "{\"status\":\"suspended\"}"), 200);
+    ms = agent_answers_within(&peer, other, 401, 1000 + 500);
+    cr_log_info("agent of a suspended tenant refused by node B (no bus) after %lld ms",
+                (long long)ms);
+
+    th_server_stop_peer(&peer);
+    free(cred);
+    free(other);
+    free(admin);
     free(tenant);
 }
 
