@@ -17,6 +17,7 @@
 #include "common/id.h"
 #include "common/log.h"
 #include "server/agentcache.h"
+#include "server/auth-jwtcache.h"
 #include "server/auth-keys.h"
 #include "server/authcache.h"
 #include "server/bus.h"
@@ -67,7 +68,7 @@ int app_open(struct app *app, const struct orchd_config *cfg, char *err, size_t 
         authcache_new(cfg->auth_cache_ttl_ms, (long)cfg->auth_quota_block, &app->auth) < 0 ||
         agentcache_new(cfg->auth_agent_cache_ttl_ms, (long)cfg->auth_agent_cache_max,
                        &app->agents) < 0 ||
-        bus_new(cfg->amqp_url, &app->bus) < 0 ||
+        jwt_cache_new(&app->jwts) < 0 || bus_new(cfg->amqp_url, &app->bus) < 0 ||
         blobcache_new((size_t)cfg->packages_cache_bytes, &app->blobs) < 0 ||
         blob_store_pg_new(app->store, &app->blobstore) < 0 || metrics_orch_new(&app->metrics) < 0) {
         app_close(app);
@@ -106,6 +107,8 @@ void app_close(struct app *app)
     app->auth = NULL;
     agentcache_free(app->agents);
     app->agents = NULL;
+    jwt_cache_free(app->jwts);
+    app->jwts = NULL;
     store_close(app->store);
     jwt_ring_free(app->ring);
     ratelimit_free(app->rl);
@@ -215,7 +218,8 @@ int app_authenticate(void *ctx, const char *token, size_t len, struct http_princ
     if (len > 8 && strncmp(token, "orch_ag_", 8) == 0)
         return authenticate_agent(app, token, len, ret, why);
     struct jwt_claims c;
-    int r = jwt_verify(app->ring, &app->jwt, token, len, clock_real_ms() / 1000, &c, why);
+    int r = jwt_verify_cached(app->jwts, app->ring, &app->jwt, token, len, clock_real_ms() / 1000,
+                              &c, why);
     if (r < 0)
         return r;
     memset(ret, 0, sizeof(*ret));

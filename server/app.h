@@ -16,6 +16,7 @@ struct ratelimit;
 struct events_hub;
 struct blob_store;
 struct agentcache;
+struct jwt_cache;
 struct authcache;
 struct auth_bus;
 struct report_batch;
@@ -37,6 +38,7 @@ struct app {
     struct events_hub *events;    /* owned: live events for the console (api role), or NULL */
     struct authcache *auth;       /* owned: admitted keys and reserved call blocks */
     struct agentcache *agents;    /* owned: admitted agent credentials */
+    struct jwt_cache *jwts;       /* owned: verified access tokens */
     struct auth_bus *auth_bus;    /* owned: auth.invalidate listener (api role), or NULL */
     /* owned: the agents' group commit (api role, agent.commit_threads > 0), or NULL: each
      * agent exchange commits alone on its loop (report-batch.h) */

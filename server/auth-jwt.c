@@ -835,6 +835,28 @@ static bool uuid_claim(const json_t *v, char out[ID_STR_LEN])
     return true;
 }
 
+static int check_times(int64_t exp, int64_t nbf, int64_t iat, const struct jwt_params *p,
+                       int64_t now, const char **why)
+{
+    if (now >= exp + p->leeway_s)
+        return refuse(why, "expired");
+    if (nbf - p->leeway_s > now)
+        return refuse(why, "not yet valid");
+    if (iat - p->leeway_s > now)
+        return refuse(why, "issued in the future");
+    return 0;
+}
+
+int jwt_claims_current(const struct jwt_claims *c, const struct jwt_params *p, int64_t now,
+                       const char **why)
+{
+    const char *reason = NULL;
+    int r = check_times(c->exp, c->nbf, c->iat, p, now, &reason);
+    if (why)
+        *why = reason;
+    return r;
+}
+
 static int check_claims(const json_t *claims, const struct jwt_params *p, int64_t now,
                         struct jwt_claims *ret, const char **why)
 {
@@ -862,12 +884,9 @@ static int check_claims(const json_t *claims, const struct jwt_params *p, int64_
         return refuse(why, "claim 'nbf' out of range");
     if (iat < 0 || iat > JWT_TIME_MAX)
         return refuse(why, "claim 'iat' out of range");
-    if (now >= exp + p->leeway_s)
-        return refuse(why, "expired");
-    if (nbf - p->leeway_s > now)
-        return refuse(why, "not yet valid");
-    if (iat - p->leeway_s > now)
-        return refuse(why, "issued in the future");
+    r = check_times(exp, nbf, iat, p, now, why);
+    if (r < 0)
+        return r;
     if (exp <= iat)
         return refuse(why, "claim 'exp' must be after 'iat'");
     if (exp - iat > JWT_TTL_MAX)

@@ -122,3 +122,9 @@ int jwt_issue(const struct jwt_ring *ring, const struct jwt_params *p, const str
  * *out is untouched on failure. The reason never quotes the token, and this function never logs. */
 int jwt_verify(const struct jwt_ring *ring, const struct jwt_params *p, const char *token,
                size_t len, int64_t now, struct jwt_claims *out, const char **why);
+
+/* The time checks of jwt_verify() alone, on claims it returned earlier: now < exp + leeway,
+ * nbf - leeway <= now, iat - leeway <= now. Returns 0, or -EACCES with *why (may be NULL)
+ * "expired", "not yet valid" or "issued in the future". For server/auth-jwtcache.c. */
+int jwt_claims_current(const struct jwt_claims *c, const struct jwt_params *p, int64_t now,
+                       const char **why);
