@@ -190,11 +190,7 @@ for b in build build-asan; do
         run+=("${suites[i]}" "${suites[i + 1]}")
     done
     [ ${#run[@]} -gt 0 ] || continue
-    # The integration tests spend most of their time waiting (for leases, heartbeats,
-    # restarts), not computing: four at a time keep two cores busy, two left them half idle.
-    procs=2
-    [[ " ${run[*]} " == *" integration "* ]] && procs=${ORCH_TEST_PROCESSES:-4}
-    if ! meson test -C "$b" "${run[@]}" --print-errorlogs --num-processes "$procs"; then
+    if ! meson test -C "$b" "${run[@]}" --print-errorlogs --num-processes 2; then
         status=1
     fi
     # A sanitizer report (the tests print orchd's log when it exits badly), or a test whose
