@@ -133,6 +133,85 @@ if [[ " $all_suites " == *" windows "* ]]; then
     win_pid=$!
 fi
 
+# The packaging stage: the .debs are built once (tools/package.sh) for both Debian tests.
+# Each script prints "result: N passed, M failed" last; a script that ends without it counts
+# as one test, failed or passed by its exit status.
+packaging_test() { # SCRIPT [ARGS...]
+    local t=$1 log rc p f
+    shift
+    if [ ! -x "$t" ]; then
+        say "packaging: $t is not there yet, skipped"
+        return 0
+    fi
+    say "packaging: $t"
+    log=$(mktemp)
+    # The packages the stage needs came with the others (orch_install_deps above).
+    if ORCH_SKIP_APT=1 "$t" "$@" 2>&1 | tee "$log"; then rc=0; else rc=${PIPESTATUS[0]}; fi
+    if read -r p f < <(sed -nE 's/^result: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$log" | tail -1) &&
+        [ -n "$p" ]; then
+        total_passed=$((total_passed + p))
+        total_failed=$((total_failed + f))
+        [ "$rc" = 0 ] || [ "$f" -gt 0 ] || total_failed=$((total_failed + 1))
+    elif [ "$rc" = 0 ]; then
+        total_passed=$((total_passed + 1))
+    else
+        total_failed=$((total_failed + 1))
+    fi
+    [ "$rc" = 0 ] || status=1
+    while IFS= read -r line; do failures+=("$t: $line"); done < <(grep -E '^  FAIL  |: FAIL: ' "$log")
+    [ "$rc" = 0 ] || failures+=("$t: exit $rc")
+    rm -f "$log"
+    stage_done "packaging: ${t##*/}"
+}
+# The first part of the packaging stage runs in the background beside the tests: the .debs
+# built once (tools/package.sh) and their test under a real systemd in a container of its
+# own (test-deb-systemd.sh), which shares nothing with the tests but the CPU. Its output
+# is kept in build-pkg-stage.log and printed, its counts added, by packaging_bg_end.
+debs=
+pkg_pid=
+packaging_bg() { # prints "packaging-stage: PASSED FAILED STATUS" and "packaging-failure: ..."
+    total_passed=0 total_failed=0 status=0 failures=() stage_times=() stage_start=$SECONDS
+    say "packaging: tools/package.sh deb $debs"
+    if ORCH_SKIP_APT=1 tools/package.sh deb "$debs" >"$debs/package.log" 2>&1; then
+        total_passed=1
+        touch "$debs/built"
+        # The units under a real systemd in a container (skips itself where it cannot boot one).
+        packaging_test tests/packaging/test-deb-systemd.sh "$debs"
+    else
+        tail -30 "$debs/package.log"
+        say "packaging: the Debian packages did not build"
+        failures+=("tools/package.sh deb")
+        total_failed=1
+        status=1
+    fi
+    printf '  %s\n' "${stage_times[@]}"
+    [ ${#failures[@]} -eq 0 ] || printf 'packaging-failure: %s\n' "${failures[@]}"
+    echo "packaging-stage: $total_passed $total_failed $status"
+}
+packaging_bg_end() {
+    [ -n "$pkg_pid" ] || return 0
+    wait "$pkg_pid" || true
+    pkg_pid=
+    say "packaging: the .debs and test-deb-systemd.sh (ran in the background)"
+    grep -v '^packaging-stage: \|^packaging-failure: ' build-pkg-stage.log || true
+    local p f st
+    read -r p f st < <(sed -n 's/^packaging-stage: //p' build-pkg-stage.log | tail -1) || true
+    total_passed=$((total_passed + ${p:-0}))
+    total_failed=$((total_failed + ${f:-1}))
+    [ "${st:-1}" = 0 ] || status=1
+    while IFS= read -r line; do
+        [ -n "$line" ] && failures+=("$line")
+    done < <(sed -n 's/^packaging-failure: //p' build-pkg-stage.log)
+    [ -n "$p" ] || failures+=("packaging: the background stage printed no result")
+    stage_done "packaging (background): wait after the tests"
+}
+if [[ " $all_suites " == *" packaging "* ]]; then
+    debs=$(mktemp -d /var/tmp/orch-debs.XXXXXX)
+    packaging_bg >build-pkg-stage.log 2>&1 &
+    pkg_pid=$!
+    say "packaging stage started in the background (build-pkg-stage.log)"
+fi
+
 ORCH_STATE_REMOVE=1
 orch_services_start "$(orch_state_dir "test-$$")"
 stage_done "PostgreSQL and RabbitMQ started"
@@ -265,58 +344,19 @@ fi
 windows_stage_end
 
 # Stop the services now, so that the summary below is the last line printed (and the
-# packaging tests, which start their own, do not run beside them).
+# packaging tests left, which start their own, do not run beside them).
 orch_services_stop
 trap - EXIT
 ORCH_STATE=
 
-# The packaging stage: the .debs are built once (tools/package.sh) for both Debian tests.
-# Each script prints "result: N passed, M failed" last; a script that ends without it counts
-# as one test, failed or passed by its exit status.
-packaging_test() { # SCRIPT [ARGS...]
-    local t=$1 log rc p f
-    shift
-    if [ ! -x "$t" ]; then
-        say "packaging: $t is not there yet, skipped"
-        return 0
-    fi
-    say "packaging: $t"
-    log=$(mktemp)
-    # The packages the stage needs came with the others (orch_install_deps above).
-    if ORCH_SKIP_APT=1 "$t" "$@" 2>&1 | tee "$log"; then rc=0; else rc=${PIPESTATUS[0]}; fi
-    if read -r p f < <(sed -nE 's/^result: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$log" | tail -1) &&
-        [ -n "$p" ]; then
-        total_passed=$((total_passed + p))
-        total_failed=$((total_failed + f))
-        [ "$rc" = 0 ] || [ "$f" -gt 0 ] || total_failed=$((total_failed + 1))
-    elif [ "$rc" = 0 ]; then
-        total_passed=$((total_passed + 1))
-    else
-        total_failed=$((total_failed + 1))
-    fi
-    [ "$rc" = 0 ] || status=1
-    while IFS= read -r line; do failures+=("$t: $line"); done < <(grep -E '^  FAIL  |: FAIL: ' "$log")
-    [ "$rc" = 0 ] || failures+=("$t: exit $rc")
-    rm -f "$log"
-    stage_done "packaging: ${t##*/}"
-}
 if [ $packaging = 1 ]; then
-    debs=$(mktemp -d /var/tmp/orch-debs.XXXXXX)
-    say "packaging: tools/package.sh deb $debs"
-    if ORCH_SKIP_APT=1 tools/package.sh deb "$debs" >"$debs/package.log" 2>&1; then
-        total_passed=$((total_passed + 1))
-        stage_done "packaging: tools/package.sh deb"
+    packaging_bg_end
+    if [ -n "$debs" ] && [ -f "$debs/built" ]; then
+        # Installs the packages on this machine (and purges them, with their users): after
+        # the integration tests, whose jobs run as the same orch-job user.
         packaging_test tests/packaging/test-deb.sh "$debs"
-        # The units under a real systemd in a container (skips itself where it cannot boot one).
-        packaging_test tests/packaging/test-deb-systemd.sh "$debs"
-    else
-        tail -30 "$debs/package.log"
-        say "packaging: the Debian packages did not build"
-        failures+=("tools/package.sh deb")
-        total_failed=$((total_failed + 1))
-        status=1
     fi
-    rm -rf "$debs"
+    [ -z "$debs" ] || rm -rf "$debs"
     # The .msi needs the Windows toolchain, wixl and msitools (the windows stage installs
     # them; without it, here).
     [[ " $all_suites " == *" windows "* ]] || orch_win_deps

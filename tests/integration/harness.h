@@ -28,7 +28,8 @@ char *th_pg_url(const char *role, const char *db);
 /* Create an empty database owned by orch_owner with a unique name written to name
  * (at least 64 bytes). */
 void th_db_create(char *name, size_t len);
-/* Create and migrate with the real `orchd migrate`. */
+/* Create a database migrated by the real `orchd migrate`: a copy of a template it migrated
+ * once for this orchd binary (made by the first caller). */
 void th_db_create_migrated(char *name, size_t len);
 /* Drop it, closing whatever is still connected. */
 void th_db_drop(const char *name);
