@@ -320,7 +320,7 @@ int api_list_page_with(struct http_req *req, const struct store_stmt *stmt, cons
     snprintf(lim, sizeof(lim), "%d", limit);
     const char *p[] = {c ? after : NULL, lim, arg3}; /* the statement takes 2 or 3 */
     PGresult *res = NULL;
-    int r = store_exec_once(((struct app *)http_req_app(req))->store, tenant_id, stmt, p, &res);
+    int r = store_read_once(((struct app *)http_req_app(req))->store, tenant_id, stmt, p, &res);
     if (r < 0) {
         http_reply_error(req, r, what);
         return r;
@@ -337,7 +337,7 @@ void api_get_doc(struct http_req *req, const struct store_stmt *stmt, const char
         return;
     const char *p[] = {id};
     PGresult *res = NULL;
-    int r = store_exec_once(((struct app *)http_req_app(req))->store, tenant_id, stmt, p, &res);
+    int r = store_read_once(((struct app *)http_req_app(req))->store, tenant_id, stmt, p, &res);
     if (r < 0) {
         char detail[96];
         snprintf(detail, sizeof(detail), "reading the %s", what);

@@ -709,3 +709,135 @@ int store_exec_once(struct store *store, const char *tenant_id, const struct sto
         *ret = res;
     return rows;
 }
+
+/* Read the next result of a pipeline and the NULL that ends it. Returns the result (NULL
+ * when the connection broke before it). */
+static PGresult *pipeline_next(PGconn *pg)
+{
+    PGresult *res = PQgetResult(pg);
+    if (res && PQresultStatus(res) != PGRES_PIPELINE_SYNC) {
+        PGresult *end = PQgetResult(pg);
+        PQclear(end); /* NULL, unless the stream is broken */
+    }
+    return res;
+}
+
+/* Send BEGIN READ ONLY, the scope, stmt and COMMIT on tx->conn in one pipeline and read
+ * the results. Returns the statement's rows with *ret set, a store error, or -EAGAIN when
+ * the connection was found dead before anything ran (the caller tries another). */
+static int read_pipelined(struct store_tx *tx, const struct store_stmt *stmt,
+                          const char *const *params, PGresult **ret)
+{
+    PGconn *pg = tx->conn->pg;
+    if (!conn_has_prepared(tx->conn, stmt)) {
+        if (tx->conn->n_prepared >= STORE_MAX_PREPARED)
+            return -E2BIG;
+        PGresult *p = PQprepare(pg, stmt->name, stmt->sql, stmt->nparams, NULL);
+        if (PQresultStatus(p) != PGRES_COMMAND_OK) {
+            bool lost = PQstatus(pg) != CONNECTION_OK;
+            int r = tx_fail(tx, p, "prepare");
+            PQclear(p);
+            return lost ? -EAGAIN : r;
+        }
+        PQclear(p);
+        tx->conn->prepared[tx->conn->n_prepared++] = stmt;
+    }
+    const char *scope[] = {tx->tenant};
+    bool sent =
+        PQenterPipelineMode(pg) == 1 &&
+        PQsendQueryParams(pg, "BEGIN READ ONLY", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
+        (!tx->tenant[0] || PQsendQueryParams(pg, "SELECT set_config('app.tenant_id', $1, true)", 1,
+                                             NULL, scope, NULL, NULL, 0) == 1) &&
+        PQsendQueryPrepared(pg, stmt->name, stmt->nparams, params, NULL, NULL, 0) == 1 &&
+        PQsendQueryParams(pg, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
+        PQpipelineSync(pg) == 1;
+    if (!sent) {
+        bool lost = PQstatus(pg) != CONNECTION_OK;
+        int r = tx_fail(tx, NULL, "pipeline");
+        tx->conn->broken = true;
+        return lost ? -EAGAIN : r;
+    }
+
+    PGresult *begin = pipeline_next(pg);
+    bool begun = begin && PQresultStatus(begin) == PGRES_COMMAND_OK;
+    if (!begun) {
+        /* Nothing ran after a failed BEGIN; a dead connection is tried again elsewhere. */
+        bool lost = PQstatus(pg) != CONNECTION_OK ||
+                    store_error_from_sqlstate(begin ? PQresultErrorField(begin, PG_DIAG_SQLSTATE)
+                                                    : NULL) == -ECONNRESET;
+        int r = tx_fail(tx, begin, "begin");
+        PQclear(begin);
+        tx->conn->broken = true;
+        return lost ? -EAGAIN : r;
+    }
+    PQclear(begin);
+    if (tx->tenant[0]) {
+        PGresult *set = pipeline_next(pg);
+        if (!set || PQresultStatus(set) != PGRES_TUPLES_OK)
+            tx_fail(tx, set, "scope");
+        PQclear(set);
+    }
+    PGresult *res = pipeline_next(pg);
+    int rows = 0;
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+        rows = result_rows(res);
+    } else if (st != PGRES_PIPELINE_ABORTED || !tx->error) {
+        tx_fail(tx, res, stmt->name);
+    }
+    PGresult *commit = pipeline_next(pg);
+    if (!tx->error && (!commit || PQresultStatus(commit) != PGRES_COMMAND_OK))
+        tx_fail(tx, commit, "commit");
+    PQclear(commit);
+    PGresult *sync = pipeline_next(pg);
+    if (!sync || PQresultStatus(sync) != PGRES_PIPELINE_SYNC)
+        tx->conn->broken = true;
+    PQclear(sync);
+    if (PQexitPipelineMode(pg) != 1)
+        tx->conn->broken = true;
+    /* After an error inside BEGIN ... COMMIT the transaction is still open, failed. */
+    if (!tx->conn->broken && PQtransactionStatus(pg) != PQTRANS_IDLE) {
+        PGresult *rb = PQexec(pg, "ROLLBACK");
+        PQclear(rb);
+        if (PQtransactionStatus(pg) != PQTRANS_IDLE)
+            tx->conn->broken = true;
+    }
+    if (tx->error) {
+        PQclear(res);
+        return tx->error;
+    }
+    if (ret)
+        *ret = res;
+    else
+        PQclear(res);
+    return rows;
+}
+
+int store_read_once(struct store *store, const char *tenant_id, const struct store_stmt *stmt,
+                    const char *const *params, PGresult **ret)
+{
+    if (tenant_id && !id_is_valid(tenant_id))
+        return -EINVAL;
+    struct store *s = store;
+    if (!tenant_id) {
+        if (!s->system)
+            return -EPERM;
+        s = s->system;
+    }
+    struct store_tx tx = {.store = s};
+    if (tenant_id)
+        snprintf(tx.tenant, sizeof(tx.tenant), "%s", tenant_id);
+    for (int attempt = 0;; attempt++) {
+        int r = pool_acquire(s, &tx.conn);
+        if (r < 0)
+            return r;
+        tx.error = 0;
+        r = read_pipelined(&tx, stmt, params, ret);
+        pool_release(s, tx.conn);
+        tx.conn = NULL;
+        if (r != -EAGAIN)
+            return r;
+        if (attempt >= s->pool_size)
+            return tx.error ? tx.error : -ECONNRESET;
+    }
+}

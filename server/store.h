@@ -125,3 +125,11 @@ int store_ping(struct store *store);
  * (tenant_id NULL = system), exec, commit. Same returns as store_tx_exec(). */
 int store_exec_once(struct store *store, const char *tenant_id, const struct store_stmt *stmt,
                     const char *const *params, PGresult **ret);
+
+/* store_exec_once() for a statement that only reads, in one round trip: BEGIN READ ONLY,
+ * the scope, the statement and COMMIT are sent together (libpq's pipeline mode). A
+ * connection found dead on the way is replaced and the whole tried again, which is safe
+ * since nothing it ran could write. Same returns as store_tx_exec(); a statement that
+ * writes fails (SQLSTATE 25006, -EIO). */
+int store_read_once(struct store *store, const char *tenant_id, const struct store_stmt *stmt,
+                    const char *const *params, PGresult **ret);

@@ -480,3 +480,61 @@ Test(store, async_commit_is_per_transaction)
     cr_assert_eq(store_tx_commit(tx), 0);
     store_close(s);
 }
+
+/* store_read_once(): one round trip, the same scope and errors as store_exec_once(). */
+Test(store, read_once_reads_in_scope_refuses_writes_and_survives_errors)
+{
+    struct store *s = open_store(1, 0);
+    make_tenant(s, tenant_a, "read-a");
+    make_tenant(s, tenant_b, "read-b");
+    add_queue(s, tenant_a, "a1");
+    add_queue(s, tenant_a, "a2");
+    add_queue(s, tenant_b, "b1");
+
+    PGresult *res = NULL;
+    cr_assert_eq(store_read_once(s, tenant_a, &q_queue_names, NULL, &res), 2);
+    cr_assert_str_eq(PQgetvalue(res, 0, 0), "a1");
+    cr_assert_str_eq(PQgetvalue(res, 1, 0), "a2");
+    PQclear(res);
+    res = NULL;
+    cr_assert_eq(store_read_once(s, tenant_b, &q_queue_names, NULL, &res), 1);
+    cr_assert_str_eq(PQgetvalue(res, 0, 0), "b1");
+    PQclear(res);
+    res = NULL;
+    cr_assert_eq(store_read_once(s, NULL, &q_queue_count, NULL, &res), 1, "system scope");
+    cr_assert_str_eq(PQgetvalue(res, 0, 0), "3");
+    PQclear(res);
+
+    /* The scope ends with it: the pooled connection carries nothing into the next one. */
+    res = NULL;
+    cr_assert_eq(store_exec_once(s, NULL, &q_settings, NULL, &res), 1);
+    cr_assert_str_eq(PQgetvalue(res, 0, 0), "");
+    PQclear(res);
+
+    /* A write is refused, and nothing of it is left: not the row, not an open transaction. */
+    char qid[ID_STR_LEN];
+    id_uuid7_str(qid);
+    const char *p[] = {qid, "w"};
+    cr_assert_eq(store_read_once(s, tenant_a, &q_queue_insert, p, NULL), -EIO);
+    cr_assert_eq(count_queues(s, tenant_a), 2);
+    /* A failing statement (a type error at run time), then a good one on the same
+     * connection (the pool holds one). */
+    static const struct store_stmt q_bad_cast =
+        STORE_STMT("t_bad_cast", "SELECT 'x'::int FROM queues", 0);
+    cr_assert_lt(store_read_once(s, tenant_a, &q_bad_cast, NULL, NULL), 0);
+    cr_assert_eq(store_read_once(s, tenant_a, &q_queue_count, NULL, NULL), 1);
+    cr_assert_eq(store_read_once(s, "not-a-uuid", &q_queue_count, NULL, NULL), -EINVAL);
+
+    /* A connection that died while idle is replaced; the read does not fail for it. */
+    char pid[32];
+    backend_pid(s, tenant_a, pid, sizeof(pid));
+    const char *pids[] = {pid};
+    kill_backends(pids, 1);
+    res = NULL;
+    cr_assert_eq(store_read_once(s, tenant_a, &q_queue_names, NULL, &res), 2);
+    PQclear(res);
+    struct store_stats st;
+    store_stats(s, &st);
+    cr_assert_geq(st.reconnects, 1);
+    store_close(s);
+}
