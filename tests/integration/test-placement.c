@@ -388,7 +388,7 @@ static long oversubscribed(void)
 
 Test(placement, two_dispatching_nodes_never_oversubscribe_an_agent)
 {
-    enum { NAGENTS = 6, NJOBS = 2000 };
+    enum { NAGENTS = 6, NJOBS = 800 };
     struct th_server peer;
     th_server_start_peer(&peer, &srv);
     struct agent ag[NAGENTS];
