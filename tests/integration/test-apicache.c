@@ -70,6 +70,16 @@ static int free_port(void)
     return ntohs(a.sin_port);
 }
 
+/* Start a second node on srv's database whose bus is a port nothing listens on, with one
+ * more "K=V" setting (a cache's TTL). */
+static void start_peer_without_bus(struct th_server *peer, const char *setting)
+{
+    char amqp[128];
+    snprintf(amqp, sizeof(amqp), "ORCHD_AMQP_URL=amqp://guest:guest@127.0.0.1:%d/", free_port());
+    const char *env[] = {setting, amqp, NULL};
+    th_server_start_peer_env(peer, &srv, env);
+}
+
 /* Wait until the node's log says its auth.invalidate listener is bound (bounded). */
 static void wait_listening(const struct th_server *s)
 {
@@ -141,12 +151,8 @@ Test(apicache, revocation_and_suspension_reach_the_other_node_over_the_bus)
  * change, since its entries expire. */
 Test(apicache, without_the_bus_the_other_node_refuses_within_the_cache_ttl)
 {
-    int dead = free_port();
-    char amqp[128];
-    snprintf(amqp, sizeof(amqp), "ORCHD_AMQP_URL=amqp://guest:guest@127.0.0.1:%d/", dead);
-    const char *env[] = {"ORCHD_AUTH_CACHE_TTL=1s", amqp, NULL};
     struct th_server peer;
-    th_server_start_peer_env(&peer, &srv, env);
+    start_peer_without_bus(&peer, "ORCHD_AUTH_CACHE_TTL=1s");
     char *tenant = th_tenant(&srv, op, "nobus-revoke", "standard");
     char admin_id[64], viewer_id[64];
     char *admin = key_token(tenant, "admin", admin_id);
@@ -305,12 +311,8 @@ Test(apicache, agent_credentials_are_remembered_and_changes_reach_the_other_node
  * auth.agent_cache_ttl (1 s here), since its entries expire. */
 Test(apicache, without_the_bus_the_other_node_refuses_an_agent_within_its_cache_ttl)
 {
-    int dead = free_port();
-    char amqp[128];
-    snprintf(amqp, sizeof(amqp), "ORCHD_AMQP_URL=amqp://guest:guest@127.0.0.1:%d/", dead);
-    const char *env[] = {"ORCHD_AUTH_AGENT_CACHE_TTL=1s", amqp, NULL};
     struct th_server peer;
-    th_server_start_peer_env(&peer, &srv, env);
+    start_peer_without_bus(&peer, "ORCHD_AUTH_AGENT_CACHE_TTL=1s");
     char *tenant = th_tenant(&srv, op, "nobus-agents", "standard");
     char *admin = th_tenant_token(&srv, op, tenant, "admin");
     char *cred = th_agent_register(&srv, admin, "a");
