@@ -25,17 +25,19 @@ struct auth_bus {
     struct bus_sub *sub;
 };
 
+/* Drop from this node's caches what a change made stale (NULL or "": nothing of that kind). */
+static void drop(struct app *app, const char *key_id, const char *tenant_id, const char *agent_id)
+{
+    authcache_drop_key(app->auth, key_id);
+    authcache_drop_tenant(app->auth, tenant_id);
+    agentcache_drop_tenant(app->agents, tenant_id);
+    agentcache_drop_agent(app->agents, agent_id);
+}
+
 void app_auth_invalidate(struct app *app, const char *key_id, const char *tenant_id,
                          const char *agent_id)
 {
-    if (key_id)
-        authcache_drop_key(app->auth, key_id);
-    if (tenant_id) {
-        authcache_drop_tenant(app->auth, tenant_id);
-        agentcache_drop_tenant(app->agents, tenant_id);
-    }
-    if (agent_id)
-        agentcache_drop_agent(app->agents, agent_id);
+    drop(app, key_id, tenant_id, agent_id);
     char *msg = proto_bus_auth_invalidate_encode(key_id, tenant_id, agent_id);
     if (!msg)
         return;
@@ -56,14 +58,7 @@ static void handle(struct auth_bus *ab, const char *body, size_t len)
         log_warn("op=auth.bus field=%s error=\"%s: dropped\"", err.field, err.detail);
         return;
     }
-    if (m.key_id[0])
-        authcache_drop_key(ab->app->auth, m.key_id);
-    if (m.tenant_id[0]) {
-        authcache_drop_tenant(ab->app->auth, m.tenant_id);
-        agentcache_drop_tenant(ab->app->agents, m.tenant_id);
-    }
-    if (m.agent_id[0])
-        agentcache_drop_agent(ab->app->agents, m.agent_id);
+    drop(ab->app, m.key_id, m.tenant_id, m.agent_id);
     log_debug("op=auth.bus key=%s tenant=%s agent=%s state=dropped", m.key_id[0] ? m.key_id : "-",
               m.tenant_id[0] ? m.tenant_id : "-", m.agent_id[0] ? m.agent_id : "-");
 }

@@ -464,16 +464,26 @@ static int pool_begin(struct store *s, const char *begin_sql, struct store_tx *t
     }
 }
 
-static int tx_begin(struct store *s, const char *tenant_id, unsigned flags, struct store_tx **ret)
+/* The scope picks the pool, and so the role: no setting chooses it. tenant_id NULL is the
+ * system scope. Returns 0 with *ret, -EINVAL (not a canonical UUID) or -EPERM (no system
+ * pool). */
+static int scope_pool(struct store *store, const char *tenant_id, struct store **ret)
 {
     if (tenant_id && !id_is_valid(tenant_id))
         return -EINVAL;
-    /* The scope picks the pool, and so the role: no setting chooses it. */
-    if (!tenant_id) {
-        if (!s->system)
-            return -EPERM;
-        s = s->system;
-    }
+    if (!tenant_id && !store->system)
+        return -EPERM;
+    *ret = tenant_id ? store : store->system;
+    return 0;
+}
+
+static int tx_begin(struct store *store, const char *tenant_id, unsigned flags,
+                    struct store_tx **ret)
+{
+    struct store *s;
+    int r = scope_pool(store, tenant_id, &s);
+    if (r < 0)
+        return r;
 
     _cleanup_free_ struct store_tx *tx = calloc(1, sizeof(*tx));
     if (!tx)
@@ -493,7 +503,7 @@ static int tx_begin(struct store *s, const char *tenant_id, unsigned flags, stru
     } else {
         snprintf(sql, sizeof(sql), "%s; SELECT %s", begin, is_async ? async : "true");
     }
-    int r = pool_begin(s, sql, tx);
+    r = pool_begin(s, sql, tx);
     if (r < 0) {
         store_tx_rollback(TAKE_PTR(tx));
         return r;
@@ -562,27 +572,37 @@ int store_tx_exec(struct store_tx *tx, const struct store_stmt *stmt, const char
     return store_tx_exec_bin(tx, stmt, params, NULL, NULL, false, ret);
 }
 
+/* Prepare stmt on tx's connection unless it was already. Returns 0 or a store error (the
+ * transaction failed). */
+static int conn_prepare(struct store_tx *tx, const struct store_stmt *stmt)
+{
+    struct store_conn *c = tx->conn;
+    if (conn_has_prepared(c, stmt))
+        return 0;
+    if (c->n_prepared >= STORE_MAX_PREPARED)
+        return -E2BIG;
+    PGresult *p = PQprepare(c->pg, stmt->name, stmt->sql, stmt->nparams, NULL);
+    if (PQresultStatus(p) != PGRES_COMMAND_OK) {
+        int r = tx_fail(tx, p, "prepare");
+        log_error("op=store.prepare stmt=%s sqlstate=%s error=\"%s\"", stmt->name, tx->sqlstate,
+                  tx->errmsg);
+        PQclear(p);
+        return r;
+    }
+    PQclear(p);
+    c->prepared[c->n_prepared++] = stmt;
+    return 0;
+}
+
 int store_tx_exec_bin(struct store_tx *tx, const struct store_stmt *stmt, const char *const *params,
                       const int *lengths, const int *formats, bool binary_result, PGresult **ret)
 {
     if (tx->error)
         return tx->error;
-
     struct store_conn *c = tx->conn;
-    if (!conn_has_prepared(c, stmt)) {
-        if (c->n_prepared >= STORE_MAX_PREPARED)
-            return -E2BIG;
-        PGresult *p = PQprepare(c->pg, stmt->name, stmt->sql, stmt->nparams, NULL);
-        if (PQresultStatus(p) != PGRES_COMMAND_OK) {
-            int r = tx_fail(tx, p, "prepare");
-            log_error("op=store.prepare stmt=%s sqlstate=%s error=\"%s\"", stmt->name, tx->sqlstate,
-                      tx->errmsg);
-            PQclear(p);
-            return r;
-        }
-        PQclear(p);
-        c->prepared[c->n_prepared++] = stmt;
-    }
+    int r = conn_prepare(tx, stmt);
+    if (r < 0)
+        return r;
     PGresult *res = PQexecPrepared(c->pg, stmt->name, stmt->nparams, params, lengths, formats,
                                    binary_result ? 1 : 0);
     return tx_finish_result(tx, res, ret, stmt->name);
@@ -729,19 +749,9 @@ static int read_pipelined(struct store_tx *tx, const struct store_stmt *stmt,
                           const char *const *params, PGresult **ret)
 {
     PGconn *pg = tx->conn->pg;
-    if (!conn_has_prepared(tx->conn, stmt)) {
-        if (tx->conn->n_prepared >= STORE_MAX_PREPARED)
-            return -E2BIG;
-        PGresult *p = PQprepare(pg, stmt->name, stmt->sql, stmt->nparams, NULL);
-        if (PQresultStatus(p) != PGRES_COMMAND_OK) {
-            bool lost = PQstatus(pg) != CONNECTION_OK;
-            int r = tx_fail(tx, p, "prepare");
-            PQclear(p);
-            return lost ? -EAGAIN : r;
-        }
-        PQclear(p);
-        tx->conn->prepared[tx->conn->n_prepared++] = stmt;
-    }
+    int r = conn_prepare(tx, stmt);
+    if (r < 0)
+        return PQstatus(pg) != CONNECTION_OK ? -EAGAIN : r;
     const char *scope[] = {tx->tenant};
     bool sent =
         PQenterPipelineMode(pg) == 1 &&
@@ -753,7 +763,7 @@ static int read_pipelined(struct store_tx *tx, const struct store_stmt *stmt,
         PQpipelineSync(pg) == 1;
     if (!sent) {
         bool lost = PQstatus(pg) != CONNECTION_OK;
-        int r = tx_fail(tx, NULL, "pipeline");
+        r = tx_fail(tx, NULL, "pipeline");
         tx->conn->broken = true;
         return lost ? -EAGAIN : r;
     }
@@ -765,7 +775,7 @@ static int read_pipelined(struct store_tx *tx, const struct store_stmt *stmt,
         bool lost = PQstatus(pg) != CONNECTION_OK ||
                     store_error_from_sqlstate(begin ? PQresultErrorField(begin, PG_DIAG_SQLSTATE)
                                                     : NULL) == -ECONNRESET;
-        int r = tx_fail(tx, begin, "begin");
+        r = tx_fail(tx, begin, "begin");
         PQclear(begin);
         tx->conn->broken = true;
         return lost ? -EAGAIN : r;
@@ -816,19 +826,15 @@ static int read_pipelined(struct store_tx *tx, const struct store_stmt *stmt,
 int store_read_once(struct store *store, const char *tenant_id, const struct store_stmt *stmt,
                     const char *const *params, PGresult **ret)
 {
-    if (tenant_id && !id_is_valid(tenant_id))
-        return -EINVAL;
-    struct store *s = store;
-    if (!tenant_id) {
-        if (!s->system)
-            return -EPERM;
-        s = s->system;
-    }
+    struct store *s;
+    int r = scope_pool(store, tenant_id, &s);
+    if (r < 0)
+        return r;
     struct store_tx tx = {.store = s};
     if (tenant_id)
         snprintf(tx.tenant, sizeof(tx.tenant), "%s", tenant_id);
     for (int attempt = 0;; attempt++) {
-        int r = pool_acquire(s, &tx.conn);
+        r = pool_acquire(s, &tx.conn);
         if (r < 0)
             return r;
         tx.error = 0;
