@@ -32,33 +32,42 @@ $$;
 -- LOCKED, so a batch never waits for a job. Under those locks the counts of active jobs
 -- (from the partial indexes jobs_active_tenant, jobs_active_agent, jobs_active_queue) are
 -- exact, and every batch that could change them waits for this one to commit.
+--
+-- Set-based: one query reads every proposal with its job, agent, queue and tenant and
+-- decides what does not depend on the order (the job's state, a paused queue, the
+-- agent's state and fit); a loop in memory applies the counts in proposal order; one
+-- UPDATE and one INSERT write the assignments. So the statement-level triggers on jobs
+-- (sql/functions/90_webhooks.sql) run once per batch, not once per job.
 CREATE OR REPLACE FUNCTION assign_batch(job_ids uuid[], agent_ids uuid[], lease_s int, online_s int)
     RETURNS TABLE (job_id uuid, agent_id uuid, tenant_id uuid, outcome text, epoch bigint,
                    gateway_node text)
     LANGUAGE plpgsql AS $$
 DECLARE
+    n int := coalesce(cardinality(job_ids), 0);
     t_ids uuid[];
     t_run int[];
     t_max int[];
-    t_tier text[];
     a_ids uuid[];
     a_act int[];
     q_ids uuid[];
     q_run int[];
-    j record;
-    a record;
-    q record;
-    ti int;
-    ai int;
-    qi int;
-    ep bigint;
-    att int;
+    o_tenant uuid[];
+    o_outcome text[];
+    o_epoch bigint[];
+    o_gateway text[];
+    w_jobs uuid[] := '{}';
+    w_agents uuid[] := '{}';
+    w_at int[] := '{}';
+    w_epochs bigint[];
+    w int := 0;
+    p record;
+    oc text;
 BEGIN
     IF cardinality(job_ids) IS DISTINCT FROM cardinality(agent_ids) THEN
         RAISE EXCEPTION 'assign_batch: % jobs and % agents', cardinality(job_ids),
                         cardinality(agent_ids);
     END IF;
-    IF coalesce(cardinality(job_ids), 0) = 0 THEN
+    IF n = 0 THEN
         RETURN;
     END IF;
     PERFORM 1 FROM tenants t
@@ -69,9 +78,9 @@ BEGIN
      WHERE qu.id IN (SELECT jb.queue_id FROM jobs jb WHERE jb.id = ANY (job_ids))
      ORDER BY qu.id FOR NO KEY UPDATE;
 
-    SELECT array_agg(x.id), array_agg(x.n), array_agg(x.m), array_agg(x.tier)
-      INTO t_ids, t_run, t_max, t_tier
-      FROM (SELECT tq.tenant_id AS id, tq.max_concurrent_jobs AS m, tq.tier,
+    SELECT array_agg(x.id), array_agg(x.n), array_agg(x.m)
+      INTO t_ids, t_run, t_max
+      FROM (SELECT tq.tenant_id AS id, tq.max_concurrent_jobs AS m,
                    (SELECT count(*) FROM jobs r WHERE r.tenant_id = tq.tenant_id
                        AND r.status IN ('assigned', 'running'))::int AS n
               FROM tenant_quotas tq
@@ -87,83 +96,112 @@ BEGIN
               FROM queues qu
              WHERE qu.id IN (SELECT jb.queue_id FROM jobs jb WHERE jb.id = ANY (job_ids))) x;
 
-    FOR i IN 1 .. cardinality(job_ids) LOOP
+    o_tenant := array_fill(NULL::uuid, ARRAY[n]);
+    o_outcome := array_fill(NULL::text, ARRAY[n]);
+    o_epoch := array_fill(NULL::bigint, ARRAY[n]);
+    o_gateway := array_fill(NULL::text, ARRAY[n]);
+    FOR p IN
+        WITH lj AS MATERIALIZED (
+            SELECT jb.id, jb.tenant_id, jb.queue_id, jb.status, jb.cancel_requested,
+                   jb.not_before, jb.requirements
+              FROM jobs jb WHERE jb.id = ANY (job_ids) FOR UPDATE SKIP LOCKED)
+        SELECT pr.i::int AS i, pr.jid, pr.aid, lj.tenant_id,
+               row_number() OVER (PARTITION BY pr.jid ORDER BY pr.i) > 1 AS again,
+               CASE WHEN lj.id IS NULL THEN
+                         CASE WHEN EXISTS (SELECT 1 FROM jobs jb WHERE jb.id = pr.jid)
+                              THEN 'job_busy' ELSE 'job_gone' END
+                    WHEN lj.status <> 'queued' OR lj.cancel_requested THEN 'job_gone'
+                    WHEN lj.not_before > now() THEN 'job_later'
+                    WHEN qu.paused THEN 'queue_paused'
+               END AS job_refused,
+               CASE WHEN ag.id IS NULL OR ag.status <> 'online'
+                         OR ag.credential_revoked_at IS NOT NULL OR ag.last_heartbeat_at IS NULL
+                         OR ag.last_heartbeat_at <= now() - make_interval(secs => online_s)
+                    THEN 'agent_gone'
+                    WHEN NOT (CASE WHEN ag.pool_id IS NULL THEN ag.tenant_id = lj.tenant_id
+                                   ELSE EXISTS (SELECT 1 FROM pools pl
+                                                 WHERE pl.id = ag.pool_id
+                                                   AND (tq.tier = ANY (pl.tiers)
+                                                        OR lj.tenant_id = ANY (pl.tenants))) END)
+                         OR NOT agent_meets(ag.labels, ag.os, ag.arch, ag.memory_free_bytes,
+                                            ag.disk_free_bytes, lj.requirements)
+                    THEN 'agent_unfit'
+               END AS agent_refused,
+               qu.max_running, ag.slots, ag.gateway_node,
+               array_position(q_ids, lj.queue_id) AS qi,
+               array_position(t_ids, lj.tenant_id) AS ti,
+               array_position(a_ids, pr.aid) AS ai
+          FROM unnest(job_ids, agent_ids) WITH ORDINALITY AS pr(jid, aid, i)
+          LEFT JOIN lj ON lj.id = pr.jid
+          LEFT JOIN queues qu ON qu.id = lj.queue_id
+          LEFT JOIN agents ag ON ag.id = pr.aid
+          LEFT JOIN tenant_quotas tq ON tq.tenant_id = lj.tenant_id
+         ORDER BY pr.i
+    LOOP
+        o_tenant[p.i] := p.tenant_id;
+        oc := p.job_refused;
+        IF oc IS NULL AND p.again AND p.jid = ANY (w_jobs) THEN
+            oc := 'job_gone'; -- assigned by an earlier proposal of this batch
+        END IF;
+        IF oc IS NULL AND p.qi IS NOT NULL AND p.max_running IS NOT NULL
+           AND q_run[p.qi] >= p.max_running THEN
+            oc := 'queue_full';
+        END IF;
+        IF oc IS NULL THEN
+            oc := p.agent_refused;
+        END IF;
+        IF oc IS NULL AND a_act[p.ai] >= p.slots THEN
+            oc := 'agent_full';
+        ELSIF oc IS NULL AND (p.ti IS NULL OR t_run[p.ti] >= t_max[p.ti]) THEN
+            oc := 'tenant_full';
+        END IF;
+        IF oc IS NULL THEN
+            oc := 'assigned';
+            w := w + 1;
+            w_jobs[w] := p.jid;
+            w_agents[w] := p.aid;
+            w_at[w] := p.i;
+            t_run[p.ti] := t_run[p.ti] + 1;
+            a_act[p.ai] := a_act[p.ai] + 1;
+            IF p.qi IS NOT NULL THEN
+                q_run[p.qi] := q_run[p.qi] + 1;
+            END IF;
+            o_gateway[p.i] := p.gateway_node;
+        END IF;
+        o_outcome[p.i] := oc;
+    END LOOP;
+
+    IF w > 0 THEN
+        WITH u AS (
+            UPDATE jobs SET status = 'assigned', epoch = jobs.epoch + 1,
+                   attempt = jobs.attempt + 1, agent_id = x.aid,
+                   lease_expires_at = now() + make_interval(secs => lease_s),
+                   delivered_at = NULL, updated_at = now()
+              FROM unnest(w_jobs, w_agents) WITH ORDINALITY AS x(jid, aid, k)
+             WHERE jobs.id = x.jid
+            RETURNING x.k, jobs.id, jobs.tenant_id, jobs.epoch, jobs.attempt, jobs.agent_id),
+        ins AS (
+            INSERT INTO job_attempts (id, tenant_id, job_id, attempt, epoch, agent_id, status)
+            SELECT gen_random_uuid(), u.tenant_id, u.id, u.attempt, u.epoch, u.agent_id,
+                   'assigned'
+              FROM u)
+        SELECT array_agg(u.epoch ORDER BY u.k) INTO w_epochs FROM u;
+        IF coalesce(cardinality(w_epochs), 0) <> w THEN
+            RAISE EXCEPTION 'assign_batch: % assignments written of %',
+                            coalesce(cardinality(w_epochs), 0), w;
+        END IF;
+        FOR k IN 1 .. w LOOP
+            o_epoch[w_at[k]] := w_epochs[k];
+        END LOOP;
+    END IF;
+
+    FOR i IN 1 .. n LOOP
         job_id := job_ids[i];
         agent_id := agent_ids[i];
-        tenant_id := NULL;
-        epoch := NULL;
-        gateway_node := NULL;
-        outcome := NULL;
-        SELECT jb.id, jb.tenant_id, jb.queue_id, jb.status, jb.cancel_requested,
-               jb.not_before, jb.requirements
-          INTO j FROM jobs jb WHERE jb.id = job_ids[i] FOR UPDATE SKIP LOCKED;
-        IF NOT FOUND THEN
-            outcome := CASE WHEN EXISTS (SELECT 1 FROM jobs jb WHERE jb.id = job_ids[i])
-                            THEN 'job_busy' ELSE 'job_gone' END;
-            RETURN NEXT;
-            CONTINUE;
-        END IF;
-        tenant_id := j.tenant_id;
-        IF j.status <> 'queued' OR j.cancel_requested THEN
-            outcome := 'job_gone';
-        ELSIF j.not_before > now() THEN
-            outcome := 'job_later';
-        END IF;
-        qi := NULL;
-        IF outcome IS NULL AND j.queue_id IS NOT NULL THEN
-            SELECT qu.paused, qu.max_running INTO q FROM queues qu WHERE qu.id = j.queue_id;
-            qi := array_position(q_ids, j.queue_id);
-            IF q.paused THEN
-                outcome := 'queue_paused';
-            ELSIF q.max_running IS NOT NULL AND q_run[qi] >= q.max_running THEN
-                outcome := 'queue_full';
-            END IF;
-        END IF;
-        ti := array_position(t_ids, j.tenant_id);
-        IF outcome IS NULL THEN
-            SELECT ag.id, ag.tenant_id, ag.pool_id, ag.status, ag.slots, ag.labels, ag.os,
-                   ag.arch, ag.memory_free_bytes, ag.disk_free_bytes, ag.gateway_node,
-                   ag.credential_revoked_at, ag.last_heartbeat_at
-              INTO a FROM agents ag WHERE ag.id = agent_ids[i];
-            IF NOT FOUND OR a.status <> 'online' OR a.credential_revoked_at IS NOT NULL
-               OR a.last_heartbeat_at IS NULL
-               OR a.last_heartbeat_at <= now() - make_interval(secs => online_s) THEN
-                outcome := 'agent_gone';
-            ELSIF NOT (CASE WHEN a.pool_id IS NULL THEN a.tenant_id = j.tenant_id
-                            ELSE EXISTS (SELECT 1 FROM pools p
-                                          WHERE p.id = a.pool_id
-                                            AND (t_tier[ti] = ANY (p.tiers)
-                                                 OR j.tenant_id = ANY (p.tenants))) END)
-                  OR NOT agent_meets(a.labels, a.os, a.arch, a.memory_free_bytes,
-                                     a.disk_free_bytes, j.requirements) THEN
-                outcome := 'agent_unfit';
-            ELSIF a_act[array_position(a_ids, agent_ids[i])] >= a.slots THEN
-                outcome := 'agent_full';
-            ELSIF ti IS NULL OR t_run[ti] >= t_max[ti] THEN
-                outcome := 'tenant_full';
-            END IF;
-        END IF;
-        IF outcome IS NOT NULL THEN
-            RETURN NEXT;
-            CONTINUE;
-        END IF;
-        UPDATE jobs SET status = 'assigned', epoch = jobs.epoch + 1, attempt = jobs.attempt + 1,
-               agent_id = agent_ids[i],
-               lease_expires_at = now() + make_interval(secs => lease_s),
-               delivered_at = NULL, updated_at = now()
-         WHERE jobs.id = job_ids[i]
-        RETURNING jobs.epoch, jobs.attempt INTO ep, att;
-        INSERT INTO job_attempts (id, tenant_id, job_id, attempt, epoch, agent_id, status)
-        VALUES (gen_random_uuid(), j.tenant_id, j.id, att, ep, agent_ids[i], 'assigned');
-        ai := array_position(a_ids, agent_ids[i]);
-        t_run[ti] := t_run[ti] + 1;
-        a_act[ai] := a_act[ai] + 1;
-        IF qi IS NOT NULL THEN
-            q_run[qi] := q_run[qi] + 1;
-        END IF;
-        outcome := 'assigned';
-        epoch := ep;
-        gateway_node := a.gateway_node;
+        tenant_id := o_tenant[i];
+        outcome := o_outcome[i];
+        epoch := o_epoch[i];
+        gateway_node := o_gateway[i];
         RETURN NEXT;
     END LOOP;
 END
