@@ -745,22 +745,34 @@ static PGresult *pipeline_next(PGconn *pg)
 /* Send BEGIN READ ONLY, the scope, stmt and COMMIT on tx->conn in one pipeline and read
  * the results. Returns the statement's rows with *ret set, a store error, or -EAGAIN when
  * the connection was found dead before anything ran (the caller tries another). */
+/* The statements around a pipelined read, prepared once per connection like any other, so
+ * that PostgreSQL does not parse them on every read. */
+static const struct store_stmt q_read_begin = STORE_STMT("store_read_begin", "BEGIN READ ONLY", 0);
+static const struct store_stmt q_read_scope =
+    STORE_STMT("store_read_scope", "SELECT set_config('app.tenant_id', $1, true)", 1);
+static const struct store_stmt q_read_commit = STORE_STMT("store_read_commit", "COMMIT", 0);
+
 static int read_pipelined(struct store_tx *tx, const struct store_stmt *stmt,
                           const char *const *params, PGresult **ret)
 {
     PGconn *pg = tx->conn->pg;
-    int r = conn_prepare(tx, stmt);
+    int r = conn_prepare(tx, &q_read_begin);
+    if (r >= 0 && tx->tenant[0])
+        r = conn_prepare(tx, &q_read_scope);
+    if (r >= 0)
+        r = conn_prepare(tx, &q_read_commit);
+    if (r >= 0)
+        r = conn_prepare(tx, stmt);
     if (r < 0)
         return PQstatus(pg) != CONNECTION_OK ? -EAGAIN : r;
     const char *scope[] = {tx->tenant};
-    bool sent =
-        PQenterPipelineMode(pg) == 1 &&
-        PQsendQueryParams(pg, "BEGIN READ ONLY", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
-        (!tx->tenant[0] || PQsendQueryParams(pg, "SELECT set_config('app.tenant_id', $1, true)", 1,
-                                             NULL, scope, NULL, NULL, 0) == 1) &&
-        PQsendQueryPrepared(pg, stmt->name, stmt->nparams, params, NULL, NULL, 0) == 1 &&
-        PQsendQueryParams(pg, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
-        PQpipelineSync(pg) == 1;
+    bool sent = PQenterPipelineMode(pg) == 1 &&
+                PQsendQueryPrepared(pg, q_read_begin.name, 0, NULL, NULL, NULL, 0) == 1 &&
+                (!tx->tenant[0] ||
+                 PQsendQueryPrepared(pg, q_read_scope.name, 1, scope, NULL, NULL, 0) == 1) &&
+                PQsendQueryPrepared(pg, stmt->name, stmt->nparams, params, NULL, NULL, 0) == 1 &&
+                PQsendQueryPrepared(pg, q_read_commit.name, 0, NULL, NULL, NULL, 0) == 1 &&
+                PQpipelineSync(pg) == 1;
     if (!sent) {
         bool lost = PQstatus(pg) != CONNECTION_OK;
         r = tx_fail(tx, NULL, "pipeline");
