@@ -214,6 +214,8 @@ orch_pg_bindir() {
 #   orch_system: what orchd runs as for cross-tenant work (the system scope of the RLS
 #               policies, sql/0008_system_role.sql): a member of orch_app for its
 #               privileges, NOSUPERUSER, NOBYPASSRLS, owns nothing.
+# ORCH_PG_FSYNC (default on) sets fsync; ORCH_PG_OPTIONS adds server options (e.g.
+# "-c shared_preload_libraries=pg_stat_statements" to see what a benchmark's statements cost).
 # Exports ORCH_PG_PORT, ORCH_PG_HOST and the connection URLs.
 orch_pg_start() {
     local dir=$1/pg bin
@@ -230,7 +232,7 @@ orch_pg_start() {
     fi
     rm -f "$dir/postmaster.pid"
     runuser -u postgres -- "$bin/pg_ctl" -D "$dir" -l "$1/postgres.log" -w -t 60 \
-        -o "-p $ORCH_PG_PORT -k $ORCH_PG_HOST -c listen_addresses=127.0.0.1 -c fsync=${ORCH_PG_FSYNC:-on} -c max_connections=200" \
+        -o "-p $ORCH_PG_PORT -k $ORCH_PG_HOST -c listen_addresses=127.0.0.1 -c fsync=${ORCH_PG_FSYNC:-on} -c max_connections=200 ${ORCH_PG_OPTIONS:-}" \
         start >/dev/null || { tail -20 "$1/postgres.log"; die "PostgreSQL did not start"; }
     echo "$bin" >"$1/pg.bindir"
     local psql=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$ORCH_PG_PORT" -U postgres -d postgres)

@@ -213,6 +213,11 @@ if [[ " $all_suites " == *" packaging "* ]]; then
 fi
 
 ORCH_STATE_REMOVE=1
+# The tests kill and restart PostgreSQL's processes, never the machine, so what a commit
+# wrote survives them in the page cache without fsync: off here (each test's database,
+# copied from a template and dropped after it, cost half a second of fsyncs), on in the
+# benchmarks and tools/run.sh. Exported for the nodes of tests/integration/own-services.sh.
+export ORCH_PG_FSYNC=off
 orch_services_start "$(orch_state_dir "test-$$")"
 stage_done "PostgreSQL and RabbitMQ started"
 

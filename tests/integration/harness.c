@@ -165,7 +165,10 @@ void th_db_create_migrated(char *name, size_t len)
     cr_assert_eq(crypto_random(rnd, sizeof(rnd)), 0);
     hex_encode(rnd, sizeof(rnd), hex);
     snprintf(name, len, "orch_t_%s", hex);
-    snprintf(sql, sizeof(sql), "CREATE DATABASE %s TEMPLATE %s OWNER orch_owner", name, tpl);
+    /* FILE_COPY copies the template's files (and checkpoints first) rather than writing
+     * every page of it to the WAL: about half the time for a migrated database. */
+    snprintf(sql, sizeof(sql), "CREATE DATABASE %s TEMPLATE %s OWNER orch_owner STRATEGY FILE_COPY",
+             name, tpl);
     PQclear(th_pg_ok(pg, sql));
     PQfinish(pg);
 }
