@@ -11,7 +11,8 @@
 # suite in the -Werror build), and stops the services again; then the packaging stage builds the Debian
 # packages, installs, uses, upgrades and purges them on this machine (tests/packaging/
 # test-deb.sh) and under systemd in a Debian container (test-deb-systemd.sh), and tests
-# the .msi under wine (tests/packaging/test-msi.sh, when present).
+# the .msi under wine (tests/packaging/test-msi.sh, in the background after the Windows
+# stage, beside the native tests).
 # Exits non-zero when anything fails.
 #
 # Environment:
@@ -112,8 +113,22 @@ windows_stage_end() {
     [ -n "$win_pid" ] || return 0
     wait "$win_pid" || true
     win_pid=
-    say "Windows agent: mingw-w64 build (-Werror), unit tests under wine (ran in the background)"
-    grep -v '^windows-stage: ' build-win-stage.log || true
+    say "Windows agent: mingw-w64 build (-Werror), unit tests under wine, the .msi's test (ran in the background)"
+    grep -v '^windows-stage: \|^msi-stage: \|^msi-failure: ' build-win-stage.log || true
+    if grep -q '^msi-stage: ' build-win-stage.log; then
+        local p f st
+        read -r p f st < <(sed -n 's/^msi-stage: //p' build-win-stage.log | tail -1)
+        total_passed=$((total_passed + p))
+        total_failed=$((total_failed + f))
+        [ "$st" = 0 ] || status=1
+        while IFS= read -r line; do
+            [ -n "$line" ] && failures+=("$line")
+        done < <(sed -n 's/^msi-failure: //p' build-win-stage.log)
+    elif [ "$msi_bg" = 1 ]; then
+        failures+=("tests/packaging/test-msi.sh: the background stage printed no result")
+        total_failed=$((total_failed + 1))
+        status=1
+    fi
     read -r win_passed win_failed < <(sed -n 's/^windows-stage: //p' build-win-stage.log | tail -1) || true
     win_passed=${win_passed:-0}
     win_failed=${win_failed:-1}
@@ -127,11 +142,6 @@ windows_stage_end() {
     say "Windows stage: $win_passed passed, $win_failed failed"
     stage_done "windows stage's wait after the tests"
 }
-if [[ " $all_suites " == *" windows "* ]]; then
-    say "Windows stage started in the background (build-win-stage.log)"
-    windows_stage >build-win-stage.log 2>&1 &
-    win_pid=$!
-fi
 
 # The packaging stage: the .debs are built once (tools/package.sh) for both Debian tests.
 # Each script prints "result: N passed, M failed" last; a script that ends without it counts
@@ -205,6 +215,27 @@ packaging_bg_end() {
     [ -n "$p" ] || failures+=("packaging: the background stage printed no result")
     stage_done "packaging (background): wait after the tests"
 }
+# The Windows stage in the background, and after it, when the packaging stage runs, the
+# .msi's test under wine (tests/packaging/test-msi.sh: its own wine prefix, PostgreSQL,
+# RabbitMQ and orchd from the -Werror build), which needs the stage's toolchain and nothing
+# of the native tests: "msi-stage: PASSED FAILED STATUS" and "msi-failure: ..." in the log.
+msi_bg=0
+windows_bg() {
+    windows_stage
+    [ "$msi_bg" = 1 ] || return 0
+    total_passed=0 total_failed=0 status=0 failures=() stage_times=() stage_start=$SECONDS
+    packaging_test tests/packaging/test-msi.sh
+    printf '  %s\n' "${stage_times[@]}"
+    [ ${#failures[@]} -eq 0 ] || printf 'msi-failure: %s\n' "${failures[@]}"
+    echo "msi-stage: $total_passed $total_failed $status"
+}
+if [[ " $all_suites " == *" windows "* ]]; then
+    [[ " $all_suites " == *" packaging "* ]] && msi_bg=1
+    say "Windows stage started in the background (build-win-stage.log)"
+    windows_bg >build-win-stage.log 2>&1 &
+    win_pid=$!
+fi
+
 if [[ " $all_suites " == *" packaging "* ]]; then
     debs=$(mktemp -d /var/tmp/orch-debs.XXXXXX)
     packaging_bg >build-pkg-stage.log 2>&1 &
@@ -296,28 +327,14 @@ for b in build build-asan; do
 done
 
 if [ "$fuzz_seconds" != 0 ]; then
-    say "fuzzing request parsing, JSON validation and tokens for ${fuzz_seconds}s"
-    corpus=$(mktemp -d)
-    cp "$ORCH_ROOT"/tests/fuzz/corpus/* "$corpus"/
-    if build-fuzz/tests/fuzz/fuzz-api -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 \
-        -artifact_prefix=build-fuzz/ -print_final_stats=1 "$corpus" >build-fuzz/fuzz.log 2>&1; then
-        total_passed=$((total_passed + 1))
-        grep -E "stat::number_of_executed_units" build-fuzz/fuzz.log || true
-    else
-        tail -40 build-fuzz/fuzz.log
-        say "the fuzzer found a crash (input saved in build-fuzz/)"
-        failures+=("fuzz-api")
-        total_failed=$((total_failed + 1))
-        status=1
-    fi
-    rm -rf "$corpus"
-fi
-
-if [ "$fuzz_seconds" != 0 ]; then
-    say "fuzzing the agent's unpacker (tar, tar.gz, zip) for ${fuzz_seconds}s"
-    corpus=$(mktemp -d)
+    # The two targets side by side (libFuzzer runs one process each): each on a corpus of
+    # its own, its output in build-fuzz/NAME.log.
+    say "fuzzing request parsing, JSON validation and tokens, and the agent's unpacker (tar, tar.gz, zip), ${fuzz_seconds}s each, side by side"
+    corpus_api=$(mktemp -d)
+    cp "$ORCH_ROOT"/tests/fuzz/corpus/* "$corpus_api"/
+    corpus_unpack=$(mktemp -d)
     # Seeds made here: a tar, a tar.gz and a zip with a file, a directory and a link.
-    python3 - "$corpus" <<'PY'
+    python3 - "$corpus_unpack" <<'PY'
 import io, sys, tarfile, zipfile
 d = sys.argv[1]
 for name, mode in (("seed.tar", "w"), ("seed.tgz", "w:gz")):
@@ -331,19 +348,28 @@ with zipfile.ZipFile(f"{d}/seed.zip", "w", zipfile.ZIP_DEFLATED) as z:
     z.writestr("bin/run.sh", "#!/bin/sh\necho hi\n")
     z.writestr("data/a.txt", "a" * 100)
 PY
-    if build-fuzz/tests/fuzz/fuzz-unpack -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 \
-        -artifact_prefix=build-fuzz/unpack- -print_final_stats=1 "$corpus" \
-        >build-fuzz/fuzz-unpack.log 2>&1; then
-        total_passed=$((total_passed + 1))
-        grep -E "stat::number_of_executed_units" build-fuzz/fuzz-unpack.log || true
-    else
-        tail -40 build-fuzz/fuzz-unpack.log
-        say "the unpacker's fuzzer found a crash (input saved in build-fuzz/)"
-        failures+=("fuzz-unpack")
-        total_failed=$((total_failed + 1))
-        status=1
-    fi
-    rm -rf "$corpus"
+    fuzz_run() { # NAME CORPUS: build-fuzz/tests/fuzz/NAME, its log in build-fuzz/NAME.log
+        build-fuzz/tests/fuzz/"$1" -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 \
+            -artifact_prefix=build-fuzz/"$1"- -print_final_stats=1 "$2" >build-fuzz/"$1".log 2>&1
+    }
+    fuzz_run fuzz-api "$corpus_api" &
+    fuzz_api_pid=$!
+    fuzz_run fuzz-unpack "$corpus_unpack" &
+    fuzz_unpack_pid=$!
+    for t in fuzz-api fuzz-unpack; do
+        pid_var=${t//-/_}_pid
+        if wait "${!pid_var}"; then
+            total_passed=$((total_passed + 1))
+            echo "$t: $(grep -E "stat::number_of_executed_units" build-fuzz/"$t".log || true)"
+        else
+            tail -40 build-fuzz/"$t".log
+            say "$t found a crash (input saved in build-fuzz/$t-*)"
+            failures+=("$t")
+            total_failed=$((total_failed + 1))
+            status=1
+        fi
+    done
+    rm -rf "$corpus_api" "$corpus_unpack"
 fi
 [ "$fuzz_seconds" = 0 ] || stage_done "fuzzers"
 windows_stage_end
@@ -362,10 +388,12 @@ if [ $packaging = 1 ]; then
         packaging_test tests/packaging/test-deb.sh "$debs"
     fi
     [ -z "$debs" ] || rm -rf "$debs"
-    # The .msi needs the Windows toolchain, wixl and msitools (the windows stage installs
-    # them; without it, here).
-    [[ " $all_suites " == *" windows "* ]] || orch_win_deps
-    packaging_test tests/packaging/test-msi.sh
+    # Without the windows stage (which ran it in the background), the .msi's test here: it
+    # needs the Windows toolchain, wixl and msitools.
+    if [ "$msi_bg" = 0 ]; then
+        orch_win_deps
+        packaging_test tests/packaging/test-msi.sh
+    fi
 fi
 
 say "time by stage (${SECONDS} s in all)"
