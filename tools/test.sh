@@ -7,12 +7,11 @@
 # build, and one under AddressSanitizer + UndefinedBehaviorSanitizer), cross-builds the
 # Windows agent and runs its unit tests under wine (the windows suite), starts a private
 # PostgreSQL and a private RabbitMQ node on free ports, runs the test suites against them
-# (the unit suite in both builds, the integration suite under the sanitizers, the browser
+# (the unit and integration suites under the sanitizers, the browser
 # suite in the -Werror build), and stops the services again; then the packaging stage builds the Debian
 # packages, installs, uses, upgrades and purges them on this machine (tests/packaging/
 # test-deb.sh) and under systemd in a Debian container (test-deb-systemd.sh), and tests
-# the .msi under wine (tests/packaging/test-msi.sh, in the background after the Windows
-# stage, beside the native tests).
+# the .msi under wine (tests/packaging/test-msi.sh, when present).
 # Exits non-zero when anything fails.
 #
 # Environment:
@@ -113,22 +112,8 @@ windows_stage_end() {
     [ -n "$win_pid" ] || return 0
     wait "$win_pid" || true
     win_pid=
-    say "Windows agent: mingw-w64 build (-Werror), unit tests under wine, the .msi's test (ran in the background)"
-    grep -v '^windows-stage: \|^msi-stage: \|^msi-failure: ' build-win-stage.log || true
-    if grep -q '^msi-stage: ' build-win-stage.log; then
-        local p f st
-        read -r p f st < <(sed -n 's/^msi-stage: //p' build-win-stage.log | tail -1)
-        total_passed=$((total_passed + p))
-        total_failed=$((total_failed + f))
-        [ "$st" = 0 ] || status=1
-        while IFS= read -r line; do
-            [ -n "$line" ] && failures+=("$line")
-        done < <(sed -n 's/^msi-failure: //p' build-win-stage.log)
-    elif [ "$msi_bg" = 1 ]; then
-        failures+=("tests/packaging/test-msi.sh: the background stage printed no result")
-        total_failed=$((total_failed + 1))
-        status=1
-    fi
+    say "Windows agent: mingw-w64 build (-Werror), unit tests under wine (ran in the background)"
+    grep -v '^windows-stage: ' build-win-stage.log || true
     read -r win_passed win_failed < <(sed -n 's/^windows-stage: //p' build-win-stage.log | tail -1) || true
     win_passed=${win_passed:-0}
     win_failed=${win_failed:-1}
@@ -215,24 +200,9 @@ packaging_bg_end() {
     [ -n "$p" ] || failures+=("packaging: the background stage printed no result")
     stage_done "packaging (background): wait after the tests"
 }
-# The Windows stage in the background, and after it, when the packaging stage runs, the
-# .msi's test under wine (tests/packaging/test-msi.sh: its own wine prefix, PostgreSQL,
-# RabbitMQ and orchd from the -Werror build), which needs the stage's toolchain and nothing
-# of the native tests: "msi-stage: PASSED FAILED STATUS" and "msi-failure: ..." in the log.
-msi_bg=0
-windows_bg() {
-    windows_stage
-    [ "$msi_bg" = 1 ] || return 0
-    total_passed=0 total_failed=0 status=0 failures=() stage_times=() stage_start=$SECONDS
-    packaging_test tests/packaging/test-msi.sh
-    printf '  %s\n' "${stage_times[@]}"
-    [ ${#failures[@]} -eq 0 ] || printf 'msi-failure: %s\n' "${failures[@]}"
-    echo "msi-stage: $total_passed $total_failed $status"
-}
 if [[ " $all_suites " == *" windows "* ]]; then
-    [[ " $all_suites " == *" packaging "* ]] && msi_bg=1
     say "Windows stage started in the background (build-win-stage.log)"
-    windows_bg >build-win-stage.log 2>&1 &
+    windows_stage >build-win-stage.log 2>&1 &
     win_pid=$!
 fi
 
@@ -291,16 +261,16 @@ for b in build build-asan; do
     [ "$b" = build-asan ] && [ "${ORCH_NO_SANITIZE:-0}" = 1 ] && continue
     say "running tests ($b)"
     # Each suite runs once where it tells the most, which keeps the whole run under CI's 25
-    # minutes: the integration suite under the sanitizers (the same tests, with every memory
-    # and UB error made fatal), the browser suite in the -Werror build (what it adds is the
-    # console's scripts in Chromium; orchd's side of it runs in the integration suite), the
-    # unit suite in both. The packaging stage runs the release build end to end. Without the
-    # sanitizer build (ORCH_NO_SANITIZE=1), everything runs in the -Werror build.
+    # minutes: the unit and integration suites under the sanitizers (the same tests, with
+    # every memory and UB error made fatal), the browser suite in the -Werror build (what it
+    # adds is the console's scripts in Chromium; orchd's side of it runs in the integration
+    # suite). The packaging stage runs the release build end to end. Without the sanitizer
+    # build (ORCH_NO_SANITIZE=1), everything runs in the -Werror build.
     run=()
     for ((i = 0; i < ${#suites[@]}; i += 2)); do
         case "$b:${suites[i + 1]}" in
         build-asan:browser) continue ;;
-        build:integration) [ "${ORCH_NO_SANITIZE:-0}" = 1 ] || continue ;;
+        build:integration | build:unit) [ "${ORCH_NO_SANITIZE:-0}" = 1 ] || continue ;;
         esac
         run+=("${suites[i]}" "${suites[i + 1]}")
     done
@@ -388,12 +358,10 @@ if [ $packaging = 1 ]; then
         packaging_test tests/packaging/test-deb.sh "$debs"
     fi
     [ -z "$debs" ] || rm -rf "$debs"
-    # Without the windows stage (which ran it in the background), the .msi's test here: it
-    # needs the Windows toolchain, wixl and msitools.
-    if [ "$msi_bg" = 0 ]; then
-        orch_win_deps
-        packaging_test tests/packaging/test-msi.sh
-    fi
+    # The .msi needs the Windows toolchain, wixl and msitools (the windows stage installs
+    # them; without it, here).
+    [[ " $all_suites " == *" windows "* ]] || orch_win_deps
+    packaging_test tests/packaging/test-msi.sh
 fi
 
 say "time by stage (${SECONDS} s in all)"
