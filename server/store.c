@@ -742,9 +742,6 @@ static PGresult *pipeline_next(PGconn *pg)
     return res;
 }
 
-/* Send BEGIN READ ONLY, the scope, stmt and COMMIT on tx->conn in one pipeline and read
- * the results. Returns the statement's rows with *ret set, a store error, or -EAGAIN when
- * the connection was found dead before anything ran (the caller tries another). */
 /* The statements around a pipelined read, prepared once per connection like any other, so
  * that PostgreSQL does not parse them on every read. */
 static const struct store_stmt q_read_begin = STORE_STMT("store_read_begin", "BEGIN READ ONLY", 0);
@@ -752,6 +749,9 @@ static const struct store_stmt q_read_scope =
     STORE_STMT("store_read_scope", "SELECT set_config('app.tenant_id', $1, true)", 1);
 static const struct store_stmt q_read_commit = STORE_STMT("store_read_commit", "COMMIT", 0);
 
+/* Send BEGIN READ ONLY, the scope, stmt and COMMIT on tx->conn in one pipeline and read
+ * the results. Returns the statement's rows with *ret set, a store error, or -EAGAIN when
+ * the connection was found dead before anything ran (the caller tries another). */
 static int read_pipelined(struct store_tx *tx, const struct store_stmt *stmt,
                           const char *const *params, PGresult **ret)
 {

@@ -127,6 +127,11 @@ windows_stage_end() {
     say "Windows stage: $win_passed passed, $win_failed failed"
     stage_done "windows stage's wait after the tests"
 }
+if [[ " $all_suites " == *" windows "* ]]; then
+    say "Windows stage started in the background (build-win-stage.log)"
+    windows_stage >build-win-stage.log 2>&1 &
+    win_pid=$!
+fi
 
 # The packaging stage: the .debs are built once (tools/package.sh) for both Debian tests.
 # Each script prints "result: N passed, M failed" last; a script that ends without it counts
@@ -200,12 +205,6 @@ packaging_bg_end() {
     [ -n "$p" ] || failures+=("packaging: the background stage printed no result")
     stage_done "packaging (background): wait after the tests"
 }
-if [[ " $all_suites " == *" windows "* ]]; then
-    say "Windows stage started in the background (build-win-stage.log)"
-    windows_stage >build-win-stage.log 2>&1 &
-    win_pid=$!
-fi
-
 if [[ " $all_suites " == *" packaging "* ]]; then
     debs=$(mktemp -d /var/tmp/orch-debs.XXXXXX)
     packaging_bg >build-pkg-stage.log 2>&1 &
@@ -322,23 +321,24 @@ PY
         build-fuzz/tests/fuzz/"$1" -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 \
             -artifact_prefix=build-fuzz/"$1"- -print_final_stats=1 "$2" >build-fuzz/"$1".log 2>&1
     }
+    fuzz_end() { # NAME PID: wait for the target's run and count it
+        if wait "$2"; then
+            total_passed=$((total_passed + 1))
+            echo "$1: $(grep -E "stat::number_of_executed_units" build-fuzz/"$1".log || true)"
+        else
+            tail -40 build-fuzz/"$1".log
+            say "$1 found a crash (input saved in build-fuzz/$1-*)"
+            failures+=("$1")
+            total_failed=$((total_failed + 1))
+            status=1
+        fi
+    }
     fuzz_run fuzz-api "$corpus_api" &
     fuzz_api_pid=$!
     fuzz_run fuzz-unpack "$corpus_unpack" &
     fuzz_unpack_pid=$!
-    for t in fuzz-api fuzz-unpack; do
-        pid_var=${t//-/_}_pid
-        if wait "${!pid_var}"; then
-            total_passed=$((total_passed + 1))
-            echo "$t: $(grep -E "stat::number_of_executed_units" build-fuzz/"$t".log || true)"
-        else
-            tail -40 build-fuzz/"$t".log
-            say "$t found a crash (input saved in build-fuzz/$t-*)"
-            failures+=("$t")
-            total_failed=$((total_failed + 1))
-            status=1
-        fi
-    done
+    fuzz_end fuzz-api "$fuzz_api_pid"
+    fuzz_end fuzz-unpack "$fuzz_unpack_pid"
     rm -rf "$corpus_api" "$corpus_unpack"
 fi
 [ "$fuzz_seconds" = 0 ] || stage_done "fuzzers"

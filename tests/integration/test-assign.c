@@ -30,6 +30,7 @@ static void teardown(void)
 
 TestSuite(assign, .init = setup, .fini = teardown, .timeout = 60);
 
+/* The SQL of fmt run on pg (it must succeed). */
 __attribute__((format(printf, 2, 3))) static PGresult *sqlf(PGconn *pg, const char *fmt, ...)
 {
     char sql[4096];
@@ -40,14 +41,12 @@ __attribute__((format(printf, 2, 3))) static PGresult *sqlf(PGconn *pg, const ch
     return th_pg_ok(pg, sql);
 }
 
-__attribute__((format(printf, 2, 3))) static long sqlf_long(PGconn *pg, const char *fmt, ...)
+/* The first value of its result, as a number. */
+static long value_of(PGresult *res)
 {
-    char sql[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(sql, sizeof(sql), fmt, ap);
-    va_end(ap);
-    return th_pg_long(pg, sql);
+    long v = PQntuples(res) > 0 ? strtol(PQgetvalue(res, 0, 0), NULL, 10) : -1;
+    PQclear(res);
+    return v;
 }
 
 /* Ids are fixed text so the assertions can name them: tenants 'a' and 'b' (free tier),
@@ -149,14 +148,14 @@ Test(assign, counts_apply_in_proposal_order_within_one_batch)
     /* 1 and 2 share a queue of one; agent 1 has two slots; the tenant may run three. */
     assign("1:1 2:2 3:1 4:1 5:2 6:2", out, sizeof(out));
     cr_assert_str_eq(out, "assigned queue_full assigned agent_full assigned tenant_full");
-    cr_assert_eq(sqlf_long(owner, "SELECT count(*) FROM jobs WHERE status = 'assigned'"), 3);
-    cr_assert_eq(sqlf_long(owner, "SELECT count(*) FROM job_attempts WHERE status = 'assigned'"
-                                  " AND attempt = 1 AND epoch = 1"),
+    cr_assert_eq(value_of(sqlf(owner, "SELECT count(*) FROM jobs WHERE status = 'assigned'")), 3);
+    cr_assert_eq(value_of(sqlf(owner, "SELECT count(*) FROM job_attempts WHERE status = 'assigned'"
+                                      " AND attempt = 1 AND epoch = 1")),
                  3);
-    cr_assert_eq(sqlf_long(owner, "SELECT count(*) FROM jobs j JOIN job_attempts a"
-                                  " ON a.job_id = j.id AND a.agent_id = j.agent_id"
-                                  " WHERE j.status = 'assigned' AND j.lease_expires_at >"
-                                  " now() + interval '50 seconds'"),
+    cr_assert_eq(value_of(sqlf(owner, "SELECT count(*) FROM jobs j JOIN job_attempts a"
+                                      " ON a.job_id = j.id AND a.agent_id = j.agent_id"
+                                      " WHERE j.status = 'assigned' AND j.lease_expires_at >"
+                                      " now() + interval '50 seconds'")),
                  3);
     /* What the batch counted is what is there: the next batch starts from it. */
     job(7, T_A, 0, NULL);
@@ -187,8 +186,8 @@ Test(assign, every_refusal_names_its_reason)
     assign("1:1 2:1 3:1 4:1 99:1 5:2 6:3 7:4 8:5 9:99 10:6", out, sizeof(out));
     cr_assert_str_eq(out, "job_gone job_gone job_later queue_paused job_gone agent_gone agent_gone"
                           " agent_gone agent_unfit agent_gone agent_unfit");
-    cr_assert_eq(sqlf_long(owner, "SELECT count(*) FROM job_attempts"), 0);
-    cr_assert_eq(sqlf_long(owner, "SELECT count(*) FROM jobs WHERE status = 'assigned'"), 0);
+    cr_assert_eq(value_of(sqlf(owner, "SELECT count(*) FROM job_attempts")), 0);
+    cr_assert_eq(value_of(sqlf(owner, "SELECT count(*) FROM jobs WHERE status = 'assigned'")), 0);
     /* The same jobs, on the agent that fits. */
     assign("5:1 6:1 10:1", out, sizeof(out));
     cr_assert_str_eq(out, "assigned assigned agent_unfit");
@@ -205,13 +204,13 @@ Test(assign, a_job_proposed_twice_is_assigned_once)
     /* Each job twice: the second proposal finds it assigned by the first. */
     assign("1:2 1:2 2:1 2:2", out, sizeof(out));
     cr_assert_str_eq(out, "assigned job_gone assigned job_gone");
-    cr_assert_eq(sqlf_long(owner, "SELECT count(*) FROM job_attempts"), 2);
+    cr_assert_eq(value_of(sqlf(owner, "SELECT count(*) FROM job_attempts")), 2);
     /* Refused first, the second proposal of the same job may still win. */
     job(3, T_A, 0, NULL);
     assign("3:1 3:2", out, sizeof(out));
     cr_assert_str_eq(out, "agent_full assigned");
-    cr_assert_eq(sqlf_long(owner, "SELECT epoch FROM jobs WHERE id = "
-                                  "'00000000-0000-4000-8000-e00000000003'"),
+    cr_assert_eq(value_of(sqlf(owner, "SELECT epoch FROM jobs WHERE id = "
+                                      "'00000000-0000-4000-8000-e00000000003'")),
                  1);
 }
 
@@ -258,7 +257,7 @@ Test(assign, returns_epoch_tenant_and_gateway_of_each_assignment)
     cr_assert_str_eq(PQgetvalue(res, 2, 0), "00000000-0000-4000-8000-e00000000002");
     cr_assert_str_eq(PQgetvalue(res, 2, 4), "1");
     PQclear(res);
-    cr_assert_eq(sqlf_long(owner, "SELECT attempt FROM job_attempts WHERE epoch = 5"), 2);
+    cr_assert_eq(value_of(sqlf(owner, "SELECT attempt FROM job_attempts WHERE epoch = 5")), 2);
     /* Nothing, or arrays of different lengths. */
     res = sqlf(sys, "SELECT count(*) FROM assign_batch('{}', '{}', 60, 30)");
     cr_assert_str_eq(PQgetvalue(res, 0, 0), "0");
