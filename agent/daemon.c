@@ -406,9 +406,10 @@ static int64_t fence_margin_ms(int64_t lease_ms)
 }
 
 /* Kill the tree of the attempt now (SIGKILL, no grace: it may already run elsewhere) and
- * wait for it to be gone, at most FENCE_KILL_MS. The slot's worker sees its cancel flag
- * and its main process gone, and finishes as usual. Returns what exec_tree_kill() does. */
-static int daemon_kill_tree(struct daemon *d, const char *job_id, int64_t epoch)
+ * wait for it to be gone, at most wait_ms (0: signal it and return at once). The slot's
+ * worker sees its cancel flag and its main process gone, and finishes as usual. Returns
+ * what exec_tree_kill() does. */
+static int daemon_kill_tree(struct daemon *d, const char *job_id, int64_t epoch, int64_t wait_ms)
 {
     struct exec_tree tree = {0};
     char cgroup[PATH_MAX] = "";
@@ -427,11 +428,11 @@ static int daemon_kill_tree(struct daemon *d, const char *job_id, int64_t epoch)
     snprintf(tag_id, sizeof(tag_id), "ORCH_JOB_ID=%s", job_id);
     snprintf(tag_epoch, sizeof(tag_epoch), "ORCH_JOB_EPOCH=%" PRId64, epoch);
     const char *tags[] = {tag_id, tag_epoch, NULL};
-    int r = exec_tree_kill(&tree, tags, FENCE_KILL_MS);
-    if (r == -ETIMEDOUT)
-        log_error("op=kill job=%s epoch=%" PRId64 " error=\"processes survive SIGKILL after %d "
-                  "ms\"",
-                  job_id, epoch, FENCE_KILL_MS);
+    int r = exec_tree_kill(&tree, tags, wait_ms);
+    if (r == -ETIMEDOUT && wait_ms > 0)
+        log_error("op=kill job=%s epoch=%" PRId64
+                  " error=\"processes survive SIGKILL after %" PRId64 " ms\"",
+                  job_id, epoch, wait_ms);
     return r;
 }
 
@@ -454,7 +455,7 @@ static void daemon_drop(struct daemon *d, const char *job_id, int64_t epoch, con
     log_info("op=drop job=%s epoch=%" PRId64 " reason=%s%s", job_id, epoch, why,
              running ? " action=stop" : "");
     if (running)
-        daemon_kill_tree(d, job_id, epoch);
+        daemon_kill_tree(d, job_id, epoch, FENCE_KILL_MS);
     int r = spool_discard(d->spool, job_id, epoch);
     if (r < 0 && r != -ENOENT)
         log_warn("op=spool-discard job=%s epoch=%" PRId64 " error=%s", job_id, epoch, strerror(-r));
@@ -499,7 +500,7 @@ static void daemon_on_tree(void *arg, const struct exec_tree *t)
     /* Given up while it was being started, after daemon_kill_tree() looked: not a moment
      * of it may run (the grace of a cancel is for jobs still ours). */
     if (given_up)
-        daemon_kill_tree(s->d, s->job_id, s->epoch);
+        daemon_kill_tree(s->d, s->job_id, s->epoch, FENCE_KILL_MS);
     json_t *doc = json_pack("{s:i, s:I, s:s, s:b}", "pgid", t->pgid, "start",
                             (json_int_t)t->start_ticks, "boot_id", t->boot_id, "pid_ns", t->pid_ns);
     if (doc && t->cgroup)
@@ -1945,45 +1946,58 @@ static void *daemon_link_main(void *arg)
  * PROTO_RES_LEASE_LAPSED. The server, cut off from us, takes the job back only when the lease
  * it last renewed expires, which it counts from when it received that exchange (or later:
  * heartbeats are written in batches): never earlier than renewed_ms + lease. So the old
- * run is over before the server can hand the job to another agent. Called by the main
- * thread; returns how long it may wait before the next check (ms). */
+ * run is over before the server can hand the job to another agent. Every lapsed job is
+ * signalled before any is waited for: one job's slow end does not hold the next one's
+ * SIGKILL back. Called by the main thread; returns how long it may wait before the next
+ * check (ms). */
 static int64_t daemon_fence(struct daemon *d)
 {
+    struct lapsed {
+        char job_id[ID_STR_LEN];
+        int64_t epoch, silent, t0;
+        int found;
+    } *hits = NULL;
+    size_t nhits = 0;
     int64_t next = FENCE_CHECK_MS;
-    for (;;) {
-        char job_id[ID_STR_LEN] = "";
-        int64_t epoch = 0, silent = 0, lease = 0;
-        pthread_mutex_lock(&d->lock);
-        lease = d->lease_ms;
-        int64_t now = mono_ms();
-        struct slot *hit = NULL;
-        for (size_t i = 0; i < d->nslots && lease > 0 && !hit; i++) {
-            struct slot *s = &d->slots[i];
-            if (s->state != SLOT_RUNNING || s->lapsed || s->lost)
-                continue;
-            int64_t left = s->renewed_ms + lease - fence_margin_ms(lease) - now;
-            if (left <= 0)
-                hit = s;
-            else if (left < next)
+    pthread_mutex_lock(&d->lock);
+    int64_t lease = d->lease_ms;
+    int64_t now = mono_ms();
+    for (size_t i = 0; i < d->nslots && lease > 0; i++) {
+        struct slot *s = &d->slots[i];
+        if (s->state != SLOT_RUNNING || s->lapsed || s->lost)
+            continue;
+        int64_t left = s->renewed_ms + lease - fence_margin_ms(lease) - now;
+        if (left > 0) {
+            if (left < next)
                 next = left;
+            continue;
         }
-        if (hit) {
-            hit->lapsed = true;
-            atomic_store(&hit->cancel, true);
-            memcpy(job_id, hit->job_id, sizeof(job_id));
-            epoch = hit->epoch;
-            silent = now - hit->renewed_ms;
-        }
-        pthread_mutex_unlock(&d->lock);
-        if (!hit)
+        if (!hits && !(hits = calloc(d->nslots, sizeof(*hits)))) {
+            next = 1; /* no memory for the list: again at once, the slot still unmarked */
             break;
-        int64_t t0 = mono_ms();
-        int r = daemon_kill_tree(d, job_id, epoch);
+        }
+        s->lapsed = true;
+        atomic_store(&s->cancel, true);
+        memcpy(hits[nhits].job_id, s->job_id, sizeof(hits[nhits].job_id));
+        hits[nhits].epoch = s->epoch;
+        hits[nhits].silent = now - s->renewed_ms;
+        nhits++;
+    }
+    pthread_mutex_unlock(&d->lock);
+    for (size_t i = 0; i < nhits; i++) {
+        hits[i].t0 = mono_ms();
+        hits[i].found = daemon_kill_tree(d, hits[i].job_id, hits[i].epoch, 0);
+    }
+    for (size_t i = 0; i < nhits; i++) {
+        int r = daemon_kill_tree(d, hits[i].job_id, hits[i].epoch, FENCE_KILL_MS);
         log_warn("op=lease_lapsed job=%s epoch=%" PRId64 " silent_ms=%" PRId64 " lease_ms=%" PRId64
                  " margin_ms=%" PRId64 " action=kill found=%d kill_ms=%" PRId64,
-                 job_id, epoch, silent, lease, fence_margin_ms(lease), r, mono_ms() - t0);
+                 hits[i].job_id, hits[i].epoch, hits[i].silent, lease, fence_margin_ms(lease),
+                 r < 0 ? r : hits[i].found, mono_ms() - hits[i].t0);
     }
-    return next > 0 ? next : 1;
+    free(hits);
+    /* The kills took time: look again at once for a job that lapsed meanwhile. */
+    return nhits || next <= 0 ? 1 : next;
 }
 
 /* --- startup and shutdown ------------------------------------------------------------ */

@@ -186,5 +186,5 @@ int exec_tree_kill(const struct exec_tree *tree, const char *const *env_tags, in
         }
         free(w);
     }
-    return busy ? -ETIMEDOUT : found;
+    return busy && wait_ms > 0 ? -ETIMEDOUT : found;
 }

@@ -188,7 +188,8 @@ int exec_tree_probe(int pid, struct exec_tree *tree);
  * (NULL-terminated, may be NULL);
  * then wait up to wait_ms for them to be gone (zombies count as gone). Returns the number
  * of processes (and cgroups) found at first, or -ETIMEDOUT when some are still there at
- * the deadline. */
+ * the deadline. wait_ms 0 signals them and returns the number found at once, without
+ * waiting: a second call waits (and signals what they forked meanwhile). */
 int exec_tree_kill(const struct exec_tree *tree, const char *const *env_tags, int64_t wait_ms);
 
 /* The implementation for the OS we were built for. Never NULL. */

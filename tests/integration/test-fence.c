@@ -22,8 +22,10 @@
 
 /* Long enough for a loaded machine (sanitizers, parallel builds) to renew it in time: the
  * agent's window is LEASE_S - 2 s, with a heartbeat a second. */
-#define LEASE_S 6
-#define TICKS   100 /* of 100 ms: the job runs 10 s, longer than the time to fence it */
+#define LEASE_S     6
+#define TICKS       100 /* of 100 ms: the job runs 10 s, longer than the time to fence it */
+#define FENCE_JOBS  3   /* jobs on the cut-off agent at once, one per slot */
+#define FENCE_SLOTS "3" /* each agent's slots */
 
 static struct th_server srv;
 static char *op, *tenant, *admin;
@@ -59,7 +61,7 @@ static void setup(void)
         char name[24], label[24];
         snprintf(name, sizeof(name), "fence-%d", i);
         snprintf(label, sizeof(label), "node=f%d", i);
-        th_agent_enrol(&srv, admin, agents[i].dir, name, label, "1", agents[i].id);
+        th_agent_enrol(&srv, admin, agents[i].dir, name, label, FENCE_SLOTS, agents[i].id);
         agents[i].pid = th_agent_start_env(agents[i].dir, i == 0 ? aenv : NULL);
     }
 }
@@ -108,7 +110,7 @@ static long db_long(PGconn *c, const char *sql, const char *id)
 static void read_runs(const char *id, int64_t first[3], int64_t last[3])
 {
     char path[160], line[256];
-    snprintf(path, sizeof(path), "%s/%s", rec_dir, id);
+    snprintf(path, sizeof(path), "%s/%.39s", rec_dir, id);
     FILE *f = fopen(path, "re");
     cr_assert_not_null(f, "no records of job %s", id);
     for (int e = 0; e < 3; e++)
@@ -127,6 +129,35 @@ static void read_runs(const char *id, int64_t first[3], int64_t last[3])
     fclose(f);
 }
 
+/* The job's attempts, for a failure message. */
+static void attempts_of(const char *id, char *out, size_t size)
+{
+    out[0] = '\0';
+    const char *pa[] = {id};
+    PGresult *ar = PQexecParams(pg,
+                                "SELECT string_agg(a.epoch || ':' || g.name || ':' || a.status ||"
+                                "                  ':' || coalesce(a.error, ''), '; '"
+                                "                  ORDER BY a.epoch)"
+                                "  FROM job_attempts a JOIN agents g ON g.id = a.agent_id"
+                                " WHERE a.job_id = $1",
+                                1, NULL, pa, NULL, NULL, 0);
+    if (PQresultStatus(ar) == PGRES_TUPLES_OK && PQntuples(ar) == 1)
+        snprintf(out, size, "%s", PQgetvalue(ar, 0, 0));
+    PQclear(ar);
+}
+
+/* How many of the jobs still have a process of epoch `epoch`. */
+static int jobs_with_procs(char ids[][40], int n, int epoch)
+{
+    int alive = 0;
+    for (int i = 0; i < n; i++)
+        alive += th_job_procs(ids[i], epoch, NULL, 0) > 0;
+    return alive;
+}
+
+/* Several jobs on the cut-off agent lapse together: every one is killed while the server
+ * still holds its lease (one job's end does not hold the next one's kill back), and none
+ * overlaps its re-run. */
 Test(fence, a_cut_off_agent_kills_its_job_before_the_server_runs_it_elsewhere)
 {
     if (geteuid() != 0 || !getpwnam("orch-job"))
@@ -137,118 +168,120 @@ Test(fence, a_cut_off_agent_kills_its_job_before_the_server_runs_it_elsewhere)
              "r start; i=0; while [ $i -lt %d ]; do sleep 0.1; i=$((i+1)); r tick; done; r end; "
              "echo done",
              rec_dir, TICKS);
-    json_t *body = json_pack("{s:s, s:i, s:{s:s}, s:{s:s}}", "command", cmd, "max_attempts", 3,
-                             "requirements", "node", "f0", "env", "ORCH_FENCE_RUN", rec_dir);
-    char *new_id = th_job_submit(&srv, admin, body);
-    char id[40];
-    snprintf(id, sizeof(id), "%s", new_id);
-    free(new_id);
+    char ids[FENCE_JOBS][40];
+    for (int i = 0; i < FENCE_JOBS; i++) {
+        json_t *body = json_pack("{s:s, s:i, s:{s:s}, s:{s:s}}", "command", cmd, "max_attempts", 3,
+                                 "requirements", "node", "f0", "env", "ORCH_FENCE_RUN", rec_dir);
+        char *new_id = th_job_submit(&srv, admin, body);
+        snprintf(ids[i], sizeof(ids[i]), "%s", new_id);
+        free(new_id);
+    }
 
-    /* Running on agent 0 (its process seen), and its `started` accepted. */
+    /* Running on agent 0 (their processes seen), and their `started` accepted. */
     pg = th_pg_connect("postgres", srv.db);
     uint64_t deadline = clock_mono_ns() + 60ull * 1000000000ull;
-    while (th_job_procs(id, 1, NULL, 0) == 0 ||
-           db_long(pg, "SELECT count(*) FROM jobs WHERE id = $1 AND status = 'running'", id) != 1) {
-        cr_assert(clock_mono_ns() < deadline, "the job did not start on agent 0");
-        usleep(20000); /* polling the condition, bounded */
-    }
-    /* Any agent may run it again (no API edits a job's requirements). */
-    const char *p[] = {id};
-    PGresult *u = PQexecParams(pg, "UPDATE jobs SET requirements = '{}' WHERE id = $1", 1, NULL, p,
-                               NULL, NULL, 0);
+    for (int i = 0; i < FENCE_JOBS; i++)
+        while (th_job_procs(ids[i], 1, NULL, 0) == 0 ||
+               db_long(pg, "SELECT count(*) FROM jobs WHERE id = $1 AND status = 'running'",
+                       ids[i]) != 1) {
+            cr_assert(clock_mono_ns() < deadline, "job %d did not start on agent 0", i);
+            usleep(20000); /* polling the condition, bounded */
+        }
+    /* Any agent may run them again (no API edits a job's requirements). */
+    PGresult *u = PQexec(pg, "UPDATE jobs SET requirements = '{}'");
     cr_assert_eq(PQresultStatus(u), PGRES_COMMAND_OK, "%s", PQerrorMessage(pg));
     PQclear(u);
 
     th_proxy_blackhole(&px);
     uint64_t cut = clock_mono_ns();
-    /* The agent must end the job while the server still holds its lease: every poll asks
+    /* The agent must end every job while the server still holds its lease: every poll asks
      * the database (its clock) whether the lease of epoch 1 is still running. */
     const char *q_held = "SELECT count(*) FROM jobs WHERE id = $1 AND epoch = 1"
                          "   AND status = 'running' AND lease_expires_at > now()";
-    bool held = true;
     deadline = cut + (uint64_t)(3 * LEASE_S) * 1000000000ull;
-    while (th_job_procs(id, 1, NULL, 0) > 0) {
-        held = db_long(pg, q_held, id) == 1;
-        cr_assert(held, "the server's lease expired while the cut-off agent still ran the job");
-        cr_assert(clock_mono_ns() < deadline, "the cut-off agent never killed its job");
+    for (int alive; (alive = jobs_with_procs(ids, FENCE_JOBS, 1)) > 0;) {
+        for (int i = 0; i < FENCE_JOBS; i++)
+            cr_assert(th_job_procs(ids[i], 1, NULL, 0) == 0 || db_long(pg, q_held, ids[i]) == 1,
+                      "the server's lease of job %d expired while the cut-off agent still ran it",
+                      i);
+        cr_assert(clock_mono_ns() < deadline, "the cut-off agent never killed %d of its jobs",
+                  alive);
         usleep(20000); /* polling the condition, bounded */
     }
-    held = db_long(pg, q_held, id) == 1;
     double gone_s = (double)(clock_mono_ns() - cut) / 1e9;
-    cr_assert(held, "the job was gone only %.1f s after the cut, after its lease expired", gone_s);
-    cr_assert(gone_s < LEASE_S, "the job ran %.1f s after the cut", gone_s);
+    for (int i = 0; i < FENCE_JOBS; i++)
+        cr_assert(db_long(pg, q_held, ids[i]) == 1,
+                  "the jobs were gone only %.1f s after the cut, after job %d's lease expired",
+                  gone_s, i);
+    cr_assert(gone_s < LEASE_S, "the jobs ran %.1f s after the cut", gone_s);
 
-    /* The server takes it back after the lease and runs it on agent 1; the cut lasts until
-     * that run has started, so that an old run still alive would overlap it. */
+    /* The server takes them back after the lease and runs them on agent 1; the cut lasts
+     * until those runs have started, so that an old run still alive would overlap them. */
     deadline = clock_mono_ns() + 30ull * 1000000000ull;
-    while (th_job_procs(id, 2, NULL, 0) == 0) {
-        cr_assert(clock_mono_ns() < deadline, "the job was not run again");
+    while (jobs_with_procs(ids, FENCE_JOBS, 2) < FENCE_JOBS) {
+        cr_assert(clock_mono_ns() < deadline, "the jobs were not all run again");
         usleep(20000); /* polling the condition, bounded */
     }
     th_proxy_heal(&px);
 
-    deadline = clock_mono_ns() + 60ull * 1000000000ull;
-    char st[32] = "";
-    for (;;) {
-        struct th_resp jr;
-        char path[96];
-        snprintf(path, sizeof(path), "/api/v1/jobs/%s", id);
-        th_http(&srv, "GET", path, admin, NULL, NULL, &jr);
-        snprintf(st, sizeof(st), "%s", th_str_of(&jr, "status") ? th_str_of(&jr, "status") : "");
-        th_resp_free(&jr);
-        if (!strcmp(st, "succeeded") || !strcmp(st, "failed") || !strcmp(st, "dead"))
-            break;
-        cr_assert(clock_mono_ns() < deadline, "the job did not end (status %s)", st);
-        usleep(50000); /* polling the condition, bounded */
+    for (int i = 0; i < FENCE_JOBS; i++) {
+        const char *id = ids[i];
+        deadline = clock_mono_ns() + 60ull * 1000000000ull;
+        char st[32] = "";
+        for (;;) {
+            struct th_resp jr;
+            char path[96];
+            snprintf(path, sizeof(path), "/api/v1/jobs/%.39s", id);
+            th_http(&srv, "GET", path, admin, NULL, NULL, &jr);
+            snprintf(st, sizeof(st), "%s",
+                     th_str_of(&jr, "status") ? th_str_of(&jr, "status") : "");
+            th_resp_free(&jr);
+            if (!strcmp(st, "succeeded") || !strcmp(st, "failed") || !strcmp(st, "dead"))
+                break;
+            cr_assert(clock_mono_ns() < deadline, "job %d did not end (status %s)", i, st);
+            usleep(50000); /* polling the condition, bounded */
+        }
+        char attempts[1024];
+        attempts_of(id, attempts, sizeof(attempts));
+        cr_assert_str_eq(st, "succeeded", "job %d: attempts: %s", i, attempts);
+        /* Epoch 2 ran on agent 1 and succeeded; epoch 1 was lost (the server's reaper), and
+         * the cut-off agent's late report of it was refused, not taken. */
+        cr_assert_eq(
+            db_long(pg,
+                    "SELECT count(*) FROM job_attempts a JOIN agents g ON g.id = a.agent_id"
+                    " WHERE a.job_id = $1 AND a.epoch = 2 AND a.status = 'succeeded'"
+                    "   AND g.name = 'fence-1'",
+                    id),
+            1, "job %d: attempts: %s", i, attempts);
+        cr_assert_eq(db_long(pg,
+                             "SELECT count(*) FROM job_attempts WHERE job_id = $1 AND epoch = 1"
+                             "   AND status = 'lost'",
+                             id),
+                     1, "job %d: attempts: %s", i, attempts);
+        cr_assert_eq(db_long(pg, "SELECT epoch FROM jobs WHERE id = $1", id), 2,
+                     "job %d: attempts: %s", i, attempts);
+
+        /* From the job's own records: run 1 ended before run 2 began. */
+        int64_t first[3], last[3];
+        read_runs(id, first, last);
+        cr_assert(first[1] && first[2], "job %d: missing runs in the records", i);
+        cr_assert_lt(last[1], first[2], "job %d: the two runs overlapped by %.2f s", i,
+                     (double)(last[1] - first[2]) / 1e9);
     }
-    /* The attempts, for the failure messages below. */
-    char attempts[1024] = "";
-    const char *pa[] = {id};
-    PGresult *ar = PQexecParams(pg,
-                                "SELECT string_agg(a.epoch || ':' || g.name || ':' || a.status ||"
-                                "                  ':' || coalesce(a.error, ''), '; '"
-                                "                  ORDER BY a.epoch)"
-                                "  FROM job_attempts a JOIN agents g ON g.id = a.agent_id"
-                                " WHERE a.job_id = $1",
-                                1, NULL, pa, NULL, NULL, 0);
-    if (PQresultStatus(ar) == PGRES_TUPLES_OK && PQntuples(ar) == 1)
-        snprintf(attempts, sizeof(attempts), "%s", PQgetvalue(ar, 0, 0));
-    PQclear(ar);
-    cr_assert_str_eq(st, "succeeded", "attempts: %s", attempts);
-    /* Epoch 2 ran on agent 1 and succeeded; epoch 1 was lost (the server's reaper), and the
-     * cut-off agent's late report of it was refused, not taken. */
-    cr_assert_eq(db_long(pg,
-                         "SELECT count(*) FROM job_attempts a JOIN agents g ON g.id = a.agent_id"
-                         " WHERE a.job_id = $1 AND a.epoch = 2 AND a.status = 'succeeded'"
-                         "   AND g.name = 'fence-1'",
-                         id),
-                 1, "attempts: %s", attempts);
-    cr_assert_eq(db_long(pg,
-                         "SELECT count(*) FROM job_attempts WHERE job_id = $1 AND epoch = 1"
-                         "   AND status = 'lost'",
-                         id),
-                 1, "attempts: %s", attempts);
-    cr_assert_eq(db_long(pg, "SELECT epoch FROM jobs WHERE id = $1", id), 2, "attempts: %s",
-                 attempts);
 
-    /* From the job's own records: run 1 ended before run 2 began. */
-    int64_t first[3], last[3];
-    read_runs(id, first, last);
-    cr_assert(first[1] && first[2], "missing runs in the records");
-    cr_assert_lt(last[1], first[2], "the two runs overlapped by %.2f s",
-                 (double)(last[1] - first[2]) / 1e9);
-
-    /* The agent said why, in one line. */
+    /* The agent said why, in one line per job. */
     char log[128];
     snprintf(log, sizeof(log), "%s/agent.log", agents[0].dir);
-    FILE *f = fopen(log, "re");
-    cr_assert_not_null(f);
-    char line[1024];
-    bool said = false;
-    while (fgets(line, sizeof(line), f))
-        said = said || (strstr(line, "op=lease_lapsed") && strstr(line, id));
-    fclose(f);
-    cr_assert(said, "no op=lease_lapsed line for job %s in %s", id, log);
+    for (int i = 0; i < FENCE_JOBS; i++) {
+        FILE *f = fopen(log, "re");
+        cr_assert_not_null(f);
+        char line[1024];
+        bool said = false;
+        while (fgets(line, sizeof(line), f))
+            said = said || (strstr(line, "op=lease_lapsed") && strstr(line, ids[i]));
+        fclose(f);
+        cr_assert(said, "no op=lease_lapsed line for job %s in %s", ids[i], log);
+    }
 }
 
 /* A log chunk refused as `offset-conflict` when the server's stream already covers it

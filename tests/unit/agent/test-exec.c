@@ -1211,6 +1211,22 @@ Test(exec, tree_kill_ends_a_recorded_tree_but_never_a_reused_pid)
     waitpid(pid, NULL, 0);
 }
 
+/* wait_ms 0 (the fence signals every lapsed job before it waits for any): the tree is
+ * signalled and what was found returned at once, never -ETIMEDOUT; a second call waits. */
+Test(exec, tree_kill_without_a_wait_signals_and_returns_what_it_found)
+{
+    pid_t pid = orphan_tree("97.66");
+    struct exec_tree tree = {0};
+    cr_assert_eq(exec_tree_probe(pid, &tree), 0);
+    cr_assert_geq(exec_tree_kill(&tree, NULL, 0), 1);
+    cr_assert(wait_marker_gone("sleep 97.66", 5000));
+    uint64_t start = clock_mono_ns();
+    while (proc_running(pid)) /* the leader, a zombie once killed */
+        cr_assert_lt(ms_since(start), 5000);
+    cr_assert_geq(exec_tree_kill(&tree, NULL, 5000), 0);
+    waitpid(pid, NULL, 0);
+}
+
 Test(exec, tree_kill_finds_processes_by_their_job_tag)
 {
     /* Left its process group and no record of it: found by the environment. */
