@@ -119,20 +119,18 @@ static const struct store_stmt q_my_jobs =
                " WHERE agent_id = $1 AND status IN ('assigned', 'running')",
                1);
 
-/* Leases of listed jobs that would expire within half a lease are renewed in the
- * heartbeat's own transaction, before the agent is answered; the others are renewed by
- * the gateway's next batch (server/gateway.c), which lands well before they expire. So an
- * answered heartbeat has always renewed the lease, from a moment after the agent sent it,
- * before the reaper could take the job: the agent's self-fencing counts on it
- * (docs/agent.md, "Leases and self-fencing"). One that the reaper took first is not ours
+/* The lease of every job the heartbeat lists is renewed in the heartbeat's own transaction,
+ * before the agent is answered: an answered heartbeat has always renewed the whole lease,
+ * from a moment after the agent sent it, which is what the agent's self-fencing counts on
+ * (docs/agent.md, "Leases and self-fencing"). The gateway's batch renews them too, but may
+ * be late or full; not needed for the guarantee. One that the reaper took first is not ours
  * any more, and the answer says `lost`. */
 static const struct store_stmt q_renew_due =
     STORE_STMT("ap_renew_due",
                "UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4::int)"
                "  FROM unnest($2::uuid[], $3::bigint[]) AS r(job_id, epoch)"
                " WHERE j.id = r.job_id AND j.epoch = r.epoch AND j.agent_id = $1"
-               "   AND j.status IN ('assigned', 'running')"
-               "   AND j.lease_expires_at < now() + make_interval(secs => $4::int / 2.0)",
+               "   AND j.status IN ('assigned', 'running')",
                4);
 
 static int renew_due(struct app *app, const struct http_principal *p, struct store_tx *tx,

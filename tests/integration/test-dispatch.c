@@ -231,6 +231,48 @@ Test(dispatch, a_silent_agent_loses_its_job_to_another_and_its_late_report_is_re
     free(a2);
 }
 
+/* An answered heartbeat has renewed the whole lease of every job it lists, in its own
+ * transaction: the agent fences itself counting on it (docs/agent.md, "Leases and
+ * self-fencing"). The gateway's batch, which renews them too, is held back here by a lock
+ * on the agent's row, as a slow or failed batch would be. */
+Test(dispatch, an_answered_heartbeat_has_renewed_the_whole_lease_of_its_jobs)
+{
+    char *a1 = enrol("renewer", "{}");
+    json_decref(beat(a1, NULL));
+    char *id = submit("{\"command\":\"long\"}");
+    json_t *as = poll_one(a1, 20);
+    cr_assert_not_null(as);
+    json_decref(as);
+    cr_assert_eq(report(a1, id, "started", "{\"epoch\":1}"), 200);
+
+    PGconn *pg = th_pg_connect("postgres", srv.db);
+    PQclear(th_pg_ok(pg, "BEGIN"));
+    PQclear(th_pg_ok(pg, "SELECT 1 FROM agents WHERE name = 'renewer' FOR UPDATE"));
+    PGconn *pg2 = th_pg_connect("postgres", srv.db);
+    char sql[256];
+    /* What an older renewal leaves: 2 s of the 3 s lease. */
+    snprintf(sql, sizeof(sql),
+             "UPDATE jobs SET lease_expires_at = now() + interval '2 s' WHERE id = '%s'", id);
+    PQclear(th_pg_ok(pg2, sql));
+    long sent_ms = th_pg_long(pg2, "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint");
+    char running[160];
+    snprintf(running, sizeof(running), "[{\"job_id\":\"%s\",\"epoch\":1}]", id);
+    json_decref(beat(a1, running));
+    snprintf(sql, sizeof(sql),
+             "SELECT (extract(epoch FROM lease_expires_at) * 1000)::bigint FROM jobs"
+             " WHERE id = '%s'",
+             id);
+    long expires_ms = th_pg_long(pg2, sql);
+    PQclear(th_pg_ok(pg, "COMMIT"));
+    PQfinish(pg2);
+    PQfinish(pg);
+    free(id);
+    free(a1);
+    cr_assert_geq(expires_ms, sent_ms + 3000,
+                  "the answered heartbeat left the lease %ld ms after it was sent, not 3000",
+                  expires_ms - sent_ms);
+}
+
 Test(dispatch, failures_are_retried_then_dead_and_cancel_reaches_the_agent)
 {
     char *a = enrol("worker", "{}");
