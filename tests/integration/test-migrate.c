@@ -497,3 +497,27 @@ Test(migrate, every_function_body_lives_in_the_functions_folder)
     PQfinish(pg);
     cr_assert_str_eq(outside, "", "functions defined only by a migration:%s", outside);
 }
+
+/* events_notify() is inlined by the planner into the job triggers' statements (one call per
+ * job row through the SQL function executor cost a third more): its body must stay one
+ * expression. */
+Test(migrate, events_notify_is_inlined)
+{
+    struct th_run r;
+    run_migrate(&r, NULL);
+    cr_assert_eq(r.status, 0);
+    th_run_free(&r);
+
+    PGconn *pg = th_pg_connect("orch_owner", db);
+    /* From a table, as the triggers call it (a volatile argument used twice is not inlined). */
+    PGresult *res = th_pg_ok(pg, "EXPLAIN (VERBOSE, COSTS OFF)"
+                                 " SELECT events_notify(id, 'job.x', '{}') FROM tenants");
+    bool inlined = false, called = false;
+    for (int i = 0; i < PQntuples(res); i++) {
+        inlined = inlined || strstr(PQgetvalue(res, i, 0), "pg_notify(");
+        called = called || strstr(PQgetvalue(res, i, 0), "events_notify(");
+    }
+    PQclear(res);
+    PQfinish(pg);
+    cr_assert(inlined && !called, "the plan still calls events_notify()");
+}
