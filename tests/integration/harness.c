@@ -281,6 +281,13 @@ void th_run_free(struct th_run *r)
 
 int th_tcp_conns(pid_t pid, int port)
 {
+    return th_tcp_conns_desc(pid, port, NULL, 0);
+}
+
+int th_tcp_conns_desc(pid_t pid, int port, char *desc, size_t desc_len)
+{
+    if (desc_len)
+        desc[0] = '\0';
     /* The socket inodes among pid's file descriptors. */
     char path[64];
     snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
@@ -326,8 +333,14 @@ int th_tcp_conns(pid_t pid, int port)
             if (!colon || (int)strtol(colon + 1, NULL, 16) != port || st != 1 /* ESTABLISHED */)
                 continue;
             for (int i = 0; i < ninodes; i++)
-                if (inodes[i] == ino)
+                if (inodes[i] == ino) {
                     count++;
+                    const char *lc = strrchr(local, ':');
+                    size_t used = desc_len ? strlen(desc) : 0;
+                    if (lc && used + 1 < desc_len)
+                        snprintf(desc + used, desc_len - used, "%slocal port %ld inode %lu",
+                                 used ? ", " : "", strtol(lc + 1, NULL, 16), ino);
+                }
         }
         fclose(f);
     }

@@ -58,6 +58,8 @@ void th_rm_rf(const char *dir);
 
 /* The established TCP connections process pid holds to remote port `port` (from /proc). */
 int th_tcp_conns(pid_t pid, int port);
+/* The same, with each connection's local port and socket inode written to desc. */
+int th_tcp_conns_desc(pid_t pid, int port, char *desc, size_t desc_len);
 
 /* The live processes (zombies do not count) of a job's attempt, found by the
  * ORCH_JOB_ID=<job_id> and ORCH_JOB_EPOCH=<epoch> entries of their initial environment

@@ -166,6 +166,27 @@ Test(e2e, a_job_returns_result_json)
     free(bad);
 }
 
+/* The last size - 1 bytes of the agent's log in dir, for a failure message. */
+static void log_tail(const char *dir, char *out, size_t size)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/agent.log", dir);
+    out[0] = '\0';
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        long end = ftell(f);
+        if (end > (long)size - 1)
+            fseek(f, end - ((long)size - 1), SEEK_SET);
+        else
+            rewind(f);
+    }
+    size_t n = fread(out, 1, size - 1, f);
+    out[n] = '\0';
+    fclose(f);
+}
+
 /* Each agent talks to orchd over one connection: idle (a held long-poll), and while a job
  * streams output and ends (reports, results and the next poll share it). */
 Test(e2e, each_agent_keeps_one_connection)
@@ -178,8 +199,14 @@ Test(e2e, each_agent_keeps_one_connection)
     uint64_t deadline = clock_mono_ns() + 60000000000ull;
     for (bool done = false; !done; samples++) {
         for (int i = 0; i < NAGENTS; i++) {
-            int n = th_tcp_conns(agents[i].pid, srv.port);
-            cr_assert_leq(n, 1, "agent %d holds %d connections to orchd", i, n);
+            char desc[256];
+            int n = th_tcp_conns_desc(agents[i].pid, srv.port, desc, sizeof(desc));
+            if (n > 1) {
+                char tail[4096];
+                log_tail(agents[i].dir, tail, sizeof(tail));
+                cr_assert_fail("agent %d holds %d connections to orchd (%s); its log ends:\n%s", i,
+                               n, desc, tail);
+            }
             if (n > most[i])
                 most[i] = n;
         }
