@@ -107,13 +107,22 @@ PY
         f=1
     fi
     echo "windows-stage: $p $f"
+    # The .msi's test right after, on the toolchain this stage installed and built for: it
+    # starts services of its own and shares nothing else with the tests.
+    if [[ " $all_suites " == *" packaging "* ]]; then
+        total_passed=0 total_failed=0 status=0 failures=() stage_times=() stage_start=$SECONDS
+        packaging_test tests/packaging/test-msi.sh
+        printf '  %s\n' "${stage_times[@]}"
+        [ ${#failures[@]} -eq 0 ] || printf 'msi-failure: %s\n' "${failures[@]}"
+        echo "msi-stage: $total_passed $total_failed $status"
+    fi
 }
 windows_stage_end() {
     [ -n "$win_pid" ] || return 0
     wait "$win_pid" || true
     win_pid=
-    say "Windows agent: mingw-w64 build (-Werror), unit tests under wine (ran in the background)"
-    grep -v '^windows-stage: ' build-win-stage.log || true
+    say "Windows agent: mingw-w64 build (-Werror), unit tests under wine, the .msi (ran in the background)"
+    grep -v '^windows-stage: \|^msi-stage: \|^msi-failure: ' build-win-stage.log || true
     read -r win_passed win_failed < <(sed -n 's/^windows-stage: //p' build-win-stage.log | tail -1) || true
     win_passed=${win_passed:-0}
     win_failed=${win_failed:-1}
@@ -125,13 +134,19 @@ windows_stage_end() {
     total_failed=$((total_failed + win_failed))
     status=$((status | win_status))
     say "Windows stage: $win_passed passed, $win_failed failed"
+    if [[ " $all_suites " == *" packaging "* ]]; then
+        local p f st
+        read -r p f st < <(sed -n 's/^msi-stage: //p' build-win-stage.log | tail -1) || true
+        total_passed=$((total_passed + ${p:-0}))
+        total_failed=$((total_failed + ${f:-1}))
+        [ "${st:-1}" = 0 ] || status=1
+        while IFS= read -r line; do
+            [ -n "$line" ] && failures+=("$line")
+        done < <(sed -n 's/^msi-failure: //p' build-win-stage.log)
+        [ -n "$p" ] || failures+=("test-msi.sh: the Windows stage printed no result")
+    fi
     stage_done "windows stage's wait after the tests"
 }
-if [[ " $all_suites " == *" windows "* ]]; then
-    say "Windows stage started in the background (build-win-stage.log)"
-    windows_stage >build-win-stage.log 2>&1 &
-    win_pid=$!
-fi
 
 # The packaging stage: the .debs are built once (tools/package.sh) for both Debian tests.
 # Each script prints "result: N passed, M failed" last; a script that ends without it counts
@@ -163,6 +178,12 @@ packaging_test() { # SCRIPT [ARGS...]
     rm -f "$log"
     stage_done "packaging: ${t##*/}"
 }
+if [[ " $all_suites " == *" windows "* ]]; then
+    say "Windows stage started in the background (build-win-stage.log)"
+    windows_stage >build-win-stage.log 2>&1 &
+    win_pid=$!
+fi
+
 # The first part of the packaging stage runs in the background beside the tests: the .debs
 # built once (tools/package.sh) and their test under a real systemd in a container of its
 # own (test-deb-systemd.sh), which shares nothing with the tests but the CPU. Its output
@@ -358,10 +379,12 @@ if [ $packaging = 1 ]; then
         packaging_test tests/packaging/test-deb.sh "$debs"
     fi
     [ -z "$debs" ] || rm -rf "$debs"
-    # The .msi needs the Windows toolchain, wixl and msitools (the windows stage installs
-    # them; without it, here).
-    [[ " $all_suites " == *" windows "* ]] || orch_win_deps
-    packaging_test tests/packaging/test-msi.sh
+    # The .msi needs the Windows toolchain, wixl and msitools: the Windows stage installs
+    # them and runs test-msi.sh after its own tests; without it, here.
+    if [[ " $all_suites " != *" windows "* ]]; then
+        orch_win_deps
+        packaging_test tests/packaging/test-msi.sh
+    fi
 fi
 
 say "time by stage (${SECONDS} s in all)"
