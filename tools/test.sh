@@ -83,6 +83,26 @@ all_suites=${ORCH_TEST_SUITES:-unit integration browser windows packaging}
 # cross build, its unit tests under wine) needs none of the services and mostly waits on
 # configure scripts and wine: it runs in the background beside the native tests, its output
 # kept in build-win-stage.log and printed once it is done (windows_stage_end below).
+# A stage in the background (a subshell) ends with bg_report NAME: its stage times, a
+# "NAME-failure: ..." line per failure and "NAME-stage: PASSED FAILED STATUS" last, in its
+# log; bg_counts LOG NAME WHAT adds them to this run's once it is done.
+bg_report() { # NAME
+    local line
+    printf '  %s\n' "${stage_times[@]}"
+    for line in "${failures[@]}"; do echo "$1-failure: $line"; done
+    echo "$1-stage: $total_passed $total_failed $status"
+}
+bg_counts() { # LOG NAME WHAT
+    local p f st line
+    read -r p f st < <(sed -n "s/^$2-stage: //p" "$1" | tail -1) || true
+    total_passed=$((total_passed + ${p:-0}))
+    total_failed=$((total_failed + ${f:-1}))
+    [ "${st:-1}" = 0 ] || status=1
+    while IFS= read -r line; do
+        [ -n "$line" ] && failures+=("$line")
+    done < <(sed -n "s/^$2-failure: //p" "$1")
+    [ -n "$p" ] || failures+=("$3: the background stage printed no result")
+}
 win_passed=0
 win_failed=0
 win_status=0
@@ -114,9 +134,7 @@ PY
     if [[ " $all_suites " == *" packaging "* ]]; then
         total_passed=0 total_failed=0 status=0 failures=() stage_times=() stage_start=$SECONDS
         packaging_test tests/packaging/test-msi.sh
-        printf '  %s\n' "${stage_times[@]}"
-        [ ${#failures[@]} -eq 0 ] || printf 'msi-failure: %s\n' "${failures[@]}"
-        echo "msi-stage: $total_passed $total_failed $status"
+        bg_report msi
     fi
 }
 windows_stage_end() {
@@ -136,17 +154,7 @@ windows_stage_end() {
     total_failed=$((total_failed + win_failed))
     status=$((status | win_status))
     say "Windows stage: $win_passed passed, $win_failed failed"
-    if [[ " $all_suites " == *" packaging "* ]]; then
-        local p f st
-        read -r p f st < <(sed -n 's/^msi-stage: //p' build-win-stage.log | tail -1) || true
-        total_passed=$((total_passed + ${p:-0}))
-        total_failed=$((total_failed + ${f:-1}))
-        [ "${st:-1}" = 0 ] || status=1
-        while IFS= read -r line; do
-            [ -n "$line" ] && failures+=("$line")
-        done < <(sed -n 's/^msi-failure: //p' build-win-stage.log)
-        [ -n "$p" ] || failures+=("test-msi.sh: the Windows stage printed no result")
-    fi
+    [[ " $all_suites " != *" packaging "* ]] || bg_counts build-win-stage.log msi test-msi.sh
     stage_done "windows stage's wait after the tests"
 }
 
@@ -207,9 +215,7 @@ packaging_bg() { # prints "packaging-stage: PASSED FAILED STATUS" and "packaging
         total_failed=1
         status=1
     fi
-    printf '  %s\n' "${stage_times[@]}"
-    [ ${#failures[@]} -eq 0 ] || printf 'packaging-failure: %s\n' "${failures[@]}"
-    echo "packaging-stage: $total_passed $total_failed $status"
+    bg_report packaging
 }
 packaging_bg_end() {
     [ -n "$pkg_pid" ] || return 0
@@ -217,15 +223,7 @@ packaging_bg_end() {
     pkg_pid=
     say "packaging: the .debs and test-deb-systemd.sh (ran in the background)"
     grep -v '^packaging-stage: \|^packaging-failure: ' build-pkg-stage.log || true
-    local p f st
-    read -r p f st < <(sed -n 's/^packaging-stage: //p' build-pkg-stage.log | tail -1) || true
-    total_passed=$((total_passed + ${p:-0}))
-    total_failed=$((total_failed + ${f:-1}))
-    [ "${st:-1}" = 0 ] || status=1
-    while IFS= read -r line; do
-        [ -n "$line" ] && failures+=("$line")
-    done < <(sed -n 's/^packaging-failure: //p' build-pkg-stage.log)
-    [ -n "$p" ] || failures+=("packaging: the background stage printed no result")
+    bg_counts build-pkg-stage.log packaging packaging
     stage_done "packaging (background): wait after the tests"
 }
 if [[ " $all_suites " == *" packaging "* ]]; then
