@@ -35,6 +35,15 @@ static void run_migrate(struct th_run *r, const char *extra)
     free(url);
 }
 
+/* Run `orchd migrate`, which must succeed. */
+static void migrate_ok(void)
+{
+    struct th_run r;
+    run_migrate(&r, NULL);
+    cr_assert_eq(r.status, 0, "stderr: %s", th_str(&r.err));
+    th_run_free(&r);
+}
+
 TestSuite(migrate, .init = setup, .fini = teardown);
 
 Test(migrate, empty_database_reaches_latest_version)
@@ -61,10 +70,8 @@ Test(migrate, empty_database_reaches_latest_version)
 
 Test(migrate, second_run_changes_nothing)
 {
+    migrate_ok();
     struct th_run r;
-    run_migrate(&r, NULL);
-    cr_assert_eq(r.status, 0);
-    th_run_free(&r);
     run_migrate(&r, NULL);
     cr_assert_eq(r.status, 0, "stderr: %s", th_str(&r.err));
     cr_assert(strstr(th_str(&r.out), "up to date"), "stdout: %s", th_str(&r.out));
@@ -174,10 +181,8 @@ Test(migrate, concurrent_runs_apply_once)
 
 Test(migrate, refuses_database_newer_than_binary)
 {
+    migrate_ok();
     struct th_run r;
-    run_migrate(&r, NULL);
-    cr_assert_eq(r.status, 0);
-    th_run_free(&r);
 
     PGconn *pg = th_pg_connect("orch_owner", db);
     char sql[160];
@@ -197,10 +202,8 @@ Test(migrate, refuses_database_newer_than_binary)
 
 Test(migrate, refuses_changed_migration)
 {
+    migrate_ok();
     struct th_run r;
-    run_migrate(&r, NULL);
-    cr_assert_eq(r.status, 0);
-    th_run_free(&r);
 
     PGconn *pg = th_pg_connect("orch_owner", db);
     PQclear(th_pg_ok(pg, "UPDATE orch_schema_version SET sha256 = 'edited' WHERE version = 1"));
@@ -247,10 +250,7 @@ Test(migrate, unreachable_database_is_a_clear_error)
 
 Test(migrate, application_role_is_unprivileged)
 {
-    struct th_run r;
-    run_migrate(&r, NULL);
-    cr_assert_eq(r.status, 0);
-    th_run_free(&r);
+    migrate_ok();
 
     PGconn *pg = th_pg_connect("orch_owner", db);
     cr_assert_eq(th_pg_long(pg, "SELECT count(*) FROM pg_roles WHERE rolname = 'orch_app'"
@@ -274,10 +274,7 @@ Test(migrate, application_role_is_unprivileged)
 
 Test(migrate, tier_defaults_match_design)
 {
-    struct th_run r;
-    run_migrate(&r, NULL);
-    cr_assert_eq(r.status, 0);
-    th_run_free(&r);
+    migrate_ok();
 
     PGconn *pg = th_pg_connect("orch_owner", db);
     PGresult *res = th_pg_ok(
@@ -503,10 +500,7 @@ Test(migrate, every_function_body_lives_in_the_functions_folder)
  * expression. */
 Test(migrate, events_notify_is_inlined)
 {
-    struct th_run r;
-    run_migrate(&r, NULL);
-    cr_assert_eq(r.status, 0);
-    th_run_free(&r);
+    migrate_ok();
 
     PGconn *pg = th_pg_connect("orch_owner", db);
     /* From a table, as the triggers call it (a volatile argument used twice is not inlined). */
