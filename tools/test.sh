@@ -11,7 +11,8 @@
 # suite in the -Werror build), and stops the services again; then the packaging stage builds the Debian
 # packages, installs, uses, upgrades and purges them on this machine (tests/packaging/
 # test-deb.sh) and under systemd in a Debian container (test-deb-systemd.sh), and tests
-# the .msi under wine (tests/packaging/test-msi.sh, when present).
+# the .msi under wine (tests/packaging/test-msi.sh, right after the Windows stage, in its
+# background job).
 # Exits non-zero when anything fails.
 #
 # Environment:
