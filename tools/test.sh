@@ -23,8 +23,6 @@
 #                         unit tests under wine; packaging builds and tests the packages
 #   ORCH_NO_SANITIZE=1    skip the sanitizer build (quicker local runs; CI runs both)
 #   ORCH_FUZZ_SECONDS=N   how long each libFuzzer target runs (default 15; 0 skips them)
-#   ORCH_OWN_LANE=0       run faults and restart (suite integration-own) in the two lanes
-#                         of the others instead of a third of their own
 source "$(dirname "$0")/lib.sh"
 
 # What failed and how long each stage took, printed again just before the totals, so that
@@ -38,8 +36,8 @@ stage_done() { # NAME: the time since the previous stage ended
 }
 # The failed tests of a meson build dir: Criterion's "[FAIL] suite::name" lines, and the
 # test programs that did not end OK with no such line.
-meson_failures() { # BUILD_DIR [LOGBASE]
-    python3 - "$1/meson-logs/${2:-testlog}.json" <<'PY2'
+meson_failures() { # BUILD_DIR
+    python3 - "$1/meson-logs/testlog.json" <<'PY2'
 import json, re, sys
 for line in open(sys.argv[1]):
     t = json.loads(line)
@@ -257,8 +255,8 @@ for s in $all_suites; do
 done
 
 # Count the Criterion tests (not the meson test binaries) from meson's JSON log.
-count_tests() { # BUILD_DIR [LOGBASE]
-    python3 - "$1/meson-logs/${2:-testlog}.json" <<'PY'
+count_tests() {
+    python3 - "$1/meson-logs/testlog.json" <<'PY'
 import json, re, sys
 passed = failed = 0
 for line in open(sys.argv[1]):
@@ -296,45 +294,25 @@ for b in build build-asan; do
         run+=("${suites[i]}" "${suites[i + 1]}")
     done
     [ ${#run[@]} -gt 0 ] || continue
-    # The programs on nodes of their own (faults, restart: tests/integration/own-services.sh)
-    # mostly wait, on leases and restarts: they run in a lane of their own beside the two
-    # others, logged as meson-logs/testlog-own.*.
-    label="${run[*]//--suite /}"
-    logs=(testlog)
-    own_pid=
-    if [[ " ${run[*]} " == *" integration "* ]] && [ "${ORCH_OWN_LANE:-1}" = 1 ]; then
-        meson test -C "$b" --suite integration-own --no-rebuild --print-errorlogs \
-            --num-processes 1 --logbase testlog-own >"$b/meson-logs/own-lane.out" 2>&1 &
-        own_pid=$!
-        run+=(--no-suite integration-own)
-        logs+=(testlog-own)
-    fi
     if ! meson test -C "$b" "${run[@]}" --print-errorlogs --num-processes 2; then
         status=1
     fi
-    if [ -n "$own_pid" ]; then
-        wait "$own_pid" || status=1
-        cat "$b/meson-logs/own-lane.out"
+    # A sanitizer report (the tests print orchd's log when it exits badly), or a test whose
+    # teardown crashed, fails the run even where the test runner let it through.
+    bad='ERROR: (Address|Leak)Sanitizer|runtime error:|crashed during its setup or teardown'
+    if grep -qE "$bad" "$b/meson-logs/testlog.txt"; then
+        grep -nE "$bad" "$b/meson-logs/testlog.txt" | head
+        say "sanitizer reports or crashed teardowns in $b"
+        status=1
     fi
-    for log in "${logs[@]}"; do
-        # A sanitizer report (the tests print orchd's log when it exits badly), or a test
-        # whose teardown crashed, fails the run even where the test runner let it through.
-        bad='ERROR: (Address|Leak)Sanitizer|runtime error:|crashed during its setup or teardown'
-        if grep -qE "$bad" "$b/meson-logs/$log.txt"; then
-            grep -nE "$bad" "$b/meson-logs/$log.txt" | head
-            say "sanitizer reports or crashed teardowns in $b ($log)"
-            status=1
-        fi
-        # The fault-injection suite's table (tests/integration/test-faults.c), for the record.
-        awk '/^\| fault \|/{p=1} p&&/^\|/{print; next} p{exit}' "$b/meson-logs/$log.txt" >&2 || true
-        read -r p f < <(count_tests "$b" "$log")
-        total_passed=$((total_passed + p))
-        total_failed=$((total_failed + f + $(grep -cE "$bad" "$b/meson-logs/$log.txt" || true)))
-        while IFS= read -r line; do failures+=("$b: $line"); done < <(meson_failures "$b" "$log")
-        grep -qE "$bad" "$b/meson-logs/$log.txt" &&
-            failures+=("$b: sanitizer report or crashed teardown ($log)")
-    done
-    stage_done "tests ($b: $label)"
+    # The fault-injection suite's table (tests/integration/test-faults.c), for the record.
+    awk '/^\| fault \|/{p=1} p&&/^\|/{print; next} p{exit}' "$b/meson-logs/testlog.txt" >&2 || true
+    read -r p f < <(count_tests "$b")
+    total_passed=$((total_passed + p))
+    total_failed=$((total_failed + f + $(grep -cE "$bad" "$b/meson-logs/testlog.txt" || true)))
+    while IFS= read -r line; do failures+=("$b: $line"); done < <(meson_failures "$b")
+    grep -qE "$bad" "$b/meson-logs/testlog.txt" && failures+=("$b: sanitizer report or crashed teardown")
+    stage_done "tests ($b: ${run[*]//--suite /})"
 done
 
 if [ "$fuzz_seconds" != 0 ]; then
