@@ -1944,8 +1944,9 @@ static void *daemon_link_main(void *arg)
 /* A job whose lease no answered exchange renewed for lease - fence_margin_ms() is given
  * up: its whole tree is killed (SIGKILL) and its attempt ends as failed with
  * PROTO_RES_LEASE_LAPSED. The server, cut off from us, takes the job back only when the lease
- * it last renewed expires, which it counts from when it received that exchange (or later:
- * heartbeats are written in batches): never earlier than renewed_ms + lease. So the old
+ * it last renewed expires, which it counts from when it received that exchange (the
+ * heartbeat's own transaction renews it, before the answer): never earlier than
+ * renewed_ms + lease. So the old
  * run is over before the server can hand the job to another agent. Every lapsed job is
  * signalled before any is waited for: one job's slow end does not hold the next one's
  * SIGKILL back. Called by the main thread; returns how long it may wait before the next

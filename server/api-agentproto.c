@@ -122,19 +122,19 @@ static const struct store_stmt q_my_jobs =
 /* The lease of every job the heartbeat lists is renewed in the heartbeat's own transaction,
  * before the agent is answered: an answered heartbeat has always renewed the whole lease,
  * from a moment after the agent sent it, which is what the agent's self-fencing counts on
- * (docs/agent.md, "Leases and self-fencing"). The gateway's batch renews them too, but may
- * be late or full; not needed for the guarantee. One that the reaper took first is not ours
- * any more, and the answer says `lost`. */
-static const struct store_stmt q_renew_due =
-    STORE_STMT("ap_renew_due",
+ * (docs/agent.md, "Leases and self-fencing"). Besides the assignment, its delivery and its
+ * `started`, nothing else renews a lease (the gateway's batch writes liveness only). One
+ * that the reaper took first is not ours any more, and the answer says `lost`. */
+static const struct store_stmt q_renew_listed =
+    STORE_STMT("ap_renew_listed",
                "UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4::int)"
                "  FROM unnest($2::uuid[], $3::bigint[]) AS r(job_id, epoch)"
                " WHERE j.id = r.job_id AND j.epoch = r.epoch AND j.agent_id = $1"
                "   AND j.status IN ('assigned', 'running')",
                4);
 
-static int renew_due(struct app *app, const struct http_principal *p, struct store_tx *tx,
-                     const struct proto_heartbeat *hb)
+static int renew_listed(struct app *app, const struct http_principal *p, struct store_tx *tx,
+                        const struct proto_heartbeat *hb)
 {
     struct buf jobs = BUF_INIT, epochs = BUF_INIT;
     buf_append_str(&jobs, "{");
@@ -151,7 +151,7 @@ static int renew_due(struct app *app, const struct http_principal *p, struct sto
         char lease[24];
         snprintf(lease, sizeof(lease), "%lld", (long long)(app->cfg->agent_lease_ms / 1000));
         const char *pp[] = {p->subject, jobs.data, epochs.data, lease};
-        r = jobs.data && epochs.data ? store_tx_exec(tx, &q_renew_due, pp, NULL) : -ENOMEM;
+        r = jobs.data && epochs.data ? store_tx_exec(tx, &q_renew_listed, pp, NULL) : -ENOMEM;
     }
     buf_free(&jobs);
     buf_free(&epochs);
@@ -243,19 +243,14 @@ static bool is_mine(PGresult *res, int n, const struct proto_job_ref *ref)
     return false;
 }
 
-/* Take note of a heartbeat (doc, decoded as hb) in memory, once, before its transaction
- * (which may run twice, report-batch.h). Returns true when it is to be written at once: the
- * agent's first on this node, or any on a node without the gateway role. */
-static bool heartbeat_note(struct app *app, const struct http_principal *p, const json_t *doc,
+/* Take note of a heartbeat (decoded as hb) in memory, once, before its transaction (which
+ * may run twice, report-batch.h). Returns true when it is to be written at once: the agent's
+ * first on this node, or any on a node without the gateway role. */
+static bool heartbeat_note(struct app *app, const struct http_principal *p,
                            const struct proto_heartbeat *hb)
 {
-    json_t *running = json_object_get(doc, "running");
-    _cleanup_json_ json_t *none = json_array();
-    if (!running)
-        running = none;
     metrics_orch_heartbeat(app->metrics);
-    return !app->gw ||
-           gateway_note_heartbeat(app->gw, p->subject, running, hb->has_load ? &hb->load : NULL);
+    return !app->gw || gateway_note_heartbeat(app->gw, p->subject, hb->has_load ? &hb->load : NULL);
 }
 
 /* After the heartbeat's commit: the dispatcher learns of a new agent, or of its cache,
@@ -284,7 +279,7 @@ static int heartbeat(struct app *app, const struct http_principal *p, struct sto
             r = store_load(p, tx, hb);
     }
     if (r >= 0)
-        r = renew_due(app, p, tx, hb);
+        r = renew_listed(app, p, tx, hb);
     if (r >= 0 && hb->capabilities) {
         _cleanup_free_ char *text = json_dumps(hb->capabilities, JSON_COMPACT);
         const char *pp[] = {p->subject, text};
@@ -410,7 +405,7 @@ void api_agent_heartbeat(struct http_req *req)
     w->app = http_req_app(req);
     w->p = *http_req_principal(req);
     w->body = TAKE_PTR(body);
-    w->first = heartbeat_note(w->app, &w->p, w->body, &w->hb);
+    w->first = heartbeat_note(w->app, &w->p, &w->hb);
     report_batch_submit(w->app->reports, w->app->store, req, app_agent_scope(&w->p), w->p.subject,
                         &hb_ops, w);
 }
@@ -895,8 +890,7 @@ void api_agent_sync(struct http_req *req)
      * claim what this one is to carry. */
     gateway_supersede(w->app->gw, w->p.subject);
     if (w->sync.has_heartbeat)
-        w->first = heartbeat_note(w->app, &w->p, json_object_get(w->body, "heartbeat"),
-                                  &w->sync.heartbeat);
+        w->first = heartbeat_note(w->app, &w->p, &w->sync.heartbeat);
     report_batch_submit(w->app->reports, w->app->store, req, app_agent_scope(&w->p), w->p.subject,
                         &sync_ops, w);
 }

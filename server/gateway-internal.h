@@ -46,7 +46,6 @@ struct gw_idindex {
 
 struct note {
     char agent_id[ID_STR_LEN];
-    json_t *running;                  /* [{job_id, epoch}] */
     long long memory_free, disk_free; /* bytes, -1: not reported */
     double cpu_percent;               /* -1: not reported */
 };

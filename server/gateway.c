@@ -96,8 +96,6 @@ void gw_sleep_ms(struct gateway *gw, int64_t ms)
 
 void gw_free(struct gateway *gw)
 {
-    for (int i = 0; i < gw->nnotes; i++)
-        json_decref(gw->notes[i].running);
     free(gw->notes);
     free(gw->seen);
     gw_idindex_free(&gw->note_index);

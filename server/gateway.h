@@ -12,8 +12,8 @@
  * and refuses agents' long-polls with 503.
  *
  * Liveness: heartbeats are kept in memory and written to PostgreSQL in one batch per
- * flush interval (agents' last_heartbeat_at and their running jobs' leases), so a
- * heartbeat costs no write of its own.
+ * flush interval (agents' last_heartbeat_at and load figures); a heartbeat's own
+ * transaction renews the leases of the jobs it lists (api-agentproto.c), nothing else.
  *
  * Files: gateway.c (start, stop), gw-registry.c (long-polls, wake-ups, the checker),
  * gw-liveness.c (heartbeats), gw-hash.c (agent-id tables); what they share is in
@@ -81,12 +81,12 @@ void gateway_supersede(struct gateway *gw, const char *agent_id);
  * unavailable with Retry-After instead: an empty 200 would bring the agent straight back. */
 void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool assign, long wait_s);
 
-/* Remember a heartbeat (for the batched write). running: JSON array of {job_id, epoch},
- * borrowed. load: the heartbeat's load figures (borrowed), or NULL: its free memory
+/* Remember a heartbeat (for the batched write). load: the heartbeat's load figures
+ * (borrowed), or NULL: its free memory
  * (memory_available_bytes), free disk and CPU are written with the batch (the placement
  * engine checks jobs' minimum free memory and disk against them); a figure that is absent
  * (negative) or out of bounds leaves the stored one as it was. Returns true when this is
  * the agent's first heartbeat on this node (the caller then writes it at once, so the
  * dispatcher sees the agent without waiting for a flush). */
-bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json_t *running,
+bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id,
                             const struct proto_load *load);

@@ -7,7 +7,6 @@
 #include <string.h>
 
 #include "common/buf.h"
-#include "common/cleanup.h"
 #include "common/id.h"
 #include "common/log.h"
 #include "proto/agent.h"
@@ -66,8 +65,7 @@ static bool seen_add(struct gateway *gw, const char *agent_id)
     return true;
 }
 
-bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json_t *running,
-                            const struct proto_load *load)
+bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const struct proto_load *load)
 {
     pthread_mutex_lock(&gw->lock);
     bool first = seen_add(gw, agent_id);
@@ -75,8 +73,6 @@ bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json
     if (!slot && gw->nnotes < GW_MAX_NOTES && notes_reserve(gw) == 0)
         slot = notes_add(gw, agent_id);
     if (slot) {
-        json_decref(slot->running);
-        slot->running = json_deep_copy(running);
         slot->memory_free = load && load->memory_available_bytes >= 0
                                 ? (long long)load->memory_available_bytes
                                 : -1;
@@ -89,11 +85,8 @@ bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const json
     return first;
 }
 
-/* One batch: every agent heard from since the last flush is online on this node, and the
- * leases of the jobs it runs (as the server knows them) are renewed. Always from after the
- * agent sent its heartbeat, which is what the agent's self-fencing counts on
- * (docs/agent.md, "Leases and self-fencing"). */
-/* With the agents' free memory and disk and CPU (NULL: not reported, the stored figure
+/* One batch: every agent heard from since the last flush is online on this node, with its
+ * free memory and disk and CPU (NULL: not reported, the stored figure
  * stays). The rows are locked first, in id order, as assign_batch() locks agents
  * (sql/0011_placement.sql): a flush and a dispatcher's batch never wait on each other in a
  * cycle. */
@@ -111,25 +104,16 @@ static const struct store_stmt q_flush_agents =
                " WHERE a.id = r.id AND a.id IN (SELECT id FROM lk)",
                5);
 
-static const struct store_stmt q_renew_leases =
-    STORE_STMT("gw_renew_leases",
-               "UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4::int)"
-               "  FROM unnest($1::uuid[], $2::bigint[], $3::uuid[]) AS r(job_id, epoch, agent_id)"
-               " WHERE j.id = r.job_id AND j.epoch = r.epoch AND j.agent_id = r.agent_id"
-               "   AND j.status IN ('assigned', 'running')",
-               4);
-
 /* After a flush: free the notes, or when it failed put back those of agents not heard
- * from since, so that the renewal is not lost (an agent that was answered counts on it). */
+ * from since, whole (their load figures too: notes_add() zeroes them), so that neither
+ * their liveness nor their figures are lost. */
 static void requeue_notes(struct gateway *gw, struct note *notes, int n, bool failed)
 {
     pthread_mutex_lock(&gw->lock);
     for (int i = 0; i < n; i++) {
         bool newer = !failed || notes_find(gw, notes[i].agent_id);
         if (!newer && gw->nnotes < GW_MAX_NOTES && notes_reserve(gw) == 0)
-            notes_add(gw, notes[i].agent_id)->running = TAKE_PTR(notes[i].running);
-        else
-            json_decref(notes[i].running);
+            *notes_add(gw, notes[i].agent_id) = notes[i];
     }
     pthread_mutex_unlock(&gw->lock);
     free(notes);
@@ -148,16 +132,12 @@ void gw_flush_liveness(struct gateway *gw)
     pthread_mutex_unlock(&gw->lock);
     if (n == 0)
         return;
-    struct buf agents = BUF_INIT, jobs = BUF_INIT, epochs = BUF_INIT, owners = BUF_INIT;
+    struct buf agents = BUF_INIT;
     struct buf mems = BUF_INIT, disks = BUF_INIT, cpus = BUF_INIT;
     buf_append_str(&mems, "{");
     buf_append_str(&disks, "{");
     buf_append_str(&cpus, "{");
     buf_append_str(&agents, "{");
-    buf_append_str(&jobs, "{");
-    buf_append_str(&epochs, "{");
-    buf_append_str(&owners, "{");
-    int nj = 0;
     for (int i = 0; i < n; i++) {
         const char *sep = i ? "," : "";
         buf_printf(&agents, "%s%s", sep, notes[i].agent_id);
@@ -173,37 +153,16 @@ void gw_flush_liveness(struct gateway *gw)
             buf_printf(&cpus, "%s%.2f", sep, notes[i].cpu_percent);
         else
             buf_printf(&cpus, "%sNULL", sep);
-        size_t k;
-        json_t *e;
-        json_array_foreach(notes[i].running, k, e)
-        {
-            const char *jid = json_string_value(json_object_get(e, "job_id"));
-            json_t *ep = json_object_get(e, "epoch");
-            if (!jid || !id_is_valid(jid) || !json_is_integer(ep))
-                continue;
-            buf_printf(&jobs, "%s%s", nj ? "," : "", jid);
-            buf_printf(&epochs, "%s%lld", nj ? "," : "", json_integer_value(ep));
-            buf_printf(&owners, "%s%s", nj ? "," : "", notes[i].agent_id);
-            nj++;
-        }
     }
     buf_append_str(&agents, "}");
     buf_append_str(&mems, "}");
     buf_append_str(&disks, "}");
     buf_append_str(&cpus, "}");
-    buf_append_str(&jobs, "}");
-    buf_append_str(&epochs, "}");
-    buf_append_str(&owners, "}");
     struct store_tx *tx = NULL;
-    char lease[24];
-    snprintf(lease, sizeof(lease), "%lld", (long long)(gw->app->cfg->agent_lease_ms / 1000));
     int r = store_tx_begin(gw->app->store, NULL, STORE_TX_ASYNC_COMMIT, &tx);
     const char *p1[] = {agents.data, gw->app->cfg->node_name, mems.data, disks.data, cpus.data};
-    const char *p2[] = {jobs.data, epochs.data, owners.data, lease};
     if (r >= 0)
         r = store_tx_exec(tx, &q_flush_agents, p1, NULL);
-    if (r >= 0 && nj > 0)
-        r = store_tx_exec(tx, &q_renew_leases, p2, NULL);
     if (r >= 0)
         r = store_tx_commit(tx);
     else
@@ -215,9 +174,6 @@ void gw_flush_liveness(struct gateway *gw)
     buf_free(&mems);
     buf_free(&disks);
     buf_free(&cpus);
-    buf_free(&jobs);
-    buf_free(&epochs);
-    buf_free(&owners);
 }
 
 void *gw_liveness_main(void *arg)
