@@ -52,7 +52,8 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOT_ENROLLED = 3 };
 #define FLUSH_MS            10000 /* how long the link may flush at shutdown */
 #define JOIN_MS             1000  /* then how long the link may take to notice */
 #define JOB_GRACE_MS        10000
-#define IDLE_WAIT_MS        1000         /* link: spool_sync_all() at least this often when idle */
+#define IDLE_WAIT_MS        1000 /* link: spool_sync_all() at least this often when idle */
+#define STARTING_WAIT_MS    250  /* link: wait at most this long for a `started` being spooled */
 #define ROTATE_BEFORE_S     (30 * 86400) /* rotate the credential when it expires sooner */
 #define ROTATE_MIN_GAP_MS   3600000      /* at most one rotation attempt an hour */
 #define RECOVER_KILL_MS     10000        /* bound on ending a predecessor's job tree */
@@ -99,6 +100,7 @@ struct slot {
     bool lost;         /* not ours any more: drop what it spooled once it has stopped */
     bool bad;          /* the assignment failed validation: report a failure, run nothing */
     bool need_started; /* `started` not yet accepted by the server */
+    bool spooling;     /* handed to the worker, not yet spooled: `started` comes within its syncs */
     /* The slot's worker: created with its first job, then kept for the next ones (a thread
      * per job would cost a clone, a stack mapping and a join each time). go: a job has been
      * handed to it; it waits on go_cond for one. Both under daemon.lock. */
@@ -158,6 +160,10 @@ struct daemon {
      * already reported, so the server counted the slot free): started by the link thread
      * as soon as the slot is. Only the link thread touches it. */
     json_t *pending;
+    /* The next exchange asks for assignments delivered before ("resume"): an answer may
+     * have been lost (an exchange given up or failed, the first one), or one was dropped
+     * for want of a slot. Only the link thread touches it. */
+    bool resume;
 };
 
 /* --- small helpers ------------------------------------------------------------------ */
@@ -1021,6 +1027,7 @@ static void daemon_job_run(struct slot *s)
         s->assignment = NULL;
         s->a = (struct proto_assignment){0};
         s->need_started = false;
+        s->spooling = false;
         s->state = SLOT_FREE;
         pthread_cond_broadcast(&d->wake);
         pthread_mutex_unlock(&d->lock);
@@ -1028,6 +1035,7 @@ static void daemon_job_run(struct slot *s)
         return;
     }
     pthread_mutex_lock(&d->lock);
+    s->spooling = false;
     s->need_started = !s->lost; /* a dropped one has nothing to say */
     daemon_kick_link_locked(d, true);
     pthread_mutex_unlock(&d->lock);
@@ -1146,9 +1154,11 @@ static void daemon_take(struct daemon *d, json_t *a, int64_t sent_ms)
         if (queued || seen)
             log_info("op=assignment job=%s epoch=%" PRId64 " action=queued reason=slot-finishing",
                      job_id, epoch);
-        else
+        else {
             log_warn("op=assignment job=%s epoch=%" PRId64 " action=ignored reason=no-free-slot",
                      job_id, epoch);
+            d->resume = true; /* handed out again with the next exchange */
+        }
         return;
     }
     s->state = SLOT_RUNNING;
@@ -1158,6 +1168,7 @@ static void daemon_take(struct daemon *d, json_t *a, int64_t sent_ms)
     s->lost = false;
     s->bad = bad;
     s->need_started = false;
+    s->spooling = true;
     s->assignment = json_incref(a);
     s->a = pa;
     s->d = d;
@@ -1196,6 +1207,7 @@ static void daemon_take(struct daemon *d, json_t *a, int64_t sent_ms)
     s->assignment = NULL;
     s->a = (struct proto_assignment){0};
     s->need_started = false;
+    s->spooling = false;
     s->state = SLOT_FREE;
     pthread_cond_broadcast(&d->wake);
     pthread_mutex_unlock(&d->lock);
@@ -1274,6 +1286,15 @@ static json_t *daemon_result_report(const struct spool_item *it)
         res.result = NULL;
     }
     return proto_result_encode(it->job_id, it->epoch, &res);
+}
+
+/* Lock held. Whether a slot's worker is spooling an assignment (its `started` follows). */
+static bool daemon_starting(struct daemon *d)
+{
+    for (size_t i = 0; i < d->nslots; i++)
+        if (d->slots[i].state == SLOT_RUNNING && d->slots[i].spooling)
+            return true;
+    return false;
 }
 
 static bool daemon_jobs_running(struct daemon *d)
@@ -1734,6 +1755,7 @@ static bool link_sync_answer(struct link *l, const json_t *doc, bool hb_due, uin
     daemon_learn_lease(d, sa.lease_s);
     /* Cancelled through the API since the last exchange (also in heartbeat answers). */
     daemon_stop_listed(d, sa.cancel, sa.ncancel, false);
+    d->resume = false; /* this answer arrived; daemon_take() says when one is dropped */
     size_t i;
     json_t *a;
     json_array_foreach(sa.assignments, i, a)
@@ -1780,6 +1802,24 @@ static enum link_next link_exchange(struct link *l)
         return LINK_BACKOFF;
     link_collect(l, reports);
     bool assign = !stopping && free_slots > 0;
+    if (l->nsent == 0 && !hb_due && !stopping) {
+        /* A slot's worker spooling an assignment reports `started` within the spool's
+         * syncs: wait for it here rather than hold an exchange which that report would give
+         * up, closing the connection. Bounded: a heartbeat falling due goes at once. */
+        pthread_mutex_lock(&d->lock);
+        bool wait = daemon_starting(d) && !d->send_pending && !d->sender_stop && !d->hb_kick;
+        if (wait) {
+            int64_t left = l->next_hb_ms - HB_SLACK_MS - mono_ms();
+            if (left > 0)
+                cond_wait_ms(&d->send_wake, &d->lock,
+                             left < STARTING_WAIT_MS ? left : STARTING_WAIT_MS);
+        }
+        pthread_mutex_unlock(&d->lock);
+        if (wait) {
+            json_decref(reports);
+            return LINK_GO;
+        }
+    }
     if (l->nsent == 0 && !hb_due && stopping) {
         json_decref(reports);
         /* Stopping with nothing to say: wait here for the jobs' last words. */
@@ -1832,10 +1872,12 @@ static enum link_next link_exchange(struct link *l)
         if (pf != INT64_MAX && wait_s > pf / 1000)
             wait_s = pf / 1000 > 1 ? pf / 1000 : 1;
     }
-    /* Always "resume": an assignment the server answered into a connection this agent
-     * had given up (a held exchange it closed for something urgent) comes again, and one
-     * it already runs or holds is recognised and ignored. */
-    _cleanup_json_ json_t *req = proto_sync_encode(hb, reports, assign, wait_s, assign);
+    /* "resume" after an answer that may be lost (an exchange given up or failed, the
+     * first one): what the server claimed into it comes again, and one the agent already
+     * runs or holds is recognised and ignored. Otherwise only what is new is handed out,
+     * and nothing delivered is written again. */
+    _cleanup_json_ json_t *req =
+        proto_sync_encode(hb, reports, assign, wait_s, assign && d->resume);
     if (!req) {
         link_sent_free(l);
         spool_rewind(d->spool);
@@ -1884,8 +1926,10 @@ static enum link_next link_exchange(struct link *l)
     }
     json_decref(rep.body);
     link_sent_free(l);
-    if (again)
+    if (again) {
         spool_rewind(d->spool);
+        d->resume = true; /* its answer, and what the server claimed in it, may be lost */
+    }
     if (r < 0 && r != -EINTR && hb_due)
         l->next_hb_ms = 0; /* heartbeat first when the server is back */
     log_ctx_pop(log_mark);
@@ -2307,6 +2351,7 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
     d->heartbeat_s = HEARTBEAT_DEFAULT_S;
     d->rotate_before_s = ROTATE_BEFORE_S;
     d->pending = json_array();
+    d->resume = true; /* what a previous process was handed may not have reached it */
     const char *rb = getenv("ORCH_AGENT_ROTATE_BEFORE_S");
     if (rb && *rb) {
         char *end = NULL;

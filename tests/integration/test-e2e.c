@@ -234,6 +234,78 @@ Test(e2e, each_agent_keeps_one_connection)
     free(id);
 }
 
+/* Wait until job id is running (its `started` committed). */
+static void wait_running(const char *id)
+{
+    char path[160];
+    snprintf(path, sizeof(path), "/api/v1/jobs/%s", id);
+    uint64_t deadline = clock_mono_ns() + 60ull * 1000000000ull;
+    for (;;) {
+        struct th_resp r;
+        th_http(&srv, "GET", path, admin, NULL, NULL, &r);
+        const char *st = th_str_of(&r, "status");
+        bool running = strcmp(st, "running") == 0;
+        cr_assert(running || strcmp(st, "queued") == 0 || strcmp(st, "assigned") == 0,
+                  "job %s is %s", id, st);
+        th_resp_free(&r);
+        if (running)
+            return;
+        cr_assert(clock_mono_ns() < deadline, "job %s did not start in 60 s", id);
+        usleep(20000);
+    }
+}
+
+/* Cancel job id and wait until it has ended: its final state. */
+static json_t *cancel_wait(const char *id)
+{
+    char path[160];
+    snprintf(path, sizeof(path), "/api/v1/jobs/%s/cancel", id);
+    struct th_resp r;
+    th_http(&srv, "POST", path, admin, NULL, NULL, &r);
+    cr_assert_eq(r.status, 202, "%s", r.body);
+    th_resp_free(&r);
+    return th_job_wait_final(&srv, admin, id, 60);
+}
+
+/* A job handed to an agent whose other slot runs a job comes in the answer to the exchange
+ * held for it; the agent then waits for its worker to spool it and reports `started`,
+ * rather than hold another exchange which that report would give up (closing the
+ * connection). And since no answer was lost, nothing is handed out twice. Three rounds:
+ * the connection the agent had when the job was submitted is still its only one once the
+ * job runs, and the server delivered the job once. */
+Test(e2e, a_job_start_keeps_the_connection_and_is_delivered_once)
+{
+    char *first = submit("{\"command\":\"sleep 300.21\",\"requirements\":{\"pool\":\"red\"}}");
+    wait_running(first);
+    for (int round = 0; round < 3; round++) {
+        char before[256], after[256];
+        uint64_t deadline = clock_mono_ns() + 30ull * 1000000000ull;
+        /* Between exchanges the agent may be reconnecting: take a moment with one. */
+        while (th_tcp_conns_desc(agents[0].pid, srv.port, before, sizeof(before)) != 1) {
+            cr_assert(clock_mono_ns() < deadline, "agent 0 holds no single connection");
+            usleep(10000);
+        }
+        char *id = submit("{\"command\":\"sleep 300.22\",\"requirements\":{\"pool\":\"red\"}}");
+        wait_running(id);
+        int n = th_tcp_conns_desc(agents[0].pid, srv.port, after, sizeof(after));
+        if (n != 1 || strcmp(before, after) != 0) {
+            char tail[4096];
+            log_tail(agents[0].dir, tail, sizeof(tail));
+            cr_assert_fail("round %d: agent 0 held %s before the job and %s (%d) once it ran; its "
+                           "log ends:\n%s",
+                           round, before, after, n, tail);
+        }
+        char needle[96];
+        snprintf(needle, sizeof(needle), "op=job.deliver job=%s ", id);
+        cr_assert_eq(th_log_count(&srv, needle), 1, "round %d: job %s delivered %d times", round,
+                     id, th_log_count(&srv, needle));
+        json_decref(cancel_wait(id));
+        free(id);
+    }
+    json_decref(cancel_wait(first));
+    free(first);
+}
+
 /* A host that reaches orchd only through an HTTPS proxy: `server.proxy` is used for
  * enrolment and by the daemon, through one CONNECT tunnel, with the certificate still
  * checked end to end. */
@@ -391,26 +463,13 @@ Test(e2e, timeout_and_cancel_kill_the_whole_tree)
 
     char *c = submit("{\"command\":\"sleep 300.13 & sleep 300.14; wait\","
                      "\"requirements\":{\"pool\":\"red\"}}");
-    char path[160];
-    snprintf(path, sizeof(path), "/api/v1/jobs/%s", c);
-    /* Wait until it runs. */
+    wait_running(c);
     uint64_t deadline = clock_mono_ns() + 60ull * 1000000000ull;
-    for (;;) {
-        struct th_resp r;
-        th_http(&srv, "GET", path, admin, NULL, NULL, &r);
-        bool running = strcmp(th_str_of(&r, "status"), "running") == 0;
-        th_resp_free(&r);
-        if (running && th_job_procs(c, -1, NULL, 0) >= 3) /* the shell and both sleeps */
-            break;
-        cr_assert(clock_mono_ns() < deadline, "the job never started");
+    while (th_job_procs(c, -1, NULL, 0) < 3) { /* the shell and both sleeps */
+        cr_assert(clock_mono_ns() < deadline, "the job's processes never started");
         usleep(100000);
     }
-    snprintf(path, sizeof(path), "/api/v1/jobs/%s/cancel", c);
-    struct th_resp r;
-    th_http(&srv, "POST", path, admin, NULL, NULL, &r);
-    cr_assert_eq(r.status, 202);
-    th_resp_free(&r);
-    j = th_job_wait_final(&srv, admin, c, 60);
+    j = cancel_wait(c);
     cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "cancelled");
     json_decref(j);
     cr_assert_eq(th_job_procs(c, -1, NULL, 0), 0, "the cancelled tree survived");
