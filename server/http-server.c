@@ -60,7 +60,9 @@ struct http_req {
     struct http_principal principal;
     char id[HTTP_REQ_ID_MAX + 1];
     size_t log_mark; /* this thread's log context before the request's fields were pushed */
-    struct http_match match;
+    /* The route's match, on the handler's stack beside the request; NULL in a deferred
+     * request's copy, which keeps no path parameters (about 1 KiB each held request). */
+    struct http_match *match;
     struct evkeyvalq query;
     bool query_parsed;
     bool query_ok;
@@ -408,8 +410,8 @@ static size_t req_log_push(const struct http_req *req)
 const char *http_req_param(const struct http_req *req, const char *name)
 {
     size_t len = strlen(name);
-    const struct http_match *m = &req->match;
-    for (int i = 0; i < m->nparams; i++)
+    const struct http_match *m = req->match;
+    for (int i = 0; m && i < m->nparams; i++)
         if (m->name_lens[i] == len && memcmp(m->names[i], name, len) == 0)
             return m->params[i];
     return NULL;
@@ -752,7 +754,7 @@ static void dispatch(struct http_req *req)
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req->ev);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     enum http_method m = method_from_ev(evhttp_request_get_command(req->ev));
-    req->route = http_route_find(srv->opts.routes, srv->opts.nroutes, m, path, &req->match);
+    req->route = http_route_find(srv->opts.routes, srv->opts.nroutes, m, path, req->match);
     req_log_push_route(req);    /* on top of req=, popped with it */
     if (req->refused_len > 0) { /* before anything else: the body was never read */
         http_reply_header(req, "Connection", "close");
@@ -761,7 +763,7 @@ static void dispatch(struct http_req *req)
             http_reply_problem(req, PROBLEM_TOO_LARGE, "the body is over this route's limit", NULL);
         return;
     }
-    unsigned allowed = req->match.allowed;
+    unsigned allowed = req->match->allowed;
     if (!req->route) {
         if (!allowed) {
             http_reply_problem(req, PROBLEM_NOT_FOUND, "no such route", NULL);
@@ -821,7 +823,8 @@ static void observe(struct http_req *req, uint64_t dur_ns)
 static void on_request(struct evhttp_request *ev, void *arg)
 {
     struct http_loop *loop = arg;
-    struct http_req req = {.ev = ev, .loop = loop, .start_ns = clock_mono_ns()};
+    struct http_match match;
+    struct http_req req = {.ev = ev, .loop = loop, .match = &match, .start_ns = clock_mono_ns()};
     http_req_id_choose(evhttp_find_header(evhttp_request_get_input_headers(ev), "X-Request-Id"),
                        req.id);
     req.refused_len = http_guard_request_read(loop->srv->guard, ev);
@@ -882,7 +885,7 @@ struct http_deferred *http_req_defer(struct http_req *req)
         req->query_parsed = false;
     }
     d->req = *req;
-    d->req.match.nparams = 0; /* parameters are not kept */
+    d->req.match = NULL; /* parameters are not kept */
     req->deferred = true;
     return d;
 }
