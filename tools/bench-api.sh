@@ -8,19 +8,24 @@
 #   POST /api/v1/auth/refresh   small authenticated POST: admission and an ES256 signature
 # Each request also passes admission, which counts the call in PostgreSQL.
 #
-# The GET is also driven at fixed offered loads (BENCH_RATES, req/s): 64 connections that
-# each wait 64/rate seconds between requests (wrk's delay(); a closed loop with think time,
-# so the offered rate is an upper bound when the server falls behind). The "max" rows are
-# the open throttle.
+# The GET is also driven at fixed offered loads (BENCH_RATES, req/s) with h2load over
+# BENCH_RATE_CONNS keep-alive HTTP/1.1 connections (default "16 64"): each connection sends
+# rate/conns requests a second on its own clock (--rps), whatever the answers' latency, so
+# the load is offered rather than a closed loop's; "req/s" is what was served, and p50/p99
+# come from h2load's log of every request. (A connection has one request in flight: when
+# the server falls behind, the served rate drops below the offered one, which the row
+# shows.) The "max" rows are wrk's closed loop, the open throttle.
 #
 # Environment: BENCH_SECONDS (per cell, default 10), BENCH_CONCURRENCY ("1 4 16 64"),
-# BENCH_RATES ("1000 2000 5000"),
+# BENCH_RATES ("1000 2000 5000"), BENCH_RATE_CONNS ("16 64"; the result line holds the
+# highest rate's row with the first),
 # ORCH_SKIP_APT=1, ORCHD_HTTP_THREADS (default: one per core), BENCH_DEBUG=1 (print the
 # first non-200 answers of a short run first), BENCH_PROFILE=1 (perf record on orchd and
 # PostgreSQL during the cells: tools/bench-lib.sh).
-# The last line: the highest offered rate's row, the best closed-loop GET and POST rows,
-#   result: offered_rps=R rps=X p50_ms=Y p99_ms=Z get_rps_max=A get_rps_max_conns=C
-#           refresh_rps_max=B cpu_us_per_get=U
+# The last line: the highest offered rate's row (over the first of BENCH_RATE_CONNS), the
+# best closed-loop GET and POST rows,
+#   result: offered_rps=R offered_conns=N rps=X p50_ms=Y p99_ms=Z get_rps_max=A
+#           get_rps_max_conns=C refresh_rps_max=B cpu_us_per_get=U
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/bench-lib.sh"
 
@@ -57,6 +62,27 @@ run() { # NAME CONNS wrk-args...
     rows+=("$(printf '| %-32s | %5s | %10s | %9s | %9s | %7s |' "$name" "$c" "$rps" "$p50" "$p99" "${non2xx:-0}")")
     last_row=("$rps" "$p50" "$p99")
 }
+# rate_run NAME CONNS RATE: the GET offered at RATE req/s over CONNS connections (h2load,
+# each connection paced on its own clock); one row, from h2load's log of every request.
+rate_run() {
+    local name=$1 c=$2 rate=$3 log=$dir/h2load-$2-$3.tsv
+    rm -f "$log"
+    h2load --h1 -t 1 -c "$c" --rps "$(awk -v r="$rate" -v c="$c" 'BEGIN { printf "%.3f", r / c }')" \
+        -D "$secs" --warm-up-time 1 -H "Authorization: Bearer $token" --log-file "$log" \
+        "$base/api/v1/queues/$queue" >"$dir/h2load.out" 2>&1 ||
+        die "h2load failed: $(tail -3 "$dir/h2load.out")"
+    local rps p50 p99 non2xx
+    # Served: the requests over the span of their start times (h2load's log holds only the
+    # measured period, after the warm-up).
+    read -r rps p50 p99 non2xx < <(sort -t$'\t' -k3,3n "$log" | awk -F'\t' '
+        { d[NR] = $3; if ($2 !~ /^2/) bad++
+          if (NR == 1 || $1 < t0) t0 = $1; if (NR == 1 || $1 > t1) t1 = $1 }
+        END { if (NR < 2 || t1 <= t0) { print "0 na na 0"; exit }
+              printf "%.2f %.3f %.3f %d\n", (NR - 1) / ((t1 - t0) / 1e6),
+                     d[int((NR - 1) * 0.5) + 1] / 1000, d[int((NR - 1) * 0.99) + 1] / 1000, bad }')
+    rows+=("$(printf '| %-32s | %5s | %10s | %9s | %9s | %7s |' "$name" "$c" "$rps" "$p50" "$p99" "$non2xx")")
+    last_row=("$rps" "$p50" "$p99")
+}
 # best_rps VAR CONNS: keep in VAR ("rps conns") the better of it and the last row
 best_rps() {
     local cur=${!1:-"0 0"}
@@ -88,13 +114,15 @@ gets0=$(gets_done)
 cpu0=$(cpu_ticks)
 bench_profile_begin api
 rate_res=
+rate_conns=${BENCH_RATE_CONNS:-16 64}
 for rate in ${BENCH_RATES-1000 2000 5000}; do
-    cat >"$dir/rate.lua" <<LUA
-wrk.headers["Authorization"] = "Bearer $token"
-function delay() return math.random(0, 2 * 64000 / $rate) end
-LUA
-    run "GET /api/v1/queues/{id} @${rate}/s" 64 -s "$dir/rate.lua" "$base/api/v1/queues/$queue"
-    rate_res="offered_rps=$rate rps=${last_row[0]} p50_ms=${last_row[1]} p99_ms=${last_row[2]}"
+    for c in $rate_conns; do
+        rate_run "GET /api/v1/queues/{id} @${rate}/s" "$c" "$rate"
+        if [ "$c" = "${rate_conns%% *}" ]; then
+            rate_res="offered_rps=$rate offered_conns=$c rps=${last_row[0]} p50_ms=${last_row[1]}"
+            rate_res="$rate_res p99_ms=${last_row[2]}"
+        fi
+    done
 done
 get_best=
 for c in $conc; do
@@ -131,4 +159,4 @@ grep -o 'op=http method=[A-Z]* route=[^ ]* status=[0-9]*' "$dir/orchd.log" | sed
     sort -rn | head -5 || true
 read -r gb gbc <<<"${get_best:-na na}"
 refresh_best=${refresh_best%% *}
-echo "result: ${rate_res:-offered_rps=na rps=na p50_ms=na p99_ms=na} get_rps_max=$gb get_rps_max_conns=$gbc refresh_rps_max=${refresh_best:-na} cpu_us_per_get=$cpu_us"
+echo "result: ${rate_res:-offered_rps=na offered_conns=na rps=na p50_ms=na p99_ms=na} get_rps_max=$gb get_rps_max_conns=$gbc refresh_rps_max=${refresh_best:-na} cpu_us_per_get=$cpu_us"

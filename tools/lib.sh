@@ -15,7 +15,7 @@ ORCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ORCH_APT_PACKAGES=(
     build-essential meson ninja-build pkg-config clang python3 openssl ca-certificates
     libevent-dev libssl-dev libpq-dev librabbitmq-dev libjwt-dev libjansson-dev libarchive-dev
-    libcriterion-dev libcurl4-openssl-dev python3-yaml wrk clang-format
+    libcriterion-dev libcurl4-openssl-dev python3-yaml wrk nghttp2-client clang-format
     postgresql postgresql-contrib rabbitmq-server
     curl procps iproute2 tzdata
     prometheus
