@@ -160,10 +160,6 @@ struct daemon {
      * already reported, so the server counted the slot free): started by the link thread
      * as soon as the slot is. Only the link thread touches it. */
     json_t *pending;
-    /* The next exchange asks for assignments delivered before ("resume"): an answer may
-     * have been lost (an exchange given up or failed, the first one), or one was dropped
-     * for want of a slot. Only the link thread touches it. */
-    bool resume;
 };
 
 /* --- small helpers ------------------------------------------------------------------ */
@@ -1154,11 +1150,9 @@ static void daemon_take(struct daemon *d, json_t *a, int64_t sent_ms)
         if (queued || seen)
             log_info("op=assignment job=%s epoch=%" PRId64 " action=queued reason=slot-finishing",
                      job_id, epoch);
-        else {
+        else
             log_warn("op=assignment job=%s epoch=%" PRId64 " action=ignored reason=no-free-slot",
                      job_id, epoch);
-            d->resume = true; /* handed out again with the next exchange */
-        }
         return;
     }
     s->state = SLOT_RUNNING;
@@ -1755,7 +1749,6 @@ static bool link_sync_answer(struct link *l, const json_t *doc, bool hb_due, uin
     daemon_learn_lease(d, sa.lease_s);
     /* Cancelled through the API since the last exchange (also in heartbeat answers). */
     daemon_stop_listed(d, sa.cancel, sa.ncancel, false);
-    d->resume = false; /* this answer arrived; daemon_take() says when one is dropped */
     size_t i;
     json_t *a;
     json_array_foreach(sa.assignments, i, a)
@@ -1872,12 +1865,12 @@ static enum link_next link_exchange(struct link *l)
         if (pf != INT64_MAX && wait_s > pf / 1000)
             wait_s = pf / 1000 > 1 ? pf / 1000 : 1;
     }
-    /* "resume" after an answer that may be lost (an exchange given up or failed, the
-     * first one): what the server claimed into it comes again, and one the agent already
-     * runs or holds is recognised and ignored. Otherwise only what is new is handed out,
-     * and nothing delivered is written again. */
-    _cleanup_json_ json_t *req =
-        proto_sync_encode(hb, reports, assign, wait_s, assign && d->resume);
+    /* Always "resume": an assignment the server answered into a connection this agent
+     * had given up (a held exchange it closed for something urgent) comes again, and one
+     * it already runs or holds is recognised and ignored. Not only after a loss the agent
+     * saw: with several nodes, the held exchange it gave up on one node may claim an
+     * assignment after its next exchange, on another node, was answered. */
+    _cleanup_json_ json_t *req = proto_sync_encode(hb, reports, assign, wait_s, assign);
     if (!req) {
         link_sent_free(l);
         spool_rewind(d->spool);
@@ -1926,10 +1919,8 @@ static enum link_next link_exchange(struct link *l)
     }
     json_decref(rep.body);
     link_sent_free(l);
-    if (again) {
+    if (again)
         spool_rewind(d->spool);
-        d->resume = true; /* its answer, and what the server claimed in it, may be lost */
-    }
     if (r < 0 && r != -EINTR && hb_due)
         l->next_hb_ms = 0; /* heartbeat first when the server is back */
     log_ctx_pop(log_mark);
@@ -2351,7 +2342,6 @@ int daemon_run(int argc, char **argv, const struct agent_config *cfg)
     d->heartbeat_s = HEARTBEAT_DEFAULT_S;
     d->rotate_before_s = ROTATE_BEFORE_S;
     d->pending = json_array();
-    d->resume = true; /* what a previous process was handed may not have reached it */
     const char *rb = getenv("ORCH_AGENT_ROTATE_BEFORE_S");
     if (rb && *rb) {
         char *end = NULL;

@@ -270,9 +270,9 @@ static json_t *cancel_wait(const char *id)
 /* A job handed to an agent whose other slot runs a job comes in the answer to the exchange
  * held for it; the agent then waits for its worker to spool it and reports `started`,
  * rather than hold another exchange which that report would give up (closing the
- * connection). And since no answer was lost, nothing is handed out twice. Three rounds:
- * the connection the agent had when the job was submitted is still its only one once the
- * job runs, and the server delivered the job once. */
+ * connection, and handing the job out again to the next exchange's "resume"). Three
+ * rounds: the connection the agent had when the job was submitted is still its only one
+ * once the job runs, and the server delivered the job once. */
 Test(e2e, a_job_start_keeps_the_connection_and_is_delivered_once)
 {
     char *first = submit("{\"command\":\"sleep 300.21\",\"requirements\":{\"pool\":\"red\"}}");
