@@ -12,6 +12,7 @@ ORCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # promtool (the metrics tests); policy-rc.d below keeps its server from starting. chromium:
 # the console's browser tests drive it headless (tests/browser/). haproxy: the load balancer of
 # tools/cluster.sh (in front of the orchd nodes and of the RabbitMQ cluster; docs/scaling.md).
+# wrk and nghttp2-client (h2load): the REST benchmark's closed loops and offered loads.
 ORCH_APT_PACKAGES=(
     build-essential meson ninja-build pkg-config clang python3 openssl ca-certificates
     libevent-dev libssl-dev libpq-dev librabbitmq-dev libjwt-dev libjansson-dev libarchive-dev
