@@ -46,6 +46,8 @@ for p in "${perf_pids[@]}"; do
     orch_wait_for 10 child || die "no agent under perf $p"
     agent_pids+=("$(child)")
 done
+# Stopped by the exit trap too: perf stat does not end its workload when it is killed.
+bench_pids+=("${agent_pids[@]}")
 # utime + stime (own threads), cutime + cstime (reaped jobs), in clock ticks.
 cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13, $14 + $15 }' "/proc/$1/stat"; }
 own0=0 kids0=0

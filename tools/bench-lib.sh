@@ -28,7 +28,10 @@ bench_start() {
     optoken=$(./build-bench/server/orchd admin create-token bench 2>/dev/null)
     ./build-bench/server/orchd serve 2>"$dir/orchd.log" &
     bench_pids=($!)
-    trap 'kill "${bench_pids[@]}" 2>/dev/null; wait "${bench_pids[@]}" 2>/dev/null; orch_services_stop' EXIT
+    # kill and wait may fail (a process already gone, one that is not this shell's child):
+    # under set -e that would end the trap before the services are stopped.
+    trap 'kill "${bench_pids[@]}" 2>/dev/null || true; wait "${bench_pids[@]}" 2>/dev/null || true
+          orch_services_stop' EXIT
     base=https://127.0.0.1:$ORCHD_HTTP_PORT
     ca=$dir/tls/ca.pem
     orch_wait_for 30 curl -sf --cacert "$ca" "$base/healthz" || die "orchd did not start"
