@@ -305,7 +305,14 @@ int th_tcp_conns_desc(pid_t pid, int port, char *desc, size_t desc_len)
             continue;
         target[n] = '\0';
         unsigned long ino;
-        if (sscanf(target, "socket:[%lu]", &ino) == 1)
+        if (sscanf(target, "socket:[%lu]", &ino) != 1)
+            continue;
+        /* Two descriptors of one socket (a dup, one inherited for a moment) are one
+         * connection: each inode is counted once. */
+        bool seen = false;
+        for (int i = 0; i < ninodes && !seen; i++)
+            seen = inodes[i] == ino;
+        if (!seen)
             inodes[ninodes++] = ino;
     }
     closedir(dir);
