@@ -492,6 +492,23 @@ json_t *th_job_wait_final(struct th_server *s, const char *token, const char *id
     }
 }
 
+json_t *th_job_wait_running(struct th_server *s, const char *token, const char *id, int seconds)
+{
+    uint64_t deadline = clock_mono_ns() + (uint64_t)seconds * 1000000000ull;
+    for (;;) {
+        json_t *j = th_job(s, token, id);
+        const char *st = json_string_value(json_object_get(j, "status"));
+        char now[32];
+        snprintf(now, sizeof(now), "%s", st ? st : "?");
+        if (!strcmp(now, "running"))
+            return j;
+        json_decref(j);
+        cr_assert(!strcmp(now, "queued") || !strcmp(now, "assigned"), "job %s is %s", id, now);
+        cr_assert(clock_mono_ns() < deadline, "job %s still %s after %d s", id, now, seconds);
+        usleep(20000); /* polling the condition, bounded by the deadline */
+    }
+}
+
 char *th_token(struct th_server *s, const char *key)
 {
     char body[256];

@@ -83,6 +83,9 @@ json_t *th_job(struct th_server *s, const char *token, const char *id);
  * failed, dead or cancelled); fails the test past the bound. Returns the job (caller
  * json_decref()s). */
 json_t *th_job_wait_final(struct th_server *s, const char *token, const char *id, int seconds);
+/* Wait (bounded) until job id is running (its `started` committed); its document. Fails at
+ * once if it ends or fails first. */
+json_t *th_job_wait_running(struct th_server *s, const char *token, const char *id, int seconds);
 
 /* Exchange a key (operator token or API key) for an access token (malloc'd). */
 char *th_token(struct th_server *s, const char *key);

@@ -234,27 +234,6 @@ Test(e2e, each_agent_keeps_one_connection)
     free(id);
 }
 
-/* Wait until job id is running (its `started` committed). */
-static void wait_running(const char *id)
-{
-    char path[160];
-    snprintf(path, sizeof(path), "/api/v1/jobs/%s", id);
-    uint64_t deadline = clock_mono_ns() + 60ull * 1000000000ull;
-    for (;;) {
-        struct th_resp r;
-        th_http(&srv, "GET", path, admin, NULL, NULL, &r);
-        const char *st = th_str_of(&r, "status");
-        bool running = strcmp(st, "running") == 0;
-        cr_assert(running || strcmp(st, "queued") == 0 || strcmp(st, "assigned") == 0,
-                  "job %s is %s", id, st);
-        th_resp_free(&r);
-        if (running)
-            return;
-        cr_assert(clock_mono_ns() < deadline, "job %s did not start in 60 s", id);
-        usleep(20000);
-    }
-}
-
 /* Cancel job id and wait until it has ended: its final state. */
 static json_t *cancel_wait(const char *id)
 {
@@ -276,7 +255,7 @@ static json_t *cancel_wait(const char *id)
 Test(e2e, a_job_start_keeps_the_connection_and_is_delivered_once)
 {
     char *first = submit("{\"command\":\"sleep 300.21\",\"requirements\":{\"pool\":\"red\"}}");
-    wait_running(first);
+    json_decref(th_job_wait_running(&srv, admin, first, 60));
     for (int round = 0; round < 3; round++) {
         char before[256], after[256];
         uint64_t deadline = clock_mono_ns() + 30ull * 1000000000ull;
@@ -286,7 +265,7 @@ Test(e2e, a_job_start_keeps_the_connection_and_is_delivered_once)
             usleep(10000);
         }
         char *id = submit("{\"command\":\"sleep 300.22\",\"requirements\":{\"pool\":\"red\"}}");
-        wait_running(id);
+        json_decref(th_job_wait_running(&srv, admin, id, 60));
         int n = th_tcp_conns_desc(agents[0].pid, srv.port, after, sizeof(after));
         if (n != 1 || strcmp(before, after) != 0) {
             char tail[4096];
@@ -463,7 +442,7 @@ Test(e2e, timeout_and_cancel_kill_the_whole_tree)
 
     char *c = submit("{\"command\":\"sleep 300.13 & sleep 300.14; wait\","
                      "\"requirements\":{\"pool\":\"red\"}}");
-    wait_running(c);
+    json_decref(th_job_wait_running(&srv, admin, c, 60));
     uint64_t deadline = clock_mono_ns() + 60ull * 1000000000ull;
     while (th_job_procs(c, -1, NULL, 0) < 3) { /* the shell and both sleeps */
         cr_assert(clock_mono_ns() < deadline, "the job's processes never started");

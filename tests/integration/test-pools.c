@@ -625,15 +625,7 @@ Test(pools, a_pool_agent_rotates_its_credential_and_a_tenant_cancels_its_job_on_
 
     char *id = th_job_submit(
         &srv, a_admin, json_pack("{s:s, s:i}", "command", "echo up; sleep 120", "max_attempts", 1));
-    json_t *j = NULL;
-    for (int i = 0; i < 600; i++) { /* at most 60 s */
-        json_decref(j);
-        j = th_job(&srv, a_admin, id);
-        if (strcmp(json_string_value(json_object_get(j, "status")), "running") == 0)
-            break;
-        usleep(100000); /* polling the API, bounded */
-    }
-    cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "running");
+    json_t *j = th_job_wait_running(&srv, a_admin, id, 60);
     cr_assert_str_eq(json_string_value(json_object_get(j, "agent_id")), agent);
     json_decref(j);
     char path[160];
