@@ -31,15 +31,19 @@
 # to the agent's receipt of the assignment; lifecycle jobs/s = results accepted per second;
 # commits/job = the database's commits during the cell (every component's, from
 # pg_stat_database) per job; agent exchanges/commit = the agents' exchanges that shared one
-# transaction of the group commit (orch_agent_commit_items, docs/scaling.md).
+# transaction of the group commit (orch_agent_commit_items, docs/scaling.md); PostgreSQL
+# and orchd CPU ms/job = the CPU time (user + system) each spent during the cell, per job:
+# on a shared box a steadier figure than the rates, which move with what else runs.
 # The last line is the largest cell:
 #   result: agents=N placements_per_s=X submit_assign_p50_ms=Y submit_assign_p99_ms=Z
-#           lifecycle_per_s=L jobs=J completed=C rate=R
+#           lifecycle_per_s=L jobs=J completed=C rate=R commits_per_job=.. ...
+#           pg_cpu_ms_per_job=P orchd_cpu_ms_per_job=O
 #
 # Environment: BENCH_CELLS, BENCH_SLOTS, BENCH_RUN_MS, BENCH_RATE, BENCH_HEARTBEAT,
 # BENCH_CELL_TIMEOUT (seconds per phase of a cell, default 240),
 # BENCH_KEEP=1 (keep the state directory), ORCH_SKIP_APT=1, BENCH_PROFILE=1 (perf record on
-# orchd and PostgreSQL during the cells: tools/bench-lib.sh). Needs about 10 minutes on 2
+# orchd and PostgreSQL during the cells: tools/bench-lib.sh), BENCH_PGSS=1 (what each SQL
+# statement cost, printed at the end: tools/bench-lib.sh). Needs about 10 minutes on 2
 # cores.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/bench-lib.sh"
@@ -90,6 +94,7 @@ for c in $cells; do
     say "cell: $a agents x $slots slots, $j jobs of $run_ms ms"
     x0=$(bench_commits) i0=$(bench_metric orch_agent_commit_items_sum)
     c0=$(bench_metric orch_agent_commit_items_count)
+    read -r pg0 od0 < <(bench_cpu_ms)
     # A cell that does not finish within --duration still reports what it measured (its
     # jobs not placed count with the time they waited): the table says how many completed.
     out=$("$loadgen" --url "$base" --ca "$ca" --api-key "$key" --state "$ORCH_STATE/loadgen.json" \
@@ -104,7 +109,9 @@ print("%d %d %d %.1f %.1f %.1f %.1f" % (r["agents"], r["jobs"], r["completed"],
       r["completed_per_s"]))' "$out") || die "the load generator failed at $a agents: $out"
     x1=$(bench_commits) i1=$(bench_metric orch_agent_commit_items_sum)
     c1=$(bench_metric orch_agent_commit_items_count)
+    read -r pg1 od1 < <(bench_cpu_ms)
     row="$row $(bench_per "$x0" "$x1" 0 "$j") $(bench_per "$i0" "$i1" "$c0" "$c1")"
+    row="$row $(bench_per "$pg0" "$pg1" 0 "$j") $(bench_per "$od0" "$od1" 0 "$j")"
     read -r _ _ done_jobs _ <<<"$row"
     [ "$done_jobs" = "$j" ] || incomplete=1
     rows+=("$row")
@@ -118,13 +125,13 @@ how="all at once, in batches of 1,000"
 [ "$rate" = 0 ] || how="at $rate jobs/s"
 echo "$slots slots per agent, jobs of $run_ms ms, heartbeat ${hb_s} s, jobs submitted $how"
 echo
-echo "| agents |  jobs | completed | placements/s | submit->assign p50 ms |   p99 ms | lifecycle jobs/s | commits/job | agent exchanges/commit |"
-echo "|--------|-------|-----------|--------------|-----------------------|----------|------------------|-------------|------------------------|"
+echo "| agents |  jobs | completed | placements/s | submit->assign p50 ms |   p99 ms | lifecycle jobs/s | commits/job | agent exchanges/commit | PostgreSQL CPU ms/job | orchd CPU ms/job |"
+echo "|--------|-------|-----------|--------------|-----------------------|----------|------------------|-------------|------------------------|-----------------------|------------------|"
 for row in "${rows[@]}"; do
-    read -r a j c p p50 p99 l cj ec <<<"$row"
-    printf '| %6s | %5s | %9s | %12s | %21s | %8s | %16s | %11s | %22s |\n' "$a" "$j" "$c" "$p" "$p50" "$p99" "$l" "$cj" "$ec"
+    read -r a j c p p50 p99 l cj ec pgj odj <<<"$row"
+    printf '| %6s | %5s | %9s | %12s | %21s | %8s | %16s | %11s | %22s | %21s | %16s |\n' "$a" "$j" "$c" "$p" "$p50" "$p99" "$l" "$cj" "$ec" "$pgj" "$odj"
 done
-read -r a j c p p50 p99 l cj ec <<<"$last"
+read -r a j c p p50 p99 l cj ec pgj odj <<<"$last"
 echo
 [ -z "$incomplete" ] || echo "(a cell short of its jobs: its rates count the whole cell, and its latencies the jobs never placed with the time they waited)"
-echo "result: agents=$a placements_per_s=$p submit_assign_p50_ms=$p50 submit_assign_p99_ms=$p99 lifecycle_per_s=$l jobs=$j completed=$c rate=$rate commits_per_job=$cj agent_exchanges_per_commit=$ec"
+echo "result: agents=$a placements_per_s=$p submit_assign_p50_ms=$p50 submit_assign_p99_ms=$p99 lifecycle_per_s=$l jobs=$j completed=$c rate=$rate commits_per_job=$cj agent_exchanges_per_commit=$ec pg_cpu_ms_per_job=$pgj orchd_cpu_ms_per_job=$odj"

@@ -2,7 +2,9 @@
 # a release build, private PostgreSQL and RabbitMQ, orchd over TLS, a tenant whose quotas
 # and rate limit are lifted, its admin token, and real orch-agent daemons enrolled with
 # the CLI. Everything started is stopped on exit; the state directory is removed unless
-# BENCH_KEEP=1.
+# BENCH_KEEP=1. With BENCH_PGSS=1, PostgreSQL loads pg_stat_statements and the exit prints
+# the statements that took the most time (calls, total and mean ms, rows per call), before
+# the services stop.
 
 # bench_start NAME: build, services, orchd. Sets base, ca, token, dir, op (a platform
 # token), tenant (the tenant's id) and key (its admin API key); defines api, field, psql_q.
@@ -11,6 +13,7 @@ bench_start() {
     cd "$ORCH_ROOT"
     orch_build build-bench -Dwerror=true -Dtests=disabled -Dbuildtype=release
     [ -n "${BENCH_KEEP:-}" ] || ORCH_STATE_REMOVE=1 # BENCH_KEEP=1: keep logs and data
+    [ "${BENCH_PGSS:-0}" != 1 ] || ORCH_PG_OPTIONS="${ORCH_PG_OPTIONS:-} -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
     orch_services_start "$(orch_state_dir "$1-$$")"
     dir=$ORCH_STATE/orchd
     mkdir -p "$dir"
@@ -31,7 +34,8 @@ bench_start() {
     # kill and wait may fail (a process already gone, one that is not this shell's child):
     # under set -e that would end the trap before the services are stopped.
     trap 'kill "${bench_pids[@]}" 2>/dev/null || true; wait "${bench_pids[@]}" 2>/dev/null || true
-          orch_services_stop' EXIT
+          bench_pgss_report || true; orch_services_stop' EXIT
+    [ "${BENCH_PGSS:-0}" != 1 ] || psql_q "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null
     base=https://127.0.0.1:$ORCHD_HTTP_PORT
     ca=$dir/tls/ca.pem
     orch_wait_for 30 curl -sf --cacert "$ca" "$base/healthz" || die "orchd did not start"
@@ -41,6 +45,20 @@ bench_start() {
       \"rate_burst\":1000000,\"concurrent_jobs\":100000,\"agents\":1000}}" | field id)
     key=$(api POST "/api/v1/tenants/$tenant/api-keys" "$op" '{"name":"bench","role":"admin"}' | field key)
     token=$(api POST /api/v1/auth/token "" "{\"key\":\"$key\"}" | field access_token)
+}
+
+# bench_pgss_report: with BENCH_PGSS=1, the 25 statements that took the most time.
+bench_pgss_report() {
+    [ "${BENCH_PGSS:-0}" = 1 ] || return 0
+    echo
+    echo "PostgreSQL statements by total time (pg_stat_statements, track=all):"
+    psql -X -q -P pager=off "postgresql://postgres@127.0.0.1:$ORCH_PG_PORT/orch" -c "
+        SELECT calls, round(total_exec_time::numeric, 0) AS total_ms,
+               round(mean_exec_time::numeric, 3) AS mean_ms,
+               round(rows::numeric / greatest(calls, 1), 1) AS rows_per_call,
+               left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS statement
+          FROM pg_stat_statements WHERE query NOT ILIKE '%pg_stat_statements%'
+         ORDER BY total_exec_time DESC LIMIT 25"
 }
 
 api() { # METHOD PATH TOKEN [BODY]
@@ -64,6 +82,32 @@ bench_commits() {
 bench_metric() {
     curl -s "http://127.0.0.1:$ORCHD_METRICS_PORT/metrics" |
         awk -v n="$1" '$1 == n {v = $2} END {print v + 0}'
+}
+# bench_cpu_ms: "pg orchd", the CPU milliseconds (user + system) used so far by PostgreSQL
+# (the postmaster and its processes now alive: the pool's backends live through a cell) and
+# by orchd. CPU time, unlike a rate, does not move with what else the box runs.
+bench_cpu_ms() {
+    local pm
+    pm=$(head -1 "$ORCH_STATE/pg/postmaster.pid")
+    python3 - "$pm" "${bench_pids[0]}" <<'PY'
+import os, sys
+hz = os.sysconf("SC_CLK_TCK")
+def stat(pid):
+    try:
+        return open("/proc/%s/stat" % pid).read().rsplit(")", 1)[1].split()
+    except OSError:  # gone meanwhile
+        return None
+def cpu(pid):
+    f = stat(pid)
+    return int(f[11]) + int(f[12]) if f else 0
+pm, orchd = sys.argv[1], sys.argv[2]
+pg = cpu(pm)
+for p in os.listdir("/proc"):
+    f = stat(p) if p.isdigit() else None
+    if f and f[1] == pm:
+        pg += int(f[11]) + int(f[12])
+print("%d %d" % (pg * 1000 // hz, cpu(orchd) * 1000 // hz))
+PY
 }
 # bench_per A0 A1 B0 B1: (A1 - A0) / (B1 - B0) to two decimals, "-" when B did not move.
 bench_per() {
