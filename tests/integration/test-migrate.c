@@ -515,3 +515,93 @@ Test(migrate, events_notify_is_inlined)
     PQfinish(pg);
     cr_assert(inlined && !called, "the plan still calls events_notify()");
 }
+
+/* The SQLSTATE and constraint of sql's error (both "" when it succeeds). */
+static void sql_error(PGconn *pg, const char *sql, char *state, char *constraint, size_t len)
+{
+    PGresult *res = PQexec(pg, sql);
+    const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *c = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
+    snprintf(state, len, "%s", s ? s : "");
+    snprintf(constraint, len, "%s", c ? c : "");
+    PQclear(res);
+}
+
+#define FC_TENANT "00000000-0000-4000-8000-0000000000f1"
+#define FC_JOB    "00000000-0000-4000-8000-0000000000f2"
+#define FC_AGENT  "00000000-0000-4000-8000-0000000000f3"
+
+/* 0027 moved the checks of the columns the job path never writes from CHECK constraints
+ * (compiled from their text at the start of every statement that writes a row) to row
+ * triggers on the columns: each still refuses what it refused, on INSERT and on an UPDATE
+ * of its column, with check_violation naming the same constraint; the checks left as
+ * constraints are those of columns the job path writes. */
+Test(migrate, field_checks_refuse_what_the_constraints_refused)
+{
+    migrate_ok();
+    PGconn *pg = th_pg_connect("postgres", db);
+    PQclear(th_pg_ok(pg, "INSERT INTO tenants (id, slug, display_name, tier)"
+                         " VALUES ('" FC_TENANT "', 'fc', 'FC', 'free')"));
+    PQclear(th_pg_ok(pg, "INSERT INTO jobs (id, tenant_id, command)"
+                         " VALUES ('" FC_JOB "', '" FC_TENANT "', 'true')"));
+    PQclear(th_pg_ok(pg, "INSERT INTO agents (id, tenant_id, name, credential_prefix,"
+                         " credential_hash, slots) VALUES ('" FC_AGENT "', '" FC_TENANT "', 'a1',"
+                         " 'prefix01', decode(repeat('ab', 32), 'hex'), 2)"));
+    static const struct {
+        const char *sql, *constraint;
+    } refused[] = {
+        {"INSERT INTO jobs (id, tenant_id, command, priority) VALUES (gen_random_uuid(), "
+         "'" FC_TENANT "', 'true', 101)",
+         "jobs_priority_check"},
+        {"INSERT INTO jobs (id, tenant_id, command) VALUES (gen_random_uuid(), '" FC_TENANT
+         "', repeat('x', 65537))",
+         "jobs_command_check"},
+        {"INSERT INTO jobs (id, tenant_id, command, idempotency_key) VALUES (gen_random_uuid(), "
+         "'" FC_TENANT "', 'true', '')",
+         "jobs_idempotency_key_check"},
+        {"UPDATE jobs SET env = '[]' WHERE id = '" FC_JOB "'", "jobs_env_check"},
+        {"UPDATE jobs SET args = '{}' WHERE id = '" FC_JOB "'", "jobs_args_check"},
+        {"UPDATE jobs SET requirements = '1' WHERE id = '" FC_JOB "'", "jobs_requirements_check"},
+        {"UPDATE jobs SET timeout_ms = 999 WHERE id = '" FC_JOB "'", "jobs_timeout_ms_check"},
+        {"UPDATE jobs SET max_attempts = 0 WHERE id = '" FC_JOB "'", "jobs_max_attempts_check"},
+        {"UPDATE jobs SET entrypoint = repeat('x', 1025) WHERE id = '" FC_JOB "'",
+         "jobs_entrypoint_check"},
+        {"UPDATE jobs SET package_ref = repeat('x', 201) WHERE id = '" FC_JOB "'",
+         "jobs_package_ref_check"},
+        {"UPDATE jobs SET status = 'bogus' WHERE id = '" FC_JOB "'", "jobs_status_check"},
+        {"UPDATE jobs SET command = NULL WHERE id = '" FC_JOB "'", "jobs_check"},
+        {"UPDATE jobs SET error = repeat('x', 4097) WHERE id = '" FC_JOB "'", "jobs_error_check"},
+        {"UPDATE agents SET name = '' WHERE id = '" FC_AGENT "'", "agents_name_check"},
+        {"UPDATE agents SET credential_hash = '\\x00' WHERE id = '" FC_AGENT "'",
+         "agents_credential_hash_check"},
+        {"UPDATE agents SET prev_credential_prefix = 'short' WHERE id = '" FC_AGENT "'",
+         "agents_prev_credential_prefix_check"},
+        {"UPDATE agents SET slots = 0 WHERE id = '" FC_AGENT "'", "agents_slots_check"},
+        {"UPDATE agents SET labels = '[]' WHERE id = '" FC_AGENT "'", "agents_labels_check"},
+        {"UPDATE agents SET version = repeat('x', 65) WHERE id = '" FC_AGENT "'",
+         "agents_version_check"},
+        {"UPDATE agents SET pool_id = gen_random_uuid() WHERE id = '" FC_AGENT "'",
+         "agents_pool_platform"},
+        {"UPDATE agents SET status = 'bogus' WHERE id = '" FC_AGENT "'", "agents_status_check"},
+        {"UPDATE agents SET cpu_percent = 101 WHERE id = '" FC_AGENT "'",
+         "agents_cpu_percent_check"},
+    };
+    char state[64], constraint[64];
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        sql_error(pg, refused[i].sql, state, constraint, sizeof(state));
+        cr_expect_str_eq(state, "23514", "%s: SQLSTATE %s", refused[i].sql, state);
+        cr_expect_str_eq(constraint, refused[i].constraint, "%s", refused[i].sql);
+    }
+    /* What the job path writes passes, and a check that comes out NULL passes. */
+    PQclear(th_pg_ok(pg, "UPDATE jobs SET status = 'running', epoch = 1, attempt = 1,"
+                         " entrypoint = NULL, idempotency_key = NULL WHERE id = '" FC_JOB "'"));
+    PQclear(th_pg_ok(pg, "UPDATE agents SET status = 'online', cpu_percent = 50, os = NULL"
+                         " WHERE id = '" FC_AGENT "'"));
+    cr_expect_eq(th_pg_long(pg, "SELECT count(*) FROM pg_constraint WHERE contype = 'c'"
+                                " AND conrelid = 'jobs'::regclass"),
+                 5, "jobs keeps the checks of status, attempt, epoch, error and jobs_check");
+    cr_expect_eq(th_pg_long(pg, "SELECT count(*) FROM pg_constraint WHERE contype = 'c'"
+                                " AND conrelid = 'agents'::regclass"),
+                 5, "agents keeps the checks of status, load and cached packages");
+    PQfinish(pg);
+}
