@@ -26,8 +26,8 @@ struct waiter {
     char agent_id[ID_STR_LEN];
     char tenant_id[ID_STR_LEN]; /* the scope of its claims (app_agent_scope()); "" = system */
     struct http_deferred *d;
-    json_t *base; /* a sync's answer so far (owned), or NULL for a plain long-poll */
-    bool assign;  /* waits for assignments too, not only cancels */
+    char *base;  /* a sync's answer so far, compact JSON text (owned); NULL: a plain long-poll */
+    bool assign; /* waits for assignments too, not only cancels */
     struct event *timer;
     struct gateway *gw;
     struct waiter *next_looking; /* in gw->looking while on_wake() has it out */

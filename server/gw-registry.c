@@ -256,7 +256,7 @@ void gw_registry_clear_locked(struct gateway *gw)
 /* Free w (unregistered, answered). */
 static void waiter_free(struct waiter *w)
 {
-    json_decref(w->base);
+    free(w->base);
     if (w->timer)
         event_free(w->timer);
     free(w);
@@ -285,9 +285,14 @@ static bool refuses_long_polls(const struct app *app)
 /* Answer and free w. On w's loop thread, with w already unregistered. */
 static void finish(struct waiter *w, const char *body)
 {
-    if (w->base)
-        http_deferred_reply_json(w->d, 200, answer_doc(TAKE_PTR(w->base), body));
-    else if (body)
+    if (w->base) {
+        json_t *base = json_loads(w->base, 0, NULL);
+        if (!base) { /* only memory can fail it: the agent sends its reports again */
+            finish_busy(w, "the server is short of memory; retry later");
+            return;
+        }
+        http_deferred_reply_json(w->d, 200, answer_doc(base, body));
+    } else if (body)
         http_deferred_reply_json_text(w->d, 200, body, strlen(body));
     else
         http_deferred_reply_json_text(w->d, 200, no_assignments, sizeof(no_assignments) - 1);
@@ -560,11 +565,15 @@ void gateway_answer(struct http_req *req, json_t *base, char *assigned, bool ass
     snprintf(w->tenant_id, sizeof(w->tenant_id), "%s", scope ? scope : "");
     w->gw = gw;
     w->slot = -1; /* not registered */
-    w->base = base;
+    /* Held as text: a jansson tree of a heartbeat's answer takes about a kilobyte more
+     * for each idle agent (docs/operations.md, "Holding many agents"). */
+    w->base = base ? json_dumps(base, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+    bool lost = base && !w->base;
+    json_decref(base);
     w->assign = assign;
-    w->d = http_req_defer(req);
+    w->d = lost ? NULL : http_req_defer(req);
     if (!w->d) {
-        json_decref(w->base);
+        free(w->base);
         free(w);
         http_reply_error(req, -ENOMEM, "waiting for assignments");
         return;

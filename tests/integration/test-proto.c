@@ -261,6 +261,29 @@ Test(proto, assignments_orchd_builds_decode_through_proto)
     free(cred);
 }
 
+/* A sync held until its wait ran out answers with what the exchange recorded (its
+ * heartbeat's answer, its reports' outcomes) as well as the empty assignments: the held
+ * request keeps that answer as text (gateway_answer()), and it must come back whole. */
+Test(proto, a_held_sync_answers_its_heartbeat_and_reports_when_its_wait_ends)
+{
+    char *cred = th_agent_register(&srv, admin, "p4");
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    json_t *ans = sync_decoded(cred, "{\"heartbeat\":{\"status\":\"idle\",\"slots\":2,"
+                                     "\"free_slots\":2},\"assign\":true,\"wait\":1}");
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    cr_assert_geq(ms, 900, "answered after %ld ms: it was not held", ms);
+    cr_assert(json_is_object(json_object_get(ans, "heartbeat")), "no heartbeat answer");
+    cr_assert_geq(json_integer_value(
+                      json_object_get(json_object_get(ans, "heartbeat"), "heartbeat_interval_s")),
+                  1);
+    cr_assert(json_is_array(json_object_get(ans, "reports")), "no reports");
+    cr_assert_eq(json_array_size(json_object_get(ans, "assignments")), 0);
+    json_decref(ans);
+    free(cred);
+}
+
 /* --- a server that speaks only version 7, for the real agent ------------------------------ */
 
 struct fake {
