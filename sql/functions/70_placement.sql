@@ -38,10 +38,20 @@ $$;
 -- agent's state and fit); a loop in memory applies the counts in proposal order; one
 -- UPDATE and one INSERT write the assignments. So the statement-level triggers on jobs
 -- (sql/functions/90_webhooks.sql) run once per batch, not once per job.
+--
+-- Planned once per connection: each statement's plan depends on its arrays' contents, so
+-- PostgreSQL's default planned all eight anew on every call (a custom plan each time,
+-- judged cheaper than a generic one), which was 44% of the call: jobs has 19 indexes, most
+-- of them partial, for the planner to weigh. force_generic_plan keeps one plan per
+-- statement; enable_seqscan = off keeps that plan on the indexes even when it was made
+-- while the tables were small (a generic plan made then scans jobs whole for as long as
+-- the connection lives). Every statement here reaches its rows by key or through a partial
+-- index, which is the right plan at any size. 10.7 to 3.4 ms a call in batches of about
+-- four jobs (docs/scaling.md, "Where PostgreSQL's time goes per job").
 CREATE OR REPLACE FUNCTION assign_batch(job_ids uuid[], agent_ids uuid[], lease_s int, online_s int)
     RETURNS TABLE (job_id uuid, agent_id uuid, tenant_id uuid, outcome text, epoch bigint,
                    gateway_node text)
-    LANGUAGE plpgsql AS $$
+    LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 DECLARE
     n int := coalesce(cardinality(job_ids), 0);
     t_ids uuid[];

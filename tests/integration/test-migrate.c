@@ -605,3 +605,20 @@ Test(migrate, field_checks_refuse_what_the_constraints_refused)
                  5, "agents keeps the checks of status, load and cached packages");
     PQfinish(pg);
 }
+
+/* assign_batch() plans each of its statements once per connection, on the indexes
+ * (sql/functions/70_placement.sql): without these settings PostgreSQL planned all of them
+ * on every call, 44% of the call. */
+Test(migrate, assign_batch_keeps_its_plans)
+{
+    migrate_ok();
+    PGconn *pg = th_pg_connect("orch_owner", db);
+    PGresult *res = th_pg_ok(pg, "SELECT array_to_string(proconfig, ',') FROM pg_proc"
+                                 " WHERE proname = 'assign_batch'");
+    cr_assert_eq(PQntuples(res), 1);
+    const char *config = PQgetvalue(res, 0, 0);
+    cr_expect(strstr(config, "plan_cache_mode=force_generic_plan"), "%s", config);
+    cr_expect(strstr(config, "enable_seqscan=off"), "%s", config);
+    PQclear(res);
+    PQfinish(pg);
+}
