@@ -33,11 +33,13 @@
 # pg_stat_database) per job; agent exchanges/commit = the agents' exchanges that shared one
 # transaction of the group commit (orch_agent_commit_items, docs/scaling.md); PostgreSQL
 # and orchd CPU ms/job = the CPU time (user + system) each spent during the cell, per job:
-# on a shared box a steadier figure than the rates, which move with what else runs.
+# on a shared box a steadier figure than the rates, which move with what else runs; steal %
+# = the share of the box's CPU time the hypervisor gave to other guests meanwhile (a cell
+# with much of it ran on a slower box).
 # The last line is the largest cell:
 #   result: agents=N placements_per_s=X submit_assign_p50_ms=Y submit_assign_p99_ms=Z
 #           lifecycle_per_s=L jobs=J completed=C rate=R commits_per_job=.. ...
-#           pg_cpu_ms_per_job=P orchd_cpu_ms_per_job=O
+#           pg_cpu_ms_per_job=P orchd_cpu_ms_per_job=O steal_pct=S
 #
 # Environment: BENCH_CELLS, BENCH_SLOTS, BENCH_RUN_MS, BENCH_RATE, BENCH_HEARTBEAT,
 # BENCH_CELL_TIMEOUT (seconds per phase of a cell, default 240),
@@ -95,6 +97,7 @@ for c in $cells; do
     x0=$(bench_commits) i0=$(bench_metric orch_agent_commit_items_sum)
     c0=$(bench_metric orch_agent_commit_items_count)
     read -r pg0 od0 < <(bench_cpu_ms)
+    st0=$(bench_cpu_ticks)
     # A cell that does not finish within --duration still reports what it measured (its
     # jobs not placed count with the time they waited): the table says how many completed.
     out=$("$loadgen" --url "$base" --ca "$ca" --api-key "$key" --state "$ORCH_STATE/loadgen.json" \
@@ -110,8 +113,9 @@ print("%d %d %d %.1f %.1f %.1f %.1f" % (r["agents"], r["jobs"], r["completed"],
     x1=$(bench_commits) i1=$(bench_metric orch_agent_commit_items_sum)
     c1=$(bench_metric orch_agent_commit_items_count)
     read -r pg1 od1 < <(bench_cpu_ms)
+    st1=$(bench_cpu_ticks)
     row="$row $(bench_per "$x0" "$x1" 0 "$j") $(bench_per "$i0" "$i1" "$c0" "$c1")"
-    row="$row $(bench_per "$pg0" "$pg1" 0 "$j") $(bench_per "$od0" "$od1" 0 "$j")"
+    row="$row $(bench_per "$pg0" "$pg1" 0 "$j") $(bench_per "$od0" "$od1" 0 "$j") $(bench_steal_pct "$st0" "$st1")"
     read -r _ _ done_jobs _ <<<"$row"
     [ "$done_jobs" = "$j" ] || incomplete=1
     rows+=("$row")
@@ -125,13 +129,13 @@ how="all at once, in batches of 1,000"
 [ "$rate" = 0 ] || how="at $rate jobs/s"
 echo "$slots slots per agent, jobs of $run_ms ms, heartbeat ${hb_s} s, jobs submitted $how"
 echo
-echo "| agents |  jobs | completed | placements/s | submit->assign p50 ms |   p99 ms | lifecycle jobs/s | commits/job | agent exchanges/commit | PostgreSQL CPU ms/job | orchd CPU ms/job |"
-echo "|--------|-------|-----------|--------------|-----------------------|----------|------------------|-------------|------------------------|-----------------------|------------------|"
+echo "| agents |  jobs | completed | placements/s | submit->assign p50 ms |   p99 ms | lifecycle jobs/s | commits/job | agent exchanges/commit | PostgreSQL CPU ms/job | orchd CPU ms/job | steal % |"
+echo "|--------|-------|-----------|--------------|-----------------------|----------|------------------|-------------|------------------------|-----------------------|------------------|---------|"
 for row in "${rows[@]}"; do
-    read -r a j c p p50 p99 l cj ec pgj odj <<<"$row"
-    printf '| %6s | %5s | %9s | %12s | %21s | %8s | %16s | %11s | %22s | %21s | %16s |\n' "$a" "$j" "$c" "$p" "$p50" "$p99" "$l" "$cj" "$ec" "$pgj" "$odj"
+    read -r a j c p p50 p99 l cj ec pgj odj st <<<"$row"
+    printf '| %6s | %5s | %9s | %12s | %21s | %8s | %16s | %11s | %22s | %21s | %16s | %7s |\n' "$a" "$j" "$c" "$p" "$p50" "$p99" "$l" "$cj" "$ec" "$pgj" "$odj" "$st"
 done
-read -r a j c p p50 p99 l cj ec pgj odj <<<"$last"
+read -r a j c p p50 p99 l cj ec pgj odj st <<<"$last"
 echo
 [ -z "$incomplete" ] || echo "(a cell short of its jobs: its rates count the whole cell, and its latencies the jobs never placed with the time they waited)"
-echo "result: agents=$a placements_per_s=$p submit_assign_p50_ms=$p50 submit_assign_p99_ms=$p99 lifecycle_per_s=$l jobs=$j completed=$c rate=$rate commits_per_job=$cj agent_exchanges_per_commit=$ec pg_cpu_ms_per_job=$pgj orchd_cpu_ms_per_job=$odj"
+echo "result: agents=$a placements_per_s=$p submit_assign_p50_ms=$p50 submit_assign_p99_ms=$p99 lifecycle_per_s=$l jobs=$j completed=$c rate=$rate commits_per_job=$cj agent_exchanges_per_commit=$ec pg_cpu_ms_per_job=$pgj orchd_cpu_ms_per_job=$odj steal_pct=$st"
