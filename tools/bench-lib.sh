@@ -109,14 +109,17 @@ for p in os.listdir("/proc"):
 print("%d %d" % (pg * 1000 // hz, cpu(orchd) * 1000 // hz))
 PY
 }
-# bench_cpu_ticks: "busy steal total" clock ticks of the whole box so far (/proc/stat);
+# bench_cpu_ticks: "steal total" clock ticks of the whole box so far (/proc/stat);
 # bench_steal_pct T0 T1: the share of the time between two readings that the hypervisor
 # gave the box's virtual CPUs to others (steal): a run with much of it measured a slower box.
 bench_cpu_ticks() {
-    awk '$1 == "cpu" {t = 0; for (i = 2; i <= 9; i++) t += $i; print $2 + $3 + $4 + $7 + $8, $9, t}' /proc/stat
+    awk '$1 == "cpu" {t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t}' /proc/stat
 }
 bench_steal_pct() {
-    python3 -c "import sys; a = sys.argv[1].split(); b = sys.argv[2].split(); t = float(b[2]) - float(a[2]); print(round(100 * (float(b[1]) - float(a[1])) / t, 1) if t else '-')" "$1" "$2"
+    local s0 t0 s1 t1
+    read -r s0 t0 <<<"$1"
+    read -r s1 t1 <<<"$2"
+    bench_per $((s0 * 100)) $((s1 * 100)) "$t0" "$t1"
 }
 # bench_per A0 A1 B0 B1: (A1 - A0) / (B1 - B0) to two decimals, "-" when B did not move.
 bench_per() {
