@@ -160,21 +160,18 @@ static int renew_listed(struct app *app, const struct http_principal *p, struct 
 
 /* The host's free memory and disk and its CPU use, which placement matches requirements
  * against, from an agent's first heartbeat on this node (or every heartbeat on a node
- * without the gateway role): written when a figure moved enough to matter (a sixteenth of
- * the memory or disk, ten points of CPU). The gateway's batched liveness write
- * (server/gw-liveness.c) carries the later ones. */
-static const struct store_stmt q_load = STORE_STMT(
-    "ap_load",
-    "UPDATE agents SET memory_free_bytes = coalesce($2::bigint, memory_free_bytes),"
-    "       disk_free_bytes = coalesce($3::bigint, disk_free_bytes),"
-    "       cpu_percent = coalesce($4::real, cpu_percent)"
-    " WHERE id = $1 AND ("
-    "   ($2::bigint IS NOT NULL AND (memory_free_bytes IS NULL"
-    "      OR abs(memory_free_bytes - $2::bigint) * 16 > memory_free_bytes))"
-    "   OR ($3::bigint IS NOT NULL AND (disk_free_bytes IS NULL"
-    "      OR abs(disk_free_bytes - $3::bigint) * 16 > disk_free_bytes))"
-    "   OR ($4::real IS NOT NULL AND (cpu_percent IS NULL OR abs(cpu_percent - $4::real) >= 10)))",
-    4);
+ * without the gateway role): written when a figure moved enough to matter
+ * (agent_bytes_moved(), agent_cpu_moved() in sql/functions/17_agent_load.sql). The
+ * gateway's batched liveness write (server/gw-liveness.c) carries the later ones. */
+static const struct store_stmt q_load =
+    STORE_STMT("ap_load",
+               "UPDATE agents SET memory_free_bytes = coalesce($2::bigint, memory_free_bytes),"
+               "       disk_free_bytes = coalesce($3::bigint, disk_free_bytes),"
+               "       cpu_percent = coalesce($4::real, cpu_percent)"
+               " WHERE id = $1 AND (agent_bytes_moved(memory_free_bytes, $2::bigint)"
+               "   OR agent_bytes_moved(disk_free_bytes, $3::bigint)"
+               "   OR agent_cpu_moved(cpu_percent, $4::real))",
+               4);
 
 static int store_load(const struct http_principal *p, struct store_tx *tx,
                       const struct proto_heartbeat *hb)

@@ -42,8 +42,9 @@ const struct conf_field orchd_config_fields[] = {
      "how often agents send a heartbeat (told to them in each answer)"},
     {"agent.lease", CONF_DURATION, F(agent_lease_ms), 3000, 3600000, "30s", NULL,
      "an agent silent this long loses its jobs, which are retried elsewhere"},
-    {"agent.online_window", CONF_DURATION, F(agent_online_ms), 2000, 3600000, "25s", NULL,
-     "an agent is offline (gets no new jobs) when silent this long"},
+    {"agent.online_window", CONF_DURATION, F(agent_online_ms), 2000, 3600000, "50s", NULL,
+     "an agent is offline (gets no new jobs) when silent this long; an idle agent's "
+     "liveness is rewritten once it is this long less 1.5 heartbeat intervals and 2 s old"},
     {"agent.commit_threads", CONF_INT, F(agent_commit_threads), 0, 64, "2", NULL,
      "threads committing agents' heartbeats and reports in shared transactions "
      "(0 = each exchange commits alone on its event loop)"},

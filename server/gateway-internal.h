@@ -19,6 +19,7 @@
 
 struct dispatcher;
 struct event_base;
+struct orchd_config;
 
 #define GW_MAX_NOTES 65536
 
@@ -141,5 +142,13 @@ void *gw_wakeups_main(void *arg);
 /* gw-liveness.c */
 /* Thread: the batched liveness flush, every quarter heartbeat interval. */
 void *gw_liveness_main(void *arg);
+/* How late a heartbeat may come (a busy agent, a slow exchange) before an idle agent's
+ * stored liveness, rewritten only every gw_liveness_refresh_ms(), would run out. */
+#define GW_LIVENESS_SLACK_MS 2000
+/* How old an idle agent's stored liveness (agents.last_heartbeat_at) gets before a heartbeat
+ * rewrites it: the stored time must stay within agent.online_window until the next
+ * heartbeat after it has been flushed (one interval, two flush rounds, the slack). 0: every
+ * heartbeat is written. */
+int64_t gw_liveness_refresh_ms(const struct orchd_config *cfg);
 /* Write the heartbeats noted since the last flush in one batch. */
 void gw_flush_liveness(struct gateway *gw);

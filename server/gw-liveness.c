@@ -1,5 +1,5 @@
 /* gw-liveness.c: heartbeats noted in memory and written to PostgreSQL in one batch per
- * flush interval (see gateway.h). */
+ * flush interval, each agent's row only when it needs writing (see gateway.h). */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -85,24 +85,45 @@ bool gateway_note_heartbeat(struct gateway *gw, const char *agent_id, const stru
     return first;
 }
 
-/* One batch: every agent heard from since the last flush is online on this node, with its
- * free memory and disk and CPU (NULL: not reported, the stored figure
- * stays). The rows are locked first, in id order, as assign_batch() locks agents
- * (sql/0011_placement.sql): a flush and a dispatcher's batch never wait on each other in a
- * cycle. */
+/* One batch of the agents heard from since the last flush. A row is written only when it
+ * needs to be: its stored liveness is older than $6 ms (gw_liveness_refresh_ms()), it is
+ * offline or listed on another node (the reaper's, a move), or a host figure moved enough to
+ * matter (sql/functions/17_agent_load.sql); an idle agent's heartbeats are otherwise read,
+ * not written. The rows written are locked first, in id order, as assign_batch() locks
+ * agents (sql/0011_placement.sql): a flush and a dispatcher's batch never wait on each
+ * other in a cycle. */
 static const struct store_stmt q_flush_agents =
     STORE_STMT("gw_flush_agents",
-               "WITH lk AS (SELECT id FROM agents WHERE id = ANY($1::uuid[])"
-               "            ORDER BY id FOR NO KEY UPDATE)"
+               "WITH r AS (SELECT * FROM unnest($1::uuid[], $3::bigint[], $4::bigint[], $5::real[])"
+               "             AS r(id, memory_free, disk_free, cpu)),"
+               " lk AS (SELECT a.id FROM agents a JOIN r ON a.id = r.id"
+               "         WHERE a.status = 'offline' OR a.gateway_node IS DISTINCT FROM $2"
+               "            OR a.last_heartbeat_at IS NULL"
+               "            OR a.last_heartbeat_at <= now() - $6::int * interval '1 millisecond'"
+               "            OR agent_bytes_moved(a.memory_free_bytes, r.memory_free)"
+               "            OR agent_bytes_moved(a.disk_free_bytes, r.disk_free)"
+               "            OR agent_cpu_moved(a.cpu_percent, r.cpu)"
+               "         ORDER BY a.id FOR NO KEY UPDATE OF a)"
                "UPDATE agents a SET last_heartbeat_at = now(), gateway_node = $2,"
                " status = CASE WHEN a.status = 'offline' THEN 'online' ELSE a.status END,"
                " memory_free_bytes = coalesce(r.memory_free, a.memory_free_bytes),"
                " disk_free_bytes = coalesce(r.disk_free, a.disk_free_bytes),"
                " cpu_percent = coalesce(r.cpu, a.cpu_percent)"
-               " FROM unnest($1::uuid[], $3::bigint[], $4::bigint[], $5::real[])"
-               "      AS r(id, memory_free, disk_free, cpu)"
-               " WHERE a.id = r.id AND a.id IN (SELECT id FROM lk)",
-               5);
+               " FROM r WHERE a.id = r.id AND a.id IN (SELECT id FROM lk)",
+               6);
+
+/* Rounds of the flush: four per heartbeat interval. */
+static int64_t flush_interval_ms(const struct orchd_config *cfg)
+{
+    return cfg->agent_heartbeat_ms / 4 > 0 ? cfg->agent_heartbeat_ms / 4 : 1000;
+}
+
+int64_t gw_liveness_refresh_ms(const struct orchd_config *cfg)
+{
+    int64_t ms = cfg->agent_online_ms - cfg->agent_heartbeat_ms - 2 * flush_interval_ms(cfg) -
+                 GW_LIVENESS_SLACK_MS;
+    return ms > 0 ? ms : 0;
+}
 
 /* After a flush: free the notes, or when it failed put back those of agents not heard
  * from since, whole (their load figures too: notes_add() zeroes them), so that neither
@@ -160,7 +181,10 @@ void gw_flush_liveness(struct gateway *gw)
     buf_append_str(&cpus, "}");
     struct store_tx *tx = NULL;
     int r = store_tx_begin(gw->app->store, NULL, STORE_TX_ASYNC_COMMIT, &tx);
-    const char *p1[] = {agents.data, gw->app->cfg->node_name, mems.data, disks.data, cpus.data};
+    char refresh[24];
+    snprintf(refresh, sizeof(refresh), "%lld", (long long)gw_liveness_refresh_ms(gw->app->cfg));
+    const char *p1[] = {agents.data, gw->app->cfg->node_name, mems.data, disks.data, cpus.data,
+                        refresh};
     if (r >= 0)
         r = store_tx_exec(tx, &q_flush_agents, p1, NULL);
     if (r >= 0)
@@ -180,8 +204,7 @@ void *gw_liveness_main(void *arg)
 {
     struct gateway *gw = arg;
     struct app *app = gw->app;
-    int64_t flush_ms =
-        app->cfg->agent_heartbeat_ms / 4 > 0 ? app->cfg->agent_heartbeat_ms / 4 : 1000;
+    int64_t flush_ms = flush_interval_ms(app->cfg);
     while (!atomic_load(&gw->stop)) {
         /* One line per round (debug): tests count them against the clock. */
         log_debug("op=gateway round=flush");

@@ -39,7 +39,9 @@
 # (set here through ORCHD_*), and memory: the load generator's side of each TLS connection
 # costs about as much as orchd's. docs/operations.md, "Holding many agents".
 #
-# Environment: BENCH_AGENTS (default 2000), BENCH_HOLD_S (the measuring window, default 30),
+# Environment: BENCH_AGENTS (default 2000), BENCH_HOLD_S (the measuring window, default 120:
+# an idle agent's row is written every 4th heartbeat at the defaults, 40 s, all agents in the
+# same few seconds, so a window of a few such periods reads the steady rate),
 # BENCH_SETTLE_S (default 15), BENCH_HEARTBEAT (seconds; orchd's agent.heartbeat_interval,
 # with agent.online_window and agent.lease raised to match; default: orchd's own, 10 s),
 # BENCH_CONNECT_TIMEOUT (seconds for every agent to come online, default 900),
@@ -51,7 +53,7 @@ source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/bench-lib.sh"
 
 nagents=${BENCH_AGENTS:-2000}
-hold_s=${BENCH_HOLD_S:-30}
+hold_s=${BENCH_HOLD_S:-120}
 settle_s=${BENCH_SETTLE_S:-15}
 connect_s=${BENCH_CONNECT_TIMEOUT:-900}
 hb_s=${BENCH_HEARTBEAT:-}
@@ -70,7 +72,7 @@ waiters=$((nagents + 1024))
 export ORCHD_GATEWAY_MAX_WAITERS=$((waiters > 65536 ? waiters : 65536))
 if [ -n "$hb_s" ]; then
     export ORCHD_AGENT_HEARTBEAT_INTERVAL=${hb_s}s
-    export ORCHD_AGENT_ONLINE_WINDOW=$((hb_s * 5 / 2))s ORCHD_AGENT_LEASE=$((hb_s * 3))s
+    export ORCHD_AGENT_ONLINE_WINDOW=$((hb_s * 5))s ORCHD_AGENT_LEASE=$((hb_s * 3))s
 fi
 
 bench_start bench-agents

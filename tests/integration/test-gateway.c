@@ -201,3 +201,154 @@ Test(gateway, background_rounds_keep_their_pace_whatever_the_long_polls_do, .ini
     cr_assert_leq(reaps, (int)secs + 2, "%d liveness flushes in %.1f s for %d answers", reaps, secs,
                   answers);
 }
+
+/* Heartbeats of 1 s and an online window of 10 s: an idle agent's liveness is rewritten
+ * once it is 6.5 s old (10 s less 1.5 intervals and 2 s, gw_liveness_refresh_ms()). */
+static void setup_liveness(void)
+{
+    const char *env[] = {"ORCHD_LOG_LEVEL=debug", "ORCHD_AGENT_HEARTBEAT_INTERVAL=1s",
+                         "ORCHD_AGENT_ONLINE_WINDOW=10s", NULL};
+    setup_with(env);
+}
+
+#define REFRESH_MS 6500
+
+/* A heartbeat of cred carrying the host figures of load (a JSON object text). */
+static void beat(const char *cred, const char *load)
+{
+    char body[512];
+    snprintf(body, sizeof(body),
+             "{\"status\":\"idle\",\"slots\":2,\"free_slots\":2,\"running\":[],\"load\":%s}", load);
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/agent/heartbeat", cred, body, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    th_resp_free(&r);
+}
+
+/* Wait until a liveness flush that started after now has ended: two more rounds begin (a
+ * heartbeat answered before this call was noted before the first of them took the notes). */
+static void flushed(void)
+{
+    int n0 = th_log_count(&srv, "op=gateway round=flush");
+    uint64_t end = clock_mono_ns() + 10000000000ull;
+    while (th_log_count(&srv, "op=gateway round=flush") < n0 + 2 && clock_mono_ns() < end)
+        usleep(20000); /* polling the log, bounded */
+    cr_assert_geq(th_log_count(&srv, "op=gateway round=flush"), n0 + 2,
+                  "no liveness flush in 10 s");
+}
+
+/* The agent's row as "last_heartbeat_at|status|gateway_node|memory|cpu". */
+static char *row(PGconn *pg, const char *id)
+{
+    char sql[512];
+    snprintf(sql, sizeof(sql),
+             "SELECT last_heartbeat_at::text || '|' || status || '|' || coalesce(gateway_node, '-')"
+             "       || '|' || memory_free_bytes || '|' || cpu_percent::int"
+             "  FROM agents WHERE id = '%s'",
+             id);
+    PGresult *res = th_pg_ok(pg, sql);
+    cr_assert_eq(PQntuples(res), 1);
+    char *s = strdup(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return s;
+}
+
+/* Whether the stored liveness ts (text) is younger than the refresh age: until then an
+ * unchanged heartbeat must not rewrite it. */
+static bool young(PGconn *pg, const char *ts)
+{
+    char sql[256];
+    snprintf(sql, sizeof(sql), "SELECT (now() - '%s'::timestamptz < interval '%d ms')::int", ts,
+             REFRESH_MS);
+    return th_pg_long(pg, sql) == 1;
+}
+
+static char *ts_of(const char *row_text)
+{
+    return strndup(row_text, strcspn(row_text, "|"));
+}
+
+#define LOAD(mem, cpu)                                                                             \
+    "{\"memory_available_bytes\":" #mem ",\"disk_free_bytes\":107374182400,\"cpu_percent\":" #cpu  \
+    "}"
+
+Test(gateway, an_idle_agents_liveness_is_written_when_stale_moved_or_changed_not_per_heartbeat,
+     .init = setup_liveness)
+{
+    PGconn *pg = th_pg_connect("postgres", srv.db);
+    holder = th_agent_register(&srv, admin, "steady");
+    char id[40];
+    PGresult *res = th_pg_ok(pg, "SELECT id FROM agents WHERE name = 'steady'");
+    snprintf(id, sizeof(id), "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+
+    /* The first heartbeat on the node is written at once, figures and all. */
+    beat(holder, LOAD(8589934592, 5));
+    flushed();
+    char *r0 = row(pg, id), *ts0 = ts_of(r0);
+    cr_assert(strstr(r0, "|online|") && strstr(r0, "|8589934592|5"), "%s", r0);
+
+    /* Unchanged heartbeats, and one whose memory moved less than a sixteenth: read, not
+     * written, while the stored time is young. */
+    int unchanged = 0;
+    for (int i = 0; i < 4; i++) {
+        beat(holder, i == 3 ? LOAD(8489934592, 7) : LOAD(8589934592, 5));
+        flushed();
+        char *r = row(pg, id);
+        if (young(pg, ts0)) {
+            cr_assert_str_eq(r, r0, "heartbeat %d rewrote the row: %s (was %s)", i, r, r0);
+            unchanged++;
+        }
+        free(r);
+    }
+    cr_assert_gt(unchanged, 0, "the box was too slow to see a heartbeat within %d ms", REFRESH_MS);
+
+    /* A host figure that moved enough is written with the liveness. */
+    beat(holder, LOAD(8589934592, 60));
+    flushed();
+    char *r1 = row(pg, id), *ts1 = ts_of(r1);
+    cr_assert(strstr(r1, "|8589934592|60"), "%s", r1);
+    cr_assert_str_neq(ts1, ts0);
+
+    /* Listed on another node (it moved there and back), or offline (the reaper): written. */
+    PQclear(th_pg_ok(pg, "UPDATE agents SET gateway_node = 'elsewhere' WHERE name = 'steady'"));
+    beat(holder, LOAD(8589934592, 60));
+    flushed();
+    char *r2 = row(pg, id);
+    cr_assert(strstr(r2, "|online|") && !strstr(r2, "elsewhere") && !strstr(r2, "|-|"), "%s", r2);
+    PQclear(th_pg_ok(pg, "UPDATE agents SET status = 'offline', gateway_node = NULL"
+                         " WHERE name = 'steady'"));
+    beat(holder, LOAD(8589934592, 60));
+    flushed();
+    char *r3 = row(pg, id), *ts3 = ts_of(r3);
+    cr_assert(strstr(r3, "|online|") && !strstr(r3, "|-|"), "%s", r3);
+
+    /* Heartbeats with nothing new: the row is rewritten once its time is REFRESH_MS old,
+     * and the agent stays online meanwhile. */
+    char *ts = strdup(ts3);
+    uint64_t end = clock_mono_ns() + 20000000000ull;
+    while (strcmp(ts, ts3) == 0 && clock_mono_ns() < end) {
+        beat(holder, LOAD(8589934592, 60));
+        flushed();
+        char *r = row(pg, id);
+        cr_assert(strstr(r, "|online|"), "went offline while heartbeating: %s", r);
+        free(ts);
+        ts = ts_of(r);
+        free(r);
+    }
+    cr_assert_str_neq(ts, ts3, "not rewritten in 20 s");
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "SELECT extract(epoch FROM '%s'::timestamptz - '%s'::timestamptz) * 1000", ts, ts3);
+    long gap = th_pg_long(pg, sql);
+    cr_assert_geq(gap, REFRESH_MS, "rewritten after %ld ms", gap);
+    free(ts);
+    free(ts3);
+    free(r3);
+    free(r2);
+    free(ts1);
+    free(r1);
+    free(ts0);
+    free(r0);
+    PQfinish(pg);
+}
