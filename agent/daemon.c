@@ -1207,25 +1207,53 @@ static void daemon_take(struct daemon *d, json_t *a, int64_t sent_ms)
     pthread_mutex_unlock(&d->lock);
 }
 
+/* The attempts this agent holds (at most PROTO_RUNNING_MAX; NULL when none or out of
+ * memory): those of its slots (a job being spooled or run, or finished) and those the
+ * spool holds (finished ones whose result is not yet delivered, also from before a
+ * restart). A heartbeat lists them (their lease must hold until the result is delivered;
+ * after a restart the server answers `lost` for those that are no longer ours), and an
+ * exchange asking for assignments with `resume` too: the server does not hand them out
+ * again, which would rewrite each one's row for an assignment this agent ignores. */
+static struct proto_job_ref *daemon_held(struct daemon *d, size_t *n)
+{
+    struct spool_attempt *list = NULL;
+    size_t total = 0;
+    *n = 0;
+    if (spool_list(d->spool, &list, &total) < 0)
+        total = 0;
+    size_t cap = total + d->nslots, k = 0;
+    struct proto_job_ref *refs = cap ? calloc(cap, sizeof(*refs)) : NULL;
+    pthread_mutex_lock(&d->lock);
+    for (size_t i = 0; refs && i < d->nslots; i++) {
+        const struct slot *s = &d->slots[i];
+        if (s->state == SLOT_FREE)
+            continue;
+        memcpy(refs[k].job_id, s->job_id, sizeof(refs[k].job_id));
+        refs[k++].epoch = s->epoch;
+    }
+    pthread_mutex_unlock(&d->lock);
+    size_t from_slots = k;
+    for (size_t i = 0; refs && i < total; i++) {
+        bool dup = false;
+        for (size_t j = 0; j < from_slots && !dup; j++)
+            dup = refs[j].epoch == list[i].epoch && strcasecmp(refs[j].job_id, list[i].job_id) == 0;
+        if (dup)
+            continue;
+        memcpy(refs[k].job_id, list[i].job_id, sizeof(refs[k].job_id));
+        refs[k++].epoch = list[i].epoch;
+    }
+    spool_attempts_free(list, total);
+    if (k == 0)
+        FREE_AND_NULL(refs);
+    *n = k < PROTO_RUNNING_MAX ? k : PROTO_RUNNING_MAX;
+    return refs;
+}
+
 static json_t *daemon_heartbeat_body(struct daemon *d, struct facts_cpu *prev)
 {
     struct proto_heartbeat hb = {.slots = (int64_t)d->nslots, .has_load = true};
-    /* Every attempt the spool holds: running jobs, and finished ones whose result is not
-     * yet delivered (their lease must hold until it is; after a restart the server answers
-     * `lost` for those that are no longer ours). */
-    struct spool_attempt *list = NULL;
-    size_t n = 0;
-    _cleanup_free_ struct proto_job_ref *running = NULL;
-    if (spool_list(d->spool, &list, &n) == 0) {
-        running = calloc(n + 1, sizeof(*running));
-        for (size_t i = 0; running && i < n; i++) {
-            memcpy(running[i].job_id, list[i].job_id, sizeof(running[i].job_id));
-            running[i].epoch = list[i].epoch;
-        }
-        hb.running = running;
-        hb.nrunning = running ? n : 0;
-        spool_attempts_free(list, n);
-    }
+    _cleanup_free_ struct proto_job_ref *running = daemon_held(d, &hb.nrunning);
+    hb.running = running;
     pthread_mutex_lock(&d->lock);
     size_t free_slots = daemon_free_slots(d);
     hb.status = d->stopping ? "draining" : free_slots == 0 ? "busy" : "idle";
@@ -1870,7 +1898,10 @@ static enum link_next link_exchange(struct link *l)
      * it already runs or holds is recognised and ignored. Not only after a loss the agent
      * saw: with several nodes, the held exchange it gave up on one node may claim an
      * assignment after its next exchange, on another node, was answered. */
-    _cleanup_json_ json_t *req = proto_sync_encode(hb, reports, assign, wait_s, assign);
+    size_t nheld = 0;
+    _cleanup_free_ struct proto_job_ref *held = assign ? daemon_held(d, &nheld) : NULL;
+    _cleanup_json_ json_t *req =
+        proto_sync_encode(hb, reports, assign, wait_s, assign, held, nheld);
     if (!req) {
         link_sent_free(l);
         spool_rewind(d->spool);

@@ -101,6 +101,7 @@ static const struct jsonv_field sync_fields[] = {
     {"assign", JSONV_BOOL, 0, 0, 0},
     {"wait", JSONV_INT, 0, 0, PROTO_SYNC_MAX_WAIT_S},
     {"resume", JSONV_BOOL, 0, 0, 0},
+    {"holding", JSONV_ARRAY, 0, 0, PROTO_RUNNING_MAX},
 };
 
 /* The members a report has in a sync exchange besides its kind's own. */
@@ -983,7 +984,7 @@ int proto_report_decode(const json_t *doc, int kind, struct proto_report *ret,
 /* --- sync --------------------------------------------------------------------------------- */
 
 json_t *proto_sync_encode(json_t *heartbeat, json_t *reports, bool assign, int64_t wait_s,
-                          bool resume)
+                          bool resume, const struct proto_job_ref *holding, size_t nholding)
 {
     json_t *o = json_object();
     int r = 0;
@@ -1001,6 +1002,8 @@ json_t *proto_sync_encode(json_t *heartbeat, json_t *reports, bool assign, int64
     r |= json_object_set_new(o, "wait", json_integer((json_int_t)wait_s));
     if (resume)
         r |= json_object_set_new(o, "resume", json_true());
+    if (nholding > 0)
+        r |= json_object_set_new(o, "holding", proto_job_refs_encode(holding, nholding));
     if (r) {
         json_decref(o);
         return NULL;
@@ -1031,6 +1034,13 @@ int proto_sync_decode(const json_t *doc, struct proto_sync *ret, struct jsonv_er
     ret->assign = json_is_true(json_object_get(doc, "assign"));
     ret->wait_s = get_int(doc, "wait", 0);
     ret->resume = json_is_true(json_object_get(doc, "resume"));
+    r = proto_job_refs_decode(json_object_get(doc, "holding"), &ret->holding, &ret->nholding, err);
+    if (r < 0) {
+        if (r == -EINVAL)
+            err_prefix(err, "holding");
+        proto_sync_clear(ret);
+        return r;
+    }
     return 0;
 }
 
@@ -1038,6 +1048,9 @@ void proto_sync_clear(struct proto_sync *s)
 {
     proto_heartbeat_clear(&s->heartbeat);
     s->has_heartbeat = false;
+    free(s->holding);
+    s->holding = NULL;
+    s->nholding = 0;
 }
 
 void proto_report_answer_decode(const json_t *doc, struct proto_report_answer *ret)

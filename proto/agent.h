@@ -353,9 +353,10 @@ json_t *proto_result_encode(const char *job_id, int64_t epoch, const struct prot
 int proto_report_decode(const json_t *doc, int kind, struct proto_report *ret,
                         struct jsonv_error *err);
 
-/* A sync request. Encode: heartbeat and reports are stolen (each may be NULL). */
+/* A sync request. Encode: heartbeat and reports are stolen (each may be NULL); holding
+ * lists the attempts the agent has spooled (at most PROTO_RUNNING_MAX, none when 0). */
 json_t *proto_sync_encode(json_t *heartbeat, json_t *reports, bool assign, int64_t wait_s,
-                          bool resume);
+                          bool resume, const struct proto_job_ref *holding, size_t nholding);
 
 /* A decoded sync request: heartbeat decoded (has_heartbeat), reports borrowed (each
  * decoded on its own with proto_report_decode(), so one bad report is answered in its
@@ -367,6 +368,10 @@ struct proto_sync {
     bool assign;
     int64_t wait_s;
     bool resume;
+    /* With resume: attempts the agent holds already, not to be handed out again
+     * (allocated, proto_sync_clear()). */
+    struct proto_job_ref *holding;
+    size_t nholding;
 };
 
 /* Errors in the heartbeat name "heartbeat.<field>". */

@@ -137,21 +137,14 @@ static int renew_listed(struct app *app, const struct http_principal *p, struct 
                         const struct proto_heartbeat *hb)
 {
     struct buf jobs = BUF_INIT, epochs = BUF_INIT;
-    buf_append_str(&jobs, "{");
-    buf_append_str(&epochs, "{");
-    size_t n = hb->nrunning;
-    for (size_t k = 0; k < n; k++) {
-        buf_printf(&jobs, "%s%s", k ? "," : "", hb->running[k].job_id);
-        buf_printf(&epochs, "%s%lld", k ? "," : "", (long long)hb->running[k].epoch);
-    }
-    buf_append_str(&jobs, "}");
-    buf_append_str(&epochs, "}");
     int r = 0;
-    if (n > 0) {
+    if (hb->nrunning > 0) {
         char lease[24];
         snprintf(lease, sizeof(lease), "%lld", (long long)(app->cfg->agent_lease_ms / 1000));
+        r = gateway_refs_arrays(hb->running, hb->nrunning, &jobs, &epochs);
         const char *pp[] = {p->subject, jobs.data, epochs.data, lease};
-        r = jobs.data && epochs.data ? store_tx_exec(tx, &q_renew_listed, pp, NULL) : -ENOMEM;
+        if (r == 0)
+            r = store_tx_exec(tx, &q_renew_listed, pp, NULL);
     }
     buf_free(&jobs);
     buf_free(&epochs);
@@ -822,7 +815,8 @@ static int sync_run(struct store_tx *tx, void *arg)
     }
     /* On -ENOMEM too the transaction rolls back: the claim is in it. */
     if (r >= 0)
-        r = gateway_claim(app, tx, p->subject, w->sync.assign, w->sync.resume, &w->assigned);
+        r = gateway_claim(app, tx, p->subject, w->sync.assign, w->sync.resume, w->sync.holding,
+                          w->sync.nholding, &w->assigned);
     return r;
 }
 

@@ -20,6 +20,7 @@
  * gateway-internal.h. */
 #pragma once
 
+struct proto_job_ref;
 struct proto_load;
 
 #include <stdbool.h>
@@ -28,6 +29,7 @@ struct proto_load;
 #include "server/store.h"
 
 struct app;
+struct buf;
 struct dispatcher;
 struct gateway;
 
@@ -61,13 +63,19 @@ int gateway_held(struct gateway *gw);
 /* The long-poll handler (GET /api/v1/agent/assignments). */
 void gateway_poll(struct http_req *req);
 
+/* refs as two PostgreSQL array texts, "{id,...}" into ids and "{epoch,...}" into epochs
+ * (both BUF_INIT before; the caller frees them). Returns 0 or -ENOMEM. */
+int gateway_refs_arrays(const struct proto_job_ref *refs, size_t n, struct buf *ids,
+                        struct buf *epochs);
+
 /* Claim agent_id's undelivered cancels and (when assign) assignments in tx (they count as
  * delivered once tx commits); again: also assignments delivered before but not yet
- * reported started (the agent lost an answer). *ret gets the answer text {"assignments": [...],
- * "lease_s": N, "cancel": [{job_id, epoch}]} when there is anything, else NULL. Returns 0 or a
- * store error, or -ENOMEM (then tx must be rolled back, not committed: the claim is in it). */
+ * reported started (the agent lost an answer), except the nheld attempts of held, which the
+ * agent says it has. *ret gets the answer text {"assignments": [...], "lease_s": N,
+ * "cancel": [{job_id, epoch}]} when there is anything, else NULL. Returns 0 or a store
+ * error, or -ENOMEM (then tx must be rolled back, not committed: the claim is in it). */
 int gateway_claim(struct app *app, struct store_tx *tx, const char *agent_id, bool assign,
-                  bool again, char **ret);
+                  bool again, const struct proto_job_ref *held, size_t nheld, char **ret);
 
 /* A new request of agent_id: its older held request, if any (the agent has one connection,
  * so that one was given up), gets its empty answer now and claims nothing more. */

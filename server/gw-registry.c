@@ -28,13 +28,17 @@
 /* One row a claimed assignment (kind 'a') or cancel ('c', only id and epoch); the answer is
  * built in C with proto/'s encoders, the one definition of what the agent decodes. A
  * package job gets its package's digest and size (so that the agent can use its cache)
- * and the package's entrypoint when the job names none. */
+ * and the package's entrypoint when the job names none. An assignment delivered before is
+ * handed out again ($3) unless the agent holds it already ($5, $6: its spooled attempts),
+ * which would rewrite the row for an answer the agent ignores. */
 static const struct store_stmt q_deliver = STORE_STMT(
     "gw_deliver",
     "WITH d AS (UPDATE jobs SET delivered_at = now(),"
     "                  lease_expires_at = now() + make_interval(secs => $2::int)"
     "           WHERE agent_id = $1 AND status = 'assigned'"
-    "           AND $4::bool AND (delivered_at IS NULL OR $3::bool)"
+    "           AND $4::bool AND (delivered_at IS NULL OR ($3::bool AND NOT EXISTS ("
+    "                 SELECT 1 FROM unnest($5::uuid[], $6::bigint[]) AS h(id, epoch)"
+    "                  WHERE h.id = jobs.id AND h.epoch = jobs.epoch)))"
     "           RETURNING id, tenant_id, epoch, attempt, command, args, env, params, package_id,"
     "                     entrypoint, timeout_ms),"
     " c AS (UPDATE jobs SET cancel_sent = true WHERE agent_id = $1 AND cancel_requested"
@@ -46,7 +50,7 @@ static const struct store_stmt q_deliver = STORE_STMT(
     " UNION ALL"
     " SELECT 'c', c.id, c.epoch, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
     "   FROM c",
-    4);
+    6);
 
 enum {
     DELIVER_KIND,
@@ -134,16 +138,33 @@ static int claim_answer(const PGresult *res, long long lease_s, char **ret)
     return *ret ? 0 : -ENOMEM;
 }
 
+int gateway_refs_arrays(const struct proto_job_ref *refs, size_t n, struct buf *ids,
+                        struct buf *epochs)
+{
+    int e = buf_append_str(ids, "{") | buf_append_str(epochs, "{");
+    for (size_t i = 0; i < n; i++) {
+        e |= buf_printf(ids, "%s%s", i ? "," : "", refs[i].job_id);
+        e |= buf_printf(epochs, "%s%lld", i ? "," : "", (long long)refs[i].epoch);
+    }
+    e |= buf_append_str(ids, "}") | buf_append_str(epochs, "}");
+    return e ? -ENOMEM : 0;
+}
+
 int gateway_claim(struct app *app, struct store_tx *tx, const char *agent_id, bool assign,
-                  bool again, char **ret)
+                  bool again, const struct proto_job_ref *held, size_t nheld, char **ret)
 {
     long long lease_s = (long long)(app->cfg->agent_lease_ms / 1000);
     char lease[24];
     snprintf(lease, sizeof(lease), "%lld", lease_s);
-    const char *p[] = {agent_id, lease, again ? "true" : "false", assign ? "true" : "false"};
+    struct buf ids = BUF_INIT, epochs = BUF_INIT;
+    int e = gateway_refs_arrays(held, nheld, &ids, &epochs);
+    const char *p[] = {agent_id, lease,      again ? "true" : "false", assign ? "true" : "false",
+                       ids.data, epochs.data};
     PGresult *res = NULL;
     *ret = NULL;
-    int r = store_tx_exec(tx, &q_deliver, p, &res);
+    int r = e == 0 ? store_tx_exec(tx, &q_deliver, p, &res) : -ENOMEM;
+    buf_free(&ids);
+    buf_free(&epochs);
     if (r < 0)
         return r;
     /* On -ENOMEM the caller rolls back: what was claimed stays undelivered. */
@@ -164,7 +185,7 @@ static int deliver(struct app *app, const char *tenant, const char *agent, bool 
     int r = store_tx_begin(app->store, tenant, 0, &tx);
     if (r < 0)
         return r;
-    r = gateway_claim(app, tx, agent, assign, false, ret);
+    r = gateway_claim(app, tx, agent, assign, false, NULL, 0, ret);
     if (r < 0) {
         store_tx_rollback(tx);
         return r;

@@ -502,6 +502,41 @@ Test(dispatch, sync_batches_reports_and_holds_for_assignments)
     cr_assert_eq(json_integer_value(json_object_get(as, "epoch")), epoch);
     json_decref(ans);
 
+    /* Not to an agent that says it holds that attempt (its row is not rewritten either),
+     * but still when it holds another epoch of the job, or other jobs only. */
+    PGconn *pg = th_pg_connect("postgres", srv.db);
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "SELECT (extract(epoch FROM delivered_at) * 1e6)::bigint FROM jobs WHERE id = '%s'",
+             id2);
+    long delivered = th_pg_long(pg, sql);
+    snprintf(body, sizeof(body),
+             "{\"assign\":true,\"resume\":true,\"holding\":[{\"job_id\":\"%s\",\"epoch\":%lld}]}",
+             id2, (long long)epoch);
+    ans = sync_ex(a, body, 200);
+    cr_assert_eq(json_array_size(json_object_get(ans, "assignments")), 0, "%s", json_dumps(ans, 0));
+    json_decref(ans);
+    cr_assert_eq(th_pg_long(pg, sql), delivered, "the held assignment's row was rewritten");
+    PQfinish(pg);
+    for (int n = 0; n < 2; n++) {
+        char ref[160];
+        snprintf(ref, sizeof(ref), "{\"job_id\":\"%s\",\"epoch\":%lld}",
+                 n == 0 ? id2 : "01a23c1b-03bd-7538-9b1d-22eae3d30e7e",
+                 (long long)(n == 0 ? epoch + 1 : epoch));
+        snprintf(body, sizeof(body), "{\"assign\":true,\"resume\":true,\"holding\":[%s]}", ref);
+        ans = sync_ex(a, body, 200);
+        as = json_array_get(json_object_get(ans, "assignments"), 0);
+        cr_assert_not_null(as, "holding %s: %s", ref, json_dumps(ans, 0));
+        cr_assert_str_eq(json_string_value(json_object_get(as, "job_id")), id2);
+        json_decref(ans);
+    }
+    /* A bad entry is refused with its field. */
+    ans = sync_ex(
+        a, "{\"assign\":true,\"resume\":true,\"holding\":[{\"job_id\":\"x\",\"epoch\":1}]}", 422);
+    cr_assert_str_eq(json_string_value(json_object_get(ans, "field")), "holding[0].job_id", "%s",
+                     json_dumps(ans, 0));
+    json_decref(ans);
+
     free(id2);
     free(b);
     free(adm2);

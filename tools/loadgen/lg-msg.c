@@ -94,7 +94,7 @@ char *lg_msg_sync(const struct lg_msg_sync *m)
         }
     }
     /* resume: an assignment answered into a connection we closed comes again. */
-    return dump(proto_sync_encode(hb, reports, m->assign, m->wait_s, true));
+    return dump(proto_sync_encode(hb, reports, m->assign, m->wait_s, true, NULL, 0));
 }
 
 int lg_msg_answer_parse(const json_t *body, struct lg_msg_answer *a)

@@ -391,7 +391,8 @@ Test(agent, sync_round_trip)
     struct proto_heartbeat hb = {.slots = 1, .free_slots = 1, .spool_bytes = -1};
     json_t *reports = json_array();
     json_array_append_new(reports, proto_started_encode(JOB, 1));
-    json_t *doc = proto_sync_encode(proto_heartbeat_encode(&hb), reports, true, 25, true);
+    struct proto_job_ref held = {.job_id = JOB, .epoch = 3};
+    json_t *doc = proto_sync_encode(proto_heartbeat_encode(&hb), reports, true, 25, true, &held, 1);
     struct proto_sync s;
     struct jsonv_error e;
     cr_assert_eq(proto_sync_decode(doc, &s, &e), 0, "%s %s", e.field, e.detail);
@@ -400,7 +401,16 @@ Test(agent, sync_round_trip)
     cr_assert(s.resume);
     cr_assert_eq(s.wait_s, 25);
     cr_assert_eq(json_array_size(s.reports), 1);
+    cr_assert_eq(s.nholding, 1);
+    cr_assert_str_eq(s.holding[0].job_id, JOB);
+    cr_assert_eq(s.holding[0].epoch, 3);
     proto_sync_clear(&s);
+    json_t *bad = json_deep_copy(doc);
+    json_object_set_new(json_array_get(json_object_get(bad, "holding"), 0), "epoch",
+                        json_integer(0));
+    cr_assert_eq(proto_sync_decode(bad, &s, &e), -EINVAL);
+    cr_assert_str_eq(e.field, "holding[0].epoch", "%s", e.field);
+    json_decref(bad);
     json_object_set_new(json_object_get(doc, "heartbeat"), "slots", json_integer(5000));
     cr_assert_eq(proto_sync_decode(doc, &s, &e), -EINVAL);
     cr_assert_str_eq(e.field, "heartbeat.slots");
