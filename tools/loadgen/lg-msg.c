@@ -57,15 +57,16 @@ static json_t *report(const struct lg_msg_report *r)
 char *lg_msg_sync(const struct lg_msg_sync *m)
 {
     json_t *hb = NULL, *reports = NULL;
-    struct proto_job_ref *running = NULL;
+    /* The jobs it runs: in a heartbeat, and as what it holds (not to be handed out again). */
+    _cleanup_free_ struct proto_job_ref *running =
+        calloc((size_t)(m->nrunning > 0 ? m->nrunning : 1), sizeof(*running));
+    if (!running)
+        return NULL;
+    for (int i = 0; i < m->nrunning; i++) {
+        memcpy(running[i].job_id, m->running[i].id, sizeof(running[i].job_id));
+        running[i].epoch = m->running[i].epoch;
+    }
     if (m->heartbeat) {
-        running = calloc((size_t)(m->nrunning > 0 ? m->nrunning : 1), sizeof(*running));
-        if (!running)
-            return NULL;
-        for (int i = 0; i < m->nrunning; i++) {
-            memcpy(running[i].job_id, m->running[i].id, sizeof(running[i].job_id));
-            running[i].epoch = m->running[i].epoch;
-        }
         json_t *caps = m->hostname ? capabilities(m->hostname) : NULL;
         struct proto_heartbeat h = {.status = m->status,
                                     .slots = m->slots,
@@ -76,7 +77,6 @@ char *lg_msg_sync(const struct lg_msg_sync *m)
                                     .capabilities = caps};
         hb = proto_heartbeat_encode(&h);
         json_decref(caps);
-        free(running);
         if (!hb)
             return NULL;
     }
@@ -94,7 +94,8 @@ char *lg_msg_sync(const struct lg_msg_sync *m)
         }
     }
     /* resume: an assignment answered into a connection we closed comes again. */
-    return dump(proto_sync_encode(hb, reports, m->assign, m->wait_s, true, NULL, 0));
+    return dump(
+        proto_sync_encode(hb, reports, m->assign, m->wait_s, true, running, (size_t)m->nrunning));
 }
 
 int lg_msg_answer_parse(const json_t *body, struct lg_msg_answer *a)
