@@ -4,12 +4,15 @@
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
 #include <errno.h>
+#include <poll.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/clock.h"
 #include "common/log.h"
@@ -400,4 +403,30 @@ int bus_sub_next(struct bus_sub *s, int timeout_ms, char **body, size_t *len)
         return -ENOMEM;
     *body = b;
     return 1;
+}
+
+int bus_sub_next_or_wake(struct bus_sub *s, int timeout_ms, int wake_fd, char **body, size_t *len)
+{
+    if (!s->conn) {
+        int r = sub_connect(s);
+        if (r < 0)
+            return r;
+    }
+    /* A frame librabbitmq read already would not make the socket readable again. */
+    if (amqp_data_in_buffer(s->conn) || amqp_frames_enqueued(s->conn))
+        return bus_sub_next(s, 0, body, len);
+    struct pollfd p[2] = {{.fd = amqp_get_sockfd(s->conn), .events = POLLIN},
+                          {.fd = wake_fd, .events = POLLIN}};
+    int n = poll(p, 2, timeout_ms);
+    if (n <= 0)
+        return 0; /* the time passed, or a signal: the caller looks again */
+    if (p[1].revents & POLLIN) {
+        uint64_t v;
+        if (read(wake_fd, &v, sizeof(v)) < 0) {
+            /* another reader drained it: nothing to do */
+        }
+    }
+    /* Readable (or closed, which the read reports): what is there, without waiting for
+     * the rest of a frame that has not all come (librabbitmq keeps the part). */
+    return p[0].revents ? bus_sub_next(s, 0, body, len) : 0;
 }

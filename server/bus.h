@@ -57,3 +57,6 @@ void bus_sub_free(struct bus_sub *s);
  * 0 when none came, < 0 when the connection failed (the next call reconnects, at most once
  * a second). */
 int bus_sub_next(struct bus_sub *s, int timeout_ms, char **body, size_t *len);
+/* bus_sub_next(), or 0 as soon as wake_fd (an eventfd) is readable, which it drains: a
+ * thread that also has work from elsewhere waits for both at once. */
+int bus_sub_next_or_wake(struct bus_sub *s, int timeout_ms, int wake_fd, char **body, size_t *len);

@@ -24,7 +24,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/buf.h"
 #include "common/clock.h"
@@ -50,6 +52,7 @@ struct dispatcher {
     struct app *app;
     struct gw_thread th;
     atomic_bool kick; /* a round is wanted now, with fresh counts */
+    int kick_fd;      /* an eventfd written on a kick (and at stop): the loop's wait ends */
     /* Owned by the thread. */
     struct placement *pl;
     long long seq;       /* highest queued_seq loaded */
@@ -473,12 +476,13 @@ static void *dispatch_main(void *arg)
     uint64_t next_tick = 0;
     while (!atomic_load(&d->th.stop)) {
         /* A submission (on the bus) or a kick (a slot came free) starts a round at once;
-         * otherwise one every tick. The bus is read in short waits so that a kick is seen
-         * within a few milliseconds; what else came meanwhile is drained, one round serves
-         * it all. */
+         * otherwise one every tick. The wait on the bus ends at a kick too (kick_fd); what
+         * else came meanwhile is drained, one round serves it all. */
         char *body = NULL;
         size_t len = 0;
-        int r = sub ? bus_sub_next(sub, 5, &body, &len) : 0;
+        uint64_t now0 = clock_mono_ns();
+        int wait_ms = now0 < next_tick ? (int)((next_tick - now0 + 999999) / 1000000) : 0;
+        int r = sub ? bus_sub_next_or_wake(sub, wait_ms, d->kick_fd, &body, &len) : 0;
         /* A submission only starts the round: what it names is a hint (proto/bus.h). */
         struct proto_bus_jobs_submitted m = {0};
         if (r == 1 && proto_bus_jobs_submitted_decode(body, len, &m, NULL) < 0)
@@ -512,10 +516,21 @@ static void *dispatch_main(void *arg)
     return NULL;
 }
 
+/* End the loop's wait on the bus now. */
+static void wake(struct dispatcher *d)
+{
+    uint64_t one = 1;
+    if (write(d->kick_fd, &one, sizeof(one)) < 0) {
+        /* the counter is full, so the loop is awake already */
+    }
+}
+
 void dispatcher_kick(struct dispatcher *d)
 {
-    if (d)
-        atomic_store(&d->kick, true);
+    if (!d)
+        return;
+    atomic_store(&d->kick, true);
+    wake(d);
 }
 
 int dispatcher_start(struct app *app, struct dispatcher **ret)
@@ -524,10 +539,17 @@ int dispatcher_start(struct app *app, struct dispatcher **ret)
     if (!d)
         return -ENOMEM;
     d->app = app;
+    d->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (d->kick_fd < 0) {
+        int e = -errno;
+        free(d);
+        return e;
+    }
     snprintf(d->lease, sizeof(d->lease), "%lld", (long long)(app->cfg->agent_lease_ms / 1000));
     snprintf(d->online, sizeof(d->online), "%lld", (long long)(app->cfg->agent_online_ms / 1000));
     int r = gw_thread_start(&d->th, dispatch_main, d);
     if (r < 0) {
+        close(d->kick_fd);
         free(d);
         return r;
     }
@@ -539,6 +561,9 @@ void dispatcher_stop(struct dispatcher *d)
 {
     if (!d)
         return;
+    atomic_store(&d->th.stop, true);
+    wake(d);
     gw_thread_stop(&d->th);
+    close(d->kick_fd);
     free(d);
 }
