@@ -423,6 +423,18 @@ static void on_wake_with(struct gateway *gw, struct wake *wk)
     free(wk);
     if (!w)
         return;
+    if (http_deferred_stream_closed(w->d)) {
+        /* Its client has gone (an agent that reconnected, perhaps to another node, whose
+         * old connection this node still held): what it claimed would count as delivered
+         * and go nowhere, while the agent's new exchange waits its whole hold. Unclaimed,
+         * it wakes that exchange (through the checker when the wake-up came here). */
+        pthread_mutex_lock(&gw->lock);
+        looking_remove_locked(gw, w);
+        gw->nlooking--;
+        pthread_mutex_unlock(&gw->lock);
+        finish(w, NULL);
+        return;
+    }
     size_t log_mark = http_deferred_log_push(w->d);
     char *body = NULL;
     bool found = false;

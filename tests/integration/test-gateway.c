@@ -352,3 +352,44 @@ Test(gateway, an_idle_agents_liveness_is_written_when_stale_moved_or_changed_not
     free(r0);
     PQfinish(pg);
 }
+
+/* A held exchange whose client has gone (the agent timed out, or reconnected elsewhere)
+ * claims nothing when a job is made for its agent: the assignment stays undelivered, and
+ * the agent's next exchange gets it without `resume`. */
+Test(gateway, a_held_exchange_whose_client_left_claims_nothing, .init = setup_debug)
+{
+    holder = th_agent_register_labelled(&srv, admin, "gone", "{\"pool\":\"gone\"}");
+    beat(holder, "{\"cpu_percent\":1}");
+    /* Held up to 30 s; the client gives up after 10 s, closing its connection. */
+    long st = th_http_try(&srv, "POST", "/api/v1/agent/sync", holder,
+                          "{\"assign\":true,\"wait\":30}", NULL);
+    cr_assert_eq(st, 0, "the held exchange was answered (%ld)", st);
+    int answered0 = th_log_count(&srv, "route=/api/v1/agent/sync status=200");
+    char *id = th_job_submit(
+        &srv, admin,
+        json_pack("{s:s, s:{s:s}}", "command", "true", "requirements", "pool", "gone"));
+    /* The dispatcher assigns it and wakes the held exchange, which is answered (into the
+     * closed connection) at once. */
+    uint64_t end = clock_mono_ns() + 20000000000ull;
+    while (th_log_count(&srv, "route=/api/v1/agent/sync status=200") == answered0 &&
+           clock_mono_ns() < end)
+        usleep(20000); /* polling the log, bounded */
+    cr_assert_gt(th_log_count(&srv, "route=/api/v1/agent/sync status=200"), answered0,
+                 "the held exchange was never answered");
+    PGconn *pg = th_pg_connect("postgres", srv.db);
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM jobs WHERE id = '%s' AND status = 'assigned'"
+             " AND delivered_at IS NULL",
+             id);
+    cr_assert_eq(th_pg_long(pg, sql), 1, "claimed by the exchange whose client had gone");
+    PQfinish(pg);
+    struct th_resp r;
+    th_http(&srv, "POST", "/api/v1/agent/sync", holder, "{\"assign\":true}", NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    json_t *as = json_array_get(json_object_get(r.json, "assignments"), 0);
+    cr_assert_not_null(as, "%s", r.body);
+    cr_assert_str_eq(json_string_value(json_object_get(as, "job_id")), id);
+    th_resp_free(&r);
+    free(id);
+}
