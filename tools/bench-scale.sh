@@ -257,8 +257,10 @@ else
 fi
 row "agents held on one node" "${ah/na/not run}" "100,000 TLS connections" "$(ok "$ah >= 100000")" "$alim"
 row "server RSS per idle agent connection" "${rk/na/not run} KiB" "≤ 16 KiB" "$(ok "$rk <= 16")" "$alim"
-row "heartbeat intake; PostgreSQL writes per agent per 30 s" "${hb/na/not run}/s; $pw" \
-    "≥ 50,000/s; ≤ 1" "$(ok "$hb >= 50000 and $pw <= 1")" "$alim"
+# DESIGN.md's heartbeat row holds two goals: each has its verdict.
+row "heartbeat intake" "${hb/na/not run}/s" "≥ 50,000/s" "$(ok "$hb >= 50000")" \
+    "what the agents held send (their number / the heartbeat interval); $alim"
+row "PostgreSQL writes per idle agent per 30 s" "${pw/na/not run}" "≤ 1" "$(ok "$pw <= 1")" "$alim"
 
 cl_vals=
 cl_lats=
