@@ -4,8 +4,8 @@
  *   - a full load at start and every dispatch.resync (a new engine: what the increments
  *     missed, jobs other dispatchers took, agents deleted, all go);
  *   - newly queued jobs by jobs.queued_seq after every wake-up (a submission on the bus, a
- *     kick, the tick), and once a second again from a mark a second old, for the jobs
- *     whose transactions committed after a later number was read;
+ *     kick, the tick), and once a second again from the mark of TRAIL_STEPS seconds
+ *     before, for the jobs whose transactions committed after a later number was read;
  *   - agents, tenants, queues and pools with their counts of active jobs every
  *     dispatch.refresh and at once on a kick (a slot came free): one query each, counts
  *     from the partial indexes of active jobs, O(agents + tenants + queues), never per job.
@@ -39,8 +39,12 @@
 
 /* Rows per page of the job load. */
 #define LOAD_PAGE 10000
-/* How far back the second look at new jobs reaches. */
-#define TRAIL_MS 1000
+/* The second look at new jobs, once a second, reaches back this many seconds: a job whose
+ * insert committed up to that long after a later number was loaded (a batch submission's
+ * transaction, slow under load, takes numbers interleaved with a concurrent one's) is seen
+ * within a second of its commit, not at the next resync. */
+#define TRAIL_STEPS 10
+#define TRAIL_MS    1000
 /* After a kick, how long rounds reread the counts, and how often: a kick may come before
  * the transaction that caused it commits (a new agent's first heartbeat), and the round it
  * starts would then read the old state; the rounds that follow within the window, one
@@ -55,9 +59,11 @@ struct dispatcher {
     int kick_fd;      /* an eventfd written on a kick (and at stop): the loop's wait ends */
     /* Owned by the thread. */
     struct placement *pl;
-    long long seq;       /* highest queued_seq loaded */
-    long long trail_seq; /* seq as it was at trail_at */
-    uint64_t trail_at;   /* when the next second look is due */
+    long long seq;                /* highest queued_seq loaded */
+    long long trail[TRAIL_STEPS]; /* seq as it was at each of the last second looks */
+    int trail_pos;                /* the oldest of them, the next look's start */
+    bool trail_set;               /* filled by the first full load */
+    uint64_t trail_at;            /* when the next second look is due */
     uint64_t next_refresh, next_resync;
     uint64_t fresh_until; /* rounds reread the counts until then (after a kick) */
     char lease[24], online[24];
@@ -264,6 +270,12 @@ static int load_jobs(struct dispatcher *d, struct store_tx *tx, long long from)
         if (n < 0)
             return n;
         for (int i = 0; i < n; i++) {
+            from = num(res, i, 8);
+            if (from > d->seq)
+                d->seq = from;
+            /* The second look sees mostly jobs the engine has already. */
+            if (placement_job_known(d->pl, val(res, i, 0)))
+                continue;
             json_t *req = json_loads(val(res, i, 6), 0, NULL);
             struct placement_job j = {
                 .id = val(res, i, 0),
@@ -278,9 +290,6 @@ static int load_jobs(struct dispatcher *d, struct store_tx *tx, long long from)
             if (placement_job_add(d->pl, &j) == 0)
                 added++;
             json_decref(req);
-            from = num(res, i, 8);
-            if (from > d->seq)
-                d->seq = from;
         }
         PQclear(res);
         if (n < LOAD_PAGE)
@@ -314,7 +323,11 @@ static int resync(struct dispatcher *d)
         return r;
     }
     placement_free(old);
-    d->trail_seq = d->seq;
+    /* The marks stay valid across a resync (each is below what was loaded then); the
+     * first full load sets them. */
+    for (int i = 0; !d->trail_set && i < TRAIL_STEPS; i++)
+        d->trail[i] = d->seq;
+    d->trail_set = true;
     struct placement_stats st;
     placement_stats(d->pl, &st);
     log_debug("op=dispatch.resync agents=%zu tenants=%zu jobs=%zu delayed=%zu", st.agents,
@@ -338,8 +351,9 @@ static int refresh(struct dispatcher *d, bool counts)
     long long from = d->seq;
     if (now >= d->trail_at) {
         /* A job whose insert committed after a later number was loaded: seen now. */
-        from = d->trail_seq;
-        d->trail_seq = d->seq;
+        from = d->trail[d->trail_pos];
+        d->trail[d->trail_pos] = d->seq;
+        d->trail_pos = (d->trail_pos + 1) % TRAIL_STEPS;
         d->trail_at = now + (uint64_t)TRAIL_MS * 1000000u;
     }
     if (r >= 0)

@@ -474,3 +474,46 @@ Test(placement, a_killed_dispatching_node_strands_nothing)
                            tenant),
                  21);
 }
+
+/* No full reload within the test: only the dispatcher's looks at new jobs can find one.
+ * A suite of its own, whose tests start their server themselves. */
+TestSuite(placement_trail, .fini = teardown, .timeout = 120);
+
+static void setup_no_resync(void)
+{
+    const char *env[] = {"ORCHD_DISPATCH_REFRESH=100ms", "ORCHD_DISPATCH_RESYNC=600s", NULL};
+    th_server_start(&srv, env);
+    op = th_token(&srv, srv.operator_token);
+    tenant = th_tenant(&srv, op, "acme", "enterprise");
+    admin = th_tenant_token(&srv, op, tenant, "admin");
+    pg = th_pg_connect("postgres", srv.db);
+}
+
+/* A job whose transaction took its queued_seq, then committed seconds after jobs with
+ * later numbers had been loaded (a batch submission's transaction, slow under load): the
+ * dispatcher's second look still finds it, within seconds of the commit, not at the next
+ * full reload. */
+Test(placement_trail, a_job_committed_seconds_after_later_ones_is_placed, .init = setup_no_resync)
+{
+    struct agent a;
+    agent_new(&a, admin, "slow-tx", "linux", 4, NULL);
+    PGconn *tx = th_pg_connect("postgres", srv.db);
+    PQclear(th_pg_ok(tx, "BEGIN"));
+    char sql[512];
+    snprintf(sql, sizeof(sql),
+             "INSERT INTO jobs (id, tenant_id, command) VALUES (gen_random_uuid(), '%s', 'slow')",
+             tenant);
+    PQclear(th_pg_ok(tx, sql));
+    /* A later number, committed and placed while the first is not (written straight into
+     * the table too: the API's admission would wait for the open transaction). */
+    snprintf(sql, sizeof(sql),
+             "INSERT INTO jobs (id, tenant_id, command) VALUES (gen_random_uuid(), '%s', 'fast')",
+             tenant);
+    PQclear(th_pg_ok(pg, sql));
+    cr_assert_eq(wait_active(a.id, 1, 10), 1);
+    /* The slow transaction: 3 s (the scenario itself, not a wait for something). */
+    usleep(3000000);
+    PQclear(th_pg_ok(tx, "COMMIT"));
+    PQfinish(tx);
+    cr_assert_eq(wait_active(a.id, 2, 8), 2, "the slow transaction's job was not placed");
+}
