@@ -1208,10 +1208,11 @@ static void daemon_take(struct daemon *d, json_t *a, int64_t sent_ms)
 }
 
 /* The attempts this agent holds (at most PROTO_RUNNING_MAX; NULL when none or out of
- * memory): those of its slots (a job being spooled or run, or finished) and those the
- * spool holds (finished ones whose result is not yet delivered, also from before a
- * restart). A heartbeat lists them (their lease must hold until the result is delivered;
- * after a restart the server answers `lost` for those that are no longer ours), and an
+ * memory): those of its running slots (a job being spooled or run; a finished slot's is
+ * in the spool until its result is delivered, and after that the server would call it
+ * `lost`) and those the spool holds (finished ones whose result is not yet delivered, also
+ * from before a restart). A heartbeat lists them (their lease must hold until the result is
+ * delivered; after a restart the server answers `lost` for those that are no longer ours), and an
  * exchange asking for assignments with `resume` too: the server does not hand them out
  * again, which would rewrite each one's row for an assignment this agent ignores. */
 static struct proto_job_ref *daemon_held(struct daemon *d, size_t *n)
@@ -1226,7 +1227,7 @@ static struct proto_job_ref *daemon_held(struct daemon *d, size_t *n)
     pthread_mutex_lock(&d->lock);
     for (size_t i = 0; refs && i < d->nslots; i++) {
         const struct slot *s = &d->slots[i];
-        if (s->state == SLOT_FREE)
+        if (s->state != SLOT_RUNNING)
             continue;
         memcpy(refs[k].job_id, s->job_id, sizeof(refs[k].job_id));
         refs[k++].epoch = s->epoch;
