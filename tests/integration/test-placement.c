@@ -23,8 +23,9 @@ static PGconn *pg;
 
 static void setup(void)
 {
-    /* Counts reread often, so that a heartbeat's news reaches the engine at once. */
-    const char *env[] = {"ORCHD_DISPATCH_REFRESH=100ms", NULL};
+    /* Counts reread often, so that a heartbeat's news reaches the engine at once; no full
+     * reload within a test, so that only the dispatcher's looks at new jobs find one. */
+    const char *env[] = {"ORCHD_DISPATCH_REFRESH=100ms", "ORCHD_DISPATCH_RESYNC=600s", NULL};
     th_server_start(&srv, env);
     op = th_token(&srv, srv.operator_token);
     tenant = th_tenant(&srv, op, "acme", "enterprise");
@@ -475,25 +476,11 @@ Test(placement, a_killed_dispatching_node_strands_nothing)
                  21);
 }
 
-/* No full reload within the test: only the dispatcher's looks at new jobs can find one.
- * A suite of its own, whose tests start their server themselves. */
-TestSuite(placement_trail, .fini = teardown, .timeout = 120);
-
-static void setup_no_resync(void)
-{
-    const char *env[] = {"ORCHD_DISPATCH_REFRESH=100ms", "ORCHD_DISPATCH_RESYNC=600s", NULL};
-    th_server_start(&srv, env);
-    op = th_token(&srv, srv.operator_token);
-    tenant = th_tenant(&srv, op, "acme", "enterprise");
-    admin = th_tenant_token(&srv, op, tenant, "admin");
-    pg = th_pg_connect("postgres", srv.db);
-}
-
 /* A job whose transaction took its queued_seq, then committed seconds after jobs with
  * later numbers had been loaded (a batch submission's transaction, slow under load): the
  * dispatcher's second look still finds it, within seconds of the commit, not at the next
  * full reload. */
-Test(placement_trail, a_job_committed_seconds_after_later_ones_is_placed, .init = setup_no_resync)
+Test(placement, a_job_committed_seconds_after_later_ones_is_placed)
 {
     struct agent a;
     agent_new(&a, admin, "slow-tx", "linux", 4, NULL);
