@@ -29,8 +29,8 @@
  * built in C with proto/'s encoders, the one definition of what the agent decodes. A
  * package job gets its package's digest and size (so that the agent can use its cache)
  * and the package's entrypoint when the job names none. An assignment delivered before is
- * handed out again ($3) unless the agent holds it already ($5, $6: its spooled attempts),
- * which would rewrite the row for an answer the agent ignores. */
+ * handed out again ($3) unless the agent holds it already ($5, $6: its running and spooled
+ * attempts), which would rewrite the row for an answer the agent ignores. */
 static const struct store_stmt q_deliver = STORE_STMT(
     "gw_deliver",
     "WITH d AS (UPDATE jobs SET delivered_at = now(),"
