@@ -603,6 +603,15 @@ int th_log_count(const struct th_server *s, const char *needle)
     return n;
 }
 
+int th_log_wait(const struct th_server *s, const char *needle, int want, int timeout_ms)
+{
+    uint64_t deadline = clock_mono_ns() + (uint64_t)timeout_ms * 1000000ull;
+    int n;
+    while ((n = th_log_count(s, needle)) < want && clock_mono_ns() < deadline)
+        usleep(20000);
+    return n;
+}
+
 int th_metrics_port(const struct th_server *s)
 {
     FILE *f = fopen(s->log, "re");

@@ -24,6 +24,9 @@ struct th_server {
 
 /* How many lines of the running orchd's log contain needle. */
 int th_log_count(const struct th_server *s, const char *needle);
+/* Wait up to timeout_ms for at least want such lines (a line logged after the fact a test
+ * has just seen in the database, e.g. after a commit); returns the count then. */
+int th_log_wait(const struct th_server *s, const char *needle, int want, int timeout_ms);
 
 /* Kill orchd with sig (SIGKILL: a crash) and start it again on the same port and
  * database. */

@@ -105,7 +105,7 @@ Test(roles, jobs_wait_for_a_node_with_the_dispatcher_role)
     cr_assert_str_eq(json_string_value(json_object_get(a, "job_id")), id);
     th_resp_free(&r);
     cr_assert_str_eq(status_of(&srv, id), "assigned");
-    cr_assert_geq(th_log_count(&peer, "op=dispatch "), 1);
+    cr_assert_geq(th_log_wait(&peer, "op=dispatch ", 1, 10000), 1);
     cr_assert_gt(wakeups_above(cred, 0), 0, "the dispatcher on the peer sent no wake-up");
 
     /* The peer has no gateway: it refuses long-polls (plain and in a sync), clearly. */
