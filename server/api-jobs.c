@@ -53,8 +53,11 @@ static const struct store_stmt q_job_insert = STORE_STMT(
 static const struct store_stmt q_job_package =
     STORE_STMT("job_package", "SELECT entrypoint FROM packages WHERE id = $1", 1);
 
-static const struct store_stmt q_job_by_key =
-    STORE_STMT("job_by_key", "SELECT id FROM jobs WHERE idempotency_key = $1", 1);
+/* Tenant-scoped statements on jobs name app_tenant() themselves: row-level security's
+ * policies (the tenant's OR the system scope) can never be an index condition, so without
+ * it the planner reads every tenant's rows (docs/scaling.md, "Indexes on jobs"). */
+static const struct store_stmt q_job_by_key = STORE_STMT(
+    "job_by_key", "SELECT id FROM jobs WHERE tenant_id = app_tenant() AND idempotency_key = $1", 1);
 
 static const struct jsonv_field job_fields[] = {
     {"queue", JSONV_STRING, 0, 1, API_QUEUE_NAME_MAX},
@@ -547,7 +550,8 @@ static const struct store_stmt q_job_list =
                "SELECT json_build_object('items', coalesce(json_agg(doc ORDER BY id DESC), '[]'),"
                " 'next_cursor', CASE WHEN count(*) = $2 THEN (array_agg(id ORDER BY id))[1] END)"
                " FROM (SELECT v.id, v.doc FROM job_view v"
-               "        WHERE ($1::uuid IS NULL OR v.id < $1::uuid)"
+               "        WHERE v.tenant_id = app_tenant()"
+               "          AND ($1::uuid IS NULL OR v.id < $1::uuid)"
                "          AND ($3::text IS NULL OR v.status = $3)"
                "          AND ($4::uuid IS NULL OR v.queue_id = $4::uuid)"
                "          AND ($5::uuid IS NULL OR v.agent_id = $5::uuid)"
