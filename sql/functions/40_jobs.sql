@@ -58,7 +58,9 @@ $$;
 
 -- reap_expired_leases: from 0005_dispatch.sql.
 -- The reaper: attempts whose lease ran out are lost (their agent went silent), and their
--- jobs retried or dead. Returns how many.
+-- jobs retried or dead. Returns how many. lease_expires_at has no index (a renewal is then
+-- a heap-only update, 0029_jobs_lease_hot.sql): the active jobs are read through
+-- jobs_active_agent.
 CREATE OR REPLACE FUNCTION reap_expired_leases(max_jobs int) RETURNS int LANGUAGE plpgsql AS $$
 DECLARE
     j record;

@@ -273,6 +273,34 @@ Test(dispatch, an_answered_heartbeat_has_renewed_the_whole_lease_of_its_jobs)
                   expires_ms - sent_ms);
 }
 
+/* A renewal sets lease_expires_at only (api-agentproto.c, q_renew_listed): with no index
+ * on it and room in the page (sql/0029_jobs_lease_hot.sql), PostgreSQL makes it a
+ * heap-only update, which writes no index entry. The transaction's own counter says so. */
+Test(dispatch, a_lease_renewal_is_a_heap_only_update)
+{
+    char *a1 = enrol("hot", "{}");
+    json_decref(beat(a1, NULL));
+    char *id = submit("{\"command\":\"long\"}");
+    json_t *as = poll_one(a1, 20);
+    cr_assert_not_null(as);
+    json_decref(as);
+    cr_assert_eq(report(a1, id, "started", "{\"epoch\":1}"), 200);
+    PGconn *pg = th_pg_connect("postgres", srv.db);
+    PQclear(th_pg_ok(pg, "BEGIN"));
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "UPDATE jobs SET lease_expires_at = now() + interval '3 s' WHERE id = '%s'", id);
+    PQclear(th_pg_ok(pg, sql));
+    long hot = th_pg_long(pg, "SELECT pg_stat_get_xact_tuples_hot_updated('jobs'::regclass)");
+    long all = th_pg_long(pg, "SELECT pg_stat_get_xact_tuples_updated('jobs'::regclass)");
+    PQclear(th_pg_ok(pg, "ROLLBACK"));
+    PQfinish(pg);
+    free(id);
+    free(a1);
+    cr_assert_eq(all, 1);
+    cr_assert_eq(hot, 1, "the renewal wrote index entries (an index names lease_expires_at?)");
+}
+
 Test(dispatch, failures_are_retried_then_dead_and_cancel_reaches_the_agent)
 {
     char *a = enrol("worker", "{}");
