@@ -47,7 +47,8 @@ bench_start() {
     token=$(api POST /api/v1/auth/token "" "{\"key\":\"$key\"}" | field access_token)
 }
 
-# bench_pgss_report: with BENCH_PGSS=1, the 25 statements that took the most time.
+# bench_pgss_report: with BENCH_PGSS=1, the 25 statements that took the most time, and the
+# tables' row updates (how many were heap-only).
 bench_pgss_report() {
     [ "${BENCH_PGSS:-0}" = 1 ] || return 0
     echo
@@ -59,6 +60,12 @@ bench_pgss_report() {
                left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS statement
           FROM pg_stat_statements WHERE query NOT ILIKE '%pg_stat_statements%'
          ORDER BY total_exec_time DESC LIMIT 25"
+    echo "Row updates by table (heap-only: no index entry written; docs/scaling.md, \"Indexes on jobs\"):"
+    psql -X -q -P pager=off "postgresql://postgres@127.0.0.1:$ORCH_PG_PORT/orch" -c "
+        SELECT relname AS table, n_tup_ins AS inserts, n_tup_upd AS updates,
+               n_tup_hot_upd AS heap_only,
+               round(100.0 * n_tup_hot_upd / greatest(n_tup_upd, 1), 1) AS heap_only_pct
+          FROM pg_stat_user_tables WHERE n_tup_upd > 0 ORDER BY n_tup_upd DESC LIMIT 8"
 }
 
 api() { # METHOD PATH TOKEN [BODY]
