@@ -28,7 +28,8 @@
 # they measure (tools/bench-lib.sh), and the column shows each process's share of the
 # samples and its top symbols (the full lists: *-top.txt in the output directory). For the
 # cluster and fault parts it shows where the box's CPU went (orchd, PostgreSQL, RabbitMQ,
-# HAProxy, from /proc) and the parts of the recovery time.
+# HAProxy, from /proc), the commits and the CPU of PostgreSQL and orchd per job for each
+# node count, and the parts of the recovery time.
 #
 # The defaults are modest (about 10 to 15 minutes on 2 cores); the knobs set full size:
 #   BENCH_PARTS           "api dispatch jobs agents cluster faults"
@@ -165,9 +166,25 @@ cluster_figures() {
           FROM jobs WHERE created_at >= '$1' AND status = 'succeeded'"
 }
 cluster_now() { psql -X -q -A -t "postgresql://postgres@127.0.0.1:$(cat "$cdir/pg.port")/orch" -c "SELECT now()"; }
+# cluster_commits: the database's commits so far (every component's), to say how well the
+# nodes' group commits batch as the agents spread over more of them.
+cluster_commits() {
+    psql -X -q -A -t "postgresql://postgres@127.0.0.1:$(cat "$cdir/pg.port")/orch" -c \
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = 'orch'"
+}
+# per_job BEFORE AFTER JOBS COMMITS: "commits/job, PostgreSQL and orchd CPU ms/job" of a run.
+per_job() {
+    python3 - "$1" "$2" "$3" "$4" "$(getconf CLK_TCK)" <<'PY'
+import sys
+a, b = [list(map(int, x.split())) for x in sys.argv[1:3]]
+jobs, commits, hz = max(int(sys.argv[3] or 0), 1), int(sys.argv[4] or 0), int(sys.argv[5])
+ms = lambda i: (b[i] - a[i]) * 1000.0 / hz / jobs
+print("%.2f %.2f %.2f" % (commits / jobs, ms(1), ms(0)))
+PY
+}
 
 nodes_list=${BENCH_CLUSTER_NODES:-1 2 3}
-declare -A cluster_rate cluster_cpu cluster_lat
+declare -A cluster_rate cluster_cpu cluster_lat cluster_per_job
 if [[ $parts = *" cluster "* ]] || [[ $parts = *" faults "* ]]; then
     first=${nodes_list%% *}
     [[ $parts = *" cluster "* ]] || first=2
@@ -179,12 +196,17 @@ if [[ $parts = *" cluster "* ]] && [ -f "$cdir/up" ]; then
         c0=$(cpu_ticks)
         t0=$(date +%s.%N)
         since=$(cluster_now)
+        x0=$(cluster_commits)
         run_part "cluster-$n" cluster load-test JOBS="${BENCH_CLUSTER_JOBS:-2000}" SIM="${BENCH_CLUSTER_SIM:-20}"
-        cluster_cpu[$n]=$(cpu_split "$c0" "$(cpu_ticks)" "$(python3 -c "import time; print(time.time() - $t0)")")
+        c1=$(cpu_ticks)
+        x1=$(cluster_commits)
+        cluster_cpu[$n]=$(cpu_split "$c0" "$c1" "$(python3 -c "import time; print(time.time() - $t0)")")
         read -r cj cr c50 c99 <<<"$(cluster_figures "$since")"
+        read -r cpj pgms orms <<<"$(per_job "$c0" "$c1" "$cj" "$((x1 - x0))")"
+        cluster_per_job[$n]="$cpj/$pgms/$orms"
         cluster_rate[$n]=$cr
         cluster_lat[$n]="$c50/$c99"
-        echo "result: jobs=$cj jobs_per_s=$cr submit_done_p50_ms=$c50 submit_done_p99_ms=$c99" >"$out/cluster-$n.db"
+        echo "result: jobs=$cj jobs_per_s=$cr submit_done_p50_ms=$c50 submit_done_p99_ms=$c99 commits_per_job=$cpj pg_cpu_ms_per_job=$pgms orchd_cpu_ms_per_job=$orms" >"$out/cluster-$n.db"
     done
 fi
 fault_cpu=
@@ -264,13 +286,15 @@ row "PostgreSQL writes per idle agent per 30 s" "${pw/na/not run}" "≤ 1" "$(ok
 
 cl_vals=
 cl_lats=
+cl_per=
 for n in $nodes_list; do
     cl_vals="$cl_vals${cl_vals:+ / }${cluster_rate[$n]:-na}"
     cl_lats="$cl_lats${cl_lats:+, }${cluster_lat[$n]:-na}"
+    cl_per="$cl_per${cl_per:+, }${cluster_per_job[$n]:-na}"
 done
 cl_first=${cluster_rate[${nodes_list%% *}]:-na}
 cl_last=${cluster_rate[${nodes_list##* }]:-na}
-cl_lim="one box: every node shares its cores with PostgreSQL and 3 RabbitMQ nodes; during the ${nodes_list##* }-node run: ${cluster_cpu[${nodes_list##* }]:-not run}; submit→finish p50/p99 ms by node count: $cl_lats; load generator's wire errors: $(res "cluster-${nodes_list##* }" wire_errors)"
+cl_lim="one box: every node shares its cores with PostgreSQL and 3 RabbitMQ nodes; during the ${nodes_list##* }-node run: ${cluster_cpu[${nodes_list##* }]:-not run}; submit→finish p50/p99 ms by node count: $cl_lats; commits / PostgreSQL CPU ms / orchd CPU ms per job by node count: $cl_per; load generator's wire errors: $(res "cluster-${nodes_list##* }" wire_errors)"
 row "cluster throughput, ${nodes_list// / \/ } orchd nodes (jobs/s from PostgreSQL, $(res "cluster-${nodes_list%% *}" sim_agents) simulated agents)" \
     "$cl_vals" "rises with nodes (stateless, horizontal)" "$(ok "$cl_last > $cl_first")" "$cl_lim"
 ka=$(res faults orchd_kill_agents_ms)
