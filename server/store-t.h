@@ -1,6 +1,8 @@
 /* store-t.h: types of the store layer (functions in store.h). */
 #pragma once
 
+#include <stdbool.h>
+
 #include <stdint.h>
 
 struct store;
@@ -29,11 +31,20 @@ struct store_stmt {
     const char *name; /* unique across the program */
     const char *sql;
     int nparams;
+    /* Planned at each execution with its parameters' values (libpq's PQexecParams), never
+     * prepared: for a statement of optional filters ("$n IS NULL OR ..."), whose generic
+     * plan can use none of them, and whose plan depends on the tenant in scope. */
+    bool plan_each_time;
 };
 
 #define STORE_STMT(n, q, np)                                                                       \
     {                                                                                              \
         .name = (n), .sql = (q), .nparams = (np)                                                   \
+    }
+/* A statement planned at each execution (plan_each_time). */
+#define STORE_STMT_PLANNED(n, q, np)                                                               \
+    {                                                                                              \
+        .name = (n), .sql = (q), .nparams = (np), .plan_each_time = true                           \
     }
 
 struct store_stats {

@@ -600,11 +600,18 @@ int store_tx_exec_bin(struct store_tx *tx, const struct store_stmt *stmt, const 
     if (tx->error)
         return tx->error;
     struct store_conn *c = tx->conn;
+    PGresult *res;
+    if (stmt->plan_each_time) {
+        /* The unnamed statement: planned with these values, as a custom plan always is. */
+        res = PQexecParams(c->pg, stmt->sql, stmt->nparams, NULL, params, lengths, formats,
+                           binary_result ? 1 : 0);
+        return tx_finish_result(tx, res, ret, stmt->name);
+    }
     int r = conn_prepare(tx, stmt);
     if (r < 0)
         return r;
-    PGresult *res = PQexecPrepared(c->pg, stmt->name, stmt->nparams, params, lengths, formats,
-                                   binary_result ? 1 : 0);
+    res = PQexecPrepared(c->pg, stmt->name, stmt->nparams, params, lengths, formats,
+                         binary_result ? 1 : 0);
     return tx_finish_result(tx, res, ret, stmt->name);
 }
 

@@ -40,6 +40,15 @@ static const struct store_stmt q_settings =
 static const struct store_stmt q_set_probe =
     STORE_STMT("t_set_probe", "SELECT set_config('app.probe', 'set', true)", 0);
 static const struct store_stmt q_sleep = STORE_STMT("t_sleep", "SELECT pg_sleep(5)", 0);
+static const struct store_stmt q_named =
+    STORE_STMT("t_named", "SELECT count(*) FROM queues WHERE ($1::text IS NULL OR name = $1)", 1);
+static const struct store_stmt q_planned = STORE_STMT_PLANNED(
+    "t_planned", "SELECT count(*) FROM queues WHERE ($1::text IS NULL OR name = $1)", 1);
+static const struct store_stmt q_prepared_names = STORE_STMT(
+    "t_prepared_names",
+    "SELECT coalesce(string_agg(name, ',' ORDER BY name), '') FROM pg_prepared_statements"
+    " WHERE name IN ('t_named', 't_planned')",
+    0);
 
 static struct store *open_store(int pool_size, int64_t statement_timeout_ms)
 {
@@ -158,6 +167,31 @@ Test(store, scope_ends_with_the_transaction)
     cr_assert_str_eq(PQgetvalue(res, 0, 0), tenant_b);
     cr_assert_str_eq(PQgetvalue(res, 0, 1), "", "a setting leaked into the next transaction");
     cr_assert_str_eq(PQgetvalue(res, 0, 2), pid, "expected the same pooled connection");
+    PQclear(res);
+    cr_assert_eq(store_tx_commit(tx), 0);
+    store_close(s);
+}
+
+/* A statement of optional filters is planned with its values at every call, never
+ * prepared: a generic plan, which PostgreSQL adopts after five calls of a prepared one,
+ * could use none of its filters. */
+Test(store, a_planned_statement_is_never_prepared)
+{
+    struct store *s = open_store(1, 0);
+    make_tenant(s, tenant_a, "tenant-a");
+    struct store_tx *tx = NULL;
+    PGresult *res = NULL;
+    cr_assert_eq(store_tx_begin_tenant(s, tenant_a, &tx), 0);
+    const char *none[] = {NULL}, *one[] = {"q1"};
+    for (int i = 0; i < 7; i++) {
+        cr_assert_eq(store_tx_exec(tx, &q_planned, i % 2 ? one : none, &res), 1);
+        cr_assert_str_eq(PQgetvalue(res, 0, 0), "0");
+        PQclear(res);
+        cr_assert_eq(store_tx_exec(tx, &q_named, none, NULL), 1);
+    }
+    cr_assert_eq(store_tx_exec(tx, &q_prepared_names, NULL, &res), 1);
+    cr_assert_str_eq(PQgetvalue(res, 0, 0), "t_named", "prepared on the connection: %s",
+                     PQgetvalue(res, 0, 0));
     PQclear(res);
     cr_assert_eq(store_tx_commit(tx), 0);
     store_close(s);
