@@ -545,21 +545,27 @@ void api_jobs_get(struct http_req *req)
     http_reply_json(req, 200, doc);
 }
 
-static const struct store_stmt q_job_list =
-    STORE_STMT("job_list",
-               "SELECT json_build_object('items', coalesce(json_agg(doc ORDER BY id DESC), '[]'),"
-               " 'next_cursor', CASE WHEN count(*) = $2 THEN (array_agg(id ORDER BY id))[1] END)"
-               " FROM (SELECT v.id, v.doc FROM job_view v"
-               "        WHERE v.tenant_id = app_tenant()"
-               "          AND ($1::uuid IS NULL OR v.id < $1::uuid)"
-               "          AND ($3::text IS NULL OR v.status = $3)"
-               "          AND ($4::uuid IS NULL OR v.queue_id = $4::uuid)"
-               "          AND ($5::uuid IS NULL OR v.agent_id = $5::uuid)"
-               "          AND ($6::timestamptz IS NULL OR v.created_at >= $6::timestamptz)"
-               "          AND ($7::timestamptz IS NULL OR v.created_at < $7::timestamptz)"
-               "          AND ($8::uuid IS NULL OR v.retry_of = $8::uuid)"
-               "        ORDER BY v.id DESC LIMIT $2) s",
-               8);
+/* The page's ids first, from jobs with the tenant named (its indexes) and LIMIT applied,
+ * then their documents: a filter that matches many jobs builds 50 documents, not all of
+ * them. Planned at each call (STORE_STMT_PLANNED): a generic plan can use none of the
+ * optional filters, and one made in a small tenant's scope walks a large tenant's jobs
+ * (docs/scaling.md, "Indexes on jobs"). */
+static const struct store_stmt q_job_list = STORE_STMT_PLANNED(
+    "job_list",
+    "SELECT json_build_object('items', coalesce(json_agg(v.doc ORDER BY v.id DESC), '[]'),"
+    " 'next_cursor', CASE WHEN count(*) = $2 THEN (array_agg(v.id ORDER BY v.id))[1] END)"
+    " FROM (SELECT j.id FROM jobs j"
+    "        WHERE j.tenant_id = app_tenant()"
+    "          AND ($1::uuid IS NULL OR j.id < $1::uuid)"
+    "          AND ($3::text IS NULL OR j.status = $3)"
+    "          AND ($4::uuid IS NULL OR j.queue_id = $4::uuid)"
+    "          AND ($5::uuid IS NULL OR j.agent_id = $5::uuid)"
+    "          AND ($6::timestamptz IS NULL OR j.created_at >= $6::timestamptz)"
+    "          AND ($7::timestamptz IS NULL OR j.created_at < $7::timestamptz)"
+    "          AND ($8::uuid IS NULL OR j.retry_of = $8::uuid)"
+    "        ORDER BY j.id DESC LIMIT $2) s"
+    " JOIN job_view v ON v.id = s.id",
+    8);
 
 static bool valid_status(const char *s)
 {
