@@ -55,6 +55,8 @@ const struct conf_field orchd_config_fields[] = {
      "agents' exchanges at most in one shared transaction"},
     {"dispatch.enabled", CONF_BOOL, F(dispatch_enabled), 0, 0, "true", NULL,
      "false: no dispatcher on this node whatever node.roles says (the older spelling)"},
+    {"dispatch.exclusive", CONF_BOOL, F(dispatch_exclusive), 0, 0, "true", NULL,
+     "one node's dispatcher places at a time (false: every node's, contending)"},
     {"dispatch.tick", CONF_DURATION, F(dispatch_tick_ms), 10, 10000, "250ms", NULL,
      "longest wait between dispatch rounds when no submission wakes the dispatcher"},
     {"dispatch.aging", CONF_DURATION, F(dispatch_aging_ms), 0, 86400000, "60s", NULL,

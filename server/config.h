@@ -40,6 +40,7 @@ struct orchd_config {
     int64_t agent_batch_window_us;  /* agent.batch_window_us */
     int64_t agent_batch_max;        /* agent.batch_max */
     bool dispatch_enabled;          /* dispatch.enabled: false removes the dispatcher role */
+    bool dispatch_exclusive;        /* dispatch.exclusive: one leading dispatcher at a time */
     int64_t dispatch_tick_ms;       /* dispatch.tick */
     int64_t dispatch_aging_ms;      /* dispatch.aging: one priority step per this much waited */
     int64_t dispatch_batch;         /* dispatch.batch: proposals per assign_batch() */

@@ -12,9 +12,15 @@
  * Then it plans, commits the proposals with assign_batch() in batches of dispatch.batch,
  * reports each outcome back to the engine and wakes the gateways holding the agents.
  *
- * Several dispatchers may run at once on several nodes: each proposes from its own index
- * and PostgreSQL decides, so they never oversubscribe; each sees every queued job, so a
- * dispatcher that dies strands nothing. */
+ * One node's dispatcher places at a time: the one whose connection holds a session advisory
+ * lock (lead()); the others stand by, trying for it once a second, and take over within a
+ * second or two of the leader's end (its session ends with its process, or PostgreSQL ends
+ * it after LEAD_IDLE_MS without the leader's once-a-second check). Dispatchers that each
+ * proposed from their own index all refused one another's placements and paid the same
+ * reads (docs/scaling.md). Leadership is about cost, not safety: two leaders at once (one
+ * that has not yet seen its session end) only contend; PostgreSQL decides every placement,
+ * so nothing is ever oversubscribed, and each dispatcher sees every queued job, so one that
+ * dies strands nothing. */
 #include "server/dispatcher.h"
 #include "server/metrics-orch.h"
 
@@ -51,6 +57,13 @@
  * every KICK_ROUND_MS, read the new. */
 #define KICK_FRESH_MS 500
 #define KICK_ROUND_MS 100
+/* Key of the dispatchers' session advisory lock ("orchdisp"), how often the leader checks
+ * its session and a standby tries for the lock, and how long PostgreSQL keeps an idle
+ * session of the lock (idle_session_timeout): a leader that stopped checking (hung, cut
+ * off) loses the lock then. */
+#define LEAD_LOCK_KEY "8030876094034228080"
+#define LEAD_CHECK_MS 1000
+#define LEAD_IDLE_MS  5000
 
 struct dispatcher {
     struct app *app;
@@ -67,6 +80,9 @@ struct dispatcher {
     uint64_t next_refresh, next_resync;
     uint64_t fresh_until; /* rounds reread the counts until then (after a kick) */
     char lease[24], online[24];
+    PGconn *lead_pg;     /* the session that holds (or tries for) the lock */
+    bool leading;        /* lead_pg holds it */
+    uint64_t lead_check; /* when lead() looks again */
 };
 
 static int64_t wall_ms(void)
@@ -475,12 +491,77 @@ static void round_run(struct dispatcher *d, struct placement_proposal *props, bo
     }
 }
 
+/* Connect lead_pg: the system role, TCP keep-alives, and PostgreSQL ending the session
+ * once idle for LEAD_IDLE_MS (the leader's check comes every LEAD_CHECK_MS). */
+static PGconn *lead_connect(struct dispatcher *d)
+{
+    char opts[64];
+    snprintf(opts, sizeof(opts), "-c idle_session_timeout=%d", LEAD_IDLE_MS);
+    const char *keys[] = {"dbname",           "connect_timeout", "application_name",
+                          "keepalives",       "keepalives_idle", "keepalives_interval",
+                          "keepalives_count", "options",         NULL};
+    const char *vals[] = {
+        d->app->cfg->db_system_url, "5", "orchd-dispatch-lead", "1", "5", "2", "2", opts, NULL};
+    PGconn *pg = PQconnectdbParams(keys, vals, 1);
+    if (pg && PQstatus(pg) != CONNECTION_OK) {
+        log_warn("op=dispatch.lead error=\"cannot connect: %s\"", PQerrorMessage(pg));
+        PQfinish(pg);
+        pg = NULL;
+    }
+    return pg;
+}
+
+/* The one-row, one-column answer of sql on lead_pg ("t", "1"), or false when the session
+ * failed (it is then closed). */
+static bool lead_query(struct dispatcher *d, const char *sql, bool *value)
+{
+    PGresult *res = PQexec(d->lead_pg, sql);
+    bool ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
+    if (ok && value)
+        *value = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    if (!ok) {
+        PQfinish(d->lead_pg);
+        d->lead_pg = NULL;
+    }
+    return ok;
+}
+
+/* Whether this dispatcher leads: holds the lock on a session that still answers. Looks at
+ * most once every LEAD_CHECK_MS. Losing the lead drops the engine (a new lead starts from a
+ * full load: another node placed meanwhile) and says so in the log. */
+static bool lead(struct dispatcher *d)
+{
+    if (!d->app->cfg->dispatch_exclusive)
+        return true;
+    uint64_t now = clock_mono_ns();
+    if (now < d->lead_check)
+        return d->leading;
+    d->lead_check = now + LEAD_CHECK_MS * 1000000ull;
+    bool was = d->leading;
+    if (!d->lead_pg)
+        d->lead_pg = lead_connect(d);
+    bool got = false;
+    if (!d->lead_pg)
+        d->leading = false;
+    else if (d->leading)
+        d->leading = lead_query(d, "SELECT true", NULL);
+    else
+        d->leading = lead_query(d, "SELECT pg_try_advisory_lock(" LEAD_LOCK_KEY ")", &got) && got;
+    if (d->leading != was) {
+        log_info("op=dispatch.lead state=%s", d->leading ? "leading" : "standby");
+        placement_free(d->pl);
+        d->pl = NULL;
+        d->trail_set = false;
+    }
+    return d->leading;
+}
+
 static void *dispatch_main(void *arg)
 {
     struct dispatcher *d = arg;
     struct app *app = d->app;
     struct bus_sub *sub = NULL;
-    bus_sub_new(app->cfg->amqp_url, app->cfg->bus_jobs_queue, false, &sub);
     struct placement_proposal *props = calloc((size_t)app->cfg->dispatch_batch, sizeof(*props));
     if (!props) {
         log_error("op=dispatch error=\"out of memory\"");
@@ -489,6 +570,15 @@ static void *dispatch_main(void *arg)
     }
     uint64_t next_tick = 0;
     while (!atomic_load(&d->th.stop)) {
+        /* A standby takes no submissions off the bus: the leader's wake-ups. */
+        if (!lead(d)) {
+            bus_sub_free(sub);
+            sub = NULL;
+            gw_thread_sleep(&d->th, LEAD_CHECK_MS);
+            continue;
+        }
+        if (!sub)
+            bus_sub_new(app->cfg->amqp_url, app->cfg->bus_jobs_queue, false, &sub);
         /* A submission (on the bus) or a kick (a slot came free) starts a round at once;
          * otherwise one every tick. The wait on the bus ends at a kick too (kick_fd); what
          * else came meanwhile is drained, one round serves it all. */
@@ -527,6 +617,9 @@ static void *dispatch_main(void *arg)
     placement_free(d->pl);
     d->pl = NULL;
     bus_sub_free(sub);
+    /* Ending the session frees the lock for a standby at once. */
+    PQfinish(d->lead_pg);
+    d->lead_pg = NULL;
     return NULL;
 }
 
