@@ -205,7 +205,11 @@ void th_server_start_peer_env(struct th_server *peer, const struct th_server *s,
     for (size_t i = 0; extra_env && extra_env[i] && n < 15; i++)
         env[n++] = extra_env[i];
     env[n] = NULL;
-    spawn(peer, env, "orchd-peer.log");
+    /* A log of its own per peer: tests count each node's lines. */
+    static int peers;
+    char log[32];
+    snprintf(log, sizeof(log), "orchd-peer-%d.log", ++peers);
+    spawn(peer, env, log);
     peer_track(peer->pid);
 }
 

@@ -390,8 +390,11 @@ static long oversubscribed(void)
 Test(placement, two_dispatching_nodes_never_oversubscribe_an_agent)
 {
     enum { NAGENTS = 6, NJOBS = 800 };
+    /* Both nodes place at once: the peer does not wait for the lead (dispatch.exclusive
+     * false), as two leaders would in the moment before one sees its session end. */
     struct th_server peer;
-    th_server_start_peer(&peer, &srv);
+    const char *penv[] = {"ORCHD_DISPATCH_EXCLUSIVE=false", NULL};
+    th_server_start_peer_env(&peer, &srv, penv);
     struct agent ag[NAGENTS];
     struct worker wk[NAGENTS];
     pthread_t th[NAGENTS];
@@ -440,9 +443,12 @@ Test(placement, two_dispatching_nodes_never_oversubscribe_an_agent)
     printf("placement: slot freed -> next assignment on it, ms p50/p99: %s\n",
            PQgetvalue(gap, 0, 0));
     PQclear(gap);
+    int by_srv = th_log_count(&srv, "op=dispatch job="),
+        by_peer = th_log_count(&peer, "op=dispatch job=");
     th_server_stop_peer(&peer);
     cr_assert_eq(succeeded, NJOBS);
     cr_assert_eq(bad, 0);
+    cr_assert(by_srv > 0 && by_peer > 0, "not both placing: %d and %d", by_srv, by_peer);
     /* Each job ran once: one attempt each. */
     cr_assert_eq(sqlf_long("SELECT count(*) FROM job_attempts WHERE tenant_id = '%s'", tenant),
                  NJOBS);

@@ -6,11 +6,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/wait.h>
+#include <signal.h>
 
+#include "common/clock.h"
 #include "tests/integration/harness.h"
 #include "tests/integration/server.h"
 
-static struct th_server srv, peer;
+static struct th_server srv, peer, peer2;
 static char *op, *tenant, *admin;
 
 static void setup(void)
@@ -30,6 +34,8 @@ static void teardown(void)
      * hold the database open. */
     if (peer.pid > 0)
         th_server_stop_peer(&peer);
+    if (peer2.pid > 0)
+        th_server_stop_peer(&peer2);
     free(admin);
     free(tenant);
     free(op);
@@ -106,7 +112,12 @@ Test(roles, jobs_wait_for_a_node_with_the_dispatcher_role)
     th_resp_free(&r);
     cr_assert_str_eq(status_of(&srv, id), "assigned");
     cr_assert_geq(th_log_wait(&peer, "op=dispatch ", 1, 10000), 1);
+    /* That first one may have come by the gateway's own look: placed as the peer started,
+     * its wake-up can precede the front node's subscription to orch.gw.front (the
+     * once-a-second check is the backstop for a lost wake-up). A job placed now wakes it. */
+    char *id2 = th_job_submit(&srv, admin, json_pack("{s:s}", "command", "echo two"));
     cr_assert_gt(wakeups_above(cred, 0), 0, "the dispatcher on the peer sent no wake-up");
+    free(id2);
 
     /* The peer has no gateway: it refuses long-polls (plain and in a sync), clearly. */
     th_http(&peer, "GET", "/api/v1/agent/assignments?wait=5", cred, NULL, NULL, &r);
@@ -136,6 +147,65 @@ Test(roles, jobs_wait_for_a_node_with_the_dispatcher_role)
 
     th_server_stop_peer(&peer);
     free(id);
+    free(cred);
+}
+
+/* The job id an agent's long-poll on the front node is handed within 20 s, or NULL. */
+static char *assigned_within_20s(const char *cred)
+{
+    struct th_resp r;
+    th_http(&srv, "GET", "/api/v1/agent/assignments?wait=20", cred, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    json_t *a = json_array_get(json_object_get(r.json, "assignments"), 0);
+    char *id = a ? strdup(json_string_value(json_object_get(a, "job_id"))) : NULL;
+    th_resp_free(&r);
+    return id;
+}
+
+/* Two nodes with the dispatcher role: one leads (places), the other stands by, and takes
+ * over when the leader dies. */
+Test(roles, one_dispatcher_leads_and_a_standby_takes_over)
+{
+    char *cred = th_agent_register(&srv, admin, "a1");
+    beat(&srv, cred);
+    const char *penv[] = {"ORCHD_NODE_ROLES=api,dispatcher", NULL};
+    th_server_start_peer_env(&peer, &srv, penv);
+    th_server_start_peer_env(&peer2, &srv, penv);
+    const char *leading = "op=dispatch.lead state=leading";
+    uint64_t deadline = clock_mono_ns() + 15ull * 1000000000ull;
+    int a = 0, b = 0;
+    while (a + b == 0 && clock_mono_ns() < deadline) {
+        a = th_log_count(&peer, leading);
+        b = th_log_count(&peer2, leading);
+        if (a + b == 0)
+            usleep(50000);
+    }
+    cr_assert_eq(a + b, 1, "leaders: %d and %d", a, b);
+    struct th_server *leader = a ? &peer : &peer2, *standby = a ? &peer2 : &peer;
+
+    char *id = th_job_submit(&srv, admin, json_pack("{s:s}", "command", "echo hi"));
+    char *got = assigned_within_20s(cred);
+    cr_assert_not_null(got, "the leader placed nothing within 20 s");
+    cr_assert_str_eq(got, id);
+    free(got);
+    free(id);
+    cr_assert_geq(th_log_wait(leader, "op=dispatch ", 1, 10000), 1);
+    cr_assert_eq(th_log_count(standby, "op=dispatch job="), 0, "the standby placed a job");
+    cr_assert_eq(th_log_count(standby, leading), 0, "two leaders at once");
+
+    /* The leader dies: its session ends with it, the standby takes the lock. */
+    kill(leader->pid, SIGKILL);
+    waitpid(leader->pid, NULL, 0);
+    leader->pid = 0;
+    cr_assert_eq(th_log_wait(standby, leading, 1, 15000), 1, "no standby took over");
+    id = th_job_submit(&srv, admin, json_pack("{s:s}", "command", "echo again"));
+    got = assigned_within_20s(cred);
+    cr_assert_not_null(got, "the new leader placed nothing within 20 s");
+    cr_assert_str_eq(got, id);
+    free(got);
+    free(id);
+    cr_assert_geq(th_log_wait(standby, "op=dispatch job=", 1, 10000), 1);
+    th_server_stop_peer(standby);
     free(cred);
 }
 
