@@ -63,7 +63,7 @@
  * off) loses the lock then. */
 #define LEAD_LOCK_KEY "8030876094034228080"
 #define LEAD_CHECK_MS 1000
-#define LEAD_IDLE_MS  5000
+#define LEAD_IDLE_MS  10000
 
 struct dispatcher {
     struct app *app;
@@ -458,7 +458,10 @@ static int commit_batch(struct dispatcher *d, const struct placement_proposal *p
     return assigned;
 }
 
-/* One round: bring the index up to date, then place until a batch comes back short. */
+static bool lead_still(struct dispatcher *d);
+
+/* One round: bring the index up to date, then place until a batch comes back short (or
+ * this node no longer leads). */
 static void round_run(struct dispatcher *d, struct placement_proposal *props, bool counts)
 {
     const struct orchd_config *cfg = d->app->cfg;
@@ -477,7 +480,7 @@ static void round_run(struct dispatcher *d, struct placement_proposal *props, bo
             return;
     }
     size_t batch = (size_t)cfg->dispatch_batch;
-    while (!atomic_load(&d->th.stop)) {
+    while (!atomic_load(&d->th.stop) && lead_still(d)) {
         size_t n = placement_plan(d->pl, wall_ms(), props, batch);
         if (n == 0)
             return;
@@ -539,22 +542,42 @@ static bool lead(struct dispatcher *d)
         return d->leading;
     d->lead_check = now + LEAD_CHECK_MS * 1000000ull;
     bool was = d->leading;
-    if (!d->lead_pg)
-        d->lead_pg = lead_connect(d);
-    bool got = false;
-    if (!d->lead_pg)
+    /* A session lost (here or by lead_still()) lost the lock with it, even if a new one
+     * takes it again at once: another node may have placed meanwhile. */
+    bool lost = d->leading && (!d->lead_pg || !lead_query(d, "SELECT true", NULL));
+    if (lost)
         d->leading = false;
-    else if (d->leading)
-        d->leading = lead_query(d, "SELECT true", NULL);
-    else
-        d->leading = lead_query(d, "SELECT pg_try_advisory_lock(" LEAD_LOCK_KEY ")", &got) && got;
-    if (d->leading != was) {
+    if (!d->leading) {
+        if (!d->lead_pg)
+            d->lead_pg = lead_connect(d);
+        bool got = false;
+        d->leading = d->lead_pg &&
+                     lead_query(d, "SELECT pg_try_advisory_lock(" LEAD_LOCK_KEY ")", &got) && got;
+    }
+    if (d->leading != was || lost) {
         log_info("op=dispatch.lead state=%s", d->leading ? "leading" : "standby");
         placement_free(d->pl);
         d->pl = NULL;
         d->trail_set = false;
     }
     return d->leading;
+}
+
+/* Between the batches of a long round: the lock's session checked when due (it must not
+ * stay idle LEAD_IDLE_MS), and false once it is gone, to end the round; the loop's lead()
+ * then stands by. */
+static bool lead_still(struct dispatcher *d)
+{
+    if (!d->app->cfg->dispatch_exclusive)
+        return true;
+    uint64_t now = clock_mono_ns();
+    if (now < d->lead_check)
+        return d->lead_pg != NULL;
+    d->lead_check = now + LEAD_CHECK_MS * 1000000ull;
+    if (d->lead_pg && lead_query(d, "SELECT true", NULL))
+        return true;
+    d->lead_check = 0; /* lead() looks at once */
+    return false;
 }
 
 static void *dispatch_main(void *arg)
