@@ -147,7 +147,12 @@ static void server_env(const struct th_server *s, char bufs[6][512], const char 
         env[i] = bufs[i];
     env[6] = "ORCHD_HTTP_PORT=0";
     env[7] = "ORCHD_HTTP_THREADS=2";
-    env[8] = "ORCHD_NODE_NAME=peer";
+    /* A name of its own per peer: the tests of a suite run at once on one RabbitMQ, and a
+     * node's wake-up queue (orch.gw.<name>) is exclusive to one connection. */
+    static char name[64];
+    static int peers;
+    snprintf(name, sizeof(name), "ORCHD_NODE_NAME=peer-%d-%d", (int)getpid(), ++peers);
+    env[8] = name;
     env[9] = NULL;
 }
 
