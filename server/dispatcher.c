@@ -80,9 +80,10 @@ struct dispatcher {
     uint64_t next_refresh, next_resync;
     uint64_t fresh_until; /* rounds reread the counts until then (after a kick) */
     char lease[24], online[24];
-    PGconn *lead_pg;     /* the session that holds (or tries for) the lock */
-    bool leading;        /* lead_pg holds it */
-    uint64_t lead_check; /* when lead() looks again */
+    PGconn *lead_pg;       /* the session that holds (or tries for) the lock */
+    bool leading;          /* lead_pg holds it */
+    uint64_t lead_check;   /* when lead() looks again */
+    bool lead_unreachable; /* the last connect failed (said once) */
 };
 
 static int64_t wall_ms(void)
@@ -507,10 +508,13 @@ static PGconn *lead_connect(struct dispatcher *d)
         d->app->cfg->db_system_url, "5", "orchd-dispatch-lead", "1", "5", "2", "2", opts, NULL};
     PGconn *pg = PQconnectdbParams(keys, vals, 1);
     if (pg && PQstatus(pg) != CONNECTION_OK) {
-        log_warn("op=dispatch.lead error=\"cannot connect: %s\"", PQerrorMessage(pg));
+        /* Once an outage, not every second of it; the store's own log says why. */
+        if (!d->lead_unreachable)
+            log_warn("op=dispatch.lead error=\"cannot connect to the database\"");
         PQfinish(pg);
         pg = NULL;
     }
+    d->lead_unreachable = pg == NULL;
     return pg;
 }
 
