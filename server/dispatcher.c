@@ -68,8 +68,10 @@
 struct dispatcher {
     struct app *app;
     struct gw_thread th;
-    atomic_bool kick; /* a round is wanted now, with fresh counts */
-    int kick_fd;      /* an eventfd written on a kick (and at stop): the loop's wait ends */
+    atomic_bool kick;      /* a round is wanted now, with fresh counts */
+    atomic_bool kick_soon; /* one is wanted soon, with fresh counts (dispatcher_kick_soon()) */
+    uint64_t last_round;   /* when the last round started (the thread's) */
+    int kick_fd;           /* an eventfd written on a kick (and at stop): the loop's wait ends */
     /* Owned by the thread. */
     struct placement *pl;
     long long seq;                /* highest queued_seq loaded */
@@ -632,12 +634,21 @@ static void *dispatch_main(void *arg)
         uint64_t now = clock_mono_ns();
         if (kicked)
             d->fresh_until = now + KICK_FRESH_MS * 1000000u;
+        /* A slot freed on any node (dispatcher_kick_soon()): rounds with fresh counts, the
+         * next within KICK_ROUND_MS of the last, not one per event. */
+        if (atomic_exchange(&d->kick_soon, false)) {
+            d->fresh_until = now + KICK_FRESH_MS * 1000000u;
+            uint64_t soon = d->last_round + KICK_ROUND_MS * 1000000u;
+            if (soon < next_tick)
+                next_tick = soon;
+        }
         if (r != 1 && !kicked && now < next_tick)
             continue;
         uint64_t tick_ms = (uint64_t)app->cfg->dispatch_tick_ms;
         if (now < d->fresh_until && tick_ms > KICK_ROUND_MS)
             tick_ms = KICK_ROUND_MS;
         next_tick = now + tick_ms * 1000000u;
+        d->last_round = now;
         round_run(d, props, now < d->fresh_until);
     }
     free(props);
@@ -664,6 +675,13 @@ void dispatcher_kick(struct dispatcher *d)
     if (!d)
         return;
     atomic_store(&d->kick, true);
+    wake(d);
+}
+
+void dispatcher_kick_soon(struct dispatcher *d)
+{
+    if (!d || atomic_exchange(&d->kick_soon, true))
+        return; /* the loop has one to see already */
     wake(d);
 }
 

@@ -17,3 +17,8 @@ void dispatcher_stop(struct dispatcher *d);
 /* Run a round soon, with fresh counts of active jobs (a slot came free), without waiting
  * for the next tick. Thread-safe, cheap. Accepts NULL. */
 void dispatcher_kick(struct dispatcher *d);
+/* A slot came free somewhere (a job's end, heard from PostgreSQL by the live events, on any
+ * node): rounds with fresh counts, the next within KICK_ROUND_MS of the last, so that a
+ * stream of such events costs at most one round each KICK_ROUND_MS. Thread-safe, cheap.
+ * Accepts NULL. */
+void dispatcher_kick_soon(struct dispatcher *d);

@@ -56,6 +56,9 @@ struct events_hub {
     pthread_t thread;
     int wake[2]; /* written to stop the thread */
     atomic_bool listening;
+    pthread_mutex_t freed_lock; /* guards freed_fn and its calls */
+    void (*freed_fn)(void *);
+    void *freed_arg;
 };
 
 static void sub_unref_locked(struct events_sub *s)
@@ -172,8 +175,35 @@ static bool output_key(const char *payload, char key[48])
     return ok;
 }
 
+/* A job event whose previous status held a slot and whose status does not (the payload is
+ * jsonb's text: `"key": "value"`, as 97_events.sql makes it). */
+static bool slot_freed(const char *payload)
+{
+    if (!strstr(payload, "\"previous_status\": \"running\"") &&
+        !strstr(payload, "\"previous_status\": \"assigned\""))
+        return false;
+    return !strstr(payload, "\"status\": \"running\"") &&
+           !strstr(payload, "\"status\": \"assigned\"");
+}
+
+void events_hub_on_slot_freed(struct events_hub *h, void (*fn)(void *), void *arg)
+{
+    if (!h)
+        return;
+    pthread_mutex_lock(&h->freed_lock);
+    h->freed_fn = fn;
+    h->freed_arg = arg;
+    pthread_mutex_unlock(&h->freed_lock);
+}
+
 void events_hub_offer(struct events_hub *h, const char *payload, long long now_ms)
 {
+    if (slot_freed(payload)) {
+        pthread_mutex_lock(&h->freed_lock);
+        if (h->freed_fn)
+            h->freed_fn(h->freed_arg);
+        pthread_mutex_unlock(&h->freed_lock);
+    }
     char key[48];
     if (!output_key(payload, key)) {
         events_hub_publish(h, payload);
@@ -344,11 +374,13 @@ int events_hub_start(const char *db_url, struct events_hub **ret)
     }
     pthread_mutex_init(&h->lock, NULL);
     pthread_mutex_init(&h->out_lock, NULL);
+    pthread_mutex_init(&h->freed_lock, NULL);
     pthread_cond_init(&h->gone, NULL);
     int r = pthread_create(&h->thread, NULL, listen_main, h);
     if (r != 0) {
         pthread_mutex_destroy(&h->lock);
         pthread_mutex_destroy(&h->out_lock);
+        pthread_mutex_destroy(&h->freed_lock);
         free(h->out);
         pthread_cond_destroy(&h->gone);
         close(h->wake[0]);
@@ -370,6 +402,7 @@ void events_hub_stop(struct events_hub *h)
         pthread_join(h->thread, NULL);
         pthread_mutex_destroy(&h->lock);
         pthread_mutex_destroy(&h->out_lock);
+        pthread_mutex_destroy(&h->freed_lock);
         pthread_cond_destroy(&h->gone);
     }
     if (h->wake[0] >= 0)

@@ -41,6 +41,14 @@ void events_hub_stop(struct events_hub *h);
 /* Whether the LISTEN connection is up (a test waits for it before counting on events). */
 bool events_hub_listening(struct events_hub *h);
 
+/* Call fn(arg) on the listener thread for every notification of a job that left assigned
+ * or running (a slot came free on its agent, on whichever node the result arrived): the
+ * dispatcher's kick, so that the leading dispatcher refills a slot freed on another node
+ * at once rather than at its next reread of the counts. fn must be cheap and not block.
+ * fn NULL removes it; once this returns, the old fn is not running and will not run.
+ * Accepts h NULL. */
+void events_hub_on_slot_freed(struct events_hub *h, void (*fn)(void *), void *arg);
+
 /* Hand one notification's payload ({tenant_id, type, created_at, data}, as
  * events_notify() in sql/functions/97_events.sql makes it; borrowed) to the streams of its
  * tenant: what the listener thread does with each. Malformed payloads are dropped with a

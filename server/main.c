@@ -120,8 +120,16 @@ static int dispatcher_role_start(struct node *n)
     return r;
 }
 
+/* The live events' listener kicks the dispatcher when a job leaves a slot, on any node
+ * (events_hub_on_slot_freed()). */
+static void dispatcher_kick_cb(void *arg)
+{
+    dispatcher_kick_soon(arg);
+}
+
 static void dispatcher_role_stop(struct node *n)
 {
+    events_hub_on_slot_freed(n->app->events, NULL, NULL);
     gateway_set_dispatcher(n->app->gw, NULL);
     dispatcher_stop(n->dispatcher);
     n->dispatcher = NULL;
@@ -205,6 +213,8 @@ static int api_role_start(struct node *n)
         n->app->events = NULL;
     } else {
         metrics_orch_watch_api(n->app->metrics, n->srv);
+        if (n->dispatcher)
+            events_hub_on_slot_freed(n->app->events, dispatcher_kick_cb, n->dispatcher);
     }
     return r;
 }
