@@ -149,11 +149,13 @@ Test(roles, jobs_wait_for_a_node_with_the_dispatcher_role)
     free(cred);
 }
 
-/* The job id an agent's long-poll on the front node is handed within 20 s, or NULL. */
-static char *assigned_within_20s(const char *cred)
+/* The job id an agent's long-poll on the front node is handed within wait_s, or NULL. */
+static char *assigned_within(const char *cred, int wait_s)
 {
     struct th_resp r;
-    th_http(&srv, "GET", "/api/v1/agent/assignments?wait=20", cred, NULL, NULL, &r);
+    char path[64];
+    snprintf(path, sizeof(path), "/api/v1/agent/assignments?wait=%d", wait_s);
+    th_http(&srv, "GET", path, cred, NULL, NULL, &r);
     cr_assert_eq(r.status, 200, "%s", r.body);
     json_t *a = json_array_get(json_object_get(r.json, "assignments"), 0);
     char *id = a ? strdup(json_string_value(json_object_get(a, "job_id"))) : NULL;
@@ -183,7 +185,7 @@ Test(roles, one_dispatcher_leads_and_a_standby_takes_over)
     struct th_server *leader = a ? &peer : &peer2, *standby = a ? &peer2 : &peer;
 
     char *id = th_job_submit(&srv, admin, json_pack("{s:s}", "command", "echo hi"));
-    char *got = assigned_within_20s(cred);
+    char *got = assigned_within(cred, 20);
     cr_assert_not_null(got, "the leader placed nothing within 20 s");
     cr_assert_str_eq(got, id);
     free(got);
@@ -198,13 +200,66 @@ Test(roles, one_dispatcher_leads_and_a_standby_takes_over)
     leader->pid = 0;
     cr_assert_eq(th_log_wait(standby, leading, 1, 15000), 1, "no standby took over");
     id = th_job_submit(&srv, admin, json_pack("{s:s}", "command", "echo again"));
-    got = assigned_within_20s(cred);
+    got = assigned_within(cred, 20);
     cr_assert_not_null(got, "the new leader placed nothing within 20 s");
     cr_assert_str_eq(got, id);
     free(got);
     free(id);
     cr_assert_geq(th_log_wait(standby, "op=dispatch job=", 1, 10000), 1);
     th_server_stop_peer(standby);
+    free(cred);
+}
+
+/* A result on a node without the dispatcher frees a slot that the leading dispatcher, on
+ * another node, refills at once: PostgreSQL's notification of the job's end (the live
+ * events) kicks it, where its own reread of the counts is a minute away here. */
+Test(roles, a_slot_freed_on_another_node_is_refilled_at_once)
+{
+    char *cred = th_agent_register(&srv, admin, "a1");
+    beat(&srv, cred); /* 2 slots */
+    const char *penv[] = {"ORCHD_NODE_ROLES=api,dispatcher", "ORCHD_DISPATCH_REFRESH=60s",
+                          "ORCHD_DISPATCH_RESYNC=600s", "ORCHD_DISPATCH_TICK=10s", NULL};
+    th_server_start_peer_env(&peer, &srv, penv);
+    char *ids[3];
+    for (int i = 0; i < 3; i++)
+        ids[i] = th_job_submit(&srv, admin, json_pack("{s:s}", "command", "true"));
+    /* An answer may carry both. */
+    char *got[2] = {NULL, NULL};
+    int n = 0;
+    uint64_t deadline = clock_mono_ns() + 20ull * 1000000000ull;
+    while (n < 2 && clock_mono_ns() < deadline) {
+        struct th_resp r;
+        th_http(&srv, "GET", "/api/v1/agent/assignments?wait=5", cred, NULL, NULL, &r);
+        cr_assert_eq(r.status, 200, "%s", r.body);
+        json_t *as = json_object_get(r.json, "assignments");
+        for (size_t k = 0; k < json_array_size(as) && n < 2; k++)
+            got[n++] = strdup(json_string_value(json_object_get(json_array_get(as, k), "job_id")));
+        th_resp_free(&r);
+    }
+    cr_assert_eq(n, 2, "%d of the 2 assignments came within 20 s", n);
+    /* The agent is full: the third waits. */
+    int third = -1;
+    for (int i = 0; i < 3; i++)
+        if (strcmp(ids[i], got[0]) != 0 && strcmp(ids[i], got[1]) != 0)
+            third = i;
+    cr_assert_geq(third, 0);
+    cr_assert_str_eq(status_of(&srv, ids[third]), "queued");
+    /* One ends, reported to the front node. */
+    char path[128];
+    snprintf(path, sizeof(path), "/api/v1/agent/jobs/%s/result", got[0]);
+    struct th_resp r;
+    th_http(&srv, "POST", path, cred, "{\"epoch\":1,\"exit_code\":0}", NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    th_resp_free(&r);
+    char *next = assigned_within(cred, 8);
+    cr_assert_not_null(next, "the freed slot was not refilled within 8 s");
+    cr_assert_str_eq(next, ids[third]);
+    free(next);
+    for (int i = 0; i < 3; i++)
+        free(ids[i]);
+    free(got[0]);
+    free(got[1]);
+    th_server_stop_peer(&peer);
     free(cred);
 }
 
