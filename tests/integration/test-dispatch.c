@@ -231,19 +231,28 @@ Test(dispatch, a_silent_agent_loses_its_job_to_another_and_its_late_report_is_re
     free(a2);
 }
 
+/* A new agent named name (its credential in *cred) that has reported started the one job
+ * it was handed; returns that job's id. */
+static char *started_on_new_agent(const char *name, char **cred)
+{
+    *cred = enrol(name, "{}");
+    json_decref(beat(*cred, NULL));
+    char *id = submit("{\"command\":\"long\"}");
+    json_t *as = poll_one(*cred, 20);
+    cr_assert_not_null(as);
+    json_decref(as);
+    cr_assert_eq(report(*cred, id, "started", "{\"epoch\":1}"), 200);
+    return id;
+}
+
 /* An answered heartbeat has renewed the whole lease of every job it lists, in its own
  * transaction: the agent fences itself counting on it (docs/agent.md, "Leases and
  * self-fencing"). The gateway's batch, which renews them too, is held back here by a lock
  * on the agent's row, as a slow or failed batch would be. */
 Test(dispatch, an_answered_heartbeat_has_renewed_the_whole_lease_of_its_jobs)
 {
-    char *a1 = enrol("renewer", "{}");
-    json_decref(beat(a1, NULL));
-    char *id = submit("{\"command\":\"long\"}");
-    json_t *as = poll_one(a1, 20);
-    cr_assert_not_null(as);
-    json_decref(as);
-    cr_assert_eq(report(a1, id, "started", "{\"epoch\":1}"), 200);
+    char *a1 = NULL;
+    char *id = started_on_new_agent("renewer", &a1);
 
     PGconn *pg = th_pg_connect("postgres", srv.db);
     PQclear(th_pg_ok(pg, "BEGIN"));
@@ -278,13 +287,8 @@ Test(dispatch, an_answered_heartbeat_has_renewed_the_whole_lease_of_its_jobs)
  * heap-only update, which writes no index entry. The transaction's own counter says so. */
 Test(dispatch, a_lease_renewal_is_a_heap_only_update)
 {
-    char *a1 = enrol("hot", "{}");
-    json_decref(beat(a1, NULL));
-    char *id = submit("{\"command\":\"long\"}");
-    json_t *as = poll_one(a1, 20);
-    cr_assert_not_null(as);
-    json_decref(as);
-    cr_assert_eq(report(a1, id, "started", "{\"epoch\":1}"), 200);
+    char *a1 = NULL;
+    char *id = started_on_new_agent("hot", &a1);
     PGconn *pg = th_pg_connect("postgres", srv.db);
     PQclear(th_pg_ok(pg, "BEGIN"));
     char sql[256];
