@@ -148,6 +148,9 @@ BEGIN
                   AND x.lease_until > clock_timestamp() AND x.id <> d_id) THEN
         RETURN;
     END IF;
+    -- The row itself is asked again too: the first statement's snapshot may predate
+    -- another worker's claim of it (committed, so the lock on w was free) or its finish.
+    -- This statement sees the row as it is now, and waits for a claim in progress.
     RETURN QUERY
     UPDATE webhook_deliveries d
        SET status = 'delivering', attempts = d.attempts + 1,
@@ -156,6 +159,7 @@ BEGIN
            updated_at = now()
       FROM webhooks w
      WHERE d.id = d_id AND w.id = d.webhook_id
+       AND d.status IN ('pending', 'delivering') AND d.next_attempt_at <= now()
     RETURNING d.id, d.tenant_id, d.webhook_id, w.url, w.secret_sealed, d.payload, d.attempts;
 END
 $$;

@@ -572,3 +572,84 @@ Test(webhooks_default, ended_deliveries_are_pruned_after_the_retention)
     PQfinish(pg);
     free(dop), free(tenant);
 }
+
+/* webhook_claim() and webhook_finish() on their own database, with no orchd: several
+ * workers claiming at once, as orchd's webhooks.workers do, never claim a delivery that is
+ * already in flight. A second claim of it would post it twice at once, and the first
+ * worker's finish would then be lost (no row still 'delivering'): this counts those. */
+static char claim_db[64];
+static void claim_setup(void)
+{
+    th_db_create_migrated(claim_db, sizeof(claim_db));
+}
+static void claim_teardown(void)
+{
+    th_db_drop(claim_db);
+}
+TestSuite(webhook_claim, .init = claim_setup, .fini = claim_teardown, .timeout = 120);
+
+#define CLAIM_WORKERS 8
+#define CLAIM_ROUNDS  400
+
+struct claimer {
+    pthread_t th;
+    int claims, lost;
+    char error[256];
+};
+
+static void *claimer_main(void *arg)
+{
+    struct claimer *c = arg;
+    PGconn *pg = th_pg_connect("orch_system", claim_db);
+    for (int i = 0; i < CLAIM_ROUNDS && !c->error[0]; i++) {
+        PGresult *res = PQexec(pg, "SELECT id FROM webhook_claim(60000)");
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            snprintf(c->error, sizeof(c->error), "claim: %s", PQerrorMessage(pg));
+        } else if (PQntuples(res) == 1) {
+            c->claims++;
+            const char *p[] = {PQgetvalue(res, 0, 0)};
+            /* Failed, retried at once (base 0), never given up (max attempts huge). */
+            PGresult *f =
+                PQexecParams(pg, "SELECT webhook_finish($1, false, 500, 'x', 1000000, 0, 0)", 1,
+                             NULL, p, NULL, NULL, 0);
+            if (PQresultStatus(f) != PGRES_TUPLES_OK)
+                snprintf(c->error, sizeof(c->error), "finish: %s", PQerrorMessage(pg));
+            else if (PQgetisnull(f, 0, 0))
+                c->lost++;
+            PQclear(f);
+        }
+        PQclear(res);
+    }
+    PQfinish(pg);
+    return NULL;
+}
+
+Test(webhook_claim, concurrent_workers_never_claim_a_delivery_in_flight)
+{
+    PGconn *pg = th_pg_connect("postgres", claim_db);
+    /* Four subscriptions of one tenant, each with one delivery always due again. */
+    PQclear(th_pg_ok(pg, "INSERT INTO tenants (id, slug, display_name, tier)"
+                         " VALUES (gen_random_uuid(), 'claim', 'claim', 'free');"
+                         "INSERT INTO webhooks (id, tenant_id, url, events, secret_sealed,"
+                         " secret_prefix) SELECT gen_random_uuid(), t.id, 'https://example.com/',"
+                         " '{job.failed}', '\\x00', 'p' FROM tenants t, generate_series(1, 4)"
+                         " WHERE t.slug = 'claim';"
+                         "INSERT INTO webhook_deliveries (id, tenant_id, webhook_id, event_id,"
+                         " event_type, payload) SELECT gen_random_uuid(), tenant_id, id,"
+                         " gen_random_uuid(), 'job.failed', '{}' FROM webhooks"));
+    struct claimer c[CLAIM_WORKERS] = {0};
+    for (int i = 0; i < CLAIM_WORKERS; i++)
+        cr_assert_eq(pthread_create(&c[i].th, NULL, claimer_main, &c[i]), 0);
+    int claims = 0, lost = 0;
+    for (int i = 0; i < CLAIM_WORKERS; i++) {
+        pthread_join(c[i].th, NULL);
+        cr_expect_eq(c[i].error[0], '\0', "worker %d: %s", i, c[i].error);
+        claims += c[i].claims;
+        lost += c[i].lost;
+    }
+    /* Every claim is one attempt, and no attempt's outcome was lost. */
+    cr_assert_eq(th_pg_long(pg, "SELECT sum(attempts) FROM webhook_deliveries"), claims);
+    cr_assert_eq(lost, 0, "%d of %d claims took a delivery already in flight", lost, claims);
+    cr_assert_gt(claims, CLAIM_WORKERS, "the workers made only %d claims", claims);
+    PQfinish(pg);
+}
