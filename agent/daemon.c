@@ -116,6 +116,7 @@ struct slot {
     char *tree_cgroup;
     json_t *assignment;        /* owned while RUNNING */
     struct proto_assignment a; /* assignment, decoded (borrows it); valid unless bad */
+    int64_t output_bytes[2];   /* stdout, stderr of the run in progress: its job-end line's */
     pthread_t thread;
     struct daemon *d;
 };
@@ -468,6 +469,8 @@ static void daemon_drop(struct daemon *d, const char *job_id, int64_t epoch, con
 static int daemon_on_output(void *arg, int stream, const char *data, size_t len)
 {
     struct slot *s = arg;
+    if (stream == 1 || stream == 2)
+        s->output_bytes[stream - 1] += (int64_t)len;
     int r = spool_append(s->d->spool, s->job_id, s->epoch, stream, data, len, NULL);
     if (r < 0) {
         if (r != -ENOENT) /* ENOENT: dropped, the job is being stopped anyway */
@@ -961,6 +964,7 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
         *flags |= PROTO_RES_CANCELLED;
         goto out;
     }
+    s->output_bytes[0] = s->output_bytes[1] = 0;
     int r = exec_default_ops()->run(&spec, &sink, &s->cancel, &er);
     if (r < 0) {
         log_error("op=job-start job=%s epoch=%" PRId64 " error=%s", s->job_id, s->epoch,
@@ -984,9 +988,9 @@ static void daemon_job_exec(struct daemon *d, struct slot *s, int *exit_code, ui
     if (er.output_error < 0 && er.output_error != -ENOENT)
         *flags |= PROTO_RES_OUTPUT_LOST;
     log_info("op=job-end job=%s epoch=%" PRId64 " exit_code=%d signal=%d timed_out=%d "
-             "cancelled=%d duration_ms=%" PRId64,
+             "cancelled=%d duration_ms=%" PRId64 " stdout_bytes=%" PRId64 " stderr_bytes=%" PRId64,
              s->job_id, s->epoch, er.exit_code, er.term_signal, er.timed_out, er.cancelled,
-             er.duration_ms);
+             er.duration_ms, s->output_bytes[0], s->output_bytes[1]);
 out:
     /* A refused package's reason, in place of a result the job never had a chance to leave. */
     *result = why && (*flags & PROTO_RES_PACKAGE) ? daemon_package_error_json(why)
