@@ -92,6 +92,13 @@ static int item_run(struct rb_item *it, struct store_tx *tx)
     return r;
 }
 
+/* An item's pre() on its own, then its run(). */
+static int ops_run_alone(const struct report_batch_ops *ops, struct store_tx *tx, void *arg)
+{
+    int r = ops->pre ? ops->pre(tx, &arg, 1) : 0;
+    return r < 0 ? r : ops->run(tx, arg);
+}
+
 /* One item in a transaction of its own: its outcome. */
 static int run_alone(struct store *store, struct rb_item *it)
 {
@@ -99,7 +106,9 @@ static int run_alone(struct store *store, struct rb_item *it)
     int r = store_tx_begin(store, item_scope(it), 0, &tx);
     if (r < 0)
         return r;
-    r = item_run(it, tx);
+    size_t mark = http_deferred_log_push(it->d);
+    r = ops_run_alone(it->ops, tx, it->arg);
+    log_ctx_pop(mark);
     if (r < 0) {
         store_tx_rollback(tx);
         return r;
@@ -123,9 +132,31 @@ static void sort_group(struct rb_item **items, int n)
     }
 }
 
+/* The pre() of each kind of item of the group (items in run order; args: room for n), each
+ * once over all the items that have it. Returns 0 or the first error. */
+static int run_pres(struct rb_item **items, int n, void **args, struct store_tx *tx)
+{
+    for (int i = 0; i < n; i++) {
+        int (*pre)(struct store_tx *, void *const *, int) = items[i]->ops->pre;
+        bool seen = false;
+        for (int k = 0; k < i && !seen; k++)
+            seen = items[k]->ops->pre == pre;
+        if (!pre || seen)
+            continue;
+        int m = 0;
+        for (int k = i; k < n; k++)
+            if (items[k]->ops->pre == pre)
+                args[m++] = items[k]->arg;
+        int r = pre(tx, args, m);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
 /* n items of one scope (n >= 1) in one transaction, in agent id order; on any failure, each
- * alone. Answers them all. */
-static void run_group(struct report_batch *b, struct rb_item **items, int n)
+ * alone. Answers them all. args: room for n. */
+static void run_group(struct report_batch *b, struct rb_item **items, int n, void **args)
 {
     sort_group(items, n);
     struct store_tx *tx = NULL;
@@ -136,6 +167,7 @@ static void run_group(struct report_batch *b, struct rb_item **items, int n)
         return;
     }
     int failed = -1;
+    r = run_pres(items, n, args, tx);
     for (int i = 0; i < n && r >= 0; i++) {
         r = item_run(items[i], tx);
         if (r < 0)
@@ -162,8 +194,10 @@ static void run_group(struct report_batch *b, struct rb_item **items, int n)
     }
 }
 
-/* Run the taken items (at most opts.max_items), one transaction per scope. */
-static void run_batch(struct report_batch *b, struct rb_item *list, struct rb_item **group)
+/* Run the taken items (at most opts.max_items), one transaction per scope. group and args:
+ * room for opts.max_items. */
+static void run_batch(struct report_batch *b, struct rb_item *list, struct rb_item **group,
+                      void **args)
 {
     while (list) {
         int n = 0;
@@ -179,7 +213,7 @@ static void run_batch(struct report_batch *b, struct rb_item *list, struct rb_it
                 link = &it->next;
             }
         }
-        run_group(b, group, n);
+        run_group(b, group, n, args);
     }
 }
 
@@ -217,6 +251,7 @@ static void *committer(void *arg)
     /* A group never outgrows a batch: opts.max_items. Allocated up front, so that a batch
      * taken is always run. */
     struct rb_item **group = calloc((size_t)b->opts.max_items, sizeof(*group));
+    void **args = calloc((size_t)b->opts.max_items, sizeof(*args));
     pthread_mutex_lock(&b->lock);
     for (;;) {
         while (!b->head && !b->stopping)
@@ -238,8 +273,8 @@ static void *committer(void *arg)
         pthread_mutex_unlock(&b->lock);
         if (left) /* another committer may start on the rest now */
             pthread_cond_signal(&b->more);
-        if (group) {
-            run_batch(b, list, group);
+        if (group && args) {
+            run_batch(b, list, group, args);
         } else { /* out of memory when it started: one at a time */
             while (list) {
                 struct rb_item *it = list;
@@ -251,6 +286,7 @@ static void *committer(void *arg)
     }
     pthread_mutex_unlock(&b->lock);
     free(group);
+    free(args);
     return NULL;
 }
 
@@ -322,7 +358,7 @@ static void submit_inline(struct store *store, struct http_req *req, const char 
     struct store_tx *tx = NULL;
     int r = store_tx_begin(store, tenant_id, 0, &tx);
     if (r >= 0) {
-        r = ops->run(tx, arg);
+        r = ops_run_alone(ops, tx, arg);
         if (r < 0)
             store_tx_rollback(tx);
         else

@@ -39,6 +39,13 @@ struct report_batch_ops {
      * what it produced the time before. Returns 0, or < 0 (a store error, -ENOMEM): tx
      * then does not commit. */
     int (*run)(struct store_tx *tx, void *arg);
+    /* Optional: once per transaction, before any item's run(), over the args of every item
+     * of the transaction with this same pre, in the order they will run (n >= 1; n = 1 when
+     * an item is redone alone). It runs the statements that serve many exchanges at once
+     * (one statement for a group's many rows, not one each) and leaves each arg what its
+     * run() then answers with. The same rules as run(): it may run again, must change
+     * nothing outside tx, and returns 0 or < 0 (the transaction then does not commit). */
+    int (*pre)(struct store_tx *tx, void *const *args, int n);
     /* Once, on the request's loop thread: r = 0 after run's work committed, else the error
      * (nothing of it kept). Replies to req (http_reply_*(), or defers it again), does what
      * follows a commit, and frees arg. */
