@@ -402,25 +402,116 @@ void api_agent_heartbeat(struct http_req *req)
 
 /* --- reports -------------------------------------------------------------------------------- */
 
+/* Starts, set-based: every `started` report of a group commit's transaction in one
+ * statement (sync_pre()), a report on its own route as a set of one. $1, $2, $3: the jobs,
+ * epochs and reporting agents (in job id order: the order the rows are locked in); $4: the
+ * lease in seconds. One row per report, by its position n (from 1): the attempt is this
+ * agent's and was marked running; the job has an attempt of this agent's (else: no such
+ * job); this report is the attempt's first start, and the wait from its assignment. The
+ * CTE s reads the statement's snapshot: the attempt as it was, not yet started on a first
+ * report. */
 static const struct store_stmt q_started = STORE_STMT(
     "ap_started",
-    "WITH u AS (UPDATE jobs SET status = 'running', started_at = coalesce(started_at, now()),"
-    "             delivered_at = coalesce(delivered_at, now()),"
+    "WITH r AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[])"
+    "             WITH ORDINALITY AS r(id, epoch, agent, n)),"
+    " u AS (UPDATE jobs j SET status = 'running', started_at = coalesce(j.started_at, now()),"
+    "             delivered_at = coalesce(j.delivered_at, now()),"
     "             lease_expires_at = now() + make_interval(secs => $4::int), updated_at = now()"
-    "           WHERE id = $1 AND epoch = $2 AND agent_id = $3"
-    "             AND status IN ('assigned', 'running') RETURNING id),"
-    " a AS (UPDATE job_attempts SET status = 'running', started_at = coalesce(started_at, now())"
-    "        WHERE job_id = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM u) RETURNING id),"
-    /* The statement's snapshot: the attempt as it was, not yet started on a first report. */
-    " s AS (SELECT assigned_at FROM job_attempts WHERE job_id = $1 AND epoch = $2"
-    "         AND started_at IS NULL)"
-    " SELECT (SELECT count(*) FROM u),"
-    "        (SELECT count(*) FROM (SELECT 1 FROM job_attempts"
-    "                                WHERE job_id = $1 AND agent_id = $3 LIMIT 1) h),"
-    "        (SELECT count(*) FROM a),"
-    "        (SELECT extract(epoch FROM clock_timestamp() - assigned_at) FROM s"
-    "          WHERE EXISTS (SELECT 1 FROM a))",
+    "           FROM r WHERE j.id = r.id AND j.epoch = r.epoch AND j.agent_id = r.agent"
+    "             AND j.status IN ('assigned', 'running')"
+    "        RETURNING j.id, j.epoch, j.agent_id),"
+    " a AS (UPDATE job_attempts x SET status = 'running',"
+    "             started_at = coalesce(x.started_at, now())"
+    "           FROM u WHERE x.job_id = u.id AND x.epoch = u.epoch RETURNING x.job_id),"
+    " s AS (SELECT x.job_id, x.epoch, x.assigned_at FROM job_attempts x"
+    "        WHERE (x.job_id, x.epoch) IN (SELECT id, epoch FROM r) AND x.started_at IS NULL)"
+    " SELECT r.n,"
+    "        EXISTS (SELECT 1 FROM u WHERE u.id = r.id AND u.epoch = r.epoch"
+    "                  AND u.agent_id = r.agent),"
+    "        EXISTS (SELECT 1 FROM job_attempts h WHERE h.job_id = r.id AND h.agent_id = r.agent),"
+    "        (SELECT extract(epoch FROM clock_timestamp() - s.assigned_at) FROM s"
+    "          WHERE s.job_id = r.id AND s.epoch = r.epoch"
+    "            AND EXISTS (SELECT 1 FROM a WHERE a.job_id = r.id)"
+    "            AND EXISTS (SELECT 1 FROM u WHERE u.id = r.id AND u.epoch = r.epoch"
+    "                          AND u.agent_id = r.agent))"
+    "   FROM r ORDER BY r.n",
     4);
+
+/* One `started` report: the job, its epoch, the reporting agent; its outcome once run. */
+struct start {
+    struct proto_job_ref ref;
+    const char *agent;
+    bool ours;     /* the attempt is this agent's: marked running */
+    bool exists;   /* the job has an attempt of this agent's */
+    bool repeat;   /* the same as the one before it in the statement */
+    double wait_s; /* this report is the attempt's first start: the wait since its
+                    * assignment; else < 0 */
+};
+
+static int start_cmp(const void *a, const void *b)
+{
+    const struct start *x = *(struct start *const *)a, *y = *(struct start *const *)b;
+    int c = strcmp(x->ref.job_id, y->ref.job_id);
+    if (c == 0)
+        c = x->ref.epoch < y->ref.epoch ? -1 : x->ref.epoch > y->ref.epoch;
+    return c ? c : strcmp(x->agent, y->agent);
+}
+
+/* Run q_started for the n starts st[] (n >= 1) and fill in their outcomes. A start that
+ * repeats another of the same agent's in the set is not a first start. Returns 0 or a
+ * store error (-ENOMEM). */
+static int starts_run(struct app *app, struct store_tx *tx, struct start **st, size_t n)
+{
+    qsort(st, n, sizeof(*st), start_cmp);
+    for (size_t i = 0; i < n; i++)
+        st[i]->repeat = i > 0 && start_cmp(&st[i - 1], &st[i]) == 0;
+    struct buf jobs = BUF_INIT, epochs = BUF_INIT, agents = BUF_INIT;
+    int e =
+        buf_append_str(&jobs, "{") | buf_append_str(&epochs, "{") | buf_append_str(&agents, "{");
+    for (size_t i = 0; i < n; i++) {
+        e |= buf_printf(&jobs, "%s%s", i ? "," : "", st[i]->ref.job_id);
+        e |= buf_printf(&epochs, "%s%lld", i ? "," : "", (long long)st[i]->ref.epoch);
+        e |= buf_printf(&agents, "%s%s", i ? "," : "", st[i]->agent);
+    }
+    e |= buf_append_str(&jobs, "}") | buf_append_str(&epochs, "}") | buf_append_str(&agents, "}");
+    char lease[24];
+    snprintf(lease, sizeof(lease), "%lld", (long long)(app->cfg->agent_lease_ms / 1000));
+    const char *pp[] = {jobs.data, epochs.data, agents.data, lease};
+    PGresult *res = NULL;
+    int r = e ? -ENOMEM : store_tx_exec(tx, &q_started, pp, &res);
+    buf_free(&jobs);
+    buf_free(&epochs);
+    buf_free(&agents);
+    if (r < 0)
+        return r;
+    for (int i = 0; i < r && (size_t)i < n; i++) {
+        long k = strtol(PQgetvalue(res, i, 0), NULL, 10) - 1;
+        if (k < 0 || (size_t)k >= n)
+            continue;
+        struct start *x = st[k];
+        x->ours = strcmp(PQgetvalue(res, i, 1), "t") == 0;
+        x->exists = strcmp(PQgetvalue(res, i, 2), "t") == 0;
+        x->wait_s = PQgetisnull(res, i, 3) || x->repeat ? -1 : strtod(PQgetvalue(res, i, 3), NULL);
+    }
+    PQclear(res);
+    return 0;
+}
+
+/* What a start report answers, from its outcome. */
+static void start_outcome(const struct start *st, struct outcome *o)
+{
+    if (st->wait_s >= 0) { /* the first report of this start */
+        o->start_wait_s = st->wait_s;
+        log_info("op=job.started job=%s epoch=%lld agent=%s", st->ref.job_id,
+                 (long long)st->ref.epoch, st->agent);
+    }
+    if (!st->exists)
+        outcome_problem(o, PROBLEM_NOT_FOUND, "no such job", NULL);
+    else if (!st->ours)
+        outcome_stale(o);
+    else
+        o->answer = json_pack("{s:s}", "status", "running");
+}
 
 /* One chunk through job_log_append() (sql/0009_job_logs.sql): contiguous, idempotent for an
  * identical retransmission, within the job's log limit. */
@@ -457,39 +548,16 @@ static void epoch_text(const struct proto_report *rep, char *epoch, size_t len)
     snprintf(epoch, len, "%lld", (long long)rep->epoch);
 }
 
-/* The first two columns of q_started: attempt ours, job exists. */
-static void ours_or_not(PGresult *res, struct outcome *o, json_t *answer)
-{
-    bool ok = strcmp(PQgetvalue(res, 0, 0), "1") == 0;
-    bool exists = strcmp(PQgetvalue(res, 0, 1), "1") == 0;
-    PQclear(res);
-    if (!exists)
-        outcome_problem(o, PROBLEM_NOT_FOUND, "no such job", NULL);
-    else if (!ok)
-        outcome_stale(o);
-    else {
-        o->answer = answer;
-        answer = NULL;
-    }
-    json_decref(answer);
-}
-
 static int report_started(struct app *app, const struct http_principal *p, struct store_tx *tx,
                           const char *id, const struct proto_report *rep, struct outcome *o)
 {
-    char epoch[24], lease[24];
-    epoch_text(rep, epoch, sizeof(epoch));
-    snprintf(lease, sizeof(lease), "%lld", (long long)(app->cfg->agent_lease_ms / 1000));
-    const char *pp[] = {id, epoch, p->subject, lease};
-    PGresult *res = NULL;
-    int r = store_tx_exec(tx, &q_started, pp, &res);
+    struct start one = {.agent = p->subject, .wait_s = -1}, *st = &one;
+    snprintf(one.ref.job_id, sizeof(one.ref.job_id), "%s", id);
+    one.ref.epoch = rep->epoch;
+    int r = starts_run(app, tx, &st, 1);
     if (r < 0)
         return r;
-    if (r == 1 && !PQgetisnull(res, 0, 3)) { /* the first report of this start */
-        o->start_wait_s = strtod(PQgetvalue(res, 0, 3), NULL);
-        log_info("op=job.started job=%s epoch=%s agent=%s", id, epoch, p->subject);
-    }
-    ours_or_not(res, o, json_pack("{s:s}", "status", "running"));
+    start_outcome(&one, o);
     return 0;
 }
 
@@ -729,9 +797,10 @@ static json_t *outcome_json(struct outcome *o)
     return json_pack("{s:i, s:o?}", "code", d ? d->status : 500, "problem", pr);
 }
 
-/* Check one report of a batch and run it; < 0 is a store error. */
+/* Check one report of a batch and run it (a start: answer what sync_pre() ran, pre); < 0
+ * is a store error. */
 static int sync_report(struct app *app, const struct http_principal *p, struct store_tx *tx,
-                       const json_t *item, size_t idx, struct outcome *o)
+                       const json_t *item, size_t idx, const struct start *pre, struct outcome *o)
 {
     char field[160];
     struct proto_report rep;
@@ -744,7 +813,10 @@ static int sync_report(struct app *app, const struct http_principal *p, struct s
     }
     if (r < 0)
         return r;
-    r = report_fns[rep.kind](app, p, tx, rep.job_id, &rep, o);
+    if (rep.kind == PROTO_REPORT_STARTED && pre)
+        start_outcome(pre, o);
+    else
+        r = report_fns[rep.kind](app, p, tx, rep.job_id, &rep, o);
     if (r >= 0 && !o->answer && o->field[0]) {
         snprintf(field, sizeof(field), "reports[%zu].%.100s", idx, o->field);
         snprintf(o->field, sizeof(o->field), "%s", field);
@@ -764,6 +836,11 @@ struct sync_work {
     json_t *ans, *outs, *finished;
     char *assigned;
     bool ended;
+    /* sync_pre()'s: the exchange's `started` reports (nstarts of them) and their outcomes;
+     * start_of[i]: report i's index in starts, or -1 (not a start, or not one pre ran) */
+    struct start *starts;
+    size_t nstarts;
+    int *start_of;
 };
 
 static void sync_work_reset(struct sync_work *w)
@@ -775,6 +852,50 @@ static void sync_work_reset(struct sync_work *w)
     w->ans = w->outs = w->finished = NULL;
     w->assigned = NULL;
     w->ended = false;
+}
+
+/* The `started` reports of every exchange of the transaction, in one statement
+ * (q_started): the start of many jobs costs about what one did, once per statement. Each
+ * exchange's run then answers its own from what this left in it. */
+static int sync_pre(struct store_tx *tx, void *const *args, int n)
+{
+    size_t total = 0;
+    for (int k = 0; k < n; k++) {
+        struct sync_work *w = args[k];
+        w->nstarts = 0;
+        size_t i;
+        json_t *item;
+        json_array_foreach(w->sync.reports, i, item)
+        {
+            w->start_of[i] = -1;
+            struct proto_report rep;
+            struct jsonv_error e;
+            /* One that does not decode is answered by run (its problem names the field);
+             * the others are decoded there only (a chunk's base64 is long to check). */
+            const char *kind = json_string_value(json_object_get(item, "kind"));
+            if (!kind || strcmp(kind, proto_report_kind_name(PROTO_REPORT_STARTED)) != 0 ||
+                proto_report_decode(item, -1, &rep, &e) < 0 || rep.kind != PROTO_REPORT_STARTED)
+                continue;
+            struct start *st = &w->starts[w->nstarts];
+            *st = (struct start){.agent = w->p.subject, .wait_s = -1};
+            snprintf(st->ref.job_id, sizeof(st->ref.job_id), "%s", rep.job_id);
+            st->ref.epoch = rep.epoch;
+            w->start_of[i] = (int)w->nstarts++;
+        }
+        total += w->nstarts;
+    }
+    if (total == 0)
+        return 0;
+    _cleanup_free_ struct start **all = calloc(total, sizeof(*all));
+    if (!all)
+        return -ENOMEM;
+    size_t m = 0;
+    for (int k = 0; k < n; k++) {
+        struct sync_work *w = args[k];
+        for (size_t j = 0; j < w->nstarts; j++)
+            all[m++] = &w->starts[j];
+    }
+    return starts_run(((struct sync_work *)args[0])->app, tx, all, total);
 }
 
 static int sync_run(struct store_tx *tx, void *arg)
@@ -802,7 +923,8 @@ static int sync_run(struct store_tx *tx, void *arg)
         if (r < 0)
             break;
         struct outcome o = OUTCOME_INIT;
-        r = sync_report(app, p, tx, item, i, &o);
+        int si = w->start_of[i];
+        r = sync_report(app, p, tx, item, i, si >= 0 ? &w->starts[si] : NULL, &o);
         if (r >= 0) {
             w->ended = w->ended || o.ended;
             json_t *om = outcome_metrics(&o);
@@ -849,10 +971,13 @@ done:
     sync_work_reset(w);
     proto_sync_clear(&w->sync);
     json_decref(w->body);
+    free(w->starts);
+    free(w->start_of);
     free(w);
 }
 
-static const struct report_batch_ops sync_ops = {.run = sync_run, .done = sync_done};
+static const struct report_batch_ops sync_ops = {
+    .run = sync_run, .pre = sync_pre, .done = sync_done};
 
 void api_agent_sync(struct http_req *req)
 {
@@ -874,6 +999,19 @@ void api_agent_sync(struct http_req *req)
         free(w);
         return;
     }
+    size_t nreports = json_array_size(w->sync.reports);
+    w->starts = calloc(nreports + 1, sizeof(*w->starts));
+    w->start_of = calloc(nreports + 1, sizeof(*w->start_of));
+    if (!w->starts || !w->start_of) {
+        http_reply_error(req, -ENOMEM, "reading the agent's reports");
+        proto_sync_clear(&w->sync);
+        free(w->starts);
+        free(w->start_of);
+        free(w);
+        return;
+    }
+    for (size_t i = 0; i < nreports; i++)
+        w->start_of[i] = -1;
     w->app = http_req_app(req);
     w->p = *http_req_principal(req);
     w->body = TAKE_PTR(body);

@@ -274,3 +274,85 @@ Test(commit, a_report_whose_commit_fails_fails_alone_and_counts_when_resent)
     cr_assert_str_eq(job_status(job), "succeeded");
     free(result_body);
 }
+
+/* The `started` reports of the exchanges that share a transaction run as one statement
+ * (sync_pre() in server/api-agentproto.c), and each is still answered in its place: every
+ * agent's own start is recorded and answered 200, a repeat of it in the same statement too
+ * (but it is not a second first start), another agent's job is not found and a wrong epoch
+ * is stale. */
+Test(commit, starts_sharing_a_transaction_are_each_answered_in_place)
+{
+    learn_ids();
+    /* Every agent online, with one slot: one job each. */
+    for (int i = 0; i < AGENTS; i++) {
+        struct th_resp r;
+        th_http(&srv, "POST", PROTO_AGENT_PATH_SYNC, creds[i],
+                "{\"heartbeat\":{\"status\":\"idle\",\"slots\":1,\"free_slots\":1}}", NULL, &r);
+        cr_assert_eq(r.status, 200, "%s", r.body);
+        th_resp_free(&r);
+    }
+    for (int i = 0; i < AGENTS; i++)
+        free(th_job_submit(&srv, admin, json_pack("{s:s}", "command", "true")));
+    char job[AGENTS][40];
+    long long epoch[AGENTS];
+    for (int i = 0; i < AGENTS; i++) {
+        job[i][0] = '\0';
+        for (int k = 0; k < 30 && !job[i][0]; k++) {
+            struct th_resp r;
+            th_http(&srv, "POST", PROTO_AGENT_PATH_SYNC, creds[i], "{\"assign\":true,\"wait\":2}",
+                    NULL, &r);
+            cr_assert_eq(r.status, 200, "%s", r.body);
+            json_t *a = json_array_get(json_object_get(r.json, "assignments"), 0);
+            if (a) {
+                snprintf(job[i], sizeof(job[i]), "%s",
+                         json_string_value(json_object_get(a, "job_id")));
+                epoch[i] = json_integer_value(json_object_get(a, "epoch"));
+            }
+            th_resp_free(&r);
+        }
+        cr_assert(job[i][0], "agent %d was never given a job", i);
+    }
+
+    double firsts0 = metric("orch_job_assign_to_start_seconds_count");
+    double items0 = metric("orch_agent_commit_items_sum");
+    double txs0 = metric("orch_agent_commit_items_count");
+    struct call calls[AGENTS];
+    for (int i = 0; i < AGENTS; i++) {
+        int o = (i + 1) % AGENTS; /* another agent's job */
+        memset(&calls[i], 0, sizeof(calls[i]));
+        calls[i].path = PROTO_AGENT_PATH_SYNC;
+        calls[i].cred = creds[i];
+        snprintf(calls[i].body, sizeof(calls[i].body),
+                 "{\"reports\":[{\"kind\":\"started\",\"job_id\":\"%.36s\",\"epoch\":%lld},"
+                 "{\"kind\":\"started\",\"job_id\":\"%.36s\",\"epoch\":%lld},"
+                 "{\"kind\":\"started\",\"job_id\":\"%.36s\",\"epoch\":%lld},"
+                 "{\"kind\":\"started\",\"job_id\":\"%.36s\",\"epoch\":%lld}]}",
+                 job[o], epoch[o], job[i], epoch[i], job[i], epoch[i] + 1, job[i], epoch[i]);
+    }
+    send_together(calls, AGENTS);
+    for (int i = 0; i < AGENTS; i++) {
+        cr_assert_eq(calls[i].status, 200, "agent %d: %ld", i, calls[i].status);
+        json_t *reps = json_object_get(calls[i].json, "reports");
+        char *text = json_dumps(calls[i].json, JSON_COMPACT);
+        static const long want[] = {404, 200, 409, 200};
+        for (size_t k = 0; k < 4; k++)
+            cr_expect_eq(json_integer_value(json_object_get(json_array_get(reps, k), "code")),
+                         want[k], "agent %d, report %zu: %s", i, k, text);
+        free(text);
+        json_decref(calls[i].json);
+        cr_assert_str_eq(job_status(job[i]), "running");
+    }
+    /* One first start per job: the repeats are not counted again. */
+    cr_assert_eq(metric("orch_job_assign_to_start_seconds_count") - firsts0, AGENTS);
+    char sql[200];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM job_attempts WHERE status = 'running' AND started_at IS NOT NULL"
+             " AND job_id IN (SELECT id FROM jobs WHERE tenant_id = '%s')",
+             tenant);
+    cr_assert_eq(th_pg_long(pg, sql), AGENTS);
+    /* They shared transactions (the window is long, the batch AGENTS items). */
+    double items = metric("orch_agent_commit_items_sum") - items0;
+    double txs = metric("orch_agent_commit_items_count") - txs0;
+    cr_assert_eq(items, AGENTS);
+    cr_assert_lt(txs, items, "the %d exchanges sent together took %.0f transactions", AGENTS, txs);
+}
