@@ -8,52 +8,71 @@ CREATE OR REPLACE FUNCTION retry_backoff(n int) RETURNS interval LANGUAGE sql VO
                                  * (0.5 + random() * 0.5))
 $$;
 
--- job_end_attempt: from 0005_dispatch.sql; a retry gets a new queued_seq (0011_placement.sql).
--- End the current attempt of a job: the one place a job leaves `assigned`/`running`.
--- outcome: succeeded | failed | timeout | lost | cancelled. A failed, timed-out or lost
--- attempt is retried (queued after a backoff) while attempts remain, else the job is
--- dead; a job whose cancel was requested ends cancelled.
-CREATE OR REPLACE FUNCTION job_end_attempt(jid uuid, ep bigint, outcome text, code int, err text,
-                                res jsonb)
-    RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    j record;
-    next_status text;
+-- job_end_attempts: End the current attempt of many jobs at once, the one place a job
+-- leaves `assigned`/`running`: the set-based form of job_end_attempt() (below), which the
+-- agents' group commit calls once for every result of a transaction (server/api-agentproto.c)
+-- and which job_end_attempt() calls with one row. Row i of the arrays: the job, the epoch
+-- of the attempt, the agent it must be assigned to (NULL: whichever), the outcome
+-- (succeeded | failed | timeout | lost | cancelled), the exit code, the error, the result.
+-- A failed, timed-out or lost attempt is retried (queued after a backoff) while attempts
+-- remain, else the job is dead; a job whose cancel was requested ends cancelled. Returns
+-- one row for each attempt ended: its row number n (from 1) and the job's new status. A
+-- job named twice is ended by its first row only; a job that is not at that epoch, not that
+-- agent's or not active is left alone (no row). The jobs are locked in id order first, so
+-- that two callers with the same jobs wait for each other instead of deadlocking.
+CREATE OR REPLACE FUNCTION job_end_attempts(p_ids uuid[], p_epochs bigint[], p_agents uuid[],
+                                            p_outcomes text[], p_codes int[], p_errors text[],
+                                            p_results jsonb[])
+    RETURNS TABLE (n bigint, status text) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
 BEGIN
-    SELECT * INTO j FROM jobs WHERE id = jid FOR UPDATE;
-    IF NOT FOUND OR j.epoch <> ep OR j.status NOT IN ('assigned', 'running') THEN
-        RETURN NULL;
-    END IF;
-    IF j.cancel_requested THEN
-        next_status := 'cancelled';
-    ELSIF outcome = 'succeeded' THEN
-        next_status := 'succeeded';
-    ELSIF outcome = 'cancelled' THEN
-        next_status := 'cancelled';
-    ELSIF j.attempt < j.max_attempts THEN
-        next_status := 'queued';
-    ELSE
-        next_status := 'dead';
-    END IF;
-    UPDATE job_attempts SET status = CASE outcome WHEN 'succeeded' THEN 'succeeded'
-                                                  WHEN 'cancelled' THEN 'cancelled'
-                                                  WHEN 'timeout' THEN 'timeout'
-                                                  WHEN 'lost' THEN 'lost' ELSE 'failed' END,
-           finished_at = now(), exit_code = code, error = left(err, 4096)
-     WHERE job_id = jid AND epoch = ep;
-    UPDATE jobs SET status = next_status,
-           exit_code = code, error = left(err, 4096), result = res,
-           agent_id = CASE WHEN next_status = 'queued' THEN NULL ELSE agent_id END,
-           lease_expires_at = NULL,
-           not_before = CASE WHEN next_status = 'queued' THEN now() + retry_backoff(j.attempt)
-                             ELSE not_before END,
-           queued_seq = CASE WHEN next_status = 'queued' THEN nextval('jobs_queued_seq')
-                             ELSE queued_seq END,
-           finished_at = CASE WHEN next_status = 'queued' THEN NULL ELSE now() END,
-           updated_at = now()
-     WHERE id = jid;
-    RETURN next_status;
+    PERFORM 1 FROM jobs WHERE id = ANY (p_ids) ORDER BY id FOR UPDATE;
+    -- A new statement, a new snapshot: the jobs as they are now that they are locked.
+    RETURN QUERY
+    WITH r AS (SELECT * FROM unnest(p_ids, p_epochs, p_agents, p_outcomes, p_codes, p_errors,
+                                    p_results)
+                        WITH ORDINALITY AS r(id, epoch, agent, outcome, code, err, res, n)),
+    e AS (SELECT DISTINCT ON (jb.id) r.n, jb.id, jb.epoch, jb.attempt, r.outcome, r.code,
+                 left(r.err, 4096) AS err, r.res,
+                 CASE WHEN jb.cancel_requested THEN 'cancelled'
+                      WHEN r.outcome = 'succeeded' THEN 'succeeded'
+                      WHEN r.outcome = 'cancelled' THEN 'cancelled'
+                      WHEN jb.attempt < jb.max_attempts THEN 'queued'
+                      ELSE 'dead' END AS next
+            FROM r JOIN jobs jb ON jb.id = r.id AND jb.epoch = r.epoch
+                                AND (r.agent IS NULL OR jb.agent_id = r.agent)
+                                AND jb.status IN ('assigned', 'running')
+           ORDER BY jb.id, r.n),
+    a AS (UPDATE job_attempts x
+             SET status = CASE e.outcome WHEN 'succeeded' THEN 'succeeded'
+                                         WHEN 'cancelled' THEN 'cancelled'
+                                         WHEN 'timeout' THEN 'timeout'
+                                         WHEN 'lost' THEN 'lost' ELSE 'failed' END,
+                 finished_at = now(), exit_code = e.code, error = e.err
+            FROM e WHERE x.job_id = e.id AND x.epoch = e.epoch),
+    u AS (UPDATE jobs jb
+             SET status = e.next, exit_code = e.code, error = e.err, result = e.res,
+                 agent_id = CASE WHEN e.next = 'queued' THEN NULL ELSE jb.agent_id END,
+                 lease_expires_at = NULL,
+                 not_before = CASE WHEN e.next = 'queued' THEN now() + retry_backoff(e.attempt)
+                                   ELSE jb.not_before END,
+                 queued_seq = CASE WHEN e.next = 'queued' THEN nextval('jobs_queued_seq')
+                                   ELSE jb.queued_seq END,
+                 finished_at = CASE WHEN e.next = 'queued' THEN NULL ELSE now() END,
+                 updated_at = now()
+            FROM e WHERE jb.id = e.id)
+    SELECT e.n, e.next FROM e;
 END
+$$;
+
+-- job_end_attempt: from 0005_dispatch.sql; a retry gets a new queued_seq (0011_placement.sql).
+-- End the current attempt of one job (job_end_attempts() with one row, whichever agent):
+-- its new status, or NULL when the job is not active at epoch ep.
+CREATE OR REPLACE FUNCTION job_end_attempt(jid uuid, ep bigint, outcome text, code int, err text,
+                                           res jsonb)
+    RETURNS text LANGUAGE sql AS $$
+    SELECT status FROM job_end_attempts(ARRAY[jid], ARRAY[ep], ARRAY[NULL::uuid], ARRAY[outcome],
+                                        ARRAY[code], ARRAY[err], ARRAY[res])
 $$;
 
 -- reap_expired_leases: from 0005_dispatch.sql.
