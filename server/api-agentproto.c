@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/buf.h"
 #include "common/cleanup.h"
@@ -521,27 +522,152 @@ static const struct store_stmt q_log_chunk =
                "  FROM job_log_append($1, $2, $6, $3, $4, decode($5, 'base64'))",
                6);
 
-/* Ends the attempt when (job, epoch) is this agent's; a repeat of a result already
- * recorded for this agent and epoch is answered like the first. The status answered is the
- * job's after this result: job_end_attempt()'s, since the statement's own snapshot still
- * sees the status from before. */
+/* Results, set-based like the starts: every result of a group commit's transaction in one
+ * statement (sync_pre()), a report on its own route as a set of one. $1: a JSON array of
+ * {n, id, epoch, agent, outcome, code, err, res}, n = 1, 2, ... in that order (job id
+ * order). job_end_attempts() ends each attempt that is this agent's at that epoch; one row
+ * per report, by n: the job's status after this result when this report ended the attempt
+ * (else NULL); whether the attempt had ended before this statement (a repeat of a result
+ * already recorded, answered like the first); the job's status when the job has an attempt
+ * of this agent's (else NULL: no such job); the run time; the tenant and queue of an ended
+ * job. The statement's own snapshot still sees everything as it was before it. */
 static const struct store_stmt q_result = STORE_STMT(
     "ap_result",
-    "WITH e AS MATERIALIZED ("
-    "  SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND epoch = $2 AND agent_id = $3)"
-    "              THEN job_end_attempt($1, $2, $4, $5::int, $6, $7::jsonb) END AS status)"
-    " SELECT e.status,"
-    "       EXISTS (SELECT 1 FROM job_attempts WHERE job_id = $1 AND epoch = $2"
-    "                 AND agent_id = $3 AND finished_at IS NOT NULL AND status <> 'lost'),"
-    "       coalesce(e.status, (SELECT status FROM jobs WHERE id = $1 AND EXISTS ("
-    "           SELECT 1 FROM job_attempts WHERE job_id = $1 AND agent_id = $3))),"
-    "       (SELECT extract(epoch FROM clock_timestamp() - started_at) FROM job_attempts"
-    "         WHERE job_id = $1 AND epoch = $2 AND agent_id = $3),"
+    "WITH r AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(n bigint, id uuid,"
+    "             epoch bigint, agent uuid, outcome text, code int, err text, res jsonb)),"
+    " e AS MATERIALIZED (SELECT * FROM job_end_attempts(ARRAY(SELECT id FROM r ORDER BY n),"
+    "       ARRAY(SELECT epoch FROM r ORDER BY n), ARRAY(SELECT agent FROM r ORDER BY n),"
+    "       ARRAY(SELECT outcome FROM r ORDER BY n), ARRAY(SELECT code FROM r ORDER BY n),"
+    "       ARRAY(SELECT err FROM r ORDER BY n), ARRAY(SELECT res FROM r ORDER BY n)))"
+    " SELECT r.n, e.status,"
+    "       EXISTS (SELECT 1 FROM job_attempts x WHERE x.job_id = r.id AND x.epoch = r.epoch"
+    "                 AND x.agent_id = r.agent AND x.finished_at IS NOT NULL"
+    "                 AND x.status <> 'lost'),"
+    "       coalesce(e.status, (SELECT j.status FROM jobs j WHERE j.id = r.id AND EXISTS ("
+    "           SELECT 1 FROM job_attempts h WHERE h.job_id = r.id AND h.agent_id = r.agent))),"
+    "       (SELECT extract(epoch FROM clock_timestamp() - x.started_at) FROM job_attempts x"
+    "         WHERE x.job_id = r.id AND x.epoch = r.epoch AND x.agent_id = r.agent),"
     "       jq.tenant_id, jq.queue"
-    "  FROM e LEFT JOIN LATERAL (SELECT j.tenant_id, q.name AS queue FROM jobs j"
-    "       LEFT JOIN queues q ON q.id = j.queue_id WHERE j.id = $1 AND e.status IS NOT NULL)"
-    "       jq ON true",
-    7);
+    "  FROM r LEFT JOIN e ON e.n = r.n LEFT JOIN LATERAL (SELECT j.tenant_id, q.name AS queue"
+    "       FROM jobs j LEFT JOIN queues q ON q.id = j.queue_id"
+    "      WHERE j.id = r.id AND e.status IS NOT NULL) jq ON true"
+    " ORDER BY r.n",
+    1);
+
+/* One result report: the job, its epoch, the reporting agent and the result (borrowed from
+ * the decoded report); its outcome once run. */
+struct end {
+    struct proto_job_ref ref;
+    const char *agent;
+    struct proto_result res;
+    bool repeat_in_set; /* the same job, epoch and agent as the one before it */
+    bool known;         /* the job has an attempt of this agent's */
+    bool ended;         /* this report ended the attempt */
+    bool repeat;        /* the attempt had ended before: a repeat of its result */
+    char status[16];    /* the job's, after this report */
+    double run_s;
+    char tenant_id[ID_STR_LEN];
+    char queue[API_QUEUE_NAME_MAX + 1];
+};
+
+static int end_cmp(const void *a, const void *b)
+{
+    const struct end *x = *(struct end *const *)a, *y = *(struct end *const *)b;
+    int c = strcmp(x->ref.job_id, y->ref.job_id);
+    if (c == 0)
+        c = x->ref.epoch < y->ref.epoch ? -1 : x->ref.epoch > y->ref.epoch;
+    return c ? c : strcmp(x->agent, y->agent);
+}
+
+/* The error a result records: the agent's, else what its flags say. */
+static void end_error(const struct proto_result *r, char *err, size_t len)
+{
+    err[0] = '\0';
+    if (r->error)
+        snprintf(err, len, "%s", r->error);
+    else if (r->timed_out)
+        snprintf(err, len, "the job ran past its timeout and was killed");
+    else if (r->signal)
+        snprintf(err, len, "the job was killed by signal %lld", (long long)r->signal);
+}
+
+/* Run q_result for the n results en[] (n >= 1) and fill in their outcomes. A result that
+ * repeats the one before it in the set is answered like it, without ending anything again.
+ * Returns 0 or a store error (-ENOMEM). */
+static int ends_run(struct store_tx *tx, struct end **en, size_t n)
+{
+    qsort(en, n, sizeof(*en), end_cmp);
+    _cleanup_json_ json_t *rows = json_array();
+    int e = rows ? 0 : -ENOMEM;
+    for (size_t i = 0; i < n && e == 0; i++) {
+        struct end *x = en[i];
+        x->repeat_in_set = i > 0 && end_cmp(&en[i - 1], &en[i]) == 0;
+        char err[4200];
+        end_error(&x->res, err, sizeof(err));
+        json_t *row =
+            json_pack("{s:I, s:s, s:I, s:s, s:s, s:o, s:o, s:O?}", "n", (json_int_t)(i + 1), "id",
+                      x->ref.job_id, "epoch", (json_int_t)x->ref.epoch, "agent", x->agent,
+                      "outcome", proto_result_outcome(&x->res), "code",
+                      x->res.exit_code_null ? json_null() : json_integer(x->res.exit_code), "err",
+                      err[0] ? json_string(err) : json_null(), "res", x->res.result);
+        e = row ? json_array_append_new(rows, row) : -1;
+    }
+    _cleanup_free_ char *text = e == 0 ? json_dumps(rows, JSON_COMPACT) : NULL;
+    if (!text)
+        return -ENOMEM;
+    const char *pp[] = {text};
+    PGresult *res = NULL;
+    int r = store_tx_exec(tx, &q_result, pp, &res);
+    if (r < 0)
+        return r;
+    for (int i = 0; i < r; i++) {
+        long k = strtol(PQgetvalue(res, i, 0), NULL, 10) - 1;
+        if (k < 0 || (size_t)k >= n)
+            continue;
+        struct end *x = en[k];
+        x->known = !PQgetisnull(res, i, 3);
+        x->ended = !PQgetisnull(res, i, 1);
+        x->repeat = strcmp(PQgetvalue(res, i, 2), "t") == 0;
+        snprintf(x->status, sizeof(x->status), "%s", PQgetvalue(res, i, 3));
+        x->run_s = PQgetisnull(res, i, 4) ? -1 : strtod(PQgetvalue(res, i, 4), NULL);
+        snprintf(x->tenant_id, sizeof(x->tenant_id), "%s", PQgetvalue(res, i, 5));
+        snprintf(x->queue, sizeof(x->queue), "%s", PQgetvalue(res, i, 6));
+    }
+    PQclear(res);
+    for (size_t i = 1; i < n; i++) {
+        struct end *x = en[i], *prev = en[i - 1];
+        if (!x->repeat_in_set)
+            continue;
+        x->known = prev->known;
+        x->repeat = prev->ended || prev->repeat;
+        x->ended = false;
+        snprintf(x->status, sizeof(x->status), "%s", prev->status);
+    }
+    return 0;
+}
+
+/* What a result report answers, from its outcome. */
+static void end_outcome(const struct end *x, struct outcome *o)
+{
+    if (!x->known) {
+        outcome_problem(o, PROBLEM_NOT_FOUND, "no such job", NULL);
+        return;
+    }
+    snprintf(o->tenant_id, sizeof(o->tenant_id), "%s", x->tenant_id);
+    snprintf(o->queue, sizeof(o->queue), "%s", x->queue);
+    if (!x->ended && !x->repeat) {
+        outcome_stale(o);
+        return;
+    }
+    log_info("op=job.result job=%s epoch=%lld agent=%s outcome=%s status=%s", x->ref.job_id,
+             (long long)x->ref.epoch, x->agent, proto_result_outcome(&x->res), x->status);
+    if (x->ended && !x->repeat) {
+        snprintf(o->finished, sizeof(o->finished), "%s", x->status);
+        o->run_s = x->run_s;
+    }
+    o->ended = x->ended;
+    o->answer = json_pack("{s:s}", "status", x->status);
+}
 
 static void epoch_text(const struct proto_report *rep, char *epoch, size_t len)
 {
@@ -614,57 +740,13 @@ static int report_result(struct app *app, const struct http_principal *p, struct
                          const char *id, const struct proto_report *rep, struct outcome *o)
 {
     (void)app;
-    const struct proto_result *res_in = &rep->result;
-    char epoch[24], code[16] = "";
-    epoch_text(rep, epoch, sizeof(epoch));
-    bool timed_out = res_in->timed_out;
-    long long sig = res_in->signal;
-    if (!res_in->exit_code_null)
-        snprintf(code, sizeof(code), "%d", res_in->exit_code);
-    const char *outcome = proto_result_outcome(res_in);
-    _cleanup_free_ char *result_text =
-        res_in->result ? json_dumps(res_in->result, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-    if (res_in->result && !result_text)
-        return -ENOMEM;
-    char err[4200] = "";
-    const char *e = res_in->error;
-    if (e)
-        snprintf(err, sizeof(err), "%s", e);
-    else if (timed_out)
-        snprintf(err, sizeof(err), "the job ran past its timeout and was killed");
-    else if (sig)
-        snprintf(err, sizeof(err), "the job was killed by signal %lld", sig);
-    const char *pp[] = {
-        id, epoch, p->subject, outcome, code[0] ? code : NULL, err[0] ? err : NULL, result_text};
-    PGresult *res = NULL;
-    int r = store_tx_exec(tx, &q_result, pp, &res);
+    struct end one = {.agent = p->subject, .res = rep->result}, *x = &one;
+    snprintf(one.ref.job_id, sizeof(one.ref.job_id), "%s", id);
+    one.ref.epoch = rep->epoch;
+    int r = ends_run(tx, &x, 1);
     if (r < 0)
         return r;
-    if (r == 0 || PQgetisnull(res, 0, 2)) {
-        PQclear(res);
-        outcome_problem(o, PROBLEM_NOT_FOUND, "no such job", NULL);
-        return 0;
-    }
-    bool ended = !PQgetisnull(res, 0, 0);
-    bool repeat = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
-    double run_s = PQgetisnull(res, 0, 3) ? -1 : strtod(PQgetvalue(res, 0, 3), NULL);
-    char status[16];
-    snprintf(status, sizeof(status), "%s", PQgetvalue(res, 0, 2));
-    snprintf(o->tenant_id, sizeof(o->tenant_id), "%s", PQgetvalue(res, 0, 4));
-    snprintf(o->queue, sizeof(o->queue), "%s", PQgetvalue(res, 0, 5));
-    PQclear(res);
-    if (!ended && !repeat) {
-        outcome_stale(o);
-        return 0;
-    }
-    log_info("op=job.result job=%s epoch=%s agent=%s outcome=%s status=%s", id, epoch, p->subject,
-             outcome, status);
-    if (ended && !repeat) {
-        snprintf(o->finished, sizeof(o->finished), "%s", status);
-        o->run_s = run_s;
-    }
-    o->ended = ended;
-    o->answer = json_pack("{s:s}", "status", status);
+    end_outcome(&one, o);
     return 0;
 }
 
@@ -797,10 +879,14 @@ static json_t *outcome_json(struct outcome *o)
     return json_pack("{s:i, s:o?}", "code", d ? d->status : 500, "problem", pr);
 }
 
-/* Check one report of a batch and run it (a start: answer what sync_pre() ran, pre); < 0
- * is a store error. */
+struct sync_work;
+static const struct start *sync_pre_start(const struct sync_work *w, size_t idx);
+static const struct end *sync_pre_end(const struct sync_work *w, size_t idx);
+
+/* Check report idx of exchange w and run it (or answer what sync_pre() ran of it); < 0 is a
+ * store error. */
 static int sync_report(struct app *app, const struct http_principal *p, struct store_tx *tx,
-                       const json_t *item, size_t idx, const struct start *pre, struct outcome *o)
+                       const json_t *item, size_t idx, const struct sync_work *w, struct outcome *o)
 {
     char field[160];
     struct proto_report rep;
@@ -813,8 +899,12 @@ static int sync_report(struct app *app, const struct http_principal *p, struct s
     }
     if (r < 0)
         return r;
-    if (rep.kind == PROTO_REPORT_STARTED && pre)
-        start_outcome(pre, o);
+    const struct start *ps = rep.kind == PROTO_REPORT_STARTED ? sync_pre_start(w, idx) : NULL;
+    const struct end *pe = rep.kind == PROTO_REPORT_RESULT ? sync_pre_end(w, idx) : NULL;
+    if (ps)
+        start_outcome(ps, o);
+    else if (pe)
+        end_outcome(pe, o);
     else
         r = report_fns[rep.kind](app, p, tx, rep.job_id, &rep, o);
     if (r >= 0 && !o->answer && o->field[0]) {
@@ -836,11 +926,13 @@ struct sync_work {
     json_t *ans, *outs, *finished;
     char *assigned;
     bool ended;
-    /* sync_pre()'s: the exchange's `started` reports (nstarts of them) and their outcomes;
-     * start_of[i]: report i's index in starts, or -1 (not a start, or not one pre ran) */
+    /* sync_pre()'s: the exchange's `started` and result reports it ran (nstarts, nends of
+     * them) with their outcomes; pre_of[i]: report i's index in starts or ends (by its
+     * kind), or -1 (one sync_pre() did not run) */
     struct start *starts;
-    size_t nstarts;
-    int *start_of;
+    struct end *ends;
+    size_t nstarts, nends;
+    int *pre_of;
 };
 
 static void sync_work_reset(struct sync_work *w)
@@ -854,48 +946,97 @@ static void sync_work_reset(struct sync_work *w)
     w->ended = false;
 }
 
-/* The `started` reports of every exchange of the transaction, in one statement
- * (q_started): the start of many jobs costs about what one did, once per statement. Each
+/* Whether a report before report idx of reports is output of idx's job. */
+static bool output_before(const json_t *reports, size_t idx)
+{
+    const char *job = json_string_value(json_object_get(json_array_get(reports, idx), "job_id"));
+    const char *logs = proto_report_kind_name(PROTO_REPORT_LOGS);
+    for (size_t i = 0; job && i < idx; i++) {
+        const json_t *it = json_array_get(reports, i);
+        const char *kind = json_string_value(json_object_get(it, "kind"));
+        const char *id = json_string_value(json_object_get(it, "job_id"));
+        if (kind && id && strcmp(kind, logs) == 0 && strcasecmp(id, job) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* What sync_pre() ran of report idx of w, by its kind (NULL: nothing). */
+static const struct start *sync_pre_start(const struct sync_work *w, size_t idx)
+{
+    int k = w->pre_of[idx];
+    return k >= 0 && (size_t)k < w->nstarts ? &w->starts[k] : NULL;
+}
+
+static const struct end *sync_pre_end(const struct sync_work *w, size_t idx)
+{
+    int k = w->pre_of[idx];
+    return k >= 0 && (size_t)k < w->nends ? &w->ends[k] : NULL;
+}
+
+/* The `started` reports of every exchange of the transaction in one statement (q_started),
+ * then their results in another (q_result): the start or the end of many jobs costs little
+ * more than one did, once per statement (its plan, its triggers, its round trip). Each
  * exchange's run then answers its own from what this left in it. */
 static int sync_pre(struct store_tx *tx, void *const *args, int n)
 {
-    size_t total = 0;
+    size_t nstarts = 0, nends = 0;
     for (int k = 0; k < n; k++) {
         struct sync_work *w = args[k];
-        w->nstarts = 0;
+        w->nstarts = w->nends = 0;
         size_t i;
         json_t *item;
         json_array_foreach(w->sync.reports, i, item)
         {
-            w->start_of[i] = -1;
+            w->pre_of[i] = -1;
             struct proto_report rep;
             struct jsonv_error e;
             /* One that does not decode is answered by run (its problem names the field);
-             * the others are decoded there only (a chunk's base64 is long to check). */
+             * the others are decoded there only (a chunk's base64 is long to check). A
+             * result is left to run too when its exchange has a heartbeat (which comes
+             * first there, and would call a job this result ended lost) or output of its
+             * job before it (which the end of the job would refuse). */
             const char *kind = json_string_value(json_object_get(item, "kind"));
-            if (!kind || strcmp(kind, proto_report_kind_name(PROTO_REPORT_STARTED)) != 0 ||
-                proto_report_decode(item, -1, &rep, &e) < 0 || rep.kind != PROTO_REPORT_STARTED)
+            bool start = kind && strcmp(kind, proto_report_kind_name(PROTO_REPORT_STARTED)) == 0;
+            bool end = kind && !w->sync.has_heartbeat &&
+                       strcmp(kind, proto_report_kind_name(PROTO_REPORT_RESULT)) == 0 &&
+                       !output_before(w->sync.reports, i);
+            if ((!start && !end) || proto_report_decode(item, -1, &rep, &e) < 0)
                 continue;
-            struct start *st = &w->starts[w->nstarts];
-            *st = (struct start){.agent = w->p.subject, .wait_s = -1};
-            snprintf(st->ref.job_id, sizeof(st->ref.job_id), "%s", rep.job_id);
-            st->ref.epoch = rep.epoch;
-            w->start_of[i] = (int)w->nstarts++;
+            if (rep.kind == PROTO_REPORT_STARTED) {
+                struct start *st = &w->starts[w->nstarts];
+                *st = (struct start){.agent = w->p.subject, .wait_s = -1};
+                snprintf(st->ref.job_id, sizeof(st->ref.job_id), "%s", rep.job_id);
+                st->ref.epoch = rep.epoch;
+                w->pre_of[i] = (int)w->nstarts++;
+            } else if (rep.kind == PROTO_REPORT_RESULT) {
+                struct end *x = &w->ends[w->nends];
+                *x = (struct end){.agent = w->p.subject, .res = rep.result};
+                snprintf(x->ref.job_id, sizeof(x->ref.job_id), "%s", rep.job_id);
+                x->ref.epoch = rep.epoch;
+                w->pre_of[i] = (int)w->nends++;
+            }
         }
-        total += w->nstarts;
+        nstarts += w->nstarts;
+        nends += w->nends;
     }
-    if (total == 0)
-        return 0;
-    _cleanup_free_ struct start **all = calloc(total, sizeof(*all));
-    if (!all)
+    _cleanup_free_ struct start **starts = calloc(nstarts + 1, sizeof(*starts));
+    _cleanup_free_ struct end **ends = calloc(nends + 1, sizeof(*ends));
+    if (!starts || !ends)
         return -ENOMEM;
-    size_t m = 0;
+    size_t ns = 0, ne = 0;
     for (int k = 0; k < n; k++) {
         struct sync_work *w = args[k];
         for (size_t j = 0; j < w->nstarts; j++)
-            all[m++] = &w->starts[j];
+            starts[ns++] = &w->starts[j];
+        for (size_t j = 0; j < w->nends; j++)
+            ends[ne++] = &w->ends[j];
     }
-    return starts_run(((struct sync_work *)args[0])->app, tx, all, total);
+    /* The starts first: one exchange may carry a short job's start and its result. */
+    int r = ns ? starts_run(((struct sync_work *)args[0])->app, tx, starts, ns) : 0;
+    if (r >= 0 && ne)
+        r = ends_run(tx, ends, ne);
+    return r < 0 ? r : 0;
 }
 
 static int sync_run(struct store_tx *tx, void *arg)
@@ -923,8 +1064,7 @@ static int sync_run(struct store_tx *tx, void *arg)
         if (r < 0)
             break;
         struct outcome o = OUTCOME_INIT;
-        int si = w->start_of[i];
-        r = sync_report(app, p, tx, item, i, si >= 0 ? &w->starts[si] : NULL, &o);
+        r = sync_report(app, p, tx, item, i, w, &o);
         if (r >= 0) {
             w->ended = w->ended || o.ended;
             json_t *om = outcome_metrics(&o);
@@ -972,7 +1112,8 @@ done:
     proto_sync_clear(&w->sync);
     json_decref(w->body);
     free(w->starts);
-    free(w->start_of);
+    free(w->ends);
+    free(w->pre_of);
     free(w);
 }
 
@@ -1001,17 +1142,19 @@ void api_agent_sync(struct http_req *req)
     }
     size_t nreports = json_array_size(w->sync.reports);
     w->starts = calloc(nreports + 1, sizeof(*w->starts));
-    w->start_of = calloc(nreports + 1, sizeof(*w->start_of));
-    if (!w->starts || !w->start_of) {
+    w->ends = calloc(nreports + 1, sizeof(*w->ends));
+    w->pre_of = calloc(nreports + 1, sizeof(*w->pre_of));
+    if (!w->starts || !w->ends || !w->pre_of) {
         http_reply_error(req, -ENOMEM, "reading the agent's reports");
         proto_sync_clear(&w->sync);
         free(w->starts);
-        free(w->start_of);
+        free(w->ends);
+        free(w->pre_of);
         free(w);
         return;
     }
     for (size_t i = 0; i < nreports; i++)
-        w->start_of[i] = -1;
+        w->pre_of[i] = -1;
     w->app = http_req_app(req);
     w->p = *http_req_principal(req);
     w->body = TAKE_PTR(body);

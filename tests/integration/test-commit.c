@@ -276,11 +276,12 @@ Test(commit, a_report_whose_commit_fails_fails_alone_and_counts_when_resent)
 }
 
 /* The `started` reports of the exchanges that share a transaction run as one statement
- * (sync_pre() in server/api-agentproto.c), and each is still answered in its place: every
- * agent's own start is recorded and answered 200, a repeat of it in the same statement too
- * (but it is not a second first start), another agent's job is not found and a wrong epoch
- * is stale. */
-Test(commit, starts_sharing_a_transaction_are_each_answered_in_place)
+ * (sync_pre() in server/api-agentproto.c), then their results as another, and each is
+ * still answered in its place: every agent's own start or result is recorded and answered
+ * 200, a repeat of it in the same statement too (a start not a second first start, a
+ * result ending nothing twice), another agent's job is not found and a wrong epoch is
+ * stale. */
+Test(commit, starts_and_results_sharing_a_transaction_are_each_answered_in_place)
 {
     learn_ids();
     /* Every agent online, with one slot: one job each. */
@@ -353,6 +354,49 @@ Test(commit, starts_sharing_a_transaction_are_each_answered_in_place)
     /* They shared transactions (the window is long, the batch AGENTS items). */
     double items = metric("orch_agent_commit_items_sum") - items0;
     double txs = metric("orch_agent_commit_items_count") - txs0;
+    cr_assert_eq(items, AGENTS);
+    cr_assert_lt(txs, items, "the %d exchanges sent together took %.0f transactions", AGENTS, txs);
+
+    /* Their results, the same way (q_result in sync_pre()): another agent's job, its own,
+     * its own again (a repeat: answered like the first), a wrong epoch. */
+    items0 = metric("orch_agent_commit_items_sum");
+    txs0 = metric("orch_agent_commit_items_count");
+    for (int i = 0; i < AGENTS; i++) {
+        int o = (i + 1) % AGENTS;
+        memset(&calls[i], 0, sizeof(calls[i]));
+        calls[i].path = PROTO_AGENT_PATH_SYNC;
+        calls[i].cred = creds[i];
+        snprintf(calls[i].body, sizeof(calls[i].body),
+                 "{\"reports\":["
+                 "{\"kind\":\"result\",\"job_id\":\"%.36s\",\"epoch\":%lld,\"exit_code\":0},"
+                 "{\"kind\":\"result\",\"job_id\":\"%.36s\",\"epoch\":%lld,\"exit_code\":0},"
+                 "{\"kind\":\"result\",\"job_id\":\"%.36s\",\"epoch\":%lld,\"exit_code\":0},"
+                 "{\"kind\":\"result\",\"job_id\":\"%.36s\",\"epoch\":%lld,\"exit_code\":3}]}",
+                 job[o], epoch[o], job[i], epoch[i], job[i], epoch[i], job[i], epoch[i] + 1);
+    }
+    send_together(calls, AGENTS);
+    for (int i = 0; i < AGENTS; i++) {
+        cr_assert_eq(calls[i].status, 200, "agent %d: %ld", i, calls[i].status);
+        json_t *reps = json_object_get(calls[i].json, "reports");
+        char *text = json_dumps(calls[i].json, JSON_COMPACT);
+        static const long want[] = {404, 200, 200, 409};
+        for (size_t k = 0; k < 4; k++)
+            cr_expect_eq(json_integer_value(json_object_get(json_array_get(reps, k), "code")),
+                         want[k], "agent %d, report %zu: %s", i, k, text);
+        for (size_t k = 1; k <= 2; k++)
+            cr_expect_str_eq(json_string_value(json_object_get(json_array_get(reps, k), "status")),
+                             "succeeded", "agent %d, report %zu: %s", i, k, text);
+        free(text);
+        json_decref(calls[i].json);
+        cr_assert_str_eq(job_status(job[i]), "succeeded");
+    }
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM job_attempts WHERE status = 'succeeded' AND exit_code = 0"
+             " AND job_id IN (SELECT id FROM jobs WHERE tenant_id = '%s')",
+             tenant);
+    cr_assert_eq(th_pg_long(pg, sql), AGENTS);
+    items = metric("orch_agent_commit_items_sum") - items0;
+    txs = metric("orch_agent_commit_items_count") - txs0;
     cr_assert_eq(items, AGENTS);
     cr_assert_lt(txs, items, "the %d exchanges sent together took %.0f transactions", AGENTS, txs);
 }
