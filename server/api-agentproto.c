@@ -449,13 +449,20 @@ struct start {
                     * assignment; else < 0 */
 };
 
+/* The order of a set's reports: by job, epoch and agent (a repeat is next to its first). */
+static int report_cmp(const struct proto_job_ref *a, const char *agent_a,
+                      const struct proto_job_ref *b, const char *agent_b)
+{
+    int c = strcmp(a->job_id, b->job_id);
+    if (c == 0)
+        c = a->epoch < b->epoch ? -1 : a->epoch > b->epoch;
+    return c ? c : strcmp(agent_a, agent_b);
+}
+
 static int start_cmp(const void *a, const void *b)
 {
     const struct start *x = *(struct start *const *)a, *y = *(struct start *const *)b;
-    int c = strcmp(x->ref.job_id, y->ref.job_id);
-    if (c == 0)
-        c = x->ref.epoch < y->ref.epoch ? -1 : x->ref.epoch > y->ref.epoch;
-    return c ? c : strcmp(x->agent, y->agent);
+    return report_cmp(&x->ref, x->agent, &y->ref, y->agent);
 }
 
 /* Run q_started for the n starts st[] (n >= 1) and fill in their outcomes. A start that
@@ -573,10 +580,7 @@ struct end {
 static int end_cmp(const void *a, const void *b)
 {
     const struct end *x = *(struct end *const *)a, *y = *(struct end *const *)b;
-    int c = strcmp(x->ref.job_id, y->ref.job_id);
-    if (c == 0)
-        c = x->ref.epoch < y->ref.epoch ? -1 : x->ref.epoch > y->ref.epoch;
-    return c ? c : strcmp(x->agent, y->agent);
+    return report_cmp(&x->ref, x->agent, &y->ref, y->agent);
 }
 
 /* The error a result records: the agent's, else what its flags say. */

@@ -275,6 +275,25 @@ Test(commit, a_report_whose_commit_fails_fails_alone_and_counts_when_resent)
     free(result_body);
 }
 
+/* Agent i's exchange c was answered 200, its four reports with the codes want, each 200
+ * with the job's status (then frees its answer). */
+static void expect_answers(struct call *c, int i, const long want[4], const char *status)
+{
+    cr_assert_eq(c->status, 200, "agent %d: %ld", i, c->status);
+    json_t *reps = json_object_get(c->json, "reports");
+    char *text = json_dumps(c->json, JSON_COMPACT);
+    for (size_t k = 0; k < 4; k++) {
+        json_t *rep = json_array_get(reps, k);
+        cr_expect_eq(json_integer_value(json_object_get(rep, "code")), want[k],
+                     "agent %d, report %zu: %s", i, k, text);
+        if (want[k] == 200)
+            cr_expect_str_eq(json_string_value(json_object_get(rep, "status")), status,
+                             "agent %d, report %zu: %s", i, k, text);
+    }
+    free(text);
+    json_decref(c->json);
+}
+
 /* The `started` reports of the exchanges that share a transaction run as one statement
  * (sync_pre() in server/api-agentproto.c), then their results as another, and each is
  * still answered in its place: every agent's own start or result is recorded and answered
@@ -331,16 +350,9 @@ Test(commit, starts_and_results_sharing_a_transaction_are_each_answered_in_place
                  job[o], epoch[o], job[i], epoch[i], job[i], epoch[i] + 1, job[i], epoch[i]);
     }
     send_together(calls, AGENTS);
+    static const long want_start[4] = {404, 200, 409, 200};
     for (int i = 0; i < AGENTS; i++) {
-        cr_assert_eq(calls[i].status, 200, "agent %d: %ld", i, calls[i].status);
-        json_t *reps = json_object_get(calls[i].json, "reports");
-        char *text = json_dumps(calls[i].json, JSON_COMPACT);
-        static const long want[] = {404, 200, 409, 200};
-        for (size_t k = 0; k < 4; k++)
-            cr_expect_eq(json_integer_value(json_object_get(json_array_get(reps, k), "code")),
-                         want[k], "agent %d, report %zu: %s", i, k, text);
-        free(text);
-        json_decref(calls[i].json);
+        expect_answers(&calls[i], i, want_start, "running");
         cr_assert_str_eq(job_status(job[i]), "running");
     }
     /* One first start per job: the repeats are not counted again. */
@@ -375,19 +387,9 @@ Test(commit, starts_and_results_sharing_a_transaction_are_each_answered_in_place
                  job[o], epoch[o], job[i], epoch[i], job[i], epoch[i], job[i], epoch[i] + 1);
     }
     send_together(calls, AGENTS);
+    static const long want_end[4] = {404, 200, 200, 409};
     for (int i = 0; i < AGENTS; i++) {
-        cr_assert_eq(calls[i].status, 200, "agent %d: %ld", i, calls[i].status);
-        json_t *reps = json_object_get(calls[i].json, "reports");
-        char *text = json_dumps(calls[i].json, JSON_COMPACT);
-        static const long want[] = {404, 200, 200, 409};
-        for (size_t k = 0; k < 4; k++)
-            cr_expect_eq(json_integer_value(json_object_get(json_array_get(reps, k), "code")),
-                         want[k], "agent %d, report %zu: %s", i, k, text);
-        for (size_t k = 1; k <= 2; k++)
-            cr_expect_str_eq(json_string_value(json_object_get(json_array_get(reps, k), "status")),
-                             "succeeded", "agent %d, report %zu: %s", i, k, text);
-        free(text);
-        json_decref(calls[i].json);
+        expect_answers(&calls[i], i, want_end, "succeeded");
         cr_assert_str_eq(job_status(job[i]), "succeeded");
     }
     snprintf(sql, sizeof(sql),
