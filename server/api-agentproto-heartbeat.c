@@ -168,9 +168,7 @@ static bool is_mine(PGresult *res, int n, const struct proto_job_ref *ref)
     return false;
 }
 
-/* Take note of a heartbeat (decoded as hb) in memory, once, before its transaction (which
- * may run twice, report-batch.h). Returns true when it is to be written at once: the agent's
- * first on this node, or any on a node without the gateway role. */
+/* agentproto-heartbeat.h */
 bool heartbeat_note(struct app *app, const struct http_principal *p,
                     const struct proto_heartbeat *hb)
 {
@@ -186,8 +184,7 @@ void heartbeat_committed(struct app *app, bool first, const struct proto_heartbe
         gateway_kick_dispatch(app->gw);
 }
 
-/* Record a heartbeat (decoded as hb; first: heartbeat_note()'s) in tx and build its answer.
- * Returns 0 with *ret set, or a store error. */
+/* agentproto-heartbeat.h */
 int heartbeat(struct app *app, const struct http_principal *p, struct store_tx *tx, bool first,
               const struct proto_heartbeat *hb, json_t **ret)
 {

@@ -1,5 +1,6 @@
-/* api-agentproto.c: the agent protocol's reports (docs/agent-protocol.md): heartbeats,
- * a job started, its output, its result, one at a time or batched in a sync exchange.
+/* api-agentproto.c: the agent protocol's reports (docs/agent-protocol.md): a job started,
+ * its output, its result, one at a time or batched in a sync exchange with a heartbeat
+ * (api-agentproto-heartbeat.c); a group commit's starts and results in one statement each.
  * Every report names the epoch of the assignment it is about; any other epoch is refused
  * (409 stale-epoch), which is how a job never counts two agents' work. */
 #include <errno.h>

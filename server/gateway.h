@@ -13,7 +13,7 @@
  *
  * Liveness: heartbeats are kept in memory and written to PostgreSQL in one batch per
  * flush interval (agents' last_heartbeat_at and load figures); a heartbeat's own
- * transaction renews the leases of the jobs it lists (api-agentproto.c), nothing else.
+ * transaction renews the leases of the jobs it lists (api-agentproto-heartbeat.c), nothing else.
  *
  * Files: gateway.c (start, stop), gw-registry.c (long-polls, wake-ups, the checker),
  * gw-liveness.c (heartbeats), gw-hash.c (agent-id tables); what they share is in

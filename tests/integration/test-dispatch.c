@@ -282,7 +282,7 @@ Test(dispatch, an_answered_heartbeat_has_renewed_the_whole_lease_of_its_jobs)
                   expires_ms - sent_ms);
 }
 
-/* A renewal sets lease_expires_at only (api-agentproto.c, q_renew_listed): with no index
+/* A renewal sets lease_expires_at only (api-agentproto-heartbeat.c, q_renew_listed): with no index
  * on it and room in the page (sql/0029_jobs_lease_hot.sql), PostgreSQL makes it a
  * heap-only update, which writes no index entry. The transaction's own counter says so. */
 Test(dispatch, a_lease_renewal_is_a_heap_only_update)
