@@ -570,34 +570,38 @@ static json_t *outcome_json(struct outcome *o)
     return json_pack("{s:i, s:o?}", "code", d ? d->status : 500, "problem", pr);
 }
 
-struct sync_work;
-static const struct start *sync_pre_start(const struct sync_work *w, size_t idx);
-static const struct end *sync_pre_end(const struct sync_work *w, size_t idx);
+/* What sync_pre() ran of one report of an exchange: its start or its result (both NULL:
+ * nothing, the report runs in its exchange's turn). */
+struct pre {
+    const struct start *start;
+    const struct end *end;
+};
 
-/* Check report idx of exchange w and run it (or answer what sync_pre() ran of it); < 0 is a
- * store error. */
+/* Check report idx of an exchange and run it, or answer what sync_pre() ran of it (pre, a
+ * report it already decoded); < 0 is a store error. */
 static int sync_report(struct app *app, const struct http_principal *p, struct store_tx *tx,
-                       const json_t *item, size_t idx, const struct sync_work *w, struct outcome *o)
+                       const json_t *item, size_t idx, const struct pre *pre, struct outcome *o)
 {
     char field[160];
-    struct proto_report rep;
-    struct jsonv_error e;
-    int r = proto_report_decode(item, -1, &rep, &e);
-    if (r == -EINVAL) {
-        snprintf(field, sizeof(field), "reports[%zu]%s%.100s", idx, e.field[0] ? "." : "", e.field);
-        outcome_problem(o, PROBLEM_VALIDATION, e.detail, field);
-        return 0;
-    }
-    if (r < 0)
-        return r;
-    const struct start *ps = rep.kind == PROTO_REPORT_STARTED ? sync_pre_start(w, idx) : NULL;
-    const struct end *pe = rep.kind == PROTO_REPORT_RESULT ? sync_pre_end(w, idx) : NULL;
-    if (ps)
-        start_outcome(ps, o);
-    else if (pe)
-        end_outcome(pe, o);
-    else
+    int r = 0;
+    if (pre->start) {
+        start_outcome(pre->start, o);
+    } else if (pre->end) {
+        end_outcome(pre->end, o);
+    } else {
+        struct proto_report rep;
+        struct jsonv_error e;
+        r = proto_report_decode(item, -1, &rep, &e);
+        if (r == -EINVAL) {
+            snprintf(field, sizeof(field), "reports[%zu]%s%.100s", idx, e.field[0] ? "." : "",
+                     e.field);
+            outcome_problem(o, PROBLEM_VALIDATION, e.detail, field);
+            return 0;
+        }
+        if (r < 0)
+            return r;
         r = report_fns[rep.kind](app, p, tx, rep.job_id, &rep, o);
+    }
     if (r >= 0 && !o->answer && o->field[0]) {
         snprintf(field, sizeof(field), "reports[%zu].%.100s", idx, o->field);
         snprintf(o->field, sizeof(o->field), "%s", field);
@@ -618,12 +622,11 @@ struct sync_work {
     char *assigned;
     bool ended;
     /* sync_pre()'s: the exchange's `started` and result reports it ran (nstarts, nends of
-     * them) with their outcomes; pre_of[i]: report i's index in starts or ends (by its
-     * kind), or -1 (one sync_pre() did not run) */
+     * them) with their outcomes, and pre[i] for report i (pointing into those) */
     struct start *starts;
     struct end *ends;
     size_t nstarts, nends;
-    int *pre_of;
+    struct pre *pre;
 };
 
 static void sync_work_reset(struct sync_work *w)
@@ -652,19 +655,6 @@ static bool output_before(const json_t *reports, size_t idx)
     return false;
 }
 
-/* What sync_pre() ran of report idx of w, by its kind (NULL: nothing). */
-static const struct start *sync_pre_start(const struct sync_work *w, size_t idx)
-{
-    int k = w->pre_of[idx];
-    return k >= 0 && (size_t)k < w->nstarts ? &w->starts[k] : NULL;
-}
-
-static const struct end *sync_pre_end(const struct sync_work *w, size_t idx)
-{
-    int k = w->pre_of[idx];
-    return k >= 0 && (size_t)k < w->nends ? &w->ends[k] : NULL;
-}
-
 /* The `started` reports of every exchange of the transaction in one statement (q_started),
  * then their results in another (q_result): the start or the end of many jobs costs little
  * more than one did, once per statement (its plan, its triggers, its round trip). Each
@@ -679,11 +669,12 @@ static int sync_pre(struct store_tx *tx, void *const *args, int n)
         json_t *item;
         json_array_foreach(w->sync.reports, i, item)
         {
-            w->pre_of[i] = -1;
+            w->pre[i] = (struct pre){0};
             struct proto_report rep;
             struct jsonv_error e;
-            /* One that does not decode is answered by run (its problem names the field);
-             * the others are decoded there only (a chunk's base64 is long to check). A
+            /* Starts and results are decoded here, once (run answers them from pre[i]);
+             * the others, and one that does not decode (its problem names the field), in
+             * run only (a chunk's base64 is long to check). A
              * result is left to run too when its exchange has a heartbeat (which comes
              * first there, and would call a job this result ended lost) or output of its
              * job before it (which the end of the job would refuse). */
@@ -699,13 +690,15 @@ static int sync_pre(struct store_tx *tx, void *const *args, int n)
                 *st = (struct start){.agent = w->p.subject, .wait_s = -1};
                 snprintf(st->ref.job_id, sizeof(st->ref.job_id), "%s", rep.job_id);
                 st->ref.epoch = rep.epoch;
-                w->pre_of[i] = (int)w->nstarts++;
+                w->pre[i].start = st;
+                w->nstarts++;
             } else if (rep.kind == PROTO_REPORT_RESULT) {
                 struct end *x = &w->ends[w->nends];
                 *x = (struct end){.agent = w->p.subject, .res = rep.result};
                 snprintf(x->ref.job_id, sizeof(x->ref.job_id), "%s", rep.job_id);
                 x->ref.epoch = rep.epoch;
-                w->pre_of[i] = (int)w->nends++;
+                w->pre[i].end = x;
+                w->nends++;
             }
         }
         nstarts += w->nstarts;
@@ -755,7 +748,7 @@ static int sync_run(struct store_tx *tx, void *arg)
         if (r < 0)
             break;
         struct outcome o = OUTCOME_INIT;
-        r = sync_report(app, p, tx, item, i, w, &o);
+        r = sync_report(app, p, tx, item, i, &w->pre[i], &o);
         if (r >= 0) {
             w->ended = w->ended || o.ended;
             json_t *om = outcome_metrics(&o);
@@ -804,7 +797,7 @@ done:
     json_decref(w->body);
     free(w->starts);
     free(w->ends);
-    free(w->pre_of);
+    free(w->pre);
     free(w);
 }
 
@@ -834,18 +827,16 @@ void api_agent_sync(struct http_req *req)
     size_t nreports = json_array_size(w->sync.reports);
     w->starts = calloc(nreports + 1, sizeof(*w->starts));
     w->ends = calloc(nreports + 1, sizeof(*w->ends));
-    w->pre_of = calloc(nreports + 1, sizeof(*w->pre_of));
-    if (!w->starts || !w->ends || !w->pre_of) {
+    w->pre = calloc(nreports + 1, sizeof(*w->pre));
+    if (!w->starts || !w->ends || !w->pre) {
         http_reply_error(req, -ENOMEM, "reading the agent's reports");
         proto_sync_clear(&w->sync);
         free(w->starts);
         free(w->ends);
-        free(w->pre_of);
+        free(w->pre);
         free(w);
         return;
     }
-    for (size_t i = 0; i < nreports; i++)
-        w->pre_of[i] = -1;
     w->app = http_req_app(req);
     w->p = *http_req_principal(req);
     w->body = TAKE_PTR(body);
