@@ -637,6 +637,18 @@ int th_metrics_port(const struct th_server *s)
     return port;
 }
 
+json_t *th_agent_poll(struct th_server *s, const char *cred, int wait_s)
+{
+    struct th_resp r;
+    char path[64];
+    snprintf(path, sizeof(path), "/api/v1/agent/assignments?wait=%d", wait_s);
+    th_http(s, "GET", path, cred, NULL, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    json_t *a = json_incref(json_array_get(json_object_get(r.json, "assignments"), 0));
+    th_resp_free(&r);
+    return a;
+}
+
 char *th_agent_register(struct th_server *s, const char *admin, const char *name)
 {
     return th_agent_register_labelled(s, admin, name, "{}");

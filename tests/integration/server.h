@@ -109,6 +109,9 @@ void th_agent_enrol(struct th_server *s, const char *admin, const char *state_di
 /* Register an agent through the API (a scripted agent: no process) with an enrolment
  * token made with admin; returns its credential (malloc'd). */
 char *th_agent_register(struct th_server *s, const char *admin, const char *name);
+/* A scripted agent's long-poll (GET /api/v1/agent/assignments?wait=wait_s, which must
+ * answer 200): the first assignment it is handed (caller json_decref()s), or NULL. */
+json_t *th_agent_poll(struct th_server *s, const char *cred, int wait_s);
 /* The same with labels, a JSON object ("{\"role\":\"web\"}"). */
 char *th_agent_register_labelled(struct th_server *s, const char *admin, const char *name,
                                  const char *labels);

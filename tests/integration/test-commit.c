@@ -275,6 +275,24 @@ Test(commit, a_report_whose_commit_fails_fails_alone_and_counts_when_resent)
     free(result_body);
 }
 
+/* Agent i's sync exchange c: four reports of kind ("started", or "result" with exit code
+ * 0), the k-th on job jobs[k] at epochs[k]. */
+static void four_reports(struct call *c, int i, const char *kind, const char *const jobs[4],
+                         const long long epochs[4])
+{
+    memset(c, 0, sizeof(*c));
+    c->path = PROTO_AGENT_PATH_SYNC;
+    c->cred = creds[i];
+    size_t n = (size_t)snprintf(c->body, sizeof(c->body), "{\"reports\":[");
+    for (int k = 0; k < 4; k++)
+        n += (size_t)snprintf(c->body + n, sizeof(c->body) - n,
+                              "%s{\"kind\":\"%s\",\"job_id\":\"%.36s\",\"epoch\":%lld%s}",
+                              k ? "," : "", kind, jobs[k], epochs[k],
+                              strcmp(kind, "result") == 0 ? ",\"exit_code\":0" : "");
+    snprintf(c->body + n, sizeof(c->body) - n, "]}");
+    cr_assert_lt(n + 2, sizeof(c->body), "the exchange's body does not fit");
+}
+
 /* Agent i's exchange c was answered 200, its four reports with the codes want, each 200
  * with the job's status (then frees its answer). */
 static void expect_answers(struct call *c, int i, const long want[4], const char *status)
@@ -339,15 +357,9 @@ Test(commit, starts_and_results_sharing_a_transaction_are_each_answered_in_place
     struct call calls[AGENTS];
     for (int i = 0; i < AGENTS; i++) {
         int o = (i + 1) % AGENTS; /* another agent's job */
-        memset(&calls[i], 0, sizeof(calls[i]));
-        calls[i].path = PROTO_AGENT_PATH_SYNC;
-        calls[i].cred = creds[i];
-        snprintf(calls[i].body, sizeof(calls[i].body),
-                 "{\"reports\":[{\"kind\":\"started\",\"job_id\":\"%.36s\",\"epoch\":%lld},"
-                 "{\"kind\":\"started\",\"job_id\":\"%.36s\",\"epoch\":%lld},"
-                 "{\"kind\":\"started\",\"job_id\":\"%.36s\",\"epoch\":%lld},"
-                 "{\"kind\":\"started\",\"job_id\":\"%.36s\",\"epoch\":%lld}]}",
-                 job[o], epoch[o], job[i], epoch[i], job[i], epoch[i] + 1, job[i], epoch[i]);
+        const char *jobs[4] = {job[o], job[i], job[i], job[i]};
+        const long long epochs[4] = {epoch[o], epoch[i], epoch[i] + 1, epoch[i]};
+        four_reports(&calls[i], i, "started", jobs, epochs);
     }
     send_together(calls, AGENTS);
     static const long want_start[4] = {404, 200, 409, 200};
@@ -375,16 +387,9 @@ Test(commit, starts_and_results_sharing_a_transaction_are_each_answered_in_place
     txs0 = metric("orch_agent_commit_items_count");
     for (int i = 0; i < AGENTS; i++) {
         int o = (i + 1) % AGENTS;
-        memset(&calls[i], 0, sizeof(calls[i]));
-        calls[i].path = PROTO_AGENT_PATH_SYNC;
-        calls[i].cred = creds[i];
-        snprintf(calls[i].body, sizeof(calls[i].body),
-                 "{\"reports\":["
-                 "{\"kind\":\"result\",\"job_id\":\"%.36s\",\"epoch\":%lld,\"exit_code\":0},"
-                 "{\"kind\":\"result\",\"job_id\":\"%.36s\",\"epoch\":%lld,\"exit_code\":0},"
-                 "{\"kind\":\"result\",\"job_id\":\"%.36s\",\"epoch\":%lld,\"exit_code\":0},"
-                 "{\"kind\":\"result\",\"job_id\":\"%.36s\",\"epoch\":%lld,\"exit_code\":3}]}",
-                 job[o], epoch[o], job[i], epoch[i], job[i], epoch[i], job[i], epoch[i] + 1);
+        const char *jobs[4] = {job[o], job[i], job[i], job[i]};
+        const long long epochs[4] = {epoch[o], epoch[i], epoch[i], epoch[i] + 1};
+        four_reports(&calls[i], i, "result", jobs, epochs);
     }
     send_together(calls, AGENTS);
     static const long want_end[4] = {404, 200, 200, 409};

@@ -77,19 +77,6 @@ static json_t *beat(const char *cred, const char *running)
     return j;
 }
 
-/* Long-poll until an assignment arrives (the server answers when there is one). */
-static json_t *poll_one(const char *cred, int wait_s)
-{
-    struct th_resp r;
-    char path[64];
-    snprintf(path, sizeof(path), "/api/v1/agent/assignments?wait=%d", wait_s);
-    th_http(&srv, "GET", path, cred, NULL, NULL, &r);
-    cr_assert_eq(r.status, 200, "%s", r.body);
-    json_t *a = json_incref(json_array_get(json_object_get(r.json, "assignments"), 0));
-    th_resp_free(&r);
-    return a;
-}
-
 static char *submit(const char *body)
 {
     struct th_resp r;
@@ -125,7 +112,7 @@ Test(dispatch, a_job_runs_on_the_matching_agent_and_reports_back)
 
     char *id = submit("{\"command\":\"echo hi\",\"requirements\":{\"team\":\"blue\"}}");
     uint64_t t0 = clock_mono_ns();
-    json_t *a = poll_one(linux_agent, 20);
+    json_t *a = th_agent_poll(&srv, linux_agent, 20);
     double ms = (double)(clock_mono_ns() - t0) / 1e6;
     cr_assert_not_null(a, "no assignment within the long-poll");
     cr_log_info("submit -> assignment delivered in %.1f ms", ms);
@@ -135,7 +122,7 @@ Test(dispatch, a_job_runs_on_the_matching_agent_and_reports_back)
     cr_assert_eq(epoch, 1);
     json_decref(a);
     /* The other agent gets nothing: it does not match. */
-    json_t *none = poll_one(gpu_agent, 0);
+    json_t *none = th_agent_poll(&srv, gpu_agent, 0);
     cr_assert_null(none);
 
     cr_assert_eq(report(linux_agent, id, "started", "{\"epoch\":1}"), 200);
@@ -176,7 +163,7 @@ Test(dispatch, a_job_runs_on_the_matching_agent_and_reports_back)
 
     /* A job nobody can run waits. */
     char *gpuless = submit("{\"command\":\"x\",\"requirements\":{\"os\":\"windows\"}}");
-    json_t *w = poll_one(linux_agent, 1);
+    json_t *w = th_agent_poll(&srv, linux_agent, 1);
     cr_assert_null(w);
     j = th_job(&srv, admin, gpuless);
     cr_assert_str_eq(status_of(j), "queued");
@@ -193,7 +180,7 @@ Test(dispatch, a_silent_agent_loses_its_job_to_another_and_its_late_report_is_re
     char *a2 = enrol("second", "{}");
     json_decref(beat(a1, NULL));
     char *id = submit("{\"command\":\"long\",\"max_attempts\":3}");
-    json_t *as = poll_one(a1, 20);
+    json_t *as = th_agent_poll(&srv, a1, 20);
     cr_assert_not_null(as);
     cr_assert_eq(report(a1, id, "started", "{\"epoch\":1}"), 200);
     json_decref(as);
@@ -204,7 +191,7 @@ Test(dispatch, a_silent_agent_loses_its_job_to_another_and_its_late_report_is_re
     uint64_t deadline = clock_mono_ns() + 40ull * 1000000000ull;
     while (!again && clock_mono_ns() < deadline) {
         json_decref(beat(a2, NULL));
-        again = poll_one(a2, 1);
+        again = th_agent_poll(&srv, a2, 1);
     }
     cr_assert_not_null(again, "the job was not reassigned");
     cr_assert_str_eq(json_string_value(json_object_get(again, "job_id")), id);
@@ -238,7 +225,7 @@ static char *started_on_new_agent(const char *name, char **cred)
     *cred = enrol(name, "{}");
     json_decref(beat(*cred, NULL));
     char *id = submit("{\"command\":\"long\"}");
-    json_t *as = poll_one(*cred, 20);
+    json_t *as = th_agent_poll(&srv, *cred, 20);
     cr_assert_not_null(as);
     json_decref(as);
     cr_assert_eq(report(*cred, id, "started", "{\"epoch\":1}"), 200);
@@ -315,7 +302,7 @@ Test(dispatch, failures_are_retried_then_dead_and_cancel_reaches_the_agent)
         uint64_t deadline = clock_mono_ns() + 30ull * 1000000000ull;
         while (!as && clock_mono_ns() < deadline) {
             json_decref(beat(a, NULL));
-            as = poll_one(a, 1);
+            as = th_agent_poll(&srv, a, 1);
         }
         cr_assert_not_null(as, "attempt %d not assigned", attempt);
         cr_assert_eq(json_integer_value(json_object_get(as, "epoch")), attempt);
@@ -330,7 +317,7 @@ Test(dispatch, failures_are_retried_then_dead_and_cancel_reaches_the_agent)
 
     /* Cancel a running job: the agent hears it in its next heartbeat. */
     char *c = submit("{\"command\":\"sleep 100\"}");
-    json_t *as = poll_one(a, 20);
+    json_t *as = th_agent_poll(&srv, a, 20);
     cr_assert_not_null(as);
     json_decref(as);
     cr_assert_eq(report(a, c, "started", "{\"epoch\":1}"), 200);

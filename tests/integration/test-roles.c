@@ -152,14 +152,9 @@ Test(roles, jobs_wait_for_a_node_with_the_dispatcher_role)
 /* The job id an agent's long-poll on the front node is handed within wait_s, or NULL. */
 static char *assigned_within(const char *cred, int wait_s)
 {
-    struct th_resp r;
-    char path[64];
-    snprintf(path, sizeof(path), "/api/v1/agent/assignments?wait=%d", wait_s);
-    th_http(&srv, "GET", path, cred, NULL, NULL, &r);
-    cr_assert_eq(r.status, 200, "%s", r.body);
-    json_t *a = json_array_get(json_object_get(r.json, "assignments"), 0);
+    json_t *a = th_agent_poll(&srv, cred, wait_s);
     char *id = a ? strdup(json_string_value(json_object_get(a, "job_id"))) : NULL;
-    th_resp_free(&r);
+    json_decref(a);
     return id;
 }
 
